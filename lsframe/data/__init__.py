@@ -7,4 +7,9 @@ from lsframe.data.text import (
     TokenizedDataset,
 )
 
-__all__ = ["AmazonFineFoodReviews", "TextClassificationDataModule", "TextExamples", "TokenizedDataset"]
+__all__ = [
+    "AmazonFineFoodReviews",
+    "TextClassificationDataModule",
+    "TextExamples",
+    "TokenizedDataset",
+]

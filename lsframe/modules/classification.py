@@ -21,9 +21,12 @@ def load_sequence_classifier(name_or_path: str, num_labels: int) -> torch.nn.Mod
 
     path = resolve_pretrained(name_or_path)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
     except (OSError, ValueError) as error:
         raise FileNotFoundError(describe_load_failure(name_or_path, error)) from error
+    # from_pretrained returns the model in eval mode; Lightning keeps the modes it finds, so
+    # without this, dropout would be off during fine-tuning
+    return model.train()
 
 
 class SequenceClassificationModule(ClosureModule):
@@ -42,7 +45,8 @@ class SequenceClassificationModule(ClosureModule):
         accumulate_grad_batches: See :class:`ClosureModule`.
         gradient_clip_val: See :class:`ClosureModule`.
         gradient_clip_algorithm: See :class:`ClosureModule`.
-        no_decay_for_bias_and_norm: See :class:`ClosureModule`.
+        param_grouping: See :class:`ClosureModule`.
+        num_parts: See :class:`ClosureModule`.
         nonfinite_loss: See :class:`ClosureModule`.
     """
 
@@ -55,7 +59,8 @@ class SequenceClassificationModule(ClosureModule):
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: Literal["norm", "value"] = "norm",
-        no_decay_for_bias_and_norm: bool = True,
+        param_grouping: Literal["decay", "parts", "single"] = "decay",
+        num_parts: int = 10,
         nonfinite_loss: Literal["raise", "skip"] = "raise",
     ) -> None:
         if num_labels < 2:
@@ -67,7 +72,8 @@ class SequenceClassificationModule(ClosureModule):
             accumulate_grad_batches=accumulate_grad_batches,
             gradient_clip_val=gradient_clip_val,
             gradient_clip_algorithm=gradient_clip_algorithm,
-            no_decay_for_bias_and_norm=no_decay_for_bias_and_norm,
+            param_grouping=param_grouping,
+            num_parts=num_parts,
             nonfinite_loss=nonfinite_loss,
         )
         self.save_hyperparameters(ignore=["model"])

@@ -1,6 +1,32 @@
-"""Pure-PyTorch optimizers, schedules and parameter-group helpers (no Lightning import)."""
+"""Pure-PyTorch optimizers, schedules and parameter-group helpers (no Lightning import).
 
+Line-search family (closure contract ``closure(backward: bool = True) -> Tensor``):
+:class:`SGDSLS`, :class:`AdamSLS`, :class:`PLASLS`, :class:`ALSALS`, :class:`SaLSA`.
+"""
+
+from lsframe.optim._linesearch import LineSearchOptimizer
+from lsframe.optim._registry import LINE_SEARCH, create, names, register
+from lsframe.optim.adam_sls import AdamSLS
+from lsframe.optim.alsals import ALSALS
 from lsframe.optim.param_groups import weight_decay_groups
+from lsframe.optim.plasls import PLASLS
+from lsframe.optim.salsa import SaLSA
 from lsframe.optim.schedulers import WarmupCosineLR
+from lsframe.optim.sls import SGDSLS
+from lsframe.optim.step_size_schedule import StepSizeSchedule
 
-__all__ = ["WarmupCosineLR", "weight_decay_groups"]
+__all__ = [
+    "ALSALS",
+    "LINE_SEARCH",
+    "PLASLS",
+    "SGDSLS",
+    "AdamSLS",
+    "LineSearchOptimizer",
+    "SaLSA",
+    "StepSizeSchedule",
+    "WarmupCosineLR",
+    "create",
+    "names",
+    "register",
+    "weight_decay_groups",
+]

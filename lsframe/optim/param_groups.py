@@ -8,7 +8,9 @@ from typing import Any
 from torch import nn
 
 
-def weight_decay_groups(named_parameters: Iterable[tuple[str, nn.Parameter]]) -> list[dict[str, Any]]:
+def weight_decay_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+) -> list[dict[str, Any]]:
     """Split parameters into a ``decay`` group and a ``no_decay`` group with ``weight_decay=0``.
 
     The rule is by shape, so it holds for any architecture: tensors with at most one dimension

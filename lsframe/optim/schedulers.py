@@ -59,7 +59,9 @@ class WarmupCosineLR(LambdaLR):
             return (step + 1) / warmup
         span = max(self.total_steps - warmup, 1)
         progress = min((step - warmup) / span, 1.0)
-        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (
+            1 + math.cos(math.pi * progress)
+        )
 
     def state_dict(self) -> dict:
         # the bound method in lr_lambdas is not picklable state; everything else is plain

@@ -1,0 +1,67 @@
+"""Schedules for line-search optimizers: a torch LR scheduler that drives ``lr_multiplier``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+
+class StepSizeSchedule:
+    """Run any torch LR scheduler on a line-search optimizer's ``lr_multiplier``.
+
+    A line search owns its step size, so a scheduler must not write ``lr``. This wrapper gives the
+    scheduler a shadow optimizer with one group per real group, each with ``lr = 1``, and after
+    every ``step()`` copies the shadow learning rates into the real groups' ``lr_multiplier``.
+    The step rule then moves by ``η_searched · lr_multiplier`` (trial points included), and the
+    groups' ``lr`` shows that product. For a plain optimizer (no ``lr_multiplier``), use the
+    scheduler directly; :class:`lsframe.modules.ClosureModule` picks the right one.
+
+    Args:
+        optimizer: A line-search optimizer (its groups have ``lr_multiplier``).
+        scheduler: Callable building a torch scheduler from an optimizer, e.g.
+            ``lambda opt: WarmupCosineLR(opt, total_steps=1000)``.
+    """
+
+    def __init__(self, optimizer: Optimizer, scheduler: Callable[[Optimizer], Any]) -> None:
+        if any("lr_multiplier" not in g for g in optimizer.param_groups):
+            raise ValueError(
+                f"StepSizeSchedule needs a line-search optimizer; {type(optimizer).__name__} "
+                "groups have no 'lr_multiplier' (use the scheduler directly)"
+            )
+        self.optimizer = optimizer
+        placeholders = [torch.zeros(0, requires_grad=True) for _ in optimizer.param_groups]
+        self.shadow = torch.optim.SGD([{"params": [p]} for p in placeholders], lr=1.0)
+        self.scheduler = scheduler(self.shadow)
+        self._copy()
+
+    def __getattr__(self, name: str) -> Any:
+        # total_steps / set_total_steps and other attributes of the wrapped scheduler
+        if name in ("scheduler", "optimizer", "shadow"):
+            raise AttributeError(name)
+        return getattr(self.scheduler, name)
+
+    def _copy(self) -> None:
+        for group, shadow in zip(self.optimizer.param_groups, self.shadow.param_groups):
+            group["lr_multiplier"] = float(shadow["lr"])
+            group["lr"] = group["step_size"] * group["lr_multiplier"]
+
+    def step(self) -> None:
+        self.scheduler.step()
+        self._copy()
+
+    def set_total_steps(self, total_steps: int) -> None:
+        self.scheduler.set_total_steps(total_steps)
+        self._copy()
+
+    def get_last_lr(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state_dict["scheduler"])
+        self._copy()

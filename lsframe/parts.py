@@ -1,0 +1,105 @@
+"""Named parts of a model: embeddings, groups of layers, head (PLASLS, BERTcL, DPS).
+
+The rule, for any depth and any family:
+
+1. The *layer stack* is the ``nn.ModuleList`` holding the most parameters (``bert.encoder.layer``,
+   GPT-2's ``transformer.h``, Llama's ``model.layers``, a timm ViT's ``blocks``). Models without
+   one use their top-level children with parameters as the stack.
+2. Parameters registered before the stack form the ``embeddings`` part, those after it the
+   ``head`` part (BERT's pooler and classifier, a final norm, an LM head).
+3. With ``K`` parts in all, the ``L`` layers go to ``M = K − 2`` middle parts by
+   ``part(i) = floor(i · M / L)``. For BERT-base (L = 12, K = 10) this is exactly the split of
+   P0 and P3: {0,1} | 2 | {3,4} | 5 | {6,7} | 8 | {9,10} | 11. When ``L < M`` every layer is its
+   own part (empty parts are dropped), e.g. 8 parts for the 6-layer MiniLM.
+
+Every trainable parameter belongs to exactly one part; frozen ones (``requires_grad=False``) are
+left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+
+@dataclass
+class Part:
+    name: str
+    names: list[str] = field(default_factory=list)
+    params: list[nn.Parameter] = field(default_factory=list)
+
+
+def find_layer_stack(model: nn.Module) -> tuple[str, int] | None:
+    """``(prefix, number of layers)`` of the ModuleList with the most parameters, or None."""
+    best, best_count = None, 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 1:
+            count = sum(p.numel() for p in module.parameters())
+            if count > best_count:
+                best, best_count = (name, len(module)), count
+    return best
+
+
+def split_into_parts(model: nn.Module, num_parts: int = 10) -> list[Part]:
+    """Cut ``model`` into at most ``num_parts`` named parts by the rule of this module.
+
+    Args:
+        model: Any ``nn.Module``.
+        num_parts: ``K``, at least 3 (embeddings, one or more layer groups, head). Default: 10.
+
+    Returns:
+        The non-empty parts in order: ``embeddings``, ``layers_<first>-<last>`` ..., ``head``.
+    """
+    if num_parts < 3:
+        raise ValueError(f"num_parts must be >= 3 (embeddings, layers, head), got {num_parts}")
+    middle = num_parts - 2
+    stack = find_layer_stack(model)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if stack is not None:
+        prefix, num_layers = stack
+        prefix = f"{prefix}." if prefix else ""
+
+        def layer_of(name: str) -> int | None:
+            if not name.startswith(prefix):
+                return None
+            return int(name[len(prefix) :].split(".", 1)[0])
+    else:
+        children = [
+            n for n, c in model.named_children() if any(p.requires_grad for p in c.parameters())
+        ]
+        num_layers = len(children)
+
+        def layer_of(name: str) -> int | None:
+            top = name.split(".", 1)[0]
+            return children.index(top) if top in children else None
+
+    groups: dict[int, list[int]] = {}
+    for i in range(num_layers):
+        groups.setdefault(i * middle // num_layers, []).append(i)
+    embeddings, head = Part("embeddings"), Part("head")
+    middle_parts = {
+        k: Part(f"layers_{v[0]}" if len(v) == 1 else f"layers_{v[0]}-{v[-1]}")
+        for k, v in groups.items()
+    }
+    seen_stack = False
+    for name, param in named:
+        layer = layer_of(name)
+        if layer is None:
+            part = head if seen_stack else embeddings
+        else:
+            seen_stack = True
+            part = middle_parts[layer * middle // num_layers]
+        part.names.append(name)
+        part.params.append(param)
+    parts = [embeddings, *(middle_parts[k] for k in sorted(middle_parts)), head]
+    return [p for p in parts if p.params]
+
+
+def part_groups(model: nn.Module, num_parts: int = 10) -> list[dict[str, Any]]:
+    """Param groups, one per part, with ``name`` and ``part`` keys (for PLASLS, per-part LRs)."""
+    return [
+        {"name": part.name, "part": part.name, "params": part.params}
+        for part in split_into_parts(model, num_parts)
+    ]

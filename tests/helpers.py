@@ -1,0 +1,93 @@
+"""Small models, data and probe optimizers shared by the tests (synthetic: maths only)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lsframe.modules import ClosureModule
+
+
+def regression_data(n: int = 32, seed: int = 0) -> TensorDataset:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=generator)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1 * torch.randn(n, generator=generator)
+    return TensorDataset(x, y)
+
+
+def loader(n: int = 32, batch_size: int = 4) -> DataLoader:
+    return DataLoader(regression_data(n), batch_size=batch_size, shuffle=False)
+
+
+def mlp(dropout: float = 0.0, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Dropout(dropout), nn.Linear(16, 1))
+
+
+class TinyRegression(ClosureModule):
+    """A ClosureModule on an MLP with a mean-squared-error loss."""
+
+    def __init__(self, model: nn.Module | None = None, **kwargs: Any) -> None:
+        # one group in model order, so recorded gradients line up with model.parameters()
+        kwargs.setdefault("param_grouping", "single")
+        super().__init__(model=model if model is not None else mlp(), **kwargs)
+
+    def compute_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x, y = batch
+        return F.mse_loss(self.model(x).squeeze(-1), y)
+
+
+def trainer(**kwargs: Any) -> pl.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    defaults.update(kwargs)
+    return pl.Trainer(**defaults)
+
+
+class ProbeOptimizer(torch.optim.Optimizer):
+    """SGD that also runs ``trials`` forward-only evaluations per step and records everything."""
+
+    accepts_forward_closure = True
+
+    def __init__(self, params: Any, lr: float = 0.1, trials: int = 2) -> None:
+        super().__init__(params, {"lr": lr})
+        self.trials = trials
+        self.records: list[dict[str, Any]] = []
+
+    def _grads(self) -> list[Tensor | None]:
+        return [
+            None if p.grad is None else p.grad.clone()
+            for group in self.param_groups
+            for p in group["params"]
+        ]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor], forward: Callable[[], Tensor] | None = None):
+        record: dict[str, Any] = {"trial_losses": [], "trial_requires_grad": []}
+        with torch.enable_grad():
+            loss = closure()
+        record["loss"] = loss.item()
+        record["grads"] = self._grads()
+        for _ in range(self.trials):
+            trial = forward()
+            record["trial_losses"].append(trial.item())
+            record["trial_requires_grad"].append(trial.requires_grad or trial.grad_fn is not None)
+        record["grads_after_trials"] = self._grads()
+        self.records.append(record)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-group["lr"])
+        return loss

@@ -1,0 +1,150 @@
+"""The command line: configs parse, errors name what is wrong, the quickstart runs end to end."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lsframe.__main__ import main
+from lsframe.cli import LSFrameCLI
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_config_parses(config, capsys):
+    # --print_config validates every key and class_path without instantiating (no download)
+    with pytest.raises(SystemExit) as exit_info:
+        LSFrameCLI(args=["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "class_path" in printed and "trainer:" in printed
+
+
+def test_help_lists_the_subcommands():
+    out = subprocess.run(
+        [sys.executable, "-m", "lsframe", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for subcommand in ("fit", "validate", "test", "predict"):
+        assert subcommand in out
+
+
+def test_unknown_optimizer_class_is_named(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        LSFrameCLI(
+            args=[
+                "fit",
+                "--config",
+                str(ROOT / "configs" / "quickstart.yaml"),
+                "--model.init_args.optimizer",
+                "torch.optim.NoSuchOptimizer",
+                "--print_config",
+            ]
+        )
+    assert exit_info.value.code != 0
+    assert "torch.optim.NoSuchOptimizer" in capsys.readouterr().err
+
+
+def test_unknown_config_key_is_named(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        (ROOT / "configs" / "quickstart.yaml").read_text()
+        + "\n# typo below\n"
+        + "trainer_typo: 1\n"
+    )
+    with pytest.raises(SystemExit):
+        LSFrameCLI(args=["fit", "--config", str(bad), "--print_config"])
+    assert "trainer_typo" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "reference, fragment",
+    [
+        ("/no/such/model/dir", "/no/such/model/dir"),
+        ("package:no_such_package_xyz/model", "no_such_package_xyz"),
+    ],
+)
+def test_missing_model_path_is_named(reference, fragment):
+    from lsframe.modules import SequenceClassificationModule
+
+    with pytest.raises(FileNotFoundError, match=fragment):
+        SequenceClassificationModule(model_name_or_path=reference)
+
+
+def scalars(log_dir: Path) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_quickstart_runs_on_a_slice_logs_and_exports(minilm, amazon_reviews, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "quickstart.yaml"),
+            "--trainer.max_steps",
+            "4",
+            "--trainer.log_every_n_steps",
+            "1",
+            "--trainer.val_check_interval",
+            "4",
+            "--trainer.logger.init_args.save_dir",
+            str(runs),
+            "--data.init_args.train_limit",
+            "64",
+            "--data.init_args.val_limit",
+            "32",
+            "--data.init_args.max_length",
+            "48",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "val/acc = " in out and "best checkpoint" in out
+    log_dir = runs / "quickstart" / "version_0"
+    logged = scalars(log_dir)
+    assert len(logged["train/loss"]) == 4
+    assert logged["train/closure_evals"] == [1.0] * 4
+    assert {"step_size/decay", "step_size/no_decay", "val/acc", "val/f1"} <= set(logged)
+    # the logged lr is the one each step used: cosine over 4 steps (warmup int(0.1 * 4) = 0)
+    cosine = [0.5 * (1 + math.cos(math.pi * t / 4)) for t in range(4)]
+    assert logged["step_size/decay"] == pytest.approx([5e-5 * m for m in cosine], rel=1e-5)
+    best = sorted((log_dir / "checkpoints").glob("best-*.ckpt"))
+    assert len(best) == 1 and (log_dir / "checkpoints" / "last.ckpt").is_file()
+
+    # validate from the best checkpoint, then export it as a Hugging Face model
+    main(
+        [
+            "validate",
+            "--config",
+            str(ROOT / "configs" / "quickstart.yaml"),
+            "--trainer.logger.init_args.save_dir",
+            str(runs),
+            "--data.init_args.val_limit",
+            "32",
+            "--data.init_args.max_length",
+            "48",
+            "--ckpt_path",
+            str(best[0]),
+        ]
+    )
+    main(["export", str(best[0]), str(tmp_path / "hf")])
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from lsframe.modules import ClosureModule
+
+    exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    module = ClosureModule.load_from_checkpoint(best[0], map_location="cpu").eval()
+    batch = tokenizer(["great coffee, would buy again"], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(exported(**batch).logits, module.model(**batch).logits)
