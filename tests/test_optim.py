@@ -1,0 +1,436 @@
+"""The line-search family: a table over the registry plus focused tests of each rule."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lsframe import optim
+from lsframe.optim import ALSALS, PLASLS, SGDSLS, AdamSLS, SaLSA, StepSizeSchedule
+
+# ---------------------------------------------------------------------------- the problem
+# L2-regularised logistic regression on a fixed synthetic dataset: strongly convex, so the
+# optimum is unique and known to high precision (maths only; real data is for benchmarks).
+GEN = torch.Generator().manual_seed(0)
+X = torch.randn(256, 10, generator=GEN)
+Y = (X @ torch.randn(10, generator=GEN) + 0.5 * torch.randn(256, generator=GEN) > 0).float()
+L2 = 1e-2
+
+
+class Logistic(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(10, 1)
+        torch.nn.init.zeros_(self.linear.weight)
+        torch.nn.init.zeros_(self.linear.bias)
+
+    def loss(self, index: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+        logits = self.linear(X[index]).squeeze(-1)
+        penalty = 0.5 * L2 * self.linear.weight.square().sum()
+        return F.binary_cross_entropy_with_logits(logits, Y[index]) + penalty
+
+
+def make_closure(model: Logistic, opt: torch.optim.Optimizer, index=slice(None)):
+    def closure(backward: bool = True) -> torch.Tensor:
+        if not backward:
+            with torch.no_grad():
+                return model.loss(index)
+        opt.zero_grad()
+        loss = model.loss(index)
+        loss.backward()
+        return loss.detach()
+
+    return closure
+
+
+def optimum() -> float:
+    model = Logistic()
+    opt = torch.optim.LBFGS(
+        model.parameters(),
+        lr=1,
+        max_iter=500,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-15,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = model.loss()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(model.loss())
+
+
+F_STAR = optimum()
+
+
+def make(name: str, model: torch.nn.Module, **kwargs):
+    if name == "plasls":
+        groups = [
+            {"params": [model.linear.weight], "part": "w"},
+            {"params": [model.linear.bias], "part": "b"},
+        ]
+        return PLASLS(groups, **kwargs)
+    return optim.create(name, model.parameters(), **kwargs)
+
+
+NAMES = list(optim.LINE_SEARCH)
+
+
+# ------------------------------------------------------------------ acceptance conditions
+def snapshot(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def loss_at(model, params, index=slice(None)):
+    trial = Logistic()
+    with torch.no_grad():
+        for p, value in zip(trial.parameters(), params):
+            p.copy_(value)
+        return float(trial.loss(index))
+
+
+def adam_preconditioner(opt, p, t, offset=0):
+    beta1, beta2 = opt.param_groups[0]["betas"]
+    v = opt.state[p]["exp_avg_sq"]
+    m = opt.state[p]["exp_avg"]
+    bc1, bc2 = 1 - beta1 ** (t + offset), 1 - beta2 ** (t + offset)
+    return 1 / ((v / bc2).sqrt() + opt.param_groups[0]["eps"]), m / bc1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_accepted_step_satisfies_the_rule_recomputed_from_fresh_losses(name):
+    torch.manual_seed(0)
+    model = Logistic()
+    opt = make(name, model)
+    checked = 0
+    for step in range(40):
+        index = torch.arange(step * 32 % 256, step * 32 % 256 + 32)  # mini-batches
+        x0 = snapshot(model)
+        state_before = copy.deepcopy(opt.state["line_search"])
+        loss0 = loss_at(model, x0, index)
+        closure = make_closure(model, opt, index)
+        opt.step(closure)
+        state = opt.state["line_search"]
+        searched = state["searches"] > state_before["searches"]
+        if not searched or state["failed_searches"] > state_before["failed_searches"]:
+            continue
+        if name == "plasls" and step >= opt.joint_steps:
+            continue  # part-wise searches: see test_plasls_searches_parts_in_order
+        grads = [p.grad for p in model.parameters()]
+        eta = opt.param_groups[0]["step_size"]
+        t = state.get("moment_step", 0)
+        if name == "sgdsls":
+            d = grads
+        elif name == "alsals":
+            d = [
+                pre * m_hat
+                for pre, m_hat in (adam_preconditioner(opt, p, t) for p in model.parameters())
+            ]
+        else:
+            offset = getattr(opt, "bias_correction_offset", 0)
+            d = [
+                adam_preconditioner(opt, p, t, offset)[0] * g
+                for p, g in zip(model.parameters(), grads)
+            ]
+        slope = sum(float((g * di).sum()) for g, di in zip(grads, d))
+        decrease = loss0 - loss_at(model, [x - eta * di for x, di in zip(x0, d)], index)
+        c = opt.c
+        if name in ("sgdsls", "adamsls", "plasls"):
+            assert decrease >= c * eta * slope - 1e-7, (step, decrease, eta, slope)
+        elif name == "alsals":
+            avg_slope = state["smoothing"]["joint"]["slope"]
+            beta = opt.smoothing.beta
+            assert avg_slope == pytest.approx(
+                beta * state_before.get("smoothing", {}).get("joint", {}).get("slope", 0.0)
+                + (1 - beta) * slope,
+                rel=1e-5,
+            )
+            prev = state_before.get("smoothing", {}).get("joint", {}).get("decrease", 0.0)
+            c_eff = c if avg_slope > 0 else 1 / c
+            assert beta * prev + (1 - beta) * decrease >= c_eff * eta * avg_slope - 1e-7
+            # the accepted trial point is the step
+            for p, x, di in zip(model.parameters(), x0, d):
+                torch.testing.assert_close(p.detach(), x - eta * di)
+        else:  # salsa
+            beta3 = opt.smoothing.beta
+            assert state["avg_slope"] == pytest.approx(
+                beta3 * state_before["avg_slope"] + (1 - beta3) * slope, rel=1e-5
+            )
+            ok = decrease == 0 or (
+                beta3 * state_before["avg_decrease"] + (1 - beta3) * decrease
+                >= c * eta * state["avg_slope"] - 1e-7
+            )
+            assert ok
+        checked += 1
+    assert checked >= 5
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_converges_to_the_known_optimum_of_a_convex_problem(name):
+    model = Logistic()
+    opt = make(name, model)
+    closure = make_closure(model, opt)
+    for _ in range(300):
+        opt.step(closure)
+    gap = float(model.loss()) - F_STAR
+    assert 0 <= gap + 1e-7 and gap < 2e-3, (name, gap)
+
+
+def run(model, opt, steps, start=0):
+    for step in range(start, start + steps):
+        index = torch.arange(step * 32 % 256, step * 32 % 256 + 32)
+        opt.step(make_closure(model, opt, index))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_round_trip_resumes_the_exact_trajectory(name):
+    model = Logistic()
+    opt = make(name, model)
+    run(model, opt, 15)
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    run(model, opt, 15, start=15)
+    resumed = Logistic()
+    resumed.load_state_dict(saved_model)
+    opt2 = make(name, resumed)
+    opt2.load_state_dict(saved_opt)
+    run(resumed, opt2, 15, start=15)
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    assert opt.state["line_search"] == opt2.state["line_search"]
+    assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in opt2.param_groups]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nan_trial_losses_and_nan_gradients_never_reach_the_parameters(name):
+    model = Logistic()
+    opt = make(name, model)
+    calls = {"n": 0}
+    base = make_closure(model, opt)
+
+    def forward():
+        calls["n"] += 1
+        return torch.tensor(float("nan")) if calls["n"] % 2 == 1 else base(backward=False)
+
+    for _ in range(20):
+        opt.step(base, forward=forward)
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+    before = snapshot(model)
+
+    def nan_closure(backward: bool = True):
+        loss = base(backward)
+        model.linear.weight.grad.fill_(float("nan"))
+        return loss
+
+    opt.step(nan_closure, forward=forward)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+    assert opt.state["line_search"]["rejected_steps"] == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_groups_carry_lr_equal_to_the_step_size(name):
+    model = Logistic()
+    opt = make(name, model)
+    run(model, opt, 12)
+    for group in opt.param_groups:
+        assert group["lr"] == group["step_size"] * group["lr_multiplier"]
+        assert group["lr"] > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_scheduler_writing_lr_directly_is_an_error_and_the_multiplier_works(name):
+    model = Logistic()
+    opt = make(name, model)
+    torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5).step()
+    with pytest.raises(RuntimeError, match="lr_multiplier"):
+        run(model, opt, 1)
+    model = Logistic()
+    opt = make(name, model)
+    schedule = StepSizeSchedule(opt, lambda o: torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5))
+    run(model, opt, 1)
+    schedule.step()
+    assert [g["lr_multiplier"] for g in opt.param_groups] == [0.5] * len(opt.param_groups)
+    run(model, opt, 1)
+
+
+BAD = [
+    ("sgdsls", {"c": 1.5}, "c"),
+    ("sgdsls", {"beta_b": 0.0}, "beta_b"),
+    ("sgdsls", {"lr": -1.0}, "lr"),
+    ("sgdsls", {"reset_option": 3}, "reset_option"),
+    ("sgdsls", {"line_search_fn": "wolfe"}, "line_search_fn"),
+    ("sgdsls", {"max_backtracks": 0}, "max_backtracks"),
+    ("adamsls", {"betas": (1.0, 0.999)}, "betas"),
+    ("adamsls", {"eps": 0.0}, "eps"),
+    ("adamsls", {"weight_decay": -0.1}, "weight_decay"),
+    ("alsals", {"beta": 1.0}, "beta"),
+    ("alsals", {"c": 0.0}, "c"),
+    ("salsa", {"betas": (0.9, 0.999)}, "betas"),
+    ("salsa", {"growth": 0.0}, "growth"),
+    ("plasls", {"joint_steps": -1}, "joint_steps"),
+]
+
+
+@pytest.mark.parametrize("name, kwargs, key", BAD, ids=[f"{n}-{k}" for n, _, k in BAD])
+def test_bad_hyperparameters_raise_value_error_naming_them(name, kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        make(name, Logistic(), **kwargs)
+
+
+def test_registry_creates_by_name_and_lists_valid_names_for_unknown_ones():
+    assert isinstance(optim.create("SaLSA", Logistic().parameters()), SaLSA)
+    assert set(optim.LINE_SEARCH) <= set(optim.names())
+    with pytest.raises(ValueError, match="salsa") as info:
+        optim.create("nadamsls", Logistic().parameters())
+    assert "nadamsls" in str(info.value)
+
+
+def test_lsframe_optim_does_not_import_lightning():
+    import subprocess
+    import sys
+
+    code = "import sys, lsframe.optim; print(any(m.split('.')[0] in ('lightning', 'pytorch_lightning') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_plasls_needs_parts_and_searches_them_in_order():
+    with pytest.raises(ValueError, match="part"):
+        PLASLS(Logistic().parameters())
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    parts = [{"params": list(layer.parameters()), "part": f"p{i}"} for i, layer in enumerate(model)]
+    opt = PLASLS(parts)
+    x, y = torch.randn(16, 4), torch.randn(16)
+    moved_per_step = []
+    for _ in range(12):
+        start = [p.detach().clone() for p in model.parameters()]
+        moved: set[int] = set()
+
+        def closure(backward: bool = True):
+            with torch.set_grad_enabled(backward):
+                loss = F.mse_loss(model(x).squeeze(-1), y)
+            if backward:
+                opt.zero_grad()
+                loss.backward()
+            now = list(model.parameters())
+            for i, group in enumerate(opt.param_groups):
+                idx = [
+                    j
+                    for j, p in enumerate(model.parameters())
+                    if any(p is q for q in group["params"])
+                ]
+                if any(not torch.equal(now[j], start[j]) for j in idx):
+                    moved.add(i)
+            return loss.detach()
+
+        opt.step(closure)
+        moved_per_step.append(moved)
+    assert moved_per_step[:6] == [{0, 1, 2}] * 6
+    assert moved_per_step[6:] == [{t % 3} for t in range(6, 12)]
+
+
+def test_alsals_armijo_term_is_the_exact_inner_product_by_hand():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    target = torch.tensor([0.5, 0.25])
+    scales = torch.tensor([3.0, 0.1])
+    opt = ALSALS([w])
+    grads = []
+
+    def closure(backward: bool = True):
+        with torch.set_grad_enabled(backward):
+            loss = (scales * (w - target) ** 2).sum()
+        if backward:
+            opt.zero_grad()
+            loss.backward()
+            grads.append(w.grad.clone())
+        return loss.detach()
+
+    opt.step(closure)
+    opt.step(closure)
+    g1, g2 = grads
+    m = 0.1 * 0.9 * g1 + 0.1 * g2
+    v = 0.001 * 0.999 * g1**2 + 0.001 * g2**2
+    d = (m / (1 - 0.9**2)) / ((v / (1 - 0.999**2)).sqrt() + 1e-8)
+    g_term_2 = float((g2 * d).sum())
+    g_term_1 = float((g1 * (g1 / (g1.abs() + 1e-8))).sum())
+    expected = 0.99 * (0.01 * g_term_1) + 0.01 * g_term_2
+    assert opt.state["line_search"]["smoothing"]["joint"]["slope"] == pytest.approx(
+        expected, rel=1e-6
+    )
+
+
+def test_salsa_searches_every_step_at_first_then_at_most_every_max_gap_steps():
+    model = Logistic()
+    opt = SaLSA(model.parameters())
+    searched = []
+    for step in range(400):
+        before = opt.state["line_search"]["searches"]
+        gap = opt.search_gap()
+        since = opt.state["line_search"]["steps_since_search"]
+        run(model, opt, 1, start=step)
+        did = opt.state["line_search"]["searches"] > before
+        searched.append(did)
+        if step + 1 < 10:
+            assert did
+        else:
+            assert did == (since + 1 >= gap)
+    gaps = [
+        j - i
+        for i, j in zip(
+            [k for k, s in enumerate(searched) if s][:-1],
+            [k for k, s in enumerate(searched) if s][1:],
+        )
+    ]
+    assert max(gaps) <= 10
+    assert sum(searched[-100:]) <= 25  # amortised: the rule above holds step by step
+    m2 = Logistic()
+    always = SaLSA(m2.parameters(), amortize=False)
+    run(m2, always, 30)
+    assert always.state["line_search"]["searches"] == 30
+
+
+def test_salsa_follows_the_authors_package_step_sizes():
+    salsa_package = pytest.importorskip(
+        "salsa.SaLSA", reason="salsa-optimizer (dev dependency) is not installed"
+    )
+    torch.manual_seed(0)
+    ours_model, ref_model = Logistic(), Logistic()
+    ours = SaLSA(ours_model.parameters(), bias_correction_offset=1)
+    ref = salsa_package.SaLSA(list(ref_model.parameters()))
+    ours_steps, ref_steps = [], []
+    for step in range(150):
+        index = torch.arange(step * 32 % 256, step * 32 % 256 + 32)
+        ours.step(make_closure(ours_model, ours, index))
+
+        def ref_closure(backwards: bool = False):
+            with torch.set_grad_enabled(backwards):
+                loss = ref_model.loss(index)
+            if backwards:
+                ref.zero_grad()
+                loss.backward()
+            return loss.detach()
+
+        ref.step(ref_closure)
+        ours_steps.append(ours.param_groups[0]["step_size"])
+        ref_steps.append(ref.step_size * (1 if ref.tslls == 0 else ref.growth_factor))
+    assert ours_steps == pytest.approx(ref_steps, rel=1e-4)
+    for a, b in zip(ours_model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_trial_moves_return_the_parameters_within_rounding_after_a_failed_search():
+    model = Logistic()
+    opt = SGDSLS(model.parameters(), lr=10.0, max_backtracks=3)
+    start = snapshot(model)
+    opt.step(make_closure(model, opt), forward=lambda: torch.tensor(math.inf))
+    assert opt.state["line_search"]["failed_searches"] == 1
+    for a, b in zip(model.parameters(), start):
+        torch.testing.assert_close(a.detach(), b, rtol=0, atol=4 * torch.finfo(torch.float32).eps)
