@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lsframe import optim
-from lsframe.optim import ALSALS, PLASLS, SGDSLS, AdamSLS, SaLSA, StepSizeSchedule
+from lsframe.optim import ALSALS, PLASLS, SGDSLS, SaLSA, StepSizeSchedule
 
 # ---------------------------------------------------------------------------- the problem
 # L2-regularised logistic regression on a fixed synthetic dataset: strongly convex, so the
@@ -314,7 +314,7 @@ def test_plasls_needs_parts_and_searches_them_in_order():
         start = [p.detach().clone() for p in model.parameters()]
         moved: set[int] = set()
 
-        def closure(backward: bool = True):
+        def closure(backward: bool = True, start=start, moved=moved):
             with torch.set_grad_enabled(backward):
                 loss = F.mse_loss(model(x).squeeze(-1), y)
             if backward:
@@ -410,7 +410,7 @@ def test_salsa_follows_the_authors_package_step_sizes():
         index = torch.arange(step * 32 % 256, step * 32 % 256 + 32)
         ours.step(make_closure(ours_model, ours, index))
 
-        def ref_closure(backwards: bool = False):
+        def ref_closure(backwards: bool = False, index=index):
             with torch.set_grad_enabled(backwards):
                 loss = ref_model.loss(index)
             if backwards:
