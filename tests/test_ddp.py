@@ -1,0 +1,29 @@
+"""Two CPU processes (gloo DDP): every rank takes the same line-search steps."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
+
+
+@pytest.mark.parametrize("name", ["salsa", "plasls"])
+def test_two_process_ddp_ends_with_identical_parameters(name, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(WORKER), str(tmp_path), name, "12"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["global_step"] == ranks[1]["global_step"] == 12
+    assert ranks[0]["forwards"] == ranks[1]["forwards"]
+    assert ranks[0]["searches"] == ranks[1]["searches"] >= 9  # SaLSA searches the first 9 steps
+    for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
+        assert torch.equal(a, b)
