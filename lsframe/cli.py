@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -79,6 +80,27 @@ class LSFrameCLI(LightningCLI):
         print("\n".join(lines), flush=True)
 
 
+def load_module(ckpt_path: str) -> ClosureModule:
+    """The module of a checkpoint written by ``lsframe fit``, as the class that wrote it."""
+    import importlib
+
+    import torch
+
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"no checkpoint file {ckpt_path!r}")
+    hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True).get(
+        "hyper_parameters", {}
+    )
+    class_path = hparams.get("_class_path")
+    if class_path is None:
+        raise ValueError(f"checkpoint {ckpt_path!r} does not name its module class (_class_path)")
+    module_name, _, class_name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(cls, type) and issubclass(cls, ClosureModule)):
+        raise ValueError(f"checkpoint {ckpt_path!r}: {class_path} is not an lsframe ClosureModule")
+    return cls.load_from_checkpoint(ckpt_path, map_location="cpu")
+
+
 def export(argv: list[str]) -> None:
     """``lsframe export CKPT OUTPUT_DIR``: the fine-tuned model as a Hugging Face directory."""
     parser = argparse.ArgumentParser(
@@ -89,7 +111,7 @@ def export(argv: list[str]) -> None:
     parser.add_argument("ckpt_path", help="a checkpoint written by `lsframe fit`")
     parser.add_argument("output_dir", help="directory to write the Hugging Face model into")
     args = parser.parse_args(argv)
-    module = ClosureModule.load_from_checkpoint(args.ckpt_path, map_location="cpu")
+    module = load_module(args.ckpt_path)
     exporter = getattr(module, "export_pretrained", None)
     if exporter is None:
         sys.exit(f"lsframe export: {type(module).__name__} has no export_pretrained()")

@@ -140,11 +140,11 @@ def test_quickstart_runs_on_a_slice_logs_and_exports(minilm, amazon_reviews, tmp
     main(["export", str(best[0]), str(tmp_path / "hf")])
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from lsframe.modules import ClosureModule
+    from lsframe.cli import load_module
 
     exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
-    module = ClosureModule.load_from_checkpoint(best[0], map_location="cpu").eval()
+    module = load_module(str(best[0])).eval()
     batch = tokenizer(["great coffee, would buy again"], return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(exported(**batch).logits, module.model(**batch).logits)
