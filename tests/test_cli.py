@@ -27,12 +27,19 @@ def test_every_config_parses(config, capsys):
     assert "class_path" in printed and "trainer:" in printed
 
 
-def test_help_lists_the_subcommands():
+def test_help_lists_the_subcommands_and_fit_options():
     out = subprocess.run(
         [sys.executable, "-m", "lsframe", "--help"], capture_output=True, text=True, check=True
     ).stdout
     for subcommand in ("fit", "validate", "test", "predict"):
         assert subcommand in out
+    fit = subprocess.run(
+        [sys.executable, "-m", "lsframe", "fit", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--model" in fit and "--checkpoint.monitor" in fit
 
 
 def test_unknown_optimizer_class_is_named(capsys):
@@ -137,6 +144,23 @@ def test_quickstart_runs_on_a_slice_logs_and_exports(minilm, amazon_reviews, tmp
             str(best[0]),
         ]
     )
+    for subcommand in ("test", "predict"):
+        main(
+            [
+                subcommand,
+                "--config",
+                str(ROOT / "configs" / "quickstart.yaml"),
+                "--trainer.logger.init_args.save_dir",
+                str(runs),
+                "--data.init_args.val_limit",
+                "16",
+                "--data.init_args.max_length",
+                "48",
+                "--ckpt_path",
+                str(best[0]),
+            ]
+        )
+    assert "test/acc" in capsys.readouterr().out
     main(["export", str(best[0]), str(tmp_path / "hf")])
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

@@ -434,3 +434,24 @@ def test_trial_moves_return_the_parameters_within_rounding_after_a_failed_search
     assert opt.state["line_search"]["failed_searches"] == 1
     for a, b in zip(model.parameters(), start):
         torch.testing.assert_close(a.detach(), b, rtol=0, atol=4 * torch.finfo(torch.float32).eps)
+
+
+def test_goldstein_accepted_steps_satisfy_both_conditions():
+    model = Logistic()
+    opt = SGDSLS(model.parameters(), line_search_fn="goldstein", c=0.2)
+    checked = 0
+    for _ in range(30):
+        x0 = snapshot(model)
+        before = dict(opt.state["line_search"])
+        opt.step(make_closure(model, opt))
+        state = opt.state["line_search"]
+        if state["failed_searches"] > before["failed_searches"]:
+            continue
+        grads = [p.grad for p in model.parameters()]
+        eta = opt.param_groups[0]["step_size"]
+        slope = sum(float(g.square().sum()) for g in grads)
+        decrease = loss_at(model, x0) - loss_at(model, [x - eta * g for x, g in zip(x0, grads)])
+        assert decrease >= 0.2 * eta * slope - 1e-7
+        assert decrease <= 0.8 * eta * slope + 1e-7 or eta == opt.eta_max
+        checked += 1
+    assert checked >= 20

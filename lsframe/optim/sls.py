@@ -44,7 +44,7 @@ class SGDSLS(LineSearchOptimizer):
 
     With ``line_search_fn="goldstein"`` a trial must also satisfy
     ``f(x − η g) ≥ f(x) − (1 − c) · η · ‖g‖²``; when only that lower bound fails, η grows
-    ``η ← min(β_f η, η_max)``.
+    ``η ← min(β_f η, η_max)``, and ``η_max`` itself is accepted when the bound still fails there.
 
     When ``max_backtracks`` trials all fail, the parameters stay at ``x`` (the reference instead
     steps with η = 1e-6) and the next search starts from the last η tried.
@@ -118,6 +118,8 @@ class SGDSLS(LineSearchOptimizer):
             if not (decrease == decrease) or not armijo(decrease, eta, slope, self.c):
                 return eta * self.beta_b  # NaN decrease lands here too
             if self.line_search_fn == "goldstein" and decrease > (1 - self.c) * eta * slope:
+                if eta >= self.eta_max:
+                    return True  # cannot grow further: accept the largest allowed step
                 return min(eta * self.beta_f, self.eta_max)
             return True
 
@@ -136,6 +138,8 @@ class SGDSLS(LineSearchOptimizer):
             self.n_batches_per_epoch,
             self.initial_step_size,
         )
+        if self.line_search_fn == "goldstein":
+            eta = min(eta, self.eta_max)
         result = backtrack(
             forward,
             lambda a: direction.move(groups, [a] * len(groups)),
