@@ -21,14 +21,6 @@ def sum_of_squares(tensors: Sequence[Tensor]) -> float:
     return float(torch.stack([n.float() for n in norms]).square().sum())
 
 
-def inner(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> float:
-    """Global inner product ``Σ_i ⟨x_i, y_i⟩`` (no foreach dot exists: one fused dot per tensor)."""
-    if not xs:
-        return 0.0
-    dots = [torch.dot(x.reshape(-1).float(), y.reshape(-1).float()) for x, y in zip(xs, ys)]
-    return float(torch.stack(dots).sum())
-
-
 def all_finite(tensors: Sequence[Tensor]) -> bool:
     """Whether every entry of every tensor is finite (one reduction per tensor, one sync)."""
     return math.isfinite(sum_of_squares(tensors))
