@@ -14,7 +14,6 @@ from lsframe.optim._linesearch import (
     backtrack,
     check_open_unit,
     check_positive,
-    check_unit,
 )
 from lsframe.optim.adam_sls import AdamSLS
 
@@ -60,9 +59,9 @@ class ALSALS(AdamSLS):
         max_backtracks: int = 100,
         weight_decay: float = 0.0,
     ) -> None:
-        check_open_unit(c=c, beta_b=beta_b, beta=beta)
-        check_unit(**{"betas[0]": betas[0], "betas[1]": betas[1]})
-        check_positive(eps=eps, growth=growth)
+        # c, beta_b, betas and eps are checked by AdamSLS
+        check_open_unit(beta=beta)
+        check_positive(growth=growth)
         super().__init__(
             params,
             lr=lr,

@@ -14,7 +14,6 @@ from lsframe.optim._linesearch import (
     backtrack,
     check_open_unit,
     check_positive,
-    check_unit,
 )
 from lsframe.optim.adam_sls import AdamSLS
 
@@ -83,9 +82,9 @@ class SaLSA(AdamSLS):
     ) -> None:
         if len(betas) != 3:
             raise ValueError(f"betas must be (beta1, beta2, beta3), got {betas!r}")
-        check_open_unit(c=c, beta_b=beta_b, **{"betas[2]": betas[2]})
-        check_unit(**{"betas[0]": betas[0], "betas[1]": betas[1]})
-        check_positive(eps=eps, growth=growth, max_gap=max_gap)
+        # c, beta_b, betas[0:2] and eps are checked by AdamSLS
+        check_open_unit(**{"betas[2]": betas[2]})
+        check_positive(growth=growth, max_gap=max_gap)
         if warmup_searches < 0 or bias_correction_offset < 0:
             raise ValueError(
                 "warmup_searches and bias_correction_offset must be >= 0, got "
