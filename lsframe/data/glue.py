@@ -1,0 +1,203 @@
+"""GLUE (Wang et al., ICLR 2019) from the original TSV layout or from HF ``datasets``.
+
+A local copy is the directory that GLUE's download script writes: ``<data_dir>/<TASK>/train.tsv``,
+``dev.tsv`` (MNLI: ``dev_matched.tsv`` and ``dev_mismatched.tsv``). Labels follow the order of
+HF ``datasets`` ("glue", task), so a model fine-tuned from either source means the same thing.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lsframe.data.text import TextClassificationDataModule, TextExamples
+
+# GLUE rows can be longer than csv's default field limit (QQP, MNLI parses)
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    """How one GLUE task is stored and scored.
+
+    Args:
+        directory: Folder name in the GLUE layout (``SST-2``).
+        hf_name: Config name in HF ``datasets`` ("glue", hf_name).
+        text: Column(s) holding the sentence or the sentence pair: header names, or 0-based
+            indices for a file without a header.
+        label: Label column (name or index).
+        labels: Label strings in class-index order; empty for a regression task.
+        header: Whether the TSV starts with a header line.
+        columns: Number of columns per row for a file without a header.
+        dev_files: The validation file name(s); more than one gives one validation set each.
+        metrics: Metric names, the first being the task's main score.
+    """
+
+    directory: str
+    hf_name: str
+    text: tuple[str | int, ...]
+    label: str | int
+    labels: tuple[str, ...]
+    metrics: tuple[str, ...]
+    header: bool = True
+    columns: int | None = None
+    dev_files: tuple[str, ...] = ("dev.tsv",)
+
+    @property
+    def num_labels(self) -> int:
+        """Classes, or 1 for a regression task (STS-B)."""
+        return len(self.labels) or 1
+
+    @property
+    def is_regression(self) -> bool:
+        return not self.labels
+
+
+_BINARY = ("0", "1")
+_ENTAILMENT = ("entailment", "not_entailment")
+
+GLUE_TASKS: dict[str, GlueTask] = {
+    "cola": GlueTask("CoLA", "cola", (3,), 1, _BINARY, ("mcc", "acc"), header=False, columns=4),
+    "sst2": GlueTask("SST-2", "sst2", ("sentence",), "label", _BINARY, ("acc",)),
+    "mrpc": GlueTask("MRPC", "mrpc", ("#1 String", "#2 String"), "Quality", _BINARY, ("acc", "f1")),
+    "stsb": GlueTask(
+        "STS-B", "stsb", ("sentence1", "sentence2"), "score", (), ("pearson", "spearman")
+    ),
+    "qqp": GlueTask(
+        "QQP", "qqp", ("question1", "question2"), "is_duplicate", _BINARY, ("acc", "f1")
+    ),
+    "mnli": GlueTask(
+        "MNLI",
+        "mnli",
+        ("sentence1", "sentence2"),
+        "gold_label",
+        ("entailment", "neutral", "contradiction"),
+        ("acc",),
+        dev_files=("dev_matched.tsv", "dev_mismatched.tsv"),
+    ),
+    "qnli": GlueTask("QNLI", "qnli", ("question", "sentence"), "label", _ENTAILMENT, ("acc",)),
+    "rte": GlueTask("RTE", "rte", ("sentence1", "sentence2"), "label", _ENTAILMENT, ("acc",)),
+    "wnli": GlueTask("WNLI", "wnli", ("sentence1", "sentence2"), "label", _BINARY, ("acc",)),
+}
+
+_ALIASES = {"sst-2": "sst2", "sts-b": "stsb"}
+
+
+def glue_task(name: str) -> GlueTask:
+    """The task spec for ``name`` (case-insensitive; ``SST-2`` and ``sst2`` both work)."""
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in GLUE_TASKS:
+        raise ValueError(f"unknown GLUE task {name!r}; tasks: {', '.join(GLUE_TASKS)}")
+    return GLUE_TASKS[key]
+
+
+def read_glue_tsv(path: str | Path, task: GlueTask) -> TextExamples:
+    """Read one GLUE TSV file; every row is checked.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a row has the wrong number of columns, a missing column, or a label that
+            does not parse; the message names the file and the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GLUE {task.directory}: no file {path}")
+    # utf-8-sig: MRPC's header starts with a byte-order mark in the official files
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if task.header:
+        if not rows:
+            raise ValueError(f"{path}: empty file, expected a header line")
+        header, rows, first_line = rows[0], rows[1:], 2
+        width = len(header)
+        try:
+            text_index = [header.index(c) for c in task.text]
+            label_index = header.index(task.label)
+        except ValueError:
+            wanted = [*task.text, task.label]
+            raise ValueError(
+                f"{path}, line 1: header {header} lacks a column of {wanted}"
+            ) from None
+    else:
+        width, first_line = task.columns, 1
+        text_index, label_index = list(task.text), int(task.label)
+    texts: list[list[str]] = [[] for _ in text_index]
+    labels: list[float] | list[int] = []
+    for line, row in enumerate(rows, start=first_line):
+        if not row:
+            continue
+        if len(row) != width:
+            raise ValueError(f"{path}, line {line}: {len(row)} columns, expected {width}")
+        labels.append(_parse_label(row[label_index], task, path, line))
+        for column, index in zip(texts, text_index):
+            column.append(row[index])
+    pair = texts[1] if len(texts) > 1 else None
+    return TextExamples(texts[0], labels, pair)
+
+
+def _parse_label(value: str, task: GlueTask, path: Path, line: int) -> float | int:
+    value = value.strip()
+    if task.is_regression:
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{path}, line {line}: score {value!r} is not a number") from None
+    if value not in task.labels:
+        raise ValueError(f"{path}, line {line}: label {value!r} is not one of {task.labels}")
+    return task.labels.index(value)
+
+
+class GlueDataModule(TextClassificationDataModule):
+    """Any GLUE task, from a local TSV copy (``data_dir``) or from HF ``datasets``.
+
+    Validation is GLUE's dev set (MNLI: matched and mismatched, two validation loaders); GLUE's
+    test labels are hidden, so ``test`` and ``predict`` also use the dev set(s).
+
+    Args:
+        task_name: ``cola``, ``sst2``, ``mrpc``, ``stsb``, ``qqp``, ``mnli``, ``qnli``, ``rte``
+            or ``wnli`` (``SST-2`` spellings work too).
+        data_dir: Directory in the GLUE layout; ``None`` loads HF ``datasets`` ("glue", task),
+            which needs the hub or a cache.
+        **kwargs: See :class:`~lsframe.data.text.TextClassificationDataModule` (batch size,
+            ``max_length``, ``train_limit``: P0's "small" setting keeps the first 500, ...).
+    """
+
+    def __init__(self, task_name: str = "sst2", data_dir: str | None = None, **kwargs: Any) -> None:
+        self.task = glue_task(task_name)
+        super().__init__(**kwargs)
+        if data_dir is not None and not Path(data_dir).is_dir():
+            raise FileNotFoundError(f"data.data_dir: {data_dir} is not a directory")
+        self.data_dir = None if data_dir is None else Path(data_dir)
+        self.num_labels = self.task.num_labels
+
+    @property
+    def dev_names(self) -> list[str]:
+        """One name per validation set: ``dev``, or ``dev_matched``/``dev_mismatched``."""
+        return [Path(f).stem for f in self.task.dev_files]
+
+    def load_split(self, split: str) -> TextExamples | list[TextExamples]:
+        files = ("train.tsv",) if split == "train" else self.task.dev_files
+        if self.data_dir is None:
+            loaded = [self._load_hub(split, Path(f).stem) for f in files]
+        else:
+            loaded = [
+                read_glue_tsv(self.data_dir / self.task.directory / f, self.task) for f in files
+            ]
+        return loaded[0] if len(loaded) == 1 else loaded
+
+    def _load_hub(self, split: str, stem: str) -> TextExamples:
+        try:
+            from datasets import load_dataset
+        except ImportError as error:
+            raise ImportError(
+                "GlueDataModule without data_dir loads HF datasets: pip install datasets, "
+                "or set data.data_dir to a local GLUE copy"
+            ) from error
+        hf_split = "train" if split == "train" else stem.replace("dev", "validation")
+        frame = load_dataset("glue", self.task.hf_name, split=hf_split)
+        columns = [c for c in frame.column_names if c not in ("label", "idx")]
+        pair = list(frame[columns[1]]) if len(columns) > 1 else None
+        return TextExamples(list(frame[columns[0]]), list(frame["label"]), pair)
