@@ -5,7 +5,8 @@ the dev metric. Rows: every lsframe line search with its defaults (no schedule),
 {1e-5, 2e-5, 5e-5, 1e-4} with 10 % warmup + cosine decay, Prodigy and DAdaptAdam (lr 1.0, same
 schedule), and AdamWScheduleFree at the grid's best learning rate (chosen per task on the mean
 dev metric, as a user would after running the grid). "train loss" is the mean training loss
-over the last 20 % of the epoch.
+over the last 20 % of the epoch. Each finished run is appended to ``<out>.runs.jsonl``; a later
+invocation with the same ``--out`` reuses the runs found there (add seeds in several sittings).
 
     python benchmarks/quality.py --task sst2 --train-limit 2000 --max-length 64 --seeds 0 1 2
 """
@@ -103,7 +104,18 @@ def main() -> None:
     tok = tokenizer()
     train = glue_examples(args.task, "train", args.train_limit)
     dev = glue_examples(args.task, "dev")
-    rows = [one_run(s, seed, args, tok, train, dev) for s in args.optimizers for seed in args.seeds]
+    # runs already in the log (an earlier, interrupted or partial invocation) are reused
+    done = (
+        [json.loads(line) for line in args.log.read_text().splitlines()]
+        if args.log.exists()
+        else []
+    )
+    known = {(r["optimizer"], r["seed"]): r for r in done}
+
+    def run_or_reuse(spec: str, seed: int) -> dict:
+        return known.get((spec, seed)) or one_run(spec, seed, args, tok, train, dev)
+
+    rows = [run_or_reuse(s, seed) for s in args.optimizers for seed in args.seeds]
     metric = glue_task(args.task).metrics[0]
     grid = [e for e in summarise(rows, metric) if e["optimizer"] in GRID]
     if grid and not args.no_schedulefree:
