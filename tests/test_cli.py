@@ -14,10 +14,12 @@ from lsframe.__main__ import main
 from lsframe.cli import LSFrameCLI
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+@pytest.mark.parametrize(
+    "config", CONFIGS, ids=[str(c.relative_to(ROOT / "configs")) for c in CONFIGS]
+)
 def test_every_config_parses(config, capsys):
     # --print_config validates every key and class_path without instantiating (no download)
     with pytest.raises(SystemExit) as exit_info:

@@ -172,11 +172,12 @@ class GlueDataModule(TextClassificationDataModule):
             raise FileNotFoundError(f"data.data_dir: {data_dir} is not a directory")
         self.data_dir = None if data_dir is None else Path(data_dir)
         self.num_labels = self.task.num_labels
+        self.metric_names = self.task.metrics
 
     @property
-    def dev_names(self) -> list[str]:
-        """One name per validation set: ``dev``, or ``dev_matched``/``dev_mismatched``."""
-        return [Path(f).stem for f in self.task.dev_files]
+    def eval_names(self) -> list[str]:
+        """One name per dev set: ``dev``, or ``matched`` and ``mismatched`` (MNLI)."""
+        return [Path(f).stem.removeprefix("dev_") for f in self.task.dev_files]
 
     def load_split(self, split: str) -> TextExamples | list[TextExamples]:
         files = ("train.tsv",) if split == "train" else self.task.dev_files

