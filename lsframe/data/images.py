@@ -1,0 +1,288 @@
+"""Image classification data: CIFAR-10/100 (torchvision), an ImageFolder (ImageNet layout), and
+MNIST-style idx files (MNIST, Fashion-MNIST)."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+_IDX_MAGIC = {2051: "images", 2049: "labels"}
+
+
+def read_idx(path: str | Path) -> torch.Tensor:
+    """An idx file (``.gz`` or raw) as a uint8 tensor: images ``(n, rows, cols)``, labels ``(n,)``.
+
+    Raises:
+        ValueError: an unknown magic number or a size that disagrees with the header, naming the
+            file.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    if len(data) < 8:
+        raise ValueError(f"{path}: {len(data)} bytes, too short for an idx header")
+    magic, count = struct.unpack(">II", data[:8])
+    if magic not in _IDX_MAGIC:
+        raise ValueError(f"{path}: magic number {magic}, expected 2051 (images) or 2049 (labels)")
+    shape, offset = (count,), 8
+    if magic == 2051:
+        rows, cols = struct.unpack(">II", data[8:16])
+        shape, offset = (count, rows, cols), 16
+    expected = offset + int(torch.tensor(shape).prod())
+    if len(data) != expected:
+        raise ValueError(
+            f"{path}: header says {shape} but the file has {len(data)} bytes, expected {expected}"
+        )
+    return torch.frombuffer(bytearray(data[offset:]), dtype=torch.uint8).view(shape)
+
+
+def _find(data_dir: Path, prefix: str, kind: str) -> Path:
+    names = [f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte{ext}" for ext in (".gz", "")]
+    for name in names:
+        if (data_dir / name).is_file():
+            return data_dir / name
+    raise FileNotFoundError(f"data.data_dir {data_dir}: none of {names}")
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Shared loaders and a seeded train/validation split; subclasses build the datasets.
+
+    Args:
+        batch_size: Training batch size. Default: 128.
+        eval_batch_size: Validation/test batch size. Default: 256.
+        num_workers: DataLoader workers.
+        train_limit: Keep only the first N training images (quick runs, tests).
+        val_limit: Keep only the first N validation/test images.
+        seed: Seed of the train/validation split where one is carved out.
+    """
+
+    num_classes: int = 10
+    in_chans: int = 3
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        train_limit: int | None = None,
+        val_limit: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError("data.batch_size and eval_batch_size must be >= 1")
+        self.batch_size, self.eval_batch_size, self.num_workers = (
+            batch_size,
+            eval_batch_size,
+            num_workers,
+        )
+        self.train_limit, self.val_limit, self.seed = train_limit, val_limit, seed
+        self.datasets: dict[str, Dataset] = {}
+
+    def build(self, stage: str) -> dict[str, Dataset]:
+        """The ``train``, ``val`` and ``test`` datasets."""
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        if not self.datasets:
+            self.datasets = self.build(stage)
+            for split, limit in (
+                ("train", self.train_limit),
+                ("val", self.val_limit),
+                ("test", self.val_limit),
+            ):
+                if limit is not None and split in self.datasets:
+                    self.datasets[split] = Subset(
+                        self.datasets[split], range(min(limit, len(self.datasets[split])))
+                    )
+
+    def split(self, dataset: Dataset, val_fraction: float) -> tuple[Subset, Subset]:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))
+        cut = int(len(dataset) * (1 - val_fraction))
+        return Subset(dataset, order[:cut].tolist()), Subset(dataset, order[cut:].tolist())
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+
+class IdxImageDataModule(ImageDataModule):
+    """MNIST or Fashion-MNIST from idx files (``<prefix>-images-idx3-ubyte[.gz]`` + labels).
+
+    ``../shared/data/images/mnist`` holds MNIST t10k; Debian's ``dataset-fashion-mnist`` puts
+    Fashion-MNIST in ``/usr/share/datasets/fashion-mnist``. Validation is a seeded
+    ``val_fraction`` of the training file; the test set is ``test_prefix`` (or that validation
+    part when ``test_prefix`` equals ``train_prefix``, e.g. when only t10k is at hand).
+
+    Args:
+        data_dir: Directory of the idx files.
+        train_prefix: ``train`` (60k) or ``t10k``.
+        test_prefix: Usually ``t10k``.
+        val_fraction: Share of the training file held out for validation. Default: 0.1.
+        **kwargs: See :class:`ImageDataModule`.
+    """
+
+    num_classes = 10
+    in_chans = 1
+
+    def __init__(
+        self,
+        data_dir: str,
+        train_prefix: str = "train",
+        test_prefix: str = "t10k",
+        val_fraction: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not Path(data_dir).is_dir():
+            raise FileNotFoundError(f"data.data_dir: {data_dir} is not a directory")
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        self.data_dir, self.train_prefix, self.test_prefix = (
+            Path(data_dir),
+            train_prefix,
+            test_prefix,
+        )
+        self.val_fraction = val_fraction
+
+    def load(self, prefix: str) -> TensorDataset:
+        images = read_idx(_find(self.data_dir, prefix, "images"))
+        labels = read_idx(_find(self.data_dir, prefix, "labels"))
+        if len(images) != len(labels):
+            raise ValueError(
+                f"{self.data_dir}/{prefix}: {len(images)} images but {len(labels)} labels"
+            )
+        # scale to [0, 1] and standardise with the usual MNIST statistics
+        x = (images.unsqueeze(1).float() / 255 - 0.1307) / 0.3081
+        return TensorDataset(x, labels.long())
+
+    def build(self, stage: str) -> dict[str, Dataset]:
+        train, val = self.split(self.load(self.train_prefix), self.val_fraction)
+        test = val if self.test_prefix == self.train_prefix else self.load(self.test_prefix)
+        return {"train": train, "val": val, "test": test}
+
+
+class CIFARDataModule(ImageDataModule):
+    """CIFAR-10 or CIFAR-100 through torchvision (random crop + flip for training).
+
+    Validation is a seeded ``val_fraction`` of the 50k training images; test is the 10k test set.
+
+    Args:
+        name: ``cifar10`` or ``cifar100``.
+        data_dir: Where torchvision finds (or downloads) the batches.
+        download: Download when missing (needs the internet).
+        val_fraction: Share of the training images held out. Default: 0.1.
+        **kwargs: See :class:`ImageDataModule`.
+    """
+
+    def __init__(
+        self,
+        name: str = "cifar10",
+        data_dir: str = "data",
+        download: bool = False,
+        val_fraction: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if name not in ("cifar10", "cifar100"):
+            raise ValueError(f"data.name must be 'cifar10' or 'cifar100', got {name!r}")
+        self.name, self.data_dir, self.download, self.val_fraction = (
+            name,
+            data_dir,
+            download,
+            val_fraction,
+        )
+        self.num_classes = 10 if name == "cifar10" else 100
+
+    def build(self, stage: str) -> dict[str, Dataset]:
+        from torchvision import datasets, transforms
+
+        cls = datasets.CIFAR10 if self.name == "cifar10" else datasets.CIFAR100
+        normalize = transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+        augment = transforms.Compose(
+            [
+                transforms.RandomCrop(32, padding=4),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                normalize,
+            ]
+        )
+        plain = transforms.Compose([transforms.ToTensor(), normalize])
+        try:
+            train_aug = cls(self.data_dir, train=True, transform=augment, download=self.download)
+            train_plain = cls(self.data_dir, train=True, transform=plain)
+            test = cls(self.data_dir, train=False, transform=plain, download=self.download)
+        except RuntimeError as error:
+            raise FileNotFoundError(
+                f"data.data_dir {self.data_dir}: {error} (set data.download: true)"
+            ) from error
+        train, val = self.split(train_aug, self.val_fraction)
+        return {"train": train, "val": Subset(train_plain, val.indices), "test": test}
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """An ImageFolder in the ImageNet layout: ``<root>/train/<class>/*.jpeg`` and ``<root>/val/...``.
+
+    Standard ImageNet transforms: random-resized crop + flip for training, resize + center crop
+    for validation; the validation folder doubles as the test set.
+
+    Args:
+        root: Directory holding ``train`` and ``val``.
+        image_size: Crop size. Default: 224.
+        **kwargs: See :class:`ImageDataModule`.
+    """
+
+    def __init__(self, root: str, image_size: int = 224, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for split in ("train", "val"):
+            if not (Path(root) / split).is_dir():
+                raise FileNotFoundError(f"data.root: {Path(root) / split} is not a directory")
+        self.root, self.image_size = Path(root), image_size
+        self.num_classes = sum(1 for p in (self.root / "train").iterdir() if p.is_dir())
+
+    def build(self, stage: str) -> dict[str, Dataset]:
+        from torchvision import datasets, transforms
+
+        normalize = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        train_tf = transforms.Compose(
+            [
+                transforms.RandomResizedCrop(self.image_size),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                normalize,
+            ]
+        )
+        eval_tf = transforms.Compose(
+            [
+                transforms.Resize(int(self.image_size * 256 / 224)),
+                transforms.CenterCrop(self.image_size),
+                transforms.ToTensor(),
+                normalize,
+            ]
+        )
+        val = datasets.ImageFolder(self.root / "val", transform=eval_tf)
+        return {
+            "train": datasets.ImageFolder(self.root / "train", transform=train_tf),
+            "val": val,
+            "test": val,
+        }

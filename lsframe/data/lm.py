@@ -1,0 +1,155 @@
+"""Causal language modelling data: text files cut into fixed-length token blocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (vocabulary 256): a tokenizer that needs no download, for small
+    models built from a config (e.g. ``GPT2Config(vocab_size=256)``)."""
+
+    vocab_size = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def tokenize_text(text: str, tokenizer: Any, lines_per_chunk: int = 2000) -> torch.Tensor:
+    """All tokens of ``text`` (no special tokens), encoded a chunk of lines at a time so that
+    tokenizers with a maximum input length do not complain about a long document."""
+    if isinstance(tokenizer, ByteTokenizer):
+        return torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    lines = text.splitlines(keepends=True)
+    ids: list[int] = []
+    for start in range(0, len(lines), lines_per_chunk):
+        chunk = "".join(lines[start : start + lines_per_chunk])
+        ids += tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def to_blocks(ids: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Non-overlapping blocks of ``block_size`` tokens (the ragged tail is dropped)."""
+    count = len(ids) // block_size
+    return ids[: count * block_size].view(count, block_size)
+
+
+def _stack_blocks(rows: list[tuple[torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {"input_ids": torch.stack([row[0] for row in rows])}
+
+
+class TextFileLMDataModule(pl.LightningDataModule):
+    """Text files → token blocks for causal LM fine-tuning (labels are the inputs; the model
+    shifts them). Perplexity is ``exp`` of the mean token loss.
+
+    Args:
+        train_file: UTF-8 text file to train on.
+        val_file: Validation text; ``None`` keeps the last ``val_fraction`` of the training tokens
+            for validation (they are not trained on).
+        val_fraction: Share of the training tokens held out when ``val_file`` is None.
+        tokenizer: ``None`` uses the model's tokenizer; ``"bytes"`` is :class:`ByteTokenizer`;
+            anything else is a tokenizer name or path for ``AutoTokenizer``.
+        block_size: Tokens per training example. Default: 128.
+        batch_size: Blocks per training micro-batch. Default: 8.
+        eval_batch_size: Blocks per validation batch. Default: 16.
+        train_limit: Keep only the first N training blocks (quick runs, tests).
+        val_limit: Keep only the first N validation blocks.
+    """
+
+    def __init__(
+        self,
+        train_file: str,
+        val_file: str | None = None,
+        val_fraction: float = 0.1,
+        tokenizer: str | None = None,
+        block_size: int = 128,
+        batch_size: int = 8,
+        eval_batch_size: int = 16,
+        train_limit: int | None = None,
+        val_limit: int | None = None,
+    ) -> None:
+        super().__init__()
+        for key, path in (("data.train_file", train_file), ("data.val_file", val_file)):
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(f"{key}: no file {path}")
+        if val_file is None and not 0 < val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        for key, value in (("block_size", block_size), ("batch_size", batch_size)):
+            if value < 1:
+                raise ValueError(f"data.{key} must be >= 1, got {value}")
+        self.save_hyperparameters()
+        self.train_file, self.val_file, self.val_fraction = train_file, val_file, val_fraction
+        self.tokenizer_name = tokenizer
+        self.block_size, self.batch_size, self.eval_batch_size = (
+            block_size,
+            batch_size,
+            eval_batch_size,
+        )
+        self.train_limit, self.val_limit = train_limit, val_limit
+        self.blocks: dict[str, torch.Tensor] = {}
+
+    @property
+    def tokenizer(self) -> Any:
+        if self.tokenizer_name == "bytes":
+            return ByteTokenizer()
+        if self.tokenizer_name is not None:
+            from transformers import AutoTokenizer
+
+            from lsframe.hub import resolve_pretrained
+
+            return AutoTokenizer.from_pretrained(resolve_pretrained(self.tokenizer_name))
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is None or getattr(module, "tokenizer", None) is None:
+            raise ValueError(
+                "TextFileLMDataModule: the model has no tokenizer; set data.tokenizer "
+                "('bytes' for a byte-level model built from a config)"
+            )
+        return module.tokenizer
+
+    def setup(self, stage: str) -> None:
+        if self.blocks:
+            return
+        tokenizer = self.tokenizer
+        ids = tokenize_text(Path(self.train_file).read_text(encoding="utf-8"), tokenizer)
+        if self.val_file is None:
+            cut = int(len(ids) * (1 - self.val_fraction))
+            ids, val_ids = ids[:cut], ids[cut:]
+        else:
+            val_ids = tokenize_text(Path(self.val_file).read_text(encoding="utf-8"), tokenizer)
+        for split, tokens, limit in (
+            ("train", ids, self.train_limit),
+            ("val", val_ids, self.val_limit),
+        ):
+            blocks = to_blocks(tokens, self.block_size)[:limit]
+            if len(blocks) == 0:
+                raise ValueError(
+                    f"{split} text has {len(tokens)} tokens, fewer than one block of "
+                    f"data.block_size={self.block_size}"
+                )
+            self.blocks[split] = blocks
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        blocks = self.blocks[split]
+        return DataLoader(
+            TensorDataset(blocks),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=_stack_blocks,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)

