@@ -250,3 +250,22 @@ def test_nonfinite_loss_skip_mode_skips_the_step():
 def test_bad_module_arguments_name_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key):
         TinyRegression(**kwargs)
+
+
+def test_batchnorm_statistics_move_once_per_step_whatever_the_trials():
+    def bn_model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Tanh(), torch.nn.Linear(8, 1)
+        )
+
+    module = TinyRegression(bn_model(), optimizer=lambda p: ProbeOptimizer(p, lr=0.0, trials=5))
+    trainer(max_steps=3).fit(module, loader(12, 4))
+    # lr 0: the parameters never move, so plain forwards over the same 3 batches give the
+    # statistics of exactly one update per step
+    reference = bn_model().train()
+    with torch.no_grad():
+        for x, _ in loader(12, 4):
+            reference(x)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(module.model[1], name), getattr(reference[1], name))

@@ -14,7 +14,8 @@ from lsframe.__main__ import main
 from lsframe.cli import LSFrameCLI
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+CONFIGS = sorted(c for c in (ROOT / "configs").rglob("*.yaml") if c.parent.name != "trainer")
+PIECES = sorted((ROOT / "configs" / "trainer").glob("*.yaml"))
 
 
 @pytest.mark.parametrize(
@@ -27,6 +28,28 @@ def test_every_config_parses(config, capsys):
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "class_path" in printed and "trainer:" in printed
+
+
+@pytest.mark.parametrize("piece", PIECES, ids=[p.stem for p in PIECES])
+def test_trainer_pieces_stack_on_an_experiment_config(piece, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        LSFrameCLI(
+            args=[
+                "fit",
+                "--config",
+                str(ROOT / "configs" / "glue" / "minilm.yaml"),
+                "--config",
+                str(piece),
+                "--print_config",
+            ]
+        )
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    import yaml
+
+    trainer = yaml.safe_load(printed)["trainer"]
+    for key, value in yaml.safe_load(piece.read_text())["trainer"].items():
+        assert trainer[key] == value, key
 
 
 def test_help_lists_the_subcommands_and_fit_options():
