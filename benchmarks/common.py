@@ -27,6 +27,18 @@ GLUE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glu
 LINE_SEARCH = ["sgdsls", "adamsls", "plasls", "alsals", "salsa"]
 
 
+def device_name(device: str) -> str:
+    """The GPU's name, or the CPU model from /proc/cpuinfo, with the thread count."""
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    model = next(
+        (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?"
+    )
+    return f"cpu: {model}, {torch.get_num_threads()} threads"
+
+
 def glue_examples(task: str, split: str, limit: int | None = None, data_dir: Path = GLUE_DIR):
     spec = glue_task(task)
     examples = read_glue_tsv(Path(data_dir) / spec.directory / f"{split}.tsv", spec)

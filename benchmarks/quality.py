@@ -23,7 +23,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import LINE_SEARCH, build, classifier, glue_examples, loader, step_size, tokenizer  # noqa: E402
+from common import (
+    LINE_SEARCH,
+    build,
+    classifier,
+    device_name,
+    glue_examples,
+    loader,
+    step_size,
+    tokenizer,
+)  # noqa: E402
 
 from lsframe.data.glue import glue_task  # noqa: E402
 
@@ -135,11 +144,11 @@ def main() -> None:
         cells += [f"{e[k]:.4f} ± {e[k + '_std']:.4f}" for k in keys]
         cells += [f"{e['forwards_per_step']:.2f}", f"{e['seconds']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    device = "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name()
+    device = device_name("cuda" if torch.cuda.is_available() else "cpu")
     meta = (
         f"GLUE {args.task}: first {args.train_limit} training examples, 1 epoch, batch 16, max "
         f"length {args.max_length}; dev set {len(dev.labels)} examples; seeds {args.seeds}; "
-        f"MiniLM-L6; device {device} ({torch.get_num_threads()} threads); torch "
+        f"MiniLM-L6; device {device}; torch "
         f"{torch.__version__}; wall {time.time() - started:.0f} s. Mean ± std over seeds."
     )
     table_text = "\n".join(lines)

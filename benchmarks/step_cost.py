@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -22,7 +22,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build, classifier, endless, glue_examples, loader, step_size, tokenizer  # noqa: E402
+from common import (
+    build,
+    classifier,
+    device_name,
+    endless,
+    glue_examples,
+    loader,
+    step_size,
+    tokenizer,
+)  # noqa: E402
 
 OPTIMIZERS = [
     "adamw-const@5e-5",
@@ -65,7 +74,7 @@ def timed_steps(args: argparse.Namespace) -> list[dict]:
         for run in runs[shift:] + runs[:shift]:
             if start >= steps_of(run):
                 continue
-            for i in range(start, min(start + args.block, args.steps)):
+            for i in range(start, min(start + args.block, steps_of(run))):
                 sync()
                 t0 = time.perf_counter()
                 with autocast(args.device, args.bf16):
@@ -79,6 +88,7 @@ def timed_steps(args: argparse.Namespace) -> list[dict]:
     base = sum(seconds[runs[0].name]) / args.steps
     # the every-step searchers run the first short_steps only: compare them to AdamW there
     base_short = sum(seconds[runs[0].name][: args.short_steps]) / args.short_steps
+    median_base = statistics.median(seconds[runs[0].name])
     rows = []
     for run in runs:
         n = steps_of(run)
@@ -90,6 +100,8 @@ def timed_steps(args: argparse.Namespace) -> list[dict]:
                 "steps": n,
                 "s_per_step": mean,
                 "ratio_to_adamw": mean / (base if n == args.steps else base_short),
+                # the median step leaves out the long first searches (from step size 1)
+                "median_ratio_to_adamw": statistics.median(seconds[run.name]) / median_base,
                 "forwards_per_step": run.forwards.count / n,
                 "final_step_size": step_size(run),
                 "train_loss_last100": sum(tail) / len(tail),
@@ -158,6 +170,7 @@ def main() -> None:
         "steps",
         "s/step",
         "x AdamW",
+        "median x AdamW",
         "fwd/step",
         "final step size",
         "loss last 100",
@@ -168,8 +181,10 @@ def main() -> None:
     for r in rows:
         cells = [
             r["optimizer"],
+            str(r["steps"]),
             f"{r['s_per_step']:.4f}",
             f"{r['ratio_to_adamw']:.2f}",
+            f"{r['median_ratio_to_adamw']:.2f}",
             f"{r['forwards_per_step']:.2f}",
             f"{r['final_step_size']:.3g}",
             f"{r['train_loss_last100']:.4f}",
@@ -177,10 +192,10 @@ def main() -> None:
         if args.memory:
             cells += [f"{r['peak_mb']:.0f}", f"{r['peak_vs_adamw']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor()
+    device = device_name(args.device)
     meta = (
         f"SST-2 train, MiniLM-L6, batch 16, max length 64, {args.steps} steps per optimizer, "
-        f"(every-step searchers {args.short_steps}), interleaved blocks of {args.block}; device {args.device} ({device}, "
+        f"(every-step searchers {args.short_steps}), interleaved blocks of {args.block}; device {device}, "
         f"{torch.get_num_threads()} threads), bf16 {args.bf16}; torch {torch.__version__}; "
         f"wall {time.time() - started:.0f} s; peak memory from a separate 20-step process"
     )
