@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import struct
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -243,3 +244,17 @@ def test_lm_data_errors_name_the_key(tmp_path):
         CausalLMModule()
     with pytest.raises(ValueError, match="model.model_name: Unknown model"):
         ImageClassificationModule("resnet_nonexistent")
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian dataset-fashion-mnist is not installed")
+def test_fashion_mnist_from_debian_has_the_official_splits():
+    data = IdxImageDataModule(str(FASHION), val_fraction=0.1)
+    data.setup("fit")
+    assert [len(data.datasets[s]) for s in ("train", "val", "test")] == [54000, 6000, 10000]
+    labels = torch.cat([data.datasets["train"].dataset.tensors[1]])
+    assert torch.bincount(labels).tolist() == [6000] * 10
+    images, _ = data.datasets["test"][0]
+    assert images.shape == (1, 28, 28)
