@@ -61,6 +61,15 @@ class LSFrameCLI(LightningCLI):
             }
         )
 
+    def before_fit(self) -> None:
+        # the default monitor is val/acc; a task scored otherwise (GLUE CoLA: mcc, STS-B:
+        # pearson) names its main metric first in the DataModule's metric_names
+        checkpoint = self.trainer.checkpoint_callback
+        names = getattr(self.datamodule, "metric_names", None)
+        if checkpoint is not None and checkpoint.monitor == "val/acc" and names and names[0] != "acc":
+            checkpoint.monitor = f"val/{names[0]}"
+            print(f"lsframe: checkpoint.monitor set to {checkpoint.monitor}, the task's main metric")
+
     def after_fit(self) -> None:
         trainer = self.trainer
         if not trainer.is_global_zero:

@@ -38,6 +38,17 @@ def resolve_pretrained(name_or_path: str) -> str:
     return str(path)
 
 
+def load_tokenizer(name_or_path: str):
+    """``AutoTokenizer`` for a model reference of :func:`resolve_pretrained` (a ``.gguf`` file
+    gives the tokenizer stored in it)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_pretrained(name_or_path)
+    if path.endswith(".gguf"):
+        return AutoTokenizer.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name)
+    return AutoTokenizer.from_pretrained(path)
+
+
 def describe_load_failure(name_or_path: str, error: Exception) -> str:
     """An error message that names the model reference that could not be loaded."""
     looks_local = name_or_path.startswith((".", "/", "~")) or Path(name_or_path).suffix != ""

@@ -254,7 +254,10 @@ def test_fashion_mnist_from_debian_has_the_official_splits():
     data = IdxImageDataModule(str(FASHION), val_fraction=0.1)
     data.setup("fit")
     assert [len(data.datasets[s]) for s in ("train", "val", "test")] == [54000, 6000, 10000]
-    labels = torch.cat([data.datasets["train"].dataset.tensors[1]])
-    assert torch.bincount(labels).tolist() == [6000] * 10
+    every_label = data.datasets["train"].dataset.tensors[1]  # the whole 60k training file
+    assert torch.bincount(every_label).tolist() == [6000] * 10
+    train_labels = every_label[data.datasets["train"].indices]
+    assert len(set(data.datasets["val"].indices) & set(data.datasets["train"].indices)) == 0
+    assert torch.bincount(train_labels).min() > 5000
     images, _ = data.datasets["test"][0]
     assert images.shape == (1, 28, 28)

@@ -169,7 +169,7 @@ def test_minilm_trains_on_real_rte_and_reports_accuracy(minilm, shared_data, tmp
     assert "val/acc = " in capsys.readouterr().out
 
 
-def test_regression_and_two_dev_sets_from_written_files(minilm, glue_dir, tmp_path):
+def test_regression_and_two_dev_sets_from_written_files(minilm, glue_dir, tmp_path, capsys):
     runs = tmp_path / "runs"
     stsb = ["--data.task_name", "stsb", "--data.data_dir", str(glue_dir)]
     (glue_dir / "STS-B" / "dev.tsv").write_text(FIXTURES["STS-B/train.tsv"])
@@ -178,9 +178,10 @@ def test_regression_and_two_dev_sets_from_written_files(minilm, glue_dir, tmp_pa
         match=r"model.num_labels is 2 but the data \(GlueDataModule\) has 1: set model.num_labels: 1",
     ):
         fit_glue(stsb, runs)
-    fit_glue([*stsb, "--model.num_labels", "1", "--checkpoint.monitor", "val/pearson"], runs)
+    fit_glue([*stsb, "--model.num_labels", "1"], runs)
     logged = scalars(runs / "glue_minilm" / "version_1")
     assert {"val/pearson", "val/spearman", "val/loss"} <= set(logged)
+    assert "best checkpoint (val/pearson = " in capsys.readouterr().out
 
     mnli = glue_dir / "MNLI"
     (mnli / "train.tsv").write_text((mnli / "dev_matched.tsv").read_text())

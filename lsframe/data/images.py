@@ -280,9 +280,16 @@ class ImageFolderDataModule(ImageDataModule):
                 normalize,
             ]
         )
+        train = datasets.ImageFolder(self.root / "train", transform=train_tf)
         val = datasets.ImageFolder(self.root / "val", transform=eval_tf)
+        if train.class_to_idx != val.class_to_idx:
+            missing = sorted(set(train.class_to_idx) ^ set(val.class_to_idx))
+            raise ValueError(
+                f"data.root: {self.root / 'train'} and {self.root / 'val'} have different class "
+                f"folders ({missing[:5]}...); labels would not line up"
+            )
         return {
-            "train": datasets.ImageFolder(self.root / "train", transform=train_tf),
+            "train": train,
             "val": val,
             "test": val,
         }

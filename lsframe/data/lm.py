@@ -101,11 +101,9 @@ class TextFileLMDataModule(pl.LightningDataModule):
         if self.tokenizer_name == "bytes":
             return ByteTokenizer()
         if self.tokenizer_name is not None:
-            from transformers import AutoTokenizer
+            from lsframe.hub import load_tokenizer
 
-            from lsframe.hub import resolve_pretrained
-
-            return AutoTokenizer.from_pretrained(resolve_pretrained(self.tokenizer_name))
+            return load_tokenizer(self.tokenizer_name)
         module = self.trainer.lightning_module if self.trainer is not None else None
         if module is None or getattr(module, "tokenizer", None) is None:
             raise ValueError(

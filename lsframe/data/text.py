@@ -133,13 +133,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
             if self.tokenizer_name is not None:
-                from transformers import AutoTokenizer
+                from lsframe.hub import load_tokenizer
 
-                from lsframe.hub import resolve_pretrained
-
-                self._tokenizer = AutoTokenizer.from_pretrained(
-                    resolve_pretrained(self.tokenizer_name)
-                )
+                self._tokenizer = load_tokenizer(self.tokenizer_name)
             else:
                 module = self.trainer.lightning_module if self.trainer is not None else None
                 if module is None or getattr(module, "tokenizer", None) is None:
@@ -151,6 +147,10 @@ class TextClassificationDataModule(pl.LightningDataModule):
         return self._tokenizer
 
     def setup(self, stage: str) -> None:
+        # a model/data mismatch (e.g. MNLI with 2 labels) should fail before tokenising
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if hasattr(module, "check_data") and hasattr(module, "num_labels"):
+            module.check_data(num_labels=module.num_labels)
         wanted = {
             "fit": ["train", "validation"],
             "validate": ["validation"],
@@ -183,7 +183,10 @@ class TextClassificationDataModule(pl.LightningDataModule):
         if isinstance(self.datasets[split], list):
             return [
                 DataLoader(
-                    d, batch_size=batch_size, collate_fn=DataCollatorWithPadding(self.tokenizer)
+                    d,
+                    batch_size=batch_size,
+                    collate_fn=DataCollatorWithPadding(self.tokenizer),
+                    num_workers=self.num_workers,
                 )
                 for d in self.datasets[split]
             ]

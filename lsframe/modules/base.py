@@ -20,9 +20,11 @@ without arguments; an optimizer that also needs forward-only trials declares
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -181,6 +183,24 @@ class ClosureModule(pl.LightningModule):
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         scheduler.step()
 
+    def export_pretrained(self, output_dir: str | Path) -> Path:
+        """Write a Hugging Face model (and the module's ``tokenizer``, if any) with
+        ``save_pretrained``; LoRA adapters are merged into a copy first, so the directory loads
+        with the plain ``AutoModelFor...from_pretrained``."""
+        model = self.model
+        if hasattr(model, "merge_and_unload"):
+            model = copy.deepcopy(model).merge_and_unload()
+        if not hasattr(model, "save_pretrained"):
+            raise TypeError(
+                f"{type(model).__name__} is not a Hugging Face model (no save_pretrained)"
+            )
+        output_dir = Path(output_dir)
+        model.save_pretrained(output_dir)
+        tokenizer = getattr(self, "tokenizer", None)
+        if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(output_dir)
+        return output_dir
+
     def check_data(self, **expected: Any) -> None:
         """Fail early when the DataModule's attribute disagrees with the model's setting.
 
@@ -273,27 +293,23 @@ class ClosureModule(pl.LightningModule):
         self._micro_batches = []
 
 
-@contextmanager
-def _running_stats_kept(model: nn.Module, keep: bool) -> Iterator[None]:
-    """Restore the running statistics of normalisation layers on exit when ``keep``."""
-    norms = [
-        m
-        for m in model.modules()
-        if keep
-        and isinstance(m, nn.modules.batchnorm._NormBase)
-        and m.track_running_stats
-        and m.training
-    ]
-    saved = [
-        {k: b.clone() for k, b in m.named_buffers(recurse=False) if b is not None} for m in norms
-    ]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for module, buffers in zip(norms, saved):
-                for name, value in buffers.items():
-                    getattr(module, name).copy_(value)
+class _NormStatistics:
+    """A copy of the running statistics of the model's BatchNorm-style layers (in training)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.saved = [
+            (m, {k: b.clone() for k, b in m.named_buffers(recurse=False) if b is not None})
+            for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._NormBase)
+            and m.track_running_stats
+            and m.training
+        ]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for module, buffers in self.saved:
+            for name, value in buffers.items():
+                getattr(module, name).copy_(value)
 
 
 class _StepEvaluator:
@@ -317,17 +333,22 @@ class _StepEvaluator:
     def closure(self, backward: bool = True) -> Tensor:
         self.random_state.restore()
         self.evaluations += 1
-        # only the first full evaluation at x_t may move BatchNorm running statistics: trial
-        # points (and any re-evaluation) must not count as extra batches
-        keep_stats = not backward or self.loss_at_start is not None
+        # only the first full evaluation at x_t may move BatchNorm running statistics, and only
+        # with a finite loss: trial points and re-evaluations must not count as extra batches
+        statistics = _NormStatistics(self.module.model)
         if not backward:
-            with torch.no_grad(), _running_stats_kept(self.module.model, keep_stats):
-                return self._reduce(self._loss(backward=False))
+            with torch.no_grad():
+                loss = self._reduce(self._loss(backward=False))
+            statistics.restore()
+            return loss
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.enable_grad(), _running_stats_kept(self.module.model, keep_stats):
+        with torch.enable_grad():
             loss = self._reduce(self._loss(backward=True))
-        if self.loss_at_start is None:
+        first = self.loss_at_start is None
+        if first:
             self.loss_at_start = loss
+        if not first or not torch.isfinite(loss):
+            statistics.restore()
         if not torch.isfinite(loss):
             self._handle_nonfinite(loss)
             return loss

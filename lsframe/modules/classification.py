@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -12,7 +10,7 @@ import torchmetrics
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from lsframe.hub import describe_load_failure, resolve_pretrained
+from lsframe.hub import describe_load_failure, load_tokenizer, resolve_pretrained
 from lsframe.modules.base import ClosureModule, default_optimizer
 from lsframe.modules.peft import apply_lora
 
@@ -128,9 +126,7 @@ class SequenceClassificationModule(ClosureModule):
     @cached_property
     def tokenizer(self) -> Any:
         """The tokenizer that belongs to the model (used by the DataModules and by export)."""
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(resolve_pretrained(self.model_name_or_path))
+        return load_tokenizer(self.model_name_or_path)
 
     def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
         return self.model(**batch).loss
@@ -188,16 +184,3 @@ class SequenceClassificationModule(ClosureModule):
             return {"scores": logits.squeeze(-1)}
         probabilities = logits.softmax(dim=-1)
         return {"labels": probabilities.argmax(dim=-1), "probabilities": probabilities}
-
-    def export_pretrained(self, output_dir: str | Path) -> Path:
-        """Write the fine-tuned model and its tokenizer with ``save_pretrained``.
-
-        The directory then loads with ``AutoModelForSequenceClassification.from_pretrained``.
-        """
-        output_dir = Path(output_dir)
-        model = self.model
-        if hasattr(model, "merge_and_unload"):  # LoRA: write plain weights with the adapters merged
-            model = copy.deepcopy(model).merge_and_unload()
-        model.save_pretrained(output_dir)
-        self.tokenizer.save_pretrained(output_dir)
-        return output_dir

@@ -11,7 +11,7 @@ import torch
 import torchmetrics
 from torch import Tensor
 
-from lsframe.hub import describe_load_failure, resolve_pretrained
+from lsframe.hub import describe_load_failure, load_tokenizer, resolve_pretrained
 from lsframe.modules.base import ClosureModule
 from lsframe.modules.peft import apply_lora
 
@@ -79,12 +79,17 @@ class CausalLMModule(ClosureModule):
         """The model's tokenizer (None for a model built from a config)."""
         if self.model_name_or_path is None:
             return None
-        from transformers import AutoTokenizer
+        return load_tokenizer(self.model_name_or_path)
 
-        path = resolve_pretrained(self.model_name_or_path)
-        if path.endswith(".gguf"):
-            return AutoTokenizer.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name)
-        return AutoTokenizer.from_pretrained(path)
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        block_size = getattr(self.trainer.datamodule, "block_size", None) if self._trainer else None
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if block_size is not None and limit is not None and block_size > limit:
+            raise ValueError(
+                f"data.block_size {block_size} exceeds the model's {limit} positions "
+                "(max_position_embeddings / n_positions)"
+            )
 
     def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
         return self.model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
