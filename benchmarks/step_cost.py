@@ -114,8 +114,6 @@ def timed_steps(args: argparse.Namespace) -> list[dict]:
 
 def probe_memory(spec: str, device: str, bf16: bool) -> float:
     """Peak memory (MB) of 20 steps of ``spec``; meant to run alone in a fresh process."""
-    import resource
-
     tok = tokenizer()
     batches = endless(loader(glue_examples("sst2", "train", 2000), tok, 64, 16, seed=0))
     run = build(spec, classifier(2, seed=0).to(device), 20)
@@ -124,7 +122,10 @@ def probe_memory(spec: str, device: str, bf16: bool) -> float:
             run.step(to_device(next(batches), device))
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, the peak resident set of this process image (ru_maxrss would carry the parent's
+    # peak over fork + exec)
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
 
 
 def peak_memory(spec: str, args: argparse.Namespace) -> float:
@@ -153,12 +154,19 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="also measure peak memory")
     parser.add_argument("--out", default="benchmarks/results/step_cost")
     parser.add_argument("--probe-memory", metavar="SPEC", help=argparse.SUPPRESS)
+    parser.add_argument("--rows-from", help="reuse the timings of this JSON result")
     args = parser.parse_args()
     if args.probe_memory:
         print(probe_memory(args.probe_memory, args.device, args.bf16))
         return
     started = time.time()
-    rows = timed_steps(args)
+    command = " ".join(sys.argv)
+    if args.rows_from:  # fill in the memory columns of an earlier timing run
+        earlier = json.loads(Path(args.rows_from).read_text())
+        rows = earlier["rows"]
+        command = f"{earlier.get('command', 'the timing run')}, then {command}"
+    else:
+        rows = timed_steps(args)
     if args.memory:
         for row in rows:
             row["peak_mb"] = peak_memory(row["optimizer"], args)
@@ -192,19 +200,25 @@ def main() -> None:
         if args.memory:
             cells += [f"{r['peak_mb']:.0f}", f"{r['peak_vs_adamw']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    device = device_name(args.device)
-    meta = (
-        f"SST-2 train, MiniLM-L6, batch 16, max length 64, {args.steps} steps per optimizer, "
-        f"(every-step searchers {args.short_steps}), interleaved blocks of {args.block}; device {device}, "
-        f"{torch.get_num_threads()} threads), bf16 {args.bf16}; torch {torch.__version__}; "
-        f"wall {time.time() - started:.0f} s; peak memory from a separate 20-step process"
-    )
+    if args.rows_from:
+        meta = earlier["meta"].split("; peak memory")[0]
+    else:
+        meta = (
+            f"SST-2 train, MiniLM-L6, batch 16, max length 64, {args.steps} steps per optimizer "
+            f"(every-step searchers {args.short_steps}), interleaved blocks of {args.block}; "
+            f"device {device_name(args.device)}; bf16 {args.bf16}; torch {torch.__version__}; "
+            f"wall {time.time() - started:.0f} s"
+        )
+    if args.memory:
+        meta += "; peak memory: each optimizer alone, 20 steps in a fresh process"
     table = "\n".join(lines)
     print(meta + "\n\n" + table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(f"{meta}\n\nCommand: `{' '.join(sys.argv)}`\n\n{table}\n")
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    out.with_suffix(".md").write_text(f"{meta}\n\nCommand: `{command}`\n\n{table}\n")
+    out.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "command": command, "rows": rows}, indent=1)
+    )
 
 
 if __name__ == "__main__":
