@@ -66,9 +66,16 @@ class LSFrameCLI(LightningCLI):
         # pearson) names its main metric first in the DataModule's metric_names
         checkpoint = self.trainer.checkpoint_callback
         names = getattr(self.datamodule, "metric_names", None)
-        if checkpoint is not None and checkpoint.monitor == "val/acc" and names and names[0] != "acc":
+        if (
+            checkpoint is not None
+            and checkpoint.monitor == "val/acc"
+            and names
+            and names[0] != "acc"
+        ):
             checkpoint.monitor = f"val/{names[0]}"
-            print(f"lsframe: checkpoint.monitor set to {checkpoint.monitor}, the task's main metric")
+            print(
+                f"lsframe: checkpoint.monitor set to {checkpoint.monitor}, the task's main metric"
+            )
 
     def after_fit(self) -> None:
         trainer = self.trainer
