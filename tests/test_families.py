@@ -8,7 +8,7 @@ import importlib.util
 import struct
 from pathlib import Path
 
-import lightning.pytorch as pl
+import helpers
 import pytest
 import torch
 from test_cli import ROOT, scalars
@@ -168,14 +168,7 @@ def test_every_line_search_trains_every_family(family, name, shared_data, minilm
     if name == "plasls":
         model.param_grouping = "parts"
     before = [p.detach().clone() for p in model.parameters()]
-    trainer = pl.Trainer(
-        max_steps=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = helpers.trainer(max_steps=2, limit_val_batches=0)
     trainer.fit(model, datamodule=data)
     assert trainer.global_step == 2
     after = list(model.parameters())
@@ -198,14 +191,7 @@ def test_lora_trains_only_adapters_and_head_with_salsa(minilm, shared_data):
     data = GlueDataModule(
         "rte", data_dir=str(shared_data / "glue"), train_limit=8, max_length=16, batch_size=4
     )
-    trainer = pl.Trainer(
-        max_steps=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = helpers.trainer(max_steps=2, limit_val_batches=0)
     trainer.fit(model, datamodule=data)
     optimizer_params = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
     named = dict(model.model.named_parameters())
