@@ -1,4 +1,5 @@
-"""Named parts of a model: embeddings, groups of layers, head (PLASLS, BERTcL, DPS).
+"""Named parts of a model: embeddings, groups of layers, head (PLASLS, BERTcL); the weights a
+gradient mask selects (DPS, ChildTuning).
 
 The rule, for any depth and any family:
 
@@ -18,6 +19,7 @@ left out.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,3 +105,75 @@ def part_groups(model: nn.Module, num_parts: int = 10) -> list[dict[str, Any]]:
         {"name": part.name, "part": part.name, "params": part.params}
         for part in split_into_parts(model, num_parts)
     ]
+
+
+def _is_linear_like(module: nn.Module) -> bool:
+    # transformers' Conv1D (GPT-2) is a linear layer with a transposed weight; matched by name
+    # so that this module does not import transformers
+    return isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or (
+        type(module).__name__ == "Conv1D"
+    )
+
+
+def _matches(name: str, patterns: list[str] | None) -> bool:
+    return any(re.search(pattern, name) for pattern in patterns or [])
+
+
+def weight_matrices(
+    model: nn.Module, include: list[str] | None = None, exclude: list[str] | None = None
+) -> list[tuple[str, nn.Parameter]]:
+    """The weight matrices a gradient mask acts on (DPS), by a rule that fits any model.
+
+    Default rule: the ``weight`` of every linear-like module (``nn.Linear``, ``nn.Conv*d``,
+    transformers' ``Conv1D``) that is trainable and not shared with an ``nn.Embedding``. In BERT
+    this is exactly P4's selection: attention query/key/value/output, FFN in/out, pooler and
+    classifier; biases, LayerNorm and embeddings are left out. In GPT-2 and Llama it is the
+    attention and MLP projections (and an untied LM head).
+
+    Args:
+        model: Any ``nn.Module``.
+        include: Regular expressions (``re.search`` on parameter names). When given, they replace
+            the default rule: every trainable parameter whose name matches one is selected.
+        exclude: Regular expressions; matching parameters are removed from the selection.
+
+    Returns:
+        ``(name, parameter)`` pairs in ``named_parameters`` order.
+    """
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    if include:
+        chosen = {pid for pid, n in names.items() if _matches(n, include)}
+    else:
+        embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        chosen = {
+            id(m.weight)
+            for m in model.modules()
+            if _is_linear_like(m) and isinstance(getattr(m, "weight", None), nn.Parameter)
+        }
+        chosen = {pid for pid in chosen if pid in names and pid not in embedded}
+    return [
+        (n, p) for n, p in model.named_parameters() if id(p) in chosen and not _matches(n, exclude)
+    ]
+
+
+def layer_stack_parameters(
+    model: nn.Module, include: list[str] | None = None, exclude: list[str] | None = None
+) -> list[tuple[str, nn.Parameter]]:
+    """Trainable parameters inside the layer stack (rule 1 above): ChildTuning-D's selection.
+
+    ChildTuning's reference masks every parameter whose name contains ``layer`` (BERT's
+    ``encoder.layer.*``, biases and LayerNorms included); this is that rule for any family.
+    ``include``/``exclude`` work as in :func:`weight_matrices`.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if include:
+        chosen = [(n, p) for n, p in named if _matches(n, include)]
+    else:
+        stack = find_layer_stack(model)
+        if stack is None:
+            raise ValueError(
+                f"{type(model).__name__} has no layer stack (an nn.ModuleList of layers): "
+                "name the parameters to select with include patterns"
+            )
+        prefix = f"{stack[0]}." if stack[0] else ""
+        chosen = [(n, p) for n, p in named if n.startswith(prefix)]
+    return [(n, p) for n, p in chosen if not _matches(n, exclude)]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
-from lsframe.parts import part_groups, split_into_parts
+from lsframe.parts import layer_stack_parameters, part_groups, split_into_parts, weight_matrices
 
 
 def tiny_bert(layers: int) -> torch.nn.Module:
@@ -81,3 +81,36 @@ def test_models_without_a_layer_stack_use_their_children():
 def test_too_few_parts_is_an_error():
     with pytest.raises(ValueError, match="num_parts"):
         split_into_parts(tiny_bert(2), num_parts=2)
+
+
+def test_dps_selection_in_bert_is_the_papers_matrices():
+    names = [n for n, _ in weight_matrices(tiny_bert(2))]
+    per_layer = [
+        "attention.self.query.weight",
+        "attention.self.key.weight",
+        "attention.self.value.weight",
+        "attention.output.dense.weight",
+        "intermediate.dense.weight",
+        "output.dense.weight",
+    ]
+    expected = [f"bert.encoder.layer.{i}.{n}" for i in range(2) for n in per_layer]
+    assert names == expected + ["bert.pooler.dense.weight", "classifier.weight"]
+    assert [n for n, _ in weight_matrices(tiny_bert(2), exclude=["classifier"])][-1] == (
+        "bert.pooler.dense.weight"
+    )
+    only = weight_matrices(tiny_bert(2), include=[r"query\.weight$"])
+    assert [n for n, _ in only] == [f"bert.encoder.layer.{i}.{per_layer[0]}" for i in range(2)]
+
+
+def test_dps_selection_in_gpt2_takes_conv1d_and_skips_the_tied_head():
+    config = GPT2Config(vocab_size=40, n_positions=16, n_embd=8, n_layer=2, n_head=2)
+    names = [n for n, _ in weight_matrices(GPT2LMHeadModel(config))]
+    per_layer = ["attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"]
+    assert names == [f"transformer.h.{i}.{n}" for i in range(2) for n in per_layer]
+
+
+def test_child_tuning_selection_is_the_layer_stack():
+    model = tiny_bert(2)
+    names = [n for n, _ in layer_stack_parameters(model)]
+    stack = [n for n, _ in model.named_parameters() if n.startswith("bert.encoder.layer.")]
+    assert names == stack and any(n.endswith("LayerNorm.bias") for n in names)

@@ -1,0 +1,6 @@
+"""Lightning callbacks, one concern each; they act through the hooks of
+:class:`lsframe.modules.ClosureModule` (``on_gradients_ready``, ``closure_loss``)."""
+
+from lsframe.callbacks.dps import DPS, ChildTuningD
+
+__all__ = ["DPS", "ChildTuningD"]

@@ -1,0 +1,156 @@
+"""What every gradient-mask callback shares (DPS, ChildTuning): exact top-fraction masks, the
+two masking behaviours, and the checks that the module drives the gradient hook.
+
+Masking behaviours (``mask_mode``):
+
+* ``"gradient"`` (default, as the reference implementations): masked gradient entries are set to
+  zero before the optimizer uses them. Whatever the optimizer builds from gradients (Adam moments,
+  a line search's direction and its Armijo term) sees the masked gradient, but momentum gathered
+  earlier and decoupled weight decay still move masked entries.
+* ``"frozen"``: masked entries do not move at all. Besides the gradient, their first-moment
+  buffers (``exp_avg`` of the Adam family, lsframe's line searches included, ``momentum_buffer``
+  of SGD) are zeroed, so a line search's trial points and its Armijo slope leave them out too;
+  their values are saved before the step and written back after it, which also undoes weight
+  decay. Masked entries are then bit-identical across the step. Second moments keep decaying.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+FIRST_MOMENT_KEYS = ("exp_avg", "momentum_buffer")
+
+
+def top_fraction_mask(score: Tensor, keep: float) -> Tensor:
+    """Boolean mask of exactly ``ceil(keep · n)`` entries of ``score`` with the largest values.
+
+    Ties are broken by position: among equal scores the entry with the lower flat index is kept
+    (a stable sort). The reference implementations keep every entry tied with the threshold,
+    which can keep more than the fraction (e.g. all of an all-zero score).
+    """
+    flat = score.reshape(-1)
+    k = math.ceil(keep * flat.numel())
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    if k > 0:
+        mask[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
+    return mask.view(score.shape)
+
+
+def global_top_fraction_masks(scores: dict[str, Tensor], keep: float) -> dict[str, Tensor]:
+    """:func:`top_fraction_mask` over all tensors of ``scores`` at once (ties: earlier tensor,
+    then lower index), split back per tensor."""
+    names = list(scores)
+    flat = top_fraction_mask(torch.cat([scores[n].reshape(-1).float() for n in names]), keep)
+    sizes = [scores[n].numel() for n in names]
+    return {n: m.view(scores[n].shape) for n, m in zip(names, flat.split(sizes))}
+
+
+def check_fraction(name: str, value: float, low_open: bool = False) -> None:
+    ok = 0.0 < value <= 1.0 if low_open else 0.0 <= value < 1.0
+    if not ok:
+        interval = "(0, 1]" if low_open else "[0, 1)"
+        raise ValueError(f"{name} must be in {interval}, got {value}")
+
+
+class GradientMaskCallback(pl.Callback):
+    """Base class: selected parameters, mask application, frozen-mode save and restore.
+
+    Subclasses implement :meth:`select` and the ``on_gradients_ready`` hook of
+    :class:`lsframe.modules.ClosureModule`, which fires once per optimizer step after the full
+    backward (all micro-batches) and before clipping and the optimizer's use of the gradients.
+    """
+
+    def __init__(
+        self,
+        mask_mode: Literal["gradient", "frozen"] = "gradient",
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+    ) -> None:
+        if mask_mode not in ("gradient", "frozen"):
+            raise ValueError(f"mask_mode must be 'gradient' or 'frozen', got {mask_mode!r}")
+        self.mask_mode = mask_mode
+        self.include = list(include) if include else None
+        self.exclude = list(exclude) if exclude else None
+        self.params: dict[str, nn.Parameter] = {}
+        self._saved: list[tuple[nn.Parameter, Tensor, Tensor]] = []
+
+    def select(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        raise NotImplementedError
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        name = type(self).__name__
+        if pl_module.automatic_optimization or not hasattr(pl_module, "on_gradients_ready"):
+            raise TypeError(
+                f"{name} needs an lsframe ClosureModule (manual optimization with the "
+                f"on_gradients_ready hook); got {type(pl_module).__name__}"
+            )
+        model = getattr(pl_module, "model", pl_module)
+        self.params = dict(self.select(model))
+        if not self.params:
+            raise ValueError(
+                f"{name} selected no parameter of {type(model).__name__} "
+                f"(include={self.include}, exclude={self.exclude})"
+            )
+
+    def masked_fraction_kept(self, masks: dict[str, Tensor]) -> float:
+        kept = sum(int(m.sum()) for m in masks.values())
+        return kept / max(1, sum(m.numel() for m in masks.values()))
+
+    @torch.no_grad()
+    def apply_masks(
+        self, optimizer: torch.optim.Optimizer, masks: dict[str, Tensor], scale: float = 1.0
+    ) -> None:
+        """Multiply each selected gradient by its boolean mask (and ``scale``); in frozen mode
+        also zero the masked first moments and save the masked values for :meth:`_restore`."""
+        params, grads, keep = [], [], []
+        for name, mask in masks.items():
+            param = self.params[name]
+            if param.grad is None:
+                continue
+            params.append(param)
+            grads.append(param.grad)
+            keep.append(mask)
+        if not grads:
+            return
+        torch._foreach_mul_(grads, keep)
+        if scale != 1.0:
+            torch._foreach_mul_(grads, scale)
+        if self.mask_mode != "frozen":
+            return
+        self._saved = []
+        for param, mask in zip(params, keep):
+            masked = ~mask
+            state = optimizer.state.get(param, {})
+            for key in FIRST_MOMENT_KEYS:
+                buffer = state.get(key)
+                if isinstance(buffer, Tensor) and buffer.shape == param.shape:
+                    buffer.masked_fill_(masked, 0.0)
+            self._saved.append((param, masked, param.detach()[masked].clone()))
+
+    @torch.no_grad()
+    def _restore(self) -> None:
+        for param, masked, values in self._saved:
+            param.detach().masked_scatter_(masked, values)
+        self._saved = []
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        if self._saved:
+            self._restore()
+
+    @staticmethod
+    def to_device(tensors: dict[str, Tensor] | None, params: dict[str, nn.Parameter]) -> Any:
+        if tensors is None:
+            return None
+        missing = sorted(set(tensors) - set(params))
+        if missing:
+            raise KeyError(f"saved masks name parameters the model lacks: {missing[:5]}")
+        return {n: t.to(params[n].device) for n, t in tensors.items()}
