@@ -14,8 +14,11 @@ from lsframe.__main__ import main
 from lsframe.cli import LSFrameCLI
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(c for c in (ROOT / "configs").rglob("*.yaml") if c.parent.name != "trainer")
+CONFIGS = sorted(
+    c for c in (ROOT / "configs").rglob("*.yaml") if c.parent.name not in ("trainer", "callbacks")
+)
 PIECES = sorted((ROOT / "configs" / "trainer").glob("*.yaml"))
+CALLBACK_PIECES = sorted((ROOT / "configs" / "callbacks").glob("*.yaml"))
 
 
 @pytest.mark.parametrize(
@@ -50,6 +53,22 @@ def test_trainer_pieces_stack_on_an_experiment_config(piece, capsys):
     trainer = yaml.safe_load(printed)["trainer"]
     for key, value in yaml.safe_load(piece.read_text())["trainer"].items():
         assert trainer[key] == value, key
+
+
+@pytest.mark.parametrize("piece", CALLBACK_PIECES, ids=[p.stem for p in CALLBACK_PIECES])
+def test_callback_pieces_stack_on_an_experiment_config(piece, capsys):
+    import yaml
+
+    with pytest.raises(SystemExit):
+        LSFrameCLI(
+            args=["fit", "--config", str(ROOT / "configs" / "glue" / "minilm.yaml")]
+            + ["--config", str(piece), "--print_config"]
+        )
+    printed = yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]
+    wanted = yaml.safe_load(piece.read_text())["trainer"]["callbacks"]
+    assert [c["class_path"] for c in printed] == [c["class_path"] for c in wanted]
+    for got, want in zip(printed, wanted):
+        assert want["init_args"].items() <= got["init_args"].items()
 
 
 def test_help_lists_the_subcommands_and_fit_options():

@@ -249,3 +249,35 @@ def test_bad_arguments_and_misuse_are_clear_errors():
 
     with pytest.raises(TypeError, match="ClosureModule"):
         trainer(max_steps=1, callbacks=[DPS()]).fit(Plain(), loader(8, 4))
+
+
+def test_dps_with_alsals_from_the_cli_on_the_real_encoder(minilm, shared_data, tmp_path):
+    from test_families import smoke
+
+    piece = tmp_path / "dps.yaml"
+    piece.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lsframe.callbacks.DPS\n"
+        "      init_args: {update_ratio: 0.34, mask_mode: frozen}\n"
+    )
+    logged = smoke(
+        "glue/minilm.yaml",
+        tmp_path,
+        "--config",
+        str(piece),
+        "--model.init_args.optimizer",
+        "lsframe.optim.ALSALS",
+        "--data.data_dir",
+        str(shared_data / "glue"),
+        "--data.task_name",
+        "rte",
+        "--data.train_limit",
+        "48",
+        "--data.max_length",
+        "32",
+        "--data.val_limit",
+        "16",
+    )
+    assert logged["dps/stage"] == [1.0, 2.0, 3.0]
+    assert logged["dps/updated_fraction"][0] == 1.0
+    assert logged["dps/updated_fraction"][1] == pytest.approx(0.7, abs=1e-3)
+    assert all(math.isfinite(x) for x in logged["train/loss"])

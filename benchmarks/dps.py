@@ -1,0 +1,204 @@
+"""DPS and ChildTuning-D vs vanilla fine-tuning in P4's low-resource setting, and their overhead.
+
+Quality (the default): the real MiniLM-L6 fine-tuned through lsframe's own Lightning stack
+(``SequenceClassificationModule`` + ``GlueDataModule`` + the callbacks) on a seeded random
+1,000-example subset of a GLUE training set (a different subset per seed, as P4's low-resource
+runs), 3 epochs, batch 16, max length 128, AdamW lr 5e-5, weight decay 0.01, 10 % warmup and
+cosine decay; the full dev set at the end. Methods: ``vanilla``, ``dps`` (DPS defaults: p 0.3,
+update ratio 0.05) and ``childtuning_d`` (reserve 0.3, Fisher over the training subset). Every
+finished run is appended to ``<out>.runs.jsonl`` and reused by later invocations.
+
+    python benchmarks/dps.py --tasks rte mrpc --seeds 0 1 2 3 4
+
+Overhead (``--overhead``): seconds per optimizer step of a plain PyTorch loop (forward, backward,
+AdamW) with and without each callback's gradient work (DPS stage I scoring, DPS stage II masking,
+ChildTuning-D masking), taking turns in blocks on the same batches; ratios of the medians.
+
+    python benchmarks/dps.py --overhead --steps 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning.pytorch as pl
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import GLUE_DIR, MINILM, classifier, device_name, glue_examples, loader, tokenizer  # noqa: E402
+
+from lsframe.callbacks import DPS, ChildTuningD  # noqa: E402
+from lsframe.callbacks._masking import global_top_fraction_masks, top_fraction_mask  # noqa: E402
+from lsframe.data import GlueDataModule  # noqa: E402
+from lsframe.modules import SequenceClassificationModule  # noqa: E402
+from lsframe.optim import WarmupCosineLR  # noqa: E402
+
+METHODS = {
+    "vanilla": lambda: [],
+    "dps": lambda: [DPS()],
+    "childtuning_d": lambda: [ChildTuningD()],
+}
+
+
+def one_run(task: str, method: str, seed: int, args: argparse.Namespace) -> dict:
+    pl.seed_everything(seed, verbose=False)
+    module = SequenceClassificationModule(
+        MINILM,
+        num_labels=2,
+        optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.01),
+        lr_scheduler=partial(WarmupCosineLR, warmup_ratio=0.1),
+    )
+    data = GlueDataModule(
+        task_name=task,
+        data_dir=str(GLUE_DIR),
+        batch_size=16,
+        max_length=128,
+        train_subsample=args.train_size,
+        seed=seed,
+    )
+    trainer = pl.Trainer(
+        accelerator="auto",
+        devices=1,
+        max_epochs=args.epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=args.epochs,
+        callbacks=METHODS[method](),
+    )
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    seconds = time.perf_counter() - started
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    row = {"task": task, "method": method, "seed": seed, "steps": trainer.global_step}
+    row.update({k.split("/", 1)[1]: v for k, v in metrics.items()}, seconds=seconds)
+    print(json.dumps(row), flush=True)
+    with args.log.open("a") as log:
+        log.write(json.dumps(row) + "\n")
+    return row
+
+
+def quality(args: argparse.Namespace) -> None:
+    done = [json.loads(x) for x in args.log.read_text().splitlines()] if args.log.exists() else []
+    known = {(r["task"], r["method"], r["seed"]): r for r in done}
+    rows = [
+        known.get((task, method, seed)) or one_run(task, method, seed, args)
+        for task in args.tasks
+        for seed in args.seeds
+        for method in args.methods
+    ]
+    lines = ["| task | method | seeds | dev acc | dev f1 | s/run |", "|---|---|---|---|---|---|"]
+    for task in args.tasks:
+        for method in args.methods:
+            runs = [r for r in rows if r["task"] == task and r["method"] == method]
+            cells = [task, method, str(len(runs))]
+            for key in ("acc", "f1"):
+                values = [r[key] for r in runs if key in r]
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                cells.append(f"{statistics.mean(values):.4f} ± {std:.4f}" if values else "–")
+            cells.append(f"{statistics.mean(r['seconds'] for r in runs):.0f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    meta = (
+        f"MiniLM-L6, seeded random {args.train_size}-example training subsets, {args.epochs} "
+        f"epochs, batch 16, max length 128, AdamW lr {args.lr} wd 0.01, warmup 10 % + cosine; "
+        f"full dev sets; seeds {args.seeds}; device "
+        f"{device_name('cuda' if torch.cuda.is_available() else 'cpu')}; torch "
+        f"{torch.__version__}. Mean ± std over seeds."
+    )
+    write(args.out, meta, "\n".join(lines), rows)
+
+
+def overhead(args: argparse.Namespace) -> None:
+    """Median step time with each callback's gradient work, as a ratio to the plain step."""
+    torch.manual_seed(0)
+    tok = tokenizer()
+    batches = list(loader(glue_examples("rte", "train", 16 * 8), tok, 128, 16, seed=0))
+    model = classifier(2, seed=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    quiet = SimpleNamespace(log=lambda *a, **k: None)
+
+    def prepared(callback, stage_two: bool):
+        callback.params = dict(callback.select(model))
+        if isinstance(callback, DPS):
+            callback.stage_length = 2  # global_step 3 -> step 4: inside stage 2 (mask exists)
+            if stage_two:
+                callback.masks = {
+                    n: top_fraction_mask(torch.rand_like(p), 0.7)
+                    for n, p in callback.params.items()
+                }
+        else:
+            scores = {n: torch.rand_like(p) for n, p in callback.params.items()}
+            callback.masks = global_top_fraction_masks(scores, 0.3)
+        return callback
+
+    variants = {
+        "plain AdamW step": None,
+        "+ DPS stage I (scores)": prepared(DPS(), False),
+        "+ DPS stage II (mask)": prepared(DPS(), True),
+        "+ ChildTuning-D (mask)": prepared(ChildTuningD(), False),
+    }
+    steps = {"+ DPS stage I (scores)": 1, "+ DPS stage II (mask)": 3}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    block, i = 10, 0
+    while min(len(t) for t in times.values()) < args.steps:
+        for name, callback in variants.items():
+            for _ in range(block):
+                batch = batches[i % len(batches)]
+                i += 1
+                started = time.perf_counter()
+                optimizer.zero_grad(set_to_none=True)
+                model(**batch).loss.backward()
+                if callback is not None:
+                    trainer = SimpleNamespace(global_step=steps.get(name, 0))
+                    callback.on_gradients_ready(trainer, quiet, optimizer)
+                optimizer.step()
+                times[name].append(time.perf_counter() - started)
+    base = statistics.median(times["plain AdamW step"])
+    lines = ["| variant | median s/step | ratio to plain |", "|---|---|---|"]
+    for name, values in times.items():
+        median = statistics.median(values)
+        lines.append(f"| {name} | {median:.4f} | {median / base:.3f} |")
+    meta = (
+        f"MiniLM-L6 on RTE batches (batch 16, max length 128), AdamW; {args.steps} steps per "
+        f"variant in interleaved blocks of {block}; device {device_name('cpu')}; torch "
+        f"{torch.__version__}."
+    )
+    write(args.out, meta, "\n".join(lines), {k: v for k, v in times.items()})
+
+
+def write(out: Path, meta: str, table: str, data: object) -> None:
+    print(meta + "\n\n" + table)
+    out.with_suffix(".md").write_text(f"{meta}\n\nCommand: `{' '.join(sys.argv)}`\n\n{table}\n")
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "data": data}, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["rte", "mrpc"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--train-size", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--overhead", action="store_true")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    kind = "dps_overhead" if args.overhead else "dps_quality"
+    args.out = Path(args.out or f"benchmarks/results/{kind}_cpu")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.log = args.out.with_suffix(".runs.jsonl")
+    overhead(args) if args.overhead else quality(args)
+
+
+if __name__ == "__main__":
+    main()
