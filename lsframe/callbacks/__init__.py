@@ -2,5 +2,6 @@
 :class:`lsframe.modules.ClosureModule` (``on_gradients_ready``, ``closure_loss``)."""
 
 from lsframe.callbacks.dps import DPS, ChildTuningD
+from lsframe.callbacks.valley import ValleyExploration
 
-__all__ = ["DPS", "ChildTuningD"]
+__all__ = ["DPS", "ChildTuningD", "ValleyExploration"]

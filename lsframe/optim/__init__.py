@@ -2,12 +2,16 @@
 
 Line-search family (closure contract ``closure(backward: bool = True) -> Tensor``):
 :class:`SGDSLS`, :class:`AdamSLS`, :class:`PLASLS`, :class:`ALSALS`, :class:`SaLSA`.
+Large batch and valley exploration: :class:`Lamb`, :class:`ALTO`, :class:`AdamE`.
 """
 
 from lsframe.optim._linesearch import LineSearchOptimizer
 from lsframe.optim._registry import LINE_SEARCH, create, names, register
+from lsframe.optim.adam_e import AdamE
 from lsframe.optim.adam_sls import AdamSLS
 from lsframe.optim.alsals import ALSALS
+from lsframe.optim.alto import ALTO
+from lsframe.optim.lamb import Lamb
 from lsframe.optim.param_groups import weight_decay_groups
 from lsframe.optim.plasls import PLASLS
 from lsframe.optim.salsa import SaLSA
@@ -17,10 +21,13 @@ from lsframe.optim.step_size_schedule import StepSizeSchedule
 
 __all__ = [
     "ALSALS",
+    "ALTO",
     "LINE_SEARCH",
     "PLASLS",
     "SGDSLS",
+    "AdamE",
     "AdamSLS",
+    "Lamb",
     "LineSearchOptimizer",
     "SaLSA",
     "StepSizeSchedule",

@@ -7,8 +7,11 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from lsframe.optim.adam_e import AdamE
 from lsframe.optim.adam_sls import AdamSLS
 from lsframe.optim.alsals import ALSALS
+from lsframe.optim.alto import ALTO
+from lsframe.optim.lamb import Lamb
 from lsframe.optim.plasls import PLASLS
 from lsframe.optim.salsa import SaLSA
 from lsframe.optim.sls import SGDSLS
@@ -19,6 +22,9 @@ REGISTRY: dict[str, type[Optimizer]] = {
     "plasls": PLASLS,
     "alsals": ALSALS,
     "salsa": SaLSA,
+    "lamb": Lamb,
+    "alto": ALTO,
+    "adame": AdamE,
     "adamw": torch.optim.AdamW,
     "adam": torch.optim.Adam,
     "sgd": torch.optim.SGD,

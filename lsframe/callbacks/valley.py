@@ -1,0 +1,135 @@
+"""Valley exploration (P2's adaptor "E") for any optimizer, as a callback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from lsframe.optim.valley import check_valley, init_valley_state, valley_adapt_, valley_defaults
+
+
+class ValleyExploration(pl.Callback):
+    """Replace each step's gradient ``g`` by ``g̃ = g + α a`` before the optimizer uses it (Zhao et
+    al., NeurIPS 2025, arXiv 2510.27153; maths in :mod:`lsframe.optim.valley`).
+
+    Runs in :class:`lsframe.modules.ClosureModule`'s ``on_gradients_ready`` hook: once per optimizer
+    step, after the full backward (all micro-batches, callback loss terms included) and before
+    gradient clipping and the optimizer. Any optimizer therefore runs on ``g̃``: AdamW becomes
+    AdamE, Lamb becomes ALTO's update without its clip-first order, and a line search builds its
+    direction *and its Armijo slope* from ``g̃`` (the slope is ``⟨g̃, d⟩``, not the true
+    directional derivative ``⟨g, d⟩``). Gradient masks (DPS) and this callback compose in the
+    order of ``trainer.callbacks``.
+
+    ``p.grad`` holds ``g̃`` only during the optimizer step: after the batch the raw gradient is
+    written back, so later hooks and loggers see ``g``. The state (previous gradient and ``a``
+    per parameter, two tensors each) is saved in the callback's ``state_dict`` and restored on
+    resume, unlike the reference, which loses it. First step: no kick (``first_step_kick``).
+
+    Args:
+        alpha: α. None: from the effective batch size (:meth:`effective_batch_size`) by the
+            paper's rule (< 1,024: α = 0.5, β1 = 0.01; otherwise α = −5, β1 = 0.99).
+        beta: β1 of the adaptor. None: as ``alpha``.
+        first_step_kick: Start from ``g_0 = 0`` as the reference. Default: False.
+
+    Example (YAML)::
+
+        trainer:
+          callbacks:
+            - class_path: lsframe.callbacks.ValleyExploration
+              init_args: {alpha: 0.5, beta: 0.01}
+    """
+
+    def __init__(
+        self, alpha: float | None = None, beta: float | None = None, first_step_kick: bool = False
+    ) -> None:
+        if (alpha is None) != (beta is None):
+            raise ValueError("give both alpha and beta, or neither (the batch-size rule)")
+        if alpha is not None:
+            check_valley(alpha, beta)
+        self.alpha = alpha
+        self.beta = beta
+        self.first_step_kick = first_step_kick
+        self.params: dict[str, nn.Parameter] = {}
+        self.prev: dict[str, Tensor] = {}
+        self.diffs: dict[str, Tensor] = {}
+        self._adapted: list[str] = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if pl_module.automatic_optimization or not hasattr(pl_module, "on_gradients_ready"):
+            raise TypeError(
+                "ValleyExploration needs an lsframe ClosureModule (manual optimization with the "
+                f"on_gradients_ready hook); got {type(pl_module).__name__}"
+            )
+        model = getattr(pl_module, "model", pl_module)
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.alpha is None:  # not given and not restored from a checkpoint
+            self.alpha, self.beta = valley_defaults(self.effective_batch_size(trainer, pl_module))
+
+    @staticmethod
+    def effective_batch_size(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+        """Micro-batch size (the DataModule's ``batch_size``, else the train loader's) ×
+        ``accumulate_grad_batches`` × world size."""
+        batch = getattr(trainer.datamodule, "batch_size", None)
+        if not isinstance(batch, int):
+            batch = getattr(trainer.train_dataloader, "batch_size", None)
+        if not isinstance(batch, int):
+            raise ValueError(
+                "ValleyExploration: the batch-size rule needs the batch size (a DataModule or "
+                "DataLoader batch_size); set alpha and beta explicitly"
+            )
+        return batch * getattr(pl_module, "accumulate_grad_batches", 1) * trainer.world_size
+
+    @torch.no_grad()
+    def on_gradients_ready(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        names = [n for n, p in self.params.items() if p.grad is not None]
+        seen = [n for n in names if n in self.prev]
+        for n in seen:  # after a resume the saved state arrives on the CPU
+            self.prev[n] = self.prev[n].to(self.params[n].grad.device)
+            self.diffs[n] = self.diffs[n].to(self.params[n].grad.device)
+        valley_adapt_(
+            [self.params[n].grad for n in seen],
+            [self.prev[n] for n in seen],
+            [self.diffs[n] for n in seen],
+            self.alpha,
+            self.beta,
+        )
+        fresh = [n for n in names if n not in self.prev]
+        if fresh:
+            prev, diffs = init_valley_state(
+                [self.params[n].grad for n in fresh], self.alpha, self.beta, self.first_step_kick
+            )
+            self.prev.update(zip(fresh, prev))
+            self.diffs.update(zip(fresh, diffs))
+        self._adapted = names
+
+    @torch.no_grad()
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        for name in self._adapted:
+            grad = self.params[name].grad
+            if grad is not None:
+                grad.copy_(self.prev[name])
+        self._adapted = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "prev": {n: t.cpu() for n, t in self.prev.items()},
+            "diffs": {n: t.cpu() for n, t in self.diffs.items()},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.alpha, self.beta = state_dict["alpha"], state_dict["beta"]
+        self.prev = dict(state_dict["prev"])
+        self.diffs = dict(state_dict["diffs"])

@@ -1,0 +1,92 @@
+"""AdamE (Zhao et al., NeurIPS 2025, arXiv 2510.27153): Adam(W) on the E-adapted gradient."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lsframe.optim.valley import check_valley, init_valley_state, valley_adapt_, valley_defaults
+
+
+class AdamE(torch.optim.AdamW):
+    """``torch.optim.AdamW`` run on ``g̃ = g + α a`` (see :mod:`lsframe.optim.valley`).
+
+    The same as the reference ``E(AdamW(...))`` up to these deliberate differences: the adaptor's
+    state (``valley_prev``, ``valley_diff`` in ``self.state[p]``) is saved by ``state_dict``; a
+    closure is evaluated first and its gradient is adapted (the reference hands the closure to
+    the base optimizer, which recomputes the gradient and drops the adaptation); ``p.grad`` holds
+    the raw gradient again after the step; the first step has no kick (``first_step_kick``).
+
+    Args:
+        params: Parameters or param groups.
+        lr, betas, eps, weight_decay, amsgrad: As ``torch.optim.AdamW``; weight_decay
+            defaults to 0 (Adam), as the paper's AdamE.
+        alpha: The adaptor's α (None: from ``batch_size``).
+        valley_beta: The adaptor's β1 (None: from ``batch_size``).
+        batch_size: Effective batch size for the paper's rule (< 1,024: α = 0.5, β1 = 0.01;
+            otherwise α = −5, β1 = 0.99). Default: 32, the fine-tuning setting.
+        first_step_kick: Start from ``g_0 = 0`` as the reference. Default: False.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        alpha: float | None = None,
+        valley_beta: float | None = None,
+        batch_size: int | None = 32,
+        first_step_kick: bool = False,
+    ) -> None:
+        rule_alpha, rule_beta = valley_defaults(batch_size)
+        alpha = rule_alpha if alpha is None else alpha
+        valley_beta = rule_beta if valley_beta is None else valley_beta
+        check_valley(alpha, valley_beta)
+        super().__init__(
+            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad
+        )
+        for group in self.param_groups:
+            group.setdefault("valley_alpha", alpha)
+            group.setdefault("valley_beta", valley_beta)
+        self.defaults.update(valley_alpha=alpha, valley_beta=valley_beta)
+        self.first_step_kick = first_step_kick
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        fresh: list[tuple[Tensor, Tensor, Tensor]] = []
+        for group in self.param_groups:
+            alpha, beta = group["valley_alpha"], group["valley_beta"]
+            check_valley(alpha, beta)
+            params = [p for p in group["params"] if p.grad is not None]
+            seen = [p for p in params if "valley_prev" in self.state[p]]
+            valley_adapt_(
+                [p.grad for p in seen],
+                [self.state[p]["valley_prev"] for p in seen],
+                [self.state[p]["valley_diff"] for p in seen],
+                alpha,
+                beta,
+            )
+            new = [p for p in params if "valley_prev" not in self.state[p]]
+            if new:  # AdamW initialises its own state on an empty dict: add ours after its step
+                prev, diffs = init_valley_state(
+                    [p.grad for p in new], alpha, beta, self.first_step_kick
+                )
+                fresh += list(zip(new, prev, diffs))
+        super().step()
+        for p, g_prev, a in fresh:
+            self.state[p]["valley_prev"] = g_prev
+            self.state[p]["valley_diff"] = a
+        for group in self.param_groups:  # leave the raw gradient in p.grad
+            for p in group["params"]:
+                if p.grad is not None and "valley_prev" in self.state[p]:
+                    p.grad.copy_(self.state[p]["valley_prev"])
+        return loss

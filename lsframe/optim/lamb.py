@@ -1,0 +1,156 @@
+"""LAMB (You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes",
+ICLR 2020, Alg. 2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+
+class Lamb(Optimizer):
+    """LAMB: Adam's direction with a per-tensor trust ratio.
+
+    For each parameter tensor ``x`` (paper, Alg. 2, with φ the identity)::
+
+        m ← β1 m + (1 − β1) g,   v ← β2 v + (1 − β2) g²
+        r = m̂ / (√v̂ + ε) + λ x            (m̂, v̂ bias-corrected)
+        x ← x − η · (‖x‖ / ‖r‖) · r         (trust ratio 1 when either norm is 0)
+
+    Choices, compared with ``timm.optim.Lamb`` (the same unless stated):
+
+    * bias correction on (``bias_correction``);
+    * the gradient is clipped to global norm ``max_grad_norm`` (1.0) over all parameters before
+      the moments, as timm and the paper's BERT recipe; ``p.grad`` is left untouched (the
+      clipped copy is internal);
+    * the trust ratio applies only to groups with ``weight_decay != 0`` unless ``always_adapt``
+      (timm's ``always_adapt=False``; the ALTO reference does the same), so biases and norms in a
+      ``no_decay`` group take plain Adam steps;
+    * ``trust_clip`` optionally caps the ratio (timm's ``trust_clip`` caps it at 1.0); off here.
+
+    Args:
+        params: Parameters or param groups.
+        lr: Step size η. Default: 1e-3.
+        betas: ``(β1, β2)``. Default: (0.9, 0.999).
+        eps: ε. Default: 1e-6.
+        weight_decay: λ, added to the update before the trust ratio. Default: 0.01.
+        max_grad_norm: Global gradient-norm clip (None: off). Default: 1.0.
+        always_adapt: Apply the trust ratio in groups without weight decay too. Default: False.
+        trust_clip: Upper bound of the trust ratio (None: no bound).
+        bias_correction: Bias-correct the moments. Default: True.
+
+    Example::
+
+        opt = Lamb(model.parameters(), lr=2e-3)
+        for x, y in data:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        max_grad_norm: float | None = 1.0,
+        always_adapt: bool = False,
+        trust_clip: float | None = None,
+        bias_correction: bool = True,
+    ) -> None:
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        for i, beta in enumerate(betas):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"betas[{i}] must be in [0, 1), got {beta}")
+        if not eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm}")
+        if trust_clip is not None and not trust_clip > 0:
+            raise ValueError(f"trust_clip must be positive or None, got {trust_clip}")
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            always_adapt=always_adapt,
+            trust_clip=trust_clip,
+            bias_correction=bias_correction,
+        )
+        super().__init__(params, defaults)
+        self.max_grad_norm = max_grad_norm
+
+    def _clipped_grads(self) -> list[list[Tensor]]:
+        """Per group, copies of the gradients scaled to global norm ``max_grad_norm``."""
+        grads = [[p.grad for p in g["params"] if p.grad is not None] for g in self.param_groups]
+        flat = [t for group in grads for t in group]
+        if any(t.is_sparse for t in flat):
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        if self.max_grad_norm is None or not flat:
+            return [[t.clone() for t in group] for group in grads]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(flat)))
+        scale = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
+        return [torch._foreach_mul(group, scale) if group else [] for group in grads]
+
+    def _transform_grads(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]):
+        """Hook for subclasses (ALTO): change the (clipped) gradients in place."""
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group, grads in zip(self.param_groups, self._clipped_grads()):
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            self._transform_grads(group, params, grads)
+            self._lamb_update(group, params, grads)
+        return loss
+
+    def _lamb_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]):
+        beta1, beta2 = group["betas"]
+        states = [self.state[p] for p in params]
+        for p, state in zip(params, states):
+            if "exp_avg" not in state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+        m = [s["exp_avg"] for s in states]
+        v = [s["exp_avg_sq"] for s in states]
+        torch._foreach_mul_(m, beta1)
+        torch._foreach_add_(m, grads, alpha=1.0 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
+        step = states[0]["step"]  # the same for every tensor of a group
+        bc1 = 1.0 - beta1**step if group["bias_correction"] else 1.0
+        bc2 = 1.0 - beta2**step if group["bias_correction"] else 1.0
+        denom = torch._foreach_div(v, bc2)
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, group["eps"])
+        update = torch._foreach_div(m, bc1)
+        torch._foreach_div_(update, denom)
+        del denom
+        decay = group["weight_decay"]
+        if decay != 0:
+            torch._foreach_add_(update, params, alpha=decay)
+        if decay != 0 or group["always_adapt"]:
+            w_norms = torch._foreach_norm(params)
+            r_norms = torch._foreach_norm(update)
+            ratios = [
+                torch.where((w > 0) & (r > 0), w / r, torch.ones_like(w))
+                for w, r in zip(w_norms, r_norms)
+            ]
+            if group["trust_clip"] is not None:
+                ratios = [torch.clamp(t, max=group["trust_clip"]) for t in ratios]
+            torch._foreach_mul_(update, ratios)
+        torch._foreach_add_(params, update, alpha=-group["lr"])

@@ -1,0 +1,81 @@
+"""The valley-exploration adaptor "E" (Zhao et al., "Exploring Landscapes for Better Minima along
+Valleys", NeurIPS 2025, arXiv 2510.27153, Alg. 1): the maths shared by :class:`AdamE`,
+:class:`ALTO` and the ``ValleyExploration`` callback.
+
+With ``g_k`` the gradient of step ``k``::
+
+    a_k = β1 · a_{k−1} + (1 − β1) · (g_k − g_{k−1})
+    g̃_k = g_k + α · a_k
+
+and the base optimizer runs on ``g̃``. Extra state per parameter: ``g_{k−1}`` and ``a`` (two
+tensors). ``|α| < 1/(1 − β1)`` is required (the paper's stability condition).
+
+First step: lsframe starts with ``g_0 = g_1`` and ``a_0 = 0``, so ``g̃_1 = g_1`` (no kick). The
+reference starts from ``g_0 = 0``, so its first step uses ``g̃_1 = (1 + α(1 − β1)) · g_1``, a
+rescaling that only reflects the zero initialisation (×0.95 at α = −5, β1 = 0.99; ×1.495 at
+α = 0.5, β1 = 0.01). ``first_step_kick=True`` reproduces it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+LARGE_BATCH = 1024
+
+
+def valley_defaults(batch_size: int | None) -> tuple[float, float]:
+    """The paper's ``(α, β1)`` for a batch size: ``(−5, 0.99)`` from 1,024 up (or when unknown,
+    ALTO's large-batch setting), else ``(0.5, 0.01)``."""
+    if batch_size is None or batch_size >= LARGE_BATCH:
+        return -5.0, 0.99
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return 0.5, 0.01
+
+
+def check_valley(alpha: float, beta: float) -> None:
+    """Raise unless ``0 ≤ β1 < 1`` and ``|α| < 1/(1 − β1)``."""
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"valley beta (β1) must be in [0, 1), got {beta}")
+    bound = 1.0 / (1.0 - beta)
+    if not abs(alpha) < bound:
+        raise ValueError(
+            f"valley alpha must satisfy |alpha| < 1/(1 - beta) = {bound:g} for beta={beta}, got "
+            f"{alpha} (the paper's stability condition)"
+        )
+
+
+def init_valley_state(grads: Sequence[Tensor], alpha: float, beta: float, kick: bool):
+    """State for parameters seen for the first time, and their first adapted gradient in place.
+
+    Returns ``(previous gradients, a)``. Without ``kick``: ``g_prev = g``, ``a = 0`` and the
+    gradient is unchanged. With ``kick`` (the reference): ``g_0 = 0``, so
+    ``a = (1 − β1) g`` and ``g ← g + α a``.
+    """
+    prev = [g.clone() for g in grads]
+    if not kick:
+        return prev, [torch.zeros_like(g) for g in grads]
+    diffs = torch._foreach_mul(list(grads), 1.0 - beta)
+    if alpha != 0.0:
+        torch._foreach_add_(list(grads), diffs, alpha=alpha)
+    return prev, diffs
+
+
+@torch.no_grad()
+def valley_adapt_(
+    grads: list[Tensor], prev: list[Tensor], diffs: list[Tensor], alpha: float, beta: float
+) -> None:
+    """One adaptor step in place: ``a ← β1 a + (1−β1)(g − g_prev)``, ``g_prev ← g``,
+    ``g ← g + α a``. The difference is formed in ``g_prev``'s buffer (no temporary)."""
+    if not grads:
+        return
+    torch._foreach_neg_(prev)
+    torch._foreach_add_(prev, grads)  # prev now holds g − g_prev
+    torch._foreach_mul_(diffs, beta)
+    torch._foreach_add_(diffs, prev, alpha=1.0 - beta)
+    torch._foreach_copy_(prev, grads)
+    if alpha != 0.0:
+        torch._foreach_add_(grads, diffs, alpha=alpha)
