@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -259,3 +260,21 @@ def test_callback_composes_with_alsals_and_dps():
     callback = module.trainer.callbacks[2]
     assert (callback.alpha, callback.beta) == (0.5, 0.01)
     assert not torch.equal(after.grads[3]["0.weight"], before.grads[3]["0.weight"])
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
+def test_alto_fashion_mnist_config_smoke(tmp_path):
+    from test_families import smoke
+
+    logged = smoke(
+        "images/resnet18_fashion_mnist_alto.yaml",
+        tmp_path,
+        "--data.batch_size",
+        "32",
+        "--data.eval_batch_size",
+        "64",
+    )
+    assert len(logged["train/loss"]) == 3 and "val/acc" in logged
