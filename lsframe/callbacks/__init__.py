@@ -2,6 +2,7 @@
 :class:`lsframe.modules.ClosureModule` (``on_gradients_ready``, ``closure_loss``)."""
 
 from lsframe.callbacks.dps import DPS, ChildTuningD
+from lsframe.callbacks.ewc import EWC
 from lsframe.callbacks.valley import ValleyExploration
 
-__all__ = ["DPS", "ChildTuningD", "ValleyExploration"]
+__all__ = ["DPS", "EWC", "ChildTuningD", "ValleyExploration"]

@@ -1,0 +1,195 @@
+"""Elastic Weight Consolidation (Kirkpatrick et al., PNAS 2017) and online EWC (Schwarz et al.,
+ICML 2018) as a callback: the baseline of P3's forgetting experiments."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import move_data_to_device
+from torch import Tensor, nn
+
+
+class EWC(pl.Callback):
+    """Penalise moving the weights that mattered for earlier tasks.
+
+    At the end of every ``fit`` (a stage of a task sequence) the callback *consolidates*: it
+    estimates the diagonal empirical Fisher of the task just trained, ``F = (1/B) Σ_b g_b²`` over
+    ``B`` training batches (``g_b`` the mean-loss gradient of batch ``b``, the convention of
+    Avalanche's ``EWCPlugin``), and keeps the parameters as the anchor ``θ*``. In later fits every
+    closure evaluation (line-search trials included) adds ::
+
+        separate:  (λ/2) Σ_t Σ_i F_t,i (θ_i − θ*_t,i)²     one term per past task
+        online:    (λ/2) Σ_i F_i (θ_i − θ*_i)²,  F ← γ F + F_new,  θ* = latest anchor
+
+    Avalanche writes the penalty without the ½: ``EWC(ewc_lambda=2λ)`` here equals
+    ``EWCPlugin(ewc_lambda=λ)``. The Fisher pass runs the model in training mode (dropout on, as
+    Avalanche), outside autocast and without a gradient scaler, with the random state restored
+    afterwards; under DDP the Fisher is averaged across ranks. Fisher and anchors are in the
+    callback's ``state_dict``, so a run resumed between stages keeps them. Logged: ``ewc/penalty``.
+
+    The BERTcL baseline (λ = 1000, Fisher from an MLM loss on text, anchored at the pretrained
+    weights) needs a checkpoint with an MLM head; :meth:`consolidate` takes any Fisher and anchor,
+    so such a Fisher can be added before the first fit.
+
+    Args:
+        ewc_lambda: λ. Default: 1000 (BERTcL's baseline).
+        mode: ``"separate"`` or ``"online"``. Default: "separate".
+        decay: γ of the online mode. Default: 1.0.
+        fisher_batches: Training batches for the Fisher (None: the whole train loader).
+        include: Regular expressions selecting the penalised parameters (default: every trainable
+            parameter).
+        exclude: Regular expressions removing parameters (e.g. ``["classifier"]`` when each task
+            keeps its own head; the sequential runner adds the head itself).
+    """
+
+    def __init__(
+        self,
+        ewc_lambda: float = 1000.0,
+        mode: Literal["separate", "online"] = "separate",
+        decay: float = 1.0,
+        fisher_batches: int | None = None,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+    ) -> None:
+        if not ewc_lambda >= 0:
+            raise ValueError(f"ewc_lambda must be >= 0, got {ewc_lambda}")
+        if mode not in ("separate", "online"):
+            raise ValueError(f"mode must be 'separate' or 'online', got {mode!r}")
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"decay must be in [0, 1], got {decay}")
+        if fisher_batches is not None and fisher_batches < 1:
+            raise ValueError(f"fisher_batches must be >= 1 or None, got {fisher_batches}")
+        self.ewc_lambda = ewc_lambda
+        self.mode = mode
+        self.decay = decay
+        self.fisher_batches = fisher_batches
+        self.include = list(include) if include else None
+        self.exclude = list(exclude) if exclude else []
+        self.tasks: list[dict[str, dict[str, Tensor]]] = []  # [{"fisher": .., "anchor": ..}]
+        self.params: dict[str, nn.Parameter] = {}
+
+    def selected(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        def wanted(name: str) -> bool:
+            if self.include and not any(re.search(p, name) for p in self.include):
+                return False
+            return not any(re.search(p, name) for p in self.exclude)
+
+        return {n: p for n, p in model.named_parameters() if p.requires_grad and wanted(n)}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not hasattr(pl_module, "closure_loss_terms") or not hasattr(pl_module, "compute_loss"):
+            raise TypeError(
+                "EWC needs an lsframe ClosureModule (its closure adds callback loss terms); got "
+                f"{type(pl_module).__name__}"
+            )
+        self.params = self.selected(getattr(pl_module, "model", pl_module))
+        if not self.params:
+            raise ValueError(f"EWC selected no parameter (include={self.include})")
+
+    # ------------------------------------------------------------------------------ penalty
+    def closure_loss(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor | None:
+        if not self.tasks or self.ewc_lambda == 0:
+            return None
+        total = torch.zeros((), device=pl_module.device)
+        for task in self.tasks:
+            self._to_device(task)
+            for name, param in self.params.items():
+                if name in task["fisher"]:
+                    diff = param - task["anchor"][name]
+                    total = total + (task["fisher"][name] * diff * diff).sum()
+        penalty = 0.5 * self.ewc_lambda * total
+        if trainer is not None and trainer.training:
+            pl_module.log("ewc/penalty", penalty.detach())
+        return penalty
+
+    def _to_device(self, task: dict[str, dict[str, Tensor]]) -> None:
+        for kind in ("fisher", "anchor"):
+            for name, tensor in task[kind].items():
+                param = self.params.get(name)
+                if param is not None and tensor.device != param.device:
+                    task[kind][name] = tensor.to(param.device)
+
+    # ------------------------------------------------------------------------ consolidation
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        fisher = self.estimate_fisher(trainer, pl_module)
+        anchor = {n: p.detach().clone() for n, p in self.params.items()}
+        self.consolidate(fisher, anchor)
+
+    def consolidate(self, fisher: dict[str, Tensor], anchor: dict[str, Tensor]) -> None:
+        """Add a task (separate) or fold it into the running one (online)."""
+        if set(fisher) != set(anchor):
+            raise ValueError("fisher and anchor must name the same parameters")
+        if self.mode == "online" and self.tasks:
+            old = self.tasks[0]["fisher"]
+            fisher = {
+                n: self.decay * old[n].to(f.device) + f if n in old else f
+                for n, f in fisher.items()
+            }
+            self.tasks = []
+        self.tasks.append({"fisher": fisher, "anchor": anchor})
+
+    def estimate_fisher(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Any = None
+    ) -> dict[str, Tensor]:
+        """Mean over training batches of each selected parameter's squared batch gradient (the
+        module's task loss only: no callback terms, no autocast, no scaler)."""
+        loader = loader if loader is not None else trainer.train_dataloader
+        if loader is None:
+            raise RuntimeError("EWC: no train dataloader to estimate the Fisher on")
+        fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in self.params.items()}
+        was_training = pl_module.training
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        pl_module.train()
+        count = 0
+        device_type = pl_module.device.type
+        for batch in loader:
+            if self.fisher_batches is not None and count >= self.fisher_batches:
+                break
+            batch = move_data_to_device(batch, pl_module.device)
+            pl_module.zero_grad(set_to_none=True)
+            with torch.enable_grad(), torch.autocast(device_type, enabled=False):
+                loss = pl_module.compute_loss(batch)
+                loss.float().backward()
+            with torch.no_grad():
+                for name, param in self.params.items():
+                    if param.grad is not None:
+                        fisher[name].add_(param.grad.float().square())
+            count += 1
+        pl_module.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        pl_module.train(was_training)
+        if count == 0:
+            raise RuntimeError("EWC: the train dataloader yielded no batch")
+        for name in fisher:
+            fisher[name].div_(count)
+            if trainer.world_size > 1:
+                fisher[name] = trainer.strategy.reduce(fisher[name], reduce_op="mean")
+        return fisher
+
+    # --------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "tasks": [
+                {k: {n: t.cpu() for n, t in task[k].items()} for k in ("fisher", "anchor")}
+                for task in self.tasks
+            ],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict["mode"] != self.mode:
+            raise ValueError(
+                f"EWC checkpoint was saved in mode {state_dict['mode']!r}, this callback is "
+                f"{self.mode!r}"
+            )
+        self.tasks = [
+            {k: dict(task[k]) for k in ("fisher", "anchor")} for task in state_dict["tasks"]
+        ]

@@ -1,0 +1,133 @@
+"""EWC: the penalty and its gradient, the Fisher, online decay, resume, line-search trials."""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import TinyRegression, loader, trainer
+from torch.utils.data import DataLoader, TensorDataset
+
+from lsframe.callbacks import EWC
+from lsframe.optim import SaLSA
+
+
+def shifted_loader(shift: float, n: int = 16) -> DataLoader:
+    gen = torch.Generator().manual_seed(int(shift * 10) + 1)
+    x = torch.randn(n, 4, generator=gen)
+    y = x @ torch.tensor([shift, 1.0, -1.0, 0.5])
+    return DataLoader(TensorDataset(x, y), batch_size=4)
+
+
+def sgd(**kwargs):
+    return TinyRegression(optimizer=partial(torch.optim.SGD, lr=0.05), **kwargs)
+
+
+def hand_fisher(model, data):
+    fisher = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for x, y in data:
+        model.zero_grad()
+        F.mse_loss(model(x).squeeze(-1), y).backward()
+        for n, p in model.named_parameters():
+            fisher[n] += p.grad**2 / len(data)
+    return fisher
+
+
+def test_fisher_is_the_mean_squared_batch_gradient_and_the_anchor_the_final_weights():
+    ewc = EWC(ewc_lambda=10.0)
+    module = sgd()
+    data = shifted_loader(2.0)
+    trainer(max_steps=3, callbacks=[ewc]).fit(module, data)
+    expected = hand_fisher(copy.deepcopy(module.model), data)
+    (task,) = ewc.tasks
+    for name, param in module.model.named_parameters():
+        torch.testing.assert_close(task["fisher"][name], expected[name])
+        assert torch.equal(task["anchor"][name], param.detach())
+
+
+def test_penalty_and_its_gradient_equal_a_hand_computation():
+    ewc = EWC(ewc_lambda=4.0)
+    module = sgd()
+    trainer(max_steps=2, callbacks=[ewc]).fit(module, shifted_loader(2.0))
+    with torch.no_grad():
+        for p in module.model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    penalty = ewc.closure_loss(None, module)
+    task = ewc.tasks[0]
+    by_hand = sum(
+        (task["fisher"][n] * (p.detach() - task["anchor"][n]) ** 2).sum()
+        for n, p in module.model.named_parameters()
+    )
+    torch.testing.assert_close(penalty.detach(), 0.5 * 4.0 * by_hand)
+    module.zero_grad()
+    penalty.backward()
+    for n, p in module.model.named_parameters():
+        want = 4.0 * task["fisher"][n] * (p.detach() - task["anchor"][n])
+        torch.testing.assert_close(p.grad, want)
+
+
+def test_separate_keeps_one_term_per_task_and_online_decays():
+    fisher = lambda v: {"w": torch.full((2,), v)}  # noqa: E731
+    anchor = lambda v: {"w": torch.full((2,), v)}  # noqa: E731
+    separate, online = EWC(mode="separate"), EWC(mode="online", decay=0.5)
+    for cb in (separate, online):
+        cb.consolidate(fisher(1.0), anchor(0.0))
+        cb.consolidate(fisher(3.0), anchor(1.0))
+    assert len(separate.tasks) == 2
+    (task,) = online.tasks
+    torch.testing.assert_close(task["fisher"]["w"], torch.full((2,), 0.5 * 1.0 + 3.0))
+    torch.testing.assert_close(task["anchor"]["w"], torch.ones(2))
+    online.consolidate(fisher(2.0), anchor(2.0))
+    torch.testing.assert_close(online.tasks[0]["fisher"]["w"], torch.full((2,), 0.5 * 3.5 + 2.0))
+
+
+def test_ewc_reduces_forgetting_and_its_penalty_is_in_every_line_search_trial():
+    # task A then task B with the same callback object (the sequential runner does this)
+    def run(ewc_lambda):
+        ewc = EWC(ewc_lambda=ewc_lambda)
+        module = TinyRegression(optimizer=SaLSA)
+        trainer(max_steps=40, callbacks=[ewc]).fit(module, shifted_loader(2.0, 64))
+        a_before = float(module.compute_loss(next(iter(shifted_loader(2.0, 64)))))
+        trials = []
+        original = module.closure_loss_terms
+        module.closure_loss_terms = lambda: trials.append(1) or original()  # noqa: B023
+        trainer(max_steps=40, callbacks=[ewc]).fit(module, shifted_loader(-2.0, 64))
+        a_after = float(module.compute_loss(next(iter(shifted_loader(2.0, 64)))))
+        closure_evals = module.trainer.callback_metrics["train/closure_evals"]
+        return a_after - a_before, len(trials), closure_evals
+
+    forgetting_plain, _, _ = run(0.0)
+    forgetting_ewc, calls, _ = run(1000.0)
+    assert forgetting_ewc < 0.5 * forgetting_plain
+    assert calls > 40  # the penalty was evaluated in the trials too, not once per step
+
+
+def test_resume_between_stages_keeps_fisher_and_anchors(tmp_path):
+    ewc = EWC(ewc_lambda=10.0, mode="online", decay=0.9)
+    module = sgd()
+    first = trainer(max_steps=3, callbacks=[ewc])
+    first.fit(module, shifted_loader(2.0))
+    first.save_checkpoint(tmp_path / "after_a.ckpt")
+    restored = EWC(ewc_lambda=10.0, mode="online", decay=0.9)
+    checkpoint = torch.load(tmp_path / "after_a.ckpt", weights_only=False)
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("EWC")]
+    restored.load_state_dict(state)
+    for kind in ("fisher", "anchor"):
+        for name, tensor in ewc.tasks[0][kind].items():
+            assert torch.equal(restored.tasks[0][kind][name], tensor)
+    with pytest.raises(ValueError, match="mode"):
+        EWC(mode="separate").load_state_dict(state)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="mode"):
+        EWC(mode="both")
+    with pytest.raises(ValueError, match="ewc_lambda"):
+        EWC(ewc_lambda=-1)
+    with pytest.raises(ValueError, match="decay"):
+        EWC(decay=2.0)
+    with pytest.raises(ValueError, match="selected no parameter"):
+        trainer(max_steps=1, callbacks=[EWC(include=["nothing"])]).fit(sgd(), loader(8, 4))
