@@ -12,6 +12,11 @@ def main(args: list[str] | None = None) -> None:
     if argv[:1] == ["export"]:
         export(argv[1:])
         return
+    if argv[:1] == ["sequential"]:
+        from lsframe.sequential import main as sequential
+
+        sequential(argv[1:])
+        return
     LSFrameCLI(args=argv)
 
 

@@ -141,7 +141,8 @@ class SequenceClassificationModule(ClosureModule):
         for stage_name in ("val", "test"):
             for index, set_name in enumerate(eval_sets):
                 key = stage_name if index == 0 else f"{stage_name}_{set_name}"
-                if key not in self.metrics:
+                # a new DataModule (the next task of a sequence) may want other metrics
+                if key not in self.metrics or list(self.metrics[key]) != list(names):
                     self.metrics[key] = task_metrics(names, self.num_labels)
         self._eval_keys = {
             s: [s if i == 0 else f"{s}_{n}" for i, n in enumerate(eval_sets)]

@@ -1,0 +1,264 @@
+"""Sequential fine-tuning (task A → B → ...) and the forgetting it causes (P3's setting).
+
+``python -m lsframe sequential --config configs/sequential/<x>.yaml`` fine-tunes one module on a
+sequence of stages. Each stage names a task, its DataModule and optionally its own
+``max_epochs``/``max_steps``; the rest of the Trainer comes from the shared ``trainer`` section.
+The backbone carries over from stage to stage; with ``heads: separate`` (default) every task
+keeps its own classification head (the module attribute ``head_attr`` is swapped; a new task
+starts from a copy of the initial head), with ``shared`` one head serves all. Each stage gets a
+fresh optimizer (and schedule) from the module's configuration. Callbacks (e.g.
+:class:`lsframe.callbacks.EWC`) are the same objects in every stage, so their state carries
+over; in ``separate`` mode EWC leaves the head out of its penalty.
+
+After every stage the module is evaluated on every task seen so far (their ``val`` sets):
+``R[i][j]`` = metric after stage ``i`` on task ``j``. Written to ``<output_dir>``:
+``accuracy_matrix.md`` / ``.json`` (with the average final accuracy, backward transfer and
+forgetting), TensorBoard logs (``stage_<i>_<task>/`` for training, ``summary/`` for ``R/<task>``
+per stage and the summaries), and ``stage_<i>.ckpt`` + ``sequence_state.pt`` after each stage;
+running the same command again resumes after the last finished stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+
+import lsframe.data  # noqa: F401 - registers the DataModules for class_path lookup
+from lsframe.callbacks import EWC
+from lsframe.modules import ClosureModule
+
+
+@dataclass
+class Stage:
+    """One task of the sequence.
+
+    Args:
+        name: Task name used in the accuracy matrix (unique in the sequence).
+        data: The task's DataModule (``class_path`` + ``init_args``).
+        max_epochs: Epochs of this stage (None: the trainer section's).
+        max_steps: Optimizer steps of this stage (None: the trainer section's).
+    """
+
+    name: str
+    data: pl.LightningDataModule
+    max_epochs: int | None = None
+    max_steps: int | None = None
+
+
+@dataclass
+class SequenceResult:
+    tasks: list[str]
+    matrix: list[list[float | None]]  # R[i][j]; None above the diagonal (task not seen yet)
+    metric: str
+
+    def summaries(self) -> dict[str, float]:
+        """Average final accuracy, backward transfer and forgetting (Lopez-Paz & Ranzato 2017;
+        Chaudhry et al. 2018)."""
+        last, T = self.matrix[-1], len(self.tasks)
+        out = {"average_final": sum(last) / T}
+        if T > 1:
+            earlier = range(T - 1)
+            out["backward_transfer"] = sum(last[j] - self.matrix[j][j] for j in earlier) / (T - 1)
+            out["forgetting"] = sum(
+                max(self.matrix[i][j] for i in range(j, T - 1)) - last[j] for j in earlier
+            ) / (T - 1)
+        return out
+
+    def markdown(self) -> str:
+        header = "| after stage | " + " | ".join(self.tasks) + " |"
+        lines = [header, "|---|" + "---|" * len(self.tasks)]
+        for i, row in enumerate(self.matrix):
+            cells = ["–" if v is None else f"{v:.4f}" for v in row]
+            lines.append(f"| {i} ({self.tasks[i]}) | " + " | ".join(cells) + " |")
+        summary = ", ".join(f"{k} {v:+.4f}" for k, v in self.summaries().items())
+        return f"Metric: val/{self.metric}.\n\n" + "\n".join(lines) + f"\n\nSummaries: {summary}\n"
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _set(module: nn.Module, path: str, value: nn.Module) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        module = getattr(module, part)
+    setattr(module, last, value)
+
+
+class SequenceRunner:
+    """Runs the stages; see the module docstring. Usable from Python as well as from the CLI."""
+
+    def __init__(
+        self,
+        model: ClosureModule,
+        stages: list[Stage],
+        trainer: dict[str, Any] | None = None,
+        heads: Literal["separate", "shared"] = "separate",
+        head_attr: str = "classifier",
+        metric: str = "acc",
+        output_dir: str | Path = "runs/sequential",
+    ) -> None:
+        names = [s.name for s in stages]
+        if not stages:
+            raise ValueError("stages: give at least one stage")
+        if len(set(names)) != len(names):
+            raise ValueError(f"stages: task names must be unique, got {names}")
+        if heads not in ("separate", "shared"):
+            raise ValueError(f"heads must be 'separate' or 'shared', got {heads!r}")
+        self.trainer_kwargs = dict(trainer or {})
+        for key in ("logger", "enable_checkpointing"):
+            if self.trainer_kwargs.get(key) not in (None, True, False):
+                raise ValueError(
+                    f"trainer.{key}: the sequential runner writes its own TensorBoard logs and "
+                    "stage checkpoints under output_dir; set it to true or false"
+                )
+        self.module, self.stages, self.heads_mode = model, stages, heads
+        self.head_attr, self.metric, self.output_dir = head_attr, metric, Path(output_dir)
+        self.callbacks = list(self.trainer_kwargs.pop("callbacks", None) or [])
+        self.heads: dict[str, nn.Module] = {}
+        if heads == "separate":
+            self.initial_head = copy.deepcopy(_get(model.model, head_attr))
+            pattern = rf"^{re.escape(head_attr)}\."
+            for callback in self.callbacks:
+                if isinstance(callback, EWC) and pattern not in callback.exclude:
+                    callback.exclude.append(pattern)
+
+    def _use_head(self, task: str) -> None:
+        if self.heads_mode == "shared":
+            return
+        if task not in self.heads:
+            self.heads[task] = copy.deepcopy(self.initial_head)
+        _set(self.module.model, self.head_attr, self.heads[task])
+
+    def _trainer(self, stage: Stage, index: int) -> pl.Trainer:
+        kwargs = dict(self.trainer_kwargs)
+        logging = kwargs.pop("logger", None) is not False
+        kwargs["enable_checkpointing"] = False  # the runner saves stage checkpoints itself
+        for key in ("max_epochs", "max_steps"):
+            if getattr(stage, key) is not None:
+                kwargs[key] = getattr(stage, key)
+        logger = (
+            TensorBoardLogger(self.output_dir, name="", version=f"stage_{index}_{stage.name}")
+            if logging
+            else False
+        )
+        return pl.Trainer(callbacks=self.callbacks, logger=logger, **kwargs)
+
+    def _evaluate(self, stage: Stage) -> float:
+        evaluator = pl.Trainer(
+            accelerator=self.trainer_kwargs.get("accelerator", "auto"),
+            devices=1,
+            precision=self.trainer_kwargs.get("precision"),
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        (scores,) = evaluator.validate(self.module, datamodule=stage.data, verbose=False)
+        key = f"val/{self.metric}"
+        if key not in scores:
+            raise KeyError(f"metric: {key} was not logged for {stage.name} (got {sorted(scores)})")
+        return float(scores[key])
+
+    def _state_path(self) -> Path:
+        return self.output_dir / "sequence_state.pt"
+
+    def _resume(self) -> list[list[float | None]]:
+        path = self._state_path()
+        if not path.exists():
+            return []
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        done = len(state["matrix"])
+        checkpoint = torch.load(
+            self.output_dir / f"stage_{done - 1}.ckpt", map_location="cpu", weights_only=False
+        )
+        for task, head_state in state["heads"].items():
+            self._use_head(task)
+            self.heads[task].load_state_dict(head_state)
+        self._use_head(self.stages[done - 1].name)
+        self.module.load_state_dict(checkpoint["state_dict"])
+        for callback in self.callbacks:
+            saved = checkpoint.get("callbacks", {}).get(callback.state_key)
+            if saved is not None:
+                callback.load_state_dict(saved)
+        print(f"lsframe sequential: resuming after stage {done - 1} ({self.stages[done - 1].name})")
+        return state["matrix"]
+
+    def run(self) -> SequenceResult:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        tasks = [s.name for s in self.stages]
+        matrix = self._resume()
+        for i in range(len(matrix), len(self.stages)):
+            stage = self.stages[i]
+            self._use_head(stage.name)
+            trainer = self._trainer(stage, i)
+            trainer.fit(self.module, datamodule=stage.data)
+            trainer.save_checkpoint(self.output_dir / f"stage_{i}.ckpt")
+            row: list[float | None] = [None] * len(tasks)
+            for j in range(i + 1):
+                self._use_head(tasks[j])
+                row[j] = self._evaluate(self.stages[j])
+            self._use_head(stage.name)
+            matrix.append(row)
+            heads = {t: h.state_dict() for t, h in self.heads.items()}
+            torch.save({"matrix": matrix, "heads": heads}, self._state_path())
+        result = SequenceResult(tasks, matrix, self.metric)
+        self._write(result)
+        return result
+
+    def _write(self, result: SequenceResult) -> None:
+        text = result.markdown()
+        (self.output_dir / "accuracy_matrix.md").write_text(text)
+        payload = {"tasks": result.tasks, "metric": result.metric, "matrix": result.matrix}
+        payload["summaries"] = result.summaries()
+        (self.output_dir / "accuracy_matrix.json").write_text(json.dumps(payload, indent=1))
+        if self.trainer_kwargs.get("logger") is not False:
+            writer = TensorBoardLogger(self.output_dir, name="", version="summary").experiment
+            for i, row in enumerate(result.matrix):
+                for task, value in zip(result.tasks, row):
+                    if value is not None:
+                        writer.add_scalar(f"R/{task}", value, i)
+            for key, value in result.summaries().items():
+                writer.add_scalar(f"sequence/{key}", value, len(result.matrix) - 1)
+            writer.add_text("accuracy_matrix", text)
+            writer.flush()
+        print(text)
+
+
+def main(argv: list[str]) -> SequenceResult:
+    """``python -m lsframe sequential --config <yaml>`` (``--help`` lists every key)."""
+    parser = ArgumentParser(prog="lsframe sequential", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_argument("--seed_everything", type=int, default=0)
+    parser.add_class_arguments(pl.Trainer, "trainer", instantiate=False)
+    parser.add_subclass_arguments(ClosureModule, "model")
+    parser.add_argument("--stages", type=list[Stage], required=True)
+    parser.add_argument("--heads", type=Literal["separate", "shared"], default="separate")
+    parser.add_argument("--head_attr", type=str, default="classifier")
+    parser.add_argument("--metric", type=str, default="acc")
+    parser.add_argument("--output_dir", type=str, default="runs/sequential")
+    config = parser.parse_args(argv)
+    pl.seed_everything(config.seed_everything)
+    init = parser.instantiate_classes(config)
+    trainer_kwargs = {k: v for k, v in vars(init.trainer).items() if v is not None}
+    runner = SequenceRunner(
+        init.model,
+        init.stages,
+        trainer_kwargs,
+        heads=init.heads,
+        head_attr=init.head_attr,
+        metric=init.metric,
+        output_dir=init.output_dir,
+    )
+    return runner.run()

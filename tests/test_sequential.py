@@ -1,0 +1,137 @@
+"""The sequential runner: stage order, the accuracy matrix, heads, EWC across stages, resume."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lsframe.callbacks import EWC
+from lsframe.modules import ClosureModule
+from lsframe.sequential import SequenceResult, SequenceRunner, Stage
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(4, 16), nn.Tanh())
+        self.classifier = nn.Linear(16, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.body(x))
+
+
+class TinyClassifier(ClosureModule):
+    def __init__(self) -> None:
+        super().__init__(model=Net(), optimizer=partial(torch.optim.Adam, lr=0.05))
+
+    def compute_loss(self, batch) -> Tensor:
+        x, y = batch
+        return F.cross_entropy(self.model(x), y)
+
+    def validation_step(self, batch, batch_idx) -> None:
+        x, y = batch
+        self.log("val/acc", (self.model(x).argmax(-1) == y).float().mean())
+
+
+class Task(pl.LightningDataModule):
+    """Label = sign of one input feature; ``broken`` fails when training starts."""
+
+    def __init__(self, feature: int, seed: int, broken: bool = False) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(64, 4, generator=gen)
+        self.y = (self.x[:, feature] > 0).long()
+        self.broken = broken
+
+    def train_dataloader(self) -> DataLoader:
+        if self.broken:
+            raise RuntimeError("interrupted")
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=16)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=64)
+
+
+TRAINER = dict(
+    accelerator="cpu",
+    max_epochs=6,
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    num_sanity_val_steps=0,
+    limit_val_batches=0,
+)
+
+
+def runner(tmp_path, broken: bool = False, callbacks=(), **kwargs) -> SequenceRunner:
+    stages = [
+        Stage("a", Task(0, seed=1)),
+        Stage("b", Task(1, seed=2, broken=broken), max_epochs=8),
+    ]
+    trainer = dict(TRAINER, callbacks=list(callbacks))
+    return SequenceRunner(TinyClassifier(), stages, trainer, output_dir=tmp_path, **kwargs)
+
+
+def test_matrix_is_filled_stage_by_stage_with_each_tasks_own_head(tmp_path):
+    run = runner(tmp_path)
+    calls = []
+    evaluate = run._evaluate
+    run._evaluate = lambda stage: calls.append((len(calls), stage.name)) or evaluate(stage)
+    result = run.run()
+    assert [name for _, name in calls] == ["a", "a", "b"]  # after stage 0: a; after 1: a, b
+    assert result.matrix[0][1] is None and None not in result.matrix[1]
+    assert result.matrix[0][0] > 0.9 and result.matrix[1][1] > 0.9
+    # R[1][0] used task a's head on the final backbone
+    run._use_head("a")
+    assert run._evaluate(run.stages[0]) == pytest.approx(result.matrix[1][0])
+    assert not torch.equal(run.heads["a"].weight, run.heads["b"].weight)
+    saved = json.loads((tmp_path / "accuracy_matrix.json").read_text())
+    assert saved["matrix"] == result.matrix and "forgetting" in saved["summaries"]
+    assert (tmp_path / "summary").is_dir() and (tmp_path / "stage_1_b").is_dir()
+
+
+def test_summaries_follow_their_definitions():
+    result = SequenceResult(
+        ["a", "b", "c"], [[0.9, None, None], [0.7, 0.8, None], [0.6, 0.5, 0.9]], "acc"
+    )
+    summary = result.summaries()
+    assert summary["average_final"] == pytest.approx((0.6 + 0.5 + 0.9) / 3)
+    assert summary["backward_transfer"] == pytest.approx(((0.6 - 0.9) + (0.5 - 0.8)) / 2)
+    assert summary["forgetting"] == pytest.approx(((0.9 - 0.6) + (0.8 - 0.5)) / 2)
+
+
+def test_ewc_carries_over_and_leaves_separate_heads_out(tmp_path):
+    ewc = EWC(ewc_lambda=10.0)
+    runner(tmp_path, callbacks=[ewc]).run()
+    assert len(ewc.tasks) == 2
+    assert all(not n.startswith("classifier.") for n in ewc.tasks[0]["fisher"])
+    assert "body.0.weight" in ewc.tasks[0]["fisher"]
+
+
+def test_an_interrupted_sequence_resumes_after_the_last_finished_stage(tmp_path):
+    ewc = EWC(ewc_lambda=10.0)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        runner(tmp_path, broken=True, callbacks=[ewc]).run()
+    first_row = json.loads(json.dumps(torch.load(tmp_path / "sequence_state.pt")["matrix"]))
+    resumed_ewc = EWC(ewc_lambda=10.0)
+    resumed = runner(tmp_path, callbacks=[resumed_ewc])
+    fits = []
+    original = resumed._trainer
+    resumed._trainer = lambda stage, i: fits.append(stage.name) or original(stage, i)
+    result = resumed.run()
+    assert fits == ["b"] and result.matrix[0] == first_row[0]
+    assert len(resumed_ewc.tasks) == 2  # task a's Fisher came back from the stage checkpoint
+
+
+def test_bad_sequences_are_named(tmp_path):
+    with pytest.raises(ValueError, match="unique"):
+        SequenceRunner(TinyClassifier(), [Stage("a", Task(0, 1)), Stage("a", Task(1, 2))])
+    with pytest.raises(ValueError, match="trainer.logger"):
+        SequenceRunner(TinyClassifier(), [Stage("a", Task(0, 1))], {"logger": object()})
