@@ -15,7 +15,9 @@ from lsframe.cli import LSFrameCLI
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(
-    c for c in (ROOT / "configs").rglob("*.yaml") if c.parent.name not in ("trainer", "callbacks")
+    c
+    for c in (ROOT / "configs").rglob("*.yaml")
+    if c.parent.name not in ("trainer", "callbacks", "sequential")
 )
 PIECES = sorted((ROOT / "configs" / "trainer").glob("*.yaml"))
 CALLBACK_PIECES = sorted((ROOT / "configs" / "callbacks").glob("*.yaml"))

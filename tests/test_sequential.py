@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from functools import partial
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -135,3 +136,40 @@ def test_bad_sequences_are_named(tmp_path):
         SequenceRunner(TinyClassifier(), [Stage("a", Task(0, 1)), Stage("a", Task(1, 2))])
     with pytest.raises(ValueError, match="trainer.logger"):
         SequenceRunner(TinyClassifier(), [Stage("a", Task(0, 1))], {"logger": object()})
+
+
+def test_sequential_cli_on_the_real_encoder_with_ewc(minilm, shared_data, tmp_path):
+    import yaml
+
+    from lsframe.__main__ import main
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    config = yaml.safe_load((root / "sequential" / "minilm_sst2_mrpc.yaml").read_text())
+    for stage in config["stages"]:
+        stage["data"]["init_args"].update(
+            data_dir=str(shared_data / "glue"), train_subsample=32, val_limit=32, max_length=32
+        )
+    config["trainer"].update(max_epochs=1, limit_train_batches=2)
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    main(
+        ["sequential", "--config", str(small), "--config", str(root / "callbacks" / "ewc.yaml")]
+        + ["--output_dir", str(out)]
+    )
+    saved = json.loads((out / "accuracy_matrix.json").read_text())
+    assert saved["tasks"] == ["sst2", "mrpc"] and saved["matrix"][0][1] is None
+    assert all(0.0 <= v <= 1.0 for v in saved["matrix"][1])
+    assert (out / "stage_1.ckpt").exists()
+
+
+def test_sequential_configs_parse(capsys):
+    from lsframe.__main__ import main
+
+    for config in sorted(
+        (Path(__file__).resolve().parents[1] / "configs" / "sequential").glob("*.yaml")
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["sequential", "--config", str(config), "--print_config"])
+        assert exit_info.value.code in (0, None)
+        assert "stages:" in capsys.readouterr().out
