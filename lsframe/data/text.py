@@ -71,8 +71,13 @@ class TextClassificationDataModule(pl.LightningDataModule):
         train_limit: Keep only the first N training examples (P0's "small" setting uses 500).
         train_subsample: Keep a seeded random N training examples (after ``train_limit``).
         val_limit: Keep only the first N validation/test examples (quick runs and tests).
-        seed: Seed of ``train_subsample``.
+        seed: Seed of ``train_subsample`` (and of the KMeans shift).
         num_workers: DataLoader workers.
+        shift: Within-dataset shift of P3 (:mod:`lsframe.data.shifts`): ``"length"`` (part 0 =
+            sentences up to the median training length) or ``"kmeans"`` (KMeans-2 clusters of
+            sentence embeddings); ``None`` (default) keeps every example.
+        shift_part: Which part (0 or 1) this DataModule serves, in every split.
+        shift_encoder: Embedding model of the ``kmeans`` shift. Default: the offline MiniLM-L6.
     """
 
     num_labels: int = 2
@@ -90,8 +95,15 @@ class TextClassificationDataModule(pl.LightningDataModule):
         val_limit: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
+        shift: str | None = None,
+        shift_part: int = 0,
+        shift_encoder: str | None = None,
     ) -> None:
         super().__init__()
+        if shift not in (None, "length", "kmeans"):
+            raise ValueError(f"data.shift must be 'length', 'kmeans' or null, got {shift!r}")
+        if shift_part not in (0, 1):
+            raise ValueError(f"data.shift_part must be 0 or 1, got {shift_part}")
         for key, value in (
             ("batch_size", batch_size),
             ("eval_batch_size", eval_batch_size),
@@ -116,6 +128,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.val_limit = val_limit
         self.seed = seed
         self.num_workers = num_workers
+        self.shift, self.shift_part, self.shift_encoder = shift, shift_part, shift_encoder
+        self._shift_rule: Any = None
         self.datasets: dict[str, TokenizedDataset | list[TokenizedDataset]] = {}
         self._tokenizer: Any = None
 
@@ -162,7 +176,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
                 continue
             examples = self.load_split(split)
             if split == "train":
-                examples = examples.head(self.train_limit).sample(self.train_subsample, self.seed)
+                examples = self._shifted(examples.head(self.train_limit), is_train=True)
+                examples = examples.sample(self.train_subsample, self.seed)
                 self.datasets[split] = TokenizedDataset(examples, self.tokenizer, self.max_length)
                 continue
             sets = examples if isinstance(examples, list) else [examples]
@@ -172,10 +187,23 @@ class TextClassificationDataModule(pl.LightningDataModule):
                     f"eval_names {self.eval_names}"
                 )
             tokenized = [
-                TokenizedDataset(e.head(self.val_limit), self.tokenizer, self.max_length)
+                TokenizedDataset(
+                    self._shifted(e).head(self.val_limit), self.tokenizer, self.max_length
+                )
                 for e in sets
             ]
             self.datasets[split] = tokenized[0] if len(tokenized) == 1 else tokenized
+
+    def _shifted(self, examples: TextExamples, is_train: bool = False) -> TextExamples:
+        """Keep the examples of ``shift_part`` (the rule is fitted once, on the training split)."""
+        if self.shift is None:
+            return examples
+        from lsframe.data.shifts import apply_shift, fit_shift
+
+        if self._shift_rule is None:
+            train = examples if is_train else self.load_split("train").head(self.train_limit)
+            self._shift_rule = fit_shift(self.shift, train, self.seed, self.shift_encoder)
+        return apply_shift(self._shift_rule, examples, self.shift_part)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader | list[DataLoader]:
         from transformers import DataCollatorWithPadding
