@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 from functools import partial
 
 import pytest
@@ -131,3 +132,37 @@ def test_bad_arguments():
         EWC(decay=2.0)
     with pytest.raises(ValueError, match="selected no parameter"):
         trainer(max_steps=1, callbacks=[EWC(include=["nothing"])]).fit(sgd(), loader(8, 4))
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("avalanche") is None, reason="avalanche-lib is not installed"
+)
+def test_fisher_and_penalty_equal_avalanches_ewc_plugin_with_twice_the_lambda():
+    from types import SimpleNamespace
+
+    from avalanche.training.plugins import EWCPlugin
+    from avalanche.training.utils import copy_params_dict
+
+    ewc = EWC(ewc_lambda=2 * 3.0)  # lsframe's (λ/2) vs Avalanche's λ
+    module = sgd()
+    data = shifted_loader(2.0)
+    trainer(max_steps=3, callbacks=[ewc]).fit(module, data)
+    plugin = EWCPlugin(ewc_lambda=3.0)
+    x, y = data.dataset.tensors
+    dataset = TensorDataset(x, y, torch.zeros(len(y), dtype=torch.long))
+    model = module.model
+    criterion = lambda out, target: F.mse_loss(out.squeeze(-1), target)  # noqa: E731
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    importances = plugin.compute_importances(model, criterion, optimizer, dataset, "cpu", 4)
+    for name, imp in importances.items():
+        torch.testing.assert_close(ewc.tasks[0]["fisher"][name], imp.data)
+    plugin.importances[0] = importances
+    plugin.saved_params[0] = copy_params_dict(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    strategy = SimpleNamespace(
+        clock=SimpleNamespace(train_exp_counter=1), model=model, device="cpu", loss=0.0
+    )
+    plugin.before_backward(strategy)
+    torch.testing.assert_close(ewc.closure_loss(None, module), strategy.loss)

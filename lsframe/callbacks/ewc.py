@@ -25,7 +25,7 @@ class EWC(pl.Callback):
         online:    (λ/2) Σ_i F_i (θ_i − θ*_i)²,  F ← γ F + F_new,  θ* = latest anchor
 
     Avalanche writes the penalty without the ½: ``EWC(ewc_lambda=2λ)`` here equals
-    ``EWCPlugin(ewc_lambda=λ)``. The Fisher pass runs the model in training mode (dropout on, as
+    ``EWCPlugin(ewc_lambda=λ)``. The Fisher pass runs the model in evaluation mode (no dropout, as
     Avalanche), outside autocast and without a gradient scaler, with the random state restored
     afterwards; under DDP the Fisher is averaged across ranks. Fisher and anchors are in the
     callback's ``state_dict``, so a run resumed between stages keeps them. Logged: ``ewc/penalty``.
@@ -145,7 +145,7 @@ class EWC(pl.Callback):
         was_training = pl_module.training
         rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        pl_module.train()
+        pl_module.eval()
         count = 0
         device_type = pl_module.device.type
         for batch in loader:
