@@ -6,7 +6,9 @@ Both rules are fitted on the training examples (after ``train_limit``, before
 kind of text as its training set:
 
 * ``length``: words in the example (both sentences of a pair); part 0 = at most the median
-  training length ("short"), part 1 = longer ("long").
+  training length ("short"), part 1 = longer ("long"). Where training and dev texts differ in
+  kind the parts are unbalanced: SST-2's training set is mostly phrases (median 7 words) and
+  its dev set full sentences, so only 65 of its 872 dev sentences are "short".
 * ``kmeans``: mean-pooled, L2-normalised embeddings from ``encoder`` (default: the offline
   MiniLM-L6), KMeans with k = 2 (k-means++ initialisation from ``seed``, Lloyd iterations to
   convergence); every example goes to its nearest centroid; part 0 = the cluster with more

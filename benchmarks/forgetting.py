@@ -1,0 +1,148 @@
+"""Catastrophic forgetting in sequential fine-tuning (P3's setting): plain fine-tuning vs EWC.
+
+The real MiniLM-L6 fine-tuned on task A, then on task B, through lsframe's sequential runner
+(each task its own head; AdamW lr 5e-5, wd 0.01, 10 % warmup + cosine per stage; batch 16, max
+length 128; seeded random ``--train-size``-example training subsets; full dev sets). Pairs:
+SST-2 → MRPC, MRPC → SST-2, RTE → SST-2, and SST-2 short → long sentences (length shift).
+Reported: accuracy on A after A, on A after B (forgetting = the drop), on B. EWC uses a task-loss
+Fisher (the offline MiniLM has no MLM head) over ``--fisher-batches`` batches.
+
+    python benchmarks/forgetting.py --sweep 100 1000 10000 --seeds 0          # λ sweep, 1 seed
+    python benchmarks/forgetting.py --lambdas 1000 --seeds 0 1 2              # chosen λ, 3 seeds
+
+Every finished sequence is appended to ``<out>.runs.jsonl`` and reused by later invocations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import GLUE_DIR, MINILM, device_name  # noqa: E402
+
+from lsframe.callbacks import EWC  # noqa: E402
+from lsframe.data import GlueDataModule  # noqa: E402
+from lsframe.modules import SequenceClassificationModule  # noqa: E402
+from lsframe.optim import WarmupCosineLR  # noqa: E402
+from lsframe.sequential import SequenceRunner, Stage  # noqa: E402
+
+PAIRS = {
+    "sst2-mrpc": (("sst2", {}), ("mrpc", {})),
+    "mrpc-sst2": (("mrpc", {}), ("sst2", {})),
+    "rte-sst2": (("rte", {}), ("sst2", {})),
+    "sst2short-sst2long": (
+        ("sst2", {"shift": "length", "shift_part": 0}),
+        ("sst2", {"shift": "length", "shift_part": 1}),
+    ),
+}
+
+
+def one_sequence(pair: str, ewc_lambda: float, seed: int, args: argparse.Namespace) -> dict:
+    pl.seed_everything(seed, verbose=False)
+    module = SequenceClassificationModule(
+        MINILM,
+        num_labels=2,
+        optimizer=partial(torch.optim.AdamW, lr=5e-5, weight_decay=0.01),
+        lr_scheduler=partial(WarmupCosineLR, warmup_ratio=0.1),
+    )
+    stages = []
+    for i, (task, extra) in enumerate(PAIRS[pair]):
+        data = GlueDataModule(
+            task_name=task,
+            data_dir=str(GLUE_DIR),
+            max_length=128,
+            train_subsample=args.train_size,
+            seed=seed,
+            **extra,
+        )
+        stages.append(Stage(f"{'AB'[i]}_{task}", data))
+    callbacks = [EWC(ewc_lambda, fisher_batches=args.fisher_batches)] if ewc_lambda > 0 else []
+    trainer = dict(
+        accelerator="auto",
+        devices=1,
+        max_epochs=args.epochs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=callbacks,
+    )
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        result = SequenceRunner(module, stages, trainer, output_dir=out).run()
+    (a_after_a, _), (a_after_b, b_after_b) = result.matrix
+    row = {"pair": pair, "ewc_lambda": ewc_lambda, "seed": seed, "a_after_a": a_after_a}
+    row.update(a_after_b=a_after_b, b=b_after_b, seconds=time.perf_counter() - started)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[1000.0])
+    parser.add_argument("--sweep", type=float, nargs="*", default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--train-size", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--fisher-batches", type=int, default=50)
+    parser.add_argument("--out", default="benchmarks/results/forgetting_cpu")
+    args = parser.parse_args()
+    lambdas = [0.0] + (args.sweep if args.sweep is not None else args.lambdas)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = out.with_suffix(".runs.jsonl")
+    done = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+    known = {(r["pair"], r["ewc_lambda"], r["seed"]): r for r in done}
+    rows = []
+    for seed in args.seeds:
+        for pair in args.pairs:
+            for lam in lambdas:
+                row = known.get((pair, lam, seed))
+                if row is None:
+                    row = one_sequence(pair, lam, seed, args)
+                    with log.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                rows.append(row)
+    lines = [
+        "| pair A → B | method | seeds | acc A after A | acc A after B | forgetting | acc B |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(values: list[float]) -> str:
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.4f} ± {std:.4f}"
+
+    for pair in args.pairs:
+        for lam in lambdas:
+            runs = [r for r in rows if r["pair"] == pair and r["ewc_lambda"] == lam]
+            method = "plain" if lam == 0 else f"EWC λ={lam:g}"
+            drop = [r["a_after_a"] - r["a_after_b"] for r in runs]
+            cells = [cell([r[k] for r in runs]) for k in ("a_after_a", "a_after_b")]
+            cells += [cell(drop), cell([r["b"] for r in runs])]
+            lines.append(f"| {pair} | {method} | {len(runs)} | " + " | ".join(cells) + " |")
+    meta = (
+        f"MiniLM-L6, seeded random {args.train_size}-example training subsets, {args.epochs} "
+        f"epochs per stage, AdamW 5e-5 + warmup/cosine per stage, separate heads, full dev sets "
+        f"(accuracy); EWC task-loss Fisher over {args.fisher_batches} batches; device "
+        f"{device_name('cuda' if torch.cuda.is_available() else 'cpu')}. Mean ± std over seeds."
+    )
+    text = "\n".join(lines)
+    print(meta + "\n\n" + text)
+    out.with_suffix(".md").write_text(f"{meta}\n\nCommand: `{' '.join(sys.argv)}`\n\n{text}\n")
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
