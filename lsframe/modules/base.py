@@ -32,7 +32,8 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lsframe.optim.param_groups import weight_decay_groups
+from lsframe.lr_distribution import multipliers_for
+from lsframe.optim.param_groups import apply_part_multipliers, weight_decay_groups
 from lsframe.optim.step_size_schedule import StepSizeSchedule
 from lsframe.parts import part_groups
 
@@ -88,6 +89,9 @@ class ClosureModule(pl.LightningModule):
             of :func:`lsframe.parts.split_into_parts` (PLASLS, per-part learning rates);
             ``"single"`` makes one group ``all``.
         num_parts: Number of parts for ``param_grouping="parts"``. Default: 10.
+        lr_distribution: Per-part learning-rate multipliers (BERTcL): a mapping part → multiplier,
+            a preset name (``flat``, ``bertcl_combined``) or a YAML/JSON file; see
+            :mod:`lsframe.lr_distribution`. Needs ``param_grouping="parts"``.
         nonfinite_loss: What to do when the loss at the current parameters is NaN or infinite:
             ``"raise"`` stops with an error naming the step; ``"skip"`` drops the gradients so no
             parameter changes, and logs ``train/skipped_steps``.
@@ -104,8 +108,14 @@ class ClosureModule(pl.LightningModule):
         param_grouping: Literal["decay", "parts", "single"] = "decay",
         num_parts: int = 10,
         nonfinite_loss: Literal["raise", "skip"] = "raise",
+        lr_distribution: dict[str, float] | str | None = None,
     ) -> None:
         super().__init__()
+        if lr_distribution is not None and param_grouping != "parts":
+            raise ValueError(
+                "lr_distribution needs param_grouping='parts' (one param group per part), got "
+                f"param_grouping={param_grouping!r}"
+            )
         if param_grouping not in ("decay", "parts", "single"):
             raise ValueError(
                 f"param_grouping must be 'decay', 'parts' or 'single', got {param_grouping!r}"
@@ -130,6 +140,9 @@ class ClosureModule(pl.LightningModule):
         self.param_grouping = param_grouping
         self.num_parts = num_parts
         self.nonfinite_loss = nonfinite_loss
+        self.lr_distribution = lr_distribution
+        if lr_distribution is not None:  # bad names or values fail here, not at fit time
+            multipliers_for(model, lr_distribution, num_parts)
         self._micro_batches: list[Any] = []
         self._evaluations = 0
         self._skipped_steps = 0
@@ -167,6 +180,9 @@ class ClosureModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.param_groups())
+        if self.lr_distribution is not None:
+            multipliers = multipliers_for(self.model, self.lr_distribution, self.num_parts)
+            apply_part_multipliers(optimizer, multipliers)
         if self.lr_scheduler_factory is None:
             return optimizer
         if all("lr_multiplier" in group for group in optimizer.param_groups):

@@ -78,7 +78,7 @@ class SequenceClassificationModule(ClosureModule):
         gradient_clip_algorithm: See :class:`ClosureModule`.
         param_grouping: See :class:`ClosureModule`.
         num_parts: See :class:`ClosureModule`.
-        nonfinite_loss: See :class:`ClosureModule`.
+        nonfinite_loss, lr_distribution: See :class:`ClosureModule`.
     """
 
     def __init__(
@@ -95,6 +95,7 @@ class SequenceClassificationModule(ClosureModule):
         param_grouping: Literal["decay", "parts", "single"] = "decay",
         num_parts: int = 10,
         nonfinite_loss: Literal["raise", "skip"] = "raise",
+        lr_distribution: dict[str, float] | str | None = None,
     ) -> None:
         if num_labels < 1:
             raise ValueError(f"num_labels must be >= 1 (1 = regression), got {num_labels}")
@@ -113,6 +114,7 @@ class SequenceClassificationModule(ClosureModule):
             param_grouping=param_grouping,
             num_parts=num_parts,
             nonfinite_loss=nonfinite_loss,
+            lr_distribution=lr_distribution,
         )
         self.save_hyperparameters(ignore=["model"])
         self.model_name_or_path = model_name_or_path

@@ -12,7 +12,7 @@ from lsframe.optim.adam_sls import AdamSLS
 from lsframe.optim.alsals import ALSALS
 from lsframe.optim.alto import ALTO
 from lsframe.optim.lamb import Lamb
-from lsframe.optim.param_groups import weight_decay_groups
+from lsframe.optim.param_groups import apply_part_multipliers, weight_decay_groups
 from lsframe.optim.plasls import PLASLS
 from lsframe.optim.salsa import SaLSA
 from lsframe.optim.schedulers import WarmupCosineLR
@@ -32,6 +32,7 @@ __all__ = [
     "SaLSA",
     "StepSizeSchedule",
     "WarmupCosineLR",
+    "apply_part_multipliers",
     "create",
     "names",
     "register",

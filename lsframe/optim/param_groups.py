@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
+from torch.optim import Optimizer
 
 
 def weight_decay_groups(
@@ -31,3 +32,25 @@ def weight_decay_groups(
         {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
     ]
     return [g for g in groups if g["params"]]
+
+
+def apply_part_multipliers(optimizer: Optimizer, multipliers: dict[str, float]) -> None:
+    """Scale each ``part`` group of a freshly built optimizer by its multiplier.
+
+    A torch optimizer's group gets ``lr = lr · m``; a line-search group (it has
+    ``lr_multiplier``) gets ``lr_multiplier = m``, so the searched step size is scaled by ``m`` (a
+    :class:`~lsframe.optim.StepSizeSchedule` scales it further). Groups need the ``part`` key of
+    :func:`lsframe.parts.part_groups`.
+    """
+    for group in optimizer.param_groups:
+        part = group.get("part")
+        if part is None:
+            raise ValueError(f"param group {group.get('name')!r} has no 'part' key")
+        if part not in multipliers:
+            raise ValueError(f"no multiplier for part {part!r} (have {sorted(multipliers)})")
+        m = float(multipliers[part])
+        if "lr_multiplier" in group:
+            group["lr_multiplier"] = m
+            group["lr"] = group["step_size"] * m
+        else:
+            group["lr"] = group["lr"] * m

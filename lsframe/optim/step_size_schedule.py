@@ -33,7 +33,15 @@ class StepSizeSchedule:
             )
         self.optimizer = optimizer
         placeholders = [torch.zeros(0, requires_grad=True) for _ in optimizer.param_groups]
-        self.shadow = torch.optim.SGD([{"params": [p]} for p in placeholders], lr=1.0)
+        # each shadow group starts at the group's own multiplier (1, or a per-part learning-rate
+        # distribution), so the schedule scales it rather than replacing it
+        self.shadow = torch.optim.SGD(
+            [
+                {"params": [p], "lr": float(g["lr_multiplier"])}
+                for p, g in zip(placeholders, optimizer.param_groups)
+            ],
+            lr=1.0,
+        )
         self.scheduler = scheduler(self.shadow)
         self._copy()
 

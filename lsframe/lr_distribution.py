@@ -1,0 +1,113 @@
+"""Learning-rate distributions over a model's parts (BERTcL, P3: Kenneweg et al., IDEAL 2022).
+
+A distribution gives each part of :func:`lsframe.parts.split_into_parts` a multiplier of the
+optimizer's learning rate: ``{"embeddings": 1, "layers_0-1": 1, ..., "head": 3}``. With a torch
+optimizer a part's group trains at ``lr · multiplier``; with a line search the multiplier is the
+group's ``lr_multiplier``, which scales the searched step size (and a schedule multiplies it
+further). In YAML (a module's ``lr_distribution``) it is either such a mapping, the path of a
+YAML/JSON file holding one, or a preset name:
+
+* ``flat``: every part 1 (the flat baseline, e.g. 2e-5 everywhere);
+* ``bertcl_combined``: the reference's combined distribution for BERT-base's ten parts,
+  ``[1, 1, 0.3, 0.7, 1, 1, 1, 1, 1, 3]`` (× the base rate, 2e-5 in P3).
+
+A complete ten-part BERT-base distribution (a preset, or a search result on BERT-base) carries
+over to a model cut into other parts by relative depth: ``embeddings`` and ``head`` map to themselves, and a
+middle part covering layers ``a..b`` of ``L`` takes the multiplier of the BERT-base middle part
+whose layers contain the relative midpoint ``(a + b + 1) / (2L)`` (scaled to 12 layers). For the
+6-layer MiniLM: layers 0, 1, 2, 3, 4, 5 take BERT's parts {0-1}, {3-4}, {5}, {6-7}, {9-10}, {11};
+on BERT-base itself the rule is the identity.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from torch import nn
+
+from lsframe.parts import split_into_parts
+
+BERT_BASE_PARTS = [
+    "embeddings",
+    "layers_0-1",
+    "layers_2",
+    "layers_3-4",
+    "layers_5",
+    "layers_6-7",
+    "layers_8",
+    "layers_9-10",
+    "layers_11",
+    "head",
+]
+PRESETS: dict[str, dict[str, float]] = {
+    "flat": {},
+    "bertcl_combined": dict(zip(BERT_BASE_PARTS, [1, 1, 0.3, 0.7, 1, 1, 1, 1, 1, 3])),
+}
+
+
+def _layer_range(part: str) -> tuple[int, int] | None:
+    if not part.startswith("layers_"):
+        return None
+    first, _, last = part[len("layers_") :].partition("-")
+    return int(first), int(last or first)
+
+
+def load_distribution(spec: dict[str, float] | str) -> dict[str, float]:
+    """A distribution from a mapping, a preset name or a YAML/JSON file; values checked."""
+    if isinstance(spec, str):
+        if spec in PRESETS:
+            spec = dict(PRESETS[spec])
+        elif Path(spec).is_file():
+            text = Path(spec).read_text()
+            if spec.endswith(".json"):
+                spec = json.loads(text)
+            else:
+                import yaml
+
+                spec = yaml.safe_load(text)
+        else:
+            raise ValueError(
+                f"lr_distribution {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a file"
+            )
+    if not isinstance(spec, dict):
+        raise ValueError(f"lr_distribution must map part names to multipliers, got {spec!r}")
+    for part, value in spec.items():
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"lr_distribution[{part!r}] must be a finite number >= 0, got {value}")
+    return {str(k): float(v) for k, v in spec.items()}
+
+
+def bert_base_equivalent(part: str, num_layers: int) -> str:
+    """The BERT-base part whose depth matches ``part`` of a model with ``num_layers`` layers."""
+    span = _layer_range(part)
+    if span is None:
+        return part
+    middle = (span[0] + span[1] + 1) / (2 * num_layers) * 12  # in BERT-base layers
+    layer = min(11, int(middle))
+    for name in BERT_BASE_PARTS[1:-1]:
+        low, high = _layer_range(name)
+        if low <= layer <= high:
+            return name
+    raise AssertionError(layer)
+
+
+def multipliers_for(
+    model: nn.Module, distribution: dict[str, float] | str, num_parts: int = 10
+) -> dict[str, float]:
+    """Each part of ``model`` (split into ``num_parts``) → its multiplier.
+
+    A complete BERT-base ten-part distribution on a model cut differently is carried over by
+    relative depth (module docstring). Otherwise names are the model's own parts; parts left out
+    take 1, and a name the model lacks is an error.
+    """
+    values = load_distribution(distribution)
+    names = [p.name for p in split_into_parts(model, num_parts)]
+    if set(values) == set(BERT_BASE_PARTS) and names != BERT_BASE_PARTS:
+        layers = max(r[1] + 1 for r in map(_layer_range, names) if r is not None)
+        return {n: values[bert_base_equivalent(n, layers)] for n in names}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"lr_distribution names unknown parts {unknown}; the model's: {names}")
+    return {n: values.get(n, 1.0) for n in names}

@@ -1,0 +1,88 @@
+"""Per-part learning-rate distributions (BERTcL): parts → groups → learning rates."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+from helpers import TinyRegression, loader, trainer
+from test_parts import tiny_bert
+
+from lsframe.lr_distribution import bert_base_equivalent, load_distribution, multipliers_for
+from lsframe.modules import ClosureModule
+from lsframe.optim import SaLSA, WarmupCosineLR, apply_part_multipliers
+from lsframe.parts import part_groups
+
+
+def test_bert_base_preset_maps_to_its_ten_parts():
+    model = tiny_bert(12)
+    got = multipliers_for(model, "bertcl_combined")
+    assert list(got.values()) == [1, 1, 0.3, 0.7, 1, 1, 1, 1, 1, 3]
+    assert set(multipliers_for(model, "flat").values()) == {1.0}
+
+
+def test_other_depths_take_the_bert_part_at_the_same_relative_depth():
+    assert [bert_base_equivalent(f"layers_{i}", 6) for i in range(6)] == [
+        "layers_0-1",
+        "layers_3-4",
+        "layers_5",
+        "layers_6-7",
+        "layers_9-10",
+        "layers_11",
+    ]
+    got = multipliers_for(tiny_bert(6), "bertcl_combined")
+    assert got == {
+        "embeddings": 1.0,
+        **{f"layers_{i}": m for i, m in enumerate([1, 0.7, 1, 1, 1, 1])},
+        "head": 3.0,
+    }
+    direct = multipliers_for(tiny_bert(6), {"layers_2": 0.1, "head": 2.0})
+    assert direct["layers_2"] == 0.1 and direct["layers_0"] == 1.0
+
+
+def test_a_distribution_becomes_group_learning_rates_for_any_optimizer():
+    model = tiny_bert(12)
+    multipliers = multipliers_for(model, "bertcl_combined")
+    adamw = torch.optim.AdamW(part_groups(model), lr=2e-5)
+    apply_part_multipliers(adamw, multipliers)
+    assert [g["lr"] for g in adamw.param_groups] == pytest.approx(
+        [2e-5 * m for m in [1, 1, 0.3, 0.7, 1, 1, 1, 1, 1, 3]]
+    )
+    salsa = SaLSA(part_groups(model))
+    apply_part_multipliers(salsa, multipliers)
+    assert [g["lr_multiplier"] for g in salsa.param_groups] == [1, 1, 0.3, 0.7, 1, 1, 1, 1, 1, 3]
+
+
+def test_module_applies_the_distribution_and_a_schedule_scales_it(tmp_path):
+    spec = tmp_path / "dist.yaml"
+    spec.write_text("layers_0: 0.5\nlayers_1: 2.0\n")  # helpers.mlp: its two Linear children
+    module = TinyRegression(
+        optimizer=partial(torch.optim.SGD, lr=0.1),
+        param_grouping="parts",
+        lr_distribution=str(spec),
+    )
+    module_ls = TinyRegression(
+        optimizer=SaLSA,
+        param_grouping="parts",
+        lr_distribution={"layers_0": 0.5, "layers_1": 2.0},
+        lr_scheduler=partial(WarmupCosineLR, warmup_ratio=0.0, total_steps=10),
+    )
+    trainer(max_steps=1).fit(module, loader(8, 4))
+    trainer(max_steps=2).fit(module_ls, loader(8, 4))
+    assert [g["lr"] for g in module.optimizers().optimizer.param_groups] == [0.05, 0.2]
+    groups = module_ls.optimizers().optimizer.param_groups
+    ratio = groups[1]["lr_multiplier"] / groups[0]["lr_multiplier"]
+    assert ratio == pytest.approx(4.0) and groups[0]["lr_multiplier"] < 0.5  # cosine decays it
+
+
+def test_bad_distributions_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown parts"):
+        multipliers_for(tiny_bert(2), {"decoder": 1.0})
+    with pytest.raises(ValueError, match=r"lr_distribution\['head'\]"):
+        load_distribution({"head": -1.0})
+    with pytest.raises(ValueError, match="neither a preset"):
+        load_distribution("no_such_preset")
+    with pytest.raises(ValueError, match="param_grouping='parts'"):
+        TinyRegression(lr_distribution="flat", param_grouping="decay")
+    assert issubclass(TinyRegression, ClosureModule)
