@@ -12,6 +12,11 @@ def main(args: list[str] | None = None) -> None:
     if argv[:1] == ["export"]:
         export(argv[1:])
         return
+    if argv[:1] == ["search"]:
+        from lsframe.search import main as search
+
+        search(argv[1:])
+        return
     if argv[:1] == ["sequential"]:
         from lsframe.sequential import main as sequential
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(
     c
     for c in (ROOT / "configs").rglob("*.yaml")
-    if c.parent.name not in ("trainer", "callbacks", "sequential")
+    if c.parent.name not in ("trainer", "callbacks", "sequential", "search")
 )
 PIECES = sorted((ROOT / "configs" / "trainer").glob("*.yaml"))
 CALLBACK_PIECES = sorted((ROOT / "configs" / "callbacks").glob("*.yaml"))

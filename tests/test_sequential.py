@@ -30,8 +30,9 @@ class Net(nn.Module):
 
 
 class TinyClassifier(ClosureModule):
-    def __init__(self) -> None:
-        super().__init__(model=Net(), optimizer=partial(torch.optim.Adam, lr=0.05))
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("optimizer", partial(torch.optim.Adam, lr=0.05))
+        super().__init__(model=Net(), **kwargs)
 
     def compute_loss(self, batch) -> Tensor:
         x, y = batch

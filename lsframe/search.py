@@ -1,0 +1,296 @@
+"""BERTcL's search (P3): Bayesian optimisation of per-part learning rates against forgetting.
+
+``python -m lsframe search --config configs/search/<x>.yaml`` runs an Optuna study. Each trial
+samples one learning rate per part (log-uniform in ``[lr_low, lr_high]``, by default
+``[1e-7, 1e-3]``; or one per group of parts with ``groups: K``), builds a fresh module with that
+distribution (``param_grouping: parts``; multipliers relative to ``base_lr``, which must be the
+learning rate the module's optimizer is configured with), and fine-tunes it on every task pair
+``A → B`` of ``pairs`` with :class:`lsframe.sequential.SequenceRunner`. Objective (P3): mean
+over pairs of ``acc_A(after B) + acc_B``. After each pair the running mean is reported, so the
+pruner (Hyperband by default) can stop poor trials early.
+
+The study lives in ``storage`` (an Optuna journal file by default, safe for several processes
+that run the same command at once: each process stops when the study holds ``n_trials``
+finished trials), so an interrupted search resumes where it stopped. Written to
+``output_dir``: ``trial_<n>/`` (each trial's TensorBoard logs and accuracy matrices),
+``best_distribution.yaml`` (part → multiplier; use it as a module's ``lr_distribution``),
+``trials.json`` and ``search.png`` (the best distribution across parts and the search history).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+
+from lsframe.modules import ClosureModule
+from lsframe.parts import split_into_parts
+from lsframe.sequential import SequenceRunner, Stage
+
+
+@dataclass
+class SearchOptions:
+    """Options of the learning-rate distribution search.
+
+    Args:
+        n_trials: Finished trials the study should hold (P3: 50).
+        lr_low: Lower bound of each part's learning rate (log-uniform). Default: 1e-7.
+        lr_high: Upper bound. Default: 1e-3.
+        base_lr: The learning rate in the module's optimizer config; multipliers = lr / base_lr.
+        groups: Tie the parts into this many contiguous groups by depth (one learning rate per
+            group; None: one per part). Part ``i`` of ``P`` goes to group ``floor(i·K/P)``.
+        sampler: ``tpe`` (multivariate TPE) or ``gp`` (Gaussian process).
+        pruner: ``hyperband`` or ``none``.
+        storage: Optuna storage: a journal file path (default) or an RDB URL (``sqlite:///...``).
+        study_name: Name of the study in the storage.
+        output_dir: Where trials, the best distribution and the plot go.
+        seed: Sampler seed.
+        num_parts: Parts the model is cut into (:func:`lsframe.parts.split_into_parts`).
+    """
+
+    n_trials: int = 50
+    lr_low: float = 1e-7
+    lr_high: float = 1e-3
+    base_lr: float = 2e-5
+    groups: int | None = None
+    sampler: Literal["tpe", "gp"] = "tpe"
+    pruner: Literal["hyperband", "none"] = "hyperband"
+    storage: str | None = None
+    study_name: str = "lr_distribution"
+    output_dir: str = "runs/search"
+    seed: int = 0
+    num_parts: int = 10
+
+
+def part_groups_by_depth(parts: list[str], groups: int | None) -> list[list[str]]:
+    """Parts in order, cut into ``groups`` contiguous chunks (each part alone when None)."""
+    if groups is None:
+        return [[p] for p in parts]
+    if not 1 <= groups <= len(parts):
+        raise ValueError(f"search.groups must be in [1, {len(parts)}], got {groups}")
+    chunks: list[list[str]] = [[] for _ in range(groups)]
+    for i, part in enumerate(parts):
+        chunks[i * groups // len(parts)].append(part)
+    return chunks
+
+
+def combine_distributions(distributions: list[dict[str, float]]) -> dict[str, float]:
+    """The combined distribution of several pairs: per part, the geometric mean of the
+    multipliers (relative to the same flat rate), so a part every pair slows stays slow."""
+    if not distributions:
+        raise ValueError("combine_distributions needs at least one distribution")
+    parts = list(distributions[0])
+    if any(list(d) != parts for d in distributions):
+        raise ValueError("distributions to combine must name the same parts")
+    return {
+        p: math.exp(sum(math.log(max(d[p], 1e-300)) for d in distributions) / len(distributions))
+        for p in parts
+    }
+
+
+class DistributionSearch:
+    """The study; ``make_module(distribution)`` builds a fresh module for one trial."""
+
+    def __init__(
+        self,
+        make_module: Callable[[dict[str, float]], ClosureModule],
+        pairs: list[list[Stage]],
+        trainer: dict[str, Any] | None = None,
+        options: SearchOptions | None = None,
+        runner_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.make_module, self.pairs = make_module, pairs
+        self.trainer_kwargs = dict(trainer or {})
+        self.options = options or SearchOptions()
+        self.runner_kwargs = dict(runner_kwargs or {})
+        if not pairs or any(len(p) != 2 for p in pairs):
+            raise ValueError("pairs: give task pairs [A, B] (two stages each)")
+        if not 0 < self.options.lr_low < self.options.lr_high:
+            raise ValueError("search: need 0 < lr_low < lr_high")
+        probe = make_module({})
+        self.parts = [p.name for p in split_into_parts(probe.model, self.options.num_parts)]
+        self.chunks = part_groups_by_depth(self.parts, self.options.groups)
+        self.output_dir = Path(self.options.output_dir)
+
+    def _study(self) -> Any:
+        import optuna
+
+        opts = self.options
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        storage = opts.storage or str(self.output_dir / "journal.log")
+        if "://" not in storage:
+            from optuna.storages.journal import JournalFileBackend
+
+            storage = optuna.storages.JournalStorage(JournalFileBackend(storage))
+        if opts.sampler == "gp":
+            sampler = optuna.samplers.GPSampler(seed=opts.seed)
+        else:
+            sampler = optuna.samplers.TPESampler(seed=opts.seed, multivariate=True)
+        pruner = (
+            optuna.pruners.HyperbandPruner(min_resource=1, max_resource=len(self.pairs))
+            if opts.pruner == "hyperband"
+            else optuna.pruners.NopPruner()
+        )
+        return optuna.create_study(
+            study_name=opts.study_name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            direction="maximize",
+            load_if_exists=True,
+        )
+
+    def distribution(self, lrs: dict[str, float]) -> dict[str, float]:
+        """Multipliers for every part from the sampled learning rate of each chunk."""
+        out = {}
+        for i, chunk in enumerate(self.chunks):
+            for part in chunk:
+                out[part] = lrs[f"lr_{i}"] / self.options.base_lr
+        return out
+
+    def objective(self, trial: Any) -> float:
+        import optuna
+
+        lrs = {
+            f"lr_{i}": trial.suggest_float(
+                f"lr_{i}", self.options.lr_low, self.options.lr_high, log=True
+            )
+            for i in range(len(self.chunks))
+        }
+        distribution = self.distribution(lrs)
+        trial.set_user_attr("distribution", distribution)
+        scores = []
+        for k, pair in enumerate(self.pairs):
+            out = self.output_dir / f"trial_{trial.number}" / f"pair_{k}"
+            shutil.rmtree(out, ignore_errors=True)  # a re-run trial starts clean
+            runner = SequenceRunner(
+                self.make_module(distribution),
+                pair,
+                dict(self.trainer_kwargs),
+                output_dir=out,
+                **self.runner_kwargs,
+            )
+            matrix = runner.run().matrix
+            scores.append(matrix[1][0] + matrix[1][1])
+            trial.report(sum(scores) / len(scores), step=k + 1)
+            if k + 1 < len(self.pairs) and trial.should_prune():
+                raise optuna.TrialPruned()
+        return sum(scores) / len(scores)
+
+    def run(self) -> dict[str, float]:
+        import optuna
+
+        study = self._study()
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        done = len(study.get_trials(deepcopy=False, states=finished))
+        if done < self.options.n_trials:
+            stop = optuna.study.MaxTrialsCallback(self.options.n_trials, states=finished)
+            study.optimize(self.objective, callbacks=[stop])
+        best = study.best_trial.user_attrs["distribution"]
+        self._write(study, best)
+        return best
+
+    def _write(self, study: Any, best: dict[str, float]) -> None:
+        import yaml
+
+        text = "# best per-part learning-rate multipliers (lsframe search); "
+        text += f"base_lr {self.options.base_lr:g}, objective {study.best_value:.4f}\n"
+        (self.output_dir / "best_distribution.yaml").write_text(text + yaml.safe_dump(best))
+        trials = [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "distribution": t.user_attrs.get("distribution"),
+            }
+            for t in study.get_trials(deepcopy=False)
+        ]
+        (self.output_dir / "trials.json").write_text(json.dumps(trials, indent=1))
+        plot_search(best, trials, self.options.base_lr, self.output_dir / "search.png")
+
+
+def plot_search(best: dict[str, float], trials: list[dict], base_lr: float, path: Path) -> None:
+    """Bar chart of the best learning rate per part, and objective per trial with the best so far."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the plot is optional: matplotlib comes with the search extra
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    parts = list(best)
+    left.bar(range(len(parts)), [best[p] * base_lr for p in parts])
+    left.axhline(base_lr, color="grey", linestyle="--", label=f"flat {base_lr:g}")
+    left.set_xticks(range(len(parts)), parts, rotation=45, ha="right")
+    left.set_yscale("log")
+    left.set_ylabel("learning rate")
+    left.set_title("best distribution")
+    left.legend()
+    done = [t for t in trials if t["value"] is not None]
+    right.plot([t["number"] for t in done], [t["value"] for t in done], "o", label="trial")
+    best_so_far, running = [], -math.inf
+    for t in done:
+        running = max(running, t["value"])
+        best_so_far.append(running)
+    right.plot([t["number"] for t in done], best_so_far, "-", label="best so far")
+    right.set_xlabel("trial")
+    right.set_ylabel("acc A after B + acc B")
+    right.set_title("search history")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> dict[str, float]:
+    """``python -m lsframe search --config <yaml>`` (``--help`` lists every key)."""
+    parser = ArgumentParser(prog="lsframe search", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_argument("--seed_everything", type=int, default=0)
+    parser.add_class_arguments(pl.Trainer, "trainer", instantiate=False)
+    parser.add_subclass_arguments(ClosureModule, "model")
+    parser.add_argument("--pairs", type=list[list[Stage]], required=True)
+    parser.add_argument("--heads", type=Literal["separate", "shared"], default="separate")
+    parser.add_argument("--head_attr", type=str, default="classifier")
+    parser.add_argument("--metric", type=str, default="acc")
+    parser.add_dataclass_arguments(SearchOptions, "search")
+    config = parser.parse_args(argv)
+    options = SearchOptions(**vars(config.search))
+    model_config = config.model
+
+    model_parser = ArgumentParser()
+    model_parser.add_subclass_arguments(ClosureModule, "model")
+
+    def make_module(distribution: dict[str, float]) -> ClosureModule:
+        pl.seed_everything(config.seed_everything, verbose=False)  # same initial head per trial
+        spec = model_config.clone()
+        spec.init_args.param_grouping = "parts"
+        spec.init_args.num_parts = options.num_parts
+        spec.init_args.lr_distribution = distribution or None
+        return model_parser.instantiate_classes(Namespace(model=spec)).model
+
+    pl.seed_everything(config.seed_everything)
+    pairs = parser.instantiate_classes(config).pairs
+    trainer_kwargs = {k: v for k, v in vars(config.trainer).items() if v is not None}
+    if trainer_kwargs.get("callbacks"):
+        raise ValueError("trainer.callbacks: the search runs plain fine-tuning; remove them")
+    search = DistributionSearch(
+        make_module,
+        pairs,
+        trainer_kwargs,
+        options,
+        runner_kwargs={
+            "heads": config.heads,
+            "head_attr": config.head_attr,
+            "metric": config.metric,
+        },
+    )
+    return search.run()

@@ -1,0 +1,118 @@
+"""The learning-rate distribution search: trials, resume from storage, best distribution, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from test_sequential import TRAINER, Task, TinyClassifier
+
+from lsframe.search import (
+    DistributionSearch,
+    SearchOptions,
+    combine_distributions,
+    part_groups_by_depth,
+)
+from lsframe.sequential import Stage
+
+pytest.importorskip("optuna")
+
+
+def make(distribution):
+    return TinyClassifier(param_grouping="parts", lr_distribution=distribution or None)
+
+
+def search(tmp_path, n_trials, calls=None, **options):
+    pairs = [[Stage("a", Task(0, 1)), Stage("b", Task(1, 2))]]
+    trainer = dict(TRAINER, max_epochs=2, logger=False)
+    opts = SearchOptions(n_trials=n_trials, output_dir=str(tmp_path), base_lr=0.05, **options)
+    study = DistributionSearch(make, pairs, trainer, opts)
+    if calls is not None:
+        objective = study.objective
+        study.objective = lambda trial: calls.append(trial.number) or objective(trial)
+    return study
+
+
+def test_a_three_trial_search_completes_resumes_and_writes_the_best_distribution(tmp_path):
+    calls = []
+    best = search(tmp_path, 3, calls, lr_low=1e-4, lr_high=0.1).run()
+    assert calls == [0, 1, 2]
+    assert sorted(best) == ["layers_0", "layers_1"]  # Net's two parts: body, classifier
+    trials = json.loads((tmp_path / "trials.json").read_text())
+    values = [t["value"] for t in trials]
+    written = yaml.safe_load((tmp_path / "best_distribution.yaml").read_text())
+    assert written == best == trials[values.index(max(values))]["distribution"]
+    assert all(0.0 <= v <= 2.0 for v in values)
+    assert (tmp_path / "search.png").exists()
+    assert (tmp_path / "trial_0" / "pair_0" / "accuracy_matrix.json").exists()
+    # the study is in the journal: asking for 4 trials runs exactly one more
+    more = []
+    search(tmp_path, 4, more, lr_low=1e-4, lr_high=0.1).run()
+    assert more == [3]
+    # the written distribution trains a module (a fit config's lr_distribution)
+    module = TinyClassifier(
+        param_grouping="parts", lr_distribution=str(tmp_path / "best_distribution.yaml")
+    )
+    assert module.lr_distribution
+
+
+def test_tied_groups_share_one_learning_rate(tmp_path):
+    study = search(tmp_path, 1, groups=1)
+    best = study.run()
+    assert len(set(best.values())) == 1
+    assert part_groups_by_depth(list("abcdefghij"), 3) == [
+        list("abcd"),
+        list("efg"),
+        list("hij"),
+    ]
+
+
+def test_combined_distribution_is_the_geometric_mean():
+    combined = combine_distributions([{"a": 1.0, "b": 4.0}, {"a": 1.0, "b": 1.0}])
+    assert combined == pytest.approx({"a": 1.0, "b": 2.0})
+    with pytest.raises(ValueError, match="same parts"):
+        combine_distributions([{"a": 1.0}, {"b": 1.0}])
+
+
+def test_bad_search_settings_are_named(tmp_path):
+    with pytest.raises(ValueError, match="pairs"):
+        DistributionSearch(make, [[Stage("a", Task(0, 1))]], {}, SearchOptions())
+    with pytest.raises(ValueError, match="lr_low < lr_high"):
+        search(tmp_path, 1, lr_low=1e-3, lr_high=1e-4)
+    with pytest.raises(ValueError, match=r"search.groups must be in \[1, 2\]"):
+        search(tmp_path, 1, groups=5)
+
+
+def test_search_cli_on_the_real_encoder(minilm, shared_data, tmp_path):
+    from pathlib import Path
+
+    from lsframe.search import main
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "search"
+    config = yaml.safe_load((root / "minilm_sst2_mrpc.yaml").read_text())
+    config["pairs"] = config["pairs"][:1]
+    for stage in config["pairs"][0]:
+        stage["data"]["init_args"].update(
+            data_dir=str(shared_data / "glue"), train_subsample=16, val_limit=16, max_length=32
+        )
+    config["trainer"]["limit_train_batches"] = 2
+    config["search"].update(n_trials=2, output_dir=str(tmp_path))
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump(config))
+    best = main(["--config", str(small)])
+    assert len(best) == 8  # MiniLM-L6: embeddings, six layers, head
+    assert len(set(best.values())) == 4  # four tied groups
+    assert len(json.loads((tmp_path / "trials.json").read_text())) == 2
+
+
+def test_search_config_parses(capsys):
+    from pathlib import Path
+
+    from lsframe.__main__ import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "search" / "minilm_sst2_mrpc.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "pairs:" in capsys.readouterr().out
