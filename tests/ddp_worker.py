@@ -11,23 +11,49 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import TinyRegression, loader, mlp, trainer  # noqa: E402
 
 from lsframe import optim  # noqa: E402
+from lsframe.callbacks import DPS, EWC, ChildTuningD, ValleyExploration  # noqa: E402
+
+
+def with_every_callback(module: TinyRegression) -> list:
+    """ChildTuning-D, DPS (frozen), valley exploration and an active EWC penalty at once."""
+    ewc = EWC(ewc_lambda=100.0)
+    named = dict(module.model.named_parameters())
+    ewc.params = named
+    ewc.consolidate(
+        {n: torch.ones_like(p) for n, p in named.items()},
+        {n: p.detach().clone() for n, p in named.items()},
+    )
+    return [
+        ChildTuningD(reserve_p=0.5, include=[r"^0\."]),
+        DPS(p=0.3, update_ratio=0.25, mask_mode="frozen"),
+        ValleyExploration(alpha=0.5, beta=0.3),
+        ewc,
+    ]
 
 
 def main(out_dir: str, name: str, steps: int) -> None:
+    everything = name == "callbacks"
+    name = "alsals" if everything else name
     module = TinyRegression(
         model=mlp(dropout=0.1),
         optimizer=lambda p: optim.create(name, p),
         param_grouping="parts" if name == "plasls" else "decay",
     )
-    t = trainer(max_steps=steps, strategy="ddp", devices=2, accelerator="cpu")
+    callbacks = with_every_callback(module) if everything else []
+    t = trainer(max_steps=steps, strategy="ddp", devices=2, accelerator="cpu", callbacks=callbacks)
     t.fit(module, train_dataloaders=loader(128, 4))
     state = t.optimizers[0].state["line_search"]
+    extra = {}
+    if everything:  # the Fisher estimated at the end (averaged across ranks) and the masks
+        extra["fisher"] = callbacks[3].tasks[-1]["fisher"]
+        extra["child_mask"] = callbacks[0].masks
     torch.save(
         {
             "params": [p.detach().clone() for p in module.model.parameters()],
             "searches": state["searches"],
             "forwards": state["forwards"],
             "global_step": t.global_step,
+            **extra,
         },
         Path(out_dir) / f"rank{t.global_rank}.pt",
     )

@@ -27,3 +27,20 @@ def test_two_process_ddp_ends_with_identical_parameters(name, tmp_path):
     assert ranks[0]["searches"] == ranks[1]["searches"] >= 9  # SaLSA searches the first 9 steps
     for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
         assert torch.equal(a, b)
+
+
+def test_every_callback_keeps_ranks_identical_under_ddp(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(WORKER), str(tmp_path), "callbacks", "12"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["global_step"] == ranks[1]["global_step"] == 12
+    for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
+        assert torch.equal(a, b)
+    for key in ("fisher", "child_mask"):
+        for name, tensor in ranks[0][key].items():
+            assert torch.equal(tensor, ranks[1][key][name]), (key, name)
