@@ -166,3 +166,40 @@ def test_fisher_and_penalty_equal_avalanches_ewc_plugin_with_twice_the_lambda():
     )
     plugin.before_backward(strategy)
     torch.testing.assert_close(ewc.closure_loss(None, module), strategy.loss)
+
+
+def test_bertcl_baseline_mlm_fisher_anchored_at_the_pretrained_weights(minilm, tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    from lsframe.hub import load_tokenizer
+    from lsframe.modules import SequenceClassificationModule
+
+    tokenizer = load_tokenizer(minilm)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    torch.manual_seed(0)
+    BertForMaskedLM(config).save_pretrained(tmp_path / "mlm")
+    tokenizer.save_pretrained(tmp_path / "mlm")
+    texts = tmp_path / "wiki.txt"
+    texts.write_text("\n".join(f"the cat number {i} sat on the mat today." for i in range(40)))
+    ewc = EWC(source="mlm", mlm_model=str(tmp_path / "mlm"), mlm_texts=str(texts))
+    module = SequenceClassificationModule(str(tmp_path / "mlm"), num_labels=2)
+    pretrained = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    ids = tokenizer(["a fine film"] * 8, padding=True, return_tensors="pt")
+    data = [{**{k: v[i] for k, v in ids.items()}, "labels": torch.tensor(i % 2)} for i in range(8)]
+    loader = DataLoader(data, batch_size=4)
+    trainer(max_steps=2, callbacks=[ewc]).fit(module, loader)
+    (task,) = ewc.tasks  # one MLM term, no per-fit consolidation
+    assert set(task["fisher"]) and all(n.startswith("bert.") for n in task["fisher"])
+    assert not any(n.startswith(("classifier", "bert.pooler")) for n in task["fisher"])
+    assert sum(float(f.sum()) for f in task["fisher"].values()) > 0
+    for name, anchor in task["anchor"].items():
+        assert torch.equal(anchor, pretrained[name])
+    assert float(ewc.closure_loss(None, module)) > 0  # training moved the encoder off its anchor
+    with pytest.raises(ValueError, match="mlm_model"):
+        EWC(source="mlm")

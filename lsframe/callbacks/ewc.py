@@ -4,6 +4,7 @@ ICML 2018) as a callback: the baseline of P3's forgetting experiments."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -30,9 +31,13 @@ class EWC(pl.Callback):
     afterwards; under DDP the Fisher is averaged across ranks. Fisher and anchors are in the
     callback's ``state_dict``, so a run resumed between stages keeps them. Logged: ``ewc/penalty``.
 
-    The BERTcL baseline (λ = 1000, Fisher from an MLM loss on text, anchored at the pretrained
-    weights) needs a checkpoint with an MLM head; :meth:`consolidate` takes any Fisher and anchor,
-    so such a Fisher can be added before the first fit.
+    ``source="mlm"`` is the BERTcL baseline (λ = 1000): once, when the first fit starts, the Fisher
+    of a masked-language-model loss (15 % of tokens masked, transformers'
+    ``DataCollatorForLanguageModeling``) on ``mlm_texts`` is estimated with the pretrained
+    checkpoint ``mlm_model`` (it needs an MLM head, e.g. ``bert-base-uncased``), and the anchor is
+    its pretrained weights; parameters are matched by name (``bert.encoder...`` in both), the
+    task head is left out, and later fits add no further terms. :meth:`consolidate` takes any
+    other Fisher and anchor.
 
     Args:
         ewc_lambda: λ. Default: 1000 (BERTcL's baseline).
@@ -43,6 +48,10 @@ class EWC(pl.Callback):
             parameter).
         exclude: Regular expressions removing parameters (e.g. ``["classifier"]`` when each task
             keeps its own head; the sequential runner adds the head itself).
+        source: ``"task"`` (the task loss after each fit) or ``"mlm"`` (see above).
+        mlm_model: Checkpoint with an MLM head (``source="mlm"``).
+        mlm_texts: Text file for the MLM Fisher, one document per non-empty line.
+        mlm_max_length: Token limit per MLM document. Default: 128.
     """
 
     def __init__(
@@ -53,7 +62,19 @@ class EWC(pl.Callback):
         fisher_batches: int | None = None,
         include: list[str] | None = None,
         exclude: list[str] | None = None,
+        source: Literal["task", "mlm"] = "task",
+        mlm_model: str | None = None,
+        mlm_texts: str | None = None,
+        mlm_max_length: int = 128,
     ) -> None:
+        if source not in ("task", "mlm"):
+            raise ValueError(f"source must be 'task' or 'mlm', got {source!r}")
+        if source == "mlm" and (mlm_model is None or mlm_texts is None):
+            raise ValueError(
+                "source='mlm' needs mlm_model (a checkpoint with an MLM head) and mlm_texts"
+            )
+        if mlm_texts is not None and not Path(mlm_texts).is_file():
+            raise FileNotFoundError(f"mlm_texts: {mlm_texts} is not a file")
         if not ewc_lambda >= 0:
             raise ValueError(f"ewc_lambda must be >= 0, got {ewc_lambda}")
         if mode not in ("separate", "online"):
@@ -68,6 +89,8 @@ class EWC(pl.Callback):
         self.fisher_batches = fisher_batches
         self.include = list(include) if include else None
         self.exclude = list(exclude) if exclude else []
+        self.source, self.mlm_model, self.mlm_texts = source, mlm_model, mlm_texts
+        self.mlm_max_length = mlm_max_length
         self.tasks: list[dict[str, dict[str, Tensor]]] = []  # [{"fisher": .., "anchor": ..}]
         self.params: dict[str, nn.Parameter] = {}
 
@@ -115,7 +138,13 @@ class EWC(pl.Callback):
                     task[kind][name] = tensor.to(param.device)
 
     # ------------------------------------------------------------------------ consolidation
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.source == "mlm" and not self.tasks:
+            self.consolidate(*self.mlm_fisher(trainer, pl_module))
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.source == "mlm":
+            return
         fisher = self.estimate_fisher(trainer, pl_module)
         anchor = {n: p.detach().clone() for n, p in self.params.items()}
         self.consolidate(fisher, anchor)
@@ -173,6 +202,57 @@ class EWC(pl.Callback):
             if trainer.world_size > 1:
                 fisher[name] = trainer.strategy.reduce(fisher[name], reduce_op="mean")
         return fisher
+
+    def mlm_fisher(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Fisher of the MLM loss of ``mlm_model`` on ``mlm_texts`` and its pretrained weights,
+        for the selected parameters whose names the MLM model shares."""
+        from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
+
+        from lsframe.hub import load_tokenizer, resolve_pretrained
+
+        device = pl_module.device
+        tokenizer = load_tokenizer(self.mlm_model)
+        mlm = AutoModelForMaskedLM.from_pretrained(resolve_pretrained(self.mlm_model)).to(device)
+        shared = {n: p for n, p in mlm.named_parameters() if n in self.params}
+        if not shared:
+            raise ValueError(
+                f"EWC: {self.mlm_model} shares no parameter name with the task model "
+                f"(e.g. {next(iter(self.params))!r})"
+            )
+        lines = [x.strip() for x in Path(self.mlm_texts).read_text().splitlines() if x.strip()]
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+        fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in shared.items()}
+        rng = torch.get_rng_state()
+        mlm.eval()
+        count = 0
+        for start in range(0, len(lines), 16):
+            if self.fisher_batches is not None and count >= self.fisher_batches:
+                break
+            encoded = tokenizer(
+                lines[start : start + 16], truncation=True, max_length=self.mlm_max_length
+            )
+            features = [
+                {k: v[i] for k, v in encoded.items()} for i in range(len(encoded["input_ids"]))
+            ]
+            batch = move_data_to_device(collator(features), device)
+            mlm.zero_grad(set_to_none=True)
+            with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+                mlm(**batch).loss.float().backward()
+            for name, param in shared.items():
+                if param.grad is not None:
+                    fisher[name].add_(param.grad.detach().float().square())
+            count += 1
+        torch.set_rng_state(rng)
+        if count == 0:
+            raise ValueError(f"mlm_texts: {self.mlm_texts} has no text")
+        fisher = {n: f / count for n, f in fisher.items()}
+        if trainer.world_size > 1:  # masks are random: make every rank use the same Fisher
+            fisher = {n: trainer.strategy.reduce(f, reduce_op="mean") for n, f in fisher.items()}
+        anchor = {n: p.detach().clone() for n, p in shared.items()}
+        del mlm
+        return fisher, anchor
 
     # --------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
