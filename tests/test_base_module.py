@@ -269,3 +269,28 @@ def test_batchnorm_statistics_move_once_per_step_whatever_the_trials():
             reference(x)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         torch.testing.assert_close(getattr(module.model[1], name), getattr(reference[1], name))
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "salsa"])
+def test_a_nan_gradient_with_a_finite_loss_never_reaches_the_parameters(optimizer):
+    from lsframe.optim import create
+
+    def poison_step_3(module):
+        calls = {"n": 0}
+
+        def hook(grad):
+            calls["n"] += 1
+            return torch.full_like(grad, float("nan")) if calls["n"] == 3 else grad
+
+        module.model[0].weight.register_hook(hook)
+
+    skipping = TinyRegression(optimizer=lambda p: create(optimizer, p), nonfinite_loss="skip")
+    poison_step_3(skipping)
+    trainer(max_steps=5).fit(skipping, loader(32, 4))
+    assert all(torch.isfinite(p).all() for p in skipping.parameters())
+    assert skipping._skipped_steps == 1
+    raising = TinyRegression(optimizer=lambda p: create(optimizer, p))
+    poison_step_3(raising)
+    with pytest.raises(FloatingPointError, match="non-finite gradient .* at global step 2"):
+        trainer(max_steps=5).fit(raising, loader(32, 4))
+    assert all(torch.isfinite(p).all() for p in raising.parameters())

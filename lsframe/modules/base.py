@@ -33,6 +33,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lsframe.lr_distribution import multipliers_for
+from lsframe.optim._functional import all_finite
 from lsframe.optim.param_groups import apply_part_multipliers, weight_decay_groups
 from lsframe.optim.step_size_schedule import StepSizeSchedule
 from lsframe.parts import part_groups
@@ -92,7 +93,8 @@ class ClosureModule(pl.LightningModule):
         lr_distribution: Per-part learning-rate multipliers (BERTcL): a mapping part → multiplier,
             a preset name (``flat``, ``bertcl_combined``) or a YAML/JSON file; see
             :mod:`lsframe.lr_distribution`. Needs ``param_grouping="parts"``.
-        nonfinite_loss: What to do when the loss at the current parameters is NaN or infinite:
+        nonfinite_loss: What to do when the loss at the current parameters or a gradient is NaN
+            or infinite (checked before the gradient hooks and the optimizer):
             ``"raise"`` stops with an error naming the step; ``"skip"`` drops the gradients so no
             parameter changes, and logs ``train/skipped_steps``.
     """
@@ -280,6 +282,9 @@ class ClosureModule(pl.LightningModule):
             self.log(f"step_size/{name}", float(group["lr"]))
         if self.nonfinite_loss == "skip":
             self.log("train/skipped_steps", float(self._skipped_steps))
+        search = getattr(optimizer, "state", {}).get("line_search")
+        if isinstance(search, dict) and "rejected_steps" in search:
+            self.log("train/rejected_steps", float(search["rejected_steps"]))
 
     # ------------------------------------------------------------------------- callback hooks
     def _callback_hooks(self, name: str) -> Iterator[Callable[..., Any]]:
@@ -363,10 +368,15 @@ class _StepEvaluator:
         first = self.loss_at_start is None
         if first:
             self.loss_at_start = loss
-        if not first or not torch.isfinite(loss):
-            statistics.restore()
+        problem = None
         if not torch.isfinite(loss):
-            self._handle_nonfinite(loss)
+            problem = f"training loss {loss.item()}"
+        elif not self._gradients_finite():
+            problem = f"gradient (loss {loss.item():.6g} was finite)"
+        if not first or problem is not None:
+            statistics.restore()
+        if problem is not None:
+            self._handle_nonfinite(problem)
             return loss
         module = self.module
         module.on_gradients_ready(self.optimizer)
@@ -405,12 +415,23 @@ class _StepEvaluator:
             return loss
         return trainer.strategy.reduce(loss, reduce_op="mean")
 
-    def _handle_nonfinite(self, loss: Tensor) -> None:
+    def _gradients_finite(self) -> bool:
+        # before the gradient hooks: a NaN would poison callback state (DPS scores, the valley
+        # adaptor's EMA) and torch optimizers would apply it (one reduction per tensor, one sync)
+        grads = [
+            p.grad
+            for group in self.optimizer.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
+        return all_finite(grads)
+
+    def _handle_nonfinite(self, problem: str) -> None:
         step = self.module.trainer.global_step
         if self.module.nonfinite_loss == "raise":
             raise FloatingPointError(
-                f"non-finite training loss {loss.item()} at global step {step}; the parameters "
-                "were not changed. Set model.nonfinite_loss='skip' to skip such steps instead."
+                f"non-finite {problem} at global step {step}; the parameters were not changed. "
+                "Set model.nonfinite_loss='skip' to skip such steps instead."
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped = True
