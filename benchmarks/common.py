@@ -209,3 +209,36 @@ def step_size(run: Run) -> float:
     if "d" in group:  # Prodigy / D-Adaptation: effective lr is d * lr
         return float(group["d"] * group["lr"])
     return float(group["lr"])
+
+
+def mean_std(values: list[float]) -> str:
+    """``mean ± std`` (sample std; 0 for one value) with four decimals."""
+    import statistics
+
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {std:.4f}"
+
+
+def load_runs(log: Path) -> list[dict]:
+    """Runs already logged (one JSON object per line) by an earlier invocation."""
+    import json
+
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def append_run(log: Path, row: dict) -> None:
+    import json
+
+    print(json.dumps(row), flush=True)
+    with log.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def write_results(out: Path, meta: str, table: str, rows: object) -> None:
+    """Print the table; write ``<out>.md`` (meta, the command, the table) and ``<out>.json``."""
+    import json
+    import sys
+
+    print(meta + "\n\n" + table)
+    out.with_suffix(".md").write_text(f"{meta}\n\nCommand: `{' '.join(sys.argv)}`\n\n{table}\n")
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -20,7 +20,6 @@ ChildTuning-D masking), taking turns in blocks on the same batches; ratios of th
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -32,7 +31,19 @@ import lightning.pytorch as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GLUE_DIR, MINILM, classifier, device_name, glue_examples, loader, tokenizer  # noqa: E402
+from common import (  # noqa: E402
+    GLUE_DIR,
+    MINILM,
+    append_run,
+    classifier,
+    device_name,
+    glue_examples,
+    load_runs,
+    loader,
+    mean_std,
+    tokenizer,
+    write_results,
+)
 
 from lsframe.callbacks import DPS, ChildTuningD  # noqa: E402
 from lsframe.callbacks._masking import global_top_fraction_masks, top_fraction_mask  # noqa: E402
@@ -81,15 +92,12 @@ def one_run(task: str, method: str, seed: int, args: argparse.Namespace) -> dict
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     row = {"task": task, "method": method, "seed": seed, "steps": trainer.global_step}
     row.update({k.split("/", 1)[1]: v for k, v in metrics.items()}, seconds=seconds)
-    print(json.dumps(row), flush=True)
-    with args.log.open("a") as log:
-        log.write(json.dumps(row) + "\n")
+    append_run(args.log, row)
     return row
 
 
 def quality(args: argparse.Namespace) -> None:
-    done = [json.loads(x) for x in args.log.read_text().splitlines()] if args.log.exists() else []
-    known = {(r["task"], r["method"], r["seed"]): r for r in done}
+    known = {(r["task"], r["method"], r["seed"]): r for r in load_runs(args.log)}
     rows = [
         known.get((task, method, seed)) or one_run(task, method, seed, args)
         for task in args.tasks
@@ -103,8 +111,7 @@ def quality(args: argparse.Namespace) -> None:
             cells = [task, method, str(len(runs))]
             for key in ("acc", "f1"):
                 values = [r[key] for r in runs if key in r]
-                std = statistics.stdev(values) if len(values) > 1 else 0.0
-                cells.append(f"{statistics.mean(values):.4f} ± {std:.4f}" if values else "–")
+                cells.append(mean_std(values) if values else "–")
             cells.append(f"{statistics.mean(r['seconds'] for r in runs):.0f}")
             lines.append("| " + " | ".join(cells) + " |")
     meta = (
@@ -114,7 +121,7 @@ def quality(args: argparse.Namespace) -> None:
         f"{device_name('cuda' if torch.cuda.is_available() else 'cpu')}; torch "
         f"{torch.__version__}. Mean ± std over seeds."
     )
-    write(args.out, meta, "\n".join(lines), rows)
+    write_results(args.out, meta, "\n".join(lines), rows)
 
 
 def overhead(args: argparse.Namespace) -> None:
@@ -172,13 +179,7 @@ def overhead(args: argparse.Namespace) -> None:
         f"variant in interleaved blocks of {block}; device {device_name('cpu')}; torch "
         f"{torch.__version__}."
     )
-    write(args.out, meta, "\n".join(lines), {k: v for k, v in times.items()})
-
-
-def write(out: Path, meta: str, table: str, data: object) -> None:
-    print(meta + "\n\n" + table)
-    out.with_suffix(".md").write_text(f"{meta}\n\nCommand: `{' '.join(sys.argv)}`\n\n{table}\n")
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "data": data}, indent=1))
+    write_results(args.out, meta, "\n".join(lines), times)
 
 
 def main() -> None:

@@ -16,8 +16,6 @@ Every finished sequence is appended to ``<out>.runs.jsonl`` and reused by later 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 import tempfile
 import time
@@ -28,7 +26,15 @@ import lightning.pytorch as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GLUE_DIR, MINILM, device_name  # noqa: E402
+from common import (  # noqa: E402
+    GLUE_DIR,
+    MINILM,
+    append_run,
+    device_name,
+    load_runs,
+    mean_std,
+    write_results,
+)
 
 from lsframe.callbacks import EWC  # noqa: E402
 from lsframe.data import GlueDataModule  # noqa: E402
@@ -84,7 +90,6 @@ def one_sequence(pair: str, ewc_lambda: float, seed: int, args: argparse.Namespa
     (a_after_a, _), (a_after_b, b_after_b) = result.matrix
     row = {"pair": pair, "ewc_lambda": ewc_lambda, "seed": seed, "a_after_a": a_after_a}
     row.update(a_after_b=a_after_b, b=b_after_b, seconds=time.perf_counter() - started)
-    print(json.dumps(row), flush=True)
     return row
 
 
@@ -103,8 +108,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_suffix(".runs.jsonl")
-    done = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
-    known = {(r["pair"], r["ewc_lambda"], r["seed"]): r for r in done}
+    known = {(r["pair"], r["ewc_lambda"], r["seed"]): r for r in load_runs(log)}
     rows = []
     for seed in args.seeds:
         for pair in args.pairs:
@@ -112,25 +116,20 @@ def main() -> None:
                 row = known.get((pair, lam, seed))
                 if row is None:
                     row = one_sequence(pair, lam, seed, args)
-                    with log.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    append_run(log, row)
                 rows.append(row)
     lines = [
         "| pair A → B | method | seeds | acc A after A | acc A after B | forgetting | acc B |",
         "|---|---|---|---|---|---|---|",
     ]
 
-    def cell(values: list[float]) -> str:
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.4f} ± {std:.4f}"
-
     for pair in args.pairs:
         for lam in lambdas:
             runs = [r for r in rows if r["pair"] == pair and r["ewc_lambda"] == lam]
             method = "plain" if lam == 0 else f"EWC λ={lam:g}"
             drop = [r["a_after_a"] - r["a_after_b"] for r in runs]
-            cells = [cell([r[k] for r in runs]) for k in ("a_after_a", "a_after_b")]
-            cells += [cell(drop), cell([r["b"] for r in runs])]
+            cells = [mean_std([r[k] for r in runs]) for k in ("a_after_a", "a_after_b")]
+            cells += [mean_std(drop), mean_std([r["b"] for r in runs])]
             lines.append(f"| {pair} | {method} | {len(runs)} | " + " | ".join(cells) + " |")
     meta = (
         f"MiniLM-L6, seeded random {args.train_size}-example training subsets, {args.epochs} "
@@ -138,10 +137,7 @@ def main() -> None:
         f"(accuracy); EWC task-loss Fisher over {args.fisher_batches} batches; device "
         f"{device_name('cuda' if torch.cuda.is_available() else 'cpu')}. Mean ± std over seeds."
     )
-    text = "\n".join(lines)
-    print(meta + "\n\n" + text)
-    out.with_suffix(".md").write_text(f"{meta}\n\nCommand: `{' '.join(sys.argv)}`\n\n{text}\n")
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_results(out, meta, "\n".join(lines), rows)
 
 
 if __name__ == "__main__":

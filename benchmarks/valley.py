@@ -22,7 +22,6 @@ Each finished run is appended to ``<out>.runs.jsonl`` and reused by later invoca
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -33,7 +32,15 @@ import lightning.pytorch as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GLUE_DIR, MINILM, device_name  # noqa: E402
+from common import (  # noqa: E402
+    GLUE_DIR,
+    MINILM,
+    append_run,
+    device_name,
+    load_runs,
+    mean_std,
+    write_results,
+)
 
 from lsframe.data import GlueDataModule, IdxImageDataModule  # noqa: E402
 from lsframe.modules import ImageClassificationModule, SequenceClassificationModule  # noqa: E402
@@ -113,27 +120,21 @@ def main() -> None:
     out = Path(args.out or f"benchmarks/results/valley_{args.part.replace('-', '_')}_cpu")
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_suffix(".runs.jsonl")
-    done = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
-    known = {(r["optimizer"], r["seed"]): r for r in done}
+    known = {(r["optimizer"], r["seed"]): r for r in load_runs(log)}
     rows = []
     for seed in args.seeds:
         for name in names:
             row = known.get((name, seed))
             if row is None:
                 row = {"optimizer": name, "seed": seed, **run(name, seed, args)}
-                print(json.dumps(row), flush=True)
-                with log.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_run(log, row)
             rows.append(row)
     metric = "test_acc" if args.part == "large-batch" else "dev_acc"
     lines = [f"| optimizer | seeds | {metric.replace('_', ' ')} | s/run |", "|---|---|---|---|"]
     for name in names:
         values = [r[metric] for r in rows if r["optimizer"] == name]
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
         seconds = statistics.mean(r["seconds"] for r in rows if r["optimizer"] == name)
-        lines.append(
-            f"| {name} | {len(values)} | {statistics.mean(values):.4f} ± {std:.4f} | {seconds:.0f} |"
-        )
+        lines.append(f"| {name} | {len(values)} | {mean_std(values)} | {seconds:.0f} |")
     setting = (
         f"ResNet-18 on Fashion-MNIST, batch {args.batch_size}, {args.steps} steps"
         if args.part == "large-batch"
@@ -144,10 +145,7 @@ def main() -> None:
         f"{device_name('cuda' if torch.cuda.is_available() else 'cpu')}; torch "
         f"{torch.__version__}. Mean ± std over seeds."
     )
-    text = "\n".join(lines)
-    print(meta + "\n\n" + text)
-    out.with_suffix(".md").write_text(f"{meta}\n\nCommand: `{' '.join(sys.argv)}`\n\n{text}\n")
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_results(out, meta, "\n".join(lines), rows)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from lsframe.callbacks._common import require_closure_module
+
 FIRST_MOMENT_KEYS = ("exp_avg", "momentum_buffer")
 
 
@@ -86,11 +88,7 @@ class GradientMaskCallback(pl.Callback):
         if stage != "fit":
             return
         name = type(self).__name__
-        if pl_module.automatic_optimization or not hasattr(pl_module, "on_gradients_ready"):
-            raise TypeError(
-                f"{name} needs an lsframe ClosureModule (manual optimization with the "
-                f"on_gradients_ready hook); got {type(pl_module).__name__}"
-            )
+        require_closure_module(self, pl_module)
         model = getattr(pl_module, "model", pl_module)
         self.params = dict(self.select(model))
         if not self.params:

@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor, nn
 
+from lsframe.callbacks._common import squared_gradient_mean
 from lsframe.callbacks._masking import (
     GradientMaskCallback,
     check_fraction,
@@ -228,46 +228,17 @@ class ChildTuningD(GradientMaskCallback):
     def estimate_fisher(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
     ) -> dict[str, Tensor]:
-        """Mean over training batches of each selected parameter's squared (clipped) gradient."""
-        loader = trainer.train_dataloader
-        if loader is None:
-            raise RuntimeError("ChildTuningD: the trainer has no train dataloader yet")
-        fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in self.params.items()}
-        was_training = pl_module.training
-        rng = torch.get_rng_state()
-        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        pl_module.train()
-        count = 0
-        for batch in loader:
-            if self.num_batches is not None and count >= self.num_batches:
-                break
-            batch = move_data_to_device(batch, pl_module.device)
-            pl_module.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                loss = pl_module.compute_loss(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"ChildTuningD: non-finite loss on Fisher batch {count}")
-            loss.backward()
-            with torch.no_grad():
-                for name, param in self.params.items():
-                    if param.grad is None:
-                        continue
-                    if self.max_grad_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(param, self.max_grad_norm)
-                    fisher[name].add_(param.grad.float().square())
-            count += 1
-        pl_module.zero_grad(set_to_none=True)
-        torch.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-        pl_module.train(was_training)
-        if count == 0:
-            raise RuntimeError("ChildTuningD: the train dataloader yielded no batch")
-        for name in fisher:
-            fisher[name].div_(count)
-            if trainer.world_size > 1:
-                fisher[name] = trainer.strategy.reduce(fisher[name], reduce_op="mean")
-        return fisher
+        """Mean over training batches of each selected parameter's squared (clipped) gradient,
+        in training mode as the reference."""
+        return squared_gradient_mean(
+            trainer,
+            pl_module,
+            self.params,
+            num_batches=self.num_batches,
+            train_mode=True,
+            max_grad_norm=self.max_grad_norm,
+            owner="ChildTuningD",
+        )
 
     @torch.no_grad()
     def on_gradients_ready(

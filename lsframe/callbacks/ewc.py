@@ -12,6 +12,8 @@ import torch
 from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor, nn
 
+from lsframe.callbacks._common import require_closure_module, squared_gradient_mean
+
 
 class EWC(pl.Callback):
     """Penalise moving the weights that mattered for earlier tasks.
@@ -105,11 +107,7 @@ class EWC(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if not hasattr(pl_module, "closure_loss_terms") or not hasattr(pl_module, "compute_loss"):
-            raise TypeError(
-                "EWC needs an lsframe ClosureModule (its closure adds callback loss terms); got "
-                f"{type(pl_module).__name__}"
-            )
+        require_closure_module(self, pl_module)
         self.params = self.selected(getattr(pl_module, "model", pl_module))
         if not self.params:
             raise ValueError(f"EWC selected no parameter (include={self.include})")
@@ -166,42 +164,10 @@ class EWC(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Any = None
     ) -> dict[str, Tensor]:
         """Mean over training batches of each selected parameter's squared batch gradient (the
-        module's task loss only: no callback terms, no autocast, no scaler)."""
-        loader = loader if loader is not None else trainer.train_dataloader
-        if loader is None:
-            raise RuntimeError("EWC: no train dataloader to estimate the Fisher on")
-        fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in self.params.items()}
-        was_training = pl_module.training
-        rng = torch.get_rng_state()
-        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        pl_module.eval()
-        count = 0
-        device_type = pl_module.device.type
-        for batch in loader:
-            if self.fisher_batches is not None and count >= self.fisher_batches:
-                break
-            batch = move_data_to_device(batch, pl_module.device)
-            pl_module.zero_grad(set_to_none=True)
-            with torch.enable_grad(), torch.autocast(device_type, enabled=False):
-                loss = pl_module.compute_loss(batch)
-                loss.float().backward()
-            with torch.no_grad():
-                for name, param in self.params.items():
-                    if param.grad is not None:
-                        fisher[name].add_(param.grad.float().square())
-            count += 1
-        pl_module.zero_grad(set_to_none=True)
-        torch.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-        pl_module.train(was_training)
-        if count == 0:
-            raise RuntimeError("EWC: the train dataloader yielded no batch")
-        for name in fisher:
-            fisher[name].div_(count)
-            if trainer.world_size > 1:
-                fisher[name] = trainer.strategy.reduce(fisher[name], reduce_op="mean")
-        return fisher
+        module's task loss only: no callback terms, no autocast, no scaler; evaluation mode)."""
+        return squared_gradient_mean(
+            trainer, pl_module, self.params, loader, self.fisher_batches, owner="EWC"
+        )
 
     def mlm_fisher(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule

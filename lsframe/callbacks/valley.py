@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from lsframe.callbacks._common import require_closure_module
 from lsframe.optim.valley import check_valley, init_valley_state, valley_adapt_, valley_defaults
 
 
@@ -60,11 +61,7 @@ class ValleyExploration(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if pl_module.automatic_optimization or not hasattr(pl_module, "on_gradients_ready"):
-            raise TypeError(
-                "ValleyExploration needs an lsframe ClosureModule (manual optimization with the "
-                f"on_gradients_ready hook); got {type(pl_module).__name__}"
-            )
+        require_closure_module(self, pl_module)
         model = getattr(pl_module, "model", pl_module)
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
 

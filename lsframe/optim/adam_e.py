@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lsframe.optim.valley import check_valley, init_valley_state, valley_adapt_, valley_defaults
+from lsframe.optim.valley import adapt_with_state, check_valley, resolve_valley
 
 
 class AdamE(torch.optim.AdamW):
@@ -43,10 +43,7 @@ class AdamE(torch.optim.AdamW):
         batch_size: int | None = 32,
         first_step_kick: bool = False,
     ) -> None:
-        rule_alpha, rule_beta = valley_defaults(batch_size)
-        alpha = rule_alpha if alpha is None else alpha
-        valley_beta = rule_beta if valley_beta is None else valley_beta
-        check_valley(alpha, valley_beta)
+        alpha, valley_beta = resolve_valley(alpha, valley_beta, batch_size)
         super().__init__(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad
         )
@@ -62,29 +59,17 @@ class AdamE(torch.optim.AdamW):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        fresh: list[tuple[Tensor, Tensor, Tensor]] = []
+        fresh = []
         for group in self.param_groups:
             alpha, beta = group["valley_alpha"], group["valley_beta"]
             check_valley(alpha, beta)
             params = [p for p in group["params"] if p.grad is not None]
-            seen = [p for p in params if "valley_prev" in self.state[p]]
-            valley_adapt_(
-                [p.grad for p in seen],
-                [self.state[p]["valley_prev"] for p in seen],
-                [self.state[p]["valley_diff"] for p in seen],
-                alpha,
-                beta,
-            )
-            new = [p for p in params if "valley_prev" not in self.state[p]]
-            if new:  # AdamW initialises its own state on an empty dict: add ours after its step
-                prev, diffs = init_valley_state(
-                    [p.grad for p in new], alpha, beta, self.first_step_kick
-                )
-                fresh += list(zip(new, prev, diffs))
-        super().step()
-        for p, g_prev, a in fresh:
-            self.state[p]["valley_prev"] = g_prev
-            self.state[p]["valley_diff"] = a
+            states = [self.state[p] for p in params]
+            grads = [p.grad for p in params]
+            fresh += adapt_with_state(states, grads, alpha, beta, self.first_step_kick)
+        super().step()  # AdamW initialises its state on an empty dict: add ours after its step
+        for state, g_prev, a in fresh:
+            state["valley_prev"], state["valley_diff"] = g_prev, a
         for group in self.param_groups:  # leave the raw gradient in p.grad
             for p in group["params"]:
                 if p.grad is not None and "valley_prev" in self.state[p]:

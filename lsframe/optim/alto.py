@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor
 
 from lsframe.optim.lamb import Lamb
-from lsframe.optim.valley import check_valley, init_valley_state, valley_adapt_, valley_defaults
+from lsframe.optim.valley import adapt_with_state, check_valley, resolve_valley
 
 
 class ALTO(Lamb):
@@ -55,10 +55,7 @@ class ALTO(Lamb):
         always_adapt: bool = False,
         first_step_kick: bool = False,
     ) -> None:
-        rule_alpha, rule_beta = valley_defaults(batch_size)
-        alpha = rule_alpha if alpha is None else alpha
-        valley_beta = rule_beta if valley_beta is None else valley_beta
-        check_valley(alpha, valley_beta)
+        alpha, valley_beta = resolve_valley(alpha, valley_beta, batch_size)
         super().__init__(
             params,
             lr=lr,
@@ -77,19 +74,6 @@ class ALTO(Lamb):
     def _transform_grads(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]):
         alpha, beta = group["valley_alpha"], group["valley_beta"]
         check_valley(alpha, beta)
-        seen = [i for i, p in enumerate(params) if "valley_prev" in self.state[p]]
-        fresh = [i for i, p in enumerate(params) if "valley_prev" not in self.state[p]]
-        valley_adapt_(
-            [grads[i] for i in seen],
-            [self.state[params[i]]["valley_prev"] for i in seen],
-            [self.state[params[i]]["valley_diff"] for i in seen],
-            alpha,
-            beta,
-        )
-        if fresh:
-            prev, diffs = init_valley_state(
-                [grads[i] for i in fresh], alpha, beta, self.first_step_kick
-            )
-            for i, g_prev, a in zip(fresh, prev, diffs):
-                self.state[params[i]]["valley_prev"] = g_prev
-                self.state[params[i]]["valley_diff"] = a
+        states = [self.state[p] for p in params]
+        for state, g_prev, a in adapt_with_state(states, grads, alpha, beta, self.first_step_kick):
+            state["valley_prev"], state["valley_diff"] = g_prev, a

@@ -79,3 +79,35 @@ def valley_adapt_(
     torch._foreach_copy_(prev, grads)
     if alpha != 0.0:
         torch._foreach_add_(grads, diffs, alpha=alpha)
+
+
+def resolve_valley(
+    alpha: float | None, beta: float | None, batch_size: int | None
+) -> tuple[float, float]:
+    """``(α, β1)``: the given values, else the batch-size rule's; checked."""
+    rule_alpha, rule_beta = valley_defaults(batch_size)
+    alpha = rule_alpha if alpha is None else alpha
+    beta = rule_beta if beta is None else beta
+    check_valley(alpha, beta)
+    return alpha, beta
+
+
+def adapt_with_state(
+    states: list[dict], grads: list[Tensor], alpha: float, beta: float, kick: bool
+) -> list[tuple[dict, Tensor, Tensor]]:
+    """Adapt ``grads`` in place with per-parameter state dicts (keys ``valley_prev`` and
+    ``valley_diff``, as optimizers keep them). Returns ``(state, g_prev, a)`` for parameters seen
+    for the first time; the caller stores them (when depends on the optimizer)."""
+    seen = [i for i, st in enumerate(states) if "valley_prev" in st]
+    valley_adapt_(
+        [grads[i] for i in seen],
+        [states[i]["valley_prev"] for i in seen],
+        [states[i]["valley_diff"] for i in seen],
+        alpha,
+        beta,
+    )
+    fresh = [i for i, st in enumerate(states) if "valley_prev" not in st]
+    if not fresh:
+        return []
+    prev, diffs = init_valley_state([grads[i] for i in fresh], alpha, beta, kick)
+    return [(states[i], g_prev, a) for i, g_prev, a in zip(fresh, prev, diffs)]

@@ -1,0 +1,83 @@
+"""Pieces several callbacks share: the module check and the diagonal-Fisher pass."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import move_data_to_device
+from torch import Tensor, nn
+
+
+def require_closure_module(callback: pl.Callback, pl_module: pl.LightningModule) -> None:
+    """Fail early unless ``pl_module`` is an lsframe ClosureModule (manual optimization with the
+    gradient and loss hooks), without importing the modules layer."""
+    if pl_module.automatic_optimization or not hasattr(pl_module, "on_gradients_ready"):
+        raise TypeError(
+            f"{type(callback).__name__} needs an lsframe ClosureModule (manual optimization with "
+            f"the on_gradients_ready and closure_loss hooks); got {type(pl_module).__name__}"
+        )
+
+
+def squared_gradient_mean(
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    params: dict[str, nn.Parameter],
+    loader: Iterable[Any] | None = None,
+    num_batches: int | None = None,
+    train_mode: bool = False,
+    max_grad_norm: float | None = None,
+    owner: str = "Fisher",
+) -> dict[str, Tensor]:
+    """Diagonal empirical Fisher: the mean over batches of each parameter's squared batch
+    gradient of the module's task loss (``compute_loss``: no callback terms).
+
+    Runs outside autocast and without a gradient scaler, in training mode (dropout on) or
+    evaluation mode, with each gradient first clipped to norm ``max_grad_norm`` if given. The
+    random state and the module's mode are restored afterwards, so training continues as if the
+    pass had not happened; under DDP the result is averaged across ranks.
+    """
+    loader = loader if loader is not None else trainer.train_dataloader
+    if loader is None:
+        raise RuntimeError(f"{owner}: no train dataloader to estimate the Fisher on")
+    fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    was_training = pl_module.training
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    pl_module.train(train_mode)
+    count = 0
+    device = pl_module.device
+    try:
+        for batch in loader:
+            if num_batches is not None and count >= num_batches:
+                break
+            batch = move_data_to_device(batch, device)
+            pl_module.zero_grad(set_to_none=True)
+            with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+                loss = pl_module.compute_loss(batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{owner}: non-finite loss on Fisher batch {count}")
+                loss.float().backward()
+            with torch.no_grad():
+                for name, param in params.items():
+                    if param.grad is None:
+                        continue
+                    if max_grad_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(param, max_grad_norm)
+                    fisher[name].add_(param.grad.float().square())
+            count += 1
+    finally:
+        pl_module.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        pl_module.train(was_training)
+    if count == 0:
+        raise RuntimeError(f"{owner}: the train dataloader yielded no batch")
+    for name in fisher:
+        fisher[name].div_(count)
+        if trainer.world_size > 1:
+            fisher[name] = trainer.strategy.reduce(fisher[name], reduce_op="mean")
+    return fisher
