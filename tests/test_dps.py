@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from helpers import TinyRegression, loader, trainer
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from lsframe.callbacks import DPS, ChildTuningD
 from lsframe.callbacks._masking import global_top_fraction_masks, top_fraction_mask
@@ -281,3 +282,17 @@ def test_dps_with_alsals_from_the_cli_on_the_real_encoder(minilm, shared_data, t
     assert logged["dps/updated_fraction"][0] == 1.0
     assert logged["dps/updated_fraction"][1] == pytest.approx(0.7, abs=1e-3)
     assert all(math.isfinite(x) for x in logged["train/loss"])
+
+
+def test_a_new_fit_starts_its_own_stages_and_mask():
+    # the same callback objects on two fits, as the sequential runner uses them
+    dps, child = DPS(p=0.5, update_ratio=0.25), ChildTuningD()
+    module = TinyRegression(model=Stack(), optimizer=partial(torch.optim.SGD, lr=0.01))
+    trainer(max_steps=8, callbacks=[dps, child]).fit(module, loader(32, 4))
+    assert dps.stage_length == 2
+    first_mask = {n: m.clone() for n, m in child.masks.items()}
+    other_task = DataLoader(TensorDataset(torch.randn(16, 4), torch.randn(16)), batch_size=4)
+    trainer(max_steps=4, callbacks=[dps, child]).fit(module, other_task)
+    assert dps.stage_length == 1  # int(4 * 0.25), not the first fit's 2
+    assert module.trainer.callback_metrics["dps/stage"] == 4.0
+    assert any(not torch.equal(first_mask[n], child.masks[n]) for n in first_mask)

@@ -40,8 +40,9 @@ class DPS(GradientMaskCallback):
 
     The selected matrices are :func:`lsframe.parts.weight_matrices` (attention Q/K/V/output, FFN
     in/out, pooler, classifier in BERT; the linear layers of any family; or ``include``
-    patterns). Scores and masks go into the callback's ``state_dict``, so a resumed run continues
-    the same stage with the same mask. Logged each step: ``dps/stage`` and
+    patterns). Scores and masks go into the callback's ``state_dict``, so a run resumed from a
+    checkpoint continues the same stage with the same mask; a new fit (the next task of a
+    sequence) starts its own stages. Logged each step: ``dps/stage`` and
     ``dps/updated_fraction`` (fraction of selected entries whose gradient is kept).
 
     Not implemented: DPS-Mix, whose stage I replaces each selected weight in the forward by a
@@ -91,8 +92,10 @@ class DPS(GradientMaskCallback):
         return weight_matrices(model, self.include, self.exclude)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.stage_length is not None:  # restored from a checkpoint: keep the same stages
-            return
+        if trainer.ckpt_path is not None and self.stage_length is not None:
+            return  # resumed from a checkpoint: the same stages, scores and masks
+        # a new fit (e.g. the next task of a sequence) starts its own stages
+        self.scores, self.masks = None, None
         steps = self.max_steps or pl_module.num_optimizer_steps()
         self.stage_length = int(steps * self.update_ratio)
         if self.stage_length < 1:
@@ -176,7 +179,8 @@ class ChildTuningD(GradientMaskCallback):
     * ``variant="F"``: every step, each gradient entry of every trainable parameter is kept with
       probability ``reserve_p`` and scaled by ``1/reserve_p``.
 
-    The mask (D) is in the ``state_dict``; a resumed run does not recompute it.
+    The mask (D) is in the ``state_dict``; a run resumed from a checkpoint does not recompute it,
+    a new fit (the next task of a sequence) does.
 
     Args:
         reserve_p: Fraction of entries kept. Default: 0.3.
@@ -221,7 +225,8 @@ class ChildTuningD(GradientMaskCallback):
         return layer_stack_parameters(model, self.include, self.exclude)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.variant == "D" and self.masks is None:
+        resumed = trainer.ckpt_path is not None and self.masks is not None
+        if self.variant == "D" and not resumed:  # each new fit (task) gets its own mask
             fisher = self.estimate_fisher(trainer, pl_module)
             self.masks = global_top_fraction_masks(fisher, self.reserve_p)
 
