@@ -27,7 +27,8 @@ class ValleyExploration(pl.Callback):
     ``p.grad`` holds ``g̃`` only during the optimizer step: after the batch the raw gradient is
     written back, so later hooks and loggers see ``g``. The state (previous gradient and ``a``
     per parameter, two tensors each) is saved in the callback's ``state_dict`` and restored on
-    resume, unlike the reference, which loses it. First step: no kick (``first_step_kick``).
+    resume, unlike the reference, which loses it; a new fit without a checkpoint (the next task
+    of a sequence) starts without history. First step: no kick (``first_step_kick``).
 
     Args:
         alpha: α. None: from the effective batch size (:meth:`effective_batch_size`) by the
@@ -66,6 +67,8 @@ class ValleyExploration(pl.Callback):
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.ckpt_path is None:  # a new fit (e.g. the next task) starts without history
+            self.prev, self.diffs = {}, {}
         if self.alpha is None:  # not given and not restored from a checkpoint
             self.alpha, self.beta = valley_defaults(self.effective_batch_size(trainer, pl_module))
 
