@@ -53,6 +53,7 @@ class ValleyExploration(pl.Callback):
             check_valley(alpha, beta)
         self.alpha = alpha
         self.beta = beta
+        self.by_batch_size = alpha is None  # the rule picks alpha and beta at each new fit
         self.first_step_kick = first_step_kick
         self.params: dict[str, nn.Parameter] = {}
         self.prev: dict[str, Tensor] = {}
@@ -69,7 +70,9 @@ class ValleyExploration(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.ckpt_path is None:  # a new fit (e.g. the next task) starts without history
             self.prev, self.diffs = {}, {}
-        if self.alpha is None:  # not given and not restored from a checkpoint
+            if self.by_batch_size:
+                self.alpha = None
+        if self.alpha is None:  # by the rule, unless restored from a checkpoint
             self.alpha, self.beta = valley_defaults(self.effective_batch_size(trainer, pl_module))
 
     @staticmethod
