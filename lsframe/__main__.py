@@ -9,6 +9,13 @@ def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     from lsframe.cli import LSFrameCLI, export
 
+    if argv[:1] in (["-h"], ["--help"]):
+        print(
+            "lsframe subcommands beyond Lightning's fit/validate/test/predict (each has --help):\n"
+            "  sequential  fine-tune on a sequence of tasks; accuracy matrix and forgetting\n"
+            "  search      Optuna search of per-part learning rates (BERTcL)\n"
+            "  export      write a checkpoint's model with save_pretrained\n"
+        )
     if argv[:1] == ["export"]:
         export(argv[1:])
         return

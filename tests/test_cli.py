@@ -77,7 +77,7 @@ def test_help_lists_the_subcommands_and_fit_options():
     out = subprocess.run(
         [sys.executable, "-m", "lsframe", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for subcommand in ("fit", "validate", "test", "predict"):
+    for subcommand in ("fit", "validate", "test", "predict", "sequential", "search", "export"):
         assert subcommand in out
     fit = subprocess.run(
         [sys.executable, "-m", "lsframe", "fit", "--help"],
