@@ -265,6 +265,13 @@ def main(argv: list[str]) -> dict[str, float]:
     config = parser.parse_args(argv)
     options = SearchOptions(**vars(config.search))
     model_config = config.model
+    optimizer = getattr(model_config.init_args, "optimizer", None)
+    lr = getattr(getattr(optimizer, "init_args", None), "lr", None)
+    if lr is not None and not math.isclose(float(lr), options.base_lr, rel_tol=1e-9):
+        raise ValueError(
+            f"search.base_lr is {options.base_lr:g} but the model's optimizer lr is {lr:g}: the "
+            "sampled learning rates are multipliers of base_lr, so set them equal"
+        )
 
     model_parser = ArgumentParser()
     model_parser.add_subclass_arguments(ClosureModule, "model")

@@ -15,7 +15,7 @@ from lsframe.callbacks import DPS, EWC, ChildTuningD, ValleyExploration  # noqa:
 
 
 def with_every_callback(module: TinyRegression) -> list:
-    """ChildTuning-D, DPS (frozen), valley exploration and an active EWC penalty at once."""
+    """Valley exploration, ChildTuning-D and -F, DPS (frozen) and an active EWC penalty at once."""
     ewc = EWC(ewc_lambda=100.0)
     named = dict(module.model.named_parameters())
     ewc.params = named
@@ -24,9 +24,10 @@ def with_every_callback(module: TinyRegression) -> list:
         {n: p.detach().clone() for n, p in named.items()},
     )
     return [
+        ValleyExploration(alpha=0.5, beta=0.3),
         ChildTuningD(reserve_p=0.5, include=[r"^0\."]),
         DPS(p=0.3, update_ratio=0.25, mask_mode="frozen"),
-        ValleyExploration(alpha=0.5, beta=0.3),
+        ChildTuningD(reserve_p=0.5, variant="F", include=[r"^3\."]),
         ewc,
     ]
 
@@ -45,8 +46,8 @@ def main(out_dir: str, name: str, steps: int) -> None:
     state = t.optimizers[0].state["line_search"]
     extra = {}
     if everything:  # the Fisher estimated at the end (averaged across ranks) and the masks
-        extra["fisher"] = callbacks[3].tasks[-1]["fisher"]
-        extra["child_mask"] = callbacks[0].masks
+        extra["fisher"] = callbacks[4].tasks[-1]["fisher"]
+        extra["child_mask"] = callbacks[1].masks
     torch.save(
         {
             "params": [p.detach().clone() for p in module.model.parameters()],

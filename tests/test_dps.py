@@ -207,6 +207,23 @@ def test_child_tuning_d_fisher_and_global_mask_match_a_hand_computation():
     assert torch.equal(recorder.grads[0]["embed.weight"] != 0, torch.ones(8, 4, dtype=torch.bool))
 
 
+def test_child_tuning_f_masks_come_from_its_own_seed_and_respect_exclude():
+    def masked_grads(seed, global_noise):
+        recorder = Recorder()
+        module = TinyRegression(model=Stack(), optimizer=partial(torch.optim.SGD, lr=0.01))
+        callback = ChildTuningD(variant="F", exclude=["^head"], seed=seed)
+        torch.manual_seed(global_noise)  # the global random state must not matter
+        trainer(max_steps=2, callbacks=[callback, recorder]).fit(module, loader(32, 4))
+        assert "head.weight" not in callback.params and "embed.weight" in callback.params
+        return recorder.grads
+
+    a, b, c = masked_grads(0, 1), masked_grads(0, 2), masked_grads(1, 1)
+    for step in range(2):
+        assert torch.equal(a[step]["embed.weight"] == 0, b[step]["embed.weight"] == 0)
+        assert (a[step]["head.weight"] != 0).all()  # excluded: never masked
+    assert not torch.equal(a[0]["embed.weight"] == 0, c[0]["embed.weight"] == 0)
+
+
 def test_child_tuning_f_keeps_a_random_fraction_and_rescales():
     before, after = Recorder(), Recorder()
     module = TinyRegression(model=Stack(), optimizer=partial(torch.optim.SGD, lr=0.01))

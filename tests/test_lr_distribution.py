@@ -86,3 +86,28 @@ def test_bad_distributions_are_clear_errors():
     with pytest.raises(ValueError, match="param_grouping='parts'"):
         TinyRegression(lr_distribution="flat", param_grouping="decay")
     assert issubclass(TinyRegression, ClosureModule)
+
+
+def test_a_schedule_on_a_line_search_resumes_where_it_stood():
+    from torch.optim.lr_scheduler import ExponentialLR
+
+    from lsframe.optim import StepSizeSchedule
+
+    def build():
+        opt = SaLSA(part_groups(tiny_bert(2)))
+        apply_part_multipliers(
+            opt, {"embeddings": 2.0, "layers_0": 1.0, "layers_1": 1.0, "head": 1.0}
+        )
+        return opt, StepSizeSchedule(opt, lambda o: ExponentialLR(o, gamma=0.5))
+
+    opt, schedule = build()
+    for _ in range(3):
+        schedule.step()
+    assert opt.param_groups[0]["lr_multiplier"] == pytest.approx(2.0 * 0.125)
+    state = schedule.state_dict()
+    opt2, schedule2 = build()
+    schedule2.load_state_dict(state)
+    assert opt2.param_groups[0]["lr_multiplier"] == pytest.approx(2.0 * 0.125)
+    schedule2.step()
+    assert opt2.param_groups[0]["lr_multiplier"] == pytest.approx(2.0 * 0.0625)
+    assert opt2.param_groups[1]["lr_multiplier"] == pytest.approx(0.0625)

@@ -249,17 +249,21 @@ def test_callback_state_resumes_the_exact_trajectory(tmp_path):
 
 def test_callback_composes_with_alsals_and_dps():
     before, after = Recorder(), Recorder()
-    module = run_callback(
-        [before, DPS(p=0.5, update_ratio=0.25), ValleyExploration(), after],
-        steps=8,
-        optimizer=ALSALS,
-    )
+    valley, dps = ValleyExploration(), DPS(p=0.5, update_ratio=0.25, max_steps=8)
+    module = run_callback([before, valley, dps, after], steps=8, optimizer=ALSALS)
     assert all(torch.isfinite(p).all() for p in module.parameters())
     assert module.trainer.optimizers[0].search_state["searches"] > 0
-    # batch 4 < 1,024: the rule picks alpha 0.5, beta 0.01; step 3 is masked, then adapted
-    callback = module.trainer.callbacks[2]
-    assert (callback.alpha, callback.beta) == (0.5, 0.01)
-    assert not torch.equal(after.grads[3]["0.weight"], before.grads[3]["0.weight"])
+    # batch 4 < 1,024: the rule picks alpha 0.5, beta 0.01
+    assert (valley.alpha, valley.beta) == (0.5, 0.01)
+    # step 4 is in stage II: adapted first, then masked, so masked entries stay exactly zero
+    raw, final = before.grads[3]["0.weight"], after.grads[3]["0.weight"]
+    masked = final == 0
+    assert 0 < int(masked.sum()) < masked.numel() and not torch.equal(final[~masked], raw[~masked])
+
+
+def test_adapting_after_a_mask_warns():
+    with pytest.warns(UserWarning, match="List it first"):
+        run_callback([DPS(p=0.5, update_ratio=0.25, max_steps=8), ValleyExploration()], steps=1)
 
 
 @pytest.mark.skipif(

@@ -36,7 +36,7 @@ def top_fraction_mask(score: Tensor, keep: float) -> Tensor:
     which can keep more than the fraction (e.g. all of an all-zero score).
     """
     flat = score.reshape(-1)
-    k = math.ceil(keep * flat.numel())
+    k = math.ceil(keep * flat.numel() - 1e-9)  # (1 - 0.7) * 10 is 3.0000000000000004
     mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     if k > 0:
         mask[torch.sort(flat, descending=True, stable=True).indices[:k]] = True

@@ -88,6 +88,13 @@ class DPS(GradientMaskCallback):
         self.scores: dict[str, Tensor] | None = None
         self.masks: dict[str, Tensor] | None = None
 
+    @property
+    def state_key(self) -> str:
+        # distinct keys let several instances (e.g. on different parameters) share a checkpoint
+        return self._generate_state_key(
+            p=self.p, update_ratio=self.update_ratio, include=self.include, exclude=self.exclude
+        )
+
     def select(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         return weight_matrices(model, self.include, self.exclude)
 
@@ -191,6 +198,7 @@ class ChildTuningD(GradientMaskCallback):
         include: Regular expressions replacing the default selection.
         exclude: Regular expressions removing parameters from the selection.
         mask_mode: ``"gradient"`` (the reference) or ``"frozen"``. Default: "gradient".
+        seed: Seed of the F variant's masks (with the step number). Default: 0.
     """
 
     def __init__(
@@ -202,8 +210,10 @@ class ChildTuningD(GradientMaskCallback):
         include: list[str] | None = None,
         exclude: list[str] | None = None,
         mask_mode: Literal["gradient", "frozen"] = "gradient",
+        seed: int = 0,
     ) -> None:
         super().__init__(mask_mode, include, exclude)
+        self.seed = seed
         check_fraction("reserve_p", reserve_p, low_open=True)
         if variant not in ("D", "F"):
             raise ValueError(f"variant must be 'D' or 'F', got {variant!r}")
@@ -217,11 +227,21 @@ class ChildTuningD(GradientMaskCallback):
         self.max_grad_norm = max_grad_norm
         self.masks: dict[str, Tensor] | None = None
 
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            variant=self.variant,
+            reserve_p=self.reserve_p,
+            include=self.include,
+            exclude=self.exclude,
+        )
+
     def select(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         if self.variant == "F":
             if self.include:
                 return weight_matrices(model, self.include, self.exclude)
-            return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            # every trainable parameter (as the reference), less the exclude patterns
+            return weight_matrices(model, [""], self.exclude)
         return layer_stack_parameters(model, self.include, self.exclude)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -250,8 +270,14 @@ class ChildTuningD(GradientMaskCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         if self.variant == "F":
+            # a generator of its own, seeded by (seed, step): the same masks on every DDP rank
+            # and after a resume, whatever else consumed the global random state
+            device = next(iter(self.params.values())).device
+            generator = torch.Generator(device).manual_seed(
+                self.seed * 1_000_003 + trainer.global_step
+            )
             masks = {
-                n: torch.rand_like(p, dtype=torch.float32) < self.reserve_p
+                n: torch.rand(p.shape, generator=generator, device=p.device) < self.reserve_p
                 for n, p in self.params.items()
                 if p.grad is not None
             }

@@ -95,6 +95,7 @@ class EWC(pl.Callback):
         self.mlm_max_length = mlm_max_length
         self.tasks: list[dict[str, dict[str, Tensor]]] = []  # [{"fisher": .., "anchor": ..}]
         self.params: dict[str, nn.Parameter] = {}
+        self._start_step = 0
 
     def selected(self, model: nn.Module) -> dict[str, nn.Parameter]:
         def wanted(name: str) -> bool:
@@ -137,12 +138,15 @@ class EWC(pl.Callback):
 
     # ------------------------------------------------------------------------ consolidation
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_step = trainer.global_step
         if self.source == "mlm" and not self.tasks:
             self.consolidate(*self.mlm_fisher(trainer, pl_module))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.source == "mlm":
             return
+        if trainer.ckpt_path is not None and trainer.global_step == self._start_step:
+            return  # resumed from a checkpoint of a finished fit: already consolidated
         fisher = self.estimate_fisher(trainer, pl_module)
         anchor = {n: p.detach().clone() for n, p in self.params.items()}
         self.consolidate(fisher, anchor)

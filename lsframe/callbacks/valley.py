@@ -6,9 +6,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lsframe.callbacks._common import require_closure_module
+from lsframe.callbacks._masking import GradientMaskCallback
 from lsframe.optim.valley import check_valley, init_valley_state, valley_adapt_, valley_defaults
 
 
@@ -21,8 +23,9 @@ class ValleyExploration(pl.Callback):
     gradient clipping and the optimizer. Any optimizer therefore runs on ``g̃``: AdamW becomes
     AdamE, Lamb becomes ALTO's update without its clip-first order, and a line search builds its
     direction *and its Armijo slope* from ``g̃`` (the slope is ``⟨g̃, d⟩``, not the true
-    directional derivative ``⟨g, d⟩``). Gradient masks (DPS) and this callback compose in the
-    order of ``trainer.callbacks``.
+    directional derivative ``⟨g, d⟩``). Gradient masks (DPS, ChildTuning) and this callback
+    compose in the order of ``trainer.callbacks``: list this callback first, so that the mask acts
+    on the adapted gradient (the other order warns: ``g̃ = 0 + α a`` moves masked entries).
 
     ``p.grad`` holds ``g̃`` only during the optimizer step: after the batch the raw gradient is
     written back, so later hooks and loggers see ``g``. The state (previous gradient and ``a``
@@ -64,6 +67,18 @@ class ValleyExploration(pl.Callback):
         if stage != "fit":
             return
         require_closure_module(self, pl_module)
+        callbacks = list(trainer.callbacks)
+        masks_first = [
+            type(c).__name__
+            for c in callbacks[: callbacks.index(self)]
+            if isinstance(c, GradientMaskCallback)
+        ]
+        if masks_first:
+            rank_zero_warn(
+                f"ValleyExploration comes after {masks_first} in trainer.callbacks: it adapts the "
+                "masked gradient, and g + alpha * a moves masked entries again. List it first "
+                "so that the mask acts on the adapted gradient."
+            )
         model = getattr(pl_module, "model", pl_module)
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
 

@@ -22,8 +22,14 @@ def sum_of_squares(tensors: Sequence[Tensor]) -> float:
 
 
 def all_finite(tensors: Sequence[Tensor]) -> bool:
-    """Whether every entry of every tensor is finite (one reduction per tensor, one sync)."""
-    return math.isfinite(sum_of_squares(tensors))
+    """Whether every entry of every tensor is finite (one reduction per tensor, one sync).
+
+    Uses the max-norm, which cannot overflow (a sum of squares would for norms above ~1e19, or
+    above 65504 in float16)."""
+    if not tensors:
+        return True
+    norms = torch._foreach_norm(list(tensors), ord=math.inf)
+    return math.isfinite(float(torch.stack([n.float() for n in norms]).max()))
 
 
 def adam_moments_(

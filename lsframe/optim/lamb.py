@@ -131,9 +131,10 @@ class Lamb(Optimizer):
         torch._foreach_add_(m, grads, alpha=1.0 - beta1)
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, grads, grads, value=1.0 - beta2)
-        step = states[0]["step"]  # the same for every tensor of a group
-        bc1 = 1.0 - beta1**step if group["bias_correction"] else 1.0
-        bc2 = 1.0 - beta2**step if group["bias_correction"] else 1.0
+        # per tensor: a parameter may get its first gradient later than the rest of its group
+        corrected = group["bias_correction"]
+        bc1 = [1.0 - beta1 ** s["step"] if corrected else 1.0 for s in states]
+        bc2 = [1.0 - beta2 ** s["step"] if corrected else 1.0 for s in states]
         denom = torch._foreach_div(v, bc2)
         torch._foreach_sqrt_(denom)
         torch._foreach_add_(denom, group["eps"])

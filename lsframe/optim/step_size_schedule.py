@@ -68,8 +68,13 @@ class StepSizeSchedule:
         return [g["lr"] for g in self.optimizer.param_groups]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scheduler": self.scheduler.state_dict()}
+        # the shadow groups' lr is where the schedule stands: a torch scheduler's own state does
+        # not hold it, so without it a resumed run would restart the schedule
+        shadow_lrs = [float(g["lr"]) for g in self.shadow.param_groups]
+        return {"scheduler": self.scheduler.state_dict(), "shadow_lrs": shadow_lrs}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.scheduler.load_state_dict(state_dict["scheduler"])
+        for group, lr in zip(self.shadow.param_groups, state_dict.get("shadow_lrs", [])):
+            group["lr"] = lr
         self._copy()
