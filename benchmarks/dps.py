@@ -58,6 +58,10 @@ METHODS = {
 }
 
 
+def settings(args: argparse.Namespace) -> dict:
+    return {"train_size": args.train_size, "epochs": args.epochs, "lr": args.lr}
+
+
 def one_run(task: str, method: str, seed: int, args: argparse.Namespace) -> dict:
     pl.seed_everything(seed, verbose=False)
     module = SequenceClassificationModule(
@@ -90,14 +94,21 @@ def one_run(task: str, method: str, seed: int, args: argparse.Namespace) -> dict
     trainer.fit(module, datamodule=data)
     seconds = time.perf_counter() - started
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    row = {"task": task, "method": method, "seed": seed, "steps": trainer.global_step}
+    row = {"task": task, "method": method, "seed": seed, **settings(args)}
+    row["steps"] = trainer.global_step
     row.update({k.split("/", 1)[1]: v for k, v in metrics.items()}, seconds=seconds)
     append_run(args.log, row)
     return row
 
 
 def quality(args: argparse.Namespace) -> None:
-    known = {(r["task"], r["method"], r["seed"]): r for r in load_runs(args.log)}
+    # runs logged with other settings are not reused (they would mix into this table)
+    here = settings(args)
+    known = {
+        (r["task"], r["method"], r["seed"]): r
+        for r in load_runs(args.log)
+        if all(r.get(k) == v for k, v in here.items())
+    }
     rows = [
         known.get((task, method, seed)) or one_run(task, method, seed, args)
         for task in args.tasks

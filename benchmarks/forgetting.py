@@ -53,6 +53,14 @@ PAIRS = {
 }
 
 
+def settings(args: argparse.Namespace) -> dict:
+    return {
+        "train_size": args.train_size,
+        "epochs": args.epochs,
+        "fisher_batches": args.fisher_batches,
+    }
+
+
 def one_sequence(pair: str, ewc_lambda: float, seed: int, args: argparse.Namespace) -> dict:
     pl.seed_everything(seed, verbose=False)
     module = SequenceClassificationModule(
@@ -88,7 +96,8 @@ def one_sequence(pair: str, ewc_lambda: float, seed: int, args: argparse.Namespa
     with tempfile.TemporaryDirectory() as out:
         result = SequenceRunner(module, stages, trainer, output_dir=out).run()
     (a_after_a, _), (a_after_b, b_after_b) = result.matrix
-    row = {"pair": pair, "ewc_lambda": ewc_lambda, "seed": seed, "a_after_a": a_after_a}
+    row = {"pair": pair, "ewc_lambda": ewc_lambda, "seed": seed, **settings(args)}
+    row["a_after_a"] = a_after_a
     row.update(a_after_b=a_after_b, b=b_after_b, seconds=time.perf_counter() - started)
     return row
 
@@ -108,7 +117,12 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_suffix(".runs.jsonl")
-    known = {(r["pair"], r["ewc_lambda"], r["seed"]): r for r in load_runs(log)}
+    here = settings(args)
+    known = {  # runs logged with other settings are not reused
+        (r["pair"], r["ewc_lambda"], r["seed"]): r
+        for r in load_runs(log)
+        if all(r.get(k) == v for k, v in here.items())
+    }
     rows = []
     for seed in args.seeds:
         for pair in args.pairs:

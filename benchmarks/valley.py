@@ -86,7 +86,7 @@ def large_batch_run(name: str, seed: int, args: argparse.Namespace) -> dict:
     data = IdxImageDataModule(str(FASHION), batch_size=args.batch_size, eval_batch_size=1000)
     trainer, seconds = fit(module, data, seed, max_steps=args.steps, limit_val_batches=0)
     (scores,) = trainer.test(module, datamodule=data, verbose=False)
-    return {"test_acc": scores["test/acc"], "seconds": seconds, "steps": trainer.global_step}
+    return {"test_acc": scores["test/acc"], "seconds": seconds}
 
 
 def finetune_run(name: str, seed: int, args: argparse.Namespace) -> dict:
@@ -120,13 +120,20 @@ def main() -> None:
     out = Path(args.out or f"benchmarks/results/valley_{args.part.replace('-', '_')}_cpu")
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_suffix(".runs.jsonl")
-    known = {(r["optimizer"], r["seed"]): r for r in load_runs(log)}
+    here = (
+        {"steps": args.steps, "batch_size": args.batch_size} if args.part == "large-batch" else {}
+    )
+    known = {  # runs logged with other settings are not reused
+        (r["optimizer"], r["seed"]): r
+        for r in load_runs(log)
+        if all(r.get(k) == v for k, v in here.items())
+    }
     rows = []
     for seed in args.seeds:
         for name in names:
             row = known.get((name, seed))
             if row is None:
-                row = {"optimizer": name, "seed": seed, **run(name, seed, args)}
+                row = {"optimizer": name, "seed": seed, **here, **run(name, seed, args)}
                 append_run(log, row)
             rows.append(row)
     metric = "test_acc" if args.part == "large-batch" else "dev_acc"
