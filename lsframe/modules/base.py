@@ -69,7 +69,9 @@ class ClosureModule(pl.LightningModule):
     * ``on_gradients_ready(trainer, pl_module, optimizer)``: called after the full backward of a
       step (all micro-batches, callback loss terms included) and before clipping and the optimizer's
       use of the gradients. Every lsframe optimizer and every first-order torch optimizer runs the
-      backward closure once per step, so this fires exactly once per optimizer step.
+      backward closure once per step, so this fires exactly once per optimizer step. (An
+      optimizer that runs it several times per step, like LBFGS, fires it each time; stateful
+      gradient callbacks such as ValleyExploration then advance once per call.)
 
     Args:
         model: The network to train. Parameters with ``requires_grad=False`` never reach the
