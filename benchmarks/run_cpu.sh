@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU benchmark tables of issue 4 (results/ holds the output). quality.py reuses the runs
+# The CPU benchmark tables (results/ holds the output), in the order they were run. quality.py reuses the runs
 # already logged under the same --out, so seeds and tasks can be added in several sittings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,3 +10,13 @@ python benchmarks/plot.py benchmarks/results/step_cost_cpu.json benchmarks/resul
 python benchmarks/quality.py --task sst2 --train-limit 2000 --max-length 64 --seeds 0 1 2
 python benchmarks/quality.py --task mrpc --train-limit 100000 --max-length 128 --seeds 0
 python benchmarks/quality.py --task rte --train-limit 100000 --max-length 128 --seeds 0
+# issue 6: DPS and ChildTuning-D vs vanilla (RTE, MRPC; 1,000-example subsets, 3 epochs, 5 seeds)
+python benchmarks/dps.py --overhead --steps 100
+python benchmarks/dps.py --tasks rte mrpc --seeds 0 1 2 3 4
+# issue 8: ALTO vs Lamb vs AdamW at batch 1,024; AdamE vs AdamW fine-tuning
+python benchmarks/valley.py --part large-batch --seeds 0 1 2
+python benchmarks/valley.py --part finetune --seeds 0 1 2
+# issue 7: forgetting, plain vs EWC: a lambda sweep with one seed, then the chosen lambda x 3 seeds
+python benchmarks/forgetting.py --sweep 100 1000 10000 --seeds 0
+# issue 9: the learning-rate distribution search (20 trials)
+python -m lsframe search --config configs/search/minilm_sst2_mrpc.yaml
