@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The CPU benchmark tables (results/ holds the output), in the order they were run. quality.py reuses the runs
-# already logged under the same --out, so seeds and tasks can be added in several sittings.
+# The commands that make the CPU benchmark tables (results/ holds the output). The scripts reuse
+# the runs already logged under the same --out, so seeds and tasks can be added in several sittings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python benchmarks/quality.py --task sst2 --train-limit 2000 --max-length 64 --seeds 0
