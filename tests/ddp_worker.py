@@ -8,10 +8,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import TinyRegression, loader, mlp, trainer  # noqa: E402
+from helpers import TinyRegression, loader, mlp, regression_data, trainer  # noqa: E402
 
 from lsframe import optim  # noqa: E402
 from lsframe.callbacks import DPS, EWC, ChildTuningD, ValleyExploration  # noqa: E402
+from lsframe.data import ResumableDataLoader  # noqa: E402
 
 
 def with_every_callback(module: TinyRegression) -> list:
@@ -42,7 +43,12 @@ def main(out_dir: str, name: str, steps: int) -> None:
     )
     callbacks = with_every_callback(module) if everything else []
     t = trainer(max_steps=steps, strategy="ddp", devices=2, accelerator="cpu", callbacks=callbacks)
-    t.fit(module, train_dataloaders=loader(128, 4))
+    data = (
+        ResumableDataLoader(regression_data(128), batch_size=4, shuffle=True, seed=1)
+        if everything
+        else loader(128, 4)
+    )
+    t.fit(module, train_dataloaders=data)
     state = t.optimizers[0].state["line_search"]
     extra = {}
     if everything:  # the Fisher estimated at the end (averaged across ranks) and the masks
@@ -54,6 +60,8 @@ def main(out_dir: str, name: str, steps: int) -> None:
             "searches": state["searches"],
             "forwards": state["forwards"],
             "global_step": t.global_step,
+            "sampler": type(t.train_dataloader.sampler).__name__,
+            "first_batch": next(iter(t.train_dataloader))[1],
             **extra,
         },
         Path(out_dir) / f"rank{t.global_rank}.pt",

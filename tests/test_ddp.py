@@ -39,6 +39,9 @@ def test_every_callback_keeps_ranks_identical_under_ddp(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     assert ranks[0]["global_step"] == ranks[1]["global_step"] == 12
+    # the shuffled ResumableDataLoader became a DistributedSampler loader: each rank its shard
+    assert ranks[0]["sampler"] == ranks[1]["sampler"] == "DistributedSampler"
+    assert not torch.equal(ranks[0]["first_batch"], ranks[1]["first_batch"])
     for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
         assert torch.equal(a, b)
     for key in ("fisher", "child_mask"):

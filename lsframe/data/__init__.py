@@ -9,6 +9,7 @@ from lsframe.data.images import (
     read_idx,
 )
 from lsframe.data.lm import ByteTokenizer, TextFileLMDataModule
+from lsframe.data.resumable import EpochSeededRandomSampler, ResumableDataLoader
 from lsframe.data.text import (
     AmazonFineFoodReviews,
     TextClassificationDataModule,
@@ -20,11 +21,13 @@ __all__ = [
     "GLUE_TASKS",
     "AmazonFineFoodReviews",
     "ByteTokenizer",
+    "EpochSeededRandomSampler",
     "CIFARDataModule",
     "IdxImageDataModule",
     "ImageDataModule",
     "ImageFolderDataModule",
     "TextFileLMDataModule",
+    "ResumableDataLoader",
     "GlueDataModule",
     "GlueTask",
     "TextClassificationDataModule",

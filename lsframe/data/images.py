@@ -12,6 +12,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from lsframe.data.resumable import ResumableDataLoader
+
 _IDX_MAGIC = {2051: "images", 2049: "labels"}
 
 
@@ -60,7 +62,8 @@ class ImageDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers.
         train_limit: Keep only the first N training images (quick runs, tests).
         val_limit: Keep only the first N validation/test images.
-        seed: Seed of the train/validation split where one is carved out.
+        seed: Seed of the train/validation split where one is carved out, and of the training
+            order (a permutation per epoch from seed and epoch, resumable mid-epoch).
     """
 
     num_classes: int = 10
@@ -109,12 +112,15 @@ class ImageDataModule(pl.LightningDataModule):
         return Subset(dataset, order[:cut].tolist()), Subset(dataset, order[cut:].tolist())
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-        )
+        if shuffle:
+            return ResumableDataLoader(
+                self.datasets[split],
+                batch_size=batch_size,
+                shuffle=True,
+                seed=self.seed,
+                num_workers=self.num_workers,
+            )
+        return DataLoader(self.datasets[split], batch_size=batch_size, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)

@@ -9,6 +9,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from lsframe.data.resumable import ResumableDataLoader
+
 
 class ByteTokenizer:
     """UTF-8 bytes as tokens (vocabulary 256): a tokenizer that needs no download, for small
@@ -62,6 +64,8 @@ class TextFileLMDataModule(pl.LightningDataModule):
         eval_batch_size: Blocks per validation batch. Default: 16.
         train_limit: Keep only the first N training blocks (quick runs, tests).
         val_limit: Keep only the first N validation blocks.
+        seed: Seed of the training order (a permutation per epoch from seed and epoch,
+            resumable mid-epoch). Default: 0.
     """
 
     def __init__(
@@ -75,6 +79,7 @@ class TextFileLMDataModule(pl.LightningDataModule):
         eval_batch_size: int = 16,
         train_limit: int | None = None,
         val_limit: int | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         for key, path in (("data.train_file", train_file), ("data.val_file", val_file)):
@@ -93,7 +98,7 @@ class TextFileLMDataModule(pl.LightningDataModule):
             batch_size,
             eval_batch_size,
         )
-        self.train_limit, self.val_limit = train_limit, val_limit
+        self.train_limit, self.val_limit, self.seed = train_limit, val_limit, seed
         self.blocks: dict[str, torch.Tensor] = {}
 
     @property
@@ -135,13 +140,16 @@ class TextFileLMDataModule(pl.LightningDataModule):
             self.blocks[split] = blocks
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        blocks = self.blocks[split]
-        return DataLoader(
-            TensorDataset(blocks),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            collate_fn=_stack_blocks,
-        )
+        blocks = TensorDataset(self.blocks[split])
+        if shuffle:
+            return ResumableDataLoader(
+                blocks,
+                batch_size=batch_size,
+                shuffle=True,
+                seed=self.seed,
+                collate_fn=_stack_blocks,
+            )
+        return DataLoader(blocks, batch_size=batch_size, collate_fn=_stack_blocks)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)

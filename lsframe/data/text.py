@@ -9,6 +9,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
+from lsframe.data.resumable import ResumableDataLoader
+
 
 @dataclass
 class TextExamples:
@@ -71,7 +73,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
         train_limit: Keep only the first N training examples (P0's "small" setting uses 500).
         train_subsample: Keep a seeded random N training examples (after ``train_limit``).
         val_limit: Keep only the first N validation/test examples (quick runs and tests).
-        seed: Seed of ``train_subsample`` (and of the KMeans shift).
+        seed: Seed of ``train_subsample``, of the KMeans shift and of the training order (a
+            permutation per epoch from seed and epoch, resumable mid-epoch).
         num_workers: DataLoader workers.
         shift: Within-dataset shift of P3 (:mod:`lsframe.data.shifts`): ``"length"`` (part 0 =
             sentences up to the median training length) or ``"kmeans"`` (KMeans-2 clusters of
@@ -218,10 +221,18 @@ class TextClassificationDataModule(pl.LightningDataModule):
                 )
                 for d in self.datasets[split]
             ]
+        if shuffle:
+            return ResumableDataLoader(
+                self.datasets[split],
+                batch_size=batch_size,
+                shuffle=True,
+                seed=self.seed,
+                collate_fn=DataCollatorWithPadding(self.tokenizer),
+                num_workers=self.num_workers,
+            )
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
-            shuffle=shuffle,
             collate_fn=DataCollatorWithPadding(self.tokenizer),
             num_workers=self.num_workers,
         )

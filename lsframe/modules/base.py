@@ -33,6 +33,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lsframe.lr_distribution import multipliers_for
+from lsframe.modules._random import StepRandomState, random_states, set_random_states
 from lsframe.optim._functional import all_finite
 from lsframe.optim.param_groups import apply_part_multipliers, weight_decay_groups
 from lsframe.optim.step_size_schedule import StepSizeSchedule
@@ -42,20 +43,6 @@ from lsframe.parts import part_groups
 def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
     """AdamW with lr 2e-5 and weight decay 0.01, the usual transformer fine-tuning baseline."""
     return torch.optim.AdamW(params, lr=2e-5, weight_decay=0.01)
-
-
-class _RandomState:
-    """The random state at the start of an optimizer step, restorable before each evaluation."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cpu = torch.get_rng_state()
-        self.device = device if device.type == "cuda" else None
-        self.cuda = torch.cuda.get_rng_state(device) if self.device is not None else None
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.device is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)
 
 
 class ClosureModule(pl.LightningModule):
@@ -150,6 +137,7 @@ class ClosureModule(pl.LightningModule):
         self._micro_batches: list[Any] = []
         self._evaluations = 0
         self._skipped_steps = 0
+        self._random_states_to_load: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- what subclasses provide
     def compute_loss(self, batch: Any) -> Tensor:
@@ -315,6 +303,23 @@ class ClosureModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._micro_batches = []
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lsframe"] = {
+            "random_states": random_states(self.device),
+            "skipped_steps": self._skipped_steps,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("lsframe", {})
+        self._skipped_steps = saved.get("skipped_steps", 0)
+        self._random_states_to_load = saved.get("random_states")
+
+    def on_train_start(self) -> None:
+        # the last hook before the first resumed step: nothing after it draws from the generators
+        states, self._random_states_to_load = self._random_states_to_load, None
+        if states is not None:
+            set_random_states(states, self.device)
+
 
 class _NormStatistics:
     """A copy of the running statistics of the model's BatchNorm-style layers (in training)."""
@@ -344,7 +349,7 @@ class _StepEvaluator:
         self.module = module
         self.optimizer = optimizer
         self.micro_batches = list(micro_batches)
-        self.random_state = _RandomState(module.device)
+        self.random_state = StepRandomState(module.device)
         self.evaluations = 0
         self.loss_at_start: Tensor | None = None
         self.skipped = False

@@ -1,0 +1,151 @@
+"""A DataLoader whose place inside an epoch survives a checkpoint.
+
+Lightning saves the ``state_dict`` of every training loader that has one and hands it back to
+``load_state_dict`` before the resumed epoch starts (``_Stateful`` in ``lightning.fabric``).
+A plain ``DataLoader`` has none, so a run resumed from a mid-epoch checkpoint starts its epoch
+from the first batch again and the trajectory differs from the uninterrupted run (Lightning
+warns). :class:`ResumableDataLoader` records the epoch and the number of batches it has handed
+out; after ``load_state_dict`` its next iterator skips that many batches in index space (no
+sample is loaded or collated for them) and continues with the same order.
+
+The order is a pure function of ``(seed, epoch)``, as in ``DistributedSampler``: Lightning calls
+``sampler.set_epoch`` at each epoch start (under DDP it swaps in a ``DistributedSampler``, which
+has the same contract). A plain training loop should call ``loader.sampler.set_epoch(epoch)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sized
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+
+class EpochSeededRandomSampler(RandomSampler):
+    """A random permutation per epoch drawn from ``seed + epoch`` alone.
+
+    Unlike ``RandomSampler`` without a generator, it reads nothing from the global random state,
+    so a resumed run draws the same order without restoring that state first.
+
+    Args:
+        data_source: The dataset (only its length is used).
+        seed: Base seed of the permutations. Default: 0.
+    """
+
+    def __init__(self, data_source: Sized, seed: int = 0) -> None:
+        super().__init__(data_source)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+class _SkipFirst:
+    """Iterates ``index_sampler`` without its first ``count`` elements (batches of indices)."""
+
+    def __init__(self, index_sampler: Any, count: int) -> None:
+        self.index_sampler, self.count = index_sampler, count
+
+    def __iter__(self) -> Iterator[Any]:
+        # one-shot: persistent workers re-iterate this object at the next epoch, unskipped
+        count, self.count = self.count, 0
+        iterator = iter(self.index_sampler)
+        for _ in range(count):
+            if next(iterator, None) is None:
+                return
+        yield from iterator
+
+    def __len__(self) -> int:
+        return max(len(self.index_sampler) - self.count, 0)
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` that resumes mid-epoch from Lightning checkpoints.
+
+    Accepts every ``DataLoader`` argument. ``shuffle=True`` (with no explicit ``sampler``) uses
+    :class:`EpochSeededRandomSampler` with ``seed``.
+
+    Args:
+        dataset: A map-style dataset (an iterable dataset has no index space to skip in).
+        seed: Seed of the shuffled order (with ``shuffle=True``). Default: 0.
+        *args: Passed to ``DataLoader``.
+        **kwargs: Passed to ``DataLoader``.
+    """
+
+    def __init__(self, dataset: Dataset, *args: Any, seed: int = 0, **kwargs: Any) -> None:
+        if kwargs.get("shuffle") and kwargs.get("sampler") is None:
+            kwargs["shuffle"] = None
+            kwargs["sampler"] = EpochSeededRandomSampler(dataset, seed)
+        # an iterator draws its workers' base seed from the loader's generator, else from the
+        # global one: a draw a resumed run would make at another moment than the original
+        self._own_generator = kwargs.get("generator") is None
+        if self._own_generator:
+            kwargs["generator"] = torch.Generator()
+        super().__init__(dataset, *args, **kwargs)
+        if not hasattr(dataset, "__len__"):
+            raise TypeError("ResumableDataLoader needs a map-style dataset with a length")
+        self.seed = seed
+        self._batches_handed_out = 0
+        self._skip = 0
+
+    @property
+    def _index_sampler(self) -> Any:
+        index_sampler = super()._index_sampler
+        return _SkipFirst(index_sampler, self._skip) if self._skip else index_sampler
+
+    def __len__(self) -> int:
+        skip, self._skip = self._skip, 0
+        try:
+            return super().__len__()
+        finally:
+            self._skip = skip
+
+    def __iter__(self) -> Iterator[Any]:
+        start = self._skip if self._skip < len(self) else 0
+        self._skip = start
+        if self._own_generator:
+            self.generator.manual_seed(self.seed * 1_000_003 + getattr(self.sampler, "epoch", 0))
+        try:
+            iterator = super().__iter__()
+        finally:
+            self._skip = 0
+        self._batches_handed_out = start
+        return self._count(iterator)
+
+    def _count(self, iterator: Iterator[Any]) -> Iterator[Any]:
+        for batch in iterator:
+            self._batches_handed_out += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch (the sampler's, if it has one) and the batches handed out in it."""
+        return {
+            "epoch": getattr(self.sampler, "epoch", None),
+            "batches": self._batches_handed_out,
+            "seed": self.seed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next iterator continue after the batches recorded in ``state``.
+
+        Raises:
+            ValueError: If ``state`` was written with another shuffle seed.
+        """
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(
+                f"the checkpoint's loader was shuffled with seed {state['seed']}, this one with "
+                f"{self.seed}: resuming would change the order of the epoch"
+            )
+        epoch, batches = state.get("epoch"), int(state["batches"])
+        finished = batches >= len(self)
+        if epoch is not None and hasattr(self.sampler, "set_epoch"):
+            # set now: a multi-worker iterator draws indices before Lightning's set_epoch call
+            self.sampler.set_epoch(epoch + 1 if finished else epoch)
+        self._skip = 0 if finished else batches
+        self._batches_handed_out = batches

@@ -1,0 +1,122 @@
+"""Kill a run at an arbitrary step, resume from its last checkpoint, land on the same parameters.
+
+Every registered optimizer and every callback's state, with dropout and a shuffled loader, on the
+CPU in deterministic mode. The crash falls mid-epoch, after the last periodic checkpoint, so the
+resumed run repeats some steps, continues inside an epoch and then crosses an epoch boundary.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+from helpers import TinyRegression, mlp, regression_data, trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from lsframe import optim
+from lsframe.callbacks import DPS, EWC, ChildTuningD, ValleyExploration
+from lsframe.data.resumable import ResumableDataLoader
+
+STEPS, EVERY, CRASH = 17, 4, 15  # 10 batches per epoch: the last checkpoint (12) is mid-epoch
+LR = {"sgd": 0.05, "adam": 1e-2, "adamw": 1e-2, "lamb": 1e-2, "alto": 1e-2, "adame": 1e-2}
+
+
+class Crash(Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == CRASH:
+            raise RuntimeError("killed")
+
+
+def data(seed: int = 3) -> ResumableDataLoader:
+    return ResumableDataLoader(regression_data(40), batch_size=4, shuffle=True, seed=seed)
+
+
+def make_module(name: str) -> TinyRegression:
+    kwargs = {"lr": LR[name]} if name in LR else {}
+    return TinyRegression(
+        model=mlp(dropout=0.2),
+        optimizer=partial(optim.create, name, **kwargs),
+        param_grouping="parts" if name == "plasls" else "single",
+    )
+
+
+def run(make_callbacks, tmp_path, name: str = "adamw", before=None) -> TinyRegression:
+    """The final parameters of an uninterrupted run and of a killed-and-resumed one."""
+    torch.manual_seed(0)
+    module = make_module(name)
+    if before is not None:
+        before(module)
+    fit = partial(trainer, max_steps=STEPS, deterministic=True)
+    fit(callbacks=make_callbacks()).fit(module, data())
+
+    torch.manual_seed(0)
+    killed = make_module(name)
+    if before is not None:
+        before(killed)
+    checkpoints = ModelCheckpoint(tmp_path, every_n_train_steps=EVERY, save_last=True)
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(callbacks=[*make_callbacks(), checkpoints, Crash()], enable_checkpointing=True).fit(
+            killed, data()
+        )
+    torch.manual_seed(1234)  # a fresh process: whatever state the generators are in
+    resumed = make_module(name)
+    fit(callbacks=make_callbacks()).fit(resumed, data(), ckpt_path=tmp_path / "last.ckpt")
+    assert resumed.trainer.global_step == STEPS
+    for (key, a), b in zip(module.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), key
+    return resumed
+
+
+@pytest.mark.parametrize("name", optim.names())
+def test_every_optimizer_resumes_the_exact_trajectory(name, tmp_path):
+    run(list, tmp_path, name)
+
+
+CALLBACKS = {
+    "dps": lambda: [DPS(p=0.5, update_ratio=0.2, mask_mode="frozen")],  # stages of 3 steps
+    "childtuning_d": lambda: [ChildTuningD(reserve_p=0.5, include=[r"weight"])],
+    "childtuning_f": lambda: [ChildTuningD(reserve_p=0.5, variant="F", seed=5)],
+    "valley": lambda: [ValleyExploration(alpha=-1.0, beta=0.9)],
+    "all": lambda: [DPS(p=0.5, update_ratio=0.2), ValleyExploration(alpha=-1.0, beta=0.9)],
+}
+
+
+@pytest.mark.parametrize("kind", list(CALLBACKS))
+def test_every_callback_state_resumes_the_exact_trajectory(kind, tmp_path):
+    run(CALLBACKS[kind], tmp_path, "alsals")
+
+
+def test_ewc_penalty_state_resumes_the_exact_trajectory(tmp_path):
+    task_a: dict = {}
+
+    def first_task(module):  # task A, a finished fit: its Fisher and anchor carry into task B
+        ewc = EWC(ewc_lambda=100.0, mode="online", decay=0.5)
+        trainer(max_steps=4, callbacks=[ewc]).fit(module, data(seed=9))
+        task_a.setdefault("state", ewc.state_dict())
+
+    def callbacks():
+        ewc = EWC(ewc_lambda=100.0, mode="online", decay=0.5)
+        ewc.load_state_dict(task_a["state"])
+        return [ewc]
+
+    run(callbacks, tmp_path, "salsa", before=first_task)
+
+
+def test_resume_at_an_epoch_boundary_starts_the_next_epoch(tmp_path):
+    loader = data()
+    first_epoch = [b[1] for b in loader]
+    state = loader.state_dict()
+    assert state["batches"] == len(loader) == 10
+    again = data()
+    again.load_state_dict(state)
+    again.sampler.set_epoch(state["epoch"] + 1)
+    second = [b[1] for b in again]
+    assert len(second) == 10 and not torch.equal(torch.cat(first_epoch), torch.cat(second))
+
+
+def test_a_loader_with_another_seed_is_refused():
+    loader = data(seed=3)
+    next(iter(loader))
+    with pytest.raises(ValueError, match="seed 3"):
+        data(seed=4).load_state_dict(loader.state_dict())
