@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -41,6 +42,19 @@ class TinyRegression(ClosureModule):
     def compute_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         x, y = batch
         return F.mse_loss(self.model(x).squeeze(-1), y)
+
+
+# learning rates for the registered optimizers that have no default (the line search sets its own)
+REGISTRY_LR = {"sgd": 0.05, "adam": 1e-2, "adamw": 1e-2, "lamb": 1e-2, "alto": 1e-2, "adame": 1e-2}
+
+
+def registry_module(name: str, model: nn.Module | None = None, **kwargs: Any) -> TinyRegression:
+    """A TinyRegression driven by the registered optimizer ``name`` (PLASLS: grouped by parts)."""
+    from lsframe import optim
+
+    lr = {"lr": REGISTRY_LR[name]} if name in REGISTRY_LR else {}
+    kwargs.setdefault("param_grouping", "parts" if name == "plasls" else "single")
+    return TinyRegression(model=model, optimizer=partial(optim.create, name, **lr), **kwargs)
 
 
 def trainer(**kwargs: Any) -> pl.Trainer:

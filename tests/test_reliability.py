@@ -1,11 +1,17 @@
-"""Faults: an exception in a data batch stops the run clearly; a checkpoint is never half-written."""
+"""Faults: non-finite losses are logged rejections, an exception in a data batch stops the run
+clearly, a checkpoint is never half-written."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
-from helpers import TinyRegression, regression_data, trainer
+from helpers import TinyRegression, registry_module, regression_data, trainer
+from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
+
+from lsframe import optim
 
 
 class FailingData(Dataset):
@@ -52,3 +58,32 @@ def test_a_checkpoint_write_that_fails_leaves_the_previous_checkpoint_whole(tmp_
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert torch.load(path, weights_only=False)["global_step"] == 2
+
+
+class RandomFaults(Callback):
+    """NaN or inf added to the loss of a random 30 % of all closure evaluations (trials too)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.random = random.Random(seed)
+        self.injected = 0
+
+    def closure_loss(self, trainer, pl_module):
+        if self.random.random() < 0.3:
+            self.injected += 1
+            return torch.tensor(self.random.choice([float("nan"), float("inf")]))
+        return None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        assert all(torch.isfinite(p).all() for p in pl_module.parameters()), trainer.global_step
+
+
+@pytest.mark.parametrize("name", optim.names())
+def test_random_nonfinite_losses_are_logged_rejections_never_nonfinite_parameters(name):
+    module = registry_module(name, nonfinite_loss="skip")
+    faults = RandomFaults()
+    run = trainer(max_steps=20, callbacks=[faults])
+    run.fit(module, DataLoader(regression_data(80), batch_size=4))
+    metrics = run.callback_metrics
+    logged = float(metrics["train/skipped_steps"]) + float(metrics.get("train/rejected_steps", 0))
+    assert faults.injected > 0 and logged > 0
+    assert run.global_step == 20

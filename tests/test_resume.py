@@ -11,7 +11,7 @@ from functools import partial
 
 import pytest
 import torch
-from helpers import TinyRegression, mlp, regression_data, trainer
+from helpers import TinyRegression, mlp, registry_module, regression_data, trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lsframe import optim
@@ -19,7 +19,6 @@ from lsframe.callbacks import DPS, EWC, ChildTuningD, ValleyExploration
 from lsframe.data.resumable import ResumableDataLoader
 
 STEPS, EVERY, CRASH = 17, 4, 15  # 10 batches per epoch: the last checkpoint (12) is mid-epoch
-LR = {"sgd": 0.05, "adam": 1e-2, "adamw": 1e-2, "lamb": 1e-2, "alto": 1e-2, "adame": 1e-2}
 
 
 class Crash(Callback):
@@ -33,12 +32,7 @@ def data(seed: int = 3) -> ResumableDataLoader:
 
 
 def make_module(name: str) -> TinyRegression:
-    kwargs = {"lr": LR[name]} if name in LR else {}
-    return TinyRegression(
-        model=mlp(dropout=0.2),
-        optimizer=partial(optim.create, name, **kwargs),
-        param_grouping="parts" if name == "plasls" else "single",
-    )
+    return registry_module(name, model=mlp(dropout=0.2))
 
 
 def run(make_callbacks, tmp_path, name: str = "adamw", before=None) -> TinyRegression:
