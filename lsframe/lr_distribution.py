@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -55,28 +56,44 @@ def _layer_range(part: str) -> tuple[int, int] | None:
 
 
 def load_distribution(spec: dict[str, float] | str) -> dict[str, float]:
-    """A distribution from a mapping, a preset name or a YAML/JSON file; values checked."""
+    """A distribution from a mapping, a preset name or a YAML/JSON file; values checked.
+
+    Raises:
+        ValueError: naming the file (and the line, for a syntax error) and the part at fault.
+    """
+    where = "lr_distribution"
     if isinstance(spec, str):
         if spec in PRESETS:
             spec = dict(PRESETS[spec])
         elif Path(spec).is_file():
-            text = Path(spec).read_text()
-            if spec.endswith(".json"):
-                spec = json.loads(text)
-            else:
-                import yaml
-
-                spec = yaml.safe_load(text)
+            where = f"lr_distribution file {spec}"
+            spec = _read_mapping(Path(spec))
         else:
             raise ValueError(
                 f"lr_distribution {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a file"
             )
     if not isinstance(spec, dict):
-        raise ValueError(f"lr_distribution must map part names to multipliers, got {spec!r}")
+        raise ValueError(f"{where} must map part names to multipliers, got {spec!r}")
     for part, value in spec.items():
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"lr_distribution[{part!r}] must be a finite number >= 0, got {value}")
+            raise ValueError(f"{where}: part {part!r} must be a finite number >= 0, got {value}")
     return {str(k): float(v) for k, v in spec.items()}
+
+
+def _read_mapping(path: Path) -> Any:
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        import yaml
+
+        return yaml.safe_load(text)
+    except ValueError as error:  # json.JSONDecodeError says line and column
+        raise ValueError(f"lr_distribution file {path}: {error}") from None
+    except Exception as error:  # yaml.YAMLError: its mark says line and column
+        mark = getattr(error, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"lr_distribution file {path}{line}: {error}") from None
 
 
 def bert_base_equivalent(part: str, num_layers: int) -> str:
