@@ -52,14 +52,21 @@ from lsframe.modules import SequenceClassificationModule  # noqa: E402
 from lsframe.optim import WarmupCosineLR  # noqa: E402
 
 METHODS = {
-    "vanilla": lambda: [],
-    "dps": lambda: [DPS()],
-    "childtuning_d": lambda: [ChildTuningD()],
+    "vanilla": lambda args: [],
+    "dps": lambda args: [DPS(update_ratio=args.update_ratio)],
+    "childtuning_d": lambda args: [ChildTuningD()],
 }
+
+LOGGED_BEFORE_THE_OPTION = {"update_ratio": 0.05}
 
 
 def settings(args: argparse.Namespace) -> dict:
-    return {"train_size": args.train_size, "epochs": args.epochs, "lr": args.lr}
+    return {
+        "train_size": args.train_size,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "update_ratio": args.update_ratio,
+    }
 
 
 def one_run(task: str, method: str, seed: int, args: argparse.Namespace) -> dict:
@@ -88,7 +95,7 @@ def one_run(task: str, method: str, seed: int, args: argparse.Namespace) -> dict
         enable_model_summary=False,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=args.epochs,
-        callbacks=METHODS[method](),
+        callbacks=METHODS[method](args),
     )
     started = time.perf_counter()
     trainer.fit(module, datamodule=data)
@@ -107,7 +114,7 @@ def quality(args: argparse.Namespace) -> None:
     known = {
         (r["task"], r["method"], r["seed"]): r
         for r in load_runs(args.log)
-        if all(r.get(k) == v for k, v in here.items())
+        if all(r.get(k, LOGGED_BEFORE_THE_OPTION.get(k)) == v for k, v in here.items())
     }
     rows = [
         known.get((task, method, seed)) or one_run(task, method, seed, args)
@@ -166,7 +173,7 @@ def overhead(args: argparse.Namespace) -> None:
     }
     steps = {"+ DPS stage I (scores)": 1, "+ DPS stage II (mask)": 3}
     times: dict[str, list[float]] = {name: [] for name in variants}
-    block, i = 10, 0
+    block, i = args.block, 0
     while min(len(t) for t in times.values()) < args.steps:
         for name, callback in variants.items():
             for _ in range(block):
@@ -203,6 +210,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--overhead", action="store_true")
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--block", type=int, default=10, help="overhead: steps per turn")
+    parser.add_argument("--update-ratio", type=float, default=0.05, help="DPS stage length")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     kind = "dps_overhead" if args.overhead else "dps_quality"

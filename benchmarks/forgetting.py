@@ -6,9 +6,14 @@ length 128; seeded random ``--train-size``-example training subsets; full dev se
 SST-2 → MRPC, MRPC → SST-2, RTE → SST-2, and SST-2 short → long sentences (length shift).
 Reported: accuracy on A after A, on A after B (forgetting = the drop), on B. EWC uses a task-loss
 Fisher (the offline MiniLM has no MLM head) over ``--fisher-batches`` batches.
+``--distributions`` adds plain fine-tuning under learning-rate distributions (P3's BERTcL: a
+preset name or a ``best_distribution.yaml`` of ``python -m lsframe search``; ``flat`` is none).
 
     python benchmarks/forgetting.py --sweep 100 1000 10000 --seeds 0          # λ sweep, 1 seed
     python benchmarks/forgetting.py --lambdas 1000 --seeds 0 1 2              # chosen λ, 3 seeds
+    python benchmarks/forgetting.py --pairs sst2-mrpc mrpc-sst2 --lr 2e-5 --epochs 1 \
+        --lambdas 1000 --distributions runs/search/sst2_mrpc/best_distribution.yaml \
+        bertcl_combined --seeds 0 1 2 --out benchmarks/results/distribution_cpu
 
 Every finished sequence is appended to ``<out>.runs.jsonl`` and reused by later invocations.
 """
@@ -58,16 +63,23 @@ def settings(args: argparse.Namespace) -> dict:
         "train_size": args.train_size,
         "epochs": args.epochs,
         "fisher_batches": args.fisher_batches,
+        "lr": args.lr,
+        "val_limit": args.val_limit,
     }
 
 
-def one_sequence(pair: str, ewc_lambda: float, seed: int, args: argparse.Namespace) -> dict:
+def one_sequence(
+    pair: str, ewc_lambda: float, distribution: str, seed: int, args: argparse.Namespace
+) -> dict:
     pl.seed_everything(seed, verbose=False)
+    by_parts = {} if distribution == "flat" else {"lr_distribution": distribution}
     module = SequenceClassificationModule(
         MINILM,
         num_labels=2,
-        optimizer=partial(torch.optim.AdamW, lr=5e-5, weight_decay=0.01),
+        optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.01),
         lr_scheduler=partial(WarmupCosineLR, warmup_ratio=0.1),
+        param_grouping="parts" if by_parts else "decay",
+        **by_parts,
     )
     stages = []
     for i, (task, extra) in enumerate(PAIRS[pair]):
@@ -76,6 +88,7 @@ def one_sequence(pair: str, ewc_lambda: float, seed: int, args: argparse.Namespa
             data_dir=str(GLUE_DIR),
             max_length=128,
             train_subsample=args.train_size,
+            val_limit=args.val_limit,
             seed=seed,
             **extra,
         )
@@ -96,7 +109,8 @@ def one_sequence(pair: str, ewc_lambda: float, seed: int, args: argparse.Namespa
     with tempfile.TemporaryDirectory() as out:
         result = SequenceRunner(module, stages, trainer, output_dir=out).run()
     (a_after_a, _), (a_after_b, b_after_b) = result.matrix
-    row = {"pair": pair, "ewc_lambda": ewc_lambda, "seed": seed, **settings(args)}
+    row = {"pair": pair, "ewc_lambda": ewc_lambda, "distribution": distribution, "seed": seed}
+    row.update(settings(args))
     row["a_after_a"] = a_after_a
     row.update(a_after_b=a_after_b, b=b_after_b, seconds=time.perf_counter() - started)
     return row
@@ -111,25 +125,31 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--fisher-batches", type=int, default=50)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--val-limit", type=int, default=None, help="dev examples (None: all)")
+    parser.add_argument("--distributions", nargs="*", default=[])
     parser.add_argument("--out", default="benchmarks/results/forgetting_cpu")
     args = parser.parse_args()
     lambdas = [0.0] + (args.sweep if args.sweep is not None else args.lambdas)
+    # (EWC λ, distribution): plain, each λ, then each distribution without EWC
+    variants = [(lam, "flat") for lam in lambdas]
+    variants += [(0.0, d) for d in args.distributions if d != "flat"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_suffix(".runs.jsonl")
     here = settings(args)
     known = {  # runs logged with other settings are not reused
-        (r["pair"], r["ewc_lambda"], r["seed"]): r
+        (r["pair"], r["ewc_lambda"], r.get("distribution", "flat"), r["seed"]): r
         for r in load_runs(log)
         if all(r.get(k) == v for k, v in here.items())
     }
     rows = []
     for seed in args.seeds:
         for pair in args.pairs:
-            for lam in lambdas:
-                row = known.get((pair, lam, seed))
+            for lam, dist in variants:
+                row = known.get((pair, lam, dist, seed))
                 if row is None:
-                    row = one_sequence(pair, lam, seed, args)
+                    row = one_sequence(pair, lam, dist, seed, args)
                     append_run(log, row)
                 rows.append(row)
     lines = [
@@ -138,16 +158,22 @@ def main() -> None:
     ]
 
     for pair in args.pairs:
-        for lam in lambdas:
-            runs = [r for r in rows if r["pair"] == pair and r["ewc_lambda"] == lam]
+        for lam, dist in variants:
+            runs = [
+                r
+                for r in rows
+                if r["pair"] == pair and r["ewc_lambda"] == lam and r["distribution"] == dist
+            ]
             method = "plain" if lam == 0 else f"EWC λ={lam:g}"
+            if dist != "flat":
+                method = f"distribution {Path(dist).parent.name or dist}"
             drop = [r["a_after_a"] - r["a_after_b"] for r in runs]
             cells = [mean_std([r[k] for r in runs]) for k in ("a_after_a", "a_after_b")]
             cells += [mean_std(drop), mean_std([r["b"] for r in runs])]
             lines.append(f"| {pair} | {method} | {len(runs)} | " + " | ".join(cells) + " |")
     meta = (
         f"MiniLM-L6, seeded random {args.train_size}-example training subsets, {args.epochs} "
-        f"epochs per stage, AdamW 5e-5 + warmup/cosine per stage, separate heads, full dev sets "
+        f"epochs per stage, AdamW {args.lr:g} + warmup/cosine per stage, separate heads, full dev sets "
         f"(accuracy); EWC task-loss Fisher over {args.fisher_batches} batches; device "
         f"{device_name('cuda' if torch.cuda.is_available() else 'cpu')}. Mean ± std over seeds."
     )

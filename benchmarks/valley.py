@@ -98,7 +98,12 @@ def finetune_run(name: str, seed: int, args: argparse.Namespace) -> dict:
         lr_scheduler=partial(WarmupCosineLR, warmup_ratio=0.1),
     )
     data = GlueDataModule(
-        task_name="sst2", data_dir=str(GLUE_DIR), batch_size=32, max_length=64, train_limit=2000
+        task_name="sst2",
+        data_dir=str(GLUE_DIR),
+        batch_size=32,
+        max_length=64,
+        train_limit=args.train_limit,
+        val_limit=args.val_limit,
     )
     trainer, seconds = fit(module, data, seed, max_epochs=1)
     metrics = trainer.callback_metrics
@@ -112,6 +117,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--optimizers", nargs="+", default=None)
+    parser.add_argument("--train-limit", type=int, default=2000, help="finetune: SST-2 sentences")
+    parser.add_argument("--val-limit", type=int, default=None, help="finetune: dev sentences")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     table = LARGE_BATCH if args.part == "large-batch" else FINETUNE
@@ -121,12 +128,15 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_suffix(".runs.jsonl")
     here = (
-        {"steps": args.steps, "batch_size": args.batch_size} if args.part == "large-batch" else {}
+        {"steps": args.steps, "batch_size": args.batch_size}
+        if args.part == "large-batch"
+        else {"train_limit": args.train_limit, "val_limit": args.val_limit}
     )
+    logged_before_the_option = {"train_limit": 2000, "val_limit": None}
     known = {  # runs logged with other settings are not reused
         (r["optimizer"], r["seed"]): r
         for r in load_runs(log)
-        if all(r.get(k) == v for k, v in here.items())
+        if all(r.get(k, logged_before_the_option.get(k)) == v for k, v in here.items())
     }
     rows = []
     for seed in args.seeds:
@@ -145,7 +155,7 @@ def main() -> None:
     setting = (
         f"ResNet-18 on Fashion-MNIST, batch {args.batch_size}, {args.steps} steps"
         if args.part == "large-batch"
-        else "MiniLM-L6 on the first 2,000 SST-2 sentences, batch 32, 1 epoch"
+        else f"MiniLM-L6 on the first {args.train_limit:,} SST-2 sentences, batch 32, 1 epoch"
     )
     meta = (
         f"{setting}; warmup 10 % + cosine; seeds {args.seeds}; device "

@@ -1,0 +1,183 @@
+"""The papers' claims that lsframe's benchmarks check, and how each is read off its table."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Rows = list[dict[str, Any]]
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f} (1 seed)"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def seeds_note(*groups: list[float]) -> str:
+    n = min(len(g) for g in groups)
+    return "" if n >= 3 else f" ({n} seed{'s' * (n != 1)}: indicative only)"
+
+
+@dataclass
+class Claim:
+    paper: str
+    text: str
+    table: str
+    read: Callable[[Rows], tuple[str, str]]
+
+    def evaluate(self, tables: dict[str, dict]) -> tuple[str, str]:
+        if self.table not in tables:
+            return "not measured yet", "–"
+        try:
+            return self.read(tables[self.table]["rows"])
+        except (KeyError, ValueError, statistics.StatisticsError) as error:
+            return f"table incomplete ({error})", "–"
+
+
+def _values(rows: Rows, metric: str, **match: Any) -> list[float]:
+    return [r[metric] for r in rows if all(r.get(k) == v for k, v in match.items()) and metric in r]
+
+
+def salsa_vs_adamw(rows: Rows) -> tuple[str, str]:
+    salsa = _values(rows, "acc", optimizer="salsa")
+    grid = {r["optimizer"] for r in rows if r["optimizer"].startswith("adamw@")}
+    best = max(grid, key=lambda name: statistics.mean(_values(rows, "acc", optimizer=name)))
+    adamw = _values(rows, "acc", optimizer=best)
+    holds = statistics.mean(salsa) >= statistics.mean(adamw)
+    measured = f"SaLSA {mean_std(salsa)} vs best AdamW ({best.split('@')[1]}) {mean_std(adamw)}"
+    return measured, ("holds" if holds else "missed") + seeds_note(salsa, adamw)
+
+
+def step_cost(rows: Rows) -> tuple[str, str]:
+    ratio = {r["optimizer"]: r["ratio_to_adamw"] for r in rows}
+    salsa = ratio["salsa"]
+    return f"SaLSA {salsa:.2f}× an AdamW step", "holds" if salsa <= 1.05 else "missed (≤ 1.05×)"
+
+
+def dps_overhead(times: dict[str, list[float]]) -> tuple[str, str]:
+    base = statistics.median(times["plain AdamW step"])
+    ratios = {k: statistics.median(v) / base for k, v in times.items() if k.startswith("+")}
+    worst = max(ratios.values())
+    measured = ", ".join(f"{k[2:]} {v:.3f}×" for k, v in ratios.items())
+    return measured, "holds" if worst <= 1.05 else "missed"
+
+
+def dps_quality(task: str) -> Callable[[Rows], tuple[str, str]]:
+    def read(rows: Rows) -> tuple[str, str]:
+        runs = {m: _values(rows, "acc", task=task, method=m) for m in ("vanilla", "dps")}
+        child = _values(rows, "acc", task=task, method="childtuning_d")
+        if not runs["vanilla"] or not runs["dps"]:
+            raise ValueError(f"no {task} runs")
+        measured = f"vanilla {mean_std(runs['vanilla'])}, DPS {mean_std(runs['dps'])}"
+        if child:
+            measured += f", ChildTuning-D {mean_std(child)}"
+        higher = statistics.mean(runs["dps"]) > statistics.mean(runs["vanilla"])
+        steadier = len(runs["dps"]) > 1 and statistics.stdev(runs["dps"]) < statistics.stdev(
+            runs["vanilla"]
+        )
+        verdict = {(True, True): "holds", (False, False): "missed"}.get(
+            (higher, steadier), "partly (" + ("mean up" if higher else "std down") + ")"
+        )
+        return measured, verdict + seeds_note(runs["vanilla"], runs["dps"])
+
+    return read
+
+
+def at_least(metric: str, ours: str, theirs: str) -> Callable[[Rows], tuple[str, str]]:
+    def read(rows: Rows) -> tuple[str, str]:
+        a, b = _values(rows, metric, optimizer=ours), _values(rows, metric, optimizer=theirs)
+        holds = statistics.mean(a) >= statistics.mean(b)
+        measured = f"{ours} {mean_std(a)} vs {theirs} {mean_std(b)}"
+        return measured, ("holds" if holds else "missed") + seeds_note(a, b)
+
+    return read
+
+
+def _drops(rows: Rows, pair: str, **match: Any) -> list[float]:
+    return [
+        r["a_after_a"] - r["a_after_b"]
+        for r in rows
+        if r["pair"] == pair and all(r.get(k, "flat") == v for k, v in match.items())
+    ]
+
+
+def ewc_forgets_less(rows: Rows) -> tuple[str, str]:
+    cells, wins, groups = [], 0, []
+    pairs = sorted({r["pair"] for r in rows})
+    for pair in pairs:
+        plain = _drops(rows, pair, ewc_lambda=0.0, distribution="flat")
+        lambdas = sorted({r["ewc_lambda"] for r in rows if r["pair"] == pair} - {0.0})
+        ewc = _drops(rows, pair, ewc_lambda=lambdas[-1], distribution="flat")
+        wins += statistics.mean(ewc) < statistics.mean(plain)
+        groups += [plain, ewc]
+        cells.append(f"{pair}: drop plain {mean_std(plain)}, EWC λ={lambdas[-1]:g} {mean_std(ewc)}")
+    verdict = f"holds on {wins}/{len(pairs)} pairs" + seeds_note(*groups)
+    return "; ".join(cells), verdict
+
+
+def distribution_forgets_less(rows: Rows) -> tuple[str, str]:
+    cells, wins, total, groups = [], 0, 0, []
+    for pair in sorted({r["pair"] for r in rows}):
+        flat = _drops(rows, pair, ewc_lambda=0.0, distribution="flat")
+        ewc_lambda = max(r["ewc_lambda"] for r in rows if r["pair"] == pair)
+        ewc = _drops(rows, pair, ewc_lambda=ewc_lambda, distribution="flat")
+        parts = [f"flat {mean_std(flat)}", f"EWC {mean_std(ewc)}"]
+        for dist in sorted({r.get("distribution", "flat") for r in rows} - {"flat"}):
+            drop = _drops(rows, pair, ewc_lambda=0.0, distribution=dist)
+            label = Path(dist).parent.name or dist
+            parts.append(f"{label} {mean_std(drop)}")
+            total += 1
+            wins += statistics.mean(drop) < min(statistics.mean(flat), statistics.mean(ewc))
+            groups.append(drop)
+        cells.append(f"{pair} drop: " + ", ".join(parts))
+    verdict = f"holds for {wins}/{total} distribution×pair" + seeds_note(*groups)
+    return "; ".join(cells), verdict
+
+
+CLAIMS = [
+    *(
+        Claim(
+            "P0/P1",
+            f"A line search (SaLSA, defaults) fine-tunes as well as tuned AdamW ({task.upper()})",
+            f"quality_{task}",
+            salsa_vs_adamw,
+        )
+        for task in ("sst2", "mrpc", "rte")
+    ),
+    Claim("P1", "SaLSA's step costs about one AdamW step", "step_cost", step_cost),
+    Claim(
+        "P2",
+        "ALTO ≥ Lamb at large batch (1,024)",
+        "valley_large_batch",
+        at_least("test_acc", "alto", "lamb"),
+    ),
+    Claim(
+        "P2",
+        "AdamE ≥ AdamW at small batch (32)",
+        "valley_finetune",
+        at_least("dev_acc", "adame", "adamw"),
+    ),
+    Claim(
+        "P3", "EWC forgets less of task A than plain fine-tuning", "forgetting", ewc_forgets_less
+    ),
+    Claim(
+        "P3",
+        "A learning-rate distribution forgets less than flat LR and than EWC",
+        "distribution",
+        distribution_forgets_less,
+    ),
+    *(
+        Claim(
+            "P4",
+            f"DPS raises the mean and lowers the std ({task.upper()})",
+            "dps_quality",
+            dps_quality(task),
+        )
+        for task in ("rte", "mrpc")
+    ),
+    Claim("P4", "DPS and ChildTuning-D cost ≤ 5 % per step", "dps_overhead", dps_overhead),
+]

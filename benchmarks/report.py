@@ -1,0 +1,200 @@
+"""Regenerate every benchmark table of lsframe and a report of each paper's claim against it.
+
+    python benchmarks/report.py                 # everything, CPU or GPU (hours on a CPU)
+    python benchmarks/report.py --only dps valley_large_batch
+    python benchmarks/report.py --report-only   # rebuild REPORT.md from the tables there are
+    python benchmarks/report.py --quick --results /tmp/smoke   # every script on tiny slices
+
+Each step is one benchmark script with the settings its table was made with, writing
+``<results>/<name>.{md,json}``. The scripts log every finished run to ``<name>.runs.jsonl`` and
+reuse it, so an interrupted report resumes where it stopped (the step-cost tables, which have no
+runs to reuse, are skipped when their JSON exists; ``--force`` redoes them). Then
+``<results>/REPORT.md`` compares each paper's claim with the measured mean ± std over seeds.
+``--quick`` runs each script once on a few examples and steps (CI's smoke test: it checks that
+the scripts and the report run, not the claims).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from claims import CLAIMS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+SEARCH_CONFIG = ROOT / "configs" / "search" / "minilm_sst2_mrpc.yaml"
+
+# name: (full arguments, quick arguments), for ``python benchmarks/<script>.py`` or ``-m lsframe``
+STEPS: dict[str, tuple[str, list[str], list[str]]] = {
+    "quality_sst2": (
+        "quality",
+        ["--task", "sst2", "--train-limit", "2000", "--max-length", "64", "--seeds", "0", "1", "2"],
+        ["--task", "sst2", "--train-limit", "32", "--max-length", "32", "--seeds", "0"]
+        + ["--optimizers", "salsa", "adamw@1e-4", "--no-schedulefree"],
+    ),
+    "quality_mrpc": (
+        "quality",
+        ["--task", "mrpc", "--train-limit", "100000", "--max-length", "128", "--seeds", "0"],
+        None,
+    ),
+    "quality_rte": (
+        "quality",
+        ["--task", "rte", "--train-limit", "100000", "--max-length", "128", "--seeds", "0"],
+        None,
+    ),
+    "step_cost": (
+        "step_cost",
+        ["--steps", "1000", "--short-steps", "50", "--memory"],
+        ["--steps", "4", "--short-steps", "2", "--block", "2", "--optimizers"]
+        + ["adamw-const@5e-5", "salsa"],
+    ),
+    "dps_overhead": (
+        "dps",
+        ["--overhead", "--steps", "100"],
+        ["--overhead", "--steps", "2", "--block", "2"],
+    ),
+    "dps_quality": (
+        "dps",
+        ["--tasks", "rte", "mrpc", "--seeds", "0", "1", "2", "3", "4"],
+        ["--tasks", "rte", "--seeds", "0", "--train-size", "32", "--epochs", "1"]
+        + ["--update-ratio", "0.5"],
+    ),
+    "valley_large_batch": (
+        "valley",
+        ["--part", "large-batch", "--seeds", "0", "1", "2"],
+        ["--part", "large-batch", "--seeds", "0", "--steps", "2", "--batch-size", "64"],
+    ),
+    "valley_finetune": (
+        "valley",
+        ["--part", "finetune", "--seeds", "0", "1", "2"],
+        ["--part", "finetune", "--seeds", "0", "--train-limit", "64", "--val-limit", "64"],
+    ),
+    "forgetting": (
+        "forgetting",
+        ["--lambdas", "1000", "--seeds", "0", "1", "2"],
+        ["--pairs", "sst2-mrpc", "--train-size", "32", "--epochs", "1", "--fisher-batches", "2"]
+        + ["--val-limit", "32", "--seeds", "0"],
+    ),
+    "search": ("search", [], []),
+    "distribution": (
+        "forgetting",
+        ["--pairs", "sst2-mrpc", "mrpc-sst2", "--lr", "2e-5", "--epochs", "1", "--lambdas", "1000"]
+        + ["--distributions", "{best}", "bertcl_combined", "--seeds", "0", "1", "2"],
+        ["--pairs", "sst2-mrpc", "--train-size", "32", "--epochs", "1", "--fisher-batches", "2"]
+        + ["--lr", "2e-5", "--distributions", "{best}", "bertcl_combined", "--seeds", "0"]
+        + ["--val-limit", "32"],
+    ),
+}
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+DEVICE = "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def search_command(results: Path, quick: bool) -> list[str]:
+    """The distribution search; in quick mode on a copy of its config with tiny subsets."""
+    config = SEARCH_CONFIG
+    out = results / "search"
+    if quick:
+        settings = yaml.safe_load(SEARCH_CONFIG.read_text())
+        settings["search"].update(n_trials=2, output_dir=str(out))
+        for pair in settings["pairs"]:
+            for stage in pair:
+                stage["data"]["init_args"].update(train_subsample=32, val_limit=32, max_length=32)
+        config = results / "search_quick.yaml"
+        config.write_text(yaml.safe_dump(settings))
+    return [sys.executable, "-m", "lsframe", "search", "--config", str(config)] + (
+        [] if quick else ["--search.output_dir", str(out)]
+    )
+
+
+def command(name: str, results: Path, quick: bool) -> list[str] | None:
+    script, full, small = STEPS[name]
+    if script == "search":
+        return search_command(results, quick)
+    arguments = small if quick else full
+    if arguments is None:
+        return None
+    best = str(results / "search" / "best_distribution.yaml")
+    arguments = [a.replace("{best}", best) for a in arguments]
+    out = output(results, name).with_suffix("")
+    return [sys.executable, str(BENCH / f"{script}.py"), *arguments, "--out", str(out)]
+
+
+def output(results: Path, name: str) -> Path:
+    """``<results>/<name>_<cpu|gpu>.json``, the table a step writes."""
+    return results / f"{name}_{DEVICE}.json"
+
+
+def run_step(name: str, results: Path, quick: bool, force: bool) -> str:
+    argv = command(name, results, quick)
+    if argv is None:
+        return "skipped in quick mode"
+    if name.startswith("valley_large") and not FASHION.is_dir():
+        return "skipped: Debian's dataset-fashion-mnist is not installed"
+    if not quick and not force:  # the steps that cannot resume from logged runs
+        if name == "search" and (results / "search" / "best_distribution.yaml").exists():
+            return "kept (best_distribution.yaml exists; --force searches again)"
+        if name in ("step_cost", "dps_overhead") and output(results, name).exists():
+            return "kept (its table exists; --force redoes it)"
+    print(f"\n=== {name}: {' '.join(argv)}", flush=True)
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, cwd=ROOT)
+    print(f"=== {name}: done in {time.perf_counter() - started:.0f} s", flush=True)
+    return f"ran in {time.perf_counter() - started:.0f} s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=str(BENCH / "results"))
+    parser.add_argument("--only", nargs="+", choices=list(STEPS), default=None)
+    parser.add_argument("--quick", action="store_true", help="tiny settings: a smoke test")
+    parser.add_argument("--force", action="store_true", help="redo tables that cannot resume")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    results = Path(args.results)
+    if args.quick and results.resolve() == (BENCH / "results").resolve():
+        results = Path(tempfile.mkdtemp(prefix="lsframe_quick_"))
+    results.mkdir(parents=True, exist_ok=True)
+    status = {}
+    if not args.report_only:
+        for name in args.only or list(STEPS):
+            status[name] = run_step(name, results, args.quick, args.force)
+    suffix = f"_{DEVICE}"
+    tables = {
+        p.stem.removesuffix(suffix): json.loads(p.read_text())
+        for p in sorted(results.glob(f"*{suffix}.json"))
+    }
+    lines = [
+        "# lsframe: each paper's claim against what lsframe measured",
+        "",
+        "Regenerated by `python benchmarks/report.py`"
+        + (" --quick (tiny settings: NOT evidence for or against any claim)" if args.quick else "")
+        + f". Tables of this machine kind ({DEVICE}); each table's own file "
+        f"(`<table>_{DEVICE}.md`) gives its setting, command and machine.",
+        "",
+        "| paper | claim | lsframe measured (mean ± std over seeds) | verdict | table |",
+        "|---|---|---|---|---|",
+    ]
+    for claim in CLAIMS:
+        measured, verdict = claim.evaluate(tables)
+        lines.append(f"| {claim.paper} | {claim.text} | {measured} | {verdict} | `{claim.table}` |")
+    if status:
+        lines += ["", "Steps of this invocation:", ""]
+        lines += [f"- `{name}`: {what}" for name, what in status.items()]
+    report = results / "REPORT.md"
+    report.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\nwrote {report}")
+
+
+if __name__ == "__main__":
+    main()
