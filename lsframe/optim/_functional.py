@@ -12,11 +12,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lsframe.optim._sharded import any_sharded, count_nonfinite, squared_norms
+
 
 def sum_of_squares(tensors: Sequence[Tensor]) -> float:
     """``Σ_i ‖t_i‖²`` over all tensors, accumulated in float32 or wider."""
     if not tensors:
         return 0.0
+    if any_sharded(tensors):
+        return float(torch.stack(squared_norms(tensors)).sum())
     norms = torch._foreach_norm(list(tensors))
     return float(torch.stack([n.float() for n in norms]).square().sum())
 
@@ -28,6 +32,8 @@ def all_finite(tensors: Sequence[Tensor]) -> bool:
     above 65504 in float16)."""
     if not tensors:
         return True
+    if any_sharded(tensors):  # local pieces can be empty, which the max-norm refuses
+        return int(count_nonfinite(tensors)) == 0
     norms = torch._foreach_norm(list(tensors), ord=math.inf)
     return math.isfinite(float(torch.stack([n.float() for n in norms]).max()))
 

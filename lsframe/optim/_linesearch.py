@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lsframe.optim._functional import all_finite
+from lsframe.optim._sharded import local, reduce_sums
 
 Closure = Callable[..., Tensor]
 
@@ -89,7 +90,9 @@ class Direction:
             dots = []
             for j, grad in enumerate(active.grads):
                 d = self.num[i][j] if self.den is None else self.num[i][j] / self.den[i][j]
-                dots.append(torch.dot(grad.reshape(-1).float(), d.reshape(-1).float()))
+                g, d = local(grad).reshape(-1).float(), local(d).reshape(-1).float()
+                dots.append(torch.dot(g, d))
+            dots = reduce_sums(dots, active.grads)  # sharded parameters: over all pieces
             total += active.multiplier * self.scale * float(torch.stack(dots).sum())
         return total
 

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from lsframe.optim._sharded import any_sharded, local, squared_norms
+
 
 class Lamb(Optimizer):
     """LAMB: Adam's direction with a per-tensor trust ratio.
@@ -95,6 +97,12 @@ class Lamb(Optimizer):
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         if self.max_grad_norm is None or not flat:
             return [[t.clone() for t in group] for group in grads]
+        if any_sharded(flat):  # FSDP: the norm over every piece; scale each local piece
+            norm = torch.stack(squared_norms(flat)).sum().sqrt()
+            scale = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
+            copies = [[t.clone() for t in group] for group in grads]
+            torch._foreach_mul_([local(t) for group in copies for t in group], scale)
+            return copies
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(flat)))
         scale = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
         return [torch._foreach_mul(group, scale) if group else [] for group in grads]
@@ -145,13 +153,18 @@ class Lamb(Optimizer):
         if decay != 0:
             torch._foreach_add_(update, params, alpha=decay)
         if decay != 0 or group["always_adapt"]:
-            w_norms = torch._foreach_norm(params)
-            r_norms = torch._foreach_norm(update)
+            sharded = any_sharded(params)
+            if sharded:  # FSDP: each tensor's norm over all its pieces
+                w_norms = [n.sqrt() for n in squared_norms(params)]
+                r_norms = [n.sqrt() for n in squared_norms(update)]
+            else:
+                w_norms = torch._foreach_norm(params)
+                r_norms = torch._foreach_norm(update)
             ratios = [
                 torch.where((w > 0) & (r > 0), w / r, torch.ones_like(w))
                 for w, r in zip(w_norms, r_norms)
             ]
             if group["trust_clip"] is not None:
                 ratios = [torch.clamp(t, max=group["trust_clip"]) for t in ratios]
-            torch._foreach_mul_(update, ratios)
+            torch._foreach_mul_([local(u) for u in update] if sharded else update, ratios)
         torch._foreach_add_(params, update, alpha=-group["lr"])

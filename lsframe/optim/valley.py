@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lsframe.optim._sharded import local
+
 LARGE_BATCH = 1024
 
 
@@ -76,7 +78,8 @@ def valley_adapt_(
     torch._foreach_add_(prev, grads)  # prev now holds g − g_prev
     torch._foreach_mul_(diffs, beta)
     torch._foreach_add_(diffs, prev, alpha=1.0 - beta)
-    torch._foreach_copy_(prev, grads)
+    # on the local pieces: DTensor (FSDP) has no sharding rule for a foreach copy
+    torch._foreach_copy_([local(t) for t in prev], [local(g) for g in grads])
     if alpha != 0.0:
         torch._foreach_add_(grads, diffs, alpha=alpha)
 

@@ -1,0 +1,98 @@
+"""Run by test_fsdp.py under torch.distributed.run (2 CPU processes, gloo): every registered
+optimizer on an MLP sharded with FSDP2's ``fully_shard``, each rank on its half of every batch.
+Rank 0 writes, per optimizer, the largest difference to a one-process run on the whole batches
+and whether both ranks kept the same step sizes and search counters."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+
+from lsframe import optim
+from lsframe.parts import part_groups
+
+LR = {"sgd": 0.05, "adam": 1e-2, "adamw": 1e-2, "lamb": 1e-2, "alto": 1e-2, "adame": 1e-2}
+STEPS = 8
+
+
+def mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 5), torch.nn.Linear(5, 1)
+    )
+
+
+def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(STEPS * 8, 4, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1 * torch.randn(STEPS * 8, generator=g)
+    return [(x[i : i + 8], y[i : i + 8]) for i in range(0, STEPS * 8, 8)]
+
+
+def train(model: torch.nn.Module, name: str, shard: slice | None) -> torch.optim.Optimizer:
+    params = part_groups(model) if name == "plasls" else model.parameters()
+    opt = optim.create(name, params, **({"lr": LR[name]} if name in LR else {}))
+    for x, y in batches():
+        if shard is not None:
+            x, y = x[shard], y[shard]
+
+        def closure(backward: bool = True, x=x, y=y) -> torch.Tensor:
+            with torch.set_grad_enabled(backward):
+                if backward:
+                    opt.zero_grad()
+                loss = F.mse_loss(model(x).squeeze(-1), y)
+                if backward:
+                    loss.backward()  # FSDP averages the gradients over the ranks
+            value = loss.detach().clone()
+            if shard is not None:  # every rank compares the same (mean) loss
+                dist.all_reduce(value)
+                value /= dist.get_world_size()
+            return value
+
+        opt.step(closure)
+    return opt
+
+
+def main(out: str) -> None:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mesh = init_device_mesh("cpu", (world,))
+    results = {}
+    for name in optim.names():
+        model = mlp()
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        half = 8 // world
+        opt = train(model, name, slice(rank * half, (rank + 1) * half))
+        full = [p.full_tensor() for p in model.parameters()]
+        decisions = {
+            "lr": [g["lr"] for g in opt.param_groups],
+            "search": opt.state.get("line_search", {}),
+        }
+        gathered = [None] * world
+        dist.all_gather_object(gathered, json.loads(json.dumps(decisions, default=float)))
+        reference = mlp()
+        train(reference, name, None)
+        diff = max(float((a - b).abs().max()) for a, b in zip(full, reference.parameters()))
+        results[name] = {
+            "max_diff": diff,
+            "ranks_agree": all(g == gathered[0] for g in gathered),
+            "searches": decisions["search"].get("searches"),
+            "sharded": type(next(model.parameters())).__name__,
+        }
+    if rank == 0:
+        Path(out).write_text(json.dumps(results, indent=1))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

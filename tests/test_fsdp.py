@@ -1,0 +1,45 @@
+"""Sharded parameters (torch FSDP2 ``fully_shard`` on 2 CPU processes): every optimizer reduces
+its norms and inner products over all shards, so the ranks decide alike and land where one
+process on the whole batches lands."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lsframe import optim
+
+WORKER = Path(__file__).resolve().parent / "fsdp_worker.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def fsdp_results(tmp_path_factory) -> dict:
+    pytest.importorskip("torch.distributed.fsdp")
+    out = tmp_path_factory.mktemp("fsdp") / "results.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_port", str(free_port()), str(WORKER), str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("name", optim.names())
+def test_sharded_training_matches_one_process(name, fsdp_results):
+    result = fsdp_results[name]
+    assert result["sharded"] == "DTensor"
+    assert result["ranks_agree"]
+    # the same steps up to float summation order (gradients averaged over ranks' halves)
+    assert result["max_diff"] < 1e-5, result
+    if name in optim.LINE_SEARCH:
+        assert result["searches"] > 0
