@@ -43,3 +43,22 @@ def test_sharded_training_matches_one_process(name, fsdp_results):
     assert result["max_diff"] < 1e-5, result
     if name in optim.LINE_SEARCH:
         assert result["searches"] > 0
+
+
+def test_fsdp1_is_refused_for_optimizers_that_reduce_over_parameters():
+    import torch
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    from lsframe.modules.base import check_sharding
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    fsdp1 = FSDPStrategy.__new__(FSDPStrategy)  # the type is what matters; no GPU here
+    for name in ("salsa", "plasls", "lamb", "alto"):
+        groups = [{"params": params, "part": "all"}] if name == "plasls" else params
+        with pytest.raises(ValueError, match="trainer.strategy: .*FSDP2"):
+            check_sharding(
+                fsdp1,
+                optim.create(name, groups, **({"lr": 0.1} if name in ("lamb", "alto") else {})),
+            )
+    check_sharding(fsdp1, torch.optim.AdamW(params))  # elementwise: fine on slices
+    check_sharding(DDPStrategy.__new__(DDPStrategy), optim.create("salsa", params))

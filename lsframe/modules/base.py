@@ -45,6 +45,25 @@ def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=2e-5, weight_decay=0.01)
 
 
+def check_sharding(strategy: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse FSDP1 (Lightning's ``FSDPStrategy``) for optimizers that reduce over parameters.
+
+    FSDP1 hands the optimizer plain tensors holding each rank's slice of a flattened parameter,
+    so nothing tells a norm or an inner product that the other slices exist: the line searches
+    and Lamb would decide from a part of the model, differently on every rank. FSDP2 parameters
+    are DTensors, which lsframe reduces over all shards (``lsframe.optim._sharded``).
+    """
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(strategy, FSDPStrategy) and getattr(optimizer, "reduces_over_parameters", False):
+        raise ValueError(
+            f"trainer.strategy: {type(optimizer).__name__} needs norms and inner products over "
+            "whole parameters, which Lightning's FSDPStrategy (FSDP1, flat slices) hides. Shard "
+            "with FSDP2 instead: strategy ModelParallelStrategy and torch's fully_shard in the "
+            "module's configure_model (see README, Distributed training), or use DDP."
+        )
+
+
 class ClosureModule(pl.LightningModule):
     """Base module that owns the optimization loop through one closure (manual optimization).
 
@@ -172,6 +191,8 @@ class ClosureModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.param_groups())
+        if self._trainer is not None:
+            check_sharding(self.trainer.strategy, optimizer)
         if self.lr_distribution is not None:
             multipliers = multipliers_for(self.model, self.lr_distribution, self.num_parts)
             apply_part_multipliers(optimizer, multipliers)

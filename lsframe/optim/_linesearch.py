@@ -197,6 +197,9 @@ class LineSearchOptimizer(Optimizer):
     evaluations), ``searches``, ``failed_searches``, ``rejected_steps``.
     """
 
+    # norms/inner products over whole parameters: refused under FSDP1 (flat slices)
+    reduces_over_parameters = True
+
     accepts_forward_closure = True
 
     def __init__(self, params: Any, defaults: dict[str, Any], max_backtracks: int) -> None:
