@@ -234,6 +234,23 @@ def append_run(log: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+QUIET_TRAINER = dict(
+    accelerator="auto",
+    devices=1,
+    logger=False,
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    num_sanity_val_steps=0,
+)
+
+
+def quiet_trainer(**kwargs):
+    """A one-device Lightning trainer with no logger, checkpoints, bars or sanity check."""
+    import lightning.pytorch as pl
+
+    return pl.Trainer(**{**QUIET_TRAINER, "enable_checkpointing": False, **kwargs})
+
+
 def write_results(out: Path, meta: str, table: str, rows: object) -> None:
     """Print the table; write ``<out>.md`` (meta, the command, the table) and ``<out>.json``."""
     import json

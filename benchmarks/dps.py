@@ -41,6 +41,7 @@ from common import (  # noqa: E402
     load_runs,
     loader,
     mean_std,
+    quiet_trainer,
     tokenizer,
     write_results,
 )
@@ -85,15 +86,8 @@ def one_run(task: str, method: str, seed: int, args: argparse.Namespace) -> dict
         train_subsample=args.train_size,
         seed=seed,
     )
-    trainer = pl.Trainer(
-        accelerator="auto",
-        devices=1,
+    trainer = quiet_trainer(
         max_epochs=args.epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         check_val_every_n_epoch=args.epochs,
         callbacks=METHODS[method](args),
     )

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     GLUE_DIR,
     MINILM,
+    QUIET_TRAINER,
     append_run,
     device_name,
     load_runs,
@@ -94,17 +95,7 @@ def one_sequence(
         )
         stages.append(Stage(f"{'AB'[i]}_{task}", data))
     callbacks = [EWC(ewc_lambda, fisher_batches=args.fisher_batches)] if ewc_lambda > 0 else []
-    trainer = dict(
-        accelerator="auto",
-        devices=1,
-        max_epochs=args.epochs,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=callbacks,
-    )
+    trainer = dict(QUIET_TRAINER, max_epochs=args.epochs, limit_val_batches=0, callbacks=callbacks)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         result = SequenceRunner(module, stages, trainer, output_dir=out).run()

@@ -39,6 +39,7 @@ from common import (  # noqa: E402
     device_name,
     load_runs,
     mean_std,
+    quiet_trainer,
     write_results,
 )
 
@@ -59,16 +60,7 @@ FINETUNE = {
 
 
 def fit(module, data, seed: int, **trainer_kwargs) -> tuple[pl.Trainer, float]:
-    trainer = pl.Trainer(
-        accelerator="auto",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **trainer_kwargs,
-    )
+    trainer = quiet_trainer(**trainer_kwargs)
     started = time.perf_counter()
     trainer.fit(module, datamodule=data)
     return trainer, time.perf_counter() - started

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lsframe.optim.valley import adapt_with_state, check_valley, resolve_valley
+from lsframe.optim.valley import adapt_with_state, check_valley, resolve_valley, set_group_valley
 
 
 class AdamE(torch.optim.AdamW):
@@ -47,10 +47,7 @@ class AdamE(torch.optim.AdamW):
         super().__init__(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad
         )
-        for group in self.param_groups:
-            group.setdefault("valley_alpha", alpha)
-            group.setdefault("valley_beta", valley_beta)
-        self.defaults.update(valley_alpha=alpha, valley_beta=valley_beta)
+        set_group_valley(self, alpha, valley_beta)
         self.first_step_kick = first_step_kick
 
     @torch.no_grad()

@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor
 
 from lsframe.optim.lamb import Lamb
-from lsframe.optim.valley import adapt_with_state, check_valley, resolve_valley
+from lsframe.optim.valley import adapt_with_state, check_valley, resolve_valley, set_group_valley
 
 
 class ALTO(Lamb):
@@ -65,10 +65,7 @@ class ALTO(Lamb):
             max_grad_norm=max_grad_norm,
             always_adapt=always_adapt,
         )
-        for group in self.param_groups:
-            group.setdefault("valley_alpha", alpha)
-            group.setdefault("valley_beta", valley_beta)
-        self.defaults.update(valley_alpha=alpha, valley_beta=valley_beta)
+        set_group_valley(self, alpha, valley_beta)
         self.first_step_kick = first_step_kick
 
     def _transform_grads(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]):

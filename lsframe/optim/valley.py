@@ -19,6 +19,7 @@ rescaling that only reflects the zero initialisation (×0.95 at α = −5, β1 =
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -93,6 +94,15 @@ def resolve_valley(
     beta = rule_beta if beta is None else beta
     check_valley(alpha, beta)
     return alpha, beta
+
+
+def set_group_valley(optimizer: Any, alpha: float, beta: float) -> None:
+    """Give every param group (and ``defaults``, for groups added later) the adaptor's α and β1;
+    a group that names its own keeps them."""
+    for group in optimizer.param_groups:
+        group.setdefault("valley_alpha", alpha)
+        group.setdefault("valley_beta", beta)
+    optimizer.defaults.update(valley_alpha=alpha, valley_beta=beta)
 
 
 def adapt_with_state(
