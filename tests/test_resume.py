@@ -114,3 +114,23 @@ def test_a_loader_with_another_seed_is_refused():
     next(iter(loader))
     with pytest.raises(ValueError, match="seed 3"):
         data(seed=4).load_state_dict(loader.state_dict())
+
+
+def test_weights_loaded_for_a_new_fit_keep_that_fit_s_random_state(tmp_path):
+    module = make_module("adamw")
+    run = trainer(max_steps=2)
+    run.fit(module, data())
+    run.save_checkpoint(tmp_path / "a.ckpt")
+    loaded = TinyRegression.load_from_checkpoint(
+        tmp_path / "a.ckpt", model=mlp(dropout=0.2), weights_only=False
+    )
+    torch.manual_seed(77)
+    expected = torch.get_rng_state()
+    seen = {}
+
+    class Probe(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.setdefault("state", torch.get_rng_state())
+
+    trainer(max_steps=1, callbacks=[Probe()]).fit(loaded, data())
+    assert torch.equal(seen["state"], expected)  # not the checkpoint's generator state

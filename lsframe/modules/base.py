@@ -336,9 +336,10 @@ class ClosureModule(pl.LightningModule):
         self._random_states_to_load = saved.get("random_states")
 
     def on_train_start(self) -> None:
-        # the last hook before the first resumed step: nothing after it draws from the generators
+        # the last hook before the first resumed step: nothing after it draws from the generators.
+        # Only when this fit resumes (ckpt_path): weights loaded for a new fit keep its seed.
         states, self._random_states_to_load = self._random_states_to_load, None
-        if states is not None:
+        if states is not None and self.trainer.ckpt_path is not None:
             set_random_states(states, self.device)
 
 
