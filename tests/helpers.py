@@ -105,3 +105,19 @@ class ProbeOptimizer(torch.optim.Optimizer):
                 if p.grad is not None:
                     p.add_(p.grad, alpha=-group["lr"])
         return loss
+
+
+def small_sequence_config(name: str, glue_dir: Any) -> dict:
+    """``configs/sequential/<name>.yaml`` on 32-example slices, 1 epoch of 4 batches per stage."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "sequential" / f"{name}.yaml"
+    config = yaml.safe_load(path.read_text())
+    for stage in config["stages"]:
+        stage["data"]["init_args"].update(
+            data_dir=str(glue_dir), train_subsample=32, val_limit=32, max_length=32
+        )
+    config["trainer"].update(max_epochs=1, limit_train_batches=4)
+    return config

@@ -73,22 +73,23 @@ def malformed_tsv(train: str) -> Callable[[Path], list[str]]:
     return case
 
 
-def sequential_with(change: Callable[[dict], None]) -> Callable[[Path], list[str]]:
+def subcommand_with(
+    subcommand: str, config: Path, change: Callable[[dict], None]
+) -> Callable[[Path], list[str]]:
     def case(tmp: Path) -> list[str]:
-        config = yaml.safe_load((CONFIGS / "sequential" / "minilm_sst2_mrpc.yaml").read_text())
-        change(config)
-        return ["sequential", "--config", str(write(tmp, config))]
+        settings = yaml.safe_load(config.read_text())
+        change(settings)
+        return [subcommand, "--config", str(write(tmp, settings))]
 
     return case
+
+
+def sequential_with(change: Callable[[dict], None]) -> Callable[[Path], list[str]]:
+    return subcommand_with("sequential", CONFIGS / "sequential" / "minilm_sst2_mrpc.yaml", change)
 
 
 def search_with(change: Callable[[dict], None]) -> Callable[[Path], list[str]]:
-    def case(tmp: Path) -> list[str]:
-        config = yaml.safe_load((CONFIGS / "search" / "minilm_sst2_mrpc.yaml").read_text())
-        change(config)
-        return ["search", "--config", str(write(tmp, config))]
-
-    return case
+    return subcommand_with("search", CONFIGS / "search" / "minilm_sst2_mrpc.yaml", change)
 
 
 def _set(path: str, value) -> Callable[[dict], None]:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
-from helpers import TinyRegression, loader, mlp, trainer
+from helpers import TinyRegression, loader, mlp, small_sequence_config, trainer
 from test_dps import Recorder
 from test_valley import hand_adapted
 
@@ -74,13 +73,7 @@ def test_the_composition_config_runs_on_the_real_encoder(minilm, shared_data, tm
 
     from lsframe.__main__ import main
 
-    root = Path(__file__).resolve().parents[1] / "configs"
-    config = yaml.safe_load((root / "sequential" / "minilm_everything.yaml").read_text())
-    for stage in config["stages"]:
-        stage["data"]["init_args"].update(
-            data_dir=str(shared_data / "glue"), train_subsample=32, val_limit=32, max_length=32
-        )
-    config["trainer"].update(max_epochs=1, limit_train_batches=4)
+    config = small_sequence_config("minilm_everything", shared_data / "glue")
     config["trainer"]["callbacks"][1]["init_args"]["update_ratio"] = 0.5  # 2 steps: stages of 1
     config["trainer"]["callbacks"][2]["init_args"]["fisher_batches"] = 2
     small = tmp_path / "small.yaml"

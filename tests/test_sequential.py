@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import small_sequence_config
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -145,12 +146,8 @@ def test_sequential_cli_on_the_real_encoder_with_ewc(minilm, shared_data, tmp_pa
     from lsframe.__main__ import main
 
     root = Path(__file__).resolve().parents[1] / "configs"
-    config = yaml.safe_load((root / "sequential" / "minilm_sst2_mrpc.yaml").read_text())
-    for stage in config["stages"]:
-        stage["data"]["init_args"].update(
-            data_dir=str(shared_data / "glue"), train_subsample=32, val_limit=32, max_length=32
-        )
-    config["trainer"].update(max_epochs=1, limit_train_batches=2)
+    config = small_sequence_config("minilm_sst2_mrpc", shared_data / "glue")
+    config["trainer"].update(limit_train_batches=2)
     small = tmp_path / "small.yaml"
     small.write_text(yaml.safe_dump(config))
     out = tmp_path / "out"

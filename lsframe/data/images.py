@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from lsframe.data.resumable import ResumableDataLoader
+from lsframe.data.resumable import make_loader
 
 _IDX_MAGIC = {2051: "images", 2049: "labels"}
 
@@ -112,15 +112,9 @@ class ImageDataModule(pl.LightningDataModule):
         return Subset(dataset, order[:cut].tolist()), Subset(dataset, order[cut:].tolist())
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        if shuffle:
-            return ResumableDataLoader(
-                self.datasets[split],
-                batch_size=batch_size,
-                shuffle=True,
-                seed=self.seed,
-                num_workers=self.num_workers,
-            )
-        return DataLoader(self.datasets[split], batch_size=batch_size, num_workers=self.num_workers)
+        return make_loader(
+            self.datasets[split], batch_size, shuffle, self.seed, num_workers=self.num_workers
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)

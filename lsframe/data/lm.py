@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lsframe.data.resumable import ResumableDataLoader
+from lsframe.data.resumable import make_loader
 
 
 class ByteTokenizer:
@@ -141,15 +141,7 @@ class TextFileLMDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         blocks = TensorDataset(self.blocks[split])
-        if shuffle:
-            return ResumableDataLoader(
-                blocks,
-                batch_size=batch_size,
-                shuffle=True,
-                seed=self.seed,
-                collate_fn=_stack_blocks,
-            )
-        return DataLoader(blocks, batch_size=batch_size, collate_fn=_stack_blocks)
+        return make_loader(blocks, batch_size, shuffle, self.seed, collate_fn=_stack_blocks)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)

@@ -149,3 +149,15 @@ class ResumableDataLoader(DataLoader):
             self.sampler.set_epoch(epoch + 1 if finished else epoch)
         self._skip = 0 if finished else batches
         self._batches_handed_out = batches
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, **kwargs: Any
+) -> DataLoader:
+    """A training loader (``shuffle=True``: resumable, ordered by ``seed`` and epoch) or an
+    evaluation loader (in dataset order)."""
+    if shuffle:
+        return ResumableDataLoader(
+            dataset, batch_size=batch_size, shuffle=True, seed=seed, **kwargs
+        )
+    return DataLoader(dataset, batch_size=batch_size, **kwargs)

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lsframe.data.resumable import ResumableDataLoader
+from lsframe.data.resumable import make_loader
 
 
 @dataclass
@@ -221,18 +221,11 @@ class TextClassificationDataModule(pl.LightningDataModule):
                 )
                 for d in self.datasets[split]
             ]
-        if shuffle:
-            return ResumableDataLoader(
-                self.datasets[split],
-                batch_size=batch_size,
-                shuffle=True,
-                seed=self.seed,
-                collate_fn=DataCollatorWithPadding(self.tokenizer),
-                num_workers=self.num_workers,
-            )
-        return DataLoader(
+        return make_loader(
             self.datasets[split],
-            batch_size=batch_size,
+            batch_size,
+            shuffle,
+            self.seed,
             collate_fn=DataCollatorWithPadding(self.tokenizer),
             num_workers=self.num_workers,
         )
