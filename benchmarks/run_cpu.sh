@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The commands that make the CPU benchmark tables (results/ holds the output). The scripts reuse
+# The commands that make the CPU benchmark tables (results/ holds the output); benchmarks/report.py
+# runs them all and writes results/REPORT.md. The scripts reuse
 # the runs already logged under the same --out, so seeds and tasks can be added in several sittings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,3 +21,12 @@ python benchmarks/valley.py --part finetune --seeds 0 1 2
 python benchmarks/forgetting.py --sweep 100 1000 10000 --seeds 0
 # issue 9: the learning-rate distribution search (20 trials)
 python -m lsframe search --config configs/search/minilm_sst2_mrpc.yaml
+# issue 9: flat LR vs EWC vs the found distribution vs the combined preset (3 seeds)
+python benchmarks/forgetting.py --pairs sst2-mrpc mrpc-sst2 --lr 2e-5 --epochs 1 --lambdas 1000 \
+  --distributions runs/search/sst2_mrpc/best_distribution.yaml bertcl_combined --seeds 0 1 2 \
+  --out benchmarks/results/distribution_cpu
+# issue 7's sweep as run so far (per pair, one seed)
+python benchmarks/forgetting.py --pairs sst2-mrpc --sweep 100 1000 10000 --seeds 0 \
+  --out benchmarks/results/forgetting_sweep_cpu
+# everything above in one resumable command, and the claims report (results/REPORT.md)
+python benchmarks/report.py
