@@ -13,8 +13,8 @@ Rows = list[dict[str, Any]]
 
 def mean_std(values: list[float]) -> str:
     if len(values) == 1:
-        return f"{values[0]:.3f} (1 seed)"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return f"{values[0]:.4f} (1 seed)"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def seeds_note(*groups: list[float]) -> str:
