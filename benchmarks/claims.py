@@ -166,6 +166,12 @@ CLAIMS = [
     ),
     Claim(
         "P3",
+        "EWC forgets less of task A than plain fine-tuning (λ sweep, its largest λ)",
+        "forgetting_sweep",
+        ewc_forgets_less,
+    ),
+    Claim(
+        "P3",
         "A learning-rate distribution forgets less than flat LR and than EWC",
         "distribution",
         distribution_forgets_less,
