@@ -219,11 +219,21 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {std:.4f}"
 
 
-def load_runs(log: Path) -> list[dict]:
-    """Runs already logged (one JSON object per line) by an earlier invocation."""
+def load_runs(
+    log: Path, settings: dict | None = None, logged_before: dict | None = None
+) -> list[dict]:
+    """Runs already logged (one JSON object per line) by an earlier invocation.
+
+    With ``settings``, only the runs made with those settings (runs with others are not reused);
+    ``logged_before`` gives the value of a setting that runs logged before it existed lack.
+    """
     import json
 
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    runs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    if settings is None:
+        return runs
+    old = logged_before or {}
+    return [r for r in runs if all(r.get(k, old.get(k)) == v for k, v in settings.items())]
 
 
 def append_run(log: Path, row: dict) -> None:

@@ -58,8 +58,6 @@ METHODS = {
     "childtuning_d": lambda args: [ChildTuningD()],
 }
 
-LOGGED_BEFORE_THE_OPTION = {"update_ratio": 0.05}
-
 
 def settings(args: argparse.Namespace) -> dict:
     return {
@@ -107,8 +105,7 @@ def quality(args: argparse.Namespace) -> None:
     here = settings(args)
     known = {
         (r["task"], r["method"], r["seed"]): r
-        for r in load_runs(args.log)
-        if all(r.get(k, LOGGED_BEFORE_THE_OPTION.get(k)) == v for k, v in here.items())
+        for r in load_runs(args.log, here, logged_before={"update_ratio": 0.05})
     }
     rows = [
         known.get((task, method, seed)) or one_run(task, method, seed, args)

@@ -131,8 +131,7 @@ def main() -> None:
     here = settings(args)
     known = {  # runs logged with other settings are not reused
         (r["pair"], r["ewc_lambda"], r.get("distribution", "flat"), r["seed"]): r
-        for r in load_runs(log)
-        if all(r.get(k) == v for k, v in here.items())
+        for r in load_runs(log, here)
     }
     rows = []
     for seed in args.seeds:

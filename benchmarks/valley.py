@@ -124,12 +124,8 @@ def main() -> None:
         if args.part == "large-batch"
         else {"train_limit": args.train_limit, "val_limit": args.val_limit}
     )
-    logged_before_the_option = {"train_limit": 2000, "val_limit": None}
-    known = {  # runs logged with other settings are not reused
-        (r["optimizer"], r["seed"]): r
-        for r in load_runs(log)
-        if all(r.get(k, logged_before_the_option.get(k)) == v for k, v in here.items())
-    }
+    logged_before = {"train_limit": 2000, "val_limit": None}
+    known = {(r["optimizer"], r["seed"]): r for r in load_runs(log, here, logged_before)}
     rows = []
     for seed in args.seeds:
         for name in names:
