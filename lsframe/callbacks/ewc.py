@@ -33,6 +33,12 @@ class EWC(pl.Callback):
     afterwards; under DDP the Fisher is averaged across ranks. Fisher and anchors are in the
     callback's ``state_dict``, so a run resumed between stages keeps them. Logged: ``ewc/penalty``.
 
+    The scale of λ depends on the batch size of the Fisher pass: the squared *batch-mean*
+    gradient is about ``Var(g)/B + (E g)²``, so once a task is fit (``E g ≈ 0``) it is roughly
+    ``B`` times smaller than a per-example Fisher, and a task the model barely learned can give a
+    Fisher too small for λ in BERTcL's range (100–10,000) to change any prediction. Check
+    ``ewc/penalty`` against the task loss when choosing λ.
+
     ``source="mlm"`` is the BERTcL baseline (λ = 1000): once, when the first fit starts, the Fisher
     of a masked-language-model loss (15 % of tokens masked, transformers'
     ``DataCollatorForLanguageModeling``) on ``mlm_texts`` is estimated with the pretrained
