@@ -178,6 +178,9 @@ class DistributionSearch:
                 **self.runner_kwargs,
             )
             matrix = runner.run().matrix
+            # stage checkpoints only serve resuming this sequence; a re-run trial starts clean
+            for leftover in [*out.glob("stage_*.ckpt"), out / "sequence_state.pt"]:
+                leftover.unlink(missing_ok=True)
             scores.append(matrix[1][0] + matrix[1][1])
             trial.report(sum(scores) / len(scores), step=k + 1)
             if k + 1 < len(self.pairs) and trial.should_prune():

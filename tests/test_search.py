@@ -46,6 +46,7 @@ def test_a_three_trial_search_completes_resumes_and_writes_the_best_distribution
     assert all(0.0 <= v <= 2.0 for v in values)
     assert (tmp_path / "search.png").exists()
     assert (tmp_path / "trial_0" / "pair_0" / "accuracy_matrix.json").exists()
+    assert not list(tmp_path.rglob("*.ckpt"))  # a finished trial keeps no model weights
     # the study is in the journal: asking for 4 trials runs exactly one more
     more = []
     search(tmp_path, 4, more, lr_low=1e-4, lr_high=0.1).run()
