@@ -9,13 +9,16 @@ Fisher (the offline MiniLM has no MLM head) over ``--fisher-batches`` batches.
 ``--distributions`` adds plain fine-tuning under learning-rate distributions (P3's BERTcL: a
 preset name or a ``best_distribution.yaml`` of ``python -m lsframe search``; ``flat`` is none).
 
-    python benchmarks/forgetting.py --sweep 100 1000 10000 --seeds 0          # λ sweep, 1 seed
-    python benchmarks/forgetting.py --lambdas 1000 --seeds 0 1 2              # chosen λ, 3 seeds
-    python benchmarks/forgetting.py --pairs sst2-mrpc mrpc-sst2 --lr 2e-5 --epochs 1 \
-        --lambdas 1000 --distributions runs/search/sst2_mrpc/best_distribution.yaml \
-        bertcl_combined --seeds 0 1 2 --out benchmarks/results/distribution_cpu
+    python benchmarks/forgetting.py --pairs sst2-mrpc mrpc-sst2 --sweep 100 1000 10000 100000 \
+        1000000 --seeds 0 --out benchmarks/results/forgetting_sweep_cpu      # λ sweep, 1 seed
+    python benchmarks/forgetting.py --lambdas 100000 --seeds 0 1 2          # chosen λ, 3 seeds
+    python benchmarks/forgetting.py --pairs sst2-mrpc mrpc-sst2 --lambdas 100000 \
+        --distributions benchmarks/results/search/best_distribution.yaml bertcl_combined \
+        --seeds 0 1 2 --out benchmarks/results/distribution_cpu \
+        --reuse-from benchmarks/results/forgetting_cpu.runs.jsonl
 
-Every finished sequence is appended to ``<out>.runs.jsonl`` and reused by later invocations.
+Every finished sequence is appended to ``<out>.runs.jsonl`` and reused by later invocations
+(``--reuse-from`` adds other logs: the distribution table shares its flat and EWC runs).
 """
 
 from __future__ import annotations
@@ -120,6 +123,12 @@ def main() -> None:
     parser.add_argument("--val-limit", type=int, default=None, help="dev examples (None: all)")
     parser.add_argument("--distributions", nargs="*", default=[])
     parser.add_argument("--out", default="benchmarks/results/forgetting_cpu")
+    parser.add_argument(
+        "--reuse-from",
+        nargs="*",
+        default=[],
+        help="other runs logs whose runs with these settings count as done (copied into <out>'s)",
+    )
     args = parser.parse_args()
     lambdas = [0.0] + (args.sweep if args.sweep is not None else args.lambdas)
     # (EWC λ, distribution): plain, each λ, then each distribution without EWC
@@ -129,10 +138,16 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_suffix(".runs.jsonl")
     here = settings(args)
-    known = {  # runs logged with other settings are not reused
-        (r["pair"], r["ewc_lambda"], r.get("distribution", "flat"), r["seed"]): r
-        for r in load_runs(log, here)
-    }
+
+    def key(r: dict) -> tuple:
+        return r["pair"], r["ewc_lambda"], r.get("distribution", "flat"), r["seed"]
+
+    known = {key(r): r for r in load_runs(log, here)}  # runs with other settings are not reused
+    for other in args.reuse_from:
+        for r in load_runs(Path(other), here):
+            if key(r) not in known and (r["ewc_lambda"], r.get("distribution", "flat")) in variants:
+                known[key(r)] = r
+                append_run(log, r)
     rows = []
     for seed in args.seeds:
         for pair in args.pairs:

@@ -81,18 +81,18 @@ STEPS: dict[str, tuple[str, list[str], list[str]]] = {
     ),
     "forgetting": (
         "forgetting",
-        ["--lambdas", "1000", "--seeds", "0", "1", "2"],
+        ["--lambdas", "100000", "--seeds", "0", "1", "2"],
         ["--pairs", "sst2-mrpc", "--train-size", "32", "--epochs", "1", "--fisher-batches", "2"]
         + ["--val-limit", "32", "--seeds", "0"],
     ),
     "search": ("search", [], []),
     "distribution": (
         "forgetting",
-        ["--pairs", "sst2-mrpc", "mrpc-sst2", "--lr", "2e-5", "--epochs", "1", "--lambdas", "1000"]
-        + ["--distributions", "{best}", "bertcl_combined", "--seeds", "0", "1", "2"],
+        ["--pairs", "sst2-mrpc", "mrpc-sst2", "--lambdas", "100000", "--distributions", "{best}"]
+        + ["bertcl_combined", "--seeds", "0", "1", "2", "--reuse-from", "{forgetting_log}"],
         ["--pairs", "sst2-mrpc", "--train-size", "32", "--epochs", "1", "--fisher-batches", "2"]
-        + ["--lr", "2e-5", "--distributions", "{best}", "bertcl_combined", "--seeds", "0"]
-        + ["--val-limit", "32"],
+        + ["--distributions", "{best}", "bertcl_combined", "--seeds", "0"]
+        + ["--val-limit", "32", "--reuse-from", "{forgetting_log}"],
     ),
 }
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -124,7 +124,10 @@ def command(name: str, results: Path, quick: bool) -> list[str] | None:
     if arguments is None:
         return None
     best = str(results / "search" / "best_distribution.yaml")
-    arguments = [a.replace("{best}", best) for a in arguments]
+    forgetting_log = str(output(results, "forgetting").with_suffix(".runs.jsonl"))
+    arguments = [
+        a.replace("{best}", best).replace("{forgetting_log}", forgetting_log) for a in arguments
+    ]
     out = output(results, name).with_suffix("")
     return [sys.executable, str(BENCH / f"{script}.py"), *arguments, "--out", str(out)]
 

@@ -3,6 +3,7 @@ slices (a smoke test of the scripts; the tables it writes are not evidence)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +38,11 @@ def test_the_quick_report_runs_every_benchmark_and_writes_the_report(minilm, sha
     # every claim whose table was written is read, not "not measured"
     measured = [row for row in rows if "not measured yet" not in row]
     assert len(measured) >= len(CLAIMS) - 3  # full mode only: MRPC/RTE quality, the λ sweep
+
+    # the distribution table reuses the forgetting table's plain and EWC runs instead of redoing them
+    def runs(name):
+        lines = (tmp_path / f"{name}.runs.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    shared = [r for r in runs("distribution_cpu") if r["distribution"] == "flat"]
+    assert len(shared) == 2 and all(r in runs("forgetting_cpu") for r in shared)
