@@ -24,6 +24,7 @@ import math
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,7 +52,8 @@ class SearchOptions:
         storage: Optuna storage: a journal file path (default) or an RDB URL (``sqlite:///...``).
         study_name: Name of the study in the storage.
         output_dir: Where trials, the best distribution and the plot go.
-        seed: Sampler seed.
+        seed: Sampler seed; trial ``n`` draws with ``seed + n`` (so processes sharing the
+            study do not repeat one another's draws).
         num_parts: Parts the model is cut into (:func:`lsframe.parts.split_into_parts`).
     """
 
@@ -67,6 +69,41 @@ class SearchOptions:
     output_dir: str = "runs/search"
     seed: int = 0
     num_parts: int = 10
+
+
+def _trial_seeded(optuna: Any, make: Callable[..., Any], seed: int) -> Any:
+    """A sampler that draws trial ``n`` with a fresh ``make(seed=seed + n)``.
+
+    Processes that share a study (or resume it) would otherwise each start from the same seeded
+    random state and repeat one another's first draws; per trial number, draws differ between
+    trials and are the same whichever process runs the trial. TPE and GP keep no state between
+    trials besides their random state (the history is read from the study).
+    """
+
+    class TrialSeededSampler(optuna.samplers.BaseSampler):
+        def __init__(self) -> None:
+            self.inner = make(seed=seed)
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            self.inner = make(seed=seed + trial.number)
+            self.inner.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+            return self.inner.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+            return self.inner.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study: Any, trial: Any, name: str, dist: Any) -> Any:
+            return self.inner.sample_independent(study, trial, name, dist)
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            self.inner.after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            self.inner.reseed_rng()
+
+    return TrialSeededSampler()
 
 
 def part_groups_by_depth(parts: list[str], groups: int | None) -> list[list[str]]:
@@ -130,9 +167,10 @@ class DistributionSearch:
 
             storage = optuna.storages.JournalStorage(JournalFileBackend(storage))
         if opts.sampler == "gp":
-            sampler = optuna.samplers.GPSampler(seed=opts.seed)
+            make = partial(optuna.samplers.GPSampler)
         else:
-            sampler = optuna.samplers.TPESampler(seed=opts.seed, multivariate=True)
+            make = partial(optuna.samplers.TPESampler, multivariate=True)
+        sampler = _trial_seeded(optuna, make, opts.seed)
         pruner = (
             optuna.pruners.HyperbandPruner(min_resource=1, max_resource=len(self.pairs))
             if opts.pruner == "hyperband"

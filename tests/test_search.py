@@ -51,6 +51,12 @@ def test_a_three_trial_search_completes_resumes_and_writes_the_best_distribution
     more = []
     search(tmp_path, 4, more, lr_low=1e-4, lr_high=0.1).run()
     assert more == [3]
+    # a new process (a fresh sampler with the same seed) does not repeat the first trial's draw
+    drawn = [
+        tuple(t["distribution"].values())
+        for t in json.loads((tmp_path / "trials.json").read_text())
+    ]
+    assert len(drawn) == 4 and len(set(drawn)) == 4
     # the written distribution trains a module (a fit config's lr_distribution)
     module = TinyClassifier(
         param_grouping="parts", lr_distribution=str(tmp_path / "best_distribution.yaml")
