@@ -76,8 +76,8 @@ def _trial_seeded(optuna: Any, make: Callable[..., Any], seed: int) -> Any:
 
     Processes that share a study (or resume it) would otherwise each start from the same seeded
     random state and repeat one another's first draws; per trial number, draws differ between
-    trials and are the same whichever process runs the trial. TPE and GP keep no state between
-    trials besides their random state (the history is read from the study).
+    trials and are the same whichever process runs the trial. TPE and GP read the history from
+    the study; what they cache between trials only saves time.
     """
 
     class TrialSeededSampler(optuna.samplers.BaseSampler):
@@ -167,7 +167,7 @@ class DistributionSearch:
 
             storage = optuna.storages.JournalStorage(JournalFileBackend(storage))
         if opts.sampler == "gp":
-            make = partial(optuna.samplers.GPSampler)
+            make = optuna.samplers.GPSampler
         else:
             make = partial(optuna.samplers.TPESampler, multivariate=True)
         sampler = _trial_seeded(optuna, make, opts.seed)
