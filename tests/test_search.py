@@ -23,9 +23,9 @@ def make(distribution):
     return TinyClassifier(param_grouping="parts", lr_distribution=distribution or None)
 
 
-def search(tmp_path, n_trials, calls=None, **options):
+def search(tmp_path, n_trials, calls=None, logger=False, **options):
     pairs = [[Stage("a", Task(0, 1)), Stage("b", Task(1, 2))]]
-    trainer = dict(TRAINER, max_epochs=2, logger=False)
+    trainer = dict(TRAINER, max_epochs=2, logger=logger)
     opts = SearchOptions(n_trials=n_trials, output_dir=str(tmp_path), base_lr=0.05, **options)
     study = DistributionSearch(make, pairs, trainer, opts)
     if calls is not None:
@@ -64,10 +64,12 @@ def test_a_three_trial_search_completes_resumes_and_writes_the_best_distribution
     assert module.lr_distribution
 
 
-def test_tied_groups_share_one_learning_rate(tmp_path):
-    study = search(tmp_path, 1, groups=1)
+def test_tied_groups_share_one_learning_rate_and_each_trial_logs_to_tensorboard(tmp_path):
+    study = search(tmp_path, 1, logger=True, groups=1)
     best = study.run()
     assert len(set(best.values())) == 1
+    for stage in ("stage_0_a", "stage_1_b"):
+        assert list((tmp_path / "trial_0" / "pair_0" / stage).glob("events.out.tfevents.*"))
     assert part_groups_by_depth(list("abcdefghij"), 3) == [
         list("abcd"),
         list("efg"),
@@ -111,6 +113,7 @@ def test_search_cli_on_the_real_encoder(minilm, shared_data, tmp_path):
     assert len(best) == 8  # MiniLM-L6: embeddings, six layers, head
     assert len(set(best.values())) == 4  # four tied groups
     assert len(json.loads((tmp_path / "trials.json").read_text())) == 2
+    assert len(list(tmp_path.glob("trial_*/pair_0/stage_*/events.out.tfevents.*"))) == 4
 
 
 def test_search_config_parses(capsys):
