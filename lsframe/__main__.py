@@ -14,6 +14,7 @@ def main(args: list[str] | None = None) -> None:
             "lsframe subcommands beyond Lightning's fit/validate/test/predict (each has --help):\n"
             "  sequential  fine-tune on a sequence of tasks; accuracy matrix and forgetting\n"
             "  search      Optuna search of per-part learning rates (BERTcL)\n"
+            "  combine     geometric mean of several pairs' best distributions (BERTcL)\n"
             "  export      write a checkpoint's model with save_pretrained\n"
         )
     if argv[:1] == ["export"]:
@@ -23,6 +24,11 @@ def main(args: list[str] | None = None) -> None:
         from lsframe.search import main as search
 
         search(argv[1:])
+        return
+    if argv[:1] == ["combine"]:
+        from lsframe.search import combine_main
+
+        combine_main(argv[1:])
         return
     if argv[:1] == ["sequential"]:
         from lsframe.sequential import main as sequential

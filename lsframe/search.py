@@ -120,16 +120,54 @@ def part_groups_by_depth(parts: list[str], groups: int | None) -> list[list[str]
 
 def combine_distributions(distributions: list[dict[str, float]]) -> dict[str, float]:
     """The combined distribution of several pairs: per part, the geometric mean of the
-    multipliers (relative to the same flat rate), so a part every pair slows stays slow."""
+    multipliers (relative to the same flat rate), so a part every pair slows stays slow.
+
+    Every distribution must name the same parts, except ``{}`` (the ``flat`` preset: all 1).
+    """
     if not distributions:
         raise ValueError("combine_distributions needs at least one distribution")
-    parts = list(distributions[0])
-    if any(list(d) != parts for d in distributions):
-        raise ValueError("distributions to combine must name the same parts")
+    parts = next((list(d) for d in distributions if d), [])
+    # the flat distribution ({}) is 1 for every part
+    distributions = [d or dict.fromkeys(parts, 1.0) for d in distributions]
+    for i, d in enumerate(distributions[1:], start=1):
+        if sorted(d) != sorted(parts):
+            raise ValueError(
+                f"distributions to combine must name the same parts: #0 has {sorted(parts)}, "
+                f"#{i} has {sorted(d)}"
+            )
     return {
         p: math.exp(sum(math.log(max(d[p], 1e-300)) for d in distributions) / len(distributions))
         for p in parts
     }
+
+
+def combine_main(argv: list[str]) -> dict[str, float]:
+    """``python -m lsframe combine A.yaml B.yaml ... --out combined.yaml``: the geometric mean.
+
+    Each input is a ``best_distribution.yaml`` (or any distribution file or preset); the result
+    is written with a header naming its inputs, and printed.
+    """
+    import argparse
+
+    import yaml
+
+    from lsframe.lr_distribution import load_distribution
+
+    parser = argparse.ArgumentParser(
+        prog="lsframe combine",
+        description="Combine the best distributions of several task pairs (BERTcL, P3): per "
+        "part, the geometric mean of the multipliers.",
+    )
+    parser.add_argument("distributions", nargs="+", help="distribution files or preset names")
+    parser.add_argument("--out", help="where to write the combined distribution (YAML)")
+    args = parser.parse_args(argv)
+    combined = combine_distributions([load_distribution(d) for d in args.distributions])
+    text = yaml.safe_dump(combined, sort_keys=False)
+    if args.out:
+        header = "# combined learning-rate distribution (geometric mean per part) of: "
+        Path(args.out).write_text(header + " ".join(args.distributions) + "\n" + text)
+    print(text, end="")
+    return combined
 
 
 class DistributionSearch:
@@ -243,7 +281,9 @@ class DistributionSearch:
 
         text = "# best per-part learning-rate multipliers (lsframe search); "
         text += f"base_lr {self.options.base_lr:g}, objective {study.best_value:.4f}\n"
-        (self.output_dir / "best_distribution.yaml").write_text(text + yaml.safe_dump(best))
+        (self.output_dir / "best_distribution.yaml").write_text(
+            text + yaml.safe_dump(best, sort_keys=False)
+        )
         trials = [
             {
                 "number": t.number,

@@ -80,8 +80,24 @@ def test_tied_groups_share_one_learning_rate_and_each_trial_logs_to_tensorboard(
 def test_combined_distribution_is_the_geometric_mean():
     combined = combine_distributions([{"a": 1.0, "b": 4.0}, {"a": 1.0, "b": 1.0}])
     assert combined == pytest.approx({"a": 1.0, "b": 2.0})
+    assert combine_distributions([{}, {"a": 4.0}]) == pytest.approx({"a": 2.0})  # {} is flat
     with pytest.raises(ValueError, match="same parts"):
         combine_distributions([{"a": 1.0}, {"b": 1.0}])
+
+
+def test_combine_cli_writes_the_geometric_mean_of_files(tmp_path, capsys):
+    from lsframe.__main__ import main
+
+    (tmp_path / "a.yaml").write_text("layers_0: 0.25\nlayers_1: 4.0\n")
+    (tmp_path / "b.json").write_text('{"layers_1": 1.0, "layers_0": 1.0}')
+    out = tmp_path / "combined.yaml"
+    main(["combine", str(tmp_path / "a.yaml"), str(tmp_path / "b.json"), "--out", str(out)])
+    assert yaml.safe_load(out.read_text()) == pytest.approx({"layers_0": 0.5, "layers_1": 2.0})
+    assert "layers_1: 2.0" in capsys.readouterr().out
+    assert make(str(out)).lr_distribution  # usable as a module's lr_distribution
+    (tmp_path / "bad.yaml").write_text("layers_0: -1\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: part 'layers_0' must be a finite number"):
+        main(["combine", str(tmp_path / "a.yaml"), str(tmp_path / "bad.yaml")])
 
 
 def test_bad_search_settings_are_named(tmp_path):
