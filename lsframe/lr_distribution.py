@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from lsframe.parts import split_into_parts
+from lsframe.parts import find_layer_stack, split_into_parts
 
 BERT_BASE_PARTS = [
     "embeddings",
@@ -74,10 +75,27 @@ def load_distribution(spec: dict[str, float] | str) -> dict[str, float]:
             )
     if not isinstance(spec, dict):
         raise ValueError(f"{where} must map part names to multipliers, got {spec!r}")
-    for part, value in spec.items():
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{where}: part {part!r} must be a finite number >= 0, got {value}")
-    return {str(k): float(v) for k, v in spec.items()}
+    values = {str(part): _multiplier(where, str(part), value) for part, value in spec.items()}
+    if values and max(values.values()) < 1e-2:
+        warnings.warn(
+            f"{where}: every multiplier is below 0.01 ({values}); these look like learning "
+            "rates. A distribution holds multipliers of the optimizer's lr (head: 3 means 3 × lr).",
+            stacklevel=2,
+        )
+    return values
+
+
+def _multiplier(where: str, part: str, value: Any) -> float:
+    if isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: part {part!r} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{where}: part {part!r} must be a finite number >= 0, got {value}")
+    return float(value)
 
 
 def _read_mapping(path: Path) -> Any:
@@ -115,15 +133,16 @@ def multipliers_for(
 ) -> dict[str, float]:
     """Each part of ``model`` (split into ``num_parts``) → its multiplier.
 
-    A complete BERT-base ten-part distribution on a model cut differently is carried over by
-    relative depth (module docstring). Otherwise names are the model's own parts; parts left out
-    take 1, and a name the model lacks is an error.
+    A complete BERT-base ten-part distribution is carried over by relative depth (module
+    docstring; the depth is the whole layer stack's, frozen layers included). Otherwise names
+    are the model's own parts; parts left out take 1, and a name the model lacks is an error.
     """
     values = load_distribution(distribution)
     names = [p.name for p in split_into_parts(model, num_parts)]
-    if set(values) == set(BERT_BASE_PARTS) and names != BERT_BASE_PARTS:
-        layers = max(r[1] + 1 for r in map(_layer_range, names) if r is not None)
-        return {n: values[bert_base_equivalent(n, layers)] for n in names}
+    stack = find_layer_stack(model)
+    if set(values) == set(BERT_BASE_PARTS) and stack is not None:
+        # depth from the layer stack, not the trainable parts (top layers may be frozen)
+        return {n: values[bert_base_equivalent(n, stack[1])] for n in names}
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise ValueError(f"lr_distribution names unknown parts {unknown}; the model's: {names}")

@@ -190,6 +190,12 @@ class DistributionSearch:
         if not 0 < self.options.lr_low < self.options.lr_high:
             raise ValueError("search: need 0 < lr_low < lr_high")
         probe = make_module({})
+        lr = probe.optimizer_factory(probe.param_groups()).param_groups[0].get("lr")
+        if lr is not None and not math.isclose(lr, self.options.base_lr, rel_tol=1e-9):
+            raise ValueError(
+                f"search.base_lr is {self.options.base_lr:g} but the model's optimizer lr is "
+                f"{lr:g}: the sampled learning rates are multipliers of base_lr, so set them equal"
+            )
         self.parts = [p.name for p in split_into_parts(probe.model, self.options.num_parts)]
         self.chunks = part_groups_by_depth(self.parts, self.options.groups)
         self.output_dir = Path(self.options.output_dir)
@@ -315,13 +321,16 @@ def plot_search(best: dict[str, float], trials: list[dict], base_lr: float, path
     left.set_ylabel("learning rate")
     left.set_title("best distribution")
     left.legend()
-    done = [t for t in trials if t["value"] is not None]
-    right.plot([t["number"] for t in done], [t["value"] for t in done], "o", label="trial")
+    # a pruned trial's value is its mean over the first pairs only: shown, not ranked
+    for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
+        done = [t for t in trials if t["state"] == state and t["value"] is not None]
+        right.plot([t["number"] for t in done], [t["value"] for t in done], marker, label=state)
+    complete = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
     best_so_far, running = [], -math.inf
-    for t in done:
+    for t in complete:
         running = max(running, t["value"])
         best_so_far.append(running)
-    right.plot([t["number"] for t in done], best_so_far, "-", label="best so far")
+    right.step([t["number"] for t in complete], best_so_far, "-", where="post", label="best")
     right.set_xlabel("trial")
     right.set_ylabel("acc A after B + acc B")
     right.set_title("search history")
@@ -346,13 +355,6 @@ def main(argv: list[str]) -> dict[str, float]:
     config = parser.parse_args(argv)
     options = SearchOptions(**vars(config.search))
     model_config = config.model
-    optimizer = getattr(model_config.init_args, "optimizer", None)
-    lr = getattr(getattr(optimizer, "init_args", None), "lr", None)
-    if lr is not None and not math.isclose(float(lr), options.base_lr, rel_tol=1e-9):
-        raise ValueError(
-            f"search.base_lr is {options.base_lr:g} but the model's optimizer lr is {lr:g}: the "
-            "sampled learning rates are multipliers of base_lr, so set them equal"
-        )
 
     model_parser = ArgumentParser()
     model_parser.add_subclass_arguments(ClosureModule, "model")

@@ -41,6 +41,14 @@ def test_other_depths_take_the_bert_part_at_the_same_relative_depth():
     assert direct["layers_2"] == 0.1 and direct["layers_0"] == 1.0
 
 
+def test_frozen_top_layers_keep_the_depth_of_the_whole_stack():
+    model = tiny_bert(12)
+    for layer in list(model.bert.encoder.layer)[6:]:
+        layer.requires_grad_(False)
+    got = multipliers_for(model, "bertcl_combined")
+    assert got["layers_2"] == 0.3 and got["layers_3-4"] == 0.7 and got["head"] == 3
+
+
 def test_a_distribution_becomes_group_learning_rates_for_any_optimizer():
     model = tiny_bert(12)
     multipliers = multipliers_for(model, "bertcl_combined")
@@ -83,6 +91,11 @@ def test_bad_distributions_are_clear_errors():
         load_distribution({"head": -1.0})
     with pytest.raises(ValueError, match="neither a preset"):
         load_distribution("no_such_preset")
+    with pytest.raises(ValueError, match="part 'head' must be a number, got True"):
+        load_distribution({"head": True})
+    assert load_distribution({"head": "3e0"}) == {"head": 3.0}  # YAML 1.1 reads 3e0 as a string
+    with pytest.warns(UserWarning, match="look like learning rates"):
+        load_distribution({"embeddings": 2e-5, "head": 6e-5})
     with pytest.raises(ValueError, match="param_grouping='parts'"):
         TinyRegression(lr_distribution="flat", param_grouping="decay")
     assert issubclass(TinyRegression, ClosureModule)

@@ -107,6 +107,10 @@ def test_bad_search_settings_are_named(tmp_path):
         search(tmp_path, 1, lr_low=1e-3, lr_high=1e-4)
     with pytest.raises(ValueError, match=r"search.groups must be in \[1, 2\]"):
         search(tmp_path, 1, groups=5)
+    # the optimizer's lr is read from the module, also when the config leaves it to a default
+    pairs = [[Stage("a", Task(0, 1)), Stage("b", Task(1, 2))]]
+    with pytest.raises(ValueError, match="base_lr is 0.01 but the model's optimizer lr is 0.05"):
+        DistributionSearch(make, pairs, {}, SearchOptions(base_lr=0.01))
 
 
 def test_search_cli_on_the_real_encoder(minilm, shared_data, tmp_path):
