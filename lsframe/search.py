@@ -11,7 +11,9 @@ pruner (Hyperband by default) can stop poor trials early.
 
 The study lives in ``storage`` (an Optuna journal file by default, safe for several processes
 that run the same command at once: each process stops when the study holds ``n_trials``
-finished trials), so an interrupted search resumes where it stopped. Written to
+finished trials), so an interrupted search resumes where it stopped: Ctrl-C or ``kill`` marks the
+running trial FAIL (not counted; a rerun draws a new one), while a process killed with SIGKILL
+leaves its trial RUNNING, which the study then ignores. Written to
 ``output_dir``: ``trial_<n>/`` (each trial's TensorBoard logs and accuracy matrices),
 ``best_distribution.yaml`` (part → multiplier; use it as a module's ``lr_distribution``),
 ``trials.json`` and ``search.png`` (the best distribution across parts and the search history).
@@ -21,8 +23,11 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-from collections.abc import Callable
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -104,6 +109,27 @@ def _trial_seeded(optuna: Any, make: Callable[..., Any], seed: int) -> Any:
             self.inner.reseed_rng()
 
     return TrialSeededSampler()
+
+
+@contextmanager
+def _interrupt_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, on which Optuna marks the running trial FAIL.
+
+    Otherwise a search stopped with ``kill`` leaves its trial RUNNING in the storage for ever
+    (the journal has no heartbeat). Lightning chains this handler after its own.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def part_groups_by_depth(parts: list[str], groups: int | None) -> list[list[str]]:
@@ -251,7 +277,6 @@ class DistributionSearch:
         scores = []
         for k, pair in enumerate(self.pairs):
             out = self.output_dir / f"trial_{trial.number}" / f"pair_{k}"
-            shutil.rmtree(out, ignore_errors=True)  # a re-run trial starts clean
             runner = SequenceRunner(
                 self.make_module(distribution),
                 pair,
@@ -259,10 +284,14 @@ class DistributionSearch:
                 output_dir=out,
                 **self.runner_kwargs,
             )
-            matrix = runner.run().matrix
-            # stage checkpoints only serve resuming this sequence; a re-run trial starts clean
-            for leftover in [*out.glob("stage_*.ckpt"), out / "sequence_state.pt"]:
-                leftover.unlink(missing_ok=True)
+            try:
+                matrix = runner.run().matrix
+            except SystemExit as error:  # Lightning's answer to Ctrl-C (and to SIGTERM, below)
+                raise KeyboardInterrupt(f"trial {trial.number} interrupted") from error
+            finally:
+                # stage checkpoints only serve resuming this sequence; trials never resume
+                for leftover in [*out.glob("stage_*.ckpt"), out / "sequence_state.pt"]:
+                    leftover.unlink(missing_ok=True)
             scores.append(matrix[1][0] + matrix[1][1])
             trial.report(sum(scores) / len(scores), step=k + 1)
             if k + 1 < len(self.pairs) and trial.should_prune():
@@ -277,7 +306,8 @@ class DistributionSearch:
         done = len(study.get_trials(deepcopy=False, states=finished))
         if done < self.options.n_trials:
             stop = optuna.study.MaxTrialsCallback(self.options.n_trials, states=finished)
-            study.optimize(self.objective, callbacks=[stop])
+            with _interrupt_on_sigterm():
+                study.optimize(self.objective, callbacks=[stop])
         best = study.best_trial.user_attrs["distribution"]
         self._write(study, best)
         return best
@@ -383,4 +413,12 @@ def main(argv: list[str]) -> dict[str, float]:
             "metric": config.metric,
         },
     )
-    return search.run()
+    try:
+        return search.run()
+    except KeyboardInterrupt:
+        print(
+            "lsframe search: interrupted; the running trial is marked FAIL. Run the same command "
+            "to go on.",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
+import lightning.pytorch as pl
 import pytest
 import yaml
 from test_sequential import TRAINER, Task, TinyClassifier
@@ -62,6 +65,43 @@ def test_a_three_trial_search_completes_resumes_and_writes_the_best_distribution
         param_grouping="parts", lr_distribution=str(tmp_path / "best_distribution.yaml")
     )
     assert module.lr_distribution
+
+
+class Interrupt(pl.Callback):
+    """Interrupts the second stage of the first trial: Ctrl-C, or a SIGTERM (``kill``)."""
+
+    def __init__(self, how: str) -> None:
+        self.how, self.fired = how, False
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if not self.fired and trainer.datamodule is self.target:
+            self.fired = True
+            if self.how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)  # the search's handler raises here
+            else:
+                raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_trial_is_failed_and_cleaned_then_the_search_goes_on(tmp_path, how):
+    import optuna
+
+    interrupt = Interrupt(how)
+    study = search(tmp_path, 2)
+    interrupt.target = study.pairs[0][1].data
+    study.trainer_kwargs["callbacks"] = [interrupt]
+    with pytest.raises(KeyboardInterrupt):
+        study.run()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    assert not list(tmp_path.rglob("*.ckpt"))  # stage A's checkpoint is gone
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log"))
+    )
+    (trial,) = optuna.load_study(study_name="lr_distribution", storage=storage).trials
+    assert trial.state == optuna.trial.TrialState.FAIL  # not RUNNING for ever
+    calls = []
+    search(tmp_path, 2, calls).run()  # a rerun does not count the failed trial
+    assert calls == [1, 2]
 
 
 def test_tied_groups_share_one_learning_rate_and_each_trial_logs_to_tensorboard(tmp_path):
