@@ -97,12 +97,16 @@ def at_least(metric: str, ours: str, theirs: str) -> Callable[[Rows], tuple[str,
     return read
 
 
-def _drops(rows: Rows, pair: str, **match: Any) -> list[float]:
+def _runs(rows: Rows, pair: str, **match: Any) -> Rows:
     return [
-        r["a_after_a"] - r["a_after_b"]
+        r
         for r in rows
         if r["pair"] == pair and all(r.get(k, "flat") == v for k, v in match.items())
     ]
+
+
+def _drops(rows: Rows, pair: str, **match: Any) -> list[float]:
+    return [r["a_after_a"] - r["a_after_b"] for r in _runs(rows, pair, **match)]
 
 
 def ewc_forgets_less(rows: Rows) -> tuple[str, str]:
@@ -119,17 +123,27 @@ def ewc_forgets_less(rows: Rows) -> tuple[str, str]:
     return "; ".join(cells), verdict
 
 
+def _on_b(rows: Rows, pair: str, ewc_lambda: float, distribution: str) -> str:
+    """Mean accuracy on B: forgetting less is only worth as much as what B still learns."""
+    runs = _runs(rows, pair, ewc_lambda=ewc_lambda, distribution=distribution)
+    return f"(B {statistics.mean(r['b'] for r in runs):.3f})"
+
+
 def distribution_forgets_less(rows: Rows) -> tuple[str, str]:
     cells, wins, total, groups = [], 0, 0, []
     for pair in sorted({r["pair"] for r in rows}):
         flat = _drops(rows, pair, ewc_lambda=0.0, distribution="flat")
         ewc_lambda = max(r["ewc_lambda"] for r in rows if r["pair"] == pair)
         ewc = _drops(rows, pair, ewc_lambda=ewc_lambda, distribution="flat")
-        parts = [f"flat {mean_std(flat)}", f"EWC {mean_std(ewc)}"]
+
+        parts = [
+            f"flat {mean_std(flat)} {_on_b(rows, pair, 0.0, 'flat')}",
+            f"EWC {mean_std(ewc)} {_on_b(rows, pair, ewc_lambda, 'flat')}",
+        ]
         for dist in sorted({r.get("distribution", "flat") for r in rows} - {"flat"}):
             drop = _drops(rows, pair, ewc_lambda=0.0, distribution=dist)
             label = Path(dist).parent.name or dist
-            parts.append(f"{label} {mean_std(drop)}")
+            parts.append(f"{label} {mean_std(drop)} {_on_b(rows, pair, 0.0, dist)}")
             total += 1
             wins += statistics.mean(drop) < min(statistics.mean(flat), statistics.mean(ewc))
             groups.append(drop)
