@@ -145,7 +145,9 @@ def main() -> None:
     known = {key(r): r for r in load_runs(log, here)}  # runs with other settings are not reused
     for other in args.reuse_from:
         for r in load_runs(Path(other), here):
-            if key(r) not in known and (r["ewc_lambda"], r.get("distribution", "flat")) in variants:
+            variant = (r["ewc_lambda"], r.get("distribution", "flat"))
+            wanted = r["pair"] in args.pairs and r["seed"] in args.seeds and variant in variants
+            if wanted and key(r) not in known:
                 known[key(r)] = r
                 append_run(log, r)
     rows = []
