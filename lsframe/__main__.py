@@ -26,7 +26,7 @@ def main(args: list[str] | None = None) -> None:
         search(argv[1:])
         return
     if argv[:1] == ["combine"]:
-        from lsframe.search import combine_main
+        from lsframe.lr_distribution import combine_main
 
         combine_main(argv[1:])
         return

@@ -17,6 +17,9 @@ middle part covering layers ``a..b`` of ``L`` takes the multiplier of the BERT-b
 whose layers contain the relative midpoint ``(a + b + 1) / (2L)`` (scaled to 12 layers). For the
 6-layer MiniLM: layers 0, 1, 2, 3, 4, 5 take BERT's parts {0-1}, {3-4}, {5}, {6-7}, {9-10}, {11};
 on BERT-base itself the rule is the identity.
+
+Several pairs' search results combine into one distribution by the geometric mean of each part's
+multipliers (:func:`combine_distributions`; ``python -m lsframe combine``).
 """
 
 from __future__ import annotations
@@ -147,3 +150,53 @@ def multipliers_for(
     if unknown:
         raise ValueError(f"lr_distribution names unknown parts {unknown}; the model's: {names}")
     return {n: values.get(n, 1.0) for n in names}
+
+
+def combine_distributions(distributions: list[dict[str, float]]) -> dict[str, float]:
+    """The combined distribution of several pairs: per part, the geometric mean of the
+    multipliers (relative to the same flat rate), so a part every pair slows stays slow.
+
+    Every distribution must name the same parts, except ``{}`` (the ``flat`` preset: all 1).
+    """
+    if not distributions:
+        raise ValueError("combine_distributions needs at least one distribution")
+    parts = next((list(d) for d in distributions if d), [])
+    # the flat distribution ({}) is 1 for every part
+    distributions = [d or dict.fromkeys(parts, 1.0) for d in distributions]
+    for i, d in enumerate(distributions[1:], start=1):
+        if sorted(d) != sorted(parts):
+            raise ValueError(
+                f"distributions to combine must name the same parts: #0 has {sorted(parts)}, "
+                f"#{i} has {sorted(d)}"
+            )
+    return {
+        p: math.exp(sum(math.log(max(d[p], 1e-300)) for d in distributions) / len(distributions))
+        for p in parts
+    }
+
+
+def combine_main(argv: list[str]) -> dict[str, float]:
+    """``python -m lsframe combine A.yaml B.yaml ... --out combined.yaml``: the geometric mean.
+
+    Each input is a ``best_distribution.yaml`` (or any distribution file or preset); the result
+    is written with a header naming its inputs, and printed.
+    """
+    import argparse
+
+    import yaml
+
+    parser = argparse.ArgumentParser(
+        prog="lsframe combine",
+        description="Combine the best distributions of several task pairs (BERTcL, P3): per "
+        "part, the geometric mean of the multipliers.",
+    )
+    parser.add_argument("distributions", nargs="+", help="distribution files or preset names")
+    parser.add_argument("--out", help="where to write the combined distribution (YAML)")
+    args = parser.parse_args(argv)
+    combined = combine_distributions([load_distribution(d) for d in args.distributions])
+    text = yaml.safe_dump(combined, sort_keys=False)
+    if args.out:
+        header = "# combined learning-rate distribution (geometric mean per part) of: "
+        Path(args.out).write_text(header + " ".join(args.distributions) + "\n" + text)
+    print(text, end="")
+    return combined

@@ -144,58 +144,6 @@ def part_groups_by_depth(parts: list[str], groups: int | None) -> list[list[str]
     return chunks
 
 
-def combine_distributions(distributions: list[dict[str, float]]) -> dict[str, float]:
-    """The combined distribution of several pairs: per part, the geometric mean of the
-    multipliers (relative to the same flat rate), so a part every pair slows stays slow.
-
-    Every distribution must name the same parts, except ``{}`` (the ``flat`` preset: all 1).
-    """
-    if not distributions:
-        raise ValueError("combine_distributions needs at least one distribution")
-    parts = next((list(d) for d in distributions if d), [])
-    # the flat distribution ({}) is 1 for every part
-    distributions = [d or dict.fromkeys(parts, 1.0) for d in distributions]
-    for i, d in enumerate(distributions[1:], start=1):
-        if sorted(d) != sorted(parts):
-            raise ValueError(
-                f"distributions to combine must name the same parts: #0 has {sorted(parts)}, "
-                f"#{i} has {sorted(d)}"
-            )
-    return {
-        p: math.exp(sum(math.log(max(d[p], 1e-300)) for d in distributions) / len(distributions))
-        for p in parts
-    }
-
-
-def combine_main(argv: list[str]) -> dict[str, float]:
-    """``python -m lsframe combine A.yaml B.yaml ... --out combined.yaml``: the geometric mean.
-
-    Each input is a ``best_distribution.yaml`` (or any distribution file or preset); the result
-    is written with a header naming its inputs, and printed.
-    """
-    import argparse
-
-    import yaml
-
-    from lsframe.lr_distribution import load_distribution
-
-    parser = argparse.ArgumentParser(
-        prog="lsframe combine",
-        description="Combine the best distributions of several task pairs (BERTcL, P3): per "
-        "part, the geometric mean of the multipliers.",
-    )
-    parser.add_argument("distributions", nargs="+", help="distribution files or preset names")
-    parser.add_argument("--out", help="where to write the combined distribution (YAML)")
-    args = parser.parse_args(argv)
-    combined = combine_distributions([load_distribution(d) for d in args.distributions])
-    text = yaml.safe_dump(combined, sort_keys=False)
-    if args.out:
-        header = "# combined learning-rate distribution (geometric mean per part) of: "
-        Path(args.out).write_text(header + " ".join(args.distributions) + "\n" + text)
-    print(text, end="")
-    return combined
-
-
 class DistributionSearch:
     """The study; ``make_module(distribution)`` builds a fresh module for one trial."""
 
@@ -216,7 +164,9 @@ class DistributionSearch:
         if not 0 < self.options.lr_low < self.options.lr_high:
             raise ValueError("search: need 0 < lr_low < lr_high")
         probe = make_module({})
-        lr = probe.optimizer_factory(probe.param_groups()).param_groups[0].get("lr")
+        group = probe.optimizer_factory(probe.param_groups()).param_groups[0]
+        # a line search's multipliers scale its searched step: base_lr is then only their unit
+        lr = None if "lr_multiplier" in group else group.get("lr")
         if lr is not None and not math.isclose(lr, self.options.base_lr, rel_tol=1e-9):
             raise ValueError(
                 f"search.base_lr is {self.options.base_lr:g} but the model's optimizer lr is "

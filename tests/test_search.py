@@ -11,12 +11,8 @@ import pytest
 import yaml
 from test_sequential import TRAINER, Task, TinyClassifier
 
-from lsframe.search import (
-    DistributionSearch,
-    SearchOptions,
-    combine_distributions,
-    part_groups_by_depth,
-)
+from lsframe.lr_distribution import combine_distributions
+from lsframe.search import DistributionSearch, SearchOptions, part_groups_by_depth
 from lsframe.sequential import Stage
 
 pytest.importorskip("optuna")
@@ -151,6 +147,15 @@ def test_bad_search_settings_are_named(tmp_path):
     pairs = [[Stage("a", Task(0, 1)), Stage("b", Task(1, 2))]]
     with pytest.raises(ValueError, match="base_lr is 0.01 but the model's optimizer lr is 0.05"):
         DistributionSearch(make, pairs, {}, SearchOptions(base_lr=0.01))
+    # a line search has no lr to match: its multipliers scale the searched step size
+    from lsframe.optim import SaLSA
+
+    def line_search(distribution):
+        return TinyClassifier(
+            param_grouping="parts", lr_distribution=distribution or None, optimizer=SaLSA
+        )
+
+    assert DistributionSearch(line_search, pairs, {}, SearchOptions(base_lr=0.01)).parts
 
 
 def test_search_cli_on_the_real_encoder(minilm, shared_data, tmp_path):
