@@ -181,13 +181,22 @@ def test_search_cli_on_the_real_encoder(minilm, shared_data, tmp_path):
     assert len(list(tmp_path.glob("trial_*/pair_0/stage_*/events.out.tfevents.*"))) == 4
 
 
-def test_search_config_parses(capsys):
+@pytest.mark.parametrize("pair", [None, "pair_sst2_mrpc", "pair_mrpc_sst2"])
+def test_search_configs_parse(capsys, pair):
     from pathlib import Path
 
     from lsframe.__main__ import main
 
-    config = Path(__file__).resolve().parents[1] / "configs" / "search" / "minilm_sst2_mrpc.yaml"
+    root = Path(__file__).resolve().parents[1] / "configs" / "search"
+    argv = ["search", "--config", str(root / "minilm_sst2_mrpc.yaml")]
+    if pair is not None:  # a one-pair study stacked on the two-pair config
+        argv += ["--config", str(root / f"{pair}.yaml")]
     with pytest.raises(SystemExit) as exit_info:
-        main(["search", "--config", str(config), "--print_config"])
+        main([*argv, "--print_config"])
     assert exit_info.value.code in (0, None)
-    assert "pairs:" in capsys.readouterr().out
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert len(printed["pairs"]) == (2 if pair is None else 1)
+    if pair is not None:
+        first, second = pair.split("_")[1:]
+        assert [stage["init_args"]["name"] for stage in printed["pairs"][0]] == [first, second]
+        assert printed["search"]["output_dir"] == f"runs/search/{pair}"
