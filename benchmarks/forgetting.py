@@ -14,6 +14,7 @@ preset name or a ``best_distribution.yaml`` of ``python -m lsframe search``; ``f
     python benchmarks/forgetting.py --lambdas 100000 --seeds 0 1 2          # chosen λ, 3 seeds
     python benchmarks/forgetting.py --pairs sst2-mrpc mrpc-sst2 --lambdas 100000 \
         --distributions benchmarks/results/search/best_distribution.yaml bertcl_combined \
+        benchmarks/results/search_combined/distribution.yaml \
         --seeds 0 1 2 --out benchmarks/results/distribution_cpu \
         --reuse-from benchmarks/results/forgetting_cpu.runs.jsonl
 

@@ -6,9 +6,10 @@
     python benchmarks/report.py --quick --results /tmp/smoke   # every script on tiny slices
 
 Each step is one benchmark script with the settings its table was made with, writing
-``<results>/<name>.{md,json}``. The scripts log every finished run to ``<name>.runs.jsonl`` and
-reuse it, so an interrupted report resumes where it stopped (the step-cost tables, which have no
-runs to reuse, are skipped when their JSON exists; ``--force`` redoes them). Then
+``<results>/<name>.{md,json}`` (the search steps run ``python -m lsframe search``, per pair too,
+and ``combine``). The scripts log every finished run to ``<name>.runs.jsonl`` and reuse it, so
+an interrupted report resumes where it stopped (the step-cost tables and the searches, which
+have no runs to reuse, are skipped when their output exists; ``--force`` redoes them). Then
 ``<results>/REPORT.md`` compares each paper's claim with the measured mean ± std over seeds.
 ``--quick`` runs each script once on a few examples and steps (CI's smoke test: it checks that
 the scripts and the report run, not the claims).
@@ -86,12 +87,14 @@ STEPS: dict[str, tuple[str, list[str], list[str]]] = {
         + ["--val-limit", "32", "--seeds", "0"],
     ),
     "search": ("search", [], []),
+    "search_pairs": ("search", [], []),  # one study per pair, then their combination
     "distribution": (
         "forgetting",
         ["--pairs", "sst2-mrpc", "mrpc-sst2", "--lambdas", "100000", "--distributions", "{best}"]
-        + ["bertcl_combined", "--seeds", "0", "1", "2", "--reuse-from", "{forgetting_log}"],
+        + ["bertcl_combined", "{combined}", "--seeds", "0", "1", "2"]
+        + ["--reuse-from", "{forgetting_log}"],
         ["--pairs", "sst2-mrpc", "--train-size", "32", "--epochs", "1", "--fisher-batches", "2"]
-        + ["--distributions", "{best}", "bertcl_combined", "--seeds", "0"]
+        + ["--distributions", "{best}", "bertcl_combined", "{combined}", "--seeds", "0"]
         + ["--val-limit", "32", "--reuse-from", "{forgetting_log}"],
     ),
 }
@@ -99,37 +102,58 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 DEVICE = "gpu" if torch.cuda.is_available() else "cpu"
 
 
-def search_command(results: Path, quick: bool) -> list[str]:
-    """The distribution search; in quick mode on a copy of its config with tiny subsets."""
-    config = SEARCH_CONFIG
-    out = results / "search"
+SEARCH_PAIRS = ("pair_sst2_mrpc", "pair_mrpc_sst2")
+
+
+def search_command(results: Path, quick: bool, pair: str | None = None) -> list[str]:
+    """A distribution search (``pair``: a one-pair study stacked on the two-pair config); in
+    quick mode on a copy of its config with tiny subsets."""
+    configs = [SEARCH_CONFIG] + ([SEARCH_CONFIG.with_name(f"{pair}.yaml")] if pair else [])
+    out = results / ("search" if pair is None else f"search_{pair}")
     if quick:
         settings = yaml.safe_load(SEARCH_CONFIG.read_text())
-        settings["search"].update(n_trials=2, output_dir=str(out))
-        for pair in settings["pairs"]:
-            for stage in pair:
+        if pair is not None:
+            stacked = yaml.safe_load(configs[1].read_text())
+            settings["pairs"] = stacked["pairs"]
+        settings["search"].update(n_trials=2 if pair is None else 1)
+        for stages in settings["pairs"]:
+            for stage in stages:
                 stage["data"]["init_args"].update(train_subsample=32, val_limit=32, max_length=32)
-        config = results / "search_quick.yaml"
-        config.write_text(yaml.safe_dump(settings))
-    return [sys.executable, "-m", "lsframe", "search", "--config", str(config)] + (
-        [] if quick else ["--search.output_dir", str(out)]
-    )
+        configs = [results / f"{out.name}_quick.yaml"]
+        configs[0].write_text(yaml.safe_dump(settings))
+    argv = [sys.executable, "-m", "lsframe", "search"]
+    for config in configs:
+        argv += ["--config", str(config)]
+    return argv + ["--search.output_dir", str(out)]
 
 
-def command(name: str, results: Path, quick: bool) -> list[str] | None:
+def commands(name: str, results: Path, quick: bool) -> list[list[str]] | None:
+    """The commands of one step, in order (None: the step has no quick version)."""
     script, full, small = STEPS[name]
-    if script == "search":
-        return search_command(results, quick)
+    if name == "search":
+        return [search_command(results, quick)]
+    if name == "search_pairs":
+        bests = [
+            str(results / f"search_{pair}" / "best_distribution.yaml") for pair in SEARCH_PAIRS
+        ]
+        combine = [sys.executable, "-m", "lsframe", "combine", *bests, "--out", combined(results)]
+        return [*(search_command(results, quick, pair) for pair in SEARCH_PAIRS), combine]
     arguments = small if quick else full
     if arguments is None:
         return None
-    best = str(results / "search" / "best_distribution.yaml")
-    forgetting_log = str(output(results, "forgetting").with_suffix(".runs.jsonl"))
-    arguments = [
-        a.replace("{best}", best).replace("{forgetting_log}", forgetting_log) for a in arguments
-    ]
+    places = {
+        "{best}": str(results / "search" / "best_distribution.yaml"),
+        "{combined}": combined(results),
+        "{forgetting_log}": str(output(results, "forgetting").with_suffix(".runs.jsonl")),
+    }
+    arguments = [places.get(a, a) for a in arguments]
     out = output(results, name).with_suffix("")
-    return [sys.executable, str(BENCH / f"{script}.py"), *arguments, "--out", str(out)]
+    return [[sys.executable, str(BENCH / f"{script}.py"), *arguments, "--out", str(out)]]
+
+
+def combined(results: Path) -> str:
+    """Where the combination of the per-pair searches' best distributions goes."""
+    return str(results / "search_combined" / "distribution.yaml")
 
 
 def output(results: Path, name: str) -> Path:
@@ -138,19 +162,22 @@ def output(results: Path, name: str) -> Path:
 
 
 def run_step(name: str, results: Path, quick: bool, force: bool) -> str:
-    argv = command(name, results, quick)
-    if argv is None:
+    argvs = commands(name, results, quick)
+    if argvs is None:
         return "skipped in quick mode"
     if name.startswith("valley_large") and not FASHION.is_dir():
         return "skipped: Debian's dataset-fashion-mnist is not installed"
     if not quick and not force:  # the steps that cannot resume from logged runs
         if name == "search" and (results / "search" / "best_distribution.yaml").exists():
             return "kept (best_distribution.yaml exists; --force searches again)"
+        if name == "search_pairs" and Path(combined(results)).exists():
+            return "kept (search_combined/distribution.yaml exists; --force searches again)"
         if name in ("step_cost", "dps_overhead") and output(results, name).exists():
             return "kept (its table exists; --force redoes it)"
-    print(f"\n=== {name}: {' '.join(argv)}", flush=True)
     started = time.perf_counter()
-    subprocess.run(argv, check=True, cwd=ROOT)
+    for argv in argvs:
+        print(f"\n=== {name}: {' '.join(argv)}", flush=True)
+        subprocess.run(argv, check=True, cwd=ROOT)
     print(f"=== {name}: done in {time.perf_counter() - started:.0f} s", flush=True)
     return f"ran in {time.perf_counter() - started:.0f} s"
 

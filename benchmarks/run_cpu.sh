@@ -25,9 +25,19 @@ python benchmarks/forgetting.py --lambdas 100000 --seeds 0 1 2 --out benchmarks/
 # issue 9: the learning-rate distribution search (20 trials; several processes may share it)
 python -m lsframe search --config configs/search/minilm_sst2_mrpc.yaml \
   --search.output_dir benchmarks/results/search
-# issue 9: flat LR vs EWC vs the found distribution vs the combined preset (3 seeds)
+# issue 9: one study per pair (8 trials each), and the geometric mean of their best distributions
+for pair in pair_sst2_mrpc pair_mrpc_sst2; do
+  python -m lsframe search --config configs/search/minilm_sst2_mrpc.yaml \
+    --config configs/search/$pair.yaml --search.output_dir benchmarks/results/search_$pair
+done
+python -m lsframe combine benchmarks/results/search_pair_sst2_mrpc/best_distribution.yaml \
+  benchmarks/results/search_pair_mrpc_sst2/best_distribution.yaml \
+  --out benchmarks/results/search_combined/distribution.yaml
+# issue 9: flat LR vs EWC vs the found distribution vs the combined preset vs the per-pair
+# searches' combination (3 seeds)
 python benchmarks/forgetting.py --pairs sst2-mrpc mrpc-sst2 --lambdas 100000 \
   --distributions benchmarks/results/search/best_distribution.yaml bertcl_combined \
+  benchmarks/results/search_combined/distribution.yaml \
   --seeds 0 1 2 --out benchmarks/results/distribution_cpu \
   --reuse-from benchmarks/results/forgetting_cpu.runs.jsonl
 # everything above in one resumable command, and the claims report (results/REPORT.md)

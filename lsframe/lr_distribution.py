@@ -196,6 +196,7 @@ def combine_main(argv: list[str]) -> dict[str, float]:
     combined = combine_distributions([load_distribution(d) for d in args.distributions])
     text = yaml.safe_dump(combined, sort_keys=False)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         header = "# combined learning-rate distribution (geometric mean per part) of: "
         Path(args.out).write_text(header + " ".join(args.distributions) + "\n" + text)
     print(text, end="")

@@ -35,6 +35,7 @@ def test_the_quick_report_runs_every_benchmark_and_writes_the_report(minilm, sha
     for name in ("quality_sst2", "step_cost", "dps_quality", "forgetting", "distribution"):
         assert any(t.startswith(name) for t in tables), name
     assert (tmp_path / "search" / "best_distribution.yaml").is_file()
+    assert (tmp_path / "search_combined" / "distribution.yaml").is_file()  # two pairs, combined
     # every claim whose table was written is read, not "not measured"
     measured = [row for row in rows if "not measured yet" not in row]
     assert len(measured) >= len(CLAIMS) - 3  # full mode only: MRPC/RTE quality, the λ sweep

@@ -126,7 +126,7 @@ def test_combine_cli_writes_the_geometric_mean_of_files(tmp_path, capsys):
 
     (tmp_path / "a.yaml").write_text("layers_0: 0.25\nlayers_1: 4.0\n")
     (tmp_path / "b.json").write_text('{"layers_1": 1.0, "layers_0": 1.0}')
-    out = tmp_path / "combined.yaml"
+    out = tmp_path / "new_folder" / "combined.yaml"
     main(["combine", str(tmp_path / "a.yaml"), str(tmp_path / "b.json"), "--out", str(out)])
     assert yaml.safe_load(out.read_text()) == pytest.approx({"layers_0": 0.5, "layers_1": 2.0})
     assert "layers_1: 2.0" in capsys.readouterr().out
