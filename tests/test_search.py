@@ -22,8 +22,12 @@ def make(distribution):
     return TinyClassifier(param_grouping="parts", lr_distribution=distribution or None)
 
 
+def two_tasks() -> list[list[Stage]]:
+    return [[Stage("a", Task(0, 1)), Stage("b", Task(1, 2))]]
+
+
 def search(tmp_path, n_trials, calls=None, logger=False, **options):
-    pairs = [[Stage("a", Task(0, 1)), Stage("b", Task(1, 2))]]
+    pairs = two_tasks()
     trainer = dict(TRAINER, max_epochs=2, logger=logger)
     opts = SearchOptions(n_trials=n_trials, output_dir=str(tmp_path), base_lr=0.05, **options)
     study = DistributionSearch(make, pairs, trainer, opts)
@@ -144,7 +148,7 @@ def test_bad_search_settings_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"search.groups must be in \[1, 2\]"):
         search(tmp_path, 1, groups=5)
     # the optimizer's lr is read from the module, also when the config leaves it to a default
-    pairs = [[Stage("a", Task(0, 1)), Stage("b", Task(1, 2))]]
+    pairs = two_tasks()
     with pytest.raises(ValueError, match="base_lr is 0.01 but the model's optimizer lr is 0.05"):
         DistributionSearch(make, pairs, {}, SearchOptions(base_lr=0.01))
     # a line search has no lr to match: its multipliers scale the searched step size
