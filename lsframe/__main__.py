@@ -6,7 +6,26 @@ import sys
 
 
 def main(args: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if args is None else list(args)
+    try:
+        _run(sys.argv[1:] if args is None else list(args))
+    finally:
+        _release_process_group()
+
+
+def _release_process_group() -> None:
+    """Destroy a DDP process group the command left (Lightning keeps it for another fit).
+
+    Left to interpreter shutdown, gloo's worker threads can abort the finished process
+    (``terminate called without an active exception``, exit code 134); PyTorch asks every
+    trainer process to call ``destroy_process_group`` at the end of its main.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _run(argv: list[str]) -> None:
     from lsframe.cli import LSFrameCLI, export
 
     if argv[:1] in (["-h"], ["--help"]):

@@ -66,6 +66,9 @@ def main(out_dir: str, name: str, steps: int) -> None:
         },
         Path(out_dir) / f"rank{t.global_rank}.pt",
     )
+    # as every DDP script should (lsframe's entry point does it): left to interpreter shutdown,
+    # gloo's threads now and then abort the finished process with exit code 134
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -47,3 +47,18 @@ def test_every_callback_keeps_ranks_identical_under_ddp(tmp_path):
     for key in ("fisher", "child_mask"):
         for name, tensor in ranks[0][key].items():
             assert torch.equal(tensor, ranks[1][key][name]), (key, name)
+
+
+def test_the_entry_point_releases_the_process_group_it_ran_under(tmp_path, capsys):
+    import torch.distributed as dist
+
+    from lsframe.__main__ import main
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        main(["combine", "flat", "flat"])  # any command; a DDP fit leaves its group like this
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
