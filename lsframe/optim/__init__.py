@@ -3,14 +3,25 @@
 Line-search family (closure contract ``closure(backward: bool = True) -> Tensor``):
 :class:`SGDSLS`, :class:`AdamSLS`, :class:`PLASLS`, :class:`ALSALS`, :class:`SaLSA`.
 Large batch and valley exploration: :class:`Lamb`, :class:`ALTO`, :class:`AdamE`.
+The registry (:func:`create`, :func:`info`, :func:`info_for`) holds one :class:`OptimizerInfo`
+per optimizer; :func:`make_closure` builds the closure for a plain loop.
 """
 
 from lsframe.optim._linesearch import LineSearchOptimizer
-from lsframe.optim._registry import LINE_SEARCH, create, names, register
+from lsframe.optim._registry import (
+    OptimizerInfo,
+    create,
+    info,
+    info_for,
+    line_searches,
+    names,
+    register,
+)
 from lsframe.optim.adam_e import AdamE
 from lsframe.optim.adam_sls import AdamSLS
 from lsframe.optim.alsals import ALSALS
 from lsframe.optim.alto import ALTO
+from lsframe.optim.closure import LossClosure, StepRandomState, make_closure
 from lsframe.optim.lamb import Lamb
 from lsframe.optim.param_groups import apply_part_multipliers, weight_decay_groups
 from lsframe.optim.plasls import PLASLS
@@ -22,18 +33,24 @@ from lsframe.optim.step_size_schedule import StepSizeSchedule
 __all__ = [
     "ALSALS",
     "ALTO",
-    "LINE_SEARCH",
     "PLASLS",
     "SGDSLS",
     "AdamE",
     "AdamSLS",
     "Lamb",
     "LineSearchOptimizer",
+    "LossClosure",
+    "OptimizerInfo",
     "SaLSA",
+    "StepRandomState",
     "StepSizeSchedule",
     "WarmupCosineLR",
     "apply_part_multipliers",
     "create",
+    "info",
+    "info_for",
+    "line_searches",
+    "make_closure",
     "names",
     "register",
     "weight_decay_groups",

@@ -1,8 +1,15 @@
-"""Optimizers by name: ``create("salsa", params, lr=...)`` and the list of registered names."""
+"""One record per optimizer: what it is and what the rest of lsframe needs to know about it.
+
+``create("salsa", params)`` builds by name; :func:`info` and :func:`info_for` give the record
+(:class:`OptimizerInfo`, in the spirit of timm's ``OptimInfo`` and torch's ``OptimizerInfo`` test
+tables). The module, the search, the benchmarks and the test tables read these fields instead of
+branching on names, so a new optimizer is one file plus one :func:`register` call.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch.optim import Optimizer
@@ -16,34 +23,135 @@ from lsframe.optim.plasls import PLASLS
 from lsframe.optim.salsa import SaLSA
 from lsframe.optim.sls import SGDSLS
 
-REGISTRY: dict[str, type[Optimizer]] = {
-    "sgdsls": SGDSLS,
-    "adamsls": AdamSLS,
-    "plasls": PLASLS,
-    "alsals": ALSALS,
-    "salsa": SaLSA,
-    "lamb": Lamb,
-    "alto": ALTO,
-    "adame": AdamE,
-    "adamw": torch.optim.AdamW,
-    "adam": torch.optim.Adam,
-    "sgd": torch.optim.SGD,
-}
 
-LINE_SEARCH = ("sgdsls", "adamsls", "plasls", "alsals", "salsa")
+@dataclass(frozen=True)
+class OptimizerInfo:
+    """The facts about one optimizer class.
+
+    Attributes:
+        name: Registry name (lower case), as in YAML's ``create`` and the benchmarks' specs.
+        cls: The optimizer class.
+        searches: It searches its own step size (a line search): ``step`` needs lsframe's closure
+            ``closure(backward=True)``, and its groups carry ``lr_multiplier``, on which
+            schedules and learning-rate distributions act (``lr = step_size · lr_multiplier``).
+        param_grouping: ``"parts"`` when it needs one param group per part of the model, each
+            with a ``part`` key (:func:`lsframe.parts.part_groups`); ``"any"`` otherwise.
+        forward_trials: It takes forward-only trial evaluations as ``step(closure, forward=...)``.
+        reduces_over_parameters: It takes norms or inner products over whole parameters, which
+            FSDP1's flat slices hide (refused there; FSDP2's DTensors are reduced correctly).
+        test_lr: The learning rate the shared tests use; None: the optimizer's own default.
+        invalid_args: ``(kwargs, key)`` cases for which the constructor must raise a
+            ``ValueError`` naming ``key`` (the shared bad-input table).
+    """
+
+    name: str
+    cls: type[Optimizer]
+    searches: bool = False
+    param_grouping: Literal["any", "parts"] = "any"
+    forward_trials: bool = False
+    reduces_over_parameters: bool = False
+    test_lr: float | None = None
+    invalid_args: tuple[tuple[dict[str, Any], str], ...] = field(default=())
+
+    def create(self, params: Any, **kwargs: Any) -> Optimizer:
+        """Build the optimizer (``cls(params, **kwargs)``)."""
+        return self.cls(params, **kwargs)
 
 
-def names() -> list[str]:
-    """The registered optimizer names."""
-    return sorted(REGISTRY)
+def _line_search(name: str, cls: type[Optimizer], **facts: Any) -> OptimizerInfo:
+    return OptimizerInfo(
+        name, cls, searches=True, forward_trials=True, reduces_over_parameters=True, **facts
+    )
 
 
-def register(name: str, cls: type[Optimizer]) -> None:
-    """Register an optimizer class under ``name`` (lower case)."""
-    key = name.lower()
-    if key in REGISTRY and REGISTRY[key] is not cls:
-        raise ValueError(f"optimizer name {name!r} is already registered to {REGISTRY[key]}")
-    REGISTRY[key] = cls
+_RECORDS = [
+    _line_search(
+        "sgdsls",
+        SGDSLS,
+        invalid_args=(
+            ({"c": 1.5}, "c"),
+            ({"beta_b": 0.0}, "beta_b"),
+            ({"lr": -1.0}, "lr"),
+            ({"reset_option": 3}, "reset_option"),
+            ({"line_search_fn": "wolfe"}, "line_search_fn"),
+            ({"max_backtracks": 0}, "max_backtracks"),
+        ),
+    ),
+    _line_search(
+        "adamsls",
+        AdamSLS,
+        invalid_args=(
+            ({"betas": (1.0, 0.999)}, "betas"),
+            ({"eps": 0.0}, "eps"),
+            ({"weight_decay": -0.1}, "weight_decay"),
+        ),
+    ),
+    _line_search(
+        "plasls", PLASLS, param_grouping="parts", invalid_args=(({"joint_steps": -1}, "joint_steps"),)
+    ),
+    _line_search("alsals", ALSALS, invalid_args=(({"beta": 1.0}, "beta"), ({"c": 0.0}, "c"))),
+    _line_search(
+        "salsa",
+        SaLSA,
+        invalid_args=(({"betas": (0.9, 0.999)}, "betas"), ({"growth": 0.0}, "growth")),
+    ),
+    OptimizerInfo("lamb", Lamb, reduces_over_parameters=True, test_lr=1e-2),
+    OptimizerInfo("alto", ALTO, reduces_over_parameters=True, test_lr=1e-2),
+    OptimizerInfo("adame", AdamE, test_lr=1e-2),
+    OptimizerInfo("adamw", torch.optim.AdamW, test_lr=1e-2),
+    OptimizerInfo("adam", torch.optim.Adam, test_lr=1e-2),
+    OptimizerInfo("sgd", torch.optim.SGD, test_lr=0.05),
+]
+
+REGISTRY: dict[str, OptimizerInfo] = {record.name: record for record in _RECORDS}
+
+
+def names(searches: bool | None = None) -> list[str]:
+    """The registered names, sorted; ``searches=True`` (False): only (no) line searches."""
+    return sorted(n for n, r in REGISTRY.items() if searches is None or r.searches == searches)
+
+
+def line_searches() -> list[str]:
+    """The names of the registered line searches, in registration order."""
+    return [n for n, r in REGISTRY.items() if r.searches]
+
+
+def register(record: OptimizerInfo) -> OptimizerInfo:
+    """Register ``record`` under ``record.name`` (lower case); re-registering the same record is
+    allowed, another record under a taken name is an error."""
+    key = record.name.lower()
+    if key != record.name:
+        raise ValueError(f"optimizer names are lower case, got {record.name!r}")
+    if key in REGISTRY and REGISTRY[key] != record:
+        raise ValueError(f"optimizer name {key!r} is already registered to {REGISTRY[key].cls}")
+    REGISTRY[key] = record
+    return record
+
+
+def info(name: str) -> OptimizerInfo:
+    """The record registered as ``name`` (case-insensitive).
+
+    Raises:
+        ValueError: the name is unknown; the message lists the valid names.
+    """
+    try:
+        return REGISTRY[name.lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown optimizer {name!r}; registered optimizers: {', '.join(names())}"
+        ) from None
+
+
+def info_for(optimizer: Optimizer | type[Optimizer]) -> OptimizerInfo:
+    """The record of an optimizer (instance or class): its class's, else its nearest registered
+    base class's (a user's subclass of SaLSA is a line search). An unregistered class gets a
+    record of a plain torch optimizer: no search, no forward trials, no whole-parameter norms."""
+    cls = optimizer if isinstance(optimizer, type) else type(optimizer)
+    by_class = {record.cls: record for record in REGISTRY.values()}
+    for base in cls.__mro__:
+        if base in by_class:
+            return by_class[base]
+    return OptimizerInfo(cls.__name__.lower(), cls)
 
 
 def create(name: str, params: Any, **kwargs: Any) -> Optimizer:
@@ -52,10 +160,4 @@ def create(name: str, params: Any, **kwargs: Any) -> Optimizer:
     Raises:
         ValueError: the name is unknown; the message lists the valid names.
     """
-    try:
-        cls = REGISTRY[name.lower()]
-    except KeyError:
-        raise ValueError(
-            f"unknown optimizer {name!r}; registered optimizers: {', '.join(names())}"
-        ) from None
-    return cls(params, **kwargs)
+    return info(name).create(params, **kwargs)
