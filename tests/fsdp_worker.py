@@ -18,7 +18,6 @@ from torch.distributed.fsdp import fully_shard
 from lsframe import optim
 from lsframe.parts import part_groups
 
-LR = {"sgd": 0.05, "adam": 1e-2, "adamw": 1e-2, "lamb": 1e-2, "alto": 1e-2, "adame": 1e-2}
 STEPS = 8
 
 
@@ -37,8 +36,9 @@ def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def train(model: torch.nn.Module, name: str, shard: slice | None) -> torch.optim.Optimizer:
-    params = part_groups(model) if name == "plasls" else model.parameters()
-    opt = optim.create(name, params, **({"lr": LR[name]} if name in LR else {}))
+    record = optim.info(name)
+    params = part_groups(model) if record.param_grouping == "parts" else model.parameters()
+    opt = record.create(params, **({"lr": record.test_lr} if record.test_lr else {}))
     for x, y in batches():
         if shard is not None:
             x, y = x[shard], y[shard]

@@ -17,7 +17,7 @@ from lsframe.__main__ import main
 from lsframe.data import IdxImageDataModule, TextFileLMDataModule, read_idx
 from lsframe.data.glue import GlueDataModule
 from lsframe.modules import CausalLMModule, ImageClassificationModule, SequenceClassificationModule
-from lsframe.optim import LINE_SEARCH, create
+from lsframe.optim import create, info, line_searches
 
 TINY_GPT2 = {
     "model_type": "gpt2",
@@ -161,11 +161,11 @@ def image_family(shared_data, minilm):
 @pytest.mark.parametrize(
     "family", [glue_family, lm_family, image_family], ids=["text", "lm", "image"]
 )
-@pytest.mark.parametrize("name", LINE_SEARCH)
+@pytest.mark.parametrize("name", line_searches())
 def test_every_line_search_trains_every_family(family, name, shared_data, minilm):
     model, data = family(shared_data, minilm)
     model.optimizer_factory = lambda groups: create(name, groups)
-    if name == "plasls":
+    if info(name).param_grouping == "parts":
         model.param_grouping = "parts"
     before = [p.detach().clone() for p in model.parameters()]
     trainer = helpers.trainer(max_steps=2, limit_val_batches=0)

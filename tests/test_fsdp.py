@@ -41,7 +41,7 @@ def test_sharded_training_matches_one_process(name, fsdp_results):
     assert result["ranks_agree"]
     # the same steps up to float summation order (gradients averaged over ranks' halves)
     assert result["max_diff"] < 1e-5, result
-    if name in optim.LINE_SEARCH:
+    if optim.info(name).searches:
         assert result["searches"] > 0
 
 
@@ -53,12 +53,15 @@ def test_fsdp1_is_refused_for_optimizers_that_reduce_over_parameters():
 
     params = [torch.nn.Parameter(torch.zeros(2))]
     fsdp1 = FSDPStrategy.__new__(FSDPStrategy)  # the type is what matters; no GPU here
-    for name in ("salsa", "plasls", "lamb", "alto"):
-        groups = [{"params": params, "part": "all"}] if name == "plasls" else params
+    reducing = [n for n in optim.names() if optim.info(n).reduces_over_parameters]
+    assert {"salsa", "plasls", "lamb", "alto"} <= set(reducing)
+    for name in reducing:
+        record = optim.info(name)
+        groups = [{"params": params, "part": "all"}] if record.param_grouping == "parts" else params
         with pytest.raises(ValueError, match="trainer.strategy: .*FSDP2"):
             check_sharding(
                 fsdp1,
-                optim.create(name, groups, **({"lr": 0.1} if name in ("lamb", "alto") else {})),
+                record.create(groups, **({"lr": record.test_lr} if record.test_lr else {})),
             )
     check_sharding(fsdp1, torch.optim.AdamW(params))  # elementwise: fine on slices
     check_sharding(DDPStrategy.__new__(DDPStrategy), optim.create("salsa", params))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from lsframe import optim
-from lsframe.optim import ALSALS, PLASLS, SGDSLS, SaLSA, StepSizeSchedule
+from lsframe.optim import ALSALS, PLASLS, SGDSLS, AdamSLS, SaLSA, StepSizeSchedule
 
 # ---------------------------------------------------------------------------- the problem
 # L2-regularised logistic regression on a fixed synthetic dataset: strongly convex, so the
@@ -72,16 +73,16 @@ F_STAR = optimum()
 
 
 def make(name: str, model: torch.nn.Module, **kwargs):
-    if name == "plasls":
+    if optim.info(name).param_grouping == "parts":
         groups = [
             {"params": [model.linear.weight], "part": "w"},
             {"params": [model.linear.bias], "part": "b"},
         ]
-        return PLASLS(groups, **kwargs)
+        return optim.create(name, groups, **kwargs)
     return optim.create(name, model.parameters(), **kwargs)
 
 
-NAMES = list(optim.LINE_SEARCH)
+NAMES = optim.line_searches()
 
 
 # ------------------------------------------------------------------ acceptance conditions
@@ -98,11 +99,91 @@ def loss_at(model, params, index=slice(None)):
 
 
 def adam_preconditioner(opt, p, t, offset=0):
-    beta1, beta2 = opt.param_groups[0]["betas"]
+    beta1, beta2 = opt.param_groups[0]["betas"][:2]  # SaLSA keeps β3 third
     v = opt.state[p]["exp_avg_sq"]
     m = opt.state[p]["exp_avg"]
     bc1, bc2 = 1 - beta1 ** (t + offset), 1 - beta2 ** (t + offset)
     return 1 / ((v / bc2).sqrt() + opt.param_groups[0]["eps"]), m / bc1
+
+
+# Each rule, recomputed by hand: the direction it searches along, and its acceptance condition
+# checked on a fresh evaluation of the loss (``check(opt, state, before, decrease, eta, slope,
+# x0, d, model)``), and whether a step's search covers all groups.
+def gradient(opt, model, grads, t):
+    return grads
+
+
+def preconditioned_gradient(opt, model, grads, t):
+    offset = opt.defaults.get("bias_correction_offset", 0)
+    return [
+        adam_preconditioner(opt, p, t, offset)[0] * g for p, g in zip(model.parameters(), grads)
+    ]
+
+
+def adam_update(opt, model, grads, t):
+    return [
+        pre * m_hat for pre, m_hat in (adam_preconditioner(opt, p, t) for p in model.parameters())
+    ]
+
+
+def armijo_holds(opt, state, state_before, decrease, eta, slope, x0, d, model):
+    assert decrease >= opt.defaults["c"] * eta * slope - 1e-7, (decrease, eta, slope)
+
+
+def smoothed_armijo_flipping_c_holds_and_the_trial_is_the_step(
+    opt, state, state_before, decrease, eta, slope, x0, d, model
+):
+    c = opt.defaults["c"]
+    avg_slope = state["smoothing"]["joint"]["slope"]
+    beta = opt.defaults["beta"]
+    assert avg_slope == pytest.approx(
+        beta * state_before.get("smoothing", {}).get("joint", {}).get("slope", 0.0)
+        + (1 - beta) * slope,
+        rel=1e-5,
+    )
+    prev = state_before.get("smoothing", {}).get("joint", {}).get("decrease", 0.0)
+    c_eff = c if avg_slope > 0 else 1 / c
+    assert beta * prev + (1 - beta) * decrease >= c_eff * eta * avg_slope - 1e-7
+    # the accepted trial point is the step
+    for p, x, di in zip(model.parameters(), x0, d):
+        torch.testing.assert_close(p.detach(), x - eta * di)
+
+
+def smoothed_armijo_or_zero_decrease_holds(
+    opt, state, state_before, decrease, eta, slope, x0, d, model
+):
+    c = opt.defaults["c"]
+    beta3 = opt.defaults["betas"][2]
+    assert state["avg_slope"] == pytest.approx(
+        beta3 * state_before["avg_slope"] + (1 - beta3) * slope, rel=1e-5
+    )
+    ok = decrease == 0 or (
+        beta3 * state_before["avg_decrease"] + (1 - beta3) * decrease
+        >= c * eta * state["avg_slope"] - 1e-7
+    )
+    assert ok
+
+
+def always_joint(opt, step):
+    return True
+
+
+RULES = {
+    SGDSLS: (gradient, armijo_holds, always_joint),
+    AdamSLS: (preconditioned_gradient, armijo_holds, always_joint),
+    # part-wise searches after the joint phase: see test_plasls_searches_parts_in_order
+    PLASLS: (
+        preconditioned_gradient,
+        armijo_holds,
+        lambda opt, step: step < opt.defaults["joint_steps"],
+    ),
+    ALSALS: (adam_update, smoothed_armijo_flipping_c_holds_and_the_trial_is_the_step, always_joint),
+    SaLSA: (preconditioned_gradient, smoothed_armijo_or_zero_decrease_holds, always_joint),
+}
+
+
+def test_every_registered_line_search_has_its_rule_recomputed_here():
+    assert {optim.info(name).cls for name in NAMES} == set(RULES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -110,6 +191,7 @@ def test_every_accepted_step_satisfies_the_rule_recomputed_from_fresh_losses(nam
     torch.manual_seed(0)
     model = Logistic()
     opt = make(name, model)
+    direction, check, joint = RULES[type(opt)]
     checked = 0
     for step in range(40):
         index = torch.arange(step * 32 % 256, step * 32 % 256 + 32)  # mini-batches
@@ -122,53 +204,15 @@ def test_every_accepted_step_satisfies_the_rule_recomputed_from_fresh_losses(nam
         searched = state["searches"] > state_before["searches"]
         if not searched or state["failed_searches"] > state_before["failed_searches"]:
             continue
-        if name == "plasls" and step >= opt.joint_steps:
-            continue  # part-wise searches: see test_plasls_searches_parts_in_order
+        if not joint(opt, step):
+            continue
         grads = [p.grad for p in model.parameters()]
         eta = opt.param_groups[0]["step_size"]
         t = state.get("moment_step", 0)
-        if name == "sgdsls":
-            d = grads
-        elif name == "alsals":
-            d = [
-                pre * m_hat
-                for pre, m_hat in (adam_preconditioner(opt, p, t) for p in model.parameters())
-            ]
-        else:
-            offset = getattr(opt, "bias_correction_offset", 0)
-            d = [
-                adam_preconditioner(opt, p, t, offset)[0] * g
-                for p, g in zip(model.parameters(), grads)
-            ]
+        d = direction(opt, model, grads, t)
         slope = sum(float((g * di).sum()) for g, di in zip(grads, d))
         decrease = loss0 - loss_at(model, [x - eta * di for x, di in zip(x0, d)], index)
-        c = opt.c
-        if name in ("sgdsls", "adamsls", "plasls"):
-            assert decrease >= c * eta * slope - 1e-7, (step, decrease, eta, slope)
-        elif name == "alsals":
-            avg_slope = state["smoothing"]["joint"]["slope"]
-            beta = opt.smoothing.beta
-            assert avg_slope == pytest.approx(
-                beta * state_before.get("smoothing", {}).get("joint", {}).get("slope", 0.0)
-                + (1 - beta) * slope,
-                rel=1e-5,
-            )
-            prev = state_before.get("smoothing", {}).get("joint", {}).get("decrease", 0.0)
-            c_eff = c if avg_slope > 0 else 1 / c
-            assert beta * prev + (1 - beta) * decrease >= c_eff * eta * avg_slope - 1e-7
-            # the accepted trial point is the step
-            for p, x, di in zip(model.parameters(), x0, d):
-                torch.testing.assert_close(p.detach(), x - eta * di)
-        else:  # salsa
-            beta3 = opt.smoothing.beta
-            assert state["avg_slope"] == pytest.approx(
-                beta3 * state_before["avg_slope"] + (1 - beta3) * slope, rel=1e-5
-            )
-            ok = decrease == 0 or (
-                beta3 * state_before["avg_decrease"] + (1 - beta3) * decrease
-                >= c * eta * state["avg_slope"] - 1e-7
-            )
-            assert ok
+        check(opt, state, state_before, decrease, eta, slope, x0, d, model)
         checked += 1
     assert checked >= 5
 
@@ -261,20 +305,7 @@ def test_a_scheduler_writing_lr_directly_is_an_error_and_the_multiplier_works(na
 
 
 BAD = [
-    ("sgdsls", {"c": 1.5}, "c"),
-    ("sgdsls", {"beta_b": 0.0}, "beta_b"),
-    ("sgdsls", {"lr": -1.0}, "lr"),
-    ("sgdsls", {"reset_option": 3}, "reset_option"),
-    ("sgdsls", {"line_search_fn": "wolfe"}, "line_search_fn"),
-    ("sgdsls", {"max_backtracks": 0}, "max_backtracks"),
-    ("adamsls", {"betas": (1.0, 0.999)}, "betas"),
-    ("adamsls", {"eps": 0.0}, "eps"),
-    ("adamsls", {"weight_decay": -0.1}, "weight_decay"),
-    ("alsals", {"beta": 1.0}, "beta"),
-    ("alsals", {"c": 0.0}, "c"),
-    ("salsa", {"betas": (0.9, 0.999)}, "betas"),
-    ("salsa", {"growth": 0.0}, "growth"),
-    ("plasls", {"joint_steps": -1}, "joint_steps"),
+    (name, kwargs, key) for name in optim.names() for kwargs, key in optim.info(name).invalid_args
 ]
 
 
@@ -286,7 +317,7 @@ def test_bad_hyperparameters_raise_value_error_naming_them(name, kwargs, key):
 
 def test_registry_creates_by_name_and_lists_valid_names_for_unknown_ones():
     assert isinstance(optim.create("SaLSA", Logistic().parameters()), SaLSA)
-    assert set(optim.LINE_SEARCH) <= set(optim.names())
+    assert set(optim.line_searches()) <= set(optim.names())
     with pytest.raises(ValueError, match="salsa") as info:
         optim.create("nadamsls", Logistic().parameters())
     assert "nadamsls" in str(info.value)
@@ -452,6 +483,61 @@ def test_goldstein_accepted_steps_satisfy_both_conditions():
         slope = sum(float(g.square().sum()) for g in grads)
         decrease = loss_at(model, x0) - loss_at(model, [x - eta * g for x, g in zip(x0, grads)])
         assert decrease >= 0.2 * eta * slope - 1e-7
-        assert decrease <= 0.8 * eta * slope + 1e-7 or eta == opt.eta_max
+        assert decrease <= 0.8 * eta * slope + 1e-7 or eta == opt.defaults["eta_max"]
         checked += 1
     assert checked >= 20
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_hyperparameter_is_in_defaults_and_a_state_dict_lacking_one_is_backfilled(name):
+    model = Logistic()
+    opt = make(name, model)
+    signature = inspect.signature(type(opt).__init__).parameters
+    assert set(signature) - {"self", "params"} <= set(opt.defaults)
+    run(model, opt, 3)
+    saved = copy.deepcopy(opt.state_dict())
+    for group in saved["param_groups"]:
+        del group["c"], group["max_backtracks"]
+    resumed = make(name, model)
+    resumed.load_state_dict(saved)
+    assert all(g["c"] == opt.defaults["c"] for g in resumed.param_groups)
+    assert all(g["max_backtracks"] == 100 for g in resumed.param_groups)
+    run(model, resumed, 2, start=3)
+
+
+def test_a_salsa_state_dict_from_before_the_flat_family_resumes():
+    model = Logistic()
+    opt = SaLSA(model.parameters())
+    run(model, opt, 5)
+    old = copy.deepcopy(opt.state_dict())
+    search = old["state"]["line_search"]
+    search["last_step_size"] = search.pop("searched_step_size")
+    for group in old["param_groups"]:
+        group["betas"] = group["betas"][:2]
+    resumed = SaLSA(Logistic().parameters())
+    resumed.load_state_dict(old)
+    assert resumed.state["line_search"] == opt.state["line_search"]
+    assert resumed.param_groups[0]["betas"] == (0.9, 0.999, 0.9)
+
+
+def test_a_bad_hyperparameter_in_one_group_is_named_at_construction():
+    model = Logistic()
+    groups = [{"params": [model.linear.weight]}, {"params": [model.linear.bias], "c": 2.0}]
+    with pytest.raises(ValueError, match="c must be in"):
+        SaLSA(groups)
+
+
+def test_a_joint_search_refuses_groups_that_disagree_and_plasls_parts_may_differ():
+    model = Logistic()
+    groups = [{"params": [model.linear.weight]}, {"params": [model.linear.bias], "c": 0.2}]
+    opt = AdamSLS(groups)
+    with pytest.raises(ValueError, match="different c"):
+        run(model, opt, 1)
+    model = Logistic()
+    parts = [
+        {"params": [model.linear.weight], "part": "w", "c": 0.2},
+        {"params": [model.linear.bias], "part": "b", "c": 0.3},
+    ]
+    opt = PLASLS(parts, joint_steps=0)
+    run(model, opt, 4)
+    assert opt.state["line_search"]["searches"] == 4

@@ -1,26 +1,32 @@
-"""The machinery every line-search optimizer shares: closures, in-place trial moves, backtracking.
+"""The base of every line-search optimizer: the step protocol, hyperparameters, counters.
 
 A line-search optimizer is a :class:`torch.optim.Optimizer` whose ``step`` takes the closure
 contract of lsframe, ``closure(backward: bool = True) -> Tensor``, and optionally a separate
 forward-only callable (Lightning's precision plugin wraps the closure and calls it without
 arguments, so :class:`lsframe.modules.ClosureModule` passes forward-only trials as ``forward``).
+Each optimizer subclasses :class:`LineSearchOptimizer` directly, implements
+:meth:`~LineSearchOptimizer._line_search_step` from the rules in :mod:`lsframe.optim._rules` (and
+Adam's moments from :mod:`lsframe.optim._adam`), and lists its hyperparameter checks in
+:meth:`~LineSearchOptimizer._check_group`.
 
-Design, shared by all subclasses:
+Shared by all:
 
-* **Direction and step rule are separate.** A :class:`Direction` says how to move the parameters
-  (``x ← x − a·d`` with ``d = num / den · scale``, per group); the step rules in this file
-  (:func:`backtrack`, :func:`armijo`, :class:`SmoothedArmijo`) decide the step size from losses.
-* **No parameter copies.** Trial points are reached by moving the parameters in place along the
-  direction and leaving them by the opposite move; a rejected search returns the parameters to
-  ``x`` up to float rounding (one add and one subtract per coordinate, |error| ≤ 1 ulp of ``x``).
-* **Step sizes live in the groups.** Each group keeps ``step_size`` (the searched η) and
-  ``lr_multiplier`` (default 1; a schedule acts here, see :class:`StepSizeSchedule`), and
-  ``lr = step_size · lr_multiplier`` is written after every step so LR monitors see the step
-  actually taken. Writing ``lr`` from outside (e.g. a torch scheduler attached directly) is
-  detected at the next step and is an error, never a silent overwrite of the search.
+* **Hyperparameters live in the groups** (torch's ``defaults``): per group, saved by
+  ``state_dict``, and backfilled from ``defaults`` when an older state dict lacks one. A value a
+  joint search uses for several groups at once (``c`` of a search over all groups) must agree
+  across them (:meth:`~LineSearchOptimizer.shared`).
+* **The step size has one home**, the group's ``step_size``: the step taken in the last step
+  (``initial_step_size`` keeps η0). ``lr_multiplier`` (default 1; a schedule acts here, see
+  :class:`StepSizeSchedule`) scales it, and ``lr = step_size · lr_multiplier`` is written after
+  every step so LR monitors see the step actually taken. Writing ``lr`` from outside (a torch
+  scheduler attached directly) is detected at the next step and is an error, never a silent
+  overwrite of the search.
+* **One place counts searches**: :meth:`~LineSearchOptimizer._search`. Counters live in
+  ``state["line_search"]`` (saved by ``state_dict``): ``step``, ``forwards`` (trial
+  evaluations), ``searches``, ``failed_searches``, ``rejected_steps``.
 * **Robustness.** A non-finite loss at ``x`` or a non-finite gradient is a rejected step (no
-  update, counted in ``state["line_search"]["rejected_steps"]``); a non-finite trial loss is a
-  rejected trial; every search is bounded by ``max_backtracks``.
+  update, counted in ``rejected_steps``); a non-finite trial loss is a rejected trial; every
+  search is bounded by ``max_backtracks``.
 * **Distributed.** Decisions use only the losses returned by the closures and global sums of the
   gradients. lsframe's module averages losses across ranks before returning them, and DDP makes the
   gradients identical on all ranks, so every rank takes the same step.
@@ -29,8 +35,7 @@ Design, shared by all subclasses:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -38,194 +43,74 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lsframe.optim._functional import all_finite
-from lsframe.optim._sharded import local, reduce_sums
+from lsframe.optim._rules import ActiveGroup, SearchResult, Verdict, backtrack, loss_value
+from lsframe.validation import check_int_at_least, check_non_negative, check_positive
 
 Closure = Callable[..., Tensor]
 
 
-def loss_value(loss: Tensor | float) -> float:
-    """A closure's loss as a Python float."""
-    return float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
-
-
-@dataclass
-class ActiveGroup:
-    """One param group restricted to the parameters that have a gradient this step."""
-
-    group: dict[str, Any]
-    params: list[Tensor]
-    grads: list[Tensor]
-
-    @property
-    def multiplier(self) -> float:
-        return float(self.group["lr_multiplier"])
-
-
-@dataclass
-class Direction:
-    """Per-group direction ``d_g = scale · num_g / den_g`` (``den`` None means 1)."""
-
-    num: list[list[Tensor]]
-    den: list[list[Tensor]] | None = None
-    scale: float = 1.0
-
-    def move(self, groups: list[ActiveGroup], amounts: list[float]) -> None:
-        """``x_g ← x_g − amounts[g] · multiplier_g · d_g`` in place, one foreach op per group."""
-        for i, (active, amount) in enumerate(zip(groups, amounts)):
-            alpha = -amount * active.multiplier * self.scale
-            if alpha == 0.0 or not active.params:
-                continue
-            if self.den is None:
-                torch._foreach_add_(active.params, self.num[i], alpha=alpha)
-            else:
-                torch._foreach_addcdiv_(active.params, self.num[i], self.den[i], value=alpha)
-
-    def slope(self, groups: list[ActiveGroup], which: Iterable[int] | None = None) -> float:
-        """``Σ_g multiplier_g ⟨g_g, d_g⟩``: minus the directional derivative of a move by ``d``."""
-        total = 0.0
-        for i in range(len(groups)) if which is None else which:
-            active = groups[i]
-            if not active.params:
-                continue
-            dots = []
-            for j, grad in enumerate(active.grads):
-                d = self.num[i][j] if self.den is None else self.num[i][j] / self.den[i][j]
-                g, d = local(grad).reshape(-1).float(), local(d).reshape(-1).float()
-                dots.append(torch.dot(g, d))
-            dots = reduce_sums(dots, active.grads)  # sharded parameters: over all pieces
-            total += active.multiplier * self.scale * float(torch.stack(dots).sum())
-        return total
-
-
-def armijo(decrease: float, step_size: float, slope: float, c: float) -> bool:
-    """Armijo's sufficient decrease ``f(x) − f(x − η d) ≥ c · η · ⟨g, d⟩``."""
-    return decrease >= c * step_size * slope
-
-
-class SmoothedArmijo:
-    """Armijo on exponential moving averages of the decrease and of the slope (P0 smoothing, P1).
-
-    Accept ``η`` when ``β·D̄ + (1 − β)·Δ(η) ≥ c'·η·Ḡ``, where ``Ḡ`` already includes this step's
-    slope and ``D̄`` is the average of the decreases of accepted steps; ``c' = c`` when ``Ḡ > 0``
-    and ``c' = flip_c`` otherwise (``1/c`` in ALSALS; ``None`` keeps ``c``).
-    """
-
-    def __init__(self, beta: float, c: float, flip_c: float | None = None) -> None:
-        self.beta = beta
-        self.c = c
-        self.flip_c = flip_c
-
-    def update_slope(self, state: dict[str, Any], key: str, slope: float) -> float:
-        state[key] = self.beta * state.get(key, 0.0) + (1 - self.beta) * slope
-        return state[key]
-
-    def smoothed_decrease(self, avg_decrease: float, decrease: float) -> float:
-        return self.beta * avg_decrease + (1 - self.beta) * decrease
-
-    def accepts(
-        self, avg_decrease: float, decrease: float, step_size: float, avg_slope: float
-    ) -> bool:
-        c = self.c if avg_slope > 0 or self.flip_c is None else self.flip_c
-        return self.smoothed_decrease(avg_decrease, decrease) >= c * step_size * avg_slope
-
-
-@dataclass
-class SearchResult:
-    step_size: float
-    trial_loss: float | None
-    accepted: bool
-    trials: int
-
-
-def backtrack(
-    forward: Callable[[], Tensor],
-    move_to: Callable[[float], None],
-    step_size: float,
-    verdict: Callable[[float, float], bool | float],
-    max_backtracks: int,
-) -> SearchResult:
-    """Bounded search over trial points ``x − η d``, moving the parameters in place.
-
-    Args:
-        forward: Forward-only loss at the current parameters.
-        move_to: ``move_to(a)`` moves the parameters by ``−a·d`` from where they are.
-        step_size: First η to try.
-        verdict: ``verdict(trial_loss, η)`` returns True to accept η, else the next η to try.
-            A non-finite trial loss is passed on too; verdicts must reject it.
-        max_backtracks: Most trials. When all fail the parameters are moved back to ``x``.
-
-    Returns:
-        The accepted η (parameters left at ``x − η d``), or on failure the last η proposed
-        (parameters back at ``x``).
-    """
-    at = 0.0
-    for trial in range(1, max_backtracks + 1):
-        move_to(step_size - at)
-        at = step_size
-        trial_loss = loss_value(forward())
-        outcome = verdict(trial_loss, step_size)
-        if outcome is True:
-            return SearchResult(step_size, trial_loss, True, trial)
-        step_size = float(outcome)
-    move_to(-at)
-    return SearchResult(step_size, None, False, max_backtracks)
-
-
-def check_positive(**values: float) -> None:
-    for key, value in values.items():
-        if not value > 0 or not math.isfinite(value):
-            raise ValueError(f"{key} must be a positive finite number, got {value}")
-
-
-def check_open_unit(**values: float) -> None:
-    for key, value in values.items():
-        if not 0.0 < value < 1.0:
-            raise ValueError(f"{key} must be in (0, 1), got {value}")
-
-
-def check_unit(**values: float) -> None:
-    for key, value in values.items():
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"{key} must be in [0, 1), got {value}")
-
-
 class LineSearchOptimizer(Optimizer):
-    """Base class: the step protocol, group bookkeeping and state shared by the family.
+    """Base class: the step protocol, group bookkeeping and the state the family shares.
 
-    Subclasses implement :meth:`_line_search_step`. Per-step counters live in
-    ``self.state["line_search"]`` (saved by ``state_dict``): ``step``, ``forwards`` (trial
-    evaluations), ``searches``, ``failed_searches``, ``rejected_steps``.
+    Subclasses call ``super().__init__(params, defaults)`` with every hyperparameter in
+    ``defaults`` (``lr`` is η0), implement :meth:`_line_search_step`, and extend
+    :meth:`_check_group` and :meth:`_initial_search_state` where they need to.
     """
 
-    # norms/inner products over whole parameters: refused under FSDP1 (flat slices)
-    reduces_over_parameters = True
-
-    accepts_forward_closure = True
-
-    def __init__(self, params: Any, defaults: dict[str, Any], max_backtracks: int) -> None:
-        check_positive(lr=defaults["lr"])
-        if defaults.get("weight_decay", 0.0) < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {defaults['weight_decay']}")
-        if not isinstance(max_backtracks, int) or max_backtracks < 1:
-            raise ValueError(f"max_backtracks must be an integer >= 1, got {max_backtracks}")
-        defaults = {"weight_decay": 0.0, "lr_multiplier": 1.0, **defaults}
+    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        defaults = {"weight_decay": 0.0, "lr_multiplier": 1.0, "max_backtracks": 100, **defaults}
+        self._check_group(defaults)
         super().__init__(params, defaults)
-        self.max_backtracks = max_backtracks
+        self.state["line_search"] = self._initial_search_state()
+
+    # --------------------------------------------------------------------- hyperparameters
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """Raise ValueError naming the first bad hyperparameter of ``group`` (or ``defaults``)."""
+        check_positive(lr=group["lr"])
+        check_non_negative(weight_decay=group["weight_decay"])
+        check_int_at_least(1, max_backtracks=group["max_backtracks"])
+
+    def _initial_search_state(self) -> dict[str, Any]:
+        return {"step": 0, "forwards": 0, "searches": 0, "failed_searches": 0, "rejected_steps": 0}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self._check_group(group)
+        group.setdefault("step_size", group["lr"])
+        group.setdefault("initial_step_size", group["step_size"])
+        group["lr"] = group["step_size"] * group["lr_multiplier"]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a state dict from an older lsframe may lack a hyperparameter or a counter: backfill
+        super().__setstate__(state)
         for group in self.param_groups:
-            group.setdefault("step_size", group["lr"])
-            group["lr"] = group["step_size"] * group["lr_multiplier"]
-        self.state["line_search"] = {
-            "step": 0,
-            "forwards": 0,
-            "searches": 0,
-            "failed_searches": 0,
-            "rejected_steps": 0,
-        }
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+            group.setdefault("initial_step_size", self.defaults["lr"])
+        search = self.state.setdefault("line_search", {})
+        for key, value in self._initial_search_state().items():
+            search.setdefault(key, value)
+
+    def shared(self, key: str, which: Sequence[int] | None = None) -> Any:
+        """The value of hyperparameter ``key`` for a search over the groups ``which`` (all by
+        default): one search has one rule, so the groups must agree on it."""
+        groups = self.param_groups if which is None else [self.param_groups[i] for i in which]
+        value = groups[0][key]
+        for group in groups[1:]:
+            if group[key] != value:
+                raise ValueError(
+                    f"{type(self).__name__}: param groups {groups[0].get('name', 0)!r} and "
+                    f"{group.get('name')!r} have different {key} ({value!r}, {group[key]!r}), "
+                    "but one search over both uses one value"
+                )
+        return value
 
     @property
     def search_state(self) -> dict[str, Any]:
         return self.state["line_search"]
 
+    # ------------------------------------------------------------------------- step sizes
     def _check_lr_untouched(self) -> None:
         for i, group in enumerate(self.param_groups):
             expected = group["step_size"] * group["lr_multiplier"]
@@ -238,10 +123,18 @@ class LineSearchOptimizer(Optimizer):
                     "'lr_multiplier' instead (lsframe.optim.StepSizeSchedule)."
                 )
 
+    def _set_step_sizes(self, step_sizes: float | Sequence[float]) -> None:
+        """The step sizes taken this step: one for every group, or one per group."""
+        if isinstance(step_sizes, (int, float)):
+            step_sizes = [float(step_sizes)] * len(self.param_groups)
+        for group, eta in zip(self.param_groups, step_sizes):
+            group["step_size"] = eta
+
     def _write_lr(self) -> None:
         for group in self.param_groups:
             group["lr"] = group["step_size"] * group["lr_multiplier"]
 
+    # ------------------------------------------------------------------------------- step
     def _active_groups(self) -> list[ActiveGroup]:
         groups = []
         for group in self.param_groups:
@@ -272,7 +165,6 @@ class LineSearchOptimizer(Optimizer):
         if forward is None:
             forward = lambda: closure(backward=False)  # noqa: E731
         state = self.search_state
-        counted = self._counting(forward, state)
         with torch.enable_grad():
             loss = closure()
         state["step"] += 1
@@ -283,18 +175,36 @@ class LineSearchOptimizer(Optimizer):
             state["rejected_steps"] += 1
             self._write_lr()
             return loss
-        self._line_search_step(value, counted, groups)
+        self._line_search_step(value, self._counting(forward), groups)
         self._apply_weight_decay(groups)
         self._write_lr()
         return loss
 
-    @staticmethod
-    def _counting(forward: Callable[[], Tensor], state: dict[str, Any]) -> Callable[[], Tensor]:
+    def _counting(self, forward: Callable[[], Tensor]) -> Callable[[], Tensor]:
+        state = self.search_state
+
         def counted() -> Tensor:
             state["forwards"] += 1
             return forward()
 
         return counted
+
+    def _search(
+        self,
+        forward: Callable[[], Tensor],
+        move_to: Callable[[float], None],
+        step_size: float,
+        verdict: Verdict,
+        which: Sequence[int] | None = None,
+    ) -> SearchResult:
+        """:func:`~lsframe.optim._rules.backtrack` over the groups ``which``, counted."""
+        result = backtrack(
+            forward, move_to, step_size, verdict, self.shared("max_backtracks", which)
+        )
+        state = self.search_state
+        state["searches"] += 1
+        state["failed_searches"] += not result.accepted
+        return result
 
     def _apply_weight_decay(self, groups: list[ActiveGroup]) -> None:
         """Decoupled weight decay ``x ← x · (1 − lr · λ)`` with this step's lr (after the search)."""
@@ -307,4 +217,5 @@ class LineSearchOptimizer(Optimizer):
     def _line_search_step(
         self, loss: float, forward: Callable[[], Tensor], groups: list[ActiveGroup]
     ) -> None:
+        """Search and step from ``x`` (gradients in ``groups``); set each group's step_size."""
         raise NotImplementedError

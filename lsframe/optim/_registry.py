@@ -87,7 +87,10 @@ _RECORDS = [
         ),
     ),
     _line_search(
-        "plasls", PLASLS, param_grouping="parts", invalid_args=(({"joint_steps": -1}, "joint_steps"),)
+        "plasls",
+        PLASLS,
+        param_grouping="parts",
+        invalid_args=(({"joint_steps": -1}, "joint_steps"),),
     ),
     _line_search("alsals", ALSALS, invalid_args=(({"beta": 1.0}, "beta"), ({"c": 0.0}, "c"))),
     _line_search(

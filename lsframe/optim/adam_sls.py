@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-import torch
 from torch import Tensor
 
-from lsframe.optim._functional import adam_denominator, adam_moments_, bias_correction
-from lsframe.optim._linesearch import (
-    ActiveGroup,
-    Direction,
-    LineSearchOptimizer,
-    SmoothedArmijo,
-    armijo,
-    backtrack,
-    check_open_unit,
-    check_positive,
-    check_unit,
-)
-from lsframe.optim.sls import reset_step_size
+from lsframe.optim._adam import adam_directions, check_adam_group, next_moment_step
+from lsframe.optim._linesearch import LineSearchOptimizer
+from lsframe.optim._rules import ActiveGroup, SmoothedArmijo, armijo_verdict, reset_step_size
+from lsframe.validation import check_choice, check_open_unit, check_positive
 
 
 class AdamSLS(LineSearchOptimizer):
@@ -84,116 +74,94 @@ class AdamSLS(LineSearchOptimizer):
         max_backtracks: int = 100,
         weight_decay: float = 0.0,
     ) -> None:
-        check_open_unit(c=c, beta_b=beta_b, beta_s=beta_s)
-        check_unit(**{"betas[0]": betas[0], "betas[1]": betas[1]})
-        check_positive(eps=eps, gamma=gamma, n_batches_per_epoch=n_batches_per_epoch)
-        if reset_option not in (0, 1, 2):
-            raise ValueError(f"reset_option must be 0, 1 or 2, got {reset_option!r}")
-        self.c, self.beta_b, self.gamma = c, beta_b, gamma
-        self.reset_option, self.n_batches_per_epoch = reset_option, n_batches_per_epoch
-        self.smoothing = SmoothedArmijo(beta_s, c) if smooth else None
-        self.initial_step_size = lr
-        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
-        super().__init__(params, defaults, max_backtracks)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            c=c,
+            beta_b=beta_b,
+            gamma=gamma,
+            reset_option=reset_option,
+            n_batches_per_epoch=n_batches_per_epoch,
+            smooth=smooth,
+            beta_s=beta_s,
+            max_backtracks=max_backtracks,
+            weight_decay=weight_decay,
+        )
+        super().__init__(params, defaults)
 
-    # ------------------------------------------------------------------------------ pieces
-    def _adam_moments(self, groups: list[ActiveGroup], offset: int = 0) -> tuple[list, list, float]:
-        """Update m, v; return per-group ``(√v̂ + ε)`` lists, the m lists and ``1 − β1^t``."""
-        state = self.search_state
-        state["moment_step"] = state.get("moment_step", 0) + 1
-        t = state["moment_step"] + offset
-        denominators, exp_avgs, bc1 = [], [], 1.0
-        for active in groups:
-            beta1, beta2 = active.group["betas"]
-            m, v = [], []
-            for p in active.params:
-                param_state = self.state[p]
-                if not param_state:
-                    param_state["exp_avg"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
-                    param_state["exp_avg_sq"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
-                m.append(param_state["exp_avg"])
-                v.append(param_state["exp_avg_sq"])
-            if active.params:
-                adam_moments_(active.grads, m, v, beta1, beta2)
-            bc1 = bias_correction(beta1, t)
-            denominators.append(
-                adam_denominator(v, bias_correction(beta2, t), active.group["eps"]) if v else []
-            )
-            exp_avgs.append(m)
-        return denominators, exp_avgs, bc1
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        check_adam_sls_group(group)
 
-    def _parts_to_search(self, step: int, num_groups: int) -> list[int]:
-        """Indices of the groups that move in this step's trials (all of them: one η)."""
-        return list(range(num_groups))
-
-    def _verdict(
-        self, loss: float, slope: float, key: str
-    ) -> Callable[[float, float], bool | float]:
-        smoothing = self.smoothing
-        averages = self.search_state.setdefault("smoothing", {})
-        if smoothing is not None:
-            entry = averages.setdefault(
-                key, dict(averages.get("joint", {"decrease": 0.0, "slope": 0.0}))
-            )
-            avg_slope = smoothing.update_slope(entry, "slope", slope)
-
-        def verdict(trial_loss: float, eta: float) -> bool | float:
-            decrease = loss - trial_loss
-            if decrease != decrease:  # NaN or inf trial loss
-                return eta * self.beta_b
-            if smoothing is None:
-                ok = armijo(decrease, eta, slope, self.c)
-            else:
-                ok = smoothing.accepts(entry["decrease"], decrease, eta, avg_slope)
-                if ok:
-                    entry["decrease"] = smoothing.smoothed_decrease(entry["decrease"], decrease)
-            return True if ok else eta * self.beta_b
-
-        return verdict
-
-    # -------------------------------------------------------------------------------- step
     def _line_search_step(
         self, loss: float, forward: Callable[[], Tensor], groups: list[ActiveGroup]
     ) -> None:
-        state = self.search_state
-        denominators, exp_avgs, bc1 = self._adam_moments(groups)
-        trial = Direction([active.grads for active in groups], denominators)
-        update = Direction(exp_avgs, denominators, scale=1.0 / bc1)
-        etas = [
-            reset_step_size(
-                g["step_size"],
-                self.reset_option,
-                self.gamma,
-                self.n_batches_per_epoch,
-                self.initial_step_size,
-            )
-            for g in self.param_groups
-        ]
-        searched = self._parts_to_search(state["step"], len(groups))
-        key = "joint" if len(searched) == len(groups) else str(searched[0])
+        search_parts_then_adam_step(self, loss, forward, groups, list(range(len(groups))))
 
-        def amounts(a: float) -> list[float]:
-            return [a if i in searched else 0.0 for i in range(len(groups))]
 
-        result = backtrack(
-            forward,
-            lambda a: trial.move(groups, amounts(a)),
-            etas[searched[0]],
-            self._verdict(loss, trial.slope(groups, searched), key),
-            self.max_backtracks,
+def check_adam_sls_group(group: dict[str, Any]) -> None:
+    """The hyperparameters AdamSLS and PLASLS share."""
+    check_open_unit(c=group["c"], beta_b=group["beta_b"], beta_s=group["beta_s"])
+    check_adam_group(group)
+    check_positive(gamma=group["gamma"], n_batches_per_epoch=group["n_batches_per_epoch"])
+    check_choice("reset_option", group["reset_option"], (0, 1, 2))
+
+
+def search_parts_then_adam_step(
+    opt: LineSearchOptimizer,
+    loss: float,
+    forward: Callable[[], Tensor],
+    groups: list[ActiveGroup],
+    searched: Sequence[int],
+) -> None:
+    """One AdamSLS step in which the groups ``searched`` share one Armijo search along
+    ``P ⊙ g`` (all groups: AdamSLS; one part: PLASLS), then every group takes Adam's step
+    ``x ← x − η_g · P ⊙ m̂`` with its own η (the groups not searched grow theirs by the reset
+    rule). A failed search leaves the searched groups at ``x``."""
+    state = opt.search_state
+    adam = adam_directions(opt.state, groups, next_moment_step(state))
+    trial, update = adam.preconditioned_gradient(groups), adam.update()
+    etas = [
+        reset_step_size(
+            g["step_size"],
+            g["reset_option"],
+            g["gamma"],
+            g["n_batches_per_epoch"],
+            g["initial_step_size"],
         )
-        state["searches"] += 1
-        state["failed_searches"] += not result.accepted
-        for i in searched:
-            etas[i] = result.step_size
-        if result.accepted:
-            trial.move(groups, amounts(-result.step_size))  # back to x, then Adam's step
-            update.move(groups, etas)
-        else:  # parameters are at x; the searched parts do not move
-            update.move(groups, [0.0 if i in searched else eta for i, eta in enumerate(etas)])
-        for group, eta in zip(self.param_groups, etas):
-            group["step_size"] = eta
+        for g in opt.param_groups
+    ]
+    key = "joint" if len(searched) == len(groups) else str(searched[0])
+    slope = trial.slope(groups, searched)
+    c, beta_b = opt.shared("c", searched), opt.shared("beta_b", searched)
+    smoothing, averages, avg_slope = None, None, 0.0
+    if opt.shared("smooth", searched):
+        smoothing = SmoothedArmijo(opt.shared("beta_s", searched), c)
+        by_key = state.setdefault("smoothing", {})
+        # a part's averages start from the joint ones (PLASLS's joint phase)
+        averages = by_key.setdefault(
+            key, dict(by_key.get("joint", {"decrease": 0.0, "slope": 0.0}))
+        )
+        avg_slope = smoothing.update_slope(averages, "slope", slope)
+    else:
+        state.setdefault("smoothing", {})
+
+    def amounts(a: float) -> list[float]:
+        return [a if i in searched else 0.0 for i in range(len(groups))]
+
+    result = opt._search(
+        forward,
+        lambda a: trial.move(groups, amounts(a)),
+        etas[searched[0]],
+        armijo_verdict(loss, slope, c, beta_b, smoothing, averages, avg_slope),
+        searched,
+    )
+    for i in searched:
+        etas[i] = result.step_size
+    if result.accepted:
+        trial.move(groups, amounts(-result.step_size))  # back to x, then Adam's step
+        update.move(groups, etas)
+    else:  # parameters are at x; the searched parts do not move
+        update.move(groups, [0.0 if i in searched else eta for i, eta in enumerate(etas)])
+    opt._set_step_sizes(etas)

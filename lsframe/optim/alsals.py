@@ -7,18 +7,13 @@ from typing import Any
 
 from torch import Tensor
 
-from lsframe.optim._linesearch import (
-    ActiveGroup,
-    Direction,
-    SmoothedArmijo,
-    backtrack,
-    check_open_unit,
-    check_positive,
-)
-from lsframe.optim.adam_sls import AdamSLS
+from lsframe.optim._adam import adam_directions, check_adam_group, next_moment_step
+from lsframe.optim._linesearch import LineSearchOptimizer
+from lsframe.optim._rules import ActiveGroup, SmoothedArmijo, armijo_verdict
+from lsframe.validation import check_open_unit, check_positive
 
 
-class ALSALS(AdamSLS):
+class ALSALS(LineSearchOptimizer):
     """Armijo line search on Adam's own update direction, with smoothed sides (ALSALS).
 
     Kenneweg, Kenneweg, Fumagalli, Hammer, "Improving Line Search Methods for Large Scale
@@ -59,37 +54,41 @@ class ALSALS(AdamSLS):
         max_backtracks: int = 100,
         weight_decay: float = 0.0,
     ) -> None:
-        # c, beta_b, betas and eps are checked by AdamSLS
-        check_open_unit(beta=beta)
-        check_positive(growth=growth)
-        super().__init__(
-            params,
+        defaults = dict(
             lr=lr,
-            betas=betas,
+            betas=tuple(betas),
             eps=eps,
             c=c,
             beta_b=beta_b,
+            beta=beta,
+            growth=growth,
             max_backtracks=max_backtracks,
             weight_decay=weight_decay,
         )
-        self.growth = growth
-        self.smoothing = SmoothedArmijo(beta, c, flip_c=1.0 / c)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        check_open_unit(c=group["c"], beta_b=group["beta_b"], beta=group["beta"])
+        check_adam_group(group)
+        check_positive(growth=group["growth"])
 
     def _line_search_step(
         self, loss: float, forward: Callable[[], Tensor], groups: list[ActiveGroup]
     ) -> None:
         state = self.search_state
-        denominators, exp_avgs, bc1 = self._adam_moments(groups)
-        direction = Direction(exp_avgs, denominators, scale=1.0 / bc1)
-        eta = self.param_groups[0]["step_size"] * self.growth
-        result = backtrack(
+        direction = adam_directions(self.state, groups, next_moment_step(state)).update()
+        c = self.shared("c")
+        smoothing = SmoothedArmijo(self.shared("beta"), c, flip_c=1.0 / c)
+        averages = state.setdefault("smoothing", {}).setdefault(
+            "joint", {"decrease": 0.0, "slope": 0.0}
+        )
+        slope = direction.slope(groups)
+        avg_slope = smoothing.update_slope(averages, "slope", slope)
+        result = self._search(
             forward,
             lambda a: direction.move(groups, [a] * len(groups)),
-            eta,
-            self._verdict(loss, direction.slope(groups), "joint"),
-            self.max_backtracks,
+            self.param_groups[0]["step_size"] * self.shared("growth"),
+            armijo_verdict(loss, slope, c, self.shared("beta_b"), smoothing, averages, avg_slope),
         )
-        state["searches"] += 1
-        state["failed_searches"] += not result.accepted
-        for group in self.param_groups:
-            group["step_size"] = result.step_size
+        self._set_step_sizes(result.step_size)

@@ -52,9 +52,6 @@ class Lamb(Optimizer):
             opt.step()
     """
 
-    # norms/inner products over whole parameters: refused under FSDP1 (flat slices)
-    reduces_over_parameters = True
-
     def __init__(
         self,
         params: Any,

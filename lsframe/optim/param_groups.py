@@ -8,6 +8,8 @@ from typing import Any
 from torch import nn
 from torch.optim import Optimizer
 
+from lsframe.optim._registry import info_for
+
 
 def weight_decay_groups(
     named_parameters: Iterable[tuple[str, nn.Parameter]],
@@ -37,11 +39,12 @@ def weight_decay_groups(
 def apply_part_multipliers(optimizer: Optimizer, multipliers: dict[str, float]) -> None:
     """Scale each ``part`` group of a freshly built optimizer by its multiplier.
 
-    A torch optimizer's group gets ``lr = lr · m``; a line-search group (it has
-    ``lr_multiplier``) gets ``lr_multiplier = m``, so the searched step size is scaled by ``m`` (a
+    A torch optimizer's group gets ``lr = lr · m``; a line search's group (its registry record
+    says it ``searches``) gets ``lr_multiplier = m``, so the searched step size is scaled by ``m`` (a
     :class:`~lsframe.optim.StepSizeSchedule` scales it further). Groups need the ``part`` key of
     :func:`lsframe.parts.part_groups`.
     """
+    searches = info_for(optimizer).searches
     for group in optimizer.param_groups:
         part = group.get("part")
         if part is None:
@@ -49,7 +52,7 @@ def apply_part_multipliers(optimizer: Optimizer, multipliers: dict[str, float]) 
         if part not in multipliers:
             raise ValueError(f"no multiplier for part {part!r} (have {sorted(multipliers)})")
         m = float(multipliers[part])
-        if "lr_multiplier" in group:
+        if searches:
             group["lr_multiplier"] = m
             group["lr"] = group["step_size"] * m
         else:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
-from lsframe.optim.adam_sls import AdamSLS
+from torch import Tensor
+
+from lsframe.optim._linesearch import LineSearchOptimizer
+from lsframe.optim._rules import ActiveGroup
+from lsframe.optim.adam_sls import check_adam_sls_group, search_parts_then_adam_step
+from lsframe.validation import check_int_at_least
 
 
-class PLASLS(AdamSLS):
+class PLASLS(LineSearchOptimizer):
     """AdamSLS with one step size per part (layer-wise), searched one part per step.
 
     Kenneweg, Galli, Kenneweg, Hammer, IJCNN 2023 (P0), "PLASLS". Each param group is a part
@@ -23,17 +29,49 @@ class PLASLS(AdamSLS):
     (off in the code's defaults) is not implemented; the pooler belongs to the head part (the
     code leaves it out of the optimizer).
 
+    Each part's hyperparameters may differ (its group's ``c``, ``beta_b``, ...); the joint
+    searches need them equal across the parts.
+
     Args:
         params: Param groups, one per part, each with a ``part`` name.
         joint_steps: Steps of joint search before the cycle starts. Default: 6.
-        **kwargs: As :class:`AdamSLS` (lr, betas, eps, c, beta_b, gamma, ...).
+        lr, betas, eps, c, beta_b, gamma, reset_option, n_batches_per_epoch, smooth, beta_s,
+            max_backtracks, weight_decay: As :class:`~lsframe.optim.AdamSLS`, with its defaults.
     """
 
-    def __init__(self, params: Any, joint_steps: int = 6, **kwargs: Any) -> None:
-        if not isinstance(joint_steps, int) or joint_steps < 0:
-            raise ValueError(f"joint_steps must be an integer >= 0, got {joint_steps}")
-        self.joint_steps = joint_steps
-        super().__init__(params, **kwargs)
+    def __init__(
+        self,
+        params: Any,
+        joint_steps: int = 6,
+        lr: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        c: float = 0.1,
+        beta_b: float = 0.9,
+        gamma: float = 2.0,
+        reset_option: Literal[0, 1, 2] = 1,
+        n_batches_per_epoch: int = 500,
+        smooth: bool = False,
+        beta_s: float = 0.999,
+        max_backtracks: int = 100,
+        weight_decay: float = 0.0,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            joint_steps=joint_steps,
+            betas=tuple(betas),
+            eps=eps,
+            c=c,
+            beta_b=beta_b,
+            gamma=gamma,
+            reset_option=reset_option,
+            n_batches_per_epoch=n_batches_per_epoch,
+            smooth=smooth,
+            beta_s=beta_s,
+            max_backtracks=max_backtracks,
+            weight_decay=weight_decay,
+        )
+        super().__init__(params, defaults)
         missing = [i for i, g in enumerate(self.param_groups) if "part" not in g]
         if missing:
             raise ValueError(
@@ -42,8 +80,22 @@ class PLASLS(AdamSLS):
                 "param_grouping: parts on lsframe's module."
             )
 
-    def _parts_to_search(self, step: int, num_groups: int) -> list[int]:
-        t = step - 1  # 0-based index of this step
-        if t < self.joint_steps:
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        check_int_at_least(0, joint_steps=group["joint_steps"])
+        check_adam_sls_group(group)
+
+    def parts_to_search(self, step: int) -> list[int]:
+        """Indices of the groups searched at 1-based step ``step``: all of them during the joint
+        phase, then part ``(step − 1) mod K``."""
+        t = step - 1
+        num_groups = len(self.param_groups)
+        if t < self.shared("joint_steps"):
             return list(range(num_groups))
         return [t % num_groups]
+
+    def _line_search_step(
+        self, loss: float, forward: Callable[[], Tensor], groups: list[ActiveGroup]
+    ) -> None:
+        searched = self.parts_to_search(self.search_state["step"])
+        search_parts_then_adam_step(self, loss, forward, groups, searched)

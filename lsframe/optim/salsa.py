@@ -7,18 +7,16 @@ from typing import Any
 
 from torch import Tensor
 
-from lsframe.optim._linesearch import (
-    ActiveGroup,
-    Direction,
-    SmoothedArmijo,
-    backtrack,
-    check_open_unit,
-    check_positive,
-)
-from lsframe.optim.adam_sls import AdamSLS
+from lsframe.optim._adam import adam_directions, check_adam_group, next_moment_step
+from lsframe.optim._linesearch import LineSearchOptimizer
+from lsframe.optim._rules import ActiveGroup, Direction, SmoothedArmijo, armijo_verdict
+from lsframe.validation import check_int_at_least, check_open_unit, check_positive
+
+# one search over all groups: these hyperparameters must agree across the groups
+RULE_KEYS = ("c", "beta_b", "growth", "max_gap", "warmup_searches", "use_mv", "amortize")
 
 
-class SaLSA(AdamSLS):
+class SaLSA(LineSearchOptimizer):
     """Stable Armijo Line Search Adaptation (SaLSA).
 
     Kenneweg, Kenneweg, Fumagalli, Hammer, "No learning rates needed: Introducing SaLSA",
@@ -33,7 +31,9 @@ class SaLSA(AdamSLS):
     * a search step averages ``Ḡ ← β3 Ḡ + (1 − β3) Σ g² ⊙ P`` (``use_mv``: ``⟨g, P ⊙ m̂⟩``),
       tries ``x − η P ⊙ g`` (``use_mv``: ``x − η P ⊙ m̂``), accepts when
       ``β3 D̄ + (1 − β3)(f(x) − f(trial)) ≥ c η Ḡ`` or when the decrease is exactly 0, else
-      ``η ← beta_b η``; the accepted trial point is the step. No search happens when the loss is
+      ``η ← beta_b η``; the accepted trial point is the step, and its η becomes ``η_last``
+      (``state["line_search"]["searched_step_size"]``; the groups' ``step_size`` is the step
+      taken, ``growth · η_last`` on steps without a search). No search happens when the loss is
       0 or ``Ḡ < 1e-8``: the step is then Adam's ``x − η P ⊙ m̂``;
     * a step without search is ``x ← x − growth · η_last · P ⊙ m̂`` with no extra forward.
 
@@ -82,107 +82,124 @@ class SaLSA(AdamSLS):
     ) -> None:
         if len(betas) != 3:
             raise ValueError(f"betas must be (beta1, beta2, beta3), got {betas!r}")
-        # c, beta_b, betas[0:2] and eps are checked by AdamSLS
-        check_open_unit(**{"betas[2]": betas[2]})
-        check_positive(growth=growth, max_gap=max_gap)
-        if warmup_searches < 0 or bias_correction_offset < 0:
-            raise ValueError(
-                "warmup_searches and bias_correction_offset must be >= 0, got "
-                f"{warmup_searches} and {bias_correction_offset}"
-            )
-        super().__init__(
-            params,
+        defaults = dict(
             lr=lr,
-            betas=betas[:2],
-            eps=eps,
             c=c,
+            betas=tuple(betas),
+            eps=eps,
             beta_b=beta_b,
+            growth=growth,
+            max_gap=max_gap,
+            warmup_searches=warmup_searches,
+            use_mv=use_mv,
+            amortize=amortize,
             max_backtracks=max_backtracks,
+            bias_correction_offset=bias_correction_offset,
             weight_decay=weight_decay,
         )
-        self.smoothing = SmoothedArmijo(betas[2], c)
-        self.growth, self.max_gap, self.warmup_searches = growth, max_gap, warmup_searches
-        self.use_mv, self.amortize = use_mv, amortize
-        self.bias_correction_offset = bias_correction_offset
-        self.search_state.update(
-            last_step_size=lr,
-            steps_since_search=100,
-            slow_step_size=1e-8,
-            fast_step_size=1e-8,
-            avg_decrease=0.0,
-            avg_slope=0.0,
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        betas = group["betas"]
+        if len(betas) != 3:
+            raise ValueError(f"betas must be (beta1, beta2, beta3), got {betas!r}")
+        check_open_unit(c=group["c"], beta_b=group["beta_b"], **{"betas[2]": betas[2]})
+        check_adam_group(group)
+        check_positive(growth=group["growth"], max_gap=group["max_gap"])
+        check_int_at_least(
+            0,
+            warmup_searches=group["warmup_searches"],
+            bias_correction_offset=group["bias_correction_offset"],
         )
+
+    def _initial_search_state(self) -> dict[str, Any]:
+        return {
+            **super()._initial_search_state(),
+            "searched_step_size": self.defaults["lr"],
+            "steps_since_search": 100,
+            "slow_step_size": 1e-8,
+            "fast_step_size": 1e-8,
+            "avg_decrease": 0.0,
+            "avg_slope": 0.0,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        search = state.get("state", {}).get("line_search", {})
+        if "last_step_size" in search:  # the name before lsframe 0.1's restructuring
+            search["searched_step_size"] = search.pop("last_step_size")
+        defaults = state.get("defaults") or self.defaults
+        for group in state.get("param_groups", []):
+            if len(group.get("betas", ())) == 2:  # β3 was kept outside the groups
+                group["betas"] = (*group["betas"], defaults["betas"][2])
+        super().__setstate__(state)
 
     def search_gap(self) -> float:
         """Steps wanted between searches, from how fast the step size still changes."""
         state = self.search_state
         ratio = state["fast_step_size"] / state["slow_step_size"]
         ratio = 1.0 / ratio if ratio < 1 else ratio
-        return min(self.max_gap, 1.0 / (ratio - 1.0 + 1e-8))
+        return min(self.shared("max_gap"), 1.0 / (ratio - 1.0 + 1e-8))
 
     def _line_search_step(
         self, loss: float, forward: Callable[[], Tensor], groups: list[ActiveGroup]
     ) -> None:
         state = self.search_state
+        rule = {key: self.shared(key) for key in RULE_KEYS}
         gap = self.search_gap()
         state["steps_since_search"] += 1
-        denominators, exp_avgs, bc1 = self._adam_moments(groups, self.bias_correction_offset)
-        momentum = Direction(exp_avgs, denominators, scale=1.0 / bc1)
-        eta = self.growth * state["last_step_size"]
+        step = next_moment_step(state) + self.shared("bias_correction_offset")
+        adam = adam_directions(self.state, groups, step)
+        momentum = adam.update()
+        eta = rule["growth"] * state["searched_step_size"]
         search = (
-            not self.amortize
-            or state["step"] < self.warmup_searches
+            not rule["amortize"]
+            or state["step"] < rule["warmup_searches"]
             or state["steps_since_search"] >= gap
         )
         if not search:
             momentum.move(groups, [eta] * len(groups))
-            self._set_step_size(eta)
+            self._set_step_sizes(eta)
             return
         state["steps_since_search"] = 0
-        trial = momentum if self.use_mv else Direction([a.grads for a in groups], denominators)
-        avg_slope = self.smoothing.update_slope(state, "avg_slope", trial.slope(groups))
+        trial = momentum if rule["use_mv"] else adam.preconditioned_gradient(groups)
+        beta3 = self.shared("betas")[2]
+        smoothing = SmoothedArmijo(beta3, rule["c"])
+        avg_slope = smoothing.update_slope(state, "avg_slope", trial.slope(groups))
         if loss != 0 and avg_slope >= 1e-8:
-            eta = self._search(loss, forward, groups, trial, eta, avg_slope)
+            eta = self._searched(loss, forward, groups, trial, eta, smoothing, rule["beta_b"])
         else:
             momentum.move(groups, [eta] * len(groups))
-        state["last_step_size"] = eta
+        state["searched_step_size"] = eta
         state["slow_step_size"] = 0.99 * state["slow_step_size"] + 0.01 * eta
         state["fast_step_size"] = 0.9 * state["fast_step_size"] + 0.1 * eta
-        self._set_step_size(eta)
+        self._set_step_sizes(eta)
 
-    def _search(
+    def _searched(
         self,
         loss: float,
         forward: Callable[[], Tensor],
         groups: list[ActiveGroup],
         trial: Direction,
         eta: float,
-        avg_slope: float,
+        smoothing: SmoothedArmijo,
+        beta_b: float,
     ) -> float:
-        state, smoothing = self.search_state, self.smoothing
-
-        def verdict(trial_loss: float, step_size: float) -> bool | float:
-            decrease = loss - trial_loss
-            if decrease == 0:
-                return True
-            if decrease != decrease:
-                return step_size * self.beta_b
-            if smoothing.accepts(state["avg_decrease"], decrease, step_size, avg_slope):
-                state["avg_decrease"] = smoothing.smoothed_decrease(state["avg_decrease"], decrease)
-                return True
-            return step_size * self.beta_b
-
-        result = backtrack(
-            forward,
-            lambda a: trial.move(groups, [a] * len(groups)),
-            eta,
-            verdict,
-            self.max_backtracks,
+        """The step size the smoothed Armijo search accepts (the accepted trial is the step)."""
+        state = self.search_state
+        averages = {"decrease": state["avg_decrease"]}
+        verdict = armijo_verdict(
+            loss,
+            0.0,
+            smoothing.c,
+            beta_b,
+            smoothing,
+            averages,
+            state["avg_slope"],
+            accept_zero_decrease=True,
         )
-        state["searches"] += 1
-        state["failed_searches"] += not result.accepted
+        result = self._search(
+            forward, lambda a: trial.move(groups, [a] * len(groups)), eta, verdict
+        )
+        state["avg_decrease"] = averages["decrease"]
         return result.step_size
-
-    def _set_step_size(self, eta: float) -> None:
-        for group in self.param_groups:
-            group["step_size"] = eta

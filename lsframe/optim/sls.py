@@ -7,30 +7,9 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from lsframe.optim._linesearch import (
-    ActiveGroup,
-    Direction,
-    LineSearchOptimizer,
-    armijo,
-    backtrack,
-    check_open_unit,
-    check_positive,
-)
-
-
-def reset_step_size(
-    step_size: float, option: int, gamma: float, n_batches_per_epoch: int, initial: float
-) -> float:
-    """The step size a search starts from (Vaswani et al. 2019, Alg. 2, "reset").
-
-    Option 0 keeps the previous η, option 1 grows it by ``γ^(1/n)`` per step (so it can double
-    every ``n`` steps with ``γ = 2``), option 2 restarts from the initial η.
-    """
-    if option == 0:
-        return step_size
-    if option == 1:
-        return step_size * gamma ** (1.0 / n_batches_per_epoch)
-    return initial
+from lsframe.optim._linesearch import LineSearchOptimizer
+from lsframe.optim._rules import ActiveGroup, Decision, Direction, armijo, reset_step_size
+from lsframe.validation import check_choice, check_open_unit, check_positive
 
 
 class SGDSLS(LineSearchOptimizer):
@@ -94,60 +73,79 @@ class SGDSLS(LineSearchOptimizer):
         max_backtracks: int = 100,
         weight_decay: float = 0.0,
     ) -> None:
-        check_open_unit(c=c, beta_b=beta_b)
-        check_positive(gamma=gamma, n_batches_per_epoch=n_batches_per_epoch, eta_max=eta_max)
-        if reset_option not in (0, 1, 2):
-            raise ValueError(f"reset_option must be 0, 1 or 2, got {reset_option!r}")
-        if line_search_fn not in ("armijo", "goldstein"):
-            raise ValueError(
-                f"line_search_fn must be 'armijo' or 'goldstein', got {line_search_fn!r}"
-            )
-        if beta_f <= 1:
-            raise ValueError(f"beta_f must be > 1, got {beta_f}")
-        if line_search_fn == "goldstein" and c >= 0.5:
-            raise ValueError(f"c must be < 0.5 for the Goldstein conditions, got {c}")
-        self.c, self.beta_b, self.gamma = c, beta_b, gamma
-        self.reset_option, self.n_batches_per_epoch = reset_option, n_batches_per_epoch
-        self.line_search_fn, self.beta_f, self.eta_max = line_search_fn, beta_f, eta_max
-        self.initial_step_size = lr
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay}, max_backtracks)
+        defaults = dict(
+            lr=lr,
+            c=c,
+            beta_b=beta_b,
+            gamma=gamma,
+            reset_option=reset_option,
+            n_batches_per_epoch=n_batches_per_epoch,
+            line_search_fn=line_search_fn,
+            beta_f=beta_f,
+            eta_max=eta_max,
+            max_backtracks=max_backtracks,
+            weight_decay=weight_decay,
+        )
+        super().__init__(params, defaults)
 
-    def _verdict(self, loss: float, slope: float) -> Callable[[float, float], bool | float]:
-        def verdict(trial_loss: float, eta: float) -> bool | float:
-            decrease = loss - trial_loss
-            if not (decrease == decrease) or not armijo(decrease, eta, slope, self.c):
-                return eta * self.beta_b  # NaN decrease lands here too
-            if self.line_search_fn == "goldstein" and decrease > (1 - self.c) * eta * slope:
-                if eta >= self.eta_max:
-                    return True  # cannot grow further: accept the largest allowed step
-                return min(eta * self.beta_f, self.eta_max)
-            return True
-
-        return verdict
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        check_open_unit(c=group["c"], beta_b=group["beta_b"])
+        check_positive(
+            gamma=group["gamma"],
+            n_batches_per_epoch=group["n_batches_per_epoch"],
+            eta_max=group["eta_max"],
+        )
+        check_choice("reset_option", group["reset_option"], (0, 1, 2))
+        check_choice("line_search_fn", group["line_search_fn"], ("armijo", "goldstein"))
+        if not group["beta_f"] > 1:
+            raise ValueError(f"beta_f must be > 1, got {group['beta_f']!r}")
+        if group["line_search_fn"] == "goldstein" and group["c"] >= 0.5:
+            raise ValueError(f"c must be < 0.5 for the Goldstein conditions, got {group['c']!r}")
 
     def _line_search_step(
         self, loss: float, forward: Callable[[], Tensor], groups: list[ActiveGroup]
     ) -> None:
-        state = self.search_state
+        rule = {key: self.shared(key) for key in RULE_KEYS}
         direction = Direction([active.grads for active in groups])
         slope = direction.slope(groups)
+        first = self.param_groups[0]
         eta = reset_step_size(
-            self.param_groups[0]["step_size"],
-            self.reset_option,
-            self.gamma,
-            self.n_batches_per_epoch,
-            self.initial_step_size,
+            first["step_size"],
+            rule["reset_option"],
+            rule["gamma"],
+            rule["n_batches_per_epoch"],
+            first["initial_step_size"],
         )
-        if self.line_search_fn == "goldstein":
-            eta = min(eta, self.eta_max)
-        result = backtrack(
-            forward,
-            lambda a: direction.move(groups, [a] * len(groups)),
-            eta,
-            self._verdict(loss, slope),
-            self.max_backtracks,
+        goldstein = rule["line_search_fn"] == "goldstein"
+        if goldstein:
+            eta = min(eta, rule["eta_max"])
+        c, beta_b, beta_f, eta_max = rule["c"], rule["beta_b"], rule["beta_f"], rule["eta_max"]
+
+        def verdict(trial_loss: float, eta: float) -> Decision:
+            decrease = loss - trial_loss
+            if not (decrease == decrease) or not armijo(decrease, eta, slope, c):
+                return Decision.retry(eta * beta_b)  # NaN decrease lands here too
+            if goldstein and decrease > (1 - c) * eta * slope:
+                if eta >= eta_max:
+                    return Decision.accepted()  # cannot grow: accept the largest allowed step
+                return Decision.retry(min(eta * beta_f, eta_max))
+            return Decision.accepted()
+
+        result = self._search(
+            forward, lambda a: direction.move(groups, [a] * len(groups)), eta, verdict
         )
-        state["searches"] += 1
-        state["failed_searches"] += not result.accepted
-        for group in self.param_groups:
-            group["step_size"] = result.step_size
+        self._set_step_sizes(result.step_size)
+
+
+# one search over all groups: these hyperparameters must agree across the groups
+RULE_KEYS = (
+    "c",
+    "beta_b",
+    "gamma",
+    "reset_option",
+    "n_batches_per_epoch",
+    "line_search_fn",
+    "beta_f",
+    "eta_max",
+)

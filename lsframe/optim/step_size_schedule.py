@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from lsframe.optim._registry import info_for
+
 
 class StepSizeSchedule:
     """Run any torch LR scheduler on a line-search optimizer's ``lr_multiplier``.
@@ -20,13 +22,14 @@ class StepSizeSchedule:
     scheduler directly; :class:`lsframe.modules.ClosureModule` picks the right one.
 
     Args:
-        optimizer: A line-search optimizer (its groups have ``lr_multiplier``).
+        optimizer: A line-search optimizer (its registry record ``searches``; its groups have
+            ``lr_multiplier``).
         scheduler: Callable building a torch scheduler from an optimizer, e.g.
             ``lambda opt: WarmupCosineLR(opt, total_steps=1000)``.
     """
 
     def __init__(self, optimizer: Optimizer, scheduler: Callable[[Optimizer], Any]) -> None:
-        if any("lr_multiplier" not in g for g in optimizer.param_groups):
+        if not info_for(optimizer).searches:
             raise ValueError(
                 f"StepSizeSchedule needs a line-search optimizer; {type(optimizer).__name__} "
                 "groups have no 'lr_multiplier' (use the scheduler directly)"

@@ -1,0 +1,221 @@
+"""Step-size rules and trial moves: the pieces every line search composes.
+
+* A :class:`Direction` says how to move the parameters (``x ← x − a·d`` with
+  ``d = num / den · scale``, per group) and gives the slope ``⟨g, d⟩`` the conditions need.
+* Trial points are reached by moving the parameters in place along the direction and leaving
+  them by the opposite move (no parameter copies); a failed search returns the parameters to
+  ``x`` up to float rounding (one add and one subtract per coordinate, |error| ≤ 1 ulp of ``x``).
+* The conditions (:func:`armijo`, :class:`SmoothedArmijo`) decide from losses; a verdict turns a
+  condition into a :class:`Decision` (accept, or the next step size to try), and
+  :func:`backtrack` runs the bounded search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lsframe.optim._sharded import local, reduce_sums
+
+
+def loss_value(loss: Tensor | float) -> float:
+    """A closure's loss as a Python float."""
+    return float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+
+
+@dataclass
+class ActiveGroup:
+    """One param group restricted to the parameters that have a gradient this step."""
+
+    group: dict[str, Any]
+    params: list[Tensor]
+    grads: list[Tensor]
+
+    @property
+    def multiplier(self) -> float:
+        return float(self.group["lr_multiplier"])
+
+
+@dataclass
+class Direction:
+    """Per-group direction ``d_g = scale · num_g / den_g`` (``den`` None means 1)."""
+
+    num: list[list[Tensor]]
+    den: list[list[Tensor]] | None = None
+    scale: float = 1.0
+
+    def move(self, groups: list[ActiveGroup], amounts: list[float]) -> None:
+        """``x_g ← x_g − amounts[g] · multiplier_g · d_g`` in place, one foreach op per group."""
+        for i, (active, amount) in enumerate(zip(groups, amounts)):
+            alpha = -amount * active.multiplier * self.scale
+            if alpha == 0.0 or not active.params:
+                continue
+            if self.den is None:
+                torch._foreach_add_(active.params, self.num[i], alpha=alpha)
+            else:
+                torch._foreach_addcdiv_(active.params, self.num[i], self.den[i], value=alpha)
+
+    def slope(self, groups: list[ActiveGroup], which: Iterable[int] | None = None) -> float:
+        """``Σ_g multiplier_g ⟨g_g, d_g⟩``: minus the directional derivative of a move by ``d``."""
+        total = 0.0
+        for i in range(len(groups)) if which is None else which:
+            active = groups[i]
+            if not active.params:
+                continue
+            dots = []
+            for j, grad in enumerate(active.grads):
+                d = self.num[i][j] if self.den is None else self.num[i][j] / self.den[i][j]
+                g, d = local(grad).reshape(-1).float(), local(d).reshape(-1).float()
+                dots.append(torch.dot(g, d))
+            dots = reduce_sums(dots, active.grads)  # sharded parameters: over all pieces
+            total += active.multiplier * self.scale * float(torch.stack(dots).sum())
+        return total
+
+
+def armijo(decrease: float, step_size: float, slope: float, c: float) -> bool:
+    """Armijo's sufficient decrease ``f(x) − f(x − η d) ≥ c · η · ⟨g, d⟩``."""
+    return decrease >= c * step_size * slope
+
+
+class SmoothedArmijo:
+    """Armijo on exponential moving averages of the decrease and of the slope (P0 smoothing, P1).
+
+    Accept ``η`` when ``β·D̄ + (1 − β)·Δ(η) ≥ c'·η·Ḡ``, where ``Ḡ`` already includes this step's
+    slope and ``D̄`` is the average of the decreases of accepted steps; ``c' = c`` when ``Ḡ > 0``
+    and ``c' = flip_c`` otherwise (``1/c`` in ALSALS; ``None`` keeps ``c``). The averages live in
+    a plain dict of the optimizer's state (keys ``decrease`` and ``slope`` unless told otherwise).
+    """
+
+    def __init__(self, beta: float, c: float, flip_c: float | None = None) -> None:
+        self.beta = beta
+        self.c = c
+        self.flip_c = flip_c
+
+    def update_slope(self, state: dict[str, Any], key: str, slope: float) -> float:
+        state[key] = self.beta * state.get(key, 0.0) + (1 - self.beta) * slope
+        return state[key]
+
+    def smoothed_decrease(self, avg_decrease: float, decrease: float) -> float:
+        return self.beta * avg_decrease + (1 - self.beta) * decrease
+
+    def accepts(
+        self, avg_decrease: float, decrease: float, step_size: float, avg_slope: float
+    ) -> bool:
+        c = self.c if avg_slope > 0 or self.flip_c is None else self.flip_c
+        return self.smoothed_decrease(avg_decrease, decrease) >= c * step_size * avg_slope
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A verdict on one trial: accept its step size, or try ``next_step_size`` instead."""
+
+    accept: bool
+    next_step_size: float = 0.0
+
+    @classmethod
+    def accepted(cls) -> Decision:
+        return cls(True)
+
+    @classmethod
+    def retry(cls, step_size: float) -> Decision:
+        return cls(False, step_size)
+
+
+Verdict = Callable[[float, float], Decision]
+
+
+def armijo_verdict(
+    loss: float,
+    slope: float,
+    c: float,
+    beta_b: float,
+    smoothing: SmoothedArmijo | None = None,
+    averages: dict[str, float] | None = None,
+    avg_slope: float = 0.0,
+    accept_zero_decrease: bool = False,
+) -> Verdict:
+    """Armijo (or, with ``smoothing``, its smoothed form) with backtracking ``η ← beta_b · η``.
+
+    With ``smoothing``, ``averages["decrease"]`` is ``D̄`` and is updated when a trial is
+    accepted; ``avg_slope`` is ``Ḡ`` (already updated by the caller). A NaN or infinite trial
+    loss is a rejected trial. ``accept_zero_decrease`` accepts a trial whose loss equals
+    ``f(x)`` exactly (the SaLSA package's rule).
+    """
+
+    def verdict(trial_loss: float, eta: float) -> Decision:
+        decrease = loss - trial_loss
+        if accept_zero_decrease and decrease == 0:
+            return Decision.accepted()
+        if decrease != decrease:  # NaN or inf trial loss
+            return Decision.retry(eta * beta_b)
+        if smoothing is None:
+            ok = armijo(decrease, eta, slope, c)
+        else:
+            assert averages is not None
+            ok = smoothing.accepts(averages["decrease"], decrease, eta, avg_slope)
+            if ok:
+                averages["decrease"] = smoothing.smoothed_decrease(averages["decrease"], decrease)
+        return Decision.accepted() if ok else Decision.retry(eta * beta_b)
+
+    return verdict
+
+
+@dataclass
+class SearchResult:
+    step_size: float
+    trial_loss: float | None
+    accepted: bool
+    trials: int
+
+
+def backtrack(
+    forward: Callable[[], Tensor],
+    move_to: Callable[[float], None],
+    step_size: float,
+    verdict: Verdict,
+    max_backtracks: int,
+) -> SearchResult:
+    """Bounded search over trial points ``x − η d``, moving the parameters in place.
+
+    Args:
+        forward: Forward-only loss at the current parameters.
+        move_to: ``move_to(a)`` moves the parameters by ``−a·d`` from where they are.
+        step_size: First η to try.
+        verdict: ``verdict(trial_loss, η)`` decides; a non-finite trial loss is passed on too,
+            and verdicts must reject it.
+        max_backtracks: Most trials. When all fail the parameters are moved back to ``x``.
+
+    Returns:
+        The accepted η (parameters left at ``x − η d``), or on failure the last η proposed
+        (parameters back at ``x``).
+    """
+    at = 0.0
+    for trial in range(1, max_backtracks + 1):
+        move_to(step_size - at)
+        at = step_size
+        trial_loss = loss_value(forward())
+        decision = verdict(trial_loss, step_size)
+        if decision.accept:
+            return SearchResult(step_size, trial_loss, True, trial)
+        step_size = decision.next_step_size
+    move_to(-at)
+    return SearchResult(step_size, None, False, max_backtracks)
+
+
+def reset_step_size(
+    step_size: float, option: int, gamma: float, n_batches_per_epoch: int, initial: float
+) -> float:
+    """The step size a search starts from (Vaswani et al. 2019, Alg. 2, "reset").
+
+    Option 0 keeps the previous η, option 1 grows it by ``γ^(1/n)`` per step (so it can double
+    every ``n`` steps with ``γ = 2``), option 2 restarts from the initial η.
+    """
+    if option == 0:
+        return step_size
+    if option == 1:
+        return step_size * gamma ** (1.0 / n_batches_per_epoch)
+    return initial
