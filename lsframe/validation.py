@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,7 +26,7 @@ def _fail(name: str, rule: str, value: Any) -> None:
 
 
 def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         _fail(name, "a number", value)
     return float(value)
 
@@ -81,7 +82,7 @@ def check_int_at_least(minimum: int, allow_none: bool = False, **values: Any) ->
     for name, value in values.items():
         if value is None and allow_none:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
             _fail(name, f"an integer >= {minimum}" + (" or None" if allow_none else ""), value)
 
 

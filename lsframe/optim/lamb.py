@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lsframe.optim._sharded import any_sharded, local, squared_norms
+from lsframe.validation import check_non_negative, check_positive, check_unit
 
 
 class Lamb(Optimizer):
@@ -64,19 +65,10 @@ class Lamb(Optimizer):
         trust_clip: float | None = None,
         bias_correction: bool = True,
     ) -> None:
-        if not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        for i, beta in enumerate(betas):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"betas[{i}] must be in [0, 1), got {beta}")
-        if not eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        if max_grad_norm is not None and not max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm}")
-        if trust_clip is not None and not trust_clip > 0:
-            raise ValueError(f"trust_clip must be positive or None, got {trust_clip}")
+        check_positive(lr=lr)
+        check_unit(**{"betas[0]": betas[0], "betas[1]": betas[1]})
+        check_non_negative(eps=eps, weight_decay=weight_decay)
+        check_positive(allow_none=True, max_grad_norm=max_grad_norm, trust_clip=trust_clip)
         defaults = dict(
             lr=lr,
             betas=tuple(betas),

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from lsframe.optim._sharded import local
+from lsframe.validation import check_int_at_least, check_unit
 
 LARGE_BATCH = 1024
 
@@ -34,15 +35,13 @@ def valley_defaults(batch_size: int | None) -> tuple[float, float]:
     ALTO's large-batch setting), else ``(0.5, 0.01)``."""
     if batch_size is None or batch_size >= LARGE_BATCH:
         return -5.0, 0.99
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_int_at_least(1, batch_size=batch_size)
     return 0.5, 0.01
 
 
 def check_valley(alpha: float, beta: float) -> None:
     """Raise unless ``0 ≤ β1 < 1`` and ``|α| < 1/(1 − β1)``."""
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"valley beta (β1) must be in [0, 1), got {beta}")
+    check_unit(**{"valley beta (β1)": beta})
     bound = 1.0 / (1.0 - beta)
     if not abs(alpha) < bound:
         raise ValueError(
