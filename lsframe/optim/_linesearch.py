@@ -5,8 +5,8 @@ contract of lsframe, ``closure(backward: bool = True) -> Tensor``, and optionall
 forward-only callable (Lightning's precision plugin wraps the closure and calls it without
 arguments, so :class:`lsframe.modules.ClosureModule` passes forward-only trials as ``forward``).
 Each optimizer subclasses :class:`LineSearchOptimizer` directly, implements
-:meth:`~LineSearchOptimizer._line_search_step` from the rules in :mod:`lsframe.optim._rules` (and
-Adam's moments from :mod:`lsframe.optim._adam`), and lists its hyperparameter checks in
+:meth:`~LineSearchOptimizer._line_search_step` from the rules in :mod:`lsframe.optim.rules` (and
+Adam's moments from :mod:`lsframe.optim.adam_moments`), and lists its hyperparameter checks in
 :meth:`~LineSearchOptimizer._check_group`.
 
 Shared by all:
@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lsframe.optim._functional import all_finite
-from lsframe.optim._rules import ActiveGroup, SearchResult, Verdict, backtrack, loss_value
+from lsframe.optim.rules import ActiveGroup, SearchResult, Verdict, backtrack, loss_value
 from lsframe.validation import check_int_at_least, check_non_negative, check_positive
 
 Closure = Callable[..., Tensor]
@@ -197,7 +197,7 @@ class LineSearchOptimizer(Optimizer):
         verdict: Verdict,
         which: Sequence[int] | None = None,
     ) -> SearchResult:
-        """:func:`~lsframe.optim._rules.backtrack` over the groups ``which``, counted."""
+        """:func:`~lsframe.optim.rules.backtrack` over the groups ``which``, counted."""
         result = backtrack(
             forward, move_to, step_size, verdict, self.shared("max_backtracks", which)
         )

@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from lsframe.optim._adam import adam_directions, check_adam_group, next_moment_step
 from lsframe.optim._linesearch import LineSearchOptimizer
-from lsframe.optim._rules import ActiveGroup, SmoothedArmijo, armijo_verdict, reset_step_size
+from lsframe.optim.adam_moments import adam_directions, check_adam_group, next_moment_step
+from lsframe.optim.rules import ActiveGroup, SmoothedArmijo, armijo_verdict, reset_step_size
 from lsframe.validation import check_choice, check_open_unit, check_positive
 
 

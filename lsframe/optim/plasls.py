@@ -8,8 +8,8 @@ from typing import Any, Literal
 from torch import Tensor
 
 from lsframe.optim._linesearch import LineSearchOptimizer
-from lsframe.optim._rules import ActiveGroup
 from lsframe.optim.adam_sls import check_adam_sls_group, search_parts_then_adam_step
+from lsframe.optim.rules import ActiveGroup
 from lsframe.validation import check_int_at_least
 
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import Tensor
 
-from lsframe.optim._adam import adam_directions, check_adam_group, next_moment_step
 from lsframe.optim._linesearch import LineSearchOptimizer
-from lsframe.optim._rules import ActiveGroup, Direction, SmoothedArmijo, armijo_verdict
+from lsframe.optim.adam_moments import adam_directions, check_adam_group, next_moment_step
+from lsframe.optim.rules import ActiveGroup, Direction, SmoothedArmijo, armijo_verdict
 from lsframe.validation import check_int_at_least, check_open_unit, check_positive
 
 # one search over all groups: these hyperparameters must agree across the groups

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from torch import Tensor
 
 from lsframe.optim._linesearch import LineSearchOptimizer
-from lsframe.optim._rules import ActiveGroup, Decision, Direction, armijo, reset_step_size
+from lsframe.optim.rules import ActiveGroup, Decision, Direction, armijo, reset_step_size
 from lsframe.validation import check_choice, check_open_unit, check_positive
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from lsframe.optim._functional import adam_denominator, adam_moments_, bias_correction
-from lsframe.optim._rules import ActiveGroup, Direction
+from lsframe.optim.rules import ActiveGroup, Direction
 from lsframe.validation import check_positive, check_unit
 
 
