@@ -152,6 +152,25 @@ def multipliers_for(
     return {n: values.get(n, 1.0) for n in names}
 
 
+def check_distribution(
+    model: nn.Module,
+    distribution: dict[str, float] | str | None,
+    param_grouping: str,
+    num_parts: int,
+) -> None:
+    """Raise now, not at fit time, when a module's ``lr_distribution`` cannot apply: it needs
+    ``param_grouping="parts"`` (one param group per part), and its names and values must fit
+    ``model`` split into ``num_parts`` (:func:`multipliers_for`). None is always fine."""
+    if distribution is None:
+        return
+    if param_grouping != "parts":
+        raise ValueError(
+            "lr_distribution needs param_grouping='parts' (one param group per part), got "
+            f"param_grouping={param_grouping!r}"
+        )
+    multipliers_for(model, distribution, num_parts)
+
+
 def combine_distributions(distributions: list[dict[str, float]]) -> dict[str, float]:
     """The combined distribution of several pairs: per part, the geometric mean of the
     multipliers (relative to the same flat rate), so a part every pair slows stays slow.

@@ -37,8 +37,10 @@ import lightning.pytorch as pl
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from lsframe.modules import ClosureModule
+from lsframe.optim import info_for
 from lsframe.parts import split_into_parts
 from lsframe.sequential import SequenceRunner, Stage
+from lsframe.validation import check_interval
 
 
 @dataclass
@@ -136,8 +138,7 @@ def part_groups_by_depth(parts: list[str], groups: int | None) -> list[list[str]
     """Parts in order, cut into ``groups`` contiguous chunks (each part alone when None)."""
     if groups is None:
         return [[p] for p in parts]
-    if not 1 <= groups <= len(parts):
-        raise ValueError(f"search.groups must be in [1, {len(parts)}], got {groups}")
+    check_interval(1, len(parts), False, False, **{"search.groups": groups})
     chunks: list[list[str]] = [[] for _ in range(groups)]
     for i, part in enumerate(parts):
         chunks[i * groups // len(parts)].append(part)
@@ -164,9 +165,9 @@ class DistributionSearch:
         if not 0 < self.options.lr_low < self.options.lr_high:
             raise ValueError("search: need 0 < lr_low < lr_high")
         probe = make_module({})
-        group = probe.optimizer_factory(probe.param_groups()).param_groups[0]
+        optimizer = probe.optimizer_factory(probe.param_groups())
         # a line search's multipliers scale its searched step: base_lr is then only their unit
-        lr = None if "lr_multiplier" in group else group.get("lr")
+        lr = None if info_for(optimizer).searches else optimizer.param_groups[0].get("lr")
         if lr is not None and not math.isclose(lr, self.options.base_lr, rel_tol=1e-9):
             raise ValueError(
                 f"search.base_lr is {self.options.base_lr:g} but the model's optimizer lr is "

@@ -36,6 +36,7 @@ from torch import nn
 import lsframe.data  # noqa: F401 - registers the DataModules for class_path lookup
 from lsframe.callbacks import EWC
 from lsframe.modules import ClosureModule
+from lsframe.validation import check_choice
 
 
 @dataclass
@@ -115,8 +116,7 @@ class SequenceRunner:
             raise ValueError("stages: give at least one stage")
         if len(set(names)) != len(names):
             raise ValueError(f"stages: task names must be unique, got {names}")
-        if heads not in ("separate", "shared"):
-            raise ValueError(f"heads must be 'separate' or 'shared', got {heads!r}")
+        check_choice("heads", heads, ("separate", "shared"))
         self.trainer_kwargs = dict(trainer or {})
         for key in ("logger", "enable_checkpointing"):
             if self.trainer_kwargs.get(key) not in (None, True, False):

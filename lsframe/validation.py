@@ -49,9 +49,7 @@ def check_non_negative(**values: Any) -> None:
             _fail(name, ">= 0", value)
 
 
-def check_interval(
-    low: float, high: float, low_open: bool, high_open: bool, **values: Any
-) -> None:
+def check_interval(low: float, high: float, low_open: bool, high_open: bool, **values: Any) -> None:
     """Each value lies in the interval from ``low`` to ``high`` (open or closed at each end)."""
     interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
     for name, value in values.items():

@@ -39,7 +39,7 @@ def main(out_dir: str, name: str, steps: int) -> None:
     module = TinyRegression(
         model=mlp(dropout=0.1),
         optimizer=lambda p: optim.create(name, p),
-        param_grouping="parts" if name == "plasls" else "decay",
+        param_grouping="parts" if optim.info(name).param_grouping == "parts" else "decay",
     )
     callbacks = with_every_callback(module) if everything else []
     t = trainer(max_steps=steps, strategy="ddp", devices=2, accelerator="cpu", callbacks=callbacks)

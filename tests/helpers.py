@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lsframe import optim
 from lsframe.modules import ClosureModule
+from lsframe.optim import OptimizerInfo
 
 
 def regression_data(n: int = 32, seed: int = 0) -> TensorDataset:
@@ -44,16 +46,12 @@ class TinyRegression(ClosureModule):
         return F.mse_loss(self.model(x).squeeze(-1), y)
 
 
-# learning rates for the registered optimizers that have no default (the line search sets its own)
-REGISTRY_LR = {"sgd": 0.05, "adam": 1e-2, "adamw": 1e-2, "lamb": 1e-2, "alto": 1e-2, "adame": 1e-2}
-
-
 def registry_module(name: str, model: nn.Module | None = None, **kwargs: Any) -> TinyRegression:
-    """A TinyRegression driven by the registered optimizer ``name`` (PLASLS: grouped by parts)."""
-    from lsframe import optim
-
-    lr = {"lr": REGISTRY_LR[name]} if name in REGISTRY_LR else {}
-    kwargs.setdefault("param_grouping", "parts" if name == "plasls" else "single")
+    """A TinyRegression driven by the registered optimizer ``name``, at its record's ``test_lr``
+    (if any) and grouped as the record asks (one group per part, else a single group)."""
+    record = optim.info(name)
+    lr = {} if record.test_lr is None else {"lr": record.test_lr}
+    kwargs.setdefault("param_grouping", "parts" if record.param_grouping == "parts" else "single")
     return TinyRegression(model=model, optimizer=partial(optim.create, name, **lr), **kwargs)
 
 
@@ -71,11 +69,14 @@ def trainer(**kwargs: Any) -> pl.Trainer:
 
 
 class ProbeOptimizer(torch.optim.Optimizer):
-    """SGD that also runs ``trials`` forward-only evaluations per step and records everything."""
+    """SGD that also runs ``trials`` forward-only evaluations per step and records everything.
 
-    accepts_forward_closure = True
+    Registered as ``probe`` (forward trials) when first built, not at import: tests parametrized
+    by ``optim.names()`` at collection must not see it.
+    """
 
     def __init__(self, params: Any, lr: float = 0.1, trials: int = 2) -> None:
+        optim.register(PROBE)
         super().__init__(params, {"lr": lr})
         self.trials = trials
         self.records: list[dict[str, Any]] = []
@@ -105,6 +106,9 @@ class ProbeOptimizer(torch.optim.Optimizer):
                 if p.grad is not None:
                     p.add_(p.grad, alpha=-group["lr"])
         return loss
+
+
+PROBE = OptimizerInfo("probe", ProbeOptimizer, forward_trials=True)
 
 
 def small_sequence_config(name: str, glue_dir: Any) -> dict:

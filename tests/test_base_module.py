@@ -7,6 +7,8 @@ import torch
 from helpers import ProbeOptimizer, TinyRegression, loader, mlp, regression_data, trainer
 from lightning.pytorch.callbacks import Callback
 
+from lsframe.callbacks import ClosureCallback
+
 
 def probe(**kwargs):
     return lambda params: ProbeOptimizer(params, **kwargs)
@@ -52,7 +54,7 @@ def test_dropout_differs_between_evaluations_without_the_fixed_state():
     assert not torch.equal(model(x), model(x))
 
 
-class QuadraticPenalty(Callback):
+class QuadraticPenalty(ClosureCallback):
     def __init__(self, weight: float) -> None:
         self.weight = weight
         self.calls = 0
@@ -82,7 +84,7 @@ def test_callback_loss_terms_are_in_every_evaluation_and_gradient():
         torch.testing.assert_close(got, want)
 
 
-class GradientHookSpy(Callback):
+class GradientHookSpy(ClosureCallback):
     def __init__(self) -> None:
         self.seen: list[tuple[int, list[torch.Tensor]]] = []
 
@@ -108,7 +110,7 @@ def test_gradient_hook_fires_once_per_step_after_all_micro_batches():
 
 
 def test_gradient_hook_transform_is_what_the_optimizer_sees():
-    class ZeroFirstLayer(Callback):
+    class ZeroFirstLayer(ClosureCallback):
         def on_gradients_ready(self, trainer, pl_module, optimizer):
             pl_module.model[0].weight.grad.zero_()
 
@@ -205,7 +207,7 @@ def test_16_mixed_is_refused_with_an_explanation():
         t.fit(module, train_dataloaders=loader())
 
 
-class NaNAt(Callback):
+class NaNAt(ClosureCallback):
     def __init__(self, step: int) -> None:
         self.step = step
 

@@ -14,12 +14,12 @@ from helpers import TinyRegression, loader, trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lsframe.callbacks import DPS, ChildTuningD
-from lsframe.callbacks._masking import global_top_fraction_masks, top_fraction_mask
+from lsframe.callbacks import DPS, ChildTuningD, ClosureCallback
+from lsframe.callbacks.masking import global_top_fraction_masks, top_fraction_mask
 from lsframe.optim import ALSALS, SGDSLS
 
 
-class Recorder(pl.Callback):
+class Recorder(ClosureCallback):
     """Clones every parameter and gradient when the gradient hook reaches it."""
 
     def __init__(self) -> None:

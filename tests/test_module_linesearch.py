@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import TinyRegression, loader, trainer
-from lightning.pytorch.callbacks import Callback
 
 from lsframe import optim
+from lsframe.callbacks import ClosureCallback
 from lsframe.optim import PLASLS, SaLSA, WarmupCosineLR
 
 
-class Recorder(Callback):
+class Recorder(ClosureCallback):
     def __init__(self) -> None:
         self.hook_steps: list[int] = []
         self.logged: list[dict[str, float]] = []
@@ -24,9 +24,9 @@ class Recorder(Callback):
         self.logged[-1]["searched_step_size"] = trainer.optimizers[0].param_groups[0]["step_size"]
 
 
-@pytest.mark.parametrize("name", optim.LINE_SEARCH)
+@pytest.mark.parametrize("name", optim.line_searches())
 def test_line_search_in_the_loop_steps_once_and_hooks_once_per_step(name):
-    grouping = "parts" if name == "plasls" else "decay"
+    grouping = "parts" if optim.info(name).param_grouping == "parts" else "decay"
     module = TinyRegression(optimizer=lambda p, n=name: optim.create(n, p), param_grouping=grouping)
     recorder = Recorder()
     t = trainer(max_steps=6, callbacks=[recorder])

@@ -8,10 +8,10 @@ import random
 import pytest
 import torch
 from helpers import TinyRegression, registry_module, regression_data, trainer
-from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset
 
 from lsframe import optim
+from lsframe.callbacks import ClosureCallback
 
 
 class FailingData(Dataset):
@@ -60,7 +60,7 @@ def test_a_checkpoint_write_that_fails_leaves_the_previous_checkpoint_whole(tmp_
     assert torch.load(path, weights_only=False)["global_step"] == 2
 
 
-class RandomFaults(Callback):
+class RandomFaults(ClosureCallback):
     """NaN or inf added to the loss of a random 30 % of all closure evaluations (trials too)."""
 
     def __init__(self, seed: int = 0) -> None:

@@ -1,8 +1,25 @@
-"""Lightning callbacks, one concern each; they act through the hooks of
-:class:`lsframe.modules.ClosureModule` (``on_gradients_ready``, ``closure_loss``)."""
+"""Lightning callbacks, one concern each. Those that act inside the optimizer step subclass
+:class:`ClosureCallback` (hooks ``closure_loss`` and ``on_gradients_ready``), which a module
+declaring :class:`ClosureHooks` (:class:`lsframe.modules.ClosureModule`) drives.
 
-from lsframe.callbacks.dps import DPS, ChildTuningD
+Gradient masks share :mod:`lsframe.callbacks.masking` (:func:`top_fraction_mask`,
+:func:`global_top_fraction_masks`).
+"""
+
+from lsframe.callbacks.base import ClosureCallback, ClosureHooks
+from lsframe.callbacks.child_tuning import ChildTuningD
+from lsframe.callbacks.dps import DPS
 from lsframe.callbacks.ewc import EWC
+from lsframe.callbacks.masking import global_top_fraction_masks, top_fraction_mask
 from lsframe.callbacks.valley import ValleyExploration
 
-__all__ = ["DPS", "EWC", "ChildTuningD", "ValleyExploration"]
+__all__ = [
+    "DPS",
+    "EWC",
+    "ChildTuningD",
+    "ClosureCallback",
+    "ClosureHooks",
+    "ValleyExploration",
+    "global_top_fraction_masks",
+    "top_fraction_mask",
+]

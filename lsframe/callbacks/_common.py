@@ -1,4 +1,4 @@
-"""Pieces several callbacks share: the module check and the diagonal-Fisher pass."""
+"""The diagonal-Fisher pass several callbacks share (EWC, ChildTuning-D)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,6 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor, nn
-
-
-def require_closure_module(callback: pl.Callback, pl_module: pl.LightningModule) -> None:
-    """Fail early unless ``pl_module`` is an lsframe ClosureModule (manual optimization with the
-    gradient and loss hooks), without importing the modules layer."""
-    if pl_module.automatic_optimization or not hasattr(pl_module, "on_gradients_ready"):
-        raise TypeError(
-            f"{type(callback).__name__} needs an lsframe ClosureModule (manual optimization with "
-            f"the on_gradients_ready and closure_loss hooks); got {type(pl_module).__name__}"
-        )
 
 
 def squared_gradient_mean(

@@ -1,9 +1,10 @@
-"""Dynamic Parameter Selection (P4) and ChildTuning-D/F as gradient-mask callbacks.
+"""Dynamic Parameter Selection (P4) as a gradient-mask callback.
 
-Both act in the once-per-step gradient hook of :class:`lsframe.modules.ClosureModule`
-(``on_gradients_ready``), after the full backward and before the optimizer uses the gradients,
-so they compose with every optimizer: a line search builds its direction and its Armijo term
-from the masked gradient. See :mod:`lsframe.callbacks._masking` for ``mask_mode``.
+It acts in the once-per-step gradient hook (:meth:`lsframe.callbacks.ClosureCallback.
+on_gradients_ready`), after the full backward and before the optimizer uses the gradients, so it
+composes with every optimizer: a line search builds its direction and its Armijo term from the
+masked gradient. See :mod:`lsframe.callbacks.masking` for ``mask_mode``. ChildTuning-D/F lives in
+:mod:`lsframe.callbacks.child_tuning` (re-exported here, its former home).
 """
 
 from __future__ import annotations
@@ -15,15 +16,13 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from lsframe.callbacks._common import squared_gradient_mean
-from lsframe.callbacks._masking import (
-    GradientMaskCallback,
-    check_fraction,
-    global_top_fraction_masks,
-    top_fraction_mask,
-)
+from lsframe.callbacks.child_tuning import ChildTuningD
+from lsframe.callbacks.masking import GradientMaskCallback, top_fraction_mask
 from lsframe.optim._functional import all_finite
-from lsframe.parts import layer_stack_parameters, weight_matrices
+from lsframe.parts import weight_matrices
+from lsframe.validation import check_fraction, check_int_at_least
+
+__all__ = ["DPS", "ChildTuningD"]
 
 
 class DPS(GradientMaskCallback):
@@ -79,8 +78,7 @@ class DPS(GradientMaskCallback):
         super().__init__(mask_mode, include, exclude)
         check_fraction("p", p)
         check_fraction("update_ratio", update_ratio, low_open=True)
-        if max_steps is not None and max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1 or None, got {max_steps}")
+        check_int_at_least(1, allow_none=True, max_steps=max_steps)
         self.p = p
         self.update_ratio = update_ratio
         self.max_steps = max_steps
@@ -168,130 +166,4 @@ class DPS(GradientMaskCallback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.stage_length = state_dict["stage_length"]
         self.scores = state_dict["scores"]
-        self.masks = state_dict["masks"]
-
-
-class ChildTuningD(GradientMaskCallback):
-    """ChildTuning (Xu et al., EMNLP 2021): a fixed Fisher mask (D) or a random one per step (F).
-
-    * ``variant="D"``: before training, the diagonal Fisher ``F = (1/N) Σ_batches clip(g)²``
-      is estimated over the training data (each parameter's gradient clipped to norm
-      ``max_grad_norm`` first, as the reference); the ``ceil(reserve_p · n)`` entries with the
-      largest Fisher over all selected parameters together are kept (ties: lower position), and
-      every later gradient is multiplied by that fixed mask. Default selection: every parameter
-      of the layer stack (:func:`lsframe.parts.layer_stack_parameters`, the reference's ``layer``
-      rule). The Fisher pass runs the model in training mode and restores the random state, so
-      training sees the same random numbers as a run without the callback; under DDP the Fisher
-      is averaged across ranks.
-    * ``variant="F"``: every step, each gradient entry of every trainable parameter is kept with
-      probability ``reserve_p`` and scaled by ``1/reserve_p``.
-
-    The mask (D) is in the ``state_dict``; a run resumed from a checkpoint does not recompute it,
-    a new fit (the next task of a sequence) does.
-
-    Args:
-        reserve_p: Fraction of entries kept. Default: 0.3.
-        variant: ``"D"`` (task-driven, Fisher) or ``"F"`` (task-free, Bernoulli). Default: "D".
-        num_batches: Training batches for the Fisher (None: one pass over the train loader).
-        max_grad_norm: Per-parameter gradient norm clip before squaring (None: no clip).
-            Default: 1.0.
-        include: Regular expressions replacing the default selection.
-        exclude: Regular expressions removing parameters from the selection.
-        mask_mode: ``"gradient"`` (the reference) or ``"frozen"``. Default: "gradient".
-        seed: Seed of the F variant's masks (with the step number). Default: 0.
-    """
-
-    def __init__(
-        self,
-        reserve_p: float = 0.3,
-        variant: Literal["D", "F"] = "D",
-        num_batches: int | None = None,
-        max_grad_norm: float | None = 1.0,
-        include: list[str] | None = None,
-        exclude: list[str] | None = None,
-        mask_mode: Literal["gradient", "frozen"] = "gradient",
-        seed: int = 0,
-    ) -> None:
-        super().__init__(mask_mode, include, exclude)
-        self.seed = seed
-        check_fraction("reserve_p", reserve_p, low_open=True)
-        if variant not in ("D", "F"):
-            raise ValueError(f"variant must be 'D' or 'F', got {variant!r}")
-        if num_batches is not None and num_batches < 1:
-            raise ValueError(f"num_batches must be >= 1 or None, got {num_batches}")
-        if max_grad_norm is not None and max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm}")
-        self.reserve_p = reserve_p
-        self.variant = variant
-        self.num_batches = num_batches
-        self.max_grad_norm = max_grad_norm
-        self.masks: dict[str, Tensor] | None = None
-
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(
-            variant=self.variant,
-            reserve_p=self.reserve_p,
-            include=self.include,
-            exclude=self.exclude,
-        )
-
-    def select(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-        if self.variant == "F":
-            if self.include:
-                return weight_matrices(model, self.include, self.exclude)
-            # every trainable parameter (as the reference), less the exclude patterns
-            return weight_matrices(model, [""], self.exclude)
-        return layer_stack_parameters(model, self.include, self.exclude)
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        resumed = trainer.ckpt_path is not None and self.masks is not None
-        if self.variant == "D" and not resumed:  # each new fit (task) gets its own mask
-            fisher = self.estimate_fisher(trainer, pl_module)
-            self.masks = global_top_fraction_masks(fisher, self.reserve_p)
-
-    def estimate_fisher(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule
-    ) -> dict[str, Tensor]:
-        """Mean over training batches of each selected parameter's squared (clipped) gradient,
-        in training mode as the reference."""
-        return squared_gradient_mean(
-            trainer,
-            pl_module,
-            self.params,
-            num_batches=self.num_batches,
-            train_mode=True,
-            max_grad_norm=self.max_grad_norm,
-            owner="ChildTuningD",
-        )
-
-    @torch.no_grad()
-    def on_gradients_ready(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> None:
-        if self.variant == "F":
-            # a generator of its own, seeded by (seed, step): the same masks on every DDP rank
-            # and after a resume, whatever else consumed the global random state
-            device = next(iter(self.params.values())).device
-            generator = torch.Generator(device).manual_seed(
-                self.seed * 1_000_003 + trainer.global_step
-            )
-            masks = {
-                n: torch.rand(p.shape, generator=generator, device=p.device) < self.reserve_p
-                for n, p in self.params.items()
-                if p.grad is not None
-            }
-            self.apply_masks(optimizer, masks, scale=1.0 / self.reserve_p)
-            pl_module.log("child_tuning/updated_fraction", self.masked_fraction_kept(masks))
-            return
-        if self.masks is None:
-            raise RuntimeError("ChildTuningD: no mask; on_train_start did not run")
-        self.masks = self.to_device(self.masks, self.params)
-        self.apply_masks(optimizer, self.masks)
-
-    def state_dict(self) -> dict[str, Any]:
-        masks = None if self.masks is None else {n: m.cpu() for n, m in self.masks.items()}
-        return {"masks": masks}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.masks = state_dict["masks"]

@@ -12,10 +12,12 @@ import torch
 from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor, nn
 
-from lsframe.callbacks._common import require_closure_module, squared_gradient_mean
+from lsframe.callbacks._common import squared_gradient_mean
+from lsframe.callbacks.base import ClosureCallback
+from lsframe.validation import check_choice, check_int_at_least, check_interval, check_non_negative
 
 
-class EWC(pl.Callback):
+class EWC(ClosureCallback):
     """Penalise moving the weights that mattered for earlier tasks.
 
     At the end of every ``fit`` (a stage of a task sequence) the callback *consolidates*: it
@@ -75,22 +77,17 @@ class EWC(pl.Callback):
         mlm_texts: str | None = None,
         mlm_max_length: int = 128,
     ) -> None:
-        if source not in ("task", "mlm"):
-            raise ValueError(f"source must be 'task' or 'mlm', got {source!r}")
+        check_choice("source", source, ("task", "mlm"))
         if source == "mlm" and (mlm_model is None or mlm_texts is None):
             raise ValueError(
                 "source='mlm' needs mlm_model (a checkpoint with an MLM head) and mlm_texts"
             )
         if mlm_texts is not None and not Path(mlm_texts).is_file():
             raise FileNotFoundError(f"mlm_texts: {mlm_texts} is not a file")
-        if not ewc_lambda >= 0:
-            raise ValueError(f"ewc_lambda must be >= 0, got {ewc_lambda}")
-        if mode not in ("separate", "online"):
-            raise ValueError(f"mode must be 'separate' or 'online', got {mode!r}")
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"decay must be in [0, 1], got {decay}")
-        if fisher_batches is not None and fisher_batches < 1:
-            raise ValueError(f"fisher_batches must be >= 1 or None, got {fisher_batches}")
+        check_non_negative(ewc_lambda=ewc_lambda)
+        check_choice("mode", mode, ("separate", "online"))
+        check_interval(0.0, 1.0, False, False, decay=decay)
+        check_int_at_least(1, allow_none=True, fisher_batches=fisher_batches)
         self.ewc_lambda = ewc_lambda
         self.mode = mode
         self.decay = decay
@@ -112,9 +109,9 @@ class EWC(pl.Callback):
         return {n: p for n, p in model.named_parameters() if p.requires_grad and wanted(n)}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
-        require_closure_module(self, pl_module)
         self.params = self.selected(getattr(pl_module, "model", pl_module))
         if not self.params:
             raise ValueError(f"EWC selected no parameter (include={self.include})")

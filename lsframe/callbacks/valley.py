@@ -9,18 +9,18 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lsframe.callbacks._common import require_closure_module
-from lsframe.callbacks._masking import GradientMaskCallback
+from lsframe.callbacks.base import ClosureCallback
+from lsframe.callbacks.masking import GradientMaskCallback
 from lsframe.optim.valley import check_valley, init_valley_state, valley_adapt_, valley_defaults
 
 
-class ValleyExploration(pl.Callback):
+class ValleyExploration(ClosureCallback):
     """Replace each step's gradient ``g`` by ``g̃ = g + α a`` before the optimizer uses it (Zhao et
     al., NeurIPS 2025, arXiv 2510.27153; maths in :mod:`lsframe.optim.valley`).
 
-    Runs in :class:`lsframe.modules.ClosureModule`'s ``on_gradients_ready`` hook: once per optimizer
-    step, after the full backward (all micro-batches, callback loss terms included) and before
-    gradient clipping and the optimizer. Any optimizer therefore runs on ``g̃``: AdamW becomes
+    Runs in the :meth:`~lsframe.callbacks.ClosureCallback.on_gradients_ready` hook: once per
+    optimizer step, after the full backward (all micro-batches, callback loss terms included) and
+    before gradient clipping and the optimizer. Any optimizer therefore runs on ``g̃``: AdamW becomes
     AdamE, Lamb becomes ALTO's update without its clip-first order, and a line search builds its
     direction *and its Armijo slope* from ``g̃`` (the slope is ``⟨g̃, d⟩``, not the true
     directional derivative ``⟨g, d⟩``). Gradient masks (DPS, ChildTuning) and this callback
@@ -64,9 +64,9 @@ class ValleyExploration(pl.Callback):
         self._adapted: list[str] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
-        require_closure_module(self, pl_module)
         callbacks = list(trainer.callbacks)
         masks_first = [
             type(c).__name__

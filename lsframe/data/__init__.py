@@ -1,5 +1,6 @@
 """DataModules for the papers' tasks, with offline sources."""
 
+from lsframe.data.examples import TextExamples
 from lsframe.data.glue import GLUE_TASKS, GlueDataModule, GlueTask, read_glue_tsv
 from lsframe.data.images import (
     CIFARDataModule,
@@ -10,12 +11,7 @@ from lsframe.data.images import (
 )
 from lsframe.data.lm import ByteTokenizer, TextFileLMDataModule
 from lsframe.data.resumable import EpochSeededRandomSampler, ResumableDataLoader
-from lsframe.data.text import (
-    AmazonFineFoodReviews,
-    TextClassificationDataModule,
-    TextExamples,
-    TokenizedDataset,
-)
+from lsframe.data.text import AmazonFineFoodReviews, TextClassificationDataModule, TokenizedDataset
 
 __all__ = [
     "GLUE_TASKS",

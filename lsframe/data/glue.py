@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lsframe.data.text import TextClassificationDataModule, TextExamples
+from lsframe.data.examples import TextExamples
+from lsframe.data.text import TextClassificationDataModule
 
 # GLUE rows can be longer than csv's default field limit (QQP, MNLI parses)
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from lsframe.data.resumable import make_loader
+from lsframe.validation import check_choice, check_int_at_least, check_open_unit
 
 _IDX_MAGIC = {2051: "images", 2049: "labels"}
 
@@ -79,8 +80,9 @@ class ImageDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError("data.batch_size and eval_batch_size must be >= 1")
+        check_int_at_least(
+            1, **{"data.batch_size": batch_size, "data.eval_batch_size": eval_batch_size}
+        )
         self.batch_size, self.eval_batch_size, self.num_workers = (
             batch_size,
             eval_batch_size,
@@ -156,8 +158,7 @@ class IdxImageDataModule(ImageDataModule):
         super().__init__(**kwargs)
         if not Path(data_dir).is_dir():
             raise FileNotFoundError(f"data.data_dir: {data_dir} is not a directory")
-        if not 0 < val_fraction < 1:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        check_open_unit(**{"data.val_fraction": val_fraction})
         self.data_dir, self.train_prefix, self.test_prefix = (
             Path(data_dir),
             train_prefix,
@@ -204,8 +205,7 @@ class CIFARDataModule(ImageDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if name not in ("cifar10", "cifar100"):
-            raise ValueError(f"data.name must be 'cifar10' or 'cifar100', got {name!r}")
+        check_choice("data.name", name, ("cifar10", "cifar100"))
         self.name, self.data_dir, self.download, self.val_fraction = (
             name,
             data_dir,

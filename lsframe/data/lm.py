@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lsframe.data.resumable import make_loader
+from lsframe.validation import check_int_at_least, check_open_unit
 
 
 class ByteTokenizer:
@@ -85,11 +86,9 @@ class TextFileLMDataModule(pl.LightningDataModule):
         for key, path in (("data.train_file", train_file), ("data.val_file", val_file)):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{key}: no file {path}")
-        if val_file is None and not 0 < val_fraction < 1:
-            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
-        for key, value in (("block_size", block_size), ("batch_size", batch_size)):
-            if value < 1:
-                raise ValueError(f"data.{key} must be >= 1, got {value}")
+        if val_file is None:
+            check_open_unit(**{"data.val_fraction": val_fraction})
+        check_int_at_least(1, **{"data.block_size": block_size, "data.batch_size": batch_size})
         self.save_hyperparameters()
         self.train_file, self.val_file, self.val_fraction = train_file, val_file, val_fraction
         self.tokenizer_name = tokenizer

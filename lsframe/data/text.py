@@ -2,43 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
+from lsframe.data.examples import TextExamples
 from lsframe.data.resumable import make_loader
+from lsframe.data.shifts import SHIFTS, apply_shift, fit_shift
+from lsframe.validation import check_choice, check_int_at_least
 
-
-@dataclass
-class TextExamples:
-    """The raw examples of one split: single sentences or sentence pairs with integer labels."""
-
-    text: list[str]
-    labels: list[int] | list[float]
-    text_pair: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        if len(self.text) != len(self.labels):
-            raise ValueError(f"{len(self.text)} texts but {len(self.labels)} labels")
-        if self.text_pair is not None and len(self.text_pair) != len(self.text):
-            raise ValueError(f"{len(self.text)} first sentences but {len(self.text_pair)} second")
-
-    def head(self, n: int | None) -> TextExamples:
-        if n is None:
-            return self
-        pair = None if self.text_pair is None else self.text_pair[:n]
-        return TextExamples(self.text[:n], self.labels[:n], pair)
-
-    def sample(self, n: int | None, seed: int) -> TextExamples:
-        if n is None or n >= len(self.text):
-            return self
-        order = torch.randperm(len(self.text), generator=torch.Generator().manual_seed(seed))
-        index = sorted(order[:n].tolist())
-        pair = None if self.text_pair is None else [self.text_pair[i] for i in index]
-        return TextExamples([self.text[i] for i in index], [self.labels[i] for i in index], pair)
+__all__ = [
+    "AmazonFineFoodReviews",
+    "TextClassificationDataModule",
+    "TextExamples",
+    "TokenizedDataset",
+]
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
@@ -103,24 +83,18 @@ class TextClassificationDataModule(pl.LightningDataModule):
         shift_encoder: str | None = None,
     ) -> None:
         super().__init__()
-        if shift not in (None, "length", "kmeans"):
-            raise ValueError(f"data.shift must be 'length', 'kmeans' or null, got {shift!r}")
-        if shift_part not in (0, 1):
-            raise ValueError(f"data.shift_part must be 0 or 1, got {shift_part}")
-        for key, value in (
-            ("batch_size", batch_size),
-            ("eval_batch_size", eval_batch_size),
-            ("max_length", max_length),
-        ):
-            if value < 1:
-                raise ValueError(f"{key} must be >= 1, got {value}")
-        for key, value in (
-            ("train_limit", train_limit),
-            ("train_subsample", train_subsample),
-            ("val_limit", val_limit),
-        ):
-            if value is not None and value < 1:
-                raise ValueError(f"{key} must be >= 1 or None, got {value}")
+        check_choice("data.shift", shift, (None, *SHIFTS))
+        check_choice("data.shift_part", shift_part, (0, 1))
+        check_int_at_least(
+            1, batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length
+        )
+        check_int_at_least(
+            1,
+            allow_none=True,
+            train_limit=train_limit,
+            train_subsample=train_subsample,
+            val_limit=val_limit,
+        )
         self.save_hyperparameters()
         self.tokenizer_name = tokenizer
         self.batch_size = batch_size
@@ -201,8 +175,6 @@ class TextClassificationDataModule(pl.LightningDataModule):
         """Keep the examples of ``shift_part`` (the rule is fitted once, on the training split)."""
         if self.shift is None:
             return examples
-        from lsframe.data.shifts import apply_shift, fit_shift
-
         if self._shift_rule is None:
             train = examples if is_train else self.load_split("train").head(self.train_limit)
             self._shift_rule = fit_shift(self.shift, train, self.seed, self.shift_encoder)

@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from lsframe.modules.base import ClosureModule
+from lsframe.validation import check_int_at_least
 
 
 class ImageClassificationModule(ClosureModule):
@@ -38,8 +39,7 @@ class ImageClassificationModule(ClosureModule):
     ) -> None:
         import timm
 
-        if num_classes < 2:
-            raise ValueError(f"model.num_classes must be >= 2, got {num_classes}")
+        check_int_at_least(2, **{"model.num_classes": num_classes})
         try:
             model = timm.create_model(
                 model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans

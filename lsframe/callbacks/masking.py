@@ -1,5 +1,5 @@
-"""What every gradient-mask callback shares (DPS, ChildTuning): exact top-fraction masks, the
-two masking behaviours, and the checks that the module drives the gradient hook.
+"""What every gradient-mask callback shares (DPS, ChildTuning): exact top-fraction masks
+(:func:`top_fraction_mask`, :func:`global_top_fraction_masks`) and the two masking behaviours.
 
 Masking behaviours (``mask_mode``):
 
@@ -23,7 +23,8 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from lsframe.callbacks._common import require_closure_module
+from lsframe.callbacks.base import ClosureCallback
+from lsframe.validation import check_choice
 
 FIRST_MOMENT_KEYS = ("exp_avg", "momentum_buffer")
 
@@ -52,19 +53,12 @@ def global_top_fraction_masks(scores: dict[str, Tensor], keep: float) -> dict[st
     return {n: m.view(scores[n].shape) for n, m in zip(names, flat.split(sizes))}
 
 
-def check_fraction(name: str, value: float, low_open: bool = False) -> None:
-    ok = 0.0 < value <= 1.0 if low_open else 0.0 <= value < 1.0
-    if not ok:
-        interval = "(0, 1]" if low_open else "[0, 1)"
-        raise ValueError(f"{name} must be in {interval}, got {value}")
-
-
-class GradientMaskCallback(pl.Callback):
+class GradientMaskCallback(ClosureCallback):
     """Base class: selected parameters, mask application, frozen-mode save and restore.
 
-    Subclasses implement :meth:`select` and the ``on_gradients_ready`` hook of
-    :class:`lsframe.modules.ClosureModule`, which fires once per optimizer step after the full
-    backward (all micro-batches) and before clipping and the optimizer's use of the gradients.
+    Subclasses implement :meth:`select` and :meth:`ClosureCallback.on_gradients_ready`, which
+    fires once per optimizer step after the full backward (all micro-batches) and before clipping
+    and the optimizer's use of the gradients.
     """
 
     def __init__(
@@ -73,8 +67,7 @@ class GradientMaskCallback(pl.Callback):
         include: list[str] | None = None,
         exclude: list[str] | None = None,
     ) -> None:
-        if mask_mode not in ("gradient", "frozen"):
-            raise ValueError(f"mask_mode must be 'gradient' or 'frozen', got {mask_mode!r}")
+        check_choice("mask_mode", mask_mode, ("gradient", "frozen"))
         self.mask_mode = mask_mode
         self.include = list(include) if include else None
         self.exclude = list(exclude) if exclude else None
@@ -82,13 +75,14 @@ class GradientMaskCallback(pl.Callback):
         self._saved: list[tuple[nn.Parameter, Tensor, Tensor]] = []
 
     def select(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        """The ``(name, parameter)`` pairs of ``model`` this callback masks."""
         raise NotImplementedError
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
         name = type(self).__name__
-        require_closure_module(self, pl_module)
         model = getattr(pl_module, "model", pl_module)
         self.params = dict(self.select(model))
         if not self.params:

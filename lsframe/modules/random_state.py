@@ -1,9 +1,12 @@
-"""Random states: one step's (restored before each closure evaluation) and a run's (checkpointed).
+"""A run's random state in its checkpoints, so that a resumed run draws what the uninterrupted
+one would have drawn.
 
 Lightning does not put the random number generators in a checkpoint, so a resumed run would draw
 other dropout masks than the uninterrupted one. :class:`ClosureModule` saves the generators with
-:func:`random_states` and restores them with :func:`set_random_states` just before training
-resumes, which makes a resumed trajectory bit-identical on the CPU in deterministic mode.
+:func:`random_states` and, through :class:`ResumeRandomState`, restores them just before
+training resumes, which makes a resumed trajectory bit-identical on the CPU in deterministic
+mode. (The random state of one optimizer step, restored before each closure evaluation, is
+:class:`lsframe.optim.StepRandomState`.)
 """
 
 from __future__ import annotations
@@ -13,20 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-
-class StepRandomState:
-    """The random state at the start of an optimizer step, restorable before each evaluation."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cpu = torch.get_rng_state()
-        self.device = device if device.type == "cuda" else None
-        self.cuda = torch.cuda.get_rng_state(device) if self.device is not None else None
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.device is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)
 
 
 def random_states(device: torch.device) -> dict[str, Any]:
@@ -55,3 +44,26 @@ def set_random_states(states: dict[str, Any], device: torch.device) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     if device.type == "cuda" and "cuda" in states:
         torch.cuda.set_rng_state(states["cuda"], device)
+
+
+class ResumeRandomState:
+    """The generator states a loaded checkpoint carried, held until training resumes.
+
+    :meth:`hold` keeps them when the checkpoint is loaded; :meth:`restore` applies them once, at
+    the last hook before the first resumed step (nothing after it draws from the generators),
+    and only when the fit resumes from that checkpoint: weights loaded for a new fit keep the new
+    fit's seed.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Any] | None = None
+
+    def hold(self, states: dict[str, Any] | None) -> None:
+        """Keep ``states`` (from :func:`random_states`; None: nothing to restore)."""
+        self.pending = states
+
+    def restore(self, resuming: bool, device: torch.device) -> None:
+        """Apply the held states if ``resuming``; forget them either way."""
+        states, self.pending = self.pending, None
+        if states is not None and resuming:
+            set_random_states(states, device)

@@ -1,0 +1,84 @@
+"""What :class:`lsframe.modules.ClosureModule` refuses: sharding, precision and callbacks that
+cannot work with its closure, data that disagrees with the model, and non-finite steps. Each
+check raises with the setting to change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from lsframe.callbacks.base import check_closure_callbacks
+from lsframe.optim import info_for
+from lsframe.optim._functional import all_finite
+
+
+def check_sharding(strategy: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse FSDP1 (Lightning's ``FSDPStrategy``) for optimizers that reduce over parameters.
+
+    FSDP1 hands the optimizer plain tensors holding each rank's slice of a flattened parameter,
+    so nothing tells a norm or an inner product that the other slices exist: the line searches
+    and Lamb would decide from a part of the model, differently on every rank. FSDP2 parameters
+    are DTensors, which lsframe reduces over all shards (``lsframe.optim._sharded``). Which
+    optimizers reduce over parameters is their registry record's ``reduces_over_parameters``.
+    """
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(strategy, FSDPStrategy) and info_for(optimizer).reduces_over_parameters:
+        raise ValueError(
+            f"trainer.strategy: {type(optimizer).__name__} needs norms and inner products over "
+            "whole parameters, which Lightning's FSDPStrategy (FSDP1, flat slices) hides. Shard "
+            "with FSDP2 instead: strategy ModelParallelStrategy and torch's fully_shard in the "
+            "module's configure_model (see README, Distributed training), or use DDP."
+        )
+
+
+def check_precision(precision: str) -> None:
+    """Refuse ``16-mixed`` (and ``16``): its GradScaler cannot drive a closure."""
+    if precision in ("16-mixed", "16"):
+        raise ValueError(
+            f"precision={precision!r} cannot drive lsframe's closure: its GradScaler runs the "
+            "closure once and then steps without it, so trial evaluations are impossible "
+            "(torch's GradScaler.step refuses closures). Use precision='bf16-mixed' (no "
+            "scaler) or '32-true'."
+        )
+
+
+def check_fit(trainer: pl.Trainer) -> None:
+    """Everything a ClosureModule checks when a fit starts: the precision and the callbacks
+    (:func:`lsframe.callbacks.base.check_closure_callbacks`)."""
+    check_precision(str(trainer.precision))
+    check_closure_callbacks(trainer.callbacks)
+
+
+def check_data(datamodule: Any, **expected: Any) -> None:
+    """Raise when an attribute of ``datamodule`` disagrees with the model's setting of the same
+    name, naming the ``model.<key>`` to set. Attributes the DataModule lacks are not checked."""
+    for key, mine in expected.items():
+        theirs = getattr(datamodule, key, None)
+        if theirs is not None and theirs != mine:
+            raise ValueError(
+                f"model.{key} is {mine} but the data ({type(datamodule).__name__}) has "
+                f"{theirs}: set model.{key}: {theirs}"
+            )
+
+
+def nonfinite_problem(loss: Tensor, optimizer: torch.optim.Optimizer) -> str | None:
+    """What is not finite after a backward evaluation: the loss, else a gradient (one reduction
+    per tensor, one sync); None when everything is finite."""
+    if not torch.isfinite(loss):
+        return f"training loss {loss.item()}"
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if not all_finite(grads):
+        return f"gradient (loss {loss.item():.6g} was finite)"
+    return None
+
+
+def nonfinite_error(problem: str, step: int) -> FloatingPointError:
+    """The error of ``nonfinite_loss="raise"``, naming the problem and the step."""
+    return FloatingPointError(
+        f"non-finite {problem} at global step {step}; the parameters were not changed. "
+        "Set model.nonfinite_loss='skip' to skip such steps instead."
+    )
