@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import mean_std
+
 Rows = list[dict[str, Any]]
 
 
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f} (1 seed)"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+def over_seeds(values: list[float]) -> str:
+    """``mean ± std`` over seeds; a single seed is written ``x (1 seed)``."""
+    return mean_std(values, note_one_seed=True)
 
 
 def seeds_note(*groups: list[float]) -> str:
@@ -48,7 +49,7 @@ def salsa_vs_adamw(rows: Rows) -> tuple[str, str]:
     best = max(grid, key=lambda name: statistics.mean(_values(rows, "acc", optimizer=name)))
     adamw = _values(rows, "acc", optimizer=best)
     holds = statistics.mean(salsa) >= statistics.mean(adamw)
-    measured = f"SaLSA {mean_std(salsa)} vs best AdamW ({best.split('@')[1]}) {mean_std(adamw)}"
+    measured = f"SaLSA {over_seeds(salsa)} vs best AdamW ({best.split('@')[1]}) {over_seeds(adamw)}"
     return measured, ("holds" if holds else "missed") + seeds_note(salsa, adamw)
 
 
@@ -72,9 +73,9 @@ def dps_quality(task: str) -> Callable[[Rows], tuple[str, str]]:
         child = _values(rows, "acc", task=task, method="childtuning_d")
         if not runs["vanilla"] or not runs["dps"]:
             raise ValueError(f"no {task} runs")
-        measured = f"vanilla {mean_std(runs['vanilla'])}, DPS {mean_std(runs['dps'])}"
+        measured = f"vanilla {over_seeds(runs['vanilla'])}, DPS {over_seeds(runs['dps'])}"
         if child:
-            measured += f", ChildTuning-D {mean_std(child)}"
+            measured += f", ChildTuning-D {over_seeds(child)}"
         higher = statistics.mean(runs["dps"]) > statistics.mean(runs["vanilla"])
         steadier = len(runs["dps"]) > 1 and statistics.stdev(runs["dps"]) < statistics.stdev(
             runs["vanilla"]
@@ -91,7 +92,7 @@ def at_least(metric: str, ours: str, theirs: str) -> Callable[[Rows], tuple[str,
     def read(rows: Rows) -> tuple[str, str]:
         a, b = _values(rows, metric, optimizer=ours), _values(rows, metric, optimizer=theirs)
         holds = statistics.mean(a) >= statistics.mean(b)
-        measured = f"{ours} {mean_std(a)} vs {theirs} {mean_std(b)}"
+        measured = f"{ours} {over_seeds(a)} vs {theirs} {over_seeds(b)}"
         return measured, ("holds" if holds else "missed") + seeds_note(a, b)
 
     return read
@@ -118,7 +119,9 @@ def ewc_forgets_less(rows: Rows) -> tuple[str, str]:
         ewc = _drops(rows, pair, ewc_lambda=lambdas[-1], distribution="flat")
         wins += statistics.mean(ewc) < statistics.mean(plain)
         groups += [plain, ewc]
-        cells.append(f"{pair}: drop plain {mean_std(plain)}, EWC λ={lambdas[-1]:g} {mean_std(ewc)}")
+        cells.append(
+            f"{pair}: drop plain {over_seeds(plain)}, EWC λ={lambdas[-1]:g} {over_seeds(ewc)}"
+        )
     verdict = f"holds on {wins}/{len(pairs)} pairs" + seeds_note(*groups)
     return "; ".join(cells), verdict
 
@@ -137,13 +140,13 @@ def distribution_forgets_less(rows: Rows) -> tuple[str, str]:
         ewc = _drops(rows, pair, ewc_lambda=ewc_lambda, distribution="flat")
 
         parts = [
-            f"flat {mean_std(flat)} {_on_b(rows, pair, 0.0, 'flat')}",
-            f"EWC {mean_std(ewc)} {_on_b(rows, pair, ewc_lambda, 'flat')}",
+            f"flat {over_seeds(flat)} {_on_b(rows, pair, 0.0, 'flat')}",
+            f"EWC {over_seeds(ewc)} {_on_b(rows, pair, ewc_lambda, 'flat')}",
         ]
         for dist in sorted({r.get("distribution", "flat") for r in rows} - {"flat"}):
             drop = _drops(rows, pair, ewc_lambda=0.0, distribution=dist)
             label = Path(dist).parent.name or dist
-            parts.append(f"{label} {mean_std(drop)} {_on_b(rows, pair, 0.0, dist)}")
+            parts.append(f"{label} {over_seeds(drop)} {_on_b(rows, pair, 0.0, dist)}")
             total += 1
             wins += statistics.mean(drop) < min(statistics.mean(flat), statistics.mean(ewc))
             groups.append(drop)

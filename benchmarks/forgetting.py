@@ -9,10 +9,10 @@ Fisher (the offline MiniLM has no MLM head) over ``--fisher-batches`` batches.
 ``--distributions`` adds plain fine-tuning under learning-rate distributions (P3's BERTcL: a
 preset name or a ``best_distribution.yaml`` of ``python -m lsframe search``; ``flat`` is none).
 
-    python benchmarks/forgetting.py --pairs sst2-mrpc mrpc-sst2 --sweep 100 1000 10000 100000 \
+    python -m benchmarks.forgetting --pairs sst2-mrpc mrpc-sst2 --sweep 100 1000 10000 100000 \
         1000000 --seeds 0 --out benchmarks/results/forgetting_sweep_cpu      # λ sweep, 1 seed
-    python benchmarks/forgetting.py --lambdas 100000 --seeds 0 1 2          # chosen λ, 3 seeds
-    python benchmarks/forgetting.py --pairs sst2-mrpc mrpc-sst2 --lambdas 100000 \
+    python -m benchmarks.forgetting --lambdas 100000 --seeds 0 1 2          # chosen λ, 3 seeds
+    python -m benchmarks.forgetting --pairs sst2-mrpc mrpc-sst2 --lambdas 100000 \
         --distributions benchmarks/results/search/best_distribution.yaml bertcl_combined \
         benchmarks/results/search_combined/distribution.yaml \
         --seeds 0 1 2 --out benchmarks/results/distribution_cpu \
@@ -25,32 +25,26 @@ Every finished sequence is appended to ``<out>.runs.jsonl`` and reused by later 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from benchmarks.common import (
     GLUE_DIR,
-    MINILM,
     QUIET_TRAINER,
+    adamw,
     append_run,
     device_name,
     load_runs,
     mean_std,
+    minilm_module,
     write_results,
 )
-
-from lsframe.callbacks import EWC  # noqa: E402
-from lsframe.data import GlueDataModule  # noqa: E402
-from lsframe.modules import SequenceClassificationModule  # noqa: E402
-from lsframe.optim import WarmupCosineLR  # noqa: E402
-from lsframe.sequential import SequenceRunner, Stage  # noqa: E402
+from lsframe.callbacks import EWC
+from lsframe.data import GlueDataModule
+from lsframe.sequential import SequenceRunner, Stage
 
 PAIRS = {
     "sst2-mrpc": (("sst2", {}), ("mrpc", {})),
@@ -78,13 +72,8 @@ def one_sequence(
 ) -> dict:
     pl.seed_everything(seed, verbose=False)
     by_parts = {} if distribution == "flat" else {"lr_distribution": distribution}
-    module = SequenceClassificationModule(
-        MINILM,
-        num_labels=2,
-        optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.01),
-        lr_scheduler=partial(WarmupCosineLR, warmup_ratio=0.1),
-        param_grouping="parts" if by_parts else "decay",
-        **by_parts,
+    module = minilm_module(
+        adamw(args.lr), param_grouping="parts" if by_parts else "decay", **by_parts
     )
     stages = []
     for i, (task, extra) in enumerate(PAIRS[pair]):
@@ -183,7 +172,7 @@ def main() -> None:
         f"MiniLM-L6, seeded random {args.train_size}-example training subsets, {args.epochs} "
         f"epochs per stage, AdamW {args.lr:g} + warmup/cosine per stage, separate heads, full dev sets "
         f"(accuracy); EWC task-loss Fisher over {args.fisher_batches} batches; device "
-        f"{device_name('cuda' if torch.cuda.is_available() else 'cpu')}. Mean ± std over seeds."
+        f"{device_name()}. Mean ± std over seeds."
     )
     write_results(out, meta, "\n".join(lines), rows)
 

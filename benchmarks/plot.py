@@ -1,6 +1,6 @@
 """PNG plots of the benchmark results (needs matplotlib: pip install 'lsframe[bench]').
 
-python benchmarks/plot.py benchmarks/results/step_cost_cpu.json benchmarks/results/quality_sst2_cpu.json
+python -m benchmarks.plot benchmarks/results/step_cost_cpu.json benchmarks/results/quality_sst2_cpu.json
 """
 
 from __future__ import annotations

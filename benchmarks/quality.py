@@ -8,33 +8,33 @@ dev metric, as a user would after running the grid). "train loss" is the mean tr
 over the last 20 % of the epoch. Each finished run is appended to ``<out>.runs.jsonl``; a later
 invocation with the same ``--out`` reuses the runs found there (add seeds in several sittings).
 
-    python benchmarks/quality.py --task sst2 --train-limit 2000 --max-length 64 --seeds 0 1 2
+    python -m benchmarks.quality --task sst2 --train-limit 2000 --max-length 64 --seeds 0 1 2
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
-    LINE_SEARCH,
+from benchmarks.common import (
+    append_run,
     build,
     classifier,
     device_name,
     glue_examples,
+    load_runs,
     loader,
+    mean_std,
     step_size,
     tokenizer,
-)  # noqa: E402
-
-from lsframe.data.glue import glue_task  # noqa: E402
+    write_results,
+)
+from lsframe.data.glue import glue_task
+from lsframe.optim import line_searches
 
 GRID = ["adamw@1e-5", "adamw@2e-5", "adamw@5e-5", "adamw@1e-4"]
 PEERS = ["prodigy", "dadaptadam"]
@@ -75,9 +75,7 @@ def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
         "seconds": time.perf_counter() - started,
         **evaluate(run, dev_data, args.task),
     }
-    print(json.dumps(row), flush=True)
-    with open(args.log, "a") as log:  # survives an interrupted benchmark
-        log.write(json.dumps(row) + "\n")
+    append_run(args.log, row)  # survives an interrupted benchmark
     return row
 
 
@@ -89,7 +87,7 @@ def summarise(rows: list[dict], metric: str) -> list[dict]:
         for key in ("train_loss", metric, *(["f1"] if metric != "f1" and "f1" in mine[0] else [])):
             values = [r[key] for r in mine]
             entry[key] = statistics.fmean(values)
-            entry[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            entry[key + "_cell"] = mean_std(values)
         entry["forwards_per_step"] = statistics.fmean(r["forwards_per_step"] for r in mine)
         entry["seconds"] = statistics.fmean(r["seconds"] for r in mine)
         table.append(entry)
@@ -102,7 +100,7 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=2000)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--optimizers", nargs="+", default=LINE_SEARCH + GRID + PEERS)
+    parser.add_argument("--optimizers", nargs="+", default=line_searches() + GRID + PEERS)
     parser.add_argument("--no-schedulefree", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -114,12 +112,7 @@ def main() -> None:
     train = glue_examples(args.task, "train", args.train_limit)
     dev = glue_examples(args.task, "dev")
     # runs already in the log (an earlier, interrupted or partial invocation) are reused
-    done = (
-        [json.loads(line) for line in args.log.read_text().splitlines()]
-        if args.log.exists()
-        else []
-    )
-    known = {(r["optimizer"], r["seed"]): r for r in done}
+    known = {(r["optimizer"], r["seed"]): r for r in load_runs(args.log)}
 
     def run_or_reuse(spec: str, seed: int) -> dict:
         return known.get((spec, seed)) or one_run(spec, seed, args, tok, train, dev)
@@ -141,22 +134,16 @@ def main() -> None:
     ]
     for e in table:
         cells = [e["optimizer"], str(e["seeds"])]
-        cells += [f"{e[k]:.4f} ± {e[k + '_std']:.4f}" for k in keys]
+        cells += [e[k + "_cell"] for k in keys]
         cells += [f"{e['forwards_per_step']:.2f}", f"{e['seconds']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    device = device_name("cuda" if torch.cuda.is_available() else "cpu")
     meta = (
         f"GLUE {args.task}: first {args.train_limit} training examples, 1 epoch, batch 16, max "
         f"length {args.max_length}; dev set {len(dev.labels)} examples; seeds {args.seeds}; "
-        f"MiniLM-L6; device {device}; torch "
+        f"MiniLM-L6; device {device_name()}; torch "
         f"{torch.__version__}; wall {time.time() - started:.0f} s. Mean ± std over seeds."
     )
-    table_text = "\n".join(lines)
-    print(meta + "\n\n" + table_text)
-    out.with_suffix(".md").write_text(
-        f"{meta}\n\nCommand: `{' '.join(sys.argv)}`\n\n{table_text}\n"
-    )
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_results(out, meta, "\n".join(lines), rows)
 
 
 if __name__ == "__main__":

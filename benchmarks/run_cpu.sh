@@ -1,27 +1,27 @@
 #!/usr/bin/env bash
-# The commands that make the CPU benchmark tables (results/ holds the output); benchmarks/report.py
-# runs them all and writes results/REPORT.md. The scripts reuse
+# The commands that make the CPU benchmark tables (results/ holds the output);
+# python -m benchmarks.report runs them all and writes results/REPORT.md. The scripts reuse
 # the runs already logged under the same --out, so seeds and tasks can be added in several sittings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python benchmarks/quality.py --task sst2 --train-limit 2000 --max-length 64 --seeds 0
-python benchmarks/step_cost.py --steps 1000 --short-steps 50 --out benchmarks/results/step_cost_cpu
-python benchmarks/step_cost.py --rows-from benchmarks/results/step_cost_cpu.json --memory --out benchmarks/results/step_cost_cpu
-python benchmarks/plot.py benchmarks/results/step_cost_cpu.json benchmarks/results/quality_sst2_cpu.json
-python benchmarks/quality.py --task sst2 --train-limit 2000 --max-length 64 --seeds 0 1 2
-python benchmarks/quality.py --task mrpc --train-limit 100000 --max-length 128 --seeds 0
-python benchmarks/quality.py --task rte --train-limit 100000 --max-length 128 --seeds 0
+python -m benchmarks.quality --task sst2 --train-limit 2000 --max-length 64 --seeds 0
+python -m benchmarks.step_cost --steps 1000 --short-steps 50 --out benchmarks/results/step_cost_cpu
+python -m benchmarks.step_cost --rows-from benchmarks/results/step_cost_cpu.json --memory --out benchmarks/results/step_cost_cpu
+python -m benchmarks.plot benchmarks/results/step_cost_cpu.json benchmarks/results/quality_sst2_cpu.json
+python -m benchmarks.quality --task sst2 --train-limit 2000 --max-length 64 --seeds 0 1 2
+python -m benchmarks.quality --task mrpc --train-limit 100000 --max-length 128 --seeds 0
+python -m benchmarks.quality --task rte --train-limit 100000 --max-length 128 --seeds 0
 # issue 6: DPS and ChildTuning-D vs vanilla (RTE, MRPC; 1,000-example subsets, 3 epochs, 5 seeds)
-python benchmarks/dps.py --overhead --steps 100
-python benchmarks/dps.py --tasks rte mrpc --seeds 0 1 2 3 4
+python -m benchmarks.dps --overhead --steps 100
+python -m benchmarks.dps --tasks rte mrpc --seeds 0 1 2 3 4
 # issue 8: ALTO vs Lamb vs AdamW at batch 1,024; AdamE vs AdamW fine-tuning
-python benchmarks/valley.py --part large-batch --seeds 0 1 2
-python benchmarks/valley.py --part finetune --seeds 0 1 2
+python -m benchmarks.valley --part large-batch --seeds 0 1 2
+python -m benchmarks.valley --part finetune --seeds 0 1 2
 # issue 7: forgetting, plain vs EWC: a lambda sweep with one seed on two pairs, then the chosen
 # lambda (1e5: the largest that keeps accuracy on B within 0.01 of plain on both) x 3 seeds
-python benchmarks/forgetting.py --pairs sst2-mrpc mrpc-sst2 --sweep 100 1000 10000 100000 1000000 \
+python -m benchmarks.forgetting --pairs sst2-mrpc mrpc-sst2 --sweep 100 1000 10000 100000 1000000 \
   --seeds 0 --out benchmarks/results/forgetting_sweep_cpu
-python benchmarks/forgetting.py --lambdas 100000 --seeds 0 1 2 --out benchmarks/results/forgetting_cpu
+python -m benchmarks.forgetting --lambdas 100000 --seeds 0 1 2 --out benchmarks/results/forgetting_cpu
 # issue 9: the learning-rate distribution search (20 trials; several processes may share it)
 python -m lsframe search --config configs/search/minilm_sst2_mrpc.yaml \
   --search.output_dir benchmarks/results/search
@@ -35,10 +35,10 @@ python -m lsframe combine benchmarks/results/search_pair_sst2_mrpc/best_distribu
   --out benchmarks/results/search_combined/distribution.yaml
 # issue 9: flat LR vs EWC vs the found distribution vs the combined preset vs the per-pair
 # searches' combination (3 seeds)
-python benchmarks/forgetting.py --pairs sst2-mrpc mrpc-sst2 --lambdas 100000 \
+python -m benchmarks.forgetting --pairs sst2-mrpc mrpc-sst2 --lambdas 100000 \
   --distributions benchmarks/results/search/best_distribution.yaml bertcl_combined \
   benchmarks/results/search_combined/distribution.yaml \
   --seeds 0 1 2 --out benchmarks/results/distribution_cpu \
   --reuse-from benchmarks/results/forgetting_cpu.runs.jsonl
 # everything above in one resumable command, and the claims report (results/REPORT.md)
-python benchmarks/report.py
+python -m benchmarks.report

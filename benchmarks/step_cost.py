@@ -6,7 +6,7 @@ the machine's speed hits all of them alike. Reported: mean seconds per step, the
 AdamW, forward passes per step, the step size at the end; with ``--memory``, peak memory of
 each optimizer alone in a fresh process (max RSS on CPU, ``max_memory_allocated`` on CUDA).
 
-    python benchmarks/step_cost.py --steps 1000 --out benchmarks/results/step_cost_cpu
+    python -m benchmarks.step_cost --steps 1000 --out benchmarks/results/step_cost_cpu
 """
 
 from __future__ import annotations
@@ -21,27 +21,24 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
+from benchmarks.common import (
+    ROOT,
     build,
     classifier,
+    command_line,
     device_name,
     endless,
     glue_examples,
     loader,
     step_size,
     tokenizer,
-)  # noqa: E402
+)
+from lsframe.optim import info, line_searches
 
-OPTIMIZERS = [
-    "adamw-const@5e-5",
-    "sgdsls",
-    "adamsls",
-    "plasls",
-    "alsals",
-    "salsa",
-    "salsa-reference",
-]
+# AdamW first (the base of the ratios), every lsframe line search, the authors' SaLSA
+OPTIMIZERS = ["adamw-const@5e-5", *line_searches(), "salsa-reference"]
+# the line searches that search at every step (not amortised, as SaLSA's are)
+EVERY_STEP = [name for name in line_searches() if not info(name).amortized]
 
 
 def to_device(batch: dict, device: str) -> dict:
@@ -129,9 +126,13 @@ def probe_memory(spec: str, device: str, bf16: bool) -> float:
 
 
 def peak_memory(spec: str, args: argparse.Namespace) -> float:
-    command = [sys.executable, __file__, "--probe-memory", spec, "--device", args.device]
+    command = [sys.executable, "-m", "benchmarks.step_cost", "--probe-memory", spec]
     out = subprocess.run(
-        command + ["--bf16"] * args.bf16, capture_output=True, text=True, check=True
+        command + ["--device", args.device] + ["--bf16"] * args.bf16,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
     )
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -143,7 +144,7 @@ def main() -> None:
     parser.add_argument(
         "--short",
         nargs="*",
-        default=["sgdsls", "adamsls", "plasls", "alsals"],
+        default=EVERY_STEP,
         help="optimizers that search every step: their cost per step is flat, so they run only "
         "the first --short-steps steps (ratio against AdamW's same steps)",
     )
@@ -160,7 +161,7 @@ def main() -> None:
         print(probe_memory(args.probe_memory, args.device, args.bf16))
         return
     started = time.time()
-    command = " ".join(sys.argv)
+    command = command_line()
     if args.rows_from:  # fill in the memory columns of an earlier timing run
         earlier = json.loads(Path(args.rows_from).read_text())
         rows = earlier["rows"]

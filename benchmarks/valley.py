@@ -9,12 +9,12 @@ Both parts train through lsframe's own Lightning stack, every optimizer with the
 stops well before accuracy saturates); test accuracy. AdamW lr 2e-3 wd 0.01, Lamb lr 1e-2 wd 0.01,
 ALTO lr 1e-2 with its defaults (α = −5, β1 = 0.99 at this batch size, λ = 1e-4).
 
-    python benchmarks/valley.py --part large-batch --seeds 0 1 2
+    python -m benchmarks.valley --part large-batch --seeds 0 1 2
 
 ``--part finetune``: MiniLM-L6 on the first 2,000 SST-2 sentences, batch 32, max length 64,
 1 epoch, AdamW vs AdamE (α = 0.5, β1 = 0.01 by the batch-size rule), both lr 5e-5; dev accuracy.
 
-    python benchmarks/valley.py --part finetune --seeds 0 1 2
+    python -m benchmarks.valley --part finetune --seeds 0 1 2
 
 Each finished run is appended to ``<out>.runs.jsonl`` and reused by later invocations.
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -31,30 +30,29 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from benchmarks.common import (
     GLUE_DIR,
-    MINILM,
+    adamw,
     append_run,
     device_name,
     load_runs,
     mean_std,
+    minilm_module,
     quiet_trainer,
     write_results,
 )
-
-from lsframe.data import GlueDataModule, IdxImageDataModule  # noqa: E402
-from lsframe.modules import ImageClassificationModule, SequenceClassificationModule  # noqa: E402
-from lsframe.optim import ALTO, AdamE, Lamb, WarmupCosineLR  # noqa: E402
+from lsframe.data import GlueDataModule, IdxImageDataModule
+from lsframe.modules import ImageClassificationModule
+from lsframe.optim import ALTO, AdamE, Lamb, WarmupCosineLR
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 LARGE_BATCH = {
-    "adamw": partial(torch.optim.AdamW, lr=2e-3, weight_decay=0.01),
+    "adamw": adamw(2e-3),
     "lamb": partial(Lamb, lr=1e-2, weight_decay=0.01),
     "alto": partial(ALTO, lr=1e-2),
 }
 FINETUNE = {
-    "adamw": partial(torch.optim.AdamW, lr=5e-5, weight_decay=0.01),
+    "adamw": adamw(5e-5),
     "adame": partial(AdamE, lr=5e-5, weight_decay=0.01, batch_size=32),
 }
 
@@ -83,12 +81,7 @@ def large_batch_run(name: str, seed: int, args: argparse.Namespace) -> dict:
 
 def finetune_run(name: str, seed: int, args: argparse.Namespace) -> dict:
     pl.seed_everything(seed, verbose=False)
-    module = SequenceClassificationModule(
-        MINILM,
-        num_labels=2,
-        optimizer=FINETUNE[name],
-        lr_scheduler=partial(WarmupCosineLR, warmup_ratio=0.1),
-    )
+    module = minilm_module(FINETUNE[name])
     data = GlueDataModule(
         task_name="sst2",
         data_dir=str(GLUE_DIR),
@@ -146,8 +139,7 @@ def main() -> None:
         else f"MiniLM-L6 on the first {args.train_limit:,} SST-2 sentences, batch 32, 1 epoch"
     )
     meta = (
-        f"{setting}; warmup 10 % + cosine; seeds {args.seeds}; device "
-        f"{device_name('cuda' if torch.cuda.is_available() else 'cpu')}; torch "
+        f"{setting}; warmup 10 % + cosine; seeds {args.seeds}; device {device_name()}; torch "
         f"{torch.__version__}. Mean ± std over seeds."
     )
     write_results(out, meta, "\n".join(lines), rows)

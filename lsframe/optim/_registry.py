@@ -34,6 +34,8 @@ class OptimizerInfo:
         searches: It searches its own step size (a line search): ``step`` needs lsframe's closure
             ``closure(backward=True)``, and its groups carry ``lr_multiplier``, on which
             schedules and learning-rate distributions act (``lr = step_size · lr_multiplier``).
+        amortized: A line search that searches on some steps only (SaLSA), so its cost per step
+            depends on the run length; False: it searches on every step.
         param_grouping: ``"parts"`` when it needs one param group per part of the model, each
             with a ``part`` key (:func:`lsframe.parts.part_groups`); ``"any"`` otherwise.
         forward_trials: It takes forward-only trial evaluations as ``step(closure, forward=...)``.
@@ -47,6 +49,7 @@ class OptimizerInfo:
     name: str
     cls: type[Optimizer]
     searches: bool = False
+    amortized: bool = False
     param_grouping: Literal["any", "parts"] = "any"
     forward_trials: bool = False
     reduces_over_parameters: bool = False
@@ -96,6 +99,7 @@ _RECORDS = [
     _line_search(
         "salsa",
         SaLSA,
+        amortized=True,
         invalid_args=(({"betas": (0.9, 0.999)}, "betas"), ({"growth": 0.0}, "growth")),
     ),
     OptimizerInfo("lamb", Lamb, reduces_over_parameters=True, test_lr=1e-2),

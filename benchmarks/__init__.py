@@ -1,0 +1,2 @@
+"""lsframe's benchmarks: each module is a script, run from the repository root as
+``python -m benchmarks.<script> ...`` (``python -m benchmarks.report`` runs them all)."""
