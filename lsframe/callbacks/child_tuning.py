@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from lsframe.callbacks._common import squared_gradient_mean
+from lsframe.callbacks.fisher import squared_gradient_mean
 from lsframe.callbacks.masking import GradientMaskCallback, global_top_fraction_masks
 from lsframe.parts import layer_stack_parameters, weight_matrices
 from lsframe.validation import check_choice, check_fraction, check_int_at_least, check_positive

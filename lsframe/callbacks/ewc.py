@@ -12,8 +12,8 @@ import torch
 from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor, nn
 
-from lsframe.callbacks._common import squared_gradient_mean
 from lsframe.callbacks.base import ClosureCallback
+from lsframe.callbacks.fisher import squared_gradient_mean
 from lsframe.validation import check_choice, check_int_at_least, check_interval, check_non_negative
 
 
