@@ -1,15 +1,89 @@
-"""Entry point: ``python -m lsframe`` and the ``lsframe`` console script."""
+"""Entry point: ``python -m lsframe`` and the ``lsframe`` console script.
+
+Rule for bad input (:mod:`lsframe.cli_errors`): the command ends with one line on stderr,
+``lsframe <subcommand>: error: <what is wrong> (<key or file:line>)``, exit status 2 for a
+configuration error and 1 for a data or checkpoint error, no traceback (``LSFRAME_DEBUG=1``
+prints it) and no usage block. ``SystemExit`` (``--help``, a preempted run's ``128 + signum``)
+and ``KeyboardInterrupt`` pass through untouched; other exceptions keep their traceback.
+
+Lightning's informational log lines (seed, devices, model summary) go to stdout, so that stderr
+carries only problems.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
+import traceback
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "sequential", "search", "combine", "export")
 
 
 def main(args: list[str] | None = None) -> None:
+    """Run ``lsframe <args>`` (``sys.argv[1:]`` when None); a bad input exits with its one
+    error line (see the module docstring)."""
+    argv = sys.argv[1:] if args is None else list(args)
     try:
-        _run(sys.argv[1:] if args is None else list(args))
+        _run(argv, explicit=args is not None)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        _exit_on_bad_input(error, argv)
+        raise
     finally:
         _release_process_group()
+
+
+def _prog(argv: list[str]) -> str:
+    """``lsframe <subcommand>``, or ``lsframe`` when no known subcommand comes first."""
+    return f"lsframe {argv[0]}" if argv[:1] and argv[0] in SUBCOMMANDS else "lsframe"
+
+
+def _exit_on_bad_input(error: Exception, argv: list[str]) -> None:
+    """Print the one error line and exit with its status when ``error`` is a bad input;
+    return (so the caller re-raises with the traceback) when it is not."""
+    from lsframe.cli_errors import debug_enabled, error_line
+
+    report = error_line(error, _prog(argv))
+    if report is None:
+        return
+    line, status = report
+    if debug_enabled():
+        traceback.print_exception(error)
+    sys.stdout.flush()
+    print(line, file=sys.stderr, flush=True)
+    raise SystemExit(status) from None
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """A log handler that writes to whatever ``sys.stdout`` is at the time of the record."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201 - logging's attribute
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001 - ignored: always the current stdout
+        pass
+
+
+def _route_lightning_logs_to_stdout() -> None:
+    """Lightning's own stderr handlers (seed, devices, model summary: informational) → stdout."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler and handler.stream in (
+                sys.stderr,
+                sys.__stderr__,
+            ):
+                logger.removeHandler(handler)
+                replacement = _StdoutHandler()
+                replacement.setLevel(handler.level)
+                replacement.setFormatter(handler.formatter)
+                logger.addHandler(replacement)
 
 
 def _release_process_group() -> None:
@@ -25,8 +99,8 @@ def _release_process_group() -> None:
         dist.destroy_process_group()
 
 
-def _run(argv: list[str]) -> None:
-    from lsframe.cli import LSFrameCLI, export
+def _run(argv: list[str], explicit: bool = True) -> None:
+    from lsframe.cli_errors import check_config_files
 
     if argv[:1] in (["-h"], ["--help"]):
         print(
@@ -36,6 +110,19 @@ def _run(argv: list[str]) -> None:
             "  combine     geometric mean of several pairs' best distributions (BERTcL)\n"
             "  export      write a checkpoint's model with save_pretrained\n"
         )
+    check_config_files(argv)
+    if not argv or (not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS):
+        from lsframe.cli_errors import unknown_subcommand
+
+        raise unknown_subcommand(argv[0] if argv else None, SUBCOMMANDS)
+    if argv[:1] == ["combine"]:
+        from lsframe.lr_distribution import combine_main
+
+        combine_main(argv[1:])
+        return
+    from lsframe.cli import LSFrameCLI, export
+
+    _route_lightning_logs_to_stdout()
     if argv[:1] == ["export"]:
         export(argv[1:])
         return
@@ -44,17 +131,14 @@ def _run(argv: list[str]) -> None:
 
         search(argv[1:])
         return
-    if argv[:1] == ["combine"]:
-        from lsframe.lr_distribution import combine_main
-
-        combine_main(argv[1:])
-        return
     if argv[:1] == ["sequential"]:
         from lsframe.sequential import main as sequential
 
         sequential(argv[1:])
         return
-    LSFrameCLI(args=argv)
+    # LightningCLI reads sys.argv itself when called from the console (args=None); a parse
+    # error raises (exit_on_error=False) and becomes the one error line
+    LSFrameCLI(args=argv if explicit else None, parser_kwargs={"exit_on_error": False})
 
 
 if __name__ == "__main__":

@@ -2,21 +2,28 @@
 
 ``python -m lsframe fit --config configs/quickstart.yaml`` (also ``validate``, ``test``,
 ``predict``), and ``python -m lsframe export CKPT OUTPUT_DIR`` to write a Hugging Face model.
+A fit stops cleanly on SIGTERM, SIGUSR1 and Ctrl-C (:mod:`lsframe.preemption`), and
+``--ckpt_path last`` continues the newest run that has a last checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 import lsframe.data  # noqa: F401 - registers the DataModules for subclass mode
+from lsframe.checkpoint_io import find_last_checkpoint
+from lsframe.cli_errors import RaisingArgumentParser, usage_error
+from lsframe.config_checks import check_parsed
+from lsframe.errors import DataError
 from lsframe.modules import ClosureModule
+from lsframe.preemption import Preemption, catch_signals
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "logger": {
@@ -36,6 +43,11 @@ class LSFrameCLI(LightningCLI):
       (an ``OptimizerCallable``), so line-search optimizers with extra arguments fit;
     * a forced ``checkpoint`` section (a :class:`ModelCheckpoint`) that keeps the best
       checkpoint by ``val/acc`` and the last one, configurable from YAML;
+    * a forced ``preemption`` section (a :class:`lsframe.preemption.Preemption`): SIGTERM,
+      SIGUSR1 and Ctrl-C stop ``fit`` after the current optimizer step with a checkpoint in
+      the ``checkpoint`` section's directory (``last.ckpt``) and exit status 128 + signal;
+    * ``fit --ckpt_path last`` continues the newest ``version_<n>`` of the logger that has a
+      ``checkpoints/last*.ckpt`` (:meth:`continue_last_run`);
     * TensorBoard logs under ``runs/<name>/version_<n>`` by default.
     """
 
@@ -49,8 +61,21 @@ class LSFrameCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(*args, **kwargs)
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check the values before anything is built or loaded
+        (:func:`lsframe.config_checks.check_parsed`: optimizer and data arguments, data files,
+        the model reference, precision, ``--ckpt_path``). With ``parser_kwargs={"exit_on_error":
+        False}`` (``python -m lsframe``) a parse error raises :class:`lsframe.errors.UsageError`
+        with the full key instead of printing the usage."""
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as error:
+            raise usage_error(error, parser) from error
+        check_parsed(self.config)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Preemption, "preemption")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
@@ -61,10 +86,53 @@ class LSFrameCLI(LightningCLI):
             }
         )
 
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":
+            self.continue_last_run()
+
+    def continue_last_run(self) -> None:
+        """``fit --ckpt_path last``: reuse the logger version of the newest last checkpoint.
+
+        Rerunning a command would start a new ``version_<n+1>``, whose empty checkpoint
+        directory is where Lightning looks for ``last``. When the ``checkpoint`` section has no
+        ``dirpath`` and the logger (TensorBoard, CSV) has a ``save_dir`` and no fixed
+        ``version``, the newest ``<save_dir>/<name>/version_<n>/checkpoints/last*.ckpt`` sets the
+        logger's version to ``version_<n>``: logs and checkpoints continue in that directory, and
+        Lightning's own ``last`` (the newest of that directory's ``last*.ckpt`` and of any
+        OnExceptionCheckpoint file) is loaded. With none found, Lightning warns and the fit
+        starts from scratch, so a job script can always pass ``--ckpt_path last``.
+        """
+        config = self.config[self.subcommand]
+        if config.get("ckpt_path") != "last" or config.get("checkpoint.dirpath") is not None:
+            return
+        logger = config.get("trainer.logger")
+        if isinstance(logger, list):
+            logger = logger[0] if logger else None
+        init = getattr(logger, "init_args", None)
+        if init is None or init.get("save_dir") is None or init.get("version") is not None:
+            return
+        root = Path(init.save_dir) / str(init.get("name") or "")
+        found = find_last_checkpoint(root)
+        if found is None:
+            return
+        version, path = found
+        init.version = version
+        if rank_zero_only.rank == 0:
+            print(f"lsframe fit: --ckpt_path last: continuing {root / version} ({path.name})")
+
+    def _lsframe_checkpoint(self) -> ModelCheckpoint | None:
+        """The ModelCheckpoint of the ``checkpoint`` section (``trainer.checkpoint_callback`` is
+        the first Checkpoint of any kind, e.g. a user's OnExceptionCheckpoint)."""
+        checkpoint = self.config_init[self.subcommand].get("checkpoint")
+        return checkpoint if isinstance(checkpoint, ModelCheckpoint) else None
+
     def before_fit(self) -> None:
+        preemption = self.config_init[self.subcommand].get("preemption")
+        checkpoint = self._lsframe_checkpoint()
+        if isinstance(preemption, Preemption):
+            preemption.model_checkpoint = checkpoint
         # the default monitor is val/acc; a task scored otherwise (GLUE CoLA: mcc, STS-B:
         # pearson) names its main metric first in the DataModule's metric_names
-        checkpoint = self.trainer.checkpoint_callback
         names = getattr(self.datamodule, "metric_names", None)
         if (
             checkpoint is not None
@@ -77,6 +145,12 @@ class LSFrameCLI(LightningCLI):
                 f"lsframe: checkpoint.monitor set to {checkpoint.monitor}, the task's main metric"
             )
 
+    def fit(self, **kwargs: Any) -> None:
+        """``trainer.fit`` with SIGTERM, SIGUSR1 and Ctrl-C caught from the start of the fit
+        (:func:`lsframe.preemption.catch_signals`)."""
+        with catch_signals("lsframe fit"):
+            self.trainer.fit(**kwargs)
+
     def after_fit(self) -> None:
         trainer = self.trainer
         if not trainer.is_global_zero:
@@ -84,7 +158,7 @@ class LSFrameCLI(LightningCLI):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         lines = ["", "lsframe: fit finished"]
         lines += [f"  {k} = {v:.4f}" for k, v in sorted(metrics.items())]
-        checkpoint = trainer.checkpoint_callback
+        checkpoint = self._lsframe_checkpoint()
         if checkpoint is not None and checkpoint.best_model_path:
             score = checkpoint.best_model_score
             lines.append(
@@ -97,29 +171,41 @@ class LSFrameCLI(LightningCLI):
 
 
 def load_module(ckpt_path: str) -> ClosureModule:
-    """The module of a checkpoint written by ``lsframe fit``, as the class that wrote it."""
+    """The module of a checkpoint written by ``lsframe fit``, as the class that wrote it; read
+    with ``weights_only=True`` (:func:`lsframe.checkpoints.read_lightning_checkpoint`).
+
+    Raises:
+        MissingFileError: there is no such file.
+        DataError: it is not such a checkpoint, or its module class is not an lsframe
+            ClosureModule; the message names the file.
+    """
     import importlib
 
-    import torch
+    from lsframe.checkpoints import LIGHTNING_CHECKPOINT, read_lightning_checkpoint
 
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"no checkpoint file {ckpt_path!r}")
-    hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True).get(
-        "hyper_parameters", {}
-    )
-    class_path = hparams.get("_class_path")
+    hparams = read_lightning_checkpoint(ckpt_path).get("hyper_parameters") or {}
+    class_path = hparams.get("_class_path") if isinstance(hparams, dict) else None
     if class_path is None:
-        raise ValueError(f"checkpoint {ckpt_path!r} does not name its module class (_class_path)")
+        raise DataError(
+            f"checkpoint does not name its module class (hyper_parameters._class_path); "
+            f"expected {LIGHTNING_CHECKPOINT}",
+            where=str(ckpt_path),
+        )
     module_name, _, class_name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise DataError(
+            f"checkpoint names module class {class_path}, which does not import", str(ckpt_path)
+        ) from error
     if not (isinstance(cls, type) and issubclass(cls, ClosureModule)):
-        raise ValueError(f"checkpoint {ckpt_path!r}: {class_path} is not an lsframe ClosureModule")
-    return cls.load_from_checkpoint(ckpt_path, map_location="cpu")
+        raise DataError(f"{class_path} is not an lsframe ClosureModule", where=str(ckpt_path))
+    return cls.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
 
 
 def export(argv: list[str]) -> None:
     """``lsframe export CKPT OUTPUT_DIR``: the fine-tuned model as a Hugging Face directory."""
-    parser = argparse.ArgumentParser(
+    parser = RaisingArgumentParser(
         prog="lsframe export",
         description="Write the model of an lsframe checkpoint with save_pretrained "
         "(model weights, config and tokenizer).",
@@ -130,5 +216,5 @@ def export(argv: list[str]) -> None:
     module = load_module(args.ckpt_path)
     exporter = getattr(module, "export_pretrained", None)
     if exporter is None:
-        sys.exit(f"lsframe export: {type(module).__name__} has no export_pretrained()")
+        raise DataError(f"{type(module).__name__} has no export_pretrained()", args.ckpt_path)
     print(f"exported {type(module).__name__} to {exporter(args.output_dir)}")

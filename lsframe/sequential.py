@@ -16,6 +16,12 @@ After every stage the module is evaluated on every task seen so far (their ``val
 forgetting), TensorBoard logs (``stage_<i>_<task>/`` for training, ``summary/`` for ``R/<task>``
 per stage and the summaries), and ``stage_<i>.ckpt`` + ``sequence_state.pt`` after each stage;
 running the same command again resumes after the last finished stage.
+
+SIGTERM, SIGUSR1 and Ctrl-C stop a stage after its current optimizer step
+(:mod:`lsframe.preemption`): the stage's Lightning checkpoint goes to
+``stage_<i>_preempted.ckpt`` and the command exits with status 128 + the signal number. Running
+the same command again resumes after the finished stages and continues that stage from its
+checkpoint, which is removed once the stage is done.
 """
 
 from __future__ import annotations
@@ -28,15 +34,53 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 import lsframe.data  # noqa: F401 - registers the DataModules for class_path lookup
 from lsframe.callbacks import EWC
+from lsframe.checkpoint_io import save_atomically
+from lsframe.checkpoints import read_torch_file
+from lsframe.cli_errors import parse_or_raise
+from lsframe.config_checks import check_config
+from lsframe.errors import ConfigError, DataError, MissingFileError
 from lsframe.modules import ClosureModule
+from lsframe.preemption import Preemption, catch_signals
 from lsframe.validation import check_choice
+
+STATE_FILE = "sequence_state.pt"
+_STATE = "the sequence_state.pt that lsframe sequential writes (matrix and heads)"
+_STAGE = "a stage checkpoint that lsframe sequential writes (state_dict and callbacks)"
+
+
+def read_sequence_state(output_dir: str | Path, num_stages: int | None = None) -> dict | None:
+    """The saved progress of a sequence in ``output_dir`` (None when it has none), read with
+    ``weights_only=True``: ``matrix`` (one row per finished stage) and ``heads`` (task → head
+    state dict); the last finished stage's ``stage_<i>.ckpt`` must be there too.
+
+    Raises:
+        DataError: the state file does not load that way, lacks its keys, or has more rows than
+            ``num_stages``; naming the file.
+        MissingFileError: the stage checkpoint it points to is absent.
+    """
+    path = Path(output_dir) / STATE_FILE
+    if not path.exists():
+        return None
+    state = read_torch_file(path, "sequence state", _STATE)
+    matrix = state.get("matrix") if isinstance(state, dict) else None
+    heads = state.get("heads") if isinstance(state, dict) else None
+    if not isinstance(matrix, list) or not matrix or not isinstance(heads, dict):
+        raise DataError(f"sequence state lacks its matrix or heads; expected {_STATE}", str(path))
+    if num_stages is not None and len(matrix) > num_stages:
+        raise DataError(
+            f"sequence state has {len(matrix)} finished stages but the config has {num_stages}",
+            where=str(path),
+        )
+    stage = Path(output_dir) / f"stage_{len(matrix) - 1}.ckpt"
+    if not stage.is_file():
+        raise MissingFileError(f"stage checkpoint not found; expected {_STAGE}", str(stage))
+    return state
 
 
 @dataclass
@@ -110,6 +154,7 @@ class SequenceRunner:
         head_attr: str = "classifier",
         metric: str = "acc",
         output_dir: str | Path = "runs/sequential",
+        preemption: dict[str, Any] | None = None,
     ) -> None:
         names = [s.name for s in stages]
         if not stages:
@@ -127,6 +172,8 @@ class SequenceRunner:
         self.module, self.stages, self.heads_mode = model, stages, heads
         self.head_attr, self.metric, self.output_dir = head_attr, metric, Path(output_dir)
         self.callbacks = list(self.trainer_kwargs.pop("callbacks", None) or [])
+        # attributes of each stage's Preemption callback ("where" is appended to the stage)
+        self.preemption = dict(preemption or {})
         self.heads: dict[str, nn.Module] = {}
         if heads == "separate":
             self.initial_head = copy.deepcopy(_get(model.model, head_attr))
@@ -154,7 +201,24 @@ class SequenceRunner:
             if logging
             else False
         )
-        return pl.Trainer(callbacks=self.callbacks, logger=logger, **kwargs)
+        callbacks = [*self.callbacks, self._preemption(stage, index)]
+        return pl.Trainer(callbacks=callbacks, logger=logger, **kwargs)
+
+    def _preempted_path(self, index: int) -> Path:
+        """The mid-stage checkpoint a signal leaves for stage ``index``."""
+        return self.output_dir / f"stage_{index}_preempted.ckpt"
+
+    def _preemption(self, stage: Stage, index: int) -> Preemption:
+        """The stage's :class:`Preemption`: its checkpoint is :meth:`_preempted_path`."""
+        callback = Preemption(str(self.output_dir), self._preempted_path(index).stem)
+        callback.command = "lsframe sequential"
+        callback.resume_hint = "resume with the same command"
+        callback.hyper_parameters = False  # rebuilt from the config; read with weights_only
+        settings = dict(self.preemption)
+        callback.where = f" of stage {index} ({stage.name}){settings.pop('where', '')}"
+        for key, value in settings.items():
+            setattr(callback, key, value)
+        return callback
 
     def _evaluate(self, stage: Stage) -> float:
         evaluator = pl.Trainer(
@@ -164,6 +228,7 @@ class SequenceRunner:
             logger=False,
             enable_progress_bar=False,
             enable_model_summary=False,
+            callbacks=[Preemption()],  # a signal waits for the next stage's fit
         )
         (scores,) = evaluator.validate(self.module, datamodule=stage.data, verbose=False)
         key = f"val/{self.metric}"
@@ -174,14 +239,21 @@ class SequenceRunner:
     def _state_path(self) -> Path:
         return self.output_dir / "sequence_state.pt"
 
+    def _save_stage(self, index: int) -> None:
+        """``stage_<index>.ckpt``: the module's state dict and the callbacks' states, plain
+        tensors and containers only (so :meth:`_resume` reads it with ``weights_only=True``; a
+        Lightning checkpoint would also pickle the module's optimizer callable)."""
+        callbacks = {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_dict()}
+        state = {"state_dict": self.module.state_dict(), "callbacks": callbacks}
+        save_atomically(state, self.output_dir / f"stage_{index}.ckpt")
+
     def _resume(self) -> list[list[float | None]]:
-        path = self._state_path()
-        if not path.exists():
+        state = read_sequence_state(self.output_dir, len(self.stages))
+        if state is None:
             return []
-        state = torch.load(path, map_location="cpu", weights_only=False)
         done = len(state["matrix"])
-        checkpoint = torch.load(
-            self.output_dir / f"stage_{done - 1}.ckpt", map_location="cpu", weights_only=False
+        checkpoint = read_torch_file(
+            self.output_dir / f"stage_{done - 1}.ckpt", "stage checkpoint", _STAGE
         )
         for task, head_state in state["heads"].items():
             self._use_head(task)
@@ -203,8 +275,12 @@ class SequenceRunner:
             stage = self.stages[i]
             self._use_head(stage.name)
             trainer = self._trainer(stage, i)
-            trainer.fit(self.module, datamodule=stage.data)
-            trainer.save_checkpoint(self.output_dir / f"stage_{i}.ckpt")
+            preempted = self._preempted_path(i)
+            if preempted.is_file():
+                print(f"lsframe sequential: resuming stage {i} ({stage.name}) from {preempted}")
+            resume = {"ckpt_path": preempted, "weights_only": True} if preempted.is_file() else {}
+            trainer.fit(self.module, datamodule=stage.data, **resume)
+            self._save_stage(i)
             row: list[float | None] = [None] * len(tasks)
             for j in range(i + 1):
                 self._use_head(tasks[j])
@@ -212,7 +288,8 @@ class SequenceRunner:
             self._use_head(stage.name)
             matrix.append(row)
             heads = {t: h.state_dict() for t, h in self.heads.items()}
-            torch.save({"matrix": matrix, "heads": heads}, self._state_path())
+            save_atomically({"matrix": matrix, "heads": heads}, self._state_path())
+            preempted.unlink(missing_ok=True)
         result = SequenceResult(tasks, matrix, self.metric)
         self._write(result)
         return result
@@ -236,9 +313,22 @@ class SequenceRunner:
         print(text)
 
 
+def check_sequence_config(config: Any) -> None:
+    """Before anything is built: task names unique, values and data files checked
+    (:func:`lsframe.config_checks.check_config`), and a sequence state to resume from readable
+    (:func:`read_sequence_state`)."""
+    names = [stage.name for stage in config.stages]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"task names must be unique, got {names}", where="stages")
+    check_config(config, stage="fit")
+    read_sequence_state(config.output_dir, len(config.stages))
+
+
 def main(argv: list[str]) -> SequenceResult:
     """``python -m lsframe sequential --config <yaml>`` (``--help`` lists every key)."""
-    parser = ArgumentParser(prog="lsframe sequential", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(
+        prog="lsframe sequential", description=__doc__.split("\n\n")[0], exit_on_error=False
+    )
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_argument("--seed_everything", type=int, default=0)
     parser.add_class_arguments(pl.Trainer, "trainer", instantiate=False)
@@ -248,7 +338,8 @@ def main(argv: list[str]) -> SequenceResult:
     parser.add_argument("--head_attr", type=str, default="classifier")
     parser.add_argument("--metric", type=str, default="acc")
     parser.add_argument("--output_dir", type=str, default="runs/sequential")
-    config = parser.parse_args(argv)
+    config = parse_or_raise(parser, argv)
+    check_sequence_config(config)
     pl.seed_everything(config.seed_everything)
     init = parser.instantiate_classes(config)
     trainer_kwargs = {k: v for k, v in vars(init.trainer).items() if v is not None}
@@ -261,4 +352,5 @@ def main(argv: list[str]) -> SequenceResult:
         metric=init.metric,
         output_dir=init.output_dir,
     )
-    return runner.run()
+    with catch_signals("lsframe sequential"):
+        return runner.run()

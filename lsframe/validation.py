@@ -1,9 +1,11 @@
 """Argument checks shared by every layer: optimizers, callbacks, modules and data.
 
 Each check takes keyword arguments ``name=value`` (so the message names the argument as the user
-spelled it) and raises :class:`ValueError` with one line: ``<name> must be <rule>, got <value>``.
-This file imports nothing from lsframe (and nothing but the standard library), so the optimizers
-in :mod:`lsframe.optim` stay usable without Lightning.
+spelled it) and raises :class:`lsframe.errors.ConfigError` (a :class:`ValueError`) with one line:
+``<name> must be <rule>, got <value>``, and ``argument=<name>``, so the command line can name the
+full config key (``model.init_args.optimizer.init_args.c``). This file imports nothing but the
+standard library and :mod:`lsframe.errors` (itself standard library only), so the optimizers in
+:mod:`lsframe.optim` stay usable without Lightning.
 
 Example::
 
@@ -20,9 +22,11 @@ import numbers
 from collections.abc import Iterable
 from typing import Any
 
+from lsframe.errors import ConfigError
+
 
 def _fail(name: str, rule: str, value: Any) -> None:
-    raise ValueError(f"{name} must be {rule}, got {value!r}")
+    raise ConfigError(f"{name} must be {rule}, got {value!r}", argument=name)
 
 
 def _number(name: str, value: Any) -> float:

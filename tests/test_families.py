@@ -210,7 +210,7 @@ def test_idx_files_are_checked(tmp_path):
     assert read_idx(good).tolist() == [[[0, 1], [2, 3]], [[4, 5], [6, 7]]]
     short = tmp_path / "bad-labels-idx1-ubyte"
     short.write_bytes(struct.pack(">II", 2049, 5) + bytes(3))
-    with pytest.raises(ValueError, match=r"bad-labels-idx1-ubyte: header says \(5,\)"):
+    with pytest.raises(ValueError, match=r"header says \(5,\) .*\(.*bad-labels-idx1-ubyte\)"):
         read_idx(short)
     with pytest.raises(FileNotFoundError, match="none of .*t10k-labels-idx1-ubyte"):
         IdxImageDataModule(str(tmp_path), train_prefix="t10k").load("t10k")

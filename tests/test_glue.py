@@ -100,11 +100,23 @@ def test_every_task_has_a_spec_and_hf_label_order():
 @pytest.mark.parametrize(
     ("task", "text", "message"),
     [
-        ("sst2", "sentence\tlabel\ngood film\t1\nbad\tfilm\t0\n", r"train.tsv, line 3: 3 columns"),
-        ("sst2", "sentence\tlabel\ngood film\t1\nbad film\tneg\n", r"line 3: label 'neg'"),
-        ("stsb", "sentence1\tsentence2\tscore\na\tb\tfive\n", r"line 2: score 'five'"),
-        ("rte", "index\tpremise\tlabel\n", r"line 1: header .* lacks a column"),
-        ("cola", "gj04\t1\tthree columns only\n", r"line 1: 3 columns, expected 4"),
+        (
+            "sst2",
+            "sentence\tlabel\ngood film\t1\nbad\tfilm\t0\n",
+            r"3 columns, expected 2 \(.*train\.tsv:3\)",
+        ),
+        (
+            "sst2",
+            "sentence\tlabel\ngood film\t1\nbad film\tneg\n",
+            r"label 'neg' is not one of .*\(.*train\.tsv:3\)",
+        ),
+        (
+            "stsb",
+            "sentence1\tsentence2\tscore\na\tb\tfive\n",
+            r"score 'five' is not a number \(.*train\.tsv:2\)",
+        ),
+        ("rte", "index\tpremise\tlabel\n", r"header .* lacks a column .*\(.*train\.tsv:1\)"),
+        ("cola", "gj04\t1\tthree columns only\n", r"3 columns, expected 4 \(.*train\.tsv:1\)"),
     ],
 )
 def test_malformed_files_name_the_file_and_line(tmp_path, task, text, message):
@@ -173,13 +185,16 @@ def test_regression_and_two_dev_sets_from_written_files(minilm, glue_dir, tmp_pa
     runs = tmp_path / "runs"
     stsb = ["--data.task_name", "stsb", "--data.data_dir", str(glue_dir)]
     (glue_dir / "STS-B" / "dev.tsv").write_text(FIXTURES["STS-B/train.tsv"])
-    with pytest.raises(
-        ValueError,
-        match=r"model.num_labels is 2 but the data \(GlueDataModule\) has 1: set model.num_labels: 1",
-    ):
+    with pytest.raises(SystemExit) as refused:  # before the weights load: no run directory
         fit_glue(stsb, runs)
+    assert refused.value.code == 2
+    assert (
+        "lsframe fit: error: model.num_labels is 2 but the data (GlueDataModule) has 1: set "
+        "model.num_labels: 1 (model.init_args.num_labels)"
+    ) in capsys.readouterr().err.splitlines()
+    assert not runs.exists()
     fit_glue([*stsb, "--model.num_labels", "1"], runs)
-    logged = scalars(runs / "glue_minilm" / "version_1")
+    logged = scalars(runs / "glue_minilm" / "version_0")
     assert {"val/pearson", "val/spearman", "val/loss"} <= set(logged)
     assert "best checkpoint (val/pearson = " in capsys.readouterr().out
 
@@ -189,5 +204,5 @@ def test_regression_and_two_dev_sets_from_written_files(minilm, glue_dir, tmp_pa
         ["--data.task_name", "mnli", "--data.data_dir", str(glue_dir), "--model.num_labels", "3"],
         runs,
     )
-    logged = scalars(runs / "glue_minilm" / "version_2")
+    logged = scalars(runs / "glue_minilm" / "version_1")
     assert {"val/acc", "val_mismatched/acc"} <= set(logged)

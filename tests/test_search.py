@@ -136,8 +136,13 @@ def test_combine_cli_writes_the_geometric_mean_of_files(tmp_path, capsys):
     assert "layers_1: 2.0" in capsys.readouterr().out
     assert make(str(out)).lr_distribution  # usable as a module's lr_distribution
     (tmp_path / "bad.yaml").write_text("layers_0: -1\n")
-    with pytest.raises(ValueError, match=r"bad.yaml: part 'layers_0' must be a finite number"):
+    with pytest.raises(SystemExit) as refused:  # one line on stderr, exit status 2
         main(["combine", str(tmp_path / "a.yaml"), str(tmp_path / "bad.yaml")])
+    assert refused.value.code == 2
+    assert capsys.readouterr().err == (
+        f"lsframe combine: error: part 'layers_0' must be a finite number >= 0, got -1 "
+        f"({tmp_path / 'bad.yaml'})\n"
+    )
 
 
 def test_bad_search_settings_are_named(tmp_path):

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
+
+from lsframe.errors import DataError
 
 
 @dataclass
@@ -38,3 +42,22 @@ class TextExamples:
         index = sorted(order[:n].tolist())
         pair = None if self.text_pair is None else [self.text_pair[i] for i in index]
         return TextExamples([self.text[i] for i in index], [self.labels[i] for i in index], pair)
+
+
+def check_labels(examples: TextExamples, num_labels: int, source: str) -> None:
+    """Refuse labels a head of ``num_labels`` outputs cannot learn: for classification each
+    label is a class id in ``[0, num_labels)``; for regression (``num_labels == 1``) a finite
+    number (a class id list given to a regression head, or scores given to a classifier, fail).
+
+    Raises:
+        DataError: naming the first bad label, its example number (1-based) and ``source``.
+    """
+    for i, label in enumerate(examples.labels):
+        if num_labels == 1:
+            ok = isinstance(label, numbers.Real) and math.isfinite(label)
+            rule = "a finite score (num_labels: 1, regression)"
+        else:
+            ok = isinstance(label, numbers.Integral) and 0 <= label < num_labels
+            rule = f"a class id in [0, {num_labels}) (num_labels: {num_labels})"
+        if not ok:
+            raise DataError(f"label {label!r} of example {i + 1} is not {rule}", where=source)

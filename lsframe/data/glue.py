@@ -15,6 +15,7 @@ from typing import Any
 
 from lsframe.data.examples import TextExamples
 from lsframe.data.text import TextClassificationDataModule
+from lsframe.errors import ConfigError, DataError, MissingFileError
 
 # GLUE rows can be longer than csv's default field limit (QQP, MNLI parses)
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -91,7 +92,9 @@ def glue_task(name: str) -> GlueTask:
     """The task spec for ``name`` (case-insensitive; ``SST-2`` and ``sst2`` both work)."""
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in GLUE_TASKS:
-        raise ValueError(f"unknown GLUE task {name!r}; tasks: {', '.join(GLUE_TASKS)}")
+        raise ConfigError(
+            f"unknown GLUE task {name!r}; tasks: {', '.join(GLUE_TASKS)}", argument="task_name"
+        )
     return GLUE_TASKS[key]
 
 
@@ -99,19 +102,20 @@ def read_glue_tsv(path: str | Path, task: GlueTask) -> TextExamples:
     """Read one GLUE TSV file; every row is checked.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: a row has the wrong number of columns, a missing column, or a label that
-            does not parse; the message names the file and the line.
+        MissingFileError: (a ``FileNotFoundError``) the file does not exist.
+        DataError: (a ``ValueError``) the file is empty or has no example, a row has the wrong
+            number of columns, a missing column, or a label that does not parse; ``where`` is
+            ``<file>:<line>``.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"GLUE {task.directory}: no file {path}")
+        raise MissingFileError(f"GLUE {task.directory} file not found", where=str(path))
     # utf-8-sig: MRPC's header starts with a byte-order mark in the official files
     with path.open(encoding="utf-8-sig", newline="") as handle:
         rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
     if task.header:
         if not rows:
-            raise ValueError(f"{path}: empty file, expected a header line")
+            raise DataError("empty file, expected a header line", where=str(path))
         header, rows, first_line = rows[0], rows[1:], 2
         width = len(header)
         try:
@@ -119,8 +123,8 @@ def read_glue_tsv(path: str | Path, task: GlueTask) -> TextExamples:
             label_index = header.index(task.label)
         except ValueError:
             wanted = [*task.text, task.label]
-            raise ValueError(
-                f"{path}, line 1: header {header} lacks a column of {wanted}"
+            raise DataError(
+                f"header {header} lacks a column of {wanted}", where=f"{path}:1"
             ) from None
     else:
         width, first_line = task.columns, 1
@@ -131,10 +135,14 @@ def read_glue_tsv(path: str | Path, task: GlueTask) -> TextExamples:
         if not row:
             continue
         if len(row) != width:
-            raise ValueError(f"{path}, line {line}: {len(row)} columns, expected {width}")
+            raise DataError(f"{len(row)} columns, expected {width}", where=f"{path}:{line}")
         labels.append(_parse_label(row[label_index], task, path, line))
         for column, index in zip(texts, text_index):
             column.append(row[index])
+    if not labels:
+        raise DataError(
+            "no examples" + (" after the header line" if task.header else ""), where=str(path)
+        )
     pair = texts[1] if len(texts) > 1 else None
     return TextExamples(texts[0], labels, pair)
 
@@ -145,9 +153,9 @@ def _parse_label(value: str, task: GlueTask, path: Path, line: int) -> float | i
         try:
             return float(value)
         except ValueError:
-            raise ValueError(f"{path}, line {line}: score {value!r} is not a number") from None
+            raise DataError(f"score {value!r} is not a number", where=f"{path}:{line}") from None
     if value not in task.labels:
-        raise ValueError(f"{path}, line {line}: label {value!r} is not one of {task.labels}")
+        raise DataError(f"label {value!r} is not one of {task.labels}", where=f"{path}:{line}")
     return task.labels.index(value)
 
 
@@ -170,7 +178,7 @@ class GlueDataModule(TextClassificationDataModule):
         self.task = glue_task(task_name)
         super().__init__(**kwargs)
         if data_dir is not None and not Path(data_dir).is_dir():
-            raise FileNotFoundError(f"data.data_dir: {data_dir} is not a directory")
+            raise MissingFileError(f"no such directory {data_dir}", argument="data.data_dir")
         self.data_dir = None if data_dir is None else Path(data_dir)
         self.num_labels = self.task.num_labels
         self.metric_names = self.task.metrics
@@ -179,6 +187,24 @@ class GlueDataModule(TextClassificationDataModule):
     def eval_names(self) -> list[str]:
         """One name per dev set: ``dev``, or ``matched`` and ``mismatched`` (MNLI)."""
         return [Path(f).stem.removeprefix("dev_") for f in self.task.dev_files]
+
+    def check_files(self, stage: str) -> None:
+        """Read and check the local TSV files ``stage`` uses (``fit``: train and dev), without
+        tokenizing: the command line calls this before the model loads, so a missing task
+        folder or a malformed row stops the run within seconds. Nothing to check without a
+        ``data_dir`` (HF ``datasets``)."""
+        if self.data_dir is None:
+            return
+        folder = self.data_dir / self.task.directory
+        if not folder.is_dir():
+            names = ", ".join(("train.tsv", *self.task.dev_files))
+            raise MissingFileError(
+                f"data_dir has no {self.task.directory} folder for task {self.task.hf_name!r} "
+                f"(expected {self.task.directory}/ with {names})",
+                where=str(folder),
+            )
+        for split in ("train", "validation") if stage == "fit" else ("validation",):
+            self.load_split(split)
 
     def load_split(self, split: str) -> TextExamples | list[TextExamples]:
         files = ("train.tsv",) if split == "train" else self.task.dev_files

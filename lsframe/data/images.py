@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from lsframe.data.resumable import make_loader
+from lsframe.errors import DataError, MissingFileError
 from lsframe.validation import check_choice, check_int_at_least, check_open_unit
 
 _IDX_MAGIC = {2051: "images", 2049: "labels"}
@@ -22,26 +23,29 @@ def read_idx(path: str | Path) -> torch.Tensor:
     """An idx file (``.gz`` or raw) as a uint8 tensor: images ``(n, rows, cols)``, labels ``(n,)``.
 
     Raises:
-        ValueError: an unknown magic number or a size that disagrees with the header, naming the
-            file.
+        DataError: (a ``ValueError``) an unknown magic number or a size that disagrees with the
+            header, naming the file.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as handle:
         data = handle.read()
     if len(data) < 8:
-        raise ValueError(f"{path}: {len(data)} bytes, too short for an idx header")
+        raise DataError(f"{len(data)} bytes, too short for an idx header", where=str(path))
     magic, count = struct.unpack(">II", data[:8])
     if magic not in _IDX_MAGIC:
-        raise ValueError(f"{path}: magic number {magic}, expected 2051 (images) or 2049 (labels)")
+        raise DataError(
+            f"magic number {magic}, expected 2051 (images) or 2049 (labels)", where=str(path)
+        )
     shape, offset = (count,), 8
     if magic == 2051:
         rows, cols = struct.unpack(">II", data[8:16])
         shape, offset = (count, rows, cols), 16
     expected = offset + int(torch.tensor(shape).prod())
     if len(data) != expected:
-        raise ValueError(
-            f"{path}: header says {shape} but the file has {len(data)} bytes, expected {expected}"
+        raise DataError(
+            f"header says {shape} but the file has {len(data)} bytes, expected {expected}",
+            where=str(path),
         )
     return torch.frombuffer(bytearray(data[offset:]), dtype=torch.uint8).view(shape)
 
@@ -51,7 +55,20 @@ def _find(data_dir: Path, prefix: str, kind: str) -> Path:
     for name in names:
         if (data_dir / name).is_file():
             return data_dir / name
-    raise FileNotFoundError(f"data.data_dir {data_dir}: none of {names}")
+    raise MissingFileError(f"none of {names} in data_dir", where=str(data_dir))
+
+
+def load_image(path: str) -> Any:
+    """An RGB PIL image, or :class:`~lsframe.errors.DataError` naming a file that does not
+    decode (torchvision's loader raises PIL's error, which does not say which sample)."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as handle:
+            image = Image.open(handle)
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as error:
+        raise DataError(f"image does not decode ({type(error).__name__})", where=path) from error
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -157,7 +174,7 @@ class IdxImageDataModule(ImageDataModule):
     ) -> None:
         super().__init__(**kwargs)
         if not Path(data_dir).is_dir():
-            raise FileNotFoundError(f"data.data_dir: {data_dir} is not a directory")
+            raise MissingFileError(f"no such directory {data_dir}", argument="data.data_dir")
         check_open_unit(**{"data.val_fraction": val_fraction})
         self.data_dir, self.train_prefix, self.test_prefix = (
             Path(data_dir),
@@ -167,15 +184,32 @@ class IdxImageDataModule(ImageDataModule):
         self.val_fraction = val_fraction
 
     def load(self, prefix: str) -> TensorDataset:
+        """The images and labels of ``prefix``, checked: as many labels as images, each a
+        class id below ``num_classes`` (:class:`~lsframe.errors.DataError` otherwise)."""
         images = read_idx(_find(self.data_dir, prefix, "images"))
-        labels = read_idx(_find(self.data_dir, prefix, "labels"))
+        labels_path = _find(self.data_dir, prefix, "labels")
+        labels = read_idx(labels_path)
         if len(images) != len(labels):
-            raise ValueError(
-                f"{self.data_dir}/{prefix}: {len(images)} images but {len(labels)} labels"
+            raise DataError(
+                f"{len(images)} images but {len(labels)} labels", where=f"{self.data_dir}/{prefix}"
+            )
+        bad = (labels >= self.num_classes).nonzero()
+        if len(bad):
+            item = int(bad[0, 0])
+            raise DataError(
+                f"label {int(labels[item])} of item {item} is not a class id in "
+                f"[0, {self.num_classes})",
+                where=str(labels_path),
             )
         # scale to [0, 1] and standardise with the usual MNIST statistics
         x = (images.unsqueeze(1).float() / 255 - 0.1307) / 0.3081
         return TensorDataset(x, labels.long())
+
+    def check_files(self, stage: str) -> None:
+        """Read and check the idx files (sizes, labels below ``num_classes``) before the model
+        is built; the command line calls this first."""
+        for prefix in dict.fromkeys((self.train_prefix, self.test_prefix)):
+            self.load(prefix)
 
     def build(self, stage: str) -> dict[str, Dataset]:
         train, val = self.split(self.load(self.train_prefix), self.val_fraction)
@@ -256,7 +290,9 @@ class ImageFolderDataModule(ImageDataModule):
         super().__init__(**kwargs)
         for split in ("train", "val"):
             if not (Path(root) / split).is_dir():
-                raise FileNotFoundError(f"data.root: {Path(root) / split} is not a directory")
+                raise MissingFileError(
+                    f"no such directory {Path(root) / split}", argument="data.root"
+                )
         self.root, self.image_size = Path(root), image_size
         self.num_classes = sum(1 for p in (self.root / "train").iterdir() if p.is_dir())
 
@@ -280,13 +316,14 @@ class ImageFolderDataModule(ImageDataModule):
                 normalize,
             ]
         )
-        train = datasets.ImageFolder(self.root / "train", transform=train_tf)
-        val = datasets.ImageFolder(self.root / "val", transform=eval_tf)
+        train = datasets.ImageFolder(self.root / "train", transform=train_tf, loader=load_image)
+        val = datasets.ImageFolder(self.root / "val", transform=eval_tf, loader=load_image)
         if train.class_to_idx != val.class_to_idx:
             missing = sorted(set(train.class_to_idx) ^ set(val.class_to_idx))
-            raise ValueError(
-                f"data.root: {self.root / 'train'} and {self.root / 'val'} have different class "
-                f"folders ({missing[:5]}...); labels would not line up"
+            raise DataError(
+                f"{self.root / 'train'} and {self.root / 'val'} have different class folders "
+                f"({missing[:5]}...); labels would not line up",
+                argument="data.root",
             )
         return {
             "train": train,

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lsframe.data.resumable import make_loader
+from lsframe.errors import DataError, MissingFileError
 from lsframe.validation import check_int_at_least, check_open_unit
 
 
@@ -85,7 +86,7 @@ class TextFileLMDataModule(pl.LightningDataModule):
         super().__init__()
         for key, path in (("data.train_file", train_file), ("data.val_file", val_file)):
             if path is not None and not Path(path).is_file():
-                raise FileNotFoundError(f"{key}: no file {path}")
+                raise MissingFileError(f"no such file {path}", argument=key)
         if val_file is None:
             check_open_unit(**{"data.val_fraction": val_fraction})
         check_int_at_least(1, **{"data.block_size": block_size, "data.batch_size": batch_size})
@@ -132,9 +133,12 @@ class TextFileLMDataModule(pl.LightningDataModule):
         ):
             blocks = to_blocks(tokens, self.block_size)[:limit]
             if len(blocks) == 0:
-                raise ValueError(
+                raise DataError(
                     f"{split} text has {len(tokens)} tokens, fewer than one block of "
-                    f"data.block_size={self.block_size}"
+                    f"data.block_size={self.block_size}",
+                    where=str(
+                        self.train_file if split == "train" or not self.val_file else self.val_file
+                    ),
                 )
             self.blocks[split] = blocks
 

@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lsframe.data.examples import TextExamples
+from lsframe.data.examples import TextExamples, check_labels
 from lsframe.data.resumable import make_loader
 from lsframe.data.shifts import SHIFTS, apply_shift, fit_shift
 from lsframe.validation import check_choice, check_int_at_least
@@ -148,10 +148,15 @@ class TextClassificationDataModule(pl.LightningDataModule):
             "test": ["test"],
             "predict": ["predict"],
         }[stage]
+        num_labels = getattr(module, "num_labels", None) or self.num_labels
         for split in wanted:
             if split in self.datasets:
                 continue
             examples = self.load_split(split)
+            parts = examples if isinstance(examples, list) else [examples]
+            for index, part in enumerate(parts):
+                which = f" ({self.eval_names[index]})" if len(parts) > 1 else ""
+                check_labels(part, num_labels, f"{type(self).__name__} {split} split{which}")
             if split == "train":
                 examples = self._shifted(examples.head(self.train_limit), is_train=True)
                 examples = examples.sample(self.train_subsample, self.seed)

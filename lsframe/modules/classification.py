@@ -10,6 +10,7 @@ import torchmetrics
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
+from lsframe.errors import ConfigError, MissingFileError
 from lsframe.hub import describe_load_failure, load_tokenizer, resolve_pretrained
 from lsframe.modules.base import ClosureModule, default_optimizer
 from lsframe.modules.peft import apply_lora
@@ -23,7 +24,7 @@ def load_sequence_classifier(name_or_path: str, num_labels: int) -> torch.nn.Mod
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
     except (OSError, ValueError) as error:
-        raise FileNotFoundError(describe_load_failure(name_or_path, error)) from error
+        raise MissingFileError(describe_load_failure(name_or_path, error)) from error
     # from_pretrained returns the model in eval mode; Lightning keeps the modes it finds, so
     # without this, dropout would be off during fine-tuning
     return model.train()
@@ -98,7 +99,10 @@ class SequenceClassificationModule(ClosureModule):
         lr_distribution: dict[str, float] | str | None = None,
     ) -> None:
         if num_labels < 1:
-            raise ValueError(f"num_labels must be >= 1 (1 = regression), got {num_labels}")
+            raise ConfigError(
+                f"num_labels must be >= 1 (1 = regression), got {num_labels}",
+                argument="num_labels",
+            )
         if metrics is not None:
             task_metrics(metrics, num_labels)  # unknown names fail here, before loading
         model = load_sequence_classifier(model_name_or_path, num_labels)

@@ -11,6 +11,7 @@ import torch
 import torchmetrics
 from torch import Tensor
 
+from lsframe.errors import MissingFileError
 from lsframe.hub import describe_load_failure, load_tokenizer, resolve_pretrained
 from lsframe.modules.base import ClosureModule
 from lsframe.modules.peft import apply_lora
@@ -39,7 +40,7 @@ def load_causal_lm(name_or_path: str | None, config: dict[str, Any] | None) -> t
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as error:
-        raise FileNotFoundError(describe_load_failure(name_or_path, error)) from error
+        raise MissingFileError(describe_load_failure(name_or_path, error)) from error
     return model.train()
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from lsframe.callbacks.base import check_closure_callbacks
+from lsframe.errors import ConfigError
 from lsframe.optim import info_for
 from lsframe.optim._functional import all_finite
 
@@ -35,14 +36,16 @@ def check_sharding(strategy: Any, optimizer: torch.optim.Optimizer) -> None:
         )
 
 
-def check_precision(precision: str) -> None:
-    """Refuse ``16-mixed`` (and ``16``): its GradScaler cannot drive a closure."""
-    if precision in ("16-mixed", "16"):
-        raise ValueError(
+def check_precision(precision: str | int) -> None:
+    """Refuse ``16-mixed`` (and ``16``): its GradScaler cannot drive a closure
+    (:class:`~lsframe.errors.ConfigError` at ``trainer.precision``)."""
+    if str(precision) in ("16-mixed", "16"):
+        raise ConfigError(
             f"precision={precision!r} cannot drive lsframe's closure: its GradScaler runs the "
             "closure once and then steps without it, so trial evaluations are impossible "
             "(torch's GradScaler.step refuses closures). Use precision='bf16-mixed' (no "
-            "scaler) or '32-true'."
+            "scaler) or '32-true'.",
+            where="trainer.precision",
         )
 
 
@@ -54,14 +57,16 @@ def check_fit(trainer: pl.Trainer) -> None:
 
 
 def check_data(datamodule: Any, **expected: Any) -> None:
-    """Raise when an attribute of ``datamodule`` disagrees with the model's setting of the same
-    name, naming the ``model.<key>`` to set. Attributes the DataModule lacks are not checked."""
+    """Raise :class:`~lsframe.errors.ConfigError` when an attribute of ``datamodule`` disagrees
+    with the model's setting of the same name, naming the ``model.<key>`` to set. Attributes the
+    DataModule lacks are not checked."""
     for key, mine in expected.items():
         theirs = getattr(datamodule, key, None)
         if theirs is not None and theirs != mine:
-            raise ValueError(
+            raise ConfigError(
                 f"model.{key} is {mine} but the data ({type(datamodule).__name__}) has "
-                f"{theirs}: set model.{key}: {theirs}"
+                f"{theirs}: set model.{key}: {theirs}",
+                where=f"model.init_args.{key}",
             )
 
 

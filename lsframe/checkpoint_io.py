@@ -1,0 +1,139 @@
+"""Checkpoint files that are either the old file or the new one, never a torn mix.
+
+Lightning's ``TorchCheckpointIO`` writes through an fsspec transaction: the checkpoint goes to a
+temporary file made by ``tempfile.mkstemp()`` (in ``$TMPDIR``, not beside the checkpoint), which
+is then moved over the target with ``shutil.move``. That move is an atomic rename only while
+``$TMPDIR`` and the checkpoint directory are on one filesystem; otherwise it copies into the
+target in place, so a process killed mid-copy (SLURM's SIGKILL at the end of the grace time)
+leaves a truncated ``last.ckpt``. Neither file is synced to disk before the rename.
+
+Here the rule is: write the bytes to a hidden temporary file in the target's own directory,
+``fsync`` it, ``os.replace`` it over the target (atomic on POSIX and Windows), then ``fsync``
+the directory. A reader sees the previous file or the complete new one. A writer killed
+mid-write leaves a hidden ``.<name>.tmp-*`` file beside the target and the target untouched.
+:class:`AtomicCheckpointIO` applies the rule to every checkpoint a Trainer writes to a local
+path (other filesystems keep Lightning's own write).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "find_last_checkpoint",
+    "save_atomically",
+    "use_atomic_checkpoint_io",
+    "write_atomically",
+]
+
+
+def _write_all(file: Any, data: memoryview) -> None:
+    """Write ``data`` to the open ``file`` (a seam: the killed-writer test pauses in here)."""
+    file.write(data)
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open`` would give a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: str | os.PathLike[str], data: bytes | memoryview) -> None:
+    """Replace the file ``path`` by ``data`` in one step: a reader, or a later run after a crash
+    at any moment, finds either the previous file or the whole new one.
+
+    The bytes go to a hidden temporary file in ``path``'s directory, are synced, and the file is
+    renamed over ``path`` with :func:`os.replace`; the directory is synced after the rename. On an
+    exception the temporary file is removed and ``path`` is untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.tmp-")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            _write_all(file, memoryview(data))
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, _file_mode())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _sync_directory(target.parent)
+
+
+def save_atomically(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save(obj, path)`` through :func:`write_atomically`."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomically(path, buffer.getbuffer())
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` whose local writes go through :func:`write_atomically`.
+
+    Loading and removing are Lightning's; a path on another filesystem (``s3://``, ...) is written
+    by Lightning's own transaction.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        filesystem, local_path = url_to_fs(str(path))
+        if storage_options is not None or not isinstance(filesystem, LocalFileSystem):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        save_atomically(checkpoint, local_path)
+
+
+def use_atomic_checkpoint_io(trainer: Any) -> bool:
+    """Give ``trainer``'s strategy an :class:`AtomicCheckpointIO` when it uses Lightning's plain
+    ``TorchCheckpointIO``; a CheckpointIO the user chose is kept. True when swapped in."""
+    strategy = trainer.strategy
+    if type(getattr(strategy, "checkpoint_io", None)) is not TorchCheckpointIO:
+        return False
+    strategy.checkpoint_io = AtomicCheckpointIO()
+    return True
+
+
+def find_last_checkpoint(root: str | Path) -> tuple[str, Path] | None:
+    """The newest ``last*.ckpt`` under ``root/version_*/checkpoints``, with its version name.
+
+    ``root`` is a logger's ``save_dir/name``; "newest" is by modification time, as Lightning
+    picks among ``last`` candidates. None when there is none.
+    """
+    found = [
+        (path.stat().st_mtime, path.parent.parent.name, path)
+        for path in Path(root).glob("version_*/checkpoints/last*.ckpt")
+        if re.fullmatch(r"last(-v?\d+)?", path.stem)
+    ]
+    if not found:
+        return None
+    _, version, path = max(found)
+    return version, path

@@ -1,0 +1,118 @@
+"""Reading back what lsframe wrote: checkpoints and state files, never executing them.
+
+Rule: every file lsframe reads back (``lsframe fit`` checkpoints for ``--ckpt_path`` and
+``export``, the sequential runner's ``sequence_state.pt`` and stage checkpoints) is loaded with
+``torch.load(..., weights_only=True)``: tensors and plain containers only, no pickled objects, so
+reading a file cannot run code from it. A file that is absent raises
+:class:`~lsframe.errors.MissingFileError`; one that does not load that way, or lacks what it
+should hold, raises :class:`~lsframe.errors.DataError`; both name the file and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lsframe.errors import DataError, MissingFileError
+
+LIGHTNING_CHECKPOINT = "a checkpoint written by lsframe fit"
+
+
+def _reason(path: Path, error: BaseException) -> str:
+    """A short reason why ``torch.load`` failed (its messages run to paragraphs)."""
+    import zipfile
+
+    text = str(error)
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    with path.open("rb") as handle:
+        zip_magic = handle.read(4) == b"PK\x03\x04"
+    if not zip_magic and not zipfile.is_zipfile(path):
+        return "not a PyTorch file (torch.save writes a zip archive)"
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
+    if refused:
+        return f"it holds a pickled {refused.group(1)}, which weights_only=True does not load"
+    if text.startswith("Weights only load failed"):
+        return "it holds pickled objects, which weights_only=True does not load"
+    first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else type(error).__name__
+    return f"a truncated or corrupt PyTorch archive ({first})"
+
+
+def _same_class(a: str, b: str) -> bool:
+    """Whether two class paths name the same class (``pkg.Class`` and ``pkg.module.Class``)."""
+    if a == b:
+        return True
+    import importlib
+
+    try:
+        found = []
+        for path in (a, b):
+            module, _, name = path.rpartition(".")
+            found.append(getattr(importlib.import_module(module), name))
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return found[0] is found[1]
+
+
+def read_torch_file(path: str | Path, what: str, expected: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, or an error naming the file.
+
+    Args:
+        path: The file.
+        what: What the file is, for the message (``checkpoint``, ``sequence state``).
+        expected: What a good file is (``a checkpoint written by lsframe fit``).
+
+    Raises:
+        MissingFileError: there is no such file.
+        DataError: the file does not load with ``weights_only=True`` (corrupt, truncated, not a
+            PyTorch file, or holding pickled objects).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{what} not found; expected {expected}", where=str(path))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise DataError(
+            f"cannot read {what}: {_reason(path, error)}; expected {expected}", where=str(path)
+        ) from error
+
+
+def read_lightning_checkpoint(path: str | Path, module_class_path: str | None = None) -> dict:
+    """A checkpoint written by ``lsframe fit`` (a dict with a ``state_dict``), read with
+    ``weights_only=True``.
+
+    Args:
+        path: The checkpoint file.
+        module_class_path: The module class the caller will load it into (``class_path`` of the
+            config's model); a checkpoint that names another class is refused.
+
+    Raises:
+        MissingFileError: there is no such file.
+        DataError: it does not load with ``weights_only=True``, is not a Lightning checkpoint, or
+            was written by another module class.
+    """
+    checkpoint = read_torch_file(path, "checkpoint", LIGHTNING_CHECKPOINT)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise DataError(
+            f"not a Lightning checkpoint (no state_dict); expected {LIGHTNING_CHECKPOINT}",
+            where=str(path),
+        )
+    hparams = checkpoint.get("hyper_parameters") or {}
+    saved = hparams.get("_class_path") if isinstance(hparams, dict) else None
+    if (
+        module_class_path is not None
+        and saved is not None
+        and not _same_class(saved, module_class_path)
+    ):
+        raise DataError(
+            f"checkpoint of {saved}, but model.class_path is {module_class_path}",
+            where=str(path),
+        )
+    return checkpoint

@@ -1,0 +1,298 @@
+"""How ``python -m lsframe`` says what is wrong: one line, no traceback, no usage block.
+
+Rule: a bad input ends the command with exactly one line on stderr,
+``lsframe <subcommand>: error: <what is wrong> (<key or file:line>)``, and exit status 2 for a
+configuration error or 1 for a data or checkpoint error (:mod:`lsframe.errors`). A command line
+or config file that does not parse adds ``; see: lsframe <subcommand> --help`` instead of the
+usage block. ``LSFRAME_DEBUG=1`` prints the traceback before the line.
+
+* :func:`check_config_files` reads every ``--config`` file with ``yaml.safe_load`` before
+  jsonargparse does, so a syntax error names ``file:line:column``;
+* :func:`usage_error` turns jsonargparse's nested parse errors (``Parser key "model": Does not
+  validate against any of the Union subtypes ...``) into the full key and the innermost problem,
+  with "did you mean" for an unknown key;
+* :func:`error_line` classifies any exception for the top-level handler: lsframe's own errors
+  (:mod:`lsframe.errors`, found also under jsonargparse's wrappers), parse errors, YAML errors,
+  a missing file (1), any other ``ValueError`` (2); None for the rest (a bug or an environment
+  failure: the traceback stays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import inspect
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lsframe.errors import ConfigError, LsframeError, MissingFileError, UsageError
+
+DEBUG_VARIABLE = "LSFRAME_DEBUG"
+
+
+def debug_enabled() -> bool:
+    """Whether ``LSFRAME_DEBUG`` asks for tracebacks (set, and not ``0``/``false``/empty)."""
+    return os.environ.get(DEBUG_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+# ----------------------------------------------------------------------------- config files
+def config_file_arguments(argv: list[str]) -> list[str]:
+    """The values given to ``--config`` / ``-c`` in ``argv`` (also ``--config=...``)."""
+    values = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            values.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            values.append(arg.split("=", 1)[1])
+    return values
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Parse each ``--config`` file of ``argv`` with ``yaml.safe_load``.
+
+    Raises:
+        UsageError: a file that does not exist (a value that looks like a path) or does not parse
+            as YAML, with ``file:line:column`` of the syntax error.
+    """
+    import yaml
+
+    for value in config_file_arguments(argv):
+        path = Path(value)
+        if not path.is_file():
+            inline = "\n" in value or value.lstrip().startswith(("{", "["))
+            if not inline and (path.suffix in (".yaml", ".yml", ".json") or os.sep in value):
+                raise UsageError("config file not found", where=value)
+            continue
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise UsageError(*yaml_problem(error, path)) from error
+        except UnicodeDecodeError as error:
+            raise UsageError(f"config file is not UTF-8 text ({error.reason})", str(path)) from None
+
+
+def yaml_problem(error: Exception, path: str | Path) -> tuple[str, str]:
+    """``(message, "file:line:column")`` for a PyYAML error in the file ``path``: the problem,
+    and where the construct it was parsing started (``while parsing a flow sequence from line
+    2, column 14``)."""
+    problem = getattr(error, "problem", None)
+    context = getattr(error, "context", None)
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    context_mark = getattr(error, "context_mark", None)
+    message = f"YAML syntax error: {problem or context or error}"
+    if problem and context and context_mark is not None:
+        line, column = context_mark.line + 1, context_mark.column + 1
+        message += f", {context} from line {line}, column {column}"
+    where = str(path) if mark is None else f"{path}:{mark.line + 1}:{mark.column + 1}"
+    return _one_line(message), where
+
+
+# ------------------------------------------------------------------------ jsonargparse errors
+def _chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error`` and its causes, outermost first."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        cause = error.__cause__
+        if cause is None and not error.__suppress_context__:
+            cause = error.__context__
+        error = cause
+
+
+def _parser_keys(parser: Any) -> list[str]:
+    """Every destination of ``parser`` and of its subcommand parsers."""
+    keys: list[str] = []
+    for action in getattr(parser, "_actions", []):
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action._name_parser_map.values():
+                keys += _parser_keys(sub)
+        elif action.dest and action.dest != argparse.SUPPRESS:
+            keys.append(action.dest)
+    return keys
+
+
+def _class_parameters(class_path: str) -> list[str]:
+    """The init arguments of ``class_path``, following ``**kwargs`` into base classes."""
+    import importlib
+
+    try:
+        module, _, name = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return []
+    names: list[str] = []
+    for klass in getattr(cls, "__mro__", [cls]):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            parameters = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            break
+        names += [p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return [n for n in dict.fromkeys(names) if n != "self"]
+
+
+def _did_you_mean(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return f", did you mean {close[0]!r}?" if close else ""
+
+
+_ARTICLE = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _innermost(message: str) -> str:
+    """jsonargparse's innermost problem in plain words."""
+    first = message.strip().splitlines()[0] if message.strip() else message
+    expected = re.match(r"Expected a <class '(\w+)'>\. Got value: (.*)", first)
+    if expected:
+        kind = _ARTICLE.get(expected.group(1), f"a {expected.group(1)}")
+        return f"expected {kind}, got {expected.group(2)!r}"
+    literal = re.match(r"Expected a typing\.Literal\[(.*)\]\. Got value: (.*)", first)
+    if literal:
+        return f"expected one of {literal.group(1)}, got {literal.group(2)!r}"
+    first = re.sub(r"\. Got value: .*$", "", first)
+    first = re.sub(r"^Type [^:]+ expects a function or a callable class: ", "", first)
+    return first
+
+
+def usage_error(error: BaseException, parser: Any = None) -> UsageError:
+    """One line for an argparse/jsonargparse parse error: the full key and the innermost
+    problem; an unknown key gets the closest accepted name ("did you mean")."""
+    keys: list[str] = []
+    class_path: str | None = None
+    into_class = False
+    innermost = ""
+    for exc in _chain(error):
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else ""
+        innermost = text or innermost
+        given = re.match(r"Problem with given class_path '([^']+)'", first)
+        callable_class = re.search(r"expects a function or a callable class", first)
+        if given or callable_class:
+            found = given or re.search(r"class_path='([^']+)'", text)
+            class_path = found.group(1) if found else class_path
+            into_class = True
+        for key in re.findall(r'Parser key "([^"]+)"', first):
+            if keys and keys[-1] == key:
+                continue
+            if into_class and keys:
+                keys.append("init_args")
+            into_class = False
+            keys.append(key)
+    deepest = innermost.strip().splitlines()[0] if innermost.strip() else str(error)
+    unknown = re.match(r"Option '([^']+)' is not accepted", deepest)
+    group = re.match(r"(?:Group|Subcommand) '([^']+)' does not accept option '([^']+)'", deepest)
+    unrecognized = re.match(r"unrecognized arguments: (.*)", deepest)
+    if group:
+        owner, option = group.groups()
+        full = option if deepest.startswith("Subcommand") else f"{owner}.{option}"
+        section, _, name = full.rpartition(".")
+        prefix = f"{section}." if section else ""
+        names = [k[len(prefix) :] for k in _parser_keys(parser) if k.startswith(prefix)]
+        names = sorted({n.split(".", 1)[0] for n in names})
+        return UsageError(f"unknown key {name!r}{_did_you_mean(name, names)}", full)
+    if unknown:
+        name = unknown.group(1)
+        if into_class and class_path:
+            names = _class_parameters(class_path)
+            keys.append("init_args")
+        else:
+            prefix = ".".join(keys) + "." if keys else ""
+            names = [k[len(prefix) :] for k in _parser_keys(parser) if k.startswith(prefix)]
+            names = sorted({n.split(".", 1)[0] for n in names})
+        where = ".".join([*keys, name])
+        return UsageError(f"unknown key {name!r}{_did_you_mean(name, names)}", where)
+    if unrecognized:
+        option = unrecognized.group(1).split()[0]
+        options = ["--" + k for k in _parser_keys(parser)]
+        message = f"unknown option {option!r}{_did_you_mean(option, options)}"
+        return UsageError(message, option.lstrip("-"))
+    where = ".".join(keys) or None
+    if into_class and class_path and re.search(r"has no attribute|No module named", deepest):
+        return UsageError(f"cannot import class_path {class_path!r}: {deepest}", where)
+    return UsageError(_one_line(_innermost(deepest)), where)
+
+
+def unknown_subcommand(given: str | None, subcommands: tuple[str, ...]) -> UsageError:
+    """The error for a missing or unknown subcommand, listing them (with "did you mean")."""
+    names = ", ".join(subcommands)
+    if given is None:
+        return UsageError(f"a subcommand is required: {names}")
+    return UsageError(f"unknown subcommand {given!r}{_did_you_mean(given, list(subcommands))}"
+                      f" (subcommands: {names})")  # fmt: skip
+
+
+def parse_or_raise(parser: Any, argv: list[str]) -> Any:
+    """``parser.parse_args(argv)`` for a jsonargparse parser made with ``exit_on_error=False``;
+    a parse error raises :func:`usage_error`'s one line instead."""
+    try:
+        return parser.parse_args(argv)
+    except argparse.ArgumentError as error:
+        raise usage_error(error, parser) from error
+
+
+class RaisingArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors raise :class:`~lsframe.errors.UsageError` (one line, no
+    usage block) instead of printing the usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(_one_line(message))
+
+
+# ------------------------------------------------------------------------- top-level handler
+_WRAPPERS = ("Does not validate against any of the Union subtypes", 'Parser key "', "Problem with")
+
+
+def classify(error: BaseException) -> LsframeError | None:
+    """The bad input ``error`` reports, as an :class:`LsframeError`; None when ``error`` is not a
+    bad input (a bug or an environment failure: the traceback stays)."""
+    if isinstance(error, (ValueError, TypeError, argparse.ArgumentError, LsframeError)):
+        for exc in _chain(error):
+            if isinstance(exc, LsframeError):
+                return exc
+    if isinstance(error, argparse.ArgumentError):
+        return usage_error(error)
+    try:
+        import yaml
+
+        if isinstance(error, yaml.YAMLError):
+            return UsageError(f"YAML error: {_one_line(error)}")
+    except ImportError:  # pragma: no cover - yaml comes with jsonargparse
+        pass
+    if isinstance(error, FileNotFoundError):
+        return MissingFileError(_one_line(error))
+    wrapped = any(str(exc).startswith(_WRAPPERS) for exc in _chain(error))
+    # a ValueError is a refused value; a TypeError only where jsonargparse built a class from
+    # the config (an argument it does not take); elsewhere it is a bug and keeps its traceback
+    if isinstance(error, ValueError) or (isinstance(error, TypeError) and wrapped):
+        inner = error
+        for exc in _chain(error):
+            if not str(exc).startswith(_WRAPPERS):
+                inner = exc
+                break
+        text = str(inner).strip()
+        return ConfigError(_one_line(text.splitlines()[0]) if text else type(inner).__name__)
+    return None
+
+
+def error_line(error: BaseException, prog: str) -> tuple[str, int] | None:
+    """``(line, exit status)`` for a bad input, or None (see :func:`classify`)."""
+    found = classify(error)
+    if found is None:
+        return None
+    where = found.where or found.argument
+    line = f"{prog}: error: {_one_line(found.message)}" + (f" ({where})" if where else "")
+    if isinstance(found, UsageError):
+        line += f"; see: {prog} --help"
+    return line, found.exit_code

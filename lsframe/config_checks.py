@@ -1,0 +1,267 @@
+"""Checks of a parsed configuration, before any weights or data load.
+
+jsonargparse checks types while it parses; the values themselves are checked by the
+constructors, which LightningCLI calls only when it builds the objects: the model first (its
+pretrained weights load), the optimizer only when the fit starts. :func:`check_config` runs the
+cheap part of that work right after parsing, so a bad value ends the command within seconds and
+names its full key:
+
+* every optimizer (``class_path`` of a ``torch.optim.Optimizer``) is built on a one-element
+  probe parameter, so its own argument checks run (``c must be in (0, 1), got -1.0`` at
+  ``model.init_args.optimizer.init_args.c``), and one that needs ``param_grouping: parts``
+  (registry record) refuses another grouping;
+* every DataModule is built (cheap: arguments and paths) and its ``check_files(stage)``, where it
+  has one, reads and checks the raw files (GLUE TSVs, idx files) before the model loads;
+* every module's ``model_name_or_path`` must resolve (:func:`lsframe.hub.check_pretrained`), its
+  ``lr_distribution`` must load (values, file syntax) with ``param_grouping: parts``, and its
+  ``num_labels`` / ``num_classes`` / ``in_chans`` must agree with each DataModule's;
+* ``trainer.precision`` must be one that drives a closure (:func:`.policy.check_precision`).
+
+Errors are :class:`~lsframe.errors.ConfigError` / :class:`~lsframe.errors.DataError` with the
+key or file (:meth:`~lsframe.errors.LsframeError.at`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from lsframe.errors import ConfigError, LsframeError, MissingFileError
+
+#: Attributes a DataModule and a module must agree on (the modules' ``check_data`` keys).
+SHARED_ATTRIBUTES = ("num_labels", "num_classes", "in_chans")
+
+# torch's own optimizers say "Invalid learning rate: -1" without the argument's name
+_TORCH_MESSAGES = {
+    "Invalid learning rate": "lr",
+    "Invalid epsilon value": "eps",
+    "Invalid beta parameter": "betas",
+    "Invalid weight_decay value": "weight_decay",
+    "Invalid momentum value": "momentum",
+}
+
+
+def _get(node: Any, name: str, default: Any = None) -> Any:
+    if isinstance(node, dict):
+        return node.get(name, default)
+    return getattr(node, name, default)
+
+
+def _items(node: Any) -> list[tuple[str, Any]]:
+    if isinstance(node, dict):
+        return list(node.items())
+    if hasattr(node, "__dict__") and type(node).__name__ == "Namespace":
+        return list(vars(node).items())
+    return []
+
+
+def _plain(value: Any) -> Any:
+    """A parsed value as plain Python (jsonargparse Namespaces become dicts)."""
+    if type(value).__name__ == "Namespace":
+        return {k: _plain(v) for k, v in vars(value).items() if not k.startswith("__")}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def class_nodes(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:
+    """``(key, node)`` for every ``class_path`` entry under ``node``, outermost first (lists
+    give ``key[i]``)."""
+    if isinstance(node, (list, tuple)):
+        for i, item in enumerate(node):
+            yield from class_nodes(item, f"{key}[{i}]")
+        return
+    if _get(node, "class_path") is not None and isinstance(_get(node, "class_path"), str):
+        yield key, node
+        for name, value in _items(_get(node, "init_args")):
+            yield from class_nodes(value, f"{key}.init_args.{name}")
+        return
+    for name, value in _items(node):
+        if not name.startswith("__"):
+            yield from class_nodes(value, f"{key}.{name}" if key else name)
+
+
+def _import(class_path: str) -> type | None:
+    module, _, name = class_path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return found if isinstance(found, type) else None
+
+
+def _located(error: Exception, prefix: str, init_args: dict[str, Any]) -> LsframeError:
+    """``error`` from a constructor under ``prefix`` (``<key>.init_args``) as an lsframe error
+    at the full key: its ``argument``, else an init argument its message starts with."""
+    if isinstance(error, LsframeError):
+        return error.at(prefix)
+    text = " ".join(str(error).split()) or type(error).__name__
+    name = re.match(r"[\w.\[\]]+", text)
+    argument = name.group(0) if name and name.group(0).split("[")[0] in init_args else None
+    for start, key in _TORCH_MESSAGES.items():
+        argument = key if text.startswith(start) else argument
+    owner = prefix.removesuffix(".init_args")
+    kind = MissingFileError if isinstance(error, FileNotFoundError) else ConfigError
+    return kind(text, where=f"{prefix}.{argument}" if argument else owner)
+
+
+def check_optimizer(key: str, cls: type, init_args: dict[str, Any], grouping: Any) -> None:
+    """Build optimizer ``cls`` with ``init_args`` on a probe parameter (its argument checks run
+    now); refuse a ``param_grouping`` other than ``parts`` for one whose registry record needs
+    it (PLASLS)."""
+    import torch
+
+    from lsframe.optim import info_for
+
+    probe = [{"params": [torch.zeros(1, requires_grad=True)], "name": "probe", "part": "probe"}]
+    try:
+        cls(probe, **init_args)
+    except (LsframeError, ValueError, TypeError) as error:
+        raise _located(error, f"{key}.init_args", init_args) from error
+    needs = info_for(cls).param_grouping
+    owner = key.rsplit(".init_args.", 1)[0] if ".init_args." in key else None
+    if needs == "parts" and owner is not None and grouping not in (None, "parts"):
+        raise ConfigError(
+            f"{cls.__name__} needs one param group per part: set param_grouping: parts, "
+            f"got {grouping!r}",
+            where=f"{owner}.init_args.param_grouping",
+        )
+
+
+def build_datamodule(key: str, cls: type, init_args: dict[str, Any], stage: str) -> Any:
+    """The DataModule ``cls(**init_args)`` (arguments and paths checked), after its
+    ``check_files(stage)`` where it has one."""
+    try:
+        data = cls(**init_args)
+    except (LsframeError, ValueError, TypeError, FileNotFoundError) as error:
+        raise _located(error, f"{key}.init_args", init_args) from error
+    check_files = getattr(data, "check_files", None)
+    if callable(check_files):
+        try:
+            check_files(stage)
+        except LsframeError as error:
+            raise error.at(f"{key}.init_args") from error
+    return data
+
+
+def check_distribution_setting(key: str, distribution: Any, grouping: Any) -> None:
+    """What of a module's ``lr_distribution`` can be checked without the model: it needs
+    ``param_grouping: parts``, and its values (a preset, a mapping or a file: syntax and
+    numbers) must load (:func:`lsframe.lr_distribution.load_distribution`). Part names need the
+    model and are checked when it is built."""
+    import warnings
+
+    from lsframe.lr_distribution import load_distribution
+
+    if grouping not in (None, "parts"):
+        raise ConfigError(
+            f"lr_distribution needs param_grouping: parts (one param group per part), got "
+            f"{grouping!r}",
+            where=f"{key}.init_args.param_grouping",
+        )
+    try:
+        with warnings.catch_warnings():  # the module warns when it is built
+            warnings.simplefilter("ignore")
+            load_distribution(distribution)
+    except LsframeError as error:
+        raise error.at(f"{key}.init_args") from error
+
+
+def check_module(key: str, init_args: dict[str, Any], data: list[tuple[str, Any]]) -> None:
+    """A module's model reference resolves, and its shared attributes agree with the data."""
+    from lsframe.hub import check_pretrained
+
+    reference = init_args.get("model_name_or_path")
+    if isinstance(reference, str):
+        try:
+            check_pretrained(reference)
+        except LsframeError as error:
+            where = f"{key}.init_args.model_name_or_path"
+            raise type(error)(error.message, where=where) from error
+    distribution = init_args.get("lr_distribution")
+    if distribution is not None:
+        check_distribution_setting(key, distribution, init_args.get("param_grouping"))
+    for data_key, datamodule in data:
+        for name in SHARED_ATTRIBUTES:
+            mine, theirs = init_args.get(name), getattr(datamodule, name, None)
+            if mine is not None and theirs is not None and mine != theirs:
+                at = "" if data_key == "data" else f" at {data_key}"
+                raise ConfigError(
+                    f"{key}.{name} is {mine} but the data{at} ({type(datamodule).__name__}) "
+                    f"has {theirs}: set {key}.{name}: {theirs}",
+                    where=f"{key}.init_args.{name}",
+                )
+
+
+def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
+    """Run the checks of this module on a parsed config (see the module docstring).
+
+    Args:
+        config: The parsed jsonargparse Namespace of one command (``fit``'s section for
+            LightningCLI; the whole config for ``sequential`` and ``search``).
+        stage: What the data will serve (``fit``, ``validate``, ...), for ``check_files``.
+
+    Returns:
+        ``(key, DataModule)`` for every DataModule built on the way.
+
+    Raises:
+        ConfigError, DataError: the first problem, at its full key or file.
+    """
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from torch.optim import Optimizer
+
+    from lsframe.modules.policy import check_precision
+
+    precision = _get(_get(config, "trainer"), "precision")
+    if precision is not None:
+        check_precision(precision)
+    modules: list[tuple[str, dict[str, Any]]] = []
+    data: list[tuple[str, Any]] = []
+    grouping: dict[str, Any] = {}
+    for key, node in class_nodes(config):
+        cls = _import(_get(node, "class_path"))
+        init_args = _plain(_get(node, "init_args")) or {}
+        if cls is None:
+            continue
+        if issubclass(cls, LightningModule):
+            modules.append((key, init_args))
+            grouping[key] = init_args.get("param_grouping")
+        elif issubclass(cls, Optimizer):
+            owner = key.rsplit(".init_args.", 1)[0]
+            check_optimizer(key, cls, init_args, grouping.get(owner))
+        elif issubclass(cls, LightningDataModule):
+            data.append((key, build_datamodule(key, cls, init_args, stage)))
+    for key, init_args in modules:
+        check_module(key, init_args, data)
+    return data
+
+
+#: ``ckpt_path`` values Lightning resolves itself (no file to check here).
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
+
+
+def check_ckpt_path(section: Any) -> None:
+    """A ``ckpt_path`` file loads with ``weights_only=True``, is a Lightning checkpoint, and
+    was written by the configured model class (:func:`lsframe.checkpoints.
+    read_lightning_checkpoint`; names Lightning resolves, such as ``last``, are left to it)."""
+    from lsframe.checkpoints import read_lightning_checkpoint
+
+    path = _get(section, "ckpt_path")
+    if not path or str(path) in SPECIAL_CKPT_PATHS or str(path).startswith("registry"):
+        return
+    read_lightning_checkpoint(str(path), _get(_get(section, "model"), "class_path"))
+
+
+def check_parsed(config: Any) -> None:
+    """The checks of this module on what LightningCLI parsed: the chosen subcommand's section
+    (:func:`check_config` with the subcommand as the data's stage) and its ``ckpt_path``."""
+    subcommand = _get(config, "subcommand")
+    section = _get(config, subcommand) if subcommand else config
+    if section is None:
+        return
+    check_config(section, stage=subcommand or "fit")
+    check_ckpt_path(section)

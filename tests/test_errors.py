@@ -1,0 +1,91 @@
+"""The error classes and the one-line classification, in process (the command-line table is
+tests/test_bad_input.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lsframe.cli_errors import check_config_files, config_file_arguments, error_line
+from lsframe.errors import ConfigError, DataError, MissingFileError, UsageError
+from lsframe.validation import check_open_unit
+
+
+def test_an_error_names_its_place_once():
+    assert (
+        str(DataError("3 columns, expected 4", where="a.tsv:3"))
+        == "3 columns, expected 4 (a.tsv:3)"
+    )
+    assert str(ConfigError("no such directory /x", argument="data.data_dir")) == (
+        "no such directory /x (data.data_dir)"
+    )
+    with pytest.raises(ConfigError) as info:
+        check_open_unit(c=1.5)
+    assert str(info.value) == "c must be in (0, 1), got 1.5" and info.value.argument == "c"
+
+
+@pytest.mark.parametrize(
+    ("argument", "prefix", "where"),
+    [
+        ("c", "model.init_args.optimizer.init_args", "model.init_args.optimizer.init_args.c"),
+        ("data.batch_size", "stages[1].data.init_args", "stages[1].data.init_args.batch_size"),
+        (None, "data.init_args", "data.init_args"),
+    ],
+)
+def test_at_gives_the_full_key(argument, prefix, where):
+    located = ConfigError("bad", argument=argument).at(prefix)
+    assert located.where == where and type(located) is ConfigError
+    assert MissingFileError("gone", where="f.tsv").at(prefix).where == "f.tsv"  # a file stays
+
+
+def test_exit_status_and_usage_pointer():
+    assert error_line(ConfigError("bad", where="k"), "lsframe fit") == (
+        "lsframe fit: error: bad (k)",
+        2,
+    )
+    assert error_line(MissingFileError("gone", where="f"), "lsframe fit")[1] == 1
+    assert error_line(UsageError("odd"), "lsframe export") == (
+        "lsframe export: error: odd; see: lsframe export --help",
+        2,
+    )
+    assert error_line(ValueError("refused\nsecond line"), "lsframe") == (
+        "lsframe: error: refused",
+        2,
+    )
+
+
+def test_bugs_keep_their_traceback():
+    assert error_line(RuntimeError("boom"), "lsframe fit") is None
+    assert error_line(TypeError("unsupported operand"), "lsframe fit") is None
+    assert error_line(KeyError("x"), "lsframe fit") is None
+
+
+def test_config_files_are_read_before_jsonargparse(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("trainer: {max_steps: 1}\n")
+    argv = ["fit", "--config", str(good), "-c", "inline: 1", f"--config={good}"]
+    assert config_file_arguments(argv) == [str(good), "inline: 1", str(good)]
+    check_config_files(argv)  # inline YAML is left to jsonargparse
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1\n")
+    with pytest.raises(UsageError) as info:
+        check_config_files(["fit", "--config", str(bad)])
+    assert info.value.where == f"{bad}:2:1"
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        ([], "lsframe: error: a subcommand is required: fit, validate, test, predict, sequential, "
+             "search, combine, export; see: lsframe --help"),
+        (["fitt"], "lsframe: error: unknown subcommand 'fitt', did you mean 'fit'? (subcommands: "
+                   "fit, validate, test, predict, sequential, search, combine, export); see: "
+                   "lsframe --help"),
+    ],
+)  # fmt: skip
+def test_a_missing_or_unknown_subcommand_is_one_line(argv, line, capsys):
+    from lsframe.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == line + "\n"
