@@ -22,7 +22,10 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict", "sequential", "search", "co
 def main(args: list[str] | None = None) -> None:
     """Run ``lsframe <args>`` (``sys.argv[1:]`` when None); a bad input exits with its one
     error line (see the module docstring)."""
+    from lsframe.errors import mark_run_started
+
     argv = sys.argv[1:] if args is None else list(args)
+    mark_run_started(False)
     try:
         _run(argv, explicit=args is not None)
     except (SystemExit, KeyboardInterrupt):

@@ -44,10 +44,21 @@ def _write_all(file: Any, data: memoryview) -> None:
 
 
 def _file_mode() -> int:
-    """The mode a plain ``open`` would give a new file under the current umask."""
+    """The mode a plain ``open`` would give a new file under the process's umask (read once, at
+    import: reading the umask sets it for a moment, which other threads must not see mid-run)."""
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Temporary files of earlier writes to ``target`` that a kill interrupted (each may be as
+    large as a checkpoint)."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        stale.unlink(missing_ok=True)
 
 
 def _sync_directory(directory: Path) -> None:
@@ -70,17 +81,19 @@ def write_atomically(path: str | os.PathLike[str], data: bytes | memoryview) -> 
 
     The bytes go to a hidden temporary file in ``path``'s directory, are synced, and the file is
     renamed over ``path`` with :func:`os.replace`; the directory is synced after the rename. On an
-    exception the temporary file is removed and ``path`` is untouched.
+    exception the temporary file is removed and ``path`` is untouched; temporary files that a
+    killed writer left beside ``path`` are removed before the next write.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(target)
     fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.tmp-")
     try:
         with os.fdopen(fd, "wb") as file:
             _write_all(file, memoryview(data))
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temporary, _file_mode())
+        os.chmod(temporary, _FILE_MODE)
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -13,8 +13,9 @@ usage block. ``LSFRAME_DEBUG=1`` prints the traceback before the line.
   with "did you mean" for an unknown key;
 * :func:`error_line` classifies any exception for the top-level handler: lsframe's own errors
   (:mod:`lsframe.errors`, found also under jsonargparse's wrappers), parse errors, YAML errors,
-  a missing file (1), any other ``ValueError`` (2); None for the rest (a bug or an environment
-  failure: the traceback stays).
+  a missing file (1), any other ``ValueError`` (2) raised before a fit got past its setup; None
+  for the rest (a bug, an environment failure, or an error of the run itself once training
+  started: the traceback stays).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lsframe.errors import ConfigError, LsframeError, MissingFileError, UsageError
+from lsframe.errors import ConfigError, LsframeError, MissingFileError, UsageError, run_started
 
 DEBUG_VARIABLE = "LSFRAME_DEBUG"
 
@@ -261,6 +262,8 @@ def classify(error: BaseException) -> LsframeError | None:
         for exc in _chain(error):
             if isinstance(exc, LsframeError):
                 return exc
+    if run_started():  # raised by the run itself, not by reading its inputs: keep the traceback
+        return None
     if isinstance(error, argparse.ArgumentError):
         return usage_error(error)
     try:

@@ -19,7 +19,30 @@ This file imports only the standard library, so :mod:`lsframe.optim` and
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "LsframeError", "MissingFileError", "UsageError"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "LsframeError",
+    "MissingFileError",
+    "UsageError",
+    "mark_run_started",
+    "run_started",
+]
+
+
+class _RunState:
+    started = False
+
+
+def mark_run_started(started: bool = True) -> None:
+    """Record that a fit got past its setup (``on_fit_start``): from then on only lsframe's own
+    errors are bad input; any other exception is a failure of the run and keeps its traceback."""
+    _RunState.started = started
+
+
+def run_started() -> bool:
+    """Whether a fit of this command got past its setup (see :func:`mark_run_started`)."""
+    return _RunState.started
 
 
 class LsframeError(Exception):

@@ -10,7 +10,8 @@ batch that only accumulated gradients it waits for the step) and stops the run:
    every rank stops after the same step, even when only one of them got the signal.
 2. When a validation is due right after that step, the stop waits for its end (a checkpoint
    taken before it would make the resumed run skip it); at an epoch's last batch it waits for
-   the epoch-end hooks (Lightning resumes such a checkpoint in the next epoch).
+   the end-of-epoch validation, or, without one, for the epoch-end hooks (Lightning resumes such
+   a checkpoint in the next epoch).
 3. The hook that was running finishes for the callbacks after this one and for the module, then
    ``trainer.save_checkpoint`` writes a mid-epoch checkpoint with everything a periodic one holds
    (optimizer, schedulers, callbacks, the loader's position, the random generators), atomically
@@ -45,6 +46,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lsframe.checkpoint_io import use_atomic_checkpoint_io
+from lsframe.errors import mark_run_started
 
 __all__ = [
     "SIGNALS",
@@ -73,9 +75,15 @@ _FLAG = _Flag()
 
 
 def _note(signum: int, frame: Any) -> None:
-    """The signal handler: remember the first signal, nothing else (safe inside any step)."""
+    """The signal handler: remember the first signal, nothing else (safe inside any step).
+
+    A second Ctrl-C while a stop is pending is the user insisting (a hung step, a slow
+    download): Python's default handling comes back and the KeyboardInterrupt is raised now."""
     if _FLAG.signum is None:
         _FLAG.signum = int(signum)
+    elif signum == signal.SIGINT:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt
 
 
 def received() -> int | None:
@@ -292,6 +300,9 @@ class Preemption(Callback):
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._take_over_outside_fit(trainer)
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        mark_run_started()  # from here on an exception is the run's, not a bad input's
+
     # ------------------------------------------------------------------------------ stopping
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._take_over(trainer)
@@ -344,7 +355,11 @@ class Preemption(Callback):
         monitoring = (EarlyStopping, Checkpoint) if hook == "on_train_epoch_end" else ()
         for callback in [c for c in later if not isinstance(c, monitoring)]:
             getattr(callback, hook)(trainer, trainer.lightning_module, *args)
-        call._call_lightning_module_hook(trainer, hook, *args)
+        module_hook = getattr(call, "_call_lightning_module_hook", None)
+        if module_hook is not None:
+            module_hook(trainer, hook, *args)
+        else:  # Lightning moved its helper: the module's own hook, as it would call it
+            getattr(trainer.lightning_module, hook)(*args)
         for callback in [c for c in callbacks if monitoring and isinstance(c, monitoring)]:
             getattr(callback, hook)(trainer, trainer.lightning_module, *args)
 

@@ -51,7 +51,10 @@ from lsframe.validation import check_choice
 
 STATE_FILE = "sequence_state.pt"
 _STATE = "the sequence_state.pt that lsframe sequential writes (matrix and heads)"
-_STAGE = "a stage checkpoint that lsframe sequential writes (state_dict and callbacks)"
+_STAGE = (
+    "a stage checkpoint that lsframe sequential writes (state_dict and callbacks; one written "
+    "before lsframe 0.1's restructuring cannot be read safely: rerun with a new output_dir)"
+)
 
 
 def read_sequence_state(output_dir: str | Path, num_stages: int | None = None) -> dict | None:

@@ -89,3 +89,21 @@ def test_a_missing_or_unknown_subcommand_is_one_line(argv, line, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == line + "\n"
+
+
+def test_once_a_fit_is_past_its_setup_only_lsframes_own_errors_lose_their_traceback():
+    from lsframe.cli_errors import error_line
+    from lsframe.errors import DataError, mark_run_started
+
+    shape_bug = ValueError("mat1 and mat2 shapes cannot be multiplied (4x8 and 16x2)")
+    assert error_line(shape_bug, "lsframe fit") is not None  # while reading inputs: a bad value
+    mark_run_started()
+    try:
+        assert error_line(shape_bug, "lsframe fit") is None  # the run's own failure: traceback
+        bad_image = DataError("image does not decode (OSError)", where="train/b/bad.png")
+        assert error_line(bad_image, "lsframe fit") == (
+            "lsframe fit: error: image does not decode (OSError) (train/b/bad.png)",
+            1,
+        )
+    finally:
+        mark_run_started(False)

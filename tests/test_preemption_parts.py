@@ -45,6 +45,8 @@ def test_a_writer_killed_mid_checkpoint_leaves_the_previous_last_ckpt_whole(tmp_
     assert checkpoint.read_bytes() == good
     loaded = torch.load(checkpoint, weights_only=True)
     assert loaded["global_step"] == 2 and "state_dict" in loaded
+    write_atomically(checkpoint, b"next")  # the next write clears what the kill left
+    assert checkpoint.read_bytes() == b"next" and not partial.exists()
 
 
 def test_a_failed_atomic_write_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from lsframe.callbacks.child_tuning import ChildTuningD
 from lsframe.callbacks.masking import GradientMaskCallback, top_fraction_mask
-from lsframe.optim._functional import all_finite
+from lsframe.optim import all_finite
 from lsframe.parts import weight_matrices
 from lsframe.validation import check_fraction, check_int_at_least
 

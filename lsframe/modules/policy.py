@@ -12,8 +12,7 @@ from torch import Tensor
 
 from lsframe.callbacks.base import check_closure_callbacks
 from lsframe.errors import ConfigError
-from lsframe.optim import info_for
-from lsframe.optim._functional import all_finite
+from lsframe.optim import all_finite, info_for
 
 
 def check_sharding(strategy: Any, optimizer: torch.optim.Optimizer) -> None:

@@ -7,6 +7,7 @@ The registry (:func:`create`, :func:`info`, :func:`info_for`) holds one :class:`
 per optimizer; :func:`make_closure` builds the closure for a plain loop.
 """
 
+from lsframe.optim._functional import all_finite
 from lsframe.optim._linesearch import LineSearchOptimizer
 from lsframe.optim._registry import (
     OptimizerInfo,
@@ -45,6 +46,7 @@ __all__ = [
     "StepRandomState",
     "StepSizeSchedule",
     "WarmupCosineLR",
+    "all_finite",
     "apply_part_multipliers",
     "create",
     "info",
@@ -55,3 +57,16 @@ __all__ = [
     "register",
     "weight_decay_groups",
 ]
+
+
+def __getattr__(name: str):  # lsframe's earlier constant, now the registry's answer
+    if name == "LINE_SEARCH":
+        import warnings
+
+        warnings.warn(
+            "lsframe.optim.LINE_SEARCH is deprecated: use lsframe.optim.line_searches()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return tuple(line_searches())
+    raise AttributeError(f"module 'lsframe.optim' has no attribute {name!r}")

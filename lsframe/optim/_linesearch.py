@@ -92,17 +92,25 @@ class LineSearchOptimizer(Optimizer):
         for key, value in self._initial_search_state().items():
             search.setdefault(key, value)
 
-    def shared(self, key: str, which: Sequence[int] | None = None) -> Any:
-        """The value of hyperparameter ``key`` for a search over the groups ``which`` (all by
-        default): one search has one rule, so the groups must agree on it."""
-        groups = self.param_groups if which is None else [self.param_groups[i] for i in which]
-        value = groups[0][key]
-        for group in groups[1:]:
-            if group[key] != value:
+    def shared(
+        self,
+        key: str,
+        which: Sequence[int] | None = None,
+        pick: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> Any:
+        """The value of hyperparameter ``key`` (or ``pick(group)``, named ``key``) for a search
+        over the groups ``which`` (all by default): one search has one rule, so the groups must
+        agree on it."""
+        indices = range(len(self.param_groups)) if which is None else which
+        named = [(self.param_groups[i].get("name", i), self.param_groups[i]) for i in indices]
+        (first, group0), *rest = named
+        value = pick(group0) if pick is not None else group0[key]
+        for name, group in rest:
+            other = pick(group) if pick is not None else group[key]
+            if other != value:
                 raise ValueError(
-                    f"{type(self).__name__}: param groups {groups[0].get('name', 0)!r} and "
-                    f"{group.get('name')!r} have different {key} ({value!r}, {group[key]!r}), "
-                    "but one search over both uses one value"
+                    f"{type(self).__name__}: param groups {first!r} and {name!r} have different "
+                    f"{key} ({value!r}, {other!r}), but one search over both uses one value"
                 )
         return value
 

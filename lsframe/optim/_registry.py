@@ -8,12 +8,13 @@ branching on names, so a new optimizer is one file plus one :func:`register` cal
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
 from torch.optim import Optimizer
 
+from lsframe.optim._linesearch import LineSearchOptimizer
 from lsframe.optim.adam_e import AdamE
 from lsframe.optim.adam_sls import AdamSLS
 from lsframe.optim.alsals import ALSALS
@@ -123,9 +124,16 @@ def line_searches() -> list[str]:
     return [n for n, r in REGISTRY.items() if r.searches]
 
 
-def register(record: OptimizerInfo) -> OptimizerInfo:
+def register(record: OptimizerInfo | str, cls: type[Optimizer] | None = None) -> OptimizerInfo:
     """Register ``record`` under ``record.name`` (lower case); re-registering the same record is
-    allowed, another record under a taken name is an error."""
+    allowed, another record under a taken name is an error.
+
+    ``register(name, cls)`` (lsframe's earlier form) still works: it registers the record
+    :func:`info_for` derives for ``cls``."""
+    if isinstance(record, str):
+        if cls is None:
+            raise TypeError("register(name, cls) needs the class")
+        record = replace(info_for(cls), name=record.lower(), cls=cls, invalid_args=())
     key = record.name.lower()
     if key != record.name:
         raise ValueError(f"optimizer names are lower case, got {record.name!r}")
@@ -151,13 +159,16 @@ def info(name: str) -> OptimizerInfo:
 
 def info_for(optimizer: Optimizer | type[Optimizer]) -> OptimizerInfo:
     """The record of an optimizer (instance or class): its class's, else its nearest registered
-    base class's (a user's subclass of SaLSA is a line search). An unregistered class gets a
-    record of a plain torch optimizer: no search, no forward trials, no whole-parameter norms."""
+    base class's (a user's subclass of SaLSA is a line search). Any other subclass of
+    :class:`LineSearchOptimizer` gets a line search's record; any other class a plain torch
+    optimizer's: no search, no forward trials, no whole-parameter norms."""
     cls = optimizer if isinstance(optimizer, type) else type(optimizer)
     by_class = {record.cls: record for record in REGISTRY.values()}
     for base in cls.__mro__:
         if base in by_class:
             return by_class[base]
+    if issubclass(cls, LineSearchOptimizer):
+        return _line_search(cls.__name__.lower(), cls)
     return OptimizerInfo(cls.__name__.lower(), cls)
 
 

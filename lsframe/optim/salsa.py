@@ -47,7 +47,8 @@ class SaLSA(LineSearchOptimizer):
     package's is one step ahead (``1 − β^(t+1)``): ``bias_correction_offset=1`` reproduces it.
 
     Args:
-        params: Parameters or param groups.
+        params: Parameters or param groups (a group's ``betas`` may be Adam's own (β1, β2);
+            β3 is then the default's and must agree across groups, as the search is joint).
         lr: Initial step size η0. Default: 1.0.
         c: Armijo constant. Default: 0.5.
         betas: (β1, β2, β3): Adam's moments and the Armijo averages. Default: (0.9, 0.999, 0.9).
@@ -113,6 +114,12 @@ class SaLSA(LineSearchOptimizer):
             bias_correction_offset=group["bias_correction_offset"],
         )
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        betas = param_group.get("betas")
+        if betas is not None and len(betas) == 2:  # Adam's own (β1, β2): β3 from defaults
+            param_group = {**param_group, "betas": (*betas, self.defaults["betas"][2])}
+        super().add_param_group(param_group)
+
     def _initial_search_state(self) -> dict[str, Any]:
         return {
             **super()._initial_search_state(),
@@ -163,7 +170,7 @@ class SaLSA(LineSearchOptimizer):
             return
         state["steps_since_search"] = 0
         trial = momentum if rule["use_mv"] else adam.preconditioned_gradient(groups)
-        beta3 = self.shared("betas")[2]
+        beta3 = self.shared("betas[2]", pick=lambda group: group["betas"][2])
         smoothing = SmoothedArmijo(beta3, rule["c"])
         avg_slope = smoothing.update_slope(state, "avg_slope", trial.slope(groups))
         if loss != 0 and avg_slope >= 1e-8:
