@@ -541,3 +541,34 @@ def test_a_joint_search_refuses_groups_that_disagree_and_plasls_parts_may_differ
     opt = PLASLS(parts, joint_steps=0)
     run(model, opt, 4)
     assert opt.state["line_search"]["searches"] == 4
+
+
+def test_an_unregistered_line_search_subclass_gets_a_line_search_record_and_old_register_works():
+    class Mine(optim.LineSearchOptimizer):
+        def __init__(self, params, lr: float = 1.0) -> None:
+            super().__init__(params, {"lr": lr})
+
+    record = optim.info_for(Mine)
+    assert record.searches and record.forward_trials and record.reduces_over_parameters
+    try:
+        assert optim.register("mine", Mine) == optim.info("mine")
+        assert optim.info("mine").searches
+    finally:
+        optim._registry.REGISTRY.pop("mine", None)
+
+
+def test_salsa_groups_may_keep_adams_own_betas_and_only_beta3_is_joint():
+    model = Logistic()
+    groups = [
+        {"params": [model.linear.weight], "betas": (0.8, 0.99)},
+        {"params": [model.linear.bias]},
+    ]
+    opt = SaLSA(groups)
+    assert [g["betas"] for g in opt.param_groups] == [(0.8, 0.99, 0.9), (0.9, 0.999, 0.9)]
+    run(model, opt, 3)
+    assert opt.state["line_search"]["searches"] == 3
+    model = Logistic()
+    groups[0] = {"params": [model.linear.weight], "betas": (0.9, 0.999, 0.5)}
+    groups[1] = {"params": [model.linear.bias]}
+    with pytest.raises(ValueError, match=r"different betas\[2\]"):
+        run(model, SaLSA(groups), 1)
