@@ -34,6 +34,7 @@ def main(args: list[str] | None = None) -> None:
         _exit_on_bad_input(error, argv)
         raise
     finally:
+        mark_run_started(False)  # the flag belongs to this command, not to the process
         _release_process_group()
 
 

