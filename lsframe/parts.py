@@ -3,27 +3,48 @@ gradient mask selects (DPS, ChildTuning).
 
 The rule, for any depth and any family:
 
-1. The *layer stack* is the ``nn.ModuleList`` holding the most parameters (``bert.encoder.layer``,
-   GPT-2's ``transformer.h``, Llama's ``model.layers``, a timm ViT's ``blocks``). Models without
-   one use their top-level children with parameters as the stack.
-2. Parameters registered before the stack form the ``embeddings`` part, those after it the
-   ``head`` part (BERT's pooler and classifier, a final norm, an LM head).
-3. With ``K`` parts in all, the ``L`` layers go to ``M = K − 2`` middle parts by
+1. The *classifier* is what ``model.get_classifier()`` returns (timm; a distilled DeiT gives
+   two modules), else a top-level child named ``fc``, ``head`` or ``classifier``. Its parameters
+   are in the ``head`` part wherever the module sits (before, inside or after the stack), except
+   a weight tied to one registered before it under another name (an LM head tied to the
+   embeddings stays with them).
+2. The *layer stack*:
+
+   a. A model with timm's ``group_matcher`` (defined on its class): the fine groups of
+      ``group_matcher(coarse=False)`` in timm's order are the layers (one per ViT block, one per
+      ResNet BasicBlock; timm merges a final ``norm`` into the last block). timm's ``stem``
+      group is the ``embeddings`` part (for a matcher that is a function: its lowest group);
+      parameters the matcher leaves unmatched (neck, head) are in the ``head`` part.
+   b. Otherwise the ``nn.ModuleList`` or ``nn.Sequential`` below the model's root, outside the
+      classifier, with the most parameters and at least two children holding parameters
+      (``bert.encoder.layer``, GPT-2's ``transformer.h``, Llama's ``model.layers``, a plain
+      ViT's ``blocks``). Its layers are its children that hold parameters. Models without one
+      use their top-level children with trainable parameters as the layers.
+
+3. Parameters outside the stack and the classifier: those registered before the stack form the
+   ``embeddings`` part, those after it the ``head`` part (BERT's pooler, a final norm).
+4. With ``K`` parts in all, the ``L`` layers go to ``M = K − 2`` middle parts by
    ``part(i) = floor(i · M / L)``. For BERT-base (L = 12, K = 10) this is exactly the split of
    P0 and P3: {0,1} | 2 | {3,4} | 5 | {6,7} | 8 | {9,10} | 11. When ``L < M`` every layer is its
    own part (empty parts are dropped), e.g. 8 parts for the 6-layer MiniLM.
 
 Every trainable parameter belongs to exactly one part; frozen ones (``requires_grad=False``) are
-left out.
+left out (frozen layers of a stack still count: freezing does not move the other layers).
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
+
+CLASSIFIER_NAMES = ("fc", "head", "classifier")
+# timm's MATCH_PREV_GROUP: a key ending in it joins the group before it (a final norm)
+_MATCH_PREVIOUS = 99999.0
 
 
 @dataclass
@@ -33,15 +54,187 @@ class Part:
     params: list[nn.Parameter] = field(default_factory=list)
 
 
-def find_layer_stack(model: nn.Module) -> tuple[str, int] | None:
-    """``(prefix, number of layers)`` of the ModuleList with the most parameters, or None."""
+class LayerStack(NamedTuple):
+    """The layer stack of rule 2: ``prefix`` is its module's name (``bert.encoder.layer``), or
+    None when the layers are timm's parameter groups; ``num_layers`` is ``L``."""
+
+    prefix: str | None
+    num_layers: int
+
+
+@dataclass
+class _Layout:
+    """Where rule 1-3 put each parameter (by ``id``): a layer of the stack, or a fixed part."""
+
+    stack: LayerStack | None
+    num_layers: int
+    layer: dict[int, int] = field(default_factory=dict)
+    fixed: dict[int, str] = field(default_factory=dict)
+
+
+def _classifiers(model: nn.Module) -> list[nn.Module]:
+    """The classifier of rule 1: what ``model.get_classifier()`` returns when it holds parameters
+    (a module, or several: a distilled DeiT has two heads), else a top-level child named
+    ``fc``, ``head`` or ``classifier``; an empty list for none."""
+    get = getattr(model, "get_classifier", None)
+    if callable(get):
+        try:
+            found = get()
+        except (NotImplementedError, AttributeError, TypeError):
+            found = None
+        found = list(found) if isinstance(found, (tuple, list)) else [found]
+        modules = [
+            m for m in found if isinstance(m, nn.Module) and m is not model and _has_params(m)
+        ]
+        if modules:
+            return modules
+    children = dict(model.named_children())
+    for name in CLASSIFIER_NAMES:
+        module = children.get(name)
+        if module is not None and _has_params(module):
+            return [module]
+    return []
+
+
+def _has_params(module: nn.Module) -> bool:
+    return next(iter(module.parameters()), None) is not None
+
+
+def _matcher_key(matcher: Any) -> Callable[[str], tuple[tuple[float, ...] | None, bool]]:
+    """``name -> (sort key, from timm's stem entry)`` as timm's ``group_with_matcher`` orders
+    names; the key is None for a name the matcher leaves unmatched (or maps to infinity)."""
+    if isinstance(matcher, dict):
+        rules = []
+        for ordinal, (group, spec) in enumerate(matcher.items()):
+            if spec is None:
+                continue
+            specs = spec if isinstance(spec, (list, tuple)) else [(spec, None)]
+            for pattern, suffix in specs:
+                rules.append((re.compile(pattern), float(ordinal), suffix or (), group == "stem"))
+
+        def key(name: str) -> tuple[tuple[float, ...] | None, bool]:
+            for regex, ordinal, suffix, stem in rules:
+                found = regex.match(name)
+                if found:
+                    groups = (float(g) for g in found.groups() if g is not None)
+                    return (ordinal, *groups, *map(float, suffix)), stem
+            return None, False
+
+        return key
+
+    def call(name: str) -> tuple[tuple[float, ...] | None, bool]:
+        value = matcher(name)
+        value = tuple(map(float, value)) if isinstance(value, (tuple, list)) else (float(value),)
+        return (None if math.isinf(value[0]) else value), False
+
+    return call
+
+
+def _timm_layout(
+    model: nn.Module, named: list[tuple[str, nn.Parameter]], classifier: set[int]
+) -> _Layout | None:
+    """Rule 2a: timm's fine parameter groups, or None when the model has no ``group_matcher``
+    (on its class: a wrapper that forwards attributes would see names with another prefix)."""
+    if not callable(getattr(type(model), "group_matcher", None)):
+        return None
+    try:
+        matcher = model.group_matcher(coarse=False)
+    except (NotImplementedError, TypeError, AttributeError):
+        return None
+    key_of = _matcher_key(matcher)
+    keys = {id(p): key_of(n) for n, p in named if id(p) not in classifier}
+    groups: list[list[tuple[float, ...]]] = []
+    for k in sorted({k for k, _ in keys.values() if k is not None}):
+        if groups and k[-1] == _MATCH_PREVIOUS:
+            groups[-1].append(k)
+        else:
+            groups.append([k])
+    if not groups:
+        return None
+    if isinstance(matcher, dict):
+        stems = {k for k, stem in keys.values() if k is not None and stem}
+        layers = [g for g in groups if g[0] not in stems]
+    else:  # a function: its lowest group is the stem
+        layers = groups[1:] if len(groups) > 1 else groups
+    index = {k: i for i, group in enumerate(layers) for k in group}
+    layout = _Layout(LayerStack(None, len(layers)), len(layers))
+    for pid, (k, _) in keys.items():
+        if k is None:
+            layout.fixed[pid] = "head"
+        elif k in index:
+            layout.layer[pid] = index[k]
+        else:
+            layout.fixed[pid] = "embeddings"
+    return layout
+
+
+def _module_layout(model: nn.Module, classifier: set[int]) -> _Layout:
+    """Rule 2b: the largest ModuleList/Sequential below the root, else the top-level children."""
+
+    def layers_of(module: nn.Module) -> list[nn.Module]:
+        return [
+            c for c in module.children() if any(id(p) not in classifier for p in c.parameters())
+        ]
+
     best, best_count = None, 0
     for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 1:
-            count = sum(p.numel() for p in module.parameters())
-            if count > best_count:
-                best, best_count = (name, len(module)), count
-    return best
+        if not name or not isinstance(module, (nn.ModuleList, nn.Sequential)):
+            continue
+        # parameters of the classifier do not count: it is never (inside) the stack
+        count = sum(p.numel() for p in module.parameters() if id(p) not in classifier)
+        if count > best_count and len(layers_of(module)) > 1:
+            best, best_count = (name, module), count
+    if best is not None:
+        name, module = best
+        layers = layers_of(module)
+        stack: LayerStack | None = LayerStack(name, len(layers))
+    else:
+        layers = [
+            c
+            for c in model.children()
+            if any(p.requires_grad and id(p) not in classifier for p in c.parameters())
+        ]
+        stack = None
+    layout = _Layout(stack, len(layers))
+    for i, layer in enumerate(layers):
+        for p in layer.parameters():
+            if id(p) not in classifier:
+                layout.layer.setdefault(id(p), i)
+    return layout
+
+
+def _classifier_params(model: nn.Module, named: list[tuple[str, nn.Parameter]]) -> set[int]:
+    """Ids of the classifier's parameters, each under the classifier's own name (a weight tied
+    to the embeddings and named there first stays with the embeddings)."""
+    classifiers = _classifiers(model)
+    if not classifiers:
+        return set()
+    prefixes = tuple(
+        f"{n}."
+        for n, m in model.named_modules(remove_duplicate=False)
+        if any(m is c for c in classifiers)
+    )
+    return {id(p) for n, p in named if n.startswith(prefixes)}
+
+
+def _layout(model: nn.Module) -> _Layout:
+    named = list(model.named_parameters())
+    head = _classifier_params(model, named)
+    layout = _timm_layout(model, named, head) or _module_layout(model, head)
+    first = next((i for i, (_, p) in enumerate(named) if id(p) in layout.layer), len(named))
+    for i, (_, p) in enumerate(named):
+        if id(p) in head:
+            layout.layer.pop(id(p), None)
+            layout.fixed[id(p)] = "head"
+        elif id(p) not in layout.layer and id(p) not in layout.fixed:
+            layout.fixed[id(p)] = "embeddings" if i < first else "head"
+    return layout
+
+
+def find_layer_stack(model: nn.Module) -> LayerStack | None:
+    """The layer stack of rule 2 as ``(prefix, number of layers)``, or None when the model has
+    none (its top-level children are then the layers). ``prefix`` is None for timm's groups."""
+    return _layout(model).stack
 
 
 def split_into_parts(model: nn.Module, num_parts: int = 10) -> list[Part]:
@@ -57,45 +250,27 @@ def split_into_parts(model: nn.Module, num_parts: int = 10) -> list[Part]:
     if num_parts < 3:
         raise ValueError(f"num_parts must be >= 3 (embeddings, layers, head), got {num_parts}")
     middle = num_parts - 2
-    stack = find_layer_stack(model)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if stack is not None:
-        prefix, num_layers = stack
-        prefix = f"{prefix}." if prefix else ""
-
-        def layer_of(name: str) -> int | None:
-            if not name.startswith(prefix):
-                return None
-            return int(name[len(prefix) :].split(".", 1)[0])
-    else:
-        children = [
-            n for n, c in model.named_children() if any(p.requires_grad for p in c.parameters())
-        ]
-        num_layers = len(children)
-
-        def layer_of(name: str) -> int | None:
-            top = name.split(".", 1)[0]
-            return children.index(top) if top in children else None
-
+    layout = _layout(model)
+    num_layers = layout.num_layers
     groups: dict[int, list[int]] = {}
     for i in range(num_layers):
         groups.setdefault(i * middle // num_layers, []).append(i)
-    embeddings, head = Part("embeddings"), Part("head")
+    fixed = {"embeddings": Part("embeddings"), "head": Part("head")}
     middle_parts = {
         k: Part(f"layers_{v[0]}" if len(v) == 1 else f"layers_{v[0]}-{v[-1]}")
         for k, v in groups.items()
     }
-    seen_stack = False
-    for name, param in named:
-        layer = layer_of(name)
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer = layout.layer.get(id(param))
         if layer is None:
-            part = head if seen_stack else embeddings
+            part = fixed[layout.fixed[id(param)]]
         else:
-            seen_stack = True
             part = middle_parts[layer * middle // num_layers]
         part.names.append(name)
         part.params.append(param)
-    parts = [embeddings, *(middle_parts[k] for k in sorted(middle_parts)), head]
+    parts = [fixed["embeddings"], *(middle_parts[k] for k in sorted(middle_parts)), fixed["head"]]
     return [p for p in parts if p.params]
 
 
@@ -158,22 +333,23 @@ def weight_matrices(
 def layer_stack_parameters(
     model: nn.Module, include: list[str] | None = None, exclude: list[str] | None = None
 ) -> list[tuple[str, nn.Parameter]]:
-    """Trainable parameters inside the layer stack (rule 1 above): ChildTuning-D's selection.
+    """Trainable parameters inside the layer stack (rule 2 above): ChildTuning-D's selection.
 
     ChildTuning's reference masks every parameter whose name contains ``layer`` (BERT's
-    ``encoder.layer.*``, biases and LayerNorms included); this is that rule for any family.
-    ``include``/``exclude`` work as in :func:`weight_matrices`.
+    ``encoder.layer.*``, biases and LayerNorms included); this is that rule for any family (a
+    timm model's layer groups, its classifier left out). ``include``/``exclude`` work as in
+    :func:`weight_matrices`.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if include:
         chosen = [(n, p) for n, p in named if _matches(n, include)]
     else:
-        stack = find_layer_stack(model)
-        if stack is None:
+        layout = _layout(model)
+        if layout.stack is None:
             raise ValueError(
-                f"{type(model).__name__} has no layer stack (an nn.ModuleList of layers): "
-                "name the parameters to select with include patterns"
+                f"{type(model).__name__} has no layer stack (an nn.ModuleList or nn.Sequential "
+                "of layers below the model, or timm's group_matcher): name the parameters to "
+                "select with include patterns"
             )
-        prefix = f"{stack[0]}." if stack[0] else ""
-        chosen = [(n, p) for n, p in named if n.startswith(prefix)]
+        chosen = [(n, p) for n, p in named if id(p) in layout.layer]
     return [(n, p) for n, p in chosen if not _matches(n, exclude)]

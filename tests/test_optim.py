@@ -332,9 +332,7 @@ def test_lsframe_optim_does_not_import_lightning():
     assert out.stdout.strip() == "False"
 
 
-def test_plasls_needs_parts_and_searches_them_in_order():
-    with pytest.raises(ValueError, match="part"):
-        PLASLS(Logistic().parameters())
+def test_plasls_searches_parts_in_order():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
     parts = [{"params": list(layer.parameters()), "part": f"p{i}"} for i, layer in enumerate(model)]

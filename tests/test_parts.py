@@ -6,7 +6,13 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
-from lsframe.parts import layer_stack_parameters, part_groups, split_into_parts, weight_matrices
+from lsframe.parts import (
+    find_layer_stack,
+    layer_stack_parameters,
+    part_groups,
+    split_into_parts,
+    weight_matrices,
+)
 
 
 def tiny_bert(layers: int) -> torch.nn.Module:
@@ -114,3 +120,140 @@ def test_child_tuning_selection_is_the_layer_stack():
     names = [n for n, _ in layer_stack_parameters(model)]
     stack = [n for n, _ in model.named_parameters() if n.startswith("bert.encoder.layer.")]
     assert names == stack and any(n.endswith("LayerNorm.bias") for n in names)
+
+
+# ------------------------------------------------------------------ any model: timm, classifiers
+BERT_BASE_NAMES = [
+    "embeddings",
+    "layers_0-1",
+    "layers_2",
+    "layers_3-4",
+    "layers_5",
+    "layers_6-7",
+    "layers_8",
+    "layers_9-10",
+    "layers_11",
+    "head",
+]
+
+
+def timm_model(name: str) -> torch.nn.Module:
+    timm = pytest.importorskip("timm")
+    return timm.create_model(name, pretrained=False)
+
+
+def assert_each_trainable_parameter_once(model, parts):
+    names = [n for p in parts for n in p.names]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert sorted(names) == sorted(trainable) and len(names) == len(set(names))
+
+
+def test_a_timm_vit_gets_one_layer_per_block_and_its_head_as_head():
+    model = timm_model("vit_tiny_patch16_224")
+    parts = split_into_parts(model, num_parts=10)
+    assert [p.name for p in parts] == BERT_BASE_NAMES  # 12 blocks, like BERT-base
+    assert_each_trainable_parameter_once(model, parts)
+    blocks = [{int(n.split(".")[1]) for n in p.names if n.startswith("blocks.")} for p in parts]
+    assert blocks[1:-1] == [{0, 1}, {2}, {3, 4}, {5}, {6, 7}, {8}, {9, 10}, {11}]
+    assert set(parts[0].names) >= {"cls_token", "pos_embed", "patch_embed.proj.weight"}
+    assert parts[-1].names == ["head.weight", "head.bias"]
+    biggest = max(sum(p.numel() for p in part.params) for part in parts)
+    assert biggest < 0.2 * sum(p.numel() for p in model.parameters())
+    assert find_layer_stack(model).num_layers == 12
+
+
+def test_a_timm_resnet18_gets_a_stem_its_eight_basic_blocks_and_fc_as_head():
+    model = timm_model("resnet18")
+    parts = split_into_parts(model, num_parts=10)
+    assert [p.name for p in parts] == ["embeddings", *(f"layers_{i}" for i in range(8)), "head"]
+    assert_each_trainable_parameter_once(model, parts)
+    blocks = [f"layer{stage}.{block}." for stage in range(1, 5) for block in range(2)]
+    for part, block in zip(parts[1:-1], blocks):
+        assert part.names and all(n.startswith(block) for n in part.names)
+    assert {n.split(".")[0] for n in parts[0].names} == {"conv1", "bn1"}
+    assert parts[-1].names == ["fc.weight", "fc.bias"]
+    # fewer parts: the BasicBlocks are spread by the same floor(i * M / L)
+    assert [p.name for p in split_into_parts(model, 6)][1:-1] == [
+        "layers_0-1",
+        "layers_2-3",
+        "layers_4-5",
+        "layers_6-7",
+    ]
+
+
+def test_child_tuning_selection_in_timm_models_is_their_blocks():
+    names = [n for n, _ in layer_stack_parameters(timm_model("resnet18"))]
+    assert names and all(n.startswith("layer") for n in names)
+    vit = [n for n, _ in layer_stack_parameters(timm_model("vit_tiny_patch16_224"))]
+    assert not any(n.startswith(("head", "patch_embed", "pos_embed", "cls_token")) for n in vit)
+
+
+def test_the_bertcl_distribution_carries_over_to_a_vit_by_depth():
+    from lsframe.lr_distribution import PRESETS, multipliers_for
+
+    multipliers = multipliers_for(timm_model("vit_tiny_patch16_224"), "bertcl_combined")
+    assert multipliers == PRESETS["bertcl_combined"]
+
+
+class ClassifierFirst(torch.nn.Module):
+    """A classifier registered before a Sequential stack, a norm after it."""
+
+    def __init__(self, depth: int = 4) -> None:
+        super().__init__()
+        self.classifier = torch.nn.Linear(8, 2)
+        self.embed = torch.nn.Linear(3, 8)
+        self.blocks = torch.nn.Sequential(
+            *(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU()) for _ in range(depth))
+        )
+        self.norm = torch.nn.LayerNorm(8)
+
+    def forward(self, x):
+        return self.classifier(self.norm(self.blocks(self.embed(x))))
+
+
+def test_a_sequential_stack_counts_and_a_classifier_registered_first_is_the_head():
+    model = ClassifierFirst(depth=4)
+    parts = split_into_parts(model, num_parts=4)
+    assert [p.name for p in parts] == ["embeddings", "layers_0-1", "layers_2-3", "head"]
+    assert parts[0].names == ["embed.weight", "embed.bias"]
+    assert parts[1].names[0] == "blocks.0.0.weight" and parts[2].names[-1] == "blocks.3.0.bias"
+    assert parts[-1].names == [
+        "classifier.weight",
+        "classifier.bias",
+        "norm.weight",
+        "norm.bias",
+    ]
+    assert find_layer_stack(model) == ("blocks", 4)
+
+
+def test_a_classifier_inside_the_stack_is_still_the_head():
+    class Inside(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stack = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(3))
+            self.stack.append(torch.nn.Linear(4, 2))
+
+        def get_classifier(self) -> torch.nn.Module:
+            return self.stack[3]
+
+    model = Inside()
+    parts = split_into_parts(model, num_parts=5)
+    assert [p.name for p in parts] == ["layers_0", "layers_1", "layers_2", "head"]
+    assert parts[-1].names == ["stack.3.weight", "stack.3.bias"]
+    assert find_layer_stack(model) == ("stack", 3)
+    # a distilled DeiT's get_classifier() gives two heads: both are the head part
+    model.get_classifier = lambda: (model.stack[3], model.stack[0])
+    parts = split_into_parts(model, num_parts=5)
+    assert [p.name for p in parts] == ["layers_0", "layers_1", "head"]
+    assert parts[-1].names == ["stack.0.weight", "stack.0.bias", "stack.3.weight", "stack.3.bias"]
+
+
+def test_a_head_tied_to_the_embeddings_stays_with_the_embeddings():
+    model = ClassifierFirst(depth=2)
+    del model.classifier
+    model.embed = torch.nn.Linear(2, 8)
+    model.classifier = torch.nn.Linear(2, 8)  # an LM-style head tied to the input layer
+    model.classifier.weight = model.embed.weight
+    names = {p.name: p.names for p in split_into_parts(model, num_parts=4)}
+    assert names["embeddings"] == ["embed.weight", "embed.bias"]
+    assert "classifier.bias" in names["head"]

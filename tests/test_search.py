@@ -41,7 +41,7 @@ def test_a_three_trial_search_completes_resumes_and_writes_the_best_distribution
     calls = []
     best = search(tmp_path, 3, calls, lr_low=1e-4, lr_high=0.1).run()
     assert calls == [0, 1, 2]
-    assert sorted(best) == ["layers_0", "layers_1"]  # Net's two parts: body, classifier
+    assert sorted(best) == ["head", "layers_0"]  # Net's two parts: body, classifier
     trials = json.loads((tmp_path / "trials.json").read_text())
     values = [t["value"] for t in trials]
     written = yaml.safe_load((tmp_path / "best_distribution.yaml").read_text())
@@ -128,12 +128,12 @@ def test_combined_distribution_is_the_geometric_mean():
 def test_combine_cli_writes_the_geometric_mean_of_files(tmp_path, capsys):
     from lsframe.__main__ import main
 
-    (tmp_path / "a.yaml").write_text("layers_0: 0.25\nlayers_1: 4.0\n")
-    (tmp_path / "b.json").write_text('{"layers_1": 1.0, "layers_0": 1.0}')
+    (tmp_path / "a.yaml").write_text("layers_0: 0.25\nhead: 4.0\n")
+    (tmp_path / "b.json").write_text('{"head": 1.0, "layers_0": 1.0}')
     out = tmp_path / "new_folder" / "combined.yaml"
     main(["combine", str(tmp_path / "a.yaml"), str(tmp_path / "b.json"), "--out", str(out)])
-    assert yaml.safe_load(out.read_text()) == pytest.approx({"layers_0": 0.5, "layers_1": 2.0})
-    assert "layers_1: 2.0" in capsys.readouterr().out
+    assert yaml.safe_load(out.read_text()) == pytest.approx({"layers_0": 0.5, "head": 2.0})
+    assert "head: 2.0" in capsys.readouterr().out
     assert make(str(out)).lr_distribution  # usable as a module's lr_distribution
     (tmp_path / "bad.yaml").write_text("layers_0: -1\n")
     with pytest.raises(SystemExit) as refused:  # one line on stderr, exit status 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from lsframe.data.resumable import make_loader
-from lsframe.errors import DataError, MissingFileError
+from lsframe.errors import ConfigError, DataError, MissingFileError
 from lsframe.validation import check_choice, check_int_at_least, check_open_unit
 
 _IDX_MAGIC = {2051: "images", 2049: "labels"}
@@ -69,6 +70,42 @@ def load_image(path: str) -> Any:
             return image.convert("RGB")
     except (OSError, ValueError, SyntaxError) as error:
         raise DataError(f"image does not decode ({type(error).__name__})", where=path) from error
+
+
+def timm_data_config(model_name: str) -> dict[str, Any]:
+    """timm's data config of ``model_name`` (``input_size``, ``interpolation``, ``mean``,
+    ``std``, ``crop_pct``, ``crop_mode``): what ``timm.data.resolve_model_data_config`` gives the
+    model built from that name, read from its pretrained config without building it. A name with
+    a tag (``vit_tiny_patch16_224.augreg_in21k``) picks that tag's weights' config.
+
+    Raises:
+        ConfigError: timm does not know ``model_name`` (names ``data.timm_model``).
+    """
+    import timm
+    from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
+
+    if not timm.is_model(model_name):
+        raise ConfigError(
+            f"timm has no model {model_name!r} (timm.list_models() lists them)",
+            argument="data.timm_model",
+        )
+    try:
+        pretrained_cfg = get_pretrained_cfg(model_name)
+    except RuntimeError as error:  # timm: "Invalid pretrained tag (...)"
+        raise ConfigError(str(error), argument="data.timm_model") from error
+    return resolve_data_config(pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else {})
+
+
+def timm_transforms(model_name: str) -> tuple[Callable, Callable]:
+    """``(train, eval)`` transforms of timm's data config of ``model_name``
+    (:func:`timm_data_config`, ``timm.data.create_transform``): random-resized crop, flip and
+    colour jitter at the model's input size for training; resize and ``crop_pct`` centre crop for
+    evaluation; both with the model's interpolation and normalisation."""
+    from timm.data import create_transform
+
+    config = timm_data_config(model_name)
+    return create_transform(**config, is_training=True), create_transform(**config)
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -227,6 +264,9 @@ class CIFARDataModule(ImageDataModule):
         data_dir: Where torchvision finds (or downloads) the batches.
         download: Download when missing (needs the internet).
         val_fraction: Share of the training images held out. Default: 0.1.
+        timm_model: A timm model name (``vit_tiny_patch16_224``, with or without a pretrained
+            tag): use its data config instead (:func:`timm_transforms`: the images are resized
+            to the model's input size and normalised as its pretrained weights expect).
         **kwargs: See :class:`ImageDataModule`.
     """
 
@@ -236,10 +276,14 @@ class CIFARDataModule(ImageDataModule):
         data_dir: str = "data",
         download: bool = False,
         val_fraction: float = 0.1,
+        timm_model: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         check_choice("data.name", name, ("cifar10", "cifar100"))
+        self.timm_model = timm_model
+        if timm_model is not None:
+            timm_data_config(timm_model)  # an unknown name fails now, not at fit time
         self.name, self.data_dir, self.download, self.val_fraction = (
             name,
             data_dir,
@@ -262,6 +306,8 @@ class CIFARDataModule(ImageDataModule):
             ]
         )
         plain = transforms.Compose([transforms.ToTensor(), normalize])
+        if self.timm_model is not None:
+            augment, plain = timm_transforms(self.timm_model)
         try:
             train_aug = cls(self.data_dir, train=True, transform=augment, download=self.download)
             train_plain = cls(self.data_dir, train=True, transform=plain)
@@ -278,16 +324,25 @@ class ImageFolderDataModule(ImageDataModule):
     """An ImageFolder in the ImageNet layout: ``<root>/train/<class>/*.jpeg`` and ``<root>/val/...``.
 
     Standard ImageNet transforms: random-resized crop + flip for training, resize + center crop
-    for validation; the validation folder doubles as the test set.
+    for validation; the validation folder doubles as the test set. With ``timm_model``, the
+    transforms of that model's data config instead (a pretrained model's input size, crop,
+    interpolation, mean and std; :func:`timm_transforms`).
 
     Args:
         root: Directory holding ``train`` and ``val``.
-        image_size: Crop size. Default: 224.
+        image_size: Crop size. Default: 224. Not used with ``timm_model`` (its input size is).
+        timm_model: A timm model name (``resnet50``, ``vit_tiny_patch16_224.augreg_in21k``):
+            take the transforms from its data config. Default: None (the standard ones).
         **kwargs: See :class:`ImageDataModule`.
     """
 
-    def __init__(self, root: str, image_size: int = 224, **kwargs: Any) -> None:
+    def __init__(
+        self, root: str, image_size: int = 224, timm_model: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
+        self.timm_model = timm_model
+        if timm_model is not None:
+            timm_data_config(timm_model)  # an unknown name fails now, not at fit time
         for split in ("train", "val"):
             if not (Path(root) / split).is_dir():
                 raise MissingFileError(
@@ -316,6 +371,8 @@ class ImageFolderDataModule(ImageDataModule):
                 normalize,
             ]
         )
+        if self.timm_model is not None:
+            train_tf, eval_tf = timm_transforms(self.timm_model)
         train = datasets.ImageFolder(self.root / "train", transform=train_tf, loader=load_image)
         val = datasets.ImageFolder(self.root / "val", transform=eval_tf, loader=load_image)
         if train.class_to_idx != val.class_to_idx:

@@ -3,8 +3,9 @@ trainable parameters are grouped, how many optimizer steps a run has, and its sc
 
 from __future__ import annotations
 
+import fnmatch
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,15 +23,41 @@ def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=2e-5, weight_decay=0.01)
 
 
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """The parameter names ``model.no_weight_decay()`` returns (timm: ``{'pos_embed',
+    'cls_token', ...}``), or an empty set for a model without the method."""
+    method = getattr(model, "no_weight_decay", None)
+    return set(method()) if callable(method) else set()
+
+
+def _exempt(name: str, patterns: Collection[str]) -> bool:
+    # timm's rule (fnmatch, so exact names too), plus a module name covering its parameters
+    return any(fnmatch.fnmatch(name, p) or name.startswith(f"{p}.") for p in patterns)
+
+
 def parameter_groups(
-    model: nn.Module, grouping: str, num_parts: int, owner: str = "model"
+    model: nn.Module,
+    grouping: str,
+    num_parts: int,
+    owner: str = "model",
+    no_weight_decay: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Named groups of the trainable parameters of ``model`` (``owner`` names it in errors).
 
-    ``grouping="decay"``: 1-D parameters (biases, norm weights) in a ``no_decay`` group with
-    ``weight_decay=0``, the rest in ``decay`` (:func:`lsframe.optim.weight_decay_groups`);
-    ``"parts"``: one group per part of :func:`lsframe.parts.split_into_parts`, named by its
-    ``part`` (:func:`lsframe.parts.part_groups`); ``"single"``: one group ``all``.
+    ``grouping="decay"``: 1-D parameters (biases, norm weights) and those ``no_weight_decay``
+    names in a ``no_decay`` group with ``weight_decay=0``, the rest in ``decay``
+    (:func:`lsframe.optim.weight_decay_groups`); ``"parts"``: one group per part of
+    :func:`lsframe.parts.split_into_parts`, named by its ``part``
+    (:func:`lsframe.parts.part_groups`); ``"single"``: one group ``all``.
+
+    Args:
+        model: The network.
+        grouping: ``"decay"``, ``"parts"`` or ``"single"``.
+        num_parts: Parts for ``grouping="parts"``.
+        owner: Names the model in errors.
+        no_weight_decay: Parameter names (or ``fnmatch`` patterns, or module names) kept out of
+            weight decay in the ``"decay"`` grouping, as timm's ``no_weight_decay()`` gives
+            them. Default (None): the model's own ``no_weight_decay()`` when it has one.
 
     Raises:
         ValueError: the model has no trainable parameter.
@@ -39,7 +66,18 @@ def parameter_groups(
     if not named:
         raise ValueError(f"{owner}: the model has no trainable parameter")
     if grouping == "decay":
-        return weight_decay_groups(named)
+        if no_weight_decay is None:
+            no_weight_decay = no_weight_decay_names(model)
+        exempt = {id(p) for n, p in named if _exempt(n, no_weight_decay)}
+        groups = weight_decay_groups(named)
+        if not exempt:
+            return groups
+        # move the exempt matrices to no_decay, keeping the model's order in both groups
+        by_shape = {id(p) for g in groups if g["name"] == "no_decay" for p in g["params"]}
+        off = [p for _, p in named if id(p) in exempt or id(p) in by_shape]
+        on = [p for _, p in named if id(p) not in exempt and id(p) not in by_shape]
+        decay = [{"name": "decay", "params": on}] if on else []
+        return [*decay, {"name": "no_decay", "params": off, "weight_decay": 0.0}]
     if grouping == "parts":
         return part_groups(model, num_parts)
     return [{"name": "all", "params": [p for _, p in named]}]

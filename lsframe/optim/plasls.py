@@ -17,9 +17,11 @@ class PLASLS(LineSearchOptimizer):
     """AdamSLS with one step size per part (layer-wise), searched one part per step.
 
     Kenneweg, Galli, Kenneweg, Hammer, IJCNN 2023 (P0), "PLASLS". Each param group is a part
-    (build them with :func:`lsframe.parts.part_groups`; every group needs a ``part`` key so that
-    ordinary weight-decay groups are not mistaken for parts). The first ``joint_steps`` steps run
-    one joint AdamSLS search over all parts. Afterwards, at 0-based step ``t``, only part
+    (build them with :func:`lsframe.parts.part_groups`, which names each by its ``part`` key). A
+    group without a ``part`` key is a part too, named by its ``name`` key, else ``group_<i>``
+    (its index): ``PLASLS(model.parameters())`` has one part, ``PLASLS([{"params": a},
+    {"params": b}])`` two. The first ``joint_steps`` steps run one joint AdamSLS search over all
+    parts. Afterwards, at 0-based step ``t``, only part
     ``k = t mod K`` is searched (its trial moves only part ``k`` along ``P ⊙ g``, and its Armijo
     term sums over part ``k`` only); every part then takes Adam's step with its own ``η_k``, and
     the parts not searched start from their grown ``η_k · γ^(1/n)`` as in P0's code.
@@ -33,10 +35,20 @@ class PLASLS(LineSearchOptimizer):
     searches need them equal across the parts.
 
     Args:
-        params: Param groups, one per part, each with a ``part`` name.
+        params: Parameters or param groups, one per part (``part`` key: the part's name).
         joint_steps: Steps of joint search before the cycle starts. Default: 6.
-        lr, betas, eps, c, beta_b, gamma, reset_option, n_batches_per_epoch, smooth, beta_s,
-            max_backtracks, weight_decay: As :class:`~lsframe.optim.AdamSLS`, with its defaults.
+        lr: As :class:`~lsframe.optim.AdamSLS`, with its default.
+        betas: As :class:`~lsframe.optim.AdamSLS`, with its default.
+        eps: As :class:`~lsframe.optim.AdamSLS`, with its default.
+        c: As :class:`~lsframe.optim.AdamSLS`, with its default.
+        beta_b: As :class:`~lsframe.optim.AdamSLS`, with its default.
+        gamma: As :class:`~lsframe.optim.AdamSLS`, with its default.
+        reset_option: As :class:`~lsframe.optim.AdamSLS`, with its default.
+        n_batches_per_epoch: As :class:`~lsframe.optim.AdamSLS`, with its default.
+        smooth: As :class:`~lsframe.optim.AdamSLS`, with its default.
+        beta_s: As :class:`~lsframe.optim.AdamSLS`, with its default.
+        max_backtracks: As :class:`~lsframe.optim.AdamSLS`, with its default.
+        weight_decay: As :class:`~lsframe.optim.AdamSLS`, with its default.
     """
 
     def __init__(
@@ -72,13 +84,16 @@ class PLASLS(LineSearchOptimizer):
             weight_decay=weight_decay,
         )
         super().__init__(params, defaults)
-        missing = [i for i, g in enumerate(self.param_groups) if "part" not in g]
-        if missing:
-            raise ValueError(
-                f"PLASLS needs one param group per part, each with a 'part' key; groups {missing} "
-                "have none. Build them with lsframe.parts.part_groups(model), or set "
-                "param_grouping: parts on lsframe's module."
-            )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a part; a group without a ``part`` key is named by its ``name`` key, else (or
+        when another part has that name already) ``group_<i>``."""
+        super().add_param_group(param_group)
+        group, index = self.param_groups[-1], len(self.param_groups) - 1
+        if "part" not in group:
+            taken = {g.get("part") for g in self.param_groups[:-1]}
+            name = group.get("name")
+            group["part"] = name if name is not None and name not in taken else f"group_{index}"
 
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
