@@ -44,9 +44,8 @@ class DPS(GradientMaskCallback):
     sequence) starts its own stages. Logged each step: ``dps/stage`` and
     ``dps/updated_fraction`` (fraction of selected entries whose gradient is kept).
 
-    Not implemented: DPS-Mix, whose stage I replaces each selected weight in the forward by a
-    Mixout mix with the pretrained weights under a Bernoulli column mask (a different training
-    model, not a gradient mask).
+    DPS-Mix, whose stage I also mixes each selected weight toward the pretrained one in the
+    forward, is :class:`lsframe.callbacks.DPSMix`.
 
     Args:
         p: Fraction of each matrix's entries masked in stage II. Default: 0.3.
@@ -65,6 +64,9 @@ class DPS(GradientMaskCallback):
             - class_path: lsframe.callbacks.DPS
               init_args: {p: 0.3, update_ratio: 0.05}
     """
+
+    #: Prefix of the logged metrics (``<prefix>/stage``, ``<prefix>/updated_fraction``).
+    log_prefix = "dps"
 
     def __init__(
         self,
@@ -121,16 +123,25 @@ class DPS(GradientMaskCallback):
         stage = self.stage(step)
         first = (step - 1) % self.stage_length == 0
         if stage % 2 == 1:
-            self._score(first)
-            fraction = 1.0
+            fraction = self._stage_one(trainer, first)
         else:
             if first or self.masks is None:
                 self._select_masks(stage)
             self.masks = self.to_device(self.masks, self.params)
             self.apply_masks(optimizer, self.masks)
             fraction = 1.0 - self.p if self.masks is None else self.masked_fraction_kept(self.masks)
-        pl_module.log("dps/stage", float(stage))
-        pl_module.log("dps/updated_fraction", fraction)
+        pl_module.log(f"{self.log_prefix}/stage", float(stage))
+        pl_module.log(f"{self.log_prefix}/updated_fraction", fraction)
+
+    def _stage_one(self, trainer: pl.Trainer, first: bool) -> float:
+        """Stage I's gradient work (accumulate the scores); returns the fraction of selected
+        entries whose gradient is kept."""
+        self._score(first)
+        return 1.0
+
+    def _selection_scores(self) -> dict[str, Tensor]:
+        """What stage II ranks: the accumulated ``g²``."""
+        return self.scores
 
     def _score(self, first: bool) -> None:
         if first or self.scores is None:
@@ -150,7 +161,8 @@ class DPS(GradientMaskCallback):
                 f"DPS reached stage {stage} (a masking stage) without scores from the stage "
                 "before; was the callback added to a run resumed mid-way?"
             )
-        self.masks = {n: top_fraction_mask(s, 1.0 - self.p) for n, s in self.scores.items()}
+        ranked = self._selection_scores()
+        self.masks = {n: top_fraction_mask(s, 1.0 - self.p) for n, s in ranked.items()}
         self.scores = None  # not needed until the next stage I resets them
 
     def state_dict(self) -> dict[str, Any]:
