@@ -4,6 +4,10 @@ A line-search optimizer is a :class:`torch.optim.Optimizer` whose ``step`` takes
 contract of lsframe, ``closure(backward: bool = True) -> Tensor``, and optionally a separate
 forward-only callable (Lightning's precision plugin wraps the closure and calls it without
 arguments, so :class:`lsframe.modules.ClosureModule` passes forward-only trials as ``forward``).
+Without ``forward``, a closure that takes no ``backward`` argument (torch-style, as for LBFGS) is
+refused before anything is evaluated, with :class:`lsframe.optim.closure.ClosureContractError`
+stating the contract (:func:`lsframe.optim.make_closure` builds the closure in a plain loop,
+:mod:`lsframe.integrations.hf` in Hugging Face ``Trainer``).
 Each optimizer subclasses :class:`LineSearchOptimizer` directly, implements
 :meth:`~LineSearchOptimizer._line_search_step` from the rules in :mod:`lsframe.optim.rules` (and
 Adam's moments from :mod:`lsframe.optim.adam_moments`), and lists its hyperparameter checks in
@@ -43,6 +47,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lsframe.optim._functional import all_finite
+from lsframe.optim.closure import check_closure
 from lsframe.optim.rules import ActiveGroup, SearchResult, Verdict, backtrack, loss_value
 from lsframe.validation import check_int_at_least, check_non_negative, check_positive
 
@@ -160,15 +165,22 @@ class LineSearchOptimizer(Optimizer):
 
         Args:
             closure: ``closure(backward=True)`` zeroes the gradients, computes the loss at the
-                current parameters and back-propagates it, and returns the loss.
+                current parameters and back-propagates it, and returns the loss (see
+                :func:`lsframe.optim.make_closure`).
             forward: Forward-only loss at the current parameters, no graph. Default:
-                ``closure(backward=False)``.
+                ``closure(backward=False)``; given, the closure is only called without arguments
+                (a torch-style closure then works).
 
         Returns:
             The loss at the parameters before the step.
+
+        Raises:
+            ClosureContractError: no closure, or (without ``forward``) a closure that takes no
+                ``backward`` argument; raised before anything is evaluated. The message states
+                the contract.
         """
-        if closure is None:
-            raise RuntimeError(f"{type(self).__name__}.step needs a closure (line search)")
+        if closure is None or forward is None:
+            check_closure(closure, type(self).__name__)
         self._check_lr_untouched()
         if forward is None:
             forward = lambda: closure(backward=False)  # noqa: E731

@@ -1,30 +1,94 @@
-"""lsframe's closure for plain PyTorch loops: ``closure(backward: bool = True) -> Tensor``.
+"""lsframe's closure: ``closure(backward: bool = True) -> Tensor``, and its helper for plain loops.
 
-Every lsframe optimizer takes this closure (torch optimizers call it with no argument). With
-``backward=True`` it zeroes the gradients, computes the loss and back-propagates it; with
-``backward=False`` it only computes the loss, under :func:`torch.no_grad`. The random state
-(CPU, and the CUDA device's) is taken when the closure is built and restored before every
-evaluation, so all evaluations of one step, a line search's trials included, see the same
-dropout masks. :class:`lsframe.modules.ClosureModule` builds its closure on the same random state.
+Every lsframe line search calls its closure with an argument (torch optimizers call it with none):
+
+* ``closure(backward=True)`` (the default) zeroes the gradients, computes the loss at the current
+  parameters, back-propagates it and returns the loss: one call per step, at the start.
+* ``closure(backward=False)`` only computes the loss, under :func:`torch.no_grad`, and leaves the
+  gradients alone: the line search's forward-only trial evaluations.
+
+A torch-style closure, ``closure()`` that always calls ``backward`` (as written for LBFGS), cannot
+evaluate the trials: a line search refuses it with :class:`ClosureContractError` before it runs.
+
+:func:`make_closure` builds the closure in a plain PyTorch loop from a model, a batch and a loss
+(the model's own ``model(**batch).loss``, a criterion such as ``nn.CrossEntropyLoss()`` on an
+``(inputs, target)`` batch, or any ``loss_fn(model, batch)``). The random state (CPU, and the CUDA
+device's) is taken when the closure is built and restored before every evaluation, so all
+evaluations of one step, the trials included, see the same dropout masks; BatchNorm running
+statistics move once per step, in the first backward evaluation, never in a trial.
+:class:`lsframe.modules.ClosureModule` builds its closure on the same random state, and
+:mod:`lsframe.integrations.hf` builds one from Hugging Face ``Trainer``'s loss.
 
 Example::
 
-    for batch in loader:
-        closure = make_closure(model, batch, opt)  # Hugging Face model: model(**batch).loss
-        opt.step(closure)
+    opt = SaLSA(model.parameters())
+    for batch in loader:  # a Hugging Face model: the loss is model(**batch).loss
+        opt.step(make_closure(model, batch, opt))
 
-    # any loss function of (model, batch):
-    closure = make_closure(model, (x, y), opt, loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1]))
+    for x, y in loader:  # a criterion on (inputs, target)
+        opt.step(make_closure(model, (x, y), opt, criterion=nn.CrossEntropyLoss()))
+
+    # any loss of (model, batch):
+    closure = make_closure(model, batch, opt, loss_fn=lambda m, b: F.mse_loss(m(b["x"]), b["y"]))
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
+
+from lsframe.errors import ConfigError
+
+__all__ = [
+    "ClosureContractError",
+    "LossClosure",
+    "NormStatistics",
+    "StepRandomState",
+    "check_closure",
+    "hf_loss",
+    "make_closure",
+]
+
+CONTRACT = (
+    "lsframe's line searches take closure(backward: bool = True) -> Tensor: backward=True zeroes "
+    "the gradients, computes the loss and back-propagates it; backward=False only computes the "
+    "loss under torch.no_grad() (the forward-only trials). Build it with "
+    "lsframe.optim.make_closure(model, batch, optimizer, loss_fn=... or criterion=...), or pass "
+    "the forward-only loss separately as step(closure, forward=...); in Hugging Face Trainer use "
+    "lsframe.integrations.hf.LineSearchTrainer"
+)
+
+
+class ClosureContractError(ConfigError, TypeError):
+    """A line search was handed no closure, or one that does not take ``backward``.
+
+    A :class:`TypeError` (the call does not fit) and an lsframe :class:`~lsframe.errors.ConfigError`;
+    the message states the contract ``closure(backward: bool = True) -> Tensor``.
+    """
+
+
+def check_closure(closure: Callable[..., Tensor] | None, owner: str) -> None:
+    """Raise :class:`ClosureContractError` unless ``closure`` can be called as
+    ``closure(backward=False)`` (a closure whose signature cannot be read is let through)."""
+    if closure is None:
+        raise ClosureContractError(f"{owner}.step needs a closure: {CONTRACT}")
+    try:
+        signature = inspect.signature(closure)
+    except (TypeError, ValueError):  # a builtin or an extension type: nothing to read
+        return
+    try:
+        signature.bind(backward=False)
+    except TypeError:
+        raise ClosureContractError(
+            f"{owner}.step got a closure that takes no 'backward' argument "
+            f"(signature {signature}), as written for torch's LBFGS; it cannot evaluate the "
+            f"line search's trials without back-propagating. {CONTRACT}"
+        ) from None
 
 
 class StepRandomState:
@@ -42,6 +106,31 @@ class StepRandomState:
             torch.cuda.set_rng_state(self.cuda, self.device)
 
 
+class NormStatistics:
+    """A copy of the running statistics of a model's BatchNorm-style layers in training mode.
+
+    Only the first backward evaluation of a step may move these statistics; :meth:`restore` after
+    every other evaluation (trials, re-evaluations) makes a step count as one batch whatever its
+    trials.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.saved = [
+            (m, {k: b.clone() for k, b in m.named_buffers(recurse=False) if b is not None})
+            for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._NormBase)
+            and m.track_running_stats
+            and m.training
+        ]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Write the saved statistics back into their layers."""
+        for module, buffers in self.saved:
+            for name, value in buffers.items():
+                getattr(module, name).copy_(value)
+
+
 class LossClosure:
     """``closure(backward=True)`` over a zero-argument loss function, for one optimizer step.
 
@@ -49,6 +138,8 @@ class LossClosure:
         loss_fn: Computes the (scalar) loss at the current parameters; called once per evaluation.
         optimizer: Its gradients are zeroed before each backward evaluation.
         device: Whose CUDA random state to restore besides the CPU's. Default: the CPU only.
+        model: Whose BatchNorm running statistics only the first backward evaluation may move
+            (None: nothing is put back).
 
     Attributes:
         evaluations: How many times the closure ran (backward and forward-only).
@@ -59,23 +150,34 @@ class LossClosure:
         loss_fn: Callable[[], Tensor],
         optimizer: Optimizer,
         device: torch.device | str = "cpu",
+        model: nn.Module | None = None,
     ) -> None:
         self.loss_fn = loss_fn
         self.optimizer = optimizer
+        self.model = model
         self.random_state = StepRandomState(device)
         self.evaluations = 0
+        self._backward_done = False
 
     def __call__(self, backward: bool = True) -> Tensor:
         self.random_state.restore()
         self.evaluations += 1
-        if not backward:
-            with torch.no_grad():
-                return self.loss_fn().detach()
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.enable_grad():
-            loss = self.loss_fn()
-            loss.backward()
-        return loss.detach()
+        statistics = None
+        if self.model is not None and (not backward or self._backward_done):
+            statistics = NormStatistics(self.model)
+        try:
+            if not backward:
+                with torch.no_grad():
+                    return self.loss_fn().detach()
+            self._backward_done = True
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                loss = self.loss_fn()
+                loss.backward()
+            return loss.detach()
+        finally:
+            if statistics is not None:
+                statistics.restore()
 
     def forward(self) -> Tensor:
         """A forward-only evaluation (what line searches take as ``step(forward=...)``)."""
@@ -87,19 +189,61 @@ def hf_loss(model: nn.Module, batch: Any) -> Tensor:
     return model(**batch).loss
 
 
+def _criterion_loss(criterion: Callable[[Any, Any], Tensor]) -> Callable[[nn.Module, Any], Tensor]:
+    def loss(model: nn.Module, batch: Any) -> Tensor:
+        try:
+            inputs, target = batch
+        except (TypeError, ValueError):
+            raise ConfigError(
+                "make_closure(criterion=...) needs a batch (inputs, target), got "
+                f"{type(batch).__name__}; for another layout pass loss_fn(model, batch)",
+                argument="batch",
+            ) from None
+        if isinstance(inputs, Mapping):
+            output = model(**inputs)
+        elif isinstance(inputs, (tuple, list)):
+            output = model(*inputs)
+        else:
+            output = model(inputs)
+        return criterion(output, target)
+
+    return loss
+
+
 def make_closure(
     model: nn.Module,
     batch: Any,
     optimizer: Optimizer,
-    loss_fn: Callable[[nn.Module, Any], Tensor] = hf_loss,
+    loss_fn: Callable[[nn.Module, Any], Tensor] | None = None,
+    *,
+    criterion: Callable[[Any, Any], Tensor] | None = None,
 ) -> LossClosure:
-    """lsframe's closure for one step of ``model`` on ``batch``.
+    """lsframe's closure ``closure(backward: bool = True) -> Tensor`` for one step of ``model``
+    on ``batch``, for every lsframe optimizer (and torch's: they call it without arguments).
+
+    The random state is fixed when the closure is built: every evaluation (the backward one and
+    each forward-only trial) restores it, so dropout draws the same masks; trials run under
+    :func:`torch.no_grad` and leave the gradients and BatchNorm statistics as the backward
+    evaluation left them. Build a new closure for every step.
 
     Args:
         model: The network; its parameters' device decides whose random state is restored.
-        batch: Passed to ``loss_fn`` unchanged (move it to the device first).
+        batch: Passed to the loss unchanged (move it to the device first).
         optimizer: The optimizer whose gradients each backward evaluation zeroes.
-        loss_fn: ``loss_fn(model, batch) -> Tensor``. Default: ``model(**batch).loss``.
+        loss_fn: ``loss_fn(model, batch) -> Tensor``. Default: ``model(**batch).loss`` (a Hugging
+            Face model), unless ``criterion`` is given.
+        criterion: A loss of ``(output, target)`` such as ``nn.CrossEntropyLoss()``, on a batch
+            ``(inputs, target)``: ``criterion(model(inputs), target)`` (``model(*inputs)`` for a
+            tuple of inputs, ``model(**inputs)`` for a mapping).
+
+    Raises:
+        ConfigError: both ``loss_fn`` and ``criterion`` are given.
     """
+    if loss_fn is not None and criterion is not None:
+        raise ConfigError("make_closure takes loss_fn or criterion, not both", argument="criterion")
+    if criterion is not None:
+        loss_fn = _criterion_loss(criterion)
+    elif loss_fn is None:
+        loss_fn = hf_loss
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return LossClosure(lambda: loss_fn(model, batch), optimizer, device)
+    return LossClosure(lambda: loss_fn(model, batch), optimizer, device, model=model)

@@ -60,6 +60,9 @@ class StepSizeSchedule:
             group["lr"] = group["step_size"] * group["lr_multiplier"]
 
     def step(self) -> None:
+        # the shadow's placeholders have no gradient, so this moves nothing; it tells the torch
+        # scheduler that an optimizer step came first (otherwise it warns about the order)
+        self.shadow.step()
         self.scheduler.step()
         self._copy()
 

@@ -1,0 +1,422 @@
+"""Hugging Face ``transformers.Trainer`` with every lsframe optimizer, line searches included.
+
+``Trainer`` calls ``optimizer.step()`` without a closure, after it has run forward and backward on
+every micro-batch of the step and clipped the gradients, and it attaches a ``LambdaLR`` that
+writes ``lr``. A line search needs a closure (``closure(backward: bool = True) -> Tensor``) and
+owns its step size. :class:`LineSearchTrainer` (a ``Trainer`` subclass, nothing else changes)
+supplies both through Trainer's public overridable methods::
+
+    from lsframe.integrations.hf import LineSearchTrainer
+    from lsframe.optim import SaLSA
+
+    trainer = LineSearchTrainer(
+        model=model, args=args, train_dataset=train, optimizers=(SaLSA(model.parameters()), None)
+    )
+    trainer.train()
+
+What it does, for an optimizer whose registry record ``searches`` (:func:`lsframe.optim.info_for`):
+
+* **The closure is Trainer's own loss.** ``training_step`` runs unchanged; during it, the call to
+  ``compute_loss`` (yours, if you override it) is recorded: the model, its inputs, the arguments,
+  the train/eval mode and the random state (CPU and the CUDA device's) just before the forward,
+  and the ratio of the loss ``training_step`` back-propagated to the loss ``compute_loss``
+  returned (Trainer's division by the accumulation steps, or its token-count normalisation).
+  At ``optimizer.step()`` the optimizer gets a closure over the step's micro-batches:
+
+  - its first backward evaluation returns the accumulated loss Trainer already computed; the
+    gradients are those Trainer accumulated and clipped (``max_grad_norm``), so the step costs no
+    extra forward or backward;
+  - a forward-only evaluation (a trial) recomputes ``compute_loss`` on every recorded micro-batch
+    under :func:`torch.no_grad`, each with its own random state restored and the model in the
+    mode it had, times its ratio, summed: the same inputs and the same dropout masks as the
+    backward pass, so at unchanged parameters a trial equals the accumulated loss;
+  - a further backward evaluation (no lsframe optimizer asks for one) repeats forward and backward
+    the same way and clips again.
+
+  Losses are averaged across processes (``accelerator.reduce``) before the optimizer sees them,
+  so every rank takes the same decision. After the step the random state is put back where
+  Trainer's own backward passes left it: the trials draw nothing from the run's random stream.
+  BatchNorm running statistics move in Trainer's forward only, never in a trial.
+* **Schedules act on ``lr_multiplier``.** Trainer's scheduler (``lr_scheduler_type``,
+  ``warmup_steps``/``warmup_ratio``, ``lr_scheduler_kwargs``) is built on
+  :class:`lsframe.optim.StepSizeSchedule`, so its factor multiplies the searched step size;
+  ``lr_scheduler_type="constant"`` leaves the search alone (Trainer's default is ``"linear"``,
+  a decay to 0). A scheduler passed in ``optimizers`` must be a ``StepSizeSchedule``.
+* **Logs.** Every training log gets ``step_size``, the step size the search accepted in the last
+  step (group 0), and ``step_size/<group name or index>`` for each group when the groups' step
+  sizes differ (PLASLS's parts); Trainer's ``learning_rate`` is that step size times the
+  schedule's multiplier, the step actually taken.
+* Refused with a :class:`lsframe.errors.ConfigError` that says why: ``fp16`` (its GradScaler
+  cannot drive a closure; ``bf16`` works), DeepSpeed, a torch LR scheduler attached to the line
+  search, ``reduce_lr_on_plateau`` and ``greedy`` schedules, a ``training_step`` that does not
+  call ``compute_loss`` exactly once.
+
+Any other optimizer (AdamW, lsframe's Lamb, ALTO, AdamE) runs exactly as in ``Trainer``.
+``optimizer_cls_and_kwargs=(SaLSA, {...})`` also works: Trainer builds the optimizer on its
+weight-decay groups. To add this to another ``Trainer`` subclass (TRL's trainers, your own), put
+:class:`LineSearchTrainerMixin` first in its bases.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+import weakref
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from lsframe.errors import ConfigError
+from lsframe.optim._registry import info_for
+from lsframe.optim.closure import NormStatistics, StepRandomState
+from lsframe.optim.step_size_schedule import StepSizeSchedule
+
+try:
+    from transformers import Trainer
+    from transformers.optimization import get_scheduler
+    from transformers.trainer_utils import SchedulerType
+except ImportError as error:  # Trainer needs accelerate, which transformers does not require
+    raise ImportError(
+        "lsframe.integrations.hf needs transformers' Trainer and accelerate "
+        f"(pip install 'transformers[torch]'): {error}"
+    ) from error
+
+__all__ = [
+    "LineSearchTrainer",
+    "LineSearchTrainerMixin",
+    "TrainerStepClosure",
+    "step_size_logs",
+    "unwrap_optimizer",
+]
+
+_MISSING = object()
+
+
+def unwrap_optimizer(optimizer: Any) -> Any:
+    """The optimizer inside Accelerate's (or another) wrapper that keeps it as ``.optimizer``."""
+    seen = set()
+    while (
+        isinstance(getattr(optimizer, "optimizer", None), Optimizer) and id(optimizer) not in seen
+    ):
+        seen.add(id(optimizer))
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def _searches(optimizer: Any) -> bool:
+    return isinstance(optimizer, Optimizer) and info_for(optimizer).searches
+
+
+def step_size_logs(optimizer: Optimizer) -> dict[str, float]:
+    """``step_size`` (group 0's accepted step size) and, when the groups' step sizes differ,
+    ``step_size/<group name or index>`` for each group."""
+    groups = optimizer.param_groups
+    logs = {"step_size": float(groups[0]["step_size"])}
+    if any(g["step_size"] != groups[0]["step_size"] for g in groups[1:]):
+        for i, group in enumerate(groups):
+            logs[f"step_size/{group.get('name', i)}"] = float(group["step_size"])
+    return logs
+
+
+@dataclass
+class _MicroBatch:
+    """One ``compute_loss`` call of a ``training_step``, enough to repeat it exactly."""
+
+    model: nn.Module
+    inputs: Any  # a shallow copy: compute_loss may pop keys ("labels") from the dict it gets
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    training: bool
+    random_state: StepRandomState
+    scale: Tensor | None = None  # back-propagated loss / compute_loss's loss
+    loss: Tensor | None = None  # the loss training_step back-propagated (detached)
+
+
+class TrainerStepClosure:
+    """lsframe's closure ``closure(backward: bool = True) -> Tensor`` over the micro-batches
+    Trainer ran in one step (see the module's docstring).
+
+    Attributes:
+        evaluations: How many times the closure ran in this step.
+    """
+
+    def __init__(self, trainer: Trainer, optimizer: Optimizer, micro_batches: list[_MicroBatch]):
+        self.trainer = trainer
+        self.optimizer = optimizer
+        self.micro_batches = micro_batches
+        self.evaluations = 0
+        self._reused = False
+
+    def __call__(self, backward: bool = True) -> Tensor:
+        self.evaluations += 1
+        if not backward:
+            return self.forward()
+        if not self._reused:  # Trainer's own backward pass: gradients accumulated and clipped
+            self._reused = True
+            total = torch.stack([mb.loss.float().sum() for mb in self.micro_batches]).sum()
+            return self._mean_over_processes(total)
+        return self._backward_again()
+
+    def forward(self) -> Tensor:
+        """The accumulated loss at the current parameters, forward only, under no_grad."""
+        statistics = [NormStatistics(m) for m in self._models()]
+        try:
+            with torch.no_grad():
+                total = sum(self._scaled_loss(mb) for mb in self.micro_batches)
+        finally:
+            for saved in statistics:
+                saved.restore()
+        return self._mean_over_processes(total)
+
+    # ------------------------------------------------------------------------------ parts
+    def _models(self) -> list[nn.Module]:
+        return list({id(mb.model): mb.model for mb in self.micro_batches}.values())
+
+    def _scaled_loss(self, mb: _MicroBatch) -> Tensor:
+        trainer = self.trainer
+        mb.random_state.restore()
+        mode = mb.model.training
+        if mode != mb.training:
+            mb.model.train(mb.training)
+        try:
+            with trainer.compute_loss_context_manager():
+                loss = trainer.compute_loss(mb.model, copy.copy(mb.inputs), *mb.args, **mb.kwargs)
+        finally:
+            if mode != mb.training:
+                mb.model.train(mode)
+        if isinstance(loss, tuple):  # return_outputs=True
+            loss = loss[0]
+        return loss.mean() * mb.scale.to(loss.dtype)
+
+    def _backward_again(self) -> Tensor:
+        trainer = self.trainer
+        accelerator = trainer.accelerator
+        self.optimizer.zero_grad(set_to_none=True)
+        statistics = [NormStatistics(m) for m in self._models()]
+        # accelerator.backward divides by its own accumulation steps (1 under Trainer >= 4.46)
+        undo = float(getattr(accelerator, "gradient_accumulation_steps", 1) or 1)
+        total = torch.zeros((), device=trainer.args.device)
+        last = len(self.micro_batches) - 1
+        try:
+            for i, mb in enumerate(self.micro_batches):
+                sync = nullcontext() if i == last else accelerator.no_sync(mb.model)
+                with sync, torch.enable_grad():
+                    loss = self._scaled_loss(mb)
+                    accelerator.backward(loss * undo)
+                total = total + loss.detach().float()
+        finally:
+            for saved in statistics:
+                saved.restore()
+        if trainer.args.max_grad_norm is not None and trainer.args.max_grad_norm > 0:
+            model = self.micro_batches[0].model
+            accelerator.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
+        return self._mean_over_processes(total)
+
+    def _mean_over_processes(self, loss: Tensor) -> Tensor:
+        accelerator = self.trainer.accelerator
+        loss = loss.detach()
+        if accelerator.num_processes > 1:
+            loss = accelerator.reduce(loss, reduction="mean")
+        return loss
+
+
+class _LineSearchState:
+    def __init__(self) -> None:
+        self.micro_batches: list[_MicroBatch] = []
+        self.global_step: int | None = None
+        self.optimizer: Optimizer | None = None  # the line search whose step is wrapped
+        self.previous_step: Any = _MISSING  # the optimizer's own instance-level step, if any
+
+
+class LineSearchTrainerMixin:
+    """Lets a ``transformers.Trainer`` subclass drive lsframe's line searches (module docstring).
+
+    Put it first in the bases: ``class MyTrainer(LineSearchTrainerMixin, SomeTrainer)``. With an
+    optimizer that does not search, every method defers to the ``Trainer`` unchanged.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._lsframe = _LineSearchState()
+        super().__init__(*args, **kwargs)
+        optimizer = unwrap_optimizer(self.optimizer)
+        if _searches(optimizer):
+            self._check_line_search_setup(optimizer)
+
+    # ----------------------------------------------------------------------- set-up checks
+    def _check_line_search_setup(self, optimizer: Optimizer) -> None:
+        name = type(optimizer).__name__
+        if getattr(self.args, "fp16", False):
+            raise ConfigError(
+                f"{name} searches its step size and needs exact losses: fp16's GradScaler scales "
+                "them and cannot drive a closure; use bf16=True or full precision",
+                where="TrainingArguments.fp16",
+            )
+        if getattr(self, "is_deepspeed_enabled", False):
+            raise ConfigError(
+                f"{name} is not supported under DeepSpeed (its engine steps the optimizer "
+                "without a closure); use DDP or FSDP",
+                where="TrainingArguments.deepspeed",
+            )
+        kind = SchedulerType(self.args.lr_scheduler_type)
+        if self.lr_scheduler is None and kind in (SchedulerType.REDUCE_ON_PLATEAU, "greedy"):
+            raise ConfigError(
+                f"lr_scheduler_type={kind.value!r} steps on metrics, which lsframe's "
+                f"StepSizeSchedule does not pass; {name} adapts its step size itself: use "
+                "'constant' (or a step-based schedule)",
+                where="TrainingArguments.lr_scheduler_type",
+            )
+        scheduler = self.lr_scheduler
+        if scheduler is not None and not isinstance(scheduler, StepSizeSchedule):
+            raise ConfigError(
+                f"{name} searches its own step size, so a torch LR scheduler must not write its "
+                f"'lr' (got {type(scheduler).__name__}); pass "
+                "lsframe.optim.StepSizeSchedule(optimizer, lambda opt: <scheduler on opt>), which "
+                "schedules lr_multiplier, or None and set TrainingArguments.lr_scheduler_type",
+                where="Trainer(optimizers=...)",
+            )
+
+    # ------------------------------------------------------------- optimizer and scheduler
+    def create_optimizer(self, *args: Any, **kwargs: Any) -> Optimizer:
+        optimizer = super().create_optimizer(*args, **kwargs)
+        inner = unwrap_optimizer(optimizer)
+        if _searches(inner):
+            self._check_line_search_setup(inner)
+            self._install_step(inner)
+        return optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Optimizer | None = None) -> Any:
+        inner = unwrap_optimizer(optimizer if optimizer is not None else self.optimizer)
+        if not _searches(inner):
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            args = self.args
+            warmup = args.get_warmup_steps(num_training_steps)
+            self.lr_scheduler = StepSizeSchedule(
+                inner,
+                lambda shadow: get_scheduler(
+                    args.lr_scheduler_type,
+                    optimizer=shadow,
+                    num_warmup_steps=warmup,
+                    num_training_steps=num_training_steps,
+                    scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+                ),
+            )
+            if hasattr(self, "_created_lr_scheduler"):  # Trainer rebuilds it for the next train()
+                self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def _install_step(self, optimizer: Optimizer) -> None:
+        """Give ``optimizer.step()`` (called without a closure by Trainer) this step's closure."""
+        state = self._lsframe
+        if state.optimizer is optimizer:
+            return
+        self._uninstall_step()
+        previous = optimizer.__dict__.get("step", _MISSING)
+        original = optimizer.step
+        trainer_ref = weakref.ref(self)
+
+        def step(opt: Optimizer, closure: Any = None, *args: Any, **kwargs: Any) -> Any:
+            trainer = trainer_ref()
+            if closure is not None or trainer is None:
+                return original(closure, *args, **kwargs)
+            closure = trainer._take_step_closure(opt)
+            if closure is None:  # not inside a Trainer step: lsframe's own error
+                return original(None, *args, **kwargs)
+            after_backward = StepRandomState(trainer.args.device)
+            try:
+                return original(closure, *args, **kwargs)
+            finally:
+                after_backward.restore()
+
+        optimizer.step = types.MethodType(step, optimizer)
+        state.optimizer = optimizer
+        state.previous_step = previous
+
+    def _uninstall_step(self) -> None:
+        state = self._lsframe
+        optimizer, state.optimizer = state.optimizer, None
+        if optimizer is None:
+            return
+        previous, state.previous_step = state.previous_step, _MISSING
+        if previous is _MISSING:
+            optimizer.__dict__.pop("step", None)
+        else:
+            optimizer.step = previous
+        state.micro_batches = []
+
+    def _take_step_closure(self, optimizer: Optimizer) -> TrainerStepClosure | None:
+        state = self._lsframe
+        micro_batches, state.micro_batches = state.micro_batches, []
+        if not micro_batches or state.global_step != self.state.global_step:
+            return None
+        return TrainerStepClosure(self, optimizer, micro_batches)
+
+    # --------------------------------------------------------------------- the micro-batches
+    def training_step(self, model: nn.Module, inputs: Any, *args: Any, **kwargs: Any) -> Tensor:
+        state = self._lsframe
+        if state.optimizer is None:
+            return super().training_step(model, inputs, *args, **kwargs)
+        if state.global_step != self.state.global_step:  # a new optimizer step begins
+            state.micro_batches, state.global_step = [], self.state.global_step
+        calls: list[_MicroBatch] = []
+        compute_loss = self.compute_loss  # yours, if a subclass overrides it
+        device = self.args.device
+
+        def recording(model: nn.Module, inputs: Any, *c_args: Any, **c_kwargs: Any) -> Any:
+            call = _MicroBatch(
+                model, copy.copy(inputs), c_args, c_kwargs, model.training, StepRandomState(device)
+            )
+            result = compute_loss(model, inputs, *c_args, **c_kwargs)
+            call.loss = (result[0] if isinstance(result, tuple) else result).detach()
+            calls.append(call)
+            return result
+
+        previous = self.__dict__.get("compute_loss", _MISSING)
+        self.compute_loss = recording
+        try:
+            loss = super().training_step(model, inputs, *args, **kwargs)
+        finally:
+            if previous is _MISSING:
+                del self.__dict__["compute_loss"]
+            else:
+                self.compute_loss = previous
+        if len(calls) != 1:
+            raise ConfigError(
+                f"{type(state.optimizer).__name__} needs training_step to compute its loss "
+                f"through compute_loss exactly once per micro-batch (it was called {len(calls)} "
+                "times): LineSearchTrainer repeats that call for the line search's trials",
+                where=f"{type(self).__name__}.training_step",
+            )
+        call = calls[0]
+        raw = call.loss.double().mean()
+        trained = loss.detach().double().mean()
+        steps = getattr(self, "current_gradient_accumulation_steps", None) or max(
+            1, self.args.gradient_accumulation_steps
+        )
+        # the loss training_step back-propagated is compute_loss's times a factor (1/accumulation
+        # steps, or 1 when the loss is normalised by token counts); a zero loss leaves it unknown
+        call.scale = torch.where(raw != 0, trained / raw, torch.full_like(raw, 1.0 / steps))
+        call.loss = loss.detach()
+        state.micro_batches.append(call)
+        return loss
+
+    # --------------------------------------------------------------------------- the rest
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        optimizer = unwrap_optimizer(self.optimizer)
+        if "loss" in logs and _searches(optimizer):
+            logs = {**logs, **step_size_logs(optimizer)}
+        super().log(logs, *args, **kwargs)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self._uninstall_step()
+
+
+class LineSearchTrainer(LineSearchTrainerMixin, Trainer):
+    """``transformers.Trainer`` that also drives lsframe's line searches (module docstring)."""

@@ -1,0 +1,231 @@
+"""Plain PyTorch loops: lsframe.optim.make_closure, and what a line search says about a closure
+that does not keep lsframe's contract ``closure(backward: bool = True) -> Tensor``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lsframe.errors import ConfigError
+from lsframe.optim import SGDSLS, SaLSA, create, info, line_searches, make_closure, names
+from lsframe.optim.closure import ClosureContractError, LossClosure
+
+CONTRACT = "closure(backward: bool = True) -> Tensor"
+
+
+def classification_data(n: int = 128, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=generator)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    return x, y
+
+
+def classifier(seed: int = 0, dropout: float = 0.2, batch_norm: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    layers = [nn.Linear(6, 16)]
+    if batch_norm:
+        layers.append(nn.BatchNorm1d(16))
+    layers += [nn.Tanh(), nn.Dropout(dropout), nn.Linear(16, 2)]
+    return nn.Sequential(*layers)
+
+
+def build(name: str, model: nn.Module) -> torch.optim.Optimizer:
+    kwargs = {} if info(name).test_lr is None else {"lr": info(name).test_lr}
+    return create(name, model.parameters(), **kwargs)
+
+
+def full_loss(model: nn.Module, x, y) -> float:
+    model.eval()
+    with torch.no_grad():
+        loss = nn.functional.cross_entropy(model(x), y).item()
+    model.train()
+    return loss
+
+
+@pytest.mark.parametrize("name", names())
+def test_every_optimizer_learns_in_a_plain_loop_with_a_criterion(name):
+    x, y = classification_data()
+    model = classifier()
+    optimizer = build(name, model)
+    criterion = nn.CrossEntropyLoss()
+    before = full_loss(model, x, y)
+    for _epoch in range(5):
+        for start in range(0, len(x), 32):
+            batch = (x[start : start + 32], y[start : start + 32])
+            optimizer.step(make_closure(model, batch, optimizer, criterion=criterion))
+    after = full_loss(model, x, y)
+    assert after < before - 0.05, (name, before, after)
+
+
+def tiny_bert():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=30,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+    )  # dropout 0.1
+    return transformers.BertForSequenceClassification(config)
+
+
+def test_hugging_face_model_trials_see_the_backward_pass_dropout_masks():
+    model = tiny_bert()
+    model.train()
+    generator = torch.Generator().manual_seed(0)
+    batch = {
+        "input_ids": torch.randint(0, 30, (8, 6), generator=generator),
+        "labels": torch.randint(0, 2, (8,), generator=generator),
+    }
+    optimizer = SaLSA(model.parameters())
+    closure = make_closure(model, batch, optimizer)  # the model's own loss: model(**batch).loss
+    loss = closure()  # backward
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    trial = closure(backward=False)
+    assert trial.requires_grad is False
+    assert torch.equal(trial, loss)  # same inputs, same masks, same parameters
+    assert all(torch.equal(g, p.grad) for (n, g), p in zip(grads.items(), model.parameters()))
+    torch.manual_seed(99)
+    with torch.no_grad():
+        assert not torch.equal(model(**batch).loss, loss)  # dropout is active
+    assert closure.evaluations == 2
+    optimizer.step(closure)  # and the step itself takes it
+    assert optimizer.state["line_search"]["step"] == 1
+
+
+def test_loss_fn_of_model_and_batch():
+    x, y = classification_data()
+    model = classifier(dropout=0.0)
+    optimizer = SGDSLS(model.parameters())
+    batch = {"features": x, "target": y}
+    closure = make_closure(
+        model,
+        batch,
+        optimizer,
+        loss_fn=lambda m, b: nn.functional.cross_entropy(m(b["features"]), b["target"]),
+    )
+    assert isinstance(closure, LossClosure)
+    first = optimizer.step(closure)
+    assert float(first) == pytest.approx(full_loss(classifier(dropout=0.0), x, y), rel=1e-6)
+
+
+def test_criterion_unpacks_tuple_and_mapping_inputs():
+    class TwoInputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(4, 2)
+
+        def forward(self, a, b):
+            return self.linear(torch.cat([a, b], dim=-1))
+
+    model = TwoInputs()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    a, b, y = torch.randn(5, 2), torch.randn(5, 2), torch.tensor([0, 1, 0, 1, 1])
+    criterion = nn.CrossEntropyLoss()
+    expected = criterion(model(a, b), y)
+    for inputs in ((a, b), {"a": a, "b": b}):
+        closure = make_closure(model, (inputs, y), optimizer, criterion=criterion)
+        assert torch.equal(closure(backward=False), expected.detach())
+
+
+def test_make_closure_refuses_ambiguous_or_malformed_input():
+    model = classifier()
+    optimizer = SaLSA(model.parameters())
+    with pytest.raises(ConfigError, match="loss_fn or criterion"):
+        make_closure(model, None, optimizer, loss_fn=lambda m, b: 0, criterion=nn.MSELoss())
+    closure = make_closure(model, torch.randn(4, 6), optimizer, criterion=nn.MSELoss())
+    with pytest.raises(ConfigError, match=r"\(inputs, target\)"):
+        closure()
+
+
+def test_batch_norm_statistics_move_once_per_step_whatever_the_trials():
+    x, y = classification_data(32)
+    model = classifier(dropout=0.0, batch_norm=True)
+    reference = classifier(dropout=0.0, batch_norm=True)
+    reference.train()
+    with torch.no_grad():
+        reference(x)  # one batch's worth of running statistics
+    optimizer = SGDSLS(model.parameters(), lr=100.0)  # backtracks: several trials
+    optimizer.step(make_closure(model, (x, y), optimizer, criterion=nn.CrossEntropyLoss()))
+    assert optimizer.state["line_search"]["forwards"] > 1
+    norm, expected = model[1], reference[1]
+    assert int(norm.num_batches_tracked) == 1
+    torch.testing.assert_close(norm.running_mean, expected.running_mean)
+    torch.testing.assert_close(norm.running_var, expected.running_var)
+
+
+# ------------------------------------------------------------------ the contract, enforced
+def torch_style_closure(model, optimizer, calls):
+    x, y = classification_data(16)
+
+    def closure():  # as written for torch's LBFGS
+        calls.append(1)
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+@pytest.mark.parametrize("name", line_searches())
+def test_a_torch_style_closure_gets_lsframes_error_before_anything_runs(name):
+    model = classifier()
+    optimizer = create(name, model.parameters())
+    before = [p.detach().clone() for p in model.parameters()]
+    calls: list[int] = []
+    with pytest.raises(ClosureContractError) as caught:
+        optimizer.step(torch_style_closure(model, optimizer, calls))
+    error = caught.value
+    assert isinstance(error, TypeError) and isinstance(error, ConfigError)
+    assert CONTRACT in str(error) and "make_closure" in str(error)
+    assert "backward" in str(error) and type(optimizer).__name__ in str(error)
+    assert calls == []  # refused before the first evaluation
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert optimizer.state["line_search"]["step"] == 0
+
+    with pytest.raises(ClosureContractError, match="needs a closure") as caught:
+        optimizer.step()
+    assert CONTRACT in str(caught.value)
+
+
+def test_a_torch_style_closure_works_with_a_separate_forward():
+    model = classifier(dropout=0.0)
+    optimizer = SaLSA(model.parameters())
+    calls: list[int] = []
+    x, y = classification_data(16)
+
+    def forward():
+        with torch.no_grad():
+            return nn.functional.cross_entropy(model(x), y)
+
+    optimizer.step(torch_style_closure(model, optimizer, calls), forward=forward)
+    assert calls == [1] and optimizer.state["line_search"]["step"] == 1
+
+
+def test_closures_that_accept_backward_in_any_form_are_let_through():
+    model = classifier(dropout=0.0)
+    optimizer = SGDSLS(model.parameters())
+    inner = make_closure(model, classification_data(16), optimizer, criterion=nn.CrossEntropyLoss())
+
+    class Callable:
+        def __call__(self, backward=True):
+            return inner(backward)
+
+    for closure in (inner, Callable(), lambda *args, **kwargs: inner(*args, **kwargs)):
+        optimizer.step(closure)
+    assert optimizer.state["line_search"]["step"] == 3
+
+
+def test_torch_optimizers_take_lsframes_closure():
+    model = classifier(dropout=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    closure = make_closure(
+        model, classification_data(16), optimizer, criterion=nn.CrossEntropyLoss()
+    )
+    loss = optimizer.step(closure)  # torch calls closure() -> backward=True
+    assert loss is not None and closure.evaluations == 1
