@@ -31,6 +31,7 @@ from lsframe.modules.random_state import ResumeRandomState, random_states
 from lsframe.optim import info_for
 from lsframe.optim.closure import StepRandomState
 from lsframe.optim.param_groups import apply_part_multipliers
+from lsframe.precision import GradientOverflow, fp16_plugin
 from lsframe.validation import check_choice, check_int_at_least, check_positive
 
 __all__ = ["ClosureModule", "check_sharding", "default_optimizer"]
@@ -186,9 +187,13 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         self.log("train/closure_evals", float(evaluator.evaluations))
         for i, group in enumerate(optimizer.param_groups):
             name = group.get("name", str(i))
-            self.log(f"step_size/{name}", float(group["lr"]))
+            self.log(f"step_size/{name}", float(group["lr"]), prog_bar=i == 0)
         if self.nonfinite_loss == "skip":
             self.log("train/skipped_steps", float(self._skipped_steps))
+        fp16 = fp16_plugin(self._trainer)
+        if fp16 is not None:  # the scale for the next step, and the steps skipped for overflow
+            self.log("train/loss_scale", fp16.scaler.scale)
+            self.log("train/overflow_steps", float(fp16.scaler.overflow_steps))
         search = getattr(optimizer, "state", {}).get("line_search")
         if isinstance(search, dict) and "rejected_steps" in search:
             self.log("train/rejected_steps", float(search["rejected_steps"]))
@@ -256,6 +261,9 @@ class _StepEvaluator:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
             loss = mean_over_processes(self.module._trainer, self._loss(backward=True))
+        fp16 = fp16_plugin(self.module._trainer)
+        if fp16 is not None:  # backward was of scale * loss: checks and hooks see true gradients
+            fp16.unscale_(self.optimizer)
         first = self.loss_at_start is None
         if first:
             self.loss_at_start = loss
@@ -265,6 +273,8 @@ class _StepEvaluator:
         if not first or problem is not None:
             statistics.restore()
         if problem is not None:
+            if fp16 is not None and torch.isfinite(loss):  # fp16 overflow: the plugin skips it
+                raise GradientOverflow(loss)
             if self.module.nonfinite_loss == "raise":
                 raise policy.nonfinite_error(problem, self.module.trainer.global_step)
             self.optimizer.zero_grad(set_to_none=True)

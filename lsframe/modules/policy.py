@@ -4,6 +4,7 @@ check raises with the setting to change."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -13,6 +14,7 @@ from torch import Tensor
 from lsframe.callbacks.base import check_closure_callbacks
 from lsframe.errors import ConfigError
 from lsframe.optim import all_finite, info_for
+from lsframe.precision import FP16MixedPrecision
 
 
 def check_sharding(strategy: Any, optimizer: torch.optim.Optimizer) -> None:
@@ -35,23 +37,47 @@ def check_sharding(strategy: Any, optimizer: torch.optim.Optimizer) -> None:
         )
 
 
-def check_precision(precision: str | int) -> None:
-    """Refuse ``16-mixed`` (and ``16``): its GradScaler cannot drive a closure
-    (:class:`~lsframe.errors.ConfigError` at ``trainer.precision``)."""
+def check_precision(precision: str | int | None, plugins: Sequence[Any] = ()) -> None:
+    """Refuse ``16-mixed`` (and ``16``): its GradScaler cannot drive a closure; fp16 goes through
+    lsframe's own plugin, :class:`lsframe.precision.FP16MixedPrecision`, which is the precision
+    itself, so ``precision`` must then be unset (:class:`~lsframe.errors.ConfigError` at
+    ``trainer.precision``).
+
+    Args:
+        precision: ``trainer.precision`` as configured (None: unset).
+        plugins: The configured ``trainer.plugins`` (instances or classes).
+    """
+    if any(_is_fp16_plugin(plugin) for plugin in plugins):
+        if precision is not None:
+            raise ConfigError(
+                "lsframe.precision.FP16MixedPrecision is the precision (fp16 with loss scaling) "
+                f"and cannot be combined with precision={precision!r}: set trainer.precision: null",
+                where="trainer.precision",
+            )
+        return
     if str(precision) in ("16-mixed", "16"):
         raise ConfigError(
             f"precision={precision!r} cannot drive lsframe's closure: its GradScaler runs the "
             "closure once and then steps without it, so trial evaluations are impossible "
-            "(torch's GradScaler.step refuses closures). Use precision='bf16-mixed' (no "
-            "scaler) or '32-true'.",
+            "(torch's GradScaler.step refuses closures). For fp16 use lsframe's loss scaling "
+            "instead: trainer.plugins: [lsframe.precision.FP16MixedPrecision] with "
+            "trainer.precision: null (configs/trainer/fp16_linesearch.yaml); or "
+            "precision='bf16-mixed' (no scaler) or '32-true'.",
             where="trainer.precision",
         )
 
 
+def _is_fp16_plugin(plugin: Any) -> bool:
+    cls = plugin if isinstance(plugin, type) else type(plugin)
+    return issubclass(cls, FP16MixedPrecision)
+
+
 def check_fit(trainer: pl.Trainer) -> None:
-    """Everything a ClosureModule checks when a fit starts: the precision and the callbacks
+    """Everything a ClosureModule checks when a fit starts: the precision (lsframe's fp16 plugin,
+    or one without a GradScaler) and the callbacks
     (:func:`lsframe.callbacks.base.check_closure_callbacks`)."""
-    check_precision(str(trainer.precision))
+    if not _is_fp16_plugin(trainer.precision_plugin):
+        check_precision(str(trainer.precision))
     check_closure_callbacks(trainer.callbacks)
 
 
