@@ -16,9 +16,12 @@ finished trials), so an interrupted search resumes where it stopped. SIGTERM, SI
 FAIL (not counted, its partial files removed; a rerun draws a new trial) and exit with status
 128 + the signal number after one line; a signal between trials stops before the next one. A
 process killed with SIGKILL leaves its trial RUNNING, which the study then ignores. Written to
-``output_dir``: ``trial_<n>/`` (each trial's TensorBoard logs and accuracy matrices),
+``output_dir``: ``trial_<n>/`` (each trial's logs and accuracy matrices: TensorBoard by default,
+any Lightning logger from ``trainer.logger``, see :mod:`lsframe.loggers`),
 ``best_distribution.yaml`` (part → multiplier; use it as a module's ``lr_distribution``),
-``trials.json`` and ``search.png`` (the best distribution across parts and the search history).
+``trials.json``, ``search.png`` (the best distribution across parts and the search history) and,
+once two trials are complete and there are two learning rates or more,
+``param_importances.png`` (Optuna's parameter-importance plot, :func:`plot_param_importances`).
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lsframe.cli_errors import parse_or_raise
 from lsframe.config_checks import check_config
 from lsframe.errors import ConfigError
+from lsframe.loggers import logger_specs
 from lsframe.modules import ClosureModule
 from lsframe.optim import info_for
 from lsframe.parts import split_into_parts
 from lsframe.preemption import Preempted, catch_signals, received, stop_if_received
+from lsframe.search_plots import plot_param_importances, plot_search
 from lsframe.sequential import SequenceRunner, Stage
 from lsframe.validation import check_int_at_least, check_interval, check_positive
 
@@ -169,6 +174,7 @@ class DistributionSearch:
             raise ValueError("pairs: give task pairs [A, B] (two stages each)")
         if not 0 < self.options.lr_low < self.options.lr_high:
             raise ValueError("search: need 0 < lr_low < lr_high")
+        logger_specs(self.trainer_kwargs.get("logger"))  # a bad logger fails before any trial
         probe = make_module({})
         optimizer = probe.optimizer_factory(probe.param_groups())
         # a line search's multipliers scale its searched step: base_lr is then only their unit
@@ -300,43 +306,8 @@ class DistributionSearch:
         ]
         (self.output_dir / "trials.json").write_text(json.dumps(trials, indent=1))
         plot_search(best, trials, self.options.base_lr, self.output_dir / "search.png")
-
-
-def plot_search(best: dict[str, float], trials: list[dict], base_lr: float, path: Path) -> None:
-    """Bar chart of the best learning rate per part, and objective per trial with the best so far."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # the plot is optional: matplotlib comes with the search extra
-        return
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
-    parts = list(best)
-    left.bar(range(len(parts)), [best[p] * base_lr for p in parts])
-    left.axhline(base_lr, color="grey", linestyle="--", label=f"flat {base_lr:g}")
-    left.set_xticks(range(len(parts)), parts, rotation=45, ha="right")
-    left.set_yscale("log")
-    left.set_ylabel("learning rate")
-    left.set_title("best distribution")
-    left.legend()
-    # a pruned trial's value is its mean over the first pairs only: shown, not ranked
-    for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
-        done = [t for t in trials if t["state"] == state and t["value"] is not None]
-        right.plot([t["number"] for t in done], [t["value"] for t in done], marker, label=state)
-    complete = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
-    best_so_far, running = [], -math.inf
-    for t in complete:
-        running = max(running, t["value"])
-        best_so_far.append(running)
-    right.step([t["number"] for t in complete], best_so_far, "-", where="post", label="best")
-    right.set_xlabel("trial")
-    right.set_ylabel("acc A after B + acc B")
-    right.set_title("search history")
-    right.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        labels = {f"lr_{i}": f"lr_{i} ({', '.join(c)})" for i, c in enumerate(self.chunks)}
+        plot_param_importances(study, self.output_dir / "param_importances.png", labels)
 
 
 def main(argv: list[str]) -> dict[str, float]:
@@ -355,6 +326,7 @@ def main(argv: list[str]) -> dict[str, float]:
     parser.add_dataclass_arguments(SearchOptions, "search")
     config = parse_or_raise(parser, argv)
     options = SearchOptions(**vars(config.search))
+    logger_specs(config.trainer.get("logger"))  # a recipe each stage builds (lsframe.loggers)
     if config.trainer.get("callbacks"):
         raise ConfigError(
             "the search runs plain fine-tuning; remove them", where="trainer.callbacks"

@@ -13,9 +13,13 @@ over; in ``separate`` mode EWC leaves the head out of its penalty.
 After every stage the module is evaluated on every task seen so far (their ``val`` sets):
 ``R[i][j]`` = metric after stage ``i`` on task ``j``. Written to ``<output_dir>``:
 ``accuracy_matrix.md`` / ``.json`` (with the average final accuracy, backward transfer and
-forgetting), TensorBoard logs (``stage_<i>_<task>/`` for training, ``summary/`` for ``R/<task>``
-per stage and the summaries), and ``stage_<i>.ckpt`` + ``sequence_state.pt`` after each stage;
-running the same command again resumes after the last finished stage.
+forgetting), logs (``stage_<i>_<task>/`` for training, with the stage's final validation
+metrics in TensorBoard's HPARAMS tab; ``summary/`` for ``R/<task>`` per stage and the summaries,
+which with the module's hyperparameters also fill the HPARAMS tab), and ``stage_<i>.ckpt`` +
+``sequence_state.pt`` after each stage; running the same command again resumes after the last
+finished stage. The logs are TensorBoard's by default; ``trainer.logger`` takes any Lightning
+logger (``class_path`` + ``init_args``, or a list), from which each stage and the summary build
+their own (:mod:`lsframe.loggers`; CSV and TensorBoard write under ``output_dir``).
 
 SIGTERM, SIGUSR1 and Ctrl-C stop a stage after its current optimizer step
 (:mod:`lsframe.preemption`): the stage's Lightning checkpoint goes to
@@ -35,16 +39,17 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 from jsonargparse import ActionConfigFile, ArgumentParser
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from torch import nn
 
 import lsframe.data  # noqa: F401 - registers the DataModules for class_path lookup
-from lsframe.callbacks import EWC
+from lsframe.callbacks import EWC, HParamsMetrics
 from lsframe.checkpoint_io import save_atomically
 from lsframe.checkpoints import read_torch_file
 from lsframe.cli_errors import parse_or_raise
 from lsframe.config_checks import check_config
 from lsframe.errors import ConfigError, DataError, MissingFileError
+from lsframe.loggers import logger_specs
 from lsframe.modules import ClosureModule
 from lsframe.preemption import Preemption, catch_signals
 from lsframe.validation import check_choice
@@ -166,12 +171,13 @@ class SequenceRunner:
             raise ValueError(f"stages: task names must be unique, got {names}")
         check_choice("heads", heads, ("separate", "shared"))
         self.trainer_kwargs = dict(trainer or {})
-        for key in ("logger", "enable_checkpointing"):
-            if self.trainer_kwargs.get(key) not in (None, True, False):
-                raise ValueError(
-                    f"trainer.{key}: the sequential runner writes its own TensorBoard logs and "
-                    "stage checkpoints under output_dir; set it to true or false"
-                )
+        if self.trainer_kwargs.get("enable_checkpointing") not in (None, True, False):
+            raise ValueError(
+                "trainer.enable_checkpointing: the sequential runner writes its own stage "
+                "checkpoints under output_dir; set it to true or false"
+            )
+        # a recipe: each stage and the summary build their own logger (lsframe.loggers)
+        self.loggers = logger_specs(self.trainer_kwargs.pop("logger", None))
         self.module, self.stages, self.heads_mode = model, stages, heads
         self.head_attr, self.metric, self.output_dir = head_attr, metric, Path(output_dir)
         self.callbacks = list(self.trainer_kwargs.pop("callbacks", None) or [])
@@ -194,18 +200,14 @@ class SequenceRunner:
 
     def _trainer(self, stage: Stage, index: int) -> pl.Trainer:
         kwargs = dict(self.trainer_kwargs)
-        logging = kwargs.pop("logger", None) is not False
         kwargs["enable_checkpointing"] = False  # the runner saves stage checkpoints itself
         for key in ("max_epochs", "max_steps"):
             if getattr(stage, key) is not None:
                 kwargs[key] = getattr(stage, key)
-        logger = (
-            TensorBoardLogger(self.output_dir, name="", version=f"stage_{index}_{stage.name}")
-            if logging
-            else False
-        )
-        callbacks = [*self.callbacks, self._preemption(stage, index)]
-        return pl.Trainer(callbacks=callbacks, logger=logger, **kwargs)
+        label = f"stage_{index}_{stage.name}"
+        loggers = [spec.build(self.output_dir, label) for spec in self.loggers]
+        callbacks = [*self.callbacks, HParamsMetrics(), self._preemption(stage, index)]
+        return pl.Trainer(callbacks=callbacks, logger=loggers or False, **kwargs)
 
     def _preempted_path(self, index: int) -> Path:
         """The mid-stage checkpoint a signal leaves for stage ``index``."""
@@ -303,17 +305,32 @@ class SequenceRunner:
         payload = {"tasks": result.tasks, "metric": result.metric, "matrix": result.matrix}
         payload["summaries"] = result.summaries()
         (self.output_dir / "accuracy_matrix.json").write_text(json.dumps(payload, indent=1))
-        if self.trainer_kwargs.get("logger") is not False:
-            writer = TensorBoardLogger(self.output_dir, name="", version="summary").experiment
-            for i, row in enumerate(result.matrix):
-                for task, value in zip(result.tasks, row):
-                    if value is not None:
-                        writer.add_scalar(f"R/{task}", value, i)
-            for key, value in result.summaries().items():
-                writer.add_scalar(f"sequence/{key}", value, len(result.matrix) - 1)
-            writer.add_text("accuracy_matrix", text)
-            writer.flush()
+        for spec in self.loggers:
+            self._log_summary(spec.build(self.output_dir, "summary"), result, text)
         print(text)
+
+    def _log_summary(self, logger: Logger, result: SequenceResult, text: str) -> None:
+        """``R/<task>`` at step ``i`` (after stage ``i``) and ``sequence/<summary>`` at the last
+        stage; for TensorBoard also the HPARAMS entry: the module's hyperparameters with the
+        heads and metric, against the last row and the summaries, and the matrix as text."""
+        rows = [
+            {f"R/{t}": v for t, v in zip(result.tasks, row) if v is not None}
+            for row in result.matrix
+        ]
+        last = len(rows) - 1
+        for i, values in enumerate(rows[:-1]):
+            logger.log_metrics(values, step=i)
+        summaries = {f"sequence/{k}": v for k, v in result.summaries().items()}
+        params = HParamsMetrics.hyperparameters_of(self.module)
+        params.update(tasks=" -> ".join(result.tasks), heads=self.heads_mode, metric=self.metric)
+        if isinstance(logger, TensorBoardLogger):  # writes the metrics too, at step ``last``
+            logger.log_hyperparams(params, {**rows[-1], **summaries}, step=last)
+            logger.experiment.add_text("accuracy_matrix", text)
+        else:
+            logger.log_hyperparams(params)
+            logger.log_metrics({**rows[-1], **summaries}, step=last)
+        logger.save()
+        logger.finalize("success")
 
 
 def check_sequence_config(config: Any) -> None:
@@ -343,9 +360,15 @@ def main(argv: list[str]) -> SequenceResult:
     parser.add_argument("--output_dir", type=str, default="runs/sequential")
     config = parse_or_raise(parser, argv)
     check_sequence_config(config)
+    # a recipe, not an instance: each stage builds its own logger (lsframe.loggers)
+    logger = config.trainer.get("logger")
+    logger_specs(logger)
+    config.trainer.logger = None
     pl.seed_everything(config.seed_everything)
     init = parser.instantiate_classes(config)
     trainer_kwargs = {k: v for k, v in vars(init.trainer).items() if v is not None}
+    if logger is not None:
+        trainer_kwargs["logger"] = logger
     runner = SequenceRunner(
         init.model,
         init.stages,

@@ -3,19 +3,24 @@
 declaring :class:`ClosureHooks` (:class:`lsframe.modules.ClosureModule`) drives.
 
 Gradient masks share :mod:`lsframe.callbacks.masking` (:func:`top_fraction_mask`,
-:func:`global_top_fraction_masks`).
+:func:`global_top_fraction_masks`). :class:`HParamsMetrics` writes a fit's final and best
+validation metrics to TensorBoard's HPARAMS tab.
 """
 
 from lsframe.callbacks.base import ClosureCallback, ClosureHooks
 from lsframe.callbacks.child_tuning import ChildTuningD
 from lsframe.callbacks.dps import DPS
+from lsframe.callbacks.dps_mix import DPSMix
 from lsframe.callbacks.ewc import EWC
+from lsframe.callbacks.hparams import HParamsMetrics
 from lsframe.callbacks.masking import global_top_fraction_masks, top_fraction_mask
 from lsframe.callbacks.valley import ValleyExploration
 
 __all__ = [
     "DPS",
+    "DPSMix",
     "EWC",
+    "HParamsMetrics",
     "ChildTuningD",
     "ClosureCallback",
     "ClosureHooks",

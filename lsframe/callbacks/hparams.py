@@ -1,0 +1,119 @@
+"""TensorBoard's HPARAMS tab filled with a fit's final and best validation metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+
+class HParamsMetrics(pl.Callback):
+    """At the end of a fit, write the run's hyperparameters together with its final and best
+    validation metrics to every :class:`~lightning.pytorch.loggers.TensorBoardLogger` of the
+    trainer, so that TensorBoard's HPARAMS tab compares runs by what they reached.
+
+    Metrics (``TensorBoardLogger.log_hyperparams(params, metrics, step=global_step)``; each is
+    also a scalar of that name at the last step):
+
+    * ``final/<name>``: every ``val/...`` metric of the last validation (``callback_metrics``
+      at the end of the fit, after the final validation);
+    * ``best/<monitor>``: the best score of each :class:`ModelCheckpoint` that monitors a metric
+      (``python -m lsframe fit``: ``best/val/acc``, or the task's main metric);
+    * ``hp_metric``: only for a logger built with ``default_hp_metric=True`` (Lightning's
+      default): the first ``best/...`` value, else the first ``final/...`` one.
+
+    The hyperparameters are those Lightning logs when the fit starts (the module's and the
+    DataModule's saved hyperparameters, nested keys joined with ``/``). A fit without any
+    validation metric writes nothing.
+
+    TensorBoard keeps the *first* HPARAMS entry of a run directory, and a logger with
+    ``default_hp_metric=True`` writes a placeholder (``hp_metric = -1``) when the fit starts: this
+    callback turns that placeholder off for the fit (and restores the setting after it), so the
+    entry written at the end is the one TensorBoard shows. A run continued in the same version
+    directory (``--ckpt_path last``) after a fit that had finished keeps that first fit's entry.
+
+    Stateless (nothing in checkpoints); a second instance in the same trainer does nothing.
+    Loggers other than TensorBoard are left alone. ``python -m lsframe fit`` adds one to every
+    fit, and :class:`lsframe.sequential.SequenceRunner` (``sequential``, ``search``) to every
+    stage.
+
+    Example (YAML, for a Trainer that is not built by lsframe's CLI)::
+
+        trainer:
+          callbacks:
+            - class_path: lsframe.callbacks.HParamsMetrics
+    """
+
+    def __init__(self) -> None:
+        self._placeholders_off: list[TensorBoardLogger] = []
+
+    def _active(self, trainer: pl.Trainer) -> bool:
+        first = next(cb for cb in trainer.callbacks if isinstance(cb, HParamsMetrics))
+        return first is self
+
+    @staticmethod
+    def _tensorboard_loggers(trainer: pl.Trainer) -> list[TensorBoardLogger]:
+        return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or not self._active(trainer):
+            return
+        self.teardown(trainer, pl_module, stage)  # a fit that raised left its loggers changed
+        # before Lightning logs the hyperparameters (after the setup hooks): no placeholder
+        for logger in self._tensorboard_loggers(trainer):
+            if getattr(logger, "_default_hp_metric", False):
+                logger._default_hp_metric = False
+                self._placeholders_off.append(logger)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for logger in self._placeholders_off:
+            logger._default_hp_metric = True
+        self._placeholders_off = []
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._active(trainer):
+            return
+        loggers = self._tensorboard_loggers(trainer)
+        if not loggers:
+            return
+        metrics = self.metrics(trainer)
+        if not metrics:
+            return
+        params = self.hyperparameters_of(pl_module, trainer.datamodule)
+        for logger in loggers:
+            values = dict(metrics)
+            if logger in self._placeholders_off:
+                main = [k for k in values if k.startswith("best/")] or list(values)
+                values["hp_metric"] = values[main[0]]
+            logger.log_hyperparams(params, values, step=trainer.global_step)
+            logger.save()
+
+    @staticmethod
+    def metrics(trainer: pl.Trainer) -> dict[str, float]:
+        """``best/<monitor>`` of each monitoring ModelCheckpoint that has a best score, then
+        ``final/val/...`` of the last validation."""
+        out: dict[str, float] = {}
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.monitor:
+                score = callback.best_model_score
+                if score is not None:
+                    out[f"best/{callback.monitor}"] = float(score)
+        for key, value in sorted(trainer.callback_metrics.items()):
+            if key.startswith("val/"):
+                out[f"final/{key}"] = float(value)
+        return out
+
+    @staticmethod
+    def hyperparameters_of(
+        module: pl.LightningModule, datamodule: pl.LightningDataModule | None = None
+    ) -> dict[str, Any]:
+        """What Lightning logs as hyperparameters at the start of a fit: the module's and the
+        DataModule's saved ones (LightningCLI's internal ``_...`` keys left out)."""
+        params: dict[str, Any] = {}
+        if datamodule is not None and datamodule._log_hyperparams:
+            params.update(datamodule.hparams_initial)
+        if module._log_hyperparams:
+            params.update(module.hparams_initial)
+        return {k: v for k, v in params.items() if not str(k).startswith("_")}
