@@ -112,7 +112,8 @@ def _run(argv: list[str], explicit: bool = True) -> None:
             "  sequential  fine-tune on a sequence of tasks; accuracy matrix and forgetting\n"
             "  search      Optuna search of per-part learning rates (BERTcL)\n"
             "  combine     geometric mean of several pairs' best distributions (BERTcL)\n"
-            "  export      write a checkpoint's model with save_pretrained\n"
+            "  export      write a checkpoint's model: Hugging Face (LoRA merged or adapter alone)"
+            " or timm\n"
         )
     check_config_files(argv)
     if not argv or (not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS):

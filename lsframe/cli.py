@@ -1,7 +1,8 @@
 """lsframe's command line: LightningCLI with subclass mode, forced checkpointing and TensorBoard.
 
 ``python -m lsframe fit --config configs/quickstart.yaml`` (also ``validate``, ``test``,
-``predict``), and ``python -m lsframe export CKPT OUTPUT_DIR`` to write a Hugging Face model.
+``predict``), and ``python -m lsframe export CKPT OUTPUT_DIR [--lora merge|adapter]`` to write
+the model for use without lsframe (:mod:`lsframe.modules.export`).
 A fit stops cleanly on SIGTERM, SIGUSR1 and Ctrl-C (:mod:`lsframe.preemption`), and
 ``--ckpt_path last`` continues the newest run that has a last checkpoint.
 """
@@ -16,12 +17,14 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from torch import nn
 
 import lsframe.data  # noqa: F401 - registers the DataModules for subclass mode
+from lsframe.callbacks import HParamsMetrics
 from lsframe.checkpoint_io import find_last_checkpoint
 from lsframe.cli_errors import RaisingArgumentParser, usage_error
 from lsframe.config_checks import check_parsed
-from lsframe.errors import DataError
+from lsframe.errors import ConfigError, DataError
 from lsframe.modules import ClosureModule
 from lsframe.preemption import Preemption, catch_signals
 
@@ -32,6 +35,16 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     },
     "enable_progress_bar": True,
 }
+
+
+#: ``(DataModule attribute, module init argument)`` links, applied when the DataModule is built
+#: (its attributes exist only then), before the module. A link is skipped where the DataModule
+#: lacks the attribute or the module the argument; the config check
+#: (:func:`lsframe.config_checks.check_module`) has already refused a given value that differs.
+LINKS = (
+    ("data.num_labels", "model.init_args.num_labels"),
+    ("data.label_names", "model.init_args.label_names"),
+)
 
 
 class LSFrameCLI(LightningCLI):
@@ -48,7 +61,12 @@ class LSFrameCLI(LightningCLI):
       the ``checkpoint`` section's directory (``last.ckpt``) and exit status 128 + signal;
     * ``fit --ckpt_path last`` continues the newest ``version_<n>`` of the logger that has a
       ``checkpoints/last*.ckpt`` (:meth:`continue_last_run`);
-    * TensorBoard logs under ``runs/<name>/version_<n>`` by default.
+    * linked arguments (:data:`LINKS`): the model's ``num_labels`` and ``label_names`` follow
+      the DataModule's (GLUE: the task's), so STS-B needs no ``--model.init_args.num_labels 1``;
+      a value given anyway that differs from the data's is refused when the config is checked;
+    * TensorBoard logs under ``runs/<name>/version_<n>`` by default, and every fit adds a
+      :class:`lsframe.callbacks.HParamsMetrics` (the HPARAMS tab gets the final and best
+      validation metrics).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -57,7 +75,8 @@ class LSFrameCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", False)
-        kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
+        # HParamsMetrics: TensorBoard's HPARAMS tab gets the final and best val metrics
+        kwargs.setdefault("trainer_defaults", {**TRAINER_DEFAULTS, "callbacks": [HParamsMetrics()]})
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(*args, **kwargs)
 
@@ -74,6 +93,8 @@ class LSFrameCLI(LightningCLI):
         check_parsed(self.config)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for source, target in LINKS:
+            parser.link_arguments(source, target, apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(Preemption, "preemption")
         parser.set_defaults(
@@ -204,17 +225,40 @@ def load_module(ckpt_path: str) -> ClosureModule:
 
 
 def export(argv: list[str]) -> None:
-    """``lsframe export CKPT OUTPUT_DIR``: the fine-tuned model as a Hugging Face directory."""
+    """``lsframe export CKPT OUTPUT_DIR [--lora merge|adapter]``: the fine-tuned model for use
+    without lsframe (:func:`lsframe.modules.export.export_module`): a Hugging Face directory
+    (``config.json`` with the task's ``id2label``, safetensors weights, tokenizer), a LoRA
+    adapter alone, or a timm model (safetensors and timm's ``config.json``)."""
+    from lsframe.modules.export import LORA_MODES, export_module, is_lora, reload_hint
+
     parser = RaisingArgumentParser(
         prog="lsframe export",
-        description="Write the model of an lsframe checkpoint with save_pretrained "
-        "(model weights, config and tokenizer).",
+        description="Write the model of an lsframe checkpoint: a Hugging Face model "
+        "(save_pretrained: config with id2label, safetensors weights, tokenizer) or a timm "
+        "model (model.safetensors and config.json).",
     )
     parser.add_argument("ckpt_path", help="a checkpoint written by `lsframe fit`")
-    parser.add_argument("output_dir", help="directory to write the Hugging Face model into")
+    parser.add_argument("output_dir", help="directory to write the model into")
+    parser.add_argument(
+        "--lora",
+        choices=LORA_MODES,
+        default="merge",
+        help="for a model trained with model.lora: 'merge' (default) writes a plain Hugging "
+        "Face model with the adapters merged in; 'adapter' writes the adapter alone (with the "
+        "task head) for PeftModel.from_pretrained",
+    )
     args = parser.parse_args(argv)
     module = load_module(args.ckpt_path)
-    exporter = getattr(module, "export_pretrained", None)
-    if exporter is None:
-        raise DataError(f"{type(module).__name__} has no export_pretrained()", args.ckpt_path)
-    print(f"exported {type(module).__name__} to {exporter(args.output_dir)}")
+    model = getattr(module, "model", None)
+    if not isinstance(model, nn.Module):
+        raise DataError(f"{type(module).__name__} has no model to export", args.ckpt_path)
+    if args.lora == "adapter" and not is_lora(model):
+        raise ConfigError(
+            f"the checkpoint's model ({type(model).__name__}) has no LoRA adapters (trained "
+            "without model.lora); leave out --lora adapter to export the whole model",
+            where="--lora",
+        )
+    output_dir = export_module(module, args.output_dir, lora=args.lora)
+    kind = "LoRA adapter" if args.lora == "adapter" else "model"
+    print(f"exported the {kind} of {type(module).__name__} to {output_dir}")
+    print(f"  load it with: {reload_hint(model, output_dir, args.lora)}")

@@ -14,8 +14,12 @@ names its full key:
   has one, reads and checks the raw files (GLUE TSVs, idx files) before the model loads;
 * every module's ``model_name_or_path`` must resolve (:func:`lsframe.hub.check_pretrained`), its
   ``lr_distribution`` must load (values, file syntax) with ``param_grouping: parts``, and its
-  ``num_labels`` / ``num_classes`` / ``in_chans`` must agree with each DataModule's;
-* ``trainer.precision`` must be one that drives a closure (:func:`.policy.check_precision`).
+  ``num_labels`` / ``num_classes`` / ``in_chans`` / ``label_names`` must agree with each
+  DataModule's, and its loading options (``dtype``, ...) must be of the right kind;
+* ``trainer.accumulate_grad_batches`` / ``gradient_clip_val`` / ``gradient_clip_algorithm`` are
+  refused with the module option to set instead (:func:`check_trainer_step_options`);
+* ``trainer.precision`` must be one that drives a closure, or unset under lsframe's fp16 plugin
+  in ``trainer.plugins``, whose arguments are checked (:func:`check_precision_setting`).
 
 Errors are :class:`~lsframe.errors.ConfigError` / :class:`~lsframe.errors.DataError` with the
 key or file (:meth:`~lsframe.errors.LsframeError.at`).
@@ -31,7 +35,11 @@ from typing import Any
 from lsframe.errors import ConfigError, LsframeError, MissingFileError
 
 #: Attributes a DataModule and a module must agree on (the modules' ``check_data`` keys).
-SHARED_ATTRIBUTES = ("num_labels", "num_classes", "in_chans")
+SHARED_ATTRIBUTES = ("num_labels", "num_classes", "in_chans", "label_names")
+
+#: Trainer options that Lightning refuses under manual optimization, which lsframe's modules
+#: use (one closure per optimizer step): each is a module option of the same name instead.
+MODULE_STEP_OPTIONS = ("accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm")
 
 # torch's own optimizers say "Invalid learning rate: -1" without the argument's name
 _TORCH_MESSAGES = {
@@ -185,9 +193,11 @@ def check_module(key: str, init_args: dict[str, Any], data: list[tuple[str, Any]
     distribution = init_args.get("lr_distribution")
     if distribution is not None:
         check_distribution_setting(key, distribution, init_args.get("param_grouping"))
+    check_loading_setting(key, init_args)
     for data_key, datamodule in data:
         for name in SHARED_ATTRIBUTES:
-            mine, theirs = init_args.get(name), getattr(datamodule, name, None)
+            mine = _comparable(init_args.get(name))
+            theirs = _comparable(getattr(datamodule, name, None))
             if mine is not None and theirs is not None and mine != theirs:
                 at = "" if data_key == "data" else f" at {data_key}"
                 raise ConfigError(
@@ -195,6 +205,66 @@ def check_module(key: str, init_args: dict[str, Any], data: list[tuple[str, Any]
                     f"has {theirs}: set {key}.{name}: {theirs}",
                     where=f"{key}.init_args.{name}",
                 )
+
+
+def check_precision_setting(trainer: Any) -> None:
+    """``trainer.precision`` drives a closure (:func:`.policy.check_precision`); an
+    :class:`lsframe.precision.FP16MixedPrecision` in ``trainer.plugins`` is built (its arguments
+    checked at ``trainer.plugins[i].init_args``) and needs ``trainer.precision`` unset."""
+    from lsframe.modules.policy import check_precision
+    from lsframe.precision import FP16MixedPrecision
+
+    plugins = _get(trainer, "plugins")
+    listed = isinstance(plugins, (list, tuple))
+    fp16 = []
+    for i, node in enumerate(plugins if listed else [] if plugins is None else [plugins]):
+        class_path = _get(node, "class_path")
+        cls = _import(class_path) if isinstance(class_path, str) else None
+        if cls is None or not issubclass(cls, FP16MixedPrecision):
+            continue
+        key = f"trainer.plugins[{i}]" if listed else "trainer.plugins"
+        init_args = _plain(_get(node, "init_args")) or {}
+        try:
+            fp16.append(cls(**init_args))
+        except (LsframeError, ValueError, TypeError) as error:
+            raise _located(error, f"{key}.init_args", init_args) from error
+    check_precision(_get(trainer, "precision"), fp16)
+
+
+def _comparable(value: Any) -> Any:
+    """A value as the config spells it (a DataModule's tuple of names is a list)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def check_loading_setting(key: str, init_args: dict[str, Any]) -> None:
+    """A module's loading options (``dtype``, ``revision``, ``trust_remote_code``,
+    ``attn_implementation``: :func:`lsframe.hub.loading_options`) are of the right kind."""
+    from lsframe.hub import LOADING_OPTIONS, loading_options
+
+    given = {name: init_args[name] for name in LOADING_OPTIONS if name in init_args}
+    if not given:
+        return
+    try:
+        loading_options(**given)
+    except LsframeError as error:
+        raise error.at(f"{key}.init_args") from error
+
+
+def check_trainer_step_options(trainer: Any, module_key: str) -> None:
+    """Refuse ``trainer.accumulate_grad_batches`` (other than 1), ``trainer.gradient_clip_val``
+    (other than 0) and ``trainer.gradient_clip_algorithm``: Lightning refuses them under manual
+    optimization only when the fit starts; each names the module option to set instead."""
+    no_effect = {"accumulate_grad_batches": 1, "gradient_clip_val": 0}
+    for name in MODULE_STEP_OPTIONS:
+        value = _get(trainer, name)
+        if value is None or (name in no_effect and value == no_effect[name]):
+            continue
+        raise ConfigError(
+            f"trainer.{name} does not apply to lsframe's modules, which step the optimizer "
+            f"themselves (one closure per step): set {module_key}.init_args.{name}: {value} "
+            "instead",
+            where=f"trainer.{name}",
+        )
 
 
 def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
@@ -214,11 +284,7 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
     from lightning.pytorch import LightningDataModule, LightningModule
     from torch.optim import Optimizer
 
-    from lsframe.modules.policy import check_precision
-
-    precision = _get(_get(config, "trainer"), "precision")
-    if precision is not None:
-        check_precision(precision)
+    check_precision_setting(_get(config, "trainer"))
     modules: list[tuple[str, dict[str, Any]]] = []
     data: list[tuple[str, Any]] = []
     grouping: dict[str, Any] = {}
@@ -235,6 +301,7 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
             check_optimizer(key, cls, init_args, grouping.get(owner))
         elif issubclass(cls, LightningDataModule):
             data.append((key, build_datamodule(key, cls, init_args, stage)))
+    check_trainer_step_options(_get(config, "trainer"), modules[0][0] if modules else "model")
     for key, init_args in modules:
         check_module(key, init_args, data)
     return data

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
-from lsframe.errors import MissingFileError
+from lsframe.errors import ConfigError, MissingFileError
 
 PACKAGE_SCHEME = "package:"
+
+#: ``dtype`` values of :func:`loading_options`: torch's names, or ``auto`` (the checkpoint's own).
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+#: The module arguments :func:`loading_options` turns into ``from_pretrained`` arguments.
+LOADING_OPTIONS = ("dtype", "revision", "trust_remote_code", "attn_implementation")
 
 
 def resolve_pretrained(name_or_path: str) -> str:
@@ -61,15 +68,69 @@ def check_pretrained(name_or_path: str) -> None:
             raise MissingFileError(f"model {name_or_path!r}: no such local file or directory")
 
 
-def load_tokenizer(name_or_path: str):
+def loading_options(
+    dtype: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> dict[str, Any]:
+    """The ``from_pretrained`` keyword arguments for a module's loading options; an option left
+    at its default is left out, so transformers' own default applies.
+
+    Args:
+        dtype: ``float32``, ``float16``, ``bfloat16`` (becomes the torch dtype) or ``auto``
+            (the dtype stored with the weights). None: transformers' default (float32).
+        revision: Branch, tag or commit of a hub model. None: the default branch.
+        trust_remote_code: Run the modelling code a hub repository ships (only for a repository
+            you trust).
+        attn_implementation: ``eager``, ``sdpa``, ``flash_attention_2``, ... (transformers checks
+            that the model supports it when it loads). None: transformers' choice.
+
+    Raises:
+        ConfigError: a value of the wrong kind, at ``argument`` ``model.<name>``.
+    """
+    if dtype is not None and dtype not in DTYPES:
+        names = ", ".join(repr(d) for d in DTYPES)
+        raise ConfigError(
+            f"dtype must be one of {names} (or null), got {dtype!r}", argument="model.dtype"
+        )
+    for name, value in (("revision", revision), ("attn_implementation", attn_implementation)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(
+                f"{name} must be a non-empty string or null, got {value!r}",
+                argument=f"model.{name}",
+            )
+    if not isinstance(trust_remote_code, bool):
+        raise ConfigError(
+            f"trust_remote_code must be true or false, got {trust_remote_code!r}",
+            argument="model.trust_remote_code",
+        )
+    options: dict[str, Any] = {}
+    if dtype is not None:
+        import torch
+
+        options["dtype"] = dtype if dtype == "auto" else getattr(torch, dtype)
+    if revision is not None:
+        options["revision"] = revision
+    if trust_remote_code:
+        options["trust_remote_code"] = True
+    if attn_implementation is not None:
+        options["attn_implementation"] = attn_implementation
+    return options
+
+
+def load_tokenizer(name_or_path: str, **options: Any):
     """``AutoTokenizer`` for a model reference of :func:`resolve_pretrained` (a ``.gguf`` file
-    gives the tokenizer stored in it)."""
+    gives the tokenizer stored in it); ``options`` (``revision``, ``trust_remote_code``) go to
+    ``from_pretrained``."""
     from transformers import AutoTokenizer
 
     path = resolve_pretrained(name_or_path)
     if path.endswith(".gguf"):
-        return AutoTokenizer.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name)
-    return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(
+            str(Path(path).parent), gguf_file=Path(path).name, **options
+        )
+    return AutoTokenizer.from_pretrained(path, **options)
 
 
 def describe_load_failure(name_or_path: str, error: Exception) -> str:

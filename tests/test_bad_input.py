@@ -84,7 +84,9 @@ CASES: dict[str, tuple[Args, int, str]] = {
         fit(trainer__precision="16-mixed"), 2,
         "precision='16-mixed' cannot drive lsframe's closure: its GradScaler runs the closure "
         "once and then steps without it, so trial evaluations are impossible (torch's "
-        "GradScaler.step refuses closures). Use precision='bf16-mixed' (no scaler) or "
+        "GradScaler.step refuses closures). For fp16 use lsframe's loss scaling instead: "
+        "trainer.plugins: [lsframe.precision.FP16MixedPrecision] with trainer.precision: null "
+        "(configs/trainer/fp16_linesearch.yaml); or precision='bf16-mixed' (no scaler) or "
         "'32-true'. (trainer.precision)"),
     # ---- fit: other values
     "batch_size zero": (fit(data__init_args__batch_size=0), 2,
@@ -141,7 +143,7 @@ CASES: dict[str, tuple[Args, int, str]] = {
         "data_dir has no QNLI folder for task 'qnli' (expected QNLI/ with train.tsv, dev.tsv) "
         "({tmp}/glue/QNLI)"),
     "sts-b scores with num_labels 2": (
-        fit(data__init_args__task_name="stsb"), 2,
+        fit(data__init_args__task_name="stsb", model__init_args__num_labels=2), 2,
         "model.num_labels is 2 but the data (GlueDataModule) has 1: set model.num_labels: 1 "
         "(model.init_args.num_labels)"),
     "class id >= num_classes": (

@@ -186,14 +186,14 @@ def test_regression_and_two_dev_sets_from_written_files(minilm, glue_dir, tmp_pa
     stsb = ["--data.task_name", "stsb", "--data.data_dir", str(glue_dir)]
     (glue_dir / "STS-B" / "dev.tsv").write_text(FIXTURES["STS-B/train.tsv"])
     with pytest.raises(SystemExit) as refused:  # before the weights load: no run directory
-        fit_glue(stsb, runs)
+        fit_glue([*stsb, "--model.num_labels", "2"], runs)
     assert refused.value.code == 2
     assert (
         "lsframe fit: error: model.num_labels is 2 but the data (GlueDataModule) has 1: set "
         "model.num_labels: 1 (model.init_args.num_labels)"
     ) in capsys.readouterr().err.splitlines()
     assert not runs.exists()
-    fit_glue([*stsb, "--model.num_labels", "1"], runs)
+    fit_glue(stsb, runs)  # num_labels follows the task (data.num_labels is linked)
     logged = scalars(runs / "glue_minilm" / "version_0")
     assert {"val/pearson", "val/spearman", "val/loss"} <= set(logged)
     assert "best checkpoint (val/pearson = " in capsys.readouterr().out
@@ -201,7 +201,7 @@ def test_regression_and_two_dev_sets_from_written_files(minilm, glue_dir, tmp_pa
     mnli = glue_dir / "MNLI"
     (mnli / "train.tsv").write_text((mnli / "dev_matched.tsv").read_text())
     fit_glue(
-        ["--data.task_name", "mnli", "--data.data_dir", str(glue_dir), "--model.num_labels", "3"],
+        ["--data.task_name", "mnli", "--data.data_dir", str(glue_dir)],
         runs,
     )
     logged = scalars(runs / "glue_minilm" / "version_1")

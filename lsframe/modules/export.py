@@ -1,28 +1,133 @@
-"""Export a trained model as a Hugging Face directory (``lsframe export``)."""
+"""Export a trained model for use without lsframe (``lsframe export``).
+
+Three layouts, chosen by the model:
+
+* a Hugging Face model (``save_pretrained``): ``config.json`` (with ``id2label`` /
+  ``label2id`` where the module knew its class names), ``model.safetensors`` and the tokenizer;
+  loads with ``AutoModelFor....from_pretrained(dir)``;
+* a LoRA model (PyPI ``peft``): ``lora="merge"`` (default) merges the adapters into a copy and
+  writes the plain Hugging Face model above; ``lora="adapter"`` writes the adapter alone
+  (``adapter_config.json``, ``adapter_model.safetensors``, with the task head) and the
+  tokenizer, for ``PeftModel.from_pretrained(base, dir)``;
+* a timm model: ``model.safetensors`` and timm's ``config.json`` (architecture, ``model_args``
+  such as ``num_classes`` / ``in_chans``, ``label_names``), for
+  ``timm.create_model("local-dir:<dir>", pretrained=True)``.
+"""
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
+from lsframe.errors import ConfigError
 
-def export_pretrained(model: nn.Module, output_dir: str | Path, tokenizer: Any = None) -> Path:
-    """Write ``model`` (and ``tokenizer``, if it has ``save_pretrained``) with
-    ``save_pretrained`` into ``output_dir``; LoRA adapters are merged into a copy first, so the
-    directory loads with the plain ``AutoModelFor...from_pretrained``.
+#: The values of ``lora``: merge the adapters into the model, or write the adapter alone.
+LORA_MODES = ("merge", "adapter")
+
+
+def is_lora(model: nn.Module) -> bool:
+    """Whether ``model`` is a peft model with adapters (what ``model.lora`` builds)."""
+    return hasattr(model, "merge_and_unload") and hasattr(model, "peft_config")
+
+
+def is_timm(model: nn.Module) -> bool:
+    """Whether ``model`` is a timm model (it carries timm's ``pretrained_cfg``)."""
+    return isinstance(getattr(model, "pretrained_cfg", None), dict) and not hasattr(
+        model, "save_pretrained"
+    )
+
+
+def export_pretrained(
+    model: nn.Module,
+    output_dir: str | Path,
+    tokenizer: Any = None,
+    *,
+    lora: Literal["merge", "adapter"] = "merge",
+    label_names: list[str] | tuple[str, ...] | None = None,
+) -> Path:
+    """Write ``model`` into ``output_dir`` in the layout of the module docstring, and
+    ``tokenizer`` beside it where it has ``save_pretrained``.
+
+    Args:
+        model: A Hugging Face model, a peft model around one, or a timm model.
+        output_dir: The directory to write (created; files of the same names are replaced).
+        tokenizer: Saved into the same directory (not for timm models).
+        lora: For a LoRA model: ``merge`` writes a plain Hugging Face model, ``adapter`` the
+            adapter alone.
+        label_names: Class names in class-index order. A Hugging Face model keeps those of its
+            config (set when the module loaded it); a timm model gets them as ``label_names``.
 
     Raises:
-        TypeError: ``model`` is not a Hugging Face model (no ``save_pretrained``).
+        ConfigError: ``lora`` is not one of :data:`LORA_MODES`, or is ``adapter`` for a model
+            without adapters.
+        TypeError: ``model`` is neither a Hugging Face nor a timm model.
     """
-    if hasattr(model, "merge_and_unload"):
+    if lora not in LORA_MODES:
+        raise ConfigError(f"lora must be 'merge' or 'adapter', got {lora!r}", argument="lora")
+    output_dir = Path(output_dir)
+    if lora == "adapter" and not is_lora(model):
+        raise ConfigError(
+            f"lora='adapter' needs LoRA adapters, but the {type(model).__name__} has none (the "
+            "module was trained without model.lora); export the whole model with lora='merge'",
+            argument="lora",
+        )
+    if is_timm(model):
+        return _export_timm(model, output_dir, label_names)
+    if is_lora(model) and lora == "merge":
         model = copy.deepcopy(model).merge_and_unload()
     if not hasattr(model, "save_pretrained"):
-        raise TypeError(f"{type(model).__name__} is not a Hugging Face model (no save_pretrained)")
-    output_dir = Path(output_dir)
+        raise TypeError(
+            f"{type(model).__name__} is neither a Hugging Face model (no save_pretrained) nor a "
+            "timm model"
+        )
     model.save_pretrained(output_dir)
     if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(output_dir)
     return output_dir
+
+
+def _export_timm(
+    model: nn.Module, output_dir: Path, label_names: list[str] | tuple[str, ...] | None
+) -> Path:
+    from timm.models import save_for_hf
+
+    config = {"label_names": [str(n) for n in label_names]} if label_names else None
+    save_for_hf(model, str(output_dir), model_config=config, safe_serialization=True)
+    return output_dir
+
+
+def export_module(
+    module: nn.Module, output_dir: str | Path, lora: Literal["merge", "adapter"] = "merge"
+) -> Path:
+    """Export the model of an lsframe module (``module.model``) with :func:`export_pretrained`,
+    with the module's tokenizer (if it has one) and class names (``label_names``, if any)."""
+    model = module.model
+    tokenizer = None if is_timm(model) else getattr(module, "tokenizer", None)
+    label_names = getattr(module, "label_names", None)
+    return export_pretrained(model, output_dir, tokenizer, lora=lora, label_names=label_names)
+
+
+def reload_hint(model: nn.Module, output_dir: str | Path, lora: str = "merge") -> str:
+    """How to load what :func:`export_pretrained` wrote for ``model``, as one line of Python."""
+    where = str(output_dir)
+    if is_timm(model):
+        return f'timm.create_model("local-dir:{where}", pretrained=True)'
+    if is_lora(model) and lora == "adapter":
+        base = model.get_base_model()
+        config = next(iter(model.peft_config.values()))
+        labels = getattr(base.config, "num_labels", None)
+        head = (
+            f", num_labels={labels}"
+            if labels is not None and "Classification" in type(base).__name__
+            else ""
+        )
+        return (
+            f"PeftModel.from_pretrained({type(base).__name__}.from_pretrained("
+            f'"{config.base_model_name_or_path}"{head}), "{where}")'
+        )
+    if is_lora(model):
+        model = model.get_base_model()
+    return f'{type(model).__name__}.from_pretrained("{where}")'

@@ -21,8 +21,11 @@ class AdamE(torch.optim.AdamW):
 
     Args:
         params: Parameters or param groups.
-        lr, betas, eps, weight_decay, amsgrad: As ``torch.optim.AdamW``; weight_decay
-            defaults to 0 (Adam), as the paper's AdamE.
+        lr: As ``torch.optim.AdamW``.
+        betas: As ``torch.optim.AdamW``.
+        eps: As ``torch.optim.AdamW``.
+        weight_decay: As ``torch.optim.AdamW``, but defaults to 0 (Adam), as the paper's AdamE.
+        amsgrad: As ``torch.optim.AdamW``.
         alpha: The adaptor's α (None: from ``batch_size``).
         valley_beta: The adaptor's β1 (None: from ``batch_size``).
         batch_size: Effective batch size for the paper's rule (< 1,024: α = 0.5, β1 = 0.01;
