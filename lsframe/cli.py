@@ -44,6 +44,8 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 LINKS = (
     ("data.num_labels", "model.init_args.num_labels"),
     ("data.label_names", "model.init_args.label_names"),
+    ("data.num_classes", "model.init_args.num_classes"),
+    ("data.in_chans", "model.init_args.in_chans"),
 )
 
 
@@ -63,6 +65,7 @@ class LSFrameCLI(LightningCLI):
       ``checkpoints/last*.ckpt`` (:meth:`continue_last_run`);
     * linked arguments (:data:`LINKS`): the model's ``num_labels`` and ``label_names`` follow
       the DataModule's (GLUE: the task's), so STS-B needs no ``--model.init_args.num_labels 1``;
+      an image model's ``num_classes`` and ``in_chans`` follow the image DataModule's;
       a value given anyway that differs from the data's is refused when the config is checked;
     * TensorBoard logs under ``runs/<name>/version_<n>`` by default, and every fit adds a
       :class:`lsframe.callbacks.HParamsMetrics` (the HPARAMS tab gets the final and best

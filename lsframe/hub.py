@@ -119,6 +119,38 @@ def loading_options(
     return options
 
 
+def load_pretrained(auto_class: Any, name_or_path: str, **kwargs: Any) -> Any:
+    """``auto_class.from_pretrained`` on a model reference of :func:`resolve_pretrained` (a
+    ``.gguf`` file is dequantised by transformers), with lsframe's errors.
+
+    Args:
+        auto_class: A transformers auto class, e.g. ``AutoModelForSequenceClassification``.
+        name_or_path: The model reference as configured.
+        **kwargs: ``from_pretrained`` arguments (:func:`loading_options`, ``num_labels``, ...).
+
+    Raises:
+        ConfigError: transformers refused ``attn_implementation`` (unknown, or its package is
+            not installed), at ``model.attn_implementation``.
+        MissingFileError: the model could not be loaded.
+    """
+    path = resolve_pretrained(name_or_path)
+    if path.endswith(".gguf"):
+        path, kwargs["gguf_file"] = str(Path(path).parent), Path(path).name
+    try:
+        return auto_class.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, ImportError) as error:
+        attention = kwargs.get("attn_implementation")
+        if attention is not None and not isinstance(error, OSError):
+            first = " ".join(str(error).split(". ")[0].split())
+            raise ConfigError(
+                f"attn_implementation {attention!r} cannot be used: {first}",
+                argument="model.attn_implementation",
+            ) from error
+        if isinstance(error, ImportError):
+            raise
+        raise MissingFileError(describe_load_failure(name_or_path, error)) from error
+
+
 def load_tokenizer(name_or_path: str, **options: Any):
     """``AutoTokenizer`` for a model reference of :func:`resolve_pretrained` (a ``.gguf`` file
     gives the tokenizer stored in it); ``options`` (``revision``, ``trust_remote_code``) go to

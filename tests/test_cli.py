@@ -371,3 +371,26 @@ def test_a_bad_dtype_is_refused_at_its_key_before_loading(shared_data, tmp_path,
         "lsframe fit: error: dtype must be one of 'auto', 'float32', 'float16', 'bfloat16' (or "
         "null), got 'float8' (model.init_args.dtype)"
     )
+
+
+def test_an_image_model_takes_its_classes_and_channels_from_the_data(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for name in ("cat", "dog", "owl"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("L", (8, 8)).save(tmp_path / split / name / "x.png")
+    cli = LSFrameCLI(
+        args=[
+            "--model", "lsframe.modules.ImageClassificationModule",
+            "--model.init_args.model_name", "resnet18",
+            "--data", "lsframe.data.ImageFolderDataModule",
+            "--data.init_args.root", str(tmp_path),
+            "--data.init_args.image_size", "8",
+            "--trainer.logger", "false",
+        ],
+        run=False,
+    )  # fmt: skip
+    assert cli.datamodule.num_classes == 3
+    assert cli.model.num_classes == 3 and cli.model.model.get_classifier().out_features == 3
+    assert cli.model.in_chans == cli.datamodule.in_chans

@@ -12,6 +12,7 @@ import torch
 
 from lsframe.__main__ import main
 from lsframe.cli import load_module
+from lsframe.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -269,3 +270,24 @@ def test_label_names_become_id2label_and_must_fit_num_labels(tiny_bert):
         SequenceClassificationModule(str(tiny_bert), num_labels=2, label_names=["a", "b", "c"])
     with pytest.raises(ConfigError, match="regression"):
         SequenceClassificationModule(str(tiny_bert), num_labels=1, label_names=["score"])
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("tiny_gpt2")
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    return path
+
+
+def test_a_causal_lm_takes_the_same_loading_options(tiny_gpt2):
+    from lsframe.modules import CausalLMModule
+
+    module = CausalLMModule(str(tiny_gpt2), dtype="bfloat16", attn_implementation="eager")
+    assert module.model.dtype == torch.bfloat16
+    assert module.model.config._attn_implementation == "eager"
+    assert CausalLMModule(str(tiny_gpt2)).model.dtype == torch.float32  # the default stays fp32
+    with pytest.raises(ConfigError, match="attn_implementation 'nope' cannot be used"):
+        CausalLMModule(str(tiny_gpt2), attn_implementation="nope")

@@ -10,8 +10,8 @@ import torchmetrics
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from lsframe.errors import ConfigError, MissingFileError
-from lsframe.hub import describe_load_failure, load_tokenizer, loading_options, resolve_pretrained
+from lsframe.errors import ConfigError
+from lsframe.hub import load_pretrained, load_tokenizer, loading_options
 from lsframe.modules.base import ClosureModule, default_optimizer
 from lsframe.modules.peft import apply_lora
 
@@ -38,24 +38,11 @@ def load_sequence_classifier(
     """
     from transformers import AutoModelForSequenceClassification
 
-    path = resolve_pretrained(name_or_path)
     kwargs: dict[str, Any] = {"num_labels": num_labels, **(options or {})}
     if label_names:
         kwargs["id2label"] = dict(enumerate(label_names))
         kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, ImportError) as error:
-        attention = kwargs.get("attn_implementation")
-        if attention is not None and not isinstance(error, OSError):
-            first = " ".join(str(error).split(". ")[0].split())
-            raise ConfigError(
-                f"attn_implementation {attention!r} cannot be used: {first}",
-                argument="model.attn_implementation",
-            ) from error
-        if isinstance(error, ImportError):
-            raise
-        raise MissingFileError(describe_load_failure(name_or_path, error)) from error
+    model = load_pretrained(AutoModelForSequenceClassification, name_or_path, **kwargs)
     # from_pretrained returns the model in eval mode; Lightning keeps the modes it finds, so
     # without this, dropout would be off during fine-tuning
     return model.train()

