@@ -28,9 +28,18 @@ Shared by all:
 * **One place counts searches**: :meth:`~LineSearchOptimizer._search`. Counters live in
   ``state["line_search"]`` (saved by ``state_dict``): ``step``, ``forwards`` (trial
   evaluations), ``searches``, ``failed_searches``, ``rejected_steps``.
+* **Per-step diagnostics**: :attr:`~LineSearchOptimizer.last_step`, set by ``step`` and
+  :meth:`~LineSearchOptimizer._search` only (see :func:`sufficient_decrease_ratio`).
 * **Robustness.** A non-finite loss at ``x`` or a non-finite gradient is a rejected step (no
   update, counted in ``rejected_steps``); a non-finite trial loss is a rejected trial; every
-  search is bounded by ``max_backtracks``.
+  search is bounded by ``max_backtracks``. After a failed search (every trial rejected) the
+  step size is ``max(min_step_size, η the rule left)``: a group hyperparameter of every line
+  search, default 0 (off), applied in :meth:`~LineSearchOptimizer._search` (a group key, e.g.
+  ``[{"params": ..., "min_step_size": 1e-6}]``; PLASLS and ALSALS also take it as an argument).
+  The next search starts from it by the optimizer's own rule: SGDSLS, AdamSLS and PLASLS reset
+  it (option 0 keeps it, 1 grows it by ``γ^(1/n)``, 2 restarts from η0, so the floor then only
+  shows in that step's ``lr``), ALSALS starts from it times ``growth``, SaLSA takes it as
+  ``η_last`` (candidate ``growth · η_last``; its averages of η see the floored value).
 * **Distributed.** Decisions use only the losses returned by the closures and global sums of the
   gradients. lsframe's module averages losses across ranks before returning them, and DDP makes the
   gradients identical on all ranks, so every rank takes the same step.
@@ -54,6 +63,25 @@ from lsframe.validation import check_int_at_least, check_non_negative, check_pos
 Closure = Callable[..., Tensor]
 
 
+def sufficient_decrease_ratio(
+    loss: float, trial_loss: float, step_size: float, slope: float
+) -> float | None:
+    """``(f(x) − f(x − η d)) / (η · s)``: the decrease at the accepted trial point per unit of
+    the decrease the rule's right-hand side scales with.
+
+    ``s`` is the slope the rule's condition tests against, passed to ``_search`` by the rule:
+    ``⟨g, d⟩`` (the Armijo and Goldstein conditions of SGDSLS, AdamSLS and PLASLS without
+    smoothing: they accept when the ratio is ``≥ c``; Goldstein also ``≤ 1 − c``) or the moving
+    average ``Ḡ`` of the slope (smoothed Armijo of AdamSLS/PLASLS with ``smooth``, ALSALS and
+    SaLSA: they test the averaged decrease, so one step's ratio may lie below ``c``). None when
+    ``η · s`` is 0 or not finite. Pure Python on losses the search already read: no host sync.
+    """
+    scale = step_size * slope
+    if scale == 0 or not math.isfinite(scale):
+        return None
+    return (loss - trial_loss) / scale
+
+
 class LineSearchOptimizer(Optimizer):
     """Base class: the step protocol, group bookkeeping and the state the family shares.
 
@@ -63,7 +91,13 @@ class LineSearchOptimizer(Optimizer):
     """
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
-        defaults = {"weight_decay": 0.0, "lr_multiplier": 1.0, "max_backtracks": 100, **defaults}
+        defaults = {
+            "weight_decay": 0.0,
+            "lr_multiplier": 1.0,
+            "max_backtracks": 100,
+            "min_step_size": 0.0,
+            **defaults,
+        }
         self._check_group(defaults)
         super().__init__(params, defaults)
         self.state["line_search"] = self._initial_search_state()
@@ -73,6 +107,7 @@ class LineSearchOptimizer(Optimizer):
         """Raise ValueError naming the first bad hyperparameter of ``group`` (or ``defaults``)."""
         check_positive(lr=group["lr"])
         check_non_negative(weight_decay=group["weight_decay"])
+        check_non_negative(min_step_size=group["min_step_size"])
         check_int_at_least(1, max_backtracks=group["max_backtracks"])
 
     def _initial_search_state(self) -> dict[str, Any]:
@@ -122,6 +157,20 @@ class LineSearchOptimizer(Optimizer):
     @property
     def search_state(self) -> dict[str, Any]:
         return self.state["line_search"]
+
+    @property
+    def last_step(self) -> dict[str, Any] | None:
+        """Diagnostics of the last step, plain Python (None before the first step).
+
+        Keys: ``loss`` (f(x)), ``trials`` (forward-only evaluations in the step), ``searched``
+        (a search ran: SaLSA amortises), ``accepted`` (it ran and accepted a trial), ``failed``
+        (it ran and rejected every trial), ``rejected`` (non-finite loss or gradient: no
+        update), ``sufficient_decrease_ratio`` (:func:`sufficient_decrease_ratio` at the
+        accepted trial; None without an accepted search) and ``step_sizes`` (each group's
+        ``step_size`` after the step). Not in ``state_dict``: it describes a step this object
+        took, and resuming needs none of it.
+        """
+        return getattr(self, "_last_step", None)
 
     # ------------------------------------------------------------------------- step sizes
     def _check_lr_untouched(self) -> None:
@@ -185,19 +234,24 @@ class LineSearchOptimizer(Optimizer):
         if forward is None:
             forward = lambda: closure(backward=False)  # noqa: E731
         state = self.search_state
+        forwards = state["forwards"]
         with torch.enable_grad():
             loss = closure()
         state["step"] += 1
         value = loss_value(loss)
+        record = self._last_step = {"loss": value, "trials": 0, "searched": False}
+        record.update(accepted=False, failed=False, rejected=False, sufficient_decrease_ratio=None)
         groups = self._active_groups()
         grads = [g for active in groups for g in active.grads]
         if not math.isfinite(value) or not grads or not all_finite(grads):
             state["rejected_steps"] += 1
-            self._write_lr()
-            return loss
-        self._line_search_step(value, self._counting(forward), groups)
-        self._apply_weight_decay(groups)
+            record["rejected"] = True
+        else:
+            self._line_search_step(value, self._counting(forward), groups)
+            self._apply_weight_decay(groups)
         self._write_lr()
+        record["trials"] = state["forwards"] - forwards
+        record["step_sizes"] = [float(group["step_size"]) for group in self.param_groups]
         return loss
 
     def _counting(self, forward: Callable[[], Tensor]) -> Callable[[], Tensor]:
@@ -216,14 +270,28 @@ class LineSearchOptimizer(Optimizer):
         step_size: float,
         verdict: Verdict,
         which: Sequence[int] | None = None,
+        slope: float | None = None,
     ) -> SearchResult:
-        """:func:`~lsframe.optim.rules.backtrack` over the groups ``which``, counted."""
+        """:func:`~lsframe.optim.rules.backtrack` over the groups ``which``, counted and recorded
+        in :attr:`last_step` (``slope``: the one the rule tests, for the sufficient-decrease
+        ratio; None leaves the ratio None)."""
         result = backtrack(
             forward, move_to, step_size, verdict, self.shared("max_backtracks", which)
         )
+        if not result.accepted:  # the floor: 0 (the default) leaves the rule's last η
+            result.step_size = max(result.step_size, self.shared("min_step_size", which))
         state = self.search_state
         state["searches"] += 1
         state["failed_searches"] += not result.accepted
+        record = self.last_step
+        if record is not None:  # a search inside step (always, unless a subclass calls it alone)
+            record["searched"], record["failed"] = True, record["failed"] or not result.accepted
+            record["accepted"] = not record["failed"]
+            if result.accepted and slope is not None and result.trial_loss is not None:
+                ratio = sufficient_decrease_ratio(
+                    record["loss"], result.trial_loss, result.step_size, slope
+                )
+                record["sufficient_decrease_ratio"] = ratio
         return result
 
     def _apply_weight_decay(self, groups: list[ActiveGroup]) -> None:

@@ -39,8 +39,10 @@ def any_sharded(tensors: Sequence[Tensor]) -> bool:
 
 def reduce_sums(partial: list[Tensor], tensors: Sequence[Tensor]) -> list[Tensor]:
     """``partial[i]`` is a sum over the local piece of ``tensors[i]``: the sums over the whole
-    tensors (float32 scalars), one all-reduce per distinct sharding."""
-    out = [p.float() for p in partial]
+    tensors (float32 scalars; float64 when a partial sum is float64), one all-reduce per
+    distinct sharding."""
+    dtype = torch.float64 if any(p.dtype == torch.float64 for p in partial) else torch.float32
+    out = [p.to(dtype) for p in partial]
     by_groups: dict[tuple, list[int]] = {}
     for i, tensor in enumerate(tensors):
         groups = _shard_groups(tensor)

@@ -55,6 +55,7 @@ class AdamSLS(LineSearchOptimizer):
         smooth: Smoothed Armijo condition. Default: False.
         beta_s: Averaging rate of the smoothed condition. Default: 0.999.
         max_backtracks: Most trials per step. Default: 100.
+        min_step_size: Floor on the step size after a failed search (0: off). Default: 0.
         weight_decay: Decoupled weight decay (after the step, with its lr). Default: 0.
     """
 
@@ -72,6 +73,7 @@ class AdamSLS(LineSearchOptimizer):
         smooth: bool = False,
         beta_s: float = 0.999,
         max_backtracks: int = 100,
+        min_step_size: float = 0.0,
         weight_decay: float = 0.0,
     ) -> None:
         defaults = dict(
@@ -86,6 +88,7 @@ class AdamSLS(LineSearchOptimizer):
             smooth=smooth,
             beta_s=beta_s,
             max_backtracks=max_backtracks,
+            min_step_size=min_step_size,
             weight_decay=weight_decay,
         )
         super().__init__(params, defaults)
@@ -156,6 +159,7 @@ def search_parts_then_adam_step(
         etas[searched[0]],
         armijo_verdict(loss, slope, c, beta_b, smoothing, averages, avg_slope),
         searched,
+        slope=slope if smoothing is None else avg_slope,
     )
     for i in searched:
         etas[i] = result.step_size

@@ -10,7 +10,7 @@ from torch import Tensor
 from lsframe.optim._linesearch import LineSearchOptimizer
 from lsframe.optim.adam_sls import check_adam_sls_group, search_parts_then_adam_step
 from lsframe.optim.rules import ActiveGroup
-from lsframe.validation import check_int_at_least
+from lsframe.validation import check_int_at_least, check_positive
 
 
 class PLASLS(LineSearchOptimizer):
@@ -26,9 +26,33 @@ class PLASLS(LineSearchOptimizer):
     term sums over part ``k`` only); every part then takes Adam's step with its own ``η_k``, and
     the parts not searched start from their grown ``η_k · γ^(1/n)`` as in P0's code.
 
+    **Merging** (``merge_below``, P0's runs: 1e-12; default None, off). After a step, when a
+    part's step size is below its ``merge_below``, it joins its smallest neighbour: P0's code
+    defines that as the part with the next-smallest step size (of all parts, not the adjacent
+    one in the network; ties go to the lower index). Only the smallest part below its threshold
+    merges in a step. From then on the two share one step size, first the mean of their two,
+    and one search: the merged part is searched when its turn comes, its trial moves all its
+    groups and its Armijo term sums over them. The cycle then runs over the merged parts,
+    ``k = t mod K'`` with ``K'`` the parts left, ordered by their representative (the
+    neighbour's first group). The joining groups take the neighbour's rule hyperparameters
+    (``c``, ``beta_b``, ``gamma``, ``reset_option``, ``n_batches_per_epoch``, ``smooth``,
+    ``beta_s``, ``max_backtracks``, ``min_step_size``, ``merge_below``, ``initial_step_size``)
+    so one rule drives the merged part; each group keeps its own ``lr_multiplier``. Parts merge
+    down to one (then every step is one AdamSLS search over all groups). The param groups are
+    left as they are (schedulers, checkpoints and LR monitors see the same groups): the merge is
+    ``state["line_search"]["part_of"]``, each group's representative, saved by ``state_dict``.
+
+    **Floor** (``min_step_size``): after a failed search the searched parts' step size is at
+    least it; the next search starts from it by the reset rule (option 1 grows it by
+    ``γ^(1/n)``, 0 keeps it, 2 restarts from η0, so the floor only shows in that step's ``lr``).
+
     Differences from P0's code: the cycle is ``t mod K`` as the paper states (the code restarts
-    the cycle at part 0 after the joint phase); merging parts whose η falls below a threshold
-    (off in the code's defaults) is not implemented; the pooler belongs to the head part (the
+    the cycle at part 0 after the joint phase, and after a merge when its counter is past the
+    end); the code merges only while more than two parts remain, breaks step-size ties by
+    ``np.argsort`` (not stable) and puts the merged part at the lower index's place; its
+    smoothed averages are indexed by position and not merged, so after a merge the merged part
+    continues the lower index's averages and later parts read their predecessors', where
+    lsframe's merged part continues the neighbour's; the pooler belongs to the head part (the
     code leaves it out of the optimizer).
 
     Each part's hyperparameters may differ (its group's ``c``, ``beta_b``, ...); the joint
@@ -49,6 +73,9 @@ class PLASLS(LineSearchOptimizer):
         beta_s: As :class:`~lsframe.optim.AdamSLS`, with its default.
         max_backtracks: As :class:`~lsframe.optim.AdamSLS`, with its default.
         weight_decay: As :class:`~lsframe.optim.AdamSLS`, with its default.
+        merge_below: A part whose step size falls below it joins its smallest neighbour
+            (None: never). Default: None.
+        min_step_size: Floor on the step size after a failed search (0: off). Default: 0.
     """
 
     def __init__(
@@ -67,6 +94,8 @@ class PLASLS(LineSearchOptimizer):
         beta_s: float = 0.999,
         max_backtracks: int = 100,
         weight_decay: float = 0.0,
+        merge_below: float | None = None,
+        min_step_size: float = 0.0,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -82,6 +111,8 @@ class PLASLS(LineSearchOptimizer):
             beta_s=beta_s,
             max_backtracks=max_backtracks,
             weight_decay=weight_decay,
+            merge_below=merge_below,
+            min_step_size=min_step_size,
         )
         super().__init__(params, defaults)
 
@@ -99,18 +130,78 @@ class PLASLS(LineSearchOptimizer):
         super()._check_group(group)
         check_int_at_least(0, joint_steps=group["joint_steps"])
         check_adam_sls_group(group)
+        check_positive(allow_none=True, merge_below=group["merge_below"])
+
+    def part_of(self) -> list[int]:
+        """Each group's representative: its own index until it merges (see the class doc)."""
+        stored = self.search_state.get("part_of", [])
+        num_groups = len(self.param_groups)
+        return [*stored[:num_groups], *range(len(stored), num_groups)]
+
+    def parts(self) -> list[list[int]]:
+        """The parts as lists of group indices, representative first, ordered by it."""
+        members: dict[int, list[int]] = {}
+        for index, representative in enumerate(self.part_of()):
+            members.setdefault(representative, []).append(index)
+        return [[rep, *(i for i in members[rep] if i != rep)] for rep in sorted(members)]
 
     def parts_to_search(self, step: int) -> list[int]:
         """Indices of the groups searched at 1-based step ``step``: all of them during the joint
-        phase, then part ``(step − 1) mod K``."""
+        phase, then the groups of part ``(step − 1) mod K`` (representative first)."""
         t = step - 1
-        num_groups = len(self.param_groups)
         if t < self.shared("joint_steps"):
-            return list(range(num_groups))
-        return [t % num_groups]
+            return list(range(len(self.param_groups)))
+        parts = self.parts()
+        return parts[t % len(parts)]
 
     def _line_search_step(
         self, loss: float, forward: Callable[[], Tensor], groups: list[ActiveGroup]
     ) -> None:
         searched = self.parts_to_search(self.search_state["step"])
         search_parts_then_adam_step(self, loss, forward, groups, searched)
+        self._merge_smallest_part()
+
+    def _merge_smallest_part(self) -> None:
+        """Merge the part with the smallest step size below its ``merge_below``, if any, into
+        the part with the next-smallest step size."""
+        parts = self.parts()
+        if len(parts) < 2:
+            return
+        groups = self.param_groups
+        sizes = [groups[part[0]]["step_size"] for part in parts]
+        below = [
+            k
+            for k, part in enumerate(parts)
+            if groups[part[0]]["merge_below"] is not None
+            and sizes[k] < groups[part[0]]["merge_below"]
+        ]
+        if not below:
+            return
+        joining = min(below, key=lambda k: (sizes[k], k))
+        host = min((k for k in range(len(parts)) if k != joining), key=lambda k: (sizes[k], k))
+        representative = parts[host][0]
+        step_size = (sizes[joining] + sizes[host]) / 2
+        part_of = self.part_of()
+        for index in parts[joining]:
+            part_of[index] = representative
+            for key in MERGED_KEYS:
+                groups[index][key] = groups[representative][key]
+        for index in parts[joining] + parts[host]:
+            groups[index]["step_size"] = step_size
+        self.search_state["part_of"] = part_of
+
+
+# the rule of a merged part: the joining groups take the representative's values
+MERGED_KEYS = (
+    "c",
+    "beta_b",
+    "gamma",
+    "reset_option",
+    "n_batches_per_epoch",
+    "smooth",
+    "beta_s",
+    "max_backtracks",
+    "min_step_size",
+    "merge_below",
+    "initial_step_size",
+)

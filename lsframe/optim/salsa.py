@@ -60,6 +60,7 @@ class SaLSA(LineSearchOptimizer):
         use_mv: Search along Adam's momentum direction. Default: False.
         amortize: Amortise searches (False: search every step). Default: True.
         max_backtracks: Most trials per search. Default: 100.
+        min_step_size: Floor on the step size after a failed search (0: off). Default: 0.
         bias_correction_offset: 1 reproduces the package's bias correction. Default: 0.
         weight_decay: Decoupled weight decay. Default: 0.
     """
@@ -78,6 +79,7 @@ class SaLSA(LineSearchOptimizer):
         use_mv: bool = False,
         amortize: bool = True,
         max_backtracks: int = 100,
+        min_step_size: float = 0.0,
         bias_correction_offset: int = 0,
         weight_decay: float = 0.0,
     ) -> None:
@@ -95,6 +97,7 @@ class SaLSA(LineSearchOptimizer):
             use_mv=use_mv,
             amortize=amortize,
             max_backtracks=max_backtracks,
+            min_step_size=min_step_size,
             bias_correction_offset=bias_correction_offset,
             weight_decay=weight_decay,
         )
@@ -206,7 +209,11 @@ class SaLSA(LineSearchOptimizer):
             accept_zero_decrease=True,
         )
         result = self._search(
-            forward, lambda a: trial.move(groups, [a] * len(groups)), eta, verdict
+            forward,
+            lambda a: trial.move(groups, [a] * len(groups)),
+            eta,
+            verdict,
+            slope=state["avg_slope"],
         )
         state["avg_decrease"] = averages["decrease"]
         return result.step_size

@@ -55,6 +55,7 @@ class SGDSLS(LineSearchOptimizer):
         beta_f: Goldstein growth factor. Default: 2.0.
         eta_max: Goldstein upper bound on η. Default: 10.0.
         max_backtracks: Most trials per step. Default: 100 (the reference bound).
+        min_step_size: Floor on the step size after a failed search (0: off). Default: 0.
         weight_decay: Decoupled weight decay λ (``x ← x(1 − ηλ)`` after the step). Default: 0.
     """
 
@@ -71,6 +72,7 @@ class SGDSLS(LineSearchOptimizer):
         beta_f: float = 2.0,
         eta_max: float = 10.0,
         max_backtracks: int = 100,
+        min_step_size: float = 0.0,
         weight_decay: float = 0.0,
     ) -> None:
         defaults = dict(
@@ -84,6 +86,7 @@ class SGDSLS(LineSearchOptimizer):
             beta_f=beta_f,
             eta_max=eta_max,
             max_backtracks=max_backtracks,
+            min_step_size=min_step_size,
             weight_decay=weight_decay,
         )
         super().__init__(params, defaults)
@@ -133,7 +136,7 @@ class SGDSLS(LineSearchOptimizer):
             return Decision.accepted()
 
         result = self._search(
-            forward, lambda a: direction.move(groups, [a] * len(groups)), eta, verdict
+            forward, lambda a: direction.move(groups, [a] * len(groups)), eta, verdict, slope=slope
         )
         self._set_step_sizes(result.step_size)
 
