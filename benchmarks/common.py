@@ -132,8 +132,49 @@ class ForwardCounter:
         self.count += 1
 
 
+def _compact(value: float | None) -> float | None:
+    return None if value is None else float(f"{value:.4g}")
+
+
+class StepDiagnostics:
+    """Per-step diagnostics of one run, for its row in the run log (``row["per_step"]``).
+
+    Call :meth:`add` after every optimizer step, before the LR scheduler steps. Columns, one
+    entry per step: ``step_size`` (group name or index → list: a line search's accepted
+    ``step_size``, else the lr the step used, ``d · lr`` for Prodigy/D-Adaptation); for a line
+    search (``optimizer.last_step``, see :class:`lsframe.optim.LineSearchOptimizer`) also
+    ``trials`` (forward-only evaluations), ``searched`` and ``failed`` (0/1) and ``ratio`` (the
+    sufficient-decrease ratio; None where no search accepted). Floats keep 4 digits.
+    """
+
+    def __init__(self) -> None:
+        self.columns: dict[str, Any] = {"step_size": {}}
+
+    def add(self, optimizer: Any) -> None:
+        last = getattr(optimizer, "last_step", None)
+        groups = optimizer.param_groups
+        if isinstance(last, dict):
+            sizes = last["step_sizes"]
+            for key, value in (
+                ("trials", last["trials"]),
+                ("searched", int(last["searched"])),
+                ("failed", int(last["failed"])),
+                ("ratio", _compact(last["sufficient_decrease_ratio"])),
+            ):
+                self.columns.setdefault(key, []).append(value)
+        elif hasattr(optimizer, "step_size"):  # the authors' SaLSA keeps one step size
+            sizes = [float(optimizer.step_size)] * len(groups)
+        else:
+            sizes = [float(g.get("d", 1.0) * g["lr"]) for g in groups]
+        for i, (group, size) in enumerate(zip(groups, sizes)):
+            self.columns["step_size"].setdefault(str(group.get("name", i)), []).append(
+                _compact(size)
+            )
+
+
 class Run:
-    """One optimizer on one model: ``step(batch)`` does a full optimizer step."""
+    """One optimizer on one model: ``step(batch)`` does a full optimizer step (its diagnostics
+    go to ``diagnostics``, a :class:`StepDiagnostics`)."""
 
     def __init__(
         self,
@@ -151,6 +192,7 @@ class Run:
             kind,
         )
         self.forwards = ForwardCounter(model)
+        self.diagnostics = StepDiagnostics()
         self.train()
 
     def step(self, batch: dict) -> float:
@@ -159,6 +201,7 @@ class Run:
             loss = self.optimizer.step(lambda backwards=False: closure(backward=backwards))
         else:
             loss = self.optimizer.step(closure)
+        self.diagnostics.add(self.optimizer)
         if self.scheduler is not None:
             self.scheduler.step()
         return float(loss)

@@ -7,7 +7,8 @@ sentences, batch 16, max length 64, for ``--steps`` optimizer steps, then scores
 schedule); AdamW at the lr of README's best SST-2 grid point with 10 % warmup and linear decay.
 Columns: mean training loss over the first and the last 10 steps, dev accuracy, closure
 evaluations per step (1 = no trial), the last accepted step size. Every finished run is appended
-to ``<out>.runs.jsonl`` and reused.
+to ``<out>.runs.jsonl`` (with its per-step step sizes and line-search diagnostics, ``per_step``:
+:class:`benchmarks.common.StepDiagnostics`) and reused.
 
     python -m benchmarks.hf_trainer --optimizers salsa adamsls sgdsls adamw --seeds 0 1 2
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (
+    StepDiagnostics,
     append_run,
     classifier,
     device_name,
@@ -47,11 +49,15 @@ def one_run(name: str, seed: int, args: argparse.Namespace) -> dict:
     searches = name != "adamw"
     optimizer = create(name, model.parameters(), **({} if searches else {"lr": args.adamw_lr}))
     losses: list[float] = []
+    diagnostics = StepDiagnostics()
 
     class Losses(TrainerCallback):
         def on_log(self, _args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
+
+        def on_optimizer_step(self, _args, state, control, **kwargs):
+            diagnostics.add(optimizer)  # after the step, before the scheduler's
 
     with tempfile.TemporaryDirectory() as out:
         training = TrainingArguments(
@@ -94,6 +100,7 @@ def one_run(name: str, seed: int, args: argparse.Namespace) -> dict:
         "majority": max(dev.labels.count(0), dev.labels.count(1)) / len(dev.labels),
         "evals_per_step": 1 + search.get("forwards", 0) / max(search.get("step", 1), 1),
         "step_size": float(optimizer.param_groups[0]["lr"]),
+        "per_step": diagnostics.columns,  # step sizes; a line search's trials and ratios
     }
 
 

@@ -1,6 +1,12 @@
 """PNG plots of the benchmark results (needs matplotlib: pip install 'lsframe[bench]').
 
 python -m benchmarks.plot benchmarks/results/step_cost_cpu.json benchmarks/results/quality_sst2_cpu.json
+
+A run log (``<out>.runs.jsonl`` whose rows have ``per_step`` diagnostics) gives ``<out>.png``:
+each line search's accepted step size per step against AdamW's lr schedule (the grid's best lr),
+its sufficient-decrease ratios and its trials per step (first seed of each optimizer).
+
+python -m benchmarks.plot benchmarks/results/step_sizes_sst2_cpu.runs.jsonl
 """
 
 from __future__ import annotations
@@ -52,9 +58,70 @@ def plot_quality(result: dict, out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
+def best_adamw(rows: list[dict]) -> str | None:
+    """The AdamW grid point (``adamw@<lr>``) with the best mean dev metric, if the log has one."""
+    grid = {r["optimizer"] for r in rows if r["optimizer"].startswith("adamw@")}
+    metric = next((k for k in ("acc", "dev_acc", "f1") if any(k in r for r in rows)), None)
+
+    def score(spec: str) -> float:
+        values = [r[metric] for r in rows if r["optimizer"] == spec and metric in r]
+        return statistics.fmean(values) if values else float("-inf")
+
+    return max(sorted(grid), key=score) if grid and metric else None
+
+
+def plot_step_sizes(rows: list[dict], out: Path) -> None:
+    """Step sizes per step (log scale; failed searches crossed), sufficient-decrease ratios on
+    the searched steps, trials per step; AdamW at the grid's best lr as the reference schedule."""
+    rows = [r for r in rows if r.get("per_step")]
+    adamw = best_adamw(rows)
+    firsts = {}
+    for row in rows:  # the first seed logged of each optimizer
+        if "trials" in row["per_step"] or row["optimizer"] == adamw:
+            firsts.setdefault(row["optimizer"], row)
+    fig, (sizes, ratios, trials) = plt.subplots(1, 3, figsize=(15, 4.5))
+    for name, row in firsts.items():
+        per_step = row["per_step"]
+        for group, values in per_step["step_size"].items():
+            steps = range(1, len(values) + 1)
+            label = name if len(per_step["step_size"]) == 1 else f"{name} [{group}]"
+            if name == adamw:
+                sizes.plot(steps, values, "k--", lw=1.5, label=f"{name} (warmup + cosine)")
+                continue
+            (line,) = sizes.plot(steps, values, lw=1, label=label)
+            failed = [s for s, f in zip(steps, per_step["failed"]) if f]
+            sizes.plot(failed, [values[s - 1] for s in failed], "x", color=line.get_color())
+        if name == adamw:
+            continue
+        searched = [(s, r) for s, r in enumerate(per_step["ratio"], 1) if r is not None]
+        if searched:
+            ratios.plot(*zip(*searched), ".", label=name)
+        trials.plot(range(1, len(per_step["trials"]) + 1), per_step["trials"], lw=1, label=name)
+    sizes.set(yscale="log", xlabel="step", ylabel="step size / lr", title="accepted step size")
+    ratios.axhline(1.0, color="grey", ls=":", lw=1, label="1: the first-order prediction")
+    ratios.set_yscale("symlog", linthresh=0.1)
+    ratios.set(
+        xlabel="step",
+        ylabel="(f(x) − f(trial)) / (η · slope)",
+        title="sufficient-decrease ratio (searched steps)",
+    )
+    trials.set(xlabel="step", ylabel="forward-only trials", title="trials per step")
+    for ax in (sizes, ratios, trials):
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{out.stem}: first seed of each optimizer; × a failed search", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main() -> None:
     for name in sys.argv[1:]:
         path = Path(name)
+        if name.endswith(".runs.jsonl"):
+            out = path.with_name(path.name.removesuffix(".runs.jsonl") + ".png")
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            plot_step_sizes(rows, out)
+            print(f"wrote {out}")
+            continue
         result = json.loads(path.read_text())
         kind = plot_step_cost if "step_sizes" in result["rows"][0] else plot_quality
         kind(result, path.with_suffix(".png"))

@@ -5,8 +5,10 @@ the dev metric. Rows: every lsframe line search with its defaults (no schedule),
 {1e-5, 2e-5, 5e-5, 1e-4} with 10 % warmup + cosine decay, Prodigy and DAdaptAdam (lr 1.0, same
 schedule), and AdamWScheduleFree at the grid's best learning rate (chosen per task on the mean
 dev metric, as a user would after running the grid). "train loss" is the mean training loss
-over the last 20 % of the epoch. Each finished run is appended to ``<out>.runs.jsonl``; a later
-invocation with the same ``--out`` reuses the runs found there (add seeds in several sittings).
+over the last 20 % of the epoch. Each finished run is appended to ``<out>.runs.jsonl``, with
+its per-step step sizes and line-search diagnostics (``per_step``, see
+:class:`benchmarks.common.StepDiagnostics`); a later invocation with the same ``--out`` reuses
+the runs found there (add seeds in several sittings).
 
     python -m benchmarks.quality --task sst2 --train-limit 2000 --max-length 64 --seeds 0 1 2
 """
@@ -74,6 +76,7 @@ def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
         "final_step_size": step_size(run),
         "seconds": time.perf_counter() - started,
         **evaluate(run, dev_data, args.task),
+        "per_step": run.diagnostics.columns,  # step sizes; a line search's trials and ratios
     }
     append_run(args.log, row)  # survives an interrupted benchmark
     return row

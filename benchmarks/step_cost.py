@@ -5,6 +5,8 @@ length 64, dynamic padding). The runs take turns in blocks of ``--block`` steps,
 the machine's speed hits all of them alike. Reported: mean seconds per step, the ratio to
 AdamW, forward passes per step, the step size at the end; with ``--memory``, peak memory of
 each optimizer alone in a fresh process (max RSS on CPU, ``max_memory_allocated`` on CUDA).
+The JSON keeps each run's per-step diagnostics (``per_step``: step sizes, a line search's
+trials and sufficient-decrease ratios; :class:`benchmarks.common.StepDiagnostics`).
 
     python -m benchmarks.step_cost --steps 1000 --out benchmarks/results/step_cost_cpu
 """
@@ -104,6 +106,7 @@ def timed_steps(args: argparse.Namespace) -> list[dict]:
                 "train_loss_last100": sum(tail) / len(tail),
                 "step_sizes": sizes[run.name],
                 "seconds": seconds[run.name],
+                "per_step": run.diagnostics.columns,  # a line search's trials and ratios too
             }
         )
     return rows

@@ -45,7 +45,8 @@ What it does, for an optimizer whose registry record ``searches`` (:func:`lsfram
 * **Logs.** Every training log gets ``step_size``, the step size the search accepted in the last
   step (group 0), and ``step_size/<group name or index>`` for each group when the groups' step
   sizes differ (PLASLS's parts); Trainer's ``learning_rate`` is that step size times the
-  schedule's multiplier, the step actually taken.
+  schedule's multiplier, the step actually taken. The last step's search diagnostics come too:
+  ``linesearch/trials``, ``linesearch/failed_searches``, ``linesearch/sufficient_decrease_ratio``.
 * Refused with a :class:`lsframe.errors.ConfigError` that says why: ``fp16`` (its GradScaler
   cannot drive a closure; ``bf16`` works), DeepSpeed, a torch LR scheduler attached to the line
   search, ``reduce_lr_on_plateau`` and ``greedy`` schedules, a ``training_step`` that does not
@@ -113,12 +114,21 @@ def _searches(optimizer: Any) -> bool:
 
 def step_size_logs(optimizer: Optimizer) -> dict[str, float]:
     """``step_size`` (group 0's accepted step size) and, when the groups' step sizes differ,
-    ``step_size/<group name or index>`` for each group."""
+    ``step_size/<group name or index>`` for each group; with the line search's diagnostics of
+    its last step (``optimizer.last_step``), ``linesearch/trials``, ``linesearch/failed_searches``
+    (cumulative) and, when a search accepted a trial, ``linesearch/sufficient_decrease_ratio``."""
     groups = optimizer.param_groups
     logs = {"step_size": float(groups[0]["step_size"])}
     if any(g["step_size"] != groups[0]["step_size"] for g in groups[1:]):
         for i, group in enumerate(groups):
             logs[f"step_size/{group.get('name', i)}"] = float(group["step_size"])
+    last = getattr(optimizer, "last_step", None)
+    if isinstance(last, dict):
+        logs["linesearch/trials"] = float(last["trials"])
+        logs["linesearch/failed_searches"] = float(optimizer.search_state["failed_searches"])
+        ratio = last["sufficient_decrease_ratio"]
+        if ratio is not None:
+            logs["linesearch/sufficient_decrease_ratio"] = float(ratio)
     return logs
 
 

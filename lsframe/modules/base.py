@@ -197,6 +197,14 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         search = getattr(optimizer, "state", {}).get("line_search")
         if isinstance(search, dict) and "rejected_steps" in search:
             self.log("train/rejected_steps", float(search["rejected_steps"]))
+        last = getattr(optimizer, "last_step", None)  # a line search's per-step diagnostics
+        if isinstance(last, dict) and isinstance(search, dict):
+            self.log("linesearch/trials", float(last["trials"]))
+            self.log("linesearch/failed_searches", float(search["failed_searches"]))
+            # NaN on a step with no accepted search (a key left out would repeat its last value)
+            ratio = last["sufficient_decrease_ratio"]
+            nan = float("nan")
+            self.log("linesearch/sufficient_decrease_ratio", nan if ratio is None else ratio)
 
     # ------------------------------------------------------------------------- callback hooks
     def closure_loss_terms(self) -> Tensor | None:
