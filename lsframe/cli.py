@@ -10,6 +10,7 @@ A fit stops cleanly on SIGTERM, SIGUSR1 and Ctrl-C (:mod:`lsframe.preemption`), 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,7 @@ class LSFrameCLI(LightningCLI):
         return checkpoint if isinstance(checkpoint, ModelCheckpoint) else None
 
     def before_fit(self) -> None:
+        readable_progress_bar(self.trainer)
         preemption = self.config_init[self.subcommand].get("preemption")
         checkpoint = self._lsframe_checkpoint()
         if isinstance(preemption, Preemption):
@@ -265,3 +267,15 @@ def export(argv: list[str]) -> None:
     kind = "LoRA adapter" if args.lora == "adapter" else "model"
     print(f"exported the {kind} of {type(module).__name__} to {output_dir}")
     print(f"  load it with: {reload_hint(model, output_dir, args.lora)}")
+
+
+def readable_progress_bar(trainer: pl.Trainer) -> None:
+    """Show small metrics (a step size of 1.7e-4) in Lightning's Rich progress bar: its default
+    format ``.3f`` prints them as 0.000, so a bar left at that default gets ``.3g`` (TQDM's bar
+    already uses three significant digits). A format the user chose is kept."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    bar = trainer.progress_bar_callback
+    if isinstance(bar, RichProgressBar) and bar.theme.metrics_format == ".3f":
+        # a copy: the default theme object may be shared by every RichProgressBar
+        bar.theme = dataclasses.replace(bar.theme, metrics_format=".3g")

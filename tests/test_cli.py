@@ -394,3 +394,23 @@ def test_an_image_model_takes_its_classes_and_channels_from_the_data(tmp_path):
     assert cli.datamodule.num_classes == 3
     assert cli.model.num_classes == 3 and cli.model.model.get_classifier().out_features == 3
     assert cli.model.in_chans == cli.datamodule.in_chans
+
+
+def test_the_rich_progress_bar_shows_a_small_step_size_in_significant_digits():
+    pytest.importorskip("rich")
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import RichProgressBar
+    from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
+
+    from lsframe.cli import readable_progress_bar
+
+    default, chosen = (
+        RichProgressBar(),
+        RichProgressBar(theme=RichProgressBarTheme(metrics_format=".2e")),
+    )
+    for bar, expected in ((default, ".3g"), (chosen, ".2e")):
+        trainer = Trainer(callbacks=[bar], logger=False, enable_checkpointing=False)
+        readable_progress_bar(trainer)
+        assert bar.theme.metrics_format == expected
+    assert f"{1.71e-4:{default.theme.metrics_format}}" == "0.000171"
+    assert RichProgressBar().theme.metrics_format == ".3f"  # other bars keep Lightning's default
