@@ -1,0 +1,199 @@
+"""Shared pieces of the papers' protocols (``benchmarks.p2_large_batch``, ``benchmarks.p1_final_loss``).
+
+Plain PyTorch loops on whole tensors (no Lightning), so that every step's loss and time is at
+hand: each step's closure is lsframe's :func:`~lsframe.optim.make_closure` (line searches call it
+for their forward-only trials; torch's and Lamb's optimizers call it once). The data come through
+lsframe's own modules (:class:`~lsframe.data.IdxImageDataModule`,
+:class:`~lsframe.data.TextFileLMDataModule`) and are then held as tensors: the large batches
+are slices of one tensor instead of thousands of ``Dataset`` look-ups.
+
+Resumable logs: a finished run is one JSON line in ``<out>.runs.jsonl``
+(:func:`benchmarks.common.append_run`); a later invocation with the same settings reuses it
+(:func:`benchmarks.common.load_runs`). ``--max-steps`` (a smoke run) writes under ``/tmp``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from benchmarks.common import ROOT
+from lsframe.optim import make_closure
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "lm" / "tinyshakespeare" / "input.txt"
+SMOKE_DIR = Path("/tmp/lsframe_protocol_smoke")
+LAST = 50  # final training loss: mean over the last 50 steps
+
+
+def fashion_mnist(seed: int = 0) -> dict[str, tuple[Tensor, Tensor]]:
+    """Fashion-MNIST as tensors ``(images (n, 1, 28, 28), labels)``: ``train`` = the 60k training
+    file less a seeded 10 % hold-out (54k, as ``benchmarks.valley``), ``test`` = the official 10k
+    test set. Images are standardised as lsframe's :class:`~lsframe.data.IdxImageDataModule` does.
+    The hold-out split uses ``seed`` 0 by default, the same for every run."""
+    from lsframe.data import IdxImageDataModule
+
+    data = IdxImageDataModule(str(FASHION), seed=seed)
+    data.setup("fit")
+    out = {}
+    for split in ("train", "test"):
+        subset = data.datasets[split]
+        images, labels = getattr(subset, "dataset", subset).tensors
+        index = torch.as_tensor(getattr(subset, "indices", range(len(labels))))
+        out[split] = (images[index].contiguous(), labels[index].contiguous())
+    return out
+
+
+def shakespeare_blocks(block_size: int) -> dict[str, Tensor]:
+    """tinyshakespeare as UTF-8 byte tokens (vocabulary 256) in blocks of ``block_size``: ``train``
+    = the first 90 % of the tokens, ``val`` = the last 10 % (held out, never trained on), as
+    lsframe's :class:`~lsframe.data.TextFileLMDataModule` cuts them."""
+    from lsframe.data import TextFileLMDataModule
+
+    data = TextFileLMDataModule(str(SHAKESPEARE), tokenizer="bytes", block_size=block_size)
+    data.setup("fit")
+    return dict(data.blocks)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int) -> Iterator[Tensor]:
+    """Index batches over ``n`` items, endlessly: a new seeded permutation each epoch, the
+    incomplete last batch of an epoch dropped (every step sees ``batch_size`` items)."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield order[start : start + batch_size]
+
+
+def image_batches(
+    images: Tensor, labels: Tensor, size: int, seed: int, device: str
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(images, labels)`` batches of ``size`` on ``device`` (:func:`epoch_batches` order)."""
+    for index in epoch_batches(len(labels), size, seed):
+        yield images[index].to(device), labels[index].to(device)
+
+
+@dataclass
+class Trace:
+    """What a training loop saw: the loss of every step (at the start of the step, on its
+    batch), the wall-clock and CPU seconds of every step (CPU: this process's user + system
+    time, all its threads; on a shared machine the wall clock also counts the waiting), and the
+    model's forward passes."""
+
+    losses: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
+    forwards: int = 0
+
+    def final_loss(self, last: int = LAST) -> float:
+        """Mean training loss over the last ``last`` steps."""
+        return statistics.fmean(self.losses[-last:])
+
+    @staticmethod
+    def per_step(seconds: list[float]) -> float:
+        """Median seconds per step, the first step (allocations, warm caches) left out."""
+        return statistics.median(seconds[1:] or seconds)
+
+    def summary(self) -> dict[str, Any]:
+        finite = all(math.isfinite(x) for x in self.losses)
+        return {
+            "steps_run": len(self.losses),
+            "final_train_loss": self.final_loss() if finite else float("nan"),
+            "diverged": not finite,
+            "seconds": sum(self.seconds),
+            "seconds_per_step": self.per_step(self.seconds),
+            "cpu_seconds": sum(self.cpu_seconds),
+            "cpu_seconds_per_step": self.per_step(self.cpu_seconds),
+            "forwards_per_step": self.forwards / max(len(self.losses), 1),
+        }
+
+
+def train(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batches: Iterator[Any],
+    steps: int,
+    *,
+    loss_fn: Callable[[nn.Module, Any], Tensor] | None = None,
+    criterion: Callable[[Any, Any], Tensor] | None = None,
+    log_every: int = 0,
+) -> Trace:
+    """``steps`` optimizer steps of ``model`` on ``batches`` (already on the model's device),
+    each with lsframe's closure; a non-finite loss stops the run (``Trace.summary`` marks it)."""
+    trace = Trace()
+    counter = model.register_forward_hook(lambda *_: setattr(trace, "forwards", trace.forwards + 1))
+    model.train()
+    try:
+        for step in range(steps):
+            batch = next(batches)
+            started, cpu_started = time.perf_counter(), time.process_time()
+            closure = make_closure(model, batch, optimizer, loss_fn, criterion=criterion)
+            loss = float(optimizer.step(closure))
+            if scheduler is not None:
+                scheduler.step()
+            trace.seconds.append(time.perf_counter() - started)
+            trace.cpu_seconds.append(time.process_time() - cpu_started)
+            trace.losses.append(loss)
+            if log_every and (step + 1) % log_every == 0:
+                print(f"  step {step + 1}/{steps}: loss {loss:.4f}", flush=True)
+            if not math.isfinite(loss):
+                break
+    finally:
+        counter.remove()
+    return trace
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, batches: Sequence[Any], score: Callable[[Any], tuple[Tensor, int]]
+) -> float:
+    """The mean of ``score`` over ``batches`` in eval mode: ``score(batch)`` gives the batch's sum
+    and its item count (correct predictions and images, summed token loss and tokens)."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        value, items = score(batch)
+        total, count = total + float(value), count + items
+    model.train()
+    return total / count
+
+
+def image_scores(model: nn.Module, images: Tensor, labels: Tensor, device: str) -> dict:
+    """``test_acc`` and ``test_loss`` (mean cross-entropy) of a classifier, 1,000 images at a time."""
+    chunks = [
+        (images[i : i + 1000].to(device), labels[i : i + 1000].to(device))
+        for i in range(0, len(labels), 1000)
+    ]
+    acc = evaluate(model, chunks, lambda b: ((model(b[0]).argmax(-1) == b[1]).sum(), len(b[1])))
+    loss = evaluate(
+        model, chunks, lambda b: (F.cross_entropy(model(b[0]), b[1], reduction="sum"), len(b[1]))
+    )
+    return {"test_acc": acc, "test_loss": loss}
+
+
+def paired(rows: list[dict], metric: str, name: str, baseline: str) -> list[float]:
+    """Per seed (the seeds both have), ``metric`` of ``name`` minus that of ``baseline``."""
+    by = {(r["optimizer"], r["seed"]): r[metric] for r in rows}
+    seeds = sorted({r["seed"] for r in rows})
+    return [by[name, s] - by[baseline, s] for s in seeds if (name, s) in by and (baseline, s) in by]
+
+
+def output_path(name: str, out: str | None, smoke: bool, device: str) -> Path:
+    """``<out>`` or ``benchmarks/results/<name>_<cpu|gpu>``; a smoke run goes under ``/tmp``."""
+    kind = "gpu" if device == "cuda" else "cpu"
+    if smoke:
+        path = SMOKE_DIR / f"{name}_{kind}"
+    else:
+        path = Path(out or ROOT / "benchmarks" / "results" / f"{name}_{kind}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
