@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lsframe.optim._sharded import any_sharded, count_nonfinite, squared_norms
+from lsframe.optim._sharded import any_sharded, count_nonfinite, local, reduce_sums, squared_norms
 
 
 def sum_of_squares(tensors: Sequence[Tensor]) -> float:
@@ -36,6 +36,57 @@ def all_finite(tensors: Sequence[Tensor]) -> bool:
         return int(count_nonfinite(tensors)) == 0
     norms = torch._foreach_norm(list(tensors), ord=math.inf)
     return math.isfinite(float(torch.stack([n.float() for n in norms]).max()))
+
+
+# Bytes of quotient ``num / den`` one foreach division makes at once: on CUDA few launches and a
+# bounded transient; on CPU a cache-sized piece whose memory the next piece reuses (a whole
+# model's quotient at once is slower there: fresh pages and no cache reuse).
+QUOTIENT_BYTES = {"cuda": 64 * 2**20, "cpu": 2**20}
+
+
+def _pieces(tensors: Sequence[Tensor], budget: int) -> list[slice]:
+    """Consecutive runs of ``tensors`` of at most ``budget`` bytes (a bigger tensor alone)."""
+    runs, start, size = [], 0, 0
+    for i, tensor in enumerate(tensors):
+        nbytes = tensor.numel() * tensor.element_size()
+        if i > start and size + nbytes > budget:
+            runs.append(slice(start, i))
+            start, size = i, 0
+        size += nbytes
+    return [*runs, slice(start, len(tensors))]
+
+
+def inner_product(
+    grads: Sequence[Tensor], num: Sequence[Tensor], den: Sequence[Tensor] | None = None
+) -> Tensor:
+    """``Σ_i ⟨grads_i, num_i / den_i⟩`` (``den`` None means 1) as a 0-d tensor: no host sync.
+
+    The quotient is taken by foreach divisions in the tensors' own dtype, a piece of at most
+    :data:`QUOTIENT_BYTES` at a time (the transient memory; none without ``den``); each inner
+    product in ``promote_types(grads_i.dtype, float32)`` (float32 at least for bf16/fp16
+    gradients, float64 kept for float64 models), the per-tensor products summed in float32, or
+    float64 when one is. Sharded tensors (DTensors) count whole, one all-reduce per kind of
+    sharding. ``grads`` must not be empty.
+    """
+    sharded = any_sharded(grads)
+    here = [local(t) for t in grads] if sharded else list(grads)
+    num = [local(t) for t in num] if sharded else list(num)
+    if den is None:
+        quotients = [num]
+        spans = [slice(0, len(num))]
+    else:
+        den = [local(t) for t in den] if sharded else list(den)
+        spans = _pieces(num, QUOTIENT_BYTES.get(num[0].device.type, QUOTIENT_BYTES["cuda"]))
+        quotients = (torch._foreach_div(num[span], den[span]) for span in spans)
+    dots = []
+    for span, quotient in zip(spans, quotients):
+        for g, d in zip(here[span], quotient):
+            dtype = torch.promote_types(g.dtype, torch.float32)
+            dots.append(torch.dot(g.reshape(-1).to(dtype), d.reshape(-1).to(dtype)))
+        del quotient  # freed before the next piece is divided
+    if sharded:
+        dots = reduce_sums(dots, grads)
+    return torch.stack(dots).sum()
 
 
 def adam_moments_(

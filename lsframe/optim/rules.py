@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lsframe.optim._sharded import local, reduce_sums
+from lsframe.optim._functional import inner_product
 
 
 def loss_value(loss: Tensor | float) -> float:
@@ -62,22 +62,24 @@ class Direction:
                 torch._foreach_addcdiv_(active.params, self.num[i], self.den[i], value=alpha)
 
     def slope(self, groups: list[ActiveGroup], which: Iterable[int] | None = None) -> float:
-        """``Σ_g multiplier_g ⟨g_g, d_g⟩``: minus the directional derivative of a move by ``d``."""
-        total = 0.0
-        for i in range(len(groups)) if which is None else which:
-            active = groups[i]
-            if not active.params:
-                continue
-            dots = []
-            for j, grad in enumerate(active.grads):
-                d = self.num[i][j] if self.den is None else self.num[i][j] / self.den[i][j]
-                # float32 at least (bf16/fp16 gradients), float64 kept for float64 models
-                dtype = torch.promote_types(grad.dtype, torch.float32)
-                g, d = local(grad).reshape(-1).to(dtype), local(d).reshape(-1).to(dtype)
-                dots.append(torch.dot(g, d))
-            dots = reduce_sums(dots, active.grads)  # sharded parameters: over all pieces
-            total += active.multiplier * self.scale * float(torch.stack(dots).sum())
-        return total
+        """``Σ_g multiplier_g · scale · ⟨g_g, d_g⟩`` over the groups in ``which`` (default all):
+        minus the directional derivative of a move by ``d``.
+
+        Each group's inner product is accumulated on the device (float32 at least, float64 for
+        float64 models; over whole tensors when sharded, see :func:`inner_product`); the groups'
+        sums come to the host together, in one sync per call, and are weighted there.
+        """
+        indices = [i for i in (range(len(groups)) if which is None else which) if groups[i].params]
+        if not indices:
+            return 0.0
+        sums = [
+            inner_product(groups[i].grads, self.num[i], None if self.den is None else self.den[i])
+            for i in indices
+        ]
+        dtype = torch.float64 if any(s.dtype == torch.float64 for s in sums) else torch.float32
+        device = sums[0].device
+        values = torch.stack([s.to(device=device, dtype=dtype) for s in sums]).tolist()
+        return sum(groups[i].multiplier * self.scale * value for i, value in zip(indices, values))
 
 
 def finite_difference_slope(
