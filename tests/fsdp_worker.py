@@ -87,6 +87,7 @@ def main(out: str) -> None:
             "max_diff": diff,
             "ranks_agree": all(g == gathered[0] for g in gathered),
             "searches": decisions["search"].get("searches"),
+            "alignments": decisions["search"].get("alignments"),
             "sharded": type(next(model.parameters())).__name__,
         }
     if rank == 0:

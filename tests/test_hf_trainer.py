@@ -110,7 +110,10 @@ def test_a_small_bert_learns_with_every_line_search(name, tmp_path):
     assert after < before - 0.03, (name, before, after)
     counters = optimizer.state["line_search"]
     assert counters["step"] == 60 and counters["rejected_steps"] == 0
-    assert counters["searches"] > 0 and counters["forwards"] >= counters["searches"]
+    if info(name).forward_trials:
+        assert counters["searches"] > 0 and counters["forwards"] >= counters["searches"]
+    else:  # a step-size tracker: no trial, its step size moved with the alignment
+        assert counters["forwards"] == 0 and counters["alignments"] == 59
     logs = training_logs(trainer)
     assert len(logs) == 6
     for entry in logs:  # the accepted step size, and the step taken (constant schedule: equal)
@@ -121,8 +124,9 @@ def test_a_small_bert_learns_with_every_line_search(name, tmp_path):
     if any(g["step_size"] != groups[0]["step_size"] for g in groups):  # PLASLS's parts
         assert logs[-1][f"step_size/{groups[-1]['name']}"] == groups[-1]["step_size"]
     # after train() the optimizer is lsframe's own again: no closure, lsframe's error
-    with pytest.raises(ClosureContractError, match="closure"):
-        optimizer.step()
+    if info(name).forward_trials:
+        with pytest.raises(ClosureContractError, match="closure"):
+            optimizer.step()
 
 
 class _StepProbe:

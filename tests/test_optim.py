@@ -11,7 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from lsframe import optim
-from lsframe.optim import ALSALS, PLASLS, SGDSLS, AdamSLS, SaLSA, StepSizeSchedule
+from lsframe.optim import (
+    ALSALS,
+    PLASLS,
+    SGDSLS,
+    AdamSLS,
+    SaLSA,
+    SlopeTrackingAdam,
+    StepSizeSchedule,
+)
 
 # ---------------------------------------------------------------------------- the problem
 # L2-regularised logistic regression on a fixed synthetic dataset: strongly convex, so the
@@ -168,6 +176,19 @@ def always_joint(opt, step):
     return True
 
 
+def adams_update_at_the_tracked_step_size(
+    opt, state, state_before, decrease, eta, slope, x0, d, model
+):
+    # no trial: the step is Adam's update at the η the alignment rule set (its rule by hand:
+    # tests/test_slope_tracking_adam.py)
+    for p, x, di in zip(model.parameters(), x0, d):
+        torch.testing.assert_close(p.detach(), x - eta * di)
+
+
+# step-size trackers run no trial search: their rule is checked on every step
+TRACKERS = {SlopeTrackingAdam}
+
+
 RULES = {
     SGDSLS: (gradient, armijo_holds, always_joint),
     AdamSLS: (preconditioned_gradient, armijo_holds, always_joint),
@@ -179,6 +200,7 @@ RULES = {
     ),
     ALSALS: (adam_update, smoothed_armijo_flipping_c_holds_and_the_trial_is_the_step, always_joint),
     SaLSA: (preconditioned_gradient, smoothed_armijo_or_zero_decrease_holds, always_joint),
+    SlopeTrackingAdam: (adam_update, adams_update_at_the_tracked_step_size, always_joint),
 }
 
 
@@ -201,7 +223,7 @@ def test_every_accepted_step_satisfies_the_rule_recomputed_from_fresh_losses(nam
         closure = make_closure(model, opt, index)
         opt.step(closure)
         state = opt.state["line_search"]
-        searched = state["searches"] > state_before["searches"]
+        searched = state["searches"] > state_before["searches"] or type(opt) in TRACKERS
         if not searched or state["failed_searches"] > state_before["failed_searches"]:
             continue
         if not joint(opt, step):
@@ -494,11 +516,12 @@ def test_every_hyperparameter_is_in_defaults_and_a_state_dict_lacking_one_is_bac
     assert set(signature) - {"self", "params"} <= set(opt.defaults)
     run(model, opt, 3)
     saved = copy.deepcopy(opt.state_dict())
+    key = "max_change" if type(opt) in TRACKERS else "c"  # a rule constant of each
     for group in saved["param_groups"]:
-        del group["c"], group["max_backtracks"]
+        del group[key], group["max_backtracks"]
     resumed = make(name, model)
     resumed.load_state_dict(saved)
-    assert all(g["c"] == opt.defaults["c"] for g in resumed.param_groups)
+    assert all(g[key] == opt.defaults[key] for g in resumed.param_groups)
     assert all(g["max_backtracks"] == 100 for g in resumed.param_groups)
     run(model, resumed, 2, start=3)
 
@@ -570,3 +593,26 @@ def test_salsa_groups_may_keep_adams_own_betas_and_only_beta3_is_joint():
     groups[1] = {"params": [model.linear.bias]}
     with pytest.raises(ValueError, match=r"different betas\[2\]"):
         run(model, SaLSA(groups), 1)
+
+
+@pytest.mark.parametrize("name", sorted(optim._registry.PRESETS))
+def test_a_robust_preset_sets_its_arguments_and_paper_keeps_the_class_defaults(name):
+    robust = optim.create(name, make_groups(name), preset="robust")
+    for key, value in optim.info(name).preset("robust").items():
+        assert robust.defaults[key] == value != optim.create(name, make_groups(name)).defaults[key]
+    overridden = optim.create(name, make_groups(name), preset="robust", c=0.2)
+    assert overridden.defaults["c"] == 0.2  # explicit arguments win over the preset's
+
+
+def test_an_unknown_preset_is_refused_with_the_known_ones_listed():
+    with pytest.raises(ValueError, match="presets: paper, robust"):
+        optim.create("adamsls", Logistic().parameters(), preset="fast")
+    with pytest.raises(ValueError, match="presets: paper$"):
+        optim.create("salsa", Logistic().parameters(), preset="robust")
+
+
+def make_groups(name):
+    model = Logistic()
+    if optim.info(name).param_grouping == "parts":
+        return [{"params": [p], "part": f"p{i}"} for i, p in enumerate(model.parameters())]
+    return model.parameters()

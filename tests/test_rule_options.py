@@ -21,7 +21,8 @@ from lsframe import optim
 from lsframe.optim import ALSALS, PLASLS, _linesearch
 from lsframe.optim.plasls import MERGED_KEYS
 
-NAMES = optim.line_searches()
+# the line searches that run trial searches (a step-size tracker has none to fail)
+NAMES = [name for name in optim.line_searches() if optim.info(name).forward_trials]
 
 
 def groups_for(name: str, model: Logistic, **options) -> list[dict]:

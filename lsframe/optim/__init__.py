@@ -1,7 +1,8 @@
 """Pure-PyTorch optimizers, schedules and parameter-group helpers (no Lightning import).
 
 Line-search family (closure contract ``closure(backward: bool = True) -> Tensor``):
-:class:`SGDSLS`, :class:`AdamSLS`, :class:`PLASLS`, :class:`ALSALS`, :class:`SaLSA`.
+:class:`SGDSLS`, :class:`AdamSLS`, :class:`PLASLS`, :class:`ALSALS`, :class:`SaLSA`, and
+lsframe's learning-rate-free default :class:`SlopeTrackingAdam`.
 Large batch and valley exploration: :class:`Lamb`, :class:`ALTO`, :class:`AdamE`.
 The registry (:func:`create`, :func:`info`, :func:`info_for`) holds one :class:`OptimizerInfo`
 per optimizer; :func:`make_closure` builds the closure for a plain loop.
@@ -28,6 +29,7 @@ from lsframe.optim.param_groups import apply_part_multipliers, weight_decay_grou
 from lsframe.optim.plasls import PLASLS
 from lsframe.optim.salsa import SaLSA
 from lsframe.optim.schedulers import WarmupCosineLR
+from lsframe.optim.slope_tracking_adam import SlopeTrackingAdam
 from lsframe.optim.sls import SGDSLS
 from lsframe.optim.step_size_schedule import StepSizeSchedule
 
@@ -43,6 +45,7 @@ __all__ = [
     "LossClosure",
     "OptimizerInfo",
     "SaLSA",
+    "SlopeTrackingAdam",
     "StepRandomState",
     "StepSizeSchedule",
     "WarmupCosineLR",

@@ -206,44 +206,54 @@ class LineSearchOptimizer(Optimizer):
             groups.append(ActiveGroup(group, params, [p.grad for p in params]))
         return groups
 
+    #: It evaluates forward-only trials (False: a step-size tracker such as
+    #: :class:`~lsframe.optim.SlopeTrackingAdam`, which takes any closure, or none after a
+    #: backward pass of the caller's own).
+    forward_trials: bool = True
+
     @torch.no_grad()
     def step(
         self, closure: Closure | None = None, forward: Callable[[], Tensor] | None = None
-    ) -> Tensor:
+    ) -> Tensor | None:
         """One step: one backward evaluation, then forward-only trials as the rule needs.
 
         Args:
             closure: ``closure(backward=True)`` zeroes the gradients, computes the loss at the
                 current parameters and back-propagates it, and returns the loss (see
-                :func:`lsframe.optim.make_closure`).
+                :func:`lsframe.optim.make_closure`). An optimizer without forward trials
+                (``forward_trials`` False) also takes a torch-style closure, or none: it then
+                steps on the gradients already in ``.grad``.
             forward: Forward-only loss at the current parameters, no graph. Default:
                 ``closure(backward=False)``; given, the closure is only called without arguments
                 (a torch-style closure then works).
 
         Returns:
-            The loss at the parameters before the step.
+            The loss at the parameters before the step (None without a closure).
 
         Raises:
             ClosureContractError: no closure, or (without ``forward``) a closure that takes no
-                ``backward`` argument; raised before anything is evaluated. The message states
-                the contract.
+                ``backward`` argument, for an optimizer with forward trials; raised before
+                anything is evaluated. The message states the contract.
         """
-        if closure is None or forward is None:
+        if self.forward_trials and (closure is None or forward is None):
             check_closure(closure, type(self).__name__)
         self._check_lr_untouched()
-        if forward is None:
+        if forward is None and closure is not None:
             forward = lambda: closure(backward=False)  # noqa: E731
         state = self.search_state
         forwards = state["forwards"]
-        with torch.enable_grad():
-            loss = closure()
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         state["step"] += 1
-        value = loss_value(loss)
+        value = None if loss is None else loss_value(loss)
         record = self._last_step = {"loss": value, "trials": 0, "searched": False}
         record.update(accepted=False, failed=False, rejected=False, sufficient_decrease_ratio=None)
         groups = self._active_groups()
         grads = [g for active in groups for g in active.grads]
-        if not math.isfinite(value) or not grads or not all_finite(grads):
+        finite_loss = value is None or math.isfinite(value)
+        if not finite_loss or not grads or not all_finite(grads):
             state["rejected_steps"] += 1
             record["rejected"] = True
         else:
@@ -254,10 +264,12 @@ class LineSearchOptimizer(Optimizer):
         record["step_sizes"] = [float(group["step_size"]) for group in self.param_groups]
         return loss
 
-    def _counting(self, forward: Callable[[], Tensor]) -> Callable[[], Tensor]:
+    def _counting(self, forward: Callable[[], Tensor] | None) -> Callable[[], Tensor]:
         state = self.search_state
 
         def counted() -> Tensor:
+            if forward is None:
+                raise RuntimeError(f"{type(self).__name__} needs a closure for its trials")
             state["forwards"] += 1
             return forward()
 
@@ -303,7 +315,9 @@ class LineSearchOptimizer(Optimizer):
                 torch._foreach_mul_(active.params, 1.0 - rate)
 
     def _line_search_step(
-        self, loss: float, forward: Callable[[], Tensor], groups: list[ActiveGroup]
+        self, loss: float | None, forward: Callable[[], Tensor], groups: list[ActiveGroup]
     ) -> None:
-        """Search and step from ``x`` (gradients in ``groups``); set each group's step_size."""
+        """Search and step from ``x`` (gradients in ``groups``); set each group's step_size
+        (``loss`` is None only for an optimizer without forward trials, stepped without a
+        closure)."""
         raise NotImplementedError

@@ -22,6 +22,7 @@ from lsframe.optim.alto import ALTO
 from lsframe.optim.lamb import Lamb
 from lsframe.optim.plasls import PLASLS
 from lsframe.optim.salsa import SaLSA
+from lsframe.optim.slope_tracking_adam import SlopeTrackingAdam
 from lsframe.optim.sls import SGDSLS
 
 
@@ -43,6 +44,8 @@ class OptimizerInfo:
         reduces_over_parameters: It takes norms or inner products over whole parameters, which
             FSDP1's flat slices hide (refused there; FSDP2's DTensors are reduced correctly).
         test_lr: The learning rate the shared tests use; None: the optimizer's own default.
+        presets: Named sets of constructor arguments (``"robust"``: see :data:`PRESETS`); the
+            class's own defaults are the paper's, always available as ``"paper"``.
         invalid_args: ``(kwargs, key)`` cases for which the constructor must raise a
             ``ValueError`` naming ``key`` (the shared bad-input table).
     """
@@ -55,17 +58,44 @@ class OptimizerInfo:
     forward_trials: bool = False
     reduces_over_parameters: bool = False
     test_lr: float | None = None
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     invalid_args: tuple[tuple[dict[str, Any], str], ...] = field(default=())
 
-    def create(self, params: Any, **kwargs: Any) -> Optimizer:
-        """Build the optimizer (``cls(params, **kwargs)``)."""
-        return self.cls(params, **kwargs)
+    def preset(self, name: str) -> dict[str, Any]:
+        """The constructor arguments of preset ``name`` (``"paper"``: none, the defaults).
+
+        Raises:
+            ValueError: unknown preset; the message lists this optimizer's presets.
+        """
+        if name == "paper":
+            return {}
+        if name not in self.presets:
+            known = ", ".join(["paper", *self.presets])
+            raise ValueError(f"optimizer {self.name!r} has no preset {name!r}; presets: {known}")
+        return dict(self.presets[name])
+
+    def create(self, params: Any, preset: str = "paper", **kwargs: Any) -> Optimizer:
+        """Build the optimizer: ``cls(params, **preset arguments, **kwargs)`` (``kwargs`` win)."""
+        return self.cls(params, **{**self.preset(preset), **kwargs})
+
+
+#: lsframe's robust presets of the papers' rules, from their authors' own advice and from
+#: ../specs/LINESEARCH-NOTES (measured in benchmarks/results/quality_s_*; README's table).
+#: Plain Armijo with c = 0.1 on the batch that chose the direction accepts 8–25× the step that
+#: generalises on a short fine-tune; c = 0.5 halves the accepted step along a quadratic, and the
+#: smoothed test (P0's advice for AdamSLS) averages the decrease over batches. ALSALS's β = 0.99
+#: averages over ~100 steps, so its step size cannot come down in a short run: β = 0.9 can.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "sgdsls": {"robust": {"c": 0.5}},
+    "adamsls": {"robust": {"c": 0.5, "smooth": True}},
+    "plasls": {"robust": {"c": 0.5, "smooth": True}},
+    "alsals": {"robust": {"c": 0.5, "beta": 0.9}},
+}
 
 
 def _line_search(name: str, cls: type[Optimizer], **facts: Any) -> OptimizerInfo:
-    return OptimizerInfo(
-        name, cls, searches=True, forward_trials=True, reduces_over_parameters=True, **facts
-    )
+    facts = {"forward_trials": True, "presets": PRESETS.get(name, {}), **facts}
+    return OptimizerInfo(name, cls, searches=True, reduces_over_parameters=True, **facts)
 
 
 _RECORDS = [
@@ -122,6 +152,19 @@ _RECORDS = [
             ({"betas": (0.9, 0.999)}, "betas"),
             ({"growth": 0.0}, "growth"),
             ({"min_step_size": -1e-6}, "min_step_size"),
+        ),
+    ),
+    _line_search(
+        "slope_tracking_adam",
+        SlopeTrackingAdam,
+        forward_trials=False,
+        test_lr=1e-3,  # η0: the shared tests train small models from scratch in few steps
+        invalid_args=(
+            ({"max_change": 1.0}, "max_change"),
+            ({"alignment_betas": (0.5, 1.0)}, "alignment_betas"),
+            ({"alignment_betas": (0.5, 0.9, 0.99)}, "alignment_betas"),
+            ({"betas": (0.9, 1.0)}, "betas"),
+            ({"lr": 0.0}, "lr"),
         ),
     ),
     OptimizerInfo("lamb", Lamb, reduces_over_parameters=True, test_lr=1e-2),
@@ -189,14 +232,16 @@ def info_for(optimizer: Optimizer | type[Optimizer]) -> OptimizerInfo:
         if base in by_class:
             return by_class[base]
     if issubclass(cls, LineSearchOptimizer):
-        return _line_search(cls.__name__.lower(), cls)
+        return _line_search(cls.__name__.lower(), cls, forward_trials=cls.forward_trials)
     return OptimizerInfo(cls.__name__.lower(), cls)
 
 
-def create(name: str, params: Any, **kwargs: Any) -> Optimizer:
-    """Build the optimizer registered as ``name`` (case-insensitive).
+def create(name: str, params: Any, preset: str = "paper", **kwargs: Any) -> Optimizer:
+    """Build the optimizer registered as ``name`` (case-insensitive), with the arguments of
+    ``preset`` (``"paper"``: the class's defaults; ``"robust"``: :data:`PRESETS`) and
+    ``kwargs`` on top.
 
     Raises:
-        ValueError: the name is unknown; the message lists the valid names.
+        ValueError: the name or the preset is unknown; the message lists the valid ones.
     """
-    return info(name).create(params, **kwargs)
+    return info(name).create(params, preset=preset, **kwargs)

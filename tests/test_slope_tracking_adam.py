@@ -1,0 +1,180 @@
+"""SlopeTrackingAdam: the step alignment and the step-size rule, recomputed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lsframe import optim
+from lsframe.optim import SlopeTrackingAdam
+
+
+def problem(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(256, 8, generator=gen)
+    y = x @ torch.randn(8, 1, generator=gen) + 0.3 * torch.randn(256, 1, generator=gen)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    return model, x, y
+
+
+def closure_for(model, opt, x, y):
+    def closure(backward: bool = True) -> torch.Tensor:
+        if not backward:
+            with torch.no_grad():
+                return torch.nn.functional.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss.detach()
+
+    return closure
+
+
+def batches(x, y, step: int, size: int = 32):
+    start = step * size % len(x)
+    return x[start : start + size], y[start : start + size]
+
+
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def test_the_alignment_is_the_cosine_of_the_fresh_gradient_with_the_last_step_taken():
+    torch.manual_seed(0)
+    model, x, y = problem()
+    opt = SlopeTrackingAdam(model.parameters(), lr=1e-3)
+    checked, last_direction = 0, None
+    for step in range(12):
+        before = flat(p.detach().clone() for p in model.parameters())
+        opt.step(closure_for(model, opt, *batches(x, y, step)))
+        grad = flat(p.grad for p in model.parameters())
+        if last_direction is not None:  # the last step moved by −η·d: d = Δ/(−η)
+            expected = torch.nn.functional.cosine_similarity(grad, last_direction, dim=0)
+            assert opt.search_state["alignment"] == pytest.approx(float(expected), abs=1e-5)
+            assert opt.last_step["alignment"] == opt.search_state["alignment"]
+            checked += 1
+        after = flat(p.detach() for p in model.parameters())
+        last_direction = (before - after) / opt.param_groups[0]["step_size"]
+        assert (opt.search_state["alignment"] is None) == (step == 0)
+    assert checked == 11
+
+
+def reference_step_sizes(alignments, eta0, max_change, betas, gain_decay=True):
+    """The rule of the docstring, written out independently."""
+    b1, b2 = betas
+    mean = second = 0.0
+    changes, last_sign, etas, eta = 0, 0, [], eta0
+    for n, a in enumerate(alignments, start=1):
+        mean = b1 * mean + (1 - b1) * a
+        second = b2 * second + (1 - b2) * a * a
+        m_hat, s_hat = mean / (1 - b1**n), second / (1 - b2**n)
+        sign = (m_hat > 0) - (m_hat < 0)
+        if gain_decay and sign and last_sign and sign != last_sign:
+            changes += 1
+        last_sign = sign or last_sign
+        z = max(-1.0, min(1.0, m_hat / math.sqrt(s_hat)))
+        eta *= max_change ** (z / math.sqrt(1 + changes))
+        etas.append(eta)
+    return etas
+
+
+@pytest.mark.parametrize("gain_decay", [True, False])
+def test_the_step_size_follows_the_documented_rule_from_the_alignments(gain_decay):
+    torch.manual_seed(0)
+    model, x, y = problem()
+    betas = (0.6, 0.9)
+    opt = SlopeTrackingAdam(
+        model.parameters(), lr=1e-4, max_change=1.5, alignment_betas=betas, gain_decay=gain_decay
+    )
+    alignments, etas = [], []
+    for step in range(40):
+        opt.step(closure_for(model, opt, *batches(x, y, step)))
+        if opt.search_state["alignment"] is not None:
+            alignments.append(opt.search_state["alignment"])
+            etas.append(opt.param_groups[0]["step_size"])
+    expected = reference_step_sizes(alignments, 1e-4, 1.5, betas, gain_decay)
+    assert etas == pytest.approx(expected, rel=1e-9)
+    # it went up and came down again within the run, and never by more than ×1.5 per step
+    assert max(etas) > 1e-4 * 1.5**3 and etas[-1] < max(etas)
+    ratios = [b / a for a, b in zip([1e-4, *etas], etas)]
+    assert all(1 / 1.5 - 1e-12 <= r <= 1.5 + 1e-12 for r in ratios)
+    assert (opt.search_state["sign_changes"] >= 1) == gain_decay
+
+
+def test_each_step_is_adams_update_at_the_tracked_step_size():
+    torch.manual_seed(0)
+    model, x, y = problem()
+    twin = problem()[0]
+    twin.load_state_dict(model.state_dict())
+    opt = SlopeTrackingAdam(model.parameters(), lr=1e-3)
+    adam = torch.optim.Adam(twin.parameters(), lr=1e-3)
+    for step in range(20):
+        xb, yb = batches(x, y, step)
+        opt.step(closure_for(model, opt, xb, yb))
+        adam.param_groups[0]["lr"] = opt.param_groups[0]["step_size"]  # the η this step used
+        adam.step(closure_for(twin, adam, xb, yb))
+        for a, b in zip(model.parameters(), twin.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_it_never_calls_the_forward_only_closure_and_starts_at_a_harmless_step():
+    model, x, y = problem()
+    opt = optim.create("slope_tracking_adam", model.parameters())
+    calls = []
+
+    def forward():
+        calls.append(1)
+        return torch.tensor(0.0)
+
+    before = flat(p.detach().clone() for p in model.parameters())
+    opt.step(closure_for(model, opt, x, y), forward=forward)
+    moved = (flat(p.detach() for p in model.parameters()) - before).abs().max()
+    assert not calls and opt.last_step["trials"] == 0
+    # Adam's first step is ±η per coordinate (up to float32 rounding of x ± η, |x| < 1)
+    assert float(moved) <= opt.defaults["lr"] + 2 * torch.finfo(torch.float32).eps
+
+
+def test_a_learning_rate_multiplier_scales_the_direction_the_alignment_uses():
+    torch.manual_seed(0)
+    model, x, y = problem()
+    first, second = list(model[0].parameters()), list(model[2].parameters())
+    opt = SlopeTrackingAdam([{"params": first, "lr_multiplier": 0.25}, {"params": second}], lr=1e-3)
+    last = None
+    for step in range(3):
+        before = flat(p.detach().clone() for p in model.parameters())
+        opt.step(closure_for(model, opt, *batches(x, y, step)))
+        if last is not None:
+            grad = flat(p.grad for p in model.parameters())
+            expected = torch.nn.functional.cosine_similarity(grad, last, dim=0)
+            assert opt.search_state["alignment"] == pytest.approx(float(expected), abs=1e-5)
+        last = (before - flat(p.detach() for p in model.parameters())) / opt.param_groups[0][
+            "step_size"
+        ]
+
+
+def test_without_a_closure_it_steps_on_the_callers_gradients_like_a_torch_optimizer():
+    torch.manual_seed(0)
+    model, x, y = problem()
+    twin = problem()[0]
+    twin.load_state_dict(model.state_dict())
+    opt = SlopeTrackingAdam(model.parameters(), lr=1e-3)
+    ref = SlopeTrackingAdam(twin.parameters(), lr=1e-3)
+    for step in range(10):
+        xb, yb = batches(x, y, step)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(xb), yb).backward()
+        assert opt.step() is None
+        # a torch-style closure (no ``backward`` argument) is taken as well
+        ref.step(lambda xb=xb, yb=yb: closure_for(twin, ref, xb, yb)())
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+    assert opt.param_groups[0]["step_size"] == ref.param_groups[0]["step_size"] != 1e-3
+    model.zero_grad()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    model[0].weight.grad[0, 0] = float("nan")
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()  # a non-finite gradient is a rejected step, as with a closure
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+    assert opt.search_state["rejected_steps"] == 1
