@@ -18,10 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(
     c
     for c in (ROOT / "configs").rglob("*.yaml")
-    if c.parent.name not in ("trainer", "callbacks", "sequential", "search")
+    if c.parent.name not in ("trainer", "callbacks", "sequential", "search", "optimizers")
 )
 PIECES = sorted((ROOT / "configs" / "trainer").glob("*.yaml"))
 CALLBACK_PIECES = sorted((ROOT / "configs" / "callbacks").glob("*.yaml"))
+OPTIMIZER_PIECES = sorted((ROOT / "configs" / "optimizers").glob("*.yaml"))
 
 
 @pytest.mark.parametrize(
@@ -72,6 +73,30 @@ def test_callback_pieces_stack_on_an_experiment_config(piece, capsys):
     assert [c["class_path"] for c in printed] == [c["class_path"] for c in wanted]
     for got, want in zip(printed, wanted):
         assert want["init_args"].items() <= got["init_args"].items()
+
+
+@pytest.mark.parametrize("piece", OPTIMIZER_PIECES, ids=[p.stem for p in OPTIMIZER_PIECES])
+def test_optimizer_pieces_stack_and_hold_the_registrys_presets(piece, capsys):
+    import yaml
+
+    from lsframe import optim
+
+    with pytest.raises(SystemExit):
+        LSFrameCLI(
+            args=["fit", "--config", str(ROOT / "configs" / "glue" / "minilm.yaml")]
+            + ["--config", str(piece), "--print_config"]
+        )
+    model = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    name, _, preset = piece.stem.partition("_robust")
+    record = optim.info(name)
+    assert model["optimizer"]["class_path"] == f"lsframe.optim.{record.cls.__name__}"
+    assert model["lr_scheduler"] is None
+    assert (model["param_grouping"] == "parts") == (record.param_grouping == "parts")
+    given = yaml.safe_load(piece.read_text())["model"]["init_args"]["optimizer"]
+    expected = record.preset("robust") if piece.stem.endswith("_robust") else {}
+    assert given.get("init_args", {}) == expected  # the YAML states the registry's preset
+    for key, value in expected.items():
+        assert model["optimizer"]["init_args"][key] == value
 
 
 def test_help_lists_the_subcommands_and_fit_options():
