@@ -160,6 +160,7 @@ class StepDiagnostics:
                 ("searched", int(last["searched"])),
                 ("failed", int(last["failed"])),
                 ("ratio", _compact(last["sufficient_decrease_ratio"])),
+                *((("alignment", _compact(last["alignment"])),) if "alignment" in last else ()),
             ):
                 self.columns.setdefault(key, []).append(value)
         elif hasattr(optimizer, "step_size"):  # the authors' SaLSA keeps one step size
@@ -220,9 +221,10 @@ class Run:
 def build(spec: str, model: nn.Module, total_steps: int) -> Run:
     """A run from a spec: ``adamw@5e-5`` (with 10 % warmup + cosine), ``adamw-const@5e-5``,
     ``salsa-reference``, ``prodigy``, ``dadaptadam``, ``schedulefree@<lr>``, or any other name
-    in lsframe's registry (``lsframe.optim.names()``: its defaults; ``name@<lr>`` sets ``lr``),
-    given the parameter groups its record asks for."""
+    in lsframe's registry (``lsframe.optim.names()``: its defaults; ``name+robust`` its robust
+    preset; ``name@<lr>`` sets ``lr``), given the parameter groups its record asks for."""
     name, _, lr_text = spec.partition("@")
+    name, _, preset = name.partition("+")
     lr = float(lr_text) if lr_text else None
     params = [p for p in model.parameters() if p.requires_grad]
     warmup = max(1, math.ceil(0.1 * total_steps))
@@ -233,7 +235,8 @@ def build(spec: str, model: nn.Module, total_steps: int) -> Run:
     if name in optim.names():
         info = optim.info(name)
         groups = part_groups(model) if info.param_grouping == "parts" else params
-        return Run(spec, model, info.create(groups, **({} if lr is None else {"lr": lr})))
+        kwargs = {} if lr is None else {"lr": lr}
+        return Run(spec, model, info.create(groups, preset=preset or "paper", **kwargs))
     if name == "salsa-reference":
         from salsa.SaLSA import SaLSA
 

@@ -1,16 +1,24 @@
 """Quality of each optimizer with its defaults vs an AdamW learning-rate grid and LR-free peers.
 
-One epoch of MiniLM-L6 fine-tuning on a GLUE training slice (batch 16, dynamic padding), then
-the dev metric. Rows: every lsframe line search with its defaults (no schedule), AdamW at
+MiniLM-L6 fine-tuning on a GLUE training slice (dynamic padding), then the dev metric over the
+whole dev set. ``--setting`` picks issue 18's settings: ``S`` (the P0 small setting: first 500
+training examples, batch 32, 5 epochs, max length 128) or ``M`` (first 2,000, batch 16, 3
+epochs, max length 128); without it, ``--train-limit``, ``--batch-size``, ``--epochs`` and
+``--max-length`` (default: 2,000, 16, 1, 64). The table gives the dev set's majority-class level
+and, per row, the paired difference to the best AdamW grid point (same seeds) and how many seeds
+learn (dev metric at least 0.02 above the majority class). Rows (``--optimizers``): every
+lsframe line search with its defaults (no schedule; ``name+robust``: its robust preset), AdamW at
 {1e-5, 2e-5, 5e-5, 1e-4} with 10 % warmup + cosine decay, Prodigy and DAdaptAdam (lr 1.0, same
 schedule), and AdamWScheduleFree at the grid's best learning rate (chosen per task on the mean
 dev metric, as a user would after running the grid). "train loss" is the mean training loss
-over the last 20 % of the epoch. Each finished run is appended to ``<out>.runs.jsonl``, with
+over the last 20 % of the run. The table holds every run logged with the same settings, so
+invocations with other rows or seeds add up. Each finished run is appended to ``<out>.runs.jsonl``, with
 its per-step step sizes and line-search diagnostics (``per_step``, see
 :class:`benchmarks.common.StepDiagnostics`); a later invocation with the same ``--out`` reuses
 the runs found there (add seeds in several sittings).
 
     python -m benchmarks.quality --task sst2 --train-limit 2000 --max-length 64 --seeds 0 1 2
+    python -m benchmarks.quality --setting S --task rte --seeds 0 1 2 3 4 --optimizers adamw@1e-4
 """
 
 from __future__ import annotations
@@ -40,6 +48,11 @@ from lsframe.optim import line_searches
 
 GRID = ["adamw@1e-5", "adamw@2e-5", "adamw@5e-5", "adamw@1e-4"]
 PEERS = ["prodigy", "dadaptadam"]
+SETTINGS = {  # issue 18: train_limit, batch_size, epochs, max_length
+    "S": dict(train_limit=500, batch_size=32, epochs=5, max_length=128),
+    "M": dict(train_limit=2000, batch_size=16, epochs=3, max_length=128),
+}
+LEARNS_BY = 0.02  # a run "learns" when its dev metric beats the majority class by this much
 
 
 def evaluate(run, data, task: str) -> dict[str, float]:
@@ -61,15 +74,16 @@ def evaluate(run, data, task: str) -> dict[str, float]:
 def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
     started = time.perf_counter()
     model = classifier(glue_task(args.task).num_labels, seed)
-    data = loader(train, tok, args.max_length, 16, seed)
-    run = build(spec, model, len(data))
+    data = loader(train, tok, args.max_length, args.batch_size, seed)
+    run = build(spec, model, args.epochs * len(data))
     torch.manual_seed(seed)
-    losses = [run.step(batch) for batch in data]
+    losses = [run.step(batch) for _ in range(args.epochs) for batch in data]
     tail = losses[-max(1, len(losses) // 5) :]
     dev_data = loader(dev, tok, args.max_length, 64, seed, shuffle=False)
     row = {
         "optimizer": spec,
         "seed": seed,
+        **run_settings(args),
         "train_loss": sum(tail) / len(tail),
         "nonfinite_steps": sum(1 for x in losses if x != x),
         "forwards_per_step": run.forwards.count / len(losses),
@@ -82,7 +96,22 @@ def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
     return row
 
 
-def summarise(rows: list[dict], metric: str) -> list[dict]:
+def run_settings(args) -> dict:
+    return {k: getattr(args, k) for k in ("train_limit", "batch_size", "epochs", "max_length")}
+
+
+def majority_level(dev, metric: str) -> float:
+    """The dev metric of always predicting the most frequent dev label."""
+    counts = [dev.labels.count(label) for label in set(dev.labels)]
+    if metric == "f1":  # predicting the positive class everywhere
+        positives = dev.labels.count(1)
+        return 2 * positives / (positives + len(dev.labels))
+    return max(counts) / len(dev.labels)
+
+
+def summarise(rows: list[dict], metric: str, majority: float) -> list[dict]:
+    """One entry per optimizer: mean ± std of the scores, fwd/step, seconds, learning seeds;
+    and, once the AdamW grid is in, the paired difference to its best point (by mean)."""
     table = []
     for spec in dict.fromkeys(r["optimizer"] for r in rows):
         mine = [r for r in rows if r["optimizer"] == spec]
@@ -93,60 +122,96 @@ def summarise(rows: list[dict], metric: str) -> list[dict]:
             entry[key + "_cell"] = mean_std(values)
         entry["forwards_per_step"] = statistics.fmean(r["forwards_per_step"] for r in mine)
         entry["seconds"] = statistics.fmean(r["seconds"] for r in mine)
+        entry["learns"] = sum(r[metric] >= majority + LEARNS_BY for r in mine)
         table.append(entry)
+    grid = [e for e in table if e["optimizer"] in GRID]
+    if grid:
+        best = max(grid, key=lambda e: e[metric])["optimizer"]
+        by_seed = {r["seed"]: r[metric] for r in rows if r["optimizer"] == best}
+        for entry in table:
+            diffs = [
+                r[metric] - by_seed[r["seed"]]
+                for r in rows
+                if r["optimizer"] == entry["optimizer"] and r["seed"] in by_seed
+            ]
+            entry["paired_cell"] = mean_std(diffs) if diffs else "–"
+            entry["paired_against"] = best
     return table
+
+
+def table_lines(table: list[dict], metric: str) -> list[str]:
+    keys = ["train_loss", metric] + (["f1"] if "f1" in table[0] and metric != "f1" else [])
+    against = table[0].get("paired_against")
+    header = ["optimizer", "seeds", "train loss", f"dev {metric}"] + ["dev f1"] * (len(keys) > 2)
+    header += [f"paired Δ vs {against}"] * bool(against) + ["learns", "fwd/step", "s/run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for e in table:
+        cells = [e["optimizer"], str(e["seeds"])] + [e[k + "_cell"] for k in keys]
+        cells += [e["paired_cell"]] * bool(against)
+        cells += [f"{e['learns']}/{e['seeds']}", f"{e['forwards_per_step']:.2f}"]
+        lines.append("| " + " | ".join(cells + [f"{e['seconds']:.0f}"]) + " |")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="sst2")
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default=None)
     parser.add_argument("--train-limit", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--optimizers", nargs="+", default=line_searches() + GRID + PEERS)
     parser.add_argument("--no-schedulefree", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    out = Path(args.out or f"benchmarks/results/quality_{args.task}_cpu")
+    if args.setting:
+        for key, value in SETTINGS[args.setting].items():
+            setattr(args, key, value)
+    name = f"quality_{args.setting.lower()}_{args.task}" if args.setting else f"quality_{args.task}"
+    out = Path(args.out or f"benchmarks/results/{name}_cpu")
     out.parent.mkdir(parents=True, exist_ok=True)
     args.log = out.with_suffix(".runs.jsonl")
     started = time.time()
     tok = tokenizer()
     train = glue_examples(args.task, "train", args.train_limit)
     dev = glue_examples(args.task, "dev")
-    # runs already in the log (an earlier, interrupted or partial invocation) are reused
-    known = {(r["optimizer"], r["seed"]): r for r in load_runs(args.log)}
+    # runs already in the log with these settings (an earlier, interrupted or partial
+    # invocation) are reused; runs logged before the settings were recorded had batch 16 and
+    # one epoch, and their file's own limit and length
+    old = {**run_settings(args), "batch_size": 16, "epochs": 1}
+    logged = load_runs(args.log, run_settings(args), logged_before=old)
+    known = {(r["optimizer"], r["seed"]): r for r in logged}
 
     def run_or_reuse(spec: str, seed: int) -> dict:
         return known.get((spec, seed)) or one_run(spec, seed, args, tok, train, dev)
 
-    rows = [run_or_reuse(s, seed) for s in args.optimizers for seed in args.seeds]
+    for spec in args.optimizers:
+        for seed in args.seeds:
+            known[spec, seed] = run_or_reuse(spec, seed)
     metric = glue_task(args.task).metrics[0]
-    grid = [e for e in summarise(rows, metric) if e["optimizer"] in GRID]
+    majority = majority_level(dev, metric)
+    grid = [e for e in summarise(list(known.values()), metric, majority) if e["optimizer"] in GRID]
     if grid and not args.no_schedulefree:
         best = max(grid, key=lambda e: e[metric])["optimizer"].split("@")[1]
-        rows += [
-            one_run(f"schedulefree@{best}", seed, args, tok, train, dev) for seed in args.seeds
-        ]
-    table = summarise(rows, metric)
-    keys = ["train_loss", metric] + (["f1"] if "f1" in table[0] and metric != "f1" else [])
-    header = ["optimizer", "seeds", "train loss", f"dev {metric}"] + ["dev f1"] * (len(keys) > 2)
-    lines = [
-        "| " + " | ".join(header + ["fwd/step", "s/run"]) + " |",
-        "|" + "---|" * (len(header) + 2),
-    ]
-    for e in table:
-        cells = [e["optimizer"], str(e["seeds"])]
-        cells += [e[k + "_cell"] for k in keys]
-        cells += [f"{e['forwards_per_step']:.2f}", f"{e['seconds']:.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+        for seed in args.seeds:
+            known[f"schedulefree@{best}", seed] = run_or_reuse(f"schedulefree@{best}", seed)
+    # the table holds every run logged with these settings: invocations with other optimizers
+    # or seeds (the presets' 3 seeds beside the main rows' 5) add up
+    rows = sorted(known.values(), key=lambda r: r["seed"])
+    table = summarise(rows, metric, majority)
+    rows = [{**row, "majority": majority} for row in rows]  # for the claims that read the JSON
     meta = (
-        f"GLUE {args.task}: first {args.train_limit} training examples, 1 epoch, batch 16, max "
-        f"length {args.max_length}; dev set {len(dev.labels)} examples; seeds {args.seeds}; "
-        f"MiniLM-L6; device {device_name()}; torch "
-        f"{torch.__version__}; wall {time.time() - started:.0f} s. Mean ± std over seeds."
+        f"GLUE {args.task}{f' (setting {args.setting})' if args.setting else ''}: first "
+        f"{args.train_limit} training examples, {args.epochs} epoch(s), batch {args.batch_size}, "
+        f"max length {args.max_length}; dev set {len(dev.labels)} examples, majority class "
+        f"{metric} {majority:.4f}; seeds {args.seeds}; MiniLM-L6; device {device_name()}; torch "
+        f"{torch.__version__}; wall {time.time() - started:.0f} s. Mean ± std over seeds; paired "
+        f"Δ: per-seed difference to the best AdamW grid point; learns: seeds at least "
+        f"{LEARNS_BY} above the majority class."
     )
-    write_results(out, meta, "\n".join(lines), rows)
+    write_results(out, meta, "\n".join(table_lines(table, metric)), rows)
 
 
 if __name__ == "__main__":

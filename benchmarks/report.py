@@ -33,6 +33,8 @@ from benchmarks.claims import CLAIMS
 from benchmarks.common import ROOT
 
 BENCH = ROOT / "benchmarks"
+GRID = ["adamw@1e-5", "adamw@2e-5", "adamw@5e-5", "adamw@1e-4"]
+SEEDS = {"S": ["0", "1", "2", "3", "4"], "M": ["0", "1", "2"]}  # issue 18's settings
 SEARCH_CONFIG = ROOT / "configs" / "search" / "minilm_sst2_mrpc.yaml"
 
 # name: (script, full arguments, quick arguments), for ``python -m benchmarks.<script>`` or
@@ -54,9 +56,19 @@ STEPS: dict[str, tuple[str, list[str], list[str]]] = {
         ["--task", "rte", "--train-limit", "100000", "--max-length", "128", "--seeds", "0"],
         None,
     ),
+    **{
+        f"quality_{setting.lower()}_{task}": (
+            "quality",
+            ["--setting", setting, "--task", task, "--seeds", *SEEDS[setting]]
+            + ["--optimizers", "slope_tracking_adam", "salsa", *GRID, "prodigy"],
+            None,
+        )
+        for setting in ("S", "M")
+        for task in ("sst2", "mrpc", "rte")
+    },
     "step_cost": (
         "step_cost",
-        ["--steps", "1000", "--short-steps", "50", "--memory"],
+        ["--model", "minilm", "--steps", "1000", "--memory"],
         ["--steps", "4", "--short-steps", "2", "--block", "2", "--optimizers"]
         + ["adamw-const@5e-5", "salsa"],
     ),

@@ -1,14 +1,30 @@
-"""Step cost of each optimizer as a ratio to torch AdamW(foreach), measured interleaved.
+"""Step cost of each optimizer against torch AdamW(foreach): time, forwards, memory, time to target.
 
-Every optimizer trains its own copy of MiniLM-L6 on the same SST-2 batches (batch 16, max
-length 64, dynamic padding). The runs take turns in blocks of ``--block`` steps, so drift in
-the machine's speed hits all of them alike. Reported: mean seconds per step, the ratio to
-AdamW, forward passes per step, the step size at the end; with ``--memory``, peak memory of
-each optimizer alone in a fresh process (max RSS on CPU, ``max_memory_allocated`` on CUDA).
-The JSON keeps each run's per-step diagnostics (``per_step``: step sizes, a line search's
-trials and sufficient-decrease ratios; :class:`benchmarks.common.StepDiagnostics`).
+Settings (``--model``): ``minilm``, the real MiniLM-L6 on SST-2 (batch 16, max length 64, dynamic
+padding); ``small-bert``, a BERT from ``BertConfig`` (hidden 128, 2 layers, 2 heads, MiniLM's
+vocabulary, random initialisation from seed 0) on the same batches cut to 32 tokens.
 
-    python -m benchmarks.step_cost --steps 1000 --out benchmarks/results/step_cost_cpu
+Timing (default): each optimizer trains its own copy of the model on the same batches, taking
+turns in blocks of ``--block`` steps in one process (the order rotating), so drift in the
+machine's speed hits all alike. Per optimizer: total (sum of step times) and median step-time
+ratios to AdamW (the first row) over the first ``--first`` steps and over all (the every-step
+searchers run ``--short-steps``; † marks a ratio over fewer steps than its column); forwards per
+step; mean ms per step of forward+backward (the closure's backward evaluation), trial forwards
+(forward-only evaluations), optimizer (the rest of ``optimizer.step``: Python, launches, its own
+host syncs) and sync (GPU: waiting in ``torch.cuda.synchronize`` for work the optimizer queued,
+before each evaluation and at the end; "–" on CPU). The parts add up to the step time (on GPU a
+synchronize ends each evaluation, in its part); the LR scheduler and diagnostics are not timed.
+``--memory``: peak memory of each optimizer alone, 20 steps in a fresh process (max RSS on CPU,
+``max_memory_allocated`` on CUDA).
+
+Time to target (``--time-to-target``, ``--task sst2|mrpc``): AdamW at each grid lr (10 % warmup
++ cosine) and the LR-free optimizers train ``--steps`` steps each, the dev accuracy evaluated
+every ``--eval-every`` steps (not timed). Target: the best grid point's final dev accuracy; each
+run's training seconds until it first reaches it, next to the whole grid's. Finished runs go to
+``<out>.runs.jsonl``; a rerun with the same settings resumes from it.
+
+    python -m benchmarks.step_cost --model minilm --steps 1000 --memory
+    python -m benchmarks.step_cost --time-to-target --task sst2 --steps 1000
 """
 
 from __future__ import annotations
@@ -19,28 +35,82 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from benchmarks.common import (
     ROOT,
+    Run,
+    append_run,
     build,
     classifier,
-    command_line,
     device_name,
     endless,
     glue_examples,
+    load_runs,
     loader,
     step_size,
     tokenizer,
+    write_results,
 )
-from lsframe.optim import info, line_searches
+from lsframe.optim import info, line_searches, make_closure
 
-# AdamW first (the base of the ratios), every lsframe line search, the authors' SaLSA
-OPTIMIZERS = ["adamw-const@5e-5", *line_searches(), "salsa-reference"]
-# the line searches that search at every step (not amortised, as SaLSA's are)
-EVERY_STEP = [name for name in line_searches() if not info(name).amortized]
+MAX_LENGTH = {"minilm": 64, "small-bert": 32}
+TITLE = {"minilm": "MiniLM-L6", "small-bert": "small BERT (hidden 128, 2 layers)"}
+# the line searches that search with forward trials at every step (not amortised, as SaLSA's)
+EVERY_STEP = [n for n in line_searches() if info(n).forward_trials and not info(n).amortized]
+# AdamW first (the base of the ratios), lsframe's LR-free default, SaLSA, the other searches
+OPTIMIZERS = ["adamw-const@5e-5", "slope_tracking_adam", "salsa", *EVERY_STEP]
+GRID = [1e-5, 2e-5, 5e-5, 1e-4]
+LR_FREE = ["slope_tracking_adam", "salsa"]
+PARTS = ("fwd_bwd", "trials", "optimizer", "sync")
+
+
+def window_ratios(seconds: Sequence[float], base: Sequence[float], k: int) -> dict[str, Any]:
+    """A run's step times against the base run's over the first ``k`` steps of both (fewer when
+    either has fewer): ``total`` = Σ seconds / Σ base, ``median`` = median / median of the same
+    steps, ``steps`` = how many steps were compared.
+
+    Raises:
+        ValueError: there is no step to compare.
+    """
+    n = min(k, len(seconds), len(base))
+    if n < 1:
+        raise ValueError("no steps to compare")
+    ours, theirs = seconds[:n], base[:n]
+    return {
+        "steps": n,
+        "total": sum(ours) / sum(theirs),
+        "median": statistics.median(ours) / statistics.median(theirs),
+    }
+
+
+def time_to_target(history: Sequence[dict], target: float) -> dict | None:
+    """The first evaluation of ``history`` (in step order; ``step``, ``seconds``, ``metric``)
+    whose metric reaches ``target`` (``metric ≥ target``), or None when none does."""
+    return next((point for point in history if point["metric"] >= target), None)
+
+
+def grid_target(finals: dict[str, float]) -> tuple[str, float]:
+    """The grid point with the best final metric and that metric (ties: the first listed)."""
+    best = max(finals, key=lambda spec: finals[spec])
+    return best, finals[best]
+
+
+def make_model(setting: str, vocab_size: int, seed: int = 0) -> nn.Module:
+    """The two-label classifier of ``setting`` (see the module docstring), in train mode."""
+    if setting == "minilm":
+        return classifier(2, seed)
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    shape = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}
+    config = BertConfig(vocab_size=vocab_size, intermediate_size=512, num_labels=2, **shape)
+    return BertForSequenceClassification(config).train()
 
 
 def to_device(batch: dict, device: str) -> dict:
@@ -51,76 +121,110 @@ def autocast(device: str, bf16: bool):
     return torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)
 
 
+def train_batches(args: argparse.Namespace, tok: Any, count: int, task: str = "sst2") -> list:
+    data = loader(glue_examples(task, "train"), tok, MAX_LENGTH[args.model], 16, seed=0)
+    batches = endless(data)
+    return [to_device(next(batches), args.device) for _ in range(count)]
+
+
+def timed_step(run: Run, batch: dict, cuda: bool) -> tuple[float, dict[str, float]]:
+    """One step of ``run`` (as :meth:`Run.step`) with its time split into :data:`PARTS` (seconds)
+    and its closure evaluations counted (``backward_calls``, ``trial_calls``)."""
+    parts = dict.fromkeys(PARTS, 0.0) | {"backward_calls": 0, "trial_calls": 0}
+
+    def sync() -> None:
+        if cuda:
+            t0 = time.perf_counter()
+            torch.cuda.synchronize()
+            parts["sync"] += time.perf_counter() - t0
+
+    closure = make_closure(run.model, batch, run.optimizer)
+
+    def timed(backward: bool = True) -> torch.Tensor:
+        sync()  # the optimizer's queued kernels are not the closure's
+        t0 = time.perf_counter()
+        loss = closure(backward=backward)
+        if cuda:
+            torch.cuda.synchronize()
+        parts["fwd_bwd" if backward else "trials"] += time.perf_counter() - t0
+        parts["backward_calls" if backward else "trial_calls"] += 1
+        return loss
+
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    if run.kind == "reference":  # the authors' SaLSA calls ``closure(backwards=False)``
+        loss = run.optimizer.step(lambda backwards=False: timed(backwards))
+    else:
+        loss = run.optimizer.step(timed)
+    sync()
+    total = time.perf_counter() - start
+    parts["optimizer"] = total - parts["fwd_bwd"] - parts["trials"] - parts["sync"]
+    run.diagnostics.add(run.optimizer)
+    if run.scheduler is not None:
+        run.scheduler.step()
+    return float(loss), parts | {"total": total}
+
+
 def timed_steps(args: argparse.Namespace) -> list[dict]:
     tok = tokenizer()
-    data = glue_examples("sst2", "train")
-    batches = endless(loader(data, tok, 64, 16, seed=0))
-    cached = [to_device(next(batches), args.device) for _ in range(args.steps)]
-    runs = []
-    for spec in args.optimizers:
-        runs.append(build(spec, classifier(2, seed=0).to(args.device), args.steps))
+    cached = train_batches(args, tok, args.steps)
+    runs = [
+        build(s, make_model(args.model, len(tok)).to(args.device), args.steps)
+        for s in args.optimizers
+    ]
 
-    def steps_of(run) -> int:
+    def steps_of(run: Run) -> int:
         return args.short_steps if run.name in args.short else args.steps
 
-    seconds = {r.name: [] for r in runs}
-    losses = {r.name: [] for r in runs}
-    sizes = {r.name: [] for r in runs}
-    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    cuda = args.device == "cuda"
+    log: dict[str, dict[str, list]] = {r.name: {} for r in runs}
     for start in range(0, args.steps, args.block):
-        # rotate the order each block so no optimizer always runs first
-        shift = (start // args.block) % len(runs)
+        shift = (start // args.block) % len(runs)  # no optimizer always runs first
         for run in runs[shift:] + runs[:shift]:
-            if start >= steps_of(run):
-                continue
             for i in range(start, min(start + args.block, steps_of(run))):
-                sync()
-                t0 = time.perf_counter()
                 with autocast(args.device, args.bf16):
-                    loss = run.step(cached[i])
-                sync()
-                seconds[run.name].append(time.perf_counter() - t0)
-                losses[run.name].append(loss)
-                sizes[run.name].append(step_size(run))
-        done = min(start + args.block, args.steps)
-        print(f"  {done}/{args.steps} steps", flush=True)
-    base = sum(seconds[runs[0].name]) / args.steps
-    # the every-step searchers run the first short_steps only: compare them to AdamW there
-    base_short = sum(seconds[runs[0].name][: args.short_steps]) / args.short_steps
-    median_base = statistics.median(seconds[runs[0].name])
+                    loss, parts = timed_step(run, cached[i], cuda)
+                parts |= {"loss": loss, "size": step_size(run)}
+                for key, value in parts.items():
+                    log[run.name].setdefault(key, []).append(value)
+        print(f"  {min(start + args.block, args.steps)}/{args.steps} steps", flush=True)
+    base = log[runs[0].name]["total"]
     rows = []
     for run in runs:
-        n = steps_of(run)
-        mean = sum(seconds[run.name]) / n
-        tail = losses[run.name][-100:]  # of its own steps
+        own, n = log[run.name], steps_of(run)
+        first, whole = (window_ratios(own["total"], base, k) for k in (args.first, args.steps))
+        tail = own["loss"][-100:]
         rows.append(
             {
                 "optimizer": run.name,
                 "steps": n,
-                "s_per_step": mean,
-                "ratio_to_adamw": mean / (base if n == args.steps else base_short),
-                # the median step leaves out the long first searches (from step size 1)
-                "median_ratio_to_adamw": statistics.median(seconds[run.name]) / median_base,
+                "s_per_step": sum(own["total"]) / n,
+                "first": first,
+                "whole": whole,
+                "ratio_to_adamw": whole["total"],  # over its steps (the claims table reads it)
+                "median_ratio_to_adamw": whole["median"],
                 "forwards_per_step": run.forwards.count / n,
+                "trials_per_step": sum(own["trial_calls"]) / n,
+                **{f"ms_{p}": 1000 * sum(own[p]) / n for p in PARTS},
                 "final_step_size": step_size(run),
                 "train_loss_last100": sum(tail) / len(tail),
-                "step_sizes": sizes[run.name],
-                "seconds": seconds[run.name],
-                "per_step": run.diagnostics.columns,  # a line search's trials and ratios too
+                "step_sizes": own["size"],
+                "seconds": own["total"],
+                "per_step": run.diagnostics.columns,
             }
         )
     return rows
 
 
-def probe_memory(spec: str, device: str, bf16: bool) -> float:
+def probe_memory(spec: str, args: argparse.Namespace) -> float:
     """Peak memory (MB) of 20 steps of ``spec``; meant to run alone in a fresh process."""
     tok = tokenizer()
-    batches = endless(loader(glue_examples("sst2", "train", 2000), tok, 64, 16, seed=0))
-    run = build(spec, classifier(2, seed=0).to(device), 20)
-    for _ in range(20):
-        with autocast(device, bf16):
-            run.step(to_device(next(batches), device))
-    if device == "cuda":
+    run = build(spec, make_model(args.model, len(tok)).to(args.device), 20)
+    for batch in train_batches(args, tok, 20):
+        with autocast(args.device, args.bf16):
+            run.step(batch)
+    if args.device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     # VmHWM, the peak resident set of this process image (ru_maxrss would carry the parent's
     # peak over fork + exec)
@@ -130,99 +234,192 @@ def probe_memory(spec: str, device: str, bf16: bool) -> float:
 
 def peak_memory(spec: str, args: argparse.Namespace) -> float:
     command = [sys.executable, "-m", "benchmarks.step_cost", "--probe-memory", spec]
-    out = subprocess.run(
-        command + ["--device", args.device] + ["--bf16"] * args.bf16,
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    )
+    command += ["--device", args.device, "--model", args.model] + ["--bf16"] * args.bf16
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def ratio_cell(window: dict, k: int, key: str) -> str:
+    return f"{window[key]:.2f}" + ("†" if window["steps"] < k else "")
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+def cost_table(rows: list[dict], args: argparse.Namespace, memory: bool) -> str:
+    first, whole = rows[0]["first"]["steps"], rows[0]["whole"]["steps"]  # AdamW's: all steps
+    header = ["optimizer", "steps", "s/step"]
+    header += [f"{kind} x AdamW ≤{k}" for k in (first, whole) for kind in ("total", "median")]
+    header += ["fwd/step", "fwd+bwd ms", "trials ms", "optimizer ms", "sync ms", "final step size"]
+    header += ["loss last 100"] + ["peak MB", "peak x AdamW"] * memory
+    cells = []
+    for r in rows:
+        sync = f"{r['ms_sync']:.1f}" if args.device == "cuda" else "–"
+        line = [r["optimizer"], str(r["steps"]), f"{r['s_per_step']:.4f}"]
+        line += [
+            ratio_cell(r[w], k, key)
+            for w, k in (("first", first), ("whole", whole))
+            for key in ("total", "median")
+        ]
+        line += [f"{r['forwards_per_step']:.2f}"]
+        line += [f"{r[f'ms_{p}']:.1f}" for p in PARTS[:3]] + [sync]
+        line += [f"{r['final_step_size']:.3g}", f"{r['train_loss_last100']:.4f}"]
+        if memory:
+            line += [f"{r['peak_mb']:.0f}", f"{r['peak_vs_adamw']:.2f}"]
+        cells.append(line)
+    return table(header, cells)
+
+
+def evaluate(model: nn.Module, batches: list[dict]) -> float:
+    """Accuracy of ``model`` on ``batches`` (eval mode, no gradients)."""
+    correct = total = 0
+    with torch.no_grad():
+        for batch in batches:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            correct += int((model(**inputs).logits.argmax(-1) == batch["labels"]).sum())
+            total += batch["labels"].numel()
+    return correct / total
+
+
+def train_to_target(spec: str, args: argparse.Namespace, tok: Any, data: tuple) -> dict:
+    """``spec`` for ``--steps`` steps on the cached training batches, the dev accuracy every
+    ``--eval-every`` steps and at the end: its evaluation history with the training seconds."""
+    batches, dev = data
+    run = build(spec, make_model(args.model, len(tok)).to(args.device), args.steps)
+    sync: Callable[[], None] = torch.cuda.synchronize if args.device == "cuda" else lambda: None
+    seconds, eval_forwards, history = 0.0, 0, []
+    for i, batch in enumerate(batches, start=1):
+        sync()
+        t0 = time.perf_counter()
+        with autocast(args.device, args.bf16):
+            run.step(batch)
+        sync()
+        seconds += time.perf_counter() - t0
+        if i % args.eval_every == 0 or i == len(batches):
+            before = run.forwards.count
+            run.eval()
+            with autocast(args.device, args.bf16):
+                metric = evaluate(run.model, dev)
+            run.train()
+            eval_forwards += run.forwards.count - before
+            history.append({"step": i, "seconds": seconds, "metric": metric})
+    return {
+        "optimizer": spec,
+        "train_seconds": seconds,
+        "final_metric": history[-1]["metric"],
+        "forwards_per_step": (run.forwards.count - eval_forwards) / len(batches),
+        "history": history,
+    }
+
+
+def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]:
+    keys = ("model", "task", "steps", "eval_every", "dev_limit", "bf16")
+    settings = {k: getattr(args, k) for k in keys} | {"device": device_name(args.device)}
+    log = Path(f"{args.out}.runs.jsonl")
+    done = {r["optimizer"]: r for r in load_runs(log, settings)}
+    specs = [f"adamw@{lr:g}" for lr in args.grid] + args.lr_free
+    if any(spec not in done for spec in specs):
+        tok = tokenizer()
+        length = MAX_LENGTH[args.model]
+        dev_examples = glue_examples(args.task, "dev", args.dev_limit)
+        dev = [to_device(b, args.device) for b in loader(dev_examples, tok, length, 64, 0, False)]
+        data = (train_batches(args, tok, args.steps, args.task), dev)
+        for spec in specs:
+            if spec not in done:
+                done[spec] = train_to_target(spec, args, tok, data) | settings
+                append_run(log, done[spec])
+    rows = [done[spec] for spec in specs]
+    grid = rows[: len(args.grid)]
+    best, target = grid_target({r["optimizer"]: r["final_metric"] for r in grid})
+    grid_seconds = sum(r["train_seconds"] for r in grid)
+    cells = []
+    for r in rows:
+        hit = time_to_target(r["history"], target)
+        r["time_to_target"] = None if hit is None else hit["seconds"]
+        r["step_at_target"] = None if hit is None else hit["step"]
+        reached = "not reached" if hit is None else f"{hit['seconds']:.1f} (step {hit['step']})"
+        share = "–" if hit is None else f"{hit['seconds'] / grid_seconds:.2f}"
+        best_seen = max(p["metric"] for p in r["history"])
+        cells.append([r["optimizer"], f"{r['final_metric']:.4f}", f"{best_seen:.4f}"])
+        cells[-1] += [f"{r['train_seconds']:.1f}", reached, share, f"{r['forwards_per_step']:.2f}"]
+    header = ["optimizer", "final dev acc", "best dev acc", "train s", "s to target", "x grid s"]
+    header.append("fwd/step")
+    best_hit = next(r for r in grid if r["optimizer"] == best)["time_to_target"]
+    meta = (
+        f"Time to target, {args.task.upper()} dev accuracy (first {args.dev_limit or 'all'} dev "
+        f"examples, every {args.eval_every} steps), {TITLE[args.model]}, batch 16, max length "
+        f"{MAX_LENGTH[args.model]}, {args.steps} steps per run; target {target:.4f} = final "
+        f"accuracy of the best AdamW grid point {best} (grid {', '.join(map(str, args.grid))}, "
+        f"10 % warmup + cosine); the whole AdamW grid trained {grid_seconds:.0f} s, the best run "
+        f"reached the target after {best_hit:.0f} s; training time only (evaluation excluded); "
+        f"device {device_name(args.device)}; bf16 {args.bf16}; torch {torch.__version__}"
+    )
+    return meta, table(header, cells), rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=list(MAX_LENGTH), default="minilm")
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--first", type=int, default=300, help="the shorter ratio window")
     parser.add_argument("--block", type=int, default=25)
     parser.add_argument(
         "--short",
         nargs="*",
         default=EVERY_STEP,
         help="optimizers that search every step: their cost per step is flat, so they run only "
-        "the first --short-steps steps (ratio against AdamW's same steps)",
+        "the first --short-steps steps (ratios against AdamW's same steps)",
     )
-    parser.add_argument("--short-steps", type=int, default=200)
+    parser.add_argument("--short-steps", type=int, default=300)
     parser.add_argument("--optimizers", nargs="+", default=OPTIMIZERS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU runs)")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory")
-    parser.add_argument("--out", default="benchmarks/results/step_cost")
-    parser.add_argument("--probe-memory", metavar="SPEC", help=argparse.SUPPRESS)
     parser.add_argument("--rows-from", help="reuse the timings of this JSON result")
+    parser.add_argument("--time-to-target", action="store_true")
+    parser.add_argument("--task", choices=["sst2", "mrpc"], default="sst2")
+    parser.add_argument("--grid", nargs="+", type=float, default=GRID, help="AdamW lrs")
+    parser.add_argument("--lr-free", nargs="+", default=LR_FREE)
+    parser.add_argument("--eval-every", type=int, default=25)
+    parser.add_argument("--dev-limit", type=int, help="evaluate on the first N dev examples")
+    parser.add_argument("--out", help="default: benchmarks/results/<step_cost|time_to_target>_…")
+    parser.add_argument("--probe-memory", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe_memory:
-        print(probe_memory(args.probe_memory, args.device, args.bf16))
+        print(probe_memory(args.probe_memory, args))
         return
+    device = "gpu" if args.device == "cuda" else "cpu"
+    if args.time_to_target:
+        name = f"time_to_target_{args.task}_{args.model}_{device}"
+        args.out = args.out or f"benchmarks/results/{name}"
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_results(Path(args.out), *time_to_target_runs(args))
+        return
+    args.out = args.out or f"benchmarks/results/step_cost_{args.model}_{device}"
     started = time.time()
-    command = command_line()
     if args.rows_from:  # fill in the memory columns of an earlier timing run
         earlier = json.loads(Path(args.rows_from).read_text())
-        rows = earlier["rows"]
-        command = f"{earlier.get('command', 'the timing run')}, then {command}"
+        rows, meta = earlier["rows"], earlier["meta"].split("; peak memory")[0]
     else:
         rows = timed_steps(args)
+        meta = (
+            f"SST-2 train, {TITLE[args.model]}, batch 16, max length {MAX_LENGTH[args.model]}, "
+            f"{args.steps} steps per optimizer (every-step searchers {args.short_steps}), "
+            f"interleaved blocks of {args.block}; ratios: total and median step time over the "
+            f"first {min(args.first, args.steps)} and all {args.steps} steps (†: over the run's "
+            f"fewer steps); device {device_name(args.device)}; bf16 {args.bf16}; "
+            f"torch {torch.__version__}; wall {time.time() - started:.0f} s"
+        )
     if args.memory:
         for row in rows:
             row["peak_mb"] = peak_memory(row["optimizer"], args)
-        base = rows[0]["peak_mb"]
         for row in rows:
-            row["peak_vs_adamw"] = row["peak_mb"] / base
-    header = [
-        "optimizer",
-        "steps",
-        "s/step",
-        "x AdamW",
-        "median x AdamW",
-        "fwd/step",
-        "final step size",
-        "loss last 100",
-    ]
-    if args.memory:
-        header += ["peak MB", "peak x AdamW"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        cells = [
-            r["optimizer"],
-            str(r["steps"]),
-            f"{r['s_per_step']:.4f}",
-            f"{r['ratio_to_adamw']:.2f}",
-            f"{r['median_ratio_to_adamw']:.2f}",
-            f"{r['forwards_per_step']:.2f}",
-            f"{r['final_step_size']:.3g}",
-            f"{r['train_loss_last100']:.4f}",
-        ]
-        if args.memory:
-            cells += [f"{r['peak_mb']:.0f}", f"{r['peak_vs_adamw']:.2f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    if args.rows_from:
-        meta = earlier["meta"].split("; peak memory")[0]
-    else:
-        meta = (
-            f"SST-2 train, MiniLM-L6, batch 16, max length 64, {args.steps} steps per optimizer "
-            f"(every-step searchers {args.short_steps}), interleaved blocks of {args.block}; "
-            f"device {device_name(args.device)}; bf16 {args.bf16}; torch {torch.__version__}; "
-            f"wall {time.time() - started:.0f} s"
-        )
-    if args.memory:
+            row["peak_vs_adamw"] = row["peak_mb"] / rows[0]["peak_mb"]
         meta += "; peak memory: each optimizer alone, 20 steps in a fresh process"
-    table = "\n".join(lines)
-    print(meta + "\n\n" + table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(f"{meta}\n\nCommand: `{command}`\n\n{table}\n")
-    out.with_suffix(".json").write_text(
-        json.dumps({"meta": meta, "command": command, "rows": rows}, indent=1)
-    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_results(Path(args.out), meta, cost_table(rows, args, args.memory), rows)
 
 
 if __name__ == "__main__":
