@@ -112,6 +112,24 @@ def one_run(task: str, method: str, seed: int, args: argparse.Namespace) -> dict
     return row
 
 
+def method_table(
+    rows: list[dict], args: argparse.Namespace, columns: list[str], timing
+) -> list[str]:
+    """Markdown lines: one row per task and method, the dev accuracy and F1 as mean ± std over
+    seeds, then the cells ``timing(runs)`` gives (the ``columns`` after the two metrics)."""
+    lines = ["| " + " | ".join(["task", "method", "seeds", *columns]) + " |"]
+    lines.append("|" + "---|" * (3 + len(columns)))
+    for task in args.tasks:
+        for method in args.methods:
+            runs = [r for r in rows if r["task"] == task and r["method"] == method]
+            cells = [task, method, str(len(runs))]
+            for key in ("acc", "f1"):
+                values = [r[key] for r in runs if key in r]
+                cells.append(mean_std(values) if values else "–")
+            lines.append("| " + " | ".join(cells + timing(runs)) + " |")
+    return lines
+
+
 def quality(args: argparse.Namespace) -> None:
     # runs logged with other settings are not reused (they would mix into this table)
     here = settings(args)
@@ -125,16 +143,12 @@ def quality(args: argparse.Namespace) -> None:
         for seed in args.seeds
         for method in args.methods
     ]
-    lines = ["| task | method | seeds | dev acc | dev f1 | s/run |", "|---|---|---|---|---|---|"]
-    for task in args.tasks:
-        for method in args.methods:
-            runs = [r for r in rows if r["task"] == task and r["method"] == method]
-            cells = [task, method, str(len(runs))]
-            for key in ("acc", "f1"):
-                values = [r[key] for r in runs if key in r]
-                cells.append(mean_std(values) if values else "–")
-            cells.append(f"{statistics.mean(r['seconds'] for r in runs):.0f}")
-            lines.append("| " + " | ".join(cells) + " |")
+    lines = method_table(
+        rows,
+        args,
+        ["dev acc", "dev f1", "s/run"],
+        lambda runs: [f"{statistics.mean(r['seconds'] for r in runs):.0f}"],
+    )
     meta = (
         f"MiniLM-L6, seeded random {args.train_size}-example training subsets, {args.epochs} "
         f"epochs, batch 16, max length 128, AdamW lr {args.lr} wd 0.01, warmup 10 % + cosine; "
@@ -225,18 +239,15 @@ def p4(args: argparse.Namespace) -> None:
         for seed in args.seeds
         for method in args.methods
     ]
-    header = "| task | method | seeds | dev acc mean ± std | dev f1 mean ± std | s/step | min/run |"
-    lines = [header, "|---|---|---|---|---|---|---|"]
-    for task in args.tasks:
-        for method in args.methods:
-            runs = [r for r in rows if r["task"] == task and r["method"] == method]
-            cells = [task, method, str(len(runs))]
-            for key in ("acc", "f1"):
-                values = [r[key] for r in runs if key in r]
-                cells.append(mean_std(values) if values else "–")
-            cells.append(f"{statistics.median(r['s_per_step'] for r in runs):.3f}")
-            cells.append(f"{statistics.mean(r['seconds'] for r in runs) / 60:.1f}")
-            lines.append("| " + " | ".join(cells) + " |")
+    lines = method_table(
+        rows,
+        args,
+        ["dev acc mean ± std", "dev f1 mean ± std", "s/step", "min/run"],
+        lambda runs: [
+            f"{statistics.median(r['s_per_step'] for r in runs):.3f}",
+            f"{statistics.mean(r['seconds'] for r in runs) / 60:.1f}",
+        ],
+    )
     capped = f", stopped after {args.max_steps} steps (a check)" if args.max_steps else ""
     dropout = "0 for DPS runs (P4's script)" if args.dps_dropout == "reference" else "the model's"
     meta = (
