@@ -17,6 +17,35 @@ from lsframe.modules import ClosureModule
 from lsframe.optim import OptimizerInfo
 
 
+def tiny_bert(
+    seed: int = 0,
+    *,
+    vocab: int = 30,
+    hidden: int = 16,
+    layers: int = 1,
+    positions: int = 16,
+    dropout: float = 0.1,
+    head: bool = True,
+) -> nn.Module:
+    """A random-init BERT (2 attention heads, intermediate 2 × hidden; with ``head`` a two-label
+    ``BertForSequenceClassification`` in train mode, else a bare ``BertModel``), seeded."""
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=positions,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        num_labels=2,
+    )
+    return BertForSequenceClassification(config).train() if head else BertModel(config)
+
+
 def regression_data(n: int = 32, seed: int = 0) -> TensorDataset:
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 4, generator=generator)

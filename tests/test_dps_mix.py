@@ -7,6 +7,7 @@ import copy
 import math
 from functools import partial
 
+import helpers
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,21 +28,7 @@ QUERY = "bert.encoder.layer.0.attention.self.query"
 
 
 def tiny_bert(dropout: float = 0.1, seed: int = 0) -> nn.Module:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=32,
-        hidden_size=8,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=16,
-        max_position_embeddings=16,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-        num_labels=2,
-    )
-    return BertForSequenceClassification(config).train()
+    return helpers.tiny_bert(seed, vocab=32, hidden=8, layers=2, dropout=dropout)
 
 
 class TinyBert(ClosureModule):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
 
@@ -196,18 +197,8 @@ def test_a_timm_export_carries_label_names(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory) -> Path:
     """A random-init two-head, one-layer BERT saved with save_pretrained."""
-    from transformers import BertConfig, BertModel
-
-    config = BertConfig(
-        vocab_size=64,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
     path = tmp_path_factory.mktemp("tiny_bert")
-    BertModel(config).save_pretrained(path)
+    helpers.tiny_bert(vocab=64, positions=32, head=False).save_pretrained(path)
     return path
 
 

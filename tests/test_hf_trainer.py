@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 
+import helpers
 import pytest
 import torch
 
 pytest.importorskip("accelerate")  # Trainer needs it; lsframe's dev extras install it
 
 from transformers import (  # noqa: E402
-    BertConfig,
     BertForSequenceClassification,
     Trainer,
     TrainerCallback,
@@ -44,17 +44,8 @@ DATA = dataset()
 
 
 def bert(seed: int = 0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=16,
-        num_labels=2,
-    )  # dropout 0.1 (BERT's default): the trials must see the backward pass's masks
-    return BertForSequenceClassification(config)
+    # dropout 0.1 (BERT's default): the trials must see the backward pass's masks
+    return helpers.tiny_bert(seed, vocab=VOCAB, hidden=32, layers=2)
 
 
 def arguments(tmp_path, **overrides) -> TrainingArguments:

@@ -3,6 +3,7 @@ that does not keep lsframe's contract ``closure(backward: bool = True) -> Tensor
 
 from __future__ import annotations
 
+import helpers
 import pytest
 import torch
 from torch import nn
@@ -59,18 +60,8 @@ def test_every_optimizer_learns_in_a_plain_loop_with_a_criterion(name):
 
 
 def tiny_bert():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=30,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=2,
-    )  # dropout 0.1
-    return transformers.BertForSequenceClassification(config)
+    pytest.importorskip("transformers")
+    return helpers.tiny_bert()  # dropout 0.1
 
 
 def test_hugging_face_model_trials_see_the_backward_pass_dropout_masks():
