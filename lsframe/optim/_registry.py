@@ -161,8 +161,8 @@ _RECORDS = [
         test_lr=1e-3,  # η0: the shared tests train small models from scratch in few steps
         invalid_args=(
             ({"max_change": 1.0}, "max_change"),
-            ({"alignment_betas": (0.5, 1.0)}, "alignment_betas"),
-            ({"alignment_betas": (0.5, 0.9, 0.99)}, "alignment_betas"),
+            ({"alignment_betas": (0.5, 1.0, 0.99)}, "alignment_betas"),
+            ({"alignment_betas": (0.5, 0.99)}, "alignment_betas"),
             ({"betas": (0.9, 1.0)}, "betas"),
             ({"lr": 0.0}, "lr"),
         ),

@@ -90,13 +90,16 @@ class SlopeTrackingAdam(LineSearchOptimizer):
        that it overshot. It is the test of a stochastic line search on the expected loss, where
        Armijo on the batch that chose the direction accepts 8–25× the step that generalises on a
        short fine-tune (../specs/LINESEARCH-NOTES);
-    2. ``z_t = ā_t / √(s̄_t)``, a signal-to-noise ratio in [−1, 1]: ``ā`` and ``s̄`` are the
-       bias-corrected moving averages of ``a`` (a short horizon: the sign must follow the
-       last steps) and of ``a²`` (a long one: the noise level); ``alignment_betas``;
-    3. ``η ← η · max_change^(z_t / √(1 + k_t))``, where ``k_t`` counts the sign changes of ``ā``
-       so far (Kesten's rule for stochastic approximation, ``gain_decay``): the gain stays whole
-       while the evidence points one way, so η grows quickly from its small start, and shrinks
-       once η oscillates around its target, so noise does not make η wander;
+    2. two signal-to-noise ratios in [−1, 1], ``z_fast = ā_fast / √s̄`` and
+       ``z_slow = ā_slow / √s̄``: bias-corrected moving averages of ``a`` over a short and a
+       longer horizon, over the root mean square of ``a`` (``alignment_betas``: fast, slow,
+       square);
+    3. ``η ← η · max_change^min(z_fast, z_slow)``: η grows only while both horizons say the steps
+       are too short, and falls as soon as either says they overshoot. Where the gradient noise
+       dominates, both averages hover around 0 and their minimum is negative on average, so η
+       comes down on its own: the decay a tuned schedule would give, set by the noise instead
+       of by a step count. ``gain_decay`` (off) divides the exponent by ``√(1 + k)``, ``k`` the
+       sign changes of ``ā_slow`` (Kesten's rule: η then freezes instead of decaying);
     4. Adam's update ``x ← x − η · multiplier · m̂ / (√v̂ + ε)`` and decoupled weight decay.
 
     Why it is safe from step 1: ``η`` starts at ``lr`` (1e-5: no weight moves by more than that,
@@ -108,15 +111,14 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     Failure modes: from ``lr``, η needs ``log(η*/lr) / log(max_change)`` steps to reach a step
     size η* (about 13 steps from 1e-5 to 1e-4, 38 to 1e-2): training from scratch, where η* is
     large, spends its first tens of steps growing (set ``lr`` nearer the expected step size).
-    When the batches are so noisy that the alignment never leaves zero, η stays near where it
-    is. The alignment measures progress on the training distribution: once the batches repeat
-    (a second epoch over a small set), it rewards fitting them, and η settles where the training
-    loss falls fastest, which on 500 examples × 5 epochs was 2–4× the peak of the best AdamW
-    schedule (benchmarks/results/quality_s_*).
+    When the batches are so noisy that the alignment never leaves zero, η drifts down: too small
+    rather than too large. The alignment measures progress on the training distribution: once
+    the batches repeat (a second epoch over a small set), it rewards fitting them, and η rises to
+    where the training loss falls fastest, which on 500 examples × 5 epochs was 2–3× the peak of
+    the best AdamW schedule (benchmarks/results/quality_s_*).
 
     Cost: no extra forward and no parameter copy. Per step, one more pass over Adam's moments
-    (the last direction, a transient list as Adam's denominator is) and three inner products in
-    one host sync. It takes lsframe's closure, a torch-style closure, or none (``step()`` after
+    (the last direction, a bounded transient) and three inner products in one host sync. It takes lsframe's closure, a torch-style closure, or none (``step()`` after
     the caller's own backward).
 
     Args:
@@ -125,8 +127,9 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         betas: Adam's (β1, β2). Default: (0.9, 0.999).
         eps: Adam's ε. Default: 1e-8.
         max_change: Largest factor by which η changes in one step. Default: 1.2.
-        alignment_betas: Averaging of the alignment and of its square. Default: (0.5, 0.99).
-        gain_decay: Kesten's rule: divide the exponent by √(1 + sign changes). Default: True.
+        alignment_betas: Averaging of the alignment over a short and a longer horizon, and of
+            its square. Default: (0.5, 0.9, 0.99). Equal first two: one horizon.
+        gain_decay: Kesten's rule: divide the exponent by √(1 + sign changes). Default: False.
         min_step_size: Floor on η. Default: 0.
         weight_decay: Decoupled weight decay. Default: 0.
     """
@@ -140,8 +143,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         max_change: float = 1.2,
-        alignment_betas: tuple[float, float] = (0.5, 0.99),
-        gain_decay: bool = True,
+        alignment_betas: tuple[float, float, float] = (0.5, 0.9, 0.99),
+        gain_decay: bool = False,
         min_step_size: float = 0.0,
         weight_decay: float = 0.0,
     ) -> None:
@@ -162,14 +165,15 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         check_adam_group(group)
         check_positive(max_change=group["max_change"] - 1.0)
         betas = group["alignment_betas"]
-        if len(betas) != 2:
-            raise ValueError(f"alignment_betas must be (mean, square), got {betas!r}")
+        if len(betas) != 3:
+            raise ValueError(f"alignment_betas must be (fast, slow, square), got {betas!r}")
         check_open_unit(**{f"alignment_betas[{i}]": b for i, b in enumerate(betas)})
 
     def _initial_search_state(self) -> dict[str, Any]:
         return {
             **super()._initial_search_state(),
             "alignment": None,
+            "avg_alignment_fast": 0.0,
             "avg_alignment": 0.0,
             "avg_alignment_sq": 0.0,
             "alignments": 0,
@@ -196,21 +200,24 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             record["alignment"] = alignment
 
     def _change(self, alignment: float, rule: dict[str, Any]) -> float:
-        """``max_change^(z / √(1 + k))`` from this step's alignment (updates the averages and
-        ``k``, the sign changes of the averaged alignment; ``k`` stays 0 without
+        """``max_change^(min(z_fast, z_slow) / √(1 + k))`` from this step's alignment (updates
+        the averages and ``k``, the sign changes of the slow average; ``k`` stays 0 without
         ``gain_decay``)."""
         state = self.search_state
-        b1, b2 = rule["alignment_betas"]
+        fast, slow, b2 = rule["alignment_betas"]
         n = state["alignments"] = state["alignments"] + 1
-        state["avg_alignment"] = b1 * state["avg_alignment"] + (1 - b1) * alignment
+        state["avg_alignment_fast"] = fast * state["avg_alignment_fast"] + (1 - fast) * alignment
+        state["avg_alignment"] = slow * state["avg_alignment"] + (1 - slow) * alignment
         state["avg_alignment_sq"] = b2 * state["avg_alignment_sq"] + (1 - b2) * alignment**2
-        mean = state["avg_alignment"] / (1 - b1**n)
         second = state["avg_alignment_sq"] / (1 - b2**n)
         if second <= 0:
             return 1.0
-        sign = (mean > 0) - (mean < 0)
+        scores = []
+        for key, beta in (("avg_alignment_fast", fast), ("avg_alignment", slow)):
+            mean = state[key] / (1 - beta**n)
+            scores.append(max(-1.0, min(1.0, mean / math.sqrt(second))))
+        sign = (scores[1] > 0) - (scores[1] < 0)
         if rule["gain_decay"] and sign and state["last_sign"] and sign != state["last_sign"]:
             state["sign_changes"] += 1
         state["last_sign"] = sign or state["last_sign"]
-        z = max(-1.0, min(1.0, mean / math.sqrt(second)))
-        return rule["max_change"] ** (z / math.sqrt(1 + state["sign_changes"]))
+        return rule["max_change"] ** (min(scores) / math.sqrt(1 + state["sign_changes"]))
