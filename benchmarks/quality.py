@@ -164,6 +164,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--optimizers", nargs="+", default=line_searches() + GRID + PEERS)
     parser.add_argument("--no-schedulefree", action="store_true")
+    parser.add_argument(
+        "--table-only", action="store_true", help="write the table of the logged runs; run none"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.setting:
@@ -187,6 +190,8 @@ def main() -> None:
     def run_or_reuse(spec: str, seed: int) -> dict:
         return known.get((spec, seed)) or one_run(spec, seed, args, tok, train, dev)
 
+    if args.table_only:
+        args.optimizers, args.no_schedulefree = [], True
     for spec in args.optimizers:
         for seed in args.seeds:
             known[spec, seed] = run_or_reuse(spec, seed)
@@ -200,13 +205,15 @@ def main() -> None:
     # the table holds every run logged with these settings: invocations with other optimizers
     # or seeds (the presets' 3 seeds beside the main rows' 5) add up
     rows = sorted(known.values(), key=lambda r: r["seed"])
+    if not rows:
+        raise SystemExit(f"quality: no runs logged with these settings in {args.log}")
     table = summarise(rows, metric, majority)
     rows = [{**row, "majority": majority} for row in rows]  # for the claims that read the JSON
     meta = (
         f"GLUE {args.task}{f' (setting {args.setting})' if args.setting else ''}: first "
         f"{args.train_limit} training examples, {args.epochs} epoch(s), batch {args.batch_size}, "
         f"max length {args.max_length}; dev set {len(dev.labels)} examples, majority class "
-        f"{metric} {majority:.4f}; seeds {args.seeds}; MiniLM-L6; device {device_name()}; torch "
+        f"{metric} {majority:.4f}; seeds {sorted({r['seed'] for r in rows})}; MiniLM-L6; device {device_name()}; torch "
         f"{torch.__version__}; wall {time.time() - started:.0f} s. Mean ± std over seeds; paired "
         f"Δ: per-seed difference to the best AdamW grid point; learns: seeds at least "
         f"{LEARNS_BY} above the majority class."

@@ -40,5 +40,23 @@ python -m benchmarks.forgetting --pairs sst2-mrpc mrpc-sst2 --lambdas 100000 \
   benchmarks/results/search_combined/distribution.yaml \
   --seeds 0 1 2 --out benchmarks/results/distribution_cpu \
   --reuse-from benchmarks/results/forgetting_cpu.runs.jsonl
+# issue 18: the learning-rate-free default vs the AdamW grid, settings S (5 seeds) and M (3 seeds);
+# the papers' rules with their defaults and robust presets in S (3 seeds); two runs at a time,
+# one thread each (OMP_NUM_THREADS=1), every run logged to quality_<s|m>_<task>_cpu.runs.jsonl
+for task in sst2 mrpc rte; do
+  OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task $task --seeds 0 1 2 3 4 \
+    --optimizers slope_tracking_adam salsa adamw@1e-5 adamw@2e-5 adamw@5e-5 adamw@1e-4 prodigy \
+    salsa-reference
+  OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task $task --seeds 0 1 2 \
+    --no-schedulefree --optimizers sgdsls adamsls plasls alsals sgdsls+robust adamsls+robust \
+    plasls+robust alsals+robust
+  OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task $task --seeds 0 1 2 \
+    --optimizers slope_tracking_adam salsa adamw@1e-5 adamw@2e-5 adamw@5e-5 adamw@1e-4
+done
+# issue 19: step cost (300 and 1,000 steps, breakdown, memory) and time to target
+python -m benchmarks.step_cost --model minilm --steps 1000 --memory
+python -m benchmarks.step_cost --model small-bert --steps 1000 --memory
+python -m benchmarks.step_cost --time-to-target --task sst2 --steps 1000
+python -m benchmarks.step_cost --time-to-target --task mrpc --steps 1000
 # everything above in one resumable command, and the claims report (results/REPORT.md)
 python -m benchmarks.report
