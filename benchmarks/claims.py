@@ -87,6 +87,8 @@ def step_cost(rows: Rows) -> tuple[str, str]:
 
 def default_step_cost(rows: Rows) -> tuple[str, str]:
     ratio = {r["optimizer"]: r["ratio_to_adamw"] for r in rows}
+    if DEFAULT not in ratio:
+        raise ValueError(f"no {DEFAULT} row yet")
     mine = ratio[DEFAULT]
     return f"{DEFAULT} {mine:.2f}× an AdamW step", "holds" if mine <= 1.05 else "missed"
 
