@@ -70,7 +70,7 @@ STEPS: dict[str, tuple[str, list[str], list[str]]] = {
         "step_cost",
         ["--model", "minilm", "--steps", "1000", "--memory"],
         ["--steps", "4", "--short-steps", "2", "--block", "2", "--optimizers"]
-        + ["adamw-const@5e-5", "salsa"],
+        + ["adamw-const@5e-5", "salsa", "slope_tracking_adam"],
     ),
     "dps_overhead": (
         "dps",
