@@ -59,8 +59,8 @@ def test_trainer_pieces_stack_on_an_experiment_config(piece, capsys):
         assert trainer[key] == value, key
 
 
-@pytest.mark.parametrize("piece", CALLBACK_PIECES, ids=[p.stem for p in CALLBACK_PIECES])
-def test_callback_pieces_stack_on_an_experiment_config(piece, capsys):
+def stacked_on_glue(piece, capsys) -> dict:
+    """The config ``--print_config`` prints for ``piece`` stacked on configs/glue/minilm.yaml."""
     import yaml
 
     with pytest.raises(SystemExit):
@@ -68,7 +68,14 @@ def test_callback_pieces_stack_on_an_experiment_config(piece, capsys):
             args=["fit", "--config", str(ROOT / "configs" / "glue" / "minilm.yaml")]
             + ["--config", str(piece), "--print_config"]
         )
-    printed = yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("piece", CALLBACK_PIECES, ids=[p.stem for p in CALLBACK_PIECES])
+def test_callback_pieces_stack_on_an_experiment_config(piece, capsys):
+    import yaml
+
+    printed = stacked_on_glue(piece, capsys)["trainer"]["callbacks"]
     wanted = yaml.safe_load(piece.read_text())["trainer"]["callbacks"]
     assert [c["class_path"] for c in printed] == [c["class_path"] for c in wanted]
     for got, want in zip(printed, wanted):
@@ -81,12 +88,7 @@ def test_optimizer_pieces_stack_and_hold_the_registrys_presets(piece, capsys):
 
     from lsframe import optim
 
-    with pytest.raises(SystemExit):
-        LSFrameCLI(
-            args=["fit", "--config", str(ROOT / "configs" / "glue" / "minilm.yaml")]
-            + ["--config", str(piece), "--print_config"]
-        )
-    model = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    model = stacked_on_glue(piece, capsys)["model"]["init_args"]
     name, _, preset = piece.stem.partition("_robust")
     record = optim.info(name)
     assert model["optimizer"]["class_path"] == f"lsframe.optim.{record.cls.__name__}"

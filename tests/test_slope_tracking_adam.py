@@ -19,6 +19,13 @@ def problem(seed: int = 0):
     return model, x, y
 
 
+def twin_of(model):
+    """A second model with ``model``'s architecture and weights."""
+    twin = problem()[0]
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
 def closure_for(model, opt, x, y):
     def closure(backward: bool = True) -> torch.Tensor:
         if not backward:
@@ -111,8 +118,7 @@ def test_the_step_size_follows_the_documented_rule_from_the_alignments(betas, ga
 def test_each_step_is_adams_update_at_the_tracked_step_size():
     torch.manual_seed(0)
     model, x, y = problem()
-    twin = problem()[0]
-    twin.load_state_dict(model.state_dict())
+    twin = twin_of(model)
     opt = SlopeTrackingAdam(model.parameters(), lr=1e-3)
     adam = torch.optim.Adam(twin.parameters(), lr=1e-3)
     for step in range(20):
@@ -162,8 +168,7 @@ def test_a_learning_rate_multiplier_scales_the_direction_the_alignment_uses():
 def test_without_a_closure_it_steps_on_the_callers_gradients_like_a_torch_optimizer():
     torch.manual_seed(0)
     model, x, y = problem()
-    twin = problem()[0]
-    twin.load_state_dict(model.state_dict())
+    twin = twin_of(model)
     opt = SlopeTrackingAdam(model.parameters(), lr=1e-3)
     ref = SlopeTrackingAdam(twin.parameters(), lr=1e-3)
     for step in range(10):

@@ -146,12 +146,12 @@ def test_the_target_is_the_best_final_grid_metric_first_listed_on_ties():
 
 
 def test_quotient_pieces_cover_every_tensor_in_order_within_the_budget():
-    from lsframe.optim._functional import _pieces
+    from lsframe.optim._functional import quotient_pieces
 
     tensors = [torch.zeros(n) for n in (3, 1, 10, 2, 2, 1)]  # 4 bytes per entry
-    spans = _pieces(tensors, budget=16)
+    spans = quotient_pieces(tensors, budget=16)
     assert [(s.start, s.stop) for s in spans] == [(0, 2), (2, 3), (3, 5), (5, 6)]  # 40 bytes: alone
-    assert _pieces(tensors, budget=1 << 20) == [slice(0, 6)]
+    assert quotient_pieces(tensors, budget=1 << 20) == [slice(0, 6)]
 
 
 def test_slope_does_not_depend_on_the_quotient_piece_size(monkeypatch):

@@ -44,7 +44,7 @@ def all_finite(tensors: Sequence[Tensor]) -> bool:
 QUOTIENT_BYTES = {"cuda": 64 * 2**20, "cpu": 2**20}
 
 
-def _pieces(tensors: Sequence[Tensor], budget: int) -> list[slice]:
+def quotient_pieces(tensors: Sequence[Tensor], budget: int) -> list[slice]:
     """Consecutive runs of ``tensors`` of at most ``budget`` bytes (a bigger tensor alone)."""
     runs, start, size = [], 0, 0
     for i, tensor in enumerate(tensors):
@@ -76,7 +76,7 @@ def inner_product(
         spans = [slice(0, len(num))]
     else:
         den = [local(t) for t in den] if sharded else list(den)
-        spans = _pieces(num, QUOTIENT_BYTES.get(num[0].device.type, QUOTIENT_BYTES["cuda"]))
+        spans = quotient_pieces(num, QUOTIENT_BYTES.get(num[0].device.type, QUOTIENT_BYTES["cuda"]))
         quotients = (torch._foreach_div(num[span], den[span]) for span in spans)
     dots = []
     for span, quotient in zip(spans, quotients):

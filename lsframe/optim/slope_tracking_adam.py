@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lsframe.optim._functional import QUOTIENT_BYTES, _pieces, bias_correction
+from lsframe.optim._functional import QUOTIENT_BYTES, bias_correction, quotient_pieces
 from lsframe.optim._linesearch import LineSearchOptimizer
 from lsframe.optim._sharded import local, reduce_sums
 from lsframe.optim.adam_moments import adam_directions, check_adam_group, next_moment_step
@@ -49,7 +49,9 @@ def step_alignment(
         v = [param_state[p]["exp_avg_sq"] for p in active.params]
         dots, g_sq, d_sq = [], [], []
         budget = QUOTIENT_BYTES.get(m[0].device.type, QUOTIENT_BYTES["cuda"])
-        for span in _pieces(m, budget):  # a bounded transient, as in the line searches' slope
+        for span in quotient_pieces(
+            m, budget
+        ):  # a bounded transient, as in the line searches' slope
             denom = torch._foreach_sqrt(v[span])
             torch._foreach_add_(denom, active.group["eps"] * root)
             direction = torch._foreach_div(m[span], denom)
