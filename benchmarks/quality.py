@@ -147,7 +147,8 @@ def table_lines(table: list[dict], metric: str) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for e in table:
         cells = [e["optimizer"], str(e["seeds"])] + [e[k + "_cell"] for k in keys]
-        cells += [e["paired_cell"]] * bool(against)
+        if against:  # no AdamW grid point logged yet: no paired column
+            cells.append(e["paired_cell"])
         cells += [f"{e['learns']}/{e['seeds']}", f"{e['forwards_per_step']:.2f}"]
         lines.append("| " + " | ".join(cells + [f"{e['seconds']:.0f}"]) + " |")
     return lines

@@ -1,0 +1,47 @@
+"""The quality benchmark's table (``benchmarks.quality.summarise`` and ``table_lines``): paired
+differences against the best AdamW grid point, the learning seeds, and a table before any grid
+point is logged."""
+
+from __future__ import annotations
+
+from benchmarks.quality import summarise, table_lines
+
+
+def row(optimizer: str, seed: int, acc: float) -> dict:
+    return {
+        "optimizer": optimizer,
+        "seed": seed,
+        "acc": acc,
+        "train_loss": 0.5,
+        "forwards_per_step": 1.0,
+        "seconds": 10.0,
+    }
+
+
+def test_paired_difference_is_taken_per_seed_against_the_best_grid_point():
+    rows = [
+        row("adamw@1e-4", 0, 0.80),
+        row("adamw@1e-4", 1, 0.70),
+        row("adamw@5e-5", 0, 0.60),
+        row("adamw@5e-5", 1, 0.62),
+        row("tracker", 0, 0.82),
+        row("tracker", 1, 0.69),
+        row("tracker", 2, 0.99),  # no grid run on seed 2: not paired
+    ]
+    table = {e["optimizer"]: e for e in summarise(rows, "acc", majority=0.68)}
+    assert table["tracker"]["paired_against"] == "adamw@1e-4"
+    mean, std = (float(x) for x in table["tracker"]["paired_cell"].split(" ± "))
+    assert abs(mean - 0.005) < 1e-4 and abs(std - 0.0212) < 1e-4  # (+0.02, −0.01)
+    assert table["tracker"]["learns"] == 2  # 0.82 and 0.99 are ≥ 0.70; 0.69 is not
+    assert table["adamw@5e-5"]["learns"] == 0
+    lines = table_lines(list(table.values()), "acc")
+    assert "paired Δ vs adamw@1e-4" in lines[0]
+    assert len(lines) == 2 + 3
+
+
+def test_a_table_without_any_grid_point_has_no_paired_column():
+    table = summarise([row("tracker", 0, 0.8)], "acc", majority=0.5)
+    lines = table_lines(table, "acc")
+    assert "paired" not in lines[0]
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[0] == "tracker" and cells[-3] == "1/1" and len(cells) == lines[1].count("---")
