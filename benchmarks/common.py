@@ -207,6 +207,12 @@ class Run:
             self.scheduler.step()
         return float(loss)
 
+    def start_pass(self, index: int) -> None:
+        """Pass ``index`` over the training set begins (for the optimizers that ask)."""
+        start_pass = getattr(self.optimizer, "start_pass", None)
+        if callable(start_pass):
+            start_pass(index)
+
     def train(self) -> None:
         self.model.train()
         if self.kind == "schedulefree":

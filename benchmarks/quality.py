@@ -77,7 +77,10 @@ def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
     data = loader(train, tok, args.max_length, args.batch_size, seed)
     run = build(spec, model, args.epochs * len(data))
     torch.manual_seed(seed)
-    losses = [run.step(batch) for _ in range(args.epochs) for batch in data]
+    losses = []
+    for epoch in range(args.epochs):
+        run.start_pass(epoch)
+        losses += [run.step(batch) for batch in data]
     tail = losses[-max(1, len(losses) // 5) :]
     dev_data = loader(dev, tok, args.max_length, 64, seed, shuffle=False)
     row = {

@@ -121,10 +121,14 @@ def autocast(device: str, bf16: bool):
     return torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)
 
 
-def train_batches(args: argparse.Namespace, tok: Any, count: int, task: str = "sst2") -> list:
+def train_batches(
+    args: argparse.Namespace, tok: Any, count: int, task: str = "sst2"
+) -> tuple[list[dict], int]:
+    """``count`` training batches, cycling over the task's training set, and the number of
+    batches in one pass over it."""
     data = loader(glue_examples(task, "train"), tok, MAX_LENGTH[args.model], 16, seed=0)
     batches = endless(data)
-    return [to_device(next(batches), args.device) for _ in range(count)]
+    return [to_device(next(batches), args.device) for _ in range(count)], len(data)
 
 
 def timed_step(run: Run, batch: dict, cuda: bool) -> tuple[float, dict[str, float]]:
@@ -168,7 +172,7 @@ def timed_step(run: Run, batch: dict, cuda: bool) -> tuple[float, dict[str, floa
 
 def timed_steps(args: argparse.Namespace) -> list[dict]:
     tok = tokenizer()
-    cached = train_batches(args, tok, args.steps)
+    cached, _ = train_batches(args, tok, args.steps)  # SST-2: 4,210 batches a pass, 1,000 timed
     runs = [
         build(s, make_model(args.model, len(tok)).to(args.device), args.steps)
         for s in args.optimizers
@@ -221,7 +225,7 @@ def probe_memory(spec: str, args: argparse.Namespace) -> float:
     """Peak memory (MB) of 20 steps of ``spec``; meant to run alone in a fresh process."""
     tok = tokenizer()
     run = build(spec, make_model(args.model, len(tok)).to(args.device), 20)
-    for batch in train_batches(args, tok, 20):
+    for batch in train_batches(args, tok, 20)[0]:
         with autocast(args.device, args.bf16):
             run.step(batch)
     if args.device == "cuda":
@@ -286,11 +290,13 @@ def evaluate(model: nn.Module, batches: list[dict]) -> float:
 def train_to_target(spec: str, args: argparse.Namespace, tok: Any, data: tuple) -> dict:
     """``spec`` for ``--steps`` steps on the cached training batches, the dev accuracy every
     ``--eval-every`` steps and at the end: its evaluation history with the training seconds."""
-    batches, dev = data
+    batches, per_pass, dev = data
     run = build(spec, make_model(args.model, len(tok)).to(args.device), args.steps)
     sync: Callable[[], None] = torch.cuda.synchronize if args.device == "cuda" else lambda: None
     seconds, eval_forwards, history = 0.0, 0, []
     for i, batch in enumerate(batches, start=1):
+        if (i - 1) % per_pass == 0:
+            run.start_pass((i - 1) // per_pass)
         sync()
         t0 = time.perf_counter()
         with autocast(args.device, args.bf16):
@@ -325,7 +331,7 @@ def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]
         length = MAX_LENGTH[args.model]
         dev_examples = glue_examples(args.task, "dev", args.dev_limit)
         dev = [to_device(b, args.device) for b in loader(dev_examples, tok, length, 64, 0, False)]
-        data = (train_batches(args, tok, args.steps, args.task), dev)
+        data = (*train_batches(args, tok, args.steps, args.task), dev)
         for spec in specs:
             if spec not in done:
                 done[spec] = train_to_target(spec, args, tok, data) | settings

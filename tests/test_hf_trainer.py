@@ -21,7 +21,14 @@ from transformers.optimization import get_linear_schedule_with_warmup  # noqa: E
 
 from lsframe.errors import ConfigError  # noqa: E402
 from lsframe.integrations.hf import LineSearchTrainer, TrainerStepClosure  # noqa: E402
-from lsframe.optim import SaLSA, StepSizeSchedule, create, info, names  # noqa: E402
+from lsframe.optim import (  # noqa: E402
+    SaLSA,
+    SlopeTrackingAdam,
+    StepSizeSchedule,
+    create,
+    info,
+    names,
+)
 from lsframe.optim.closure import ClosureContractError  # noqa: E402
 from lsframe.parts import part_groups  # noqa: E402
 
@@ -118,6 +125,24 @@ def test_a_small_bert_learns_with_every_line_search(name, tmp_path):
     if info(name).forward_trials:
         with pytest.raises(ClosureContractError, match="closure"):
             optimizer.step()
+
+
+def test_each_step_tells_a_tracker_which_pass_over_the_data_it_is_on(tmp_path, monkeypatch):
+    seen = []
+    original = SlopeTrackingAdam.step
+
+    def step(self, closure=None, **kwargs):
+        seen.append(self.search_state["data_pass"])
+        return original(self, closure, **kwargs)
+
+    monkeypatch.setattr(SlopeTrackingAdam, "step", step)
+    model = bert()
+    optimizer = optimizer_for("slope_tracking_adam", model)
+    args = arguments(tmp_path, max_steps=-1, num_train_epochs=2)  # 8 batches a pass
+    LineSearchTrainer(
+        model=model, args=args, train_dataset=DATA, optimizers=(optimizer, None)
+    ).train()
+    assert seen == [0] * 8 + [1] * 8
 
 
 class _StepProbe:

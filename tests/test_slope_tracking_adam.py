@@ -68,8 +68,9 @@ def test_the_alignment_is_the_cosine_of_the_fresh_gradient_with_the_last_step_ta
     assert checked == 11
 
 
-def reference_step_sizes(alignments, eta0, max_change, betas, gain_decay=True):
-    """The rule of the docstring, written out independently."""
+def reference_step_sizes(alignments, eta0, max_change, betas, gain_decay=True, fresh=None):
+    """The rule of the docstring, written out independently (``fresh``: how many alignments
+    come from the first pass over the data; from there on, η may not grow)."""
     fast, slow, square = betas
     means, second = [0.0, 0.0], 0.0
     changes, last_sign, etas, eta = 0, 0, [], eta0
@@ -85,7 +86,8 @@ def reference_step_sizes(alignments, eta0, max_change, betas, gain_decay=True):
         if gain_decay and sign and last_sign and sign != last_sign:
             changes += 1
         last_sign = sign or last_sign
-        eta *= max_change ** (min(z) / math.sqrt(1 + changes))
+        change = max_change ** (min(z) / math.sqrt(1 + changes))
+        eta *= change if fresh is None or n <= fresh else min(change, 1.0)
         etas.append(eta)
     return etas
 
@@ -113,6 +115,56 @@ def test_the_step_size_follows_the_documented_rule_from_the_alignments(betas, ga
     ratios = [b / a for a, b in zip([1e-4, *etas], etas)]
     assert all(1 / 1.5 - 1e-12 <= r <= 1.5 + 1e-12 for r in ratios)
     assert (opt.search_state["sign_changes"] >= 1) == gain_decay
+
+
+def test_after_the_first_pass_the_step_size_can_fall_but_not_grow():
+    torch.manual_seed(0)
+    model, x, y = problem()
+    twin = twin_of(model)
+    rule = dict(lr=1e-2, max_change=1.5, alignment_betas=(0.6, 0.6, 0.9))
+    opt = SlopeTrackingAdam(model.parameters(), **rule)
+    free = optim.create("slope_tracking_adam", twin.parameters(), preset="grow_on_repeats", **rule)
+    assert free.defaults["grow_on_repeats"] and not opt.defaults["grow_on_repeats"]
+    # from 1e-2 it overshoots on this problem, so there is something to come down from
+    record = {opt: ([], []), free: ([], [])}
+    for step in range(40):  # 8 batches of 32 a pass, 5 passes
+        for o, m in ((opt, model), (free, twin)):
+            o.start_pass(step // 8)
+            o.start_pass(step // 8)  # idempotent
+            o.step(closure_for(m, o, *batches(x, y, step)))
+            if o.search_state["alignment"] is not None:
+                record[o][0].append(o.search_state["alignment"])
+                record[o][1].append(o.param_groups[0]["step_size"])
+    (alignments, etas), (free_alignments, free_etas) = record[opt], record[free]
+    # step 8 opens pass 1; it is the 8th step with an alignment (step 0 has none)
+    assert etas == pytest.approx(
+        reference_step_sizes(alignments, 1e-2, 1.5, rule["alignment_betas"], False, 7), rel=1e-9
+    )
+    assert free_etas == pytest.approx(
+        reference_step_sizes(free_alignments, 1e-2, 1.5, rule["alignment_betas"], False), rel=1e-9
+    )
+    assert all(b <= a for a, b in zip(etas[6:], etas[7:]))
+    assert any(b < a for a, b in zip(etas[6:], etas[7:]))  # it still comes down
+    assert any(b > a for a, b in zip(free_etas[6:], free_etas[7:]))  # the twin grew there
+    assert opt.state_dict()["state"]["line_search"]["data_pass"] == 4
+    for bad in (-1, 1.0, True):
+        with pytest.raises(ValueError, match="index"):
+            opt.start_pass(bad)
+
+
+def test_lightning_tells_it_each_epoch(monkeypatch):
+    import helpers
+
+    seen = []
+    start_pass = SlopeTrackingAdam.start_pass
+    monkeypatch.setattr(
+        SlopeTrackingAdam, "start_pass", lambda self, i: (seen.append(i), start_pass(self, i))
+    )
+    module = helpers.registry_module("slope_tracking_adam")
+    trainer = helpers.trainer(max_epochs=3)
+    trainer.fit(module, helpers.loader())
+    assert seen == [0, 1, 2]
+    assert trainer.optimizers[0].search_state["data_pass"] == 2
 
 
 def test_each_step_is_adams_update_at_the_tracked_step_size():

@@ -331,6 +331,9 @@ class LineSearchTrainerMixin:
 
         def step(opt: Optimizer, closure: Any = None, *args: Any, **kwargs: Any) -> Any:
             trainer = trainer_ref()
+            start_pass = getattr(opt, "start_pass", None)  # SlopeTrackingAdam: fresh batches?
+            if trainer is not None and callable(start_pass):
+                start_pass(int(trainer.state.epoch or 0))  # exact at epoch ends: e + n/n
             if closure is not None or trainer is None:
                 return original(closure, *args, **kwargs)
             closure = trainer._take_step_closure(opt)

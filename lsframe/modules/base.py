@@ -216,6 +216,11 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
 
     def on_train_epoch_start(self) -> None:
         self._micro_batches = []
+        # a rule that must know whether its batches are fresh (SlopeTrackingAdam.start_pass)
+        optimizer = self.optimizers()
+        start_pass = getattr(getattr(optimizer, "optimizer", optimizer), "start_pass", None)
+        if callable(start_pass):
+            start_pass(self.current_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = {"random_states": random_states(self.device), "skipped_steps": self._skipped_steps}

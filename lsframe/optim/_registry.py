@@ -90,6 +90,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "adamsls": {"robust": {"c": 0.5, "smooth": True}},
     "plasls": {"robust": {"c": 0.5, "smooth": True}},
     "alsals": {"robust": {"c": 0.5, "beta": 0.9}},
+    # an ablation, not a recommendation: the rule before it knew its passes over the data
+    # (benchmarks' ``slope_tracking_adam+grow_on_repeats`` rows)
+    "slope_tracking_adam": {"grow_on_repeats": {"grow_on_repeats": True}},
 }
 
 
@@ -163,6 +166,7 @@ _RECORDS = [
             ({"max_change": 1.0}, "max_change"),
             ({"alignment_betas": (0.5, 1.0, 0.99)}, "alignment_betas"),
             ({"alignment_betas": (0.5, 0.99)}, "alignment_betas"),
+            ({"grow_on_repeats": "no"}, "grow_on_repeats"),
             ({"betas": (0.9, 1.0)}, "betas"),
             ({"lr": 0.0}, "lr"),
         ),

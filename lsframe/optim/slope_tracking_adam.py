@@ -17,7 +17,7 @@ from lsframe.optim.rules import ActiveGroup
 from lsframe.validation import check_open_unit, check_positive
 
 # one step size for all groups: these hyperparameters must agree across the groups
-RULE_KEYS = ("max_change", "alignment_betas", "gain_decay", "min_step_size")
+RULE_KEYS = ("max_change", "alignment_betas", "gain_decay", "min_step_size", "grow_on_repeats")
 
 
 def step_alignment(
@@ -100,8 +100,11 @@ class SlopeTrackingAdam(LineSearchOptimizer):
        are too short, and falls as soon as either says they overshoot. Where the gradient noise
        dominates, both averages hover around 0 and their minimum is negative on average, so η
        comes down on its own: the decay a tuned schedule would give, set by the noise instead
-       of by a step count. ``gain_decay`` (off) divides the exponent by ``√(1 + k)``, ``k`` the
-       sign changes of ``ā_slow`` (Kesten's rule: η then freezes instead of decaying);
+       of by a step count. From the second pass over a finite training set on
+       (:meth:`start_pass`), η may fall but no longer grow: the batches are not fresh any more,
+       and the alignment then rewards fitting them (below). ``gain_decay`` (off) divides the
+       exponent by ``√(1 + k)``, ``k`` the sign changes of ``ā_slow`` (Kesten's rule: η then
+       freezes instead of decaying);
     4. Adam's update ``x ← x − η · multiplier · m̂ / (√v̂ + ε)`` and decoupled weight decay.
 
     Why it is safe from step 1: ``η`` starts at ``lr`` (1e-5: no weight moves by more than that,
@@ -115,13 +118,19 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     large, spends its first tens of steps growing (set ``lr`` nearer the expected step size).
     When the batches are so noisy that the alignment never leaves zero, η drifts down: too small
     rather than too large. The alignment measures progress on the training distribution: once
-    the batches repeat (a second epoch over a small set), it rewards fitting them, and η rises to
-    where the training loss falls fastest, which on 500 examples × 5 epochs was 2–3× the peak of
-    the best AdamW schedule (benchmarks/results/quality_s_*).
+    the batches repeat (a second epoch over a small set), a positive alignment says the step fits
+    examples seen before, and with growth allowed (``grow_on_repeats``) η rose to where the
+    training loss falls fastest, 2–3× the peak of the best AdamW schedule on 500 examples × 5
+    epochs, and lost dev accuracy (benchmarks/results/quality_s_*). Hence growth stops after the
+    first pass; the cost is a run whose first pass is too short to grow η (fewer than about 13
+    batches from 1e-5 to 1e-4): it stays small. lsframe's modules and ``LineSearchTrainer`` call
+    :meth:`start_pass` at each epoch; a plain loop calls it itself (without it every batch counts
+    as fresh).
 
     Cost: no extra forward and no parameter copy. Per step, one more pass over Adam's moments
-    (the last direction, a bounded transient) and three inner products in one host sync. It takes lsframe's closure, a torch-style closure, or none (``step()`` after
-    the caller's own backward).
+    (the last direction, a bounded transient) and three inner products in one host sync. It
+    takes lsframe's closure, a torch-style closure, or none (``step()`` after the caller's own
+    backward).
 
     Args:
         params: Parameters or param groups.
@@ -133,6 +142,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             its square. Default: (0.5, 0.9, 0.99). Equal first two: one horizon.
         gain_decay: Kesten's rule: divide the exponent by √(1 + sign changes). Default: False.
         min_step_size: Floor on η. Default: 0.
+        grow_on_repeats: Let η grow on the batches of a second or later pass too. Default: False.
         weight_decay: Decoupled weight decay. Default: 0.
     """
 
@@ -148,6 +158,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         alignment_betas: tuple[float, float, float] = (0.5, 0.9, 0.99),
         gain_decay: bool = False,
         min_step_size: float = 0.0,
+        grow_on_repeats: bool = False,
         weight_decay: float = 0.0,
     ) -> None:
         defaults = dict(
@@ -158,6 +169,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             alignment_betas=tuple(alignment_betas),
             gain_decay=gain_decay,
             min_step_size=min_step_size,
+            grow_on_repeats=grow_on_repeats,
             weight_decay=weight_decay,
         )
         super().__init__(params, defaults)
@@ -170,6 +182,10 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         if len(betas) != 3:
             raise ValueError(f"alignment_betas must be (fast, slow, square), got {betas!r}")
         check_open_unit(**{f"alignment_betas[{i}]": b for i, b in enumerate(betas)})
+        if not isinstance(group["grow_on_repeats"], bool):
+            raise ValueError(
+                f"grow_on_repeats must be True or False, got {group['grow_on_repeats']!r}"
+            )
 
     def _initial_search_state(self) -> dict[str, Any]:
         return {
@@ -181,7 +197,20 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             "alignments": 0,
             "sign_changes": 0,
             "last_sign": 0,
+            "data_pass": 0,
         }
+
+    def start_pass(self, index: int) -> None:
+        """Say that pass ``index`` (0: the first) over a finite training set begins.
+
+        From pass 1 on, the batches have been seen before, so a positive alignment no longer
+        says the step was too short for the expected loss: η may still fall but not grow
+        (unless ``grow_on_repeats``). Call it at the start of every epoch, with the epoch's
+        index (idempotent; saved in ``state_dict``); a stream that never repeats needs no call.
+        """
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ValueError(f"start_pass: index must be an int >= 0, got {index!r}")
+        self.search_state["data_pass"] = index
 
     def _line_search_step(
         self, loss: float | None, forward: Callable[[], Tensor], groups: list[ActiveGroup]
@@ -193,7 +222,10 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         alignment = step_alignment(self.state, groups, last) if last else None
         state["alignment"] = alignment
         if alignment is not None:
-            eta = max(eta * self._change(alignment, rule), rule["min_step_size"])
+            change = self._change(alignment, rule)
+            if state["data_pass"] > 0 and not rule["grow_on_repeats"]:
+                change = min(change, 1.0)
+            eta = max(eta * change, rule["min_step_size"])
         adam = adam_directions(self.state, groups, next_moment_step(state))
         adam.update().move(groups, [eta] * len(groups))
         self._set_step_sizes(eta)
