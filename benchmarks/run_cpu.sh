@@ -47,9 +47,11 @@ for task in sst2 mrpc rte; do
   OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task $task --seeds 0 1 2 3 4 \
     --optimizers slope_tracking_adam salsa adamw@1e-5 adamw@2e-5 adamw@5e-5 adamw@1e-4 prodigy \
     salsa-reference
-  # the ablation of the default's growth on fresh batches only (its rule before start_pass)
+  # the default's option of growth on fresh batches only, in S and M
   OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task $task --seeds 0 1 2 \
-    --no-schedulefree --optimizers slope_tracking_adam+grow_on_repeats
+    --no-schedulefree --optimizers slope_tracking_adam+fresh_growth
+  OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task $task --seeds 0 1 2 \
+    --no-schedulefree --optimizers slope_tracking_adam+fresh_growth
   OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task $task --seeds 0 1 2 \
     --no-schedulefree --optimizers sgdsls adamsls plasls alsals sgdsls+robust adamsls+robust \
     plasls+robust alsals+robust

@@ -117,13 +117,13 @@ def test_the_step_size_follows_the_documented_rule_from_the_alignments(betas, ga
     assert (opt.search_state["sign_changes"] >= 1) == gain_decay
 
 
-def test_after_the_first_pass_the_step_size_can_fall_but_not_grow():
+def test_with_fresh_growth_the_step_size_can_fall_but_not_grow_after_the_first_pass():
     torch.manual_seed(0)
     model, x, y = problem()
     twin = twin_of(model)
     rule = dict(lr=1e-2, max_change=1.5, alignment_betas=(0.6, 0.6, 0.9))
-    opt = SlopeTrackingAdam(model.parameters(), **rule)
-    free = optim.create("slope_tracking_adam", twin.parameters(), preset="grow_on_repeats", **rule)
+    opt = optim.create("slope_tracking_adam", model.parameters(), preset="fresh_growth", **rule)
+    free = SlopeTrackingAdam(twin.parameters(), **rule)
     assert free.defaults["grow_on_repeats"] and not opt.defaults["grow_on_repeats"]
     # from 1e-2 it overshoots on this problem, so there is something to come down from
     record = {opt: ([], []), free: ([], [])}

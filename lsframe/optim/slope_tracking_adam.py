@@ -100,11 +100,11 @@ class SlopeTrackingAdam(LineSearchOptimizer):
        are too short, and falls as soon as either says they overshoot. Where the gradient noise
        dominates, both averages hover around 0 and their minimum is negative on average, so η
        comes down on its own: the decay a tuned schedule would give, set by the noise instead
-       of by a step count. From the second pass over a finite training set on
-       (:meth:`start_pass`), η may fall but no longer grow: the batches are not fresh any more,
-       and the alignment then rewards fitting them (below). ``gain_decay`` (off) divides the
-       exponent by ``√(1 + k)``, ``k`` the sign changes of ``ā_slow`` (Kesten's rule: η then
-       freezes instead of decaying);
+       of by a step count. With ``grow_on_repeats=False``, from the second pass over a finite
+       training set on (:meth:`start_pass`), η may fall but no longer grow: the batches are not
+       fresh any more, and the alignment then rewards fitting them (below). ``gain_decay``
+       (off) divides the exponent by ``√(1 + k)``, ``k`` the sign changes of ``ā_slow``
+       (Kesten's rule: η then freezes instead of decaying);
     4. Adam's update ``x ← x − η · multiplier · m̂ / (√v̂ + ε)`` and decoupled weight decay.
 
     Why it is safe from step 1: ``η`` starts at ``lr`` (1e-5: no weight moves by more than that,
@@ -119,13 +119,14 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     When the batches are so noisy that the alignment never leaves zero, η drifts down: too small
     rather than too large. The alignment measures progress on the training distribution: once
     the batches repeat (a second epoch over a small set), a positive alignment says the step fits
-    examples seen before, and with growth allowed (``grow_on_repeats``) η rose to where the
-    training loss falls fastest, 2–3× the peak of the best AdamW schedule on 500 examples × 5
-    epochs, and lost dev accuracy (benchmarks/results/quality_s_*). Hence growth stops after the
-    first pass; the cost is a run whose first pass is too short to grow η (fewer than about 13
-    batches from 1e-5 to 1e-4): it stays small. lsframe's modules and ``LineSearchTrainer`` call
-    :meth:`start_pass` at each epoch; a plain loop calls it itself (without it every batch counts
-    as fresh).
+    examples seen before, and η rose to where the training loss falls fastest, 2–3× the peak of
+    the best AdamW schedule on 500 examples × 5 epochs, and lost dev accuracy. Stopping growth
+    after the first pass (``grow_on_repeats=False``, the preset ``fresh_growth``) won that back
+    there, but it turns the noise-driven decay into a ratchet: on 2,000 examples × 3 epochs η
+    fell from 3e-5 to 2e-7 in the later passes and the run lost 0.04 dev accuracy
+    (benchmarks/results/quality_{s,m}_*). Hence it is an option, not the default. lsframe's
+    modules and ``LineSearchTrainer`` call :meth:`start_pass` at each epoch; a plain loop calls
+    it itself (without it every batch counts as fresh).
 
     Cost: no extra forward and no parameter copy. Per step, one more pass over Adam's moments
     (the last direction, a bounded transient) and three inner products in one host sync. It
@@ -142,7 +143,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             its square. Default: (0.5, 0.9, 0.99). Equal first two: one horizon.
         gain_decay: Kesten's rule: divide the exponent by √(1 + sign changes). Default: False.
         min_step_size: Floor on η. Default: 0.
-        grow_on_repeats: Let η grow on the batches of a second or later pass too. Default: False.
+        grow_on_repeats: Let η grow on the batches of a second or later pass too. Default: True.
         weight_decay: Decoupled weight decay. Default: 0.
     """
 
@@ -158,7 +159,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         alignment_betas: tuple[float, float, float] = (0.5, 0.9, 0.99),
         gain_decay: bool = False,
         min_step_size: float = 0.0,
-        grow_on_repeats: bool = False,
+        grow_on_repeats: bool = True,
         weight_decay: float = 0.0,
     ) -> None:
         defaults = dict(
@@ -204,8 +205,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         """Say that pass ``index`` (0: the first) over a finite training set begins.
 
         From pass 1 on, the batches have been seen before, so a positive alignment no longer
-        says the step was too short for the expected loss: η may still fall but not grow
-        (unless ``grow_on_repeats``). Call it at the start of every epoch, with the epoch's
+        says the step was too short for the expected loss: with ``grow_on_repeats=False`` η may
+        then still fall but not grow. Call it at the start of every epoch, with the epoch's
         index (idempotent; saved in ``state_dict``); a stream that never repeats needs no call.
         """
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
