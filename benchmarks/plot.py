@@ -4,7 +4,8 @@ python -m benchmarks.plot benchmarks/results/step_cost_cpu.json benchmarks/resul
 
 A run log (``<out>.runs.jsonl`` whose rows have ``per_step`` diagnostics) gives ``<out>.png``:
 each line search's accepted step size per step against AdamW's lr schedule (the grid's best lr),
-its sufficient-decrease ratios and its trials per step (first seed of each optimizer).
+its sufficient-decrease ratios and its trials per step, and a step-size tracker's alignment
+(first seed of each optimizer).
 
 python -m benchmarks.plot benchmarks/results/step_sizes_sst2_cpu.runs.jsonl
 """
@@ -71,15 +72,23 @@ def best_adamw(rows: list[dict]) -> str | None:
 
 
 def plot_step_sizes(rows: list[dict], out: Path) -> None:
-    """Step sizes per step (log scale; failed searches crossed), sufficient-decrease ratios on
-    the searched steps, trials per step; AdamW at the grid's best lr as the reference schedule."""
+    """Step sizes per step (log scale; failed searches crossed) with AdamW at the grid's best lr
+    as the reference schedule; for the line searches, the sufficient-decrease ratios on the
+    searched steps and the trials per step; for the step-size trackers, the step alignment
+    (rolling mean of 10)."""
     rows = [r for r in rows if r.get("per_step")]
     adamw = best_adamw(rows)
     firsts = {}
     for row in rows:  # the first seed logged of each optimizer
         if "trials" in row["per_step"] or row["optimizer"] == adamw:
             firsts.setdefault(row["optimizer"], row)
-    fig, (sizes, ratios, trials) = plt.subplots(1, 3, figsize=(15, 4.5))
+    searching = [n for n, r in firsts.items() if n != adamw and any(r["per_step"]["trials"])]
+    tracking = [n for n, r in firsts.items() if any(a is not None for a in alignments(r))]
+    panels = 1 + 2 * bool(searching) + bool(tracking)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.5), squeeze=False)
+    sizes, *others = axes[0]
+    ratios, trials = (others.pop(0), others.pop(0)) if searching else (None, None)
+    aligned = others.pop(0) if tracking else None
     for name, row in firsts.items():
         per_step = row["per_step"]
         for group, values in per_step["step_size"].items():
@@ -91,26 +100,39 @@ def plot_step_sizes(rows: list[dict], out: Path) -> None:
             (line,) = sizes.plot(steps, values, lw=1, label=label)
             failed = [s for s, f in zip(steps, per_step["failed"]) if f]
             sizes.plot(failed, [values[s - 1] for s in failed], "x", color=line.get_color())
-        if name == adamw:
-            continue
-        searched = [(s, r) for s, r in enumerate(per_step["ratio"], 1) if r is not None]
-        if searched:
-            ratios.plot(*zip(*searched), ".", label=name)
-        trials.plot(range(1, len(per_step["trials"]) + 1), per_step["trials"], lw=1, label=name)
+        if name in searching:
+            searched = [(s, r) for s, r in enumerate(per_step["ratio"], 1) if r is not None]
+            if searched:
+                ratios.plot(*zip(*searched), ".", label=name)
+            trials.plot(range(1, len(per_step["trials"]) + 1), per_step["trials"], lw=1, label=name)
+        if name in tracking:
+            values = [0.0 if a is None else a for a in alignments(row)]
+            aligned.plot(range(1, len(values) + 1), rolling(values, 10), lw=1, label=name)
     sizes.set(yscale="log", xlabel="step", ylabel="step size / lr", title="accepted step size")
-    ratios.axhline(1.0, color="grey", ls=":", lw=1, label="1: the first-order prediction")
-    ratios.set_yscale("symlog", linthresh=0.1)
-    ratios.set(
-        xlabel="step",
-        ylabel="(f(x) − f(trial)) / (η · slope)",
-        title="sufficient-decrease ratio (searched steps)",
-    )
-    trials.set(xlabel="step", ylabel="forward-only trials", title="trials per step")
-    for ax in (sizes, ratios, trials):
+    if searching:
+        ratios.axhline(1.0, color="grey", ls=":", lw=1, label="1: the first-order prediction")
+        ratios.set_yscale("symlog", linthresh=0.1)
+        ratios.set(
+            xlabel="step",
+            ylabel="(f(x) − f(trial)) / (η · slope)",
+            title="sufficient-decrease ratio (searched steps)",
+        )
+        trials.set(xlabel="step", ylabel="forward-only trials", title="trials per step")
+    if tracking:
+        aligned.axhline(0.0, color="grey", ls=":", lw=1)
+        aligned.set(
+            xlabel="step", ylabel="cos(g_t, d_t−1)", title="step alignment (rolling mean of 10)"
+        )
+    for ax in axes[0]:
         ax.legend(fontsize=8)
     fig.suptitle(f"{out.stem}: first seed of each optimizer; × a failed search", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
+
+
+def alignments(row: dict) -> list[float | None]:
+    """A step-size tracker's per-step alignment (empty for the other optimizers)."""
+    return row["per_step"].get("alignment") or []
 
 
 def main() -> None:

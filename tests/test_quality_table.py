@@ -4,6 +4,8 @@ point is logged."""
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.quality import summarise, table_lines
 
 
@@ -45,3 +47,26 @@ def test_a_table_without_any_grid_point_has_no_paired_column():
     assert "paired" not in lines[0]
     cells = [c.strip() for c in lines[2].strip("|").split("|")]
     assert cells[0] == "tracker" and cells[-3] == "1/1" and len(cells) == lines[1].count("---")
+
+
+def test_the_step_size_plot_shows_a_trackers_alignment_and_a_searchs_trials(tmp_path):
+    pytest.importorskip("matplotlib")
+    from benchmarks.plot import plot_step_sizes, plt
+
+    def logged(optimizer: str, trials: list[int], alignment=None) -> dict:
+        per_step = {"step_size": {"0": [1e-4, 2e-4, 1e-4]}, "trials": trials}
+        per_step |= {"failed": [False] * 3, "ratio": [0.5 if t else None for t in trials]}
+        if alignment is not None:
+            per_step["alignment"] = alignment
+        return {**row(optimizer, 0, 0.8), "per_step": per_step}
+
+    adamw = logged("adamw@1e-4", [0, 0, 0])
+    tracker = logged("tracker", [0, 0, 0], [None, 0.1, -0.1])
+    search = logged("salsa", [2, 1, 0])
+    titles = {}
+    for name, rows in {"tracker": [adamw, tracker], "both": [adamw, tracker, search]}.items():
+        plot_step_sizes(rows, tmp_path / f"{name}.png")
+        titles[name] = [ax.get_title() for ax in plt.gcf().axes]
+        assert (tmp_path / f"{name}.png").stat().st_size > 0
+    assert titles["tracker"] == ["accepted step size", "step alignment (rolling mean of 10)"]
+    assert len(titles["both"]) == 4 and "trials per step" in titles["both"]
