@@ -11,12 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.claims import CLAIMS
 from benchmarks.report import FASHION, STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.timeout(1500)  # every benchmark script in turn: ~8 min on one CI core
 def test_the_quick_report_runs_every_benchmark_and_writes_the_report(minilm, shared_data, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.report", "--quick", "--results", str(tmp_path)],
