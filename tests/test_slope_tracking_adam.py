@@ -68,9 +68,12 @@ def test_the_alignment_is_the_cosine_of_the_fresh_gradient_with_the_last_step_ta
     assert checked == 11
 
 
-def reference_step_sizes(alignments, eta0, max_change, betas, gain_decay=True, fresh=None):
+def reference_step_sizes(
+    alignments, eta0, max_change, betas, gain_decay=True, fresh=None, combine="min"
+):
     """The rule of the docstring, written out independently (``fresh``: how many alignments
-    come from the first pass over the data; from there on, η may not grow)."""
+    come from the first pass over the data; from there on, η may not grow; ``combine``: the
+    horizons' exponent, min or z_slow where both agree in sign)."""
     fast, slow, square = betas
     means, second = [0.0, 0.0], 0.0
     changes, last_sign, etas, eta = 0, 0, [], eta0
@@ -86,7 +89,8 @@ def reference_step_sizes(alignments, eta0, max_change, betas, gain_decay=True, f
         if gain_decay and sign and last_sign and sign != last_sign:
             changes += 1
         last_sign = sign or last_sign
-        change = max_change ** (min(z) / math.sqrt(1 + changes))
+        exponent = min(z) if combine == "min" else (z[1] if z[0] * z[1] > 0 else 0.0)
+        change = max_change ** (exponent / math.sqrt(1 + changes))
         eta *= change if fresh is None or n <= fresh else min(change, 1.0)
         etas.append(eta)
     return etas
@@ -115,6 +119,47 @@ def test_the_step_size_follows_the_documented_rule_from_the_alignments(betas, ga
     ratios = [b / a for a, b in zip([1e-4, *etas], etas)]
     assert all(1 / 1.5 - 1e-12 <= r <= 1.5 + 1e-12 for r in ratios)
     assert (opt.search_state["sign_changes"] >= 1) == gain_decay
+
+
+def test_with_agreeing_horizons_the_step_size_follows_the_documented_rule():
+    torch.manual_seed(0)
+    model, x, y = problem()
+    betas = (0.5, 0.8, 0.9)
+    opt = optim.create(
+        "slope_tracking_adam",
+        model.parameters(),
+        preset="agree",
+        lr=1e-4,
+        max_change=1.5,
+        alignment_betas=betas,
+    )
+    alignments, etas = [], []
+    for step in range(40):
+        opt.step(closure_for(model, opt, *batches(x, y, step)))
+        if opt.search_state["alignment"] is not None:
+            alignments.append(opt.search_state["alignment"])
+            etas.append(opt.param_groups[0]["step_size"])
+    expected = reference_step_sizes(alignments, 1e-4, 1.5, betas, False, combine="agree")
+    assert etas == pytest.approx(expected, rel=1e-9)
+    assert expected != pytest.approx(reference_step_sizes(alignments, 1e-4, 1.5, betas, False))
+    assert max(etas) > 1e-4 * 1.5**3  # it grew while the horizons agreed
+
+
+def test_under_pure_noise_agreeing_horizons_hold_the_step_size_where_the_minimum_decays_it():
+    gen = torch.Generator().manual_seed(0)
+    noise = (0.05 * torch.randn(3000, generator=gen)).tolist()  # alignments with mean 0
+    drift = {}
+    for combine in ("min", "agree"):
+        model = problem()[0]
+        opt = SlopeTrackingAdam(model.parameters(), combine_horizons=combine)
+        rule = {key: opt.defaults[key] for key in ("alignment_betas", "max_change")}
+        rule.update(gain_decay=False, combine_horizons=combine)
+        logs = [math.log(opt._change(a, rule)) / math.log(rule["max_change"]) for a in noise]
+        drift[combine] = sum(logs) / len(logs)  # mean exponent per step
+    # min(z_fast, z_slow) of two zero-mean scores is negative on average: η halves every
+    # log(2)/(|drift|·log 1.2) steps; agreeing in sign is symmetric about 0
+    assert drift["min"] < -0.1
+    assert abs(drift["agree"]) < 0.03
 
 
 def test_with_fresh_growth_the_step_size_can_fall_but_not_grow_after_the_first_pass():

@@ -92,7 +92,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "alsals": {"robust": {"c": 0.5, "beta": 0.9}},
     # η grows on the first pass over the data only: better on 500 examples × 5 epochs, worse on
     # 2,000 × 3 (SlopeTrackingAdam's docstring; benchmarks' ``slope_tracking_adam+fresh_growth``)
-    "slope_tracking_adam": {"fresh_growth": {"grow_on_repeats": False}},
+    # "agree": no drift of η under pure noise (the default's min of two horizons decays it)
+    "slope_tracking_adam": {
+        "fresh_growth": {"grow_on_repeats": False},
+        "agree": {"combine_horizons": "agree"},
+        "agree_fresh": {"combine_horizons": "agree", "grow_on_repeats": False},
+    },
 }
 
 
@@ -167,6 +172,7 @@ _RECORDS = [
             ({"alignment_betas": (0.5, 1.0, 0.99)}, "alignment_betas"),
             ({"alignment_betas": (0.5, 0.99)}, "alignment_betas"),
             ({"grow_on_repeats": "no"}, "grow_on_repeats"),
+            ({"combine_horizons": "max"}, "combine_horizons"),
             ({"betas": (0.9, 1.0)}, "betas"),
             ({"lr": 0.0}, "lr"),
         ),

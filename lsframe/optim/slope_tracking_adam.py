@@ -17,7 +17,16 @@ from lsframe.optim.rules import ActiveGroup
 from lsframe.validation import check_open_unit, check_positive
 
 # one step size for all groups: these hyperparameters must agree across the groups
-RULE_KEYS = ("max_change", "alignment_betas", "gain_decay", "min_step_size", "grow_on_repeats")
+RULE_KEYS = (
+    "max_change",
+    "alignment_betas",
+    "combine_horizons",
+    "gain_decay",
+    "min_step_size",
+    "grow_on_repeats",
+)
+#: how the two horizons' scores make the exponent (:meth:`SlopeTrackingAdam._change`)
+HORIZON_RULES = ("min", "agree")
 
 
 def step_alignment(
@@ -100,7 +109,9 @@ class SlopeTrackingAdam(LineSearchOptimizer):
        are too short, and falls as soon as either says they overshoot. Where the gradient noise
        dominates, both averages hover around 0 and their minimum is negative on average, so η
        comes down on its own: the decay a tuned schedule would give, set by the noise instead
-       of by a step count. With ``grow_on_repeats=False``, from the second pass over a finite
+       of by a step count. ``combine_horizons="agree"`` instead moves η by ``z_slow`` only
+       while both scores have the same sign and holds it otherwise: under pure noise the
+       exponent is then symmetric about 0 and η does not drift. With ``grow_on_repeats=False``, from the second pass over a finite
        training set on (:meth:`start_pass`), η may fall but no longer grow: the batches are not
        fresh any more, and the alignment then rewards fitting them (below). ``gain_decay``
        (off) divides the exponent by ``√(1 + k)``, ``k`` the sign changes of ``ā_slow``
@@ -141,6 +152,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         max_change: Largest factor by which η changes in one step. Default: 1.2.
         alignment_betas: Averaging of the alignment over a short and a longer horizon, and of
             its square. Default: (0.5, 0.9, 0.99). Equal first two: one horizon.
+        combine_horizons: ``"min"``: the exponent is ``min(z_fast, z_slow)``; ``"agree"``: it is
+            ``z_slow`` when both have the same sign, else 0. Default: ``"min"``.
         gain_decay: Kesten's rule: divide the exponent by √(1 + sign changes). Default: False.
         min_step_size: Floor on η. Default: 0.
         grow_on_repeats: Let η grow on the batches of a second or later pass too. Default: True.
@@ -157,6 +170,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         eps: float = 1e-8,
         max_change: float = 1.2,
         alignment_betas: tuple[float, float, float] = (0.5, 0.9, 0.99),
+        combine_horizons: str = "min",
         gain_decay: bool = False,
         min_step_size: float = 0.0,
         grow_on_repeats: bool = True,
@@ -168,6 +182,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             eps=eps,
             max_change=max_change,
             alignment_betas=tuple(alignment_betas),
+            combine_horizons=combine_horizons,
             gain_decay=gain_decay,
             min_step_size=min_step_size,
             grow_on_repeats=grow_on_repeats,
@@ -183,6 +198,10 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         if len(betas) != 3:
             raise ValueError(f"alignment_betas must be (fast, slow, square), got {betas!r}")
         check_open_unit(**{f"alignment_betas[{i}]": b for i, b in enumerate(betas)})
+        if group["combine_horizons"] not in HORIZON_RULES:
+            raise ValueError(
+                f"combine_horizons must be one of {HORIZON_RULES}, got {group['combine_horizons']!r}"
+            )
         if not isinstance(group["grow_on_repeats"], bool):
             raise ValueError(
                 f"grow_on_repeats must be True or False, got {group['grow_on_repeats']!r}"
@@ -235,9 +254,10 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             record["alignment"] = alignment
 
     def _change(self, alignment: float, rule: dict[str, Any]) -> float:
-        """``max_change^(min(z_fast, z_slow) / √(1 + k))`` from this step's alignment (updates
-        the averages and ``k``, the sign changes of the slow average; ``k`` stays 0 without
-        ``gain_decay``)."""
+        """``max_change^(e / √(1 + k))`` from this step's alignment, ``e`` the horizons' exponent
+        (``min(z_fast, z_slow)``, or with ``"agree"`` ``z_slow`` if both have its sign, else 0).
+        Updates the averages and ``k``, the sign changes of the slow average (``k`` stays 0
+        without ``gain_decay``)."""
         state = self.search_state
         fast, slow, b2 = rule["alignment_betas"]
         n = state["alignments"] = state["alignments"] + 1
@@ -255,4 +275,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         if rule["gain_decay"] and sign and state["last_sign"] and sign != state["last_sign"]:
             state["sign_changes"] += 1
         state["last_sign"] = sign or state["last_sign"]
-        return rule["max_change"] ** (min(scores) / math.sqrt(1 + state["sign_changes"]))
+        if rule["combine_horizons"] == "agree":
+            exponent = scores[1] if scores[0] * scores[1] > 0 else 0.0
+        else:
+            exponent = min(scores)
+        return rule["max_change"] ** (exponent / math.sqrt(1 + state["sign_changes"]))
