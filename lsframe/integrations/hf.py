@@ -74,10 +74,11 @@ from torch.optim import Optimizer
 from lsframe.errors import ConfigError
 from lsframe.optim._registry import info_for
 from lsframe.optim.closure import NormStatistics, StepRandomState
+from lsframe.optim.data_passes import innermost_optimizer, start_pass
 from lsframe.optim.step_size_schedule import StepSizeSchedule
 
 try:
-    from transformers import Trainer
+    from transformers import Trainer, TrainerCallback
     from transformers.optimization import get_scheduler
     from transformers.trainer_utils import SchedulerType
 except ImportError as error:  # Trainer needs accelerate, which transformers does not require
@@ -97,15 +98,17 @@ __all__ = [
 _MISSING = object()
 
 
-def unwrap_optimizer(optimizer: Any) -> Any:
-    """The optimizer inside Accelerate's (or another) wrapper that keeps it as ``.optimizer``."""
-    seen = set()
-    while (
-        isinstance(getattr(optimizer, "optimizer", None), Optimizer) and id(optimizer) not in seen
-    ):
-        seen.add(id(optimizer))
-        optimizer = optimizer.optimizer
-    return optimizer
+#: the optimizer inside Accelerate's (or another) wrapper that keeps it as ``.optimizer``
+unwrap_optimizer = innermost_optimizer
+
+
+class _DataPassCallback(TrainerCallback):
+    """Tells the optimizer which pass over the training set each epoch is (``start_pass``: a
+    rule that judges a step by the next batch must know when batches repeat)."""
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if kwargs.get("optimizer") is not None:  # state.epoch: e + n/n at epoch ends, exact
+            start_pass(kwargs["optimizer"], int(state.epoch or 0))
 
 
 def _searches(optimizer: Any) -> bool:
@@ -252,6 +255,7 @@ class LineSearchTrainerMixin:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._lsframe = _LineSearchState()
         super().__init__(*args, **kwargs)
+        self.add_callback(_DataPassCallback())
         optimizer = unwrap_optimizer(self.optimizer)
         if _searches(optimizer):
             self._check_line_search_setup(optimizer)
@@ -331,9 +335,6 @@ class LineSearchTrainerMixin:
 
         def step(opt: Optimizer, closure: Any = None, *args: Any, **kwargs: Any) -> Any:
             trainer = trainer_ref()
-            start_pass = getattr(opt, "start_pass", None)  # SlopeTrackingAdam: fresh batches?
-            if trainer is not None and callable(start_pass):
-                start_pass(int(trainer.state.epoch or 0))  # exact at epoch ends: e + n/n
             if closure is not None or trainer is None:
                 return original(closure, *args, **kwargs)
             closure = trainer._take_step_closure(opt)

@@ -28,7 +28,7 @@ from lsframe.modules.norm_statistics import NormStatistics
 from lsframe.modules.optimizer_setup import default_optimizer
 from lsframe.modules.policy import check_sharding
 from lsframe.modules.random_state import ResumeRandomState, random_states
-from lsframe.optim import info_for
+from lsframe.optim import info_for, start_pass
 from lsframe.optim.closure import StepRandomState
 from lsframe.optim.param_groups import apply_part_multipliers
 from lsframe.precision import GradientOverflow, fp16_plugin
@@ -216,11 +216,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
 
     def on_train_epoch_start(self) -> None:
         self._micro_batches = []
-        # a rule that must know whether its batches are fresh (SlopeTrackingAdam.start_pass)
-        optimizer = self.optimizers()
-        start_pass = getattr(getattr(optimizer, "optimizer", optimizer), "start_pass", None)
-        if callable(start_pass):
-            start_pass(self.current_epoch)
+        start_pass(self.optimizers(), self.current_epoch)  # a rule that asks if batches repeat
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = {"random_states": random_states(self.device), "skipped_steps": self._skipped_steps}

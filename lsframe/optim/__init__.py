@@ -24,6 +24,7 @@ from lsframe.optim.adam_sls import AdamSLS
 from lsframe.optim.alsals import ALSALS
 from lsframe.optim.alto import ALTO
 from lsframe.optim.closure import LossClosure, StepRandomState, make_closure
+from lsframe.optim.data_passes import innermost_optimizer, start_pass
 from lsframe.optim.lamb import Lamb
 from lsframe.optim.param_groups import apply_part_multipliers, weight_decay_groups
 from lsframe.optim.plasls import PLASLS
@@ -54,10 +55,12 @@ __all__ = [
     "create",
     "info",
     "info_for",
+    "innermost_optimizer",
     "line_searches",
     "make_closure",
     "names",
     "register",
+    "start_pass",
     "weight_decay_groups",
 ]
 
