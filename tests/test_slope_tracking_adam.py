@@ -97,6 +97,17 @@ def reference_step_sizes(
     return etas
 
 
+def alignments_and_step_sizes(opt, model, x, y, steps: int = 40):
+    """Train ``steps`` steps; the alignment and step size of each step that had an alignment."""
+    alignments, etas = [], []
+    for step in range(steps):
+        opt.step(closure_for(model, opt, *batches(x, y, step)))
+        if opt.search_state["alignment"] is not None:
+            alignments.append(opt.search_state["alignment"])
+            etas.append(opt.param_groups[0]["step_size"])
+    return alignments, etas
+
+
 @pytest.mark.parametrize(
     "betas, gain_decay",
     [((0.6, 0.6, 0.9), True), ((0.6, 0.6, 0.9), False), ((0.5, 0.8, 0.9), True)],
@@ -107,12 +118,7 @@ def test_the_step_size_follows_the_documented_rule_from_the_alignments(betas, ga
     opt = SlopeTrackingAdam(
         model.parameters(), lr=1e-4, max_change=1.5, alignment_betas=betas, gain_decay=gain_decay
     )
-    alignments, etas = [], []
-    for step in range(40):
-        opt.step(closure_for(model, opt, *batches(x, y, step)))
-        if opt.search_state["alignment"] is not None:
-            alignments.append(opt.search_state["alignment"])
-            etas.append(opt.param_groups[0]["step_size"])
+    alignments, etas = alignments_and_step_sizes(opt, model, x, y)
     expected = reference_step_sizes(alignments, 1e-4, 1.5, betas, gain_decay)
     assert etas == pytest.approx(expected, rel=1e-9)
     # it went up and came down again within the run, and never by more than ×1.5 per step
@@ -134,12 +140,7 @@ def test_with_agreeing_horizons_the_step_size_follows_the_documented_rule():
         max_change=1.5,
         alignment_betas=betas,
     )
-    alignments, etas = [], []
-    for step in range(40):
-        opt.step(closure_for(model, opt, *batches(x, y, step)))
-        if opt.search_state["alignment"] is not None:
-            alignments.append(opt.search_state["alignment"])
-            etas.append(opt.param_groups[0]["step_size"])
+    alignments, etas = alignments_and_step_sizes(opt, model, x, y)
     expected = reference_step_sizes(alignments, 1e-4, 1.5, betas, False, combine="agree")
     assert etas == pytest.approx(expected, rel=1e-9)
     assert expected != pytest.approx(reference_step_sizes(alignments, 1e-4, 1.5, betas, False))
