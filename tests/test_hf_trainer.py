@@ -381,20 +381,33 @@ def test_settings_a_line_search_cannot_honour_are_refused(overrides, match, tmp_
         )
 
 
-def test_resume_from_a_trainer_checkpoint_is_bit_exact(tmp_path):
+@pytest.mark.parametrize(
+    "make, steps, saved_at",
+    [
+        (lambda model: SaLSA(model.parameters()), 6, 3),
+        # a tracker that stops growing after pass 0, resumed in pass 1 (8 batches a pass)
+        (
+            lambda model: create("slope_tracking_adam", model.parameters(), preset="fresh_growth"),
+            12,
+            10,
+        ),
+    ],
+    ids=["salsa", "slope_tracking_adam-across-a-pass"],
+)
+def test_resume_from_a_trainer_checkpoint_is_bit_exact(tmp_path, make, steps, saved_at):
     """Trainer's checkpoint holds the line search's state and the StepSizeSchedule's; the trials
     leave the random stream alone, so Trainer's saved random state is the whole story."""
 
     def run(out, resume=None, save=False):
         model = bert()
-        optimizer = SaLSA(model.parameters())
+        optimizer = make(model)
         args = arguments(
             out,
-            max_steps=6,
+            max_steps=steps,
             lr_scheduler_type="linear",
             warmup_steps=2,
             save_strategy="steps" if save else "no",
-            save_steps=3,
+            save_steps=saved_at,
         )
         trainer = LineSearchTrainer(
             model=model, args=args, train_dataset=DATA, optimizers=(optimizer, None)
@@ -404,9 +417,12 @@ def test_resume_from_a_trainer_checkpoint_is_bit_exact(tmp_path):
 
     straight, first = run(tmp_path / "straight")
     run(tmp_path / "saved", save=True)
-    resumed, second = run(tmp_path / "resumed", resume=str(tmp_path / "saved" / "checkpoint-3"))
+    checkpoint = tmp_path / "saved" / f"checkpoint-{saved_at}"
+    resumed, second = run(tmp_path / "resumed", resume=str(checkpoint))
     assert all(torch.equal(a, b) for a, b in zip(straight.parameters(), resumed.parameters()))
     assert first.state["line_search"] == second.state["line_search"]
+    if isinstance(second, SlopeTrackingAdam):  # resumed in pass 1, and it knows it
+        assert second.search_state["data_pass"] == 1
     assert first.param_groups[0]["step_size"] == second.param_groups[0]["step_size"]
 
 
