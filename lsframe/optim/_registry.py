@@ -92,11 +92,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "alsals": {"robust": {"c": 0.5, "beta": 0.9}},
     # η grows on the first pass over the data only: better on 500 examples × 5 epochs, worse on
     # 2,000 × 3 (SlopeTrackingAdam's docstring; benchmarks' ``slope_tracking_adam+fresh_growth``)
-    # "agree": no drift of η under pure noise (the default's min of two horizons decays it)
+    # "agree": no drift of η under pure noise (the default's min of two horizons decays it);
+    # "agree_else_min" keeps the short horizon's brake where the two disagree
     "slope_tracking_adam": {
         "fresh_growth": {"grow_on_repeats": False},
         "agree": {"combine_horizons": "agree"},
         "agree_fresh": {"combine_horizons": "agree", "grow_on_repeats": False},
+        "agree_else_min": {"combine_horizons": "agree_else_min"},
     },
 }
 

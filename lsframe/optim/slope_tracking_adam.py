@@ -26,7 +26,7 @@ RULE_KEYS = (
     "grow_on_repeats",
 )
 #: how the two horizons' scores make the exponent (:meth:`SlopeTrackingAdam._change`)
-HORIZON_RULES = ("min", "agree")
+HORIZON_RULES = ("min", "agree", "agree_else_min")
 
 
 def step_alignment(
@@ -111,7 +111,9 @@ class SlopeTrackingAdam(LineSearchOptimizer):
        comes down on its own: the decay a tuned schedule would give, set by the noise instead
        of by a step count. ``combine_horizons="agree"`` instead moves η by ``z_slow`` only
        while both scores have the same sign and holds it otherwise: under pure noise the
-       exponent is then symmetric about 0 and η does not drift. With ``grow_on_repeats=False``, from the second pass over a finite
+       exponent is then symmetric about 0 and η does not drift. ``"agree_else_min"`` follows
+       ``z_slow`` while both agree and brakes with the lower score when they do not: it keeps the
+       short horizon's brake and a third of the minimum's drift under noise. With ``grow_on_repeats=False``, from the second pass over a finite
        training set on (:meth:`start_pass`), η may fall but no longer grow: the batches are not
        fresh any more, and the alignment then rewards fitting them (below). ``gain_decay``
        (off) divides the exponent by ``√(1 + k)``, ``k`` the sign changes of ``ā_slow``
@@ -153,7 +155,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         alignment_betas: Averaging of the alignment over a short and a longer horizon, and of
             its square. Default: (0.5, 0.9, 0.99). Equal first two: one horizon.
         combine_horizons: ``"min"``: the exponent is ``min(z_fast, z_slow)``; ``"agree"``: it is
-            ``z_slow`` when both have the same sign, else 0. Default: ``"min"``.
+            ``z_slow`` when both have the same sign, else 0; ``"agree_else_min"``: ``z_slow`` when
+            both have the same sign, else ``min(z_fast, z_slow)``. Default: ``"min"``.
         gain_decay: Kesten's rule: divide the exponent by √(1 + sign changes). Default: False.
         min_step_size: Floor on η. Default: 0.
         grow_on_repeats: Let η grow on the batches of a second or later pass too. Default: True.
@@ -255,7 +258,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
 
     def _change(self, alignment: float, rule: dict[str, Any]) -> float:
         """``max_change^(e / √(1 + k))`` from this step's alignment, ``e`` the horizons' exponent
-        (``min(z_fast, z_slow)``, or with ``"agree"`` ``z_slow`` if both have its sign, else 0).
+        (``min(z_fast, z_slow)``; with ``"agree"`` and ``"agree_else_min"``, ``z_slow`` if both
+        have its sign, else 0 or the minimum).
         Updates the averages and ``k``, the sign changes of the slow average (``k`` stays 0
         without ``gain_decay``)."""
         state = self.search_state
@@ -275,8 +279,10 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         if rule["gain_decay"] and sign and state["last_sign"] and sign != state["last_sign"]:
             state["sign_changes"] += 1
         state["last_sign"] = sign or state["last_sign"]
-        if rule["combine_horizons"] == "agree":
-            exponent = scores[1] if scores[0] * scores[1] > 0 else 0.0
+        if rule["combine_horizons"] != "min" and scores[0] * scores[1] > 0:
+            exponent = scores[1]
+        elif rule["combine_horizons"] == "agree":
+            exponent = 0.0
         else:
             exponent = min(scores)
         return rule["max_change"] ** (exponent / math.sqrt(1 + state["sign_changes"]))
