@@ -112,10 +112,11 @@ class SlopeTrackingAdam(LineSearchOptimizer):
        of by a step count. ``combine_horizons="agree"`` instead moves η by ``z_slow`` only
        while both scores have the same sign and holds it otherwise: under pure noise the
        exponent is then symmetric about 0 and η does not drift. ``"agree_else_min"`` follows
-       ``z_slow`` while both agree and brakes with the lower score when they do not: it keeps the
-       short horizon's brake and a third of the minimum's drift under noise. With ``grow_on_repeats=False``, from the second pass over a finite
-       training set on (:meth:`start_pass`), η may fall but no longer grow: the batches are not
-       fresh any more, and the alignment then rewards fitting them (below). ``gain_decay``
+       ``z_slow`` while both agree and brakes with the lower score when they do not: it keeps
+       the short horizon's brake and a third of the minimum's drift under noise. With
+       ``grow_on_repeats=False``, from the second pass over a finite training set on
+       (:meth:`start_pass`), η may fall but no longer grow: the batches are not fresh any
+       more, and the alignment then rewards fitting them (below). ``gain_decay``
        (off) divides the exponent by ``√(1 + k)``, ``k`` the sign changes of ``ā_slow``
        (Kesten's rule: η then freezes instead of decaying);
     4. Adam's update ``x ← x − η · multiplier · m̂ / (√v̂ + ε)`` and decoupled weight decay.
