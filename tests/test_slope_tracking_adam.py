@@ -10,6 +10,7 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 
 from lsframe import optim
 from lsframe.optim import SlopeTrackingAdam
+from lsframe.optim.slope_tracking_adam import RULE_KEYS
 
 
 def problem(seed: int = 0):
@@ -74,7 +75,7 @@ def reference_step_sizes(
 ):
     """The rule of the docstring, written out independently (``fresh``: how many alignments
     come from the first pass over the data; from there on, η may not grow; ``combine``: the
-    horizons' exponent, min or z_slow where both agree in sign)."""
+    horizons' exponent, z_slow where both agree in sign, else 0 for "agree", else the min)."""
     fast, slow, square = betas
     means, second = [0.0, 0.0], 0.0
     changes, last_sign, etas, eta = 0, 0, [], eta0
@@ -158,8 +159,7 @@ def test_under_pure_noise_agreeing_horizons_drift_less_than_the_minimum():
     for combine in ("min", "agree", "agree_else_min"):
         model = problem()[0]
         opt = SlopeTrackingAdam(model.parameters(), combine_horizons=combine)
-        rule = {key: opt.defaults[key] for key in ("alignment_betas", "max_change")}
-        rule.update(gain_decay=False, combine_horizons=combine)
+        rule = {key: opt.defaults[key] for key in RULE_KEYS}  # as the step reads them
         logs = [math.log(opt._change(a, rule)) / math.log(rule["max_change"]) for a in noise]
         drift[combine] = sum(logs) / len(logs)  # mean exponent per step
     # min(z_fast, z_slow) of two zero-mean scores is negative on average: η halves every

@@ -28,7 +28,7 @@ from lsframe.modules.norm_statistics import NormStatistics
 from lsframe.modules.optimizer_setup import default_optimizer
 from lsframe.modules.policy import check_sharding
 from lsframe.modules.random_state import ResumeRandomState, random_states
-from lsframe.optim import info_for, start_pass
+from lsframe.optim import info_for, innermost_optimizer, start_pass
 from lsframe.optim.closure import StepRandomState
 from lsframe.optim.param_groups import apply_part_multipliers
 from lsframe.precision import GradientOverflow, fp16_plugin
@@ -167,7 +167,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
     def optimizer_step_on(self, micro_batches: Sequence[Any]) -> Tensor:
         """Run one optimizer step on ``micro_batches`` through ``LightningOptimizer.step``."""
         optimizer = self.optimizers()
-        raw_optimizer = getattr(optimizer, "optimizer", optimizer)
+        raw_optimizer = innermost_optimizer(optimizer)
         evaluator = _StepEvaluator(self, raw_optimizer, micro_batches)
         kwargs: dict[str, Any] = {}
         if info_for(raw_optimizer).forward_trials:
