@@ -224,6 +224,7 @@ class Run:
 
 def build(spec: str, model: nn.Module, total_steps: int) -> Run:
     """A run from a spec: ``adamw@5e-5`` (with 10 % warmup + cosine), ``adamw-const@5e-5``,
+    ``adamw-fused-const@5e-5`` (torch's fused kernel instead of foreach),
     ``salsa-reference``, ``prodigy``, ``dadaptadam``, ``schedulefree@<lr>``, or any other name
     in lsframe's registry (``lsframe.optim.names()``: its defaults; ``name+robust`` its robust
     preset; ``name@<lr>`` sets ``lr``), given the parameter groups its record asks for."""
@@ -232,8 +233,9 @@ def build(spec: str, model: nn.Module, total_steps: int) -> Run:
     lr = float(lr_text) if lr_text else None
     params = [p for p in model.parameters() if p.requires_grad]
     warmup = max(1, math.ceil(0.1 * total_steps))
-    if name in ("adamw", "adamw-const"):
-        opt = torch.optim.AdamW(params, lr=lr, foreach=True)
+    if name in ("adamw", "adamw-const", "adamw-fused-const"):
+        kernels = {"fused": True} if name == "adamw-fused-const" else {"foreach": True}
+        opt = torch.optim.AdamW(params, lr=lr, **kernels)
         sched = WarmupCosineLR(opt, total_steps=total_steps) if name == "adamw" else None
         return Run(spec, model, opt, sched)
     if name in optim.names():

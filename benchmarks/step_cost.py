@@ -14,7 +14,9 @@ step; mean ms per step of forward+backward (the closure's backward evaluation), 
 host syncs) and sync (GPU: waiting in ``torch.cuda.synchronize`` for work the optimizer queued,
 before each evaluation and at the end; "–" on CPU). The parts add up to the step time (on GPU a
 synchronize ends each evaluation, in its part); the LR scheduler and diagnostics are not timed.
-``--memory``: peak memory of each optimizer alone, 20 steps in a fresh process (max RSS on CPU,
+Before the timed steps each optimizer takes two steps on a copy of its run, dropped ("warm-up s":
+``+fused`` compiles its kernels there, once per process). ``--memory``: peak memory of each
+optimizer alone, 20 steps in a fresh process (max RSS on CPU,
 ``max_memory_allocated`` on CUDA).
 
 Time to target (``--time-to-target``, ``--task sst2|mrpc``): AdamW at each grid lr (10 % warmup
@@ -30,6 +32,7 @@ run's training seconds until it first reaches it, next to the whole grid's. Fini
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import subprocess
@@ -64,7 +67,14 @@ TITLE = {"minilm": "MiniLM-L6", "small-bert": "small BERT (hidden 128, 2 layers)
 # the line searches that search with forward trials at every step (not amortised, as SaLSA's)
 EVERY_STEP = [n for n in line_searches() if info(n).forward_trials and not info(n).amortized]
 # AdamW first (the base of the ratios), lsframe's LR-free default, SaLSA, the other searches
-OPTIMIZERS = ["adamw-const@5e-5", "slope_tracking_adam", "salsa", *EVERY_STEP]
+OPTIMIZERS = [
+    "adamw-const@5e-5",
+    "adamw-fused-const@5e-5",  # torch's fused CPU/GPU kernel: shown beside, not the base
+    "slope_tracking_adam",
+    "slope_tracking_adam+fused",
+    "salsa",
+    *EVERY_STEP,
+]
 GRID = [1e-5, 2e-5, 5e-5, 1e-4]
 LR_FREE = ["slope_tracking_adam", "salsa"]
 PARTS = ("fwd_bwd", "trials", "optimizer", "sync")
@@ -182,6 +192,7 @@ def timed_steps(args: argparse.Namespace) -> list[dict]:
         return args.short_steps if run.name in args.short else args.steps
 
     cuda = args.device == "cuda"
+    warm = {run.name: warm_up(run, cached[:2], cuda) for run in runs}
     log: dict[str, dict[str, list]] = {r.name: {} for r in runs}
     for start in range(0, args.steps, args.block):
         shift = (start // args.block) % len(runs)  # no optimizer always runs first
@@ -216,9 +227,20 @@ def timed_steps(args: argparse.Namespace) -> list[dict]:
                 "step_sizes": own["size"],
                 "seconds": own["total"],
                 "per_step": run.diagnostics.columns,
+                "warm_up_s": warm[run.name],
             }
         )
     return rows
+
+
+def warm_up(run: Run, batches: list[dict], cuda: bool) -> float:
+    """Seconds of two steps of a copy of ``run`` (then dropped), before any timed step: what a
+    first step compiles (``+fused``: the kernels) stays out of the step times."""
+    twin = copy.deepcopy(run)
+    start = time.perf_counter()
+    for batch in batches:
+        timed_step(twin, batch, cuda)
+    return time.perf_counter() - start
 
 
 def probe_memory(spec: str, args: argparse.Namespace) -> float:
@@ -257,7 +279,7 @@ def cost_table(rows: list[dict], args: argparse.Namespace, memory: bool) -> str:
     header = ["optimizer", "steps", "s/step"]
     header += [f"{kind} x AdamW ≤{k}" for k in (first, whole) for kind in ("total", "median")]
     header += ["fwd/step", "fwd+bwd ms", "trials ms", "optimizer ms", "sync ms", "final step size"]
-    header += ["loss last 100"] + ["peak MB", "peak x AdamW"] * memory
+    header += ["loss last 100", "warm-up s"] + ["peak MB", "peak x AdamW"] * memory
     cells = []
     for r in rows:
         sync = f"{r['ms_sync']:.1f}" if args.device == "cuda" else "–"
@@ -270,6 +292,7 @@ def cost_table(rows: list[dict], args: argparse.Namespace, memory: bool) -> str:
         line += [f"{r['forwards_per_step']:.2f}"]
         line += [f"{r[f'ms_{p}']:.1f}" for p in PARTS[:3]] + [sync]
         line += [f"{r['final_step_size']:.3g}", f"{r['train_loss_last100']:.4f}"]
+        line += [f"{r['warm_up_s']:.1f}" if "warm_up_s" in r else "–"]
         if memory:
             line += [f"{r['peak_mb']:.0f}", f"{r['peak_vs_adamw']:.2f}"]
         cells.append(line)

@@ -253,7 +253,7 @@ class LineSearchOptimizer(Optimizer):
         groups = self._active_groups()
         grads = [g for active in groups for g in active.grads]
         finite_loss = value is None or math.isfinite(value)
-        if not finite_loss or not grads or not all_finite(grads):
+        if not finite_loss or not grads or not self._gradients_finite(groups, grads):
             state["rejected_steps"] += 1
             record["rejected"] = True
         else:
@@ -263,6 +263,11 @@ class LineSearchOptimizer(Optimizer):
         record["trials"] = state["forwards"] - forwards
         record["step_sizes"] = [float(group["step_size"]) for group in self.param_groups]
         return loss
+
+    def _gradients_finite(self, groups: list[ActiveGroup], grads: list[Tensor]) -> bool:
+        """Whether every gradient entry is finite (one sync), checked before anything moves. A
+        rule may override it to read the answer off a pass over the gradients it makes anyway."""
+        return all_finite(grads)
 
     def _counting(self, forward: Callable[[], Tensor] | None) -> Callable[[], Tensor]:
         state = self.search_state

@@ -99,6 +99,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "agree": {"combine_horizons": "agree"},
         "agree_fresh": {"combine_horizons": "agree", "grow_on_repeats": False},
         "agree_else_min": {"combine_horizons": "agree_else_min"},
+        # the same rule by compiled one-pass kernels (``fused=True``; the first step compiles)
+        "fused": {"fused": True},
     },
 }
 
@@ -175,6 +177,7 @@ _RECORDS = [
             ({"alignment_betas": (0.5, 0.99)}, "alignment_betas"),
             ({"grow_on_repeats": "no"}, "grow_on_repeats"),
             ({"combine_horizons": "max"}, "combine_horizons"),
+            ({"fused": 1}, "fused"),
             ({"betas": (0.9, 1.0)}, "betas"),
             ({"lr": 0.0}, "lr"),
         ),
