@@ -96,7 +96,7 @@ def cosine(sums: list[list[float]], scales: list[float]) -> float | None:
     None when a norm is 0 or a sum is not finite."""
     dot = sum(v[0] * s for v, s in zip(sums, scales))
     gg = sum(v[1] for v in sums)
-    dd = sum(v[2] * s * s for v, s in zip(sums, scales))
+    dd = sum(v[2] * (s * s) for v, s in zip(sums, scales))
     if gg <= 0 or dd <= 0 or not math.isfinite(dot * gg * dd):
         return None
     return dot / math.sqrt(gg * dd)
