@@ -45,6 +45,7 @@ Run from the repository root (seed counts by the issue's rule: ≥ 5 seeds when 
     OMP_NUM_THREADS=1 python -m benchmarks.p1_final_loss --task gpt2 --seeds 0 1 2 3 4
     OMP_NUM_THREADS=1 python -m benchmarks.p1_final_loss --task resnet18 --seeds 0 1 2
     python -m benchmarks.p1_final_loss --task gpt2 --max-steps 5 --seeds 0   # smoke: /tmp
+    python -m benchmarks.p1_final_loss --task gpt2 --seeds 0 1 2 3 4 --table-only  # logged runs
 
 Every finished run is appended to ``benchmarks/results/p1_final_loss_<task>_cpu.runs.jsonl``
 and reused by later invocations with the same settings; the table (mean ± std over seeds, and the
@@ -215,6 +216,9 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="smoke run: log under /tmp")
     parser.add_argument("--log-every", type=int, default=0, help="print the loss every N steps")
     parser.add_argument("--out", default=None, help="prefix; the task name is appended")
+    parser.add_argument(
+        "--table-only", action="store_true", help="write the table of the logged runs; run none"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for task in args.task:
@@ -223,13 +227,18 @@ def main() -> None:
             name, args.out and f"{args.out}_{task}", bool(args.max_steps), args.device
         )
         log = out.with_suffix(".runs.jsonl")
-        data = shakespeare_blocks(TASKS[task]["block_size"]) if task == "gpt2" else fashion_mnist()
+        data = None
+        if not args.table_only:
+            gpt2 = task == "gpt2"
+            data = shakespeare_blocks(TASKS[task]["block_size"]) if gpt2 else fashion_mnist()
         here = {"task": task, "steps": args.steps, "max_steps": args.max_steps}
         known = {(r["optimizer"], r["seed"]): r for r in load_runs(log, here)}
         rows = []
         for seed in args.seeds:
             for opt in args.optimizers:
                 row = known.get((opt, seed))
+                if row is None and args.table_only:
+                    continue
                 if row is None:
                     row = {
                         "optimizer": opt,

@@ -76,7 +76,7 @@ OPTIMIZERS = [
     *EVERY_STEP,
 ]
 GRID = [1e-5, 2e-5, 5e-5, 1e-4]
-LR_FREE = ["slope_tracking_adam", "salsa"]
+LR_FREE = ["slope_tracking_adam", "slope_tracking_adam+fused", "salsa"]
 PARTS = ("fwd_bwd", "trials", "optimizer", "sync")
 
 
