@@ -234,13 +234,15 @@ def timed_steps(args: argparse.Namespace) -> list[dict]:
 
 
 def warm_up(run: Run, batches: list[dict], cuda: bool) -> float:
-    """Seconds of two steps of a copy of ``run`` (then dropped), before any timed step: what a
-    first step compiles (``+fused``: the kernels) stays out of the step times."""
-    twin = copy.deepcopy(run)
-    start = time.perf_counter()
-    for batch in batches:
-        timed_step(twin, batch, cuda)
-    return time.perf_counter() - start
+    """Seconds of two steps of ``run``'s spec on a copy of its model (then dropped), before any
+    timed step, with the random state restored after: what a first step compiles (``+fused``:
+    the kernels) stays out of the step times."""
+    twin = build(run.name, copy.deepcopy(run.model), len(batches))
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
+        start = time.perf_counter()
+        for batch in batches:
+            timed_step(twin, batch, cuda)
+        return time.perf_counter() - start
 
 
 def probe_memory(spec: str, args: argparse.Namespace) -> float:

@@ -82,3 +82,40 @@ def test_a_fused_tracker_resumes_exactly_and_one_graph_serves_every_step():
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed_model.parameters()))
     assert resumed.param_groups[0]["step_size"] == opt.param_groups[0]["step_size"]
     assert counters["frames"]["total"] == 0, dict(counters["frames"])  # nothing compiled anew
+
+
+def strided_problem():
+    """A non-dense parameter (a column slice: its gradient is contiguous, it is not), a dense
+    one, and a group whose parameter never gets a gradient."""
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.nn.Parameter(torch.randn(4, 6, generator=gen)[:, :3])
+    bias = torch.nn.Parameter(torch.zeros(3))
+    unused = torch.nn.Parameter(torch.ones(5))
+    return weight, bias, unused
+
+
+def test_fused_kernels_take_strided_parameters_and_groups_without_gradients_in_a_plain_loop():
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.randn(32, 4, generator=gen), torch.randn(32, 3, generator=gen)
+    runs = []
+    for fused in (False, True):
+        weight, bias, unused = strided_problem()
+        groups = [{"params": [weight, bias]}, {"params": [unused], "weight_decay": 0.1}]
+        opt = SlopeTrackingAdam(groups, lr=1e-2, fused=fused)
+        for i in range(8):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(x[i % 4 * 8 :][:8] @ weight + bias, y[:8])
+            loss.backward()
+            if i == 5:  # a NaN gradient: rejected, weights and Adam's moments untouched
+                weight.grad[1, 2] = float("nan")
+                moments = [t.clone() for t in opt.state[weight].values()]
+            opt.step()
+            if i == 5:
+                assert opt.last_step["rejected"]
+                assert all(torch.equal(a, b) for a, b in zip(opt.state[weight].values(), moments))
+        assert unused.grad is None and torch.equal(unused, torch.ones(5))
+        runs.append((weight.detach(), bias.detach(), opt.param_groups[0]["step_size"]))
+    (w0, b0, eta0), (w1, b1, eta1) = runs
+    torch.testing.assert_close(w1, w0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b1, b0, rtol=1e-5, atol=1e-6)
+    assert abs(eta1 - eta0) <= 1e-5 * eta0 and eta0 != 1e-2

@@ -32,9 +32,12 @@ def compiled(kernel: Callable[..., Any]) -> Callable[..., Any]:
     return _COMPILED[name]
 
 
-def flat(tensor: Tensor) -> Tensor:
-    """A 1-D view of a contiguous tensor (the tensor itself otherwise: views must stay views)."""
-    return tensor.view(-1) if tensor.is_contiguous() else tensor
+def flat(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """1-D views of ``tensors`` when all are contiguous, else the tensors themselves (a
+    parameter that is a strided view has a contiguous gradient: both keep their shapes)."""
+    if all(t.is_contiguous() for t in tensors):
+        return tuple(t.view(-1) for t in tensors)
+    return tensors
 
 
 def direction_sums(grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, eps: Tensor) -> Tensor:

@@ -123,7 +123,7 @@ def fused_direction_sums(
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             m, v = local(state["exp_avg"]), local(state["exp_avg_sq"])
-            parts.append(kernel(flat(local(grad)), flat(m), flat(v), eps))
+            parts.append(kernel(*flat(local(grad), m, v), eps))
         sums.append(torch.stack(reduce_sums(parts, active.grads)).sum(0).double())
     return torch.stack(sums).tolist() if sums else []
 
@@ -209,6 +209,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         grow_on_repeats: Let η grow on the batches of a second or later pass too. Default: True.
         weight_decay: Decoupled weight decay. Default: 0.
         fused: Run the rule as compiled one-pass kernels (``torch.compile``). Default: False.
+            Like every hyperparameter it is saved in the param groups: a loaded state dict
+            brings its own (as with torch's ``Adam(fused=...)``).
     """
 
     forward_trials = False
@@ -301,7 +303,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         last = state.get("moment_step", 0)
         if rule["fused"]:
             scales = [direction_scale(active, last) for active in groups if active.params]
-            alignment = cosine(self._fused_sums, scales) if last else None
+            sums, self._fused_sums = self._fused_sums, None  # this step's, read once
+            alignment = cosine(sums, scales) if last else None
         else:
             alignment = step_alignment(self.state, groups, last) if last else None
         state["alignment"] = alignment
@@ -329,6 +332,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         tensor."""
         kernel = compiled(adam_step_)
         for active in groups:
+            if not active.params:
+                continue
             beta1, beta2 = active.group["betas"][:2]
             step = eta * active.multiplier / bias_correction(beta1, moment_step)
             root = math.sqrt(bias_correction(beta2, moment_step))
@@ -337,8 +342,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             values = scalars(values, active.params[0])
             for p, grad in zip(active.params, active.grads):
                 state = self.state[p]
-                m, v = flat(local(state["exp_avg"])), flat(local(state["exp_avg_sq"]))
-                kernel(flat(local(p)), flat(local(grad)), m, v, values)
+                tensors = (p, grad, state["exp_avg"], state["exp_avg_sq"])
+                kernel(*flat(*(local(t) for t in tensors)), values)
 
     def _change(self, alignment: float, rule: dict[str, Any]) -> float:
         """``max_change^(e / √(1 + k))`` from this step's alignment, ``e`` the horizons' exponent
