@@ -71,14 +71,16 @@ def test_the_alignment_is_the_cosine_of_the_fresh_gradient_with_the_last_step_ta
 
 
 def reference_step_sizes(
-    alignments, eta0, max_change, betas, gain_decay=True, fresh=None, combine="min"
+    alignments, eta0, max_change, betas, gain_decay=True, fresh=None, combine="min", cap=False
 ):
     """The rule of the docstring, written out independently (``fresh``: how many alignments
     come from the first pass over the data; from there on, η may not grow; ``combine``: the
-    horizons' exponent, z_slow where both agree in sign, else 0 for "agree", else the min)."""
+    horizons' exponent, z_slow where both agree in sign, else 0 for "agree", else the min;
+    ``cap``: after the first pass η may grow, but not above the first pass's largest η)."""
     fast, slow, square = betas
     means, second = [0.0, 0.0], 0.0
     changes, last_sign, etas, eta = 0, 0, [], eta0
+    peak = eta0
     for n, a in enumerate(alignments, start=1):
         means = [beta * m + (1 - beta) * a for beta, m in zip((fast, slow), means)]
         second = square * second + (1 - square) * a * a
@@ -96,7 +98,13 @@ def reference_step_sizes(
         else:
             exponent = 0.0 if combine == "agree" else min(z)
         change = max_change ** (exponent / math.sqrt(1 + changes))
-        eta *= change if fresh is None or n <= fresh else min(change, 1.0)
+        if fresh is None or n <= fresh:
+            eta *= change
+            peak = max(peak, eta)
+        elif cap:
+            eta = min(eta * change, max(peak, eta))
+        else:
+            eta *= min(change, 1.0)
         etas.append(eta)
     return etas
 
@@ -203,6 +211,34 @@ def test_with_fresh_growth_the_step_size_can_fall_but_not_grow_after_the_first_p
     for bad in (-1, 1.0, True):
         with pytest.raises(ValueError, match="index"):
             opt.start_pass(bad)
+
+
+def test_capped_at_the_fresh_peak_it_grows_again_on_repeats_but_not_above_the_first_pass():
+    torch.manual_seed(0)
+    model, x, y = problem()
+    twin = twin_of(model)
+    rule = dict(lr=3e-3, max_change=1.5, alignment_betas=(0.6, 0.6, 0.9))
+    opt = optim.create("slope_tracking_adam", model.parameters(), preset="fresh_peak", **rule)
+    free = SlopeTrackingAdam(twin.parameters(), **rule)
+    record = {opt: ([], []), free: ([], [])}
+    for step in range(40):  # 8 batches of 32 a pass, 5 passes
+        for o, m in ((opt, model), (free, twin)):
+            o.start_pass(step // 8)
+            o.step(closure_for(m, o, *batches(x, y, step)))
+            if o.search_state["alignment"] is not None:
+                record[o][0].append(o.search_state["alignment"])
+                record[o][1].append(o.param_groups[0]["step_size"])
+    (alignments, etas), (_, free_etas) = record[opt], record[free]
+    reference = reference_step_sizes(
+        alignments, 3e-3, 1.5, rule["alignment_betas"], False, 7, cap=True
+    )
+    assert etas == pytest.approx(reference, rel=1e-9)
+    peak = max([3e-3, *etas[:7]])
+    assert opt.search_state["fresh_peak"] == pytest.approx(peak, rel=1e-12)
+    assert max(etas[7:]) <= peak * (1 + 1e-12)
+    assert any(b < a for a, b in zip(etas[7:], etas[8:]))  # it comes down on repeats
+    assert any(b > a for a, b in zip(etas[7:], etas[8:]))  # and grows back
+    assert max(free_etas[7:]) > max([3e-3, *free_etas[:7]])  # uncapped, it went past
 
 
 def test_lightning_tells_it_each_epoch(monkeypatch):

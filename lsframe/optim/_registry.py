@@ -99,6 +99,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "agree": {"combine_horizons": "agree"},
         "agree_fresh": {"combine_horizons": "agree", "grow_on_repeats": False},
         "agree_else_min": {"combine_horizons": "agree_else_min"},
+        # growth on repeated batches up to the first pass's largest η (not above it)
+        "fresh_peak": {"cap_at_fresh_peak": True},
         # the same rule by compiled one-pass kernels (``fused=True``; the first step compiles)
         "fused": {"fused": True},
     },
@@ -178,6 +180,7 @@ _RECORDS = [
             ({"grow_on_repeats": "no"}, "grow_on_repeats"),
             ({"combine_horizons": "max"}, "combine_horizons"),
             ({"fused": 1}, "fused"),
+            ({"cap_at_fresh_peak": "yes"}, "cap_at_fresh_peak"),
             ({"betas": (0.9, 1.0)}, "betas"),
             ({"lr": 0.0}, "lr"),
         ),

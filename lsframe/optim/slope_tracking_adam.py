@@ -25,6 +25,7 @@ RULE_KEYS = (
     "gain_decay",
     "min_step_size",
     "grow_on_repeats",
+    "cap_at_fresh_peak",
     "fused",
 )
 #: how the two horizons' scores make the exponent (:meth:`SlopeTrackingAdam._change`)
@@ -156,7 +157,9 @@ class SlopeTrackingAdam(LineSearchOptimizer):
        the short horizon's brake and a third of the minimum's drift under noise. With
        ``grow_on_repeats=False``, from the second pass over a finite training set on
        (:meth:`start_pass`), η may fall but no longer grow: the batches are not fresh any
-       more, and the alignment then rewards fitting them (below). ``gain_decay``
+       more, and the alignment then rewards fitting them (below). With
+       ``cap_at_fresh_peak=True`` it may grow again on repeated batches, but not above the
+       largest η of the first pass: the largest step that fresh batches supported. ``gain_decay``
        (off) divides the exponent by ``√(1 + k)``, ``k`` the sign changes of ``ā_slow``
        (Kesten's rule: η then freezes instead of decaying);
     4. Adam's update ``x ← x − η · multiplier · m̂ / (√v̂ + ε)`` and decoupled weight decay.
@@ -207,6 +210,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         gain_decay: Kesten's rule: divide the exponent by √(1 + sign changes). Default: False.
         min_step_size: Floor on η. Default: 0.
         grow_on_repeats: Let η grow on the batches of a second or later pass too. Default: True.
+        cap_at_fresh_peak: From the second pass on, η may grow back but not above the largest
+            η of the first pass. Default: False.
         weight_decay: Decoupled weight decay. Default: 0.
         fused: Run the rule as compiled one-pass kernels (``torch.compile``). Default: False.
             Like every hyperparameter it is saved in the param groups: a loaded state dict
@@ -227,6 +232,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         gain_decay: bool = False,
         min_step_size: float = 0.0,
         grow_on_repeats: bool = True,
+        cap_at_fresh_peak: bool = False,
         weight_decay: float = 0.0,
         fused: bool = False,
     ) -> None:
@@ -240,6 +246,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             gain_decay=gain_decay,
             min_step_size=min_step_size,
             grow_on_repeats=grow_on_repeats,
+            cap_at_fresh_peak=cap_at_fresh_peak,
             weight_decay=weight_decay,
             fused=fused,
         )
@@ -257,7 +264,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             raise ValueError(
                 f"combine_horizons must be one of {HORIZON_RULES}, got {group['combine_horizons']!r}"
             )
-        for key in ("grow_on_repeats", "fused"):
+        for key in ("grow_on_repeats", "cap_at_fresh_peak", "fused"):
             if not isinstance(group[key], bool):
                 raise ValueError(f"{key} must be True or False, got {group[key]!r}")
 
@@ -272,6 +279,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             "sign_changes": 0,
             "last_sign": 0,
             "data_pass": 0,
+            "fresh_peak": 0.0,
         }
 
     def start_pass(self, index: int) -> None:
@@ -309,10 +317,9 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             alignment = step_alignment(self.state, groups, last) if last else None
         state["alignment"] = alignment
         if alignment is not None:
-            change = self._change(alignment, rule)
-            if state["data_pass"] > 0 and not rule["grow_on_repeats"]:
-                change = min(change, 1.0)
-            eta = max(eta * change, rule["min_step_size"])
+            eta = self._on_repeats(eta, eta * self._change(alignment, rule), rule)
+        if state["data_pass"] == 0:
+            state["fresh_peak"] = max(state["fresh_peak"], eta)
         if rule["fused"]:
             self._fused_adam_step(groups, next_moment_step(state), eta)
         else:
@@ -344,6 +351,18 @@ class SlopeTrackingAdam(LineSearchOptimizer):
                 state = self.state[p]
                 tensors = (p, grad, state["exp_avg"], state["exp_avg_sq"])
                 kernel(*flat(*(local(t) for t in tensors)), values)
+
+    def _on_repeats(self, eta: float, proposed: float, rule: dict[str, Any]) -> float:
+        """The next η from ``proposed`` (η times the rule's change), limited from the second pass
+        on: no growth (``grow_on_repeats=False``), or none above the largest η of the first
+        pass (``cap_at_fresh_peak``; no cap while that peak is unknown), then floored."""
+        state = self.search_state
+        if state["data_pass"] > 0:
+            if not rule["grow_on_repeats"]:
+                proposed = min(proposed, eta)
+            if rule["cap_at_fresh_peak"] and state["fresh_peak"] > 0:
+                proposed = min(proposed, max(state["fresh_peak"], eta))
+        return max(proposed, rule["min_step_size"])
 
     def _change(self, alignment: float, rule: dict[str, Any]) -> float:
         """``max_change^(e / √(1 + k))`` from this step's alignment, ``e`` the horizons' exponent
