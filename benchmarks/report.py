@@ -35,6 +35,13 @@ from benchmarks.common import ROOT
 BENCH = ROOT / "benchmarks"
 GRID = ["adamw@1e-5", "adamw@2e-5", "adamw@5e-5", "adamw@1e-4"]
 SEEDS = {"S": ["0", "1", "2", "3", "4"], "M": ["0", "1", "2"]}  # issue 18's settings
+# issue 19's step-cost rows: AdamW(foreach) is the base, torch's fused AdamW shown beside
+COST_ROWS = [
+    "adamw-const@5e-5",
+    "adamw-fused-const@5e-5",
+    "slope_tracking_adam",
+    "slope_tracking_adam+fused",
+]
 SEARCH_CONFIG = ROOT / "configs" / "search" / "minilm_sst2_mrpc.yaml"
 
 # name: (script, full arguments, quick arguments), for ``python -m benchmarks.<script>`` or
@@ -72,6 +79,15 @@ STEPS: dict[str, tuple[str, list[str], list[str]]] = {
         ["--steps", "4", "--short-steps", "2", "--block", "2", "--optimizers"]
         + ["adamw-const@5e-5", "salsa", "slope_tracking_adam"],
     ),
+    **{
+        f"step_cost_{model}": (
+            "step_cost",
+            ["--model", model, "--steps", "1000", "--memory", "--optimizers", *COST_ROWS],
+            ["--model", model, "--steps", "4", "--first", "2", "--block", "2", "--optimizers"]
+            + COST_ROWS,
+        )
+        for model in ("minilm", "small-bert")
+    },
     "dps_overhead": (
         "dps",
         ["--overhead", "--steps", "100"],
@@ -185,7 +201,8 @@ def run_step(name: str, results: Path, quick: bool, force: bool) -> str:
             return "kept (best_distribution.yaml exists; --force searches again)"
         if name == "search_pairs" and Path(combined(results)).exists():
             return "kept (search_combined/distribution.yaml exists; --force searches again)"
-        if name in ("step_cost", "dps_overhead") and output(results, name).exists():
+        kept = ("step_cost", "step_cost_minilm", "step_cost_small-bert", "dps_overhead")
+        if name in kept and output(results, name).exists():
             return "kept (its table exists; --force redoes it)"
     started = time.perf_counter()
     for argv in argvs:
