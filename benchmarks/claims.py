@@ -158,6 +158,35 @@ def at_least(metric: str, ours: str, theirs: str) -> Callable[[Rows], tuple[str,
     return read
 
 
+def lower_final_loss(ours: str, others: tuple[str, ...]) -> Callable[[Rows], tuple[str, str]]:
+    """P1's claim: ``ours`` ends with a lower final training loss than each of ``others``,
+    compared per seed (the seeds both ran); the held-out loss is shown beside."""
+
+    def read(rows: Rows) -> tuple[str, str]:
+        def by_seed(name: str, metric: str) -> dict[int, float]:
+            return {r["seed"]: r[metric] for r in rows if r["optimizer"] == name}
+
+        mine = by_seed(ours, "final_train_loss")
+        if not mine:
+            raise ValueError(f"no {ours} runs")
+        texts, holds, counts = [], True, [len(mine)]
+        for other in others:
+            theirs = by_seed(other, "final_train_loss")
+            seeds = sorted(set(mine) & set(theirs))
+            if not seeds:
+                raise ValueError(f"no {other} runs on {ours}'s seeds")
+            diff = [mine[s] - theirs[s] for s in seeds]
+            texts.append(f"{over_seeds(diff)} vs {other}")
+            holds = holds and statistics.mean(diff) < 0
+            counts.append(len(seeds))
+        held = by_seed(ours, "heldout_loss").values()
+        measured = f"{ours} final train loss {over_seeds(list(mine.values()))}, paired "
+        measured += ", ".join(texts) + f"; held-out {over_seeds(list(held))}"
+        return measured, ("holds" if holds else "missed") + seeds_note(*[[0] * n for n in counts])
+
+    return read
+
+
 def _runs(rows: Rows, pair: str, **match: Any) -> Rows:
     return [
         r
@@ -248,6 +277,13 @@ CLAIMS = [
         "The learning-rate-free default's step costs ≤ 1.10× an AdamW step (small BERT)",
         "step_cost_small-bert",
         default_step_cost(1.10),
+    ),
+    Claim(
+        "P1",
+        "ALSALS ends with a lower training loss than Adam (cosine) and AdamSLS (GPT-2, 2,000 "
+        "steps)",
+        "p1_final_loss_gpt2",
+        lower_final_loss("alsals", ("adam", "adamsls")),
     ),
     Claim(
         "P2",
