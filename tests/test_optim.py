@@ -618,3 +618,18 @@ def make_groups(name):
     if optim.info(name).param_grouping == "parts":
         return [{"params": [p], "part": f"p{i}"} for i, p in enumerate(model.parameters())]
     return model.parameters()
+
+
+def test_all_finite_finds_nan_and_both_infinities_and_no_overflow_in_any_dtype():
+    from lsframe.optim import all_finite
+
+    base = [torch.randn(3, 4), torch.zeros(0), torch.randn(5)]
+    assert all_finite(base) and all_finite([]) and all_finite([torch.zeros(0)])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            tensors = [t.to(dtype) for t in base]
+            tensors[2][3] = bad
+            assert not all_finite(tensors), (bad, dtype)
+    # finite extremes stay finite: no sum of squares, no float32 rounding of a float64 maximum
+    huge = [torch.tensor([1e300, -1e300], dtype=torch.float64), torch.full((4,), 6e4).half()]
+    assert all_finite(huge)
