@@ -92,6 +92,7 @@ def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
         "forwards_per_step": run.forwards.count / len(losses),
         "final_step_size": step_size(run),
         "seconds": time.perf_counter() - started,
+        "threads": torch.get_num_threads(),
         **evaluate(run, dev_data, args.task),
         "per_step": run.diagnostics.columns,  # step sizes; a line search's trials and ratios
     }
@@ -217,12 +218,24 @@ def main() -> None:
         f"GLUE {args.task}{f' (setting {args.setting})' if args.setting else ''}: first "
         f"{args.train_limit} training examples, {args.epochs} epoch(s), batch {args.batch_size}, "
         f"max length {args.max_length}; dev set {len(dev.labels)} examples, majority class "
-        f"{metric} {majority:.4f}; seeds {sorted({r['seed'] for r in rows})}; MiniLM-L6; device {device_name()}; torch "
-        f"{torch.__version__}; wall {time.time() - started:.0f} s. Mean ± std over seeds; paired "
+        f"{metric} {majority:.4f}; seeds {sorted({r['seed'] for r in rows})}; MiniLM-L6; "
+        f"{runs_machine(rows, args.table_only, time.time() - started)}; torch "
+        f"{torch.__version__}. Mean ± std over seeds; paired "
         f"Δ: per-seed difference to the best AdamW grid point; learns: seeds at least "
         f"{LEARNS_BY} above the majority class."
     )
     write_results(out, meta, "\n".join(table_lines(table, metric)), rows)
+
+
+def runs_machine(rows: list[dict], table_only: bool, wall: float) -> str:
+    """The machine and the threads the logged runs used (older runs did not log theirs), and
+    this invocation's wall time unless it only wrote the table."""
+    threads = sorted({r["threads"] for r in rows if "threads" in r})
+    unlogged = any("threads" not in r for r in rows)
+    counts = [str(t) for t in threads] + ["not logged"] * unlogged
+    model = device_name().rsplit(",", 1)[0]
+    text = f"device {model}, threads per run: {' / '.join(counts)}"
+    return text if table_only else f"{text}; wall {wall:.0f} s"
 
 
 if __name__ == "__main__":
