@@ -178,31 +178,44 @@ def test_under_pure_noise_agreeing_horizons_drift_less_than_the_minimum():
     assert drift["min"] / 2 < drift["agree_else_min"] < -0.03
 
 
-def test_with_fresh_growth_the_step_size_can_fall_but_not_grow_after_the_first_pass():
+PASS_BETAS = (0.6, 0.6, 0.9)
+
+
+def preset_against_default(preset: str, lr: float):
+    """``preset`` and the default from the same weights and rule (max_change 1.5,
+    :data:`PASS_BETAS`) through 5 passes of 8 batches of 32, each pass told to both (twice: the
+    call is idempotent). Returns the preset's optimizer, and for each of the two the alignments
+    and step sizes of the steps that had an alignment."""
     torch.manual_seed(0)
     model, x, y = problem()
     twin = twin_of(model)
-    rule = dict(lr=1e-2, max_change=1.5, alignment_betas=(0.6, 0.6, 0.9))
-    opt = optim.create("slope_tracking_adam", model.parameters(), preset="fresh_growth", **rule)
+    rule = dict(lr=lr, max_change=1.5, alignment_betas=PASS_BETAS)
+    opt = optim.create("slope_tracking_adam", model.parameters(), preset=preset, **rule)
     free = SlopeTrackingAdam(twin.parameters(), **rule)
-    assert free.defaults["grow_on_repeats"] and not opt.defaults["grow_on_repeats"]
-    # from 1e-2 it overshoots on this problem, so there is something to come down from
     record = {opt: ([], []), free: ([], [])}
-    for step in range(40):  # 8 batches of 32 a pass, 5 passes
+    for step in range(40):
         for o, m in ((opt, model), (free, twin)):
             o.start_pass(step // 8)
-            o.start_pass(step // 8)  # idempotent
+            o.start_pass(step // 8)
             o.step(closure_for(m, o, *batches(x, y, step)))
             if o.search_state["alignment"] is not None:
                 record[o][0].append(o.search_state["alignment"])
                 record[o][1].append(o.param_groups[0]["step_size"])
-    (alignments, etas), (free_alignments, free_etas) = record[opt], record[free]
+    return opt, record[opt], record[free]
+
+
+def test_with_fresh_growth_the_step_size_can_fall_but_not_grow_after_the_first_pass():
+    # from 1e-2 it overshoots on this problem, so there is something to come down from
+    opt, (alignments, etas), (free_alignments, free_etas) = preset_against_default(
+        "fresh_growth", 1e-2
+    )
+    assert not opt.defaults["grow_on_repeats"]  # the default grows on repeats (the twin)
     # step 8 opens pass 1; it is the 8th step with an alignment (step 0 has none)
     assert etas == pytest.approx(
-        reference_step_sizes(alignments, 1e-2, 1.5, rule["alignment_betas"], False, 7), rel=1e-9
+        reference_step_sizes(alignments, 1e-2, 1.5, PASS_BETAS, False, 7), rel=1e-9
     )
     assert free_etas == pytest.approx(
-        reference_step_sizes(free_alignments, 1e-2, 1.5, rule["alignment_betas"], False), rel=1e-9
+        reference_step_sizes(free_alignments, 1e-2, 1.5, PASS_BETAS, False), rel=1e-9
     )
     assert all(b <= a for a, b in zip(etas[6:], etas[7:]))
     assert any(b < a for a, b in zip(etas[6:], etas[7:]))  # it still comes down
@@ -214,24 +227,8 @@ def test_with_fresh_growth_the_step_size_can_fall_but_not_grow_after_the_first_p
 
 
 def test_capped_at_the_fresh_peak_it_grows_again_on_repeats_but_not_above_the_first_pass():
-    torch.manual_seed(0)
-    model, x, y = problem()
-    twin = twin_of(model)
-    rule = dict(lr=3e-3, max_change=1.5, alignment_betas=(0.6, 0.6, 0.9))
-    opt = optim.create("slope_tracking_adam", model.parameters(), preset="fresh_peak", **rule)
-    free = SlopeTrackingAdam(twin.parameters(), **rule)
-    record = {opt: ([], []), free: ([], [])}
-    for step in range(40):  # 8 batches of 32 a pass, 5 passes
-        for o, m in ((opt, model), (free, twin)):
-            o.start_pass(step // 8)
-            o.step(closure_for(m, o, *batches(x, y, step)))
-            if o.search_state["alignment"] is not None:
-                record[o][0].append(o.search_state["alignment"])
-                record[o][1].append(o.param_groups[0]["step_size"])
-    (alignments, etas), (_, free_etas) = record[opt], record[free]
-    reference = reference_step_sizes(
-        alignments, 3e-3, 1.5, rule["alignment_betas"], False, 7, cap=True
-    )
+    opt, (alignments, etas), (_, free_etas) = preset_against_default("fresh_peak", 3e-3)
+    reference = reference_step_sizes(alignments, 3e-3, 1.5, PASS_BETAS, False, 7, cap=True)
     assert etas == pytest.approx(reference, rel=1e-9)
     peak = max([3e-3, *etas[:7]])
     assert opt.search_state["fresh_peak"] == pytest.approx(peak, rel=1e-12)
