@@ -8,9 +8,9 @@ loop (C++ on CPU, Triton on CUDA), so a step reads and writes each tensor about 
 
 The kernels are compiled once per process with dynamic shapes and called on flat views, with
 their scalars as tensors: one graph serves every parameter and every step (another only for a
-non-contiguous tensor or another dtype). The
-first step pays the compilation (tens of seconds on CPU; Inductor caches it on disk for later
-processes). It needs what ``torch.compile`` needs: a C++ compiler on CPU, Triton on CUDA.
+non-contiguous tensor, another dtype, or a tensor of one element). The first step pays the
+compilation (tens of seconds on CPU; Inductor caches it on disk for later processes). It needs
+what ``torch.compile`` needs: a C++ compiler on CPU, Triton on CUDA.
 """
 
 from __future__ import annotations
