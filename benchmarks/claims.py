@@ -106,11 +106,8 @@ def default_step_cost(bar: float, steps: int = 1000) -> Callable[[Rows], tuple[s
             memory = row.get("peak_vs_adamw")
             if memory is not None:
                 text += f", memory {memory:.2f}×"
-                worst_memory_ok = memory <= 1.05
-            else:
-                worst_memory_ok = True
             parts.append(text)
-            verdicts.append((name, worst <= bar and worst_memory_ok))
+            verdicts.append((name, worst <= bar and (memory is None or memory <= 1.05)))
         held = [name for name, ok in verdicts if ok]
         verdict = (
             "holds" if len(held) == len(verdicts) else f"holds with {held[0]}" if held else "missed"
@@ -173,7 +170,7 @@ def lower_final_loss(ours: str, others: tuple[str, ...]) -> Callable[[Rows], tup
         mine = by_seed(ours, "final_train_loss")
         if not mine:
             raise ValueError(f"no {ours} runs")
-        texts, holds, counts = [], True, [len(mine)]
+        texts, holds, compared = [], True, [list(mine.values())]
         for other in others:
             theirs = by_seed(other, "final_train_loss")
             seeds = sorted(set(mine) & set(theirs))
@@ -182,11 +179,11 @@ def lower_final_loss(ours: str, others: tuple[str, ...]) -> Callable[[Rows], tup
             diff = [mine[s] - theirs[s] for s in seeds]
             texts.append(f"{over_seeds(diff)} vs {other}")
             holds = holds and statistics.mean(diff) < 0
-            counts.append(len(seeds))
+            compared.append(diff)
         held = by_seed(ours, "heldout_loss").values()
         measured = f"{ours} final train loss {over_seeds(list(mine.values()))}, paired "
         measured += ", ".join(texts) + f"; held-out {over_seeds(list(held))}"
-        return measured, ("holds" if holds else "missed") + seeds_note(*[[0] * n for n in counts])
+        return measured, ("holds" if holds else "missed") + seeds_note(*compared)
 
     return read
 

@@ -47,10 +47,7 @@ def adam_directions(
         beta1, beta2 = active.group["betas"][:2]  # SaLSA adds a third
         m, v = [], []
         for p in active.params:
-            state = param_state[p]
-            if not state:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state = moments_of(param_state, p)
             m.append(state["exp_avg"])
             v.append(state["exp_avg_sq"])
         if active.params:
@@ -61,6 +58,15 @@ def adam_directions(
         )
         exp_avgs.append(m)
     return AdamDirections(denominators, exp_avgs, bc1)
+
+
+def moments_of(param_state: dict[Any, dict[str, Any]], param: Tensor) -> dict[str, Any]:
+    """``param``'s state, with ``exp_avg`` and ``exp_avg_sq`` created (zeros) on first sight."""
+    state = param_state[param]
+    if not state:
+        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    return state
 
 
 def next_moment_step(search_state: dict[str, Any]) -> int:

@@ -13,7 +13,12 @@ from lsframe.optim._functional import QUOTIENT_BYTES, bias_correction, quotient_
 from lsframe.optim._fused import adam_step_, compiled, direction_sums, flat, scalars
 from lsframe.optim._linesearch import LineSearchOptimizer
 from lsframe.optim._sharded import local, reduce_sums
-from lsframe.optim.adam_moments import adam_directions, check_adam_group, next_moment_step
+from lsframe.optim.adam_moments import (
+    adam_directions,
+    check_adam_group,
+    moments_of,
+    next_moment_step,
+)
 from lsframe.optim.rules import ActiveGroup
 from lsframe.validation import check_open_unit, check_positive
 
@@ -76,8 +81,8 @@ def step_alignment(
                 d_sq.append(torch.dot(d, d))
             del direction
         parts = (dots, g_sq, d_sq)
-        sums.append(torch.stack([torch.stack(reduce_sums(x, active.grads)).sum() for x in parts]))
-        sums[-1] = sums[-1].double()
+        per_part = [torch.stack(reduce_sums(x, active.grads)).sum() for x in parts]
+        sums.append(torch.stack(per_part).double())
         scales.append(direction_scale(active, moment_step))
     if not sums:
         return None
@@ -119,10 +124,7 @@ def fused_direction_sums(
         eps = scalars([active.group["eps"] * root], active.params[0])
         parts = []
         for p, grad in zip(active.params, active.grads):
-            state = param_state[p]
-            if not state:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state = moments_of(param_state, p)
             m, v = local(state["exp_avg"]), local(state["exp_avg_sq"])
             parts.append(kernel(*flat(local(grad), m, v), eps))
         sums.append(torch.stack(reduce_sums(parts, active.grads)).sum(0).double())
