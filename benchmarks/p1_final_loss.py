@@ -101,7 +101,8 @@ def make_model(task: str) -> nn.Module:
         return GPT2LMHeadModel(GPT2Config(**GPT2, **NO_SPECIAL))
     import timm
 
-    return timm.create_model("resnet18", pretrained=False, num_classes=10, in_chans=1)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10, in_chans=1)
+    return model.to(memory_format=torch.channels_last)  # NHWC: ~1.1x faster on CPU, same maths
 
 
 def make_optimizer(name: str, task: str, model: nn.Module, steps: int):
