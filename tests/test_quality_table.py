@@ -4,8 +4,13 @@ point is logged."""
 
 from __future__ import annotations
 
-import pytest
+import math
+from types import SimpleNamespace
 
+import pytest
+import torch
+
+from benchmarks.common import build
 from benchmarks.quality import summarise, table_lines
 
 
@@ -70,3 +75,37 @@ def test_the_step_size_plot_shows_a_trackers_alignment_and_a_searchs_trials(tmp_
         assert (tmp_path / f"{name}.png").stat().st_size > 0
     assert titles["tracker"] == ["accepted step size", "step alignment (rolling mean of 10)"]
     assert len(titles["both"]) == 4 and "trials per step" in titles["both"]
+
+
+class _Regression(torch.nn.Module):
+    """A linear model called as Hugging Face models are (``model(**batch).loss``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(loss=torch.nn.functional.mse_loss(self.linear(x).squeeze(-1), y))
+
+
+def test_an_annealed_spec_moves_by_the_tracked_step_times_a_cosine_that_ends_at_zero():
+    torch.manual_seed(0)
+    total = 6
+    run = build("slope_tracking_adam+fresh_peak~anneal", _Regression(), total_steps=total)
+    batch = {"x": torch.randn(8, 3), "y": torch.randn(8)}
+    for k in range(1, total + 1):
+        before = [p.detach().clone() for p in run.model.parameters()]
+        run.step(batch)
+        group = run.optimizer.param_groups[0]
+        factor = 0.5 * (1 + math.cos(math.pi * k / total))
+        assert group["lr_multiplier"] == pytest.approx(factor, abs=1e-12)
+        assert group["lr"] == pytest.approx(group["step_size"] * factor, rel=1e-12)
+        moved = any(not torch.equal(b, p) for b, p in zip(before, run.model.parameters()))
+        assert moved  # the step before the last still had a multiplier above 0
+    assert run.optimizer.param_groups[0]["lr_multiplier"] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("spec", ["slope_tracking_adam~warmup", "adamw@1e-4~anneal"])
+def test_a_spec_with_an_unknown_or_misplaced_schedule_is_refused(spec):
+    with pytest.raises(ValueError, match="anneal"):
+        build(spec, _Regression(), total_steps=4)
