@@ -70,6 +70,13 @@ for task in sst2 mrpc rte; do
   OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task $task --seeds 0 1 \
     --no-schedulefree --optimizers slope_tracking_adam+fresh_peak
 done
+# issue 18 pilots: fresh_peak with a cosine anneal of the applied step over the run, from 1e-5
+# and from 1e-4 (the rows run so far: slope_tracking_pilots_cpu.md)
+for task in sst2 mrpc rte; do
+  OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task $task --seeds 0 1 \
+    --no-schedulefree --optimizers "slope_tracking_adam+fresh_peak~anneal" \
+    "slope_tracking_adam+fresh_peak@1e-4~anneal"
+done
 python -m benchmarks.step_cost --time-to-target --task sst2 --steps 1000
 python -m benchmarks.step_cost --time-to-target --task mrpc --steps 1000
 # issue 22: the papers' own protocols (resumable; P2 at batch 4,096/8,192 is ~81 CPU-hours: a
