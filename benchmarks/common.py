@@ -222,19 +222,37 @@ class Run:
             self.optimizer.eval()
 
 
+def combined_presets(
+    info: optim.OptimizerInfo, presets: Sequence[str], spec: str
+) -> dict[str, Any]:
+    """The constructor arguments of ``presets`` together (none: the paper's defaults).
+
+    Raises:
+        ValueError: a preset is unknown, or two set one key to different values.
+    """
+    kwargs: dict[str, Any] = {}
+    for preset in presets:
+        for key, value in info.preset(preset).items():
+            if kwargs.get(key, value) != value:
+                raise ValueError(f"{spec!r}: presets {'+'.join(presets)} disagree on {key}")
+            kwargs[key] = value
+    return kwargs
+
+
 def build(spec: str, model: nn.Module, total_steps: int) -> Run:
     """A run from a spec: ``adamw@5e-5`` (with 10 % warmup + cosine), ``adamw-const@5e-5``,
     ``adamw-fused-const@5e-5`` (torch's fused kernel instead of foreach),
     ``salsa-reference``, ``prodigy``, ``dadaptadam``, ``schedulefree@<lr>``, or any other name
     in lsframe's registry (``lsframe.optim.names()``: its defaults; ``name+robust`` its robust
-    preset; ``name@<lr>`` sets ``lr``; ``name~anneal`` decays its step sizes' multiplier by a
+    preset; ``name+agree+fresh_peak`` two presets at once, refused where they set a key
+    differently; ``name@<lr>`` sets ``lr``; ``name~anneal`` decays its step sizes' multiplier by a
     cosine from 1 to 0 over the run, as a module's ``lr_scheduler`` does), given the
     parameter groups its record asks for."""
     body, _, schedule = spec.partition("~")
     if schedule not in ("", "anneal"):
         raise ValueError(f"unknown schedule {schedule!r} in optimizer spec {spec!r}: use ~anneal")
     name, _, lr_text = body.partition("@")
-    name, _, preset = name.partition("+")
+    name, *presets = name.split("+")
     if schedule and not (name in optim.names() and optim.info(name).searches):
         raise ValueError(f"{spec!r}: ~anneal is for lsframe's line searches (lr_multiplier)")
     lr = float(lr_text) if lr_text else None
@@ -248,8 +266,8 @@ def build(spec: str, model: nn.Module, total_steps: int) -> Run:
     if name in optim.names():
         info = optim.info(name)
         groups = part_groups(model) if info.param_grouping == "parts" else params
-        kwargs = {} if lr is None else {"lr": lr}
-        opt = info.create(groups, preset=preset or "paper", **kwargs)
+        kwargs = combined_presets(info, presets, spec) | ({} if lr is None else {"lr": lr})
+        opt = info.create(groups, **kwargs)
         if not schedule:
             return Run(spec, model, opt)
         from lsframe.modules.optimizer_setup import make_scheduler  # the module's own path

@@ -109,3 +109,16 @@ def test_an_annealed_spec_moves_by_the_tracked_step_times_a_cosine_that_ends_at_
 def test_a_spec_with_an_unknown_or_misplaced_schedule_is_refused(spec):
     with pytest.raises(ValueError, match="anneal"):
         build(spec, _Regression(), total_steps=4)
+
+
+def test_two_presets_in_a_spec_build_the_optimizer_with_both():
+    run = build("slope_tracking_adam+agree+fresh_peak@1e-4", _Regression(), total_steps=4)
+    group = run.optimizer.param_groups[0]
+    assert group["combine_horizons"] == "agree"
+    assert group["cap_at_fresh_peak"] is True
+    assert group["lr"] == pytest.approx(1e-4)
+
+
+def test_presets_that_set_one_key_differently_are_refused():
+    with pytest.raises(ValueError, match="disagree on combine_horizons"):
+        build("slope_tracking_adam+agree+agree_else_min", _Regression(), total_steps=4)
