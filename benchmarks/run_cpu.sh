@@ -77,13 +77,15 @@ for task in sst2 mrpc rte; do
     --no-schedulefree --optimizers "slope_tracking_adam+fresh_peak~anneal" \
     "slope_tracking_adam+fresh_peak@1e-4~anneal"
 done
-# ... the 1e-4 start in M, and the same without the min rule's drift (agree + fresh_peak)
+# ... the 1e-4 start in M, and the same without the min rule's drift (agree, agree_else_min)
 for task in sst2 mrpc rte; do
   OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task $task --seeds 0 1 \
     --no-schedulefree --optimizers "slope_tracking_adam+fresh_peak@1e-4~anneal" \
-    "slope_tracking_adam+agree+fresh_peak@1e-4~anneal"
+    "slope_tracking_adam+agree+fresh_peak@1e-4~anneal" \
+    "slope_tracking_adam+agree_else_min+fresh_peak@1e-4~anneal"
   OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task $task --seeds 0 1 \
-    --no-schedulefree --optimizers "slope_tracking_adam+agree+fresh_peak@1e-4~anneal"
+    --no-schedulefree --optimizers "slope_tracking_adam+agree+fresh_peak@1e-4~anneal" \
+    "slope_tracking_adam+agree_else_min+fresh_peak@1e-4~anneal"
 done
 python -m benchmarks.step_cost --time-to-target --task sst2 --steps 1000
 python -m benchmarks.step_cost --time-to-target --task mrpc --steps 1000
