@@ -76,6 +76,7 @@ def reference_step_sizes(
     """The rule of the docstring, written out independently (``fresh``: how many alignments
     come from the first pass over the data; from there on, η may not grow; ``combine``: the
     horizons' exponent, z_slow where both agree in sign, else 0 for "agree", else the min;
+    for "significant" the min where |z_slow| ≥ 2·√((1−β)(1+βⁿ)/((1+β)(1−βⁿ))), else 0;
     ``cap``: after the first pass η may grow, but not above the first pass's largest η)."""
     fast, slow, square = betas
     means, second = [0.0, 0.0], 0.0
@@ -93,7 +94,10 @@ def reference_step_sizes(
         if gain_decay and sign and last_sign and sign != last_sign:
             changes += 1
         last_sign = sign or last_sign
-        if combine != "min" and z[0] * z[1] > 0:
+        if combine == "significant":
+            se = math.sqrt((1 - slow) * (1 + slow**n) / ((1 + slow) * (1 - slow**n)))
+            exponent = min(z) if abs(z[1]) >= 2 * se else 0.0
+        elif combine != "min" and z[0] * z[1] > 0:
             exponent = z[1]
         else:
             exponent = 0.0 if combine == "agree" else min(z)
@@ -140,8 +144,8 @@ def test_the_step_size_follows_the_documented_rule_from_the_alignments(betas, ga
     assert (opt.search_state["sign_changes"] >= 1) == gain_decay
 
 
-@pytest.mark.parametrize("combine", ["agree", "agree_else_min"])
-def test_with_agreeing_horizons_the_step_size_follows_the_documented_rule(combine):
+@pytest.mark.parametrize("combine", ["agree", "agree_else_min", "significant"])
+def test_each_horizon_rule_gives_the_documented_step_sizes(combine):
     torch.manual_seed(0)
     model, x, y = problem()
     betas = (0.5, 0.8, 0.9)
@@ -160,22 +164,37 @@ def test_with_agreeing_horizons_the_step_size_follows_the_documented_rule(combin
     assert max(etas) > 1e-4 * 1.5**3  # it grew while the horizons agreed
 
 
-def test_under_pure_noise_agreeing_horizons_drift_less_than_the_minimum():
+def test_under_pure_noise_the_other_horizon_rules_drift_less_than_the_minimum():
     gen = torch.Generator().manual_seed(0)
     noise = (0.05 * torch.randn(3000, generator=gen)).tolist()  # alignments with mean 0
     drift = {}
-    for combine in ("min", "agree", "agree_else_min"):
+    moved = {}
+    for combine in ("min", "agree", "agree_else_min", "significant"):
         model = problem()[0]
         opt = SlopeTrackingAdam(model.parameters(), combine_horizons=combine)
         rule = {key: opt.defaults[key] for key in RULE_KEYS}  # as the step reads them
         logs = [math.log(opt._change(a, rule)) / math.log(rule["max_change"]) for a in noise]
         drift[combine] = sum(logs) / len(logs)  # mean exponent per step
+        moved[combine] = sum(e != 0 for e in logs) / len(logs)
     # min(z_fast, z_slow) of two zero-mean scores is negative on average: η halves every
     # log(2)/(|drift|·log 1.2) steps; agreeing in sign is symmetric about 0, and braking only
     # where the horizons disagree keeps a third of the minimum's drift
     assert drift["min"] < -0.1
     assert abs(drift["agree"]) < 0.03
     assert drift["min"] / 2 < drift["agree_else_min"] < -0.03
+    # a two-standard-error test on the slow average: η holds on about 19 steps in 20
+    assert abs(drift["significant"]) < 0.02 and moved["significant"] < 0.08
+    assert moved["min"] == 1.0
+
+
+def test_a_significant_horizon_still_moves_the_step_size_on_a_weak_steady_signal():
+    gen = torch.Generator().manual_seed(1)
+    for sign in (1, -1):  # a slope a third of the noise, either way
+        alignments = (sign * 0.03 + 0.1 * torch.randn(2000, generator=gen)).tolist()
+        opt = SlopeTrackingAdam(problem()[0].parameters(), combine_horizons="significant")
+        rule = {key: opt.defaults[key] for key in RULE_KEYS}
+        logs = [math.log(opt._change(a, rule)) / math.log(rule["max_change"]) for a in alignments]
+        assert sign * sum(logs) / len(logs) > 0.05  # η doubles within ~80 steps, or halves
 
 
 PASS_BETAS = (0.6, 0.6, 0.9)

@@ -99,6 +99,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "agree": {"combine_horizons": "agree"},
         "agree_fresh": {"combine_horizons": "agree", "grow_on_repeats": False},
         "agree_else_min": {"combine_horizons": "agree_else_min"},
+        # η holds until the slow average of the alignment clears two standard errors of noise
+        "significant": {"combine_horizons": "significant"},
         # growth on repeated batches up to the first pass's largest η (not above it)
         "fresh_peak": {"cap_at_fresh_peak": True},
         # the same rule by compiled one-pass kernels (``fused=True``; the first step compiles)

@@ -34,7 +34,9 @@ RULE_KEYS = (
     "fused",
 )
 #: how the two horizons' scores make the exponent (:meth:`SlopeTrackingAdam._change`)
-HORIZON_RULES = ("min", "agree", "agree_else_min")
+HORIZON_RULES = ("min", "agree", "agree_else_min", "significant")
+#: ``"significant"``: how many standard errors of pure noise the slow average must clear
+SIGNIFICANCE = 2.0
 
 
 def step_alignment(
@@ -87,6 +89,14 @@ def step_alignment(
     if not sums:
         return None
     return cosine(torch.stack(sums).tolist(), scales)  # the one host sync
+
+
+def noise_level(beta: float, n: int) -> float:
+    """The standard error, in units of the values' root mean square, of the bias-corrected
+    moving average ``(1 − β) Σ β^k a_{n−k} / (1 − β^n)`` of ``n`` independent zero-mean values:
+    ``√((1 − β)(1 + β^n) / ((1 + β)(1 − β^n)))``, 1 at ``n = 1`` and ``√((1 − β)/(1 + β))`` in
+    the limit (0.23 for β = 0.9)."""
+    return math.sqrt((1 - beta) * (1 + beta**n) / ((1 + beta) * (1 - beta**n)))
 
 
 def direction_scale(active: ActiveGroup, moment_step: int) -> float:
@@ -156,7 +166,12 @@ class SlopeTrackingAdam(LineSearchOptimizer):
        while both scores have the same sign and holds it otherwise: under pure noise the
        exponent is then symmetric about 0 and η does not drift. ``"agree_else_min"`` follows
        ``z_slow`` while both agree and brakes with the lower score when they do not: it keeps
-       the short horizon's brake and a third of the minimum's drift under noise. With
+       the short horizon's brake and a third of the minimum's drift under noise.
+       ``"significant"`` uses ``min(z_fast, z_slow)`` only once ``|z_slow|`` is at least
+       ``SIGNIFICANCE`` (2) standard errors of pure noise (:func:`noise_level`) and holds η
+       otherwise: a two-sided test at about 5 % that the slope along the steps is not 0, so
+       under noise η moves on about one step in twenty instead of drifting, and the brake of
+       the minimum acts once there is a signal. With
        ``grow_on_repeats=False``, from the second pass over a finite training set on
        (:meth:`start_pass`), η may fall but no longer grow: the batches are not fresh any
        more, and the alignment then rewards fitting them (below). With
@@ -208,7 +223,9 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             its square. Default: (0.5, 0.9, 0.99). Equal first two: one horizon.
         combine_horizons: ``"min"``: the exponent is ``min(z_fast, z_slow)``; ``"agree"``: it is
             ``z_slow`` when both have the same sign, else 0; ``"agree_else_min"``: ``z_slow`` when
-            both have the same sign, else ``min(z_fast, z_slow)``. Default: ``"min"``.
+            both have the same sign, else ``min(z_fast, z_slow)``; ``"significant"``: the
+            minimum once ``|z_slow|`` clears two standard errors of noise, else 0.
+            Default: ``"min"``.
         gain_decay: Kesten's rule: divide the exponent by √(1 + sign changes). Default: False.
         min_step_size: Floor on η. Default: 0.
         grow_on_repeats: Let η grow on the batches of a second or later pass too. Default: True.
@@ -369,7 +386,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     def _change(self, alignment: float, rule: dict[str, Any]) -> float:
         """``max_change^(e / √(1 + k))`` from this step's alignment, ``e`` the horizons' exponent
         (``min(z_fast, z_slow)``; with ``"agree"`` and ``"agree_else_min"``, ``z_slow`` if both
-        have its sign, else 0 or the minimum).
+        have its sign, else 0 or the minimum; with ``"significant"``, the minimum if ``z_slow``
+        clears two standard errors of noise, else 0).
         Updates the averages and ``k``, the sign changes of the slow average (``k`` stays 0
         without ``gain_decay``)."""
         state = self.search_state
@@ -389,9 +407,13 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         if rule["gain_decay"] and sign and state["last_sign"] and sign != state["last_sign"]:
             state["sign_changes"] += 1
         state["last_sign"] = sign or state["last_sign"]
-        if rule["combine_horizons"] != "min" and scores[0] * scores[1] > 0:
+        combine = rule["combine_horizons"]
+        if combine == "significant":
+            noise = noise_level(slow, n)
+            exponent = min(scores) if abs(scores[1]) >= SIGNIFICANCE * noise else 0.0
+        elif combine != "min" and scores[0] * scores[1] > 0:
             exponent = scores[1]
-        elif rule["combine_horizons"] == "agree":
+        elif combine == "agree":
             exponent = 0.0
         else:
             exponent = min(scores)
