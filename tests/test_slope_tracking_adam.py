@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -68,6 +69,61 @@ def test_the_alignment_is_the_cosine_of_the_fresh_gradient_with_the_last_step_ta
         last_direction = (before - after) / opt.param_groups[0]["step_size"]
         assert (opt.search_state["alignment"] is None) == (step == 0)
     assert checked == 11
+
+
+@pytest.mark.parametrize("stride", [4, 16])
+def test_a_strided_alignment_reads_every_kth_row_of_the_large_matrices_moving_each_step(stride):
+    torch.manual_seed(0)
+    model, x, y = problem()
+    opt = SlopeTrackingAdam(model.parameters(), lr=1e-3, alignment_stride=stride)
+    last_steps, checked = None, 0
+    for step in range(10):
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.step(closure_for(model, opt, *batches(x, y, step)))
+        if last_steps is not None:  # by hand: rows step mod k, k::k, … of the 16 × 8 weight
+            sums = torch.zeros(3, dtype=torch.float64)
+            for p, d in zip(model.parameters(), last_steps):
+                g = p.grad.double()
+                if p.dim() == 2 and p.shape[0] >= stride:
+                    g, d = g[step % stride :: stride], d[step % stride :: stride]
+                    weight = p.shape[0] / g.shape[0]
+                else:
+                    weight = 1.0
+                sums += weight * torch.stack([(g * d).sum(), (g * g).sum(), (d * d).sum()])
+            expected = float(sums[0] / (sums[1] * sums[2]).sqrt())
+            assert opt.search_state["alignment"] == pytest.approx(expected, abs=1e-5)
+            checked += 1
+        last_steps = [(b - a.detach()).double() for b, a in zip(before, model.parameters())]
+    assert checked == 9
+    with pytest.raises(ValueError, match="alignment_stride"):
+        SlopeTrackingAdam(model.parameters(), alignment_stride=0)
+
+
+def test_a_strided_tracker_resumes_exactly_mid_rotation_and_skips_a_nan_gradient():
+    torch.manual_seed(0)
+    model, x, y = problem()
+    opt = SlopeTrackingAdam(model.parameters(), lr=1e-3, alignment_stride=4)
+    for step in range(7):  # 7 steps: the rows read next are not the rotation's first
+        opt.step(closure_for(model, opt, *batches(x, y, step)))
+    saved = twin_of(model), copy.deepcopy(opt.state_dict())  # state_dict() holds references
+    resumed = SlopeTrackingAdam(saved[0].parameters(), lr=1e-3, alignment_stride=4)
+    resumed.load_state_dict(saved[1])
+    for step in range(7, 14):
+        for m, o in ((model, opt), (saved[0], resumed)):
+            o.step(closure_for(m, o, *batches(x, y, step)))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), saved[0].parameters()))
+    assert opt.search_state == resumed.search_state
+    before = [p.detach().clone() for p in model.parameters()]
+    base = closure_for(model, opt, *batches(x, y, 14))
+
+    def nan_closure(backward: bool = True):
+        loss = base(backward)
+        model[0].weight.grad[5, 3] = float("nan")  # row 5: not among the rows read this step
+        return loss
+
+    opt.step(nan_closure)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+    assert opt.search_state["rejected_steps"] == 1
 
 
 def reference_step_sizes(

@@ -103,6 +103,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "significant": {"combine_horizons": "significant"},
         # growth on repeated batches up to the first pass's largest η (not above it)
         "fresh_peak": {"cap_at_fresh_peak": True},
+        # the alignment from every 16th row of the large matrices (about 1/16 of its memory
+        # traffic: benchmarks/results/alignment_sample_cpu.md, step_cost_*)
+        "sampled": {"alignment_stride": 16},
         # the same rule by compiled one-pass kernels (``fused=True``; the first step compiles)
         "fused": {"fused": True},
     },

@@ -6,21 +6,22 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from lsframe.optim._functional import QUOTIENT_BYTES, bias_correction, quotient_pieces
-from lsframe.optim._fused import adam_step_, compiled, direction_sums, flat, scalars
-from lsframe.optim._linesearch import LineSearchOptimizer
-from lsframe.optim._sharded import local, reduce_sums
-from lsframe.optim.adam_moments import (
-    adam_directions,
-    check_adam_group,
-    moments_of,
-    next_moment_step,
+from lsframe.optim._alignment import (
+    cosine,
+    direction_scale,
+    fused_direction_sums,
+    noise_level,
+    step_alignment,
 )
+from lsframe.optim._functional import bias_correction
+from lsframe.optim._fused import adam_step_, compiled, flat, scalars
+from lsframe.optim._linesearch import LineSearchOptimizer
+from lsframe.optim._sharded import local
+from lsframe.optim.adam_moments import adam_directions, check_adam_group, next_moment_step
 from lsframe.optim.rules import ActiveGroup
-from lsframe.validation import check_open_unit, check_positive
+from lsframe.validation import check_int_at_least, check_open_unit, check_positive
 
 # one step size for all groups: these hyperparameters must agree across the groups
 RULE_KEYS = (
@@ -31,114 +32,13 @@ RULE_KEYS = (
     "min_step_size",
     "grow_on_repeats",
     "cap_at_fresh_peak",
+    "alignment_stride",
     "fused",
 )
 #: how the two horizons' scores make the exponent (:meth:`SlopeTrackingAdam._change`)
 HORIZON_RULES = ("min", "agree", "agree_else_min", "significant")
 #: ``"significant"``: how many standard errors of pure noise the slow average must clear
 SIGNIFICANCE = 2.0
-
-
-def step_alignment(
-    param_state: dict[Any, dict[str, Any]], groups: list[ActiveGroup], moment_step: int
-) -> float | None:
-    """The **step alignment** ``a_t = cos(g_t, d_{t−1})``: the cosine between this step's gradient
-    ``g_t`` (a batch the last step never saw) and the last step's direction
-    ``d_{t−1} = multiplier · m̂_{t−1} / (√v̂_{t−1} + ε)``, recomputed from Adam's moments before
-    they take ``g_t`` (so no copy of the last step is kept).
-
-    ``−⟨g_t, d_{t−1}⟩`` estimates, without bias (the batch is fresh), the derivative of the
-    expected loss along the last step at the point it reached: ``a_t > 0`` says the last step
-    could have gone further, ``a_t < 0`` that it went past the minimum along its direction.
-    None before the second step or when a norm is 0. Three passes over the moments, a piece at a
-    time (a transient of at most ``QUOTIENT_BYTES``, as the line searches' slope), per-tensor
-    inner products, one host sync.
-    """
-    if moment_step < 1:
-        return None
-    sums: list[Tensor] = []  # per group: ⟨g, d⟩, ‖g‖², ‖d‖² with d up to a scalar
-    scales: list[float] = []
-    for active in groups:
-        if not active.params:
-            continue
-        root = math.sqrt(bias_correction(active.group["betas"][1], moment_step))
-        # m̂/(√v̂ + ε) = (√bc2/bc1) · m/(√v + ε·√bc2): the scalars are folded in after the sums
-        m = [param_state[p]["exp_avg"] for p in active.params]
-        v = [param_state[p]["exp_avg_sq"] for p in active.params]
-        dots, g_sq, d_sq = [], [], []
-        budget = QUOTIENT_BYTES.get(m[0].device.type, QUOTIENT_BYTES["cuda"])
-        for span in quotient_pieces(
-            m, budget
-        ):  # a bounded transient, as in the line searches' slope
-            denom = torch._foreach_sqrt(v[span])
-            torch._foreach_add_(denom, active.group["eps"] * root)
-            direction = torch._foreach_div(m[span], denom)
-            del denom
-            for grad, d in zip(active.grads[span], direction):
-                g, d = local(grad), local(d)
-                dtype = torch.promote_types(g.dtype, torch.float32)
-                g, d = g.reshape(-1).to(dtype), d.reshape(-1).to(dtype)
-                dots.append(torch.dot(g, d))
-                g_sq.append(torch.dot(g, g))
-                d_sq.append(torch.dot(d, d))
-            del direction
-        parts = (dots, g_sq, d_sq)
-        per_part = [torch.stack(reduce_sums(x, active.grads)).sum() for x in parts]
-        sums.append(torch.stack(per_part).double())
-        scales.append(direction_scale(active, moment_step))
-    if not sums:
-        return None
-    return cosine(torch.stack(sums).tolist(), scales)  # the one host sync
-
-
-def noise_level(beta: float, n: int) -> float:
-    """The standard error, in units of the values' root mean square, of the bias-corrected
-    moving average ``(1 − β) Σ β^k a_{n−k} / (1 − β^n)`` of ``n`` independent zero-mean values:
-    ``√((1 − β)(1 + β^n) / ((1 + β)(1 − β^n)))``, 1 at ``n = 1`` and ``√((1 − β)/(1 + β))`` in
-    the limit (0.23 for β = 0.9)."""
-    return math.sqrt((1 - beta) * (1 + beta**n) / ((1 + beta) * (1 - beta**n)))
-
-
-def direction_scale(active: ActiveGroup, moment_step: int) -> float:
-    """``s`` with ``d = s · m / (√v + ε·√(1 − β2^t))`` the group's last direction (see
-    :func:`step_alignment`)."""
-    beta1, beta2 = active.group["betas"][:2]
-    root = math.sqrt(bias_correction(beta2, moment_step))
-    return active.multiplier * root / bias_correction(beta1, moment_step)
-
-
-def cosine(sums: list[list[float]], scales: list[float]) -> float | None:
-    """``cos(g, d)`` from each group's ``[⟨g, d'⟩, ‖g‖², ‖d'‖², …]`` with ``d = scale · d'``;
-    None when a norm is 0 or a sum is not finite."""
-    dot = sum(v[0] * s for v, s in zip(sums, scales))
-    gg = sum(v[1] for v in sums)
-    dd = sum(v[2] * (s * s) for v, s in zip(sums, scales))
-    if gg <= 0 or dd <= 0 or not math.isfinite(dot * gg * dd):
-        return None
-    return dot / math.sqrt(gg * dd)
-
-
-def fused_direction_sums(
-    param_state: dict[Any, dict[str, Any]], groups: list[ActiveGroup], moment_step: int
-) -> list[list[float]]:
-    """Per group ``[⟨g, d'⟩, ‖g‖², ‖d'‖², #non-finite gradient entries]`` (``d'`` the last
-    direction up to :func:`direction_scale`) by the compiled kernel
-    :func:`~lsframe.optim._fused.direction_sums`: one read of ``g``, ``m`` and ``v``, one host
-    sync. Creates Adam's moments (zeros) of parameters seen for the first time."""
-    kernel = compiled(direction_sums)
-    sums = []
-    for active in groups:
-        if not active.params:
-            continue
-        root = math.sqrt(bias_correction(active.group["betas"][1], max(moment_step, 1)))
-        eps = scalars([active.group["eps"] * root], active.params[0])
-        parts = []
-        for p, grad in zip(active.params, active.grads):
-            state = moments_of(param_state, p)
-            m, v = local(state["exp_avg"]), local(state["exp_avg_sq"])
-            parts.append(kernel(*flat(local(grad), m, v), eps))
-        sums.append(torch.stack(reduce_sums(parts, active.grads)).sum(0).double())
-    return torch.stack(sums).tolist() if sums else []
 
 
 class SlopeTrackingAdam(LineSearchOptimizer):
@@ -231,6 +131,11 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         grow_on_repeats: Let η grow on the batches of a second or later pass too. Default: True.
         cap_at_fresh_peak: From the second pass on, η may grow back but not above the largest
             η of the first pass. Default: False.
+        alignment_stride: The eager kernels compute the alignment from every k-th row of each
+            matrix with at least k rows, moving by one row each step, scaled to the whole
+            (:func:`step_alignment`): about 1/k of the rule's memory traffic. 1 reads every
+            entry. ``fused=True`` always computes the exact alignment: its one pass reads every
+            gradient entry anyway (it counts the non-finite ones). Default: 1.
         weight_decay: Decoupled weight decay. Default: 0.
         fused: Run the rule as compiled one-pass kernels (``torch.compile``). Default: False.
             Like every hyperparameter it is saved in the param groups: a loaded state dict
@@ -252,6 +157,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         min_step_size: float = 0.0,
         grow_on_repeats: bool = True,
         cap_at_fresh_peak: bool = False,
+        alignment_stride: int = 1,
         weight_decay: float = 0.0,
         fused: bool = False,
     ) -> None:
@@ -266,6 +172,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             min_step_size=min_step_size,
             grow_on_repeats=grow_on_repeats,
             cap_at_fresh_peak=cap_at_fresh_peak,
+            alignment_stride=alignment_stride,
             weight_decay=weight_decay,
             fused=fused,
         )
@@ -283,6 +190,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             raise ValueError(
                 f"combine_horizons must be one of {HORIZON_RULES}, got {group['combine_horizons']!r}"
             )
+        check_int_at_least(1, alignment_stride=group["alignment_stride"])
         for key in ("grow_on_repeats", "cap_at_fresh_peak", "fused"):
             if not isinstance(group[key], bool):
                 raise ValueError(f"{key} must be True or False, got {group[key]!r}")
@@ -333,7 +241,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             sums, self._fused_sums = self._fused_sums, None  # this step's, read once
             alignment = cosine(sums, scales) if last else None
         else:
-            alignment = step_alignment(self.state, groups, last) if last else None
+            stride = rule["alignment_stride"]
+            alignment = step_alignment(self.state, groups, last, stride) if last else None
         state["alignment"] = alignment
         if alignment is not None:
             eta = self._on_repeats(eta, eta * self._change(alignment, rule), rule)

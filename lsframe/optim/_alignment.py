@@ -1,0 +1,141 @@
+"""The step alignment of :class:`~lsframe.optim.slope_tracking_adam.SlopeTrackingAdam`: the
+cosine between a fresh batch's gradient and the last Adam step, its eager and fused kernels, and
+the noise level of its moving average."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lsframe.optim._functional import QUOTIENT_BYTES, bias_correction, quotient_pieces
+from lsframe.optim._fused import compiled, direction_sums, flat, scalars
+from lsframe.optim._sharded import local, reduce_sums
+from lsframe.optim.adam_moments import moments_of
+from lsframe.optim.rules import ActiveGroup
+
+
+def step_alignment(
+    param_state: dict[Any, dict[str, Any]],
+    groups: list[ActiveGroup],
+    moment_step: int,
+    stride: int = 1,
+) -> float | None:
+    """The **step alignment** ``a_t = cos(g_t, d_{t−1})``: the cosine between this step's gradient
+    ``g_t`` (a batch the last step never saw) and the last step's direction
+    ``d_{t−1} = multiplier · m̂_{t−1} / (√v̂_{t−1} + ε)``, recomputed from Adam's moments before
+    they take ``g_t`` (so no copy of the last step is kept).
+
+    ``−⟨g_t, d_{t−1}⟩`` estimates, without bias (the batch is fresh), the derivative of the
+    expected loss along the last step at the point it reached: ``a_t > 0`` says the last step
+    could have gone further, ``a_t < 0`` that it went past the minimum along its direction.
+    None before the second step or when a norm is 0. Three passes over the moments, a piece at a
+    time (a transient of at most ``QUOTIENT_BYTES``, as the line searches' slope), per-tensor
+    inner products, one host sync.
+
+    With ``stride`` k > 1 the three sums read every k-th row of each matrix (two dimensions or
+    more) that has at least k rows (:func:`sampled_rows`; the rows move by one each step, so k steps read every row) and
+    count each sampled sum k-fold (rows over sampled rows): the same sums in expectation over
+    the rows, for about 1/k of the memory traffic on the large matrices. Smaller tensors (biases,
+    norms, a classifier's few rows) are read whole.
+    """
+    if moment_step < 1:
+        return None
+    sums: list[Tensor] = []  # per group: ⟨g, d⟩, ‖g‖², ‖d‖² with d up to a scalar
+    scales: list[float] = []
+    for active in groups:
+        if not active.params:
+            continue
+        root = math.sqrt(bias_correction(active.group["betas"][1], moment_step))
+        # m̂/(√v̂ + ε) = (√bc2/bc1) · m/(√v + ε·√bc2): the scalars are folded in after the sums
+        rows = [sampled_rows(local(g), stride, moment_step) for g in active.grads]
+        m = [
+            sampled_rows(local(param_state[p]["exp_avg"]), stride, moment_step)
+            for p in active.params
+        ]
+        v = [
+            sampled_rows(local(param_state[p]["exp_avg_sq"]), stride, moment_step)
+            for p in active.params
+        ]
+        weights = [local(g).numel() / max(r.numel(), 1) for g, r in zip(active.grads, rows)]
+        dots, g_sq, d_sq = [], [], []
+        budget = QUOTIENT_BYTES.get(m[0].device.type, QUOTIENT_BYTES["cuda"])
+        for span in quotient_pieces(m, budget):  # a bounded transient, as the searches' slope
+            denom = torch._foreach_sqrt(v[span])
+            torch._foreach_add_(denom, active.group["eps"] * root)
+            direction = torch._foreach_div(m[span], denom)
+            del denom
+            for g, d, w in zip(rows[span], direction, weights[span]):
+                dtype = torch.promote_types(g.dtype, torch.float32)
+                g, d = g.reshape(-1).to(dtype), d.reshape(-1).to(dtype)
+                dots.append(torch.dot(g, d) * w)
+                g_sq.append(torch.dot(g, g) * w)
+                d_sq.append(torch.dot(d, d) * w)
+            del direction
+        parts = (dots, g_sq, d_sq)
+        per_part = [torch.stack(reduce_sums(x, active.grads)).sum() for x in parts]
+        sums.append(torch.stack(per_part).double())
+        scales.append(direction_scale(active, moment_step))
+    if not sums:
+        return None
+    return cosine(torch.stack(sums).tolist(), scales)  # the one host sync
+
+
+def sampled_rows(tensor: Tensor, stride: int, offset: int) -> Tensor:
+    """Every ``stride``-th row of ``tensor`` (its first dimension) from row ``offset mod
+    stride``, as a view; the tensor itself when ``stride`` is 1 or it has fewer rows."""
+    if stride == 1 or tensor.dim() < 2 or tensor.size(0) < stride:
+        return tensor
+    return tensor[offset % stride :: stride]
+
+
+def noise_level(beta: float, n: int) -> float:
+    """The standard error, in units of the values' root mean square, of the bias-corrected
+    moving average ``(1 − β) Σ β^k a_{n−k} / (1 − β^n)`` of ``n`` independent zero-mean values:
+    ``√((1 − β)(1 + β^n) / ((1 + β)(1 − β^n)))``, 1 at ``n = 1`` and ``√((1 − β)/(1 + β))`` in
+    the limit (0.23 for β = 0.9)."""
+    return math.sqrt((1 - beta) * (1 + beta**n) / ((1 + beta) * (1 - beta**n)))
+
+
+def direction_scale(active: ActiveGroup, moment_step: int) -> float:
+    """``s`` with ``d = s · m / (√v + ε·√(1 − β2^t))`` the group's last direction (see
+    :func:`step_alignment`)."""
+    beta1, beta2 = active.group["betas"][:2]
+    root = math.sqrt(bias_correction(beta2, moment_step))
+    return active.multiplier * root / bias_correction(beta1, moment_step)
+
+
+def cosine(sums: list[list[float]], scales: list[float]) -> float | None:
+    """``cos(g, d)`` from each group's ``[⟨g, d'⟩, ‖g‖², ‖d'‖², …]`` with ``d = scale · d'``;
+    None when a norm is 0 or a sum is not finite."""
+    dot = sum(v[0] * s for v, s in zip(sums, scales))
+    gg = sum(v[1] for v in sums)
+    dd = sum(v[2] * (s * s) for v, s in zip(sums, scales))
+    if gg <= 0 or dd <= 0 or not math.isfinite(dot * gg * dd):
+        return None
+    return dot / math.sqrt(gg * dd)
+
+
+def fused_direction_sums(
+    param_state: dict[Any, dict[str, Any]], groups: list[ActiveGroup], moment_step: int
+) -> list[list[float]]:
+    """Per group ``[⟨g, d'⟩, ‖g‖², ‖d'‖², #non-finite gradient entries]`` (``d'`` the last
+    direction up to :func:`direction_scale`) by the compiled kernel
+    :func:`~lsframe.optim._fused.direction_sums`: one read of ``g``, ``m`` and ``v``, one host
+    sync. Creates Adam's moments (zeros) of parameters seen for the first time."""
+    kernel = compiled(direction_sums)
+    sums = []
+    for active in groups:
+        if not active.params:
+            continue
+        root = math.sqrt(bias_correction(active.group["betas"][1], max(moment_step, 1)))
+        eps = scalars([active.group["eps"] * root], active.params[0])
+        parts = []
+        for p, grad in zip(active.params, active.grads):
+            state = moments_of(param_state, p)
+            m, v = local(state["exp_avg"]), local(state["exp_avg_sq"])
+            parts.append(kernel(*flat(local(grad), m, v), eps))
+        sums.append(torch.stack(reduce_sums(parts, active.grads)).sum(0).double())
+    return torch.stack(sums).tolist() if sums else []
