@@ -58,13 +58,15 @@ for task in sst2 mrpc rte; do
   OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task $task --seeds 0 1 2 \
     --optimizers slope_tracking_adam salsa adamw@1e-5 adamw@2e-5 adamw@5e-5 adamw@1e-4
 done
-# issue 19: step cost (300 and 1,000 steps, breakdown, memory) and time to target; the tables in
-# results/ are the four rows of the report's step (AdamW foreach and fused, the tracker eager and
-# fused), plus SaLSA on the small BERT; MiniLM ran 300 steps so far (--steps 300)
-ROWS="adamw-const@5e-5 adamw-fused-const@5e-5 slope_tracking_adam slope_tracking_adam+fused"
-OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 1000 --memory --optimizers $ROWS
+# issue 19: step cost (300 and 1,000 steps, breakdown, memory) and time to target: AdamW(foreach)
+# as the base, torch's fused AdamW beside it (small BERT), the tracker eager, with the strided
+# alignment (+sampled) and fused
+OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 1000 --memory \
+  --optimizers adamw-const@5e-5 slope_tracking_adam slope_tracking_adam+sampled \
+  slope_tracking_adam+fused
 OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model small-bert --steps 1000 --memory \
-  --optimizers $ROWS salsa
+  --optimizers adamw-const@5e-5 adamw-fused-const@5e-5 slope_tracking_adam \
+  slope_tracking_adam+sampled slope_tracking_adam+fused
 # issue 18: the tracker's options in S (seeds 0-1 so far)
 for task in sst2 mrpc rte; do
   OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task $task --seeds 0 1 \

@@ -57,3 +57,29 @@ def test_the_quick_report_runs_every_benchmark_and_writes_the_report(minilm, sha
 
     shared = [r for r in runs("distribution_cpu") if r["distribution"] == "flat"]
     assert len(shared) == 2 and all(r in runs("forgetting_cpu") for r in shared)
+
+
+def test_the_default_step_cost_claim_names_the_modes_that_hold_and_a_short_run_cannot_hold():
+    from benchmarks.claims import default_step_cost
+
+    def row(name, first, whole, steps=1000, memory=1.0):
+        return {
+            "optimizer": name,
+            "first": {"total": first, "steps": 300},
+            "whole": {"total": whole, "steps": steps},
+            "peak_vs_adamw": memory,
+        }
+
+    rows = [
+        row("slope_tracking_adam", 1.21, 1.42),
+        row("slope_tracking_adam+sampled", 1.01, 1.06),
+        row("slope_tracking_adam+fused", 0.71, 0.73),
+    ]
+    measured, verdict = default_step_cost(1.10)(rows)
+    assert verdict == "holds with slope_tracking_adam+sampled and slope_tracking_adam+fused"
+    assert "slope_tracking_adam+sampled 1.01× (≤300) / 1.06× (≤1000)" in measured
+    assert default_step_cost(1.05)(rows)[1] == "holds with slope_tracking_adam+fused"
+    rows[2]["peak_vs_adamw"] = 1.2  # too much memory: that mode misses too
+    assert default_step_cost(1.05)(rows)[1] == "missed"
+    short = [row("slope_tracking_adam", 1.0, 1.0, steps=300)]
+    assert default_step_cost(1.05)(short)[1] == "holds over 300 steps only (1000 not run)"
