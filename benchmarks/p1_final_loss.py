@@ -58,6 +58,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -71,6 +72,7 @@ from benchmarks.common import (
     write_results,
 )
 from benchmarks.protocols import (
+    checkpoint_path,
     epoch_batches,
     evaluate,
     fashion_mnist,
@@ -135,8 +137,11 @@ def heldout_loss(model: nn.Module, blocks: Tensor, device: str) -> float:
     return evaluate(model, chunks, score)
 
 
-def run(name: str, task: str, seed: int, data: dict, args: argparse.Namespace) -> dict:
-    """One training run; its log row (without the settings)."""
+def run(
+    name: str, task: str, seed: int, data: dict, args: argparse.Namespace, checkpoint: Path
+) -> dict:
+    """One training run, continued from ``checkpoint`` if an earlier sitting left one; its log
+    row (without the settings)."""
     torch.manual_seed(seed)
     model = make_model(task).to(args.device)
     optimizer, scheduler = make_optimizer(name, task, model, args.steps)
@@ -144,7 +149,16 @@ def run(name: str, task: str, seed: int, data: dict, args: argparse.Namespace) -
     size = TASKS[task]["batch_size"]
     if task == "gpt2":
         batches = lm_batches(data["train"], size, seed, args.device)
-        trace = train(model, optimizer, scheduler, batches, steps, log_every=args.log_every)
+        trace = train(
+            model,
+            optimizer,
+            scheduler,
+            batches,
+            steps,
+            log_every=args.log_every,
+            checkpoint=checkpoint,
+            checkpoint_every=args.checkpoint_every,
+        )
         scores = {"heldout_loss": heldout_loss(model, data["val"], args.device)}
     else:
         batches = image_batches(*data["train"], size, seed, args.device)
@@ -157,6 +171,8 @@ def run(name: str, task: str, seed: int, data: dict, args: argparse.Namespace) -
             steps,
             criterion=criterion,
             log_every=args.log_every,
+            checkpoint=checkpoint,
+            checkpoint_every=args.checkpoint_every,
         )
         scores = image_scores(model, *data["test"], args.device)
     final_lr = float(optimizer.param_groups[0]["lr"])
@@ -218,6 +234,9 @@ def main() -> None:
     parser.add_argument("--log-every", type=int, default=0, help="print the loss every N steps")
     parser.add_argument("--out", default=None, help="prefix; the task name is appended")
     parser.add_argument(
+        "--checkpoint-every", type=int, default=100, help="save a run every N steps (0: never)"
+    )
+    parser.add_argument(
         "--table-only", action="store_true", help="write the table of the logged runs; run none"
     )
     args = parser.parse_args()
@@ -241,13 +260,15 @@ def main() -> None:
                 if row is None and args.table_only:
                     continue
                 if row is None:
+                    checkpoint = checkpoint_path(out, f"{opt}_steps{args.steps}_seed{seed}")
                     row = {
                         "optimizer": opt,
                         "seed": seed,
                         **here,
-                        **run(opt, task, seed, data, args),
+                        **run(opt, task, seed, data, args, checkpoint),
                     }
                     append_run(log, row)
+                    checkpoint.unlink(missing_ok=True)
                 rows.append(row)
         write_results(
             out, describe(task, args.steps, args), table(rows, args.optimizers, task), rows

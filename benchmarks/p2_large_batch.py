@@ -63,6 +63,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -77,6 +78,7 @@ from benchmarks.common import (
     write_results,
 )
 from benchmarks.protocols import (
+    checkpoint_path,
     fashion_mnist,
     image_batches,
     image_scores,
@@ -147,8 +149,11 @@ def make_optimizer(name: str, model: nn.Module) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
 
 
-def run(name: str, batch_size: int, seed: int, data: dict, args: argparse.Namespace) -> dict:
-    """One training run; its log row (without the settings)."""
+def run(
+    name: str, batch_size: int, seed: int, data: dict, args: argparse.Namespace, checkpoint: Path
+) -> dict:
+    """One training run, continued from ``checkpoint`` if an earlier sitting left one; its log
+    row (without the settings)."""
     torch.manual_seed(seed)
     model = ResNet20().to(args.device, memory_format=torch.channels_last)
     optimizer = make_optimizer(name, model)
@@ -157,7 +162,16 @@ def run(name: str, batch_size: int, seed: int, data: dict, args: argparse.Namesp
     steps = min(total, args.max_steps or total)
     scheduler = WarmupCosineLR(optimizer, warmup_ratio=0.1, total_steps=total)
     batches = image_batches(images, labels, batch_size, seed, args.device)
-    trace = train(model, optimizer, scheduler, batches, steps, criterion=nn.CrossEntropyLoss())
+    trace = train(
+        model,
+        optimizer,
+        scheduler,
+        batches,
+        steps,
+        criterion=nn.CrossEntropyLoss(),
+        checkpoint=checkpoint,
+        checkpoint_every=args.checkpoint_every,
+    )
     scores = image_scores(model, *data["test"], args.device)
     return {**trace.summary(), **scores, "total_steps": total}
 
@@ -195,6 +209,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--max-steps", type=int, default=None, help="smoke run: log under /tmp")
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=10, help="save a run every N steps (0: never)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = output_path("p2_large_batch", args.out, args.max_steps is not None, args.device)
@@ -208,9 +225,12 @@ def main() -> None:
             for name in args.optimizers:
                 row = known.get((name, seed))
                 if row is None:
+                    run_name = f"{name}_batch{size}_epochs{args.epochs}_seed{seed}"
+                    checkpoint = checkpoint_path(out, run_name)
                     row = {"optimizer": name, "seed": seed, **here}
-                    row.update(run(name, size, seed, data, args))
+                    row.update(run(name, size, seed, data, args, checkpoint))
                     append_run(log, row)
+                    checkpoint.unlink(missing_ok=True)
                 rows.append(row)
     steps = {s: args.epochs * (len(data["train"][1]) // s) for s in args.batch_sizes}
     meta = (

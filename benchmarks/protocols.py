@@ -10,15 +10,20 @@ are slices of one tensor instead of thousands of ``Dataset`` look-ups.
 Resumable logs: a finished run is one JSON line in ``<out>.runs.jsonl``
 (:func:`benchmarks.common.append_run`); a later invocation with the same settings reuses it
 (:func:`benchmarks.common.load_runs`). ``--max-steps`` (a smoke run) writes under ``/tmp``.
+Resumable runs: a run longer than a sitting saves a checkpoint every ``--checkpoint-every``
+steps (:func:`train`: model, optimizer, scheduler, what the trace saw, the random state) under
+``<out>.checkpoints/``; the next invocation continues it from there, on the same batches, and
+the finished run deletes it.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,14 +132,28 @@ def train(
     loss_fn: Callable[[nn.Module, Any], Tensor] | None = None,
     criterion: Callable[[Any, Any], Tensor] | None = None,
     log_every: int = 0,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 0,
 ) -> Trace:
     """``steps`` optimizer steps of ``model`` on ``batches`` (already on the model's device),
-    each with lsframe's closure; a non-finite loss stops the run (``Trace.summary`` marks it)."""
+    each with lsframe's closure; a non-finite loss stops the run (``Trace.summary`` marks it).
+
+    With ``checkpoint`` and ``checkpoint_every`` > 0 the run saves itself every
+    ``checkpoint_every`` steps (atomically: a crash while saving keeps the last checkpoint), and
+    a run that finds a checkpoint continues from it: the states are loaded, the batches it had
+    used are skipped, and the steps left give the trace of an uninterrupted run (its seconds
+    are those of the sittings that ran). The caller deletes the checkpoint once the run's row
+    is logged."""
     trace = Trace()
     counter = model.register_forward_hook(lambda *_: setattr(trace, "forwards", trace.forwards + 1))
+    start = 0
+    if checkpoint is not None and checkpoint.exists():
+        start = load_checkpoint(checkpoint, model, optimizer, scheduler, trace)
+        for _ in range(start):
+            next(batches)
     model.train()
     try:
-        for step in range(steps):
+        for step in range(start, steps):
             batch = next(batches)
             started, cpu_started = time.perf_counter(), time.process_time()
             closure = make_closure(model, batch, optimizer, loss_fn, criterion=criterion)
@@ -148,9 +167,55 @@ def train(
                 print(f"  step {step + 1}/{steps}: loss {loss:.4f}", flush=True)
             if not math.isfinite(loss):
                 break
+            done = step + 1
+            if checkpoint is not None and checkpoint_every and done % checkpoint_every == 0:
+                save_checkpoint(checkpoint, done, model, optimizer, scheduler, trace)
     finally:
         counter.remove()
     return trace
+
+
+def save_checkpoint(
+    path: Path, step: int, model: nn.Module, optimizer: Any, scheduler: Any, trace: Trace
+) -> None:
+    """Everything :func:`train` needs to continue after ``step`` steps, written to a temporary
+    file first and then renamed over ``path``."""
+    state = {
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "trace": asdict(trace),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer: Any, scheduler: Any, trace: Trace
+) -> int:
+    """Load a :func:`save_checkpoint` file into the run's objects; the steps it had taken."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    for key, value in state["trace"].items():
+        setattr(trace, key, value)
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    print(f"  resumed from {path} after {state['step']} steps", flush=True)
+    return state["step"]
+
+
+def checkpoint_path(out: Path, run: str) -> Path:
+    """Where run ``run`` of the table ``out`` keeps its checkpoint (git ignores the folder)."""
+    return out.with_name(out.name + ".checkpoints") / f"{run}.pt"
 
 
 @torch.no_grad()

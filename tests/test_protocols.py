@@ -1,0 +1,58 @@
+"""The papers' protocol loop: a run interrupted between checkpoints continues to the same end."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks.protocols import checkpoint_path, epoch_batches, train
+from lsframe import optim
+from lsframe.optim import WarmupCosineLR
+
+STEPS = 12
+
+
+def batches(data, seed: int = 0, crash_at: int | None = None):
+    """Endless seeded batches of ``data``; raises at the ``crash_at``-th batch (a crash)."""
+    x, y = data
+    for i, index in enumerate(epoch_batches(len(y), 16, seed)):
+        if i == crash_at:
+            raise KeyboardInterrupt("stopped")
+        yield x[index], y[index]
+
+
+def fresh_run(name: str):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Dropout(0.2), nn.ReLU(), nn.Linear(16, 3))
+    opt = optim.create(name, model.parameters()) if name != "adamw" else None
+    opt = opt or torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = WarmupCosineLR(opt, warmup_ratio=0.1, total_steps=STEPS) if name == "adamw" else None
+    return model, opt, sched
+
+
+@pytest.mark.parametrize("name", ["adamw", "salsa"])
+def test_a_run_stopped_after_a_checkpoint_ends_where_an_uninterrupted_run_ends(name, tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    data = torch.randn(100, 6, generator=gen), torch.randint(0, 3, (100,), generator=gen)
+    criterion = nn.CrossEntropyLoss()
+
+    model, opt, sched = fresh_run(name)
+    whole = train(model, opt, sched, batches(data), STEPS, criterion=criterion)
+
+    ckpt = checkpoint_path(tmp_path / "table", f"{name}_seed0")
+    model2, opt2, sched2 = fresh_run(name)
+    with pytest.raises(KeyboardInterrupt):  # stopped at step 8: the checkpoint of step 6 stays
+        train(model2, opt2, sched2, batches(data, crash_at=7), STEPS, criterion=criterion,
+              checkpoint=ckpt, checkpoint_every=3)  # fmt: skip
+    assert ckpt.exists() and torch.load(ckpt, weights_only=False)["step"] == 6
+    torch.manual_seed(123)  # another process: its random state is not the run's
+    model3, opt3, sched3 = fresh_run(name)
+    resumed = train(model3, opt3, sched3, batches(data), STEPS, criterion=criterion,
+                    checkpoint=ckpt, checkpoint_every=3)  # fmt: skip
+
+    assert resumed.losses == whole.losses  # dropout masks and batches as in one sitting
+    assert len(resumed.seconds) == STEPS and resumed.forwards == whole.forwards
+    for a, b in zip(model.parameters(), model3.parameters()):
+        assert torch.equal(a, b)
+    assert not any(p.name.endswith(".partial") for p in ckpt.parent.iterdir())
