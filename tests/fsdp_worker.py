@@ -19,6 +19,10 @@ from lsframe import optim
 from lsframe.parts import part_groups
 
 STEPS = 8
+#: extra runs: (registry name, arguments). The strided alignment reads rows k and 8 + k of the
+#: 16-row weight (k the step mod 8), as the two shards of 8 rows do, one row each; the smaller
+#: weights are read whole by both
+EXTRA = {"slope_tracking_adam+stride8": ("slope_tracking_adam", {"alignment_stride": 8})}
 
 
 def mlp() -> torch.nn.Module:
@@ -36,9 +40,10 @@ def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def train(model: torch.nn.Module, name: str, shard: slice | None) -> torch.optim.Optimizer:
+    name, extra = EXTRA.get(name, (name, {}))
     record = optim.info(name)
     params = part_groups(model) if record.param_grouping == "parts" else model.parameters()
-    opt = record.create(params, **({"lr": record.test_lr} if record.test_lr else {}))
+    opt = record.create(params, **({"lr": record.test_lr} if record.test_lr else {}), **extra)
     for x, y in batches():
         if shard is not None:
             x, y = x[shard], y[shard]
@@ -65,7 +70,7 @@ def main(out: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,))
     results = {}
-    for name in optim.names():
+    for name in [*optim.names(), *EXTRA]:
         model = mlp()
         for layer in model:
             if isinstance(layer, torch.nn.Linear):

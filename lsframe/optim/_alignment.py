@@ -39,7 +39,10 @@ def step_alignment(
     more) that has at least k rows (:func:`sampled_rows`; the rows move by one each step, so k steps read every row) and
     count each sampled sum k-fold (rows over sampled rows): the same sums in expectation over
     the rows, for about 1/k of the memory traffic on the large matrices. Smaller tensors (biases,
-    norms, a classifier's few rows) are read whole.
+    norms, a classifier's few rows) are read whole. With sharded parameters (FSDP2) each rank
+    samples the rows of its own shard and the sums are reduced over the ranks, so all ranks
+    take the same step; where every shard's rows are a multiple of k they are the rows one
+    process would read, otherwise another sample of the same sums.
     """
     if moment_step < 1:
         return None
