@@ -147,33 +147,28 @@ def run(
     optimizer, scheduler = make_optimizer(name, task, model, args.steps)
     steps = min(args.steps, args.max_steps or args.steps)
     size = TASKS[task]["batch_size"]
-    if task == "gpt2":
-        batches = lm_batches(data["train"], size, seed, args.device)
-        trace = train(
-            model,
-            optimizer,
-            scheduler,
-            batches,
-            steps,
-            log_every=args.log_every,
-            checkpoint=checkpoint,
-            checkpoint_every=args.checkpoint_every,
+    gpt2 = task == "gpt2"
+    if gpt2:
+        batches, criterion = lm_batches(data["train"], size, seed, args.device), None
+    else:
+        batches, criterion = (
+            image_batches(*data["train"], size, seed, args.device),
+            nn.CrossEntropyLoss(),
         )
+    resume = {"checkpoint": checkpoint, "checkpoint_every": args.checkpoint_every}
+    trace = train(
+        model,
+        optimizer,
+        scheduler,
+        batches,
+        steps,
+        criterion=criterion,
+        log_every=args.log_every,
+        **resume,
+    )
+    if gpt2:
         scores = {"heldout_loss": heldout_loss(model, data["val"], args.device)}
     else:
-        batches = image_batches(*data["train"], size, seed, args.device)
-        criterion = nn.CrossEntropyLoss()
-        trace = train(
-            model,
-            optimizer,
-            scheduler,
-            batches,
-            steps,
-            criterion=criterion,
-            log_every=args.log_every,
-            checkpoint=checkpoint,
-            checkpoint_every=args.checkpoint_every,
-        )
         scores = image_scores(model, *data["test"], args.device)
     final_lr = float(optimizer.param_groups[0]["lr"])
     return {**trace.summary(), **scores, "final_step_size": final_lr}

@@ -162,15 +162,9 @@ def run(
     steps = min(total, args.max_steps or total)
     scheduler = WarmupCosineLR(optimizer, warmup_ratio=0.1, total_steps=total)
     batches = image_batches(images, labels, batch_size, seed, args.device)
+    resume = {"checkpoint": checkpoint, "checkpoint_every": args.checkpoint_every}
     trace = train(
-        model,
-        optimizer,
-        scheduler,
-        batches,
-        steps,
-        criterion=nn.CrossEntropyLoss(),
-        checkpoint=checkpoint,
-        checkpoint_every=args.checkpoint_every,
+        model, optimizer, scheduler, batches, steps, criterion=nn.CrossEntropyLoss(), **resume
     )
     scores = image_scores(model, *data["test"], args.device)
     return {**trace.summary(), **scores, "total_steps": total}
