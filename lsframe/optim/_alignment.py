@@ -36,9 +36,10 @@ def step_alignment(
     inner products, one host sync.
 
     With ``stride`` k > 1 the three sums read every k-th row of each matrix (two dimensions or
-    more) that has at least k rows (:func:`sampled_rows`; the rows move by one each step, so k steps read every row) and
-    count each sampled sum k-fold (rows over sampled rows): the same sums in expectation over
-    the rows, for about 1/k of the memory traffic on the large matrices. Smaller tensors (biases,
+    more) that has at least k rows (:func:`sampled_rows`; the rows move by one each step, so k
+    steps read every row) and count each sampled sum k-fold (rows over sampled rows): the same
+    sums in expectation over the rows, for about 1/k of the memory traffic on the large
+    matrices. Smaller tensors (biases,
     norms, a classifier's few rows) are read whole. With sharded parameters (FSDP2) each rank
     samples the rows of its own shard and the sums are reduced over the ranks, so all ranks
     take the same step; where every shard's rows are a multiple of k they are the rows one
