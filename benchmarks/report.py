@@ -35,11 +35,13 @@ from benchmarks.common import ROOT
 BENCH = ROOT / "benchmarks"
 GRID = ["adamw@1e-5", "adamw@2e-5", "adamw@5e-5", "adamw@1e-4"]
 SEEDS = {"S": ["0", "1", "2", "3", "4"], "M": ["0", "1", "2"]}  # issue 18's settings
-# issue 19's step-cost rows: AdamW(foreach) is the base, torch's fused AdamW shown beside
+# issue 19's step-cost rows: AdamW(foreach) is the base, torch's fused AdamW shown beside; the
+# default eager, with its strided alignment and fused
 COST_ROWS = [
     "adamw-const@5e-5",
     "adamw-fused-const@5e-5",
     "slope_tracking_adam",
+    "slope_tracking_adam+sampled",
     "slope_tracking_adam+fused",
 ]
 SEARCH_CONFIG = ROOT / "configs" / "search" / "minilm_sst2_mrpc.yaml"
