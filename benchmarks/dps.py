@@ -122,6 +122,8 @@ def method_table(
     for task in args.tasks:
         for method in args.methods:
             runs = [r for r in rows if r["task"] == task and r["method"] == method]
+            if not runs:  # not run yet (a table of the logged runs)
+                continue
             cells = [task, method, str(len(runs))]
             for key in ("acc", "f1"):
                 values = [r[key] for r in runs if key in r]
@@ -238,6 +240,7 @@ def p4(args: argparse.Namespace) -> None:
         for task in args.tasks
         for seed in args.seeds
         for method in args.methods
+        if (task, method, seed) in known or not args.table_only
     ]
     lines = method_table(
         rows,
@@ -334,10 +337,15 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=10, help="overhead: steps per turn")
     parser.add_argument("--update-ratio", type=float, default=0.05, help="DPS stage length")
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--table-only", action="store_true", help="p4: the table of the logged runs; run none"
+    )
     args = parser.parse_args()
     p4_mode = args.protocol == "p4" and not args.overhead
     if args.max_steps is not None and not p4_mode:
         parser.error("--max-steps belongs to --protocol p4")
+    if args.table_only and not p4_mode:
+        parser.error("--table-only belongs to --protocol p4")
     if args.lr is None:
         args.lr = 2e-5 if p4_mode else 5e-5
     kind = "dps_overhead" if args.overhead else "dps_p4" if p4_mode else "dps_quality"
