@@ -19,7 +19,6 @@ the finished run deletes it.
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +31,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from benchmarks.common import ROOT
+from lsframe.checkpoint_io import save_atomically
+from lsframe.modules.random_state import random_states, set_random_states
 from lsframe.optim import make_closure
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
@@ -178,21 +179,18 @@ def train(
 def save_checkpoint(
     path: Path, step: int, model: nn.Module, optimizer: Any, scheduler: Any, trace: Trace
 ) -> None:
-    """Everything :func:`train` needs to continue after ``step`` steps, written to a temporary
-    file first and then renamed over ``path``."""
+    """Everything :func:`train` needs to continue after ``step`` steps, written with lsframe's
+    :func:`~lsframe.checkpoint_io.save_atomically` (the old file or the whole new one) and the
+    generators of :func:`~lsframe.modules.random_state.random_states`."""
     state = {
         "step": step,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "trace": asdict(trace),
-        "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "random_states": random_states(_device(model)),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
+    save_atomically(state, path)
 
 
 def load_checkpoint(
@@ -206,11 +204,13 @@ def load_checkpoint(
         scheduler.load_state_dict(state["scheduler"])
     for key, value in state["trace"].items():
         setattr(trace, key, value)
-    torch.set_rng_state(state["rng"])
-    if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    set_random_states(state["random_states"], _device(model))
     print(f"  resumed from {path} after {state['step']} steps", flush=True)
     return state["step"]
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def checkpoint_path(out: Path, run: str) -> Path:

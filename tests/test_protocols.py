@@ -55,4 +55,4 @@ def test_a_run_stopped_after_a_checkpoint_ends_where_an_uninterrupted_run_ends(n
     assert len(resumed.seconds) == STEPS and resumed.forwards == whole.forwards
     for a, b in zip(model.parameters(), model3.parameters()):
         assert torch.equal(a, b)
-    assert not any(p.name.endswith(".partial") for p in ckpt.parent.iterdir())
+    assert list(ckpt.parent.iterdir()) == [ckpt]  # no temporary file left beside it
