@@ -74,9 +74,11 @@ def step_alignment(
             for g, d, w in zip(rows[span], direction, weights[span]):
                 dtype = torch.promote_types(g.dtype, torch.float32)
                 g, d = g.reshape(-1).to(dtype), d.reshape(-1).to(dtype)
-                dots.append(torch.dot(g, d) * w)
-                g_sq.append(torch.dot(g, g) * w)
-                d_sq.append(torch.dot(d, d) * w)
+                values = [torch.dot(g, d), torch.dot(g, g), torch.dot(d, d)]
+                if w != 1.0:  # a sampled tensor: its sums count for the whole
+                    values = [x * w for x in values]
+                for part, x in zip((dots, g_sq, d_sq), values):
+                    part.append(x)
             del direction
         parts = (dots, g_sq, d_sq)
         per_part = [torch.stack(reduce_sums(x, active.grads)).sum() for x in parts]
