@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--beta1", type=float, nargs="+", default=[0.9, 0.5, 0.0])
     parser.add_argument("--every", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--measure", choices=["cosine", "slope"], default="cosine")
     parser.add_argument("--out", default=str(RESULTS / "momentum_probe_cpu"))
     args = parser.parse_args()
 
@@ -48,7 +49,11 @@ def main() -> None:
     for beta1 in args.beta1:
         model = classifier(2, args.seed)
         opt = SlopeTrackingAdam(
-            model.parameters(), lr=1e-4, betas=(beta1, 0.999), combine_horizons="significant"
+            model.parameters(),
+            lr=1e-4,
+            betas=(beta1, 0.999),
+            combine_horizons="significant",
+            alignment_measure=args.measure,
         )
         run = Run(f"beta1={beta1}", model, opt)
         batches = endless(loader(examples, tok, 128, 16, seed=args.seed))
@@ -83,7 +88,8 @@ def main() -> None:
     meta = (
         f"MiniLM-L6, first 2,000 SST-2 sentences, batch 16, max length 128, seed {args.seed}, "
         f"{args.steps} steps per β1 from the same weights and batches; SlopeTrackingAdam(lr=1e-4, "
-        f"combine_horizons='significant'), no anneal; device {device_name()}."
+        f"combine_horizons='significant', alignment_measure={args.measure!r}), no anneal; "
+        f"device {device_name()}."
     )
     write_results(Path(args.out), meta, "\n".join(lines), rows)
 

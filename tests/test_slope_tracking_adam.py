@@ -71,6 +71,49 @@ def test_the_alignment_is_the_cosine_of_the_fresh_gradient_with_the_last_step_ta
     assert checked == 11
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_slope_measure_is_the_fresh_gradients_inner_product_with_the_last_step(fused):
+    if fused:
+        pytest.importorskip("torch._inductor")
+    torch.manual_seed(0)
+    model, x, y = problem()
+    opt = SlopeTrackingAdam(model.parameters(), lr=1e-3, alignment_measure="slope", fused=fused)
+    checked, last_direction, alignments = 0, None, []
+    for step in range(8):
+        before = flat(p.detach().clone() for p in model.parameters())
+        opt.step(closure_for(model, opt, *batches(x, y, step)))
+        grad = flat(p.grad for p in model.parameters())
+        if last_direction is not None:
+            expected = float(grad @ last_direction)
+            assert opt.search_state["alignment"] == pytest.approx(expected, rel=1e-4)
+            checked += 1
+            alignments.append(opt.search_state["alignment"])
+        after = flat(p.detach() for p in model.parameters())
+        last_direction = (before - after) / opt.param_groups[0]["step_size"]
+    assert checked == 7
+    assert max(abs(a) for a in alignments) > 1.0  # a slope, not a cosine in [−1, 1]
+
+
+def test_on_slopes_the_step_size_follows_the_same_documented_rule():
+    torch.manual_seed(0)
+    model, x, y = problem()
+    betas = (0.5, 0.8, 0.9)
+    opt = SlopeTrackingAdam(
+        model.parameters(),
+        lr=1e-4,
+        max_change=1.5,
+        alignment_betas=betas,
+        alignment_measure="slope",
+    )
+    alignments, etas = alignments_and_step_sizes(opt, model, x, y)
+    assert etas == pytest.approx(reference_step_sizes(alignments, 1e-4, 1.5, betas, False))
+    # from the same start the cosine's rule takes other steps: the slopes weigh steps unequally
+    torch.manual_seed(0)
+    twin = problem()[0]
+    cosine = SlopeTrackingAdam(twin.parameters(), lr=1e-4, max_change=1.5, alignment_betas=betas)
+    assert alignments_and_step_sizes(cosine, twin, x, y)[1] != pytest.approx(etas)
+
+
 @pytest.mark.parametrize("stride", [4, 16])
 def test_a_strided_alignment_reads_every_kth_row_of_the_large_matrices_moving_each_step(stride):
     torch.manual_seed(0)

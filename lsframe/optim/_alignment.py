@@ -22,6 +22,7 @@ def step_alignment(
     groups: list[ActiveGroup],
     moment_step: int,
     stride: int = 1,
+    measure: str = "cosine",
 ) -> float | None:
     """The **step alignment** ``a_t = cos(g_t, d_{t−1})``: the cosine between this step's gradient
     ``g_t`` (a batch the last step never saw) and the last step's direction
@@ -44,6 +45,9 @@ def step_alignment(
     samples the rows of its own shard and the sums are reduced over the ranks, so all ranks
     take the same step; where every shard's rows are a multiple of k they are the rows one
     process would read, otherwise another sample of the same sums.
+
+    ``measure="slope"`` returns ``⟨g_t, d_{t−1}⟩`` itself (:func:`projected_slope`) instead of
+    its cosine, from the same sums.
     """
     if moment_step < 1:
         return None
@@ -86,7 +90,7 @@ def step_alignment(
         scales.append(direction_scale(active, moment_step))
     if not sums:
         return None
-    return cosine(torch.stack(sums).tolist(), scales)  # the one host sync
+    return MEASURES[measure](torch.stack(sums).tolist(), scales)  # the one host sync
 
 
 def sampled_rows(tensor: Tensor, stride: int, offset: int) -> Tensor:
@@ -122,6 +126,18 @@ def cosine(sums: list[list[float]], scales: list[float]) -> float | None:
     if gg <= 0 or dd <= 0 or not math.isfinite(dot * gg * dd):
         return None
     return dot / math.sqrt(gg * dd)
+
+
+def projected_slope(sums: list[list[float]], scales: list[float]) -> float | None:
+    """``⟨g, d⟩`` from each group's ``[⟨g, d'⟩, ‖g‖², ‖d'‖², …]`` with ``d = scale · d'``: the
+    slope itself, not its cosine, so that averaging weighs each step by how steep it is (a
+    steep batch after an overshoot counts more than a flat one). None when it is not finite."""
+    dot = sum(v[0] * s for v, s in zip(sums, scales))
+    return dot if math.isfinite(dot) else None
+
+
+#: what :func:`step_alignment` returns from its sums
+MEASURES = {"cosine": cosine, "slope": projected_slope}
 
 
 def fused_direction_sums(

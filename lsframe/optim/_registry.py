@@ -106,6 +106,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # the alignment from every 16th row of the large matrices (about 1/16 of its memory
         # traffic: benchmarks/results/alignment_sample_cpu.md, step_cost_*)
         "sampled": {"alignment_stride": 16},
+        # the rule on the slope ⟨g, d⟩ instead of its cosine: a steep batch after an overshoot
+        # counts more (benchmarks/results/slope_ratio_probe_cpu.md)
+        "slope": {"alignment_measure": "slope"},
         # the same rule by compiled one-pass kernels (``fused=True``; the first step compiles)
         "fused": {"fused": True},
     },
@@ -184,6 +187,7 @@ _RECORDS = [
             ({"alignment_betas": (0.5, 0.99)}, "alignment_betas"),
             ({"grow_on_repeats": "no"}, "grow_on_repeats"),
             ({"combine_horizons": "max"}, "combine_horizons"),
+            ({"alignment_measure": "sine"}, "alignment_measure"),
             ({"fused": 1}, "fused"),
             ({"cap_at_fresh_peak": "yes"}, "cap_at_fresh_peak"),
             ({"betas": (0.9, 1.0)}, "betas"),

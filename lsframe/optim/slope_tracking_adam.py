@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from lsframe.optim._alignment import (
-    cosine,
+    MEASURES,
     direction_scale,
     fused_direction_sums,
     noise_level,
@@ -33,6 +33,7 @@ RULE_KEYS = (
     "grow_on_repeats",
     "cap_at_fresh_peak",
     "alignment_stride",
+    "alignment_measure",
     "fused",
 )
 #: how the two horizons' scores make the exponent (:meth:`SlopeTrackingAdam._change`)
@@ -136,6 +137,10 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             (:func:`step_alignment`): about 1/k of the rule's memory traffic. 1 reads every
             entry. ``fused=True`` always computes the exact alignment: its one pass reads every
             gradient entry anyway (it counts the non-finite ones). Default: 1.
+        alignment_measure: ``"cosine"``: the rule averages ``cos(g_t, d_{t−1})``;
+            ``"slope"``: it averages the slope ``⟨g_t, d_{t−1}⟩`` itself, so a steep batch
+            counts more than a flat one (the averages' z-scores are scale-free either way).
+            Default: ``"cosine"``.
         weight_decay: Decoupled weight decay. Default: 0.
         fused: Run the rule as compiled one-pass kernels (``torch.compile``). Default: False.
             Like every hyperparameter it is saved in the param groups: a loaded state dict
@@ -158,6 +163,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         grow_on_repeats: bool = True,
         cap_at_fresh_peak: bool = False,
         alignment_stride: int = 1,
+        alignment_measure: str = "cosine",
         weight_decay: float = 0.0,
         fused: bool = False,
     ) -> None:
@@ -173,6 +179,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             grow_on_repeats=grow_on_repeats,
             cap_at_fresh_peak=cap_at_fresh_peak,
             alignment_stride=alignment_stride,
+            alignment_measure=alignment_measure,
             weight_decay=weight_decay,
             fused=fused,
         )
@@ -191,6 +198,11 @@ class SlopeTrackingAdam(LineSearchOptimizer):
                 f"combine_horizons must be one of {HORIZON_RULES}, got {group['combine_horizons']!r}"
             )
         check_int_at_least(1, alignment_stride=group["alignment_stride"])
+        if group["alignment_measure"] not in MEASURES:
+            raise ValueError(
+                f"alignment_measure must be one of {tuple(MEASURES)}, "
+                f"got {group['alignment_measure']!r}"
+            )
         for key in ("grow_on_repeats", "cap_at_fresh_peak", "fused"):
             if not isinstance(group[key], bool):
                 raise ValueError(f"{key} must be True or False, got {group[key]!r}")
@@ -239,10 +251,11 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         if rule["fused"]:
             scales = [direction_scale(active, last) for active in groups if active.params]
             sums, self._fused_sums = self._fused_sums, None  # this step's, read once
-            alignment = cosine(sums, scales) if last else None
+            measure = MEASURES[rule["alignment_measure"]]
+            alignment = measure(sums, scales) if last else None
         else:
-            stride = rule["alignment_stride"]
-            alignment = step_alignment(self.state, groups, last, stride) if last else None
+            stride, measure = rule["alignment_stride"], rule["alignment_measure"]
+            alignment = step_alignment(self.state, groups, last, stride, measure) if last else None
         state["alignment"] = alignment
         if alignment is not None:
             eta = self._on_repeats(eta, eta * self._change(alignment, rule), rule)
