@@ -167,6 +167,9 @@ def at_least(metric: str, ours: str, theirs: str) -> Callable[[Rows], tuple[str,
     return read
 
 
+HELD_OUT = {"heldout_loss": "held-out loss", "test_loss": "test loss"}
+
+
 def lower_final_loss(
     ours: str, others: tuple[str, ...], held_out: str = "heldout_loss"
 ) -> Callable[[Rows], tuple[str, str]]:
@@ -177,7 +180,7 @@ def lower_final_loss(
 
     def read(rows: Rows) -> tuple[str, str]:
         def by_seed(name: str, metric: str) -> dict[int, float]:
-            return {r["seed"]: r[metric] for r in rows if r["optimizer"] == name}
+            return {r["seed"]: r[metric] for r in rows if r["optimizer"] == name and metric in r}
 
         mine = by_seed(ours, "final_train_loss")
         if not mine:
@@ -194,7 +197,7 @@ def lower_final_loss(
             compared.append(diff)
         held = by_seed(ours, held_out).values()
         measured = f"{ours} final train loss {over_seeds(list(mine.values()))}, paired "
-        measured += ", ".join(texts) + f"; {held_out.replace('_', ' ')} {over_seeds(list(held))}"
+        measured += ", ".join(texts) + f"; {HELD_OUT.get(held_out, held_out)} {over_seeds(list(held))}"
         accuracy = {name: list(by_seed(name, "test_acc").values()) for name in (ours, *others)}
         if all(accuracy.values()):
             measured += "; test acc " + ", ".join(

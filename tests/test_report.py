@@ -104,6 +104,9 @@ def test_the_p1_claim_on_images_pairs_seeds_and_shows_test_loss_and_accuracy():
     assert verdict == "missed (1 seed: indicative only)"
     assert "0.1300 (1 seed) vs adam" in measured and "-0.0300 (1 seed) vs adamsls" in measured
     assert "test loss" in measured and "test acc alsals" in measured
+    language_model = [{k: v for k, v in r.items() if k != "test_acc"} for r in rows]
+    measured, verdict = lower_final_loss("alsals", ("adam", "adamsls"), "test_loss")(language_model)
+    assert verdict.startswith("missed") and "test acc" not in measured
     rows[1]["final_train_loss"] = 0.5
     read = lower_final_loss("alsals", ("adam", "adamsls"), held_out="test_loss")
     assert read(rows)[1].startswith("holds")
