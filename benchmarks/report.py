@@ -214,6 +214,29 @@ def run_step(name: str, results: Path, quick: bool, force: bool) -> str:
     return f"ran in {time.perf_counter() - started:.0f} s"
 
 
+def protocol_section(tables: dict[str, dict]) -> list[str]:
+    """The claims measured in their papers' own protocols, per table: the table's setting (its
+    own first line), each claim's verdict and, for those that do not hold, what the
+    measurements point to (each text once)."""
+    lines = ["", "## The papers' protocols", ""]
+    by_table: dict[str, list] = {}
+    for claim in CLAIMS:
+        if claim.protocol:
+            by_table.setdefault(claim.table, []).append(claim)
+    for table, claims in by_table.items():
+        setting = tables[table]["meta"] if table in tables else "not run yet."
+        lines.append(f"- `{table}`. Protocol: {setting}")
+        diagnoses: list[str] = []
+        for claim in claims:
+            measured, verdict = claim.evaluate(tables)
+            verdict = measured if verdict == "–" else verdict
+            lines.append(f"  - {claim.paper}: {claim.text}: **{verdict}**.")
+            if not verdict.startswith("holds") and claim.diagnosis not in ("", *diagnoses):
+                diagnoses.append(claim.diagnosis)
+        lines += [f"  - What the measurements point to: {text}" for text in diagnoses]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=str(BENCH / "results"))
@@ -249,6 +272,7 @@ def main() -> None:
     for claim in CLAIMS:
         measured, verdict = claim.evaluate(tables)
         lines.append(f"| {claim.paper} | {claim.text} | {measured} | {verdict} | `{claim.table}` |")
+    lines += protocol_section(tables)
     if status:
         lines += ["", "Steps of this invocation:", ""]
         lines += [f"- `{name}`: {what}" for name, what in status.items()]

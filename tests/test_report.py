@@ -44,7 +44,7 @@ def test_the_quick_report_runs_every_benchmark_and_writes_the_report(minilm, sha
     # every claim whose table was written is read, not "not measured"
     unmeasured = {"quality_mrpc", "quality_rte", "forgetting_sweep"}  # full mode only
     # the papers' protocols (issue 22) run from benchmarks/run_cpu.sh, not from the report
-    unmeasured |= {"p1_final_loss_gpt2", "p1_final_loss_resnet18", "dps_p4"}
+    unmeasured |= {"p1_final_loss_gpt2", "p1_final_loss_resnet18", "dps_p4", "p2_large_batch"}
     unmeasured |= {f"quality_{s}_{t}" for s in "sm" for t in ("sst2", "mrpc", "rte")}
     if not FASHION.is_dir():
         unmeasured.add("valley_large_batch")  # skipped without Debian's dataset-fashion-mnist
@@ -128,3 +128,39 @@ def test_the_p4_claim_reads_dps_mix_against_vanilla_on_mean_and_std():
     assert verdict == "holds" and "DPS 0.560" in measured
     measured, verdict = dps_quality("rte", "dps_mix")(rows)
     assert verdict == "missed" and "DPS-Mix 0.500" in measured
+
+
+def test_the_p2_claim_holds_only_where_alto_matches_lamb_at_every_batch_size():
+    from benchmarks.claims import at_least_per_batch
+
+    def row(name, size, seed, acc):
+        return {"optimizer": name, "batch_size": size, "seed": seed, "test_acc": acc}
+
+    rows = [row("alto", 4096, s, 0.90 + s / 100) for s in range(3)]
+    rows += [row("lamb", 4096, s, 0.89 + s / 100) for s in range(3)]
+    rows += [row("alto", 8192, 0, 0.80), row("lamb", 8192, 0, 0.85), row("lamb", 8192, 1, 0.9)]
+    measured, verdict = at_least_per_batch("alto", "lamb")(rows)
+    assert verdict == "holds at 1/2 batch sizes (1 seed: indicative only)"
+    assert "batch 4,096: alto 0.9100 ± 0.0100 vs lamb 0.9000 ± 0.0100, paired 0.0100" in measured
+    assert "batch 8,192: alto 0.8000 (1 seed) vs lamb 0.8500 (1 seed)" in measured
+    lamb_alone = rows[:6] + [row("lamb", 8192, 0, 0.85)]  # no ALTO run at 8,192
+    with pytest.raises(ValueError, match="batch 8192"):
+        at_least_per_batch("alto", "lamb")(lamb_alone)
+
+
+def test_the_protocol_section_gives_each_tables_setting_once_and_diagnoses_only_misses():
+    from benchmarks.claims import CLAIMS
+    from benchmarks.report import protocol_section
+
+    p1 = [c for c in CLAIMS if c.table == "p1_final_loss_resnet18"][0]
+
+    def run(optimizer, loss):
+        return {"optimizer": optimizer, "seed": 0, "final_train_loss": loss, "test_loss": 0.3}
+
+    rows = [run("alsals", 0.3), run("adam", 0.1), run("adamsls", 0.2)]
+    tables = {"p1_final_loss_resnet18": {"meta": "P1 SETTING", "rows": rows}}
+    text = "\n".join(protocol_section(tables))
+    assert text.count("P1 SETTING") == 1 and p1.diagnosis in text
+    assert "`dps_p4`. Protocol: not run yet." in text and "**not measured yet**" in text
+    rows[0]["final_train_loss"] = 0.05  # now the claim holds: no diagnosis
+    assert p1.diagnosis not in "\n".join(protocol_section(tables))
