@@ -61,7 +61,7 @@ def test_the_quick_report_runs_every_benchmark_and_writes_the_report(minilm, sha
 
 
 def test_the_default_step_cost_claim_names_the_modes_that_hold_and_a_short_run_cannot_hold():
-    from benchmarks.claims import default_step_cost
+    from benchmarks.claim_readers import default_step_cost
 
     def row(name, first, whole, steps=1000, memory=1.0):
         return {
@@ -87,7 +87,7 @@ def test_the_default_step_cost_claim_names_the_modes_that_hold_and_a_short_run_c
 
 
 def test_the_p1_claim_on_images_pairs_seeds_and_shows_test_loss_and_accuracy():
-    from benchmarks.claims import lower_final_loss
+    from benchmarks.claim_readers import lower_final_loss
 
     def row(name, seed, loss, acc):
         return {
@@ -113,7 +113,7 @@ def test_the_p1_claim_on_images_pairs_seeds_and_shows_test_loss_and_accuracy():
 
 
 def test_the_p4_claim_reads_dps_mix_against_vanilla_on_mean_and_std():
-    from benchmarks.claims import dps_quality
+    from benchmarks.claim_readers import dps_quality
 
     rows = [
         {"task": "rte", "method": method, "seed": seed, "acc": acc}
@@ -131,7 +131,7 @@ def test_the_p4_claim_reads_dps_mix_against_vanilla_on_mean_and_std():
 
 
 def test_the_p2_claim_holds_only_where_alto_matches_lamb_at_every_batch_size():
-    from benchmarks.claims import at_least_per_batch
+    from benchmarks.claim_readers import at_least_per_batch
 
     def row(name, size, seed, acc):
         return {"optimizer": name, "batch_size": size, "seed": seed, "test_acc": acc}
