@@ -235,13 +235,19 @@ def p4(args: argparse.Namespace) -> None:
         )
     here = p4_settings(args)
     known = {(r["task"], r["method"], r["seed"]): r for r in load_runs(args.log, here)}
-    rows = [
-        known.get((task, method, seed)) or p4_run(task, method, seed, args)
-        for task in args.tasks
-        for seed in args.seeds
-        for method in args.methods
-        if (task, method, seed) in known or not args.table_only
-    ]
+    if not args.table_only:
+        for task in args.tasks:
+            for seed in args.seeds:
+                for method in args.methods:
+                    if (task, method, seed) not in known:
+                        known[task, method, seed] = p4_run(task, method, seed, args)
+    # every logged run of these settings, not only this invocation's tasks, methods and seeds:
+    # running one run at a time leaves the others in the table
+    rows = [known[key] for key in sorted(known, key=lambda k: k[2])]
+    seeds = sorted({r["seed"] for r in rows})
+    args = argparse.Namespace(**vars(args))  # the table's tasks and methods: those logged
+    args.tasks = [task for task in P4_STEPS if any(r["task"] == task for r in rows)]
+    args.methods = [method for method in METHODS if any(r["method"] == method for r in rows)]
     lines = method_table(
         rows,
         args,
@@ -258,7 +264,7 @@ def p4(args: argparse.Namespace) -> None:
         f"optimizer steps{capped}, batch 16, max length 128, AdamW lr {args.lr} wd 0.01, "
         "warmup 10 % + linear decay; DPS p 0.3, update ratio "
         f"{args.update_ratio}; ChildTuning-D reserve 0.3; dropout {dropout}; fp32; final model "
-        f"on the full dev set; seeds {args.seeds}; device {device_name()}; torch "
+        f"on the full dev set; seeds {seeds}; device {device_name()}; torch "
         f"{torch.__version__}. Mean ± sample std over seeds (P4 compares both)."
     )
     write_results(args.out, meta, "\n".join(lines), rows)

@@ -199,7 +199,7 @@ def table(rows: list[dict], names: list[str], task: str) -> str:
     return "\n".join(lines)
 
 
-def describe(task: str, steps: int, args: argparse.Namespace) -> str:
+def describe(task: str, steps: int, args: argparse.Namespace, seeds: list[int]) -> str:
     size = TASKS[task]["batch_size"]
     what = (
         f"GPT-2 from GPT2Config ({GPT2}) on tinyshakespeare bytes, batch {size} × 128 tokens"
@@ -210,7 +210,7 @@ def describe(task: str, steps: int, args: argparse.Namespace) -> str:
     return (
         f"P1 final-loss protocol: {what}; {steps:,} steps{smoke}; Adam lr {ADAM_LR:g} with 10 % "
         f"warmup + cosine, ALSALS c = {TASKS[task]['c']}, AdamSLS P0 defaults; seeds "
-        f"{args.seeds}; device {device_name(args.device)}; torch {torch.__version__}. Final "
+        f"{seeds}; device {device_name(args.device)}; torch {torch.__version__}. Final "
         "train loss: mean over the last 50 steps; mean ± std over seeds; 'vs Adam' is the mean "
         "± std over seeds of (final train loss − Adam's, same seed): negative = lower than Adam; "
         "final η: median over seeds of the last step size / learning rate."
@@ -248,7 +248,6 @@ def main() -> None:
             data = shakespeare_blocks(TASKS[task]["block_size"]) if gpt2 else fashion_mnist()
         here = {"task": task, "steps": args.steps, "max_steps": args.max_steps}
         known = {(r["optimizer"], r["seed"]): r for r in load_runs(log, here)}
-        rows = []
         for seed in args.seeds:
             for opt in args.optimizers:
                 row = known.get((opt, seed))
@@ -264,10 +263,14 @@ def main() -> None:
                     }
                     append_run(log, row)
                     checkpoint.unlink(missing_ok=True)
-                rows.append(row)
-        write_results(
-            out, describe(task, args.steps, args), table(rows, args.optimizers, task), rows
-        )
+                known[opt, seed] = row
+        # every logged run of these settings, not only this invocation's seeds and optimizers:
+        # running one run at a time leaves the others in the table
+        rows = [known[key] for key in sorted(known, key=lambda k: k[1])]
+        names = [name for name in OPTIMIZERS if any(r["optimizer"] == name for r in rows)]
+        seeds = sorted({r["seed"] for r in rows})
+        description = describe(task, args.steps, args, seeds)
+        write_results(out, description, table(rows, names, task), rows)
 
 
 if __name__ == "__main__":

@@ -56,3 +56,24 @@ def test_a_run_stopped_after_a_checkpoint_ends_where_an_uninterrupted_run_ends(n
     for a, b in zip(model.parameters(), model3.parameters()):
         assert torch.equal(a, b)
     assert list(ckpt.parent.iterdir()) == [ckpt]  # no temporary file left beside it
+
+
+def test_running_one_seed_at_a_time_keeps_every_logged_run_in_the_p1_table(
+    shared_data, tmp_path, monkeypatch
+):
+    import json
+    import sys
+
+    from benchmarks import p1_final_loss
+
+    out = tmp_path / "p1"
+    for optimizer, seed in (("adam", 0), ("alsals", 1)):
+        argv = ["p1", "--task", "gpt2", "--steps", "3", "--out", str(out)]
+        argv += ["--optimizers", optimizer, "--seeds", str(seed)]
+        monkeypatch.setattr(sys, "argv", argv)
+        p1_final_loss.main()
+    result = json.loads((tmp_path / "p1_gpt2.json").read_text())
+    assert {(r["optimizer"], r["seed"]) for r in result["rows"]} == {("adam", 0), ("alsals", 1)}
+    assert "seeds [0, 1]" in result["meta"]
+    table = (tmp_path / "p1_gpt2.md").read_text()
+    assert "| adam | 1 |" in table and "| alsals | 1 |" in table
