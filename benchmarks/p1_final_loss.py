@@ -31,6 +31,9 @@ Settings and their sources:
   nanoGPT's tinyshakespeare rate), betas (0.9, 0.999), no weight decay, under P1's schedule:
   10 % linear warmup + cosine decay to 0 (the reference's ``CosineWarmupScheduler``). The line
   searches run without a schedule, as in P1.
+* ``adam_constant`` (a diagnostic, not one of P1's rows; only with ``--optimizers``): the same
+  Adam and warmup, then a constant 1e-3 instead of the cosine decay: how much of Adam's final
+  loss its anneal accounts for, next to line searches that have none.
 * Seeds set the initialisation and the data order; the hold-out splits are fixed.
 
 Cost (measured, one thread, steps 40-70 of a run, after the line searches' first backtracking;
@@ -86,7 +89,8 @@ from benchmarks.protocols import (
 from lsframe import optim
 from lsframe.optim import WarmupCosineLR
 
-OPTIMIZERS = ("alsals", "adam", "adamsls")
+OPTIMIZERS = ("alsals", "adam", "adamsls")  # P1's rows: the default
+CHOICES = (*OPTIMIZERS, "adam_constant")  # and the diagnostic (module docstring)
 TASKS = {
     "gpt2": {"batch_size": 16, "c": 0.3, "block_size": 128},
     "resnet18": {"batch_size": 128, "c": 0.5},
@@ -113,11 +117,14 @@ def make_optimizer(name: str, task: str, model: nn.Module, steps: int):
     if name == "adam":
         opt = torch.optim.Adam(params, lr=ADAM_LR)
         return opt, WarmupCosineLR(opt, warmup_ratio=0.1, total_steps=steps)
+    if name == "adam_constant":  # the same warmup, then a cosine from 1 to 1: constant
+        opt = torch.optim.Adam(params, lr=ADAM_LR)
+        return opt, WarmupCosineLR(opt, warmup_ratio=0.1, total_steps=steps, min_lr_ratio=1.0)
     if name == "alsals":
         return optim.create("alsals", params, c=TASKS[task]["c"]), None
     if name == "adamsls":
         return optim.create("adamsls", params), None
-    raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
+    raise ValueError(f"unknown optimizer {name!r}; choose from {CHOICES}")
 
 
 def lm_batches(blocks: Tensor, size: int, seed: int, device: str) -> Iterator[dict]:
@@ -221,7 +228,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", nargs="+", choices=list(TASKS), default=list(TASKS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
+    parser.add_argument("--optimizers", nargs="+", choices=CHOICES, default=list(OPTIMIZERS))
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -267,7 +274,7 @@ def main() -> None:
         # every logged run of these settings, not only this invocation's seeds and optimizers:
         # running one run at a time leaves the others in the table
         rows = [known[key] for key in sorted(known, key=lambda k: k[1])]
-        names = [name for name in OPTIMIZERS if any(r["optimizer"] == name for r in rows)]
+        names = [name for name in CHOICES if any(r["optimizer"] == name for r in rows)]
         seeds = sorted({r["seed"] for r in rows})
         description = describe(task, args.steps, args, seeds)
         write_results(out, description, table(rows, names, task), rows)
