@@ -121,7 +121,7 @@ CLAIMS = [
         "P2",
         "ALTO ≥ Lamb at batch 4,096 and 8,192 (P2's protocol: ResNet-20, Fashion-MNIST)",
         "p2_large_batch",
-        at_least_per_batch("alto", "lamb"),
+        at_least_per_batch("alto", "lamb", sizes=(4096, 8192)),
         protocol=True,
         diagnosis=P2_COST,
     ),

@@ -241,8 +241,9 @@ def p4(args: argparse.Namespace) -> None:
                 for method in args.methods:
                     if (task, method, seed) not in known:
                         known[task, method, seed] = p4_run(task, method, seed, args)
-    # every logged run of these settings, not only this invocation's tasks, methods and seeds:
-    # running one run at a time leaves the others in the table
+    # every logged run of these settings, not only this invocation's tasks, methods and seeds,
+    # read again now: runs logged meanwhile by other processes stay in the table
+    known = {(r["task"], r["method"], r["seed"]): r for r in load_runs(args.log, here)}
     rows = [known[key] for key in sorted(known, key=lambda k: k[2])]
     seeds = sorted({r["seed"] for r in rows})
     args = argparse.Namespace(**vars(args))  # the table's tasks and methods: those logged

@@ -75,7 +75,9 @@ def main() -> None:
         print(rows[-1], flush=True)
     steps = list(range(0, args.steps, args.every))
     lines = [
-        "| β1 | " + " | ".join(f"η at {k}" for k in steps) + " | final η | mean alignment, "
+        "| β1 | "
+        + " | ".join(f"η at {k}" for k in steps)
+        + " | final η | mean alignment (cosine or slope: --measure), "
         "second half | training loss, last 20 |",
         "|---|" + "---|" * (len(steps) + 3),
     ]

@@ -271,8 +271,9 @@ def main() -> None:
                     append_run(log, row)
                     checkpoint.unlink(missing_ok=True)
                 known[opt, seed] = row
-        # every logged run of these settings, not only this invocation's seeds and optimizers:
-        # running one run at a time leaves the others in the table
+        # every logged run of these settings, not only this invocation's seeds and optimizers,
+        # read again now: runs logged meanwhile by other processes stay in the table
+        known = {(r["optimizer"], r["seed"]): r for r in load_runs(log, here)}
         rows = [known[key] for key in sorted(known, key=lambda k: k[1])]
         names = [name for name in CHOICES if any(r["optimizer"] == name for r in rows)]
         seeds = sorted({r["seed"] for r in rows})

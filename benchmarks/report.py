@@ -231,7 +231,8 @@ def protocol_section(tables: dict[str, dict]) -> list[str]:
             measured, verdict = claim.evaluate(tables)
             verdict = measured if verdict == "–" else verdict
             lines.append(f"  - {claim.paper}: {claim.text}: **{verdict}**.")
-            if not verdict.startswith("holds") and claim.diagnosis not in ("", *diagnoses):
+            held = verdict.split(" (")[0] == "holds"  # not "holds at 1 of 2 …"
+            if not held and claim.diagnosis not in ("", *diagnoses):
                 diagnoses.append(claim.diagnosis)
         lines += [f"  - What the measurements point to: {text}" for text in diagnoses]
     return lines

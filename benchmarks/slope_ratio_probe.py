@@ -12,7 +12,8 @@ Per step ``t`` (MiniLM-L6, setting M's SST-2 data: the first 2,000 sentences, ba
 length 128; ``torch.optim.Adam``, β = (0.9, 0.999), constant learning rate, no weight decay):
 
 * ``g_t``: the training batch's gradient at ``x_t``; ``g'_t``: a second, independent batch's
-  gradient at ``x_t`` (an extra backward, for this probe only); ``d_t = (x_t − x_{t+1}) / lr``:
+  gradient at ``x_t`` (an extra backward, for this probe only; drawn in another order from
+  the same 2,000 sentences, so later in a run it may hold sentences already trained on); ``d_t = (x_t − x_{t+1}) / lr``:
   Adam's step direction ``m̂_t / (√v̂_t + ε)``;
 * slope before, fresh: ``g'_t · d_t``; slope before, same batch: ``g_t · d_t`` (biased upward by
   the batch's own noise, which ``d_t`` contains with weight (1 − β1));
@@ -23,7 +24,7 @@ length 128; ``torch.optim.Adam``, β = (0.9, 0.999), constant learning rate, no 
   (``G_mv = Σ P (m̂² − c v̂) / (1 − c)``, ``c = (1 − β1)/(1 + β1)``: stationary EMA noise) or, to
   check that estimate, from the two batches (``G_pair = Σ P g_t g'_t``, unbiased).
 
-Reported per learning rate, over steps ``--skip`` to the end: the means of each slope, the ratio
+Reported per learning rate, over the steps after the first ``--skip``: the means of each slope, the ratio
 ``mean(after) / mean(before)`` for each estimate of the slope before, and the mean training loss
 of the last 20 steps. Short runs without dev evaluation.
 
@@ -148,7 +149,8 @@ def main() -> None:
     meta = (
         f"MiniLM-L6, first 2,000 SST-2 sentences, batch 16, max length 128, seed {args.seed}; "
         f"torch Adam, betas (0.9, 0.999), constant lr, {args.steps} steps per lr from the same "
-        f"weights and batches; means over steps {args.skip}-{args.steps}; device {device_name()}."
+        f"weights and batches; means over steps {args.skip + 1}-{args.steps}; device "
+        f"{device_name()}."
     )
     write_results(Path(args.out), meta, "\n".join(lines), results)
 

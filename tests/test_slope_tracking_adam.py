@@ -85,13 +85,22 @@ def test_the_slope_measure_is_the_fresh_gradients_inner_product_with_the_last_st
         grad = flat(p.grad for p in model.parameters())
         if last_direction is not None:
             expected = float(grad @ last_direction)
-            assert opt.search_state["alignment"] == pytest.approx(expected, rel=1e-4)
+            assert opt.search_state["alignment"] == pytest.approx(expected, rel=1e-4, abs=1e-7)
             checked += 1
             alignments.append(opt.search_state["alignment"])
         after = flat(p.detach() for p in model.parameters())
         last_direction = (before - after) / opt.param_groups[0]["step_size"]
     assert checked == 7
     assert max(abs(a) for a in alignments) > 1.0  # a slope, not a cosine in [−1, 1]
+
+
+def test_the_slope_is_the_scaled_inner_product_and_none_where_the_cosine_is_none():
+    from lsframe.optim._alignment import cosine, projected_slope
+
+    sums = [[2.0, 4.0, 1.0], [-1.0, 1.0, 9.0]]  # per group ⟨g, d'⟩, ‖g‖², ‖d'‖²
+    assert projected_slope(sums, [0.5, 2.0]) == pytest.approx(2.0 * 0.5 - 1.0 * 2.0)
+    for empty in ([[0.0, 0.0, 1.0]], [[0.0, 1.0, 0.0]], [[float("nan"), 1.0, 1.0]]):
+        assert projected_slope(empty, [1.0]) is None and cosine(empty, [1.0]) is None
 
 
 def test_on_slopes_the_step_size_follows_the_same_documented_rule():

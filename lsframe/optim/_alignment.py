@@ -131,9 +131,14 @@ def cosine(sums: list[list[float]], scales: list[float]) -> float | None:
 def projected_slope(sums: list[list[float]], scales: list[float]) -> float | None:
     """``⟨g, d⟩`` from each group's ``[⟨g, d'⟩, ‖g‖², ‖d'‖², …]`` with ``d = scale · d'``: the
     slope itself, not its cosine, so that averaging weighs each step by how steep it is (a
-    steep batch after an overshoot counts more than a flat one). None when it is not finite."""
+    steep batch after an overshoot counts more than a flat one). None, as for the cosine, when
+    a norm is 0 or the slope is not finite."""
     dot = sum(v[0] * s for v, s in zip(sums, scales))
-    return dot if math.isfinite(dot) else None
+    gg = sum(v[1] for v in sums)
+    dd = sum(v[2] * (s * s) for v, s in zip(sums, scales))
+    if gg <= 0 or dd <= 0 or not math.isfinite(dot):
+        return None
+    return dot
 
 
 #: what :func:`step_alignment` returns from its sums

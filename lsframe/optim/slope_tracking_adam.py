@@ -139,7 +139,9 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             gradient entry anyway (it counts the non-finite ones). Default: 1.
         alignment_measure: ``"cosine"``: the rule averages ``cos(g_t, d_{t−1})``;
             ``"slope"``: it averages the slope ``⟨g_t, d_{t−1}⟩`` itself, so a steep batch
-            counts more than a flat one (the averages' z-scores are scale-free either way).
+            counts more than a flat one. The z-scores divide by the root mean square, so a
+            constant scale cancels; a scale that drifts does not (the square's average, β = 0.99,
+            remembers large slopes for about 100 steps and mutes the scores meanwhile).
             Default: ``"cosine"``.
         weight_decay: Decoupled weight decay. Default: 0.
         fused: Run the rule as compiled one-pass kernels (``torch.compile``). Default: False.
