@@ -206,7 +206,9 @@ def table(rows: list[dict], names: list[str], task: str) -> str:
     return "\n".join(lines)
 
 
-def describe(task: str, steps: int, args: argparse.Namespace, seeds: list[int]) -> str:
+def describe(
+    task: str, steps: int, args: argparse.Namespace, seeds: list[int], names: list[str]
+) -> str:
     size = TASKS[task]["batch_size"]
     what = (
         f"GPT-2 from GPT2Config ({GPT2}) on tinyshakespeare bytes, batch {size} × 128 tokens"
@@ -214,9 +216,12 @@ def describe(task: str, steps: int, args: argparse.Namespace, seeds: list[int]) 
         else f"timm ResNet-18 on Fashion-MNIST (54k train, 10k test), batch {size}"
     )
     smoke = f" (smoke: first {args.max_steps} steps only)" if args.max_steps else ""
+    diagnostic = ""
+    if "adam_constant" in names:
+        diagnostic = "; adam_constant (a diagnostic, not P1's): the same warmup, then constant"
     return (
         f"P1 final-loss protocol: {what}; {steps:,} steps{smoke}; Adam lr {ADAM_LR:g} with 10 % "
-        f"warmup + cosine, ALSALS c = {TASKS[task]['c']}, AdamSLS P0 defaults; seeds "
+        f"warmup + cosine, ALSALS c = {TASKS[task]['c']}, AdamSLS P0 defaults{diagnostic}; seeds "
         f"{seeds}; device {device_name(args.device)}; torch {torch.__version__}. Final "
         "train loss: mean over the last 50 steps; mean ± std over seeds; 'vs Adam' is the mean "
         "± std over seeds of (final train loss − Adam's, same seed): negative = lower than Adam; "
@@ -277,7 +282,7 @@ def main() -> None:
         rows = [known[key] for key in sorted(known, key=lambda k: k[1])]
         names = [name for name in CHOICES if any(r["optimizer"] == name for r in rows)]
         seeds = sorted({r["seed"] for r in rows})
-        description = describe(task, args.steps, args, seeds)
+        description = describe(task, args.steps, args, seeds, names)
         write_results(out, description, table(rows, names, task), rows)
 
 
