@@ -119,15 +119,21 @@ def dps_overhead(times: dict[str, list[float]]) -> tuple[str, str]:
 
 def dps_quality(task: str, method: str = "dps") -> Callable[[Rows], tuple[str, str]]:
     """P4's claim for ``method`` (DPS dense or DPS-Mix): a higher mean and a lower std over
-    seeds than vanilla fine-tuning; ChildTuning-D, the paper's baseline, is shown beside."""
+    seeds than vanilla fine-tuning, on the seeds both ran; ChildTuning-D, the paper's baseline,
+    is shown beside."""
     label = {"dps": "DPS", "dps_mix": "DPS-Mix"}[method]
 
     def read(rows: Rows) -> tuple[str, str]:
-        vanilla = _values(rows, "acc", task=task, method="vanilla")
-        ours = _values(rows, "acc", task=task, method=method)
+        def by_seed(name: str) -> dict[int, float]:
+            return {r["seed"]: r["acc"] for r in rows if r["task"] == task and r["method"] == name}
+
+        # compared on the seeds both ran: an unfinished table must not pit 2 seeds against 1
+        mine, base = by_seed(method), by_seed("vanilla")
+        seeds = sorted(set(mine) & set(base))
+        if not seeds:
+            raise ValueError(f"no {task} runs of vanilla and {label} on a common seed")
+        vanilla, ours = [base[s] for s in seeds], [mine[s] for s in seeds]
         child = _values(rows, "acc", task=task, method="childtuning_d")
-        if not vanilla or not ours:
-            raise ValueError(f"no {task} runs")
         measured = f"vanilla {over_seeds(vanilla)}, {label} {over_seeds(ours)}"
         if child:
             measured += f", ChildTuning-D {over_seeds(child)}"
