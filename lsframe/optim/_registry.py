@@ -188,6 +188,7 @@ _RECORDS = [
             ({"grow_on_repeats": "no"}, "grow_on_repeats"),
             ({"combine_horizons": "max"}, "combine_horizons"),
             ({"alignment_measure": "sine"}, "alignment_measure"),
+            ({"alignment_measure": ["slope"]}, "alignment_measure"),
             ({"fused": 1}, "fused"),
             ({"cap_at_fresh_peak": "yes"}, "cap_at_fresh_peak"),
             ({"betas": (0.9, 1.0)}, "betas"),

@@ -200,7 +200,10 @@ class SlopeTrackingAdam(LineSearchOptimizer):
                 f"combine_horizons must be one of {HORIZON_RULES}, got {group['combine_horizons']!r}"
             )
         check_int_at_least(1, alignment_stride=group["alignment_stride"])
-        if group["alignment_measure"] not in MEASURES:
+        if (
+            not isinstance(group["alignment_measure"], str)
+            or group["alignment_measure"] not in MEASURES
+        ):
             raise ValueError(
                 f"alignment_measure must be one of {tuple(MEASURES)}, "
                 f"got {group['alignment_measure']!r}"
