@@ -240,7 +240,7 @@ def p4(args: argparse.Namespace) -> None:
             for seed in args.seeds:
                 for method in args.methods:
                     if (task, method, seed) not in known:
-                        known[task, method, seed] = p4_run(task, method, seed, args)
+                        p4_run(task, method, seed, args)  # logs its row
     # every logged run of these settings, not only this invocation's tasks, methods and seeds,
     # read again now: runs logged meanwhile by other processes stay in the table
     known = {(r["task"], r["method"], r["seed"]): r for r in load_runs(args.log, here)}

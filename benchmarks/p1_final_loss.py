@@ -262,20 +262,12 @@ def main() -> None:
         known = {(r["optimizer"], r["seed"]): r for r in load_runs(log, here)}
         for seed in args.seeds:
             for opt in args.optimizers:
-                row = known.get((opt, seed))
-                if row is None and args.table_only:
+                if (opt, seed) in known or args.table_only:
                     continue
-                if row is None:
-                    checkpoint = checkpoint_path(out, f"{opt}_steps{args.steps}_seed{seed}")
-                    row = {
-                        "optimizer": opt,
-                        "seed": seed,
-                        **here,
-                        **run(opt, task, seed, data, args, checkpoint),
-                    }
-                    append_run(log, row)
-                    checkpoint.unlink(missing_ok=True)
-                known[opt, seed] = row
+                checkpoint = checkpoint_path(out, f"{opt}_steps{args.steps}_seed{seed}")
+                row = {"optimizer": opt, "seed": seed, **here}
+                append_run(log, row | run(opt, task, seed, data, args, checkpoint))
+                checkpoint.unlink(missing_ok=True)
         # every logged run of these settings, not only this invocation's seeds and optimizers,
         # read again now: runs logged meanwhile by other processes stay in the table
         known = {(r["optimizer"], r["seed"]): r for r in load_runs(log, here)}

@@ -117,12 +117,19 @@ def direction_scale(active: ActiveGroup, moment_step: int) -> float:
     return active.multiplier * root / bias_correction(beta1, moment_step)
 
 
-def cosine(sums: list[list[float]], scales: list[float]) -> float | None:
-    """``cos(g, d)`` from each group's ``[⟨g, d'⟩, ‖g‖², ‖d'‖², …]`` with ``d = scale · d'``;
-    None when a norm is 0 or a sum is not finite."""
+def _totals(sums: list[list[float]], scales: list[float]) -> tuple[float, float, float]:
+    """``(⟨g, d⟩, ‖g‖², ‖d‖²)`` over the groups, from each group's ``[⟨g, d'⟩, ‖g‖², ‖d'‖², …]``
+    with ``d = scale · d'``."""
     dot = sum(v[0] * s for v, s in zip(sums, scales))
     gg = sum(v[1] for v in sums)
     dd = sum(v[2] * (s * s) for v, s in zip(sums, scales))
+    return dot, gg, dd
+
+
+def cosine(sums: list[list[float]], scales: list[float]) -> float | None:
+    """``cos(g, d)`` from each group's ``[⟨g, d'⟩, ‖g‖², ‖d'‖², …]`` with ``d = scale · d'``;
+    None when a norm is 0 or a sum is not finite."""
+    dot, gg, dd = _totals(sums, scales)
     if gg <= 0 or dd <= 0 or not math.isfinite(dot * gg * dd):
         return None
     return dot / math.sqrt(gg * dd)
@@ -133,9 +140,7 @@ def projected_slope(sums: list[list[float]], scales: list[float]) -> float | Non
     slope itself, not its cosine, so that averaging weighs each step by how steep it is (a
     steep batch after an overshoot counts more than a flat one). None, as for the cosine, when
     a norm is 0 or the slope is not finite."""
-    dot = sum(v[0] * s for v, s in zip(sums, scales))
-    gg = sum(v[1] for v in sums)
-    dd = sum(v[2] * (s * s) for v, s in zip(sums, scales))
+    dot, gg, dd = _totals(sums, scales)
     if gg <= 0 or dd <= 0 or not math.isfinite(dot):
         return None
     return dot
