@@ -22,8 +22,14 @@ optimizer alone, 20 steps in a fresh process (max RSS on CPU,
 Time to target (``--time-to-target``, ``--task sst2|mrpc``): AdamW at each grid lr (10 % warmup
 + cosine) and the LR-free optimizers train ``--steps`` steps each, the dev accuracy evaluated
 every ``--eval-every`` steps (not timed). Target: the best grid point's final dev accuracy; each
-run's training seconds until it first reaches it, next to the whole grid's. Finished runs go to
-``<out>.runs.jsonl``; a rerun with the same settings resumes from it.
+run's training seconds until it first reaches it, next to the whole grid's. Those seconds are
+wall times of runs that trained one after another, so on a shared machine they are not evidence;
+the columns in **AdamW steps** are: a run's step at the target times its step time over AdamW's,
+measured in one interleaved run (``--cost-from``, the step-cost table of the same model and
+device: the window of the first ``--first`` steps when the runs are that short, else the whole
+run), against the best grid run's step at the target and the grid's steps in all ("–" where the
+cost table has no row for the optimizer). Finished runs go to ``<out>.runs.jsonl``; a rerun with
+the same settings resumes from it.
 
     python -m benchmarks.step_cost --model minilm --steps 1000 --memory
     python -m benchmarks.step_cost --time-to-target --task sst2 --steps 1000
@@ -103,6 +109,26 @@ def time_to_target(history: Sequence[dict], target: float) -> dict | None:
     """The first evaluation of ``history`` (in step order; ``step``, ``seconds``, ``metric``)
     whose metric reaches ``target`` (``metric ≥ target``), or None when none does."""
     return next((point for point in history if point["metric"] >= target), None)
+
+
+def adamw_steps_to_target(step: int | None, spec: str, costs: dict[str, float]) -> float | None:
+    """The cost of reaching a target at optimizer step ``step`` in AdamW steps: ``step`` times
+    the spec's step time over AdamW's (``costs``); None when the target was not reached or the
+    spec's cost was not measured."""
+    if step is None or spec not in costs:
+        return None
+    return step * costs[spec]
+
+
+def cost_ratios(path: Path, steps: int, first: int) -> dict[str, float]:
+    """Each optimizer's total step time over AdamW's in the step-cost result ``path`` (its JSON):
+    over the first ``first`` steps when ``steps`` is at most that, else over the whole run; empty
+    when the file does not exist."""
+    if not path.exists():
+        return {}
+    rows = json.loads(path.read_text())["rows"]
+    window = "first" if steps <= first else "whole"
+    return {row["optimizer"]: row[window]["total"] for row in rows}
 
 
 def grid_target(finals: dict[str, float]) -> tuple[str, float]:
@@ -365,6 +391,11 @@ def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]
     grid = rows[: len(args.grid)]
     best, target = grid_target({r["optimizer"]: r["final_metric"] for r in grid})
     grid_seconds = sum(r["train_seconds"] for r in grid)
+    costs = cost_ratios(Path(args.cost_from), args.steps, args.first)
+    costs |= {r["optimizer"]: 1.0 for r in grid}  # AdamW's step is the unit
+    best_step = time_to_target(next(r for r in grid if r["optimizer"] == best)["history"], target)
+    best_step = best_step["step"]  # the best run reaches its own final metric
+    grid_steps = len(grid) * args.steps
     cells = []
     for r in rows:
         hit = time_to_target(r["history"], target)
@@ -373,10 +404,16 @@ def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]
         reached = "not reached" if hit is None else f"{hit['seconds']:.1f} (step {hit['step']})"
         share = "–" if hit is None else f"{hit['seconds'] / grid_seconds:.2f}"
         best_seen = max(p["metric"] for p in r["history"])
+        cost = adamw_steps_to_target(r["step_at_target"], r["optimizer"], costs)
+        r["adamw_steps_to_target"] = cost
+        in_steps = ["–"] * 3
+        if cost is not None:
+            in_steps = [f"{cost:.0f}", f"{cost / best_step:.2f}", f"{cost / grid_steps:.2f}"]
         cells.append([r["optimizer"], f"{r['final_metric']:.4f}", f"{best_seen:.4f}"])
-        cells[-1] += [f"{r['train_seconds']:.1f}", reached, share, f"{r['forwards_per_step']:.2f}"]
-    header = ["optimizer", "final dev acc", "best dev acc", "train s", "s to target", "x grid s"]
-    header.append("fwd/step")
+        cells[-1] += [*in_steps, f"{r['train_seconds']:.1f}", reached, share]
+        cells[-1].append(f"{r['forwards_per_step']:.2f}")
+    header = ["optimizer", "final dev acc", "best dev acc", "AdamW steps to target"]
+    header += ["x best AdamW", "x grid steps", "train s", "s to target", "x grid s", "fwd/step"]
     best_hit = next(r for r in grid if r["optimizer"] == best)["time_to_target"]
     meta = (
         f"Time to target, {args.task.upper()} dev accuracy (first {args.dev_limit or 'all'} dev "
@@ -384,7 +421,10 @@ def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]
         f"{MAX_LENGTH[args.model]}, {args.steps} steps per run; target {target:.4f} = final "
         f"accuracy of the best AdamW grid point {best} (grid {', '.join(map(str, args.grid))}, "
         f"10 % warmup + cosine); the whole AdamW grid trained {grid_seconds:.0f} s, the best run "
-        f"reached the target after {best_hit:.0f} s; training time only (evaluation excluded); "
+        f"reached the target after {best_hit:.0f} s (step {best_step}); training time only "
+        f"(evaluation excluded); AdamW steps: step at the target × step time over AdamW's "
+        f"from {args.cost_from} (one interleaved run; the seconds columns are sequential runs' "
+        f"wall times); "
         f"device {device_name(args.device)}; bf16 {args.bf16}; torch {torch.__version__}"
     )
     return meta, table(header, cells), rows
@@ -415,6 +455,11 @@ def main() -> None:
     parser.add_argument("--lr-free", nargs="+", default=LR_FREE)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--dev-limit", type=int, help="evaluate on the first N dev examples")
+    parser.add_argument(
+        "--cost-from",
+        help="the step-cost JSON whose ratios convert steps to AdamW steps (default: "
+        "benchmarks/results/step_cost_<model>_<device>.json)",
+    )
     parser.add_argument("--out", help="default: benchmarks/results/<step_cost|time_to_target>_…")
     parser.add_argument("--probe-memory", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -424,6 +469,9 @@ def main() -> None:
     device = "gpu" if args.device == "cuda" else "cpu"
     if args.time_to_target:
         name = f"time_to_target_{args.task}_{args.model}_{device}"
+        args.cost_from = (
+            args.cost_from or f"benchmarks/results/step_cost_{args.model}_{device}.json"
+        )
         args.out = args.out or f"benchmarks/results/{name}"
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_results(Path(args.out), *time_to_target_runs(args))

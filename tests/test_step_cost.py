@@ -3,11 +3,23 @@ pieces of ``benchmarks/step_cost.py`` (step-time ratios over the first k steps, 
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmarks.step_cost import grid_target, time_to_target, window_ratios
+from benchmarks.common import device_name
+from benchmarks.step_cost import (
+    adamw_steps_to_target,
+    cost_ratios,
+    grid_target,
+    time_to_target,
+    time_to_target_runs,
+    window_ratios,
+)
 from lsframe.optim.rules import ActiveGroup, Direction
 
 
@@ -143,6 +155,59 @@ def test_time_to_target_is_the_first_evaluation_that_reaches_it():
 def test_the_target_is_the_best_final_grid_metric_first_listed_on_ties():
     finals = {"adamw@1e-05": 0.88, "adamw@2e-05": 0.91, "adamw@5e-05": 0.91, "adamw@0.0001": 0.5}
     assert grid_target(finals) == ("adamw@2e-05", 0.91)
+
+
+def cost_result(tmp_path) -> Path:
+    rows = [
+        {"optimizer": "adamw-const@5e-5", "first": {"total": 1.0}, "whole": {"total": 1.0}},
+        {"optimizer": "lrfree", "first": {"total": 1.2}, "whole": {"total": 1.05}},
+    ]
+    path = tmp_path / "step_cost.json"
+    path.write_text(json.dumps({"meta": "", "rows": rows}))
+    return path
+
+
+def test_cost_ratios_read_the_window_that_matches_the_run_length(tmp_path):
+    path = cost_result(tmp_path)
+    assert cost_ratios(path, 300, 300)["lrfree"] == 1.2  # runs no longer than the first window
+    assert cost_ratios(path, 1000, 300)["lrfree"] == 1.05
+    assert cost_ratios(tmp_path / "missing.json", 300, 300) == {}
+
+
+def test_adamw_steps_to_target_scale_the_step_by_the_measured_cost():
+    assert adamw_steps_to_target(100, "lrfree", {"lrfree": 1.2}) == pytest.approx(120.0)
+    assert adamw_steps_to_target(None, "lrfree", {"lrfree": 1.2}) is None  # never reached
+    assert adamw_steps_to_target(100, "unmeasured", {"lrfree": 1.2}) is None
+
+
+def test_time_to_target_table_counts_adamw_steps_against_the_best_run_and_the_grid(tmp_path):
+    args = argparse.Namespace(
+        model="small-bert", task="sst2", steps=100, eval_every=50, dev_limit=None, bf16=False,
+        device="cpu", grid=[1e-5, 1e-4], lr_free=["lrfree", "other"], first=300,
+        out=str(tmp_path / "ttt"), cost_from=str(cost_result(tmp_path)),
+    )  # fmt: skip
+    settings = {k: getattr(args, k) for k in ("model", "task", "steps", "eval_every")}
+    settings |= {"dev_limit": None, "bf16": False, "device": device_name("cpu")}
+
+    def logged(spec: str, metrics: list[float]) -> dict:
+        history = [
+            {"step": 50 * (i + 1), "seconds": 5.0 * (i + 1), "metric": m}
+            for i, m in enumerate(metrics)
+        ]
+        return {"optimizer": spec, "train_seconds": 10.0, "final_metric": metrics[-1],
+                "forwards_per_step": 1.0, "history": history, **settings}  # fmt: skip
+
+    runs = [logged("adamw@1e-05", [0.6, 0.7]), logged("adamw@0.0001", [0.8, 0.9])]
+    runs += [logged("lrfree", [0.9, 0.9]), logged("other", [0.5, 0.95])]
+    Path(f"{args.out}.runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    _, table, rows = time_to_target_runs(args)  # every run is logged: nothing trains
+    by_spec = {r["optimizer"]: r for r in rows}
+    assert by_spec["adamw@0.0001"]["adamw_steps_to_target"] == 100  # target 0.9 at its step 100
+    assert by_spec["lrfree"]["adamw_steps_to_target"] == pytest.approx(60.0)  # step 50 × 1.2
+    assert by_spec["adamw@1e-05"]["adamw_steps_to_target"] is None  # never reaches 0.9
+    assert by_spec["other"]["adamw_steps_to_target"] is None  # reaches it; cost not measured
+    line = next(x for x in table.splitlines() if x.startswith("| lrfree "))
+    assert "| 60 | 0.60 | 0.30 |" in line  # vs the best run's 100 steps, the grid's 200
 
 
 def test_quotient_pieces_cover_every_tensor_in_order_within_the_budget():
