@@ -239,6 +239,10 @@ def combined_presets(
     return kwargs
 
 
+#: a spec's ``~schedule`` of the step sizes' multiplier: the warmup's share of a cosine to 0
+SCHEDULES = {"": None, "anneal": 0.0, "warmup_anneal": 0.1}
+
+
 def build(spec: str, model: nn.Module, total_steps: int) -> Run:
     """A run from a spec: ``adamw@5e-5`` (with 10 % warmup + cosine), ``adamw-const@5e-5``,
     ``adamw-fused-const@5e-5`` (torch's fused kernel instead of foreach),
@@ -246,15 +250,19 @@ def build(spec: str, model: nn.Module, total_steps: int) -> Run:
     in lsframe's registry (``lsframe.optim.names()``: its defaults; ``name+robust`` its robust
     preset; ``name+agree+fresh_peak`` two presets at once, refused where they set a key
     differently; ``name@<lr>`` sets ``lr``; ``name~anneal`` decays its step sizes' multiplier by a
-    cosine from 1 to 0 over the run, as a module's ``lr_scheduler`` does), given the
+    cosine from 1 to 0 over the run, as a module's ``lr_scheduler`` does; ``name~warmup_anneal``
+    first raises it linearly over 10 % of the run, the AdamW grid's schedule), given the
     parameter groups its record asks for."""
     body, _, schedule = spec.partition("~")
-    if schedule not in ("", "anneal"):
-        raise ValueError(f"unknown schedule {schedule!r} in optimizer spec {spec!r}: use ~anneal")
+    if schedule not in SCHEDULES:
+        raise ValueError(
+            f"unknown schedule {schedule!r} in optimizer spec {spec!r}: use one of "
+            f"{', '.join('~' + s for s in SCHEDULES if s)}"
+        )
     name, _, lr_text = body.partition("@")
     name, *presets = name.split("+")
     if schedule and not (name in optim.names() and optim.info(name).searches):
-        raise ValueError(f"{spec!r}: ~anneal is for lsframe's line searches (lr_multiplier)")
+        raise ValueError(f"{spec!r}: ~{schedule} is for lsframe's line searches (lr_multiplier)")
     lr = float(lr_text) if lr_text else None
     params = [p for p in model.parameters() if p.requires_grad]
     warmup = max(1, math.ceil(0.1 * total_steps))
@@ -272,7 +280,7 @@ def build(spec: str, model: nn.Module, total_steps: int) -> Run:
             return Run(spec, model, opt)
         from lsframe.modules.optimizer_setup import make_scheduler  # the module's own path
 
-        anneal = partial(WarmupCosineLR, warmup_ratio=0.0)
+        anneal = partial(WarmupCosineLR, warmup_ratio=SCHEDULES[schedule])
         return Run(spec, model, opt, make_scheduler(opt, anneal, lambda: total_steps))
     if name == "salsa-reference":
         from salsa.SaLSA import SaLSA

@@ -105,6 +105,21 @@ def test_an_annealed_spec_moves_by_the_tracked_step_times_a_cosine_that_ends_at_
     assert run.optimizer.param_groups[0]["lr_multiplier"] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_a_warmup_annealed_spec_rises_over_a_tenth_of_the_run_then_follows_the_cosine():
+    torch.manual_seed(0)
+    total = 20  # 2 warmup steps
+    run = build("slope_tracking_adam~warmup_anneal", _Regression(), total_steps=total)
+    batch = {"x": torch.randn(8, 3), "y": torch.randn(8)}
+    group = run.optimizer.param_groups[0]
+    assert group["lr_multiplier"] == pytest.approx(0.5)  # the first step is not wasted at 0
+    expected = [1.0] + [0.5 * (1 + math.cos(math.pi * (t - 2) / 18)) for t in range(2, total + 1)]
+    for factor in expected:
+        run.step(batch)
+        assert group["lr_multiplier"] == pytest.approx(factor, abs=1e-12)
+        assert group["lr"] == pytest.approx(group["step_size"] * factor, rel=1e-12)
+    assert group["lr_multiplier"] == pytest.approx(0.0, abs=1e-12)  # the run ends at 0
+
+
 @pytest.mark.parametrize("spec", ["slope_tracking_adam~warmup", "adamw@1e-4~anneal"])
 def test_a_spec_with_an_unknown_or_misplaced_schedule_is_refused(spec):
     with pytest.raises(ValueError, match="anneal"):
