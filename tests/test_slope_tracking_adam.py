@@ -179,13 +179,22 @@ def test_a_strided_tracker_resumes_exactly_mid_rotation_and_skips_a_nan_gradient
 
 
 def reference_step_sizes(
-    alignments, eta0, max_change, betas, gain_decay=True, fresh=None, combine="min", cap=False
+    alignments,
+    eta0,
+    max_change,
+    betas,
+    gain_decay=True,
+    fresh=None,
+    combine="min",
+    cap=False,
+    ceiling=math.inf,
 ):
     """The rule of the docstring, written out independently (``fresh``: how many alignments
     come from the first pass over the data; from there on, η may not grow; ``combine``: the
     horizons' exponent, z_slow where both agree in sign, else 0 for "agree", else the min;
     for "significant" the min where |z_slow| ≥ 2·√((1−β)(1+βⁿ)/((1+β)(1−βⁿ))), else 0;
-    ``cap``: after the first pass η may grow, but not above the first pass's largest η)."""
+    ``cap``: after the first pass η may grow, but not above the first pass's largest η;
+    ``ceiling``: η never above it)."""
     fast, slow, square = betas
     means, second = [0.0, 0.0], 0.0
     changes, last_sign, etas, eta = 0, 0, [], eta0
@@ -217,6 +226,7 @@ def reference_step_sizes(
             eta = min(eta * change, max(peak, eta))
         else:
             eta *= min(change, 1.0)
+        eta = min(eta, ceiling)
         etas.append(eta)
     return etas
 
@@ -250,6 +260,29 @@ def test_the_step_size_follows_the_documented_rule_from_the_alignments(betas, ga
     ratios = [b / a for a, b in zip([1e-4, *etas], etas)]
     assert all(1 / 1.5 - 1e-12 <= r <= 1.5 + 1e-12 for r in ratios)
     assert (opt.search_state["sign_changes"] >= 1) == gain_decay
+
+
+def test_under_a_ceiling_the_step_size_follows_the_rule_and_never_exceeds_it():
+    torch.manual_seed(0)
+    model, x, y = problem()
+    betas, ceiling = (0.5, 0.8, 0.9), 0.1  # uncapped, η climbs to 0.17 and swings 0.08–0.16
+    opt = SlopeTrackingAdam(
+        model.parameters(), lr=1e-4, max_change=1.5, alignment_betas=betas, max_step_size=ceiling
+    )
+    alignments, etas = alignments_and_step_sizes(opt, model, x, y)
+    expected = reference_step_sizes(alignments, 1e-4, 1.5, betas, False, ceiling=ceiling)
+    assert etas == pytest.approx(expected, rel=1e-9)
+    assert max(etas) == pytest.approx(ceiling, rel=1e-12)
+    reached = etas.index(max(etas))
+    assert min(etas[reached:]) < ceiling * (1 - 1e-6)  # and it still comes down from there
+
+
+def test_from_top_starts_at_the_ceiling_and_a_ceiling_below_lr_is_refused():
+    model, _, _ = problem()
+    opt = optim.create("slope_tracking_adam", model.parameters(), preset="from_top")
+    assert opt.defaults["lr"] == opt.defaults["max_step_size"] == 1e-4
+    with pytest.raises(ValueError, match="max_step_size"):
+        SlopeTrackingAdam(model.parameters(), lr=1e-3, max_step_size=1e-4)
 
 
 @pytest.mark.parametrize("combine", ["agree", "agree_else_min", "significant"])

@@ -103,6 +103,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "significant": {"combine_horizons": "significant"},
         # growth on repeated batches up to the first pass's largest η (not above it)
         "fresh_peak": {"cap_at_fresh_peak": True},
+        # start at the top of the usual fine-tuning grid and never above it: the alignment
+        # can only lower η (and raise it back to the start)
+        "from_top": {"lr": 1e-4, "max_step_size": 1e-4},
         # the alignment from every 16th row of the large matrices (about 1/16 of its memory
         # traffic: benchmarks/results/alignment_sample_cpu.md, step_cost_*)
         "sampled": {"alignment_stride": 16},
@@ -191,6 +194,8 @@ _RECORDS = [
             ({"alignment_measure": ["slope"]}, "alignment_measure"),
             ({"fused": 1}, "fused"),
             ({"cap_at_fresh_peak": "yes"}, "cap_at_fresh_peak"),
+            ({"max_step_size": 1e-6}, "max_step_size"),  # below lr
+            ({"max_step_size": "1e-4"}, "max_step_size"),
             ({"betas": (0.9, 1.0)}, "betas"),
             ({"lr": 0.0}, "lr"),
         ),

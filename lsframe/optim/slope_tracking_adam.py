@@ -30,6 +30,7 @@ RULE_KEYS = (
     "combine_horizons",
     "gain_decay",
     "min_step_size",
+    "max_step_size",
     "grow_on_repeats",
     "cap_at_fresh_peak",
     "alignment_stride",
@@ -129,6 +130,10 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             Default: ``"min"``.
         gain_decay: Kesten's rule: divide the exponent by √(1 + sign changes). Default: False.
         min_step_size: Floor on η. Default: 0.
+        max_step_size: Ceiling on η, at least ``lr`` (``None``: none). With ``lr`` equal to it,
+            η starts at the ceiling and the alignment can only bring it down and back up to
+            it (the preset ``from_top``: 1e-4, the top of the usual fine-tuning grid). Default:
+            None.
         grow_on_repeats: Let η grow on the batches of a second or later pass too. Default: True.
         cap_at_fresh_peak: From the second pass on, η may grow back but not above the largest
             η of the first pass. Default: False.
@@ -162,6 +167,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         combine_horizons: str = "min",
         gain_decay: bool = False,
         min_step_size: float = 0.0,
+        max_step_size: float | None = None,
         grow_on_repeats: bool = True,
         cap_at_fresh_peak: bool = False,
         alignment_stride: int = 1,
@@ -178,6 +184,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             combine_horizons=combine_horizons,
             gain_decay=gain_decay,
             min_step_size=min_step_size,
+            max_step_size=max_step_size,
             grow_on_repeats=grow_on_repeats,
             cap_at_fresh_peak=cap_at_fresh_peak,
             alignment_stride=alignment_stride,
@@ -200,6 +207,15 @@ class SlopeTrackingAdam(LineSearchOptimizer):
                 f"combine_horizons must be one of {HORIZON_RULES}, got {group['combine_horizons']!r}"
             )
         check_int_at_least(1, alignment_stride=group["alignment_stride"])
+        ceiling = group["max_step_size"]
+        if ceiling is not None:
+            if isinstance(ceiling, bool) or not isinstance(ceiling, (int, float)):
+                raise ValueError(f"max_step_size must be a number or None, got {ceiling!r}")
+            if not ceiling >= max(group["lr"], group["min_step_size"]):
+                raise ValueError(
+                    f"max_step_size ({ceiling!r}) must be at least lr ({group['lr']!r}) and "
+                    f"min_step_size ({group['min_step_size']!r})"
+                )
         if (
             not isinstance(group["alignment_measure"], str)
             or group["alignment_measure"] not in MEASURES
@@ -301,13 +317,16 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     def _on_repeats(self, eta: float, proposed: float, rule: dict[str, Any]) -> float:
         """The next η from ``proposed`` (η times the rule's change), limited from the second pass
         on: no growth (``grow_on_repeats=False``), or none above the largest η of the first
-        pass (``cap_at_fresh_peak``; no cap while that peak is unknown), then floored."""
+        pass (``cap_at_fresh_peak``; no cap while that peak is unknown), then kept within
+        ``[min_step_size, max_step_size]``."""
         state = self.search_state
         if state["data_pass"] > 0:
             if not rule["grow_on_repeats"]:
                 proposed = min(proposed, eta)
             if rule["cap_at_fresh_peak"] and state["fresh_peak"] > 0:
                 proposed = min(proposed, max(state["fresh_peak"], eta))
+        ceiling = rule["max_step_size"]
+        proposed = proposed if ceiling is None else min(proposed, ceiling)
         return max(proposed, rule["min_step_size"])
 
     def _change(self, alignment: float, rule: dict[str, Any]) -> float:
