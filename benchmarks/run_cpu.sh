@@ -89,6 +89,24 @@ for task in sst2 mrpc rte; do
     --no-schedulefree --optimizers "slope_tracking_adam+agree+fresh_peak@1e-4~anneal" \
     "slope_tracking_adam+agree_else_min+fresh_peak@1e-4~anneal"
 done
+# ... the slope measure with the significance test, and (seed 0) the grid's schedule on the
+# multiplier and a ceiling at the start
+for task in sst2 mrpc rte; do
+  for setting in S M; do
+    OMP_NUM_THREADS=1 python -m benchmarks.quality --setting $setting --task $task --seeds 0 1 \
+      --no-schedulefree --optimizers "slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal"
+    OMP_NUM_THREADS=1 python -m benchmarks.quality --setting $setting --task $task --seeds 0 \
+      --no-schedulefree --optimizers \
+      "slope_tracking_adam+significant+fresh_peak+slope@1e-4~warmup_anneal" \
+      "slope_tracking_adam+significant+slope+from_top~warmup_anneal"
+  done
+done
+# time to target over 300 steps (the window of the cost criterion) and 1,000
+for task in sst2 mrpc; do
+  OMP_NUM_THREADS=1 python -m benchmarks.step_cost --time-to-target --task $task --steps 300 \
+    --lr-free slope_tracking_adam+fused slope_tracking_adam \
+    "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal"
+done
 python -m benchmarks.step_cost --time-to-target --task sst2 --steps 1000
 python -m benchmarks.step_cost --time-to-target --task mrpc --steps 1000
 # issue 22: the papers' own protocols (resumable; P2 at batch 4,096/8,192 is ~50 CPU-hours: a
