@@ -101,11 +101,19 @@ for task in sst2 mrpc rte; do
       "slope_tracking_adam+significant+slope+from_top~warmup_anneal"
   done
 done
-# time to target over 300 steps (the window of the cost criterion) and 1,000
+# a Polyak-type step size along Adam's direction, per task (a seed the default does not use)
+OMP_NUM_THREADS=1 python -m benchmarks.polyak_probe --tasks sst2 mrpc rte --seeds 0 1 --steps 60
+# time to target over 300 steps (the window of the cost criterion) and 1,000; the 300-step runs
+# take their AdamW-step costs from an interleaved 300-step run with the same optimizers
+OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 300 \
+  --optimizers adamw-const@5e-5 slope_tracking_adam slope_tracking_adam+fused \
+  "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal" \
+  --out benchmarks/results/step_cost_minilm_300_cpu
 for task in sst2 mrpc; do
   OMP_NUM_THREADS=1 python -m benchmarks.step_cost --time-to-target --task $task --steps 300 \
     --lr-free slope_tracking_adam+fused slope_tracking_adam \
-    "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal"
+    "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal" \
+    --cost-from benchmarks/results/step_cost_minilm_300_cpu.json
 done
 python -m benchmarks.step_cost --time-to-target --task sst2 --steps 1000
 python -m benchmarks.step_cost --time-to-target --task mrpc --steps 1000
