@@ -468,7 +468,7 @@ def main() -> None:
         return
     device = "gpu" if args.device == "cuda" else "cpu"
     if args.time_to_target:
-        name = f"time_to_target_{args.task}_{args.model}_{device}"
+        name = f"time_to_target_{args.task}_{args.model}_{args.steps}steps_{device}"
         args.cost_from = (
             args.cost_from or f"benchmarks/results/step_cost_{args.model}_{device}.json"
         )
