@@ -94,17 +94,67 @@ def default_step_cost(bar: float, steps: int = 1000) -> Callable[[Rows], tuple[s
             parts.append(text)
             verdicts.append((name, worst <= bar and (memory is None or memory <= 1.05)))
         held = [name for name, ok in verdicts if ok]
-        verdict = (
-            "holds"
-            if len(held) == len(verdicts)
-            else f"holds with {' and '.join(held)}"
-            if held
-            else "missed"
-        )
+        verdict = modes_verdict(held, len(verdicts))
         ran = by_name[DEFAULT]["whole"]["steps"]
         if ran < steps and held:
             verdict += f" over {ran} steps only ({steps} not run)"
         return "; ".join(parts), verdict
+
+    return read
+
+
+def modes_verdict(held: list[str], modes: int) -> str:
+    """ "holds" when every mode of the default that ran holds, else the modes that do."""
+    if len(held) == modes:
+        return "holds"
+    return f"holds with {' and '.join(held)}" if held else "missed"
+
+
+def default_time_to_target(bar: float = 1.1) -> Callable[[Rows], tuple[str, str]]:
+    """Issue 19's bar: the default reaches the best AdamW grid point's final dev accuracy within
+    ``bar`` × the AdamW steps the best grid run needed, and in fewer than the whole grid trains.
+    Costs are in AdamW steps (the time-to-target table's interleaved step-cost ratios), for each
+    mode of the default that ran (eager, ``+sampled``, ``+fused``); the other
+    learning-rate-free rows are shown beside it, and those that meet the bar are named."""
+
+    def cost(row: dict) -> str:
+        if row["step_at_target"] is None:
+            return f"{row['optimizer']} not reached (final {row['final_metric']:.4f})"
+        if row["adamw_steps_to_target"] is None:
+            return f"{row['optimizer']} step {row['step_at_target']} (step cost not measured)"
+        return f"{row['optimizer']} {row['adamw_steps_to_target']:.0f}"
+
+    def read(rows: Rows) -> tuple[str, str]:
+        grid = [r for r in rows if r["optimizer"].startswith("adamw@")]
+        if not grid:
+            raise ValueError("no AdamW grid runs")
+        best = max(grid, key=lambda r: r["final_metric"])
+        best_cost, grid_cost = best["adamw_steps_to_target"], sum(r["steps"] for r in grid)
+        lr_free = [r for r in rows if not r["optimizer"].startswith("adamw@")]
+        modes = [
+            r
+            for r in lr_free
+            if r["optimizer"] in (DEFAULT, f"{DEFAULT}+sampled", f"{DEFAULT}+fused")
+        ]
+        if not modes:
+            raise ValueError(f"no {DEFAULT} row yet")
+        meets = [
+            r["optimizer"]
+            for r in lr_free
+            if r["adamw_steps_to_target"] is not None
+            and r["adamw_steps_to_target"] <= bar * best_cost
+            and r["adamw_steps_to_target"] < grid_cost
+        ]
+        measured = (
+            f"AdamW steps to {best['final_metric']:.4f}: best AdamW ({best['optimizer']}) "
+            f"{best_cost:.0f}, the grid {grid_cost}; " + "; ".join(cost(r) for r in lr_free)
+        )
+        held = [r["optimizer"] for r in modes if r["optimizer"] in meets]
+        verdict = modes_verdict(held, len(modes))
+        others = [name for name in meets if name not in held]
+        if others:
+            verdict += f" (met by {', '.join(others)})"
+        return measured, verdict
 
     return read
 

@@ -12,6 +12,7 @@ from benchmarks.claim_readers import (
     at_least,
     at_least_per_batch,
     default_step_cost,
+    default_time_to_target,
     default_vs_grid,
     distribution_forgets_less,
     dps_overhead,
@@ -101,6 +102,18 @@ CLAIMS = [
         "The learning-rate-free default's step costs ≤ 1.10× an AdamW step (small BERT)",
         "step_cost_small-bert",
         default_step_cost(1.10),
+    ),
+    *(
+        Claim(
+            "lsframe",
+            f"The learning-rate-free default reaches the best AdamW run's final accuracy within "
+            f"1.1× its AdamW steps and sooner than the whole grid ({task.upper()}, {steps:,} "
+            f"steps)",
+            f"time_to_target_{task}_minilm_{steps}steps",
+            default_time_to_target(1.1),
+        )
+        for task in ("sst2", "mrpc")
+        for steps in (300, 1000)
     ),
     Claim(
         "P1",

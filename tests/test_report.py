@@ -86,6 +86,37 @@ def test_the_default_step_cost_claim_names_the_modes_that_hold_and_a_short_run_c
     assert default_step_cost(1.05)(short)[1] == "holds over 300 steps only (1000 not run)"
 
 
+def test_the_time_to_target_claim_holds_only_within_its_bar_of_the_best_adamw_run():
+    from benchmarks.claim_readers import default_time_to_target
+
+    def row(name, final, step=None, cost=None):
+        return {
+            "optimizer": name,
+            "final_metric": final,
+            "steps": 300,
+            "step_at_target": step,
+            "adamw_steps_to_target": cost,
+        }
+
+    grid = [row("adamw@5e-05", 0.83), row("adamw@0.0001", 0.84, 275, 275.0)]
+    rows = [
+        *grid,
+        row("slope_tracking_adam", 0.84, 250, 300.0),  # 1.09× the best run: within 1.1×
+        row("slope_tracking_adam+fused", 0.81),
+        row("other@1e-4~anneal", 0.84, 200, 172.0),
+        row("late", 0.84, 300, 310.0),  # 1.13×: misses
+    ]
+    measured, verdict = default_time_to_target(1.1)(rows)
+    assert verdict == "holds with slope_tracking_adam (met by other@1e-4~anneal)"
+    assert measured.startswith("AdamW steps to 0.8400: best AdamW (adamw@0.0001) 275, the grid 600")
+    assert "slope_tracking_adam+fused not reached (final 0.8100)" in measured
+    rows[2]["adamw_steps_to_target"] = 303.0  # 1.10×+: the default misses
+    assert default_time_to_target(1.1)(rows)[1] == "missed (met by other@1e-4~anneal)"
+    rows[4]["adamw_steps_to_target"] = None  # reached, but no interleaved cost: not counted
+    measured, verdict = default_time_to_target(1.1)(rows)
+    assert verdict == "missed" and "other@1e-4~anneal step 200 (step cost not measured)" in measured
+
+
 def test_the_p1_claim_on_images_pairs_seeds_and_shows_test_loss_and_accuracy():
     from benchmarks.claim_readers import lower_final_loss
 
