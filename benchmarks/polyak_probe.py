@@ -98,7 +98,7 @@ def main() -> None:
         f"Polyak-type step f / (g · d) along Adam's direction (f* = 0), median per window of "
         f"steps, with the mean training loss of the window. MiniLM-L6, first 2,000 training "
         f"examples, batch 16, max length 128, torch.optim.Adam at a constant lr {args.lr:g}, "
-        f"{args.steps} steps; device {device_name()}."
+        f"{args.steps} steps; device {device_name('cpu')}."
     )
     write_results(Path(args.out), meta, "\n".join(lines), {"args": vars(args), "runs": runs})
 

@@ -101,7 +101,7 @@ for task in sst2 mrpc rte; do
       "slope_tracking_adam+significant+slope+from_top~warmup_anneal"
   done
 done
-# a Polyak-type step size along Adam's direction, per task (a seed the default does not use)
+# issue 18: a Polyak-type step size along Adam's direction per task (probed, not used)
 OMP_NUM_THREADS=1 python -m benchmarks.polyak_probe --tasks sst2 mrpc rte --seeds 0 1 --steps 60
 # time to target over 300 steps (the window of the cost criterion) and 1,000; the 300-step runs
 # take their AdamW-step costs from an interleaved 300-step run with the same optimizers

@@ -120,14 +120,15 @@ def adamw_steps_to_target(step: int | None, spec: str, costs: dict[str, float]) 
     return step * costs[spec]
 
 
-def cost_ratios(path: Path, steps: int, first: int) -> dict[str, float]:
-    """Each optimizer's total step time over AdamW's in the step-cost result ``path`` (its JSON):
-    over the first ``first`` steps when ``steps`` is at most that, else over the whole run; empty
-    when the file does not exist."""
+def cost_ratios(path: Path, steps: int) -> dict[str, float]:
+    """Each optimizer's total step time over AdamW's in the step-cost result ``path`` (its JSON),
+    over the table's shorter window when a run of ``steps`` fits in it, else over its whole run;
+    empty, with a warning, when the file does not exist."""
     if not path.exists():
+        print(f"step_cost: no step-cost table {path}: the AdamW-steps columns stay empty")
         return {}
     rows = json.loads(path.read_text())["rows"]
-    window = "first" if steps <= first else "whole"
+    window = "first" if steps <= rows[0]["first"]["steps"] else "whole"
     return {row["optimizer"]: row[window]["total"] for row in rows}
 
 
@@ -391,7 +392,7 @@ def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]
     grid = rows[: len(args.grid)]
     best, target = grid_target({r["optimizer"]: r["final_metric"] for r in grid})
     grid_seconds = sum(r["train_seconds"] for r in grid)
-    costs = cost_ratios(Path(args.cost_from), args.steps, args.first)
+    costs = cost_ratios(Path(args.cost_from), args.steps)
     costs |= {r["optimizer"]: 1.0 for r in grid}  # AdamW's step is the unit
     best_step = time_to_target(next(r for r in grid if r["optimizer"] == best)["history"], target)
     best_step = best_step["step"]  # the best run reaches its own final metric

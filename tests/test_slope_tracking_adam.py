@@ -285,6 +285,21 @@ def test_from_top_starts_at_the_ceiling_and_a_ceiling_below_lr_is_refused():
         SlopeTrackingAdam(model.parameters(), lr=1e-3, max_step_size=1e-4)
 
 
+def test_a_ceiling_resumes_from_the_state_dict_and_the_steps_continue_identically():
+    torch.manual_seed(0)
+    model, x, y = problem()
+    kwargs = {"lr": 1e-4, "max_change": 1.5, "alignment_betas": (0.5, 0.8, 0.9)}
+    opt = SlopeTrackingAdam(model.parameters(), max_step_size=0.1, **kwargs)
+    alignments_and_step_sizes(opt, model, x, y, steps=10)
+    twin = twin_of(model)
+    resumed = SlopeTrackingAdam(twin.parameters(), **kwargs)  # no ceiling until loaded
+    resumed.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert resumed.param_groups[0]["max_step_size"] == 0.1
+    _, etas = alignments_and_step_sizes(opt, model, x, y, steps=15)
+    _, resumed_etas = alignments_and_step_sizes(resumed, twin, x, y, steps=15)
+    assert resumed_etas == etas and max(etas) == pytest.approx(0.1, rel=1e-12)
+
+
 @pytest.mark.parametrize("combine", ["agree", "agree_else_min", "significant"])
 def test_each_horizon_rule_gives_the_documented_step_sizes(combine):
     torch.manual_seed(0)

@@ -157,11 +157,12 @@ def test_the_target_is_the_best_final_grid_metric_first_listed_on_ties():
     assert grid_target(finals) == ("adamw@2e-05", 0.91)
 
 
-def cost_result(tmp_path) -> Path:
-    rows = [
-        {"optimizer": "adamw-const@5e-5", "first": {"total": 1.0}, "whole": {"total": 1.0}},
-        {"optimizer": "lrfree", "first": {"total": 1.2}, "whole": {"total": 1.05}},
-    ]
+def cost_result(tmp_path, first_steps: int = 300) -> Path:
+    def row(name: str, first: float, whole: float) -> dict:
+        window = {"total": first, "steps": first_steps}
+        return {"optimizer": name, "first": window, "whole": {"total": whole, "steps": 1000}}
+
+    rows = [row("adamw-const@5e-5", 1.0, 1.0), row("lrfree", 1.2, 1.05)]
     path = tmp_path / "step_cost.json"
     path.write_text(json.dumps({"meta": "", "rows": rows}))
     return path
@@ -169,9 +170,10 @@ def cost_result(tmp_path) -> Path:
 
 def test_cost_ratios_read_the_window_that_matches_the_run_length(tmp_path):
     path = cost_result(tmp_path)
-    assert cost_ratios(path, 300, 300)["lrfree"] == 1.2  # runs no longer than the first window
-    assert cost_ratios(path, 1000, 300)["lrfree"] == 1.05
-    assert cost_ratios(tmp_path / "missing.json", 300, 300) == {}
+    assert cost_ratios(path, 300)["lrfree"] == 1.2  # runs no longer than the first window
+    assert cost_ratios(path, 1000)["lrfree"] == 1.05
+    assert cost_ratios(cost_result(tmp_path, first_steps=200), 300)["lrfree"] == 1.05
+    assert cost_ratios(tmp_path / "missing.json", 300) == {}
 
 
 def test_adamw_steps_to_target_scale_the_step_by_the_measured_cost():

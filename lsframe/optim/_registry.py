@@ -196,6 +196,9 @@ _RECORDS = [
             ({"cap_at_fresh_peak": "yes"}, "cap_at_fresh_peak"),
             ({"max_step_size": 1e-6}, "max_step_size"),  # below lr
             ({"max_step_size": "1e-4"}, "max_step_size"),
+            ({"max_step_size": float("nan")}, "max_step_size"),
+            ({"max_step_size": -1.0}, "max_step_size"),
+            ({"lr": 1e-5, "min_step_size": 1e-3, "max_step_size": 1e-4}, "max_step_size"),
             ({"betas": (0.9, 1.0)}, "betas"),
             ({"lr": 0.0}, "lr"),
         ),

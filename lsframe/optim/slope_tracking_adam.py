@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -208,14 +209,14 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             )
         check_int_at_least(1, alignment_stride=group["alignment_stride"])
         ceiling = group["max_step_size"]
-        if ceiling is not None:
-            if isinstance(ceiling, bool) or not isinstance(ceiling, (int, float)):
-                raise ValueError(f"max_step_size must be a number or None, got {ceiling!r}")
-            if not ceiling >= max(group["lr"], group["min_step_size"]):
-                raise ValueError(
-                    f"max_step_size ({ceiling!r}) must be at least lr ({group['lr']!r}) and "
-                    f"min_step_size ({group['min_step_size']!r})"
-                )
+        number = isinstance(ceiling, numbers.Real) and not isinstance(ceiling, bool)
+        if ceiling is not None and not (
+            number and ceiling >= max(group["lr"], group["min_step_size"])  # NaN fails too
+        ):
+            raise ValueError(
+                f"max_step_size must be None or a number at least lr ({group['lr']!r}) and "
+                f"min_step_size ({group['min_step_size']!r}), got {ceiling!r}"
+            )
         if (
             not isinstance(group["alignment_measure"], str)
             or group["alignment_measure"] not in MEASURES
