@@ -61,8 +61,9 @@ P2_COST = (
     "Not run: at P2's batch sizes a run takes about 2 CPU-hours on the 2-core development "
     "machine (about 19 CPU-s a step at batch 4,096, 390 steps; half the steps at twice the cost "
     "at 8,192), so the 18 runs need about 36 CPU-hours. The protocol is ready for a GPU "
-    "(`python -m benchmarks.p2_large_batch --device cuda`), which this task did not have; ALTO "
-    "vs Lamb at batch 1,024 is the `valley_large_batch` row."
+    "(`python -m benchmarks.p2_large_batch --device cuda`), which this task did not have; with "
+    "`--bf16` on a CPU with AMX the 18 runs take about 14 CPU-hours instead. ALTO vs Lamb at "
+    "batch 1,024 is the `valley_large_batch` row."
 )
 P4_SEEDS = (
     "Until each method has 5 seeds (P4's claim is about the std as much as the mean) the "

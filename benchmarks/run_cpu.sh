@@ -117,8 +117,8 @@ for task in sst2 mrpc; do
 done
 python -m benchmarks.step_cost --time-to-target --task sst2 --steps 1000
 python -m benchmarks.step_cost --time-to-target --task mrpc --steps 1000
-# issue 22: the papers' own protocols (resumable; P2 at batch 4,096/8,192 is ~50 CPU-hours: a
-# GPU job, --device cuda)
+# issue 22: the papers' own protocols (resumable; P2 at batch 4,096/8,192 is ~50 CPU-hours in
+# fp32: a GPU job, --device cuda; --bf16 on a CPU with AMX: ~14 CPU-hours, logged apart)
 OMP_NUM_THREADS=1 python -m benchmarks.p1_final_loss --task gpt2 --seeds 0 1 2 3 4
 OMP_NUM_THREADS=1 python -m benchmarks.p1_final_loss --task resnet18 --seeds 0 1 2
 OMP_NUM_THREADS=1 python -m benchmarks.dps --protocol p4 --seeds 0 1 2 3 4

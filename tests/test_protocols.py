@@ -77,3 +77,19 @@ def test_running_one_seed_at_a_time_keeps_every_logged_run_in_the_p1_table(
     assert "seeds [0, 1]" in result["meta"]
     table = (tmp_path / "p1_gpt2.md").read_text()
     assert "| adam | 1 |" in table and "| alsals | 1 |" in table
+
+
+def test_the_bf16_loss_of_p2_runs_the_forward_in_bf16_and_keeps_loss_and_gradients_in_fp32():
+    from benchmarks.p2_large_batch import ResNet20, bf16_cross_entropy
+
+    torch.manual_seed(0)
+    model = ResNet20().to(memory_format=torch.channels_last)
+    images, labels = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    seen = []
+    model.head.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    loss = bf16_cross_entropy(model, (images, labels))
+    loss.backward()
+    assert seen == [torch.bfloat16] and loss.dtype == torch.float32
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+    exact = nn.functional.cross_entropy(model(images), labels)
+    assert float(loss) == pytest.approx(float(exact), rel=2e-2)  # bf16 rounding, same maths
