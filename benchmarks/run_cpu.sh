@@ -125,3 +125,5 @@ OMP_NUM_THREADS=1 python -m benchmarks.dps --protocol p4 --seeds 0 1 2 3 4
 OMP_NUM_THREADS=1 python -m benchmarks.p2_large_batch --seeds 0 1 2
 # everything above in one resumable command, and the claims report (results/REPORT.md)
 python -m benchmarks.report
+# README's summary of the quality tables (results/quality_summary_cpu.md)
+python -m benchmarks.readme_summary
