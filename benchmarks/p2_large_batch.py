@@ -56,12 +56,16 @@ is a change of protocol, so its runs are logged apart and its table says so.
 Run from the repository root (the seed count follows the issue's rule)::
 
     OMP_NUM_THREADS=1 python -m benchmarks.p2_large_batch --seeds 0 1 2
+    OMP_NUM_THREADS=1 python -m benchmarks.p2_large_batch --bf16 --seeds 0 --batch-sizes 4096 \
+        --optimizers alto           # one run: two such processes at a time share the log
+    python -m benchmarks.p2_large_batch --bf16 --table-only           # the table of logged runs
     python -m benchmarks.p2_large_batch --max-steps 3 --seeds 0     # smoke: /tmp, timings only
 
 Every finished run is appended to ``benchmarks/results/p2_large_batch_cpu.runs.jsonl`` (``_gpu``
-on a GPU) and reused by later invocations with the same settings; the table (test accuracy,
-mean ± std over seeds; per-seed paired difference vs AdamW) goes to ``p2_large_batch_cpu.md``
-and ``.json``.
+on a GPU) and reused by later invocations with the same settings; the table goes to
+``p2_large_batch_cpu.md`` and ``.json``: every logged run of the invocation's settings (epochs,
+precision) at its batch sizes, whichever process logged it (test accuracy, mean ± std over
+seeds; per-seed paired difference vs AdamW).
 """
 
 from __future__ import annotations
@@ -219,6 +223,9 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast of the forward")
     parser.add_argument(
+        "--table-only", action="store_true", help="write the table of the logged runs; run none"
+    )
+    parser.add_argument(
         "--checkpoint-every", type=int, default=10, help="save a run every N steps (0: never)"
     )
     args = parser.parse_args()
@@ -226,15 +233,13 @@ def main() -> None:
     out = output_path("p2_large_batch", args.out, args.max_steps is not None, args.device)
     log = out.with_suffix(".runs.jsonl")
     data = fashion_mnist()
-    rows = []
-    for size in args.batch_sizes:
-        here = {"batch_size": size, "epochs": args.epochs, "max_steps": args.max_steps}
-        here["bf16"] = args.bf16
-        known = {(r["optimizer"], r["seed"]): r for r in load_runs(log, here, {"bf16": False})}
+    settings = {"epochs": args.epochs, "max_steps": args.max_steps, "bf16": args.bf16}
+    for size in [] if args.table_only else args.batch_sizes:
+        here = {"batch_size": size, **settings}
+        known = {(r["optimizer"], r["seed"]) for r in load_runs(log, here, {"bf16": False})}
         for seed in args.seeds:
             for name in args.optimizers:
-                row = known.get((name, seed))
-                if row is None:
+                if (name, seed) not in known:
                     precision = "_bf16" if args.bf16 else ""
                     run_name = f"{name}_batch{size}_epochs{args.epochs}{precision}_seed{seed}"
                     checkpoint = checkpoint_path(out, run_name)
@@ -242,7 +247,14 @@ def main() -> None:
                     row.update(run(name, size, seed, data, args, checkpoint))
                     append_run(log, row)
                     checkpoint.unlink(missing_ok=True)
-                rows.append(row)
+    # the table holds every logged run of these settings, read again now: runs that other
+    # processes (other seeds, sizes or optimizers) logged meanwhile stay in it
+    logged = load_runs(log, settings, {"bf16": False})
+    rows = sorted(
+        (r for r in logged if r["batch_size"] in args.batch_sizes),
+        key=lambda r: (r["batch_size"], r["seed"], OPTIMIZERS.index(r["optimizer"])),
+    )
+    seeds = sorted({r["seed"] for r in rows})
     steps = {s: args.epochs * (len(data["train"][1]) // s) for s in args.batch_sizes}
     meta = (
         f"P2 large-batch protocol: ResNet-20 (0.27 M parameters) on Fashion-MNIST (54k train, "
@@ -250,11 +262,11 @@ def main() -> None:
         + ", ".join(f"{n} steps at batch {s:,}" for s, n in steps.items())
         + (f" (smoke: first {args.max_steps} steps only)" if args.max_steps else "")
         + ("; forward under bf16 autocast" if args.bf16 else "; fp32")
-        + f"; lr {LR:g}, weight decay {WEIGHT_DECAY:g}, 10 % warmup + cosine; seeds {args.seeds}; "
+        + f"; lr {LR:g}, weight decay {WEIGHT_DECAY:g}, 10 % warmup + cosine; seeds {seeds}; "
         f"device {device_name(args.device)}; torch {torch.__version__}. Mean ± std over seeds; "
         "'vs AdamW' is the mean ± std over seeds of (test acc − AdamW's test acc, same seed)."
     )
-    write_results(out, meta, table(rows, args.optimizers, args.batch_sizes), rows)
+    write_results(out, meta, table(rows, list(OPTIMIZERS), args.batch_sizes), rows)
     if any(math.isnan(r["final_train_loss"]) for r in rows):
         print("note: some runs diverged (non-finite loss); their rows say diverged: true")
 

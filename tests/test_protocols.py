@@ -93,3 +93,39 @@ def test_the_bf16_loss_of_p2_runs_the_forward_in_bf16_and_keeps_loss_and_gradien
     assert all(p.grad.dtype == torch.float32 for p in model.parameters())
     exact = nn.functional.cross_entropy(model(images), labels)
     assert float(loss) == pytest.approx(float(exact), rel=2e-2)  # bf16 rounding, same maths
+
+
+def test_p2_runs_made_one_at_a_time_all_reach_the_table_of_their_precision(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from benchmarks import p2_large_batch
+
+    made = []
+
+    def fake_run(name, batch_size, seed, data, args, checkpoint):
+        made.append((name, batch_size, seed, args.bf16))
+        acc = {"alto": 0.9, "lamb": 0.8, "adamw": 0.7}[name]
+        return {"test_acc": acc, "final_train_loss": 0.1, "cpu_seconds_per_step": 1.0,
+                "seconds": 2.0}  # fmt: skip
+
+    labels = torch.zeros(2 * 8192, dtype=torch.long)  # 2 steps an epoch at 8,192
+    monkeypatch.setattr(p2_large_batch, "run", fake_run)
+    monkeypatch.setattr(p2_large_batch, "fashion_mnist", lambda: {"train": (None, labels)})
+    out = tmp_path / "p2"
+    base = ["p2", "--out", str(out), "--epochs", "1", "--seeds", "0"]
+    for extra in (["--bf16", "--optimizers", "alto"], ["--bf16", "--optimizers", "lamb"],
+                  ["--optimizers", "adamw"]):  # fmt: skip
+        monkeypatch.setattr(sys, "argv", [*base, "--batch-sizes", "4096", *extra])
+        p2_large_batch.main()
+    assert made == [("alto", 4096, 0, True), ("lamb", 4096, 0, True), ("adamw", 4096, 0, False)]
+
+    monkeypatch.setattr(sys, "argv", [*base, "--bf16", "--table-only"])
+    p2_large_batch.main()
+    assert len(made) == 3  # the table only: no run
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["optimizer"], r["bf16"]) for r in result["rows"]] == [("lamb", True), ("alto", True)]
+    assert "bf16 autocast" in result["meta"] and "seeds [0]" in result["meta"]
+    table = out.with_suffix(".md").read_text()
+    assert "| 4,096 | alto | 1 |" in table and "| 4,096 | lamb | 1 |" in table
+    assert "adamw" not in table.split("|---|")[-1]  # the fp32 run is another protocol's
