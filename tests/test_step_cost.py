@@ -1,5 +1,6 @@
 """Optimizer overhead: ``Direction.slope`` (foreach kernels, one host sync per call), and the pure
-pieces of ``benchmarks/step_cost.py`` (step-time ratios over the first k steps, time to target)."""
+pieces of ``benchmarks/step_cost.py`` (step-time ratios over the first k steps) and of
+``benchmarks/time_to_target.py``."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.common import device_name
-from benchmarks.step_cost import (
+from benchmarks.step_cost import window_ratios
+from benchmarks.time_to_target import (
     adamw_steps_to_target,
     cost_ratios,
     grid_target,
     time_to_target,
     time_to_target_runs,
-    window_ratios,
 )
 from lsframe.optim.rules import ActiveGroup, Direction
 
