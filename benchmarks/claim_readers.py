@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import mean_std
+from benchmarks.quality import GRID
 
 Rows = list[dict[str, Any]]
 DEFAULT = "slope_tracking_adam"  # lsframe's learning-rate-free default (issue 18)
@@ -47,7 +48,7 @@ def default_vs_grid(task: str) -> Callable[[Rows], tuple[str, str]]:
 
     def read(rows: Rows) -> tuple[str, str]:
         mine = _values(rows, metric, optimizer=DEFAULT)
-        grid = {r["optimizer"] for r in rows if r["optimizer"].startswith("adamw@")}
+        grid = {r["optimizer"] for r in rows if r["optimizer"] in GRID}  # not adamw@3e-4's pilot
         if not mine or not grid:
             raise ValueError("no default or no AdamW grid runs")
         best = max(grid, key=lambda name: statistics.mean(_values(rows, metric, optimizer=name)))
@@ -127,12 +128,13 @@ def default_time_to_target(bar: float = 1.1) -> Callable[[Rows], tuple[str, str]
         return f"{row['optimizer']} {row['adamw_steps_to_target']:.0f}"
 
     def read(rows: Rows) -> tuple[str, str]:
-        grid = [r for r in rows if r["optimizer"].startswith("adamw@")]
+        # the table marks its grid rows; tables written before the mark: the adamw@ rows
+        grid = [r for r in rows if r.get("grid", r["optimizer"].startswith("adamw@"))]
         if not grid:
             raise ValueError("no AdamW grid runs")
         best = max(grid, key=lambda r: r["final_metric"])
         best_cost, grid_cost = best["adamw_steps_to_target"], sum(r["steps"] for r in grid)
-        lr_free = [r for r in rows if not r["optimizer"].startswith("adamw@")]
+        lr_free = [r for r in rows if r not in grid]
         modes = [r for r in lr_free if r["optimizer"] in DEFAULT_MODES]
         if not modes:
             raise ValueError(f"no {DEFAULT} row yet")

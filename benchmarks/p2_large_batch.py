@@ -10,9 +10,8 @@ Model: ResNet-20 of He et al. (2016, §4.2, CIFAR): a 3×3 stem of 16 channels, 
 three basic blocks (16, 32, 64 channels; stride 2 at stages 2 and 3), global average pooling, a
 linear head; 1 input channel; shortcuts are 1×1 convolutions + BatchNorm where the shape changes
 (He et al.'s option B); Kaiming-normal convolutions. About 0.27 M parameters. Written here: timm
-has no CIFAR ResNet-20. The weights are channels-last (NHWC): the same maths, and on this CPU
-34 instead of 56 CPU-seconds a step at batch 4,096 (AdamW, 3 steps each, one thread, measured
-back to back on the contended machine).
+has no CIFAR ResNet-20. The weights are channels-last (NHWC): the same maths, and faster
+convolutions on CPU.
 
 Data: Fashion-MNIST from Debian's ``dataset-fashion-mnist``: 54k training images (the 60k file
 less the seeded 10 % hold-out ``benchmarks.valley`` uses), the official 10k test set; each epoch a
@@ -40,18 +39,18 @@ Settings and their sources:
   length and still leaves 180 steps at 8,192
   (``--epochs`` changes it; runs with other settings are logged apart).
 
-Cost (measured with ``--max-steps``, one thread of this project's shared AMD EPYC machine, before
-the weights went channels-last): about 44 CPU-seconds a step at batch 4,096 and 84 at 8,192, the
-same for the three optimizers (the convolutions dominate), i.e. about 10 CPU-minutes an epoch:
-4.8 CPU-hours a run at 4,096, 4.2 at 8,192. A run is far over ~15 CPU-minutes, so 3 seeds: 18
-runs, about 81 CPU-hours on CPU, about 50 with channels-last. This protocol is meant for a GPU
-(``--device cuda``; the table is then ``p2_large_batch_gpu``).
-
 ``--bf16`` runs each training forward under bf16 autocast (the loss, the backward's
-accumulation, the optimizers and the test evaluation stay in fp32). On a CPU with AMX (this
-project's Intel Xeon development machine) a step at batch 4,096 takes about 7 instead of 16
-CPU-seconds (AdamW, one thread, alternated back to back), about 14 CPU-hours for the 18 runs; it
-is a change of protocol, so its runs are logged apart and its table says so.
+accumulation, the optimizers and the test evaluation stay in fp32). It is a change of protocol:
+its runs are logged apart and its table is ``p2_large_batch_bf16_<cpu|gpu>``.
+
+Cost, on one thread of this project's development machine (an Intel Xeon with AMX), the same for
+the three optimizers (the convolutions dominate): a step at batch 4,096 takes about 16
+CPU-seconds in fp32 and about 7 with ``--bf16`` (AdamW, alternated back to back; 8–9 in a full
+run beside another benchmark process), and a step at 8,192 twice that. A run (390 steps at
+4,096, 180 at 8,192) is far over ~15 CPU-minutes, so 3 seeds: 18 runs, about 30 CPU-hours in
+fp32 and about 14 with ``--bf16``, which is the form run on CPU. In fp32 the protocol is a GPU
+job (``--device cuda``; the table is then ``p2_large_batch_gpu``). The table's "CPU s/step"
+column gives each run's measured cost.
 
 Run from the repository root (the seed count follows the issue's rule)::
 
@@ -61,9 +60,9 @@ Run from the repository root (the seed count follows the issue's rule)::
     python -m benchmarks.p2_large_batch --bf16 --table-only           # the table of logged runs
     python -m benchmarks.p2_large_batch --max-steps 3 --seeds 0     # smoke: /tmp, timings only
 
-Every finished run is appended to ``benchmarks/results/p2_large_batch_cpu.runs.jsonl`` (``_gpu``
-on a GPU) and reused by later invocations with the same settings; the table goes to
-``p2_large_batch_cpu.md`` and ``.json``: every logged run of the invocation's settings (epochs,
+Every finished run is appended to ``benchmarks/results/p2_large_batch[_bf16]_cpu.runs.jsonl``
+(``_gpu`` on a GPU) and reused by later invocations with the same settings; the table goes to
+``p2_large_batch[_bf16]_cpu.md`` and ``.json``: every logged run of the invocation's settings (epochs,
 precision) at its batch sizes, whichever process logged it (test accuracy, mean ± std over
 seeds; per-seed paired difference vs AdamW).
 """
@@ -101,6 +100,7 @@ from lsframe.optim import ALTO, Lamb, WarmupCosineLR, weight_decay_groups
 OPTIMIZERS = ("lamb", "alto", "adamw")
 BATCH_SIZES = (4096, 8192)
 LR, WEIGHT_DECAY = 1e-2, 1e-4
+TRAIN_SIZE = 54_000  # Fashion-MNIST's 60k training images less the 10 % hold-out
 
 
 class BasicBlock(nn.Module):
@@ -230,10 +230,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    out = output_path("p2_large_batch", args.out, args.max_steps is not None, args.device)
+    name = "p2_large_batch_bf16" if args.bf16 else "p2_large_batch"
+    out = output_path(name, args.out, args.max_steps is not None, args.device)
     log = out.with_suffix(".runs.jsonl")
-    data = fashion_mnist()
     settings = {"epochs": args.epochs, "max_steps": args.max_steps, "bf16": args.bf16}
+    data = None if args.table_only else fashion_mnist()
     for size in [] if args.table_only else args.batch_sizes:
         here = {"batch_size": size, **settings}
         known = {(r["optimizer"], r["seed"]) for r in load_runs(log, here, {"bf16": False})}
@@ -250,12 +251,14 @@ def main() -> None:
     # the table holds every logged run of these settings, read again now: runs that other
     # processes (other seeds, sizes or optimizers) logged meanwhile stay in it
     logged = load_runs(log, settings, {"bf16": False})
+    last = {(r["batch_size"], r["seed"], r["optimizer"]): r for r in logged}  # one row a run
     rows = sorted(
-        (r for r in logged if r["batch_size"] in args.batch_sizes),
+        (r for r in last.values() if r["batch_size"] in args.batch_sizes),
         key=lambda r: (r["batch_size"], r["seed"], OPTIMIZERS.index(r["optimizer"])),
     )
     seeds = sorted({r["seed"] for r in rows})
-    steps = {s: args.epochs * (len(data["train"][1]) // s) for s in args.batch_sizes}
+    train_size = TRAIN_SIZE if data is None else len(data["train"][1])
+    steps = {s: args.epochs * (train_size // s) for s in args.batch_sizes}
     meta = (
         f"P2 large-batch protocol: ResNet-20 (0.27 M parameters) on Fashion-MNIST (54k train, "
         f"10k test), {args.epochs} epochs = "

@@ -60,10 +60,10 @@ def polyak_steps(task: str, seed: int, args: argparse.Namespace, tok) -> list[di
     return rows
 
 
-def window(rows: list[dict], first: int, last: int) -> tuple[float, float] | None:
+def window(rows: list[dict], first: int, last: int) -> tuple[float, float]:
+    """The median Polyak step and the mean loss of steps ``first``–``last`` (1-based, inclusive;
+    the caller keeps windows that start within the run)."""
     part = rows[first - 1 : last]
-    if not part:
-        return None
     return statistics.median(r["polyak"] for r in part), statistics.fmean(r["loss"] for r in part)
 
 
@@ -78,7 +78,8 @@ def main() -> None:
 
     tok = tokenizer()
     windows = [(a, b) for a, b in WINDOWS if a <= args.steps]
-    header = " | ".join(f"steps {a}–{min(b, args.steps)}" for a, b in windows)
+    spans = [(a, min(b, args.steps)) for a, b in windows]
+    header = " | ".join(f"step {a}" if a == b else f"steps {a}–{b}" for a, b in spans)
     lines = [
         f"| task | seed | {header} |",
         "|---|---|" + "---|" * len(windows),

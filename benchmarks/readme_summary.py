@@ -1,10 +1,12 @@
-"""README's summary of issue 18: the learning-rate-free rows against the AdamW grid, per setting
-and task, read off the quality tables (``results/quality_{s,m}_<task>_<device>.json``).
+"""README's summaries of issue 18, read off the quality tables
+(``results/quality_{s,m}_<task>_<device>.json``): the learning-rate-free rows against the AdamW
+grid per setting and task, and the papers' rules with their defaults and their robust presets
+(setting S, one task).
 
-Each cell of :data:`ROWS` is the dev accuracy's mean ± std over the seeds that ran, with the mean
-per-seed difference to the best AdamW grid point on the seeds both ran ("paired"); the best grid
-point is the one with the highest mean. The table is printed and written to
-``results/quality_summary_<device>.md``, from where README's copy is taken.
+Each cell is the dev accuracy's mean ± std over the seeds that ran, with the mean per-seed
+difference to the best AdamW grid point on the seeds both ran ("paired"); the best grid point is
+the one with the highest mean. The tables are printed and written to
+``results/quality_summary_<device>.md``, from where README's copies are taken.
 
     python -m benchmarks.readme_summary
 """
@@ -19,13 +21,20 @@ from pathlib import Path
 from benchmarks.quality import GRID
 
 RESULTS = Path(__file__).parent / "results"
-#: the columns: (header, optimizer spec in the quality tables)
-ROWS = (
+#: the summary's columns: (header, optimizer spec in the quality tables)
+COLUMNS = (
     ("SlopeTrackingAdam (defaults)", "slope_tracking_adam"),
     ("the variant", "slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal"),
     ("SaLSA", "salsa"),
 )
 TASKS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE"}
+#: the papers' rules: (name, spec, its paper defaults, its robust preset)
+PRESETS = (
+    ("SGDSLS", "sgdsls", "c = 0.1", "c = 0.5"),
+    ("AdamSLS", "adamsls", "c = 0.1, no smoothing", "c = 0.5, `smooth=True`"),
+    ("PLASLS", "plasls", "c = 0.1, no smoothing", "c = 0.5, `smooth=True`"),
+    ("ALSALS", "alsals", "c = 0.3, β = 0.99", "c = 0.5, β = 0.9"),
+)
 
 
 def signed(x: float) -> str:
@@ -46,38 +55,60 @@ def accuracies(rows: list[dict]) -> dict[str, dict[int, float]]:
     return by
 
 
-def summary_line(label: str, rows: list[dict]) -> str:
-    """One line of the table: ``label``, each of :data:`ROWS`, the best grid point, the majority
-    class."""
-    acc = accuracies(rows)
-    grid = {name: acc[name] for name in GRID if name in acc}
+def against(mine: dict[int, float] | None, best: dict[int, float]) -> str:
+    """A row's cell: its spread, and its mean paired difference to ``best`` on shared seeds."""
+    if not mine:
+        return "–"
+    paired = [mine[s] - best[s] for s in mine if s in best]
+    note = f"; paired {signed(statistics.mean(paired))}" if paired else ""
+    return spread(list(mine.values())) + note + ")"
+
+
+def best_grid_point(label: str, acc: dict[str, dict[int, float]]) -> str:
+    grid = [name for name in GRID if name in acc]
     if not grid:
         raise ValueError(f"{label}: no AdamW grid runs")
-    best = max(grid, key=lambda name: statistics.mean(grid[name].values()))
-    cells = []
-    for _, spec in ROWS:
-        mine = acc.get(spec)
-        if not mine:
-            cells.append("–")
-            continue
-        paired = [mine[s] - grid[best][s] for s in mine if s in grid[best]]
-        note = f"; paired {signed(statistics.mean(paired))}" if paired else ""
-        cells.append(spread(list(mine.values())) + note + ")")
-    cells.append(f"{spread(list(grid[best].values()))}), {best.split('@')[1]}")
+    return max(grid, key=lambda name: statistics.mean(acc[name].values()))
+
+
+def summary_line(label: str, rows: list[dict]) -> str:
+    """One line of the table: ``label``, each of :data:`COLUMNS`, the best grid point, the
+    majority class."""
+    acc = accuracies(rows)
+    best = best_grid_point(label, acc)
+    cells = [against(acc.get(spec), acc[best]) for _, spec in COLUMNS]
+    cells.append(f"{spread(list(acc[best].values()))}), {best.split('@')[1]}")
     cells.append(f"{rows[0]['majority']:.3f}")
     return f"| {label} | " + " | ".join(cells) + " |"
 
 
 def summary_table(results: Path, device: str) -> str:
-    header = ["setting, task", *(name for name, _ in ROWS), "best AdamW, lr", "majority class"]
+    header = ["setting, task", *(name for name, _ in COLUMNS), "best AdamW, lr", "majority class"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for setting in ("S", "M"):
         for task, name in TASKS.items():
             path = results / f"quality_{setting.lower()}_{task}_{device}.json"
-            if path.exists():
-                lines.append(
-                    summary_line(f"{setting}, {name}", json.loads(path.read_text())["rows"])
-                )
+            if not path.exists():
+                print(f"readme_summary: no {path.name}: its line is left out")
+                continue
+            lines.append(summary_line(f"{setting}, {name}", json.loads(path.read_text())["rows"]))
+    return "\n".join(lines)
+
+
+def presets_table(rows: list[dict], label: str) -> str:
+    """The papers' rules with their defaults and their robust presets (``name+robust``) on one
+    quality table's ``rows``, SaLSA and the authors' SaLSA package beside them."""
+    acc = accuracies(rows)
+    best = acc[best_grid_point(label, acc)]
+    lines = ["| method | paper default | measured | lsframe preset `robust` | measured |"]
+    lines.append("|---|---|---|---|---|")
+    for name, spec, default, preset in PRESETS:
+        mine, robust = against(acc.get(spec), best), against(acc.get(f"{spec}+robust"), best)
+        lines.append(f"| {name} | {default} | {mine} | {preset} | {robust} |")
+    salsa, authors = against(acc.get("salsa"), best), against(acc.get("salsa-reference"), best)
+    lines.append(
+        f"| SaLSA | c = 0.5, β3 = 0.9 | {salsa} | (its defaults) | authors' package: {authors} |"
+    )
     return "\n".join(lines)
 
 
@@ -86,9 +117,17 @@ def main() -> None:
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--device", default="cpu", help="the tables' suffix: cpu or gpu")
     args = parser.parse_args()
-    table = summary_table(Path(args.results), args.device)
-    print(table)
-    (Path(args.results) / f"quality_summary_{args.device}.md").write_text(table + "\n")
+    results = Path(args.results)
+    table = summary_table(results, args.device)
+    text = f"Issue 18's bar, per setting and task:\n\n{table}\n"
+    for task in TASKS:
+        path = results / f"quality_s_{task}_{args.device}.json"
+        rows = json.loads(path.read_text())["rows"] if path.exists() else []
+        if any(r["optimizer"] in {spec for _, spec, _, _ in PRESETS} for r in rows):
+            presets = presets_table(rows, f"S, {TASKS[task]}")
+            text += f"\nThe papers' rules, setting S, {TASKS[task]}:\n\n{presets}\n"
+    print(text)
+    (results / f"quality_summary_{args.device}.md").write_text(text)
 
 
 if __name__ == "__main__":

@@ -117,12 +117,12 @@ for task in sst2 mrpc; do
 done
 python -m benchmarks.step_cost --time-to-target --task sst2 --steps 1000
 python -m benchmarks.step_cost --time-to-target --task mrpc --steps 1000
-# issue 22: the papers' own protocols (resumable; P2 at batch 4,096/8,192 is ~50 CPU-hours in
-# fp32: a GPU job, --device cuda; --bf16 on a CPU with AMX: ~14 CPU-hours, logged apart)
+# issue 22: the papers' own protocols (resumable; P2 at batch 4,096/8,192 is ~30 CPU-hours in
+# fp32, a GPU job (--device cuda); on CPU it runs with --bf16: ~14 CPU-hours, its own table)
 OMP_NUM_THREADS=1 python -m benchmarks.p1_final_loss --task gpt2 --seeds 0 1 2 3 4
 OMP_NUM_THREADS=1 python -m benchmarks.p1_final_loss --task resnet18 --seeds 0 1 2
 OMP_NUM_THREADS=1 python -m benchmarks.dps --protocol p4 --seeds 0 1 2 3 4
-OMP_NUM_THREADS=1 python -m benchmarks.p2_large_batch --seeds 0 1 2
+OMP_NUM_THREADS=1 python -m benchmarks.p2_large_batch --bf16 --seeds 0 1 2
 # everything above in one resumable command, and the claims report (results/REPORT.md)
 python -m benchmarks.report
 # README's summary of the quality tables (results/quality_summary_cpu.md)

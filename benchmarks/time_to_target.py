@@ -7,10 +7,10 @@ dev accuracy; each run's training seconds until it first reaches it, next to the
 Those seconds are wall times of runs that trained one after another, so on a shared machine they
 are not evidence; the columns in **AdamW steps** are: a run's step at the target times its step
 time over AdamW's, measured in one interleaved run (``--cost-from``, the step-cost table of the
-same model and device: the window of the first ``--first`` steps when the runs are that short,
-else the whole run), against the best grid run's step at the target and the grid's steps in all
-("–" where the cost table has no row for the optimizer). Finished runs go to
-``<out>.runs.jsonl``; a rerun with the same settings resumes from it.
+same model and device: its shorter window when the runs are that short, else its whole run),
+against the best grid run's step at the target and the grid's steps in all ("–" where the cost
+table has no row for the optimizer). Finished runs go to ``<out>.runs.jsonl``; a rerun with the
+same settings resumes from it.
 
     python -m benchmarks.step_cost --time-to-target --task sst2 --steps 300
 """
@@ -65,12 +65,25 @@ def adamw_steps_to_target(step: int | None, spec: str, costs: dict[str, float]) 
 def cost_ratios(path: Path, steps: int) -> dict[str, float]:
     """Each optimizer's total step time over AdamW's in the step-cost result ``path`` (its JSON),
     over the table's shorter window when a run of ``steps`` fits in it, else over its whole run;
-    empty, with a warning, when the file does not exist."""
+    empty, with a warning, when the file does not exist.
+
+    Raises:
+        SystemExit: ``path`` is not a step-cost table, or it timed fewer than ``steps`` steps.
+    """
     if not path.exists():
         print(f"step_cost: no step-cost table {path}: the AdamW-steps columns stay empty")
         return {}
-    rows = json.loads(path.read_text())["rows"]
-    window = "first" if steps <= rows[0]["first"]["steps"] else "whole"
+    try:
+        rows = json.loads(path.read_text())["rows"]
+        first, whole = rows[0]["first"]["steps"], rows[0]["whole"]["steps"]
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        message = f"step_cost: --cost-from {path} is not a step-cost table ({error!r})"
+        raise SystemExit(message) from None
+    if steps > whole:
+        raise SystemExit(
+            f"step_cost: --cost-from {path} timed {whole} steps, fewer than these runs' {steps}"
+        )
+    window = "first" if steps <= first else "whole"
     return {row["optimizer"]: row[window]["total"] for row in rows}
 
 
@@ -142,6 +155,8 @@ def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]
                 append_run(log, done[spec])
     rows = [done[spec] for spec in specs]
     grid = rows[: len(args.grid)]
+    for r in rows:
+        r["grid"] = r in grid  # the claim reader's grid (an adamw@ row may also be a comparator)
     best, target = grid_target({r["optimizer"]: r["final_metric"] for r in grid})
     grid_seconds = sum(r["train_seconds"] for r in grid)
     costs = cost_ratios(Path(args.cost_from), args.steps)

@@ -99,7 +99,7 @@ def test_p2_runs_made_one_at_a_time_all_reach_the_table_of_their_precision(tmp_p
     import json
     import sys
 
-    from benchmarks import p2_large_batch
+    from benchmarks import p2_large_batch, protocols
 
     made = []
 
@@ -112,20 +112,26 @@ def test_p2_runs_made_one_at_a_time_all_reach_the_table_of_their_precision(tmp_p
     labels = torch.zeros(2 * 8192, dtype=torch.long)  # 2 steps an epoch at 8,192
     monkeypatch.setattr(p2_large_batch, "run", fake_run)
     monkeypatch.setattr(p2_large_batch, "fashion_mnist", lambda: {"train": (None, labels)})
-    out = tmp_path / "p2"
-    base = ["p2", "--out", str(out), "--epochs", "1", "--seeds", "0"]
+    monkeypatch.setattr(protocols, "ROOT", tmp_path)  # results under tmp_path/benchmarks/results
+    base = ["p2", "--epochs", "1", "--seeds", "0", "--device", "cpu"]
     for extra in (["--bf16", "--optimizers", "alto"], ["--bf16", "--optimizers", "lamb"],
                   ["--optimizers", "adamw"]):  # fmt: skip
         monkeypatch.setattr(sys, "argv", [*base, "--batch-sizes", "4096", *extra])
         p2_large_batch.main()
     assert made == [("alto", 4096, 0, True), ("lamb", 4096, 0, True), ("adamw", 4096, 0, False)]
 
+    results = tmp_path / "benchmarks" / "results"
+    bf16, fp32 = results / "p2_large_batch_bf16_cpu", results / "p2_large_batch_cpu"
+    log = bf16.with_suffix(".runs.jsonl")
+    log.write_text(log.read_text() + log.read_text().splitlines()[0] + "\n")  # a run logged twice
     monkeypatch.setattr(sys, "argv", [*base, "--bf16", "--table-only"])
     p2_large_batch.main()
     assert len(made) == 3  # the table only: no run
-    result = json.loads(out.with_suffix(".json").read_text())
+    result = json.loads(bf16.with_suffix(".json").read_text())
     assert [(r["optimizer"], r["bf16"]) for r in result["rows"]] == [("lamb", True), ("alto", True)]
     assert "bf16 autocast" in result["meta"] and "seeds [0]" in result["meta"]
-    table = out.with_suffix(".md").read_text()
+    table = bf16.with_suffix(".md").read_text()
     assert "| 4,096 | alto | 1 |" in table and "| 4,096 | lamb | 1 |" in table
     assert "adamw" not in table.split("|---|")[-1]  # the fp32 run is another protocol's
+    other = json.loads(fp32.with_suffix(".json").read_text())  # fp32 keeps its own table
+    assert [(r["optimizer"], r["bf16"]) for r in other["rows"]] == [("adamw", False)]

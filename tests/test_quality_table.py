@@ -159,3 +159,24 @@ def test_the_readme_summary_pairs_each_row_with_the_best_grid_point_on_shared_se
     assert cells[3] == "0.630 (1 seed; paired +0.010)"
     assert cells[4] == "0.620 ± 0.020 (3 seeds), 1e-4"
     assert cells[5] == "0.527"
+
+
+def test_the_readme_presets_table_sets_each_rule_beside_its_robust_preset():
+    from benchmarks.readme_summary import presets_table
+
+    def run(optimizer, seed, acc):
+        return {"optimizer": optimizer, "seed": seed, "acc": acc, "majority": 0.509}
+
+    rows = [run("adamw@1e-4", s, a) for s, a in enumerate([0.80, 0.78, 0.79])]
+    rows += [run("adamsls", s, a) for s, a in enumerate([0.70, 0.74, 0.75])]
+    rows += [run("adamsls+robust", s, a) for s, a in enumerate([0.79, 0.77, 0.80])]
+    rows += [run("salsa-reference", 0, 0.81)]
+    lines = presets_table(rows, "S, SST-2").splitlines()
+    adamsls = next(line for line in lines if line.startswith("| AdamSLS |"))
+    cells = [c.strip() for c in adamsls.strip("|").split("|")]
+    # paired against AdamW 1e-4 per seed: (−0.10 − 0.04 − 0.04) / 3 and (−0.01 − 0.01 + 0.01) / 3
+    assert cells[2] == "0.730 ± 0.026 (3 seeds; paired −0.060)"
+    assert cells[4] == "0.787 ± 0.015 (3 seeds; paired −0.003)"
+    sgdsls = next(line for line in lines if line.startswith("| SGDSLS |"))
+    assert sgdsls.count("| – |") == 2  # not run: no cell invented
+    assert lines[-1].endswith("authors' package: 0.810 (1 seed; paired +0.010) |")

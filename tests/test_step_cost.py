@@ -177,6 +177,15 @@ def test_cost_ratios_read_the_window_that_matches_the_run_length(tmp_path):
     assert cost_ratios(tmp_path / "missing.json", 300) == {}
 
 
+def test_cost_ratios_refuse_a_table_shorter_than_the_runs_or_not_a_cost_table(tmp_path):
+    with pytest.raises(SystemExit, match="timed 1000 steps, fewer than these runs' 2000"):
+        cost_ratios(cost_result(tmp_path), 2000)
+    other = tmp_path / "quality.json"
+    other.write_text(json.dumps({"meta": "", "rows": [{"optimizer": "salsa", "acc": 0.8}]}))
+    with pytest.raises(SystemExit, match="quality.json is not a step-cost table"):
+        cost_ratios(other, 300)
+
+
 def test_adamw_steps_to_target_scale_the_step_by_the_measured_cost():
     assert adamw_steps_to_target(100, "lrfree", {"lrfree": 1.2}) == pytest.approx(120.0)
     assert adamw_steps_to_target(None, "lrfree", {"lrfree": 1.2}) is None  # never reached
