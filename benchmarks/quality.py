@@ -15,10 +15,14 @@ over the last 20 % of the run. The table holds every run logged with the same se
 invocations with other rows or seeds add up. Each finished run is appended to ``<out>.runs.jsonl``, with
 its per-step step sizes and line-search diagnostics (``per_step``, see
 :class:`benchmarks.common.StepDiagnostics`); a later invocation with the same ``--out`` reuses
-the runs found there (add seeds in several sittings).
+the runs found there (add seeds in several sittings). ``--device cuda`` runs on the GPU (table
+``<name>_gpu``); ``--bf16`` runs every forward, the line searches' trials included, under bf16
+autocast, with the weights, the optimizers' state and the updates in fp32 (table
+``<name>_bf16_<cpu|gpu>``; its runs are logged apart).
 
     python -m benchmarks.quality --task sst2 --train-limit 2000 --max-length 64 --seeds 0 1 2
     python -m benchmarks.quality --setting S --task rte --seeds 0 1 2 3 4 --optimizers adamw@1e-4
+    python -m benchmarks.quality --setting M --task sst2 --device cuda --bf16 --optimizers salsa
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from benchmarks.common import (
     append_run,
     build,
     classifier,
+    default_device,
     device_name,
     glue_examples,
     load_runs,
@@ -55,15 +60,25 @@ SETTINGS = {  # issue 18: train_limit, batch_size, epochs, max_length
 LEARNS_BY = 0.02  # a run "learns" when its dev metric beats the majority class by this much
 
 
-def evaluate(run, data, task: str) -> dict[str, float]:
+def on(batch: dict, args) -> dict:
+    return {key: value.to(args.device) for key, value in batch.items()}
+
+
+def precision(args):
+    """bf16 autocast with ``--bf16`` (the forward; optimizers and their state stay fp32)."""
+    return torch.autocast(torch.device(args.device).type, torch.bfloat16, enabled=args.bf16)
+
+
+def evaluate(run, data, task: str, args) -> dict[str, float]:
     run.eval()
     preds, labels = [], []
-    with torch.no_grad():
+    with torch.no_grad(), precision(args):
         for batch in data:
+            batch = on(batch, args)
             labels.append(batch.pop("labels"))
             preds.append(run.model(**batch).logits.argmax(-1))
     run.train()
-    pred, label = torch.cat(preds), torch.cat(labels)
+    pred, label = torch.cat(preds).cpu(), torch.cat(labels).cpu()
     scores = {"acc": float((pred == label).float().mean())}
     if "f1" in glue_task(task).metrics:
         tp = float(((pred == 1) & (label == 1)).sum())
@@ -73,14 +88,15 @@ def evaluate(run, data, task: str) -> dict[str, float]:
 
 def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
     started = time.perf_counter()
-    model = classifier(glue_task(args.task).num_labels, seed)
+    model = classifier(glue_task(args.task).num_labels, seed).to(args.device)
     data = loader(train, tok, args.max_length, args.batch_size, seed)
     run = build(spec, model, args.epochs * len(data))
     torch.manual_seed(seed)
     losses = []
     for epoch in range(args.epochs):
         run.start_pass(epoch)
-        losses += [run.step(batch) for batch in data]
+        with precision(args):
+            losses += [run.step(on(batch, args)) for batch in data]
     tail = losses[-max(1, len(losses) // 5) :]
     dev_data = loader(dev, tok, args.max_length, 64, seed, shuffle=False)
     row = {
@@ -93,7 +109,7 @@ def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
         "final_step_size": step_size(run),
         "seconds": time.perf_counter() - started,
         "threads": torch.get_num_threads(),
-        **evaluate(run, dev_data, args.task),
+        **evaluate(run, dev_data, args.task, args),
         "per_step": run.diagnostics.columns,  # step sizes; a line search's trials and ratios
     }
     append_run(args.log, row)  # survives an interrupted benchmark
@@ -101,7 +117,8 @@ def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
 
 
 def run_settings(args) -> dict:
-    return {k: getattr(args, k) for k in ("train_limit", "batch_size", "epochs", "max_length")}
+    keys = ("train_limit", "batch_size", "epochs", "max_length", "bf16")
+    return {k: getattr(args, k) for k in keys}
 
 
 def majority_level(dev, metric: str) -> float:
@@ -172,13 +189,16 @@ def main() -> None:
     parser.add_argument(
         "--table-only", action="store_true", help="write the table of the logged runs; run none"
     )
+    parser.add_argument("--device", default=default_device(), help="cpu or cuda")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast of the forwards")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.setting:
         for key, value in SETTINGS[args.setting].items():
             setattr(args, key, value)
     name = f"quality_{args.setting.lower()}_{args.task}" if args.setting else f"quality_{args.task}"
-    out = Path(args.out or f"benchmarks/results/{name}_cpu")
+    kind = ("bf16_" if args.bf16 else "") + ("gpu" if args.device == "cuda" else "cpu")
+    out = Path(args.out or f"benchmarks/results/{name}_{kind}")
     out.parent.mkdir(parents=True, exist_ok=True)
     args.log = out.with_suffix(".runs.jsonl")
     started = time.time()
@@ -188,7 +208,7 @@ def main() -> None:
     # runs already in the log with these settings (an earlier, interrupted or partial
     # invocation) are reused; runs logged before the settings were recorded had batch 16 and
     # one epoch, and their file's own limit and length
-    old = {**run_settings(args), "batch_size": 16, "epochs": 1}
+    old = {**run_settings(args), "batch_size": 16, "epochs": 1, "bf16": False}
     logged = load_runs(args.log, run_settings(args), logged_before=old)
     known = {(r["optimizer"], r["seed"]): r for r in logged}
 
@@ -219,7 +239,8 @@ def main() -> None:
         f"{args.train_limit} training examples, {args.epochs} epoch(s), batch {args.batch_size}, "
         f"max length {args.max_length}; dev set {len(dev.labels)} examples, majority class "
         f"{metric} {majority:.4f}; seeds {sorted({r['seed'] for r in rows})}; MiniLM-L6; "
-        f"{runs_machine(rows, args.table_only, time.time() - started)}; torch "
+        f"{runs_machine(rows, args.table_only, time.time() - started, args.device)}; "
+        f"{'bf16 autocast' if args.bf16 else 'fp32'}; torch "
         f"{torch.__version__}. Mean ± std over seeds; paired "
         f"Δ: per-seed difference to the best AdamW grid point; learns: seeds at least "
         f"{LEARNS_BY} above the majority class."
@@ -227,13 +248,13 @@ def main() -> None:
     write_results(out, meta, "\n".join(table_lines(table, metric)), rows)
 
 
-def runs_machine(rows: list[dict], table_only: bool, wall: float) -> str:
+def runs_machine(rows: list[dict], table_only: bool, wall: float, device: str) -> str:
     """The machine and the threads the logged runs used (older runs did not log theirs), and
     this invocation's wall time unless it only wrote the table."""
     threads = sorted({r["threads"] for r in rows if "threads" in r})
     unlogged = any("threads" not in r for r in rows)
     counts = [str(t) for t in threads] + ["not logged"] * unlogged
-    model = device_name().rsplit(",", 1)[0]
+    model = device_name(device).rsplit(",", 1)[0]
     text = f"device {model}, threads per run: {' / '.join(counts)}"
     return text if table_only else f"{text}; wall {wall:.0f} s"
 

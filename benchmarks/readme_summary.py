@@ -115,7 +115,9 @@ def presets_table(rows: list[dict], label: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=str(RESULTS))
-    parser.add_argument("--device", default="cpu", help="the tables' suffix: cpu or gpu")
+    parser.add_argument(
+        "--device", default="cpu", help="the tables' suffix: cpu, gpu or bf16_gpu (quality --bf16)"
+    )
     args = parser.parse_args()
     results = Path(args.results)
     table = summary_table(results, args.device)

@@ -180,3 +180,30 @@ def test_the_readme_presets_table_sets_each_rule_beside_its_robust_preset():
     sgdsls = next(line for line in lines if line.startswith("| SGDSLS |"))
     assert sgdsls.count("| – |") == 2  # not run: no cell invented
     assert lines[-1].endswith("authors' package: 0.810 (1 seed; paired +0.010) |")
+
+
+def test_quality_runs_in_bf16_are_logged_apart_and_their_table_says_so(
+    minilm, shared_data, tmp_path, monkeypatch
+):
+    import json
+    import sys
+
+    from benchmarks import quality
+
+    out = tmp_path / "quality_rte"
+    argv = ["quality", "--task", "rte", "--train-limit", "8", "--batch-size", "4"]
+    argv += ["--max-length", "32", "--seeds", "0", "--optimizers", "adamw@1e-4"]
+    argv += ["--no-schedulefree", "--device", "cpu", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--bf16"])
+    quality.main()
+    monkeypatch.setattr(sys, "argv", argv)  # fp32: the bf16 run is not reused
+    quality.main()
+    logged = [json.loads(line) for line in out.with_suffix(".runs.jsonl").read_text().splitlines()]
+    assert [r["bf16"] for r in logged] == [True, False]
+    assert logged[0]["train_loss"] != logged[1]["train_loss"]  # bf16 rounding: another run
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [r["bf16"] for r in result["rows"]] == [False] and "; fp32;" in result["meta"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--bf16", "--table-only"])
+    quality.main()
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [r["bf16"] for r in result["rows"]] == [True] and "bf16 autocast" in result["meta"]
