@@ -74,3 +74,5 @@ def test_bf16_mixed_runs_the_closure_with_trials():
     t.fit(module, train_dataloaders=loader())
     assert t.global_step == 3
     assert all(torch.isfinite(p).all() for p in module.model.parameters())
+    # the search compared full-precision losses (autocast off for x and the trials)
+    assert "reference_loss" in t.optimizers[0].last_step

@@ -40,6 +40,10 @@ Shared by all:
   it (option 0 keeps it, 1 grows it by ``γ^(1/n)``, 2 restarts from η0, so the floor then only
   shows in that step's ``lr``), ALSALS starts from it times ``growth``, SaLSA takes it as
   ``η_last`` (candidate ``growth · η_last``; its averages of η see the floored value).
+* **Reduced precision.** Under bf16 or fp16 autocast, a step that may search evaluates the loss at
+  ``x`` and every trial with autocast off (one more forward per search, counted with the trials;
+  ``last_step["reference_loss"]``): rounded losses cannot resolve a fine-tuning step's decrease
+  (:mod:`lsframe.optim._precision`).
 * **Distributed.** Decisions use only the losses returned by the closures and global sums of the
   gradients. lsframe's module averages losses across ranks before returning them, and DDP makes the
   gradients identical on all ranks, so every rank takes the same step.
@@ -56,6 +60,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lsframe.optim._functional import all_finite
+from lsframe.optim._precision import full_precision, reduced_autocast
 from lsframe.optim.closure import check_closure
 from lsframe.optim.rules import ActiveGroup, SearchResult, Verdict, backtrack, loss_value
 from lsframe.validation import check_int_at_least, check_non_negative, check_positive
@@ -257,12 +262,28 @@ class LineSearchOptimizer(Optimizer):
             state["rejected_steps"] += 1
             record["rejected"] = True
         else:
-            self._line_search_step(value, self._counting(forward), groups)
-            self._apply_weight_decay(groups)
+            trials = self._counting(forward)
+            device_type = reduced_autocast(grads) if self.forward_trials else None
+            if device_type is not None and forward is not None and self._may_search():
+                trials = self._counting(full_precision(forward, device_type))
+                value = record["reference_loss"] = loss_value(trials())  # x, as the trials see it
+            if value is None or math.isfinite(value):
+                self._line_search_step(value, trials, groups)
+                self._apply_weight_decay(groups)
+            else:
+                state["rejected_steps"] += 1
+                record["rejected"] = True
         self._write_lr()
         record["trials"] = state["forwards"] - forwards
         record["step_sizes"] = [float(group["step_size"]) for group in self.param_groups]
         return loss
+
+    def _may_search(self) -> bool:
+        """Whether this step may run trials (before ``_line_search_step``; over-approximating is
+        safe). Under reduced-precision autocast a step that may search first evaluates the loss
+        at ``x`` at full precision (:mod:`lsframe.optim._precision`); an amortised rule says
+        False on the steps it will not search."""
+        return True
 
     def _gradients_finite(self, groups: list[ActiveGroup], grads: list[Tensor]) -> bool:
         """Whether every gradient entry is finite (one sync), checked before anything moves. A
@@ -305,8 +326,9 @@ class LineSearchOptimizer(Optimizer):
             record["searched"], record["failed"] = True, record["failed"] or not result.accepted
             record["accepted"] = not record["failed"]
             if result.accepted and slope is not None and result.trial_loss is not None:
+                reference = record.get("reference_loss", record["loss"])
                 ratio = sufficient_decrease_ratio(
-                    record["loss"], result.trial_loss, result.step_size, slope
+                    reference, result.trial_loss, result.step_size, slope
                 )
                 record["sufficient_decrease_ratio"] = ratio
         return result

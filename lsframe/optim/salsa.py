@@ -151,6 +151,15 @@ class SaLSA(LineSearchOptimizer):
         ratio = 1.0 / ratio if ratio < 1 else ratio
         return min(self.shared("max_gap"), 1.0 / (ratio - 1.0 + 1e-8))
 
+    def _may_search(self) -> bool:
+        """The search condition of :meth:`_line_search_step`, read before it counts this step."""
+        state = self.search_state
+        return (
+            not self.shared("amortize")
+            or state["step"] < self.shared("warmup_searches")
+            or state["steps_since_search"] + 1 >= self.search_gap()
+        )
+
     def _line_search_step(
         self, loss: float, forward: Callable[[], Tensor], groups: list[ActiveGroup]
     ) -> None:

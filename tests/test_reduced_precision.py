@@ -1,0 +1,79 @@
+"""Line searches under bf16 autocast compare full-precision losses (lsframe.optim._precision).
+
+Rounded to bf16, the loss of a fine-tuning step's trial differs from the loss at x by rounding
+noise, and a search then accepts whatever that noise allows (here: the first trial, at η0 = 1,
+where a full-precision search backtracks to ~6e-3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lsframe.optim import create
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(32, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(), nn.Linear(256, 2)
+    )
+
+
+def run(name: str, bf16: bool, steps: int, **kwargs) -> tuple[list[dict], list[list[bool]]]:
+    """``steps`` steps on one fixed batch; per step the optimizer's ``last_step`` and, per
+    forward, whether it ran under autocast."""
+    model = mlp()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 32, generator=gen)
+    y = (x[:, 0] > 0).long()
+    opt = create(name, model.parameters(), **kwargs)
+    seen: list[bool] = []
+    model.register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+
+    def closure(backward: bool = True) -> torch.Tensor:
+        with torch.set_grad_enabled(backward):
+            loss = nn.functional.cross_entropy(model(x), y)
+        if backward:
+            opt.zero_grad()
+            loss.backward()
+        return loss
+
+    records, forwards = [], []
+    for _ in range(steps):
+        seen.clear()
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            opt.step(closure)
+        records.append(dict(opt.last_step, step_size=opt.param_groups[0]["step_size"]))
+        forwards.append(list(seen))
+    return records, forwards
+
+
+@pytest.mark.parametrize("name", ["salsa", "adamsls", "sgdsls"])
+def test_a_search_under_bf16_autocast_accepts_the_step_sizes_of_a_full_precision_search(name):
+    full, _ = run(name, bf16=False, steps=4)
+    mixed, forwards = run(name, bf16=True, steps=4)
+    for a, b in zip(full, mixed):
+        assert b["step_size"] == pytest.approx(a["step_size"], rel=0.25)  # bf16 gradients only
+    # the loss at x that the search compared is the full-precision one, not the bf16 closure's
+    assert mixed[0]["reference_loss"] == pytest.approx(full[0]["loss"], rel=1e-5)
+    assert mixed[0]["loss"] != pytest.approx(full[0]["loss"], rel=1e-5)
+    # one forward in bf16 (the closure's backward), then the reference and the trials in fp32
+    assert forwards[0][0] and not any(forwards[0][1:])
+    assert len(forwards[0]) == 1 + mixed[0]["trials"]
+
+
+def test_salsa_under_bf16_adds_a_full_precision_forward_only_on_the_steps_it_searches():
+    records, forwards = run("salsa", bf16=True, steps=80)
+    assert records[0]["step_size"] < 0.1  # backtracked from η0 = 1, as in full precision
+    assert any(not r["searched"] for r in records)  # amortised: some steps do not search
+    for record, seen in zip(records, forwards):
+        extra = 1 + record["trials"] if record["searched"] else 1
+        assert len(seen) == extra and seen[0]  # no reference forward when it will not search
+        assert ("reference_loss" in record) == record["searched"]
+
+
+def test_without_autocast_the_step_is_unchanged_and_keeps_no_reference_loss():
+    records, forwards = run("salsa", bf16=False, steps=3)
+    assert all("reference_loss" not in r for r in records)
+    assert [len(f) for f in forwards] == [1 + r["trials"] for r in records]
