@@ -5,8 +5,9 @@ steps without it, and torch's ``GradScaler.step`` refuses closures. :class:`FP16
 is a precision plugin (``trainer.plugins``) that leaves the closure to
 :class:`lsframe.modules.ClosureModule` and owns only the loss scaling around it:
 
-* every forward (the training closure, a line search's forward-only trials, validation) runs in
-  ``torch.autocast(dtype=float16)``;
+* every forward (the training closure, validation) runs in ``torch.autocast(dtype=float16)``;
+  an lsframe line search switches it off for the loss at ``x`` and its trials, which it compares
+  in fp32 (:mod:`lsframe.optim._precision`);
 * ``manual_backward`` back-propagates ``scale · loss`` (:meth:`FP16MixedPrecision.pre_backward`);
 * the module's closure divides the gradients by the scale in place
   (:meth:`DynamicLossScaler.unscale_`) before its non-finite check, the gradient hooks, clipping
@@ -169,7 +170,8 @@ class FP16MixedPrecision(Precision):
 
     @contextlib.contextmanager
     def forward_context(self) -> Generator[None, None, None]:
-        """fp16 autocast (training closure and trials, validation, test, predict)."""
+        """fp16 autocast (training closure, validation, test, predict; a line search runs its
+        comparisons with it off)."""
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         with torch.autocast(device, dtype=torch.float16, cache_enabled=False):
             yield
