@@ -16,9 +16,9 @@ invocations with other rows or seeds add up. Each finished run is appended to ``
 its per-step step sizes and line-search diagnostics (``per_step``, see
 :class:`benchmarks.common.StepDiagnostics`); a later invocation with the same ``--out`` reuses
 the runs found there (add seeds in several sittings). ``--device cuda`` runs on the GPU (table
-``<name>_gpu``); ``--bf16`` runs every forward, the line searches' trials included, under bf16
-autocast, with the weights, the optimizers' state and the updates in fp32 (table
-``<name>_bf16_<cpu|gpu>``; its runs are logged apart).
+``<name>_gpu``); ``--bf16`` runs every forward under bf16 autocast (a line search switches it off
+for the losses it compares, :mod:`lsframe.optim._precision`), with the weights, the optimizers'
+state and the updates in fp32 (table ``<name>_bf16_<cpu|gpu>``; its runs are logged apart).
 
     python -m benchmarks.quality --task sst2 --train-limit 2000 --max-length 64 --seeds 0 1 2
     python -m benchmarks.quality --setting S --task rte --seeds 0 1 2 3 4 --optimizers adamw@1e-4
