@@ -116,6 +116,15 @@ def loader(
     )
 
 
+def to_device(batch: dict, device: str) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def autocast(device: str, bf16: bool):
+    """bf16 autocast on ``device`` (``cpu`` or ``cuda``) when ``bf16``, else a no-op context."""
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)
+
+
 def endless(data: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
     while True:
         yield from data

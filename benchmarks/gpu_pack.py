@@ -93,7 +93,10 @@ def main() -> None:
         raise SystemExit(f"gpu_pack: {source} is missing; nothing to pack for {args.part!r}")
     shutil.rmtree(pack, ignore_errors=True)  # one part at a time: the 64 MiB limit
     pack.mkdir(parents=True)
-    pack_text(pack) if args.part == "text" else pack_images(pack)
+    if args.part == "text":
+        pack_text(pack)
+    else:
+        pack_images(pack)
     (pack / "PART").write_text(args.part + "\n")
     print(f"gpu_pack: {pack} holds the {args.part!r} part, {size_mb(pack):.1f} MiB (torch "
           f"{torch.__version__} here)")  # fmt: skip

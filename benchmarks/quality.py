@@ -36,6 +36,7 @@ import torch
 
 from benchmarks.common import (
     append_run,
+    autocast,
     build,
     classifier,
     default_device,
@@ -45,6 +46,7 @@ from benchmarks.common import (
     loader,
     mean_std,
     step_size,
+    to_device,
     tokenizer,
     write_results,
 )
@@ -60,21 +62,12 @@ SETTINGS = {  # issue 18: train_limit, batch_size, epochs, max_length
 LEARNS_BY = 0.02  # a run "learns" when its dev metric beats the majority class by this much
 
 
-def on(batch: dict, args) -> dict:
-    return {key: value.to(args.device) for key, value in batch.items()}
-
-
-def precision(args):
-    """bf16 autocast with ``--bf16`` (the forward; optimizers and their state stay fp32)."""
-    return torch.autocast(torch.device(args.device).type, torch.bfloat16, enabled=args.bf16)
-
-
 def evaluate(run, data, task: str, args) -> dict[str, float]:
     run.eval()
     preds, labels = [], []
-    with torch.no_grad(), precision(args):
+    with torch.no_grad(), autocast(args.device, args.bf16):
         for batch in data:
-            batch = on(batch, args)
+            batch = to_device(batch, args.device)
             labels.append(batch.pop("labels"))
             preds.append(run.model(**batch).logits.argmax(-1))
     run.train()
@@ -95,8 +88,8 @@ def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
     losses = []
     for epoch in range(args.epochs):
         run.start_pass(epoch)
-        with precision(args):
-            losses += [run.step(on(batch, args)) for batch in data]
+        with autocast(args.device, args.bf16):
+            losses += [run.step(to_device(batch, args.device)) for batch in data]
     tail = losses[-max(1, len(losses) // 5) :]
     dev_data = loader(dev, tok, args.max_length, 64, seed, shuffle=False)
     row = {

@@ -44,6 +44,7 @@ from torch import nn
 from benchmarks.common import (
     ROOT,
     Run,
+    autocast,
     build,
     classifier,
     device_name,
@@ -51,6 +52,7 @@ from benchmarks.common import (
     glue_examples,
     loader,
     step_size,
+    to_device,
     tokenizer,
     write_results,
 )
@@ -103,14 +105,6 @@ def make_model(setting: str, vocab_size: int, seed: int = 0) -> nn.Module:
     shape = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}
     config = BertConfig(vocab_size=vocab_size, intermediate_size=512, num_labels=2, **shape)
     return BertForSequenceClassification(config).train()
-
-
-def to_device(batch: dict, device: str) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-def autocast(device: str, bf16: bool):
-    return torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)
 
 
 def train_batches(

@@ -29,20 +29,20 @@ from torch import nn
 
 from benchmarks.common import (
     append_run,
+    autocast,
     build,
     device_name,
     glue_examples,
     load_runs,
     loader,
+    to_device,
     tokenizer,
 )
 from benchmarks.step_cost import (
     MAX_LENGTH,
     TITLE,
-    autocast,
     make_model,
     table,
-    to_device,
     train_batches,
 )
 
