@@ -50,6 +50,7 @@ from benchmarks.common import (
     tokenizer,
     write_results,
 )
+from benchmarks.heldout import HeldOutHalving, keep_back, split_spec
 from lsframe.data.glue import glue_task
 from lsframe.optim import line_searches
 
@@ -81,15 +82,22 @@ def evaluate(run, data, task: str, args) -> dict[str, float]:
 
 def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
     started = time.perf_counter()
+    base, heldout = split_spec(spec)
     model = classifier(glue_task(args.task).num_labels, seed).to(args.device)
+    if heldout:
+        train, kept = keep_back(train)
     data = loader(train, tok, args.max_length, args.batch_size, seed)
-    run = build(spec, model, args.epochs * len(data))
+    run = build(base, model, args.epochs * len(data))
+    halving = HeldOutHalving(kept, tok, args, seed, args.epochs * len(data)) if heldout else None
     torch.manual_seed(seed)
     losses = []
     for epoch in range(args.epochs):
         run.start_pass(epoch)
-        with autocast(args.device, args.bf16):
-            losses += [run.step(to_device(batch, args.device)) for batch in data]
+        for batch in data:
+            with autocast(args.device, args.bf16):
+                losses.append(run.step(to_device(batch, args.device)))
+            if halving is not None:
+                halving.after_step(run)
     tail = losses[-max(1, len(losses) // 5) :]
     dev_data = loader(dev, tok, args.max_length, 64, seed, shuffle=False)
     row = {
@@ -104,6 +112,7 @@ def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
         "threads": torch.get_num_threads(),
         **evaluate(run, dev_data, args.task, args),
         "per_step": run.diagnostics.columns,  # step sizes; a line search's trials and ratios
+        **({"heldout_checks": halving.checks} if halving is not None else {}),
     }
     append_run(args.log, row)  # survives an interrupted benchmark
     return row

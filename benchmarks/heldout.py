@@ -1,0 +1,100 @@
+"""A pilot for issue 18: halve the step size when a held-out slice of the training data stops
+improving (``<spec>^heldout`` in :mod:`benchmarks.quality`).
+
+The rule, measured before any of it moves into ``lsframe.optim``: the last ``HELDOUT`` examples
+of the training slice are kept out of training; ``CHECKS`` times per run (every
+``ceil(T / CHECKS)`` optimizer steps) their losses are computed with dropout off. When the mean
+loss has risen significantly above that of the reference check (a paired test over the
+examples: mean difference at least ``SIGNIFICANCE`` standard errors), the run's step sizes are
+halved from then on and the check becomes the new reference; otherwise the reference is the
+check with the lowest mean loss. A flat held-out loss (a task that has not started to learn)
+moves nothing. The factor scales AdamW's ``lr`` or a line search's ``lr_multiplier`` after each
+scheduler step, which rewrites the step sizes from scratch, so it needs a schedule (AdamW's
+rows, a line search's ``~anneal``).
+
+The slice costs data: ``HELDOUT`` of setting S's 500 examples (13 %), of M's 2,000 (3 %). Each
+check is ``HELDOUT`` forward-only examples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import autocast, loader, to_device
+from lsframe.data.examples import TextExamples
+
+HELDOUT = 64  # examples kept back from the training slice
+CHECKS = 10  # held-out evaluations per run
+FACTOR = 0.5  # the step sizes' factor after a significant rise
+SIGNIFICANCE = 2.0  # standard errors of the paired difference that make a rise significant
+
+
+def split_spec(spec: str) -> tuple[str, bool]:
+    """``(optimizer spec, held out?)`` from ``name…^heldout``."""
+    base, _, extra = spec.partition("^")
+    if extra not in ("", "heldout"):
+        raise ValueError(f"{spec!r}: unknown suffix ^{extra} (known: ^heldout)")
+    return base, extra == "heldout"
+
+
+def keep_back(train: TextExamples) -> tuple[TextExamples, TextExamples]:
+    """``(examples to train on, the last HELDOUT examples)``."""
+    n = len(train.labels) - HELDOUT
+    pair = train.text_pair
+    kept = TextExamples(train.text[n:], train.labels[n:], None if pair is None else pair[n:])
+    return train.head(n), kept
+
+
+class HeldOutHalving:
+    """Every ``every`` steps, the held-out losses; the factor halves on a significant rise
+    above the reference check's. ``checks`` records ``(step, mean loss, z, factor)``."""
+
+    def __init__(self, examples, tok, args, seed: int, total_steps: int) -> None:
+        self.data = loader(examples, tok, args.max_length, 64, seed, shuffle=False)
+        self.device, self.bf16 = args.device, args.bf16
+        self.every = max(1, math.ceil(total_steps / CHECKS))
+        self.steps, self.factor = 0, 1.0
+        self.reference: torch.Tensor | None = None
+        self.checks: list[tuple[int, float, float, float]] = []
+
+    def losses(self, run) -> torch.Tensor:
+        run.eval()
+        out = []
+        with torch.no_grad(), autocast(self.device, self.bf16):
+            for batch in self.data:
+                batch = to_device(batch, self.device)
+                labels = batch.pop("labels")
+                logits = run.model(**batch).logits.float()
+                out.append(F.cross_entropy(logits, labels, reduction="none").cpu())
+        run.train()
+        return torch.cat(out)
+
+    def after_step(self, run) -> None:
+        """Count the step, check when due, and scale the step sizes the scheduler just set."""
+        if run.scheduler is None:
+            raise ValueError(f"{run.name}^heldout needs a schedule (AdamW, or a ~anneal)")
+        self.steps += 1
+        if self.steps % self.every == 0:
+            self.check(self.losses(run))
+        for group in run.optimizer.param_groups:
+            if "lr_multiplier" in group:
+                group["lr_multiplier"] *= self.factor
+                group["lr"] = group["step_size"] * group["lr_multiplier"]
+            else:
+                group["lr"] *= self.factor
+
+    def check(self, losses: torch.Tensor) -> None:
+        z = 0.0
+        if self.reference is not None:
+            diff = losses - self.reference
+            spread = float(diff.std()) / math.sqrt(len(diff))
+            z = float(diff.mean()) / spread if spread > 0 else 0.0
+        if z >= SIGNIFICANCE:
+            self.factor *= FACTOR
+            self.reference = losses
+        elif self.reference is None or losses.mean() < self.reference.mean():
+            self.reference = losses
+        self.checks.append((self.steps, round(float(losses.mean()), 5), round(z, 2), self.factor))
