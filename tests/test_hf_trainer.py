@@ -359,6 +359,33 @@ def test_a_step_size_schedule_passed_in_is_used(tmp_path):
         assert entry["learning_rate"] == pytest.approx(0.5 * entry["step_size"])
 
 
+@pytest.mark.parametrize("name", ["salsa", "sgdsls"])
+def test_under_bf16_a_search_compares_full_precision_losses(name, tmp_path):
+    """accelerate autocasts inside the model's forward under ``bf16=True``; the search's loss at
+    x and its trials must still run in fp32 (bf16 cannot resolve a fine-tuning step's change)."""
+    model = bert()
+    optimizer = create(name, model.parameters())
+    seen: list[tuple[bool, torch.dtype]] = []  # per forward: gradients on?, the logits' dtype
+    model.classifier.register_forward_hook(
+        lambda _m, _i, out: seen.append((torch.is_grad_enabled(), out.dtype))
+    )
+    args = arguments(tmp_path, max_steps=3, bf16=True)
+    trainer = LineSearchTrainer(
+        model=model, args=args, train_dataset=DATA, optimizers=(optimizer, None)
+    )
+    trainer.train()
+
+    trained = [dtype for grad, dtype in seen if grad]
+    evaluated = [dtype for grad, dtype in seen if not grad]
+    assert trained and set(trained) == {torch.bfloat16}  # Trainer's own forwards stay bf16
+    assert evaluated and set(evaluated) == {torch.float32}
+    record = optimizer.last_step
+    assert "reference_loss" in record  # the loss at x, recomputed in fp32
+    assert len(evaluated) == optimizer.state["line_search"]["forwards"]
+    # the fp32 loss at x differs from the bf16 one Trainer back-propagated
+    assert record["reference_loss"] != record["loss"]
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [

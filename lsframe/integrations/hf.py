@@ -47,6 +47,9 @@ What it does, for an optimizer whose registry record ``searches`` (:func:`lsfram
   sizes differ (PLASLS's parts); Trainer's ``learning_rate`` is that step size times the
   schedule's multiplier, the step actually taken. The last step's search diagnostics come too:
   ``linesearch/trials``, ``linesearch/failed_searches``, ``linesearch/sufficient_decrease_ratio``.
+* **bf16.** With ``bf16=True`` the step runs under bf16 autocast, so a search evaluates its loss
+  at x and its trials in fp32, through the model's forward without accelerate's autocast
+  (:mod:`lsframe.integrations._hf_precision`); Trainer's own forward and backward stay bf16.
 * Refused with a :class:`lsframe.errors.ConfigError` that says why: ``fp16`` (its GradScaler
   cannot drive a closure; ``bf16`` works), DeepSpeed, a torch LR scheduler attached to the line
   search, ``reduce_lr_on_plateau`` and ``greedy`` schedules, a ``training_step`` that does not
@@ -72,6 +75,10 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lsframe.errors import ConfigError
+from lsframe.integrations._hf_precision import (
+    original_forward_when_full_precision,
+    trainer_autocast,
+)
 from lsframe.optim._registry import info_for
 from lsframe.optim.closure import NormStatistics, StepRandomState
 from lsframe.optim.data_passes import innermost_optimizer, start_pass
@@ -176,9 +183,11 @@ class TrainerStepClosure:
 
     def forward(self) -> Tensor:
         """The accumulated loss at the current parameters, forward only, under no_grad."""
-        statistics = [NormStatistics(m) for m in self._models()]
+        models = self._models()
+        statistics = [NormStatistics(m) for m in models]
+        device_type = self.trainer.args.device.type
         try:
-            with torch.no_grad():
+            with torch.no_grad(), original_forward_when_full_precision(models, device_type):
                 total = sum(self._scaled_loss(mb) for mb in self.micro_batches)
         finally:
             for saved in statistics:
@@ -342,7 +351,8 @@ class LineSearchTrainerMixin:
                 return original(None, *args, **kwargs)
             after_backward = StepRandomState(trainer.args.device)
             try:
-                return original(closure, *args, **kwargs)
+                with trainer_autocast(trainer):  # bf16=True: the search's losses in fp32
+                    return original(closure, *args, **kwargs)
             finally:
                 after_backward.restore()
 

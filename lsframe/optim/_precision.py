@@ -9,7 +9,8 @@ which SaLSA's rule accepts: a step of ~1e-7 on MiniLM where fp32 accepts ~1e-3).
 search compares, the one at ``x`` and every trial's, are evaluated with autocast off; the
 gradient, from the closure's backward, stays in the caller's precision. That costs one
 forward-only evaluation at ``x`` per search, counted with the trials. Autocast entered inside
-the model's own ``forward`` (accelerate's, under HF Trainer's ``bf16=True``) is out of reach.
+the model's own ``forward`` (accelerate's, under HF Trainer's ``bf16=True``) is beyond this
+switch; lsframe's Trainer integration handles it (:mod:`lsframe.integrations._hf_precision`).
 """
 
 from __future__ import annotations
