@@ -66,8 +66,6 @@ from __future__ import annotations
 import copy
 import types
 import weakref
-from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -75,12 +73,10 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lsframe.errors import ConfigError
-from lsframe.integrations._hf_precision import (
-    original_forward_when_full_precision,
-    trainer_autocast,
-)
+from lsframe.integrations._hf_closure import TrainerStepClosure, _MicroBatch
+from lsframe.integrations._hf_precision import trainer_autocast
 from lsframe.optim._registry import info_for
-from lsframe.optim.closure import NormStatistics, StepRandomState
+from lsframe.optim.closure import StepRandomState
 from lsframe.optim.data_passes import innermost_optimizer, start_pass
 from lsframe.optim.step_size_schedule import StepSizeSchedule
 
@@ -140,110 +136,6 @@ def step_size_logs(optimizer: Optimizer) -> dict[str, float]:
         if ratio is not None:
             logs["linesearch/sufficient_decrease_ratio"] = float(ratio)
     return logs
-
-
-@dataclass
-class _MicroBatch:
-    """One ``compute_loss`` call of a ``training_step``, enough to repeat it exactly."""
-
-    model: nn.Module
-    inputs: Any  # a shallow copy: compute_loss may pop keys ("labels") from the dict it gets
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    training: bool
-    random_state: StepRandomState
-    scale: Tensor | None = None  # back-propagated loss / compute_loss's loss
-    loss: Tensor | None = None  # the loss training_step back-propagated (detached)
-
-
-class TrainerStepClosure:
-    """lsframe's closure ``closure(backward: bool = True) -> Tensor`` over the micro-batches
-    Trainer ran in one step (see the module's docstring).
-
-    Attributes:
-        evaluations: How many times the closure ran in this step.
-    """
-
-    def __init__(self, trainer: Trainer, optimizer: Optimizer, micro_batches: list[_MicroBatch]):
-        self.trainer = trainer
-        self.optimizer = optimizer
-        self.micro_batches = micro_batches
-        self.evaluations = 0
-        self._reused = False
-
-    def __call__(self, backward: bool = True) -> Tensor:
-        self.evaluations += 1
-        if not backward:
-            return self.forward()
-        if not self._reused:  # Trainer's own backward pass: gradients accumulated and clipped
-            self._reused = True
-            total = torch.stack([mb.loss.float().sum() for mb in self.micro_batches]).sum()
-            return self._mean_over_processes(total)
-        return self._backward_again()
-
-    def forward(self) -> Tensor:
-        """The accumulated loss at the current parameters, forward only, under no_grad."""
-        models = self._models()
-        statistics = [NormStatistics(m) for m in models]
-        device_type = self.trainer.args.device.type
-        try:
-            with torch.no_grad(), original_forward_when_full_precision(models, device_type):
-                total = sum(self._scaled_loss(mb) for mb in self.micro_batches)
-        finally:
-            for saved in statistics:
-                saved.restore()
-        return self._mean_over_processes(total)
-
-    # ------------------------------------------------------------------------------ parts
-    def _models(self) -> list[nn.Module]:
-        return list({id(mb.model): mb.model for mb in self.micro_batches}.values())
-
-    def _scaled_loss(self, mb: _MicroBatch) -> Tensor:
-        trainer = self.trainer
-        mb.random_state.restore()
-        mode = mb.model.training
-        if mode != mb.training:
-            mb.model.train(mb.training)
-        try:
-            with trainer.compute_loss_context_manager():
-                loss = trainer.compute_loss(mb.model, copy.copy(mb.inputs), *mb.args, **mb.kwargs)
-        finally:
-            if mode != mb.training:
-                mb.model.train(mode)
-        if isinstance(loss, tuple):  # return_outputs=True
-            loss = loss[0]
-        return loss.mean() * mb.scale.to(loss.dtype)
-
-    def _backward_again(self) -> Tensor:
-        trainer = self.trainer
-        accelerator = trainer.accelerator
-        self.optimizer.zero_grad(set_to_none=True)
-        statistics = [NormStatistics(m) for m in self._models()]
-        # accelerator.backward divides by its own accumulation steps (1 under Trainer >= 4.46)
-        undo = float(getattr(accelerator, "gradient_accumulation_steps", 1) or 1)
-        total = torch.zeros((), device=trainer.args.device)
-        last = len(self.micro_batches) - 1
-        try:
-            for i, mb in enumerate(self.micro_batches):
-                sync = nullcontext() if i == last else accelerator.no_sync(mb.model)
-                with sync, torch.enable_grad():
-                    loss = self._scaled_loss(mb)
-                    accelerator.backward(loss * undo)
-                total = total + loss.detach().float()
-        finally:
-            for saved in statistics:
-                saved.restore()
-        if trainer.args.max_grad_norm is not None and trainer.args.max_grad_norm > 0:
-            model = self.micro_batches[0].model
-            accelerator.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
-        return self._mean_over_processes(total)
-
-    def _mean_over_processes(self, loss: Tensor) -> Tensor:
-        accelerator = self.trainer.accelerator
-        loss = loss.detach()
-        if accelerator.num_processes > 1:
-            loss = accelerator.reduce(loss, reduction="mean")
-        return loss
 
 
 class _LineSearchState:
