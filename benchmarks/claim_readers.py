@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import mean_std
-from benchmarks.quality import GRID
+from benchmarks.quality import best_grid_point
 
 Rows = list[dict[str, Any]]
 DEFAULT = "slope_tracking_adam"  # lsframe's learning-rate-free default (issue 18)
@@ -33,8 +33,9 @@ def _values(rows: Rows, metric: str, **match: Any) -> list[float]:
 
 def salsa_vs_adamw(rows: Rows) -> tuple[str, str]:
     salsa = _values(rows, "acc", optimizer="salsa")
-    grid = {r["optimizer"] for r in rows if r["optimizer"].startswith("adamw@")}
-    best = max(grid, key=lambda name: statistics.mean(_values(rows, "acc", optimizer=name)))
+    best = best_grid_point(rows, "acc")
+    if best is None:
+        raise ValueError("no AdamW grid runs")
     adamw = _values(rows, "acc", optimizer=best)
     holds = statistics.mean(salsa) >= statistics.mean(adamw)
     measured = f"SaLSA {over_seeds(salsa)} vs best AdamW ({best.split('@')[1]}) {over_seeds(adamw)}"
@@ -48,10 +49,9 @@ def default_vs_grid(task: str) -> Callable[[Rows], tuple[str, str]]:
 
     def read(rows: Rows) -> tuple[str, str]:
         mine = _values(rows, metric, optimizer=DEFAULT)
-        grid = {r["optimizer"] for r in rows if r["optimizer"] in GRID}  # not adamw@3e-4's pilot
-        if not mine or not grid:
+        best = best_grid_point(rows, metric)
+        if not mine or best is None:
             raise ValueError("no default or no AdamW grid runs")
-        best = max(grid, key=lambda name: statistics.mean(_values(rows, metric, optimizer=name)))
         adamw = _values(rows, metric, optimizer=best)
         majority = rows[0].get("majority")
         learns = "" if majority is None else sum(v >= majority + 0.02 for v in mine)

@@ -18,7 +18,7 @@ import json
 import statistics
 from pathlib import Path
 
-from benchmarks.quality import GRID
+from benchmarks.quality import best_grid_point
 
 RESULTS = Path(__file__).parent / "results"
 #: the summary's columns: (header, optimizer spec in the quality tables)
@@ -64,18 +64,18 @@ def against(mine: dict[int, float] | None, best: dict[int, float]) -> str:
     return spread(list(mine.values())) + note + ")"
 
 
-def best_grid_point(label: str, acc: dict[str, dict[int, float]]) -> str:
-    grid = [name for name in GRID if name in acc]
-    if not grid:
+def best_of_grid(label: str, rows: list[dict]) -> str:
+    best = best_grid_point(rows, "acc")
+    if best is None:
         raise ValueError(f"{label}: no AdamW grid runs")
-    return max(grid, key=lambda name: statistics.mean(acc[name].values()))
+    return best
 
 
 def summary_line(label: str, rows: list[dict]) -> str:
     """One line of the table: ``label``, each of :data:`COLUMNS`, the best grid point, the
     majority class."""
     acc = accuracies(rows)
-    best = best_grid_point(label, acc)
+    best = best_of_grid(label, rows)
     cells = [against(acc.get(spec), acc[best]) for _, spec in COLUMNS]
     cells.append(f"{spread(list(acc[best].values()))}), {best.split('@')[1]}")
     cells.append(f"{rows[0]['majority']:.3f}")
@@ -99,7 +99,7 @@ def presets_table(rows: list[dict], label: str) -> str:
     """The papers' rules with their defaults and their robust presets (``name+robust``) on one
     quality table's ``rows``, SaLSA and the authors' SaLSA package beside them."""
     acc = accuracies(rows)
-    best = acc[best_grid_point(label, acc)]
+    best = acc[best_of_grid(label, rows)]
     lines = ["| method | paper default | measured | lsframe preset `robust` | measured |"]
     lines.append("|---|---|---|---|---|")
     for name, spec, default, preset in PRESETS:
