@@ -46,6 +46,8 @@ def split_spec(spec: str) -> tuple[str, bool]:
 def keep_back(train: TextExamples) -> tuple[TextExamples, TextExamples]:
     """``(examples to train on, the last HELDOUT examples)``."""
     n = len(train.labels) - HELDOUT
+    if n <= 0:
+        raise ValueError(f"^heldout keeps back {HELDOUT} examples: the slice has {n + HELDOUT}")
     pair = train.text_pair
     kept = TextExamples(train.text[n:], train.labels[n:], None if pair is None else pair[n:])
     return train.head(n), kept
@@ -55,8 +57,11 @@ class HeldOutHalving:
     """Every ``every`` steps, the held-out losses; the factor halves on a significant rise
     above the reference check's. ``checks`` records ``(step, mean loss, z, factor)``."""
 
-    def __init__(self, examples, tok, args, seed: int, total_steps: int) -> None:
+    def __init__(self, examples, tok, args, seed: int, run, total_steps: int) -> None:
+        if run.scheduler is None:
+            raise ValueError(f"{run.name}^heldout needs a schedule (AdamW, or a ~anneal)")
         self.data = loader(examples, tok, args.max_length, 64, seed, shuffle=False)
+        self.batches = 0  # forwards of the checks, not of training
         self.device, self.bf16 = args.device, args.bf16
         self.every = max(1, math.ceil(total_steps / CHECKS))
         self.steps, self.factor = 0, 1.0
@@ -69,6 +74,7 @@ class HeldOutHalving:
         with torch.no_grad(), autocast(self.device, self.bf16):
             for batch in self.data:
                 batch = to_device(batch, self.device)
+                self.batches += 1
                 labels = batch.pop("labels")
                 logits = run.model(**batch).logits.float()
                 out.append(F.cross_entropy(logits, labels, reduction="none").cpu())
@@ -77,8 +83,6 @@ class HeldOutHalving:
 
     def after_step(self, run) -> None:
         """Count the step, check when due, and scale the step sizes the scheduler just set."""
-        if run.scheduler is None:
-            raise ValueError(f"{run.name}^heldout needs a schedule (AdamW, or a ~anneal)")
         self.steps += 1
         if self.steps % self.every == 0:
             self.check(self.losses(run))
@@ -90,6 +94,10 @@ class HeldOutHalving:
                 group["lr"] *= self.factor
 
     def check(self, losses: torch.Tensor) -> None:
+        if not bool(torch.isfinite(losses).all()):  # diverged: halve, keep the reference
+            self.factor *= FACTOR
+            self.checks.append((self.steps, float("nan"), math.inf, self.factor))
+            return
         z = 0.0
         if self.reference is not None:
             diff = losses - self.reference

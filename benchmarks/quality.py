@@ -100,7 +100,9 @@ def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
         train, kept = keep_back(train)
     data = loader(train, tok, args.max_length, args.batch_size, seed)
     run = build(base, model, args.epochs * len(data))
-    halving = HeldOutHalving(kept, tok, args, seed, args.epochs * len(data)) if heldout else None
+    halving = (
+        HeldOutHalving(kept, tok, args, seed, run, args.epochs * len(data)) if heldout else None
+    )
     torch.manual_seed(seed)
     losses = []
     for epoch in range(args.epochs):
@@ -111,6 +113,7 @@ def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
             if halving is not None:
                 halving.after_step(run)
     tail = losses[-max(1, len(losses) // 5) :]
+    checks = halving.batches if halving is not None else 0  # the held-out forwards
     dev_data = loader(dev, tok, args.max_length, 64, seed, shuffle=False)
     row = {
         "optimizer": spec,
@@ -118,13 +121,13 @@ def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
         **run_settings(args),
         "train_loss": sum(tail) / len(tail),
         "nonfinite_steps": sum(1 for x in losses if x != x),
-        "forwards_per_step": run.forwards.count / len(losses),
+        "forwards_per_step": (run.forwards.count - checks) / len(losses),
         "final_step_size": step_size(run),
         "seconds": time.perf_counter() - started,
         "threads": torch.get_num_threads(),
         **evaluate(run, dev_data, args.task, args),
         "per_step": run.diagnostics.columns,  # step sizes; a line search's trials and ratios
-        **({"heldout_checks": halving.checks} if halving is not None else {}),
+        **({"heldout_checks": halving.checks, "heldout_forwards": checks} if checks else {}),
     }
     append_run(args.log, row)  # survives an interrupted benchmark
     return row

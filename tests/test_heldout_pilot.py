@@ -72,7 +72,19 @@ def test_the_factor_scales_the_step_sizes_the_scheduler_just_set():
         assert opt.param_groups[0]["lr"] == pytest.approx(2.5e-4)
     run.scheduler = None
     with pytest.raises(ValueError, match="needs a schedule"):
-        rule.after_step(run)
+        HeldOutHalving(None, None, None, 0, run, 10)
+
+
+def test_a_non_finite_held_out_loss_halves_and_never_becomes_the_reference():
+    rule = halving()
+    base = torch.linspace(0.3, 0.9, 64)
+    rule.check(base)
+    diverged = base.clone()
+    diverged[3] = float("nan")
+    rule.check(diverged)
+    assert rule.factor == 0.5 and torch.equal(rule.reference, base)
+    rule.check(base + 0.01 * torch.sin(torch.arange(64.0)))  # finite reference again: no rise
+    assert rule.factor == 0.5
 
 
 def test_the_kept_back_examples_are_the_last_ones_and_are_not_trained_on():
@@ -84,3 +96,5 @@ def test_the_kept_back_examples_are_the_last_ones_and_are_not_trained_on():
     assert split_spec("salsa") == ("salsa", False)
     with pytest.raises(ValueError, match="unknown suffix"):
         split_spec("salsa^later")
+    with pytest.raises(ValueError, match="keeps back"):
+        keep_back(train.head(HELDOUT))

@@ -63,9 +63,8 @@ class TrainerStepClosure:
         """The accumulated loss at the current parameters, forward only, under no_grad."""
         models = self._models()
         statistics = [NormStatistics(m) for m in models]
-        device_type = self.trainer.args.device.type
         try:
-            with torch.no_grad(), original_forward_when_full_precision(models, device_type):
+            with torch.no_grad(), original_forward_when_full_precision(models, self.trainer):
                 total = sum(self._scaled_loss(mb) for mb in self.micro_batches)
         finally:
             for saved in statistics:
