@@ -101,6 +101,21 @@ for task in sst2 mrpc rte; do
       "slope_tracking_adam+significant+slope+from_top~warmup_anneal"
   done
 done
+# issue 18: README's variant at the main rows' seeds (S 5, M 3); a held-out slice halving
+# AdamW's step sizes (benchmarks/heldout.py; seed 0, set aside)
+V="slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal"
+for task in sst2 mrpc rte; do
+  OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task $task --seeds 0 1 2 3 4 \
+    --no-schedulefree --optimizers "$V"
+  OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task $task --seeds 0 1 2 \
+    --no-schedulefree --optimizers "$V"
+done
+for task in sst2 rte; do
+  for setting in S M; do
+    OMP_NUM_THREADS=1 python -m benchmarks.quality --setting $setting --task $task --seeds 0 \
+      --no-schedulefree --optimizers "adamw@1e-4^heldout"
+  done
+done
 # issue 18: a Polyak-type step size along Adam's direction per task (probed, not used)
 OMP_NUM_THREADS=1 python -m benchmarks.polyak_probe --tasks sst2 mrpc rte --seeds 0 1 --steps 60
 # time to target over 300 steps (the window of the cost criterion) and 1,000; the 300-step runs
