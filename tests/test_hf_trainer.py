@@ -359,8 +359,8 @@ def test_a_step_size_schedule_passed_in_is_used(tmp_path):
         assert entry["learning_rate"] == pytest.approx(0.5 * entry["step_size"])
 
 
-@pytest.mark.parametrize("name", ["salsa", "sgdsls"])
-def test_under_bf16_a_search_compares_full_precision_losses(name, tmp_path):
+@pytest.mark.parametrize("name, accumulation", [("salsa", 1), ("sgdsls", 1), ("salsa", 2)])
+def test_under_bf16_a_search_compares_full_precision_losses(name, accumulation, tmp_path):
     """accelerate autocasts inside the model's forward under ``bf16=True``; the search's loss at
     x and its trials must still run in fp32 (bf16 cannot resolve a fine-tuning step's change)."""
     model = bert()
@@ -369,7 +369,7 @@ def test_under_bf16_a_search_compares_full_precision_losses(name, tmp_path):
     model.classifier.register_forward_hook(
         lambda _m, _i, out: seen.append((torch.is_grad_enabled(), out.dtype))
     )
-    args = arguments(tmp_path, max_steps=3, bf16=True)
+    args = arguments(tmp_path, max_steps=3, bf16=True, gradient_accumulation_steps=accumulation)
     trainer = LineSearchTrainer(
         model=model, args=args, train_dataset=DATA, optimizers=(optimizer, None)
     )
@@ -381,7 +381,8 @@ def test_under_bf16_a_search_compares_full_precision_losses(name, tmp_path):
     assert evaluated and set(evaluated) == {torch.float32}
     record = optimizer.last_step
     assert "reference_loss" in record  # the loss at x, recomputed in fp32
-    assert len(evaluated) == optimizer.state["line_search"]["forwards"]
+    # each evaluation runs every micro-batch of the step
+    assert len(evaluated) == accumulation * optimizer.state["line_search"]["forwards"]
     # the fp32 loss at x differs from the bf16 one Trainer back-propagated
     assert record["reference_loss"] != record["loss"]
 
