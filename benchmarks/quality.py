@@ -19,6 +19,8 @@ the runs found there (add seeds in several sittings). ``--device cuda`` runs on 
 ``<name>_gpu``); ``--bf16`` runs every forward under bf16 autocast (a line search switches it off
 for the losses it compares, :mod:`lsframe.optim._precision`), with the weights, the optimizers'
 state and the updates in fp32 (table ``<name>_bf16_<cpu|gpu>``; its runs are logged apart).
+A row ``<spec>^heldout`` runs issue 18's held-out pilot on top of ``<spec>``
+(:mod:`benchmarks.heldout`).
 
     python -m benchmarks.quality --task sst2 --train-limit 2000 --max-length 64 --seeds 0 1 2
     python -m benchmarks.quality --setting S --task rte --seeds 0 1 2 3 4 --optimizers adamw@1e-4
