@@ -1,8 +1,8 @@
 """Line-search losses at full precision under reduced-precision autocast.
 
 Under bf16 or fp16 autocast around ``opt.step`` (Lightning's ``bf16-mixed``, lsframe's fp16
-plugin, a plain loop inside ``torch.autocast``) a forward rounds the weights and activations to 8 (bf16) or 11 (fp16) bits of
-mantissa. A fine-tuning step changes the loss by 1e-4–1e-3, below that rounding: the loss of a
+plugin, a plain loop inside ``torch.autocast``) a forward rounds the weights and activations to
+8 (bf16) or 11 (fp16) bits of mantissa. A fine-tuning step changes the loss by 1e-4–1e-3, below that rounding: the loss of a
 trial point is then the loss at ``x`` plus rounding noise, Armijo's test compares noise, and a
 search backtracks until the step no longer changes the rounded weights (a decrease of exactly 0,
 which SaLSA's rule accepts: a step of ~1e-7 on MiniLM where fp32 accepts ~1e-3). So the losses a

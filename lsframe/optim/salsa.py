@@ -152,7 +152,8 @@ class SaLSA(LineSearchOptimizer):
         return min(self.shared("max_gap"), 1.0 / (ratio - 1.0 + 1e-8))
 
     def _may_search(self) -> bool:
-        """The search condition of :meth:`_line_search_step`, read before it counts this step."""
+        """Whether this step searches (every step without ``amortize``, the warmup's, then once
+        the steps since the last search reach :meth:`search_gap`); read before the step counts."""
         state = self.search_state
         return (
             not self.shared("amortize")
@@ -165,17 +166,12 @@ class SaLSA(LineSearchOptimizer):
     ) -> None:
         state = self.search_state
         rule = {key: self.shared(key) for key in RULE_KEYS}
-        gap = self.search_gap()
+        search = self._may_search()  # before this step is counted
         state["steps_since_search"] += 1
         step = next_moment_step(state) + self.shared("bias_correction_offset")
         adam = adam_directions(self.state, groups, step)
         momentum = adam.update()
         eta = rule["growth"] * state["searched_step_size"]
-        search = (
-            not rule["amortize"]
-            or state["step"] < rule["warmup_searches"]
-            or state["steps_since_search"] >= gap
-        )
         if not search:
             momentum.move(groups, [eta] * len(groups))
             self._set_step_sizes(eta)
