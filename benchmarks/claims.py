@@ -65,9 +65,12 @@ P2_FP32 = (
     "Lamb at batch 1,024 is the `valley_large_batch` row."
 )
 P2_BF16 = (
-    "Run a few at a time (about 50 CPU-minutes each with `--bf16`, 18 runs in all, about 14 "
-    "CPU-hours); `python -m benchmarks.p2_large_batch --bf16 --seeds 0 1 2` runs the missing "
-    "ones. Until ALTO and Lamb have 3 seeds at both batch sizes the verdict is provisional."
+    "Run a few at a time (about 50 CPU-minutes each with `--bf16` on an Intel Xeon core with "
+    "native bf16, 18 runs in all, about 14 CPU-hours); `python -m benchmarks.p2_large_batch "
+    "--bf16 --seeds 0 1 2` runs the missing ones. Not on an AVX2-only CPU: on an AMD EPYC core "
+    "a step at batch 4,096 took about 190 CPU-s in bf16 (emulated) and 30 in fp32, about 20 "
+    "and 3 CPU-hours a run. Until ALTO and Lamb have 3 seeds at both batch sizes the verdict is "
+    "provisional."
 )
 P4_SEEDS = (
     "A P4 run takes 10-36 CPU-minutes here, so the protocol runs 3 seeds per method (the rule "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -123,6 +124,16 @@ def to_device(batch: dict, device: str) -> dict:
 def autocast(device: str, bf16: bool):
     """bf16 autocast on ``device`` (``cpu`` or ``cuda``) when ``bf16``, else a no-op context."""
     return torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)
+
+
+def warn_if_bf16_emulated(device: str, bf16: bool) -> None:
+    """Print one line before the runs when ``--bf16`` asks the CPU for bf16 it would emulate
+    (:func:`lsframe.precision.emulated_bf16`)."""
+    from lsframe.precision import emulated_bf16
+
+    reason = emulated_bf16(device) if bf16 else None
+    if reason is not None:
+        print(f"--bf16: {reason}; drop --bf16 on this machine, or use a GPU", flush=True)
 
 
 def endless(data: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
@@ -356,9 +367,29 @@ def load_runs(
     return [r for r in runs if all(r.get(k, old.get(k)) == v for k, v in settings.items())]
 
 
-def append_run(log: Path, row: dict) -> None:
+def machine(device: str | None = None) -> str:
+    """The GPU's name or the CPU's model (:func:`device_name` without the thread count)."""
+    name = device_name(device)
+    return name.rsplit(", ", 1)[0] if name.startswith("cpu: ") else name
+
+
+def logged_machines(rows: Sequence[dict], device: str | None = None) -> str:
+    """The machines that ran ``rows`` with their run counts (``machine``, logged by
+    :func:`append_run`; ``not logged`` for runs from before it was), or this machine when there
+    are no rows: a table regenerated on another machine names its runs' machines, not its own."""
+    if not rows:
+        return machine(device)
+    counts = Counter(r.get("machine", "not logged") for r in rows)
+    plural = {1: "run"}
+    return "; ".join(f"{name} ({n} {plural.get(n, 'runs')})" for name, n in sorted(counts.items()))
+
+
+def append_run(log: Path, row: dict, device: str | None = None) -> None:
+    """Log ``row`` (one JSON line) with the machine that ran it (``device``: ``"cpu"`` or
+    ``"cuda"``; default: the GPU if there is one)."""
     import json
 
+    row.setdefault("machine", machine(device))
     print(json.dumps(row), flush=True)
     with log.open("a") as f:
         f.write(json.dumps(row) + "\n")

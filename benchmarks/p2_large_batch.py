@@ -81,9 +81,10 @@ from torch.nn import functional as F
 from benchmarks.common import (
     append_run,
     default_device,
-    device_name,
     load_runs,
+    logged_machines,
     mean_std,
+    warn_if_bf16_emulated,
     write_results,
 )
 from benchmarks.protocols import (
@@ -229,6 +230,7 @@ def main() -> None:
         "--checkpoint-every", type=int, default=10, help="save a run every N steps (0: never)"
     )
     args = parser.parse_args()
+    warn_if_bf16_emulated(args.device, args.bf16)
     torch.set_num_threads(args.threads)
     name = "p2_large_batch_bf16" if args.bf16 else "p2_large_batch"
     out = output_path(name, args.out, args.max_steps is not None, args.device)
@@ -246,7 +248,7 @@ def main() -> None:
                     checkpoint = checkpoint_path(out, run_name)
                     row = {"optimizer": name, "seed": seed, **here}
                     row.update(run(name, size, seed, data, args, checkpoint))
-                    append_run(log, row)
+                    append_run(log, row, args.device)
                     checkpoint.unlink(missing_ok=True)
     # the table holds every logged run of these settings, read again now: runs that other
     # processes (other seeds, sizes or optimizers) logged meanwhile stay in it
@@ -266,7 +268,7 @@ def main() -> None:
         + (f" (smoke: first {args.max_steps} steps only)" if args.max_steps else "")
         + ("; forward under bf16 autocast" if args.bf16 else "; fp32")
         + f"; lr {LR:g}, weight decay {WEIGHT_DECAY:g}, 10 % warmup + cosine; seeds {seeds}; "
-        f"device {device_name(args.device)}; torch {torch.__version__}. Mean ± std over seeds; "
+        f"device {logged_machines(rows, args.device)}; torch {torch.__version__}. Mean ± std over seeds; "
         "'vs AdamW' is the mean ± std over seeds of (test acc − AdamW's test acc, same seed)."
     )
     write_results(out, meta, table(rows, list(OPTIMIZERS), args.batch_sizes), rows)

@@ -42,14 +42,15 @@ from benchmarks.common import (
     build,
     classifier,
     default_device,
-    device_name,
     glue_examples,
     load_runs,
     loader,
+    logged_machines,
     mean_std,
     step_size,
     to_device,
     tokenizer,
+    warn_if_bf16_emulated,
     write_results,
 )
 from benchmarks.heldout import HeldOutHalving, keep_back, split_spec
@@ -131,7 +132,7 @@ def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
         "per_step": run.diagnostics.columns,  # step sizes; a line search's trials and ratios
         **({"heldout_checks": halving.checks, "heldout_forwards": checks} if checks else {}),
     }
-    append_run(args.log, row)  # survives an interrupted benchmark
+    append_run(args.log, row, args.device)  # survives an interrupted benchmark
     return row
 
 
@@ -211,6 +212,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast of the forwards")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    warn_if_bf16_emulated(args.device, args.bf16)
     if args.setting:
         for key, value in SETTINGS[args.setting].items():
             setattr(args, key, value)
@@ -272,8 +274,7 @@ def runs_machine(rows: list[dict], table_only: bool, wall: float, device: str) -
     threads = sorted({r["threads"] for r in rows if "threads" in r})
     unlogged = any("threads" not in r for r in rows)
     counts = [str(t) for t in threads] + ["not logged"] * unlogged
-    model = device_name(device).rsplit(",", 1)[0]
-    text = f"device {model}, threads per run: {' / '.join(counts)}"
+    text = f"device {logged_machines(rows, device)}, threads per run: {' / '.join(counts)}"
     return text if table_only else f"{text}; wall {wall:.0f} s"
 
 

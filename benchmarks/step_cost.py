@@ -54,6 +54,7 @@ from benchmarks.common import (
     step_size,
     to_device,
     tokenizer,
+    warn_if_bf16_emulated,
     write_results,
 )
 from lsframe.optim import info, line_searches, make_closure
@@ -310,6 +311,7 @@ def main() -> None:
     parser.add_argument("--out", help="default: benchmarks/results/<step_cost|time_to_target>_…")
     parser.add_argument("--probe-memory", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    warn_if_bf16_emulated(args.device, args.bf16)
     if args.probe_memory:
         print(probe_memory(args.probe_memory, args))
         return

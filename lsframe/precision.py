@@ -230,3 +230,29 @@ def fp16_plugin(trainer: pl.Trainer | None) -> FP16MixedPrecision | None:
     """The trainer's :class:`FP16MixedPrecision` plugin, or None (no trainer, other precision)."""
     plugin = getattr(trainer, "precision_plugin", None) if trainer is not None else None
     return plugin if isinstance(plugin, FP16MixedPrecision) else None
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX, as oneDNN reports it).
+
+    Without it torch emulates bf16 on the CPU, and bf16 autocast is slower than float32, not
+    faster: a ResNet-20 step at batch 4,096 took about 190 CPU-seconds in bf16 against 30 in
+    float32 on an AVX2-only AMD EPYC core, where an Intel Xeon core with native bf16 took 7.4
+    (benchmarks/p2_large_batch.py). Unknown (a torch without the query): True.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
+
+
+def emulated_bf16(device_type: str) -> str | None:
+    """Why bf16 is a bad idea on ``device_type`` here, in words: a ``"cpu"`` without native
+    bf16 (:func:`native_cpu_bf16`) emulates it; None where bf16 is native or not on a CPU."""
+    if device_type != "cpu" or native_cpu_bf16():
+        return None
+    capability = torch.backends.cpu.get_cpu_capability()
+    return (
+        f"this CPU has no native bf16 (torch reports {capability}), so bf16 is emulated and "
+        "runs several times slower than float32"
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from helpers import TinyRegression, loader, trainer
@@ -76,3 +78,23 @@ def test_bf16_mixed_runs_the_closure_with_trials():
     assert all(torch.isfinite(p).all() for p in module.model.parameters())
     # the search compared full-precision losses (autocast off for x and the trials)
     assert "reference_loss" in t.optimizers[0].last_step
+
+
+@pytest.mark.parametrize(
+    ("precision", "native", "warns"),
+    [("bf16-mixed", False, True), ("bf16-mixed", True, False), ("32-true", False, False)],
+)
+def test_bf16_on_a_cpu_that_would_emulate_it_warns_at_fit(monkeypatch, precision, native, warns):
+    import lsframe.precision
+
+    monkeypatch.setattr(lsframe.precision, "native_cpu_bf16", lambda: native)
+    module = TinyRegression(optimizer=lambda p: optim.create("salsa", p))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(max_steps=1, precision=precision).fit(module, train_dataloaders=loader())
+    mine = [str(w.message) for w in caught if "no native bf16" in str(w.message)]
+    if warns:
+        assert len(mine) == 1
+        assert mine[0].startswith("trainer.precision: 'bf16-mixed': this CPU has no native bf16")
+    else:
+        assert mine == []

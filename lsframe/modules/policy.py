@@ -9,12 +9,14 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lsframe.callbacks.base import check_closure_callbacks
 from lsframe.errors import ConfigError
 from lsframe.optim import all_finite, info_for
-from lsframe.precision import FP16MixedPrecision
+from lsframe.precision import FP16MixedPrecision, emulated_bf16
 
 
 def check_sharding(strategy: Any, optimizer: torch.optim.Optimizer) -> None:
@@ -74,10 +76,19 @@ def _is_fp16_plugin(plugin: Any) -> bool:
 
 def check_fit(trainer: pl.Trainer) -> None:
     """Everything a ClosureModule checks when a fit starts: the precision (lsframe's fp16 plugin,
-    or one without a GradScaler) and the callbacks
+    or one without a GradScaler; a warning for bf16 that the CPU would emulate) and the callbacks
     (:func:`lsframe.callbacks.base.check_closure_callbacks`)."""
     if not _is_fp16_plugin(trainer.precision_plugin):
         check_precision(str(trainer.precision))
+        cpu = isinstance(trainer.accelerator, CPUAccelerator)
+        reason = (
+            emulated_bf16("cpu" if cpu else "other") if "bf16" in str(trainer.precision) else None
+        )
+        if reason is not None:
+            rank_zero_warn(
+                f"trainer.precision: {trainer.precision!r}: {reason}; use '32-true' on this "
+                "machine, or a CPU with AVX-512 BF16/AMX, or a GPU"
+            )
     check_closure_callbacks(trainer.callbacks)
 
 
