@@ -54,6 +54,7 @@ from benchmarks.common import (
     glue_examples,
     load_runs,
     loader,
+    logged_machines,
     mean_std,
     minilm_module,
     quiet_trainer,
@@ -154,7 +155,7 @@ def quality(args: argparse.Namespace) -> None:
     meta = (
         f"MiniLM-L6, seeded random {args.train_size}-example training subsets, {args.epochs} "
         f"epochs, batch 16, max length 128, AdamW lr {args.lr} wd 0.01, warmup 10 % + cosine; "
-        f"full dev sets; seeds {args.seeds}; device {device_name()}; torch "
+        f"full dev sets; seeds {args.seeds}; device {logged_machines(rows)}; torch "
         f"{torch.__version__}. Mean ± std over seeds."
     )
     write_results(args.out, meta, "\n".join(lines), rows)
@@ -265,7 +266,7 @@ def p4(args: argparse.Namespace) -> None:
         f"optimizer steps{capped}, batch 16, max length 128, AdamW lr {args.lr} wd 0.01, "
         "warmup 10 % + linear decay; DPS p 0.3, update ratio "
         f"{args.update_ratio}; ChildTuning-D reserve 0.3; dropout {dropout}; fp32; final model "
-        f"on the full dev set; seeds {seeds}; device {device_name()}; torch "
+        f"on the full dev set; seeds {seeds}; device {logged_machines(rows)}; torch "
         f"{torch.__version__}. Mean ± sample std over seeds (P4 compares both)."
     )
     write_results(args.out, meta, "\n".join(lines), rows)

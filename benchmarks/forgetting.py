@@ -36,8 +36,8 @@ from benchmarks.common import (
     QUIET_TRAINER,
     adamw,
     append_run,
-    device_name,
     load_runs,
+    logged_machines,
     mean_std,
     minilm_module,
     write_results,
@@ -172,7 +172,7 @@ def main() -> None:
         f"MiniLM-L6, seeded random {args.train_size}-example training subsets, {args.epochs} "
         f"epochs per stage, AdamW {args.lr:g} + warmup/cosine per stage, separate heads, full dev sets "
         f"(accuracy); EWC task-loss Fisher over {args.fisher_batches} batches; device "
-        f"{device_name()}. Mean ± std over seeds."
+        f"{logged_machines(rows)}. Mean ± std over seeds."
     )
     write_results(out, meta, "\n".join(lines), rows)
 

@@ -69,8 +69,8 @@ from torch import Tensor, nn
 from benchmarks.common import (
     append_run,
     default_device,
-    device_name,
     load_runs,
+    logged_machines,
     mean_std,
     write_results,
 )
@@ -207,7 +207,12 @@ def table(rows: list[dict], names: list[str], task: str) -> str:
 
 
 def describe(
-    task: str, steps: int, args: argparse.Namespace, seeds: list[int], names: list[str]
+    task: str,
+    steps: int,
+    args: argparse.Namespace,
+    seeds: list[int],
+    names: list[str],
+    rows: list[dict],
 ) -> str:
     size = TASKS[task]["batch_size"]
     what = (
@@ -222,7 +227,7 @@ def describe(
     return (
         f"P1 final-loss protocol: {what}; {steps:,} steps{smoke}; Adam lr {ADAM_LR:g} with 10 % "
         f"warmup + cosine, ALSALS c = {TASKS[task]['c']}, AdamSLS P0 defaults{diagnostic}; seeds "
-        f"{seeds}; device {device_name(args.device)}; torch {torch.__version__}. Final "
+        f"{seeds}; device {logged_machines(rows, args.device)}; torch {torch.__version__}. Final "
         "train loss: mean over the last 50 steps; mean ± std over seeds; 'vs Adam' is the mean "
         "± std over seeds of (final train loss − Adam's, same seed): negative = lower than Adam; "
         "final η: median over seeds of the last step size / learning rate."
@@ -266,7 +271,7 @@ def main() -> None:
                     continue
                 checkpoint = checkpoint_path(out, f"{opt}_steps{args.steps}_seed{seed}")
                 row = {"optimizer": opt, "seed": seed, **here}
-                append_run(log, row | run(opt, task, seed, data, args, checkpoint))
+                append_run(log, row | run(opt, task, seed, data, args, checkpoint), args.device)
                 checkpoint.unlink(missing_ok=True)
         # every logged run of these settings, not only this invocation's seeds and optimizers,
         # read again now: runs logged meanwhile by other processes stay in the table
@@ -274,7 +279,7 @@ def main() -> None:
         rows = [known[key] for key in sorted(known, key=lambda k: k[1])]
         names = [name for name in CHOICES if any(r["optimizer"] == name for r in rows)]
         seeds = sorted({r["seed"] for r in rows})
-        description = describe(task, args.steps, args, seeds, names)
+        description = describe(task, args.steps, args, seeds, names, rows)
         write_results(out, description, table(rows, names, task), rows)
 
 

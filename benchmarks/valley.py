@@ -34,8 +34,8 @@ from benchmarks.common import (
     GLUE_DIR,
     adamw,
     append_run,
-    device_name,
     load_runs,
+    logged_machines,
     mean_std,
     minilm_module,
     quiet_trainer,
@@ -139,7 +139,7 @@ def main() -> None:
         else f"MiniLM-L6 on the first {args.train_limit:,} SST-2 sentences, batch 32, 1 epoch"
     )
     meta = (
-        f"{setting}; warmup 10 % + cosine; seeds {args.seeds}; device {device_name()}; torch "
+        f"{setting}; warmup 10 % + cosine; seeds {args.seeds}; device {logged_machines(rows)}; torch "
         f"{torch.__version__}. Mean ± std over seeds."
     )
     write_results(out, meta, "\n".join(lines), rows)

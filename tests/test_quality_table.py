@@ -207,3 +207,36 @@ def test_quality_runs_in_bf16_are_logged_apart_and_their_table_says_so(
     quality.main()
     result = json.loads(out.with_suffix(".json").read_text())
     assert [r["bf16"] for r in result["rows"]] == [True] and "bf16 autocast" in result["meta"]
+
+
+def test_a_table_regenerated_elsewhere_names_the_machines_that_ran_its_runs(
+    minilm, shared_data, tmp_path, monkeypatch
+):
+    import json
+    import sys
+
+    from benchmarks import quality
+    from benchmarks.common import machine
+
+    out = tmp_path / "quality_rte"
+    argv = ["quality", "--task", "rte", "--train-limit", "8", "--batch-size", "4"]
+    argv += ["--max-length", "32", "--seeds", "0", "--optimizers", "adamw@1e-4"]
+    argv += ["--no-schedulefree", "--device", "cpu", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    quality.main()
+    log = out.with_suffix(".runs.jsonl")
+    (row,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert row["machine"] == machine("cpu")
+    assert (
+        f"device {machine('cpu')} (1 run)"
+        in json.loads(out.with_suffix(".json").read_text())["meta"]
+    )
+    # the same run as if another machine had logged it, and one from before machines were logged
+    older = {k: v for k, v in row.items() if k != "machine"} | {"seed": 1}
+    rows = [row | {"machine": "cpu: elsewhere"}, older]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(sys, "argv", [*argv, "--seeds", "0", "1", "--table-only"])
+    quality.main()
+    meta = json.loads(out.with_suffix(".json").read_text())["meta"]
+    assert "device cpu: elsewhere (1 run); not logged (1 run)," in meta
+    assert machine("cpu") not in meta
