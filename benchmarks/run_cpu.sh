@@ -118,6 +118,8 @@ for task in sst2 rte; do
 done
 # issue 18: a Polyak-type step size along Adam's direction per task (probed, not used)
 OMP_NUM_THREADS=1 python -m benchmarks.polyak_probe --tasks sst2 mrpc rte --seeds 0 1 --steps 60
+# issue 18: which part of the model carries the slope that drives the tracker's growth
+OMP_NUM_THREADS=1 python -m benchmarks.part_slope_probe --tasks sst2 rte --seeds 0 1
 # time to target over 300 steps (the window of the cost criterion) and 1,000; the 300-step runs
 # take their AdamW-step costs from an interleaved 300-step run with the same optimizers
 OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 300 \
@@ -130,8 +132,13 @@ for task in sst2 mrpc; do
     "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal" \
     --cost-from benchmarks/results/step_cost_minilm_300_cpu.json
 done
-python -m benchmarks.step_cost --time-to-target --task sst2 --steps 1000
-python -m benchmarks.step_cost --time-to-target --task mrpc --steps 1000
+# (runs resume on any machine; the variant's AdamW-steps column needs a 1,000-step cost table
+# with its row: step_cost_minilm_cpu.json has none yet)
+for task in sst2 mrpc; do
+  OMP_NUM_THREADS=1 python -m benchmarks.step_cost --time-to-target --task $task --steps 1000 \
+    --lr-free slope_tracking_adam+fused slope_tracking_adam salsa \
+    "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal"
+done
 # issue 22: the papers' own protocols (resumable; P2 at batch 4,096/8,192 is ~30 CPU-hours in
 # fp32, a GPU job (--device cuda); on CPU it runs with --bf16: ~14 CPU-hours, its own table)
 OMP_NUM_THREADS=1 python -m benchmarks.p1_final_loss --task gpt2 --seeds 0 1 2 3 4

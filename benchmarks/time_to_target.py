@@ -10,7 +10,8 @@ time over AdamW's, measured in one interleaved run (``--cost-from``, the step-co
 same model and device: its shorter window when the runs are that short, else its whole run),
 against the best grid run's step at the target and the grid's steps in all ("–" where the cost
 table has no row for the optimizer). Finished runs go to ``<out>.runs.jsonl``; a rerun with the
-same settings resumes from it.
+same settings resumes from it, on any machine: the steps do not depend on it. Each run logs its
+machine; where the runs come from more than one, the seconds columns stay empty ("–").
 
     python -m benchmarks.step_cost --time-to-target --task sst2 --steps 300
 """
@@ -139,7 +140,7 @@ def train_to_target(spec: str, args: argparse.Namespace, tok: Any, data: tuple) 
 
 def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]:
     keys = ("model", "task", "steps", "eval_every", "dev_limit", "bf16")
-    settings = {k: getattr(args, k) for k in keys} | {"device": device_name(args.device)}
+    settings = {k: getattr(args, k) for k in keys}  # not the machine: steps do not depend on it
     log = Path(f"{args.out}.runs.jsonl")
     done = {r["optimizer"]: r for r in load_runs(log, settings)}
     specs = [f"adamw@{lr:g}" for lr in args.grid] + args.lr_free
@@ -152,6 +153,7 @@ def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]
         for spec in specs:
             if spec not in done:
                 done[spec] = train_to_target(spec, args, tok, data) | settings
+                done[spec]["device"] = device_name(args.device)
                 append_run(log, done[spec])
     rows = [done[spec] for spec in specs]
     grid = rows[: len(args.grid)]
@@ -164,6 +166,8 @@ def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]
     best_step = time_to_target(next(r for r in grid if r["optimizer"] == best)["history"], target)
     best_step = best_step["step"]  # the best run reaches its own final metric
     grid_steps = len(grid) * args.steps
+    machines = sorted({r.get("device", "not logged") for r in rows})
+    one_machine = len(machines) == 1  # else seconds of different machines: not compared
     cells = []
     for r in rows:
         hit = time_to_target(r["history"], target)
@@ -178,21 +182,27 @@ def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]
         if cost is not None:
             in_steps = [f"{cost:.0f}", f"{cost / best_step:.2f}", f"{cost / grid_steps:.2f}"]
         cells.append([r["optimizer"], f"{r['final_metric']:.4f}", f"{best_seen:.4f}"])
-        cells[-1] += [*in_steps, f"{r['train_seconds']:.1f}", reached, share]
+        timing = [f"{r['train_seconds']:.1f}", reached, share] if one_machine else ["–"] * 3
+        cells[-1] += [*in_steps, *timing]
         cells[-1].append(f"{r['forwards_per_step']:.2f}")
     header = ["optimizer", "final dev acc", "best dev acc", "AdamW steps to target"]
     header += ["x best AdamW", "x grid steps", "train s", "s to target", "x grid s", "fwd/step"]
     best_hit = next(r for r in grid if r["optimizer"] == best)["time_to_target"]
+    seconds = (
+        f"the whole AdamW grid trained {grid_seconds:.0f} s, the best run reached the target "
+        f"after {best_hit:.0f} s (step {best_step}); training time only (evaluation excluded)"
+        if one_machine
+        else f"the best run reached the target at step {best_step}; no seconds columns: the "
+        f"runs come from {len(machines)} machines"
+    )
     meta = (
         f"Time to target, {args.task.upper()} dev accuracy (first {args.dev_limit or 'all'} dev "
         f"examples, every {args.eval_every} steps), {TITLE[args.model]}, batch 16, max length "
         f"{MAX_LENGTH[args.model]}, {args.steps} steps per run; target {target:.4f} = final "
         f"accuracy of the best AdamW grid point {best} (grid {', '.join(map(str, args.grid))}, "
-        f"10 % warmup + cosine); the whole AdamW grid trained {grid_seconds:.0f} s, the best run "
-        f"reached the target after {best_hit:.0f} s (step {best_step}); training time only "
-        f"(evaluation excluded); AdamW steps: step at the target × step time over AdamW's "
-        f"from {args.cost_from} (one interleaved run; the seconds columns are sequential runs' "
+        f"10 % warmup + cosine); {seconds}; AdamW steps: step at the target × step time over "
+        f"AdamW's from {args.cost_from} (one interleaved run; the seconds columns are sequential runs' "
         f"wall times); "
-        f"device {device_name(args.device)}; bf16 {args.bf16}; torch {torch.__version__}"
+        f"device {'; '.join(machines)}; bf16 {args.bf16}; torch {torch.__version__}"
     )
     return meta, table(header, cells), rows

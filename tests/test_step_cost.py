@@ -222,6 +222,34 @@ def test_time_to_target_table_counts_adamw_steps_against_the_best_run_and_the_gr
     assert "| 60 | 0.60 | 0.30 |" in line  # vs the best run's 100 steps, the grid's 200
 
 
+def test_time_to_target_resumes_runs_of_any_machine_and_then_compares_no_seconds(tmp_path):
+    args = argparse.Namespace(
+        model="small-bert", task="sst2", steps=100, eval_every=50, dev_limit=None, bf16=False,
+        device="cpu", grid=[1e-5, 1e-4], lr_free=["lrfree"], first=300,
+        out=str(tmp_path / "ttt"), cost_from=str(cost_result(tmp_path)),
+    )  # fmt: skip
+    settings = {"model": "small-bert", "task": "sst2", "steps": 100, "eval_every": 50}
+    settings |= {"dev_limit": None, "bf16": False}
+
+    def logged(spec: str, metrics: list[float], machine: str) -> dict:
+        history = [{"step": 50 * (i + 1), "seconds": 5.0 * (i + 1), "metric": m}
+                   for i, m in enumerate(metrics)]  # fmt: skip
+        return {"optimizer": spec, "train_seconds": 10.0, "final_metric": metrics[-1],
+                "forwards_per_step": 1.0, "history": history, **settings,
+                "device": machine}  # fmt: skip
+
+    runs = [logged("adamw@1e-05", [0.6, 0.7], "cpu: A, 1 threads")]
+    runs += [logged("adamw@0.0001", [0.8, 0.9], "cpu: A, 1 threads")]
+    runs += [logged("lrfree", [0.9, 0.9], "cpu: B, 1 threads")]
+    Path(f"{args.out}.runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    meta, table, rows = time_to_target_runs(args)  # nothing trains: every run is reused
+    assert [r["optimizer"] for r in rows] == ["adamw@1e-05", "adamw@0.0001", "lrfree"]
+    line = next(x for x in table.splitlines() if x.startswith("| lrfree "))
+    assert "| 60 | 0.60 | 0.30 | – | – | – |" in line  # steps compared, seconds not
+    assert "device cpu: A, 1 threads; cpu: B, 1 threads;" in meta
+    assert "no seconds columns: the runs come from 2 machines" in meta
+
+
 def test_quotient_pieces_cover_every_tensor_in_order_within_the_budget():
     from lsframe.optim._functional import quotient_pieces
 
