@@ -139,7 +139,7 @@ def main() -> None:
             wanted = r["pair"] in args.pairs and r["seed"] in args.seeds and variant in variants
             if wanted and key(r) not in known:
                 known[key(r)] = r
-                append_run(log, r)
+                append_run(log, r | {"machine": r.get("machine", "not logged")})
     rows = []
     for seed in args.seeds:
         for pair in args.pairs:

@@ -26,9 +26,9 @@ from benchmarks.common import (
     StepDiagnostics,
     append_run,
     classifier,
-    device_name,
     glue_examples,
     load_runs,
+    logged_machines,
     mean_std,
     tokenizer,
     write_results,
@@ -142,7 +142,8 @@ def main() -> None:
         lines.append(f"| {name} | {' | '.join(cells)} | {evals} | {sizes} |")
     majority = done[(args.optimizers[0], args.seeds[0])]["majority"]
     meta = (
-        f"LineSearchTrainer (HF Trainer) on {device_name()}: MiniLM-L6, SST-2 first "
+        f"LineSearchTrainer (HF Trainer) on {logged_machines(list(done.values()))}: MiniLM-L6, "
+        f"SST-2 first "
         f"{args.train} training sentences, batch 16, max length 64, {args.steps} steps, first "
         f"{args.dev} dev sentences (majority class {majority:.3f}); seeds {args.seeds}; AdamW lr "
         f"{args.adamw_lr} with 10 % warmup and linear decay, line searches constant schedule."

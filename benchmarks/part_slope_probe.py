@@ -1,7 +1,7 @@
 """Which part of the model carries the slope along the last step that SlopeTrackingAdam tracks?
 
-SlopeTrackingAdam grows its step size while the next batch's gradient still points along the
-last step (``⟨g_{t+1}, x_t − x_{t+1}⟩ > 0``: the step was too short). On SST-2 in setting S it
+SlopeTrackingAdam grows its step size while the next batch's descent direction still points
+along the last step (``⟨g_{t+1}, x_t − x_{t+1}⟩ > 0``: the step was too short). On SST-2 in setting S it
 grows from 1e-4 to about 2.4e-4 during the first pass, where AdamW at that peak loses
 (``slope_tracking_pilots_cpu.md``). One explanation to rule in or out: the classification head
 is new (random), so its steps are far too short at any fine-tuning step size and its slope could
@@ -12,8 +12,8 @@ Per step (MiniLM-L6, setting S's data: the first 500 training examples, batch 32
 128, ``torch.optim.Adam`` at a constant 1e-4, the start of ``slope_tracking_adam@1e-4``): the
 slope along the last step per part, ``⟨g_{t+1}, x_t − x_{t+1}⟩ / lr``, split into the head
 (``classifier``), the pooler and the encoder (embeddings and layers). Reported per task and seed:
-the mean slope of each part over windows of steps and the encoder's share of
-the parts' absolute slopes.
+the mean slope of each part over windows of steps (step k: batch k's gradient along the step
+that batch k − 1 chose) and the encoder's share of the parts' absolute slopes.
 
     python -m benchmarks.part_slope_probe --tasks sst2 rte --seeds 0 1
 """
@@ -106,7 +106,8 @@ def main() -> None:
             print(lines[-1], flush=True)
     meta = (
         f"Slope along the last step per part, ⟨g_(t+1), x_t − x_(t+1)⟩ / lr (positive: the step "
-        f"was too short for the next batch), mean per window of steps; in parentheses the "
+        f"was too short for the next batch), mean per window of steps (step k: batch k's gradient "
+        f"along the step batch k − 1 chose); in parentheses the "
         f"encoder's share of the parts' absolute slopes. MiniLM-L6, first 500 training "
         f"examples, batch 32, max length 128, {args.epochs} passes, torch.optim.Adam at a "
         f"constant lr {args.lr:g}; "

@@ -10,8 +10,10 @@ time over AdamW's, measured in one interleaved run (``--cost-from``, the step-co
 same model and device: its shorter window when the runs are that short, else its whole run),
 against the best grid run's step at the target and the grid's steps in all ("–" where the cost
 table has no row for the optimizer). Finished runs go to ``<out>.runs.jsonl``; a rerun with the
-same settings resumes from it, on any machine: the steps do not depend on it. Each run logs its
-machine; where the runs come from more than one, the seconds columns stay empty ("–").
+same settings resumes from it, on any machine: the steps depend on it at most by rounding (an
+AdamW run ended at the same accuracy on an Intel and an AMD CPU; a line search's decisions can
+amplify rounding). Each run logs its machine; where the runs come from more than one, the
+seconds columns stay empty ("–").
 
     python -m benchmarks.step_cost --time-to-target --task sst2 --steps 300
 """
@@ -140,7 +142,7 @@ def train_to_target(spec: str, args: argparse.Namespace, tok: Any, data: tuple) 
 
 def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]:
     keys = ("model", "task", "steps", "eval_every", "dev_limit", "bf16")
-    settings = {k: getattr(args, k) for k in keys}  # not the machine: steps do not depend on it
+    settings = {k: getattr(args, k) for k in keys}  # not the machine (docstring)
     log = Path(f"{args.out}.runs.jsonl")
     done = {r["optimizer"]: r for r in load_runs(log, settings)}
     specs = [f"adamw@{lr:g}" for lr in args.grid] + args.lr_free
@@ -154,7 +156,7 @@ def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]
             if spec not in done:
                 done[spec] = train_to_target(spec, args, tok, data) | settings
                 done[spec]["device"] = device_name(args.device)
-                append_run(log, done[spec])
+                append_run(log, done[spec], args.device)
     rows = [done[spec] for spec in specs]
     grid = rows[: len(args.grid)]
     for r in rows:
@@ -201,8 +203,8 @@ def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]
         f"{MAX_LENGTH[args.model]}, {args.steps} steps per run; target {target:.4f} = final "
         f"accuracy of the best AdamW grid point {best} (grid {', '.join(map(str, args.grid))}, "
         f"10 % warmup + cosine); {seconds}; AdamW steps: step at the target × step time over "
-        f"AdamW's from {args.cost_from} (one interleaved run; the seconds columns are sequential runs' "
-        f"wall times); "
+        f"AdamW's from {args.cost_from} (one interleaved run; the seconds columns are sequential "
+        f"runs' wall times); "
         f"device {'; '.join(machines)}; bf16 {args.bf16}; torch {torch.__version__}"
     )
     return meta, table(header, cells), rows

@@ -139,8 +139,8 @@ def main() -> None:
         else f"MiniLM-L6 on the first {args.train_limit:,} SST-2 sentences, batch 32, 1 epoch"
     )
     meta = (
-        f"{setting}; warmup 10 % + cosine; seeds {args.seeds}; device {logged_machines(rows)}; torch "
-        f"{torch.__version__}. Mean ± std over seeds."
+        f"{setting}; warmup 10 % + cosine; seeds {args.seeds}; device {logged_machines(rows)}; "
+        f"torch {torch.__version__}. Mean ± std over seeds."
     )
     write_results(out, meta, "\n".join(lines), rows)
 

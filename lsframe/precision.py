@@ -233,7 +233,7 @@ def fp16_plugin(trainer: pl.Trainer | None) -> FP16MixedPrecision | None:
 
 
 def native_cpu_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX, as oneDNN reports it).
+    """Whether this CPU computes bf16 natively, as oneDNN reports it (AVX2-only CPUs do not).
 
     Without it torch emulates bf16 on the CPU, and bf16 autocast is slower than float32, not
     faster: a ResNet-20 step at batch 4,096 took about 190 CPU-seconds in bf16 against 30 in

@@ -150,7 +150,8 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         policy.check_data(getattr(self._trainer, "datamodule", None), **expected)
 
     def setup(self, stage: str) -> None:
-        """At fit: refuse 16-bit precision and misdeclared callbacks (:func:`.policy.check_fit`)."""
+        """At fit: refuse 16-bit precision and misdeclared callbacks, warn about bf16 that the
+        CPU would emulate (:func:`.policy.check_fit`)."""
         if stage == "fit" and self._trainer is not None:
             policy.check_fit(self.trainer)
 
