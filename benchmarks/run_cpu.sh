@@ -132,12 +132,17 @@ for task in sst2 mrpc; do
     "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal" \
     --cost-from benchmarks/results/step_cost_minilm_300_cpu.json
 done
-# (runs resume on any machine; the variant's AdamW-steps column needs a 1,000-step cost table
-# with its row: step_cost_minilm_cpu.json has none yet)
+# (runs resume on any machine; their AdamW-step costs come from an interleaved 1,000-step run
+# with the variant's row)
+OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 1000 \
+  --optimizers adamw-const@5e-5 slope_tracking_adam+fused \
+  "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal" \
+  --out benchmarks/results/step_cost_minilm_1000_cpu
 for task in sst2 mrpc; do
   OMP_NUM_THREADS=1 python -m benchmarks.step_cost --time-to-target --task $task --steps 1000 \
     --lr-free slope_tracking_adam+fused slope_tracking_adam salsa \
-    "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal"
+    "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal" \
+    --cost-from benchmarks/results/step_cost_minilm_1000_cpu.json
 done
 # issue 22: the papers' own protocols (resumable; P2 at batch 4,096/8,192 is ~30 CPU-hours in
 # fp32, a GPU job (--device cuda); on CPU it runs with --bf16: ~14 CPU-hours, its own table)
