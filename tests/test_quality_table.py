@@ -182,6 +182,14 @@ def test_the_readme_presets_table_sets_each_rule_beside_its_robust_preset():
     assert lines[-1].endswith("authors' package: 0.810 (1 seed; paired +0.010) |")
 
 
+def tiny_quality_argv(out) -> list[str]:
+    """``benchmarks.quality``'s command line for one AdamW run on 8 RTE examples, logged at
+    ``out``."""
+    argv = ["quality", "--task", "rte", "--train-limit", "8", "--batch-size", "4"]
+    argv += ["--max-length", "32", "--seeds", "0", "--optimizers", "adamw@1e-4"]
+    return argv + ["--no-schedulefree", "--device", "cpu", "--out", str(out)]
+
+
 def test_quality_runs_in_bf16_are_logged_apart_and_their_table_says_so(
     minilm, shared_data, tmp_path, monkeypatch
 ):
@@ -191,9 +199,7 @@ def test_quality_runs_in_bf16_are_logged_apart_and_their_table_says_so(
     from benchmarks import quality
 
     out = tmp_path / "quality_rte"
-    argv = ["quality", "--task", "rte", "--train-limit", "8", "--batch-size", "4"]
-    argv += ["--max-length", "32", "--seeds", "0", "--optimizers", "adamw@1e-4"]
-    argv += ["--no-schedulefree", "--device", "cpu", "--out", str(out)]
+    argv = tiny_quality_argv(out)
     monkeypatch.setattr(sys, "argv", [*argv, "--bf16"])
     quality.main()
     monkeypatch.setattr(sys, "argv", argv)  # fp32: the bf16 run is not reused
@@ -219,9 +225,7 @@ def test_a_table_regenerated_elsewhere_names_the_machines_that_ran_its_runs(
     from benchmarks.common import machine
 
     out = tmp_path / "quality_rte"
-    argv = ["quality", "--task", "rte", "--train-limit", "8", "--batch-size", "4"]
-    argv += ["--max-length", "32", "--seeds", "0", "--optimizers", "adamw@1e-4"]
-    argv += ["--no-schedulefree", "--device", "cpu", "--out", str(out)]
+    argv = tiny_quality_argv(out)
     monkeypatch.setattr(sys, "argv", argv)
     quality.main()
     log = out.with_suffix(".runs.jsonl")
