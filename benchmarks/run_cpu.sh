@@ -133,7 +133,7 @@ for task in sst2 mrpc; do
     --cost-from benchmarks/results/step_cost_minilm_300_cpu.json
 done
 # (runs resume on any machine; their AdamW-step costs come from an interleaved 1,000-step run
-# with the variant's row)
+# with the variant's row, the eager default's and SaLSA's from the earlier step-cost tables)
 OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 1000 \
   --optimizers adamw-const@5e-5 slope_tracking_adam+fused \
   "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal" \
@@ -142,7 +142,8 @@ for task in sst2 mrpc; do
   OMP_NUM_THREADS=1 python -m benchmarks.step_cost --time-to-target --task $task --steps 1000 \
     --lr-free slope_tracking_adam+fused slope_tracking_adam salsa \
     "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal" \
-    --cost-from benchmarks/results/step_cost_minilm_1000_cpu.json
+    --cost-from benchmarks/results/step_cost_minilm_1000_cpu.json \
+    benchmarks/results/step_cost_minilm_cpu.json benchmarks/results/step_cost_cpu.json
 done
 # issue 22: the papers' own protocols (resumable; P2 at batch 4,096/8,192 is ~30 CPU-hours in
 # fp32, a GPU job (--device cuda); on CPU it runs with --bf16: ~14 CPU-hours, its own table)

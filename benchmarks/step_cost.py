@@ -305,8 +305,9 @@ def main() -> None:
     parser.add_argument("--dev-limit", type=int, help="evaluate on the first N dev examples")
     parser.add_argument(
         "--cost-from",
-        help="the step-cost JSON whose ratios convert steps to AdamW steps (default: "
-        "benchmarks/results/step_cost_<model>_<device>.json)",
+        nargs="+",
+        help="the step-cost JSONs whose ratios convert steps to AdamW steps, each optimizer's "
+        "from the first that timed it (default: benchmarks/results/step_cost_<model>_<device>.json)",
     )
     parser.add_argument("--out", help="default: benchmarks/results/<step_cost|time_to_target>_…")
     parser.add_argument("--probe-memory", metavar="SPEC", help=argparse.SUPPRESS)
@@ -318,9 +319,9 @@ def main() -> None:
     device = "gpu" if args.device == "cuda" else "cpu"
     if args.time_to_target:
         name = f"time_to_target_{args.task}_{args.model}_{args.steps}steps_{device}"
-        args.cost_from = (
-            args.cost_from or f"benchmarks/results/step_cost_{args.model}_{device}.json"
-        )
+        args.cost_from = args.cost_from or [
+            f"benchmarks/results/step_cost_{args.model}_{device}.json"
+        ]
         args.out = args.out or f"benchmarks/results/{name}"
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         from benchmarks.time_to_target import time_to_target_runs  # it builds on this module

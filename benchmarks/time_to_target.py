@@ -6,10 +6,10 @@ accuracy evaluated every ``--eval-every`` steps (not timed). Target: the best gr
 dev accuracy; each run's training seconds until it first reaches it, next to the whole grid's.
 Those seconds are wall times of runs that trained one after another, so on a shared machine they
 are not evidence; the columns in **AdamW steps** are: a run's step at the target times its step
-time over AdamW's, measured in one interleaved run (``--cost-from``, the step-cost table of the
-same model and device: its shorter window when the runs are that short, else its whole run),
-against the best grid run's step at the target and the grid's steps in all ("–" where the cost
-table has no row for the optimizer). Finished runs go to ``<out>.runs.jsonl``; a rerun with the
+time over AdamW's, measured in one interleaved run (``--cost-from``: step-cost tables of the
+same model, each optimizer's ratio from the first that timed it; a table's shorter window when
+the runs are that short, else its whole run), against the best grid run's step at the target and
+the grid's steps in all ("–" where no table timed the optimizer over that many steps). Finished runs go to ``<out>.runs.jsonl``; a rerun with the
 same settings resumes from it, on any machine: the steps depend on it at most by rounding (an
 AdamW run ended at the same accuracy on an Intel and an AMD CPU; a line search's decisions can
 amplify rounding). Each run logs its machine; where the runs come from more than one, the
@@ -68,17 +68,19 @@ def adamw_steps_to_target(step: int | None, spec: str, costs: dict[str, float]) 
 def cost_ratios(path: Path, steps: int) -> dict[str, float]:
     """Each optimizer's total step time over AdamW's in the step-cost result ``path`` (its JSON),
     over the table's shorter window when a run of ``steps`` fits in it, else over its whole run;
-    empty, with a warning, when the file does not exist.
+    a row timed over fewer than ``steps`` steps (an every-step searcher's short run) is left out.
+    Tables of the first format (one ratio per row, ``ratio_to_adamw`` over ``steps``) are read as
+    a whole run. Empty, with a warning, when the file does not exist.
 
     Raises:
         SystemExit: ``path`` is not a step-cost table, or it timed fewer than ``steps`` steps.
     """
     if not path.exists():
-        print(f"step_cost: no step-cost table {path}: the AdamW-steps columns stay empty")
+        print(f"step_cost: no step-cost table {path}: its optimizers' AdamW steps stay empty")
         return {}
     try:
-        rows = json.loads(path.read_text())["rows"]
-        first, whole = rows[0]["first"]["steps"], rows[0]["whole"]["steps"]
+        rows = [_windows(row) for row in json.loads(path.read_text())["rows"]]
+        whole = rows[0]["whole"]["steps"]
     except (KeyError, IndexError, TypeError, ValueError) as error:
         message = f"step_cost: --cost-from {path} is not a step-cost table ({error!r})"
         raise SystemExit(message) from None
@@ -86,8 +88,45 @@ def cost_ratios(path: Path, steps: int) -> dict[str, float]:
         raise SystemExit(
             f"step_cost: --cost-from {path} timed {whole} steps, fewer than these runs' {steps}"
         )
-    window = "first" if steps <= first else "whole"
-    return {row["optimizer"]: row[window]["total"] for row in rows}
+    ratios = {}
+    for row in rows:
+        fits = [w for w in (row.get("first"), row["whole"]) if w and steps <= w["steps"]]
+        if fits:
+            ratios[row["optimizer"]] = fits[0]["total"]
+    return ratios
+
+
+def _windows(row: dict) -> dict:
+    """A step-cost row with its ``first`` and ``whole`` windows (``steps``, ``total``)."""
+    if "whole" in row:
+        return row
+    whole = {"steps": row["steps"], "total": row["ratio_to_adamw"]}  # the first format
+    return {"optimizer": row["optimizer"], "whole": whole}
+
+
+def merged_costs(paths: Sequence[str], steps: int) -> tuple[dict[str, float], dict[str, str]]:
+    """The cost ratios of several step-cost tables (:func:`cost_ratios`), each optimizer's from
+    the first table that timed it, with that table's path. Each ratio comes from one interleaved
+    run, so ratios of different tables (machines, dates) are each against their own AdamW."""
+    costs: dict[str, float] = {}
+    sources: dict[str, str] = {}
+    for path in paths:
+        for spec, ratio in cost_ratios(Path(path), steps).items():
+            if spec not in costs:
+                costs[spec], sources[spec] = ratio, path
+    return costs, sources
+
+
+def cost_sources(rows: Sequence[dict], sources: dict[str, str]) -> str:
+    """Which step-cost table each of ``rows``' optimizers took its cost from."""
+    by_table: dict[str, list[str]] = {}
+    for r in rows:
+        by_table.setdefault(sources.get(r["optimizer"], ""), []).append(r["optimizer"])
+    parts = [f"{', '.join(specs)} from {table} (one interleaved run)"
+             for table, specs in by_table.items() if table]  # fmt: skip
+    if "" in by_table:
+        parts.append(f"{', '.join(by_table[''])}: not timed")
+    return "; ".join(parts) or "no optimizer timed"
 
 
 def grid_target(finals: dict[str, float]) -> tuple[str, float]:
@@ -163,7 +202,7 @@ def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]
         r["grid"] = r in grid  # the claim reader's grid (an adamw@ row may also be a comparator)
     best, target = grid_target({r["optimizer"]: r["final_metric"] for r in grid})
     grid_seconds = sum(r["train_seconds"] for r in grid)
-    costs = cost_ratios(Path(args.cost_from), args.steps)
+    costs, sources = merged_costs(args.cost_from, args.steps)
     costs |= {r["optimizer"]: 1.0 for r in grid}  # AdamW's step is the unit
     best_step = time_to_target(next(r for r in grid if r["optimizer"] == best)["history"], target)
     best_step = best_step["step"]  # the best run reaches its own final metric
@@ -203,8 +242,8 @@ def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]
         f"{MAX_LENGTH[args.model]}, {args.steps} steps per run; target {target:.4f} = final "
         f"accuracy of the best AdamW grid point {best} (grid {', '.join(map(str, args.grid))}, "
         f"10 % warmup + cosine); {seconds}; AdamW steps: step at the target × step time over "
-        f"AdamW's from {args.cost_from} (one interleaved run; the seconds columns are sequential "
-        f"runs' wall times); "
+        f"AdamW's, {cost_sources(rows[len(grid) :], sources)} (the seconds columns are "
+        f"sequential runs' wall times); "
         f"device {'; '.join(machines)}; bf16 {args.bf16}; torch {torch.__version__}"
     )
     return meta, table(header, cells), rows

@@ -18,6 +18,7 @@ from benchmarks.time_to_target import (
     adamw_steps_to_target,
     cost_ratios,
     grid_target,
+    merged_costs,
     time_to_target,
     time_to_target_runs,
 )
@@ -186,6 +187,30 @@ def test_cost_ratios_refuse_a_table_shorter_than_the_runs_or_not_a_cost_table(tm
         cost_ratios(other, 300)
 
 
+def test_cost_ratios_read_the_first_table_format_and_leave_out_rows_timed_over_fewer_steps(
+    tmp_path,
+):
+    rows = [{"optimizer": "adamw-const@5e-5", "steps": 1000, "ratio_to_adamw": 1.0},
+            {"optimizer": "salsa", "steps": 1000, "ratio_to_adamw": 1.12},
+            {"optimizer": "sgdsls", "steps": 50, "ratio_to_adamw": 2.9}]  # fmt: skip
+    path = tmp_path / "first_format.json"
+    path.write_text(json.dumps({"meta": "", "rows": rows}))
+    assert cost_ratios(path, 1000) == {"adamw-const@5e-5": 1.0, "salsa": 1.12}
+    assert cost_ratios(path, 50)["sgdsls"] == 2.9
+
+
+def test_merged_costs_take_each_optimizer_from_the_first_table_that_timed_it(tmp_path):
+    first = cost_result(tmp_path)  # lrfree 1.2 / 1.05
+    rows = [{"optimizer": "adamw-const@5e-5", "steps": 1000, "ratio_to_adamw": 1.0},
+            {"optimizer": "lrfree", "steps": 1000, "ratio_to_adamw": 3.0},
+            {"optimizer": "salsa", "steps": 1000, "ratio_to_adamw": 1.12}]  # fmt: skip
+    second = tmp_path / "second.json"
+    second.write_text(json.dumps({"meta": "", "rows": rows}))
+    costs, sources = merged_costs([str(first), str(second)], 1000)
+    assert (costs["lrfree"], sources["lrfree"]) == (1.05, str(first))
+    assert (costs["salsa"], sources["salsa"]) == (1.12, str(second))
+
+
 def test_adamw_steps_to_target_scale_the_step_by_the_measured_cost():
     assert adamw_steps_to_target(100, "lrfree", {"lrfree": 1.2}) == pytest.approx(120.0)
     assert adamw_steps_to_target(None, "lrfree", {"lrfree": 1.2}) is None  # never reached
@@ -196,7 +221,7 @@ def test_time_to_target_table_counts_adamw_steps_against_the_best_run_and_the_gr
     args = argparse.Namespace(
         model="small-bert", task="sst2", steps=100, eval_every=50, dev_limit=None, bf16=False,
         device="cpu", grid=[1e-5, 1e-4], lr_free=["lrfree", "other"], first=300,
-        out=str(tmp_path / "ttt"), cost_from=str(cost_result(tmp_path)),
+        out=str(tmp_path / "ttt"), cost_from=[str(cost_result(tmp_path))],
     )  # fmt: skip
     settings = {k: getattr(args, k) for k in ("model", "task", "steps", "eval_every")}
     settings |= {"dev_limit": None, "bf16": False, "device": device_name("cpu")}
@@ -212,7 +237,7 @@ def test_time_to_target_table_counts_adamw_steps_against_the_best_run_and_the_gr
     runs = [logged("adamw@1e-05", [0.6, 0.7]), logged("adamw@0.0001", [0.8, 0.9])]
     runs += [logged("lrfree", [0.9, 0.9]), logged("other", [0.5, 0.95])]
     Path(f"{args.out}.runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
-    _, table, rows = time_to_target_runs(args)  # every run is logged: nothing trains
+    meta, table, rows = time_to_target_runs(args)  # every run is logged: nothing trains
     by_spec = {r["optimizer"]: r for r in rows}
     assert by_spec["adamw@0.0001"]["adamw_steps_to_target"] == 100  # target 0.9 at its step 100
     assert by_spec["lrfree"]["adamw_steps_to_target"] == pytest.approx(60.0)  # step 50 × 1.2
@@ -220,13 +245,14 @@ def test_time_to_target_table_counts_adamw_steps_against_the_best_run_and_the_gr
     assert by_spec["other"]["adamw_steps_to_target"] is None  # reaches it; cost not measured
     line = next(x for x in table.splitlines() if x.startswith("| lrfree "))
     assert "| 60 | 0.60 | 0.30 |" in line  # vs the best run's 100 steps, the grid's 200
+    assert f"lrfree from {args.cost_from[0]} (one interleaved run); other: not timed" in meta
 
 
 def test_time_to_target_resumes_runs_of_any_machine_and_then_compares_no_seconds(tmp_path):
     args = argparse.Namespace(
         model="small-bert", task="sst2", steps=100, eval_every=50, dev_limit=None, bf16=False,
         device="cpu", grid=[1e-5, 1e-4], lr_free=["lrfree"], first=300,
-        out=str(tmp_path / "ttt"), cost_from=str(cost_result(tmp_path)),
+        out=str(tmp_path / "ttt"), cost_from=[str(cost_result(tmp_path))],
     )  # fmt: skip
     settings = {"model": "small-bert", "task": "sst2", "steps": 100, "eval_every": 50}
     settings |= {"dev_limit": None, "bf16": False}
