@@ -122,8 +122,7 @@ def cost_sources(rows: Sequence[dict], sources: dict[str, str]) -> str:
     by_table: dict[str, list[str]] = {}
     for r in rows:
         by_table.setdefault(sources.get(r["optimizer"], ""), []).append(r["optimizer"])
-    parts = [f"{', '.join(specs)} from {table} (one interleaved run)"
-             for table, specs in by_table.items() if table]  # fmt: skip
+    parts = [f"{', '.join(specs)}: {table}" for table, specs in by_table.items() if table]
     if "" in by_table:
         parts.append(f"{', '.join(by_table[''])}: not timed")
     return "; ".join(parts) or "no optimizer timed"
@@ -242,8 +241,9 @@ def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]
         f"{MAX_LENGTH[args.model]}, {args.steps} steps per run; target {target:.4f} = final "
         f"accuracy of the best AdamW grid point {best} (grid {', '.join(map(str, args.grid))}, "
         f"10 % warmup + cosine); {seconds}; AdamW steps: step at the target × step time over "
-        f"AdamW's, {cost_sources(rows[len(grid) :], sources)} (the seconds columns are "
-        f"sequential runs' wall times); "
+        f"AdamW's from one interleaved run per step-cost table "
+        f"({cost_sources(rows[len(grid) :], sources)}); the seconds columns are sequential "
+        f"runs' wall times; "
         f"device {'; '.join(machines)}; bf16 {args.bf16}; torch {torch.__version__}"
     )
     return meta, table(header, cells), rows

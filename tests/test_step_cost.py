@@ -245,7 +245,7 @@ def test_time_to_target_table_counts_adamw_steps_against_the_best_run_and_the_gr
     assert by_spec["other"]["adamw_steps_to_target"] is None  # reaches it; cost not measured
     line = next(x for x in table.splitlines() if x.startswith("| lrfree "))
     assert "| 60 | 0.60 | 0.30 |" in line  # vs the best run's 100 steps, the grid's 200
-    assert f"lrfree from {args.cost_from[0]} (one interleaved run); other: not timed" in meta
+    assert f"(lrfree: {args.cost_from[0]}; other: not timed)" in meta
 
 
 def test_time_to_target_resumes_runs_of_any_machine_and_then_compares_no_seconds(tmp_path):
