@@ -10,11 +10,10 @@ time over AdamW's, measured in one interleaved run (``--cost-from``: step-cost t
 same model, each optimizer's ratio from the first that timed it; a table's shorter window when
 the runs are that short, else its whole run), against the best grid run's step at the target and
 the grid's steps in all ("–" where no table timed the optimizer over that many steps). Finished
-runs go to ``<out>.runs.jsonl``; a rerun with the
-same settings resumes from it, on any machine: the steps depend on it at most by rounding (an
-AdamW run ended at the same accuracy on an Intel and an AMD CPU; a line search's decisions can
-amplify rounding). Each run logs its machine; where the runs come from more than one, the
-seconds columns stay empty ("–").
+runs go to ``<out>.runs.jsonl``; a rerun with the same settings resumes from it, on any machine:
+the steps depend on it at most by rounding (an AdamW run ended at the same accuracy on an Intel
+and an AMD CPU; a line search's decisions can amplify rounding). Each run logs its machine;
+where the runs come from more than one, the seconds columns stay empty ("–").
 
     python -m benchmarks.step_cost --time-to-target --task sst2 --steps 300
 """
