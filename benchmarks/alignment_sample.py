@@ -33,11 +33,14 @@ from benchmarks.common import (
     tokenizer,
     write_results,
 )
+from benchmarks.specs import PINNED
 from lsframe.optim import SlopeTrackingAdam
 from lsframe.optim._alignment import step_alignment
 from lsframe.optim.slope_tracking_adam import RULE_KEYS
 
 RESULTS = Path(__file__).parent / "results"
+#: the rule this probe measured (the defaults until 2026-12), started at ``--lr``
+RULE = {k: v for k, v in PINNED["slope_tracking_adam"].items() if k != "lr"}
 
 
 class RecordingTracker(SlopeTrackingAdam):
@@ -62,8 +65,8 @@ class RecordingTracker(SlopeTrackingAdam):
 
 
 def replay(alignments: list[float], lr: float) -> list[float]:
-    """η after each step when the default rule is fed ``alignments``."""
-    rule_owner = SlopeTrackingAdam([torch.zeros(1, requires_grad=True)], lr=lr)
+    """η after each step when the probe's rule is fed ``alignments``."""
+    rule_owner = SlopeTrackingAdam([torch.zeros(1, requires_grad=True)], lr=lr, **RULE)
     rule = {key: rule_owner.defaults[key] for key in RULE_KEYS}
     eta, path = lr, []
     for a in alignments:
@@ -91,7 +94,7 @@ def main() -> None:
 
     tok = tokenizer()
     model = classifier(2, args.seed)
-    opt = RecordingTracker(model.parameters(), args.strides, lr=args.lr)
+    opt = RecordingTracker(model.parameters(), args.strides, lr=args.lr, **RULE)
     run = Run("slope_tracking_adam", model, opt)
     examples = glue_examples("sst2", "train")
     batches = endless(loader(examples, tok, 64, 16, seed=args.seed))

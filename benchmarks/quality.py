@@ -39,7 +39,6 @@ import torch
 from benchmarks.common import (
     append_run,
     autocast,
-    build,
     classifier,
     default_device,
     glue_examples,
@@ -54,6 +53,7 @@ from benchmarks.common import (
     write_results,
 )
 from benchmarks.heldout import HeldOutHalving, keep_back, split_spec
+from benchmarks.specs import build
 from lsframe.data.glue import glue_task
 from lsframe.optim import line_searches
 

@@ -19,12 +19,13 @@ import statistics
 from pathlib import Path
 
 from benchmarks.quality import best_grid_point
+from benchmarks.specs import DEFAULT
 
 RESULTS = Path(__file__).parent / "results"
 #: the summary's columns: (header, optimizer spec in the quality tables)
 COLUMNS = (
-    ("SlopeTrackingAdam (defaults)", "slope_tracking_adam"),
-    ("the variant", "slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal"),
+    ("SlopeTrackingAdam (defaults, annealed)", DEFAULT),
+    ("its earlier defaults", "slope_tracking_adam"),
     ("SaLSA", "salsa"),
 )
 TASKS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE"}

@@ -31,19 +31,14 @@ import yaml
 
 from benchmarks.claims import CLAIMS
 from benchmarks.common import ROOT
+from benchmarks.specs import DEFAULT, DEFAULT_MODES
 
 BENCH = ROOT / "benchmarks"
 GRID = ["adamw@1e-5", "adamw@2e-5", "adamw@5e-5", "adamw@1e-4"]
 SEEDS = {"S": ["0", "1", "2", "3", "4"], "M": ["0", "1", "2"]}  # issue 18's settings
 # issue 19's step-cost rows: AdamW(foreach) is the base, torch's fused AdamW shown beside; the
 # default eager, with its strided alignment and fused
-COST_ROWS = [
-    "adamw-const@5e-5",
-    "adamw-fused-const@5e-5",
-    "slope_tracking_adam",
-    "slope_tracking_adam+sampled",
-    "slope_tracking_adam+fused",
-]
+COST_ROWS = ["adamw-const@5e-5", "adamw-fused-const@5e-5", *DEFAULT_MODES]
 SEARCH_CONFIG = ROOT / "configs" / "search" / "minilm_sst2_mrpc.yaml"
 
 # name: (script, full arguments, quick arguments), for ``python -m benchmarks.<script>`` or
@@ -69,7 +64,7 @@ STEPS: dict[str, tuple[str, list[str], list[str]]] = {
         f"quality_{setting.lower()}_{task}": (
             "quality",
             ["--setting", setting, "--task", task, "--seeds", *SEEDS[setting]]
-            + ["--optimizers", "slope_tracking_adam", "salsa", *GRID, "prodigy"],
+            + ["--optimizers", DEFAULT, "slope_tracking_adam", "salsa", *GRID, "prodigy"],
             None,
         )
         for setting in ("S", "M")
@@ -82,7 +77,7 @@ STEPS: dict[str, tuple[str, list[str], list[str]]] = {
         + ["adamw-const@5e-5", "salsa", "slope_tracking_adam"],
     ),
     **{
-        f"step_cost_{model}": (
+        f"step_cost_{model}_default": (
             "step_cost",
             ["--model", model, "--steps", "1000", "--memory", "--optimizers", *COST_ROWS],
             ["--model", model, "--steps", "4", "--first", "2", "--block", "2", "--optimizers"]

@@ -67,6 +67,15 @@ OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 1000 --m
 OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model small-bert --steps 1000 --memory \
   --optimizers adamw-const@5e-5 adamw-fused-const@5e-5 slope_tracking_adam \
   slope_tracking_adam+sampled slope_tracking_adam+fused
+# ... and of SlopeTrackingAdam's defaults since 2026-12-03 (a bare slope_tracking_adam spec keeps
+# the earlier defaults its logged runs used; the claims read these two tables)
+D="slope_tracking_adam+significant+fresh_peak+slope"
+OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 1000 --memory \
+  --optimizers adamw-const@5e-5 "$D@1e-4~anneal" "$D+sampled@1e-4~anneal" "$D+fused@1e-4~anneal" \
+  --out benchmarks/results/step_cost_minilm_default_cpu
+OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model small-bert --steps 1000 --memory \
+  --optimizers adamw-const@5e-5 adamw-fused-const@5e-5 "$D@1e-4~anneal" "$D+sampled@1e-4~anneal" \
+  "$D+fused@1e-4~anneal" --out benchmarks/results/step_cost_small-bert_default_cpu
 # issue 18: the tracker's options in S (seeds 0-1 so far)
 for task in sst2 mrpc rte; do
   OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task $task --seeds 0 1 \
@@ -101,7 +110,8 @@ for task in sst2 mrpc rte; do
       "slope_tracking_adam+significant+slope+from_top~warmup_anneal"
   done
 done
-# issue 18: README's variant at the main rows' seeds (S 5, M 3); a held-out slice halving
+# issue 18: the variant at the main rows' seeds (S 5, M 3; SlopeTrackingAdam's defaults since
+# 2026-12-03, with the anneal its config adds); a held-out slice halving
 # AdamW's step sizes (benchmarks/heldout.py; seed 0, set aside)
 V="slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal"
 for task in sst2 mrpc rte; do

@@ -45,7 +45,6 @@ from benchmarks.common import (
     ROOT,
     Run,
     autocast,
-    build,
     classifier,
     device_name,
     endless,
@@ -57,6 +56,7 @@ from benchmarks.common import (
     warn_if_bf16_emulated,
     write_results,
 )
+from benchmarks.specs import DEFAULT, build, default_mode
 from lsframe.optim import info, line_searches, make_closure
 
 MAX_LENGTH = {"minilm": 64, "small-bert": 32}
@@ -67,13 +67,13 @@ EVERY_STEP = [n for n in line_searches() if info(n).forward_trials and not info(
 OPTIMIZERS = [
     "adamw-const@5e-5",
     "adamw-fused-const@5e-5",  # torch's fused CPU/GPU kernel: shown beside, not the base
-    "slope_tracking_adam",
-    "slope_tracking_adam+fused",
+    DEFAULT,
+    default_mode("fused"),
     "salsa",
     *EVERY_STEP,
 ]
 GRID = [1e-5, 2e-5, 5e-5, 1e-4]
-LR_FREE = ["slope_tracking_adam", "slope_tracking_adam+fused", "salsa"]
+LR_FREE = [DEFAULT, default_mode("fused"), "salsa"]
 PARTS = ("fwd_bwd", "trials", "optimizer", "sync")
 
 

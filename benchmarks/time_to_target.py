@@ -33,7 +33,6 @@ from torch import nn
 from benchmarks.common import (
     append_run,
     autocast,
-    build,
     device_name,
     glue_examples,
     load_runs,
@@ -41,6 +40,7 @@ from benchmarks.common import (
     to_device,
     tokenizer,
 )
+from benchmarks.specs import build
 from benchmarks.step_cost import (
     MAX_LENGTH,
     TITLE,

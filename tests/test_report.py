@@ -66,6 +66,9 @@ def test_the_quick_report_runs_every_benchmark_and_writes_the_report(minilm, sha
 
 def test_the_default_step_cost_claim_names_the_modes_that_hold_and_a_short_run_cannot_hold():
     from benchmarks.claim_readers import default_step_cost
+    from benchmarks.specs import DEFAULT_MODES
+
+    eager, sampled, fused = DEFAULT_MODES
 
     def row(name, first, whole, steps=1000, memory=1.0):
         return {
@@ -76,22 +79,27 @@ def test_the_default_step_cost_claim_names_the_modes_that_hold_and_a_short_run_c
         }
 
     rows = [
-        row("slope_tracking_adam", 1.21, 1.42),
-        row("slope_tracking_adam+sampled", 1.01, 1.06),
-        row("slope_tracking_adam+fused", 0.71, 0.73),
+        row(eager, 1.21, 1.42),
+        row(sampled, 1.01, 1.06),
+        row(fused, 0.71, 0.73),
     ]
     measured, verdict = default_step_cost(1.10)(rows)
-    assert verdict == "holds with slope_tracking_adam+sampled and slope_tracking_adam+fused"
-    assert "slope_tracking_adam+sampled 1.01× (≤300) / 1.06× (≤1000)" in measured
-    assert default_step_cost(1.05)(rows)[1] == "holds with slope_tracking_adam+fused"
+    assert verdict == f"holds with {sampled} and {fused}"
+    assert f"{sampled} 1.01× (≤300) / 1.06× (≤1000)" in measured
+    assert default_step_cost(1.05)(rows)[1] == f"holds with {fused}"
     rows[2]["peak_vs_adamw"] = 1.2  # too much memory: that mode misses too
     assert default_step_cost(1.05)(rows)[1] == "missed"
-    short = [row("slope_tracking_adam", 1.0, 1.0, steps=300)]
+    short = [row(eager, 1.0, 1.0, steps=300)]
     assert default_step_cost(1.05)(short)[1] == "holds over 300 steps only (1000 not run)"
+    only_fused = [row(fused, 0.9, 0.9)]  # a table that timed the fused mode alone is read
+    assert default_step_cost(1.05)(only_fused)[1] == "holds"
+    with pytest.raises(ValueError, match="row yet"):  # a table without the default: pending
+        default_step_cost(1.05)([row("adamw-const@5e-5", 1.0, 1.0)])
 
 
 def test_the_time_to_target_claim_holds_only_within_its_bar_of_the_best_adamw_run():
     from benchmarks.claim_readers import default_time_to_target
+    from benchmarks.specs import DEFAULT, default_mode
 
     def row(name, final, step=None, cost=None):
         return {
@@ -105,15 +113,15 @@ def test_the_time_to_target_claim_holds_only_within_its_bar_of_the_best_adamw_ru
     grid = [row("adamw@5e-05", 0.83), row("adamw@0.0001", 0.84, 275, 275.0)]
     rows = [
         *grid,
-        row("slope_tracking_adam", 0.84, 250, 300.0),  # 1.09× the best run: within 1.1×
-        row("slope_tracking_adam+fused", 0.81),
+        row(DEFAULT, 0.84, 250, 300.0),  # 1.09× the best run: within 1.1×
+        row(default_mode("fused"), 0.81),
         row("other@1e-4~anneal", 0.84, 200, 172.0),
         row("late", 0.84, 300, 310.0),  # 1.13×: misses
     ]
     measured, verdict = default_time_to_target(1.1)(rows)
-    assert verdict == "holds with slope_tracking_adam (met by other@1e-4~anneal)"
+    assert verdict == f"holds with {DEFAULT} (met by other@1e-4~anneal)"
     assert measured.startswith("AdamW steps to 0.8400: best AdamW (adamw@0.0001) 275, the grid 600")
-    assert "slope_tracking_adam+fused not reached (final 0.8100)" in measured
+    assert f"{default_mode('fused')} not reached (final 0.8100)" in measured
     rows[2]["adamw_steps_to_target"] = 303.0  # 1.10×+: the default misses
     assert default_time_to_target(1.1)(rows)[1] == "missed (met by other@1e-4~anneal)"
     rows[4]["adamw_steps_to_target"] = None  # reached, but no interleaved cost: not counted

@@ -13,6 +13,14 @@ from lsframe import optim
 from lsframe.optim import SlopeTrackingAdam
 from lsframe.optim.slope_tracking_adam import RULE_KEYS
 
+#: the rule most hand computations below are written for (the defaults until 2026-12): the
+#: minimum of the two horizons on every step, on cosines, with no cap on repeated batches
+EARLIER = {
+    k: v
+    for k, v in optim.info("slope_tracking_adam").preset("earlier_defaults").items()
+    if k != "lr"
+}
+
 
 def problem(seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
@@ -54,7 +62,7 @@ def flat(tensors) -> torch.Tensor:
 def test_the_alignment_is_the_cosine_of_the_fresh_gradient_with_the_last_step_taken():
     torch.manual_seed(0)
     model, x, y = problem()
-    opt = SlopeTrackingAdam(model.parameters(), lr=1e-3)
+    opt = SlopeTrackingAdam(model.parameters(), lr=1e-3, alignment_measure="cosine")
     checked, last_direction = 0, None
     for step in range(12):
         before = flat(p.detach().clone() for p in model.parameters())
@@ -113,13 +121,16 @@ def test_on_slopes_the_step_size_follows_the_same_documented_rule():
         max_change=1.5,
         alignment_betas=betas,
         alignment_measure="slope",
+        combine_horizons="min",
     )
     alignments, etas = alignments_and_step_sizes(opt, model, x, y)
     assert etas == pytest.approx(reference_step_sizes(alignments, 1e-4, 1.5, betas, False))
     # from the same start the cosine's rule takes other steps: the slopes weigh steps unequally
     torch.manual_seed(0)
     twin = problem()[0]
-    cosine = SlopeTrackingAdam(twin.parameters(), lr=1e-4, max_change=1.5, alignment_betas=betas)
+    cosine = SlopeTrackingAdam(
+        twin.parameters(), lr=1e-4, max_change=1.5, alignment_betas=betas, **EARLIER
+    )
     assert alignments_and_step_sizes(cosine, twin, x, y)[1] != pytest.approx(etas)
 
 
@@ -127,7 +138,9 @@ def test_on_slopes_the_step_size_follows_the_same_documented_rule():
 def test_a_strided_alignment_reads_every_kth_row_of_the_large_matrices_moving_each_step(stride):
     torch.manual_seed(0)
     model, x, y = problem()
-    opt = SlopeTrackingAdam(model.parameters(), lr=1e-3, alignment_stride=stride)
+    opt = SlopeTrackingAdam(
+        model.parameters(), lr=1e-3, alignment_stride=stride, alignment_measure="cosine"
+    )
     last_steps, checked = None, 0
     for step in range(10):
         before = [p.detach().clone() for p in model.parameters()]
@@ -250,7 +263,12 @@ def test_the_step_size_follows_the_documented_rule_from_the_alignments(betas, ga
     torch.manual_seed(0)
     model, x, y = problem()
     opt = SlopeTrackingAdam(
-        model.parameters(), lr=1e-4, max_change=1.5, alignment_betas=betas, gain_decay=gain_decay
+        model.parameters(),
+        lr=1e-4,
+        max_change=1.5,
+        alignment_betas=betas,
+        gain_decay=gain_decay,
+        **EARLIER,
     )
     alignments, etas = alignments_and_step_sizes(opt, model, x, y)
     expected = reference_step_sizes(alignments, 1e-4, 1.5, betas, gain_decay)
@@ -267,7 +285,12 @@ def test_under_a_ceiling_the_step_size_follows_the_rule_and_never_exceeds_it():
     model, x, y = problem()
     betas, ceiling = (0.5, 0.8, 0.9), 0.1  # uncapped, η climbs to 0.17 and swings 0.08–0.16
     opt = SlopeTrackingAdam(
-        model.parameters(), lr=1e-4, max_change=1.5, alignment_betas=betas, max_step_size=ceiling
+        model.parameters(),
+        lr=1e-4,
+        max_change=1.5,
+        alignment_betas=betas,
+        max_step_size=ceiling,
+        **EARLIER,
     )
     alignments, etas = alignments_and_step_sizes(opt, model, x, y)
     expected = reference_step_sizes(alignments, 1e-4, 1.5, betas, False, ceiling=ceiling)
@@ -357,16 +380,17 @@ PASS_BETAS = (0.6, 0.6, 0.9)
 
 
 def preset_against_default(preset: str, lr: float):
-    """``preset`` and the default from the same weights and rule (max_change 1.5,
-    :data:`PASS_BETAS`) through 5 passes of 8 batches of 32, each pass told to both (twice: the
-    call is idempotent). Returns the preset's optimizer, and for each of the two the alignments
-    and step sizes of the steps that had an alignment."""
+    """``preset`` and an uncapped twin from the same weights and rule (max_change 1.5,
+    :data:`PASS_BETAS`, the minimum of the horizons on cosines) through 5 passes of 8 batches of
+    32, each pass told to both (twice: the call is idempotent). Returns the preset's optimizer,
+    and for each of the two the alignments and step sizes of the steps that had an alignment."""
     torch.manual_seed(0)
     model, x, y = problem()
     twin = twin_of(model)
     rule = dict(lr=lr, max_change=1.5, alignment_betas=PASS_BETAS)
+    rule |= {k: v for k, v in EARLIER.items() if k != "cap_at_fresh_peak"}
     opt = optim.create("slope_tracking_adam", model.parameters(), preset=preset, **rule)
-    free = SlopeTrackingAdam(twin.parameters(), **rule)
+    free = SlopeTrackingAdam(twin.parameters(), cap_at_fresh_peak=False, **rule)
     record = {opt: ([], []), free: ([], [])}
     for step in range(40):
         for o, m in ((opt, model), (free, twin)):
@@ -384,7 +408,7 @@ def test_with_fresh_growth_the_step_size_can_fall_but_not_grow_after_the_first_p
     opt, (alignments, etas), (free_alignments, free_etas) = preset_against_default(
         "fresh_growth", 1e-2
     )
-    assert not opt.defaults["grow_on_repeats"]  # the default grows on repeats (the twin)
+    assert not opt.defaults["grow_on_repeats"]  # the uncapped twin grows on repeats
     # step 8 opens pass 1; it is the 8th step with an alignment (step 0 has none)
     assert etas == pytest.approx(
         reference_step_sizes(alignments, 1e-2, 1.5, PASS_BETAS, False, 7), rel=1e-9
@@ -411,6 +435,33 @@ def test_capped_at_the_fresh_peak_it_grows_again_on_repeats_but_not_above_the_fi
     assert any(b < a for a, b in zip(etas[7:], etas[8:]))  # it comes down on repeats
     assert any(b > a for a, b in zip(etas[7:], etas[8:]))  # and grows back
     assert max(free_etas[7:]) > max([3e-3, *free_etas[:7]])  # uncapped, it went past
+
+
+def test_by_default_it_starts_at_1e_4_and_moves_on_significant_slopes_capped_at_the_fresh_peak():
+    torch.manual_seed(0)
+    model, x, y = problem()
+    opt = SlopeTrackingAdam(model.parameters())  # no argument: the defaults
+    slopes, etas, checked, last = [], [], 0, None
+    for step in range(40):  # 5 passes of 8 batches
+        opt.start_pass(step // 8)
+        before = flat(p.detach().clone() for p in model.parameters())
+        opt.step(closure_for(model, opt, *batches(x, y, step)))
+        if last is not None:  # the alignment is the slope ⟨g_t, d_{t−1}⟩, not its cosine
+            grad = flat(p.grad for p in model.parameters())
+            assert opt.search_state["alignment"] == pytest.approx(float(grad @ last), rel=1e-4)
+            checked += 1
+            slopes.append(opt.search_state["alignment"])
+            etas.append(opt.param_groups[0]["step_size"])
+        moved = before - flat(p.detach() for p in model.parameters())
+        last = moved / opt.param_groups[0]["step_size"]  # the step was −η·d
+    assert checked == 39
+    expected = reference_step_sizes(
+        slopes, 1e-4, 1.2, (0.5, 0.9, 0.99), False, 7, combine="significant", cap=True
+    )
+    assert etas == pytest.approx(expected, rel=1e-9)
+    assert len(set(etas)) > 3  # the test fired: η moved, and held on other steps
+    assert any(a == b for a, b in zip(etas, etas[1:]))
+    assert max(etas[7:]) <= opt.search_state["fresh_peak"] * (1 + 1e-12)
 
 
 def test_lightning_tells_it_each_epoch(monkeypatch):
@@ -464,7 +515,8 @@ def test_a_learning_rate_multiplier_scales_the_direction_the_alignment_uses():
     torch.manual_seed(0)
     model, x, y = problem()
     first, second = list(model[0].parameters()), list(model[2].parameters())
-    opt = SlopeTrackingAdam([{"params": first, "lr_multiplier": 0.25}, {"params": second}], lr=1e-3)
+    groups = [{"params": first, "lr_multiplier": 0.25}, {"params": second}]
+    opt = SlopeTrackingAdam(groups, lr=1e-3, alignment_measure="cosine")
     last = None
     for step in range(3):
         before = flat(p.detach().clone() for p in model.parameters())

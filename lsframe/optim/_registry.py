@@ -92,9 +92,17 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "alsals": {"robust": {"c": 0.5, "beta": 0.9}},
     # η grows on the first pass over the data only: better on 500 examples × 5 epochs, worse on
     # 2,000 × 3 (SlopeTrackingAdam's docstring; benchmarks' ``slope_tracking_adam+fresh_growth``)
-    # "agree": no drift of η under pure noise (the default's min of two horizons decays it);
+    # "agree": no drift of η under pure noise (the earlier defaults' min of two horizons decays it);
     # "agree_else_min" keeps the short horizon's brake where the two disagree
     "slope_tracking_adam": {
+        # the defaults until 2026-12: from 1e-5, the minimum of the two horizons on every step
+        # (η drifts down under noise, to nothing over long runs), the cosine, no cap on repeats
+        "earlier_defaults": {
+            "lr": 1e-5,
+            "combine_horizons": "min",
+            "cap_at_fresh_peak": False,
+            "alignment_measure": "cosine",
+        },
         "fresh_growth": {"grow_on_repeats": False},
         "agree": {"combine_horizons": "agree"},
         "agree_fresh": {"combine_horizons": "agree", "grow_on_repeats": False},

@@ -51,59 +51,60 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     The rule, per step ``t`` (``η`` is one step size for all groups; a group's ``lr_multiplier``
     scales it):
 
-    1. the **step alignment** ``a_t = cos(g_t, d_{t−1})`` (:func:`step_alignment`): this batch's
+    1. the **step alignment** ``a_t = ⟨g_t, d_{t−1}⟩`` (``alignment_measure="slope"``, the
+       default; ``"cosine"``: ``cos(g_t, d_{t−1})``, :func:`step_alignment`): this batch's
        gradient against the last step's direction. On a fresh batch it estimates the sign of the
        expected loss's slope along the last step: positive means the step was too short, negative
        that it overshot. It is the test of a stochastic line search on the expected loss, where
        Armijo on the batch that chose the direction accepts 8–25× the step that generalises on a
-       short fine-tune (../specs/LINESEARCH-NOTES);
+       short fine-tune (../specs/LINESEARCH-NOTES). The slope lets a steep batch count more than
+       a flat one: a batch after an overshoot is steep;
     2. two signal-to-noise ratios in [−1, 1], ``z_fast = ā_fast / √s̄`` and
        ``z_slow = ā_slow / √s̄``: bias-corrected moving averages of ``a`` over a short and a
        longer horizon, over the root mean square of ``a`` (``alignment_betas``: fast, slow,
        square);
-    3. ``η ← η · max_change^min(z_fast, z_slow)``: η grows only while both horizons say the steps
-       are too short, and falls as soon as either says they overshoot. Where the gradient noise
-       dominates, both averages hover around 0 and their minimum is negative on average, so η
-       comes down on its own: the decay a tuned schedule would give, set by the noise instead
-       of by a step count. ``combine_horizons="agree"`` instead moves η by ``z_slow`` only
-       while both scores have the same sign and holds it otherwise: under pure noise the
-       exponent is then symmetric about 0 and η does not drift. ``"agree_else_min"`` follows
-       ``z_slow`` while both agree and brakes with the lower score when they do not: it keeps
-       the short horizon's brake and a third of the minimum's drift under noise.
-       ``"significant"`` uses ``min(z_fast, z_slow)`` only once ``|z_slow|`` is at least
-       ``SIGNIFICANCE`` (2) standard errors of pure noise (:func:`noise_level`) and holds η
-       otherwise: a two-sided test at about 5 % that the slope along the steps is not 0, so
-       under noise η moves on about one step in twenty instead of drifting, and the brake of
-       the minimum acts once there is a signal. With
-       ``grow_on_repeats=False``, from the second pass over a finite training set on
-       (:meth:`start_pass`), η may fall but no longer grow: the batches are not fresh any
-       more, and the alignment then rewards fitting them (below). With
-       ``cap_at_fresh_peak=True`` it may grow again on repeated batches, but not above the
-       largest η of the first pass: the largest step that fresh batches supported. ``gain_decay``
-       (off) divides the exponent by ``√(1 + k)``, ``k`` the sign changes of ``ā_slow``
-       (Kesten's rule: η then freezes instead of decaying);
+    3. ``η ← η · max_change^e``. With ``combine_horizons="significant"`` (the default),
+       ``e = min(z_fast, z_slow)`` once ``|z_slow|`` is at least ``SIGNIFICANCE`` (2) standard
+       errors of pure noise (:func:`noise_level`), else 0: a two-sided test at about 5 % that
+       the slope along the steps is not 0. Under noise η moves on about one step in twenty
+       instead of drifting; once there is a signal, η grows only while both horizons say the
+       steps are too short and falls as soon as either says they overshoot. ``"min"`` (the
+       defaults until 2026-12, preset ``earlier_defaults``) takes the minimum on every step:
+       under noise it is negative on average, so η decays on its own, and over long runs it
+       decays to nothing (below). ``"agree"`` moves η by ``z_slow`` only while both scores have
+       the same sign and holds it otherwise (no drift under noise); ``"agree_else_min"``
+       follows ``z_slow`` while both agree and brakes with the lower score when they do not (a
+       third of the minimum's drift). With ``cap_at_fresh_peak=True`` (the default), from the
+       second pass over a finite training set on (:meth:`start_pass`), η may grow, but not
+       above the largest η of the first pass: once the batches repeat, a positive alignment
+       rewards fitting them. ``grow_on_repeats=False`` stops growth on repeats altogether.
+       ``gain_decay`` (off) divides the exponent by ``√(1 + k)``, ``k`` the sign changes of
+       ``ā_slow`` (Kesten's rule: η then freezes instead of decaying);
     4. Adam's update ``x ← x − η · multiplier · m̂ / (√v̂ + ε)`` and decoupled weight decay.
 
-    Why it is safe from step 1: ``η`` starts at ``lr`` (1e-5: no weight moves by more than that,
-    the smallest learning rate of the usual fine-tuning grid) and changes by at most
+    The start: ``η`` starts at ``lr`` (1e-4, the top of the usual fine-tuning grid of
+    1e-5–1e-4: Adam moves no weight by much more than η per step) and changes by at most
     ``max_change`` per step, so it can neither jump to a step that destroys a pretrained model
-    nor stay inert: it goes up while the next batches agree with the last step and comes down as
-    soon as they disagree.
+    nor stay inert. Pair it with a cosine anneal of the multiplier over the run
+    (:class:`lsframe.optim.StepSizeSchedule` around ``WarmupCosineLR(warmup_ratio=0)``;
+    ``configs/optimizers/slope_tracking_adam.yaml`` does; Trainer's default ``"linear"`` also
+    decays to 0): every figure of these defaults was measured with it
+    (benchmarks/results/quality_{s,m}_*, time_to_target_*: the spec
+    ``slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal``). It needs the run's
+    length, not a learning rate.
 
-    Failure modes: from ``lr``, η needs ``log(η*/lr) / log(max_change)`` steps to reach a step
-    size η* (about 13 steps from 1e-5 to 1e-4, 38 to 1e-2): training from scratch, where η* is
-    large, spends its first tens of steps growing (set ``lr`` nearer the expected step size).
-    When the batches are so noisy that the alignment never leaves zero, η drifts down: too small
-    rather than too large. The alignment measures progress on the training distribution: once
-    the batches repeat (a second epoch over a small set), a positive alignment says the step fits
-    examples seen before, and η rose to where the training loss falls fastest, 2–3× the peak of
-    the best AdamW schedule on 500 examples × 5 epochs, and lost dev accuracy. Stopping growth
-    after the first pass (``grow_on_repeats=False``, the preset ``fresh_growth``) won that back
-    there, but it turns the noise-driven decay into a ratchet: on 2,000 examples × 3 epochs η
-    fell from 3e-5 to 2e-7 in the later passes and the run lost 0.04 dev accuracy
-    (benchmarks/results/quality_{s,m}_*). Hence it is an option, not the default. lsframe's
-    modules and ``LineSearchTrainer`` call :meth:`start_pass` at each epoch; a plain loop calls
-    it itself (without it every batch counts as fresh).
+    Failure modes: the test fires rarely, so η mostly stays near its start and the run behaves
+    close to Adam at 1e-4 with a cosine decay. Where a task wants a smaller step (RTE at 2,000
+    examples × 3 epochs, best AdamW peak 5e-5) the first pass's fresh batches may not say so, and
+    the run trails the best AdamW point (−0.024). Where the early fresh batches all say "too
+    short" (SST-2) η grows to 1.7e-4–2.6e-4, past the best AdamW peak of 1e-4 (−0.014 and −0.019
+    against it in the two settings): the slope along the steps is 0 near 1e-4 and again, within
+    the noise, near 3e-4. Training from scratch needs a larger step: η needs
+    ``log(η*/lr) / log(max_change)`` steps to reach η* (25 from 1e-4 to 1e-2; set ``lr`` nearer
+    the expected step size). With ``"min"`` the noise-driven decay has no floor: over 1,000
+    SST-2 steps η fell to 2e-9, and over 1,000 MRPC steps the run ended at the majority class.
+    lsframe's modules and ``LineSearchTrainer`` call :meth:`start_pass` at each epoch; a plain
+    loop calls it itself (without it every batch counts as fresh and the cap never acts).
 
     Cost: no extra forward and no parameter copy. Per step, one more pass over Adam's moments
     (the last direction, a bounded transient) and three inner products in one host sync: on
@@ -118,7 +119,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
 
     Args:
         params: Parameters or param groups.
-        lr: Initial step size η0. Default: 1e-5.
+        lr: Initial step size η0. Default: 1e-4.
         betas: Adam's (β1, β2). Default: (0.9, 0.999).
         eps: Adam's ε. Default: 1e-8.
         max_change: Largest factor by which η changes in one step. Default: 1.2.
@@ -128,7 +129,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             ``z_slow`` when both have the same sign, else 0; ``"agree_else_min"``: ``z_slow`` when
             both have the same sign, else ``min(z_fast, z_slow)``; ``"significant"``: the
             minimum once ``|z_slow|`` clears two standard errors of noise, else 0.
-            Default: ``"min"``.
+            Default: ``"significant"``.
         gain_decay: Kesten's rule: divide the exponent by √(1 + sign changes). Default: False.
         min_step_size: Floor on η. Default: 0.
         max_step_size: Ceiling on η, at least ``lr`` (``None``: none). With ``lr`` equal to it,
@@ -137,7 +138,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             None.
         grow_on_repeats: Let η grow on the batches of a second or later pass too. Default: True.
         cap_at_fresh_peak: From the second pass on, η may grow back but not above the largest
-            η of the first pass. Default: False.
+            η of the first pass. Default: True.
         alignment_stride: The eager kernels compute the alignment from every k-th row of each
             matrix with at least k rows, moving by one row each step, scaled to the whole
             (:func:`step_alignment`): about 1/k of the rule's memory traffic. 1 reads every
@@ -148,7 +149,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             counts more than a flat one. The z-scores divide by the root mean square, so a
             constant scale cancels; a scale that drifts does not (the square's average, β = 0.99,
             remembers large slopes for about 100 steps and mutes the scores meanwhile).
-            Default: ``"cosine"``.
+            Default: ``"slope"``.
         weight_decay: Decoupled weight decay. Default: 0.
         fused: Run the rule as compiled one-pass kernels (``torch.compile``). Default: False.
             Like every hyperparameter it is saved in the param groups: a loaded state dict
@@ -160,19 +161,19 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-5,
+        lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         max_change: float = 1.2,
         alignment_betas: tuple[float, float, float] = (0.5, 0.9, 0.99),
-        combine_horizons: str = "min",
+        combine_horizons: str = "significant",
         gain_decay: bool = False,
         min_step_size: float = 0.0,
         max_step_size: float | None = None,
         grow_on_repeats: bool = True,
-        cap_at_fresh_peak: bool = False,
+        cap_at_fresh_peak: bool = True,
         alignment_stride: int = 1,
-        alignment_measure: str = "cosine",
+        alignment_measure: str = "slope",
         weight_decay: float = 0.0,
         fused: bool = False,
     ) -> None:
