@@ -134,6 +134,20 @@ def test_two_presets_in_a_spec_build_the_optimizer_with_both():
     assert group["lr"] == pytest.approx(1e-4)
 
 
+def test_a_bare_tracker_spec_keeps_the_earlier_defaults_and_the_default_spec_is_the_class():
+    from benchmarks.specs import DEFAULT
+    from lsframe import optim
+
+    rule = [*optim.info("slope_tracking_adam").preset("earlier_defaults"), "max_step_size"]
+    logged = build("slope_tracking_adam", _Regression(), total_steps=4).optimizer.defaults
+    current = optim.create("slope_tracking_adam", _Regression().parameters()).defaults
+    assert logged["combine_horizons"] == "min" and logged["lr"] == 1e-5  # as its runs were logged
+    assert any(logged[key] != current[key] for key in rule)
+    run = build(DEFAULT, _Regression(), total_steps=4)  # the class's defaults, annealed
+    assert run.optimizer.defaults == current
+    assert run.scheduler is not None
+
+
 def test_presets_that_set_one_key_differently_are_refused():
     with pytest.raises(ValueError, match="disagree on combine_horizons"):
         build("slope_tracking_adam+agree+agree_else_min", _Regression(), total_steps=4)
