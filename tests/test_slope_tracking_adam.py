@@ -462,6 +462,31 @@ def test_by_default_it_starts_at_1e_4_and_moves_on_significant_slopes_capped_at_
     assert len(set(etas)) > 3  # the test fired: η moved, and held on other steps
     assert any(a == b for a, b in zip(etas, etas[1:]))
     assert max(etas[7:]) <= opt.search_state["fresh_peak"] * (1 + 1e-12)
+    uncapped = reference_step_sizes(
+        slopes, 1e-4, 1.2, (0.5, 0.9, 0.99), False, combine="significant"
+    )
+    assert max(uncapped[7:]) > max(etas[7:]) * 1.2  # without the cap it would have grown on
+    rule = {k: opt.defaults[k] for k in ("lr", "combine_horizons", "alignment_measure")}
+    assert rule == {"lr": 1e-4, "combine_horizons": "significant", "alignment_measure": "slope"}
+    assert opt.defaults["cap_at_fresh_peak"] and opt.defaults["grow_on_repeats"]
+
+
+def test_a_run_saved_under_the_earlier_defaults_resumes_with_its_rule_and_a_new_group_joins_it():
+    torch.manual_seed(0)
+    model, x, y = problem()
+    old = optim.create("slope_tracking_adam", model[0].parameters(), preset="earlier_defaults")
+    alignments_and_step_sizes(old, model, x, y, steps=5)
+    twin = twin_of(model)
+    resumed = SlopeTrackingAdam(twin[0].parameters())  # today's defaults, then the checkpoint
+    resumed.load_state_dict(copy.deepcopy(old.state_dict()))
+    assert resumed.param_groups[0]["combine_horizons"] == "min"
+    resumed.add_param_group({"params": twin[2].parameters()})  # gradual unfreezing
+    old.add_param_group({"params": model[2].parameters()})
+    for key in RULE_KEYS:
+        assert resumed.param_groups[1][key] == old.param_groups[1][key]
+    _, etas = alignments_and_step_sizes(old, model, x, y, steps=5)
+    _, resumed_etas = alignments_and_step_sizes(resumed, twin, x, y, steps=5)
+    assert resumed_etas == etas  # one rule over both groups, the run's own
 
 
 def test_lightning_tells_it_each_epoch(monkeypatch):

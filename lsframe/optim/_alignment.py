@@ -1,6 +1,6 @@
 """The step alignment of :class:`~lsframe.optim.slope_tracking_adam.SlopeTrackingAdam`: the
-cosine between a fresh batch's gradient and the last Adam step, its eager and fused kernels, and
-the noise level of its moving average."""
+slope of a fresh batch's loss along the last Adam step, or its cosine, from the eager and fused
+kernels' sums, and the noise level of its moving average."""
 
 from __future__ import annotations
 
@@ -59,14 +59,10 @@ def step_alignment(
         root = math.sqrt(bias_correction(active.group["betas"][1], moment_step))
         # m̂/(√v̂ + ε) = (√bc2/bc1) · m/(√v + ε·√bc2): the scalars are folded in after the sums
         rows = [sampled_rows(local(g), stride, moment_step) for g in active.grads]
-        m = [
-            sampled_rows(local(param_state[p]["exp_avg"]), stride, moment_step)
-            for p in active.params
-        ]
-        v = [
-            sampled_rows(local(param_state[p]["exp_avg_sq"]), stride, moment_step)
-            for p in active.params
-        ]
+        # a parameter added since the last step has zero moments: it took no part in that step
+        states = [moments_of(param_state, p) for p in active.params]
+        m = [sampled_rows(local(st["exp_avg"]), stride, moment_step) for st in states]
+        v = [sampled_rows(local(st["exp_avg_sq"]), stride, moment_step) for st in states]
         weights = [local(g).numel() / max(r.numel(), 1) for g, r in zip(active.grads, rows)]
         dots, g_sq, d_sq = [], [], []
         budget = QUOTIENT_BYTES.get(m[0].device.type, QUOTIENT_BYTES["cuda"])

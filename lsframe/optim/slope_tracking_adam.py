@@ -244,6 +244,16 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             "fresh_peak": 0.0,
         }
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load as torch does (the saved groups bring their hyperparameters), then take the
+        loaded rule (:data:`RULE_KEYS`) as the default of groups added later: a run saved under
+        other defaults (``preset="earlier_defaults"``) resumes with its own rule, and a group
+        added afterwards (gradual unfreezing) joins that rule instead of failing the check that
+        all groups agree."""
+        super().load_state_dict(state_dict)
+        if self.param_groups:
+            self.defaults.update({key: self.param_groups[0][key] for key in RULE_KEYS})
+
     def start_pass(self, index: int) -> None:
         """Say that pass ``index`` (0: the first) over a finite training set begins.
 
