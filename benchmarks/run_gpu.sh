@@ -62,18 +62,20 @@ EOF
       results=("$out/gpu_check_text.txt")
     else
       grid=(adamw@1e-5 adamw@2e-5 adamw@5e-5 adamw@1e-4)
+      # SlopeTrackingAdam's defaults with its config's anneal (benchmarks.specs.DEFAULT)
+      d="slope_tracking_adam+significant+fresh_peak+slope"
       for seed in 0 1 2; do
         for task in sst2 mrpc rte; do
           run benchmarks.quality --setting M --task "$task" --device cuda --bf16 \
-            --seeds "$seed" --optimizers slope_tracking_adam salsa "${grid[@]}" --no-schedulefree
+            --seeds "$seed" --optimizers "$d@1e-4~anneal" salsa "${grid[@]}" --no-schedulefree
         done
         if [ "$seed" = 0 ]; then  # the cost table after the first seed of every task
           run benchmarks.step_cost --model minilm --steps 1000 --device cuda --bf16 --memory \
-            --optimizers adamw-const@5e-5 adamw-fused-const@5e-5 slope_tracking_adam \
-            slope_tracking_adam+fused salsa
+            --optimizers adamw-const@5e-5 adamw-fused-const@5e-5 "$d@1e-4~anneal" \
+            "$d+fused@1e-4~anneal" salsa --out benchmarks/results/step_cost_minilm_default_gpu
         fi
       done
-      results=(benchmarks/results/quality_m_*_bf16_gpu.* benchmarks/results/step_cost_minilm_gpu.*)
+      results=(benchmarks/results/quality_m_*_bf16_gpu.* benchmarks/results/step_cost_minilm_default_gpu.*)
     fi
     ;;
   images)

@@ -20,7 +20,8 @@ from lsframe.parts import part_groups
 def combined_presets(
     info: optim.OptimizerInfo, presets: Sequence[str], spec: str
 ) -> dict[str, Any]:
-    """The constructor arguments of ``presets`` together (none: the paper's defaults).
+    """The constructor arguments of ``presets`` together (none: nothing beyond the class's
+    defaults, or :data:`PINNED`'s rules under them).
 
     Raises:
         ValueError: a preset is unknown, or two set one key to different values.
