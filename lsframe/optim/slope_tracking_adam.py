@@ -108,8 +108,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
 
     Cost: no extra forward and no parameter copy. Per step, one more pass over Adam's moments
     (the last direction, a bounded transient) and three inner products in one host sync: on
-    CPU the eager kernels take about twice AdamW(foreach)'s optimizer time (110 vs 54 ms a step
-    on a 4.4 M-parameter BERT, 520 vs 264 ms on MiniLM-L6: benchmarks/results/step_cost_*).
+    CPU the eager kernels take about twice AdamW(foreach)'s optimizer time (94 vs 49 ms a step
+    on a 4.4 M-parameter BERT, 432 vs 217 ms on MiniLM-L6: benchmarks/results/step_cost_*).
     ``fused=True`` runs the same rule as two compiled one-pass kernels per tensor
     (:mod:`lsframe.optim._fused`): the direction's sums with the finiteness count, then Adam's
     moments, update and weight decay. Its steps equal the eager ones to float32 rounding; its
