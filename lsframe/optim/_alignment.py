@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lsframe.optim._blocked import direction_sums as blocked_direction_sums
 from lsframe.optim._functional import QUOTIENT_BYTES, bias_correction, quotient_pieces
 from lsframe.optim._fused import compiled, direction_sums, flat, scalars
 from lsframe.optim._sharded import local, reduce_sums
@@ -146,24 +147,30 @@ def projected_slope(sums: list[list[float]], scales: list[float]) -> float | Non
 MEASURES = {"cosine": cosine, "slope": projected_slope}
 
 
-def fused_direction_sums(
-    param_state: dict[Any, dict[str, Any]], groups: list[ActiveGroup], moment_step: int
+def one_pass_direction_sums(
+    param_state: dict[Any, dict[str, Any]],
+    groups: list[ActiveGroup],
+    moment_step: int,
+    blocked: bool = False,
 ) -> list[list[float]]:
     """Per group ``[⟨g, d'⟩, ‖g‖², ‖d'‖², #non-finite gradient entries]`` (``d'`` the last
-    direction up to :func:`direction_scale`) by the compiled kernel
-    :func:`~lsframe.optim._fused.direction_sums`: one read of ``g``, ``m`` and ``v``, one host
-    sync. Creates Adam's moments (zeros) of parameters seen for the first time."""
-    kernel = compiled(direction_sums)
+    direction up to :func:`direction_scale`) in one read of ``g``, ``m`` and ``v`` and one host
+    sync: by the compiled kernel :func:`~lsframe.optim._fused.direction_sums`, or with
+    ``blocked`` by the cache-blocked eager one (:func:`lsframe.optim._blocked.direction_sums`,
+    without the count).
+    Creates Adam's moments (zeros) of parameters seen for the first time."""
+    kernel = blocked_direction_sums if blocked else compiled(direction_sums)
     sums = []
     for active in groups:
         if not active.params:
             continue
         root = math.sqrt(bias_correction(active.group["betas"][1], max(moment_step, 1)))
-        eps = scalars([active.group["eps"] * root], active.params[0])
+        eps = active.group["eps"] * root
+        eps_arg = eps if blocked else scalars([eps], active.params[0])
         parts = []
         for p, grad in zip(active.params, active.grads):
             state = moments_of(param_state, p)
             m, v = local(state["exp_avg"]), local(state["exp_avg_sq"])
-            parts.append(kernel(*flat(local(grad), m, v), eps))
+            parts.append(kernel(*flat(local(grad), m, v), eps_arg))
         sums.append(torch.stack(reduce_sums(parts, active.grads)).sum(0).double())
     return torch.stack(sums).tolist() if sums else []

@@ -12,12 +12,15 @@ from torch import Tensor
 from lsframe.optim._alignment import (
     MEASURES,
     direction_scale,
-    fused_direction_sums,
     noise_level,
+    one_pass_direction_sums,
     step_alignment,
 )
+from lsframe.optim._blocked import adam_step_ as blocked_adam_step_
+from lsframe.optim._blocked import blocked_on
 from lsframe.optim._functional import bias_correction
-from lsframe.optim._fused import adam_step_, compiled, flat, scalars
+from lsframe.optim._fused import adam_step_ as fused_adam_step_
+from lsframe.optim._fused import compiled, flat, scalars
 from lsframe.optim._linesearch import LineSearchOptimizer
 from lsframe.optim._sharded import local
 from lsframe.optim.adam_moments import adam_directions, check_adam_group, next_moment_step
@@ -106,16 +109,18 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     lsframe's modules and ``LineSearchTrainer`` call :meth:`start_pass` at each epoch; a plain
     loop calls it itself (without it every batch counts as fresh and the cap never acts).
 
-    Cost: no extra forward and no parameter copy. Per step, one more pass over Adam's moments
-    (the last direction, a bounded transient) and three inner products in one host sync: on
-    CPU the eager kernels take about twice AdamW(foreach)'s optimizer time (94 vs 49 ms a step
-    on a 4.4 M-parameter BERT, 432 vs 217 ms on MiniLM-L6: benchmarks/results/step_cost_*).
-    ``fused=True`` runs the same rule as two compiled one-pass kernels per tensor
-    (:mod:`lsframe.optim._fused`): the direction's sums with the finiteness count, then Adam's
-    moments, update and weight decay. Its steps equal the eager ones to float32 rounding; its
-    first step compiles (tens of seconds on CPU, cached on disk by Inductor); it needs a C++
-    compiler on CPU, Triton on CUDA. It takes lsframe's closure, a torch-style closure, or none
-    (``step()`` after the caller's own backward).
+    Cost: no extra forward and no parameter copy. Per step, one more read of ``g``, ``m`` and
+    ``v`` (the last direction, a bounded transient) and three inner products in one host sync.
+    On CPU the eager kernels run cache-blocked (:mod:`lsframe.optim._blocked`: each tensor
+    comes from memory about once per pass), bitwise the steps of the foreach kernels, which
+    CUDA keeps; the whole step then costs less than ``AdamW(foreach=True)``'s on MiniLM-L6
+    (benchmarks/results/step_cost_*_default_cpu). ``fused=True`` runs the same rule as two
+    compiled one-pass kernels per tensor (:mod:`lsframe.optim._fused`): the direction's sums
+    with the finiteness count, then Adam's moments, update and weight decay. Its steps equal
+    the eager ones to float32 rounding; its first step compiles (tens of seconds on CPU,
+    cached on disk by Inductor); it needs a C++ compiler on CPU, Triton on CUDA. It takes
+    lsframe's closure, a torch-style closure, or none (``step()`` after the caller's own
+    backward).
 
     Args:
         params: Parameters or param groups.
@@ -139,11 +144,11 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         grow_on_repeats: Let η grow on the batches of a second or later pass too. Default: True.
         cap_at_fresh_peak: From the second pass on, η may grow back but not above the largest
             η of the first pass. Default: True.
-        alignment_stride: The eager kernels compute the alignment from every k-th row of each
-            matrix with at least k rows, moving by one row each step, scaled to the whole
+        alignment_stride: The foreach kernels compute the alignment from every k-th row of
+            each matrix with at least k rows, moving by one row each step, scaled to the whole
             (:func:`step_alignment`): about 1/k of the rule's memory traffic. 1 reads every
-            entry. ``fused=True`` always computes the exact alignment: its one pass reads every
-            gradient entry anyway (it counts the non-finite ones). Default: 1.
+            entry, cache-blocked on CPU, which is cheaper there than any stride; ``fused=True``
+            always reads every entry. Default: 1.
         alignment_measure: ``"cosine"``: the rule averages ``cos(g_t, d_{t−1})``;
             ``"slope"``: it averages the slope ``⟨g_t, d_{t−1}⟩`` itself, so a steep batch
             counts more than a flat one. The z-scores divide by the root mean square, so a
@@ -245,11 +250,9 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load as torch does (the saved groups bring their hyperparameters), then take the
-        loaded rule (:data:`RULE_KEYS`) as the default of groups added later: a run saved under
-        other defaults (``preset="earlier_defaults"``) resumes with its own rule, and a group
-        added afterwards (gradual unfreezing) joins that rule instead of failing the check that
-        all groups agree."""
+        """Load as torch does, then make the loaded rule (:data:`RULE_KEYS`) the default of
+        groups added later: a run saved under other defaults resumes with its own rule, and a
+        group added afterwards (gradual unfreezing) joins it."""
         super().load_state_dict(state_dict)
         if self.param_groups:
             self.defaults.update({key: self.param_groups[0][key] for key in RULE_KEYS})
@@ -266,13 +269,28 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             raise ValueError(f"start_pass: index must be an int >= 0, got {index!r}")
         self.search_state["data_pass"] = index
 
+    def _one_pass(self, grads: list[Tensor]) -> str | None:
+        """The one-pass kernels of this step, ``"fused"`` (compiled) or ``"blocked"`` (eager,
+        on CPU: :mod:`lsframe.optim._blocked`), or None (foreach)."""
+        if self.shared("fused"):
+            return "fused"
+        if self.shared("alignment_stride") == 1 and blocked_on([local(g) for g in grads]):
+            return "blocked"
+        return None
+
     def _gradients_finite(self, groups: list[ActiveGroup], grads: list[Tensor]) -> bool:
-        if not self.shared("fused"):
+        self._kernels = self._one_pass(grads)
+        if self._kernels is None:
             return super()._gradients_finite(groups, grads)
-        # the alignment's pass also counts the non-finite entries: no separate check
+        # the alignment's pass also tells whether the gradients are finite
         moment_step = self.search_state.get("moment_step", 0)
-        self._fused_sums = fused_direction_sums(self.state, groups, moment_step)
-        return sum(group_sums[3] for group_sums in self._fused_sums) == 0
+        blocked = self._kernels == "blocked"
+        self._sums = sums = one_pass_direction_sums(self.state, groups, moment_step, blocked)
+        if not blocked:
+            return sum(group_sums[3] for group_sums in sums) == 0
+        # a finite ‖g‖² proves every entry finite; a non-finite one may be an overflow
+        finite = all(math.isfinite(group_sums[1]) for group_sums in sums)
+        return finite or super()._gradients_finite(groups, grads)
 
     def _line_search_step(
         self, loss: float | None, forward: Callable[[], Tensor], groups: list[ActiveGroup]
@@ -281,9 +299,9 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         rule = {key: self.shared(key) for key in RULE_KEYS}
         eta = self.param_groups[0]["step_size"]
         last = state.get("moment_step", 0)
-        if rule["fused"]:
+        if self._kernels is not None:
             scales = [direction_scale(active, last) for active in groups if active.params]
-            sums, self._fused_sums = self._fused_sums, None  # this step's, read once
+            sums, self._sums = self._sums, None  # this step's, read once
             measure = MEASURES[rule["alignment_measure"]]
             alignment = measure(sums, scales) if last else None
         else:
@@ -294,8 +312,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             eta = self._on_repeats(eta, eta * self._change(alignment, rule), rule)
         if state["data_pass"] == 0:
             state["fresh_peak"] = max(state["fresh_peak"], eta)
-        if rule["fused"]:
-            self._fused_adam_step(groups, next_moment_step(state), eta)
+        if self._kernels is not None:
+            self._one_pass_adam_step(groups, next_moment_step(state), eta)
         else:
             adam = adam_directions(self.state, groups, next_moment_step(state))
             adam.update().move(groups, [eta] * len(groups))
@@ -305,26 +323,33 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             record["alignment"] = alignment
 
     def _apply_weight_decay(self, groups: list[ActiveGroup]) -> None:
-        if not self.shared("fused"):  # the fused kernel has applied it
+        if self._kernels is None:  # the one-pass kernels have applied it
             super()._apply_weight_decay(groups)
 
-    def _fused_adam_step(self, groups: list[ActiveGroup], moment_step: int, eta: float) -> None:
-        """Adam's moments, update and weight decay at step size ``eta``, one compiled pass per
-        tensor."""
-        kernel = compiled(adam_step_)
+    def _one_pass_adam_step(self, groups: list[ActiveGroup], moment_step: int, eta: float) -> None:
+        """Adam's moments, update and weight decay at step size ``eta``, one pass per tensor:
+        compiled (``fused``) or cache-blocked."""
+        fused = self._kernels == "fused"
+        kernel = compiled(fused_adam_step_) if fused else blocked_adam_step_
         for active in groups:
             if not active.params:
                 continue
             beta1, beta2 = active.group["betas"][:2]
-            step = eta * active.multiplier / bias_correction(beta1, moment_step)
             root = math.sqrt(bias_correction(beta2, moment_step))
-            keep = 1.0 - eta * active.multiplier * active.group["weight_decay"]
-            values = [beta1, beta2, step, root, active.group["eps"], keep]
-            values = scalars(values, active.params[0])
+            decay = active.group["weight_decay"]
+            if fused:
+                step = eta * active.multiplier / bias_correction(beta1, moment_step)
+                keep = 1.0 - eta * active.multiplier * decay
+                values = [beta1, beta2, step, root, active.group["eps"], keep]
+                args = (scalars(values, active.params[0]),)
+            else:  # the foreach path's scalars, computed as it does (bitwise the same steps)
+                alpha = -eta * active.multiplier * (1.0 / bias_correction(beta1, moment_step))
+                keep = 1.0 - eta * active.multiplier * decay if decay else None
+                args = ((beta1, beta2), alpha, root, active.group["eps"], keep)
             for p, grad in zip(active.params, active.grads):
                 state = self.state[p]
                 tensors = (p, grad, state["exp_avg"], state["exp_avg_sq"])
-                kernel(*flat(*(local(t) for t in tensors)), values)
+                kernel(*flat(*(local(t) for t in tensors)), *args)
 
     def _on_repeats(self, eta: float, proposed: float, rule: dict[str, Any]) -> float:
         """The next η from ``proposed`` (η times the rule's change), limited from the second pass

@@ -1,0 +1,132 @@
+"""SlopeTrackingAdam's cache-blocked eager kernels on CPU take the foreach kernels' steps bit for
+bit: same moments, same parameters; the alignment's sums differ only by float32 rounding."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from lsframe.optim import SlopeTrackingAdam, _blocked
+
+
+def problem(dtype: torch.dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 10, generator=gen)
+    y = x @ torch.randn(10, 1, generator=gen) + 0.3 * torch.randn(96, 1, generator=gen)
+    torch.manual_seed(0)
+    # 10·13 = 130 weights: eight blocks of 16 (64 bytes of float32) and a short one
+    model = torch.nn.Sequential(torch.nn.Linear(10, 13), torch.nn.Tanh(), torch.nn.Linear(13, 1))
+    strided = torch.nn.Parameter(torch.randn(13, 2, generator=gen)[:, :1])  # not flat: whole
+    return model.to(dtype), strided.data.to(dtype), x.to(dtype), y.to(dtype)
+
+
+def run(monkeypatch, blocked: bool, measure: str, dtype: torch.dtype):
+    monkeypatch.setattr(_blocked, "BLOCK_BYTES", {"cpu": 64} if blocked else {})
+    model, strided, x, y = problem(dtype)
+    strided = torch.nn.Parameter(strided)
+    groups = [
+        {"params": model[0].parameters(), "lr_multiplier": 0.5},
+        {"params": [*model[2].parameters(), strided], "weight_decay": 0.0},
+    ]
+    opt = SlopeTrackingAdam(groups, lr=3e-3, weight_decay=0.01, alignment_measure=measure)
+    trace = []
+    for i in range(10):
+        first = opt.param_groups[0]  # an anneal's last step: multiplier 0, the moments move
+        first["lr_multiplier"] = 0.0 if i == 7 else 0.5
+        first["lr"] = first["step_size"] * first["lr_multiplier"]
+        opt.zero_grad()
+        rows = slice(i % 3 * 32, (i % 3 + 1) * 32)
+        out = model(x[rows]) + (x[rows, :1] * strided.sum())
+        loss = torch.nn.functional.mse_loss(out.float(), y[rows].float())
+        loss.backward()
+        if i == 4:  # an inf entry: the step is rejected, nothing moves
+            model[0].weight.grad[3, 5] = float("inf")
+        opt.step()
+        tensors = [t.detach().clone() for t in (*model.parameters(), strided)]
+        params = [*model.parameters(), strided]
+        moments = [opt.state[p][key].clone() for p in params for key in ("exp_avg", "exp_avg_sq")]
+        trace.append((tensors, moments, opt.search_state["alignment"], opt.last_step["rejected"]))
+    return trace, opt
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("measure", ["slope", "cosine"])
+def test_blocked_kernels_take_the_foreach_steps_bit_for_bit(monkeypatch, measure, dtype):
+    foreach, foreach_opt = run(monkeypatch, False, measure, dtype)
+    blocked, blocked_opt = run(monkeypatch, True, measure, dtype)
+    assert foreach_opt._kernels is None and blocked_opt._kernels == "blocked"
+    for i, (ours, theirs) in enumerate(zip(blocked, foreach)):
+        assert ours[3] == theirs[3] == (i == 4)
+        assert all(torch.equal(a, b) for a, b in zip(ours[0], theirs[0])), i
+        assert all(torch.equal(a, b) for a, b in zip(ours[1], theirs[1])), i
+        a, b = ours[2], theirs[2]
+        assert (a is None) == (b is None) and (a is None or abs(a - b) <= 1e-5 * max(abs(b), 1e-12))
+    assert blocked[-1][2] is not None  # the rule ran, and moved the weights off their start
+    assert not torch.equal(blocked[-1][0][0], problem(dtype)[0][0].weight)
+    sizes = [g["step_size"] for g in blocked_opt.param_groups]
+    assert sizes == pytest.approx([g["step_size"] for g in foreach_opt.param_groups], rel=1e-5)
+
+
+def test_blocks_cover_every_element_once_and_leave_strided_tensors_whole(monkeypatch):
+    monkeypatch.setattr(_blocked, "BLOCK_BYTES", {"cpu": 64})
+    flat = torch.arange(50.0)
+    pieces = [b for (b,) in _blocked.blocks(flat)]
+    assert [p.numel() for p in pieces] == [16, 16, 16, 2]
+    assert torch.equal(torch.cat(pieces), flat) and all(p._base is flat for p in pieces)
+    matrix = torch.zeros(4, 4)
+    assert list(_blocked.blocks(matrix, matrix)) == [(matrix, matrix)]
+    assert _blocked.blocked_on([flat]) and not _blocked.blocked_on([])
+    monkeypatch.setattr(_blocked, "BLOCK_BYTES", {})
+    assert not _blocked.blocked_on([flat])
+
+
+def test_direction_sums_match_a_direct_computation_and_a_non_finite_entry_shows_in_the_square():
+    gen = torch.Generator().manual_seed(3)
+    g, m = torch.randn(300, generator=gen), torch.randn(300, generator=gen)
+    v = torch.rand(300, generator=gen)
+    d = m / (v.sqrt() + 1e-3)
+    sums = _blocked.direction_sums(g, m, v, 1e-3)
+    torch.testing.assert_close(sums, torch.stack([g @ d, g @ g, d @ d]), rtol=1e-6, atol=0)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        g[7] = bad
+        assert not torch.isfinite(_blocked.direction_sums(g, m, v, 1e-3)[1])
+    empty = torch.empty(0)
+    assert torch.equal(_blocked.direction_sums(empty, empty, empty, 1e-3), torch.zeros(3))
+
+
+def test_a_finite_gradient_whose_square_overflows_still_steps(monkeypatch):
+    monkeypatch.setattr(_blocked, "BLOCK_BYTES", {"cpu": 64})
+    weight = torch.nn.Parameter(torch.zeros(40))
+    opt = SlopeTrackingAdam([weight], lr=1e-3)
+    weight.grad = torch.full((40,), 1e20)  # finite, but ‖g‖² overflows float32
+    opt.step()
+    assert not opt.last_step["rejected"] and torch.all(weight < 0)
+    weight.grad = torch.full((40,), 1.0)
+    weight.grad[5] = float("nan")
+    before = weight.detach().clone()
+    opt.step()
+    assert opt.last_step["rejected"] and torch.equal(weight, before)
+
+
+def test_a_blocked_tracker_resumes_exactly(monkeypatch):
+    monkeypatch.setattr(_blocked, "BLOCK_BYTES", {"cpu": 64})
+    model, _, x, y = problem(torch.float32)
+    opt = SlopeTrackingAdam(model.parameters(), lr=3e-3)
+
+    def step(net, o, i):
+        o.zero_grad()
+        torch.nn.functional.mse_loss(net(x[i % 3 * 32 :][:32]), y[i % 3 * 32 :][:32]).backward()
+        o.step()
+
+    for i in range(4):
+        step(model, opt, i)
+    resumed_model = copy.deepcopy(model)
+    resumed = SlopeTrackingAdam(resumed_model.parameters())
+    resumed.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for i in range(4, 9):
+        step(model, opt, i)
+        step(resumed_model, resumed, i)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed_model.parameters()))
+    assert resumed.param_groups[0]["step_size"] == opt.param_groups[0]["step_size"]
