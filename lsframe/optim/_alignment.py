@@ -20,7 +20,7 @@ from lsframe.optim.rules import ActiveGroup
 
 def step_alignment(
     param_state: dict[Any, dict[str, Any]],
-    groups: list[ActiveGroup],
+    cohorts: list[tuple[ActiveGroup, int]],
     moment_step: int,
     stride: int = 1,
     measure: str = "cosine",
@@ -33,6 +33,8 @@ def step_alignment(
     ``−⟨g_t, d_{t−1}⟩`` estimates, without bias (the batch is fresh), the derivative of the
     expected loss along the last step at the point it reached: ``a_t > 0`` says the last step
     could have gone further, ``a_t < 0`` that it went past the minimum along its direction.
+    ``cohorts`` are the active groups' parameters by their own count of moment updates
+    (:func:`~lsframe.optim.adam_moments.cohorts`): each takes its bias corrections.
     None before the second step or when a norm is 0. Three passes over the moments, a piece at a
     time (a transient of at most ``QUOTIENT_BYTES``, as the line searches' slope), per-tensor
     inner products, one host sync.
@@ -54,10 +56,10 @@ def step_alignment(
         return None
     sums: list[Tensor] = []  # per group: ⟨g, d⟩, ‖g‖², ‖d‖² with d up to a scalar
     scales: list[float] = []
-    for active in groups:
+    for active, count in cohorts:
         if not active.params:
             continue
-        root = math.sqrt(bias_correction(active.group["betas"][1], moment_step))
+        root = math.sqrt(bias_correction(active.group["betas"][1], count))
         # m̂/(√v̂ + ε) = (√bc2/bc1) · m/(√v + ε·√bc2): the scalars are folded in after the sums
         rows = [sampled_rows(local(g), stride, moment_step) for g in active.grads]
         # a parameter added since the last step has zero moments: it took no part in that step
@@ -84,7 +86,7 @@ def step_alignment(
         parts = (dots, g_sq, d_sq)
         per_part = [torch.stack(reduce_sums(x, active.grads)).sum() for x in parts]
         sums.append(torch.stack(per_part).double())
-        scales.append(direction_scale(active, moment_step))
+        scales.append(direction_scale(active, count))
     if not sums:
         return None
     return MEASURES[measure](torch.stack(sums).tolist(), scales)  # the one host sync
@@ -149,8 +151,7 @@ MEASURES = {"cosine": cosine, "slope": projected_slope}
 
 def one_pass_direction_sums(
     param_state: dict[Any, dict[str, Any]],
-    groups: list[ActiveGroup],
-    moment_step: int,
+    cohorts: list[tuple[ActiveGroup, int]],
     blocked: bool = False,
 ) -> list[list[float]]:
     """Per group ``[⟨g, d'⟩, ‖g‖², ‖d'‖², #non-finite gradient entries]`` (``d'`` the last
@@ -158,13 +159,13 @@ def one_pass_direction_sums(
     sync: by the compiled kernel :func:`~lsframe.optim._fused.direction_sums`, or with
     ``blocked`` by the cache-blocked eager one (:func:`lsframe.optim._blocked.direction_sums`,
     without the count).
-    Creates Adam's moments (zeros) of parameters seen for the first time."""
+    One list per cohort with parameters (:func:`~lsframe.optim.adam_moments.cohorts`)."""
     kernel = blocked_direction_sums if blocked else compiled(direction_sums)
     sums = []
-    for active in groups:
+    for active, count in cohorts:
         if not active.params:
             continue
-        root = math.sqrt(bias_correction(active.group["betas"][1], max(moment_step, 1)))
+        root = math.sqrt(bias_correction(active.group["betas"][1], count))
         eps = active.group["eps"] * root
         eps_arg = eps if blocked else scalars([eps], active.params[0])
         parts = []

@@ -104,11 +104,18 @@ def adam_moments_(
 
 
 def adam_denominator(
-    exp_avg_sqs: Sequence[Tensor], bias_correction2: float, eps: float
+    exp_avg_sqs: Sequence[Tensor], bias_correction2: float | Sequence[float], eps: float
 ) -> list[Tensor]:
-    """``√v̂ + ε`` with ``v̂ = v / bias_correction2`` (a transient list, not kept in state)."""
+    """``√v̂ + ε`` with ``v̂ = v / bias_correction2`` (a transient list, not kept in state): one
+    correction for all, or one per tensor."""
     denom = torch._foreach_sqrt(list(exp_avg_sqs))
-    torch._foreach_div_(denom, math.sqrt(bias_correction2))
+    if isinstance(bias_correction2, (int, float)) or len(set(bias_correction2)) == 1:
+        first = (
+            bias_correction2 if isinstance(bias_correction2, (int, float)) else bias_correction2[0]
+        )
+        torch._foreach_div_(denom, math.sqrt(first))
+    else:
+        torch._foreach_div_(denom, [math.sqrt(b) for b in bias_correction2])
     torch._foreach_add_(denom, eps)
     return denom
 

@@ -18,14 +18,20 @@ from lsframe.optim._functional import adam_denominator, adam_moments_, bias_corr
 from lsframe.optim.rules import ActiveGroup, Direction
 from lsframe.validation import check_positive, check_unit
 
+#: each parameter's count of updates of its moments, in its state (torch's Adam keeps ``step``)
+MOMENT_STEPS = "moment_steps"
+
 
 @dataclass
 class AdamDirections:
-    """This step's ``√v̂ + ε`` and ``m`` per group, and Adam's first bias correction."""
+    """This step's ``√v̂ + ε`` and ``m`` per group, and what turns ``m`` into ``m̂``: one bias
+    correction for all, and per group the denominators with the ratio of a parameter's own
+    correction to it folded in (the same lists where every parameter took every update)."""
 
     denominators: list[list[Tensor]]
     exp_avgs: list[list[Tensor]]
     bias_correction1: float
+    update_denominators: list[list[Tensor]]
 
     def preconditioned_gradient(self, groups: list[ActiveGroup]) -> Direction:
         """``P ⊙ g``: the trial direction of AdamSLS and SaLSA."""
@@ -33,40 +39,82 @@ class AdamDirections:
 
     def update(self) -> Direction:
         """``P ⊙ m̂``: Adam's own step direction."""
-        return Direction(self.exp_avgs, self.denominators, scale=1.0 / self.bias_correction1)
+        scale = 1.0 / self.bias_correction1
+        return Direction(self.exp_avgs, self.update_denominators, scale=scale)
 
 
 def adam_directions(
-    param_state: dict[Any, dict[str, Any]], groups: list[ActiveGroup], step: int
+    param_state: dict[Any, dict[str, Any]], groups: list[ActiveGroup], step: int, offset: int = 0
 ) -> AdamDirections:
     """Update ``m ← β1 m + (1 − β1) g``, ``v ← β2 v + (1 − β2) g²`` of every active parameter
-    (each group's own ``betas`` and ``eps``) and return the directions at Adam step ``step``
-    (``t`` of the bias corrections ``1 − β^t``)."""
-    denominators, exp_avgs, bc1 = [], [], 1.0
+    (each group's own ``betas`` and ``eps``) and return the directions. The optimizer's
+    ``step``-th update of the moments; each parameter's bias corrections ``1 − β^t`` take its own
+    count of updates ``t`` (plus ``offset``), as torch's Adam does: a parameter that joins late
+    (a group added mid-run, a layer unfrozen by ``requires_grad``) starts its corrections at 1."""
+    denominators, exp_avgs, update_denominators = [], [], []
+    reference = None
     for active in groups:
         beta1, beta2 = active.group["betas"][:2]  # SaLSA adds a third
-        m, v = [], []
-        for p in active.params:
-            state = moments_of(param_state, p)
-            m.append(state["exp_avg"])
-            v.append(state["exp_avg_sq"])
+        states = [moments_of(param_state, p) for p in active.params]
+        steps = [count_update(st, step) + offset for st in states]
+        m = [st["exp_avg"] for st in states]
+        v = [st["exp_avg_sq"] for st in states]
         if active.params:
             adam_moments_(active.grads, m, v, beta1, beta2)
-        bc1 = bias_correction(beta1, step)
-        denominators.append(
-            adam_denominator(v, bias_correction(beta2, step), active.group["eps"]) if v else []
-        )
+        if reference is None and active.params:
+            reference = bias_correction(beta1, step + offset)
+        bc2 = [bias_correction(beta2, t) for t in steps]
+        denom = adam_denominator(v, bc2, active.group["eps"]) if v else []
+        ratios = [bias_correction(beta1, t) / reference for t in steps] if v else []
+        denominators.append(denom)
+        update_denominators.append([d if r == 1.0 else d * r for d, r in zip(denom, ratios)])
         exp_avgs.append(m)
-    return AdamDirections(denominators, exp_avgs, bc1)
+    return AdamDirections(denominators, exp_avgs, reference or 1.0, update_denominators)
 
 
 def moments_of(param_state: dict[Any, dict[str, Any]], param: Tensor) -> dict[str, Any]:
-    """``param``'s state, with ``exp_avg`` and ``exp_avg_sq`` created (zeros) on first sight."""
+    """``param``'s state, with ``exp_avg`` and ``exp_avg_sq`` created (zeros, no update yet)
+    on first sight."""
     state = param_state[param]
     if not state:
         state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state[MOMENT_STEPS] = 0
     return state
+
+
+def own_step(state: dict[str, Any], step: int) -> int:
+    """How many updates ``state``'s moments have had, before the optimizer's update ``step + 1``:
+    its count, or ``step`` for a state saved without one (lsframe before 2026-12-03, when every
+    parameter counted every update of the optimizer)."""
+    return state.get(MOMENT_STEPS, step)
+
+
+def cohorts(
+    param_state: dict[Any, dict[str, Any]], groups: list[ActiveGroup], step: int
+) -> list[tuple[ActiveGroup, int]]:
+    """The active groups' parameters by their own count of moment updates (:func:`own_step`)
+    before the optimizer's update ``step + 1``, as ``(group, count)`` pairs: one pair per group
+    with parameters where all took every update. Creates the moments of new parameters."""
+    pairs = []
+    for active in groups:
+        counts = [own_step(moments_of(param_state, p), step) for p in active.params]
+        if len(set(counts)) == 1:
+            pairs.append((active, counts[0]))
+            continue
+        for count in sorted(set(counts)):
+            chosen = [i for i, c in enumerate(counts) if c == count]
+            params = [active.params[i] for i in chosen]
+            pairs.append(
+                (ActiveGroup(active.group, params, [active.grads[i] for i in chosen]), count)
+            )
+    return pairs
+
+
+def count_update(state: dict[str, Any], step: int) -> int:
+    """Count the optimizer's ``step``-th update of ``state``'s moments; its own count after it."""
+    state[MOMENT_STEPS] = own_step(state, step - 1) + 1
+    return state[MOMENT_STEPS]
 
 
 def next_moment_step(search_state: dict[str, Any]) -> int:

@@ -168,8 +168,8 @@ class SaLSA(LineSearchOptimizer):
         rule = {key: self.shared(key) for key in RULE_KEYS}
         search = self._may_search()  # before this step is counted
         state["steps_since_search"] += 1
-        step = next_moment_step(state) + self.shared("bias_correction_offset")
-        adam = adam_directions(self.state, groups, step)
+        offset = self.shared("bias_correction_offset")
+        adam = adam_directions(self.state, groups, next_moment_step(state), offset)
         momentum = adam.update()
         eta = rule["growth"] * state["searched_step_size"]
         if not search:

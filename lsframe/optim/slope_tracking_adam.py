@@ -23,7 +23,13 @@ from lsframe.optim._fused import adam_step_ as fused_adam_step_
 from lsframe.optim._fused import compiled, flat, scalars
 from lsframe.optim._linesearch import LineSearchOptimizer
 from lsframe.optim._sharded import local
-from lsframe.optim.adam_moments import adam_directions, check_adam_group, next_moment_step
+from lsframe.optim.adam_moments import (
+    MOMENT_STEPS,
+    adam_directions,
+    check_adam_group,
+    cohorts,
+    next_moment_step,
+)
 from lsframe.optim.rules import ActiveGroup
 from lsframe.validation import check_int_at_least, check_open_unit, check_positive
 
@@ -280,12 +286,12 @@ class SlopeTrackingAdam(LineSearchOptimizer):
 
     def _gradients_finite(self, groups: list[ActiveGroup], grads: list[Tensor]) -> bool:
         self._kernels = self._one_pass(grads)
+        self._cohorts = cohorts(self.state, groups, self.search_state.get("moment_step", 0))
         if self._kernels is None:
             return super()._gradients_finite(groups, grads)
         # the alignment's pass also tells whether the gradients are finite
-        moment_step = self.search_state.get("moment_step", 0)
         blocked = self._kernels == "blocked"
-        self._sums = sums = one_pass_direction_sums(self.state, groups, moment_step, blocked)
+        self._sums = sums = one_pass_direction_sums(self.state, self._cohorts, blocked)
         if not blocked:
             return sum(group_sums[3] for group_sums in sums) == 0
         # a finite ‖g‖² proves every entry finite; a non-finite one may be an overflow
@@ -298,22 +304,23 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         state = self.search_state
         rule = {key: self.shared(key) for key in RULE_KEYS}
         eta = self.param_groups[0]["step_size"]
-        last = state.get("moment_step", 0)
+        last, pairs = state.get("moment_step", 0), self._cohorts
         if self._kernels is not None:
-            scales = [direction_scale(active, last) for active in groups if active.params]
+            scales = [direction_scale(active, count) for active, count in pairs if active.params]
             sums, self._sums = self._sums, None  # this step's, read once
             measure = MEASURES[rule["alignment_measure"]]
             alignment = measure(sums, scales) if last else None
         else:
             stride, measure = rule["alignment_stride"], rule["alignment_measure"]
-            alignment = step_alignment(self.state, groups, last, stride, measure) if last else None
+            alignment = step_alignment(self.state, pairs, last, stride, measure) if last else None
         state["alignment"] = alignment
         if alignment is not None:
             eta = self._on_repeats(eta, eta * self._change(alignment, rule), rule)
         if state["data_pass"] == 0:
             state["fresh_peak"] = max(state["fresh_peak"], eta)
         if self._kernels is not None:
-            self._one_pass_adam_step(groups, next_moment_step(state), eta)
+            next_moment_step(state)
+            self._one_pass_adam_step(pairs, eta)
         else:
             adam = adam_directions(self.state, groups, next_moment_step(state))
             adam.update().move(groups, [eta] * len(groups))
@@ -326,28 +333,29 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         if self._kernels is None:  # the one-pass kernels have applied it
             super()._apply_weight_decay(groups)
 
-    def _one_pass_adam_step(self, groups: list[ActiveGroup], moment_step: int, eta: float) -> None:
-        """Adam's moments, update and weight decay at step size ``eta``, one pass per tensor:
-        compiled (``fused``) or cache-blocked."""
+    def _one_pass_adam_step(self, pairs: list[tuple[ActiveGroup, int]], eta: float) -> None:
+        """Adam's moments, update and weight decay at step size ``eta``, one pass per tensor
+        (compiled or cache-blocked), each cohort with its own bias corrections."""
         fused = self._kernels == "fused"
         kernel = compiled(fused_adam_step_) if fused else blocked_adam_step_
-        for active in groups:
+        for active, count in pairs:
             if not active.params:
                 continue
             beta1, beta2 = active.group["betas"][:2]
-            root = math.sqrt(bias_correction(beta2, moment_step))
+            root = math.sqrt(bias_correction(beta2, count + 1))
             decay = active.group["weight_decay"]
             if fused:
-                step = eta * active.multiplier / bias_correction(beta1, moment_step)
+                step = eta * active.multiplier / bias_correction(beta1, count + 1)
                 keep = 1.0 - eta * active.multiplier * decay
                 values = [beta1, beta2, step, root, active.group["eps"], keep]
                 args = (scalars(values, active.params[0]),)
             else:  # the foreach path's scalars, computed as it does (bitwise the same steps)
-                alpha = -eta * active.multiplier * (1.0 / bias_correction(beta1, moment_step))
+                alpha = -eta * active.multiplier * (1.0 / bias_correction(beta1, count + 1))
                 keep = 1.0 - eta * active.multiplier * decay if decay else None
                 args = ((beta1, beta2), alpha, root, active.group["eps"], keep)
             for p, grad in zip(active.params, active.grads):
                 state = self.state[p]
+                state[MOMENT_STEPS] = count + 1
                 tensors = (p, grad, state["exp_avg"], state["exp_avg_sq"])
                 kernel(*flat(*(local(t) for t in tensors)), *args)
 
