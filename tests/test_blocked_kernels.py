@@ -130,3 +130,35 @@ def test_a_blocked_tracker_resumes_exactly(monkeypatch):
         step(resumed_model, resumed, i)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed_model.parameters()))
     assert resumed.param_groups[0]["step_size"] == opt.param_groups[0]["step_size"]
+
+
+def salsa_run(monkeypatch, blocked: bool):
+    from lsframe.optim import SaLSA
+
+    monkeypatch.setattr(_blocked, "BLOCK_BYTES", {"cpu": 64} if blocked else {})
+    model, _, x, y = problem(torch.float32)
+    opt = SaLSA(model.parameters(), lr=1e-2, weight_decay=0.01)
+    params, searched = [], []
+    for i in range(150):
+        rows = slice(i % 3 * 32, (i % 3 + 1) * 32)
+
+        def closure(backward: bool = True, rows: slice = rows):
+            with torch.set_grad_enabled(backward):
+                loss = torch.nn.functional.mse_loss(model(x[rows]), y[rows])
+            if backward:
+                opt.zero_grad()
+                loss.backward()
+            return loss.detach()
+
+        opt.step(closure)
+        params.append([p.detach().clone() for p in model.parameters()])
+        searched.append(opt.last_step["searched"])
+    return params, searched
+
+
+def test_salsas_steps_without_search_take_the_foreach_steps_bit_for_bit(monkeypatch):
+    foreach, searched = salsa_run(monkeypatch, False)
+    blocked, searched_blocked = salsa_run(monkeypatch, True)
+    assert searched == searched_blocked and any(searched) and not all(searched)
+    for i, (ours, theirs) in enumerate(zip(blocked, foreach)):
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs)), i

@@ -268,8 +268,10 @@ class LineSearchOptimizer(Optimizer):
                 trials = self._counting(full_precision(forward, device_type))
                 value = record["reference_loss"] = loss_value(trials())  # x, as the trials see it
             if value is None or math.isfinite(value):
+                self._decay_applied = False  # a rule's one-pass kernel may apply it
                 self._line_search_step(value, trials, groups)
-                self._apply_weight_decay(groups)
+                if not self._decay_applied:
+                    self._apply_weight_decay(groups)
             else:
                 state["rejected_steps"] += 1
                 record["rejected"] = True

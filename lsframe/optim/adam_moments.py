@@ -8,13 +8,17 @@ rule needs: the preconditioned gradient ``P ⊙ g`` and Adam's update ``P ⊙ m�
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from lsframe.optim._blocked import adam_step_ as blocked_adam_step_
 from lsframe.optim._functional import adam_denominator, adam_moments_, bias_correction
+from lsframe.optim._fused import flat
+from lsframe.optim._sharded import local
 from lsframe.optim.rules import ActiveGroup, Direction
 from lsframe.validation import check_positive, check_unit
 
@@ -70,6 +74,33 @@ def adam_directions(
         update_denominators.append([d if r == 1.0 else d * r for d, r in zip(denom, ratios)])
         exp_avgs.append(m)
     return AdamDirections(denominators, exp_avgs, reference or 1.0, update_denominators)
+
+
+def blocked_adam_step(
+    param_state: dict[Any, dict[str, Any]],
+    pairs: list[tuple[ActiveGroup, int]],
+    eta: float,
+    offset: int = 0,
+) -> None:
+    """Adam's moments, ``x ← x − η · multiplier · m̂ / (√v̂ + ε)`` and the decoupled weight decay
+    ``x ← x · (1 − η · multiplier · λ)`` in one cache-blocked pass per tensor
+    (:func:`lsframe.optim._blocked.adam_step_`), each cohort ``(group, count)`` of
+    :func:`cohorts` at its own update ``count + 1`` (plus ``offset``): bit for bit the foreach
+    path's ``adam_directions(...).update().move(...)`` and weight decay where all parameters
+    share the count (float rounding of the folded correction where they do not)."""
+    for active, count in pairs:
+        beta1, beta2 = active.group["betas"][:2]
+        t = count + 1 + offset
+        alpha = -eta * active.multiplier * (1.0 / bias_correction(beta1, t))  # as move's
+        root = math.sqrt(bias_correction(beta2, t))
+        decay = active.group["weight_decay"]
+        keep = 1.0 - eta * active.multiplier * decay if decay else None
+        for p, grad in zip(active.params, active.grads):
+            state = param_state[p]
+            state[MOMENT_STEPS] = count + 1
+            tensors = (p, grad, state["exp_avg"], state["exp_avg_sq"])
+            kernel = (*flat(*(local(t) for t in tensors)), (beta1, beta2), alpha, root)
+            blocked_adam_step_(*kernel, active.group["eps"], keep)
 
 
 def moments_of(param_state: dict[Any, dict[str, Any]], param: Tensor) -> dict[str, Any]:

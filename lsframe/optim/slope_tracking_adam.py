@@ -16,7 +16,6 @@ from lsframe.optim._alignment import (
     one_pass_direction_sums,
     step_alignment,
 )
-from lsframe.optim._blocked import adam_step_ as blocked_adam_step_
 from lsframe.optim._blocked import blocked_on
 from lsframe.optim._functional import bias_correction
 from lsframe.optim._fused import adam_step_ as fused_adam_step_
@@ -26,6 +25,7 @@ from lsframe.optim._sharded import local
 from lsframe.optim.adam_moments import (
     MOMENT_STEPS,
     adam_directions,
+    blocked_adam_step,
     check_adam_group,
     cohorts,
     next_moment_step,
@@ -318,9 +318,13 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             eta = self._on_repeats(eta, eta * self._change(alignment, rule), rule)
         if state["data_pass"] == 0:
             state["fresh_peak"] = max(state["fresh_peak"], eta)
-        if self._kernels is not None:
+        if self._kernels is not None:  # moments, update and weight decay in one pass
             next_moment_step(state)
-            self._one_pass_adam_step(pairs, eta)
+            if self._kernels == "blocked":
+                blocked_adam_step(self.state, pairs, eta)
+            else:
+                self._fused_adam_step(pairs, eta)
+            self._decay_applied = True
         else:
             adam = adam_directions(self.state, groups, next_moment_step(state))
             adam.update().move(groups, [eta] * len(groups))
@@ -329,35 +333,22 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         if record is not None:
             record["alignment"] = alignment
 
-    def _apply_weight_decay(self, groups: list[ActiveGroup]) -> None:
-        if self._kernels is None:  # the one-pass kernels have applied it
-            super()._apply_weight_decay(groups)
-
-    def _one_pass_adam_step(self, pairs: list[tuple[ActiveGroup, int]], eta: float) -> None:
-        """Adam's moments, update and weight decay at step size ``eta``, one pass per tensor
-        (compiled or cache-blocked), each cohort with its own bias corrections."""
-        fused = self._kernels == "fused"
-        kernel = compiled(fused_adam_step_) if fused else blocked_adam_step_
+    def _fused_adam_step(self, pairs: list[tuple[ActiveGroup, int]], eta: float) -> None:
+        """Adam's moments, update and weight decay at step size ``eta``, one compiled pass per
+        tensor, each cohort at its own update ``count + 1``."""
+        kernel = compiled(fused_adam_step_)
         for active, count in pairs:
-            if not active.params:
-                continue
             beta1, beta2 = active.group["betas"][:2]
+            step = eta * active.multiplier / bias_correction(beta1, count + 1)
             root = math.sqrt(bias_correction(beta2, count + 1))
-            decay = active.group["weight_decay"]
-            if fused:
-                step = eta * active.multiplier / bias_correction(beta1, count + 1)
-                keep = 1.0 - eta * active.multiplier * decay
-                values = [beta1, beta2, step, root, active.group["eps"], keep]
-                args = (scalars(values, active.params[0]),)
-            else:  # the foreach path's scalars, computed as it does (bitwise the same steps)
-                alpha = -eta * active.multiplier * (1.0 / bias_correction(beta1, count + 1))
-                keep = 1.0 - eta * active.multiplier * decay if decay else None
-                args = ((beta1, beta2), alpha, root, active.group["eps"], keep)
+            keep = 1.0 - eta * active.multiplier * active.group["weight_decay"]
+            values = [beta1, beta2, step, root, active.group["eps"], keep]
+            values = scalars(values, active.params[0])
             for p, grad in zip(active.params, active.grads):
                 state = self.state[p]
                 state[MOMENT_STEPS] = count + 1
                 tensors = (p, grad, state["exp_avg"], state["exp_avg_sq"])
-                kernel(*flat(*(local(t) for t in tensors)), *args)
+                kernel(*flat(*(local(t) for t in tensors)), values)
 
     def _on_repeats(self, eta: float, proposed: float, rule: dict[str, Any]) -> float:
         """The next η from ``proposed`` (η times the rule's change), limited from the second pass
