@@ -1,5 +1,7 @@
-"""SlopeTrackingAdam's cache-blocked eager kernels on CPU take the foreach kernels' steps bit for
-bit: same moments, same parameters; the alignment's sums differ only by float32 rounding."""
+"""The eager one-pass kernels on CPU: the cache-blocked ones take the foreach kernels' steps bit
+for bit (same moments, same parameters; the alignment's sums differ only by float32 rounding);
+torch's fused AdamW kernel, which takes the contiguous tensors' Adam steps, agrees with them to
+float rounding."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import copy
 import pytest
 import torch
 
-from lsframe.optim import SlopeTrackingAdam, _blocked
+from lsframe.optim import SlopeTrackingAdam, _blocked, adam_moments
 
 
 def problem(dtype: torch.dtype):
@@ -22,8 +24,14 @@ def problem(dtype: torch.dtype):
     return model.to(dtype), strided.data.to(dtype), x.to(dtype), y.to(dtype)
 
 
-def run(monkeypatch, blocked: bool, measure: str, dtype: torch.dtype):
+def eager_kernels(monkeypatch, blocked: bool, torch_fused: bool = False) -> None:
     monkeypatch.setattr(_blocked, "BLOCK_BYTES", {"cpu": 64} if blocked else {})
+    fused_on = frozenset({"cpu"}) if torch_fused else frozenset()
+    monkeypatch.setattr(adam_moments, "TORCH_FUSED_ADAM_ON", fused_on)
+
+
+def run(monkeypatch, blocked: bool, measure: str, dtype: torch.dtype, torch_fused: bool = False):
+    eager_kernels(monkeypatch, blocked, torch_fused)
     model, strided, x, y = problem(dtype)
     strided = torch.nn.Parameter(strided)
     groups = [
@@ -69,6 +77,35 @@ def test_blocked_kernels_take_the_foreach_steps_bit_for_bit(monkeypatch, measure
     assert sizes == pytest.approx([g["step_size"] for g in foreach_opt.param_groups], rel=1e-5)
 
 
+@pytest.mark.parametrize("measure", ["slope", "cosine"])
+def test_torch_fused_adam_steps_agree_with_the_foreach_steps_to_rounding(monkeypatch, measure):
+    calls = []
+    kernel = torch._fused_adamw_
+    monkeypatch.setattr(torch, "_fused_adamw_", lambda *a, **k: calls.append(a) or kernel(*a, **k))
+    foreach, foreach_opt = run(monkeypatch, False, measure, torch.float32)
+    assert not calls
+    fused, fused_opt = run(monkeypatch, True, measure, torch.float32, torch_fused=True)
+    assert fused_opt._kernels == "blocked" and calls
+    # two groups, nine accepted steps; the strided parameter is not contiguous: it takes the
+    # blocked kernel, and each call holds its group's two contiguous tensors
+    assert len(calls) == 18 and all(len(params) == 2 for params, *_ in calls)
+    model, strided, *_ = problem(torch.float32)
+    start = [*model.parameters(), strided]
+    for i, (ours, theirs) in enumerate(zip(fused, foreach)):
+        assert ours[3] == theirs[3] == (i == 4)
+        if i == 0:  # the same moments from the same gradient
+            assert all(torch.equal(a, b) for a, b in zip(ours[1], theirs[1]))
+        # the parameters within rounding of their own size (an ulp of x is ~2e-5 of the
+        # movement here; a step without its weight decay would be ~1e-2 off)
+        for a, b, x0 in zip(ours[0], theirs[0], start):
+            assert (a - b).abs().max() <= 1e-3 * (b - x0).abs().max(), i
+        for a, b in zip(ours[1], theirs[1]):
+            assert (a - b).abs().max() <= 1e-5 * b.abs().max(), i
+    assert not torch.equal(fused[-1][0][0], start[0])
+    sizes = [g["step_size"] for g in fused_opt.param_groups]
+    assert sizes == pytest.approx([g["step_size"] for g in foreach_opt.param_groups], rel=1e-4)
+
+
 def test_blocks_cover_every_element_once_and_leave_strided_tensors_whole(monkeypatch):
     monkeypatch.setattr(_blocked, "BLOCK_BYTES", {"cpu": 64})
     flat = torch.arange(50.0)
@@ -110,8 +147,9 @@ def test_a_finite_gradient_whose_square_overflows_still_steps(monkeypatch):
     assert opt.last_step["rejected"] and torch.equal(weight, before)
 
 
-def test_a_blocked_tracker_resumes_exactly(monkeypatch):
-    monkeypatch.setattr(_blocked, "BLOCK_BYTES", {"cpu": 64})
+@pytest.mark.parametrize("torch_fused", [False, True])
+def test_a_blocked_tracker_resumes_exactly(monkeypatch, torch_fused):
+    eager_kernels(monkeypatch, True, torch_fused)
     model, _, x, y = problem(torch.float32)
     opt = SlopeTrackingAdam(model.parameters(), lr=3e-3)
 
@@ -132,10 +170,10 @@ def test_a_blocked_tracker_resumes_exactly(monkeypatch):
     assert resumed.param_groups[0]["step_size"] == opt.param_groups[0]["step_size"]
 
 
-def salsa_run(monkeypatch, blocked: bool):
+def salsa_run(monkeypatch, blocked: bool, torch_fused: bool = False):
     from lsframe.optim import SaLSA
 
-    monkeypatch.setattr(_blocked, "BLOCK_BYTES", {"cpu": 64} if blocked else {})
+    eager_kernels(monkeypatch, blocked, torch_fused)
     model, _, x, y = problem(torch.float32)
     opt = SaLSA(model.parameters(), lr=1e-2, weight_decay=0.01)
     params, searched = [], []
@@ -162,3 +200,12 @@ def test_salsas_steps_without_search_take_the_foreach_steps_bit_for_bit(monkeypa
     assert searched == searched_blocked and any(searched) and not all(searched)
     for i, (ours, theirs) in enumerate(zip(blocked, foreach)):
         assert all(torch.equal(a, b) for a, b in zip(ours, theirs)), i
+
+
+def test_salsas_steps_without_search_take_torch_fused_adam_steps_to_rounding(monkeypatch):
+    foreach, searched = salsa_run(monkeypatch, False)
+    fused, searched_fused = salsa_run(monkeypatch, True, torch_fused=True)
+    assert searched_fused[:50] == searched[:50] and not all(searched_fused)
+    for ours, theirs in zip(fused[:50], foreach[:50]):
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

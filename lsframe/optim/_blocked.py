@@ -13,6 +13,10 @@ rounding). The price is a few Python-level op calls per block: about 100 blocks 
 Measured on an AMD EPYC core (MiniLM-L6, 22.7 M parameters): Adam's moments, update and weight
 decay 50 ms a step against 111 ms for ``torch.optim.AdamW(foreach=True)``, 71 ms with
 SlopeTrackingAdam's alignment sums, which the foreach path takes 95 ms for on top of its Adam.
+Where torch's own fused AdamW kernel can take a tensor (contiguous, one dtype), the line
+searches' Adam step uses it instead of :func:`adam_step_`
+(:func:`lsframe.optim.adam_moments.one_pass_adam_step`): compiled C++, one pass, no Python per
+block; the blocked sums stay, since torch has no kernel for them.
 On CUDA the foreach kernels are few launches that stream memory at full bandwidth; blocking
 would only add launches, so :data:`BLOCK_BYTES` names CPU alone.
 """

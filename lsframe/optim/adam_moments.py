@@ -76,18 +76,30 @@ def adam_directions(
     return AdamDirections(denominators, exp_avgs, reference or 1.0, update_denominators)
 
 
-def blocked_adam_step(
+#: device types on which :func:`one_pass_adam_step` runs torch's own fused AdamW kernel
+TORCH_FUSED_ADAM_ON: frozenset[str] = frozenset({"cpu"} if hasattr(torch, "_fused_adamw_") else ())
+_TORCH_FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def one_pass_adam_step(
     param_state: dict[Any, dict[str, Any]],
     pairs: list[tuple[ActiveGroup, int]],
     eta: float,
     offset: int = 0,
 ) -> None:
     """Adam's moments, ``x ← x − η · multiplier · m̂ / (√v̂ + ε)`` and the decoupled weight decay
-    ``x ← x · (1 − η · multiplier · λ)`` in one cache-blocked pass per tensor
-    (:func:`lsframe.optim._blocked.adam_step_`), each cohort ``(group, count)`` of
-    :func:`cohorts` at its own update ``count + 1`` (plus ``offset``): bit for bit the foreach
-    path's ``adam_directions(...).update().move(...)`` and weight decay where all parameters
-    share the count (float rounding of the folded correction where they do not)."""
+    ``x ← x · (1 − η · multiplier · λ)`` in one pass per tensor, each cohort ``(group, count)``
+    of :func:`cohorts` at its own update ``count + 1`` (plus ``offset``).
+
+    On a device type in :data:`TORCH_FUSED_ADAM_ON` (CPU) a contiguous tensor whose gradient and
+    moments share its dtype takes torch's own fused AdamW kernel (``torch._fused_adamw_``, the
+    kernel of ``torch.optim.AdamW(fused=True)``, a single pass): from the same state a float32
+    step's moments are bit for bit those of the foreach path and its parameters agree to about
+    an ulp (the kernel applies the decay before the update, not after: a difference of
+    ``η·λ`` times the update, and computes low-precision tensors in float32, rounding once). Every other tensor takes the cache-blocked eager kernel
+    (:func:`lsframe.optim._blocked.adam_step_`): bit for bit the foreach path's
+    ``adam_directions(...).update().move(...)`` and weight decay where all parameters share the
+    count (float rounding of the folded correction where they do not)."""
     for active, count in pairs:
         beta1, beta2 = active.group["betas"][:2]
         t = count + 1 + offset
@@ -95,12 +107,31 @@ def blocked_adam_step(
         root = math.sqrt(bias_correction(beta2, t))
         decay = active.group["weight_decay"]
         keep = 1.0 - eta * active.multiplier * decay if decay else None
+        fused: tuple[list[Tensor], ...] = ([], [], [], [])
         for p, grad in zip(active.params, active.grads):
             state = param_state[p]
             state[MOMENT_STEPS] = count + 1
-            tensors = (p, grad, state["exp_avg"], state["exp_avg_sq"])
-            kernel = (*flat(*(local(t) for t in tensors)), (beta1, beta2), alpha, root)
+            tensors = [local(x) for x in (p, grad, state["exp_avg"], state["exp_avg_sq"])]
+            if _torch_fused_takes(tensors):
+                for into, tensor in zip(fused, tensors):
+                    into.append(tensor)
+                continue
+            kernel = (*flat(*tensors), (beta1, beta2), alpha, root)
             blocked_adam_step_(*kernel, active.group["eps"], keep)
+        if fused[0]:
+            steps = [torch.tensor(float(t))] * len(fused[0])
+            options = dict(beta1=beta1, beta2=beta2, weight_decay=decay, eps=active.group["eps"])
+            lr = eta * active.multiplier
+            torch._fused_adamw_(*fused, [], steps, lr=lr, **options, amsgrad=False, maximize=False)
+
+
+def _torch_fused_takes(tensors: list[Tensor]) -> bool:
+    first = tensors[0]
+    return (
+        first.device.type in TORCH_FUSED_ADAM_ON
+        and first.dtype in _TORCH_FUSED_DTYPES
+        and all(x.dtype == first.dtype and x.is_contiguous() for x in tensors)
+    )
 
 
 def moments_of(param_state: dict[Any, dict[str, Any]], param: Tensor) -> dict[str, Any]:

@@ -12,10 +12,10 @@ from lsframe.optim._linesearch import LineSearchOptimizer
 from lsframe.optim._sharded import local
 from lsframe.optim.adam_moments import (
     adam_directions,
-    blocked_adam_step,
     check_adam_group,
     cohorts,
     next_moment_step,
+    one_pass_adam_step,
 )
 from lsframe.optim.rules import ActiveGroup, Direction, SmoothedArmijo, armijo_verdict
 from lsframe.validation import check_int_at_least, check_open_unit, check_positive
@@ -54,8 +54,9 @@ class SaLSA(LineSearchOptimizer):
     (the package reseeds from the wall clock). Adam's bias correction is ``1 − β^t``; the
     package's is one step ahead (``1 − β^(t+1)``): ``bias_correction_offset=1`` reproduces it.
     Each parameter's corrections take its own count of updates, as torch's Adam (a parameter
-    that joins late starts at 1). On CPU a step without search runs in one cache-blocked pass
-    per tensor (:mod:`lsframe.optim._blocked`), bitwise the step of the foreach kernels.
+    that joins late starts at 1). On CPU a step without search runs in one pass per tensor
+    (:func:`~lsframe.optim.adam_moments.one_pass_adam_step`: torch's fused AdamW kernel, or the
+    cache-blocked one), the foreach kernels' step to float rounding.
 
     Args:
         params: Parameters or param groups (a group's ``betas`` may be Adam's own (β1, β2);
@@ -184,7 +185,7 @@ class SaLSA(LineSearchOptimizer):
         if not search and blocked_on([local(g) for active in groups for g in active.grads]):
             pairs = cohorts(self.state, groups, state.get("moment_step", 0))
             next_moment_step(state)  # the foreach path's step below, in one pass per tensor
-            blocked_adam_step(self.state, pairs, eta, offset)
+            one_pass_adam_step(self.state, pairs, eta, offset)
             self._decay_applied = True
             self._set_step_sizes(eta)
             return

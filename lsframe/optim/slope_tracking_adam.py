@@ -25,10 +25,10 @@ from lsframe.optim._sharded import local
 from lsframe.optim.adam_moments import (
     MOMENT_STEPS,
     adam_directions,
-    blocked_adam_step,
     check_adam_group,
     cohorts,
     next_moment_step,
+    one_pass_adam_step,
 )
 from lsframe.optim.rules import ActiveGroup
 from lsframe.validation import check_int_at_least, check_open_unit, check_positive
@@ -117,10 +117,11 @@ class SlopeTrackingAdam(LineSearchOptimizer):
 
     Cost: no extra forward and no parameter copy. Per step, one more read of ``g``, ``m`` and
     ``v`` (the last direction, a bounded transient) and three inner products in one host sync.
-    On CPU the eager kernels run cache-blocked (:mod:`lsframe.optim._blocked`: each tensor
-    comes from memory about once per pass), bitwise the steps of the foreach kernels, which
-    CUDA keeps; the whole step then costs less than ``AdamW(foreach=True)``'s on MiniLM-L6
-    (benchmarks/results/step_cost_*_default_cpu). ``fused=True`` runs the same rule as two
+    On CPU the direction's sums run cache-blocked (:mod:`lsframe.optim._blocked`: each tensor
+    comes from memory about once) and Adam's moments, update and weight decay run in torch's
+    own fused AdamW kernel (:func:`~lsframe.optim.adam_moments.one_pass_adam_step`; the
+    cache-blocked kernel where it cannot): the steps of the foreach kernels, which CUDA keeps,
+    to float rounding (benchmarks/results/step_cost_*_default_cpu for the cost). ``fused=True`` runs the same rule as two
     compiled one-pass kernels per tensor (:mod:`lsframe.optim._fused`): the direction's sums
     with the finiteness count, then Adam's moments, update and weight decay. Its steps equal
     the eager ones to float32 rounding; its first step compiles (tens of seconds on CPU,
@@ -321,7 +322,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         if self._kernels is not None:  # moments, update and weight decay in one pass
             next_moment_step(state)
             if self._kernels == "blocked":
-                blocked_adam_step(self.state, pairs, eta)
+                one_pass_adam_step(self.state, pairs, eta)
             else:
                 self._fused_adam_step(pairs, eta)
             self._decay_applied = True
