@@ -79,6 +79,7 @@ def test_blocked_kernels_take_the_foreach_steps_bit_for_bit(monkeypatch, measure
 
 @pytest.mark.parametrize("measure", ["slope", "cosine"])
 def test_torch_fused_adam_steps_agree_with_the_foreach_steps_to_rounding(monkeypatch, measure):
+    assert adam_moments._torch_fused_runs("cpu")  # probed once, before the spy goes in
     calls = []
     kernel = torch._fused_adamw_
     monkeypatch.setattr(torch, "_fused_adamw_", lambda *a, **k: calls.append(a) or kernel(*a, **k))
@@ -209,3 +210,20 @@ def test_salsas_steps_without_search_take_torch_fused_adam_steps_to_rounding(mon
     for ours, theirs in zip(fused[:50], foreach[:50]):
         for a, b in zip(ours, theirs):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_torch_build_without_the_fused_kernel_takes_the_blocked_steps(monkeypatch):
+    foreach, _ = run(monkeypatch, False, "slope", torch.float32)
+
+    def missing(*args, **kwargs):
+        raise NotImplementedError("no CPU kernel in this build")
+
+    monkeypatch.setattr(torch, "_fused_adamw_", missing)
+    adam_moments._torch_fused_runs.cache_clear()
+    try:
+        blocked, _ = run(monkeypatch, True, "slope", torch.float32, torch_fused=True)
+        assert not adam_moments._torch_fused_runs("cpu")
+    finally:
+        adam_moments._torch_fused_runs.cache_clear()
+    for ours, theirs in zip(blocked, foreach):
+        assert all(torch.equal(a, b) for a, b in zip(ours[0] + ours[1], theirs[0] + theirs[1]))

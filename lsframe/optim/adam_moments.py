@@ -8,6 +8,7 @@ rule needs: the preconditioned gradient ``P ⊙ g`` and Adam's update ``P ⊙ m�
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,7 @@ def adam_directions(
 #: device types on which :func:`one_pass_adam_step` runs torch's own fused AdamW kernel
 TORCH_FUSED_ADAM_ON: frozenset[str] = frozenset({"cpu"} if hasattr(torch, "_fused_adamw_") else ())
 _TORCH_FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_PLAIN = {"amsgrad": False, "maximize": False}
 
 
 def one_pass_adam_step(
@@ -122,7 +124,7 @@ def one_pass_adam_step(
             steps = [torch.tensor(float(t))] * len(fused[0])
             options = dict(beta1=beta1, beta2=beta2, weight_decay=decay, eps=active.group["eps"])
             lr = eta * active.multiplier
-            torch._fused_adamw_(*fused, [], steps, lr=lr, **options, amsgrad=False, maximize=False)
+            torch._fused_adamw_(*fused, [], steps, lr=lr, **options, **_PLAIN)
 
 
 def _torch_fused_takes(tensors: list[Tensor]) -> bool:
@@ -131,7 +133,21 @@ def _torch_fused_takes(tensors: list[Tensor]) -> bool:
         first.device.type in TORCH_FUSED_ADAM_ON
         and first.dtype in _TORCH_FUSED_DTYPES
         and all(x.dtype == first.dtype and x.is_contiguous() for x in tensors)
+        and _torch_fused_runs(first.device.type)
     )
+
+
+@functools.cache
+def _torch_fused_runs(device_type: str) -> bool:
+    """Whether this torch build has the fused AdamW kernel for ``device_type`` (a one-element
+    try: a build without it raises, and the blocked kernel stands in)."""
+    tensors = [[torch.zeros(1, device=device_type)] for _ in range(4)]
+    options = dict(beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8)
+    try:
+        torch._fused_adamw_(*tensors, [], [torch.tensor(1.0)], lr=0.0, **options, **_PLAIN)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
 
 
 def moments_of(param_state: dict[Any, dict[str, Any]], param: Tensor) -> dict[str, Any]:
