@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import weakref
 
 import pytest
 import torch
@@ -298,6 +299,26 @@ def test_nan_trial_losses_and_nan_gradients_never_reach_the_parameters(name):
     opt.step(nan_closure, forward=forward)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
     assert opt.state["line_search"]["rejected_steps"] == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_step_keeps_the_gradients_alive_once_they_are_zeroed(name):
+    # a reference kept past the step would hold a whole gradient through the next backward
+    model = Logistic()
+    opt = make(name, model)
+    base = make_closure(model, opt)
+
+    def nan_closure(backward: bool = True):
+        loss = base(backward)
+        if backward:
+            model.linear.weight.grad.fill_(float("nan"))
+        return loss
+
+    for closure in (base, base, nan_closure, base):
+        opt.step(closure)
+        grads = [weakref.ref(p.grad) for p in model.parameters()]
+        opt.zero_grad(set_to_none=True)
+        assert all(ref() is None for ref in grads), closure
 
 
 @pytest.mark.parametrize("name", NAMES)

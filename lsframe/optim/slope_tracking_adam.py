@@ -288,6 +288,12 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     def _gradients_finite(self, groups: list[ActiveGroup], grads: list[Tensor]) -> bool:
         self._kernels = self._one_pass(grads)
         self._cohorts = cohorts(self.state, groups, self.search_state.get("moment_step", 0))
+        finite = self._finite(groups, grads)
+        if not finite:  # no step: let go of this step's gradients (see _line_search_step)
+            self._cohorts = self._sums = None
+        return finite
+
+    def _finite(self, groups: list[ActiveGroup], grads: list[Tensor]) -> bool:
         if self._kernels is None:
             return super()._gradients_finite(groups, grads)
         # the alignment's pass also tells whether the gradients are finite
@@ -305,7 +311,9 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         state = self.search_state
         rule = {key: self.shared(key) for key in RULE_KEYS}
         eta = self.param_groups[0]["step_size"]
-        last, pairs = state.get("moment_step", 0), self._cohorts
+        # the cohorts hold this step's gradients: kept past the step, they would stay alive
+        # through the next backward (a whole gradient's memory on top of the peak)
+        last, pairs, self._cohorts = state.get("moment_step", 0), self._cohorts, None
         if self._kernels is not None:
             scales = [direction_scale(active, count) for active, count in pairs if active.params]
             sums, self._sums = self._sums, None  # this step's, read once
