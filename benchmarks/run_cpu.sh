@@ -71,7 +71,7 @@ OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model small-bert --steps 1000
 # the earlier defaults its logged runs used; the claims read these two tables)
 D="slope_tracking_adam+significant+fresh_peak+slope"
 OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 1000 --memory \
-  --optimizers adamw-const@5e-5 "$D@1e-4~anneal" "$D+sampled@1e-4~anneal" "$D+fused@1e-4~anneal" \
+  --optimizers adamw-const@5e-5 "$D@1e-4~anneal" "$D+fused@1e-4~anneal" \
   --out benchmarks/results/step_cost_minilm_default_cpu
 OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model small-bert --steps 1000 --memory \
   --optimizers adamw-const@5e-5 adamw-fused-const@5e-5 "$D@1e-4~anneal" "$D+sampled@1e-4~anneal" \
@@ -152,7 +152,9 @@ for task in sst2 mrpc; do
   OMP_NUM_THREADS=1 python -m benchmarks.step_cost --time-to-target --task $task --steps 1000 \
     --lr-free slope_tracking_adam+fused slope_tracking_adam salsa \
     "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal" \
+    "slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal" \
     --cost-from benchmarks/results/step_cost_minilm_1000_cpu.json \
+    benchmarks/results/step_cost_minilm_default_cpu.json \
     benchmarks/results/step_cost_minilm_cpu.json benchmarks/results/step_cost_cpu.json
 done
 # issue 22: the papers' own protocols (resumable; P2 at batch 4,096/8,192 is ~30 CPU-hours in

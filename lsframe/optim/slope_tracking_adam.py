@@ -121,8 +121,10 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     comes from memory about once) and Adam's moments, update and weight decay run in torch's
     own fused AdamW kernel (:func:`~lsframe.optim.adam_moments.one_pass_adam_step`; the
     cache-blocked kernel where it cannot): the steps of the foreach kernels, which CUDA keeps,
-    to float rounding (benchmarks/results/step_cost_*_default_cpu for the cost). ``fused=True`` runs the same rule as two
-    compiled one-pass kernels per tensor (:mod:`lsframe.optim._fused`): the direction's sums
+    to float rounding. Measured on one AMD EPYC core over 1,000 steps: 0.94× the step time of
+    ``AdamW(foreach=True)`` on MiniLM-L6, 1.01× on a 2-layer BERT of width 128, the same peak
+    memory (benchmarks/results/step_cost_*_default_cpu). ``fused=True`` runs the same rule as
+    two compiled one-pass kernels per tensor (:mod:`lsframe.optim._fused`): the direction's sums
     with the finiteness count, then Adam's moments, update and weight decay. Its steps equal
     the eager ones to float32 rounding; its first step compiles (tens of seconds on CPU,
     cached on disk by Inductor); it needs a C++ compiler on CPU, Triton on CUDA. It takes
