@@ -76,6 +76,9 @@ OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 1000 --m
 OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model small-bert --steps 1000 --memory \
   --optimizers adamw-const@5e-5 adamw-fused-const@5e-5 "$D@1e-4~anneal" "$D+sampled@1e-4~anneal" \
   "$D+fused@1e-4~anneal" --out benchmarks/results/step_cost_small-bert_default_cpu
+# SaLSA with its steps without search in torch's fused AdamW kernel (CPU)
+OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 1000 --memory \
+  --optimizers adamw-const@5e-5 salsa --out benchmarks/results/step_cost_minilm_salsa_cpu
 # issue 18: the tracker's options in S (seeds 0-1 so far)
 for task in sst2 mrpc rte; do
   OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task $task --seeds 0 1 \
