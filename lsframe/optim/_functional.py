@@ -109,11 +109,11 @@ def adam_denominator(
     """``√v̂ + ε`` with ``v̂ = v / bias_correction2`` (a transient list, not kept in state): one
     correction for all, or one per tensor."""
     denom = torch._foreach_sqrt(list(exp_avg_sqs))
-    if isinstance(bias_correction2, (int, float)) or len(set(bias_correction2)) == 1:
-        first = (
-            bias_correction2 if isinstance(bias_correction2, (int, float)) else bias_correction2[0]
-        )
-        torch._foreach_div_(denom, math.sqrt(first))
+    corrections = set(
+        [bias_correction2] if isinstance(bias_correction2, float | int) else bias_correction2
+    )
+    if len(corrections) == 1:  # one scalar divide: the foreach path's op where counts agree
+        torch._foreach_div_(denom, math.sqrt(corrections.pop()))
     else:
         torch._foreach_div_(denom, [math.sqrt(b) for b in bias_correction2])
     torch._foreach_add_(denom, eps)

@@ -98,7 +98,8 @@ def one_pass_adam_step(
     kernel of ``torch.optim.AdamW(fused=True)``, a single pass): from the same state a float32
     step's moments are bit for bit those of the foreach path and its parameters agree to about
     an ulp (the kernel applies the decay before the update, not after: a difference of
-    ``η·λ`` times the update, and computes low-precision tensors in float32, rounding once). Every other tensor takes the cache-blocked eager kernel
+    ``η·λ`` times the update, and computes low-precision tensors in float32, rounding once).
+    Every other tensor takes the cache-blocked eager kernel
     (:func:`lsframe.optim._blocked.adam_step_`): bit for bit the foreach path's
     ``adam_directions(...).update().move(...)`` and weight decay where all parameters share the
     count (float rounding of the folded correction where they do not)."""
