@@ -18,7 +18,8 @@ from torch import Tensor
 
 from lsframe.optim._blocked import adam_step_ as blocked_adam_step_
 from lsframe.optim._functional import adam_denominator, adam_moments_, bias_correction
-from lsframe.optim._fused import flat
+from lsframe.optim._fused import adam_step_ as fused_adam_step_
+from lsframe.optim._fused import compiled, flat, scalars
 from lsframe.optim._sharded import local
 from lsframe.optim.rules import ActiveGroup, Direction
 from lsframe.validation import check_positive, check_unit
@@ -126,6 +127,26 @@ def one_pass_adam_step(
             options = dict(beta1=beta1, beta2=beta2, weight_decay=decay, eps=active.group["eps"])
             lr = eta * active.multiplier
             torch._fused_adamw_(*fused, [], steps, lr=lr, **options, **_PLAIN)
+
+
+def compiled_adam_step(
+    param_state: dict[Any, dict[str, Any]], pairs: list[tuple[ActiveGroup, int]], eta: float
+) -> None:
+    """What :func:`one_pass_adam_step` computes, in lsframe's compiled kernel
+    (:func:`lsframe.optim._fused.adam_step_`, the line searches' ``fused=True``): one pass per
+    tensor, each cohort at its own update ``count + 1``, decay after the update."""
+    kernel = compiled(fused_adam_step_)
+    for active, count in pairs:
+        beta1, beta2 = active.group["betas"][:2]
+        step = eta * active.multiplier / bias_correction(beta1, count + 1)
+        root = math.sqrt(bias_correction(beta2, count + 1))
+        keep = 1.0 - eta * active.multiplier * active.group["weight_decay"]
+        values = scalars([beta1, beta2, step, root, active.group["eps"], keep], active.params[0])
+        for p, grad in zip(active.params, active.grads):
+            state = param_state[p]
+            state[MOMENT_STEPS] = count + 1
+            tensors = (p, grad, state["exp_avg"], state["exp_avg_sq"])
+            kernel(*flat(*(local(t) for t in tensors)), values)
 
 
 def _torch_fused_takes(tensors: list[Tensor]) -> bool:

@@ -17,16 +17,13 @@ from lsframe.optim._alignment import (
     step_alignment,
 )
 from lsframe.optim._blocked import blocked_on
-from lsframe.optim._functional import bias_correction
-from lsframe.optim._fused import adam_step_ as fused_adam_step_
-from lsframe.optim._fused import compiled, flat, scalars
 from lsframe.optim._linesearch import LineSearchOptimizer
 from lsframe.optim._sharded import local
 from lsframe.optim.adam_moments import (
-    MOMENT_STEPS,
     adam_directions,
     check_adam_group,
     cohorts,
+    compiled_adam_step,
     next_moment_step,
     one_pass_adam_step,
 )
@@ -334,7 +331,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             if self._kernels == "blocked":
                 one_pass_adam_step(self.state, pairs, eta)
             else:
-                self._fused_adam_step(pairs, eta)
+                compiled_adam_step(self.state, pairs, eta)
             self._decay_applied = True
         else:
             adam = adam_directions(self.state, groups, next_moment_step(state))
@@ -343,23 +340,6 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         record = self.last_step
         if record is not None:
             record["alignment"] = alignment
-
-    def _fused_adam_step(self, pairs: list[tuple[ActiveGroup, int]], eta: float) -> None:
-        """Adam's moments, update and weight decay at step size ``eta``, one compiled pass per
-        tensor, each cohort at its own update ``count + 1``."""
-        kernel = compiled(fused_adam_step_)
-        for active, count in pairs:
-            beta1, beta2 = active.group["betas"][:2]
-            step = eta * active.multiplier / bias_correction(beta1, count + 1)
-            root = math.sqrt(bias_correction(beta2, count + 1))
-            keep = 1.0 - eta * active.multiplier * active.group["weight_decay"]
-            values = [beta1, beta2, step, root, active.group["eps"], keep]
-            values = scalars(values, active.params[0])
-            for p, grad in zip(active.params, active.grads):
-                state = self.state[p]
-                state[MOMENT_STEPS] = count + 1
-                tensors = (p, grad, state["exp_avg"], state["exp_avg_sq"])
-                kernel(*flat(*(local(t) for t in tensors)), values)
 
     def _on_repeats(self, eta: float, proposed: float, rule: dict[str, Any]) -> float:
         """The next η from ``proposed`` (η times the rule's change), limited from the second pass
