@@ -1,0 +1,163 @@
+"""SlopeTrackingAdam over passes of a finite training set (growth on fresh batches, the cap at
+the first pass's peak), its present defaults, and how the pass reaches it (Lightning, wrappers)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from test_slope_tracking_adam import (
+    EARLIER,
+    alignments_and_step_sizes,
+    batches,
+    closure_for,
+    flat,
+    problem,
+    reference_step_sizes,
+    twin_of,
+)
+
+from lsframe import optim
+from lsframe.optim import SlopeTrackingAdam
+from lsframe.optim.slope_tracking_adam import RULE_KEYS
+
+PASS_BETAS = (0.6, 0.6, 0.9)
+
+
+def preset_against_default(preset: str, lr: float):
+    """``preset`` and an uncapped twin from the same weights and rule (max_change 1.5,
+    :data:`PASS_BETAS`, the minimum of the horizons on cosines) through 5 passes of 8 batches of
+    32, each pass told to both (twice: the call is idempotent). Returns the preset's optimizer,
+    and for each of the two the alignments and step sizes of the steps that had an alignment."""
+    torch.manual_seed(0)
+    model, x, y = problem()
+    twin = twin_of(model)
+    rule = dict(lr=lr, max_change=1.5, alignment_betas=PASS_BETAS)
+    rule |= {k: v for k, v in EARLIER.items() if k != "cap_at_fresh_peak"}
+    opt = optim.create("slope_tracking_adam", model.parameters(), preset=preset, **rule)
+    free = SlopeTrackingAdam(twin.parameters(), cap_at_fresh_peak=False, **rule)
+    record = {opt: ([], []), free: ([], [])}
+    for step in range(40):
+        for o, m in ((opt, model), (free, twin)):
+            o.start_pass(step // 8)
+            o.start_pass(step // 8)
+            o.step(closure_for(m, o, *batches(x, y, step)))
+            if o.search_state["alignment"] is not None:
+                record[o][0].append(o.search_state["alignment"])
+                record[o][1].append(o.param_groups[0]["step_size"])
+    return opt, record[opt], record[free]
+
+
+def test_with_fresh_growth_the_step_size_can_fall_but_not_grow_after_the_first_pass():
+    # from 1e-2 it overshoots on this problem, so there is something to come down from
+    opt, (alignments, etas), (free_alignments, free_etas) = preset_against_default(
+        "fresh_growth", 1e-2
+    )
+    assert not opt.defaults["grow_on_repeats"]  # the uncapped twin grows on repeats
+    # step 8 opens pass 1; it is the 8th step with an alignment (step 0 has none)
+    assert etas == pytest.approx(
+        reference_step_sizes(alignments, 1e-2, 1.5, PASS_BETAS, False, 7), rel=1e-9
+    )
+    assert free_etas == pytest.approx(
+        reference_step_sizes(free_alignments, 1e-2, 1.5, PASS_BETAS, False), rel=1e-9
+    )
+    assert all(b <= a for a, b in zip(etas[6:], etas[7:]))
+    assert any(b < a for a, b in zip(etas[6:], etas[7:]))  # it still comes down
+    assert any(b > a for a, b in zip(free_etas[6:], free_etas[7:]))  # the twin grew there
+    assert opt.state_dict()["state"]["line_search"]["data_pass"] == 4
+    for bad in (-1, 1.0, True):
+        with pytest.raises(ValueError, match="index"):
+            opt.start_pass(bad)
+
+
+def test_capped_at_the_fresh_peak_it_grows_again_on_repeats_but_not_above_the_first_pass():
+    opt, (alignments, etas), (_, free_etas) = preset_against_default("fresh_peak", 3e-3)
+    reference = reference_step_sizes(alignments, 3e-3, 1.5, PASS_BETAS, False, 7, cap=True)
+    assert etas == pytest.approx(reference, rel=1e-9)
+    peak = max([3e-3, *etas[:7]])
+    assert opt.search_state["fresh_peak"] == pytest.approx(peak, rel=1e-12)
+    assert max(etas[7:]) <= peak * (1 + 1e-12)
+    assert any(b < a for a, b in zip(etas[7:], etas[8:]))  # it comes down on repeats
+    assert any(b > a for a, b in zip(etas[7:], etas[8:]))  # and grows back
+    assert max(free_etas[7:]) > max([3e-3, *free_etas[:7]])  # uncapped, it went past
+
+
+def test_by_default_it_starts_at_1e_4_and_moves_on_significant_slopes_capped_at_the_fresh_peak():
+    torch.manual_seed(0)
+    model, x, y = problem()
+    opt = SlopeTrackingAdam(model.parameters())  # no argument: the defaults
+    slopes, etas, checked, last = [], [], 0, None
+    for step in range(40):  # 5 passes of 8 batches
+        opt.start_pass(step // 8)
+        before = flat(p.detach().clone() for p in model.parameters())
+        opt.step(closure_for(model, opt, *batches(x, y, step)))
+        if last is not None:  # the alignment is the slope ⟨g_t, d_{t−1}⟩, not its cosine
+            grad = flat(p.grad for p in model.parameters())
+            assert opt.search_state["alignment"] == pytest.approx(float(grad @ last), rel=1e-4)
+            checked += 1
+            slopes.append(opt.search_state["alignment"])
+            etas.append(opt.param_groups[0]["step_size"])
+        moved = before - flat(p.detach() for p in model.parameters())
+        last = moved / opt.param_groups[0]["step_size"]  # the step was −η·d
+    assert checked == 39
+    expected = reference_step_sizes(
+        slopes, 1e-4, 1.2, (0.5, 0.9, 0.99), False, 7, combine="significant", cap=True
+    )
+    assert etas == pytest.approx(expected, rel=1e-9)
+    assert len(set(etas)) > 3  # the test fired: η moved, and held on other steps
+    assert any(a == b for a, b in zip(etas, etas[1:]))
+    assert max(etas[7:]) <= opt.search_state["fresh_peak"] * (1 + 1e-12)
+    uncapped = reference_step_sizes(
+        slopes, 1e-4, 1.2, (0.5, 0.9, 0.99), False, combine="significant"
+    )
+    assert max(uncapped[7:]) > max(etas[7:]) * 1.2  # without the cap it would have grown on
+    rule = {k: opt.defaults[k] for k in ("lr", "combine_horizons", "alignment_measure")}
+    assert rule == {"lr": 1e-4, "combine_horizons": "significant", "alignment_measure": "slope"}
+    assert opt.defaults["cap_at_fresh_peak"] and opt.defaults["grow_on_repeats"]
+
+
+def test_a_run_saved_under_the_earlier_defaults_resumes_with_its_rule_and_a_new_group_joins_it():
+    torch.manual_seed(0)
+    model, x, y = problem()
+    old = optim.create("slope_tracking_adam", model[0].parameters(), preset="earlier_defaults")
+    alignments_and_step_sizes(old, model, x, y, steps=5)
+    twin = twin_of(model)
+    resumed = SlopeTrackingAdam(twin[0].parameters())  # today's defaults, then the checkpoint
+    resumed.load_state_dict(copy.deepcopy(old.state_dict()))
+    assert resumed.param_groups[0]["combine_horizons"] == "min"
+    resumed.add_param_group({"params": twin[2].parameters()})  # gradual unfreezing
+    old.add_param_group({"params": model[2].parameters()})
+    for key in RULE_KEYS:
+        assert resumed.param_groups[1][key] == old.param_groups[1][key]
+    _, etas = alignments_and_step_sizes(old, model, x, y, steps=5)
+    _, resumed_etas = alignments_and_step_sizes(resumed, twin, x, y, steps=5)
+    assert resumed_etas == etas  # one rule over both groups, the run's own
+
+
+def test_lightning_tells_it_each_epoch(monkeypatch):
+    import helpers
+
+    seen = []
+    start_pass = SlopeTrackingAdam.start_pass
+    monkeypatch.setattr(
+        SlopeTrackingAdam, "start_pass", lambda self, i: (seen.append(i), start_pass(self, i))
+    )
+    module = helpers.registry_module("slope_tracking_adam")
+    trainer = helpers.trainer(max_epochs=3)
+    trainer.fit(module, helpers.loader())
+    assert seen == [0, 1, 2]
+    assert trainer.optimizers[0].search_state["data_pass"] == 2
+
+
+def test_start_pass_reaches_the_tracker_through_wrappers_and_skips_optimizers_that_do_not_ask():
+    model = problem()[0]
+    tracker = SlopeTrackingAdam(model.parameters())
+    wrapped = LightningOptimizer(tracker)  # what LightningModule.optimizers() returns
+    assert optim.innermost_optimizer(wrapped) is tracker
+    assert optim.start_pass(wrapped, 3)
+    assert tracker.search_state["data_pass"] == 3
+    assert not optim.start_pass(torch.optim.AdamW(model.parameters()), 1)
+    with pytest.raises(ValueError, match="start_pass"):
+        optim.start_pass(tracker, -1)
