@@ -161,3 +161,55 @@ def test_start_pass_reaches_the_tracker_through_wrappers_and_skips_optimizers_th
     assert not optim.start_pass(torch.optim.AdamW(model.parameters()), 1)
     with pytest.raises(ValueError, match="start_pass"):
         optim.start_pass(tracker, -1)
+
+
+def warmed_up(hold: bool, steps: int = 40, state: dict | None = None, start: int = 0):
+    """SlopeTrackingAdam (1e-4, max_change 1.5, the horizons of the hand computations) under a
+    10-step linear warmup and a cosine to 0 over 40 steps, the multiplier set before each step
+    as a module's scheduler leaves it; from ``state`` (a state dict) at step ``start``."""
+    from lsframe.optim import StepSizeSchedule, WarmupCosineLR
+
+    torch.manual_seed(0)
+    model, x, y = problem()
+    rule = dict(lr=1e-4, max_change=1.5, alignment_betas=(0.5, 0.8, 0.9), **EARLIER)
+    opt = SlopeTrackingAdam(model.parameters(), hold_while_warming=hold, **rule)
+    schedule = StepSizeSchedule(opt, lambda o: WarmupCosineLR(o, total_steps=40, warmup_ratio=0.25))
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(copy.deepcopy(state["opt"]))
+        schedule.load_state_dict(state["schedule"])
+    multipliers, alignments, etas = [], [], []
+    for step in range(start, steps):
+        multipliers.append(opt.param_groups[0]["lr_multiplier"])
+        opt.step(closure_for(model, opt, *batches(x, y, step)))
+        alignments.append(opt.search_state["alignment"])
+        etas.append(opt.param_groups[0]["step_size"])
+        schedule.step()
+    saved = {"model": copy.deepcopy(model.state_dict()), "opt": copy.deepcopy(opt.state_dict())}
+    saved["schedule"] = schedule.state_dict()
+    return multipliers, alignments, etas, saved
+
+
+def test_holding_while_warming_leaves_the_warmups_alignments_out_of_the_rule():
+    multipliers, alignments, etas, _ = warmed_up(hold=True)
+    rising = [False] + [b > a for a, b in zip(multipliers, multipliers[1:])]
+    assert sum(rising) == 9  # steps 1-9 judge a step taken below the peak (reached at step 9)
+    assert all(eta == 1e-4 for eta, r in zip(etas, rising) if r)
+    used = [a for a, r in zip(alignments, rising) if a is not None and not r]
+    expected = reference_step_sizes(used, 1e-4, 1.5, (0.5, 0.8, 0.9), False)
+    assert etas[10:] == pytest.approx(expected, rel=1e-9)
+    assert len(set(etas[10:])) > 5  # after the warmup the rule acts
+    # without the option the warmup's "too short" alignments move η from step 1 on
+    _, free_alignments, free_etas, _ = warmed_up(hold=False)
+    every = [a for a in free_alignments if a is not None]
+    assert free_etas[1:] == pytest.approx(
+        reference_step_sizes(every, 1e-4, 1.5, (0.5, 0.8, 0.9), False), rel=1e-9
+    )
+    assert max(free_etas[:10]) > 1e-4 * 1.5
+
+
+def test_holding_while_warming_resumes_exactly_mid_warmup():
+    _, _, etas, _ = warmed_up(hold=True)
+    _, _, _, saved = warmed_up(hold=True, steps=6)
+    _, _, resumed, _ = warmed_up(hold=True, state=saved, start=6)
+    assert resumed == etas[6:]

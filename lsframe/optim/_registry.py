@@ -120,6 +120,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # the rule on the slope ⟨g, d⟩ instead of its cosine: a steep batch after an overshoot
         # counts more (benchmarks/results/slope_ratio_probe_cpu.md)
         "slope": {"alignment_measure": "slope"},
+        # a warmup's steps are short on purpose: their alignments are not averaged, η holds
+        "hold_warmup": {"hold_while_warming": True},
         # the same rule by compiled one-pass kernels (``fused=True``; the first step compiles)
         "fused": {"fused": True},
     },

@@ -42,6 +42,7 @@ RULE_KEYS = (
     "cap_at_fresh_peak",
     "alignment_stride",
     "alignment_measure",
+    "hold_while_warming",
     "fused",
 )
 #: how the two horizons' scores make the exponent (:meth:`SlopeTrackingAdam._change`)
@@ -85,7 +86,12 @@ class SlopeTrackingAdam(LineSearchOptimizer):
        above the largest η of the first pass: once the batches repeat, a positive alignment
        rewards fitting them. ``grow_on_repeats=False`` stops growth on repeats altogether.
        ``gain_decay`` (off) divides the exponent by ``√(1 + k)``, ``k`` the sign changes of
-       ``ā_slow`` (Kesten's rule: η then freezes instead of decaying);
+       ``ā_slow`` (Kesten's rule: η then freezes instead of decaying). With
+       ``hold_while_warming=True`` an alignment that judges a step taken while a schedule was
+       still raising the multiplier (a warmup: ``lr_multiplier`` rose from that step to this
+       one) is left out of the averages and η holds: such a step is short on purpose, and its
+       "too short" says nothing about η. The averages then begin with the first step taken at
+       the schedule's peak;
     4. Adam's update ``x ← x − η · multiplier · m̂ / (√v̂ + ε)`` and decoupled weight decay.
 
     The start: ``η`` starts at ``lr`` (1e-4, the top of the usual fine-tuning grid of
@@ -162,6 +168,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             remembers large slopes for about 100 steps and mutes the scores meanwhile).
             Default: ``"slope"``.
         weight_decay: Decoupled weight decay. Default: 0.
+        hold_while_warming: Leave out of the averages, and hold η on, the alignments of steps
+            taken while a schedule raised ``lr_multiplier`` (a warmup). Default: False.
         fused: Run the rule as compiled one-pass kernels (``torch.compile``). Default: False.
             Like every hyperparameter it is saved in the param groups: a loaded state dict
             brings its own (as with torch's ``Adam(fused=...)``).
@@ -186,6 +194,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         alignment_stride: int = 1,
         alignment_measure: str = "slope",
         weight_decay: float = 0.0,
+        hold_while_warming: bool = False,
         fused: bool = False,
     ) -> None:
         defaults = dict(
@@ -203,6 +212,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             alignment_stride=alignment_stride,
             alignment_measure=alignment_measure,
             weight_decay=weight_decay,
+            hold_while_warming=hold_while_warming,
             fused=fused,
         )
         super().__init__(params, defaults)
@@ -237,7 +247,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
                 f"alignment_measure must be one of {tuple(MEASURES)}, "
                 f"got {group['alignment_measure']!r}"
             )
-        for key in ("grow_on_repeats", "cap_at_fresh_peak", "fused"):
+        for key in ("grow_on_repeats", "cap_at_fresh_peak", "hold_while_warming", "fused"):
             if not isinstance(group[key], bool):
                 raise ValueError(f"{key} must be True or False, got {group[key]!r}")
 
@@ -253,6 +263,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             "last_sign": 0,
             "data_pass": 0,
             "fresh_peak": 0.0,
+            "multipliers": None,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -322,7 +333,9 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             stride, measure = rule["alignment_stride"], rule["alignment_measure"]
             alignment = step_alignment(self.state, pairs, last, stride, measure) if last else None
         state["alignment"] = alignment
-        if alignment is not None:
+        # an alignment that judges a step short on purpose (a warmup) is not averaged: η holds
+        warming = self._warming(rule["hold_while_warming"])
+        if alignment is not None and not warming:
             eta = self._on_repeats(eta, eta * self._change(alignment, rule), rule)
         if state["data_pass"] == 0:
             state["fresh_peak"] = max(state["fresh_peak"], eta)
@@ -340,6 +353,16 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         record = self.last_step
         if record is not None:
             record["alignment"] = alignment
+
+    def _warming(self, hold: bool) -> bool:
+        """With ``hold``, whether a group's ``lr_multiplier`` rose since the last step (the step
+        this step's alignment judges was taken under a warmup); the multipliers are recorded
+        either way, so the option may be switched on mid-run."""
+        now = [float(group["lr_multiplier"]) for group in self.param_groups]
+        last, self.search_state["multipliers"] = self.search_state["multipliers"], now
+        if not hold or last is None or len(last) != len(now):
+            return False
+        return any(b > a for a, b in zip(last, now))
 
     def _on_repeats(self, eta: float, proposed: float, rule: dict[str, Any]) -> float:
         """The next η from ``proposed`` (η times the rule's change), limited from the second pass
