@@ -154,7 +154,7 @@ def test_presets_that_set_one_key_differently_are_refused():
 
 
 def test_the_readme_summary_pairs_each_row_with_the_best_grid_point_on_shared_seeds():
-    from benchmarks.readme_summary import summary_line
+    from benchmarks.readme_summary import HOLD_WARMUP, summary_line
     from benchmarks.specs import DEFAULT
 
     def run(optimizer, seed, acc):
@@ -164,16 +164,17 @@ def test_the_readme_summary_pairs_each_row_with_the_best_grid_point_on_shared_se
     rows += [run("adamw@5e-5", s, a) for s, a in enumerate([0.70, 0.40, 0.70])]  # mean 0.600
     rows += [run("adamw@3e-4", 0, 0.99)]  # not a grid point: never the best
     rows += [run(DEFAULT, 0, 0.58), run(DEFAULT, 2, 0.68)]
-    rows += [run("salsa", 1, 0.63)]
+    rows += [run("salsa", 1, 0.63), run(HOLD_WARMUP, 1, 0.40)]
     line = summary_line("S, RTE", rows)
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[0] == "S, RTE"
     # seeds 0 and 2 against adamw@1e-4's 0.60 and 0.64: (−0.02 + 0.04) / 2
     assert cells[1] == "0.630 ± 0.071 (2 seeds; paired +0.010)"
-    assert cells[2] == "–"  # the earlier defaults did not run
-    assert cells[3] == "0.630 (1 seed; paired +0.010)"
-    assert cells[4] == "0.620 ± 0.020 (3 seeds), 1e-4"
-    assert cells[5] == "0.527"
+    assert cells[2] == "0.400 (1 seed; paired −0.220)"  # seed 1 against 0.62
+    assert cells[3] == "–"  # the earlier defaults did not run
+    assert cells[4] == "0.630 (1 seed; paired +0.010)"
+    assert cells[5] == "0.620 ± 0.020 (3 seeds), 1e-4"
+    assert cells[6] == "0.527"
 
 
 def test_the_readme_presets_table_sets_each_rule_beside_its_robust_preset():

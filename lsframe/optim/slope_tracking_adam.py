@@ -105,34 +105,24 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     ``slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal``). It needs the run's
     length, not a learning rate.
 
-    Failure modes: the test fires rarely, so η mostly stays near its start and the run behaves
-    close to Adam at 1e-4 with a cosine decay. Where a task wants a smaller step (RTE at 2,000
-    examples × 3 epochs, best AdamW peak 5e-5) the first pass's fresh batches may not say so, and
-    the run trails the best AdamW point (−0.024). Where the early fresh batches all say "too
-    short" (SST-2) η grows to 1.7e-4–2.6e-4, past the best AdamW peak of 1e-4 (−0.014 and −0.019
-    against it in the two settings): the slope along the steps is 0 near 1e-4 and again, within
-    the noise, near 3e-4. Training from scratch needs a larger step: η needs
-    ``log(η*/lr) / log(max_change)`` steps to reach η* (25 from 1e-4 to 1e-2; set ``lr`` nearer
-    the expected step size). With ``"min"`` the noise-driven decay has no floor: over 1,000
-    SST-2 steps η fell to 2e-9, and over 1,000 MRPC steps the run ended at the majority class.
+    Failure modes (docs/default_optimizer.md): the test fires rarely, so η mostly stays near
+    its start, close to Adam at 1e-4 with a cosine decay; where a task wants a smaller step (RTE
+    at 2,000 examples × 3 epochs) the fresh batches may not say so (−0.024 against the best
+    AdamW point), and where the early fresh batches all say "too short" (SST-2) η grows to
+    1.7e-4–2.6e-4, past the best AdamW peak (−0.014, −0.019). From scratch η needs
+    ``log(η*/lr) / log(max_change)`` steps to reach η*. With ``"min"`` η decays without a floor.
     lsframe's modules and ``LineSearchTrainer`` call :meth:`start_pass` at each epoch; a plain
     loop calls it itself (without it every batch counts as fresh and the cap never acts).
 
     Cost: no extra forward and no parameter copy. Per step, one more read of ``g``, ``m`` and
-    ``v`` (the last direction, a bounded transient) and three inner products in one host sync.
-    On CPU the direction's sums run cache-blocked (:mod:`lsframe.optim._blocked`: each tensor
-    comes from memory about once) and Adam's moments, update and weight decay run in torch's
-    own fused AdamW kernel (:func:`~lsframe.optim.adam_moments.one_pass_adam_step`; the
-    cache-blocked kernel where it cannot): the steps of the foreach kernels, which CUDA keeps,
-    to float rounding. Measured on one AMD EPYC core over 1,000 steps: 0.94× the step time of
-    ``AdamW(foreach=True)`` on MiniLM-L6, 1.01× on a 2-layer BERT of width 128, the same peak
-    memory (benchmarks/results/step_cost_*_default_cpu). ``fused=True`` runs the same rule as
-    two compiled one-pass kernels per tensor (:mod:`lsframe.optim._fused`): the direction's sums
-    with the finiteness count, then Adam's moments, update and weight decay. Its steps equal
-    the eager ones to float32 rounding; its first step compiles (tens of seconds on CPU,
-    cached on disk by Inductor); it needs a C++ compiler on CPU, Triton on CUDA. It takes
-    lsframe's closure, a torch-style closure, or none (``step()`` after the caller's own
-    backward).
+    ``v`` and three inner products in one host sync; on CPU cache-blocked sums and torch's own
+    fused AdamW kernel (:func:`~lsframe.optim.adam_moments.one_pass_adam_step`), the foreach
+    steps to float rounding: 0.94× ``AdamW(foreach=True)``'s step time on MiniLM-L6, 1.01× on a
+    2-layer BERT of width 128, the same peak memory (one AMD EPYC core, 1,000 steps,
+    benchmarks/results/step_cost_*_default_cpu; docs/default_optimizer.md, Cost). ``fused=True``
+    runs two compiled one-pass kernels per tensor (:mod:`lsframe.optim._fused`; the first step
+    compiles; a C++ compiler on CPU, Triton on CUDA). It takes lsframe's closure, a torch-style
+    closure, or none (``step()`` after the caller's own backward).
 
     Args:
         params: Parameters or param groups.
