@@ -123,6 +123,15 @@ for task in sst2 mrpc rte; do
   OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task $task --seeds 0 1 2 \
     --no-schedulefree --optimizers "$V"
 done
+# ... the defaults with hold_warmup (a warmup the tracker does not judge) under the AdamW rows'
+# schedule, at the main rows' seeds
+H="slope_tracking_adam+significant+fresh_peak+slope+hold_warmup@1e-4~warmup_anneal"
+for task in sst2 mrpc rte; do
+  OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task $task --seeds 0 1 2 3 4 \
+    --no-schedulefree --optimizers "$H"
+  OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task $task --seeds 0 1 2 \
+    --no-schedulefree --optimizers "$H"
+done
 for task in sst2 rte; do
   for setting in S M; do
     OMP_NUM_THREADS=1 python -m benchmarks.quality --setting $setting --task $task --seeds 0 \
