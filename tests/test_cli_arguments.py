@@ -1,0 +1,183 @@
+"""The command line's linked arguments and trainer options: the task sets the label count, options
+a module owns are refused at the trainer's key, bad values are one line, image models take their
+classes from the data, the progress bar shows small step sizes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lsframe.__main__ import main
+from lsframe.cli import LSFrameCLI
+
+ROOT = Path(__file__).resolve().parents[1]
+GLUE_MINILM = ROOT / "configs" / "glue" / "minilm.yaml"
+STSB = "sentence1\tsentence2\tscore\n" + "".join(
+    f"A cat sat number {i}.\tA cat sat {i}.\t{i * 0.8:.1f}\n" for i in range(6)
+)
+
+
+def test_stsb_fits_without_num_labels_the_task_sets_it(minilm, tmp_path, capsys):
+    (tmp_path / "glue" / "STS-B").mkdir(parents=True)
+    for split in ("train", "dev"):
+        (tmp_path / "glue" / "STS-B" / f"{split}.tsv").write_text(STSB)
+    runs = tmp_path / "runs"
+    main(
+        ["fit", "--config", str(GLUE_MINILM), "--data.init_args.task_name", "stsb"]
+        + ["--data.init_args.data_dir", str(tmp_path / "glue"), "--trainer.max_epochs", "1"]
+        + ["--trainer.limit_train_batches", "1", "--trainer.num_sanity_val_steps", "0"]
+        + ["--data.init_args.max_length", "16", "--trainer.logger.init_args.save_dir", str(runs)]
+        + ["--trainer.enable_progress_bar", "false"]
+    )
+    assert "val/pearson = " in capsys.readouterr().out
+    (last,) = runs.rglob("last.ckpt")
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert saved["hyper_parameters"]["num_labels"] == 1
+    assert saved["state_dict"]["model.classifier.weight"].shape[0] == 1
+
+
+def test_the_rte_labels_reach_the_model_config(minilm, shared_data):
+    cli = LSFrameCLI(
+        args=["--config", str(GLUE_MINILM), "--data.init_args.data_dir", str(shared_data / "glue")],
+        run=False,
+    )
+    assert cli.model.num_labels == 2
+    assert cli.model.model.config.id2label == {0: "entailment", 1: "not_entailment"}
+
+
+def one_error_line(argv: list[str], capsys) -> tuple[int, str]:
+    """``main(argv)`` for a bad input: its exit status and its single stderr line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return exit_info.value.code, err.rstrip("\n")
+
+
+def test_a_num_labels_that_contradicts_the_linked_task_is_one_line(shared_data, tmp_path, capsys):
+    status, line = one_error_line(
+        [
+            "fit",
+            "--config",
+            str(GLUE_MINILM),
+            "--data.init_args.data_dir",
+            str(shared_data / "glue"),
+        ]
+        + ["--model.init_args.num_labels", "3"]
+        + ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")],
+        capsys,
+    )
+    assert status == 2
+    assert line == (
+        "lsframe fit: error: model.num_labels is 3 but the data (GlueDataModule) has 2: set "
+        "model.num_labels: 2 (model.init_args.num_labels)"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("given", ["flag", "yaml"])
+@pytest.mark.parametrize(
+    "option, value", [("gradient_clip_val", "0.5"), ("accumulate_grad_batches", "4")]
+)
+def test_trainer_clipping_and_accumulation_name_the_module_option(
+    option, value, given, shared_data, tmp_path, capsys
+):
+    argv = ["fit", "--config", str(GLUE_MINILM)]
+    argv += ["--data.init_args.data_dir", str(shared_data / "glue")]
+    argv += ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+    if given == "flag":
+        argv += [f"--trainer.{option}", value]
+    else:
+        (tmp_path / "trainer.yaml").write_text(f"trainer:\n  {option}: {value}\n")
+        argv += ["--config", str(tmp_path / "trainer.yaml")]
+    status, line = one_error_line(argv, capsys)
+    assert status == 2
+    assert line.startswith(f"lsframe fit: error: trainer.{option} does not apply")
+    assert f"set model.init_args.{option}: {value} instead (trainer.{option})" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_trainer_clipping_is_refused_by_python_m_lsframe(shared_data, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "lsframe", "fit", "--config", str(GLUE_MINILM)]
+        + ["--data.init_args.data_dir", str(shared_data / "glue"), "--trainer.gradient_clip_val"]
+        + ["1.0", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "lsframe fit: error: trainer.gradient_clip_val does not apply to lsframe's modules, "
+        "which step the optimizer themselves (one closure per step): set "
+        "model.init_args.gradient_clip_val: 1.0 instead (trainer.gradient_clip_val)"
+    ]
+
+
+def test_a_bad_dtype_is_refused_at_its_key_before_loading(shared_data, tmp_path, capsys):
+    status, line = one_error_line(
+        [
+            "fit",
+            "--config",
+            str(GLUE_MINILM),
+            "--data.init_args.data_dir",
+            str(shared_data / "glue"),
+        ]
+        + ["--model.init_args.dtype", "float8"]
+        + ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")],
+        capsys,
+    )
+    assert status == 2
+    assert line == (
+        "lsframe fit: error: dtype must be one of 'auto', 'float32', 'float16', 'bfloat16' (or "
+        "null), got 'float8' (model.init_args.dtype)"
+    )
+
+
+def test_an_image_model_takes_its_classes_and_channels_from_the_data(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for name in ("cat", "dog", "owl"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("L", (8, 8)).save(tmp_path / split / name / "x.png")
+    cli = LSFrameCLI(
+        args=[
+            "--model", "lsframe.modules.ImageClassificationModule",
+            "--model.init_args.model_name", "resnet18",
+            "--data", "lsframe.data.ImageFolderDataModule",
+            "--data.init_args.root", str(tmp_path),
+            "--data.init_args.image_size", "8",
+            "--trainer.logger", "false",
+        ],
+        run=False,
+    )  # fmt: skip
+    assert cli.datamodule.num_classes == 3
+    assert cli.model.num_classes == 3 and cli.model.model.get_classifier().out_features == 3
+    assert cli.model.in_chans == cli.datamodule.in_chans
+
+
+def test_the_rich_progress_bar_shows_a_small_step_size_in_significant_digits():
+    pytest.importorskip("rich")
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import RichProgressBar
+    from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
+
+    from lsframe.cli import readable_progress_bar
+
+    default, chosen = (
+        RichProgressBar(),
+        RichProgressBar(theme=RichProgressBarTheme(metrics_format=".2e")),
+    )
+    for bar, expected in ((default, ".3g"), (chosen, ".2e")):
+        trainer = Trainer(callbacks=[bar], logger=False, enable_checkpointing=False)
+        readable_progress_bar(trainer)
+        assert bar.theme.metrics_format == expected
+    assert f"{1.71e-4:{default.theme.metrics_format}}" == "0.000171"
+    assert RichProgressBar().theme.metrics_format == ".3f"  # other bars keep Lightning's default
