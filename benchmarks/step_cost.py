@@ -109,11 +109,11 @@ def make_model(setting: str, vocab_size: int, seed: int = 0) -> nn.Module:
 
 
 def train_batches(
-    args: argparse.Namespace, tok: Any, count: int, task: str = "sst2"
+    args: argparse.Namespace, tok: Any, count: int, task: str = "sst2", seed: int = 0
 ) -> tuple[list[dict], int]:
-    """``count`` training batches, cycling over the task's training set, and the number of
-    batches in one pass over it."""
-    data = loader(glue_examples(task, "train"), tok, MAX_LENGTH[args.model], 16, seed=0)
+    """``count`` training batches, cycling over the task's training set in an order drawn from
+    ``seed``, and the number of batches in one pass over it."""
+    data = loader(glue_examples(task, "train"), tok, MAX_LENGTH[args.model], 16, seed=seed)
     batches = endless(data)
     return [to_device(next(batches), args.device) for _ in range(count)], len(data)
 
@@ -302,6 +302,9 @@ def main() -> None:
     parser.add_argument("--grid", nargs="+", type=float, default=GRID, help="AdamW lrs")
     parser.add_argument("--lr-free", nargs="+", default=LR_FREE)
     parser.add_argument("--eval-every", type=int, default=25)
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=[0], help="time to target: paired seeds"
+    )
     parser.add_argument("--dev-limit", type=int, help="evaluate on the first N dev examples")
     parser.add_argument(
         "--cost-from",

@@ -9,11 +9,21 @@ are not evidence; the columns in **AdamW steps** are: a run's step at the target
 time over AdamW's, measured in one interleaved run (``--cost-from``: step-cost tables of the
 same model, each optimizer's ratio from the first that timed it; a table's shorter window when
 the runs are that short, else its whole run), against the best grid run's step at the target and
-the grid's steps in all ("–" where no table timed the optimizer over that many steps). Finished
-runs go to ``<out>.runs.jsonl``; a rerun with the same settings resumes from it, on any machine:
-the steps depend on it at most by rounding (an AdamW run ended at the same accuracy on an Intel
-and an AMD CPU; a line search's decisions can amplify rounding). Each run logs its machine;
-where the runs come from more than one, the seconds columns stay empty ("–").
+the grid's steps in all ("–" where no table timed the optimizer over that many steps).
+
+With ``--seeds`` (default 0) each seed is one paired experiment: the seed draws the classifier
+head, the dropout masks and the order of the training batches. On each seed the target is the
+final accuracy of the best grid point (by its mean final accuracy over the seeds), and every
+optimizer's step at the target, its AdamW steps and seconds are that seed's; the table shows
+their upper medians over the seeds (a seed that never reached the target counts as infinitely
+late, so a median is "not reached" when half or more of the seeds missed), and the seeds that
+reached it. One MRPC run moves by about 0.05 in accuracy with float rounding alone, so one seed
+is not evidence there.
+
+Finished runs go to ``<out>.runs.jsonl``; a rerun with the same settings resumes from it, on any
+machine: the steps depend on it at most by rounding (an AdamW run ended at the same accuracy on
+an Intel and an AMD CPU; a line search's decisions can amplify rounding). Each run logs its
+machine; where the runs come from more than one, the seconds columns stay empty ("–").
 
     python -m benchmarks.step_cost --time-to-target --task sst2 --steps 300
 """
@@ -22,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -145,11 +157,14 @@ def evaluate(model: nn.Module, batches: list[dict]) -> float:
     return correct / total
 
 
-def train_to_target(spec: str, args: argparse.Namespace, tok: Any, data: tuple) -> dict:
-    """``spec`` for ``--steps`` steps on the cached training batches, the dev accuracy every
-    ``--eval-every`` steps and at the end: its evaluation history with the training seconds."""
+def train_to_target(
+    spec: str, args: argparse.Namespace, tok: Any, data: tuple, seed: int = 0
+) -> dict:
+    """``spec`` for ``--steps`` steps on the cached training batches (of ``seed``), from a head
+    and dropout stream drawn from ``seed``, the dev accuracy every ``--eval-every`` steps and at
+    the end: its evaluation history with the training seconds."""
     batches, per_pass, dev = data
-    run = build(spec, make_model(args.model, len(tok)).to(args.device), args.steps)
+    run = build(spec, make_model(args.model, len(tok), seed).to(args.device), args.steps)
     sync: Callable[[], None] = torch.cuda.synchronize if args.device == "cuda" else lambda: None
     seconds, eval_forwards, history = 0.0, 0, []
     for i, batch in enumerate(batches, start=1):
@@ -178,72 +193,136 @@ def train_to_target(spec: str, args: argparse.Namespace, tok: Any, data: tuple) 
     }
 
 
-def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]:
-    keys = ("model", "task", "steps", "eval_every", "dev_limit", "bf16")
-    settings = {k: getattr(args, k) for k in keys}  # not the machine (docstring)
+def upper_median(values: Sequence[float | None]) -> float | None:
+    """The upper median of ``values``, where None (a seed that never reached the target) counts
+    as infinitely late; None when the median is such a seed."""
+    middle = statistics.median_high([math.inf if v is None else v for v in values])
+    return None if math.isinf(middle) else middle
+
+
+def seed_summary(spec: str, runs: Sequence[dict], targets: Sequence[float], costs: dict) -> dict:
+    """``spec``'s runs on the seeds (in the order of ``targets``, each seed's target) as one row:
+    each seed's step, seconds and AdamW steps at its target, and their upper medians."""
+    per_seed = []
+    for run, target in zip(runs, targets):
+        hit = time_to_target(run["history"], target)
+        step = None if hit is None else hit["step"]
+        per_seed.append(
+            {
+                "seed": run.get("seed", 0),
+                "final_metric": run["final_metric"],
+                "step_at_target": step,
+                "time_to_target": None if hit is None else hit["seconds"],
+                "adamw_steps_to_target": adamw_steps_to_target(step, spec, costs),
+            }
+        )
+    row = {key: runs[0][key] for key in ("model", "task", "steps", "eval_every") if key in runs[0]}
+    row |= {
+        "optimizer": spec,
+        "seeds": [p["seed"] for p in per_seed],
+        "reached": sum(p["step_at_target"] is not None for p in per_seed),
+        "final_metric": statistics.fmean(r["final_metric"] for r in runs),
+        "final_std": statistics.pstdev(r["final_metric"] for r in runs) if len(runs) > 1 else 0.0,
+        "best_metric": statistics.fmean(max(p["metric"] for p in r["history"]) for r in runs),
+        "train_seconds": statistics.fmean(r["train_seconds"] for r in runs),
+        "forwards_per_step": statistics.fmean(r["forwards_per_step"] for r in runs),
+        "per_seed": per_seed,
+    }
+    for key in ("step_at_target", "time_to_target", "adamw_steps_to_target"):
+        row[key] = upper_median([p[key] for p in per_seed])
+    if len(runs) == 1:
+        row["history"] = runs[0]["history"]
+    return row
+
+
+def logged_or_trained(args: argparse.Namespace, specs: list[str], settings: dict) -> dict:
+    """Every (spec, seed) run of ``args.seeds``: from ``<out>.runs.jsonl`` where logged with
+    ``settings`` (runs logged before seeds were recorded are seed 0), else trained and logged."""
     log = Path(f"{args.out}.runs.jsonl")
-    done = {r["optimizer"]: r for r in load_runs(log, settings)}
-    specs = [f"adamw@{lr:g}" for lr in args.grid] + args.lr_free
-    if any(spec not in done for spec in specs):
+    done = {(r["optimizer"], r.get("seed", 0)): r for r in load_runs(log, settings)}
+    missing = [(spec, seed) for seed in args.seeds for spec in specs if (spec, seed) not in done]
+    if missing:
         tok = tokenizer()
         length = MAX_LENGTH[args.model]
         dev_examples = glue_examples(args.task, "dev", args.dev_limit)
         dev = [to_device(b, args.device) for b in loader(dev_examples, tok, length, 64, 0, False)]
-        data = (*train_batches(args, tok, args.steps, args.task), dev)
-        for spec in specs:
-            if spec not in done:
-                done[spec] = train_to_target(spec, args, tok, data) | settings
-                done[spec]["device"] = device_name(args.device)
-                append_run(log, done[spec], args.device)
-    rows = [done[spec] for spec in specs]
-    grid = rows[: len(args.grid)]
-    for r in rows:
-        r["grid"] = r in grid  # the claim reader's grid (an adamw@ row may also be a comparator)
-    best, target = grid_target({r["optimizer"]: r["final_metric"] for r in grid})
-    grid_seconds = sum(r["train_seconds"] for r in grid)
+        for seed in dict.fromkeys(seed for _, seed in missing):
+            data = (*train_batches(args, tok, args.steps, args.task, seed), dev)
+            for spec in specs:
+                if (spec, seed) not in done:
+                    run = train_to_target(spec, args, tok, data, seed) | settings
+                    done[spec, seed] = run | {"seed": seed, "device": device_name(args.device)}
+                    append_run(log, done[spec, seed], args.device)
+    return done
+
+
+def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]:
+    keys = ("model", "task", "steps", "eval_every", "dev_limit", "bf16")
+    settings = {k: getattr(args, k) for k in keys}  # not the machine (docstring)
+    specs = [f"adamw@{lr:g}" for lr in args.grid] + args.lr_free
+    done = logged_or_trained(args, specs, settings)
+    seeds = args.seeds
+    runs = {spec: [done[spec, seed] for seed in seeds] for spec in specs}
+    grid_specs = specs[: len(args.grid)]
+    finals = {s: statistics.fmean(r["final_metric"] for r in runs[s]) for s in grid_specs}
+    best, target = grid_target(finals)
+    targets = [r["final_metric"] for r in runs[best]]  # each seed's own
     costs, sources = merged_costs(args.cost_from, args.steps)
-    costs |= {r["optimizer"]: 1.0 for r in grid}  # AdamW's step is the unit
-    best_step = time_to_target(next(r for r in grid if r["optimizer"] == best)["history"], target)
-    best_step = best_step["step"]  # the best run reaches its own final metric
-    grid_steps = len(grid) * args.steps
-    machines = sorted({r.get("device", "not logged") for r in rows})
+    costs |= {spec: 1.0 for spec in grid_specs}  # AdamW's step is the unit
+    rows = [seed_summary(spec, runs[spec], targets, costs) | settings for spec in specs]
+    for r in rows:
+        r["grid"] = r["optimizer"] in grid_specs  # the claim reader's grid
+    best_row = rows[grid_specs.index(best)]
+    best_step = best_row["step_at_target"]  # on each seed the best run reaches its own final
+    grid_seconds = sum(r["train_seconds"] for r in rows if r["grid"])
+    grid_steps = len(grid_specs) * args.steps
+    machines = sorted({run.get("device", "not logged") for spec in specs for run in runs[spec]})
     one_machine = len(machines) == 1  # else seconds of different machines: not compared
+    several = len(seeds) > 1
     cells = []
     for r in rows:
-        hit = time_to_target(r["history"], target)
-        r["time_to_target"] = None if hit is None else hit["seconds"]
-        r["step_at_target"] = None if hit is None else hit["step"]
-        reached = "not reached" if hit is None else f"{hit['seconds']:.1f} (step {hit['step']})"
-        share = "–" if hit is None else f"{hit['seconds'] / grid_seconds:.2f}"
-        best_seen = max(p["metric"] for p in r["history"])
-        cost = adamw_steps_to_target(r["step_at_target"], r["optimizer"], costs)
-        r["adamw_steps_to_target"] = cost
+        hit, cost = r["time_to_target"], r["adamw_steps_to_target"]
+        reached = "not reached" if hit is None else f"{hit:.1f}"
+        if hit is not None and not several:
+            reached += f" (step {r['step_at_target']})"
+        share = "–" if hit is None else f"{hit / grid_seconds:.2f}"
         in_steps = ["–"] * 3
         if cost is not None:
             in_steps = [f"{cost:.0f}", f"{cost / best_step:.2f}", f"{cost / grid_steps:.2f}"]
-        cells.append([r["optimizer"], f"{r['final_metric']:.4f}", f"{best_seen:.4f}"])
-        timing = [f"{r['train_seconds']:.1f}", reached, share] if one_machine else ["–"] * 3
-        cells[-1] += [*in_steps, *timing]
+        final = f"{r['final_metric']:.4f}" + (f" ± {r['final_std']:.4f}" if several else "")
+        cells.append([r["optimizer"], final, f"{r['best_metric']:.4f}", *in_steps])
+        cells[-1] += [f"{r['train_seconds']:.1f}", reached, share] if one_machine else ["–"] * 3
         cells[-1].append(f"{r['forwards_per_step']:.2f}")
+        if several:
+            cells[-1].append(f"{r['reached']}/{len(seeds)}")
     header = ["optimizer", "final dev acc", "best dev acc", "AdamW steps to target"]
     header += ["x best AdamW", "x grid steps", "train s", "s to target", "x grid s", "fwd/step"]
-    best_hit = next(r for r in grid if r["optimizer"] == best)["time_to_target"]
+    header += ["seeds at target"] if several else []
     seconds = (
         f"the whole AdamW grid trained {grid_seconds:.0f} s, the best run reached the target "
-        f"after {best_hit:.0f} s (step {best_step}); training time only (evaluation excluded)"
+        f"after {best_row['time_to_target']:.0f} s (step {best_step}); training time only "
+        "(evaluation excluded)"
         if one_machine
         else f"the best run reached the target at step {best_step}; no seconds columns: the "
         f"runs come from {len(machines)} machines"
     )
+    grid = f"grid {', '.join(map(str, args.grid))}, 10 % warmup + cosine"
+    target_text = (
+        f"target {target:.4f} = final accuracy of the best AdamW grid point {best} ({grid})"
+        if not several
+        else f"seeds {', '.join(map(str, seeds))}, each its own experiment: targets "
+        f"{', '.join(f'{t:.4f}' for t in targets)} = that seed's final accuracy of the best AdamW "
+        f"grid point {best} ({grid}; best mean final {target:.4f}); steps, seconds and AdamW "
+        "steps are upper medians over the seeds (a seed that missed counts as infinitely late), "
+        "train seconds and accuracies means"
+    )
     meta = (
         f"Time to target, {args.task.upper()} dev accuracy (first {args.dev_limit or 'all'} dev "
         f"examples, every {args.eval_every} steps), {TITLE[args.model]}, batch 16, max length "
-        f"{MAX_LENGTH[args.model]}, {args.steps} steps per run; target {target:.4f} = final "
-        f"accuracy of the best AdamW grid point {best} (grid {', '.join(map(str, args.grid))}, "
-        f"10 % warmup + cosine); {seconds}; AdamW steps: step at the target × step time over "
-        f"AdamW's from one interleaved run per step-cost table "
-        f"({cost_sources(rows[len(grid) :], sources)}); the seconds columns are sequential "
-        f"runs' wall times; "
+        f"{MAX_LENGTH[args.model]}, {args.steps} steps per run; {target_text}; {seconds}; "
+        "AdamW steps: step at the target × step time over AdamW's from one interleaved run per "
+        f"step-cost table ({cost_sources(rows[len(grid_specs) :], sources)}); the seconds "
+        "columns are sequential runs' wall times; "
         f"device {'; '.join(machines)}; bf16 {args.bf16}; torch {torch.__version__}"
     )
     return meta, table(header, cells), rows

@@ -21,6 +21,7 @@ from benchmarks.time_to_target import (
     merged_costs,
     time_to_target,
     time_to_target_runs,
+    upper_median,
 )
 from lsframe.optim.rules import ActiveGroup, Direction
 
@@ -220,7 +221,7 @@ def test_adamw_steps_to_target_scale_the_step_by_the_measured_cost():
 def test_time_to_target_table_counts_adamw_steps_against_the_best_run_and_the_grid(tmp_path):
     args = argparse.Namespace(
         model="small-bert", task="sst2", steps=100, eval_every=50, dev_limit=None, bf16=False,
-        device="cpu", grid=[1e-5, 1e-4], lr_free=["lrfree", "other"], first=300,
+        device="cpu", grid=[1e-5, 1e-4], lr_free=["lrfree", "other"], first=300, seeds=[0],
         out=str(tmp_path / "ttt"), cost_from=[str(cost_result(tmp_path))],
     )  # fmt: skip
     settings = {k: getattr(args, k) for k in ("model", "task", "steps", "eval_every")}
@@ -251,7 +252,7 @@ def test_time_to_target_table_counts_adamw_steps_against_the_best_run_and_the_gr
 def test_time_to_target_resumes_runs_of_any_machine_and_then_compares_no_seconds(tmp_path):
     args = argparse.Namespace(
         model="small-bert", task="sst2", steps=100, eval_every=50, dev_limit=None, bf16=False,
-        device="cpu", grid=[1e-5, 1e-4], lr_free=["lrfree"], first=300,
+        device="cpu", grid=[1e-5, 1e-4], lr_free=["lrfree"], first=300, seeds=[0],
         out=str(tmp_path / "ttt"), cost_from=[str(cost_result(tmp_path))],
     )  # fmt: skip
     settings = {"model": "small-bert", "task": "sst2", "steps": 100, "eval_every": 50}
@@ -274,6 +275,55 @@ def test_time_to_target_resumes_runs_of_any_machine_and_then_compares_no_seconds
     assert "| 60 | 0.60 | 0.30 | – | – | – |" in line  # steps compared, seconds not
     assert "device cpu: A, 1 threads; cpu: B, 1 threads;" in meta
     assert "no seconds columns: the runs come from 2 machines" in meta
+
+
+def test_upper_median_counts_a_seed_that_missed_as_infinitely_late():
+    assert upper_median([300.0]) == 300.0
+    assert upper_median([400.0, None, 200.0]) == 400.0  # 200, 400, missed
+    assert upper_median([None, 200.0, None]) is None  # two of three missed
+    assert upper_median([100.0, None]) is None  # half missed: the upper of the two
+
+
+def test_with_seeds_each_seed_has_its_own_target_and_the_table_shows_upper_medians(tmp_path):
+    args = argparse.Namespace(
+        model="small-bert", task="sst2", steps=100, eval_every=25, dev_limit=None, bf16=False,
+        device="cpu", grid=[1e-5, 1e-4], lr_free=["lrfree"], first=300, seeds=[0, 1, 2],
+        out=str(tmp_path / "ttt"), cost_from=[str(cost_result(tmp_path))],
+    )  # fmt: skip
+    settings = {"model": "small-bert", "task": "sst2", "steps": 100, "eval_every": 25}
+    settings |= {"dev_limit": None, "bf16": False, "device": device_name("cpu")}
+
+    def logged(spec: str, seed: int, metrics: list[float]) -> dict:
+        history = [{"step": 25 * (i + 1), "seconds": 2.0 * (i + 1), "metric": m}
+                   for i, m in enumerate(metrics)]  # fmt: skip
+        return {"optimizer": spec, "seed": seed, "train_seconds": 8.0, "forwards_per_step": 1.0,
+                "final_metric": metrics[-1], "history": history, **settings}  # fmt: skip
+
+    # adamw@1e-4 is best by its mean final (0.85 > 0.70): the seeds' targets 0.80, 0.90, 0.85
+    best = {0: [0.7, 0.8, 0.8, 0.8], 1: [0.6, 0.7, 0.9, 0.9], 2: [0.85, 0.8, 0.8, 0.85]}
+    lrfree = {0: [0.8, 0.8, 0.8, 0.8], 1: [0.9, 0.9, 0.9, 0.9], 2: [0.5, 0.6, 0.7, 0.84]}
+    runs = [logged("adamw@1e-05", s, [0.7] * 4) for s in (0, 1, 2)]
+    runs += [logged("adamw@0.0001", s, best[s]) for s in (0, 1, 2)]
+    runs += [logged("lrfree", s, lrfree[s]) for s in (0, 1, 2)]
+    Path(f"{args.out}.runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    meta, table, rows = time_to_target_runs(args)  # nothing trains: every run is logged
+    by_spec = {r["optimizer"]: r for r in rows}
+    adamw = by_spec["adamw@0.0001"]
+    assert [p["step_at_target"] for p in adamw["per_seed"]] == [50, 75, 25]
+    assert adamw["step_at_target"] == 50 and adamw["final_metric"] == pytest.approx(0.85)
+    mine = by_spec["lrfree"]
+    # seed 0: 0.80 at step 25; seed 1: 0.90 at 25; seed 2: 0.84 < 0.85, never
+    assert [p["step_at_target"] for p in mine["per_seed"]] == [25, 25, None]
+    assert mine["reached"] == 2 and mine["step_at_target"] == 25
+    assert mine["adamw_steps_to_target"] == pytest.approx(30.0)  # 25 steps × 1.2
+    line = next(x for x in table.splitlines() if x.startswith("| lrfree "))
+    assert "| 30 | 0.60 | 0.15 |" in line and line.endswith("| 2/3 |")  # vs 50 and 200 steps
+    assert by_spec["adamw@1e-05"]["step_at_target"] is None  # 0.70 misses every seed's target
+    assert "targets 0.8000, 0.9000, 0.8500" in meta
+    # a rerun with one seed more trains only that seed's runs: here none, as seed 0 is logged
+    assert time_to_target_runs(argparse.Namespace(**{**vars(args), "seeds": [0]}))[2][1][
+        "final_metric"
+    ] == pytest.approx(0.8)
 
 
 def test_quotient_pieces_cover_every_tensor_in_order_within_the_budget():
