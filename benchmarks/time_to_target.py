@@ -227,6 +227,7 @@ def seed_summary(spec: str, runs: Sequence[dict], targets: Sequence[float], cost
         "train_seconds": statistics.fmean(r["train_seconds"] for r in runs),
         "forwards_per_step": statistics.fmean(r["forwards_per_step"] for r in runs),
         "per_seed": per_seed,
+        "device": "; ".join(sorted({r.get("device", "not logged") for r in runs})),
     }
     for key in ("step_at_target", "time_to_target", "adamw_steps_to_target"):
         row[key] = upper_median([p[key] for p in per_seed])
