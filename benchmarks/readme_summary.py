@@ -1,7 +1,7 @@
 """README's summaries of issue 18, read off the quality tables
 (``results/quality_{s,m}_<task>_<device>.json``): the learning-rate-free rows against the AdamW
 grid per setting and task, and the papers' rules with their defaults and their robust presets
-(setting S, one task).
+(setting S: one line per rule over the tasks, then one table per task).
 
 Each cell is the dev accuracy's mean ± std over the seeds that ran, with the mean per-seed
 difference to the best AdamW grid point on the seeds both ran ("paired"); the best grid point is
@@ -116,6 +116,50 @@ def presets_table(rows: list[dict], label: str) -> str:
     return "\n".join(lines)
 
 
+def brief(mine: dict[int, float] | None, best: dict[int, float], seeds: int) -> str:
+    """A short cell: the mean, and the mean paired difference to ``best`` on shared seeds; the
+    seed count only where it is not the row's planned ``seeds``."""
+    if not mine:
+        return "–"
+    paired = [mine[s] - best[s] for s in mine if s in best]
+    notes = [signed(statistics.mean(paired))] if paired else []
+    if len(mine) != seeds:
+        notes.append(f"{len(mine)} seed{'s' if len(mine) > 1 else ''}")
+    return f"{statistics.mean(mine.values()):.3f}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def presets_overview(tables: dict[str, list[dict]]) -> str:
+    """The papers' rules on every task of setting S (``tables``: task name → quality rows), one
+    line per rule: its paper default → its robust preset, measured on each task (3 seeds), with
+    SaLSA → the authors' package (5 seeds), then each task's best AdamW point and majority class.
+    """
+    names = list(tables)
+    lines = ["| method | paper default → lsframe preset `robust` | " + " | ".join(names) + " |"]
+    lines.append("|---|---|" + "---|" * len(names))
+    acc = {task: accuracies(rows) for task, rows in tables.items()}
+    best = {task: acc[task][best_of_grid(task, rows)] for task, rows in tables.items()}
+    for name, spec, default, preset in PRESETS:
+        cells = [
+            f"{brief(acc[t].get(spec), best[t], 3)} → "
+            f"{brief(acc[t].get(f'{spec}+robust'), best[t], 3)}"
+            for t in names
+        ]
+        lines.append(f"| {name} | {default} → {preset} | " + " | ".join(cells) + " |")
+    cells = [
+        f"{brief(acc[t].get('salsa'), best[t], 5)} → "
+        f"{brief(acc[t].get('salsa-reference'), best[t], 5)}"
+        for t in names
+    ]
+    lines.append("| SaLSA | lsframe's → the authors' package | " + " | ".join(cells) + " |")
+    cells = [
+        f"{statistics.mean(best[t].values()):.3f} ({best_of_grid(t, tables[t]).split('@')[1]}); "
+        f"{tables[t][0]['majority']:.3f}"
+        for t in names
+    ]
+    lines.append("| best AdamW (lr); majority class | | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=str(RESULTS))
@@ -126,12 +170,20 @@ def main() -> None:
     results = Path(args.results)
     table = summary_table(results, args.device)
     text = f"Issue 18's bar, per setting and task:\n\n{table}\n"
+    ran = {}
     for task in TASKS:
         path = results / f"quality_s_{task}_{args.device}.json"
         rows = json.loads(path.read_text())["rows"] if path.exists() else []
         if any(r["optimizer"] in {spec for _, spec, _, _ in PRESETS} for r in rows):
-            presets = presets_table(rows, f"S, {TASKS[task]}")
-            text += f"\nThe papers' rules, setting S, {TASKS[task]}:\n\n{presets}\n"
+            ran[TASKS[task]] = rows
+    if ran:
+        overview = presets_overview(ran)
+        text += (
+            "\nThe papers' rules in setting S: mean dev accuracy (paired difference to the "
+            f"best AdamW point), paper default → robust preset:\n\n{overview}\n"
+        )
+    for task, rows in ran.items():
+        text += f"\nThe papers' rules, setting S, {task}:\n\n{presets_table(rows, task)}\n"
     print(text)
     (results / f"quality_summary_{args.device}.md").write_text(text)
 

@@ -198,6 +198,28 @@ def test_the_readme_presets_table_sets_each_rule_beside_its_robust_preset():
     assert lines[-1].endswith("authors' package: 0.810 (1 seed; paired +0.010) |")
 
 
+def test_the_readme_presets_overview_gives_each_rule_default_to_preset_on_every_task():
+    from benchmarks.readme_summary import presets_overview
+
+    def run(optimizer, seed, acc, majority=0.509):
+        return {"optimizer": optimizer, "seed": seed, "acc": acc, "majority": majority}
+
+    sst2 = [run("adamw@1e-4", s, a) for s, a in enumerate([0.80, 0.78, 0.79])]
+    sst2 += [run("adamsls", s, a) for s, a in enumerate([0.70, 0.74, 0.75])]
+    sst2 += [run("adamsls+robust", s, a) for s, a in enumerate([0.79, 0.77, 0.80])]
+    rte = [run("adamw@5e-5", s, a, 0.527) for s, a in enumerate([0.56, 0.58, 0.57])]
+    rte += [run("adamw@1e-4", s, 0.50, 0.527) for s in range(3)]
+    rte += [run("adamsls", 1, 0.54, 0.527), run("salsa", 0, 0.52, 0.527)]
+    lines = presets_overview({"SST-2": sst2, "RTE": rte}).splitlines()
+    assert lines[0] == "| method | paper default → lsframe preset `robust` | SST-2 | RTE |"
+    adamsls = [c.strip() for c in next(x for x in lines if x.startswith("| AdamSLS |")).split("|")]
+    assert adamsls[3] == "0.730 (−0.060) → 0.787 (−0.003)"  # 3 seeds: the count left out
+    assert adamsls[4] == "0.540 (−0.040; 1 seed) → –"  # seed 1 against AdamW 5e-5's 0.58
+    salsa = [c.strip() for c in lines[-2].split("|")]
+    assert salsa[1] == "SaLSA" and salsa[3] == "– → –" and salsa[4] == "0.520 (−0.040; 1 seed) → –"
+    assert lines[-1].endswith("| 0.790 (1e-4); 0.509 | 0.570 (5e-5); 0.527 |")
+
+
 def tiny_quality_argv(out) -> list[str]:
     """``benchmarks.quality``'s command line for one AdamW run on 8 RTE examples, logged at
     ``out``."""
