@@ -125,7 +125,7 @@ def test_a_robust_preset_sets_its_arguments_and_paper_keeps_the_class_defaults(n
 def test_an_unknown_preset_is_refused_with_the_known_ones_listed():
     with pytest.raises(ValueError, match="presets: paper, robust"):
         optim.create("adamsls", Logistic().parameters(), preset="fast")
-    with pytest.raises(ValueError, match="presets: paper$"):
+    with pytest.raises(ValueError, match="presets: paper, package$"):
         optim.create("salsa", Logistic().parameters(), preset="robust")
 
 

@@ -16,6 +16,7 @@ from test_optim import (
     snapshot,
 )
 
+from lsframe import optim
 from lsframe.optim import (
     ALSALS,
     PLASLS,
@@ -124,7 +125,8 @@ def test_salsa_follows_the_authors_package_step_sizes():
     )
     torch.manual_seed(0)
     ours_model, ref_model = Logistic(), Logistic()
-    ours = SaLSA(ours_model.parameters(), bias_correction_offset=1)
+    ours = optim.create("salsa", ours_model.parameters(), preset="package")
+    assert ours.defaults["bias_correction_offset"] == 1  # the package's correction, one ahead
     ref = salsa_package.SaLSA(list(ref_model.parameters()))
     ours_steps, ref_steps = [], []
     for step in range(150):
