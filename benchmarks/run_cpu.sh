@@ -57,6 +57,9 @@ for task in sst2 mrpc rte; do
     plasls+robust alsals+robust
   OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task $task --seeds 0 1 2 \
     --optimizers slope_tracking_adam salsa adamw@1e-5 adamw@2e-5 adamw@5e-5 adamw@1e-4
+  # SaLSA with the authors' package's bias correction (preset "package"), beside the package
+  OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task $task --seeds 0 1 2 3 4 \
+    --no-schedulefree --optimizers salsa+package
 done
 # issue 19: step cost (300 and 1,000 steps, breakdown, memory) and time to target: AdamW(foreach)
 # as the base, torch's fused AdamW beside it (small BERT), the tracker eager, with the strided

@@ -90,8 +90,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "adamsls": {"robust": {"c": 0.5, "smooth": True}},
     "plasls": {"robust": {"c": 0.5, "smooth": True}},
     "alsals": {"robust": {"c": 0.5, "beta": 0.9}},
-    # the authors' package's bias correction, one step ahead (1 − β^(t+1)): its first Adam steps
-    # are about 0.74× lsframe's at the same η (SaLSA's docstring)
+    # the authors' package's bias correction, one step ahead (1 − β^(t+1)): its first Adam step
+    # is about 0.74× lsframe's at the same η (SaLSA's docstring; README's MRPC figures)
     "salsa": {"package": {"bias_correction_offset": 1}},
     # η grows on the first pass over the data only: better on 500 examples × 5 epochs, worse on
     # 2,000 × 3 (SlopeTrackingAdam's docstring; benchmarks' ``slope_tracking_adam+fresh_growth``)
