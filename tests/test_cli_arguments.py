@@ -59,18 +59,16 @@ def one_error_line(argv: list[str], capsys) -> tuple[int, str]:
     return exit_info.value.code, err.rstrip("\n")
 
 
+def glue_fit(shared_data: Path, tmp_path: Path, *options: str) -> list[str]:
+    """``fit`` on the GLUE MiniLM config with ``options``, logging under ``tmp_path / "runs"``."""
+    argv = ["fit", "--config", str(GLUE_MINILM), "--data.init_args.data_dir"]
+    argv += [str(shared_data / "glue"), *options]
+    return argv + ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
+
+
 def test_a_num_labels_that_contradicts_the_linked_task_is_one_line(shared_data, tmp_path, capsys):
     status, line = one_error_line(
-        [
-            "fit",
-            "--config",
-            str(GLUE_MINILM),
-            "--data.init_args.data_dir",
-            str(shared_data / "glue"),
-        ]
-        + ["--model.init_args.num_labels", "3"]
-        + ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")],
-        capsys,
+        glue_fit(shared_data, tmp_path, "--model.init_args.num_labels", "3"), capsys
     )
     assert status == 2
     assert line == (
@@ -122,16 +120,7 @@ def test_trainer_clipping_is_refused_by_python_m_lsframe(shared_data, tmp_path):
 
 def test_a_bad_dtype_is_refused_at_its_key_before_loading(shared_data, tmp_path, capsys):
     status, line = one_error_line(
-        [
-            "fit",
-            "--config",
-            str(GLUE_MINILM),
-            "--data.init_args.data_dir",
-            str(shared_data / "glue"),
-        ]
-        + ["--model.init_args.dtype", "float8"]
-        + ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")],
-        capsys,
+        glue_fit(shared_data, tmp_path, "--model.init_args.dtype", "float8"), capsys
     )
     assert status == 2
     assert line == (
