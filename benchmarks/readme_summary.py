@@ -59,12 +59,19 @@ def accuracies(rows: list[dict]) -> dict[str, dict[int, float]]:
     return by
 
 
+def paired(mine: dict[int, float], best: dict[int, float]) -> str | None:
+    """The mean per-seed difference of ``mine`` to ``best`` on their shared seeds, signed; None
+    when they share none."""
+    differences = [mine[s] - best[s] for s in mine if s in best]
+    return signed(statistics.mean(differences)) if differences else None
+
+
 def against(mine: dict[int, float] | None, best: dict[int, float]) -> str:
     """A row's cell: its spread, and its mean paired difference to ``best`` on shared seeds."""
     if not mine:
         return "–"
-    paired = [mine[s] - best[s] for s in mine if s in best]
-    note = f"; paired {signed(statistics.mean(paired))}" if paired else ""
+    difference = paired(mine, best)
+    note = f"; paired {difference}" if difference else ""
     return spread(list(mine.values())) + note + ")"
 
 
@@ -121,8 +128,8 @@ def brief(mine: dict[int, float] | None, best: dict[int, float], seeds: int) -> 
     seed count only where it is not the row's planned ``seeds``."""
     if not mine:
         return "–"
-    paired = [mine[s] - best[s] for s in mine if s in best]
-    notes = [signed(statistics.mean(paired))] if paired else []
+    difference = paired(mine, best)
+    notes = [difference] if difference else []
     if len(mine) != seeds:
         notes.append(f"{len(mine)} seed{'s' if len(mine) > 1 else ''}")
     return f"{statistics.mean(mine.values()):.3f}" + (f" ({'; '.join(notes)})" if notes else "")
@@ -137,22 +144,21 @@ def presets_overview(tables: dict[str, list[dict]]) -> str:
     lines = ["| method | paper default → lsframe preset `robust` | " + " | ".join(names) + " |"]
     lines.append("|---|---|" + "---|" * len(names))
     acc = {task: accuracies(rows) for task, rows in tables.items()}
-    best = {task: acc[task][best_of_grid(task, rows)] for task, rows in tables.items()}
-    for name, spec, default, preset in PRESETS:
+    grid_best = {task: best_of_grid(task, rows) for task, rows in tables.items()}
+    best = {task: acc[task][grid_best[task]] for task in names}
+
+    def line(label: str, before: str, after: str, seeds: int) -> str:
         cells = [
-            f"{brief(acc[t].get(spec), best[t], 3)} → "
-            f"{brief(acc[t].get(f'{spec}+robust'), best[t], 3)}"
+            " → ".join(brief(acc[t].get(spec), best[t], seeds) for spec in (before, after))
             for t in names
         ]
-        lines.append(f"| {name} | {default} → {preset} | " + " | ".join(cells) + " |")
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    for name, spec, default, preset in PRESETS:
+        lines.append(line(f"{name} | {default} → {preset}", spec, f"{spec}+robust", 3))
+    lines.append(line("SaLSA | lsframe's → the authors' package", "salsa", "salsa-reference", 5))
     cells = [
-        f"{brief(acc[t].get('salsa'), best[t], 5)} → "
-        f"{brief(acc[t].get('salsa-reference'), best[t], 5)}"
-        for t in names
-    ]
-    lines.append("| SaLSA | lsframe's → the authors' package | " + " | ".join(cells) + " |")
-    cells = [
-        f"{statistics.mean(best[t].values()):.3f} ({best_of_grid(t, tables[t]).split('@')[1]}); "
+        f"{statistics.mean(best[t].values()):.3f} ({grid_best[t].split('@')[1]}); "
         f"{tables[t][0]['majority']:.3f}"
         for t in names
     ]

@@ -49,6 +49,7 @@ from benchmarks.common import (
     glue_examples,
     load_runs,
     loader,
+    mean_std,
     to_device,
     tokenizer,
 )
@@ -216,13 +217,11 @@ def seed_summary(spec: str, runs: Sequence[dict], targets: Sequence[float], cost
                 "adamw_steps_to_target": adamw_steps_to_target(step, spec, costs),
             }
         )
-    row = {key: runs[0][key] for key in ("model", "task", "steps", "eval_every") if key in runs[0]}
-    row |= {
+    row = {
         "optimizer": spec,
         "seeds": [p["seed"] for p in per_seed],
         "reached": sum(p["step_at_target"] is not None for p in per_seed),
         "final_metric": statistics.fmean(r["final_metric"] for r in runs),
-        "final_std": statistics.pstdev(r["final_metric"] for r in runs) if len(runs) > 1 else 0.0,
         "best_metric": statistics.fmean(max(p["metric"] for p in r["history"]) for r in runs),
         "train_seconds": statistics.fmean(r["train_seconds"] for r in runs),
         "forwards_per_step": statistics.fmean(r["forwards_per_step"] for r in runs),
@@ -290,7 +289,8 @@ def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]
         in_steps = ["–"] * 3
         if cost is not None:
             in_steps = [f"{cost:.0f}", f"{cost / best_step:.2f}", f"{cost / grid_steps:.2f}"]
-        final = f"{r['final_metric']:.4f}" + (f" ± {r['final_std']:.4f}" if several else "")
+        finals = [p["final_metric"] for p in r["per_seed"]]
+        final = mean_std(finals) if several else f"{r['final_metric']:.4f}"
         cells.append([r["optimizer"], final, f"{r['best_metric']:.4f}", *in_steps])
         cells[-1] += [f"{r['train_seconds']:.1f}", reached, share] if one_machine else ["–"] * 3
         cells[-1].append(f"{r['forwards_per_step']:.2f}")
