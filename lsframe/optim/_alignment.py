@@ -108,6 +108,26 @@ def noise_level(beta: float, n: int) -> float:
     return math.sqrt((1 - beta) * (1 + beta**n) / ((1 + beta) * (1 - beta**n)))
 
 
+#: how the two horizons' scores make the exponent of the step size's change
+HORIZON_RULES = ("min", "agree", "agree_else_min", "significant")
+#: ``"significant"``: how many standard errors of pure noise the slow average must clear
+SIGNIFICANCE = 2.0
+
+
+def horizon_exponent(fast: float, slow: float, combine: str, beta_slow: float, n: int) -> float:
+    """The exponent ``e`` of ``η ← η · max_change^e`` from the fast and slow scores after ``n``
+    alignments: ``"min"``, ``min(fast, slow)``; ``"agree"`` and ``"agree_else_min"``, ``slow``
+    when both have its sign, else 0 or the minimum; ``"significant"``, the minimum once
+    ``|slow|`` is at least :data:`SIGNIFICANCE` standard errors of pure noise
+    (:func:`noise_level` of ``beta_slow``), else 0."""
+    if combine == "significant":
+        significant = abs(slow) >= SIGNIFICANCE * noise_level(beta_slow, n)
+        return min(fast, slow) if significant else 0.0
+    if combine != "min" and fast * slow > 0:
+        return slow
+    return 0.0 if combine == "agree" else min(fast, slow)
+
+
 def direction_scale(active: ActiveGroup, moment_step: int) -> float:
     """``s`` with ``d = s · m / (√v + ε·√(1 − β2^t))`` the group's last direction (see
     :func:`step_alignment`)."""

@@ -10,9 +10,10 @@ from typing import Any
 from torch import Tensor
 
 from lsframe.optim._alignment import (
+    HORIZON_RULES,
     MEASURES,
     direction_scale,
-    noise_level,
+    horizon_exponent,
     one_pass_direction_sums,
     step_alignment,
 )
@@ -45,10 +46,6 @@ RULE_KEYS = (
     "hold_while_warming",
     "fused",
 )
-#: how the two horizons' scores make the exponent (:meth:`SlopeTrackingAdam._change`)
-HORIZON_RULES = ("min", "agree", "agree_else_min", "significant")
-#: ``"significant"``: how many standard errors of pure noise the slow average must clear
-SIGNIFICANCE = 2.0
 
 
 class SlopeTrackingAdam(LineSearchOptimizer):
@@ -72,8 +69,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
        square);
     3. ``η ← η · max_change^e``. With ``combine_horizons="significant"`` (the default),
        ``e = min(z_fast, z_slow)`` once ``|z_slow|`` is at least ``SIGNIFICANCE`` (2) standard
-       errors of pure noise (:func:`noise_level`), else 0: a two-sided test at about 5 % that
-       the slope along the steps is not 0. Under noise η moves on about one step in twenty
+       errors of pure noise (:func:`~lsframe.optim._alignment.noise_level`), else 0: a
+       two-sided test at about 5 % that the slope along the steps is not 0. Under noise η moves on about one step in twenty
        instead of drifting; once there is a signal, η grows only while both horizons say the
        steps are too short and falls as soon as either says they overshoot. ``"min"`` (the
        defaults until 2026-12, preset ``earlier_defaults``) takes the minimum on every step:
@@ -370,11 +367,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         return max(proposed, rule["min_step_size"])
 
     def _change(self, alignment: float, rule: dict[str, Any]) -> float:
-        """``max_change^(e / √(1 + k))`` from this step's alignment, ``e`` the horizons' exponent
-        (``min(z_fast, z_slow)``; with ``"agree"`` and ``"agree_else_min"``, ``z_slow`` if both
-        have its sign, else 0 or the minimum; with ``"significant"``, the minimum if ``z_slow``
-        clears two standard errors of noise, else 0).
-        Updates the averages and ``k``, the sign changes of the slow average (``k`` stays 0
+        """``max_change^(e / √(1 + k))`` from this step's alignment, ``e`` the horizons'
+        exponent (:func:`~lsframe.optim._alignment.horizon_exponent`). Updates the averages and ``k``, the sign changes of the slow average (``k`` stays 0
         without ``gain_decay``)."""
         state = self.search_state
         fast, slow, b2 = rule["alignment_betas"]
@@ -393,14 +387,5 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         if rule["gain_decay"] and sign and state["last_sign"] and sign != state["last_sign"]:
             state["sign_changes"] += 1
         state["last_sign"] = sign or state["last_sign"]
-        combine = rule["combine_horizons"]
-        if combine == "significant":
-            noise = noise_level(slow, n)
-            exponent = min(scores) if abs(scores[1]) >= SIGNIFICANCE * noise else 0.0
-        elif combine != "min" and scores[0] * scores[1] > 0:
-            exponent = scores[1]
-        elif combine == "agree":
-            exponent = 0.0
-        else:
-            exponent = min(scores)
+        exponent = horizon_exponent(*scores, rule["combine_horizons"], slow, n)
         return rule["max_change"] ** (exponent / math.sqrt(1 + state["sign_changes"]))
