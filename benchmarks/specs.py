@@ -50,10 +50,10 @@ def build(spec: str, model: nn.Module, total_steps: int) -> Run:
     ``salsa-reference``, ``prodigy``, ``dadaptadam``, ``schedulefree@<lr>``, or any other name
     in lsframe's registry (``lsframe.optim.names()``: its defaults, or :data:`PINNED`'s rules
     where the name has some; ``name+robust`` its robust preset; ``name+agree+fresh_peak`` two
-    presets at once, refused where they set a key differently; ``name@<lr>`` sets ``lr``; ``name~anneal`` decays its step sizes' multiplier by a
-    cosine from 1 to 0 over the run, as a module's ``lr_scheduler`` does; ``name~warmup_anneal``
-    first raises it linearly over 10 % of the run, the AdamW grid's schedule), given the
-    parameter groups its record asks for."""
+    presets at once, refused where they set a key differently; ``name@<lr>`` sets ``lr``;
+    ``name~anneal`` decays its step sizes' multiplier by a cosine from 1 to 0 over the run, as a
+    module's ``lr_scheduler`` does; ``name~warmup_anneal`` first raises it linearly over 10 % of
+    the run, the AdamW grid's schedule), given the parameter groups its record asks for."""
     body, _, schedule = spec.partition("~")
     if schedule not in SCHEDULES:
         raise ValueError(
