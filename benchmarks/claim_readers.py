@@ -116,14 +116,18 @@ def default_time_to_target(bar: float = 1.1) -> Callable[[Rows], tuple[str, str]
     ``bar`` × the AdamW steps the best grid run needed, and in fewer than the whole grid trains.
     Costs are in AdamW steps (the time-to-target table's interleaved step-cost ratios), for each
     mode of the default that ran (eager, ``+sampled``, ``+fused``); the other
-    learning-rate-free rows are shown beside it, and those that meet the bar are named."""
+    learning-rate-free rows are shown beside it, and those that meet the bar are named. A table
+    over paired seeds (rows with ``per_seed``) is read by its upper medians, a seed that missed
+    counting as infinitely late, and says how many seeds reached the target."""
 
     def cost(row: dict) -> str:
+        seeds = row.get("per_seed")
+        reached = f" ({row['reached']} of {len(seeds)} seeds reached it)" if seeds else ""
         if row["step_at_target"] is None:
-            return f"{row['optimizer']} not reached (final {row['final_metric']:.4f})"
+            return f"{row['optimizer']} not reached (final {row['final_metric']:.4f}){reached}"
         if row["adamw_steps_to_target"] is None:
             return f"{row['optimizer']} step {row['step_at_target']} (step cost not measured)"
-        return f"{row['optimizer']} {row['adamw_steps_to_target']:.0f}"
+        return f"{row['optimizer']} {row['adamw_steps_to_target']:.0f}{reached}"
 
     def read(rows: Rows) -> tuple[str, str]:
         # the table marks its grid rows; tables written before the mark: the adamw@ rows
@@ -143,9 +147,16 @@ def default_time_to_target(bar: float = 1.1) -> Callable[[Rows], tuple[str, str]
             and r["adamw_steps_to_target"] <= bar * best_cost
             and r["adamw_steps_to_target"] < grid_cost
         ]
+        seeds = best.get("per_seed")
+        target = (
+            f"upper medians over {len(seeds)} paired seeds of the AdamW steps to each seed's "
+            f"target (the best AdamW point's final on it; mean {best['final_metric']:.4f})"
+            if seeds
+            else f"AdamW steps to {best['final_metric']:.4f}"
+        )
         measured = (
-            f"AdamW steps to {best['final_metric']:.4f}: best AdamW ({best['optimizer']}) "
-            f"{best_cost:.0f}, the grid {grid_cost}; " + "; ".join(cost(r) for r in lr_free)
+            f"{target}: best AdamW ({best['optimizer']}) {best_cost:.0f}, the grid "
+            f"{grid_cost}; " + "; ".join(cost(r) for r in lr_free)
         )
         held = [r["optimizer"] for r in modes if r["optimizer"] in meets]
         verdict = modes_verdict(held, len(modes))

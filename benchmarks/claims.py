@@ -118,10 +118,11 @@ CLAIMS = [
             "lsframe",
             f"The learning-rate-free default reaches the best AdamW run's final accuracy within "
             f"1.1× its AdamW steps and sooner than the whole grid ({task.upper()}, {steps:,} "
-            f"steps)",
-            f"time_to_target_{task}_minilm_{steps}steps",
+            f"steps{', 3 paired seeds' if seeds else ''})",
+            f"time_to_target_{task}_minilm_{steps}steps{seeds}",
             default_time_to_target(1.1),
         )
+        for seeds in ("", "_3seeds")
         for task in ("sst2", "mrpc")
         for steps in (300, 1000)
     ),

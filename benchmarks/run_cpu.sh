@@ -134,6 +134,13 @@ for task in sst2 rte; do
       --no-schedulefree --optimizers "adamw@1e-4^heldout"
   done
 done
+# issue 18: the defaults started in the grid's middle (5e-5) instead of its top, so that the
+# significance test can move η up as well as down (seed 0 first)
+for cell in "S sst2" "S rte" "M sst2" "M rte" "S mrpc" "M mrpc"; do
+  set -- $cell
+  OMP_NUM_THREADS=1 python -m benchmarks.quality --setting $1 --task $2 --seeds 0 \
+    --no-schedulefree --optimizers "slope_tracking_adam+significant+fresh_peak+slope@5e-5~anneal"
+done
 # issue 18: a Polyak-type step size along Adam's direction per task (probed, not used)
 OMP_NUM_THREADS=1 python -m benchmarks.polyak_probe --tasks sst2 mrpc rte --seeds 0 1 --steps 60
 # issue 18: which part of the model carries the slope that drives the tracker's growth

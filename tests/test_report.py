@@ -48,7 +48,10 @@ def test_the_quick_report_runs_every_benchmark_and_writes_the_report(minilm, sha
     unmeasured |= {"p2_large_batch", "p2_large_batch_bf16"}
     unmeasured |= {f"quality_{s}_{t}" for s in "sm" for t in ("sst2", "mrpc", "rte")}
     unmeasured |= {
-        f"time_to_target_{t}_minilm_{n}steps" for t in ("sst2", "mrpc") for n in (300, 1000)
+        f"time_to_target_{t}_minilm_{n}steps{seeds}"
+        for t in ("sst2", "mrpc")
+        for n in (300, 1000)
+        for seeds in ("", "_3seeds")
     }
     if not FASHION.is_dir():
         unmeasured.add("valley_large_batch")  # skipped without Debian's dataset-fashion-mnist
@@ -132,6 +135,38 @@ def test_the_time_to_target_claim_holds_only_within_its_bar_of_the_best_adamw_ru
     rows.append(row("adamw@0.0003", 0.86, 100, 100.0) | {"grid": False})
     measured, _ = default_time_to_target(1.1)(rows)
     assert "best AdamW (adamw@0.0001) 275, the grid 600" in measured
+
+
+def test_the_time_to_target_claim_reads_paired_seeds_by_their_upper_medians():
+    from benchmarks.claim_readers import default_time_to_target
+    from benchmarks.specs import DEFAULT
+
+    def row(name, final, step, cost, reached):
+        per_seed = [{"seed": seed} for seed in range(3)]
+        return {
+            "optimizer": name,
+            "final_metric": final,
+            "steps": 300,
+            "step_at_target": step,
+            "adamw_steps_to_target": cost,
+            "per_seed": per_seed,
+            "reached": reached,
+        }
+
+    rows = [
+        row("adamw@5e-05", 0.7484, 250, 250.0, 3) | {"grid": True},
+        row("adamw@0.0001", 0.7410, 250, 250.0, 2) | {"grid": True},
+        row(DEFAULT, 0.7565, 200, 185.0, 2) | {"grid": False},
+    ]
+    measured, verdict = default_time_to_target(1.1)(rows)
+    assert verdict == "holds"
+    assert measured.startswith("upper medians over 3 paired seeds")
+    assert "mean 0.7484): best AdamW (adamw@5e-05) 250, the grid 600" in measured
+    assert f"{DEFAULT} 185 (2 of 3 seeds reached it)" in measured
+    rows[2] |= {"step_at_target": None, "adamw_steps_to_target": None, "reached": 1}
+    measured, verdict = default_time_to_target(1.1)(rows)
+    assert verdict == "missed"
+    assert f"{DEFAULT} not reached (final 0.7565) (1 of 3 seeds reached it)" in measured
 
 
 def test_the_p1_claim_on_images_pairs_seeds_and_shows_test_loss_and_accuracy():
