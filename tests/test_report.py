@@ -100,19 +100,23 @@ def test_the_default_step_cost_claim_names_the_modes_that_hold_and_a_short_run_c
         default_step_cost(1.05)([row("adamw-const@5e-5", 1.0, 1.0)])
 
 
+def time_to_target_row(name, final, step=None, cost=None, **extra):
+    """A time-to-target table row over 300 steps (``extra``: the keys of paired-seed rows)."""
+    return {
+        "optimizer": name,
+        "final_metric": final,
+        "steps": 300,
+        "step_at_target": step,
+        "adamw_steps_to_target": cost,
+        **extra,
+    }
+
+
 def test_the_time_to_target_claim_holds_only_within_its_bar_of_the_best_adamw_run():
     from benchmarks.claim_readers import default_time_to_target
     from benchmarks.specs import DEFAULT, default_mode
 
-    def row(name, final, step=None, cost=None):
-        return {
-            "optimizer": name,
-            "final_metric": final,
-            "steps": 300,
-            "step_at_target": step,
-            "adamw_steps_to_target": cost,
-        }
-
+    row = time_to_target_row
     grid = [row("adamw@5e-05", 0.83), row("adamw@0.0001", 0.84, 275, 275.0)]
     rows = [
         *grid,
@@ -143,15 +147,7 @@ def test_the_time_to_target_claim_reads_paired_seeds_by_their_upper_medians():
 
     def row(name, final, step, cost, reached):
         per_seed = [{"seed": seed} for seed in range(3)]
-        return {
-            "optimizer": name,
-            "final_metric": final,
-            "steps": 300,
-            "step_at_target": step,
-            "adamw_steps_to_target": cost,
-            "per_seed": per_seed,
-            "reached": reached,
-        }
+        return time_to_target_row(name, final, step, cost, per_seed=per_seed, reached=reached)
 
     rows = [
         row("adamw@5e-05", 0.7484, 250, 250.0, 3) | {"grid": True},
