@@ -122,12 +122,15 @@ def default_time_to_target(bar: float = 1.1) -> Callable[[Rows], tuple[str, str]
 
     def cost(row: dict) -> str:
         seeds = row.get("per_seed")
-        reached = f" ({row['reached']} of {len(seeds)} seeds reached it)" if seeds else ""
+        reached = f"{row['reached']} of {len(seeds)} seeds reached it" if seeds else ""
         if row["step_at_target"] is None:
-            return f"{row['optimizer']} not reached (final {row['final_metric']:.4f}){reached}"
+            final = f"final {row['final_metric']:.4f}"
+            return f"{row['optimizer']} not reached ({'; '.join(filter(None, [final, reached]))})"
         if row["adamw_steps_to_target"] is None:
             return f"{row['optimizer']} step {row['step_at_target']} (step cost not measured)"
-        return f"{row['optimizer']} {row['adamw_steps_to_target']:.0f}{reached}"
+        return f"{row['optimizer']} {row['adamw_steps_to_target']:.0f}" + (
+            f" ({reached})" if reached else ""
+        )
 
     def read(rows: Rows) -> tuple[str, str]:
         # the table marks its grid rows; tables written before the mark: the adamw@ rows

@@ -162,7 +162,7 @@ def test_the_time_to_target_claim_reads_paired_seeds_by_their_upper_medians():
     rows[2] |= {"step_at_target": None, "adamw_steps_to_target": None, "reached": 1}
     measured, verdict = default_time_to_target(1.1)(rows)
     assert verdict == "missed"
-    assert f"{DEFAULT} not reached (final 0.7565) (1 of 3 seeds reached it)" in measured
+    assert f"{DEFAULT} not reached (final 0.7565; 1 of 3 seeds reached it)" in measured
 
 
 def test_the_p1_claim_on_images_pairs_seeds_and_shows_test_loss_and_accuracy():

@@ -70,9 +70,10 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     3. ``η ← η · max_change^e``. With ``combine_horizons="significant"`` (the default),
        ``e = min(z_fast, z_slow)`` once ``|z_slow|`` is at least ``SIGNIFICANCE`` (2) standard
        errors of pure noise (:func:`~lsframe.optim._alignment.noise_level`), else 0: a
-       two-sided test at about 5 % that the slope along the steps is not 0. Under noise η moves on about one step in twenty
-       instead of drifting; once there is a signal, η grows only while both horizons say the
-       steps are too short and falls as soon as either says they overshoot. ``"min"`` (the
+       two-sided test at about 5 % that the slope along the steps is not 0. Under noise η
+       moves on about one step in twenty instead of drifting; once there is a signal, η grows
+       only while both horizons say the steps are too short and falls as soon as either says
+       they overshoot. ``"min"`` (the
        defaults until 2026-12, preset ``earlier_defaults``) takes the minimum on every step:
        under noise it is negative on average, so η decays on its own, and over long runs it
        decays to nothing (below). ``"agree"`` moves η by ``z_slow`` only while both scores have
@@ -368,8 +369,9 @@ class SlopeTrackingAdam(LineSearchOptimizer):
 
     def _change(self, alignment: float, rule: dict[str, Any]) -> float:
         """``max_change^(e / √(1 + k))`` from this step's alignment, ``e`` the horizons'
-        exponent (:func:`~lsframe.optim._alignment.horizon_exponent`). Updates the averages and ``k``, the sign changes of the slow average (``k`` stays 0
-        without ``gain_decay``)."""
+        exponent (:func:`~lsframe.optim._alignment.horizon_exponent`). Updates the averages
+        and ``k``, the sign changes of the slow average (``k`` stays 0 without
+        ``gain_decay``)."""
         state = self.search_state
         fast, slow, b2 = rule["alignment_betas"]
         n = state["alignments"] = state["alignments"] + 1
