@@ -85,14 +85,11 @@ def test_a_num_labels_that_contradicts_the_linked_task_is_one_line(shared_data, 
 def test_trainer_clipping_and_accumulation_name_the_module_option(
     option, value, given, shared_data, tmp_path, capsys
 ):
-    argv = ["fit", "--config", str(GLUE_MINILM)]
-    argv += ["--data.init_args.data_dir", str(shared_data / "glue")]
-    argv += ["--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
     if given == "flag":
-        argv += [f"--trainer.{option}", value]
+        argv = glue_fit(shared_data, tmp_path, f"--trainer.{option}", value)
     else:
         (tmp_path / "trainer.yaml").write_text(f"trainer:\n  {option}: {value}\n")
-        argv += ["--config", str(tmp_path / "trainer.yaml")]
+        argv = glue_fit(shared_data, tmp_path, "--config", str(tmp_path / "trainer.yaml"))
     status, line = one_error_line(argv, capsys)
     assert status == 2
     assert line.startswith(f"lsframe fit: error: trainer.{option} does not apply")
@@ -102,9 +99,8 @@ def test_trainer_clipping_and_accumulation_name_the_module_option(
 
 def test_trainer_clipping_is_refused_by_python_m_lsframe(shared_data, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "lsframe", "fit", "--config", str(GLUE_MINILM)]
-        + ["--data.init_args.data_dir", str(shared_data / "glue"), "--trainer.gradient_clip_val"]
-        + ["1.0", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")],
+        [sys.executable, "-m", "lsframe"]
+        + glue_fit(shared_data, tmp_path, "--trainer.gradient_clip_val", "1.0"),
         capture_output=True,
         text=True,
         timeout=600,
