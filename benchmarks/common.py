@@ -302,11 +302,18 @@ def append_run(log: Path, row: dict, device: str | None = None) -> None:
     """Log ``row`` (one JSON line) with the machine that ran it (``device``: ``"cpu"`` or
     ``"cuda"``; default: the GPU if there is one)."""
     import json
+    import os
 
     row.setdefault("machine", machine(device))
-    print(json.dumps(row), flush=True)
-    with log.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+    line = json.dumps(row)
+    print(line, flush=True)
+    # one write on an O_APPEND descriptor: processes that log to the same file at once (the GPU
+    # script runs several) append whole lines, never interleaved pieces of rows
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 QUIET_TRAINER = dict(
