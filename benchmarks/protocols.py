@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from benchmarks.common import ROOT
+from benchmarks.common import ROOT, machine
 from lsframe.checkpoint_io import save_atomically
 from lsframe.modules.random_state import random_states, set_random_states
 from lsframe.optim import make_closure
@@ -99,6 +99,20 @@ class Trace:
     seconds: list[float] = field(default_factory=list)
     cpu_seconds: list[float] = field(default_factory=list)
     forwards: int = 0
+    # one entry per sitting of the run ({"machine", "first_step"}): a run resumed from its
+    # checkpoint on another machine says which machine took which steps
+    sittings: list[dict[str, Any]] = field(default_factory=list)
+
+    def machines(self) -> str | None:
+        """``"<machine> (steps a–b), then <machine> (steps c–d)"`` when the run's sittings ran on
+        more than one machine; None when one machine took every step."""
+        if len({s["machine"] for s in self.sittings}) < 2:
+            return None
+        ends = [s["first_step"] - 1 for s in self.sittings[1:]] + [len(self.losses)]
+        return ", then ".join(
+            f"{s['machine']} (steps {s['first_step']}–{end})"
+            for s, end in zip(self.sittings, ends, strict=True)
+        )
 
     def final_loss(self, last: int = LAST) -> float:
         """Mean training loss over the last ``last`` steps."""
@@ -111,7 +125,7 @@ class Trace:
 
     def summary(self) -> dict[str, Any]:
         finite = all(math.isfinite(x) for x in self.losses)
-        return {
+        row = {
             "steps_run": len(self.losses),
             "final_train_loss": self.final_loss() if finite else float("nan"),
             "diverged": not finite,
@@ -121,6 +135,10 @@ class Trace:
             "cpu_seconds_per_step": self.per_step(self.cpu_seconds),
             "forwards_per_step": self.forwards / max(len(self.losses), 1),
         }
+        machines = self.machines()
+        if machines:  # the log's machine field, in place of the last sitting's alone
+            row["machine"] = machines
+        return row
 
 
 def train(
@@ -152,6 +170,7 @@ def train(
         start = load_checkpoint(checkpoint, model, optimizer, scheduler, trace)
         for _ in range(start):
             next(batches)
+    trace.sittings.append({"machine": machine(_device(model).type), "first_step": start + 1})
     model.train()
     try:
         for step in range(start, steps):

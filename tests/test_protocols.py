@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks.common import machine
 from benchmarks.protocols import checkpoint_path, epoch_batches, train
 from lsframe import optim
 from lsframe.optim import WarmupCosineLR
@@ -56,6 +57,31 @@ def test_a_run_stopped_after_a_checkpoint_ends_where_an_uninterrupted_run_ends(n
     for a, b in zip(model.parameters(), model3.parameters()):
         assert torch.equal(a, b)
     assert list(ckpt.parent.iterdir()) == [ckpt]  # no temporary file left beside it
+
+
+def test_a_run_resumed_on_another_machine_logs_which_machine_took_which_steps(tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    data = torch.randn(100, 6, generator=gen), torch.randint(0, 3, (100,), generator=gen)
+    ckpt = checkpoint_path(tmp_path / "table", "adamw_seed0")
+    criterion = nn.CrossEntropyLoss()
+    model, opt, sched = fresh_run("adamw")
+    with pytest.raises(KeyboardInterrupt):
+        train(model, opt, sched, batches(data, crash_at=7), STEPS, criterion=criterion,
+              checkpoint=ckpt, checkpoint_every=3)  # fmt: skip
+    state = torch.load(ckpt, weights_only=False)
+    assert state["trace"]["sittings"] == [{"machine": machine("cpu"), "first_step": 1}]
+
+    model, opt, sched = fresh_run("adamw")  # same machine: the log's own machine field stays
+    same = train(model, opt, sched, batches(data), STEPS, criterion=criterion, checkpoint=ckpt)
+    assert "machine" not in same.summary()
+
+    state["trace"]["sittings"][0]["machine"] = "NVIDIA H200"  # as if the GPU had written it
+    torch.save(state, ckpt)
+    model, opt, sched = fresh_run("adamw")
+    moved = train(model, opt, sched, batches(data), STEPS, criterion=criterion, checkpoint=ckpt)
+    row = moved.summary()
+    assert row["machine"] == f"NVIDIA H200 (steps 1–6), then {machine('cpu')} (steps 7–12)"
+    assert row["steps_run"] == STEPS
 
 
 def test_running_one_seed_at_a_time_keeps_every_logged_run_in_the_p1_table(
