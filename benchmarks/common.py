@@ -293,7 +293,20 @@ def logged_machines(rows: Sequence[dict], device: str | None = None) -> str:
     are no rows: a table regenerated on another machine names its runs' machines, not its own."""
     if not rows:
         return machine(device)
-    counts = Counter(r.get("machine", "not logged") for r in rows)
+    return _counted(r.get("machine", "not logged") for r in rows)
+
+
+def logged_torch(rows: Sequence[dict]) -> str:
+    """The torch versions that ran ``rows`` with their run counts (``torch``, logged by
+    :func:`append_run` since 2026-12-04; ``not logged`` before), or this machine's when there
+    are no rows, as :func:`logged_machines` does for the machines."""
+    if not rows:
+        return torch.__version__
+    return _counted(r.get("torch", "not logged") for r in rows)
+
+
+def _counted(names: Iterator[str]) -> str:
+    counts = Counter(names)
     plural = {1: "run"}
     return "; ".join(f"{name} ({n} {plural.get(n, 'runs')})" for name, n in sorted(counts.items()))
 
@@ -305,6 +318,7 @@ def append_run(log: Path, row: dict, device: str | None = None) -> None:
     import os
 
     row.setdefault("machine", machine(device))
+    row.setdefault("torch", torch.__version__)
     line = json.dumps(row)
     print(line, flush=True)
     # one write on an O_APPEND descriptor: processes that log to the same file at once (the GPU

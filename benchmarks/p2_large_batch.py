@@ -83,6 +83,7 @@ from benchmarks.common import (
     default_device,
     load_runs,
     logged_machines,
+    logged_torch,
     mean_std,
     warn_if_bf16_emulated,
     write_results,
@@ -268,7 +269,7 @@ def main() -> None:
         + (f" (smoke: first {args.max_steps} steps only)" if args.max_steps else "")
         + ("; forward under bf16 autocast" if args.bf16 else "; fp32")
         + f"; lr {LR:g}, weight decay {WEIGHT_DECAY:g}, 10 % warmup + cosine; seeds {seeds}; "
-        f"device {logged_machines(rows, args.device)}; torch {torch.__version__}. Mean ± std "
+        f"device {logged_machines(rows, args.device)}; torch {logged_torch(rows)}. Mean ± std "
         "over seeds; 'vs AdamW' is the mean ± std over seeds of (test acc − AdamW's test acc, same seed)."
     )
     write_results(out, meta, table(rows, list(OPTIMIZERS), args.batch_sizes), rows)

@@ -45,6 +45,7 @@ from benchmarks.common import (
     load_runs,
     loader,
     logged_machines,
+    logged_torch,
     mean_std,
     step_size,
     to_device,
@@ -261,7 +262,7 @@ def main() -> None:
         f"{metric} {majority:.4f}; seeds {sorted({r['seed'] for r in rows})}; MiniLM-L6; "
         f"{runs_machine(rows, args.table_only, time.time() - started, args.device)}; "
         f"{'bf16 autocast' if args.bf16 else 'fp32'}; torch "
-        f"{torch.__version__}. Mean ± std over seeds; paired "
+        f"{logged_torch(rows)}. Mean ± std over seeds; paired "
         f"Δ: per-seed difference to the best AdamW grid point; learns: seeds at least "
         f"{LEARNS_BY} above the majority class."
     )

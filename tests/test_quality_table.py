@@ -253,11 +253,13 @@ def test_quality_runs_in_bf16_are_logged_apart_and_their_table_says_so(
     assert [r["bf16"] for r in result["rows"]] == [True] and "bf16 autocast" in result["meta"]
 
 
-def test_a_table_regenerated_elsewhere_names_the_machines_that_ran_its_runs(
+def test_a_table_regenerated_elsewhere_names_the_machines_and_torch_versions_that_ran_its_runs(
     minilm, shared_data, tmp_path, monkeypatch
 ):
     import json
     import sys
+
+    import torch
 
     from benchmarks import quality
     from benchmarks.common import machine
@@ -268,17 +270,17 @@ def test_a_table_regenerated_elsewhere_names_the_machines_that_ran_its_runs(
     quality.main()
     log = out.with_suffix(".runs.jsonl")
     (row,) = [json.loads(line) for line in log.read_text().splitlines()]
-    assert row["machine"] == machine("cpu")
-    assert (
-        f"device {machine('cpu')} (1 run)"
-        in json.loads(out.with_suffix(".json").read_text())["meta"]
-    )
+    assert row["machine"] == machine("cpu") and row["torch"] == torch.__version__
+    meta = json.loads(out.with_suffix(".json").read_text())["meta"]
+    assert f"device {machine('cpu')} (1 run)" in meta
+    assert f"torch {torch.__version__} (1 run)." in meta
     # the same run as if another machine had logged it, and one from before machines were logged
-    older = {k: v for k, v in row.items() if k != "machine"} | {"seed": 1}
-    rows = [row | {"machine": "cpu: elsewhere"}, older]
+    older = {k: v for k, v in row.items() if k not in ("machine", "torch")} | {"seed": 1}
+    rows = [row | {"machine": "cpu: elsewhere", "torch": "2.11.0+cu130"}, older]
     log.write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setattr(sys, "argv", [*argv, "--seeds", "0", "1", "--table-only"])
     quality.main()
     meta = json.loads(out.with_suffix(".json").read_text())["meta"]
     assert "device cpu: elsewhere (1 run); not logged (1 run)," in meta
-    assert machine("cpu") not in meta
+    assert "torch 2.11.0+cu130 (1 run); not logged (1 run)." in meta
+    assert machine("cpu") not in meta and torch.__version__ not in meta
