@@ -12,12 +12,12 @@ warm-up steps and counts the aten operators the step dispatches outside its clos
 top-level aten operator of the step (one not called from inside another aten operator) minus
 those of one call of the closure alone, by name. ``--cuda-path`` makes SlopeTrackingAdam and SaLSA
 take the branch a CUDA tensor takes (their CPU-only cache-blocked kernels and torch's fused CPU
-Adam step off), which is the path a GPU runs. Counts are exact and deterministic: no timing is
+Adam step off, CUDA's piece size for the transients), which is the path a GPU runs. Counts are exact and deterministic: no timing is
 involved, so a contended machine gives the same table.
 
 Usage::
 
-    python -m benchmarks.host_ops --cuda-path                   # small BERT and MiniLM-L6
+    python -m benchmarks.host_ops --cuda-path --loop-sums       # small BERT and MiniLM-L6
     python -m benchmarks.host_ops --models small-bert --optimizers adamw-const@5e-5 salsa
 """
 
@@ -34,7 +34,8 @@ from torch.profiler import ProfilerActivity, profile
 from benchmarks.common import ROOT, write_results
 from benchmarks.specs import DEFAULT, build
 from benchmarks.step_cost import make_model
-from lsframe.optim import make_closure
+from lsframe.optim import make_closure, salsa, slope_tracking_adam
+from lsframe.optim._functional import QUOTIENT_BYTES
 
 OPTIMIZERS = ["adamw-const@5e-5", "adamw-fused-const@5e-5", DEFAULT, "salsa"]
 WARM_STEPS = 3
@@ -99,15 +100,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["small-bert", "minilm"])
     parser.add_argument("--optimizers", nargs="+", default=OPTIMIZERS)
-    parser.add_argument("--cuda-path", action="store_true", help="SlopeTrackingAdam's GPU branch")
+    parser.add_argument("--cuda-path", action="store_true", help="the line searches' GPU branch")
+    parser.add_argument(
+        "--loop-sums",
+        action="store_true",
+        help="also the default with its sums looped over the tensors (strided rows, sharded "
+        "tensors, and the CUDA branch before 2026-12-04)",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "host_ops_cpu"))
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.cuda_path:
-        from lsframe.optim import salsa, slope_tracking_adam
-
         for module in (salsa, slope_tracking_adam):  # as for CUDA tensors
             module.blocked_on = lambda grads: False
+        QUOTIENT_BYTES["cpu"] = QUOTIENT_BYTES["cuda"]  # and CUDA's pieces
     rows = []
     for model_name in args.models:
         vocab = 30522 if model_name == "minilm" else 1000
@@ -117,6 +123,12 @@ def main() -> None:
             "labels": torch.randint(0, 2, (16,)),
         }
         rows += [step_ops(spec, model_name, batch, vocab) for spec in args.optimizers]
+        if args.loop_sums and DEFAULT in args.optimizers:
+            batched_on = slope_tracking_adam.batched_on
+            slope_tracking_adam.batched_on = lambda grads: False
+            row = step_ops(DEFAULT, model_name, batch, vocab)
+            slope_tracking_adam.batched_on = batched_on
+            rows.append(row | {"optimizer": f"{DEFAULT}, sums looped over the tensors"})
     lines = [
         "| model | optimizer | parameter tensors | aten ops dispatched | of them kernels "
         "| kernels per tensor | most frequent |",

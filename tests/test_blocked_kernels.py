@@ -6,11 +6,12 @@ float rounding."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 
-from lsframe.optim import SlopeTrackingAdam, _blocked, adam_moments
+from lsframe.optim import SlopeTrackingAdam, _blocked, adam_moments, slope_tracking_adam
 
 
 def problem(dtype: torch.dtype):
@@ -24,14 +25,25 @@ def problem(dtype: torch.dtype):
     return model.to(dtype), strided.data.to(dtype), x.to(dtype), y.to(dtype)
 
 
-def eager_kernels(monkeypatch, blocked: bool, torch_fused: bool = False) -> None:
+def eager_kernels(
+    monkeypatch, blocked: bool, torch_fused: bool = False, batched: bool = True
+) -> None:
     monkeypatch.setattr(_blocked, "BLOCK_BYTES", {"cpu": 64} if blocked else {})
     fused_on = frozenset({"cpu"}) if torch_fused else frozenset()
     monkeypatch.setattr(adam_moments, "TORCH_FUSED_ADAM_ON", fused_on)
+    if not batched:  # the loop over the tensors, as for strided rows or sharded tensors
+        monkeypatch.setattr(slope_tracking_adam, "batched_on", lambda grads: False)
 
 
-def run(monkeypatch, blocked: bool, measure: str, dtype: torch.dtype, torch_fused: bool = False):
-    eager_kernels(monkeypatch, blocked, torch_fused)
+def run(
+    monkeypatch,
+    blocked: bool,
+    measure: str,
+    dtype: torch.dtype,
+    torch_fused: bool = False,
+    batched: bool = True,
+):
+    eager_kernels(monkeypatch, blocked, torch_fused, batched)
     model, strided, x, y = problem(dtype)
     strided = torch.nn.Parameter(strided)
     groups = [
@@ -64,7 +76,9 @@ def run(monkeypatch, blocked: bool, measure: str, dtype: torch.dtype, torch_fuse
 def test_blocked_kernels_take_the_foreach_steps_bit_for_bit(monkeypatch, measure, dtype):
     foreach, foreach_opt = run(monkeypatch, False, measure, dtype)
     blocked, blocked_opt = run(monkeypatch, True, measure, dtype)
-    assert foreach_opt._kernels is None and blocked_opt._kernels == "blocked"
+    # off CPU's blocked kernels, float32 sums are batched across the tensors; bf16 ones looped
+    assert foreach_opt._kernels == ("batched" if dtype == torch.float32 else None)
+    assert blocked_opt._kernels == "blocked"
     for i, (ours, theirs) in enumerate(zip(blocked, foreach)):
         assert ours[3] == theirs[3] == (i == 4)
         assert all(torch.equal(a, b) for a, b in zip(ours[0], theirs[0])), i
@@ -75,6 +89,54 @@ def test_blocked_kernels_take_the_foreach_steps_bit_for_bit(monkeypatch, measure
     assert not torch.equal(blocked[-1][0][0], problem(dtype)[0][0].weight)
     sizes = [g["step_size"] for g in blocked_opt.param_groups]
     assert sizes == pytest.approx([g["step_size"] for g in foreach_opt.param_groups], rel=1e-5)
+
+
+@pytest.mark.parametrize("measure", ["slope", "cosine"])
+def test_sums_batched_across_tensors_take_the_loops_steps_to_rounding(monkeypatch, measure):
+    looped, looped_opt = run(monkeypatch, False, measure, torch.float32, batched=False)
+    monkeypatch.undo()
+    batched, batched_opt = run(monkeypatch, False, measure, torch.float32)
+    assert looped_opt._kernels is None and batched_opt._kernels == "batched"
+    for i, (ours, theirs) in enumerate(zip(batched, looped)):
+        assert ours[3] == theirs[3] == (i == 4)  # the inf entry rejects the step in both
+        for a, b in zip(ours[0] + ours[1], theirs[0] + theirs[1]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        a, b = ours[2], theirs[2]
+        assert (a is None) == (b is None) and (a is None or abs(a - b) <= 1e-5 * max(abs(b), 1e-12))
+    assert batched[-1][2] is not None
+    sizes = [g["step_size"] for g in batched_opt.param_groups]
+    assert sizes == pytest.approx([g["step_size"] for g in looped_opt.param_groups], rel=1e-5)
+
+
+def test_batched_sums_match_a_direct_computation_piece_by_piece(monkeypatch):
+    from lsframe.optim import _alignment
+    from lsframe.optim.rules import ActiveGroup
+
+    gen = torch.Generator().manual_seed(5)
+    params = [
+        torch.nn.Parameter(torch.randn(*shape, generator=gen))
+        for shape in [(7, 3), (5,), (0,), (4, 4)]
+    ]
+    group = {"params": params, "betas": (0.9, 0.999), "eps": 1e-3}
+    state = {}
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+        state[p] = {
+            "exp_avg": torch.randn(p.shape, generator=gen),
+            "exp_avg_sq": torch.rand(p.shape, generator=gen),
+        }
+    active = ActiveGroup(group, params, [p.grad for p in params])
+    monkeypatch.setitem(_alignment.QUOTIENT_BYTES, "cpu", 64)  # pieces of about 8 floats
+    (sums,) = _alignment.batched_direction_sums(state, [(active, 3)])
+    root = (1 - 0.999**3) ** 0.5
+    g = torch.cat([p.grad.reshape(-1) for p in params]).double()
+    m = torch.cat([state[p]["exp_avg"].reshape(-1) for p in params]).double()
+    v = torch.cat([state[p]["exp_avg_sq"].reshape(-1) for p in params]).double()
+    d = m / (v.sqrt() + 1e-3 * root)
+    assert sums == pytest.approx([float(g @ d), float(g @ g), float(d @ d)], rel=1e-5)
+    params[0].grad[1, 2] = float("nan")
+    (sums,) = _alignment.batched_direction_sums(state, [(active, 3)])
+    assert not math.isfinite(sums[1])
 
 
 @pytest.mark.parametrize("measure", ["slope", "cosine"])

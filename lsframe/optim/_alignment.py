@@ -13,7 +13,7 @@ from torch import Tensor
 from lsframe.optim._blocked import direction_sums as blocked_direction_sums
 from lsframe.optim._functional import QUOTIENT_BYTES, bias_correction, quotient_pieces
 from lsframe.optim._fused import compiled, direction_sums, flat, scalars
-from lsframe.optim._sharded import local, reduce_sums
+from lsframe.optim._sharded import any_sharded, local, reduce_sums
 from lsframe.optim.adam_moments import moments_of
 from lsframe.optim.rules import ActiveGroup
 
@@ -194,4 +194,45 @@ def one_pass_direction_sums(
             m, v = local(state["exp_avg"]), local(state["exp_avg_sq"])
             parts.append(kernel(*flat(local(grad), m, v), eps_arg))
         sums.append(torch.stack(reduce_sums(parts, active.grads)).sum(0).double())
+    return torch.stack(sums).tolist() if sums else []
+
+
+def batched_on(grads: list[Tensor]) -> bool:
+    """Whether :func:`batched_direction_sums` takes these gradients: float32, none sharded."""
+    return all(g.dtype == torch.float32 for g in grads) and not any_sharded(grads)
+
+
+def batched_direction_sums(
+    param_state: dict[Any, dict[str, Any]], cohorts: list[tuple[ActiveGroup, int]]
+) -> list[list[float]]:
+    """Per group ``[⟨g, d'⟩, ‖g‖², ‖d'‖²]`` as :func:`one_pass_direction_sums` gives them, from
+    torch's foreach kernels: about fifteen operators per group and piece, where a loop over the
+    tensors dispatches several per tensor. It is the branch of devices without blocked kernels
+    (CUDA), where a small model's step is bound by the host's dispatches
+    (``benchmarks/host_ops.py``). ``d'`` is built a piece at a time and the products are
+    concatenated for their signed sum, each within half of :data:`QUOTIENT_BYTES`, so the
+    transient stays within the budget of :func:`step_alignment`'s; one host sync. A finite
+    ``‖g‖²`` proves every gradient entry finite, as in the blocked kernels."""
+    sums = []
+    for active, count in cohorts:
+        if not active.params:
+            continue
+        root = math.sqrt(bias_correction(active.group["betas"][1], count))
+        states = [moments_of(param_state, p) for p in active.params]
+        m, v = [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states]
+        grads = list(active.grads)
+        budget = QUOTIENT_BYTES.get(m[0].device.type, QUOTIENT_BYTES["cuda"]) // 2
+        pieces = []
+        for span in quotient_pieces(m, budget):
+            denom = torch._foreach_sqrt(v[span])
+            torch._foreach_add_(denom, active.group["eps"] * root)
+            direction = torch._foreach_div(m[span], denom)
+            del denom
+            d_norms, g_norms = torch._foreach_norm(direction), torch._foreach_norm(grads[span])
+            torch._foreach_mul_(direction, grads[span])  # now the products g·d'
+            dot = torch.cat([x.reshape(-1) for x in direction]).sum()
+            del direction
+            squares = [torch.stack(norms).square().sum() for norms in (g_norms, d_norms)]
+            pieces.append(torch.stack([dot, *squares]))
+        sums.append(torch.stack(pieces).sum(0).double())
     return torch.stack(sums).tolist() if sums else []

@@ -12,6 +12,8 @@ from torch import Tensor
 from lsframe.optim._alignment import (
     HORIZON_RULES,
     MEASURES,
+    batched_direction_sums,
+    batched_on,
     direction_scale,
     horizon_exponent,
     one_pass_direction_sums,
@@ -117,7 +119,9 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     fused AdamW kernel (:func:`~lsframe.optim.adam_moments.one_pass_adam_step`), the foreach
     steps to float rounding: 0.94× ``AdamW(foreach=True)``'s step time on MiniLM-L6, 1.01× on a
     2-layer BERT of width 128, the same peak memory (one AMD EPYC core, 1,000 steps,
-    benchmarks/results/step_cost_*_default_cpu; docs/default_optimizer.md, Cost). ``fused=True``
+    benchmarks/results/step_cost_*_default_cpu; docs/default_optimizer.md, Cost). Elsewhere
+    (CUDA) float32 sums are batched across the tensors (165 host operators a MiniLM step where a
+    loop took 1,500; benchmarks/results/host_ops_cpu; untimed on a GPU). ``fused=True``
     runs two compiled one-pass kernels per tensor (:mod:`lsframe.optim._fused`; the first step
     compiles; a C++ compiler on CPU, Triton on CUDA). It takes lsframe's closure, a torch-style
     closure, or none (``step()`` after the caller's own backward).
@@ -275,13 +279,17 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         self.search_state["data_pass"] = index
 
     def _one_pass(self, grads: list[Tensor]) -> str | None:
-        """The one-pass kernels of this step, ``"fused"`` (compiled) or ``"blocked"`` (eager,
-        on CPU: :mod:`lsframe.optim._blocked`), or None (foreach)."""
+        """The kernels of this step's sums: ``"fused"`` (compiled), ``"blocked"`` (eager, on
+        CPU: :mod:`lsframe.optim._blocked`), ``"batched"`` (foreach across the tensors: float32
+        elsewhere, as on CUDA), or None (a loop over the tensors: strided rows, other dtypes,
+        sharded tensors)."""
         if self.shared("fused"):
             return "fused"
-        if self.shared("alignment_stride") == 1 and blocked_on([local(g) for g in grads]):
+        if self.shared("alignment_stride") != 1:
+            return None
+        if blocked_on([local(g) for g in grads]):
             return "blocked"
-        return None
+        return "batched" if batched_on(grads) else None
 
     def _gradients_finite(self, groups: list[ActiveGroup], grads: list[Tensor]) -> bool:
         self._kernels = self._one_pass(grads)
@@ -295,9 +303,12 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         if self._kernels is None:
             return super()._gradients_finite(groups, grads)
         # the alignment's pass also tells whether the gradients are finite
-        blocked = self._kernels == "blocked"
-        self._sums = sums = one_pass_direction_sums(self.state, self._cohorts, blocked)
-        if not blocked:
+        if self._kernels == "batched":
+            sums = batched_direction_sums(self.state, self._cohorts)
+        else:
+            sums = one_pass_direction_sums(self.state, self._cohorts, self._kernels == "blocked")
+        self._sums = sums
+        if self._kernels == "fused":
             return sum(group_sums[3] for group_sums in sums) == 0
         # a finite ‖g‖² proves every entry finite; a non-finite one may be an overflow
         finite = all(math.isfinite(group_sums[1]) for group_sums in sums)
@@ -327,7 +338,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             eta = self._on_repeats(eta, eta * self._change(alignment, rule), rule)
         if state["data_pass"] == 0:
             state["fresh_peak"] = max(state["fresh_peak"], eta)
-        if self._kernels is not None:  # moments, update and weight decay in one pass
+        if self._kernels in ("blocked", "fused"):  # moments, update and weight decay in one pass
             next_moment_step(state)
             if self._kernels == "blocked":
                 one_pass_adam_step(self.state, pairs, eta)
