@@ -196,12 +196,14 @@ def test_direction_sums_match_a_direct_computation_and_a_non_finite_entry_shows_
     assert torch.equal(_blocked.direction_sums(empty, empty, empty, 1e-3), torch.zeros(3))
 
 
-def test_a_finite_gradient_whose_square_overflows_still_steps(monkeypatch):
-    monkeypatch.setattr(_blocked, "BLOCK_BYTES", {"cpu": 64})
+@pytest.mark.parametrize("kernels", ["blocked", "batched"])
+def test_a_finite_gradient_whose_square_overflows_still_steps(monkeypatch, kernels):
+    monkeypatch.setattr(_blocked, "BLOCK_BYTES", {"cpu": 64} if kernels == "blocked" else {})
     weight = torch.nn.Parameter(torch.zeros(40))
     opt = SlopeTrackingAdam([weight], lr=1e-3)
     weight.grad = torch.full((40,), 1e20)  # finite, but ‖g‖² overflows float32
     opt.step()
+    assert opt._kernels == kernels
     assert not opt.last_step["rejected"] and torch.all(weight < 0)
     weight.grad = torch.full((40,), 1.0)
     weight.grad[5] = float("nan")
