@@ -13,7 +13,7 @@ from torch import Tensor
 from lsframe.optim._blocked import direction_sums as blocked_direction_sums
 from lsframe.optim._functional import QUOTIENT_BYTES, bias_correction, quotient_pieces
 from lsframe.optim._fused import compiled, direction_sums, flat, scalars
-from lsframe.optim._sharded import any_sharded, local, reduce_sums
+from lsframe.optim._sharded import local, reduce_sums
 from lsframe.optim.adam_moments import moments_of
 from lsframe.optim.rules import ActiveGroup
 
@@ -198,8 +198,9 @@ def one_pass_direction_sums(
 
 
 def batched_on(grads: list[Tensor]) -> bool:
-    """Whether :func:`batched_direction_sums` takes these gradients: float32, none sharded."""
-    return all(g.dtype == torch.float32 for g in grads) and not any_sharded(grads)
+    """Whether :func:`batched_direction_sums` takes these gradients: plain float32 tensors (no
+    DTensor, sharded or not)."""
+    return all(local(g) is g and g.dtype == torch.float32 for g in grads)
 
 
 def batched_direction_sums(
