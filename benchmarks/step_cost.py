@@ -169,7 +169,8 @@ def timed_steps(args: argparse.Namespace) -> list[dict]:
         return args.short_steps if run.name in args.short else args.steps
 
     cuda = args.device == "cuda"
-    warm = {run.name: warm_up(run, cached[:2], cuda) for run in runs}
+    with autocast(args.device, args.bf16):  # as the timed steps: their first-use costs too
+        warm = {run.name: warm_up(run, cached[:2], cuda) for run in runs}
     log: dict[str, dict[str, list]] = {r.name: {} for r in runs}
     for start in range(0, args.steps, args.block):
         shift = (start // args.block) % len(runs)  # no optimizer always runs first
@@ -212,8 +213,9 @@ def timed_steps(args: argparse.Namespace) -> list[dict]:
 
 def warm_up(run: Run, batches: list[dict], cuda: bool) -> float:
     """Seconds of two steps of ``run``'s spec on a copy of its model (then dropped), before any
-    timed step, with the random state restored after: what a first step compiles (``+fused``:
-    the kernels) stays out of the step times."""
+    timed step and under the same autocast, with the random state restored after: what a first
+    step compiles or sets up (``+fused``: the kernels; bf16: the first bf16 products) stays out
+    of the step times."""
     twin = build(run.name, copy.deepcopy(run.model), len(batches))
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
         start = time.perf_counter()

@@ -343,3 +343,22 @@ def test_slope_does_not_depend_on_the_quotient_piece_size(monkeypatch):
     monkeypatch.setitem(_functional.QUOTIENT_BYTES, "cpu", 16)  # about one tensor per piece
     assert direction.slope(groups) == pytest.approx(whole, rel=1e-6)
     assert direction.slope(groups) == pytest.approx(hand_slope(groups, direction, [0, 2]), rel=1e-6)
+
+
+def test_the_warm_up_runs_under_the_timed_steps_autocast(minilm, shared_data, monkeypatch):
+    from benchmarks import step_cost
+
+    seen = []
+    timed_step = step_cost.timed_step
+
+    def spy(run, batch, cuda):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return timed_step(run, batch, cuda)
+
+    monkeypatch.setattr(step_cost, "timed_step", spy)
+    args = argparse.Namespace(
+        model="small-bert", device="cpu", bf16=True, steps=2, block=2, first=1,
+        optimizers=["adamw-const@5e-5"], short=[], short_steps=2,
+    )  # fmt: skip
+    step_cost.timed_steps(args)
+    assert seen == [True] * 4  # two warm-up steps (bf16's first products), then two timed
