@@ -12,7 +12,8 @@ warm-up steps and counts the aten operators the step dispatches outside its clos
 top-level aten operator of the step (one not called from inside another aten operator) minus
 those of one call of the closure alone, by name. ``--cuda-path`` makes SlopeTrackingAdam and SaLSA
 take the branch a CUDA tensor takes (their CPU-only cache-blocked kernels and torch's fused CPU
-Adam step off, CUDA's piece size for the transients), which is the path a GPU runs. Counts are exact and deterministic: no timing is
+Adam step off, CUDA's piece size for the transients and its finite check), which is the path a
+GPU runs. Counts are exact and deterministic: no timing is
 involved, so a contended machine gives the same table.
 
 Usage::
@@ -34,7 +35,7 @@ from torch.profiler import ProfilerActivity, profile
 from benchmarks.common import ROOT, write_results
 from benchmarks.specs import DEFAULT, build
 from benchmarks.step_cost import make_model
-from lsframe.optim import make_closure, salsa, slope_tracking_adam
+from lsframe.optim import _functional, make_closure, salsa, slope_tracking_adam
 from lsframe.optim._functional import QUOTIENT_BYTES
 
 OPTIMIZERS = ["adamw-const@5e-5", "adamw-fused-const@5e-5", DEFAULT, "salsa"]
@@ -113,7 +114,8 @@ def main() -> None:
     if args.cuda_path:
         for module in (salsa, slope_tracking_adam):  # as for CUDA tensors
             module.blocked_on = lambda grads: False
-        QUOTIENT_BYTES["cpu"] = QUOTIENT_BYTES["cuda"]  # and CUDA's pieces
+        QUOTIENT_BYTES["cpu"] = QUOTIENT_BYTES["cuda"]  # CUDA's pieces, and finite check
+        _functional.FOREACH_FINITE_ON = _functional.FOREACH_FINITE_ON | {"cpu"}
     rows = []
     for model_name in args.models:
         vocab = 30522 if model_name == "minilm" else 1000

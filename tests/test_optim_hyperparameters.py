@@ -136,8 +136,14 @@ def make_groups(name):
     return model.parameters()
 
 
-def test_all_finite_finds_nan_and_both_infinities_and_no_overflow_in_any_dtype():
-    from lsframe.optim import all_finite
+@pytest.mark.parametrize("foreach_norm_first", [False, True])  # True: the GPU route
+def test_all_finite_finds_nan_and_both_infinities_and_no_overflow_in_any_dtype(
+    monkeypatch, foreach_norm_first
+):
+    from lsframe.optim import _functional, all_finite
+
+    if foreach_norm_first:
+        monkeypatch.setattr(_functional, "FOREACH_FINITE_ON", frozenset({"cpu"}))
 
     base = [torch.randn(3, 4), torch.zeros(0), torch.randn(5)]
     assert all_finite(base) and all_finite([]) and all_finite([torch.zeros(0)])
@@ -149,3 +155,6 @@ def test_all_finite_finds_nan_and_both_infinities_and_no_overflow_in_any_dtype()
     # finite extremes stay finite: no sum of squares, no float32 rounding of a float64 maximum
     huge = [torch.tensor([1e300, -1e300], dtype=torch.float64), torch.full((4,), 6e4).half()]
     assert all_finite(huge)
+    assert all_finite(
+        [torch.full((3,), 1e30), torch.ones(2)]
+    )  # float32 ‖·‖² overflows: still finite
