@@ -115,7 +115,7 @@ def main() -> None:
         for module in (salsa, slope_tracking_adam):  # as for CUDA tensors
             module.blocked_on = lambda grads: False
         QUOTIENT_BYTES["cpu"] = QUOTIENT_BYTES["cuda"]  # CUDA's pieces, and finite check
-        _functional.FOREACH_FINITE_ON = _functional.FOREACH_FINITE_ON | {"cpu"}
+        _functional.BATCHED_ON = _functional.BATCHED_ON | {"cpu"}
     rows = []
     for model_name in args.models:
         vocab = 30522 if model_name == "minilm" else 1000
@@ -144,7 +144,8 @@ def main() -> None:
         )
     meta = (
         f"Host-side aten operators of one optimizer step outside its closure (after "
-        f"{WARM_STEPS} steps; batch 16 × 32 tokens); "
+        f"{WARM_STEPS} steps; batch 16 × 32 tokens; a searching step's trial forwards count, "
+        "SaLSA's step 4 searches); "
         + (
             "the line searches on their CUDA branch (CPU-only kernels off); "
             if args.cuda_path

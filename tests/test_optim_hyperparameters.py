@@ -143,7 +143,7 @@ def test_all_finite_finds_nan_and_both_infinities_and_no_overflow_in_any_dtype(
     from lsframe.optim import _functional, all_finite
 
     if foreach_norm_first:
-        monkeypatch.setattr(_functional, "FOREACH_FINITE_ON", frozenset({"cpu"}))
+        monkeypatch.setattr(_functional, "BATCHED_ON", frozenset({"cpu"}))
 
     base = [torch.randn(3, 4), torch.zeros(0), torch.randn(5)]
     assert all_finite(base) and all_finite([]) and all_finite([torch.zeros(0)])

@@ -345,6 +345,28 @@ def test_slope_does_not_depend_on_the_quotient_piece_size(monkeypatch):
     assert direction.slope(groups) == pytest.approx(hand_slope(groups, direction, [0, 2]), rel=1e-6)
 
 
+@pytest.mark.parametrize("piece_bytes", [16, 1 << 20])
+def test_the_gpu_route_batches_the_inner_products_and_keeps_their_value(monkeypatch, piece_bytes):
+    from lsframe.optim import _functional
+
+    groups, direction = groups_and_direction()
+    looped = direction.slope(groups)
+    monkeypatch.setattr(_functional, "BATCHED_ON", frozenset({"cpu"}))  # as on a GPU
+    monkeypatch.setitem(_functional.QUOTIENT_BYTES, "cpu", piece_bytes)
+    with torch.profiler.profile() as prof:
+        batched = direction.slope(groups)
+    assert batched == pytest.approx(looped, rel=1e-6)
+    assert batched == pytest.approx(hand_slope(groups, direction, [0, 2]), rel=1e-6)
+    names = [e.name for e in prof.events()]
+    assert "aten::dot" not in names and "aten::_foreach_mul_" in names
+    gen = torch.Generator().manual_seed(2)
+    a, b = ([torch.randn(n, generator=gen) for n in (5, 0, 7)] for _ in range(2))
+    before = [t.clone() for t in b]
+    plain = float(sum(x @ y for x, y in zip(a, b)))
+    assert float(_functional.inner_product(a, b)) == pytest.approx(plain, rel=1e-6)
+    assert all(torch.equal(x, y) for x, y in zip(b, before))  # the numerators are left as they were
+
+
 def test_the_warm_up_runs_under_the_timed_steps_autocast(minilm, shared_data, monkeypatch):
     from benchmarks import step_cost
 

@@ -11,7 +11,12 @@ import torch
 from torch import Tensor
 
 from lsframe.optim._blocked import direction_sums as blocked_direction_sums
-from lsframe.optim._functional import QUOTIENT_BYTES, bias_correction, quotient_pieces
+from lsframe.optim._functional import (
+    QUOTIENT_BYTES,
+    bias_correction,
+    quotient_pieces,
+    signed_sum_of_products,
+)
 from lsframe.optim._fused import compiled, direction_sums, flat, scalars
 from lsframe.optim._sharded import local, reduce_sums
 from lsframe.optim.adam_moments import moments_of
@@ -230,8 +235,7 @@ def batched_direction_sums(
             direction = torch._foreach_div(m[span], denom)
             del denom
             d_norms, g_norms = torch._foreach_norm(direction), torch._foreach_norm(grads[span])
-            torch._foreach_mul_(direction, grads[span])  # now the products g·d'
-            dot = torch.cat([x.reshape(-1) for x in direction]).sum()
+            dot = signed_sum_of_products(grads[span], direction)  # overwrites the direction
             del direction
             squares = [torch.stack(norms).square().sum() for norms in (g_norms, d_norms)]
             pieces.append(torch.stack([dot, *squares]))

@@ -25,8 +25,18 @@ def sum_of_squares(tensors: Sequence[Tensor]) -> float:
     return float(torch.stack([n.float() for n in norms]).square().sum())
 
 
-#: devices where :func:`all_finite` first tries one foreach norm for all tensors
-FOREACH_FINITE_ON: frozenset[str] = frozenset({"cuda", "xpu", "mps"})
+#: devices where a small model's step is bound by the host's dispatches (a kernel launch per
+#: operator): there :func:`all_finite` and :func:`inner_product` batch the tensors in foreach
+#: kernels instead of dispatching per tensor
+BATCHED_ON: frozenset[str] = frozenset({"cuda", "xpu", "mps"})
+
+
+def signed_sum_of_products(tensors: list[Tensor], products: list[Tensor]) -> Tensor:
+    """``Σ_i ⟨tensors_i, products_i⟩`` with ``products`` a transient the caller owns (it is
+    overwritten by the products): one foreach multiplication, one concatenation, one sum, where a
+    dot per tensor would dispatch several operators per tensor. Float32 tensors."""
+    torch._foreach_mul_(products, tensors)
+    return torch.cat([x.reshape(-1) for x in products]).sum()
 
 
 def all_finite(tensors: Sequence[Tensor]) -> bool:
@@ -34,7 +44,7 @@ def all_finite(tensors: Sequence[Tensor]) -> bool:
 
     On CPU it reads each tensor's minimum and maximum (``aminmax``: NaN and ±inf reach them,
     and finite values cannot overflow), compared in float64: about 5× faster there than a
-    max-norm (no ``abs`` pass). On a GPU (:data:`FOREACH_FINITE_ON`) a step of a small model is
+    max-norm (no ``abs`` pass). On a GPU (:data:`BATCHED_ON`) a step of a small model is
     bound by the host's dispatches, so it first sums the tensors' 2-norms from one foreach
     kernel: a finite sum proves every entry finite (a NaN or ±inf propagates into it); a
     non-finite one may be an overflow of finite values (a sum of squares above ~1e38 in float32),
@@ -43,7 +53,7 @@ def all_finite(tensors: Sequence[Tensor]) -> bool:
         return True
     if any_sharded(tensors):  # local pieces can be empty
         return int(count_nonfinite(tensors)) == 0
-    if tensors[0].device.type in FOREACH_FINITE_ON:
+    if tensors[0].device.type in BATCHED_ON:
         norms = torch._foreach_norm(list(tensors))
         if math.isfinite(float(torch.stack([n.float() for n in norms]).sum())):
             return True
@@ -79,17 +89,35 @@ def inner_product(
     product in ``promote_types(grads_i.dtype, float32)`` (float32 at least for bf16/fp16
     gradients, float64 kept for float64 models), the per-tensor products summed in float32, or
     float64 when one is. Sharded tensors (DTensors) count whole, one all-reduce per kind of
-    sharding. ``grads`` must not be empty.
+    sharding. ``grads`` must not be empty. On a GPU (:data:`BATCHED_ON`), float32 tensors that
+    are not sharded take :func:`signed_sum_of_products` per piece instead of a dot per tensor.
     """
     sharded = any_sharded(grads)
     here = [local(t) for t in grads] if sharded else list(grads)
     num = [local(t) for t in num] if sharded else list(num)
+    den = None if den is None else [local(t) for t in den] if sharded else list(den)
+    budget = QUOTIENT_BYTES.get(num[0].device.type, QUOTIENT_BYTES["cuda"])
+    every = [*here, *num, *(den or [])]
+    if (
+        not sharded
+        and num[0].device.type in BATCHED_ON
+        and all(t.dtype == torch.float32 for t in every)
+    ):
+        # pieces of half the budget: the quotient (or product) and its concatenation
+        dots = []
+        for span in quotient_pieces(num, budget // 2):
+            if den is None:
+                products = torch._foreach_mul(num[span], 1.0)
+            else:
+                products = torch._foreach_div(num[span], den[span])
+            dots.append(signed_sum_of_products(here[span], products))
+            del products
+        return torch.stack(dots).sum()
     if den is None:
         quotients = [num]
         spans = [slice(0, len(num))]
     else:
-        den = [local(t) for t in den] if sharded else list(den)
-        spans = quotient_pieces(num, QUOTIENT_BYTES.get(num[0].device.type, QUOTIENT_BYTES["cuda"]))
+        spans = quotient_pieces(num, budget)
         quotients = (torch._foreach_div(num[span], den[span]) for span in spans)
     dots = []
     for span, quotient in zip(spans, quotients):
