@@ -11,6 +11,10 @@
 #           BERT last) and issue 18's setting M in bf16 (the default, SaLSA, the AdamW grid), one
 #           process per task and seed, nine at once
 #   images  issue 22's P2 protocol at batch 4,096 and 8,192 on the GPU, fp32, 3 seeds at once
+# Both parts in one session (as on 2026-12-04, 15 minutes of device time): pack the images into
+# another folder (python -m benchmarks.gpu_pack images --out .gpu_pack_images), call
+# `GPU_PACK=.gpu_pack_images bash benchmarks/run_gpu.sh images 300` carrying that folder, then
+# the text part at once, within the machine's idle window, with the budget the reply leaves.
 # Every benchmark logs each finished run and resumes from its log, so a later call (the logs come
 # back in the archive and are committed) continues where this one stopped. Each command gets the
 # time left of the budget (seconds, default 480) and the archive is written even when one fails.
