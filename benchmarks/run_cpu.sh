@@ -79,6 +79,8 @@ OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 1000 --m
 OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model small-bert --steps 1000 --memory \
   --optimizers adamw-const@5e-5 adamw-fused-const@5e-5 "$D@1e-4~anneal" "$D+sampled@1e-4~anneal" \
   "$D+fused@1e-4~anneal" --out benchmarks/results/step_cost_small-bert_default_cpu
+# the host operators a step dispatches on the branch CUDA tensors take (counts, not times)
+python -m benchmarks.host_ops --cuda-path --loop-sums
 # SaLSA with its steps without search in torch's fused AdamW kernel (CPU)
 OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 1000 --memory \
   --optimizers adamw-const@5e-5 salsa --out benchmarks/results/step_cost_minilm_salsa_cpu
