@@ -14,8 +14,9 @@ from lsframe.optim._blocked import direction_sums as blocked_direction_sums
 from lsframe.optim._functional import (
     QUOTIENT_BYTES,
     bias_correction,
+    plain_float32,
     quotient_pieces,
-    signed_sum_of_products,
+    sum_of_entries,
 )
 from lsframe.optim._fused import compiled, direction_sums, flat, scalars
 from lsframe.optim._sharded import local, reduce_sums
@@ -205,7 +206,7 @@ def one_pass_direction_sums(
 def batched_on(grads: list[Tensor]) -> bool:
     """Whether :func:`batched_direction_sums` takes these gradients: plain float32 tensors (no
     DTensor, sharded or not)."""
-    return all(local(g) is g and g.dtype == torch.float32 for g in grads)
+    return plain_float32(grads)
 
 
 def batched_direction_sums(
@@ -235,7 +236,8 @@ def batched_direction_sums(
             direction = torch._foreach_div(m[span], denom)
             del denom
             d_norms, g_norms = torch._foreach_norm(direction), torch._foreach_norm(grads[span])
-            dot = signed_sum_of_products(grads[span], direction)  # overwrites the direction
+            torch._foreach_mul_(direction, grads[span])  # now the products g·d'
+            dot = sum_of_entries(direction)
             del direction
             squares = [torch.stack(norms).square().sum() for norms in (g_norms, d_norms)]
             pieces.append(torch.stack([dot, *squares]))

@@ -31,12 +31,15 @@ def sum_of_squares(tensors: Sequence[Tensor]) -> float:
 BATCHED_ON: frozenset[str] = frozenset({"cuda", "xpu", "mps"})
 
 
-def signed_sum_of_products(tensors: list[Tensor], products: list[Tensor]) -> Tensor:
-    """``Σ_i ⟨tensors_i, products_i⟩`` with ``products`` a transient the caller owns (it is
-    overwritten by the products): one foreach multiplication, one concatenation, one sum, where a
-    dot per tensor would dispatch several operators per tensor. Float32 tensors."""
-    torch._foreach_mul_(products, tensors)
-    return torch.cat([x.reshape(-1) for x in products]).sum()
+def plain_float32(tensors: Sequence[Tensor]) -> bool:
+    """Whether every tensor is a plain float32 tensor (no DTensor): what the batched sums take."""
+    return all(local(t) is t and t.dtype == torch.float32 for t in tensors)
+
+
+def sum_of_entries(tensors: list[Tensor]) -> Tensor:
+    """The sum of every entry of every tensor as a 0-d tensor: one concatenation (a transient
+    copy) and one sum, where a dot or sum per tensor dispatches an operator per tensor."""
+    return torch.cat([t.reshape(-1) for t in tensors]).sum()
 
 
 def all_finite(tensors: Sequence[Tensor]) -> bool:
@@ -45,18 +48,16 @@ def all_finite(tensors: Sequence[Tensor]) -> bool:
     On CPU it reads each tensor's minimum and maximum (``aminmax``: NaN and ±inf reach them,
     and finite values cannot overflow), compared in float64: about 5× faster there than a
     max-norm (no ``abs`` pass). On a GPU (:data:`BATCHED_ON`) a step of a small model is
-    bound by the host's dispatches, so it first sums the tensors' 2-norms from one foreach
-    kernel: a finite sum proves every entry finite (a NaN or ±inf propagates into it); a
+    bound by the host's dispatches, so it first takes :func:`sum_of_squares` (one foreach
+    norm): a finite sum proves every entry finite (a NaN or ±inf propagates into it); a
     non-finite one may be an overflow of finite values (a sum of squares above ~1e38 in float32),
     so the per-tensor check then decides."""
     if not tensors:
         return True
     if any_sharded(tensors):  # local pieces can be empty
         return int(count_nonfinite(tensors)) == 0
-    if tensors[0].device.type in BATCHED_ON:
-        norms = torch._foreach_norm(list(tensors))
-        if math.isfinite(float(torch.stack([n.float() for n in norms]).sum())):
-            return True
+    if tensors[0].device.type in BATCHED_ON and math.isfinite(sum_of_squares(tensors)):
+        return True
     extremes = [torch.stack(torch.aminmax(t)).double() for t in tensors if t.numel()]
     return not extremes or math.isfinite(float(torch.stack(extremes).abs().max()))
 
@@ -90,7 +91,8 @@ def inner_product(
     gradients, float64 kept for float64 models), the per-tensor products summed in float32, or
     float64 when one is. Sharded tensors (DTensors) count whole, one all-reduce per kind of
     sharding. ``grads`` must not be empty. On a GPU (:data:`BATCHED_ON`), float32 tensors that
-    are not sharded take :func:`signed_sum_of_products` per piece instead of a dot per tensor.
+    are not DTensors take one foreach product and :func:`sum_of_entries` per piece instead of a
+    dot per tensor.
     """
     sharded = any_sharded(grads)
     here = [local(t) for t in grads] if sharded else list(grads)
@@ -98,19 +100,16 @@ def inner_product(
     den = None if den is None else [local(t) for t in den] if sharded else list(den)
     budget = QUOTIENT_BYTES.get(num[0].device.type, QUOTIENT_BYTES["cuda"])
     every = [*here, *num, *(den or [])]
-    if (
-        not sharded
-        and num[0].device.type in BATCHED_ON
-        and all(t.dtype == torch.float32 for t in every)
-    ):
-        # pieces of half the budget: the quotient (or product) and its concatenation
+    if not sharded and num[0].device.type in BATCHED_ON and plain_float32(every):
+        # pieces of half the budget: the products (made in the quotient) and their concatenation
         dots = []
         for span in quotient_pieces(num, budget // 2):
             if den is None:
-                products = torch._foreach_mul(num[span], 1.0)
+                products = torch._foreach_mul(here[span], num[span])
             else:
                 products = torch._foreach_div(num[span], den[span])
-            dots.append(signed_sum_of_products(here[span], products))
+                torch._foreach_mul_(products, here[span])
+            dots.append(sum_of_entries(products))
             del products
         return torch.stack(dots).sum()
     if den is None:
