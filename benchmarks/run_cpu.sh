@@ -198,3 +198,7 @@ OMP_NUM_THREADS=1 python -m benchmarks.p2_large_batch --bf16 --seeds 0 1 2
 python -m benchmarks.report
 # README's summary of the quality tables (results/quality_summary_cpu.md)
 python -m benchmarks.readme_summary
+# issue 18: how often the bar passes a method as good as the best AdamW point, and how far below
+# noise the defaults' misses are (CPU tables, and the GPU's bf16 tables)
+python -m benchmarks.bar_power
+python -m benchmarks.bar_power --kind bf16_gpu
