@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (
+    DEV_SPLIT,
     append_run,
     autocast,
     classifier,
@@ -258,7 +259,8 @@ def main() -> None:
     meta = (
         f"GLUE {args.task}{f' (setting {args.setting})' if args.setting else ''}: first "
         f"{args.train_limit} training examples, {args.epochs} epoch(s), batch {args.batch_size}, "
-        f"max length {args.max_length}; dev set {len(dev.labels)} examples, majority class "
+        f"max length {args.max_length}; {split_note(args.task)}dev set {len(dev.labels)} "
+        f"examples, majority class "
         f"{metric} {majority:.4f}; seeds {sorted({r['seed'] for r in rows})}; MiniLM-L6; "
         f"{runs_machine(rows, args.table_only, time.time() - started, args.device)}; "
         f"{'bf16 autocast' if args.bf16 else 'fp32'}; torch "
@@ -267,6 +269,16 @@ def main() -> None:
         f"{LEARNS_BY} above the majority class."
     )
     write_results(out, meta, "\n".join(table_lines(table, metric)), rows)
+
+
+def split_note(task: str) -> str:
+    """How a :data:`~benchmarks.common.DEV_SPLIT` task's examples were split, else nothing."""
+    if task not in DEV_SPLIT:
+        return ""
+    return (
+        f"a task held out from the defaults' choice, trained on the first {DEV_SPLIT[task]} rows "
+        f"of its dev.tsv (no train.tsv here) and evaluated on the rest: "
+    )
 
 
 def runs_machine(rows: list[dict], table_only: bool, wall: float, device: str) -> str:

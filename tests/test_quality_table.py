@@ -284,3 +284,17 @@ def test_a_table_regenerated_elsewhere_names_the_machines_and_torch_versions_tha
     assert "device cpu: elsewhere (1 run); not logged (1 run)," in meta
     assert "torch 2.11.0+cu130 (1 run); not logged (1 run)." in meta
     assert machine("cpu") not in meta and torch.__version__ not in meta
+
+
+def test_a_held_out_task_without_a_training_set_trains_and_evaluates_on_disjoint_dev_rows():
+    from benchmarks.common import DEV_SPLIT, GLUE_DIR, glue_examples
+    from lsframe.data.glue import glue_task, read_glue_tsv
+
+    whole = read_glue_tsv(GLUE_DIR / "QNLI" / "dev.tsv", glue_task("qnli"))
+    train, dev = glue_examples("qnli", "train"), glue_examples("qnli", "dev")
+    assert len(train.text) == DEV_SPLIT["qnli"] == 2000
+    assert train.text + dev.text == whole.text and train.labels + dev.labels == whole.labels
+    assert train.text_pair + dev.text_pair == whole.text_pair
+    assert glue_examples("qnli", "train", 500).text == train.text[:500]
+    with pytest.raises(SystemExit, match="first 2000 of its dev.tsv"):
+        glue_examples("qnli", "train", 2001)
