@@ -199,9 +199,11 @@ def reference_step_sizes(
     combine="min",
     cap=False,
     ceiling=math.inf,
+    burn_in=0,
 ):
     """The rule of the docstring, written out independently (``fresh``: how many alignments
-    come from the first pass over the data; from there on, η may not grow; ``combine``: the
+    come from the first pass over the data; from there on, η may not grow; ``burn_in``: before
+    that many alignments η may not grow; ``combine``: the
     horizons' exponent, z_slow where both agree in sign, else 0 for "agree", else the min;
     for "significant" the min where |z_slow| ≥ 2·√((1−β)(1+βⁿ)/((1+β)(1−βⁿ))), else 0;
     ``cap``: after the first pass η may grow, but not above the first pass's largest η;
@@ -230,6 +232,8 @@ def reference_step_sizes(
         else:
             exponent = 0.0 if combine == "agree" else min(z)
         change = max_change ** (exponent / math.sqrt(1 + changes))
+        if n < burn_in:
+            change = min(change, 1.0)
         if fresh is None or n <= fresh:
             eta *= change
             peak = max(peak, eta)

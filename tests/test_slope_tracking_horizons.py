@@ -1,4 +1,4 @@
-"""SlopeTrackingAdam's ceiling and its rules for combining the two horizons, against the rule
+"""SlopeTrackingAdam's ceiling, its burn-in and its rules for combining the two horizons, against the rule
 written out by hand (:func:`test_slope_tracking_adam.reference_step_sizes`)."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from test_slope_tracking_adam import (
 
 from lsframe import optim
 from lsframe.optim import SlopeTrackingAdam
+from lsframe.optim._alignment import burn_in_length
 from lsframe.optim.slope_tracking_adam import RULE_KEYS
 
 
@@ -115,3 +116,33 @@ def test_a_significant_horizon_still_moves_the_step_size_on_a_weak_steady_signal
         rule = {key: opt.defaults[key] for key in RULE_KEYS}
         logs = [math.log(opt._change(a, rule)) / math.log(rule["max_change"]) for a in alignments]
         assert sign * sum(logs) / len(logs) > 0.05  # η doubles within ~80 steps, or halves
+
+
+def test_the_burn_in_lasts_until_the_first_alignments_carry_under_five_percent_of_the_weight():
+    for beta in (0.5, 0.8, 0.9, 0.99):
+        n = burn_in_length(beta)
+        assert beta**n < 0.05 <= beta ** (n - 1)
+    assert burn_in_length(0.9) == 29
+
+
+@pytest.mark.parametrize("lr", [1e-4, 0.3])  # too short here: growth is held; too long: η falls
+def test_during_the_burn_in_the_step_size_may_fall_but_not_grow(lr):
+    torch.manual_seed(0)
+    model, x, y = problem()
+    twin = twin_of(model)
+    rule = dict(lr=lr, max_change=1.5, alignment_betas=(0.5, 0.8, 0.9), **EARLIER)
+    opt = optim.create("slope_tracking_adam", model.parameters(), preset="burn_in", **rule)
+    free = SlopeTrackingAdam(twin.parameters(), **rule)
+    alignments, etas = alignments_and_step_sizes(opt, model, x, y)
+    length = burn_in_length(0.8)  # 14 alignments
+    expected = reference_step_sizes(alignments, lr, 1.5, (0.5, 0.8, 0.9), False, burn_in=length)
+    assert etas == pytest.approx(expected, rel=1e-9)
+    assert max(etas[: length - 1]) <= lr
+    _, free_etas = alignments_and_step_sizes(free, twin, x, y)
+    if lr == 1e-4:  # every early step looks too short: without the burn-in η grows at once
+        assert max(free_etas[: length - 1]) > 2 * lr
+        assert max(etas[length - 1 :]) > lr  # and after it, with the burn-in too
+    else:  # η falls at once either way, identically, as long as it only falls
+        falls = next(i for i in range(1, len(free_etas)) if free_etas[i] > free_etas[i - 1])
+        assert falls >= 3 and free_etas[:falls] == pytest.approx(etas[:falls], rel=1e-9)
+        assert etas[falls - 1] < lr / 3

@@ -114,6 +114,14 @@ def noise_level(beta: float, n: int) -> float:
     return math.sqrt((1 - beta) * (1 + beta**n) / ((1 + beta) * (1 - beta**n)))
 
 
+def burn_in_length(beta_slow: float) -> int:
+    """The fewest alignments ``n`` with ``β^n < 0.05``, ``⌈log 0.05 / log β⌉`` (β =
+    ``beta_slow``; 29 at 0.9): alignments ``n`` or more steps old carry ``β^n``, under 5 %, of
+    the slow average's weight, so by then the first steps barely count (SlopeTrackingAdam's
+    ``burn_in``). The 5 % mirrors the significance test's level."""
+    return math.ceil(math.log(0.05) / math.log(beta_slow))
+
+
 #: how the two horizons' scores make the exponent of the step size's change
 HORIZON_RULES = ("min", "agree", "agree_else_min", "significant")
 #: ``"significant"``: how many standard errors of pure noise the slow average must clear

@@ -125,6 +125,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "slope": {"alignment_measure": "slope"},
         # a warmup's steps are short on purpose: their alignments are not averaged, η holds
         "hold_warmup": {"hold_while_warming": True},
+        # the first alignments are a transient (the slope's scale grows, every step looks too
+        # short): η may fall from the start but grows only after the burn-in
+        "burn_in": {"burn_in": True},
         # the same rule by compiled one-pass kernels (``fused=True``; the first step compiles)
         "fused": {"fused": True},
     },

@@ -14,6 +14,7 @@ from lsframe.optim._alignment import (
     MEASURES,
     batched_direction_sums,
     batched_on,
+    burn_in_length,
     direction_scale,
     horizon_exponent,
     one_pass_direction_sums,
@@ -46,6 +47,7 @@ RULE_KEYS = (
     "alignment_stride",
     "alignment_measure",
     "hold_while_warming",
+    "burn_in",
     "fused",
 )
 
@@ -91,7 +93,10 @@ class SlopeTrackingAdam(LineSearchOptimizer):
        still raising the multiplier (a warmup: ``lr_multiplier`` rose from that step to this
        one) is left out of the averages and η holds: such a step is short on purpose, and its
        "too short" says nothing about η. The averages then begin with the first step taken at
-       the schedule's peak;
+       the schedule's peak. With ``burn_in=True`` η may fall from the first alignment but not
+       grow until the first alignments carry under 5 % of the slow average's weight
+       (:func:`burn_in_length`: 29 alignments at β = 0.9): a fine-tune's first steps are a
+       transient in which the slope's scale grows and every step looks too short;
     4. Adam's update ``x ← x − η · multiplier · m̂ / (√v̂ + ε)`` and decoupled weight decay.
 
     The start: ``η`` starts at ``lr`` (1e-4, the top of the usual fine-tuning grid of
@@ -114,16 +119,12 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     lsframe's modules and ``LineSearchTrainer`` call :meth:`start_pass` at each epoch; a plain
     loop calls it itself (without it every batch counts as fresh and the cap never acts).
 
-    Cost: no extra forward and no parameter copy. Per step, one more read of ``g``, ``m`` and
-    ``v`` and three inner products in one host sync; on CPU cache-blocked sums and torch's own
-    fused AdamW kernel (:func:`~lsframe.optim.adam_moments.one_pass_adam_step`), the foreach
-    steps to float rounding: 0.94× ``AdamW(foreach=True)``'s step time on MiniLM-L6, 1.01× on a
-    2-layer BERT of width 128, the same peak memory (one AMD EPYC core, 1,000 steps,
-    benchmarks/results/step_cost_*_default_cpu; docs/default_optimizer.md, Cost). Elsewhere
-    (CUDA) float32 sums are batched across the tensors (165 host operators a MiniLM step where a
-    loop took 1,500; benchmarks/results/host_ops_cpu; untimed on a GPU). ``fused=True``
-    runs two compiled one-pass kernels per tensor (:mod:`lsframe.optim._fused`; the first step
-    compiles; a C++ compiler on CPU, Triton on CUDA). It takes lsframe's closure, a torch-style
+    Cost: no extra forward and no parameter copy; one more read of ``g``, ``m`` and ``v`` and
+    three inner products in one host sync per step. On CPU the sums run cache-blocked and the
+    step in torch's fused AdamW kernel: 0.94× ``AdamW(foreach=True)``'s step time on MiniLM-L6,
+    1.01× on a 2-layer BERT of width 128, the same peak memory; on CUDA the float32 sums are
+    batched across the tensors (untimed on a GPU); ``fused=True`` runs two compiled kernels per
+    tensor (docs/default_optimizer.md, Cost). It takes lsframe's closure, a torch-style
     closure, or none (``step()`` after the caller's own backward).
 
     Args:
@@ -162,6 +163,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         weight_decay: Decoupled weight decay. Default: 0.
         hold_while_warming: Leave out of the averages, and hold η on, the alignments of steps
             taken while a schedule raised ``lr_multiplier`` (a warmup). Default: False.
+        burn_in: No growth of η before :func:`burn_in_length` alignments. Default: False.
         fused: Run the rule as compiled one-pass kernels (``torch.compile``). Default: False.
             Like every hyperparameter it is saved in the param groups: a loaded state dict
             brings its own (as with torch's ``Adam(fused=...)``).
@@ -187,6 +189,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         alignment_measure: str = "slope",
         weight_decay: float = 0.0,
         hold_while_warming: bool = False,
+        burn_in: bool = False,
         fused: bool = False,
     ) -> None:
         defaults = dict(
@@ -205,6 +208,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             alignment_measure=alignment_measure,
             weight_decay=weight_decay,
             hold_while_warming=hold_while_warming,
+            burn_in=burn_in,
             fused=fused,
         )
         super().__init__(params, defaults)
@@ -239,7 +243,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
                 f"alignment_measure must be one of {tuple(MEASURES)}, "
                 f"got {group['alignment_measure']!r}"
             )
-        for key in ("grow_on_repeats", "cap_at_fresh_peak", "hold_while_warming", "fused"):
+        bools = ("grow_on_repeats", "cap_at_fresh_peak", "hold_while_warming", "burn_in", "fused")
+        for key in bools:
             if not isinstance(group[key], bool):
                 raise ValueError(f"{key} must be True or False, got {group[key]!r}")
 
@@ -367,8 +372,10 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         """The next η from ``proposed`` (η times the rule's change), limited from the second pass
         on: no growth (``grow_on_repeats=False``), or none above the largest η of the first
         pass (``cap_at_fresh_peak``; no cap while that peak is unknown), then kept within
-        ``[min_step_size, max_step_size]``."""
+        ``[min_step_size, max_step_size]``; no growth during the burn-in (``burn_in``)."""
         state = self.search_state
+        if rule["burn_in"] and state["alignments"] < burn_in_length(rule["alignment_betas"][1]):
+            proposed = min(proposed, eta)
         if state["data_pass"] > 0:
             if not rule["grow_on_repeats"]:
                 proposed = min(proposed, eta)
