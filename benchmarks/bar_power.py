@@ -122,9 +122,9 @@ def pass_rates(
 
 
 def as_low_by_noise(cell: Cell, observed: float, draws: int = 20000, seed: int = 0) -> float:
-    """The share of draws in which a method as good as the best point (``δ = 0``) ends at most
-    ``observed`` (a mean minus the best grid mean) below or above the best grid mean: how
-    often noise alone gives a margin this low."""
+    """The share of draws in which a method as good as the best point (``δ = 0``) ends with a
+    margin (its mean minus the best grid mean) at or below ``observed``: how often noise alone
+    gives a margin this low."""
     gen = torch.Generator().manual_seed(seed)
     return float((margins(cell, draws, gen) <= observed).double().mean())
 

@@ -340,7 +340,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         # an alignment that judges a step short on purpose (a warmup) is not averaged: η holds
         warming = self._warming(rule["hold_while_warming"])
         if alignment is not None and not warming:
-            eta = self._on_repeats(eta, eta * self._change(alignment, rule), rule)
+            eta = self._limited(eta, eta * self._change(alignment, rule), rule)
         if state["data_pass"] == 0:
             state["fresh_peak"] = max(state["fresh_peak"], eta)
         if self._kernels in ("blocked", "fused"):  # moments, update and weight decay in one pass
@@ -368,11 +368,11 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             return False
         return any(b > a for a, b in zip(last, now))
 
-    def _on_repeats(self, eta: float, proposed: float, rule: dict[str, Any]) -> float:
-        """The next η from ``proposed`` (η times the rule's change), limited from the second pass
-        on: no growth (``grow_on_repeats=False``), or none above the largest η of the first
-        pass (``cap_at_fresh_peak``; no cap while that peak is unknown), then kept within
-        ``[min_step_size, max_step_size]``; no growth during the burn-in (``burn_in``)."""
+    def _limited(self, eta: float, proposed: float, rule: dict[str, Any]) -> float:
+        """The next η from ``proposed`` (η times the rule's change), limited: no growth during
+        the burn-in (``burn_in``); from the second pass on, no growth (``grow_on_repeats=False``)
+        or none above the largest η of the first pass (``cap_at_fresh_peak``; no cap while that
+        peak is unknown); then kept within ``[min_step_size, max_step_size]``."""
         state = self.search_state
         if rule["burn_in"] and state["alignments"] < burn_in_length(rule["alignment_betas"][1]):
             proposed = min(proposed, eta)
