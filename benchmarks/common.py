@@ -51,7 +51,10 @@ def device_name(device: str | None = None) -> str:
 
 
 #: tasks whose training set ../shared/data lacks, held out from the choice of lsframe's defaults
-#: (made on SST-2, MRPC and RTE): the dev set's first N examples train, the rest evaluate
+#: (made on SST-2, MRPC and RTE): the dev set's first N examples train, the rest evaluate. The
+#: parts share text: of QNLI's 3,463 evaluated pairs, 619 have a question and 820 a sentence that
+#: also occurs in one of the 2,000 trained on; every optimizer sees the same split, so they
+#: compare, but the accuracies are not QNLI dev accuracies
 DEV_SPLIT = {"qnli": 2000}
 
 
