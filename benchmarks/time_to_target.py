@@ -163,7 +163,8 @@ def train_to_target(
 ) -> dict:
     """``spec`` for ``--steps`` steps on the cached training batches (of ``seed``), from a head
     and dropout stream drawn from ``seed``, the dev accuracy every ``--eval-every`` steps and at
-    the end: its evaluation history with the training seconds."""
+    the end: its evaluation history with the training seconds, and its per-step diagnostics
+    (``per_step``, as in the quality runs' log: :class:`benchmarks.common.StepDiagnostics`)."""
     batches, per_pass, dev = data
     run = build(spec, make_model(args.model, len(tok), seed).to(args.device), args.steps)
     sync: Callable[[], None] = torch.cuda.synchronize if args.device == "cuda" else lambda: None
@@ -191,6 +192,7 @@ def train_to_target(
         "final_metric": history[-1]["metric"],
         "forwards_per_step": (run.forwards.count - eval_forwards) / len(batches),
         "history": history,
+        "per_step": run.diagnostics.columns,  # step sizes; a line search's trials, alignments
     }
 
 

@@ -21,6 +21,7 @@ from benchmarks.time_to_target import (
     merged_costs,
     time_to_target,
     time_to_target_runs,
+    train_to_target,
     upper_median,
 )
 from lsframe.optim.rules import ActiveGroup, Direction
@@ -384,3 +385,32 @@ def test_the_warm_up_runs_under_the_timed_steps_autocast(minilm, shared_data, mo
     )  # fmt: skip
     step_cost.timed_steps(args)
     assert seen == [True] * 4  # two warm-up steps (bf16's first products), then two timed
+
+
+def test_a_time_to_target_run_logs_the_step_sizes_and_alignments_of_every_step():
+    """Plumbing on a small BERT with random tokens (no claim about quality): the run's row holds
+    one step size per step, the schedule's for AdamW and the tracker's with its alignments."""
+    generator = torch.Generator().manual_seed(0)
+
+    def batch() -> dict:
+        ids = torch.randint(5, 100, (4, 8), generator=generator)
+        return {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "labels": torch.randint(0, 2, (4,), generator=generator),
+        }
+
+    batches = [batch() for _ in range(6)]
+    data = (batches, 3, [batch()])
+    args = argparse.Namespace(model="small-bert", device="cpu", bf16=False, steps=6, eval_every=3)
+    vocab = list(range(100))  # only its length is read
+    tracker = "slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal"
+    run = train_to_target(tracker, args, vocab, data)
+    sizes = run["per_step"]["step_size"]["0"]
+    assert len(sizes) == 6 and sizes[0] == pytest.approx(1e-4)
+    alignments = run["per_step"]["alignment"]
+    assert len(alignments) == 6 and alignments[0] is None and None not in alignments[1:]
+    adamw = train_to_target("adamw@1e-4", args, vocab, data)["per_step"]["step_size"]["0"]
+    assert adamw[0] == pytest.approx(1e-4) and adamw == sorted(adamw, reverse=True)  # the cosine
+    assert adamw[-1] < adamw[0]
+    assert [h["step"] for h in run["history"]] == [3, 6]
