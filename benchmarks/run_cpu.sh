@@ -143,6 +143,24 @@ for cell in "S sst2" "S rte" "M sst2" "M rte" "S mrpc" "M mrpc"; do
   OMP_NUM_THREADS=1 python -m benchmarks.quality --setting $1 --task $2 --seeds 0 \
     --no-schedulefree --optimizers "slope_tracking_adam+significant+fresh_peak+slope@5e-5~anneal"
 done
+# issue 18: a burn-in (no growth of η in the first 29 alignments) against SST-2's early overshoot,
+# under the defaults' anneal; then with hold_warmup under the AdamW rows' warmup and cosine
+B="slope_tracking_adam+significant+fresh_peak+slope+burn_in@1e-4~anneal"
+OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task sst2 --seeds 0 1 2 3 4 \
+  --no-schedulefree --optimizers "$B"
+OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task mrpc --seeds 0 1 2 \
+  --no-schedulefree --optimizers "$B"
+OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task sst2 --seeds 0 1 2 \
+  --no-schedulefree --optimizers "$B"
+OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task mrpc --seeds 0 \
+  --no-schedulefree --optimizers "$B"
+BH="slope_tracking_adam+significant+fresh_peak+slope+burn_in+hold_warmup@1e-4~warmup_anneal"
+for task in sst2 rte mrpc; do
+  OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task $task --seeds 0 1 2 3 4 \
+    --no-schedulefree --optimizers "$BH"
+  OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task $task --seeds 0 1 2 \
+    --no-schedulefree --optimizers "$BH"
+done
 # issue 18: QNLI, a task held out from the defaults' choice (its dev file's first 2,000 rows
 # train, the other 3,463 evaluate), setting M: the defaults against the AdamW grid
 OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task qnli --seeds 0 1 2 \
