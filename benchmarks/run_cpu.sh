@@ -211,6 +211,17 @@ for steps in 300 1000; do
       --cost-from benchmarks/results/step_cost_minilm_default_cpu.json
   done
 done
+# ... and the burn-in + hold_warmup variant ($BH above) over 300 steps, its step cost from its own
+# interleaved 300-step run (MRPC's runs are still to do)
+OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 300 \
+  --optimizers adamw-const@5e-5 "$BH" --out benchmarks/results/step_cost_minilm_300_burn_in_cpu
+for task in sst2 mrpc; do
+  OMP_NUM_THREADS=1 python -m benchmarks.step_cost --time-to-target --task $task --steps 300 \
+    --seeds 0 1 2 --lr-free "$D" "$BH" \
+    --out benchmarks/results/time_to_target_${task}_minilm_300steps_3seeds_cpu \
+    --cost-from benchmarks/results/step_cost_minilm_default_cpu.json \
+    benchmarks/results/step_cost_minilm_300_burn_in_cpu.json
+done
 # issue 22: the papers' own protocols (resumable; P2 at batch 4,096/8,192 is ~30 CPU-hours in
 # fp32, a GPU job (--device cuda); on CPU it runs with --bf16: ~14 CPU-hours, its own table)
 OMP_NUM_THREADS=1 python -m benchmarks.p1_final_loss --task gpt2 --seeds 0 1 2 3 4

@@ -154,7 +154,7 @@ def test_presets_that_set_one_key_differently_are_refused():
 
 
 def test_the_readme_summary_pairs_each_row_with_the_best_grid_point_on_shared_seeds():
-    from benchmarks.readme_summary import HOLD_WARMUP, summary_line
+    from benchmarks.readme_summary import BURN_IN_HOLD, summary_line
     from benchmarks.specs import DEFAULT
 
     def run(optimizer, seed, acc):
@@ -164,7 +164,7 @@ def test_the_readme_summary_pairs_each_row_with_the_best_grid_point_on_shared_se
     rows += [run("adamw@5e-5", s, a) for s, a in enumerate([0.70, 0.40, 0.70])]  # mean 0.600
     rows += [run("adamw@3e-4", 0, 0.99)]  # not a grid point: never the best
     rows += [run(DEFAULT, 0, 0.58), run(DEFAULT, 2, 0.68)]
-    rows += [run("salsa", 1, 0.63), run(HOLD_WARMUP, 1, 0.40)]
+    rows += [run("salsa", 1, 0.63), run(BURN_IN_HOLD, 1, 0.40)]
     line = summary_line("S, RTE", rows)
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[0] == "S, RTE"
