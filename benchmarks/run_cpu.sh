@@ -198,29 +198,25 @@ for task in sst2 mrpc; do
     benchmarks/results/step_cost_minilm_cpu.json benchmarks/results/step_cost_cpu.json
 done
 # time to target with three paired seeds (one MRPC run moves by ~0.05 with rounding alone): the
-# grid and the eager default; seed 0's runs of the single-seed table are reused (same settings)
+# grid and the eager default; seed 0's runs of the single-seed table are reused (same settings).
+# Over 300 steps also the burn-in + hold_warmup variant ($BH above), its step cost from its own
+# interleaved 300-step run (MRPC's runs are still to do)
 D="slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal"
+OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 300 \
+  --optimizers adamw-const@5e-5 "$BH" --out benchmarks/results/step_cost_minilm_300_burn_in_cpu
 for steps in 300 1000; do
+  lr_free=("$D") costs=(benchmarks/results/step_cost_minilm_default_cpu.json)
+  if [ "$steps" = 300 ]; then
+    lr_free+=("$BH") costs+=(benchmarks/results/step_cost_minilm_300_burn_in_cpu.json)
+  fi
   for task in mrpc sst2; do
     out=benchmarks/results/time_to_target_${task}_minilm_${steps}steps_3seeds_cpu
     [ -e "$out.runs.jsonl" ] || grep -F -e '"optimizer": "adamw@' -e "\"optimizer\": \"$D\"" \
       "benchmarks/results/time_to_target_${task}_minilm_${steps}steps_cpu.runs.jsonl" \
       > "$out.runs.jsonl"
     OMP_NUM_THREADS=1 python -m benchmarks.step_cost --time-to-target --task $task --steps $steps \
-      --seeds 0 1 2 --lr-free "$D" --out "$out" \
-      --cost-from benchmarks/results/step_cost_minilm_default_cpu.json
+      --seeds 0 1 2 --lr-free "${lr_free[@]}" --out "$out" --cost-from "${costs[@]}"
   done
-done
-# ... and the burn-in + hold_warmup variant ($BH above) over 300 steps, its step cost from its own
-# interleaved 300-step run (MRPC's runs are still to do)
-OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 300 \
-  --optimizers adamw-const@5e-5 "$BH" --out benchmarks/results/step_cost_minilm_300_burn_in_cpu
-for task in sst2 mrpc; do
-  OMP_NUM_THREADS=1 python -m benchmarks.step_cost --time-to-target --task $task --steps 300 \
-    --seeds 0 1 2 --lr-free "$D" "$BH" \
-    --out benchmarks/results/time_to_target_${task}_minilm_300steps_3seeds_cpu \
-    --cost-from benchmarks/results/step_cost_minilm_default_cpu.json \
-    benchmarks/results/step_cost_minilm_300_burn_in_cpu.json
 done
 # issue 22: the papers' own protocols (resumable; P2 at batch 4,096/8,192 is ~30 CPU-hours in
 # fp32, a GPU job (--device cuda); on CPU it runs with --bf16: ~14 CPU-hours, its own table)
