@@ -22,6 +22,7 @@ from benchmarks.claim_readers import (
     salsa_vs_adamw,
     step_cost,
 )
+from benchmarks.specs import DEFAULT_COST_TABLE
 
 
 @dataclass
@@ -132,19 +133,19 @@ CLAIMS = [
     Claim(
         "lsframe",
         "The learning-rate-free default's step costs ≤ 1.05× an AdamW step (MiniLM)",
-        "step_cost_minilm_default",
+        DEFAULT_COST_TABLE.format(model="minilm"),
         default_step_cost(1.05),
     ),
     Claim(
         "lsframe",
         "The learning-rate-free default's step costs ≤ 1.10× an AdamW step (small BERT)",
-        "step_cost_small-bert_default",
+        DEFAULT_COST_TABLE.format(model="small-bert"),
         default_step_cost(1.10),
     ),
     Claim(
         "lsframe",
         "The learning-rate-free default's step costs ≤ 1.05× an AdamW step (MiniLM, GPU, bf16)",
-        "step_cost_minilm_default",
+        DEFAULT_COST_TABLE.format(model="minilm"),
         default_step_cost(1.05),
         device="gpu",
     ),

@@ -19,18 +19,14 @@ import statistics
 from pathlib import Path
 
 from benchmarks.quality import best_grid_point
-from benchmarks.specs import DEFAULT
+from benchmarks.specs import DEFAULT, PREVIOUS_DEFAULT
 
-#: the defaults with ``burn_in`` and ``hold_warmup`` under the AdamW rows' schedule (10 % warmup,
-#: then the cosine); ``hold_warmup`` alone is in ``results/slope_tracking_pilots_cpu.md``
-BURN_IN_HOLD = (
-    "slope_tracking_adam+significant+fresh_peak+slope+burn_in+hold_warmup@1e-4~warmup_anneal"
-)
 RESULTS = Path(__file__).parent / "results"
-#: the summary's columns: (header, optimizer spec in the quality tables)
+#: the summary's columns: (header, optimizer spec in the quality tables); ``hold_warmup``
+#: without the burn-in is in ``results/slope_tracking_pilots_cpu.md``
 COLUMNS = (
-    ("SlopeTrackingAdam (defaults, annealed)", DEFAULT),
-    ("`burn_in` + `hold_warmup`, warmup + anneal", BURN_IN_HOLD),
+    ("SlopeTrackingAdam (defaults: burn-in, hold, warmup + anneal)", DEFAULT),
+    ("its defaults of 2026-12-03 (anneal only)", PREVIOUS_DEFAULT),
     ("its earlier defaults", "slope_tracking_adam"),
     ("SaLSA", "salsa"),
 )

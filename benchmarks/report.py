@@ -31,7 +31,7 @@ import yaml
 
 from benchmarks.claims import CLAIMS
 from benchmarks.common import ROOT
-from benchmarks.specs import DEFAULT, DEFAULT_MODES
+from benchmarks.specs import DEFAULT, DEFAULT_COST_TABLE, DEFAULT_MODES
 
 BENCH = ROOT / "benchmarks"
 GRID = ["adamw@1e-5", "adamw@2e-5", "adamw@5e-5", "adamw@1e-4"]
@@ -77,7 +77,7 @@ STEPS: dict[str, tuple[str, list[str], list[str]]] = {
         + ["adamw-const@5e-5", "salsa", "slope_tracking_adam"],
     ),
     **{
-        f"step_cost_{model}_default": (
+        DEFAULT_COST_TABLE.format(model=model): (
             "step_cost",
             ["--model", model, "--steps", "1000", "--memory", "--optimizers", *COST_ROWS],
             ["--model", model, "--steps", "4", "--first", "2", "--block", "2", "--optimizers"]

@@ -37,8 +37,7 @@ def combined_presets(
 
 #: the rules a registry name's bare spec keeps, whatever the class's defaults now are: the
 #: logged runs of ``slope_tracking_adam`` ran with the defaults until 2026-12, and its present
-#: defaults are the spec ``slope_tracking_adam+significant+fresh_peak+slope@1e-4`` (with
-#: ``~anneal``, the schedule its config adds)
+#: defaults are :data:`DEFAULT`'s presets and ``lr``
 PINNED = {"slope_tracking_adam": optim.info("slope_tracking_adam").preset("earlier_defaults")}
 #: a spec's ``~schedule`` of the step sizes' multiplier: the warmup's share of a cosine to 0
 SCHEDULES = {"": None, "anneal": 0.0, "warmup_anneal": 0.1}
@@ -107,9 +106,13 @@ def build(spec: str, model: nn.Module, total_steps: int) -> Run:
     raise ValueError(f"unknown optimizer spec {spec!r}")
 
 
-#: lsframe's learning-rate-free default as a spec: SlopeTrackingAdam's defaults, spelled out,
-#: with the cosine anneal of the multiplier that its config adds
-DEFAULT = "slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal"
+#: lsframe's learning-rate-free default as a spec: SlopeTrackingAdam's defaults, spelled out
+#: (since 2026-12-04 with ``burn_in`` and ``hold_warmup``), with the 10 % warmup and cosine
+#: anneal of the multiplier that its config adds
+DEFAULT = "slope_tracking_adam+significant+fresh_peak+slope+burn_in+hold_warmup@1e-4~warmup_anneal"
+#: the default from 2026-12-03 to 2026-12-04 (no burn-in, no hold, the cosine without warmup):
+#: the spec of its logged runs
+PREVIOUS_DEFAULT = "slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal"
 
 
 def default_mode(preset: str) -> str:
@@ -120,3 +123,6 @@ def default_mode(preset: str) -> str:
 
 #: the default's modes that the cost and time-to-target claims read: eager, strided, fused
 DEFAULT_MODES = (DEFAULT, default_mode("sampled"), default_mode("fused"))
+#: the step-cost table of :data:`DEFAULT_MODES` per model (the previous default's tables are
+#: ``step_cost_<model>_default_<device>``)
+DEFAULT_COST_TABLE = "step_cost_{model}_burn_in"

@@ -92,9 +92,9 @@ def test_optimizer_pieces_stack_and_hold_the_registrys_presets(piece, capsys):
     record = optim.info(name)
     assert model["optimizer"]["class_path"] == f"lsframe.optim.{record.cls.__name__}"
     scheduler = model["lr_scheduler"]
-    if name == "slope_tracking_adam":  # its defaults were measured with a cosine anneal from 1
+    if name == "slope_tracking_adam":  # its defaults were measured with 10 % warmup + cosine
         assert scheduler["class_path"] == "lsframe.optim.WarmupCosineLR"
-        assert scheduler["init_args"]["warmup_ratio"] == 0.0
+        assert scheduler["init_args"]["warmup_ratio"] == 0.1
     else:
         assert scheduler is None
     assert (model["param_grouping"] == "parts") == (record.param_grouping == "parts")

@@ -143,9 +143,9 @@ def test_a_bare_tracker_spec_keeps_the_earlier_defaults_and_the_default_spec_is_
     current = optim.create("slope_tracking_adam", _Regression().parameters()).defaults
     assert {key: logged[key] for key in earlier} == earlier  # as its runs were logged
     assert all(current[key] != value for key, value in earlier.items())
-    run = build(DEFAULT, _Regression(), total_steps=4)  # the class's defaults, annealed
+    run = build(DEFAULT, _Regression(), total_steps=4)  # the class's defaults, warmed, annealed
     assert run.optimizer.defaults == current
-    assert run.scheduler.warmup_ratio == 0.0 and run.scheduler.total_steps == 4
+    assert run.scheduler.warmup_ratio == 0.1 and run.scheduler.total_steps == 4
 
 
 def test_presets_that_set_one_key_differently_are_refused():
@@ -154,8 +154,8 @@ def test_presets_that_set_one_key_differently_are_refused():
 
 
 def test_the_readme_summary_pairs_each_row_with_the_best_grid_point_on_shared_seeds():
-    from benchmarks.readme_summary import BURN_IN_HOLD, summary_line
-    from benchmarks.specs import DEFAULT
+    from benchmarks.readme_summary import summary_line
+    from benchmarks.specs import DEFAULT, PREVIOUS_DEFAULT
 
     def run(optimizer, seed, acc):
         return {"optimizer": optimizer, "seed": seed, "acc": acc, "majority": 0.5271}
@@ -164,7 +164,7 @@ def test_the_readme_summary_pairs_each_row_with_the_best_grid_point_on_shared_se
     rows += [run("adamw@5e-5", s, a) for s, a in enumerate([0.70, 0.40, 0.70])]  # mean 0.600
     rows += [run("adamw@3e-4", 0, 0.99)]  # not a grid point: never the best
     rows += [run(DEFAULT, 0, 0.58), run(DEFAULT, 2, 0.68)]
-    rows += [run("salsa", 1, 0.63), run(BURN_IN_HOLD, 1, 0.40)]
+    rows += [run("salsa", 1, 0.63), run(PREVIOUS_DEFAULT, 1, 0.40)]
     line = summary_line("S, RTE", rows)
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[0] == "S, RTE"

@@ -120,6 +120,7 @@ def test_on_slopes_the_step_size_follows_the_same_documented_rule():
         alignment_betas=betas,
         alignment_measure="slope",
         combine_horizons="min",
+        burn_in=False,
     )
     alignments, etas = alignments_and_step_sizes(opt, model, x, y)
     assert etas == pytest.approx(reference_step_sizes(alignments, 1e-4, 1.5, betas, False))
@@ -337,8 +338,8 @@ def test_without_a_closure_it_steps_on_the_callers_gradients_like_a_torch_optimi
     torch.manual_seed(0)
     model, x, y = problem()
     twin = twin_of(model)
-    opt = SlopeTrackingAdam(model.parameters(), lr=1e-3)
-    ref = SlopeTrackingAdam(twin.parameters(), lr=1e-3)
+    opt = SlopeTrackingAdam(model.parameters(), lr=1e-3, burn_in=False)  # η moves from step 2
+    ref = SlopeTrackingAdam(twin.parameters(), lr=1e-3, burn_in=False)
     for step in range(10):
         xb, yb = batches(x, y, step)
         opt.zero_grad()

@@ -53,7 +53,7 @@ def test_from_top_starts_at_the_ceiling_and_a_ceiling_below_lr_is_refused():
 def test_a_ceiling_resumes_from_the_state_dict_and_the_steps_continue_identically():
     torch.manual_seed(0)
     model, x, y = problem()
-    kwargs = {"lr": 1e-4, "max_change": 1.5, "alignment_betas": (0.5, 0.8, 0.9)}
+    kwargs = {"lr": 1e-4, "max_change": 1.5, "alignment_betas": (0.5, 0.8, 0.9), "burn_in": False}
     opt = SlopeTrackingAdam(model.parameters(), max_step_size=0.1, **kwargs)
     alignments_and_step_sizes(opt, model, x, y, steps=10)
     twin = twin_of(model)
@@ -77,6 +77,7 @@ def test_each_horizon_rule_gives_the_documented_step_sizes(combine):
         lr=1e-4,
         max_change=1.5,
         alignment_betas=betas,
+        burn_in=False,
     )
     alignments, etas = alignments_and_step_sizes(opt, model, x, y)
     expected = reference_step_sizes(alignments, 1e-4, 1.5, betas, False, combine=combine)
@@ -130,8 +131,8 @@ def test_during_the_burn_in_the_step_size_may_fall_but_not_grow(lr):
     torch.manual_seed(0)
     model, x, y = problem()
     twin = twin_of(model)
-    rule = dict(lr=lr, max_change=1.5, alignment_betas=(0.5, 0.8, 0.9), **EARLIER)
-    opt = optim.create("slope_tracking_adam", model.parameters(), preset="burn_in", **rule)
+    rule = dict(lr=lr, max_change=1.5, alignment_betas=(0.5, 0.8, 0.9), **EARLIER)  # no burn-in
+    opt = SlopeTrackingAdam(model.parameters(), **(rule | {"burn_in": True}))
     free = SlopeTrackingAdam(twin.parameters(), **rule)
     alignments, etas = alignments_and_step_sizes(opt, model, x, y)
     length = burn_in_length(0.8)  # 14 alignments

@@ -21,6 +21,7 @@ from test_slope_tracking_adam import (
 
 from lsframe import optim
 from lsframe.optim import SlopeTrackingAdam
+from lsframe.optim._alignment import burn_in_length
 from lsframe.optim.slope_tracking_adam import RULE_KEYS
 
 PASS_BETAS = (0.6, 0.6, 0.9)
@@ -84,37 +85,51 @@ def test_capped_at_the_fresh_peak_it_grows_again_on_repeats_but_not_above_the_fi
     assert max(free_etas[7:]) > max([3e-3, *free_etas[:7]])  # uncapped, it went past
 
 
-def test_by_default_it_starts_at_1e_4_and_moves_on_significant_slopes_capped_at_the_fresh_peak():
+def default_run(steps: int, pass_length: int | None):
+    """The defaults (no argument) over ``steps`` batches, a new pass every ``pass_length`` (None:
+    one pass, every batch fresh); each step's slope ⟨g_t, d_{t−1}⟩ and step size."""
     torch.manual_seed(0)
     model, x, y = problem()
-    opt = SlopeTrackingAdam(model.parameters())  # no argument: the defaults
-    slopes, etas, checked, last = [], [], 0, None
-    for step in range(40):  # 5 passes of 8 batches
-        opt.start_pass(step // 8)
+    opt = SlopeTrackingAdam(model.parameters())
+    slopes, etas, last = [], [], None
+    for step in range(steps):
+        if pass_length is not None:
+            opt.start_pass(step // pass_length)
         before = flat(p.detach().clone() for p in model.parameters())
         opt.step(closure_for(model, opt, *batches(x, y, step)))
         if last is not None:  # the alignment is the slope ⟨g_t, d_{t−1}⟩, not its cosine
             grad = flat(p.grad for p in model.parameters())
             assert opt.search_state["alignment"] == pytest.approx(float(grad @ last), rel=1e-4)
-            checked += 1
             slopes.append(opt.search_state["alignment"])
             etas.append(opt.param_groups[0]["step_size"])
         moved = before - flat(p.detach() for p in model.parameters())
         last = moved / opt.param_groups[0]["step_size"]  # the step was −η·d
-    assert checked == 39
-    expected = reference_step_sizes(
-        slopes, 1e-4, 1.2, (0.5, 0.9, 0.99), False, 7, combine="significant", cap=True
-    )
-    assert etas == pytest.approx(expected, rel=1e-9)
-    assert len(set(etas)) > 3  # the test fired: η moved, and held on other steps
-    assert any(a == b for a, b in zip(etas, etas[1:]))
-    assert max(etas[7:]) <= opt.search_state["fresh_peak"] * (1 + 1e-12)
-    uncapped = reference_step_sizes(
-        slopes, 1e-4, 1.2, (0.5, 0.9, 0.99), False, combine="significant"
-    )
-    assert max(uncapped[7:]) > max(etas[7:]) * 1.2  # without the cap it would have grown on
-    rule = {k: opt.defaults[k] for k in ("lr", "combine_horizons", "alignment_measure")}
-    assert rule == {"lr": 1e-4, "combine_horizons": "significant", "alignment_measure": "slope"}
+    return opt, slopes, etas
+
+
+def test_by_default_it_starts_at_1e_4_grows_after_the_burn_in_and_is_capped_at_the_fresh_peak():
+    rule = dict(eta0=1e-4, max_change=1.2, betas=(0.5, 0.9, 0.99), gain_decay=False)
+    rule |= dict(combine="significant")
+    opt, slopes, etas = default_run(80, None)  # fresh batches: every step looks too short
+    assert len(etas) == 79 and burn_in_length(0.9) == 29
+    assert etas == pytest.approx(reference_step_sizes(slopes, **rule, burn_in=29), rel=1e-9)
+    assert max(etas[:28]) == 1e-4  # no growth during the burn-in ...
+    assert reference_step_sizes(slopes, **rule)[27] > 1e-4 * 1.2**5  # ... where it would grow
+    assert etas[-1] > 1e-4 * 1.2**10 and len(set(etas)) > 20  # after it, the rule acts
+    # passes of 8 batches: the first pass lies inside the burn-in, its peak is the start, and
+    # from the second pass on η may not grow above it
+    _, slopes, etas = default_run(40, 8)
+    expected = reference_step_sizes(slopes, **rule, fresh=7, cap=True, burn_in=29)
+    assert etas == pytest.approx(expected, rel=1e-9) and max(etas) == 1e-4
+    assert max(reference_step_sizes(slopes, **rule, fresh=7, cap=True)) > 1.2e-4
+    keys = ("lr", "combine_horizons", "alignment_measure", "burn_in", "hold_while_warming")
+    assert {k: opt.defaults[k] for k in keys} == {
+        "lr": 1e-4,
+        "combine_horizons": "significant",
+        "alignment_measure": "slope",
+        "burn_in": True,
+        "hold_while_warming": True,
+    }
     assert opt.defaults["cap_at_fresh_peak"] and opt.defaults["grow_on_repeats"]
 
 
@@ -163,7 +178,9 @@ def test_start_pass_reaches_the_tracker_through_wrappers_and_skips_optimizers_th
         optim.start_pass(tracker, -1)
 
 
-def warmed_up(hold: bool, steps: int = 40, state: dict | None = None, start: int = 0):
+def warmed_up(
+    hold: bool, steps: int = 40, state: dict | None = None, start: int = 0, burn_in: bool = False
+):
     """SlopeTrackingAdam (1e-4, max_change 1.5, the horizons of the hand computations) under a
     10-step linear warmup and a cosine to 0 over 40 steps, the multiplier set before each step
     as a module's scheduler leaves it; from ``state`` (a state dict) at step ``start``."""
@@ -172,7 +189,8 @@ def warmed_up(hold: bool, steps: int = 40, state: dict | None = None, start: int
     torch.manual_seed(0)
     model, x, y = problem()
     rule = dict(lr=1e-4, max_change=1.5, alignment_betas=(0.5, 0.8, 0.9), **EARLIER)
-    opt = SlopeTrackingAdam(model.parameters(), hold_while_warming=hold, **rule)
+    rule |= {"hold_while_warming": hold, "burn_in": burn_in}
+    opt = SlopeTrackingAdam(model.parameters(), **rule)
     schedule = StepSizeSchedule(opt, lambda o: WarmupCosineLR(o, total_steps=40, warmup_ratio=0.25))
     if state is not None:
         model.load_state_dict(state["model"])
@@ -206,6 +224,19 @@ def test_holding_while_warming_leaves_the_warmups_alignments_out_of_the_rule():
         reference_step_sizes(every, 1e-4, 1.5, (0.5, 0.8, 0.9), False), rel=1e-9
     )
     assert max(free_etas[:10]) > 1e-4 * 1.5
+
+
+def test_with_the_burn_in_too_growth_waits_for_that_many_alignments_after_the_warmup():
+    multipliers, alignments, etas, _ = warmed_up(hold=True, burn_in=True)
+    rising = [False] + [b > a for a, b in zip(multipliers, multipliers[1:])]
+    used = [a for a, r in zip(alignments, rising) if a is not None and not r]
+    length = burn_in_length(0.8)  # 14 alignments, counted from the first one averaged
+    expected = reference_step_sizes(used, 1e-4, 1.5, (0.5, 0.8, 0.9), False, burn_in=length)
+    assert etas[:10] == [1e-4] * 10 and etas[10:] == pytest.approx(expected, rel=1e-9)
+    assert max(etas[: 10 + length - 1]) <= 1e-4  # held, then not grown, for 9 + 13 steps
+    _, _, held_only, _ = warmed_up(hold=True)
+    assert max(held_only[: 10 + length - 1]) > 1e-4 * 1.5  # the hold alone lets it grow there
+    assert etas != held_only
 
 
 def test_holding_while_warming_resumes_exactly_mid_warmup():

@@ -105,6 +105,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "combine_horizons": "min",
             "cap_at_fresh_peak": False,
             "alignment_measure": "cosine",
+            "hold_while_warming": False,
+            "burn_in": False,
         },
         "fresh_growth": {"grow_on_repeats": False},
         "agree": {"combine_horizons": "agree"},
