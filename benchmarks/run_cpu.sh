@@ -70,8 +70,8 @@ OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 1000 --m
 OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model small-bert --steps 1000 --memory \
   --optimizers adamw-const@5e-5 adamw-fused-const@5e-5 slope_tracking_adam \
   slope_tracking_adam+sampled slope_tracking_adam+fused
-# ... and of SlopeTrackingAdam's defaults since 2026-12-03 (a bare slope_tracking_adam spec keeps
-# the earlier defaults its logged runs used; the claims read these two tables)
+# ... and of SlopeTrackingAdam's defaults of 2026-12-03 (a bare slope_tracking_adam spec keeps
+# the earlier defaults its logged runs used)
 D="slope_tracking_adam+significant+fresh_peak+slope"
 OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 1000 --memory \
   --optimizers adamw-const@5e-5 "$D@1e-4~anneal" "$D+fused@1e-4~anneal" \
@@ -79,6 +79,16 @@ OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 1000 --m
 OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model small-bert --steps 1000 --memory \
   --optimizers adamw-const@5e-5 adamw-fused-const@5e-5 "$D@1e-4~anneal" "$D+sampled@1e-4~anneal" \
   "$D+fused@1e-4~anneal" --out benchmarks/results/step_cost_small-bert_default_cpu
+# ... and of the present defaults (since 2026-12-04: + burn_in + hold_warmup, 10 % warmup + cosine;
+# benchmarks.specs.DEFAULT_COST_TABLE, the tables the claims read)
+B="$D+burn_in+hold_warmup"
+OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 1000 --memory \
+  --optimizers adamw-const@5e-5 "$B@1e-4~warmup_anneal" "$B+fused@1e-4~warmup_anneal" \
+  --out benchmarks/results/step_cost_minilm_burn_in_cpu
+OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model small-bert --steps 1000 --memory \
+  --optimizers adamw-const@5e-5 adamw-fused-const@5e-5 "$B@1e-4~warmup_anneal" \
+  "$B+sampled@1e-4~warmup_anneal" "$B+fused@1e-4~warmup_anneal" \
+  --out benchmarks/results/step_cost_small-bert_burn_in_cpu
 # the host operators a step dispatches on the branch CUDA tensors take (counts, not times)
 python -m benchmarks.host_ops --cuda-path --loop-sums
 # SaLSA with its steps without search in torch's fused AdamW kernel (CPU)
@@ -164,7 +174,7 @@ done
 # issue 18: QNLI, a task held out from the defaults' choice (its dev file's first 2,000 rows
 # train, the other 3,463 evaluate), setting M: the defaults against the AdamW grid
 OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task qnli --seeds 0 1 2 \
-  --no-schedulefree --optimizers "slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal" \
+  --no-schedulefree --optimizers "$BH" "slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal" \
   adamw@1e-5 adamw@2e-5 adamw@5e-5 adamw@1e-4
 # issue 18: a Polyak-type step size along Adam's direction per task (probed, not used)
 OMP_NUM_THREADS=1 python -m benchmarks.polyak_probe --tasks sst2 mrpc rte --seeds 0 1 --steps 60
@@ -176,14 +186,18 @@ OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 300 \
   --optimizers adamw-const@5e-5 slope_tracking_adam slope_tracking_adam+fused \
   "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal" \
   --out benchmarks/results/step_cost_minilm_300_cpu
+# ... and the present defaults' own ($BH above, since 2026-12-04)
+OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 300 \
+  --optimizers adamw-const@5e-5 "$BH" --out benchmarks/results/step_cost_minilm_300_burn_in_cpu
 for task in sst2 mrpc; do
   OMP_NUM_THREADS=1 python -m benchmarks.step_cost --time-to-target --task $task --steps 300 \
     --lr-free slope_tracking_adam+fused slope_tracking_adam \
-    "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal" \
-    --cost-from benchmarks/results/step_cost_minilm_300_cpu.json
+    "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal" "$BH" \
+    --cost-from benchmarks/results/step_cost_minilm_300_cpu.json \
+    benchmarks/results/step_cost_minilm_300_burn_in_cpu.json
 done
 # (runs resume on any machine; their AdamW-step costs come from an interleaved 1,000-step run
-# with the variant's row, the eager default's and SaLSA's from the earlier step-cost tables)
+# with the variant's row, the defaults' (both) and SaLSA's from the step-cost tables above)
 OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 1000 \
   --optimizers adamw-const@5e-5 slope_tracking_adam+fused \
   "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal" \
@@ -192,26 +206,25 @@ for task in sst2 mrpc; do
   OMP_NUM_THREADS=1 python -m benchmarks.step_cost --time-to-target --task $task --steps 1000 \
     --lr-free slope_tracking_adam+fused slope_tracking_adam salsa \
     "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal" \
-    "slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal" \
+    "slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal" "$BH" \
     --cost-from benchmarks/results/step_cost_minilm_1000_cpu.json \
     benchmarks/results/step_cost_minilm_default_cpu.json \
+    benchmarks/results/step_cost_minilm_burn_in_cpu.json \
     benchmarks/results/step_cost_minilm_cpu.json benchmarks/results/step_cost_cpu.json
 done
 # time to target with three paired seeds (one MRPC run moves by ~0.05 with rounding alone): the
 # grid and the eager default; seed 0's runs of the single-seed table are reused (same settings).
-# Over 300 steps also the burn-in + hold_warmup variant ($BH above), its step cost from its own
-# interleaved 300-step run (MRPC's runs are still to do)
+# The present defaults ($BH above, since 2026-12-04) take their step cost from their own
+# interleaved runs (300 and 1,000 steps)
 D="slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal"
-OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 300 \
-  --optimizers adamw-const@5e-5 "$BH" --out benchmarks/results/step_cost_minilm_300_burn_in_cpu
 for steps in 300 1000; do
-  lr_free=("$D") costs=(benchmarks/results/step_cost_minilm_default_cpu.json)
-  if [ "$steps" = 300 ]; then
-    lr_free+=("$BH") costs+=(benchmarks/results/step_cost_minilm_300_burn_in_cpu.json)
-  fi
+  bh_cost=benchmarks/results/step_cost_minilm_burn_in_cpu.json  # 1,000 steps
+  if [ "$steps" = 300 ]; then bh_cost=benchmarks/results/step_cost_minilm_300_burn_in_cpu.json; fi
+  lr_free=("$D" "$BH") costs=(benchmarks/results/step_cost_minilm_default_cpu.json "$bh_cost")
   for task in mrpc sst2; do
     out=benchmarks/results/time_to_target_${task}_minilm_${steps}steps_3seeds_cpu
     [ -e "$out.runs.jsonl" ] || grep -F -e '"optimizer": "adamw@' -e "\"optimizer\": \"$D\"" \
+      -e "\"optimizer\": \"$BH\"" \
       "benchmarks/results/time_to_target_${task}_minilm_${steps}steps_cpu.runs.jsonl" \
       > "$out.runs.jsonl"
     OMP_NUM_THREADS=1 python -m benchmarks.step_cost --time-to-target --task $task --steps $steps \

@@ -64,10 +64,10 @@ FOLDER = {"class_path": "lsframe.data.ImageFolderDataModule",
 # name: (command line builder, exit status, stderr after "lsframe <subcommand>: error: ")
 CASES: dict[str, tuple[Args, int, str]] = {
     # ---- fit: optimizer values (checked on a probe parameter before the model loads)
-    "c out of range": (fit(model__init_args__optimizer__init_args__c=-1), 2,
-                       f"c must be in (0, 1), got -1.0 ({OPT}.c)"),
-    "c not a number": (fit(model__init_args__optimizer__init_args__c="abc"), 2,
-                       f"expected a number, got 'abc' ({OPT}.c){FIT_HELP}"),
+    "eps out of range": (fit(model__init_args__optimizer__init_args__eps=-1), 2,
+                         f"eps must be a positive finite number, got -1.0 ({OPT}.eps)"),
+    "eps not a number": (fit(model__init_args__optimizer__init_args__eps="abc"), 2,
+                         f"expected a number, got 'abc' ({OPT}.eps){FIT_HELP}"),
     "torch lr negative": (
         fit(model__init_args__optimizer={"class_path": "torch.optim.AdamW",
                                          "init_args": {"lr": -1.0}}), 2,
@@ -231,7 +231,7 @@ LATE_CASES: dict[str, tuple[Args, int, str]] = {
 # fmt: on
 
 SUBPROCESS = {
-    "c out of range",
+    "eps out of range",
     "validate: corrupt checkpoint",
     "export: checkpoint missing",
     "sequential: corrupt state",
@@ -275,9 +275,9 @@ def run_forked(manifest: list[dict], folder: Path) -> None:
 def results(tmp_path_factory, minilm) -> dict[str, Result]:
     """Every case run once (the forked ones in the runner while the subprocess ones run beside
     it): ``(program, exit status, stderr, changed files, added files, folder)``. The case
-    ``debug`` reruns ``c out of range`` with ``LSFRAME_DEBUG=1``."""
+    ``debug`` reruns ``eps out of range`` with ``LSFRAME_DEBUG=1``."""
     root = tmp_path_factory.mktemp("bad_input")
-    cases = {**CASES, **LATE_CASES, "debug": CASES["c out of range"]}
+    cases = {**CASES, **LATE_CASES, "debug": CASES["eps out of range"]}
     prepared = {}
     for i, (name, (args, _, _)) in enumerate(cases.items()):
         tmp = root / f"case_{i:02d}"
@@ -332,6 +332,6 @@ def test_lsframe_debug_brings_the_traceback_back(results):
     prog, status, stderr, changed, added, tmp = results["debug"]
     lines = stderr.splitlines()
     assert lines[0] == "Traceback (most recent call last):"
-    assert "ConfigError: c must be in (0, 1), got -1.0" in stderr
-    assert lines[-1] == f"{prog}: error: {CASES['c out of range'][2]}"
+    assert "ConfigError: eps must be a positive finite number, got -1.0" in stderr
+    assert lines[-1] == f"{prog}: error: {CASES['eps out of range'][2]}"
     assert status == 2 and changed == [] and added == []

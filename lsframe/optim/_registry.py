@@ -98,8 +98,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # "agree": no drift of η under pure noise (the earlier defaults' min of two horizons decays it);
     # "agree_else_min" keeps the short horizon's brake where the two disagree
     "slope_tracking_adam": {
-        # the defaults until 2026-12: from 1e-5, the minimum of the two horizons on every step
-        # (η drifts down under noise, to nothing over long runs), the cosine, no cap on repeats
+        # the defaults until 2026-12-03: from 1e-5, the minimum of the two horizons on every step
+        # (η drifts down under noise, to nothing over long runs), the cosine, no cap on repeats,
+        # no burn-in and no hold (both defaults since 2026-12-04)
         "earlier_defaults": {
             "lr": 1e-5,
             "combine_horizons": "min",
@@ -126,9 +127,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # counts more (benchmarks/results/slope_ratio_probe_cpu.md)
         "slope": {"alignment_measure": "slope"},
         # a warmup's steps are short on purpose: their alignments are not averaged, η holds
+        # (a default since 2026-12-04; the preset spells it out over ``earlier_defaults``)
         "hold_warmup": {"hold_while_warming": True},
         # the first alignments are a transient (the slope's scale grows, every step looks too
-        # short): η may fall from the start but grows only after the burn-in
+        # short): η may fall from the start but grows only after the burn-in (a default too)
         "burn_in": {"burn_in": True},
         # the same rule by compiled one-pass kernels (``fused=True``; the first step compiles)
         "fused": {"fused": True},
