@@ -81,13 +81,14 @@ OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model small-bert --steps 1000
   "$D+fused@1e-4~anneal" --out benchmarks/results/step_cost_small-bert_default_cpu
 # ... and of the present defaults (since 2026-12-04: + burn_in + hold_warmup, 10 % warmup + cosine;
 # benchmarks.specs.DEFAULT_COST_TABLE, the tables the claims read)
-B="$D+burn_in+hold_warmup"
+BHP="$D+burn_in+hold_warmup"  # the present defaults' presets
+BH="$BHP@1e-4~warmup_anneal"  # their spec, benchmarks.specs.DEFAULT
 OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 1000 --memory \
-  --optimizers adamw-const@5e-5 "$B@1e-4~warmup_anneal" "$B+fused@1e-4~warmup_anneal" \
+  --optimizers adamw-const@5e-5 "$BH" "$BHP+fused@1e-4~warmup_anneal" \
   --out benchmarks/results/step_cost_minilm_burn_in_cpu
 OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model small-bert --steps 1000 --memory \
-  --optimizers adamw-const@5e-5 adamw-fused-const@5e-5 "$B@1e-4~warmup_anneal" \
-  "$B+sampled@1e-4~warmup_anneal" "$B+fused@1e-4~warmup_anneal" \
+  --optimizers adamw-const@5e-5 adamw-fused-const@5e-5 "$BH" \
+  "$BHP+sampled@1e-4~warmup_anneal" "$BHP+fused@1e-4~warmup_anneal" \
   --out benchmarks/results/step_cost_small-bert_burn_in_cpu
 # the host operators a step dispatches on the branch CUDA tensors take (counts, not times)
 python -m benchmarks.host_ops --cuda-path --loop-sums
@@ -164,7 +165,6 @@ OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task sst2 --seeds 0
   --no-schedulefree --optimizers "$B"
 OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task mrpc --seeds 0 \
   --no-schedulefree --optimizers "$B"
-BH="slope_tracking_adam+significant+fresh_peak+slope+burn_in+hold_warmup@1e-4~warmup_anneal"
 for task in sst2 rte mrpc; do
   OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task $task --seeds 0 1 2 3 4 \
     --no-schedulefree --optimizers "$BH"

@@ -108,8 +108,9 @@ def default_run(steps: int, pass_length: int | None):
 
 
 def test_by_default_it_starts_at_1e_4_grows_after_the_burn_in_and_is_capped_at_the_fresh_peak():
-    rule = dict(eta0=1e-4, max_change=1.2, betas=(0.5, 0.9, 0.99), gain_decay=False)
-    rule |= dict(combine="significant")
+    rule = dict(
+        eta0=1e-4, max_change=1.2, betas=(0.5, 0.9, 0.99), gain_decay=False, combine="significant"
+    )
     opt, slopes, etas = default_run(80, None)  # fresh batches: every step looks too short
     assert len(etas) == 79 and burn_in_length(0.9) == 29
     assert etas == pytest.approx(reference_step_sizes(slopes, **rule, burn_in=29), rel=1e-9)
