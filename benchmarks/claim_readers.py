@@ -165,7 +165,8 @@ def default_time_to_target(bar: float = 1.1) -> Callable[[Rows], tuple[str, str]
         verdict = modes_verdict(held, len(modes))
         others = [name for name in meets if name not in held]
         if others:
-            verdict += f" (met by {', '.join(others)})"
+            also = "also " if held else ""  # a miss names the rows that met the bar instead
+            verdict += f" ({also}met by {', '.join(others)})"
         return measured, verdict
 
     return read

@@ -129,7 +129,7 @@ def test_the_time_to_target_claim_holds_only_within_its_bar_of_the_best_adamw_ru
         row("late", 0.84, 300, 310.0),  # 1.13×: misses
     ]
     measured, verdict = default_time_to_target(1.1)(rows)
-    assert verdict == f"holds with {DEFAULT} (met by other@1e-4~anneal)"
+    assert verdict == f"holds with {DEFAULT} (also met by other@1e-4~anneal)"
     assert measured.startswith("AdamW steps to 0.8400: best AdamW (adamw@0.0001) 275, the grid 600")
     assert f"{default_mode('fused')} not reached (final 0.8100)" in measured
     rows[2]["adamw_steps_to_target"] = 303.0  # 1.10×+: the default misses
