@@ -66,27 +66,29 @@ EOF
       run benchmarks.gpu_pack --check text --out "$out/gpu_check_text.txt"
       results=("$out/gpu_check_text.txt")
     else
-      # SlopeTrackingAdam's defaults with its config's anneal (benchmarks.specs.DEFAULT)
-      d="slope_tracking_adam+significant+fresh_peak+slope"
+      # the present defaults' spec, its fused mode and its cost tables' name, from
+      # benchmarks.specs (what the claims read), so this script follows a change of default
+      read -r d fused cost < <("$py" -c "from benchmarks.specs import DEFAULT, DEFAULT_COST_TABLE, \
+default_mode; print(DEFAULT, default_mode('fused'), DEFAULT_COST_TABLE)")
       # the cost tables first, alone on the GPU (their timings are the evidence)
       run benchmarks.step_cost --model minilm --steps 1000 --device cuda --bf16 --memory \
-        --optimizers adamw-const@5e-5 adamw-fused-const@5e-5 "$d@1e-4~anneal" \
-        "$d+fused@1e-4~anneal" salsa --out benchmarks/results/step_cost_minilm_default_gpu
+        --optimizers adamw-const@5e-5 adamw-fused-const@5e-5 "$d" "$fused" salsa \
+        --out "benchmarks/results/${cost/\{model\}/minilm}_gpu"
       # then setting M, one process per task and seed (the GPU idles between a small model's
       # kernels); within a process the grid's usual best points come first, so a run cut by
       # the budget leaves the default against them
       for task in sst2 mrpc rte; do
         for seed in 0 1 2; do
           run benchmarks.quality --setting M --task "$task" --device cuda --bf16 --seeds "$seed" \
-            --optimizers "$d@1e-4~anneal" adamw@5e-5 adamw@1e-4 salsa adamw@2e-5 adamw@1e-5 \
+            --optimizers "$d" adamw@5e-5 adamw@1e-4 salsa adamw@2e-5 adamw@1e-5 \
             --no-schedulefree &
         done
       done
       wait
       run benchmarks.step_cost --model small-bert --steps 1000 --device cuda --bf16 --memory \
-        --optimizers adamw-const@5e-5 adamw-fused-const@5e-5 "$d@1e-4~anneal" \
-        "$d+fused@1e-4~anneal" --out benchmarks/results/step_cost_small-bert_default_gpu
-      results=(benchmarks/results/quality_m_*_bf16_gpu.* benchmarks/results/step_cost_*_default_gpu.*)
+        --optimizers adamw-const@5e-5 adamw-fused-const@5e-5 "$d" "$fused" \
+        --out "benchmarks/results/${cost/\{model\}/small-bert}_gpu"
+      results=(benchmarks/results/quality_m_*_bf16_gpu.* benchmarks/results/${cost/\{model\}/*}_gpu.*)
     fi
     ;;
   images)
