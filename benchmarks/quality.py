@@ -55,7 +55,7 @@ from benchmarks.common import (
     write_results,
 )
 from benchmarks.heldout import HeldOutHalving, keep_back, split_spec
-from benchmarks.specs import build
+from benchmarks.specs import build, check_installed
 from lsframe.data.glue import glue_task
 from lsframe.optim import line_searches
 
@@ -222,6 +222,8 @@ def main() -> None:
     kind = ("bf16_" if args.bf16 else "") + ("gpu" if args.device == "cuda" else "cpu")
     out = Path(args.out or f"benchmarks/results/{name}_{kind}")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        check_installed([*args.optimizers, *([] if args.no_schedulefree else ["schedulefree"])])
     args.log = out.with_suffix(".runs.jsonl")
     started = time.time()
     tok = tokenizer()

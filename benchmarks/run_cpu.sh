@@ -2,6 +2,8 @@
 # The commands that make the CPU benchmark tables (results/ holds the output);
 # python -m benchmarks.report runs them all and writes results/REPORT.md. The scripts reuse
 # the runs already logged under the same --out, so seeds and tasks can be added in several sittings.
+# The comparison optimizers (Prodigy, Schedule-Free, the authors' SaLSA) need lsframe's bench and
+# dev extras: pip install -e '.[dev,bench]' (a run names a missing one before it starts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m benchmarks.quality --task sst2 --train-limit 2000 --max-length 64 --seeds 0

@@ -3,6 +3,7 @@ lsframe's learning-rate-free default."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Sequence
 from functools import partial
@@ -41,6 +42,27 @@ def combined_presets(
 PINNED = {"slope_tracking_adam": optim.info("slope_tracking_adam").preset("earlier_defaults")}
 #: a spec's ``~schedule`` of the step sizes' multiplier: the warmup's share of a cosine to 0
 SCHEDULES = {"": None, "anneal": 0.0, "warmup_anneal": 0.1}
+
+
+#: the comparison optimizers from other packages: spec name -> (module, lsframe extra)
+PACKAGES = {
+    "prodigy": ("prodigyopt", "bench"),
+    "dadaptadam": ("dadaptation", "bench"),
+    "schedulefree": ("schedulefree", "bench"),
+    "salsa-reference": ("salsa", "dev"),
+}
+
+
+def check_installed(specs: Sequence[str]) -> None:
+    """Stop in one line, before any run, when a spec's optimizer package is not installed (a
+    run would otherwise fail with an ImportError after the runs before it)."""
+    for spec in specs:
+        name = spec.partition("@")[0].partition("~")[0].partition("+")[0]
+        module, extra = PACKAGES.get(name, (None, None))
+        if module and importlib.util.find_spec(module) is None:
+            raise SystemExit(
+                f"optimizer spec {spec!r} needs the package {module!r}: pip install -e '.[{extra}]'"
+            )
 
 
 def build(spec: str, model: nn.Module, total_steps: int) -> Run:

@@ -56,7 +56,7 @@ from benchmarks.common import (
     warn_if_bf16_emulated,
     write_results,
 )
-from benchmarks.specs import DEFAULT, build, default_mode
+from benchmarks.specs import DEFAULT, build, check_installed, default_mode
 from lsframe.optim import info, line_searches, make_closure
 
 MAX_LENGTH = {"minilm": 64, "small-bert": 32}
@@ -321,6 +321,7 @@ def main() -> None:
     if args.probe_memory:
         print(probe_memory(args.probe_memory, args))
         return
+    check_installed(args.lr_free if args.time_to_target else args.optimizers)
     device = "gpu" if args.device == "cuda" else "cpu"
     if args.time_to_target:
         name = f"time_to_target_{args.task}_{args.model}_{args.steps}steps_{device}"

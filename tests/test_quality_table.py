@@ -228,6 +228,27 @@ def tiny_quality_argv(out) -> list[str]:
     return argv + ["--no-schedulefree", "--device", "cpu", "--out", str(out)]
 
 
+def test_a_spec_whose_package_is_missing_stops_the_benchmark_before_any_run(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    from benchmarks import quality
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(  # prodigyopt not installed (CI installs lsframe without [bench])
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "prodigyopt" else real_find_spec(name, *a),
+    )
+    out = tmp_path / "quality_rte"
+    argv = tiny_quality_argv(out)
+    argv.insert(argv.index("--no-schedulefree"), "prodigy")
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit, match=r"'prodigy' needs the package 'prodigyopt': .*\[bench\]"):
+        quality.main()
+    assert not out.with_suffix(".runs.jsonl").exists()  # the AdamW run before it did not start
+
+
 def test_quality_runs_in_bf16_are_logged_apart_and_their_table_says_so(
     minilm, shared_data, tmp_path, monkeypatch
 ):
