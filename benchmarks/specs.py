@@ -57,7 +57,7 @@ def check_installed(specs: Sequence[str]) -> None:
     """Stop in one line, before any run, when a spec's optimizer package is not installed (a
     run would otherwise fail with an ImportError after the runs before it)."""
     for spec in specs:
-        name = spec.partition("@")[0].partition("~")[0].partition("+")[0]
+        name = spec.partition("^")[0].partition("~")[0].partition("@")[0].partition("+")[0]
         module, extra = PACKAGES.get(name, (None, None))
         if module and importlib.util.find_spec(module) is None:
             raise SystemExit(

@@ -247,6 +247,10 @@ def test_a_spec_whose_package_is_missing_stops_the_benchmark_before_any_run(tmp_
     with pytest.raises(SystemExit, match=r"'prodigy' needs the package 'prodigyopt': .*\[bench\]"):
         quality.main()
     assert not out.with_suffix(".runs.jsonl").exists()  # the AdamW run before it did not start
+    from benchmarks.specs import check_installed
+
+    with pytest.raises(SystemExit, match="'prodigy\\^heldout' needs the package 'prodigyopt'"):
+        check_installed(["adamw@1e-4^heldout", "prodigy^heldout"])  # a held-out pilot's row
 
 
 def test_quality_runs_in_bf16_are_logged_apart_and_their_table_says_so(
