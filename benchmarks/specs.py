@@ -99,6 +99,7 @@ def build(spec: str, model: nn.Module, total_steps: int) -> Run:
         kwargs = PINNED.get(name, {}) | combined_presets(info, presets, spec)
         kwargs |= {} if lr is None else {"lr": lr}
         opt = info.create(groups, **kwargs)
+        optim.set_run_length(opt, total_steps)
         if not schedule:
             return Run(spec, model, opt)
         from lsframe.modules.optimizer_setup import make_scheduler  # the module's own path

@@ -78,6 +78,7 @@ from lsframe.integrations._hf_precision import trainer_autocast
 from lsframe.optim._registry import info_for
 from lsframe.optim.closure import StepRandomState
 from lsframe.optim.data_passes import innermost_optimizer, start_pass
+from lsframe.optim.run_length import set_run_length
 from lsframe.optim.step_size_schedule import StepSizeSchedule
 
 try:
@@ -205,6 +206,7 @@ class LineSearchTrainerMixin:
 
     def create_scheduler(self, num_training_steps: int, optimizer: Optimizer | None = None) -> Any:
         inner = unwrap_optimizer(optimizer if optimizer is not None else self.optimizer)
+        set_run_length(inner, num_training_steps)  # a start that depends on it
         if not _searches(inner):
             return super().create_scheduler(num_training_steps, optimizer)
         if self.lr_scheduler is None:

@@ -28,7 +28,7 @@ from lsframe.modules.norm_statistics import NormStatistics
 from lsframe.modules.optimizer_setup import default_optimizer
 from lsframe.modules.policy import check_sharding
 from lsframe.modules.random_state import ResumeRandomState, random_states
-from lsframe.optim import info_for, innermost_optimizer, start_pass
+from lsframe.optim import info_for, innermost_optimizer, set_run_length, start_pass
 from lsframe.optim.closure import StepRandomState
 from lsframe.optim.param_groups import apply_part_multipliers
 from lsframe.precision import GradientOverflow, fp16_plugin
@@ -128,6 +128,8 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         if self.lr_distribution is not None:
             multipliers = multipliers_for(self.model, self.lr_distribution, self.num_parts)
             apply_part_multipliers(optimizer, multipliers)
+        if self._trainer is not None:  # a start that depends on the run's length
+            set_run_length(optimizer, self.num_optimizer_steps)
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = optimizer_setup.make_scheduler(

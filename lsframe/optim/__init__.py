@@ -28,6 +28,7 @@ from lsframe.optim.data_passes import innermost_optimizer, start_pass
 from lsframe.optim.lamb import Lamb
 from lsframe.optim.param_groups import apply_part_multipliers, weight_decay_groups
 from lsframe.optim.plasls import PLASLS
+from lsframe.optim.run_length import long_run_start, set_run_length
 from lsframe.optim.salsa import SaLSA
 from lsframe.optim.schedulers import WarmupCosineLR
 from lsframe.optim.slope_tracking_adam import SlopeTrackingAdam
@@ -57,9 +58,11 @@ __all__ = [
     "info_for",
     "innermost_optimizer",
     "line_searches",
+    "long_run_start",
     "make_closure",
     "names",
     "register",
+    "set_run_length",
     "start_pass",
     "weight_decay_groups",
 ]

@@ -132,6 +132,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # the first alignments are a transient (the slope's scale grows, every step looks too
         # short): η may fall from the start but grows only after the burn-in (a default too)
         "burn_in": {"burn_in": True},
+        # a run longer than setting M's 375 steps (the longest the 1e-4 start was measured at
+        # against the AdamW grid) starts at 1e-4 · √(375 / T): the fixed-horizon 1/√T rule
+        "long_run_start": {"long_run_steps": 375},
         # the same rule by compiled one-pass kernels (``fused=True``; the first step compiles)
         "fused": {"fused": True},
     },

@@ -32,6 +32,7 @@ from lsframe.optim.adam_moments import (
     one_pass_adam_step,
 )
 from lsframe.optim.rules import ActiveGroup
+from lsframe.optim.run_length import long_run_start
 from lsframe.validation import check_int_at_least, check_open_unit, check_positive
 
 # one step size for all groups: these hyperparameters must agree across the groups
@@ -48,6 +49,7 @@ RULE_KEYS = (
     "alignment_measure",
     "hold_while_warming",
     "burn_in",
+    "long_run_steps",
     "fused",
 )
 
@@ -111,19 +113,14 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     spec ``benchmarks.specs.DEFAULT``). Without a warmup the hold never acts and the burn-in
     alone guards the first steps. It needs the run's length, not a learning rate.
 
-    Failure modes (docs/default_optimizer.md): the test fires rarely, so η mostly stays at its
-    start. At fine-tuning lengths (80–375 steps) these defaults are, unless the slope test
-    fires, AdamW at 1e-4 with 10 % warmup and a cosine: in the 18 quality runs of setting S and of
-    SST-2 in setting M, η stayed within 7 % of 1e-4 and each run ended where AdamW 1e-4's run of
-    the same seed ended.
-    Where a task wants a smaller step (RTE at 2,000 examples × 3 epochs, best at 5e-5) η comes
-    down late, from step 64 or later, and the run stays close to AdamW 1e-4 (−0.036 against the
-    best AdamW point). From scratch η needs ``log(η*/lr) / log(max_change)`` steps past the
-    burn-in to reach η*. With ``"min"`` η decays without a floor. The defaults of 2026-12-03
-    (no burn-in, no hold, the cosine alone) let η grow to 1.7e-4–2.6e-4 on SST-2 over the first
-    steps, where every fresh batch says "too short" (−0.014, −0.019 against the best point).
-    lsframe's modules and ``LineSearchTrainer`` call :meth:`start_pass` at each epoch; a plain
-    loop calls it itself (without it every batch counts as fresh and the cap never acts).
+    Failure modes (docs/default_optimizer.md): the test fires rarely, so at fine-tuning lengths
+    (80–375 steps) these defaults are mostly AdamW at 1e-4 with 10 % warmup and a cosine (in the
+    18 quality runs of setting S and of SST-2 in M, η stayed within 7 % of 1e-4). Where a task
+    wants a smaller step (RTE in M, best at 5e-5; 1,000-step runs, best at 5e-5) η comes down
+    late, from step 64 or later, and at 1,000 steps by too much. ``long_run_steps`` (off) starts
+    a longer run lower. With ``"min"`` η decays without a floor. lsframe's modules and
+    ``LineSearchTrainer`` call :meth:`start_pass` at each epoch; a plain loop calls it itself
+    (without it every batch counts as fresh and the cap never acts).
 
     Cost: no extra forward and no parameter copy; one more read of ``g``, ``m`` and ``v`` and
     three inner products in one host sync per step. On CPU the sums run cache-blocked and the
@@ -170,6 +167,10 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         hold_while_warming: Leave out of the averages, and hold η on, the alignments of steps
             taken while a schedule raised ``lr_multiplier`` (a warmup). Default: True.
         burn_in: No growth of η before :func:`burn_in_length` alignments. Default: True.
+        long_run_steps: A run of ``T`` optimizer steps longer than this starts at
+            ``lr · √(long_run_steps / T)`` (:func:`~lsframe.optim.long_run_start`; ``T`` from
+            :meth:`set_run_length`, which lsframe's modules, ``LineSearchTrainer`` and the
+            benchmarks call). ``None``: every run starts at ``lr``. Default: None.
         fused: Run the rule as compiled one-pass kernels (``torch.compile``). Default: False.
             Like every hyperparameter it is saved in the param groups: a loaded state dict
             brings its own (as with torch's ``Adam(fused=...)``).
@@ -196,6 +197,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         weight_decay: float = 0.0,
         hold_while_warming: bool = True,
         burn_in: bool = True,
+        long_run_steps: int | None = None,
         fused: bool = False,
     ) -> None:
         defaults = dict(
@@ -215,6 +217,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             weight_decay=weight_decay,
             hold_while_warming=hold_while_warming,
             burn_in=burn_in,
+            long_run_steps=long_run_steps,
             fused=fused,
         )
         super().__init__(params, defaults)
@@ -232,6 +235,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
                 f"combine_horizons must be one of {HORIZON_RULES}, got {group['combine_horizons']!r}"
             )
         check_int_at_least(1, alignment_stride=group["alignment_stride"])
+        check_int_at_least(1, allow_none=True, long_run_steps=group["long_run_steps"])
         ceiling = group["max_step_size"]
         number = isinstance(ceiling, numbers.Real) and not isinstance(ceiling, bool)
         if ceiling is not None and not (
@@ -288,6 +292,26 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise ValueError(f"start_pass: index must be an int >= 0, got {index!r}")
         self.search_state["data_pass"] = index
+
+    @property
+    def needs_run_length(self) -> bool:
+        """Whether the start depends on the run's length (``long_run_steps`` is set)."""
+        return self.shared("long_run_steps") is not None
+
+    def set_run_length(self, total_steps: int) -> None:
+        """Say the run takes ``total_steps`` optimizer steps. With ``long_run_steps`` set and
+        before the first step, each group's η starts at :func:`long_run_start` of its own start;
+        idempotent. After the first step (a resumed run, a second call) η is left as it is."""
+        check_int_at_least(1, total_steps=total_steps)
+        rule = self.shared("long_run_steps")
+        if rule is None or self.search_state["step"] > 0:
+            return
+        for group in self.param_groups:
+            start = group.setdefault("unscaled_initial_step_size", group["initial_step_size"])
+            group["step_size"] = group["initial_step_size"] = long_run_start(
+                start, rule, total_steps
+            )
+        self._write_lr()
 
     def _one_pass(self, grads: list[Tensor]) -> str | None:
         """The kernels of this step's sums: ``"fused"`` (compiled), ``"blocked"`` (eager, on
