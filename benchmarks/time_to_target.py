@@ -61,6 +61,7 @@ from benchmarks.step_cost import (
     table,
     train_batches,
 )
+from lsframe import optim
 
 
 def time_to_target(history: Sequence[dict], target: float) -> dict | None:
@@ -128,6 +129,30 @@ def merged_costs(paths: Sequence[str], steps: int) -> tuple[dict[str, float], di
             if spec not in costs:
                 costs[spec], sources[spec] = ratio, path
     return costs, sources
+
+
+def without_start(spec: str) -> str:
+    """``spec`` without its ``@lr`` (its start): ``name+presets~schedule``."""
+    body, tilde, schedule = spec.partition("~")
+    return body.partition("@")[0] + tilde + schedule
+
+
+def costs_at_other_starts(
+    specs: Sequence[str], costs: dict[str, float], sources: dict[str, str]
+) -> None:
+    """Give each of ``specs`` that no table timed the cost of a timed spec that differs from it
+    in its start (``@lr``) alone, where the optimizer takes no forward trial: its step does the
+    same work at any step size (a line search's trials depend on it). Updates both in place;
+    the source says "at another start"."""
+    timed = {without_start(spec): spec for spec in costs}
+    for spec in specs:
+        name = spec.partition("~")[0].partition("@")[0].partition("+")[0]
+        if spec in costs or name not in optim.names() or optim.info(name).forward_trials:
+            continue
+        twin = timed.get(without_start(spec))
+        if twin is not None and twin in sources:
+            costs[spec] = costs[twin]
+            sources[spec] = f"{sources[twin]} (timed as {twin}: the same step at another start)"
 
 
 def cost_sources(rows: Sequence[dict], sources: dict[str, str]) -> str:
@@ -270,6 +295,7 @@ def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]
     best, target = grid_target(finals)
     targets = [r["final_metric"] for r in runs[best]]  # each seed's own
     costs, sources = merged_costs(args.cost_from, args.steps)
+    costs_at_other_starts(specs, costs, sources)
     costs |= {spec: 1.0 for spec in grid_specs}  # AdamW's step is the unit
     rows = [seed_summary(spec, runs[spec], targets, costs) | settings for spec in specs]
     for r in rows:

@@ -17,6 +17,7 @@ from benchmarks.step_cost import window_ratios
 from benchmarks.time_to_target import (
     adamw_steps_to_target,
     cost_ratios,
+    costs_at_other_starts,
     grid_target,
     merged_costs,
     time_to_target,
@@ -211,6 +212,21 @@ def test_merged_costs_take_each_optimizer_from_the_first_table_that_timed_it(tmp
     costs, sources = merged_costs([str(first), str(second)], 1000)
     assert (costs["lrfree"], sources["lrfree"]) == (1.05, str(first))
     assert (costs["salsa"], sources["salsa"]) == (1.12, str(second))
+
+
+def test_a_rule_without_trials_costs_at_another_start_what_it_cost_where_it_was_timed():
+    timed = "slope_tracking_adam+significant@1e-4~warmup_anneal"
+    costs, sources = {timed: 0.97, "salsa@1e-4": 1.3}, {timed: "t.json", "salsa@1e-4": "t.json"}
+    pilot = "slope_tracking_adam+significant@6.12e-5~warmup_anneal"
+    others = [
+        "slope_tracking_adam+significant@6.12e-5~anneal",  # another schedule
+        "slope_tracking_adam+burn_in@6.12e-5~warmup_anneal",  # another rule
+        "salsa@1e-3",  # a line search: its trials depend on the step size
+        "adamw-const@6e-5",
+    ]
+    costs_at_other_starts([pilot, *others], costs, sources)
+    assert costs[pilot] == 0.97 and "t.json" in sources[pilot] and timed in sources[pilot]
+    assert not any(spec in costs for spec in others)
 
 
 def test_adamw_steps_to_target_scale_the_step_by_the_measured_cost():
