@@ -233,6 +233,18 @@ for steps in 300 1000; do
       --seeds 0 1 2 --lr-free "${lr_free[@]}" --out "$out" --cost-from "${costs[@]}"
   done
 done
+# the pilot of a start that falls with the run's length (preset long_run_start: 1e-4·√(375/T)
+# for T > 375 steps; 6.12e-5 at 1,000), beside the 3-seed tables' grid and defaults, whose runs
+# it reuses; its step costs what the defaults' costs (the same work at another start)
+LR="$BHP@6.12e-5~warmup_anneal"
+for task in mrpc sst2; do
+  out=benchmarks/results/time_to_target_${task}_minilm_1000steps_start_pilot_cpu
+  [ -e "$out.runs.jsonl" ] || cp "benchmarks/results/time_to_target_${task}_minilm_1000steps_3seeds_cpu.runs.jsonl" \
+    "$out.runs.jsonl"
+  OMP_NUM_THREADS=1 python -m benchmarks.step_cost --time-to-target --task $task --steps 1000 \
+    --seeds 0 1 2 --lr-free "$BH" "$LR" --out "$out" \
+    --cost-from benchmarks/results/step_cost_minilm_burn_in_cpu.json
+done
 # issue 22: the papers' own protocols (resumable; P2 at batch 4,096/8,192 is ~30 CPU-hours in
 # fp32, a GPU job (--device cuda); on CPU it runs with --bf16: ~14 CPU-hours, its own table)
 OMP_NUM_THREADS=1 python -m benchmarks.p1_final_loss --task gpt2 --seeds 0 1 2 3 4
