@@ -103,15 +103,14 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     4. Adam's update ``x ← x − η · multiplier · m̂ / (√v̂ + ε)`` and decoupled weight decay.
 
     The start: ``η`` starts at ``lr`` (1e-4, the top of the usual fine-tuning grid of
-    1e-5–1e-4: Adam moves no weight by much more than η per step) and changes by at most
-    ``max_change`` per step, so it can neither jump to a step that destroys a pretrained model
-    nor stay inert. Pair it with the usual fine-tuning schedule of the multiplier, a linear warmup
-    over the first 10 % of the run and a cosine to 0 (:class:`lsframe.optim.StepSizeSchedule`
-    around ``WarmupCosineLR(warmup_ratio=0.1)``; ``configs/optimizers/slope_tracking_adam.yaml``
-    does; Trainer's ``"linear"`` with ``warmup_ratio=0.1`` is close): every figure of these
-    defaults was measured with it (benchmarks/results/quality_{s,m}_*, time_to_target_*: the
-    spec ``benchmarks.specs.DEFAULT``). Without a warmup the hold never acts and the burn-in
-    alone guards the first steps. It needs the run's length, not a learning rate.
+    1e-5–1e-4: Adam moves no weight by much more than η per step; with ``long_run_steps``, lower
+    on a longer run) and changes by at most ``max_change`` per step, so it can neither jump to a
+    step that destroys a pretrained model nor stay inert. Pair it with the usual fine-tuning
+    schedule of the multiplier, a 10 % linear warmup and a cosine to 0
+    (:class:`~lsframe.optim.StepSizeSchedule` around ``WarmupCosineLR(warmup_ratio=0.1)``, as
+    ``configs/optimizers/slope_tracking_adam.yaml`` does; Trainer's ``"linear"`` with ``warmup_ratio=0.1`` is close): every figure of these
+    defaults was measured with it (the spec ``benchmarks.specs.DEFAULT``). Without a warmup the
+    hold never acts and the burn-in alone guards the first steps.
 
     Failure modes (docs/default_optimizer.md): the test fires rarely, so at fine-tuning lengths
     (80–375 steps) these defaults are mostly AdamW at 1e-4 with 10 % warmup and a cosine (in the
