@@ -53,12 +53,17 @@ PACKAGES = {
 }
 
 
+def spec_name(spec: str) -> str:
+    """The optimizer a spec names, without its presets, start, schedule or held-out mark:
+    ``slope_tracking_adam+slope@1e-4~anneal^heldout`` -> ``slope_tracking_adam``."""
+    return spec.partition("^")[0].partition("~")[0].partition("@")[0].partition("+")[0]
+
+
 def check_installed(specs: Sequence[str]) -> None:
     """Stop in one line, before any run, when a spec's optimizer package is not installed (a
     run would otherwise fail with an ImportError after the runs before it)."""
     for spec in specs:
-        name = spec.partition("^")[0].partition("~")[0].partition("@")[0].partition("+")[0]
-        module, extra = PACKAGES.get(name, (None, None))
+        module, extra = PACKAGES.get(spec_name(spec), (None, None))
         if module and importlib.util.find_spec(module) is None:
             raise SystemExit(
                 f"optimizer spec {spec!r} needs the package {module!r}: pip install -e '.[{extra}]'"

@@ -53,7 +53,7 @@ from benchmarks.common import (
     to_device,
     tokenizer,
 )
-from benchmarks.specs import build
+from benchmarks.specs import build, spec_name
 from benchmarks.step_cost import (
     MAX_LENGTH,
     TITLE,
@@ -146,7 +146,7 @@ def costs_at_other_starts(
     the source says "at another start"."""
     timed = {without_start(spec): spec for spec in costs}
     for spec in specs:
-        name = spec.partition("~")[0].partition("@")[0].partition("+")[0]
+        name = spec_name(spec)
         if spec in costs or name not in optim.names() or optim.info(name).forward_trials:
             continue
         twin = timed.get(without_start(spec))

@@ -108,9 +108,10 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     step that destroys a pretrained model nor stay inert. Pair it with the usual fine-tuning
     schedule of the multiplier, a 10 % linear warmup and a cosine to 0
     (:class:`~lsframe.optim.StepSizeSchedule` around ``WarmupCosineLR(warmup_ratio=0.1)``, as
-    ``configs/optimizers/slope_tracking_adam.yaml`` does; Trainer's ``"linear"`` with ``warmup_ratio=0.1`` is close): every figure of these
-    defaults was measured with it (the spec ``benchmarks.specs.DEFAULT``). Without a warmup the
-    hold never acts and the burn-in alone guards the first steps.
+    ``configs/optimizers/slope_tracking_adam.yaml`` does; Trainer's ``"linear"`` with
+    ``warmup_ratio=0.1`` is close): every figure of these defaults was measured with it (the
+    spec ``benchmarks.specs.DEFAULT``). Without a warmup the hold never acts and the burn-in
+    alone guards the first steps.
 
     Failure modes (docs/default_optimizer.md): the test fires rarely, so at fine-tuning lengths
     (80–375 steps) these defaults are mostly AdamW at 1e-4 with 10 % warmup and a cosine (in the
