@@ -36,6 +36,7 @@ from benchmarks.common import (
 from benchmarks.specs import PINNED
 from lsframe.optim import SlopeTrackingAdam
 from lsframe.optim._alignment import step_alignment
+from lsframe.optim._slope_rule import step_size_change
 from lsframe.optim.slope_tracking_adam import RULE_KEYS
 
 RESULTS = Path(__file__).parent / "results"
@@ -70,7 +71,7 @@ def replay(alignments: list[float], lr: float) -> list[float]:
     rule = {key: rule_owner.defaults[key] for key in RULE_KEYS}
     eta, path = lr, []
     for a in alignments:
-        eta *= rule_owner._change(a, rule)
+        eta *= step_size_change(rule_owner.search_state, a, rule)
         path.append(eta)
     return path
 

@@ -19,6 +19,7 @@ from test_slope_tracking_adam import (
 from lsframe import optim
 from lsframe.optim import SlopeTrackingAdam
 from lsframe.optim._alignment import burn_in_length
+from lsframe.optim._slope_rule import step_size_change
 from lsframe.optim.slope_tracking_adam import RULE_KEYS
 
 
@@ -95,7 +96,10 @@ def test_under_pure_noise_the_other_horizon_rules_drift_less_than_the_minimum():
         model = problem()[0]
         opt = SlopeTrackingAdam(model.parameters(), combine_horizons=combine)
         rule = {key: opt.defaults[key] for key in RULE_KEYS}  # as the step reads them
-        logs = [math.log(opt._change(a, rule)) / math.log(rule["max_change"]) for a in noise]
+        logs = [
+            math.log(step_size_change(opt.search_state, a, rule)) / math.log(rule["max_change"])
+            for a in noise
+        ]
         drift[combine] = sum(logs) / len(logs)  # mean exponent per step
         moved[combine] = sum(e != 0 for e in logs) / len(logs)
     # min(z_fast, z_slow) of two zero-mean scores is negative on average: η halves every
@@ -115,7 +119,10 @@ def test_a_significant_horizon_still_moves_the_step_size_on_a_weak_steady_signal
         alignments = (sign * 0.03 + 0.1 * torch.randn(2000, generator=gen)).tolist()
         opt = SlopeTrackingAdam(problem()[0].parameters(), combine_horizons="significant")
         rule = {key: opt.defaults[key] for key in RULE_KEYS}
-        logs = [math.log(opt._change(a, rule)) / math.log(rule["max_change"]) for a in alignments]
+        logs = [
+            math.log(step_size_change(opt.search_state, a, rule)) / math.log(rule["max_change"])
+            for a in alignments
+        ]
         assert sign * sum(logs) / len(logs) > 0.05  # η doubles within ~80 steps, or halves
 
 

@@ -14,15 +14,14 @@ from lsframe.optim._alignment import (
     MEASURES,
     batched_direction_sums,
     batched_on,
-    burn_in_length,
     direction_scale,
-    horizon_exponent,
     one_pass_direction_sums,
     step_alignment,
 )
 from lsframe.optim._blocked import blocked_on
 from lsframe.optim._linesearch import LineSearchOptimizer
 from lsframe.optim._sharded import local
+from lsframe.optim._slope_rule import limited_step_size, step_size_change
 from lsframe.optim.adam_moments import (
     adam_directions,
     check_adam_group,
@@ -370,7 +369,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         # an alignment that judges a step short on purpose (a warmup) is not averaged: η holds
         warming = self._warming(rule["hold_while_warming"])
         if alignment is not None and not warming:
-            eta = self._limited(eta, eta * self._change(alignment, rule), rule)
+            change = step_size_change(state, alignment, rule)
+            eta = limited_step_size(state, eta, eta * change, rule)
         if state["data_pass"] == 0:
             state["fresh_peak"] = max(state["fresh_peak"], eta)
         if self._kernels in ("blocked", "fused"):  # moments, update and weight decay in one pass
@@ -397,45 +397,3 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         if not hold or last is None or len(last) != len(now):
             return False
         return any(b > a for a, b in zip(last, now))
-
-    def _limited(self, eta: float, proposed: float, rule: dict[str, Any]) -> float:
-        """The next η from ``proposed`` (η times the rule's change), limited: no growth during
-        the burn-in (``burn_in``); from the second pass on, no growth (``grow_on_repeats=False``)
-        or none above the largest η of the first pass (``cap_at_fresh_peak``; no cap while that
-        peak is unknown); then kept within ``[min_step_size, max_step_size]``."""
-        state = self.search_state
-        if rule["burn_in"] and state["alignments"] < burn_in_length(rule["alignment_betas"][1]):
-            proposed = min(proposed, eta)
-        if state["data_pass"] > 0:
-            if not rule["grow_on_repeats"]:
-                proposed = min(proposed, eta)
-            if rule["cap_at_fresh_peak"] and state["fresh_peak"] > 0:
-                proposed = min(proposed, max(state["fresh_peak"], eta))
-        ceiling = rule["max_step_size"]
-        proposed = proposed if ceiling is None else min(proposed, ceiling)
-        return max(proposed, rule["min_step_size"])
-
-    def _change(self, alignment: float, rule: dict[str, Any]) -> float:
-        """``max_change^(e / √(1 + k))`` from this step's alignment, ``e`` the horizons'
-        exponent (:func:`~lsframe.optim._alignment.horizon_exponent`). Updates the averages
-        and ``k``, the sign changes of the slow average (``k`` stays 0 without
-        ``gain_decay``)."""
-        state = self.search_state
-        fast, slow, b2 = rule["alignment_betas"]
-        n = state["alignments"] = state["alignments"] + 1
-        state["avg_alignment_fast"] = fast * state["avg_alignment_fast"] + (1 - fast) * alignment
-        state["avg_alignment"] = slow * state["avg_alignment"] + (1 - slow) * alignment
-        state["avg_alignment_sq"] = b2 * state["avg_alignment_sq"] + (1 - b2) * alignment**2
-        second = state["avg_alignment_sq"] / (1 - b2**n)
-        if second <= 0:
-            return 1.0
-        scores = []
-        for key, beta in (("avg_alignment_fast", fast), ("avg_alignment", slow)):
-            mean = state[key] / (1 - beta**n)
-            scores.append(max(-1.0, min(1.0, mean / math.sqrt(second))))
-        sign = (scores[1] > 0) - (scores[1] < 0)
-        if rule["gain_decay"] and sign and state["last_sign"] and sign != state["last_sign"]:
-            state["sign_changes"] += 1
-        state["last_sign"] = sign or state["last_sign"]
-        exponent = horizon_exponent(*scores, rule["combine_horizons"], slow, n)
-        return rule["max_change"] ** (exponent / math.sqrt(1 + state["sign_changes"]))
