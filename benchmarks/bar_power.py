@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import load_runs, write_results
-from benchmarks.quality import GRID, SETTINGS
-from benchmarks.specs import DEFAULT
+from benchmarks.quality import GRID, SETTINGS, most_steps
+from benchmarks.specs import DEFAULT, with_same_runs
 
 RESULTS = Path(__file__).parent / "results"
 FLOOR = 0.005  # the bar's tolerance below the best grid point
@@ -147,7 +147,8 @@ def main() -> None:
             except ValueError as err:
                 raise SystemExit(f"bar_power: {log}: {err}") from None
             sources.append(log.name)
-            mine = [r[METRIC] for r in rows if r["optimizer"] == DEFAULT]
+            same = with_same_runs(rows, [DEFAULT], most_steps(setting))
+            mine = [r[METRIC] for r in same if r["optimizer"] == DEFAULT]
             if mine:
                 default[cells[-1].name] = statistics.fmean(mine), len(mine)
     if not cells:

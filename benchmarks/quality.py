@@ -30,6 +30,7 @@ A row ``<spec>^heldout`` runs issue 18's held-out pilot on top of ``<spec>``
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from pathlib import Path
@@ -55,7 +56,13 @@ from benchmarks.common import (
     write_results,
 )
 from benchmarks.heldout import HeldOutHalving, keep_back, split_spec
-from benchmarks.specs import build, check_installed
+from benchmarks.specs import (
+    DEFAULT_MODES,
+    build,
+    check_installed,
+    same_runs_note,
+    with_same_runs,
+)
 from lsframe.data.glue import glue_task
 from lsframe.optim import line_searches
 
@@ -65,6 +72,15 @@ SETTINGS = {  # issue 18: train_limit, batch_size, epochs, max_length
     "S": dict(train_limit=500, batch_size=32, epochs=5, max_length=128),
     "M": dict(train_limit=2000, batch_size=16, epochs=3, max_length=128),
 }
+
+
+def most_steps(setting: str) -> int:
+    """The most optimizer steps a run of ``setting`` takes (a task with fewer training examples
+    than its limit takes fewer)."""
+    values = SETTINGS[setting]
+    return values["epochs"] * math.ceil(values["train_limit"] / values["batch_size"])
+
+
 LEARNS_BY = 0.02  # a run "learns" when its dev metric beats the majority class by this much
 
 
@@ -234,6 +250,8 @@ def main() -> None:
     # one epoch, and their file's own limit and length
     old = {**run_settings(args), "batch_size": 16, "epochs": 1, "bf16": False}
     logged = load_runs(args.log, run_settings(args), logged_before=old)
+    steps = args.epochs * math.ceil(len(train.labels) / args.batch_size)
+    logged = with_same_runs(logged, [*DEFAULT_MODES, *args.optimizers], steps)
     known = {(r["optimizer"], r["seed"]): r for r in logged}
 
     def run_or_reuse(spec: str, seed: int) -> dict:
@@ -258,18 +276,21 @@ def main() -> None:
         raise SystemExit(f"quality: no runs logged with these settings in {args.log}")
     table = summarise(rows, metric, majority)
     rows = [{**row, "majority": majority} for row in rows]  # for the claims that read the JSON
+    ran = [row for row in rows if "same_run_as" not in row]  # each run once
     meta = (
         f"GLUE {args.task}{f' (setting {args.setting})' if args.setting else ''}: first "
         f"{args.train_limit} training examples, {args.epochs} epoch(s), batch {args.batch_size}, "
         f"max length {args.max_length}; {split_note(args.task)}dev set {len(dev.labels)} "
         f"examples, majority class "
         f"{metric} {majority:.4f}; seeds {sorted({r['seed'] for r in rows})}; MiniLM-L6; "
-        f"{runs_machine(rows, args.table_only, time.time() - started, args.device)}; "
+        f"{runs_machine(ran, args.table_only, time.time() - started, args.device)}; "
         f"{'bf16 autocast' if args.bf16 else 'fp32'}; torch "
-        f"{logged_torch(rows)}. Mean ± std over seeds; paired "
+        f"{logged_torch(ran)}. Mean ± std over seeds; paired "
         f"Δ: per-seed difference to the best AdamW grid point; learns: seeds at least "
         f"{LEARNS_BY} above the majority class."
     )
+    same = same_runs_note(rows)
+    meta += f" Same runs: {same}." if same else ""
     write_results(out, meta, "\n".join(table_lines(table, metric)), rows)
 
 

@@ -25,7 +25,7 @@ RESULTS = Path(__file__).parent / "results"
 #: the summary's columns: (header, optimizer spec in the quality tables); ``hold_warmup``
 #: without the burn-in is in ``results/slope_tracking_pilots_cpu.md``
 COLUMNS = (
-    ("SlopeTrackingAdam (defaults: burn-in, hold, warmup + anneal)", DEFAULT),
+    ("SlopeTrackingAdam (defaults: burn-in, hold, long-run start, warmup + anneal)", DEFAULT),
     ("its defaults of 2026-12-03 (anneal only)", PREVIOUS_DEFAULT),
     ("its earlier defaults", "slope_tracking_adam"),
     ("SaLSA", "salsa"),

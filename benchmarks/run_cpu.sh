@@ -83,8 +83,12 @@ OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model small-bert --steps 1000
   "$D+fused@1e-4~anneal" --out benchmarks/results/step_cost_small-bert_default_cpu
 # ... and of the present defaults (since 2026-12-04: + burn_in + hold_warmup, 10 % warmup + cosine;
 # benchmarks.specs.DEFAULT_COST_TABLE, the tables the claims read)
-BHP="$D+burn_in+hold_warmup"  # the present defaults' presets
-BH="$BHP@1e-4~warmup_anneal"  # their spec, benchmarks.specs.DEFAULT
+BHP="$D+burn_in+hold_warmup"  # the presets of the defaults of 2026-12-04
+BH="$BHP@1e-4~warmup_anneal"  # their spec, benchmarks.specs.BURN_IN_DEFAULT
+# the present defaults (since 2026-12-05: + long_run_start), benchmarks.specs.DEFAULT: on runs of
+# at most 375 steps the same runs as $BH (the tables read $BH's logged runs for it there), on
+# longer ones a start of 1e-4·√(375/T); the same work per step (the claims read $BH's step cost)
+NEW="$BHP+long_run_start@1e-4~warmup_anneal"
 OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 1000 --memory \
   --optimizers adamw-const@5e-5 "$BH" "$BHP+fused@1e-4~warmup_anneal" \
   --out benchmarks/results/step_cost_minilm_burn_in_cpu
@@ -194,7 +198,7 @@ OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 300 \
 for task in sst2 mrpc; do
   OMP_NUM_THREADS=1 python -m benchmarks.step_cost --time-to-target --task $task --steps 300 \
     --lr-free slope_tracking_adam+fused slope_tracking_adam \
-    "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal" "$BH" \
+    "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal" "$BH" "$NEW" \
     --cost-from benchmarks/results/step_cost_minilm_300_cpu.json \
     benchmarks/results/step_cost_minilm_300_burn_in_cpu.json
 done
@@ -208,7 +212,7 @@ for task in sst2 mrpc; do
   OMP_NUM_THREADS=1 python -m benchmarks.step_cost --time-to-target --task $task --steps 1000 \
     --lr-free slope_tracking_adam+fused slope_tracking_adam salsa \
     "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal" \
-    "slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal" "$BH" \
+    "slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal" "$BH" "$NEW" \
     --cost-from benchmarks/results/step_cost_minilm_1000_cpu.json \
     benchmarks/results/step_cost_minilm_default_cpu.json \
     benchmarks/results/step_cost_minilm_burn_in_cpu.json \
@@ -222,7 +226,7 @@ D="slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal"
 for steps in 300 1000; do
   bh_cost=benchmarks/results/step_cost_minilm_burn_in_cpu.json  # 1,000 steps
   if [ "$steps" = 300 ]; then bh_cost=benchmarks/results/step_cost_minilm_300_burn_in_cpu.json; fi
-  lr_free=("$D" "$BH") costs=(benchmarks/results/step_cost_minilm_default_cpu.json "$bh_cost")
+  lr_free=("$D" "$BH" "$NEW") costs=(benchmarks/results/step_cost_minilm_default_cpu.json "$bh_cost")
   for task in mrpc sst2; do
     out=benchmarks/results/time_to_target_${task}_minilm_${steps}steps_3seeds_cpu
     [ -e "$out.runs.jsonl" ] || grep -F -e '"optimizer": "adamw@' -e "\"optimizer\": \"$D\"" \

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -135,12 +135,84 @@ def build(spec: str, model: nn.Module, total_steps: int) -> Run:
 
 
 #: lsframe's learning-rate-free default as a spec: SlopeTrackingAdam's defaults, spelled out
-#: (since 2026-12-04 with ``burn_in`` and ``hold_warmup``), with the 10 % warmup and cosine
-#: anneal of the multiplier that its config adds
-DEFAULT = "slope_tracking_adam+significant+fresh_peak+slope+burn_in+hold_warmup@1e-4~warmup_anneal"
+#: (since 2026-12-04 with ``burn_in`` and ``hold_warmup``, since 2026-12-05 with
+#: ``long_run_start``), with the 10 % warmup and cosine anneal of the multiplier that its config
+#: adds
+DEFAULT = (
+    "slope_tracking_adam+significant+fresh_peak+slope+burn_in+hold_warmup+long_run_start"
+    "@1e-4~warmup_anneal"
+)
+#: the default of 2026-12-04 (the same start on runs of any length): the spec of its logged runs,
+#: which are :data:`DEFAULT`'s on runs of up to :data:`LONG_RUN_STEPS` steps (:func:`logged_as`)
+BURN_IN_DEFAULT = (
+    "slope_tracking_adam+significant+fresh_peak+slope+burn_in+hold_warmup@1e-4~warmup_anneal"
+)
 #: the default from 2026-12-03 to 2026-12-04 (no burn-in, no hold, the cosine without warmup):
 #: the spec of its logged runs
 PREVIOUS_DEFAULT = "slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal"
+#: the preset that lowers the start of a long run: up to this many steps it changes nothing
+LONG_RUN_PRESET = "long_run_start"
+LONG_RUN_STEPS: int = optim.info("slope_tracking_adam").preset(LONG_RUN_PRESET)["long_run_steps"]
+
+
+def _presets_end(spec: str) -> int:
+    """Where a spec's ``name+presets`` ends (at its ``@``, ``~`` or ``^``, or its end)."""
+    return min((i for i in map(spec.find, "@~^") if i >= 0), default=len(spec))
+
+
+def without_preset(spec: str, preset: str) -> str:
+    """``spec`` without the preset ``preset`` (unchanged when it has none)."""
+    end = _presets_end(spec)
+    name, *presets = spec[:end].split("+")
+    return "+".join([name, *(p for p in presets if p != preset)]) + spec[end:]
+
+
+def logged_as(spec: str, total_steps: int) -> str:
+    """The spec whose logged run over ``total_steps`` steps is ``spec``'s own run: without the
+    preset ``long_run_start`` on a run of at most :data:`LONG_RUN_STEPS` steps, where that preset
+    changes nothing (its start is ``lr``; ``tests/test_slope_tracking_run_length.py`` runs both
+    step for step), else ``spec`` itself. So runs logged before the preset joined the default
+    count for the default where they are its runs, and only there."""
+    return without_preset(spec, LONG_RUN_PRESET) if total_steps <= LONG_RUN_STEPS else spec
+
+
+def without_start(spec: str) -> str:
+    """``spec`` without what sets its start alone, its ``@lr`` and the preset
+    ``long_run_start``: ``name+presets~schedule``. Two specs of an optimizer without forward
+    trials that agree on it do the same work per step."""
+    body, tilde, schedule = without_preset(spec, LONG_RUN_PRESET).partition("~")
+    return body.partition("@")[0] + tilde + schedule
+
+
+def cost_twin(spec: str, timed: Sequence[str]) -> str | None:
+    """The spec among ``timed`` whose step costs what ``spec``'s does, where ``spec`` is not
+    among them: one that differs from it only in its start (:func:`without_start`), for an
+    lsframe optimizer without forward trials (a line search's trials depend on the step
+    size); None when there is none."""
+    name = spec_name(spec)
+    if spec in timed or name not in optim.names() or optim.info(name).forward_trials:
+        return None
+    return next((t for t in timed if without_start(t) == without_start(spec)), None)
+
+
+def with_same_runs(
+    runs: Sequence[dict], specs: Sequence[str], total_steps: int | Callable[[dict], int]
+) -> list[dict]:
+    """``runs`` and, for each of ``specs``, a copy under its name of each run of
+    :func:`logged_as` it on a seed where it has no run of its own, marked ``same_run_as`` with
+    the spec it was logged under. ``total_steps``: the runs' length (at most), or a function of
+    a run that gives it."""
+    length = total_steps if callable(total_steps) else lambda run: total_steps
+    seeds = {(r["optimizer"], r.get("seed", 0)) for r in runs}
+    copies = []
+    for spec in specs:
+        for run in runs:
+            twin = run["optimizer"]
+            if twin != spec and twin == logged_as(spec, length(run)):
+                if (spec, run.get("seed", 0)) not in seeds:
+                    copies.append({**run, "optimizer": spec, "same_run_as": twin})
+                    seeds.add((spec, run.get("seed", 0)))
+    return [*runs, *copies]
 
 
 def default_mode(preset: str) -> str:
@@ -154,3 +226,13 @@ DEFAULT_MODES = (DEFAULT, default_mode("sampled"), default_mode("fused"))
 #: the step-cost table of :data:`DEFAULT_MODES` per model (the previous default's tables are
 #: ``step_cost_<model>_default_<device>``)
 DEFAULT_COST_TABLE = "step_cost_{model}_burn_in"
+
+
+def same_runs_note(runs: Iterable[dict]) -> str:
+    """A table's note on the runs that :func:`with_same_runs` copied ("" when none)."""
+    pairs = dict.fromkeys((r["optimizer"], r["same_run_as"]) for r in runs if "same_run_as" in r)
+    return "; ".join(
+        f"{spec}: the runs logged as {twin}, the same runs (at most {LONG_RUN_STEPS} steps, "
+        f"where {LONG_RUN_PRESET} changes nothing)"
+        for spec, twin in pairs
+    )

@@ -53,7 +53,7 @@ from benchmarks.common import (
     to_device,
     tokenizer,
 )
-from benchmarks.specs import build, spec_name
+from benchmarks.specs import build, cost_twin, same_runs_note, with_same_runs
 from benchmarks.step_cost import (
     MAX_LENGTH,
     TITLE,
@@ -61,7 +61,6 @@ from benchmarks.step_cost import (
     table,
     train_batches,
 )
-from lsframe import optim
 
 
 def time_to_target(history: Sequence[dict], target: float) -> dict | None:
@@ -131,28 +130,20 @@ def merged_costs(paths: Sequence[str], steps: int) -> tuple[dict[str, float], di
     return costs, sources
 
 
-def without_start(spec: str) -> str:
-    """``spec`` without its ``@lr`` (its start): ``name+presets~schedule``."""
-    body, tilde, schedule = spec.partition("~")
-    return body.partition("@")[0] + tilde + schedule
-
-
 def costs_at_other_starts(
     specs: Sequence[str], costs: dict[str, float], sources: dict[str, str]
 ) -> None:
-    """Give each of ``specs`` that no table timed the cost of a timed spec that differs from it
-    in its start (``@lr``) alone, where the optimizer takes no forward trial: its step does the
-    same work at any step size (a line search's trials depend on it). Updates both in place;
-    the source says "at another start"."""
-    timed = {without_start(spec): spec for spec in costs}
+    """Give each of ``specs`` that no table timed the cost of its :func:`cost_twin`, a timed
+    spec that differs from it in its start alone, where the optimizer takes no forward trial:
+    its step does the same work at any step size. Updates both in place; the source says "at
+    another start"."""
     for spec in specs:
-        name = spec_name(spec)
-        if spec in costs or name not in optim.names() or optim.info(name).forward_trials:
-            continue
-        twin = timed.get(without_start(spec))
-        if twin is not None and twin in sources:
+        twin = cost_twin(spec, [t for t in costs if t in sources])
+        if twin is not None:
             costs[spec] = costs[twin]
-            sources[spec] = f"{sources[twin]} (timed as {twin}: the same step at another start)"
+            sources[spec] = (
+                f"{sources[twin]} (timed as {twin}: the same work per step at any start)"
+            )
 
 
 def cost_sources(rows: Sequence[dict], sources: dict[str, str]) -> str:
@@ -264,9 +255,12 @@ def seed_summary(spec: str, runs: Sequence[dict], targets: Sequence[float], cost
 
 def logged_or_trained(args: argparse.Namespace, specs: list[str], settings: dict) -> dict:
     """Every (spec, seed) run of ``args.seeds``: from ``<out>.runs.jsonl`` where logged with
-    ``settings`` (runs logged before seeds were recorded are seed 0), else trained and logged."""
+    ``settings`` (runs logged before seeds were recorded are seed 0; a run logged under the spec
+    that was the same run, :func:`~benchmarks.specs.logged_as`, counts), else trained and
+    logged."""
     log = Path(f"{args.out}.runs.jsonl")
-    done = {(r["optimizer"], r.get("seed", 0)): r for r in load_runs(log, settings)}
+    logged = with_same_runs(load_runs(log, settings), specs, lambda run: run["steps"])
+    done = {(r["optimizer"], r.get("seed", 0)): r for r in logged}
     missing = [(spec, seed) for seed in args.seeds for spec in specs if (spec, seed) not in done]
     if missing:
         tok = tokenizer()
@@ -354,4 +348,5 @@ def time_to_target_runs(args: argparse.Namespace) -> tuple[str, str, list[dict]]
         "columns are sequential runs' wall times; "
         f"device {'; '.join(machines)}; bf16 {args.bf16}; torch {torch.__version__}"
     )
-    return meta, table(header, cells), rows
+    same = same_runs_note(run for spec in specs for run in runs[spec])
+    return meta + (f"; {same}" if same else ""), table(header, cells), rows

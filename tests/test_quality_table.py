@@ -148,6 +148,54 @@ def test_a_bare_tracker_spec_keeps_the_earlier_defaults_and_the_default_spec_is_
     assert run.scheduler.warmup_ratio == 0.1 and run.scheduler.total_steps == 4
 
 
+def test_the_default_and_its_spec_before_the_long_run_start_differ_only_beyond_375_steps():
+    from benchmarks.specs import BURN_IN_DEFAULT, DEFAULT, LONG_RUN_STEPS
+
+    def groups(spec: str, steps: int) -> list[dict]:
+        run = build(spec, _Regression(), total_steps=steps)
+        drop = ("params", "long_run_steps", "unscaled_initial_step_size")
+        return [{k: v for k, v in g.items() if k not in drop} for g in run.optimizer.param_groups]
+
+    # long_run_steps acts in set_run_length alone: equal groups are the same run
+    assert groups(DEFAULT, LONG_RUN_STEPS) == groups(BURN_IN_DEFAULT, LONG_RUN_STEPS)
+    assert groups(DEFAULT, LONG_RUN_STEPS + 1) != groups(BURN_IN_DEFAULT, LONG_RUN_STEPS + 1)
+
+
+def test_the_earlier_defaults_runs_of_at_most_375_steps_count_for_the_default_and_no_others():
+    from benchmarks.specs import (
+        BURN_IN_DEFAULT,
+        DEFAULT,
+        default_mode,
+        logged_as,
+        same_runs_note,
+        with_same_runs,
+    )
+
+    assert logged_as(DEFAULT, 375) == BURN_IN_DEFAULT and logged_as(DEFAULT, 376) == DEFAULT
+    fused = default_mode("fused")
+    assert logged_as(fused, 80) == BURN_IN_DEFAULT.replace("@", "+fused@")
+    assert logged_as(f"{DEFAULT}^heldout", 80) == f"{BURN_IN_DEFAULT}^heldout"
+    assert logged_as("salsa@1e-3~anneal", 80) == "salsa@1e-3~anneal"
+
+    def run(spec: str, seed: int, steps: int, acc: float) -> dict:
+        return {"optimizer": spec, "seed": seed, "steps": steps, "acc": acc}
+
+    runs = [
+        run(BURN_IN_DEFAULT, 0, 300, 0.8),
+        run(BURN_IN_DEFAULT, 1, 1000, 0.7),  # a longer run: the default starts lower there
+        run(BURN_IN_DEFAULT, 2, 300, 0.6),
+        run(DEFAULT, 2, 300, 0.9),  # the default's own run wins
+    ]
+    out = with_same_runs(runs, [DEFAULT], lambda r: r["steps"])
+    assert out[: len(runs)] == runs
+    mine = {r["seed"]: r for r in out if r["optimizer"] == DEFAULT}
+    assert set(mine) == {0, 2}
+    assert mine[0]["acc"] == 0.8 and mine[0]["same_run_as"] == BURN_IN_DEFAULT
+    assert mine[2]["acc"] == 0.9 and "same_run_as" not in mine[2]
+    assert with_same_runs(runs, [DEFAULT], 1000) == runs  # an int: every run's length
+    assert BURN_IN_DEFAULT in same_runs_note(out) and same_runs_note(runs) == ""
+
+
 def test_presets_that_set_one_key_differently_are_refused():
     with pytest.raises(ValueError, match="disagree on combine_horizons"):
         build("slope_tracking_adam+agree+agree_else_min", _Regression(), total_steps=4)

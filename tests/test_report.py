@@ -103,6 +103,24 @@ def test_the_default_step_cost_claim_names_the_modes_that_hold_and_a_short_run_c
         default_step_cost(1.05)([row("adamw-const@5e-5", 1.0, 1.0)])
 
 
+def test_the_step_cost_claim_reads_a_mode_from_its_twin_at_another_start_and_says_so():
+    from benchmarks.claim_readers import default_step_cost
+    from benchmarks.specs import BURN_IN_DEFAULT, DEFAULT
+
+    row = {
+        "optimizer": BURN_IN_DEFAULT,  # timed before long_run_start joined the default
+        "first": {"total": 1.01, "steps": 300},
+        "whole": {"total": 0.97, "steps": 1000},
+        "peak_vs_adamw": 1.0,
+    }
+    measured, verdict = default_step_cost(1.05)([row])
+    assert verdict == "holds"  # the one mode read holds
+    assert f"{DEFAULT} (timed as {BURN_IN_DEFAULT}) 1.01× (≤300) / 0.97× (≤1000)" in measured
+    salsa = {**row, "optimizer": "salsa"}  # a line search has no twin: its trials differ
+    with pytest.raises(ValueError, match="row yet"):
+        default_step_cost(1.05)([salsa])
+
+
 def time_to_target_row(name, final, step=None, cost=None, **extra):
     """A time-to-target table row over 300 steps (``extra``: the keys of paired-seed rows)."""
     return {

@@ -21,7 +21,8 @@ def test_a_run_longer_than_long_run_steps_starts_at_lr_times_the_root_of_their_r
     assert long_run_start(1e-4, 375, 375) == 1e-4
     assert long_run_start(1e-4, 375, 1000) == pytest.approx(1e-4 * math.sqrt(0.375), rel=1e-15)
     model = problem()[0]
-    opt = SlopeTrackingAdam(model.parameters(), long_run_steps=375)
+    opt = SlopeTrackingAdam(model.parameters())  # long_run_steps=375, the default
+    assert opt.needs_run_length
     opt.set_run_length(1000)
     group = opt.param_groups[0]
     assert group["step_size"] == group["initial_step_size"] == pytest.approx(6.1237e-5, rel=1e-4)
@@ -38,7 +39,9 @@ def test_the_option_changes_the_start_only_a_run_is_that_start_given_as_lr():
     twin = twin_of(model)
     scaled = SlopeTrackingAdam(model.parameters(), lr=1e-2, max_change=1.5, long_run_steps=10)
     set_run_length(scaled, 40)
-    plain = SlopeTrackingAdam(twin.parameters(), lr=long_run_start(1e-2, 10, 40), max_change=1.5)
+    plain = SlopeTrackingAdam(
+        twin.parameters(), lr=long_run_start(1e-2, 10, 40), max_change=1.5, long_run_steps=None
+    )
     assert not plain.needs_run_length and not set_run_length(plain, 40)
     _, etas = alignments_and_step_sizes(scaled, model, x, y, steps=40)
     _, plain_etas = alignments_and_step_sizes(plain, twin, x, y, steps=40)
@@ -72,7 +75,7 @@ def test_only_an_optimizer_that_asks_is_told_and_the_steps_are_counted_only_then
     def never() -> int:
         raise AssertionError("counted the steps of a run whose optimizer did not ask")
 
-    assert not set_run_length(SlopeTrackingAdam(model.parameters()), never)
+    assert not set_run_length(SlopeTrackingAdam(model.parameters(), long_run_steps=None), never)
     assert not set_run_length(torch.optim.AdamW(model.parameters()), never)
     tracker = SlopeTrackingAdam(model.parameters(), long_run_steps=4)
     assert set_run_length(LightningOptimizer(tracker), lambda: 16)  # through the wrapper
@@ -99,6 +102,24 @@ def test_lightning_tells_it_the_runs_optimizer_steps_before_the_first():
     assert group["initial_step_size"] == pytest.approx(1e-4 * math.sqrt(4 / 16), rel=1e-12)
 
 
+class _Stream(torch.utils.data.IterableDataset):
+    """Eight regression samples with no length: Lightning counts its batches as infinite."""
+
+    def __iter__(self):
+        yield from helpers.regression_data(8)
+
+
+def test_a_run_of_unknown_length_starts_at_lr_with_a_warning():
+    module = helpers.TinyRegression(
+        optimizer=partial(SlopeTrackingAdam, long_run_steps=1), param_grouping="single"
+    )
+    trainer = helpers.trainer(max_epochs=1)
+    with pytest.warns(UserWarning, match="starts at its lr"):
+        trainer.fit(module, torch.utils.data.DataLoader(_Stream(), batch_size=4))
+    assert trainer.global_step == 2
+    assert trainer.optimizers[0].param_groups[0]["initial_step_size"] == 1e-4
+
+
 def test_hugging_faces_trainer_tells_it_the_runs_optimizer_steps(tmp_path):
     from hf_helpers import DATA, arguments, bert
 
@@ -112,12 +133,18 @@ def test_hugging_faces_trainer_tells_it_the_runs_optimizer_steps(tmp_path):
     assert opt.search_state["step"] == 20
 
 
-def test_the_benchmarks_preset_starts_a_1000_step_run_where_the_pilot_started():
-    from benchmarks.specs import DEFAULT, build
+def test_the_default_spec_starts_a_1000_step_run_where_the_pilot_started_and_older_specs_do_not():
+    from benchmarks.specs import BURN_IN_DEFAULT, DEFAULT, build
 
-    body, _, schedule = DEFAULT.partition("~")
-    name, _, lr = body.partition("@")
-    run = build(f"{name}+long_run_start@{lr}~{schedule}", problem()[0], total_steps=1000)
-    assert run.optimizer.param_groups[0]["initial_step_size"] == pytest.approx(6.12e-5, rel=1e-3)
-    short = build(f"{name}+long_run_start@{lr}~{schedule}", problem()[0], total_steps=375)
-    assert short.optimizer.param_groups[0]["initial_step_size"] == float(lr)
+    def start(spec: str, steps: int) -> float:
+        return build(spec, problem()[0], total_steps=steps).optimizer.param_groups[0]["step_size"]
+
+    assert start(DEFAULT, 1000) == pytest.approx(6.12e-5, rel=1e-3)
+    assert start(DEFAULT, 375) == 1e-4
+    # specs logged before the default changed keep their meaning on runs of any length
+    assert start(BURN_IN_DEFAULT, 1000) == 1e-4
+    assert start("slope_tracking_adam", 1000) == 1e-5
+    # the class's defaults are the default spec's rules
+    opt = SlopeTrackingAdam(problem()[0].parameters())
+    opt.set_run_length(1000)
+    assert opt.param_groups[0]["step_size"] == start(DEFAULT, 1000)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lsframe.callbacks.base import ClosureHooks, call_closure_loss, call_on_gradients_ready
@@ -121,6 +122,16 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         """Optimizer steps in the whole run (max_steps, or epochs x ceil(batches / accumulation))."""
         return optimizer_setup.count_optimizer_steps(self.trainer, self.accumulate_grad_batches)
 
+    def _known_run_length(self) -> int | None:
+        """:meth:`num_optimizer_steps`, or None with a warning where the run has no known
+        length (an infinite train dataloader without ``max_steps``): an optimizer whose start
+        depends on it then starts at its ``lr``."""
+        try:
+            return self.num_optimizer_steps()
+        except ValueError as err:
+            rank_zero_warn(f"{err}: the optimizer starts at its lr, whatever the run's length")
+            return None
+
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.param_groups())
         if self._trainer is not None:
@@ -129,7 +140,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
             multipliers = multipliers_for(self.model, self.lr_distribution, self.num_parts)
             apply_part_multipliers(optimizer, multipliers)
         if self._trainer is not None:  # a start that depends on the run's length
-            set_run_length(optimizer, self.num_optimizer_steps)
+            set_run_length(optimizer, self._known_run_length)
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = optimizer_setup.make_scheduler(

@@ -100,7 +100,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "slope_tracking_adam": {
         # the defaults until 2026-12-03: from 1e-5, the minimum of the two horizons on every step
         # (η drifts down under noise, to nothing over long runs), the cosine, no cap on repeats,
-        # no burn-in and no hold (both defaults since 2026-12-04)
+        # no burn-in and no hold (both defaults since 2026-12-04), the same start on runs of any
+        # length (the long-run start is a default since 2026-12-05)
         "earlier_defaults": {
             "lr": 1e-5,
             "combine_horizons": "min",
@@ -108,6 +109,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "alignment_measure": "cosine",
             "hold_while_warming": False,
             "burn_in": False,
+            "long_run_steps": None,
         },
         "fresh_growth": {"grow_on_repeats": False},
         "agree": {"combine_horizons": "agree"},
@@ -133,7 +135,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # short): η may fall from the start but grows only after the burn-in (a default too)
         "burn_in": {"burn_in": True},
         # a run longer than setting M's 375 steps (the longest the 1e-4 start was measured at
-        # against the AdamW grid) starts at 1e-4 · √(375 / T): the fixed-horizon 1/√T rule
+        # against the AdamW grid) starts at 1e-4 · √(375 / T): the fixed-horizon 1/√T rule (a
+        # default since 2026-12-05; the preset spells it out over ``earlier_defaults``)
         "long_run_start": {"long_run_steps": 375},
         # the same rule by compiled one-pass kernels (``fused=True``; the first step compiles)
         "fused": {"fused": True},

@@ -19,10 +19,11 @@ def long_run_start(start: float, long_run_steps: int, total_steps: int) -> float
     return start * min(1.0, math.sqrt(long_run_steps / total_steps))
 
 
-def set_run_length(optimizer: object, total_steps: int | Callable[[], int]) -> bool:
+def set_run_length(optimizer: object, total_steps: int | Callable[[], int | None] | None) -> bool:
     """Tell ``optimizer`` (or the one its wrappers hold) that its run takes ``total_steps``
     optimizer steps (an int, or a callable counted only when the optimizer asks), if it asks
-    (its ``needs_run_length`` is true); True when it did.
+    (its ``needs_run_length`` is true); True when it did. None (a run of unknown length) tells
+    it nothing.
 
     :class:`~lsframe.optim.SlopeTrackingAdam` with ``long_run_steps`` starts lower on a longer
     run. lsframe's modules, ``LineSearchTrainer`` and the benchmarks call this before the first
@@ -31,5 +32,8 @@ def set_run_length(optimizer: object, total_steps: int | Callable[[], int]) -> b
     inner = innermost_optimizer(optimizer)
     if not getattr(inner, "needs_run_length", False):
         return False
-    inner.set_run_length(total_steps() if callable(total_steps) else total_steps)
+    steps = total_steps() if callable(total_steps) else total_steps
+    if steps is None:
+        return False
+    inner.set_run_length(steps)
     return True

@@ -102,8 +102,10 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     4. Adam's update ``x ← x − η · multiplier · m̂ / (√v̂ + ε)`` and decoupled weight decay.
 
     The start: ``η`` starts at ``lr`` (1e-4, the top of the usual fine-tuning grid of
-    1e-5–1e-4: Adam moves no weight by much more than η per step; with ``long_run_steps``, lower
-    on a longer run) and changes by at most ``max_change`` per step, so it can neither jump to a
+    1e-5–1e-4: Adam moves no weight by much more than η per step) on runs of up to
+    ``long_run_steps`` (375) steps, and a run of ``T`` steps beyond at ``lr · √(375 / T)`` (the
+    fixed-horizon rule; 6.1e-5 at 1,000 steps; since 2026-12-05). It changes by at most
+    ``max_change`` per step, so it can neither jump to a
     step that destroys a pretrained model nor stay inert. Pair it with the usual fine-tuning
     schedule of the multiplier, a 10 % linear warmup and a cosine to 0
     (:class:`~lsframe.optim.StepSizeSchedule` around ``WarmupCosineLR(warmup_ratio=0.1)``, as
@@ -115,9 +117,11 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     Failure modes (docs/default_optimizer.md): the test fires rarely, so at fine-tuning lengths
     (80–375 steps) these defaults are mostly AdamW at 1e-4 with 10 % warmup and a cosine (in the
     18 quality runs of setting S and of SST-2 in M, η stayed within 7 % of 1e-4). Where a task
-    wants a smaller step (RTE in M, best at 5e-5; 1,000-step runs, best at 5e-5) η comes down
-    late, from step 64 or later, and at 1,000 steps by too much. ``long_run_steps`` (off) starts
-    a longer run lower. With ``"min"`` η decays without a floor. lsframe's modules and
+    wants a smaller step (RTE in M, best at 5e-5) η comes down late, from step 64 or later;
+    once the test fires it can take η well below the best AdamW peak (MRPC over 1,000 steps:
+    to 1e-5). The run's length reaches the start only through :meth:`set_run_length`: without
+    the call (a plain loop) every run starts at ``lr``. With ``"min"`` η decays without a
+    floor. lsframe's modules and
     ``LineSearchTrainer`` call :meth:`start_pass` at each epoch; a plain loop calls it itself
     (without it every batch counts as fresh and the cap never acts).
 
@@ -169,7 +173,9 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         long_run_steps: A run of ``T`` optimizer steps longer than this starts at
             ``lr · √(long_run_steps / T)`` (:func:`~lsframe.optim.long_run_start`; ``T`` from
             :meth:`set_run_length`, which lsframe's modules, ``LineSearchTrainer`` and the
-            benchmarks call). ``None``: every run starts at ``lr``. Default: None.
+            benchmarks call). ``None``: every run starts at ``lr``. Default: 375 (setting M's
+            run length, the longest at which the 1e-4 start was measured against the AdamW
+            grid).
         fused: Run the rule as compiled one-pass kernels (``torch.compile``). Default: False.
             Like every hyperparameter it is saved in the param groups: a loaded state dict
             brings its own (as with torch's ``Adam(fused=...)``).
@@ -196,7 +202,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         weight_decay: float = 0.0,
         hold_while_warming: bool = True,
         burn_in: bool = True,
-        long_run_steps: int | None = None,
+        long_run_steps: int | None = 375,
         fused: bool = False,
     ) -> None:
         defaults = dict(
