@@ -227,6 +227,7 @@ for steps in 300 1000; do
   bh_cost=benchmarks/results/step_cost_minilm_burn_in_cpu.json  # 1,000 steps
   if [ "$steps" = 300 ]; then bh_cost=benchmarks/results/step_cost_minilm_300_burn_in_cpu.json; fi
   lr_free=("$D" "$BH" "$NEW") costs=(benchmarks/results/step_cost_minilm_default_cpu.json "$bh_cost")
+  if [ "$steps" = 1000 ]; then lr_free=("$BH" "$NEW") costs=("$bh_cost"); fi  # as run there
   for task in mrpc sst2; do
     out=benchmarks/results/time_to_target_${task}_minilm_${steps}steps_3seeds_cpu
     [ -e "$out.runs.jsonl" ] || grep -F -e '"optimizer": "adamw@' -e "\"optimizer\": \"$D\"" \
@@ -246,7 +247,7 @@ for task in mrpc sst2; do
   [ -e "$out.runs.jsonl" ] || cp "benchmarks/results/time_to_target_${task}_minilm_1000steps_3seeds_cpu.runs.jsonl" \
     "$out.runs.jsonl"
   OMP_NUM_THREADS=1 python -m benchmarks.step_cost --time-to-target --task $task --steps 1000 \
-    --seeds 0 1 2 --lr-free "$BH" "$LR" --out "$out" \
+    --seeds 0 1 2 --lr-free "$BH" "$LR" "$NEW" --out "$out" \
     --cost-from benchmarks/results/step_cost_minilm_burn_in_cpu.json
 done
 # issue 22: the papers' own protocols (resumable; P2 at batch 4,096/8,192 is ~30 CPU-hours in

@@ -105,8 +105,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     1e-5–1e-4: Adam moves no weight by much more than η per step) on runs of up to
     ``long_run_steps`` (375) steps, and a run of ``T`` steps beyond at ``lr · √(375 / T)`` (the
     fixed-horizon rule; 6.1e-5 at 1,000 steps; since 2026-12-05). It changes by at most
-    ``max_change`` per step, so it can neither jump to a
-    step that destroys a pretrained model nor stay inert. Pair it with the usual fine-tuning
+    ``max_change`` per step, so it can neither jump to a step that destroys a pretrained model
+    nor stay inert. Pair it with the usual fine-tuning
     schedule of the multiplier, a 10 % linear warmup and a cosine to 0
     (:class:`~lsframe.optim.StepSizeSchedule` around ``WarmupCosineLR(warmup_ratio=0.1)``, as
     ``configs/optimizers/slope_tracking_adam.yaml`` does; Trainer's ``"linear"`` with
@@ -121,9 +121,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     once the test fires it can take η well below the best AdamW peak (MRPC over 1,000 steps:
     to 1e-5). The run's length reaches the start only through :meth:`set_run_length`: without
     the call (a plain loop) every run starts at ``lr``. With ``"min"`` η decays without a
-    floor. lsframe's modules and
-    ``LineSearchTrainer`` call :meth:`start_pass` at each epoch; a plain loop calls it itself
-    (without it every batch counts as fresh and the cap never acts).
+    floor. lsframe's modules and ``LineSearchTrainer`` call :meth:`start_pass` at each epoch; a
+    plain loop calls it itself (without it every batch counts as fresh and the cap never acts).
 
     Cost: no extra forward and no parameter copy; one more read of ``g``, ``m`` and ``v`` and
     three inner products in one host sync per step. On CPU the sums run cache-blocked and the
