@@ -74,11 +74,17 @@ SETTINGS = {  # issue 18: train_limit, batch_size, epochs, max_length
 }
 
 
+def run_steps(examples: int, batch_size: int, epochs: int) -> int:
+    """Optimizer steps of a run: ``epochs`` passes over ``examples`` in batches of
+    ``batch_size``, the last batch of each pass partial."""
+    return epochs * math.ceil(examples / batch_size)
+
+
 def most_steps(setting: str) -> int:
     """The most optimizer steps a run of ``setting`` takes (a task with fewer training examples
     than its limit takes fewer)."""
     values = SETTINGS[setting]
-    return values["epochs"] * math.ceil(values["train_limit"] / values["batch_size"])
+    return run_steps(values["train_limit"], values["batch_size"], values["epochs"])
 
 
 LEARNS_BY = 0.02  # a run "learns" when its dev metric beats the majority class by this much
@@ -250,7 +256,7 @@ def main() -> None:
     # one epoch, and their file's own limit and length
     old = {**run_settings(args), "batch_size": 16, "epochs": 1, "bf16": False}
     logged = load_runs(args.log, run_settings(args), logged_before=old)
-    steps = args.epochs * math.ceil(len(train.labels) / args.batch_size)
+    steps = run_steps(len(train.labels), args.batch_size, args.epochs)
     logged = with_same_runs(logged, [*DEFAULT_MODES, *args.optimizers], steps)
     known = {(r["optimizer"], r["seed"]): r for r in logged}
 

@@ -56,7 +56,7 @@ PACKAGES = {
 def spec_name(spec: str) -> str:
     """The optimizer a spec names, without its presets, start, schedule or held-out mark:
     ``slope_tracking_adam+slope@1e-4~anneal^heldout`` -> ``slope_tracking_adam``."""
-    return spec.partition("^")[0].partition("~")[0].partition("@")[0].partition("+")[0]
+    return spec[: _presets_end(spec)].partition("+")[0]
 
 
 def check_installed(specs: Sequence[str]) -> None:

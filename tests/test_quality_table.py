@@ -276,6 +276,33 @@ def tiny_quality_argv(out) -> list[str]:
     return argv + ["--no-schedulefree", "--device", "cpu", "--out", str(out)]
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "slope_tracking_adam+significant+slope@1e-4~warmup_anneal^heldout",
+        "slope_tracking_adam~anneal",
+        "slope_tracking_adam^heldout-z2",
+        "slope_tracking_adam",
+    ],
+)
+def test_a_specs_optimizer_is_its_name_without_presets_start_schedule_or_held_out_mark(spec):
+    from benchmarks.specs import spec_name, without_start
+
+    assert spec_name(spec) == "slope_tracking_adam"
+    assert spec_name("salsa-reference^heldout") == "salsa-reference"  # a hyphen is a name's
+    assert spec_name(without_start(spec)) == spec_name(spec)
+
+
+def test_a_runs_steps_count_each_epochs_partial_last_batch():
+    from benchmarks.quality import SETTINGS, most_steps, run_steps
+
+    assert run_steps(2000, 16, 3) == 3 * 125
+    assert run_steps(2001, 16, 3) == 3 * 126
+    m = SETTINGS["M"]
+    assert most_steps("M") == run_steps(m["train_limit"], m["batch_size"], m["epochs"])
+    assert most_steps("S") < most_steps("M")
+
+
 def test_a_spec_whose_package_is_missing_stops_the_benchmark_before_any_run(tmp_path, monkeypatch):
     import importlib.util
     import sys
