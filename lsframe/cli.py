@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,39 @@ LINKS = (
 )
 
 
+YAML_NULLS = ("null", "Null", "NULL", "~")
+
+
+def nested_nulls_as_init_args(argv: list[str]) -> list[str]:
+    """``argv`` with each ``--A.init_args.B.init_args.key null`` (also ``--key=null``; any YAML
+    null) given as ``--A.init_args.B '{"init_args": {"key": null}}'``.
+
+    Why: jsonargparse (≤ 4.53) passes a dotted value on to a class nested in another class
+    (the optimizer in a module) as text, so a null arrives there as the string ``'None'`` and
+    an ``int | None`` argument refuses it. The same value as an ``init_args`` dict merges with
+    the class given before it (in a config file or earlier on the command line), as the dotted
+    key would. Other arguments, and a null for a class one level down
+    (``--model.init_args.key null``, which parses), pass unchanged and in order.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        key, equals, value = arg.partition("=")
+        consumed = 1
+        if not equals and i + 1 < len(argv):
+            value, consumed = argv[i + 1], 2
+        owner, marker, name = key.rpartition(".init_args.")
+        nested = ".init_args." in owner and "." not in name
+        if key.startswith("--") and marker and nested and value in YAML_NULLS:
+            out += [owner, json.dumps({"init_args": {name: None}})]
+            i += consumed
+        else:
+            out.append(arg)
+            i += 1
+    return out
+
+
 class LSFrameCLI(LightningCLI):
     """LightningCLI for lsframe.
 
@@ -85,13 +120,19 @@ class LSFrameCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Parse, then check the values before anything is built or loaded
+        """Parse (a null for a nested class's argument as :func:`nested_nulls_as_init_args` gives
+        it), then check the values before anything is built or loaded
         (:func:`lsframe.config_checks.check_parsed`: optimizer and data arguments, data files,
         the model reference, precision, ``--ckpt_path``). With ``parser_kwargs={"exit_on_error":
         False}`` (``python -m lsframe``) a parse error raises :class:`lsframe.errors.UsageError`
         with the full key instead of printing the usage."""
         try:
-            super().parse_arguments(parser, args)
+            if args is None:  # LightningCLI's own reading of sys.argv, on the rewritten list
+                self.config = parser.parse_args(nested_nulls_as_init_args(sys.argv[1:]))
+            else:
+                if isinstance(args, list):
+                    args = nested_nulls_as_init_args(args)
+                super().parse_arguments(parser, args)
         except argparse.ArgumentError as error:
             raise usage_error(error, parser) from error
         check_parsed(self.config)

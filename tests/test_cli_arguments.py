@@ -166,3 +166,47 @@ def test_the_rich_progress_bar_shows_a_small_step_size_in_significant_digits():
         assert bar.theme.metrics_format == expected
     assert f"{1.71e-4:{default.theme.metrics_format}}" == "0.000171"
     assert RichProgressBar().theme.metrics_format == ".3f"  # other bars keep Lightning's default
+
+
+def printed_config(argv: list[str], capsys) -> dict:
+    import yaml
+
+    with pytest.raises(SystemExit) as exit_info:
+        LSFrameCLI(args=[*argv, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_a_null_reaches_an_argument_of_the_optimizer_inside_the_module(capsys):
+    optimizer = "--model.init_args.optimizer.init_args"
+    argv = ["fit", "--config", str(ROOT / "configs" / "quickstart.yaml")]
+    argv += [f"{optimizer}.long_run_steps", "null", f"{optimizer}.max_step_size=~"]
+    argv += [f"{optimizer}.max_change", "1.5"]  # the dotted keys after the rewrite still apply
+    config = printed_config(argv, capsys)["model"]["init_args"]["optimizer"]
+    assert config["class_path"] == "lsframe.optim.SlopeTrackingAdam"  # merged, not replaced
+    assert config["init_args"]["long_run_steps"] is None
+    assert config["init_args"]["max_step_size"] is None
+    assert config["init_args"]["max_change"] == 1.5
+    assert config["init_args"]["burn_in"] is True  # the other defaults stay
+
+
+def test_a_nested_null_is_given_as_init_args_and_every_other_argument_is_kept_in_order():
+    from lsframe.cli import nested_nulls_as_init_args
+
+    argv = ["fit", "--model.init_args.optimizer.init_args.a", "null", "--trainer.logger.x", "~"]
+    argv += ["--model.init_args.lr_scheduler.init_args.b=NULL", "--model.init_args.c", "null"]
+    argv += ["--model.init_args.optimizer.init_args.d", "none", "--e.init_args.f.init_args.g"]
+    assert nested_nulls_as_init_args(argv) == [
+        "fit",
+        "--model.init_args.optimizer",
+        '{"init_args": {"a": null}}',
+        "--trainer.logger.x",  # not a class inside a class
+        "~",
+        "--model.init_args.lr_scheduler",
+        '{"init_args": {"b": null}}',
+        "--model.init_args.c",  # one class level down: jsonargparse parses it
+        "null",
+        "--model.init_args.optimizer.init_args.d",  # not a YAML null: the parser judges it
+        "none",
+        "--e.init_args.f.init_args.g",  # no value
+    ]
