@@ -209,8 +209,9 @@ OMP_NUM_THREADS=1 python -m benchmarks.step_cost --model minilm --steps 1000 \
   "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal" \
   --out benchmarks/results/step_cost_minilm_1000_cpu
 for task in sst2 mrpc; do
+  bare=(); [ "$task" = sst2 ] && bare=(slope_tracking_adam)  # as run: MRPC's table has no bare row
   OMP_NUM_THREADS=1 python -m benchmarks.step_cost --time-to-target --task $task --steps 1000 \
-    --lr-free slope_tracking_adam+fused slope_tracking_adam salsa \
+    --lr-free slope_tracking_adam+fused "${bare[@]}" \
     "slope_tracking_adam+significant+fresh_peak+slope+fused@1e-4~anneal" \
     "slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal" "$BH" "$NEW" \
     --cost-from benchmarks/results/step_cost_minilm_1000_cpu.json \
