@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.quality import best_grid_point
@@ -29,6 +30,13 @@ COLUMNS = (
     ("its defaults of 2026-12-03 (anneal only)", PREVIOUS_DEFAULT),
     ("its earlier defaults", "slope_tracking_adam"),
     ("SaLSA", "salsa"),
+)
+#: the other optimizers without a learning rate to choose, or with the grid's best:
+#: (header, spec; ``{lr}`` is the best AdamW grid point's)
+PEERS = (
+    ("Prodigy", "prodigy"),
+    ("Schedule-Free AdamW at the best grid point's lr", "schedulefree@{lr}"),
+    ("SaLSA, the authors' package", "salsa-reference"),
 )
 #: QNLI is held out from the defaults' choice (benchmarks.common.DEV_SPLIT)
 TASKS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "qnli": "QNLI (held out)"}
@@ -84,19 +92,38 @@ def best_of_grid(label: str, rows: list[dict]) -> str:
     return best
 
 
+def grid_cells(rows: list[dict], best: str) -> list[str]:
+    """The last two cells of a line: the best grid point (mean ± std, lr), the majority class."""
+    acc = accuracies(rows)
+    return [
+        f"{spread(list(acc[best].values()))}), {best.split('@')[1]}",
+        f"{rows[0]['majority']:.3f}",
+    ]
+
+
 def summary_line(label: str, rows: list[dict]) -> str:
     """One line of the table: ``label``, each of :data:`COLUMNS`, the best grid point, the
     majority class."""
     acc = accuracies(rows)
     best = best_of_grid(label, rows)
     cells = [against(acc.get(spec), acc[best]) for _, spec in COLUMNS]
-    cells.append(f"{spread(list(acc[best].values()))}), {best.split('@')[1]}")
-    cells.append(f"{rows[0]['majority']:.3f}")
-    return f"| {label} | " + " | ".join(cells) + " |"
+    return f"| {label} | " + " | ".join([*cells, *grid_cells(rows, best)]) + " |"
 
 
-def summary_table(results: Path, device: str) -> str:
-    header = ["setting, task", *(name for name, _ in COLUMNS), "best AdamW, lr", "majority class"]
+def peers_line(label: str, rows: list[dict]) -> str:
+    """One line of the peers' table: ``label``, the default, each of :data:`PEERS`, the best
+    grid point, the majority class."""
+    acc = accuracies(rows)
+    best = best_of_grid(label, rows)
+    specs = [DEFAULT, *(spec.format(lr=best.split("@")[1]) for _, spec in PEERS)]
+    cells = [against(acc.get(spec), acc[best]) for spec in specs]
+    return f"| {label} | " + " | ".join([*cells, *grid_cells(rows, best)]) + " |"
+
+
+def cells_table(results: Path, device: str, columns: list[str], line: Callable) -> str:
+    """A table with one ``line(label, rows)`` per setting and task whose quality table exists,
+    under the header ``setting, task``, ``columns``, the best grid point, the majority class."""
+    header = ["setting, task", *columns, "best AdamW, lr", "majority class"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for setting in ("S", "M"):
         for task, name in TASKS.items():
@@ -106,8 +133,17 @@ def summary_table(results: Path, device: str) -> str:
             if not path.exists():
                 print(f"readme_summary: no {path.name}: its line is left out")
                 continue
-            lines.append(summary_line(f"{setting}, {name}", json.loads(path.read_text())["rows"]))
+            lines.append(line(f"{setting}, {name}", json.loads(path.read_text())["rows"]))
     return "\n".join(lines)
+
+
+def summary_table(results: Path, device: str) -> str:
+    return cells_table(results, device, [name for name, _ in COLUMNS], summary_line)
+
+
+def peers_table(results: Path, device: str) -> str:
+    columns = [COLUMNS[0][0].split(" (")[0], *(name for name, _ in PEERS)]
+    return cells_table(results, device, columns, peers_line)
 
 
 def presets_table(rows: list[dict], label: str) -> str:
@@ -180,6 +216,12 @@ def main() -> None:
     results = Path(args.results)
     table = summary_table(results, args.device)
     text = f"Issue 18's bar, per setting and task:\n\n{table}\n"
+    peers = peers_table(results, args.device)
+    text += (
+        "\nThe other optimizers without a learning rate to choose (Prodigy, the authors' "
+        "SaLSA), or with the best grid point's (Schedule-Free), against the same best point:"
+        f"\n\n{peers}\n"
+    )
     ran = {}
     for task in TASKS:
         path = results / f"quality_s_{task}_{args.device}.json"

@@ -225,6 +225,26 @@ def test_the_readme_summary_pairs_each_row_with_the_best_grid_point_on_shared_se
     assert cells[6] == "0.527"
 
 
+def test_the_readme_peers_table_takes_schedule_free_at_the_best_grid_points_lr():
+    from benchmarks.readme_summary import peers_line
+    from benchmarks.specs import DEFAULT
+
+    def run(optimizer, seed, acc):
+        return {"optimizer": optimizer, "seed": seed, "acc": acc, "majority": 0.684}
+
+    rows = [run("adamw@5e-5", s, a) for s, a in enumerate([0.70, 0.72])]
+    rows += [run("adamw@1e-4", s, a) for s, a in enumerate([0.69, 0.70])]
+    rows += [run("schedulefree@1e-4", 0, 0.90)]  # run when 1e-4 was the best: not this column's
+    rows += [run("schedulefree@5e-5", s, a) for s, a in enumerate([0.71, 0.70])]
+    rows += [run("prodigy", 1, 0.68), run(DEFAULT, 0, 0.70)]
+    cells = [c.strip() for c in peers_line("S, MRPC", rows).strip("|").split("|")]
+    assert cells[1] == "0.700 (1 seed; paired +0.000)"
+    assert cells[2] == "0.680 (1 seed; paired −0.040)"  # seed 1 against 0.72
+    assert cells[3] == "0.705 ± 0.007 (2 seeds; paired −0.005)"
+    assert cells[4] == "–"  # the authors' package did not run
+    assert cells[5:] == ["0.710 ± 0.014 (2 seeds), 5e-5", "0.684"]
+
+
 def test_the_readme_presets_table_sets_each_rule_beside_its_robust_preset():
     from benchmarks.readme_summary import presets_table
 
