@@ -32,7 +32,7 @@ import torch
 
 from benchmarks.common import load_runs, write_results
 from benchmarks.quality import GRID, SETTINGS, most_steps
-from benchmarks.specs import DEFAULT, with_same_runs
+from benchmarks.specs import DEFAULT, same_runs_note, with_same_runs
 
 RESULTS = Path(__file__).parent / "results"
 FLOOR = 0.005  # the bar's tolerance below the best grid point
@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     cells, sources, default = [], [], {}
+    notes: set[str] = set()
     for setting, seeds in (("S", 5), ("M", 3)):
         for task in TASKS:
             log = RESULTS / f"quality_{setting.lower()}_{task}_{args.kind}.runs.jsonl"
@@ -148,6 +149,7 @@ def main() -> None:
                 raise SystemExit(f"bar_power: {log}: {err}") from None
             sources.append(log.name)
             same = with_same_runs(rows, [DEFAULT], most_steps(setting))
+            notes.add(same_runs_note(same))
             mine = [r[METRIC] for r in same if r["optimizer"] == DEFAULT]
             if mine:
                 default[cells[-1].name] = statistics.fmean(mine), len(mine)
@@ -181,6 +183,8 @@ def main() -> None:
         f"'As low by noise alone': the share of draws in which a method as good as the best "
         f"point (δ = 0) ends at or below the default's measured margin ({DEFAULT})."
     )
+    same = "; ".join(sorted(note for note in notes if note))
+    meta += f" Same runs: {same}." if same else ""
     out = Path(args.out or RESULTS / f"bar_power_{args.kind}")
     rows = {"cells": [vars(c) for c in cells], "default": default, "rates": rates}
     write_results(out, meta, "\n".join(lines), rows)

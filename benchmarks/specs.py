@@ -179,10 +179,14 @@ def logged_as(spec: str, total_steps: int) -> str:
 
 def without_start(spec: str) -> str:
     """``spec`` without what sets its start alone, its ``@lr`` and the preset
-    ``long_run_start``: ``name+presets~schedule``. Two specs of an optimizer without forward
-    trials that agree on it do the same work per step."""
-    body, tilde, schedule = without_preset(spec, LONG_RUN_PRESET).partition("~")
-    return body.partition("@")[0] + tilde + schedule
+    ``long_run_start``: ``name+presets~schedule^mark``. Two specs of an optimizer without
+    forward trials that agree on it do the same work per step."""
+    spec = without_preset(spec, LONG_RUN_PRESET)
+    end = _presets_end(spec)
+    rest = spec[end:]
+    if rest.startswith("@"):
+        rest = rest[min((i for i in map(rest.find, "~^") if i >= 0), default=len(rest)) :]
+    return spec[:end] + rest
 
 
 def cost_twin(spec: str, timed: Sequence[str]) -> str | None:
@@ -204,16 +208,14 @@ def with_same_runs(
     the spec it was logged under. ``total_steps``: the runs' length (at most), or a function of
     a run that gives it."""
     length = total_steps if callable(total_steps) else lambda run: total_steps
-    seeds = {(r["optimizer"], r.get("seed", 0)) for r in runs}
-    copies = []
+    own = {(r["optimizer"], r.get("seed", 0)) for r in runs}
+    copies: dict[tuple[str, int], dict] = {}  # the last logged run of a seed, as in a table
     for spec in specs:
         for run in runs:
-            twin = run["optimizer"]
-            if twin != spec and twin == logged_as(spec, length(run)):
-                if (spec, run.get("seed", 0)) not in seeds:
-                    copies.append({**run, "optimizer": spec, "same_run_as": twin})
-                    seeds.add((spec, run.get("seed", 0)))
-    return [*runs, *copies]
+            twin, seed = run["optimizer"], run.get("seed", 0)
+            if twin != spec and twin == logged_as(spec, length(run)) and (spec, seed) not in own:
+                copies[spec, seed] = {**run, "optimizer": spec, "same_run_as": twin}
+    return [*runs, *copies.values()]
 
 
 def default_mode(preset: str) -> str:

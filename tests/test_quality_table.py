@@ -185,12 +185,13 @@ def test_the_earlier_defaults_runs_of_at_most_375_steps_count_for_the_default_an
         run(BURN_IN_DEFAULT, 1, 1000, 0.7),  # a longer run: the default starts lower there
         run(BURN_IN_DEFAULT, 2, 300, 0.6),
         run(DEFAULT, 2, 300, 0.9),  # the default's own run wins
+        run(BURN_IN_DEFAULT, 0, 300, 0.85),  # a seed logged twice: the last run, as in a table
     ]
     out = with_same_runs(runs, [DEFAULT], lambda r: r["steps"])
     assert out[: len(runs)] == runs
     mine = {r["seed"]: r for r in out if r["optimizer"] == DEFAULT}
     assert set(mine) == {0, 2}
-    assert mine[0]["acc"] == 0.8 and mine[0]["same_run_as"] == BURN_IN_DEFAULT
+    assert mine[0]["acc"] == 0.85 and mine[0]["same_run_as"] == BURN_IN_DEFAULT
     assert mine[2]["acc"] == 0.9 and "same_run_as" not in mine[2]
     assert with_same_runs(runs, [DEFAULT], 1000) == runs  # an int: every run's length
     assert BURN_IN_DEFAULT in same_runs_note(out) and same_runs_note(runs) == ""
@@ -297,20 +298,32 @@ def tiny_quality_argv(out) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "spec",
+    "spec, started_anywhere",
     [
-        "slope_tracking_adam+significant+slope@1e-4~warmup_anneal^heldout",
-        "slope_tracking_adam~anneal",
-        "slope_tracking_adam^heldout-z2",
-        "slope_tracking_adam",
+        (
+            "slope_tracking_adam+significant+slope@1e-4~warmup_anneal^heldout",
+            "~warmup_anneal^heldout",
+        ),
+        ("slope_tracking_adam+long_run_start@1e-4^heldout-z2", "^heldout-z2"),
+        ("slope_tracking_adam~anneal", "~anneal"),
+        ("slope_tracking_adam@5e-5", ""),
     ],
 )
-def test_a_specs_optimizer_is_its_name_without_presets_start_schedule_or_held_out_mark(spec):
+def test_a_specs_name_and_its_start_free_form_keep_the_schedule_and_held_out_mark(
+    spec, started_anywhere
+):
     from benchmarks.specs import spec_name, without_start
 
     assert spec_name(spec) == "slope_tracking_adam"
-    assert spec_name("salsa-reference^heldout") == "salsa-reference"  # a hyphen is a name's
-    assert spec_name(without_start(spec)) == spec_name(spec)
+    presets = "+significant+slope" if "+significant" in spec else ""
+    assert without_start(spec) == f"slope_tracking_adam{presets}{started_anywhere}"
+
+
+def test_a_hyphen_belongs_to_a_specs_name():
+    from benchmarks.specs import spec_name
+
+    assert spec_name("salsa-reference^heldout") == "salsa-reference"
+    assert spec_name("adamw-fused-const@5e-5") == "adamw-fused-const"
 
 
 def test_a_runs_steps_count_each_epochs_partial_last_batch():
@@ -318,9 +331,9 @@ def test_a_runs_steps_count_each_epochs_partial_last_batch():
 
     assert run_steps(2000, 16, 3) == 3 * 125
     assert run_steps(2001, 16, 3) == 3 * 126
-    m = SETTINGS["M"]
-    assert most_steps("M") == run_steps(m["train_limit"], m["batch_size"], m["epochs"])
-    assert most_steps("S") < most_steps("M")
+    for setting, values in SETTINGS.items():  # a full DataLoader over the setting's examples
+        loader = torch.utils.data.DataLoader(range(values["train_limit"]), values["batch_size"])
+        assert most_steps(setting) == values["epochs"] * len(loader)
 
 
 def test_a_spec_whose_package_is_missing_stops_the_benchmark_before_any_run(tmp_path, monkeypatch):
