@@ -149,7 +149,8 @@ def _did_you_mean(name: str, candidates: list[str]) -> str:
     return f", did you mean {close[0]!r}?" if close else ""
 
 
-_ARTICLE = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+#: how an error line names a parameter's type
+KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 
 
 def _innermost(message: str) -> str:
@@ -157,7 +158,7 @@ def _innermost(message: str) -> str:
     first = message.strip().splitlines()[0] if message.strip() else message
     expected = re.match(r"Expected a <class '(\w+)'>\. Got value: (.*)", first)
     if expected:
-        kind = _ARTICLE.get(expected.group(1), f"a {expected.group(1)}")
+        kind = KIND_WORDS.get(expected.group(1), f"a {expected.group(1)}")
         return f"expected {kind}, got {expected.group(2)!r}"
     literal = re.match(r"Expected a typing\.Literal\[(.*)\]\. Got value: (.*)", first)
     if literal:

@@ -6,6 +6,9 @@ pretrained weights load), the optimizer only when the fit starts. :func:`check_c
 cheap part of that work right after parsing, so a bad value ends the command within seconds and
 names its full key:
 
+* a null given to an init argument whose annotation does not admit one (``max_change: null``
+  for a ``float``) is refused at its key (:func:`check_nulls`): jsonargparse lets it through in
+  a class's ``init_args``;
 * every optimizer (``class_path`` of a ``torch.optim.Optimizer``) is built on a one-element
   probe parameter, so its own argument checks run (``c must be in (0, 1), got -1.0`` at
   ``model.init_args.optimizer.init_args.c``), and one that needs ``param_grouping: parts``
@@ -28,10 +31,13 @@ key or file (:meth:`~lsframe.errors.LsframeError.at`).
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
+import typing
 from collections.abc import Iterator
 from typing import Any
 
+from lsframe.cli_errors import KIND_WORDS
 from lsframe.errors import ConfigError, LsframeError, MissingFileError
 
 #: Attributes a DataModule and a module must agree on (the modules' ``check_data`` keys).
@@ -115,6 +121,31 @@ def _located(error: Exception, prefix: str, init_args: dict[str, Any]) -> Lsfram
     owner = prefix.removesuffix(".init_args")
     kind = MissingFileError if isinstance(error, FileNotFoundError) else ConfigError
     return kind(text, where=f"{prefix}.{argument}" if argument else owner)
+
+
+def check_nulls(key: str, cls: type, init_args: dict[str, Any]) -> None:
+    """Refuse a null for an init argument of ``cls`` annotated as a plain ``int``, ``float``,
+    ``bool`` or ``str`` without a None default, at ``<key>.init_args.<name>``. Annotations that
+    cannot be read, and every other type, are left to the constructor."""
+    nulls = [name for name, value in init_args.items() if value is None]
+    if not nulls:
+        return
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+        parameters = inspect.signature(cls.__init__).parameters
+    except (AttributeError, NameError, TypeError, ValueError):
+        return
+    for name in nulls:
+        hint = hints.get(name)
+        if name in parameters and parameters[name].default is not None and hint in KIND_TYPES:
+            raise ConfigError(
+                f"{name} cannot be null: expected {KIND_WORDS[hint.__name__]}",
+                where=f"{key}.init_args.{name}",
+            )
+
+
+#: the annotations :func:`check_nulls` judges
+KIND_TYPES = (int, float, bool, str)
 
 
 def check_optimizer(key: str, cls: type, init_args: dict[str, Any], grouping: Any) -> None:
@@ -293,6 +324,7 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
         init_args = _plain(_get(node, "init_args")) or {}
         if cls is None:
             continue
+        check_nulls(key, cls, init_args)
         if issubclass(cls, LightningModule):
             modules.append((key, init_args))
             grouping[key] = init_args.get("param_grouping")

@@ -210,3 +210,20 @@ def test_a_nested_null_is_given_as_init_args_and_every_other_argument_is_kept_in
         "none",
         "--e.init_args.f.init_args.g",  # no value
     ]
+
+
+def test_a_null_for_a_number_is_refused_at_its_key_from_the_command_line_or_a_config(
+    shared_data, tmp_path, capsys
+):
+    key = "model.init_args.optimizer.init_args.max_change"
+    expected = f"lsframe fit: error: max_change cannot be null: expected a number ({key})"
+    status, line = one_error_line(glue_fit(shared_data, tmp_path, f"--{key}", "null"), capsys)
+    assert (status, line) == (2, expected)
+    piece = tmp_path / "optimizer.yaml"
+    piece.write_text(
+        "model:\n  init_args:\n    optimizer:\n      class_path: lsframe.optim.SlopeTrackingAdam\n"
+        "      init_args:\n        max_change: null\n"
+    )
+    status, line = one_error_line(glue_fit(shared_data, tmp_path, "--config", str(piece)), capsys)
+    assert (status, line) == (2, expected)
+    assert not (tmp_path / "runs").exists()
