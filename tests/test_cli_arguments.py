@@ -168,21 +168,29 @@ def test_the_rich_progress_bar_shows_a_small_step_size_in_significant_digits():
     assert RichProgressBar().theme.metrics_format == ".3f"  # other bars keep Lightning's default
 
 
-def printed_config(argv: list[str], capsys) -> dict:
+def printed_config(argv: list[str], capsys, from_sys_argv: bool = False) -> dict:
+    """The config ``--print_config`` prints for ``argv``, given to LSFrameCLI or, as the
+    console script does, in ``sys.argv``."""
     import yaml
 
     with pytest.raises(SystemExit) as exit_info:
-        LSFrameCLI(args=[*argv, "--print_config"])
+        if from_sys_argv:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(sys, "argv", ["lsframe", *argv, "--print_config"])
+                LSFrameCLI(args=None)
+        else:
+            LSFrameCLI(args=[*argv, "--print_config"])
     assert exit_info.value.code in (0, None)
     return yaml.safe_load(capsys.readouterr().out)
 
 
-def test_a_null_reaches_an_argument_of_the_optimizer_inside_the_module(capsys):
+@pytest.mark.parametrize("from_sys_argv", [False, True], ids=["args", "sys.argv"])
+def test_a_null_reaches_an_argument_of_the_optimizer_inside_the_module(from_sys_argv, capsys):
     optimizer = "--model.init_args.optimizer.init_args"
     argv = ["fit", "--config", str(ROOT / "configs" / "quickstart.yaml")]
     argv += [f"{optimizer}.long_run_steps", "null", f"{optimizer}.max_step_size=~"]
     argv += [f"{optimizer}.max_change", "1.5"]  # the dotted keys after the rewrite still apply
-    config = printed_config(argv, capsys)["model"]["init_args"]["optimizer"]
+    config = printed_config(argv, capsys, from_sys_argv)["model"]["init_args"]["optimizer"]
     assert config["class_path"] == "lsframe.optim.SlopeTrackingAdam"  # merged, not replaced
     assert config["init_args"]["long_run_steps"] is None
     assert config["init_args"]["max_step_size"] is None
