@@ -92,13 +92,9 @@ def best_of_grid(label: str, rows: list[dict]) -> str:
     return best
 
 
-def grid_cells(rows: list[dict], best: str) -> list[str]:
+def grid_cells(best: str, best_acc: dict[int, float], majority: float) -> list[str]:
     """The last two cells of a line: the best grid point (mean ± std, lr), the majority class."""
-    acc = accuracies(rows)
-    return [
-        f"{spread(list(acc[best].values()))}), {best.split('@')[1]}",
-        f"{rows[0]['majority']:.3f}",
-    ]
+    return [f"{spread(list(best_acc.values()))}), {best.split('@')[1]}", f"{majority:.3f}"]
 
 
 def summary_line(label: str, rows: list[dict]) -> str:
@@ -107,7 +103,11 @@ def summary_line(label: str, rows: list[dict]) -> str:
     acc = accuracies(rows)
     best = best_of_grid(label, rows)
     cells = [against(acc.get(spec), acc[best]) for _, spec in COLUMNS]
-    return f"| {label} | " + " | ".join([*cells, *grid_cells(rows, best)]) + " |"
+    return (
+        f"| {label} | "
+        + " | ".join([*cells, *grid_cells(best, acc[best], rows[0]["majority"])])
+        + " |"
+    )
 
 
 def peers_line(label: str, rows: list[dict]) -> str:
@@ -117,7 +117,11 @@ def peers_line(label: str, rows: list[dict]) -> str:
     best = best_of_grid(label, rows)
     specs = [DEFAULT, *(spec.format(lr=best.split("@")[1]) for _, spec in PEERS)]
     cells = [against(acc.get(spec), acc[best]) for spec in specs]
-    return f"| {label} | " + " | ".join([*cells, *grid_cells(rows, best)]) + " |"
+    return (
+        f"| {label} | "
+        + " | ".join([*cells, *grid_cells(best, acc[best], rows[0]["majority"])])
+        + " |"
+    )
 
 
 def cells_table(results: Path, device: str, columns: list[str], line: Callable) -> str:

@@ -155,9 +155,14 @@ LONG_RUN_PRESET = "long_run_start"
 LONG_RUN_STEPS: int = optim.info("slope_tracking_adam").preset(LONG_RUN_PRESET)["long_run_steps"]
 
 
+def _first_mark(text: str, marks: str) -> int:
+    """Where the first of ``marks`` occurs in ``text`` (its length when none does)."""
+    return min((i for i in map(text.find, marks) if i >= 0), default=len(text))
+
+
 def _presets_end(spec: str) -> int:
     """Where a spec's ``name+presets`` ends (at its ``@``, ``~`` or ``^``, or its end)."""
-    return min((i for i in map(spec.find, "@~^") if i >= 0), default=len(spec))
+    return _first_mark(spec, "@~^")
 
 
 def without_preset(spec: str, preset: str) -> str:
@@ -185,7 +190,7 @@ def without_start(spec: str) -> str:
     end = _presets_end(spec)
     rest = spec[end:]
     if rest.startswith("@"):
-        rest = rest[min((i for i in map(rest.find, "~^") if i >= 0), default=len(rest)) :]
+        rest = rest[_first_mark(rest, "~^") :]
     return spec[:end] + rest
 
 
