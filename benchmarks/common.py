@@ -181,13 +181,17 @@ class StepDiagnostics:
     ``step_size``, else the lr the step used, ``d · lr`` for Prodigy/D-Adaptation); for a line
     search (``optimizer.last_step``, see :class:`lsframe.optim.LineSearchOptimizer`) also
     ``trials`` (forward-only evaluations), ``searched`` and ``failed`` (0/1) and ``ratio`` (the
-    sufficient-decrease ratio; None where no search accepted). Floats keep 4 digits.
+    sufficient-decrease ratio; None where no search accepted); with ``loss`` given, ``loss``
+    (the value the step's closure returned: the batch's loss before the step, so on a first
+    pass over the data a loss on examples the model has not trained on). Floats keep 4 digits.
     """
 
     def __init__(self) -> None:
         self.columns: dict[str, Any] = {"step_size": {}}
 
-    def add(self, optimizer: Any) -> None:
+    def add(self, optimizer: Any, loss: float | None = None) -> None:
+        if loss is not None:
+            self.columns.setdefault("loss", []).append(_compact(loss))
         last = getattr(optimizer, "last_step", None)
         groups = optimizer.param_groups
         if isinstance(last, dict):
@@ -239,10 +243,11 @@ class Run:
             loss = self.optimizer.step(lambda backwards=False: closure(backward=backwards))
         else:
             loss = self.optimizer.step(closure)
-        self.diagnostics.add(self.optimizer)
+        loss = float(loss)
+        self.diagnostics.add(self.optimizer, loss)
         if self.scheduler is not None:
             self.scheduler.step()
-        return float(loss)
+        return loss
 
     def start_pass(self, index: int) -> None:
         """Pass ``index`` over the training set begins (for the optimizers that ask)."""

@@ -13,7 +13,7 @@ schedule), and AdamWScheduleFree at the grid's best learning rate (chosen per ta
 dev metric, as a user would after running the grid). "train loss" is the mean training loss
 over the last 20 % of the run. The table holds every run logged with the same settings, so
 invocations with other rows or seeds add up. Each finished run is appended to ``<out>.runs.jsonl``, with
-its per-step step sizes and line-search diagnostics (``per_step``, see
+its per-step losses, step sizes and line-search diagnostics (``per_step``, see
 :class:`benchmarks.common.StepDiagnostics`); a later invocation with the same ``--out`` reuses
 the runs found there (add seeds in several sittings). ``--device cuda`` runs on the GPU (table
 ``<name>_gpu``); ``--bf16`` runs every forward under bf16 autocast (a line search switches it off

@@ -416,6 +416,26 @@ def test_a_table_regenerated_elsewhere_names_the_machines_and_torch_versions_tha
     assert machine("cpu") not in meta and torch.__version__ not in meta
 
 
+def test_a_quality_run_logs_each_steps_loss_the_ones_its_train_loss_averages(
+    minilm, shared_data, tmp_path, monkeypatch
+):
+    import json
+    import sys
+
+    from benchmarks import quality
+
+    out = tmp_path / "quality_rte"
+    argv = tiny_quality_argv(out)
+    argv[argv.index("--train-limit") + 1] = "20"  # 5 steps of 4: the tail is the last one
+    monkeypatch.setattr(sys, "argv", argv)
+    quality.main()
+    (row,) = [json.loads(line) for line in out.with_suffix(".runs.jsonl").read_text().splitlines()]
+    losses = row["per_step"]["loss"]
+    assert len(losses) == len(row["per_step"]["step_size"]["0"]) == 5
+    assert len(set(losses)) == 5 and all(0.0 < x < 5.0 for x in losses)
+    assert losses[-1] == pytest.approx(row["train_loss"], rel=1e-3)  # 4 digits kept
+
+
 def test_a_held_out_task_without_a_training_set_trains_and_evaluates_on_disjoint_dev_rows():
     from benchmarks.common import DEV_SPLIT, GLUE_DIR, glue_examples
     from lsframe.data.glue import glue_task, read_glue_tsv
