@@ -7,7 +7,7 @@ cheap part of that work right after parsing, so a bad value ends the command wit
 names its full key:
 
 * a null given to an init argument whose annotation does not admit one (``max_change: null``
-  for a ``float``) is refused at its key (:func:`check_nulls`): jsonargparse lets it through in
+  for a ``float``, ``betas: null`` for a ``tuple[float, float]``) is refused at its key (:func:`check_nulls`): jsonargparse lets it through in
   a class's ``init_args``;
 * every optimizer (``class_path`` of a ``torch.optim.Optimizer``) is built on a one-element
   probe parameter, so its own argument checks run (``c must be in (0, 1), got -1.0`` at
@@ -33,6 +33,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import types
 import typing
 from collections.abc import Iterator
 from typing import Any
@@ -124,9 +125,9 @@ def _located(error: Exception, prefix: str, init_args: dict[str, Any]) -> Lsfram
 
 
 def check_nulls(key: str, cls: type, init_args: dict[str, Any]) -> None:
-    """Refuse a null for an init argument of ``cls`` annotated as a plain ``int``, ``float``,
-    ``bool`` or ``str`` without a None default, at ``<key>.init_args.<name>``. Annotations that
-    cannot be read, and every other type, are left to the constructor."""
+    """Refuse a null for an init argument of ``cls`` without a None default whose annotation
+    admits none (:func:`null_refused_as`), at ``<key>.init_args.<name>``. Annotations that
+    cannot be read, and classes and other types, are left to the constructor."""
     nulls = [name for name, value in init_args.items() if value is None]
     if not nulls:
         return
@@ -136,16 +137,39 @@ def check_nulls(key: str, cls: type, init_args: dict[str, Any]) -> None:
     except (AttributeError, NameError, TypeError, ValueError):
         return
     for name in nulls:
-        hint = hints.get(name)
-        if name in parameters and parameters[name].default is not None and hint in KIND_TYPES:
+        expected = null_refused_as(hints.get(name))
+        if name in parameters and parameters[name].default is not None and expected:
             raise ConfigError(
-                f"{name} cannot be null: expected {KIND_WORDS[hint.__name__]}",
-                where=f"{key}.init_args.{name}",
+                f"{name} cannot be null: expected {expected}", where=f"{key}.init_args.{name}"
             )
 
 
-#: the annotations :func:`check_nulls` judges
+#: the plain annotations :func:`null_refused_as` judges
 KIND_TYPES = (int, float, bool, str)
+
+_CONTAINER_WORDS = {tuple: "a list", list: "a list", dict: "a mapping", set: "a list"}
+
+
+def null_refused_as(hint: Any) -> str | None:
+    """What an argument annotated ``hint`` expects, in words, when the annotation refuses a
+    null: a plain ``int``/``float``/``bool``/``str``, a tuple, list, set or dict (of anything),
+    a ``Literal`` without None, or a union of those. None when it admits one (``Optional``,
+    ``Any``) or is of another kind (a class, a callable), which the constructor judges."""
+    if hint in KIND_TYPES:
+        return KIND_WORDS[hint.__name__]
+    origin = typing.get_origin(hint)
+    if hint in _CONTAINER_WORDS or origin in _CONTAINER_WORDS:
+        arms = typing.get_args(hint)
+        if origin is tuple and arms and ... not in arms:
+            return f"a list of {len(arms)} values"
+        return _CONTAINER_WORDS[origin or hint]
+    if origin is typing.Literal:
+        values = typing.get_args(hint)
+        return None if None in values else "one of " + ", ".join(map(repr, values))
+    if origin in (typing.Union, types.UnionType):
+        words = [null_refused_as(arm) for arm in typing.get_args(hint)]
+        return None if None in words else " or ".join(dict.fromkeys(words))
+    return None
 
 
 def check_optimizer(key: str, cls: type, init_args: dict[str, Any], grouping: Any) -> None:

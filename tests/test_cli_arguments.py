@@ -220,18 +220,39 @@ def test_a_nested_null_is_given_as_init_args_and_every_other_argument_is_kept_in
     ]
 
 
-def test_a_null_for_a_number_is_refused_at_its_key_from_the_command_line_or_a_config(
-    shared_data, tmp_path, capsys
+@pytest.mark.parametrize(
+    "name, expected", [("max_change", "a number"), ("betas", "a list of 2 values")]
+)
+def test_a_null_for_a_number_or_a_tuple_is_refused_at_its_key_from_the_command_line_or_a_config(
+    name, expected, shared_data, tmp_path, capsys
 ):
-    key = "model.init_args.optimizer.init_args.max_change"
-    expected = f"lsframe fit: error: max_change cannot be null: expected a number ({key})"
+    key = f"model.init_args.optimizer.init_args.{name}"
+    expected = f"lsframe fit: error: {name} cannot be null: expected {expected} ({key})"
     status, line = one_error_line(glue_fit(shared_data, tmp_path, f"--{key}", "null"), capsys)
     assert (status, line) == (2, expected)
     piece = tmp_path / "optimizer.yaml"
     piece.write_text(
         "model:\n  init_args:\n    optimizer:\n      class_path: lsframe.optim.SlopeTrackingAdam\n"
-        "      init_args:\n        max_change: null\n"
+        f"      init_args:\n        {name}: null\n"
     )
     status, line = one_error_line(glue_fit(shared_data, tmp_path, "--config", str(piece)), capsys)
     assert (status, line) == (2, expected)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_null_is_refused_by_plain_annotations_and_left_to_optional_ones_and_classes():
+    from typing import Any, Literal
+
+    from lsframe.config_checks import null_refused_as
+
+    refused = {
+        float: "a number",
+        tuple[float, float, float]: "a list of 3 values",
+        tuple[int, ...]: "a list",
+        dict[str, float]: "a mapping",
+        Literal["min", "agree"]: "one of 'min', 'agree'",
+        int | str: "an integer or a string",
+    }
+    assert {hint: null_refused_as(hint) for hint in refused} == refused
+    admitted = [float | None, Literal["min", None], Any, None, torch.nn.Module]
+    assert [null_refused_as(hint) for hint in admitted] == [None] * len(admitted)
