@@ -187,7 +187,8 @@ class LineSearchOptimizer(Optimizer):
                     f"lr={group['lr']!r} but its searched step size times lr_multiplier is "
                     f"{expected!r}: something (a torch LR scheduler?) wrote 'lr' directly. "
                     "Line-search optimizers search their own step size; schedule the "
-                    "'lr_multiplier' instead (lsframe.optim.StepSizeSchedule)."
+                    "'lr_multiplier' instead (lsframe.optim.StepSizeSchedule; with Hugging "
+                    "Face's Trainer, lsframe.integrations.hf.LineSearchTrainer does)."
                 )
 
     def _set_step_sizes(self, step_sizes: float | Sequence[float]) -> None:

@@ -109,8 +109,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     nor stay inert. Pair it with the usual fine-tuning
     schedule of the multiplier, a 10 % linear warmup and a cosine to 0
     (:class:`~lsframe.optim.StepSizeSchedule` around ``WarmupCosineLR(warmup_ratio=0.1)``, as
-    ``configs/optimizers/slope_tracking_adam.yaml`` does; Trainer's ``"linear"`` with
-    ``warmup_ratio=0.1`` is close): every figure of these defaults was measured with it (the
+    ``configs/optimizers/slope_tracking_adam.yaml`` does; with Trainer, ``"cosine"`` and
+    ``warmup_steps=0.1``, or ``warmup_ratio=0.1`` before transformers 5): every figure of these defaults was measured with it (the
     spec ``benchmarks.specs.DEFAULT``). Without a warmup the hold never acts and the burn-in
     alone guards the first steps.
 
