@@ -7,8 +7,8 @@ cheap part of that work right after parsing, so a bad value ends the command wit
 names its full key:
 
 * a null given to an init argument whose annotation does not admit one (``max_change: null``
-  for a ``float``, ``betas: null`` for a ``tuple[float, float]``) is refused at its key (:func:`check_nulls`): jsonargparse lets it through in
-  a class's ``init_args``;
+  for a ``float``, ``betas: null`` for a ``tuple[float, float]``) is refused at its key
+  (:func:`check_nulls`): jsonargparse lets it through in a class's ``init_args``;
 * every optimizer (``class_path`` of a ``torch.optim.Optimizer``) is built on a one-element
   probe parameter, so its own argument checks run (``c must be in (0, 1), got -1.0`` at
   ``model.init_args.optimizer.init_args.c``), and one that needs ``param_grouping: parts``

@@ -106,13 +106,13 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     ``long_run_steps`` (375) steps, and a run of ``T`` steps beyond at ``lr · √(375 / T)`` (the
     fixed-horizon rule; 6.1e-5 at 1,000 steps; since 2026-12-05). It changes by at most
     ``max_change`` per step, so it can neither jump to a step that destroys a pretrained model
-    nor stay inert. Pair it with the usual fine-tuning
-    schedule of the multiplier, a 10 % linear warmup and a cosine to 0
-    (:class:`~lsframe.optim.StepSizeSchedule` around ``WarmupCosineLR(warmup_ratio=0.1)``, as
-    ``configs/optimizers/slope_tracking_adam.yaml`` does; with Trainer, ``"cosine"`` and
-    ``warmup_steps=0.1``, or ``warmup_ratio=0.1`` before transformers 5): every figure of these defaults was measured with it (the
-    spec ``benchmarks.specs.DEFAULT``). Without a warmup the hold never acts and the burn-in
-    alone guards the first steps.
+    nor stay inert. Pair it with the usual fine-tuning schedule of the multiplier, a 10 %
+    linear warmup and a cosine to 0 (:class:`~lsframe.optim.StepSizeSchedule` around
+    ``WarmupCosineLR(warmup_ratio=0.1)``, as ``configs/optimizers/slope_tracking_adam.yaml``
+    does; with Trainer, ``"cosine"`` and ``warmup_steps=0.1``, or ``warmup_ratio=0.1`` before
+    transformers 5): every figure of these defaults was measured with it (the spec
+    ``benchmarks.specs.DEFAULT``). Without a warmup the hold never acts and the burn-in alone
+    guards the first steps.
 
     Failure modes (docs/default_optimizer.md): the test fires rarely, so at fine-tuning lengths
     (80–375 steps) these defaults are mostly AdamW at 1e-4 with 10 % warmup and a cosine (in the
