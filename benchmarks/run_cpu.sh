@@ -182,11 +182,20 @@ done
 # 80 steps) under the present rule, SST-2 seed 0 (2026-12-05; not run further)
 OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task sst2 --seeds 0 \
   --no-schedulefree --optimizers "$BHP@4.62e-5~warmup_anneal"
+# issue 18: no growth on repeated batches on top of the defaults, RTE in M seed 0 (2026-12-05;
+# not run further), and AdamW 5e-5's seed 0 again, apart, for its per-step losses
+OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task rte --seeds 0 \
+  --no-schedulefree --optimizers "$BHP+long_run_start+fresh_growth@1e-4~warmup_anneal"
+OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task rte --seeds 0 \
+  --no-schedulefree --optimizers adamw@5e-5 --out benchmarks/results/quality_m_rte_loss_probe_cpu
 # issue 18: QNLI, a task held out from the defaults' choice (its dev file's first 2,000 rows
 # train, the other 3,463 evaluate), setting M: the defaults against the AdamW grid
 OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task qnli --seeds 0 1 2 \
   --no-schedulefree --optimizers "$BH" "slope_tracking_adam+significant+fresh_peak+slope@1e-4~anneal" \
   adamw@1e-5 adamw@2e-5 adamw@5e-5 adamw@1e-4
+# ... and the peers that need no learning rate, with Schedule-Free at the grid's best point
+OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task qnli --seeds 0 1 2 \
+  --optimizers prodigy salsa-reference
 # issue 18: a Polyak-type step size along Adam's direction per task (probed, not used)
 OMP_NUM_THREADS=1 python -m benchmarks.polyak_probe --tasks sst2 mrpc rte --seeds 0 1 --steps 60
 # issue 18: which part of the model carries the slope that drives the tracker's growth
