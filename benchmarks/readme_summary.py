@@ -92,35 +92,30 @@ def best_of_grid(label: str, rows: list[dict]) -> str:
     return best
 
 
-def grid_cells(best: str, best_acc: dict[int, float], majority: float) -> list[str]:
-    """The last two cells of a line: the best grid point (mean ± std, lr), the majority class."""
-    return [f"{spread(list(best_acc.values()))}), {best.split('@')[1]}", f"{majority:.3f}"]
+def specs_line(label: str, rows: list[dict], specs: Callable[[str], list[str]]) -> str:
+    """One line of a table of cells: ``label``, a cell for each of ``specs(best)`` (``best``:
+    the best grid point's spec) paired against ``best``, that point (mean ± std, lr), the
+    majority class."""
+    acc = accuracies(rows)
+    best = best_of_grid(label, rows)
+    cells = [against(acc.get(spec), acc[best]) for spec in specs(best)]
+    grid = [f"{spread(list(acc[best].values()))}), {best.split('@')[1]}"]
+    return "| " + " | ".join([label, *cells, *grid, f"{rows[0]['majority']:.3f}"]) + " |"
 
 
 def summary_line(label: str, rows: list[dict]) -> str:
     """One line of the table: ``label``, each of :data:`COLUMNS`, the best grid point, the
     majority class."""
-    acc = accuracies(rows)
-    best = best_of_grid(label, rows)
-    cells = [against(acc.get(spec), acc[best]) for _, spec in COLUMNS]
-    return (
-        f"| {label} | "
-        + " | ".join([*cells, *grid_cells(best, acc[best], rows[0]["majority"])])
-        + " |"
-    )
+    return specs_line(label, rows, lambda best: [spec for _, spec in COLUMNS])
 
 
 def peers_line(label: str, rows: list[dict]) -> str:
-    """One line of the peers' table: ``label``, the default, each of :data:`PEERS`, the best
-    grid point, the majority class."""
-    acc = accuracies(rows)
-    best = best_of_grid(label, rows)
-    specs = [DEFAULT, *(spec.format(lr=best.split("@")[1]) for _, spec in PEERS)]
-    cells = [against(acc.get(spec), acc[best]) for spec in specs]
-    return (
-        f"| {label} | "
-        + " | ".join([*cells, *grid_cells(best, acc[best], rows[0]["majority"])])
-        + " |"
+    """One line of the peers' table: ``label``, the default, each of :data:`PEERS` (at the best
+    grid point's lr), the best grid point, the majority class."""
+    return specs_line(
+        label,
+        rows,
+        lambda best: [DEFAULT, *(spec.format(lr=best.split("@")[1]) for _, spec in PEERS)],
     )
 
 
