@@ -88,9 +88,31 @@ def check_int_at_least(minimum: int, allow_none: bool = False, **values: Any) ->
             _fail(name, f"an integer >= {minimum}" + (" or None" if allow_none else ""), value)
 
 
+def check_bool(**values: Any) -> None:
+    """Each value is True or False (a string ``"false"`` is not: it would switch an option on)."""
+    for name, value in values.items():
+        if not isinstance(value, bool):
+            _fail(name, "True or False", value)
+
+
+def check_numbers(name: str, value: Any, length: int, spelled: str) -> None:
+    """``value`` is a tuple or list of ``length`` numbers (``spelled`` says what they are)."""
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != length
+        or any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in value)
+    ):
+        _fail(name, spelled, value)
+
+
+def as_tuple(value: Any) -> Any:
+    """A list or tuple as a tuple; anything else unchanged, for a check to name."""
+    return tuple(value) if isinstance(value, (tuple, list)) else value
+
+
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
-    """``value`` is one of ``choices``."""
+    """``value`` is one of ``choices``, of the same type (``True`` and ``1.0`` are not ``1``)."""
     choices = tuple(choices)
-    if value not in choices:
+    if not any(value == c and type(value) is type(c) for c in choices):
         spelled = ", ".join(repr(c) for c in choices[:-1]) + f" or {choices[-1]!r}"
         _fail(name, spelled if len(choices) > 1 else repr(choices[0]), value)

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from lsframe.validation import (
+    check_bool,
     check_choice,
     check_fraction,
     check_int_at_least,
     check_non_negative,
+    check_numbers,
     check_open_unit,
     check_positive,
     check_unit,
@@ -35,6 +37,22 @@ REFUSED = [
         lambda: check_choice("mode", "both", ("separate", "online")),
         "mode must be 'separate' or 'online', got 'both'",
     ),
+    (lambda: check_choice("reset_option", True, (0, 1, 2)), "reset_option must be 0, 1 or 2"),
+    (lambda: check_choice("reset_option", 1.0, (0, 1, 2)), "reset_option must be 0, 1 or 2"),
+    (lambda: check_bool(smooth="false"), "smooth must be True or False, got 'false'"),
+    (lambda: check_bool(smooth=1), "smooth must be True or False, got 1"),
+    (
+        lambda: check_numbers("betas", 0.9, 2, "a list of 2 numbers"),
+        "betas must be a list of 2 numbers, got 0.9",
+    ),
+    (
+        lambda: check_numbers("betas", (0.9,), 2, "a list of 2 numbers"),
+        r"betas must be a list of 2 numbers, got \(0.9,\)",
+    ),
+    (
+        lambda: check_numbers("betas", ("0.9", 0.99), 2, "a list of 2 numbers"),
+        "betas must be a list of 2 numbers",
+    ),
 ]
 
 
@@ -56,3 +74,8 @@ def test_accepted_values_pass_including_none_where_allowed_and_numpy_integers():
     check_int_at_least(0, joint_steps=np.int64(0))
     check_int_at_least(1, allow_none=True, max_steps=None)
     check_choice("mode", "online", ("separate", "online"))
+    check_choice("reset_option", 2, (0, 1, 2))
+    check_choice("shift", None, (None, "label"))
+    check_bool(smooth=False, amortize=True)
+    check_numbers("betas", [0.9, 0.999], 2, "a list of 2 numbers")
+    check_numbers("betas", (0.9, 0.999, np.float64(0.9)), 3, "a list of 3 numbers")

@@ -119,12 +119,36 @@ class LineSearchOptimizer(Optimizer):
         return {"step": 0, "forwards": 0, "searches": 0, "failed_searches": 0, "rejected_steps": 0}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        own_lr = "lr" in param_group
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        self._check_group(group)
+        try:  # a refused group leaves the optimizer as it was, as in torch
+            self._check_group(group)
+            if own_lr:
+                self._check_same_lr(group)
+        except ValueError:
+            self.param_groups.pop()
+            raise
         group.setdefault("step_size", group["lr"])
         group.setdefault("initial_step_size", group["step_size"])
         group["lr"] = group["step_size"] * group["lr_multiplier"]
+
+    def _check_same_lr(self, group: dict[str, Any]) -> None:
+        """One search (or one tracked η) sets every group's step size, so a group that sets
+        another ``lr`` would silently take group 0's: refused, pointing to ``lr_multiplier``. A
+        group without its own ``lr`` joins group 0's step size (gradual unfreezing, also after
+        resuming a run saved under another η0)."""
+        if len(self.param_groups) < 2 or "step_size" in group:
+            return
+        first = self.param_groups[0]
+        if group["lr"] != first["initial_step_size"]:
+            ratio = group["lr"] / first["initial_step_size"]
+            raise ValueError(
+                f"{type(self).__name__}: param group {len(self.param_groups) - 1} sets "
+                f"lr={group['lr']!r} but group 0 starts at {first['initial_step_size']!r}: one "
+                "step size serves every group, so a group's lr cannot differ; scale that group's "
+                f"step with 'lr_multiplier' instead (here lr_multiplier={ratio:.6g})"
+            )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # a state dict from an older lsframe may lack a hyperparameter or a counter: backfill

@@ -158,6 +158,8 @@ _RECORDS = [
             ({"beta_b": 0.0}, "beta_b"),
             ({"lr": -1.0}, "lr"),
             ({"reset_option": 3}, "reset_option"),
+            ({"reset_option": True}, "reset_option"),  # True == 1, but not an option
+            ({"beta_f": "2"}, "beta_f"),
             ({"line_search_fn": "wolfe"}, "line_search_fn"),
             ({"max_backtracks": 0}, "max_backtracks"),
             ({"min_step_size": -1e-6}, "min_step_size"),
@@ -168,6 +170,9 @@ _RECORDS = [
         AdamSLS,
         invalid_args=(
             ({"betas": (1.0, 0.999)}, "betas"),
+            ({"betas": 0.9}, "betas"),
+            ({"betas": (0.9,)}, "betas"),
+            ({"smooth": "false"}, "smooth"),  # a non-empty string would switch it on
             ({"eps": 0.0}, "eps"),
             ({"weight_decay": -0.1}, "weight_decay"),
             ({"min_step_size": -1e-6}, "min_step_size"),
@@ -201,6 +206,9 @@ _RECORDS = [
         amortized=True,
         invalid_args=(
             ({"betas": (0.9, 0.999)}, "betas"),
+            ({"betas": 0.9}, "betas"),
+            ({"use_mv": "no"}, "use_mv"),
+            ({"amortize": 1}, "amortize"),
             ({"growth": 0.0}, "growth"),
             ({"min_step_size": -1e-6}, "min_step_size"),
         ),
@@ -213,8 +221,12 @@ _RECORDS = [
         # burn-in holds η there for their first 29 slopes, so it starts where Adam's tests do)
         invalid_args=(
             ({"max_change": 1.0}, "max_change"),
+            ({"max_change": "1.2"}, "max_change"),
             ({"alignment_betas": (0.5, 1.0, 0.99)}, "alignment_betas"),
             ({"alignment_betas": (0.5, 0.99)}, "alignment_betas"),
+            ({"alignment_betas": 0.9}, "alignment_betas"),
+            ({"gain_decay": "false"}, "gain_decay"),
+            ({"min_step_size": 1.0}, "min_step_size"),  # above lr: η would jump to it
             ({"grow_on_repeats": "no"}, "grow_on_repeats"),
             ({"combine_horizons": "max"}, "combine_horizons"),
             ({"alignment_measure": "sine"}, "alignment_measure"),
@@ -230,9 +242,23 @@ _RECORDS = [
             ({"lr": 0.0}, "lr"),
         ),
     ),
-    OptimizerInfo("lamb", Lamb, reduces_over_parameters=True, test_lr=1e-2),
-    OptimizerInfo("alto", ALTO, reduces_over_parameters=True, test_lr=1e-2),
-    OptimizerInfo("adame", AdamE, test_lr=1e-2),
+    OptimizerInfo(
+        "lamb",
+        Lamb,
+        reduces_over_parameters=True,
+        test_lr=1e-2,
+        invalid_args=(({"betas": 0.9}, "betas"), ({"always_adapt": "no"}, "always_adapt")),
+    ),
+    OptimizerInfo(
+        "alto",
+        ALTO,
+        reduces_over_parameters=True,
+        test_lr=1e-2,
+        invalid_args=(({"first_step_kick": "no"}, "first_step_kick"),),
+    ),
+    OptimizerInfo(
+        "adame", AdamE, test_lr=1e-2, invalid_args=(({"first_step_kick": 1}, "first_step_kick"),)
+    ),
     OptimizerInfo("adamw", torch.optim.AdamW, test_lr=1e-2),
     OptimizerInfo("adam", torch.optim.Adam, test_lr=1e-2),
     OptimizerInfo("sgd", torch.optim.SGD, test_lr=0.05),
@@ -278,7 +304,7 @@ def info(name: str) -> OptimizerInfo:
     """
     try:
         return REGISTRY[name.lower()]
-    except KeyError:
+    except (KeyError, AttributeError):  # AttributeError: not a string
         raise ValueError(
             f"unknown optimizer {name!r}; registered optimizers: {', '.join(names())}"
         ) from None

@@ -7,7 +7,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lsframe.optim.valley import adapt_with_state, check_valley, resolve_valley, set_group_valley
+from lsframe.optim.valley import (
+    adapt_with_state,
+    check_valley,
+    group_kick,
+    resolve_valley,
+    set_group_valley,
+)
 
 
 class AdamE(torch.optim.AdamW):
@@ -50,8 +56,7 @@ class AdamE(torch.optim.AdamW):
         super().__init__(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad
         )
-        set_group_valley(self, alpha, valley_beta)
-        self.first_step_kick = first_step_kick
+        set_group_valley(self, alpha, valley_beta, first_step_kick)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Tensor | None:
@@ -66,7 +71,7 @@ class AdamE(torch.optim.AdamW):
             params = [p for p in group["params"] if p.grad is not None]
             states = [self.state[p] for p in params]
             grads = [p.grad for p in params]
-            fresh += adapt_with_state(states, grads, alpha, beta, self.first_step_kick)
+            fresh += adapt_with_state(states, grads, alpha, beta, group_kick(self, group))
         super().step()  # AdamW initialises its state on an empty dict: add ours after its step
         for state, g_prev, a in fresh:
             state["valley_prev"], state["valley_diff"] = g_prev, a

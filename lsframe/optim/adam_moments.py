@@ -22,7 +22,7 @@ from lsframe.optim._fused import adam_step_ as fused_adam_step_
 from lsframe.optim._fused import compiled, flat, scalars
 from lsframe.optim._sharded import local
 from lsframe.optim.rules import ActiveGroup, Direction
-from lsframe.validation import check_positive, check_unit
+from lsframe.validation import check_numbers, check_positive, check_unit
 
 #: each parameter's count of updates of its moments, in its state (torch's Adam keeps ``step``)
 MOMENT_STEPS = "moment_steps"
@@ -223,8 +223,10 @@ def next_moment_step(search_state: dict[str, Any]) -> int:
     return search_state["moment_step"]
 
 
-def check_adam_group(group: dict[str, Any]) -> None:
-    """``betas`` in [0, 1) and ``eps`` > 0."""
+def check_adam_group(group: dict[str, Any], length: int = 2) -> None:
+    """``betas``, ``length`` numbers of which the first two lie in [0, 1), and ``eps`` > 0."""
     betas = group["betas"]
+    names = ("beta1", "beta2", "beta3")[:length]
+    check_numbers("betas", betas, length, f"a list of {length} numbers ({', '.join(names)})")
     check_unit(**{"betas[0]": betas[0], "betas[1]": betas[1]})
     check_positive(eps=group["eps"])

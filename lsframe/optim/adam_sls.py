@@ -10,7 +10,7 @@ from torch import Tensor
 from lsframe.optim._linesearch import LineSearchOptimizer
 from lsframe.optim.adam_moments import adam_directions, check_adam_group, next_moment_step
 from lsframe.optim.rules import ActiveGroup, SmoothedArmijo, armijo_verdict, reset_step_size
-from lsframe.validation import check_choice, check_open_unit, check_positive
+from lsframe.validation import as_tuple, check_bool, check_choice, check_open_unit, check_positive
 
 
 class AdamSLS(LineSearchOptimizer):
@@ -78,7 +78,7 @@ class AdamSLS(LineSearchOptimizer):
     ) -> None:
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=as_tuple(betas),
             eps=eps,
             c=c,
             beta_b=beta_b,
@@ -109,6 +109,7 @@ def check_adam_sls_group(group: dict[str, Any]) -> None:
     check_adam_group(group)
     check_positive(gamma=group["gamma"], n_batches_per_epoch=group["n_batches_per_epoch"])
     check_choice("reset_option", group["reset_option"], (0, 1, 2))
+    check_bool(smooth=group["smooth"])
 
 
 def search_parts_then_adam_step(

@@ -17,7 +17,7 @@ from lsframe.optim.rules import (
     armijo_verdict,
     finite_difference_slope,
 )
-from lsframe.validation import check_choice, check_open_unit, check_positive
+from lsframe.validation import as_tuple, check_choice, check_open_unit, check_positive
 
 
 class ALSALS(LineSearchOptimizer):
@@ -87,7 +87,7 @@ class ALSALS(LineSearchOptimizer):
     ) -> None:
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=as_tuple(betas),
             eps=eps,
             c=c,
             beta_b=beta_b,

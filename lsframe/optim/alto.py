@@ -7,7 +7,13 @@ from typing import Any
 from torch import Tensor
 
 from lsframe.optim.lamb import Lamb
-from lsframe.optim.valley import adapt_with_state, check_valley, resolve_valley, set_group_valley
+from lsframe.optim.valley import (
+    adapt_with_state,
+    check_valley,
+    group_kick,
+    resolve_valley,
+    set_group_valley,
+)
 
 
 class ALTO(Lamb):
@@ -65,12 +71,13 @@ class ALTO(Lamb):
             max_grad_norm=max_grad_norm,
             always_adapt=always_adapt,
         )
-        set_group_valley(self, alpha, valley_beta)
-        self.first_step_kick = first_step_kick
+        set_group_valley(self, alpha, valley_beta, first_step_kick)
 
     def _transform_grads(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]):
         alpha, beta = group["valley_alpha"], group["valley_beta"]
         check_valley(alpha, beta)
         states = [self.state[p] for p in params]
-        for state, g_prev, a in adapt_with_state(states, grads, alpha, beta, self.first_step_kick):
+        for state, g_prev, a in adapt_with_state(
+            states, grads, alpha, beta, group_kick(self, group)
+        ):
             state["valley_prev"], state["valley_diff"] = g_prev, a

@@ -10,7 +10,14 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lsframe.optim._sharded import any_sharded, local, squared_norms
-from lsframe.validation import check_non_negative, check_positive, check_unit
+from lsframe.validation import (
+    as_tuple,
+    check_bool,
+    check_non_negative,
+    check_numbers,
+    check_positive,
+    check_unit,
+)
 
 
 class Lamb(Optimizer):
@@ -66,20 +73,33 @@ class Lamb(Optimizer):
         bias_correction: bool = True,
     ) -> None:
         check_positive(lr=lr)
+        check_numbers("betas", betas, 2, "a list of 2 numbers (beta1, beta2)")
+        check_bool(always_adapt=always_adapt, bias_correction=bias_correction)
         check_unit(**{"betas[0]": betas[0], "betas[1]": betas[1]})
         check_non_negative(eps=eps, weight_decay=weight_decay)
         check_positive(allow_none=True, max_grad_norm=max_grad_norm, trust_clip=trust_clip)
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=as_tuple(betas),
             eps=eps,
             weight_decay=weight_decay,
             always_adapt=always_adapt,
             trust_clip=trust_clip,
             bias_correction=bias_correction,
+            max_grad_norm=max_grad_norm,
         )
         super().__init__(params, defaults)
-        self.max_grad_norm = max_grad_norm
+
+    def _max_grad_norm(self) -> float | None:
+        """The clip of the global norm: one value over all groups (a state dict from before it
+        was a group key: the constructor's)."""
+        values = {g.get("max_grad_norm", self.defaults["max_grad_norm"]) for g in self.param_groups}
+        if len(values) > 1:
+            raise ValueError(
+                f"{type(self).__name__}: param groups have different max_grad_norm "
+                f"({sorted(values, key=str)}), but one clip of the global norm uses one value"
+            )
+        return values.pop() if values else None
 
     def _clipped_grads(self) -> list[list[Tensor]]:
         """Per group, copies of the gradients scaled to global norm ``max_grad_norm``."""
@@ -87,16 +107,17 @@ class Lamb(Optimizer):
         flat = [t for group in grads for t in group]
         if any(t.is_sparse for t in flat):
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-        if self.max_grad_norm is None or not flat:
+        max_norm = self._max_grad_norm()
+        if max_norm is None or not flat:
             return [[t.clone() for t in group] for group in grads]
         if any_sharded(flat):  # FSDP: the norm over every piece; scale each local piece
             norm = torch.stack(squared_norms(flat)).sum().sqrt()
-            scale = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
+            scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
             copies = [[t.clone() for t in group] for group in grads]
             torch._foreach_mul_([local(t) for group in copies for t in group], scale)
             return copies
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(flat)))
-        scale = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
+        scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
         return [torch._foreach_mul(group, scale) if group else [] for group in grads]
 
     def _transform_grads(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]):

@@ -10,7 +10,7 @@ from torch import Tensor
 from lsframe.optim._linesearch import LineSearchOptimizer
 from lsframe.optim.adam_sls import check_adam_sls_group, search_parts_then_adam_step
 from lsframe.optim.rules import ActiveGroup
-from lsframe.validation import check_int_at_least, check_positive
+from lsframe.validation import as_tuple, check_int_at_least, check_positive
 
 
 class PLASLS(LineSearchOptimizer):
@@ -100,7 +100,7 @@ class PLASLS(LineSearchOptimizer):
         defaults = dict(
             lr=lr,
             joint_steps=joint_steps,
-            betas=tuple(betas),
+            betas=as_tuple(betas),
             eps=eps,
             c=c,
             beta_b=beta_b,
@@ -115,6 +115,12 @@ class PLASLS(LineSearchOptimizer):
             min_step_size=min_step_size,
         )
         super().__init__(params, defaults)
+
+    def _check_same_lr(self, group: dict[str, Any]) -> None:
+        # parts that search apart from the first step start from their own lr; a joint phase
+        # starts every part from group 0's
+        if group["joint_steps"] > 0:
+            super()._check_same_lr(group)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a part; a group without a ``part`` key is named by its ``name`` key, else (or

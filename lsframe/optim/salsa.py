@@ -18,7 +18,13 @@ from lsframe.optim.adam_moments import (
     one_pass_adam_step,
 )
 from lsframe.optim.rules import ActiveGroup, Direction, SmoothedArmijo, armijo_verdict
-from lsframe.validation import check_int_at_least, check_open_unit, check_positive
+from lsframe.validation import (
+    as_tuple,
+    check_bool,
+    check_int_at_least,
+    check_open_unit,
+    check_positive,
+)
 
 # one search over all groups: these hyperparameters must agree across the groups
 RULE_KEYS = ("c", "beta_b", "growth", "max_gap", "warmup_searches", "use_mv", "amortize")
@@ -95,12 +101,10 @@ class SaLSA(LineSearchOptimizer):
         bias_correction_offset: int = 0,
         weight_decay: float = 0.0,
     ) -> None:
-        if len(betas) != 3:
-            raise ValueError(f"betas must be (beta1, beta2, beta3), got {betas!r}")
         defaults = dict(
             lr=lr,
             c=c,
-            betas=tuple(betas),
+            betas=as_tuple(betas),
             eps=eps,
             beta_b=beta_b,
             growth=growth,
@@ -117,11 +121,9 @@ class SaLSA(LineSearchOptimizer):
 
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
-        betas = group["betas"]
-        if len(betas) != 3:
-            raise ValueError(f"betas must be (beta1, beta2, beta3), got {betas!r}")
-        check_open_unit(c=group["c"], beta_b=group["beta_b"], **{"betas[2]": betas[2]})
-        check_adam_group(group)
+        check_adam_group(group, length=3)
+        check_open_unit(c=group["c"], beta_b=group["beta_b"], **{"betas[2]": group["betas"][2]})
+        check_bool(use_mv=group["use_mv"], amortize=group["amortize"])
         check_positive(growth=group["growth"], max_gap=group["max_gap"])
         check_int_at_least(
             0,
@@ -131,14 +133,16 @@ class SaLSA(LineSearchOptimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         betas = param_group.get("betas")
-        if betas is not None and len(betas) == 2:  # Adam's own (β1, β2): β3 from defaults
+        if (
+            isinstance(betas, (tuple, list)) and len(betas) == 2
+        ):  # Adam's own (β1, β2): β3 from defaults
             param_group = {**param_group, "betas": (*betas, self.defaults["betas"][2])}
         super().add_param_group(param_group)
 
     def _initial_search_state(self) -> dict[str, Any]:
         return {
             **super()._initial_search_state(),
-            "searched_step_size": self.defaults["lr"],
+            "searched_step_size": self.param_groups[0]["initial_step_size"],
             "steps_since_search": 100,
             "slow_step_size": 1e-8,
             "fast_step_size": 1e-8,

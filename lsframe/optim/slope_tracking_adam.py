@@ -32,7 +32,14 @@ from lsframe.optim.adam_moments import (
 )
 from lsframe.optim.rules import ActiveGroup
 from lsframe.optim.run_length import long_run_start
-from lsframe.validation import check_int_at_least, check_open_unit, check_positive
+from lsframe.validation import (
+    as_tuple,
+    check_bool,
+    check_int_at_least,
+    check_interval,
+    check_numbers,
+    check_open_unit,
+)
 
 # one step size for all groups: these hyperparameters must agree across the groups
 RULE_KEYS = (
@@ -206,10 +213,10 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     ) -> None:
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=as_tuple(betas),
             eps=eps,
             max_change=max_change,
-            alignment_betas=tuple(alignment_betas),
+            alignment_betas=as_tuple(alignment_betas),
             combine_horizons=combine_horizons,
             gain_decay=gain_decay,
             min_step_size=min_step_size,
@@ -229,10 +236,9 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
         check_adam_group(group)
-        check_positive(max_change=group["max_change"] - 1.0)
+        check_interval(1.0, math.inf, True, True, max_change=group["max_change"])
         betas = group["alignment_betas"]
-        if len(betas) != 3:
-            raise ValueError(f"alignment_betas must be (fast, slow, square), got {betas!r}")
+        check_numbers("alignment_betas", betas, 3, "a list of 3 numbers (fast, slow, square)")
         check_open_unit(**{f"alignment_betas[{i}]": b for i, b in enumerate(betas)})
         if group["combine_horizons"] not in HORIZON_RULES:
             raise ValueError(
@@ -257,10 +263,12 @@ class SlopeTrackingAdam(LineSearchOptimizer):
                 f"alignment_measure must be one of {tuple(MEASURES)}, "
                 f"got {group['alignment_measure']!r}"
             )
+        if group["min_step_size"] > group["lr"]:  # η would jump to it at the first update
+            raise ValueError(
+                f"min_step_size must be at most lr ({group['lr']!r}), got {group['min_step_size']!r}"
+            )
         bools = ("grow_on_repeats", "cap_at_fresh_peak", "hold_while_warming", "burn_in", "fused")
-        for key in bools:
-            if not isinstance(group[key], bool):
-                raise ValueError(f"{key} must be True or False, got {group[key]!r}")
+        check_bool(gain_decay=group["gain_decay"], **{key: group[key] for key in bools})
 
     def _initial_search_state(self) -> dict[str, Any]:
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -9,7 +10,7 @@ from torch import Tensor
 
 from lsframe.optim._linesearch import LineSearchOptimizer
 from lsframe.optim.rules import ActiveGroup, Decision, Direction, armijo, reset_step_size
-from lsframe.validation import check_choice, check_open_unit, check_positive
+from lsframe.validation import check_choice, check_interval, check_open_unit, check_positive
 
 
 class SGDSLS(LineSearchOptimizer):
@@ -101,8 +102,7 @@ class SGDSLS(LineSearchOptimizer):
         )
         check_choice("reset_option", group["reset_option"], (0, 1, 2))
         check_choice("line_search_fn", group["line_search_fn"], ("armijo", "goldstein"))
-        if not group["beta_f"] > 1:
-            raise ValueError(f"beta_f must be > 1, got {group['beta_f']!r}")
+        check_interval(1.0, math.inf, True, True, beta_f=group["beta_f"])
         if group["line_search_fn"] == "goldstein" and group["c"] >= 0.5:
             raise ValueError(f"c must be < 0.5 for the Goldstein conditions, got {group['c']!r}")
 

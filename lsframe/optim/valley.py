@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from lsframe.optim._sharded import local
-from lsframe.validation import check_int_at_least, check_unit
+from lsframe.validation import check_bool, check_int_at_least, check_unit
 
 LARGE_BATCH = 1024
 
@@ -95,13 +95,21 @@ def resolve_valley(
     return alpha, beta
 
 
-def set_group_valley(optimizer: Any, alpha: float, beta: float) -> None:
-    """Give every param group (and ``defaults``, for groups added later) the adaptor's α and β1;
-    a group that names its own keeps them."""
+def set_group_valley(optimizer: Any, alpha: float, beta: float, kick: bool) -> None:
+    """Give every param group (and ``defaults``, for groups added later) the adaptor's α, β1
+    and ``first_step_kick``; a group that names its own keeps them."""
+    check_bool(first_step_kick=kick)
     for group in optimizer.param_groups:
         group.setdefault("valley_alpha", alpha)
         group.setdefault("valley_beta", beta)
-    optimizer.defaults.update(valley_alpha=alpha, valley_beta=beta)
+        group.setdefault("first_step_kick", kick)
+    optimizer.defaults.update(valley_alpha=alpha, valley_beta=beta, first_step_kick=kick)
+
+
+def group_kick(optimizer: Any, group: dict[str, Any]) -> bool:
+    """The group's ``first_step_kick`` (a state dict from before it was a group key: the
+    optimizer's)."""
+    return group.get("first_step_kick", optimizer.defaults["first_step_kick"])
 
 
 def adapt_with_state(

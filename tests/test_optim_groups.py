@@ -1,0 +1,113 @@
+"""Param groups of lsframe's optimizers: one step size serves every group of a line search, a
+refused group changes nothing, and every hyperparameter travels in the groups."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_optim import NAMES, Logistic, make, make_closure, run
+
+from lsframe import optim
+from lsframe.optim import PLASLS, Lamb, SaLSA, SlopeTrackingAdam
+
+
+def two_groups(model: Logistic, lrs: tuple[float, float]) -> list[dict]:
+    weight, bias = model.linear.weight, model.linear.bias
+    return [
+        {"params": [weight], "part": "w", "lr": lrs[0]},
+        {"params": [bias], "part": "b", "lr": lrs[1]},
+    ]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_group_with_its_own_lr_is_refused_and_the_message_gives_its_lr_multiplier(name):
+    # one search (one tracked η) sets every group's step size: a second lr would be dropped
+    cls = optim.info(name).cls
+    message = r"param group 1 sets lr=0.0001 but group 0 starts at 0.01.*lr_multiplier=0.01\b"
+    with pytest.raises(ValueError, match=message):
+        cls(two_groups(Logistic(), (1e-2, 1e-4)))
+    model = Logistic()
+    opt = cls(two_groups(model, (1e-2, 1e-2)))
+    opt.param_groups[1]["lr_multiplier"] = 0.01  # what the message advises
+    opt._write_lr()
+    run(model, opt, 2)
+    assert opt.param_groups[1]["lr"] == pytest.approx(opt.param_groups[0]["step_size"] * 0.01)
+
+
+def test_plasls_parts_that_search_apart_from_the_start_keep_their_own_lr():
+    model = Logistic()
+    opt = PLASLS(two_groups(model, (1e-2, 1e-4)), joint_steps=0)
+    assert [g["initial_step_size"] for g in opt.param_groups] == [1e-2, 1e-4]
+    run(model, opt, 2)  # one search per part
+    assert opt.param_groups[1]["step_size"] < 1e-3 < opt.param_groups[0]["step_size"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_refused_param_group_leaves_the_optimizer_as_it_was_and_it_steps_on(name):
+    model = Logistic()
+    opt = make(name, model)
+    before = len(opt.param_groups)
+    extra = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match="lr must be a positive"):
+        opt.add_param_group({"params": [extra], "lr": -1.0})
+    assert len(opt.param_groups) == before
+    run(model, opt, 2)
+    opt.add_param_group({"params": [extra]})  # the same parameter, now accepted
+    assert len(opt.param_groups) == before + 1
+
+
+def test_salsa_starts_its_search_from_the_groups_lr():
+    model, reference = Logistic(), Logistic()
+    opt = SaLSA([{"params": model.parameters(), "lr": 1e-3}])
+    from_argument = SaLSA(reference.parameters(), lr=1e-3)
+    assert opt.state["line_search"]["searched_step_size"] == 1e-3
+    run(model, opt, 1)
+    run(reference, from_argument, 1)
+    assert opt.param_groups[0]["step_size"] == from_argument.param_groups[0]["step_size"]
+    assert opt.last_step["trials"] == from_argument.last_step["trials"]
+
+
+def test_max_change_is_refused_with_the_value_given_and_its_rule():
+    with pytest.raises(ValueError, match=r"^max_change must be in \(1, inf\), got 1.0$"):
+        SlopeTrackingAdam(Logistic().parameters(), max_change=1.0)
+
+
+def test_lamb_clips_by_the_max_grad_norm_its_groups_carry_so_a_state_dict_brings_it_back():
+    models = [Logistic() for _ in range(3)]
+    tight = Lamb(models[0].parameters(), lr=1e-2, max_grad_norm=1e-3)
+    loaded = Lamb(models[1].parameters(), lr=1e-2)  # the constructor's 1.0 ...
+    loaded.load_state_dict(tight.state_dict())  # ... replaced by the saved 1e-3
+    loose = Lamb(models[2].parameters(), lr=1e-2)
+    assert tight.defaults["max_grad_norm"] == loaded.param_groups[0]["max_grad_norm"] == 1e-3
+    for model, opt in zip(models, (tight, loaded, loose)):
+        for _ in range(3):
+            opt.step(make_closure(model, opt))
+    assert torch.equal(models[0].linear.weight, models[1].linear.weight)
+    assert not torch.allclose(models[0].linear.weight, models[2].linear.weight)
+
+
+def test_lamb_refuses_groups_with_different_max_grad_norm_one_clip_uses_one_value():
+    model = Logistic()
+    groups = [
+        {"params": [model.linear.weight], "max_grad_norm": 0.5},
+        {"params": [model.linear.bias]},
+    ]
+    opt = Lamb(groups)
+    with pytest.raises(ValueError, match="different max_grad_norm"):
+        opt.step(make_closure(model, opt))
+
+
+def test_an_optimizer_name_that_is_not_a_string_lists_the_registered_names():
+    with pytest.raises(ValueError, match="unknown optimizer None; registered optimizers: adam"):
+        optim.create(None, Logistic().parameters())
+
+
+def test_a_group_without_its_own_lr_joins_the_step_size_of_a_run_resumed_from_another_start():
+    model, twin = Logistic(), Logistic()
+    saved = SaLSA([{"params": [model.linear.weight], "lr": 1e-3}])
+    run(model, saved, 2)
+    resumed = SaLSA([{"params": [twin.linear.weight]}])  # lr 1.0 from the constructor
+    resumed.load_state_dict(saved.state_dict())
+    resumed.add_param_group({"params": [twin.linear.bias]})  # accepted: no lr of its own
+    with pytest.raises(ValueError, match="param group 1 sets lr=1.0 but group 0 starts at 0.001"):
+        saved.add_param_group({"params": [model.linear.bias], "lr": 1.0})
