@@ -25,9 +25,10 @@ from torch import nn
 import lsframe.data  # noqa: F401 - registers the DataModules for subclass mode
 from lsframe.callbacks import HParamsMetrics
 from lsframe.checkpoint_io import find_last_checkpoint
+from lsframe.checkpointing import BestAndLastCheckpoint
 from lsframe.cli_errors import RaisingArgumentParser, usage_error
 from lsframe.config_checks import check_parsed
-from lsframe.errors import ConfigError, DataError
+from lsframe.errors import ConfigError, DataError, NonFiniteLossError
 from lsframe.modules import ClosureModule
 from lsframe.preemption import Preemption, catch_signals
 
@@ -93,7 +94,9 @@ class LSFrameCLI(LightningCLI):
     * ``auto_configure_optimizers=False``: the optimizer is an init argument of the module
       (an ``OptimizerCallable``), so line-search optimizers with extra arguments fit;
     * a forced ``checkpoint`` section (a :class:`ModelCheckpoint`) that keeps the best
-      checkpoint by ``val/acc`` and the last one, configurable from YAML;
+      checkpoint by ``val/acc`` and the last one, configurable from YAML
+      (:class:`lsframe.checkpointing.BestAndLastCheckpoint`: ``last`` follows every validation
+      and the end of training, not only the validations that improved the monitor);
     * a forced ``preemption`` section (a :class:`lsframe.preemption.Preemption`): SIGTERM,
       SIGUSR1 and Ctrl-C stop ``fit`` after the current optimizer step with a checkpoint in
       the ``checkpoint`` section's directory (``last.ckpt``) and exit status 128 + signal;
@@ -140,7 +143,7 @@ class LSFrameCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in LINKS:
             parser.link_arguments(source, target, apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
         parser.add_lightning_class_args(Preemption, "preemption")
         parser.set_defaults(
             {
@@ -215,8 +218,16 @@ class LSFrameCLI(LightningCLI):
     def fit(self, **kwargs: Any) -> None:
         """``trainer.fit`` with SIGTERM, SIGUSR1 and Ctrl-C caught from the start of the fit
         (:func:`lsframe.preemption.catch_signals`)."""
-        with catch_signals("lsframe fit"):
-            self.trainer.fit(**kwargs)
+        try:
+            with catch_signals("lsframe fit"):
+                self.trainer.fit(**kwargs)
+        except NonFiniteLossError as error:  # its one line says where the run so far is
+            checkpoint = self._lsframe_checkpoint()
+            if checkpoint is None or not checkpoint.last_model_path:
+                raise
+            raise NonFiniteLossError(
+                f"{error.message}; the run up to it: {checkpoint.last_model_path}", error.where
+            ) from error
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -227,11 +238,11 @@ class LSFrameCLI(LightningCLI):
         lines += [f"  {k} = {v:.4f}" for k, v in sorted(metrics.items())]
         checkpoint = self._lsframe_checkpoint()
         if checkpoint is not None and checkpoint.best_model_path:
-            score = checkpoint.best_model_score
-            lines.append(
-                f"  best checkpoint ({checkpoint.monitor} = {float(score):.4f}): "
-                f"{checkpoint.best_model_path}"
-            )
+            score = checkpoint.best_model_score  # None: no validation since a resume
+            scored = "" if score is None else f" ({checkpoint.monitor} = {float(score):.4f})"
+            lines.append(f"  best checkpoint{scored}: {checkpoint.best_model_path}")
+        if checkpoint is not None and checkpoint.last_model_path:
+            lines.append(f"  last checkpoint: {checkpoint.last_model_path}")
         if trainer.logger is not None and trainer.logger.log_dir:
             lines.append(f"  TensorBoard logs: tensorboard --logdir {trainer.logger.log_dir}")
         print("\n".join(lines), flush=True)

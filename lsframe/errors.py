@@ -13,6 +13,10 @@ A check that only knows the argument's own name (``c``, ``batch_size``: the chec
 the command line, which knows where the constructor's arguments came from, turns it into the
 full key with :meth:`LsframeError.at`.
 
+A run that meets a non-finite loss or gradient under ``nonfinite_loss="raise"`` stops with
+:class:`NonFiniteLossError` (status 1), said in one line like a bad input: the step and the
+setting that would skip such steps.
+
 This file imports only the standard library, so :mod:`lsframe.optim` and
 :mod:`lsframe.validation` can raise these errors without Lightning.
 """
@@ -24,6 +28,7 @@ __all__ = [
     "DataError",
     "LsframeError",
     "MissingFileError",
+    "NonFiniteLossError",
     "UsageError",
     "mark_run_started",
     "run_started",
@@ -105,3 +110,10 @@ class DataError(LsframeError, ValueError):
 
 class MissingFileError(DataError, FileNotFoundError):
     """A file or directory the configuration points to does not exist (exit status 1)."""
+
+
+class NonFiniteLossError(LsframeError, FloatingPointError):
+    """Training met a non-finite loss or gradient and the module was told to stop (exit status
+    1); the step was not applied."""
+
+    exit_code = 1

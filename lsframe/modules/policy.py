@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lsframe.callbacks.base import check_closure_callbacks
-from lsframe.errors import ConfigError
+from lsframe.errors import ConfigError, NonFiniteLossError
 from lsframe.optim import all_finite, info_for
 from lsframe.precision import FP16MixedPrecision, emulated_bf16
 
@@ -117,9 +117,10 @@ def nonfinite_problem(loss: Tensor, optimizer: torch.optim.Optimizer) -> str | N
     return None
 
 
-def nonfinite_error(problem: str, step: int) -> FloatingPointError:
-    """The error of ``nonfinite_loss="raise"``, naming the problem and the step."""
-    return FloatingPointError(
+def nonfinite_error(problem: str, step: int) -> NonFiniteLossError:
+    """The error of ``nonfinite_loss="raise"``, naming the problem, the step and the setting."""
+    return NonFiniteLossError(
         f"non-finite {problem} at global step {step}; the parameters were not changed. "
-        "Set model.nonfinite_loss='skip' to skip such steps instead."
+        "Set nonfinite_loss='skip' to skip such steps instead",
+        where="model.init_args.nonfinite_loss",
     )

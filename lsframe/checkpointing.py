@@ -1,0 +1,63 @@
+"""The ``checkpoint`` section's callback: the best checkpoints and a ``last`` that is the latest.
+
+Lightning 2.6's :class:`~lightning.pytorch.callbacks.ModelCheckpoint` with ``save_last=True``
+writes ``last.ckpt`` only when it also saves a top-k checkpoint at that step (or never saved one
+before, at the end of training). Once the monitored metric stops improving, ``last.ckpt`` then
+stays at the last improvement: ``--ckpt_path last``, ``lsframe export`` and a resumed job would
+go back to it and lose every step since. :class:`BestAndLastCheckpoint` keeps Lightning's rules
+for the best checkpoints and writes ``last`` after every validation and at the end of training
+whenever it is not already at the current step, and when a run stops on a non-finite loss
+(:class:`lsframe.errors.NonFiniteLossError`: the step was not applied, so the state is that of
+the last completed step, and a resume repeats the batch that failed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+
+from lsframe.errors import NonFiniteLossError
+
+
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """:class:`ModelCheckpoint` whose ``last`` checkpoint follows every validation and the end
+    of training (with ``save_last``), not only the validations that improved the monitor.
+    Arguments, files and state are ModelCheckpoint's."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_written_at: int | None = None
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self._last_written_at = trainer.global_step
+
+    def _bring_last_up_to_date(self, trainer: pl.Trainer) -> None:
+        if (
+            not self.save_last
+            or bool(trainer.fast_dev_run)
+            or trainer.state.fn != TrainerFn.FITTING
+            or trainer.sanity_checking
+            or self._last_written_at == trainer.global_step
+        ):
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._bring_last_up_to_date(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._bring_last_up_to_date(trainer)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        super().on_exception(trainer, pl_module, exception)  # ``save_on_exception`` as chosen
+        if isinstance(exception, NonFiniteLossError):
+            self._bring_last_up_to_date(trainer)

@@ -1,0 +1,88 @@
+"""The ``checkpoint`` section's callback keeps ``last`` at the latest step, and the CLI's closing
+lines read a fit that ran no validation since its resume."""
+
+from __future__ import annotations
+
+from functools import partial
+from types import SimpleNamespace
+
+import helpers
+import torch
+import torch.nn.functional as F
+
+from lsframe.checkpointing import BestAndLastCheckpoint
+from lsframe.cli import LSFrameCLI
+
+
+class ValidatedRegression(helpers.TinyRegression):
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/loss", F.mse_loss(self.model(x).squeeze(-1), y))
+
+
+def fit(tmp_path, lr: float, max_steps: int) -> BestAndLastCheckpoint:
+    checkpoint = BestAndLastCheckpoint(
+        dirpath=tmp_path, monitor="val/loss", mode="min", save_last=True, save_top_k=1
+    )
+    module = ValidatedRegression(optimizer=partial(torch.optim.SGD, lr=lr))
+    trainer = helpers.trainer(
+        max_steps=max_steps,
+        val_check_interval=2,
+        check_val_every_n_epoch=None,
+        enable_checkpointing=True,
+        callbacks=[checkpoint],
+    )
+    trainer.fit(module, helpers.loader(n=64), helpers.loader(n=8))
+    return checkpoint
+
+
+def test_last_follows_every_validation_when_the_monitor_stops_improving(tmp_path):
+    # lr 0: val/loss never improves after the first validation, at step 2
+    checkpoint = fit(tmp_path, lr=0.0, max_steps=6)
+    assert torch.load(checkpoint.best_model_path, weights_only=False)["global_step"] == 2
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 6
+
+
+def test_last_is_written_at_the_end_of_training_after_the_last_validation(tmp_path):
+    checkpoint = fit(tmp_path, lr=0.0, max_steps=7)  # validations at 2, 4, 6; the end at 7
+    assert checkpoint.last_model_path == str(tmp_path / "last.ckpt")
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["last.ckpt", checkpoint.best_model_path.rsplit("/", 1)[-1]]
+    )
+
+
+def test_the_closing_lines_of_a_fit_without_a_validation_since_its_resume(capsys):
+    checkpoint = SimpleNamespace(
+        best_model_path="runs/x/best.ckpt",
+        best_model_score=None,  # what a resume into a new directory leaves before a validation
+        monitor="val/acc",
+        last_model_path="runs/x/last.ckpt",
+    )
+    trainer = SimpleNamespace(is_global_zero=True, callback_metrics={}, logger=None)
+    LSFrameCLI.after_fit(SimpleNamespace(trainer=trainer, _lsframe_checkpoint=lambda: checkpoint))
+    out = capsys.readouterr().out
+    assert "  best checkpoint: runs/x/best.ckpt\n" in out
+    assert "  last checkpoint: runs/x/last.ckpt\n" in out
+
+
+def test_a_non_finite_loss_ends_the_fit_with_one_line_and_last_holds_the_run_up_to_it(tmp_path):
+    from test_preemption import fit_args, lsframe
+
+    # SGD at lr 1e38: step 1 is finite; after its update the logits overflow float32
+    sgd = ["--model.init_args.optimizer", "torch.optim.SGD"]
+    args = fit_args(tmp_path, *sgd, "--model.init_args.optimizer.init_args.lr", "1e38")
+    done = lsframe(tmp_path, args)
+    last = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    *_, line = done.stderr.strip().splitlines()
+    assert line.startswith("lsframe fit: error: non-finite training loss ")
+    assert line.endswith(
+        "the parameters were not changed. Set nonfinite_loss='skip' to skip such steps instead; "
+        f"the run up to it: {last} (model.init_args.nonfinite_loss)"
+    )
+    step = int(line.split(" at global step ")[1].split(";")[0])
+    saved = torch.load(last, weights_only=False)
+    assert saved["global_step"] == step
+    assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
