@@ -155,6 +155,29 @@ class LSFrameCLI(LightningCLI):
             }
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning replaces the ``model`` section with the hyperparameters saved in a
+        ``--ckpt_path`` file. For ``validate``, ``test`` and ``predict`` that is the point; a
+        ``fit`` that resumes would silently drop every model setting that differs from the
+        checkpoint's (another optimizer, lr, ``nonfinite_loss``): refused, naming the first."""
+        subcommand = self.config.get("subcommand")
+        before = self.config[subcommand].get("model") if subcommand == "fit" else None
+        before = before.clone() if before is not None else None
+        super()._parse_ckpt_path()
+        if before is None:
+            return
+        after = dict(self.config[subcommand]["model"].items())
+        for key, value in before.items():  # None: not set here (a link fills it in later)
+            if value is not None and key in after and after[key] != value:
+                path = self.config[subcommand].get("ckpt_path")
+                raise ConfigError(
+                    f"the checkpoint {path} was saved with {after[key]!r} here, the config sets "
+                    f"{value!r}: a resumed fit continues the checkpoint's model and optimizer; "
+                    "leave the setting as it was, or export the weights (lsframe export) and "
+                    "start a new fit from them",
+                    where=f"model.{key}",
+                )
+
     def before_instantiate_classes(self) -> None:
         if self.subcommand == "fit":
             self.continue_last_run()

@@ -55,14 +55,52 @@ def config_file_arguments(argv: list[str]) -> list[str]:
     return values
 
 
+class DuplicateKeyError(Exception):
+    """A mapping of a config file names a key twice (YAML keeps the last, silently)."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.message, self.line = message, line
+
+
+def _unique_key_mapping(loader: Any, node: Any, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise DuplicateKeyError(
+                f"duplicate key {key!r} (first on line {seen[key]}): YAML would keep only the "
+                "second, and drop every setting under the first",
+                line,
+            )
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+def _unique_key_loader() -> type:
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    UniqueKeyLoader.add_constructor(
+        yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_key_mapping
+    )
+    return UniqueKeyLoader
+
+
 def check_config_files(argv: list[str]) -> None:
     """Parse each ``--config`` file of ``argv`` with ``yaml.safe_load``.
 
     Raises:
-        UsageError: a file that does not exist (a value that looks like a path) or does not parse
-            as YAML, with ``file:line:column`` of the syntax error.
+        UsageError: a file that does not exist (a value that looks like a path), does not parse
+            as YAML (``file:line:column`` of the syntax error) or names a key twice in one
+            mapping (``file:line`` of the second).
     """
     import yaml
+
+    unique_keys = _unique_key_loader()
 
     for value in config_file_arguments(argv):
         path = Path(value)
@@ -72,7 +110,9 @@ def check_config_files(argv: list[str]) -> None:
                 raise UsageError("config file not found", where=value)
             continue
         try:
-            yaml.safe_load(path.read_text(encoding="utf-8"))
+            yaml.load(path.read_text(encoding="utf-8"), Loader=unique_keys)
+        except DuplicateKeyError as error:
+            raise UsageError(error.message, f"{path}:{error.line}") from None
         except yaml.YAMLError as error:
             raise UsageError(*yaml_problem(error, path)) from error
         except UnicodeDecodeError as error:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import re
 import types
 import typing
@@ -181,6 +182,11 @@ def check_optimizer(key: str, cls: type, init_args: dict[str, Any], grouping: An
     from lsframe.optim import info_for
 
     probe = [{"params": [torch.zeros(1, requires_grad=True)], "name": "probe", "part": "probe"}]
+    for name, value in init_args.items():  # torch takes lr=inf: every parameter would be NaN
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(
+                f"{name} must be finite, got {value!r}", where=f"{key}.init_args.{name}"
+            )
     try:
         cls(probe, **init_args)
     except (LsframeError, ValueError, TypeError) as error:

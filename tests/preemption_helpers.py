@@ -35,6 +35,14 @@ class TinyClassifier(ClosureModule):
         self.log("val/acc", (self.model(x).argmax(-1) == y).float().mean())
 
 
+class SavedTinyClassifier(TinyClassifier):
+    """TinyClassifier whose checkpoints carry its hyperparameters, as lsframe's task modules'."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters()
+
+
 class Blobs(pl.LightningDataModule):
     """Three Gaussian blobs; a shuffled resumable training loader, a plain validation loader."""
 

@@ -72,6 +72,10 @@ CASES: dict[str, tuple[Args, int, str]] = {
         fit(model__init_args__optimizer={"class_path": "torch.optim.AdamW",
                                          "init_args": {"lr": -1.0}}), 2,
         f"Invalid learning rate: -1.0 ({OPT}.lr)"),
+    "torch lr infinite": (
+        fit(model__init_args__optimizer={"class_path": "torch.optim.AdamW",
+                                         "init_args": {"lr": float("inf")}}), 2,
+        f"lr must be finite, got inf ({OPT}.lr)"),
     "unknown optimizer class": (
         fit(model__init_args__optimizer={"class_path": "torch.optim.Nope"}), 2,
         "cannot import class_path 'torch.optim.Nope': module 'torch.optim' has no attribute "
@@ -105,6 +109,10 @@ CASES: dict[str, tuple[Args, int, str]] = {
         fit(text="trainer:\n  max_steps: [1\nmodel: {}\n"), 2,
         "YAML syntax error: expected ',' or ']', but got ':', while parsing a flow sequence "
         f"from line 2, column 14 ({{tmp}}/bad.yaml:3:6){FIT_HELP}"),
+    "duplicate key": (
+        fit(text="trainer:\n  max_steps: 1\nmodel: {}\ntrainer:\n  max_epochs: 1\n"), 2,
+        "duplicate key 'trainer' (first on line 1): YAML would keep only the second, and drop "
+        f"every setting under the first ({{tmp}}/bad.yaml:4){FIT_HELP}"),
     "config file missing": (lambda tmp: ["fit", "--config", str(tmp / "nope.yaml")], 2,
                             f"config file not found ({{tmp}}/nope.yaml){FIT_HELP}"),
     "unknown key": (
@@ -128,6 +136,9 @@ CASES: dict[str, tuple[Args, int, str]] = {
         "model '/no/such/model': no such local file or directory "
         "(model.init_args.model_name_or_path)"),
     # ---- fit: data files (read and checked before the model loads)
+    "tsv not utf-8": (
+        fit(train={"RTE": (TSV["RTE"] + "1\tCaf\xe9.\tA caf\xe9.\tentailment\n").encode("latin-1")}),
+        1, f"not UTF-8 text: byte 0xe9 (invalid continuation byte) ({RTE}:3)"),
     "tsv column count": (fit(train={"RTE": TSV["RTE"] + "1\tonly two\tcolumns\n"}), 1,
                          f"3 columns, expected 4 ({RTE}:3)"),
     "tsv label": (

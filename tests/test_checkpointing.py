@@ -86,3 +86,29 @@ def test_a_non_finite_loss_ends_the_fit_with_one_line_and_last_holds_the_run_up_
     saved = torch.load(last, weights_only=False)
     assert saved["global_step"] == step
     assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
+
+
+def test_a_fit_resumed_from_a_checkpoint_file_refuses_a_model_setting_it_would_drop(tmp_path):
+    from test_preemption import fit_args, lsframe
+
+    saved = ["--model", "preemption_helpers.SavedTinyClassifier"]
+    first = lsframe(tmp_path, fit_args(tmp_path, *saved, "--trainer.max_epochs", "1"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    other = [
+        *saved,
+        "--model.init_args.optimizer",
+        "lsframe.optim.SGDSLS",
+        "--ckpt_path",
+        str(last),
+    ]
+    refused = lsframe(tmp_path, fit_args(tmp_path, *other))
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"lsframe fit: error: the checkpoint {last} was saved with 'lsframe.optim.SaLSA' here, "
+        "the config sets 'lsframe.optim.SGDSLS': a resumed fit continues the checkpoint's model "
+        "and optimizer; leave the setting as it was, or export the weights (lsframe export) and "
+        "start a new fit from them (model.init_args.optimizer.class_path)"
+    )
+    resumed = lsframe(tmp_path, fit_args(tmp_path, *saved, "--ckpt_path", str(last)))  # as it was
+    assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -111,3 +111,15 @@ def test_a_group_without_its_own_lr_joins_the_step_size_of_a_run_resumed_from_an
     resumed.add_param_group({"params": [twin.linear.bias]})  # accepted: no lr of its own
     with pytest.raises(ValueError, match="param group 1 sets lr=1.0 but group 0 starts at 0.001"):
         saved.add_param_group({"params": [model.linear.bias], "lr": 1.0})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_another_optimizers_state_is_refused_with_one_line_instead_of_a_key_error(name):
+    model = Logistic()
+    adamw = torch.optim.AdamW(model.parameters())
+    adamw.step(make_closure(model, adamw))
+    opt = make(name, Logistic())
+    state = adamw.state_dict()
+    state["param_groups"] = state["param_groups"] * len(opt.param_groups)  # the groups' count
+    with pytest.raises(ValueError, match="another optimizer saved it: resume with the optimizer"):
+        opt.load_state_dict(state)

@@ -8,6 +8,7 @@ HF ``datasets`` ("glue", task), so a model fine-tuned from either source means t
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,9 +127,16 @@ def read_glue_tsv(path: str | Path, task: GlueTask) -> TextExamples:
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"GLUE {task.directory} file not found", where=str(path))
-    # utf-8-sig: MRPC's header starts with a byte-order mark in the official files
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    raw = path.read_bytes()
+    try:  # utf-8-sig: MRPC's header starts with a byte-order mark in the official files
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"not UTF-8 text: byte 0x{raw[error.start]:02x} ({error.reason})",
+            where=f"{path}:{line}",
+        ) from None
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
     if task.header:
         if not rows:
             raise DataError("empty file, expected a header line", where=str(path))

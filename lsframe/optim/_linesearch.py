@@ -59,6 +59,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from lsframe.errors import DataError
 from lsframe.optim._functional import all_finite
 from lsframe.optim._precision import full_precision, reduced_autocast
 from lsframe.optim.closure import check_closure
@@ -149,6 +150,17 @@ class LineSearchOptimizer(Optimizer):
                 "step size serves every group, so a group's lr cannot differ; scale that group's "
                 f"step with 'lr_multiplier' instead (here lr_multiplier={ratio:.6g})"
             )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load as torch does, after checking that a line search saved it: another optimizer's
+        state (AdamW's, from a run resumed with another optimizer) has no searched step size."""
+        groups = state_dict.get("param_groups", [])
+        if any("step_size" not in group for group in groups):
+            raise DataError(
+                f"{type(self).__name__}: the optimizer state to load has no searched step size, "
+                "so another optimizer saved it: resume with the optimizer it was saved with"
+            )
+        super().load_state_dict(state_dict)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # a state dict from an older lsframe may lack a hyperparameter or a counter: backfill
