@@ -7,13 +7,16 @@ or config file that does not parse adds ``; see: lsframe <subcommand> --help`` i
 usage block. ``LSFRAME_DEBUG=1`` prints the traceback before the line.
 
 * :func:`check_config_files` reads every ``--config`` file with ``yaml.safe_load`` before
-  jsonargparse does, so a syntax error names ``file:line:column``;
+  jsonargparse does, so a syntax error names ``file:line:column`` (and a key named twice in
+  one mapping, which YAML would resolve by dropping the first, ``file:line``);
 * :func:`usage_error` turns jsonargparse's nested parse errors (``Parser key "model": Does not
   validate against any of the Union subtypes ...``) into the full key and the innermost problem,
   with "did you mean" for an unknown key;
 * :func:`error_line` classifies any exception for the top-level handler: lsframe's own errors
   (:mod:`lsframe.errors`, found also under jsonargparse's wrappers), parse errors, YAML errors,
-  a missing file (1), any other ``ValueError`` (2) raised before a fit got past its setup; None
+  a missing file (1), Lightning's ``MisconfigurationException`` (2, whenever it comes: a
+  setting Lightning cannot run with), any other ``ValueError`` (2) raised before a fit got past
+  its setup; None
   for the rest (a bug, an environment failure, or an error of the run itself once training
   started: the traceback stays).
 """
@@ -303,6 +306,9 @@ def classify(error: BaseException) -> LsframeError | None:
         for exc in _chain(error):
             if isinstance(exc, LsframeError):
                 return exc
+    for exc in _chain(error):  # Lightning's word for a setting it cannot run with
+        if any(c.__name__ == "MisconfigurationException" for c in type(exc).__mro__):
+            return ConfigError(_one_line(str(exc).strip() or type(exc).__name__))
     if run_started():  # raised by the run itself, not by reading its inputs: keep the traceback
         return None
     if isinstance(error, argparse.ArgumentError):

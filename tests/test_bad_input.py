@@ -235,6 +235,9 @@ LATE_CASES: dict[str, tuple[Args, int, str]] = {
         "lr_distribution names unknown parts ['decoder']; the model's: ['embeddings', "
         "'layers_0', 'layers_1', 'layers_2', 'layers_3', 'layers_4', 'layers_5', 'head'] "
         "(lr_distribution)"),
+    "lightning refuses a setting": (
+        fit(trainer__max_steps=-5), 2,
+        "`max_steps` must be a non-negative integer or -1 (infinite steps). You passed in -5."),
     "image that does not decode": (
         config_case("fit", image_fit(FOLDER, {"num_classes": 2}), image_folder), 1,
         "image does not decode (UnidentifiedImageError) ({tmp}/images/train/b/bad.png)"),
