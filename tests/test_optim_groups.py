@@ -1,7 +1,10 @@
-"""Param groups of lsframe's optimizers: one step size serves every group of a line search, a
-refused group changes nothing, and every hyperparameter travels in the groups."""
+"""Param groups and saved state of lsframe's optimizers: one step size serves every group of a
+line search, a refused group changes nothing, every hyperparameter travels in the groups, and
+the state dict is one torch.distributed.checkpoint can map to parameter names."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -123,3 +126,39 @@ def test_another_optimizers_state_is_refused_with_one_line_instead_of_a_key_erro
     state["param_groups"] = state["param_groups"] * len(opt.param_groups)  # the groups' count
     with pytest.raises(ValueError, match="another optimizer saved it: resume with the optimizer"):
         opt.load_state_dict(state)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_distributed_checkpoint_saves_and_restores_the_search_exactly(name):
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    model = Logistic()
+    opt = make(name, model)
+    run(model, opt, 10)
+    saved = copy.deepcopy(get_optimizer_state_dict(model, opt))  # keys: parameter names
+    assert set(saved["state"]) <= {"linear.weight", "linear.bias"}
+    saved_model = copy.deepcopy(model.state_dict())
+    run(model, opt, 10, start=10)
+    resumed = Logistic()
+    resumed.load_state_dict(saved_model)
+    opt2 = make(name, resumed)
+    set_optimizer_state_dict(resumed, opt2, saved)
+    run(resumed, opt2, 10, start=10)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed.parameters()))
+    assert opt.state["line_search"] == opt2.state["line_search"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_state_dict_saved_with_the_search_state_under_state_still_resumes(name):
+    model = Logistic()
+    opt = make(name, model)
+    run(model, opt, 5)
+    old = copy.deepcopy(opt.state_dict())  # as lsframe saved it until 2026-12-05
+    old["state"]["line_search"] = old["param_groups"][0].pop("line_search")
+    opt2 = make(name, Logistic())
+    opt2.load_state_dict(old)
+    assert opt2.state["line_search"] == opt.state["line_search"]
+    assert "line_search" not in opt2.param_groups[0]

@@ -47,7 +47,7 @@ def test_a_salsa_state_dict_from_before_the_flat_family_resumes():
     opt = SaLSA(model.parameters())
     run(model, opt, 5)
     old = copy.deepcopy(opt.state_dict())
-    search = old["state"]["line_search"]
+    search = old["state"]["line_search"] = old["param_groups"][0].pop("line_search")  # then
     search["last_step_size"] = search.pop("searched_step_size")
     for group in old["param_groups"]:
         group["betas"] = group["betas"][:2]

@@ -67,7 +67,7 @@ def test_with_fresh_growth_the_step_size_can_fall_but_not_grow_after_the_first_p
     assert all(b <= a for a, b in zip(etas[6:], etas[7:]))
     assert any(b < a for a, b in zip(etas[6:], etas[7:]))  # it still comes down
     assert any(b > a for a, b in zip(free_etas[6:], free_etas[7:]))  # the twin grew there
-    assert opt.state_dict()["state"]["line_search"]["data_pass"] == 4
+    assert opt.state_dict()["param_groups"][0]["line_search"]["data_pass"] == 4
     for bad in (-1, 1.0, True):
         with pytest.raises(ValueError, match="index"):
             opt.start_pass(bad)

@@ -26,8 +26,10 @@ Shared by all:
   scheduler attached directly) is detected at the next step and is an error, never a silent
   overwrite of the search.
 * **One place counts searches**: :meth:`~LineSearchOptimizer._search`. Counters live in
-  ``state["line_search"]`` (saved by ``state_dict``): ``step``, ``forwards`` (trial
-  evaluations), ``searches``, ``failed_searches``, ``rejected_steps``.
+  ``state["line_search"]``: ``step``, ``forwards`` (trial evaluations), ``searches``,
+  ``failed_searches``, ``rejected_steps``. ``state_dict`` saves that search state in the first
+  param group, so that every key of its ``state`` is a parameter's, as
+  ``torch.distributed.checkpoint`` needs; ``load_state_dict`` also takes the older layout.
 * **Per-step diagnostics**: :attr:`~LineSearchOptimizer.last_step`, set by ``step`` and
   :meth:`~LineSearchOptimizer._search` only (see :func:`sufficient_decrease_ratio`).
 * **Robustness.** A non-finite loss at ``x`` or a non-finite gradient is a rejected step (no
@@ -151,15 +153,38 @@ class LineSearchOptimizer(Optimizer):
                 f"step with 'lr_multiplier' instead (here lr_multiplier={ratio:.6g})"
             )
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict, with the search state in the first param group
+        (``param_groups[0]["line_search"]``) so that every key of ``state`` is a parameter's:
+        ``torch.distributed.checkpoint`` (FSDP2, Lightning's ModelParallelStrategy) maps those
+        keys to parameter names."""
+        saved = super().state_dict()
+        state = dict(saved["state"])
+        search = state.pop("line_search", None)
+        if search is not None and saved["param_groups"]:
+            saved["state"] = state
+            saved["param_groups"][0]["line_search"] = search
+        return saved
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load as torch does, after checking that a line search saved it: another optimizer's
-        state (AdamW's, from a run resumed with another optimizer) has no searched step size."""
+        state (AdamW's, from a run resumed with another optimizer) has no searched step size.
+        The search state may be in the first param group (:meth:`state_dict`) or, as lsframe
+        saved it before 2026-12-05, under ``state["line_search"]``."""
         groups = state_dict.get("param_groups", [])
         if any("step_size" not in group for group in groups):
             raise DataError(
                 f"{type(self).__name__}: the optimizer state to load has no searched step size, "
                 "so another optimizer saved it: resume with the optimizer it was saved with"
             )
+        if groups and "line_search" in groups[0]:
+            state_dict = {
+                **state_dict,
+                "state": {**state_dict["state"], "line_search": groups[0]["line_search"]},
+                "param_groups": [
+                    {k: v for k, v in group.items() if k != "line_search"} for group in groups
+                ],
+            }
         super().load_state_dict(state_dict)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
