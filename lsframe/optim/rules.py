@@ -6,8 +6,9 @@
   them by the opposite move (no parameter copies). Each trial moves from the last one, so a
   failed search returns the parameters to ``x`` up to one rounding per trial and one for the
   way back: measured, about 8 ulps of ``x`` after 100 rejected trials from η0 = 1 in
-  float32, about 670 from η0 = 100, and in bfloat16 (8 bits of mantissa) small coordinates can lose their
-  value. A copy of ``x`` would restore it exactly at the memory cost the searches avoid.
+  float32, about 670 from η0 = 100, and in bfloat16 (8 bits of mantissa) small coordinates
+  can lose their value. A copy of ``x`` would restore it exactly at the memory cost the
+  searches avoid.
 * :func:`finite_difference_slope` estimates the slope from one extra forward-only evaluation
   (P1's authors' code does; lsframe's optimizers use the exact ``⟨g, d⟩`` unless told otherwise).
 * The conditions (:func:`armijo`, :class:`SmoothedArmijo`) decide from losses; a verdict turns a
