@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,27 @@ def check_pretrained(name_or_path: str) -> None:
     if not name_or_path.startswith(PACKAGE_SCHEME) and looks_local(name_or_path):
         if not Path(path).expanduser().exists():
             raise MissingFileError(f"model {name_or_path!r}: no such local file or directory")
+
+
+def position_limit(name_or_path: str) -> tuple[int, str] | None:
+    """``(positions, file)`` for a local model (or ``package:`` model) with learned absolute
+    position embeddings: its ``config.json``'s ``max_position_embeddings`` or ``n_positions``.
+    None for a hub name, a model without the file, and rotary models (``rope_theta`` or
+    ``rope_scaling``), which can run past their trained length."""
+    if not name_or_path.startswith(PACKAGE_SCHEME) and not looks_local(name_or_path):
+        return None
+    path = Path(resolve_pretrained(name_or_path)).expanduser() / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or "rope_theta" in config or "rope_scaling" in config:
+        return None
+    for key in ("max_position_embeddings", "n_positions"):
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, str(path)
+    return None
 
 
 def loading_options(

