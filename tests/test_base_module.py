@@ -231,6 +231,15 @@ def test_nonfinite_loss_raises_naming_the_step_and_changes_nothing():
         assert torch.equal(got, want)
 
 
+def test_skip_mode_stops_on_parameters_an_overflowing_update_made_non_finite():
+    # SGD at 1e38 on the MLP: the first update overflows the weights, every later loss is NaN
+    module = TinyRegression(optimizer=lambda p: torch.optim.SGD(p, lr=1e38), nonfinite_loss="skip")
+    t = trainer(max_steps=5)
+    with pytest.raises(FloatingPointError, match="non-finite parameters at global step [12]"):
+        t.fit(module, train_dataloaders=loader())
+    assert module._skipped_steps == 0
+
+
 def test_nonfinite_loss_skip_mode_skips_the_step():
     module = TinyRegression(optimizer=lambda p: torch.optim.SGD(p, lr=0.1), nonfinite_loss="skip")
     t = trainer(max_steps=3, callbacks=[NaNAt(1)])

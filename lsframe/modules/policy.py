@@ -117,6 +117,20 @@ def nonfinite_problem(loss: Tensor, optimizer: torch.optim.Optimizer) -> str | N
     return None
 
 
+def check_parameters_finite(optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Under ``nonfinite_loss="skip"``, after a non-finite loss or gradient: the parameters
+    themselves must be finite, or every later step would be skipped too and the run would end
+    "finished" with nothing learned (an update that overflowed made them so)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not all_finite([p.detach() for p in params]):
+        raise NonFiniteLossError(
+            f"non-finite parameters at global step {step}: an earlier update overflowed them, "
+            "and skipping steps cannot mend that; lower the step size or resume from a "
+            "checkpoint before it",
+            where="model.init_args.optimizer",
+        )
+
+
 def nonfinite_error(problem: str, step: int) -> NonFiniteLossError:
     """The error of ``nonfinite_loss="raise"``, naming the problem, the step and the setting."""
     return NonFiniteLossError(
