@@ -88,6 +88,17 @@ def _validation_follows(trainer: pl.Trainer) -> bool:
     return bool(check(fetcher)) and not getattr(loop, "_skip_next_val", False)
 
 
+def _log_the_step(trainer: pl.Trainer) -> None:
+    """Send the stopped step's logged metrics to the loggers, as Lightning does right after
+    ``on_train_batch_end`` (a stop there would otherwise leave that step out of TensorBoard;
+    the resumed run logs from the next step on)."""
+    connector = getattr(trainer, "_logger_connector", None)
+    if connector is None or not hasattr(connector, "update_train_step_metrics"):
+        return  # Lightning moved its helpers: the step's metrics are lost, as before
+    connector.on_batch_end()
+    connector.update_train_step_metrics()
+
+
 def _slurm_environment(trainer: pl.Trainer) -> Any:
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
@@ -257,6 +268,8 @@ class Preemption(Callback):
                 trainer.save_checkpoint(path)
             finally:
                 self._writing = False
+        if hook == "on_train_batch_end":
+            _log_the_step(trainer)
         parts = [f"{self.command}: stopped by {signal_name(signum)}"]
         if stepped:
             parts[0] += f" after optimizer step {step}{self.where}"

@@ -124,6 +124,7 @@ def uninterrupted(workdir: Path, devices: int = 1) -> dict:
     assert result.returncode == 0, result.stderr[-3000:]
     reference = final_parameters(workdir)
     assert reference["global_step"] == 12 // devices
+    reference["logged"] = logged_steps(workdir / "runs" / "tiny" / "version_0", "train/loss")
     return reference
 
 
@@ -166,6 +167,10 @@ def test_a_signal_stops_after_the_step_and_the_same_command_resumes_bit_exact(
     ]
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["global_step"] == step  # the step that was running finished, no further
+    # TensorBoard has the training losses of the uninterrupted run up to the stopped step's
+    # last micro-batch (2 a step; Lightning logs micro-batch k at step k - 1), that one included
+    stopped_logged = logged_steps(tmp_path / "runs" / "tiny" / "version_0", "train/loss")
+    assert stopped_logged == [s for s in reference["logged"] if s <= 2 * step - 1]
     # mid-epoch: the loader's position (2 micro-batches a step), the generators
     position = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     assert position == [{"epoch": 0, "batches": 2 * step, "seed": 3}]
@@ -180,6 +185,14 @@ def test_a_signal_stops_after_the_step_and_the_same_command_resumes_bit_exact(
     assert "--ckpt_path last: continuing" in resumed.stdout
     assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == ["version_0"]
     assert_bit_equal(reference, final_parameters(tmp_path))
+
+
+def logged_steps(log_dir: Path, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return sorted(event.step for event in events.Scalars(tag))
 
 
 def test_sigterm_from_outside_mid_epoch_resumes_bit_exact(reference, tmp_path):
