@@ -113,13 +113,19 @@ def check_config_files(argv: list[str]) -> None:
                 raise UsageError("config file not found", where=value)
             continue
         try:
-            yaml.load(path.read_text(encoding="utf-8"), Loader=unique_keys)
+            content = yaml.load(path.read_text(encoding="utf-8"), Loader=unique_keys)
         except DuplicateKeyError as error:
             raise UsageError(error.message, f"{path}:{error.line}") from None
         except yaml.YAMLError as error:
             raise UsageError(*yaml_problem(error, path)) from error
         except UnicodeDecodeError as error:
             raise UsageError(f"config file is not UTF-8 text ({error.reason})", str(path)) from None
+        if not isinstance(content, dict):
+            kind = "empty" if content is None else f"a {type(content).__name__}"
+            raise UsageError(
+                f"config file is {kind}, expected a mapping of sections (trainer:, model:, ...)",
+                str(path),
+            )
 
 
 def yaml_problem(error: Exception, path: str | Path) -> tuple[str, str]:

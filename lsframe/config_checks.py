@@ -272,8 +272,8 @@ def check_module(key: str, init_args: dict[str, Any], data: list[tuple[str, Any]
             if mine is not None and theirs is not None and mine != theirs:
                 at = "" if data_key == "data" else f" at {data_key}"
                 raise ConfigError(
-                    f"{key}.{name} is {mine} but the data{at} ({type(datamodule).__name__}) "
-                    f"has {theirs}: set {key}.{name}: {theirs}",
+                    f"{name} is {mine} but the data{at} ({type(datamodule).__name__}) "
+                    f"has {theirs}: set it to {theirs}",
                     where=f"{key}.init_args.{name}",
                 )
 

@@ -120,6 +120,12 @@ CASES: dict[str, tuple[Args, int, str]] = {
         fit(text="trainer:\n  max_steps: 1\nmodel: {}\ntrainer:\n  max_epochs: 1\n"), 2,
         "duplicate key 'trainer' (first on line 1): YAML would keep only the second, and drop "
         f"every setting under the first ({{tmp}}/bad.yaml:4){FIT_HELP}"),
+    "config file a list": (fit(text="- trainer\n- model\n"), 2,
+                           "config file is a list, expected a mapping of sections (trainer:, "
+                           f"model:, ...) ({{tmp}}/bad.yaml){FIT_HELP}"),
+    "config file empty": (fit(text=""), 2,
+                          "config file is empty, expected a mapping of sections (trainer:, "
+                          f"model:, ...) ({{tmp}}/bad.yaml){FIT_HELP}"),
     "config file missing": (lambda tmp: ["fit", "--config", str(tmp / "nope.yaml")], 2,
                             f"config file not found ({{tmp}}/nope.yaml){FIT_HELP}"),
     "unknown key": (
@@ -162,7 +168,7 @@ CASES: dict[str, tuple[Args, int, str]] = {
         "({tmp}/glue/QNLI)"),
     "sts-b scores with num_labels 2": (
         fit(data__init_args__task_name="stsb", model__init_args__num_labels=2), 2,
-        "model.num_labels is 2 but the data (GlueDataModule) has 1: set model.num_labels: 1 "
+        "num_labels is 2 but the data (GlueDataModule) has 1: set it to 1 "
         "(model.init_args.num_labels)"),
     "class id >= num_classes": (
         config_case("fit", image_fit(IDX), lambda tmp: idx_files(tmp, [1, 2, 12, 3])), 1,

@@ -72,8 +72,8 @@ def test_a_num_labels_that_contradicts_the_linked_task_is_one_line(shared_data, 
     )
     assert status == 2
     assert line == (
-        "lsframe fit: error: model.num_labels is 3 but the data (GlueDataModule) has 2: set "
-        "model.num_labels: 2 (model.init_args.num_labels)"
+        "lsframe fit: error: num_labels is 3 but the data (GlueDataModule) has 2: set it to 2 "
+        "(model.init_args.num_labels)"
     )
     assert not (tmp_path / "runs").exists()
 

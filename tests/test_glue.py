@@ -189,8 +189,8 @@ def test_regression_and_two_dev_sets_from_written_files(minilm, glue_dir, tmp_pa
         fit_glue([*stsb, "--model.num_labels", "2"], runs)
     assert refused.value.code == 2
     assert (
-        "lsframe fit: error: model.num_labels is 2 but the data (GlueDataModule) has 1: set "
-        "model.num_labels: 1 (model.init_args.num_labels)"
+        "lsframe fit: error: num_labels is 2 but the data (GlueDataModule) has 1: set it to 1 "
+        "(model.init_args.num_labels)"
     ) in capsys.readouterr().err.splitlines()
     assert not runs.exists()
     fit_glue(stsb, runs)  # num_labels follows the task (data.num_labels is linked)
