@@ -45,11 +45,19 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             or self._last_written_at == trainer.global_step
         ):
             return
+        saved_at = self._last_global_step_saved  # Lightning skips its own saves at that step
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._last_global_step_saved = saved_at
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        self._bring_last_up_to_date(trainer)
+        if not self._should_save_on_train_epoch_end(trainer):  # else it decides at epoch end
+            self._bring_last_up_to_date(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._bring_last_up_to_date(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)

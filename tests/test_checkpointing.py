@@ -112,3 +112,15 @@ def test_a_fit_resumed_from_a_checkpoint_file_refuses_a_model_setting_it_would_d
     )
     resumed = lsframe(tmp_path, fit_args(tmp_path, *saved, "--ckpt_path", str(last)))  # as it was
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+def test_validating_at_each_epochs_end_still_keeps_the_best_and_a_current_last(tmp_path):
+    checkpoint = BestAndLastCheckpoint(
+        dirpath=tmp_path, monitor="val/loss", mode="min", save_last=True, save_top_k=1
+    )
+    module = ValidatedRegression(optimizer=partial(torch.optim.SGD, lr=0.0))
+    trainer = helpers.trainer(max_epochs=3, enable_checkpointing=True, callbacks=[checkpoint])
+    trainer.fit(module, helpers.loader(n=8), helpers.loader(n=8))  # 2 steps an epoch
+    assert checkpoint.best_model_score is not None
+    assert torch.load(checkpoint.best_model_path, weights_only=False)["global_step"] == 2
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 6
