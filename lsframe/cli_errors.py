@@ -193,6 +193,19 @@ def _class_parameters(class_path: str) -> list[str]:
     return [n for n in dict.fromkeys(names) if n != "self"]
 
 
+def _first_unknown(key: str, known: list[str]) -> str:
+    """``key`` cut after its first part that no known key has at that place: a misspelt
+    section (``trainr.max_steps``) is the unknown key, not the setting under it."""
+    if not known:  # no parser to ask
+        return key
+    prefixes = {".".join(k.split(".")[:n]) for k in known for n in range(1, k.count(".") + 2)}
+    parts = key.split(".")
+    for n in range(1, len(parts) + 1):
+        if ".".join(parts[:n]) not in prefixes:
+            return ".".join(parts[:n])
+    return key
+
+
 def _did_you_mean(name: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return f", did you mean {close[0]!r}?" if close else ""
@@ -248,6 +261,7 @@ def usage_error(error: BaseException, parser: Any = None) -> UsageError:
     if group:
         owner, option = group.groups()
         full = option if deepest.startswith("Subcommand") else f"{owner}.{option}"
+        full = _first_unknown(full, _parser_keys(parser))
         section, _, name = full.rpartition(".")
         prefix = f"{section}." if section else ""
         names = [k[len(prefix) :] for k in _parser_keys(parser) if k.startswith(prefix)]

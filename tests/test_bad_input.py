@@ -131,6 +131,9 @@ CASES: dict[str, tuple[Args, int, str]] = {
     "unknown key": (
         fit(trainer__max_stepz=3), 2,
         f"unknown key 'max_stepz', did you mean 'max_steps'? (trainer.max_stepz){FIT_HELP}"),
+    "unknown section": (
+        fit(trainr__max_steps=3), 2,
+        f"unknown key 'trainr', did you mean 'trainer'? (trainr){FIT_HELP}"),
     "unknown nested key": (
         fit(model__init_args__num_lables=3), 2,
         "unknown key 'num_lables', did you mean 'num_labels'? (model.init_args.num_lables)"
