@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
 import inspect
 import os
 import re
@@ -206,6 +207,14 @@ def _first_unknown(key: str, known: list[str]) -> str:
     return key
 
 
+def _public_names(module: str) -> list[str]:
+    """The public names of an importable ``module`` (none when it does not import)."""
+    try:
+        return [n for n in dir(importlib.import_module(module)) if not n.startswith("_")]
+    except Exception:  # noqa: BLE001 - only a hint: a module that fails to import has none
+        return []
+
+
 def _did_you_mean(name: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return f", did you mean {close[0]!r}?" if close else ""
@@ -285,7 +294,13 @@ def usage_error(error: BaseException, parser: Any = None) -> UsageError:
         return UsageError(message, option.lstrip("-"))
     where = ".".join(keys) or None
     if into_class and class_path and re.search(r"has no attribute|No module named", deepest):
-        return UsageError(f"cannot import class_path {class_path!r}: {deepest}", where)
+        missing = re.search(r"module '([^']+)' has no attribute '([^']+)'", deepest)
+        hint = ""
+        if missing:  # the class that failed, which may sit inside another class's arguments
+            module, name = missing.groups()
+            class_path = f"{module}.{name}"
+            hint = _did_you_mean(name, _public_names(module))
+        return UsageError(f"cannot import class_path {class_path!r}: {deepest}{hint}", where)
     return UsageError(_one_line(_innermost(deepest)), where)
 
 

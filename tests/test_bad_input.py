@@ -79,6 +79,10 @@ CASES: dict[str, tuple[Args, int, str]] = {
         fit(model__init_args__optimizer={"class_path": "torch.optim.AdamW",
                                          "init_args": {"lr": float("inf")}}), 2,
         f"lr must be finite, got inf ({OPT}.lr)"),
+    "optimizer class misspelt on the command line": (
+        fit("--model.init_args.optimizer", "lsframe.optim.SALSA"), 2,
+        "cannot import class_path 'lsframe.optim.SALSA': module 'lsframe.optim' has no attribute "
+        f"'SALSA', did you mean 'SaLSA'? (model.init_args.optimizer){FIT_HELP}"),
     "unknown optimizer class": (
         fit(model__init_args__optimizer={"class_path": "torch.optim.Nope"}), 2,
         "cannot import class_path 'torch.optim.Nope': module 'torch.optim' has no attribute "
