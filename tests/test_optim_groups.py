@@ -162,3 +162,13 @@ def test_a_state_dict_saved_with_the_search_state_under_state_still_resumes(name
     opt2.load_state_dict(old)
     assert opt2.state["line_search"] == opt.state["line_search"]
     assert "line_search" not in opt2.param_groups[0]
+
+
+def test_a_group_given_the_same_lr_joins_after_the_run_length_lowered_the_start():
+    model = Logistic()
+    opt = SlopeTrackingAdam([{"params": [model.linear.weight], "lr": 1e-4}])
+    opt.set_run_length(1000)  # starts at 1e-4 · √(375/1000)
+    assert opt.param_groups[0]["step_size"] < 1e-4
+    opt.add_param_group({"params": [model.linear.bias], "lr": 1e-4})
+    run(model, opt, 2)
+    assert opt.param_groups[1]["step_size"] == opt.param_groups[0]["step_size"]

@@ -144,11 +144,13 @@ class LineSearchOptimizer(Optimizer):
         if len(self.param_groups) < 2 or "step_size" in group:
             return
         first = self.param_groups[0]
-        if group["lr"] != first["initial_step_size"]:
-            ratio = group["lr"] / first["initial_step_size"]
+        # the lr group 0 was given (SlopeTrackingAdam's run-length rule may start lower)
+        start = first.get("unscaled_initial_step_size", first["initial_step_size"])
+        if group["lr"] != start:
+            ratio = group["lr"] / start
             raise ValueError(
                 f"{type(self).__name__}: param group {len(self.param_groups) - 1} sets "
-                f"lr={group['lr']!r} but group 0 starts at {first['initial_step_size']!r}: one "
+                f"lr={group['lr']!r} but group 0 starts at {start!r}: one "
                 "step size serves every group, so a group's lr cannot differ; scale that group's "
                 f"step with 'lr_multiplier' instead (here lr_multiplier={ratio:.6g})"
             )
