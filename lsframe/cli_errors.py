@@ -16,9 +16,8 @@ usage block. ``LSFRAME_DEBUG=1`` prints the traceback before the line.
   (:mod:`lsframe.errors`, found also under jsonargparse's wrappers), parse errors, YAML errors,
   a missing file (1), Lightning's ``MisconfigurationException`` (2, whenever it comes: a
   setting Lightning cannot run with), any other ``ValueError`` (2) raised before a fit got past
-  its setup; None
-  for the rest (a bug, an environment failure, or an error of the run itself once training
-  started: the traceback stays).
+  its setup; None for the rest (a bug, an environment failure, or an error of the run itself
+  once training started: the traceback stays).
 """
 
 from __future__ import annotations
