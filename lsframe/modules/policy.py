@@ -94,8 +94,8 @@ def check_fit(trainer: pl.Trainer) -> None:
 
 def check_data(datamodule: Any, **expected: Any) -> None:
     """Raise :class:`~lsframe.errors.ConfigError` when an attribute of ``datamodule`` disagrees
-    with the model's setting of the same name, naming the ``model.init_args.<key>`` to set. Attributes the
-    DataModule lacks are not checked."""
+    with the model's setting of the same name, naming the ``model.init_args.<key>`` to set.
+    Attributes the DataModule lacks are not checked."""
     for key, mine in expected.items():
         theirs = getattr(datamodule, key, None)
         if theirs is not None and theirs != mine:

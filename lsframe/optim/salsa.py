@@ -133,9 +133,8 @@ class SaLSA(LineSearchOptimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         betas = param_group.get("betas")
-        if (
-            isinstance(betas, (tuple, list)) and len(betas) == 2
-        ):  # Adam's own (β1, β2): β3 from defaults
+        # Adam's own (β1, β2): β3 from defaults
+        if isinstance(betas, (tuple, list)) and len(betas) == 2:
             param_group = {**param_group, "betas": (*betas, self.defaults["betas"][2])}
         super().add_param_group(param_group)
 
