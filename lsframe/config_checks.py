@@ -201,6 +201,18 @@ def check_optimizer(key: str, cls: type, init_args: dict[str, Any], grouping: An
         )
 
 
+def check_scheduler(key: str, cls: type, init_args: dict[str, Any]) -> None:
+    """Build scheduler ``cls`` with ``init_args`` on a probe optimizer, as the module will call
+    it (the optimizer alone; a ``total_steps`` left None is filled in later)."""
+    import torch
+
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        cls(probe, **init_args)
+    except (LsframeError, ValueError, TypeError) as error:
+        raise _located(error, f"{key}.init_args", init_args) from error
+
+
 def build_datamodule(key: str, cls: type, init_args: dict[str, Any], stage: str) -> Any:
     """The DataModule ``cls(**init_args)`` (arguments and paths checked), after its
     ``check_files(stage)`` where it has one."""
@@ -354,6 +366,7 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
     """
     from lightning.pytorch import LightningDataModule, LightningModule
     from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LRScheduler
 
     check_precision_setting(_get(config, "trainer"))
     modules: list[tuple[str, dict[str, Any]]] = []
@@ -371,6 +384,8 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
         elif issubclass(cls, Optimizer):
             owner = key.rsplit(".init_args.", 1)[0]
             check_optimizer(key, cls, init_args, grouping.get(owner))
+        elif issubclass(cls, LRScheduler):
+            check_scheduler(key, cls, init_args)
         elif issubclass(cls, LightningDataModule):
             data.append((key, build_datamodule(key, cls, init_args, stage)))
     check_trainer_step_options(_get(config, "trainer"), modules[0][0] if modules else "model")

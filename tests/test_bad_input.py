@@ -83,6 +83,10 @@ CASES: dict[str, tuple[Args, int, str]] = {
         fit("--model.init_args.optimizer", "lsframe.optim.SALSA"), 2,
         "cannot import class_path 'lsframe.optim.SALSA': module 'lsframe.optim' has no attribute "
         f"'SALSA', did you mean 'SaLSA'? (model.init_args.optimizer){FIT_HELP}"),
+    "scheduler value out of range": (
+        fit(model__init_args__lr_scheduler__init_args__warmup_ratio=1.5), 2,
+        "warmup_ratio must be in [0, 1), got 1.5 "
+        "(model.init_args.lr_scheduler.init_args.warmup_ratio)"),
     "unknown optimizer class": (
         fit(model__init_args__optimizer={"class_path": "torch.optim.Nope"}), 2,
         "cannot import class_path 'torch.optim.Nope': module 'torch.optim' has no attribute "
