@@ -193,6 +193,11 @@ def _class_parameters(class_path: str) -> list[str]:
     return [n for n in dict.fromkeys(names) if n != "self"]
 
 
+def _children(known: list[str], prefix: str) -> list[str]:
+    """The names one level below ``prefix`` (``"trainer."``; ``""``: the top) among ``known``."""
+    return sorted({k[len(prefix) :].split(".", 1)[0] for k in known if k.startswith(prefix)})
+
+
 def _first_unknown(key: str, known: list[str]) -> str:
     """``key`` cut after its first part that no known key has at that place: a misspelt
     section (``trainr.max_steps``) is the unknown key, not the setting under it."""
@@ -269,11 +274,10 @@ def usage_error(error: BaseException, parser: Any = None) -> UsageError:
     if group:
         owner, option = group.groups()
         full = option if deepest.startswith("Subcommand") else f"{owner}.{option}"
-        full = _first_unknown(full, _parser_keys(parser))
+        known = _parser_keys(parser)
+        full = _first_unknown(full, known)
         section, _, name = full.rpartition(".")
-        prefix = f"{section}." if section else ""
-        names = [k[len(prefix) :] for k in _parser_keys(parser) if k.startswith(prefix)]
-        names = sorted({n.split(".", 1)[0] for n in names})
+        names = _children(known, f"{section}." if section else "")
         return UsageError(f"unknown key {name!r}{_did_you_mean(name, names)}", full)
     if unknown:
         name = unknown.group(1)
@@ -281,9 +285,7 @@ def usage_error(error: BaseException, parser: Any = None) -> UsageError:
             names = _class_parameters(class_path)
             keys.append("init_args")
         else:
-            prefix = ".".join(keys) + "." if keys else ""
-            names = [k[len(prefix) :] for k in _parser_keys(parser) if k.startswith(prefix)]
-            names = sorted({n.split(".", 1)[0] for n in names})
+            names = _children(_parser_keys(parser), ".".join(keys) + "." if keys else "")
         where = ".".join([*keys, name])
         return UsageError(f"unknown key {name!r}{_did_you_mean(name, names)}", where)
     if unrecognized:
