@@ -9,6 +9,11 @@ for the best checkpoints and writes ``last`` after every validation and at the e
 whenever it is not already at the current step, and when a run stops on a non-finite loss
 (:class:`lsframe.errors.NonFiniteLossError`: the step was not applied, so the state is that of
 the last completed step, and a resume repeats the batch that failed).
+
+A ``monitor`` that names a validation metric the module does not log (``val/acc_typo``) is
+refused when Lightning's sanity check ends, before the first training step; Lightning itself
+finds it only at the first validation. Without a sanity check (``num_sanity_val_steps: 0``)
+Lightning's own check stays.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
-from lsframe.errors import NonFiniteLossError
+from lsframe.errors import ConfigError, NonFiniteLossError
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
@@ -48,6 +53,23 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         saved_at = self._last_global_step_saved  # Lightning skips its own saves at that step
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         self._last_global_step_saved = saved_at
+
+    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Refuse a ``monitor`` under the validation's prefix (``val/``) that the validation
+        just run did not log. A monitor under another prefix (``train/loss``) may be logged
+        by training, which has not run yet: Lightning checks it at the first validation."""
+        super().on_sanity_check_end(trainer, pl_module)
+        logged = sorted(trainer.callback_metrics)
+        if self.monitor is None or self.monitor in logged or "/" not in self.monitor:
+            return
+        prefix = self.monitor.split("/", 1)[0] + "/"
+        validation = [name for name in logged if name.startswith(prefix)]
+        if validation:
+            raise ConfigError(
+                f"monitor {self.monitor!r} is not a metric the validation logs; it logs "
+                f"{', '.join(validation)}",
+                where="checkpoint.monitor",
+            )
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)

@@ -8,6 +8,8 @@ from helpers import ProbeOptimizer, TinyRegression, loader, mlp, regression_data
 from lightning.pytorch.callbacks import Callback
 
 from lsframe.callbacks import ClosureCallback
+from lsframe.errors import ConfigError
+from lsframe.optim import WarmupCosineLR
 
 
 def probe(**kwargs):
@@ -213,6 +215,22 @@ class NaNAt(ClosureCallback):
 
     def closure_loss(self, trainer, pl_module):
         return torch.tensor(float("nan")) if trainer.global_step == self.step else None
+
+
+@pytest.mark.parametrize("scheduled", [False, True], ids=["no scheduler", "scheduler"])
+def test_a_validation_interval_past_the_epoch_is_refused_before_the_first_step(scheduled):
+    # a scheduler's run length loads the train dataloader first; Lightning's own check then
+    # never ran again, and the fit trained with no validation at all
+    module = TinyRegression(optimizer=probe(), lr_scheduler=WarmupCosineLR if scheduled else None)
+    t = trainer(max_steps=20, val_check_interval=50, check_val_every_n_epoch=1)
+    with pytest.raises(ConfigError) as caught:
+        t.fit(module, loader(32, 4), loader(8, 4))
+    assert str(caught.value) == (
+        "val_check_interval 50 is more than the 8 training batches of an epoch, so validation "
+        "would never run: lower it, or set trainer.check_val_every_n_epoch: null to count "
+        "batches across epochs (trainer.val_check_interval)"
+    )
+    assert t.global_step == 0
 
 
 def test_nonfinite_loss_raises_naming_the_step_and_changes_nothing():

@@ -7,11 +7,13 @@ from functools import partial
 from types import SimpleNamespace
 
 import helpers
+import pytest
 import torch
 import torch.nn.functional as F
 
 from lsframe.checkpointing import BestAndLastCheckpoint
 from lsframe.cli import LSFrameCLI
+from lsframe.errors import ConfigError
 
 
 class ValidatedRegression(helpers.TinyRegression):
@@ -50,6 +52,40 @@ def test_last_is_written_at_the_end_of_training_after_the_last_validation(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["last.ckpt", checkpoint.best_model_path.rsplit("/", 1)[-1]]
     )
+
+
+class StepCounting(ValidatedRegression):
+    steps = 0
+
+    def on_train_batch_start(self, batch, batch_idx):
+        type(self).steps += 1
+
+
+def monitored_fit(tmp_path, monitor: str) -> int:
+    """A fit of 4 steps with a sanity check, monitoring ``monitor``: the steps it trained."""
+    StepCounting.steps = 0
+    checkpoint = BestAndLastCheckpoint(dirpath=tmp_path, monitor=monitor, save_last=True)
+    trainer = helpers.trainer(
+        max_steps=4, num_sanity_val_steps=1, enable_checkpointing=True, callbacks=[checkpoint]
+    )
+    module = StepCounting(optimizer=partial(torch.optim.SGD, lr=0.01))
+    trainer.fit(module, helpers.loader(n=16), helpers.loader(n=8))
+    return StepCounting.steps
+
+
+def test_a_misspelt_validation_monitor_is_refused_before_the_first_step(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        monitored_fit(tmp_path, "val/los")
+    assert str(caught.value) == (
+        "monitor 'val/los' is not a metric the validation logs; it logs val/loss "
+        "(checkpoint.monitor)"
+    )
+    assert StepCounting.steps == 0 and list(tmp_path.iterdir()) == []
+
+
+def test_a_monitor_that_training_logs_is_left_to_the_first_validation(tmp_path):
+    assert monitored_fit(tmp_path, "train/loss") == 4
+    assert monitored_fit(tmp_path, "val/loss") == 4  # the validation's own metric
 
 
 def test_the_closing_lines_of_a_fit_without_a_validation_since_its_resume(capsys):

@@ -128,11 +128,13 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         depends on it then starts at its ``lr``."""
         try:
             return self.num_optimizer_steps()
-        except ValueError as err:
+        except optimizer_setup.RunLengthUnknown as err:
             rank_zero_warn(f"{err}: the optimizer starts at its lr, whatever the run's length")
             return None
 
     def configure_optimizers(self) -> Any:
+        if self._trainer is not None:
+            optimizer_setup.check_validation_interval(self.trainer)
         optimizer = self.optimizer_factory(self.param_groups())
         if self._trainer is not None:
             check_sharding(self.trainer.strategy, optimizer)

@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lsframe.errors import ConfigError
 from lsframe.optim import info_for
 from lsframe.optim.param_groups import weight_decay_groups
 from lsframe.optim.step_size_schedule import StepSizeSchedule
@@ -83,12 +84,47 @@ def parameter_groups(
     return [{"name": "all", "params": [p for _, p in named]}]
 
 
+class RunLengthUnknown(ValueError):
+    """The run has no known number of optimizer steps: an infinite train dataloader and no
+    ``max_steps``."""
+
+
+def check_validation_interval(trainer: pl.Trainer) -> None:
+    """Refuse an integer ``val_check_interval`` longer than an epoch while validation follows
+    the epochs (``check_val_every_n_epoch`` set), before the first step.
+
+    Lightning finds it when it first loads the train dataloader, after the fit started; where
+    that first load was :attr:`~lightning.pytorch.Trainer.estimated_stepping_batches` (a run
+    length for a scheduler) and its error was caught, the later load no longer checked, and the
+    fit ran without ever validating. The load here is the one Lightning would do next.
+
+    Raises:
+        ConfigError: at ``trainer.val_check_interval``.
+    """
+    interval = trainer.val_check_interval
+    if not isinstance(interval, int) or trainer.check_val_every_n_epoch is None:
+        return
+    try:
+        if trainer.train_dataloader is None:
+            trainer.fit_loop.setup_data()
+    except ValueError as err:
+        if "val_check_interval" not in str(err):
+            raise
+        batches = trainer.fit_loop.max_batches
+        raise ConfigError(
+            f"val_check_interval {interval} is more than the {batches} training batches of an "
+            "epoch, so validation would never run: lower it, or set "
+            "trainer.check_val_every_n_epoch: null to count batches across epochs",
+            where="trainer.val_check_interval",
+        ) from err
+
+
 def count_optimizer_steps(trainer: pl.Trainer, accumulate_grad_batches: int) -> int:
     """Optimizer steps in the whole run: ``max_steps`` when epochs are unlimited, else
     ``epochs · ceil(batches / accumulate_grad_batches)``, capped by a positive ``max_steps``.
 
     Raises:
-        ValueError: the train dataloader is infinite and ``max_steps`` is not set.
+        RunLengthUnknown: the train dataloader is infinite and ``max_steps`` is not set.
     """
     if trainer.max_steps is not None and trainer.max_steps > 0 and trainer.max_epochs == -1:
         return trainer.max_steps
@@ -97,7 +133,7 @@ def count_optimizer_steps(trainer: pl.Trainer, accumulate_grad_batches: int) -> 
     if math.isinf(batches):
         if trainer.max_steps > 0:
             return trainer.max_steps
-        raise ValueError("an infinite train dataloader needs trainer.max_steps")
+        raise RunLengthUnknown("an infinite train dataloader needs trainer.max_steps")
     steps = math.ceil(batches / accumulate_grad_batches) * max(trainer.max_epochs or 1, 1)
     return min(steps, trainer.max_steps) if trainer.max_steps > 0 else steps
 
