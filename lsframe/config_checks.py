@@ -13,6 +13,8 @@ names its full key:
   probe parameter, so its own argument checks run (``c must be in (0, 1), got -1.0`` at
   ``model.init_args.optimizer.init_args.c``), and one that needs ``param_grouping: parts``
   (registry record) refuses another grouping;
+* every callback of lsframe's (``trainer.callbacks[i]``) is built, so its own argument checks
+  run (``reserve_p must be in (0, 1], got 2.0`` at ``trainer.callbacks[1].init_args.reserve_p``);
 * every DataModule is built (cheap: arguments and paths) and its ``check_files(stage)``, where it
   has one, reads and checks the raw files (GLUE TSVs, idx files) before the model loads;
 * every module's ``model_name_or_path`` must resolve (:func:`lsframe.hub.check_pretrained`), its
@@ -213,6 +215,16 @@ def check_scheduler(key: str, cls: type, init_args: dict[str, Any]) -> None:
         raise _located(error, f"{key}.init_args", init_args) from error
 
 
+def check_callback(key: str, cls: type, init_args: dict[str, Any]) -> None:
+    """Build one of lsframe's callbacks with ``init_args`` (their constructors check and store
+    their arguments, nothing more), so a bad value is refused at ``<key>.init_args.<name>``
+    before the model loads, not when the Trainer is built."""
+    try:
+        cls(**init_args)
+    except (LsframeError, ValueError, TypeError) as error:
+        raise _located(error, f"{key}.init_args", init_args) from error
+
+
 def build_datamodule(key: str, cls: type, init_args: dict[str, Any], stage: str) -> Any:
     """The DataModule ``cls(**init_args)`` (arguments and paths checked), after its
     ``check_files(stage)`` where it has one."""
@@ -364,7 +376,7 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
     Raises:
         ConfigError, DataError: the first problem, at its full key or file.
     """
-    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch import Callback, LightningDataModule, LightningModule
     from torch.optim import Optimizer
     from torch.optim.lr_scheduler import LRScheduler
 
@@ -388,6 +400,8 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
             check_scheduler(key, cls, init_args)
         elif issubclass(cls, LightningDataModule):
             data.append((key, build_datamodule(key, cls, init_args, stage)))
+        elif issubclass(cls, Callback) and cls.__module__.startswith("lsframe."):
+            check_callback(key, cls, init_args)
     check_trainer_step_options(_get(config, "trainer"), modules[0][0] if modules else "model")
     for key, init_args in modules:
         check_module(key, init_args, data)

@@ -104,6 +104,10 @@ CASES: dict[str, tuple[Args, int, str]] = {
         "(configs/trainer/fp16_linesearch.yaml); or precision='bf16-mixed' (no scaler) or "
         "'32-true'. (trainer.precision)"),
     # ---- fit: other values
+    "callback value out of range": (
+        fit(trainer__callbacks=[{"class_path": "lsframe.callbacks.ChildTuningD",
+                                 "init_args": {"reserve_p": 2.0}}]), 2,
+        "reserve_p must be in (0, 1], got 2.0 (trainer.callbacks[0].init_args.reserve_p)"),
     "max_length past the model's positions": (
         fit(data__init_args__max_length=1024), 2,
         "max_length 1024 is longer than the model's 512 positions "
