@@ -8,7 +8,9 @@ go back to it and lose every step since. :class:`BestAndLastCheckpoint` keeps Li
 for the best checkpoints and writes ``last`` after every validation and at the end of training
 whenever it is not already at the current step, and when a run stops on a non-finite loss
 (:class:`lsframe.errors.NonFiniteLossError`: the step was not applied, so the state is that of
-the last completed step, and a resume repeats the batch that failed).
+the last completed step, and a resume repeats the batch that failed). No checkpoint is written
+with non-finite parameters (an update that made them so is found only at the next step's loss,
+and a validation may come between): ``last`` and the best stay at the last finite state.
 
 A ``monitor`` that names a validation metric the module does not log (``val/acc_typo``) is
 refused when Lightning's sanity check ends, before the first training step; Lightning itself
@@ -24,7 +26,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
-from lsframe.errors import ConfigError, NonFiniteLossError
+from lsframe.errors import ConfigError, NonFiniteLossError, NonFiniteParametersError
+from lsframe.optim import all_finite
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
@@ -71,17 +74,29 @@ class BestAndLastCheckpoint(ModelCheckpoint):
                 where="checkpoint.monitor",
             )
 
+    @staticmethod
+    def _parameters_finite(trainer: pl.Trainer) -> bool:
+        """Whether every parameter is finite on every process (all of them call the hooks)."""
+        params = [p.detach() for p in trainer.lightning_module.parameters()]
+        return trainer.strategy.reduce_boolean_decision(all_finite(params), all=True)
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._parameters_finite(trainer):
+            return  # the next step's loss stops the run; no checkpoint gets these parameters
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):  # else it decides at epoch end
             self._bring_last_up_to_date(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._parameters_finite(trainer):
+            return
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
             self._bring_last_up_to_date(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._parameters_finite(trainer):
+            return
         super().on_train_end(trainer, pl_module)
         self._bring_last_up_to_date(trainer)
 
@@ -89,5 +104,7 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         super().on_exception(trainer, pl_module, exception)  # ``save_on_exception`` as chosen
-        if isinstance(exception, NonFiniteLossError):
+        if isinstance(exception, NonFiniteLossError) and not isinstance(
+            exception, NonFiniteParametersError
+        ):
             self._bring_last_up_to_date(trainer)

@@ -28,7 +28,7 @@ from lsframe.checkpoint_io import find_last_checkpoint
 from lsframe.checkpointing import BestAndLastCheckpoint
 from lsframe.cli_errors import RaisingArgumentParser, usage_error
 from lsframe.config_checks import check_parsed
-from lsframe.errors import ConfigError, DataError, NonFiniteLossError
+from lsframe.errors import ConfigError, DataError, NonFiniteLossError, NonFiniteParametersError
 from lsframe.modules import ClosureModule
 from lsframe.preemption import Preemption, catch_signals
 
@@ -248,8 +248,10 @@ class LSFrameCLI(LightningCLI):
             checkpoint = self._lsframe_checkpoint()
             if checkpoint is None or not checkpoint.last_model_path:
                 raise
-            raise NonFiniteLossError(
-                f"{error.message}; the run up to it: {checkpoint.last_model_path}", error.where
+            before = isinstance(error, NonFiniteParametersError)
+            saved = "the last checkpoint with finite parameters" if before else "the run up to it"
+            raise type(error)(
+                f"{error.message}; {saved}: {checkpoint.last_model_path}", error.where
             ) from error
 
     def after_fit(self) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "LsframeError",
     "MissingFileError",
     "NonFiniteLossError",
+    "NonFiniteParametersError",
     "UsageError",
     "mark_run_started",
     "run_started",
@@ -117,3 +118,8 @@ class NonFiniteLossError(LsframeError, FloatingPointError):
     1); the step was not applied."""
 
     exit_code = 1
+
+
+class NonFiniteParametersError(NonFiniteLossError):
+    """The parameters themselves are no longer finite (exit status 1): an earlier update
+    overflowed them, so no state after that update may be saved as the run's progress."""

@@ -6,9 +6,10 @@ import pytest
 import torch
 from helpers import ProbeOptimizer, TinyRegression, loader, mlp, regression_data, trainer
 from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, TensorDataset
 
 from lsframe.callbacks import ClosureCallback
-from lsframe.errors import ConfigError
+from lsframe.errors import ConfigError, NonFiniteParametersError
 from lsframe.optim import WarmupCosineLR
 
 
@@ -249,13 +250,25 @@ def test_nonfinite_loss_raises_naming_the_step_and_changes_nothing():
         assert torch.equal(got, want)
 
 
-def test_skip_mode_stops_on_parameters_an_overflowing_update_made_non_finite():
-    # SGD at 1e38 on the MLP: the first update overflows the weights, every later loss is NaN
-    module = TinyRegression(optimizer=lambda p: torch.optim.SGD(p, lr=1e38), nonfinite_loss="skip")
+@pytest.mark.parametrize("mode", ["raise", "skip"])
+def test_parameters_an_overflowing_update_made_non_finite_stop_the_fit_by_name(mode):
+    # SGD at 1e38 on the MLP: the first update overflows the weights, every later loss is NaN;
+    # "skip" would skip every later step, and "raise" blamed the loss and suggested "skip"
+    module = TinyRegression(optimizer=lambda p: torch.optim.SGD(p, lr=1e38), nonfinite_loss=mode)
     t = trainer(max_steps=5)
-    with pytest.raises(FloatingPointError, match="non-finite parameters at global step [12]"):
+    with pytest.raises(NonFiniteParametersError, match="non-finite parameters at global step [12]"):
         t.fit(module, train_dataloaders=loader())
     assert module._skipped_steps == 0
+
+
+def test_float16_parameters_with_an_eps_that_rounds_to_0_are_named_as_the_cause():
+    module = TinyRegression(model=mlp().half(), optimizer=lambda p: torch.optim.Adam(p, lr=1e-3))
+    x, y = regression_data().tensors
+    data = DataLoader(TensorDataset(x.half(), y.half()), batch_size=4)
+    with pytest.raises(NonFiniteParametersError) as caught:
+        trainer(max_steps=3).fit(module, train_dataloaders=data)
+    assert caught.value.where == "model.init_args.optimizer.init_args.eps"
+    assert "float16, where eps=1e-08 rounds to 0" in caught.value.message
 
 
 def test_nonfinite_loss_skip_mode_skips_the_step():

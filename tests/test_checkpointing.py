@@ -10,10 +10,11 @@ import helpers
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 
 from lsframe.checkpointing import BestAndLastCheckpoint
 from lsframe.cli import LSFrameCLI
-from lsframe.errors import ConfigError
+from lsframe.errors import ConfigError, NonFiniteParametersError
 
 
 class ValidatedRegression(helpers.TinyRegression):
@@ -86,6 +87,51 @@ def test_a_misspelt_validation_monitor_is_refused_before_the_first_step(tmp_path
 def test_a_monitor_that_training_logs_is_left_to_the_first_validation(tmp_path):
     assert monitored_fit(tmp_path, "train/loss") == 4
     assert monitored_fit(tmp_path, "val/loss") == 4  # the validation's own metric
+
+
+class PoisonAfter(Callback):
+    """Makes a weight NaN after step ``step``'s update, as an overflowing update would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.parameters())[0, 0] = float("nan")
+
+
+def test_no_checkpoint_is_written_with_non_finite_parameters(tmp_path):
+    # validations at steps 2 and 4; the weights turn NaN after step 4's update, before its
+    # validation, and the NaN loss of step 5 stops the fit
+    checkpoint = BestAndLastCheckpoint(
+        dirpath=tmp_path, monitor="val/loss", mode="min", save_last=True, save_top_k=3
+    )
+    module = ValidatedRegression(optimizer=partial(torch.optim.SGD, lr=0.0))
+    trainer = helpers.trainer(
+        max_steps=8, val_check_interval=2, check_val_every_n_epoch=None,
+        enable_checkpointing=True, callbacks=[checkpoint, PoisonAfter(4)],
+    )  # fmt: skip
+    with pytest.raises(NonFiniteParametersError, match="at global step 4"):
+        trainer.fit(module, helpers.loader(n=64), helpers.loader(n=8))
+    saved = {p.name: torch.load(p, weights_only=False) for p in tmp_path.iterdir()}
+    assert sorted(c["global_step"] for c in saved.values()) == [2, 2]  # last and the best
+    for state in saved.values():
+        assert all(torch.isfinite(t).all() for t in state["state_dict"].values())
+
+
+def test_the_error_line_of_non_finite_parameters_names_the_last_finite_checkpoint():
+    def fit(**kwargs):
+        raise NonFiniteParametersError("non-finite parameters at global step 9", "x.y")
+
+    checkpoint = SimpleNamespace(last_model_path="runs/x/last.ckpt")
+    cli = SimpleNamespace(trainer=SimpleNamespace(fit=fit), _lsframe_checkpoint=lambda: checkpoint)
+    with pytest.raises(NonFiniteParametersError) as caught:
+        LSFrameCLI.fit(cli)
+    assert str(caught.value) == (
+        "non-finite parameters at global step 9; the last checkpoint with finite parameters: "
+        "runs/x/last.ckpt (x.y)"
+    )
 
 
 def test_the_closing_lines_of_a_fit_without_a_validation_since_its_resume(capsys):

@@ -301,9 +301,9 @@ class _StepEvaluator:
             if fp16 is not None and torch.isfinite(loss):  # fp16 overflow: the plugin skips it
                 raise GradientOverflow(loss)
             step = self.module.trainer.global_step
+            policy.check_parameters_finite(self.optimizer, step)  # else skipping never ends
             if self.module.nonfinite_loss == "raise":
                 raise policy.nonfinite_error(problem, step)
-            policy.check_parameters_finite(self.optimizer, step)  # else skipping never ends
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped = True
             return loss

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lsframe.callbacks.base import check_closure_callbacks
-from lsframe.errors import ConfigError, NonFiniteLossError
+from lsframe.errors import ConfigError, NonFiniteLossError, NonFiniteParametersError
 from lsframe.optim import all_finite, info_for
 from lsframe.precision import FP16MixedPrecision, emulated_bf16
 
@@ -117,18 +117,36 @@ def nonfinite_problem(loss: Tensor, optimizer: torch.optim.Optimizer) -> str | N
     return None
 
 
+def float16_eps_hint(optimizer: torch.optim.Optimizer) -> str | None:
+    """Why an Adam-type update of float16 parameters gives NaN: its ``eps`` rounds to 0 in
+    float16 (below 6e-8), so a coordinate with no gradient yet divides 0 by 0. None where no
+    float16 parameter has such an ``eps``."""
+    for group in optimizer.param_groups:
+        eps = group.get("eps")
+        halves = any(p.dtype == torch.float16 for p in group["params"])
+        if halves and isinstance(eps, float) and torch.tensor(eps, dtype=torch.float16) == 0:
+            return (
+                f"the parameters are float16, where eps={eps:g} rounds to 0, so the update "
+                "divides 0 by 0: set eps >= 6e-08, or train in bf16-true or a mixed precision"
+            )
+    return None
+
+
 def check_parameters_finite(optimizer: torch.optim.Optimizer, step: int) -> None:
-    """Under ``nonfinite_loss="skip"``, after a non-finite loss or gradient: the parameters
-    themselves must be finite, or every later step would be skipped too and the run would end
-    "finished" with nothing learned (an update that overflowed made them so)."""
+    """After a non-finite loss or gradient: the parameters themselves must be finite. Where an
+    earlier update made them non-finite, no setting of ``nonfinite_loss`` helps (under ``skip``
+    every later step would be skipped and the run would end "finished" with nothing learned),
+    and a checkpoint now would save them: :class:`NonFiniteParametersError` says so."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    if not all_finite([p.detach() for p in params]):
-        raise NonFiniteLossError(
-            f"non-finite parameters at global step {step}: an earlier update overflowed them, "
-            "and skipping steps cannot mend that; lower the step size or resume from a "
-            "checkpoint before it",
-            where="model.init_args.optimizer",
-        )
+    if all_finite([p.detach() for p in params]):
+        return
+    hint = float16_eps_hint(optimizer)
+    cause = hint or "lower the step size or resume from a checkpoint before it"
+    raise NonFiniteParametersError(
+        f"non-finite parameters at global step {step}: an earlier update made them so, and "
+        f"skipping steps cannot mend that; {cause}",
+        where="model.init_args.optimizer" + (".init_args.eps" if hint else ""),
+    )
 
 
 def nonfinite_error(problem: str, step: int) -> NonFiniteLossError:
