@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -93,6 +94,24 @@ def check_bool(**values: Any) -> None:
     for name, value in values.items():
         if not isinstance(value, bool):
             _fail(name, "True or False", value)
+
+
+def check_patterns(**values: Any) -> None:
+    """Each value is None or a list of regular expressions (a bare string is not: it would be
+    read as a list of one-letter patterns)."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            hint = f" (write [{value!r}])" if isinstance(value, str) else ""
+            _fail(name, f"a list of regular expressions{hint}", value)
+        for pattern in value:
+            if not isinstance(pattern, str):
+                _fail(name, "a list of regular expressions (strings)", value)
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                _fail(name, f"a list of regular expressions ({pattern!r}: {error})", value)
 
 
 def check_numbers(name: str, value: Any, length: int, spelled: str) -> None:

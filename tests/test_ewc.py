@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import TinyRegression, loader, trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from lsframe.callbacks import EWC
@@ -127,6 +128,70 @@ def test_resume_between_stages_keeps_fisher_and_anchors(tmp_path):
             assert torch.equal(restored.tasks[0][kind][name], tensor)
     with pytest.raises(ValueError, match="mode"):
         EWC(mode="separate").load_state_dict(state)
+
+
+def test_a_fit_resumed_from_its_last_step_still_consolidates_its_task(tmp_path):
+    # the checkpoint of step 4 is written before the fit's end consolidates task A
+    ewc = EWC(ewc_lambda=10.0)
+    saver = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_last=True)
+    module = sgd()
+    trainer(max_steps=4, callbacks=[ewc, saver], enable_checkpointing=True).fit(
+        module, shifted_loader(2.0)
+    )
+    resumed = EWC(ewc_lambda=10.0)
+    fit = trainer(max_steps=4, callbacks=[resumed])
+    fit.fit(sgd(), shifted_loader(2.0), ckpt_path=tmp_path / "last.ckpt")
+    assert len(ewc.tasks) == len(resumed.tasks) == 1
+    for kind in ("fisher", "anchor"):
+        for name, tensor in ewc.tasks[0][kind].items():
+            assert torch.allclose(resumed.tasks[0][kind][name], tensor), (kind, name)
+    fit.save_checkpoint(tmp_path / "after.ckpt")  # after the consolidation: not added twice
+    again = EWC(ewc_lambda=10.0)
+    trainer(max_steps=4, callbacks=[again]).fit(
+        sgd(), shifted_loader(2.0), ckpt_path=tmp_path / "after.ckpt"
+    )
+    assert len(again.tasks) == 1
+
+
+def test_the_logged_penalty_is_the_one_at_the_point_the_gradient_is_taken():
+    ewc = EWC(ewc_lambda=1000.0)
+    module = TinyRegression(optimizer=SaLSA)
+    trainer(max_steps=5, callbacks=[ewc]).fit(module, shifted_loader(2.0, 64))
+    calls = []
+    original = ewc.closure_loss
+
+    def recorded(trainer, pl_module):
+        term = original(trainer, pl_module)
+        calls.append((torch.is_grad_enabled(), float(term)))
+        return term
+
+    ewc.closure_loss = recorded
+    with torch.no_grad():  # far from task A's anchor: the first search backtracks
+        for p in module.model.parameters():
+            p.add_(0.5)
+    fit = trainer(max_steps=1, callbacks=[ewc])
+    fit.fit(module, shifted_loader(-2.0, 64))
+    assert not calls[-1][0]  # the step ends with a forward-only trial
+    at_gradient = [value for grad, value in calls if grad][-1]
+    assert float(fit.callback_metrics["ewc/penalty"]) == pytest.approx(at_gradient, rel=1e-6)
+    assert at_gradient != pytest.approx(calls[-1][1], rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"include": "head"},
+            r"include must be a list of regular expressions \(write \['head'\]\)",
+        ),
+        ({"exclude": [1]}, "exclude must be a list of regular expressions"),
+        ({"include": ["["]}, r"include must be a list of regular expressions \('\['"),
+        ({"mlm_max_length": 0}, "mlm_max_length must be an integer >= 1"),
+    ],
+)
+def test_bad_patterns_and_lengths_are_refused_when_built(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EWC(**kwargs)
 
 
 def test_bad_arguments():

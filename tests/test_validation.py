@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lsframe.callbacks import DPS, ChildTuningD, ValleyExploration
 from lsframe.validation import (
     check_bool,
     check_choice,
@@ -13,6 +14,7 @@ from lsframe.validation import (
     check_non_negative,
     check_numbers,
     check_open_unit,
+    check_patterns,
     check_positive,
     check_unit,
 )
@@ -41,6 +43,15 @@ REFUSED = [
     (lambda: check_choice("reset_option", 1.0, (0, 1, 2)), "reset_option must be 0, 1 or 2"),
     (lambda: check_bool(smooth="false"), "smooth must be True or False, got 'false'"),
     (lambda: check_bool(smooth=1), "smooth must be True or False, got 1"),
+    (
+        lambda: check_patterns(include="head"),
+        r"include must be a list of regular expressions \(write \['head'\]\), got 'head'",
+    ),
+    (lambda: check_patterns(exclude=[1]), r"exclude must be a list of regular expressions \(str"),
+    (
+        lambda: check_patterns(include=["layer", "["]),
+        r"include must be a list of regular expressions \('\[': unterminated character set",
+    ),
     (
         lambda: check_numbers("betas", 0.9, 2, "a list of 2 numbers"),
         "betas must be a list of 2 numbers, got 0.9",
@@ -77,5 +88,27 @@ def test_accepted_values_pass_including_none_where_allowed_and_numpy_integers():
     check_choice("reset_option", 2, (0, 1, 2))
     check_choice("shift", None, (None, "label"))
     check_bool(smooth=False, amortize=True)
+    check_patterns(include=None, exclude=[r"layer\.\d+", "head"])
+    check_patterns(include=("bias",))
     check_numbers("betas", [0.9, 0.999], 2, "a list of 2 numbers")
     check_numbers("betas", (0.9, 0.999, np.float64(0.9)), 3, "a list of 3 numbers")
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: DPS(include="head"), "include must be a list of regular expressions"),
+        (lambda: ChildTuningD(exclude="head"), "exclude must be a list of regular expressions"),
+        (lambda: ChildTuningD(variant="F", seed="a"), "seed must be an integer >= 0, got 'a'"),
+        (lambda: ChildTuningD(variant="F", seed=1.5), "seed must be an integer >= 0, got 1.5"),
+        (
+            lambda: ValleyExploration(first_step_kick="false"),
+            "first_step_kick must be True or False, got 'false'",
+        ),
+    ],
+)
+def test_callbacks_check_their_arguments_when_built(build, message):
+    # each used to be accepted: a string of patterns became one-letter patterns, a bad seed
+    # failed at the first step, "false" switched the kick on
+    with pytest.raises(ValueError, match=f"^{message}"):
+        build()

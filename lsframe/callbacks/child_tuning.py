@@ -62,6 +62,7 @@ class ChildTuningD(GradientMaskCallback):
         seed: int = 0,
     ) -> None:
         super().__init__(mask_mode, include, exclude)
+        check_int_at_least(0, seed=seed)
         self.seed = seed
         check_fraction("reserve_p", reserve_p, low_open=True)
         check_choice("variant", variant, ("D", "F"))

@@ -14,7 +14,13 @@ from torch import Tensor, nn
 
 from lsframe.callbacks.base import ClosureCallback
 from lsframe.callbacks.fisher import squared_gradient_mean
-from lsframe.validation import check_choice, check_int_at_least, check_interval, check_non_negative
+from lsframe.validation import (
+    check_choice,
+    check_int_at_least,
+    check_interval,
+    check_non_negative,
+    check_patterns,
+)
 
 
 class EWC(ClosureCallback):
@@ -33,7 +39,9 @@ class EWC(ClosureCallback):
     ``EWCPlugin(ewc_lambda=λ)``. The Fisher pass runs the model in evaluation mode (no dropout, as
     Avalanche), outside autocast and without a gradient scaler, with the random state restored
     afterwards; under DDP the Fisher is averaged across ranks. Fisher and anchors are in the
-    callback's ``state_dict``, so a run resumed between stages keeps them. Logged: ``ewc/penalty``.
+    callback's ``state_dict``, so a run resumed between stages keeps them; a fit resumed from a
+    checkpoint of its last step (written before the fit's end consolidates) consolidates then. Logged: ``ewc/penalty``, at the point where the step's
+    gradient is taken (as ``train/loss``; not at a line search's trials, which may be rejected).
 
     The scale of λ depends on the batch size of the Fisher pass: the squared *batch-mean*
     gradient is about ``Var(g)/B + (E g)²``, so once a task is fit (``E g ≈ 0``) it is roughly
@@ -88,6 +96,8 @@ class EWC(ClosureCallback):
         check_choice("mode", mode, ("separate", "online"))
         check_interval(0.0, 1.0, False, False, decay=decay)
         check_int_at_least(1, allow_none=True, fisher_batches=fisher_batches)
+        check_int_at_least(1, mlm_max_length=mlm_max_length)
+        check_patterns(include=include, exclude=exclude)
         self.ewc_lambda = ewc_lambda
         self.mode = mode
         self.decay = decay
@@ -98,7 +108,11 @@ class EWC(ClosureCallback):
         self.mlm_max_length = mlm_max_length
         self.tasks: list[dict[str, dict[str, Tensor]]] = []  # [{"fisher": .., "anchor": ..}]
         self.params: dict[str, nn.Parameter] = {}
-        self._start_step = 0
+        # whether the task of the fit under way is in ``tasks`` already: a checkpoint written at
+        # the fit's last step, before ``on_fit_end`` consolidates, has False (None: a state
+        # saved before this flag existed)
+        self._consolidated: bool | None = False
+        self._start_step: int | None = None  # None: this fit has not trained (yet)
 
     def selected(self, model: nn.Module) -> dict[str, nn.Parameter]:
         def wanted(name: str) -> bool:
@@ -112,9 +126,12 @@ class EWC(ClosureCallback):
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
+        self._consolidated, self._start_step = False, None  # a new fit; a resume restores both
         self.params = self.selected(getattr(pl_module, "model", pl_module))
         if not self.params:
-            raise ValueError(f"EWC selected no parameter (include={self.include})")
+            raise ValueError(
+                f"EWC selected no parameter (include={self.include}, exclude={self.exclude})"
+            )
 
     # ------------------------------------------------------------------------------ penalty
     def closure_loss(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor | None:
@@ -128,7 +145,8 @@ class EWC(ClosureCallback):
                     diff = param - task["anchor"][name]
                     total = total + (task["fisher"][name] * diff * diff).sum()
         penalty = 0.5 * self.ewc_lambda * total
-        if trainer is not None and trainer.training:
+        # logged where the step's gradient is taken, as train/loss (a trial may be rejected)
+        if trainer is not None and trainer.training and torch.is_grad_enabled():
             pl_module.log("ewc/penalty", penalty.detach())
         return penalty
 
@@ -145,14 +163,19 @@ class EWC(ClosureCallback):
         if self.source == "mlm" and not self.tasks:
             self.consolidate(*self.mlm_fisher(trainer, pl_module))
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Consolidate the task just fit. At the fit's end, not the training's: a fit resumed
+        from a checkpoint of its last step trains no further (Lightning skips the training
+        loop and its hooks), and still has to add the task its checkpoint did not hold yet."""
         if self.source == "mlm":
             return
-        if trainer.ckpt_path is not None and trainer.global_step == self._start_step:
-            return  # resumed from a checkpoint of a finished fit: already consolidated
+        trained = self._start_step is not None and trainer.global_step > self._start_step
+        if self._consolidated or (self._consolidated is None and not trained):
+            return  # resumed from a state saved after this fit's task was consolidated
         fisher = self.estimate_fisher(trainer, pl_module)
         anchor = {n: p.detach().clone() for n, p in self.params.items()}
         self.consolidate(fisher, anchor)
+        self._consolidated = True
 
     def consolidate(self, fisher: dict[str, Tensor], anchor: dict[str, Tensor]) -> None:
         """Add a task (separate) or fold it into the running one (online)."""
@@ -231,6 +254,7 @@ class EWC(ClosureCallback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
+            "consolidated": self._consolidated,
             "tasks": [
                 {k: {n: t.cpu() for n, t in task[k].items()} for k in ("fisher", "anchor")}
                 for task in self.tasks
@@ -246,3 +270,4 @@ class EWC(ClosureCallback):
         self.tasks = [
             {k: dict(task[k]) for k in ("fisher", "anchor")} for task in state_dict["tasks"]
         ]
+        self._consolidated = state_dict.get("consolidated")

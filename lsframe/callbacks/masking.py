@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from lsframe.callbacks.base import ClosureCallback
-from lsframe.validation import check_choice
+from lsframe.validation import check_choice, check_patterns
 
 FIRST_MOMENT_KEYS = ("exp_avg", "momentum_buffer")
 
@@ -68,6 +68,7 @@ class GradientMaskCallback(ClosureCallback):
         exclude: list[str] | None = None,
     ) -> None:
         check_choice("mask_mode", mask_mode, ("gradient", "frozen"))
+        check_patterns(include=include, exclude=exclude)
         self.mask_mode = mask_mode
         self.include = list(include) if include else None
         self.exclude = list(exclude) if exclude else None

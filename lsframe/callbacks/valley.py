@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from lsframe.callbacks.base import ClosureCallback
 from lsframe.callbacks.masking import GradientMaskCallback
 from lsframe.optim.valley import check_valley, init_valley_state, valley_adapt_, valley_defaults
+from lsframe.validation import check_bool
 
 
 class ValleyExploration(ClosureCallback):
@@ -54,6 +55,7 @@ class ValleyExploration(ClosureCallback):
             raise ValueError("give both alpha and beta, or neither (the batch-size rule)")
         if alpha is not None:
             check_valley(alpha, beta)
+        check_bool(first_step_kick=first_step_kick)
         self.alpha = alpha
         self.beta = beta
         self.by_batch_size = alpha is None  # the rule picks alpha and beta at each new fit
