@@ -159,6 +159,26 @@ def test_trial_moves_return_the_parameters_within_rounding_after_a_failed_search
         torch.testing.assert_close(a.detach(), b, rtol=0, atol=4 * torch.finfo(torch.float32).eps)
 
 
+@pytest.mark.parametrize("name", ["sgdsls", "salsa", "alsals", "adamsls"])
+def test_an_exception_during_a_trial_leaves_the_parameters_at_the_step_start(name):
+    model = Logistic()
+    opt = optim.create(name, model.parameters(), lr=10.0)
+    start = snapshot(model)
+    moved = []
+
+    def forward():  # the second trial fails, as a batch or Ctrl-C would
+        moved.append(max(float((a - b).abs().max()) for a, b in zip(model.parameters(), start)))
+        if len(moved) == 2:
+            raise KeyboardInterrupt
+        return torch.tensor(math.inf)
+
+    with pytest.raises(KeyboardInterrupt):
+        opt.step(make_closure(model, opt), forward=forward)
+    assert len(moved) == 2 and min(moved) > 1e-2  # both trials were far from the start
+    for a, b in zip(model.parameters(), start):  # back within rounding of the trial moves
+        torch.testing.assert_close(a.detach(), b, rtol=0, atol=1e-5)
+
+
 def test_goldstein_accepted_steps_satisfy_both_conditions():
     model = Logistic()
     opt = SGDSLS(model.parameters(), line_search_fn="goldstein", c=0.2)

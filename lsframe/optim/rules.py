@@ -229,16 +229,26 @@ def backtrack(
     Returns:
         The accepted η (parameters left at ``x − η d``), or on failure the last η proposed
         (parameters back at ``x``).
+
+    An exception during a trial (a failing batch, Ctrl-C in a notebook) moves the parameters
+    back to ``x`` before it propagates, so neither the model nor a checkpoint saved on the
+    exception holds a trial point that belongs to no step. The optimizer's state (moments,
+    counters) may already hold the interrupted step's update: a resume repeats that batch with
+    it counted once more.
     """
     at = 0.0
-    for trial in range(1, max_backtracks + 1):
-        move_to(step_size - at)
-        at = step_size
-        trial_loss = loss_value(forward())
-        decision = verdict(trial_loss, step_size)
-        if decision.accept:
-            return SearchResult(step_size, trial_loss, True, trial)
-        step_size = decision.next_step_size
+    try:
+        for trial in range(1, max_backtracks + 1):
+            move_to(step_size - at)
+            at = step_size
+            trial_loss = loss_value(forward())
+            decision = verdict(trial_loss, step_size)
+            if decision.accept:
+                return SearchResult(step_size, trial_loss, True, trial)
+            step_size = decision.next_step_size
+    except BaseException:
+        move_to(-at)
+        raise
     move_to(-at)
     return SearchResult(step_size, None, False, max_backtracks)
 
