@@ -8,9 +8,11 @@ from helpers import ProbeOptimizer, TinyRegression, loader, mlp, regression_data
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
+from lsframe import optim
 from lsframe.callbacks import ClosureCallback
 from lsframe.errors import ConfigError, NonFiniteParametersError
 from lsframe.optim import WarmupCosineLR
+from lsframe.optim.closure import ClosureContractError
 
 
 def probe(**kwargs):
@@ -232,6 +234,38 @@ def test_a_validation_interval_past_the_epoch_is_refused_before_the_first_step(s
         "batches across epochs (trainer.val_check_interval)"
     )
     assert t.global_step == 0
+
+
+class BadLoss(TinyRegression):
+    def __init__(self, kind: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.kind = kind
+
+    def compute_loss(self, batch):
+        x, y = batch
+        errors = (self.model(x).squeeze(-1) - y) ** 2
+        return {
+            "per example": errors,
+            "integer": torch.tensor(3),
+            "python float": float(errors.mean()),
+            "detached": errors.mean().detach(),
+        }[self.kind]
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("per example", r"got a tensor of shape \(4,\) \(reduce it, e.g. with .mean\(\)\)"),
+        ("integer", "got a tensor of dtype torch.int64"),
+        ("python float", "got float"),
+        ("detached", "returned a loss with no gradient"),
+    ],
+)
+@pytest.mark.parametrize("optimizer", ["salsa", "adamw"])
+def test_a_compute_loss_that_breaks_the_contract_is_named(kind, message, optimizer):
+    module = BadLoss(kind, optimizer=lambda p: optim.create(optimizer, p))
+    with pytest.raises(ClosureContractError, match=f"^BadLoss.compute_loss .*{message}"):
+        trainer(max_steps=1).fit(module, loader())
 
 
 def test_nonfinite_loss_raises_naming_the_step_and_changes_nothing():

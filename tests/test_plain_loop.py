@@ -220,3 +220,13 @@ def test_torch_optimizers_take_lsframes_closure():
     )
     loss = optimizer.step(closure)  # torch calls closure() -> backward=True
     assert loss is not None and closure.evaluations == 1
+
+
+def test_make_closure_names_a_loss_fn_that_returns_per_example_losses():
+    model = classifier()
+    x, y = classification_data(8)
+    opt = SaLSA(model.parameters())
+    per_example = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1], reduction="none")  # noqa: E731
+    closure = make_closure(model, (x, y), opt, loss_fn=per_example)
+    with pytest.raises(ClosureContractError, match=r"^loss_fn must return .* shape \(8,\)"):
+        opt.step(closure)

@@ -10,6 +10,8 @@ import torch
 from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor, nn
 
+from lsframe.optim.closure import check_loss
+
 
 def squared_gradient_mean(
     trainer: pl.Trainer,
@@ -47,6 +49,7 @@ def squared_gradient_mean(
             pl_module.zero_grad(set_to_none=True)
             with torch.enable_grad(), torch.autocast(device.type, enabled=False):
                 loss = pl_module.compute_loss(batch)
+                check_loss(loss, f"{type(pl_module).__name__}.compute_loss", backward=True)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{owner}: non-finite loss on Fisher batch {count}")
                 loss.float().backward()

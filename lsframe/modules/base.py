@@ -30,7 +30,7 @@ from lsframe.modules.optimizer_setup import default_optimizer
 from lsframe.modules.policy import check_sharding
 from lsframe.modules.random_state import ResumeRandomState, random_states
 from lsframe.optim import info_for, innermost_optimizer, set_run_length, start_pass
-from lsframe.optim.closure import StepRandomState
+from lsframe.optim.closure import StepRandomState, check_loss
 from lsframe.optim.param_groups import apply_part_multipliers
 from lsframe.precision import GradientOverflow, fp16_plugin
 from lsframe.validation import check_choice, check_int_at_least, check_positive
@@ -324,7 +324,9 @@ class _StepEvaluator:
         total = torch.zeros((), device=module.device)
         for i, batch in enumerate(self.micro_batches):
             last = i == n - 1
-            loss = module.compute_loss(batch) / n
+            loss = module.compute_loss(batch)
+            check_loss(loss, f"{type(module).__name__}.compute_loss", backward)
+            loss = loss / n
             if last:
                 extra = module.closure_loss_terms()
                 if extra is not None:

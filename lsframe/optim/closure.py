@@ -91,6 +91,26 @@ def check_closure(closure: Callable[..., Tensor] | None, owner: str) -> None:
         ) from None
 
 
+def check_loss(loss: Any, owner: str, backward: bool) -> None:
+    """Raise :class:`ClosureContractError` unless ``loss`` is what a closure returns: the mean
+    loss as a one-element floating-point tensor, with a graph when it is to be back-propagated
+    (metadata only: no synchronisation). ``owner`` names the function that computed it."""
+    rule = f"{owner} must return the mean loss as a 0-dim floating-point tensor"
+    if not isinstance(loss, Tensor):
+        raise ClosureContractError(f"{rule}, got {type(loss).__name__}")
+    if loss.numel() != 1:
+        raise ClosureContractError(
+            f"{rule}, got a tensor of shape {tuple(loss.shape)} (reduce it, e.g. with .mean())"
+        )
+    if not loss.is_floating_point():
+        raise ClosureContractError(f"{rule}, got a tensor of dtype {loss.dtype}")
+    if backward and not loss.requires_grad:
+        raise ClosureContractError(
+            f"{owner} returned a loss with no gradient (requires_grad=False): it was computed "
+            "under torch.no_grad(), detached, or from no trainable parameter"
+        )
+
+
 class StepRandomState:
     """The random state at the start of an optimizer step, restorable before each evaluation."""
 
@@ -168,11 +188,14 @@ class LossClosure:
         try:
             if not backward:
                 with torch.no_grad():
-                    return self.loss_fn().detach()
+                    loss = self.loss_fn()
+                check_loss(loss, "loss_fn", backward=False)
+                return loss.detach()
             self._backward_done = True
             self.optimizer.zero_grad(set_to_none=True)
             with torch.enable_grad():
                 loss = self.loss_fn()
+                check_loss(loss, "loss_fn", backward=True)
                 loss.backward()
             return loss.detach()
         finally:
