@@ -15,7 +15,9 @@ finished trials), so an interrupted search resumes where it stopped. SIGTERM, SI
 (:mod:`lsframe.preemption`) let the running trial finish its current optimizer step, then mark it
 FAIL (not counted, its partial files removed; a rerun draws a new trial) and exit with status
 128 + the signal number after one line; a signal between trials stops before the next one. A
-process killed with SIGKILL leaves its trial RUNNING, which the study then ignores. Written to
+process killed with SIGKILL leaves its trial RUNNING, which the study then ignores. The study
+records the config it was started with and refuses to go on under another one (other bounds,
+groups, pairs or model; more trials, another sampler or seed are fine). Written to
 ``output_dir``: ``trial_<n>/`` (each trial's logs and accuracy matrices: TensorBoard by default,
 any Lightning logger from ``trainer.logger``, see :mod:`lsframe.loggers`),
 ``best_distribution.yaml`` (part → multiplier; use it as a module's ``lr_distribution``),
@@ -46,6 +48,7 @@ from lsframe.modules import ClosureModule
 from lsframe.optim import info_for
 from lsframe.parts import split_into_parts
 from lsframe.preemption import Preempted, catch_signals, received, stop_if_received
+from lsframe.run_config import defining_config, refuse_another_config
 from lsframe.search_plots import plot_param_importances, plot_search
 from lsframe.sequential import SequenceRunner, Stage
 from lsframe.validation import check_int_at_least, check_interval, check_positive
@@ -101,6 +104,16 @@ class SearchOptions:
                 f"lr_high={self.lr_high:g}",
                 where="search.lr_low",
             )
+
+
+#: The study's user attribute that holds the config it was started with.
+STUDY_CONFIG = "lsframe_config"
+#: Search settings that may change as a study goes on (more trials, another sampler or seed,
+#: where it is kept): left out of the recorded config.
+RUN_SETTINGS = tuple(
+    f"search.{key}"
+    for key in ("n_trials", "sampler", "pruner", "seed", "storage", "study_name", "output_dir")
+)
 
 
 def _trial_seeded(optuna: Any, make: Callable[..., Any], seed: int) -> Any:
@@ -165,8 +178,11 @@ class DistributionSearch:
         trainer: dict[str, Any] | None = None,
         options: SearchOptions | None = None,
         runner_kwargs: dict[str, Any] | None = None,
+        defining: dict[str, Any] | None = None,
     ) -> None:
         self.make_module, self.pairs = make_module, pairs
+        # the config the study is recorded with (lsframe.run_config); None: not checked
+        self.defining = defining
         self.trainer_kwargs = dict(trainer or {})
         self.options = options or SearchOptions()
         self.runner_kwargs = dict(runner_kwargs or {})
@@ -208,13 +224,35 @@ class DistributionSearch:
             if opts.pruner == "hyperband"
             else optuna.pruners.NopPruner()
         )
-        return optuna.create_study(
+        study = optuna.create_study(
             study_name=opts.study_name,
             storage=storage,
             sampler=sampler,
             pruner=pruner,
             direction="maximize",
             load_if_exists=True,
+        )
+        self._check_same_study(study)
+        return study
+
+    def _check_same_study(self, study: Any) -> None:
+        """Record :attr:`defining` in a study without trials; refuse to continue a study
+        recorded with another (its trials would count under the new settings)."""
+        if self.defining is None:
+            return
+        saved = study.user_attrs.get(STUDY_CONFIG)
+        if saved is None:
+            if not study.get_trials(deepcopy=False):
+                study.set_user_attr(STUDY_CONFIG, self.defining)
+            return
+        opts = self.options
+        refuse_another_config(
+            saved,
+            self.defining,
+            f"the study {opts.study_name!r} in {opts.storage or self.output_dir / 'journal.log'}",
+            "continue it with that config, or choose another search.study_name or "
+            "search.output_dir",
+            where="search.study_name",
         )
 
     def distribution(self, lrs: dict[str, float]) -> dict[str, float]:
@@ -361,6 +399,7 @@ def main(argv: list[str]) -> dict[str, float]:
             "head_attr": config.head_attr,
             "metric": config.metric,
         },
+        defining=defining_config(config, RUN_SETTINGS),
     )
     try:
         return search.run()

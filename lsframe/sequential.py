@@ -25,7 +25,9 @@ SIGTERM, SIGUSR1 and Ctrl-C stop a stage after its current optimizer step
 (:mod:`lsframe.preemption`): the stage's Lightning checkpoint goes to
 ``stage_<i>_preempted.ckpt`` and the command exits with status 128 + the signal number. Running
 the same command again resumes after the finished stages and continues that stage from its
-checkpoint, which is removed once the stage is done.
+checkpoint, which is removed once the stage is done. The command records the config a sequence
+started with (``sequence_config.json``) and refuses to resume that progress under another one
+(:mod:`lsframe.run_config`; devices, logger and other settings of where it runs may change).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from torch import nn
 
 import lsframe.data  # noqa: F401 - registers the DataModules for class_path lookup
+from lsframe import run_config
 from lsframe.callbacks import EWC, HParamsMetrics
 from lsframe.checkpoint_io import save_atomically
 from lsframe.checkpoints import read_torch_file
@@ -52,9 +55,11 @@ from lsframe.errors import ConfigError, DataError, MissingFileError
 from lsframe.loggers import logger_specs
 from lsframe.modules import ClosureModule
 from lsframe.preemption import Preemption, catch_signals
+from lsframe.run_config import defining_config
 from lsframe.validation import check_choice
 
 STATE_FILE = "sequence_state.pt"
+CONFIG_FILE = "sequence_config.json"
 _STATE = "the sequence_state.pt that lsframe sequential writes (matrix and heads)"
 _STAGE = (
     "a stage checkpoint that lsframe sequential writes (state_dict and callbacks; one written "
@@ -333,6 +338,25 @@ class SequenceRunner:
         logger.finalize("success")
 
 
+def _has_progress(output_dir: Path) -> bool:
+    """Whether ``output_dir`` holds a sequence's progress (finished or preempted stages)."""
+    return (output_dir / STATE_FILE).exists() or any(output_dir.glob("stage_*_preempted.ckpt"))
+
+
+def check_same_sequence(config: Any, write: bool = False) -> None:
+    """Refuse to resume the progress in ``output_dir`` under another config than the one
+    ``sequence_config.json`` says it started with (:mod:`lsframe.run_config`); with ``write``,
+    record this config where there is no progress yet."""
+    output_dir, current = Path(config.output_dir), defining_config(config, ("output_dir",))
+    if not _has_progress(output_dir):
+        if write:
+            run_config.record(output_dir / CONFIG_FILE, current)
+        return
+    remedy = "rerun it with that config to resume, or choose another output_dir"
+    what = f"the sequence in {output_dir}"
+    run_config.check_recorded(output_dir / CONFIG_FILE, current, what, remedy, "output_dir")
+
+
 def check_sequence_config(config: Any) -> None:
     """Before anything is built: task names unique, values and data files checked
     (:func:`lsframe.config_checks.check_config`), and a sequence state to resume from readable
@@ -344,8 +368,8 @@ def check_sequence_config(config: Any) -> None:
     read_sequence_state(config.output_dir, len(config.stages))
 
 
-def main(argv: list[str]) -> SequenceResult:
-    """``python -m lsframe sequential --config <yaml>`` (``--help`` lists every key)."""
+def build_parser() -> ArgumentParser:
+    """The parser of ``lsframe sequential``."""
     parser = ArgumentParser(
         prog="lsframe sequential", description=__doc__.split("\n\n")[0], exit_on_error=False
     )
@@ -358,8 +382,15 @@ def main(argv: list[str]) -> SequenceResult:
     parser.add_argument("--head_attr", type=str, default="classifier")
     parser.add_argument("--metric", type=str, default="acc")
     parser.add_argument("--output_dir", type=str, default="runs/sequential")
+    return parser
+
+
+def main(argv: list[str]) -> SequenceResult:
+    """``python -m lsframe sequential --config <yaml>`` (``--help`` lists every key)."""
+    parser = build_parser()
     config = parse_or_raise(parser, argv)
     check_sequence_config(config)
+    check_same_sequence(config, write=True)
     # a recipe, not an instance: each stage builds its own logger (lsframe.loggers)
     logger = config.trainer.get("logger")
     logger_specs(logger)

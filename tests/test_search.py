@@ -11,6 +11,7 @@ import pytest
 import yaml
 from test_sequential import TRAINER, Task, TinyClassifier
 
+from lsframe.errors import ConfigError
 from lsframe.lr_distribution import combine_distributions
 from lsframe.search import DistributionSearch, SearchOptions, part_groups_by_depth
 from lsframe.sequential import Stage
@@ -26,11 +27,11 @@ def two_tasks() -> list[list[Stage]]:
     return [[Stage("a", Task(0, 1)), Stage("b", Task(1, 2))]]
 
 
-def search(tmp_path, n_trials, calls=None, logger=False, **options):
+def search(tmp_path, n_trials, calls=None, logger=False, defining=None, **options):
     pairs = two_tasks()
     trainer = dict(TRAINER, max_epochs=2, logger=logger)
     opts = SearchOptions(n_trials=n_trials, output_dir=str(tmp_path), base_lr=0.05, **options)
-    study = DistributionSearch(make, pairs, trainer, opts)
+    study = DistributionSearch(make, pairs, trainer, opts, defining=defining)
     if calls is not None:
         objective = study.objective
         study.objective = lambda trial: calls.append(trial.number) or objective(trial)
@@ -102,6 +103,23 @@ def test_an_interrupted_trial_is_failed_and_cleaned_then_the_search_goes_on(tmp_
     calls = []
     search(tmp_path, 2, calls).run()  # a rerun does not count the failed trial
     assert calls == [1, 2]
+
+
+def test_a_study_goes_on_only_under_the_config_it_was_started_with(tmp_path):
+    first = {"search": {"lr_low": 1e-4, "lr_high": 0.1}, "pairs": ["a", "b"]}
+    search(tmp_path, 1, defining=first, lr_low=1e-4, lr_high=0.1).run()
+    more = []
+    search(tmp_path, 2, more, defining=first, lr_low=1e-4, lr_high=0.1).run()
+    assert more == [1]
+    other = {"search": {"lr_low": 1e-3, "lr_high": 0.1}, "pairs": ["a", "b"]}
+    with pytest.raises(ConfigError) as refused:
+        search(tmp_path, 3, defining=other, lr_low=1e-3, lr_high=0.1).run()
+    assert refused.value.where == "search.study_name"
+    assert refused.value.message.startswith(
+        f"the study 'lr_distribution' in {tmp_path / 'journal.log'} was started with another "
+        "config: search.lr_low was 0.0001, now 0.001;"
+    )
+    assert len(json.loads((tmp_path / "trials.json").read_text())) == 2  # nothing more ran
 
 
 def test_tied_groups_share_one_learning_rate_and_each_trial_logs_to_tensorboard(tmp_path):
@@ -188,6 +206,10 @@ def test_search_cli_on_the_real_encoder(minilm, shared_data, tmp_path):
     assert len(set(best.values())) == 4  # four tied groups
     assert len(json.loads((tmp_path / "trials.json").read_text())) == 2
     assert len(list(tmp_path.glob("trial_*/pair_0/stage_*/events.out.tfevents.*"))) == 4
+    # the CLI records the study's config: other bounds are refused before any trial
+    with pytest.raises(ConfigError, match="search.lr_high was 0.001, now 0.002"):
+        main(["--config", str(small), "--search.n_trials", "3", "--search.lr_high", "2e-3"])
+    assert len(json.loads((tmp_path / "trials.json").read_text())) == 2
 
 
 @pytest.mark.parametrize("pair", [None, "pair_sst2_mrpc", "pair_mrpc_sst2"])

@@ -140,7 +140,7 @@ def test_bad_sequences_are_named(tmp_path):
         SequenceRunner(TinyClassifier(), [Stage("a", Task(0, 1))], {"logger": object()})
 
 
-def test_sequential_cli_on_the_real_encoder_with_ewc(minilm, shared_data, tmp_path):
+def test_sequential_cli_on_the_real_encoder_with_ewc(minilm, shared_data, tmp_path, capsys):
     import yaml
 
     from lsframe.__main__ import main
@@ -159,6 +159,25 @@ def test_sequential_cli_on_the_real_encoder_with_ewc(minilm, shared_data, tmp_pa
     assert saved["tasks"] == ["sst2", "mrpc"] and saved["matrix"][0][1] is None
     assert all(0.0 <= v <= 1.0 for v in saved["matrix"][1])
     assert (out / "stage_1.ckpt").exists()
+    # a rerun resumes (nothing left to train) where only the settings of where it runs change
+    main(["sequential", "--config", str(small), "--config", str(root / "callbacks" / "ewc.yaml")]
+         + ["--output_dir", str(out), "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    assert json.loads((out / "accuracy_matrix.json").read_text()) == saved
+    # without the EWC callback it would have written the EWC run's matrix as its own
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        main(["sequential", "--config", str(small), "--output_dir", str(out)])
+    line = capsys.readouterr().err.strip()
+    assert refused.value.code == 2 and "\n" not in line
+    assert line.startswith(
+        f"lsframe sequential: error: the sequence in {out} was started with another config: "
+        "trainer.callbacks was [{"
+    )
+    assert line.endswith(
+        ", now unset; continuing would carry its progress into results under the new settings: "
+        "rerun it with that config to resume, or choose another output_dir (output_dir)"
+    )
+    assert json.loads((out / "accuracy_matrix.json").read_text()) == saved
 
 
 def test_sequential_configs_parse(capsys):
