@@ -306,6 +306,24 @@ def load_module(ckpt_path: str) -> ClosureModule:
     return cls.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
 
 
+def check_export_dir(output_dir: Path) -> None:
+    """``lsframe export`` writes into a new or empty directory: into a file it would write
+    nothing (transformers only logs), and into a used directory it would replace some files
+    and leave others (an earlier export's adapter beside a merged model changes what
+    ``from_pretrained`` loads)."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError("is a file; give a new or empty directory", where=str(output_dir))
+    if output_dir.is_dir():
+        found = sorted(p.name for p in output_dir.iterdir())
+        if found:
+            shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+            raise ConfigError(
+                f"directory is not empty ({shown}): export writes into a new or empty "
+                "directory; remove it or choose another",
+                where=str(output_dir),
+            )
+
+
 def export(argv: list[str]) -> None:
     """``lsframe export CKPT OUTPUT_DIR [--lora merge|adapter]``: the fine-tuned model for use
     without lsframe (:func:`lsframe.modules.export.export_module`): a Hugging Face directory
@@ -331,6 +349,7 @@ def export(argv: list[str]) -> None:
     )
     args = parser.parse_args(argv)
     module = load_module(args.ckpt_path)
+    check_export_dir(Path(args.output_dir))
     model = getattr(module, "model", None)
     if not isinstance(model, nn.Module):
         raise DataError(f"{type(module).__name__} has no model to export", args.ckpt_path)

@@ -173,6 +173,27 @@ def test_lora_adapter_export_of_a_model_without_adapters_is_one_line(
     assert not (tmp_path / "out").exists()
 
 
+def test_export_writes_only_into_a_new_or_empty_directory(resnet_mnist, tmp_path, capsys):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "adapter_config.json").write_text("{}")  # an earlier export's, say
+    (tmp_path / "afile").write_text("")
+    for target, problem in [
+        (used, "directory is not empty (adapter_config.json): export writes into a new or "
+         "empty directory; remove it or choose another"),
+        (tmp_path / "afile", "is a file; give a new or empty directory"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", str(resnet_mnist), str(target)])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == f"lsframe export: error: {problem} ({target})\n"
+    assert [p.name for p in used.iterdir()] == ["adapter_config.json"]
+    assert (tmp_path / "afile").read_text() == ""
+    (tmp_path / "empty").mkdir()
+    main(["export", str(resnet_mnist), str(tmp_path / "empty")])
+    assert (tmp_path / "empty" / "model.safetensors").is_file()
+
+
 def test_a_timm_export_carries_label_names(tmp_path):
     import timm
 
