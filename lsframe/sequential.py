@@ -16,8 +16,8 @@ After every stage the module is evaluated on every task seen so far (their ``val
 forgetting), logs (``stage_<i>_<task>/`` for training, with the stage's final validation
 metrics in TensorBoard's HPARAMS tab; ``summary/`` for ``R/<task>`` per stage and the summaries,
 which with the module's hyperparameters also fill the HPARAMS tab), and ``stage_<i>.ckpt`` +
-``sequence_state.pt`` after each stage; running the same command again resumes after the last
-finished stage. The logs are TensorBoard's by default; ``trainer.logger`` takes any Lightning
+``sequence_state.pt`` (with the random generators' states) after each stage; running the same
+command again resumes after the last finished stage, as the uninterrupted run would go on. The logs are TensorBoard's by default; ``trainer.logger`` takes any Lightning
 logger (``class_path`` + ``init_args``, or a list), from which each stage and the summary build
 their own (:mod:`lsframe.loggers`; CSV and TensorBoard write under ``output_dir``).
 
@@ -54,6 +54,7 @@ from lsframe.config_checks import check_config
 from lsframe.errors import ConfigError, DataError, MissingFileError
 from lsframe.loggers import logger_specs
 from lsframe.modules import ClosureModule
+from lsframe.modules.random_state import random_states, set_random_states
 from lsframe.preemption import Preemption, catch_signals
 from lsframe.run_config import defining_config
 from lsframe.validation import check_choice
@@ -274,6 +275,8 @@ class SequenceRunner:
             saved = checkpoint.get("callbacks", {}).get(callback.state_key)
             if saved is not None:
                 callback.load_state_dict(saved)
+        if "random" in state:  # a state from before lsframe saved it starts from the seed
+            set_random_states(state["random"], self.module.device)
         print(f"lsframe sequential: resuming after stage {done - 1} ({self.stages[done - 1].name})")
         return state["matrix"]
 
@@ -298,7 +301,10 @@ class SequenceRunner:
             self._use_head(stage.name)
             matrix.append(row)
             heads = {t: h.state_dict() for t, h in self.heads.items()}
-            save_atomically({"matrix": matrix, "heads": heads}, self._state_path())
+            # the generators where the next stage starts: a resume draws what this run would
+            random = random_states(self.module.device)
+            state = {"matrix": matrix, "heads": heads, "random": random}
+            save_atomically(state, self._state_path())
             preempted.unlink(missing_ok=True)
         result = SequenceResult(tasks, matrix, self.metric)
         self._write(result)

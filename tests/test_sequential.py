@@ -47,17 +47,17 @@ class TinyClassifier(ClosureModule):
 class Task(pl.LightningDataModule):
     """Label = sign of one input feature; ``broken`` fails when training starts."""
 
-    def __init__(self, feature: int, seed: int, broken: bool = False) -> None:
+    def __init__(self, feature: int, seed: int, broken: bool = False, shuffle: bool = False):
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         self.x = torch.randn(64, 4, generator=gen)
         self.y = (self.x[:, feature] > 0).long()
-        self.broken = broken
+        self.broken, self.shuffle = broken, shuffle
 
     def train_dataloader(self) -> DataLoader:
         if self.broken:
             raise RuntimeError("interrupted")
-        return DataLoader(TensorDataset(self.x, self.y), batch_size=16)
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=16, shuffle=self.shuffle)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(TensorDataset(self.x, self.y), batch_size=64)
@@ -73,10 +73,12 @@ TRAINER = dict(
 )
 
 
-def runner(tmp_path, broken: bool = False, callbacks=(), **kwargs) -> SequenceRunner:
+def runner(
+    tmp_path, broken: bool = False, callbacks=(), shuffle: bool = False, **kwargs
+) -> SequenceRunner:
     stages = [
-        Stage("a", Task(0, seed=1)),
-        Stage("b", Task(1, seed=2, broken=broken), max_epochs=8),
+        Stage("a", Task(0, seed=1, shuffle=shuffle)),
+        Stage("b", Task(1, seed=2, broken=broken, shuffle=shuffle), max_epochs=8),
     ]
     trainer = dict(TRAINER, callbacks=list(callbacks))
     return SequenceRunner(TinyClassifier(), stages, trainer, output_dir=tmp_path, **kwargs)
@@ -190,3 +192,21 @@ def test_sequential_configs_parse(capsys):
             main(["sequential", "--config", str(config), "--print_config"])
         assert exit_info.value.code in (0, None)
         assert "stages:" in capsys.readouterr().out
+
+
+def test_a_sequence_resumed_between_stages_goes_on_as_the_uninterrupted_one(tmp_path):
+    # shuffled batches: the resumed stage must draw the same orders, so the generators' states
+    # where the next stage starts come back with the sequence state (the command seeds anew)
+    pl.seed_everything(0, verbose=False)
+    whole = runner(tmp_path / "whole", shuffle=True)
+    whole.run()
+    pl.seed_everything(0, verbose=False)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        runner(tmp_path / "split", broken=True, shuffle=True).run()
+    pl.seed_everything(0, verbose=False)
+    resumed = runner(tmp_path / "split", shuffle=True)
+    resumed.run()
+    for (name, a), b in zip(
+        whole.module.state_dict().items(), resumed.module.state_dict().values()
+    ):
+        assert torch.equal(a, b), name
