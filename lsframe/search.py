@@ -50,6 +50,7 @@ from lsframe.parts import split_into_parts
 from lsframe.preemption import Preempted, catch_signals, received, stop_if_received
 from lsframe.run_config import defining_config, refuse_another_config
 from lsframe.search_plots import plot_param_importances, plot_search
+from lsframe.sequence_checks import check_metric, check_output_dir, check_stages
 from lsframe.sequential import SequenceRunner, Stage
 from lsframe.validation import check_int_at_least, check_interval, check_positive
 
@@ -369,10 +370,15 @@ def main(argv: list[str]) -> dict[str, float]:
         raise ConfigError(
             "the search runs plain fine-tuning; remove them", where="trainer.callbacks"
         )
+    if not config.pairs:
+        raise ConfigError("give at least one task pair [A, B]", where="pairs")
+    for i, pair in enumerate(config.pairs):
+        check_stages(pair, f"pairs[{i}]", length=2)
+    check_output_dir(options.output_dir, "search.output_dir")
     checked = config.clone()  # as each trial builds the module: parts, its own distribution
     checked.model.init_args.param_grouping = "parts"
     checked.model.init_args.lr_distribution = None
-    check_config(checked, stage="fit")
+    check_metric(config.metric, check_config(checked, stage="fit"))
     model_config = config.model
 
     model_parser = ArgumentParser()

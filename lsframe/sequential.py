@@ -57,6 +57,7 @@ from lsframe.modules import ClosureModule
 from lsframe.modules.random_state import random_states, set_random_states
 from lsframe.preemption import Preemption, catch_signals
 from lsframe.run_config import defining_config
+from lsframe.sequence_checks import check_metric, check_output_dir, check_stages
 from lsframe.validation import check_choice
 
 STATE_FILE = "sequence_state.pt"
@@ -144,8 +145,16 @@ class SequenceResult:
 
 
 def _get(module: nn.Module, path: str) -> nn.Module:
+    """The submodule at the dotted ``path`` (``head_attr``); refused by name where absent."""
     for part in path.split("."):
-        module = getattr(module, part)
+        child = getattr(module, part, None)
+        if not isinstance(child, nn.Module):
+            names = ", ".join(name for name, _ in module.named_children())
+            raise ConfigError(
+                f"{type(module).__name__} has no submodule {part!r}; its submodules: {names}",
+                where="head_attr",
+            )
+        module = child
     return module
 
 
@@ -364,13 +373,12 @@ def check_same_sequence(config: Any, write: bool = False) -> None:
 
 
 def check_sequence_config(config: Any) -> None:
-    """Before anything is built: task names unique, values and data files checked
-    (:func:`lsframe.config_checks.check_config`), and a sequence state to resume from readable
-    (:func:`read_sequence_state`)."""
-    names = [stage.name for stage in config.stages]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"task names must be unique, got {names}", where="stages")
-    check_config(config, stage="fit")
+    """Before anything is built: the stages and ``output_dir`` (:mod:`lsframe.sequence_checks`),
+    values and data files (:func:`lsframe.config_checks.check_config`), the metric against the
+    data, and a sequence state to resume from readable (:func:`read_sequence_state`)."""
+    check_stages(config.stages, "stages")
+    check_output_dir(config.output_dir, "output_dir")
+    check_metric(config.metric, check_config(config, stage="fit"))
     read_sequence_state(config.output_dir, len(config.stages))
 
 

@@ -163,6 +163,16 @@ def duplicate_stage(config: dict) -> dict:
     return config
 
 
+def stage_value(config: dict, name: str, value: Any) -> dict:
+    config["stages"][1][name] = value
+    return config
+
+
+def duplicate_pair_stage(config: dict) -> dict:
+    config["pairs"][0][1] = config["pairs"][0][0]
+    return config
+
+
 def stage_batch_size(config: dict) -> dict:
     config["stages"][1]["data"]["init_args"]["batch_size"] = 0
     return config

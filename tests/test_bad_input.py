@@ -30,6 +30,7 @@ from bad_input_helpers import (
     Args,
     checkpoint,
     config_case,
+    duplicate_pair_stage,
     duplicate_stage,
     fit,
     glue,
@@ -40,6 +41,7 @@ from bad_input_helpers import (
     search,
     sequence,
     stage_batch_size,
+    stage_value,
     state_file,
     truncated,
     with_checkpoint,
@@ -246,7 +248,23 @@ CASES: dict[str, tuple[Args, int, str]] = {
         state_file({"matrix": [[0.5, None]], "heads": PICKLED}), 1,
         "cannot read sequence state: it holds a pickled functools.partial, which "
         f"weights_only=True does not load; {STATE} {STATE_PT}"),
+    "sequential: metric the data does not log": (
+        config_case("sequential", sequence(metric="f1"), glue), 2,
+        "metric 'f1' is not one stages[0].data logs (val/f1); it logs acc (metric)"),
+    "sequential: stage max_steps": (
+        config_case("sequential", lambda tmp: stage_value(sequence()(tmp), "max_steps", -5), glue),
+        2, "max_steps must be an integer >= -1 or None, got -5 (stages[1].max_steps)"),
+    "sequential: output_dir a file": (
+        config_case("sequential", lambda tmp: {**sequence()(tmp), "output_dir": str(tmp / "f")},
+                    lambda tmp: glue(tmp) and write(tmp / "f", "")), 2,
+        "{tmp}/f is a file; give a directory (output_dir)"),
     # ---- search
+    "search: a pair with one task twice": (
+        config_case("search", lambda tmp: duplicate_pair_stage(search()(tmp)), glue), 2,
+        "task names must be unique, got ['sst2', 'sst2'] (pairs[0])"),
+    "search: metric the data does not log": (
+        config_case("search", search(metric="f1"), glue), 2,
+        "metric 'f1' is not one pairs[0][0].init_args.data logs (val/f1); it logs acc (metric)"),
     "search: groups": (config_case("search", search(search__groups=99), glue), 2,
                        "search.groups must be in [1, 10], got 99 (search.groups)"),
     "search: lr bounds": (

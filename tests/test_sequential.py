@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lsframe.callbacks import EWC
+from lsframe.errors import ConfigError
 from lsframe.modules import ClosureModule
 from lsframe.sequential import SequenceResult, SequenceRunner, Stage
 
@@ -140,6 +141,11 @@ def test_bad_sequences_are_named(tmp_path):
         SequenceRunner(TinyClassifier(), [Stage("a", Task(0, 1)), Stage("a", Task(1, 2))])
     with pytest.raises(ValueError, match="trainer.logger"):
         SequenceRunner(TinyClassifier(), [Stage("a", Task(0, 1))], {"logger": object()})
+    with pytest.raises(ConfigError) as refused:
+        SequenceRunner(TinyClassifier(), [Stage("a", Task(0, 1))], head_attr="classifer")
+    assert str(refused.value) == (
+        "Net has no submodule 'classifer'; its submodules: body, classifier (head_attr)"
+    )
 
 
 def test_sequential_cli_on_the_real_encoder_with_ewc(minilm, shared_data, tmp_path, capsys):

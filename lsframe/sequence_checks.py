@@ -1,0 +1,56 @@
+"""Checks of ``lsframe sequential`` and ``lsframe search`` configs that need no weights: the
+stages of a sequence (or of each search pair), the metric each stage's data logs, and where the
+results go. Each raises :class:`~lsframe.errors.ConfigError` at the full key, before the model
+loads, so a bad value no longer surfaces after a stage has trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lsframe.errors import ConfigError, LsframeError
+from lsframe.validation import check_int_at_least
+
+
+def _get(stage: Any, name: str) -> Any:
+    """A field of a parsed stage: a Namespace, or in a list of lists a ``class_path`` node whose
+    fields are its ``init_args``."""
+    fields = getattr(stage, "init_args", None) or stage
+    return fields.get(name) if isinstance(fields, dict) else getattr(fields, name, None)
+
+
+def check_stages(stages: Any, key: str, length: int | None = None) -> None:
+    """``stages`` (parsed) at config key ``key``: at least one (or exactly ``length``), task
+    names unique, and ``max_steps`` / ``max_epochs`` integers >= -1 (-1: no limit) or unset."""
+    if not stages:
+        raise ConfigError("give at least one stage", where=key)
+    if length is not None and len(stages) != length:
+        raise ConfigError(f"give {length} stages (a task pair [A, B]), got {len(stages)}", key)
+    names = [_get(stage, "name") for stage in stages]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"task names must be unique, got {names}", where=key)
+    for i, stage in enumerate(stages):
+        for name in ("max_steps", "max_epochs"):
+            try:
+                check_int_at_least(-1, allow_none=True, **{name: _get(stage, name)})
+            except LsframeError as error:
+                raise error.at(f"{key}[{i}]") from None
+
+
+def check_metric(metric: str, data: list[tuple[str, Any]]) -> None:
+    """``metric`` is one each stage's DataModule logs (``val/<metric>``), where it says which
+    (``metric_names``); ``data`` is :func:`lsframe.config_checks.check_config`'s result."""
+    for key, datamodule in data:
+        names = getattr(datamodule, "metric_names", None)
+        if names and metric not in names:
+            raise ConfigError(
+                f"metric {metric!r} is not one {key} logs (val/{metric}); it logs "
+                f"{', '.join(names)}",
+                where="metric",
+            )
+
+
+def check_output_dir(path: str | Path, key: str) -> None:
+    """``path`` is a directory or does not exist yet."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ConfigError(f"{path} is a file; give a directory", where=key)
