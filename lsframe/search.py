@@ -29,9 +29,11 @@ once two trials are complete and there are two learning rates or more,
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -156,6 +158,32 @@ def _stop_on_signal(study: Any, trial: Any) -> None:
     """Optuna callback: start no new trial once a signal has arrived."""
     if received() is not None:
         study.stop()
+
+
+class _DropInterrupts(logging.Filter):
+    """Drops Optuna's two warnings about a trial an interrupt failed (the first with its
+    traceback): the command says in one line what stopped and how to go on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.then: str | None = None  # the start of the interrupted trial's second warning
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, KeyboardInterrupt):
+            self.then = record.getMessage().split(" failed with parameters")[0] + " failed with"
+            return False
+        return self.then is None or not record.getMessage().startswith(self.then)
+
+
+@contextmanager
+def _quiet_about_interrupts() -> Iterator[None]:
+    logger, dropping = logging.getLogger("optuna.study._optimize"), _DropInterrupts()
+    logger.addFilter(dropping)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropping)
 
 
 def part_groups_by_depth(parts: list[str], groups: int | None) -> list[list[str]]:
@@ -316,7 +344,7 @@ class DistributionSearch:
         done = len(study.get_trials(deepcopy=False, states=finished))
         if done < self.options.n_trials:
             stop = optuna.study.MaxTrialsCallback(self.options.n_trials, states=finished)
-            with catch_signals("lsframe search"):
+            with catch_signals("lsframe search"), _quiet_about_interrupts():
                 study.optimize(self.objective, callbacks=[stop, _stop_on_signal])
                 # a signal after a trial's last step (it finished): stop before the next one
                 if len(study.get_trials(deepcopy=False, states=finished)) < self.options.n_trials:

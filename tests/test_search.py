@@ -84,15 +84,17 @@ class Interrupt(pl.Callback):
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_an_interrupted_trial_is_failed_and_cleaned_then_the_search_goes_on(tmp_path, how):
+def test_an_interrupted_trial_is_failed_and_cleaned_then_the_search_goes_on(tmp_path, how, caplog):
     import optuna
 
     interrupt = Interrupt(how)
     study = search(tmp_path, 2)
     interrupt.target = study.pairs[0][1].data
     study.trainer_kwargs["callbacks"] = [interrupt]
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING", logger="optuna"):
         study.run()
+    # the command's one line says it; Optuna's report and its traceback would come on top
+    assert [r for r in caplog.records if "Trial 0 failed" in r.getMessage()] == []
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
     assert not list(tmp_path.rglob("*.ckpt"))  # stage A's checkpoint is gone
     storage = optuna.storages.JournalStorage(
