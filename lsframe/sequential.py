@@ -8,7 +8,9 @@ keeps its own classification head (the module attribute ``head_attr`` is swapped
 starts from a copy of the initial head), with ``shared`` one head serves all. Each stage gets a
 fresh optimizer (and schedule) from the module's configuration. Callbacks (e.g.
 :class:`lsframe.callbacks.EWC`) are the same objects in every stage, so their state carries
-over; in ``separate`` mode EWC leaves the head out of its penalty.
+over; in ``separate`` mode EWC leaves the head out of its penalty. Lightning's checkpoints within
+a stage (``trainer.enable_checkpointing: true``, or a ``ModelCheckpoint`` among the callbacks)
+are written for the user's own use; resuming uses the runner's stage checkpoints.
 
 After every stage the module is evaluated on every task seen so far (their ``val`` sets):
 ``R[i][j]`` = metric after stage ``i`` on task ``j``. Written to ``<output_dir>``:
@@ -41,6 +43,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from torch import nn
 
@@ -187,10 +190,7 @@ class SequenceRunner:
         check_choice("heads", heads, ("separate", "shared"))
         self.trainer_kwargs = dict(trainer or {})
         if self.trainer_kwargs.get("enable_checkpointing") not in (None, True, False):
-            raise ValueError(
-                "trainer.enable_checkpointing: the sequential runner writes its own stage "
-                "checkpoints under output_dir; set it to true or false"
-            )
+            raise ValueError("trainer.enable_checkpointing must be true or false")
         # a recipe: each stage and the summary build their own logger (lsframe.loggers)
         self.loggers = logger_specs(self.trainer_kwargs.pop("logger", None))
         self.module, self.stages, self.heads_mode = model, stages, heads
@@ -215,7 +215,12 @@ class SequenceRunner:
 
     def _trainer(self, stage: Stage, index: int) -> pl.Trainer:
         kwargs = dict(self.trainer_kwargs)
-        kwargs["enable_checkpointing"] = False  # the runner saves stage checkpoints itself
+        # the runner resumes from its own stage checkpoints; Lightning's within a stage (asked
+        # for, or a ModelCheckpoint among the callbacks) are the user's to keep
+        asked = kwargs.get("enable_checkpointing") or any(
+            isinstance(c, Checkpoint) for c in self.callbacks
+        )
+        kwargs["enable_checkpointing"] = bool(asked)
         for key in ("max_epochs", "max_steps"):
             if getattr(stage, key) is not None:
                 kwargs[key] = getattr(stage, key)
