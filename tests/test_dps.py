@@ -313,3 +313,10 @@ def test_a_new_fit_starts_its_own_stages_and_mask():
     assert dps.stage_length == 1  # int(4 * 0.25), not the first fit's 2
     assert module.trainer.callback_metrics["dps/stage"] == 4.0
     assert any(not torch.equal(first_mask[n], child.masks[n]) for n in first_mask)
+
+
+def test_two_masking_callbacks_together_are_warned_about_once():
+    callbacks = [DPS(p=0.5, update_ratio=0.5), ChildTuningD(reserve_p=0.5, variant="F")]
+    with pytest.warns(UserWarning, match="DPS and ChildTuningD all mask the gradients") as caught:
+        trainer(max_steps=2, callbacks=callbacks).fit(TinyRegression(), loader())
+    assert sum("mask the gradients" in str(w.message) for w in caught) == 1

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lsframe.callbacks.base import ClosureCallback
@@ -90,6 +91,13 @@ class GradientMaskCallback(ClosureCallback):
             raise ValueError(
                 f"{name} selected no parameter of {type(model).__name__} "
                 f"(include={self.include}, exclude={self.exclude})"
+            )
+        masks = [c for c in trainer.callbacks if isinstance(c, GradientMaskCallback)]
+        if len(masks) > 1 and masks[0] is self:  # said once, by the first
+            rank_zero_warn(
+                f"{' and '.join(type(c).__name__ for c in masks)} all mask the gradients: an "
+                "entry moves only where every mask keeps it, and each mask's own rescaling "
+                "(ChildTuning-F's 1/reserve_p) applies on top of the others"
             )
 
     def masked_fraction_kept(self, masks: dict[str, Tensor]) -> float:
