@@ -275,7 +275,9 @@ class LSFrameCLI(LightningCLI):
 
 def load_module(ckpt_path: str) -> ClosureModule:
     """The module of a checkpoint written by ``lsframe fit``, as the class that wrote it; read
-    with ``weights_only=True`` (:func:`lsframe.checkpoints.read_lightning_checkpoint`).
+    with ``weights_only=True`` (:func:`lsframe.checkpoints.read_lightning_checkpoint`). A
+    ``stage_<i>.ckpt`` of ``lsframe sequential`` gives the module after that stage, with its
+    task's head (:func:`lsframe.sequence_state.load_stage_module`).
 
     Raises:
         MissingFileError: there is no such file.
@@ -285,7 +287,10 @@ def load_module(ckpt_path: str) -> ClosureModule:
     import importlib
 
     from lsframe.checkpoints import LIGHTNING_CHECKPOINT, read_lightning_checkpoint
+    from lsframe.sequence_state import is_stage_checkpoint, load_stage_module
 
+    if is_stage_checkpoint(ckpt_path):  # lsframe sequential's, beside the run's config
+        return load_stage_module(ckpt_path)
     hparams = read_lightning_checkpoint(ckpt_path).get("hyper_parameters") or {}
     class_path = hparams.get("_class_path") if isinstance(hparams, dict) else None
     if class_path is None:

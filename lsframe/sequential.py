@@ -48,57 +48,23 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from torch import nn
 
 import lsframe.data  # noqa: F401 - registers the DataModules for class_path lookup
-from lsframe import run_config
 from lsframe.callbacks import EWC, HParamsMetrics
 from lsframe.checkpoint_io import save_atomically
 from lsframe.checkpoints import read_torch_file
 from lsframe.cli_errors import parse_or_raise
 from lsframe.config_checks import check_config
-from lsframe.errors import ConfigError, DataError, MissingFileError
+from lsframe.errors import ConfigError
 from lsframe.loggers import logger_specs
 from lsframe.modules import ClosureModule
 from lsframe.modules.random_state import random_states, set_random_states
 from lsframe.preemption import Preemption, catch_signals
-from lsframe.run_config import defining_config
 from lsframe.sequence_checks import check_metric, check_output_dir, check_stages
-from lsframe.validation import check_choice
-
-STATE_FILE = "sequence_state.pt"
-CONFIG_FILE = "sequence_config.json"
-_STATE = "the sequence_state.pt that lsframe sequential writes (matrix and heads)"
-_STAGE = (
-    "a stage checkpoint that lsframe sequential writes (state_dict and callbacks; one written "
-    "before lsframe 0.1's restructuring cannot be read safely: rerun with a new output_dir)"
+from lsframe.sequence_state import (
+    STAGE_CHECKPOINT,
+    check_same_sequence,
+    read_sequence_state,
 )
-
-
-def read_sequence_state(output_dir: str | Path, num_stages: int | None = None) -> dict | None:
-    """The saved progress of a sequence in ``output_dir`` (None when it has none), read with
-    ``weights_only=True``: ``matrix`` (one row per finished stage) and ``heads`` (task → head
-    state dict); the last finished stage's ``stage_<i>.ckpt`` must be there too.
-
-    Raises:
-        DataError: the state file does not load that way, lacks its keys, or has more rows than
-            ``num_stages``; naming the file.
-        MissingFileError: the stage checkpoint it points to is absent.
-    """
-    path = Path(output_dir) / STATE_FILE
-    if not path.exists():
-        return None
-    state = read_torch_file(path, "sequence state", _STATE)
-    matrix = state.get("matrix") if isinstance(state, dict) else None
-    heads = state.get("heads") if isinstance(state, dict) else None
-    if not isinstance(matrix, list) or not matrix or not isinstance(heads, dict):
-        raise DataError(f"sequence state lacks its matrix or heads; expected {_STATE}", str(path))
-    if num_stages is not None and len(matrix) > num_stages:
-        raise DataError(
-            f"sequence state has {len(matrix)} finished stages but the config has {num_stages}",
-            where=str(path),
-        )
-    stage = Path(output_dir) / f"stage_{len(matrix) - 1}.ckpt"
-    if not stage.is_file():
-        raise MissingFileError(f"stage checkpoint not found; expected {_STAGE}", str(stage))
-    return state
+from lsframe.validation import check_choice
 
 
 @dataclass
@@ -278,7 +244,7 @@ class SequenceRunner:
             return []
         done = len(state["matrix"])
         checkpoint = read_torch_file(
-            self.output_dir / f"stage_{done - 1}.ckpt", "stage checkpoint", _STAGE
+            self.output_dir / f"stage_{done - 1}.ckpt", "stage checkpoint", STAGE_CHECKPOINT
         )
         for task, head_state in state["heads"].items():
             self._use_head(task)
@@ -356,25 +322,6 @@ class SequenceRunner:
             logger.log_metrics({**rows[-1], **summaries}, step=last)
         logger.save()
         logger.finalize("success")
-
-
-def _has_progress(output_dir: Path) -> bool:
-    """Whether ``output_dir`` holds a sequence's progress (finished or preempted stages)."""
-    return (output_dir / STATE_FILE).exists() or any(output_dir.glob("stage_*_preempted.ckpt"))
-
-
-def check_same_sequence(config: Any, write: bool = False) -> None:
-    """Refuse to resume the progress in ``output_dir`` under another config than the one
-    ``sequence_config.json`` says it started with (:mod:`lsframe.run_config`); with ``write``,
-    record this config where there is no progress yet."""
-    output_dir, current = Path(config.output_dir), defining_config(config, ("output_dir",))
-    if not _has_progress(output_dir):
-        if write:
-            run_config.record(output_dir / CONFIG_FILE, current)
-        return
-    remedy = "rerun it with that config to resume, or choose another output_dir"
-    what = f"the sequence in {output_dir}"
-    run_config.check_recorded(output_dir / CONFIG_FILE, current, what, remedy, "output_dir")
 
 
 def check_sequence_config(config: Any) -> None:

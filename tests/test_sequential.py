@@ -171,6 +171,13 @@ def test_sequential_cli_on_the_real_encoder_with_ewc(minilm, shared_data, tmp_pa
     main(["sequential", "--config", str(small), "--config", str(root / "callbacks" / "ewc.yaml")]
          + ["--output_dir", str(out), "--trainer.enable_progress_bar", "false"])  # fmt: skip
     assert json.loads((out / "accuracy_matrix.json").read_text()) == saved
+    # the model after stage 1 exports with MRPC's head, as lsframe fit's checkpoints do
+    main(["export", str(out / "stage_1.ckpt"), str(tmp_path / "exported")])
+    from transformers import AutoModelForSequenceClassification
+
+    exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "exported")
+    stage = torch.load(out / "stage_1.ckpt", weights_only=True)["state_dict"]
+    assert torch.equal(exported.classifier.weight, stage["model.classifier.weight"])
     # without the EWC callback it would have written the EWC run's matrix as its own
     capsys.readouterr()
     with pytest.raises(SystemExit) as refused:
