@@ -137,7 +137,9 @@ class LSFrameCLI(LightningCLI):
                     args = nested_nulls_as_init_args(args)
                 super().parse_arguments(parser, args)
         except argparse.ArgumentError as error:
-            raise usage_error(error, parser) from error
+            raise usage_error(
+                error, parser, args if isinstance(args, list) else sys.argv[1:]
+            ) from error
         check_parsed(self.config)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

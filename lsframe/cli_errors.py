@@ -243,9 +243,36 @@ def _innermost(message: str) -> str:
     return first
 
 
-def usage_error(error: BaseException, parser: Any = None) -> UsageError:
+def _item_holding(argv: list[str], section: str, name: str) -> str | None:
+    """``section[i]`` or ``section[i].init_args`` where the list at the dotted key ``section``
+    of the last config file in ``argv`` that has one holds the key ``name`` in exactly one item
+    (jsonargparse's error names the list, not the item)."""
+    import yaml
+
+    for path in reversed(config_file_arguments(argv)):
+        try:
+            items = yaml.safe_load(Path(path).read_text())
+        except Exception:  # noqa: BLE001 - only a hint: a file that does not read gives none
+            continue
+        for key in section.split("."):  # trainer.callbacks
+            items = items.get(key) if isinstance(items, dict) else None
+        if not isinstance(items, list):
+            continue
+        found = [
+            f"{section}[{i}]" + ("" if name in item else ".init_args")
+            for i, item in enumerate(items)
+            if isinstance(item, dict) and (name in item or name in (item.get("init_args") or {}))
+        ]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def usage_error(
+    error: BaseException, parser: Any = None, argv: list[str] | None = None
+) -> UsageError:
     """One line for an argparse/jsonargparse parse error: the full key and the innermost
-    problem; an unknown key gets the closest accepted name ("did you mean")."""
+    problem; an unknown key gets the closest accepted name ("did you mean"), and an unknown key
+    in an item of a list the config files give (``stages``) the item's index (``argv``)."""
     keys: list[str] = []
     class_path: str | None = None
     into_class = False
@@ -281,9 +308,10 @@ def usage_error(error: BaseException, parser: Any = None) -> UsageError:
         return UsageError(f"unknown key {name!r}{_did_you_mean(name, names)}", full)
     if unknown:
         name = unknown.group(1)
+        item = _item_holding(argv, keys[0], name) if argv and len(keys) == 1 else None
         if into_class and class_path:
             names = _class_parameters(class_path)
-            keys.append("init_args")
+            keys = [item] if item else [*keys, "init_args"]
         else:
             names = _children(_parser_keys(parser), ".".join(keys) + "." if keys else "")
         where = ".".join([*keys, name])
@@ -320,7 +348,7 @@ def parse_or_raise(parser: Any, argv: list[str]) -> Any:
     try:
         return parser.parse_args(argv)
     except argparse.ArgumentError as error:
-        raise usage_error(error, parser) from error
+        raise usage_error(error, parser, argv) from error
 
 
 class RaisingArgumentParser(argparse.ArgumentParser):

@@ -152,6 +152,12 @@ CASES: dict[str, tuple[Args, int, str]] = {
         fit(model__init_args__num_lables=3), 2,
         "unknown key 'num_lables', did you mean 'num_labels'? (model.init_args.num_lables)"
         + FIT_HELP),
+    "unknown key in a callback of a list": (
+        fit(trainer__callbacks=[{"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},
+                                {"class_path": "lsframe.callbacks.ChildTuningD",
+                                 "init_args": {"reserve_q": 0.2}}]), 2,
+        "unknown key 'reserve_q', did you mean 'reserve_p'? "
+        f"(trainer.callbacks[1].init_args.reserve_q){FIT_HELP}"),
     "unknown option": (
         fit("--trainer.max_stepz", "3"), 2,
         "unknown option '--trainer.max_stepz', did you mean '--trainer.max_steps'? "
@@ -248,6 +254,10 @@ CASES: dict[str, tuple[Args, int, str]] = {
         state_file({"matrix": [[0.5, None]], "heads": PICKLED}), 1,
         "cannot read sequence state: it holds a pickled functools.partial, which "
         f"weights_only=True does not load; {STATE} {STATE_PT}"),
+    "sequential: unknown key in a stage": (
+        config_case("sequential", lambda tmp: stage_value(sequence()(tmp), "max_step", 3), glue),
+        2, "unknown key 'max_step', did you mean 'max_steps'? (stages[1].max_step)"
+        + HELP.format("sequential")),
     "sequential: metric the data does not log": (
         config_case("sequential", sequence(metric="f1"), glue), 2,
         "metric 'f1' is not one stages[0].data logs (val/f1); it logs acc (metric)"),
