@@ -363,6 +363,13 @@ class RaisingArgumentParser(argparse.ArgumentParser):
 _WRAPPERS = ("Does not validate against any of the Union subtypes", 'Parser key "', "Problem with")
 
 
+#: Lightning's refusal of an integer ``val_check_interval`` longer than an epoch.
+_VALIDATION_INTERVAL = re.compile(
+    r"`val_check_interval` \((\d+)\) must be less than or equal to the number of the training "
+    r"batches \((\d+)\)"
+)
+
+
 def classify(error: BaseException) -> LsframeError | None:
     """The bad input ``error`` reports, as an :class:`LsframeError`; None when ``error`` is not a
     bad input (a bug or an environment failure: the traceback stays)."""
@@ -373,6 +380,14 @@ def classify(error: BaseException) -> LsframeError | None:
     for exc in _chain(error):  # Lightning's word for a setting it cannot run with
         if any(c.__name__ == "MisconfigurationException" for c in type(exc).__mro__):
             return ConfigError(_one_line(str(exc).strip() or type(exc).__name__))
+        interval = _VALIDATION_INTERVAL.search(str(exc)) if isinstance(exc, ValueError) else None
+        if interval:  # found when the fit loads its data, after the run counts as started
+            return ConfigError(
+                f"val_check_interval {interval[1]} is more than the {interval[2]} training "
+                "batches of an epoch, so validation would never run: lower it, or set "
+                "trainer.check_val_every_n_epoch: null to count batches across epochs",
+                where="trainer.val_check_interval",
+            )
     if run_started():  # raised by the run itself, not by reading its inputs: keep the traceback
         return None
     if isinstance(error, argparse.ArgumentError):

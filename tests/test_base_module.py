@@ -8,11 +8,9 @@ from helpers import ProbeOptimizer, TinyRegression, loader, mlp, regression_data
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
-from lsframe import optim
 from lsframe.callbacks import ClosureCallback
-from lsframe.errors import ConfigError, NonFiniteParametersError
+from lsframe.errors import NonFiniteParametersError
 from lsframe.optim import WarmupCosineLR
-from lsframe.optim.closure import ClosureContractError
 
 
 def probe(**kwargs):
@@ -221,51 +219,14 @@ class NaNAt(ClosureCallback):
 
 
 @pytest.mark.parametrize("scheduled", [False, True], ids=["no scheduler", "scheduler"])
-def test_a_validation_interval_past_the_epoch_is_refused_before_the_first_step(scheduled):
-    # a scheduler's run length loads the train dataloader first; Lightning's own check then
-    # never ran again, and the fit trained with no validation at all
+def test_a_validation_interval_past_the_epoch_stops_the_fit_before_the_first_step(scheduled):
+    # with a scheduler, the run length loaded the train loader first and lsframe caught
+    # Lightning's error there; its later load no longer checked, and the fit never validated
     module = TinyRegression(optimizer=probe(), lr_scheduler=WarmupCosineLR if scheduled else None)
-    t = trainer(max_steps=20, val_check_interval=50, check_val_every_n_epoch=1)
-    with pytest.raises(ConfigError) as caught:
+    t = trainer(max_epochs=2, val_check_interval=50, check_val_every_n_epoch=1)
+    with pytest.raises(ValueError, match=r"`val_check_interval` \(50\) must be less than"):
         t.fit(module, loader(32, 4), loader(8, 4))
-    assert str(caught.value) == (
-        "val_check_interval 50 is more than the 8 training batches of an epoch, so validation "
-        "would never run: lower it, or set trainer.check_val_every_n_epoch: null to count "
-        "batches across epochs (trainer.val_check_interval)"
-    )
     assert t.global_step == 0
-
-
-class BadLoss(TinyRegression):
-    def __init__(self, kind: str, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.kind = kind
-
-    def compute_loss(self, batch):
-        x, y = batch
-        errors = (self.model(x).squeeze(-1) - y) ** 2
-        return {
-            "per example": errors,
-            "integer": torch.tensor(3),
-            "python float": float(errors.mean()),
-            "detached": errors.mean().detach(),
-        }[self.kind]
-
-
-@pytest.mark.parametrize(
-    "kind, message",
-    [
-        ("per example", r"got a tensor of shape \(4,\) \(reduce it, e.g. with .mean\(\)\)"),
-        ("integer", "got a tensor of dtype torch.int64"),
-        ("python float", "got float"),
-        ("detached", "returned a loss with no gradient"),
-    ],
-)
-@pytest.mark.parametrize("optimizer", ["salsa", "adamw"])
-def test_a_compute_loss_that_breaks_the_contract_is_named(kind, message, optimizer):
-    module = BadLoss(kind, optimizer=lambda p: optim.create(optimizer, p))
-    with pytest.raises(ClosureContractError, match=f"^BadLoss.compute_loss .*{message}"):
-        trainer(max_steps=1).fit(module, loader())
 
 
 def test_nonfinite_loss_raises_naming_the_step_and_changes_nothing():

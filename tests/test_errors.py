@@ -107,3 +107,25 @@ def test_once_a_fit_is_past_its_setup_only_lsframes_own_errors_lose_their_traceb
         )
     finally:
         mark_run_started(False)
+
+
+def test_lightning_refusing_a_validation_interval_is_one_line_at_its_key_after_the_start():
+    from helpers import TinyRegression, loader, trainer
+
+    from lsframe.errors import mark_run_started
+
+    fit = trainer(max_epochs=1, val_check_interval=50, check_val_every_n_epoch=1)
+    with pytest.raises(ValueError) as caught:  # Lightning's own words, from this version
+        fit.fit(TinyRegression(), loader(32, 4), loader(8, 4))
+    mark_run_started()  # it comes when the fit loads its data, after the fit's start
+    try:
+        line = error_line(caught.value, "lsframe fit")
+    finally:
+        mark_run_started(False)
+    assert line == (
+        "lsframe fit: error: val_check_interval 50 is more than the 8 training batches of an "
+        "epoch, so validation would never run: lower it, or set "
+        "trainer.check_val_every_n_epoch: null to count batches across epochs "
+        "(trainer.val_check_interval)",
+        2,
+    )

@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lsframe import optim
 from lsframe.callbacks import DPS, EWC, ChildTuningD, ValleyExploration
 from lsframe.data.resumable import ResumableDataLoader
+from lsframe.optim import WarmupCosineLR
 
 STEPS, EVERY, CRASH = 17, 4, 15  # 10 batches per epoch: the last checkpoint (12) is mid-epoch
 
@@ -31,21 +32,27 @@ def data(seed: int = 3) -> ResumableDataLoader:
     return ResumableDataLoader(regression_data(40), batch_size=4, shuffle=True, seed=seed)
 
 
-def make_module(name: str) -> TinyRegression:
-    return registry_module(name, model=mlp(dropout=0.2))
+def make_module(name: str, **kwargs) -> TinyRegression:
+    return registry_module(name, model=mlp(dropout=0.2), **kwargs)
 
 
-def run(make_callbacks, tmp_path, name: str = "adamw", before=None) -> TinyRegression:
-    """The final parameters of an uninterrupted run and of a killed-and-resumed one."""
+def run(
+    make_callbacks, tmp_path, name: str = "adamw", before=None, by_epochs: bool = False
+) -> TinyRegression:
+    """The final parameters of an uninterrupted run and of a killed-and-resumed one
+    (``by_epochs``: two epochs under a schedule whose length Lightning counts from them)."""
     torch.manual_seed(0)
-    module = make_module(name)
+    module_kwargs = {"lr_scheduler": WarmupCosineLR} if by_epochs else {}
+    make_module_here = partial(make_module, **module_kwargs)
+    module = make_module_here(name)
     if before is not None:
         before(module)
-    fit = partial(trainer, max_steps=STEPS, deterministic=True)
+    length = {"max_epochs": 2} if by_epochs else {"max_steps": STEPS}
+    fit = partial(trainer, deterministic=True, **length)
     fit(callbacks=make_callbacks()).fit(module, data())
 
     torch.manual_seed(0)
-    killed = make_module(name)
+    killed = make_module_here(name)
     if before is not None:
         before(killed)
     checkpoints = ModelCheckpoint(tmp_path, every_n_train_steps=EVERY, save_last=True)
@@ -54,9 +61,9 @@ def run(make_callbacks, tmp_path, name: str = "adamw", before=None) -> TinyRegre
             killed, data()
         )
     torch.manual_seed(1234)  # a fresh process: whatever state the generators are in
-    resumed = make_module(name)
+    resumed = make_module_here(name)
     fit(callbacks=make_callbacks()).fit(resumed, data(), ckpt_path=tmp_path / "last.ckpt")
-    assert resumed.trainer.global_step == STEPS
+    assert resumed.trainer.global_step == module.trainer.global_step > CRASH
     for (key, a), b in zip(module.named_parameters(), resumed.parameters()):
         assert torch.equal(a, b), key
     return resumed
@@ -79,6 +86,13 @@ CALLBACKS = {
 @pytest.mark.parametrize("kind", list(CALLBACKS))
 def test_every_callback_state_resumes_the_exact_trajectory(kind, tmp_path):
     run(CALLBACKS[kind], tmp_path, "alsals")
+
+
+@pytest.mark.parametrize("name", ["adamw", "salsa", "slope_tracking_adam"])
+def test_a_schedule_over_epochs_resumes_mid_epoch_the_exact_trajectory(name, tmp_path):
+    # the schedule's length loads the train loader before Lightning restores its position:
+    # the resumed epoch started over from its first batch
+    run(list, tmp_path, name, by_epochs=True)
 
 
 def test_ewc_penalty_state_resumes_the_exact_trajectory(tmp_path):

@@ -28,7 +28,7 @@ from lsframe.modules.export import export_pretrained
 from lsframe.modules.norm_statistics import NormStatistics
 from lsframe.modules.optimizer_setup import default_optimizer
 from lsframe.modules.policy import check_sharding
-from lsframe.modules.random_state import ResumeRandomState, random_states
+from lsframe.modules.random_state import ResumeRandomState, random_states, restore_loader_position
 from lsframe.optim import info_for, innermost_optimizer, set_run_length, start_pass
 from lsframe.optim.closure import StepRandomState, check_loss
 from lsframe.optim.param_groups import apply_part_multipliers
@@ -133,8 +133,6 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
             return None
 
     def configure_optimizers(self) -> Any:
-        if self._trainer is not None:
-            optimizer_setup.check_validation_interval(self.trainer)
         optimizer = self.optimizer_factory(self.param_groups())
         if self._trainer is not None:
             check_sharding(self.trainer.strategy, optimizer)
@@ -245,6 +243,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
 
     def on_train_start(self) -> None:
         self._resume_random.restore(self.trainer.ckpt_path is not None, self.device)
+        restore_loader_position(self.trainer)
 
 
 class _StepEvaluator:

@@ -12,7 +12,6 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lsframe.errors import ConfigError
 from lsframe.optim import info_for
 from lsframe.optim.param_groups import weight_decay_groups
 from lsframe.optim.step_size_schedule import StepSizeSchedule
@@ -87,36 +86,6 @@ def parameter_groups(
 class RunLengthUnknown(ValueError):
     """The run has no known number of optimizer steps: an infinite train dataloader and no
     ``max_steps``."""
-
-
-def check_validation_interval(trainer: pl.Trainer) -> None:
-    """Refuse an integer ``val_check_interval`` longer than an epoch while validation follows
-    the epochs (``check_val_every_n_epoch`` set), before the first step.
-
-    Lightning finds it when it first loads the train dataloader, after the fit started; where
-    that first load was :attr:`~lightning.pytorch.Trainer.estimated_stepping_batches` (a run
-    length for a scheduler) and its error was caught, the later load no longer checked, and the
-    fit ran without ever validating. The load here is the one Lightning would do next.
-
-    Raises:
-        ConfigError: at ``trainer.val_check_interval``.
-    """
-    interval = trainer.val_check_interval
-    if not isinstance(interval, int) or trainer.check_val_every_n_epoch is None:
-        return
-    try:
-        if trainer.train_dataloader is None:
-            trainer.fit_loop.setup_data()
-    except ValueError as err:
-        if "val_check_interval" not in str(err):
-            raise
-        batches = trainer.fit_loop.max_batches
-        raise ConfigError(
-            f"val_check_interval {interval} is more than the {batches} training batches of an "
-            "epoch, so validation would never run: lower it, or set "
-            "trainer.check_val_every_n_epoch: null to count batches across epochs",
-            where="trainer.val_check_interval",
-        ) from err
 
 
 def count_optimizer_steps(trainer: pl.Trainer, accumulate_grad_batches: int) -> int:

@@ -67,3 +67,25 @@ class ResumeRandomState:
         states, self.pending = self.pending, None
         if states is not None and resuming:
             set_random_states(states, device)
+
+
+def restore_loader_position(trainer: Any) -> None:
+    """Give a resumed fit's train loaders the position its checkpoint saved, where Lightning
+    loaded them before it restored that state.
+
+    Lightning hands a checkpoint's loader states (a
+    :class:`~lsframe.data.ResumableDataLoader`'s epoch and batches handed out) to the loaders
+    when it first loads them in the fit loop. A run length taken in ``configure_optimizers``
+    (:attr:`~lightning.pytorch.Trainer.estimated_stepping_batches`, for a schedule over
+    ``max_epochs``) loads them earlier, before the checkpoint is restored; the states then stay
+    unapplied and the resumed epoch starts from its first batch. Called at ``on_train_start``
+    (after the restore, before the first batch is fetched), this applies them and makes the
+    iterator anew. Lightning 2.6's fit loop; a no-op where nothing is left to apply.
+    """
+    loop = trainer.fit_loop
+    pending = getattr(loop, "_combined_loader_states_to_load", None)
+    fetcher = getattr(loop, "_data_fetcher", None)
+    if not pending or getattr(loop, "_combined_loader", None) is None or fetcher is None:
+        return
+    loop._load_combined_loader_states()
+    iter(fetcher)  # the iterator made before the states were applied would start the epoch over
