@@ -15,6 +15,7 @@ Settings that only say where or how a run executes (devices, progress bar, logge
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,20 @@ OPERATIONAL_TRAINER_KEYS = frozenset(
 )
 
 
+def _named(value: Any) -> str:
+    """A value JSON cannot hold, by a name that is the same in every process: a function or a
+    class by its import path (``str`` would give its memory address), else ``str`` without
+    addresses."""
+    if hasattr(value, "__module__") and hasattr(value, "__qualname__"):
+        return f"{value.__module__}.{value.__qualname__}"
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", str(value))
+
+
 def defining_config(config: Any, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
     """The parsed ``config`` (a jsonargparse Namespace) as plain JSON values, without the
     ``--config`` paths, the operational trainer settings and the dotted keys ``leave_out``."""
     plain = config.as_dict() if hasattr(config, "as_dict") else dict(config)
-    plain = json.loads(json.dumps(plain, sort_keys=True, default=str))
+    plain = json.loads(json.dumps(plain, sort_keys=True, default=_named))
     plain.pop("config", None)
     trainer = plain.get("trainer")
     if isinstance(trainer, dict):
@@ -112,6 +122,7 @@ def check_recorded(path: Path, current: dict[str, Any], what: str, remedy: str, 
 
 
 def record(path: Path, current: dict[str, Any]) -> None:
-    """Write ``current`` to ``path`` as the config a run starts with."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(current, indent=1, sort_keys=True) + "\n")
+    """Write ``current`` to ``path`` as the config a run starts with (whole or not at all)."""
+    from lsframe.checkpoint_io import write_atomically
+
+    write_atomically(path, (json.dumps(current, indent=1, sort_keys=True) + "\n").encode())

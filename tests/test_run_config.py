@@ -48,3 +48,14 @@ def test_another_config_is_refused_at_the_given_key():
         "(output_dir)"
     )
     refuse_another_config(old, defining_config(parsed()), "the run in x", "do y", "output_dir")
+
+
+def test_functions_and_objects_are_recorded_by_names_that_every_process_shares():
+    from functools import partial
+
+    from lsframe.modules.optimizer_setup import default_optimizer
+
+    config = Namespace(model=Namespace(optimizer=default_optimizer, other=partial(max, 1)))
+    plain = defining_config(config)
+    assert plain["model"]["optimizer"] == "lsframe.modules.optimizer_setup.default_optimizer"
+    assert " at 0x" not in plain["model"]["other"]
