@@ -19,8 +19,9 @@ forgetting), logs (``stage_<i>_<task>/`` for training, with the stage's final va
 metrics in TensorBoard's HPARAMS tab; ``summary/`` for ``R/<task>`` per stage and the summaries,
 which with the module's hyperparameters also fill the HPARAMS tab), and ``stage_<i>.ckpt`` +
 ``sequence_state.pt`` (with the random generators' states) after each stage; running the same
-command again resumes after the last finished stage, as the uninterrupted run would go on. The logs are TensorBoard's by default; ``trainer.logger`` takes any Lightning
-logger (``class_path`` + ``init_args``, or a list), from which each stage and the summary build
+command again resumes after the last finished stage, as the uninterrupted run would go on. The
+logs are TensorBoard's by default; ``trainer.logger`` takes any Lightning logger
+(``class_path`` + ``init_args``, or a list), from which each stage and the summary build
 their own (:mod:`lsframe.loggers`; CSV and TensorBoard write under ``output_dir``).
 
 SIGTERM, SIGUSR1 and Ctrl-C stop a stage after its current optimizer step

@@ -40,8 +40,9 @@ class EWC(ClosureCallback):
     Avalanche), outside autocast and without a gradient scaler, with the random state restored
     afterwards; under DDP the Fisher is averaged across ranks. Fisher and anchors are in the
     callback's ``state_dict``, so a run resumed between stages keeps them; a fit resumed from a
-    checkpoint of its last step (written before the fit's end consolidates) consolidates then. Logged: ``ewc/penalty``, at the point where the step's
-    gradient is taken (as ``train/loss``; not at a line search's trials, which may be rejected).
+    checkpoint of its last step (written before the end of training consolidates) consolidates
+    at the fit's end. Logged: ``ewc/penalty``, at the point where the step's gradient is taken
+    (as ``train/loss``; not at a line search's trials, which may be rejected).
 
     The scale of λ depends on the batch size of the Fisher pass: the squared *batch-mean*
     gradient is about ``Var(g)/B + (E g)²``, so once a task is fit (``E g ≈ 0``) it is roughly
@@ -109,10 +110,9 @@ class EWC(ClosureCallback):
         self.tasks: list[dict[str, dict[str, Tensor]]] = []  # [{"fisher": .., "anchor": ..}]
         self.params: dict[str, nn.Parameter] = {}
         # whether the task of the fit under way is in ``tasks`` already: a checkpoint written at
-        # the fit's last step, before ``on_fit_end`` consolidates, has False (None: a state
-        # saved before this flag existed)
+        # the fit's last step, before the end of training consolidates, has False (None: a
+        # state saved before this flag existed)
         self._consolidated: bool | None = False
-        self._start_step: int | None = None  # None: this fit has not trained (yet)
 
     def selected(self, model: nn.Module) -> dict[str, nn.Parameter]:
         def wanted(name: str) -> bool:
@@ -126,7 +126,7 @@ class EWC(ClosureCallback):
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
-        self._consolidated, self._start_step = False, None  # a new fit; a resume restores both
+        self._consolidated = False  # a new fit; a resume restores the saved flag
         self.params = self.selected(getattr(pl_module, "model", pl_module))
         if not self.params:
             raise ValueError(
@@ -159,19 +159,29 @@ class EWC(ClosureCallback):
 
     # ------------------------------------------------------------------------ consolidation
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start_step = trainer.global_step
         if self.source == "mlm" and not self.tasks:
             self.consolidate(*self.mlm_fisher(trainer, pl_module))
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Consolidate the task just trained (on the training's device, ranks together)."""
+        if self.source != "mlm" and not self._consolidated:
+            self._consolidate_now(trainer, pl_module)
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Consolidate the task just fit. At the fit's end, not the training's: a fit resumed
-        from a checkpoint of its last step trains no further (Lightning skips the training
-        loop and its hooks), and still has to add the task its checkpoint did not hold yet."""
-        if self.source == "mlm":
-            return
-        trained = self._start_step is not None and trainer.global_step > self._start_step
-        if self._consolidated or (self._consolidated is None and not trained):
-            return  # resumed from a state saved after this fit's task was consolidated
+        """Consolidate the task of a fit resumed from a checkpoint of its last step, written
+        before the end of training consolidated it: Lightning skips the training loop, and its
+        hooks, for such a fit. Lightning has moved the module to the CPU by now (teardown), so
+        it goes back to the training's device for the pass (a DDP reduce needs it there)."""
+        if self.source == "mlm" or self._consolidated is not False:
+            return  # None: a state saved before the flag existed, which skipped this case
+        device = pl_module.device
+        pl_module.to(trainer.strategy.root_device)
+        try:
+            self._consolidate_now(trainer, pl_module)
+        finally:
+            pl_module.to(device)
+
+    def _consolidate_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         fisher = self.estimate_fisher(trainer, pl_module)
         anchor = {n: p.detach().clone() for n, p in self.params.items()}
         self.consolidate(fisher, anchor)
