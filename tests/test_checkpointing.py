@@ -120,6 +120,18 @@ def test_no_checkpoint_is_written_with_non_finite_parameters(tmp_path):
         assert all(torch.isfinite(t).all() for t in state["state_dict"].values())
 
 
+def test_parameters_made_non_finite_by_the_last_step_stop_the_fit_and_are_not_saved(tmp_path):
+    checkpoint = BestAndLastCheckpoint(dirpath=tmp_path, monitor="val/loss", save_last=True)
+    module = ValidatedRegression(optimizer=partial(torch.optim.SGD, lr=0.0))
+    trainer = helpers.trainer(
+        max_steps=4, val_check_interval=2, check_val_every_n_epoch=None,
+        enable_checkpointing=True, callbacks=[checkpoint, PoisonAfter(4)],
+    )  # fmt: skip
+    with pytest.raises(NonFiniteParametersError, match="at global step 4"):
+        trainer.fit(module, helpers.loader(n=64), helpers.loader(n=8))
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 2
+
+
 def test_the_error_line_of_non_finite_parameters_names_the_last_finite_checkpoint():
     def fit(**kwargs):
         raise NonFiniteParametersError("non-finite parameters at global step 9", "x.y")

@@ -245,6 +245,11 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         self._resume_random.restore(self.trainer.ckpt_path is not None, self.device)
         restore_loader_position(self.trainer)
 
+    def on_train_end(self) -> None:
+        # an update of the last step that made the parameters non-finite meets no later loss
+        for optimizer in self.trainer.optimizers:
+            policy.check_parameters_finite(optimizer, self.trainer.global_step)
+
 
 class _StepEvaluator:
     """The closure of one optimizer step over a fixed list of micro-batches.
