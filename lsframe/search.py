@@ -406,7 +406,8 @@ def main(argv: list[str]) -> dict[str, float]:
     checked = config.clone()  # as each trial builds the module: parts, its own distribution
     checked.model.init_args.param_grouping = "parts"
     checked.model.init_args.lr_distribution = None
-    check_metric(config.metric, check_config(checked, stage="fit"))
+    metrics = (config.model.get("init_args") or {}).get("metrics")
+    check_metric(config.metric, check_config(checked, stage="fit"), metrics)
     model_config = config.model
 
     model_parser = ArgumentParser()

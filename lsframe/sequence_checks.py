@@ -37,15 +37,19 @@ def check_stages(stages: Any, key: str, length: int | None = None) -> None:
                 raise error.at(f"{key}[{i}]") from None
 
 
-def check_metric(metric: str, data: list[tuple[str, Any]]) -> None:
-    """``metric`` is one each stage's DataModule logs (``val/<metric>``), where it says which
-    (``metric_names``); ``data`` is :func:`lsframe.config_checks.check_config`'s result."""
+def check_metric(metric: str, data: list[tuple[str, Any]], model_metrics: Any = None) -> None:
+    """``metric`` is one the validation logs (``val/<metric>``) for each stage: ``loss``, or
+    one of the module's ``metrics`` where the config sets them, else of the stage DataModule's
+    ``metric_names`` where it says; ``data`` is :func:`lsframe.config_checks.check_config`'s
+    result."""
+    if metric == "loss":
+        return
     for key, datamodule in data:
-        names = getattr(datamodule, "metric_names", None)
+        names = list(model_metrics or getattr(datamodule, "metric_names", None) or [])
         if names and metric not in names:
             raise ConfigError(
                 f"metric {metric!r} is not one {key} logs (val/{metric}); it logs "
-                f"{', '.join(names)}",
+                f"{', '.join([*names, 'loss'])}",
                 where="metric",
             )
 

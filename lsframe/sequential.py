@@ -331,7 +331,8 @@ def check_sequence_config(config: Any) -> None:
     data, and a sequence state to resume from readable (:func:`read_sequence_state`)."""
     check_stages(config.stages, "stages")
     check_output_dir(config.output_dir, "output_dir")
-    check_metric(config.metric, check_config(config, stage="fit"))
+    metrics = (config.model.get("init_args") or {}).get("metrics")
+    check_metric(config.metric, check_config(config, stage="fit"), metrics)
     read_sequence_state(config.output_dir, len(config.stages))
 
 

@@ -260,7 +260,11 @@ CASES: dict[str, tuple[Args, int, str]] = {
         + HELP.format("sequential")),
     "sequential: metric the data does not log": (
         config_case("sequential", sequence(metric="f1"), glue), 2,
-        "metric 'f1' is not one stages[0].data logs (val/f1); it logs acc (metric)"),
+        "metric 'f1' is not one stages[0].data logs (val/f1); it logs acc, loss (metric)"),
+    "sequential: a metric the model's metrics do not have": (
+        config_case("sequential", sequence(metric="mcc", model__init_args__metrics=["acc", "f1"]),
+                    glue), 2,
+        "metric 'mcc' is not one stages[0].data logs (val/mcc); it logs acc, f1, loss (metric)"),
     "sequential: stage max_steps": (
         config_case("sequential", lambda tmp: stage_value(sequence()(tmp), "max_steps", -5), glue),
         2, "max_steps must be an integer >= -1 or None, got -5 (stages[1].max_steps)"),
@@ -274,7 +278,8 @@ CASES: dict[str, tuple[Args, int, str]] = {
         "task names must be unique, got ['sst2', 'sst2'] (pairs[0])"),
     "search: metric the data does not log": (
         config_case("search", search(metric="f1"), glue), 2,
-        "metric 'f1' is not one pairs[0][0].init_args.data logs (val/f1); it logs acc (metric)"),
+        "metric 'f1' is not one pairs[0][0].init_args.data logs (val/f1); it logs acc, loss "
+        "(metric)"),
     "search: groups": (config_case("search", search(search__groups=99), glue), 2,
                        "search.groups must be in [1, 10], got 99 (search.groups)"),
     "search: lr bounds": (

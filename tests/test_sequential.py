@@ -232,3 +232,18 @@ def test_lightning_checkpoints_within_a_stage_are_written_when_asked_for(tmp_pat
     # one per stage, in the stage's log directory (the setting used to be dropped)
     assert len(list(tmp_path.glob("stage_0_a/checkpoints/*.ckpt"))) == 1
     assert len(list(tmp_path.glob("stage_1_b/checkpoints/*.ckpt"))) == 1
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"metric": "loss"}, {"metric": "f1", "model__init_args__metrics": ["acc", "f1"]}],
+    ids=["the loss", "one of the model's metrics"],
+)
+def test_a_metric_the_validation_logs_passes_the_checks(changes, tmp_path):
+    from bad_input_helpers import glue, sequence, write
+
+    from lsframe.sequential import build_parser, check_sequence_config
+
+    glue(tmp_path)
+    config = write(tmp_path / "c.yaml", sequence(**changes)(tmp_path))
+    check_sequence_config(build_parser().parse_args(["--config", str(config)]))
