@@ -355,8 +355,8 @@ def export(argv: list[str]) -> None:
         "task head) for PeftModel.from_pretrained",
     )
     args = parser.parse_args(argv)
-    module = load_module(args.ckpt_path)
     check_export_dir(Path(args.output_dir))
+    module = load_module(args.ckpt_path)
     model = getattr(module, "model", None)
     if not isinstance(model, nn.Module):
         raise DataError(f"{type(module).__name__} has no model to export", args.ckpt_path)

@@ -8,15 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lsframe.config_checks import _get
 from lsframe.errors import ConfigError, LsframeError
 from lsframe.validation import check_int_at_least
 
 
-def _get(stage: Any, name: str) -> Any:
+def _stage_field(stage: Any, name: str) -> Any:
     """A field of a parsed stage: a Namespace, or in a list of lists a ``class_path`` node whose
     fields are its ``init_args``."""
-    fields = getattr(stage, "init_args", None) or stage
-    return fields.get(name) if isinstance(fields, dict) else getattr(fields, name, None)
+    return _get(_get(stage, "init_args") or stage, name)
 
 
 def check_stages(stages: Any, key: str, length: int | None = None) -> None:
@@ -26,13 +26,13 @@ def check_stages(stages: Any, key: str, length: int | None = None) -> None:
         raise ConfigError("give at least one stage", where=key)
     if length is not None and len(stages) != length:
         raise ConfigError(f"give {length} stages (a task pair [A, B]), got {len(stages)}", key)
-    names = [_get(stage, "name") for stage in stages]
+    names = [_stage_field(stage, "name") for stage in stages]
     if len(set(names)) != len(names):
         raise ConfigError(f"task names must be unique, got {names}", where=key)
     for i, stage in enumerate(stages):
         for name in ("max_steps", "max_epochs"):
             try:
-                check_int_at_least(-1, allow_none=True, **{name: _get(stage, name)})
+                check_int_at_least(-1, allow_none=True, **{name: _stage_field(stage, name)})
             except LsframeError as error:
                 raise error.at(f"{key}[{i}]") from None
 

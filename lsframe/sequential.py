@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
@@ -193,6 +194,8 @@ class SequenceRunner:
                 kwargs[key] = getattr(stage, key)
         label = f"stage_{index}_{stage.name}"
         loggers = [spec.build(self.output_dir, label) for spec in self.loggers]
+        if not loggers:  # Lightning's own files (checkpoints) go to the stage's folder, not cwd
+            kwargs.setdefault("default_root_dir", str(self.output_dir / label))
         callbacks = [*self.callbacks, HParamsMetrics(), self._preemption(stage, index)]
         return pl.Trainer(callbacks=callbacks, logger=loggers or False, **kwargs)
 
@@ -228,6 +231,18 @@ class SequenceRunner:
             raise KeyError(f"metric: {key} was not logged for {stage.name} (got {sorted(scores)})")
         return float(scores[key])
 
+    def _device(self) -> torch.device:
+        """The device whose generator a stage draws from (the module is back on the CPU after
+        each fit and evaluation: Lightning's teardown)."""
+        if torch.cuda.is_available() and self.trainer_kwargs.get("accelerator") in (
+            None,
+            "auto",
+            "gpu",
+            "cuda",
+        ):
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
     def _state_path(self) -> Path:
         return self.output_dir / "sequence_state.pt"
 
@@ -257,7 +272,7 @@ class SequenceRunner:
             if saved is not None:
                 callback.load_state_dict(saved)
         if "random" in state:  # a state from before lsframe saved it starts from the seed
-            set_random_states(state["random"], self.module.device)
+            set_random_states(state["random"], self._device())
         print(f"lsframe sequential: resuming after stage {done - 1} ({self.stages[done - 1].name})")
         return state["matrix"]
 
@@ -283,7 +298,7 @@ class SequenceRunner:
             matrix.append(row)
             heads = {t: h.state_dict() for t, h in self.heads.items()}
             # the generators where the next stage starts: a resume draws what this run would
-            random = random_states(self.module.device)
+            random = random_states(self._device())
             state = {"matrix": matrix, "heads": heads, "random": random}
             save_atomically(state, self._state_path())
             preempted.unlink(missing_ok=True)

@@ -194,7 +194,7 @@ def with_checkpoint(subcommand: str, make: Callable[[Path], Path], *extra: str) 
     def args(tmp: Path) -> list[str]:
         path = make(tmp)
         if subcommand == "export":
-            return ["export", str(path), str(tmp / "out"), *extra]
+            return ["export", str(path), str(tmp / "exported"), *extra]
         glue(tmp)
         config = write(tmp / "config.yaml", glue_config(tmp))
         return [subcommand, "--config", str(config), "--ckpt_path", str(path)]

@@ -233,6 +233,10 @@ CASES: dict[str, tuple[Args, int, str]] = {
         with_checkpoint("export", checkpoint({"state_dict": {}})), 1,
         f"checkpoint does not name its module class (hyper_parameters._class_path); {WANT} "
         + CKPT),
+    "export: into a used directory, before the checkpoint loads": (
+        lambda tmp: ["export", str(checkpoint(b"not read")(tmp)), str(tmp / "out")], 2,
+        "directory is not empty (glue_minilm, notes.txt): export writes into a new or empty "
+        "directory; remove it or choose another ({tmp}/out)"),
     "export: output_dir missing": (
         lambda tmp: ["export", str(checkpoint(written_by("SequenceClassificationModule"))(tmp))],
         2, "the following arguments are required: output_dir" + HELP.format("export")),

@@ -225,11 +225,13 @@ def test_a_sequence_resumed_between_stages_goes_on_as_the_uninterrupted_one(tmp_
         assert torch.equal(a, b), name
 
 
-def test_lightning_checkpoints_within_a_stage_are_written_when_asked_for(tmp_path):
+@pytest.mark.parametrize("logger", [None, False], ids=["tensorboard", "no logger"])
+def test_lightning_checkpoints_within_a_stage_are_written_when_asked_for(tmp_path, logger):
     stages = [Stage("a", Task(0, seed=1)), Stage("b", Task(1, seed=2), max_epochs=2)]
-    trainer = dict(TRAINER, enable_checkpointing=True)
+    trainer = dict(TRAINER, enable_checkpointing=True, logger=logger)
     SequenceRunner(TinyClassifier(), stages, trainer, output_dir=tmp_path).run()
-    # one per stage, in the stage's log directory (the setting used to be dropped)
+    # one per stage, in the stage's folder (the setting used to be dropped; without a logger
+    # they went to the working directory, every stage into one folder)
     assert len(list(tmp_path.glob("stage_0_a/checkpoints/*.ckpt"))) == 1
     assert len(list(tmp_path.glob("stage_1_b/checkpoints/*.ckpt"))) == 1
 
