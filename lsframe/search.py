@@ -29,13 +29,10 @@ once two trials are complete and there are two learning rates or more,
 from __future__ import annotations
 
 import json
-import logging
 import math
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,9 +46,15 @@ from lsframe.loggers import logger_specs
 from lsframe.modules import ClosureModule
 from lsframe.optim import info_for
 from lsframe.parts import split_into_parts
-from lsframe.preemption import Preempted, catch_signals, received, stop_if_received
-from lsframe.run_config import defining_config, refuse_another_config
+from lsframe.preemption import Preempted, catch_signals, stop_if_received
+from lsframe.run_config import defining_config
 from lsframe.search_plots import plot_param_importances, plot_search
+from lsframe.search_study import (
+    RUN_SETTINGS,
+    open_study,
+    quiet_about_interrupts,
+    stop_on_signal,
+)
 from lsframe.sequence_checks import check_metric, check_output_dir, check_stages
 from lsframe.sequential import SequenceRunner, Stage
 from lsframe.validation import check_int_at_least, check_interval, check_positive
@@ -109,83 +112,6 @@ class SearchOptions:
             )
 
 
-#: The study's user attribute that holds the config it was started with.
-STUDY_CONFIG = "lsframe_config"
-#: Search settings that may change as a study goes on (more trials, another sampler or seed,
-#: where it is kept): left out of the recorded config.
-RUN_SETTINGS = tuple(
-    f"search.{key}"
-    for key in ("n_trials", "sampler", "pruner", "seed", "storage", "study_name", "output_dir")
-)
-
-
-def _trial_seeded(optuna: Any, make: Callable[..., Any], seed: int) -> Any:
-    """A sampler that draws trial ``n`` with a fresh ``make(seed=seed + n)``.
-
-    Processes that share a study (or resume it) would otherwise each start from the same seeded
-    random state and repeat one another's first draws; per trial number, draws differ between
-    trials and are the same whichever process runs the trial. TPE and GP read the history from
-    the study; what they cache between trials only saves time.
-    """
-
-    class TrialSeededSampler(optuna.samplers.BaseSampler):
-        def __init__(self) -> None:
-            self.inner = make(seed=seed)
-
-        def before_trial(self, study: Any, trial: Any) -> None:
-            self.inner = make(seed=seed + trial.number)
-            self.inner.before_trial(study, trial)
-
-        def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
-            return self.inner.infer_relative_search_space(study, trial)
-
-        def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
-            return self.inner.sample_relative(study, trial, search_space)
-
-        def sample_independent(self, study: Any, trial: Any, name: str, dist: Any) -> Any:
-            return self.inner.sample_independent(study, trial, name, dist)
-
-        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
-            self.inner.after_trial(study, trial, state, values)
-
-        def reseed_rng(self) -> None:
-            self.inner.reseed_rng()
-
-    return TrialSeededSampler()
-
-
-def _stop_on_signal(study: Any, trial: Any) -> None:
-    """Optuna callback: start no new trial once a signal has arrived."""
-    if received() is not None:
-        study.stop()
-
-
-class _DropInterrupts(logging.Filter):
-    """Drops Optuna's two warnings about a trial an interrupt failed (the first with its
-    traceback): the command says in one line what stopped and how to go on."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.then: str | None = None  # the start of the interrupted trial's second warning
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, KeyboardInterrupt):
-            self.then = record.getMessage().split(" failed with parameters")[0] + " failed with"
-            return False
-        return self.then is None or not record.getMessage().startswith(self.then)
-
-
-@contextmanager
-def _quiet_about_interrupts() -> Iterator[None]:
-    logger, dropping = logging.getLogger("optuna.study._optimize"), _DropInterrupts()
-    logger.addFilter(dropping)
-    try:
-        yield
-    finally:
-        logger.removeFilter(dropping)
-
-
 def part_groups_by_depth(parts: list[str], groups: int | None) -> list[list[str]]:
     """Parts in order, cut into ``groups`` contiguous chunks (each part alone when None)."""
     if groups is None:
@@ -234,55 +160,7 @@ class DistributionSearch:
         self.output_dir = Path(self.options.output_dir)
 
     def _study(self) -> Any:
-        import optuna
-
-        opts = self.options
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        storage = opts.storage or str(self.output_dir / "journal.log")
-        if "://" not in storage:
-            from optuna.storages.journal import JournalFileBackend
-
-            storage = optuna.storages.JournalStorage(JournalFileBackend(storage))
-        if opts.sampler == "gp":
-            make = optuna.samplers.GPSampler
-        else:
-            make = partial(optuna.samplers.TPESampler, multivariate=True)
-        sampler = _trial_seeded(optuna, make, opts.seed)
-        pruner = (
-            optuna.pruners.HyperbandPruner(min_resource=1, max_resource=len(self.pairs))
-            if opts.pruner == "hyperband"
-            else optuna.pruners.NopPruner()
-        )
-        study = optuna.create_study(
-            study_name=opts.study_name,
-            storage=storage,
-            sampler=sampler,
-            pruner=pruner,
-            direction="maximize",
-            load_if_exists=True,
-        )
-        self._check_same_study(study)
-        return study
-
-    def _check_same_study(self, study: Any) -> None:
-        """Record :attr:`defining` in a study without trials; refuse to continue a study
-        recorded with another (its trials would count under the new settings)."""
-        if self.defining is None:
-            return
-        saved = study.user_attrs.get(STUDY_CONFIG)
-        if saved is None:
-            if not study.get_trials(deepcopy=False):
-                study.set_user_attr(STUDY_CONFIG, self.defining)
-            return
-        opts = self.options
-        refuse_another_config(
-            saved,
-            self.defining,
-            f"the study {opts.study_name!r} in {opts.storage or self.output_dir / 'journal.log'}",
-            "continue it with that config, or choose another search.study_name or "
-            "search.output_dir",
-            where="search.study_name",
-        )
+        return open_study(self.options, len(self.pairs), self.defining)
 
     def distribution(self, lrs: dict[str, float]) -> dict[str, float]:
         """Multipliers for every part from the sampled learning rate of each chunk."""
@@ -344,8 +222,8 @@ class DistributionSearch:
         done = len(study.get_trials(deepcopy=False, states=finished))
         if done < self.options.n_trials:
             stop = optuna.study.MaxTrialsCallback(self.options.n_trials, states=finished)
-            with catch_signals("lsframe search"), _quiet_about_interrupts():
-                study.optimize(self.objective, callbacks=[stop, _stop_on_signal])
+            with catch_signals("lsframe search"), quiet_about_interrupts():
+                study.optimize(self.objective, callbacks=[stop, stop_on_signal])
                 # a signal after a trial's last step (it finished): stop before the next one
                 if len(study.get_trials(deepcopy=False, states=finished)) < self.options.n_trials:
                     hint = "finished trials are kept; run the same command to go on"

@@ -1,0 +1,141 @@
+"""The Optuna study of ``lsframe search``: its storage, its trial-seeded sampler and pruner, the
+config it was started with (a rerun under another is refused), and Optuna's reports of an
+interrupted trial, which the command replaces by its own one line."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from lsframe._signals import received
+from lsframe.run_config import refuse_another_config
+
+#: The study's user attribute that holds the config it was started with.
+STUDY_CONFIG = "lsframe_config"
+#: Search settings that may change as a study goes on (more trials, another sampler or seed,
+#: where it is kept): left out of the recorded config.
+RUN_SETTINGS = tuple(
+    f"search.{key}"
+    for key in ("n_trials", "sampler", "pruner", "seed", "storage", "study_name", "output_dir")
+)
+
+
+def trial_seeded(optuna: Any, make: Callable[..., Any], seed: int) -> Any:
+    """A sampler that draws trial ``n`` with a fresh ``make(seed=seed + n)``.
+
+    Processes that share a study (or resume it) would otherwise each start from the same seeded
+    random state and repeat one another's first draws; per trial number, draws differ between
+    trials and are the same whichever process runs the trial. TPE and GP read the history from
+    the study; what they cache between trials only saves time.
+    """
+
+    class TrialSeededSampler(optuna.samplers.BaseSampler):
+        def __init__(self) -> None:
+            self.inner = make(seed=seed)
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            self.inner = make(seed=seed + trial.number)
+            self.inner.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+            return self.inner.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+            return self.inner.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study: Any, trial: Any, name: str, dist: Any) -> Any:
+            return self.inner.sample_independent(study, trial, name, dist)
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            self.inner.after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            self.inner.reseed_rng()
+
+    return TrialSeededSampler()
+
+
+def stop_on_signal(study: Any, trial: Any) -> None:
+    """Optuna callback: start no new trial once a signal has arrived."""
+    if received() is not None:
+        study.stop()
+
+
+class DropInterrupts(logging.Filter):
+    """Drops Optuna's two warnings about a trial an interrupt failed (the first with its
+    traceback): the command says in one line what stopped and how to go on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.then: str | None = None  # the start of the interrupted trial's second warning
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, KeyboardInterrupt):
+            self.then = record.getMessage().split(" failed with parameters")[0] + " failed with"
+            return False
+        return self.then is None or not record.getMessage().startswith(self.then)
+
+
+@contextmanager
+def quiet_about_interrupts() -> Iterator[None]:
+    """Optuna's report of a trial an interrupt failed left out while this is open."""
+    logger, dropping = logging.getLogger("optuna.study._optimize"), DropInterrupts()
+    logger.addFilter(dropping)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropping)
+
+
+def open_study(options: Any, pairs: int, defining: dict[str, Any] | None) -> Any:
+    """The study ``options`` (:class:`lsframe.search.SearchOptions`) name, created or loaded:
+    a journal file in ``output_dir`` unless ``storage`` is given, a trial-seeded TPE or GP
+    sampler, a Hyperband pruner over the ``pairs`` or none. ``defining`` (the search's config,
+    :mod:`lsframe.run_config`) is recorded in a study without trials; a study recorded with
+    another is refused (its trials would count under the new settings); None: not checked."""
+    import optuna
+
+    output_dir = Path(options.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    storage = options.storage or str(output_dir / "journal.log")
+    if "://" not in storage:
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = optuna.storages.JournalStorage(JournalFileBackend(storage))
+    if options.sampler == "gp":
+        make = optuna.samplers.GPSampler
+    else:
+        make = partial(optuna.samplers.TPESampler, multivariate=True)
+    pruner = (
+        optuna.pruners.HyperbandPruner(min_resource=1, max_resource=pairs)
+        if options.pruner == "hyperband"
+        else optuna.pruners.NopPruner()
+    )
+    study = optuna.create_study(
+        study_name=options.study_name,
+        storage=storage,
+        sampler=trial_seeded(optuna, make, options.seed),
+        pruner=pruner,
+        direction="maximize",
+        load_if_exists=True,
+    )
+    if defining is None:
+        return study
+    saved = study.user_attrs.get(STUDY_CONFIG)
+    if saved is None:
+        if not study.get_trials(deepcopy=False):
+            study.set_user_attr(STUDY_CONFIG, defining)
+        return study
+    refuse_another_config(
+        saved,
+        defining,
+        f"the study {options.study_name!r} in {options.storage or output_dir / 'journal.log'}",
+        "continue it with that config, or choose another search.study_name or search.output_dir",
+        where="search.study_name",
+    )
+    return study
