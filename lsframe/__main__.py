@@ -104,7 +104,7 @@ def _release_process_group() -> None:
 
 
 def _run(argv: list[str], explicit: bool = True) -> None:
-    from lsframe.cli_errors import check_config_files
+    from lsframe.config_files import check_config_files
 
     if argv[:1] in (["-h"], ["--help"]):
         print(

@@ -6,17 +6,19 @@ configuration error or 1 for a data or checkpoint error (:mod:`lsframe.errors`).
 or config file that does not parse adds ``; see: lsframe <subcommand> --help`` instead of the
 usage block. ``LSFRAME_DEBUG=1`` prints the traceback before the line.
 
-* :func:`check_config_files` reads every ``--config`` file with ``yaml.safe_load`` before
-  jsonargparse does, so a syntax error names ``file:line:column`` (and a key named twice in
-  one mapping, which YAML would resolve by dropping the first, ``file:line``);
+* :func:`lsframe.config_files.check_config_files` reads every ``--config`` file with
+  ``yaml.safe_load`` before jsonargparse does, so a syntax error names ``file:line:column`` (and
+  a key named twice in one mapping, which YAML would resolve by dropping the first,
+  ``file:line``);
 * :func:`usage_error` turns jsonargparse's nested parse errors (``Parser key "model": Does not
   validate against any of the Union subtypes ...``) into the full key and the innermost problem,
   with "did you mean" for an unknown key;
 * :func:`error_line` classifies any exception for the top-level handler: lsframe's own errors
   (:mod:`lsframe.errors`, found also under jsonargparse's wrappers), parse errors, YAML errors,
   a missing file (1), Lightning's ``MisconfigurationException`` (2, whenever it comes: a
-  setting Lightning cannot run with), any other ``ValueError`` (2) raised before a fit got past
-  its setup; None for the rest (a bug, an environment failure, or an error of the run itself
+  setting Lightning cannot run with) and its refusal of a ``val_check_interval`` longer than an
+  epoch (2, at that key, whenever it comes), any other ``ValueError`` (2) raised before a fit
+  got past its setup; None for the rest (a bug, an environment failure, or an error of the run itself
   once training started: the traceback stays).
 """
 
@@ -32,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lsframe.config_files import config_file_arguments
 from lsframe.errors import ConfigError, LsframeError, MissingFileError, UsageError, run_started
 
 DEBUG_VARIABLE = "LSFRAME_DEBUG"
@@ -44,104 +47,6 @@ def debug_enabled() -> bool:
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
-
-
-# ----------------------------------------------------------------------------- config files
-def config_file_arguments(argv: list[str]) -> list[str]:
-    """The values given to ``--config`` / ``-c`` in ``argv`` (also ``--config=...``)."""
-    values = []
-    for i, arg in enumerate(argv):
-        if arg in ("--config", "-c") and i + 1 < len(argv):
-            values.append(argv[i + 1])
-        elif arg.startswith("--config="):
-            values.append(arg.split("=", 1)[1])
-    return values
-
-
-class DuplicateKeyError(Exception):
-    """A mapping of a config file names a key twice (YAML keeps the last, silently)."""
-
-    def __init__(self, message: str, line: int) -> None:
-        super().__init__(message)
-        self.message, self.line = message, line
-
-
-def _unique_key_mapping(loader: Any, node: Any, deep: bool = False) -> dict:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        line = key_node.start_mark.line + 1
-        if key in seen:
-            raise DuplicateKeyError(
-                f"duplicate key {key!r} (first on line {seen[key]}): YAML would keep only the "
-                "second, and drop every setting under the first",
-                line,
-            )
-        seen[key] = line
-    return loader.construct_mapping(node, deep=deep)
-
-
-def _unique_key_loader() -> type:
-    import yaml
-
-    class UniqueKeyLoader(yaml.SafeLoader):
-        pass
-
-    UniqueKeyLoader.add_constructor(
-        yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_key_mapping
-    )
-    return UniqueKeyLoader
-
-
-def check_config_files(argv: list[str]) -> None:
-    """Parse each ``--config`` file of ``argv`` with ``yaml.safe_load``.
-
-    Raises:
-        UsageError: a file that does not exist (a value that looks like a path), does not parse
-            as YAML (``file:line:column`` of the syntax error) or names a key twice in one
-            mapping (``file:line`` of the second).
-    """
-    import yaml
-
-    unique_keys = _unique_key_loader()
-
-    for value in config_file_arguments(argv):
-        path = Path(value)
-        if not path.is_file():
-            inline = "\n" in value or value.lstrip().startswith(("{", "["))
-            if not inline and (path.suffix in (".yaml", ".yml", ".json") or os.sep in value):
-                raise UsageError("config file not found", where=value)
-            continue
-        try:
-            content = yaml.load(path.read_text(encoding="utf-8"), Loader=unique_keys)
-        except DuplicateKeyError as error:
-            raise UsageError(error.message, f"{path}:{error.line}") from None
-        except yaml.YAMLError as error:
-            raise UsageError(*yaml_problem(error, path)) from error
-        except UnicodeDecodeError as error:
-            raise UsageError(f"config file is not UTF-8 text ({error.reason})", str(path)) from None
-        if not isinstance(content, dict):
-            kind = "empty" if content is None else f"a {type(content).__name__}"
-            raise UsageError(
-                f"config file is {kind}, expected a mapping of sections (trainer:, model:, ...)",
-                str(path),
-            )
-
-
-def yaml_problem(error: Exception, path: str | Path) -> tuple[str, str]:
-    """``(message, "file:line:column")`` for a PyYAML error in the file ``path``: the problem,
-    and where the construct it was parsing started (``while parsing a flow sequence from line
-    2, column 14``)."""
-    problem = getattr(error, "problem", None)
-    context = getattr(error, "context", None)
-    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-    context_mark = getattr(error, "context_mark", None)
-    message = f"YAML syntax error: {problem or context or error}"
-    if problem and context and context_mark is not None:
-        line, column = context_mark.line + 1, context_mark.column + 1
-        message += f", {context} from line {line}, column {column}"
-    where = str(path) if mark is None else f"{path}:{mark.line + 1}:{mark.column + 1}"
-    return _one_line(message), where
 
 
 # ------------------------------------------------------------------------ jsonargparse errors

@@ -123,7 +123,7 @@ def _read_mapping(path: Path) -> Any:
         where = f"{path}:{error.lineno}:{error.colno}"
         raise ConfigError(f"JSON syntax error: {error.msg}", where=where) from None
     except Exception as error:  # yaml.YAMLError: its mark says line and column
-        from lsframe.cli_errors import yaml_problem
+        from lsframe.config_files import yaml_problem
 
         raise ConfigError(*yaml_problem(error, path)) from None
 

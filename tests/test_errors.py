@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from lsframe.cli_errors import check_config_files, config_file_arguments, error_line
+from lsframe.cli_errors import error_line
+from lsframe.config_files import check_config_files, config_file_arguments
 from lsframe.errors import ConfigError, DataError, MissingFileError, UsageError
 from lsframe.validation import check_open_unit
 
