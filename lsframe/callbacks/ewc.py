@@ -172,7 +172,7 @@ class EWC(ClosureCallback):
         before the end of training consolidated it: Lightning skips the training loop, and its
         hooks, for such a fit. Lightning has moved the module to the CPU by now (teardown), so
         it goes back to the training's device for the pass (a DDP reduce needs it there)."""
-        if self.source == "mlm" or self._consolidated is not False:
+        if self.source == "mlm" or trainer.ckpt_path is None or self._consolidated is not False:
             return  # None: a state saved before the flag existed, which skipped this case
         device = pl_module.device
         pl_module.to(trainer.strategy.root_device)
