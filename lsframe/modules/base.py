@@ -242,8 +242,8 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         self._resume_random.hold(saved.get("random_states"))
 
     def on_train_start(self) -> None:
+        restore_loader_position(self.trainer)  # first: a new iterator may draw a base seed
         self._resume_random.restore(self.trainer.ckpt_path is not None, self.device)
-        restore_loader_position(self.trainer)
 
     def on_train_end(self) -> None:
         # an update of the last step that made the parameters non-finite meets no later loss
