@@ -9,8 +9,10 @@ for the best checkpoints and writes ``last`` after every validation and at the e
 whenever it is not already at the current step, and when a run stops on a non-finite loss
 (:class:`lsframe.errors.NonFiniteLossError`: the step was not applied, so the state is that of
 the last completed step, and a resume repeats the batch that failed). No checkpoint is written
-with non-finite parameters (an update that made them so is found only at the next step's loss,
-and a validation may come between): ``last`` and the best stay at the last finite state.
+with non-finite parameters: an update that made them so is found at the next step's loss, and a
+save that comes first (a validation's, a periodic one) stops the fit with
+:class:`lsframe.errors.NonFiniteParametersError` instead; ``last`` and the best stay at the last
+finite state.
 
 A ``monitor`` that names a validation metric the module does not log (``val/acc_typo``) is
 refused when Lightning's sanity check ends, before the first training step; Lightning itself
@@ -27,7 +29,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from lsframe.errors import ConfigError, NonFiniteLossError, NonFiniteParametersError
-from lsframe.optim import all_finite
+from lsframe.modules.policy import check_parameters_finite
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
@@ -74,37 +76,31 @@ class BestAndLastCheckpoint(ModelCheckpoint):
                 where="checkpoint.monitor",
             )
 
-    @staticmethod
-    def _parameters_finite(trainer: pl.Trainer) -> bool:
-        """Whether every parameter is finite on every process (all of them call the hooks)."""
-        params = [p.detach() for p in trainer.lightning_module.parameters()]
-        return trainer.strategy.reduce_boolean_decision(all_finite(params), all=True)
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        # every save of this callback (best, last, periodic, epoch end) comes through here
+        for optimizer in trainer.optimizers:
+            check_parameters_finite(optimizer, trainer.global_step)
+        super()._save_checkpoint(trainer, filepath)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._parameters_finite(trainer):
-            return  # the next step's loss stops the run; no checkpoint gets these parameters
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):  # else it decides at epoch end
             self._bring_last_up_to_date(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._parameters_finite(trainer):
-            return
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
             self._bring_last_up_to_date(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._parameters_finite(trainer):
-            return
         super().on_train_end(trainer, pl_module)
         self._bring_last_up_to_date(trainer)
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
+        if isinstance(exception, NonFiniteParametersError):
+            return  # nothing with these parameters is saved, not even ``save_on_exception``'s
         super().on_exception(trainer, pl_module, exception)  # ``save_on_exception`` as chosen
-        if isinstance(exception, NonFiniteLossError) and not isinstance(
-            exception, NonFiniteParametersError
-        ):
+        if isinstance(exception, NonFiniteLossError):
             self._bring_last_up_to_date(trainer)

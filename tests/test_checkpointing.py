@@ -121,6 +121,21 @@ def test_no_checkpoint_is_written_with_non_finite_parameters(tmp_path, max_steps
         assert all(torch.isfinite(t).all() for t in state["state_dict"].values())
 
 
+def test_a_periodic_save_with_non_finite_parameters_stops_the_fit_instead(tmp_path):
+    checkpoint = BestAndLastCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True)
+    module = ValidatedRegression(optimizer=partial(torch.optim.SGD, lr=0.0))
+    trainer = helpers.trainer(
+        max_steps=8, limit_val_batches=0, enable_checkpointing=True,
+        callbacks=[checkpoint, PoisonAfter(4)],
+    )  # fmt: skip
+    with pytest.raises(NonFiniteParametersError, match="at global step 4"):
+        trainer.fit(module, helpers.loader(n=64))
+    saved = [torch.load(p, weights_only=False) for p in tmp_path.iterdir()]
+    assert max(c["global_step"] for c in saved) == 3
+    for state in saved:
+        assert all(torch.isfinite(t).all() for t in state["state_dict"].values())
+
+
 def test_the_error_line_of_non_finite_parameters_names_the_last_finite_checkpoint():
     def fit(**kwargs):
         raise NonFiniteParametersError("non-finite parameters at global step 9", "x.y")
