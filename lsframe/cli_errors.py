@@ -35,7 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from lsframe.config_files import config_file_arguments
-from lsframe.errors import ConfigError, LsframeError, MissingFileError, UsageError, run_started
+from lsframe.errors import (
+    ConfigError,
+    LsframeError,
+    MissingFileError,
+    UsageError,
+    one_line,
+    run_started,
+)
 
 DEBUG_VARIABLE = "LSFRAME_DEBUG"
 
@@ -43,10 +50,6 @@ DEBUG_VARIABLE = "LSFRAME_DEBUG"
 def debug_enabled() -> bool:
     """Whether ``LSFRAME_DEBUG`` asks for tracebacks (set, and not ``0``/``false``/empty)."""
     return os.environ.get(DEBUG_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 # ------------------------------------------------------------------------ jsonargparse errors
@@ -235,7 +238,7 @@ def usage_error(
             class_path = f"{module}.{name}"
             hint = _did_you_mean(name, _public_names(module))
         return UsageError(f"cannot import class_path {class_path!r}: {deepest}{hint}", where)
-    return UsageError(_one_line(_innermost(deepest)), where)
+    return UsageError(one_line(_innermost(deepest)), where)
 
 
 def unknown_subcommand(given: str | None, subcommands: tuple[str, ...]) -> UsageError:
@@ -261,7 +264,7 @@ class RaisingArgumentParser(argparse.ArgumentParser):
     usage block) instead of printing the usage and exiting."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(_one_line(message))
+        raise UsageError(one_line(message))
 
 
 # ------------------------------------------------------------------------- top-level handler
@@ -284,7 +287,7 @@ def classify(error: BaseException) -> LsframeError | None:
                 return exc
     for exc in _chain(error):  # Lightning's word for a setting it cannot run with
         if any(c.__name__ == "MisconfigurationException" for c in type(exc).__mro__):
-            return ConfigError(_one_line(str(exc).strip() or type(exc).__name__))
+            return ConfigError(one_line(str(exc).strip() or type(exc).__name__))
         interval = _VALIDATION_INTERVAL.search(str(exc)) if isinstance(exc, ValueError) else None
         if interval:  # found when the fit loads its data, after the run counts as started
             return ConfigError(
@@ -301,11 +304,11 @@ def classify(error: BaseException) -> LsframeError | None:
         import yaml
 
         if isinstance(error, yaml.YAMLError):
-            return UsageError(f"YAML error: {_one_line(error)}")
+            return UsageError(f"YAML error: {one_line(error)}")
     except ImportError:  # pragma: no cover - yaml comes with jsonargparse
         pass
     if isinstance(error, FileNotFoundError):
-        return MissingFileError(_one_line(error))
+        return MissingFileError(one_line(error))
     wrapped = any(str(exc).startswith(_WRAPPERS) for exc in _chain(error))
     # a ValueError is a refused value; a TypeError only where jsonargparse built a class from
     # the config (an argument it does not take); elsewhere it is a bug and keeps its traceback
@@ -316,7 +319,7 @@ def classify(error: BaseException) -> LsframeError | None:
                 inner = exc
                 break
         text = str(inner).strip()
-        return ConfigError(_one_line(text.splitlines()[0]) if text else type(inner).__name__)
+        return ConfigError(one_line(text.splitlines()[0]) if text else type(inner).__name__)
     return None
 
 
@@ -326,7 +329,7 @@ def error_line(error: BaseException, prog: str) -> tuple[str, int] | None:
     if found is None:
         return None
     where = found.where or found.argument
-    line = f"{prog}: error: {_one_line(found.message)}" + (f" ({where})" if where else "")
+    line = f"{prog}: error: {one_line(found.message)}" + (f" ({where})" if where else "")
     if isinstance(found, UsageError):
         line += f"; see: {prog} --help"
     return line, found.exit_code

@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from lsframe.cli_errors import KIND_WORDS
-from lsframe.errors import ConfigError, LsframeError, MissingFileError
+from lsframe.errors import ConfigError, LsframeError, MissingFileError, one_line
 
 #: Attributes a DataModule and a module must agree on (the modules' ``check_data`` keys).
 SHARED_ATTRIBUTES = ("num_labels", "num_classes", "in_chans", "label_names")
@@ -117,7 +117,7 @@ def _located(error: Exception, prefix: str, init_args: dict[str, Any]) -> Lsfram
     at the full key: its ``argument``, else an init argument its message starts with."""
     if isinstance(error, LsframeError):
         return error.at(prefix)
-    text = " ".join(str(error).split()) or type(error).__name__
+    text = one_line(error) or type(error).__name__
     name = re.match(r"[\w.\[\]]+", text)
     argument = name.group(0) if name and name.group(0).split("[")[0] in init_args else None
     for start, key in _TORCH_MESSAGES.items():

@@ -9,11 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lsframe.errors import UsageError
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+from lsframe.errors import UsageError, one_line
 
 
 def config_file_arguments(argv: list[str]) -> list[str]:
@@ -110,4 +106,4 @@ def yaml_problem(error: Exception, path: str | Path) -> tuple[str, str]:
         line, column = context_mark.line + 1, context_mark.column + 1
         message += f", {context} from line {line}, column {column}"
     where = str(path) if mark is None else f"{path}:{mark.line + 1}:{mark.column + 1}"
-    return _one_line(message), where
+    return one_line(message), where

@@ -32,8 +32,14 @@ __all__ = [
     "NonFiniteParametersError",
     "UsageError",
     "mark_run_started",
+    "one_line",
     "run_started",
 ]
+
+
+def one_line(text: object) -> str:
+    """``text`` with every run of whitespace, newlines included, as one space: an error line."""
+    return " ".join(str(text).split())
 
 
 class _RunState:

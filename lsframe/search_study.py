@@ -102,11 +102,12 @@ def open_study(options: Any, pairs: int, defining: dict[str, Any] | None) -> Any
 
     output_dir = Path(options.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    storage = options.storage or str(output_dir / "journal.log")
-    if "://" not in storage:
+    location = options.storage or str(output_dir / "journal.log")
+    storage: Any = location
+    if "://" not in location:
         from optuna.storages.journal import JournalFileBackend
 
-        storage = optuna.storages.JournalStorage(JournalFileBackend(storage))
+        storage = optuna.storages.JournalStorage(JournalFileBackend(location))
     if options.sampler == "gp":
         make = optuna.samplers.GPSampler
     else:
@@ -134,7 +135,7 @@ def open_study(options: Any, pairs: int, defining: dict[str, Any] | None) -> Any
     refuse_another_config(
         saved,
         defining,
-        f"the study {options.study_name!r} in {options.storage or output_dir / 'journal.log'}",
+        f"the study {options.study_name!r} in {location}",
         "continue it with that config, or choose another search.study_name or search.output_dir",
         where="search.study_name",
     )
