@@ -253,6 +253,9 @@ def test_bad_arguments_and_misuse_are_clear_errors():
         run_dps(DPS(include=["nothing-matches"]))
     with pytest.raises(ValueError, match="no layer stack"):
         run_dps(ChildTuningD())  # helpers.mlp is an nn.Sequential, no ModuleList
+    # helpers.mlp's two Linear weights hold 4·16 + 16·1 = 80 entries: 0.01 keeps 0.8 a step
+    with pytest.raises(ValueError, match=r"keeps 0\.8 of the 80 .* at least 1/80"):
+        run_dps(ChildTuningD(reserve_p=0.01, variant="F", include=[r"weight$"]))
 
     class Plain(pl.LightningModule):
         def __init__(self) -> None:

@@ -91,6 +91,18 @@ class ChildTuningD(GradientMaskCallback):
             return weight_matrices(model, [""], self.exclude)
         return layer_stack_parameters(model, self.include, self.exclude)
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage != "fit" or self.variant != "F":
+            return
+        entries = sum(p.numel() for p in self.params.values())
+        if self.reserve_p * entries < 1:  # D keeps ceil(reserve_p · n) ≥ 1 entries
+            raise ValueError(
+                f'ChildTuningD(variant="F"): reserve_p={self.reserve_p:g} keeps {self.reserve_p * entries:.2g} '
+                f"of the {entries} selected gradient entries per step on average, so most steps "
+                f"would update nothing; reserve_p must be at least 1/{entries} = {1 / entries:.2g}"
+            )
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         resumed = trainer.ckpt_path is not None and self.masks is not None
         if self.variant == "D" and not resumed:  # each new fit (task) gets its own mask
