@@ -9,12 +9,18 @@ parsed configuration when it starts without progress; a rerun that finds progres
 own and refuses the first difference (:func:`refuse_another_config`).
 
 Settings that only say where or how a run executes (devices, progress bar, logger, the
-``--config`` file's path) are left out: a preempted job may resume on another machine.
+``--config`` file's path) are left out: a preempted job may resume on another machine. For the
+same reason a path may change if what it names has not: the record keeps a fingerprint of each
+file or folder its config names (:func:`fingerprint`), and a path that differs is the same
+setting when the new one's fingerprint equals the old one's (data copied to a node's local disk,
+a model moved).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -38,6 +44,78 @@ OPERATIONAL_TRAINER_KEYS = frozenset(
         "num_sanity_val_steps",
     }
 )
+
+
+#: The key under which a record keeps the fingerprints of the paths its config names.
+PATHS_KEY = "__paths__"
+_WHOLE_FILE = 64 * 2**20  # hashed whole up to this size, else its first and last MiB
+
+
+def fingerprint(path: Path) -> str:
+    """A cheap identity of what ``path`` holds: for a file its size and the SHA-256 of its bytes
+    (past 64 MiB, of its first and last MiB); for a folder the SHA-256 of each file's relative
+    path and size. Same content, same fingerprint, wherever it lies; an edit that keeps a
+    large file's size and its ends, or a folder's file sizes, goes unseen."""
+    digest = hashlib.sha256()
+    if path.is_file():
+        size = path.stat().st_size
+        digest.update(str(size).encode())
+        with path.open("rb") as f:
+            if size <= _WHOLE_FILE:
+                digest.update(f.read())
+            else:
+                digest.update(f.read(2**20))
+                f.seek(size - 2**20)
+                digest.update(f.read())
+        return "file:" + digest.hexdigest()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            file = Path(root, name)
+            size = file.stat().st_size if file.is_file() else -1
+            digest.update(f"{file.relative_to(path).as_posix()}\0{size}\n".encode())
+    return "folder:" + digest.hexdigest()
+
+
+def _names_a_path(value: str) -> bool:
+    """Whether a config string names an existing file, or a folder by a path with a separator
+    (not ``"."`` or one of its parents: a bare word such as a task name is a setting)."""
+    if not value or "\n" in value or len(value) > 1024:
+        return False
+    try:
+        path = Path(value)
+        if path.is_file():
+            return True
+        if "/" not in value and os.sep not in value or not path.is_dir():
+            return False
+        here = Path.cwd().resolve()
+        return path.resolve() not in (here, *here.parents)
+    except (OSError, ValueError):
+        return False
+
+
+def _strings(value: Any):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def with_fingerprints(current: dict[str, Any]) -> dict[str, Any]:
+    """``current`` with :data:`PATHS_KEY`: the fingerprint of each path it names."""
+    paths = {v: fingerprint(Path(v)) for v in sorted(set(_strings(current))) if _names_a_path(v)}
+    return {**current, PATHS_KEY: paths}
+
+
+def _moved(old: Any, new: Any, paths: dict[str, str]) -> bool:
+    """Whether ``new`` names what the recorded path ``old`` named, moved."""
+    if not (isinstance(old, str) and isinstance(new, str) and old in paths):
+        return False
+    return _names_a_path(new) and fingerprint(Path(new)) == paths[old]
 
 
 def _named(value: Any) -> str:
@@ -69,27 +147,35 @@ def defining_config(config: Any, leave_out: tuple[str, ...] = ()) -> dict[str, A
     return {k: v for k, v in plain.items() if not k.startswith("__")}
 
 
-def first_difference(old: Any, new: Any, key: str = "") -> tuple[str, Any, Any] | None:
+def first_difference(
+    old: Any, new: Any, key: str = "", paths: dict[str, str] | None = None
+) -> tuple[str, Any, Any] | None:
     """``(key, old value, new value)`` of the first place where ``old`` and ``new`` differ
-    (``stages[1].data.init_args.task_name``), or None where they are equal."""
+    (``stages[1].data.init_args.task_name``), or None where they are equal. A path of ``old``
+    with a fingerprint in ``paths`` equals a ``new`` path whose fingerprint is the same."""
+    paths = paths or {}
     if isinstance(old, dict) and isinstance(new, dict):
         for name in sorted(set(old) | set(new)):
-            found = first_difference(old.get(name), new.get(name), f"{key}.{name}" if key else name)
+            at = f"{key}.{name}" if key else name
+            found = first_difference(old.get(name), new.get(name), at, paths)
             if found is not None:
                 return found
         return None
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         for i, (a, b) in enumerate(zip(old, new)):
-            found = first_difference(a, b, f"{key}[{i}]")
+            found = first_difference(a, b, f"{key}[{i}]", paths)
             if found is not None:
                 return found
         return None
-    return None if old == new else (key, old, new)
+    return None if old == new or _moved(old, new, paths) else (key, old, new)
 
 
 def _shown(value: Any) -> str:
     text = json.dumps(value) if value is not None else "unset"
-    return text if len(text) <= 60 else text[:57] + "..."
+    if len(text) <= 60:
+        return text
+    # a path says the most at its end, a list or a mapping at its start
+    return '"...' + text[-56:] if isinstance(value, str) else text[:57] + "..."
 
 
 def refuse_another_config(
@@ -97,13 +183,18 @@ def refuse_another_config(
 ) -> None:
     """Raise :class:`ConfigError` at ``where`` naming the first difference between the
     ``saved`` and the ``current`` defining config (``what`` says whose progress is at stake,
-    ``remedy`` the ways out)."""
-    found = first_difference(saved, current)
+    ``remedy`` the ways out). Paths that moved are the same setting (see the module's text)."""
+    saved = dict(saved)
+    paths = saved.pop(PATHS_KEY, None) or {}
+    current = {k: v for k, v in current.items() if k != PATHS_KEY}
+    found = first_difference(saved, current, paths=paths)
     if found is None:
         return
     key, old, new = found
+    other = " (other content)" if isinstance(old, str) and old in paths else ""
     raise ConfigError(
-        f"{what} was started with another config: {key} was {_shown(old)}, now {_shown(new)}; "
+        f"{what} was started with another config: {key} was {_shown(old)}, now {_shown(new)}"
+        f"{other}; "
         f"continuing would carry its progress into results under the new settings: {remedy}",
         where=where,
     )
@@ -122,7 +213,9 @@ def check_recorded(path: Path, current: dict[str, Any], what: str, remedy: str, 
 
 
 def record(path: Path, current: dict[str, Any]) -> None:
-    """Write ``current`` to ``path`` as the config a run starts with (whole or not at all)."""
+    """Write ``current`` to ``path`` as the config a run starts with, with the fingerprints of
+    the paths it names (whole or not at all)."""
     from lsframe.checkpoint_io import write_atomically
 
-    write_atomically(path, (json.dumps(current, indent=1, sort_keys=True) + "\n").encode())
+    text = json.dumps(with_fingerprints(current), indent=1, sort_keys=True) + "\n"
+    write_atomically(path, text.encode())

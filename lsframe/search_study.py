@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lsframe._signals import received
-from lsframe.run_config import refuse_another_config
+from lsframe.run_config import refuse_another_config, with_fingerprints
 
 #: The study's user attribute that holds the config it was started with.
 STUDY_CONFIG = "lsframe_config"
@@ -130,7 +130,7 @@ def open_study(options: Any, pairs: int, defining: dict[str, Any] | None) -> Any
     saved = study.user_attrs.get(STUDY_CONFIG)
     if saved is None:
         if not study.get_trials(deepcopy=False):
-            study.set_user_attr(STUDY_CONFIG, defining)
+            study.set_user_attr(STUDY_CONFIG, with_fingerprints(defining))
         return study
     refuse_another_config(
         saved,

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 from jsonargparse import Namespace
 
 from lsframe.errors import ConfigError
-from lsframe.run_config import defining_config, first_difference, refuse_another_config
+from lsframe.run_config import (
+    PATHS_KEY,
+    defining_config,
+    fingerprint,
+    first_difference,
+    refuse_another_config,
+    with_fingerprints,
+)
+from lsframe.sequence_state import CONFIG_FILE, STATE_FILE, check_same_sequence
 
 
 def parsed(**trainer) -> Namespace:
@@ -59,3 +71,54 @@ def test_functions_and_objects_are_recorded_by_names_that_every_process_shares()
     plain = defining_config(config)
     assert plain["model"]["optimizer"] == "lsframe.modules.optimizer_setup.default_optimizer"
     assert " at 0x" not in plain["model"]["other"]
+
+
+def data_config(data_dir: Path, output_dir: Path) -> Namespace:
+    return Namespace(
+        trainer=Namespace(max_steps=10),
+        stages=[Namespace(name="sst2", data=Namespace(data_dir=str(data_dir)))],
+        output_dir=str(output_dir),
+    )
+
+
+def glue_folder(folder: Path, text: str = "sentence\tlabel\na\t1\n") -> Path:
+    (folder / "SST-2").mkdir(parents=True)
+    (folder / "SST-2" / "train.tsv").write_text(text)
+    return folder
+
+
+def test_a_sequence_resumes_from_its_data_moved_and_refuses_other_data(tmp_path):
+    """A preempted job that resumes on another node finds its data at another path."""
+    out = tmp_path / "out"
+    out.mkdir()
+    first = glue_folder(tmp_path / "node_a" / "glue")
+    check_same_sequence(data_config(first, out), write=True)  # no progress: records
+    recorded = json.loads((out / CONFIG_FILE).read_text())
+    assert list(recorded[PATHS_KEY]) == [str(first)]
+    (out / STATE_FILE).write_bytes(b"progress")
+
+    moved = tmp_path / "node_b" / "glue"
+    shutil.copytree(first, moved)
+    check_same_sequence(data_config(moved, out))  # the same files elsewhere: resumes
+
+    other = glue_folder(tmp_path / "node_c" / "glue", "sentence\tlabel\na\t1\nb\t0\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"data_dir was \"\.\.\..*node_a/glue\", now \"\.\.\..*node_c/glue\" \(other content\)",
+    ):
+        check_same_sequence(data_config(other, out))
+    with pytest.raises(ConfigError, match=r"trainer\.max_steps was 10, now 11"):
+        config = data_config(moved, out)
+        config.trainer.max_steps = 11
+        check_same_sequence(config)
+
+
+def test_fingerprints_follow_content_not_location_and_leave_bare_words_alone(tmp_path):
+    a = glue_folder(tmp_path / "a")
+    b = glue_folder(tmp_path / "b")
+    assert fingerprint(a) == fingerprint(b)
+    assert fingerprint(a / "SST-2" / "train.tsv") == fingerprint(b / "SST-2" / "train.tsv")
+    (b / "SST-2" / "dev.tsv").write_text("x")
+    assert fingerprint(a) != fingerprint(b)
+    recorded = with_fingerprints({"task": "SST-2", "here": ".", "data": str(a), "n": 3})
+    assert list(recorded[PATHS_KEY]) == [str(a)]  # not the task name, not the working folder
