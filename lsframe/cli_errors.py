@@ -278,6 +278,10 @@ _VALIDATION_INTERVAL = re.compile(
 )
 
 
+#: Lightning's refusal of two callbacks whose saved states would share one key.
+_SAME_STATE_KEY = re.compile(r"Found more than one stateful callback of type `(\w+)`")
+
+
 def classify(error: BaseException) -> LsframeError | None:
     """The bad input ``error`` reports, as an :class:`LsframeError`; None when ``error`` is not a
     bad input (a bug or an environment failure: the traceback stays)."""
@@ -288,6 +292,14 @@ def classify(error: BaseException) -> LsframeError | None:
     for exc in _chain(error):  # Lightning's word for a setting it cannot run with
         if any(c.__name__ == "MisconfigurationException" for c in type(exc).__mro__):
             return ConfigError(one_line(str(exc).strip() or type(exc).__name__))
+        twin = _SAME_STATE_KEY.search(str(exc)) if isinstance(exc, RuntimeError) else None
+        if twin:  # raised while the Trainer is built
+            return ConfigError(
+                f"two {twin[1]} callbacks with the same settings: a checkpoint keeps one state "
+                f"per callback type and settings, so the second would overwrite the first's; "
+                f"keep one",
+                where="trainer.callbacks",
+            )
         interval = _VALIDATION_INTERVAL.search(str(exc)) if isinstance(exc, ValueError) else None
         if interval:  # found when the fit loads its data, after the run counts as started
             return ConfigError(

@@ -130,3 +130,18 @@ def test_lightning_refusing_a_validation_interval_is_one_line_at_its_key_after_t
         "(trainer.val_check_interval)",
         2,
     )
+
+
+def test_two_callbacks_lightning_cannot_save_apart_are_one_line_at_the_callbacks():
+    import lightning.pytorch as pl
+
+    from lsframe.callbacks import EWC
+
+    with pytest.raises(RuntimeError) as caught:  # Lightning's own words, from this version
+        pl.Trainer(callbacks=[EWC(), EWC()], logger=False, enable_checkpointing=False)
+    assert error_line(caught.value, "lsframe fit") == (
+        "lsframe fit: error: two EWC callbacks with the same settings: a checkpoint keeps one "
+        "state per callback type and settings, so the second would overwrite the first's; keep "
+        "one (trainer.callbacks)",
+        2,
+    )
