@@ -35,12 +35,48 @@ FACTOR = 0.5  # the step sizes' factor after a significant rise
 SIGNIFICANCE = 3.0
 
 
-def split_spec(spec: str) -> tuple[str, bool]:
-    """``(optimizer spec, held out?)`` from ``name…^heldout``."""
+#: ``^late_half`` / ``^late_double``: the step sizes' factor from the second pass over the
+#: training set on (a diagnostic of where in a run its step size matters, not a rule)
+PASS_FACTORS = {"late_half": 0.5, "late_double": 2.0}
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """``(optimizer spec, mark)`` from ``name…^mark``: ``"heldout"``, a :data:`PASS_FACTORS`
+    mark, or ``""``."""
     base, _, extra = spec.partition("^")
-    if extra not in ("", "heldout"):
-        raise ValueError(f"{spec!r}: unknown suffix ^{extra} (known: ^heldout)")
-    return base, extra == "heldout"
+    if extra not in ("", "heldout", *PASS_FACTORS):
+        known = ", ".join(f"^{m}" for m in ("heldout", *PASS_FACTORS))
+        raise ValueError(f"{spec!r}: unknown suffix ^{extra} (known: {known})")
+    return base, extra
+
+
+def scale_step_sizes(run, factor: float) -> None:
+    """Scale the step sizes the scheduler just set by ``factor``: AdamW's ``lr``, or a line
+    search's ``lr_multiplier`` (a scheduler step rewrites them from scratch)."""
+    for group in run.optimizer.param_groups:
+        if "lr_multiplier" in group:
+            group["lr_multiplier"] *= factor
+            group["lr"] = group["step_size"] * group["lr_multiplier"]
+        else:
+            group["lr"] *= factor
+
+
+class PassFactor:
+    """The step sizes times ``factor`` from the second pass on (``pass_steps`` steps per pass);
+    needs a schedule, as :class:`HeldOutHalving`."""
+
+    batches = 0  # no forwards of its own
+    checks: list = []
+
+    def __init__(self, run, factor: float, pass_steps: int) -> None:
+        if run.scheduler is None:
+            raise ValueError(f"{run.name}: a pass factor needs a schedule (AdamW, or a ~anneal)")
+        self.factor, self.pass_steps, self.steps = factor, pass_steps, 0
+
+    def after_step(self, run) -> None:
+        self.steps += 1
+        if self.steps >= self.pass_steps:  # the step just set is the second pass's or later
+            scale_step_sizes(run, self.factor)
 
 
 def keep_back(train: TextExamples) -> tuple[TextExamples, TextExamples]:
@@ -86,12 +122,7 @@ class HeldOutHalving:
         self.steps += 1
         if self.steps % self.every == 0:
             self.check(self.losses(run))
-        for group in run.optimizer.param_groups:
-            if "lr_multiplier" in group:
-                group["lr_multiplier"] *= self.factor
-                group["lr"] = group["step_size"] * group["lr_multiplier"]
-            else:
-                group["lr"] *= self.factor
+        scale_step_sizes(run, self.factor)
 
     def check(self, losses: torch.Tensor) -> None:
         if not bool(torch.isfinite(losses).all()):  # diverged: halve, keep the reference

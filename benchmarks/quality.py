@@ -55,7 +55,7 @@ from benchmarks.common import (
     warn_if_bf16_emulated,
     write_results,
 )
-from benchmarks.heldout import HeldOutHalving, keep_back, split_spec
+from benchmarks.heldout import PASS_FACTORS, HeldOutHalving, PassFactor, keep_back, split_spec
 from benchmarks.specs import (
     DEFAULT_MODES,
     build,
@@ -121,15 +121,17 @@ def evaluate(run, data, task: str, args) -> dict[str, float]:
 
 def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
     started = time.perf_counter()
-    base, heldout = split_spec(spec)
+    base, mark = split_spec(spec)
     model = classifier(glue_task(args.task).num_labels, seed).to(args.device)
-    if heldout:
+    if mark == "heldout":
         train, kept = keep_back(train)
     data = loader(train, tok, args.max_length, args.batch_size, seed)
     run = build(base, model, args.epochs * len(data))
-    halving = (
-        HeldOutHalving(kept, tok, args, seed, run, args.epochs * len(data)) if heldout else None
-    )
+    halving = None
+    if mark == "heldout":
+        halving = HeldOutHalving(kept, tok, args, seed, run, args.epochs * len(data))
+    elif mark:
+        halving = PassFactor(run, PASS_FACTORS[mark], len(data))
     torch.manual_seed(seed)
     losses = []
     for epoch in range(args.epochs):

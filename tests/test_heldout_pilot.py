@@ -92,9 +92,28 @@ def test_the_kept_back_examples_are_the_last_ones_and_are_not_trained_on():
     fit, kept = keep_back(train)
     assert len(kept.labels) == HELDOUT and kept.text[0] == f"s{100 - HELDOUT}"
     assert set(fit.text).isdisjoint(kept.text) and len(fit.text) == 100 - HELDOUT
-    assert split_spec("adamw@1e-4^heldout") == ("adamw@1e-4", True)
-    assert split_spec("salsa") == ("salsa", False)
+    assert split_spec("adamw@1e-4^heldout") == ("adamw@1e-4", "heldout")
+    assert split_spec("salsa") == ("salsa", "")
     with pytest.raises(ValueError, match="unknown suffix"):
         split_spec("salsa^later")
     with pytest.raises(ValueError, match="keeps back"):
         keep_back(train.head(HELDOUT))
+
+
+def test_a_pass_factor_scales_the_step_sizes_from_the_second_pass_on_only():
+    from torch import nn
+
+    from benchmarks.heldout import PassFactor
+    from benchmarks.specs import build
+
+    model = nn.Linear(3, 2)
+    run = build("adamw@1e-4", model, total_steps=12)  # 10 % warmup (2 steps), then a cosine
+    twin = build("adamw@1e-4", nn.Linear(3, 2), total_steps=12)
+    factor = PassFactor(run, 0.5, pass_steps=4)
+    for step in range(1, 12):
+        for r in (run, twin):
+            r.optimizer.step()
+            r.scheduler.step()
+        factor.after_step(run)
+        want = twin.optimizer.param_groups[0]["lr"] * (0.5 if step >= 4 else 1.0)
+        assert run.optimizer.param_groups[0]["lr"] == pytest.approx(want, rel=1e-12), step
