@@ -20,7 +20,8 @@ the runs found there (add seeds in several sittings). ``--device cuda`` runs on 
 for the losses it compares, :mod:`lsframe.optim._precision`), with the weights, the optimizers'
 state and the updates in fp32 (table ``<name>_bf16_<cpu|gpu>``; its runs are logged apart).
 A row ``<spec>^heldout`` runs issue 18's held-out pilot on top of ``<spec>``
-(:mod:`benchmarks.heldout`).
+(:mod:`benchmarks.heldout`); ``<spec>^late_half`` and ``<spec>^late_double`` scale its step sizes
+by 0.5 or 2 from the second pass on, a diagnostic of where in a run the step size decides.
 
     python -m benchmarks.quality --task sst2 --train-limit 2000 --max-length 64 --seeds 0 1 2
     python -m benchmarks.quality --setting S --task rte --seeds 0 1 2 3 4 --optimizers adamw@1e-4
