@@ -49,13 +49,15 @@ OPERATIONAL_TRAINER_KEYS = frozenset(
 #: The key under which a record keeps the fingerprints of the paths its config names.
 PATHS_KEY = "__paths__"
 _WHOLE_FILE = 64 * 2**20  # hashed whole up to this size, else its first and last MiB
+_MAX_FILES = 100_000  # a larger folder gets no fingerprint: listing it would delay every start
 
 
-def fingerprint(path: Path) -> str:
+def fingerprint(path: Path) -> str | None:
     """A cheap identity of what ``path`` holds: for a file its size and the SHA-256 of its bytes
     (past 64 MiB, of its first and last MiB); for a folder the SHA-256 of each file's relative
-    path and size. Same content, same fingerprint, wherever it lies; an edit that keeps a
-    large file's size and its ends, or a folder's file sizes, goes unseen."""
+    path and size (None past 100,000 files). Same content, same fingerprint, wherever it lies;
+    an edit that keeps a large file's size and its ends, or a folder's file sizes, goes
+    unseen."""
     digest = hashlib.sha256()
     if path.is_file():
         size = path.stat().st_size
@@ -68,8 +70,12 @@ def fingerprint(path: Path) -> str:
                 f.seek(size - 2**20)
                 digest.update(f.read())
         return "file:" + digest.hexdigest()
+    listed = 0
     for root, dirs, files in os.walk(path):
         dirs.sort()
+        listed += len(files)
+        if listed > _MAX_FILES:
+            return None
         for name in sorted(files):
             file = Path(root, name)
             size = file.stat().st_size if file.is_file() else -1
@@ -107,8 +113,8 @@ def _strings(value: Any):
 
 def with_fingerprints(current: dict[str, Any]) -> dict[str, Any]:
     """``current`` with :data:`PATHS_KEY`: the fingerprint of each path it names."""
-    paths = {v: fingerprint(Path(v)) for v in sorted(set(_strings(current))) if _names_a_path(v)}
-    return {**current, PATHS_KEY: paths}
+    found = {v: fingerprint(Path(v)) for v in sorted(set(_strings(current))) if _names_a_path(v)}
+    return {**current, PATHS_KEY: {v: f for v, f in found.items() if f is not None}}
 
 
 def _moved(old: Any, new: Any, paths: dict[str, str]) -> bool:

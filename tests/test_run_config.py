@@ -122,3 +122,13 @@ def test_fingerprints_follow_content_not_location_and_leave_bare_words_alone(tmp
     assert fingerprint(a) != fingerprint(b)
     recorded = with_fingerprints({"task": "SST-2", "here": ".", "data": str(a), "n": 3})
     assert list(recorded[PATHS_KEY]) == [str(a)]  # not the task name, not the working folder
+
+
+def test_a_folder_too_large_to_list_quickly_gets_no_fingerprint(tmp_path, monkeypatch):
+    import lsframe.run_config as run_config
+
+    folder = glue_folder(tmp_path / "glue")
+    (folder / "SST-2" / "dev.tsv").write_text("x")
+    monkeypatch.setattr(run_config, "_MAX_FILES", 1)
+    assert fingerprint(folder) is None
+    assert with_fingerprints({"data": str(folder)})[PATHS_KEY] == {}  # compared as a string

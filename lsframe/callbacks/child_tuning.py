@@ -97,10 +97,11 @@ class ChildTuningD(GradientMaskCallback):
             return
         entries = sum(p.numel() for p in self.params.values())
         if self.reserve_p * entries < 1:  # D keeps ceil(reserve_p · n) ≥ 1 entries
+            kept = self.reserve_p * entries
             raise ValueError(
-                f'ChildTuningD(variant="F"): reserve_p={self.reserve_p:g} keeps {self.reserve_p * entries:.2g} '
-                f"of the {entries} selected gradient entries per step on average, so most steps "
-                f"would update nothing; reserve_p must be at least 1/{entries} = {1 / entries:.2g}"
+                f'ChildTuningD(variant="F"): reserve_p={self.reserve_p:g} keeps {kept:.2g} of the '
+                f"{entries} selected gradient entries per step on average, so most steps would "
+                f"update nothing; reserve_p must be at least 1/{entries} = {1 / entries:.2g}"
             )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
