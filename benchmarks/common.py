@@ -379,6 +379,11 @@ def command_line() -> str:
     return " ".join([program, *sys.argv[1:]])
 
 
+def window_header(spans: Sequence[tuple[int, int]]) -> str:
+    """A table header's cells for windows of steps (1-based, inclusive): ``step 1 | steps 2–10``."""
+    return " | ".join(f"step {a}" if a == b else f"steps {a}–{b}" for a, b in spans)
+
+
 def write_results(out: Path, meta: str, table: str, rows: object) -> None:
     """Print the table; write ``<out>.md`` (meta, the command, the table) and ``<out>.json``."""
     import json

@@ -32,6 +32,7 @@ from benchmarks.common import (
     glue_examples,
     loader,
     tokenizer,
+    window_header,
     write_results,
 )
 from lsframe.data.glue import glue_task
@@ -79,7 +80,7 @@ def main() -> None:
     tok = tokenizer()
     windows = [(a, b) for a, b in WINDOWS if a <= args.steps]
     spans = [(a, min(b, args.steps)) for a, b in windows]
-    header = " | ".join(f"step {a}" if a == b else f"steps {a}–{b}" for a, b in spans)
+    header = window_header(spans)
     lines = [
         f"| task | seed | {header} |",
         "|---|---|" + "---|" * len(windows),

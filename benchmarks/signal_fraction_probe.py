@@ -46,6 +46,7 @@ from benchmarks.common import (
     glue_examples,
     loader,
     tokenizer,
+    window_header,
     write_results,
 )
 from lsframe.data.glue import glue_task
@@ -118,7 +119,7 @@ def main() -> None:
 
     tok = tokenizer()
     windows = [(a, min(b, args.steps)) for a, b in WINDOWS if a <= args.steps]
-    header = " | ".join(f"step {a}" if a == b else f"steps {a}–{b}" for a, b in windows)
+    header = window_header(windows)
     lines = [
         f"| setting | task | seed | {header} | all steps | per-step median | per-step mean ± s.e. |",
         "|---|---|---|" + "---|" * (len(windows) + 3),
