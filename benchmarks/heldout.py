@@ -66,7 +66,6 @@ class PassFactor:
     needs a schedule, as :class:`HeldOutHalving`."""
 
     batches = 0  # no forwards of its own
-    checks: list = []
 
     def __init__(self, run, factor: float, pass_steps: int) -> None:
         if run.scheduler is None:

@@ -128,11 +128,11 @@ def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
         train, kept = keep_back(train)
     data = loader(train, tok, args.max_length, args.batch_size, seed)
     run = build(base, model, args.epochs * len(data))
-    halving = None
+    scaling = None
     if mark == "heldout":
-        halving = HeldOutHalving(kept, tok, args, seed, run, args.epochs * len(data))
+        scaling = HeldOutHalving(kept, tok, args, seed, run, args.epochs * len(data))
     elif mark:
-        halving = PassFactor(run, PASS_FACTORS[mark], len(data))
+        scaling = PassFactor(run, PASS_FACTORS[mark], len(data))
     torch.manual_seed(seed)
     losses = []
     for epoch in range(args.epochs):
@@ -140,10 +140,10 @@ def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
         for batch in data:
             with autocast(args.device, args.bf16):
                 losses.append(run.step(to_device(batch, args.device)))
-            if halving is not None:
-                halving.after_step(run)
+            if scaling is not None:
+                scaling.after_step(run)
     tail = losses[-max(1, len(losses) // 5) :]
-    checks = halving.batches if halving is not None else 0  # the held-out forwards
+    checks = scaling.batches if scaling is not None else 0  # the held-out forwards
     dev_data = loader(dev, tok, args.max_length, 64, seed, shuffle=False)
     row = {
         "optimizer": spec,
@@ -157,7 +157,7 @@ def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
         "threads": torch.get_num_threads(),
         **evaluate(run, dev_data, args.task, args),
         "per_step": run.diagnostics.columns,  # step sizes; a line search's trials and ratios
-        **({"heldout_checks": halving.checks, "heldout_forwards": checks} if checks else {}),
+        **({"heldout_checks": scaling.checks, "heldout_forwards": checks} if checks else {}),
     }
     append_run(args.log, row, args.device)  # survives an interrupted benchmark
     return row

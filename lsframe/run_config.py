@@ -192,7 +192,6 @@ def refuse_another_config(
     ``remedy`` the ways out). Paths that moved are the same setting (see the module's text)."""
     saved = dict(saved)
     paths = saved.pop(PATHS_KEY, None) or {}
-    current = {k: v for k, v in current.items() if k != PATHS_KEY}
     found = first_difference(saved, current, paths=paths)
     if found is None:
         return

@@ -96,8 +96,8 @@ class ChildTuningD(GradientMaskCallback):
         if stage != "fit" or self.variant != "F":
             return
         entries = sum(p.numel() for p in self.params.values())
-        if self.reserve_p * entries < 1:  # D keeps ceil(reserve_p · n) ≥ 1 entries
-            kept = self.reserve_p * entries
+        kept = self.reserve_p * entries
+        if kept < 1:  # D keeps ceil(reserve_p · n) ≥ 1 entries
             raise ValueError(
                 f'ChildTuningD(variant="F"): reserve_p={self.reserve_p:g} keeps {kept:.2g} of the '
                 f"{entries} selected gradient entries per step on average, so most steps would "
