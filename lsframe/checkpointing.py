@@ -22,6 +22,7 @@ Lightning's own check stays.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -104,3 +105,19 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         super().on_exception(trainer, pl_module, exception)  # ``save_on_exception`` as chosen
         if isinstance(exception, NonFiniteLossError):
             self._bring_last_up_to_date(trainer)
+
+
+def last_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The file ``trainer.fit(ckpt_path="last")`` will load, found as Lightning 2.6 finds it:
+    the newest (by modification time) of every ModelCheckpoint's ``last*.ckpt`` and every
+    OnExceptionCheckpoint's file. None when there is none (Lightning then starts afresh)."""
+    from lightning.pytorch.callbacks import OnExceptionCheckpoint
+
+    candidates = {
+        cb.ckpt_path for cb in trainer.callbacks if isinstance(cb, OnExceptionCheckpoint)
+    }
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            candidates |= callback._find_last_checkpoints(trainer)
+    found = [path for path in map(Path, candidates) if path.is_file()]
+    return str(max(found, key=lambda path: path.stat().st_mtime)) if found else None

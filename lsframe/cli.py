@@ -25,7 +25,7 @@ from torch import nn
 import lsframe.data  # noqa: F401 - registers the DataModules for subclass mode
 from lsframe.callbacks import HParamsMetrics
 from lsframe.checkpoint_io import find_last_checkpoint
-from lsframe.checkpointing import BestAndLastCheckpoint
+from lsframe.checkpointing import BestAndLastCheckpoint, last_checkpoint
 from lsframe.cli_errors import RaisingArgumentParser, usage_error
 from lsframe.config_checks import check_parsed
 from lsframe.errors import ConfigError, DataError, NonFiniteLossError, NonFiniteParametersError
@@ -220,7 +220,28 @@ class LSFrameCLI(LightningCLI):
         checkpoint = self.config_init[self.subcommand].get("checkpoint")
         return checkpoint if isinstance(checkpoint, ModelCheckpoint) else None
 
+    def refuse_changes_to_last(self) -> None:
+        """``fit --ckpt_path last`` resumes as a named file does, so it is checked as one:
+        Lightning's hyperparameter reading (:meth:`_parse_ckpt_path`) runs on the file that
+        ``last`` stands for (:func:`lsframe.checkpointing.last_checkpoint`, known only once the
+        trainer and its logger are built) and a model setting that differs from it is refused.
+        Without the check, a changed lr or weight decay was dropped without a word: the
+        optimizer's state holds the checkpoint's, while the saved config named the new ones."""
+        if self.config[self.subcommand].get("ckpt_path") != "last":
+            return
+        path = last_checkpoint(self.trainer)
+        if path is None:
+            return
+        config = self.config
+        self.config = config.clone()
+        self.config[self.subcommand].ckpt_path = path
+        try:
+            self._parse_ckpt_path()
+        finally:
+            self.config = config
+
     def before_fit(self) -> None:
+        self.refuse_changes_to_last()
         readable_progress_bar(self.trainer)
         preemption = self.config_init[self.subcommand].get("preemption")
         checkpoint = self._lsframe_checkpoint()

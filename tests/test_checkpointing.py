@@ -212,6 +212,33 @@ def test_a_fit_resumed_from_a_checkpoint_file_refuses_a_model_setting_it_would_d
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
 
+def test_a_fit_resumed_with_ckpt_path_last_refuses_a_changed_setting_as_a_named_file_does(
+    tmp_path,
+):
+    from test_preemption import fit_args, lsframe
+
+    saved = ["--model", "preemption_helpers.SavedTinyClassifier"]
+    first = lsframe(tmp_path, fit_args(tmp_path, *saved, "--trainer.max_epochs", "1"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    first_steps = torch.load(last, weights_only=False)["global_step"]
+    changed = [*saved, "--model.init_args.optimizer.init_args.c", "0.3", "--ckpt_path", "last"]
+    refused = lsframe(tmp_path, fit_args(tmp_path, *changed, "--trainer.max_epochs", "2"))
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"lsframe fit: error: the checkpoint {last} was saved with 0.5 here, the config sets "
+        "0.3: a resumed fit continues the checkpoint's model and optimizer; leave the setting "
+        "as it was, or export the weights (lsframe export) and start a new fit from them "
+        "(model.init_args.optimizer.init_args.c)"
+    )
+    assert last.read_bytes() == before  # refused before any step: nothing written
+    as_it_was = [*saved, "--ckpt_path", "last", "--trainer.max_epochs", "2"]
+    resumed = lsframe(tmp_path, fit_args(tmp_path, *as_it_was))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(last, weights_only=False)["global_step"] == 2 * first_steps  # epoch 2 ran
+
+
 def test_validating_at_each_epochs_end_still_keeps_the_best_and_a_current_last(tmp_path):
     checkpoint = BestAndLastCheckpoint(
         dirpath=tmp_path, monitor="val/loss", mode="min", save_last=True, save_top_k=1
