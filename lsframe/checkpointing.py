@@ -113,9 +113,7 @@ def last_checkpoint(trainer: pl.Trainer) -> str | None:
     OnExceptionCheckpoint's file. None when there is none (Lightning then starts afresh)."""
     from lightning.pytorch.callbacks import OnExceptionCheckpoint
 
-    candidates = {
-        cb.ckpt_path for cb in trainer.callbacks if isinstance(cb, OnExceptionCheckpoint)
-    }
+    candidates = {cb.ckpt_path for cb in trainer.callbacks if isinstance(cb, OnExceptionCheckpoint)}
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint):
             candidates |= callback._find_last_checkpoints(trainer)
