@@ -208,6 +208,9 @@ def check_scheduler(key: str, cls: type, init_args: dict[str, Any]) -> None:
     it (the optimizer alone; a ``total_steps`` left None is filled in later)."""
     import torch
 
+    from lsframe.modules.optimizer_setup import refuse_metric_scheduler
+
+    refuse_metric_scheduler(cls, key)
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     try:
         cls(probe, **init_args)

@@ -89,6 +89,11 @@ CASES: dict[str, tuple[Args, int, str]] = {
         fit(model__init_args__lr_scheduler__init_args__warmup_ratio=1.5), 2,
         "warmup_ratio must be in [0, 1), got 1.5 "
         "(model.init_args.lr_scheduler.init_args.warmup_ratio)"),
+    "a scheduler that steps on a metric": (
+        fit("--model.init_args.lr_scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau"), 2,
+        "ReduceLROnPlateau steps on a monitored metric; lsframe steps lr_scheduler after every "
+        "optimizer step, without one: use a step-based scheduler (lsframe.optim.WarmupCosineLR, "
+        "torch's LambdaLR, StepLR, OneCycleLR, ...) (model.init_args.lr_scheduler)"),
     "unknown optimizer class": (
         fit(model__init_args__optimizer={"class_path": "torch.optim.Nope"}), 2,
         "cannot import class_path 'torch.optim.Nope': module 'torch.optim' has no attribute "

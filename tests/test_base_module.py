@@ -331,3 +331,17 @@ def test_a_nan_gradient_with_a_finite_loss_never_reaches_the_parameters(optimize
     with pytest.raises(FloatingPointError, match="non-finite gradient .* at global step 2"):
         trainer(max_steps=5).fit(raising, loader(32, 4))
     assert all(torch.isfinite(p).all() for p in raising.parameters())
+
+
+@pytest.mark.parametrize("search", [False, True], ids=["adamw", "line_search"])
+def test_a_scheduler_that_steps_on_a_metric_is_refused_before_the_first_step(search):
+    from lsframe.errors import ConfigError
+    from lsframe.optim import SaLSA
+
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
+    make = SaLSA if search else (lambda p: torch.optim.AdamW(p, lr=0.1))
+    module = TinyRegression(optimizer=make, lr_scheduler=plateau)
+    t = trainer(max_steps=3)
+    with pytest.raises(ConfigError, match="ReduceLROnPlateau steps on a monitored metric"):
+        t.fit(module, loader(32, 4))
+    assert t.global_step == 0

@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lsframe.errors import ConfigError
 from lsframe.optim import info_for
 from lsframe.optim.param_groups import weight_decay_groups
 from lsframe.optim.step_size_schedule import StepSizeSchedule
@@ -107,6 +108,19 @@ def count_optimizer_steps(trainer: pl.Trainer, accumulate_grad_batches: int) -> 
     return min(steps, trainer.max_steps) if trainer.max_steps > 0 else steps
 
 
+def refuse_metric_scheduler(cls: type, where: str) -> None:
+    """A ``lr_scheduler`` steps after every optimizer step, with no metric to pass: one that
+    steps on a monitored metric (torch's ``ReduceLROnPlateau``) would fail at the first step,
+    so it is refused (ConfigError at ``where``) before any."""
+    if issubclass(cls, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        raise ConfigError(
+            f"{cls.__name__} steps on a monitored metric; lsframe steps lr_scheduler after "
+            "every optimizer step, without one: use a step-based scheduler "
+            "(lsframe.optim.WarmupCosineLR, torch's LambdaLR, StepLR, OneCycleLR, ...)",
+            where=where,
+        )
+
+
 def make_scheduler(
     optimizer: torch.optim.Optimizer,
     factory: Callable[[torch.optim.Optimizer], Any],
@@ -121,8 +135,10 @@ def make_scheduler(
     """
     if info_for(optimizer).searches:
         scheduler = StepSizeSchedule(optimizer, factory)
+        refuse_metric_scheduler(type(scheduler.scheduler), "lr_scheduler")
     else:
         scheduler = factory(optimizer)
+        refuse_metric_scheduler(type(scheduler), "lr_scheduler")
     if getattr(scheduler, "total_steps", 0) is None:
         scheduler.set_total_steps(total_steps())
     return scheduler
