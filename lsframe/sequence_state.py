@@ -85,7 +85,8 @@ def is_stage_checkpoint(path: str | Path) -> bool:
 
 def load_stage_module(path: str | Path) -> Any:
     """The module after a stage of a sequence, with that stage's task head: built from the
-    ``model`` section of the run's ``sequence_config.json``, its weights from ``path`` (read
+    ``model`` section of the run's ``sequence_config.json`` (with the stage's class names where
+    the section sets none, :func:`with_stage_label_names`), its weights from ``path`` (read
     with ``weights_only=True``).
 
     Raises:
@@ -97,10 +98,11 @@ def load_stage_module(path: str | Path) -> Any:
 
     path = Path(path)
     config = json.loads((path.parent / CONFIG_FILE).read_text())
+    model = with_stage_label_names(config, int(path.stem.split("_")[1]))
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(ClosureModule, "model")
     try:
-        module = parser.instantiate_classes(parser.parse_object({"model": config["model"]})).model
+        module = parser.instantiate_classes(parser.parse_object({"model": model})).model
     except Exception as error:  # noqa: BLE001 - any failure: the recorded model does not build
         raise DataError(
             f"the model section of {CONFIG_FILE} does not build a module: {error}", str(path)
@@ -111,3 +113,28 @@ def load_stage_module(path: str | Path) -> Any:
     except (KeyError, RuntimeError) as error:
         raise DataError(f"the weights do not fit the recorded model: {error}", str(path)) from error
     return module
+
+
+def with_stage_label_names(config: dict[str, Any], stage: int) -> dict[str, Any]:
+    """The ``model`` section of a sequence's config, with ``label_names`` set to those of stage
+    ``stage``'s DataModule (a GLUE task's classes) when the section leaves them null, so an
+    exported stage names its classes as an exported fit does. Unchanged when the section sets
+    them, or the stage's DataModule does not build or has none, or not ``num_labels`` of them
+    (a head of another size)."""
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch import LightningDataModule
+
+    model = json.loads(json.dumps(config["model"]))
+    init = model.get("init_args") or {}
+    if init.get("label_names") is not None or "label_names" not in init:
+        return model
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(LightningDataModule, "data")
+    try:
+        data = config["stages"][stage]["data"]
+        names = parser.instantiate_classes(parser.parse_object({"data": data})).data.label_names
+    except Exception:  # noqa: BLE001 - no names to add: the export goes on without them
+        return model
+    if names and len(names) == init.get("num_labels"):
+        init["label_names"] = list(names)
+    return model

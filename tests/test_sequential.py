@@ -178,6 +178,11 @@ def test_sequential_cli_on_the_real_encoder_with_ewc(minilm, shared_data, tmp_pa
     exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "exported")
     stage = torch.load(out / "stage_1.ckpt", weights_only=True)["state_dict"]
     assert torch.equal(exported.classifier.weight, stage["model.classifier.weight"])
+    # and names the classes of its stage's task, as an exported fit does
+    assert exported.config.id2label == {0: "not_equivalent", 1: "equivalent"}
+    main(["export", str(out / "stage_0.ckpt"), str(tmp_path / "exported_0")])
+    first = AutoModelForSequenceClassification.from_pretrained(tmp_path / "exported_0")
+    assert first.config.id2label == {0: "negative", 1: "positive"}
     # without the EWC callback it would have written the EWC run's matrix as its own
     capsys.readouterr()
     with pytest.raises(SystemExit) as refused:
