@@ -231,14 +231,77 @@ def usage_error(
         return UsageError(message, option.lstrip("-"))
     where = ".".join(keys) or None
     if into_class and class_path and re.search(r"has no attribute|No module named", deepest):
-        missing = re.search(r"module '([^']+)' has no attribute '([^']+)'", deepest)
-        hint = ""
-        if missing:  # the class that failed, which may sit inside another class's arguments
-            module, name = missing.groups()
-            class_path = f"{module}.{name}"
-            hint = _did_you_mean(name, _public_names(module))
-        return UsageError(f"cannot import class_path {class_path!r}: {deepest}{hint}", where)
-    return UsageError(one_line(_innermost(deepest)), where)
+        return UsageError(_cannot_import(class_path, deepest), where)
+    message = _union_problem(_deepest_union(error))
+    return UsageError(message or one_line(_innermost(deepest)), where)
+
+
+_UNION = "Does not validate against any of the Union subtypes"
+
+
+def _cannot_import(class_path: str, reason: str) -> str:
+    """The line for a ``class_path`` that does not import, with "did you mean" for a misspelt
+    class (the one that failed, which may sit inside another class's arguments)."""
+    missing = re.search(r"module '([^']+)' has no attribute '([^']+)'", reason)
+    hint = ""
+    if missing:
+        module, name = missing.groups()
+        class_path = f"{module}.{name}"
+        hint = _did_you_mean(name, _public_names(module))
+    return f"cannot import class_path {class_path!r}: {reason}{hint}"
+
+
+def _deepest_union(error: BaseException) -> str:
+    """jsonargparse's Union report for the deepest key of ``error``'s chain; "" when that key's
+    problem is not one (a setting inside a class inside a Union reports its own key)."""
+    chain = [str(exc) for exc in _chain(error)]
+    found = [i for i, text in enumerate(chain) if _UNION in text]
+    if not found or any('Parser key "' in text for text in chain[found[-1] + 1 :]):
+        return ""
+    return chain[found[-1]]
+
+
+def _split_top_level(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets: ``"a[1, 2], b"`` → ``["a[1, 2]", "b"]``."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += char in "[(" and 1 or char in "])" and -1 or 0
+        if char == "," and depth == 0:
+            items.append(text[start:i].strip())
+            start = i + 1
+    return [*items, text[start:].strip()]
+
+
+def _union_problem(text: str) -> str | None:
+    """One line for a value that fits none of a setting's types (jsonargparse's Union
+    report): a class path that does not import says so, as for a class-typed setting;
+    otherwise every accepted form is named (``precision``: each of its values, with "did you
+    mean"), not only the first type's. None when the report does not read as expected."""
+    value = re.search(r"^\s*Given value: (.*)$", text, re.M)
+    subtypes = re.search(r"^\s*Subtypes: \[(.*)\]$", text, re.M)
+    if value is None or subtypes is None:
+        return None
+    given = value.group(1)
+    failed = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", text)
+    if failed:
+        return _cannot_import(failed.group(1), failed.group(2).strip())
+    values: list[str] = []
+    kinds: list[str] = []
+    for subtype in _split_top_level(subtypes.group(1)):
+        literal = re.fullmatch(r"typing\.Literal\[(.*)\]", subtype)
+        plain = re.fullmatch(r"<class '([\w.]+)'>", subtype)
+        if literal:
+            values += _split_top_level(literal.group(1))
+        elif plain and plain.group(1) != "NoneType":
+            name = plain.group(1).rsplit(".", 1)[-1]
+            kinds.append(KIND_WORDS.get(name, f"a {name}"))
+        elif re.fullmatch(r"list\[.*\]", subtype):
+            kinds.append("a list")
+    forms = ([f"one of {', '.join(values)}"] if values else []) + kinds
+    if not forms:
+        return None
+    strings = [v.strip("'") for v in values if v.startswith("'")]
+    return f"expected {' or '.join(forms)}, got {given!r}{_did_you_mean(given, strings)}"
 
 
 def unknown_subcommand(given: str | None, subcommands: tuple[str, ...]) -> UsageError:

@@ -227,3 +227,18 @@ DISTRIBUTION = {
     "model__init_args__param_grouping": "parts",
     "model__init_args__lr_distribution": "{tmp}/dist.yaml",
 }
+
+
+def precision_values() -> list[str]:
+    """The values ``Trainer(precision=...)`` accepts in this Lightning version, as its type
+    lists them (a string value quoted)."""
+    import typing
+
+    import lightning.pytorch as pl
+
+    def values(kind: object) -> list[str]:
+        if typing.get_origin(kind) is typing.Literal:
+            return [repr(v) for v in typing.get_args(kind)]
+        return [v for arg in typing.get_args(kind) for v in values(arg)]
+
+    return values(typing.get_type_hints(pl.Trainer.__init__)["precision"])

@@ -38,6 +38,7 @@ from bad_input_helpers import (
     image_fit,
     image_folder,
     output_folder,
+    precision_values,
     search,
     sequence,
     stage_batch_size,
@@ -89,6 +90,18 @@ CASES: dict[str, tuple[Args, int, str]] = {
         fit(model__init_args__lr_scheduler__init_args__warmup_ratio=1.5), 2,
         "warmup_ratio must be in [0, 1), got 1.5 "
         "(model.init_args.lr_scheduler.init_args.warmup_ratio)"),
+    "a value that fits none of a setting's types names every accepted form": (
+        fit("--trainer.precision", "bf16-mix"), 2,
+        f"expected one of {', '.join(precision_values())}, got 'bf16-mix', did you mean "
+        f"'bf16-mixed'? (trainer.precision){FIT_HELP}"),
+    "a seed that is neither a flag nor an integer": (
+        fit("--seed_everything", "1.5"), 2,
+        f"expected true or false or an integer, got '1.5' (seed_everything){FIT_HELP}"),
+    "one callback class misspelt on the command line": (
+        fit("--trainer.callbacks", "lightning.pytorch.callbacks.LearningRateMonitr"), 2,
+        "cannot import class_path 'lightning.pytorch.callbacks.LearningRateMonitr': module "
+        "'lightning.pytorch.callbacks' has no attribute 'LearningRateMonitr', did you mean "
+        f"'LearningRateMonitor'? (trainer.callbacks){FIT_HELP}"),
     "a scheduler that steps on a metric": (
         fit("--model.init_args.lr_scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau"), 2,
         "ReduceLROnPlateau steps on a monitored metric; lsframe steps lr_scheduler after every "
