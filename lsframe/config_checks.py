@@ -21,10 +21,9 @@ names its full key:
   ``lr_distribution`` must load (values, file syntax) with ``param_grouping: parts``, and its
   ``num_labels`` / ``num_classes`` / ``in_chans`` / ``label_names`` must agree with each
   DataModule's, and its loading options (``dtype``, ...) must be of the right kind;
-* ``trainer.accumulate_grad_batches`` / ``gradient_clip_val`` / ``gradient_clip_algorithm`` are
-  refused with the module option to set instead (:func:`check_trainer_step_options`);
-* ``trainer.precision`` must be one that drives a closure, or unset under lsframe's fp16 plugin
-  in ``trainer.plugins``, whose arguments are checked (:func:`check_precision_setting`).
+* the Trainer's settings, the ``checkpoint`` section and ``ckpt_path``
+  (:mod:`lsframe.trainer_checks`): precision, the options that belong to the module, the
+  accelerator's name, the checkpoint callback's values, the checkpoint file.
 
 Errors are :class:`~lsframe.errors.ConfigError` / :class:`~lsframe.errors.DataError` with the
 key or file (:meth:`~lsframe.errors.LsframeError.at`).
@@ -32,99 +31,25 @@ key or file (:meth:`~lsframe.errors.LsframeError.at`).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
-import re
 import types
 import typing
-from collections.abc import Iterator
 from typing import Any
 
 from lsframe.cli_errors import KIND_WORDS
-from lsframe.errors import ConfigError, LsframeError, MissingFileError, one_line
+from lsframe.config_nodes import class_nodes, import_class, located, node_get, plain
+from lsframe.errors import ConfigError, LsframeError
+from lsframe.trainer_checks import (
+    check_accelerator,
+    check_checkpoint_section,
+    check_ckpt_path,
+    check_precision_setting,
+    check_trainer_step_options,
+)
 
 #: Attributes a DataModule and a module must agree on (the modules' ``check_data`` keys).
 SHARED_ATTRIBUTES = ("num_labels", "num_classes", "in_chans", "label_names")
-
-#: Trainer options that Lightning refuses under manual optimization, which lsframe's modules
-#: use (one closure per optimizer step): each is a module option of the same name instead.
-MODULE_STEP_OPTIONS = ("accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm")
-
-# torch's own optimizers say "Invalid learning rate: -1" without the argument's name
-_TORCH_MESSAGES = {
-    "Invalid learning rate": "lr",
-    "Invalid epsilon value": "eps",
-    "Invalid beta parameter": "betas",
-    "Invalid weight_decay value": "weight_decay",
-    "Invalid momentum value": "momentum",
-}
-
-
-def _get(node: Any, name: str, default: Any = None) -> Any:
-    if isinstance(node, dict):
-        return node.get(name, default)
-    return getattr(node, name, default)
-
-
-def _items(node: Any) -> list[tuple[str, Any]]:
-    if isinstance(node, dict):
-        return list(node.items())
-    if hasattr(node, "__dict__") and type(node).__name__ == "Namespace":
-        return list(vars(node).items())
-    return []
-
-
-def _plain(value: Any) -> Any:
-    """A parsed value as plain Python (jsonargparse Namespaces become dicts)."""
-    if type(value).__name__ == "Namespace":
-        return {k: _plain(v) for k, v in vars(value).items() if not k.startswith("__")}
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def class_nodes(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:
-    """``(key, node)`` for every ``class_path`` entry under ``node``, outermost first (lists
-    give ``key[i]``)."""
-    if isinstance(node, (list, tuple)):
-        for i, item in enumerate(node):
-            yield from class_nodes(item, f"{key}[{i}]")
-        return
-    if _get(node, "class_path") is not None and isinstance(_get(node, "class_path"), str):
-        yield key, node
-        for name, value in _items(_get(node, "init_args")):
-            yield from class_nodes(value, f"{key}.init_args.{name}")
-        return
-    for name, value in _items(node):
-        if not name.startswith("__"):
-            yield from class_nodes(value, f"{key}.{name}" if key else name)
-
-
-def _import(class_path: str) -> type | None:
-    module, _, name = class_path.rpartition(".")
-    try:
-        found = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
-    return found if isinstance(found, type) else None
-
-
-def _located(error: Exception, prefix: str, init_args: dict[str, Any]) -> LsframeError:
-    """``error`` from a constructor under ``prefix`` (``<key>.init_args``) as an lsframe error
-    at the full key: its ``argument``, else an init argument its message starts with."""
-    if isinstance(error, LsframeError):
-        return error.at(prefix)
-    text = one_line(error) or type(error).__name__
-    name = re.match(r"[\w.\[\]]+", text)
-    argument = name.group(0) if name and name.group(0).split("[")[0] in init_args else None
-    for start, key in _TORCH_MESSAGES.items():
-        argument = key if text.startswith(start) else argument
-    owner = prefix.removesuffix(".init_args")
-    kind = MissingFileError if isinstance(error, FileNotFoundError) else ConfigError
-    return kind(text, where=f"{prefix}.{argument}" if argument else owner)
 
 
 def check_nulls(key: str, cls: type, init_args: dict[str, Any]) -> None:
@@ -192,7 +117,7 @@ def check_optimizer(key: str, cls: type, init_args: dict[str, Any], grouping: An
     try:
         cls(probe, **init_args)
     except (LsframeError, ValueError, TypeError) as error:
-        raise _located(error, f"{key}.init_args", init_args) from error
+        raise located(error, f"{key}.init_args", init_args) from error
     needs = info_for(cls).param_grouping
     owner = key.rsplit(".init_args.", 1)[0] if ".init_args." in key else None
     if needs == "parts" and owner is not None and grouping not in (None, "parts"):
@@ -215,7 +140,7 @@ def check_scheduler(key: str, cls: type, init_args: dict[str, Any]) -> None:
     try:
         cls(probe, **init_args)
     except (LsframeError, ValueError, TypeError) as error:
-        raise _located(error, f"{key}.init_args", init_args) from error
+        raise located(error, f"{key}.init_args", init_args) from error
 
 
 def check_callback(key: str, cls: type, init_args: dict[str, Any]) -> None:
@@ -225,7 +150,7 @@ def check_callback(key: str, cls: type, init_args: dict[str, Any]) -> None:
     try:
         cls(**init_args)
     except (LsframeError, ValueError, TypeError) as error:
-        raise _located(error, f"{key}.init_args", init_args) from error
+        raise located(error, f"{key}.init_args", init_args) from error
 
 
 def build_datamodule(key: str, cls: type, init_args: dict[str, Any], stage: str) -> Any:
@@ -234,7 +159,7 @@ def build_datamodule(key: str, cls: type, init_args: dict[str, Any], stage: str)
     try:
         data = cls(**init_args)
     except (LsframeError, ValueError, TypeError, FileNotFoundError) as error:
-        raise _located(error, f"{key}.init_args", init_args) from error
+        raise located(error, f"{key}.init_args", init_args) from error
     check_files = getattr(data, "check_files", None)
     if callable(check_files):
         try:
@@ -305,30 +230,6 @@ def check_module(key: str, init_args: dict[str, Any], data: list[tuple[str, Any]
                 )
 
 
-def check_precision_setting(trainer: Any) -> None:
-    """``trainer.precision`` drives a closure (:func:`.policy.check_precision`); an
-    :class:`lsframe.precision.FP16MixedPrecision` in ``trainer.plugins`` is built (its arguments
-    checked at ``trainer.plugins[i].init_args``) and needs ``trainer.precision`` unset."""
-    from lsframe.modules.policy import check_precision
-    from lsframe.precision import FP16MixedPrecision
-
-    plugins = _get(trainer, "plugins")
-    listed = isinstance(plugins, (list, tuple))
-    fp16 = []
-    for i, node in enumerate(plugins if listed else [] if plugins is None else [plugins]):
-        class_path = _get(node, "class_path")
-        cls = _import(class_path) if isinstance(class_path, str) else None
-        if cls is None or not issubclass(cls, FP16MixedPrecision):
-            continue
-        key = f"trainer.plugins[{i}]" if listed else "trainer.plugins"
-        init_args = _plain(_get(node, "init_args")) or {}
-        try:
-            fp16.append(cls(**init_args))
-        except (LsframeError, ValueError, TypeError) as error:
-            raise _located(error, f"{key}.init_args", init_args) from error
-    check_precision(_get(trainer, "precision"), fp16)
-
-
 def _comparable(value: Any) -> Any:
     """A value as the config spells it (a DataModule's tuple of names is a list)."""
     return list(value) if isinstance(value, tuple) else value
@@ -346,23 +247,6 @@ def check_loading_setting(key: str, init_args: dict[str, Any]) -> None:
         loading_options(**given)
     except LsframeError as error:
         raise error.at(f"{key}.init_args") from error
-
-
-def check_trainer_step_options(trainer: Any, module_key: str) -> None:
-    """Refuse ``trainer.accumulate_grad_batches`` (other than 1), ``trainer.gradient_clip_val``
-    (other than 0) and ``trainer.gradient_clip_algorithm``: Lightning refuses them under manual
-    optimization only when the fit starts; each names the module option to set instead."""
-    no_effect = {"accumulate_grad_batches": 1, "gradient_clip_val": 0}
-    for name in MODULE_STEP_OPTIONS:
-        value = _get(trainer, name)
-        if value is None or (name in no_effect and value == no_effect[name]):
-            continue
-        raise ConfigError(
-            f"trainer.{name} does not apply to lsframe's modules, which step the optimizer "
-            f"themselves (one closure per step): set {module_key}.init_args.{name}: {value} "
-            "instead",
-            where=f"trainer.{name}",
-        )
 
 
 def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
@@ -383,13 +267,13 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
     from torch.optim import Optimizer
     from torch.optim.lr_scheduler import LRScheduler
 
-    check_precision_setting(_get(config, "trainer"))
+    check_precision_setting(node_get(config, "trainer"))
     modules: list[tuple[str, dict[str, Any]]] = []
     data: list[tuple[str, Any]] = []
     grouping: dict[str, Any] = {}
     for key, node in class_nodes(config):
-        cls = _import(_get(node, "class_path"))
-        init_args = _plain(_get(node, "init_args")) or {}
+        cls = import_class(node_get(node, "class_path"))
+        init_args = plain(node_get(node, "init_args")) or {}
         if cls is None:
             continue
         check_nulls(key, cls, init_args)
@@ -405,34 +289,21 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
             data.append((key, build_datamodule(key, cls, init_args, stage)))
         elif issubclass(cls, Callback) and cls.__module__.startswith("lsframe."):
             check_callback(key, cls, init_args)
-    check_trainer_step_options(_get(config, "trainer"), modules[0][0] if modules else "model")
+    check_trainer_step_options(node_get(config, "trainer"), modules[0][0] if modules else "model")
     for key, init_args in modules:
         check_module(key, init_args, data)
     return data
 
 
-#: ``ckpt_path`` values Lightning resolves itself (no file to check here).
-SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
-
-
-def check_ckpt_path(section: Any) -> None:
-    """A ``ckpt_path`` file loads with ``weights_only=True``, is a Lightning checkpoint, and
-    was written by the configured model class (:func:`lsframe.checkpoints.
-    read_lightning_checkpoint`; names Lightning resolves, such as ``last``, are left to it)."""
-    from lsframe.checkpoints import read_lightning_checkpoint
-
-    path = _get(section, "ckpt_path")
-    if not path or str(path) in SPECIAL_CKPT_PATHS or str(path).startswith("registry"):
-        return
-    read_lightning_checkpoint(str(path), _get(_get(section, "model"), "class_path"))
-
-
 def check_parsed(config: Any) -> None:
     """The checks of this module on what LightningCLI parsed: the chosen subcommand's section
     (:func:`check_config` with the subcommand as the data's stage) and its ``ckpt_path``."""
-    subcommand = _get(config, "subcommand")
-    section = _get(config, subcommand) if subcommand else config
+    subcommand = node_get(config, "subcommand")
+    section = node_get(config, subcommand) if subcommand else config
     if section is None:
         return
     check_config(section, stage=subcommand or "fit")
-    check_ckpt_path(section)
+    check_accelerator(node_get(section, "trainer"))
+    if subcommand == "fit":
+        check_checkpoint_section(section)
+    check_ckpt_path(section, subcommand or "fit")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lsframe.config_checks import _get
+from lsframe.config_nodes import node_get
 from lsframe.errors import ConfigError, LsframeError
 from lsframe.validation import check_int_at_least
 
@@ -16,7 +16,7 @@ from lsframe.validation import check_int_at_least
 def _stage_field(stage: Any, name: str) -> Any:
     """A field of a parsed stage: a Namespace, or in a list of lists a ``class_path`` node whose
     fields are its ``init_args``."""
-    return _get(_get(stage, "init_args") or stage, name)
+    return node_get(node_get(stage, "init_args") or stage, name)
 
 
 def check_stages(stages: Any, key: str, length: int | None = None) -> None:

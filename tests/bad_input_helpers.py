@@ -242,3 +242,20 @@ def precision_values() -> list[str]:
         return [v for arg in typing.get_args(kind) for v in values(arg)]
 
     return values(typing.get_type_hints(pl.Trainer.__init__)["precision"])
+
+
+def accelerator_names() -> list[str]:
+    """The accelerator names ``Trainer(accelerator=...)`` accepts here, in lsframe's order."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    return ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]
+
+
+def folder_with(name: str) -> Callable[[Path], Path]:
+    """A maker of the folder ``{tmp}/ckpts`` holding an empty file ``name``."""
+
+    def make(tmp: Path) -> Path:
+        write(tmp / "ckpts" / name, b"")
+        return tmp / "ckpts"
+
+    return make

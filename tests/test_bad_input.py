@@ -28,11 +28,13 @@ from bad_input_helpers import (
     PICKLED,
     TSV,
     Args,
+    accelerator_names,
     checkpoint,
     config_case,
     duplicate_pair_stage,
     duplicate_stage,
     fit,
+    folder_with,
     glue,
     idx_files,
     image_fit,
@@ -102,6 +104,17 @@ CASES: dict[str, tuple[Args, int, str]] = {
         "cannot import class_path 'lightning.pytorch.callbacks.LearningRateMonitr': module "
         "'lightning.pytorch.callbacks' has no attribute 'LearningRateMonitr', did you mean "
         f"'LearningRateMonitor'? (trainer.callbacks){FIT_HELP}"),
+    "an accelerator name Lightning does not know": (
+        fit("--trainer.accelerator", "gpuu"), 2,
+        f"unknown accelerator 'gpuu', did you mean 'gpu'? (accelerators: "
+        f"{', '.join(accelerator_names())}) (trainer.accelerator)"),
+    "a checkpoint mode that is neither min nor max": (
+        fit("--checkpoint.mode", "maximum"), 2,
+        "`mode` can be min, max but got maximum (checkpoint.mode)"),
+    "a negative checkpoint interval": (
+        fit("--checkpoint.every_n_train_steps", "-3"), 2,
+        "Invalid value for every_n_train_steps=-3. Must be >= 0 "
+        "(checkpoint.every_n_train_steps)"),
     "a scheduler that steps on a metric": (
         fit("--model.init_args.lr_scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau"), 2,
         "ReduceLROnPlateau steps on a monitored metric; lsframe steps lr_scheduler after every "
@@ -224,6 +237,13 @@ CASES: dict[str, tuple[Args, int, str]] = {
     # ---- fit / validate: checkpoints (read with weights_only=True before anything is built)
     "fit: ckpt_path missing": (with_checkpoint("fit", checkpoint(None)), 1,
                                f"checkpoint not found; {WANT} {CKPT}"),
+    "fit: ckpt_path best": (with_checkpoint("fit", lambda tmp: Path("best")), 2,
+                            "fit resumes from a checkpoint file or 'last'; 'best' is the best "
+                            "checkpoint of a fit that has run, for validate, test and predict "
+                            "in the same process (ckpt_path)"),
+    "fit: ckpt_path a folder": (with_checkpoint("fit", folder_with("last.ckpt")), 2,
+                                "{tmp}/ckpts is a folder: name a checkpoint file, such as "
+                                "{tmp}/ckpts/last.ckpt (ckpt_path)"),
     "validate: ckpt_path missing": (with_checkpoint("validate", checkpoint(None)), 1,
                                     f"checkpoint not found; {WANT} {CKPT}"),
     "validate: corrupt checkpoint": (

@@ -345,3 +345,13 @@ def test_a_scheduler_that_steps_on_a_metric_is_refused_before_the_first_step(sea
     with pytest.raises(ConfigError, match="ReduceLROnPlateau steps on a monitored metric"):
         t.fit(module, loader(32, 4))
     assert t.global_step == 0
+
+
+def test_unlimited_epochs_without_max_steps_are_named_as_such_when_a_schedule_needs_the_length():
+    from lsframe.modules.optimizer_setup import RunLengthUnknown
+
+    module = TinyRegression(optimizer=probe(), lr_scheduler=WarmupCosineLR)
+    t = trainer(max_epochs=-1)  # a finite loader: it is the run that has no end
+    with pytest.raises(RunLengthUnknown, match=r"^trainer.max_epochs -1 \(no limit\) needs"):
+        t.fit(module, loader(32, 4))
+    assert t.global_step == 0

@@ -85,8 +85,8 @@ def parameter_groups(
 
 
 class RunLengthUnknown(ValueError):
-    """The run has no known number of optimizer steps: an infinite train dataloader and no
-    ``max_steps``."""
+    """The run has no known number of optimizer steps: an infinite train dataloader or
+    unlimited epochs (``max_epochs`` -1), and no ``max_steps``."""
 
 
 def count_optimizer_steps(trainer: pl.Trainer, accumulate_grad_batches: int) -> int:
@@ -94,10 +94,13 @@ def count_optimizer_steps(trainer: pl.Trainer, accumulate_grad_batches: int) -> 
     ``epochs · ceil(batches / accumulate_grad_batches)``, capped by a positive ``max_steps``.
 
     Raises:
-        RunLengthUnknown: the train dataloader is infinite and ``max_steps`` is not set.
+        RunLengthUnknown: the train dataloader is infinite, or ``max_epochs`` is -1, and
+            ``max_steps`` is not set.
     """
     if trainer.max_steps is not None and trainer.max_steps > 0 and trainer.max_epochs == -1:
         return trainer.max_steps
+    if trainer.max_epochs == -1:  # and no max_steps: the loader may be finite, the run is not
+        raise RunLengthUnknown("trainer.max_epochs -1 (no limit) needs trainer.max_steps")
     trainer.estimated_stepping_batches  # noqa: B018 - loads the train dataloader
     batches = trainer.num_training_batches
     if math.isinf(batches):

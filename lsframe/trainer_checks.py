@@ -1,0 +1,135 @@
+"""Checks of a parsed ``fit`` section's Trainer settings and ``checkpoint`` section, before any
+weights or data load (part of :func:`lsframe.config_checks.check_parsed`):
+
+* ``trainer.precision`` must be one that drives a closure, or unset under lsframe's fp16 plugin
+  in ``trainer.plugins``, whose arguments are checked (:func:`check_precision_setting`);
+* ``trainer.accumulate_grad_batches`` / ``gradient_clip_val`` / ``gradient_clip_algorithm`` are
+  refused with the module option to set instead (:func:`check_trainer_step_options`);
+* ``trainer.accelerator`` must be a name Lightning knows (:func:`check_accelerator`), and the
+  ``checkpoint`` section's values must build its callback (:func:`check_checkpoint_section`):
+  Lightning finds either only once the model has loaded, without the key;
+* a ``ckpt_path`` file must be a Lightning checkpoint of the configured module
+  (:func:`check_ckpt_path`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+from lsframe.config_nodes import import_class, located, node_get, plain
+from lsframe.errors import ConfigError, LsframeError, one_line
+
+#: Trainer options that Lightning refuses under manual optimization, which lsframe's modules
+#: use (one closure per optimizer step): each is a module option of the same name instead.
+MODULE_STEP_OPTIONS = ("accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm")
+
+
+def check_precision_setting(trainer: Any) -> None:
+    """``trainer.precision`` drives a closure (:func:`.policy.check_precision`); an
+    :class:`lsframe.precision.FP16MixedPrecision` in ``trainer.plugins`` is built (its arguments
+    checked at ``trainer.plugins[i].init_args``) and needs ``trainer.precision`` unset."""
+    from lsframe.modules.policy import check_precision
+    from lsframe.precision import FP16MixedPrecision
+
+    plugins = node_get(trainer, "plugins")
+    listed = isinstance(plugins, (list, tuple))
+    fp16 = []
+    for i, node in enumerate(plugins if listed else [] if plugins is None else [plugins]):
+        class_path = node_get(node, "class_path")
+        cls = import_class(class_path) if isinstance(class_path, str) else None
+        if cls is None or not issubclass(cls, FP16MixedPrecision):
+            continue
+        key = f"trainer.plugins[{i}]" if listed else "trainer.plugins"
+        init_args = plain(node_get(node, "init_args")) or {}
+        try:
+            fp16.append(cls(**init_args))
+        except (LsframeError, ValueError, TypeError) as error:
+            raise located(error, f"{key}.init_args", init_args) from error
+    check_precision(node_get(trainer, "precision"), fp16)
+
+
+def check_trainer_step_options(trainer: Any, module_key: str) -> None:
+    """Refuse ``trainer.accumulate_grad_batches`` (other than 1), ``trainer.gradient_clip_val``
+    (other than 0) and ``trainer.gradient_clip_algorithm``: Lightning refuses them under manual
+    optimization only when the fit starts; each names the module option to set instead."""
+    no_effect = {"accumulate_grad_batches": 1, "gradient_clip_val": 0}
+    for name in MODULE_STEP_OPTIONS:
+        value = node_get(trainer, name)
+        if value is None or (name in no_effect and value == no_effect[name]):
+            continue
+        raise ConfigError(
+            f"trainer.{name} does not apply to lsframe's modules, which step the optimizer "
+            f"themselves (one closure per step): set {module_key}.init_args.{name}: {value} "
+            "instead",
+            where=f"trainer.{name}",
+        )
+
+
+#: ``ckpt_path`` values Lightning resolves itself (no file to check here).
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
+
+
+def check_ckpt_path(section: Any, subcommand: str = "fit") -> None:
+    """A ``ckpt_path`` file loads with ``weights_only=True``, is a Lightning checkpoint, and
+    was written by the configured model class (:func:`lsframe.checkpoints.
+    read_lightning_checkpoint`; names Lightning resolves, such as ``last``, are left to it,
+    except ``best`` for ``fit``, which has no best checkpoint before it runs). A folder is
+    refused with the checkpoint to name instead."""
+    from lsframe.checkpoints import read_lightning_checkpoint
+
+    path = node_get(section, "ckpt_path")
+    if subcommand == "fit" and str(path) == "best":
+        raise ConfigError(
+            "fit resumes from a checkpoint file or 'last'; 'best' is the best checkpoint of a "
+            "fit that has run, for validate, test and predict in the same process",
+            where="ckpt_path",
+        )
+    if not path or str(path) in SPECIAL_CKPT_PATHS or str(path).startswith("registry"):
+        return
+    if Path(path).is_dir():
+        files = sorted(Path(path).glob("*.ckpt")) or sorted(Path(path).glob("**/last*.ckpt"))
+        example = f", such as {files[0]}" if files else ""
+        raise ConfigError(f"{path} is a folder: name a checkpoint file{example}", "ckpt_path")
+    read_lightning_checkpoint(str(path), node_get(node_get(section, "model"), "class_path"))
+
+
+def check_accelerator(trainer: Any) -> None:
+    """``trainer.accelerator``, when a name, is one Lightning knows: ``auto``, ``gpu`` or a
+    registered accelerator (``cpu``, ``cuda``, ``mps``, ...), as the Trainer checks it once the
+    model has loaded."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    name = node_get(trainer, "accelerator")
+    if not isinstance(name, str):
+        return
+    names = ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        hint = f", did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown accelerator {name!r}{hint} (accelerators: {', '.join(names)})",
+            where="trainer.accelerator",
+        )
+
+
+def check_checkpoint_section(section: Any) -> None:
+    """The ``checkpoint`` section builds its callback
+    (:class:`lsframe.checkpointing.BestAndLastCheckpoint`, whose constructor checks ``mode``,
+    ``every_n_*`` and the rest without touching the disk); its refusal is placed at the key it
+    names (``checkpoint.mode``)."""
+    from lsframe.checkpointing import BestAndLastCheckpoint
+
+    values = plain(node_get(section, "checkpoint"))
+    if not isinstance(values, dict):
+        return
+    try:
+        BestAndLastCheckpoint(**values)
+    except Exception as error:  # noqa: BLE001 - Lightning's MisconfigurationException and more
+        text = one_line(error) or type(error).__name__
+        named = [n for pair in re.findall(r"`(\w+)`|(\w+)=", text) for n in pair if n in values]
+        raise ConfigError(
+            text, where=f"checkpoint.{named[0]}" if named else "checkpoint"
+        ) from error
