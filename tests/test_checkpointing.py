@@ -4,6 +4,7 @@ lines read a fit that ran no validation since its resume."""
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from types import SimpleNamespace
 
 import helpers
@@ -186,13 +187,22 @@ def test_a_non_finite_loss_ends_the_fit_with_one_line_and_last_holds_the_run_up_
     assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
 
 
+SAVED = ["--model", "preemption_helpers.SavedTinyClassifier"]
+
+
+def one_epoch_with_hyperparameters(tmp_path: Path) -> Path:
+    """A one-epoch ``lsframe fit`` of a module that saves its hyperparameters; its last.ckpt."""
+    from test_preemption import fit_args, lsframe
+
+    first = lsframe(tmp_path, fit_args(tmp_path, *SAVED, "--trainer.max_epochs", "1"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    return tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+
+
 def test_a_fit_resumed_from_a_checkpoint_file_refuses_a_model_setting_it_would_drop(tmp_path):
     from test_preemption import fit_args, lsframe
 
-    saved = ["--model", "preemption_helpers.SavedTinyClassifier"]
-    first = lsframe(tmp_path, fit_args(tmp_path, *saved, "--trainer.max_epochs", "1"))
-    assert first.returncode == 0, first.stderr[-3000:]
-    last = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    saved, last = SAVED, one_epoch_with_hyperparameters(tmp_path)
     other = [
         *saved,
         "--model.init_args.optimizer",
@@ -217,10 +227,7 @@ def test_a_fit_resumed_with_ckpt_path_last_refuses_a_changed_setting_as_a_named_
 ):
     from test_preemption import fit_args, lsframe
 
-    saved = ["--model", "preemption_helpers.SavedTinyClassifier"]
-    first = lsframe(tmp_path, fit_args(tmp_path, *saved, "--trainer.max_epochs", "1"))
-    assert first.returncode == 0, first.stderr[-3000:]
-    last = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    saved, last = SAVED, one_epoch_with_hyperparameters(tmp_path)
     before = last.read_bytes()
     first_steps = torch.load(last, weights_only=False)["global_step"]
     changed = [*saved, "--model.init_args.optimizer.init_args.c", "0.3", "--ckpt_path", "last"]
