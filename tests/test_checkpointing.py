@@ -199,6 +199,16 @@ def one_epoch_with_hyperparameters(tmp_path: Path) -> Path:
     return tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
 
 
+def refusal(last: Path, saved: str, given: str, key: str) -> str:
+    """The one line refusing a resume whose config sets ``model.init_args.<key>`` otherwise."""
+    return (
+        f"lsframe fit: error: the checkpoint {last} was saved with {saved} here, the config sets "
+        f"{given}: a resumed fit continues the checkpoint's model and optimizer; leave the "
+        "setting as it was, or export the weights (lsframe export) and start a new fit from "
+        f"them (model.init_args.{key})"
+    )
+
+
 def test_a_fit_resumed_from_a_checkpoint_file_refuses_a_model_setting_it_would_drop(tmp_path):
     from test_preemption import fit_args, lsframe
 
@@ -212,11 +222,8 @@ def test_a_fit_resumed_from_a_checkpoint_file_refuses_a_model_setting_it_would_d
     ]
     refused = lsframe(tmp_path, fit_args(tmp_path, *other))
     assert refused.returncode == 2, refused.stderr[-3000:]
-    assert refused.stderr.strip().splitlines()[-1] == (
-        f"lsframe fit: error: the checkpoint {last} was saved with 'lsframe.optim.SaLSA' here, "
-        "the config sets 'lsframe.optim.SGDSLS': a resumed fit continues the checkpoint's model "
-        "and optimizer; leave the setting as it was, or export the weights (lsframe export) and "
-        "start a new fit from them (model.init_args.optimizer.class_path)"
+    assert refused.stderr.strip().splitlines()[-1] == refusal(
+        last, "'lsframe.optim.SaLSA'", "'lsframe.optim.SGDSLS'", "optimizer.class_path"
     )
     resumed = lsframe(tmp_path, fit_args(tmp_path, *saved, "--ckpt_path", str(last)))  # as it was
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -233,11 +240,8 @@ def test_a_fit_resumed_with_ckpt_path_last_refuses_a_changed_setting_as_a_named_
     changed = [*saved, "--model.init_args.optimizer.init_args.c", "0.3", "--ckpt_path", "last"]
     refused = lsframe(tmp_path, fit_args(tmp_path, *changed, "--trainer.max_epochs", "2"))
     assert refused.returncode == 2, refused.stderr[-3000:]
-    assert refused.stderr.strip().splitlines()[-1] == (
-        f"lsframe fit: error: the checkpoint {last} was saved with 0.5 here, the config sets "
-        "0.3: a resumed fit continues the checkpoint's model and optimizer; leave the setting "
-        "as it was, or export the weights (lsframe export) and start a new fit from them "
-        "(model.init_args.optimizer.init_args.c)"
+    assert refused.stderr.strip().splitlines()[-1] == refusal(
+        last, "0.5", "0.3", "optimizer.init_args.c"
     )
     assert last.read_bytes() == before  # refused before any step: nothing written
     as_it_was = [*saved, "--ckpt_path", "last", "--trainer.max_epochs", "2"]
