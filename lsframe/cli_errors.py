@@ -127,7 +127,8 @@ def _public_names(module: str) -> list[str]:
         return []
 
 
-def _did_you_mean(name: str, candidates: list[str]) -> str:
+def did_you_mean(name: str, candidates: list[str]) -> str:
+    """``", did you mean 'x'?"`` for the closest of ``candidates`` to ``name``; "" when none is."""
     close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return f", did you mean {close[0]!r}?" if close else ""
 
@@ -213,7 +214,7 @@ def usage_error(
         full = _first_unknown(full, known)
         section, _, name = full.rpartition(".")
         names = _children(known, f"{section}." if section else "")
-        return UsageError(f"unknown key {name!r}{_did_you_mean(name, names)}", full)
+        return UsageError(f"unknown key {name!r}{did_you_mean(name, names)}", full)
     if unknown:
         name = unknown.group(1)
         item = _item_holding(argv, keys[0], name) if argv and len(keys) == 1 else None
@@ -223,11 +224,11 @@ def usage_error(
         else:
             names = _children(_parser_keys(parser), ".".join(keys) + "." if keys else "")
         where = ".".join([*keys, name])
-        return UsageError(f"unknown key {name!r}{_did_you_mean(name, names)}", where)
+        return UsageError(f"unknown key {name!r}{did_you_mean(name, names)}", where)
     if unrecognized:
         option = unrecognized.group(1).split()[0]
         options = ["--" + k for k in _parser_keys(parser)]
-        message = f"unknown option {option!r}{_did_you_mean(option, options)}"
+        message = f"unknown option {option!r}{did_you_mean(option, options)}"
         return UsageError(message, option.lstrip("-"))
     where = ".".join(keys) or None
     if into_class and class_path and re.search(r"has no attribute|No module named", deepest):
@@ -247,7 +248,7 @@ def _cannot_import(class_path: str, reason: str) -> str:
     if missing:
         module, name = missing.groups()
         class_path = f"{module}.{name}"
-        hint = _did_you_mean(name, _public_names(module))
+        hint = did_you_mean(name, _public_names(module))
     return f"cannot import class_path {class_path!r}: {reason}{hint}"
 
 
@@ -265,8 +266,11 @@ def _split_top_level(text: str) -> list[str]:
     """``text`` split at the commas outside brackets: ``"a[1, 2], b"`` → ``["a[1, 2]", "b"]``."""
     items, depth, start = [], 0, 0
     for i, char in enumerate(text):
-        depth += char in "[(" and 1 or char in "])" and -1 or 0
-        if char == "," and depth == 0:
+        if char in "[(":
+            depth += 1
+        elif char in "])":
+            depth -= 1
+        elif char == "," and depth == 0:
             items.append(text[start:i].strip())
             start = i + 1
     return [*items, text[start:].strip()]
@@ -301,7 +305,7 @@ def _union_problem(text: str) -> str | None:
     if not forms:
         return None
     strings = [v.strip("'") for v in values if v.startswith("'")]
-    return f"expected {' or '.join(forms)}, got {given!r}{_did_you_mean(given, strings)}"
+    return f"expected {' or '.join(forms)}, got {given!r}{did_you_mean(given, strings)}"
 
 
 def unknown_subcommand(given: str | None, subcommands: tuple[str, ...]) -> UsageError:
@@ -309,7 +313,7 @@ def unknown_subcommand(given: str | None, subcommands: tuple[str, ...]) -> Usage
     names = ", ".join(subcommands)
     if given is None:
         return UsageError(f"a subcommand is required: {names}")
-    return UsageError(f"unknown subcommand {given!r}{_did_you_mean(given, list(subcommands))}"
+    return UsageError(f"unknown subcommand {given!r}{did_you_mean(given, list(subcommands))}"
                       f" (subcommands: {names})")  # fmt: skip
 
 

@@ -14,11 +14,11 @@ weights or data load (part of :func:`lsframe.config_checks.check_parsed`):
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Any
 
+from lsframe.cli_errors import did_you_mean
 from lsframe.config_nodes import import_class, located, node_get, plain
 from lsframe.errors import ConfigError, LsframeError, one_line
 
@@ -107,10 +107,9 @@ def check_accelerator(trainer: Any) -> None:
         return
     names = ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]
     if name not in names:
-        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-        hint = f", did you mean {close[0]!r}?" if close else ""
         raise ConfigError(
-            f"unknown accelerator {name!r}{hint} (accelerators: {', '.join(names)})",
+            f"unknown accelerator {name!r}{did_you_mean(name, names)} "
+            f"(accelerators: {', '.join(names)})",
             where="trainer.accelerator",
         )
 
