@@ -23,12 +23,14 @@ _TORCH_MESSAGES = {
 
 
 def node_get(node: Any, name: str, default: Any = None) -> Any:
+    """The value at ``name`` of a parsed node (a jsonargparse Namespace or a dict)."""
     if isinstance(node, dict):
         return node.get(name, default)
     return getattr(node, name, default)
 
 
 def node_items(node: Any) -> list[tuple[str, Any]]:
+    """A parsed node's ``(name, value)`` pairs; none for a value that is not a node."""
     if isinstance(node, dict):
         return list(node.items())
     if hasattr(node, "__dict__") and type(node).__name__ == "Namespace":
