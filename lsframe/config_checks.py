@@ -45,6 +45,7 @@ from lsframe.trainer_checks import (
     check_checkpoint_section,
     check_ckpt_path,
     check_precision_setting,
+    check_trainer_intervals,
     check_trainer_step_options,
 )
 
@@ -268,6 +269,7 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
     from torch.optim.lr_scheduler import LRScheduler
 
     check_precision_setting(node_get(config, "trainer"))
+    check_trainer_intervals(node_get(config, "trainer"))
     modules: list[tuple[str, dict[str, Any]]] = []
     data: list[tuple[str, Any]] = []
     grouping: dict[str, Any] = {}

@@ -5,6 +5,8 @@ weights or data load (part of :func:`lsframe.config_checks.check_parsed`):
   in ``trainer.plugins``, whose arguments are checked (:func:`check_precision_setting`);
 * ``trainer.accumulate_grad_batches`` / ``gradient_clip_val`` / ``gradient_clip_algorithm`` are
   refused with the module option to set instead (:func:`check_trainer_step_options`);
+* ``trainer.val_check_interval``, ``limit_*_batches`` and ``overfit_batches`` must be values
+  Lightning takes (:func:`check_trainer_intervals`);
 * ``trainer.accelerator`` must be a name Lightning knows (:func:`check_accelerator`), and the
   ``checkpoint`` section's values must build its callback (:func:`check_checkpoint_section`):
   Lightning finds either only once the model has loaded, without the key;
@@ -15,6 +17,7 @@ weights or data load (part of :func:`lsframe.config_checks.check_parsed`):
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +69,71 @@ def check_trainer_step_options(trainer: Any, module_key: str) -> None:
             "instead",
             where=f"trainer.{name}",
         )
+
+
+#: Trainer settings that take a share of the batches (a float in [0, 1]) or a count of them.
+BATCH_LIMITS = (
+    "limit_train_batches",
+    "limit_val_batches",
+    "limit_test_batches",
+    "limit_predict_batches",
+    "overfit_batches",
+)
+
+
+def _batch_limit_problem(value: Any, share: str = "a share of the batches") -> str | None:
+    """Why ``value`` is not a share (a float in [0, 1]) or a count of batches (None: it is)."""
+    expected = f"expected {share} in [0.0, 1.0] or a number of batches"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{expected}, got {value!r}"
+    if value < 0 or (isinstance(value, float) and value > 1 and value % 1):
+        return f"{expected}, got {value}"
+    return None
+
+
+def _time_interval_problem(value: Any) -> str | None:
+    """Why a time-based ``val_check_interval`` (a ``DD:HH:MM:SS`` string or ``timedelta``
+    arguments) is not one Lightning parses (None: it is)."""
+    if isinstance(value, dict):
+        try:
+            timedelta(**value)
+        except (TypeError, ValueError, OverflowError) as error:
+            return f"a duration is timedelta's arguments ({{hours: 1, minutes: 30}}): {error}"
+        return None
+    parts = value.split(":")
+    if len(parts) != 4 or not all(re.fullmatch(r"\s*[+-]?\d+\s*", part) for part in parts):
+        return (
+            f"expected a share of the epoch in [0.0, 1.0], a number of batches or a duration "
+            f"'DD:HH:MM:SS', got {value!r}"
+        )
+    return None
+
+
+def check_trainer_intervals(trainer: Any) -> None:
+    """``trainer.val_check_interval`` (a count of batches, a share of the epoch, or a duration)
+    and the ``limit_*_batches`` / ``overfit_batches`` shares take values Lightning accepts, as it
+    checks them only once the model has loaded; a share of the epoch needs
+    ``check_val_every_n_epoch`` set, as in Lightning."""
+    for name in BATCH_LIMITS:
+        value = node_get(trainer, name)
+        problem = None if value is None else _batch_limit_problem(value)
+        if problem:
+            raise ConfigError(problem, where=f"trainer.{name}")
+    value = plain(node_get(trainer, "val_check_interval"))
+    if value is None:
+        return
+    if isinstance(value, (str, dict)):
+        problem = _time_interval_problem(value)
+    else:
+        problem = _batch_limit_problem(value, "a share of the epoch")
+        per_epoch = node_get(trainer, "check_val_every_n_epoch", 1)
+        if problem is None and isinstance(value, float) and per_epoch is None:
+            problem = (
+                f"a share of the epoch ({value}) needs trainer.check_val_every_n_epoch; without "
+                "it, give a number of batches or a duration 'DD:HH:MM:SS'"
+            )
+    if problem:
+        raise ConfigError(problem, where="trainer.val_check_interval")
 
 
 #: ``ckpt_path`` values Lightning resolves itself (no file to check here).

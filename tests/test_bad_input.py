@@ -108,6 +108,14 @@ CASES: dict[str, tuple[Args, int, str]] = {
         fit("--trainer.accelerator", "gpuu"), 2,
         f"unknown accelerator 'gpuu', did you mean 'gpu'? (accelerators: "
         f"{', '.join(accelerator_names())}) (trainer.accelerator)"),
+    "a validation interval that is neither a number nor a duration": (
+        fit("--trainer.val_check_interval", "often"), 2,
+        "expected a share of the epoch in [0.0, 1.0], a number of batches or a duration "
+        "'DD:HH:MM:SS', got 'often' (trainer.val_check_interval)"),
+    "a share of the batches above 1": (
+        fit("--trainer.limit_train_batches", "2.5"), 2,
+        "expected a share of the batches in [0.0, 1.0] or a number of batches, got 2.5 "
+        "(trainer.limit_train_batches)"),
     "a checkpoint mode that is neither min nor max": (
         fit("--checkpoint.mode", "maximum"), 2,
         "`mode` can be min, max but got maximum (checkpoint.mode)"),

@@ -1,0 +1,63 @@
+"""The Trainer settings lsframe checks before the model loads refuse exactly what Lightning
+refuses once it has loaded (Lightning's own parsers are the reference)."""
+
+from __future__ import annotations
+
+import pytest
+from lightning.pytorch.trainer.setup import _determine_batch_limits, _parse_time_interval_seconds
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from lsframe.errors import ConfigError
+from lsframe.trainer_checks import check_trainer_intervals
+
+BATCH_VALUES = [0, 1, 7, 0.0, 0.25, 1.0, 2.0, 3.5, -1, -0.5, "often"]
+DURATIONS = [
+    "00:00:01:00",
+    " 1:2:3:4",
+    "+0:0:0:30",
+    "00:01:00",
+    "1:2:3:x",
+    "often",
+    {"hours": 1, "minutes": 30},
+    {"hours": 1, "mins": 2},
+    {"hours": "one"},
+]
+
+
+def lightning_refuses(check, *args) -> bool:
+    try:
+        check(*args)
+    except (MisconfigurationException, TypeError, ValueError):
+        return True
+    return False
+
+
+def lsframe_refuses(trainer: dict) -> str | None:
+    try:
+        check_trainer_intervals(trainer)
+    except ConfigError as error:
+        return error.where
+    return None
+
+
+@pytest.mark.parametrize("value", BATCH_VALUES, ids=repr)
+@pytest.mark.parametrize("name", ["limit_train_batches", "limit_val_batches", "overfit_batches"])
+def test_a_batch_limit_is_refused_at_its_key_exactly_when_lightning_refuses_it(name, value):
+    refused = isinstance(value, str) or lightning_refuses(_determine_batch_limits, value, name)
+    assert lsframe_refuses({name: value}) == (f"trainer.{name}" if refused else None)
+
+
+@pytest.mark.parametrize("value", [*BATCH_VALUES, *DURATIONS], ids=repr)
+def test_a_validation_interval_is_refused_exactly_when_lightning_refuses_it(value):
+    if isinstance(value, (str, dict)):
+        refused = lightning_refuses(_parse_time_interval_seconds, value)
+    else:
+        refused = lightning_refuses(_determine_batch_limits, value, "val_check_interval")
+    where = lsframe_refuses({"val_check_interval": value, "check_val_every_n_epoch": 1})
+    assert where == ("trainer.val_check_interval" if refused else None)
+
+
+def test_a_share_of_the_epoch_without_an_epoch_interval_is_refused_as_lightning_refuses_it():
+    assert lsframe_refuses({"val_check_interval": 0.5, "check_val_every_n_epoch": None})
+    assert lsframe_refuses({"val_check_interval": 50, "check_val_every_n_epoch": None}) is None
+    assert lsframe_refuses({"val_check_interval": 0.5}) is None  # Lightning's default: 1
