@@ -33,13 +33,32 @@ def test_every_hyperparameter_is_in_defaults_and_a_state_dict_lacking_one_is_bac
     run(model, opt, 3)
     saved = copy.deepcopy(opt.state_dict())
     key = "max_change" if type(opt) in TRACKERS else "c"  # a rule constant of each
+    searches = type(opt) not in TRACKERS
     for group in saved["param_groups"]:
-        del group[key], group["max_backtracks"]
+        del group[key]
+        if searches:
+            del group["max_backtracks"]
     resumed = make(name, model)
     resumed.load_state_dict(saved)
     assert all(g[key] == opt.defaults[key] for g in resumed.param_groups)
-    assert all(g["max_backtracks"] == 100 for g in resumed.param_groups)
+    if searches:
+        assert all(g["max_backtracks"] == 100 for g in resumed.param_groups)
     run(model, resumed, 2, start=3)
+
+
+def test_a_step_size_tracker_has_no_backtracking_bound_and_drops_the_one_it_once_saved():
+    model = Logistic()
+    tracker = optim.SlopeTrackingAdam(model.parameters())
+    assert "max_backtracks" not in tracker.defaults
+    assert "max_backtracks" in optim.SaLSA(model.parameters()).defaults
+    run(model, tracker, 3)
+    saved = copy.deepcopy(tracker.state_dict())
+    for group in saved["param_groups"]:
+        group["max_backtracks"] = 100  # as every tracker saved it before 2026-12-06
+    resumed = optim.SlopeTrackingAdam(model.parameters())
+    resumed.load_state_dict(saved)
+    assert all("max_backtracks" not in g for g in resumed.param_groups)
+    assert resumed.param_groups[0]["step_size"] == tracker.param_groups[0]["step_size"]
 
 
 def test_a_salsa_state_dict_from_before_the_flat_family_resumes():

@@ -34,7 +34,8 @@ Shared by all:
   :meth:`~LineSearchOptimizer._search` only (see :func:`sufficient_decrease_ratio`).
 * **Robustness.** A non-finite loss at ``x`` or a non-finite gradient is a rejected step (no
   update, counted in ``rejected_steps``); a non-finite trial loss is a rejected trial; every
-  search is bounded by ``max_backtracks``. After a failed search (every trial rejected) the
+  search is bounded by ``max_backtracks`` (a hyperparameter of the optimizers with forward
+  trials only). After a failed search (every trial rejected) the
   step size is ``max(min_step_size, η the rule left)``: a group hyperparameter of every line
   search, default 0 (off), applied in :meth:`~LineSearchOptimizer._search` (a group key, e.g.
   ``[{"params": ..., "min_step_size": 1e-6}]``; PLASLS and ALSALS also take it as an argument).
@@ -99,10 +100,11 @@ class LineSearchOptimizer(Optimizer):
     """
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        searching = {"max_backtracks": 100} if self.forward_trials else {}  # a tracker has none
         defaults = {
             "weight_decay": 0.0,
             "lr_multiplier": 1.0,
-            "max_backtracks": 100,
+            **searching,
             "min_step_size": 0.0,
             **defaults,
         }
@@ -116,7 +118,8 @@ class LineSearchOptimizer(Optimizer):
         check_positive(lr=group["lr"])
         check_non_negative(weight_decay=group["weight_decay"])
         check_non_negative(min_step_size=group["min_step_size"])
-        check_int_at_least(1, max_backtracks=group["max_backtracks"])
+        if self.forward_trials:
+            check_int_at_least(1, max_backtracks=group["max_backtracks"])
 
     def _initial_search_state(self) -> dict[str, Any]:
         return {"step": 0, "forwards": 0, "searches": 0, "failed_searches": 0, "rejected_steps": 0}
@@ -179,6 +182,9 @@ class LineSearchOptimizer(Optimizer):
                 f"{type(self).__name__}: the optimizer state to load has no searched step size, "
                 "so another optimizer saved it: resume with the optimizer it was saved with"
             )
+        if not self.forward_trials:  # saved before 2026-12-06, when every tracker carried it
+            groups = [{k: v for k, v in g.items() if k != "max_backtracks"} for g in groups]
+            state_dict = {**state_dict, "param_groups": groups}
         if groups and "line_search" in groups[0]:
             state_dict = {
                 **state_dict,
