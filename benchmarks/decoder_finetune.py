@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import append_run, load_runs, logged_machines, mean_std, write_results
+from benchmarks.pairing import best_point, paired_differences
 from benchmarks.protocols import SHAKESPEARE
 from benchmarks.specs import DEFAULT, build
 
@@ -117,16 +118,10 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
             entry[key + "_cell"] = mean_std([r[key] for r in mine])
         entry["forwards_per_step"] = statistics.fmean(r["forwards_per_step"] for r in mine)
         table.append(entry)
-    grid = [e for e in table if e["optimizer"] in GRID]
-    if grid:
-        best = min(grid, key=lambda e: e["heldout_loss"])["optimizer"]
-        by_seed = {r["seed"]: r["heldout_loss"] for r in rows if r["optimizer"] == best}
+    best = best_point(rows, "heldout_loss", GRID, lower_is_better=True)
+    if best is not None:
         for entry in table:
-            diffs = [
-                r["heldout_loss"] - by_seed[r["seed"]]
-                for r in rows
-                if r["optimizer"] == entry["optimizer"] and r["seed"] in by_seed
-            ]
+            diffs = paired_differences(rows, "heldout_loss", entry["optimizer"], best)
             entry["best"] = best
             entry["paired"] = mean_std(diffs) if diffs else "—"
     return table

@@ -74,6 +74,7 @@ from benchmarks.common import (
     mean_std,
     write_results,
 )
+from benchmarks.pairing import paired_differences
 from benchmarks.protocols import (
     checkpoint_path,
     epoch_batches,
@@ -82,7 +83,6 @@ from benchmarks.protocols import (
     image_batches,
     image_scores,
     output_path,
-    paired,
     shakespeare_blocks,
     train,
 )
@@ -193,7 +193,7 @@ def table(rows: list[dict], names: list[str], task: str) -> str:
         mine = [r for r in rows if r["optimizer"] == name]
         if not mine:
             continue
-        diff = paired(rows, "final_train_loss", name, "adam") if name != "adam" else []
+        diff = paired_differences(rows, "final_train_loss", name, "adam") if name != "adam" else []
         cells = " | ".join(mean_std([r[m] for r in mine]) for m in metrics)
         lines.append(
             f"| {name} | {len(mine)} | {mean_std([r['final_train_loss'] for r in mine])} "

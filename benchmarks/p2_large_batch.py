@@ -88,13 +88,13 @@ from benchmarks.common import (
     warn_if_bf16_emulated,
     write_results,
 )
+from benchmarks.pairing import paired_differences
 from benchmarks.protocols import (
     checkpoint_path,
     fashion_mnist,
     image_batches,
     image_scores,
     output_path,
-    paired,
     train,
 )
 from lsframe.optim import ALTO, Lamb, WarmupCosineLR, weight_decay_groups
@@ -202,7 +202,7 @@ def table(rows: list[dict], names: list[str], batch_sizes: list[int]) -> str:
             mine = [r for r in here if r["optimizer"] == name]
             if not mine:
                 continue
-            diff = paired(here, "test_acc", name, "adamw") if name != "adamw" else []
+            diff = paired_differences(here, "test_acc", name, "adamw") if name != "adamw" else []
             lines.append(
                 f"| {size:,} | {name} | {len(mine)} | {mean_std([r['test_acc'] for r in mine])} "
                 f"| {mean_std(diff) if diff else '—'} "

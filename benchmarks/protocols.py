@@ -265,13 +265,6 @@ def image_scores(model: nn.Module, images: Tensor, labels: Tensor, device: str) 
     return {"test_acc": acc, "test_loss": loss}
 
 
-def paired(rows: list[dict], metric: str, name: str, baseline: str) -> list[float]:
-    """Per seed (the seeds both have), ``metric`` of ``name`` minus that of ``baseline``."""
-    by = {(r["optimizer"], r["seed"]): r[metric] for r in rows}
-    seeds = sorted({r["seed"] for r in rows})
-    return [by[name, s] - by[baseline, s] for s in seeds if (name, s) in by and (baseline, s) in by]
-
-
 def output_path(name: str, out: str | None, smoke: bool, device: str) -> Path:
     """``<out>`` or ``benchmarks/results/<name>_<cpu|gpu>``; a smoke run goes under ``/tmp``."""
     kind = "gpu" if device == "cuda" else "cpu"

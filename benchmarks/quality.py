@@ -57,6 +57,7 @@ from benchmarks.common import (
     write_results,
 )
 from benchmarks.heldout import PASS_FACTORS, HeldOutHalving, PassFactor, keep_back, split_spec
+from benchmarks.pairing import best_point, paired_differences
 from benchmarks.specs import (
     DEFAULT_MODES,
     build,
@@ -95,12 +96,7 @@ def best_grid_point(rows: list[dict], metric: str) -> str | None:
     """The point of the AdamW grid (:data:`GRID`; a pilot such as ``adamw@3e-4`` is none) with
     the highest mean ``metric`` over its logged seeds; None before any is logged. Every table,
     claim and README summary pairs against this one."""
-    means = {}
-    for name in GRID:
-        values = [r[metric] for r in rows if r["optimizer"] == name and metric in r]
-        if values:
-            means[name] = statistics.fmean(values)
-    return max(means, key=means.__getitem__) if means else None
+    return best_point(rows, metric, GRID)
 
 
 def evaluate(run, data, task: str, args) -> dict[str, float]:
@@ -194,13 +190,8 @@ def summarise(rows: list[dict], metric: str, majority: float) -> list[dict]:
         table.append(entry)
     best = best_grid_point(rows, metric)
     if best is not None:
-        by_seed = {r["seed"]: r[metric] for r in rows if r["optimizer"] == best}
         for entry in table:
-            diffs = [
-                r[metric] - by_seed[r["seed"]]
-                for r in rows
-                if r["optimizer"] == entry["optimizer"] and r["seed"] in by_seed
-            ]
+            diffs = paired_differences(rows, metric, entry["optimizer"], best)
             entry["paired_cell"] = mean_std(diffs) if diffs else "–"
             entry["paired_against"] = best
     return table

@@ -46,6 +46,35 @@ def test_paired_difference_is_taken_per_seed_against_the_best_grid_point():
     assert len(lines) == 2 + 3
 
 
+def test_the_decoder_table_pairs_against_the_grid_point_with_the_lowest_held_out_loss():
+    from benchmarks.decoder_finetune import summarise as decoder_summarise
+
+    def loss_row(optimizer: str, seed: int, loss: float) -> dict:
+        return {
+            "optimizer": optimizer,
+            "seed": seed,
+            "heldout_loss": loss,
+            "train_loss": 3.0,
+            "forwards_per_step": 1.0,
+        }
+
+    rows = [
+        loss_row("adamw@1e-4", 0, 3.60),
+        loss_row("adamw@1e-4", 1, 3.70),
+        loss_row("adamw@5e-5", 0, 3.65),
+        loss_row("adamw@5e-5", 1, 3.75),
+        loss_row("adamw@3e-3", 0, 3.00),  # not a grid point: never the reference
+        loss_row("tracker", 0, 3.58),
+        loss_row("tracker", 1, 3.71),
+        loss_row("tracker", 2, 3.0),
+    ]
+    table = {e["optimizer"]: e for e in decoder_summarise(rows)}
+    assert table["tracker"]["best"] == "adamw@1e-4"
+    mean, std = (float(x) for x in table["tracker"]["paired"].split(" ± "))
+    assert mean == pytest.approx(-0.005, abs=1e-4)  # seeds 0 and 1 only
+    assert std == pytest.approx(math.sqrt(2) * 0.015, abs=1e-4)
+
+
 def test_a_table_without_any_grid_point_has_no_paired_column():
     table = summarise([row("tracker", 0, 0.8)], "acc", majority=0.5)
     lines = table_lines(table, "acc")
