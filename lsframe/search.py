@@ -41,6 +41,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from lsframe.cli_errors import parse_or_raise
 from lsframe.config_checks import check_config
+from lsframe.config_nodes import import_class, node_get, plain
 from lsframe.errors import ConfigError
 from lsframe.loggers import logger_specs
 from lsframe.modules import ClosureModule
@@ -147,14 +148,9 @@ class DistributionSearch:
             raise ValueError("search: need 0 < lr_low < lr_high")
         logger_specs(self.trainer_kwargs.get("logger"))  # a bad logger fails before any trial
         probe = make_module({})
-        optimizer = probe.optimizer_factory(probe.param_groups())
-        # a line search's multipliers scale its searched step: base_lr is then only their unit
-        lr = None if info_for(optimizer).searches else optimizer.param_groups[0].get("lr")
-        if lr is not None and not math.isclose(lr, self.options.base_lr, rel_tol=1e-9):
-            raise ValueError(
-                f"search.base_lr is {self.options.base_lr:g} but the model's optimizer lr is "
-                f"{lr:g}: the sampled learning rates are multipliers of base_lr, so set them equal"
-            )
+        problem = base_lr_problem(probe.optimizer_factory(probe.param_groups()), self.options)
+        if problem:
+            raise ValueError(problem)
         self.parts = [p.name for p in split_into_parts(probe.model, self.options.num_parts)]
         self.chunks = part_groups_by_depth(self.parts, self.options.groups)
         self.output_dir = Path(self.options.output_dir)
@@ -255,6 +251,35 @@ class DistributionSearch:
         plot_param_importances(study, self.output_dir / "param_importances.png", labels)
 
 
+def base_lr_problem(optimizer: Any, options: SearchOptions) -> str | None:
+    """Why ``search.base_lr`` does not fit ``optimizer`` (None: it does). The sampled learning
+    rates are multipliers of ``base_lr``, so it must be the optimizer's lr; a line search's
+    multipliers scale its searched step, so any ``base_lr`` is only their unit there."""
+    lr = None if info_for(optimizer).searches else optimizer.param_groups[0].get("lr")
+    if lr is None or math.isclose(lr, options.base_lr, rel_tol=1e-9):
+        return None
+    return (
+        f"search.base_lr is {options.base_lr:g} but the model's optimizer lr is {lr:g}: the "
+        "sampled learning rates are multipliers of base_lr, so set them equal"
+    )
+
+
+def check_base_lr(model: Any, options: SearchOptions) -> None:
+    """:func:`base_lr_problem` on the configured optimizer, built on a probe parameter (the
+    config check has built it once already), before any weights load."""
+    import torch
+
+    node = node_get(node_get(model, "init_args"), "optimizer")
+    class_path = node_get(node, "class_path")
+    cls = import_class(class_path) if isinstance(class_path, str) else None
+    if cls is None:  # the module's default optimizer: checked on the probe module
+        return
+    probe = [torch.zeros(1, requires_grad=True)]
+    problem = base_lr_problem(cls(probe, **(plain(node_get(node, "init_args")) or {})), options)
+    if problem:
+        raise ConfigError(problem, where="search.base_lr")
+
+
 def main(argv: list[str]) -> dict[str, float]:
     """``python -m lsframe search --config <yaml>`` (``--help`` lists every key)."""
     parser = ArgumentParser(
@@ -286,6 +311,7 @@ def main(argv: list[str]) -> dict[str, float]:
     checked.model.init_args.lr_distribution = None
     metrics = (config.model.get("init_args") or {}).get("metrics")
     check_metric(config.metric, check_config(checked, stage="fit"), metrics)
+    check_base_lr(checked.model, options)
     model_config = config.model
 
     model_parser = ArgumentParser()

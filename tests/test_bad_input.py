@@ -335,6 +335,10 @@ CASES: dict[str, tuple[Args, int, str]] = {
     "search: lr bounds": (
         config_case("search", search(search__lr_low=1e-3, search__lr_high=1e-5), glue), 2,
         "search: need 0 < lr_low < lr_high, got lr_low=0.001, lr_high=1e-05 (search.lr_low)"),
+    "search: base_lr is not the optimizer's lr": (
+        config_case("search", search(search__base_lr=1e-4), glue), 2,
+        "search.base_lr is 0.0001 but the model's optimizer lr is 5e-05: the sampled learning "
+        "rates are multipliers of base_lr, so set them equal (search.base_lr)"),
     "search: n_trials": (
         config_case("search", search(search__n_trials="many"), glue), 2,
         "expected an integer, got 'many' (search.n_trials)" + HELP.format("search")),
