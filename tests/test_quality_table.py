@@ -50,13 +50,7 @@ def test_the_decoder_table_pairs_against_the_grid_point_with_the_lowest_held_out
     from benchmarks.decoder_finetune import summarise as decoder_summarise
 
     def loss_row(optimizer: str, seed: int, loss: float) -> dict:
-        return {
-            "optimizer": optimizer,
-            "seed": seed,
-            "heldout_loss": loss,
-            "train_loss": 3.0,
-            "forwards_per_step": 1.0,
-        }
+        return {**row(optimizer, seed, 0.0), "heldout_loss": loss}
 
     rows = [
         loss_row("adamw@1e-4", 0, 3.60),
