@@ -274,7 +274,7 @@ def check_base_lr(model: Any, options: SearchOptions) -> None:
     cls = import_class(class_path) if isinstance(class_path, str) else None
     if cls is None:  # the module's default optimizer: checked on the probe module
         return
-    probe = [torch.zeros(1, requires_grad=True)]
+    probe = [{"params": [torch.zeros(1, requires_grad=True)], "name": "probe", "part": "probe"}]
     problem = base_lr_problem(cls(probe, **(plain(node_get(node, "init_args")) or {})), options)
     if problem:
         raise ConfigError(problem, where="search.base_lr")

@@ -86,7 +86,7 @@ def _batch_limit_problem(value: Any, share: str = "a share of the batches") -> s
     expected = f"expected {share} in [0.0, 1.0] or a number of batches"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"{expected}, got {value!r}"
-    if value < 0 or (isinstance(value, float) and value > 1 and value % 1):
+    if not value >= 0 or (isinstance(value, float) and value > 1 and value % 1):  # NaN too
         return f"{expected}, got {value}"
     return None
 

@@ -187,6 +187,31 @@ def test_bad_search_settings_are_named(tmp_path):
     assert DistributionSearch(line_search, pairs, {}, SearchOptions(base_lr=0.01)).parts
 
 
+@pytest.mark.parametrize(
+    ("class_path", "init_args", "refused"),
+    [
+        ("torch.optim.AdamW", {"lr": 5e-5}, True),
+        ("torch.optim.AdamW", {"lr": 1e-4}, False),
+        ("torch.optim.SGD", {"lr": 5e-5, "momentum": 0.9}, True),
+        ("lsframe.optim.SaLSA", {}, False),  # a line search: base_lr is only a unit
+        ("lsframe.optim.PLASLS", {}, False),  # built on a part, as the config check builds it
+    ],
+)
+def test_base_lr_is_checked_against_the_configured_optimizer_before_the_model_loads(
+    class_path, init_args, refused
+):
+    from lsframe.search import check_base_lr
+
+    model = {"init_args": {"optimizer": {"class_path": class_path, "init_args": init_args}}}
+    if refused:
+        with pytest.raises(ConfigError, match="base_lr is 0.0001 but .* lr is 5e-05") as error:
+            check_base_lr(model, SearchOptions(base_lr=1e-4))
+        assert error.value.where == "search.base_lr"
+    else:
+        check_base_lr(model, SearchOptions(base_lr=1e-4))
+    check_base_lr({"init_args": {}}, SearchOptions(base_lr=1e-4))  # the default: on the module
+
+
 def test_search_cli_on_the_real_encoder(minilm, shared_data, tmp_path):
     from pathlib import Path
 

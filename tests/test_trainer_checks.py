@@ -10,7 +10,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lsframe.errors import ConfigError
 from lsframe.trainer_checks import check_trainer_intervals
 
-BATCH_VALUES = [0, 1, 7, 0.0, 0.25, 1.0, 2.0, 3.5, -1, -0.5, "often"]
+BATCH_VALUES = [0, 1, 7, 0.0, 0.25, 1.0, 2.0, 3.5, -1, -0.5, float("nan"), float("inf"), "often"]
 DURATIONS = [
     "00:00:01:00",
     " 1:2:3:4",
