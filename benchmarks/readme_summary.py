@@ -41,7 +41,7 @@ PEERS = (
 #: QNLI is held out from the defaults' choice (benchmarks.common.DEV_SPLIT)
 TASKS = {"sst2": "SST-2", "mrpc": "MRPC", "rte": "RTE", "qnli": "QNLI (held out)"}
 #: the settings a task runs in, where not both
-ONLY_IN = {"qnli": ("M",)}
+ONLY_IN: dict[str, tuple[str, ...]] = {}
 #: the papers' rules: (name, spec, its paper defaults, its robust preset)
 PRESETS = (
     ("SGDSLS", "sgdsls", "c = 0.1", "c = 0.5"),

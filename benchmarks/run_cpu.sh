@@ -196,6 +196,9 @@ OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task qnli --seeds 0
 # ... and the peers that need no learning rate, with Schedule-Free at the grid's best point
 OMP_NUM_THREADS=1 python -m benchmarks.quality --setting M --task qnli --seeds 0 1 2 \
   --optimizers prodigy salsa-reference
+# ... and in setting S (its first 500 rows train, batch 32, 5 epochs; 2026-12-06)
+OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task qnli --seeds 0 1 2 3 4 \
+  --no-schedulefree --optimizers "$NEW" adamw@1e-5 adamw@2e-5 adamw@5e-5 adamw@1e-4
 # issue 18: a Polyak-type step size along Adam's direction per task (probed, not used)
 OMP_NUM_THREADS=1 python -m benchmarks.polyak_probe --tasks sst2 mrpc rte --seeds 0 1 --steps 60
 # issue 18: which part of the model carries the slope that drives the tracker's growth
