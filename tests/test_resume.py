@@ -23,8 +23,11 @@ STEPS, EVERY, CRASH = 17, 4, 15  # 10 batches per epoch: the last checkpoint (12
 
 
 class Crash(Callback):
+    def __init__(self, at: int = CRASH) -> None:
+        self.at = at
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == CRASH:
+        if trainer.global_step == self.at:
             raise RuntimeError("killed")
 
 
@@ -37,10 +40,16 @@ def make_module(name: str, **kwargs) -> TinyRegression:
 
 
 def run(
-    make_callbacks, tmp_path, name: str = "adamw", before=None, by_epochs: bool = False
+    make_callbacks,
+    tmp_path,
+    name: str = "adamw",
+    before=None,
+    by_epochs: bool = False,
+    crash: int = CRASH,
 ) -> TinyRegression:
     """The final parameters of an uninterrupted run and of a killed-and-resumed one
-    (``by_epochs``: two epochs under a schedule whose length Lightning counts from them)."""
+    (``by_epochs``: two epochs under a schedule whose length Lightning counts from them;
+    ``crash``: the step the run is killed at, after the last periodic checkpoint before it)."""
     torch.manual_seed(0)
     module_kwargs = {"lr_scheduler": WarmupCosineLR} if by_epochs else {}
     make_module_here = partial(make_module, **module_kwargs)
@@ -57,13 +66,13 @@ def run(
         before(killed)
     checkpoints = ModelCheckpoint(tmp_path, every_n_train_steps=EVERY, save_last=True)
     with pytest.raises(RuntimeError, match="killed"):
-        fit(callbacks=[*make_callbacks(), checkpoints, Crash()], enable_checkpointing=True).fit(
-            killed, data()
-        )
+        fit(
+            callbacks=[*make_callbacks(), checkpoints, Crash(crash)], enable_checkpointing=True
+        ).fit(killed, data())
     torch.manual_seed(1234)  # a fresh process: whatever state the generators are in
     resumed = make_module_here(name)
     fit(callbacks=make_callbacks()).fit(resumed, data(), ckpt_path=tmp_path / "last.ckpt")
-    assert resumed.trainer.global_step == module.trainer.global_step > CRASH
+    assert resumed.trainer.global_step == module.trainer.global_step > crash
     for (key, a), b in zip(module.named_parameters(), resumed.parameters()):
         assert torch.equal(a, b), key
     return resumed
@@ -86,6 +95,27 @@ CALLBACKS = {
 @pytest.mark.parametrize("kind", list(CALLBACKS))
 def test_every_callback_state_resumes_the_exact_trajectory(kind, tmp_path):
     run(CALLBACKS[kind], tmp_path, "alsals")
+
+
+@pytest.mark.parametrize("kind", ["childtuning_d", "childtuning_f"])
+def test_a_callback_s_pass_over_the_train_loader_leaves_its_place_in_the_epoch(kind, tmp_path):
+    # ChildTuning-D's Fisher pass at the fit's start iterates the train loader: a checkpoint in
+    # the first epoch (step 4 of 10) recorded its batches as trained, and the resume skipped the
+    # rest of the epoch
+    run(CALLBACKS[kind], tmp_path, "alsals", crash=6)
+
+
+def test_a_pass_inside_uncounted_keeps_a_pending_resume_and_the_count():
+    loader = data()
+    loader.load_state_dict({"epoch": 0, "batches": 3, "seed": 3})
+    with loader.uncounted():  # before the resumed iterator: the whole epoch, from its start
+        whole = [x for x, _ in loader]
+    assert len(whole) == 10 and loader.state_dict()["batches"] == 3
+    resumed = iter(loader)
+    assert torch.equal(next(resumed)[0], whole[3])
+    with loader.uncounted():  # while the resumed iterator is under way
+        assert len(list(loader)) == 10
+    assert torch.equal(next(resumed)[0], whole[4]) and loader.state_dict()["batches"] == 5
 
 
 @pytest.mark.parametrize("name", ["adamw", "salsa", "slope_tracking_adam"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import nullcontext
 from typing import Any
 
 import lightning.pytorch as pl
@@ -28,8 +29,10 @@ def squared_gradient_mean(
 
     Runs outside autocast and without a gradient scaler, in training mode (dropout on) or
     evaluation mode, with each gradient first clipped to norm ``max_grad_norm`` if given. The
-    random state and the module's mode are restored afterwards, so training continues as if the
-    pass had not happened; under DDP the result is averaged across ranks.
+    random state and the module's mode are restored afterwards, and a loader that records its
+    place in the epoch (:class:`~lsframe.data.resumable.ResumableDataLoader`, through its
+    ``uncounted``) keeps it, so training and its checkpoints continue as if the pass had not
+    happened; under DDP the result is averaged across ranks.
     """
     loader = loader if loader is not None else trainer.train_dataloader
     if loader is None:
@@ -41,26 +44,31 @@ def squared_gradient_mean(
     pl_module.train(train_mode)
     count = 0
     device = pl_module.device
+    # the train loader's own place in the epoch must not count the pass's batches as trained
+    keep_place = getattr(loader, "uncounted", nullcontext)
     try:
-        for batch in loader:
-            if num_batches is not None and count >= num_batches:
-                break
-            batch = move_data_to_device(batch, device)
-            pl_module.zero_grad(set_to_none=True)
-            with torch.enable_grad(), torch.autocast(device.type, enabled=False):
-                loss = pl_module.compute_loss(batch)
-                check_loss(loss, f"{type(pl_module).__name__}.compute_loss", backward=True)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{owner}: non-finite loss on Fisher batch {count}")
-                loss.float().backward()
-            with torch.no_grad():
-                for name, param in params.items():
-                    if param.grad is None:
-                        continue
-                    if max_grad_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(param, max_grad_norm)
-                    fisher[name].add_(param.grad.float().square())
-            count += 1
+        with keep_place():
+            for batch in loader:
+                if num_batches is not None and count >= num_batches:
+                    break
+                batch = move_data_to_device(batch, device)
+                pl_module.zero_grad(set_to_none=True)
+                with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+                    loss = pl_module.compute_loss(batch)
+                    check_loss(loss, f"{type(pl_module).__name__}.compute_loss", backward=True)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"{owner}: non-finite loss on Fisher batch {count}"
+                        )
+                    loss.float().backward()
+                with torch.no_grad():
+                    for name, param in params.items():
+                        if param.grad is None:
+                            continue
+                        if max_grad_norm is not None:
+                            torch.nn.utils.clip_grad_norm_(param, max_grad_norm)
+                        fisher[name].add_(param.grad.float().square())
+                count += 1
     finally:
         pl_module.zero_grad(set_to_none=True)
         torch.set_rng_state(rng)

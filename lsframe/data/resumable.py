@@ -16,6 +16,7 @@ has the same contract). A plain training loop should call ``loader.sampler.set_e
 from __future__ import annotations
 
 from collections.abc import Iterator, Sized
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -122,6 +123,19 @@ class ResumableDataLoader(DataLoader):
         for batch in iterator:
             self._batches_handed_out += 1
             yield batch
+
+    @contextmanager
+    def uncounted(self) -> Iterator[None]:
+        """Iterate the loader for something other than training (a callback's Fisher pass)
+        without moving the place a checkpoint records: inside, a new iterator starts at the
+        epoch's first batch, and on exit the count of batches handed out and a pending resume
+        skip are as they were."""
+        handed_out, skip = self._batches_handed_out, self._skip
+        self._skip = 0
+        try:
+            yield
+        finally:
+            self._batches_handed_out, self._skip = handed_out, skip
 
     def state_dict(self) -> dict[str, Any]:
         """The epoch (the sampler's, if it has one) and the batches handed out in it."""
