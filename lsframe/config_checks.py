@@ -144,14 +144,36 @@ def check_scheduler(key: str, cls: type, init_args: dict[str, Any]) -> None:
         raise located(error, f"{key}.init_args", init_args) from error
 
 
-def check_callback(key: str, cls: type, init_args: dict[str, Any]) -> None:
+def check_callback(
+    key: str, cls: type, init_args: dict[str, Any], step_limits: list[int] | None = None
+) -> None:
     """Build one of lsframe's callbacks with ``init_args`` (their constructors check and store
     their arguments, nothing more), so a bad value is refused at ``<key>.init_args.<name>``
-    before the model loads, not when the Trainer is built."""
+    before the model loads, not when the Trainer is built. A callback whose settings depend on
+    the run's length (``check_run_steps``, e.g. DPS's stages) is checked against each of
+    ``step_limits``, the ``max_steps`` the config gives its fits."""
     try:
-        cls(**init_args)
+        callback = cls(**init_args)
+        check_run_steps = getattr(callback, "check_run_steps", None)
+        if callable(check_run_steps):
+            for steps in step_limits or []:
+                check_run_steps(steps)
     except (LsframeError, ValueError, TypeError) as error:
         raise located(error, f"{key}.init_args", init_args) from error
+
+
+def step_limits(config: Any) -> list[int]:
+    """The positive ``max_steps`` of each fit a config runs: the trainer section's, and for
+    ``lsframe sequential`` and ``search`` each stage's own (``stages``, ``pairs``), or the
+    trainer's where a stage leaves it unset. A fit with no limit there gives none."""
+    default = node_get(node_get(config, "trainer"), "max_steps")
+    stages = list(node_get(config, "stages") or [])
+    stages += [stage for pair in node_get(config, "pairs") or [] for stage in pair or []]
+    limits = [default] if not stages else []
+    for stage in stages:
+        own = node_get(node_get(stage, "init_args") or stage, "max_steps")
+        limits.append(default if own is None else own)
+    return sorted({n for n in limits if isinstance(n, int) and not isinstance(n, bool) and n > 0})
 
 
 def build_datamodule(key: str, cls: type, init_args: dict[str, Any], stage: str) -> Any:
@@ -290,7 +312,7 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
         elif issubclass(cls, LightningDataModule):
             data.append((key, build_datamodule(key, cls, init_args, stage)))
         elif issubclass(cls, Callback) and cls.__module__.startswith("lsframe."):
-            check_callback(key, cls, init_args)
+            check_callback(key, cls, init_args, step_limits(config))
     check_trainer_step_options(node_get(config, "trainer"), modules[0][0] if modules else "model")
     for key, init_args in modules:
         check_module(key, init_args, data)

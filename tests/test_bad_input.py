@@ -149,6 +149,11 @@ CASES: dict[str, tuple[Args, int, str]] = {
         fit(trainer__callbacks=[{"class_path": "lsframe.callbacks.ChildTuningD",
                                  "init_args": {"reserve_p": 2.0}}]), 2,
         "reserve_p must be in (0, 1], got 2.0 (trainer.callbacks[0].init_args.reserve_p)"),
+    "DPS stages of no step": (  # the config's max_steps is 1
+        fit(trainer__callbacks=[{"class_path": "lsframe.callbacks.DPS",
+                                 "init_args": {"update_ratio": 0.5}}]), 2,
+        "DPS: a stage would be int(1 · 0.5) = 0 optimizer steps (1: the run's optimizer steps); "
+        "raise update_ratio or train for more steps (trainer.callbacks[0].init_args.update_ratio)"),
     "max_length past the model's positions": (
         fit(data__init_args__max_length=1024), 2,
         "max_length 1024 is longer than the model's 512 positions "
@@ -290,6 +295,12 @@ CASES: dict[str, tuple[Args, int, str]] = {
     "sequential: duplicate names": (
         config_case("sequential", lambda tmp: duplicate_stage(sequence()(tmp)), glue), 2,
         "task names must be unique, got ['sst2', 'sst2'] (stages)"),
+    "sequential: DPS stages of no step in a short stage": (
+        config_case("sequential", lambda tmp: stage_value(sequence(trainer__callbacks=[
+            {"class_path": "lsframe.callbacks.DPS", "init_args": {"update_ratio": 0.3}}])(tmp),
+            "max_steps", 3), glue), 2,
+        "DPS: a stage would be int(3 · 0.3) = 0 optimizer steps (3: the run's optimizer steps); "
+        "raise update_ratio or train for more steps (trainer.callbacks[0].init_args.update_ratio)"),
     "sequential: heads": (
         config_case("sequential", sequence(heads="both"), glue), 2,
         "expected one of 'separate', 'shared', got 'both' (heads)" + HELP.format("sequential")),

@@ -256,3 +256,14 @@ def test_a_null_is_refused_by_plain_annotations_and_left_to_optional_ones_and_cl
     assert {hint: null_refused_as(hint) for hint in refused} == refused
     admitted = [float | None, Literal["min", None], Any, None, torch.nn.Module]
     assert [null_refused_as(hint) for hint in admitted] == [None] * len(admitted)
+
+
+def test_the_step_limits_of_a_config_are_each_fit_s_own_max_steps_or_the_trainer_s():
+    from lsframe.config_checks import step_limits
+
+    assert step_limits({"trainer": {"max_steps": 40}}) == [40]
+    assert step_limits({"trainer": {"max_steps": -1}}) == []  # Lightning's "no limit"
+    stages = [{"name": "a"}, {"name": "b", "max_steps": 3}, {"name": "c", "max_steps": -1}]
+    assert step_limits({"trainer": {"max_steps": 40}, "stages": stages}) == [3, 40]
+    pairs = [[{"max_steps": 5}, {"max_steps": None}]]  # a search's pair: b takes the trainer's
+    assert step_limits({"trainer": {"max_steps": 40}, "pairs": pairs}) == [5, 40]

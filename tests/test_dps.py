@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lsframe.callbacks import DPS, ChildTuningD, ClosureCallback
 from lsframe.callbacks.masking import global_top_fraction_masks, top_fraction_mask
+from lsframe.errors import ConfigError
 from lsframe.optim import ALSALS, SGDSLS
 
 
@@ -247,8 +248,11 @@ def test_bad_arguments_and_misuse_are_clear_errors():
         DPS(mask_mode="soft")
     with pytest.raises(ValueError, match="variant"):
         ChildTuningD(variant="G")
-    with pytest.raises(ValueError, match="is 0"):
-        run_dps(DPS(update_ratio=0.05), steps=8)  # int(8 * 0.05) = 0
+    with pytest.raises(ConfigError, match=r"int\(8 · 0.05\) = 0 optimizer steps") as error:
+        run_dps(DPS(update_ratio=0.05), steps=8)  # the run's length, known once the data loads
+    assert error.value.argument == "update_ratio"
+    with pytest.raises(ConfigError, match=r"int\(10 · 0.05\) = 0 .*\(10: its max_steps\)"):
+        DPS(update_ratio=0.05, max_steps=10)
     with pytest.raises(ValueError, match="selected no parameter"):
         run_dps(DPS(include=["nothing-matches"]))
     with pytest.raises(ValueError, match="no layer stack"):

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from lsframe.callbacks.child_tuning import ChildTuningD
 from lsframe.callbacks.masking import GradientMaskCallback, top_fraction_mask
+from lsframe.errors import ConfigError
 from lsframe.optim import all_finite
 from lsframe.parts import weight_matrices
 from lsframe.validation import check_fraction, check_int_at_least
@@ -84,6 +85,8 @@ class DPS(GradientMaskCallback):
         self.p = p
         self.update_ratio = update_ratio
         self.max_steps = max_steps
+        if max_steps is not None:
+            self.check_run_steps(max_steps)
         self.stage_length: int | None = None
         self.scores: dict[str, Tensor] | None = None
         self.masks: dict[str, Tensor] | None = None
@@ -104,11 +107,24 @@ class DPS(GradientMaskCallback):
         # a new fit (e.g. the next task of a sequence) starts its own stages
         self.scores, self.masks = None, None
         steps = self.max_steps or pl_module.num_optimizer_steps()
+        self.check_run_steps(steps)
         self.stage_length = int(steps * self.update_ratio)
-        if self.stage_length < 1:
-            raise ValueError(
-                f"DPS: int(max_steps * update_ratio) = int({steps} * {self.update_ratio}) is 0; "
-                "raise update_ratio or train for more steps"
+
+    def check_run_steps(self, run_steps: int) -> None:
+        """Refuse stages of 0 steps: ``int(steps · update_ratio)`` with ``steps`` this callback's
+        ``max_steps``, else ``run_steps`` (the run's optimizer steps, or a bound on them: the
+        config check passes ``trainer.max_steps`` before the model loads).
+
+        Raises:
+            ConfigError: at ``update_ratio``.
+        """
+        steps = self.max_steps or run_steps
+        if int(steps * self.update_ratio) < 1:
+            source = "its max_steps" if self.max_steps else "the run's optimizer steps"
+            raise ConfigError(
+                f"{type(self).__name__}: a stage would be int({steps} · {self.update_ratio:g}) = 0 "
+                f"optimizer steps ({steps}: {source}); raise update_ratio or train for more steps",
+                argument="update_ratio",
             )
 
     def stage(self, step: int) -> int:
