@@ -52,6 +52,7 @@ from lsframe.run_config import defining_config
 from lsframe.search_plots import plot_param_importances, plot_search
 from lsframe.search_study import (
     RUN_SETTINGS,
+    check_storage,
     open_study,
     quiet_about_interrupts,
     stop_on_signal,
@@ -306,6 +307,7 @@ def main(argv: list[str]) -> dict[str, float]:
     for i, pair in enumerate(config.pairs):
         check_stages(pair, f"pairs[{i}]", length=2)
     check_output_dir(options.output_dir, "search.output_dir")
+    check_storage(options.storage)
     checked = config.clone()  # as each trial builds the module: parts, its own distribution
     checked.model.init_args.param_grouping = "parts"
     checked.model.init_args.lr_distribution = None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lsframe._signals import received
+from lsframe.errors import ConfigError, one_line
 from lsframe.run_config import refuse_another_config, with_fingerprints
 
 #: The study's user attribute that holds the config it was started with.
@@ -92,6 +93,50 @@ def quiet_about_interrupts() -> Iterator[None]:
         logger.removeFilter(dropping)
 
 
+def storage_folder(storage: str) -> Path | None:
+    """The folder a journal file or an SQLite database of ``search.storage`` goes in (None: a
+    server's URL or an in-memory database, nothing on this disk to check)."""
+    if "://" not in storage:
+        return Path(storage).expanduser().parent
+    if storage.startswith("sqlite:///"):
+        path = storage.removeprefix("sqlite:///").split("?", 1)[0]
+        return None if path in ("", ":memory:") else Path(path).parent
+    return None
+
+
+def check_storage(storage: str | None) -> None:
+    """``search.storage``, before anything loads: the folder of a journal file or an SQLite
+    database exists (Optuna creates the file, not its folder).
+
+    Raises:
+        ConfigError: at ``search.storage``.
+    """
+    folder = None if storage is None else storage_folder(storage)
+    if folder is not None and not folder.is_dir():
+        kind = "journal file" if "://" not in str(storage) else "SQLite database"
+        raise ConfigError(
+            f"the folder {folder} of the study's {kind} {storage} does not exist; create it or "
+            "give another path",
+            where="search.storage",
+        )
+
+
+def _storage(optuna: Any, location: str) -> Any:
+    """The study's storage at ``location``; a storage that does not open (a bad URL, a server
+    that refuses, a missing database driver) is a ConfigError at ``search.storage``."""
+    try:
+        if "://" not in location:
+            from optuna.storages.journal import JournalFileBackend
+
+            return optuna.storages.JournalStorage(JournalFileBackend(location))
+        return optuna.storages.RDBStorage(location)
+    except Exception as error:  # noqa: BLE001 - whatever the backend raises: the setting
+        raise ConfigError(
+            f"the study's storage {location} does not open: {one_line(error)}",
+            where="search.storage",
+        ) from error
+
+
 def open_study(options: Any, pairs: int, defining: dict[str, Any] | None) -> Any:
     """The study ``options`` (:class:`lsframe.search.SearchOptions`) name, created or loaded:
     a journal file in ``output_dir`` unless ``storage`` is given, a trial-seeded TPE or GP
@@ -103,11 +148,7 @@ def open_study(options: Any, pairs: int, defining: dict[str, Any] | None) -> Any
     output_dir = Path(options.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     location = options.storage or str(output_dir / "journal.log")
-    storage: Any = location
-    if "://" not in location:
-        from optuna.storages.journal import JournalFileBackend
-
-        storage = optuna.storages.JournalStorage(JournalFileBackend(location))
+    storage = _storage(optuna, location)
     if options.sampler == "gp":
         make = optuna.samplers.GPSampler
     else:

@@ -353,6 +353,16 @@ CASES: dict[str, tuple[Args, int, str]] = {
     "search: n_trials": (
         config_case("search", search(search__n_trials="many"), glue), 2,
         "expected an integer, got 'many' (search.n_trials)" + HELP.format("search")),
+    "search: SQLite storage in a missing folder": (
+        config_case("search", lambda tmp: search(search__storage=f"sqlite:///{tmp}/nowhere/s.db")(
+            tmp), glue), 2,
+        "the folder {tmp}/nowhere of the study's SQLite database sqlite:///{tmp}/nowhere/s.db "
+        "does not exist; create it or give another path (search.storage)"),
+    "search: journal storage in a missing folder": (
+        config_case("search", lambda tmp: search(search__storage=f"{tmp}/nowhere/j.log")(tmp),
+                    glue), 2,
+        "the folder {tmp}/nowhere of the study's journal file {tmp}/nowhere/j.log does not "
+        "exist; create it or give another path (search.storage)"),
 }
 
 LATE_CASES: dict[str, tuple[Args, int, str]] = {

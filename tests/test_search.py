@@ -258,3 +258,20 @@ def test_search_configs_parse(capsys, pair):
         first, second = pair.split("_")[1:]
         assert [stage["init_args"]["name"] for stage in printed["pairs"][0]] == [first, second]
         assert printed["search"]["output_dir"] == f"runs/search/{pair}"
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        ("nosuchdialect://host/db", "does not open"),  # the URL's dialect has no driver
+        ("sqlite:////nowhere-at-all/s.db", "does not exist"),
+    ],
+)
+def test_a_storage_that_does_not_open_is_refused_at_its_key(storage, message, tmp_path):
+    from lsframe.search_study import check_storage, open_study
+
+    options = SearchOptions(output_dir=str(tmp_path), storage=storage)
+    with pytest.raises(ConfigError, match=message) as error:
+        check_storage(storage)
+        open_study(options, pairs=1, defining=None)
+    assert error.value.where == "search.storage"
