@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from lsframe.callbacks import EWC
+from lsframe.errors import ConfigError
 from lsframe.optim import SaLSA
 
 
@@ -274,3 +275,19 @@ def test_bertcl_baseline_mlm_fisher_anchored_at_the_pretrained_weights(minilm, t
     assert float(ewc.closure_loss(None, module)) > 0  # training moved the encoder off its anchor
     with pytest.raises(ValueError, match="mlm_model"):
         EWC(source="mlm")
+
+
+def test_an_mlm_model_without_its_masked_lm_head_is_refused(minilm, tmp_path):
+    # the offline MiniLM is an encoder without an MLM head: transformers would draw one at random
+    from lsframe.hub import load_tokenizer
+    from lsframe.modules import SequenceClassificationModule
+
+    texts = tmp_path / "wiki.txt"
+    texts.write_text("the cat sat on the mat.\n")
+    ewc = EWC(source="mlm", mlm_model=minilm, mlm_texts=str(texts), fisher_batches=1)
+    module = SequenceClassificationModule(minilm, num_labels=2)
+    ids = load_tokenizer(minilm)(["a fine film"] * 2, return_tensors="pt")
+    data = [{**{k: v[i] for k, v in ids.items()}, "labels": torch.tensor(i)} for i in range(2)]
+    with pytest.raises(ConfigError, match=r"lacks .*cls\.predictions\.bias.*6 in all") as error:
+        trainer(max_steps=1, callbacks=[ewc]).fit(module, DataLoader(data, batch_size=2))
+    assert error.value.argument == "mlm_model" and not ewc.tasks

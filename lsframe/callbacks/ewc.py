@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from lsframe.callbacks.base import ClosureCallback
 from lsframe.callbacks.fisher import squared_gradient_mean
+from lsframe.errors import ConfigError
 from lsframe.validation import (
     check_choice,
     check_int_at_least,
@@ -220,7 +221,19 @@ class EWC(ClosureCallback):
 
         device = pl_module.device
         tokenizer = load_tokenizer(self.mlm_model)
-        mlm = AutoModelForMaskedLM.from_pretrained(resolve_pretrained(self.mlm_model)).to(device)
+        mlm, loading = AutoModelForMaskedLM.from_pretrained(
+            resolve_pretrained(self.mlm_model), output_loading_info=True
+        )
+        missing = sorted(loading.get("missing_keys") or [])
+        if missing:  # transformers initialised them at random: the Fisher would be of noise
+            raise ConfigError(
+                f"EWC: mlm_model {self.mlm_model} lacks weights of its masked-LM model "
+                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}; "
+                f"{len(missing)} in all), which would start at random; give a checkpoint with "
+                "an MLM head (e.g. bert-base-uncased)",
+                argument="mlm_model",
+            )
+        mlm = mlm.to(device)
         shared = {n: p for n, p in mlm.named_parameters() if n in self.params}
         if not shared:
             raise ValueError(
