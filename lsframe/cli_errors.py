@@ -362,9 +362,10 @@ def classify(error: BaseException) -> LsframeError | None:
         twin = _SAME_STATE_KEY.search(str(exc)) if isinstance(exc, RuntimeError) else None
         if twin:  # raised while the Trainer is built
             return ConfigError(
-                f"two {twin[1]} callbacks with the same settings: a checkpoint keeps one state "
-                f"per callback type and settings, so the second would overwrite the first's; "
-                f"keep one",
+                f"two {twin[1]} callbacks have one checkpoint state key (the class name, with "
+                "the settings that tell its instances apart where the class keys on any), so "
+                "the second's state would overwrite the first's; keep one, or make them differ "
+                "in those settings",
                 where="trainer.callbacks",
             )
         interval = _VALIDATION_INTERVAL.search(str(exc)) if isinstance(exc, ValueError) else None

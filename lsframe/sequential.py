@@ -51,6 +51,7 @@ from torch import nn
 
 import lsframe.data  # noqa: F401 - registers the DataModules for class_path lookup
 from lsframe.callbacks import EWC, HParamsMetrics
+from lsframe.callbacks.base import migrate_state_keys
 from lsframe.checkpoint_io import save_atomically
 from lsframe.checkpoints import read_torch_file
 from lsframe.cli_errors import parse_or_raise
@@ -267,8 +268,10 @@ class SequenceRunner:
             self.heads[task].load_state_dict(head_state)
         self._use_head(self.stages[done - 1].name)
         self.module.load_state_dict(checkpoint["state_dict"])
+        states = checkpoint.get("callbacks", {})
+        migrate_state_keys(self.callbacks, states)
         for callback in self.callbacks:
-            saved = checkpoint.get("callbacks", {}).get(callback.state_key)
+            saved = states.get(callback.state_key)
             if saved is not None:
                 callback.load_state_dict(saved)
         if "random" in state:  # a state from before lsframe saved it starts from the seed

@@ -138,10 +138,13 @@ def test_two_callbacks_lightning_cannot_save_apart_are_one_line_at_the_callbacks
     from lsframe.callbacks import EWC
 
     with pytest.raises(RuntimeError) as caught:  # Lightning's own words, from this version
-        pl.Trainer(callbacks=[EWC(), EWC()], logger=False, enable_checkpointing=False)
+        pl.Trainer(callbacks=[EWC(), EWC(ewc_lambda=5.0)], logger=False, enable_checkpointing=False)
     assert error_line(caught.value, "lsframe fit") == (
-        "lsframe fit: error: two EWC callbacks with the same settings: a checkpoint keeps one "
-        "state per callback type and settings, so the second would overwrite the first's; keep "
-        "one (trainer.callbacks)",
+        "lsframe fit: error: two EWC callbacks have one checkpoint state key (the class name, "
+        "with the settings that tell its instances apart where the class keys on any), so the "
+        "second's state would overwrite the first's; keep one, or make them differ in those "
+        "settings (trainer.callbacks)",
         2,
     )
+    # EWC keys on its source, mode and parameters: BERTcL's MLM term beside a task EWC is fine
+    pl.Trainer(callbacks=[EWC(), EWC(mode="online")], logger=False, enable_checkpointing=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import warnings
 from functools import partial
 
 import pytest
@@ -152,6 +153,44 @@ def test_a_fit_resumed_from_its_last_step_still_consolidates_its_task(tmp_path):
         sgd(), shifted_loader(2.0), ckpt_path=tmp_path / "after.ckpt"
     )
     assert len(again.tasks) == 1
+
+
+def test_two_ewc_callbacks_with_other_settings_each_resume_their_own_state(tmp_path):
+    def pair():
+        return [EWC(ewc_lambda=10.0), EWC(ewc_lambda=10.0, mode="online", decay=0.5)]
+
+    first = pair()
+    fit = trainer(max_steps=3, callbacks=first)
+    fit.fit(sgd(), shifted_loader(2.0))
+    fit.save_checkpoint(tmp_path / "a.ckpt")
+    resumed = pair()
+    trainer(max_steps=3, callbacks=resumed).fit(
+        sgd(), shifted_loader(2.0), ckpt_path=tmp_path / "a.ckpt"
+    )
+    for saved, loaded in zip(first, resumed):
+        assert loaded.mode == saved.mode and len(loaded.tasks) == 1
+        for name, tensor in saved.tasks[0]["fisher"].items():
+            assert torch.equal(loaded.tasks[0]["fisher"][name], tensor)
+
+
+def test_a_checkpoint_with_ewc_s_older_state_key_resumes_its_state(tmp_path):
+    ewc = EWC(ewc_lambda=10.0)
+    fit = trainer(max_steps=3, callbacks=[ewc])
+    fit.fit(sgd(), shifted_loader(2.0))
+    fit.save_checkpoint(tmp_path / "new.ckpt")
+    checkpoint = torch.load(tmp_path / "new.ckpt", weights_only=False)
+    states = checkpoint["callbacks"]
+    states["EWC"] = states.pop(ewc.state_key)  # as lsframe saved it before its settings joined
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    resumed = EWC(ewc_lambda=10.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(max_steps=3, callbacks=[resumed]).fit(
+            sgd(), shifted_loader(2.0), ckpt_path=tmp_path / "old.ckpt"
+        )
+    assert not [w for w in caught if "callbacks used to create the checkpoint" in str(w.message)]
+    for name, tensor in ewc.tasks[0]["anchor"].items():
+        assert torch.equal(resumed.tasks[0]["anchor"][name], tensor)
 
 
 def test_the_logged_penalty_is_the_one_at_the_point_the_gradient_is_taken():

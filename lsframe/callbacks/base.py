@@ -152,3 +152,17 @@ def call_on_gradients_ready(
     """Call each ClosureCallback's ``on_gradients_ready``, in order."""
     for callback in closure_callbacks(trainer):
         callback.on_gradients_ready(trainer, pl_module, optimizer)
+
+
+def migrate_state_keys(callbacks: Iterable[pl.Callback], states: dict[Any, Any]) -> None:
+    """Move, in place, a state a checkpoint keeps under an older key of its callback (the
+    callback's ``legacy_state_keys``, e.g. EWC's class name before its settings joined its
+    ``state_key``) to the callback's present ``state_key``, so Lightning restores it (it looks
+    up ``state_key`` only) instead of warning that a saved callback is missing."""
+    for callback in callbacks:
+        if callback.state_key in states:
+            continue
+        for old in getattr(callback, "legacy_state_keys", ()):
+            if old in states:
+                states[callback.state_key] = states.pop(old)
+                break

@@ -115,6 +115,18 @@ class EWC(ClosureCallback):
         # state saved before this flag existed)
         self._consolidated: bool | None = False
 
+    #: Where lsframe kept this callback's state in checkpoints before 2026-12-06 (its class
+    #: name); such a checkpoint resumes into the present key (``migrate_state_keys``).
+    legacy_state_keys = ("EWC",)
+
+    @property
+    def state_key(self) -> str:
+        # distinct keys let several instances (BERTcL's MLM baseline beside a task EWC, or two
+        # sets of parameters) share a checkpoint
+        return self._generate_state_key(
+            source=self.source, mode=self.mode, include=self.include, exclude=self.exclude
+        )
+
     def selected(self, model: nn.Module) -> dict[str, nn.Parameter]:
         def wanted(name: str) -> bool:
             if self.include and not any(re.search(p, name) for p in self.include):

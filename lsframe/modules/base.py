@@ -20,7 +20,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lsframe.callbacks.base import ClosureHooks, call_closure_loss, call_on_gradients_ready
+from lsframe.callbacks.base import (
+    ClosureHooks,
+    call_closure_loss,
+    call_on_gradients_ready,
+    migrate_state_keys,
+)
 from lsframe.lr_distribution import check_distribution, multipliers_for
 from lsframe.modules import optimizer_setup, policy
 from lsframe.modules.distributed import mean_over_processes, no_backward_sync
@@ -237,6 +242,8 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         checkpoint["lsframe"] = saved
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None:  # before Lightning restores the callbacks' states
+            migrate_state_keys(self.trainer.callbacks, checkpoint.get("callbacks") or {})
         saved = checkpoint.get("lsframe", {})
         self._skipped_steps = saved.get("skipped_steps", 0)
         self._resume_random.hold(saved.get("random_states"))
