@@ -13,12 +13,12 @@ The study lives in ``storage`` (an Optuna journal file by default, safe for seve
 that run the same command at once: each process stops when the study holds ``n_trials``
 finished trials), so an interrupted search resumes where it stopped. SIGTERM, SIGUSR1 and Ctrl-C
 (:mod:`lsframe.preemption`) let the running trial finish its current optimizer step, then mark it
-FAIL (not counted, its partial files removed; a rerun draws a new trial) and exit with status
+FAIL (not counted, its ``trial_<n>/`` removed; a rerun draws a new trial) and exit with status
 128 + the signal number after one line; a signal between trials stops before the next one. A
 process killed with SIGKILL leaves its trial RUNNING, which the study then ignores. The study
 records the config it was started with and refuses to go on under another one (other bounds,
 groups, pairs or model; more trials, another sampler or seed are fine). Written to
-``output_dir``: ``trial_<n>/`` (each trial's logs and accuracy matrices: TensorBoard by default,
+``output_dir``, after every trial that ends (so a search cut short has them): ``trial_<n>/`` (each trial's logs and accuracy matrices: TensorBoard by default,
 any Lightning logger from ``trainer.logger``, see :mod:`lsframe.loggers`),
 ``best_distribution.yaml`` (part → multiplier; use it as a module's ``lr_distribution``),
 ``trials.json``, ``search.png`` (the best distribution across parts and the search history) and,
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
+from lsframe.checkpoint_io import write_atomically
 from lsframe.cli_errors import parse_or_raise
 from lsframe.config_checks import check_config
 from lsframe.config_nodes import import_class, node_get, plain
@@ -200,6 +202,9 @@ class DistributionSearch:
             try:
                 matrix = runner.run().matrix
             except SystemExit as error:  # Preempted, or Lightning's answer to a raised Ctrl-C
+                # the trial is marked FAIL and never resumes: its partial logs would only sit
+                # beside the finished trials' as if they were results
+                shutil.rmtree(out.parent, ignore_errors=True)
                 raise KeyboardInterrupt(f"trial {trial.number} interrupted") from error
             finally:
                 # stage checkpoints only serve resuming this sequence; trials never resume
@@ -220,23 +225,25 @@ class DistributionSearch:
         if done < self.options.n_trials:
             stop = optuna.study.MaxTrialsCallback(self.options.n_trials, states=finished)
             with catch_signals("lsframe search"), quiet_about_interrupts():
-                study.optimize(self.objective, callbacks=[stop, stop_on_signal])
+                study.optimize(self.objective, callbacks=[stop, stop_on_signal, self._written])
                 # a signal after a trial's last step (it finished): stop before the next one
                 if len(study.get_trials(deepcopy=False, states=finished)) < self.options.n_trials:
                     hint = "finished trials are kept; run the same command to go on"
                     stop_if_received("lsframe search", "between trials", hint)
-        best = study.best_trial.user_attrs["distribution"]
-        self._write(study, best)
-        return best
+        self._write(study)
+        return study.best_trial.user_attrs["distribution"]
 
-    def _write(self, study: Any, best: dict[str, float]) -> None:
+    def _written(self, study: Any, trial: Any) -> None:
+        """Optuna's callback after every trial that ends (not one a signal stops): the outputs
+        as they stand, so a search cut short has them up to its last finished trial."""
+        self._write(study)
+
+    def _write(self, study: Any) -> None:
+        """``trials.json``; and, once a trial is complete, ``best_distribution.yaml`` and the
+        plots (each file replaced whole, so a reader never sees half of one)."""
+        import optuna
         import yaml
 
-        text = "# best per-part learning-rate multipliers (lsframe search); "
-        text += f"base_lr {self.options.base_lr:g}, objective {study.best_value:.4f}\n"
-        (self.output_dir / "best_distribution.yaml").write_text(
-            text + yaml.safe_dump(best, sort_keys=False)
-        )
         trials = [
             {
                 "number": t.number,
@@ -246,7 +253,14 @@ class DistributionSearch:
             }
             for t in study.get_trials(deepcopy=False)
         ]
-        (self.output_dir / "trials.json").write_text(json.dumps(trials, indent=1))
+        write_atomically(self.output_dir / "trials.json", json.dumps(trials, indent=1).encode())
+        if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            return
+        best = study.best_trial.user_attrs["distribution"]
+        text = "# best per-part learning-rate multipliers (lsframe search); "
+        text += f"base_lr {self.options.base_lr:g}, objective {study.best_value:.4f}\n"
+        text += yaml.safe_dump(best, sort_keys=False)
+        write_atomically(self.output_dir / "best_distribution.yaml", text.encode())
         plot_search(best, trials, self.options.base_lr, self.output_dir / "search.png")
         labels = {f"lr_{i}": f"lr_{i} ({', '.join(c)})" for i, c in enumerate(self.chunks)}
         plot_param_importances(study, self.output_dir / "param_importances.png", labels)

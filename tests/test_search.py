@@ -69,13 +69,16 @@ def test_a_three_trial_search_completes_resumes_and_writes_the_best_distribution
 
 
 class Interrupt(pl.Callback):
-    """Interrupts the second stage of the first trial: Ctrl-C, or a SIGTERM (``kill``)."""
+    """Interrupts the second stage of the second trial: Ctrl-C, or a SIGTERM (``kill``)."""
 
     def __init__(self, how: str) -> None:
-        self.how, self.fired = how, False
+        self.how, self.fired, self.fits = how, False, 0
+
+    def on_train_start(self, trainer, *args) -> None:
+        self.fits += trainer.datamodule is self.target
 
     def on_train_batch_start(self, trainer, *args) -> None:
-        if not self.fired and trainer.datamodule is self.target:
+        if not self.fired and trainer.datamodule is self.target and self.fits == 2:
             self.fired = True
             if self.how == "sigterm":
                 os.kill(os.getpid(), signal.SIGTERM)  # the search's handler raises here
@@ -97,14 +100,21 @@ def test_an_interrupted_trial_is_failed_and_cleaned_then_the_search_goes_on(tmp_
     assert [r for r in caplog.records if "Trial 0 failed" in r.getMessage()] == []
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
     assert not list(tmp_path.rglob("*.ckpt"))  # stage A's checkpoint is gone
+    assert not (tmp_path / "trial_1").exists()  # the failed trial's partial logs too
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log"))
     )
-    (trial,) = optuna.load_study(study_name="lr_distribution", storage=storage).trials
-    assert trial.state == optuna.trial.TrialState.FAIL  # not RUNNING for ever
+    finished, failed = optuna.load_study(study_name="lr_distribution", storage=storage).trials
+    assert failed.state == optuna.trial.TrialState.FAIL  # not RUNNING for ever
+    # the outputs are written after every finished trial: a search cut short has them
+    assert [t["number"] for t in json.loads((tmp_path / "trials.json").read_text())] == [0]
+    best = yaml.safe_load((tmp_path / "best_distribution.yaml").read_text())
+    assert best == finished.user_attrs["distribution"]
     calls = []
     search(tmp_path, 2, calls).run()  # a rerun does not count the failed trial
-    assert calls == [1, 2]
+    assert calls == [2]
+    states = [t["state"] for t in json.loads((tmp_path / "trials.json").read_text())]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE"]
 
 
 def test_a_study_goes_on_only_under_the_config_it_was_started_with(tmp_path):
