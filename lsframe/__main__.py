@@ -28,7 +28,10 @@ def main(args: list[str] | None = None) -> None:
     mark_run_started(False)
     try:
         _run(argv, explicit=args is not None)
-    except (SystemExit, KeyboardInterrupt):
+    except SystemExit as error:
+        _exit_on_second_ctrl_c(error, argv)
+        raise
+    except KeyboardInterrupt:
         raise
     except Exception as error:
         _exit_on_bad_input(error, argv)
@@ -41,6 +44,20 @@ def main(args: list[str] | None = None) -> None:
 def _prog(argv: list[str]) -> str:
     """``lsframe <subcommand>``, or ``lsframe`` when no known subcommand comes first."""
     return f"lsframe {argv[0]}" if argv[:1] and argv[0] in SUBCOMMANDS else "lsframe"
+
+
+def _exit_on_second_ctrl_c(error: SystemExit, argv: list[str]) -> None:
+    """A second Ctrl-C while a stop is pending interrupts the step at once
+    (:mod:`lsframe._signals`); Lightning answers it with its own shutdown and ``exit(1)``. Say
+    so in one line and exit with Ctrl-C's 130, as the first Ctrl-C's stop does."""
+    if error.code == 1 and isinstance(error.__context__, KeyboardInterrupt):
+        print(
+            f"{_prog(argv)}: interrupted by a second Ctrl-C inside a step; nothing was saved "
+            "for it: a rerun resumes from the last checkpoint written before it",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(130) from None
 
 
 def _exit_on_bad_input(error: Exception, argv: list[str]) -> None:

@@ -144,3 +144,37 @@ def test_a_signal_after_a_trials_last_step_stops_the_search_between_trials(tmp_p
     )
     (trial,) = optuna.load_study(study_name="lr_distribution", storage=storage).trials
     assert trial.state == optuna.trial.TrialState.COMPLETE  # the trial it was in finished
+
+
+def test_a_second_ctrl_c_interrupts_the_step_and_the_command_exits_130_in_one_line(
+    tmp_path, capsys
+):
+    from helpers import trainer
+    from lightning.pytorch.callbacks import Callback
+    from preemption_helpers import Blobs, TinyClassifier
+
+    from lsframe.__main__ import _exit_on_second_ctrl_c
+    from lsframe.preemption import Preemption
+
+    class Twice(Callback):  # the user insists: the second one raises inside the step
+        def on_train_batch_start(self, trainer, *args) -> None:
+            if trainer.global_step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    handler = signal.getsignal(signal.SIGINT)
+    fit = trainer(max_steps=8, callbacks=[Twice(), Preemption(str(tmp_path))])
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            fit.fit(TinyClassifier(), Blobs())
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert stopped.value.code == 1  # Lightning's answer to a KeyboardInterrupt
+    assert not (tmp_path / "last.ckpt").exists()  # the step was cut short: nothing to save
+    with pytest.raises(SystemExit) as exited:
+        _exit_on_second_ctrl_c(stopped.value, ["fit"])
+    assert exited.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "lsframe fit: interrupted by a second Ctrl-C inside a step; nothing was saved for it: a "
+        "rerun resumes from the last checkpoint written before it"
+    )
