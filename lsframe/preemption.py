@@ -265,7 +265,7 @@ class Preemption(Callback):
             self._mark_as_last(trainer, path)
             self._writing = True
             try:
-                trainer.save_checkpoint(path)
+                trainer.save_checkpoint(path, weights_only=False)  # all a resume needs
             finally:
                 self._writing = False
         if hook == "on_train_batch_end":
