@@ -18,8 +18,9 @@ FAIL (not counted, its ``trial_<n>/`` removed; a rerun draws a new trial) and ex
 process killed with SIGKILL leaves its trial RUNNING, which the study then ignores. The study
 records the config it was started with and refuses to go on under another one (other bounds,
 groups, pairs or model; more trials, another sampler or seed are fine). Written to
-``output_dir``, after every trial that ends (so a search cut short has them): ``trial_<n>/`` (each trial's logs and accuracy matrices: TensorBoard by default,
-any Lightning logger from ``trainer.logger``, see :mod:`lsframe.loggers`),
+``output_dir`` after every trial that ends (so a search cut short has them): ``trial_<n>/``
+(each trial's logs and accuracy matrices: TensorBoard by default, any Lightning logger from
+``trainer.logger``, see :mod:`lsframe.loggers`),
 ``best_distribution.yaml`` (part → multiplier; use it as a module's ``lr_distribution``),
 ``trials.json``, ``search.png`` (the best distribution across parts and the search history) and,
 once two trials are complete and there are two learning rates or more,
