@@ -67,6 +67,25 @@ def test_trainer_schedule_acts_on_lr_multiplier(tmp_path):
         assert entry["step_size"] == pytest.approx(step_size)
 
 
+@pytest.mark.parametrize("make", [SaLSA, SlopeTrackingAdam])
+def test_a_second_train_restarts_the_schedule_as_it_does_for_adamw(make, tmp_path):
+    # a linear decay ends at a multiplier of 0: the second train()'s schedule must start from the
+    # group's own multiplier again, as torch's schedulers start from ``initial_lr``
+    model = bert()
+    args = arguments(
+        tmp_path, max_steps=4, warmup_steps=1, lr_scheduler_type="linear", logging_steps=1
+    )
+    trainer = LineSearchTrainer(
+        model=model, args=args, train_dataset=DATA, optimizers=(make(model.parameters()), None)
+    )
+    trainer.train()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.train()
+    peak = max(e["learning_rate"] for e in training_logs(trainer)[-4:])
+    assert peak > 0
+    assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
 def test_a_torch_scheduler_on_a_line_search_is_refused(tmp_path):
     model = bert()
     optimizer = SaLSA(model.parameters())

@@ -37,13 +37,16 @@ class StepSizeSchedule:
         self.optimizer = optimizer
         placeholders = [torch.zeros(0, requires_grad=True) for _ in optimizer.param_groups]
         # each shadow group starts at the group's own multiplier (1, or a per-part learning-rate
-        # distribution), so the schedule scales it rather than replacing it
+        # distribution), so the schedule scales it rather than replacing it. The first schedule
+        # records it in the group (as torch's schedulers record ``initial_lr``): a later one
+        # (HF Trainer's second ``train()``) starts from it again, not from the 0 where a decay
+        # to zero left ``lr_multiplier``
+        bases = [
+            float(g.setdefault("initial_lr_multiplier", float(g["lr_multiplier"])))
+            for g in optimizer.param_groups
+        ]
         self.shadow = torch.optim.SGD(
-            [
-                {"params": [p], "lr": float(g["lr_multiplier"])}
-                for p, g in zip(placeholders, optimizer.param_groups)
-            ],
-            lr=1.0,
+            [{"params": [p], "lr": base} for p, base in zip(placeholders, bases)], lr=1.0
         )
         self.scheduler = scheduler(self.shadow)
         self._copy()
