@@ -33,11 +33,13 @@ class OptimizerInfo:
     Attributes:
         name: Registry name (lower case), as in YAML's ``create`` and the benchmarks' specs.
         cls: The optimizer class.
-        searches: It searches its own step size (a line search): ``step`` needs lsframe's closure
-            ``closure(backward=True)``, and its groups carry ``lr_multiplier``, on which
-            schedules and learning-rate distributions act (``lr = step_size · lr_multiplier``).
+        searches: It owns its step size (a line search, or SlopeTrackingAdam's tracker): its
+            groups carry ``lr_multiplier``, on which schedules and learning-rate distributions
+            act (``lr = step_size · lr_multiplier``); with ``forward_trials``, ``step`` needs
+            lsframe's closure ``closure(backward=True)``.
         amortized: A line search that searches on some steps only (SaLSA), so its cost per step
-            depends on the run length; False: it searches on every step.
+            depends on the run length; False: it searches on every step, or (without
+            ``forward_trials``) runs no trial at all.
         param_grouping: ``"parts"`` when it needs one param group per part of the model, each
             with a ``part`` key (:func:`lsframe.parts.part_groups`); ``"any"`` otherwise.
         forward_trials: It takes forward-only trial evaluations as ``step(closure, forward=...)``.
