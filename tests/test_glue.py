@@ -115,6 +115,16 @@ def test_every_task_has_a_spec_and_hf_label_order():
             "sentence1\tsentence2\tscore\na\tb\tfive\n",
             r"score 'five' is not a number \(.*train\.tsv:2\)",
         ),
+        (
+            "stsb",
+            "sentence1\tsentence2\tscore\na\tb\t4.2\nc\td\tnan\n",
+            r"score 'nan' is not a finite number in \[0, 5\] \(STS-B\) \(.*train\.tsv:3\)",
+        ),
+        (
+            "stsb",
+            "sentence1\tsentence2\tscore\na\tb\t7.5\n",
+            r"score '7.5' is not a finite number in \[0, 5\] \(STS-B\) \(.*train\.tsv:2\)",
+        ),
         ("rte", "index\tpremise\tlabel\n", r"header .* lacks a column .*\(.*train\.tsv:1\)"),
         ("cola", "gj04\t1\tthree columns only\n", r"3 columns, expected 4 \(.*train\.tsv:1\)"),
     ],

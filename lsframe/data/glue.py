@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ class GlueTask:
         columns: Number of columns per row for a file without a header.
         dev_files: The validation file name(s); more than one gives one validation set each.
         metrics: Metric names, the first being the task's main score.
+        score_range: The scores a regression task defines (STS-B: 0 to 5); a score outside
+            is refused at its line.
     """
 
     directory: str
@@ -48,6 +51,7 @@ class GlueTask:
     header: bool = True
     columns: int | None = None
     dev_files: tuple[str, ...] = ("dev.tsv",)
+    score_range: tuple[float, float] | None = None
 
     @property
     def num_labels(self) -> int:
@@ -74,7 +78,13 @@ GLUE_TASKS: dict[str, GlueTask] = {
     "sst2": GlueTask("SST-2", "sst2", ("sentence",), "label", _BINARY, ("acc",)),
     "mrpc": GlueTask("MRPC", "mrpc", ("#1 String", "#2 String"), "Quality", _BINARY, ("acc", "f1")),
     "stsb": GlueTask(
-        "STS-B", "stsb", ("sentence1", "sentence2"), "score", (), ("pearson", "spearman")
+        "STS-B",
+        "stsb",
+        ("sentence1", "sentence2"),
+        "score",
+        (),
+        ("pearson", "spearman"),
+        score_range=(0.0, 5.0),
     ),
     "qqp": GlueTask(
         "QQP", "qqp", ("question1", "question2"), "is_duplicate", _BINARY, ("acc", "f1")
@@ -175,9 +185,17 @@ def _parse_label(value: str, task: GlueTask, path: Path, line: int) -> float | i
     value = value.strip()
     if task.is_regression:
         try:
-            return float(value)
+            score = float(value)
         except ValueError:
             raise DataError(f"score {value!r} is not a number", where=f"{path}:{line}") from None
+        low, high = task.score_range or (-math.inf, math.inf)
+        if not math.isfinite(score) or not low <= score <= high:
+            bounds = f" in [{low:g}, {high:g}]" if task.score_range else ""
+            raise DataError(
+                f"score {value!r} is not a finite number{bounds} ({task.directory})",
+                where=f"{path}:{line}",
+            )
+        return score
     if value not in task.labels:
         raise DataError(f"label {value!r} is not one of {task.labels}", where=f"{path}:{line}")
     return task.labels.index(value)
