@@ -357,7 +357,14 @@ def export(argv: list[str]) -> None:
     without lsframe (:func:`lsframe.modules.export.export_module`): a Hugging Face directory
     (``config.json`` with the task's ``id2label``, safetensors weights, tokenizer), a LoRA
     adapter alone, or a timm model (safetensors and timm's ``config.json``)."""
-    from lsframe.modules.export import LORA_MODES, export_module, is_lora, reload_hint
+    from lsframe.modules.export import (
+        ADAPTER_WITHOUT_BASE,
+        LORA_MODES,
+        export_module,
+        is_lora,
+        lora_base,
+        reload_hint,
+    )
 
     parser = RaisingArgumentParser(
         prog="lsframe export",
@@ -387,6 +394,8 @@ def export(argv: list[str]) -> None:
             "without model.lora); leave out --lora adapter to export the whole model",
             where="--lora",
         )
+    if args.lora == "adapter" and lora_base(model) is None:
+        raise ConfigError(ADAPTER_WITHOUT_BASE, where="--lora")
     output_dir = export_module(module, args.output_dir, lora=args.lora)
     kind = "LoRA adapter" if args.lora == "adapter" else "model"
     print(f"exported the {kind} of {type(module).__name__} to {output_dir}")

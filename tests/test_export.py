@@ -303,3 +303,18 @@ def test_a_causal_lm_takes_the_same_loading_options(tiny_gpt2):
     assert CausalLMModule(str(tiny_gpt2)).model.dtype == torch.float32  # the default stays fp32
     with pytest.raises(ConfigError, match="attn_implementation 'nope' cannot be used"):
         CausalLMModule(str(tiny_gpt2), attn_implementation="nope")
+
+
+def test_an_adapter_alone_is_refused_for_a_base_built_from_a_config(tmp_path):
+    # its base's initial weights are saved nowhere: PeftModel.from_pretrained could not load it
+    pytest.importorskip("peft")
+    from lsframe.modules import CausalLMModule
+    from lsframe.modules.export import export_module
+
+    tiny = {"model_type": "gpt2", "vocab_size": 64, "n_positions": 16, "n_layer": 1,
+            "n_head": 2, "n_embd": 16}  # fmt: skip
+    module = CausalLMModule(config=tiny, lora={"r": 2, "target_modules": ["c_attn"]})
+    with pytest.raises(ConfigError, match="built from model.config") as error:
+        export_module(module, tmp_path / "out", lora="adapter")
+    assert error.value.argument == "lora" and not (tmp_path / "out").exists()
+    assert (export_module(module, tmp_path / "merged") / "config.json").exists()

@@ -36,6 +36,19 @@ def is_lora(model: nn.Module) -> bool:
     return hasattr(model, "merge_and_unload") and hasattr(model, "peft_config")
 
 
+#: Why ``lora="adapter"`` cannot serve a LoRA model whose base was built from a config.
+ADAPTER_WITHOUT_BASE = (
+    "the base model was built from model.config, whose initial weights are saved nowhere, so "
+    "the adapter alone could not be loaded; export the merged model (lora 'merge', the default)"
+)
+
+
+def lora_base(model: nn.Module) -> str | None:
+    """The pretrained model a LoRA model's adapters sit on (None: a base built from a config)."""
+    config = next(iter(model.peft_config.values()))
+    return config.base_model_name_or_path or None
+
+
 def is_timm(model: nn.Module) -> bool:
     """Whether ``model`` is a timm model (it carries timm's ``pretrained_cfg``)."""
     return isinstance(getattr(model, "pretrained_cfg", None), dict) and not hasattr(
@@ -77,6 +90,8 @@ def export_pretrained(
             "module was trained without model.lora); export the whole model with lora='merge'",
             argument="lora",
         )
+    if lora == "adapter" and lora_base(model) is None:
+        raise ConfigError(ADAPTER_WITHOUT_BASE, argument="lora")
     if is_timm(model):
         return _export_timm(model, output_dir, label_names)
     if is_lora(model) and lora == "merge":
@@ -138,7 +153,6 @@ def reload_hint(model: nn.Module, output_dir: str | Path, lora: str = "merge") -
         return f'timm.create_model("local-dir:{where}", pretrained=True)'
     if is_lora(model) and lora == "adapter":
         base = model.get_base_model()
-        config = next(iter(model.peft_config.values()))
         labels = getattr(base.config, "num_labels", None)
         head = (
             f", num_labels={labels}"
@@ -147,7 +161,7 @@ def reload_hint(model: nn.Module, output_dir: str | Path, lora: str = "merge") -
         )
         return (
             f"PeftModel.from_pretrained({type(base).__name__}.from_pretrained("
-            f'"{config.base_model_name_or_path}"{head}), "{where}")'
+            f'"{lora_base(model)}"{head}), "{where}")'
         )
     if is_lora(model):
         model = model.get_base_model()
