@@ -217,7 +217,7 @@ def check_distribution_setting(key: str, distribution: Any, grouping: Any) -> No
 
 def check_module(key: str, init_args: dict[str, Any], data: list[tuple[str, Any]]) -> None:
     """A module's model reference resolves, and its shared attributes agree with the data."""
-    from lsframe.hub import check_pretrained, position_limit
+    from lsframe.hub import check_pretrained, config_position_limit, position_limit
 
     reference = init_args.get("model_name_or_path")
     if isinstance(reference, str):
@@ -226,16 +226,17 @@ def check_module(key: str, init_args: dict[str, Any], data: list[tuple[str, Any]
         except LsframeError as error:
             where = f"{key}.init_args.model_name_or_path"
             raise type(error)(error.message, where=where) from error
-        limit = position_limit(reference)
-        for data_key, datamodule in data if limit is not None else ():
-            for name in ("max_length", "block_size"):  # a text or a language-model DataModule
-                length = getattr(datamodule, name, None)
-                if isinstance(length, int) and length > limit[0]:
-                    raise ConfigError(
-                        f"{name} {length} is longer than the model's {limit[0]} positions "
-                        f"({limit[1]})",
-                        where=f"{data_key}.init_args.{name}",
-                    )
+    limit = position_limit(reference) if isinstance(reference, str) else None
+    if limit is None and isinstance(init_args.get("config"), dict):  # a model built from a config
+        limit = config_position_limit(init_args["config"], f"{key}.init_args.config")
+    for data_key, datamodule in data if limit is not None else ():
+        for name in ("max_length", "block_size"):  # a text or a language-model DataModule
+            length = getattr(datamodule, name, None)
+            if isinstance(length, int) and length > limit[0]:
+                raise ConfigError(
+                    f"{name} {length} is longer than the model's {limit[0]} positions ({limit[1]})",
+                    where=f"{data_key}.init_args.{name}",
+                )
     distribution = init_args.get("lr_distribution")
     if distribution is not None:
         check_distribution_setting(key, distribution, init_args.get("param_grouping"))

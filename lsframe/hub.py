@@ -69,6 +69,20 @@ def check_pretrained(name_or_path: str) -> None:
             raise MissingFileError(f"model {name_or_path!r}: no such local file or directory")
 
 
+def config_position_limit(config: dict[str, Any], where: str) -> tuple[int, str] | None:
+    """``(positions, where.<key>)`` for a model config (a ``config.json``'s content or a
+    module's ``config`` section) with learned absolute position embeddings:
+    ``max_position_embeddings`` or ``n_positions``; None for rotary models (``rope_theta``,
+    ``rope_scaling``), which can run past their trained length, and configs without either."""
+    if "rope_theta" in config or "rope_scaling" in config:
+        return None
+    for key in ("max_position_embeddings", "n_positions"):
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, f"{where}.{key}"
+    return None
+
+
 def position_limit(name_or_path: str) -> tuple[int, str] | None:
     """``(positions, file)`` for a local model (or ``package:`` model) with learned absolute
     position embeddings: its ``config.json``'s ``max_position_embeddings`` or ``n_positions``.
@@ -81,13 +95,10 @@ def position_limit(name_or_path: str) -> tuple[int, str] | None:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(config, dict) or "rope_theta" in config or "rope_scaling" in config:
+    if not isinstance(config, dict):
         return None
-    for key in ("max_position_embeddings", "n_positions"):
-        value = config.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value, str(path)
-    return None
+    limit = config_position_limit(config, "")
+    return None if limit is None else (limit[0], str(path))
 
 
 def loading_options(

@@ -267,3 +267,20 @@ def test_the_step_limits_of_a_config_are_each_fit_s_own_max_steps_or_the_trainer
     assert step_limits({"trainer": {"max_steps": 40}, "stages": stages}) == [3, 40]
     pairs = [[{"max_steps": 5}, {"max_steps": None}]]  # a search's pair: b takes the trainer's
     assert step_limits({"trainer": {"max_steps": 40}, "pairs": pairs}) == [5, 40]
+
+
+def test_a_block_longer_than_a_config_built_model_s_positions_is_refused_at_its_key():
+    from types import SimpleNamespace
+
+    from lsframe.config_checks import check_module
+    from lsframe.errors import ConfigError
+
+    config = {"model_type": "gpt2", "vocab_size": 256, "n_positions": 64}
+    with pytest.raises(ConfigError) as error:
+        check_module("model", {"config": config}, [("data", SimpleNamespace(block_size=128))])
+    assert str(error.value) == (
+        "block_size 128 is longer than the model's 64 positions "
+        "(model.init_args.config.n_positions) (data.init_args.block_size)"
+    )
+    rotary = {**config, "rope_theta": 10000.0}  # runs past its trained length: not refused
+    check_module("model", {"config": rotary}, [("data", SimpleNamespace(block_size=128))])
