@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from lsframe.data.image_folders import check_class_folders, image_folder
 from lsframe.data.resumable import make_loader
 from lsframe.errors import ConfigError, DataError, MissingFileError
 from lsframe.validation import check_choice, check_int_at_least, check_open_unit
@@ -349,10 +350,11 @@ class ImageFolderDataModule(ImageDataModule):
                     f"no such directory {Path(root) / split}", argument="data.root"
                 )
         self.root, self.image_size = Path(root), image_size
-        self.num_classes = sum(1 for p in (self.root / "train").iterdir() if p.is_dir())
+        self.num_classes = len(check_class_folders(self.root / "train"))
+        check_class_folders(self.root / "val")
 
     def build(self, stage: str) -> dict[str, Dataset]:
-        from torchvision import datasets, transforms
+        from torchvision import transforms
 
         normalize = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
         train_tf = transforms.Compose(
@@ -373,8 +375,8 @@ class ImageFolderDataModule(ImageDataModule):
         )
         if self.timm_model is not None:
             train_tf, eval_tf = timm_transforms(self.timm_model)
-        train = datasets.ImageFolder(self.root / "train", transform=train_tf, loader=load_image)
-        val = datasets.ImageFolder(self.root / "val", transform=eval_tf, loader=load_image)
+        train = image_folder(self.root / "train", train_tf, load_image)
+        val = image_folder(self.root / "val", eval_tf, load_image)
         if train.class_to_idx != val.class_to_idx:
             missing = sorted(set(train.class_to_idx) ^ set(val.class_to_idx))
             raise DataError(

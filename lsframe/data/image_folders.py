@@ -1,0 +1,87 @@
+"""The ``<root>/<split>/<class>/<image>`` layout of :class:`~lsframe.data.ImageFolderDataModule`:
+its classes and images, checked when the DataModule is built (before any model loads).
+
+Rules, beyond torchvision's ``ImageFolder``:
+
+* a class is a visible sub-folder: hidden ones (``.ipynb_checkpoints``, ``.DS_Store`` folders,
+  anything starting with ``.``) are not classes, where ``ImageFolder`` counts them and then
+  fails on them for having no image;
+* a split needs 2 class folders or more, and every class folder at least one image (a file with
+  an image extension of torchvision's), said at the folder;
+* files without an image extension are left out, as in ``ImageFolder``, and counted in one
+  warning per split.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lsframe.errors import DataError
+
+
+def class_folders(split: Path) -> list[str]:
+    """The class names of a split folder: its visible sub-folders, sorted."""
+    return sorted(
+        entry.name
+        for entry in os.scandir(split)
+        if entry.is_dir() and not entry.name.startswith(".")
+    )
+
+
+def _is_image(path: str) -> bool:
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return path.lower().endswith(IMG_EXTENSIONS)
+
+
+def check_class_folders(split: Path) -> list[str]:
+    """The classes of ``split`` (:func:`class_folders`), after checking that there are 2 or more
+    and that each holds an image (the first one found ends the look; nothing is opened).
+
+    Raises:
+        DataError: at the split folder, or at the empty class folder.
+    """
+    classes = class_folders(split)
+    if len(classes) < 2:
+        found = f" ({', '.join(classes)})" if classes else ""
+        raise DataError(
+            f"{len(classes)} class folder{'' if len(classes) == 1 else 's'}{found}; a classifier "
+            "needs 2 or more (one sub-folder of images per class)",
+            where=str(split),
+        )
+    for name in classes:
+        folder = split / name
+        if not any(_is_image(f) for _, _, files in os.walk(folder) for f in files):
+            raise DataError("no image file in this class folder", where=str(folder))
+    return classes
+
+
+def image_folder(split: Path, transform: Any, loader: Any) -> Any:
+    """torchvision's ``ImageFolder`` over ``split`` with the classes of :func:`class_folders`;
+    files that are not images by their extension are left out and counted in one warning."""
+    from torchvision import datasets
+
+    left_out: list[str] = []
+
+    class VisibleImageFolder(datasets.ImageFolder):
+        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+            classes = class_folders(Path(directory))
+            return classes, {name: i for i, name in enumerate(classes)}
+
+    def is_image(path: str) -> bool:
+        if _is_image(path):
+            return True
+        left_out.append(path)
+        return False
+
+    dataset = VisibleImageFolder(split, transform=transform, loader=loader, is_valid_file=is_image)
+    if left_out:
+        rank_zero_warn(
+            f"{len(left_out)} file(s) under {split} are not images by their extension and are "
+            f"left out (e.g. {left_out[0]})"
+        )
+    return dataset

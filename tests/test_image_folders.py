@@ -1,0 +1,50 @@
+"""The image-folder layout's checks: classes are visible folders, 2 or more, each with an image,
+said at the folder before any model loads; files that are not images are counted in a warning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lsframe.data.images import ImageFolderDataModule
+from lsframe.errors import DataError
+
+
+def folders(root: Path, layout: dict[str, list[str]]) -> Path:
+    """``layout``: ``"train/a": ["x.png", "notes.txt"]``; an empty list makes an empty folder."""
+    for folder, files in layout.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            if name.endswith(".png"):
+                Image.new("RGB", (8, 8)).save(root / folder / name)
+            else:
+                (root / folder / name).write_text("not an image")
+    return root
+
+
+TWO = {"train/a": ["1.png"], "train/b": ["2.png"], "val/a": ["3.png"], "val/b": ["4.png"]}
+
+
+def test_one_class_folder_is_refused_at_the_split_folder(tmp_path):
+    root = folders(tmp_path, {"train/cat": ["1.png"], "val/cat": ["2.png"]})
+    with pytest.raises(DataError, match=r"1 class folder \(cat\); a classifier needs 2") as error:
+        ImageFolderDataModule(str(root))
+    assert error.value.where == str(root / "train")
+
+
+def test_a_class_folder_without_an_image_is_refused_at_that_folder(tmp_path):
+    root = folders(tmp_path, {**TWO, "val/b": ["readme.txt"]})
+    with pytest.raises(DataError, match="no image file in this class folder") as error:
+        ImageFolderDataModule(str(root))
+    assert error.value.where == str(root / "val" / "b")
+
+
+def test_hidden_folders_are_not_classes_and_other_files_are_counted_in_a_warning(tmp_path):
+    root = folders(tmp_path, {**TWO, "train/.ipynb_checkpoints": [], "train/a/": ["notes.txt"]})
+    data = ImageFolderDataModule(str(root), image_size=8, batch_size=2)
+    assert data.num_classes == 2
+    with pytest.warns(UserWarning, match=r"1 file\(s\) under .*train are not images .*notes\.txt"):
+        built = data.build("fit")
+    assert built["train"].classes == ["a", "b"] and len(built["train"]) == 2
