@@ -154,6 +154,11 @@ def test_a_timm_model_exports_as_safetensors_and_config_that_timm_reloads(resnet
     config = json.loads((tmp_path / "timm" / "config.json").read_text())
     assert config["architecture"] == "resnet18"
     assert config["model_args"]["in_chans"] == 1 and config["num_classes"] == 10
+    # the preprocessing it was trained with (28×28, MNIST's statistics), not ImageNet's of the
+    # timm name's default weights: what timm.data.resolve_data_config hands its users
+    pretrained = config["pretrained_cfg"]
+    assert pretrained["input_size"] == [1, 28, 28] and pretrained["crop_pct"] == 1.0
+    assert pretrained["mean"] == [0.1307] and pretrained["std"] == [0.3081]
     reloaded = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
     module = load_module(str(resnet_mnist)).eval()
     images = torch.randn(3, 1, 28, 28)

@@ -48,3 +48,6 @@ def test_hidden_folders_are_not_classes_and_other_files_are_counted_in_a_warning
     with pytest.warns(UserWarning, match=r"1 file\(s\) under .*train are not images .*notes\.txt"):
         built = data.build("fit")
     assert built["train"].classes == ["a", "b"] and len(built["train"]) == 2
+    # what an exported timm model records as its preprocessing: resize to 8·256/224, crop 8
+    config = data.data_config()
+    assert config["input_size"] == (3, 8, 8) and config["crop_pct"] == 224 / 256

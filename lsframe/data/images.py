@@ -73,6 +73,18 @@ def load_image(path: str) -> Any:
         raise DataError(f"image does not decode ({type(error).__name__})", where=path) from error
 
 
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _fixed_size_config(
+    input_size: tuple[int, ...], mean: tuple[float, ...], std: tuple[float, ...]
+) -> dict[str, Any]:
+    """The data config of images used at their own size (no resize, no crop)."""
+    return {"input_size": input_size, "mean": mean, "std": std, "crop_pct": 1.0}
+
+
 def timm_data_config(model_name: str) -> dict[str, Any]:
     """timm's data config of ``model_name`` (``input_size``, ``interpolation``, ``mean``,
     ``std``, ``crop_pct``, ``crop_mode``): what ``timm.data.resolve_model_data_config`` gives the
@@ -149,6 +161,12 @@ class ImageDataModule(pl.LightningDataModule):
     def build(self, stage: str) -> dict[str, Dataset]:
         """The ``train``, ``val`` and ``test`` datasets."""
         raise NotImplementedError
+
+    def data_config(self) -> dict[str, Any] | None:
+        """How an evaluation image is prepared, in timm's data-config keys (``input_size``,
+        ``mean``, ``std``, ``interpolation``, ``crop_pct``): what a timm model exported after
+        training on this data records for its users. None: not known."""
+        return None
 
     def setup(self, stage: str) -> None:
         if not self.datasets:
@@ -240,8 +258,14 @@ class IdxImageDataModule(ImageDataModule):
                 where=str(labels_path),
             )
         # scale to [0, 1] and standardise with the usual MNIST statistics
-        x = (images.unsqueeze(1).float() / 255 - 0.1307) / 0.3081
+        self.image_shape = tuple(images.shape[1:])
+        x = (images.unsqueeze(1).float() / 255 - MNIST_MEAN) / MNIST_STD
         return TensorDataset(x, labels.long())
+
+    def data_config(self) -> dict[str, Any] | None:
+        if getattr(self, "image_shape", None) is None:
+            return None
+        return _fixed_size_config((1, *self.image_shape), (MNIST_MEAN,), (MNIST_STD,))
 
     def check_files(self, stage: str) -> None:
         """Read and check the idx files (sizes, labels below ``num_classes``) before the model
@@ -297,7 +321,7 @@ class CIFARDataModule(ImageDataModule):
         from torchvision import datasets, transforms
 
         cls = datasets.CIFAR10 if self.name == "cifar10" else datasets.CIFAR100
-        normalize = transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+        normalize = transforms.Normalize(CIFAR_MEAN, CIFAR_STD)
         augment = transforms.Compose(
             [
                 transforms.RandomCrop(32, padding=4),
@@ -319,6 +343,11 @@ class CIFARDataModule(ImageDataModule):
             ) from error
         train, val = self.split(train_aug, self.val_fraction)
         return {"train": train, "val": Subset(train_plain, val.indices), "test": test}
+
+    def data_config(self) -> dict[str, Any] | None:
+        if self.timm_model is not None:
+            return timm_data_config(self.timm_model)
+        return _fixed_size_config((3, 32, 32), CIFAR_MEAN, CIFAR_STD)
 
 
 class ImageFolderDataModule(ImageDataModule):
@@ -356,7 +385,7 @@ class ImageFolderDataModule(ImageDataModule):
     def build(self, stage: str) -> dict[str, Dataset]:
         from torchvision import transforms
 
-        normalize = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
         train_tf = transforms.Compose(
             [
                 transforms.RandomResizedCrop(self.image_size),
@@ -384,8 +413,16 @@ class ImageFolderDataModule(ImageDataModule):
                 f"({missing[:5]}...); labels would not line up",
                 argument="data.root",
             )
+        return {"train": train, "val": val, "test": val}
+
+    def data_config(self) -> dict[str, Any] | None:
+        if self.timm_model is not None:
+            return timm_data_config(self.timm_model)
+        size = self.image_size  # resized to size·256/224, then the centre size×size
         return {
-            "train": train,
-            "val": val,
-            "test": val,
+            "input_size": (3, size, size),
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+            "crop_pct": 224 / 256,
+            "interpolation": "bilinear",
         }

@@ -63,6 +63,7 @@ def export_pretrained(
     *,
     lora: Literal["merge", "adapter"] = "merge",
     label_names: list[str] | tuple[str, ...] | None = None,
+    data_config: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` into ``output_dir`` in the layout of the module docstring, and
     ``tokenizer`` beside it where it has ``save_pretrained``.
@@ -75,6 +76,10 @@ def export_pretrained(
             adapter alone.
         label_names: Class names in class-index order. A Hugging Face model keeps those of its
             config (set when the module loaded it); a timm model gets them as ``label_names``.
+        data_config: For a timm model, the preprocessing it was trained with (timm's keys:
+            ``input_size``, ``mean``, ``std``, ...), written into its ``pretrained_cfg`` in
+            place of that of the weights it started from (ImageNet's, for a model trained
+            from scratch on MNIST).
 
     Raises:
         ConfigError: ``lora`` is not one of :data:`LORA_MODES`, or is ``adapter`` for a model
@@ -93,7 +98,7 @@ def export_pretrained(
     if lora == "adapter" and lora_base(model) is None:
         raise ConfigError(ADAPTER_WITHOUT_BASE, argument="lora")
     if is_timm(model):
-        return _export_timm(model, output_dir, label_names)
+        return _export_timm(model, output_dir, label_names, data_config)
     if is_lora(model) and lora == "merge":
         model = copy.deepcopy(model).merge_and_unload()
     if not hasattr(model, "save_pretrained"):
@@ -126,12 +131,21 @@ def without_gguf(model: nn.Module) -> nn.Module:
 
 
 def _export_timm(
-    model: nn.Module, output_dir: Path, label_names: list[str] | tuple[str, ...] | None
+    model: nn.Module,
+    output_dir: Path,
+    label_names: list[str] | tuple[str, ...] | None,
+    data_config: dict[str, Any] | None = None,
 ) -> Path:
     from timm.models import save_for_hf
 
     config = {"label_names": [str(n) for n in label_names]} if label_names else None
-    save_for_hf(model, str(output_dir), model_config=config, safe_serialization=True)
+    save_for_hf(
+        model,
+        str(output_dir),
+        model_config=config,
+        safe_serialization=True,
+        data_config=copy.deepcopy(data_config),
+    )
     return output_dir
 
 
@@ -143,7 +157,10 @@ def export_module(
     model = module.model
     tokenizer = None if is_timm(model) else getattr(module, "tokenizer", None)
     label_names = getattr(module, "label_names", None)
-    return export_pretrained(model, output_dir, tokenizer, lora=lora, label_names=label_names)
+    data_config = getattr(module, "data_config", None) if is_timm(model) else None
+    return export_pretrained(
+        model, output_dir, tokenizer, lora=lora, label_names=label_names, data_config=data_config
+    )
 
 
 def reload_hint(model: nn.Module, output_dir: str | Path, lora: str = "merge") -> str:

@@ -58,6 +58,9 @@ class ImageClassificationModule(ClosureModule):
             label_smoothing,
         )
         self.metrics = torch.nn.ModuleDict({s: self._make_metrics() for s in ("val", "test")})
+        #: The DataModule's evaluation preprocessing (its ``data_config()``), kept in checkpoints
+        #: so an exported model records it (:mod:`lsframe.modules.export`); None: not known.
+        self.data_config: dict[str, Any] | None = None
 
     def _make_metrics(self) -> torchmetrics.MetricCollection:
         metrics = {"acc": torchmetrics.Accuracy(task="multiclass", num_classes=self.num_classes)}
@@ -70,6 +73,17 @@ class ImageClassificationModule(ClosureModule):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         self.check_data(num_classes=self.num_classes, in_chans=self.in_chans)
+        config = getattr(self.trainer.datamodule, "data_config", None) if self._trainer else None
+        if callable(config):
+            self.data_config = config() or self.data_config
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["lsframe"]["data_config"] = self.data_config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.data_config = checkpoint.get("lsframe", {}).get("data_config", self.data_config)
 
     def compute_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         images, labels = batch
