@@ -101,22 +101,28 @@ def null_refused_as(hint: Any) -> str | None:
     return None
 
 
+def on_probe(cls: type, init_args: dict[str, Any]) -> Any:
+    """Optimizer ``cls`` built with ``init_args`` on one probe parameter, in a param group that
+    names its part (what PLASLS needs): its argument checks run, nothing else is touched."""
+    import torch
+
+    probe = [{"params": [torch.zeros(1, requires_grad=True)], "name": "probe", "part": "probe"}]
+    return cls(probe, **init_args)
+
+
 def check_optimizer(key: str, cls: type, init_args: dict[str, Any], grouping: Any) -> None:
     """Build optimizer ``cls`` with ``init_args`` on a probe parameter (its argument checks run
     now); refuse a ``param_grouping`` other than ``parts`` for one whose registry record needs
     it (PLASLS)."""
-    import torch
-
     from lsframe.optim import info_for
 
-    probe = [{"params": [torch.zeros(1, requires_grad=True)], "name": "probe", "part": "probe"}]
     for name, value in init_args.items():  # torch takes lr=inf: every parameter would be NaN
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(
                 f"{name} must be finite, got {value!r}", where=f"{key}.init_args.{name}"
             )
     try:
-        cls(probe, **init_args)
+        on_probe(cls, init_args)
     except (LsframeError, ValueError, TypeError) as error:
         raise located(error, f"{key}.init_args", init_args) from error
     needs = info_for(cls).param_grouping
@@ -296,6 +302,7 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
     modules: list[tuple[str, dict[str, Any]]] = []
     data: list[tuple[str, Any]] = []
     grouping: dict[str, Any] = {}
+    limits = step_limits(config)
     for key, node in class_nodes(config):
         cls = import_class(node_get(node, "class_path"))
         init_args = plain(node_get(node, "init_args")) or {}
@@ -313,7 +320,7 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
         elif issubclass(cls, LightningDataModule):
             data.append((key, build_datamodule(key, cls, init_args, stage)))
         elif issubclass(cls, Callback) and cls.__module__.startswith("lsframe."):
-            check_callback(key, cls, init_args, step_limits(config))
+            check_callback(key, cls, init_args, limits)
     check_trainer_step_options(node_get(config, "trainer"), modules[0][0] if modules else "model")
     for key, init_args in modules:
         check_module(key, init_args, data)

@@ -43,7 +43,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from lsframe.checkpoint_io import write_atomically
 from lsframe.cli_errors import parse_or_raise
-from lsframe.config_checks import check_config
+from lsframe.config_checks import check_config, on_probe
 from lsframe.config_nodes import import_class, node_get, plain
 from lsframe.errors import ConfigError
 from lsframe.loggers import logger_specs
@@ -283,15 +283,12 @@ def base_lr_problem(optimizer: Any, options: SearchOptions) -> str | None:
 def check_base_lr(model: Any, options: SearchOptions) -> None:
     """:func:`base_lr_problem` on the configured optimizer, built on a probe parameter (the
     config check has built it once already), before any weights load."""
-    import torch
-
     node = node_get(node_get(model, "init_args"), "optimizer")
     class_path = node_get(node, "class_path")
     cls = import_class(class_path) if isinstance(class_path, str) else None
     if cls is None:  # the module's default optimizer: checked on the probe module
         return
-    probe = [{"params": [torch.zeros(1, requires_grad=True)], "name": "probe", "part": "probe"}]
-    problem = base_lr_problem(cls(probe, **(plain(node_get(node, "init_args")) or {})), options)
+    problem = base_lr_problem(on_probe(cls, plain(node_get(node, "init_args")) or {}), options)
     if problem:
         raise ConfigError(problem, where="search.base_lr")
 
