@@ -5,6 +5,7 @@ the state dict is one torch.distributed.checkpoint can map to parameter names.""
 from __future__ import annotations
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -35,6 +36,27 @@ def test_a_group_with_its_own_lr_is_refused_and_the_message_gives_its_lr_multipl
     opt._write_lr()
     run(model, opt, 2)
     assert opt.param_groups[1]["lr"] == pytest.approx(opt.param_groups[0]["step_size"] * 0.01)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_constructor_group_taking_the_default_lr_beside_group_0s_own_is_refused(name):
+    # torch gives such a group the default lr; a line search would have given it group 0's
+    cls = optim.info(name).cls
+    model = Logistic()
+    groups = [{"params": [model.linear.weight], "lr": 1e-2}, {"params": [model.linear.bias]}]
+    default = inspect.signature(cls).parameters["lr"].default
+    if default == 1e-2:
+        groups[0]["lr"] = 2e-2
+    start = groups[0]["lr"]
+    message = rf"param group 1 takes the default lr={default!r} but group 0 starts at {start!r}"
+    with pytest.raises(ValueError, match=message + ".*give lr to the optimizer"):
+        cls(groups)
+    opt = cls([{"params": [model.linear.weight]}, {"params": [model.linear.bias]}], lr=start)
+    assert [g["lr"] for g in opt.param_groups] == [start, start]
+    late = torch.nn.Parameter(torch.zeros(1))
+    opt.add_param_group({"params": [late]})  # added later without lr: joins group 0's step size
+    run(model, opt, 1)
+    assert opt.param_groups[2]["lr"] == opt.param_groups[0]["lr"]
 
 
 def test_plasls_parts_that_search_apart_from_the_start_keep_their_own_lr():

@@ -109,7 +109,11 @@ class LineSearchOptimizer(Optimizer):
             **defaults,
         }
         self._check_group(defaults)
-        super().__init__(params, defaults)
+        self._constructing = True  # the constructor's groups: all must share one lr
+        try:
+            super().__init__(params, defaults)
+        finally:
+            self._constructing = False
         self.state["line_search"] = self._initial_search_state()
 
     # --------------------------------------------------------------------- hyperparameters
@@ -125,13 +129,16 @@ class LineSearchOptimizer(Optimizer):
         return {"step": 0, "forwards": 0, "searches": 0, "failed_searches": 0, "rejected_steps": 0}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        # the constructor's groups share one lr whether they set it or take the default; a group
+        # added later without one joins group 0's step size
         own_lr = "lr" in param_group
+        constructing = getattr(self, "_constructing", False)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:  # a refused group leaves the optimizer as it was, as in torch
             self._check_group(group)
-            if own_lr:
-                self._check_same_lr(group)
+            if own_lr or constructing:
+                self._check_same_lr(group, own=own_lr)
         except ValueError:
             self.param_groups.pop()
             raise
@@ -139,11 +146,13 @@ class LineSearchOptimizer(Optimizer):
         group.setdefault("initial_step_size", group["step_size"])
         group["lr"] = group["step_size"] * group["lr_multiplier"]
 
-    def _check_same_lr(self, group: dict[str, Any]) -> None:
+    def _check_same_lr(self, group: dict[str, Any], own: bool = True) -> None:
         """One search (or one tracked η) sets every group's step size, so a group that sets
-        another ``lr`` would silently take group 0's: refused, pointing to ``lr_multiplier``. A
-        group without its own ``lr`` joins group 0's step size (gradual unfreezing, also after
-        resuming a run saved under another η0)."""
+        another ``lr`` would silently take group 0's: refused, pointing to ``lr_multiplier``. The
+        groups given to the constructor are compared whether they set ``lr`` or take the
+        default (``[{"params": head, "lr": 1e-3}, {"params": body}]`` is refused, as torch would
+        give ``body`` the default). A group added later without its own ``lr`` joins group 0's
+        step size (gradual unfreezing, also after resuming a run saved under another η0)."""
         if len(self.param_groups) < 2 or "step_size" in group:
             return
         first = self.param_groups[0]
@@ -152,10 +161,12 @@ class LineSearchOptimizer(Optimizer):
         if group["lr"] != start:
             ratio = group["lr"] / start
             raise ValueError(
-                f"{type(self).__name__}: param group {len(self.param_groups) - 1} sets "
-                f"lr={group['lr']!r} but group 0 starts at {start!r}: one "
+                f"{type(self).__name__}: param group {len(self.param_groups) - 1} "
+                f"{'sets' if own else 'takes the default'} lr={group['lr']!r} but group 0 "
+                f"starts at {start!r}: one "
                 "step size serves every group, so a group's lr cannot differ; scale that group's "
                 f"step with 'lr_multiplier' instead (here lr_multiplier={ratio:.6g})"
+                + ("" if own else ", or give lr to the optimizer rather than to group 0")
             )
 
     def state_dict(self) -> dict[str, Any]:

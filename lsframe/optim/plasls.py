@@ -116,11 +116,11 @@ class PLASLS(LineSearchOptimizer):
         )
         super().__init__(params, defaults)
 
-    def _check_same_lr(self, group: dict[str, Any]) -> None:
+    def _check_same_lr(self, group: dict[str, Any], own: bool = True) -> None:
         # parts that search apart from the first step start from their own lr; a joint phase
         # starts every part from group 0's
         if group["joint_steps"] > 0:
-            super()._check_same_lr(group)
+            super()._check_same_lr(group, own)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a part; a group without a ``part`` key is named by its ``name`` key, else (or
