@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
 
 import pytest
 import torch
@@ -104,6 +105,9 @@ def test_an_unregistered_line_search_subclass_gets_a_line_search_record_and_old_
         def __init__(self, params, lr: float = 1.0) -> None:
             super().__init__(params, {"lr": lr})
 
+        def _line_search_step(self, loss, forward, groups) -> None:  # never stepped here
+            raise AssertionError
+
     record = optim.info_for(Mine)
     assert record.searches and record.forward_trials and record.reduces_over_parameters
     try:
@@ -111,6 +115,34 @@ def test_an_unregistered_line_search_subclass_gets_a_line_search_record_and_old_
         assert optim.info("mine").searches
     finally:
         optim._registry.REGISTRY.pop("mine", None)
+
+
+def test_a_line_search_without_its_step_and_a_record_contradicting_its_class_are_refused():
+    class NoStep(optim.LineSearchOptimizer):
+        def __init__(self, params, lr: float = 1.0) -> None:
+            super().__init__(params, {"lr": lr})
+
+    with pytest.raises(TypeError, match="NoStep .*does not define _line_search_step"):
+        NoStep(Logistic().parameters())
+    with pytest.raises(TypeError, match="does not define _line_search_step"):
+        optim.register(optim.OptimizerInfo("nostep", NoStep, searches=True, forward_trials=True))
+    bad = {
+        "forward_trials=False but SGDSLS.forward_trials is True": {"searches": True},
+        "searches=False but SGDSLS is a LineSearchOptimizer": {"forward_trials": True},
+        "param_grouping must be 'any' or 'parts', got 'partz'": {
+            "searches": True,
+            "forward_trials": True,
+            "param_grouping": "partz",
+        },
+    }
+    for message, fields in bad.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            optim.register(optim.OptimizerInfo("mysls", optim.SGDSLS, **fields))
+    with pytest.raises(ValueError, match="forward_trials=True needs a LineSearchOptimizer"):
+        optim.register(optim.OptimizerInfo("myadam", torch.optim.Adam, forward_trials=True))
+    with pytest.raises(TypeError, match="cls must be a torch Optimizer"):
+        optim.register(optim.OptimizerInfo("mydict", dict))
+    assert not {"nostep", "mysls", "myadam", "mydict"} & set(optim.names())
 
 
 def test_salsa_groups_may_keep_adams_own_betas_and_only_beta3_is_joint():

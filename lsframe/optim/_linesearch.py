@@ -91,6 +91,18 @@ def sufficient_decrease_ratio(
     return (loss - trial_loss) / scale
 
 
+def check_defines_step(cls: type) -> None:
+    """Raise TypeError when ``cls`` (a :class:`LineSearchOptimizer` subclass) leaves
+    ``_line_search_step`` undefined: refused when it is built or registered, not at its first
+    step."""
+    if cls._line_search_step is LineSearchOptimizer._line_search_step:
+        raise TypeError(
+            f"{cls.__name__} subclasses LineSearchOptimizer but does not define "
+            "_line_search_step(self, loss, forward, groups), the method that searches and "
+            "steps (docs/extending.md)"
+        )
+
+
 class LineSearchOptimizer(Optimizer):
     """Base class: the step protocol, group bookkeeping and the state the family shares.
 
@@ -100,6 +112,7 @@ class LineSearchOptimizer(Optimizer):
     """
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        check_defines_step(type(self))
         searching = {"max_backtracks": 100} if self.forward_trials else {}  # a tracker has none
         defaults = {
             "weight_decay": 0.0,

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from torch.optim import Optimizer
 
-from lsframe.optim._linesearch import LineSearchOptimizer
+from lsframe.optim._linesearch import LineSearchOptimizer, check_defines_step
 from lsframe.optim.adam_e import AdamE
 from lsframe.optim.adam_sls import AdamSLS
 from lsframe.optim.alsals import ALSALS
@@ -289,6 +289,7 @@ def register(record: OptimizerInfo | str, cls: type[Optimizer] | None = None) ->
         if cls is None:
             raise TypeError("register(name, cls) needs the class")
         record = replace(info_for(cls), name=record.lower(), cls=cls, invalid_args=())
+    check_record(record)
     key = record.name.lower()
     if key != record.name:
         raise ValueError(f"optimizer names are lower case, got {record.name!r}")
@@ -296,6 +297,40 @@ def register(record: OptimizerInfo | str, cls: type[Optimizer] | None = None) ->
         raise ValueError(f"optimizer name {key!r} is already registered to {REGISTRY[key].cls}")
     REGISTRY[key] = record
     return record
+
+
+def check_record(record: OptimizerInfo) -> None:
+    """Raise TypeError or ValueError naming the first field of ``record`` that contradicts its
+    class: the module and the config checks act on these facts (which call ``step`` gets, which
+    groups the optimizer is given), so a wrong one fails only at the first step, far from here."""
+    cls = record.cls
+    if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
+        raise TypeError(
+            f"OptimizerInfo {record.name!r}: cls must be a torch Optimizer, got {cls!r}"
+        )
+    if record.param_grouping not in ("any", "parts"):
+        raise ValueError(
+            f"OptimizerInfo {record.name!r}: param_grouping must be 'any' or 'parts', got "
+            f"{record.param_grouping!r}"
+        )
+    if issubclass(cls, LineSearchOptimizer):
+        check_defines_step(cls)
+        if record.forward_trials != cls.forward_trials:
+            raise ValueError(
+                f"OptimizerInfo {record.name!r}: forward_trials={record.forward_trials} but "
+                f"{cls.__name__}.forward_trials is {cls.forward_trials}: the module hands a line "
+                "search's step the closure and trial forwards its class asks for"
+            )
+        if not record.searches:
+            raise ValueError(
+                f"OptimizerInfo {record.name!r}: searches=False but {cls.__name__} is a "
+                "LineSearchOptimizer, which owns its step size (searches=True)"
+            )
+    elif record.forward_trials:
+        raise ValueError(
+            f"OptimizerInfo {record.name!r}: forward_trials=True needs a LineSearchOptimizer "
+            f"subclass ({cls.__name__} is not one)"
+        )
 
 
 def info(name: str) -> OptimizerInfo:
