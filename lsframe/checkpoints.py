@@ -99,11 +99,12 @@ def read_lightning_checkpoint(path: str | Path, module_class_path: str | None = 
             was written by another module class.
     """
     checkpoint = read_torch_file(path, "checkpoint", LIGHTNING_CHECKPOINT)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise DataError(
-            f"not a Lightning checkpoint (no state_dict); expected {LIGHTNING_CHECKPOINT}",
-            where=str(path),
-        )
+    for key in ("state_dict", "pytorch-lightning_version"):
+        if not isinstance(checkpoint, dict) or key not in checkpoint:
+            raise DataError(
+                f"not a Lightning checkpoint (no {key}); expected {LIGHTNING_CHECKPOINT}",
+                where=str(path),
+            )
     hparams = checkpoint.get("hyper_parameters") or {}
     saved = hparams.get("_class_path") if isinstance(hparams, dict) else None
     if (

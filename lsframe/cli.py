@@ -26,10 +26,12 @@ import lsframe.data  # noqa: F401 - registers the DataModules for subclass mode
 from lsframe.callbacks import HParamsMetrics
 from lsframe.checkpoint_io import find_last_checkpoint
 from lsframe.checkpointing import BestAndLastCheckpoint, last_checkpoint
+from lsframe.checkpoints import read_lightning_checkpoint
 from lsframe.cli_errors import RaisingArgumentParser, usage_error
 from lsframe.config_checks import check_parsed
 from lsframe.errors import ConfigError, DataError, NonFiniteLossError, NonFiniteParametersError
 from lsframe.modules import ClosureModule
+from lsframe.named_checkpoints import logger_root, resolve_for_evaluation
 from lsframe.preemption import Preemption, catch_signals
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -163,6 +165,7 @@ class LSFrameCLI(LightningCLI):
         ``fit`` that resumes would silently drop every model setting that differs from the
         checkpoint's (another optimizer, lr, ``nonfinite_loss``): refused, naming the first."""
         subcommand = self.config.get("subcommand")
+        self._resolve_named_checkpoint(subcommand)
         before = self.config[subcommand].get("model") if subcommand == "fit" else None
         before = before.clone() if before is not None else None
         super()._parse_ckpt_path()
@@ -179,6 +182,21 @@ class LSFrameCLI(LightningCLI):
                     "start a new fit from them",
                     where=f"model.{key}",
                 )
+
+    def _resolve_named_checkpoint(self, subcommand: str | None) -> None:
+        """``validate|test|predict --ckpt_path last|best``: the newest fit's file, found in its
+        folders before anything is built (:mod:`lsframe.named_checkpoints`), checked as a named
+        file is, so that the model's hyperparameters are read from it."""
+        if subcommand is None:
+            return
+        section = self.config[subcommand]
+        path = resolve_for_evaluation(section, subcommand)
+        if path is None:
+            return
+        read_lightning_checkpoint(path, section.get("model.class_path"))
+        if rank_zero_only.rank == 0:
+            print(f"lsframe {subcommand}: --ckpt_path {section.ckpt_path}: {path}")
+        section.ckpt_path = path
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand == "fit":
@@ -199,18 +217,13 @@ class LSFrameCLI(LightningCLI):
         config = self.config[self.subcommand]
         if config.get("ckpt_path") != "last" or config.get("checkpoint.dirpath") is not None:
             return
-        logger = config.get("trainer.logger")
-        if isinstance(logger, list):
-            logger = logger[0] if logger else None
-        init = getattr(logger, "init_args", None)
-        if init is None or init.get("save_dir") is None or init.get("version") is not None:
-            return
-        root = Path(init.save_dir) / str(init.get("name") or "")
-        found = find_last_checkpoint(root)
+        root = logger_root(config)
+        found = find_last_checkpoint(root) if root is not None else None
         if found is None:
             return
         version, path = found
-        init.version = version
+        logger = config.get("trainer.logger")
+        (logger[0] if isinstance(logger, list) else logger).init_args.version = version
         if rank_zero_only.rank == 0:
             print(f"lsframe fit: --ckpt_path last: continuing {root / version} ({path.name})")
 

@@ -219,7 +219,11 @@ def truncated() -> bytes:
 
 
 def written_by(module: str) -> dict:
-    return {"state_dict": {}, "hyper_parameters": {"_class_path": f"lsframe.modules.{module}"}}
+    return {
+        "state_dict": {},
+        "pytorch-lightning_version": "2.6.0",
+        "hyper_parameters": {"_class_path": f"lsframe.modules.{module}"},
+    }
 
 
 PICKLED = {"state_dict": {}, "optimizer": functools.partial(torch.optim.SGD, lr=0.1)}

@@ -271,6 +271,13 @@ CASES: dict[str, tuple[Args, int, str]] = {
         with_checkpoint("validate", checkpoint(written_by("ImageClassificationModule"))), 1,
         "checkpoint of lsframe.modules.ImageClassificationModule, but model.class_path is "
         f"lsframe.modules.SequenceClassificationModule {CKPT}"),
+    "validate: a torch file without Lightning's keys": (
+        with_checkpoint("validate", checkpoint({"state_dict": {}})), 1,
+        f"not a Lightning checkpoint (no pytorch-lightning_version); {WANT} {CKPT}"),
+    "validate: ckpt_path last is the old run's file, checked": (
+        with_checkpoint("validate", lambda tmp: Path("last")), 1,
+        f"cannot read checkpoint: not a PyTorch file (torch.save writes a zip archive); {WANT} "
+        "({tmp}/out/glue_minilm/version_0/checkpoints/last.ckpt)"),
     "validate: pickled objects": (
         with_checkpoint("validate", checkpoint(PICKLED)), 1,
         "cannot read checkpoint: it holds a pickled functools.partial, which weights_only=True "
@@ -282,8 +289,7 @@ CASES: dict[str, tuple[Args, int, str]] = {
                                  f"cannot read checkpoint: the file is empty; {WANT} {CKPT}"),
     "export: no module class": (
         with_checkpoint("export", checkpoint({"state_dict": {}})), 1,
-        f"checkpoint does not name its module class (hyper_parameters._class_path); {WANT} "
-        + CKPT),
+        f"not a Lightning checkpoint (no pytorch-lightning_version); {WANT} {CKPT}"),
     "export: into a used directory, before the checkpoint loads": (
         lambda tmp: ["export", str(checkpoint(b"not read")(tmp)), str(tmp / "out")], 2,
         "directory is not empty (glue_minilm, notes.txt): export writes into a new or empty "

@@ -250,6 +250,29 @@ def test_quickstart_runs_on_a_slice_logs_and_exports(minilm, amazon_reviews, tmp
             str(best[0]),
         ]
     )
+    evaluated = capsys.readouterr().out
+    # a new process's `last`/`best` are the fit's files (Lightning looked in the new version's
+    # empty folder, warned, and validated the model with an untrained head)
+    for name, expected in (("best", best[0]), ("last", log_dir / "checkpoints" / "last.ckpt")):
+        main(
+            [
+                "validate",
+                "--config",
+                str(ROOT / "configs" / "quickstart.yaml"),
+                "--trainer.logger.init_args.save_dir",
+                str(runs),
+                "--data.init_args.val_limit",
+                "32",
+                "--data.init_args.max_length",
+                "48",
+                "--ckpt_path",
+                name,
+            ]
+        )
+        out = capsys.readouterr().out
+        assert f"lsframe validate: --ckpt_path {name}: {expected}" in out
+        if name == "best":  # the same file as named above: the same metrics
+            assert out.split("Validate metric")[1] == evaluated.split("Validate metric")[1]
     for subcommand in ("test", "predict"):
         main(
             [

@@ -138,7 +138,7 @@ def test_a_line_search_without_its_step_and_a_record_contradicting_its_class_are
     for message, fields in bad.items():
         with pytest.raises(ValueError, match=re.escape(message)):
             optim.register(optim.OptimizerInfo("mysls", optim.SGDSLS, **fields))
-    with pytest.raises(ValueError, match="forward_trials=True needs a LineSearchOptimizer"):
+    with pytest.raises(ValueError, match="forward_trials=True but Adam.step takes no 'forward'"):
         optim.register(optim.OptimizerInfo("myadam", torch.optim.Adam, forward_trials=True))
     with pytest.raises(TypeError, match="cls must be a torch Optimizer"):
         optim.register(optim.OptimizerInfo("mydict", dict))

@@ -8,6 +8,7 @@ branching on names, so a new optimizer is one file plus one :func:`register` cal
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -326,10 +327,10 @@ def check_record(record: OptimizerInfo) -> None:
                 f"OptimizerInfo {record.name!r}: searches=False but {cls.__name__} is a "
                 "LineSearchOptimizer, which owns its step size (searches=True)"
             )
-    elif record.forward_trials:
+    elif record.forward_trials and "forward" not in inspect.signature(cls.step).parameters:
         raise ValueError(
-            f"OptimizerInfo {record.name!r}: forward_trials=True needs a LineSearchOptimizer "
-            f"subclass ({cls.__name__} is not one)"
+            f"OptimizerInfo {record.name!r}: forward_trials=True but {cls.__name__}.step takes "
+            "no 'forward' argument: the module calls step(closure, forward=...)"
         )
 
 
