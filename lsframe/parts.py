@@ -34,6 +34,7 @@ left out (frozen layers of a stack still count: freezing does not move the other
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable
@@ -41,6 +42,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from torch import nn
+
+from lsframe.errors import ConfigError
 
 CLASSIFIER_NAMES = ("fc", "head", "classifier")
 # timm's MATCH_PREV_GROUP: a key ending in it joins the group before it (a final norm)
@@ -292,6 +295,29 @@ def _is_linear_like(module: nn.Module) -> bool:
 
 def _matches(name: str, patterns: list[str] | None) -> bool:
     return any(re.search(pattern, name) for pattern in patterns or [])
+
+
+def check_patterns_match(model: nn.Module, owner: str, **patterns: list[str] | None) -> None:
+    """Each regular expression of each keyword (``include=[...]``, ``exclude=[...]``) matches
+    the name of some trainable parameter of ``model``: one that matches none (``"clasifier"``)
+    would select or exclude nothing without a word, beside patterns that do match.
+
+    Raises:
+        ConfigError: at ``<owner>.<keyword>``, naming the pattern and the closest name parts.
+    """
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    for key, values in patterns.items():
+        for pattern in values or []:
+            if any(re.search(pattern, name) for name in names):
+                continue
+            words = sorted({word for name in names for word in name.split(".")})
+            close = difflib.get_close_matches(pattern, words, n=3, cutoff=0.6)
+            hint = f"; close: {', '.join(map(repr, close))}" if close else ""
+            raise ConfigError(
+                f"{key} pattern {pattern!r} matches no trainable parameter of "
+                f"{type(model).__name__} (re.search on names such as {names[0]!r}){hint}",
+                where=f"{owner}.{key}",
+            )
 
 
 def weight_matrices(

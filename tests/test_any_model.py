@@ -115,6 +115,9 @@ def test_no_weight_decay_may_be_passed_and_takes_names_patterns_and_modules():
     assert set(groups) == {"no_decay"}
     groups = names_in(parameter_groups(model, "decay", 10, no_weight_decay=["2"]), model)
     assert groups["decay"] == {"0.weight", "1.weight"}
+    # a name that exempts nothing (a typo beside a good one) is refused, not ignored
+    with pytest.raises(ValueError, match="no_weight_decay name '2.weigth' matches no trainable"):
+        parameter_groups(model, "decay", 10, no_weight_decay=["0.weight", "2.weigth"])
 
 
 def test_the_module_passes_its_models_no_weight_decay():

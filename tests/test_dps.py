@@ -254,7 +254,11 @@ def test_bad_arguments_and_misuse_are_clear_errors():
     with pytest.raises(ConfigError, match=r"int\(10 · 0.05\) = 0 .*\(10: its max_steps\)"):
         DPS(update_ratio=0.05, max_steps=10)
     with pytest.raises(ValueError, match="selected no parameter"):
-        run_dps(DPS(include=["nothing-matches"]))
+        run_dps(DPS(include=["weight"], exclude=["weight"]))
+    # a pattern matching no parameter is a typo, refused even beside one that matches
+    with pytest.raises(ConfigError, match="exclude pattern 'wieght' matches no trainable") as error:
+        run_dps(DPS(include=["weight"], exclude=["wieght"]))
+    assert error.value.where == "DPS.exclude" and "close: 'weight'" in str(error.value)
     with pytest.raises(ValueError, match="no layer stack"):
         run_dps(ChildTuningD())  # helpers.mlp is an nn.Sequential, no ModuleList
     # helpers.mlp's two Linear weights hold 4·16 + 16·1 = 80 entries: 0.01 keeps 0.8 a step

@@ -242,7 +242,13 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="decay"):
         EWC(decay=2.0)
     with pytest.raises(ValueError, match="selected no parameter"):
-        trainer(max_steps=1, callbacks=[EWC(include=["nothing"])]).fit(sgd(), loader(8, 4))
+        trainer(max_steps=1, callbacks=[EWC(include=["weight"], exclude=["weight"])]).fit(
+            sgd(), loader(8, 4)
+        )
+    with pytest.raises(ConfigError, match="include pattern 'nothing' matches no trainable"):
+        trainer(max_steps=1, callbacks=[EWC(include=["weight", "nothing"])]).fit(
+            sgd(), loader(8, 4)
+        )
 
 
 @pytest.mark.skipif(

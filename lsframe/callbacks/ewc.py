@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from lsframe.callbacks.base import ClosureCallback
 from lsframe.callbacks.fisher import squared_gradient_mean
 from lsframe.errors import ConfigError
+from lsframe.parts import check_patterns_match
 from lsframe.validation import (
     check_choice,
     check_int_at_least,
@@ -140,7 +141,9 @@ class EWC(ClosureCallback):
         if stage != "fit":
             return
         self._consolidated = False  # a new fit; a resume restores the saved flag
-        self.params = self.selected(getattr(pl_module, "model", pl_module))
+        model = getattr(pl_module, "model", pl_module)
+        check_patterns_match(model, "EWC", include=self.include, exclude=self.exclude)
+        self.params = self.selected(model)
         if not self.params:
             raise ValueError(
                 f"EWC selected no parameter (include={self.include}, exclude={self.exclude})"

@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lsframe.callbacks.base import ClosureCallback
+from lsframe.parts import check_patterns_match
 from lsframe.validation import check_choice, check_patterns
 
 FIRST_MOMENT_KEYS = ("exp_avg", "momentum_buffer")
@@ -86,6 +87,7 @@ class GradientMaskCallback(ClosureCallback):
             return
         name = type(self).__name__
         model = getattr(pl_module, "model", pl_module)
+        check_patterns_match(model, name, include=self.include, exclude=self.exclude)
         self.params = dict(self.select(model))
         if not self.params:
             raise ValueError(

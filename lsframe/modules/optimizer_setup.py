@@ -61,7 +61,8 @@ def parameter_groups(
             them. Default (None): the model's own ``no_weight_decay()`` when it has one.
 
     Raises:
-        ValueError: the model has no trainable parameter.
+        ValueError: the model has no trainable parameter, or a given ``no_weight_decay`` name
+            matches none.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
@@ -69,6 +70,13 @@ def parameter_groups(
     if grouping == "decay":
         if no_weight_decay is None:
             no_weight_decay = no_weight_decay_names(model)
+        else:  # the user's names: one that exempts nothing is a typo (the model's may be stale)
+            for pattern in no_weight_decay:
+                if not any(_exempt(n, [pattern]) for n, _ in named):
+                    raise ValueError(
+                        f"{owner}: no_weight_decay name {pattern!r} matches no trainable "
+                        "parameter (an exact name, an fnmatch pattern or a module name)"
+                    )
         exempt = {id(p) for n, p in named if _exempt(n, no_weight_decay)}
         groups = weight_decay_groups(named)
         if not exempt:
