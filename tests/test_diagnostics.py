@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -187,6 +188,22 @@ def test_the_closure_module_logs_trials_failures_and_ratio_under_linesearch(tmp_
     assert float(rows[-1]["linesearch/sufficient_decrease_ratio"]) == pytest.approx(
         opt.last_step["sufficient_decrease_ratio"], rel=1e-6
     )
+
+
+def test_step_size_logs_the_lr_the_update_used_and_linesearch_step_size_the_searched_one(
+    tmp_path: Path,
+):
+    schedule = partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=lambda t: 0.5 ** (t + 1))
+    module = TinyRegression(optimizer=lambda p: SGDSLS(p), lr_scheduler=schedule)
+    logger = CSVLogger(tmp_path, name="run", version=0)
+    fit = trainer(max_steps=3, logger=logger, log_every_n_steps=1)
+    fit.fit(module, train_dataloaders=loader(64, 4))
+    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
+    rows = [r for r in rows if r.get("step_size/all")]
+    assert len(rows) == 3
+    for t, row in enumerate(rows):  # the multiplier the schedule set for step t
+        searched = float(row["linesearch/step_size/all"])
+        assert float(row["step_size/all"]) == pytest.approx(searched * 0.5 ** (t + 1), rel=1e-6)
 
 
 class SettledStepSize(pl.Callback):

@@ -207,6 +207,8 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         for i, group in enumerate(optimizer.param_groups):
             name = group.get("name", str(i))
             self.log(f"step_size/{name}", float(group["lr"]), prog_bar=i == 0)
+            if "step_size" in group and "lr_multiplier" in group:  # searched or tracked η
+                self.log(f"linesearch/step_size/{name}", float(group["step_size"]))
         if self.nonfinite_loss == "skip":
             self.log("train/skipped_steps", float(self._skipped_steps))
         fp16 = fp16_plugin(self._trainer)
