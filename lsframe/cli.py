@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import nn
 
 import lsframe.data  # noqa: F401 - registers the DataModules for subclass mode
-from lsframe.callbacks import HParamsMetrics
+from lsframe.callbacks import HParamsMetrics, PredictionWriter
 from lsframe.checkpoint_io import find_last_checkpoint
 from lsframe.checkpointing import BestAndLastCheckpoint, last_checkpoint
 from lsframe.checkpoints import read_lightning_checkpoint
@@ -252,6 +252,12 @@ class LSFrameCLI(LightningCLI):
             self._parse_ckpt_path()
         finally:
             self.config = config
+
+    def before_predict(self) -> None:
+        """Predictions go to ``<run folder>/predictions.jsonl`` (:class:`PredictionWriter`)
+        unless the config lists a prediction writer of its own."""
+        if not any(isinstance(c, BasePredictionWriter) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(PredictionWriter())
 
     def before_fit(self) -> None:
         self.refuse_changes_to_last()

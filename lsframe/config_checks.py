@@ -338,4 +338,31 @@ def check_parsed(config: Any) -> None:
     check_accelerator(node_get(section, "trainer"))
     if subcommand == "fit":
         check_checkpoint_section(section)
+    if subcommand == "predict":
+        check_predicts(section)
     check_ckpt_path(section, subcommand or "fit")
+
+
+def check_predicts(section: Any) -> None:
+    """``predict`` needs a module with its own ``predict_step`` (Lightning's default calls
+    ``forward`` on the batch, which a ClosureModule does not define) and a DataModule with a
+    ``predict_dataloader``: refused at the class before anything loads."""
+    import lightning.pytorch as pl
+
+    for key, method, base in (
+        ("model", "predict_step", pl.LightningModule),
+        ("data", "predict_dataloader", pl.LightningDataModule),
+    ):
+        class_path = node_get(node_get(section, key), "class_path")
+        cls = import_class(class_path) if isinstance(class_path, str) else None
+        if cls is not None and getattr(cls, method, None) is getattr(base, method):
+            hint = (
+                "; validate or test give its loss and perplexity, and a model written by "
+                "lsframe export generates with transformers"
+                if key == "model"
+                else ""
+            )
+            raise ConfigError(
+                f"{cls.__name__} has no {method}, so predict has nothing to run{hint}",
+                where=f"{key}.class_path",
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -289,7 +290,14 @@ def test_quickstart_runs_on_a_slice_logs_and_exports(minilm, amazon_reviews, tmp
                 str(best[0]),
             ]
         )
-    assert "test/acc" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "test/acc" in out
+    predictions = sorted(runs.glob("quickstart/version_*/predictions.jsonl"))
+    assert len(predictions) == 1 and f"16 predictions written to {predictions[0]}" in out
+    lines = [json.loads(line) for line in predictions[0].read_text().splitlines()]
+    assert [line["index"] for line in lines] == list(range(16))
+    assert all(line["label_name"] == ("other", "great")[line["label"]] for line in lines)
+    assert all(abs(sum(line["probabilities"]) - 1) < 1e-5 for line in lines)
     main(["export", str(best[0]), str(tmp_path / "hf")])
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

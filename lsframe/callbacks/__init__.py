@@ -4,7 +4,8 @@ declaring :class:`ClosureHooks` (:class:`lsframe.modules.ClosureModule`) drives.
 
 Gradient masks share :mod:`lsframe.callbacks.masking` (:func:`top_fraction_mask`,
 :func:`global_top_fraction_masks`). :class:`HParamsMetrics` writes a fit's final and best
-validation metrics to TensorBoard's HPARAMS tab.
+validation metrics to TensorBoard's HPARAMS tab; :class:`PredictionWriter` writes what
+``predict`` computes, one JSON line per example.
 """
 
 from lsframe.callbacks.base import ClosureCallback, ClosureHooks
@@ -14,6 +15,7 @@ from lsframe.callbacks.dps_mix import DPSMix
 from lsframe.callbacks.ewc import EWC
 from lsframe.callbacks.hparams import HParamsMetrics
 from lsframe.callbacks.masking import global_top_fraction_masks, top_fraction_mask
+from lsframe.callbacks.predictions import PredictionWriter
 from lsframe.callbacks.valley import ValleyExploration
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "DPSMix",
     "EWC",
     "HParamsMetrics",
+    "PredictionWriter",
     "ChildTuningD",
     "ClosureCallback",
     "ClosureHooks",

@@ -200,6 +200,10 @@ class ImageDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_batch_size, shuffle=False)
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test split's images, in order (``lsframe predict``)."""
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
 
 class IdxImageDataModule(ImageDataModule):
     """MNIST or Fashion-MNIST from idx files (``<prefix>-images-idx3-ubyte[.gz]`` + labels).

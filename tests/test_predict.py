@@ -1,0 +1,68 @@
+"""``lsframe predict`` writes what it computes (one JSON line per example) and refuses, before
+anything loads, a module or DataModule that cannot predict."""
+
+from __future__ import annotations
+
+import json
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from helpers import trainer
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lsframe.callbacks import PredictionWriter
+from lsframe.config_checks import check_predicts
+from lsframe.errors import ConfigError
+
+
+class Classifier(pl.LightningModule):
+    label_names = ("no", "yes")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(3, 2)
+
+    def predict_step(self, batch, batch_idx):
+        probabilities = self.layer(batch[0]).softmax(-1)
+        return {"labels": probabilities.argmax(-1), "probabilities": probabilities}
+
+
+def test_every_example_gets_one_line_with_its_index_label_name_and_probabilities(tmp_path):
+    torch.manual_seed(0)
+    inputs = torch.randn(10, 3)
+    module = Classifier()
+    writer = PredictionWriter(output_dir=str(tmp_path))
+    loader = DataLoader(TensorDataset(inputs), batch_size=4)
+    returned = trainer(callbacks=[writer]).predict(module, loader)
+    lines = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [line["index"] for line in lines] == list(range(10))
+    labels = torch.cat([batch["labels"] for batch in returned]).tolist()
+    assert [line["label"] for line in lines] == labels
+    assert [line["label_name"] for line in lines] == [("no", "yes")[k] for k in labels]
+    expected = module.layer(inputs).softmax(-1)
+    torch.testing.assert_close(torch.tensor([line["probabilities"] for line in lines]), expected)
+
+
+def node(class_path: str) -> dict:
+    return {"class_path": class_path, "init_args": {}}
+
+
+def test_predict_is_refused_for_a_module_or_data_without_a_predict_step_or_loader():
+    text = node("lsframe.data.GlueDataModule")
+    with pytest.raises(ConfigError, match="CausalLMModule has no predict_step") as error:
+        check_predicts({"model": node("lsframe.modules.CausalLMModule"), "data": text})
+    assert error.value.where == "model.class_path"
+    with pytest.raises(ConfigError, match="TextFileLMDataModule has no predict_dataloader"):
+        check_predicts(
+            {
+                "model": node("lsframe.modules.SequenceClassificationModule"),
+                "data": node("lsframe.data.TextFileLMDataModule"),
+            }
+        )
+    for model, data in (
+        ("lsframe.modules.SequenceClassificationModule", "lsframe.data.GlueDataModule"),
+        ("lsframe.modules.ImageClassificationModule", "lsframe.data.IdxImageDataModule"),
+    ):
+        check_predicts({"model": node(model), "data": node(data)})
