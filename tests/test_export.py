@@ -14,6 +14,7 @@ import torch
 from lsframe.__main__ import main
 from lsframe.cli import load_module
 from lsframe.errors import ConfigError
+from lsframe.modules.export import WEIGHTS_PROVENANCE
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -159,6 +160,8 @@ def test_a_timm_model_exports_as_safetensors_and_config_that_timm_reloads(resnet
     pretrained = config["pretrained_cfg"]
     assert pretrained["input_size"] == [1, 28, 28] and pretrained["crop_pct"] == 1.0
     assert pretrained["mean"] == [0.1307] and pretrained["std"] == [0.3081]
+    # trained from random initialisation: none of the published weights' provenance
+    assert not set(WEIGHTS_PROVENANCE) & set(pretrained)
     reloaded = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
     module = load_module(str(resnet_mnist)).eval()
     images = torch.randn(3, 1, 28, 28)

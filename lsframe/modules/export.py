@@ -64,6 +64,7 @@ def export_pretrained(
     lora: Literal["merge", "adapter"] = "merge",
     label_names: list[str] | tuple[str, ...] | None = None,
     data_config: dict[str, Any] | None = None,
+    from_scratch: bool = False,
 ) -> Path:
     """Write ``model`` into ``output_dir`` in the layout of the module docstring, and
     ``tokenizer`` beside it where it has ``save_pretrained``.
@@ -80,6 +81,9 @@ def export_pretrained(
             ``input_size``, ``mean``, ``std``, ...), written into its ``pretrained_cfg`` in
             place of that of the weights it started from (ImageNet's, for a model trained
             from scratch on MNIST).
+        from_scratch: A timm model trained from random initialisation: its export leaves out
+            the published weights' provenance (:data:`WEIGHTS_PROVENANCE`: ``tag``, licence,
+            papers, hub id), which its name's ``pretrained_cfg`` carries.
 
     Raises:
         ConfigError: ``lora`` is not one of :data:`LORA_MODES`, or is ``adapter`` for a model
@@ -98,7 +102,7 @@ def export_pretrained(
     if lora == "adapter" and lora_base(model) is None:
         raise ConfigError(ADAPTER_WITHOUT_BASE, argument="lora")
     if is_timm(model):
-        return _export_timm(model, output_dir, label_names, data_config)
+        return _export_timm(model, output_dir, label_names, data_config, from_scratch)
     if is_lora(model) and lora == "merge":
         model = copy.deepcopy(model).merge_and_unload()
     if not hasattr(model, "save_pretrained"):
@@ -130,22 +134,45 @@ def without_gguf(model: nn.Module) -> nn.Module:
     return plain
 
 
+#: ``pretrained_cfg`` keys that describe where a timm name's published weights come from: not
+#: true of a model trained from random initialisation, so left out of its export.
+WEIGHTS_PROVENANCE = (
+    "tag",
+    "hf_hub_id",
+    "hf_hub_filename",
+    "url",
+    "file",
+    "license",
+    "origin_url",
+    "paper_ids",
+    "paper_name",
+    "notes",
+)
+
+
 def _export_timm(
     model: nn.Module,
     output_dir: Path,
     label_names: list[str] | tuple[str, ...] | None,
     data_config: dict[str, Any] | None = None,
+    from_scratch: bool = False,
 ) -> Path:
     from timm.models import save_for_hf
 
     config = {"label_names": [str(n) for n in label_names]} if label_names else None
-    save_for_hf(
-        model,
-        str(output_dir),
-        model_config=config,
-        safe_serialization=True,
-        data_config=copy.deepcopy(data_config),
-    )
+    original = model.pretrained_cfg
+    if from_scratch:
+        model.pretrained_cfg = {k: v for k, v in original.items() if k not in WEIGHTS_PROVENANCE}
+    try:
+        save_for_hf(
+            model,
+            str(output_dir),
+            model_config=config,
+            safe_serialization=True,
+            data_config=copy.deepcopy(data_config),
+        )
+    finally:
+        model.pretrained_cfg = original
     return output_dir
 
 
@@ -158,8 +185,16 @@ def export_module(
     tokenizer = None if is_timm(model) else getattr(module, "tokenizer", None)
     label_names = getattr(module, "label_names", None)
     data_config = getattr(module, "data_config", None) if is_timm(model) else None
+    hparams = getattr(module, "hparams", {})
+    from_scratch = is_timm(model) and "pretrained" in hparams and not hparams["pretrained"]
     return export_pretrained(
-        model, output_dir, tokenizer, lora=lora, label_names=label_names, data_config=data_config
+        model,
+        output_dir,
+        tokenizer,
+        lora=lora,
+        label_names=label_names,
+        data_config=data_config,
+        from_scratch=from_scratch,
     )
 
 
