@@ -157,6 +157,14 @@ def multipliers_for(
     if set(values) == set(BERT_BASE_PARTS) and stack is not None:
         # depth from the layer stack, not the trainable parts (top layers may be frozen)
         return {n: values[bert_base_equivalent(n, stack[1])] for n in names}
+    if set(values) == set(BERT_BASE_PARTS) and not set(values) <= set(names):
+        raise ConfigError(
+            "lr_distribution is a BERT-base ten-part distribution, carried over by relative "
+            f"depth onto a model's layer stack, and {type(model).__name__} has none (an "
+            "nn.ModuleList or nn.Sequential of layers below the model's root): give the "
+            f"multipliers of the model's own parts {names}",
+            argument="lr_distribution",
+        )
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise ConfigError(

@@ -192,11 +192,7 @@ def _module_layout(model: nn.Module, classifier: set[int]) -> _Layout:
         layers = layers_of(module)
         stack: LayerStack | None = LayerStack(name, len(layers))
     else:
-        layers = [
-            c
-            for c in model.children()
-            if any(p.requires_grad and id(p) not in classifier for p in c.parameters())
-        ]
+        layers = layers_of(model)  # frozen ones count: freezing does not renumber the others
         stack = None
     layout = _Layout(stack, len(layers))
     for i, layer in enumerate(layers):

@@ -87,6 +87,10 @@ def test_module_applies_the_distribution_and_a_schedule_scales_it(tmp_path):
 def test_bad_distributions_are_clear_errors():
     with pytest.raises(ValueError, match="unknown parts"):
         multipliers_for(tiny_bert(2), {"decoder": 1.0})
+    mlp = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(3)))  # no layer stack
+    message = r"BERT-base ten-part distribution.*Sequential has none.*\['layers_0', 'layers_1'"
+    with pytest.raises(ValueError, match=message):
+        multipliers_for(mlp, "bertcl_combined")
     with pytest.raises(ValueError, match="lr_distribution: part 'head'"):
         load_distribution({"head": -1.0})
     with pytest.raises(ValueError, match="neither a preset"):

@@ -226,6 +226,17 @@ def test_a_sequential_stack_counts_and_a_classifier_registered_first_is_the_head
     assert find_layer_stack(model) == ("blocks", 4)
 
 
+def test_without_a_stack_a_frozen_top_level_layer_still_counts():
+    model = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(3)))
+    assert [p.name for p in split_into_parts(model)] == ["layers_0", "layers_1", "layers_2"]
+    model[0].requires_grad_(False)
+    parts = split_into_parts(model)
+    assert [(p.name, p.names[0]) for p in parts] == [
+        ("layers_1", "1.weight"),
+        ("layers_2", "2.weight"),
+    ]
+
+
 def test_a_classifier_inside_the_stack_is_still_the_head():
     class Inside(torch.nn.Module):
         def __init__(self) -> None:
