@@ -384,6 +384,7 @@ def export(argv: list[str]) -> None:
         lora_base,
         reload_hint,
     )
+    from lsframe.sequence_state import is_stage_checkpoint
 
     parser = RaisingArgumentParser(
         prog="lsframe export",
@@ -403,16 +404,25 @@ def export(argv: list[str]) -> None:
     )
     args = parser.parse_args(argv)
     check_export_dir(Path(args.output_dir))
+
+    def no_adapters(what: str) -> ConfigError:
+        return ConfigError(
+            f"the checkpoint's {what} has no LoRA adapters (trained without model.lora); "
+            "leave out --lora adapter to export the whole model",
+            where="--lora",
+        )
+
+    if args.lora == "adapter" and not is_stage_checkpoint(args.ckpt_path):
+        # the saved arguments answer before the model loads
+        hparams = read_lightning_checkpoint(args.ckpt_path).get("hyper_parameters") or {}
+        if isinstance(hparams, dict) and "lora" in hparams and not hparams["lora"]:
+            raise no_adapters(f"module ({str(hparams.get('_class_path')).rpartition('.')[2]})")
     module = load_module(args.ckpt_path)
     model = getattr(module, "model", None)
     if not isinstance(model, nn.Module):
         raise DataError(f"{type(module).__name__} has no model to export", args.ckpt_path)
     if args.lora == "adapter" and not is_lora(model):
-        raise ConfigError(
-            f"the checkpoint's model ({type(model).__name__}) has no LoRA adapters (trained "
-            "without model.lora); leave out --lora adapter to export the whole model",
-            where="--lora",
-        )
+        raise no_adapters(f"model ({type(model).__name__})")
     if args.lora == "adapter" and lora_base(model) is None:
         raise ConfigError(ADAPTER_WITHOUT_BASE, where="--lora")
     output_dir = export_module(module, args.output_dir, lora=args.lora)

@@ -181,6 +181,29 @@ def test_lora_adapter_export_of_a_model_without_adapters_is_one_line(
     assert not (tmp_path / "out").exists()
 
 
+def test_lora_adapter_export_is_refused_from_the_saved_arguments_before_the_model_loads(
+    tmp_path, capsys
+):
+    saved = {  # a model reference that would fail to load: the refusal comes first
+        "_class_path": "lsframe.modules.SequenceClassificationModule",
+        "model_name_or_path": str(tmp_path / "no_such_model"),
+        "lora": None,
+    }
+    path = tmp_path / "plain.ckpt"
+    torch.save(
+        {"state_dict": {}, "pytorch-lightning_version": "2.6.0", "hyper_parameters": saved}, path
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(path), str(tmp_path / "out"), "--lora", "adapter"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "lsframe export: error: the checkpoint's module (SequenceClassificationModule) has no "
+        "LoRA adapters (trained without model.lora); leave out --lora adapter to export the "
+        "whole model (--lora)\n"
+    )
+
+
 def test_export_writes_only_into_a_new_or_empty_directory(resnet_mnist, tmp_path, capsys):
     used = tmp_path / "used"
     used.mkdir()
