@@ -29,6 +29,7 @@ from lsframe.checkpointing import BestAndLastCheckpoint, last_checkpoint
 from lsframe.checkpoints import read_lightning_checkpoint
 from lsframe.cli_errors import RaisingArgumentParser, usage_error
 from lsframe.config_checks import check_parsed
+from lsframe.config_stacking import with_fresh_class_arguments
 from lsframe.errors import ConfigError, DataError, NonFiniteLossError, NonFiniteParametersError
 from lsframe.modules import ClosureModule
 from lsframe.named_checkpoints import logger_root, resolve_for_evaluation
@@ -88,6 +89,21 @@ def nested_nulls_as_init_args(argv: list[str]) -> list[str]:
     return out
 
 
+def _read_config(value: str) -> Any:
+    import yaml
+
+    path = Path(value)
+    return yaml.safe_load(path.read_text(encoding="utf-8") if path.is_file() else value)
+
+
+def rewritten_arguments(argv: list[str]) -> list[str]:
+    """``argv`` as lsframe hands it to jsonargparse: a later ``--config`` file that changes a
+    ``class_path`` starts that class from its defaults
+    (:func:`lsframe.config_stacking.with_fresh_class_arguments`), and a nested null is read
+    as an argument (:func:`nested_nulls_as_init_args`)."""
+    return nested_nulls_as_init_args(with_fresh_class_arguments(argv, _read_config))
+
+
 class LSFrameCLI(LightningCLI):
     """LightningCLI for lsframe.
 
@@ -133,10 +149,10 @@ class LSFrameCLI(LightningCLI):
         with the full key instead of printing the usage."""
         try:
             if args is None:  # LightningCLI's own reading of sys.argv, on the rewritten list
-                self.config = parser.parse_args(nested_nulls_as_init_args(sys.argv[1:]))
+                self.config = parser.parse_args(rewritten_arguments(sys.argv[1:]))
             else:
                 if isinstance(args, list):
-                    args = nested_nulls_as_init_args(args)
+                    args = rewritten_arguments(args)
                 super().parse_arguments(parser, args)
         except argparse.ArgumentError as error:
             raise usage_error(

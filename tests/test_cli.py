@@ -106,6 +106,51 @@ def test_optimizer_pieces_stack_and_hold_the_registrys_presets(piece, capsys):
         assert model["optimizer"]["init_args"][key] == value
 
 
+@pytest.mark.parametrize("piece", OPTIMIZER_PIECES, ids=[p.stem for p in OPTIMIZER_PIECES])
+def test_an_optimizer_piece_on_another_optimizers_config_runs_with_its_own_defaults(piece, capsys):
+    # jsonargparse kept AdamW's lr 5e-5 and weight_decay 0.01 for any class that takes them
+    import inspect
+
+    import yaml
+
+    from lsframe import optim
+
+    name = piece.stem.partition("_robust")[0]
+    record = optim.info(name)
+    others = [p for p in OPTIMIZER_PIECES if optim.info(p.stem.partition("_robust")[0]) != record]
+    for base in ("quickstart_adamw.yaml", str(others[0])):
+        with pytest.raises(SystemExit):
+            LSFrameCLI(
+                args=["fit", "--config", str(ROOT / "configs" / base), "--config", str(piece)]
+                + ["--print_config"]
+            )
+        model = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+        defaults = {
+            key: parameter.default
+            for key, parameter in inspect.signature(record.cls).parameters.items()
+            if parameter.default is not inspect.Parameter.empty
+        }
+        expected = {**defaults, **(record.preset("robust") if "_robust" in piece.stem else {})}
+        printed = model["optimizer"]["init_args"]
+        assert {k: printed[k] for k in ("lr", "weight_decay")} == {
+            k: expected[k] for k in ("lr", "weight_decay")
+        }, base
+        assert (model["param_grouping"] == "parts") == (record.param_grouping == "parts"), base
+    # a setting after the piece still wins
+    with pytest.raises(SystemExit):
+        LSFrameCLI(
+            args=["fit", "--config", str(ROOT / "configs" / "quickstart_adamw.yaml")]
+            + ["--config", str(piece), "--model.init_args.optimizer.init_args.lr", "0.25"]
+            + ["--print_config"]
+        )
+    assert (
+        yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["optimizer"]["init_args"][
+            "lr"
+        ]
+        == 0.25
+    )
+
+
 def test_help_lists_the_subcommands_and_fit_options():
     out = subprocess.run(
         [sys.executable, "-m", "lsframe", "--help"], capture_output=True, text=True, check=True
