@@ -221,6 +221,21 @@ def check_distribution_setting(key: str, distribution: Any, grouping: Any) -> No
         raise error.at(f"{key}.init_args") from error
 
 
+def check_module_step_options(key: str, init_args: dict[str, Any]) -> None:
+    """The module's ``accumulate_grad_batches`` (an integer >= 1) and ``gradient_clip_val``
+    (None or > 0), checked at their keys before the model loads (the module checks them again
+    when built, as a Python user builds it)."""
+    from lsframe.validation import check_int_at_least, check_positive
+
+    try:
+        if "accumulate_grad_batches" in init_args:
+            check_int_at_least(1, accumulate_grad_batches=init_args["accumulate_grad_batches"])
+        if "gradient_clip_val" in init_args:
+            check_positive(allow_none=True, gradient_clip_val=init_args["gradient_clip_val"])
+    except (LsframeError, ValueError, TypeError) as error:
+        raise located(error, f"{key}.init_args", init_args) from error
+
+
 def check_module(key: str, init_args: dict[str, Any], data: list[tuple[str, Any]]) -> None:
     """A module's model reference resolves, and its shared attributes agree with the data."""
     from lsframe.hub import check_pretrained, config_position_limit, position_limit
@@ -310,6 +325,7 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
             continue
         check_nulls(key, cls, init_args)
         if issubclass(cls, LightningModule):
+            check_module_step_options(key, init_args)
             modules.append((key, init_args))
             grouping[key] = init_args.get("param_grouping")
         elif issubclass(cls, Optimizer):

@@ -6,7 +6,8 @@ weights or data load (part of :func:`lsframe.config_checks.check_parsed`):
 * ``trainer.accumulate_grad_batches`` / ``gradient_clip_val`` / ``gradient_clip_algorithm`` are
   refused with the module option to set instead (:func:`check_trainer_step_options`);
 * ``trainer.val_check_interval``, ``limit_*_batches`` and ``overfit_batches`` must be values
-  Lightning takes (:func:`check_trainer_intervals`);
+  Lightning takes, and ``max_steps``, ``check_val_every_n_epoch`` and ``fast_dev_run`` counts
+  (:func:`check_trainer_intervals`);
 * ``trainer.accelerator`` must be a name Lightning knows (:func:`check_accelerator`), and the
   ``checkpoint`` section's values must build its callback (:func:`check_checkpoint_section`):
   Lightning finds either only once the model has loaded, without the key;
@@ -109,11 +110,39 @@ def _time_interval_problem(value: Any) -> str | None:
     return None
 
 
+def _count_problem(value: Any, low: int, meaning: str) -> str | None:
+    """Why ``value`` is not an integer of at least ``low`` (None: it is, or it is unset)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        return f"expected an integer >= {low} ({meaning}), got {value!r}"
+    return None
+
+
+#: Trainer counts Lightning checks only once the model has loaded (or never: a 0 that divides).
+TRAINER_COUNTS = (
+    ("max_steps", -1, "-1: no limit"),
+    ("check_val_every_n_epoch", 1, "null: validate by val_check_interval alone"),
+    ("fast_dev_run", 0, "or true/false"),
+)
+
+
 def check_trainer_intervals(trainer: Any) -> None:
     """``trainer.val_check_interval`` (a count of batches, a share of the epoch, or a duration)
     and the ``limit_*_batches`` / ``overfit_batches`` shares take values Lightning accepts, as it
     checks them only once the model has loaded; a share of the epoch needs
-    ``check_val_every_n_epoch`` set, as in Lightning."""
+    ``check_val_every_n_epoch`` set, as in Lightning. ``max_steps`` (-1 or a positive count),
+    ``check_val_every_n_epoch`` and ``fast_dev_run`` are counts (:data:`TRAINER_COUNTS`; a 0
+    for the first two ended in a division by zero or a run without a step)."""
+    for name, low, meaning in TRAINER_COUNTS:
+        value = plain(node_get(trainer, name))
+        if name == "fast_dev_run" and isinstance(value, bool):
+            continue
+        problem = _count_problem(value, low, meaning)
+        if name == "max_steps" and (problem or value == 0):
+            problem = f"expected -1 (no limit) or a number of optimizer steps >= 1, got {value!r}"
+        if problem:
+            raise ConfigError(problem, where=f"trainer.{name}")
     for name in BATCH_LIMITS:
         value = node_get(trainer, name)
         problem = None if value is None else _batch_limit_problem(value)
@@ -124,6 +153,8 @@ def check_trainer_intervals(trainer: Any) -> None:
         return
     if isinstance(value, (str, dict)):
         problem = _time_interval_problem(value)
+    elif value == 0 and isinstance(value, int):  # Lightning's parser takes it, then divides
+        problem = "expected a share of the epoch in (0.0, 1.0] or a number of batches >= 1, got 0"
     else:
         problem = _batch_limit_problem(value, "a share of the epoch")
         per_epoch = node_get(trainer, "check_val_every_n_epoch", 1)

@@ -51,8 +51,9 @@ def test_a_batch_limit_is_refused_at_its_key_exactly_when_lightning_refuses_it(n
 def test_a_validation_interval_is_refused_exactly_when_lightning_refuses_it(value):
     if isinstance(value, (str, dict)):
         refused = lightning_refuses(_parse_time_interval_seconds, value)
-    else:
-        refused = lightning_refuses(_determine_batch_limits, value, "val_check_interval")
+    else:  # an int 0 passes Lightning's parser, then divides by zero in the step loop
+        refused = value == 0 and isinstance(value, int)
+        refused |= lightning_refuses(_determine_batch_limits, value, "val_check_interval")
     where = lsframe_refuses({"val_check_interval": value, "check_val_every_n_epoch": 1})
     assert where == ("trainer.val_check_interval" if refused else None)
 
@@ -61,3 +62,24 @@ def test_a_share_of_the_epoch_without_an_epoch_interval_is_refused_as_lightning_
     assert lsframe_refuses({"val_check_interval": 0.5, "check_val_every_n_epoch": None})
     assert lsframe_refuses({"val_check_interval": 50, "check_val_every_n_epoch": None}) is None
     assert lsframe_refuses({"val_check_interval": 0.5}) is None  # Lightning's default: 1
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "refused"),
+    [
+        ("max_steps", -1, False),
+        ("max_steps", 5, False),
+        ("max_steps", 0, True),  # Lightning runs no step; lsframe's run length would be unknown
+        ("max_steps", -5, True),
+        ("max_steps", 2.5, True),
+        ("check_val_every_n_epoch", None, False),
+        ("check_val_every_n_epoch", 2, False),
+        ("check_val_every_n_epoch", 0, True),  # Lightning divided by it
+        ("fast_dev_run", True, False),
+        ("fast_dev_run", 3, False),
+        ("fast_dev_run", -1, True),
+        ("val_check_interval", 0, True),  # an int 0 divided by zero in the step loop
+    ],
+)
+def test_trainer_counts_are_refused_at_their_key_before_the_model_loads(name, value, refused):
+    assert lsframe_refuses({name: value}) == (f"trainer.{name}" if refused else None)
