@@ -94,6 +94,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             self._bring_last_up_to_date(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.fast_dev_run:  # Lightning 2.6's on_train_end wrote last.ckpt even then
+            return
         super().on_train_end(trainer, pl_module)
         self._bring_last_up_to_date(trainer)
 

@@ -260,3 +260,12 @@ def test_validating_at_each_epochs_end_still_keeps_the_best_and_a_current_last(t
     assert checkpoint.best_model_score is not None
     assert torch.load(checkpoint.best_model_path, weights_only=False)["global_step"] == 2
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 6
+
+
+def test_fast_dev_run_writes_no_checkpoint(tmp_path):
+    # Lightning 2.6's own on_train_end wrote last.ckpt although it says checkpointing is off
+    checkpoint = BestAndLastCheckpoint(dirpath=tmp_path / "ckpts", save_last=True)
+    module = ValidatedRegression(optimizer=partial(torch.optim.SGD, lr=0.01))
+    trainer = helpers.trainer(fast_dev_run=True, enable_checkpointing=True, callbacks=[checkpoint])
+    trainer.fit(module, helpers.loader(n=16), helpers.loader(n=8))
+    assert trainer.global_step == 1 and not (tmp_path / "ckpts").exists()
