@@ -215,8 +215,20 @@ class LSFrameCLI(LightningCLI):
         section.ckpt_path = path
 
     def before_instantiate_classes(self) -> None:
+        self._honour_disabled_checkpointing()
         if self.subcommand == "fit":
             self.continue_last_run()
+
+    def _honour_disabled_checkpointing(self) -> None:
+        """``trainer.enable_checkpointing: false`` writes no checkpoint: the forced ``checkpoint``
+        section keeps none (``save_top_k: 0``, ``save_last: false``), as Lightning refuses the
+        flag beside a ModelCheckpoint. A preemption still saves the run's progress."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("trainer.enable_checkpointing") is not False:
+            return
+        config.trainer.enable_checkpointing = True
+        config.checkpoint.save_top_k = 0
+        config.checkpoint.save_last = False
 
     def continue_last_run(self) -> None:
         """``fit --ckpt_path last``: reuse the logger version of the newest last checkpoint.

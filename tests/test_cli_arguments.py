@@ -50,6 +50,17 @@ def test_the_rte_labels_reach_the_model_config(minilm, shared_data):
     assert cli.model.model.config.id2label == {0: "entailment", 1: "not_entailment"}
 
 
+def test_enable_checkpointing_false_keeps_no_checkpoint_instead_of_failing(minilm, shared_data):
+    # Lightning refused the flag beside the forced checkpoint section, after the model loaded
+    cli = LSFrameCLI(
+        args=["--config", str(GLUE_MINILM), "--data.init_args.data_dir", str(shared_data / "glue")]
+        + ["--trainer.enable_checkpointing", "false"],
+        run=False,
+    )
+    (checkpoint,) = cli.trainer.checkpoint_callbacks
+    assert checkpoint.save_top_k == 0 and checkpoint.save_last is False
+
+
 def one_error_line(argv: list[str], capsys) -> tuple[int, str]:
     """``main(argv)`` for a bad input: its exit status and its single stderr line."""
     with pytest.raises(SystemExit) as exit_info:
