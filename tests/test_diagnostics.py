@@ -206,6 +206,20 @@ def test_step_size_logs_the_lr_the_update_used_and_linesearch_step_size_the_sear
         assert float(row["step_size/all"]) == pytest.approx(searched * 0.5 ** (t + 1), rel=1e-6)
 
 
+def test_under_accumulation_each_optimizer_step_is_logged_once(tmp_path: Path):
+    # Lightning logged the last step's values again on every micro-batch that took no step
+    module = TinyRegression(optimizer=lambda p: SGDSLS(p), accumulate_grad_batches=5)
+    logger = CSVLogger(tmp_path, name="run", version=0)
+    fit = trainer(max_epochs=1, logger=logger, log_every_n_steps=1)
+    fit.fit(module, train_dataloaders=loader(48, 4))  # 12 batches: steps of 5, 5 and 2
+    assert fit.global_step == 3
+    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
+    rows = [r for r in rows if r.get("train/closure_evals")]
+    assert [int(r["step"]) for r in rows] == [4, 9, 11]  # the batch that took each step
+    for row in rows:  # one evaluation (over the step's micro-batches) plus the trials
+        assert float(row["train/closure_evals"]) == 1 + float(row["linesearch/trials"])
+
+
 class SettledStepSize(pl.Callback):
     """After each step, tell SaLSA its step size has settled: searches space out by max_gap."""
 

@@ -178,10 +178,26 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         self._micro_batches.append(batch)
         full = len(self._micro_batches) >= self.accumulate_grad_batches
         if not full and not self.trainer.is_last_batch:
+            self._forget_step_metrics()
             return None
         micro_batches, self._micro_batches = self._micro_batches, []
         self.optimizer_step_on(micro_batches)
         return None
+
+    def _forget_step_metrics(self) -> None:
+        """On a micro-batch that takes no step, log nothing: Lightning, which does not know of
+        this accumulation (manual optimization), would log every per-step value of the last
+        step again on each such batch (``train/closure_evals`` counted twice in a sum)."""
+        results = getattr(self._trainer, "_results", None)
+        for result in results.values() if results is not None else ():
+            meta = getattr(result, "meta", None)
+            if (
+                meta is not None
+                and meta.fx == "training_step"
+                and meta.on_step
+                and not meta.on_epoch
+            ):
+                result.reset()
 
     def optimizer_step_on(self, micro_batches: Sequence[Any]) -> Tensor:
         """Run one optimizer step on ``micro_batches`` through ``LightningOptimizer.step``."""
