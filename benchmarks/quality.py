@@ -42,6 +42,7 @@ from benchmarks.common import (
     DEV_SPLIT,
     append_run,
     autocast,
+    checked_device,
     classifier,
     default_device,
     glue_examples,
@@ -50,6 +51,7 @@ from benchmarks.common import (
     logged_machines,
     logged_torch,
     mean_std,
+    positive_int,
     step_size,
     to_device,
     tokenizer,
@@ -61,11 +63,11 @@ from benchmarks.pairing import best_point, paired_differences
 from benchmarks.specs import (
     DEFAULT_MODES,
     build,
-    check_installed,
+    check_specs,
     same_runs_note,
     with_same_runs,
 )
-from lsframe.data.glue import glue_task
+from lsframe.data.glue import GLUE_TASKS, glue_task
 from lsframe.optim import line_searches
 
 GRID = ["adamw@1e-5", "adamw@2e-5", "adamw@5e-5", "adamw@1e-4"]
@@ -214,12 +216,12 @@ def table_lines(table: list[dict], metric: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="sst2")
+    parser.add_argument("--task", default="sst2", choices=sorted(GLUE_TASKS))
     parser.add_argument("--setting", choices=sorted(SETTINGS), default=None)
-    parser.add_argument("--train-limit", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--train-limit", type=positive_int, default=2000)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--epochs", type=positive_int, default=1)
+    parser.add_argument("--max-length", type=positive_int, default=64)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--optimizers", nargs="+", default=line_searches() + GRID + PEERS)
     parser.add_argument("--no-schedulefree", action="store_true")
@@ -230,6 +232,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast of the forwards")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    checked_device(parser, args.device)
     warn_if_bf16_emulated(args.device, args.bf16)
     if args.setting:
         for key, value in SETTINGS[args.setting].items():
@@ -238,8 +241,13 @@ def main() -> None:
     kind = ("bf16_" if args.bf16 else "") + ("gpu" if args.device == "cuda" else "cpu")
     out = Path(args.out or f"benchmarks/results/{name}_{kind}")
     out.parent.mkdir(parents=True, exist_ok=True)
+    for spec in args.optimizers:
+        try:
+            split_spec(spec)
+        except ValueError as error:
+            parser.error(f"--optimizers: {error}")
     if not args.table_only:
-        check_installed([*args.optimizers, *([] if args.no_schedulefree else ["schedulefree"])])
+        check_specs([*args.optimizers, *([] if args.no_schedulefree else ["schedulefree@1e-4"])])
     args.log = out.with_suffix(".runs.jsonl")
     started = time.time()
     tok = tokenizer()

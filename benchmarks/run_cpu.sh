@@ -5,6 +5,10 @@
 # The comparison optimizers (Prodigy, Schedule-Free, the authors' SaLSA) need lsframe's bench and
 # dev extras: pip install -e '.[dev,bench]' (a run names a missing one before it starts).
 set -euo pipefail
+if [ "$#" -gt 0 ]; then  # it takes no arguments: --help (or anything) prints this header
+  sed -n '2,/^set -euo/p' "$0" | sed '$d'
+  exit 0
+fi
 cd "$(dirname "$0")/.."
 python -m benchmarks.quality --task sst2 --train-limit 2000 --max-length 64 --seeds 0
 python -m benchmarks.step_cost --steps 1000 --short-steps 50 --out benchmarks/results/step_cost_cpu

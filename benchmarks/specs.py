@@ -70,6 +70,19 @@ def check_installed(specs: Sequence[str]) -> None:
             )
 
 
+def check_specs(specs: Sequence[str]) -> None:
+    """Stop in one line, before any data loads, at the first spec :func:`build` refuses
+    (``bogus``, ``adamw@abc``), or whose package is not installed (:func:`check_installed`).
+    A ``^`` suffix (:mod:`benchmarks.heldout`'s modes) is checked on its base spec."""
+    check_installed(specs)
+    probe = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    for spec in specs:
+        try:
+            build(spec.partition("^")[0], probe, 10)
+        except ValueError as error:
+            raise SystemExit(f"optimizer spec {spec!r}: {error}") from None
+
+
 def build(spec: str, model: nn.Module, total_steps: int) -> Run:
     """A run from a spec: ``adamw@5e-5`` (with 10 % warmup + cosine), ``adamw-const@5e-5``,
     ``adamw-fused-const@5e-5`` (torch's fused kernel instead of foreach),

@@ -45,18 +45,20 @@ from benchmarks.common import (
     ROOT,
     Run,
     autocast,
+    checked_device,
     classifier,
     device_name,
     endless,
     glue_examples,
     loader,
+    positive_int,
     step_size,
     to_device,
     tokenizer,
     warn_if_bf16_emulated,
     write_results,
 )
-from benchmarks.specs import DEFAULT, build, check_installed, default_mode
+from benchmarks.specs import DEFAULT, build, check_specs, default_mode
 from lsframe.optim import info, line_searches, make_closure
 
 MAX_LENGTH = {"minilm": 64, "small-bert": 32}
@@ -283,9 +285,9 @@ def cost_table(rows: list[dict], args: argparse.Namespace, memory: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=list(MAX_LENGTH), default="minilm")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--first", type=int, default=300, help="the shorter ratio window")
-    parser.add_argument("--block", type=int, default=25)
+    parser.add_argument("--steps", type=positive_int, default=1000)
+    parser.add_argument("--first", type=positive_int, default=300, help="the shorter ratio window")
+    parser.add_argument("--block", type=positive_int, default=25)
     parser.add_argument(
         "--short",
         nargs="*",
@@ -293,7 +295,7 @@ def main() -> None:
         help="optimizers that search every step: their cost per step is flat, so they run only "
         "the first --short-steps steps (ratios against AdamW's same steps)",
     )
-    parser.add_argument("--short-steps", type=int, default=300)
+    parser.add_argument("--short-steps", type=positive_int, default=300)
     parser.add_argument("--optimizers", nargs="+", default=OPTIMIZERS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU runs)")
@@ -303,11 +305,13 @@ def main() -> None:
     parser.add_argument("--task", choices=["sst2", "mrpc"], default="sst2")
     parser.add_argument("--grid", nargs="+", type=float, default=GRID, help="AdamW lrs")
     parser.add_argument("--lr-free", nargs="+", default=LR_FREE)
-    parser.add_argument("--eval-every", type=int, default=25)
+    parser.add_argument("--eval-every", type=positive_int, default=25)
     parser.add_argument(
         "--seeds", nargs="+", type=int, default=[0], help="time to target: paired seeds"
     )
-    parser.add_argument("--dev-limit", type=int, help="evaluate on the first N dev examples")
+    parser.add_argument(
+        "--dev-limit", type=positive_int, help="evaluate on the first N dev examples"
+    )
     parser.add_argument(
         "--cost-from",
         nargs="+",
@@ -317,11 +321,15 @@ def main() -> None:
     parser.add_argument("--out", help="default: benchmarks/results/<step_cost|time_to_target>_…")
     parser.add_argument("--probe-memory", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    checked_device(parser, args.device)
+    for path in [args.rows_from] if args.rows_from else []:
+        if not Path(path).is_file():
+            parser.error(f"--rows-from: no such file {path}")
     warn_if_bf16_emulated(args.device, args.bf16)
     if args.probe_memory:
         print(probe_memory(args.probe_memory, args))
         return
-    check_installed(args.lr_free if args.time_to_target else args.optimizers)
+    check_specs(args.lr_free if args.time_to_target else args.optimizers)
     device = "gpu" if args.device == "cuda" else "cpu"
     if args.time_to_target:
         name = f"time_to_target_{args.task}_{args.model}_{args.steps}steps_{device}"

@@ -127,7 +127,7 @@ CASES: dict[str, tuple[Args, int, str]] = {
         fit("--model.init_args.lr_scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau"), 2,
         "ReduceLROnPlateau steps on a monitored metric; lsframe steps lr_scheduler after every "
         "optimizer step, without one: use a step-based scheduler (lsframe.optim.WarmupCosineLR, "
-        "torch's LambdaLR, StepLR, OneCycleLR, ...) (model.init_args.lr_scheduler)"),
+        "torch's LambdaLR, StepLR, LinearLR, ...) (model.init_args.lr_scheduler)"),
     "unknown optimizer class": (
         fit(model__init_args__optimizer={"class_path": "torch.optim.Nope"}), 2,
         "cannot import class_path 'torch.optim.Nope': module 'torch.optim' has no attribute "

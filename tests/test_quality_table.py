@@ -471,3 +471,33 @@ def test_a_held_out_task_without_a_training_set_trains_and_evaluates_on_disjoint
     assert glue_examples("qnli", "train", 500).text == train.text[:500]
     with pytest.raises(SystemExit, match="first 2000 of its dev.tsv"):
         glue_examples("qnli", "train", 2001)
+
+
+def test_a_run_log_cut_short_resumes_and_a_bad_line_elsewhere_names_its_line(tmp_path, capsys):
+    from benchmarks.common import append_run, read_run_log
+
+    log = tmp_path / "x.runs.jsonl"
+    log.write_text('{"optimizer": "a", "seed": 0}\n{"optimizer": "b", "se')  # killed mid-write
+    assert read_run_log(log) == [{"optimizer": "a", "seed": 0}]
+    assert "x.runs.jsonl:2: a cut-short last line, left out" in capsys.readouterr().out
+    append_run(log, {"optimizer": "c", "seed": 1}, device="cpu")  # on a line of its own
+    assert [r["optimizer"] for r in read_run_log(log)] == ["a", "c"]
+    log.write_text('{"optimizer": "a"}\nnot json\n{"optimizer": "b"}\n')
+    with pytest.raises(SystemExit, match=r"x.runs.jsonl:2: not a JSON row"):
+        read_run_log(log)
+
+
+def test_benchmark_arguments_are_refused_in_one_line_before_anything_loads():
+    import argparse
+
+    from benchmarks.common import positive_int
+    from benchmarks.specs import check_specs
+
+    assert positive_int("3") == 3
+    for bad in ("0", "-5", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected an integer >= 1"):
+            positive_int(bad)
+    check_specs(["adamw@5e-5", "slope_tracking_adam", "adamw@1e-4^late_half"])
+    for spec, message in (("bogus", "unknown optimizer spec"), ("adamw@abc", "could not convert")):
+        with pytest.raises(SystemExit, match=f"optimizer spec '{spec}': {message}"):
+            check_specs([spec])

@@ -127,7 +127,7 @@ def refuse_metric_scheduler(cls: type, where: str) -> None:
         raise ConfigError(
             f"{cls.__name__} steps on a monitored metric; lsframe steps lr_scheduler after "
             "every optimizer step, without one: use a step-based scheduler "
-            "(lsframe.optim.WarmupCosineLR, torch's LambdaLR, StepLR, OneCycleLR, ...)",
+            "(lsframe.optim.WarmupCosineLR, torch's LambdaLR, StepLR, LinearLR, ...)",
             where=where,
         )
 
