@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import importlib
 import inspect
 import os
@@ -37,6 +38,7 @@ from typing import Any
 from lsframe.config_files import config_file_arguments
 from lsframe.errors import (
     ConfigError,
+    DataError,
     LsframeError,
     MissingFileError,
     UsageError,
@@ -375,6 +377,13 @@ def classify(error: BaseException) -> LsframeError | None:
                 "batches of an epoch, so validation would never run: lower it, or set "
                 "trainer.check_val_every_n_epoch: null to count batches across epochs",
                 where="trainer.val_check_interval",
+            )
+    for exc in _chain(error):  # a full disk: the atomic write kept the earlier checkpoint
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return DataError(
+                "no space left on the device (a checkpoint being written was discarded whole, "
+                "the earlier one kept): free some; a fit resumes with --ckpt_path last",
+                where=exc.filename or None,
             )
     if run_started():  # raised by the run itself, not by reading its inputs: keep the traceback
         return None

@@ -60,6 +60,25 @@ def test_bugs_keep_their_traceback():
     assert error_line(KeyError("x"), "lsframe fit") is None
 
 
+def test_a_full_disk_is_one_line_naming_the_file_even_inside_a_run():
+    import errno
+
+    from lsframe.errors import mark_run_started
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/runs/x/last.ckpt.tmp")
+    wrapped = RuntimeError("saving failed")
+    wrapped.__cause__ = full
+    mark_run_started(True)
+    try:
+        for error in (full, wrapped):
+            line, status = error_line(error, "lsframe fit")
+            assert status == 1 and line.startswith("lsframe fit: error: no space left on the")
+            assert line.endswith("--ckpt_path last (/runs/x/last.ckpt.tmp)")
+        assert error_line(OSError(errno.EIO, "I/O error"), "lsframe fit") is None  # a fault
+    finally:
+        mark_run_started(False)
+
+
 def test_config_files_are_read_before_jsonargparse(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("trainer: {max_steps: 1}\n")

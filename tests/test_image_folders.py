@@ -51,3 +51,21 @@ def test_hidden_folders_are_not_classes_and_other_files_are_counted_in_a_warning
     # what an exported timm model records as its preprocessing: resize to 8·256/224, crop 8
     config = data.data_config()
     assert config["input_size"] == (3, 8, 8) and config["crop_pct"] == 224 / 256
+
+
+def test_a_failed_cifar_download_is_one_line_at_the_download_key(tmp_path, monkeypatch):
+    import urllib.error
+
+    from torchvision import datasets
+
+    from lsframe.data.images import CIFARDataModule
+    from lsframe.errors import DataError
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(datasets, "CIFAR10", offline)
+    data = CIFARDataModule(data_dir=str(tmp_path), download=True)
+    with pytest.raises(DataError, match="downloading CIFAR10 into .* failed") as error:
+        data.setup("fit")
+    assert error.value.where == "data.init_args.download"

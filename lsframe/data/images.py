@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from lsframe.data.image_folders import check_class_folders, image_folder
 from lsframe.data.resumable import make_loader
-from lsframe.errors import ConfigError, DataError, MissingFileError
+from lsframe.errors import ConfigError, DataError, MissingFileError, one_line
 from lsframe.validation import check_choice, check_int_at_least, check_open_unit
 
 _IDX_MAGIC = {2051: "images", 2049: "labels"}
@@ -344,6 +344,13 @@ class CIFARDataModule(ImageDataModule):
         except RuntimeError as error:
             raise FileNotFoundError(
                 f"data.data_dir {self.data_dir}: {error} (set data.download: true)"
+            ) from error
+        except OSError as error:  # urllib's URLError: no network, a proxy, a refused host
+            raise DataError(
+                f"downloading {self.name.upper()} into {self.data_dir} failed ({one_line(error)}): "
+                "without a network, place the dataset's extracted python folder there and set "
+                "download: false",
+                where="data.init_args.download",
             ) from error
         train, val = self.split(train_aug, self.val_fraction)
         return {"train": train, "val": Subset(train_plain, val.indices), "test": test}
