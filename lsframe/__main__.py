@@ -142,7 +142,8 @@ def _run(argv: list[str], explicit: bool = True) -> None:
 
         combine_main(argv[1:])
         return
-    from lsframe.cli import LSFrameCLI, export
+    from lsframe.cli import LSFrameCLI
+    from lsframe.export_command import export
 
     _route_lightning_logs_to_stdout()
     if argv[:1] == ["export"]:

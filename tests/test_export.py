@@ -349,3 +349,18 @@ def test_an_adapter_alone_is_refused_for_a_base_built_from_a_config(tmp_path):
         export_module(module, tmp_path / "out", lora="adapter")
     assert error.value.argument == "lora" and not (tmp_path / "out").exists()
     assert (export_module(module, tmp_path / "merged") / "config.json").exists()
+
+
+def test_a_module_built_for_a_checkpoint_does_not_report_its_head_as_newly_initialized():
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    from lsframe.hub import quiet_weight_report
+
+    # transformers logs its load report as a warning of this logger
+    report = hf_logging.get_logger("transformers.modeling_utils")
+    assert report.isEnabledFor(logging.WARNING)
+    with quiet_weight_report():  # load_module, and validate/test/predict with a ckpt_path
+        assert not report.isEnabledFor(logging.WARNING)
+    assert report.isEnabledFor(logging.WARNING)  # restored

@@ -68,13 +68,12 @@ def kmeans2(x: Tensor, seed: int = 0, max_iter: int = 100) -> tuple[Tensor, Tens
 def embed(examples: TextExamples, encoder: str, batch_size: int = 64) -> Tensor:
     """Mean-pooled, L2-normalised last hidden states of ``encoder`` (CPU, float32)."""
     from transformers import AutoModel
-    from transformers.utils import logging
 
-    from lsframe.hub import load_tokenizer, resolve_pretrained
+    from lsframe.hub import load_tokenizer, quiet_weight_report, resolve_pretrained
 
-    logging.set_verbosity_error()
     tokenizer = load_tokenizer(encoder)
-    model = AutoModel.from_pretrained(resolve_pretrained(encoder)).eval()
+    with quiet_weight_report():  # an encoder without its pretraining head: nothing to report
+        model = AutoModel.from_pretrained(resolve_pretrained(encoder)).eval()
     out = []
     for start in range(0, len(examples.text), batch_size):
         stop = start + batch_size
