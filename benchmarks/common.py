@@ -49,7 +49,8 @@ def device_name(device: str | None = None) -> str:
     model = next(
         (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?"
     )
-    return f"cpu: {model}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"cpu: {model}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 #: tasks whose training set ../shared/data lacks, held out from the choice of lsframe's defaults

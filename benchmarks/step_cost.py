@@ -351,7 +351,8 @@ def main() -> None:
         rows = timed_steps(args)
         meta = (
             f"SST-2 train, {TITLE[args.model]}, batch 16, max length {MAX_LENGTH[args.model]}, "
-            f"{args.steps} steps per optimizer (every-step searchers {args.short_steps}), "
+            f"{args.steps} steps per optimizer (every-step searchers "
+            f"{min(args.short_steps, args.steps)}), "
             f"interleaved blocks of {args.block}; ratios: total and median step time over the "
             f"first {min(args.first, args.steps)} and all {args.steps} steps (†: over the run's "
             f"fewer steps); device {device_name(args.device)}; bf16 {args.bf16}; "
