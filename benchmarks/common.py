@@ -11,6 +11,7 @@ The scripts are modules of the ``benchmarks`` package: run them from the reposit
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 from collections import Counter
@@ -351,18 +352,17 @@ def read_run_log(log: Path) -> list[dict]:
     return rows
 
 
-def drop_cut_last_line(log: Path) -> None:
-    """Remove a last line that a killed run cut short (no newline at the end of the file): a
-    row appended after it would otherwise continue it."""
-    if not log.exists() or log.stat().st_size == 0:
+def drop_cut_last_line(fd: int, log: Path) -> None:
+    """Remove a last line that a killed run cut short (no newline at the end of the file) from
+    the log open on ``fd`` (locked by the caller, so no other row is being written): a row
+    appended after it would otherwise continue it."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
         return
-    data = log.read_bytes()
-    if data.endswith(b"\n"):
-        return
+    data = os.pread(fd, size, 0)
     keep = data.rfind(b"\n") + 1
     print(f"{log}: removed a cut-short last line ({data[keep:][:60]!r}...)", flush=True)
-    with log.open("r+b") as file:
-        file.truncate(keep)
+    os.ftruncate(fd, keep)
 
 
 def machine(device: str | None = None) -> str:
@@ -407,9 +407,10 @@ def append_run(log: Path, row: dict, device: str | None = None) -> None:
     print(line, flush=True)
     # one write on an O_APPEND descriptor: processes that log to the same file at once (the GPU
     # script runs several) append whole lines, never interleaved pieces of rows
-    drop_cut_last_line(log)
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(log, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by close; every writer takes it
+        drop_cut_last_line(fd, log)
         os.write(fd, (line + "\n").encode())
     finally:
         os.close(fd)

@@ -79,7 +79,7 @@ def check_specs(specs: Sequence[str]) -> None:
     for spec in specs:
         try:
             build(spec.partition("^")[0], probe, 10)
-        except ValueError as error:
+        except (ValueError, TypeError) as error:  # TypeError: a spec missing its lr (adamw)
             raise SystemExit(f"optimizer spec {spec!r}: {error}") from None
 
 

@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -28,7 +27,8 @@ from lsframe.checkpointing import BestAndLastCheckpoint, last_checkpoint
 from lsframe.checkpoints import read_lightning_checkpoint
 from lsframe.cli_errors import usage_error
 from lsframe.config_checks import check_parsed
-from lsframe.config_stacking import with_fresh_class_arguments
+from lsframe.config_nodes import import_class, node_get
+from lsframe.config_stacking import fresh_class_arguments
 from lsframe.errors import ConfigError, NonFiniteLossError, NonFiniteParametersError
 from lsframe.export_command import check_export_dir, export, load_module  # noqa: F401 - their home before
 from lsframe.hub import quiet_weight_report
@@ -90,19 +90,13 @@ def nested_nulls_as_init_args(argv: list[str]) -> list[str]:
     return out
 
 
-def _read_config(value: str) -> Any:
-    import yaml
-
-    path = Path(value)
-    return yaml.safe_load(path.read_text(encoding="utf-8") if path.is_file() else value)
-
-
 def rewritten_arguments(argv: list[str]) -> list[str]:
     """``argv`` as lsframe hands it to jsonargparse: a later ``--config`` file that changes a
     ``class_path`` starts that class from its defaults
     (:func:`lsframe.config_stacking.with_fresh_class_arguments`), and a nested null is read
     as an argument (:func:`nested_nulls_as_init_args`)."""
-    return nested_nulls_as_init_args(with_fresh_class_arguments(argv, _read_config))
+    subcommands = ("fit", "validate", "test", "predict")
+    return nested_nulls_as_init_args(fresh_class_arguments(argv, subcommands))
 
 
 class LSFrameCLI(LightningCLI):
@@ -238,6 +232,14 @@ class LSFrameCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.get("trainer.enable_checkpointing") is not False:
             return
+        for i, node in enumerate(config.get("trainer.callbacks") or []):
+            cls = import_class(str(node_get(node, "class_path")))
+            if isinstance(cls, type) and issubclass(cls, ModelCheckpoint):
+                raise ConfigError(
+                    f"enable_checkpointing is false, but trainer.callbacks[{i}] is a "
+                    f"{cls.__name__}: remove one of the two",
+                    where="trainer.enable_checkpointing",
+                )
         config.trainer.enable_checkpointing = True
         config.checkpoint.save_top_k = 0
         config.checkpoint.save_last = False

@@ -380,9 +380,11 @@ def classify(error: BaseException) -> LsframeError | None:
             )
     for exc in _chain(error):  # a full disk: the atomic write kept the earlier checkpoint
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            saving = ".ckpt" in str(exc.filename or "")
+            kept = " (the checkpoint being written was discarded whole, the earlier one kept)"
             return DataError(
-                "no space left on the device (a checkpoint being written was discarded whole, "
-                "the earlier one kept): free some; a fit resumes with --ckpt_path last",
+                f"no space left on the device{kept if saving else ''}: free some; a fit "
+                "resumes with --ckpt_path last",
                 where=exc.filename or None,
             )
     if run_started():  # raised by the run itself, not by reading its inputs: keep the traceback

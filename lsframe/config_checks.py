@@ -360,9 +360,10 @@ def check_parsed(config: Any) -> None:
 
 
 def check_predicts(section: Any) -> None:
-    """``predict`` needs a module with its own ``predict_step`` (Lightning's default calls
-    ``forward`` on the batch, which a ClosureModule does not define) and a DataModule with a
-    ``predict_dataloader``: refused at the class before anything loads."""
+    """``predict`` needs a module with its own ``predict_step`` or ``forward`` (Lightning's
+    default ``predict_step`` calls ``forward`` on the batch, which a ClosureModule does not
+    define) and a DataModule with a ``predict_dataloader``: refused at the class before
+    anything loads."""
     import lightning.pytorch as pl
 
     for key, method, base in (
@@ -371,7 +372,10 @@ def check_predicts(section: Any) -> None:
     ):
         class_path = node_get(node_get(section, key), "class_path")
         cls = import_class(class_path) if isinstance(class_path, str) else None
-        if cls is not None and getattr(cls, method, None) is getattr(base, method):
+        inherited = cls is not None and getattr(cls, method, None) is getattr(base, method)
+        if key == "model" and inherited:  # Lightning's predict_step calls forward on the batch
+            inherited = cls.forward is pl.LightningModule.forward
+        if inherited:
             hint = (
                 "; validate or test give its loss and perplexity, and a model written by "
                 "lsframe export generates with transformers"

@@ -9,54 +9,87 @@ its own 0.1) and ``weight_decay``. Here an argument that an earlier file set und
 and that the changing file does not set is returned to the new class's default (by a config
 string inserted after that file, so that what follows still overrides it and
 ``--print_config`` shows it). A class changed on the command line keeps jsonargparse's
-behaviour.
+behaviour, as do files given before the subcommand.
+
+A node is matched by its path without ``init_args`` (``model.optimizer``: a file may write
+``model: {optimizer: ...}`` or ``model: {init_args: {optimizer: ...}}``); a later file may name
+the class as ``class_path``, or as a bare string where an earlier file had a class node
+(``optimizer: lsframe.optim.SGDSLS``). Classes are compared as objects (``torch.optim.AdamW`` is
+``torch.optim.adamw.AdamW``), a short name (``AdamSLS``) is looked up in ``lsframe.optim`` and
+``torch.optim``.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import math
 from typing import Any
 
 from lsframe.config_nodes import import_class
 
 SPECIAL = ("class_path", "init_args", "dict_kwargs", "__path__")
+#: Where a class named without its module is looked up.
+SHORT_NAME_MODULES = ("lsframe.optim", "torch.optim", "torch.optim.lr_scheduler")
+
+Node = tuple[str, str, str | None, set[str]]  # (plain path, real path, class_path, keys)
 
 
-def _class_nodes(data: Any, path: str = "") -> list[tuple[str, str | None, set[str]]]:
-    """``(path, class_path or None, init_args keys)`` of every class node of a YAML mapping;
-    paths name ``init_args`` as the parsed config does (``model.init_args.optimizer``)."""
+def resolve(class_path: str) -> Any:
+    """The class ``class_path`` names (also a short name), else the string itself."""
+    found = import_class(class_path)
+    for module in SHORT_NAME_MODULES if found is None and "." not in class_path else ():
+        found = import_class(f"{module}.{class_path}")
+        if found is not None:
+            break
+    return found if found is not None else class_path
+
+
+def _plain(path: str) -> str:
+    return ".".join(p for p in path.split(".") if p != "init_args")
+
+
+def _class_nodes(data: Any, known: set[str], path: str = "") -> list[Node]:
+    """Every class node of a YAML mapping: ``(plain path, path as written, class_path or None,
+    argument keys)``; a string where ``known`` (plain paths) has a class node is a bare class."""
+    if isinstance(data, str) and _plain(path) in known:
+        return [(_plain(path), path, data, set())]
     if not isinstance(data, dict):
         return []
-    found: list[tuple[str, str | None, set[str]]] = []
+    found: list[Node] = []
     if "class_path" in data or "init_args" in data:
         arguments = data.get("init_args")
         arguments = arguments if isinstance(arguments, dict) else {}
         shorthand = {k: v for k, v in data.items() if k not in SPECIAL}  # keys beside class_path
         arguments = {**shorthand, **arguments}
         class_path = data.get("class_path")
-        found.append((path, class_path if isinstance(class_path, str) else None, set(arguments)))
+        class_path = class_path if isinstance(class_path, str) else None
+        found.append((_plain(path), path, class_path, set(arguments)))
         for key, value in arguments.items():
-            found.extend(_class_nodes(value, f"{path}.init_args.{key}"))
+            found.extend(_class_nodes(value, known, f"{path}.init_args.{key}"))
         return found
     for key, value in data.items():
-        found.extend(_class_nodes(value, f"{path}.{key}" if path else str(key)))
+        found.extend(_class_nodes(value, known, f"{path}.{key}" if path else str(key)))
     return found
 
 
 def _defaults(class_path: str, keys: set[str]) -> dict[str, Any]:
     """The defaults of ``keys`` in ``class_path``'s signature that a config can hold (JSON)."""
-    cls = import_class(class_path)
-    if cls is None:
+    cls = resolve(class_path)
+    try:
+        parameters = inspect.signature(cls).parameters if isinstance(cls, type) else {}
+    except (TypeError, ValueError):  # a class without a readable signature
         return {}
-    parameters = inspect.signature(cls).parameters
     defaults = {}
     for key in sorted(keys):
         parameter = parameters.get(key)
         if parameter is None or parameter.default is inspect.Parameter.empty:
             continue
+        value = parameter.default
+        if isinstance(value, float) and not math.isfinite(value):
+            continue  # JSON would write Infinity, which YAML reads back as a string
         try:
-            defaults[key] = json.loads(json.dumps(parameter.default))
+            defaults[key] = json.loads(json.dumps(value, allow_nan=False))
         except (TypeError, ValueError):  # not a value a config can hold
             continue
     return defaults
@@ -69,6 +102,16 @@ def _nested(path: str, init_args: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(a)
+    for key, value in b.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def with_fresh_class_arguments(argv: list[str], load: Any) -> list[str]:
     """``argv`` with, after each ``--config`` file that changes a class node's ``class_path``,
     a config string that returns the arguments earlier files set under the earlier class to
@@ -76,10 +119,13 @@ def with_fresh_class_arguments(argv: list[str], load: Any) -> list[str]:
     shows the result).
 
     Args:
-        argv: The subcommand's arguments, in order.
-        load: ``load(path)`` → the file's mapping (files are checked before this runs).
+        argv: The subcommand's arguments, in order (``--config`` files before a subcommand
+            are the caller's to leave out).
+        load: ``load(path)`` → the file's mapping, or None when it cannot be read (files are
+            checked before this runs; jsonargparse reports what it cannot read).
     """
-    current: dict[str, str] = {}
+    current: dict[str, Any] = {}  # plain path → class
+    written: dict[str, str] = {}  # plain path → the path as the first file wrote it
     given: dict[str, set[str]] = {}
     out: list[str] = []
     i = 0
@@ -96,26 +142,39 @@ def with_fresh_class_arguments(argv: list[str], load: Any) -> list[str]:
         out += taken
         i += len(taken)
         fresh: dict[str, Any] = {}
-        for path, class_path, keys in _class_nodes(load(file)):
-            if class_path is not None and path in current and current[path] != class_path:
-                defaults = _defaults(class_path, given.get(path, set()) - keys)
+        for plain, path, class_path, keys in _class_nodes(load(file), set(current)):
+            cls = resolve(class_path) if class_path is not None else None
+            written.setdefault(plain, path)
+            if cls is not None and plain in current and current[plain] != cls:
+                defaults = _defaults(class_path, given.get(plain, set()) - keys)
                 if defaults:
-                    fresh = _merge(fresh, _nested(path, defaults))
-                given[path] = set(keys)
+                    fresh = _merge(fresh, _nested(written[plain], defaults))
+                given[plain] = set(keys)
             else:
-                given.setdefault(path, set()).update(keys)
-            if class_path is not None:
-                current[path] = class_path
+                given.setdefault(plain, set()).update(keys)
+            if cls is not None:
+                current[plain] = cls
         if fresh:
             out += ["--config", json.dumps(fresh)]
     return out
 
 
-def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(a)
-    for key, value in b.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+def read_config(value: str) -> Any:
+    """A ``--config`` value's mapping: a file, or an inline YAML/JSON string; None when it does
+    not read (jsonargparse then reports it)."""
+    from pathlib import Path
+
+    import yaml
+
+    try:
+        path = Path(value)
+        return yaml.safe_load(path.read_text(encoding="utf-8") if path.is_file() else value)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
+def fresh_class_arguments(argv: list[str], subcommands: tuple[str, ...] = ()) -> list[str]:
+    """:func:`with_fresh_class_arguments` on the arguments after the first of ``subcommands``
+    in ``argv`` (all of them when none is there), the files read by :func:`read_config`."""
+    start = next((i + 1 for i, arg in enumerate(argv) if arg in subcommands), 0)
+    return argv[:start] + with_fresh_class_arguments(argv[start:], read_config)

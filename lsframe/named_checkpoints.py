@@ -55,10 +55,14 @@ def _recorded_best(last: Path) -> Path | None:
     from lsframe.checkpoints import read_lightning_checkpoint
 
     callbacks = read_lightning_checkpoint(last).get("callbacks") or {}
-    for state in callbacks.values():
+    # the checkpoint section's first; a path recorded relative to the fit's working directory
+    # (a logger save_dir such as runs) is looked for beside the last checkpoint too
+    states = sorted(callbacks.items(), key=lambda item: not item[0].startswith("BestAndLast"))
+    for _, state in states:
         best = state.get("best_model_path") if isinstance(state, dict) else None
-        if best and Path(best).is_file():
-            return Path(best)
+        for path in (Path(last).parent / Path(best).name, Path(best)) if best else ():
+            if path.is_file():
+                return path
     return None
 
 

@@ -302,6 +302,8 @@ def check_patterns_match(model: nn.Module, owner: str, **patterns: list[str] | N
         ConfigError: at ``<owner>.<keyword>``, naming the pattern and the closest name parts.
     """
     names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not names:
+        return  # nothing to select: the caller says so
     for key, values in patterns.items():
         for pattern in values or []:
             if any(re.search(pattern, name) for name in names):

@@ -45,6 +45,7 @@ from lsframe.checkpoint_io import write_atomically
 from lsframe.cli_errors import parse_or_raise
 from lsframe.config_checks import check_config, on_probe
 from lsframe.config_nodes import import_class, node_get, plain
+from lsframe.config_stacking import fresh_class_arguments
 from lsframe.errors import ConfigError
 from lsframe.loggers import logger_specs
 from lsframe.modules import ClosureModule
@@ -307,7 +308,7 @@ def main(argv: list[str]) -> dict[str, float]:
     parser.add_argument("--head_attr", type=str, default="classifier")
     parser.add_argument("--metric", type=str, default="acc")
     parser.add_dataclass_arguments(SearchOptions, "search")
-    config = parse_or_raise(parser, argv)
+    config = parse_or_raise(parser, fresh_class_arguments(argv))
     options = SearchOptions(**vars(config.search))
     logger_specs(config.trainer.get("logger"))  # a recipe each stage builds (lsframe.loggers)
     if config.trainer.get("callbacks"):

@@ -56,6 +56,7 @@ from lsframe.checkpoint_io import save_atomically
 from lsframe.checkpoints import read_torch_file
 from lsframe.cli_errors import parse_or_raise
 from lsframe.config_checks import check_config
+from lsframe.config_stacking import fresh_class_arguments
 from lsframe.errors import ConfigError
 from lsframe.loggers import logger_specs
 from lsframe.modules import ClosureModule
@@ -374,7 +375,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: list[str]) -> SequenceResult:
     """``python -m lsframe sequential --config <yaml>`` (``--help`` lists every key)."""
     parser = build_parser()
-    config = parse_or_raise(parser, argv)
+    config = parse_or_raise(parser, fresh_class_arguments(argv))
     check_sequence_config(config)
     check_same_sequence(config, write=True)
     # a recipe, not an instance: each stage builds its own logger (lsframe.loggers)

@@ -151,6 +151,51 @@ def test_an_optimizer_piece_on_another_optimizers_config_runs_with_its_own_defau
     )
 
 
+@pytest.mark.parametrize(
+    ("piece", "lr"),
+    [
+        ("model: {init_args: {optimizer: lsframe.optim.AdamSLS}}", 0.1),  # a bare class
+        ("model: {init_args: {optimizer: {class_path: AdamSLS}}}", 0.1),  # a short name
+        ("model: {optimizer: {class_path: lsframe.optim.AdamSLS}}", 0.1),  # no init_args level
+        # the same class spelled otherwise is no change: the earlier lr stays
+        ("model: {init_args: {optimizer: {class_path: torch.optim.adamw.AdamW}}}", 5e-5),
+    ],
+)
+def test_every_spelling_of_a_class_change_in_a_later_file_starts_it_afresh(
+    piece, lr, tmp_path, capsys
+):
+    import yaml
+
+    path = tmp_path / "piece.yaml"
+    path.write_text(piece + "\n")
+    with pytest.raises(SystemExit):
+        LSFrameCLI(
+            args=["fit", "--config", str(ROOT / "configs" / "quickstart_adamw.yaml")]
+            + ["--config", str(path), "--print_config"]
+        )
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["optimizer"]
+    assert printed["init_args"]["lr"] == lr
+
+
+def test_sequential_and_search_stack_their_config_files_the_same_way(capsys):
+    import yaml
+
+    from lsframe.__main__ import main
+
+    piece = str(ROOT / "configs" / "optimizers" / "adamsls_robust.yaml")
+    for command, config in (
+        ("sequential", "sequential/minilm_sst2_mrpc.yaml"),
+        ("search", "search/minilm_sst2_mrpc.yaml"),
+    ):
+        with pytest.raises(SystemExit):
+            main([command, "--config", str(ROOT / "configs" / config)] + ["--config", piece]
+                 + ["--print_config"])  # fmt: skip
+        printed = yaml.safe_load(capsys.readouterr().out)
+        optimizer = printed["model"]["init_args"]["optimizer"]
+        assert optimizer["class_path"] == "lsframe.optim.AdamSLS", command
+        assert optimizer["init_args"]["lr"] == 0.1, command
+
+
 def test_help_lists_the_subcommands_and_fit_options():
     out = subprocess.run(
         [sys.executable, "-m", "lsframe", "--help"], capture_output=True, text=True, check=True

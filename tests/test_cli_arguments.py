@@ -14,6 +14,7 @@ import torch
 
 from lsframe.__main__ import main
 from lsframe.cli import LSFrameCLI
+from lsframe.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE_MINILM = ROOT / "configs" / "glue" / "minilm.yaml"
@@ -59,6 +60,15 @@ def test_enable_checkpointing_false_keeps_no_checkpoint_instead_of_failing(minil
     )
     (checkpoint,) = cli.trainer.checkpoint_callbacks
     assert checkpoint.save_top_k == 0 and checkpoint.save_last is False
+    # a checkpoint callback of the user's own beside it is a contradiction, as in Lightning
+    with pytest.raises(ConfigError, match=r"trainer.callbacks\[0\] is a ModelCheckpoint"):
+        LSFrameCLI(
+            args=["--config", str(GLUE_MINILM)]
+            + ["--data.init_args.data_dir", str(shared_data / "glue")]
+            + ["--trainer.enable_checkpointing", "false"]
+            + ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint"],
+            run=False,
+        )
 
 
 def one_error_line(argv: list[str], capsys) -> tuple[int, str]:

@@ -218,6 +218,15 @@ def test_under_accumulation_each_optimizer_step_is_logged_once(tmp_path: Path):
     assert [int(r["step"]) for r in rows] == [4, 9, 11]  # the batch that took each step
     for row in rows:  # one evaluation (over the step's micro-batches) plus the trials
         assert float(row["train/closure_evals"]) == 1 + float(row["linesearch/trials"])
+    # logging every 3 batches: each step once, at the first logging batch from its own on
+    logger = CSVLogger(tmp_path, name="every3", version=0)
+    module = TinyRegression(optimizer=lambda p: SGDSLS(p), accumulate_grad_batches=5)
+    trainer(max_epochs=1, logger=logger, log_every_n_steps=3).fit(module, loader(48, 4))
+    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
+    steps = [int(r["step"]) for r in rows if r.get("train/closure_evals")]
+    # logging batches 2, 5, 8, 11: step 1 (batch 4) written at 5; step 2 (batch 9) would be
+    # at 11, where step 3 (the epoch's last two batches) supersedes it, as sampling does
+    assert steps == [5, 11]
 
 
 class SettledStepSize(pl.Callback):

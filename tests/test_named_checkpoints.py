@@ -56,6 +56,9 @@ def test_best_is_the_file_the_last_checkpoints_model_checkpoint_state_records(tm
     assert resolve_for_evaluation(section(None, "last", dirpath=folder), "test") == str(
         folder / "last.ckpt"
     )
+    # recorded relative to the fit's working directory (save_dir: runs), read from elsewhere
+    lightning_file(folder / "last.ckpt", best=Path("runs/task/version_0/checkpoints") / best.name)
+    assert resolve_for_evaluation(section(None, "best", dirpath=folder), "test") == str(best)
     best.unlink()
     with pytest.raises(ConfigError, match="records no best checkpoint that still exists"):
         resolve_for_evaluation(section(None, "best", dirpath=folder), "test")

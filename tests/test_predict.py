@@ -45,6 +45,13 @@ def test_every_example_gets_one_line_with_its_index_label_name_and_probabilities
     torch.testing.assert_close(torch.tensor([line["probabilities"] for line in lines]), expected)
 
 
+class WithForward(pl.LightningModule):
+    """No predict_step of its own: Lightning's calls forward on the batch."""
+
+    def forward(self, batch):
+        return batch
+
+
 def node(class_path: str) -> dict:
     return {"class_path": class_path, "init_args": {}}
 
@@ -64,5 +71,6 @@ def test_predict_is_refused_for_a_module_or_data_without_a_predict_step_or_loade
     for model, data in (
         ("lsframe.modules.SequenceClassificationModule", "lsframe.data.GlueDataModule"),
         ("lsframe.modules.ImageClassificationModule", "lsframe.data.IdxImageDataModule"),
+        ("test_predict.WithForward", "lsframe.data.GlueDataModule"),  # Lightning's default step
     ):
         check_predicts({"model": node(model), "data": node(data)})

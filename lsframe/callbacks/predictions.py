@@ -110,6 +110,10 @@ def _rows(prediction: Any) -> list[dict[str, Any]]:
             "PredictionWriter writes a predict_step output that is a tensor or a dict of "
             f"per-example tensors, got {type(prediction).__name__}"
         )
-    columns = {k: v.detach().cpu().tolist() for k, v in prediction.items() if isinstance(v, Tensor)}
+    columns = {  # per-example tensors; a 0-d one (a batch's loss) is no example's
+        k: v.detach().cpu().tolist()
+        for k, v in prediction.items()
+        if isinstance(v, Tensor) and v.dim() > 0
+    }
     size = len(next(iter(columns.values()))) if columns else 0
     return [{key: values[i] for key, values in columns.items()} for i in range(size)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import urllib.error
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -345,7 +346,7 @@ class CIFARDataModule(ImageDataModule):
             raise FileNotFoundError(
                 f"data.data_dir {self.data_dir}: {error} (set data.download: true)"
             ) from error
-        except OSError as error:  # urllib's URLError: no network, a proxy, a refused host
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as error:  # no network
             raise DataError(
                 f"downloading {self.name.upper()} into {self.data_dir} failed ({one_line(error)}): "
                 "without a network, place the dataset's extracted python folder there and set "

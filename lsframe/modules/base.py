@@ -108,6 +108,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         self.nonfinite_loss = nonfinite_loss
         self.lr_distribution = lr_distribution
         self._micro_batches: list[Any] = []
+        self._step_log_pending = False
         self._skipped_steps = 0
         self._resume_random = ResumeRandomState()
 
@@ -178,16 +179,27 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         self._micro_batches.append(batch)
         full = len(self._micro_batches) >= self.accumulate_grad_batches
         if not full and not self.trainer.is_last_batch:
-            self._forget_step_metrics()
+            self._log_step_once()
             return None
         micro_batches, self._micro_batches = self._micro_batches, []
         self.optimizer_step_on(micro_batches)
+        self._step_log_pending = not self._logs_now()
         return None
 
-    def _forget_step_metrics(self) -> None:
-        """On a micro-batch that takes no step, log nothing: Lightning, which does not know of
-        this accumulation (manual optimization), would log every per-step value of the last
-        step again on each such batch (``train/closure_evals`` counted twice in a sum)."""
+    def _logs_now(self) -> bool:
+        """Whether Lightning writes the logged values at the end of this batch."""
+        connector = getattr(self._trainer, "_logger_connector", None)
+        return bool(getattr(connector, "should_update_logs", True))
+
+    def _log_step_once(self) -> None:
+        """On a micro-batch that takes no step: Lightning, which does not know of this
+        accumulation (manual optimization), would write the last step's values again at every
+        logging batch (``train/closure_evals`` counted twice in a sum). They are written once:
+        at the step's batch, or at the first logging batch after it; then hidden (not reset:
+        a logged torchmetrics object keeps its state)."""
+        if self._step_log_pending:  # not written yet: at the end of this batch, or later
+            self._step_log_pending = not self._logs_now()
+            return
         results = getattr(self._trainer, "_results", None)
         for result in results.values() if results is not None else ():
             meta = getattr(result, "meta", None)
@@ -197,7 +209,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
                 and meta.on_step
                 and not meta.on_epoch
             ):
-                result.reset()
+                result.has_reset = True  # left out of what is written; the next log shows it
 
     def optimizer_step_on(self, micro_batches: Sequence[Any]) -> Tensor:
         """Run one optimizer step on ``micro_batches`` through ``LightningOptimizer.step``."""

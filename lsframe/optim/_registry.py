@@ -300,6 +300,14 @@ def register(record: OptimizerInfo | str, cls: type[Optimizer] | None = None) ->
     return record
 
 
+def _takes_forward(cls: type) -> bool:
+    """Whether ``cls.step`` accepts a ``forward`` argument (by name or ``**kwargs``)."""
+    parameters = inspect.signature(cls.step).parameters
+    return "forward" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+
+
 def check_record(record: OptimizerInfo) -> None:
     """Raise TypeError or ValueError naming the first field of ``record`` that contradicts its
     class: the module and the config checks act on these facts (which call ``step`` gets, which
@@ -327,7 +335,7 @@ def check_record(record: OptimizerInfo) -> None:
                 f"OptimizerInfo {record.name!r}: searches=False but {cls.__name__} is a "
                 "LineSearchOptimizer, which owns its step size (searches=True)"
             )
-    elif record.forward_trials and "forward" not in inspect.signature(cls.step).parameters:
+    elif record.forward_trials and not _takes_forward(cls):
         raise ValueError(
             f"OptimizerInfo {record.name!r}: forward_trials=True but {cls.__name__}.step takes "
             "no 'forward' argument: the module calls step(closure, forward=...)"
