@@ -248,6 +248,9 @@ CASES: dict[str, tuple[Args, int, str]] = {
         "YAML syntax error: expected ',' or ']', but got '<stream end>', while parsing a flow "
         "sequence from line 1, column 13 ({tmp}/dist.yaml:2:1)"),
     # ---- fit / validate: checkpoints (read with weights_only=True before anything is built)
+    "trainer.max_steps below -1": (
+        fit(trainer__max_steps=-5), 2,
+        "expected -1 (no limit) or a number of optimizer steps >= 1, got -5 (trainer.max_steps)"),
     "fit: ckpt_path missing": (with_checkpoint("fit", checkpoint(None)), 1,
                                f"checkpoint not found; {WANT} {CKPT}"),
     "fit: ckpt_path best": (with_checkpoint("fit", lambda tmp: Path("best")), 2,
@@ -378,8 +381,8 @@ LATE_CASES: dict[str, tuple[Args, int, str]] = {
         "'layers_0', 'layers_1', 'layers_2', 'layers_3', 'layers_4', 'layers_5', 'head'] "
         "(lr_distribution)"),
     "lightning refuses a setting": (
-        fit(trainer__max_steps=-5), 2,
-        "`max_steps` must be a non-negative integer or -1 (infinite steps). You passed in -5."),
+        fit(trainer__max_epochs=-5), 2,
+        "`max_epochs` must be a non-negative integer or -1. You passed in -5."),
     "image that does not decode": (
         config_case("fit", image_fit(FOLDER, {"num_classes": 2}), image_folder), 1,
         "image does not decode (UnidentifiedImageError) ({tmp}/images/train/b/bad.png)"),
