@@ -326,40 +326,20 @@ def test_quickstart_runs_on_a_slice_logs_and_exports(minilm, amazon_reviews, tmp
     assert len(best) == 1 and (log_dir / "checkpoints" / "last.ckpt").is_file()
 
     # validate from the best checkpoint, then export it as a Hugging Face model
-    main(
-        [
-            "validate",
-            "--config",
-            str(ROOT / "configs" / "quickstart.yaml"),
-            "--trainer.logger.init_args.save_dir",
-            str(runs),
-            "--data.init_args.val_limit",
-            "32",
-            "--data.init_args.max_length",
-            "48",
-            "--ckpt_path",
-            str(best[0]),
-        ]
-    )
+    def validate(ckpt_path: str) -> None:
+        main(
+            ["validate", "--config", str(ROOT / "configs" / "quickstart.yaml")]
+            + ["--trainer.logger.init_args.save_dir", str(runs)]
+            + ["--data.init_args.val_limit", "32", "--data.init_args.max_length", "48"]
+            + ["--ckpt_path", ckpt_path]
+        )
+
+    validate(str(best[0]))
     evaluated = capsys.readouterr().out
     # a new process's `last`/`best` are the fit's files (Lightning looked in the new version's
     # empty folder, warned, and validated the model with an untrained head)
     for name, expected in (("best", best[0]), ("last", log_dir / "checkpoints" / "last.ckpt")):
-        main(
-            [
-                "validate",
-                "--config",
-                str(ROOT / "configs" / "quickstart.yaml"),
-                "--trainer.logger.init_args.save_dir",
-                str(runs),
-                "--data.init_args.val_limit",
-                "32",
-                "--data.init_args.max_length",
-                "48",
-                "--ckpt_path",
-                name,
-            ]
-        )
+        validate(name)
         out = capsys.readouterr().out
         assert f"lsframe validate: --ckpt_path {name}: {expected}" in out
         if name == "best":  # the same file as named above: the same metrics

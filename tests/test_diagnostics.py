@@ -172,13 +172,20 @@ def test_the_ratio_is_none_when_the_rules_slope_is_zero():
     assert sufficient_decrease_ratio(2.0, 1.5, 0.5, 2.0) == pytest.approx(0.5)
 
 
+def logged_rows(
+    module: TinyRegression, folder: Path, key: str, n: int = 64, **settings
+) -> tuple[pl.Trainer, list[dict]]:
+    """Fit ``module`` on ``n`` examples (batch 4) with a CSV logger; the rows that log ``key``."""
+    logger = CSVLogger(folder, name="run", version=0)
+    fit = trainer(logger=logger, **settings)
+    fit.fit(module, train_dataloaders=loader(n, 4))
+    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
+    return fit, [r for r in rows if r.get(key)]
+
+
 def test_the_closure_module_logs_trials_failures_and_ratio_under_linesearch(tmp_path: Path):
     module = TinyRegression(optimizer=lambda p: SGDSLS(p))
-    logger = CSVLogger(tmp_path, name="run", version=0)
-    fit = trainer(max_steps=5, logger=logger, log_every_n_steps=1)
-    fit.fit(module, train_dataloaders=loader(64, 4))
-    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
-    rows = [r for r in rows if r.get("linesearch/trials")]
+    fit, rows = logged_rows(module, tmp_path, "linesearch/trials", max_steps=5, log_every_n_steps=1)
     assert len(rows) == 5
     for row in rows:  # one backward evaluation, the rest are the search's trials
         assert float(row["linesearch/trials"]) == float(row["train/closure_evals"]) - 1
@@ -195,11 +202,7 @@ def test_step_size_logs_the_lr_the_update_used_and_linesearch_step_size_the_sear
 ):
     schedule = partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=lambda t: 0.5 ** (t + 1))
     module = TinyRegression(optimizer=lambda p: SGDSLS(p), lr_scheduler=schedule)
-    logger = CSVLogger(tmp_path, name="run", version=0)
-    fit = trainer(max_steps=3, logger=logger, log_every_n_steps=1)
-    fit.fit(module, train_dataloaders=loader(64, 4))
-    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
-    rows = [r for r in rows if r.get("step_size/all")]
+    _, rows = logged_rows(module, tmp_path, "step_size/all", max_steps=3, log_every_n_steps=1)
     assert len(rows) == 3
     for t, row in enumerate(rows):  # the multiplier the schedule set for step t
         searched = float(row["linesearch/step_size/all"])
@@ -209,21 +212,16 @@ def test_step_size_logs_the_lr_the_update_used_and_linesearch_step_size_the_sear
 def test_under_accumulation_each_optimizer_step_is_logged_once(tmp_path: Path):
     # Lightning logged the last step's values again on every micro-batch that took no step
     module = TinyRegression(optimizer=lambda p: SGDSLS(p), accumulate_grad_batches=5)
-    logger = CSVLogger(tmp_path, name="run", version=0)
-    fit = trainer(max_epochs=1, logger=logger, log_every_n_steps=1)
-    fit.fit(module, train_dataloaders=loader(48, 4))  # 12 batches: steps of 5, 5 and 2
+    key = "train/closure_evals"  # 12 batches: steps of 5, 5 and 2
+    fit, rows = logged_rows(module, tmp_path, key, n=48, max_epochs=1, log_every_n_steps=1)
     assert fit.global_step == 3
-    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
-    rows = [r for r in rows if r.get("train/closure_evals")]
     assert [int(r["step"]) for r in rows] == [4, 9, 11]  # the batch that took each step
     for row in rows:  # one evaluation (over the step's micro-batches) plus the trials
         assert float(row["train/closure_evals"]) == 1 + float(row["linesearch/trials"])
     # logging every 3 batches: each step once, at the first logging batch from its own on
-    logger = CSVLogger(tmp_path, name="every3", version=0)
     module = TinyRegression(optimizer=lambda p: SGDSLS(p), accumulate_grad_batches=5)
-    trainer(max_epochs=1, logger=logger, log_every_n_steps=3).fit(module, loader(48, 4))
-    rows = list(csv.DictReader(open(Path(logger.log_dir) / "metrics.csv")))
-    steps = [int(r["step"]) for r in rows if r.get("train/closure_evals")]
+    _, rows = logged_rows(module, tmp_path / "every3", key, n=48, max_epochs=1, log_every_n_steps=3)
+    steps = [int(r["step"]) for r in rows]
     # logging batches 2, 5, 8, 11: step 1 (batch 4) written at 5; step 2 (batch 9) would be
     # at 11, where step 3 (the epoch's last two batches) supersedes it, as sampling does
     assert steps == [5, 11]
