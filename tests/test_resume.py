@@ -178,3 +178,47 @@ def test_weights_loaded_for_a_new_fit_keep_that_fit_s_random_state(tmp_path):
 
     trainer(max_steps=1, callbacks=[Probe()]).fit(loaded, data())
     assert torch.equal(seen["state"], expected)  # not the checkpoint's generator state
+
+
+class Validated(TinyRegression):
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/loss", torch.nn.functional.mse_loss(self.model(x).squeeze(-1), y))
+
+
+@pytest.mark.parametrize("validated", [False, True], ids=["train_epoch_end", "validation_end"])
+def test_a_last_checkpoint_written_at_an_epochs_end_resumes_the_exact_trajectory(
+    validated, tmp_path
+):
+    # written inside the epoch-end hooks, before Lightning counts the epoch done: Lightning ran
+    # one more batch "in" it, then numbered the later epochs one ahead (other batch orders)
+    from lsframe.checkpointing import BestAndLastCheckpoint
+
+    def module() -> TinyRegression:
+        torch.manual_seed(0)
+        cls = Validated if validated else TinyRegression
+        return cls(model=mlp(dropout=0.2), optimizer=partial(torch.optim.AdamW, lr=1e-2))
+
+    val = regression_data(8, seed=1)
+    fit = partial(trainer, deterministic=True, max_steps=25, limit_val_batches=1)
+    plain = module()
+    fit().fit(plain, data(), torch.utils.data.DataLoader(val, batch_size=4))
+    killed = module()
+    last = BestAndLastCheckpoint(dirpath=tmp_path, save_last=True, monitor=None)
+    with pytest.raises(RuntimeError, match="killed"):  # the last checkpoint: epoch 0's end
+        fit(callbacks=[last, Crash(15)], enable_checkpointing=True).fit(
+            killed, data(), torch.utils.data.DataLoader(val, batch_size=4)
+        )
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 10
+    torch.manual_seed(1234)
+    resumed = module()
+    fit().fit(
+        resumed,
+        data(),
+        torch.utils.data.DataLoader(val, batch_size=4),
+        ckpt_path=last.last_model_path,
+    )
+    assert resumed.trainer.global_step == 25
+    assert resumed.trainer.current_epoch == plain.trainer.current_epoch
+    for (key, a), b in zip(plain.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), key

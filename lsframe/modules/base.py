@@ -33,7 +33,12 @@ from lsframe.modules.export import export_pretrained
 from lsframe.modules.norm_statistics import NormStatistics
 from lsframe.modules.optimizer_setup import default_optimizer
 from lsframe.modules.policy import check_sharding
-from lsframe.modules.random_state import ResumeRandomState, random_states, restore_loader_position
+from lsframe.modules.random_state import (
+    ResumeRandomState,
+    finish_epoch_of_an_epoch_end_checkpoint,
+    random_states,
+    restore_loader_position,
+)
 from lsframe.optim import info_for, innermost_optimizer, set_run_length, start_pass
 from lsframe.optim.closure import StepRandomState, check_loss
 from lsframe.optim.param_groups import apply_part_multipliers
@@ -274,6 +279,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._trainer is not None:  # before Lightning restores the callbacks' states
             migrate_state_keys(self.trainer.callbacks, checkpoint.get("callbacks") or {})
+        finish_epoch_of_an_epoch_end_checkpoint(checkpoint)  # before the loops are restored
         saved = checkpoint.get("lsframe", {})
         self._skipped_steps = saved.get("skipped_steps", 0)
         self._resume_random.hold(saved.get("random_states"))

@@ -89,3 +89,34 @@ def restore_loader_position(trainer: Any) -> None:
         return
     loop._load_combined_loader_states()
     iter(fetcher)  # the iterator made before the states were applied would start the epoch over
+
+
+def finish_epoch_of_an_epoch_end_checkpoint(checkpoint: dict[str, Any]) -> None:
+    """Make a checkpoint written at an epoch's end resume in the next epoch, as one written
+    after the epoch-end hooks does.
+
+    ``last.ckpt`` is written inside the epoch-end hooks (``on_train_epoch_end``, or the
+    validation at the epoch's last batch), before Lightning counts the epoch completed. Lightning
+    2.6 resumes such a checkpoint by running one more batch "in" the finished epoch and then
+    numbering every later epoch one ahead (``set_epoch(e + 1)``), so a resumed run saw other
+    batch orders and ended early under ``max_epochs``. Here the saved loop state says the epoch
+    is over (its batches counted done, the epoch completed): Lightning then starts the next
+    epoch at its first batch, and the resumed trajectory is the uninterrupted one.
+    """
+    loop = (checkpoint.get("loops") or {}).get("fit_loop")
+    if not isinstance(loop, dict):
+        return
+    batches = loop.get("epoch_loop.batch_progress") or {}
+    epochs = loop.get("epoch_progress") or {}
+    current = batches.get("current") or {}
+    ended = batches.get("is_last_batch") and current.get("ready", 0) > 0
+    unfinished = all(
+        part.get("completed", 0) < part.get("processed", 0)
+        for part in (epochs.get("total") or {}, epochs.get("current") or {})
+    )
+    if not (ended and unfinished and current.get("processed") == current.get("ready")):
+        return
+    for part in ("total", "current"):
+        epochs[part]["completed"] = epochs[part]["processed"]
+    batches["current"] = {key: 0 for key in current}
+    batches["is_last_batch"] = False
