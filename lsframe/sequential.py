@@ -39,6 +39,7 @@ import copy
 import json
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,6 +61,7 @@ from lsframe.config_stacking import fresh_class_arguments
 from lsframe.errors import ConfigError
 from lsframe.loggers import logger_specs
 from lsframe.modules import ClosureModule
+from lsframe.modules.export import is_lora
 from lsframe.modules.random_state import random_states, set_random_states
 from lsframe.preemption import Preemption, catch_signals
 from lsframe.sequence_checks import check_metric, check_output_dir, check_stages
@@ -158,6 +160,14 @@ class SequenceRunner:
         if len(set(names)) != len(names):
             raise ValueError(f"stages: task names must be unique, got {names}")
         check_choice("heads", heads, ("separate", "shared"))
+        if heads == "separate" and is_lora(getattr(model, "model", None)):
+            raise ConfigError(
+                "heads: separate swaps the task head of each stage, but under model.lora the "
+                "head that trains and predicts is peft's copy of it, which the swap does not "
+                "reach (every task would share one head): use heads: shared, or leave out "
+                "model.lora",
+                where="heads",
+            )
         self.trainer_kwargs = dict(trainer or {})
         if self.trainer_kwargs.get("enable_checkpointing") not in (None, True, False):
             raise ValueError("trainer.enable_checkpointing must be true or false")
@@ -293,7 +303,7 @@ class SequenceRunner:
                 print(f"lsframe sequential: resuming stage {i} ({stage.name}) from {preempted}")
             resume = {"ckpt_path": preempted, "weights_only": True} if preempted.is_file() else {}
             trainer.fit(self.module, datamodule=stage.data, **resume)
-            self._save_stage(i)
+            self._on_rank_zero(partial(self._save_stage, i))
             row: list[float | None] = [None] * len(tasks)
             for j in range(i + 1):
                 self._use_head(tasks[j])
@@ -304,11 +314,24 @@ class SequenceRunner:
             # the generators where the next stage starts: a resume draws what this run would
             random = random_states(self._device())
             state = {"matrix": matrix, "heads": heads, "random": random}
-            save_atomically(state, self._state_path())
-            preempted.unlink(missing_ok=True)
+            self._on_rank_zero(partial(save_atomically, state, self._state_path()))
+            self._on_rank_zero(partial(preempted.unlink, missing_ok=True))
         result = SequenceResult(tasks, matrix, self.metric)
-        self._write(result)
+        self._on_rank_zero(partial(self._write, result))
         return result
+
+    @staticmethod
+    def _on_rank_zero(write: Any) -> None:
+        """Run ``write`` on rank 0 alone, then let every rank wait for it: under DDP each rank
+        runs the sequence, and two ranks writing one file removed each other's temporary
+        file."""
+        import torch.distributed as dist
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+        if rank_zero_only.rank == 0:
+            write()
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
 
     def _write(self, result: SequenceResult) -> None:
         text = result.markdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from functools import partial
 from pathlib import Path
 
@@ -136,6 +137,20 @@ def test_an_interrupted_sequence_resumes_after_the_last_finished_stage(tmp_path)
     assert len(resumed_ewc.tasks) == 2  # task a's Fisher came back from the stage checkpoint
 
 
+def test_separate_heads_under_lora_are_refused_as_peft_trains_its_own_copy_of_the_head():
+    # the swap replaced model.classifier, while peft's modules_to_save copy trained and
+    # predicted: every task shared one head and the accuracy matrix was meaningless
+    pytest.importorskip("peft")
+    from lsframe.modules.peft import apply_lora
+
+    module = TinyClassifier()
+    module.model = apply_lora(module.model, {"r": 2, "target_modules": ["body.0"]}, "SEQ_CLS")
+    with pytest.raises(ConfigError, match="under model.lora the head that trains") as refused:
+        SequenceRunner(module, [Stage("a", Task(0, 1))])
+    assert refused.value.where == "heads"
+    SequenceRunner(module, [Stage("a", Task(0, 1))], heads="shared")
+
+
 def test_bad_sequences_are_named(tmp_path):
     with pytest.raises(ValueError, match="unique"):
         SequenceRunner(TinyClassifier(), [Stage("a", Task(0, 1)), Stage("a", Task(1, 2))])
@@ -254,3 +269,31 @@ def test_a_metric_the_validation_logs_passes_the_checks(changes, tmp_path):
     glue(tmp_path)
     config = write(tmp_path / "c.yaml", sequence(**changes)(tmp_path))
     check_sequence_config(build_parser().parse_args(["--config", str(config)]))
+
+
+def test_sequential_under_two_process_cpu_ddp_writes_each_file_once(minilm, shared_data, tmp_path):
+    # every rank runs the sequence; both wrote stage_0.ckpt and removed each other's temporary
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = small_sequence_config("minilm_sst2_mrpc", shared_data / "glue")
+    config["trainer"].update(limit_train_batches=2, enable_progress_bar=False)
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    result = subprocess.run(
+        [sys.executable, "-m", "lsframe", "sequential", "--config", str(small)]
+        + ["--output_dir", str(out), *ddp],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((out / "accuracy_matrix.json").read_text())
+    assert saved["tasks"] == ["sst2", "mrpc"] and all(0.0 <= v <= 1.0 for v in saved["matrix"][1])
+    assert sorted(p.name for p in out.glob("stage_*.ckpt")) == ["stage_0.ckpt", "stage_1.ckpt"]
+    assert not list(out.glob(".*.tmp-*"))
