@@ -85,9 +85,8 @@ class PredictionWriter(BasePredictionWriter):
             self.count += 1
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._close()
-        if trainer.is_global_zero:
-            print(f"lsframe predict: {self.count} predictions written to {self.path}", flush=True)
+        self._close()  # under DDP each rank says where its share went
+        print(f"lsframe predict: {self.count} predictions written to {self.path}", flush=True)
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
