@@ -99,6 +99,27 @@ def rewritten_arguments(argv: list[str]) -> list[str]:
     return nested_nulls_as_init_args(fresh_class_arguments(argv, subcommands))
 
 
+#: The model keys a link fills in from the DataModule (None in the config until then).
+LINKED = {target.removeprefix("model.") for _, target in LINKS}
+_ABSENT, _SUBTREE = object(), object()
+
+
+def _saved_value(saved: dict[str, Any], key: str) -> Any:
+    """The checkpoint's value at ``key`` among its flattened model settings: the value; a
+    null above it (a setting the checkpoint left out as a whole); ``_SUBTREE`` where it holds
+    settings below ``key``; ``_ABSENT`` where it knows nothing of it."""
+    if key in saved:
+        return saved[key]
+    parts = key.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:i])
+        if prefix in saved:
+            return saved[prefix]
+    if any(name.startswith(key + ".") for name in saved):
+        return _SUBTREE
+    return _ABSENT
+
+
 class LSFrameCLI(LightningCLI):
     """LightningCLI for lsframe.
 
@@ -177,22 +198,47 @@ class LSFrameCLI(LightningCLI):
         checkpoint's (another optimizer, lr, ``nonfinite_loss``): refused, naming the first."""
         subcommand = self.config.get("subcommand")
         self._resolve_named_checkpoint(subcommand)
+        section = self.config[subcommand] if subcommand else self.config
+        # fit --ckpt_path last reads the newest fit's file as a named one (its model section,
+        # LoRA included, and the same refusal); Lightning still resolves "last" itself
+        newest = self._newest_last(section) if subcommand == "fit" else None
+        if newest is not None:
+            section.ckpt_path = newest
+        try:
+            self._compare_model_with_checkpoint(subcommand)
+        finally:
+            if newest is not None:
+                self.config[subcommand].ckpt_path = "last"
+
+    @staticmethod
+    def _newest_last(section: Any) -> str | None:
+        if section.get("ckpt_path") != "last" or section.get("checkpoint.dirpath") is not None:
+            return None
+        root = logger_root(section)
+        found = find_last_checkpoint(root) if root is not None else None
+        return str(found[1]) if found is not None else None
+
+    def _compare_model_with_checkpoint(self, subcommand: str | None) -> None:
         before = self.config[subcommand].get("model") if subcommand == "fit" else None
         before = before.clone() if before is not None else None
         super()._parse_ckpt_path()
         if before is None:
             return
-        after = dict(self.config[subcommand]["model"].items())
-        for key, value in before.items():  # None: not set here (a link fills it in later)
-            if value is not None and key in after and after[key] != value:
-                path = self.config[subcommand].get("ckpt_path")
-                raise ConfigError(
-                    f"the checkpoint {path} was saved with {after[key]!r} here, the config sets "
-                    f"{value!r}: a resumed fit continues the checkpoint's model and optimizer; "
-                    "leave the setting as it was, or export the weights (lsframe export) and "
-                    "start a new fit from them",
-                    where=f"model.{key}",
-                )
+        model = self.config[subcommand]["model"]
+        after = dict(model.items())
+        for key, value in before.items():
+            saved = _saved_value(after, key)
+            if saved is _ABSENT or saved == value or (value is None and key in LINKED):
+                continue  # not in the checkpoint; equal; a link fills it in later
+            path = self.config[subcommand].get("ckpt_path")
+            shown = saved if saved is not _SUBTREE else model.get(key)
+            raise ConfigError(
+                f"the checkpoint {path} was saved with {shown!r} here, the config sets "
+                f"{value!r}: a resumed fit continues the checkpoint's model and optimizer; "
+                "leave the setting as it was, or export the weights (lsframe export) and "
+                "start a new fit from them",
+                where=f"model.{key}",
+            )
 
     def _resolve_named_checkpoint(self, subcommand: str | None) -> None:
         """``validate|test|predict --ckpt_path last|best``: the newest fit's file, found in its

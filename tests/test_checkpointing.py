@@ -244,6 +244,13 @@ def test_a_fit_resumed_with_ckpt_path_last_refuses_a_changed_setting_as_a_named_
         last, "0.5", "0.3", "optimizer.init_args.c"
     )
     assert last.read_bytes() == before  # refused before any step: nothing written
+    # a setting the checkpoint saved as null (a scheduler added here) is a change too
+    scheduler = ["--model.init_args.lr_scheduler", "lsframe.optim.WarmupCosineLR"]
+    added = lsframe(tmp_path, fit_args(tmp_path, *saved, *scheduler, "--ckpt_path", "last"))
+    assert added.returncode == 2, added.stderr[-3000:]
+    assert added.stderr.strip().splitlines()[-1] == refusal(
+        last, "None", "'lsframe.optim.WarmupCosineLR'", "lr_scheduler.class_path"
+    )
     as_it_was = [*saved, "--ckpt_path", "last", "--trainer.max_epochs", "2"]
     resumed = lsframe(tmp_path, fit_args(tmp_path, *as_it_was))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
