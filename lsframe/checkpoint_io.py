@@ -32,6 +32,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 __all__ = [
     "AtomicCheckpointIO",
     "find_last_checkpoint",
+    "newest_last",
     "save_atomically",
     "use_atomic_checkpoint_io",
     "write_atomically",
@@ -135,18 +136,20 @@ def use_atomic_checkpoint_io(trainer: Any) -> bool:
     return True
 
 
-def find_last_checkpoint(root: str | Path) -> tuple[str, Path] | None:
-    """The newest ``last*.ckpt`` under ``root/version_*/checkpoints``, with its version name.
-
-    ``root`` is a logger's ``save_dir/name``; "newest" is by modification time, as Lightning
-    picks among ``last`` candidates. None when there is none.
-    """
+def newest_last(pattern: str, folder: str | Path) -> Path | None:
+    """The newest (by modification time, as Lightning picks among ``last`` candidates) of the
+    files ``folder.glob(pattern)`` that are last checkpoints (``last.ckpt``, ``last-v1.ckpt``);
+    None when there is none."""
     found = [
-        (path.stat().st_mtime, path.parent.parent.name, path)
-        for path in Path(root).glob("version_*/checkpoints/last*.ckpt")
-        if re.fullmatch(r"last(-v?\d+)?", path.stem)
+        path
+        for path in Path(folder).glob(pattern)
+        if re.fullmatch(r"last(-v?\d+)?", path.stem) and path.suffix == ".ckpt" and path.is_file()
     ]
-    if not found:
-        return None
-    _, version, path = max(found)
-    return version, path
+    return max(found, key=lambda path: path.stat().st_mtime) if found else None
+
+
+def find_last_checkpoint(root: str | Path) -> tuple[str, Path] | None:
+    """The newest ``last*.ckpt`` under ``root/version_*/checkpoints``, with its version name
+    (``root`` is a logger's ``save_dir/name``); None when there is none."""
+    path = newest_last("version_*/checkpoints/last*.ckpt", root)
+    return None if path is None else (path.parent.parent.name, path)

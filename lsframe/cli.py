@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -201,7 +202,8 @@ class LSFrameCLI(LightningCLI):
         section = self.config[subcommand] if subcommand else self.config
         # fit --ckpt_path last reads the newest fit's file as a named one (its model section,
         # LoRA included, and the same refusal); Lightning still resolves "last" itself
-        newest = self._newest_last(section) if subcommand == "fit" else None
+        found = self._last_run(section) if subcommand == "fit" else None
+        newest = str(found[1]) if found is not None else None
         if newest is not None:
             section.ckpt_path = newest
         try:
@@ -211,12 +213,13 @@ class LSFrameCLI(LightningCLI):
                 self.config[subcommand].ckpt_path = "last"
 
     @staticmethod
-    def _newest_last(section: Any) -> str | None:
+    def _last_run(section: Any) -> tuple[str, Path] | None:
+        """For ``--ckpt_path last`` without a checkpoint ``dirpath``: the logger version and the
+        file of the newest last checkpoint under the logger's ``save_dir/name``, if any."""
         if section.get("ckpt_path") != "last" or section.get("checkpoint.dirpath") is not None:
             return None
         root = logger_root(section)
-        found = find_last_checkpoint(root) if root is not None else None
-        return str(found[1]) if found is not None else None
+        return find_last_checkpoint(root) if root is not None else None
 
     def _compare_model_with_checkpoint(self, subcommand: str | None) -> None:
         before = self.config[subcommand].get("model") if subcommand == "fit" else None
@@ -303,17 +306,14 @@ class LSFrameCLI(LightningCLI):
         starts from scratch, so a job script can always pass ``--ckpt_path last``.
         """
         config = self.config[self.subcommand]
-        if config.get("ckpt_path") != "last" or config.get("checkpoint.dirpath") is not None:
-            return
-        root = logger_root(config)
-        found = find_last_checkpoint(root) if root is not None else None
+        found = self._last_run(config)
         if found is None:
             return
         version, path = found
         logger = config.get("trainer.logger")
         (logger[0] if isinstance(logger, list) else logger).init_args.version = version
         if rank_zero_only.rank == 0:
-            print(f"lsframe fit: --ckpt_path last: continuing {root / version} ({path.name})")
+            print(f"lsframe fit: --ckpt_path last: continuing {path.parent.parent} ({path.name})")
 
     def _lsframe_checkpoint(self) -> ModelCheckpoint | None:
         """The ModelCheckpoint of the ``checkpoint`` section (``trainer.checkpoint_callback`` is

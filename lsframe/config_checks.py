@@ -225,13 +225,11 @@ def check_module_step_options(key: str, init_args: dict[str, Any]) -> None:
     """The module's ``accumulate_grad_batches`` (an integer >= 1) and ``gradient_clip_val``
     (None or > 0), checked at their keys before the model loads (the module checks them again
     when built, as a Python user builds it)."""
-    from lsframe.validation import check_int_at_least, check_positive
+    from lsframe.modules.policy import check_step_options
 
+    options = ("accumulate_grad_batches", "gradient_clip_val")
     try:
-        if "accumulate_grad_batches" in init_args:
-            check_int_at_least(1, accumulate_grad_batches=init_args["accumulate_grad_batches"])
-        if "gradient_clip_val" in init_args:
-            check_positive(allow_none=True, gradient_clip_val=init_args["gradient_clip_val"])
+        check_step_options(**{name: init_args[name] for name in options if name in init_args})
     except (LsframeError, ValueError, TypeError) as error:
         raise located(error, f"{key}.init_args", init_args) from error
 

@@ -17,11 +17,10 @@ Neither found: one line at ``ckpt_path`` naming the folder searched.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-from lsframe.checkpoint_io import find_last_checkpoint
+from lsframe.checkpoint_io import find_last_checkpoint, newest_last
 from lsframe.config_nodes import node_get
 from lsframe.errors import ConfigError
 
@@ -39,15 +38,6 @@ def logger_root(section: Any) -> Path | None:
     if init is None or node_get(init, "save_dir") is None or node_get(init, "version") is not None:
         return None
     return Path(node_get(init, "save_dir")) / str(node_get(init, "name") or "")
-
-
-def _newest_last(folder: Path) -> Path | None:
-    found = [
-        path
-        for path in folder.glob("last*.ckpt")
-        if re.fullmatch(r"last(-v?\d+)?", path.stem) and path.is_file()
-    ]
-    return max(found, key=lambda path: path.stat().st_mtime) if found else None
 
 
 def _recorded_best(last: Path) -> Path | None:
@@ -79,7 +69,7 @@ def resolve_for_evaluation(section: Any, subcommand: str) -> str | None:
     dirpath = node_get(node_get(section, "checkpoint"), "dirpath")
     if dirpath is not None:
         where = Path(dirpath)
-        last = _newest_last(where)
+        last = newest_last("last*.ckpt", where)
     else:
         root = logger_root(section)
         if root is None:

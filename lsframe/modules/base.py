@@ -43,7 +43,7 @@ from lsframe.optim import info_for, innermost_optimizer, set_run_length, start_p
 from lsframe.optim.closure import StepRandomState, check_loss
 from lsframe.optim.param_groups import apply_part_multipliers
 from lsframe.precision import GradientOverflow, fp16_plugin
-from lsframe.validation import check_choice, check_int_at_least, check_positive
+from lsframe.validation import check_choice
 
 __all__ = ["ClosureModule", "check_sharding", "default_optimizer"]
 
@@ -96,8 +96,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
     ) -> None:
         super().__init__()
         check_choice("param_grouping", param_grouping, ("decay", "parts", "single"))
-        check_int_at_least(1, accumulate_grad_batches=accumulate_grad_batches)
-        check_positive(allow_none=True, gradient_clip_val=gradient_clip_val)
+        policy.check_step_options(accumulate_grad_batches, gradient_clip_val)
         check_choice("gradient_clip_algorithm", gradient_clip_algorithm, ("norm", "value"))
         check_choice("nonfinite_loss", nonfinite_loss, ("raise", "skip"))
         check_distribution(model, lr_distribution, param_grouping, num_parts)

@@ -17,6 +17,7 @@ from lsframe.callbacks.base import check_closure_callbacks
 from lsframe.errors import ConfigError, NonFiniteLossError, NonFiniteParametersError
 from lsframe.optim import all_finite, info_for
 from lsframe.precision import FP16MixedPrecision, emulated_bf16
+from lsframe.validation import check_int_at_least, check_positive
 
 
 def check_sharding(strategy: Any, optimizer: torch.optim.Optimizer) -> None:
@@ -37,6 +38,13 @@ def check_sharding(strategy: Any, optimizer: torch.optim.Optimizer) -> None:
             "with FSDP2 instead: strategy ModelParallelStrategy and torch's fully_shard in the "
             "module's configure_model (see README, Distributed training), or use DDP."
         )
+
+
+def check_step_options(accumulate_grad_batches: Any = 1, gradient_clip_val: Any = None) -> None:
+    """The module's step options: ``accumulate_grad_batches`` an integer >= 1,
+    ``gradient_clip_val`` None or > 0 (the module when built; the config check before)."""
+    check_int_at_least(1, accumulate_grad_batches=accumulate_grad_batches)
+    check_positive(allow_none=True, gradient_clip_val=gradient_clip_val)
 
 
 def check_precision(precision: str | int | None, plugins: Sequence[Any] = ()) -> None:
