@@ -222,3 +222,61 @@ def test_a_last_checkpoint_written_at_an_epochs_end_resumes_the_exact_trajectory
     assert resumed.trainer.current_epoch == plain.trainer.current_epoch
     for (key, a), b in zip(plain.named_parameters(), resumed.parameters()):
         assert torch.equal(a, b), key
+
+
+@pytest.mark.parametrize("name", ["adamw", "salsa"])
+def test_a_finished_run_extended_to_more_steps_continues_its_schedule_over_the_new_length(
+    name, tmp_path
+):
+    # the checkpoint's schedule ran over 8 steps: restoring its length trained steps 9..16 at
+    # the final multiplier, 0, and the parameters stayed where the first run left them
+    torch.manual_seed(0)
+    module = make_module(name, lr_scheduler=WarmupCosineLR)
+    checkpoints = ModelCheckpoint(tmp_path, save_last=True)
+    fit = partial(trainer, deterministic=True, enable_checkpointing=True)
+    fit(max_steps=8, callbacks=[checkpoints]).fit(module, data())
+    lr_at_end = module.trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr_at_end == 0.0
+    before = [p.detach().clone() for p in module.parameters()]
+
+    extended = make_module(name, lr_scheduler=WarmupCosineLR)
+    with pytest.warns(UserWarning, match="ran over 8 steps and this run takes 16"):
+        fit(max_steps=16, callbacks=[ModelCheckpoint(tmp_path / "2")]).fit(
+            extended, data(), ckpt_path=tmp_path / "last.ckpt"
+        )
+    schedule = extended.trainer.lr_scheduler_configs[0].scheduler
+    assert extended.trainer.global_step == 16 and schedule.total_steps == 16
+    assert schedule.last_epoch == 16
+    moved = [not torch.equal(a, b) for a, b in zip(before, extended.parameters())]
+    assert all(moved)
+
+
+def test_a_run_extended_by_an_epoch_from_its_train_end_checkpoint_trains_that_epoch(tmp_path):
+    # a resume with nothing left to train rewrote ``last.ckpt`` at ``on_train_end``, after
+    # Lightning counted the epoch done, with the finished epoch's batch count: a later run
+    # extended by an epoch resumed it "at its last batch" and trained nothing, with exit 0
+    from lsframe.checkpointing import BestAndLastCheckpoint
+
+    def module() -> Validated:
+        torch.manual_seed(0)
+        return Validated(model=mlp(dropout=0.2), optimizer=partial(torch.optim.AdamW, lr=1e-2))
+
+    def val() -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(regression_data(8, seed=1), batch_size=4)
+
+    fit = partial(trainer, deterministic=True, limit_val_batches=1, val_check_interval=10)
+    plain = module()
+    fit(max_epochs=2).fit(plain, data(), val())
+    last = partial(BestAndLastCheckpoint, dirpath=tmp_path, save_last=True, monitor=None)
+    # the first run stops on max_steps at the epoch's last batch, the second resumes it with
+    # more steps but the same max_epochs (nothing to train), the third adds an epoch
+    for epochs, steps in ((1, 10), (1, 20), (2, 20)):
+        torch.manual_seed(1234)
+        extended = module()
+        resume = {"ckpt_path": tmp_path / "last.ckpt"} if (tmp_path / "last.ckpt").exists() else {}
+        fit(max_epochs=epochs, max_steps=steps, callbacks=[last()], enable_checkpointing=True).fit(
+            extended, data(), val(), **resume
+        )
+    assert extended.trainer.global_step == plain.trainer.global_step == 20
+    for (key, a), b in zip(plain.named_parameters(), extended.parameters()):
+        assert torch.equal(a, b), key

@@ -102,6 +102,11 @@ def finish_epoch_of_an_epoch_end_checkpoint(checkpoint: dict[str, Any]) -> None:
     batch orders and ended early under ``max_epochs``. Here the saved loop state says the epoch
     is over (its batches counted done, the epoch completed): Lightning then starts the next
     epoch at its first batch, and the resumed trajectory is the uninterrupted one.
+
+    A checkpoint written after the epoch was counted completed (``on_train_end`` of a run that
+    ended on ``max_epochs``, such as a resume with nothing left to train) still holds the
+    finished epoch's batch count; a run extended by more epochs resumed the next epoch "at its
+    last batch" and trained nothing. Its batch count is cleared the same way.
     """
     loop = (checkpoint.get("loops") or {}).get("fit_loop")
     if not isinstance(loop, dict):
@@ -110,11 +115,15 @@ def finish_epoch_of_an_epoch_end_checkpoint(checkpoint: dict[str, Any]) -> None:
     epochs = loop.get("epoch_progress") or {}
     current = batches.get("current") or {}
     ended = batches.get("is_last_batch") and current.get("ready", 0) > 0
-    unfinished = all(
-        part.get("completed", 0) < part.get("processed", 0)
-        for part in (epochs.get("total") or {}, epochs.get("current") or {})
-    )
-    if not (ended and unfinished and current.get("processed") == current.get("ready")):
+    if not (ended and current.get("processed") == current.get("ready")):
+        return
+    parts = (epochs.get("total") or {}, epochs.get("current") or {})
+    unfinished = all(part.get("completed", 0) < part.get("processed", 0) for part in parts)
+    # written after Lightning counted the epoch done (``on_train_end`` of a run that ended on
+    # ``max_epochs``): the finished epoch's batch count is still there, and the next epoch
+    # resumed "at its last batch" and trained nothing
+    completed = all(part.get("completed", 0) == part.get("ready", -1) > 0 for part in parts)
+    if not (unfinished or completed):
         return
     for part in ("total", "current"):
         epochs[part]["completed"] = epochs[part]["processed"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -47,17 +48,23 @@ class WarmupCosineLR(LambdaLR):
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         self.total_steps = total_steps
+        self._apply_multiplier()
+
+    def _apply_multiplier(self) -> None:
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base_lr * self.multiplier(self.last_epoch)
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def multiplier(self, step: int) -> float:
-        if self.total_steps is None:
+        return self._multiplier_over(self.total_steps, step)
+
+    def _multiplier_over(self, total_steps: int | None, step: int) -> float:
+        if total_steps is None:
             return 1.0
-        warmup = int(self.warmup_ratio * self.total_steps)
+        warmup = int(self.warmup_ratio * total_steps)
         if step < warmup:
             return (step + 1) / warmup
-        span = max(self.total_steps - warmup, 1)
+        span = max(total_steps - warmup, 1)
         progress = min((step - warmup) / span, 1.0)
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (
             1 + math.cos(math.pi * progress)
@@ -69,4 +76,25 @@ class WarmupCosineLR(LambdaLR):
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the position in the schedule (the step, the base learning rates).
+
+        The schedule's length is this run's when it is known (``total_steps`` given or already
+        set from the trainer): a run extended past the checkpoint's length (a larger
+        ``max_steps``) continues from the saved step over the new length, where restoring the
+        old one would leave every extra step at ``min_lr_ratio`` (Hugging Face ``Trainer``
+        rebuilds its schedule the same way). A change of length is announced in a warning.
+        """
+        length = self.total_steps
+        saved = state_dict.get("total_steps")
         self.__dict__.update(state_dict)
+        if length is not None:
+            self.total_steps = length
+            if saved is not None and saved != length:
+                before = self._multiplier_over(saved, self.last_epoch)
+                warnings.warn(
+                    f"WarmupCosineLR: the loaded schedule ran over {saved} steps and this run "
+                    f"takes {length}: it continues from step {self.last_epoch} over {length} "
+                    f"(multiplier {before:.3g} -> {self.multiplier(self.last_epoch):.3g})",
+                    stacklevel=2,
+                )
+        self._apply_multiplier()

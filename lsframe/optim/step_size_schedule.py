@@ -83,7 +83,9 @@ class StepSizeSchedule:
         return {"scheduler": self.scheduler.state_dict(), "shadow_lrs": shadow_lrs}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.scheduler.load_state_dict(state_dict["scheduler"])
         for group, lr in zip(self.shadow.param_groups, state_dict.get("shadow_lrs", [])):
             group["lr"] = lr
+        # after the saved learning rates: a scheduler that recomputes them when it loads
+        # (WarmupCosineLR over a run extended past the checkpoint's length) has the last word
+        self.scheduler.load_state_dict(state_dict["scheduler"])
         self._copy()
