@@ -91,6 +91,7 @@ def make(name: str, model: torch.nn.Module, **kwargs):
 
 
 NAMES = optim.line_searches()
+SEARCHES = [name for name in NAMES if optim.info(name).forward_trials]  # trials move x
 
 
 # ------------------------------------------------------------------ acceptance conditions
@@ -298,6 +299,51 @@ def test_nan_trial_losses_and_nan_gradients_never_reach_the_parameters(name):
     opt.step(nan_closure, forward=forward)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
     assert opt.state["line_search"]["rejected_steps"] == 1
+
+
+@pytest.mark.parametrize("name", SEARCHES)
+def test_a_non_finite_slope_moves_nothing_and_counts_a_rejected_step(name, monkeypatch):
+    # finite gradients, a direction with an infinite entry (an underflowed Adam denominator):
+    # the failed search moved back from x - inf and left NaN in the parameters
+    from lsframe.optim.rules import Direction
+
+    model = Logistic()
+    opt = make(name, model)
+    run(model, opt, 3)
+    before = snapshot(model)
+    monkeypatch.setattr(Direction, "slope", lambda self, groups, which=None: float("inf"))
+    opt.step(make_closure(model, opt))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+    assert opt.last_step["rejected"] and not opt.last_step["failed"]
+
+
+@pytest.mark.parametrize("name", [n for n in SEARCHES if "eps" in make(n, Logistic()).defaults])
+def test_an_eps_that_rounds_to_zero_in_the_parameters_dtype_is_refused(name):
+    model = Logistic().half()
+    with pytest.raises(ValueError, match=r"eps=1e-08 rounds to 0 in torch.float16"):
+        make(name, model, eps=1e-8)
+    make(name, model, eps=1e-4)  # representable
+
+
+@pytest.mark.parametrize("name", [*NAMES, "lamb", "alto"])
+def test_complex_parameters_are_refused_where_the_kernels_would_square_them(name):
+    z = torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="does not support complex parameters"):
+        optim.create(name, [{"params": [z], "part": "z"}])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_closure_returning_a_non_scalar_is_refused_before_the_step_counts(name):
+    model = Logistic()
+    opt = make(name, model)
+    closure = make_closure(model, opt)
+
+    def per_example(backward: bool = True) -> torch.Tensor:
+        return closure(backward).expand(4)
+
+    with pytest.raises(TypeError, match=r"got a tensor of shape \(4,\) \(reduce it"):
+        opt.step(per_example)
+    assert opt.state["line_search"]["step"] == 0
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -151,6 +151,34 @@ def test_another_optimizers_state_is_refused_with_one_line_instead_of_a_key_erro
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_another_line_search_s_state_is_refused_naming_the_optimizer_that_saved_it(name):
+    # every line search saves a step size: SGDSLS's η 0.73 loaded into SlopeTrackingAdam took
+    # Adam steps of that size with both optimizers' hyperparameters mixed in the groups
+    other = next(n for n in NAMES if optim.info(n).cls is not optim.info(name).cls)
+    model = Logistic()
+    saver = make(other, model)
+    saver.step(make_closure(model, saver))
+    opt = make(name, Logistic())
+    state = saver.state_dict()
+    state["param_groups"] = [state["param_groups"][0]] * len(opt.param_groups)
+    saved_by = type(saver).__name__
+    with pytest.raises(ValueError, match=f"was saved by {saved_by}, .*: resume with {saved_by}"):
+        opt.load_state_dict(state)
+
+
+def test_a_subclass_loads_its_base_class_s_state_and_not_the_reverse():
+    class Tuned(SaLSA):
+        pass
+
+    model = Logistic()
+    base = SaLSA(model.parameters())
+    base.step(make_closure(model, base))
+    Tuned(Logistic().parameters()).load_state_dict(base.state_dict())
+    with pytest.raises(ValueError, match="saved by Tuned"):
+        SaLSA(Logistic().parameters()).load_state_dict(Tuned(model.parameters()).state_dict())
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_torch_distributed_checkpoint_saves_and_restores_the_search_exactly(name):
     from torch.distributed.checkpoint.state_dict import (
         get_optimizer_state_dict,
@@ -194,3 +222,20 @@ def test_a_group_given_the_same_lr_joins_after_the_run_length_lowered_the_start(
     opt.add_param_group({"params": [model.linear.bias], "lr": 1e-4})
     run(model, opt, 2)
     assert opt.param_groups[1]["step_size"] == opt.param_groups[0]["step_size"]
+
+
+def test_plasls_parts_with_their_own_c_search_alone_and_the_joint_search_says_so():
+    def groups(model: Logistic) -> list[dict]:
+        return [
+            {"params": [model.linear.weight], "part": "w", "c": 0.3},
+            {"params": [model.linear.bias], "part": "b"},
+        ]
+
+    model = Logistic()
+    joint = PLASLS(groups(model))
+    with pytest.raises(ValueError, match=r"different c \(0.3, 0.1\).*with joint_steps=0 each"):
+        joint.step(make_closure(model, joint))
+    model = Logistic()
+    alone = PLASLS(groups(model), joint_steps=0)
+    run(model, alone, 4)
+    assert alone.search_state["searches"] == 4

@@ -63,9 +63,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lsframe.errors import DataError
+from lsframe.optim._dtypes import check_eps_representable, check_real_parameters
 from lsframe.optim._functional import all_finite
 from lsframe.optim._precision import full_precision, reduced_autocast
-from lsframe.optim.closure import check_closure
+from lsframe.optim.closure import check_closure, check_loss
 from lsframe.optim.rules import ActiveGroup, SearchResult, Verdict, backtrack, loss_value
 from lsframe.validation import check_int_at_least, check_non_negative, check_positive
 
@@ -135,8 +136,11 @@ class LineSearchOptimizer(Optimizer):
         check_positive(lr=group["lr"])
         check_non_negative(weight_decay=group["weight_decay"])
         check_non_negative(min_step_size=group["min_step_size"])
+        params = group.get("params", ())  # none in ``defaults``
         if self.forward_trials:
             check_int_at_least(1, max_backtracks=group["max_backtracks"])
+            check_eps_representable(group.get("eps", 0.0), params, type(self).__name__)
+        check_real_parameters(params, type(self).__name__)
 
     def _initial_search_state(self) -> dict[str, Any]:
         return {"step": 0, "forwards": 0, "searches": 0, "failed_searches": 0, "rejected_steps": 0}
@@ -193,6 +197,8 @@ class LineSearchOptimizer(Optimizer):
         if search is not None and saved["param_groups"]:
             saved["state"] = state
             saved["param_groups"][0]["line_search"] = search
+        if saved["param_groups"]:
+            saved["param_groups"][0]["saved_by"] = type(self).__name__
         return saved
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -201,11 +207,21 @@ class LineSearchOptimizer(Optimizer):
         The search state may be in the first param group (:meth:`state_dict`) or, as lsframe
         saved it before 2026-12-05, under ``state["line_search"]``."""
         groups = state_dict.get("param_groups", [])
+        name = type(self).__name__
         if any("step_size" not in group for group in groups):
             raise DataError(
-                f"{type(self).__name__}: the optimizer state to load has no searched step size, "
+                f"{name}: the optimizer state to load has no searched step size, "
                 "so another optimizer saved it: resume with the optimizer it was saved with"
             )
+        saved_by = groups[0].get("saved_by") if groups else None  # None: saved before 2026-12-06
+        if saved_by is not None and saved_by not in {c.__name__ for c in type(self).__mro__}:
+            raise DataError(
+                f"{name}: the optimizer state to load was saved by {saved_by}, whose step "
+                f"size and hyperparameters are not {name}'s: resume with {saved_by}, or start "
+                "this optimizer afresh (load the model's weights only)"
+            )
+        groups = [{k: v for k, v in g.items() if k != "saved_by"} for g in groups]
+        state_dict = {**state_dict, "param_groups": groups}
         if not self.forward_trials:  # saved before 2026-12-06, when every tracker carried it
             groups = [{k: v for k, v in g.items() if k != "max_backtracks"} for g in groups]
             state_dict = {**state_dict, "param_groups": groups}
@@ -249,8 +265,13 @@ class LineSearchOptimizer(Optimizer):
                 raise ValueError(
                     f"{type(self).__name__}: param groups {first!r} and {name!r} have different "
                     f"{key} ({value!r}, {other!r}), but one search over both uses one value"
+                    + self._shared_hint(key)
                 )
         return value
+
+    def _shared_hint(self, key: str) -> str:
+        """What the refusal of groups that differ in ``key`` adds (a subclass's way out)."""
+        return ""
 
     @property
     def search_state(self) -> dict[str, Any]:
@@ -345,6 +366,8 @@ class LineSearchOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+            if not isinstance(loss, (int, float)):  # before any counter moves
+                check_loss(loss, f"{type(self).__name__}.step's closure", backward=False)
         state["step"] += 1
         value = None if loss is None else loss_value(loss)
         record = self._last_step = {"loss": value, "trials": 0, "searched": False}
@@ -409,6 +432,14 @@ class LineSearchOptimizer(Optimizer):
         """:func:`~lsframe.optim.rules.backtrack` over the groups ``which``, counted and recorded
         in :attr:`last_step` (``slope``: the one the rule tests, for the sufficient-decrease
         ratio; None leaves the ratio None)."""
+        record = self.last_step
+        if slope is not None and not math.isfinite(slope):
+            # finite gradients, a direction with an infinite or NaN entry: no trial point could
+            # be moved back to x, so nothing moves and the step counts as rejected
+            self.search_state["rejected_steps"] += 1
+            if record is not None:
+                record["rejected"] = True
+            return SearchResult(step_size, None, False, 0)
         result = backtrack(
             forward, move_to, step_size, verdict, self.shared("max_backtracks", which)
         )
@@ -417,7 +448,6 @@ class LineSearchOptimizer(Optimizer):
         state = self.search_state
         state["searches"] += 1
         state["failed_searches"] += not result.accepted
-        record = self.last_step
         if record is not None:  # a search inside step (always, unless a subclass calls it alone)
             record["searched"], record["failed"] = True, record["failed"] or not result.accepted
             record["accepted"] = not record["failed"]

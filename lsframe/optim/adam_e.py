@@ -17,7 +17,8 @@ from lsframe.optim.valley import (
 
 
 class AdamE(torch.optim.AdamW):
-    """``torch.optim.AdamW`` run on ``g̃ = g + α a`` (see :mod:`lsframe.optim.valley`).
+    """``torch.optim.AdamW`` run on ``g̃ = g + α a`` (see :mod:`lsframe.optim.valley`): the
+    valley-exploration adaptor "E" of Zhao et al., NeurIPS 2025 (arXiv 2510.27153).
 
     The same as the reference ``E(AdamW(...))`` up to these deliberate differences: the adaptor's
     state (``valley_prev``, ``valley_diff`` in ``self.state[p]``) is saved by ``state_dict``; a
@@ -27,11 +28,11 @@ class AdamE(torch.optim.AdamW):
 
     Args:
         params: Parameters or param groups.
-        lr: As ``torch.optim.AdamW``.
-        betas: As ``torch.optim.AdamW``.
-        eps: As ``torch.optim.AdamW``.
+        lr: As ``torch.optim.AdamW``. Default: 1e-3.
+        betas: As ``torch.optim.AdamW``. Default: (0.9, 0.999).
+        eps: As ``torch.optim.AdamW``. Default: 1e-8.
         weight_decay: As ``torch.optim.AdamW``, but defaults to 0 (Adam), as the paper's AdamE.
-        amsgrad: As ``torch.optim.AdamW``.
+        amsgrad: As ``torch.optim.AdamW``. Default: False.
         alpha: The adaptor's α (None: from ``batch_size``).
         valley_beta: The adaptor's β1 (None: from ``batch_size``).
         batch_size: Effective batch size for the paper's rule (< 1,024: α = 0.5, β1 = 0.01;

@@ -17,7 +17,8 @@ from lsframe.optim.valley import (
 
 
 class ALTO(Lamb):
-    """LAMB on ``g̃ = g + α a`` (see :mod:`lsframe.optim.valley` for the adaptor).
+    """LAMB on ``g̃ = g + α a`` (see :mod:`lsframe.optim.valley` for the adaptor): ALTO of Zhao
+    et al., NeurIPS 2025 (arXiv 2510.27153, Alg. 2).
 
     Order in a step, as the reference: clip the global gradient norm to ``max_grad_norm``, adapt
     the clipped gradient (``g_prev`` stores the clipped one), then LAMB's moments, trust ratio and

@@ -76,7 +76,10 @@ def check_closure(closure: Callable[..., Tensor] | None, owner: str) -> None:
     """Raise :class:`ClosureContractError` unless ``closure`` can be called as
     ``closure(backward=False)`` (a closure whose signature cannot be read is let through)."""
     if closure is None:
-        raise ClosureContractError(f"{owner}.step needs a closure: {CONTRACT}")
+        raise ClosureContractError(
+            f"{owner}.step needs a closure (GradScaler.step calls step() without one: fp16 "
+            f"loss scaling cannot drive a line search, use bf16 autocast or fp32): {CONTRACT}"
+        )
     try:
         signature = inspect.signature(closure)
     except (TypeError, ValueError):  # a builtin or an extension type: nothing to read

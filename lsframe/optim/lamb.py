@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from lsframe.optim._dtypes import check_real_parameters
 from lsframe.optim._sharded import any_sharded, local, squared_norms
 from lsframe.validation import (
     as_tuple,
@@ -21,7 +22,8 @@ from lsframe.validation import (
 
 
 class Lamb(Optimizer):
-    """LAMB: Adam's direction with a per-tensor trust ratio.
+    """LAMB: Adam's direction with a per-tensor trust ratio (You et al., "Large Batch
+    Optimization for Deep Learning: Training BERT in 76 minutes", ICLR 2020, Alg. 2).
 
     For each parameter tensor ``x`` (paper, Alg. 2, with φ the identity)::
 
@@ -48,7 +50,7 @@ class Lamb(Optimizer):
         weight_decay: λ, added to the update before the trust ratio. Default: 0.01.
         max_grad_norm: Global gradient-norm clip (None: off). Default: 1.0.
         always_adapt: Apply the trust ratio in groups without weight decay too. Default: False.
-        trust_clip: Upper bound of the trust ratio (None: no bound).
+        trust_clip: Upper bound of the trust ratio (None: no bound). Default: None.
         bias_correction: Bias-correct the moments. Default: True.
 
     Example::
@@ -89,6 +91,14 @@ class Lamb(Optimizer):
             max_grad_norm=max_grad_norm,
         )
         super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        try:  # a refused group leaves the optimizer as it was, as in torch
+            check_real_parameters(self.param_groups[-1]["params"], type(self).__name__)
+        except ValueError:
+            self.param_groups.pop()
+            raise
 
     def _max_grad_norm(self) -> float | None:
         """The clip of the global norm: one value over all groups (a state dict from before it

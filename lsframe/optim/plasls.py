@@ -55,8 +55,9 @@ class PLASLS(LineSearchOptimizer):
     lsframe's merged part continues the neighbour's; the pooler belongs to the head part (the
     code leaves it out of the optimizer).
 
-    Each part's hyperparameters may differ (its group's ``c``, ``beta_b``, ...); the joint
-    searches need them equal across the parts.
+    Each part's search hyperparameters (its group's ``c``, ``beta_b``, ...) may differ only with
+    ``joint_steps=0``: a joint search over all parts uses one value of each, so with joint steps
+    the first step refuses groups that disagree.
 
     Args:
         params: Parameters or param groups, one per part (``part`` key: the part's name).
@@ -150,6 +151,9 @@ class PLASLS(LineSearchOptimizer):
         for index, representative in enumerate(self.part_of()):
             members.setdefault(representative, []).append(index)
         return [[rep, *(i for i in members[rep] if i != rep)] for rep in sorted(members)]
+
+    def _shared_hint(self, key: str) -> str:
+        return "" if key == "joint_steps" else "; with joint_steps=0 each part searches alone"
 
     def parts_to_search(self, step: int) -> list[int]:
         """Indices of the groups searched at 1-based step ``step``: all of them during the joint

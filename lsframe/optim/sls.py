@@ -27,7 +27,7 @@ class SGDSLS(LineSearchOptimizer):
     ``η ← min(β_f η, η_max)``, and ``η_max`` itself is accepted when the bound still fails there.
 
     When ``max_backtracks`` trials all fail, the parameters stay at ``x`` (the reference instead
-    steps with η = 1e-6) and the next search starts from the last η tried.
+    steps with η = 1e-6) and the next search starts from ``β_b`` times the last η tried.
 
     Example::
 
