@@ -3,7 +3,9 @@
 Rule for bad input (:mod:`lsframe.cli_errors`): the command ends with one line on stderr,
 ``lsframe <subcommand>: error: <what is wrong> (<key or file:line>)``, exit status 2 for a
 configuration error and 1 for a data or checkpoint error, no traceback (``LSFRAME_DEBUG=1``
-prints it) and no usage block. ``SystemExit`` (``--help``, a preempted run's ``128 + signum``)
+prints it) and no usage block. In a multi-process run (DDP) rank 0 prints the line; another
+rank prints a data or checkpoint error as ``error (rank <k>):`` (it may be that rank's alone)
+and stays silent on a configuration error, which every rank meets alike. ``SystemExit`` (``--help``, a preempted run's ``128 + signum``)
 and ``KeyboardInterrupt`` pass through untouched; other exceptions keep their traceback.
 
 Lightning's informational log lines (seed, devices, model summary) go to stdout, so that stderr
@@ -71,9 +73,23 @@ def _exit_on_bad_input(error: Exception, argv: list[str]) -> None:
     line, status = report
     if debug_enabled():
         traceback.print_exception(error)
+    rank = _global_rank()
+    if rank > 0:  # a process of a multi-process run started by rank 0's command
+        if status == 2:  # a configuration error: every rank has the same config and code
+            raise SystemExit(status) from None
+        line = line.replace(": error: ", f": error (rank {rank}): ", 1)
     sys.stdout.flush()
     print(line, file=sys.stderr, flush=True)
     raise SystemExit(status) from None
+
+
+def _global_rank() -> int:
+    """This process's rank in a multi-process run (Lightning's, from the strategy or the launch
+    environment); 0 alone."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    rank = getattr(rank_zero_only, "rank", 0)
+    return rank if isinstance(rank, int) else 0
 
 
 class _StdoutHandler(logging.StreamHandler):

@@ -167,3 +167,25 @@ def test_two_callbacks_lightning_cannot_save_apart_are_one_line_at_the_callbacks
     )
     # EWC keys on its source, mode and parameters: BERTcL's MLM term beside a task EWC is fine
     pl.Trainer(callbacks=[EWC(), EWC(mode="online")], logger=False, enable_checkpointing=False)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_ddp_a_config_error_is_printed_by_rank_zero_alone(rank, monkeypatch, capsys):
+    # every rank of a DDP fit meets the same configuration error: each printed the same line
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from lsframe.__main__ import _exit_on_bad_input
+
+    monkeypatch.setattr(rank_zero_only, "rank", rank)
+    with pytest.raises(SystemExit) as exit_:
+        _exit_on_bad_input(ConfigError("no such metric", where="checkpoint.monitor"), ["fit"])
+    assert exit_.value.code == 2
+    printed = capsys.readouterr().err
+    assert printed == (
+        "lsframe fit: error: no such metric (checkpoint.monitor)\n" if rank == 0 else ""
+    )
+    with pytest.raises(SystemExit) as exit_:  # a data error may be that rank's alone
+        _exit_on_bad_input(DataError("3 columns, expected 4", where="a.tsv:3"), ["fit"])
+    assert exit_.value.code == 1
+    error = "error" if rank == 0 else "error (rank 1)"
+    assert capsys.readouterr().err == f"lsframe fit: {error}: 3 columns, expected 4 (a.tsv:3)\n"
