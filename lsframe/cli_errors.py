@@ -178,6 +178,37 @@ def _item_holding(argv: list[str], section: str, name: str) -> str | None:
     return None
 
 
+def _nested_item_holding(argv: list[str], keys: list[str], name: str) -> str | None:
+    """``stages[i].data.init_args`` where ``i`` is the first item of the list at ``keys[0]`` (in
+    the last config file that has the list) whose node at the rest of ``keys`` holds ``name``
+    (the error's ``stages.init_args.data`` names the list, not the item)."""
+    import yaml
+
+    path = [key for key in keys[1:] if key != "init_args"]
+    for file in reversed(config_file_arguments(argv)):
+        try:
+            items = yaml.safe_load(Path(file).read_text())
+        except Exception:  # noqa: BLE001 - only a hint: a file that does not read gives none
+            continue
+        items = items.get(keys[0]) if isinstance(items, dict) else None
+        if not isinstance(items, list):
+            continue
+        found = []
+        for i, node in enumerate(items):
+            where = f"{keys[0]}[{i}]"
+            for key in path:
+                if isinstance(node, dict) and key not in node:
+                    node, where = node.get("init_args"), f"{where}.init_args"
+                node = node.get(key) if isinstance(node, dict) else None
+                where = f"{where}.{key}"
+            if isinstance(node, dict) and name in (node.get("init_args") or {}):
+                found.append(f"{where}.init_args")
+            elif isinstance(node, dict) and name in node:
+                found.append(where)
+        return found[0] if found else None  # the items are parsed in order: the first fails
+    return None
+
+
 def usage_error(
     error: BaseException, parser: Any = None, argv: list[str] | None = None
 ) -> UsageError:
@@ -220,6 +251,8 @@ def usage_error(
     if unknown:
         name = unknown.group(1)
         item = _item_holding(argv, keys[0], name) if argv and len(keys) == 1 else None
+        if argv and len(keys) > 1 and into_class:
+            item = _nested_item_holding(argv, keys, name)
         if into_class and class_path:
             names = _class_parameters(class_path)
             keys = [item] if item else [*keys, "init_args"]
@@ -340,6 +373,10 @@ class RaisingArgumentParser(argparse.ArgumentParser):
 _WRAPPERS = ("Does not validate against any of the Union subtypes", 'Parser key "', "Problem with")
 
 
+#: Lightning's refusals whose words name the Trainer setting at fault.
+_LIGHTNING_KEYS = (
+    (re.compile(r"^The strategy `[^`]+` requires"), "trainer.strategy"),  # fsdp on a CPU
+)
 #: Lightning's refusal of an integer ``val_check_interval`` longer than an epoch.
 _VALIDATION_INTERVAL = re.compile(
     r"`val_check_interval` \((\d+)\) must be less than or equal to the number of the training "
@@ -360,7 +397,8 @@ def classify(error: BaseException) -> LsframeError | None:
                 return exc
     for exc in _chain(error):  # Lightning's word for a setting it cannot run with
         if any(c.__name__ == "MisconfigurationException" for c in type(exc).__mro__):
-            return ConfigError(one_line(str(exc).strip() or type(exc).__name__))
+            text = str(exc).strip()
+            return ConfigError(one_line(text or type(exc).__name__), where=_lightning_key(text))
         twin = _SAME_STATE_KEY.search(str(exc)) if isinstance(exc, RuntimeError) else None
         if twin:  # raised while the Trainer is built
             return ConfigError(
@@ -410,8 +448,14 @@ def classify(error: BaseException) -> LsframeError | None:
                 inner = exc
                 break
         text = str(inner).strip()
-        return ConfigError(one_line(text.splitlines()[0]) if text else type(inner).__name__)
+        line = one_line(text.splitlines()[0]) if text else type(inner).__name__
+        return ConfigError(line, where=_lightning_key(text))
     return None
+
+
+def _lightning_key(text: str) -> str | None:
+    """The Trainer setting a refusal of Lightning's words names (:data:`_LIGHTNING_KEYS`)."""
+    return next((key for pattern, key in _LIGHTNING_KEYS if pattern.search(text)), None)
 
 
 def error_line(error: BaseException, prog: str) -> tuple[str, int] | None:

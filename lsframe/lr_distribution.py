@@ -60,14 +60,19 @@ def _layer_range(part: str) -> tuple[int, int] | None:
     return int(first), int(last or first)
 
 
-def load_distribution(spec: dict[str, float] | str) -> dict[str, float]:
+def load_distribution(
+    spec: dict[str, float] | str, name: str = "lr_distribution"
+) -> dict[str, float]:
     """A distribution from a mapping, a preset name or a YAML/JSON file; values checked.
+
+    ``name`` is what an error calls the setting when no file is at fault (``lr_distribution``,
+    or ``combine``'s argument).
 
     Raises:
         ConfigError: (a ``ValueError``) naming the part at fault, and the file (with
             ``file:line:column`` for a syntax error) as its ``where``.
     """
-    where, file = "lr_distribution", None
+    where, file = name, None
     if isinstance(spec, str):
         if spec in PRESETS:
             spec = dict(PRESETS[spec])
@@ -75,9 +80,8 @@ def load_distribution(spec: dict[str, float] | str) -> dict[str, float]:
             where, file = "", spec
             spec = _read_mapping(Path(spec))
         else:
-            raise ConfigError(
-                f"lr_distribution {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a file",
-                argument="lr_distribution",
+            raise ConfigError(  # the key is known to the caller: as an argument, it gets it
+                f"{spec!r} is neither a preset ({', '.join(PRESETS)}) nor a file", argument=name
             )
     if not isinstance(spec, dict):
         raise ConfigError(
@@ -167,8 +171,12 @@ def multipliers_for(
         )
     unknown = sorted(set(values) - set(names))
     if unknown:
+        file = (
+            distribution if isinstance(distribution, str) and Path(distribution).is_file() else None
+        )
         raise ConfigError(
             f"lr_distribution names unknown parts {unknown}; the model's: {names}",
+            where=file,
             argument="lr_distribution",
         )
     return {n: values.get(n, 1.0) for n in names}
@@ -194,22 +202,27 @@ def check_distribution(
     multipliers_for(model, distribution, num_parts)
 
 
-def combine_distributions(distributions: list[dict[str, float]]) -> dict[str, float]:
+def combine_distributions(
+    distributions: list[dict[str, float]], names: list[str] | None = None
+) -> dict[str, float]:
     """The combined distribution of several pairs: per part, the geometric mean of the
     multipliers (relative to the same flat rate), so a part every pair slows stays slow.
 
     Every distribution must name the same parts, except ``{}`` (the ``flat`` preset: all 1).
+    ``names`` (their files or presets) name them in an error; default ``#0``, ``#1``, ...
     """
     if not distributions:
         raise ValueError("combine_distributions needs at least one distribution")
-    parts = next((list(d) for d in distributions if d), [])
+    names = names or [f"#{i}" for i in range(len(distributions))]
+    first = next((i for i, d in enumerate(distributions) if d), 0)
+    parts = list(distributions[first])
     # the flat distribution ({}) is 1 for every part
     distributions = [d or dict.fromkeys(parts, 1.0) for d in distributions]
-    for i, d in enumerate(distributions[1:], start=1):
+    for i, d in enumerate(distributions):
         if sorted(d) != sorted(parts):
             raise ValueError(
-                f"distributions to combine must name the same parts: #0 has {sorted(parts)}, "
-                f"#{i} has {sorted(d)}"
+                f"distributions to combine must name the same parts: {names[first]} has "
+                f"{sorted(parts)}, {names[i]} has {sorted(d)}"
             )
     return {
         p: math.exp(sum(math.log(max(d[p], 1e-300)) for d in distributions) / len(distributions))
@@ -235,7 +248,11 @@ def combine_main(argv: list[str]) -> dict[str, float]:
     parser.add_argument("distributions", nargs="+", help="distribution files or preset names")
     parser.add_argument("--out", help="where to write the combined distribution (YAML)")
     args = parser.parse_args(argv)
-    combined = combine_distributions([load_distribution(d) for d in args.distributions])
+    loaded = [
+        load_distribution(d, name=f"argument {i} of lsframe combine")
+        for i, d in enumerate(args.distributions, start=1)
+    ]
+    combined = combine_distributions(loaded, names=args.distributions)
     text = yaml.safe_dump(combined, sort_keys=False)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -173,8 +173,8 @@ def duplicate_pair_stage(config: dict) -> dict:
     return config
 
 
-def stage_batch_size(config: dict) -> dict:
-    config["stages"][1]["data"]["init_args"]["batch_size"] = 0
+def stage_batch_size(config: dict, key: str = "batch_size", value: object = 0) -> dict:
+    config["stages"][1]["data"]["init_args"][key] = value
     return config
 
 

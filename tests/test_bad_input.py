@@ -316,6 +316,9 @@ CASES: dict[str, tuple[Args, int, str]] = {
     "sequential: stage batch size": (
         config_case("sequential", lambda tmp: stage_batch_size(sequence()(tmp)), glue), 2,
         "batch_size must be an integer >= 1, got 0 (stages[1].data.init_args.batch_size)"),
+    "sequential: unknown key in a stage's data": (  # was named stages.init_args.data...
+        config_case("sequential", lambda tmp: stage_batch_size(sequence()(tmp), "bogus", 1), glue),
+        2, "unknown key 'bogus' (stages[1].data.init_args.bogus)" + HELP.format("sequential")),
     "sequential: corrupt state": (
         state_file(b"garbage"), 1,
         f"cannot read sequence state: not a PyTorch file (torch.save writes a zip archive); "

@@ -189,3 +189,13 @@ def test_under_ddp_a_config_error_is_printed_by_rank_zero_alone(rank, monkeypatc
     assert exit_.value.code == 1
     error = "error" if rank == 0 else "error (rank 1)"
     assert capsys.readouterr().err == f"lsframe fit: {error}: 3 columns, expected 4 (a.tsv:3)\n"
+
+
+def test_lightning_refusing_fsdp_on_a_cpu_is_one_line_at_the_strategy():
+    import lightning.pytorch as pl
+
+    with pytest.raises(ValueError) as info:
+        pl.Trainer(strategy="fsdp", accelerator="cpu", devices=2, logger=False)
+    line, status = error_line(info.value, "lsframe fit")
+    assert line.startswith("lsframe fit: error: The strategy `fsdp` requires a GPU accelerator")
+    assert line.endswith("(trainer.strategy)") and status == 2

@@ -336,3 +336,18 @@ def test_an_mlm_model_without_its_masked_lm_head_is_refused(minilm, tmp_path):
     with pytest.raises(ConfigError, match=r"lacks .*cls\.predictions\.bias.*6 in all") as error:
         trainer(max_steps=1, callbacks=[ewc]).fit(module, DataLoader(data, batch_size=2))
     assert error.value.argument == "mlm_model" and not ewc.tasks
+
+
+def test_a_missing_mlm_texts_file_is_named_at_its_key(tmp_path):
+    from lsframe.errors import MissingFileError
+
+    with pytest.raises(MissingFileError) as info:
+        EWC(source="mlm", mlm_model=str(tmp_path), mlm_texts=str(tmp_path / "gone.txt"))
+    located = info.value.at("trainer.callbacks[0].init_args")
+    assert (
+        str(located)
+        == f"{tmp_path}/gone.txt is not a file (trainer.callbacks[0].init_args.mlm_texts)"
+    )
+    with pytest.raises(ValueError, match="needs mlm_model") as info:
+        EWC(source="mlm", mlm_texts=str(tmp_path / "gone.txt"))
+    assert info.value.at("trainer.callbacks[0].init_args").where.endswith("init_args.mlm_model")

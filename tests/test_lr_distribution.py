@@ -128,3 +128,30 @@ def test_a_schedule_on_a_line_search_resumes_where_it_stood():
     schedule2.step()
     assert opt2.param_groups[0]["lr_multiplier"] == pytest.approx(2.0 * 0.0625)
     assert opt2.param_groups[1]["lr_multiplier"] == pytest.approx(0.0625)
+
+
+def test_combine_names_its_inputs_in_its_errors(tmp_path, capsys):
+    # positions (#0, #1) and the key lr_distribution, which combine does not have, named them
+    from lsframe.__main__ import main
+
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("head: 2\nlayers_0-1: 0.5\n")
+    second.write_text("head: 2\nembeddings: 0.5\n")
+    for argv, line in (
+        ([first, tmp_path / "gone.yaml"], "(argument 2 of lsframe combine)"),
+        ([first, second], f"{first} has ['head', 'layers_0-1'], {second} has ['embeddings'"),
+        (["flat", second, first], f"{second} has ['embeddings', 'head'], {first} has"),
+    ):
+        with pytest.raises(SystemExit):
+            main(["combine", *map(str, argv)])
+        assert line in capsys.readouterr().err
+    main(["combine", "flat", str(first)])
+    assert "head: 1.414" in capsys.readouterr().out
+
+
+def test_unknown_parts_in_a_distribution_file_name_the_file(tmp_path):
+    file = tmp_path / "parts.yaml"
+    file.write_text("decoder: 2\n")
+    with pytest.raises(ValueError, match="unknown parts") as info:
+        multipliers_for(tiny_bert(2), str(file))
+    assert info.value.where == str(file)

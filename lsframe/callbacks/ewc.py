@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from lsframe.callbacks.base import ClosureCallback
 from lsframe.callbacks.fisher import squared_gradient_mean
-from lsframe.errors import ConfigError
+from lsframe.errors import ConfigError, MissingFileError
 from lsframe.parts import check_patterns_match
 from lsframe.validation import (
     check_choice,
@@ -90,11 +90,12 @@ class EWC(ClosureCallback):
     ) -> None:
         check_choice("source", source, ("task", "mlm"))
         if source == "mlm" and (mlm_model is None or mlm_texts is None):
-            raise ValueError(
-                "source='mlm' needs mlm_model (a checkpoint with an MLM head) and mlm_texts"
+            raise ConfigError(
+                "source='mlm' needs mlm_model (a checkpoint with an MLM head) and mlm_texts",
+                argument="mlm_model" if mlm_model is None else "mlm_texts",
             )
         if mlm_texts is not None and not Path(mlm_texts).is_file():
-            raise FileNotFoundError(f"mlm_texts: {mlm_texts} is not a file")
+            raise MissingFileError(f"{mlm_texts} is not a file", argument="mlm_texts")
         check_non_negative(ewc_lambda=ewc_lambda)
         check_choice("mode", mode, ("separate", "online"))
         check_interval(0.0, 1.0, False, False, decay=decay)
