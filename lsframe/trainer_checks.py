@@ -122,6 +122,7 @@ def _count_problem(value: Any, low: int, meaning: str) -> str | None:
 #: Trainer counts Lightning checks only once the model has loaded (or never: a 0 that divides).
 TRAINER_COUNTS = (
     ("max_steps", -1, "-1: no limit"),
+    ("max_epochs", -1, "-1: no limit"),
     ("check_val_every_n_epoch", 1, "null: validate by val_check_interval alone"),
     ("fast_dev_run", 0, "or true/false"),
 )
@@ -132,7 +133,7 @@ def check_trainer_intervals(trainer: Any) -> None:
     and the ``limit_*_batches`` / ``overfit_batches`` shares take values Lightning accepts, as it
     checks them only once the model has loaded; a share of the epoch needs
     ``check_val_every_n_epoch`` set, as in Lightning. ``max_steps`` (-1 or a positive count),
-    ``check_val_every_n_epoch`` and ``fast_dev_run`` are counts (:data:`TRAINER_COUNTS`; a 0
+    ``max_epochs`` (-1 or a count), ``check_val_every_n_epoch`` and ``fast_dev_run`` are counts (:data:`TRAINER_COUNTS`; a 0
     for the first two ended in a division by zero or a run without a step)."""
     for name, low, meaning in TRAINER_COUNTS:
         value = plain(node_get(trainer, name))

@@ -251,6 +251,9 @@ CASES: dict[str, tuple[Args, int, str]] = {
     "trainer.max_steps below -1": (
         fit(trainer__max_steps=-5), 2,
         "expected -1 (no limit) or a number of optimizer steps >= 1, got -5 (trainer.max_steps)"),
+    "trainer.max_epochs below -1": (  # Lightning refused it after the model had loaded
+        fit(trainer__max_epochs=-5), 2,
+        "expected an integer >= -1 (-1: no limit), got -5 (trainer.max_epochs)"),
     "fit: ckpt_path missing": (with_checkpoint("fit", checkpoint(None)), 1,
                                f"checkpoint not found; {WANT} {CKPT}"),
     "fit: ckpt_path best": (with_checkpoint("fit", lambda tmp: Path("best")), 2,
@@ -382,10 +385,10 @@ LATE_CASES: dict[str, tuple[Args, int, str]] = {
         fit(files={"dist.yaml": "embeddings: 1.0\ndecoder: 2.0\n"}, **DISTRIBUTION), 2,
         "lr_distribution names unknown parts ['decoder']; the model's: ['embeddings', "
         "'layers_0', 'layers_1', 'layers_2', 'layers_3', 'layers_4', 'layers_5', 'head'] "
-        "(lr_distribution)"),
+        "({tmp}/dist.yaml)"),
     "lightning refuses a setting": (
-        fit(trainer__max_epochs=-5), 2,
-        "`max_epochs` must be a non-negative integer or -1. You passed in -5."),
+        fit(trainer__reload_dataloaders_every_n_epochs=-1), 2,
+        "`reload_dataloaders_every_n_epochs` should be an int >= 0, got -1."),
     "image that does not decode": (
         config_case("fit", image_fit(FOLDER, {"num_classes": 2}), image_folder), 1,
         "image does not decode (UnidentifiedImageError) ({tmp}/images/train/b/bad.png)"),
