@@ -224,18 +224,40 @@ def test_a_group_given_the_same_lr_joins_after_the_run_length_lowered_the_start(
     assert opt.param_groups[1]["step_size"] == opt.param_groups[0]["step_size"]
 
 
-def test_plasls_parts_with_their_own_c_search_alone_and_the_joint_search_says_so():
-    def groups(model: Logistic) -> list[dict]:
-        return [
-            {"params": [model.linear.weight], "part": "w", "c": 0.3},
-            {"params": [model.linear.bias], "part": "b"},
-        ]
+def _another_value(value: object) -> object | None:
+    """A value of the same kind that differs (None: no such value to try)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 0.5 if value else 0.1
+    if isinstance(value, tuple) and all(isinstance(v, float) for v in value):
+        return tuple(v * 0.99 for v in value)
+    return None
 
-    model = Logistic()
-    joint = PLASLS(groups(model))
-    with pytest.raises(ValueError, match=r"different c \(0.3, 0.1\).*with joint_steps=0 each"):
-        joint.step(make_closure(model, joint))
-    model = Logistic()
-    alone = PLASLS(groups(model), joint_steps=0)
-    run(model, alone, 4)
-    assert alone.search_state["searches"] == 4
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_group_differing_in_what_one_search_reads_once_is_refused_when_it_is_added(name):
+    # the constructor took such a group and the first step refused it; every hyperparameter a
+    # group may not set on its own is declared, so a step never refuses what was accepted
+    refused = []
+    for key, value in make(name, Logistic()).defaults.items():
+        other = _another_value(value)
+        if key in ("lr", "params") or other is None:
+            continue
+        model = Logistic()
+        groups = [
+            {"params": [model.linear.weight], "part": "w"},
+            {"params": [model.linear.bias], "part": "b", key: other},
+        ]
+        try:
+            opt = optim.create(name, groups)
+        except ValueError as error:
+            if "have different" in str(error):
+                refused.append(key)
+            continue  # a value out of range: nothing to learn here
+        run(model, opt, 3)  # no "have different" at a step
+    assert refused, "no hyperparameter refused"
+    if optim.info(name).forward_trials:
+        assert "max_backtracks" in refused

@@ -87,14 +87,15 @@ def test_a_bad_hyperparameter_in_one_group_is_named_at_construction():
 def test_a_joint_search_refuses_groups_that_disagree_and_plasls_parts_may_differ():
     model = Logistic()
     groups = [{"params": [model.linear.weight]}, {"params": [model.linear.bias], "c": 0.2}]
-    opt = AdamSLS(groups)
-    with pytest.raises(ValueError, match="different c"):
-        run(model, opt, 1)
+    with pytest.raises(ValueError, match="different c"):  # when built, not at the first step
+        AdamSLS(groups)
     model = Logistic()
     parts = [
         {"params": [model.linear.weight], "part": "w", "c": 0.2},
         {"params": [model.linear.bias], "part": "b", "c": 0.3},
     ]
+    with pytest.raises(ValueError, match=r"different c \(0.2, 0.3\).*with joint_steps=0 each"):
+        PLASLS([dict(part) for part in parts])  # a joint phase first
     opt = PLASLS(parts, joint_steps=0)
     run(model, opt, 4)
     assert opt.state["line_search"]["searches"] == 4

@@ -142,6 +142,29 @@ class LineSearchOptimizer(Optimizer):
             check_eps_representable(group.get("eps", 0.0), params, type(self).__name__)
         check_real_parameters(params, type(self).__name__)
 
+    #: Hyperparameters one search over several groups reads once, so the groups it searches
+    #: must agree on them: refused when a group is added, as :meth:`shared` refuses at a step.
+    ONE_SEARCH_KEYS: tuple[str, ...] = ("max_backtracks", "min_step_size")
+
+    def _one_search_values(self, group: dict[str, Any]) -> dict[str, Any]:
+        """``group``'s values of :attr:`ONE_SEARCH_KEYS` (a subclass adds derived ones)."""
+        return {key: group[key] for key in self.ONE_SEARCH_KEYS if key in group}
+
+    def _check_one_search(self, group: dict[str, Any]) -> None:
+        """Refuse ``group`` when it differs from group 0 in a value one search reads once."""
+        first = self.param_groups[0]
+        if group is first:
+            return
+        own, reference = self._one_search_values(group), self._one_search_values(first)
+        for key, value in own.items():
+            if key in reference and value != reference[key]:
+                raise ValueError(
+                    f"{type(self).__name__}: param groups {first.get('name', 0)!r} and "
+                    f"{group.get('name', len(self.param_groups) - 1)!r} have different {key} "
+                    f"({reference[key]!r}, {value!r}), but one search over both uses one value"
+                    + self._shared_hint(key)
+                )
+
     def _initial_search_state(self) -> dict[str, Any]:
         return {"step": 0, "forwards": 0, "searches": 0, "failed_searches": 0, "rejected_steps": 0}
 
@@ -154,6 +177,7 @@ class LineSearchOptimizer(Optimizer):
         group = self.param_groups[-1]
         try:  # a refused group leaves the optimizer as it was, as in torch
             self._check_group(group)
+            self._check_one_search(group)
             if own_lr or constructing:
                 self._check_same_lr(group, own=own_lr)
         except ValueError:

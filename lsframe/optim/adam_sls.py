@@ -12,6 +12,9 @@ from lsframe.optim.adam_moments import adam_directions, check_adam_group, next_m
 from lsframe.optim.rules import ActiveGroup, SmoothedArmijo, armijo_verdict, reset_step_size
 from lsframe.validation import as_tuple, check_bool, check_choice, check_open_unit, check_positive
 
+# what one AdamSLS search over several groups reads once (search_parts_then_adam_step)
+ADAM_SLS_SEARCH_KEYS = ("c", "beta_b", "smooth", "beta_s")
+
 
 class AdamSLS(LineSearchOptimizer):
     """Adam with an Armijo line search on the preconditioned gradient (ADAMSLS).
@@ -58,6 +61,8 @@ class AdamSLS(LineSearchOptimizer):
         min_step_size: Floor on the step size after a failed search (0: off). Default: 0.
         weight_decay: Decoupled weight decay (after the step, with its lr). Default: 0.
     """
+
+    ONE_SEARCH_KEYS = (*LineSearchOptimizer.ONE_SEARCH_KEYS, *ADAM_SLS_SEARCH_KEYS)
 
     def __init__(
         self,

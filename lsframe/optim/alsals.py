@@ -69,6 +69,16 @@ class ALSALS(LineSearchOptimizer):
         min_step_size: Floor on the step size after a failed search (0: off). Default: 0.
     """
 
+    ONE_SEARCH_KEYS = (
+        *LineSearchOptimizer.ONE_SEARCH_KEYS,
+        "c",
+        "beta",
+        "beta_b",
+        "growth",
+        "slope",
+        "probe",
+    )
+
     def __init__(
         self,
         params: Any,

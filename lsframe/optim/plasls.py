@@ -8,7 +8,11 @@ from typing import Any, Literal
 from torch import Tensor
 
 from lsframe.optim._linesearch import LineSearchOptimizer
-from lsframe.optim.adam_sls import check_adam_sls_group, search_parts_then_adam_step
+from lsframe.optim.adam_sls import (
+    ADAM_SLS_SEARCH_KEYS,
+    check_adam_sls_group,
+    search_parts_then_adam_step,
+)
 from lsframe.optim.rules import ActiveGroup
 from lsframe.validation import as_tuple, check_int_at_least, check_positive
 
@@ -57,7 +61,7 @@ class PLASLS(LineSearchOptimizer):
 
     Each part's search hyperparameters (its group's ``c``, ``beta_b``, ...) may differ only with
     ``joint_steps=0``: a joint search over all parts uses one value of each, so with joint steps
-    the first step refuses groups that disagree.
+    a group that disagrees is refused when it is added.
 
     Args:
         params: Parameters or param groups, one per part (``part`` key: the part's name).
@@ -78,6 +82,16 @@ class PLASLS(LineSearchOptimizer):
             (None: never). Default: None.
         min_step_size: Floor on the step size after a failed search (0: off). Default: 0.
     """
+
+    ONE_SEARCH_KEYS = ("joint_steps",)
+
+    def _one_search_values(self, group: dict[str, Any]) -> dict[str, Any]:
+        # parts search alone after the joint phase; with one, its search reads these once
+        values = super()._one_search_values(group)
+        if self.param_groups[0]["joint_steps"] > 0:
+            joint = (*LineSearchOptimizer.ONE_SEARCH_KEYS, *ADAM_SLS_SEARCH_KEYS)
+            values.update({key: group[key] for key in joint})
+        return values
 
     def __init__(
         self,

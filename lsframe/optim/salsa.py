@@ -83,6 +83,11 @@ class SaLSA(LineSearchOptimizer):
         weight_decay: Decoupled weight decay. Default: 0.
     """
 
+    ONE_SEARCH_KEYS = (*LineSearchOptimizer.ONE_SEARCH_KEYS, *RULE_KEYS, "bias_correction_offset")
+
+    def _one_search_values(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {**super()._one_search_values(group), "betas[2]": group["betas"][2]}
+
     def __init__(
         self,
         params: Any,

@@ -187,6 +187,14 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             brings its own (as with torch's ``Adam(fused=...)``).
     """
 
+    ONE_SEARCH_KEYS = (
+        *LineSearchOptimizer.ONE_SEARCH_KEYS,
+        *RULE_KEYS,
+        "alignment_stride",
+        "fused",
+        "long_run_steps",
+    )
+
     forward_trials = False
 
     def __init__(

@@ -12,6 +12,18 @@ from lsframe.optim._linesearch import LineSearchOptimizer
 from lsframe.optim.rules import ActiveGroup, Decision, Direction, armijo, reset_step_size
 from lsframe.validation import check_choice, check_interval, check_open_unit, check_positive
 
+# one search over all groups: these hyperparameters must agree across the groups
+RULE_KEYS = (
+    "c",
+    "beta_b",
+    "gamma",
+    "reset_option",
+    "n_batches_per_epoch",
+    "line_search_fn",
+    "beta_f",
+    "eta_max",
+)
+
 
 class SGDSLS(LineSearchOptimizer):
     """SGD with stochastic Armijo line search (SLS).
@@ -59,6 +71,8 @@ class SGDSLS(LineSearchOptimizer):
         min_step_size: Floor on the step size after a failed search (0: off). Default: 0.
         weight_decay: Decoupled weight decay λ (``x ← x(1 − ηλ)`` after the step). Default: 0.
     """
+
+    ONE_SEARCH_KEYS = (*LineSearchOptimizer.ONE_SEARCH_KEYS, *RULE_KEYS)
 
     def __init__(
         self,
@@ -139,16 +153,3 @@ class SGDSLS(LineSearchOptimizer):
             forward, lambda a: direction.move(groups, [a] * len(groups)), eta, verdict, slope=slope
         )
         self._set_step_sizes(result.step_size)
-
-
-# one search over all groups: these hyperparameters must agree across the groups
-RULE_KEYS = (
-    "c",
-    "beta_b",
-    "gamma",
-    "reset_option",
-    "n_batches_per_epoch",
-    "line_search_fn",
-    "beta_f",
-    "eta_max",
-)
