@@ -46,7 +46,8 @@ def _unique_key_mapping(loader: Any, node: Any, deep: bool = False) -> dict:
     return loader.construct_mapping(node, deep=deep)
 
 
-def _unique_key_loader() -> type:
+def unique_key_loader() -> type:
+    """A ``yaml.SafeLoader`` that raises :class:`DuplicateKeyError` on a key named twice."""
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
@@ -68,7 +69,7 @@ def check_config_files(argv: list[str]) -> None:
     """
     import yaml
 
-    unique_keys = _unique_key_loader()
+    unique_keys = unique_key_loader()
 
     for value in config_file_arguments(argv):
         path = Path(value)

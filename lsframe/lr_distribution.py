@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,9 @@ def load_distribution(
     values = {str(part): _multiplier(where, file, str(part), value) for part, value in spec.items()}
     if values and max(values.values()) < 1e-2:
         warnings.warn(
-            f"{where}: every multiplier is below 0.01 ({values}); these look like learning "
-            "rates. A distribution holds multipliers of the optimizer's lr (head: 3 means 3 × lr).",
+            f"{where or file}: every multiplier is below 0.01 ({values}); these look like "
+            "learning rates. A distribution holds multipliers of the optimizer's lr (head: 3 "
+            "means 3 × lr).",
             stacklevel=2,
         )
     return values
@@ -116,20 +118,46 @@ def _multiplier(where: str, file: str | None, part: str, value: Any) -> float:
 
 
 def _read_mapping(path: Path) -> Any:
-    text = path.read_text()
+    from lsframe.config_files import DuplicateKeyError, unique_key_loader, yaml_problem
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"not UTF-8 text (byte {error.start}: {error.reason})", where=str(path)
+        ) from None
     try:
         if path.suffix == ".json":
             return json.loads(text)
         import yaml
 
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=unique_key_loader())  # noqa: S506 - a SafeLoader
     except json.JSONDecodeError as error:
         where = f"{path}:{error.lineno}:{error.colno}"
         raise ConfigError(f"JSON syntax error: {error.msg}", where=where) from None
+    except DuplicateKeyError as error:
+        raise ConfigError(error.message, where=f"{path}:{error.line}") from None
     except Exception as error:  # yaml.YAMLError: its mark says line and column
-        from lsframe.config_files import yaml_problem
-
         raise ConfigError(*yaml_problem(error, path)) from None
+
+
+def base_lr_of(path: str | Path) -> float | None:
+    """The ``base_lr`` a distribution file's header states (``lsframe search`` writes it in
+    ``best_distribution.yaml``, ``lsframe combine`` in its output), or None."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        found = re.search(r"\bbase_lr ([0-9.eE+-]+)", line)
+        if found:
+            try:
+                return float(found.group(1).rstrip(",."))
+            except ValueError:
+                return None
+    return None
 
 
 def bert_base_equivalent(part: str, num_layers: int) -> str:
@@ -224,8 +252,11 @@ def combine_distributions(
                 f"distributions to combine must name the same parts: {names[first]} has "
                 f"{sorted(parts)}, {names[i]} has {sorted(d)}"
             )
+    # a part one pair freezes (multiplier 0) stays frozen: the geometric mean is 0
     return {
-        p: math.exp(sum(math.log(max(d[p], 1e-300)) for d in distributions) / len(distributions))
+        p: 0.0
+        if any(d[p] == 0 for d in distributions)
+        else math.exp(sum(math.log(d[p]) for d in distributions) / len(distributions))
         for p in parts
     }
 
@@ -248,15 +279,38 @@ def combine_main(argv: list[str]) -> dict[str, float]:
     parser.add_argument("distributions", nargs="+", help="distribution files or preset names")
     parser.add_argument("--out", help="where to write the combined distribution (YAML)")
     args = parser.parse_args(argv)
+    if args.out and Path(args.out).is_dir():
+        raise ConfigError(f"{args.out} is a folder; name the YAML file to write", where="--out")
     loaded = [
         load_distribution(d, name=f"argument {i} of lsframe combine")
         for i, d in enumerate(args.distributions, start=1)
     ]
+    base_lr = _common_base_lr(args.distributions)
     combined = combine_distributions(loaded, names=args.distributions)
     text = yaml.safe_dump(combined, sort_keys=False)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         header = "# combined learning-rate distribution (geometric mean per part) of: "
-        Path(args.out).write_text(header + " ".join(args.distributions) + "\n" + text)
+        header += " ".join(args.distributions)
+        header += "" if base_lr is None else f"; base_lr {base_lr:g}"
+        Path(args.out).write_text(header + "\n" + text)
     print(text, end="")
     return combined
+
+
+def _common_base_lr(inputs: list[str]) -> float | None:
+    """The ``base_lr`` the input files' headers agree on (None: none states one). Multipliers
+    relative to different base rates do not combine: refused, naming two files."""
+    stated = {name: lr for name in inputs if (lr := base_lr_of(name)) is not None}
+    if len(set(stated.values())) > 1:
+        (a, lr_a), (b, lr_b) = next(
+            (first, second)
+            for first in stated.items()
+            for second in stated.items()
+            if first[1] != second[1]
+        )
+        raise ConfigError(
+            f"{a}'s multipliers are relative to base_lr {lr_a:g} and {b}'s to {lr_b:g}; "
+            "combine distributions searched at one base_lr"
+        )
+    return next(iter(stated.values()), None)

@@ -9,7 +9,12 @@ import torch
 from helpers import TinyRegression, loader, trainer
 from test_parts import tiny_bert
 
-from lsframe.lr_distribution import bert_base_equivalent, load_distribution, multipliers_for
+from lsframe.lr_distribution import (
+    base_lr_of,
+    bert_base_equivalent,
+    load_distribution,
+    multipliers_for,
+)
 from lsframe.modules import ClosureModule
 from lsframe.optim import SaLSA, WarmupCosineLR, apply_part_multipliers
 from lsframe.parts import part_groups
@@ -155,3 +160,35 @@ def test_unknown_parts_in_a_distribution_file_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="unknown parts") as info:
         multipliers_for(tiny_bert(2), str(file))
     assert info.value.where == str(file)
+
+
+def test_combine_refuses_what_it_would_combine_wrongly_and_keeps_a_frozen_part_frozen(
+    tmp_path, capsys
+):
+    from lsframe.__main__ import main
+
+    def file(name: str, text: str | bytes, base_lr: float | None = None) -> str:
+        path = tmp_path / name
+        header = "" if base_lr is None else f"# best (lsframe search); base_lr {base_lr:g}, x\n"
+        path.write_bytes(header.encode() + (text.encode() if isinstance(text, str) else text))
+        return str(path)
+
+    a = file("a.yaml", "head: 2\nembeddings: 0.5\n", 5e-5)
+    cases = (
+        (
+            [a, file("b.yaml", "head: 2\nembeddings: 1\n", 2e-5)],
+            "to 2e-05; combine distributions searched",
+        ),
+        ([a, a, "--out", str(tmp_path)], f"{tmp_path} is a folder; name the YAML file"),
+        ([a, file("dup.yaml", "head: 2\nhead: 3\nembeddings: 1\n")], "duplicate key 'head'"),
+        ([a, file("latin.yaml", b"head: 2 # caf\xe9\nembeddings: 1\n")], "not UTF-8 text"),
+    )
+    for argv, message in cases:
+        with pytest.raises(SystemExit):
+            main(["combine", *argv])
+        assert message in capsys.readouterr().err
+    out = tmp_path / "c.yaml"
+    main(["combine", a, file("zero.yaml", "head: 0\nembeddings: 2\n", 5e-5), "--out", str(out)])
+    combined = load_distribution(str(out))
+    assert combined == {"head": 0.0, "embeddings": 1.0}  # was 7e-151: a frozen part stays 0
+    assert base_lr_of(out) == 5e-5
