@@ -101,8 +101,16 @@ def read_lightning_checkpoint(path: str | Path, module_class_path: str | None = 
     checkpoint = read_torch_file(path, "checkpoint", LIGHTNING_CHECKPOINT)
     for key in ("state_dict", "pytorch-lightning_version"):
         if not isinstance(checkpoint, dict) or key not in checkpoint:
+            from lsframe.sequence_state import is_stage_checkpoint
+
+            stage = (
+                "; a stage checkpoint of lsframe sequential becomes a model with "
+                f"`lsframe export {path} <output_dir>`"
+                if is_stage_checkpoint(path)
+                else ""
+            )
             raise DataError(
-                f"not a Lightning checkpoint (no {key}); expected {LIGHTNING_CHECKPOINT}",
+                f"not a Lightning checkpoint (no {key}); expected {LIGHTNING_CHECKPOINT}{stage}",
                 where=str(path),
             )
     hparams = checkpoint.get("hyper_parameters") or {}

@@ -276,3 +276,18 @@ def test_fast_dev_run_writes_no_checkpoint(tmp_path):
     trainer = helpers.trainer(fast_dev_run=True, enable_checkpointing=True, callbacks=[checkpoint])
     trainer.fit(module, helpers.loader(n=16), helpers.loader(n=8))
     assert trainer.global_step == 1 and not (tmp_path / "ckpts").exists()
+
+
+def test_a_sequential_stage_checkpoint_given_to_validate_points_to_export(tmp_path):
+    from lsframe.checkpoints import read_lightning_checkpoint
+    from lsframe.errors import DataError
+    from lsframe.sequence_state import CONFIG_FILE
+
+    stage = tmp_path / "stage_1.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, stage)
+    with pytest.raises(DataError, match="not a Lightning checkpoint") as alone:
+        read_lightning_checkpoint(stage)
+    assert "lsframe export" not in str(alone.value)  # no sequence beside it: any file
+    (tmp_path / CONFIG_FILE).write_text("{}")
+    with pytest.raises(DataError, match=f"`lsframe export {stage} <output_dir>`"):
+        read_lightning_checkpoint(stage)
