@@ -86,10 +86,19 @@ def _exit_on_bad_input(error: Exception, argv: list[str]) -> None:
 def _global_rank() -> int:
     """This process's rank in a multi-process run (Lightning's, from the strategy or the launch
     environment); 0 alone."""
+    import os
+
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     rank = getattr(rank_zero_only, "rank", 0)
-    return rank if isinstance(rank, int) else 0
+    # a rank variable of the environment alone (a SLURM job step of one task) is no run of
+    # several processes: only Lightning's launch and torchrun set WORLD_SIZE
+    alone = int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        alone = dist.get_world_size() <= 1
+    return 0 if alone or not isinstance(rank, int) else rank
 
 
 class _StdoutHandler(logging.StreamHandler):

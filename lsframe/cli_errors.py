@@ -178,10 +178,13 @@ def _item_holding(argv: list[str], section: str, name: str) -> str | None:
     return None
 
 
-def _nested_item_holding(argv: list[str], keys: list[str], name: str) -> str | None:
+def _nested_item_holding(
+    argv: list[str], keys: list[str], name: str, class_path: str | None = None
+) -> str | None:
     """``stages[i].data.init_args`` where ``i`` is the first item of the list at ``keys[0]`` (in
     the last config file that has the list) whose node at the rest of ``keys`` holds ``name``
-    (the error's ``stages.init_args.data`` names the list, not the item)."""
+    (the error's ``stages.init_args.data`` names the list, not the item), skipping items of
+    another class than ``class_path``, the one the error is about."""
     import yaml
 
     path = [key for key in keys[1:] if key != "init_args"]
@@ -201,6 +204,9 @@ def _nested_item_holding(argv: list[str], keys: list[str], name: str) -> str | N
                     node, where = node.get("init_args"), f"{where}.init_args"
                 node = node.get(key) if isinstance(node, dict) else None
                 where = f"{where}.{key}"
+            other = isinstance(node, dict) and node.get("class_path") and class_path
+            if other and str(node["class_path"]).split(".")[-1] != class_path.split(".")[-1]:
+                continue  # another class there: the error is about the one it names
             if isinstance(node, dict) and name in (node.get("init_args") or {}):
                 found.append(f"{where}.init_args")
             elif isinstance(node, dict) and name in node:
@@ -252,7 +258,7 @@ def usage_error(
         name = unknown.group(1)
         item = _item_holding(argv, keys[0], name) if argv and len(keys) == 1 else None
         if argv and len(keys) > 1 and into_class:
-            item = _nested_item_holding(argv, keys, name)
+            item = _nested_item_holding(argv, keys, name, class_path)
         if into_class and class_path:
             names = _class_parameters(class_path)
             keys = [item] if item else [*keys, "init_args"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import warnings
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Any
 
 from torch import nn
 
+from lsframe.config_files import DuplicateKeyError
 from lsframe.errors import ConfigError
 from lsframe.parts import find_layer_stack, split_into_parts
 
@@ -90,6 +92,14 @@ def load_distribution(
             where=file,
             argument="lr_distribution",
         )
+    names = [str(part) for part in spec]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:  # YAML's 1 and "1"
+        raise ConfigError(
+            f"{where + ': ' if where else ''}part {twice!r} is named twice",
+            where=file,
+            argument="lr_distribution",
+        )
     values = {str(part): _multiplier(where, file, str(part), value) for part, value in spec.items()}
     if values and max(values.values()) < 1e-2:
         warnings.warn(
@@ -118,7 +128,7 @@ def _multiplier(where: str, file: str | None, part: str, value: Any) -> float:
 
 
 def _read_mapping(path: Path) -> Any:
-    from lsframe.config_files import DuplicateKeyError, unique_key_loader, yaml_problem
+    from lsframe.config_files import unique_key_loader, yaml_problem
 
     try:
         text = path.read_text(encoding="utf-8")
@@ -128,7 +138,7 @@ def _read_mapping(path: Path) -> Any:
         ) from None
     try:
         if path.suffix == ".json":
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_unique_json_keys)
         import yaml
 
         return yaml.load(text, Loader=unique_key_loader())  # noqa: S506 - a SafeLoader
@@ -136,9 +146,18 @@ def _read_mapping(path: Path) -> Any:
         where = f"{path}:{error.lineno}:{error.colno}"
         raise ConfigError(f"JSON syntax error: {error.msg}", where=where) from None
     except DuplicateKeyError as error:
-        raise ConfigError(error.message, where=f"{path}:{error.line}") from None
+        where = f"{path}:{error.line}" if error.line else str(path)
+        raise ConfigError(error.message, where=where) from None
     except Exception as error:  # yaml.YAMLError: its mark says line and column
         raise ConfigError(*yaml_problem(error, path)) from None
+
+
+def _unique_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    twice = next((key for key in keys if keys.count(key) > 1), None)
+    if twice is not None:
+        raise DuplicateKeyError(f"duplicate key {twice!r}: JSON would keep only the second", 0)
+    return dict(pairs)
 
 
 def base_lr_of(path: str | Path) -> float | None:
@@ -253,10 +272,13 @@ def combine_distributions(
                 f"{sorted(parts)}, {names[i]} has {sorted(d)}"
             )
     # a part one pair freezes (multiplier 0) stays frozen: the geometric mean is 0
+    # 12 significant digits: the mean of equal multipliers is that multiplier, not 3.0000000000000004
     return {
         p: 0.0
         if any(d[p] == 0 for d in distributions)
-        else math.exp(sum(math.log(d[p]) for d in distributions) / len(distributions))
+        else float(
+            f"{math.exp(sum(math.log(d[p]) for d in distributions) / len(distributions)):.12g}"
+        )
         for p in parts
     }
 
@@ -279,7 +301,7 @@ def combine_main(argv: list[str]) -> dict[str, float]:
     parser.add_argument("distributions", nargs="+", help="distribution files or preset names")
     parser.add_argument("--out", help="where to write the combined distribution (YAML)")
     args = parser.parse_args(argv)
-    if args.out and Path(args.out).is_dir():
+    if args.out and (Path(args.out).is_dir() or args.out.endswith(("/", os.sep))):
         raise ConfigError(f"{args.out} is a folder; name the YAML file to write", where="--out")
     loaded = [
         load_distribution(d, name=f"argument {i} of lsframe combine")

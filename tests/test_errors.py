@@ -177,6 +177,7 @@ def test_under_ddp_a_config_error_is_printed_by_rank_zero_alone(rank, monkeypatc
     from lsframe.__main__ import _exit_on_bad_input
 
     monkeypatch.setattr(rank_zero_only, "rank", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SystemExit) as exit_:
         _exit_on_bad_input(ConfigError("no such metric", where="checkpoint.monitor"), ["fit"])
     assert exit_.value.code == 2
@@ -199,3 +200,33 @@ def test_lightning_refusing_fsdp_on_a_cpu_is_one_line_at_the_strategy():
     line, status = error_line(info.value, "lsframe fit")
     assert line.startswith("lsframe fit: error: The strategy `fsdp` requires a GPU accelerator")
     assert line.endswith("(trainer.strategy)") and status == 2
+
+
+def test_a_rank_variable_without_a_world_of_several_processes_keeps_the_line(monkeypatch, capsys):
+    # SLURM_PROCID=3 in a one-task job step: Lightning's rank is 3, and the line was lost
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from lsframe.__main__ import _exit_on_bad_input
+
+    monkeypatch.setattr(rank_zero_only, "rank", 3)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(SystemExit):
+        _exit_on_bad_input(ConfigError("bad", where="k"), ["fit"])
+    assert capsys.readouterr().err == "lsframe fit: error: bad (k)\n"
+
+
+def test_an_unknown_key_in_a_stage_is_placed_in_the_stage_of_the_class_the_error_names(tmp_path):
+    import yaml
+
+    from lsframe.cli_errors import _nested_item_holding
+
+    glue = {"class_path": "lsframe.data.GlueDataModule", "init_args": {"task_name": "rte"}}
+    amazon = {"class_path": "lsframe.data.AmazonFineFoodReviews", "init_args": {"task_name": "x"}}
+    config = tmp_path / "sequence.yaml"
+    config.write_text(yaml.safe_dump({"stages": [{"data": glue}, {"data": amazon}]}))
+    argv = ["--config", str(config)]
+    keys = ["stages", "init_args", "data"]
+    assert _nested_item_holding(argv, keys, "task_name", "lsframe.data.AmazonFineFoodReviews") == (
+        "stages[1].data.init_args"
+    )
+    assert _nested_item_holding(argv, keys, "task_name", None) == "stages[0].data.init_args"

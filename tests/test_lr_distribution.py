@@ -182,6 +182,9 @@ def test_combine_refuses_what_it_would_combine_wrongly_and_keeps_a_frozen_part_f
         ([a, a, "--out", str(tmp_path)], f"{tmp_path} is a folder; name the YAML file"),
         ([a, file("dup.yaml", "head: 2\nhead: 3\nembeddings: 1\n")], "duplicate key 'head'"),
         ([a, file("latin.yaml", b"head: 2 # caf\xe9\nembeddings: 1\n")], "not UTF-8 text"),
+        ([a, file("dup.json", '{"head": 2, "head": 3, "embeddings": 1}')], "duplicate key 'head'"),
+        ([a, file("ones.yaml", "1: 2\n'1': 3\nhead: 1\n")], "part '1' is named twice"),
+        ([a, a, "--out", str(tmp_path / "new") + "/"], "is a folder; name the YAML file"),
     )
     for argv, message in cases:
         with pytest.raises(SystemExit):
@@ -192,3 +195,6 @@ def test_combine_refuses_what_it_would_combine_wrongly_and_keeps_a_frozen_part_f
     combined = load_distribution(str(out))
     assert combined == {"head": 0.0, "embeddings": 1.0}  # was 7e-151: a frozen part stays 0
     assert base_lr_of(out) == 5e-5
+    capsys.readouterr()
+    main(["combine", a, a])
+    assert capsys.readouterr().out == "head: 2.0\nembeddings: 0.5\n"  # not 2.0000000000000004

@@ -302,19 +302,28 @@ def test_nan_trial_losses_and_nan_gradients_never_reach_the_parameters(name):
 
 
 @pytest.mark.parametrize("name", SEARCHES)
-def test_a_non_finite_slope_moves_nothing_and_counts_a_rejected_step(name, monkeypatch):
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_a_non_finite_slope_moves_nothing_and_the_search_goes_on_after_it(name, bad):
     # finite gradients, a direction with an infinite entry (an underflowed Adam denominator):
-    # the failed search moved back from x - inf and left NaN in the parameters
-    from lsframe.optim.rules import Direction
+    # the failed search moved back from x - inf and left NaN in the parameters; then, with the
+    # slope's average made infinite, every later step was rejected
+    from lsframe.optim import rules
 
     model = Logistic()
-    opt = make(name, model)
+    opt = make(name, model, smooth=True) if name in ("adamsls", "plasls") else make(name, model)
     run(model, opt, 3)
     before = snapshot(model)
-    monkeypatch.setattr(Direction, "slope", lambda self, groups, which=None: float("inf"))
-    opt.step(make_closure(model, opt))
+    inner_product = rules.inner_product
+    try:
+        rules.inner_product = lambda *args: torch.tensor(bad)
+        opt.step(make_closure(model, opt))
+    finally:
+        rules.inner_product = inner_product
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
     assert opt.last_step["rejected"] and not opt.last_step["failed"]
+    run(model, opt, 3, start=4)
+    assert not opt.last_step["rejected"] and opt.state["line_search"]["rejected_steps"] == 1
+    assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
 
 
 @pytest.mark.parametrize("name", [n for n in SEARCHES if "eps" in make(n, Logistic()).defaults])

@@ -161,3 +161,41 @@ def test_p2_runs_made_one_at_a_time_all_reach_the_table_of_their_precision(tmp_p
     assert "adamw" not in table.split("|---|")[-1]  # the fp32 run is another protocol's
     other = json.loads(fp32.with_suffix(".json").read_text())  # fp32 keeps its own table
     assert [(r["optimizer"], r["bf16"]) for r in other["rows"]] == [("adamw", False)]
+
+
+@pytest.mark.parametrize("warmup_ratio", [0.0, 0.2])
+def test_warmup_cosine_inside_sequential_lr_resumes_the_learning_rates_it_would_have_had(
+    warmup_ratio,
+):
+    # loading re-applied the multiplier of a schedule not yet started (last_epoch -1): lr 0
+    # from step 5 on (warmup 0.2), or a ZeroDivisionError while loading (warmup 0)
+    import copy
+
+    from torch.optim.lr_scheduler import LinearLR, SequentialLR
+
+    from lsframe.optim import WarmupCosineLR
+
+    def build() -> tuple[torch.optim.Optimizer, SequentialLR]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(3))], lr=1.0)
+        parts = [
+            LinearLR(opt, start_factor=0.1, total_iters=5),
+            WarmupCosineLR(opt, warmup_ratio=warmup_ratio, total_steps=10),
+        ]
+        return opt, SequentialLR(opt, parts, milestones=[5])
+
+    def lrs(opt, schedule, steps: int) -> list[float]:
+        out = []
+        for _ in range(steps):
+            opt.step()
+            schedule.step()
+            out.append(opt.param_groups[0]["lr"])
+        return out
+
+    opt, schedule = build()
+    lrs(opt, schedule, 2)
+    saved = copy.deepcopy(opt.state_dict()), copy.deepcopy(schedule.state_dict())
+    expected = lrs(opt, schedule, 12)
+    opt, schedule = build()
+    opt.load_state_dict(saved[0])
+    schedule.load_state_dict(saved[1])
+    assert lrs(opt, schedule, 12) == expected

@@ -280,3 +280,27 @@ def test_a_run_extended_by_an_epoch_from_its_train_end_checkpoint_trains_that_ep
     assert extended.trainer.global_step == plain.trainer.global_step == 20
     for (key, a), b in zip(plain.named_parameters(), extended.parameters()):
         assert torch.equal(a, b), key
+
+
+@pytest.mark.parametrize("max_epochs", [2, -1])
+def test_a_run_stopped_inside_an_epoch_and_extended_goes_on_at_its_next_batch(max_epochs, tmp_path):
+    # max_steps stopped the run at batch 5 of epoch 1; last.ckpt, written at the train's end,
+    # counted the epoch processed: the extended run skipped its other 5 batches (or, under
+    # max_epochs 2, trained nothing more), exit 0
+    from lsframe.checkpointing import BestAndLastCheckpoint
+
+    def module() -> TinyRegression:
+        torch.manual_seed(0)
+        return make_module("adamw")
+
+    fit = partial(trainer, deterministic=True, max_epochs=max_epochs)
+    plain = module()
+    fit(max_steps=20).fit(plain, data())
+    last = BestAndLastCheckpoint(dirpath=tmp_path, save_last=True, monitor=None)
+    fit(max_steps=15, callbacks=[last], enable_checkpointing=True).fit(module(), data())
+    torch.manual_seed(1234)
+    extended = module()
+    fit(max_steps=20).fit(extended, data(), ckpt_path=tmp_path / "last.ckpt")
+    assert extended.trainer.global_step == 20
+    for (key, a), b in zip(plain.named_parameters(), extended.parameters()):
+        assert torch.equal(a, b), key

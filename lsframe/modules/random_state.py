@@ -107,6 +107,11 @@ def finish_epoch_of_an_epoch_end_checkpoint(checkpoint: dict[str, Any]) -> None:
     ended on ``max_epochs``, such as a resume with nothing left to train) still holds the
     finished epoch's batch count; a run extended by more epochs resumed the next epoch "at its
     last batch" and trained nothing. Its batch count is cleared the same way.
+
+    A run stopped inside an epoch (``max_steps``, ``should_stop``) writes ``last.ckpt`` after
+    the loop counted that epoch processed; extended, it resumed in the next epoch and skipped the
+    rest of this one. Its epoch is counted unprocessed again, and the run goes on at the next
+    batch.
     """
     loop = (checkpoint.get("loops") or {}).get("fit_loop")
     if not isinstance(loop, dict):
@@ -114,11 +119,18 @@ def finish_epoch_of_an_epoch_end_checkpoint(checkpoint: dict[str, Any]) -> None:
     batches = loop.get("epoch_loop.batch_progress") or {}
     epochs = loop.get("epoch_progress") or {}
     current = batches.get("current") or {}
-    ended = batches.get("is_last_batch") and current.get("ready", 0) > 0
-    if not (ended and current.get("processed") == current.get("ready")):
-        return
     parts = (epochs.get("total") or {}, epochs.get("current") or {})
     unfinished = all(part.get("completed", 0) < part.get("processed", 0) for part in parts)
+    if not (current.get("ready", 0) > 0 and current.get("processed") == current.get("ready")):
+        return
+    if not batches.get("is_last_batch"):
+        # stopped inside an epoch (max_steps, should_stop) and written after the loop counted
+        # the epoch processed: Lightning resumed in the next epoch and skipped the rest of this
+        # one. Uncounted, the epoch resumes at its next batch, as the uninterrupted run goes on
+        if unfinished:
+            for part in ("total", "current"):
+                epochs[part]["processed"] = epochs[part]["completed"]
+        return
     # written after Lightning counted the epoch done (``on_train_end`` of a run that ended on
     # ``max_epochs``): the finished epoch's batch count is still there, and the next epoch
     # resumed "at its last batch" and trained nothing

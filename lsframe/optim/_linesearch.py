@@ -67,7 +67,14 @@ from lsframe.optim._dtypes import check_eps_representable, check_real_parameters
 from lsframe.optim._functional import all_finite
 from lsframe.optim._precision import full_precision, reduced_autocast
 from lsframe.optim.closure import check_closure, check_loss
-from lsframe.optim.rules import ActiveGroup, SearchResult, Verdict, backtrack, loss_value
+from lsframe.optim.rules import (
+    ActiveGroup,
+    NonFiniteSlope,
+    SearchResult,
+    Verdict,
+    backtrack,
+    loss_value,
+)
 from lsframe.validation import check_int_at_least, check_non_negative, check_positive
 
 Closure = Callable[..., Tensor]
@@ -410,9 +417,14 @@ class LineSearchOptimizer(Optimizer):
                 value = record["reference_loss"] = loss_value(trials())  # x, as the trials see it
             if value is None or math.isfinite(value):
                 self._decay_applied = False  # a rule's one-pass kernel may apply it
-                self._line_search_step(value, trials, groups)
-                if not self._decay_applied:
-                    self._apply_weight_decay(groups)
+                try:
+                    self._line_search_step(value, trials, groups)
+                except NonFiniteSlope:  # nothing moved; a rule's moments may hold this step
+                    state["rejected_steps"] += 1
+                    record["rejected"] = True
+                else:
+                    if not self._decay_applied:
+                        self._apply_weight_decay(groups)
             else:
                 state["rejected_steps"] += 1
                 record["rejected"] = True

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +84,16 @@ class Direction:
         dtype = torch.float64 if any(s.dtype == torch.float64 for s in sums) else torch.float32
         device = sums[0].device
         values = torch.stack([s.to(device=device, dtype=dtype) for s in sums]).tolist()
-        return sum(groups[i].multiplier * self.scale * value for i, value in zip(indices, values))
+        slope = sum(groups[i].multiplier * self.scale * value for i, value in zip(indices, values))
+        if not math.isfinite(slope):
+            raise NonFiniteSlope(slope)
+        return slope
+
+
+class NonFiniteSlope(ArithmeticError):
+    """``⟨g, d⟩`` is infinite or NaN although the gradients are finite (an infinite entry of the
+    direction): raised before any average of the rule moves or any trial is taken, so the
+    optimizer rejects the step with the parameters at ``x``."""
 
 
 def finite_difference_slope(

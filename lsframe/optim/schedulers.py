@@ -87,14 +87,15 @@ class WarmupCosineLR(LambdaLR):
         length = self.total_steps
         saved = state_dict.get("total_steps")
         self.__dict__.update(state_dict)
-        if length is not None:
-            self.total_steps = length
-            if saved is not None and saved != length:
-                before = self._multiplier_over(saved, self.last_epoch)
-                warnings.warn(
-                    f"WarmupCosineLR: the loaded schedule ran over {saved} steps and this run "
-                    f"takes {length}: it continues from step {self.last_epoch} over {length} "
-                    f"(multiplier {before:.3g} -> {self.multiplier(self.last_epoch):.3g})",
-                    stacklevel=2,
-                )
-        self._apply_multiplier()
+        if length is None or length == saved:
+            return  # the saved learning rates stand, as torch's schedulers leave them
+        self.total_steps = length
+        if saved is not None and self.last_epoch >= 0:
+            before = self._multiplier_over(saved, self.last_epoch)
+            warnings.warn(
+                f"WarmupCosineLR: the loaded schedule ran over {saved} steps and this run "
+                f"takes {length}: it continues from step {self.last_epoch} over {length} "
+                f"(multiplier {before:.3g} -> {self.multiplier(self.last_epoch):.3g})",
+                stacklevel=2,
+            )
+            self._apply_multiplier()
