@@ -61,7 +61,12 @@ from lsframe.search_study import (
     quiet_about_interrupts,
     stop_on_signal,
 )
-from lsframe.sequence_checks import check_metric, check_output_dir, check_stages
+from lsframe.sequence_checks import (
+    check_metric,
+    check_output_dir,
+    check_stages,
+    higher_is_better,
+)
 from lsframe.sequential import SequenceRunner, Stage
 from lsframe.validation import check_int_at_least, check_interval, check_positive
 
@@ -161,7 +166,8 @@ class DistributionSearch:
         self.output_dir = Path(self.options.output_dir)
 
     def _study(self) -> Any:
-        return open_study(self.options, len(self.pairs), self.defining)
+        metric = self.runner_kwargs.get("metric", "acc")
+        return open_study(self.options, len(self.pairs), self.defining, higher_is_better(metric))
 
     def distribution(self, lrs: dict[str, float]) -> dict[str, float]:
         """Multipliers for every part from the sampled learning rate of each chunk."""
@@ -310,6 +316,12 @@ def main(argv: list[str]) -> dict[str, float]:
     parser.add_dataclass_arguments(SearchOptions, "search")
     config = parse_or_raise(parser, fresh_class_arguments(argv))
     options = SearchOptions(**vars(config.search))
+    if (config.model.get("init_args") or {}).get("lr_distribution") is not None:
+        raise ConfigError(  # each trial's own sample replaced it without a word
+            "the search samples each trial's distribution (search.lr_low, search.lr_high); "
+            "remove lr_distribution, or fine-tune with it in lsframe fit or sequential",
+            where="model.init_args.lr_distribution",
+        )
     logger_specs(config.trainer.get("logger"))  # a recipe each stage builds (lsframe.loggers)
     if config.trainer.get("callbacks"):
         raise ConfigError(

@@ -137,12 +137,15 @@ def _storage(optuna: Any, location: str) -> Any:
         ) from error
 
 
-def open_study(options: Any, pairs: int, defining: dict[str, Any] | None) -> Any:
+def open_study(
+    options: Any, pairs: int, defining: dict[str, Any] | None, maximize: bool = True
+) -> Any:
     """The study ``options`` (:class:`lsframe.search.SearchOptions`) name, created or loaded:
     a journal file in ``output_dir`` unless ``storage`` is given, a trial-seeded TPE or GP
     sampler, a Hyperband pruner over the ``pairs`` or none. ``defining`` (the search's config,
     :mod:`lsframe.run_config`) is recorded in a study without trials; a study recorded with
-    another is refused (its trials would count under the new settings); None: not checked."""
+    another is refused (its trials would count under the new settings); None: not checked.
+    ``maximize``: whether a larger objective is better (False for a metric such as the loss)."""
     import optuna
 
     output_dir = Path(options.output_dir)
@@ -163,7 +166,7 @@ def open_study(options: Any, pairs: int, defining: dict[str, Any] | None) -> Any
         storage=storage,
         sampler=trial_seeded(optuna, make, options.seed),
         pruner=pruner,
-        direction="maximize",
+        direction="maximize" if maximize else "minimize",
         load_if_exists=True,
     )
     if defining is None:

@@ -37,6 +37,15 @@ def check_stages(stages: Any, key: str, length: int | None = None) -> None:
                 raise error.at(f"{key}[{i}]") from None
 
 
+#: Validation metrics where lower is better (the others, accuracy, F1, MCC, ..., higher).
+LOWER_IS_BETTER = ("loss", "ppl")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger ``val/<metric>`` is better: not for :data:`LOWER_IS_BETTER`."""
+    return metric not in LOWER_IS_BETTER
+
+
 def check_metric(metric: str, data: list[tuple[str, Any]], model_metrics: Any = None) -> None:
     """``metric`` is one the validation logs (``val/<metric>``) for each stage: ``loss``, or
     one of the module's ``metrics`` where the config sets them, else of the stage DataModule's

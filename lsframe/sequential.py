@@ -64,7 +64,12 @@ from lsframe.modules import ClosureModule
 from lsframe.modules.export import is_lora
 from lsframe.modules.random_state import random_states, set_random_states
 from lsframe.preemption import Preemption, catch_signals
-from lsframe.sequence_checks import check_metric, check_output_dir, check_stages
+from lsframe.sequence_checks import (
+    check_metric,
+    check_output_dir,
+    check_stages,
+    higher_is_better,
+)
 from lsframe.sequence_state import (
     STAGE_CHECKPOINT,
     check_same_sequence,
@@ -98,14 +103,20 @@ class SequenceResult:
 
     def summaries(self) -> dict[str, float]:
         """Average final accuracy, backward transfer and forgetting (Lopez-Paz & Ranzato 2017;
-        Chaudhry et al. 2018)."""
+        Chaudhry et al. 2018). For a metric where lower is better (``loss``), backward transfer
+        is the average fall of the metric and forgetting its average rise from its best: positive
+        forgetting and negative transfer still mean a task got worse."""
         last, T = self.matrix[-1], len(self.tasks)
+        sign = 1.0 if higher_is_better(self.metric) else -1.0
         out = {"average_final": sum(last) / T}
         if T > 1:
             earlier = range(T - 1)
-            out["backward_transfer"] = sum(last[j] - self.matrix[j][j] for j in earlier) / (T - 1)
+            out["backward_transfer"] = (
+                sign * sum(last[j] - self.matrix[j][j] for j in earlier) / (T - 1)
+            )
             out["forgetting"] = sum(
-                max(self.matrix[i][j] for i in range(j, T - 1)) - last[j] for j in earlier
+                max(sign * self.matrix[i][j] for i in range(j, T - 1)) - sign * last[j]
+                for j in earlier
             ) / (T - 1)
         return out
 

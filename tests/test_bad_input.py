@@ -356,6 +356,11 @@ CASES: dict[str, tuple[Args, int, str]] = {
         config_case("search", search(metric="f1"), glue), 2,
         "metric 'f1' is not one pairs[0][0].init_args.data logs (val/f1); it logs acc, loss "
         "(metric)"),
+    "search: an lr_distribution of the model": (  # each trial's sample replaced it, silently
+        config_case("search", search(model__init_args__lr_distribution="flat"), glue), 2,
+        "the search samples each trial's distribution (search.lr_low, search.lr_high); remove "
+        "lr_distribution, or fine-tune with it in lsframe fit or sequential "
+        "(model.init_args.lr_distribution)"),
     "search: groups": (config_case("search", search(search__groups=99), glue), 2,
                        "search.groups must be in [1, 10], got 99 (search.groups)"),
     "search: lr bounds": (

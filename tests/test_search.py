@@ -14,6 +14,7 @@ from test_sequential import TRAINER, Task, TinyClassifier
 from lsframe.errors import ConfigError
 from lsframe.lr_distribution import combine_distributions
 from lsframe.search import DistributionSearch, SearchOptions, part_groups_by_depth
+from lsframe.sequence_checks import higher_is_better
 from lsframe.sequential import Stage
 
 pytest.importorskip("optuna")
@@ -285,3 +286,26 @@ def test_a_storage_that_does_not_open_is_refused_at_its_key(storage, message, tm
         check_storage(storage)
         open_study(options, pairs=1, defining=None)
     assert error.value.where == "search.storage"
+
+
+def test_a_search_on_the_loss_minimizes_it(tmp_path):
+    # metric: loss was maximized: the trial with the higher validation loss was the best
+    from lsframe.search_study import open_study
+
+    for metric, direction in (("acc", "MAXIMIZE"), ("loss", "MINIMIZE")):
+        options = SearchOptions(output_dir=str(tmp_path / metric))
+        study = open_study(options, pairs=1, defining=None, maximize=higher_is_better(metric))
+        assert study.direction.name == direction
+
+
+def test_sequence_summaries_of_a_loss_say_a_task_got_worse_as_forgetting():
+    from lsframe.sequential import SequenceResult
+
+    # SST-2's loss rose from 0.6934 to 0.7017 after MRPC: forgetting +0.0083, transfer -0.0083
+    result = SequenceResult(["sst2", "mrpc"], [[0.6934, None], [0.7017, 0.6]], "loss")
+    summaries = result.summaries()
+    assert summaries["forgetting"] == pytest.approx(0.0083)
+    assert summaries["backward_transfer"] == pytest.approx(-0.0083)
+    accuracy = SequenceResult(["sst2", "mrpc"], [[0.9, None], [0.8, 0.7]], "acc").summaries()
+    assert accuracy["forgetting"] == pytest.approx(0.1)
+    assert accuracy["backward_transfer"] == pytest.approx(-0.1)
