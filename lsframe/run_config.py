@@ -158,7 +158,8 @@ def first_difference(
 ) -> tuple[str, Any, Any] | None:
     """``(key, old value, new value)`` of the first place where ``old`` and ``new`` differ
     (``stages[1].data.init_args.task_name``), or None where they are equal. A path of ``old``
-    with a fingerprint in ``paths`` equals a ``new`` path whose fingerprint is the same."""
+    with a fingerprint in ``paths`` equals a ``new`` path whose fingerprint is the same; the
+    same path to a file whose fingerprint changed differs."""
     paths = paths or {}
     if isinstance(old, dict) and isinstance(new, dict):
         for name in sorted(set(old) | set(new)):
@@ -173,7 +174,19 @@ def first_difference(
             if found is not None:
                 return found
         return None
-    return None if old == new or _moved(old, new, paths) else (key, old, new)
+    if old == new:
+        return (key, old, new) if _edited(old, paths) else None
+    return None if _moved(old, new, paths) else (key, old, new)
+
+
+def _edited(value: Any, paths: dict[str, str]) -> bool:
+    """Whether the recorded file ``value`` names holds other bytes now (an edited distribution
+    or text file at the same path). A folder's content may change without changing the run (a
+    data folder that gains a task), so folders are compared only when they moved."""
+    recorded = paths.get(value) if isinstance(value, str) else None
+    if recorded is None or not recorded.startswith("file:"):
+        return False
+    return fingerprint(Path(value)) != recorded
 
 
 def _shown(value: Any) -> str:

@@ -18,6 +18,7 @@ from lsframe.run_config import defining_config
 
 STATE_FILE = "sequence_state.pt"
 CONFIG_FILE = "sequence_config.json"
+RUNNER_FILE = "runner_config.json"  # what a runner built in Python records (no config)
 _STATE = "the sequence_state.pt that lsframe sequential writes (matrix and heads)"
 STAGE_CHECKPOINT = (
     "a stage checkpoint that lsframe sequential writes (state_dict and callbacks; one written "
@@ -73,6 +74,58 @@ def check_same_sequence(config: Any, write: bool = False) -> None:
     remedy = "rerun it with that config to resume, or choose another output_dir"
     what = f"the sequence in {output_dir}"
     run_config.check_recorded(output_dir / CONFIG_FILE, current, what, remedy, "output_dir")
+
+
+def runner_record(
+    module: Any, stages: list[Any], trainer: dict[str, Any], callbacks: list[Any], **settings: Any
+) -> dict[str, Any]:
+    """What a :class:`~lsframe.sequential.SequenceRunner` built in Python computes, as plain
+    JSON: the module's and each stage DataModule's saved hyperparameters, the stages' names and
+    lengths, the trainer settings that are not operational
+    (:data:`~lsframe.run_config.OPERATIONAL_TRAINER_KEYS`), each callback's class and public
+    plain attributes, and ``settings`` (heads, head_attr, metric)."""
+
+    def plain_attributes(obj: Any) -> dict[str, Any]:
+        return {
+            k: v
+            for k, v in vars(obj).items()
+            if not k.startswith("_") and isinstance(v, (bool, int, float, str, list, tuple))
+        }
+
+    def named(value: Any) -> str:
+        return run_config._named(value)
+
+    record = {
+        "module": [named(type(module)), dict(getattr(module, "hparams", {}) or {})],
+        "stages": [
+            [s.name, s.max_epochs, s.max_steps, named(type(s.data)), dict(s.data.hparams)]
+            for s in stages
+        ],
+        "trainer": {
+            k: v for k, v in trainer.items() if k not in run_config.OPERATIONAL_TRAINER_KEYS
+        },
+        "callbacks": [[named(type(c)), plain_attributes(c)] for c in callbacks],
+        **settings,
+    }
+    return json.loads(json.dumps(record, sort_keys=True, default=named))
+
+
+def check_same_runner(output_dir: Path, current: dict[str, Any], write: bool) -> None:
+    """Refuse to resume the progress in ``output_dir`` under another runner than the one
+    ``runner_config.json`` records (a sequence run from Python: a notebook rerun with another
+    λ or data size printed the first run's matrix as its own); with ``write``, record
+    ``current`` where there is no progress yet. The command line's
+    :func:`check_same_sequence` checks the whole config before this."""
+    if not _has_progress(output_dir):
+        if write:
+            run_config.record(output_dir / RUNNER_FILE, current)
+        return
+    remedy = (
+        "rerun it with the same module, stages, trainer settings and callbacks to resume, or "
+        "choose another output_dir"
+    )
+    what = f"the sequence in {output_dir}"
+    run_config.check_recorded(output_dir / RUNNER_FILE, current, what, remedy, "output_dir")
 
 
 def is_stage_checkpoint(path: str | Path) -> bool:

@@ -72,8 +72,10 @@ from lsframe.sequence_checks import (
 )
 from lsframe.sequence_state import (
     STAGE_CHECKPOINT,
+    check_same_runner,
     check_same_sequence,
     read_sequence_state,
+    runner_record,
 )
 from lsframe.validation import check_choice
 
@@ -303,6 +305,17 @@ class SequenceRunner:
 
     def run(self) -> SequenceResult:
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        current = runner_record(
+            self.module,
+            self.stages,
+            self.trainer_kwargs,
+            self.callbacks,
+            heads=self.heads_mode,
+            head_attr=self.head_attr,
+            metric=self.metric,
+        )
+        check_same_runner(self.output_dir, current, write=False)
+        self._on_rank_zero(partial(check_same_runner, self.output_dir, current, True))
         tasks = [s.name for s in self.stages]
         matrix = self._resume()
         for i in range(len(matrix), len(self.stages)):

@@ -132,3 +132,25 @@ def test_a_folder_too_large_to_list_quickly_gets_no_fingerprint(tmp_path, monkey
     monkeypatch.setattr(run_config, "_MAX_FILES", 1)
     assert fingerprint(folder) is None
     assert with_fingerprints({"data": str(folder)})[PATHS_KEY] == {}  # compared as a string
+
+
+def test_a_file_edited_at_the_same_path_is_another_config_and_a_folder_that_grew_is_not(
+    tmp_path,
+):
+    # the lr_distribution file changed from head: 3 to head: 10 between a kill and the rerun:
+    # stage 1 trained under the new value, after stage 0 under the old
+    distribution = tmp_path / "dist.yaml"
+    distribution.write_text("head: 3\n")
+    data = tmp_path / "glue"
+    (data / "RTE").mkdir(parents=True)
+    (data / "RTE" / "train.tsv").write_text("a\t1\n")
+    current = {"model": {"lr_distribution": str(distribution)}, "data_dir": str(data)}
+    saved = with_fingerprints(current)
+    (data / "QNLI").mkdir()  # another task's folder: the run reads RTE alone
+    (data / "QNLI" / "dev.tsv").write_text("b\t0\n")
+    refuse_another_config(dict(saved), current, "the run", "remedy", "output_dir")
+    distribution.write_text("head: 10\n")
+    with pytest.raises(
+        ConfigError, match=r"model\.lr_distribution was .*dist\.yaml.*\(other content\)"
+    ):
+        refuse_another_config(dict(saved), current, "the run", "remedy", "output_dir")

@@ -297,3 +297,17 @@ def test_sequential_under_two_process_cpu_ddp_writes_each_file_once(minilm, shar
     assert saved["tasks"] == ["sst2", "mrpc"] and all(0.0 <= v <= 1.0 for v in saved["matrix"][1])
     assert sorted(p.name for p in out.glob("stage_*.ckpt")) == ["stage_0.ckpt", "stage_1.ckpt"]
     assert not list(out.glob(".*.tmp-*"))
+
+
+def test_a_sequence_run_from_python_refuses_to_resume_under_other_settings(tmp_path):
+    # a notebook rerun with another λ in the same folder resumed the first run's progress and
+    # printed its matrix as the new run's result
+    with pytest.raises(RuntimeError, match="interrupted"):
+        runner(tmp_path, broken=True, callbacks=[EWC(ewc_lambda=10.0)]).run()
+    assert (tmp_path / "runner_config.json").is_file()
+    with pytest.raises(ConfigError, match=r"callbacks\[0\]\[1\]\.ewc_lambda was 10\.0, now 100\.0"):
+        runner(tmp_path, callbacks=[EWC(ewc_lambda=100.0)]).run()
+    with pytest.raises(ConfigError, match=r"metric was \"acc\", now \"loss\""):
+        runner(tmp_path, callbacks=[EWC(ewc_lambda=10.0)], metric="loss").run()
+    result = runner(tmp_path, callbacks=[EWC(ewc_lambda=10.0)]).run()  # the same: resumes
+    assert None not in result.matrix[1]
