@@ -168,7 +168,14 @@ def first_difference(
             if found is not None:
                 return found
         return None
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+    if isinstance(old, list) and isinstance(new, list):
+        if len(old) != len(new):  # another number of items: the first one only one list has
+            i = min(len(old), len(new))
+            return (
+                f"{key}[{i}]",
+                old[i] if i < len(old) else None,
+                new[i] if i < len(new) else None,
+            )
         for i, (a, b) in enumerate(zip(old, new)):
             found = first_difference(a, b, f"{key}[{i}]", paths)
             if found is not None:

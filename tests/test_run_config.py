@@ -47,7 +47,7 @@ def test_the_first_difference_names_its_full_key_with_list_indexes():
     new["stages"][1]["max_steps"] = 7
     assert first_difference(old, new) == ("stages[1].max_steps", 5, 7)
     new["stages"].append({"name": "rte"})
-    assert first_difference(old, new)[0] == "stages"  # another number of stages
+    assert first_difference(old, new)[0] == "stages[2]"  # another number of stages
 
 
 def test_another_config_is_refused_at_the_given_key():
@@ -154,3 +154,13 @@ def test_a_file_edited_at_the_same_path_is_another_config_and_a_folder_that_grew
         ConfigError, match=r"model\.lr_distribution was .*dist\.yaml.*\(other content\)"
     ):
         refuse_another_config(dict(saved), current, "the run", "remedy", "output_dir")
+
+
+def test_a_list_that_grew_names_its_first_new_item():
+    # a sequence extended by a stage showed the two lists, identical once cut to 60 characters
+    old = {"stages": [{"name": "sst2"}, {"name": "mrpc"}]}
+    new = {"stages": [{"name": "sst2"}, {"name": "mrpc"}, {"name": "rte"}]}
+    assert first_difference(old, new) == ("stages[2]", None, {"name": "rte"})
+    assert first_difference(new, old) == ("stages[2]", {"name": "rte"}, None)
+    with pytest.raises(ConfigError, match=r'stages\[2\] was unset, now \{"name": "rte"\}'):
+        refuse_another_config(old, new, "the run", "remedy", "output_dir")
