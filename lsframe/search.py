@@ -230,7 +230,12 @@ class DistributionSearch:
         study = self._study()
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         done = len(study.get_trials(deepcopy=False, states=finished))
-        if done < self.options.n_trials:
+        if done >= self.options.n_trials:
+            print(
+                f"lsframe search: the study has its {done} trials (search.n_trials: "
+                f"{self.options.n_trials}); raise n_trials to run more"
+            )
+        else:
             stop = optuna.study.MaxTrialsCallback(self.options.n_trials, states=finished)
             with catch_signals("lsframe search"), quiet_about_interrupts():
                 study.optimize(self.objective, callbacks=[stop, stop_on_signal, self._written])
@@ -239,7 +244,12 @@ class DistributionSearch:
                     hint = "finished trials are kept; run the same command to go on"
                     stop_if_received("lsframe search", "between trials", hint)
         self._write(study)
-        return study.best_trial.user_attrs["distribution"]
+        best = study.best_trial
+        print(
+            f"lsframe search: best trial {best.number} (objective {best.value:.4f}): "
+            f"{self.output_dir / 'best_distribution.yaml'}"
+        )
+        return best.user_attrs["distribution"]
 
     def _written(self, study: Any, trial: Any) -> None:
         """Optuna's callback after every trial that ends (not one a signal stops): the outputs

@@ -300,7 +300,11 @@ class SequenceRunner:
                 callback.load_state_dict(saved)
         if "random" in state:  # a state from before lsframe saved it starts from the seed
             set_random_states(state["random"], self._device())
-        print(f"lsframe sequential: resuming after stage {done - 1} ({self.stages[done - 1].name})")
+        if done == len(self.stages):
+            print(f"lsframe sequential: the sequence in {self.output_dir} has finished its stages")
+        else:
+            last = self.stages[done - 1].name
+            print(f"lsframe sequential: resuming after stage {done - 1} ({last})")
         return state["matrix"]
 
     def run(self) -> SequenceResult:

@@ -39,10 +39,15 @@ def search(tmp_path, n_trials, calls=None, logger=False, defining=None, **option
     return study
 
 
-def test_a_three_trial_search_completes_resumes_and_writes_the_best_distribution(tmp_path):
+def test_a_three_trial_search_completes_resumes_and_writes_the_best_distribution(tmp_path, capsys):
     calls = []
     best = search(tmp_path, 3, calls, lr_low=1e-4, lr_high=0.1).run()
     assert calls == [0, 1, 2]
+    values = [t["value"] for t in json.loads((tmp_path / "trials.json").read_text())]
+    written_at = tmp_path / "best_distribution.yaml"
+    assert f"(objective {max(values):.4f}): {written_at}" in capsys.readouterr().out
+    search(tmp_path, 3, [], lr_low=1e-4, lr_high=0.1).run()  # finished: says so, runs nothing
+    assert "the study has its 3 trials (search.n_trials: 3)" in capsys.readouterr().out
     assert sorted(best) == ["head", "layers_0"]  # Net's two parts: body, classifier
     trials = json.loads((tmp_path / "trials.json").read_text())
     values = [t["value"] for t in trials]

@@ -311,3 +311,14 @@ def test_a_sequence_run_from_python_refuses_to_resume_under_other_settings(tmp_p
         runner(tmp_path, callbacks=[EWC(ewc_lambda=10.0)], metric="loss").run()
     result = runner(tmp_path, callbacks=[EWC(ewc_lambda=10.0)]).run()  # the same: resumes
     assert None not in result.matrix[1]
+    again = runner(tmp_path, callbacks=[EWC(ewc_lambda=10.0)]).run()  # finished: nothing to run
+    assert again.matrix == result.matrix
+
+
+def test_a_finished_sequence_run_again_says_it_has_finished(tmp_path, capsys):
+    runner(tmp_path).run()
+    capsys.readouterr()
+    runner(tmp_path).run()
+    out = capsys.readouterr().out
+    assert f"the sequence in {tmp_path} has finished its stages" in out
+    assert "resuming after" not in out
