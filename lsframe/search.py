@@ -55,9 +55,12 @@ from lsframe.preemption import Preempted, catch_signals, stop_if_received
 from lsframe.run_config import defining_config
 from lsframe.search_plots import plot_param_importances, plot_search
 from lsframe.search_study import (
+    PROCESS_ATTR,
     RUN_SETTINGS,
     check_storage,
+    fail_dead_trials,
     open_study,
+    process_name,
     quiet_about_interrupts,
     stop_on_signal,
 )
@@ -188,6 +191,7 @@ class DistributionSearch:
         }
         distribution = self.distribution(lrs)
         trial.set_user_attr("distribution", distribution)
+        trial.set_user_attr(PROCESS_ATTR, process_name())
         scores = []
         for k, pair in enumerate(self.pairs):
             out = self.output_dir / f"trial_{trial.number}" / f"pair_{k}"
@@ -228,6 +232,11 @@ class DistributionSearch:
         import optuna
 
         study = self._study()
+        for number in fail_dead_trials(study, self.output_dir):
+            print(
+                f"lsframe search: trial {number} was left running by a process that ended; "
+                "it is marked FAIL and its folder removed"
+            )
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         done = len(study.get_trials(deepcopy=False, states=finished))
         if done >= self.options.n_trials:

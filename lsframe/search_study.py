@@ -184,3 +184,48 @@ def open_study(
         where="search.study_name",
     )
     return study
+
+
+PROCESS_ATTR = "lsframe_process"  # host:pid of the process that runs a trial
+
+
+def process_name() -> str:
+    """``host:pid`` of this process, recorded on each trial it runs."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def fail_dead_trials(study: Any, output_dir: Path) -> list[int]:
+    """Mark FAIL the trials left RUNNING by a process of this host that no longer exists (a
+    ``kill -9``, an out-of-memory kill, a lost node's job restarted here), and delete their
+    folders (a stage checkpoint among them); the numbers of those trials. Trials of live
+    processes (a search run by several processes at once) and of other hosts are left alone."""
+    import shutil
+
+    import optuna
+
+    host = process_name().rsplit(":", 1)[0]
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        owner = str(trial.user_attrs.get(PROCESS_ATTR, ""))
+        name, _, pid = owner.rpartition(":")
+        if name != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        shutil.rmtree(output_dir / f"trial_{trial.number}", ignore_errors=True)
+        failed.append(trial.number)
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True

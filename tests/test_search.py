@@ -314,3 +314,34 @@ def test_sequence_summaries_of_a_loss_say_a_task_got_worse_as_forgetting():
     accuracy = SequenceResult(["sst2", "mrpc"], [[0.9, None], [0.8, 0.7]], "acc").summaries()
     assert accuracy["forgetting"] == pytest.approx(0.1)
     assert accuracy["backward_transfer"] == pytest.approx(-0.1)
+
+
+def test_a_trial_left_running_by_a_killed_process_is_failed_and_its_folder_removed(tmp_path):
+    # kill -9 left the trial RUNNING in trials.json for good, and its stage checkpoint on disk
+    import subprocess
+    import sys
+
+    import optuna
+
+    from lsframe.search_study import PROCESS_ATTR, fail_dead_trials, open_study, process_name
+
+    study = open_study(SearchOptions(output_dir=str(tmp_path)), pairs=1, defining=None)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    host = process_name().rsplit(":", 1)[0]
+    killed, live = study.ask(), study.ask()
+    killed.set_user_attr(PROCESS_ATTR, f"{host}:{dead}")
+    live.set_user_attr(PROCESS_ATTR, process_name())  # another search process, still running
+    (tmp_path / f"trial_{killed.number}" / "pair_0").mkdir(parents=True)
+    (tmp_path / f"trial_{killed.number}" / "pair_0" / "stage_0.ckpt").write_bytes(b"x")
+    assert fail_dead_trials(study, tmp_path) == [killed.number]
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states == {
+        killed.number: optuna.trial.TrialState.FAIL,
+        live.number: optuna.trial.TrialState.RUNNING,
+    }
+    assert not (tmp_path / f"trial_{killed.number}").exists()
