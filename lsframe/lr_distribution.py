@@ -303,6 +303,12 @@ def combine_main(argv: list[str]) -> dict[str, float]:
     args = parser.parse_args(argv)
     if args.out and (Path(args.out).is_dir() or args.out.endswith(("/", os.sep))):
         raise ConfigError(f"{args.out} is a folder; name the YAML file to write", where="--out")
+    inputs = {Path(d).resolve() for d in args.distributions if Path(d).is_file()}
+    if args.out and Path(args.out).resolve() in inputs:
+        raise ConfigError(
+            f"{args.out} is one of the distributions to combine; write the result elsewhere",
+            where="--out",
+        )
     loaded = [
         load_distribution(d, name=f"argument {i} of lsframe combine")
         for i, d in enumerate(args.distributions, start=1)

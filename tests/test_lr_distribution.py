@@ -185,6 +185,7 @@ def test_combine_refuses_what_it_would_combine_wrongly_and_keeps_a_frozen_part_f
         ([a, file("dup.json", '{"head": 2, "head": 3, "embeddings": 1}')], "duplicate key 'head'"),
         ([a, file("ones.yaml", "1: 2\n'1': 3\nhead: 1\n")], "part '1' is named twice"),
         ([a, a, "--out", str(tmp_path / "new") + "/"], "is a folder; name the YAML file"),
+        ([a, a, "--out", a], "is one of the distributions to combine; write the result"),
     )
     for argv, message in cases:
         with pytest.raises(SystemExit):
