@@ -427,3 +427,18 @@ def test_lsframe_optim_does_not_import_lightning():
     code = "import sys, lsframe.optim; print(any(m.split('.')[0] in ('lightning', 'pytorch_lightning') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_tracker_s_closure_may_return_nothing_as_torch_s_closures_may():
+    # the check of a closure's loss must not refuse a closure that back-propagates and returns
+    # None, which torch's optimizers (and SlopeTrackingAdam, which runs no trial) accept
+    model = Logistic()
+    opt = SlopeTrackingAdam(model.parameters())
+    before = snapshot(model)
+
+    def closure() -> None:
+        opt.zero_grad()
+        model.loss().backward()
+
+    assert opt.step(closure) is None
+    assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), before))

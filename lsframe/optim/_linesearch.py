@@ -397,7 +397,7 @@ class LineSearchOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-            if not isinstance(loss, (int, float)):  # before any counter moves
+            if loss is not None and not isinstance(loss, (int, float)):  # before any counter
                 check_loss(loss, f"{type(self).__name__}.step's closure", backward=False)
         state["step"] += 1
         value = None if loss is None else loss_value(loss)
