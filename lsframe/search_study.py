@@ -169,6 +169,15 @@ def open_study(
         direction="maximize" if maximize else "minimize",
         load_if_exists=True,
     )
+    wanted = "MAXIMIZE" if maximize else "MINIMIZE"
+    if study.direction.name != wanted:  # Optuna loads a study with its stored direction
+        raise ConfigError(
+            f"the study {options.study_name!r} in {location} was created to "
+            f"{study.direction.name.lower()} its objective (before lsframe minimised a loss "
+            f"metric) and this search would {wanted.lower()} it: choose another "
+            "search.study_name or search.output_dir",
+            where="search.study_name",
+        )
     if defining is None:
         return study
     saved = study.user_attrs.get(STUDY_CONFIG)

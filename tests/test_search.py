@@ -301,6 +301,10 @@ def test_a_search_on_the_loss_minimizes_it(tmp_path):
         options = SearchOptions(output_dir=str(tmp_path / metric))
         study = open_study(options, pairs=1, defining=None, maximize=higher_is_better(metric))
         assert study.direction.name == direction
+    # a loss study created before (maximized) is not continued the other way without a word
+    old = SearchOptions(output_dir=str(tmp_path / "acc"))
+    with pytest.raises(ConfigError, match="created to maximize its objective .* minimize it"):
+        open_study(old, pairs=1, defining=None, maximize=False)
 
 
 def test_sequence_summaries_of_a_loss_say_a_task_got_worse_as_forgetting():
