@@ -46,6 +46,17 @@ def _unique_key_mapping(loader: Any, node: Any, deep: bool = False) -> dict:
     return loader.construct_mapping(node, deep=deep)
 
 
+def unique_json_keys(pairs: list[tuple[Any, Any]]) -> dict:
+    """``json.loads``'s ``object_pairs_hook`` that raises :class:`DuplicateKeyError` on a key
+    named twice (JSON keeps the last, silently; JSON gives no line)."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise DuplicateKeyError(f"duplicate key {key!r}: JSON would keep only the second", 0)
+        seen.add(key)
+    return dict(pairs)
+
+
 def unique_key_loader() -> type:
     """A ``yaml.SafeLoader`` that raises :class:`DuplicateKeyError` on a key named twice."""
     import yaml

@@ -128,7 +128,7 @@ def _multiplier(where: str, file: str | None, part: str, value: Any) -> float:
 
 
 def _read_mapping(path: Path) -> Any:
-    from lsframe.config_files import unique_key_loader, yaml_problem
+    from lsframe.config_files import unique_json_keys, unique_key_loader, yaml_problem
 
     try:
         text = path.read_text(encoding="utf-8")
@@ -138,7 +138,7 @@ def _read_mapping(path: Path) -> Any:
         ) from None
     try:
         if path.suffix == ".json":
-            return json.loads(text, object_pairs_hook=_unique_json_keys)
+            return json.loads(text, object_pairs_hook=unique_json_keys)
         import yaml
 
         return yaml.load(text, Loader=unique_key_loader())  # noqa: S506 - a SafeLoader
@@ -150,14 +150,6 @@ def _read_mapping(path: Path) -> Any:
         raise ConfigError(error.message, where=where) from None
     except Exception as error:  # yaml.YAMLError: its mark says line and column
         raise ConfigError(*yaml_problem(error, path)) from None
-
-
-def _unique_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    twice = next((key for key in keys if keys.count(key) > 1), None)
-    if twice is not None:
-        raise DuplicateKeyError(f"duplicate key {twice!r}: JSON would keep only the second", 0)
-    return dict(pairs)
 
 
 def base_lr_of(path: str | Path) -> float | None:

@@ -222,7 +222,7 @@ def fail_dead_trials(study: Any, output_dir: Path) -> list[int]:
         name, _, pid = owner.rpartition(":")
         if name != host or not pid.isdigit() or _alive(int(pid)):
             continue
-        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         shutil.rmtree(output_dir / f"trial_{trial.number}", ignore_errors=True)
         failed.append(trial.number)
     return failed

@@ -92,9 +92,7 @@ def runner_record(
             if not k.startswith("_") and isinstance(v, (bool, int, float, str, list, tuple))
         }
 
-    def named(value: Any) -> str:
-        return run_config._named(value)
-
+    named = run_config._named
     record = {
         "module": [named(type(module)), dict(getattr(module, "hparams", {}) or {})],
         "stages": [

@@ -48,6 +48,7 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import nn
 
 import lsframe.data  # noqa: F401 - registers the DataModules for class_path lookup
@@ -318,8 +319,8 @@ class SequenceRunner:
             head_attr=self.head_attr,
             metric=self.metric,
         )
-        check_same_runner(self.output_dir, current, write=False)
-        self._on_rank_zero(partial(check_same_runner, self.output_dir, current, True))
+        # every rank checks; rank 0 alone writes a new record (no other rank reads it)
+        check_same_runner(self.output_dir, current, write=rank_zero_only.rank == 0)
         tasks = [s.name for s in self.stages]
         matrix = self._resume()
         for i in range(len(matrix), len(self.stages)):
@@ -354,7 +355,6 @@ class SequenceRunner:
         runs the sequence, and two ranks writing one file removed each other's temporary
         file."""
         import torch.distributed as dist
-        from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
         if rank_zero_only.rank == 0:
             write()

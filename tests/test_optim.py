@@ -4,6 +4,7 @@ test_optim_rules.py; its hyperparameters: test_optim_hyperparameters.py)."""
 from __future__ import annotations
 
 import copy
+import math
 import weakref
 
 import pytest
@@ -442,3 +443,17 @@ def test_a_tracker_s_closure_may_return_nothing_as_torch_s_closures_may():
 
     assert opt.step(closure) is None
     assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+
+
+@pytest.mark.parametrize("name", ["alsals", "adamsls"])  # SaLSA may amortise that step away
+def test_a_non_finite_average_of_the_slopes_is_a_rejected_step_too(name, monkeypatch):
+    from lsframe.optim.rules import SmoothedArmijo
+
+    model = Logistic()
+    opt = make(name, model, smooth=True) if name == "adamsls" else make(name, model)
+    run(model, opt, 3)
+    before = snapshot(model)
+    monkeypatch.setattr(SmoothedArmijo, "update_slope", lambda self, state, key, slope: math.inf)
+    opt.step(make_closure(model, opt))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+    assert opt.last_step["rejected"] and not opt.last_step["failed"]

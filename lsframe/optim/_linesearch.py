@@ -468,14 +468,8 @@ class LineSearchOptimizer(Optimizer):
         """:func:`~lsframe.optim.rules.backtrack` over the groups ``which``, counted and recorded
         in :attr:`last_step` (``slope``: the one the rule tests, for the sufficient-decrease
         ratio; None leaves the ratio None)."""
-        record = self.last_step
-        if slope is not None and not math.isfinite(slope):
-            # finite gradients, a direction with an infinite or NaN entry: no trial point could
-            # be moved back to x, so nothing moves and the step counts as rejected
-            self.search_state["rejected_steps"] += 1
-            if record is not None:
-                record["rejected"] = True
-            return SearchResult(step_size, None, False, 0)
+        if slope is not None and not math.isfinite(slope):  # an average of a rule's slopes
+            raise NonFiniteSlope(slope)  # rejected by step, as one from Direction.slope
         result = backtrack(
             forward, move_to, step_size, verdict, self.shared("max_backtracks", which)
         )
@@ -484,6 +478,7 @@ class LineSearchOptimizer(Optimizer):
         state = self.search_state
         state["searches"] += 1
         state["failed_searches"] += not result.accepted
+        record = self.last_step
         if record is not None:  # a search inside step (always, unless a subclass calls it alone)
             record["searched"], record["failed"] = True, record["failed"] or not result.accepted
             record["accepted"] = not record["failed"]
