@@ -171,6 +171,28 @@ def base_lr_of(path: str | Path) -> float | None:
     return None
 
 
+def base_lr_mismatch(distribution: Any, optimizer: Any) -> str | None:
+    """Why a distribution file does not fit ``optimizer``'s lr (None: it does, or it states no
+    ``base_lr``). A searched file's multipliers are relative to the ``base_lr`` its header
+    states; with another lr every part's rate is that ratio off the searched one. A line
+    search's multipliers scale its searched step, so its lr is not compared."""
+    from lsframe.optim import info_for
+
+    if not isinstance(distribution, (str, os.PathLike)) or not Path(distribution).is_file():
+        return None
+    stated = base_lr_of(distribution)
+    lr = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None
+    if stated is None or lr is None or info_for(optimizer).searches:
+        return None
+    if math.isclose(lr, stated, rel_tol=1e-9):
+        return None
+    return (
+        f"lr_distribution {distribution}: its multipliers were searched at base_lr {stated:g} "
+        f"but the optimizer's lr is {lr:g}, so every part trains at {lr / stated:g}× its "
+        "searched rate; set the optimizer's lr to the base_lr if that is not meant"
+    )
+
+
 def bert_base_equivalent(part: str, num_layers: int) -> str:
     """The BERT-base part whose depth matches ``part`` of a model with ``num_layers`` layers."""
     span = _layer_range(part)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import pytest
@@ -87,6 +88,27 @@ def test_module_applies_the_distribution_and_a_schedule_scales_it(tmp_path):
     groups = module_ls.optimizers().optimizer.param_groups
     ratio = groups[1]["lr_multiplier"] / groups[0]["lr_multiplier"]
     assert ratio == pytest.approx(4.0) and groups[0]["lr_multiplier"] < 0.5  # cosine decays it
+
+
+def test_a_searched_file_used_at_another_lr_than_its_base_lr_warns_with_the_ratio(tmp_path):
+    spec = tmp_path / "best.yaml"
+    spec.write_text(
+        "# best (lsframe search); base_lr 0.05, objective 0.9\nlayers_0: 0.5\nlayers_1: 2.0\n"
+    )
+
+    def fit(optimizer) -> list[str]:
+        module = TinyRegression(
+            optimizer=optimizer, param_grouping="parts", lr_distribution=str(spec)
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer(max_steps=1).fit(module, loader(8, 4))
+        return [str(w.message) for w in caught if "base_lr" in str(w.message)]
+
+    (message,) = fit(partial(torch.optim.SGD, lr=0.1))
+    assert f"lr_distribution {spec}" in message and "base_lr 0.05" in message and "2×" in message
+    assert fit(partial(torch.optim.SGD, lr=0.05)) == []
+    assert fit(SaLSA) == []  # a line search's multipliers scale its searched step
 
 
 def test_bad_distributions_are_clear_errors():

@@ -26,7 +26,7 @@ from lsframe.callbacks.base import (
     call_on_gradients_ready,
     migrate_state_keys,
 )
-from lsframe.lr_distribution import check_distribution, multipliers_for
+from lsframe.lr_distribution import base_lr_mismatch, check_distribution, multipliers_for
 from lsframe.modules import optimizer_setup, policy
 from lsframe.modules.distributed import mean_over_processes, no_backward_sync
 from lsframe.modules.export import export_pretrained
@@ -148,6 +148,8 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
             check_sharding(self.trainer.strategy, optimizer)
         if self.lr_distribution is not None:
             multipliers = multipliers_for(self.model, self.lr_distribution, self.num_parts)
+            if mismatch := base_lr_mismatch(self.lr_distribution, optimizer):
+                rank_zero_warn(mismatch)
             apply_part_multipliers(optimizer, multipliers)
         if self._trainer is not None:  # a start that depends on the run's length
             set_run_length(optimizer, self._known_run_length)
