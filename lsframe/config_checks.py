@@ -101,19 +101,38 @@ def null_refused_as(hint: Any) -> str | None:
     return None
 
 
-def on_probe(cls: type, init_args: dict[str, Any]) -> Any:
-    """Optimizer ``cls`` built with ``init_args`` on one probe parameter, in a param group that
-    names its part (what PLASLS needs): its argument checks run, nothing else is touched."""
+def on_probe(cls: type, init_args: dict[str, Any], dtype: Any = None) -> Any:
+    """Optimizer ``cls`` built with ``init_args`` on one probe parameter of ``dtype`` (default
+    float32), in a param group that names its part (what PLASLS needs): its argument checks
+    run, nothing else is touched."""
     import torch
 
-    probe = [{"params": [torch.zeros(1, requires_grad=True)], "name": "probe", "part": "probe"}]
+    zero = torch.zeros(1, dtype=dtype, requires_grad=True)
+    probe = [{"params": [zero], "name": "probe", "part": "probe"}]
     return cls(probe, **init_args)
 
 
-def check_optimizer(key: str, cls: type, init_args: dict[str, Any], grouping: Any) -> None:
-    """Build optimizer ``cls`` with ``init_args`` on a probe parameter (its argument checks run
-    now); refuse a ``param_grouping`` other than ``parts`` for one whose registry record needs
-    it (PLASLS)."""
+def parameter_dtype(trainer: Any, module_init_args: dict[str, Any]) -> Any:
+    """The dtype the module's parameters will have when its optimizer is built, where the
+    config says: ``trainer.precision`` ``16-true``/``bf16-true`` converts them, else the
+    module's ``dtype`` loading option (``float16``, ``bfloat16``). None: float32 (or the
+    checkpoint's own, ``dtype: auto``, unknown before it loads)."""
+    import torch
+
+    precision = str(node_get(trainer, "precision"))
+    converted = {"16-true": torch.float16, "bf16-true": torch.bfloat16}
+    if precision in converted:
+        return converted[precision]
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(module_init_args.get("dtype"))
+
+
+def check_optimizer(
+    key: str, cls: type, init_args: dict[str, Any], grouping: Any, dtype: Any = None
+) -> None:
+    """Build optimizer ``cls`` with ``init_args`` on a probe parameter of the module's
+    ``dtype`` (its argument checks run now, e.g. an ``eps`` that rounds to 0 in float16);
+    refuse a ``param_grouping`` other than ``parts`` for one whose registry record needs it
+    (PLASLS)."""
     from lsframe.optim import info_for
 
     for name, value in init_args.items():  # torch takes lr=inf: every parameter would be NaN
@@ -122,7 +141,7 @@ def check_optimizer(key: str, cls: type, init_args: dict[str, Any], grouping: An
                 f"{name} must be finite, got {value!r}", where=f"{key}.init_args.{name}"
             )
     try:
-        on_probe(cls, init_args)
+        on_probe(cls, init_args, dtype)
     except (LsframeError, ValueError, TypeError) as error:
         raise located(error, f"{key}.init_args", init_args) from error
     needs = info_for(cls).param_grouping
@@ -315,6 +334,7 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
     modules: list[tuple[str, dict[str, Any]]] = []
     data: list[tuple[str, Any]] = []
     grouping: dict[str, Any] = {}
+    dtypes: dict[str, Any] = {}
     limits = step_limits(config)
     for key, node in class_nodes(config):
         cls = import_class(node_get(node, "class_path"))
@@ -326,9 +346,10 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
             check_module_step_options(key, init_args)
             modules.append((key, init_args))
             grouping[key] = init_args.get("param_grouping")
+            dtypes[key] = parameter_dtype(node_get(config, "trainer"), init_args)
         elif issubclass(cls, Optimizer):
             owner = key.rsplit(".init_args.", 1)[0]
-            check_optimizer(key, cls, init_args, grouping.get(owner))
+            check_optimizer(key, cls, init_args, grouping.get(owner), dtypes.get(owner))
         elif issubclass(cls, LRScheduler):
             check_scheduler(key, cls, init_args)
         elif issubclass(cls, LightningDataModule):

@@ -83,6 +83,8 @@ def located(error: Exception, prefix: str, init_args: dict[str, Any]) -> Lsframe
     text = one_line(error) or type(error).__name__
     name = re.match(r"[\w.\[\]]+", text)
     argument = name.group(0) if name and name.group(0).split("[")[0] in init_args else None
+    owned = re.match(r"[A-Z]\w*: (\w+)=", text)  # "SaLSA: eps=1e-08 ...", a default included
+    argument = owned.group(1) if owned else argument
     for start, key in _TORCH_MESSAGES.items():
         argument = key if text.startswith(start) else argument
     owner = prefix.removesuffix(".init_args")

@@ -316,3 +316,32 @@ def test_a_module_that_does_not_unscale_is_refused_before_any_update():
     with pytest.raises(RuntimeError, match="ClosureModule"):
         t.fit(module, train_dataloaders=loader())
     assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype", "eps", "refused"),
+    [
+        ("16-true", None, None, True),  # SlopeTrackingAdam's default eps 1e-8
+        ("32-true", "float16", 1e-8, True),  # the weights load in float16
+        ("16-true", None, 1e-4, False),
+        ("bf16-true", None, None, False),  # 1e-8 is a bfloat16 number
+        ("32-true", None, None, False),
+    ],
+)
+def test_an_eps_that_rounds_to_0_in_the_parameters_dtype_is_refused_at_its_key_before_loading(
+    precision, dtype, eps, refused
+):
+    optimizer = {"class_path": "lsframe.optim.SlopeTrackingAdam", "init_args": {}}
+    if eps is not None:
+        optimizer["init_args"]["eps"] = eps
+    model = {
+        "class_path": "lsframe.modules.SequenceClassificationModule",
+        "init_args": {"num_labels": 2, "optimizer": optimizer, "dtype": dtype},
+    }
+    config = {"trainer": {"precision": precision}, "model": model}
+    if not refused:
+        check_config(config)
+        return
+    with pytest.raises(ConfigError, match="eps=1e-08 rounds to 0 in torch.float16") as error:
+        check_config(config)
+    assert error.value.where == "model.init_args.optimizer.init_args.eps"

@@ -146,7 +146,7 @@ class LineSearchOptimizer(Optimizer):
         params = group.get("params", ())  # none in ``defaults``
         if self.forward_trials:
             check_int_at_least(1, max_backtracks=group["max_backtracks"])
-            check_eps_representable(group.get("eps", 0.0), params, type(self).__name__)
+        check_eps_representable(group.get("eps", 0.0), params, type(self).__name__)
         check_real_parameters(params, type(self).__name__)
 
     #: Hyperparameters one search over several groups reads once, so the groups it searches
