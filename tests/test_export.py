@@ -147,6 +147,20 @@ def resnet_mnist(tmp_path_factory, shared_data) -> Path:
     return last_checkpoint(runs)
 
 
+def test_resuming_a_lora_checkpoint_without_its_lora_setting_is_refused_before_training(
+    lora_rte, shared_data, tmp_path, capsys
+):
+    data = ["--data.init_args.data_dir", str(shared_data / "glue")]
+    data += ["--data.init_args.train_limit", "8", "--data.init_args.max_length", "32"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*one_step("glue/minilm.yaml", tmp_path, *data), "--ckpt_path", str(lora_rte)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lsframe fit: error: ")
+    assert "model.init_args.lora" in err
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 def test_a_timm_model_exports_as_safetensors_and_config_that_timm_reloads(resnet_mnist, tmp_path):
     import timm
 
