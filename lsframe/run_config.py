@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -225,16 +226,24 @@ def refuse_another_config(
     )
 
 
-def check_recorded(path: Path, current: dict[str, Any], what: str, remedy: str, where: str) -> None:
+def check_recorded(
+    path: Path,
+    current: dict[str, Any],
+    what: str,
+    remedy: str,
+    where: str,
+    older: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> None:
     """:func:`refuse_another_config` against the config recorded in ``path`` (JSON; a run from
-    before such files existed has none and is not checked)."""
+    before such files existed has none and is not checked); ``older`` reads a record an
+    earlier lsframe wrote as this one would have written it."""
     if not path.is_file():
         return
     try:
         saved = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DataError(f"not the JSON lsframe writes: {error}", str(path)) from None
-    refuse_another_config(saved, current, what, remedy, where)
+    refuse_another_config(older(saved) if older else saved, current, what, remedy, where)
 
 
 def record(path: Path, current: dict[str, Any]) -> None:

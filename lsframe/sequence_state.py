@@ -6,8 +6,10 @@ stage checkpoint for ``lsframe export``."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -82,15 +84,8 @@ def runner_record(
     """What a :class:`~lsframe.sequential.SequenceRunner` built in Python computes, as plain
     JSON: the module's and each stage DataModule's saved hyperparameters, the stages' names and
     lengths, the trainer settings that are not operational
-    (:data:`~lsframe.run_config.OPERATIONAL_TRAINER_KEYS`), each callback's class and public
-    plain attributes, and ``settings`` (heads, head_attr, metric)."""
-
-    def plain_attributes(obj: Any) -> dict[str, Any]:
-        return {
-            k: v
-            for k, v in vars(obj).items()
-            if not k.startswith("_") and isinstance(v, (bool, int, float, str, list, tuple))
-        }
+    (:data:`~lsframe.run_config.OPERATIONAL_TRAINER_KEYS`), each callback's class and settings
+    (:func:`callback_settings`), and ``settings`` (heads, head_attr, metric)."""
 
     named = run_config._named
     record = {
@@ -102,18 +97,92 @@ def runner_record(
         "trainer": {
             k: v for k, v in trainer.items() if k not in run_config.OPERATIONAL_TRAINER_KEYS
         },
-        "callbacks": [[named(type(c)), plain_attributes(c)] for c in callbacks],
+        "callbacks": [[named(type(c)), callback_settings(c)] for c in callbacks],
         **settings,
     }
     return json.loads(json.dumps(record, sort_keys=True, default=named))
 
 
-def check_same_runner(output_dir: Path, current: dict[str, Any], write: bool) -> None:
+_PLAIN = (bool, int, float, str, list, tuple)
+_UNSET = object()
+#: Per callback object: its settings when a runner first saw it, and as its last run left them.
+_SEEN: weakref.WeakKeyDictionary[Any, tuple[dict[str, Any], dict[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _constructor_names(callback: Any) -> set[str]:
+    """The public parameter names of ``callback``'s constructor."""
+    try:
+        parameters = inspect.signature(type(callback).__init__).parameters
+    except (TypeError, ValueError):  # a builtin __init__
+        return set()
+    return {name for name in parameters if name != "self" and not name.startswith("_")}
+
+
+def _read_settings(callback: Any) -> dict[str, Any]:
+    """The constructor's parameters that ``callback`` keeps under the same name, plain values."""
+    kept = vars(callback)
+    names = _constructor_names(callback)
+    return {name: kept[name] for name in names if isinstance(kept.get(name), _PLAIN)}
+
+
+def callback_settings(callback: Any) -> dict[str, Any]:
+    """A callback's settings as far as they can be read: its constructor's parameters that it
+    keeps under the same name, with plain values (``EWC(ewc_lambda=...)``'s ``ewc_lambda``).
+
+    What it learns while it trains is not a setting (EWC's tasks, ModelCheckpoint's best path,
+    EarlyStopping's wait count), nor is a parameter the fit filled in (ModelCheckpoint's
+    ``dirpath``), so the same callbacks run again resume: a value as a runner's last run left
+    it (:func:`note_callbacks_ran`) reads as it stood before the runner first ran; a value
+    changed since then is read as it is now."""
+    current = _read_settings(callback)
+    try:
+        before, after = _SEEN[callback]
+    except (KeyError, TypeError):  # not run yet, or not weakly referable
+        return current
+    settings = {}
+    for name in {*before, *current}:
+        now = current.get(name, _UNSET)
+        value = before.get(name, _UNSET) if now == after.get(name, _UNSET) else now
+        if value is not _UNSET:
+            settings[name] = value
+    return settings
+
+
+def note_callbacks_ran(callbacks: list[Any], before: list[dict[str, Any]]) -> None:
+    """Remember what a run left of each callback's settings (``before``: their
+    :func:`callback_settings` when it started), for :func:`callback_settings`."""
+    for callback, settings in zip(callbacks, before):
+        try:
+            _SEEN[callback] = (settings, _read_settings(callback))
+        except TypeError:  # not weakly referable: read as it is
+            pass
+
+
+def check_same_runner(
+    output_dir: Path, current: dict[str, Any], write: bool, callbacks: list[Any] = ()
+) -> None:
     """Refuse to resume the progress in ``output_dir`` under another runner than the one
     ``runner_config.json`` records (a sequence run from Python: a notebook rerun with another
     λ or data size printed the first run's matrix as its own); with ``write``, record
     ``current`` where there is no progress yet. The command line's
-    :func:`check_same_sequence` checks the whole config before this."""
+    :func:`check_same_sequence` checks the whole config before this. ``callbacks`` (those of
+    ``current``) read a record of 2026-12-06, which kept every public plain attribute, as
+    :func:`callback_settings` reads them."""
+
+    def older(saved: dict[str, Any]) -> dict[str, Any]:
+        recorded = saved.get("callbacks")
+        if not isinstance(recorded, list):
+            return saved
+        kept = []
+        for entry, callback in zip(recorded, callbacks):
+            if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], dict):
+                names = _constructor_names(callback)
+                entry = [entry[0], {k: v for k, v in entry[1].items() if k in names}]
+            kept.append(entry)
+        return {**saved, "callbacks": kept + recorded[len(kept) :]}
+
     if not _has_progress(output_dir):
         if write:
             run_config.record(output_dir / RUNNER_FILE, current)
@@ -123,7 +192,9 @@ def check_same_runner(output_dir: Path, current: dict[str, Any], write: bool) ->
         "choose another output_dir"
     )
     what = f"the sequence in {output_dir}"
-    run_config.check_recorded(output_dir / RUNNER_FILE, current, what, remedy, "output_dir")
+    run_config.check_recorded(
+        output_dir / RUNNER_FILE, current, what, remedy, "output_dir", older=older
+    )
 
 
 def is_stage_checkpoint(path: str | Path) -> bool:

@@ -73,8 +73,10 @@ from lsframe.sequence_checks import (
 )
 from lsframe.sequence_state import (
     STAGE_CHECKPOINT,
+    callback_settings,
     check_same_runner,
     check_same_sequence,
+    note_callbacks_ran,
     read_sequence_state,
     runner_record,
 )
@@ -320,7 +322,16 @@ class SequenceRunner:
             metric=self.metric,
         )
         # every rank checks; rank 0 alone writes a new record (no other rank reads it)
-        check_same_runner(self.output_dir, current, write=rank_zero_only.rank == 0)
+        check_same_runner(
+            self.output_dir, current, rank_zero_only.rank == 0, callbacks=self.callbacks
+        )
+        before = [callback_settings(c) for c in self.callbacks]
+        try:
+            return self._run_stages()
+        finally:
+            note_callbacks_ran(self.callbacks, before)
+
+    def _run_stages(self) -> SequenceResult:
         tasks = [s.name for s in self.stages]
         matrix = self._resume()
         for i in range(len(matrix), len(self.stages)):

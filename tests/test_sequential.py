@@ -315,6 +315,46 @@ def test_a_sequence_run_from_python_refuses_to_resume_under_other_settings(tmp_p
     assert again.matrix == result.matrix
 
 
+def test_the_same_callbacks_run_again_after_a_failure_resume_what_they_learned_is_no_setting(
+    tmp_path,
+):
+    # EWC's tasks, ModelCheckpoint's best path and EarlyStopping's wait count change as they
+    # train: a notebook rerun of the same runner, or a new runner around the same callbacks,
+    # was refused as "another config"
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    callbacks = [EWC(ewc_lambda=10.0), EarlyStopping("train/loss", patience=100), ModelCheckpoint()]
+    first = runner(tmp_path, broken=True, callbacks=callbacks)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        first.run()
+    assert callbacks[0].tasks  # stage a's penalty was learned
+    first.stages[1].data.broken = False  # the cause fixed
+    result = first.run()
+    assert None not in result.matrix[1]
+    assert first.run().matrix == result.matrix  # finished: nothing to run
+    again = runner(tmp_path, callbacks=[EWC(ewc_lambda=10.0), *callbacks[1:]]).run()
+    assert again.matrix == result.matrix
+    with pytest.raises(ConfigError, match=r"callbacks\[1\]\[1\]\.patience was 100, now 3"):
+        changed = [callbacks[0], EarlyStopping("train/loss", patience=3), callbacks[2]]
+        runner(tmp_path, callbacks=changed).run()
+    callbacks[0].ewc_lambda = 100.0  # a setting changed on the kept object is seen
+    with pytest.raises(ConfigError, match=r"callbacks\[0\]\[1\]\.ewc_lambda was 10\.0, now 100"):
+        runner(tmp_path, callbacks=callbacks).run()
+
+
+def test_a_runner_record_of_2026_12_06_with_every_public_attribute_still_resumes(tmp_path):
+    # that day's record kept each callback's public plain attributes, EWC's tasks among them
+    with pytest.raises(RuntimeError, match="interrupted"):
+        runner(tmp_path, broken=True, callbacks=[EWC(ewc_lambda=10.0)]).run()
+    path = tmp_path / "runner_config.json"
+    record = json.loads(path.read_text())
+    record["callbacks"][0][1]["tasks"] = []
+    path.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"ewc_lambda was 10\.0, now 100\.0"):
+        runner(tmp_path, callbacks=[EWC(ewc_lambda=100.0)]).run()
+    assert None not in runner(tmp_path, callbacks=[EWC(ewc_lambda=10.0)]).run().matrix[1]
+
+
 def test_a_finished_sequence_run_again_says_it_has_finished(tmp_path, capsys):
     runner(tmp_path).run()
     capsys.readouterr()
