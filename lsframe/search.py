@@ -56,11 +56,13 @@ from lsframe.run_config import defining_config
 from lsframe.search_plots import plot_param_importances, plot_search
 from lsframe.search_study import (
     PROCESS_ATTR,
+    PROCESS_START_ATTR,
     RUN_SETTINGS,
     check_storage,
     fail_dead_trials,
     open_study,
     process_name,
+    process_start,
     quiet_about_interrupts,
     stop_on_signal,
 )
@@ -192,6 +194,7 @@ class DistributionSearch:
         distribution = self.distribution(lrs)
         trial.set_user_attr("distribution", distribution)
         trial.set_user_attr(PROCESS_ATTR, process_name())
+        trial.set_user_attr(PROCESS_START_ATTR, process_start())
         scores = []
         for k, pair in enumerate(self.pairs):
             out = self.output_dir / f"trial_{trial.number}" / f"pair_{k}"

@@ -196,6 +196,9 @@ def open_study(
 
 
 PROCESS_ATTR = "lsframe_process"  # host:pid of the process that runs a trial
+#: ``<pid namespace>/<start time>`` of that process (Linux), which tells a pid reused by
+#: another process, or one of another container on the same host name, from the owner.
+PROCESS_START_ATTR = "lsframe_process_start"
 
 
 def process_name() -> str:
@@ -206,23 +209,51 @@ def process_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def process_start(pid: int | str = "self") -> str | None:
+    """``<pid namespace>/<start time in clock ticks>`` of process ``pid`` as this process sees
+    it (:data:`PROCESS_START_ATTR`); None where ``/proc`` does not say (not Linux, gone)."""
+    import os
+
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return f"{namespace}/{fields[19]}"  # field 22, starttime
+    except (OSError, IndexError):
+        return None
+
+
 def fail_dead_trials(study: Any, output_dir: Path) -> list[int]:
     """Mark FAIL the trials left RUNNING by a process of this host that no longer exists (a
     ``kill -9``, an out-of-memory kill, a lost node's job restarted here), and delete their
     folders (a stage checkpoint among them); the numbers of those trials. Trials of live
-    processes (a search run by several processes at once) and of other hosts are left alone."""
+    processes (a search run by several processes at once), of other hosts and of another PID
+    namespace on this host name (a container) are left alone; a trial that another process
+    failed first is skipped."""
     import shutil
 
     import optuna
 
     host = process_name().rsplit(":", 1)[0]
+    namespace = (process_start() or "").rsplit("/", 1)[0]
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         owner = str(trial.user_attrs.get(PROCESS_ATTR, ""))
         name, _, pid = owner.rpartition(":")
-        if name != host or not pid.isdigit() or _alive(int(pid)):
+        if name != host or not pid.isdigit():
             continue
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        started = trial.user_attrs.get(PROCESS_START_ATTR)  # None: a trial of before 2026-12-07
+        if started is not None:
+            if str(started).rsplit("/", 1)[0] != namespace:
+                continue  # its pid means another process here
+            if process_start(pid) == started:
+                continue  # the owner runs
+        elif _alive(int(pid)):
+            continue
+        try:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another process failed it since the list was read
         shutil.rmtree(output_dir / f"trial_{trial.number}", ignore_errors=True)
         failed.append(trial.number)
     return failed

@@ -349,3 +349,42 @@ def test_a_trial_left_running_by_a_killed_process_is_failed_and_its_folder_remov
         live.number: optuna.trial.TrialState.RUNNING,
     }
     assert not (tmp_path / f"trial_{killed.number}").exists()
+
+
+def test_a_dead_trial_is_told_by_its_start_time_and_namespace_and_failed_once(tmp_path):
+    # a pid reused by another process is not the owner; a pid of another PID namespace on this
+    # host name (a container) means another process; two searches restarted together both saw
+    # the killed process's trials, and the second to fail one crashed
+    import optuna
+
+    from lsframe.search_study import (
+        PROCESS_ATTR,
+        PROCESS_START_ATTR,
+        fail_dead_trials,
+        open_study,
+        process_name,
+        process_start,
+    )
+
+    study = open_study(SearchOptions(output_dir=str(tmp_path)), pairs=1, defining=None)
+    namespace, started = process_start().rsplit("/", 1)
+    reused, container, live, raced = (study.ask() for _ in range(4))
+    for trial in (reused, container, live, raced):
+        trial.set_user_attr(PROCESS_ATTR, process_name())  # this pid, alive
+    reused.set_user_attr(PROCESS_START_ATTR, f"{namespace}/{int(started) - 1}")
+    container.set_user_attr(PROCESS_START_ATTR, f"pid:[1]/{int(started) - 1}")
+    live.set_user_attr(PROCESS_START_ATTR, process_start())
+    raced.set_user_attr(PROCESS_START_ATTR, f"{namespace}/{int(started) - 1}")
+    listed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    study.tell(raced.number, state=optuna.trial.TrialState.FAIL)  # by the other process
+
+    class Stale:  # what this process listed before the other one told
+        def get_trials(self, **_):
+            return listed
+
+        tell = study.tell
+
+    assert fail_dead_trials(Stale(), tmp_path) == [reused.number]
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    running = {container.number: "RUNNING", live.number: "RUNNING"}
+    assert states == {reused.number: "FAIL", raced.number: "FAIL", **running}
