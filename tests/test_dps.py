@@ -33,6 +33,12 @@ class Recorder(ClosureCallback):
         self.params.append({n: p.detach().clone() for n, p in named})
 
 
+class AfterClipping(Recorder):
+    """A Recorder called where ChildTuning masks: after the module's gradient clipping."""
+
+    after_clipping = True
+
+
 class Stack(nn.Module):
     """embeddings → two layers in a ModuleList → head, so the layer-stack rule applies."""
 
@@ -185,7 +191,7 @@ def test_child_tuning_d_fisher_and_global_mask_match_a_hand_computation():
     initial = copy.deepcopy(model)
     data = loader(16, 4)
     callback = Capture(reserve_p=0.3, max_grad_norm=0.5)
-    recorder = Recorder()
+    recorder = AfterClipping()
     module = TinyRegression(model=model, optimizer=partial(torch.optim.SGD, lr=0.01))
     trainer(max_steps=2, callbacks=[callback, recorder]).fit(module, data)
     names = ["layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"]
@@ -210,7 +216,7 @@ def test_child_tuning_d_fisher_and_global_mask_match_a_hand_computation():
 
 def test_child_tuning_f_masks_come_from_its_own_seed_and_respect_exclude():
     def masked_grads(seed, global_noise):
-        recorder = Recorder()
+        recorder = AfterClipping()
         module = TinyRegression(model=Stack(), optimizer=partial(torch.optim.SGD, lr=0.01))
         callback = ChildTuningD(variant="F", exclude=["^head"], seed=seed)
         torch.manual_seed(global_noise)  # the global random state must not matter
@@ -226,7 +232,7 @@ def test_child_tuning_f_masks_come_from_its_own_seed_and_respect_exclude():
 
 
 def test_child_tuning_f_keeps_a_random_fraction_and_rescales():
-    before, after = Recorder(), Recorder()
+    before, after = Recorder(), AfterClipping()
     module = TinyRegression(model=Stack(), optimizer=partial(torch.optim.SGD, lr=0.01))
     callback = ChildTuningD(reserve_p=0.3, variant="F")
     trainer(max_steps=3, callbacks=[before, callback, after]).fit(module, loader(32, 4))
@@ -237,6 +243,28 @@ def test_child_tuning_f_keeps_a_random_fraction_and_rescales():
             torch.testing.assert_close(masked[name][keep], grad[keep] / 0.3)
             kept, total = kept + int(keep.sum()), total + keep.numel()
     assert 0.2 < kept / total < 0.4
+
+
+@pytest.mark.parametrize("variant", ["D", "F"])
+def test_child_tuning_masks_the_clipped_gradient_as_its_reference_optimizer_does(variant):
+    # masked before the clip, F's 1/reserve_p scale was clipped away (an update 0.64x the
+    # reference's at clip 0.1)
+    raw, masked = Recorder(), AfterClipping()
+    module = TinyRegression(
+        model=Stack(), optimizer=partial(torch.optim.SGD, lr=0.1), gradient_clip_val=0.1
+    )
+    callback = ChildTuningD(reserve_p=0.3, variant=variant)
+    trainer(max_steps=1, callbacks=[raw, callback, masked]).fit(module, loader(32, 4))
+    grads = raw.grads[0]
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads.values()]))
+    assert norm > 1.0  # the clip acts
+    scale = 0.1 / (float(norm) + 1e-6)  # Lightning's norm clip
+    for name, grad in grads.items():
+        keep = masked.grads[0][name] != 0
+        factor = 1 / 0.3 if variant == "F" and name in callback.params else 1.0
+        torch.testing.assert_close(masked.grads[0][name][keep], grad[keep] * scale * factor)
+        step = raw.params[0][name] - dict(module.model.named_parameters())[name].detach()
+        torch.testing.assert_close(step, 0.1 * masked.grads[0][name])
 
 
 def test_bad_arguments_and_misuse_are_clear_errors():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from helpers import TinyRegression, loader, trainer
 from test_dps import Recorder
 from test_optim import F_STAR, Logistic, make_closure
 
-from lsframe.callbacks import DPS, ValleyExploration
+from lsframe.callbacks import DPS, ChildTuningD, ValleyExploration
 from lsframe.optim import ALSALS, ALTO, AdamE, Lamb, create
 from lsframe.optim.valley import init_valley_state, valley_adapt_, valley_defaults
 
@@ -261,9 +262,12 @@ def test_callback_composes_with_alsals_and_dps():
     assert 0 < int(masked.sum()) < masked.numel() and not torch.equal(final[~masked], raw[~masked])
 
 
-def test_adapting_after_a_mask_warns():
+def test_adapting_after_a_mask_warns_unless_the_mask_acts_after_clipping():
     with pytest.warns(UserWarning, match="List it first"):
         run_callback([DPS(p=0.5, update_ratio=0.25, max_steps=8), ValleyExploration()], steps=1)
+    with warnings.catch_warnings():  # ChildTuning masks after clipping: after the adaptor
+        warnings.filterwarnings("error", message=".*List it first.*")
+        run_callback([ChildTuningD(variant="F"), ValleyExploration()], steps=1)
 
 
 @pytest.mark.skipif(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
@@ -37,7 +37,8 @@ class ClosureHooks(ABC):
       evaluations included;
     * calls ``on_gradients_ready(trainer, module, optimizer)`` once per optimizer step, right
       after its own :meth:`on_gradients_ready`, after the full backward and before clipping and
-      the optimizer's use of the gradients.
+      the optimizer's use of the gradients (after clipping for a callback whose
+      ``after_clipping`` is True).
 
     (:func:`call_closure_loss` and :func:`call_on_gradients_ready` do the calling, as
     Lightning's ``_call_callback_hooks`` does for its hooks.) Every lsframe optimizer and every
@@ -111,6 +112,13 @@ class ClosureCallback(pl.Callback):
                 return 1e-4 * sum(p.square().sum() for p in pl_module.model.parameters())
     """
 
+    #: Whether :meth:`on_gradients_ready` runs after the module's gradient clipping (the
+    #: ``gradient_clip_val`` option) instead of before it: what a reference applies inside its
+    #: optimizer (ChildTuning's mask and 1/p scale) sees the clipped gradient. The callbacks
+    #: before clipping run first, then those after it, each in the order of
+    #: ``trainer.callbacks``.
+    after_clipping: ClassVar[bool] = False
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Fail early when fitting a module that would never call the closure hooks."""
         if stage == "fit":
@@ -126,8 +134,9 @@ class ClosureCallback(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         """Called once per optimizer step, after the full backward over all micro-batches (loss
-        terms included) and before gradient clipping and the optimizer's use of the gradients:
-        what it leaves in ``p.grad`` is what the optimizer steps on."""
+        terms included) and before gradient clipping (after it with :attr:`after_clipping`) and
+        the optimizer's use of the gradients: what it leaves in ``p.grad`` is what the optimizer
+        steps on."""
 
 
 def closure_callbacks(trainer: pl.Trainer | None) -> list[ClosureCallback]:
@@ -147,11 +156,16 @@ def call_closure_loss(trainer: pl.Trainer | None, pl_module: pl.LightningModule)
 
 
 def call_on_gradients_ready(
-    trainer: pl.Trainer | None, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    trainer: pl.Trainer | None,
+    pl_module: pl.LightningModule,
+    optimizer: torch.optim.Optimizer,
+    after_clipping: bool = False,
 ) -> None:
-    """Call each ClosureCallback's ``on_gradients_ready``, in order."""
+    """Call ``on_gradients_ready`` of each ClosureCallback whose
+    :attr:`~ClosureCallback.after_clipping` is ``after_clipping``, in order."""
     for callback in closure_callbacks(trainer):
-        callback.on_gradients_ready(trainer, pl_module, optimizer)
+        if bool(getattr(callback, "after_clipping", False)) == after_clipping:
+            callback.on_gradients_ready(trainer, pl_module, optimizer)
 
 
 def migrate_state_keys(callbacks: Iterable[pl.Callback], states: dict[Any, Any]) -> None:

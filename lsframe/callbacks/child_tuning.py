@@ -38,6 +38,11 @@ class ChildTuningD(GradientMaskCallback):
     The mask (D) is in the ``state_dict``; a run resumed from a checkpoint does not recompute it,
     a new fit (the next task of a sequence) does.
 
+    The mask acts after the module's gradient clipping (``gradient_clip_val``;
+    :attr:`~lsframe.callbacks.ClosureCallback.after_clipping`), as the reference's optimizer
+    masks the gradient its trainer clipped: clipping after the mask would undo F's ``1/reserve_p``
+    scale (with clip 0.1, an F update 0.64× the reference's).
+
     Args:
         reserve_p: Fraction of entries kept. Default: 0.3.
         variant: ``"D"`` (task-driven, Fisher) or ``"F"`` (task-free, Bernoulli). Default: "D".
@@ -49,6 +54,8 @@ class ChildTuningD(GradientMaskCallback):
         mask_mode: ``"gradient"`` (the reference) or ``"frozen"``. Default: "gradient".
         seed: Seed of the F variant's masks (with the step number). Default: 0.
     """
+
+    after_clipping = True
 
     def __init__(
         self,

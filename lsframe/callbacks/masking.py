@@ -59,8 +59,10 @@ class GradientMaskCallback(ClosureCallback):
     """Base class: selected parameters, mask application, frozen-mode save and restore.
 
     Subclasses implement :meth:`select` and :meth:`ClosureCallback.on_gradients_ready`, which
-    fires once per optimizer step after the full backward (all micro-batches) and before clipping
-    and the optimizer's use of the gradients.
+    fires once per optimizer step after the full backward (all micro-batches) and before the
+    optimizer's use of the gradients; before clipping (DPS, whose reference masks in the
+    backward pass) or after it (``after_clipping``: ChildTuning, whose reference masks inside
+    its optimizer).
     """
 
     def __init__(

@@ -22,11 +22,14 @@ class ValleyExploration(ClosureCallback):
     Runs in the :meth:`~lsframe.callbacks.ClosureCallback.on_gradients_ready` hook: once per
     optimizer step, after the full backward (all micro-batches, callback loss terms included) and
     before gradient clipping and the optimizer. Any optimizer therefore runs on ``g̃``: AdamW becomes
-    AdamE, Lamb becomes ALTO's update without its clip-first order, and a line search builds its
-    direction *and its Armijo slope* from ``g̃`` (the slope is ``⟨g̃, d⟩``, not the true
-    directional derivative ``⟨g, d⟩``). Gradient masks (DPS, ChildTuning) and this callback
-    compose in the order of ``trainer.callbacks``: list this callback first, so that the mask acts
-    on the adapted gradient (the other order warns: ``g̃ = 0 + α a`` moves masked entries).
+    AdamE (without the module's ``gradient_clip_val``: the reference adapts inside the optimizer,
+    after its trainer clipped ``g``, where this callback adapts before the clip; use
+    :class:`lsframe.optim.AdamE` for that order), Lamb becomes ALTO's update without its
+    clip-first order, and a line search builds its direction *and its Armijo slope* from ``g̃``
+    (the slope is ``⟨g̃, d⟩``, not the true directional derivative ``⟨g, d⟩``). DPS's mask and
+    this callback compose in the order of ``trainer.callbacks``: list this callback first, so
+    that the mask acts on the adapted gradient (the other order warns: ``g̃ = 0 + α a`` moves
+    masked entries). ChildTuning masks after clipping, so after this callback in either order.
 
     ``p.grad`` holds ``g̃`` only during the optimizer step: after the batch the raw gradient is
     written back, so later hooks and loggers see ``g``. The state (previous gradient and ``a``
@@ -73,7 +76,7 @@ class ValleyExploration(ClosureCallback):
         masks_first = [
             type(c).__name__
             for c in callbacks[: callbacks.index(self)]
-            if isinstance(c, GradientMaskCallback)
+            if isinstance(c, GradientMaskCallback) and not c.after_clipping
         ]
         if masks_first:
             rank_zero_warn(

@@ -364,6 +364,7 @@ class _StepEvaluator:
                 gradient_clip_val=module.gradient_clip_val,
                 gradient_clip_algorithm=module.gradient_clip_algorithm,
             )
+        call_on_gradients_ready(module.trainer, module, self.optimizer, after_clipping=True)
         return loss
 
     def _loss(self, backward: bool) -> Tensor:
