@@ -214,7 +214,8 @@ def multipliers_for(
 
     A complete BERT-base ten-part distribution is carried over by relative depth (module
     docstring; the depth is the whole layer stack's, frozen layers included). Otherwise names
-    are the model's own parts; parts left out take 1, and a name the model lacks is an error.
+    are the model's own parts; parts left out take 1, a part whose parameters are all frozen
+    is accepted (its multiplier has nothing to scale), and a name the model lacks is an error.
     """
     values = load_distribution(distribution)
     names = [p.name for p in split_into_parts(model, num_parts)]
@@ -230,7 +231,8 @@ def multipliers_for(
             f"multipliers of the model's own parts {names}",
             argument="lr_distribution",
         )
-    unknown = sorted(set(values) - set(names))
+    frozen = {p.name for p in split_into_parts(model, num_parts, include_frozen=True)}
+    unknown = sorted(set(values) - set(names) - frozen)
     if unknown:
         file = (
             distribution if isinstance(distribution, str) and Path(distribution).is_file() else None

@@ -236,12 +236,16 @@ def find_layer_stack(model: nn.Module) -> LayerStack | None:
     return _layout(model).stack
 
 
-def split_into_parts(model: nn.Module, num_parts: int = 10) -> list[Part]:
+def split_into_parts(
+    model: nn.Module, num_parts: int = 10, include_frozen: bool = False
+) -> list[Part]:
     """Cut ``model`` into at most ``num_parts`` named parts by the rule of this module.
 
     Args:
         model: Any ``nn.Module``.
         num_parts: ``K``, at least 3 (embeddings, one or more layer groups, head). Default: 10.
+        include_frozen: Also place parameters with ``requires_grad=False`` (default: they are
+            left out, and a part with none trainable is not returned).
 
     Returns:
         The non-empty parts in order: ``embeddings``, ``layers_<first>-<last>`` ..., ``head``.
@@ -260,7 +264,7 @@ def split_into_parts(model: nn.Module, num_parts: int = 10) -> list[Part]:
         for k, v in groups.items()
     }
     for name, param in model.named_parameters():
-        if not param.requires_grad:
+        if not param.requires_grad and not include_frozen:
             continue
         layer = layout.layer.get(id(param))
         if layer is None:

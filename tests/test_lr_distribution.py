@@ -55,6 +55,16 @@ def test_frozen_top_layers_keep_the_depth_of_the_whole_stack():
     assert got["layers_2"] == 0.3 and got["layers_3-4"] == 0.7 and got["head"] == 3
 
 
+def test_a_part_whose_parameters_are_all_frozen_is_no_unknown_part():
+    # it was refused as "unknown", where a ten-part preset naming it was accepted
+    model = tiny_bert(2)
+    model.bert.embeddings.requires_grad_(False)
+    got = multipliers_for(model, {"embeddings": 0.5, "head": 3.0})
+    assert "embeddings" not in got and got["head"] == 3.0
+    with pytest.raises(ValueError, match=r"unknown parts \['decoder'\]"):
+        multipliers_for(model, {"embeddings": 0.5, "decoder": 1.0})
+
+
 def test_a_distribution_becomes_group_learning_rates_for_any_optimizer():
     model = tiny_bert(12)
     multipliers = multipliers_for(model, "bertcl_combined")
