@@ -16,6 +16,7 @@ from test_cli import ROOT, scalars
 from lsframe.__main__ import main
 from lsframe.data import IdxImageDataModule, TextFileLMDataModule, read_idx
 from lsframe.data.glue import GlueDataModule
+from lsframe.errors import DataError
 from lsframe.modules import CausalLMModule, ImageClassificationModule, SequenceClassificationModule
 from lsframe.optim import create, info, line_searches
 
@@ -224,6 +225,20 @@ def test_lm_data_errors_name_the_key(tmp_path):
     data = TextFileLMDataModule(str(short), tokenizer="bytes", block_size=64)
     with pytest.raises(ValueError, match="fewer than one block of data.block_size=64"):
         data.setup("fit")
+    # a negative limit dropped blocks silently, 0 blamed the file, a batch size of 0 was a
+    # traceback at the first validation, and a non-UTF-8 file was not named
+    text = tmp_path / "text.txt"
+    text.write_text("to be or not to be " * 20)
+    for key, value in [("train_limit", -1), ("val_limit", 0), ("train_limit", 2.5)]:
+        with pytest.raises(ValueError, match=f"data.{key} must be an integer >= 1 or None"):
+            TextFileLMDataModule(str(text), tokenizer="bytes", **{key: value})
+    with pytest.raises(ValueError, match="data.eval_batch_size must be an integer >= 1"):
+        TextFileLMDataModule(str(text), tokenizer="bytes", eval_batch_size=0)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\u00e9 ".encode("latin-1") * 100)
+    with pytest.raises(DataError, match=r"not UTF-8 text: byte 0xe9 at offset 3") as error:
+        TextFileLMDataModule(str(text), str(latin), tokenizer="bytes", block_size=4).setup("fit")
+    assert error.value.where == str(latin)
     with pytest.raises(
         ValueError, match="exactly one of model.model_name_or_path and model.config"
     ):

@@ -69,3 +69,17 @@ def test_a_failed_cifar_download_is_one_line_at_the_download_key(tmp_path, monke
     with pytest.raises(DataError, match="downloading CIFAR10 into .* failed") as error:
         data.setup("fit")
     assert error.value.where == "data.init_args.download"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "rule"),
+    [
+        ("train_limit", 0, "an integer >= 1 or None"),
+        ("val_limit", -2, "an integer >= 1 or None"),
+        ("num_workers", -1, "an integer >= 0"),
+    ],
+)
+def test_limits_and_workers_are_checked_at_their_keys(tmp_path, key, value, rule):
+    # a negative limit dropped images silently; negative workers failed at the first loader
+    with pytest.raises(ValueError, match=f"data.{key} must be {rule}"):
+        ImageFolderDataModule(str(folders(tmp_path, TWO)), **{key: value})

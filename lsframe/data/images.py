@@ -151,6 +151,10 @@ class ImageDataModule(pl.LightningDataModule):
         check_int_at_least(
             1, **{"data.batch_size": batch_size, "data.eval_batch_size": eval_batch_size}
         )
+        check_int_at_least(
+            1, allow_none=True, **{"data.train_limit": train_limit, "data.val_limit": val_limit}
+        )
+        check_int_at_least(0, **{"data.num_workers": num_workers})
         self.batch_size, self.eval_batch_size, self.num_workers = (
             batch_size,
             eval_batch_size,

@@ -50,6 +50,19 @@ def _stack_blocks(rows: list[tuple[torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {"input_ids": torch.stack([row[0] for row in rows])}
 
 
+def read_text(path: str) -> str:
+    """The UTF-8 text of ``path``; a file in another encoding is a :class:`DataError` naming it
+    and the first byte that does not decode."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"not UTF-8 text: byte 0x{error.object[error.start]:02x} at offset {error.start} "
+            "does not decode; convert the file to UTF-8 (iconv -t utf-8)",
+            where=str(path),
+        ) from None
+
+
 class TextFileLMDataModule(pl.LightningDataModule):
     """Text files → token blocks for causal LM fine-tuning (labels are the inputs; the model
     shifts them). Perplexity is ``exp`` of the mean token loss.
@@ -89,7 +102,17 @@ class TextFileLMDataModule(pl.LightningDataModule):
                 raise MissingFileError(f"no such file {path}", argument=key)
         if val_file is None:
             check_open_unit(**{"data.val_fraction": val_fraction})
-        check_int_at_least(1, **{"data.block_size": block_size, "data.batch_size": batch_size})
+        check_int_at_least(
+            1,
+            **{
+                "data.block_size": block_size,
+                "data.batch_size": batch_size,
+                "data.eval_batch_size": eval_batch_size,
+            },
+        )
+        check_int_at_least(
+            1, allow_none=True, **{"data.train_limit": train_limit, "data.val_limit": val_limit}
+        )
         self.save_hyperparameters()
         self.train_file, self.val_file, self.val_fraction = train_file, val_file, val_fraction
         self.tokenizer_name = tokenizer
@@ -121,12 +144,12 @@ class TextFileLMDataModule(pl.LightningDataModule):
         if self.blocks:
             return
         tokenizer = self.tokenizer
-        ids = tokenize_text(Path(self.train_file).read_text(encoding="utf-8"), tokenizer)
+        ids = tokenize_text(read_text(self.train_file), tokenizer)
         if self.val_file is None:
             cut = int(len(ids) * (1 - self.val_fraction))
             ids, val_ids = ids[:cut], ids[cut:]
         else:
-            val_ids = tokenize_text(Path(self.val_file).read_text(encoding="utf-8"), tokenizer)
+            val_ids = tokenize_text(read_text(self.val_file), tokenizer)
         for split, tokens, limit in (
             ("train", ids, self.train_limit),
             ("val", val_ids, self.val_limit),
