@@ -215,6 +215,14 @@ def test_idx_files_are_checked(tmp_path):
         read_idx(short)
     with pytest.raises(FileNotFoundError, match="none of .*t10k-labels-idx1-ubyte"):
         IdxImageDataModule(str(tmp_path), train_prefix="t10k").load("t10k")
+    cut = tmp_path / "cut-images-idx3-ubyte.gz"  # a download cut short: EOFError, unnamed
+    cut.write_bytes(good.read_bytes()[:20])
+    plain = tmp_path / "plain-images-idx3-ubyte.gz"  # not gzip at all: BadGzipFile, unnamed
+    plain.write_bytes(struct.pack(">IIII", 2051, 2, 2, 2) + bytes(range(8)))
+    for path in (cut, plain):
+        with pytest.raises(DataError, match="not a complete gzip file") as error:
+            read_idx(path)
+        assert error.value.where == str(path)
 
 
 def test_lm_data_errors_name_the_key(tmp_path):

@@ -77,9 +77,44 @@ def test_a_failed_cifar_download_is_one_line_at_the_download_key(tmp_path, monke
         ("train_limit", 0, "an integer >= 1 or None"),
         ("val_limit", -2, "an integer >= 1 or None"),
         ("num_workers", -1, "an integer >= 0"),
+        ("image_size", 0, "an integer >= 1"),
     ],
 )
 def test_limits_and_workers_are_checked_at_their_keys(tmp_path, key, value, rule):
     # a negative limit dropped images silently; negative workers failed at the first loader
     with pytest.raises(ValueError, match=f"data.{key} must be {rule}"):
         ImageFolderDataModule(str(folders(tmp_path, TWO)), **{key: value})
+
+
+def test_class_folder_names_reach_predictions_and_the_export(tmp_path, capsys):
+    # predict wrote class indices only, and the export had no class names
+    import json
+
+    import yaml
+
+    from lsframe.__main__ import main
+
+    three = {f"{split}/{name}": ["1.png", "2.png"] for split in ("train", "val")
+             for name in ("bird", "cat", "dog")}  # fmt: skip
+    root = folders(tmp_path / "images", three)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "trainer": {"max_steps": 1, "enable_progress_bar": False, "logger": {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(tmp_path / "runs"), "name": "img"}}},
+        "model": {"class_path": "lsframe.modules.ImageClassificationModule", "init_args": {
+            "model_name": "resnet18",
+            "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.01}}}},
+        "data": {"class_path": "lsframe.data.ImageFolderDataModule", "init_args": {
+            "root": str(root), "image_size": 32, "batch_size": 2, "eval_batch_size": 2}},
+    }))  # fmt: skip
+    main(["fit", "--config", str(config)])
+    (checkpoint,) = (tmp_path / "runs").rglob("last.ckpt")
+    main(["predict", "--config", str(config), "--ckpt_path", str(checkpoint)])
+    (written,) = (tmp_path / "runs").rglob("predictions.jsonl")
+    lines = [json.loads(line) for line in written.read_text().splitlines()]
+    assert len(lines) == 6
+    assert all(line["label_name"] == ("bird", "cat", "dog")[line["label"]] for line in lines)
+    main(["export", str(checkpoint), str(tmp_path / "export")])
+    saved = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert saved["label_names"] == ["bird", "cat", "dog"]

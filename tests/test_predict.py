@@ -24,7 +24,7 @@ class Classifier(pl.LightningModule):
         super().__init__()
         self.layer = nn.Linear(3, 2)
 
-    def predict_step(self, batch, batch_idx):
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
         probabilities = self.layer(batch[0]).softmax(-1)
         return {"labels": probabilities.argmax(-1), "probabilities": probabilities}
 
@@ -43,6 +43,24 @@ def test_every_example_gets_one_line_with_its_index_label_name_and_probabilities
     assert [line["label_name"] for line in lines] == [("no", "yes")[k] for k in labels]
     expected = module.layer(inputs).softmax(-1)
     torch.testing.assert_close(torch.tensor([line["probabilities"] for line in lines]), expected)
+
+
+class TwoSets(pl.LightningDataModule):
+    eval_names = ["matched", "mismatched"]
+
+    def predict_dataloader(self):
+        return [DataLoader(TensorDataset(torch.randn(n, 3)), batch_size=2) for n in (3, 4)]
+
+
+def test_several_predict_sets_are_told_apart_by_their_names(tmp_path):
+    # MNLI's matched and mismatched went to one file with indices 0.. twice and no set name
+    writer = PredictionWriter(output_dir=str(tmp_path))
+    trainer(callbacks=[writer]).predict(Classifier(), datamodule=TwoSets())
+    lines = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [(line["set"], line["index"]) for line in lines] == [
+        *(("matched", i) for i in range(3)),
+        *(("mismatched", i) for i in range(4)),
+    ]
 
 
 class WithForward(pl.LightningModule):

@@ -27,7 +27,8 @@ class PredictionWriter(BasePredictionWriter):
     batch): lsframe's classifiers ``labels`` and ``probabilities``, a regression head
     ``scores``. Each line holds the example's position in the predict set (``index``; the
     sampler's own indices under DDP), every key of that dict as plain numbers (``labels`` and
-    ``scores`` as ``label`` and ``score``), and, when the module or the DataModule has
+    ``scores`` as ``label`` and ``score``), with several predict sets the set's name
+    (``set``: MNLI's ``matched`` or ``mismatched``), and, when the module or the DataModule has
     ``label_names``, the class name as ``label_name``.
 
     Args:
@@ -75,14 +76,28 @@ class PredictionWriter(BasePredictionWriter):
             return
         rows = _rows(prediction)
         indices = list(batch_indices) if batch_indices else []
+        where = self._set_name(trainer, dataloader_idx)
         for i, row in enumerate(rows):
             index = indices[i] if i < len(indices) else self.count
-            line = {"index": int(index), **{SINGULAR.get(k, k): v for k, v in row.items()}}
+            line = {"index": int(index), **where}
+            line.update({SINGULAR.get(k, k): v for k, v in row.items()})
             label = line.get("label")
             if self._label_names and isinstance(label, int) and label < len(self._label_names):
                 line["label_name"] = self._label_names[label]
             self._file.write(json.dumps(line) + "\n")
             self.count += 1
+
+    @staticmethod
+    def _set_name(trainer: pl.Trainer, dataloader_idx: int) -> dict[str, Any]:
+        """``{"set": name}`` where predict has several sets (MNLI's matched and mismatched,
+        whose indices each start at 0): the DataModule's ``eval_names``, else the loader's
+        position; nothing for one set."""
+        if len(getattr(trainer, "num_predict_batches", None) or []) < 2:
+            return {}
+        names = getattr(trainer.datamodule, "eval_names", None)
+        if isinstance(names, (list, tuple)) and dataloader_idx < len(names):
+            return {"set": str(names[dataloader_idx])}
+        return {"set": dataloader_idx}
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close()  # under DDP each rank says where its share went

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import struct
 import urllib.error
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,11 @@ def read_idx(path: str | Path) -> torch.Tensor:
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:  # cut short, or not gzip
+        raise DataError(f"not a complete gzip file ({error})", where=str(path)) from None
     if len(data) < 8:
         raise DataError(f"{len(data)} bytes, too short for an idx header", where=str(path))
     magic, count = struct.unpack(">II", data[:8])
@@ -394,8 +398,11 @@ class ImageFolderDataModule(ImageDataModule):
                 raise MissingFileError(
                     f"no such directory {Path(root) / split}", argument="data.root"
                 )
+        check_int_at_least(1, **{"data.image_size": image_size})
         self.root, self.image_size = Path(root), image_size
-        self.num_classes = len(check_class_folders(self.root / "train"))
+        #: The class folders' names in class-index order (``predict`` writes them).
+        self.label_names = tuple(check_class_folders(self.root / "train"))
+        self.num_classes = len(self.label_names)
         check_class_folders(self.root / "val")
 
     def build(self, stage: str) -> dict[str, Dataset]:

@@ -9,6 +9,7 @@ import torchmetrics
 from torch import Tensor
 from torch.nn import functional as F
 
+from lsframe.errors import ConfigError
 from lsframe.modules.base import ClosureModule
 from lsframe.validation import check_int_at_least
 
@@ -27,6 +28,10 @@ class ImageClassificationModule(ClosureModule):
         in_chans: Input channels, linked to the DataModule's ``in_chans`` (1 for MNIST).
             None: 3.
         label_smoothing: Cross-entropy label smoothing. Default: 0.
+        label_names: Class names in class-index order, ``num_classes`` of them; ``lsframe fit``
+            links them to the DataModule's ``label_names`` (an image folder: its class
+            folders). ``predict`` writes them beside each label and ``export`` into
+            ``config.json``. None: no names.
         **kwargs: The optimizer, scheduler and step options of :class:`ClosureModule`.
     """
 
@@ -37,6 +42,7 @@ class ImageClassificationModule(ClosureModule):
         num_classes: int | None = None,
         in_chans: int | None = None,
         label_smoothing: float = 0.0,
+        label_names: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         import timm
@@ -44,6 +50,14 @@ class ImageClassificationModule(ClosureModule):
         num_classes = 10 if num_classes is None else num_classes
         in_chans = 3 if in_chans is None else in_chans
         check_int_at_least(2, **{"model.num_classes": num_classes})
+        if label_names is not None:
+            label_names = [str(name) for name in label_names]
+            if len(label_names) != num_classes or len(set(label_names)) != num_classes:
+                raise ConfigError(
+                    f"label_names must be {num_classes} distinct class names (num_classes: "
+                    f"{num_classes}), got {label_names}",
+                    argument="model.label_names",
+                )
         try:
             model = timm.create_model(
                 model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans
@@ -57,6 +71,7 @@ class ImageClassificationModule(ClosureModule):
             in_chans,
             label_smoothing,
         )
+        self.label_names = label_names
         self.metrics = torch.nn.ModuleDict({s: self._make_metrics() for s in ("val", "test")})
         #: The DataModule's evaluation preprocessing (its ``data_config()``), kept in checkpoints
         #: so an exported model records it (:mod:`lsframe.modules.export`); None: not known.
