@@ -394,13 +394,26 @@ _VALIDATION_INTERVAL = re.compile(
 _SAME_STATE_KEY = re.compile(r"Found more than one stateful callback of type `(\w+)`")
 
 
+_WORKER = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\s*Original Traceback")
+
+
+def _from_worker(error: LsframeError) -> LsframeError:
+    """``error`` as the DataLoader worker raised it: torch re-raises a worker's exception as its
+    class with the whole worker traceback as the message; its last line is the one to print."""
+    if not _WORKER.match(error.message):
+        return error
+    last = error.message.strip().splitlines()[-1]
+    original = last.split(": ", 1)[1] if ": " in last else last
+    return type(error)(original)
+
+
 def classify(error: BaseException) -> LsframeError | None:
     """The bad input ``error`` reports, as an :class:`LsframeError`; None when ``error`` is not a
     bad input (a bug or an environment failure: the traceback stays)."""
     if isinstance(error, (ValueError, TypeError, argparse.ArgumentError, LsframeError)):
         for exc in _chain(error):
             if isinstance(exc, LsframeError):
-                return exc
+                return _from_worker(exc)
     for exc in _chain(error):  # Lightning's word for a setting it cannot run with
         if any(c.__name__ == "MisconfigurationException" for c in type(exc).__mro__):
             text = str(exc).strip()

@@ -4,6 +4,7 @@ tests/test_bad_input.py)."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from lsframe.cli_errors import error_line
 from lsframe.config_files import check_config_files, config_file_arguments
@@ -230,3 +231,23 @@ def test_an_unknown_key_in_a_stage_is_placed_in_the_stage_of_the_class_the_error
         "stages[1].data.init_args"
     )
     assert _nested_item_holding(argv, keys, "task_name", None) == "stages[0].data.init_args"
+
+
+class _Undecodable(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> None:
+        raise DataError("image does not decode (OSError)", where="images/train/cat/bad.png")
+
+
+def test_a_data_error_raised_in_a_dataloader_worker_is_its_own_line():
+    # torch re-raises it with the worker's whole traceback as the message: one 2,500-character
+    # line with the file at its end
+    loader = torch.utils.data.DataLoader(_Undecodable(), num_workers=1)
+    with pytest.raises(DataError) as caught:
+        list(loader)
+    assert error_line(caught.value, "lsframe fit") == (
+        "lsframe fit: error: image does not decode (OSError) (images/train/cat/bad.png)",
+        1,
+    )
