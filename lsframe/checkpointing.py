@@ -8,7 +8,9 @@ go back to it and lose every step since. :class:`BestAndLastCheckpoint` keeps Li
 for the best checkpoints and writes ``last`` after every validation and at the end of training
 whenever it is not already at the current step, and when a run stops on a non-finite loss
 (:class:`lsframe.errors.NonFiniteLossError`: the step was not applied, so the state is that of
-the last completed step, and a resume repeats the batch that failed). No checkpoint is written
+the last completed step, and a resume repeats the batch that failed), and when a data error
+(:class:`lsframe.errors.DataError`: an image that does not decode) stops it between two optimizer
+steps: fix the file and resume with ``--ckpt_path last``. No checkpoint is written
 with non-finite parameters: an update that made them so is found at the next step's loss, and a
 save that comes first (a validation's, a periodic one) stops the fit with
 :class:`lsframe.errors.NonFiniteParametersError` instead; ``last`` and the best stay at the last
@@ -29,7 +31,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
-from lsframe.errors import ConfigError, NonFiniteLossError, NonFiniteParametersError
+from lsframe.errors import ConfigError, DataError, NonFiniteLossError, NonFiniteParametersError
 from lsframe.modules.policy import check_parameters_finite
 
 
@@ -41,6 +43,13 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._last_written_at: int | None = None
+        self._trained_here = False  # a training batch of this fit ended in this process
+        #: The data error ``last`` was brought up to date for (see :meth:`_between_steps`).
+        self.saved_for: BaseException | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self._trained_here = False
 
     def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
@@ -107,6 +116,27 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         super().on_exception(trainer, pl_module, exception)  # ``save_on_exception`` as chosen
         if isinstance(exception, NonFiniteLossError):
             self._bring_last_up_to_date(trainer)
+        elif self._between_steps(exception, pl_module):
+            self._bring_last_up_to_date(trainer)
+            self.saved_for = exception
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args)
+        self._trained_here = True
+
+    def _between_steps(self, exception: BaseException, pl_module: pl.LightningModule) -> bool:
+        """Whether ``exception`` is a data error met between two optimizer steps of this
+        process's training (a file that does not decode, fetched for the next batch): the state
+        is that of the last completed step. Not before a batch of this process ended (a resume
+        whose checkpoint failed to load: its state is half restored), nor inside an
+        accumulation of micro-batches (the ones already fetched are not in a checkpoint)."""
+        return (
+            isinstance(exception, DataError)
+            and self._trained_here
+            and not getattr(pl_module, "_micro_batches", None)
+        )
 
 
 def last_checkpoint(trainer: pl.Trainer) -> str | None:

@@ -30,7 +30,7 @@ from lsframe.cli_errors import usage_error
 from lsframe.config_checks import check_parsed
 from lsframe.config_nodes import import_class, node_get
 from lsframe.config_stacking import fresh_class_arguments
-from lsframe.errors import ConfigError, NonFiniteLossError, NonFiniteParametersError
+from lsframe.errors import ConfigError, DataError, NonFiniteLossError, NonFiniteParametersError
 from lsframe.export_command import check_export_dir, export, load_module  # noqa: F401 - their home before
 from lsframe.hub import quiet_weight_report
 from lsframe.modules import ClosureModule
@@ -382,6 +382,16 @@ class LSFrameCLI(LightningCLI):
             saved = "the last checkpoint with finite parameters" if before else "the run up to it"
             raise type(error)(
                 f"{error.message}; {saved}: {checkpoint.last_model_path}", error.where
+            ) from error
+        except DataError as error:  # a file met between two steps: the run so far is saved
+            checkpoint = self._lsframe_checkpoint()
+            if getattr(checkpoint, "saved_for", None) is not error:
+                raise
+            raise type(error)(
+                f"{error.message}; the run up to it: {checkpoint.last_model_path} (fix the "
+                "input and resume it with --ckpt_path last)",
+                error.where,
+                error.argument,
             ) from error
 
     def after_fit(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from lsframe.data.images import ImageFolderDataModule
@@ -118,3 +119,40 @@ def test_class_folder_names_reach_predictions_and_the_export(tmp_path, capsys):
     main(["export", str(checkpoint), str(tmp_path / "export")])
     saved = json.loads((tmp_path / "export" / "config.json").read_text())
     assert saved["label_names"] == ["bird", "cat", "dog"]
+
+
+def test_an_image_that_does_not_decode_mid_run_says_where_the_run_so_far_is(tmp_path, capsys):
+    # the fit ended with no checkpoint: every step since the last save was lost
+    import yaml
+
+    from lsframe.__main__ import main
+
+    layout = {f"{split}/{name}": [f"{i}.png" for i in range(8)] for split in ("train", "val")
+              for name in ("a", "b")}  # fmt: skip
+    root = folders(tmp_path / "images", layout)
+    (root / "train" / "b" / "7.png").write_bytes(b"not a png")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "trainer": {"max_steps": 8, "enable_progress_bar": False, "logger": {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(tmp_path / "runs"), "name": "img"}}},
+        "model": {"class_path": "lsframe.modules.ImageClassificationModule", "init_args": {
+            "model_name": "resnet18",
+            "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.01}}}},
+        "data": {"class_path": "lsframe.data.ImageFolderDataModule", "init_args": {
+            "root": str(root), "image_size": 32, "batch_size": 2, "eval_batch_size": 4}},
+    }))  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config)])
+    assert exit_info.value.code == 1
+    (last,) = (tmp_path / "runs").rglob("last.ckpt")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (
+        "lsframe fit: error: image does not decode (UnidentifiedImageError); the run up to it: "
+        f"{last} (fix the input and resume it with --ckpt_path last) "
+        f"({root / 'train' / 'b' / '7.png'})"
+    )
+    assert torch.load(last, weights_only=False)["global_step"] > 0
+    Image.new("RGB", (8, 8)).save(root / "train" / "b" / "7.png")
+    main(["fit", "--config", str(config), "--ckpt_path", "last"])
+    assert torch.load(last, weights_only=False)["global_step"] == 8

@@ -16,7 +16,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lsframe import optim
 from lsframe.callbacks import DPS, EWC, ChildTuningD, ValleyExploration
+from lsframe.checkpointing import BestAndLastCheckpoint
 from lsframe.data.resumable import ResumableDataLoader
+from lsframe.errors import DataError
 from lsframe.optim import WarmupCosineLR
 
 STEPS, EVERY, CRASH = 17, 4, 15  # 10 batches per epoch: the last checkpoint (12) is mid-epoch
@@ -304,3 +306,71 @@ def test_a_run_stopped_inside_an_epoch_and_extended_goes_on_at_its_next_batch(ma
     assert extended.trainer.global_step == 20
     for (key, a), b in zip(plain.named_parameters(), extended.parameters()):
         assert torch.equal(a, b), key
+
+
+class _Undecodable(torch.utils.data.Dataset):
+    """regression_data(40), where example ``bad`` raises a DataError while it is set."""
+
+    bad: int | None = None
+
+    def __init__(self) -> None:
+        self.base = regression_data(40)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        if index == _Undecodable.bad:
+            raise DataError("image does not decode", where=f"images/{index}.png")
+        return self.base[index]
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_file_that_does_not_decode_mid_epoch_keeps_the_run_up_to_it_to_resume_exactly(
+    accumulate, tmp_path
+):
+    # the fit ended with no checkpoint: every step since the last save was lost
+    def loader() -> ResumableDataLoader:
+        return ResumableDataLoader(_Undecodable(), batch_size=4, shuffle=True, seed=3)
+
+    fit = partial(trainer, deterministic=True, max_steps=STEPS // accumulate)
+    make = partial(make_module, "salsa", accumulate_grad_batches=accumulate)
+    torch.manual_seed(0)
+    module = make()
+    fit().fit(module, loader())
+    torch.manual_seed(0)
+    stopped = make()
+    last = BestAndLastCheckpoint(dirpath=tmp_path, save_last=True)
+    _Undecodable.bad = 5  # met while the batch after step 9 is fetched
+    try:
+        with pytest.raises(DataError, match="does not decode"):
+            fit(callbacks=[last], enable_checkpointing=True).fit(stopped, loader())
+    finally:
+        _Undecodable.bad = None
+    step = stopped.trainer.global_step
+    if accumulate == 2:  # inside an accumulation: its fetched micro-batch is in no checkpoint
+        assert last.saved_for is None and not (tmp_path / "last.ckpt").exists()
+        return
+    assert (
+        step > 0 and torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == step
+    )
+    torch.manual_seed(1234)
+    resumed = make()
+    fit().fit(resumed, loader(), ckpt_path=tmp_path / "last.ckpt")
+    for (key, a), b in zip(module.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), key
+
+
+def test_a_resume_that_cannot_load_its_checkpoint_leaves_last_as_it_was(tmp_path):
+    # a data error while the state is half restored must not overwrite last with it
+    last = BestAndLastCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer(max_steps=3, enable_checkpointing=True, callbacks=[last]).fit(
+        make_module("adamw"), data()
+    )
+    before = (tmp_path / "last.ckpt").read_bytes()
+    again = BestAndLastCheckpoint(dirpath=tmp_path, save_last=True)
+    with pytest.raises(DataError, match="another optimizer saved it"):
+        trainer(max_steps=6, enable_checkpointing=True, callbacks=[again]).fit(
+            make_module("salsa"), data(), ckpt_path=tmp_path / "last.ckpt"
+        )
+    assert (tmp_path / "last.ckpt").read_bytes() == before and again.saved_for is None
