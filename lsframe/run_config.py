@@ -151,7 +151,18 @@ def defining_config(config: Any, leave_out: tuple[str, ...] = ()) -> dict[str, A
             node = node.get(key, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict):
             node.pop(last, None)
-    return {k: v for k, v in plain.items() if not k.startswith("__")}
+    return _without_config_paths({k: v for k, v in plain.items() if not k.startswith("__")})
+
+
+def _without_config_paths(value: Any) -> Any:
+    """``value`` without jsonargparse's ``__path__`` keys at any depth: the file a section was
+    read from (``model: model.yaml``) is not a setting, the values it gives are (a comment added
+    to it, or the same run started from another folder, changed the recorded path's bytes)."""
+    if isinstance(value, dict):
+        return {k: _without_config_paths(v) for k, v in value.items() if k != "__path__"}
+    if isinstance(value, list):
+        return [_without_config_paths(v) for v in value]
+    return value
 
 
 def first_difference(
@@ -213,6 +224,7 @@ def refuse_another_config(
     ``remedy`` the ways out). Paths that moved are the same setting (see the module's text)."""
     saved = dict(saved)
     paths = saved.pop(PATHS_KEY, None) or {}
+    saved = _without_config_paths(saved)  # recorded before 2026-12-07
     found = first_difference(saved, current, paths=paths)
     if found is None:
         return

@@ -164,3 +164,23 @@ def test_a_list_that_grew_names_its_first_new_item():
     assert first_difference(new, old) == ("stages[2]", {"name": "rte"}, None)
     with pytest.raises(ConfigError, match=r'stages\[2\] was unset, now \{"name": "rte"\}'):
         refuse_another_config(old, new, "the run", "remedy", "output_dir")
+
+
+def test_the_file_a_section_was_read_from_is_no_setting(tmp_path):
+    # `model: model.yaml`: a comment added to model.yaml, or the same run started from another
+    # folder, refused the resume as "model.__path__ ... (other content)"
+    (tmp_path / "model.yaml").write_text("init_args: {lr: 0.1}\n")
+    config = parsed()
+    config.model = Namespace(__path__="model.yaml", init_args=Namespace(lr=0.1))
+    config.stages[0].data = Namespace(__path__="data.yaml", init_args=Namespace(seed=1))
+    recorded = defining_config(config)
+    assert recorded["model"] == {"init_args": {"lr": 0.1}}
+    assert recorded["stages"][0]["data"] == {"init_args": {"seed": 1}}
+    older = with_fingerprints(
+        {**recorded, "model": {"__path__": str(tmp_path / "model.yaml"), **recorded["model"]}}
+    )
+    (tmp_path / "model.yaml").write_text("# a comment\ninit_args: {lr: 0.1}\n")
+    refuse_another_config(older, recorded, "the run in x", "do y", "output_dir")
+    config.model.init_args.lr = 0.2
+    with pytest.raises(ConfigError, match=r"model\.init_args\.lr was 0\.1, now 0\.2"):
+        refuse_another_config(older, defining_config(config), "the run in x", "do y", "x")
