@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lsframe._signals import received
+from lsframe.checkpoint_io import write_atomically
 from lsframe.errors import ConfigError, one_line
 from lsframe.run_config import refuse_another_config, with_fingerprints
 
@@ -152,6 +153,9 @@ def open_study(
     output_dir.mkdir(parents=True, exist_ok=True)
     location = options.storage or str(output_dir / "journal.log")
     storage = _storage(optuna, location)
+    claim_output_dir(
+        output_dir, options.study_name, optuna, storage if not options.storage else None
+    )
     if options.sampler == "gp":
         make = optuna.samplers.GPSampler
     else:
@@ -173,9 +177,10 @@ def open_study(
     if study.direction.name != wanted:  # Optuna loads a study with its stored direction
         raise ConfigError(
             f"the study {options.study_name!r} in {location} was created to "
-            f"{study.direction.name.lower()} its objective (before lsframe minimised a loss "
-            f"metric) and this search would {wanted.lower()} it: choose another "
-            "search.study_name or search.output_dir",
+            f"{study.direction.name.lower()} its objective and this search would "
+            f"{wanted.lower()} it (search.metric changed, or a loss search started before "
+            "lsframe minimised the loss): a study keeps its direction; choose another "
+            "search.output_dir",
             where="search.study_name",
         )
     if defining is None:
@@ -189,10 +194,36 @@ def open_study(
         saved,
         defining,
         f"the study {options.study_name!r} in {location}",
-        "continue it with that config, or choose another search.study_name or search.output_dir",
+        "continue it with that config, or choose another search.output_dir",
         where="search.study_name",
     )
     return study
+
+
+STUDY_MARK = "study_name.txt"  # the study whose results an output_dir holds
+
+
+def claim_output_dir(output_dir: Path, study_name: str, optuna: Any, journal: Any) -> None:
+    """Refuse a study whose ``output_dir`` holds another study's results (its
+    ``best_distribution.yaml``, ``trials.json`` and ``trial_<n>`` folders would be replaced,
+    the folders by number), else mark the folder as this study's. A folder of before
+    2026-12-07 has no mark; its own journal (``journal``, None for another storage) tells."""
+    mark = output_dir / STUDY_MARK
+    if mark.is_file():
+        other = mark.read_text(encoding="utf-8").strip()
+    elif journal is not None and (output_dir / "journal.log").is_file():
+        names = [n for n in optuna.get_all_study_names(journal) if n != study_name]
+        other = names[0] if names else None
+    else:
+        other = None
+    if other is not None and other != study_name:
+        raise ConfigError(
+            f"search.output_dir {output_dir} holds the results of the study {other!r}; "
+            "another study there would replace them: give this one its own search.output_dir",
+            where="search.study_name",
+        )
+    if not mark.is_file():
+        write_atomically(mark, f"{study_name}\n".encode())
 
 
 PROCESS_ATTR = "lsframe_process"  # host:pid of the process that runs a trial

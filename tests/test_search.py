@@ -28,11 +28,13 @@ def two_tasks() -> list[list[Stage]]:
     return [[Stage("a", Task(0, 1)), Stage("b", Task(1, 2))]]
 
 
-def search(tmp_path, n_trials, calls=None, logger=False, defining=None, **options):
+def search(
+    tmp_path, n_trials, calls=None, logger=False, defining=None, runner_kwargs=None, **options
+):
     pairs = two_tasks()
     trainer = dict(TRAINER, max_epochs=2, logger=logger)
     opts = SearchOptions(n_trials=n_trials, output_dir=str(tmp_path), base_lr=0.05, **options)
-    study = DistributionSearch(make, pairs, trainer, opts, defining=defining)
+    study = DistributionSearch(make, pairs, trainer, opts, runner_kwargs, defining=defining)
     if calls is not None:
         objective = study.objective
         study.objective = lambda trial: calls.append(trial.number) or objective(trial)
@@ -301,6 +303,8 @@ def test_a_search_on_the_loss_minimizes_it(tmp_path):
         options = SearchOptions(output_dir=str(tmp_path / metric))
         study = open_study(options, pairs=1, defining=None, maximize=higher_is_better(metric))
         assert study.direction.name == direction
+        searched = search(tmp_path / f"search_{metric}", 1, runner_kwargs={"metric": metric})
+        assert searched._study().direction.name == direction  # the search asks for it
     # a loss study created before (maximized) is not continued the other way without a word
     old = SearchOptions(output_dir=str(tmp_path / "acc"))
     with pytest.raises(ConfigError, match="created to maximize its objective .* minimize it"):
@@ -327,9 +331,9 @@ def test_a_trial_left_running_by_a_killed_process_is_failed_and_its_folder_remov
 
     import optuna
 
-    from lsframe.search_study import PROCESS_ATTR, fail_dead_trials, open_study, process_name
+    from lsframe.search_study import PROCESS_ATTR, fail_dead_trials, process_name
 
-    study = open_study(SearchOptions(output_dir=str(tmp_path)), pairs=1, defining=None)
+    study = search(tmp_path, 1)._study()
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         capture_output=True,
@@ -342,13 +346,16 @@ def test_a_trial_left_running_by_a_killed_process_is_failed_and_its_folder_remov
     live.set_user_attr(PROCESS_ATTR, process_name())  # another search process, still running
     (tmp_path / f"trial_{killed.number}" / "pair_0").mkdir(parents=True)
     (tmp_path / f"trial_{killed.number}" / "pair_0" / "stage_0.ckpt").write_bytes(b"x")
-    assert fail_dead_trials(study, tmp_path) == [killed.number]
+    calls = []
+    search(tmp_path, 1, calls).run()  # the rerun fails the killed trial, then runs a new one
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     assert states == {
         killed.number: optuna.trial.TrialState.FAIL,
         live.number: optuna.trial.TrialState.RUNNING,
+        calls[0]: optuna.trial.TrialState.COMPLETE,
     }
-    assert not (tmp_path / f"trial_{killed.number}").exists()
+    assert not (tmp_path / f"trial_{killed.number}" / "pair_0" / "stage_0.ckpt").exists()
+    assert fail_dead_trials(study, tmp_path) == []  # nothing left to fail
 
 
 def test_a_dead_trial_is_told_by_its_start_time_and_namespace_and_failed_once(tmp_path):
@@ -388,3 +395,23 @@ def test_a_dead_trial_is_told_by_its_start_time_and_namespace_and_failed_once(tm
     states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
     running = {container.number: "RUNNING", live.number: "RUNNING"}
     assert states == {reused.number: "FAIL", raced.number: "FAIL", **running}
+
+
+def test_a_second_study_in_an_output_dir_holding_another_s_results_is_refused(tmp_path):
+    # the remedy "choose another search.study_name" kept the output_dir: the second study
+    # replaced the first's best_distribution.yaml and trials.json, and removed its trial folders
+    search(tmp_path, 1).run()
+    best = (tmp_path / "best_distribution.yaml").read_bytes()
+    for legacy in (False, True):  # a folder of before the mark: its journal tells
+        if legacy:
+            (tmp_path / "study_name.txt").unlink()
+        with pytest.raises(ConfigError) as refused:
+            search(tmp_path, 1, study_name="second").run()
+        assert refused.value.where == "search.study_name"
+        assert refused.value.message == (
+            f"search.output_dir {tmp_path} holds the results of the study 'lr_distribution'; "
+            "another study there would replace them: give this one its own search.output_dir"
+        )
+    assert (tmp_path / "best_distribution.yaml").read_bytes() == best
+    search(tmp_path, 2).run()  # the same study goes on
+    search(tmp_path / "second", 1, study_name="second").run()
