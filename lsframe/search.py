@@ -90,7 +90,7 @@ class SearchOptions:
         sampler: ``tpe`` (multivariate TPE) or ``gp`` (Gaussian process).
         pruner: ``hyperband`` or ``none``.
         storage: Optuna storage: a journal file path (default) or an RDB URL (``sqlite:///...``).
-        study_name: Name of the study in the storage.
+        study_name: Name of the study in the storage; an output_dir holds one study's results.
         output_dir: Where trials, the best distribution and the plot go.
         seed: Sampler seed; trial ``n`` draws with ``seed + n`` (so processes sharing the
             study do not repeat one another's draws).

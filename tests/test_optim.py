@@ -446,6 +446,27 @@ def test_a_tracker_s_closure_may_return_nothing_as_torch_s_closures_may():
     assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
 
 
+@pytest.mark.parametrize("name", SEARCHES)
+def test_a_search_whose_closure_returns_nothing_is_refused_before_anything_moves(name):
+    # it died in the first trial's verdict with a TypeError, parameters at the trial point
+    from lsframe.optim.closure import ClosureContractError
+
+    model = Logistic()
+    opt = make(name, model)
+    before = snapshot(model)
+
+    def closure(backward: bool = True) -> None:
+        opt.zero_grad()
+        loss = model.loss()
+        if backward:
+            loss.backward()
+
+    with pytest.raises(ClosureContractError, match="must return the mean loss"):
+        opt.step(closure)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+    assert opt.state["line_search"]["step"] == 0
+
+
 @pytest.mark.parametrize("name", ["alsals", "adamsls"])  # SaLSA may amortise that step away
 def test_a_non_finite_average_of_the_slopes_is_a_rejected_step_too(name, monkeypatch):
     from lsframe.optim.rules import SmoothedArmijo

@@ -397,7 +397,8 @@ class LineSearchOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-            if loss is not None and not isinstance(loss, (int, float)):  # before any counter
+            # before any counter; None only for a tracker (a torch-style closure may return it)
+            if (loss is not None or self.forward_trials) and not isinstance(loss, (int, float)):
                 check_loss(loss, f"{type(self).__name__}.step's closure", backward=False)
         state["step"] += 1
         value = None if loss is None else loss_value(loss)
