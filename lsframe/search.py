@@ -291,7 +291,8 @@ class DistributionSearch:
         text += f"base_lr {self.options.base_lr:g}, objective {study.best_value:.4f}\n"
         text += yaml.safe_dump(best, sort_keys=False)
         write_atomically(self.output_dir / "best_distribution.yaml", text.encode())
-        plot_search(best, trials, self.options.base_lr, self.output_dir / "search.png")
+        metric = self.runner_kwargs.get("metric", "acc")
+        plot_search(best, trials, self.options.base_lr, self.output_dir / "search.png", metric)
         labels = {f"lr_{i}": f"lr_{i} ({', '.join(c)})" for i, c in enumerate(self.chunks)}
         plot_param_importances(study, self.output_dir / "param_importances.png", labels)
 

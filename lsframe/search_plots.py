@@ -4,7 +4,6 @@ Optuna's parameter-importance plot (``param_importances.png``)."""
 from __future__ import annotations
 
 import importlib.util
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -66,11 +65,28 @@ def plot_param_importances(study: Any, path: Path, labels: dict[str, str] | None
     return True
 
 
-def plot_search(best: dict[str, float], trials: list[dict], base_lr: float, path: Path) -> None:
-    """Bar chart of the best learning rate per part, and objective per trial with the best so far."""
+def best_so_far(values: list[float], metric: str = "acc") -> list[float]:
+    """The best of ``values[: i + 1]`` for each ``i``: the highest, or the lowest for a
+    lower-is-better ``metric`` (the loss)."""
+    from lsframe.sequence_checks import higher_is_better
+
+    better = max if higher_is_better(metric) else min
+    out: list[float] = []
+    for value in values:
+        out.append(better(out[-1], value) if out else value)
+    return out
+
+
+def plot_search(
+    best: dict[str, float], trials: list[dict], base_lr: float, path: Path, metric: str = "acc"
+) -> None:
+    """Bar chart of the best learning rate per part, and objective per trial with the best so
+    far (the lowest for a lower-is-better ``metric``, the loss)."""
     plt = _pyplot()
     if plt is None:  # the plot is optional: matplotlib comes with the search extra
         return
+    from matplotlib.ticker import MaxNLocator
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
     parts = list(best)
     left.bar(range(len(parts)), [best[p] * base_lr for p in parts])
@@ -83,15 +99,14 @@ def plot_search(best: dict[str, float], trials: list[dict], base_lr: float, path
     # a pruned trial's value is its mean over the first pairs only: shown, not ranked
     for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
         done = [t for t in trials if t["state"] == state and t["value"] is not None]
-        right.plot([t["number"] for t in done], [t["value"] for t in done], marker, label=state)
+        if done:
+            right.plot([t["number"] for t in done], [t["value"] for t in done], marker, label=state)
     complete = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
-    best_so_far, running = [], -math.inf
-    for t in complete:
-        running = max(running, t["value"])
-        best_so_far.append(running)
-    right.step([t["number"] for t in complete], best_so_far, "-", where="post", label="best")
+    running = best_so_far([t["value"] for t in complete], metric)
+    right.step([t["number"] for t in complete], running, "-", where="post", label="best")
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set_xlabel("trial")
-    right.set_ylabel("acc A after B + acc B")
+    right.set_ylabel(f"{metric} A after B + {metric} B")
     right.set_title("search history")
     right.legend()
     fig.tight_layout()

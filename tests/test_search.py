@@ -415,3 +415,12 @@ def test_a_second_study_in_an_output_dir_holding_another_s_results_is_refused(tm
     assert (tmp_path / "best_distribution.yaml").read_bytes() == best
     search(tmp_path, 2).run()  # the same study goes on
     search(tmp_path / "second", 1, study_name="second").run()
+
+
+def test_the_plotted_best_so_far_of_a_loss_search_is_the_lowest():
+    # search.png drew the running maximum of the losses, climbing to the worst trial
+    from lsframe.search_plots import best_so_far
+
+    values = [0.6959, 0.7086, 1.1892, 0.7157, 0.61]
+    assert best_so_far(values, "loss") == [0.6959, 0.6959, 0.6959, 0.6959, 0.61]
+    assert best_so_far(values, "acc") == [0.6959, 0.7086, 1.1892, 1.1892, 1.1892]
