@@ -181,17 +181,17 @@ def first_difference(
                 return found
         return None
     if isinstance(old, list) and isinstance(new, list):
-        if len(old) != len(new):  # another number of items: the first one only one list has
+        for i, (a, b) in enumerate(zip(old, new)):  # an item inserted or removed shows here
+            found = first_difference(a, b, f"{key}[{i}]", paths)
+            if found is not None:
+                return found
+        if len(old) != len(new):  # one list goes on: its first item the other lacks
             i = min(len(old), len(new))
             return (
                 f"{key}[{i}]",
                 old[i] if i < len(old) else None,
                 new[i] if i < len(new) else None,
             )
-        for i, (a, b) in enumerate(zip(old, new)):
-            found = first_difference(a, b, f"{key}[{i}]", paths)
-            if found is not None:
-                return found
         return None
     if old == new:
         return (key, old, new) if _edited(old, paths) else None

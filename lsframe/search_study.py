@@ -173,6 +173,15 @@ def open_study(
         direction="maximize" if maximize else "minimize",
         load_if_exists=True,
     )
+    saved = None if defining is None else study.user_attrs.get(STUDY_CONFIG)
+    if saved is not None:  # names the setting that changed (search.metric among them)
+        refuse_another_config(
+            saved,
+            defining,
+            f"the study {options.study_name!r} in {location}",
+            "continue it with that config, or choose another search.output_dir",
+            where="search.study_name",
+        )
     wanted = "MAXIMIZE" if maximize else "MINIMIZE"
     if study.direction.name != wanted:  # Optuna loads a study with its stored direction
         raise ConfigError(
@@ -183,20 +192,8 @@ def open_study(
             "search.output_dir",
             where="search.study_name",
         )
-    if defining is None:
-        return study
-    saved = study.user_attrs.get(STUDY_CONFIG)
-    if saved is None:
-        if not study.get_trials(deepcopy=False):
-            study.set_user_attr(STUDY_CONFIG, with_fingerprints(defining))
-        return study
-    refuse_another_config(
-        saved,
-        defining,
-        f"the study {options.study_name!r} in {location}",
-        "continue it with that config, or choose another search.output_dir",
-        where="search.study_name",
-    )
+    if defining is not None and saved is None and not study.get_trials(deepcopy=False):
+        study.set_user_attr(STUDY_CONFIG, with_fingerprints(defining))
     return study
 
 

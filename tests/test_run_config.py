@@ -47,6 +47,8 @@ def test_the_first_difference_names_its_full_key_with_list_indexes():
     new["stages"][1]["max_steps"] = 7
     assert first_difference(old, new) == ("stages[1].max_steps", 5, 7)
     new["stages"].append({"name": "rte"})
+    assert first_difference(old, new)[0] == "stages[1].max_steps"  # the first, in order
+    new["stages"][1]["max_steps"] = 5
     assert first_difference(old, new)[0] == "stages[2]"  # another number of stages
 
 
@@ -164,6 +166,14 @@ def test_a_list_that_grew_names_its_first_new_item():
     assert first_difference(new, old) == ("stages[2]", {"name": "rte"}, None)
     with pytest.raises(ConfigError, match=r'stages\[2\] was unset, now \{"name": "rte"\}'):
         refuse_another_config(old, new, "the run", "remedy", "output_dir")
+    # a stage inserted first, or one removed in the middle, was named as the last one
+    inserted = {"stages": [{"name": "rte"}, {"name": "sst2"}, {"name": "mrpc"}]}
+    assert first_difference(old, inserted) == ("stages[0].name", "sst2", "rte")
+    assert first_difference(old, {"stages": [{"name": "mrpc"}]}) == (
+        "stages[0].name",
+        "sst2",
+        "mrpc",
+    )
 
 
 def test_the_file_a_section_was_read_from_is_no_setting(tmp_path):

@@ -309,6 +309,11 @@ def test_a_search_on_the_loss_minimizes_it(tmp_path):
     old = SearchOptions(output_dir=str(tmp_path / "acc"))
     with pytest.raises(ConfigError, match="created to maximize its objective .* minimize it"):
         open_study(old, pairs=1, defining=None, maximize=False)
+    # a study recorded with metric acc, reopened with loss: the changed setting is named
+    recorded = SearchOptions(output_dir=str(tmp_path / "recorded"))
+    open_study(recorded, pairs=1, defining={"metric": "acc"}, maximize=True)
+    with pytest.raises(ConfigError, match='metric was "acc", now "loss"'):
+        open_study(recorded, pairs=1, defining={"metric": "loss"}, maximize=False)
 
 
 def test_sequence_summaries_of_a_loss_say_a_task_got_worse_as_forgetting():
