@@ -33,6 +33,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from lsframe.errors import ConfigError, DataError, NonFiniteLossError, NonFiniteParametersError
 from lsframe.modules.policy import check_parameters_finite
+from lsframe.modules.random_state import random_states, set_random_states
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
@@ -44,12 +45,13 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self._last_written_at: int | None = None
         self._trained_here = False  # a training batch of this fit ended in this process
+        self._batch_end_random: dict[str, Any] | None = None
         #: The data error ``last`` was brought up to date for (see :meth:`_between_steps`).
         self.saved_for: BaseException | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
-        self._trained_here = False
+        self._trained_here, self._batch_end_random = False, None
 
     def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
@@ -117,12 +119,21 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if isinstance(exception, NonFiniteLossError):
             self._bring_last_up_to_date(trainer)
         elif self._between_steps(exception, pl_module):
-            self._bring_last_up_to_date(trainer)
+            # the generators as the batch end left them: the failed fetch's images before the
+            # bad one drew random crops, which a resume draws again
+            now = random_states(pl_module.device)
+            set_random_states(self._batch_end_random, pl_module.device)
+            try:
+                self._bring_last_up_to_date(trainer)
+            finally:
+                set_random_states(now, pl_module.device)
             self.saved_for = exception
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
+        if self.save_last:  # what a resume from a save at this point draws from
+            self._batch_end_random = random_states(pl_module.device)
         super().on_train_batch_end(trainer, pl_module, *args)
         self._trained_here = True
 
@@ -135,6 +146,7 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         return (
             isinstance(exception, DataError)
             and self._trained_here
+            and self._batch_end_random is not None
             and not getattr(pl_module, "_micro_batches", None)
         )
 

@@ -26,7 +26,7 @@ from lsframe.callbacks import HParamsMetrics, PredictionWriter
 from lsframe.checkpoint_io import find_last_checkpoint
 from lsframe.checkpointing import BestAndLastCheckpoint, last_checkpoint
 from lsframe.checkpoints import read_lightning_checkpoint
-from lsframe.cli_errors import usage_error
+from lsframe.cli_errors import unwrap_worker_error, usage_error
 from lsframe.config_checks import check_parsed
 from lsframe.config_nodes import import_class, node_get
 from lsframe.config_stacking import fresh_class_arguments
@@ -387,11 +387,12 @@ class LSFrameCLI(LightningCLI):
             checkpoint = self._lsframe_checkpoint()
             if getattr(checkpoint, "saved_for", None) is not error:
                 raise
+            found = unwrap_worker_error(error)  # a DataLoader worker's: its own line
             raise type(error)(
-                f"{error.message}; the run up to it: {checkpoint.last_model_path} (fix the "
+                f"{found.message}; the run up to it: {checkpoint.last_model_path} (fix the "
                 "input and resume it with --ckpt_path last)",
-                error.where,
-                error.argument,
+                found.where,
+                found.argument,
             ) from error
 
     def after_fit(self) -> None:

@@ -397,7 +397,7 @@ _SAME_STATE_KEY = re.compile(r"Found more than one stateful callback of type `(\
 _WORKER = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\s*Original Traceback")
 
 
-def _from_worker(error: LsframeError) -> LsframeError:
+def unwrap_worker_error(error: LsframeError) -> LsframeError:
     """``error`` as the DataLoader worker raised it: torch re-raises a worker's exception as its
     class with the whole worker traceback as the message; its last line is the one to print."""
     if not _WORKER.match(error.message):
@@ -413,7 +413,7 @@ def classify(error: BaseException) -> LsframeError | None:
     if isinstance(error, (ValueError, TypeError, argparse.ArgumentError, LsframeError)):
         for exc in _chain(error):
             if isinstance(exc, LsframeError):
-                return _from_worker(exc)
+                return unwrap_worker_error(exc)
     for exc in _chain(error):  # Lightning's word for a setting it cannot run with
         if any(c.__name__ == "MisconfigurationException" for c in type(exc).__mro__):
             text = str(exc).strip()

@@ -121,8 +121,12 @@ def test_class_folder_names_reach_predictions_and_the_export(tmp_path, capsys):
     assert saved["label_names"] == ["bird", "cat", "dog"]
 
 
-def test_an_image_that_does_not_decode_mid_run_says_where_the_run_so_far_is(tmp_path, capsys):
-    # the fit ended with no checkpoint: every step since the last save was lost
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_image_that_does_not_decode_mid_run_says_where_the_run_so_far_is(
+    workers, tmp_path, capsys
+):
+    # the fit ended with no checkpoint: every step since the last save was lost; from a
+    # worker, the line lost the reason and the file
     import yaml
 
     from lsframe.__main__ import main
@@ -140,17 +144,21 @@ def test_an_image_that_does_not_decode_mid_run_says_where_the_run_so_far_is(tmp_
             "model_name": "resnet18",
             "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.01}}}},
         "data": {"class_path": "lsframe.data.ImageFolderDataModule", "init_args": {
-            "root": str(root), "image_size": 32, "batch_size": 2, "eval_batch_size": 4}},
+            "root": str(root), "image_size": 32, "batch_size": 2, "eval_batch_size": 4,
+            "num_workers": workers}},
     }))  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(config)])
     assert exit_info.value.code == 1
     (last,) = (tmp_path / "runs").rglob("last.ckpt")
     line = capsys.readouterr().err.strip().splitlines()[-1]
+    bad = root / "train" / "b" / "7.png"
+    reason, up_to = "image does not decode (UnidentifiedImageError)", f"the run up to it: {last}"
+    resume = "(fix the input and resume it with --ckpt_path last)"
     assert line == (
-        "lsframe fit: error: image does not decode (UnidentifiedImageError); the run up to it: "
-        f"{last} (fix the input and resume it with --ckpt_path last) "
-        f"({root / 'train' / 'b' / '7.png'})"
+        f"lsframe fit: error: {reason}; {up_to} {resume} ({bad})"
+        if workers == 0
+        else f"lsframe fit: error: {reason} ({bad}); {up_to} {resume}"
     )
     assert torch.load(last, weights_only=False)["global_step"] > 0
     Image.new("RGB", (8, 8)).save(root / "train" / "b" / "7.png")

@@ -309,7 +309,8 @@ def test_a_run_stopped_inside_an_epoch_and_extended_goes_on_at_its_next_batch(ma
 
 
 class _Undecodable(torch.utils.data.Dataset):
-    """regression_data(40), where example ``bad`` raises a DataError while it is set."""
+    """regression_data(40) with random noise added, where example ``bad`` raises a DataError
+    while it is set."""
 
     bad: int | None = None
 
@@ -322,7 +323,8 @@ class _Undecodable(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         if index == _Undecodable.bad:
             raise DataError("image does not decode", where=f"images/{index}.png")
-        return self.base[index]
+        x, y = self.base[index]
+        return x + 0.1 * torch.rand_like(x), y  # a random augmentation, as a crop draws
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])
