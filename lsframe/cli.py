@@ -19,6 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 import lsframe.data  # noqa: F401 - registers the DataModules for subclass mode
@@ -311,9 +312,12 @@ class LSFrameCLI(LightningCLI):
             return
         version, path = found
         logger = config.get("trainer.logger")
-        (logger[0] if isinstance(logger, list) else logger).init_args.version = version
+        first = logger[0] if isinstance(logger, list) else logger
+        first.init_args.version = version
         if rank_zero_only.rank == 0:
             print(f"lsframe fit: --ckpt_path last: continuing {path.parent.parent} ({path.name})")
+            if str(first.get("class_path", "")).endswith("CSVLogger"):
+                keep_csv_metrics(path.parent.parent)
 
     def _lsframe_checkpoint(self) -> ModelCheckpoint | None:
         """The ModelCheckpoint of the ``checkpoint`` section (``trainer.checkpoint_callback`` is
@@ -409,9 +413,25 @@ class LSFrameCLI(LightningCLI):
             lines.append(f"  best checkpoint{scored}: {checkpoint.best_model_path}")
         if checkpoint is not None and checkpoint.last_model_path:
             lines.append(f"  last checkpoint: {checkpoint.last_model_path}")
-        if trainer.logger is not None and trainer.logger.log_dir:
+        if isinstance(trainer.logger, TensorBoardLogger) and trainer.logger.log_dir:
             lines.append(f"  TensorBoard logs: tensorboard --logdir {trainer.logger.log_dir}")
+        elif trainer.logger is not None and trainer.logger.log_dir:
+            lines.append(f"  logs: {trainer.logger.log_dir}")
         print("\n".join(lines), flush=True)
+
+
+def keep_csv_metrics(run_dir: Path) -> None:
+    """Move a continued run's ``metrics.csv`` to ``metrics.<k>.csv`` (the first free ``k``):
+    Lightning's CSVLogger deletes the file it finds in the folder it logs to, and with it the
+    metrics logged before the resume."""
+    metrics = run_dir / "metrics.csv"
+    if not metrics.is_file():
+        return
+    k = 1
+    while (run_dir / f"metrics.{k}.csv").exists():
+        k += 1
+    metrics.rename(run_dir / f"metrics.{k}.csv")
+    print(f"lsframe fit: the metrics logged before the resume are kept in metrics.{k}.csv")
 
 
 def readable_progress_bar(trainer: pl.Trainer) -> None:

@@ -291,3 +291,29 @@ def test_a_sequential_stage_checkpoint_given_to_validate_points_to_export(tmp_pa
     (tmp_path / CONFIG_FILE).write_text("{}")
     with pytest.raises(DataError, match=f"`lsframe export {stage} <output_dir>`"):
         read_lightning_checkpoint(stage)
+
+
+def test_continuing_a_csv_logged_run_keeps_the_metrics_logged_before_it(tmp_path):
+    # Lightning's CSVLogger deleted the continued run's metrics.csv; the closing lines offered
+    # TensorBoard for a CSV run
+    import yaml
+    from test_preemption import fit_config, lsframe
+
+    config = fit_config(tmp_path / "runs")
+    config["trainer"]["max_epochs"] = 1
+    config["trainer"]["logger"] = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(tmp_path / "runs"), "name": "tiny"},
+    }
+    (tmp_path / "csv.yaml").write_text(yaml.safe_dump(config))
+    first = lsframe(tmp_path, ["fit", "--config", str(tmp_path / "csv.yaml")])
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "runs" / "tiny" / "version_0"
+    before = (run / "metrics.csv").read_text()
+    assert f"  logs: {run}" in first.stdout and "TensorBoard" not in first.stdout
+    more = ["--trainer.max_epochs", "2", "--ckpt_path", "last"]
+    second = lsframe(tmp_path, ["fit", "--config", str(tmp_path / "csv.yaml"), *more])
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "the metrics logged before the resume are kept in metrics.1.csv" in second.stdout
+    assert (run / "metrics.1.csv").read_text() == before
+    assert (run / "metrics.csv").is_file()

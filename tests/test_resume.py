@@ -155,11 +155,33 @@ def test_resume_at_an_epoch_boundary_starts_the_next_epoch(tmp_path):
     assert len(second) == 10 and not torch.equal(torch.cat(first_epoch), torch.cat(second))
 
 
-def test_a_loader_with_another_seed_is_refused():
+def test_a_loader_with_another_seed_batch_size_or_length_is_refused_at_its_key():
+    # another batch size skipped 3 batches of 8 where 3 of 4 were trained: 12 of 40 examples
+    # never trained in that epoch; the seed's refusal was a traceback
+    from lsframe.errors import ConfigError
+
     loader = data(seed=3)
     next(iter(loader))
-    with pytest.raises(ValueError, match="seed 3"):
-        data(seed=4).load_state_dict(loader.state_dict())
+    state = loader.state_dict()
+    other = [
+        (data(seed=4), "shuffled with seed 3, this one with 4", "data.seed"),
+        (
+            ResumableDataLoader(regression_data(40), batch_size=8, shuffle=True, seed=3),
+            "batches of 4, this one of 8",
+            "data.batch_size",
+        ),
+        (
+            ResumableDataLoader(regression_data(20), batch_size=4, shuffle=True, seed=3),
+            "had 40 examples, this one has 20",
+            None,
+        ),
+    ]
+    for refusing, text, key in other:
+        with pytest.raises(ConfigError, match=text) as refused:
+            refusing.load_state_dict(state)
+        assert refused.value.argument == key
+    data(seed=3).load_state_dict(state)
+    data(seed=3).load_state_dict({"epoch": 0, "batches": 1, "seed": 3})  # saved before today
 
 
 def test_weights_loaded_for_a_new_fit_keep_that_fit_s_random_state(tmp_path):

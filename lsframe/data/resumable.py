@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from lsframe.errors import ConfigError
+
 
 class EpochSeededRandomSampler(RandomSampler):
     """A random permutation per epoch drawn from ``seed + epoch`` alone.
@@ -138,24 +140,40 @@ class ResumableDataLoader(DataLoader):
             self._batches_handed_out, self._skip = handed_out, skip
 
     def state_dict(self) -> dict[str, Any]:
-        """The epoch (the sampler's, if it has one) and the batches handed out in it."""
+        """The epoch (the sampler's, if it has one) and the batches handed out in it, with what
+        the place depends on: the seed, the batch size and the number of examples."""
         return {
             "epoch": getattr(self.sampler, "epoch", None),
             "batches": self._batches_handed_out,
             "seed": self.seed,
+            "batch_size": self.batch_size,
+            "examples": len(self.dataset),  # type: ignore[arg-type]
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Make the next iterator continue after the batches recorded in ``state``.
 
         Raises:
-            ValueError: If ``state`` was written with another shuffle seed.
+            ConfigError: If ``state`` was written with another shuffle seed, batch size or
+                number of examples: the batches to skip would be other examples (a state of
+                before 2026-12-07 records the seed only).
         """
-        if state.get("seed", self.seed) != self.seed:
-            raise ValueError(
-                f"the checkpoint's loader was shuffled with seed {state['seed']}, this one with "
-                f"{self.seed}: resuming would change the order of the epoch"
-            )
+        checks = (
+            ("seed", self.seed, "was shuffled with seed {}, this one with {}", "data.seed"),
+            ("batch_size", self.batch_size, "handed out batches of {}, this one of {}",
+             "data.batch_size"),
+            ("examples", len(self.dataset), "had {} examples, this one has {} (a changed "  # type: ignore[arg-type]
+             "train_limit, train_subsample or data file)", None),
+        )  # fmt: skip
+        for key, mine, text, argument in checks:
+            saved = state.get(key)
+            if saved is not None and mine is not None and saved != mine:
+                raise ConfigError(
+                    f"the checkpoint's training loader {text.format(saved, mine)}: resuming "
+                    "would train other examples than the rest of its epoch; resume with the "
+                    "data settings it was saved with",
+                    argument=argument,
+                )
         epoch, batches = state.get("epoch"), int(state["batches"])
         finished = batches >= len(self)
         if epoch is not None and hasattr(self.sampler, "set_epoch"):
