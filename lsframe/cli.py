@@ -10,7 +10,6 @@ A fit stops cleanly on SIGTERM, SIGUSR1 and Ctrl-C (:mod:`lsframe.preemption`), 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -34,6 +33,7 @@ from lsframe.config_stacking import fresh_class_arguments
 from lsframe.errors import ConfigError, DataError, NonFiniteLossError, NonFiniteParametersError
 from lsframe.export_command import check_export_dir, export, load_module  # noqa: F401 - their home before
 from lsframe.hub import quiet_weight_report
+from lsframe.loggers import readable_progress_bar
 from lsframe.modules import ClosureModule
 from lsframe.named_checkpoints import logger_root, resolve_for_evaluation
 from lsframe.preemption import Preemption, catch_signals
@@ -432,15 +432,3 @@ def keep_csv_metrics(run_dir: Path) -> None:
         k += 1
     metrics.rename(run_dir / f"metrics.{k}.csv")
     print(f"lsframe fit: the metrics logged before the resume are kept in metrics.{k}.csv")
-
-
-def readable_progress_bar(trainer: pl.Trainer) -> None:
-    """Show small metrics (a step size of 1.7e-4) in Lightning's Rich progress bar: its default
-    format ``.3f`` prints them as 0.000, so a bar left at that default gets ``.3g`` (TQDM's bar
-    already uses three significant digits). A format the user chose is kept."""
-    from lightning.pytorch.callbacks import RichProgressBar
-
-    bar = trainer.progress_bar_callback
-    if isinstance(bar, RichProgressBar) and bar.theme.metrics_format == ".3f":
-        # a copy: the default theme object may be shared by every RichProgressBar
-        bar.theme = dataclasses.replace(bar.theme, metrics_format=".3g")

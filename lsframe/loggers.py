@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +101,15 @@ def _logger_class(class_path: str, key: str) -> type[Logger]:
     if not (isinstance(cls, type) and issubclass(cls, Logger)):
         raise ConfigError(f"{class_path} is not a Lightning Logger", where=key)
     return cls
+
+
+def readable_progress_bar(trainer: Any) -> None:
+    """Show small metrics (a step size of 1.7e-4) in Lightning's Rich progress bar: its default
+    format ``.3f`` prints them as 0.000, so a bar left at that default gets ``.3g`` (TQDM's bar
+    already uses three significant digits). A format the user chose is kept."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    bar = trainer.progress_bar_callback
+    if isinstance(bar, RichProgressBar) and bar.theme.metrics_format == ".3f":
+        # a copy: the default theme object may be shared by every RichProgressBar
+        bar.theme = replace(bar.theme, metrics_format=".3g")

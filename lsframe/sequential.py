@@ -60,7 +60,7 @@ from lsframe.cli_errors import parse_or_raise
 from lsframe.config_checks import check_config
 from lsframe.config_stacking import fresh_class_arguments
 from lsframe.errors import ConfigError
-from lsframe.loggers import logger_specs
+from lsframe.loggers import logger_specs, readable_progress_bar
 from lsframe.modules import ClosureModule
 from lsframe.modules.export import is_lora
 from lsframe.modules.random_state import random_states, set_random_states
@@ -225,7 +225,9 @@ class SequenceRunner:
         if not loggers:  # Lightning's own files (checkpoints) go to the stage's folder, not cwd
             kwargs.setdefault("default_root_dir", str(self.output_dir / label))
         callbacks = [*self.callbacks, HParamsMetrics(), self._preemption(stage, index)]
-        return pl.Trainer(callbacks=callbacks, logger=loggers or False, **kwargs)
+        trainer = pl.Trainer(callbacks=callbacks, logger=loggers or False, **kwargs)
+        readable_progress_bar(trainer)  # a step size of 5e-5 shows as 0.000 otherwise
+        return trainer
 
     def _preempted_path(self, index: int) -> Path:
         """The mid-stage checkpoint a signal leaves for stage ``index``."""

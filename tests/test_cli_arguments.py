@@ -175,7 +175,7 @@ def test_the_rich_progress_bar_shows_a_small_step_size_in_significant_digits():
     from lightning.pytorch.callbacks import RichProgressBar
     from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBarTheme
 
-    from lsframe.cli import readable_progress_bar
+    from lsframe.loggers import readable_progress_bar
 
     default, chosen = (
         RichProgressBar(),

@@ -362,3 +362,14 @@ def test_a_finished_sequence_run_again_says_it_has_finished(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"the sequence in {tmp_path} has finished its stages" in out
     assert "resuming after" not in out
+
+
+def test_a_stage_s_rich_progress_bar_shows_a_small_step_size_in_significant_digits(tmp_path):
+    # only fit's bar had .3g: a stage showed a step size of 5e-5 as 0.000
+    pytest.importorskip("rich")
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    bar = RichProgressBar()
+    trainer = dict(TRAINER, enable_progress_bar=True, callbacks=[bar])
+    run = SequenceRunner(TinyClassifier(), [Stage("a", Task(0, 1))], trainer, output_dir=tmp_path)
+    assert run._trainer(run.stages[0], 0).progress_bar_callback.theme.metrics_format == ".3g"
