@@ -28,7 +28,7 @@ from lsframe.checkpointing import BestAndLastCheckpoint, last_checkpoint
 from lsframe.checkpoints import read_lightning_checkpoint
 from lsframe.cli_errors import unwrap_worker_error, usage_error
 from lsframe.config_checks import check_parsed
-from lsframe.config_nodes import import_class, node_get
+from lsframe.config_nodes import at_callback, import_class, node_get
 from lsframe.config_stacking import fresh_class_arguments
 from lsframe.errors import ConfigError, DataError, NonFiniteLossError, NonFiniteParametersError
 from lsframe.export_command import check_export_dir, export, load_module  # noqa: F401 - their home before
@@ -387,6 +387,11 @@ class LSFrameCLI(LightningCLI):
             raise type(error)(
                 f"{error.message}; {saved}: {checkpoint.last_model_path}", error.where
             ) from error
+        except ConfigError as error:  # a callback's refusal, at its item of trainer.callbacks
+            located = at_callback(error, self.config[self.subcommand].get("trainer.callbacks"))
+            if located is error:
+                raise
+            raise located from error
         except DataError as error:  # a file met between two steps: the run so far is saved
             checkpoint = self._lsframe_checkpoint()
             if getattr(checkpoint, "saved_for", None) is not error:

@@ -90,3 +90,21 @@ def located(error: Exception, prefix: str, init_args: dict[str, Any]) -> Lsframe
     owner = prefix.removesuffix(".init_args")
     kind = MissingFileError if isinstance(error, FileNotFoundError) else ConfigError
     return kind(text, where=f"{prefix}.{argument}" if argument else owner)
+
+
+def at_callback(error: Any, callbacks: Any, key: str = "trainer.callbacks") -> Any:
+    """``error`` (an lsframe error) raised while a fit ran, by a callback that names itself
+    (``DPS: a stage would be ...``) and its argument, located at that callback's item of the
+    config's ``callbacks`` list (``trainer.callbacks[2].init_args.update_ratio``); unchanged
+    where it has a place already, or no one item of that class is listed."""
+    found = re.match(r"([A-Z]\w*): ", str(getattr(error, "message", "")))
+    if getattr(error, "where", None) is not None or not getattr(error, "argument", None):
+        return error
+    if found is None or not isinstance(callbacks, list):
+        return error
+    items = [
+        i
+        for i, node in enumerate(callbacks)
+        if str(node_get(node, "class_path") or "").rsplit(".", 1)[-1] == found[1]
+    ]
+    return error.at(f"{key}[{items[0]}].init_args") if len(items) == 1 else error

@@ -251,3 +251,18 @@ def test_a_data_error_raised_in_a_dataloader_worker_is_its_own_line():
         "lsframe fit: error: image does not decode (OSError) (images/train/cat/bad.png)",
         1,
     )
+
+
+def test_a_callback_s_refusal_during_a_fit_is_placed_at_its_item_of_the_callbacks():
+    # a sequence's stage named a bare "(update_ratio)"
+    from lsframe.config_nodes import at_callback
+
+    callbacks = [
+        {"class_path": "lsframe.callbacks.ValleyExploration"},
+        {"class_path": "lsframe.callbacks.DPS", "init_args": {"update_ratio": 0.05}},
+    ]
+    refused = ConfigError("DPS: a stage would be 0 optimizer steps", argument="update_ratio")
+    assert at_callback(refused, callbacks).where == "trainer.callbacks[1].init_args.update_ratio"
+    assert at_callback(refused, callbacks * 2) is refused  # two DPS: which one is not known
+    placed = ConfigError("DPS: x", where="somewhere", argument="update_ratio")
+    assert at_callback(placed, callbacks) is placed
