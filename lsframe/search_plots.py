@@ -54,11 +54,12 @@ def plot_param_importances(study: Any, path: Path, labels: dict[str, str] | None
     with warnings.catch_warnings(), plt.rc_context():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # its backend
         axes = optuna.visualization.matplotlib.plot_param_importances(study, evaluator=evaluator)
-        axes.set_title(f"learning-rate importances ({len(complete)} complete trials)", loc="left")
+        axes.set_title("", loc="left")  # above the figure: long part labels push the axes right
         if labels:
             ticks = [tick.get_text() for tick in axes.get_yticklabels()]
             axes.set_yticks(axes.get_yticks(), [labels.get(t, t) for t in ticks])
         figure = axes.get_figure()
+        figure.suptitle(f"learning-rate importances ({len(complete)} complete trials)")
         figure.tight_layout()
         figure.savefig(path, dpi=120)
         plt.close(figure)
