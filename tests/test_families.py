@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import struct
+import warnings
 from pathlib import Path
 
 import helpers
@@ -204,6 +205,37 @@ def test_lora_trains_only_adapters_and_head_with_salsa(minilm, shared_data):
 
 
 # ---- bad input --------------------------------------------------------------------------------
+def test_a_data_tokenizer_that_does_not_fit_the_lm_is_refused_or_warned(tmp_path, minilm):
+    # bytes into a 64-token model was an IndexError deep in the embedding; another tokenizer's
+    # ids fed to a pretrained model trained silently on the wrong tokens
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lsframe.errors import ConfigError
+    from lsframe.hub import load_tokenizer
+
+    text = tmp_path / "text.txt"
+    text.write_text("to be or not to be " * 40)
+    data = TextFileLMDataModule(str(text), tokenizer="bytes", block_size=8)
+    small = CausalLMModule(config={"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 2,
+                                   "vocab_size": 64, "n_positions": 16})  # fmt: skip
+    with pytest.raises(ConfigError, match="'bytes' has 256 tokens but the model's embedding has"):
+        small.check_data_tokenizer(data)
+    with_own = tmp_path / "pretrained"  # a pretrained model saved with its tokenizer
+    tokenizer = load_tokenizer(minilm)
+    config = GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=len(tokenizer), n_positions=16)
+    GPT2LMHeadModel(config).save_pretrained(with_own)
+    tokenizer.save_pretrained(with_own)
+    with pytest.warns(UserWarning, match="learned its own tokenizer's ids"):
+        CausalLMModule(str(with_own)).check_data_tokenizer(data)
+    own = TextFileLMDataModule(str(text), tokenizer=str(with_own), block_size=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CausalLMModule(str(with_own)).check_data_tokenizer(own)  # its own: nothing to say
+        big = CausalLMModule(config={"model_type": "gpt2", "n_layer": 1, "n_embd": 8,
+                                     "n_head": 2, "vocab_size": 256, "n_positions": 16})  # fmt: skip
+        big.check_data_tokenizer(data)
+
+
 def test_idx_files_are_checked(tmp_path):
     good = tmp_path / "t10k-images-idx3-ubyte.gz"
     with gzip.open(good, "wb") as handle:

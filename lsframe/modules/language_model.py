@@ -8,8 +8,10 @@ from typing import Any
 
 import torch
 import torchmetrics
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lsframe.errors import ConfigError
 from lsframe.hub import load_pretrained, load_tokenizer, loading_options
 from lsframe.modules.base import ClosureModule
 from lsframe.modules.peft import apply_lora
@@ -93,6 +95,14 @@ class CausalLMModule(ClosureModule):
             return None
         return load_tokenizer(self.model_name_or_path, **self._tokenizer_options)
 
+    def _own_tokenizer(self) -> Any:
+        """The pretrained model's tokenizer, None where it has none (built from a config, or
+        saved without one)."""
+        try:
+            return self.tokenizer
+        except Exception:  # noqa: BLE001 - no tokenizer files: nothing to compare with
+            return None
+
     def setup(self, stage: str) -> None:
         super().setup(stage)
         block_size = getattr(self.trainer.datamodule, "block_size", None) if self._trainer else None
@@ -101,6 +111,32 @@ class CausalLMModule(ClosureModule):
             raise ValueError(
                 f"data.block_size {block_size} exceeds the model's {limit} positions "
                 "(max_position_embeddings / n_positions)"
+            )
+        if self._trainer is not None:
+            self.check_data_tokenizer(self.trainer.datamodule)
+
+    def check_data_tokenizer(self, datamodule: Any) -> None:
+        """A DataModule's own tokenizer (``data.tokenizer``) must fit the model: ids beyond the
+        model's embedding fail in the lookup (refused); with a pretrained model, another
+        tokenizer's ids name other tokens than the ones the model learned (warned)."""
+        named = getattr(datamodule, "tokenizer_name", None)
+        if named is None:
+            return
+        tokenizer = datamodule.tokenizer
+        size = len(tokenizer) if hasattr(tokenizer, "__len__") else tokenizer.vocab_size
+        rows = self.model.get_input_embeddings().num_embeddings
+        if size > rows:
+            raise ConfigError(
+                f"the tokenizer {named!r} has {size} tokens but the model's embedding has {rows} "
+                "rows: its larger ids cannot be looked up; use the model's own tokenizer "
+                f"(data.tokenizer: null) or a model config with vocab_size >= {size}",
+                argument="data.tokenizer",
+            )
+        if named != self.model_name_or_path and self._own_tokenizer() is not None:
+            rank_zero_warn(
+                f"data.tokenizer is {named!r}, but the pretrained model "
+                f"{self.model_name_or_path} learned its own tokenizer's ids: the same ids are "
+                "other tokens here; leave data.tokenizer unset to use the model's"
             )
 
     def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
