@@ -216,3 +216,22 @@ def test_regression_and_two_dev_sets_from_written_files(minilm, glue_dir, tmp_pa
     )
     logged = scalars(runs / "glue_minilm" / "version_1")
     assert {"val/acc", "val_mismatched/acc"} <= set(logged)
+
+
+def test_a_max_length_with_no_room_for_the_text_is_refused_at_its_key(minilm):
+    # below the special tokens a sentence was not truncated at all, and every RTE pair became
+    # [CLS] [SEP] [SEP]
+    from lsframe.data.examples import TextExamples
+    from lsframe.data.text import TokenizedDataset
+    from lsframe.errors import ConfigError
+    from lsframe.hub import load_tokenizer
+
+    tokenizer = load_tokenizer(minilm)
+    single = TextExamples(["a fine film"], [1])
+    pair = TextExamples(["A man plays."], [0], ["Music is played."])
+    for examples, short, enough in ((single, 2, 3), (pair, 4, 5)):
+        with pytest.raises(ConfigError, match=f"data.max_length {short} leaves no room") as error:
+            TokenizedDataset(examples, tokenizer, short)
+        assert error.value.argument == "data.max_length"
+        item = TokenizedDataset(examples, tokenizer, enough)[0]
+        assert len(item["input_ids"]) == enough

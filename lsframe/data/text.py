@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from lsframe.data.examples import TextExamples, check_labels
 from lsframe.data.resumable import make_loader
 from lsframe.data.shifts import SHIFTS, apply_shift, fit_shift
+from lsframe.errors import ConfigError
 from lsframe.validation import check_choice, check_int_at_least
 
 __all__ = [
@@ -21,10 +22,28 @@ __all__ = [
 ]
 
 
+def check_room_for_text(tokenizer: Any, max_length: int, pair: bool) -> None:
+    """``max_length`` must leave a token of each text beside the tokenizer's special tokens:
+    below that a tokenizer does not truncate at all (one sentence), or keeps only the special
+    tokens of a pair (``[CLS] [SEP] [SEP]`` for every example)."""
+    count = getattr(tokenizer, "num_special_tokens_to_add", None)
+    if not callable(count):
+        return
+    needed = count(pair=pair) + (2 if pair else 1)
+    if max_length < needed:
+        what = "sentence pair" if pair else "sentence"
+        raise ConfigError(
+            f"data.max_length {max_length} leaves no room for the text: the tokenizer adds "
+            f"{count(pair=pair)} special tokens to a {what}; give at least {needed}",
+            argument="data.max_length",
+        )
+
+
 class TokenizedDataset(torch.utils.data.Dataset):
     """Examples tokenised up front; each item is a dict of lists, padded later by the collator."""
 
     def __init__(self, examples: TextExamples, tokenizer: Any, max_length: int) -> None:
+        check_room_for_text(tokenizer, max_length, pair=examples.text_pair is not None)
         encoded = tokenizer(
             examples.text, examples.text_pair, truncation=True, max_length=max_length
         )
