@@ -164,3 +164,16 @@ def test_an_image_that_does_not_decode_mid_run_says_where_the_run_so_far_is(
     Image.new("RGB", (8, 8)).save(root / "train" / "b" / "7.png")
     main(["fit", "--config", str(config), "--ckpt_path", "last"])
     assert torch.load(last, weights_only=False)["global_step"] == 8
+
+
+def test_val_class_folders_that_differ_from_train_s_are_named_with_the_side(tmp_path):
+    # the message gave the symmetric difference with "..." and came only after the model loaded
+    three = {**TWO, "train/c": ["5.png"]}
+    with pytest.raises(DataError, match=r"val lacks \['c'\] \(train: \['a', 'b', 'c'\]\)") as e:
+        ImageFolderDataModule(str(folders(tmp_path / "lacks", three)))
+    assert e.value.where == str(tmp_path / "lacks" / "val")
+    more = {**TWO, "val/c": ["5.png"]}
+    with pytest.raises(
+        DataError, match=r"val has \['c'\], which train lacks \(train: \['a', 'b'\]\)"
+    ):
+        ImageFolderDataModule(str(folders(tmp_path / "more", more)))

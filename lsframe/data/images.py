@@ -403,7 +403,17 @@ class ImageFolderDataModule(ImageDataModule):
         #: The class folders' names in class-index order (``predict`` writes them).
         self.label_names = tuple(check_class_folders(self.root / "train"))
         self.num_classes = len(self.label_names)
-        check_class_folders(self.root / "val")
+        val = check_class_folders(self.root / "val")
+        lacking = sorted(set(self.label_names) - set(val))
+        extra = sorted(set(val) - set(self.label_names))
+        if lacking or extra:  # ImageFolder would number val's classes otherwise
+            said = [f"val lacks {lacking}"] if lacking else []
+            said += [f"val has {extra}, which train lacks"] if extra else []
+            raise DataError(
+                f"val's class folders are not train's: {' and '.join(said)} (train: "
+                f"{list(self.label_names)}); labels would not line up",
+                where=str(self.root / "val"),
+            )
 
     def build(self, stage: str) -> dict[str, Dataset]:
         from torchvision import transforms
