@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -408,7 +409,9 @@ class LSFrameCLI(LightningCLI):
         trainer = self.trainer
         if not trainer.is_global_zero:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        metrics = {  # val/ and each further evaluation set's val_<name>/ (MNLI's mismatched)
+            k: float(v) for k, v in trainer.callback_metrics.items() if re.match(r"val(_\w+)?/", k)
+        }
         lines = ["", "lsframe: fit finished"]
         lines += [f"  {k} = {v:.4f}" for k, v in sorted(metrics.items())]
         checkpoint = self._lsframe_checkpoint()

@@ -216,6 +216,8 @@ def test_regression_and_two_dev_sets_from_written_files(minilm, glue_dir, tmp_pa
     )
     logged = scalars(runs / "glue_minilm" / "version_1")
     assert {"val/acc", "val_mismatched/acc"} <= set(logged)
+    closing = capsys.readouterr().out.split("lsframe: fit finished")[-1]
+    assert "  val/acc = " in closing and "  val_mismatched/acc = " in closing  # both sets
 
 
 def test_a_max_length_with_no_room_for_the_text_is_refused_at_its_key(minilm):

@@ -67,6 +67,13 @@ class TextFileLMDataModule(pl.LightningDataModule):
     """Text files → token blocks for causal LM fine-tuning (labels are the inputs; the model
     shifts them). Perplexity is ``exp`` of the mean token loss.
 
+    Packing, as Hugging Face's ``run_clm`` groups texts: each file is one stream of tokens (the
+    text tokenized in chunks of 2,000 lines, so a merge of tokens across a chunk's edge may
+    differ from tokenizing the file whole), cut into non-overlapping blocks of ``block_size``;
+    no end-of-text token is put between lines or articles, so a block may span two articles,
+    and the last partial block is dropped. ``test`` evaluates the validation blocks (there is no
+    separate test file), so its figures equal ``validate``'s.
+
     Args:
         train_file: UTF-8 text file to train on.
         val_file: Validation text; ``None`` keeps the last ``val_fraction`` of the training tokens
