@@ -236,6 +236,26 @@ def test_a_data_tokenizer_that_does_not_fit_the_lm_is_refused_or_warned(tmp_path
         big.check_data_tokenizer(data)
 
 
+def test_timm_weights_the_hub_cannot_provide_are_one_line_naming_the_model(monkeypatch):
+    # the line named neither the model nor the key
+    import timm
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from lsframe.errors import ConfigError
+
+    def offline(name, pretrained=False, **kwargs):
+        if pretrained:
+            raise LocalEntryNotFoundError("An error happened while trying to locate the file")
+        return create_model(name, pretrained=pretrained, **kwargs)
+
+    create_model = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(ConfigError, match="pretrained weights of 'resnet18'") as error:
+        ImageClassificationModule("resnet18", pretrained=True, num_classes=3)
+    assert error.value.argument == "model.pretrained"
+    ImageClassificationModule("resnet18", num_classes=3)  # from scratch: built
+
+
 def test_idx_files_are_checked(tmp_path):
     good = tmp_path / "t10k-images-idx3-ubyte.gz"
     with gzip.open(good, "wb") as handle:

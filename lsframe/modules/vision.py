@@ -64,6 +64,15 @@ class ImageClassificationModule(ClosureModule):
             )
         except RuntimeError as error:  # timm: "Unknown model (...)"
             raise ValueError(f"model.model_name: {error}") from error
+        except (OSError, ValueError) as error:  # the hub's weights, offline or not cached
+            if not pretrained:
+                raise
+            raise ConfigError(
+                f"could not load timm's pretrained weights of {model_name!r} (the hub could "
+                "not provide them and they are not in the local cache; offline, train from "
+                f"scratch with pretrained: false): {type(error).__name__}",
+                argument="model.pretrained",
+            ) from error
         super().__init__(model=model, **kwargs)
         self.save_hyperparameters(ignore=["model"])
         self.num_classes, self.in_chans, self.label_smoothing = (
