@@ -130,8 +130,32 @@ def _named(value: Any) -> str:
     class by its import path (``str`` would give its memory address), else ``str`` without
     addresses."""
     if hasattr(value, "__module__") and hasattr(value, "__qualname__"):
-        return f"{value.__module__}.{value.__qualname__}"
+        return f"{value.__module__}.{value.__qualname__}" + _captured(value)
     return re.sub(r" at 0x[0-9a-fA-F]+", "", str(value))
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _captured(function: Any) -> str:
+    """``(lr=5e-05)``: the plain values a function (a lambda, a local function) captured from
+    its scope or takes as defaults, which are settings (``lambda p: AdamW(p, lr=lr)``); empty
+    for a class or a function without them."""
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return ""
+    cells = zip(code.co_freevars, getattr(function, "__closure__", None) or ())
+    values = []
+    for name, cell in cells:
+        try:
+            content = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(content, _PLAIN):
+            values.append(f"{name}={content!r}")
+    defaults = [d for d in getattr(function, "__defaults__", None) or () if isinstance(d, _PLAIN)]
+    values += [repr(d) for d in defaults]
+    return f"({', '.join(values)})" if values else ""
 
 
 def defining_config(config: Any, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -195,6 +219,13 @@ def first_difference(
         return None
     if old == new:
         return (key, old, new) if _edited(old, paths) else None
+    if (
+        isinstance(old, str)
+        and isinstance(new, str)
+        and new.startswith(f"{old}(")
+        and "(" not in old
+    ):
+        return None  # a function recorded by its name alone, before 2026-12-07
     return None if _moved(old, new, paths) else (key, old, new)
 
 

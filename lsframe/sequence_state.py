@@ -98,12 +98,16 @@ def runner_record(
             k: v for k, v in trainer.items() if k not in run_config.OPERATIONAL_TRAINER_KEYS
         },
         "callbacks": [[named(type(c)), callback_settings(c)] for c in callbacks],
+        "format": RECORD_FORMAT,
         **settings,
     }
     return json.loads(json.dumps(record, sort_keys=True, default=named))
 
 
-_PLAIN = (bool, int, float, str, list, tuple)
+_PLAIN = (bool, int, float, str, list, tuple, dict)
+#: The version of runner_config.json: 2 reads each callback's settings from its constructor's
+#: parameters, dicts and private attributes included (2026-12-07); a record without it is 1.
+RECORD_FORMAT = 2
 _UNSET = object()
 #: Per callback object: its settings when a runner first saw it, and as its last run left them.
 _SEEN: weakref.WeakKeyDictionary[Any, tuple[dict[str, Any], dict[str, Any]]] = (
@@ -121,10 +125,16 @@ def _constructor_names(callback: Any) -> set[str]:
 
 
 def _read_settings(callback: Any) -> dict[str, Any]:
-    """The constructor's parameters that ``callback`` keeps under the same name, plain values."""
+    """The constructor's parameters that ``callback`` keeps under the same name or the same
+    name with a leading underscore (Lightning's ``StochasticWeightAveraging`` keeps
+    ``swa_lrs`` as ``_swa_lrs``), plain values (dicts and lists included)."""
     kept = vars(callback)
-    names = _constructor_names(callback)
-    return {name: kept[name] for name in names if isinstance(kept.get(name), _PLAIN)}
+    settings = {}
+    for name in _constructor_names(callback):
+        value = kept.get(name, kept.get(f"_{name}"))
+        if isinstance(value, _PLAIN):
+            settings[name] = value
+    return settings
 
 
 def callback_settings(callback: Any) -> dict[str, Any]:
@@ -173,15 +183,20 @@ def check_same_runner(
 
     def older(saved: dict[str, Any]) -> dict[str, Any]:
         recorded = saved.get("callbacks")
-        if not isinstance(recorded, list):
+        if saved.get("format") == RECORD_FORMAT or not isinstance(recorded, list):
             return saved
+        now = current.get("callbacks") or []
         kept = []
-        for entry, callback in zip(recorded, callbacks):
+        for i, (entry, callback) in enumerate(zip(recorded, callbacks)):
             if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], dict):
                 names = _constructor_names(callback)
-                entry = [entry[0], {k: v for k, v in entry[1].items() if k in names}]
+                settings = {k: v for k, v in entry[1].items() if k in names}
+                # what that record could not hold (a dict, a private attribute) is not compared
+                read = now[i][1] if i < len(now) and isinstance(now[i][1], dict) else {}
+                settings.update({k: v for k, v in read.items() if k not in entry[1]})
+                entry = [entry[0], settings]
             kept.append(entry)
-        return {**saved, "callbacks": kept + recorded[len(kept) :]}
+        return {**saved, "callbacks": kept + recorded[len(kept) :], "format": RECORD_FORMAT}
 
     if not _has_progress(output_dir):
         if write:

@@ -194,3 +194,12 @@ def test_the_file_a_section_was_read_from_is_no_setting(tmp_path):
     config.model.init_args.lr = 0.2
     with pytest.raises(ConfigError, match=r"model\.init_args\.lr was 0\.1, now 0\.2"):
         refuse_another_config(older, defining_config(config), "the run in x", "do y", "x")
+
+
+def test_a_function_is_recorded_with_the_plain_values_it_captured():
+    lr = 5e-5
+    recorded = defining_config(Namespace(optimizer=lambda p: (p, lr)))["optimizer"]
+    assert recorded.endswith("<lambda>(lr=5e-05)")
+    # a record of before 2026-12-07 named the function alone: not a difference
+    assert first_difference({"o": recorded.split("(")[0]}, {"o": recorded}) is None
+    assert first_difference({"o": recorded}, {"o": recorded.replace("5e-05", "0.001")})

@@ -349,6 +349,7 @@ def test_a_runner_record_of_2026_12_06_with_every_public_attribute_still_resumes
     path = tmp_path / "runner_config.json"
     record = json.loads(path.read_text())
     record["callbacks"][0][1]["tasks"] = []
+    del record["format"]  # that day's record had none
     path.write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=r"ewc_lambda was 10\.0, now 100\.0"):
         runner(tmp_path, callbacks=[EWC(ewc_lambda=100.0)]).run()
@@ -373,3 +374,29 @@ def test_a_stage_s_rich_progress_bar_shows_a_small_step_size_in_significant_digi
     trainer = dict(TRAINER, enable_progress_bar=True, callbacks=[bar])
     run = SequenceRunner(TinyClassifier(), [Stage("a", Task(0, 1))], trainer, output_dir=tmp_path)
     assert run._trainer(run.stages[0], 0).progress_bar_callback.theme.metrics_format == ".3g"
+
+
+class SavedTinyClassifier(TinyClassifier):
+    def __init__(self, optimizer) -> None:
+        super().__init__(optimizer=optimizer)
+        self.save_hyperparameters()
+
+
+def test_settings_in_a_function_s_scope_a_dict_or_a_private_attribute_are_recorded():
+    # a notebook rerun with another lr in a lambda, another accumulation schedule or SWA rate
+    # resumed the first run's progress
+    from lightning.pytorch.callbacks import GradientAccumulationScheduler, StochasticWeightAveraging
+
+    from lsframe.run_config import first_difference
+    from lsframe.sequence_state import runner_record
+
+    def record(lr: float, schedule: dict, swa: float) -> dict:
+        module = SavedTinyClassifier(optimizer=lambda p: torch.optim.AdamW(p, lr=lr))
+        callbacks = [GradientAccumulationScheduler(schedule), StochasticWeightAveraging(swa)]
+        return runner_record(module, [Stage("a", Task(0, 1))], {}, callbacks)
+
+    first = record(5e-5, {0: 2}, 0.01)
+    assert first_difference(first, record(5e-5, {0: 2}, 0.01)) is None
+    assert "lr=5e-05" in first_difference(first, record(1e-3, {0: 2}, 0.01))[1]
+    assert first_difference(first, record(5e-5, {0: 8}, 0.01))[0] == "callbacks[0][1].scheduling.0"
+    assert first_difference(first, record(5e-5, {0: 2}, 0.5))[0] == "callbacks[1][1].swa_lrs"
