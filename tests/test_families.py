@@ -256,6 +256,23 @@ def test_timm_weights_the_hub_cannot_provide_are_one_line_naming_the_model(monke
     ImageClassificationModule("resnet18", num_classes=3)  # from scratch: built
 
 
+def test_pretrained_weights_meeting_other_normalisation_than_theirs_are_warned_about():
+    # an image folder's ImageNet statistics fed a model pretrained with mean = std = 0.5
+    from lsframe.data.images import IMAGENET_MEAN, IMAGENET_STD
+
+    vit = ImageClassificationModule("vit_tiny_patch16_224", num_classes=3)
+    vit.pretrained = True  # as if its weights had loaded (no hub here)
+    imagenet = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    with pytest.warns(UserWarning, match="set data.timm_model: vit_tiny_patch16_224"):
+        vit.check_normalisation(imagenet)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vit.check_normalisation({"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)})
+        resnet = ImageClassificationModule("resnet18", num_classes=3)
+        resnet.pretrained = True
+        resnet.check_normalisation(imagenet)
+
+
 def test_idx_files_are_checked(tmp_path):
     good = tmp_path / "t10k-images-idx3-ubyte.gz"
     with gzip.open(good, "wb") as handle:

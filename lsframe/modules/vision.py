@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 import torchmetrics
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -80,7 +81,7 @@ class ImageClassificationModule(ClosureModule):
             in_chans,
             label_smoothing,
         )
-        self.label_names = label_names
+        self.label_names, self.pretrained = label_names, pretrained
         self.metrics = torch.nn.ModuleDict({s: self._make_metrics() for s in ("val", "test")})
         #: The DataModule's evaluation preprocessing (its ``data_config()``), kept in checkpoints
         #: so an exported model records it (:mod:`lsframe.modules.export`); None: not known.
@@ -100,6 +101,26 @@ class ImageClassificationModule(ClosureModule):
         config = getattr(self.trainer.datamodule, "data_config", None) if self._trainer else None
         if callable(config):
             self.data_config = config() or self.data_config
+            if stage == "fit" and self.pretrained:
+                self.check_normalisation(config())
+
+    def check_normalisation(self, data_config: dict[str, Any] | None) -> None:
+        """Warn when pretrained weights meet images normalised otherwise than the model was
+        pretrained on (an image folder's ImageNet statistics for a model pretrained with
+        mean = std = 0.5): the data's ``timm_model`` option prepares them as the model's."""
+        trained = getattr(self.model, "pretrained_cfg", None) or {}
+        if not data_config or "mean" not in trained or "std" not in trained:
+            return
+        pairs = [(trained[k], data_config.get(k)) for k in ("mean", "std")]
+        if all(b is not None and torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-3)
+               for a, b in pairs):  # fmt: skip
+            return
+        rank_zero_warn(
+            f"{self.hparams.model_name} was pretrained on images normalised with mean "
+            f"{tuple(trained['mean'])} and std {tuple(trained['std'])}, the data normalises "
+            f"with {data_config.get('mean')} and {data_config.get('std')}: set "
+            f"data.timm_model: {self.hparams.model_name} to prepare them as it was pretrained"
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
