@@ -4,6 +4,7 @@ said at the folder before any model loads; files that are not images are counted
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -87,28 +88,35 @@ def test_limits_and_workers_are_checked_at_their_keys(tmp_path, key, value, rule
         ImageFolderDataModule(str(folders(tmp_path, TWO)), **{key: value})
 
 
-def test_class_folder_names_reach_predictions_and_the_export(tmp_path, capsys):
-    # predict wrote class indices only, and the export had no class names
-    import json
-
+def resnet_config(tmp_path: Path, root: Path, max_steps: int, **data: Any) -> Path:
+    """A config file fitting resnet18 with SGD on the image folder ``root`` (32 pixels, batches
+    of 2; ``data``: more of its init arguments), CSV logs under ``tmp_path/runs``."""
     import yaml
 
-    from lsframe.__main__ import main
-
-    three = {f"{split}/{name}": ["1.png", "2.png"] for split in ("train", "val")
-             for name in ("bird", "cat", "dog")}  # fmt: skip
-    root = folders(tmp_path / "images", three)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({
-        "trainer": {"max_steps": 1, "enable_progress_bar": False, "logger": {
+        "trainer": {"max_steps": max_steps, "enable_progress_bar": False, "logger": {
             "class_path": "lightning.pytorch.loggers.CSVLogger",
             "init_args": {"save_dir": str(tmp_path / "runs"), "name": "img"}}},
         "model": {"class_path": "lsframe.modules.ImageClassificationModule", "init_args": {
             "model_name": "resnet18",
             "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.01}}}},
         "data": {"class_path": "lsframe.data.ImageFolderDataModule", "init_args": {
-            "root": str(root), "image_size": 32, "batch_size": 2, "eval_batch_size": 2}},
+            "root": str(root), "image_size": 32, "batch_size": 2, **data}},
     }))  # fmt: skip
+    return config
+
+
+def test_class_folder_names_reach_predictions_and_the_export(tmp_path, capsys):
+    # predict wrote class indices only, and the export had no class names
+    import json
+
+    from lsframe.__main__ import main
+
+    three = {f"{split}/{name}": ["1.png", "2.png"] for split in ("train", "val")
+             for name in ("bird", "cat", "dog")}  # fmt: skip
+    root = folders(tmp_path / "images", three)
+    config = resnet_config(tmp_path, root, max_steps=1, eval_batch_size=2)
     main(["fit", "--config", str(config)])
     (checkpoint,) = (tmp_path / "runs").rglob("last.ckpt")
     main(["predict", "--config", str(config), "--ckpt_path", str(checkpoint)])
@@ -127,7 +135,6 @@ def test_an_image_that_does_not_decode_mid_run_says_where_the_run_so_far_is(
 ):
     # the fit ended with no checkpoint: every step since the last save was lost; from a
     # worker, the line lost the reason and the file
-    import yaml
 
     from lsframe.__main__ import main
 
@@ -135,18 +142,7 @@ def test_an_image_that_does_not_decode_mid_run_says_where_the_run_so_far_is(
               for name in ("a", "b")}  # fmt: skip
     root = folders(tmp_path / "images", layout)
     (root / "train" / "b" / "7.png").write_bytes(b"not a png")
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "trainer": {"max_steps": 8, "enable_progress_bar": False, "logger": {
-            "class_path": "lightning.pytorch.loggers.CSVLogger",
-            "init_args": {"save_dir": str(tmp_path / "runs"), "name": "img"}}},
-        "model": {"class_path": "lsframe.modules.ImageClassificationModule", "init_args": {
-            "model_name": "resnet18",
-            "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.01}}}},
-        "data": {"class_path": "lsframe.data.ImageFolderDataModule", "init_args": {
-            "root": str(root), "image_size": 32, "batch_size": 2, "eval_batch_size": 4,
-            "num_workers": workers}},
-    }))  # fmt: skip
+    config = resnet_config(tmp_path, root, max_steps=8, eval_batch_size=4, num_workers=workers)
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(config)])
     assert exit_info.value.code == 1
