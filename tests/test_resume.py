@@ -398,3 +398,31 @@ def test_a_resume_that_cannot_load_its_checkpoint_leaves_last_as_it_was(tmp_path
             make_module("salsa"), data(), ckpt_path=tmp_path / "last.ckpt"
         )
     assert (tmp_path / "last.ckpt").read_bytes() == before and again.saved_for is None
+
+
+def test_a_file_that_does_not_decode_in_a_validation_leaves_last_where_it_was(tmp_path):
+    # a resume from a save there counted the interrupted validation as done, and went on
+    # otherwise than the uninterrupted run
+    class Validated(TinyRegression):
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val/loss", torch.nn.functional.mse_loss(self.model(x).squeeze(-1), y))
+
+    val = torch.utils.data.DataLoader(_Undecodable(), batch_size=8)
+    last = BestAndLastCheckpoint(dirpath=tmp_path, save_last=True)
+    run = trainer(
+        max_steps=8,
+        val_check_interval=4,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        enable_checkpointing=True,
+        callbacks=[last],
+    )
+    _Undecodable.bad = 5  # in the validation's first batch
+    try:
+        with pytest.raises(DataError, match="does not decode"):
+            run.fit(Validated(), data(), val)
+    finally:
+        _Undecodable.bad = None
+    assert run.global_step == 4 and last.saved_for is None
+    assert not (tmp_path / "last.ckpt").exists()
