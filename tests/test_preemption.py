@@ -173,7 +173,8 @@ def test_a_signal_stops_after_the_step_and_the_same_command_resumes_bit_exact(
     assert stopped_logged == [s for s in reference["logged"] if s <= 2 * step - 1]
     # mid-epoch: the loader's position (2 micro-batches a step), the generators
     position = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"]
-    assert position == [{"epoch": 0, "batches": 2 * step, "seed": 3}]
+    place = {"epoch": 0, "batches": 2 * step, "seed": 3, "batch_size": 8, "examples": 96}
+    assert position == [place]
     assert saved["lsframe"]["random_states"]["torch"].dtype == torch.uint8
     assert not (tmp_path / "final.pt").exists()
     if on_exception:  # Lightning's own callback ran beside lsframe's and saved the same state
