@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from lsframe._signals import received
-from lsframe.checkpoint_io import write_atomically
 from lsframe.errors import ConfigError, one_line
 from lsframe.run_config import refuse_another_config, with_fingerprints
 
@@ -214,13 +213,37 @@ def claim_output_dir(output_dir: Path, study_name: str, optuna: Any, journal: An
     else:
         other = None
     if other is not None and other != study_name:
-        raise ConfigError(
-            f"search.output_dir {output_dir} holds the results of the study {other!r}; "
-            "another study there would replace them: give this one its own search.output_dir",
-            where="search.study_name",
-        )
+        raise _another_study(output_dir, other)
     if not mark.is_file():
-        write_atomically(mark, f"{study_name}\n".encode())
+        _claim(mark, study_name)
+
+
+def _another_study(output_dir: Path, other: str) -> ConfigError:
+    return ConfigError(
+        f"search.output_dir {output_dir} holds the results of the study {other!r}; another "
+        "study there would replace them: give this one its own search.output_dir",
+        where="search.study_name",
+    )
+
+
+def _claim(mark: Path, study_name: str) -> None:
+    """Create ``mark`` holding ``study_name`` whole or not at all, where several processes of a
+    search may claim it at once: each links its own complete file to the name (atomic, and
+    refused when the name exists), then a refused one checks what the first wrote."""
+    import os
+    import tempfile
+
+    handle, own = tempfile.mkstemp(dir=mark.parent, prefix=f".{mark.name}.")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(f"{study_name}\n")
+        os.link(own, mark)
+    except FileExistsError:
+        other = mark.read_text(encoding="utf-8").strip()
+        if other != study_name:
+            raise _another_study(mark.parent, other) from None
+    finally:
+        os.unlink(own)
 
 
 PROCESS_ATTR = "lsframe_process"  # host:pid of the process that runs a trial

@@ -429,3 +429,33 @@ def test_the_plotted_best_so_far_of_a_loss_search_is_the_lowest():
     values = [0.6959, 0.7086, 1.1892, 0.7157, 0.61]
     assert best_so_far(values, "loss") == [0.6959, 0.6959, 0.6959, 0.6959, 0.61]
     assert best_so_far(values, "acc") == [0.6959, 0.7086, 1.1892, 1.1892, 1.1892]
+
+
+def test_searches_started_together_all_claim_a_fresh_output_dir(tmp_path):
+    # each deleted the others' temporary mark as stale: one of four processes crashed
+    import threading
+
+    from lsframe.search_study import STUDY_MARK, claim_output_dir
+
+    for round_ in range(10):
+        folder = tmp_path / str(round_)
+        folder.mkdir()
+        start, failures = threading.Barrier(8), []
+
+        def claim(folder=folder, start=start, failures=failures) -> None:
+            start.wait()
+            try:
+                claim_output_dir(folder, "study", None, None)
+            except Exception as error:  # noqa: BLE001 - the test reports it
+                failures.append(error)
+
+        threads = [threading.Thread(target=claim) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        assert [p.name for p in folder.iterdir()] == [STUDY_MARK]  # no temporary left
+        assert (folder / STUDY_MARK).read_text() == "study\n"
+    with pytest.raises(ConfigError, match="holds the results of the study 'study'"):
+        claim_output_dir(tmp_path / "0", "other", None, None)
