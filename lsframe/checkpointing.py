@@ -118,7 +118,11 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         super().on_exception(trainer, pl_module, exception)  # ``save_on_exception`` as chosen
         if isinstance(exception, NonFiniteLossError):
             self._bring_last_up_to_date(trainer)
-        elif trainer.training and self._between_steps(exception, pl_module):
+        elif (
+            trainer.training
+            and trainer.world_size == 1
+            and self._between_steps(exception, pl_module)
+        ):
             # the generators as the batch end left them: the failed fetch's images before the
             # bad one drew random crops, which a resume draws again
             now = random_states(pl_module.device)
@@ -141,7 +145,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         """Whether ``exception`` is a data error met between two optimizer steps of this
         process's training (a file that does not decode, fetched for the next training batch;
         the caller checks that the trainer was training, not validating: a resume would count a
-        validation it interrupted as done): the state is that of the last completed step. Not before a batch of this process ended (a resume
+        validation it interrupted as done; and that it runs alone: a save waits for every
+        process, and the others do not come): the state is that of the last completed step. Not before a batch of this process ended (a resume
         whose checkpoint failed to load: its state is half restored), nor inside an
         accumulation of micro-batches (the ones already fetched are not in a checkpoint)."""
         return (

@@ -182,6 +182,10 @@ def test_a_loader_with_another_seed_batch_size_or_length_is_refused_at_its_key()
         assert refused.value.argument == key
     data(seed=3).load_state_dict(state)
     data(seed=3).load_state_dict({"epoch": 0, "batches": 1, "seed": 3})  # saved before today
+    # at an epoch's end nothing of it is left: a smaller batch after running out of memory
+    smaller = ResumableDataLoader(regression_data(40), batch_size=2, shuffle=True, seed=3)
+    smaller.load_state_dict({**state, "batches": 10})
+    assert smaller.sampler.epoch == 1 and len(list(smaller)) == 20
 
 
 def test_weights_loaded_for_a_new_fit_keep_that_fit_s_random_state(tmp_path):
@@ -426,3 +430,17 @@ def test_a_file_that_does_not_decode_in_a_validation_leaves_last_where_it_was(tm
         _Undecodable.bad = None
     assert run.global_step == 4 and last.saved_for is None
     assert not (tmp_path / "last.ckpt").exists()
+
+
+def test_a_data_error_of_one_process_of_several_saves_nothing(monkeypatch):
+    # the save waited for the other processes, which never came: the run hung
+    from types import SimpleNamespace
+
+    last = BestAndLastCheckpoint(save_last=True)
+    last._trained_here, last._batch_end_random = True, {}
+    saves = []
+    monkeypatch.setattr(last, "_bring_last_up_to_date", saves.append)
+    module = SimpleNamespace(_micro_batches=[], device=torch.device("cpu"))
+    error = DataError("image does not decode", where="x.png")
+    last.on_exception(SimpleNamespace(training=True, world_size=2), module, error)
+    assert saves == [] and last.saved_for is None

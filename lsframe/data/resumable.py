@@ -150,13 +150,22 @@ class ResumableDataLoader(DataLoader):
             "examples": len(self.dataset),  # type: ignore[arg-type]
         }
 
+    def _saved_epoch_over(self, state: dict[str, Any], batches: int) -> bool:
+        """Whether the saved place is at its epoch's end, in the saved epoch's batches (its
+        batch size and number of examples, where recorded; else this loader's)."""
+        size, examples = state.get("batch_size"), state.get("examples")
+        if size is None or examples is None:
+            return batches >= len(self)
+        return batches >= (examples // size if self.drop_last else -(-examples // size))
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Make the next iterator continue after the batches recorded in ``state``.
 
         Raises:
-            ConfigError: If ``state`` was written with another shuffle seed, batch size or
-                number of examples: the batches to skip would be other examples (a state of
-                before 2026-12-07 records the seed only).
+            ConfigError: If ``state`` was written with another shuffle seed, or inside an
+                epoch with another batch size or number of examples: the batches to skip would
+                be other examples (a state of before 2026-12-07 records the seed only). At an
+                epoch's end they may differ: the next epoch starts afresh.
         """
         checks = (
             ("seed", self.seed, "was shuffled with seed {}, this one with {}", "data.seed"),
@@ -165,8 +174,11 @@ class ResumableDataLoader(DataLoader):
             ("examples", len(self.dataset), "had {} examples, this one has {} (a changed "  # type: ignore[arg-type]
              "train_limit, train_subsample or data file)", None),
         )  # fmt: skip
+        batches = int(state["batches"])
         for key, mine, text, argument in checks:
             saved = state.get(key)
+            if key != "seed" and self._saved_epoch_over(state, batches):
+                continue  # nothing of that epoch is left; the next one starts afresh
             if saved is not None and mine is not None and saved != mine:
                 raise ConfigError(
                     f"the checkpoint's training loader {text.format(saved, mine)}: resuming "
@@ -174,8 +186,8 @@ class ResumableDataLoader(DataLoader):
                     "data settings it was saved with",
                     argument=argument,
                 )
-        epoch, batches = state.get("epoch"), int(state["batches"])
-        finished = batches >= len(self)
+        epoch = state.get("epoch")
+        finished = self._saved_epoch_over(state, batches)
         if epoch is not None and hasattr(self.sampler, "set_epoch"):
             # set now: a multi-worker iterator draws indices before Lightning's set_epoch call
             self.sampler.set_epoch(epoch + 1 if finished else epoch)
