@@ -143,12 +143,13 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
     def _between_steps(self, exception: BaseException, pl_module: pl.LightningModule) -> bool:
         """Whether ``exception`` is a data error met between two optimizer steps of this
-        process's training (a file that does not decode, fetched for the next training batch;
-        the caller checks that the trainer was training, not validating: a resume would count a
-        validation it interrupted as done; and that it runs alone: a save waits for every
-        process, and the others do not come): the state is that of the last completed step. Not before a batch of this process ended (a resume
-        whose checkpoint failed to load: its state is half restored), nor inside an
-        accumulation of micro-batches (the ones already fetched are not in a checkpoint)."""
+        process's training (a file that does not decode, fetched for the next training batch):
+        the state is that of the last completed step. Not before a batch of this process ended
+        (a resume whose checkpoint failed to load: its state is half restored), nor inside an
+        accumulation of micro-batches (the ones already fetched are not in a checkpoint). The
+        caller also checks that the trainer was training, not validating (a resume would count
+        the validation it interrupted as done), and that it runs alone (a save waits for every
+        process, and the others do not come)."""
         return (
             isinstance(exception, DataError)
             and self._trained_here
