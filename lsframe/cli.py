@@ -29,7 +29,7 @@ from lsframe.checkpointing import BestAndLastCheckpoint, last_checkpoint
 from lsframe.checkpoints import read_lightning_checkpoint
 from lsframe.cli_errors import unwrap_worker_error, usage_error
 from lsframe.config_checks import check_parsed
-from lsframe.config_nodes import at_callback, import_class, node_get
+from lsframe.config_nodes import callback_errors_placed, import_class, node_get
 from lsframe.config_stacking import fresh_class_arguments
 from lsframe.errors import ConfigError, DataError, NonFiniteLossError, NonFiniteParametersError
 from lsframe.export_command import check_export_dir, export, load_module  # noqa: F401 - their home before
@@ -376,8 +376,9 @@ class LSFrameCLI(LightningCLI):
     def fit(self, **kwargs: Any) -> None:
         """``trainer.fit`` with SIGTERM, SIGUSR1 and Ctrl-C caught from the start of the fit
         (:func:`lsframe.preemption.catch_signals`)."""
-        try:
-            with catch_signals("lsframe fit"):
+        callbacks = self.config[self.subcommand].get("trainer.callbacks")
+        try:  # a callback's refusal is placed at its item of trainer.callbacks
+            with callback_errors_placed(callbacks), catch_signals("lsframe fit"):
                 self.trainer.fit(**kwargs)
         except NonFiniteLossError as error:  # its one line says where the run so far is
             checkpoint = self._lsframe_checkpoint()
@@ -388,11 +389,6 @@ class LSFrameCLI(LightningCLI):
             raise type(error)(
                 f"{error.message}; {saved}: {checkpoint.last_model_path}", error.where
             ) from error
-        except ConfigError as error:  # a callback's refusal, at its item of trainer.callbacks
-            located = at_callback(error, self.config[self.subcommand].get("trainer.callbacks"))
-            if located is error:
-                raise
-            raise located from error
         except DataError as error:  # a file met between two steps: the run so far is saved
             checkpoint = self._lsframe_checkpoint()
             if getattr(checkpoint, "saved_for", None) is not error:

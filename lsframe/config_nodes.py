@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from lsframe.errors import ConfigError, LsframeError, MissingFileError, one_line
@@ -108,3 +109,16 @@ def at_callback(error: Any, callbacks: Any, key: str = "trainer.callbacks") -> A
         if str(node_get(node, "class_path") or "").rsplit(".", 1)[-1] == found[1]
     ]
     return error.at(f"{key}[{items[0]}].init_args") if len(items) == 1 else error
+
+
+@contextmanager
+def callback_errors_placed(callbacks: Any) -> Iterator[None]:
+    """Re-raise an lsframe error from inside (a fit) placed by :func:`at_callback` at its
+    callback's item of ``callbacks``, the config's ``trainer.callbacks``; others unchanged."""
+    try:
+        yield
+    except LsframeError as error:
+        located = at_callback(error, callbacks)
+        if located is error:
+            raise
+        raise located from error

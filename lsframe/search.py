@@ -170,9 +170,15 @@ class DistributionSearch:
         self.chunks = part_groups_by_depth(self.parts, self.options.groups)
         self.output_dir = Path(self.options.output_dir)
 
+    @property
+    def metric(self) -> str:
+        """The metric each pair's score sums (the runner's ``metric``, default ``acc``)."""
+        return self.runner_kwargs.get("metric", "acc")
+
     def _study(self) -> Any:
-        metric = self.runner_kwargs.get("metric", "acc")
-        return open_study(self.options, len(self.pairs), self.defining, higher_is_better(metric))
+        return open_study(
+            self.options, len(self.pairs), self.defining, higher_is_better(self.metric)
+        )
 
     def distribution(self, lrs: dict[str, float]) -> dict[str, float]:
         """Multipliers for every part from the sampled learning rate of each chunk."""
@@ -291,8 +297,7 @@ class DistributionSearch:
         text += f"base_lr {self.options.base_lr:g}, objective {study.best_value:.4f}\n"
         text += yaml.safe_dump(best, sort_keys=False)
         write_atomically(self.output_dir / "best_distribution.yaml", text.encode())
-        metric = self.runner_kwargs.get("metric", "acc")
-        plot_search(best, trials, self.options.base_lr, self.output_dir / "search.png", metric)
+        plot_search(best, trials, self.options.base_lr, self.output_dir / "search.png", self.metric)
         labels = {f"lr_{i}": f"lr_{i} ({', '.join(c)})" for i, c in enumerate(self.chunks)}
         plot_param_importances(study, self.output_dir / "param_importances.png", labels)
 

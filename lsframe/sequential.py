@@ -58,9 +58,9 @@ from lsframe.checkpoint_io import save_atomically
 from lsframe.checkpoints import read_torch_file
 from lsframe.cli_errors import parse_or_raise
 from lsframe.config_checks import check_config
-from lsframe.config_nodes import at_callback
+from lsframe.config_nodes import callback_errors_placed
 from lsframe.config_stacking import fresh_class_arguments
-from lsframe.errors import ConfigError, LsframeError
+from lsframe.errors import ConfigError
 from lsframe.loggers import logger_specs, readable_progress_bar
 from lsframe.modules import ClosureModule
 from lsframe.modules.export import is_lora
@@ -461,11 +461,6 @@ def main(argv: list[str]) -> SequenceResult:
         metric=init.metric,
         output_dir=init.output_dir,
     )
-    try:
+    with callback_errors_placed(config.trainer.get("callbacks")):
         with catch_signals("lsframe sequential"):
             return runner.run()
-    except LsframeError as error:  # a callback's refusal, at its item of trainer.callbacks
-        located = at_callback(error, config.trainer.get("callbacks"))
-        if located is error:
-            raise
-        raise located from error

@@ -15,6 +15,7 @@ Rules, beyond torchvision's ``ImageFolder``:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,18 @@ def image_folder(split: Path, transform: Any, loader: Any) -> Any:
             f"left out (e.g. {left_out[0]})"
         )
     return dataset
+
+
+def check_same_classes(train: Sequence[str], val: Sequence[str], root: Path) -> None:
+    """Raise a :class:`DataError` at ``<root>/val`` when its class folders are not train's (an
+    ImageFolder would number val's classes otherwise), naming the side that lacks each."""
+    lacking = sorted(set(train) - set(val))
+    extra = sorted(set(val) - set(train))
+    if lacking or extra:
+        said = [f"val lacks {lacking}"] if lacking else []
+        said += [f"val has {extra}, which train lacks"] if extra else []
+        raise DataError(
+            f"val's class folders are not train's: {' and '.join(said)} (train: "
+            f"{list(train)}); labels would not line up",
+            where=str(root / "val"),
+        )

@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from lsframe.data.image_folders import check_class_folders, image_folder
+from lsframe.data.image_folders import check_class_folders, check_same_classes, image_folder
 from lsframe.data.resumable import make_loader
 from lsframe.errors import ConfigError, DataError, MissingFileError, one_line
 from lsframe.validation import check_choice, check_int_at_least, check_open_unit
@@ -403,17 +403,7 @@ class ImageFolderDataModule(ImageDataModule):
         #: The class folders' names in class-index order (``predict`` writes them).
         self.label_names = tuple(check_class_folders(self.root / "train"))
         self.num_classes = len(self.label_names)
-        val = check_class_folders(self.root / "val")
-        lacking = sorted(set(self.label_names) - set(val))
-        extra = sorted(set(val) - set(self.label_names))
-        if lacking or extra:  # ImageFolder would number val's classes otherwise
-            said = [f"val lacks {lacking}"] if lacking else []
-            said += [f"val has {extra}, which train lacks"] if extra else []
-            raise DataError(
-                f"val's class folders are not train's: {' and '.join(said)} (train: "
-                f"{list(self.label_names)}); labels would not line up",
-                where=str(self.root / "val"),
-            )
+        check_same_classes(self.label_names, check_class_folders(self.root / "val"), self.root)
 
     def build(self, stage: str) -> dict[str, Dataset]:
         from torchvision import transforms
@@ -439,13 +429,7 @@ class ImageFolderDataModule(ImageDataModule):
             train_tf, eval_tf = timm_transforms(self.timm_model)
         train = image_folder(self.root / "train", train_tf, load_image)
         val = image_folder(self.root / "val", eval_tf, load_image)
-        if train.class_to_idx != val.class_to_idx:
-            missing = sorted(set(train.class_to_idx) ^ set(val.class_to_idx))
-            raise DataError(
-                f"{self.root / 'train'} and {self.root / 'val'} have different class folders "
-                f"({missing[:5]}...); labels would not line up",
-                argument="data.root",
-            )
+        check_same_classes(train.classes, val.classes, self.root)  # changed since __init__
         return {"train": train, "val": val, "test": val}
 
     def data_config(self) -> dict[str, Any] | None:

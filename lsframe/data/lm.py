@@ -123,6 +123,7 @@ class TextFileLMDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.train_file, self.val_file, self.val_fraction = train_file, val_file, val_fraction
         self.tokenizer_name = tokenizer
+        self._named_tokenizer: Any = None
         self.block_size, self.batch_size, self.eval_batch_size = (
             block_size,
             batch_size,
@@ -135,10 +136,12 @@ class TextFileLMDataModule(pl.LightningDataModule):
     def tokenizer(self) -> Any:
         if self.tokenizer_name == "bytes":
             return ByteTokenizer()
-        if self.tokenizer_name is not None:
-            from lsframe.hub import load_tokenizer
+        if self.tokenizer_name is not None:  # loaded once: the model's check reads it too
+            if self._named_tokenizer is None:
+                from lsframe.hub import load_tokenizer
 
-            return load_tokenizer(self.tokenizer_name)
+                self._named_tokenizer = load_tokenizer(self.tokenizer_name)
+            return self._named_tokenizer
         module = self.trainer.lightning_module if self.trainer is not None else None
         if module is None or getattr(module, "tokenizer", None) is None:
             raise ValueError(

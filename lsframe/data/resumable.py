@@ -175,9 +175,10 @@ class ResumableDataLoader(DataLoader):
              "train_limit, train_subsample or data file)", None),
         )  # fmt: skip
         batches = int(state["batches"])
+        finished = self._saved_epoch_over(state, batches)
         for key, mine, text, argument in checks:
             saved = state.get(key)
-            if key != "seed" and self._saved_epoch_over(state, batches):
+            if key != "seed" and finished:
                 continue  # nothing of that epoch is left; the next one starts afresh
             if saved is not None and mine is not None and saved != mine:
                 raise ConfigError(
@@ -187,7 +188,6 @@ class ResumableDataLoader(DataLoader):
                     argument=argument,
                 )
         epoch = state.get("epoch")
-        finished = self._saved_epoch_over(state, batches)
         if epoch is not None and hasattr(self.sampler, "set_epoch"):
             # set now: a multi-worker iterator draws indices before Lightning's set_epoch call
             self.sampler.set_epoch(epoch + 1 if finished else epoch)

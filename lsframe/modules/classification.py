@@ -14,6 +14,7 @@ from lsframe.errors import ConfigError
 from lsframe.hub import load_pretrained, load_tokenizer, loading_options
 from lsframe.modules.base import ClosureModule, default_optimizer
 from lsframe.modules.peft import apply_lora
+from lsframe.modules.policy import check_label_names
 
 
 def load_sequence_classifier(
@@ -70,12 +71,7 @@ def check_head(num_labels: Any, label_names: list[str] | None) -> None:
             f"label_names must be null for a regression head (num_labels: 1), got {label_names}",
             argument="label_names",
         )
-    if len(label_names) != num_labels or len(set(label_names)) != num_labels:
-        raise ConfigError(
-            f"label_names must be {num_labels} distinct class names (num_labels: {num_labels}), "
-            f"got {label_names}",
-            argument="label_names",
-        )
+    check_label_names(label_names, num_labels, "num_labels", argument="label_names")
 
 
 def task_metrics(names: list[str], num_labels: int) -> torchmetrics.MetricCollection:

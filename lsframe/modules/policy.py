@@ -164,3 +164,14 @@ def nonfinite_error(problem: str, step: int) -> NonFiniteLossError:
         "Set nonfinite_loss='skip' to skip such steps instead",
         where="model.init_args.nonfinite_loss",
     )
+
+
+def check_label_names(names: Sequence[str], count: int, count_key: str, argument: str) -> None:
+    """``names`` are ``count`` distinct class names (``count_key`` names the count in the
+    message: ``num_labels``, ``num_classes``), else a :class:`ConfigError` at ``argument``."""
+    if len(names) != count or len(set(names)) != count:
+        raise ConfigError(
+            f"label_names must be {count} distinct class names ({count_key}: {count}), "
+            f"got {list(names)}",
+            argument=argument,
+        )

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from lsframe.errors import ConfigError
 from lsframe.modules.base import ClosureModule
+from lsframe.modules.policy import check_label_names
 from lsframe.validation import check_int_at_least
 
 
@@ -53,12 +54,7 @@ class ImageClassificationModule(ClosureModule):
         check_int_at_least(2, **{"model.num_classes": num_classes})
         if label_names is not None:
             label_names = [str(name) for name in label_names]
-            if len(label_names) != num_classes or len(set(label_names)) != num_classes:
-                raise ConfigError(
-                    f"label_names must be {num_classes} distinct class names (num_classes: "
-                    f"{num_classes}), got {label_names}",
-                    argument="model.label_names",
-                )
+            check_label_names(label_names, num_classes, "num_classes", "model.label_names")
         try:
             model = timm.create_model(
                 model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans
@@ -100,9 +96,10 @@ class ImageClassificationModule(ClosureModule):
         self.check_data(num_classes=self.num_classes, in_chans=self.in_chans)
         config = getattr(self.trainer.datamodule, "data_config", None) if self._trainer else None
         if callable(config):
-            self.data_config = config() or self.data_config
+            prepared = config()
+            self.data_config = prepared or self.data_config
             if stage == "fit" and self.pretrained:
-                self.check_normalisation(config())
+                self.check_normalisation(prepared)
 
     def check_normalisation(self, data_config: dict[str, Any] | None) -> None:
         """Warn when pretrained weights meet images normalised otherwise than the model was
