@@ -376,7 +376,7 @@ class LSFrameCLI(LightningCLI):
     def fit(self, **kwargs: Any) -> None:
         """``trainer.fit`` with SIGTERM, SIGUSR1 and Ctrl-C caught from the start of the fit
         (:func:`lsframe.preemption.catch_signals`)."""
-        callbacks = self.config[self.subcommand].get("trainer.callbacks")
+        callbacks = lambda: self.config[self.subcommand].get("trainer.callbacks")  # noqa: E731
         try:  # a callback's refusal is placed at its item of trainer.callbacks
             with callback_errors_placed(callbacks), catch_signals("lsframe fit"):
                 self.trainer.fit(**kwargs)

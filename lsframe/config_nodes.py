@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -93,32 +93,40 @@ def located(error: Exception, prefix: str, init_args: dict[str, Any]) -> Lsframe
     return kind(text, where=f"{prefix}.{argument}" if argument else owner)
 
 
+def _owning_class(error: Any) -> str | None:
+    """The class an error without a place names as its owner (``DPS: a stage would be ...``)
+    with the argument at fault, or None."""
+    if getattr(error, "where", None) is not None or not getattr(error, "argument", None):
+        return None
+    found = re.match(r"([A-Z]\w*): ", str(getattr(error, "message", "")))
+    return found[1] if found else None
+
+
 def at_callback(error: Any, callbacks: Any, key: str = "trainer.callbacks") -> Any:
     """``error`` (an lsframe error) raised while a fit ran, by a callback that names itself
     (``DPS: a stage would be ...``) and its argument, located at that callback's item of the
     config's ``callbacks`` list (``trainer.callbacks[2].init_args.update_ratio``); unchanged
     where it has a place already, or no one item of that class is listed."""
-    found = re.match(r"([A-Z]\w*): ", str(getattr(error, "message", "")))
-    if getattr(error, "where", None) is not None or not getattr(error, "argument", None):
-        return error
-    if found is None or not isinstance(callbacks, list):
+    owner = _owning_class(error)
+    if owner is None or not isinstance(callbacks, list):
         return error
     items = [
         i
         for i, node in enumerate(callbacks)
-        if str(node_get(node, "class_path") or "").rsplit(".", 1)[-1] == found[1]
+        if str(node_get(node, "class_path") or "").rsplit(".", 1)[-1] == owner
     ]
     return error.at(f"{key}[{items[0]}].init_args") if len(items) == 1 else error
 
 
 @contextmanager
-def callback_errors_placed(callbacks: Any) -> Iterator[None]:
+def callback_errors_placed(callbacks: Callable[[], Any]) -> Iterator[None]:
     """Re-raise an lsframe error from inside (a fit) placed by :func:`at_callback` at its
-    callback's item of ``callbacks``, the config's ``trainer.callbacks``; others unchanged."""
+    callback's item of ``callbacks()``, the config's ``trainer.callbacks`` (read only for an
+    error a class names itself the owner of); others unchanged."""
     try:
         yield
     except LsframeError as error:
-        located = at_callback(error, callbacks)
+        located = at_callback(error, callbacks()) if _owning_class(error) else error
         if located is error:
             raise
         raise located from error

@@ -461,6 +461,6 @@ def main(argv: list[str]) -> SequenceResult:
         metric=init.metric,
         output_dir=init.output_dir,
     )
-    with callback_errors_placed(config.trainer.get("callbacks")):
+    with callback_errors_placed(lambda: config.trainer.get("callbacks")):
         with catch_signals("lsframe sequential"):
             return runner.run()
