@@ -5,7 +5,9 @@ Rule for bad input (:mod:`lsframe.cli_errors`): the command ends with one line o
 configuration error and 1 for a data or checkpoint error, no traceback (``LSFRAME_DEBUG=1``
 prints it) and no usage block. In a multi-process run (DDP) rank 0 prints the line; another
 rank prints a data or checkpoint error as ``error (rank <k>):`` (it may be that rank's alone)
-and stays silent on a configuration error, which every rank meets alike. ``SystemExit`` (``--help``, a preempted run's ``128 + signum``)
+and stays silent on a configuration error, which every rank meets alike; a rank whose collective
+failed because another rank stopped says so in one line (:func:`lsframe.cli_errors.peer_stopped`).
+``SystemExit`` (``--help``, a preempted run's ``128 + signum``)
 and ``KeyboardInterrupt`` pass through untouched; other exceptions keep their traceback.
 
 Lightning's informational log lines (seed, devices, model summary) go to stdout, so that stderr

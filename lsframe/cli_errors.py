@@ -17,7 +17,8 @@ usage block. ``LSFRAME_DEBUG=1`` prints the traceback before the line.
   (:mod:`lsframe.errors`, found also under jsonargparse's wrappers), parse errors, YAML errors,
   a missing file (1), Lightning's ``MisconfigurationException`` (2, whenever it comes: a
   setting Lightning cannot run with) and its refusal of a ``val_check_interval`` longer than an
-  epoch (2, at that key, whenever it comes), any other ``ValueError`` (2) raised before a fit
+  epoch (2, at that key, whenever it comes), a collective that failed because another process
+  of the run stopped (1, :func:`peer_stopped`), any other ``ValueError`` (2) raised before a fit
   got past its setup; None for the rest (a bug, an environment failure, or an error of the run itself
   once training started: the traceback stays).
 """
@@ -41,6 +42,7 @@ from lsframe.errors import (
     DataError,
     LsframeError,
     MissingFileError,
+    PeerStoppedError,
     UsageError,
     one_line,
     run_started,
@@ -407,6 +409,29 @@ def unwrap_worker_error(error: LsframeError) -> LsframeError:
     return type(error)(original)
 
 
+#: A collective's failure because another process of the run ended: gloo's words (torch adds
+#: the hint about a remote worker) and NCCL's.
+_PEER_GONE = re.compile(
+    r"(gloo|NCCL).*?(Connection (closed|reset) by peer|remote process exited|remote worker crash)",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def peer_stopped(error: BaseException) -> PeerStoppedError | None:
+    """The failure of a collective (an all-reduce, DDP's gradient sync) because another process
+    of a multi-process run stopped: its own output says why, so this one's traceback only hides
+    that line under sixty of its own."""
+    for exc in _chain(error):
+        found = _PEER_GONE.search(str(exc)) if isinstance(exc, RuntimeError) else None
+        if found:
+            return PeerStoppedError(
+                "another process of this run stopped, so this one stopped too; that process's "
+                "output says why (one the system killed prints nothing)",
+                where=f"{found[1]}: {found[2]}",
+            )
+    return None
+
+
 def classify(error: BaseException) -> LsframeError | None:
     """The bad input ``error`` reports, as an :class:`LsframeError`; None when ``error`` is not a
     bad input (a bug or an environment failure: the traceback stays)."""
@@ -435,6 +460,9 @@ def classify(error: BaseException) -> LsframeError | None:
                 "trainer.check_val_every_n_epoch: null to count batches across epochs",
                 where="trainer.val_check_interval",
             )
+    peer = peer_stopped(error)  # not a bad input, but its traceback would bury the cause
+    if peer is not None:
+        return peer
     for exc in _chain(error):  # a full disk: the atomic write kept the earlier checkpoint
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             saving = ".ckpt" in str(exc.filename or "")

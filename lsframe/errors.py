@@ -30,6 +30,7 @@ __all__ = [
     "MissingFileError",
     "NonFiniteLossError",
     "NonFiniteParametersError",
+    "PeerStoppedError",
     "UsageError",
     "mark_run_started",
     "one_line",
@@ -117,6 +118,13 @@ class DataError(LsframeError, ValueError):
 
 class MissingFileError(DataError, FileNotFoundError):
     """A file or directory the configuration points to does not exist (exit status 1)."""
+
+
+class PeerStoppedError(LsframeError, RuntimeError):
+    """Another process of a multi-process run (DDP) stopped, and the collective this process
+    was in failed with it (exit status 1); the reason is in that process's own output."""
+
+    exit_code = 1
 
 
 class NonFiniteLossError(LsframeError, FloatingPointError):

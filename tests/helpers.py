@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -154,3 +155,10 @@ def small_sequence_config(name: str, glue_dir: Any) -> dict:
         )
     config["trainer"].update(max_epochs=1, limit_train_batches=4)
     return config
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now (for a test's process group)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

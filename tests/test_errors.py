@@ -3,6 +3,8 @@ tests/test_bad_input.py)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -266,3 +268,41 @@ def test_a_callback_s_refusal_during_a_fit_is_placed_at_its_item_of_the_callback
     assert at_callback(refused, callbacks * 2) is refused  # two DPS: which one is not known
     placed = ConfigError("DPS: x", where="somewhere", argument="update_ratio")
     assert at_callback(placed, callbacks) is placed
+
+
+_PEER_EXITS = """
+import os, sys, torch, torch.distributed as dist
+rank = int(sys.argv[1])
+store = dist.TCPStore("127.0.0.1", int(sys.argv[2]), 2, rank == 0)
+dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
+dist.barrier()
+if rank == 1:
+    os._exit(0)  # as a rank does when its own error line is printed
+try:
+    dist.all_reduce(torch.ones(1))
+except RuntimeError as error:
+    from lsframe.cli_errors import error_line
+    print(error_line(error, "lsframe fit"))
+"""
+
+
+def test_a_collective_failing_because_another_process_stopped_is_one_line():
+    # a data error on rank 1 of a DDP fit: its line, then rank 0's 60-line gloo traceback
+    import subprocess
+    import sys
+
+    from helpers import free_port
+
+    port = str(free_port())
+    command = [sys.executable, "-c", _PEER_EXITS]
+    peer = subprocess.Popen([*command, "1", port])
+    rank0 = subprocess.run([*command, "0", port], capture_output=True, text=True, timeout=120)
+    peer.wait(timeout=60)
+    # gloo says "closed" or "reset", as the peer's exit and the write race
+    assert re.fullmatch(
+        r"\(\"lsframe fit: error: another process of this run stopped, so this one stopped too; "
+        r"that process's output says why \(one the system killed prints nothing\) "
+        r"\(gloo: Connection (closed|reset) by peer\)\", 1\)",
+        rank0.stdout.strip(),
+    ), rank0.stdout + rank0.stderr
+    assert error_line(RuntimeError("a bug of the run"), "lsframe fit") is None
