@@ -39,6 +39,12 @@ from lsframe.modules.random_state import (
     random_states,
     restore_loader_position,
 )
+from lsframe.modules.schedulers import (
+    check_line_search_schedulers,
+    ends_epoch,
+    keep_metric_settings,
+    step_schedulers,
+)
 from lsframe.optim import info_for, innermost_optimizer, set_run_length, start_pass
 from lsframe.optim.closure import StepRandomState, check_loss
 from lsframe.optim.param_groups import apply_part_multipliers
@@ -64,7 +70,10 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
             ``class_path`` + ``init_args``). Default: AdamW(lr=2e-5, weight_decay=0.01).
         lr_scheduler: Optional callable that builds a scheduler from the optimizer, stepped once
             per optimizer step; on a line search it scales the searched step (see
-            :func:`lsframe.modules.optimizer_setup.make_scheduler`).
+            :func:`lsframe.modules.optimizer_setup.make_scheduler`). Schedulers a subclass's
+            ``configure_optimizers`` or a callback (SWA) adds follow their config's
+            ``interval``, ``frequency`` and ``monitor``, as in Lightning
+            (:mod:`lsframe.modules.schedulers`).
         accumulate_grad_batches: Micro-batches per optimizer step. The DataModule's batch is the
             micro-batch; the effective batch is ``batch_size * accumulate_grad_batches``.
         gradient_clip_val: Clip gradients to this value after the full backward (None: no clip).
@@ -162,7 +171,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
-        scheduler.step()
+        scheduler.step() if metric is None else scheduler.step(metric)
 
     def export_pretrained(self, output_dir: str | Path) -> Path:
         """Write the model (and the module's ``tokenizer``, if any) as a Hugging Face directory;
@@ -179,17 +188,20 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         CPU would emulate (:func:`.policy.check_fit`)."""
         if stage == "fit" and self._trainer is not None:
             policy.check_fit(self.trainer)
+            keep_metric_settings(self)  # a ReduceLROnPlateau's monitor
 
     # ---------------------------------------------------------------------------- training step
     def training_step(self, batch: Any, batch_idx: int) -> None:
         self._micro_batches.append(batch)
         full = len(self._micro_batches) >= self.accumulate_grad_batches
-        if not full and not self.trainer.is_last_batch:
+        if full or self.trainer.is_last_batch:
+            micro_batches, self._micro_batches = self._micro_batches, []
+            self.optimizer_step_on(micro_batches)
+            self._step_log_pending = not self._logs_now()
+        else:
             self._log_step_once()
-            return None
-        micro_batches, self._micro_batches = self._micro_batches, []
-        self.optimizer_step_on(micro_batches)
-        self._step_log_pending = not self._logs_now()
+        if ends_epoch(self.trainer, batch_idx):  # Lightning's rules (lsframe.modules.schedulers)
+            step_schedulers(self, "epoch", on_metric=False)
         return None
 
     def _logs_now(self) -> bool:
@@ -229,10 +241,8 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         if evaluator.skipped:
             self._skipped_steps += 1
         self._log_step(raw_optimizer, evaluator)  # before the scheduler: the lr this step used
-        schedulers = self.lr_schedulers()
-        if schedulers is not None:
-            for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-                scheduler.step()
+        step_schedulers(self, "step", on_metric=False)
+        step_schedulers(self, "step", on_metric=True)
         return evaluator.loss_at_start
 
     def _log_step(self, optimizer: torch.optim.Optimizer, evaluator: _StepEvaluator) -> None:
@@ -285,7 +295,11 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         self._skipped_steps = saved.get("skipped_steps", 0)
         self._resume_random.hold(saved.get("random_states"))
 
+    def on_train_epoch_end(self) -> None:
+        step_schedulers(self, "epoch", on_metric=True)  # after the epoch's validation
+
     def on_train_start(self) -> None:
+        check_line_search_schedulers(self.trainer, self)
         restore_loader_position(self.trainer)  # first: a new iterator may draw a base seed
         self._resume_random.restore(self.trainer.ckpt_path is not None, self.device)
 
