@@ -377,8 +377,14 @@ class LSFrameCLI(LightningCLI):
         """``trainer.fit`` with SIGTERM, SIGUSR1 and Ctrl-C caught from the start of the fit
         (:func:`lsframe.preemption.catch_signals`)."""
         callbacks = lambda: self.config[self.subcommand].get("trainer.callbacks")  # noqa: E731
-        try:  # a callback's refusal is placed at its item of trainer.callbacks
-            with callback_errors_placed(callbacks), catch_signals("lsframe fit"):
+        # a callback's refusal is placed at its item of trainer.callbacks, once the line says
+        # where the run is (that test asks for the very error the checkpoint saw)
+        with callback_errors_placed(callbacks):
+            self._fit_saying_where_the_run_is(**kwargs)
+
+    def _fit_saying_where_the_run_is(self, **kwargs: Any) -> None:
+        try:
+            with catch_signals("lsframe fit"):
                 self.trainer.fit(**kwargs)
         except NonFiniteLossError as error:  # its one line says where the run so far is
             checkpoint = self._lsframe_checkpoint()

@@ -162,3 +162,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class UnreadableSideFile(pl.Callback):
+    """A user's callback that reads a file at a step and finds it malformed: it raises an
+    lsframe DataError in lsframe's ``Owner: ...`` form, naming its argument."""
+
+    def __init__(self, path: str, at_step: int = 3) -> None:
+        self.path, self.at_step = path, at_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.at_step:
+            from lsframe.errors import DataError
+
+            raise DataError(f"UnreadableSideFile: {self.path} does not parse", argument="path")

@@ -173,3 +173,27 @@ def test_val_class_folders_that_differ_from_train_s_are_named_with_the_side(tmp_
         DataError, match=r"val has \['c'\], which train lacks \(train: \['a', 'b'\]\)"
     ):
         ImageFolderDataModule(str(folders(tmp_path / "more", more)))
+
+
+def test_a_callback_s_own_data_error_is_placed_and_says_where_the_run_so_far_is(tmp_path, capsys):
+    # placed at its item of trainer.callbacks, the line lost "the run up to it: <last.ckpt>"
+    import yaml
+
+    from lsframe.__main__ import main
+
+    layout = {f"{split}/{name}": ["1.png", "2.png"] for split in ("train", "val")
+              for name in ("a", "b")}  # fmt: skip
+    config = resnet_config(tmp_path, folders(tmp_path / "images", layout), max_steps=8)
+    settings = yaml.safe_load(config.read_text())
+    settings["trainer"]["callbacks"] = [
+        {"class_path": "helpers.UnreadableSideFile", "init_args": {"path": "side.txt"}}
+    ]
+    config.write_text(yaml.safe_dump(settings))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config)])
+    (last,) = (tmp_path / "runs").rglob("last.ckpt")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"lsframe fit: error: UnreadableSideFile: side.txt does not parse; the run up to it: "
+        f"{last} (fix the input and resume it with --ckpt_path last) "
+        "(trainer.callbacks[0].init_args.path)"
+    )
