@@ -34,7 +34,7 @@ from lsframe.config_stacking import fresh_class_arguments
 from lsframe.errors import ConfigError, DataError, NonFiniteLossError, NonFiniteParametersError
 from lsframe.export_command import check_export_dir, export, load_module  # noqa: F401 - their home before
 from lsframe.hub import quiet_weight_report
-from lsframe.loggers import readable_progress_bar
+from lsframe.loggers import keep_csv_metrics, readable_progress_bar
 from lsframe.modules import ClosureModule
 from lsframe.named_checkpoints import logger_root, resolve_for_evaluation
 from lsframe.preemption import Preemption, catch_signals
@@ -318,7 +318,7 @@ class LSFrameCLI(LightningCLI):
         if rank_zero_only.rank == 0:
             print(f"lsframe fit: --ckpt_path last: continuing {path.parent.parent} ({path.name})")
             if str(first.get("class_path", "")).endswith("CSVLogger"):
-                keep_csv_metrics(path.parent.parent)
+                keep_csv_metrics(path.parent.parent, "lsframe fit")
 
     def _lsframe_checkpoint(self) -> ModelCheckpoint | None:
         """The ModelCheckpoint of the ``checkpoint`` section (``trainer.checkpoint_callback`` is
@@ -428,17 +428,3 @@ class LSFrameCLI(LightningCLI):
         elif trainer.logger is not None and trainer.logger.log_dir:
             lines.append(f"  logs: {trainer.logger.log_dir}")
         print("\n".join(lines), flush=True)
-
-
-def keep_csv_metrics(run_dir: Path) -> None:
-    """Move a continued run's ``metrics.csv`` to ``metrics.<k>.csv`` (the first free ``k``):
-    Lightning's CSVLogger deletes the file it finds in the folder it logs to, and with it the
-    metrics logged before the resume."""
-    metrics = run_dir / "metrics.csv"
-    if not metrics.is_file():
-        return
-    k = 1
-    while (run_dir / f"metrics.{k}.csv").exists():
-        k += 1
-    metrics.rename(run_dir / f"metrics.{k}.csv")
-    print(f"lsframe fit: the metrics logged before the resume are kept in metrics.{k}.csv")

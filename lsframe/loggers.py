@@ -113,3 +113,17 @@ def readable_progress_bar(trainer: Any) -> None:
     if isinstance(bar, RichProgressBar) and bar.theme.metrics_format == ".3f":
         # a copy: the default theme object may be shared by every RichProgressBar
         bar.theme = replace(bar.theme, metrics_format=".3g")
+
+
+def keep_csv_metrics(run_dir: Path, prog: str) -> None:
+    """Move a continued run's ``metrics.csv`` to ``metrics.<k>.csv`` (the first free ``k``):
+    Lightning's CSVLogger deletes the file it finds in the folder it logs to, and with it the
+    metrics logged before the resume (``prog`` says so: ``lsframe fit``)."""
+    metrics = run_dir / "metrics.csv"
+    if not metrics.is_file():
+        return
+    k = 1
+    while (run_dir / f"metrics.{k}.csv").exists():
+        k += 1
+    metrics.rename(run_dir / f"metrics.{k}.csv")
+    print(f"{prog}: the metrics logged before the resume are kept in metrics.{k}.csv ({run_dir})")

@@ -47,7 +47,7 @@ import lightning.pytorch as pl
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.callbacks import Checkpoint
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import nn
 
@@ -61,7 +61,7 @@ from lsframe.config_checks import check_config
 from lsframe.config_nodes import callback_errors_placed
 from lsframe.config_stacking import fresh_class_arguments
 from lsframe.errors import ConfigError
-from lsframe.loggers import logger_specs, readable_progress_bar
+from lsframe.loggers import keep_csv_metrics, logger_specs, readable_progress_bar
 from lsframe.modules import ClosureModule
 from lsframe.modules.export import is_lora
 from lsframe.modules.random_state import random_states, set_random_states
@@ -344,6 +344,10 @@ class SequenceRunner:
             preempted = self._preempted_path(i)
             if preempted.is_file():
                 print(f"lsframe sequential: resuming stage {i} ({stage.name}) from {preempted}")
+                for logger in trainer.loggers:  # CSVLogger deletes the stage's metrics.csv
+                    if isinstance(logger, CSVLogger):
+                        keep = partial(keep_csv_metrics, Path(logger.log_dir), "lsframe sequential")
+                        self._on_rank_zero(keep)
             resume = {"ckpt_path": preempted, "weights_only": True} if preempted.is_file() else {}
             trainer.fit(self.module, datamodule=stage.data, **resume)
             self._on_rank_zero(partial(self._save_stage, i))

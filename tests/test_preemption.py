@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -256,7 +257,7 @@ def test_under_ddp_every_rank_stops_after_the_same_step_with_one_checkpoint(
     assert_bit_equal(ddp_reference, final_parameters(tmp_path))
 
 
-def sequence_config(tmp: Path, output_dir: Path, *callbacks: dict) -> Path:
+def sequence_config(tmp: Path, output_dir: Path, *callbacks: dict, logger: Any = False) -> Path:
     def blobs(seed: int) -> dict:
         return {"class_path": "preemption_helpers.Blobs", "init_args": {"seed": seed}}
 
@@ -269,7 +270,8 @@ def sequence_config(tmp: Path, output_dir: Path, *callbacks: dict) -> Path:
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "num_sanity_val_steps": 0,
-            "logger": False,
+            "logger": logger,
+            "log_every_n_steps": 1,
             "callbacks": list(callbacks),
         },
         "model": fit_config(tmp)["model"],
@@ -290,7 +292,9 @@ def test_sequential_stops_mid_stage_and_the_same_command_continues_that_stage(tm
         "class_path": "preemption_helpers.SignalAt",
         "init_args": {"step": 3, "signum": int(signal.SIGTERM), "fit": 2},  # stage b's fit
     }
-    command = ["sequential", "--config", str(sequence_config(tmp_path, out, signal_b))]
+    csv = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "x"}}
+    config = sequence_config(tmp_path, out, signal_b, logger=csv)
+    command = ["sequential", "--config", str(config)]
     stopped = lsframe(tmp_path, command)
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     checkpoint = out / "stage_1_preempted.ckpt"
@@ -305,6 +309,12 @@ def test_sequential_stops_mid_stage_and_the_same_command_continues_that_stage(tm
     assert "resuming after stage 0 (a)" in resumed.stdout
     assert f"resuming stage 1 (b) from {checkpoint}" in resumed.stdout
     assert not checkpoint.exists()  # the stage is done
+    # CSVLogger deleted the stage's metrics.csv, and the steps logged before the stop with it
+    kept = out / "stage_1_b" / "metrics.1.csv"
+    assert f"kept in metrics.1.csv ({kept.parent})" in resumed.stdout
+    assert (
+        "train/loss" in kept.read_text().splitlines()[0] and len(kept.read_text().splitlines()) > 1
+    )
     matrix = [
         json.loads((d / "accuracy_matrix.json").read_text()) for d in (tmp_path / "plain", out)
     ]
