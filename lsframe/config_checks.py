@@ -44,6 +44,7 @@ from lsframe.trainer_checks import (
     check_accelerator,
     check_checkpoint_section,
     check_ckpt_path,
+    check_lightning_callback,
     check_precision_setting,
     check_trainer_intervals,
     check_trainer_step_options,
@@ -356,6 +357,8 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
             data.append((key, build_datamodule(key, cls, init_args, stage)))
         elif issubclass(cls, Callback) and cls.__module__.startswith("lsframe."):
             check_callback(key, cls, init_args, limits)
+        elif issubclass(cls, Callback):
+            check_lightning_callback(key, cls, init_args)
     check_trainer_step_options(node_get(config, "trainer"), modules[0][0] if modules else "model")
     for key, init_args in modules:
         check_module(key, init_args, data)

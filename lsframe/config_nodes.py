@@ -63,7 +63,7 @@ def class_nodes(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:
             yield from class_nodes(value, f"{key}.init_args.{name}")
         return
     for name, value in node_items(node):
-        if not name.startswith("__"):
+        if not str(name).startswith("__"):
             yield from class_nodes(value, f"{key}.{name}" if key else name)
 
 

@@ -72,6 +72,36 @@ def check_trainer_step_options(trainer: Any, module_key: str) -> None:
         )
 
 
+def check_lightning_callback(key: str, cls: type, init_args: dict[str, Any]) -> None:
+    """Refuse at its key a stock Lightning callback that cannot work with lsframe's modules
+    (manual optimization, the network at ``model``), naming what to use instead; Lightning
+    would fail only once the model has loaded, with a traceback."""
+    name = cls.__name__
+    if name == "GradientAccumulationScheduler":
+        reason = (
+            "changes Lightning's accumulation, which lsframe's modules do themselves (one "
+            "closure per optimizer step): set model.init_args.accumulate_grad_batches (one "
+            "value for the run)"
+        )
+    elif name == "BackboneFinetuning":
+        reason = (
+            "freezes the module's 'backbone' and later adds it to the optimizer as a new group; "
+            "lsframe's modules hold the network as 'model' and build their groups once: freeze "
+            "parameters before the fit (requires_grad=False), or give parts smaller learning "
+            "rates (model.init_args.lr_distribution)"
+        )
+    elif name == "LearningRateFinder" and init_args.get("update_attr", True):
+        reason = (
+            "sets the module's 'lr' or 'learning_rate', which lsframe's modules do not have "
+            "(the learning rate is model.init_args.optimizer.init_args.lr): set update_attr: "
+            "false and read its suggestion"
+        )
+        key = f"{key}.init_args.update_attr"
+    else:
+        return
+    raise ConfigError(f"{name} {reason}", where=key)
+
+
 #: Trainer settings that take a share of the batches (a float in [0, 1]) or a count of them.
 BATCH_LIMITS = (
     "limit_train_batches",

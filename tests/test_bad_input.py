@@ -154,6 +154,18 @@ CASES: dict[str, tuple[Args, int, str]] = {
                                  "init_args": {"update_ratio": 0.5}}]), 2,
         "DPS: a stage would be int(1 · 0.5) = 0 optimizer steps (1: the run's optimizer steps); "
         "raise update_ratio or train for more steps (trainer.callbacks[0].init_args.update_ratio)"),
+    "a Lightning callback lsframe's modules cannot run, with integer keys": (
+        fit(trainer__callbacks=[{"class_path": "lightning.pytorch.callbacks.GradientAccumulationScheduler",
+                                 "init_args": {"scheduling": {0: 2}}}]), 2,
+        "GradientAccumulationScheduler changes Lightning's accumulation, which lsframe's modules "
+        "do themselves (one closure per optimizer step): set "
+        "model.init_args.accumulate_grad_batches (one value for the run) (trainer.callbacks[0])"),
+    "the learning-rate finder setting an lr the module has not": (
+        fit(trainer__callbacks=[{"class_path": "lightning.pytorch.callbacks.LearningRateFinder"}]), 2,
+        "LearningRateFinder sets the module's 'lr' or 'learning_rate', which lsframe's modules "
+        "do not have (the learning rate is model.init_args.optimizer.init_args.lr): set "
+        "update_attr: false and read its suggestion "
+        "(trainer.callbacks[0].init_args.update_attr)"),
     "max_length past the model's positions": (
         fit(data__init_args__max_length=1024), 2,
         "max_length 1024 is longer than the model's 512 positions "

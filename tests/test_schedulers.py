@@ -169,3 +169,25 @@ def test_learning_rate_monitor_beside_a_line_search_is_warned_to_show_the_previo
         trainer(max_steps=1, logger=CSVLogger(tmp_path), callbacks=[LearningRateMonitor()]).fit(
             TinyRegression(optimizer=SaLSA), loader(8, 4)
         )
+
+
+def test_lightning_s_lr_finder_records_the_losses_of_a_torch_optimizer(tmp_path):
+    # training_step returned None: every loss recorded was NaN and no suggestion came
+    from lightning.pytorch.tuner import Tuner
+
+    module = TinyRegression(optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
+    finder = Tuner(trainer(default_root_dir=tmp_path, max_epochs=1)).lr_find(
+        module, loader(64, 4), min_lr=1e-4, max_lr=1.0, num_training=10, update_attr=False
+    )
+    losses = finder.results["loss"]
+    assert len(losses) == 10 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_lightning_s_lr_finder_on_a_line_search_is_refused_for_what_it_is(tmp_path):
+    # it blamed configure_optimizers and told the user to wrap Lightning's private scheduler
+    from lightning.pytorch.tuner import Tuner
+
+    with pytest.raises(ConfigError, match="the learning-rate finder sweeps 'lr', which SaLSA"):
+        Tuner(trainer(default_root_dir=tmp_path, max_epochs=1)).lr_find(
+            TinyRegression(optimizer=SaLSA), loader(64, 4), num_training=10, update_attr=False
+        )

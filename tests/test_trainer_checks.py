@@ -83,3 +83,17 @@ def test_a_share_of_the_epoch_without_an_epoch_interval_is_refused_as_lightning_
 )
 def test_trainer_counts_are_refused_at_their_key_before_the_model_loads(name, value, refused):
     assert lsframe_refuses({name: value}) == (f"trainer.{name}" if refused else None)
+
+
+def test_backbone_finetuning_is_refused_at_its_item_with_what_to_do_instead():
+    # an 18-frame AttributeError ('...Module' object has no attribute 'backbone') after loading
+    from lightning.pytorch.callbacks import BackboneFinetuning, ModelPruning
+
+    from lsframe.trainer_checks import check_lightning_callback
+
+    with pytest.raises(ConfigError, match="freeze parameters before the fit") as caught:
+        check_lightning_callback("trainer.callbacks[2]", BackboneFinetuning, {})
+    assert caught.value.where == "trainer.callbacks[2]"
+    check_lightning_callback(
+        "trainer.callbacks[0]", ModelPruning, {"pruning_fn": "l1_unstructured"}
+    )

@@ -191,18 +191,19 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
             keep_metric_settings(self)  # a ReduceLROnPlateau's monitor
 
     # ---------------------------------------------------------------------------- training step
-    def training_step(self, batch: Any, batch_idx: int) -> None:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         self._micro_batches.append(batch)
         full = len(self._micro_batches) >= self.accumulate_grad_batches
+        loss = None  # the step's loss, for on_train_batch_end's outputs (Lightning's lr finder)
         if full or self.trainer.is_last_batch:
             micro_batches, self._micro_batches = self._micro_batches, []
-            self.optimizer_step_on(micro_batches)
+            loss = self.optimizer_step_on(micro_batches)
             self._step_log_pending = not self._logs_now()
         else:
             self._log_step_once()
         if ends_epoch(self.trainer, batch_idx):  # Lightning's rules (lsframe.modules.schedulers)
             step_schedulers(self, "epoch", on_metric=False)
-        return None
+        return loss
 
     def _logs_now(self) -> bool:
         """Whether Lightning writes the logged values at the end of this batch."""

@@ -166,14 +166,22 @@ def check_line_search_schedulers(trainer: pl.Trainer, module: pl.LightningModule
                 )
         for config in trainer.lr_scheduler_configs:
             scheduler = config.scheduler
-            if getattr(scheduler, "optimizer", None) is not None and not isinstance(
-                scheduler, StepSizeSchedule
-            ):
-                if innermost_optimizer(scheduler.optimizer) is inner:
-                    raise ConfigError(
-                        f"{type(scheduler).__name__} would write 'lr', and {name} searches its "
-                        "own step size and refuses an lr written from outside: wrap it as "
-                        "lsframe.optim.StepSizeSchedule(optimizer, lambda o: <scheduler on o>), "
-                        "which schedules lr_multiplier",
-                        where=f"{type(module).__name__}.configure_optimizers",
-                    )
+            if isinstance(scheduler, StepSizeSchedule):
+                continue
+            if innermost_optimizer(getattr(scheduler, "optimizer", None)) is not inner:
+                continue
+            if type(scheduler).__module__ == "lightning.pytorch.tuner.lr_finder":
+                finder = any(type(c).__name__ == "LearningRateFinder" for c in trainer.callbacks)
+                raise ConfigError(
+                    f"the learning-rate finder sweeps 'lr', which {name} does not take: it "
+                    "searches its own step size (its lr is only the first trial); drop the "
+                    "finder for it",
+                    where="trainer.callbacks" if finder else "Tuner.lr_find",
+                )
+            raise ConfigError(
+                f"{type(scheduler).__name__} would write 'lr', and {name} searches its own step "
+                "size and refuses an lr written from outside: wrap it as "
+                "lsframe.optim.StepSizeSchedule(optimizer, lambda o: <scheduler on o>), which "
+                "schedules lr_multiplier",
+                where=f"{type(module).__name__}.configure_optimizers",
+            )
