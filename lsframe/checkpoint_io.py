@@ -31,6 +31,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 __all__ = [
     "AtomicCheckpointIO",
+    "file_mode",
     "find_last_checkpoint",
     "newest_last",
     "save_atomically",
@@ -53,6 +54,12 @@ def _file_mode() -> int:
 
 
 _FILE_MODE = _file_mode()
+
+
+def file_mode() -> int:
+    """The mode a plain ``open`` gives a new file under this process's umask (a temporary file
+    of :mod:`tempfile` is 0600 instead)."""
+    return _FILE_MODE
 
 
 def _remove_stale_temporaries(target: Path) -> None:

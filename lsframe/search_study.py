@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lsframe._signals import received
+from lsframe.checkpoint_io import file_mode
 from lsframe.errors import ConfigError, one_line
 from lsframe.run_config import refuse_another_config, with_fingerprints
 
@@ -234,6 +235,7 @@ def _claim(mark: Path, study_name: str) -> None:
     import tempfile
 
     handle, own = tempfile.mkstemp(dir=mark.parent, prefix=f".{mark.name}.")
+    os.fchmod(handle, file_mode())  # mkstemp's 0600 would lock the group out of a shared search
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(f"{study_name}\n")

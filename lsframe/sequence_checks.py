@@ -64,6 +64,16 @@ def check_metric(metric: str, data: list[tuple[str, Any]], model_metrics: Any = 
 
 
 def check_output_dir(path: str | Path, key: str) -> None:
-    """``path`` is a directory or does not exist yet."""
-    if Path(path).exists() and not Path(path).is_dir():
+    """``path`` is a directory this process may write in, or does not exist yet and its
+    nearest existing parent is one."""
+    import os
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
         raise ConfigError(f"{path} is a file; give a directory", where=key)
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        held = "" if existing == path else f" (its parent {existing} is not)"
+        raise ConfigError(
+            f"{path} is not writable{held}; give a directory you can write in", where=key
+        )

@@ -265,6 +265,9 @@ def test_pretrained_weights_meeting_other_normalisation_than_theirs_are_warned_a
     imagenet = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     with pytest.warns(UserWarning, match="set data.timm_model: vit_tiny_patch16_224"):
         vit.check_normalisation(imagenet)
+    # the idx (MNIST) DataModule has no timm_model: the advice named a key it refuses
+    with pytest.warns(UserWarning, match=r"\(0.3081,\): normalise the data with those statistics"):
+        vit.check_normalisation({"mean": (0.1307,), "std": (0.3081,)}, takes_timm_model=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         vit.check_normalisation({"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)})

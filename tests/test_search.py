@@ -459,3 +459,32 @@ def test_searches_started_together_all_claim_a_fresh_output_dir(tmp_path):
         assert (folder / STUDY_MARK).read_text() == "study\n"
     with pytest.raises(ConfigError, match="holds the results of the study 'study'"):
         claim_output_dir(tmp_path / "0", "other", None, None)
+
+
+def test_the_study_mark_has_the_mode_of_the_search_s_other_files(tmp_path):
+    # mkstemp made it 0600: in a group-shared output_dir every other member's search crashed
+    import stat
+
+    from lsframe.checkpoint_io import file_mode
+    from lsframe.search_study import STUDY_MARK, claim_output_dir
+
+    claim_output_dir(tmp_path, "study", None, None)
+    assert stat.S_IMODE(os.stat(tmp_path / STUDY_MARK).st_mode) == file_mode()
+
+
+def test_an_output_dir_that_cannot_be_written_is_refused_at_its_key(tmp_path, monkeypatch):
+    # a read-only output_dir (or parent) gave a PermissionError traceback from the claim (the
+    # test may run as root, whom no mode stops: os.access says what a user would meet)
+    from pathlib import Path
+
+    from lsframe.sequence_checks import check_output_dir
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    with pytest.raises(ConfigError, match=f"{locked} is not writable; give a directory"):
+        check_output_dir(locked, "search.output_dir")
+    with pytest.raises(ConfigError, match=f"is not writable \\(its parent {locked} is not\\)"):
+        check_output_dir(locked / "new" / "deeper", "search.output_dir")
+    check_output_dir(tmp_path / "fresh", "search.output_dir")

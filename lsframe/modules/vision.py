@@ -99,12 +99,16 @@ class ImageClassificationModule(ClosureModule):
             prepared = config()
             self.data_config = prepared or self.data_config
             if stage == "fit" and self.pretrained:
-                self.check_normalisation(prepared)
+                takes = hasattr(self.trainer.datamodule, "timm_model")  # CIFAR, image folders
+                self.check_normalisation(prepared, takes)
 
-    def check_normalisation(self, data_config: dict[str, Any] | None) -> None:
+    def check_normalisation(
+        self, data_config: dict[str, Any] | None, takes_timm_model: bool = True
+    ) -> None:
         """Warn when pretrained weights meet images normalised otherwise than the model was
         pretrained on (an image folder's ImageNet statistics for a model pretrained with
-        mean = std = 0.5): the data's ``timm_model`` option prepares them as the model's."""
+        mean = std = 0.5): the data's ``timm_model`` option prepares them as the model's, where
+        the DataModule has one (``takes_timm_model``)."""
         trained = getattr(self.model, "pretrained_cfg", None) or {}
         if not data_config or "mean" not in trained or "std" not in trained:
             return
@@ -112,11 +116,15 @@ class ImageClassificationModule(ClosureModule):
         if all(b is not None and torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-3)
                for a, b in pairs):  # fmt: skip
             return
+        remedy = (
+            f"set data.timm_model: {self.hparams.model_name} to prepare them as it was pretrained"
+            if takes_timm_model
+            else "normalise the data with those statistics"
+        )
         rank_zero_warn(
             f"{self.hparams.model_name} was pretrained on images normalised with mean "
             f"{tuple(trained['mean'])} and std {tuple(trained['std'])}, the data normalises "
-            f"with {data_config.get('mean')} and {data_config.get('std')}: set "
-            f"data.timm_model: {self.hparams.model_name} to prepare them as it was pretrained"
+            f"with {data_config.get('mean')} and {data_config.get('std')}: {remedy}"
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
