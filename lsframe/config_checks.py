@@ -42,6 +42,7 @@ from lsframe.config_nodes import class_nodes, import_class, located, node_get, p
 from lsframe.errors import ConfigError, LsframeError
 from lsframe.trainer_checks import (
     check_accelerator,
+    check_barebones,
     check_checkpoint_section,
     check_ckpt_path,
     check_lightning_callback,
@@ -332,6 +333,7 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
 
     check_precision_setting(node_get(config, "trainer"))
     check_trainer_intervals(node_get(config, "trainer"))
+    check_barebones(node_get(config, "trainer"))
     modules: list[tuple[str, dict[str, Any]]] = []
     data: list[tuple[str, Any]] = []
     grouping: dict[str, Any] = {}

@@ -72,6 +72,19 @@ def check_trainer_step_options(trainer: Any, module_key: str) -> None:
         )
 
 
+def check_barebones(trainer: Any) -> None:
+    """``trainer.barebones``: lsframe's commands always checkpoint (the ``checkpoint`` section,
+    preemption) and log, which Lightning's barebones mode refuses one setting at a time, after
+    the model has loaded."""
+    if node_get(trainer, "barebones"):
+        raise ConfigError(
+            "barebones turns off logging and checkpointing, which lsframe's commands always do "
+            "(the checkpoint section, a stop's last.ckpt): leave it false here, or run "
+            "lightning.Trainer(barebones=True) on an lsframe module from Python",
+            where="trainer.barebones",
+        )
+
+
 def check_lightning_callback(key: str, cls: type, init_args: dict[str, Any]) -> None:
     """Refuse at its key a stock Lightning callback that cannot work with lsframe's modules
     (manual optimization, the network at ``model``), naming what to use instead; Lightning

@@ -355,3 +355,29 @@ def test_unlimited_epochs_without_max_steps_are_named_as_such_when_a_schedule_ne
     with pytest.raises(RunLengthUnknown, match=r"^trainer.max_epochs -1 \(no limit\) needs"):
         t.fit(module, loader(32, 4))
     assert t.global_step == 0
+
+
+def test_a_subclass_training_step_that_takes_no_step_is_refused_after_the_first_batch():
+    # returning the loss (automatic optimization's way) trained nothing, and the fit "finished"
+    from lsframe.errors import ConfigError
+
+    class ReturnsTheLoss(TinyRegression):
+        def training_step(self, batch, batch_idx):
+            return self.compute_loss(batch) + 1e-3 * sum(
+                p.square().sum() for p in self.parameters()
+            )
+
+    class StepsItself(TinyRegression):
+        def training_step(self, batch, batch_idx):
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            self.manual_backward(self.compute_loss(batch))
+            optimizer.step()
+
+    module = ReturnsTheLoss(optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    with pytest.raises(ConfigError, match="by overriding compute_loss") as error:
+        trainer(max_epochs=2).fit(module, loader(16, 4))
+    assert error.value.where == "ReturnsTheLoss.training_step" and module.trainer.global_step == 0
+    stepping = StepsItself(optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    trainer(max_epochs=1).fit(stepping, loader(16, 4))
+    assert stepping.trainer.global_step == 4

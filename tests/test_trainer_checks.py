@@ -97,3 +97,14 @@ def test_backbone_finetuning_is_refused_at_its_item_with_what_to_do_instead():
     check_lightning_callback(
         "trainer.callbacks[0]", ModelPruning, {"pruning_fn": "l1_unstructured"}
     )
+
+
+def test_barebones_is_refused_once_at_its_key():
+    # four runs, one refusal each after the model loaded, the last naming a setting never given
+    from lsframe.trainer_checks import check_barebones
+
+    with pytest.raises(ConfigError, match="leave it false here") as caught:
+        check_barebones({"barebones": True, "logger": False})
+    assert caught.value.where == "trainer.barebones"
+    check_barebones({"barebones": False})
+    check_barebones({})

@@ -192,6 +192,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
 
     # ---------------------------------------------------------------------------- training step
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        self._own_step_ran = True
         self._micro_batches.append(batch)
         full = len(self._micro_batches) >= self.accumulate_grad_batches
         loss = None  # the step's loss, for on_train_batch_end's outputs (Lightning's lr finder)
@@ -299,7 +300,11 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
     def on_train_epoch_end(self) -> None:
         step_schedulers(self, "epoch", on_metric=True)  # after the epoch's validation
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        policy.check_steps_taken(self, batch_idx)
+
     def on_train_start(self) -> None:
+        self._steps_at_start, self._own_step_ran = self.trainer.global_step, False
         check_line_search_schedulers(self.trainer, self)
         restore_loader_position(self.trainer)  # first: a new iterator may draw a base seed
         self._resume_random.restore(self.trainer.ckpt_path is not None, self.device)

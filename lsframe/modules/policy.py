@@ -100,6 +100,24 @@ def check_fit(trainer: pl.Trainer) -> None:
     check_closure_callbacks(trainer.callbacks)
 
 
+def check_steps_taken(module: Any, batch_idx: int) -> None:
+    """After a step's worth of batches: a subclass whose ``training_step`` neither ran the
+    ClosureModule's nor stepped an optimizer itself trains nothing, and Lightning would finish
+    the fit without a word (a returned loss is not used under manual optimization)."""
+    if getattr(module, "_own_step_ran", True) or batch_idx + 1 < module.accumulate_grad_batches:
+        return
+    if module.trainer.global_step != getattr(module, "_steps_at_start", 0):
+        return  # it steps the optimizer itself
+    name = type(module).__name__
+    raise ConfigError(
+        f"{name}.training_step took no optimizer step (lsframe's modules step in "
+        "ClosureModule.training_step; a returned loss is not used): add a loss term by "
+        "overriding compute_loss (or with a ClosureCallback's closure_loss), or call "
+        "super().training_step(batch, batch_idx)",
+        where=f"{name}.training_step",
+    )
+
+
 def check_data(datamodule: Any, **expected: Any) -> None:
     """Raise :class:`~lsframe.errors.ConfigError` when an attribute of ``datamodule`` disagrees
     with the model's setting of the same name, naming the ``model.init_args.<key>`` to set.
