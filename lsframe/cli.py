@@ -31,6 +31,7 @@ from lsframe.cli_errors import unwrap_worker_error, usage_error
 from lsframe.config_checks import check_parsed
 from lsframe.config_nodes import callback_errors_placed, import_class, node_get
 from lsframe.config_stacking import fresh_class_arguments
+from lsframe.data.resumable import refuse_another_place
 from lsframe.errors import ConfigError, DataError, NonFiniteLossError, NonFiniteParametersError
 from lsframe.export_command import check_export_dir, export, load_module  # noqa: F401 - their home before
 from lsframe.hub import quiet_weight_report
@@ -317,8 +318,8 @@ class LSFrameCLI(LightningCLI):
         first.init_args.version = version
         if rank_zero_only.rank == 0:
             print(f"lsframe fit: --ckpt_path last: continuing {path.parent.parent} ({path.name})")
-            if str(first.get("class_path", "")).endswith("CSVLogger"):
-                keep_csv_metrics(path.parent.parent, "lsframe fit")
+        if str(first.get("class_path", "")).endswith("CSVLogger"):
+            self._continued_csv = path.parent.parent  # kept once the resume is accepted
 
     def _lsframe_checkpoint(self) -> ModelCheckpoint | None:
         """The ModelCheckpoint of the ``checkpoint`` section (``trainer.checkpoint_callback`` is
@@ -354,6 +355,13 @@ class LSFrameCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self.refuse_changes_to_last()
+        resumed = self.config[self.subcommand].get("ckpt_path")
+        resumed = last_checkpoint(self.trainer) if resumed == "last" else resumed
+        if resumed is not None and Path(resumed).is_file():  # before the config is saved again
+            loops = read_lightning_checkpoint(resumed).get("loops")
+            refuse_another_place(loops, self.datamodule)
+        if getattr(self, "_continued_csv", None) is not None and rank_zero_only.rank == 0:
+            keep_csv_metrics(self._continued_csv, "lsframe fit")
         readable_progress_bar(self.trainer)
         preemption = self.config_init[self.subcommand].get("preemption")
         checkpoint = self._lsframe_checkpoint()
@@ -380,32 +388,31 @@ class LSFrameCLI(LightningCLI):
         # a callback's refusal is placed at its item of trainer.callbacks, once the line says
         # where the run is (that test asks for the very error the checkpoint saw)
         with callback_errors_placed(callbacks):
-            self._fit_saying_where_the_run_is(**kwargs)
-
-    def _fit_saying_where_the_run_is(self, **kwargs: Any) -> None:
-        try:
-            with catch_signals("lsframe fit"):
-                self.trainer.fit(**kwargs)
-        except NonFiniteLossError as error:  # its one line says where the run so far is
-            checkpoint = self._lsframe_checkpoint()
-            if checkpoint is None or not checkpoint.last_model_path:
-                raise
-            before = isinstance(error, NonFiniteParametersError)
-            saved = "the last checkpoint with finite parameters" if before else "the run up to it"
-            raise type(error)(
-                f"{error.message}; {saved}: {checkpoint.last_model_path}", error.where
-            ) from error
-        except DataError as error:  # a file met between two steps: the run so far is saved
-            checkpoint = self._lsframe_checkpoint()
-            if getattr(checkpoint, "saved_for", None) is not error:
-                raise
-            found = unwrap_worker_error(error)  # a DataLoader worker's: its own line
-            raise type(error)(
-                f"{found.message}; the run up to it: {checkpoint.last_model_path} (fix the "
-                "input and resume it with --ckpt_path last)",
-                found.where,
-                found.argument,
-            ) from error
+            try:
+                with catch_signals("lsframe fit"):
+                    self.trainer.fit(**kwargs)
+            except NonFiniteLossError as error:  # its one line says where the run so far is
+                checkpoint = self._lsframe_checkpoint()
+                if checkpoint is None or not checkpoint.last_model_path:
+                    raise
+                before = isinstance(error, NonFiniteParametersError)
+                saved = (
+                    "the last checkpoint with finite parameters" if before else "the run up to it"
+                )
+                raise type(error)(
+                    f"{error.message}; {saved}: {checkpoint.last_model_path}", error.where
+                ) from error
+            except DataError as error:  # a file met between two steps: the run so far is saved
+                checkpoint = self._lsframe_checkpoint()
+                if getattr(checkpoint, "saved_for", None) is not error:
+                    raise
+                found = unwrap_worker_error(error)  # a DataLoader worker's: its own line
+                raise type(error)(
+                    f"{found.message}; the run up to it: {checkpoint.last_model_path} (fix the "
+                    "input and resume it with --ckpt_path last)",
+                    found.where,
+                    found.argument,
+                ) from error
 
     def after_fit(self) -> None:
         trainer = self.trainer

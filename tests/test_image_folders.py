@@ -197,3 +197,29 @@ def test_a_callback_s_own_data_error_is_placed_and_says_where_the_run_so_far_is(
         f"{last} (fix the input and resume it with --ckpt_path last) "
         "(trainer.callbacks[0].init_args.path)"
     )
+
+
+def test_a_resume_refused_for_its_loader_place_is_refused_before_it_writes_anything(
+    tmp_path, capsys
+):
+    # the refusal came while Lightning restored the loops: config.yaml already said batch size
+    # 4 beside a checkpoint trained with 2, and metrics.csv was renamed for a resume never made
+    from lsframe.__main__ import main
+
+    layout = {f"{split}/{name}": [f"{i}.png" for i in range(8)] for split in ("train", "val")
+              for name in ("a", "b")}  # fmt: skip
+    config = resnet_config(tmp_path, folders(tmp_path / "images", layout), max_steps=3)
+    main(["fit", "--config", str(config)])  # 8 batches an epoch: last.ckpt at step 3 of 8
+    (run,) = (tmp_path / "runs" / "img").iterdir()
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_steps", "6",
+              "--data.init_args.batch_size", "4"])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "lsframe fit: error: the checkpoint's training loader handed out batches of 2, this one "
+        "of 4: resuming would train other examples than the rest of its epoch; resume with the "
+        "data settings it was saved with (data.init_args.batch_size)"
+    )
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

@@ -444,3 +444,26 @@ def test_a_data_error_of_one_process_of_several_saves_nothing(monkeypatch):
     error = DataError("image does not decode", where="x.png")
     last.on_exception(SimpleNamespace(training=True, world_size=2), module, error)
     assert saves == [] and last.saved_for is None
+
+
+def test_a_saved_place_is_checked_against_the_data_settings_before_the_resume_starts():
+    from types import SimpleNamespace
+
+    from lsframe.data.resumable import refuse_another_place
+    from lsframe.errors import ConfigError
+
+    def loops(batches: int) -> dict:
+        place = {"epoch": 0, "batches": batches, "seed": 3, "batch_size": 4, "examples": 10}
+        return {"fit_loop": {"state_dict": {"combined_loader": [place]}}}
+
+    with pytest.raises(ConfigError, match="seed 3, this one with 4") as refused:
+        refuse_another_place(loops(1), SimpleNamespace(seed=4, batch_size=4))
+    assert refused.value.where == "data.init_args.seed"
+    with pytest.raises(ConfigError, match="batches of 4, this one of 2") as refused:
+        refuse_another_place(loops(1), SimpleNamespace(seed=3, batch_size=2))
+    assert refused.value.where == "data.init_args.batch_size"
+    refuse_another_place(loops(3), SimpleNamespace(seed=3, batch_size=2))  # the epoch is over
+    # 2 of 10 // 4 = 2 full batches: over only if the loader drops the last one, which the
+    # loader itself knows: left to it
+    refuse_another_place(loops(2), SimpleNamespace(seed=3, batch_size=2))
+    refuse_another_place(None, SimpleNamespace(seed=9, batch_size=9))  # nothing saved

@@ -167,32 +167,82 @@ class ResumableDataLoader(DataLoader):
                 be other examples (a state of before 2026-12-07 records the seed only). At an
                 epoch's end they may differ: the next epoch starts afresh.
         """
-        checks = (
-            ("seed", self.seed, "was shuffled with seed {}, this one with {}", "data.seed"),
-            ("batch_size", self.batch_size, "handed out batches of {}, this one of {}",
-             "data.batch_size"),
-            ("examples", len(self.dataset), "had {} examples, this one has {} (a changed "  # type: ignore[arg-type]
-             "train_limit, train_subsample or data file)", None),
-        )  # fmt: skip
         batches = int(state["batches"])
         finished = self._saved_epoch_over(state, batches)
-        for key, mine, text, argument in checks:
-            saved = state.get(key)
-            if key != "seed" and finished:
-                continue  # nothing of that epoch is left; the next one starts afresh
-            if saved is not None and mine is not None and saved != mine:
-                raise ConfigError(
-                    f"the checkpoint's training loader {text.format(saved, mine)}: resuming "
-                    "would train other examples than the rest of its epoch; resume with the "
-                    "data settings it was saved with",
-                    argument=argument,
-                )
+        mine = {"seed": self.seed, "batch_size": self.batch_size, "examples": len(self.dataset)}  # type: ignore[arg-type]
+        refusal = place_refusal(state, mine, finished)
+        if refusal is not None:
+            raise refusal
         epoch = state.get("epoch")
         if epoch is not None and hasattr(self.sampler, "set_epoch"):
             # set now: a multi-worker iterator draws indices before Lightning's set_epoch call
             self.sampler.set_epoch(epoch + 1 if finished else epoch)
         self._skip = 0 if finished else batches
         self._batches_handed_out = batches
+
+
+#: What a saved place depends on: the key, the words for a difference, the argument to name.
+_PLACE_CHECKS = (
+    ("seed", "was shuffled with seed {}, this one with {}", "data.seed"),
+    ("batch_size", "handed out batches of {}, this one of {}", "data.batch_size"),
+    ("examples", "had {} examples, this one has {} (a changed train_limit, train_subsample or "
+     "data file)", None),
+)  # fmt: skip
+
+
+def place_refusal(
+    state: dict[str, Any], mine: dict[str, Any], finished: bool | None
+) -> ConfigError | None:
+    """The refusal of a saved loader place (:meth:`ResumableDataLoader.state_dict`) for a loader
+    of the settings ``mine`` (``seed``, ``batch_size``, ``examples``; a missing one is not
+    compared): another seed always, another batch size or number of examples inside an epoch
+    (``finished``: whether the place is at its epoch's end; None: not known, not compared)."""
+    for key, text, argument in _PLACE_CHECKS:
+        saved, current = state.get(key), mine.get(key)
+        if key != "seed" and finished is not False:
+            continue  # nothing of that epoch is left; the next one starts afresh
+        if saved is not None and current is not None and saved != current:
+            return ConfigError(
+                f"the checkpoint's training loader {text.format(saved, current)}: resuming "
+                "would train other examples than the rest of its epoch; resume with the "
+                "data settings it was saved with",
+                argument=argument,
+            )
+    return None
+
+
+def refuse_another_place(loops: Any, datamodule: Any) -> None:
+    """Before a resume writes anything (its config, its logs): refuse a checkpoint whose saved
+    training-loader place (in its ``loops``) ``datamodule``'s ``seed`` or ``batch_size`` cannot
+    continue, at ``data.init_args.<key>`` (the number of examples is known only once the data
+    is set up; the loader refuses it then)."""
+    mine = {k: getattr(datamodule, k, None) for k in ("seed", "batch_size")}
+    for state in _loader_places(loops):
+        batches, size, examples = (
+            state.get("batches"),
+            state.get("batch_size"),
+            state.get("examples"),
+        )
+        finished = None  # at the epoch's end, inside it, or (drop_last unknown here) either
+        if isinstance(batches, int) and size and isinstance(examples, int):
+            full, partial = examples // size, -(-examples // size)
+            finished = True if batches >= partial else False if batches < full else None
+        refusal = place_refusal(state, mine, finished)
+        if refusal is not None:
+            raise refusal.at("data.init_args")
+
+
+def _loader_places(node: Any) -> Iterator[dict[str, Any]]:
+    """The saved :class:`ResumableDataLoader` places anywhere in a checkpoint's loop states."""
+    if isinstance(node, dict):
+        if {"batches", "seed"} <= node.keys():
+            yield node
+            return
+        for value in node.values():
+            yield from _loader_places(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _loader_places(value)
 
 
 def make_loader(
