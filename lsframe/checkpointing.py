@@ -108,6 +108,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if trainer.fast_dev_run:  # Lightning 2.6's on_train_end wrote last.ckpt even then
             return
         super().on_train_end(trainer, pl_module)
+        if any(type(c).__name__ == "StochasticWeightAveraging" for c in trainer.callbacks):
+            self._last_written_at = None  # its train end (before this one) put in the average
         self._bring_last_up_to_date(trainer)
 
     def on_exception(

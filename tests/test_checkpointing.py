@@ -317,3 +317,19 @@ def test_continuing_a_csv_logged_run_keeps_the_metrics_logged_before_it(tmp_path
     assert "the metrics logged before the resume are kept in metrics.1.csv" in second.stdout
     assert (run / "metrics.1.csv").read_text() == before
     assert (run / "metrics.csv").is_file()
+
+
+def test_last_holds_the_weights_swa_averaged_at_the_end_of_training(tmp_path):
+    # SWA put its average into the module at its train end without a step: last.ckpt (and an
+    # export of it) kept the un-averaged weights, and the average was lost with the process
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    module = helpers.TinyRegression(optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
+    checkpoint = BestAndLastCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+    swa = StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=1, annealing_epochs=1)
+    helpers.trainer(max_epochs=3, callbacks=[swa, checkpoint], enable_checkpointing=True).fit(
+        module, helpers.loader(16, 4)
+    )
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
+    assert saved.keys() == module.state_dict().keys()
+    assert all(torch.equal(saved[k], v) for k, v in module.state_dict().items())
