@@ -9,8 +9,11 @@ for the best checkpoints and writes ``last`` after every validation and at the e
 whenever it is not already at the current step, and when a run stops on a non-finite loss
 (:class:`lsframe.errors.NonFiniteLossError`: the step was not applied, so the state is that of
 the last completed step, and a resume repeats the batch that failed), and when a data error
-(:class:`lsframe.errors.DataError`: an image that does not decode) stops it between two optimizer
-steps: fix the file and resume with ``--ckpt_path last``. No checkpoint is written
+(:class:`lsframe.errors.DataError`: an image that does not decode, a batch a hook refuses) stops
+its training: fix the file and resume with ``--ckpt_path last``. Such a save is of the run as
+its last optimizer step left it (the loaders' places, Lightning's count of the epoch's batches,
+the random generators), so a resume fetches the failed step's micro-batches again and goes on
+as the uninterrupted run. No checkpoint is written
 with non-finite parameters: an update that made them so is found at the next step's loss, and a
 save that comes first (a validation's, a periodic one) stops the fit with
 :class:`lsframe.errors.NonFiniteParametersError` instead; ``last`` and the best stay at the last
@@ -24,6 +27,8 @@ Lightning's own check stays.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
+from lsframe.data.resumable import ResumableDataLoader
 from lsframe.errors import ConfigError, DataError, NonFiniteLossError, NonFiniteParametersError
 from lsframe.modules.policy import check_parameters_finite
 from lsframe.modules.random_state import random_states, set_random_states
@@ -44,14 +50,27 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._last_written_at: int | None = None
-        self._trained_here = False  # a training batch of this fit ended in this process
-        self._batch_end_random: dict[str, Any] | None = None
+        # at the end of this fit's last optimizer step (in this process): the random generators
+        # (None: no step yet), global_step, the training loaders' places, and Lightning's count
+        # of the epoch's completed batches (both at the epoch's start until its first step)
+        self._step_end_random: dict[str, Any] | None = None
+        self._steps_seen: int | None = None
+        self._places_at_step: dict[int, int] | None = None
+        self._completed_at_step: int | None = None
         #: The data error ``last`` was brought up to date for (see :meth:`_between_steps`).
         self.saved_for: BaseException | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
-        self._trained_here, self._batch_end_random = False, None
+        self._step_end_random = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        # the batches of this epoch done when its last optimizer step ended (a resumed epoch's
+        # count starts where its checkpoint's step did)
+        self._steps_seen = trainer.global_step
+        self._completed_at_step = _batches(trainer).completed
+        self._places_at_step = None
 
     def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
@@ -118,46 +137,91 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if isinstance(exception, NonFiniteParametersError):
             return  # nothing with these parameters is saved, not even ``save_on_exception``'s
         super().on_exception(trainer, pl_module, exception)  # ``save_on_exception`` as chosen
-        if isinstance(exception, NonFiniteLossError):
-            self._bring_last_up_to_date(trainer)
-        elif (
-            trainer.training
+        if not self.save_last:
+            return
+        nonfinite = isinstance(exception, NonFiniteLossError)
+        between = (
+            not nonfinite
+            and trainer.training
             and trainer.world_size == 1
-            and self._between_steps(exception, pl_module)
-        ):
-            # the generators as the batch end left them: the failed fetch's images before the
-            # bad one drew random crops, which a resume draws again
-            now = random_states(pl_module.device)
-            set_random_states(self._batch_end_random, pl_module.device)
-            try:
+            and self._between_steps(exception)
+        )
+        if not (nonfinite or between) or self._completed_at_step is None:
+            return
+        # the generators as the last step's end left them: the failed fetch's images drew random
+        # crops, the failed step its dropout masks, which a resume draws again
+        now = random_states(pl_module.device)
+        if self._step_end_random is not None:  # else the fit's first step: as it started
+            set_random_states(self._step_end_random, pl_module.device)
+        try:
+            with _rewound(trainer, self._completed_at_step, self._places_at_step):
                 self._bring_last_up_to_date(trainer)
-            finally:
-                set_random_states(now, pl_module.device)
-            self.saved_for = exception
+        finally:
+            set_random_states(now, pl_module.device)
+        self.saved_for = exception
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
-        if self.save_last:  # what a resume from a save at this point draws from
-            self._batch_end_random = random_states(pl_module.device)
+        if self.save_last and trainer.global_step != self._steps_seen:  # it took a step
+            self._steps_seen = trainer.global_step
+            self._step_end_random = random_states(pl_module.device)
+            self._completed_at_step = _batches(trainer).completed + 1  # counted after the hooks
+            self._places_at_step = {id(x): x._batches_handed_out for x in _train_loaders(trainer)}
         super().on_train_batch_end(trainer, pl_module, *args)
-        self._trained_here = True
 
-    def _between_steps(self, exception: BaseException, pl_module: pl.LightningModule) -> bool:
-        """Whether ``exception`` is a data error met between two optimizer steps of this
-        process's training (a file that does not decode, fetched for the next training batch):
-        the state is that of the last completed step. Not before a batch of this process ended
-        (a resume whose checkpoint failed to load: its state is half restored), nor inside an
-        accumulation of micro-batches (the ones already fetched are not in a checkpoint). The
-        caller also checks that the trainer was training, not validating (a resume would count
-        the validation it interrupted as done), and that it runs alone (a save waits for every
-        process, and the others do not come)."""
-        return (
-            isinstance(exception, DataError)
-            and self._trained_here
-            and self._batch_end_random is not None
-            and not getattr(pl_module, "_micro_batches", None)
-        )
+    def _between_steps(self, exception: BaseException) -> bool:
+        """Whether ``exception`` is a data error met after an optimizer step of this fit in this
+        process (a file that does not decode, fetched for a batch; a batch hook's or callback's
+        refusal of it): the state to save is that of the step, which a resume continues from
+        with the micro-batches of the next step fetched again. Not before such a step (a resume
+        whose checkpoint failed to load: its state is half restored). The caller also checks
+        that the trainer was training, not validating (a resume would count the validation it
+        interrupted as done), and that it runs alone (a save waits for every process, and the
+        others do not come)."""
+        return isinstance(exception, DataError) and self._step_end_random is not None
+
+
+def _batches(trainer: pl.Trainer) -> Any:
+    """Lightning's count of this epoch's training batches (``ready``: fetched; ``completed``)."""
+    return trainer.fit_loop.epoch_loop.batch_progress.current
+
+
+def _train_loaders(trainer: pl.Trainer) -> list[ResumableDataLoader]:
+    combined = getattr(trainer.fit_loop, "_combined_loader", None)
+    loaders = getattr(combined, "flattened", None) or []
+    return [loader for loader in loaders if isinstance(loader, ResumableDataLoader)]
+
+
+@contextmanager
+def _rewound(trainer: pl.Trainer, completed: int, places: dict[int, int] | None) -> Iterator[None]:
+    """Inside, the fit is saved as it stood at the end of its last optimizer step: Lightning's
+    count of the epoch's batches back to ``completed`` (the micro-batches of an accumulation
+    and the batch whose step failed are counted done or fetched), and each training loader's
+    place to ``places`` (None: its epoch start), so that a resume fetches them again instead of
+    going on after them."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    progress = epoch_loop.batch_progress
+    behind = progress.current.completed - completed
+    saved = (progress.current.state_dict(), progress.total.state_dict())
+    stepped = epoch_loop._batches_that_stepped
+    loaders = _train_loaders(trainer)
+    handed_out = [loader._batches_handed_out for loader in loaders]
+    for tracker, done in ((progress.current, completed), (progress.total, None)):
+        done = tracker.completed - behind if done is None else done
+        tracker.ready = tracker.started = tracker.processed = tracker.completed = done
+    epoch_loop._batches_that_stepped = stepped - behind  # the logging step of each batch
+    for loader in loaders:
+        start = loader.epoch_start_place
+        loader._batches_handed_out = start if places is None else places.get(id(loader), start)
+    try:
+        yield
+    finally:
+        progress.current.load_state_dict(saved[0])
+        progress.total.load_state_dict(saved[1])
+        epoch_loop._batches_that_stepped = stepped
+        for loader, count in zip(loaders, handed_out):
+            loader._batches_handed_out = count
 
 
 def last_checkpoint(trainer: pl.Trainer) -> str | None:

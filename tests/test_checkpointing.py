@@ -333,3 +333,17 @@ def test_last_holds_the_weights_swa_averaged_at_the_end_of_training(tmp_path):
     saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
     assert saved.keys() == module.state_dict().keys()
     assert all(torch.equal(saved[k], v) for k, v in module.state_dict().items())
+
+
+def test_periodic_checkpoints_of_a_closure_module_do_not_tell_the_user_to_change_its_step(
+    tmp_path, recwarn
+):
+    # Lightning's 13-line advice to save the state before optimizer.step() in training_step
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    periodic = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
+    helpers.trainer(max_steps=2, callbacks=[periodic], enable_checkpointing=True).fit(
+        helpers.TinyRegression(), helpers.loader(8, 4)
+    )
+    assert len(list(tmp_path.glob("*.ckpt"))) == 2
+    assert not [w for w in recwarn if "pre-optimization state" in str(w.message)]

@@ -95,6 +95,8 @@ class ResumableDataLoader(DataLoader):
             raise TypeError("ResumableDataLoader needs a map-style dataset with a length")
         self.seed = seed
         self._batches_handed_out = 0
+        #: Where the current epoch's iterator started (a resumed epoch: after its skipped batches).
+        self.epoch_start_place = 0
         self._skip = 0
 
     @property
@@ -118,7 +120,7 @@ class ResumableDataLoader(DataLoader):
             iterator = super().__iter__()
         finally:
             self._skip = 0
-        self._batches_handed_out = start
+        self._batches_handed_out = self.epoch_start_place = start
         return self._count(iterator)
 
     def _count(self, iterator: Iterator[Any]) -> Iterator[Any]:

@@ -4,6 +4,7 @@ check raises with the setting to change."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,6 +99,12 @@ def check_fit(trainer: pl.Trainer) -> None:
                 "machine, or a CPU with AVX-512 BF16/AMX, or a GPU"
             )
     check_closure_callbacks(trainer.callbacks)
+    # Lightning tells a manual-optimization module to save its state before optimizer.step()
+    # for every_n_train_steps; lsframe's modules save the state after the step, as automatic
+    # optimization does (the step is the one global_step counts), so the advice does not apply
+    warnings.filterwarnings(
+        "ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps"
+    )
 
 
 def check_steps_taken(module: Any, batch_idx: int) -> None:
