@@ -18,6 +18,7 @@ weights or data load (part of :func:`lsframe.config_checks.check_parsed`):
 from __future__ import annotations
 
 import re
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -103,14 +104,27 @@ def check_lightning_callback(key: str, cls: type, init_args: dict[str, Any]) -> 
             "parameters before the fit (requires_grad=False), or give parts smaller learning "
             "rates (model.init_args.lr_distribution)"
         )
-    elif name == "LearningRateFinder" and init_args.get("update_attr", True):
+    elif name == "LearningRateFinder":
         reason = (
-            "sets the module's 'lr' or 'learning_rate', which lsframe's modules do not have "
-            "(the learning rate is model.init_args.optimizer.init_args.lr): set update_attr: "
-            "false and read its suggestion"
+            "sets the module's 'lr' or 'learning_rate', which lsframe's modules do not have (the "
+            "learning rate is model.init_args.optimizer.init_args.lr), and a command line has no "
+            "other way to its suggestion: run Tuner(trainer).lr_find(module, datamodule=..., "
+            "update_attr=False).suggestion() in Python, then set that lr"
         )
-        key = f"{key}.init_args.update_attr"
+    elif name == "BatchSizeFinder":
+        reason = (
+            "changes the data's batch size at every fit start, so a stopped run cannot resume "
+            "exactly (its trials run again and restore their own checkpoint over the resumed "
+            "state): find it once (Tuner(trainer).scale_batch_size in Python) and set "
+            "data.init_args.batch_size"
+        )
     else:
+        if name == "ModelPruning":
+            warnings.warn(
+                f"ModelPruning ({key}) keeps its pruning masks in no checkpoint: a run stopped "
+                "and resumed prunes anew and ends less sparse than an uninterrupted one",
+                stacklevel=2,
+            )
         return
     raise ConfigError(f"{name} {reason}", where=key)
 

@@ -163,9 +163,10 @@ CASES: dict[str, tuple[Args, int, str]] = {
     "the learning-rate finder setting an lr the module has not": (
         fit(trainer__callbacks=[{"class_path": "lightning.pytorch.callbacks.LearningRateFinder"}]), 2,
         "LearningRateFinder sets the module's 'lr' or 'learning_rate', which lsframe's modules "
-        "do not have (the learning rate is model.init_args.optimizer.init_args.lr): set "
-        "update_attr: false and read its suggestion "
-        "(trainer.callbacks[0].init_args.update_attr)"),
+        "do not have (the learning rate is model.init_args.optimizer.init_args.lr), and a command "
+        "line has no other way to its suggestion: run Tuner(trainer).lr_find(module, "
+        "datamodule=..., update_attr=False).suggestion() in Python, then set that lr "
+        "(trainer.callbacks[0])"),
     "max_length past the model's positions": (
         fit(data__init_args__max_length=1024), 2,
         "max_length 1024 is longer than the model's 512 positions "

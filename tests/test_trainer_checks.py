@@ -85,18 +85,20 @@ def test_trainer_counts_are_refused_at_their_key_before_the_model_loads(name, va
     assert lsframe_refuses({name: value}) == (f"trainer.{name}" if refused else None)
 
 
-def test_backbone_finetuning_is_refused_at_its_item_with_what_to_do_instead():
+def test_lightning_callbacks_lsframe_cannot_run_or_resume_are_refused_or_warned_about():
     # an 18-frame AttributeError ('...Module' object has no attribute 'backbone') after loading
-    from lightning.pytorch.callbacks import BackboneFinetuning, ModelPruning
+    from lightning.pytorch.callbacks import BackboneFinetuning, BatchSizeFinder, ModelPruning
 
     from lsframe.trainer_checks import check_lightning_callback
 
     with pytest.raises(ConfigError, match="freeze parameters before the fit") as caught:
         check_lightning_callback("trainer.callbacks[2]", BackboneFinetuning, {})
     assert caught.value.where == "trainer.callbacks[2]"
-    check_lightning_callback(
-        "trainer.callbacks[0]", ModelPruning, {"pruning_fn": "l1_unstructured"}
-    )
+    with pytest.raises(ConfigError, match="a stopped run cannot resume exactly"):
+        check_lightning_callback("trainer.callbacks[1]", BatchSizeFinder, {})
+    # Lightning's ModelPruning saves no masks: a resumed run prunes anew
+    with pytest.warns(UserWarning, match="keeps its pruning masks in no checkpoint"):
+        check_lightning_callback("trainer.callbacks[0]", ModelPruning, {"pruning_fn": "l1"})
 
 
 def test_barebones_is_refused_once_at_its_key():
