@@ -300,6 +300,16 @@ def test_bad_arguments_and_selections_are_clear_errors():
     with pytest.raises(ConfigError, match="already has its forward replaced"):
         fit([DPSMix()], 2, model=model)
 
+    class MyMix(DPSMix):  # its refusal names it, and is placed at its item, not DPSMix's
+        pass
+
+    with pytest.raises(ConfigError, match="^MyMix: ") as refused:
+        fit([MyMix()], 2, model=model)
+    from lsframe.config_nodes import at_callback
+
+    items = [{"class_path": "lsframe.callbacks.DPSMix"}, {"class_path": "mine.MyMix"}]
+    assert at_callback(refused.value, items).where == "trainer.callbacks[1].init_args.exclude"
+
 
 def test_dps_mix_from_yaml_with_a_line_search_on_the_real_encoder(minilm, shared_data, tmp_path):
     from test_families import smoke

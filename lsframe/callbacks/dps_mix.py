@@ -165,8 +165,8 @@ class DPSMix(DPS):
                 )
             if "forward" in vars(module) and not isinstance(vars(module)["forward"], _MixedForward):
                 raise ConfigError(
-                    f"DPSMix: {owner} already has its forward replaced (e.g. by accelerate's "
-                    "device-map hooks); exclude it",
+                    f"{type(self).__name__}: {owner} already has its forward replaced (e.g. by "
+                    "accelerate's device-map hooks); exclude it",
                     argument="exclude",
                 )
             self._linears[name] = module

@@ -243,8 +243,8 @@ class EWC(ClosureCallback):
         missing = sorted(loading.get("missing_keys") or [])
         if missing:  # transformers initialised them at random: the Fisher would be of noise
             raise ConfigError(
-                f"EWC: mlm_model {self.mlm_model} lacks weights of its masked-LM model "
-                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}; "
+                f"{type(self).__name__}: mlm_model {self.mlm_model} lacks weights of its "
+                f"masked-LM model ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}; "
                 f"{len(missing)} in all), which would start at random; give a checkpoint with "
                 "an MLM head (e.g. bert-base-uncased)",
                 argument="mlm_model",
@@ -253,8 +253,8 @@ class EWC(ClosureCallback):
         shared = {n: p for n, p in mlm.named_parameters() if n in self.params}
         if not shared:
             raise ValueError(
-                f"EWC: {self.mlm_model} shares no parameter name with the task model "
-                f"(e.g. {next(iter(self.params))!r})"
+                f"{type(self).__name__}: {self.mlm_model} shares no parameter name with the task "
+                f"model (e.g. {next(iter(self.params))!r})"
             )
         lines = [x.strip() for x in Path(self.mlm_texts).read_text().splitlines() if x.strip()]
         collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
