@@ -314,12 +314,18 @@ class LSFrameCLI(LightningCLI):
             return
         version, path = found
         logger = config.get("trainer.logger")
-        first = logger[0] if isinstance(logger, list) else logger
-        first.init_args.version = version
+        self._continued_csv = []  # their metrics.csv, kept once the resume is accepted
+        for i, item in enumerate(logger if isinstance(logger, list) else [logger]):
+            init = item.get("init_args")
+            folder = Path(init.get("save_dir") or ".") / str(init.get("name") or "") / version
+            # the first logger's folder holds the checkpoint; the others continue theirs too
+            if i > 0 and (init.get("version") is not None or not folder.is_dir()):
+                continue
+            init.version = version
+            if str(item.get("class_path", "")).endswith("CSVLogger"):
+                self._continued_csv.append(folder)
         if rank_zero_only.rank == 0:
             print(f"lsframe fit: --ckpt_path last: continuing {path.parent.parent} ({path.name})")
-        if str(first.get("class_path", "")).endswith("CSVLogger"):
-            self._continued_csv = path.parent.parent  # kept once the resume is accepted
 
     def _lsframe_checkpoint(self) -> ModelCheckpoint | None:
         """The ModelCheckpoint of the ``checkpoint`` section (``trainer.checkpoint_callback`` is
@@ -360,8 +366,8 @@ class LSFrameCLI(LightningCLI):
         if resumed is not None and Path(resumed).is_file():  # before the config is saved again
             loops = read_lightning_checkpoint(resumed).get("loops")
             refuse_another_place(loops, self.datamodule)
-        if getattr(self, "_continued_csv", None) is not None and rank_zero_only.rank == 0:
-            keep_csv_metrics(self._continued_csv, "lsframe fit")
+        for folder in getattr(self, "_continued_csv", []) if rank_zero_only.rank == 0 else []:
+            keep_csv_metrics(folder, "lsframe fit")
         readable_progress_bar(self.trainer)
         preemption = self.config_init[self.subcommand].get("preemption")
         checkpoint = self._lsframe_checkpoint()
