@@ -88,6 +88,21 @@ def _validation_follows(trainer: pl.Trainer) -> bool:
     return bool(check(fetcher)) and not getattr(loop, "_skip_next_val", False)
 
 
+def _at_epoch_end(trainer: pl.Trainer) -> bool:
+    """Whether the current training batch is the epoch's last (Lightning's test)."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    return progress.is_last_batch or progress.current.ready >= trainer.num_training_batches
+
+
+def _run_is_over(trainer: pl.Trainer, epoch_end: bool) -> bool:
+    """Whether the fit ends here (``max_steps`` reached; at an epoch's end, ``max_epochs``):
+    a signal then lets it finish, with its closing lines and exit status 0."""
+    if trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
+        return True
+    epochs = trainer.max_epochs
+    return epoch_end and epochs not in (None, -1) and trainer.current_epoch + 1 >= epochs
+
+
 def _log_the_step(trainer: pl.Trainer) -> None:
     """Send the stopped step's logged metrics to the loggers, as Lightning does right after
     ``on_train_batch_end`` (a stop there would otherwise leave that step out of TensorBoard;
@@ -210,23 +225,22 @@ class Preemption(Callback):
         self._step = trainer.global_step
         if _validation_follows(trainer):
             return  # decided at the end of that validation
-        progress = trainer.fit_loop.epoch_loop.batch_progress
-        if progress.is_last_batch or progress.current.ready >= trainer.num_training_batches:
+        if _at_epoch_end(trainer):
             return  # decided at the end of the epoch
         signum = agree(trainer)
-        if signum:
+        if signum and not _run_is_over(trainer, epoch_end=False):
             self._stop(trainer, signum, "on_train_batch_end", (outputs, batch, batch_idx))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         signum = agree(trainer)
-        if signum:
+        if signum and not _run_is_over(trainer, epoch_end=True):
             self._stop(trainer, signum, "on_train_epoch_end", ())
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         signum = agree(trainer)
-        if signum:
+        if signum and not _run_is_over(trainer, epoch_end=_at_epoch_end(trainer)):
             self._stop(trainer, signum, "on_validation_end", ())
 
     def _finish_hook(self, trainer: pl.Trainer, hook: str, args: tuple) -> None:

@@ -189,6 +189,19 @@ def test_a_signal_stops_after_the_step_and_the_same_command_resumes_bit_exact(
     assert_bit_equal(reference, final_parameters(tmp_path))
 
 
+@pytest.mark.parametrize("max_steps", [None, 9])  # the last epoch's end, or mid-epoch
+def test_a_signal_during_the_last_step_lets_the_run_finish(max_steps, reference, tmp_path):
+    # it stopped with 143 and "resume with --ckpt_path last", and the resume trained nothing
+    last = 12 if max_steps is None else max_steps  # 6 steps an epoch, 2 epochs
+    limit = [] if max_steps is None else ["--trainer.max_steps", str(max_steps)]
+    done = lsframe(tmp_path, fit_args(tmp_path, *signal_at(last, signal.SIGTERM), *limit))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert stop_lines(done) == [] and "lsframe: fit finished" in done.stdout
+    assert final_parameters(tmp_path)["global_step"] == last
+    if max_steps is None:
+        assert_bit_equal(reference, final_parameters(tmp_path))
+
+
 def logged_steps(log_dir: Path, tag: str) -> list[int]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
