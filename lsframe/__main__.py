@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "sequential", "search", "combine", "export")
 
@@ -26,12 +28,17 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict", "sequential", "search", "co
 def main(args: list[str] | None = None) -> None:
     """Run ``lsframe <args>`` (``sys.argv[1:]`` when None); a bad input exits with its one
     error line (see the module docstring)."""
+    argv = sys.argv[1:] if args is None else list(args)
+    with _interrupts_outside_training(_prog(argv)):
+        _main(argv, explicit=args is not None)
+
+
+def _main(argv: list[str], explicit: bool) -> None:
     from lsframe.errors import mark_run_started
 
-    argv = sys.argv[1:] if args is None else list(args)
     mark_run_started(False)
     try:
-        _run(argv, explicit=args is not None)
+        _run(argv, explicit=explicit)
     except SystemExit as error:
         _exit_on_second_ctrl_c(error, argv)
         raise
@@ -43,6 +50,58 @@ def main(args: list[str] | None = None) -> None:
     finally:
         mark_run_started(False)  # the flag belongs to this command, not to the process
         _release_process_group()
+
+
+_OUTSIDE: dict[str, int | None] = {"signum": None}
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    if _OUTSIDE["signum"] is None:
+        _OUTSIDE["signum"] = int(signum)
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _interrupts_outside_training(prog: str) -> Iterator[None]:
+    """Ctrl-C or SIGTERM while no training loop holds the signals (imports, config checks, the
+    model's load; a fit's closing lines): one line and ``128 + signum``, as a stop inside a fit
+    ends, not a traceback of whatever was importing (or, for SIGTERM, a silent death). Nothing
+    of a run is unsaved then. Inside a fit lsframe's own handlers take over
+    (:func:`lsframe.preemption.catch_signals`); an ignored SIGINT (a background job) and another
+    program's SIGTERM handler are left as they are."""
+    import signal
+    import threading
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            current = signal.getsignal(signum)
+            if current in (signal.SIG_DFL, signal.default_int_handler):
+                previous[signum] = current
+                signal.signal(signum, _interrupt)
+    _OUTSIDE["signum"] = None
+    try:
+        yield
+    except BaseException as error:  # an import the signal broke fails with anything
+        signum = _OUTSIDE["signum"]
+        if signum is None or (isinstance(error, SystemExit) and error.code == 128 + signum):
+            raise
+        import os
+
+        # the environment's rank: importing Lightning may be what the signal broke
+        if int(os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or 0) == 0:
+            print(
+                f"{prog}: stopped by {signal.Signals(signum).name} outside training, with "
+                "nothing of a run to save; rerun the command (--ckpt_path last continues a "
+                "fit from its last checkpoint)",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise SystemExit(128 + signum) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _OUTSIDE["signum"] = None
 
 
 def _prog(argv: list[str]) -> str:

@@ -391,3 +391,26 @@ def test_a_search_stopped_by_sigterm_fails_its_trial_exits_143_and_goes_on(tmp_p
     again = lsframe(tmp_path, ["search", "--config", str(path)])
     assert again.returncode == 0, again.stderr[-3000:]
     assert (search_dir / "best_distribution.yaml").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_command_starts_is_one_line_and_its_status(signum, tmp_path):
+    # Ctrl-C during the imports: a 75-line traceback, or exit 1 with a "circular import" of
+    # torch; SIGTERM: a silent death
+    command = [sys.executable, "-m", "lsframe", *fit_args(tmp_path)]
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    )
+    started = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
+    )  # fmt: skip
+    time.sleep(1.0)  # imports take longer than this on any machine
+    started.send_signal(signum)
+    error = started.communicate(timeout=120)[1]
+    assert started.returncode == 128 + signum
+    assert error.strip().splitlines() == [
+        f"lsframe fit: stopped by {signal.Signals(signum).name} outside training, with nothing "
+        "of a run to save; rerun the command (--ckpt_path last continues a fit from its last "
+        "checkpoint)"
+    ]
