@@ -34,6 +34,7 @@ __all__ = [
     "file_mode",
     "find_last_checkpoint",
     "newest_last",
+    "remove_interrupted_writes",
     "save_atomically",
     "use_atomic_checkpoint_io",
     "write_atomically",
@@ -67,6 +68,15 @@ def _remove_stale_temporaries(target: Path) -> None:
     large as a checkpoint)."""
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
         stale.unlink(missing_ok=True)
+
+
+def remove_interrupted_writes(directory: str | os.PathLike[str]) -> None:
+    """Remove the temporary files of every write into ``directory`` that a kill interrupted:
+    called when a fit starts, before it writes there, since a file a resumed run never writes
+    again (a ``best-step<n>.ckpt`` of the killed run) would keep its half-written copy."""
+    for stale in Path(directory).glob(".*.tmp-*"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
 
 
 def _sync_directory(directory: Path) -> None:

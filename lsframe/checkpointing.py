@@ -36,6 +36,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
+from lsframe.checkpoint_io import remove_interrupted_writes
 from lsframe.data.resumable import ResumableDataLoader
 from lsframe.errors import ConfigError, DataError, NonFiniteLossError, NonFiniteParametersError
 from lsframe.modules.policy import check_parameters_finite
@@ -63,6 +64,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
         self._step_end_random = None
+        if trainer.is_global_zero and self.dirpath is not None and Path(self.dirpath).is_dir():
+            remove_interrupted_writes(self.dirpath)  # of a killed run of this folder
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)

@@ -372,3 +372,17 @@ def test_continuing_a_run_of_several_loggers_continues_each(tmp_path):
         assert [p.name for p in (tmp_path / "runs" / name).iterdir()] == ["version_0"]
     kept = tmp_path / "runs" / "csv" / "version_0" / "metrics.1.csv"
     assert kept.read_text() == before
+
+
+def test_a_fit_removes_the_half_written_checkpoints_of_a_killed_run_of_its_folder(tmp_path):
+    # a kill during best-step4.ckpt's write left its temporary (a checkpoint's size) for good:
+    # the resumed run saved other best steps and never wrote that name again
+    stale = tmp_path / ".best-step4.ckpt.tmp-cvr5ua8s"
+    stale.write_bytes(b"half a checkpoint")
+    (tmp_path / ".keep").write_text("not a write of lsframe's")
+    checkpoint = BestAndLastCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+    helpers.trainer(max_steps=1, callbacks=[checkpoint], enable_checkpointing=True).fit(
+        helpers.TinyRegression(), helpers.loader(8, 4)
+    )
+    assert not stale.exists() and (tmp_path / ".keep").exists()
+    assert (tmp_path / "last.ckpt").is_file()
