@@ -67,6 +67,23 @@ def class_nodes(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:
             yield from class_nodes(value, f"{key}.{name}" if key else name)
 
 
+def enums_as_values(config: Any) -> None:
+    """Replace, in place, each class's ``init_args`` value that is an enum member of a str or
+    int enum by its value: a default such as Lightning's ``Timer(interval=Interval.step)``
+    otherwise fails in jsonargparse's YAML dump while the classes are built ("cannot represent
+    an object"), and the class takes the plain value alike."""
+    import enum
+
+    for _, node in class_nodes(config):
+        init = node_get(node, "init_args")
+        for name, value in node_items(init):
+            if isinstance(value, enum.Enum) and isinstance(value, (str, int)):
+                if isinstance(init, dict):
+                    init[name] = value.value
+                else:
+                    setattr(init, name, value.value)
+
+
 def import_class(class_path: str) -> type | None:
     module, _, name = class_path.rpartition(".")
     try:
