@@ -220,7 +220,7 @@ def _run(argv: list[str], explicit: bool = True) -> None:
         )
     check_config_files(argv)
     if not argv or (not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS):
-        from lsframe.cli_errors import unknown_subcommand
+        from lsframe.cli_usage import unknown_subcommand
 
         raise unknown_subcommand(argv[0] if argv else None, SUBCOMMANDS)
     if argv[:1] == ["combine"]:

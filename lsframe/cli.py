@@ -27,7 +27,8 @@ from lsframe.callbacks import HParamsMetrics, PredictionWriter
 from lsframe.checkpoint_io import find_last_checkpoint
 from lsframe.checkpointing import BestAndLastCheckpoint, last_checkpoint
 from lsframe.checkpoints import read_lightning_checkpoint
-from lsframe.cli_errors import unwrap_worker_error, usage_error
+from lsframe.cli_errors import unwrap_worker_error
+from lsframe.cli_usage import usage_error
 from lsframe.config_checks import check_parsed
 from lsframe.config_nodes import callback_errors_placed, enums_as_values, import_class, node_get
 from lsframe.config_stacking import fresh_class_arguments

@@ -37,7 +37,7 @@ import types
 import typing
 from typing import Any
 
-from lsframe.cli_errors import KIND_WORDS
+from lsframe.cli_usage import KIND_WORDS
 from lsframe.config_nodes import class_nodes, import_class, located, node_get, plain
 from lsframe.errors import ConfigError, LsframeError
 from lsframe.trainer_checks import (

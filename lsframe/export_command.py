@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from lsframe.checkpoints import read_lightning_checkpoint
-from lsframe.cli_errors import RaisingArgumentParser
+from lsframe.cli_usage import RaisingArgumentParser
 from lsframe.errors import ConfigError, DataError
 from lsframe.hub import quiet_weight_report
 from lsframe.modules import ClosureModule

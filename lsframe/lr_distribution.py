@@ -307,7 +307,7 @@ def combine_main(argv: list[str]) -> dict[str, float]:
     """
     import yaml
 
-    from lsframe.cli_errors import RaisingArgumentParser
+    from lsframe.cli_usage import RaisingArgumentParser
 
     parser = RaisingArgumentParser(
         prog="lsframe combine",

@@ -42,7 +42,7 @@ import lightning.pytorch as pl
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from lsframe.checkpoint_io import write_atomically
-from lsframe.cli_errors import parse_or_raise
+from lsframe.cli_usage import parse_or_raise
 from lsframe.config_checks import check_config, on_probe
 from lsframe.config_nodes import enums_as_values, import_class, node_get, plain
 from lsframe.config_stacking import fresh_class_arguments

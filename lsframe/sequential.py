@@ -56,7 +56,7 @@ from lsframe.callbacks import EWC, HParamsMetrics
 from lsframe.callbacks.base import migrate_state_keys
 from lsframe.checkpoint_io import save_atomically
 from lsframe.checkpoints import read_torch_file
-from lsframe.cli_errors import parse_or_raise
+from lsframe.cli_usage import parse_or_raise
 from lsframe.config_checks import check_config
 from lsframe.config_nodes import callback_errors_placed, enums_as_values
 from lsframe.config_stacking import fresh_class_arguments

@@ -23,7 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from lsframe.cli_errors import did_you_mean
+from lsframe.cli_usage import did_you_mean
 from lsframe.config_nodes import import_class, located, node_get, plain
 from lsframe.errors import ConfigError, LsframeError, one_line
 

@@ -221,7 +221,7 @@ def test_a_rank_variable_without_a_world_of_several_processes_keeps_the_line(mon
 def test_an_unknown_key_in_a_stage_is_placed_in_the_stage_of_the_class_the_error_names(tmp_path):
     import yaml
 
-    from lsframe.cli_errors import _nested_item_holding
+    from lsframe.cli_usage import _nested_item_holding
 
     glue = {"class_path": "lsframe.data.GlueDataModule", "init_args": {"task_name": "rte"}}
     amazon = {"class_path": "lsframe.data.AmazonFineFoodReviews", "init_args": {"task_name": "x"}}
