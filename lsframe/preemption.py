@@ -331,6 +331,28 @@ class Preemption(Callback):
             dirpath = os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints")
         return os.path.join(dirpath, f"{self.filename}.ckpt")
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A fit resumed from this callback's checkpoint that no ModelCheckpoint keeps as its
+        ``last`` (``enable_checkpointing: false``) brings that file to the run's end: left at
+        the stop, it outlived the finished run, and ``--ckpt_path last`` then evaluated, or
+        trained again from, the stopped step."""
+        path = self.checkpoint_path(trainer) if self.save else None
+        resumed = trainer.ckpt_path
+        if path is None or resumed is None or not os.path.isfile(path):
+            return
+        if os.path.normpath(str(resumed)) != os.path.normpath(path):
+            return
+        kept = [
+            c
+            for c in trainer.checkpoint_callbacks
+            if isinstance(c, ModelCheckpoint) and c.save_last and c.dirpath is not None
+        ]
+        if any(
+            os.path.dirname(os.path.normpath(path)) == os.path.normpath(c.dirpath) for c in kept
+        ):
+            return  # that callback writes its last there at the end
+        trainer.save_checkpoint(path, weights_only=False)
+
     @staticmethod
     def _mark_as_last(trainer: pl.Trainer, path: str) -> None:
         """A ModelCheckpoint whose ``last`` file this is records it as its last checkpoint, so

@@ -414,3 +414,17 @@ def test_a_signal_while_the_command_starts_is_one_line_and_its_status(signum, tm
         "of a run to save; rerun the command (--ckpt_path last continues a fit from its last "
         "checkpoint)"
     ]
+
+
+def test_a_resumed_run_without_checkpointing_brings_the_stop_s_checkpoint_to_its_end(tmp_path):
+    # the stop's last.ckpt outlived the finished resume: validate --ckpt_path last evaluated the
+    # stopped step's weights, and a requeued job trained the rest of the run again
+    command = fit_args(tmp_path, *signal_at(3, signal.SIGTERM), "--ckpt_path", "last",
+                       "--trainer.enable_checkpointing", "false")  # fmt: skip
+    assert lsframe(tmp_path, command).returncode == 143
+    checkpoint = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 3
+    resumed = lsframe(tmp_path, command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 12
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["last.ckpt"]
