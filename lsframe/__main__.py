@@ -29,7 +29,7 @@ def main(args: list[str] | None = None) -> None:
     """Run ``lsframe <args>`` (``sys.argv[1:]`` when None); a bad input exits with its one
     error line (see the module docstring)."""
     argv = sys.argv[1:] if args is None else list(args)
-    with _interrupts_outside_training(_prog(argv)):
+    with _interrupts_outside_training(_prog(argv), exit_at_once=args is None):
         _main(argv, explicit=args is not None)
 
 
@@ -52,23 +52,41 @@ def _main(argv: list[str], explicit: bool) -> None:
         _release_process_group()
 
 
-_OUTSIDE: dict[str, int | None] = {"signum": None}
+_OUTSIDE: dict[str, object] = {"signum": None, "prog": "lsframe", "at_once": False}
+
+
+def _stopped_line(signum: int) -> str:
+    import signal
+
+    return (
+        f"{_OUTSIDE['prog']}: stopped by {signal.Signals(signum).name} outside training, with "
+        "nothing of a run to save; rerun the command (--ckpt_path last continues a fit from "
+        "its last checkpoint)"
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    import os
+
+    if _OUTSIDE["at_once"]:  # the command itself: end here, between two Python bytecodes
+        if int(os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or 0) == 0:
+            os.write(2, (_stopped_line(signum) + "\n").encode())
+        os._exit(128 + signum)
     if _OUTSIDE["signum"] is None:
         _OUTSIDE["signum"] = int(signum)
     raise KeyboardInterrupt
 
 
 @contextmanager
-def _interrupts_outside_training(prog: str) -> Iterator[None]:
+def _interrupts_outside_training(prog: str, exit_at_once: bool) -> Iterator[None]:
     """Ctrl-C or SIGTERM while no training loop holds the signals (imports, config checks, the
     model's load; a fit's closing lines): one line and ``128 + signum``, as a stop inside a fit
     ends, not a traceback of whatever was importing (or, for SIGTERM, a silent death). Nothing
-    of a run is unsaved then. Inside a fit lsframe's own handlers take over
-    (:func:`lsframe.preemption.catch_signals`); an ignored SIGINT (a background job) and another
-    program's SIGTERM handler are left as they are."""
+    of a run is unsaved then, so the command (``exit_at_once``) ends in the handler itself: an
+    exception raised into an import half done (torch's) could crash the interpreter's exit. Run
+    in process (``main(args)``), it raises ``SystemExit`` instead. Inside a fit lsframe's own
+    handlers take over (:func:`lsframe.preemption.catch_signals`); an ignored SIGINT (a
+    background job) and another program's SIGTERM handler are left as they are."""
     import signal
     import threading
 
@@ -79,29 +97,25 @@ def _interrupts_outside_training(prog: str) -> Iterator[None]:
             if current in (signal.SIG_DFL, signal.default_int_handler):
                 previous[signum] = current
                 signal.signal(signum, _interrupt)
-    _OUTSIDE["signum"] = None
+    _OUTSIDE.update(signum=None, prog=prog, at_once=exit_at_once)
     try:
         yield
     except BaseException as error:  # an import the signal broke fails with anything
         signum = _OUTSIDE["signum"]
-        if signum is None or (isinstance(error, SystemExit) and error.code == 128 + signum):
+        if not isinstance(signum, int) or (
+            isinstance(error, SystemExit) and error.code == 128 + signum
+        ):
             raise
         import os
 
         # the environment's rank: importing Lightning may be what the signal broke
         if int(os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or 0) == 0:
-            print(
-                f"{prog}: stopped by {signal.Signals(signum).name} outside training, with "
-                "nothing of a run to save; rerun the command (--ckpt_path last continues a "
-                "fit from its last checkpoint)",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(_stopped_line(signum), file=sys.stderr, flush=True)
         raise SystemExit(128 + signum) from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        _OUTSIDE["signum"] = None
+        _OUTSIDE.update(signum=None, at_once=False)
 
 
 def _prog(argv: list[str]) -> str:

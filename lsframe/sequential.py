@@ -54,7 +54,7 @@ from torch import nn
 import lsframe.data  # noqa: F401 - registers the DataModules for class_path lookup
 from lsframe.callbacks import EWC, HParamsMetrics
 from lsframe.callbacks.base import migrate_state_keys
-from lsframe.checkpoint_io import save_atomically
+from lsframe.checkpoint_io import remove_interrupted_writes, save_atomically
 from lsframe.checkpoints import read_torch_file
 from lsframe.cli_usage import parse_or_raise
 from lsframe.config_checks import check_config
@@ -335,6 +335,8 @@ class SequenceRunner:
             note_callbacks_ran(self.callbacks, before)
 
     def _run_stages(self) -> SequenceResult:
+        if self.output_dir.is_dir():  # a killed run's half-written stage checkpoint or state
+            self._on_rank_zero(partial(remove_interrupted_writes, self.output_dir))
         tasks = [s.name for s in self.stages]
         matrix = self._resume()
         for i in range(len(matrix), len(self.stages)):

@@ -317,8 +317,11 @@ def test_sequential_stops_mid_stage_and_the_same_command_continues_that_stage(tm
     ]
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 3
 
+    killed_write = out / ".stage_1.ckpt.tmp-x1y2z3"  # as a SIGKILL during a save leaves it
+    killed_write.write_bytes(b"half a checkpoint")
     resumed = lsframe(tmp_path, command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not killed_write.exists()
     assert "resuming after stage 0 (a)" in resumed.stdout
     assert f"resuming stage 1 (b) from {checkpoint}" in resumed.stdout
     assert not checkpoint.exists()  # the stage is done
