@@ -353,6 +353,31 @@ class _Undecodable(torch.utils.data.Dataset):
         return x + 0.1 * torch.rand_like(x), y  # a random augmentation, as a crop draws
 
 
+class _StopAndResume:
+    """SaLSA (``accumulate`` micro-batches a step) over ``loader()``: the uninterrupted run, a
+    second module for a run that stops on an error (with ``last``, its BestAndLastCheckpoint),
+    and :meth:`resume_and_compare` from that run's ``last.ckpt``."""
+
+    def __init__(self, accumulate: int, loader, tmp_path) -> None:
+        self.loader, self.tmp_path = loader, tmp_path
+        self.fit = partial(trainer, deterministic=True, max_steps=STEPS // accumulate)
+        self.make = partial(make_module, "salsa", accumulate_grad_batches=accumulate)
+        torch.manual_seed(0)
+        self.uninterrupted = self.make()
+        self.fit().fit(self.uninterrupted, loader())
+        torch.manual_seed(0)
+        self.stopped = self.make()
+        self.last = BestAndLastCheckpoint(dirpath=tmp_path, save_last=True)
+
+    def resume_and_compare(self) -> TinyRegression:
+        torch.manual_seed(1234)
+        resumed = self.make()
+        self.fit().fit(resumed, self.loader(), ckpt_path=self.tmp_path / "last.ckpt")
+        for (key, a), b in zip(self.uninterrupted.named_parameters(), resumed.parameters()):
+            assert torch.equal(a, b), key
+        return resumed
+
+
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_a_file_that_does_not_decode_mid_epoch_keeps_the_run_up_to_it_to_resume_exactly(
     accumulate, tmp_path
@@ -361,30 +386,19 @@ def test_a_file_that_does_not_decode_mid_epoch_keeps_the_run_up_to_it_to_resume_
     def loader() -> ResumableDataLoader:
         return ResumableDataLoader(_Undecodable(), batch_size=4, shuffle=True, seed=3)
 
-    fit = partial(trainer, deterministic=True, max_steps=STEPS // accumulate)
-    make = partial(make_module, "salsa", accumulate_grad_batches=accumulate)
-    torch.manual_seed(0)
-    module = make()
-    fit().fit(module, loader())
-    torch.manual_seed(0)
-    stopped = make()
-    last = BestAndLastCheckpoint(dirpath=tmp_path, save_last=True)
+    run = _StopAndResume(accumulate, loader, tmp_path)
     _Undecodable.bad = 5  # met while the batch after step 9 is fetched
     try:
         with pytest.raises(DataError, match="does not decode"):
-            fit(callbacks=[last], enable_checkpointing=True).fit(stopped, loader())
+            run.fit(callbacks=[run.last], enable_checkpointing=True).fit(run.stopped, loader())
     finally:
         _Undecodable.bad = None
-    step = stopped.trainer.global_step
+    step = run.stopped.trainer.global_step
     # inside an accumulation the micro-batch fetched before the bad one is fetched again
     assert (
         step > 0 and torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == step
     )
-    torch.manual_seed(1234)
-    resumed = make()
-    fit().fit(resumed, loader(), ckpt_path=tmp_path / "last.ckpt")
-    for (key, a), b in zip(module.named_parameters(), resumed.parameters()):
-        assert torch.equal(a, b), key
+    run.resume_and_compare()
 
 
 def test_a_resume_that_cannot_load_its_checkpoint_leaves_last_as_it_was(tmp_path):
@@ -503,23 +517,11 @@ def test_a_step_that_fails_after_its_batch_was_fetched_is_trained_again_by_the_r
     from lsframe.errors import NonFiniteLossError
 
     steps = STEPS // accumulate
-    fit = partial(trainer, deterministic=True, max_steps=steps)
-    make = partial(make_module, "salsa", accumulate_grad_batches=accumulate)
-    torch.manual_seed(0)
-    module = make()
-    fit().fit(module, data())
-    torch.manual_seed(0)
-    stopped = make()
-    last = BestAndLastCheckpoint(dirpath=tmp_path, save_last=True)
-    failing = [_FailsOnce(at=steps - 4, how=how), _Restores(), last]
+    run = _StopAndResume(accumulate, data, tmp_path)
+    failing = [_FailsOnce(at=steps - 4, how=how), _Restores(), run.last]
     with pytest.raises(DataError if how == "batch check" else NonFiniteLossError):
-        fit(callbacks=failing, enable_checkpointing=True).fit(stopped, data())
-    assert last.saved_for is not None
+        run.fit(callbacks=failing, enable_checkpointing=True).fit(run.stopped, data())
+    assert run.last.saved_for is not None
     saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert saved["global_step"] == steps - 4
-    torch.manual_seed(1234)
-    resumed = make()
-    fit().fit(resumed, data(), ckpt_path=tmp_path / "last.ckpt")
-    assert resumed.trainer.global_step == steps
-    for (key, a), b in zip(module.named_parameters(), resumed.parameters()):
-        assert torch.equal(a, b), key
+    assert run.resume_and_compare().trainer.global_step == steps
