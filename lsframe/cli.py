@@ -30,7 +30,12 @@ from lsframe.checkpoints import read_lightning_checkpoint
 from lsframe.cli_errors import unwrap_worker_error
 from lsframe.cli_usage import usage_error
 from lsframe.config_checks import check_parsed
-from lsframe.config_nodes import callback_errors_placed, enums_as_values, import_class, node_get
+from lsframe.config_nodes import (
+    callback_errors_placed,
+    dump_enums_as_values,
+    import_class,
+    node_get,
+)
 from lsframe.config_stacking import fresh_class_arguments
 from lsframe.data.resumable import refuse_another_place
 from lsframe.errors import ConfigError, DataError, NonFiniteLossError, NonFiniteParametersError
@@ -274,7 +279,7 @@ class LSFrameCLI(LightningCLI):
             super().instantiate_classes()
 
     def before_instantiate_classes(self) -> None:
-        enums_as_values(self.config[self.subcommand] if self.subcommand else self.config)
+        dump_enums_as_values()
         self._honour_disabled_checkpointing()
         if self.subcommand == "fit":
             self.continue_last_run()

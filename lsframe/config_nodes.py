@@ -67,21 +67,19 @@ def class_nodes(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:
             yield from class_nodes(value, f"{key}.{name}" if key else name)
 
 
-def enums_as_values(config: Any) -> None:
-    """Replace, in place, each class's ``init_args`` value that is an enum member of a str or
-    int enum by its value: a default such as Lightning's ``Timer(interval=Interval.step)``
-    otherwise fails in jsonargparse's YAML dump while the classes are built ("cannot represent
-    an object"), and the class takes the plain value alike."""
+def dump_enums_as_values() -> None:
+    """Let PyYAML's safe dumper write an enum member as its value, once per process.
+    jsonargparse dumps the parsed config while it builds the classes, and a default such as
+    Lightning's ``Timer(interval=Interval.step)`` failed there ("cannot represent an object");
+    the classes still receive the members themselves."""
     import enum
 
-    for _, node in class_nodes(config):
-        init = node_get(node, "init_args")
-        for name, value in node_items(init):
-            if isinstance(value, enum.Enum) and isinstance(value, (str, int)):
-                if isinstance(init, dict):
-                    init[name] = value.value
-                else:
-                    setattr(init, name, value.value)
+    import yaml
+
+    if enum.Enum not in yaml.SafeDumper.yaml_multi_representers:
+        yaml.SafeDumper.add_multi_representer(
+            enum.Enum, lambda dumper, member: dumper.represent_data(member.value)
+        )
 
 
 def import_class(class_path: str) -> type | None:

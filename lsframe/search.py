@@ -44,7 +44,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lsframe.checkpoint_io import write_atomically
 from lsframe.cli_usage import parse_or_raise
 from lsframe.config_checks import check_config, on_probe
-from lsframe.config_nodes import enums_as_values, import_class, node_get, plain
+from lsframe.config_nodes import dump_enums_as_values, import_class, node_get, plain
 from lsframe.config_stacking import fresh_class_arguments
 from lsframe.errors import ConfigError
 from lsframe.loggers import logger_specs
@@ -381,7 +381,7 @@ def main(argv: list[str]) -> dict[str, float]:
         return model_parser.instantiate_classes(Namespace(model=spec)).model
 
     pl.seed_everything(config.seed_everything)
-    enums_as_values(config)
+    dump_enums_as_values()
     pairs = parser.instantiate_classes(config).pairs
     trainer_kwargs = {k: v for k, v in vars(config.trainer).items() if v is not None}
     search = DistributionSearch(

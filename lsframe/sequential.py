@@ -58,7 +58,7 @@ from lsframe.checkpoint_io import remove_interrupted_writes, save_atomically
 from lsframe.checkpoints import read_torch_file
 from lsframe.cli_usage import parse_or_raise
 from lsframe.config_checks import check_config
-from lsframe.config_nodes import callback_errors_placed, enums_as_values
+from lsframe.config_nodes import callback_errors_placed, dump_enums_as_values
 from lsframe.config_stacking import fresh_class_arguments
 from lsframe.errors import ConfigError
 from lsframe.loggers import keep_csv_metrics, logger_specs, readable_progress_bar
@@ -454,7 +454,7 @@ def main(argv: list[str]) -> SequenceResult:
     logger_specs(logger)
     config.trainer.logger = None
     pl.seed_everything(config.seed_everything)
-    enums_as_values(config)
+    dump_enums_as_values()
     init = parser.instantiate_classes(config)
     trainer_kwargs = {k: v for k, v in vars(init.trainer).items() if v is not None}
     if logger is not None:
