@@ -321,16 +321,23 @@ class LSFrameCLI(LightningCLI):
             return
         version, path = found
         logger = config.get("trainer.logger")
+        # the first logger's folder holds the checkpoint; the others continue the versions the
+        # checkpoint recorded for them (one written before 2026-12-07 records none)
+        saved = read_lightning_checkpoint(path).get("lsframe") or {}
+        versions = saved.get("logger_versions") or []
         self._continued_csv = []  # their metrics.csv, kept once the resume is accepted
         for i, item in enumerate(logger if isinstance(logger, list) else [logger]):
-            init = item.get("init_args")
-            folder = Path(init.get("save_dir") or ".") / str(init.get("name") or "") / version
-            # the first logger's folder holds the checkpoint; the others continue theirs too
-            if i > 0 and (init.get("version") is not None or not folder.is_dir()):
+            init = item.get("init_args") if hasattr(item, "get") else None
+            own = version if i == 0 else versions[i] if i < len(versions) else None
+            if init is None or own is None or init.get("save_dir") is None:
+                continue  # a logger without folders (W&B, MLflow, one of no arguments)
+            if i > 0 and init.get("version") is not None:
                 continue
-            init.version = version
+            init.version = own
+            name = own if isinstance(own, str) else f"version_{own}"
             if str(item.get("class_path", "")).endswith("CSVLogger"):
-                self._continued_csv.append(folder)
+                root = Path(init.get("save_dir") or ".") / str(init.get("name") or "")
+                self._continued_csv.append(root / name)
         if rank_zero_only.rank == 0:
             print(f"lsframe fit: --ckpt_path last: continuing {path.parent.parent} ({path.name})")
 

@@ -176,3 +176,15 @@ class UnreadableSideFile(pl.Callback):
             from lsframe.errors import DataError
 
             raise DataError(f"UnreadableSideFile: {self.path} does not parse", argument="path")
+
+
+class NoArgumentsLogger(pl.loggers.Logger):
+    """A logger configured from elsewhere (a service client): no arguments, no folders."""
+
+    name, version = "no-arguments", "0"
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass

@@ -349,29 +349,34 @@ def test_periodic_checkpoints_of_a_closure_module_do_not_tell_the_user_to_change
     assert not [w for w in recwarn if "pre-optimization state" in str(w.message)]
 
 
-def test_continuing_a_run_of_several_loggers_continues_each(tmp_path):
-    # only the first logger continued its version_0; the others began version_1, version_2 ...
+@pytest.mark.parametrize("shared", [False, True])
+def test_continuing_a_run_of_several_loggers_continues_each(shared, tmp_path):
+    # only the first logger continued its version_0; the others began version_1, version_2 ...;
+    # then one logging beside it (version_1 of one folder) was moved into the first's version,
+    # and a logger without init_args crashed the resume
     import yaml
     from test_preemption import fit_config, lsframe
 
     config = fit_config(tmp_path / "runs")
     config["trainer"]["max_epochs"] = 1
+    names = ("tiny", "tiny") if shared else ("tb", "csv")
     config["trainer"]["logger"] = [
         {"class_path": f"lightning.pytorch.loggers.{kind}Logger",
          "init_args": {"save_dir": str(tmp_path / "runs"), "name": name}}
-        for kind, name in (("TensorBoard", "tb"), ("CSV", "csv"))
-    ]  # fmt: skip
+        for kind, name in zip(("TensorBoard", "CSV"), names)
+    ] + [{"class_path": "helpers.NoArgumentsLogger"}]  # fmt: skip
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(config))
     first = lsframe(tmp_path, ["fit", "--config", str(tmp_path / "two.yaml")])
     assert first.returncode == 0, first.stderr[-3000:]
-    before = (tmp_path / "runs" / "csv" / "version_0" / "metrics.csv").read_text()
+    csv = tmp_path / "runs" / names[1] / ("version_1" if shared else "version_0")
+    before = (csv / "metrics.csv").read_text()
     more = ["--trainer.max_epochs", "2", "--ckpt_path", "last"]
     second = lsframe(tmp_path, ["fit", "--config", str(tmp_path / "two.yaml"), *more])
     assert second.returncode == 0, second.stderr[-3000:]
-    for name in ("tb", "csv"):
-        assert [p.name for p in (tmp_path / "runs" / name).iterdir()] == ["version_0"]
-    kept = tmp_path / "runs" / "csv" / "version_0" / "metrics.1.csv"
-    assert kept.read_text() == before
+    for name in set(names):
+        folders = sorted(p.name for p in (tmp_path / "runs" / name).iterdir())
+        assert folders == (["version_0", "version_1"] if shared else ["version_0"])
+    assert (csv / "metrics.1.csv").read_text() == before and (csv / "metrics.csv").is_file()
 
 
 def test_a_fit_removes_the_half_written_checkpoints_of_a_killed_run_of_its_folder(tmp_path):

@@ -287,6 +287,8 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = {"random_states": random_states(self.device), "skipped_steps": self._skipped_steps}
+        # each logger's own version, which `lsframe fit --ckpt_path last` continues
+        saved["logger_versions"] = [getattr(x, "version", None) for x in self.trainer.loggers]
         checkpoint["lsframe"] = saved
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
