@@ -381,3 +381,11 @@ def test_a_subclass_training_step_that_takes_no_step_is_refused_after_the_first_
     stepping = StepsItself(optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     trainer(max_epochs=1).fit(stepping, loader(16, 4))
     assert stepping.trainer.global_step == 4
+
+    class SkipsFirst(TinyRegression):  # None skips a batch, as in Lightning: not refused
+        def training_step(self, batch, batch_idx):
+            return None if batch_idx == 0 else super().training_step(batch, batch_idx)
+
+    skipping = SkipsFirst(optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    trainer(max_epochs=1).fit(skipping, loader(16, 4))
+    assert skipping.trainer.global_step == 3

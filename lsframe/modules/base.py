@@ -303,7 +303,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         step_schedulers(self, "epoch", on_metric=True)  # after the epoch's validation
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        policy.check_steps_taken(self, batch_idx)
+        policy.check_steps_taken(self, outputs, batch_idx)
 
     def on_train_start(self) -> None:
         self._steps_at_start, self._own_step_ran = self.trainer.global_step, False

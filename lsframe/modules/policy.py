@@ -107,11 +107,16 @@ def check_fit(trainer: pl.Trainer) -> None:
     )
 
 
-def check_steps_taken(module: Any, batch_idx: int) -> None:
-    """After a step's worth of batches: a subclass whose ``training_step`` neither ran the
-    ClosureModule's nor stepped an optimizer itself trains nothing, and Lightning would finish
-    the fit without a word (a returned loss is not used under manual optimization)."""
-    if getattr(module, "_own_step_ran", True) or batch_idx + 1 < module.accumulate_grad_batches:
+def check_steps_taken(module: Any, outputs: Any, batch_idx: int) -> None:
+    """After a step's worth of batches: a subclass whose ``training_step`` returned a loss, as
+    under automatic optimization, and neither ran the ClosureModule's nor stepped an optimizer
+    itself trains nothing, and Lightning would finish the fit without a word (a returned loss
+    is not used under manual optimization). A ``training_step`` returning None skips its batch,
+    as in Lightning."""
+    returned = isinstance(outputs, dict) and outputs.get("loss") is not None
+    if not returned or getattr(module, "_own_step_ran", True):
+        return
+    if batch_idx + 1 < module.accumulate_grad_batches:
         return
     if module.trainer.global_step != getattr(module, "_steps_at_start", 0):
         return  # it steps the optimizer itself
