@@ -28,7 +28,7 @@ Lightning's own check stays.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +58,13 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         self._steps_seen: int | None = None
         self._places_at_step: dict[int, int] | None = None
         self._completed_at_step: int | None = None
+        self._first_epoch_random: dict[str, Any] | None = None
         #: The data error ``last`` was brought up to date for (see :meth:`_between_steps`).
         self.saved_for: BaseException | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
-        self._step_end_random = None
+        self._step_end_random = self._first_epoch_random = None
         if trainer.is_global_zero and self.dirpath is not None and Path(self.dirpath).is_dir():
             remove_interrupted_writes(self.dirpath)  # of a killed run of this folder
 
@@ -74,11 +75,35 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         self._steps_seen = trainer.global_step
         self._completed_at_step = _batches(trainer).completed
         self._places_at_step = None
+        if self._step_end_random is None:  # no step in this fit yet: as its first one starts
+            self._first_epoch_random = random_states(pl_module.device)
 
     def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
-        super()._save_last_checkpoint(trainer, monitor_candidates)
+        # a validation between two micro-batches of a step: the state saved is the last step's,
+        # and a resume fetches the micro-batches since again (they are in no checkpoint)
+        pending = trainer.validating and self._completed_at_step not in (
+            None,
+            _batches(trainer).completed,
+        )
+        with self._as_at_the_last_step(trainer) if pending else nullcontext():
+            super()._save_last_checkpoint(trainer, monitor_candidates)
         if self.save_last:
             self._last_written_at = trainer.global_step
+
+    @contextmanager
+    def _as_at_the_last_step(self, trainer: pl.Trainer) -> Iterator[None]:
+        """Inside, the run is as its last optimizer step left it (:func:`_rewound`), with the
+        random generators of that step's end (or of the fit's first epoch start)."""
+        device = trainer.lightning_module.device
+        now = random_states(device)
+        then = self._step_end_random or self._first_epoch_random
+        if then is not None:
+            set_random_states(then, device)
+        try:
+            with _rewound(trainer, self._completed_at_step, self._places_at_step):
+                yield
+        finally:
+            set_random_states(now, device)
 
     def _bring_last_up_to_date(self, trainer: pl.Trainer) -> None:
         if (
@@ -152,15 +177,11 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if not (nonfinite or between) or self._completed_at_step is None:
             return
         # the generators as the last step's end left them: the failed fetch's images drew random
-        # crops, the failed step its dropout masks, which a resume draws again
-        now = random_states(pl_module.device)
-        if self._step_end_random is not None:  # else the fit's first step: as it started
-            set_random_states(self._step_end_random, pl_module.device)
-        try:
-            with _rewound(trainer, self._completed_at_step, self._places_at_step):
-                self._bring_last_up_to_date(trainer)
-        finally:
-            set_random_states(now, pl_module.device)
+        # crops, the failed step its dropout masks, which a resume draws again; written even where
+        # a validation of this step wrote last before (between two of its micro-batches)
+        self._last_written_at = None
+        with self._as_at_the_last_step(trainer):
+            self._bring_last_up_to_date(trainer)
         self.saved_for = exception
 
     def on_train_batch_end(

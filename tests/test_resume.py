@@ -506,10 +506,11 @@ class _Restores(Callback):
             pl_module.compute_loss = pl_module.__dict__.pop("compute_loss_restore")
 
 
+@pytest.mark.parametrize("at", ["late", "first"])
 @pytest.mark.parametrize("accumulate", [1, 2])
 @pytest.mark.parametrize("how", ["batch check", "non-finite loss"])
 def test_a_step_that_fails_after_its_batch_was_fetched_is_trained_again_by_the_resume(
-    how, accumulate, tmp_path
+    how, accumulate, at, tmp_path
 ):
     # last.ckpt recorded the loader one batch ahead of the run: the resume skipped the batch
     # of the failed step (16 steps where the uninterrupted run took 17); in an accumulation,
@@ -517,11 +518,50 @@ def test_a_step_that_fails_after_its_batch_was_fetched_is_trained_again_by_the_r
     from lsframe.errors import NonFiniteLossError
 
     steps = STEPS // accumulate
+    step = steps - 4 if at == "late" else 0  # the fit's first step: its generators as it began
     run = _StopAndResume(accumulate, data, tmp_path)
-    failing = [_FailsOnce(at=steps - 4, how=how), _Restores(), run.last]
+    failing = [_FailsOnce(at=step, how=how), _Restores(), run.last]
     with pytest.raises(DataError if how == "batch check" else NonFiniteLossError):
         run.fit(callbacks=failing, enable_checkpointing=True).fit(run.stopped, data())
+    if at == "first" and how == "batch check":  # nothing trained yet: nothing to save
+        assert run.last.saved_for is None and not (tmp_path / "last.ckpt").exists()
+        return
     assert run.last.saved_for is not None
     saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
-    assert saved["global_step"] == steps - 4
+    assert saved["global_step"] == step
     assert run.resume_and_compare().trainer.global_step == steps
+
+
+def test_a_validation_between_two_micro_batches_saves_the_step_a_resume_goes_on_from(tmp_path):
+    # last.ckpt of a validation after the first micro-batch of a step recorded the loader after
+    # it: the resume's next step skipped it; a failure at that step kept that file
+    from lsframe.errors import NonFiniteLossError
+
+    class Validated(TinyRegression):
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val/loss", torch.nn.functional.mse_loss(self.model(x).squeeze(-1), y))
+
+    def module() -> Validated:
+        return Validated(model=mlp(dropout=0.2), optimizer=optim.SGDSLS, accumulate_grad_batches=2)
+
+    val = torch.utils.data.DataLoader(regression_data(8), batch_size=8)
+    fit = partial(trainer, deterministic=True, max_steps=8, val_check_interval=3,
+                  check_val_every_n_epoch=None)  # fmt: skip
+    torch.manual_seed(0)
+    uninterrupted = module()
+    fit().fit(uninterrupted, data(), val)
+    for failure in ("crash", "non-finite loss"):
+        torch.manual_seed(0)
+        stopped, last = module(), BestAndLastCheckpoint(dirpath=tmp_path, save_last=True)
+        callbacks = [last] + (
+            [Crash(at=2)] if failure == "crash" else [_FailsOnce(2, failure), _Restores()]
+        )
+        with pytest.raises(RuntimeError if failure == "crash" else NonFiniteLossError):
+            fit(callbacks=callbacks, enable_checkpointing=True).fit(stopped, data(), val)
+        torch.manual_seed(1234)
+        resumed = module()
+        fit().fit(resumed, data(), val, ckpt_path=tmp_path / "last.ckpt")
+        for (key, a), b in zip(uninterrupted.named_parameters(), resumed.parameters()):
+            assert torch.equal(a, b), (failure, key)
+        (tmp_path / "last.ckpt").unlink()
