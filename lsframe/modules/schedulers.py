@@ -7,7 +7,7 @@ steps them itself, by the rules of each scheduler config, as Lightning would:
 * ``interval: "step"`` after an optimizer step, ``"epoch"`` after the epoch's last batch (the
   last one the run takes: ``limit_train_batches`` counts), before that batch's callbacks, so a
   checkpoint written at that batch holds the scheduler already stepped;
-* ``frequency: n``: every n-th optimizer step or epoch;
+* ``frequency: n``: at every n-th batch of an epoch (that takes a step) or every n-th epoch;
 * a metric scheduler (``ReduceLROnPlateau``, ``monitor``) gets the monitored value from the
   trainer's metrics: interval "epoch" at the epoch's end, after its validation; interval "step"
   after each optimizer step, with the value of the last validation before it. A monitored key
@@ -17,10 +17,11 @@ steps them itself, by the rules of each scheduler config, as Lightning would:
   takes them from ``configure_optimizers``'s result first;
 * every update goes through :meth:`~lightning.pytorch.LightningModule.lr_scheduler_step`.
 
-Differences from Lightning: a ``"step"`` frequency counts optimizer steps (Lightning counts the
-epoch's batches, which differs under gradient accumulation), and a metric scheduler of interval
-"epoch" is updated in the module's ``on_train_epoch_end``, before the callbacks that monitor a
-metric (Lightning updates it after them).
+A ``"step"`` frequency counts the epoch's batches, as Lightning does (at a batch that takes an
+optimizer step: with the module's ``accumulate_grad_batches`` > 1 that is not every n-th step).
+Differences from Lightning: a metric scheduler of interval "epoch" is updated in the module's
+``on_train_epoch_end``, before the callbacks that monitor a metric (Lightning updates it after
+them).
 
 A line search refuses an ``lr`` written from outside (it searches its own step size): a scheduler
 that is not a :class:`~lsframe.optim.StepSizeSchedule` on one is refused when the fit starts
@@ -103,7 +104,9 @@ def step_schedulers(
     """Update the schedulers of ``interval`` that are due (``frequency``): the metric ones
     (``ReduceLROnPlateau``) when ``on_metric``, the others otherwise."""
     trainer = module.trainer
-    count = trainer.global_step if interval == "step" else trainer.current_epoch + 1
+    # Lightning's counts: the epoch's batches (at a batch that took a step), or the epochs
+    batch = trainer.fit_loop.epoch_loop.batch_idx
+    count = batch + 1 if interval == "step" else trainer.current_epoch + 1
     for config in trainer.lr_scheduler_configs:
         settings = _metric_settings(module, config.scheduler)
         on_plateau = settings.get("reduce_on_plateau") or isinstance(
