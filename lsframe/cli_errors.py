@@ -96,12 +96,19 @@ def peer_stopped(error: BaseException) -> PeerStoppedError | None:
     that line under sixty of its own."""
     for exc in _chain(error):
         found = _PEER_GONE.search(str(exc)) if isinstance(exc, RuntimeError) else None
-        if found:
+        if found is None:
+            continue
+        if found[1].upper() == "NCCL":  # NCCL's one word for both: "... or a network error"
             return PeerStoppedError(
-                "another process of this run stopped, so this one stopped too; that process's "
-                "output says why (one the system killed prints nothing)",
-                where=f"{found[1]}: {found[2]}",
+                "another process of this run stopped, or the network between them failed "
+                "(NCCL's words for either); each process's output says which",
+                where=f"NCCL: {one_line(str(exc))[:300]}",
             )
+        return PeerStoppedError(
+            "another process of this run stopped, so this one stopped too; that process's "
+            "output says why (one the system killed prints nothing)",
+            where=f"{found[1]}: {found[2]}",
+        )
     return None
 
 

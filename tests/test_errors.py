@@ -319,3 +319,17 @@ def test_an_enum_member_in_a_parsed_config_dumps_as_its_value():
 
     dump_enums_as_values()
     assert yaml.safe_dump({"interval": Interval.step}) == "interval: step\n"
+
+
+def test_nccl_s_remote_error_says_it_may_be_the_network():
+    # NCCL's "remote process exited or there was a network error" was read as a peer's stop
+    # alone, and its detail (an InfiniBand completion error) was hidden
+    nccl = RuntimeError(
+        "NCCL error in: ProcessGroupNCCL.cpp:1970, remote process exited or there was a network "
+        "error, NCCL version 2.21.5\nncclRemoteError: A call failed possibly due to a network "
+        "error or a remote process exiting prematurely.\nNET/IB : Got completion from peer "
+        "10.0.0.2<55555> with status=12"
+    )
+    line, status = error_line(nccl, "lsframe fit")
+    assert status == 1 and "or the network between them failed" in line
+    assert "NET/IB : Got completion from peer 10.0.0.2<55555>" in line
