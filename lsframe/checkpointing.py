@@ -227,7 +227,7 @@ def _rewound(trainer: pl.Trainer, completed: int, places: dict[int, int] | None)
     epoch_loop = trainer.fit_loop.epoch_loop
     progress = epoch_loop.batch_progress
     behind = progress.current.completed - completed
-    saved = (progress.current.state_dict(), progress.total.state_dict())
+    saved = (progress.current.state_dict(), progress.total.state_dict(), progress.is_last_batch)
     stepped = epoch_loop._batches_that_stepped
     loaders = _train_loaders(trainer)
     handed_out = [loader._batches_handed_out for loader in loaders]
@@ -235,6 +235,7 @@ def _rewound(trainer: pl.Trainer, completed: int, places: dict[int, int] | None)
         done = tracker.completed - behind if done is None else done
         tracker.ready = tracker.started = tracker.processed = tracker.completed = done
     epoch_loop._batches_that_stepped = stepped - behind  # the logging step of each batch
+    progress.is_last_batch = False  # the failed or pending batch's flag: the step's was not
     for loader in loaders:
         start = loader.epoch_start_place
         loader._batches_handed_out = start if places is None else places.get(id(loader), start)
@@ -243,6 +244,7 @@ def _rewound(trainer: pl.Trainer, completed: int, places: dict[int, int] | None)
     finally:
         progress.current.load_state_dict(saved[0])
         progress.total.load_state_dict(saved[1])
+        progress.is_last_batch = saved[2]
         epoch_loop._batches_that_stepped = stepped
         for loader, count in zip(loaders, handed_out):
             loader._batches_handed_out = count

@@ -565,3 +565,27 @@ def test_a_validation_between_two_micro_batches_saves_the_step_a_resume_goes_on_
         for (key, a), b in zip(uninterrupted.named_parameters(), resumed.parameters()):
             assert torch.equal(a, b), (failure, key)
         (tmp_path / "last.ckpt").unlink()
+
+
+@pytest.mark.parametrize("length", [{"max_steps": 17}, {"max_epochs": 3}])
+def test_a_resume_at_the_end_of_an_epoch_limit_train_batches_ended_starts_the_next(
+    length, tmp_path
+):
+    # the loader, which does not know the limit, went on with the rest of the ended epoch's
+    # order (4 batches of epoch 0 "in epoch 1"), and the run ended elsewhere
+    fit = partial(trainer, deterministic=True, limit_train_batches=6, **length)
+    torch.manual_seed(0)
+    uninterrupted = make_module("adamw")
+    fit().fit(uninterrupted, data())
+    torch.manual_seed(0)
+    last = BestAndLastCheckpoint(dirpath=tmp_path, save_last=True)
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(callbacks=[Crash(at=8), last], enable_checkpointing=True).fit(
+            make_module("adamw"), data()
+        )
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 6
+    torch.manual_seed(1234)
+    resumed = make_module("adamw")
+    fit().fit(resumed, data(), ckpt_path=tmp_path / "last.ckpt")
+    for (key, a), b in zip(uninterrupted.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), key

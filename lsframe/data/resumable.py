@@ -170,7 +170,8 @@ class ResumableDataLoader(DataLoader):
                 epoch's end they may differ: the next epoch starts afresh.
         """
         batches = int(state["batches"])
-        finished = self._saved_epoch_over(state, batches)
+        # at the epoch's end: its loader ran out, or the run's limit_train_batches ended it
+        finished = bool(state.get("epoch_over")) or self._saved_epoch_over(state, batches)
         mine = {"seed": self.seed, "batch_size": self.batch_size, "examples": len(self.dataset)}  # type: ignore[arg-type]
         refusal = place_refusal(state, mine, finished)
         if refusal is not None:

@@ -36,6 +36,7 @@ from lsframe.modules.policy import check_sharding
 from lsframe.modules.random_state import (
     ResumeRandomState,
     finish_epoch_of_an_epoch_end_checkpoint,
+    mark_an_epoch_ended_by_its_limit,
     random_states,
     restore_loader_position,
 )
@@ -290,6 +291,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         # each logger's own version, which `lsframe fit --ckpt_path last` continues
         saved["logger_versions"] = [getattr(x, "version", None) for x in self.trainer.loggers]
         checkpoint["lsframe"] = saved
+        mark_an_epoch_ended_by_its_limit(checkpoint, self.trainer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._trainer is not None:  # before Lightning restores the callbacks' states

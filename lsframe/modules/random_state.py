@@ -91,6 +91,28 @@ def restore_loader_position(trainer: Any) -> None:
     iter(fetcher)  # the iterator made before the states were applied would start the epoch over
 
 
+def mark_an_epoch_ended_by_its_limit(checkpoint: dict[str, Any], trainer: Any) -> None:
+    """In a checkpoint written at an epoch's last batch, mark the training loaders' places
+    ``epoch_over`` (and ``limit_reached`` beside Lightning's ``is_last_batch``): a loader does not
+    know ``limit_train_batches``, and resumed from the last batch the limit let an epoch take it
+    went on with that epoch's order (the rest of its batches) instead of the next epoch's."""
+    loop = (checkpoint.get("loops") or {}).get("fit_loop")
+    progress = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    progress = getattr(progress, "batch_progress", None)
+    limit = getattr(trainer, "num_training_batches", float("inf"))
+    if not isinstance(loop, dict) or progress is None:
+        return
+    if not progress.is_last_batch and progress.current.ready < limit:
+        return
+    batches = loop.get("epoch_loop.batch_progress")
+    if isinstance(batches, dict):
+        batches["limit_reached"] = True
+    places = (loop.get("state_dict") or {}).get("combined_loader") or []
+    for place in places if isinstance(places, list) else []:
+        if isinstance(place, dict) and "batches" in place:
+            place["epoch_over"] = True
+
+
 def finish_epoch_of_an_epoch_end_checkpoint(checkpoint: dict[str, Any]) -> None:
     """Make a checkpoint written at an epoch's end resume in the next epoch, as one written
     after the epoch-end hooks does.
@@ -123,7 +145,7 @@ def finish_epoch_of_an_epoch_end_checkpoint(checkpoint: dict[str, Any]) -> None:
     unfinished = all(part.get("completed", 0) < part.get("processed", 0) for part in parts)
     if not (current.get("ready", 0) > 0 and current.get("processed") == current.get("ready")):
         return
-    if not batches.get("is_last_batch"):
+    if not batches.get("is_last_batch") and not batches.get("limit_reached"):
         # stopped inside an epoch (max_steps, should_stop) and written after the loop counted
         # the epoch processed: Lightning resumed in the next epoch and skipped the rest of this
         # one. Uncounted, the epoch resumes at its next batch, as the uninterrupted run goes on
