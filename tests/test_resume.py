@@ -461,6 +461,9 @@ def test_a_data_error_of_one_process_of_several_saves_nothing(monkeypatch):
 def test_a_saved_place_is_checked_against_the_data_settings_before_the_resume_starts():
     from types import SimpleNamespace
 
+    # one of lsframe's DataModules, whose seed and batch_size are its training loader's
+    ours = type("GlueDataModule", (SimpleNamespace,), {"__module__": "lsframe.data.glue"})
+
     from lsframe.data.resumable import refuse_another_place
     from lsframe.errors import ConfigError
 
@@ -469,16 +472,21 @@ def test_a_saved_place_is_checked_against_the_data_settings_before_the_resume_st
         return {"fit_loop": {"state_dict": {"combined_loader": [place]}}}
 
     with pytest.raises(ConfigError, match="seed 3, this one with 4") as refused:
-        refuse_another_place(loops(1), SimpleNamespace(seed=4, batch_size=4))
+        refuse_another_place(loops(1), ours(seed=4, batch_size=4))
     assert refused.value.where == "data.init_args.seed"
     with pytest.raises(ConfigError, match="batches of 4, this one of 2") as refused:
-        refuse_another_place(loops(1), SimpleNamespace(seed=3, batch_size=2))
+        refuse_another_place(loops(1), ours(seed=3, batch_size=2))
     assert refused.value.where == "data.init_args.batch_size"
-    refuse_another_place(loops(3), SimpleNamespace(seed=3, batch_size=2))  # the epoch is over
+    refuse_another_place(loops(3), ours(seed=3, batch_size=2))  # the epoch is over
     # 2 of 10 // 4 = 2 full batches: over only if the loader drops the last one, which the
     # loader itself knows: left to it
-    refuse_another_place(loops(2), SimpleNamespace(seed=3, batch_size=2))
-    refuse_another_place(None, SimpleNamespace(seed=9, batch_size=9))  # nothing saved
+    refuse_another_place(loops(2), ours(seed=3, batch_size=2))
+    refuse_another_place(None, ours(seed=9, batch_size=9))  # nothing saved
+
+    class TheirOwn:  # a user's DataModule: its seed picks a split, not the loader's order
+        seed, batch_size = 42, 4
+
+    refuse_another_place(loops(1), TheirOwn())
 
 
 class _FailsOnce(Callback):

@@ -218,7 +218,10 @@ def refuse_another_place(loops: Any, datamodule: Any) -> None:
     """Before a resume writes anything (its config, its logs): refuse a checkpoint whose saved
     training-loader place (in its ``loops``) ``datamodule``'s ``seed`` or ``batch_size`` cannot
     continue, at ``data.init_args.<key>`` (the number of examples is known only once the data
-    is set up; the loader refuses it then)."""
+    is set up; the loader refuses it then). Only for lsframe's DataModules, whose ``seed`` and
+    ``batch_size`` are their training loader's; another's loader refuses a place itself."""
+    if not type(datamodule).__module__.startswith("lsframe."):
+        return  # another DataModule's seed or batch_size need not be its loader's
     mine = {k: getattr(datamodule, k, None) for k in ("seed", "batch_size")}
     for state in _loader_places(loops):
         batches, size, examples = (
