@@ -176,6 +176,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         )
         if not (nonfinite or between) or self._completed_at_step is None:
             return
+        if not nonfinite and trainer.training:
+            self._note_a_step(trainer, pl_module)  # raised after this batch's step (a check)
         # the generators as the last step's end left them: the failed fetch's images drew random
         # crops, the failed step its dropout masks, which a resume draws again; written even where
         # a validation of this step wrote last before (between two of its micro-batches)
@@ -187,12 +189,18 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
     ) -> None:
-        if self.save_last and trainer.global_step != self._steps_seen:  # it took a step
+        self._note_a_step(trainer, pl_module)
+        super().on_train_batch_end(trainer, pl_module, *args)
+
+    def _note_a_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """At a training batch's end (this callback's, or an error's before it, Lightning
+        running checkpoint callbacks last): if the batch took an optimizer step, the run as that
+        step left it."""
+        if self.save_last and trainer.global_step != self._steps_seen:
             self._steps_seen = trainer.global_step
             self._step_end_random = random_states(pl_module.device)
             self._completed_at_step = _batches(trainer).completed + 1  # counted after the hooks
             self._places_at_step = {id(x): x._batches_handed_out for x in _train_loaders(trainer)}
-        super().on_train_batch_end(trainer, pl_module, *args)
 
     def _between_steps(self, exception: BaseException) -> bool:
         """Whether ``exception`` is a data error met after an optimizer step of this fit in this

@@ -496,9 +496,18 @@ class _FailsOnce(Callback):
     def __init__(self, at: int, how: str) -> None:
         self.at, self.how, self.done = at, how, False
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # a check of the step's outputs, before the checkpoint callback's own batch end
+        if self.how == "check after the step" and trainer.global_step == self.at + 1:
+            if not self.done:
+                self.done = True
+                raise DataError("the step's outputs fail their check", where="side.txt")
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         last_micro_batch = (batch_idx + 1) % pl_module.accumulate_grad_batches == 0
         if trainer.global_step != self.at or self.done or not last_micro_batch:
+            return
+        if self.how == "check after the step":
             return
         self.done = True
         if self.how == "batch check":
@@ -516,7 +525,7 @@ class _Restores(Callback):
 
 @pytest.mark.parametrize("at", ["late", "first"])
 @pytest.mark.parametrize("accumulate", [1, 2])
-@pytest.mark.parametrize("how", ["batch check", "non-finite loss"])
+@pytest.mark.parametrize("how", ["batch check", "non-finite loss", "check after the step"])
 def test_a_step_that_fails_after_its_batch_was_fetched_is_trained_again_by_the_resume(
     how, accumulate, at, tmp_path
 ):
@@ -529,14 +538,14 @@ def test_a_step_that_fails_after_its_batch_was_fetched_is_trained_again_by_the_r
     step = steps - 4 if at == "late" else 0  # the fit's first step: its generators as it began
     run = _StopAndResume(accumulate, data, tmp_path)
     failing = [_FailsOnce(at=step, how=how), _Restores(), run.last]
-    with pytest.raises(DataError if how == "batch check" else NonFiniteLossError):
+    with pytest.raises(NonFiniteLossError if how == "non-finite loss" else DataError):
         run.fit(callbacks=failing, enable_checkpointing=True).fit(run.stopped, data())
-    if at == "first" and how == "batch check":  # nothing trained yet: nothing to save
+    if at == "first" and how != "non-finite loss":  # no step before the data error's
         assert run.last.saved_for is None and not (tmp_path / "last.ckpt").exists()
         return
     assert run.last.saved_for is not None
     saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
-    assert saved["global_step"] == step
+    assert saved["global_step"] == step + (how == "check after the step")
     assert run.resume_and_compare().trainer.global_step == steps
 
 

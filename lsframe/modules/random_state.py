@@ -157,6 +157,14 @@ def finish_epoch_of_an_epoch_end_checkpoint(checkpoint: dict[str, Any]) -> None:
     # ``max_epochs``): the finished epoch's batch count is still there, and the next epoch
     # resumed "at its last batch" and trained nothing
     completed = all(part.get("completed", 0) == part.get("ready", -1) > 0 for part in parts)
+    # written at the last batch's end, before Lightning counted the epoch processed (a data
+    # error after that batch's step, saved as the step left the run): the epoch is over too
+    in_flight = all(part.get("processed", 0) < part.get("ready", 0) for part in parts)
+    done = current.get("completed") == current.get("ready")
+    if in_flight and done and batches.get("limit_reached"):
+        for part in ("total", "current"):
+            epochs[part]["processed"] = epochs[part]["ready"]
+        unfinished = True
     if not (unfinished or completed):
         return
     for part in ("total", "current"):
