@@ -50,6 +50,12 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.save_last == "link":
+            raise ConfigError(
+                "save_last=link makes last a link to the newest best checkpoint, not the run's "
+                "latest state, which lsframe's last is (after every validation, a stop, a failed "
+                "step, the end of training): use save_last=true"
+            )
         self._last_written_at: int | None = None
         # at the end of this fit's last optimizer step (in this process): the random generators
         # (None: no step yet), global_step, the training loaders' places, and Lightning's count

@@ -110,3 +110,14 @@ def test_barebones_is_refused_once_at_its_key():
     assert caught.value.where == "trainer.barebones"
     check_barebones({"barebones": False})
     check_barebones({})
+
+
+def test_a_last_that_would_be_a_link_to_the_best_is_refused_at_its_key():
+    # save_last: link made every "last up to date" save a link to an older best checkpoint:
+    # "the run up to it: last.ckpt" pointed 10 steps back
+    from lsframe.trainer_checks import check_checkpoint_section
+
+    with pytest.raises(ConfigError, match="use save_last=true") as caught:
+        check_checkpoint_section({"checkpoint": {"save_last": "link"}})
+    assert caught.value.where == "checkpoint.save_last"
+    check_checkpoint_section({"checkpoint": {"save_last": True}})
