@@ -65,6 +65,7 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         self._places_at_step: dict[int, int] | None = None
         self._completed_at_step: int | None = None
         self._first_epoch_random: dict[str, Any] | None = None
+        self._epoch_started = False
         #: The data error ``last`` was brought up to date for (see :meth:`_between_steps`).
         self.saved_for: BaseException | None = None
 
@@ -79,8 +80,11 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         # the batches of this epoch done when its last optimizer step ended (a resumed epoch's
         # count starts where its checkpoint's step did)
         self._steps_seen = trainer.global_step
-        self._completed_at_step = _batches(trainer).completed
-        self._places_at_step = None
+        # Lightning resets its count for a new epoch after this hook: 0 then; a resumed epoch
+        # keeps the count its checkpoint restored (refined at the epoch's first batch start)
+        restarting = getattr(trainer.fit_loop.epoch_loop, "restarting", False)
+        self._completed_at_step = _batches(trainer).completed if restarting else 0
+        self._places_at_step, self._epoch_started = None, False
         if self._step_end_random is None:  # no step in this fit yet: as its first one starts
             self._first_epoch_random = random_states(pl_module.device)
 
@@ -161,7 +165,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if trainer.fast_dev_run:  # Lightning 2.6's on_train_end wrote last.ckpt even then
             return
         super().on_train_end(trainer, pl_module)
-        if any(type(c).__name__ == "StochasticWeightAveraging" for c in trainer.callbacks):
+        swa = "StochasticWeightAveraging"
+        if any(swa in {k.__name__ for k in type(c).__mro__} for c in trainer.callbacks):
             self._last_written_at = None  # its train end (before this one) put in the average
         self._bring_last_up_to_date(trainer)
 
@@ -191,6 +196,14 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         with self._as_at_the_last_step(trainer):
             self._bring_last_up_to_date(trainer)
         self.saved_for = exception
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        super().on_train_batch_start(trainer, pl_module, *args)
+        if not self._epoch_started:  # the epoch's first batch: Lightning's count is reset now
+            self._epoch_started = True
+            self._completed_at_step = _batches(trainer).completed
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any

@@ -91,27 +91,28 @@ def check_lightning_callback(key: str, cls: type, init_args: dict[str, Any]) -> 
     (manual optimization, the network at ``model``), naming what to use instead; Lightning
     would fail only once the model has loaded, with a traceback."""
     name = cls.__name__
-    if name == "GradientAccumulationScheduler":
+    lineage = {c.__name__ for c in cls.__mro__}  # a subclass fails as its parent does
+    if "GradientAccumulationScheduler" in lineage:
         reason = (
             "changes Lightning's accumulation, which lsframe's modules do themselves (one "
             "closure per optimizer step): set model.init_args.accumulate_grad_batches (one "
             "value for the run)"
         )
-    elif name == "BackboneFinetuning":
+    elif "BackboneFinetuning" in lineage:
         reason = (
             "freezes the module's 'backbone' and later adds it to the optimizer as a new group; "
             "lsframe's modules hold the network as 'model' and build their groups once: freeze "
             "parameters before the fit (requires_grad=False), or give parts smaller learning "
             "rates (model.init_args.lr_distribution)"
         )
-    elif name == "LearningRateFinder":
+    elif "LearningRateFinder" in lineage:
         reason = (
             "sets the module's 'lr' or 'learning_rate', which lsframe's modules do not have (the "
             "learning rate is model.init_args.optimizer.init_args.lr), and a command line has no "
             "other way to its suggestion: run Tuner(trainer).lr_find(module, datamodule=..., "
             "update_attr=False).suggestion() in Python, then set that lr"
         )
-    elif name == "BatchSizeFinder":
+    elif "BatchSizeFinder" in lineage:
         reason = (
             "changes the data's batch size at every fit start, so a stopped run cannot resume "
             "exactly (its trials run again and restore their own checkpoint over the resumed "
@@ -119,7 +120,7 @@ def check_lightning_callback(key: str, cls: type, init_args: dict[str, Any]) -> 
             "data.init_args.batch_size"
         )
     else:
-        if name == "ModelPruning":
+        if "ModelPruning" in lineage:
             warnings.warn(
                 f"ModelPruning ({key}) keeps its pruning masks in no checkpoint: a run stopped "
                 "and resumed prunes anew and ends less sparse than an uninterrupted one",

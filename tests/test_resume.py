@@ -523,7 +523,7 @@ class _Restores(Callback):
             pl_module.compute_loss = pl_module.__dict__.pop("compute_loss_restore")
 
 
-@pytest.mark.parametrize("at", ["late", "first"])
+@pytest.mark.parametrize("at", ["late", "first", "epoch start"])
 @pytest.mark.parametrize("accumulate", [1, 2])
 @pytest.mark.parametrize("how", ["batch check", "non-finite loss", "check after the step"])
 def test_a_step_that_fails_after_its_batch_was_fetched_is_trained_again_by_the_resume(
@@ -535,7 +535,9 @@ def test_a_step_that_fails_after_its_batch_was_fetched_is_trained_again_by_the_r
     from lsframe.errors import NonFiniteLossError
 
     steps = STEPS // accumulate
-    step = steps - 4 if at == "late" else 0  # the fit's first step: its generators as it began
+    # late: inside epoch 1; first: the fit's first step (its generators as it began); epoch
+    # start: epoch 1's first step (its batch count was taken before Lightning reset it)
+    step = {"late": steps - 4, "first": 0, "epoch start": 10 // accumulate}[at]
     run = _StopAndResume(accumulate, data, tmp_path)
     failing = [_FailsOnce(at=step, how=how), _Restores(), run.last]
     with pytest.raises(NonFiniteLossError if how == "non-finite loss" else DataError):

@@ -96,6 +96,12 @@ def test_lightning_callbacks_lsframe_cannot_run_or_resume_are_refused_or_warned_
     assert caught.value.where == "trainer.callbacks[2]"
     with pytest.raises(ConfigError, match="a stopped run cannot resume exactly"):
         check_lightning_callback("trainer.callbacks[1]", BatchSizeFinder, {})
+
+    class MyFinder(BatchSizeFinder):  # a subclass fails as its parent does
+        pass
+
+    with pytest.raises(ConfigError, match="MyFinder changes the data's batch size"):
+        check_lightning_callback("trainer.callbacks[1]", MyFinder, {})
     # Lightning's ModelPruning saves no masks: a resumed run prunes anew
     with pytest.warns(UserWarning, match="keeps its pruning masks in no checkpoint"):
         check_lightning_callback("trainer.callbacks[0]", ModelPruning, {"pruning_fn": "l1"})

@@ -154,13 +154,14 @@ def check_line_search_schedulers(trainer: pl.Trainer, module: pl.LightningModule
             continue
         name = type(inner).__name__
         for callback in trainer.callbacks:
-            if type(callback).__name__ == "LearningRateMonitor":
+            lineage = {c.__name__ for c in type(callback).__mro__}
+            if "LearningRateMonitor" in lineage:
                 rank_zero_warn(
                     f"LearningRateMonitor reads 'lr' before each step, and {name} searches its "
                     "step size inside the step: it shows the previous step's (at the first "
                     "step, the initial guess); the step taken is logged as step_size/<group>"
                 )
-            if type(callback).__name__ == "StochasticWeightAveraging":
+            if "StochasticWeightAveraging" in lineage:
                 raise ConfigError(
                     f"StochasticWeightAveraging anneals and sets 'lr' (its SWALR scheduler), "
                     f"and {name} searches its own step size and refuses an lr written from "
