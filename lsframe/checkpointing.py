@@ -66,7 +66,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         self._completed_at_step: int | None = None
         self._first_epoch_random: dict[str, Any] | None = None
         self._epoch_started = False
-        #: The data error ``last`` was brought up to date for (see :meth:`_between_steps`).
+        #: The error (a non-finite loss, a data error between steps) ``last`` was brought up to
+        #: date for: the error line names ``last`` only then (:meth:`on_exception`).
         self.saved_for: BaseException | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -115,7 +116,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         finally:
             set_random_states(now, device)
 
-    def _bring_last_up_to_date(self, trainer: pl.Trainer) -> None:
+    def _bring_last_up_to_date(self, trainer: pl.Trainer) -> bool:
+        """Save ``last`` unless it is up to date or this run saves none; whether it saved."""
         if (
             not self.save_last
             or bool(trainer.fast_dev_run)
@@ -123,10 +125,11 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             or trainer.sanity_checking
             or self._last_written_at == trainer.global_step
         ):
-            return
+            return False
         saved_at = self._last_global_step_saved  # Lightning skips its own saves at that step
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         self._last_global_step_saved = saved_at
+        return True
 
     def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Refuse a ``monitor`` under the validation's prefix (``val/``) that the validation
@@ -194,8 +197,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         # a validation of this step wrote last before (between two of its micro-batches)
         self._last_written_at = None
         with self._as_at_the_last_step(trainer):
-            self._bring_last_up_to_date(trainer)
-        self.saved_for = exception
+            if self._bring_last_up_to_date(trainer):
+                self.saved_for = exception
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any

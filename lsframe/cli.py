@@ -413,9 +413,15 @@ class LSFrameCLI(LightningCLI):
                     self.trainer.fit(**kwargs)
             except NonFiniteLossError as error:  # its one line says where the run so far is
                 checkpoint = self._lsframe_checkpoint()
-                if checkpoint is None or not checkpoint.last_model_path:
-                    raise
                 before = isinstance(error, NonFiniteParametersError)
+                # a loss's: ``last`` saved for this error, not one a resume restored the path of
+                saved_now = getattr(checkpoint, "saved_for", None) is error
+                if (
+                    checkpoint is None
+                    or not checkpoint.last_model_path
+                    or not (before or saved_now)
+                ):
+                    raise
                 saved = (
                     "the last checkpoint with finite parameters" if before else "the run up to it"
                 )

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 
 from lsframe.checkpointing import BestAndLastCheckpoint
 from lsframe.cli import LSFrameCLI
-from lsframe.errors import ConfigError, NonFiniteParametersError
+from lsframe.errors import ConfigError, NonFiniteLossError, NonFiniteParametersError
 
 
 class ValidatedRegression(helpers.TinyRegression):
@@ -149,6 +149,57 @@ def test_the_error_line_of_non_finite_parameters_names_the_last_finite_checkpoin
         "non-finite parameters at global step 9; the last checkpoint with finite parameters: "
         "runs/x/last.ckpt (x.y)"
     )
+
+
+def test_a_non_finite_loss_line_names_last_only_where_it_was_saved_for_that_loss():
+    error = NonFiniteLossError("non-finite training loss at global step 9", "x.y")
+
+    def fit(**kwargs):
+        raise error
+
+    def line(saved_for):
+        # a resume restores last_model_path from the checkpoint, saved for this loss or not
+        # (checkpoint.save_last false in the resumed run)
+        checkpoint = SimpleNamespace(last_model_path="runs/x/last.ckpt", saved_for=saved_for)
+        cli = SimpleNamespace(
+            trainer=SimpleNamespace(fit=fit), _lsframe_checkpoint=lambda: checkpoint
+        )
+        with pytest.raises(NonFiniteLossError) as caught:
+            LSFrameCLI.fit(cli)
+        return str(caught.value)
+
+    assert line(None) == "non-finite training loss at global step 9 (x.y)"
+    assert line(error) == (
+        "non-finite training loss at global step 9; the run up to it: runs/x/last.ckpt (x.y)"
+    )
+
+
+class PoisonLossAt(Callback):
+    """Puts a NaN in the inputs of step ``step``'s batch: its loss is not finite."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            batch[0][0, 0] = float("nan")
+
+
+@pytest.mark.parametrize("fast_dev_run", [False, True], ids=["a fit", "fast_dev_run"])
+def test_last_is_reported_saved_for_a_non_finite_loss_only_where_it_was_written(
+    tmp_path, fast_dev_run
+):
+    checkpoint = BestAndLastCheckpoint(dirpath=tmp_path, save_last=True)
+    module = ValidatedRegression(optimizer=partial(torch.optim.SGD, lr=0.01))
+    trainer = helpers.trainer(
+        max_steps=8, limit_val_batches=0, enable_checkpointing=True,
+        fast_dev_run=4 if fast_dev_run else False, callbacks=[checkpoint, PoisonLossAt(2)],
+    )  # fmt: skip
+    with pytest.raises(NonFiniteLossError) as caught:
+        trainer.fit(module, helpers.loader(n=64))
+    written = (tmp_path / "last.ckpt").is_file()  # fast_dev_run writes no checkpoint
+    assert written is not fast_dev_run
+    assert (checkpoint.saved_for is caught.value) is written
 
 
 def test_the_closing_lines_of_a_fit_without_a_validation_since_its_resume(capsys):
