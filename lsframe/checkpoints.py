@@ -56,13 +56,16 @@ def _same_class(a: str, b: str) -> bool:
     return found[0] is found[1]
 
 
-def read_torch_file(path: str | Path, what: str, expected: str) -> Any:
+def read_torch_file(path: str | Path, what: str, expected: str, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, or an error naming the file.
 
     Args:
         path: The file.
         what: What the file is, for the message (``checkpoint``, ``sequence state``).
         expected: What a good file is (``a checkpoint written by lsframe fit``).
+        mmap: Map the tensors' bytes instead of reading them (for a caller that reads the
+            file's settings, not its tensors: a checkpoint of gigabytes loads in milliseconds).
+            A file torch cannot map (the legacy format) is read.
 
     Raises:
         MissingFileError: there is no such file.
@@ -77,6 +80,11 @@ def read_torch_file(path: str | Path, what: str, expected: str) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            if mmap:
+                try:
+                    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except Exception:
+                    pass  # not a zip archive (the legacy format, or not torch's): read it
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise DataError(
@@ -86,7 +94,8 @@ def read_torch_file(path: str | Path, what: str, expected: str) -> Any:
 
 def read_lightning_checkpoint(path: str | Path, module_class_path: str | None = None) -> dict:
     """A checkpoint written by ``lsframe fit`` (a dict with a ``state_dict``), read with
-    ``weights_only=True``.
+    ``weights_only=True``, its tensors mapped from the file, not read: for its settings and
+    records (a fit loads the file itself). Read them before the file is written again.
 
     Args:
         path: The checkpoint file.
@@ -98,7 +107,7 @@ def read_lightning_checkpoint(path: str | Path, module_class_path: str | None = 
         DataError: it does not load with ``weights_only=True``, is not a Lightning checkpoint, or
             was written by another module class.
     """
-    checkpoint = read_torch_file(path, "checkpoint", LIGHTNING_CHECKPOINT)
+    checkpoint = read_torch_file(path, "checkpoint", LIGHTNING_CHECKPOINT, mmap=True)
     for key in ("state_dict", "pytorch-lightning_version"):
         if not isinstance(checkpoint, dict) or key not in checkpoint:
             from lsframe.sequence_state import is_stage_checkpoint

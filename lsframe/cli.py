@@ -13,7 +13,6 @@ import argparse
 import json
 import re
 import sys
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -24,12 +23,11 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 import lsframe.data  # noqa: F401 - registers the DataModules for subclass mode
 from lsframe.callbacks import HParamsMetrics, PredictionWriter
-from lsframe.checkpoint_io import find_last_checkpoint
-from lsframe.checkpointing import BestAndLastCheckpoint, last_checkpoint
-from lsframe.checkpoints import read_lightning_checkpoint
+from lsframe.checkpointing import BestAndLastCheckpoint
 from lsframe.cli_errors import unwrap_worker_error
+from lsframe.cli_resume import ResumeChecks
 from lsframe.cli_usage import usage_error
-from lsframe.config_checks import check_parsed
+from lsframe.config_checks import SHARED_ATTRIBUTES, check_parsed
 from lsframe.config_nodes import (
     callback_errors_placed,
     dump_enums_as_values,
@@ -37,13 +35,11 @@ from lsframe.config_nodes import (
     node_get,
 )
 from lsframe.config_stacking import fresh_class_arguments
-from lsframe.data.resumable import refuse_another_place
 from lsframe.errors import ConfigError, DataError, NonFiniteLossError, NonFiniteParametersError
 from lsframe.export_command import check_export_dir, export, load_module  # noqa: F401 - their home before
 from lsframe.hub import quiet_weight_report
 from lsframe.loggers import keep_csv_metrics, readable_progress_bar
 from lsframe.modules import ClosureModule
-from lsframe.named_checkpoints import logger_root, resolve_for_evaluation
 from lsframe.preemption import Preemption, catch_signals
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -59,12 +55,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 #: (its attributes exist only then), before the module. A link is skipped where the DataModule
 #: lacks the attribute or the module the argument; the config check
 #: (:func:`lsframe.config_checks.check_module`) has already refused a given value that differs.
-LINKS = (
-    ("data.num_labels", "model.init_args.num_labels"),
-    ("data.label_names", "model.init_args.label_names"),
-    ("data.num_classes", "model.init_args.num_classes"),
-    ("data.in_chans", "model.init_args.in_chans"),
-)
+LINKS = tuple((f"data.{name}", f"model.init_args.{name}") for name in SHARED_ATTRIBUTES)
 
 
 YAML_NULLS = ("null", "Null", "NULL", "~")
@@ -109,28 +100,7 @@ def rewritten_arguments(argv: list[str]) -> list[str]:
     return nested_nulls_as_init_args(fresh_class_arguments(argv, subcommands))
 
 
-#: The model keys a link fills in from the DataModule (None in the config until then).
-LINKED = {target.removeprefix("model.") for _, target in LINKS}
-_ABSENT, _SUBTREE = object(), object()
-
-
-def _saved_value(saved: dict[str, Any], key: str) -> Any:
-    """The checkpoint's value at ``key`` among its flattened model settings: the value; a
-    null above it (a setting the checkpoint left out as a whole); ``_SUBTREE`` where it holds
-    settings below ``key``; ``_ABSENT`` where it knows nothing of it."""
-    if key in saved:
-        return saved[key]
-    parts = key.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        prefix = ".".join(parts[:i])
-        if prefix in saved:
-            return saved[prefix]
-    if any(name.startswith(key + ".") for name in saved):
-        return _SUBTREE
-    return _ABSENT
-
-
-class LSFrameCLI(LightningCLI):
+class LSFrameCLI(ResumeChecks, LightningCLI):
     """LightningCLI for lsframe.
 
     * ``model`` and ``data`` in subclass mode: any :class:`ClosureModule` and any
@@ -201,72 +171,6 @@ class LSFrameCLI(LightningCLI):
             }
         )
 
-    def _parse_ckpt_path(self) -> None:
-        """Lightning replaces the ``model`` section with the hyperparameters saved in a
-        ``--ckpt_path`` file. For ``validate``, ``test`` and ``predict`` that is the point; a
-        ``fit`` that resumes would silently drop every model setting that differs from the
-        checkpoint's (another optimizer, lr, ``nonfinite_loss``): refused, naming the first."""
-        subcommand = self.config.get("subcommand")
-        self._resolve_named_checkpoint(subcommand)
-        section = self.config[subcommand] if subcommand else self.config
-        # fit --ckpt_path last reads the newest fit's file as a named one (its model section,
-        # LoRA included, and the same refusal); Lightning still resolves "last" itself
-        found = self._last_run(section) if subcommand == "fit" else None
-        newest = str(found[1]) if found is not None else None
-        if newest is not None:
-            section.ckpt_path = newest
-        try:
-            self._compare_model_with_checkpoint(subcommand)
-        finally:
-            if newest is not None:
-                self.config[subcommand].ckpt_path = "last"
-
-    @staticmethod
-    def _last_run(section: Any) -> tuple[str, Path] | None:
-        """For ``--ckpt_path last`` without a checkpoint ``dirpath``: the logger version and the
-        file of the newest last checkpoint under the logger's ``save_dir/name``, if any."""
-        if section.get("ckpt_path") != "last" or section.get("checkpoint.dirpath") is not None:
-            return None
-        root = logger_root(section)
-        return find_last_checkpoint(root) if root is not None else None
-
-    def _compare_model_with_checkpoint(self, subcommand: str | None) -> None:
-        before = self.config[subcommand].get("model") if subcommand == "fit" else None
-        before = before.clone() if before is not None else None
-        super()._parse_ckpt_path()
-        if before is None:
-            return
-        model = self.config[subcommand]["model"]
-        after = dict(model.items())
-        for key, value in before.items():
-            saved = _saved_value(after, key)
-            if saved is _ABSENT or saved == value or (value is None and key in LINKED):
-                continue  # not in the checkpoint; equal; a link fills it in later
-            path = self.config[subcommand].get("ckpt_path")
-            shown = saved if saved is not _SUBTREE else model.get(key)
-            raise ConfigError(
-                f"the checkpoint {path} was saved with {shown!r} here, the config sets "
-                f"{value!r}: a resumed fit continues the checkpoint's model and optimizer; "
-                "leave the setting as it was, or export the weights (lsframe export) and "
-                "start a new fit from them",
-                where=f"model.{key}",
-            )
-
-    def _resolve_named_checkpoint(self, subcommand: str | None) -> None:
-        """``validate|test|predict --ckpt_path last|best``: the newest fit's file, found in its
-        folders before anything is built (:mod:`lsframe.named_checkpoints`), checked as a named
-        file is, so that the model's hyperparameters are read from it."""
-        if subcommand is None:
-            return
-        section = self.config[subcommand]
-        path = resolve_for_evaluation(section, subcommand)
-        if path is None:
-            return
-        read_lightning_checkpoint(path, section.get("model.class_path"))
-        if rank_zero_only.rank == 0:
-            print(f"lsframe {subcommand}: --ckpt_path {section.ckpt_path}: {path}")
-        section.ckpt_path = path
-
     def instantiate_classes(self) -> None:
         """Build as LightningCLI does; with a ``ckpt_path`` (a resume, or ``validate``, ``test``,
         ``predict``) without transformers' load report, whose "newly initialized" head the
@@ -303,69 +207,11 @@ class LSFrameCLI(LightningCLI):
         config.checkpoint.save_top_k = 0
         config.checkpoint.save_last = False
 
-    def continue_last_run(self) -> None:
-        """``fit --ckpt_path last``: reuse the logger version of the newest last checkpoint.
-
-        Rerunning a command would start a new ``version_<n+1>``, whose empty checkpoint
-        directory is where Lightning looks for ``last``. When the ``checkpoint`` section has no
-        ``dirpath`` and the logger (TensorBoard, CSV) has a ``save_dir`` and no fixed
-        ``version``, the newest ``<save_dir>/<name>/version_<n>/checkpoints/last*.ckpt`` sets the
-        logger's version to ``version_<n>``: logs and checkpoints continue in that directory, and
-        Lightning's own ``last`` (the newest of that directory's ``last*.ckpt`` and of any
-        OnExceptionCheckpoint file) is loaded. With none found, Lightning warns and the fit
-        starts from scratch, so a job script can always pass ``--ckpt_path last``.
-        """
-        config = self.config[self.subcommand]
-        found = self._last_run(config)
-        if found is None:
-            return
-        version, path = found
-        logger = config.get("trainer.logger")
-        # the first logger's folder holds the checkpoint; the others continue the versions the
-        # checkpoint recorded for them (one written before 2026-12-07 records none)
-        saved = read_lightning_checkpoint(path).get("lsframe") or {}
-        versions = saved.get("logger_versions") or []
-        self._continued_csv = []  # their metrics.csv, kept once the resume is accepted
-        for i, item in enumerate(logger if isinstance(logger, list) else [logger]):
-            init = item.get("init_args") if hasattr(item, "get") else None
-            own = version if i == 0 else versions[i] if i < len(versions) else None
-            if init is None or own is None or init.get("save_dir") is None:
-                continue  # a logger without folders (W&B, MLflow, one of no arguments)
-            if i > 0 and init.get("version") is not None:
-                continue
-            init.version = own
-            name = own if isinstance(own, str) else f"version_{own}"
-            if str(item.get("class_path", "")).endswith("CSVLogger"):
-                root = Path(init.get("save_dir") or ".") / str(init.get("name") or "")
-                self._continued_csv.append(root / name)
-        if rank_zero_only.rank == 0:
-            print(f"lsframe fit: --ckpt_path last: continuing {path.parent.parent} ({path.name})")
-
     def _lsframe_checkpoint(self) -> ModelCheckpoint | None:
         """The ModelCheckpoint of the ``checkpoint`` section (``trainer.checkpoint_callback`` is
         the first Checkpoint of any kind, e.g. a user's OnExceptionCheckpoint)."""
         checkpoint = self.config_init[self.subcommand].get("checkpoint")
         return checkpoint if isinstance(checkpoint, ModelCheckpoint) else None
-
-    def refuse_changes_to_last(self) -> None:
-        """``fit --ckpt_path last`` resumes as a named file does, so it is checked as one:
-        Lightning's hyperparameter reading (:meth:`_parse_ckpt_path`) runs on the file that
-        ``last`` stands for (:func:`lsframe.checkpointing.last_checkpoint`, known only once the
-        trainer and its logger are built) and a model setting that differs from it is refused.
-        Without the check, a changed lr or weight decay was dropped without a word: the
-        optimizer's state holds the checkpoint's, while the saved config named the new ones."""
-        if self.config[self.subcommand].get("ckpt_path") != "last":
-            return
-        path = last_checkpoint(self.trainer)
-        if path is None:
-            return
-        config = self.config
-        self.config = config.clone()
-        self.config[self.subcommand].ckpt_path = path
-        try:
-            self._parse_ckpt_path()
-        finally:
-            self.config = config
 
     def before_predict(self) -> None:
         """Predictions go to ``<run folder>/predictions.jsonl`` (:class:`PredictionWriter`)
@@ -374,12 +220,7 @@ class LSFrameCLI(LightningCLI):
             self.trainer.callbacks.append(PredictionWriter())
 
     def before_fit(self) -> None:
-        self.refuse_changes_to_last()
-        resumed = self.config[self.subcommand].get("ckpt_path")
-        resumed = last_checkpoint(self.trainer) if resumed == "last" else resumed
-        if resumed is not None and Path(resumed).is_file():  # before the config is saved again
-            loops = read_lightning_checkpoint(resumed).get("loops")
-            refuse_another_place(loops, self.datamodule)
+        self.refuse_changes_to_resume()  # before the config is saved again
         for folder in getattr(self, "_continued_csv", []) if rank_zero_only.rank == 0 else []:
             keep_csv_metrics(folder, "lsframe fit")
         readable_progress_bar(self.trainer)

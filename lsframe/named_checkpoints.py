@@ -1,12 +1,12 @@
 """``--ckpt_path last`` and ``--ckpt_path best`` from the config: the files of the newest fit.
 
 Lightning resolves these names inside the Trainer, from the checkpoint callback of the running
-process. A ``fit`` that continues (``lsframe fit --ckpt_path last``) reuses the logger version of
-the newest last checkpoint (:meth:`lsframe.cli.LsframeCLI.continue_last_run`). ``validate``,
-``test`` and ``predict`` run in a new process with a new logger version, whose empty checkpoint
-folder holds neither: Lightning would warn and evaluate the model as the config builds it (for a
-pretrained encoder, with a freshly initialised head) and exit 0. Here the names are resolved
-before anything is built, in the folders the config's fit wrote:
+process. A ``fit`` that continues (``lsframe fit --ckpt_path last``) reuses the logger version
+of the newest last checkpoint (:meth:`lsframe.cli_resume.ResumeChecks.continue_last_run`).
+``validate``, ``test`` and ``predict`` run in a new process with a new logger version, whose
+empty checkpoint folder holds neither: Lightning would warn and evaluate the model as the config
+builds it (for a pretrained encoder, with a freshly initialised head) and exit 0. Here the names
+are resolved before anything is built, in the folders the config's fit wrote:
 
 * ``last``: the newest ``last*.ckpt`` of the ``checkpoint`` section's ``dirpath`` when set,
   else of ``<logger save_dir>/<name>/version_*/checkpoints``;

@@ -250,6 +250,26 @@ def one_epoch_with_hyperparameters(tmp_path: Path) -> Path:
     return tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
 
 
+def test_a_resume_reads_its_checkpoints_tensors_once(tmp_path, monkeypatch):
+    from test_preemption import fit_args
+
+    from lsframe.__main__ import main
+
+    # its settings are read four times before the fit loads it (its model settings twice, its
+    # logger versions, its loader places): each read all of its tensors before
+    last, load, reads = one_epoch_with_hyperparameters(tmp_path).resolve(), torch.load, []
+
+    def counting(f, *args, **kwargs):
+        name = Path(f if isinstance(f, (str, Path)) else getattr(f, "name", "")).resolve()
+        reads.append((name == last, bool(kwargs.get("mmap"))))
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting)
+    main(fit_args(tmp_path, *SAVED, "--ckpt_path", "last", "--trainer.max_epochs", "2"))
+    assert reads.count((True, False)) == 1  # the fit's own load
+    assert reads.count((True, True)) >= 1
+
+
 def refusal(last: Path, saved: str, given: str, key: str) -> str:
     """The one line refusing a resume whose config sets ``model.init_args.<key>`` otherwise."""
     return (
@@ -342,6 +362,18 @@ def test_a_sequential_stage_checkpoint_given_to_validate_points_to_export(tmp_pa
     (tmp_path / CONFIG_FILE).write_text("{}")
     with pytest.raises(DataError, match=f"`lsframe export {stage} <output_dir>`"):
         read_lightning_checkpoint(stage)
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip archive", "legacy format"])
+def test_a_checkpoints_settings_are_read_from_either_format_of_torch_save(tmp_path, zipped):
+    from lsframe.checkpoints import read_lightning_checkpoint
+
+    # the settings' read maps a zip archive's tensors; the legacy format cannot be mapped
+    path = tmp_path / "old.ckpt"
+    saved = {"state_dict": {"w": torch.arange(3.0)}, "pytorch-lightning_version": "2.6"}
+    torch.save({**saved, "loops": {"x": 1}}, path, _use_new_zipfile_serialization=zipped)
+    read = read_lightning_checkpoint(path)
+    assert read["loops"] == {"x": 1} and torch.equal(read["state_dict"]["w"], torch.arange(3.0))
 
 
 def test_continuing_a_csv_logged_run_keeps_the_metrics_logged_before_it(tmp_path):

@@ -42,7 +42,7 @@ def test_last_is_the_newest_last_checkpoint_of_the_loggers_versions(tmp_path):
     assert logger_root(section(tmp_path / "runs", "last")) == root
     for subcommand in ("validate", "test", "predict"):
         assert resolve_for_evaluation(section(tmp_path / "runs", "last"), subcommand) == str(newest)
-    # fit continues a run itself (LsframeCLI.continue_last_run); a file path is left alone
+    # fit continues a run itself (ResumeChecks.continue_last_run); a file path is left alone
     assert resolve_for_evaluation(section(tmp_path / "runs", "last"), "fit") is None
     assert resolve_for_evaluation(section(tmp_path / "runs", str(newest)), "validate") is None
 
