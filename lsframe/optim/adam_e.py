@@ -7,13 +7,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lsframe.optim.lamb import check_adam_values, check_group, stamp_saved_by, state_to_load
 from lsframe.optim.valley import (
+    VALLEY_KEYS,
     adapt_with_state,
     check_valley,
+    check_valley_group,
     group_kick,
     resolve_valley,
     set_group_valley,
 )
+from lsframe.validation import check_bool
 
 
 class AdamE(torch.optim.AdamW):
@@ -25,6 +29,12 @@ class AdamE(torch.optim.AdamW):
     closure is evaluated first and its gradient is adapted (the reference hands the closure to
     the base optimizer, which recomputes the gradient and drops the adaptation); ``p.grad`` holds
     the raw gradient again after the step; the first step has no kick (``first_step_kick``).
+
+    As :class:`~lsframe.optim.Lamb` (unlike ``torch.optim.AdamW``): ``lr``, ``betas``, ``eps``,
+    ``weight_decay``, ``amsgrad`` and the adaptor's keys are checked in the arguments and in every
+    param group (a bad one: one ConfigError line naming it and its group), ``lr`` must be > 0,
+    and a state dict is stamped with ``saved_by``: another optimizer's is refused, torch's own
+    AdamW's included (its run has no α, β1 nor adaptor state: resume it with AdamW).
 
     Args:
         params: Parameters or param groups.
@@ -53,11 +63,47 @@ class AdamE(torch.optim.AdamW):
         batch_size: int | None = 32,
         first_step_kick: bool = False,
     ) -> None:
+        values = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+        AdamE._check_adam_group(values)  # before torch, whose messages name no argument
         alpha, valley_beta = resolve_valley(alpha, valley_beta, batch_size)
-        super().__init__(
-            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad
-        )
+        super().__init__(params, **values)
         set_group_valley(self, alpha, valley_beta, first_step_kick)
+        for index in range(len(self.param_groups)):  # the constructor's groups: α, β1 now set
+            check_group(self, index, check_valley_group)
+
+    #: The group keys a step reads without a fallback (torch backfills its own flags).
+    REQUIRED_GROUP_KEYS = ("lr", "betas", "eps", "weight_decay", *VALLEY_KEYS)
+
+    @staticmethod
+    def _check_adam_group(group: dict[str, Any]) -> None:
+        check_adam_values(group)
+        check_bool(amsgrad=group["amsgrad"])
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """Raise ConfigError naming the first bad hyperparameter of ``group``: the rules of the
+        constructor's arguments (the adaptor's keys once the constructor has set them)."""
+        self._check_adam_group(group)
+        if "valley_alpha" in self.defaults:
+            check_valley_group(group)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's, then the group is checked (:func:`~lsframe.optim.lamb.check_group`); a
+        refused group leaves the optimizer as it was."""
+        super().add_param_group(param_group)
+        try:
+            check_group(self, len(self.param_groups) - 1, self._check_group)
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's, stamped with the class that saved it, as Lamb's and the line searches'."""
+        return stamp_saved_by(self, super().state_dict())
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's, after checking that AdamE saved it (:func:`~lsframe.optim.lamb.state_to_load`):
+        another optimizer's state, torch's AdamW's included, is refused with a DataError."""
+        super().load_state_dict(state_to_load(self, state_dict, self.REQUIRED_GROUP_KEYS))
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Tensor | None:
@@ -68,7 +114,7 @@ class AdamE(torch.optim.AdamW):
         fresh = []
         for group in self.param_groups:
             alpha, beta = group["valley_alpha"], group["valley_beta"]
-            check_valley(alpha, beta)
+            check_valley(alpha, beta, names=VALLEY_KEYS)
             params = [p for p in group["params"] if p.grad is not None]
             states = [self.state[p] for p in params]
             grads = [p.grad for p in params]

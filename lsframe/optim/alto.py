@@ -6,10 +6,12 @@ from typing import Any
 
 from torch import Tensor
 
-from lsframe.optim.lamb import Lamb
+from lsframe.optim.lamb import Lamb, check_group
 from lsframe.optim.valley import (
+    VALLEY_KEYS,
     adapt_with_state,
     check_valley,
+    check_valley_group,
     group_kick,
     resolve_valley,
     set_group_valley,
@@ -73,10 +75,22 @@ class ALTO(Lamb):
             always_adapt=always_adapt,
         )
         set_group_valley(self, alpha, valley_beta, first_step_kick)
+        for index in range(len(self.param_groups)):  # the constructor's groups: α, β1 now set
+            check_group(self, index, check_valley_group)
+
+    #: Lamb's, and the adaptor's α and β1 (``first_step_kick`` falls back to ``defaults``).
+    REQUIRED_GROUP_KEYS = (*Lamb.REQUIRED_GROUP_KEYS, *VALLEY_KEYS)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """Lamb's checks, and the adaptor's keys of a group added after the constructor (the
+        constructor's own groups get theirs once it has set them)."""
+        super()._check_group(group)
+        if "valley_alpha" in self.defaults:
+            check_valley_group(group)
 
     def _transform_grads(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]):
         alpha, beta = group["valley_alpha"], group["valley_beta"]
-        check_valley(alpha, beta)
+        check_valley(alpha, beta, names=VALLEY_KEYS)
         states = [self.state[p] for p in params]
         for state, g_prev, a in adapt_with_state(
             states, grads, alpha, beta, group_kick(self, group)

@@ -1,14 +1,27 @@
 """LAMB (You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes",
-ICLR 2020, Alg. 2)."""
+ICLR 2020, Alg. 2), and the contract :class:`Lamb`, :class:`~lsframe.optim.ALTO` and
+:class:`~lsframe.optim.AdamE` share with the line searches:
+
+* **Every param group is checked**, the constructor's and any added later with
+  ``add_param_group``, by the checks of the constructor's arguments: a bad value is refused with
+  one :class:`~lsframe.errors.ConfigError` line naming the group and the key
+  (``Lamb: param group 0: lr must be a positive finite number, got -0.05``), and a refused group
+  leaves the optimizer as it was (:func:`check_group`).
+* **A state dict says which optimizer saved it** (``param_groups[0]["saved_by"]``, as the line
+  searches stamp theirs), and another optimizer's is refused with a
+  :class:`~lsframe.errors.DataError` (:func:`state_to_load`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from lsframe.errors import ConfigError, DataError
 from lsframe.optim._dtypes import check_real_parameters
 from lsframe.optim._sharded import any_sharded, local, squared_norms
 from lsframe.validation import (
@@ -19,6 +32,89 @@ from lsframe.validation import (
     check_positive,
     check_unit,
 )
+
+#: Keys torch's LR schedulers write into the param groups (``initial_lr`` by every one;
+#: ``OneCycleLR`` and ``SWALR`` more): a state saved with a scheduler attached may carry them.
+SCHEDULER_KEYS = frozenset(
+    {"initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum", "swa_lr"}
+)
+
+
+def check_adam_values(values: Mapping[str, Any]) -> None:
+    """Adam's hyperparameters in ``values`` (the constructor's arguments or a param group):
+    ``lr`` > 0, ``betas`` two numbers in [0, 1), ``eps`` and ``weight_decay`` >= 0."""
+    check_positive(lr=values["lr"])
+    betas = values["betas"]
+    check_numbers("betas", betas, 2, "a list of 2 numbers (beta1, beta2)")
+    check_unit(**{"betas[0]": betas[0], "betas[1]": betas[1]})
+    check_non_negative(eps=values["eps"], weight_decay=values["weight_decay"])
+
+
+def check_group(optimizer: Optimizer, index: int, check: Callable[[dict[str, Any]], None]) -> None:
+    """Run ``check`` on ``optimizer.param_groups[index]``; its ConfigError comes back as one
+    line that names the group: ``"<Class>: param group <i> ('<name>'): <the check's line>"``
+    (``argument`` kept, so the command line can still place it)."""
+    group = optimizer.param_groups[index]
+    try:
+        check(group)
+    except ConfigError as error:
+        label = f"param group {index}" + (f" ({group['name']!r})" if "name" in group else "")
+        raise ConfigError(
+            f"{type(optimizer).__name__}: {label}: {error.message}", argument=error.argument
+        ) from None
+
+
+def stamp_saved_by(optimizer: Optimizer, saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` (a fresh ``state_dict()``) with the optimizer's class name in
+    ``param_groups[0]["saved_by"]``, where the line searches put theirs."""
+    if saved["param_groups"]:
+        saved["param_groups"][0]["saved_by"] = type(optimizer).__name__
+    return saved
+
+
+def state_to_load(
+    optimizer: Optimizer, state_dict: dict[str, Any], required: tuple[str, ...]
+) -> dict[str, Any]:
+    """``state_dict`` without its ``saved_by`` stamp, after checking that ``optimizer``'s class
+    saved it; else a DataError saying so.
+
+    * Stamped: the class itself, or a base class of it whose groups carry every key of
+      ``required`` (the keys a step reads without a fallback), as a subclass loads its base's
+      state in the line searches (ALTO is a Lamb that needs the adaptor's keys: it refuses
+      Lamb's).
+    * Unstamped (torch's own optimizers; these three classes before they stamped theirs):
+      every group must carry every key of ``required`` and no key this optimizer's ``defaults``
+      and own groups lack (a group's ``name`` or ``part`` is in both) but for those torch's LR
+      schedulers write (:data:`SCHEDULER_KEYS`). So AdamW's state is refused by AdamE (no α,
+      β1), ALTO's by Lamb (α, β1 it does not use), and a state the class itself saved before it
+      stamped them loads.
+    """
+    name = type(optimizer).__name__
+    groups = state_dict.get("param_groups", [])
+    saved_by = groups[0].get("saved_by") if groups else None
+    missing = sorted({key for group in groups for key in required if key not in group})
+    if saved_by is not None and saved_by != name:
+        bases = {cls.__name__ for cls in type(optimizer).__mro__}
+        if saved_by not in bases or missing:
+            raise DataError(
+                f"{name}: the optimizer state to load was saved by {saved_by}, whose "
+                f"hyperparameters and state are not {name}'s: resume with {saved_by}, or start "
+                "this optimizer afresh (load the model's weights only)"
+            )
+    if saved_by is None:
+        known = set(optimizer.defaults).union(*optimizer.param_groups, SCHEDULER_KEYS)
+        extra = sorted({key for group in groups for key in group} - known - {"params"})
+        if missing or extra:
+            found = ([f"has no {', '.join(missing)}"] if missing else []) + (
+                [f"has {', '.join(extra)}, which {name} does not use"] if extra else []
+            )
+            raise DataError(
+                f"{name}: the optimizer state to load {' and '.join(found)}, so another "
+                "optimizer saved it: resume with the optimizer it was saved with, or start this "
+                "optimizer afresh (load the model's weights only)"
+            )
+    groups = [{k: v for k, v in group.items() if k != "saved_by"} for group in groups]
+    return {**state_dict, "param_groups": groups}
 
 
 class Lamb(Optimizer):
@@ -74,15 +170,9 @@ class Lamb(Optimizer):
         trust_clip: float | None = None,
         bias_correction: bool = True,
     ) -> None:
-        check_positive(lr=lr)
-        check_numbers("betas", betas, 2, "a list of 2 numbers (beta1, beta2)")
-        check_bool(always_adapt=always_adapt, bias_correction=bias_correction)
-        check_unit(**{"betas[0]": betas[0], "betas[1]": betas[1]})
-        check_non_negative(eps=eps, weight_decay=weight_decay)
-        check_positive(allow_none=True, max_grad_norm=max_grad_norm, trust_clip=trust_clip)
         defaults = dict(
             lr=lr,
-            betas=as_tuple(betas),
+            betas=betas,
             eps=eps,
             weight_decay=weight_decay,
             always_adapt=always_adapt,
@@ -90,15 +180,53 @@ class Lamb(Optimizer):
             bias_correction=bias_correction,
             max_grad_norm=max_grad_norm,
         )
+        # the arguments, by the rules every group meets (Lamb's: a subclass adds its own keys
+        # after torch has built the groups, see ALTO)
+        Lamb._check_group(self, defaults)
+        defaults["betas"] = as_tuple(betas)
         super().__init__(params, defaults)
 
+    #: The group keys a step reads without a fallback: a state dict to load must carry them
+    #: (``max_grad_norm`` falls back to ``defaults`` for a state from before it was one).
+    REQUIRED_GROUP_KEYS: tuple[str, ...] = (
+        "lr",
+        "betas",
+        "eps",
+        "weight_decay",
+        "always_adapt",
+        "trust_clip",
+        "bias_correction",
+    )
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """Raise ConfigError naming the first bad hyperparameter of ``group`` (or of the
+        constructor's arguments): the same rules wherever a value is given."""
+        check_adam_values(group)
+        check_bool(always_adapt=group["always_adapt"], bias_correction=group["bias_correction"])
+        check_positive(
+            allow_none=True, max_grad_norm=group["max_grad_norm"], trust_clip=group["trust_clip"]
+        )
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's, then the group is checked as the constructor's arguments are
+        (:func:`check_group`); a refused group leaves the optimizer as it was, as in torch."""
         super().add_param_group(param_group)
-        try:  # a refused group leaves the optimizer as it was, as in torch
+        try:
             check_real_parameters(self.param_groups[-1]["params"], type(self).__name__)
+            check_group(self, len(self.param_groups) - 1, self._check_group)
         except ValueError:
             self.param_groups.pop()
             raise
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's, stamped with the class that saved it (:func:`stamp_saved_by`)."""
+        return stamp_saved_by(self, super().state_dict())
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's, after checking that this class saved it (:func:`state_to_load`): another
+        optimizer's state is refused with a DataError instead of running with its settings or
+        failing at the first step."""
+        super().load_state_dict(state_to_load(self, state_dict, self.REQUIRED_GROUP_KEYS))
 
     def _max_grad_norm(self) -> float | None:
         """The clip of the global norm: one value over all groups (a state dict from before it

@@ -18,16 +18,21 @@ rescaling that only reflects the zero initialisation (×0.95 at α = −5, β1 =
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from lsframe.errors import ConfigError
 from lsframe.optim._sharded import local
-from lsframe.validation import check_bool, check_int_at_least, check_unit
+from lsframe.validation import check_bool, check_int_at_least, check_interval, check_unit
 
 LARGE_BATCH = 1024
+
+#: The adaptor's α and β1 as param-group keys (AdamE, ALTO): a state to load must carry them.
+VALLEY_KEYS = ("valley_alpha", "valley_beta")
 
 
 def valley_defaults(batch_size: int | None) -> tuple[float, float]:
@@ -39,15 +44,28 @@ def valley_defaults(batch_size: int | None) -> tuple[float, float]:
     return 0.5, 0.01
 
 
-def check_valley(alpha: float, beta: float) -> None:
-    """Raise unless ``0 ≤ β1 < 1`` and ``|α| < 1/(1 − β1)``."""
-    check_unit(**{"valley beta (β1)": beta})
+def check_valley(
+    alpha: float, beta: float, names: tuple[str, str] = ("alpha", "valley beta (β1)")
+) -> None:
+    """Raise ConfigError unless β1 is a number in [0, 1) and α a number with
+    ``|α| < 1/(1 − β1)``; ``names``: the arguments (or group keys) α and β1 came as."""
+    alpha_name, beta_name = names
+    check_unit(**{beta_name: beta})
+    check_interval(-math.inf, math.inf, True, True, **{alpha_name: alpha})  # a number, not NaN
     bound = 1.0 / (1.0 - beta)
     if not abs(alpha) < bound:
-        raise ValueError(
-            f"valley alpha must satisfy |alpha| < 1/(1 - beta) = {bound:g} for beta={beta}, got "
-            f"{alpha} (the paper's stability condition)"
+        raise ConfigError(
+            f"{alpha_name} must satisfy |alpha| < 1/(1 - beta) = {bound:g} for beta={beta}, got "
+            f"{alpha} (the paper's stability condition)",
+            argument=alpha_name,
         )
+
+
+def check_valley_group(group: dict[str, Any]) -> None:
+    """The adaptor's keys of a param group: ``valley_alpha`` and ``valley_beta`` as
+    :func:`check_valley`, ``first_step_kick`` True or False."""
+    check_valley(group["valley_alpha"], group["valley_beta"], names=VALLEY_KEYS)
+    check_bool(first_step_kick=group["first_step_kick"])
 
 
 def init_valley_state(grads: Sequence[Tensor], alpha: float, beta: float, kick: bool):
@@ -87,17 +105,20 @@ def valley_adapt_(
 def resolve_valley(
     alpha: float | None, beta: float | None, batch_size: int | None
 ) -> tuple[float, float]:
-    """``(α, β1)``: the given values, else the batch-size rule's; checked."""
+    """``(α, β1)``: the given values (AdamE's and ALTO's ``alpha`` and ``valley_beta``), else
+    the batch-size rule's; checked."""
+    check_int_at_least(1, allow_none=True, batch_size=batch_size)
     rule_alpha, rule_beta = valley_defaults(batch_size)
     alpha = rule_alpha if alpha is None else alpha
     beta = rule_beta if beta is None else beta
-    check_valley(alpha, beta)
+    check_valley(alpha, beta, names=("alpha", "valley_beta"))
     return alpha, beta
 
 
 def set_group_valley(optimizer: Any, alpha: float, beta: float, kick: bool) -> None:
     """Give every param group (and ``defaults``, for groups added later) the adaptor's α, β1
-    and ``first_step_kick``; a group that names its own keeps them."""
+    and ``first_step_kick``; a group that names its own keeps them (the caller checks them:
+    :func:`check_valley_group`)."""
     check_bool(first_step_kick=kick)
     for group in optimizer.param_groups:
         group.setdefault("valley_alpha", alpha)
