@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from benchmarks.common import StepDiagnostics
 from lsframe import optim
-from lsframe.optim import PLASLS, SGDSLS, SaLSA, WarmupCosineLR
+from lsframe.optim import PLASLS, SGDSLS, AdamSLS, SaLSA, WarmupCosineLR
 from lsframe.optim._linesearch import sufficient_decrease_ratio
 
 
@@ -81,21 +81,31 @@ def test_sgdsls_ratio_is_the_fresh_decrease_over_step_size_times_the_squared_gra
         assert ratio >= opt.param_groups[0]["c"]  # plain Armijo accepts only ratios ≥ c
 
 
-def test_salsa_ratio_is_the_fresh_decrease_over_step_size_times_the_averaged_slope():
+def test_salsa_ratio_is_the_averaged_decrease_over_step_size_times_the_averaged_slope():
     model, x, y = problem()
     opt = SaLSA(model.parameters())
     closure = Closure(model, x, y)
     for _ in range(4):
-        before = fresh_loss(model, x, y)
         opt.step(closure)
-        after = fresh_loss(model, x, y)  # SaLSA's accepted trial point is the step
         record = opt.last_step
         assert record["accepted"] and record["searched"] and not record["failed"]
-        average = opt.search_state["avg_slope"]  # Ḡ with this step's slope averaged in
+        state = opt.search_state  # D̄ and Ḡ with this step's averaged in
         eta = record["step_sizes"][0]
-        assert record["sufficient_decrease_ratio"] == pytest.approx(
-            (before - after) / (eta * average), rel=1e-6
-        )
+        ratio = record["sufficient_decrease_ratio"]
+        assert ratio == pytest.approx(state["avg_decrease"] / (eta * state["avg_slope"]), rel=1e-9)
+        assert ratio >= opt.param_groups[0]["c"]  # the smoothed condition accepts only these
+
+
+def test_a_smoothed_rules_first_ratio_is_the_plain_rules_not_inflated_by_the_empty_average():
+    # one step's decrease over Ḡ read 1/(1 − β_s) = 1000 times the ratio the rule tested
+    ratios = []
+    for smooth in (False, True):
+        model, x, y = problem()
+        opt = AdamSLS(model.parameters(), c=0.5, smooth=smooth)
+        opt.step(Closure(model, x, y))
+        assert opt.last_step["accepted"]
+        ratios.append(opt.last_step["sufficient_decrease_ratio"])
+    assert ratios[1] == pytest.approx(ratios[0], rel=1e-6) and ratios[0] >= 0.5
 
 
 @pytest.mark.parametrize("name", optim.line_searches())
@@ -168,8 +178,8 @@ def test_the_record_gives_each_groups_step_size_and_stays_out_of_the_state_dict(
 
 
 def test_the_ratio_is_none_when_the_rules_slope_is_zero():
-    assert sufficient_decrease_ratio(1.0, 1.0, 0.5, 0.0) is None
-    assert sufficient_decrease_ratio(2.0, 1.5, 0.5, 2.0) == pytest.approx(0.5)
+    assert sufficient_decrease_ratio(0.0, 0.5, 0.0) is None
+    assert sufficient_decrease_ratio(0.5, 0.5, 2.0) == pytest.approx(0.5)
 
 
 def logged_rows(

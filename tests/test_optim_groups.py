@@ -261,3 +261,16 @@ def test_a_group_differing_in_what_one_search_reads_once_is_refused_when_it_is_a
     assert refused, "no hyperparameter refused"
     if optim.info(name).forward_trials:
         assert "max_backtracks" in refused
+
+
+@pytest.mark.parametrize(
+    "key, other", [("gamma", 100.0), ("reset_option", 2), ("n_batches_per_epoch", 1)]
+)
+def test_adamsls_refuses_a_group_with_its_own_reset_rule_its_one_search_starts_from_one(key, other):
+    # the search started from group 0's reset step size; the other group's value looked in effect
+    model = Logistic()
+    groups = [{"params": [model.linear.weight]}, {"params": [model.linear.bias], key: other}]
+    with pytest.raises(ValueError, match=f"have different {key} "):
+        optim.create("adamsls", groups)
+    parts = [{**group, "part": f"p{i}"} for i, group in enumerate(groups)]
+    optim.create("plasls", parts, joint_steps=0)  # each part searches alone: its own rule

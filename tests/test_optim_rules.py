@@ -9,8 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_optim import (
+    SEARCHES,
     Logistic,
+    X,
+    Y,
     loss_at,
+    make,
     make_closure,
     run,
     snapshot,
@@ -157,6 +161,67 @@ def test_trial_moves_return_the_parameters_within_rounding_after_a_failed_search
     assert opt.state["line_search"]["failed_searches"] == 1
     for a, b in zip(model.parameters(), start):
         torch.testing.assert_close(a.detach(), b, rtol=0, atol=4 * torch.finfo(torch.float32).eps)
+
+
+@pytest.mark.parametrize("trial_loss", [math.inf, -math.inf, math.nan], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("name", SEARCHES)
+def test_a_search_whose_trials_are_all_non_finite_fails_and_leaves_x_with_weight_decay_too(
+    name, trial_loss
+):
+    # a −inf trial was accepted (its decrease is +inf); a failed search still decayed the
+    # weights by the step size no trial accepted
+    model = Logistic()
+    with torch.no_grad():
+        model.linear.weight.copy_(torch.linspace(-1.0, 1.0, 10))
+        model.linear.bias.fill_(0.5)
+    opt = make(name, model, weight_decay=0.1, max_backtracks=3)
+    start = snapshot(model)
+    opt.step(make_closure(model, opt), forward=lambda: torch.tensor(trial_loss))
+    assert opt.last_step["failed"] and opt.last_step["trials"] == 3
+    for a, b in zip(model.parameters(), start):
+        torch.testing.assert_close(a.detach(), b, rtol=0, atol=1e-5)
+
+
+class BFloat16Logistic(Logistic):
+    def loss(self, index: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+        logits = self.linear(X[index].to(torch.bfloat16)).squeeze(-1).float()
+        return F.binary_cross_entropy_with_logits(logits, Y[index])
+
+
+def bfloat16_logistic() -> Logistic:
+    model = BFloat16Logistic()
+    with torch.no_grad():
+        model.linear.weight.copy_(torch.linspace(-1.0, 1.0, 10))
+        model.linear.bias.fill_(0.3)
+    return model.to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("name", SEARCHES)
+def test_a_failed_search_leaves_bfloat16_parameters_exactly_at_x(name):
+    # trials were undone by opposite moves: two bf16 ulps on half the entries after 5 trials
+    model = bfloat16_logistic()
+    opt = make(name, model, lr=1.0, max_backtracks=5)
+    start = snapshot(model)
+    opt.step(make_closure(model, opt), forward=lambda: torch.tensor(math.inf))
+    assert opt.last_step["failed"]
+    assert all(torch.equal(a.detach(), b) for a, b in zip(model.parameters(), start))
+
+
+def test_an_accepted_bfloat16_trial_after_backtracks_is_x_minus_the_step_rounded_once():
+    model = bfloat16_logistic()
+    opt = SGDSLS(model.parameters(), lr=1.0)
+    start = snapshot(model)
+    trials = []
+
+    def forward():  # the first three trials are rejected
+        trials.append(1)
+        return torch.tensor(math.inf if len(trials) <= 3 else 0.0)
+
+    opt.step(make_closure(model, opt), forward=forward)
+    assert opt.last_step["accepted"] and opt.last_step["trials"] == 4
+    eta = opt.param_groups[0]["step_size"]
+    for p, x in zip(model.parameters(), start):
+        assert torch.equal(p.detach(), x.add(p.grad, alpha=-eta))
 
 
 @pytest.mark.parametrize("name", ["sgdsls", "salsa", "alsals", "adamsls"])

@@ -3,6 +3,8 @@ that does not keep lsframe's contract ``closure(backward: bool = True) -> Tensor
 
 from __future__ import annotations
 
+import warnings
+
 import helpers
 import pytest
 import torch
@@ -181,7 +183,10 @@ def test_a_torch_style_closure_gets_lsframes_error_before_anything_runs(name):
 
     with pytest.raises(ClosureContractError, match="needs a closure") as caught:
         optimizer.step()
-    assert CONTRACT in str(caught.value)
+    # the contract first, GradScaler's case after it
+    message = str(caught.value)
+    assert message.startswith(f"{type(optimizer).__name__}.step needs a closure: lsframe's")
+    assert CONTRACT in message and message.index("GradScaler") > message.index(CONTRACT)
 
 
 def test_a_torch_style_closure_works_with_a_separate_forward():
@@ -230,3 +235,24 @@ def test_make_closure_names_a_loss_fn_that_returns_per_example_losses():
     closure = make_closure(model, (x, y), opt, loss_fn=per_example)
     with pytest.raises(ClosureContractError, match=r"^loss_fn must return .* shape \(8,\)"):
         opt.step(closure)
+
+
+@pytest.mark.parametrize("name", ["sgdsls", "salsa", "slope_tracking_adam"])
+def test_a_closure_that_never_back_propagates_is_warned_about_not_counted_silently(name):
+    # every step was a no-op counted as "rejected", the record's word for a non-finite loss
+    model = classifier(dropout=0.0)
+    optimizer = create(name, model.parameters())
+    x, y = classification_data(16)
+
+    def closure(backward=True):
+        with torch.set_grad_enabled(backward):
+            return nn.functional.cross_entropy(model(x), y)  # no loss.backward()
+
+    with pytest.warns(UserWarning, match="no parameter has a gradient after closure"):
+        optimizer.step(closure)
+    assert optimizer.last_step["rejected"]
+    for p in model.parameters():  # all frozen: nothing to warn about
+        p.requires_grad_(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optimizer.step(lambda backward=True: torch.tensor(1.0))

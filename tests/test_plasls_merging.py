@@ -140,3 +140,27 @@ def test_resume_across_a_merge_is_exact(save_after_merge):
     keys = ("step_size", "lr", *MERGED_KEYS)
     for g1, g2 in zip(opt.param_groups, opt2.param_groups):
         assert [g1[k] for k in keys] == [g2[k] for k in keys]
+
+
+def test_the_merged_parts_smoothed_averages_go_on_once_one_part_is_left():
+    # the last merge made every step search all groups, and the averages restarted from zeros
+    model = mlp()
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    halves = [linears[:2], linears[2:]]
+    groups = [
+        {"params": [p for layer in half for p in layer.parameters()], "part": f"p{i}"}
+        for i, half in enumerate(halves)
+    ]
+    opt = PLASLS(groups, smooth=True, beta_s=0.9, joint_steps=0, merge_below=1e-12)
+    for _ in range(2):  # part 0's search, then part 1's
+        mlp_step(model, opt)
+    force_tiny_step_size(opt, 0)
+    mlp_step(model, opt)  # part 0 searches, then joins part 1
+    assert opt.parts() == [[1, 0]]
+    averages = opt.state["line_search"]["smoothing"]
+    before = dict(averages["1"])
+    for _ in range(2):
+        mlp_step(model, opt)
+    assert "joint" not in averages
+    after = averages["1"]
+    assert after != before and after["slope"] >= 0.9**2 * before["slope"] > 0

@@ -33,7 +33,8 @@ Shared by all:
 * **Per-step diagnostics**: :attr:`~LineSearchOptimizer.last_step`, set by ``step`` and
   :meth:`~LineSearchOptimizer._search` only (see :func:`sufficient_decrease_ratio`).
 * **Robustness.** A non-finite loss at ``x`` or a non-finite gradient is a rejected step (no
-  update, counted in ``rejected_steps``); a non-finite trial loss is a rejected trial; every
+  update, counted in ``rejected_steps``); a non-finite trial loss (``±inf`` or NaN) is a
+  rejected trial; a failed search leaves its groups at ``x``, weight decay included; every
   search is bounded by ``max_backtracks`` (a hyperparameter of the optimizers with forward
   trials only). After a failed search (every trial rejected) the
   step size is ``max(min_step_size, η the rule left)``: a group hyperparameter of every line
@@ -55,6 +56,7 @@ Shared by all:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -80,23 +82,22 @@ from lsframe.validation import check_int_at_least, check_non_negative, check_pos
 Closure = Callable[..., Tensor]
 
 
-def sufficient_decrease_ratio(
-    loss: float, trial_loss: float, step_size: float, slope: float
-) -> float | None:
-    """``(f(x) − f(x − η d)) / (η · s)``: the decrease at the accepted trial point per unit of
-    the decrease the rule's right-hand side scales with.
+def sufficient_decrease_ratio(decrease: float, step_size: float, slope: float) -> float | None:
+    """``D / (η · s)``: the decrease the rule tests at the accepted trial point per unit of the
+    decrease its right-hand side scales with, so that a search accepts when it is ``≥ c``.
 
-    ``s`` is the slope the rule's condition tests against, passed to ``_search`` by the rule:
-    ``⟨g, d⟩`` (the Armijo and Goldstein conditions of SGDSLS, AdamSLS and PLASLS without
-    smoothing: they accept when the ratio is ``≥ c``; Goldstein also ``≤ 1 − c``) or the moving
-    average ``Ḡ`` of the slope (smoothed Armijo of AdamSLS/PLASLS with ``smooth``, ALSALS and
-    SaLSA: they test the averaged decrease, so one step's ratio may lie below ``c``). None when
-    ``η · s`` is 0 or not finite. Pure Python on losses the search already read: no host sync.
+    ``D`` and ``s`` are what the rule's condition compares, passed to ``_search`` by the rule:
+    ``f(x) − f(x − η d)`` and ``⟨g, d⟩`` for the Armijo and Goldstein conditions of SGDSLS,
+    AdamSLS and PLASLS without smoothing (Goldstein also asks ``≤ 1 − c``); the moving averages
+    ``D̄`` (with this trial's decrease) and ``Ḡ`` for the smoothed Armijo condition of
+    AdamSLS/PLASLS with ``smooth``, ALSALS and SaLSA. (One step's decrease over ``Ḡ`` would
+    read ``1/(1 − β)`` times too large while the averages fill from 0.) None when ``η · s`` is
+    0 or not finite. Pure Python on losses the search already read: no host sync.
     """
     scale = step_size * slope
     if scale == 0 or not math.isfinite(scale):
         return None
-    return (loss - trial_loss) / scale
+    return decrease / scale
 
 
 def check_defines_step(cls: type) -> None:
@@ -136,6 +137,9 @@ class LineSearchOptimizer(Optimizer):
         finally:
             self._constructing = False
         self.state["line_search"] = self._initial_search_state()
+        self._unmoved: set[int] = set()  # groups a failed search of this step left at x
+        self._start: list[Tensor] | None = None
+        self._start_params: list[Tensor] | None = None
 
     # --------------------------------------------------------------------- hyperparameters
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -314,10 +318,10 @@ class LineSearchOptimizer(Optimizer):
 
         Keys: ``loss`` (f(x)), ``trials`` (forward-only evaluations in the step), ``searched``
         (a search ran: SaLSA amortises), ``accepted`` (it ran and accepted a trial), ``failed``
-        (it ran and rejected every trial), ``rejected`` (non-finite loss or gradient: no
-        update), ``sufficient_decrease_ratio`` (:func:`sufficient_decrease_ratio` at the
-        accepted trial; None without an accepted search) and ``step_sizes`` (each group's
-        ``step_size`` after the step). Not in ``state_dict``: it describes a step this object
+        (it ran and rejected every trial), ``rejected`` (non-finite loss or gradient, or no
+        gradient at all: no update), ``sufficient_decrease_ratio``
+        (:func:`sufficient_decrease_ratio` at the accepted trial; None without an accepted
+        search) and ``step_sizes`` (each group's ``step_size`` after the step). Not in ``state_dict``: it describes a step this object
         took, and resuming needs none of it.
         """
         return getattr(self, "_last_step", None)
@@ -408,6 +412,8 @@ class LineSearchOptimizer(Optimizer):
         grads = [g for active in groups for g in active.grads]
         finite_loss = value is None or math.isfinite(value)
         if not finite_loss or not grads or not self._gradients_finite(groups, grads):
+            if not grads and closure is not None:
+                self._warn_no_gradients()
             state["rejected_steps"] += 1
             record["rejected"] = True
         else:
@@ -418,6 +424,8 @@ class LineSearchOptimizer(Optimizer):
                 value = record["reference_loss"] = loss_value(trials())  # x, as the trials see it
             if value is None or math.isfinite(value):
                 self._decay_applied = False  # a rule's one-pass kernel may apply it
+                self._unmoved = set()
+                self._start = None  # the search's copy of x, in reduced precision
                 try:
                     self._line_search_step(value, trials, groups)
                 except NonFiniteSlope:  # nothing moved; a rule's moments may hold this step
@@ -429,10 +437,23 @@ class LineSearchOptimizer(Optimizer):
             else:
                 state["rejected_steps"] += 1
                 record["rejected"] = True
+        self._start = self._start_params = None  # the copy lives for one step
         self._write_lr()
         record["trials"] = state["forwards"] - forwards
         record["step_sizes"] = [float(group["step_size"]) for group in self.param_groups]
         return loss
+
+    def _warn_no_gradients(self) -> None:
+        """A closure ran, yet no parameter has a gradient: where some may have one, the closure
+        most likely forgot ``loss.backward()`` (a step with every parameter frozen is quiet)."""
+        if any(p.requires_grad for group in self.param_groups for p in group["params"]):
+            warnings.warn(
+                f"{type(self).__name__}.step: no parameter has a gradient after "
+                "closure(backward=True), so the step moved nothing (counted in rejected_steps); "
+                "with backward=True a closure zeroes the gradients, computes the loss and calls "
+                "loss.backward() (lsframe.optim.make_closure builds one)",
+                stacklevel=3,
+            )
 
     def _may_search(self) -> bool:
         """Whether this step may run trials (before ``_line_search_step``; over-approximating is
@@ -465,37 +486,72 @@ class LineSearchOptimizer(Optimizer):
         verdict: Verdict,
         which: Sequence[int] | None = None,
         slope: float | None = None,
+        averages: dict[str, float] | None = None,
     ) -> SearchResult:
         """:func:`~lsframe.optim.rules.backtrack` over the groups ``which``, counted and recorded
         in :attr:`last_step` (``slope``: the one the rule tests, for the sufficient-decrease
-        ratio; None leaves the ratio None)."""
+        ratio; None leaves the ratio None; ``averages``: a smoothed rule's, whose
+        ``"decrease"`` the verdict brings up to date when it accepts). A failed search leaves
+        its groups at ``x``: they take no weight decay in this step."""
         if slope is not None and not math.isfinite(slope):  # an average of a rule's slopes
             raise NonFiniteSlope(slope)  # rejected by step, as one from Direction.slope
+        self._start = self._reduced_precision_start(which)
+        place = None
+        if self._start is not None:
+
+            def place(a: float) -> None:
+                self.back_to_start()
+                if a != 0.0:
+                    move_to(a)
+
         result = backtrack(
-            forward, move_to, step_size, verdict, self.shared("max_backtracks", which)
+            forward, move_to, step_size, verdict, self.shared("max_backtracks", which), place
         )
         if not result.accepted:  # the floor: 0 (the default) leaves the rule's last η
             result.step_size = max(result.step_size, self.shared("min_step_size", which))
         state = self.search_state
         state["searches"] += 1
         state["failed_searches"] += not result.accepted
+        if not result.accepted:
+            self._unmoved.update(range(len(self.param_groups)) if which is None else which)
         record = self.last_step
         if record is not None:  # a search inside step (always, unless a subclass calls it alone)
             record["searched"], record["failed"] = True, record["failed"] or not result.accepted
             record["accepted"] = not record["failed"]
             if result.accepted and slope is not None and result.trial_loss is not None:
                 reference = record.get("reference_loss", record["loss"])
-                ratio = sufficient_decrease_ratio(
-                    reference, result.trial_loss, result.step_size, slope
+                decrease = (
+                    reference - result.trial_loss if averages is None else averages["decrease"]
                 )
+                ratio = sufficient_decrease_ratio(decrease, result.step_size, slope)
                 record["sufficient_decrease_ratio"] = ratio
         return result
 
+    def _reduced_precision_start(self, which: Sequence[int] | None) -> list[Tensor] | None:
+        """A copy of the searched parameters (those with a gradient) when any is bfloat16 or
+        float16, from which :func:`~lsframe.optim.rules.backtrack` places each trial (see
+        :mod:`lsframe.optim.rules`); None otherwise (moves in place, no copy)."""
+        indices = range(len(self.param_groups)) if which is None else which
+        params = [p for i in indices for p in self.param_groups[i]["params"] if p.grad is not None]
+        if not any(p.dtype in (torch.bfloat16, torch.float16) for p in params):
+            return None
+        self._start_params = params
+        return [p.detach().clone() for p in params]
+
+    def back_to_start(self, otherwise: Callable[[], None] | None = None) -> None:
+        """Put the searched parameters back at ``x`` from the search's copy where it keeps one
+        (reduced precision), else call ``otherwise`` (the rule's move back)."""
+        if self._start is not None:
+            torch._foreach_copy_(self._start_params, self._start)
+        elif otherwise is not None:
+            otherwise()
+
     def _apply_weight_decay(self, groups: list[ActiveGroup]) -> None:
-        """Decoupled weight decay ``x ← x · (1 − lr · λ)`` with this step's lr (after the search)."""
-        for active in groups:
+        """Decoupled weight decay ``x ← x · (1 − lr · λ)`` with this step's lr (after the search),
+        except in the groups a failed search left at ``x``."""
+        for i, active in enumerate(groups):
             decay = active.group["weight_decay"]
-            if decay and active.params:
+            if decay and active.params and i not in self._unmoved:
                 rate = active.group["step_size"] * active.multiplier * decay
                 torch._foreach_mul_(active.params, 1.0 - rate)
 

@@ -12,8 +12,17 @@ from lsframe.optim.adam_moments import adam_directions, check_adam_group, next_m
 from lsframe.optim.rules import ActiveGroup, SmoothedArmijo, armijo_verdict, reset_step_size
 from lsframe.validation import as_tuple, check_bool, check_choice, check_open_unit, check_positive
 
-# what one AdamSLS search over several groups reads once (search_parts_then_adam_step)
-ADAM_SLS_SEARCH_KEYS = ("c", "beta_b", "smooth", "beta_s")
+# what one AdamSLS search over several groups reads once (search_parts_then_adam_step: the
+# reset rule of the first group searched gives the step size the search starts from)
+ADAM_SLS_SEARCH_KEYS = (
+    "c",
+    "beta_b",
+    "smooth",
+    "beta_s",
+    "gamma",
+    "reset_option",
+    "n_batches_per_epoch",
+)
 
 
 class AdamSLS(LineSearchOptimizer):
@@ -29,7 +38,8 @@ class AdamSLS(LineSearchOptimizer):
     With ``smooth=True`` both sides are exponential averages (rate ``beta_s``), as P0's option.
 
     Memory: Adam's two moments per parameter; ``√v̂ + ε`` is a transient list (as in torch's
-    Adam); trial points are in-place moves, never copies. Bias correction is Adam's ``1 − β^t``.
+    Adam); trial points are in-place moves (from a copy of ``x`` for bf16/fp16 parameters, see
+    :mod:`lsframe.optim.rules`). Bias correction is Adam's ``1 − β^t``.
     When all ``max_backtracks`` trials fail, the parameters stay at ``x``.
 
     Example::
@@ -123,11 +133,14 @@ def search_parts_then_adam_step(
     forward: Callable[[], Tensor],
     groups: list[ActiveGroup],
     searched: Sequence[int],
+    averaged_as: str = "joint",
 ) -> None:
     """One AdamSLS step in which the groups ``searched`` share one Armijo search along
     ``P ⊙ g`` (all groups: AdamSLS; one part: PLASLS), then every group takes Adam's step
     ``x ← x − η_g · P ⊙ m̂`` with its own η (the groups not searched grow theirs by the reset
-    rule). A failed search leaves the searched groups at ``x``."""
+    rule). A failed search leaves the searched groups at ``x``. With ``smooth``, the search's
+    averages are kept under ``averaged_as`` (PLASLS: a part's representative; a part's first
+    averages are the joint ones)."""
     state = opt.search_state
     adam = adam_directions(opt.state, groups, next_moment_step(state))
     trial, update = adam.preconditioned_gradient(groups), adam.update()
@@ -141,7 +154,6 @@ def search_parts_then_adam_step(
         )
         for g in opt.param_groups
     ]
-    key = "joint" if len(searched) == len(groups) else str(searched[0])
     slope = trial.slope(groups, searched)
     c, beta_b = opt.shared("c", searched), opt.shared("beta_b", searched)
     smoothing, averages, avg_slope = None, None, 0.0
@@ -150,7 +162,7 @@ def search_parts_then_adam_step(
         by_key = state.setdefault("smoothing", {})
         # a part's averages start from the joint ones (PLASLS's joint phase)
         averages = by_key.setdefault(
-            key, dict(by_key.get("joint", {"decrease": 0.0, "slope": 0.0}))
+            averaged_as, dict(by_key.get("joint", {"decrease": 0.0, "slope": 0.0}))
         )
         avg_slope = smoothing.update_slope(averages, "slope", slope)
     else:
@@ -166,11 +178,13 @@ def search_parts_then_adam_step(
         armijo_verdict(loss, slope, c, beta_b, smoothing, averages, avg_slope),
         searched,
         slope=slope if smoothing is None else avg_slope,
+        averages=averages,
     )
     for i in searched:
         etas[i] = result.step_size
     if result.accepted:
-        trial.move(groups, amounts(-result.step_size))  # back to x, then Adam's step
+        # back to x (from the search's copy in reduced precision), then Adam's step
+        opt.back_to_start(lambda: trial.move(groups, amounts(-result.step_size)))
         update.move(groups, etas)
     else:  # parameters are at x; the searched parts do not move
         update.move(groups, [0.0 if i in searched else eta for i, eta in enumerate(etas)])

@@ -50,7 +50,7 @@ class ALSALS(LineSearchOptimizer):
     backtracking below η = 5e-9 and always steps at the last η tried, even when the condition
     never held, where lsframe stays at ``x`` after ``max_backtracks`` rejected trials and floors
     the step size only if asked (``min_step_size=5e-9`` floors it as the code does, without the
-    step); no parameter copies (in-place trial moves).
+    step); no parameter copies (in-place trial moves; bf16/fp16 parameters: from a copy of ``x``).
 
     Args:
         params: Parameters or param groups.
@@ -137,6 +137,7 @@ class ALSALS(LineSearchOptimizer):
             self.param_groups[0]["step_size"] * self.shared("growth"),
             armijo_verdict(loss, slope, c, self.shared("beta_b"), smoothing, averages, avg_slope),
             slope=avg_slope,
+            averages=averages,
         )
         self._set_step_sizes(result.step_size)
 

@@ -77,8 +77,8 @@ def check_closure(closure: Callable[..., Tensor] | None, owner: str) -> None:
     ``closure(backward=False)`` (a closure whose signature cannot be read is let through)."""
     if closure is None:
         raise ClosureContractError(
-            f"{owner}.step needs a closure (GradScaler.step calls step() without one: fp16 "
-            f"loss scaling cannot drive a line search, use bf16 autocast or fp32): {CONTRACT}"
+            f"{owner}.step needs a closure: {CONTRACT} (a GradScaler's step calls step() without "
+            "one: fp16 loss scaling cannot drive a line search, use bf16 autocast or fp32)"
         )
     try:
         signature = inspect.signature(closure)

@@ -181,8 +181,12 @@ class PLASLS(LineSearchOptimizer):
     def _line_search_step(
         self, loss: float, forward: Callable[[], Tensor], groups: list[ActiveGroup]
     ) -> None:
-        searched = self.parts_to_search(self.search_state["step"])
-        search_parts_then_adam_step(self, loss, forward, groups, searched)
+        step = self.search_state["step"]
+        searched = self.parts_to_search(step)
+        # a part's averages continue after merges, also once one part is left
+        joint = step - 1 < self.shared("joint_steps")
+        averaged_as = "joint" if joint else str(searched[0])
+        search_parts_then_adam_step(self, loss, forward, groups, searched, averaged_as)
         self._merge_smallest_part()
 
     def _merge_smallest_part(self) -> None:

@@ -6,9 +6,11 @@
   them by the opposite move (no parameter copies). Each trial moves from the last one, so a
   failed search returns the parameters to ``x`` up to one rounding per trial and one for the
   way back: measured, about 8 ulps of ``x`` after 100 rejected trials from η0 = 1 in
-  float32, about 670 from η0 = 100, and in bfloat16 (8 bits of mantissa) small coordinates
-  can lose their value. A copy of ``x`` would restore it exactly at the memory cost the
-  searches avoid.
+  float32, about 670 from η0 = 100. In bfloat16 or float16 that drift is larger than a
+  fine-tune's updates (two bf16 ulps of half the entries after 5 rejected trials), so there
+  :func:`backtrack` places every trial from a copy of ``x`` instead (``place``; the line
+  searches keep one, in the parameters' precision, for the step's duration): each trial point
+  is ``x − η·d`` rounded once, and a failed search leaves ``x`` exactly.
 * :func:`finite_difference_slope` estimates the slope from one extra forward-only evaluation
   (P1's authors' code does; lsframe's optimizers use the exact ``⟨g, d⟩`` unless told otherwise).
 * The conditions (:func:`armijo`, :class:`SmoothedArmijo`) decide from losses; a verdict turns a
@@ -194,11 +196,11 @@ def armijo_verdict(
     """
 
     def verdict(trial_loss: float, eta: float) -> Decision:
+        if not math.isfinite(trial_loss):  # −inf too: its infinite decrease passes any test
+            return Decision.retry(eta * beta_b)
         decrease = loss - trial_loss
         if accept_zero_decrease and decrease == 0:
             return Decision.accepted()
-        if decrease != decrease:  # NaN or inf trial loss
-            return Decision.retry(eta * beta_b)
         if smoothing is None:
             ok = armijo(decrease, eta, slope, c)
         else:
@@ -225,6 +227,7 @@ def backtrack(
     step_size: float,
     verdict: Verdict,
     max_backtracks: int,
+    place: Callable[[float], None] | None = None,
 ) -> SearchResult:
     """Bounded search over trial points ``x − η d``, moving the parameters in place.
 
@@ -235,6 +238,8 @@ def backtrack(
         verdict: ``verdict(trial_loss, η)`` decides; a non-finite trial loss is passed on too,
             and verdicts must reject it.
         max_backtracks: Most trials. When all fail the parameters are moved back to ``x``.
+        place: ``place(a)`` puts the parameters at ``x − a·d`` (from a copy of ``x``); used
+            instead of ``move_to`` when given.
 
     Returns:
         The accepted η (parameters left at ``x − η d``), or on failure the last η proposed
@@ -246,20 +251,28 @@ def backtrack(
     counters) may already hold the interrupted step's update: a resume repeats that batch with
     it counted once more.
     """
-    at = 0.0
+    at = 0.0  # the parameters are at x − at·d
+
+    def go(a: float) -> None:
+        nonlocal at
+        if place is not None:
+            place(a)
+        else:
+            move_to(a - at)
+        at = a
+
     try:
         for trial in range(1, max_backtracks + 1):
-            move_to(step_size - at)
-            at = step_size
+            go(step_size)
             trial_loss = loss_value(forward())
             decision = verdict(trial_loss, step_size)
             if decision.accept:
                 return SearchResult(step_size, trial_loss, True, trial)
             step_size = decision.next_step_size
     except BaseException:
-        move_to(-at)
+        go(0.0)
         raise
-    move_to(-at)
+    go(0.0)
     return SearchResult(step_size, None, False, max_backtracks)
 
 

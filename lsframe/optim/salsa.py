@@ -52,7 +52,8 @@ class SaLSA(LineSearchOptimizer):
     * a step without search is ``x ← x − growth · η_last · P ⊙ m̂`` with no extra forward.
 
     Intentional differences from the package (each an improvement, none changes the rule):
-    no parameter copies (trial points are in-place moves); a failed search (all
+    no parameter copies in fp32 (trial points are in-place moves; bf16/fp16 parameters are
+    placed from a copy of ``x``); a failed search (all
     ``max_backtracks`` trials rejected) returns the parameters to ``x`` instead of leaving them at
     the last trial; the no-search branch for a zero loss skips the package's unused forward; a
     non-finite loss or gradient is a rejected step instead of a ValueError; param groups, ``lr``
@@ -246,6 +247,7 @@ class SaLSA(LineSearchOptimizer):
             eta,
             verdict,
             slope=state["avg_slope"],
+            averages=averages,
         )
         state["avg_decrease"] = averages["decrease"]
         return result.step_size

@@ -141,8 +141,8 @@ class SGDSLS(LineSearchOptimizer):
 
         def verdict(trial_loss: float, eta: float) -> Decision:
             decrease = loss - trial_loss
-            if not (decrease == decrease) or not armijo(decrease, eta, slope, c):
-                return Decision.retry(eta * beta_b)  # NaN decrease lands here too
+            if not math.isfinite(trial_loss) or not armijo(decrease, eta, slope, c):
+                return Decision.retry(eta * beta_b)  # −inf too: its decrease passes Armijo
             if goldstein and decrease > (1 - c) * eta * slope:
                 if eta >= eta_max:
                     return Decision.accepted()  # cannot grow: accept the largest allowed step
