@@ -64,11 +64,10 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lsframe.errors import DataError
-from lsframe.optim._dtypes import check_eps_representable, check_real_parameters
 from lsframe.optim._functional import all_finite
 from lsframe.optim._precision import full_precision, reduced_autocast
-from lsframe.optim.closure import check_closure, check_loss
+from lsframe.optim._search_groups import SearchGroups
+from lsframe.optim.closure import CONTRACT, ClosureContractError, check_closure, check_loss
 from lsframe.optim.rules import (
     ActiveGroup,
     NonFiniteSlope,
@@ -77,7 +76,6 @@ from lsframe.optim.rules import (
     backtrack,
     loss_value,
 )
-from lsframe.validation import check_int_at_least, check_non_negative, check_positive
 
 Closure = Callable[..., Tensor]
 
@@ -100,6 +98,24 @@ def sufficient_decrease_ratio(decrease: float, step_size: float, slope: float) -
     return decrease / scale
 
 
+def trial_loss_of(closure: Closure, owner: str) -> Callable[[], Tensor]:
+    """``closure(backward=False)``, the forward-only loss of a trial (run under no_grad): a
+    closure that back-propagates anyway gets the contract's error, not autograd's."""
+
+    def forward() -> Tensor:
+        try:
+            return closure(backward=False)
+        except RuntimeError as error:
+            if "does not require grad" not in str(error):
+                raise
+            raise ClosureContractError(
+                f"{owner}.step: closure(backward=False) called backward() ({error}); with "
+                f"backward=False a closure only computes the loss. {CONTRACT}"
+            ) from error
+
+    return forward
+
+
 def check_defines_step(cls: type) -> None:
     """Raise TypeError when ``cls`` (a :class:`LineSearchOptimizer` subclass) leaves
     ``_line_search_step`` undefined: refused when it is built or registered, not at its first
@@ -112,7 +128,7 @@ def check_defines_step(cls: type) -> None:
         )
 
 
-class LineSearchOptimizer(Optimizer):
+class LineSearchOptimizer(SearchGroups, Optimizer):
     """Base class: the step protocol, group bookkeeping and the state the family shares.
 
     Subclasses call ``super().__init__(params, defaults)`` with every hyperparameter in
@@ -141,172 +157,8 @@ class LineSearchOptimizer(Optimizer):
         self._start: list[Tensor] | None = None
         self._start_params: list[Tensor] | None = None
 
-    # --------------------------------------------------------------------- hyperparameters
-    def _check_group(self, group: dict[str, Any]) -> None:
-        """Raise ValueError naming the first bad hyperparameter of ``group`` (or ``defaults``)."""
-        check_positive(lr=group["lr"])
-        check_non_negative(weight_decay=group["weight_decay"])
-        check_non_negative(min_step_size=group["min_step_size"])
-        params = group.get("params", ())  # none in ``defaults``
-        if self.forward_trials:
-            check_int_at_least(1, max_backtracks=group["max_backtracks"])
-        check_eps_representable(group.get("eps", 0.0), params, type(self).__name__)
-        check_real_parameters(params, type(self).__name__)
-
-    #: Hyperparameters one search over several groups reads once, so the groups it searches
-    #: must agree on them: refused when a group is added, as :meth:`shared` refuses at a step.
-    ONE_SEARCH_KEYS: tuple[str, ...] = ("max_backtracks", "min_step_size")
-
-    def _one_search_values(self, group: dict[str, Any]) -> dict[str, Any]:
-        """``group``'s values of :attr:`ONE_SEARCH_KEYS` (a subclass adds derived ones)."""
-        return {key: group[key] for key in self.ONE_SEARCH_KEYS if key in group}
-
-    def _check_one_search(self, group: dict[str, Any]) -> None:
-        """Refuse ``group`` when it differs from group 0 in a value one search reads once."""
-        first = self.param_groups[0]
-        if group is first:
-            return
-        own, reference = self._one_search_values(group), self._one_search_values(first)
-        for key, value in own.items():
-            if key in reference and value != reference[key]:
-                raise ValueError(
-                    f"{type(self).__name__}: param groups {first.get('name', 0)!r} and "
-                    f"{group.get('name', len(self.param_groups) - 1)!r} have different {key} "
-                    f"({reference[key]!r}, {value!r}), but one search over both uses one value"
-                    + self._shared_hint(key)
-                )
-
     def _initial_search_state(self) -> dict[str, Any]:
         return {"step": 0, "forwards": 0, "searches": 0, "failed_searches": 0, "rejected_steps": 0}
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        # the constructor's groups share one lr whether they set it or take the default; a group
-        # added later without one joins group 0's step size
-        own_lr = "lr" in param_group
-        constructing = getattr(self, "_constructing", False)
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        try:  # a refused group leaves the optimizer as it was, as in torch
-            self._check_group(group)
-            self._check_one_search(group)
-            if own_lr or constructing:
-                self._check_same_lr(group, own=own_lr)
-        except ValueError:
-            self.param_groups.pop()
-            raise
-        group.setdefault("step_size", group["lr"])
-        group.setdefault("initial_step_size", group["step_size"])
-        group["lr"] = group["step_size"] * group["lr_multiplier"]
-
-    def _check_same_lr(self, group: dict[str, Any], own: bool = True) -> None:
-        """One search (or one tracked η) sets every group's step size, so a group that sets
-        another ``lr`` would silently take group 0's: refused, pointing to ``lr_multiplier``. The
-        groups given to the constructor are compared whether they set ``lr`` or take the
-        default (``[{"params": head, "lr": 1e-3}, {"params": body}]`` is refused, as torch would
-        give ``body`` the default). A group added later without its own ``lr`` joins group 0's
-        step size (gradual unfreezing, also after resuming a run saved under another η0)."""
-        if len(self.param_groups) < 2 or "step_size" in group:
-            return
-        first = self.param_groups[0]
-        # the lr group 0 was given (SlopeTrackingAdam's run-length rule may start lower)
-        start = first.get("unscaled_initial_step_size", first["initial_step_size"])
-        if group["lr"] != start:
-            ratio = group["lr"] / start
-            raise ValueError(
-                f"{type(self).__name__}: param group {len(self.param_groups) - 1} "
-                f"{'sets' if own else 'takes the default'} lr={group['lr']!r} but group 0 "
-                f"starts at {start!r}: one "
-                "step size serves every group, so a group's lr cannot differ; scale that group's "
-                f"step with 'lr_multiplier' instead (here lr_multiplier={ratio:.6g})"
-                + ("" if own else ", or give lr to the optimizer rather than to group 0")
-            )
-
-    def state_dict(self) -> dict[str, Any]:
-        """torch's state dict, with the search state in the first param group
-        (``param_groups[0]["line_search"]``) so that every key of ``state`` is a parameter's:
-        ``torch.distributed.checkpoint`` (FSDP2, Lightning's ModelParallelStrategy) maps those
-        keys to parameter names."""
-        saved = super().state_dict()
-        state = dict(saved["state"])
-        search = state.pop("line_search", None)
-        if search is not None and saved["param_groups"]:
-            saved["state"] = state
-            saved["param_groups"][0]["line_search"] = search
-        if saved["param_groups"]:
-            saved["param_groups"][0]["saved_by"] = type(self).__name__
-        return saved
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load as torch does, after checking that a line search saved it: another optimizer's
-        state (AdamW's, from a run resumed with another optimizer) has no searched step size.
-        The search state may be in the first param group (:meth:`state_dict`) or, as lsframe
-        saved it before 2026-12-05, under ``state["line_search"]``."""
-        groups = state_dict.get("param_groups", [])
-        name = type(self).__name__
-        if any("step_size" not in group for group in groups):
-            raise DataError(
-                f"{name}: the optimizer state to load has no searched step size, "
-                "so another optimizer saved it: resume with the optimizer it was saved with"
-            )
-        saved_by = groups[0].get("saved_by") if groups else None  # None: saved before 2026-12-06
-        if saved_by is not None and saved_by not in {c.__name__ for c in type(self).__mro__}:
-            raise DataError(
-                f"{name}: the optimizer state to load was saved by {saved_by}, whose step "
-                f"size and hyperparameters are not {name}'s: resume with {saved_by}, or start "
-                "this optimizer afresh (load the model's weights only)"
-            )
-        groups = [{k: v for k, v in g.items() if k != "saved_by"} for g in groups]
-        state_dict = {**state_dict, "param_groups": groups}
-        if not self.forward_trials:  # saved before 2026-12-06, when every tracker carried it
-            groups = [{k: v for k, v in g.items() if k != "max_backtracks"} for g in groups]
-            state_dict = {**state_dict, "param_groups": groups}
-        if groups and "line_search" in groups[0]:
-            state_dict = {
-                **state_dict,
-                "state": {**state_dict["state"], "line_search": groups[0]["line_search"]},
-                "param_groups": [
-                    {k: v for k, v in group.items() if k != "line_search"} for group in groups
-                ],
-            }
-        super().load_state_dict(state_dict)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # a state dict from an older lsframe may lack a hyperparameter or a counter: backfill
-        super().__setstate__(state)
-        for group in self.param_groups:
-            for key, value in self.defaults.items():
-                group.setdefault(key, value)
-            group.setdefault("initial_step_size", self.defaults["lr"])
-        search = self.state.setdefault("line_search", {})
-        for key, value in self._initial_search_state().items():
-            search.setdefault(key, value)
-
-    def shared(
-        self,
-        key: str,
-        which: Sequence[int] | None = None,
-        pick: Callable[[dict[str, Any]], Any] | None = None,
-    ) -> Any:
-        """The value of hyperparameter ``key`` (or ``pick(group)``, named ``key``) for a search
-        over the groups ``which`` (all by default): one search has one rule, so the groups must
-        agree on it."""
-        indices = range(len(self.param_groups)) if which is None else which
-        named = [(self.param_groups[i].get("name", i), self.param_groups[i]) for i in indices]
-        (first, group0), *rest = named
-        value = pick(group0) if pick is not None else group0[key]
-        for name, group in rest:
-            other = pick(group) if pick is not None else group[key]
-            if other != value:
-                raise ValueError(
-                    f"{type(self).__name__}: param groups {first!r} and {name!r} have different "
-                    f"{key} ({value!r}, {other!r}), but one search over both uses one value"
-                    + self._shared_hint(key)
-                )
-        return value
-
-    def _shared_hint(self, key: str) -> str:
-        """What the refusal of groups that differ in ``key`` adds (a subclass's way out)."""
-        return ""
 
     @property
     def search_state(self) -> dict[str, Any]:
@@ -321,35 +173,10 @@ class LineSearchOptimizer(Optimizer):
         (it ran and rejected every trial), ``rejected`` (non-finite loss or gradient, or no
         gradient at all: no update), ``sufficient_decrease_ratio``
         (:func:`sufficient_decrease_ratio` at the accepted trial; None without an accepted
-        search) and ``step_sizes`` (each group's ``step_size`` after the step). Not in ``state_dict``: it describes a step this object
-        took, and resuming needs none of it.
+        search) and ``step_sizes`` (each group's ``step_size`` after the step). Not in
+        ``state_dict``: it describes a step this object took, and resuming needs none of it.
         """
         return getattr(self, "_last_step", None)
-
-    # ------------------------------------------------------------------------- step sizes
-    def _check_lr_untouched(self) -> None:
-        for i, group in enumerate(self.param_groups):
-            expected = group["step_size"] * group["lr_multiplier"]
-            if not math.isclose(group["lr"], expected, rel_tol=1e-12, abs_tol=0.0):
-                raise RuntimeError(
-                    f"{type(self).__name__}: param group {i} ('{group.get('name', i)}') has "
-                    f"lr={group['lr']!r} but its searched step size times lr_multiplier is "
-                    f"{expected!r}: something (a torch LR scheduler?) wrote 'lr' directly. "
-                    "Line-search optimizers search their own step size; schedule the "
-                    "'lr_multiplier' instead (lsframe.optim.StepSizeSchedule; with Hugging "
-                    "Face's Trainer, lsframe.integrations.hf.LineSearchTrainer does)."
-                )
-
-    def _set_step_sizes(self, step_sizes: float | Sequence[float]) -> None:
-        """The step sizes taken this step: one for every group, or one per group."""
-        if isinstance(step_sizes, (int, float)):
-            step_sizes = [float(step_sizes)] * len(self.param_groups)
-        for group, eta in zip(self.param_groups, step_sizes):
-            group["step_size"] = eta
-
-    def _write_lr(self) -> None:
-        for group in self.param_groups:
-            group["lr"] = group["step_size"] * group["lr_multiplier"]
 
     # ------------------------------------------------------------------------------- step
     def _active_groups(self) -> list[ActiveGroup]:
@@ -394,7 +221,7 @@ class LineSearchOptimizer(Optimizer):
             check_closure(closure, type(self).__name__)
         self._check_lr_untouched()
         if forward is None and closure is not None:
-            forward = lambda: closure(backward=False)  # noqa: E731
+            forward = trial_loss_of(closure, type(self).__name__)
         state = self.search_state
         forwards = state["forwards"]
         loss = None

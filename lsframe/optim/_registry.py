@@ -257,10 +257,22 @@ _RECORDS = [
         ALTO,
         reduces_over_parameters=True,
         test_lr=1e-2,
-        invalid_args=(({"first_step_kick": "no"}, "first_step_kick"),),
+        invalid_args=(
+            ({"first_step_kick": "no"}, "first_step_kick"),
+            ({"alpha": "0.5"}, "alpha"),
+            ({"lr": -0.05}, "lr"),
+        ),
     ),
     OptimizerInfo(
-        "adame", AdamE, test_lr=1e-2, invalid_args=(({"first_step_kick": 1}, "first_step_kick"),)
+        "adame",
+        AdamE,
+        test_lr=1e-2,
+        invalid_args=(
+            ({"first_step_kick": 1}, "first_step_kick"),
+            ({"lr": True}, "lr"),
+            ({"weight_decay": "0.1"}, "weight_decay"),
+            ({"alpha": "0.5"}, "alpha"),
+        ),
     ),
     OptimizerInfo("adamw", torch.optim.AdamW, test_lr=1e-2),
     OptimizerInfo("adam", torch.optim.Adam, test_lr=1e-2),

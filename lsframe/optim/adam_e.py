@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lsframe.optim.lamb import check_adam_values, check_group, stamp_saved_by, state_to_load
+from lsframe.optim._saved_state import check_group, stamp_saved_by, state_to_load
+from lsframe.optim.lamb import check_adam_values
 from lsframe.optim.valley import (
     VALLEY_KEYS,
     adapt_with_state,
@@ -87,7 +88,7 @@ class AdamE(torch.optim.AdamW):
             check_valley_group(group)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """torch's, then the group is checked (:func:`~lsframe.optim.lamb.check_group`); a
+        """torch's, then the group is checked (:func:`~lsframe.optim._saved_state.check_group`); a
         refused group leaves the optimizer as it was."""
         super().add_param_group(param_group)
         try:
@@ -101,7 +102,7 @@ class AdamE(torch.optim.AdamW):
         return stamp_saved_by(self, super().state_dict())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's, after checking that AdamE saved it (:func:`~lsframe.optim.lamb.state_to_load`):
+        """torch's, after checking that AdamE saved it (:func:`~lsframe.optim._saved_state.state_to_load`):
         another optimizer's state, torch's AdamW's included, is refused with a DataError."""
         super().load_state_dict(state_to_load(self, state_dict, self.REQUIRED_GROUP_KEYS))
 

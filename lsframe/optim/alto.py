@@ -6,7 +6,8 @@ from typing import Any
 
 from torch import Tensor
 
-from lsframe.optim.lamb import Lamb, check_group
+from lsframe.optim._saved_state import check_group
+from lsframe.optim.lamb import Lamb
 from lsframe.optim.valley import (
     VALLEY_KEYS,
     adapt_with_state,

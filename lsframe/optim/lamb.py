@@ -6,23 +6,23 @@ ICLR 2020, Alg. 2), and the contract :class:`Lamb`, :class:`~lsframe.optim.ALTO`
   ``add_param_group``, by the checks of the constructor's arguments: a bad value is refused with
   one :class:`~lsframe.errors.ConfigError` line naming the group and the key
   (``Lamb: param group 0: lr must be a positive finite number, got -0.05``), and a refused group
-  leaves the optimizer as it was (:func:`check_group`).
+  leaves the optimizer as it was (:func:`~lsframe.optim._saved_state.check_group`).
 * **A state dict says which optimizer saved it** (``param_groups[0]["saved_by"]``, as the line
   searches stamp theirs), and another optimizer's is refused with a
-  :class:`~lsframe.errors.DataError` (:func:`state_to_load`).
+  :class:`~lsframe.errors.DataError` (:func:`~lsframe.optim._saved_state.state_to_load`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lsframe.errors import ConfigError, DataError
 from lsframe.optim._dtypes import check_real_parameters
+from lsframe.optim._saved_state import check_group, stamp_saved_by, state_to_load
 from lsframe.optim._sharded import any_sharded, local, squared_norms
 from lsframe.validation import (
     as_tuple,
@@ -31,12 +31,6 @@ from lsframe.validation import (
     check_numbers,
     check_positive,
     check_unit,
-)
-
-#: Keys torch's LR schedulers write into the param groups (``initial_lr`` by every one;
-#: ``OneCycleLR`` and ``SWALR`` more): a state saved with a scheduler attached may carry them.
-SCHEDULER_KEYS = frozenset(
-    {"initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum", "swa_lr"}
 )
 
 
@@ -48,73 +42,6 @@ def check_adam_values(values: Mapping[str, Any]) -> None:
     check_numbers("betas", betas, 2, "a list of 2 numbers (beta1, beta2)")
     check_unit(**{"betas[0]": betas[0], "betas[1]": betas[1]})
     check_non_negative(eps=values["eps"], weight_decay=values["weight_decay"])
-
-
-def check_group(optimizer: Optimizer, index: int, check: Callable[[dict[str, Any]], None]) -> None:
-    """Run ``check`` on ``optimizer.param_groups[index]``; its ConfigError comes back as one
-    line that names the group: ``"<Class>: param group <i> ('<name>'): <the check's line>"``
-    (``argument`` kept, so the command line can still place it)."""
-    group = optimizer.param_groups[index]
-    try:
-        check(group)
-    except ConfigError as error:
-        label = f"param group {index}" + (f" ({group['name']!r})" if "name" in group else "")
-        raise ConfigError(
-            f"{type(optimizer).__name__}: {label}: {error.message}", argument=error.argument
-        ) from None
-
-
-def stamp_saved_by(optimizer: Optimizer, saved: dict[str, Any]) -> dict[str, Any]:
-    """``saved`` (a fresh ``state_dict()``) with the optimizer's class name in
-    ``param_groups[0]["saved_by"]``, where the line searches put theirs."""
-    if saved["param_groups"]:
-        saved["param_groups"][0]["saved_by"] = type(optimizer).__name__
-    return saved
-
-
-def state_to_load(
-    optimizer: Optimizer, state_dict: dict[str, Any], required: tuple[str, ...]
-) -> dict[str, Any]:
-    """``state_dict`` without its ``saved_by`` stamp, after checking that ``optimizer``'s class
-    saved it; else a DataError saying so.
-
-    * Stamped: the class itself, or a base class of it whose groups carry every key of
-      ``required`` (the keys a step reads without a fallback), as a subclass loads its base's
-      state in the line searches (ALTO is a Lamb that needs the adaptor's keys: it refuses
-      Lamb's).
-    * Unstamped (torch's own optimizers; these three classes before they stamped theirs):
-      every group must carry every key of ``required`` and no key this optimizer's ``defaults``
-      and own groups lack (a group's ``name`` or ``part`` is in both) but for those torch's LR
-      schedulers write (:data:`SCHEDULER_KEYS`). So AdamW's state is refused by AdamE (no α,
-      β1), ALTO's by Lamb (α, β1 it does not use), and a state the class itself saved before it
-      stamped them loads.
-    """
-    name = type(optimizer).__name__
-    groups = state_dict.get("param_groups", [])
-    saved_by = groups[0].get("saved_by") if groups else None
-    missing = sorted({key for group in groups for key in required if key not in group})
-    if saved_by is not None and saved_by != name:
-        bases = {cls.__name__ for cls in type(optimizer).__mro__}
-        if saved_by not in bases or missing:
-            raise DataError(
-                f"{name}: the optimizer state to load was saved by {saved_by}, whose "
-                f"hyperparameters and state are not {name}'s: resume with {saved_by}, or start "
-                "this optimizer afresh (load the model's weights only)"
-            )
-    if saved_by is None:
-        known = set(optimizer.defaults).union(*optimizer.param_groups, SCHEDULER_KEYS)
-        extra = sorted({key for group in groups for key in group} - known - {"params"})
-        if missing or extra:
-            found = ([f"has no {', '.join(missing)}"] if missing else []) + (
-                [f"has {', '.join(extra)}, which {name} does not use"] if extra else []
-            )
-            raise DataError(
-                f"{name}: the optimizer state to load {' and '.join(found)}, so another "
-                "optimizer saved it: resume with the optimizer it was saved with, or start this "
-                "optimizer afresh (load the model's weights only)"
-            )
-    groups = [{k: v for k, v in group.items() if k != "saved_by"} for group in groups]
-    return {**state_dict, "param_groups": groups}
 
 
 class Lamb(Optimizer):
