@@ -39,7 +39,9 @@ def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(x[i : i + 8], y[i : i + 8]) for i in range(0, STEPS * 8, 8)]
 
 
-def train(model: torch.nn.Module, name: str, shard: slice | None) -> torch.optim.Optimizer:
+def train(
+    model: torch.nn.Module, name: str, shard: slice | None, dtype: torch.dtype = torch.float32
+) -> torch.optim.Optimizer:
     name, extra = EXTRA.get(name, (name, {}))
     record = optim.info(name)
     params = part_groups(model) if record.param_grouping == "parts" else model.parameters()
@@ -52,7 +54,7 @@ def train(model: torch.nn.Module, name: str, shard: slice | None) -> torch.optim
             with torch.set_grad_enabled(backward):
                 if backward:
                     opt.zero_grad()
-                loss = F.mse_loss(model(x).squeeze(-1), y)
+                loss = F.mse_loss(model(x.to(dtype)).squeeze(-1).float(), y)
                 if backward:
                     loss.backward()  # FSDP averages the gradients over the ranks
             value = loss.detach().clone()
@@ -94,6 +96,21 @@ def main(out: str) -> None:
             "searches": decisions["search"].get("searches"),
             "alignments": decisions["search"].get("alignments"),
             "sharded": type(next(model.parameters())).__name__,
+        }
+    for name in optim.names():  # bf16 shards: trials placed from a copy of each local shard
+        if not optim.info(name).forward_trials:
+            continue
+        model = mlp().to(torch.bfloat16)
+        for layer in [*(m for m in model if isinstance(m, torch.nn.Linear)), model]:
+            fully_shard(layer, mesh=mesh)
+        opt = train(model, name, slice(rank * half, (rank + 1) * half), torch.bfloat16)
+        search = opt.state.get("line_search", {})
+        gathered = [None] * world
+        dist.all_gather_object(gathered, json.loads(json.dumps(search, default=float)))
+        results[f"{name}+bf16"] = {
+            "searches": search.get("searches"),
+            "ranks_agree": all(g == gathered[0] for g in gathered),
+            "finite": all(bool(p.full_tensor().isfinite().all()) for p in model.parameters()),
         }
     if rank == 0:
         Path(out).write_text(json.dumps(results, indent=1))

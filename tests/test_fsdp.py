@@ -42,6 +42,13 @@ def test_sharded_training_matches_one_process(name, fsdp_results):
         assert result["alignments"] > 0
 
 
+@pytest.mark.parametrize("name", [n for n in optim.line_searches() if optim.info(n).forward_trials])
+def test_bfloat16_shards_are_searched_from_a_copy_of_each_local_shard(name, fsdp_results):
+    # the copy of x was taken of the DTensors, whose foreach copy has no sharding strategy
+    result = fsdp_results[f"{name}+bf16"]
+    assert result["searches"] > 0 and result["ranks_agree"] and result["finite"], result
+
+
 def test_fsdp1_is_refused_for_optimizers_that_reduce_over_parameters():
     import torch
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy

@@ -207,6 +207,20 @@ def test_a_failed_search_leaves_bfloat16_parameters_exactly_at_x(name):
     assert all(torch.equal(a.detach(), b) for a, b in zip(model.parameters(), start))
 
 
+def test_an_exception_in_a_bfloat16_trial_releases_the_copy_of_x():
+    model = bfloat16_logistic()
+    opt = SGDSLS(model.parameters(), lr=1.0)
+    start = snapshot(model)
+
+    def forward():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        opt.step(make_closure(model, opt), forward=forward)
+    assert opt._start is None  # it stayed allocated until the next step
+    assert all(torch.equal(a.detach(), b) for a, b in zip(model.parameters(), start))
+
+
 def test_an_accepted_bfloat16_trial_after_backtracks_is_x_minus_the_step_rounded_once():
     model = bfloat16_logistic()
     opt = SGDSLS(model.parameters(), lr=1.0)

@@ -248,9 +248,13 @@ def test_a_closure_that_never_back_propagates_is_warned_about_not_counted_silent
         with torch.set_grad_enabled(backward):
             return nn.functional.cross_entropy(model(x), y)  # no loss.backward()
 
-    with pytest.warns(UserWarning, match="no parameter has a gradient after closure"):
+    with pytest.warns(UserWarning, match="no parameter has a gradient after closure") as caught:
         optimizer.step(closure)
+    assert caught[0].filename == __file__  # the line that called step, not torch's wrapper
     assert optimizer.last_step["rejected"]
+    with warnings.catch_warnings():  # a non-finite loss is its own reason (nonfinite_loss skip)
+        warnings.simplefilter("error")
+        optimizer.step(lambda backward=True: torch.tensor(float("nan")))
     for p in model.parameters():  # all frozen: nothing to warn about
         p.requires_grad_(False)
     with warnings.catch_warnings():

@@ -40,7 +40,7 @@ def refusal(error_type: type[Exception], build) -> str:
 
 # ------------------------------------------------------------------------ F1: group values
 BAD_GROUP_VALUES = [
-    ({"lr": -0.05}, "lr must be a positive finite number, got -0.05"),
+    ({"lr": -0.05}, "lr must be >= 0, got -0.05"),
     ({"lr": "0.01"}, "lr must be a number, got '0.01'"),
     ({"betas": (2.0, 2.0)}, "betas[0] must be in [0, 1), got 2.0"),
     ({"eps": -1.0}, "eps must be >= 0, got -1.0"),
@@ -87,14 +87,12 @@ def test_a_group_added_later_with_a_negative_lr_is_refused_and_leaves_the_optimi
     opt = cls([{"params": [net.weight]}], lr=0.01)
     bad = {"params": [net.bias], "name": "head", "lr": -0.05}
     got = refusal(ConfigError, lambda: opt.add_param_group(bad))
-    assert (
-        got
-        == f"{cls.__name__}: param group 1 ('head'): lr must be a positive finite number, got -0.05"
-    )
+    assert got == f"{cls.__name__}: param group 1 ('head'): lr must be >= 0, got -0.05"
     assert len(opt.param_groups) == 1
-    opt.add_param_group({"params": [net.bias], "name": "head", "lr": 0.05})  # a good one joins
+    # lr 0 joins (Lightning's BaseFinetuning adds groups at lr 0 during a warmup from 0)
+    opt.add_param_group({"params": [net.bias], "name": "head", "lr": 0.0})
     run(net, opt, 2)
-    assert opt.param_groups[1]["lr"] == 0.05
+    assert opt.param_groups[1]["lr"] == 0.0
 
 
 # ----------------------------------------------------------------- F3: another's state dict
@@ -236,3 +234,11 @@ def test_a_wrong_type_in_adame_or_alto_s_arguments_is_refused_naming_the_argumen
     cls, kwargs, line
 ):
     assert refusal(ConfigError, lambda: cls(model().parameters(), **kwargs)) == line
+
+
+def test_a_bad_beta_of_the_valley_callback_is_placed_at_its_own_argument():
+    from lsframe.callbacks import ValleyExploration
+
+    with pytest.raises(ConfigError) as refused:
+        ValleyExploration(alpha=0.5, beta=1.5)
+    assert refused.value.argument == "beta"  # it was "valley beta (β1)", no such key

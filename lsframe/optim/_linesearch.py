@@ -56,6 +56,8 @@ Shared by all:
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -67,6 +69,7 @@ from torch.optim import Optimizer
 from lsframe.optim._functional import all_finite
 from lsframe.optim._precision import full_precision, reduced_autocast
 from lsframe.optim._search_groups import SearchGroups
+from lsframe.optim._sharded import local
 from lsframe.optim.closure import CONTRACT, ClosureContractError, check_closure, check_loss
 from lsframe.optim.rules import (
     ActiveGroup,
@@ -109,11 +112,24 @@ def trial_loss_of(closure: Closure, owner: str) -> Callable[[], Tensor]:
             if "does not require grad" not in str(error):
                 raise
             raise ClosureContractError(
-                f"{owner}.step: closure(backward=False) called backward() ({error}); with "
+                f"{owner}.step: closure(backward=False) needed gradients ({error}): it ran "
+                "backward() or torch.autograd under the trials' torch.no_grad(); with "
                 f"backward=False a closure only computes the loss. {CONTRACT}"
             ) from error
 
     return forward
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside torch and ``lsframe.optim`` (the line
+    that called ``step``: torch wraps it in decorators of its own)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and any(part in frame.f_code.co_filename for part in _INNER):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+_INNER = (f"{os.sep}torch{os.sep}", f"lsframe{os.sep}optim{os.sep}")
 
 
 def check_defines_step(cls: type) -> None:
@@ -153,6 +169,9 @@ class LineSearchOptimizer(SearchGroups, Optimizer):
         finally:
             self._constructing = False
         self.state["line_search"] = self._initial_search_state()
+        self.register_load_state_dict_post_hook(
+            lambda optimizer: optimizer._take_search_state(), prepend=True
+        )
         self._unmoved: set[int] = set()  # groups a failed search of this step left at x
         self._start: list[Tensor] | None = None
         self._start_params: list[Tensor] | None = None
@@ -239,7 +258,7 @@ class LineSearchOptimizer(SearchGroups, Optimizer):
         grads = [g for active in groups for g in active.grads]
         finite_loss = value is None or math.isfinite(value)
         if not finite_loss or not grads or not self._gradients_finite(groups, grads):
-            if not grads and closure is not None:
+            if not grads and finite_loss and closure is not None:
                 self._warn_no_gradients()
             state["rejected_steps"] += 1
             record["rejected"] = True
@@ -279,7 +298,7 @@ class LineSearchOptimizer(SearchGroups, Optimizer):
                 "closure(backward=True), so the step moved nothing (counted in rejected_steps); "
                 "with backward=True a closure zeroes the gradients, computes the loss and calls "
                 "loss.backward() (lsframe.optim.make_closure builds one)",
-                stacklevel=3,
+                stacklevel=_caller_stacklevel(),
             )
 
     def _may_search(self) -> bool:
@@ -331,9 +350,13 @@ class LineSearchOptimizer(SearchGroups, Optimizer):
                 if a != 0.0:
                     move_to(a)
 
-        result = backtrack(
-            forward, move_to, step_size, verdict, self.shared("max_backtracks", which), place
-        )
+        try:
+            result = backtrack(
+                forward, move_to, step_size, verdict, self.shared("max_backtracks", which), place
+            )
+        except BaseException:
+            self._start = self._start_params = None  # the parameters are back at x
+            raise
         if not result.accepted:  # the floor: 0 (the default) leaves the rule's last η
             result.step_size = max(result.step_size, self.shared("min_step_size", which))
         state = self.search_state
@@ -362,8 +385,8 @@ class LineSearchOptimizer(SearchGroups, Optimizer):
         params = [p for i in indices for p in self.param_groups[i]["params"] if p.grad is not None]
         if not any(p.dtype in (torch.bfloat16, torch.float16) for p in params):
             return None
-        self._start_params = params
-        return [p.detach().clone() for p in params]
+        self._start_params = [local(p) for p in params]  # a DTensor's shard (FSDP2)
+        return [p.detach().clone() for p in self._start_params]
 
     def back_to_start(self, otherwise: Callable[[], None] | None = None) -> None:
         """Put the searched parameters back at ``x`` from the search's copy where it keeps one

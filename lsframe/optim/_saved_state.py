@@ -10,7 +10,8 @@ param group in a refusal.
   an optimizer built with its param groups in another order took the moments of other tensors
   (a size error at the first step, or for SGDSLS, which keeps none, the groups' settings
   swapped). The saved parameter names, where both sides have them (``named_parameters()``
-  groups, torch ≥ 2.5), and the moments' shapes must match (:func:`refuse_other_parameters`).
+  groups, torch ≥ 2.5; a wrapper's prefix aside), and the moments' shapes must match
+  (:func:`refuse_other_parameters`).
 * **One line per bad group value**, naming the group (:func:`check_group`).
 """
 
@@ -94,7 +95,7 @@ def refuse_other_parameters(optimizer: Optimizer, state_dict: dict[str, Any]) ->
         names, saved_names = group.get("param_names"), saved.get("param_names")
         for position, (param, key) in enumerate(zip(group["params"], saved.get("params", []))):
             if names and saved_names and position < min(len(names), len(saved_names)):
-                if names[position] != saved_names[position]:
+                if not same_parameter(names[position], saved_names[position]):
                     problem = f"is {names[position]}, the state's {saved_names[position]}"
                     raise _other_parameters(optimizer, index, position, problem, name)
             for moment in PARAMETER_SHAPED:
@@ -104,6 +105,13 @@ def refuse_other_parameters(optimizer: Optimizer, state_dict: dict[str, Any]) ->
                         f"has shape {tuple(param.shape)}, its saved {moment} {tuple(value.shape)}"
                     )
                     raise _other_parameters(optimizer, index, position, problem, name)
+
+
+def same_parameter(a: str, b: str) -> bool:
+    """Whether two parameter names name one parameter, one maybe under a wrapper's prefix
+    (``torch.compile``'s ``_orig_mod.``, DDP's ``module.``): equal, or one ends with ``.`` and
+    the other."""
+    return a == b or a.endswith("." + b) or b.endswith("." + a)
 
 
 def _other_parameters(

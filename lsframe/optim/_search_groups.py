@@ -154,12 +154,22 @@ class SearchGroups:
         if not self.forward_trials:  # saved before 2026-12-06, when every tracker carried it
             groups = [{k: v for k, v in g.items() if k != "max_backtracks"} for g in groups]
             state_dict = {**state_dict, "param_groups": groups}
-        super().load_state_dict(state_dict)
+        super().load_state_dict(state_dict)  # type: ignore[misc]
+        self._take_search_state()
+
+    def _take_search_state(self) -> None:
+        """After torch's load: the search state from the first param group into ``state``, its
+        missing counters backfilled. A load post hook registered first (the constructor's, so
+        that the other post hooks see the loaded search state) and again after the load (a
+        copied optimizer has lost its hooks); the second finds nothing to move."""
         first = self.param_groups[0] if self.param_groups else {}
         first.pop("saved_by", None)
         search = first.pop("line_search", None)
-        if search is not None:
-            self.state["line_search"] = search
+        if search is None:
+            return
+        for key, value in self._initial_search_state().items():
+            search.setdefault(key, value)
+        self.state["line_search"] = search
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # a state dict from an older lsframe may lack a hyperparameter or a counter: backfill

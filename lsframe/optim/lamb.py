@@ -36,8 +36,12 @@ from lsframe.validation import (
 
 def check_adam_values(values: Mapping[str, Any]) -> None:
     """Adam's hyperparameters in ``values`` (the constructor's arguments or a param group):
-    ``lr`` > 0, ``betas`` two numbers in [0, 1), ``eps`` and ``weight_decay`` >= 0."""
-    check_positive(lr=values["lr"])
+    ``lr`` > 0 (a param group's ≥ 0: Lightning's gradual unfreezing adds groups at lr 0 during
+    a warmup from 0), ``betas`` two numbers in [0, 1), ``eps`` and ``weight_decay`` >= 0."""
+    if "params" in values:
+        check_non_negative(lr=values["lr"])
+    else:
+        check_positive(lr=values["lr"])
     betas = values["betas"]
     check_numbers("betas", betas, 2, "a list of 2 numbers (beta1, beta2)")
     check_unit(**{"betas[0]": betas[0], "betas[1]": betas[1]})

@@ -44,9 +44,7 @@ def valley_defaults(batch_size: int | None) -> tuple[float, float]:
     return 0.5, 0.01
 
 
-def check_valley(
-    alpha: float, beta: float, names: tuple[str, str] = ("alpha", "valley beta (β1)")
-) -> None:
+def check_valley(alpha: float, beta: float, names: tuple[str, str] = ("alpha", "beta")) -> None:
     """Raise ConfigError unless β1 is a number in [0, 1) and α a number with
     ``|α| < 1/(1 − β1)``; ``names``: the arguments (or group keys) α and β1 came as."""
     alpha_name, beta_name = names
