@@ -156,3 +156,37 @@ def state_to_load(
     refuse_other_parameters(optimizer, state_dict)
     groups = [{k: v for k, v in group.items() if k != "saved_by"} for group in groups]
     return {**state_dict, "param_groups": groups}
+
+
+class CheckedOptimizer:
+    """Mixin of a ``torch.optim.Optimizer`` (Lamb, ALTO, AdamE; the line searches do the same in
+    their own base class): every param group added is checked by ``_check_group`` (a refused
+    one leaves the optimizer as it was, as in torch), ``state_dict`` is stamped with the class
+    that saved it, and ``load_state_dict`` takes only a state of this class for these
+    parameters (:func:`state_to_load`, with :attr:`REQUIRED_GROUP_KEYS`)."""
+
+    #: The group keys a step reads without a fallback: a state dict to load must carry them.
+    REQUIRED_GROUP_KEYS: tuple[str, ...] = ()
+    param_groups: list[dict[str, Any]]
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """Raise ConfigError naming the first bad hyperparameter of ``group``."""
+
+    def _check_new_params(self, params: list[Tensor]) -> None:
+        """Refuse parameters the kernels cannot take (a subclass's rule; none here)."""
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)  # type: ignore[misc]
+        try:
+            self._check_new_params(self.param_groups[-1]["params"])
+            check_group(self, len(self.param_groups) - 1, self._check_group)  # type: ignore[arg-type]
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    def state_dict(self) -> dict[str, Any]:
+        return stamp_saved_by(self, super().state_dict())  # type: ignore[misc, arg-type]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        loaded = state_to_load(self, state_dict, self.REQUIRED_GROUP_KEYS)  # type: ignore[arg-type]
+        super().load_state_dict(loaded)  # type: ignore[misc]

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lsframe.optim._saved_state import check_group, stamp_saved_by, state_to_load
+from lsframe.optim._saved_state import CheckedOptimizer, check_group
 from lsframe.optim.lamb import check_adam_values
 from lsframe.optim.valley import (
     VALLEY_KEYS,
@@ -21,7 +21,7 @@ from lsframe.optim.valley import (
 from lsframe.validation import check_bool
 
 
-class AdamE(torch.optim.AdamW):
+class AdamE(CheckedOptimizer, torch.optim.AdamW):
     """``torch.optim.AdamW`` run on ``g̃ = g + α a`` (see :mod:`lsframe.optim.valley`): the
     valley-exploration adaptor "E" of Zhao et al., NeurIPS 2025 (arXiv 2510.27153).
 
@@ -86,25 +86,6 @@ class AdamE(torch.optim.AdamW):
         self._check_adam_group(group)
         if "valley_alpha" in self.defaults:
             check_valley_group(group)
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """torch's, then the group is checked (:func:`~lsframe.optim._saved_state.check_group`); a
-        refused group leaves the optimizer as it was."""
-        super().add_param_group(param_group)
-        try:
-            check_group(self, len(self.param_groups) - 1, self._check_group)
-        except ValueError:
-            self.param_groups.pop()
-            raise
-
-    def state_dict(self) -> dict[str, Any]:
-        """torch's, stamped with the class that saved it, as Lamb's and the line searches'."""
-        return stamp_saved_by(self, super().state_dict())
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's, after checking that AdamE saved it (:func:`~lsframe.optim._saved_state.state_to_load`):
-        another optimizer's state, torch's AdamW's included, is refused with a DataError."""
-        super().load_state_dict(state_to_load(self, state_dict, self.REQUIRED_GROUP_KEYS))
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Tensor | None:

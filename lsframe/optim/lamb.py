@@ -1,15 +1,17 @@
 """LAMB (You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes",
 ICLR 2020, Alg. 2), and the contract :class:`Lamb`, :class:`~lsframe.optim.ALTO` and
-:class:`~lsframe.optim.AdamE` share with the line searches:
+:class:`~lsframe.optim.AdamE` share with the line searches
+(:class:`~lsframe.optim._saved_state.CheckedOptimizer`):
 
 * **Every param group is checked**, the constructor's and any added later with
   ``add_param_group``, by the checks of the constructor's arguments: a bad value is refused with
   one :class:`~lsframe.errors.ConfigError` line naming the group and the key
-  (``Lamb: param group 0: lr must be a positive finite number, got -0.05``), and a refused group
-  leaves the optimizer as it was (:func:`~lsframe.optim._saved_state.check_group`).
+  (``Lamb: param group 0: lr must be >= 0, got -0.05``; the constructor's ``lr`` must be
+  positive), and a refused group leaves the optimizer as it was.
 * **A state dict says which optimizer saved it** (``param_groups[0]["saved_by"]``, as the line
-  searches stamp theirs), and another optimizer's is refused with a
-  :class:`~lsframe.errors.DataError` (:func:`~lsframe.optim._saved_state.state_to_load`).
+  searches stamp theirs), and another optimizer's, or one saved for other parameters, is
+  refused with a :class:`~lsframe.errors.DataError`
+  (:func:`~lsframe.optim._saved_state.state_to_load`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lsframe.optim._dtypes import check_real_parameters
-from lsframe.optim._saved_state import check_group, stamp_saved_by, state_to_load
+from lsframe.optim._saved_state import CheckedOptimizer
 from lsframe.optim._sharded import any_sharded, local, squared_norms
 from lsframe.validation import (
     as_tuple,
@@ -48,7 +50,7 @@ def check_adam_values(values: Mapping[str, Any]) -> None:
     check_non_negative(eps=values["eps"], weight_decay=values["weight_decay"])
 
 
-class Lamb(Optimizer):
+class Lamb(CheckedOptimizer, Optimizer):
     """LAMB: Adam's direction with a per-tensor trust ratio (You et al., "Large Batch
     Optimization for Deep Learning: Training BERT in 76 minutes", ICLR 2020, Alg. 2).
 
@@ -138,26 +140,8 @@ class Lamb(Optimizer):
             allow_none=True, max_grad_norm=group["max_grad_norm"], trust_clip=group["trust_clip"]
         )
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """torch's, then the group is checked as the constructor's arguments are
-        (:func:`check_group`); a refused group leaves the optimizer as it was, as in torch."""
-        super().add_param_group(param_group)
-        try:
-            check_real_parameters(self.param_groups[-1]["params"], type(self).__name__)
-            check_group(self, len(self.param_groups) - 1, self._check_group)
-        except ValueError:
-            self.param_groups.pop()
-            raise
-
-    def state_dict(self) -> dict[str, Any]:
-        """torch's, stamped with the class that saved it (:func:`stamp_saved_by`)."""
-        return stamp_saved_by(self, super().state_dict())
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's, after checking that this class saved it (:func:`state_to_load`): another
-        optimizer's state is refused with a DataError instead of running with its settings or
-        failing at the first step."""
-        super().load_state_dict(state_to_load(self, state_dict, self.REQUIRED_GROUP_KEYS))
+    def _check_new_params(self, params: list[Tensor]) -> None:
+        check_real_parameters(params, type(self).__name__)
 
     def _max_grad_norm(self) -> float | None:
         """The clip of the global norm: one value over all groups (a state dict from before it
