@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,19 @@ def test_the_entry_point_releases_the_process_group_it_ran_under(tmp_path, capsy
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_on_exception_checkpoint_beside_several_processes_is_warned_about(tmp_path):
+    # an exception on one rank hung the job: its save waits for the processes still training
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import OnExceptionCheckpoint
+
+    from lsframe.modules.distributed import warn_exception_checkpoint
+
+    callbacks = [OnExceptionCheckpoint(dirpath=tmp_path)]
+    with pytest.warns(UserWarning, match="OnExceptionCheckpoint beside 2 processes"):
+        warn_exception_checkpoint(SimpleNamespace(world_size=2, callbacks=callbacks))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_exception_checkpoint(SimpleNamespace(world_size=1, callbacks=callbacks))

@@ -28,7 +28,11 @@ from lsframe.callbacks.base import (
 )
 from lsframe.lr_distribution import base_lr_mismatch, check_distribution, multipliers_for
 from lsframe.modules import optimizer_setup, policy
-from lsframe.modules.distributed import mean_over_processes, no_backward_sync
+from lsframe.modules.distributed import (
+    mean_over_processes,
+    no_backward_sync,
+    warn_exception_checkpoint,
+)
 from lsframe.modules.export import export_pretrained
 from lsframe.modules.norm_statistics import NormStatistics
 from lsframe.modules.optimizer_setup import default_optimizer
@@ -310,6 +314,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
     def on_train_start(self) -> None:
         self._steps_at_start, self._own_step_ran = self.trainer.global_step, False
         check_line_search_schedulers(self.trainer, self)
+        warn_exception_checkpoint(self.trainer)
         restore_loader_position(self.trainer)  # first: a new iterator may draw a base seed
         self._resume_random.restore(self.trainer.ckpt_path is not None, self.device)
 

@@ -1,11 +1,14 @@
 """Where the closure meets the distributed strategy: gradient accumulation without a needless
-all-reduce per micro-batch, and one loss value for every process."""
+all-reduce per micro-batch, one loss value for every process, and a warning for a callback that
+waits for every process."""
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import OnExceptionCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 
@@ -22,3 +25,18 @@ def mean_over_processes(trainer: pl.Trainer | None, loss: Tensor) -> Tensor:
     if trainer is None or trainer.world_size == 1:
         return loss
     return trainer.strategy.reduce(loss, reduce_op="mean")
+
+
+def warn_exception_checkpoint(trainer: pl.Trainer) -> None:
+    """Warn, once the run's processes are known, about Lightning's ``OnExceptionCheckpoint``
+    beside several processes: its save on an exception waits for every process, so an
+    exception on one rank (a bad example, a failing callback) hangs the job until the process
+    group times out (30 minutes by default) instead of ending it."""
+    if trainer.world_size > 1 and any(
+        isinstance(c, OnExceptionCheckpoint) for c in trainer.callbacks
+    ):
+        rank_zero_warn(
+            f"OnExceptionCheckpoint beside {trainer.world_size} processes: an exception on one "
+            "of them hangs the job until the process group times out (its save waits for the "
+            "others); lsframe's own checkpoints (last.ckpt, Preemption) need no such callback"
+        )
