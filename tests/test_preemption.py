@@ -175,6 +175,7 @@ def test_a_signal_stops_after_the_step_and_the_same_command_resumes_bit_exact(
     # mid-epoch: the loader's position (2 micro-batches a step), the generators
     position = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     place = {"epoch": 0, "batches": 2 * step, "seed": 3, "batch_size": 8, "examples": 96}
+    place |= {"processes": 1, "order_seed": 3}  # one process: the loader's own order
     if case == "sigint-at-epoch-end":  # saved at the epoch's last batch: the epoch is over
         place["epoch_over"] = True
     assert position == [place]

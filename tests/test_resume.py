@@ -7,6 +7,7 @@ resumed run repeats some steps, continues inside an epoch and then crosses an ep
 
 from __future__ import annotations
 
+import re
 from functools import partial
 
 import pytest
@@ -186,6 +187,46 @@ def test_a_loader_with_another_seed_batch_size_or_length_is_refused_at_its_key()
     smaller = ResumableDataLoader(regression_data(40), batch_size=2, shuffle=True, seed=3)
     smaller.load_state_dict({**state, "batches": 10})
     assert smaller.sampler.epoch == 1 and len(list(smaller)) == 20
+
+
+def test_a_ddp_place_resumed_by_other_processes_or_another_order_seed_is_refused():
+    # Lightning's DistributedSampler orders the epoch from seed_everything and splits it over the
+    # processes: a resume on 1 process of a 2-process place trained 44 of 96 examples twice
+    from torch.utils.data import DistributedSampler
+
+    from lsframe.errors import ConfigError
+
+    def ddp(replicas: int, seed: int) -> ResumableDataLoader:
+        dataset = regression_data(40)
+        sampler = DistributedSampler(dataset, num_replicas=replicas, rank=0, seed=seed)
+        return ResumableDataLoader(dataset, batch_size=4, sampler=sampler, seed=3)
+
+    loader = ddp(2, 7)
+    next(iter(loader))
+    state = loader.state_dict()
+    assert state["processes"] == 2 and state["order_seed"] == 7
+    for refusing, text, where in (
+        (data(seed=3), "split its epoch over 2 processes, this one over 1", "trainer.devices"),
+        (
+            ddp(2, 8),
+            "order with seed 7, this one with 8 (under DDP: seed_everything)",
+            "seed_everything",
+        ),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(text)) as refused:
+            refusing.load_state_dict(state)
+        assert refused.value.where == where
+    ddp(2, 7).load_state_dict(state)
+    # the epoch's end (5 batches of a process's 20 examples): the next epoch starts afresh
+    data(seed=3).load_state_dict({**state, "batches": 5})
+    # and before the resume writes anything, from the checkpoint's loops and the trainer's size
+    from lsframe.data.resumable import refuse_another_place
+
+    module = type("Module", (), {"__module__": "lsframe.data.x", "seed": 3, "batch_size": 4})()
+    with pytest.raises(ConfigError, match="over 2 processes, this one over 1") as refused:
+        refuse_another_place({"fit_loop": {"place": state}}, module, processes=1)
+    assert refused.value.where == "trainer.devices"
+    refuse_another_place({"fit_loop": {"place": state}}, module, processes=2)
 
 
 def test_weights_loaded_for_a_new_fit_keep_that_fit_s_random_state(tmp_path):

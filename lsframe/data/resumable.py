@@ -143,19 +143,29 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         """The epoch (the sampler's, if it has one) and the batches handed out in it, with what
-        the place depends on: the seed, the batch size and the number of examples."""
+        the place depends on: the seed, the batch size, the number of examples, and the
+        processes and seed of the order (under DDP Lightning's ``DistributedSampler`` orders
+        the epoch from ``seed_everything`` and splits it over the processes)."""
         return {
             "epoch": getattr(self.sampler, "epoch", None),
             "batches": self._batches_handed_out,
             "seed": self.seed,
             "batch_size": self.batch_size,
             "examples": len(self.dataset),  # type: ignore[arg-type]
+            **self._order(),
+        }
+
+    def _order(self) -> dict[str, int]:
+        """The processes the epoch's order is split over and the seed that draws it."""
+        return {
+            "processes": int(getattr(self.sampler, "num_replicas", 1)),
+            "order_seed": int(getattr(self.sampler, "seed", self.seed)),
         }
 
     def _saved_epoch_over(self, state: dict[str, Any], batches: int) -> bool:
         """Whether the saved place is at its epoch's end, in the saved epoch's batches (its
         batch size and number of examples, where recorded; else this loader's)."""
-        size, examples = state.get("batch_size"), state.get("examples")
+        size, examples = state.get("batch_size"), per_process_examples(state)
         if size is None or examples is None:
             return batches >= len(self)
         return batches >= (examples // size if self.drop_last else -(-examples // size))
@@ -172,7 +182,12 @@ class ResumableDataLoader(DataLoader):
         batches = int(state["batches"])
         # at the epoch's end: its loader ran out, or the run's limit_train_batches ended it
         finished = bool(state.get("epoch_over")) or self._saved_epoch_over(state, batches)
-        mine = {"seed": self.seed, "batch_size": self.batch_size, "examples": len(self.dataset)}  # type: ignore[arg-type]
+        mine = {
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "examples": len(self.dataset),  # type: ignore[arg-type]
+            **self._order(),
+        }
         refusal = place_refusal(state, mine, finished)
         if refusal is not None:
             raise refusal
@@ -190,6 +205,9 @@ _PLACE_CHECKS = (
     ("batch_size", "handed out batches of {}, this one of {}", "data.batch_size"),
     ("examples", "had {} examples, this one has {} (a changed train_limit, train_subsample or "
      "data file)", None),
+    ("processes", "split its epoch over {} processes, this one over {}", "trainer.devices"),
+    ("order_seed", "drew its epoch's order with seed {}, this one with {} (under DDP: "
+     "seed_everything)", "seed_everything"),
 )  # fmt: skip
 
 
@@ -197,37 +215,43 @@ def place_refusal(
     state: dict[str, Any], mine: dict[str, Any], finished: bool | None
 ) -> ConfigError | None:
     """The refusal of a saved loader place (:meth:`ResumableDataLoader.state_dict`) for a loader
-    of the settings ``mine`` (``seed``, ``batch_size``, ``examples``; a missing one is not
-    compared): another seed always, another batch size or number of examples inside an epoch
-    (``finished``: whether the place is at its epoch's end; None: not known, not compared)."""
+    of the settings ``mine`` (``seed``, ``batch_size``, ``examples``, ``processes``,
+    ``order_seed``; a missing one is not compared): another seed always, any other inside an
+    epoch (``finished``: whether the place is at its epoch's end; None: not known, not
+    compared)."""
     for key, text, argument in _PLACE_CHECKS:
         saved, current = state.get(key), mine.get(key)
         if key != "seed" and finished is not False:
             continue  # nothing of that epoch is left; the next one starts afresh
         if saved is not None and current is not None and saved != current:
+            run_setting = argument is not None and not argument.startswith("data.")
             return ConfigError(
                 f"the checkpoint's training loader {text.format(saved, current)}: resuming "
                 "would train other examples than the rest of its epoch; resume with the "
-                "data settings it was saved with",
-                argument=argument,
+                f"{'run' if run_setting else 'data'} settings it was saved with",
+                where=argument if run_setting else None,
+                argument=None if run_setting else argument,
             )
     return None
 
 
-def refuse_another_place(loops: Any, datamodule: Any) -> None:
+def refuse_another_place(loops: Any, datamodule: Any, processes: int | None = None) -> None:
     """Before a resume writes anything (its config, its logs): refuse a checkpoint whose saved
-    training-loader place (in its ``loops``) ``datamodule``'s ``seed`` or ``batch_size`` cannot
-    continue, at ``data.init_args.<key>`` (the number of examples is known only once the data
-    is set up; the loader refuses it then). Only for lsframe's DataModules, whose ``seed`` and
-    ``batch_size`` are their training loader's; another's loader refuses a place itself."""
+    training-loader place (in its ``loops``) ``datamodule``'s ``seed`` or ``batch_size``, or
+    the run's number of ``processes``, cannot continue, at ``data.init_args.<key>`` or
+    ``trainer.devices`` (the number of examples and the order's seed are known only once the
+    data is set up; the loader refuses them then). Only for lsframe's DataModules, whose
+    ``seed`` and ``batch_size`` are their training loader's; another's loader refuses a place
+    itself."""
     if not type(datamodule).__module__.startswith("lsframe."):
         return  # another DataModule's seed or batch_size need not be its loader's
     mine = {k: getattr(datamodule, k, None) for k in ("seed", "batch_size")}
+    mine["processes"] = processes
     for state in _loader_places(loops):
         batches, size, examples = (
             state.get("batches"),
             state.get("batch_size"),
-            state.get("examples"),
+            per_process_examples(state),
         )
         finished = None  # at the epoch's end, inside it, or (drop_last unknown here) either
         if isinstance(batches, int) and size and isinstance(examples, int):
@@ -236,6 +260,13 @@ def refuse_another_place(loops: Any, datamodule: Any) -> None:
         refusal = place_refusal(state, mine, finished)
         if refusal is not None:
             raise refusal.at("data.init_args")
+
+
+def per_process_examples(state: dict[str, Any]) -> int | None:
+    """The examples of a saved place's epoch that one process saw (``DistributedSampler`` pads
+    the epoch to a multiple of the processes)."""
+    examples, processes = state.get("examples"), state.get("processes") or 1
+    return None if not isinstance(examples, int) else -(-examples // processes)
 
 
 def _loader_places(node: Any) -> Iterator[dict[str, Any]]:

@@ -244,6 +244,8 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         kwargs: dict[str, Any] = {}
         if info_for(raw_optimizer).forward_trials:
             kwargs["forward"] = evaluator.forward
+        # the closure back-propagates; a step without gradients is nonfinite_loss "skip"'s
+        raw_optimizer.warn_without_gradients = False
         optimizer.step(closure=evaluator.closure, **kwargs)
         if evaluator.skipped:
             self._skipped_steps += 1

@@ -289,9 +289,15 @@ class LineSearchOptimizer(SearchGroups, Optimizer):
         record["step_sizes"] = [float(group["step_size"]) for group in self.param_groups]
         return loss
 
+    #: Warn when a closure ran and no parameter has a gradient (False: the caller's closure
+    #: drops them on purpose, as lsframe's modules do for ``nonfinite_loss="skip"``).
+    warn_without_gradients: bool = True
+
     def _warn_no_gradients(self) -> None:
         """A closure ran, yet no parameter has a gradient: where some may have one, the closure
         most likely forgot ``loss.backward()`` (a step with every parameter frozen is quiet)."""
+        if not self.warn_without_gradients:
+            return
         if any(p.requires_grad for group in self.param_groups for p in group["params"]):
             warnings.warn(
                 f"{type(self).__name__}.step: no parameter has a gradient after "
