@@ -89,13 +89,16 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if self._step_end_random is None:  # no step in this fit yet: as its first one starts
             self._first_epoch_random = random_states(pl_module.device)
 
-    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
-        # a validation between two micro-batches of a step: the state saved is the last step's,
-        # and a resume fetches the micro-batches since again (they are in no checkpoint)
-        pending = trainer.validating and self._completed_at_step not in (
+    def _between_micro_batches(self, trainer: pl.Trainer) -> bool:
+        """A validation between two micro-batches of a step: a save then holds the last step's
+        state, and a resume fetches the micro-batches since again (they are in no checkpoint)."""
+        return trainer.validating and self._completed_at_step not in (
             None,
             _batches(trainer).completed,
         )
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
+        pending = self._between_micro_batches(trainer)
         with self._as_at_the_last_step(trainer) if pending else nullcontext():
             super()._save_last_checkpoint(trainer, monitor_candidates)
         if self.save_last:

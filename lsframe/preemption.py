@@ -207,7 +207,7 @@ class Preemption(Callback):
     # ------------------------------------------------------------------------------ stopping
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._take_over(trainer)
-        self._step = trainer.global_step
+        self._step, self._accumulating = trainer.global_step, False
         signum = agree(trainer)
         if signum:
             self._stop(trainer, signum, stepped=False)
@@ -220,7 +220,8 @@ class Preemption(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if trainer.global_step == self._step:
+        self._accumulating = trainer.global_step == self._step
+        if self._accumulating:
             return  # a micro-batch that only accumulated gradients: wait for the step
         self._step = trainer.global_step
         if _validation_follows(trainer):
@@ -239,6 +240,8 @@ class Preemption(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
+        if getattr(self, "_accumulating", False) and not _at_epoch_end(trainer):
+            return  # between two micro-batches of a step: decided when the step ends
         signum = agree(trainer)
         if signum and not _run_is_over(trainer, epoch_end=_at_epoch_end(trainer)):
             self._stop(trainer, signum, "on_validation_end", ())

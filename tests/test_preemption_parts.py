@@ -80,6 +80,32 @@ def test_a_fit_in_python_stops_on_ctrl_c_and_gives_the_handlers_back(tmp_path):
     assert signal.getsignal(signal.SIGINT) is handler  # Lightning put the old one back
 
 
+def test_a_signal_in_a_validation_between_micro_batches_stops_after_the_step(tmp_path):
+    # the stop at that validation's end saved the step before with the loader after its first
+    # micro-batch: the resume never trained that micro-batch and paired the others anew
+    import lightning.pytorch as pl
+    from helpers import trainer
+    from preemption_helpers import Blobs, TinyClassifier
+
+    from lsframe.preemption import Preemption
+
+    class SignalInValidation(pl.Callback):
+        def on_validation_start(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    fit = trainer(
+        max_steps=8, val_check_interval=3, check_val_every_n_epoch=None,
+        callbacks=[SignalInValidation(), Preemption(str(tmp_path))],
+    )  # fmt: skip
+    with pytest.raises(Preempted) as stopped:
+        fit.fit(TinyClassifier(accumulate_grad_batches=2), Blobs())
+    assert stopped.value.step == 2  # the validation came after micro-batch 3, inside step 2
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    place = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert saved["global_step"] == 2 and place["batches"] == 4
+
+
 def test_lightnings_sigterm_exception_exits_143_not_0(capsys):
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
