@@ -187,7 +187,7 @@ class ResumeChecks:
                 self.config = config
         if resumed is not None and Path(resumed).is_file():
             loops = read_lightning_checkpoint(resumed).get("loops")
-            refuse_another_place(loops, self.datamodule, self.trainer.world_size)
+            refuse_another_place(loops, self.datamodule)
 
     def _read_model_settings(self, subcommand: str | None) -> None:
         """The ``model`` section given the hyperparameters a ``ckpt_path`` file saved, as

@@ -219,14 +219,6 @@ def test_a_ddp_place_resumed_by_other_processes_or_another_order_seed_is_refused
     ddp(2, 7).load_state_dict(state)
     # the epoch's end (5 batches of a process's 20 examples): the next epoch starts afresh
     data(seed=3).load_state_dict({**state, "batches": 5})
-    # and before the resume writes anything, from the checkpoint's loops and the trainer's size
-    from lsframe.data.resumable import refuse_another_place
-
-    module = type("Module", (), {"__module__": "lsframe.data.x", "seed": 3, "batch_size": 4})()
-    with pytest.raises(ConfigError, match="over 2 processes, this one over 1") as refused:
-        refuse_another_place({"fit_loop": {"place": state}}, module, processes=1)
-    assert refused.value.where == "trainer.devices"
-    refuse_another_place({"fit_loop": {"place": state}}, module, processes=2)
 
 
 def test_weights_loaded_for_a_new_fit_keep_that_fit_s_random_state(tmp_path):

@@ -235,18 +235,16 @@ def place_refusal(
     return None
 
 
-def refuse_another_place(loops: Any, datamodule: Any, processes: int | None = None) -> None:
+def refuse_another_place(loops: Any, datamodule: Any) -> None:
     """Before a resume writes anything (its config, its logs): refuse a checkpoint whose saved
-    training-loader place (in its ``loops``) ``datamodule``'s ``seed`` or ``batch_size``, or
-    the run's number of ``processes``, cannot continue, at ``data.init_args.<key>`` or
-    ``trainer.devices`` (the number of examples and the order's seed are known only once the
-    data is set up; the loader refuses them then). Only for lsframe's DataModules, whose
-    ``seed`` and ``batch_size`` are their training loader's; another's loader refuses a place
-    itself."""
+    training-loader place (in its ``loops``) ``datamodule``'s ``seed`` or ``batch_size`` cannot
+    continue, at ``data.init_args.<key>`` (the number of examples, and the processes and seed
+    of the order, are known only once the data is set up, under the strategy's sampler; the
+    loader refuses them then). Only for lsframe's DataModules, whose ``seed`` and
+    ``batch_size`` are their training loader's; another's loader refuses a place itself."""
     if not type(datamodule).__module__.startswith("lsframe."):
         return  # another DataModule's seed or batch_size need not be its loader's
     mine = {k: getattr(datamodule, k, None) for k in ("seed", "batch_size")}
-    mine["processes"] = processes
     for state in _loader_places(loops):
         batches, size, examples = (
             state.get("batches"),
