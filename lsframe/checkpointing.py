@@ -104,6 +104,11 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if self.save_last:
             self._last_written_at = trainer.global_step
 
+    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
+        pending = self._between_micro_batches(trainer)  # a best checkpoint is resumed too
+        with self._as_at_the_last_step(trainer) if pending else nullcontext():
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
+
     @contextmanager
     def _as_at_the_last_step(self, trainer: pl.Trainer) -> Iterator[None]:
         """Inside, the run is as its last optimizer step left it (:func:`_rewound`), with the
@@ -221,7 +226,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         """At a training batch's end (this callback's, or an error's before it, Lightning
         running checkpoint callbacks last): if the batch took an optimizer step, the run as that
         step left it."""
-        if self.save_last and trainer.global_step != self._steps_seen:
+        saves = self.save_last or self.save_top_k != 0  # it may save at a validation
+        if saves and trainer.global_step != self._steps_seen:
             self._steps_seen = trainer.global_step
             self._step_end_random = random_states(pl_module.device)
             self._completed_at_step = _batches(trainer).completed + 1  # counted after the hooks

@@ -619,6 +619,34 @@ def test_a_validation_between_two_micro_batches_saves_the_step_a_resume_goes_on_
         (tmp_path / "last.ckpt").unlink()
 
 
+def test_every_best_checkpoint_of_validations_between_micro_batches_resumes_exactly(tmp_path):
+    # a best checkpoint saved at a validation between two micro-batches of a step recorded the
+    # loader past the first: a resume from it never trained that micro-batch
+    class Validated(TinyRegression):
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val/loss", torch.nn.functional.mse_loss(self.model(x).squeeze(-1), y))
+
+    def module() -> Validated:
+        return Validated(model=mlp(dropout=0.2), optimizer=optim.SGDSLS, accumulate_grad_batches=2)
+
+    val = torch.utils.data.DataLoader(regression_data(8), batch_size=8)
+    fit = partial(trainer, deterministic=True, max_steps=8, val_check_interval=3,
+                  check_val_every_n_epoch=None)  # fmt: skip
+    best = BestAndLastCheckpoint(dirpath=tmp_path, monitor="val/loss", save_top_k=-1)
+    torch.manual_seed(0)
+    uninterrupted = module()
+    fit(callbacks=[best], enable_checkpointing=True).fit(uninterrupted, data(), val)
+    files = sorted(tmp_path.glob("*.ckpt"))
+    assert len(files) == 5  # validations after batches 3, 6, 9 (epoch 0), 2 and 5 (epoch 1)
+    for path in files:
+        torch.manual_seed(1234)
+        resumed = module()
+        fit().fit(resumed, data(), val, ckpt_path=path)
+        for (key, a), b in zip(uninterrupted.named_parameters(), resumed.parameters()):
+            assert torch.equal(a, b), (path.name, key)
+
+
 @pytest.mark.parametrize("length", [{"max_steps": 17}, {"max_epochs": 3}])
 def test_a_resume_at_the_end_of_an_epoch_limit_train_batches_ended_starts_the_next(
     length, tmp_path
