@@ -67,6 +67,13 @@ def train(
     return opt
 
 
+def shard(model: torch.nn.Sequential, mesh) -> torch.nn.Sequential:
+    """``model`` with each Linear layer and then the whole sharded by FSDP2."""
+    for layer in [*(m for m in model if isinstance(m, torch.nn.Linear)), model]:
+        fully_shard(layer, mesh=mesh)
+    return model
+
+
 def main(out: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -74,10 +81,7 @@ def main(out: str) -> None:
     results = {}
     for name in [*optim.names(), *EXTRA]:
         model = mlp()
-        for layer in model:
-            if isinstance(layer, torch.nn.Linear):
-                fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+        shard(model, mesh)
         half = 8 // world
         opt = train(model, name, slice(rank * half, (rank + 1) * half))
         full = [p.full_tensor() for p in model.parameters()]
@@ -100,9 +104,7 @@ def main(out: str) -> None:
     for name in optim.names():  # bf16 shards: trials placed from a copy of each local shard
         if not optim.info(name).forward_trials:
             continue
-        model = mlp().to(torch.bfloat16)
-        for layer in [*(m for m in model if isinstance(m, torch.nn.Linear)), model]:
-            fully_shard(layer, mesh=mesh)
+        model = shard(mlp().to(torch.bfloat16), mesh)
         opt = train(model, name, slice(rank * half, (rank + 1) * half), torch.bfloat16)
         search = opt.state.get("line_search", {})
         gathered = [None] * world

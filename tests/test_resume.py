@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -584,67 +585,62 @@ def test_a_step_that_fails_after_its_batch_was_fetched_is_trained_again_by_the_r
     assert run.resume_and_compare().trainer.global_step == steps
 
 
+def _accumulating() -> Validated:
+    """Two micro-batches a step, with dropout: a validation every 3 batches (see
+    :data:`_validating`) falls between the micro-batches of every other step."""
+    return Validated(model=mlp(dropout=0.2), optimizer=optim.SGDSLS, accumulate_grad_batches=2)
+
+
+_validating = partial(trainer, deterministic=True, max_steps=8, val_check_interval=3,
+                      check_val_every_n_epoch=None)  # fmt: skip
+
+
+def _validation_data() -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(regression_data(8), batch_size=8)
+
+
+def _assert_resumes_to(uninterrupted: Validated, ckpt_path: Path, label: str) -> None:
+    """A fresh module resumed from ``ckpt_path`` ends with ``uninterrupted``'s parameters."""
+    torch.manual_seed(1234)
+    resumed = _accumulating()
+    _validating().fit(resumed, data(), _validation_data(), ckpt_path=ckpt_path)
+    for (key, a), b in zip(uninterrupted.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), (label, key)
+
+
 def test_a_validation_between_two_micro_batches_saves_the_step_a_resume_goes_on_from(tmp_path):
     # last.ckpt of a validation after the first micro-batch of a step recorded the loader after
     # it: the resume's next step skipped it; a failure at that step kept that file
     from lsframe.errors import NonFiniteLossError
 
-    class Validated(TinyRegression):
-        def validation_step(self, batch, batch_idx):
-            x, y = batch
-            self.log("val/loss", torch.nn.functional.mse_loss(self.model(x).squeeze(-1), y))
-
-    def module() -> Validated:
-        return Validated(model=mlp(dropout=0.2), optimizer=optim.SGDSLS, accumulate_grad_batches=2)
-
-    val = torch.utils.data.DataLoader(regression_data(8), batch_size=8)
-    fit = partial(trainer, deterministic=True, max_steps=8, val_check_interval=3,
-                  check_val_every_n_epoch=None)  # fmt: skip
     torch.manual_seed(0)
-    uninterrupted = module()
-    fit().fit(uninterrupted, data(), val)
+    uninterrupted = _accumulating()
+    _validating().fit(uninterrupted, data(), _validation_data())
     for failure in ("crash", "non-finite loss"):
         torch.manual_seed(0)
-        stopped, last = module(), BestAndLastCheckpoint(dirpath=tmp_path, save_last=True)
+        stopped, last = _accumulating(), BestAndLastCheckpoint(dirpath=tmp_path, save_last=True)
         callbacks = [last] + (
             [Crash(at=2)] if failure == "crash" else [_FailsOnce(2, failure), _Restores()]
         )
         with pytest.raises(RuntimeError if failure == "crash" else NonFiniteLossError):
-            fit(callbacks=callbacks, enable_checkpointing=True).fit(stopped, data(), val)
-        torch.manual_seed(1234)
-        resumed = module()
-        fit().fit(resumed, data(), val, ckpt_path=tmp_path / "last.ckpt")
-        for (key, a), b in zip(uninterrupted.named_parameters(), resumed.parameters()):
-            assert torch.equal(a, b), (failure, key)
+            fit = _validating(callbacks=callbacks, enable_checkpointing=True)
+            fit.fit(stopped, data(), _validation_data())
+        _assert_resumes_to(uninterrupted, tmp_path / "last.ckpt", failure)
         (tmp_path / "last.ckpt").unlink()
 
 
 def test_every_best_checkpoint_of_validations_between_micro_batches_resumes_exactly(tmp_path):
     # a best checkpoint saved at a validation between two micro-batches of a step recorded the
     # loader past the first: a resume from it never trained that micro-batch
-    class Validated(TinyRegression):
-        def validation_step(self, batch, batch_idx):
-            x, y = batch
-            self.log("val/loss", torch.nn.functional.mse_loss(self.model(x).squeeze(-1), y))
-
-    def module() -> Validated:
-        return Validated(model=mlp(dropout=0.2), optimizer=optim.SGDSLS, accumulate_grad_batches=2)
-
-    val = torch.utils.data.DataLoader(regression_data(8), batch_size=8)
-    fit = partial(trainer, deterministic=True, max_steps=8, val_check_interval=3,
-                  check_val_every_n_epoch=None)  # fmt: skip
     best = BestAndLastCheckpoint(dirpath=tmp_path, monitor="val/loss", save_top_k=-1)
     torch.manual_seed(0)
-    uninterrupted = module()
-    fit(callbacks=[best], enable_checkpointing=True).fit(uninterrupted, data(), val)
+    uninterrupted = _accumulating()
+    fit = _validating(callbacks=[best], enable_checkpointing=True)
+    fit.fit(uninterrupted, data(), _validation_data())
     files = sorted(tmp_path.glob("*.ckpt"))
     assert len(files) == 5  # validations after batches 3, 6, 9 (epoch 0), 2 and 5 (epoch 1)
     for path in files:
-        torch.manual_seed(1234)
-        resumed = module()
-        fit().fit(resumed, data(), val, ckpt_path=path)
-        for (key, a), b in zip(uninterrupted.named_parameters(), resumed.parameters()):
-            assert torch.equal(a, b), (path.name, key)
+        _assert_resumes_to(uninterrupted, path, path.name)
 
 
 @pytest.mark.parametrize("length", [{"max_steps": 17}, {"max_epochs": 3}])
