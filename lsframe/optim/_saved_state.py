@@ -98,8 +98,9 @@ def refuse_other_parameters(optimizer: Optimizer, state_dict: dict[str, Any]) ->
                 if not same_parameter(names[position], saved_names[position]):
                     problem = f"is {names[position]}, the state's {saved_names[position]}"
                     raise _other_parameters(optimizer, index, position, problem, name)
-            for moment in PARAMETER_SHAPED:
-                value = state.get(key, {}).get(moment) if isinstance(state.get(key), dict) else None
+            entry = state.get(key)
+            for moment in PARAMETER_SHAPED if isinstance(entry, dict) else ():
+                value = entry.get(moment)
                 if isinstance(value, Tensor) and value.shape != param.shape:
                     problem = (
                         f"has shape {tuple(param.shape)}, its saved {moment} {tuple(value.shape)}"

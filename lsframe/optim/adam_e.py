@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lsframe.optim._saved_state import CheckedOptimizer, check_group
+from lsframe.optim._saved_state import CheckedOptimizer
 from lsframe.optim.lamb import check_adam_values
 from lsframe.optim.valley import (
     VALLEY_KEYS,
@@ -69,8 +69,6 @@ class AdamE(CheckedOptimizer, torch.optim.AdamW):
         alpha, valley_beta = resolve_valley(alpha, valley_beta, batch_size)
         super().__init__(params, **values)
         set_group_valley(self, alpha, valley_beta, first_step_kick)
-        for index in range(len(self.param_groups)):  # the constructor's groups: α, β1 now set
-            check_group(self, index, check_valley_group)
 
     #: The group keys a step reads without a fallback (torch backfills its own flags).
     REQUIRED_GROUP_KEYS = ("lr", "betas", "eps", "weight_decay", *VALLEY_KEYS)

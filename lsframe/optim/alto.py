@@ -6,7 +6,6 @@ from typing import Any
 
 from torch import Tensor
 
-from lsframe.optim._saved_state import check_group
 from lsframe.optim.lamb import Lamb
 from lsframe.optim.valley import (
     VALLEY_KEYS,
@@ -76,8 +75,6 @@ class ALTO(Lamb):
             always_adapt=always_adapt,
         )
         set_group_valley(self, alpha, valley_beta, first_step_kick)
-        for index in range(len(self.param_groups)):  # the constructor's groups: α, β1 now set
-            check_group(self, index, check_valley_group)
 
     #: Lamb's, and the adaptor's α and β1 (``first_step_kick`` falls back to ``defaults``).
     REQUIRED_GROUP_KEYS = (*Lamb.REQUIRED_GROUP_KEYS, *VALLEY_KEYS)

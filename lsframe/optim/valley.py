@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from lsframe.errors import ConfigError
+from lsframe.optim._saved_state import check_group
 from lsframe.optim._sharded import local
 from lsframe.validation import check_bool, check_int_at_least, check_interval, check_unit
 
@@ -115,13 +116,14 @@ def resolve_valley(
 
 def set_group_valley(optimizer: Any, alpha: float, beta: float, kick: bool) -> None:
     """Give every param group (and ``defaults``, for groups added later) the adaptor's α, β1
-    and ``first_step_kick``; a group that names its own keeps them (the caller checks them:
-    :func:`check_valley_group`)."""
+    and ``first_step_kick``; a group that names its own keeps them, checked
+    (:func:`check_valley_group`, one line naming the group)."""
     check_bool(first_step_kick=kick)
-    for group in optimizer.param_groups:
+    for index, group in enumerate(optimizer.param_groups):
         group.setdefault("valley_alpha", alpha)
         group.setdefault("valley_beta", beta)
         group.setdefault("first_step_kick", kick)
+        check_group(optimizer, index, check_valley_group)
     optimizer.defaults.update(valley_alpha=alpha, valley_beta=beta, first_step_kick=kick)
 
 
