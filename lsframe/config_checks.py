@@ -8,7 +8,8 @@ names its full key:
 
 * a null given to an init argument whose annotation does not admit one (``max_change: null``
   for a ``float``, ``betas: null`` for a ``tuple[float, float]``) is refused at its key
-  (:func:`check_nulls`): jsonargparse lets it through in a class's ``init_args``;
+  (:func:`lsframe.config_nulls.check_nulls`): jsonargparse lets it through in a class's
+  ``init_args``;
 * every optimizer (``class_path`` of a ``torch.optim.Optimizer``) is built on a one-element
   probe parameter, so its own argument checks run (``c must be in (0, 1), got -1.0`` at
   ``model.init_args.optimizer.init_args.c``), and one that needs ``param_grouping: parts``
@@ -31,14 +32,11 @@ key or file (:meth:`~lsframe.errors.LsframeError.at`).
 
 from __future__ import annotations
 
-import inspect
 import math
-import types
-import typing
 from typing import Any
 
-from lsframe.cli_usage import KIND_WORDS
 from lsframe.config_nodes import class_nodes, import_class, located, node_get, plain
+from lsframe.config_nulls import check_nulls
 from lsframe.errors import ConfigError, LsframeError
 from lsframe.trainer_checks import (
     check_accelerator,
@@ -53,54 +51,6 @@ from lsframe.trainer_checks import (
 
 #: Attributes a DataModule and a module must agree on (the modules' ``check_data`` keys).
 SHARED_ATTRIBUTES = ("num_labels", "num_classes", "in_chans", "label_names")
-
-
-def check_nulls(key: str, cls: type, init_args: dict[str, Any]) -> None:
-    """Refuse a null for an init argument of ``cls`` without a None default whose annotation
-    admits none (:func:`null_refused_as`), at ``<key>.init_args.<name>``. Annotations that
-    cannot be read, and classes and other types, are left to the constructor."""
-    nulls = [name for name, value in init_args.items() if value is None]
-    if not nulls:
-        return
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-        parameters = inspect.signature(cls.__init__).parameters
-    except (AttributeError, NameError, TypeError, ValueError):
-        return
-    for name in nulls:
-        expected = null_refused_as(hints.get(name))
-        if name in parameters and parameters[name].default is not None and expected:
-            raise ConfigError(
-                f"{name} cannot be null: expected {expected}", where=f"{key}.init_args.{name}"
-            )
-
-
-#: the plain annotations :func:`null_refused_as` judges
-KIND_TYPES = (int, float, bool, str)
-
-_CONTAINER_WORDS = {tuple: "a list", list: "a list", dict: "a mapping", set: "a list"}
-
-
-def null_refused_as(hint: Any) -> str | None:
-    """What an argument annotated ``hint`` expects, in words, when the annotation refuses a
-    null: a plain ``int``/``float``/``bool``/``str``, a tuple, list, set or dict (of anything),
-    a ``Literal`` without None, or a union of those. None when it admits one (``Optional``,
-    ``Any``) or is of another kind (a class, a callable), which the constructor judges."""
-    if hint in KIND_TYPES:
-        return KIND_WORDS[hint.__name__]
-    origin = typing.get_origin(hint)
-    if hint in _CONTAINER_WORDS or origin in _CONTAINER_WORDS:
-        arms = typing.get_args(hint)
-        if origin is tuple and arms and ... not in arms:
-            return f"a list of {len(arms)} values"
-        return _CONTAINER_WORDS[origin or hint]
-    if origin is typing.Literal:
-        values = typing.get_args(hint)
-        return None if None in values else "one of " + ", ".join(map(repr, values))
-    if origin in (typing.Union, types.UnionType):
-        words = [null_refused_as(arm) for arm in typing.get_args(hint)]
-        return None if None in words else " or ".join(dict.fromkeys(words))
-    return None
 
 
 def on_probe(cls: type, init_args: dict[str, Any], dtype: Any = None) -> Any:

@@ -30,11 +30,9 @@ once two trials are complete and there are two learning rates or more,
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,16 +41,21 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from lsframe.checkpoint_io import write_atomically
 from lsframe.cli_usage import parse_or_raise
-from lsframe.config_checks import check_config, on_probe
-from lsframe.config_nodes import dump_enums_as_values, import_class, node_get, plain
+from lsframe.config_checks import check_config
+from lsframe.config_nodes import dump_enums_as_values
 from lsframe.config_stacking import fresh_class_arguments
 from lsframe.errors import ConfigError
 from lsframe.loggers import logger_specs
 from lsframe.modules import ClosureModule
-from lsframe.optim import info_for
 from lsframe.parts import split_into_parts
 from lsframe.preemption import Preempted, catch_signals, stop_if_received
 from lsframe.run_config import defining_config
+from lsframe.search_options import (
+    SearchOptions,
+    base_lr_problem,
+    check_base_lr,
+    part_groups_by_depth,
+)
 from lsframe.search_plots import plot_param_importances, plot_search
 from lsframe.search_study import (
     PROCESS_ATTR,
@@ -73,70 +76,6 @@ from lsframe.sequence_checks import (
     higher_is_better,
 )
 from lsframe.sequential import SequenceRunner, Stage
-from lsframe.validation import check_int_at_least, check_interval, check_positive
-
-
-@dataclass
-class SearchOptions:
-    """Options of the learning-rate distribution search.
-
-    Args:
-        n_trials: Finished trials the study should hold (P3: 50).
-        lr_low: Lower bound of each part's learning rate (log-uniform). Default: 1e-7.
-        lr_high: Upper bound. Default: 1e-3.
-        base_lr: The learning rate in the module's optimizer config; multipliers = lr / base_lr.
-        groups: Tie the parts into this many contiguous groups by depth (one learning rate per
-            group; None: one per part). Part ``i`` of ``P`` goes to group ``floor(i·K/P)``.
-        sampler: ``tpe`` (multivariate TPE) or ``gp`` (Gaussian process).
-        pruner: ``hyperband`` or ``none``.
-        storage: Optuna storage: a journal file path (default) or an RDB URL (``sqlite:///...``).
-        study_name: Name of the study in the storage; an output_dir holds one study's results.
-        output_dir: Where trials, the best distribution and the plot go.
-        seed: Sampler seed; trial ``n`` draws with ``seed + n`` (so processes sharing the
-            study do not repeat one another's draws).
-        num_parts: Parts the model is cut into (:func:`lsframe.parts.split_into_parts`).
-    """
-
-    n_trials: int = 50
-    lr_low: float = 1e-7
-    lr_high: float = 1e-3
-    base_lr: float = 2e-5
-    groups: int | None = None
-    sampler: Literal["tpe", "gp"] = "tpe"
-    pruner: Literal["hyperband", "none"] = "hyperband"
-    storage: str | None = None
-    study_name: str = "lr_distribution"
-    output_dir: str = "runs/search"
-    seed: int = 0
-    num_parts: int = 10
-
-    def __post_init__(self) -> None:
-        """Check the options when they are made (the command line makes them right after
-        parsing): counts are positive integers, ``0 < lr_low < lr_high``, ``base_lr > 0``,
-        ``groups`` (when set) at least 1 and at most ``num_parts``, which is at least 3."""
-        check_int_at_least(1, **{"search.n_trials": self.n_trials})
-        check_int_at_least(3, **{"search.num_parts": self.num_parts})
-        check_positive(**{"search.base_lr": self.base_lr})
-        if self.groups is not None:
-            check_interval(1, self.num_parts, False, False, **{"search.groups": self.groups})
-        check_positive(**{"search.lr_low": self.lr_low, "search.lr_high": self.lr_high})
-        if not self.lr_low < self.lr_high:
-            raise ConfigError(
-                f"search: need 0 < lr_low < lr_high, got lr_low={self.lr_low:g}, "
-                f"lr_high={self.lr_high:g}",
-                where="search.lr_low",
-            )
-
-
-def part_groups_by_depth(parts: list[str], groups: int | None) -> list[list[str]]:
-    """Parts in order, cut into ``groups`` contiguous chunks (each part alone when None)."""
-    if groups is None:
-        return [[p] for p in parts]
-    check_interval(1, len(parts), False, False, **{"search.groups": groups})
-    chunks: list[list[str]] = [[] for _ in range(groups)]
-    for i, part in enumerate(parts):
-        chunks[i * groups // len(parts)].append(part)
-    return chunks
 
 
 class DistributionSearch:
@@ -300,32 +239,6 @@ class DistributionSearch:
         plot_search(best, trials, self.options.base_lr, self.output_dir / "search.png", self.metric)
         labels = {f"lr_{i}": f"lr_{i} ({', '.join(c)})" for i, c in enumerate(self.chunks)}
         plot_param_importances(study, self.output_dir / "param_importances.png", labels)
-
-
-def base_lr_problem(optimizer: Any, options: SearchOptions) -> str | None:
-    """Why ``search.base_lr`` does not fit ``optimizer`` (None: it does). The sampled learning
-    rates are multipliers of ``base_lr``, so it must be the optimizer's lr; a line search's
-    multipliers scale its searched step, so any ``base_lr`` is only their unit there."""
-    lr = None if info_for(optimizer).searches else optimizer.param_groups[0].get("lr")
-    if lr is None or math.isclose(lr, options.base_lr, rel_tol=1e-9):
-        return None
-    return (
-        f"search.base_lr is {options.base_lr:g} but the model's optimizer lr is {lr:g}: the "
-        "sampled learning rates are multipliers of base_lr, so set them equal"
-    )
-
-
-def check_base_lr(model: Any, options: SearchOptions) -> None:
-    """:func:`base_lr_problem` on the configured optimizer, built on a probe parameter (the
-    config check has built it once already), before any weights load."""
-    node = node_get(node_get(model, "init_args"), "optimizer")
-    class_path = node_get(node, "class_path")
-    cls = import_class(class_path) if isinstance(class_path, str) else None
-    if cls is None:  # the module's default optimizer: checked on the probe module
-        return
-    problem = base_lr_problem(on_probe(cls, plain(node_get(node, "init_args")) or {}), options)
-    if problem:
-        raise ConfigError(problem, where="search.base_lr")
 
 
 def main(argv: list[str]) -> dict[str, float]:

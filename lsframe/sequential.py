@@ -36,7 +36,6 @@ started with (``sequence_config.json``) and refuses to resume that progress unde
 from __future__ import annotations
 
 import copy
-import json
 import re
 from dataclasses import dataclass
 from functools import partial
@@ -47,7 +46,7 @@ import lightning.pytorch as pl
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.callbacks import Checkpoint
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import nn
 
@@ -66,12 +65,8 @@ from lsframe.modules import ClosureModule
 from lsframe.modules.export import is_lora
 from lsframe.modules.random_state import random_states, set_random_states
 from lsframe.preemption import Preemption, catch_signals
-from lsframe.sequence_checks import (
-    check_metric,
-    check_output_dir,
-    check_stages,
-    higher_is_better,
-)
+from lsframe.sequence_checks import check_metric, check_output_dir, check_stages
+from lsframe.sequence_result import SequenceResult, write_result
 from lsframe.sequence_state import (
     STAGE_CHECKPOINT,
     callback_settings,
@@ -99,41 +94,6 @@ class Stage:
     data: pl.LightningDataModule
     max_epochs: int | None = None
     max_steps: int | None = None
-
-
-@dataclass
-class SequenceResult:
-    tasks: list[str]
-    matrix: list[list[float | None]]  # R[i][j]; None above the diagonal (task not seen yet)
-    metric: str
-
-    def summaries(self) -> dict[str, float]:
-        """Average final accuracy, backward transfer and forgetting (Lopez-Paz & Ranzato 2017;
-        Chaudhry et al. 2018). For a metric where lower is better (``loss``), backward transfer
-        is the average fall of the metric and forgetting its average rise from its best: positive
-        forgetting and negative transfer still mean a task got worse."""
-        last, T = self.matrix[-1], len(self.tasks)
-        sign = 1.0 if higher_is_better(self.metric) else -1.0
-        out = {"average_final": sum(last) / T}
-        if T > 1:
-            earlier = range(T - 1)
-            out["backward_transfer"] = (
-                sign * sum(last[j] - self.matrix[j][j] for j in earlier) / (T - 1)
-            )
-            out["forgetting"] = sum(
-                max(sign * self.matrix[i][j] for i in range(j, T - 1)) - sign * last[j]
-                for j in earlier
-            ) / (T - 1)
-        return out
-
-    def markdown(self) -> str:
-        header = "| after stage | " + " | ".join(self.tasks) + " |"
-        lines = [header, "|---|" + "---|" * len(self.tasks)]
-        for i, row in enumerate(self.matrix):
-            cells = ["–" if v is None else f"{v:.4f}" for v in row]
-            lines.append(f"| {i} ({self.tasks[i]}) | " + " | ".join(cells) + " |")
-        summary = ", ".join(f"{k} {v:+.4f}" for k, v in self.summaries().items())
-        return f"Metric: val/{self.metric}.\n\n" + "\n".join(lines) + f"\n\nSummaries: {summary}\n"
 
 
 def _get(module: nn.Module, path: str) -> nn.Module:
@@ -366,8 +326,17 @@ class SequenceRunner:
             self._on_rank_zero(partial(save_atomically, state, self._state_path()))
             self._on_rank_zero(partial(preempted.unlink, missing_ok=True))
         result = SequenceResult(tasks, matrix, self.metric)
-        self._on_rank_zero(partial(self._write, result))
+        write = partial(write_result, result, self.output_dir, self.loggers, self._summary_params())
+        self._on_rank_zero(write)
         return result
+
+    def _summary_params(self) -> dict[str, Any]:
+        """The module's hyperparameters with the sequence's tasks, heads and metric: what the
+        summary's HPARAMS entry shows."""
+        params = HParamsMetrics.hyperparameters_of(self.module)
+        tasks = " -> ".join(s.name for s in self.stages)
+        params.update(tasks=tasks, heads=self.heads_mode, metric=self.metric)
+        return params
 
     @staticmethod
     def _on_rank_zero(write: Any) -> None:
@@ -380,39 +349,6 @@ class SequenceRunner:
             write()
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
-
-    def _write(self, result: SequenceResult) -> None:
-        text = result.markdown()
-        (self.output_dir / "accuracy_matrix.md").write_text(text)
-        payload = {"tasks": result.tasks, "metric": result.metric, "matrix": result.matrix}
-        payload["summaries"] = result.summaries()
-        (self.output_dir / "accuracy_matrix.json").write_text(json.dumps(payload, indent=1))
-        for spec in self.loggers:
-            self._log_summary(spec.build(self.output_dir, "summary"), result, text)
-        print(text)
-
-    def _log_summary(self, logger: Logger, result: SequenceResult, text: str) -> None:
-        """``R/<task>`` at step ``i`` (after stage ``i``) and ``sequence/<summary>`` at the last
-        stage; for TensorBoard also the HPARAMS entry: the module's hyperparameters with the
-        heads and metric, against the last row and the summaries, and the matrix as text."""
-        rows = [
-            {f"R/{t}": v for t, v in zip(result.tasks, row) if v is not None}
-            for row in result.matrix
-        ]
-        last = len(rows) - 1
-        for i, values in enumerate(rows[:-1]):
-            logger.log_metrics(values, step=i)
-        summaries = {f"sequence/{k}": v for k, v in result.summaries().items()}
-        params = HParamsMetrics.hyperparameters_of(self.module)
-        params.update(tasks=" -> ".join(result.tasks), heads=self.heads_mode, metric=self.metric)
-        if isinstance(logger, TensorBoardLogger):  # writes the metrics too, at step ``last``
-            logger.log_hyperparams(params, {**rows[-1], **summaries}, step=last)
-            logger.experiment.add_text("accuracy_matrix", text)
-        else:
-            logger.log_hyperparams(params)
-            logger.log_metrics({**rows[-1], **summaries}, step=last)
-        logger.save()
-        logger.finalize("success")
 
 
 def check_sequence_config(config: Any) -> None:

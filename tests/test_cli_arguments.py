@@ -264,7 +264,7 @@ def test_a_null_for_a_number_or_a_tuple_is_refused_at_its_key_from_the_command_l
 def test_a_null_is_refused_by_plain_annotations_and_left_to_optional_ones_and_classes():
     from typing import Any, Literal
 
-    from lsframe.config_checks import null_refused_as
+    from lsframe.config_nulls import null_refused_as
 
     refused = {
         float: "a number",

@@ -3,11 +3,7 @@ MNIST-style idx files (MNIST, Fashion-MNIST)."""
 
 from __future__ import annotations
 
-import gzip
-import struct
 import urllib.error
-import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,54 +11,22 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from lsframe.data.idx_files import find_idx_file, read_idx
 from lsframe.data.image_folders import check_class_folders, check_same_classes, image_folder
+from lsframe.data.image_transforms import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MNIST_MEAN,
+    MNIST_STD,
+    fixed_size_config,
+    timm_data_config,
+    timm_transforms,
+)
 from lsframe.data.resumable import make_loader
-from lsframe.errors import ConfigError, DataError, MissingFileError, one_line
+from lsframe.errors import DataError, MissingFileError, one_line
 from lsframe.validation import check_choice, check_int_at_least, check_open_unit
-
-_IDX_MAGIC = {2051: "images", 2049: "labels"}
-
-
-def read_idx(path: str | Path) -> torch.Tensor:
-    """An idx file (``.gz`` or raw) as a uint8 tensor: images ``(n, rows, cols)``, labels ``(n,)``.
-
-    Raises:
-        DataError: (a ``ValueError``) an unknown magic number or a size that disagrees with the
-            header, naming the file.
-    """
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as handle:
-            data = handle.read()
-    except (EOFError, gzip.BadGzipFile, zlib.error) as error:  # cut short, or not gzip
-        raise DataError(f"not a complete gzip file ({error})", where=str(path)) from None
-    if len(data) < 8:
-        raise DataError(f"{len(data)} bytes, too short for an idx header", where=str(path))
-    magic, count = struct.unpack(">II", data[:8])
-    if magic not in _IDX_MAGIC:
-        raise DataError(
-            f"magic number {magic}, expected 2051 (images) or 2049 (labels)", where=str(path)
-        )
-    shape, offset = (count,), 8
-    if magic == 2051:
-        rows, cols = struct.unpack(">II", data[8:16])
-        shape, offset = (count, rows, cols), 16
-    expected = offset + int(torch.tensor(shape).prod())
-    if len(data) != expected:
-        raise DataError(
-            f"header says {shape} but the file has {len(data)} bytes, expected {expected}",
-            where=str(path),
-        )
-    return torch.frombuffer(bytearray(data[offset:]), dtype=torch.uint8).view(shape)
-
-
-def _find(data_dir: Path, prefix: str, kind: str) -> Path:
-    names = [f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte{ext}" for ext in (".gz", "")]
-    for name in names:
-        if (data_dir / name).is_file():
-            return data_dir / name
-    raise MissingFileError(f"none of {names} in data_dir", where=str(data_dir))
 
 
 def load_image(path: str) -> Any:
@@ -76,54 +40,6 @@ def load_image(path: str) -> Any:
             return image.convert("RGB")
     except (OSError, ValueError, SyntaxError) as error:
         raise DataError(f"image does not decode ({type(error).__name__})", where=path) from error
-
-
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def _fixed_size_config(
-    input_size: tuple[int, ...], mean: tuple[float, ...], std: tuple[float, ...]
-) -> dict[str, Any]:
-    """The data config of images used at their own size (no resize, no crop)."""
-    return {"input_size": input_size, "mean": mean, "std": std, "crop_pct": 1.0}
-
-
-def timm_data_config(model_name: str) -> dict[str, Any]:
-    """timm's data config of ``model_name`` (``input_size``, ``interpolation``, ``mean``,
-    ``std``, ``crop_pct``, ``crop_mode``): what ``timm.data.resolve_model_data_config`` gives the
-    model built from that name, read from its pretrained config without building it. A name with
-    a tag (``vit_tiny_patch16_224.augreg_in21k``) picks that tag's weights' config.
-
-    Raises:
-        ConfigError: timm does not know ``model_name`` (names ``data.timm_model``).
-    """
-    import timm
-    from timm.data import resolve_data_config
-    from timm.models import get_pretrained_cfg
-
-    if not timm.is_model(model_name):
-        raise ConfigError(
-            f"timm has no model {model_name!r} (timm.list_models() lists them)",
-            argument="data.timm_model",
-        )
-    try:
-        pretrained_cfg = get_pretrained_cfg(model_name)
-    except RuntimeError as error:  # timm: "Invalid pretrained tag (...)"
-        raise ConfigError(str(error), argument="data.timm_model") from error
-    return resolve_data_config(pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else {})
-
-
-def timm_transforms(model_name: str) -> tuple[Callable, Callable]:
-    """``(train, eval)`` transforms of timm's data config of ``model_name``
-    (:func:`timm_data_config`, ``timm.data.create_transform``): random-resized crop, flip and
-    colour jitter at the model's input size for training; resize and ``crop_pct`` centre crop for
-    evaluation; both with the model's interpolation and normalisation."""
-    from timm.data import create_transform
-
-    config = timm_data_config(model_name)
-    return create_transform(**config, is_training=True), create_transform(**config)
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -255,8 +171,8 @@ class IdxImageDataModule(ImageDataModule):
     def load(self, prefix: str) -> TensorDataset:
         """The images and labels of ``prefix``, checked: as many labels as images, each a
         class id below ``num_classes`` (:class:`~lsframe.errors.DataError` otherwise)."""
-        images = read_idx(_find(self.data_dir, prefix, "images"))
-        labels_path = _find(self.data_dir, prefix, "labels")
+        images = read_idx(find_idx_file(self.data_dir, prefix, "images"))
+        labels_path = find_idx_file(self.data_dir, prefix, "labels")
         labels = read_idx(labels_path)
         if len(images) != len(labels):
             raise DataError(
@@ -278,7 +194,7 @@ class IdxImageDataModule(ImageDataModule):
     def data_config(self) -> dict[str, Any] | None:
         if getattr(self, "image_shape", None) is None:
             return None
-        return _fixed_size_config((1, *self.image_shape), (MNIST_MEAN,), (MNIST_STD,))
+        return fixed_size_config((1, *self.image_shape), (MNIST_MEAN,), (MNIST_STD,))
 
     def check_files(self, stage: str) -> None:
         """Read and check the idx files (sizes, labels below ``num_classes``) before the model
@@ -367,7 +283,7 @@ class CIFARDataModule(ImageDataModule):
     def data_config(self) -> dict[str, Any] | None:
         if self.timm_model is not None:
             return timm_data_config(self.timm_model)
-        return _fixed_size_config((3, 32, 32), CIFAR_MEAN, CIFAR_STD)
+        return fixed_size_config((3, 32, 32), CIFAR_MEAN, CIFAR_STD)
 
 
 class ImageFolderDataModule(ImageDataModule):

@@ -50,6 +50,7 @@ from lsframe.modules.schedulers import (
     keep_metric_settings,
     step_schedulers,
 )
+from lsframe.modules.step_logging import hide_written_step, log_step, logs_now
 from lsframe.optim import info_for, innermost_optimizer, set_run_length, start_pass
 from lsframe.optim.closure import StepRandomState, check_loss
 from lsframe.optim.param_groups import apply_part_multipliers
@@ -204,37 +205,20 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         if full or self.trainer.is_last_batch:
             micro_batches, self._micro_batches = self._micro_batches, []
             loss = self.optimizer_step_on(micro_batches)
-            self._step_log_pending = not self._logs_now()
+            self._step_log_pending = not logs_now(self._trainer)
         else:
             self._log_step_once()
         if ends_epoch(self.trainer, batch_idx):  # Lightning's rules (lsframe.modules.schedulers)
             step_schedulers(self, "epoch", on_metric=False)
         return loss
 
-    def _logs_now(self) -> bool:
-        """Whether Lightning writes the logged values at the end of this batch."""
-        connector = getattr(self._trainer, "_logger_connector", None)
-        return bool(getattr(connector, "should_update_logs", True))
-
     def _log_step_once(self) -> None:
-        """On a micro-batch that takes no step: Lightning, which does not know of this
-        accumulation (manual optimization), would write the last step's values again at every
-        logging batch (``train/closure_evals`` counted twice in a sum). They are written once:
-        at the step's batch, or at the first logging batch after it; then hidden (not reset:
-        a logged torchmetrics object keeps its state)."""
+        """On a micro-batch that takes no step: the step's values are written once
+        (:func:`lsframe.modules.step_logging.hide_written_step`)."""
         if self._step_log_pending:  # not written yet: at the end of this batch, or later
-            self._step_log_pending = not self._logs_now()
+            self._step_log_pending = not logs_now(self._trainer)
             return
-        results = getattr(self._trainer, "_results", None)
-        for result in results.values() if results is not None else ():
-            meta = getattr(result, "meta", None)
-            if (
-                meta is not None
-                and meta.fx == "training_step"
-                and meta.on_step
-                and not meta.on_epoch
-            ):
-                result.has_reset = True  # left out of what is written; the next log shows it
+        hide_written_step(self._trainer)
 
     def optimizer_step_on(self, micro_batches: Sequence[Any]) -> Tensor:
         """Run one optimizer step on ``micro_batches`` through ``LightningOptimizer.step``."""
@@ -249,36 +233,11 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         optimizer.step(closure=evaluator.closure, **kwargs)
         if evaluator.skipped:
             self._skipped_steps += 1
-        self._log_step(raw_optimizer, evaluator)  # before the scheduler: the lr this step used
+        # before the scheduler: the lr this step used
+        log_step(self, raw_optimizer, evaluator.loss_at_start, evaluator.evaluations)
         step_schedulers(self, "step", on_metric=False)
         step_schedulers(self, "step", on_metric=True)
         return evaluator.loss_at_start
-
-    def _log_step(self, optimizer: torch.optim.Optimizer, evaluator: _StepEvaluator) -> None:
-        self.log("train/loss", evaluator.loss_at_start, prog_bar=True)
-        self.log("train/closure_evals", float(evaluator.evaluations))
-        for i, group in enumerate(optimizer.param_groups):
-            name = group.get("name", str(i))
-            self.log(f"step_size/{name}", float(group["lr"]), prog_bar=i == 0)
-            if "step_size" in group and "lr_multiplier" in group:  # searched or tracked η
-                self.log(f"linesearch/step_size/{name}", float(group["step_size"]))
-        if self.nonfinite_loss == "skip":
-            self.log("train/skipped_steps", float(self._skipped_steps))
-        fp16 = fp16_plugin(self._trainer)
-        if fp16 is not None:  # the scale for the next step, and the steps skipped for overflow
-            self.log("train/loss_scale", fp16.scaler.scale)
-            self.log("train/overflow_steps", float(fp16.scaler.overflow_steps))
-        search = getattr(optimizer, "state", {}).get("line_search")
-        if isinstance(search, dict) and "rejected_steps" in search:
-            self.log("train/rejected_steps", float(search["rejected_steps"]))
-        last = getattr(optimizer, "last_step", None)  # a line search's per-step diagnostics
-        if isinstance(last, dict) and isinstance(search, dict):
-            self.log("linesearch/trials", float(last["trials"]))
-            self.log("linesearch/failed_searches", float(search["failed_searches"]))
-            # NaN on a step with no accepted search (a key left out would repeat its last value)
-            ratio = last["sufficient_decrease_ratio"]
-            nan = float("nan")
-            self.log("linesearch/sufficient_decrease_ratio", nan if ratio is None else ratio)
 
     # ------------------------------------------------------------------------- callback hooks
     def closure_loss_terms(self) -> Tensor | None:

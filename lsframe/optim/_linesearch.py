@@ -70,7 +70,7 @@ from lsframe.optim._functional import all_finite
 from lsframe.optim._precision import full_precision, reduced_autocast
 from lsframe.optim._search_groups import SearchGroups
 from lsframe.optim._sharded import local
-from lsframe.optim.closure import CONTRACT, ClosureContractError, check_closure, check_loss
+from lsframe.optim.closure import check_closure, check_loss, trial_loss_of
 from lsframe.optim.rules import (
     ActiveGroup,
     NonFiniteSlope,
@@ -99,25 +99,6 @@ def sufficient_decrease_ratio(decrease: float, step_size: float, slope: float) -
     if scale == 0 or not math.isfinite(scale):
         return None
     return decrease / scale
-
-
-def trial_loss_of(closure: Closure, owner: str) -> Callable[[], Tensor]:
-    """``closure(backward=False)``, the forward-only loss of a trial (run under no_grad): a
-    closure that back-propagates anyway gets the contract's error, not autograd's."""
-
-    def forward() -> Tensor:
-        try:
-            return closure(backward=False)
-        except RuntimeError as error:
-            if "does not require grad" not in str(error):
-                raise
-            raise ClosureContractError(
-                f"{owner}.step: closure(backward=False) needed gradients ({error}): it ran "
-                "backward() or torch.autograd under the trials' torch.no_grad(); with "
-                f"backward=False a closure only computes the loss. {CONTRACT}"
-            ) from error
-
-    return forward
 
 
 def _caller_stacklevel() -> int:

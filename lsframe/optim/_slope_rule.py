@@ -1,13 +1,77 @@
 """The step-size rule of :class:`~lsframe.optim.slope_tracking_adam.SlopeTrackingAdam` as free
-functions of its search state and its rule's hyperparameters (:data:`RULE_KEYS` of that module):
-how one step's alignment changes η, and the limits on the change."""
+functions of its search state and its rule's hyperparameters (:data:`RULE_KEYS`): how one step's
+alignment changes η, the limits on the change, and the checks of those hyperparameters."""
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
-from lsframe.optim._alignment import burn_in_length, horizon_exponent
+from lsframe.optim._alignment import HORIZON_RULES, MEASURES, burn_in_length, horizon_exponent
+from lsframe.validation import (
+    check_bool,
+    check_int_at_least,
+    check_interval,
+    check_numbers,
+    check_open_unit,
+)
+
+# one step size for all groups: these hyperparameters must agree across the groups
+RULE_KEYS = (
+    "max_change",
+    "alignment_betas",
+    "combine_horizons",
+    "gain_decay",
+    "min_step_size",
+    "max_step_size",
+    "grow_on_repeats",
+    "cap_at_fresh_peak",
+    "alignment_stride",
+    "alignment_measure",
+    "hold_while_warming",
+    "burn_in",
+    "long_run_steps",
+    "fused",
+)
+
+
+def check_rule_group(group: dict[str, Any]) -> None:
+    """Raise ValueError naming the first of the rule's hyperparameters in ``group`` out of its
+    range (Adam's own are :func:`~lsframe.optim.adam_moments.check_adam_group`'s)."""
+    check_interval(1.0, math.inf, True, True, max_change=group["max_change"])
+    betas = group["alignment_betas"]
+    check_numbers("alignment_betas", betas, 3, "a list of 3 numbers (fast, slow, square)")
+    check_open_unit(**{f"alignment_betas[{i}]": b for i, b in enumerate(betas)})
+    if group["combine_horizons"] not in HORIZON_RULES:
+        raise ValueError(
+            f"combine_horizons must be one of {HORIZON_RULES}, got {group['combine_horizons']!r}"
+        )
+    check_int_at_least(1, alignment_stride=group["alignment_stride"])
+    check_int_at_least(1, allow_none=True, long_run_steps=group["long_run_steps"])
+    ceiling = group["max_step_size"]
+    number = isinstance(ceiling, numbers.Real) and not isinstance(ceiling, bool)
+    if ceiling is not None and not (
+        number and ceiling >= max(group["lr"], group["min_step_size"])  # NaN fails too
+    ):
+        raise ValueError(
+            f"max_step_size must be None or a number at least lr ({group['lr']!r}) and "
+            f"min_step_size ({group['min_step_size']!r}), got {ceiling!r}"
+        )
+    if (
+        not isinstance(group["alignment_measure"], str)
+        or group["alignment_measure"] not in MEASURES
+    ):
+        raise ValueError(
+            f"alignment_measure must be one of {tuple(MEASURES)}, "
+            f"got {group['alignment_measure']!r}"
+        )
+    if group["min_step_size"] > group["lr"]:  # η would jump to it at the first update
+        raise ValueError(
+            f"min_step_size must be at most lr ({group['lr']!r}), got {group['min_step_size']!r}"
+        )
+    bools = ("grow_on_repeats", "cap_at_fresh_peak", "hold_while_warming", "burn_in", "fused")
+    check_bool(gain_decay=group["gain_decay"], **{key: group[key] for key in bools})
 
 
 def step_size_change(state: dict[str, Any], alignment: float, rule: dict[str, Any]) -> float:

@@ -114,6 +114,25 @@ def check_loss(loss: Any, owner: str, backward: bool) -> None:
         )
 
 
+def trial_loss_of(closure: Callable[..., Tensor], owner: str) -> Callable[[], Tensor]:
+    """``closure(backward=False)``, the forward-only loss of a trial (run under no_grad): a
+    closure that back-propagates anyway gets the contract's error, not autograd's."""
+
+    def forward() -> Tensor:
+        try:
+            return closure(backward=False)
+        except RuntimeError as error:
+            if "does not require grad" not in str(error):
+                raise
+            raise ClosureContractError(
+                f"{owner}.step: closure(backward=False) needed gradients ({error}): it ran "
+                "backward() or torch.autograd under the trials' torch.no_grad(); with "
+                f"backward=False a closure only computes the loss. {CONTRACT}"
+            ) from error
+
+    return forward
+
+
 class StepRandomState:
     """The random state at the start of an optimizer step, restorable before each evaluation."""
 

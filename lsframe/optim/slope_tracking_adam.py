@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
 
 from lsframe.optim._alignment import (
-    HORIZON_RULES,
     MEASURES,
     batched_direction_sums,
     batched_on,
@@ -21,7 +19,12 @@ from lsframe.optim._alignment import (
 from lsframe.optim._blocked import blocked_on
 from lsframe.optim._linesearch import LineSearchOptimizer
 from lsframe.optim._sharded import local
-from lsframe.optim._slope_rule import limited_step_size, step_size_change
+from lsframe.optim._slope_rule import (
+    RULE_KEYS,
+    check_rule_group,
+    limited_step_size,
+    step_size_change,
+)
 from lsframe.optim.adam_moments import (
     adam_directions,
     check_adam_group,
@@ -34,29 +37,7 @@ from lsframe.optim.rules import ActiveGroup
 from lsframe.optim.run_length import long_run_start
 from lsframe.validation import (
     as_tuple,
-    check_bool,
     check_int_at_least,
-    check_interval,
-    check_numbers,
-    check_open_unit,
-)
-
-# one step size for all groups: these hyperparameters must agree across the groups
-RULE_KEYS = (
-    "max_change",
-    "alignment_betas",
-    "combine_horizons",
-    "gain_decay",
-    "min_step_size",
-    "max_step_size",
-    "grow_on_repeats",
-    "cap_at_fresh_peak",
-    "alignment_stride",
-    "alignment_measure",
-    "hold_while_warming",
-    "burn_in",
-    "long_run_steps",
-    "fused",
 )
 
 
@@ -244,39 +225,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
         check_adam_group(group)
-        check_interval(1.0, math.inf, True, True, max_change=group["max_change"])
-        betas = group["alignment_betas"]
-        check_numbers("alignment_betas", betas, 3, "a list of 3 numbers (fast, slow, square)")
-        check_open_unit(**{f"alignment_betas[{i}]": b for i, b in enumerate(betas)})
-        if group["combine_horizons"] not in HORIZON_RULES:
-            raise ValueError(
-                f"combine_horizons must be one of {HORIZON_RULES}, got {group['combine_horizons']!r}"
-            )
-        check_int_at_least(1, alignment_stride=group["alignment_stride"])
-        check_int_at_least(1, allow_none=True, long_run_steps=group["long_run_steps"])
-        ceiling = group["max_step_size"]
-        number = isinstance(ceiling, numbers.Real) and not isinstance(ceiling, bool)
-        if ceiling is not None and not (
-            number and ceiling >= max(group["lr"], group["min_step_size"])  # NaN fails too
-        ):
-            raise ValueError(
-                f"max_step_size must be None or a number at least lr ({group['lr']!r}) and "
-                f"min_step_size ({group['min_step_size']!r}), got {ceiling!r}"
-            )
-        if (
-            not isinstance(group["alignment_measure"], str)
-            or group["alignment_measure"] not in MEASURES
-        ):
-            raise ValueError(
-                f"alignment_measure must be one of {tuple(MEASURES)}, "
-                f"got {group['alignment_measure']!r}"
-            )
-        if group["min_step_size"] > group["lr"]:  # η would jump to it at the first update
-            raise ValueError(
-                f"min_step_size must be at most lr ({group['lr']!r}), got {group['min_step_size']!r}"
-            )
-        bools = ("grow_on_repeats", "cap_at_fresh_peak", "hold_while_warming", "burn_in", "fused")
-        check_bool(gain_decay=group["gain_decay"], **{key: group[key] for key in bools})
+        check_rule_group(group)
 
     def _initial_search_state(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,64 @@
+"""What :class:`~lsframe.modules.ClosureModule` logs at each optimizer step (the loss, the
+closure's evaluations, each group's step size, a line search's diagnostics, skipped and overflow
+steps), and how it keeps Lightning from writing a step's values again on the micro-batches of
+gradient accumulation that take no step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from lsframe.precision import fp16_plugin
+
+
+def logs_now(trainer: pl.Trainer | None) -> bool:
+    """Whether Lightning writes the logged values at the end of this batch."""
+    connector = getattr(trainer, "_logger_connector", None)
+    return bool(getattr(connector, "should_update_logs", True))
+
+
+def hide_written_step(trainer: pl.Trainer | None) -> None:
+    """Hide the last step's values, once written, on a micro-batch that takes no step.
+
+    Lightning, which does not know of this accumulation (manual optimization), would write them
+    again at every logging batch (``train/closure_evals`` counted twice in a sum). They are
+    written once: at the step's batch, or at the first logging batch after it; then hidden (not
+    reset: a logged torchmetrics object keeps its state)."""
+    results = getattr(trainer, "_results", None)
+    for result in results.values() if results is not None else ():
+        meta = getattr(result, "meta", None)
+        if meta is not None and meta.fx == "training_step" and meta.on_step and not meta.on_epoch:
+            result.has_reset = True  # left out of what is written; the next log shows it
+
+
+def log_step(
+    module: Any, optimizer: torch.optim.Optimizer, loss: Tensor | None, evaluations: int
+) -> None:
+    """Log one optimizer step of ``module`` (a ClosureModule): ``loss`` at the step's start,
+    the closure's ``evaluations``, and what ``optimizer`` and the precision plugin report."""
+    module.log("train/loss", loss, prog_bar=True)
+    module.log("train/closure_evals", float(evaluations))
+    for i, group in enumerate(optimizer.param_groups):
+        name = group.get("name", str(i))
+        module.log(f"step_size/{name}", float(group["lr"]), prog_bar=i == 0)
+        if "step_size" in group and "lr_multiplier" in group:  # searched or tracked η
+            module.log(f"linesearch/step_size/{name}", float(group["step_size"]))
+    if module.nonfinite_loss == "skip":
+        module.log("train/skipped_steps", float(module._skipped_steps))
+    fp16 = fp16_plugin(module._trainer)
+    if fp16 is not None:  # the scale for the next step, and the steps skipped for overflow
+        module.log("train/loss_scale", fp16.scaler.scale)
+        module.log("train/overflow_steps", float(fp16.scaler.overflow_steps))
+    search = getattr(optimizer, "state", {}).get("line_search")
+    if isinstance(search, dict) and "rejected_steps" in search:
+        module.log("train/rejected_steps", float(search["rejected_steps"]))
+    last = getattr(optimizer, "last_step", None)  # a line search's per-step diagnostics
+    if isinstance(last, dict) and isinstance(search, dict):
+        module.log("linesearch/trials", float(last["trials"]))
+        module.log("linesearch/failed_searches", float(search["failed_searches"]))
+        # NaN on a step with no accepted search (a key left out would repeat its last value)
+        ratio = last["sufficient_decrease_ratio"]
+        module.log("linesearch/sufficient_decrease_ratio", float("nan") if ratio is None else ratio)
