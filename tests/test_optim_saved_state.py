@@ -144,6 +144,41 @@ def test_a_state_saved_under_a_wrappers_parameter_names_loads_unwrapped(name):
     build(name, groups(model, named=True)).load_state_dict(saved.state_dict())
 
 
+class Block(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(4)
+
+
+class NestedNorms(torch.nn.Module):
+    """``norm`` at the top and ``layers.0.norm``: the top one's name is the tail of the other's,
+    and their moments have one shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = torch.nn.ModuleList([Block()])
+        self.norm = torch.nn.LayerNorm(4)
+
+    def forward(self, x):
+        return self.norm(torch.tanh(self.layers[0].norm(x)))[:, :2]
+
+
+@pytest.mark.parametrize("name", ADAM_LIKE)
+def test_a_state_of_groups_whose_names_differ_by_a_prefix_of_one_name_only_is_refused(name):
+    # norm.weight is layers.0.norm.weight under a prefix, but a wrapper prefixes every name:
+    # the groups in the reverse order took each other's moments
+    model = NestedNorms()
+    parts = [
+        {"params": [(n, p) for n, p in model.named_parameters() if n.startswith(prefix)]}
+        for prefix in ("layers.0.", "norm.")
+    ]
+    saved = build(name, parts)
+    steps(model, saved)
+    with pytest.raises(DataError, match="saved for other parameters"):
+        build(name, parts[::-1]).load_state_dict(saved.state_dict())
+
+
 @pytest.mark.parametrize("name", optim.line_searches())
 def test_load_post_hooks_see_the_loaded_search_state_and_a_missing_counter_is_backfilled(name):
     model = mlp()

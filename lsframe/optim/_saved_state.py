@@ -86,18 +86,24 @@ def refuse_another_class(
 
 def refuse_other_parameters(optimizer: Optimizer, state_dict: dict[str, Any]) -> None:
     """Raise DataError when ``state_dict`` was saved for other parameters than the optimizer's
-    groups hold, position by position: another parameter name (where both sides record names)
-    or a moment of another shape. torch's own check (the number of groups and of parameters in
-    each) runs after it."""
+    groups hold, position by position: another parameter name (where both sides record names;
+    :func:`wrapper_prefix`) or a moment of another shape. torch's own check (the number of
+    groups and of parameters in each) runs after it."""
     name = type(optimizer).__name__
     saved_groups, state = state_dict.get("param_groups", []), state_dict.get("state", {})
+    prefix: tuple[str, str] | None = None  # (ours, the state's): a wrapper's, one for all names
     for index, (group, saved) in enumerate(zip(optimizer.param_groups, saved_groups)):
-        names, saved_names = group.get("param_names"), saved.get("param_names")
+        names, saved_names = group.get("param_names") or [], saved.get("param_names") or []
         for position, (param, key) in enumerate(zip(group["params"], saved.get("params", []))):
-            if names and saved_names and position < min(len(names), len(saved_names)):
-                if not same_parameter(names[position], saved_names[position]):
-                    problem = f"is {names[position]}, the state's {saved_names[position]}"
+            if position < min(len(names), len(saved_names)):
+                ours, theirs = names[position], saved_names[position]
+                found = wrapper_prefix(ours, theirs)
+                if found is None or (prefix is not None and found != prefix):
+                    problem = f"is {ours}, the state's {theirs}"
+                    if found is not None:  # a prefix, but not the one of the names before
+                        problem += f" (the names before differ by {prefix}, these by {found})"
                     raise _other_parameters(optimizer, index, position, problem, name)
+                prefix = found
             entry = state.get(key)
             for moment in PARAMETER_SHAPED if isinstance(entry, dict) else ():
                 value = entry.get(moment)
@@ -108,11 +114,20 @@ def refuse_other_parameters(optimizer: Optimizer, state_dict: dict[str, Any]) ->
                     raise _other_parameters(optimizer, index, position, problem, name)
 
 
-def same_parameter(a: str, b: str) -> bool:
-    """Whether two parameter names name one parameter, one maybe under a wrapper's prefix
-    (``torch.compile``'s ``_orig_mod.``, DDP's ``module.``): equal, or one ends with ``.`` and
-    the other."""
-    return a == b or a.endswith("." + b) or b.endswith("." + a)
+def wrapper_prefix(ours: str, theirs: str) -> tuple[str, str] | None:
+    """The prefixes by which two names of one parameter differ, ``(ours, the state's)``, one of
+    them empty: a wrapper's on one side (``torch.compile``'s ``_orig_mod.``, DDP's
+    ``module.``); ``("", "")`` for equal names; None when neither name is the other under a
+    prefix of whole components. A state's names must all differ by the same prefix:
+    ``norm.weight`` and ``layers.0.norm.weight`` differ by one too, but a wrapper adds its
+    prefix to every name."""
+    if ours == theirs:
+        return ("", "")
+    if ours.endswith("." + theirs):
+        return (ours[: len(ours) - len(theirs)], "")
+    if theirs.endswith("." + ours):
+        return ("", theirs[: len(theirs) - len(ours)])
+    return None
 
 
 def _other_parameters(
