@@ -65,17 +65,26 @@ def test_the_entry_point_releases_the_process_group_it_ran_under(tmp_path, capsy
             dist.destroy_process_group()
 
 
-def test_on_exception_checkpoint_beside_several_processes_is_warned_about(tmp_path):
+def test_a_save_on_exception_beside_several_processes_is_warned_about(tmp_path):
     # an exception on one rank hung the job: its save waits for the processes still training
     from types import SimpleNamespace
 
-    from lightning.pytorch.callbacks import OnExceptionCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 
+    from lsframe.checkpointing import BestAndLastCheckpoint
     from lsframe.modules.distributed import warn_exception_checkpoint
 
-    callbacks = [OnExceptionCheckpoint(dirpath=tmp_path)]
-    with pytest.warns(UserWarning, match="OnExceptionCheckpoint beside 2 processes"):
-        warn_exception_checkpoint(SimpleNamespace(world_size=2, callbacks=callbacks))
+    saving = {
+        "OnExceptionCheckpoint": OnExceptionCheckpoint(dirpath=tmp_path),
+        "BestAndLastCheckpoint's save_on_exception": BestAndLastCheckpoint(
+            dirpath=tmp_path, save_on_exception=True
+        ),
+    }
+    for what, callback in saving.items():
+        with pytest.warns(UserWarning, match=f"{what} beside 2 processes"):
+            warn_exception_checkpoint(SimpleNamespace(world_size=2, callbacks=[callback]))
+    quiet = [ModelCheckpoint(dirpath=tmp_path), BestAndLastCheckpoint(dirpath=tmp_path)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_exception_checkpoint(SimpleNamespace(world_size=1, callbacks=callbacks))
+        warn_exception_checkpoint(SimpleNamespace(world_size=1, callbacks=list(saving.values())))
+        warn_exception_checkpoint(SimpleNamespace(world_size=2, callbacks=quiet))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import OnExceptionCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
@@ -28,15 +28,22 @@ def mean_over_processes(trainer: pl.Trainer | None, loss: Tensor) -> Tensor:
 
 
 def warn_exception_checkpoint(trainer: pl.Trainer) -> None:
-    """Warn, once the run's processes are known, about Lightning's ``OnExceptionCheckpoint``
-    beside several processes: its save on an exception waits for every process, so an
-    exception on one rank (a bad example, a failing callback) hangs the job until the process
-    group times out (30 minutes by default) instead of ending it."""
-    if trainer.world_size > 1 and any(
-        isinstance(c, OnExceptionCheckpoint) for c in trainer.callbacks
-    ):
+    """Warn, once the run's processes are known, about a save on an exception beside several
+    processes (Lightning's ``OnExceptionCheckpoint``, a ``ModelCheckpoint`` such as the
+    ``checkpoint`` section's with ``save_on_exception: true``): it waits for every process, so
+    an exception on one rank (a bad example, a failing callback) hangs the job until the
+    process group times out (30 minutes by default) instead of ending it."""
+    if trainer.world_size == 1:
+        return
+    for callback in trainer.callbacks:
+        if isinstance(callback, OnExceptionCheckpoint):
+            what = "OnExceptionCheckpoint"
+        elif isinstance(callback, ModelCheckpoint) and callback.save_on_exception:
+            what = f"{type(callback).__name__}'s save_on_exception"
+        else:
+            continue
         rank_zero_warn(
-            f"OnExceptionCheckpoint beside {trainer.world_size} processes: an exception on one "
-            "of them hangs the job until the process group times out (its save waits for the "
-            "others); lsframe's own checkpoints (last.ckpt, Preemption) need no such callback"
+            f"{what} beside {trainer.world_size} processes: an exception on one of them hangs "
+            "the job until the process group times out (its save waits for the others); "
+            "lsframe's own checkpoints (last.ckpt, Preemption) need no such save"
         )
