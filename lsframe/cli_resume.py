@@ -13,10 +13,12 @@ Each reads the checkpoint's settings with its tensors mapped, not read
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lsframe.checkpoint_io import find_last_checkpoint
@@ -171,8 +173,9 @@ class ResumeChecks:
         trainer and its logger are built) and a model setting that differs from it is refused.
         Without the check, a changed lr or weight decay was dropped without a word: the
         optimizer's state holds the checkpoint's, while the saved config named the new ones.
-        Then the loaders' place in the checkpoint must suit the DataModule
-        (:func:`lsframe.data.resumable.refuse_another_place`)."""
+        Then the loaders' place in the checkpoint must suit the DataModule and the order the
+        strategy's sampler will draw (:func:`lsframe.data.resumable.refuse_another_place`,
+        :func:`training_order`)."""
         resumed = self.config[self.subcommand].get("ckpt_path")
         if resumed == "last":
             resumed = last_checkpoint(self.trainer)
@@ -187,7 +190,7 @@ class ResumeChecks:
                 self.config = config
         if resumed is not None and Path(resumed).is_file():
             loops = read_lightning_checkpoint(resumed).get("loops")
-            refuse_another_place(loops, self.datamodule)
+            refuse_another_place(loops, self.datamodule, training_order(self.trainer))
 
     def _read_model_settings(self, subcommand: str | None) -> None:
         """The ``model`` section given the hyperparameters a ``ckpt_path`` file saved, as
@@ -208,3 +211,16 @@ class ResumeChecks:
         except SystemExit:
             sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
             raise
+
+
+def training_order(trainer: pl.Trainer) -> dict[str, int]:
+    """The ``processes`` and ``order_seed`` of a training loader's place under ``trainer``'s
+    strategy, as Lightning will set it up: its ``DistributedSampler`` (a distributed strategy,
+    ``use_distributed_sampler``) splits each epoch over the processes and draws the order from
+    ``seed_everything`` (``PL_GLOBAL_SEED``, set before the trainer is built); else one process
+    and the loader's own seed, which the place's ``seed`` already covers."""
+    connector = trainer._accelerator_connector
+    if connector.use_distributed_sampler and connector.is_distributed:
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return {"processes": trainer.world_size, "order_seed": seed}
+    return {"processes": 1}

@@ -266,6 +266,19 @@ def test_under_ddp_every_rank_stops_after_the_same_step_with_one_checkpoint(
     written = sorted(p.name for p in directory.iterdir())
     assert "last.ckpt" in written and not [n for n in written if ".tmp-" in n]
     assert torch.load(directory / "last.ckpt")["global_step"] == step
+    if step == 2:  # mid-epoch: another split of the epoch is refused before anything is written
+        run = tmp_path / "runs" / "tiny" / "version_0"
+        before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+        one = fit_args(tmp_path, "--ckpt_path", "last")
+        seed = [*command, "--seed_everything", "8"]
+        for other, text in (
+            (one, "over 2 processes, this one over 1"),
+            (seed, "seed 7, this one with 8"),
+        ):
+            refused = lsframe(tmp_path, other)
+            assert refused.returncode == 2, refused.stderr[-3000:]
+            assert text in refused.stderr.strip().splitlines()[-1]
+            assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
 
     resumed = lsframe(tmp_path, command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

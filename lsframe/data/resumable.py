@@ -235,16 +235,18 @@ def place_refusal(
     return None
 
 
-def refuse_another_place(loops: Any, datamodule: Any) -> None:
+def refuse_another_place(loops: Any, datamodule: Any, order: dict[str, int] | None = None) -> None:
     """Before a resume writes anything (its config, its logs): refuse a checkpoint whose saved
     training-loader place (in its ``loops``) ``datamodule``'s ``seed`` or ``batch_size`` cannot
-    continue, at ``data.init_args.<key>`` (the number of examples, and the processes and seed
-    of the order, are known only once the data is set up, under the strategy's sampler; the
-    loader refuses them then). Only for lsframe's DataModules, whose ``seed`` and
-    ``batch_size`` are their training loader's; another's loader refuses a place itself."""
-    if not type(datamodule).__module__.startswith("lsframe."):
-        return  # another DataModule's seed or batch_size need not be its loader's
-    mine = {k: getattr(datamodule, k, None) for k in ("seed", "batch_size")}
+    continue, at ``data.init_args.<key>``, or the ``order`` the run will draw its epochs in
+    (``processes``, ``order_seed``: :meth:`ResumableDataLoader.state_dict`'s, as the caller
+    knows them from the strategy), at ``trainer.devices`` or ``seed_everything``. The number of
+    examples is known only once the data is set up: the loader refuses it then. ``seed`` and
+    ``batch_size`` are compared only for lsframe's DataModules, where they are the training
+    loader's; another DataModule's loader refuses them itself."""
+    mine = dict(order or {})
+    if type(datamodule).__module__.startswith("lsframe."):
+        mine.update({k: getattr(datamodule, k, None) for k in ("seed", "batch_size")})
     for state in _loader_places(loops):
         batches, size, examples = (
             state.get("batches"),
