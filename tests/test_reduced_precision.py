@@ -77,3 +77,39 @@ def test_without_autocast_the_step_is_unchanged_and_keeps_no_reference_loss():
     records, forwards = run("salsa", bf16=False, steps=3)
     assert all("reference_loss" not in r for r in records)
     assert [len(f) for f in forwards] == [1 + r["trials"] for r in records]
+
+
+class AutocastInside(nn.Module):
+    """A model whose own forward enters bf16 autocast, as Fabric's ``bf16-mixed`` module and
+    accelerate's patched forward do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = mlp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", torch.bfloat16):
+            return self.net(x).float()
+
+
+@pytest.mark.parametrize("name", ["salsa", "sgdsls"])
+def test_trials_see_the_trial_weights_when_the_model_enters_autocast_inside_the_steps(name):
+    # the step's autocast region kept the bf16 casts of the weights at x, and the model's own
+    # autocast reused them: every trial's loss was the loss at x (SGDSLS backtracked to 1e-23,
+    # SaLSA accepted a step of 1 and the loss rose a hundredfold)
+    from lsframe.optim import make_closure
+
+    model = AutocastInside()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 32, generator=gen)
+    y = (x[:, 0] > 0).long()
+    opt = create(name, model.parameters())
+    closure = make_closure(model, (x, y), opt, criterion=nn.functional.cross_entropy)
+    losses = []
+    for _ in range(4):
+        with torch.no_grad():
+            losses.append(nn.functional.cross_entropy(model(x), y).item())
+        with torch.autocast("cpu", torch.bfloat16):
+            opt.step(closure)
+        assert not opt.last_step["failed"]
+    assert losses[-1] < 0.9 * losses[0] and opt.param_groups[0]["step_size"] > 1e-3

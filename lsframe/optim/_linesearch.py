@@ -307,6 +307,9 @@ class LineSearchOptimizer(SearchGroups, Optimizer):
             if forward is None:
                 raise RuntimeError(f"{type(self).__name__} needs a closure for its trials")
             state["forwards"] += 1
+            # an autocast region open around the step keeps the casts of the weights at x; a
+            # model that enters autocast itself (Fabric's, accelerate's) would reuse them
+            torch.clear_autocast_cache()
             return forward()
 
         return counted
