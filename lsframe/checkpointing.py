@@ -76,8 +76,27 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero and self.dirpath is not None and Path(self.dirpath).is_dir():
             remove_interrupted_writes(self.dirpath)  # of a killed run of this folder
 
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        # the generators as the checkpoint's step left them, which lsframe's module restores
+        self._resumed_random = (checkpoint.get("lsframe") or {}).get("random_states")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        # Lightning calls no on_train_epoch_start for an epoch restarted mid-way: the bookkeeping
+        # starts as the checkpoint's step left the run (a new epoch's start redoes it)
+        resumed = getattr(self, "_resumed_random", None) if trainer.ckpt_path else None
+        self._start_bookkeeping(trainer, pl_module, resumed)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
+        self._start_bookkeeping(trainer, pl_module, None)
+
+    def _start_bookkeeping(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, resumed: dict | None
+    ) -> None:
         # the batches of this epoch done when its last optimizer step ended (a resumed epoch's
         # count starts where its checkpoint's step did)
         self._steps_seen = trainer.global_step
@@ -87,7 +106,7 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         self._completed_at_step = _batches(trainer).completed if restarting else 0
         self._places_at_step, self._epoch_started = None, False
         if self._step_end_random is None:  # no step in this fit yet: as its first one starts
-            self._first_epoch_random = random_states(pl_module.device)
+            self._first_epoch_random = resumed or random_states(pl_module.device)
 
     def _between_micro_batches(self, trainer: pl.Trainer) -> bool:
         """A validation between two micro-batches of a step: a save then holds the last step's

@@ -643,6 +643,33 @@ def test_every_best_checkpoint_of_validations_between_micro_batches_resumes_exac
         _assert_resumes_to(uninterrupted, path, path.name)
 
 
+def test_a_resumed_fit_saves_a_validation_between_its_first_micro_batches_as_its_step_left_it(
+    tmp_path,
+):
+    # Lightning calls no on_train_epoch_start for an epoch restarted mid-way: the resumed fit took
+    # its first micro-batch's end for a step, so the checkpoints of its validation before its
+    # first step ended recorded the loader past that micro-batch, which their resume never trained
+    def best(folder: str) -> BestAndLastCheckpoint:
+        return BestAndLastCheckpoint(
+            dirpath=tmp_path / folder, monitor="val/loss", save_top_k=-1, save_last=True
+        )
+
+    torch.manual_seed(0)
+    uninterrupted = _accumulating()
+    _validating(callbacks=[best("a")], enable_checkpointing=True).fit(
+        uninterrupted, data(), _validation_data()
+    )
+    start = tmp_path / "a" / "epoch=0-step=1.ckpt"  # the validation after batch 3
+    torch.manual_seed(1234)
+    fit = _validating(callbacks=[best("b")], enable_checkpointing=True)
+    fit.fit(_accumulating(), data(), _validation_data(), ckpt_path=start)
+    written = sorted((tmp_path / "b").glob("*.ckpt"))
+    # its validations after batches 3 (between step 2's micro-batches, again), 6, 9, 2, 5; last
+    assert len(written) == 6 and tmp_path / "b" / "epoch=0-step=1.ckpt" in written
+    for path in written:
+        _assert_resumes_to(uninterrupted, path, path.name)
+
+
 @pytest.mark.parametrize("length", [{"max_steps": 17}, {"max_epochs": 3}])
 def test_a_resume_at_the_end_of_an_epoch_limit_train_batches_ended_starts_the_next(
     length, tmp_path

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lsframe.errors import ConfigError
+from lsframe.optim._processes import mean_over_processes
 
 __all__ = [
     "ClosureContractError",
@@ -182,6 +183,12 @@ class LossClosure:
         device: Whose CUDA random state to restore besides the CPU's. Default: the CPU only.
         model: Whose BatchNorm running statistics only the first backward evaluation may move
             (None: nothing is put back).
+        average_over_processes: Under ``torch.distributed`` with several processes (DDP,
+            Fabric), return every loss, the backward one and each trial's, averaged over the
+            default group, as lsframe's modules do: the line search decides on these losses,
+            and each rank would otherwise take its own step (the back-propagated loss stays the
+            rank's own; DDP averages the gradients). False: each rank's own loss (a model that
+            is not one replica of a DDP model).
 
     Attributes:
         evaluations: How many times the closure ran (backward and forward-only).
@@ -193,10 +200,12 @@ class LossClosure:
         optimizer: Optimizer,
         device: torch.device | str = "cpu",
         model: nn.Module | None = None,
+        average_over_processes: bool = True,
     ) -> None:
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.model = model
+        self.average_over_processes = average_over_processes
         self.random_state = StepRandomState(device)
         self.evaluations = 0
         self._backward_done = False
@@ -212,17 +221,20 @@ class LossClosure:
                 with torch.no_grad():
                     loss = self.loss_fn()
                 check_loss(loss, "loss_fn", backward=False)
-                return loss.detach()
+                return self._shared(loss.detach())
             self._backward_done = True
             self.optimizer.zero_grad(set_to_none=True)
             with torch.enable_grad():
                 loss = self.loss_fn()
                 check_loss(loss, "loss_fn", backward=True)
                 loss.backward()
-            return loss.detach()
+            return self._shared(loss.detach())
         finally:
             if statistics is not None:
                 statistics.restore()
+
+    def _shared(self, loss: Tensor) -> Tensor:
+        return mean_over_processes(loss) if self.average_over_processes else loss
 
     def forward(self) -> Tensor:
         """A forward-only evaluation (what line searches take as ``step(forward=...)``)."""
@@ -262,6 +274,7 @@ def make_closure(
     loss_fn: Callable[[nn.Module, Any], Tensor] | None = None,
     *,
     criterion: Callable[[Any, Any], Tensor] | None = None,
+    average_over_processes: bool = True,
 ) -> LossClosure:
     """lsframe's closure ``closure(backward: bool = True) -> Tensor`` for one step of ``model``
     on ``batch``, for every lsframe optimizer (and torch's: they call it without arguments).
@@ -280,6 +293,9 @@ def make_closure(
         criterion: A loss of ``(output, target)`` such as ``nn.CrossEntropyLoss()``, on a batch
             ``(inputs, target)``: ``criterion(model(inputs), target)`` (``model(*inputs)`` for a
             tuple of inputs, ``model(**inputs)`` for a mapping).
+        average_over_processes: Under several ``torch.distributed`` processes, return the
+            losses averaged over them (:class:`LossClosure`), so that every rank takes the same
+            step.
 
     Raises:
         ConfigError: both ``loss_fn`` and ``criterion`` are given.
@@ -291,4 +307,10 @@ def make_closure(
     elif loss_fn is None:
         loss_fn = hf_loss
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    return LossClosure(lambda: loss_fn(model, batch), optimizer, device, model=model)
+    return LossClosure(
+        lambda: loss_fn(model, batch),
+        optimizer,
+        device,
+        model=model,
+        average_over_processes=average_over_processes,
+    )
