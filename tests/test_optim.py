@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 import weakref
+from functools import partial
 
 import pytest
 import torch
@@ -401,6 +403,38 @@ def test_a_scheduler_writing_lr_directly_is_an_error_and_the_multiplier_works(na
     schedule.step()
     assert [g["lr_multiplier"] for g in opt.param_groups] == [0.5] * len(opt.param_groups)
     run(model, opt, 1)
+
+
+def test_a_timm_scheduler_drives_the_multiplier_per_update_and_per_epoch():
+    # step_update moved only the shadow (the multiplier stayed at the warmup's first value), and
+    # step(epoch) was a TypeError
+    from timm.scheduler import CosineLRScheduler
+
+    model = Logistic()
+    opt = make("salsa", model)
+    cosine = partial(CosineLRScheduler, t_initial=10, warmup_t=3, warmup_lr_init=0.1)
+    schedule = StepSizeSchedule(opt, partial(cosine, t_in_epochs=False))
+    seen = []
+    for update in range(1, 9):
+        run(model, opt, 1)
+        schedule.step_update(num_updates=update)
+        expected = schedule.scheduler._get_lr(update)[0]  # timm's factor of the base lr 1
+        seen.append(opt.param_groups[0]["lr_multiplier"])
+        assert seen[-1] == pytest.approx(expected)
+    assert seen[0] < seen[2] and seen[-1] < 0.2  # the warmup and the decay reached the optimizer
+    per_epoch = StepSizeSchedule(make("salsa", model), lambda o: CosineLRScheduler(o, 4))
+    per_epoch.step(2)
+    assert per_epoch.optimizer.param_groups[0]["lr_multiplier"] == pytest.approx(0.5)
+
+
+def test_a_schedulers_momentum_cycle_is_warned_about():
+    opt = make("adamsls", Logistic())
+    one_cycle = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=1.0, total_steps=10)
+    with pytest.warns(UserWarning, match="not its momentum cycle"):
+        StepSizeSchedule(opt, one_cycle)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        StepSizeSchedule(opt, partial(one_cycle, cycle_momentum=False))
 
 
 BAD = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,10 @@ class StepSizeSchedule:
     The step rule then moves by ``η_searched · lr_multiplier`` (trial points included), and the
     groups' ``lr`` shows that product. For a plain optimizer (no ``lr_multiplier``), use the
     scheduler directly; :class:`lsframe.modules.ClosureModule` picks the right one.
+
+    The wrapper forwards ``step`` (with its arguments: timm's schedulers take the epoch) and
+    timm's ``step_update(num_updates)``, copying the multipliers after each; only the learning
+    rates are applied (a momentum cycle, OneCycleLR's ``cycle_momentum``, is warned about).
 
     Args:
         optimizer: A line-search optimizer (its registry record ``searches``; its groups have
@@ -49,6 +54,13 @@ class StepSizeSchedule:
             [{"params": [p], "lr": base} for p, base in zip(placeholders, bases)], lr=1.0
         )
         self.scheduler = scheduler(self.shadow)
+        if getattr(self.scheduler, "cycle_momentum", False):
+            warnings.warn(
+                f"StepSizeSchedule applies the learning rates of {type(self.scheduler).__name__}, "
+                "not its momentum cycle (cycle_momentum=True moves the shadow optimizer's "
+                f"momentum, not {type(optimizer).__name__}'s): pass cycle_momentum=False",
+                stacklevel=2,
+            )
         self._copy()
 
     def __getattr__(self, name: str) -> Any:
@@ -62,11 +74,18 @@ class StepSizeSchedule:
             group["lr_multiplier"] = float(shadow["lr"])
             group["lr"] = group["step_size"] * group["lr_multiplier"]
 
-    def step(self) -> None:
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        """The scheduler's ``step`` with these arguments (none for torch's; timm's takes the
+        epoch), then the multipliers copied."""
         # the shadow's placeholders have no gradient, so this moves nothing; it tells the torch
         # scheduler that an optimizer step came first (otherwise it warns about the order)
         self.shadow.step()
-        self.scheduler.step()
+        self.scheduler.step(*args, **kwargs)
+        self._copy()
+
+    def step_update(self, *args: Any, **kwargs: Any) -> None:
+        """timm's per-update step (``step_update(num_updates)``), then the multipliers copied."""
+        self.scheduler.step_update(*args, **kwargs)
         self._copy()
 
     def set_total_steps(self, total_steps: int) -> None:
