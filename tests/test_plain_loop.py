@@ -260,3 +260,23 @@ def test_a_closure_that_never_back_propagates_is_warned_about_not_counted_silent
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         optimizer.step(lambda backward=True: torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("name", ["slope_tracking_adam", "salsa"])
+def test_a_compiled_function_that_steps_a_line_search_runs_the_step_eagerly(name):
+    # Dynamo traced into the step and lost the state it wrote across a graph break:
+    # SlopeTrackingAdam raised AttributeError '_kernels'
+    x, y = classification_data(32)
+    trained = []
+    for compiled in (False, True):
+        model = classifier(dropout=0.0)
+        optimizer = build(name, model)
+
+        def step(closure, optimizer=optimizer):
+            return optimizer.step(closure)
+
+        run = torch.compile(step) if compiled else step
+        for _ in range(3):
+            run(make_closure(model, (x, y), optimizer, criterion=nn.functional.cross_entropy))
+        trained.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*trained))

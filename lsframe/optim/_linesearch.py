@@ -196,6 +196,10 @@ class LineSearchOptimizer(SearchGroups, Optimizer):
     #: backward pass of the caller's own).
     forward_trials: bool = True
 
+    # a search branches on losses and moves the parameters between trials, which Dynamo cannot
+    # trace (state written on one side of a graph break was not seen on the other): a compiled
+    # function that calls step runs it eagerly (SlopeTrackingAdam's fused=True compiles inside)
+    @torch.compiler.disable
     @torch.no_grad()
     def step(
         self, closure: Closure | None = None, forward: Callable[[], Tensor] | None = None
