@@ -177,6 +177,8 @@ class ResumeChecks:
         strategy's sampler will draw (:func:`lsframe.data.resumable.refuse_another_place`,
         :func:`training_order`)."""
         resumed = self.config[self.subcommand].get("ckpt_path")
+        if resumed is None:
+            refuse_an_implicit_resume(self.trainer)
         if resumed == "last":
             resumed = last_checkpoint(self.trainer)
             if resumed is None:
@@ -224,3 +226,23 @@ def training_order(trainer: pl.Trainer) -> dict[str, int]:
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         return {"processes": trainer.world_size, "order_seed": seed}
     return {"processes": 1}
+
+
+def refuse_an_implicit_resume(trainer: pl.Trainer) -> None:
+    """Refuse a fit without ``--ckpt_path`` that Lightning would resume: with an
+    ``OnExceptionCheckpoint`` among the callbacks it turns ``ckpt_path=None`` into ``"last"``
+    (its fault-tolerance rule) and loads the newest last or exception file, an earlier run's
+    included, where ``lsframe fit`` starts afresh unless told to resume."""
+    from lightning.pytorch.callbacks import OnExceptionCheckpoint
+
+    if not any(isinstance(cb, OnExceptionCheckpoint) for cb in trainer.callbacks):
+        return
+    found = last_checkpoint(trainer)
+    if found is not None:
+        raise ConfigError(
+            f"with an OnExceptionCheckpoint among the callbacks, Lightning would resume this fit "
+            f"from {found} although no ckpt_path is given: to resume it, pass --ckpt_path last "
+            "(or the file); to start afresh, give the OnExceptionCheckpoint another dirpath or "
+            "move the file away",
+            where="ckpt_path",
+        )

@@ -184,6 +184,11 @@ def test_a_signal_stops_after_the_step_and_the_same_command_resumes_bit_exact(
     if on_exception:  # Lightning's own callback ran beside lsframe's and saved the same state
         extra_checkpoint = torch.load(tmp_path / "on_exception" / "on_exception.ckpt")
         assert extra_checkpoint["global_step"] == step
+        # without --ckpt_path Lightning resumed from that file: a fresh fit is not one
+        fresh = lsframe(tmp_path, [a for a in command if a not in ("--ckpt_path", "last")])
+        assert fresh.returncode == 2, fresh.stderr[-3000:]
+        assert "Lightning would resume this fit from" in fresh.stderr.strip().splitlines()[-1]
+        assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == ["version_0"]
 
     resumed = lsframe(tmp_path, command)  # the same command line
     assert resumed.returncode == 0, resumed.stderr[-3000:]
