@@ -249,7 +249,7 @@ def main(argv: list[str]) -> dict[str, float]:
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_argument("--seed_everything", type=int, default=0)
     parser.add_class_arguments(pl.Trainer, "trainer", instantiate=False)
-    parser.add_subclass_arguments(ClosureModule, "model")
+    parser.add_subclass_arguments(ClosureModule, "model", required=True)
     parser.add_argument("--pairs", type=list[list[Stage]], required=True)
     parser.add_argument("--heads", type=Literal["separate", "shared"], default="separate")
     parser.add_argument("--head_attr", type=str, default="classifier")

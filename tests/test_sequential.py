@@ -400,3 +400,23 @@ def test_settings_in_a_function_s_scope_a_dict_or_a_private_attribute_are_record
     assert "lr=5e-05" in first_difference(first, record(1e-3, {0: 2}, 0.01))[1]
     assert first_difference(first, record(5e-5, {0: 8}, 0.01))[0] == "callbacks[0][1].scheduling.0"
     assert first_difference(first, record(5e-5, {0: 2}, 0.5))[0] == "callbacks[1][1].swa_lrs"
+
+
+@pytest.mark.parametrize("command", ["sequential", "search"])
+def test_a_config_without_a_model_section_is_refused_in_one_line(command, tmp_path):
+    # the first check after parsing read config.model: an AttributeError traceback
+    import importlib
+
+    from bad_input_helpers import glue, write
+    from bad_input_helpers import search as search_config
+    from bad_input_helpers import sequence as sequence_config
+
+    from lsframe.errors import UsageError
+
+    glue(tmp_path)
+    config = (sequence_config() if command == "sequential" else search_config())(tmp_path)
+    del config["model"]
+    path = write(tmp_path / "c.yaml", config)
+    main = importlib.import_module(f"lsframe.{command}").main
+    with pytest.raises(UsageError, match="the following arguments are required: model"):
+        main(["--config", str(path)])
