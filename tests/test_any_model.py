@@ -105,6 +105,27 @@ def test_a_timm_models_no_weight_decay_joins_the_no_decay_group():
     assert sorted(everything) == sorted(n for n, _ in model.named_parameters())
 
 
+def test_the_lightning_free_groups_of_a_model_are_timms():
+    # weight_decay_groups decayed a ViT's pos_embed and cls_token, and grouped frozen parameters
+    timm = pytest.importorskip("timm")
+    from timm.optim import param_groups_weight_decay
+
+    from lsframe.optim import weight_decay_groups
+
+    for name in ("vit_tiny_patch16_224", "resnet18"):
+        model = timm.create_model(name, pretrained=False, num_classes=10)
+        if name == "resnet18":  # only the head trains
+            for n, p in model.named_parameters():
+                p.requires_grad_(n.startswith("fc."))
+        ours = names_in(weight_decay_groups(model), model)
+        skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+        groups = param_groups_weight_decay(model, 0.1, no_weight_decay_list=skip)  # as timm's
+        theirs = {"no_decay" if g["weight_decay"] == 0 else "decay": g for g in groups}
+        assert ours == names_in([{**g, "name": k} for k, g in theirs.items()], model), name
+    pairs = list(model.named_parameters())  # pairs are grouped whole, frozen ones too
+    assert sum(len(g["params"]) for g in weight_decay_groups(pairs)) == len(pairs)
+
+
 def test_no_weight_decay_may_be_passed_and_takes_names_patterns_and_modules():
     model = three_layers()
     plain = names_in(parameter_groups(model, "decay", 10), model)

@@ -3,7 +3,6 @@ trainable parameters are grouped, how many optimizer steps a run has, and its sc
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
@@ -14,7 +13,11 @@ from torch import nn
 
 from lsframe.errors import ConfigError
 from lsframe.optim import info_for
-from lsframe.optim.param_groups import weight_decay_groups
+from lsframe.optim.param_groups import (
+    exempt_from_decay,
+    no_weight_decay_names,
+    weight_decay_groups,
+)
 from lsframe.optim.step_size_schedule import StepSizeSchedule
 from lsframe.parts import part_groups
 
@@ -22,18 +25,6 @@ from lsframe.parts import part_groups
 def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
     """AdamW with lr 2e-5 and weight decay 0.01, the usual transformer fine-tuning baseline."""
     return torch.optim.AdamW(params, lr=2e-5, weight_decay=0.01)
-
-
-def no_weight_decay_names(model: nn.Module) -> set[str]:
-    """The parameter names ``model.no_weight_decay()`` returns (timm: ``{'pos_embed',
-    'cls_token', ...}``), or an empty set for a model without the method."""
-    method = getattr(model, "no_weight_decay", None)
-    return set(method()) if callable(method) else set()
-
-
-def _exempt(name: str, patterns: Collection[str]) -> bool:
-    # timm's rule (fnmatch, so exact names too), plus a module name covering its parameters
-    return any(fnmatch.fnmatch(name, p) or name.startswith(f"{p}.") for p in patterns)
 
 
 def parameter_groups(
@@ -72,21 +63,12 @@ def parameter_groups(
             no_weight_decay = no_weight_decay_names(model)
         else:  # the user's names: one that exempts nothing is a typo (the model's may be stale)
             for pattern in no_weight_decay:
-                if not any(_exempt(n, [pattern]) for n, _ in named):
+                if not any(exempt_from_decay(n, [pattern]) for n, _ in named):
                     raise ValueError(
                         f"{owner}: no_weight_decay name {pattern!r} matches no trainable "
                         "parameter (an exact name, an fnmatch pattern or a module name)"
                     )
-        exempt = {id(p) for n, p in named if _exempt(n, no_weight_decay)}
-        groups = weight_decay_groups(named)
-        if not exempt:
-            return groups
-        # move the exempt matrices to no_decay, keeping the model's order in both groups
-        by_shape = {id(p) for g in groups if g["name"] == "no_decay" for p in g["params"]}
-        off = [p for _, p in named if id(p) in exempt or id(p) in by_shape]
-        on = [p for _, p in named if id(p) not in exempt and id(p) not in by_shape]
-        decay = [{"name": "decay", "params": on}] if on else []
-        return [*decay, {"name": "no_decay", "params": off, "weight_decay": 0.0}]
+        return weight_decay_groups(named, no_weight_decay)
     if grouping == "parts":
         return part_groups(model, num_parts)
     return [{"name": "all", "params": [p for _, p in named]}]
