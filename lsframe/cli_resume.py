@@ -223,6 +223,7 @@ def training_order(trainer: pl.Trainer) -> dict[str, int]:
     and the loader's own seed, which the place's ``seed`` already covers."""
     connector = trainer._accelerator_connector
     if connector.use_distributed_sampler and connector.is_distributed:
+        # a sampler that does not shuffle records no seed, and None is not compared
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         return {"processes": trainer.world_size, "order_seed": seed}
     return {"processes": 1}

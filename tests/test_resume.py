@@ -220,6 +220,15 @@ def test_a_ddp_place_resumed_by_other_processes_or_another_order_seed_is_refused
     ddp(2, 7).load_state_dict(state)
     # the epoch's end (5 batches of a process's 20 examples): the next epoch starts afresh
     data(seed=3).load_state_dict({**state, "batches": 5})
+    # a sampler that does not shuffle: no seed changes its order
+    unshuffled = ddp(2, 7)
+    unshuffled.sampler.shuffle = False
+    next(iter(unshuffled))
+    in_order = unshuffled.state_dict()
+    assert in_order["order_seed"] is None
+    other_seed = ddp(2, 8)
+    other_seed.sampler.shuffle = False
+    other_seed.load_state_dict(in_order)
 
 
 def test_weights_loaded_for_a_new_fit_keep_that_fit_s_random_state(tmp_path):

@@ -155,11 +155,13 @@ class ResumableDataLoader(DataLoader):
             **self._order(),
         }
 
-    def _order(self) -> dict[str, int]:
-        """The processes the epoch's order is split over and the seed that draws it."""
+    def _order(self) -> dict[str, int | None]:
+        """The processes the epoch's order is split over and the seed that draws it (None for
+        a sampler that does not shuffle: no seed changes its order)."""
+        shuffles = getattr(self.sampler, "shuffle", True)
         return {
             "processes": int(getattr(self.sampler, "num_replicas", 1)),
-            "order_seed": int(getattr(self.sampler, "seed", self.seed)),
+            "order_seed": int(getattr(self.sampler, "seed", self.seed)) if shuffles else None,
         }
 
     def _saved_epoch_over(self, state: dict[str, Any], batches: int) -> bool:
