@@ -40,7 +40,8 @@ class AdamSLS(LineSearchOptimizer):
     Memory: Adam's two moments per parameter; ``√v̂ + ε`` is a transient list (as in torch's
     Adam); trial points are in-place moves (from a copy of ``x`` for bf16/fp16 parameters, see
     :mod:`lsframe.optim.rules`). Bias correction is Adam's ``1 − β^t``.
-    When all ``max_backtracks`` trials fail, the parameters stay at ``x``.
+    When all ``max_backtracks`` trials fail, the parameters stay at ``x`` (in float32 up to one
+    rounding per trial: :mod:`lsframe.optim.rules`).
 
     Example::
 

@@ -38,8 +38,9 @@ class SGDSLS(LineSearchOptimizer):
     ``f(x − η g) ≥ f(x) − (1 − c) · η · ‖g‖²``; when only that lower bound fails, η grows
     ``η ← min(β_f η, η_max)``, and ``η_max`` itself is accepted when the bound still fails there.
 
-    When ``max_backtracks`` trials all fail, the parameters stay at ``x`` (the reference instead
-    steps with η = 1e-6) and the next search starts from ``β_b`` times the last η tried.
+    When ``max_backtracks`` trials all fail, the parameters stay at ``x`` (in float32 up to one
+    rounding per trial: :mod:`lsframe.optim.rules`; the reference instead steps with η = 1e-6)
+    and the next search starts from ``β_b`` times the last η tried.
 
     Example::
 
