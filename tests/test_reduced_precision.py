@@ -113,3 +113,29 @@ def test_trials_see_the_trial_weights_when_the_model_enters_autocast_inside_the_
             opt.step(closure)
         assert not opt.last_step["failed"]
     assert losses[-1] < 0.9 * losses[0] and opt.param_groups[0]["step_size"] > 1e-3
+
+
+def test_under_fabric_bf16_mixed_trials_through_the_unwrapped_module_run_in_full_precision():
+    # Fabric's module enters bf16 autocast in its own forward, which the search's switch to full
+    # precision cannot reach: its trials compared bf16 losses
+    fabric_module = pytest.importorskip("lightning.fabric")
+    from lsframe.optim import make_closure
+
+    fabric = fabric_module.Fabric(accelerator="cpu", devices=1, precision="bf16-mixed")
+    net = mlp()
+    dtypes: list[torch.dtype] = []
+    net[0].register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
+    model, opt = fabric.setup(net, create("salsa", net.parameters()))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 32, generator=gen)
+    y = (x[:, 0] > 0).long()
+    criterion = nn.functional.cross_entropy
+    closure = make_closure(
+        model, (x, y), opt, criterion=criterion, trial_model=model.module, backward=fabric.backward
+    )
+    with torch.autocast("cpu", torch.bfloat16):
+        opt.step(closure)
+    record = opt.optimizer.last_step
+    assert "reference_loss" in record and len(dtypes) == 1 + record["trials"]
+    assert dtypes[0] == torch.bfloat16  # the backward evaluation, through Fabric's module
+    assert set(dtypes[1:]) == {torch.float32}  # the reference loss at x and the trials

@@ -189,6 +189,9 @@ class LossClosure:
             and each rank would otherwise take its own step (the back-propagated loss stays the
             rank's own; DDP averages the gradients). False: each rank's own loss (a model that
             is not one replica of a DDP model).
+        trial_loss_fn: Computes the loss of the forward-only evaluations (default: ``loss_fn``).
+        backward: Back-propagates the loss (default: ``loss.backward()``; under Lightning
+            Fabric, ``fabric.backward``).
 
     Attributes:
         evaluations: How many times the closure ran (backward and forward-only).
@@ -201,8 +204,12 @@ class LossClosure:
         device: torch.device | str = "cpu",
         model: nn.Module | None = None,
         average_over_processes: bool = True,
+        trial_loss_fn: Callable[[], Tensor] | None = None,
+        backward: Callable[[Tensor], Any] | None = None,
     ) -> None:
         self.loss_fn = loss_fn
+        self.trial_loss_fn = trial_loss_fn or loss_fn
+        self.backward = backward or Tensor.backward
         self.optimizer = optimizer
         self.model = model
         self.average_over_processes = average_over_processes
@@ -219,7 +226,7 @@ class LossClosure:
         try:
             if not backward:
                 with torch.no_grad():
-                    loss = self.loss_fn()
+                    loss = self.trial_loss_fn()
                 check_loss(loss, "loss_fn", backward=False)
                 return self._shared(loss.detach())
             self._backward_done = True
@@ -227,7 +234,7 @@ class LossClosure:
             with torch.enable_grad():
                 loss = self.loss_fn()
                 check_loss(loss, "loss_fn", backward=True)
-                loss.backward()
+                self.backward(loss)
             return self._shared(loss.detach())
         finally:
             if statistics is not None:
@@ -275,6 +282,8 @@ def make_closure(
     *,
     criterion: Callable[[Any, Any], Tensor] | None = None,
     average_over_processes: bool = True,
+    trial_model: nn.Module | None = None,
+    backward: Callable[[Tensor], Any] | None = None,
 ) -> LossClosure:
     """lsframe's closure ``closure(backward: bool = True) -> Tensor`` for one step of ``model``
     on ``batch``, for every lsframe optimizer (and torch's: they call it without arguments).
@@ -296,6 +305,12 @@ def make_closure(
         average_over_processes: Under several ``torch.distributed`` processes, return the
             losses averaged over them (:class:`LossClosure`), so that every rank takes the same
             step.
+        trial_model: The module the forward-only evaluations run through (default: ``model``):
+            under Lightning Fabric's ``bf16-mixed``, ``model.module``, which skips the autocast
+            Fabric's wrapper enters, so that with autocast around ``opt.step`` the trials run
+            in full precision as the loss at ``x`` the search compares them with does.
+        backward: Back-propagates the loss (default: ``loss.backward()``; under Lightning
+            Fabric, ``fabric.backward``).
 
     Raises:
         ConfigError: both ``loss_fn`` and ``criterion`` are given.
@@ -307,10 +322,13 @@ def make_closure(
     elif loss_fn is None:
         loss_fn = hf_loss
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    trials = None if trial_model is None else (lambda: loss_fn(trial_model, batch))
     return LossClosure(
         lambda: loss_fn(model, batch),
         optimizer,
         device,
         model=model,
         average_over_processes=average_over_processes,
+        trial_loss_fn=trials,
+        backward=backward,
     )
