@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import warnings
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import free_port
+from helpers import two_process_results
 
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 
@@ -98,11 +97,7 @@ PLAIN_WORKER = Path(__file__).resolve().parent / "plain_ddp_worker.py"
 @pytest.fixture(scope="module")
 def plain_ddp_results(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("plain_ddp") / "results.json"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--master_port", str(free_port()), str(PLAIN_WORKER), str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(out.read_text())
+    return two_process_results(PLAIN_WORKER, out)
 
 
 @pytest.mark.parametrize("name", ["salsa", "adamsls", "sgdsls"])

@@ -4,13 +4,10 @@ process on the whole batches lands."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from helpers import two_process_results
 
 from lsframe import optim
 
@@ -21,11 +18,7 @@ WORKER = Path(__file__).resolve().parent / "fsdp_worker.py"
 def fsdp_results(tmp_path_factory) -> dict:
     pytest.importorskip("torch.distributed.fsdp")
     out = tmp_path_factory.mktemp("fsdp") / "results.json"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--master_port", str(free_port()), str(WORKER), str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(out.read_text())
+    return two_process_results(WORKER, out)
 
 
 @pytest.mark.parametrize("name", [*optim.names(), "slope_tracking_adam+stride8"])
