@@ -31,7 +31,8 @@ Shared by all:
   param group, so that every key of its ``state`` is a parameter's, as
   ``torch.distributed.checkpoint`` needs; ``load_state_dict`` also takes the older layout.
 * **Per-step diagnostics**: :attr:`~LineSearchOptimizer.last_step`, set by ``step`` and
-  :meth:`~LineSearchOptimizer._search` only (see :func:`sufficient_decrease_ratio`).
+  :meth:`~LineSearchOptimizer._search` only (see
+  :func:`~lsframe.optim.rules.sufficient_decrease_ratio`).
 * **Robustness.** A non-finite loss at ``x`` or a non-finite gradient is a rejected step (no
   update, counted in ``rejected_steps``); a non-finite trial loss (``±inf`` or NaN) is a
   rejected trial; a failed search leaves its groups at ``x``, weight decay included; every
@@ -81,27 +82,10 @@ from lsframe.optim.rules import (
     Verdict,
     backtrack,
     loss_value,
+    sufficient_decrease_ratio,
 )
 
 Closure = Callable[..., Tensor]
-
-
-def sufficient_decrease_ratio(decrease: float, step_size: float, slope: float) -> float | None:
-    """``D / (η · s)``: the decrease the rule tests at the accepted trial point per unit of the
-    decrease its right-hand side scales with, so that a search accepts when it is ``≥ c``.
-
-    ``D`` and ``s`` are what the rule's condition compares, passed to ``_search`` by the rule:
-    ``f(x) − f(x − η d)`` and ``⟨g, d⟩`` for the Armijo and Goldstein conditions of SGDSLS,
-    AdamSLS and PLASLS without smoothing (Goldstein also asks ``≤ 1 − c``); the moving averages
-    ``D̄`` (with this trial's decrease) and ``Ḡ`` for the smoothed Armijo condition of
-    AdamSLS/PLASLS with ``smooth``, ALSALS and SaLSA. (One step's decrease over ``Ḡ`` would
-    read ``1/(1 − β)`` times too large while the averages fill from 0.) None when ``η · s`` is
-    0 or not finite. Pure Python on losses the search already read: no host sync.
-    """
-    scale = step_size * slope
-    if scale == 0 or not math.isfinite(scale):
-        return None
-    return decrease / scale
 
 
 def _caller_stacklevel() -> int:
@@ -175,8 +159,8 @@ class LineSearchOptimizer(SearchGroups, Optimizer):
         (a search ran: SaLSA amortises), ``accepted`` (it ran and accepted a trial), ``failed``
         (it ran and rejected every trial), ``rejected`` (non-finite loss or gradient, or no
         gradient at all: no update), ``sufficient_decrease_ratio``
-        (:func:`sufficient_decrease_ratio` at the accepted trial; None without an accepted
-        search) and ``step_sizes`` (each group's ``step_size`` after the step). Not in
+        (:func:`~lsframe.optim.rules.sufficient_decrease_ratio` at the accepted trial; None
+        without an accepted search) and ``step_sizes`` (each group's ``step_size`` after the step). Not in
         ``state_dict``: it describes a step this object took, and resuming needs none of it.
         """
         return getattr(self, "_last_step", None)

@@ -289,3 +289,21 @@ def reset_step_size(
     if option == 1:
         return step_size * gamma ** (1.0 / n_batches_per_epoch)
     return initial
+
+
+def sufficient_decrease_ratio(decrease: float, step_size: float, slope: float) -> float | None:
+    """``D / (η · s)``: the decrease the rule tests at the accepted trial point per unit of the
+    decrease its right-hand side scales with, so that a search accepts when it is ``≥ c``.
+
+    ``D`` and ``s`` are what the rule's condition compares, passed to ``_search`` by the rule:
+    ``f(x) − f(x − η d)`` and ``⟨g, d⟩`` for the Armijo and Goldstein conditions of SGDSLS,
+    AdamSLS and PLASLS without smoothing (Goldstein also asks ``≤ 1 − c``); the moving averages
+    ``D̄`` (with this trial's decrease) and ``Ḡ`` for the smoothed Armijo condition of
+    AdamSLS/PLASLS with ``smooth``, ALSALS and SaLSA. (One step's decrease over ``Ḡ`` would
+    read ``1/(1 − β)`` times too large while the averages fill from 0.) None when ``η · s`` is
+    0 or not finite. Pure Python on losses the search already read: no host sync.
+    """
+    scale = step_size * slope
+    if scale == 0 or not math.isfinite(scale):
+        return None
+    return decrease / scale
