@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lsframe.config_nodes import node_get
+from lsframe.config_nodes import import_class, node_get
 from lsframe.errors import ConfigError, LsframeError
 from lsframe.validation import check_int_at_least
 
@@ -77,3 +77,23 @@ def check_output_dir(path: str | Path, key: str) -> None:
         raise ConfigError(
             f"{path} is not writable{held}; give a directory you can write in", where=key
         )
+
+
+def refuse_exception_checkpoints(callbacks: list[Any]) -> None:
+    """Refuse Lightning's ``OnExceptionCheckpoint`` among a sequence's ``callbacks`` (objects,
+    or their config nodes before anything is built), at ``trainer.callbacks[i]``: with it
+    Lightning resumes every stage's fit from its file, an earlier stage's or an earlier
+    sequence's (its rule for a fit given no ``ckpt_path``); the runner keeps and resumes from
+    its own stage checkpoints."""
+    from lightning.pytorch.callbacks import OnExceptionCheckpoint
+
+    for index, callback in enumerate(callbacks):
+        path = node_get(callback, "class_path")
+        cls = import_class(path) if isinstance(path, str) else type(callback)
+        if isinstance(cls, type) and issubclass(cls, OnExceptionCheckpoint):
+            raise ConfigError(
+                "OnExceptionCheckpoint: Lightning would resume every stage's fit from its file, "
+                "an earlier stage's or sequence's; the runner keeps its own stage checkpoints "
+                "and resumes from them: remove it",
+                where=f"trainer.callbacks[{index}]",
+            )

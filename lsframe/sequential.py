@@ -65,7 +65,12 @@ from lsframe.modules import ClosureModule
 from lsframe.modules.export import is_lora
 from lsframe.modules.random_state import random_states, set_random_states
 from lsframe.preemption import Preemption, catch_signals
-from lsframe.sequence_checks import check_metric, check_output_dir, check_stages
+from lsframe.sequence_checks import (
+    check_metric,
+    check_output_dir,
+    check_stages,
+    refuse_exception_checkpoints,
+)
 from lsframe.sequence_result import SequenceResult, write_result
 from lsframe.sequence_state import (
     STAGE_CHECKPOINT,
@@ -153,6 +158,7 @@ class SequenceRunner:
         self.module, self.stages, self.heads_mode = model, stages, heads
         self.head_attr, self.metric, self.output_dir = head_attr, metric, Path(output_dir)
         self.callbacks = list(self.trainer_kwargs.pop("callbacks", None) or [])
+        refuse_exception_checkpoints(self.callbacks)
         # attributes of each stage's Preemption callback ("where" is appended to the stage)
         self.preemption = dict(preemption or {})
         self.heads: dict[str, nn.Module] = {}
@@ -357,6 +363,7 @@ def check_sequence_config(config: Any) -> None:
     data, and a sequence state to resume from readable (:func:`read_sequence_state`)."""
     check_stages(config.stages, "stages")
     check_output_dir(config.output_dir, "output_dir")
+    refuse_exception_checkpoints(config.trainer.get("callbacks") or [])
     metrics = (config.model.get("init_args") or {}).get("metrics")
     check_metric(config.metric, check_config(config, stage="fit"), metrics)
     read_sequence_state(config.output_dir, len(config.stages))

@@ -103,14 +103,11 @@ def plain_ddp_results(tmp_path_factory) -> dict:
 @pytest.mark.parametrize("name", ["salsa", "adamsls", "sgdsls"])
 def test_in_a_plain_ddp_loop_make_closure_keeps_the_replicas_identical(name, plain_ddp_results):
     # each rank's search decided on its own loss: SaLSA's replicas were 0.23 apart after 5 steps
-    result = plain_ddp_results[f"{name}/make_closure"]
+    result = plain_ddp_results[name]
     assert result["max_diff"] == 0.0 and result["warnings"] == [], result
 
 
-@pytest.mark.parametrize("name", ["salsa", "adamsls"])
-def test_a_closure_that_returns_each_ranks_own_loss_is_warned_about_once(name, plain_ddp_results):
-    result = plain_ddp_results[f"{name}/own_losses"]
-    if name == "salsa":  # what the warning is about (AdamSLS's ranks drew alike on these steps)
-        assert result["max_diff"] > 0
-    (warning,) = [w for w in result["warnings"] if "differs across the 2 processes" in w]
-    assert "averaged over the processes" in warning
+@pytest.mark.parametrize("name", ["salsa", "adamsls", "sgdsls"])
+def test_a_model_one_process_trains_alone_steps_without_the_others(name, plain_ddp_results):
+    # a collective in its steps waited for processes that never came: a 30-minute hang
+    assert plain_ddp_results[name]["trained_alone"]

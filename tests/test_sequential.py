@@ -420,3 +420,24 @@ def test_a_config_without_a_model_section_is_refused_in_one_line(command, tmp_pa
     main = importlib.import_module(f"lsframe.{command}").main
     with pytest.raises(UsageError, match="the following arguments are required: model"):
         main(["--config", str(path)])
+
+
+def test_an_on_exception_checkpoint_is_refused_before_anything_is_built(tmp_path):
+    # Lightning resumed every stage's fit from its file: an earlier sequence's, in a new one
+    from bad_input_helpers import glue, sequence, write
+    from lightning.pytorch.callbacks import OnExceptionCheckpoint
+
+    from lsframe.sequential import build_parser, check_sequence_config
+
+    glue(tmp_path)
+    config = sequence()(tmp_path)
+    saving = {"class_path": "lightning.pytorch.callbacks.OnExceptionCheckpoint"}
+    saving["init_args"] = {"dirpath": str(tmp_path / "exc")}
+    config["trainer"]["callbacks"] = [saving]
+    parsed = build_parser().parse_args(["--config", str(write(tmp_path / "c.yaml", config))])
+    with pytest.raises(ConfigError, match="OnExceptionCheckpoint: Lightning would resume") as err:
+        check_sequence_config(parsed)
+    assert err.value.where == "trainer.callbacks[0]"
+    saving = {"callbacks": [OnExceptionCheckpoint(dirpath=tmp_path / "exc")]}
+    with pytest.raises(ConfigError, match="the runner keeps its own stage checkpoints"):
+        SequenceRunner(TinyClassifier(), [Stage("a", Task(0, 1))], saving)

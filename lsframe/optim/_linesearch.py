@@ -50,10 +50,10 @@ Shared by all:
   ``last_step["reference_loss"]``): rounded losses cannot resolve a fine-tuning step's decrease
   (:mod:`lsframe.optim._precision`).
 * **Distributed.** Decisions use only the losses returned by the closures and global sums of the
-  gradients. lsframe's closures (its modules', ``make_closure``, ``LineSearchTrainer``'s)
-  average every loss across ranks before returning it, and DDP makes the gradients identical on
-  all ranks, so every rank takes the same step; the first step warns when the closure's loss
-  differs across ranks (:mod:`lsframe.optim._processes`).
+  gradients. lsframe's closures (its modules', ``LineSearchTrainer``'s, ``make_closure``'s for a
+  DDP or FSDP model) average every loss across ranks before returning it, and DDP makes the
+  gradients identical on all ranks, so every rank takes the same step
+  (:mod:`lsframe.optim._processes`); a closure written by hand must do the same.
 """
 
 from __future__ import annotations
@@ -71,7 +71,6 @@ from torch.optim import Optimizer
 
 from lsframe.optim._functional import all_finite
 from lsframe.optim._precision import full_precision, reduced_autocast
-from lsframe.optim._processes import warn_if_losses_differ
 from lsframe.optim._search_groups import SearchGroups
 from lsframe.optim._sharded import local
 from lsframe.optim.closure import check_closure, check_loss, trial_loss_of
@@ -222,9 +221,6 @@ class LineSearchOptimizer(SearchGroups, Optimizer):
             # before any counter; None only for a tracker (a torch-style closure may return it)
             if (loss is not None or self.forward_trials) and not isinstance(loss, (int, float)):
                 check_loss(loss, f"{type(self).__name__}.step's closure", backward=False)
-        if self.forward_trials and loss is not None and not self._processes_checked:
-            self._processes_checked = True  # one collective, at the first step only
-            warn_if_losses_differ(loss, type(self).__name__, _caller_stacklevel())
         state["step"] += 1
         value = None if loss is None else loss_value(loss)
         record = self._last_step = {"loss": value, "trials": 0, "searched": False}
@@ -263,9 +259,6 @@ class LineSearchOptimizer(SearchGroups, Optimizer):
         record["trials"] = state["forwards"] - forwards
         record["step_sizes"] = [float(group["step_size"]) for group in self.param_groups]
         return loss
-
-    #: Whether the first step checked that the closure's loss is the same on every process.
-    _processes_checked = False
 
     #: Warn when a closure ran and no parameter has a gradient (False: the caller's closure
     #: drops them on purpose, as lsframe's modules do for ``nonfinite_loss="skip"``).

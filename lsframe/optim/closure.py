@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lsframe.errors import ConfigError
-from lsframe.optim._processes import mean_over_processes
+from lsframe.optim._processes import mean_over_processes, replicated
 
 __all__ = [
     "ClosureContractError",
@@ -183,12 +183,14 @@ class LossClosure:
         device: Whose CUDA random state to restore besides the CPU's. Default: the CPU only.
         model: Whose BatchNorm running statistics only the first backward evaluation may move
             (None: nothing is put back).
-        average_over_processes: Under ``torch.distributed`` with several processes (DDP,
-            Fabric), return every loss, the backward one and each trial's, averaged over the
-            default group, as lsframe's modules do: the line search decides on these losses,
-            and each rank would otherwise take its own step (the back-propagated loss stays the
-            rank's own; DDP averages the gradients). False: each rank's own loss (a model that
-            is not one replica of a DDP model).
+        average_over_processes: Return every loss, the backward one and each trial's,
+            averaged over ``torch.distributed``'s processes, as lsframe's modules do: the line
+            search decides on these losses, and each replica of a DDP model would otherwise take
+            its own step (the back-propagated loss stays the rank's own; DDP averages the
+            gradients). Every process must then evaluate the closure. Default (None): where
+            ``model`` is such a replica or shard (:func:`lsframe.optim._processes.replicated`:
+            a DDP or FSDP module in it, Fabric's included, or DTensor parameters); a model a
+            process trains alone keeps its own loss.
         trial_loss_fn: Computes the loss of the forward-only evaluations (default: ``loss_fn``).
         backward: Back-propagates the loss (default: ``loss.backward()``; under Lightning
             Fabric, ``fabric.backward``).
@@ -203,7 +205,7 @@ class LossClosure:
         optimizer: Optimizer,
         device: torch.device | str = "cpu",
         model: nn.Module | None = None,
-        average_over_processes: bool = True,
+        average_over_processes: bool | None = None,
         trial_loss_fn: Callable[[], Tensor] | None = None,
         backward: Callable[[Tensor], Any] | None = None,
     ) -> None:
@@ -212,6 +214,8 @@ class LossClosure:
         self.backward = backward or Tensor.backward
         self.optimizer = optimizer
         self.model = model
+        if average_over_processes is None:
+            average_over_processes = model is not None and replicated(model)
         self.average_over_processes = average_over_processes
         self.random_state = StepRandomState(device)
         self.evaluations = 0
@@ -281,7 +285,7 @@ def make_closure(
     loss_fn: Callable[[nn.Module, Any], Tensor] | None = None,
     *,
     criterion: Callable[[Any, Any], Tensor] | None = None,
-    average_over_processes: bool = True,
+    average_over_processes: bool | None = None,
     trial_model: nn.Module | None = None,
     backward: Callable[[Tensor], Any] | None = None,
 ) -> LossClosure:
@@ -302,9 +306,9 @@ def make_closure(
         criterion: A loss of ``(output, target)`` such as ``nn.CrossEntropyLoss()``, on a batch
             ``(inputs, target)``: ``criterion(model(inputs), target)`` (``model(*inputs)`` for a
             tuple of inputs, ``model(**inputs)`` for a mapping).
-        average_over_processes: Under several ``torch.distributed`` processes, return the
-            losses averaged over them (:class:`LossClosure`), so that every rank takes the same
-            step.
+        average_over_processes: Return the losses averaged over ``torch.distributed``'s
+            processes, so that every replica takes the same step (:class:`LossClosure`).
+            Default (None): where ``model`` is a DDP or FSDP replica or shard.
         trial_model: The module the forward-only evaluations run through (default: ``model``):
             under Lightning Fabric's ``bf16-mixed``, ``model.module``, which skips the autocast
             Fabric's wrapper enters, so that with autocast around ``opt.step`` the trials run
