@@ -359,3 +359,30 @@ def test_two_masking_callbacks_together_are_warned_about_once():
     with pytest.warns(UserWarning, match="DPS and ChildTuningD all mask the gradients") as caught:
         trainer(max_steps=2, callbacks=callbacks).fit(TinyRegression(), loader())
     assert sum("mask the gradients" in str(w.message) for w in caught) == 1
+
+
+class StepSizes(pl.Callback):
+    """The step size each optimizer step of group 0 took."""
+
+    def __init__(self) -> None:
+        self.sizes: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.sizes.append(float(pl_module.optimizers().optimizer.param_groups[0]["step_size"]))
+
+
+def test_child_tuning_f_under_a_line_search_keeps_the_step_sizes_it_finds_without_a_mask():
+    # scaled by 1/reserve_p, the masked gradient told SaLSA a slope 1/reserve_p times the loss's:
+    # with reserve_p 0.3 below its c 0.5 no small step passed, and η fell to ~1e-8
+    from lsframe.optim import SaLSA
+
+    def step_sizes(callbacks):
+        torch.manual_seed(0)
+        module = TinyRegression(model=Stack(), optimizer=SaLSA)
+        log = StepSizes()
+        trainer(max_steps=6, callbacks=[*callbacks, log]).fit(module, loader(48, 8))
+        return log.sizes
+
+    plain = step_sizes([])
+    masked = step_sizes([ChildTuningD(reserve_p=0.3, variant="F")])
+    assert min(masked) > 0.1 * min(plain), (plain, masked)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from lsframe.callbacks.fisher import squared_gradient_mean
 from lsframe.callbacks.masking import GradientMaskCallback, global_top_fraction_masks
+from lsframe.optim import info_for
 from lsframe.parts import layer_stack_parameters, weight_matrices
 from lsframe.validation import check_choice, check_fraction, check_int_at_least, check_positive
 
@@ -24,8 +25,10 @@ class ChildTuningD(GradientMaskCallback):
     """ChildTuning (Xu et al., EMNLP 2021): a fixed Fisher mask (D) or a random one per step (F).
 
     * ``variant="D"``: before training, the diagonal Fisher ``F = (1/N) Σ_batches clip(g)²``
-      is estimated over the training data (each parameter's gradient clipped to norm
-      ``max_grad_norm`` first, as the reference); the ``ceil(reserve_p · n)`` entries with the
+      is estimated over the training data, one gradient per batch of the training loader (the
+      module's micro-batch, as the reference's per-device batch: ``accumulate_grad_batches``
+      does not enlarge it), each parameter's gradient clipped to norm ``max_grad_norm`` first,
+      as the reference; the ``ceil(reserve_p · n)`` entries with the
       largest Fisher over all selected parameters together are kept (ties: lower position), and
       every later gradient is multiplied by that fixed mask. Default selection: every parameter
       of the layer stack (:func:`lsframe.parts.layer_stack_parameters`, the reference's ``layer``
@@ -33,7 +36,12 @@ class ChildTuningD(GradientMaskCallback):
       training sees the same random numbers as a run without the callback; under DDP the Fisher
       is averaged across ranks.
     * ``variant="F"``: every step, each gradient entry of every trainable parameter is kept with
-      probability ``reserve_p`` and scaled by ``1/reserve_p``.
+      probability ``reserve_p`` and scaled by ``1/reserve_p``. Under a line search with trials
+      (SGDSLS, AdamSLS, PLASLS, ALSALS, SaLSA) the kept entries are not scaled, a difference from
+      the reference (which runs AdamW): the search sets the step size, which the scale only
+      multiplies, and its sufficient-decrease test reads the slope from the gradient, which the
+      scale would make ``1/reserve_p`` times the loss's (⟨g, M⊙g⟩/p against ‖M⊙g‖²/p²): with
+      ``reserve_p`` below ``c`` no small step passed (SaLSA, ``c`` 0.5, backtracked to ~1e-8).
 
     The mask (D) is in the ``state_dict``; a run resumed from a checkpoint does not recompute it,
     a new fit (the next task of a sequence) does.
@@ -148,7 +156,8 @@ class ChildTuningD(GradientMaskCallback):
                 for n, p in self.params.items()
                 if p.grad is not None
             }
-            self.apply_masks(optimizer, masks, scale=1.0 / self.reserve_p)
+            searched = info_for(optimizer).forward_trials  # the search sets the step size
+            self.apply_masks(optimizer, masks, scale=1.0 if searched else 1.0 / self.reserve_p)
             pl_module.log("child_tuning/updated_fraction", self.masked_fraction_kept(masks))
             return
         if self.masks is None:

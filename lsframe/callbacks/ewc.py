@@ -46,9 +46,10 @@ class EWC(ClosureCallback):
     at the fit's end. Logged: ``ewc/penalty``, at the point where the step's gradient is taken
     (as ``train/loss``; not at a line search's trials, which may be rejected).
 
-    The scale of λ depends on the batch size of the Fisher pass: the squared *batch-mean*
-    gradient is about ``Var(g)/B + (E g)²``, so once a task is fit (``E g ≈ 0``) it is roughly
-    ``B`` times smaller than a per-example Fisher, and a task the model barely learned can give a
+    The scale of λ depends on the batch size of the Fisher pass, the training loader's batch
+    (the module's micro-batch: ``accumulate_grad_batches`` does not enlarge it): the squared
+    *batch-mean* gradient is about ``Var(g)/B + (E g)²``, so once a task is fit (``E g ≈ 0``)
+    it is roughly ``B`` times smaller than a per-example Fisher, and a task the model barely learned can give a
     Fisher too small for λ in BERTcL's range (100–10,000) to change any prediction. Check
     ``ewc/penalty`` against the task loss when choosing λ.
 
