@@ -356,13 +356,20 @@ def drop_cut_last_line(fd: int, log: Path) -> None:
     """Remove a last line that a killed run cut short (no newline at the end of the file) from
     the log open on ``fd`` (locked by the caller, so no other row is being written): a row
     appended after it would otherwise continue it."""
+    import json
+
     size = os.fstat(fd).st_size
     if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
         return
     data = os.pread(fd, size, 0)
     keep = data.rfind(b"\n") + 1
-    print(f"{log}: removed a cut-short last line ({data[keep:][:60]!r}...)", flush=True)
-    os.ftruncate(fd, keep)
+    try:  # a whole row without its newline (a log written or merged by hand): kept
+        json.loads(data[keep:])
+    except ValueError:
+        print(f"{log}: removed a cut-short last line ({data[keep:][:60]!r}...)", flush=True)
+        os.ftruncate(fd, keep)
+    else:
+        os.write(fd, b"\n")
 
 
 def machine(device: str | None = None) -> str:
@@ -450,5 +457,12 @@ def write_results(out: Path, meta: str, table: str, rows: object) -> None:
     import json
 
     print(meta + "\n\n" + table)
-    out.with_suffix(".md").write_text(f"{meta}\n\nCommand: `{command_line()}`\n\n{table}\n")
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    beside(out, ".md").write_text(f"{meta}\n\nCommand: `{command_line()}`\n\n{table}\n")
+    beside(out, ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+def beside(out: Path, extension: str) -> Path:
+    """``<out><extension>``: the run log (``.runs.jsonl``) or a table file of ``--out``, whatever
+    dots its name has (``with_suffix`` replaced everything after the last one: ``q_v1.1`` and
+    ``q_v1.2`` shared ``q_v1.runs.jsonl``)."""
+    return Path(f"{out}{extension}")

@@ -32,7 +32,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import append_run, load_runs, logged_machines, mean_std, write_results
+from benchmarks.common import (
+    append_run,
+    beside,
+    load_runs,
+    logged_machines,
+    mean_std,
+    write_results,
+)
 from benchmarks.pairing import best_point, paired_differences
 from benchmarks.protocols import SHAKESPEARE
 from benchmarks.specs import DEFAULT, build
@@ -154,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--out", type=Path, default=Path(__file__).parent / "results" / "decoder_finetune_cpu"
     )
     args = parser.parse_args(argv)
-    args.log = args.out.with_suffix(".runs.jsonl")
+    args.log = beside(args.out, ".runs.jsonl")
     settings = {k: getattr(args, k) for k in SETTINGS}
     data = blocks(args.block_size)
     if not args.table_only:

@@ -49,6 +49,7 @@ from benchmarks.common import (
     MINILM,
     adamw,
     append_run,
+    beside,
     classifier,
     device_name,
     glue_examples,
@@ -362,7 +363,7 @@ def main() -> None:
         default = str(Path(tempfile.gettempdir()) / "dps_p4_check")
     args.out = Path(args.out or default)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.log = args.out.with_suffix(".runs.jsonl")
+    args.log = beside(args.out, ".runs.jsonl")
     if args.overhead:
         overhead(args)
     else:

@@ -36,6 +36,7 @@ from benchmarks.common import (
     QUIET_TRAINER,
     adamw,
     append_run,
+    beside,
     load_runs,
     logged_machines,
     mean_std,
@@ -126,7 +127,7 @@ def main() -> None:
     variants += [(0.0, d) for d in args.distributions if d != "flat"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    log = out.with_suffix(".runs.jsonl")
+    log = beside(out, ".runs.jsonl")
     here = settings(args)
 
     def key(r: dict) -> tuple:

@@ -25,6 +25,7 @@ import torch
 from benchmarks.common import (
     StepDiagnostics,
     append_run,
+    beside,
     classifier,
     glue_examples,
     load_runs,
@@ -115,7 +116,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hf_trainer_cpu"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    log = args.out.with_suffix(".runs.jsonl")
+    log = beside(args.out, ".runs.jsonl")
     key = ("optimizer", "seed")
     settings = {
         "steps": args.steps,

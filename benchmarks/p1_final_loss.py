@@ -68,6 +68,7 @@ from torch import Tensor, nn
 
 from benchmarks.common import (
     append_run,
+    beside,
     default_device,
     load_runs,
     logged_machines,
@@ -258,7 +259,7 @@ def main() -> None:
         out = output_path(
             name, args.out and f"{args.out}_{task}", bool(args.max_steps), args.device
         )
-        log = out.with_suffix(".runs.jsonl")
+        log = beside(out, ".runs.jsonl")
         data = None
         if not args.table_only:
             gpt2 = task == "gpt2"

@@ -80,6 +80,7 @@ from torch.nn import functional as F
 
 from benchmarks.common import (
     append_run,
+    beside,
     default_device,
     load_runs,
     logged_machines,
@@ -235,7 +236,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     name = "p2_large_batch_bf16" if args.bf16 else "p2_large_batch"
     out = output_path(name, args.out, args.max_steps is not None, args.device)
-    log = out.with_suffix(".runs.jsonl")
+    log = beside(out, ".runs.jsonl")
     settings = {"epochs": args.epochs, "max_steps": args.max_steps, "bf16": args.bf16}
     data = None if args.table_only else fashion_mnist()
     for size in [] if args.table_only else args.batch_sizes:

@@ -42,6 +42,7 @@ from benchmarks.common import (
     DEV_SPLIT,
     append_run,
     autocast,
+    beside,
     checked_device,
     classifier,
     default_device,
@@ -68,10 +69,13 @@ from benchmarks.specs import (
     with_same_runs,
 )
 from lsframe.data.glue import GLUE_TASKS, glue_task
+from lsframe.errors import LsframeError
 from lsframe.optim import line_searches
 
 GRID = ["adamw@1e-5", "adamw@2e-5", "adamw@5e-5", "adamw@1e-4"]
 PEERS = ["prodigy", "dadaptadam"]
+#: the data settings without ``--setting``
+DEFAULTS = {"train_limit": 2000, "batch_size": 16, "epochs": 1, "max_length": 64}
 SETTINGS = {  # issue 18: train_limit, batch_size, epochs, max_length
     "S": dict(train_limit=500, batch_size=32, epochs=5, max_length=128),
     "M": dict(train_limit=2000, batch_size=16, epochs=3, max_length=128),
@@ -162,7 +166,8 @@ def one_run(spec: str, seed: int, args, tok, train, dev) -> dict:
 
 
 def run_settings(args) -> dict:
-    keys = ("train_limit", "batch_size", "epochs", "max_length", "bf16")
+    """What a logged run is reused for: its task and the settings of its data and precision."""
+    keys = ("task", "train_limit", "batch_size", "epochs", "max_length", "bf16")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -218,10 +223,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="sst2", choices=sorted(GLUE_TASKS))
     parser.add_argument("--setting", choices=sorted(SETTINGS), default=None)
-    parser.add_argument("--train-limit", type=positive_int, default=2000)
-    parser.add_argument("--batch-size", type=positive_int, default=16)
-    parser.add_argument("--epochs", type=positive_int, default=1)
-    parser.add_argument("--max-length", type=positive_int, default=64)
+    for key, default in DEFAULTS.items():  # None: not given (a --setting may then set it)
+        flag = "--" + key.replace("_", "-")
+        parser.add_argument(flag, type=positive_int, default=None, help=f"default: {default}")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--optimizers", nargs="+", default=line_searches() + GRID + PEERS)
     parser.add_argument("--no-schedulefree", action="store_true")
@@ -234,9 +238,13 @@ def main() -> None:
     args = parser.parse_args()
     checked_device(parser, args.device)
     warn_if_bf16_emulated(args.device, args.bf16)
-    if args.setting:
-        for key, value in SETTINGS[args.setting].items():
-            setattr(args, key, value)
+    fixed = SETTINGS[args.setting] if args.setting else {}
+    for key, default in DEFAULTS.items():
+        given = getattr(args, key)
+        if given is not None and key in fixed and given != fixed[key]:
+            flag = "--" + key.replace("_", "-")
+            parser.error(f"--setting {args.setting} fixes {flag} to {fixed[key]}, got {given}")
+        setattr(args, key, fixed.get(key, default) if given is None else given)
     name = f"quality_{args.setting.lower()}_{args.task}" if args.setting else f"quality_{args.task}"
     kind = ("bf16_" if args.bf16 else "") + ("gpu" if args.device == "cuda" else "cpu")
     out = Path(args.out or f"benchmarks/results/{name}_{kind}")
@@ -248,11 +256,14 @@ def main() -> None:
             parser.error(f"--optimizers: {error}")
     if not args.table_only:
         check_specs([*args.optimizers, *([] if args.no_schedulefree else ["schedulefree@1e-4"])])
-    args.log = out.with_suffix(".runs.jsonl")
+    args.log = beside(out, ".runs.jsonl")
     started = time.time()
     tok = tokenizer()
-    train = glue_examples(args.task, "train", args.train_limit)
-    dev = glue_examples(args.task, "dev")
+    try:
+        train = glue_examples(args.task, "train", args.train_limit)
+        dev = glue_examples(args.task, "dev")
+    except LsframeError as error:  # a task without data here: one line
+        raise SystemExit(f"quality: {error}") from None
     # runs already in the log with these settings (an earlier, interrupted or partial
     # invocation) are reused; runs logged before the settings were recorded had batch 16 and
     # one epoch, and their file's own limit and length
@@ -278,7 +289,11 @@ def main() -> None:
         for seed in args.seeds:
             known[f"schedulefree@{best}", seed] = run_or_reuse(f"schedulefree@{best}", seed)
     # the table holds every run logged with these settings: invocations with other optimizers
-    # or seeds (the presets' 3 seeds beside the main rows' 5) add up
+    # or seeds (the presets' 3 seeds beside the main rows' 5) add up, those of another
+    # invocation that logged to this file meanwhile ("two at a time") included
+    logged = load_runs(args.log, run_settings(args), logged_before=old)
+    for row in with_same_runs(logged, [*DEFAULT_MODES, *args.optimizers], steps):
+        known.setdefault((row["optimizer"], row["seed"]), row)
     rows = sorted(known.values(), key=lambda r: r["seed"])
     if not rows:
         raise SystemExit(f"quality: no runs logged with these settings in {args.log}")

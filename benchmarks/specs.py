@@ -70,6 +70,12 @@ def check_installed(specs: Sequence[str]) -> None:
             )
 
 
+#: the peers that choose their own step size (an ``@lr`` would be ignored)
+NO_LR = ("salsa-reference", "prodigy", "dadaptadam")
+#: the baselines given a learning rate
+NEEDS_LR = ("adamw", "adamw-const", "adamw-fused-const", "schedulefree")
+
+
 def check_specs(specs: Sequence[str]) -> None:
     """Stop in one line, before any data loads, at the first spec :func:`build` refuses
     (``bogus``, ``adamw@abc``), or whose package is not installed (:func:`check_installed`).
@@ -77,8 +83,11 @@ def check_specs(specs: Sequence[str]) -> None:
     check_installed(specs)
     probe = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
     for spec in specs:
+        base, _, mark = spec.partition("^")
         try:
-            build(spec.partition("^")[0], probe, 10)
+            run = build(base, probe, 10)
+            if mark and run.scheduler is None:  # what heldout.py's modes scale
+                raise ValueError(f"^{mark} needs a schedule (AdamW, or a ~anneal)")
         except (ValueError, TypeError) as error:  # TypeError: a spec missing its lr (adamw)
             raise SystemExit(f"optimizer spec {spec!r}: {error}") from None
 
@@ -104,6 +113,15 @@ def build(spec: str, model: nn.Module, total_steps: int) -> Run:
     if schedule and not (name in optim.names() and optim.info(name).searches):
         raise ValueError(f"{spec!r}: ~{schedule} is for lsframe's line searches (lr_multiplier)")
     lr = float(lr_text) if lr_text else None
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr_text}")
+    if name in NO_LR + NEEDS_LR:  # the baselines and peers: no preset, and some no lr
+        if presets:
+            raise ValueError(f"{name} takes no preset, got +{'+'.join(presets)}")
+        if lr is not None and name in NO_LR:
+            raise ValueError(f"{name} sets its own step size: give no @lr")
+        if lr is None and name in NEEDS_LR:
+            raise ValueError(f"{name} needs a learning rate: {name}@<lr>")
     params = [p for p in model.parameters() if p.requires_grad]
     warmup = max(1, math.ceil(0.1 * total_steps))
     if name in ("adamw", "adamw-const", "adamw-fused-const"):

@@ -34,6 +34,7 @@ from benchmarks.common import (
     GLUE_DIR,
     adamw,
     append_run,
+    beside,
     load_runs,
     logged_machines,
     mean_std,
@@ -111,7 +112,7 @@ def main() -> None:
     run = large_batch_run if args.part == "large-batch" else finetune_run
     out = Path(args.out or f"benchmarks/results/valley_{args.part.replace('-', '_')}_cpu")
     out.parent.mkdir(parents=True, exist_ok=True)
-    log = out.with_suffix(".runs.jsonl")
+    log = beside(out, ".runs.jsonl")
     here = (
         {"steps": args.steps, "batch_size": args.batch_size}
         if args.part == "large-batch"

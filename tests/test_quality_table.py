@@ -5,6 +5,7 @@ point is logged."""
 from __future__ import annotations
 
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -501,3 +502,102 @@ def test_benchmark_arguments_are_refused_in_one_line_before_anything_loads():
     for spec, message in (("bogus", "unknown optimizer spec"), ("adamw@abc", "could not convert")):
         with pytest.raises(SystemExit, match=f"optimizer spec '{spec}': {message}"):
             check_specs([spec])
+
+
+def test_a_quality_table_holds_what_another_invocation_logged_meanwhile_and_no_other_tasks(
+    minilm, shared_data, tmp_path, monkeypatch
+):
+    # the task was no logged setting (an MRPC table showed RTE's runs), and the table was built
+    # from the log as it stood at the start (two invocations at once each dropped the other's)
+    import json
+    import sys
+
+    from benchmarks import quality
+    from benchmarks.common import append_run
+
+    out = tmp_path / "quality_rte"
+    log = tmp_path / "quality_rte.runs.jsonl"
+    tiny = {"train_limit": 8, "batch_size": 4, "epochs": 1, "max_length": 32, "bf16": False}
+    append_run(log, {**row("adamw@1e-5", 0, 0.9), **tiny, "task": "mrpc"}, device="cpu")
+
+    def one_run(spec, seed, args, *data):
+        meanwhile = {**row("adamw@5e-5", seed, 0.6), **quality.run_settings(args)}
+        append_run(args.log, meanwhile, device="cpu")  # another invocation's run
+        made = {**row(spec, seed, 0.55), **quality.run_settings(args)}
+        append_run(args.log, made, device="cpu")
+        return made
+
+    monkeypatch.setattr(quality, "one_run", one_run)
+    monkeypatch.setattr(sys, "argv", tiny_quality_argv(out))
+    quality.main()
+    result = json.loads((tmp_path / "quality_rte.json").read_text())
+    assert sorted(r["optimizer"] for r in result["rows"]) == ["adamw@1e-4", "adamw@5e-5"]
+
+
+def test_a_logs_last_row_without_a_newline_is_kept_and_the_next_row_starts_a_line(tmp_path):
+    from benchmarks.common import append_run, read_run_log
+
+    log = tmp_path / "x.runs.jsonl"
+    log.write_text('{"optimizer": "a", "seed": 0}\n{"optimizer": "b", "seed": 0}')  # by hand
+    append_run(log, {"optimizer": "c", "seed": 1}, device="cpu")
+    assert [r["optimizer"] for r in read_run_log(log)] == ["a", "b", "c"]
+
+
+def test_an_out_with_dots_keeps_its_own_log_and_tables():
+    from pathlib import Path
+
+    from benchmarks.common import beside
+
+    assert beside(Path("r/q_v1.1"), ".runs.jsonl") == Path("r/q_v1.1.runs.jsonl")
+    assert beside(Path("r/q_v1.1"), ".md") != beside(Path("r/q_v1.2"), ".md")
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("adamw+robust@1e-4", "adamw takes no preset"),
+        ("adamw@inf", "lr must be a positive finite number"),
+        ("adamw@0", "lr must be a positive finite number"),
+        ("adamw", "adamw needs a learning rate"),
+        ("salsa^late_half", r"\^late_half needs a schedule"),
+    ],
+)
+def test_a_spec_part_that_would_be_ignored_or_fail_later_is_refused_before_any_run(spec, message):
+    from benchmarks.specs import check_specs
+
+    with pytest.raises(SystemExit, match=f"optimizer spec '{re.escape(spec)}': {message}"):
+        check_specs([spec])
+
+
+def test_a_setting_refuses_an_explicit_value_it_fixes(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from benchmarks import quality
+
+    argv = ["quality", "--setting", "S", "--task", "rte", "--train-limit", "64", "--table-only"]
+    argv += ["--out", str(tmp_path / "quality_s_rte")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit):
+        quality.main()
+    assert "--setting S fixes --train-limit to 500, got 64" in capsys.readouterr().err
+
+
+def test_readmes_quality_tables_are_the_summarys_tables():
+    # nothing compared README's figures with the tables they come from (review Z)
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    results = root / "benchmarks" / "results"
+
+    def tables(name: str) -> list[str]:
+        text = (results / name).read_text()
+        return [block.strip() for block in text.split("\n\n") if block.startswith("|")]
+
+    bar, peers, presets, *per_task = tables("quality_summary_cpu.md")
+    for table in (bar, peers, presets):  # README shows the per-task preset tables' overview
+        assert table in readme, table.splitlines()[0]
+    (gpu,) = tables("quality_summary_bf16_gpu.md")
+    for line in gpu.splitlines()[2:]:  # README leaves out the columns not run on the GPU
+        cells = [cell for cell in line.split(" | ") if cell != "–"]
+        assert " | ".join(cells) in readme, line
