@@ -141,8 +141,8 @@ def _storage(optuna: Any, location: str) -> Any:
 def open_study(
     options: Any, pairs: int, defining: dict[str, Any] | None, maximize: bool = True
 ) -> Any:
-    """The study ``options`` (:class:`lsframe.search_options.SearchOptions`) name, created or loaded:
-    a journal file in ``output_dir`` unless ``storage`` is given, a trial-seeded TPE or GP
+    """The study ``options`` (:class:`lsframe.search_options.SearchOptions`) name, created or
+    loaded: a journal file in ``output_dir`` unless ``storage`` is given, a trial-seeded TPE or GP
     sampler, a Hyperband pruner over the ``pairs`` or none. ``defining`` (the search's config,
     :mod:`lsframe.run_config`) is recorded in a study without trials; a study recorded with
     another is refused (its trials would count under the new settings); None: not checked.

@@ -49,9 +49,9 @@ class EWC(ClosureCallback):
     The scale of λ depends on the batch size of the Fisher pass, the training loader's batch
     (the module's micro-batch: ``accumulate_grad_batches`` does not enlarge it): the squared
     *batch-mean* gradient is about ``Var(g)/B + (E g)²``, so once a task is fit (``E g ≈ 0``)
-    it is roughly ``B`` times smaller than a per-example Fisher, and a task the model barely learned can give a
-    Fisher too small for λ in BERTcL's range (100–10,000) to change any prediction. Check
-    ``ewc/penalty`` against the task loss when choosing λ.
+    it is roughly ``B`` times smaller than a per-example Fisher, and a task the model barely
+    learned can give a Fisher too small for λ in BERTcL's range (100–10,000) to change any
+    prediction. Check ``ewc/penalty`` against the task loss when choosing λ.
 
     ``source="mlm"`` is the BERTcL baseline (λ = 1000): once, when the first fit starts, the Fisher
     of a masked-language-model loss (15 % of tokens masked, transformers'

@@ -159,8 +159,9 @@ class LineSearchOptimizer(SearchGroups, Optimizer):
         (it ran and rejected every trial), ``rejected`` (non-finite loss or gradient, or no
         gradient at all: no update), ``sufficient_decrease_ratio``
         (:func:`~lsframe.optim.rules.sufficient_decrease_ratio` at the accepted trial; None
-        without an accepted search) and ``step_sizes`` (each group's ``step_size`` after the step). Not in
-        ``state_dict``: it describes a step this object took, and resuming needs none of it.
+        without an accepted search) and ``step_sizes`` (each group's ``step_size`` after the
+        step). Not in ``state_dict``: it describes a step this object took, and resuming needs
+        none of it.
         """
         return getattr(self, "_last_step", None)
 
