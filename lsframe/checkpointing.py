@@ -65,6 +65,8 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         self._places_at_step: dict[int, int] | None = None
         self._completed_at_step: int | None = None
         self._first_epoch_random: dict[str, Any] | None = None
+        # the random generators of the checkpoint a fit resumes from (lsframe's module's)
+        self._resumed_random: dict[str, Any] | None = None
         self._epoch_started = False
         #: The error (a non-finite loss, a data error between steps) ``last`` was brought up to
         #: date for: the error line names ``last`` only then (:meth:`on_exception`).
@@ -87,7 +89,7 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         # Lightning calls no on_train_epoch_start for an epoch restarted mid-way: the bookkeeping
         # starts as the checkpoint's step left the run (a new epoch's start redoes it)
-        resumed = getattr(self, "_resumed_random", None) if trainer.ckpt_path else None
+        resumed = self._resumed_random if trainer.ckpt_path else None
         self._start_bookkeeping(trainer, pl_module, resumed)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -162,6 +162,7 @@ class Preemption(Callback):
         self.announce = True
         self.hyper_parameters = True
         self._step: int | None = None
+        self._accumulating = False  # the last training batch took no optimizer step
         self._writing = False
 
     # ------------------------------------------------------------------------ signal handlers
@@ -240,7 +241,7 @@ class Preemption(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        if getattr(self, "_accumulating", False) and not _at_epoch_end(trainer):
+        if self._accumulating and not _at_epoch_end(trainer):
             return  # between two micro-batches of a step: decided when the step ends
         signum = agree(trainer)
         if signum and not _run_is_over(trainer, epoch_end=_at_epoch_end(trainer)):
