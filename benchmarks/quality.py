@@ -268,10 +268,14 @@ def main() -> None:
     # invocation) are reused; runs logged before the settings were recorded had batch 16 and
     # one epoch, and their file's own limit and length
     old = {**run_settings(args), "batch_size": 16, "epochs": 1, "bf16": False}
-    logged = load_runs(args.log, run_settings(args), logged_before=old)
     steps = run_steps(len(train.labels), args.batch_size, args.epochs)
-    logged = with_same_runs(logged, [*DEFAULT_MODES, *args.optimizers], steps)
-    known = {(r["optimizer"], r["seed"]): r for r in logged}
+    modes = [*DEFAULT_MODES, *args.optimizers]
+
+    def logged_runs() -> list[dict]:
+        logged = load_runs(args.log, run_settings(args), logged_before=old)
+        return with_same_runs(logged, modes, steps)
+
+    known = {(r["optimizer"], r["seed"]): r for r in logged_runs()}
 
     def run_or_reuse(spec: str, seed: int) -> dict:
         return known.get((spec, seed)) or one_run(spec, seed, args, tok, train, dev)
@@ -291,8 +295,7 @@ def main() -> None:
     # the table holds every run logged with these settings: invocations with other optimizers
     # or seeds (the presets' 3 seeds beside the main rows' 5) add up, those of another
     # invocation that logged to this file meanwhile ("two at a time") included
-    logged = load_runs(args.log, run_settings(args), logged_before=old)
-    for row in with_same_runs(logged, [*DEFAULT_MODES, *args.optimizers], steps):
+    for row in logged_runs():
         known.setdefault((row["optimizer"], row["seed"]), row)
     rows = sorted(known.values(), key=lambda r: r["seed"])
     if not rows:
