@@ -202,6 +202,60 @@ def test_torch_distributed_checkpoint_saves_and_restores_the_search_exactly(name
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_a_flattened_distributed_checkpoint_keeps_the_search_or_is_refused_with_the_reason(name):
+    # flatten_optimizer_state_dict=True rebuilds the state from the loading optimizer's own
+    # group keys and per-parameter state names: the search state must be a live group key, and
+    # moments a fresh optimizer does not have yet cannot come back
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    flat = StateDictOptions(flatten_optimizer_state_dict=True)
+    model = Logistic()
+    opt = make(name, model)
+    run(model, opt, 10)
+    saved = copy.deepcopy(get_optimizer_state_dict(model, opt, options=flat))
+    saved_model = copy.deepcopy(model.state_dict())
+    run(model, opt, 10, start=10)
+    resumed = Logistic()
+    resumed.load_state_dict(saved_model)
+    opt2 = make(name, resumed)
+    if opt.search_state.get("moment_step", 0) > 0:
+        with pytest.raises(ValueError, match="empty state for 2 parameter.*without flattening"):
+            set_optimizer_state_dict(resumed, opt2, saved, options=flat)
+        return
+    set_optimizer_state_dict(resumed, opt2, saved, options=flat)
+    run(resumed, opt2, 10, start=10)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed.parameters()))
+    assert opt.state["line_search"] == opt2.state["line_search"]
+
+
+def test_a_state_without_the_search_state_is_refused_instead_of_restarting_the_search():
+    model = Logistic()
+    opt = SaLSA(model.parameters())
+    run(model, opt, 3)
+    state = copy.deepcopy(opt.state_dict())
+    del state["param_groups"][0]["line_search"]
+    with pytest.raises(ValueError, match="has no search state"):
+        SaLSA(Logistic().parameters()).load_state_dict(state)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_search_state_is_one_dict_in_state_and_in_group_0_after_a_load_and_a_copy(name):
+    model = Logistic()
+    opt = make(name, model)
+    run(model, opt, 3)
+    loaded = make(name, Logistic())
+    loaded.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for each in (opt, loaded, copy.deepcopy(opt)):
+        assert each.param_groups[0]["line_search"] is each.state["line_search"]
+    assert loaded.state["line_search"] == opt.state["line_search"]
+    assert "line_search" not in opt.state_dict()["state"]
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_a_state_dict_saved_with_the_search_state_under_state_still_resumes(name):
     model = Logistic()
     opt = make(name, model)
@@ -211,7 +265,7 @@ def test_a_state_dict_saved_with_the_search_state_under_state_still_resumes(name
     opt2 = make(name, Logistic())
     opt2.load_state_dict(old)
     assert opt2.state["line_search"] == opt.state["line_search"]
-    assert "line_search" not in opt2.param_groups[0]
+    assert opt2.param_groups[0]["line_search"] is opt2.state["line_search"]
 
 
 def test_a_group_given_the_same_lr_joins_after_the_run_length_lowered_the_start():

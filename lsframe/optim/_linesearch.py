@@ -27,8 +27,8 @@ Shared by all:
   overwrite of the search.
 * **One place counts searches**: :meth:`~LineSearchOptimizer._search`. Counters live in
   ``state["line_search"]``: ``step``, ``forwards`` (trial evaluations), ``searches``,
-  ``failed_searches``, ``rejected_steps``. ``state_dict`` saves that search state in the first
-  param group, so that every key of its ``state`` is a parameter's, as
+  ``failed_searches``, ``rejected_steps``; the same dict is ``param_groups[0]["line_search"]``,
+  where ``state_dict`` saves it, so that every key of its ``state`` is a parameter's, as
   ``torch.distributed.checkpoint`` needs; ``load_state_dict`` also takes the older layout.
 * **Per-step diagnostics**: :attr:`~LineSearchOptimizer.last_step`, set by ``step`` and
   :meth:`~LineSearchOptimizer._search` only (see
@@ -135,10 +135,7 @@ class LineSearchOptimizer(SearchGroups, Optimizer):
             super().__init__(params, defaults)
         finally:
             self._constructing = False
-        self.state["line_search"] = self._initial_search_state()
-        self.register_load_state_dict_post_hook(
-            lambda optimizer: optimizer._take_search_state(), prepend=True
-        )
+        self._adopt_search_state()
         self._unmoved: set[int] = set()  # groups a failed search of this step left at x
         self._start: list[Tensor] | None = None
         self._start_params: list[Tensor] | None = None

@@ -117,21 +117,20 @@ class SearchGroups:
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict, with the search state in the first param group
-        (``param_groups[0]["line_search"]``) so that every key of ``state`` is a parameter's:
-        ``torch.distributed.checkpoint`` (FSDP2, Lightning's ModelParallelStrategy) maps those
-        keys to parameter names. The state-dict hooks see that layout too."""
+        (``param_groups[0]["line_search"]``, where it also lives: :meth:`_adopt_search_state`)
+        so that every key of ``state`` is a parameter's: ``torch.distributed.checkpoint``
+        (FSDP2, Lightning's ModelParallelStrategy) maps those keys to parameter names, and its
+        ``flatten_optimizer_state_dict=True`` keeps a group key the optimizer has. The
+        state-dict hooks see that layout too."""
         search = self.state.pop("line_search", None)
         first = self.param_groups[0] if self.param_groups else None
         if first is not None:
             first["saved_by"] = type(self).__name__
-            if search is not None:
-                first["line_search"] = search
         try:
             return super().state_dict()
         finally:
             if first is not None:
                 first.pop("saved_by", None)
-                first.pop("line_search", None)
             if search is not None:
                 self.state["line_search"] = search
 
@@ -151,25 +150,39 @@ class SearchGroups:
             )
         refuse_another_class(self, groups)  # unstamped: saved before 2026-12-06
         refuse_other_parameters(self, state_dict)
+        if (
+            groups
+            and "line_search" not in groups[0]
+            and "line_search" not in state_dict.get("state", {})
+        ):
+            raise DataError(
+                f"{name}: the optimizer state to load has no search state "
+                "(param_groups[0]['line_search']): it was saved without it, or a tool dropped "
+                "it; resume from the optimizer's own state_dict()"
+            )
+        refuse_hollow_moments(name, state_dict)
         if not self.forward_trials:  # saved before 2026-12-06, when every tracker carried it
             groups = [{k: v for k, v in g.items() if k != "max_backtracks"} for g in groups]
             state_dict = {**state_dict, "param_groups": groups}
         super().load_state_dict(state_dict)  # type: ignore[misc]
-        self._take_search_state()
 
-    def _take_search_state(self) -> None:
-        """After torch's load: the search state from the first param group into ``state``, its
-        missing counters backfilled. A load post hook registered first (the constructor's, so
-        that the other post hooks see the loaded search state) and again after the load (a
-        copied optimizer has lost its hooks); the second finds nothing to move."""
+    def _adopt_search_state(self) -> None:
+        """Make the search state one dict, ``state["line_search"]`` and
+        ``param_groups[0]["line_search"]`` alike, its missing counters backfilled. In a group, it
+        survives tools that rebuild a state dict from the optimizer's own group keys
+        (``torch.distributed.checkpoint``'s ``flatten_optimizer_state_dict=True``). Called by
+        the constructor and by ``__setstate__`` (torch's load, a copy, an unpickle), before any
+        load post hook: a loaded state has it in group 0, or under ``state`` as lsframe saved
+        it before 2026-12-05."""
         first = self.param_groups[0] if self.param_groups else {}
         first.pop("saved_by", None)
-        search = first.pop("line_search", None)
-        if search is None:
-            return
+        search = first.get("line_search", self.state.get("line_search"))
+        search = {} if search is None else search
         for key, value in self._initial_search_state().items():
             search.setdefault(key, value)
         self.state["line_search"] = search
+        if self.param_groups:
+            first["line_search"] = search
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # a state dict from an older lsframe may lack a hyperparameter or a counter: backfill
@@ -178,9 +191,7 @@ class SearchGroups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
             group.setdefault("initial_step_size", self.defaults["lr"])
-        search = self.state.setdefault("line_search", {})
-        for key, value in self._initial_search_state().items():
-            search.setdefault(key, value)
+        self._adopt_search_state()
 
     def shared(
         self,
@@ -233,3 +244,23 @@ class SearchGroups:
     def _write_lr(self) -> None:
         for group in self.param_groups:
             group["lr"] = group["step_size"] * group["lr_multiplier"]
+
+
+def refuse_hollow_moments(name: str, state_dict: dict[str, Any]) -> None:
+    """Refuse a state whose parameters' states are empty although Adam's moments were updated:
+    a tool rebuilt it from the keys of an optimizer that had not stepped yet
+    (``torch.distributed.checkpoint``'s ``flatten_optimizer_state_dict=True`` reads only the
+    state names the loading optimizer already has), and loading it would restart the moments
+    at zero without a word."""
+    state = state_dict.get("state", {})
+    groups = state_dict.get("param_groups") or [{}]
+    search = groups[0].get("line_search") or state.get("line_search") or {}
+    empty = [key for key, value in state.items() if isinstance(value, dict) and not value]
+    if empty and search.get("moment_step", 0) > 0:
+        raise DataError(
+            f"{name}: the optimizer state to load has an empty state for {len(empty)} "
+            f"parameter(s) although Adam's moments were updated {search['moment_step']} times: "
+            "it was rebuilt from an optimizer that had not stepped yet (as "
+            "torch.distributed.checkpoint's flatten_optimizer_state_dict=True does); save and "
+            "load it without flattening"
+        )
