@@ -115,13 +115,6 @@ def _get(module: nn.Module, path: str) -> nn.Module:
     return module
 
 
-def _set(module: nn.Module, path: str, value: nn.Module) -> None:
-    *parents, last = path.split(".")
-    for part in parents:
-        module = getattr(module, part)
-    setattr(module, last, value)
-
-
 class SequenceRunner:
     """Runs the stages; see the module docstring. Usable from Python as well as from the CLI."""
 
@@ -174,7 +167,7 @@ class SequenceRunner:
             return
         if task not in self.heads:
             self.heads[task] = copy.deepcopy(self.initial_head)
-        _set(self.module.model, self.head_attr, self.heads[task])
+        self.module.model.set_submodule(self.head_attr, self.heads[task])
 
     def _trainer(self, stage: Stage, index: int) -> pl.Trainer:
         kwargs = dict(self.trainer_kwargs)
