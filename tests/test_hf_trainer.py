@@ -10,11 +10,21 @@ import torch
 
 pytest.importorskip("accelerate")  # Trainer needs it; lsframe's dev extras install it
 
-from hf_helpers import DATA, arguments, bert, one_thread, optimizer_for, training_logs  # noqa: E402, F401
+import helpers  # noqa: E402
+from hf_helpers import (  # noqa: E402, F401
+    DATA,
+    VOCAB,
+    arguments,
+    bert,
+    one_thread,
+    optimizer_for,
+    training_logs,
+)
 from transformers import Trainer, TrainerCallback  # noqa: E402
 
+from lsframe.errors import ConfigError  # noqa: E402
 from lsframe.integrations.hf import LineSearchTrainer, TrainerStepClosure  # noqa: E402
-from lsframe.optim import SaLSA, SlopeTrackingAdam, info, names  # noqa: E402
+from lsframe.optim import SGDSLS, SaLSA, SlopeTrackingAdam, info, names  # noqa: E402
 from lsframe.optim.closure import ClosureContractError  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -207,6 +217,56 @@ def test_stock_trainer_gets_lsframes_closure_error(tmp_path):
     message = str(caught.value)
     assert "closure(backward: bool = True) -> Tensor" in message
     assert "LineSearchTrainer" in message and "make_closure" in message
+
+
+def test_a_training_step_that_bypasses_line_search_trainer_s_is_named_in_one_line(tmp_path):
+    class OwnStep(LineSearchTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = model(**inputs).loss
+            self.accelerator.backward(loss)
+            return loss.detach()
+
+    model = bert()
+    trainer = OwnStep(
+        model=model,
+        args=arguments(tmp_path, max_steps=1),
+        train_dataset=DATA,
+        optimizers=(SaLSA(model.parameters()), None),
+    )
+    with pytest.raises(ConfigError, match="OwnStep.training_step must compute its loss through"):
+        trainer.train()
+
+
+def _sgdsls_step_sizes(tmp_path, batch: int, accumulation: int) -> tuple[list[float], list]:
+    model = helpers.tiny_bert(0, vocab=VOCAB, hidden=32, layers=2, dropout=0.0)
+    optimizer = SGDSLS(model.parameters(), lr=30.0)  # too large: the search backtracks
+    sizes = []
+    optimizer.register_step_post_hook(
+        lambda opt, *_: sizes.append(opt.param_groups[0]["step_size"])
+    )
+    args = arguments(
+        tmp_path,
+        max_steps=3,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        logging_steps=1,
+    )
+    trainer = LineSearchTrainer(
+        model=model, args=args, train_dataset=DATA, optimizers=(optimizer, None)
+    )
+    trainer.train()
+    return sizes, [entry["loss"] for entry in training_logs(trainer)]
+
+
+def test_accumulation_leaves_sgdsls_steps_where_a_loss_ignores_the_item_count(tmp_path):
+    # BERT's classification loss ignores num_items_in_batch, which Trainer passes to a forward
+    # taking **kwargs: Trainer then trains on accumulation-steps times the mean loss, and SGDSLS's
+    # accepted step depends on that scale
+    one, one_losses = _sgdsls_step_sizes(tmp_path / "one", batch=16, accumulation=1)
+    with pytest.warns(UserWarning, match="loss ignores num_items_in_batch.*2 times its mean"):
+        two, two_losses = _sgdsls_step_sizes(tmp_path / "two", batch=8, accumulation=2)
+    assert two == pytest.approx(one, rel=1e-5)
+    assert two_losses == pytest.approx(one_losses, rel=1e-4)
 
 
 def test_the_integration_layer_imports_no_lightning():

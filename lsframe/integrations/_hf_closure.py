@@ -121,3 +121,28 @@ class TrainerStepClosure:
         if accelerator.num_processes > 1:
             loss = accelerator.reduce(loss, reduction="mean")
         return loss
+
+
+def loss_ignores_item_count(trainer: Trainer, model: nn.Module, inputs: Any, count: Any) -> bool:
+    """Whether ``compute_loss`` returns the same loss for ``count`` and ``2·count`` items.
+
+    Trainer passes ``num_items_in_batch`` to a model whose ``forward`` takes ``**kwargs`` and
+    then expects the model to normalise by it: it neither divides the loss by the accumulation
+    steps nor keeps the multiplication by the process count from scaling it. A loss that
+    ignores the count (most sequence-classification heads) is then that many times its mean.
+    Two forwards under no_grad with the same dropout masks; random state and BatchNorm
+    statistics are put back."""
+    random_state = StepRandomState(trainer.args.device)
+    statistics = NormStatistics(model)
+    losses = []
+    try:
+        with torch.no_grad():
+            for items in (count, count * 2):
+                random_state.restore()
+                with trainer.compute_loss_context_manager():
+                    loss = trainer.compute_loss(model, copy.copy(inputs), num_items_in_batch=items)
+                losses.append((loss[0] if isinstance(loss, tuple) else loss).detach().float())
+    finally:
+        random_state.restore()
+        statistics.restore()
+    return torch.equal(losses[0], losses[1])

@@ -34,7 +34,10 @@ What it does, for an optimizer whose registry record ``searches`` (:func:`lsfram
     the same way and clips again.
 
   Losses are averaged across processes (``accelerator.reduce``) before the optimizer sees them,
-  so every rank takes the same decision. After the step the random state is put back where
+  so every rank takes the same decision. A loss that ignores ``num_items_in_batch``, which Trainer
+  passes to a model taking ``**kwargs`` and then does not normalise itself, would be
+  accumulation steps × processes times its mean: once per ``train()`` two forwards tell, and
+  Trainer's ``model_accepts_loss_kwargs`` is set to False (warned). After the step the random state is put back where
   Trainer's own backward passes left it: the trials draw nothing from the run's random stream.
   BatchNorm running statistics move in Trainer's forward only, never in a trial.
 * **Schedules act on ``lr_multiplier``.** Trainer's scheduler (``lr_scheduler_type``,
@@ -53,7 +56,7 @@ What it does, for an optimizer whose registry record ``searches`` (:func:`lsfram
 * Refused with a :class:`lsframe.errors.ConfigError` that says why: ``fp16`` (its GradScaler
   cannot drive a closure; ``bf16`` works), DeepSpeed, a torch LR scheduler attached to the line
   search, ``reduce_lr_on_plateau`` and ``greedy`` schedules, a ``training_step`` that does not
-  call ``compute_loss`` exactly once.
+  call ``compute_loss`` exactly once or does not go through ``super().training_step``.
 
 Any other optimizer (AdamW, lsframe's Lamb, ALTO, AdamE) runs exactly as in ``Trainer``.
 ``optimizer_cls_and_kwargs=(SaLSA, {...})`` also works: Trainer builds the optimizer on its
@@ -65,6 +68,7 @@ from __future__ import annotations
 
 import copy
 import types
+import warnings
 import weakref
 from typing import Any
 
@@ -73,7 +77,11 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lsframe.errors import ConfigError
-from lsframe.integrations._hf_closure import TrainerStepClosure, _MicroBatch
+from lsframe.integrations._hf_closure import (
+    TrainerStepClosure,
+    _MicroBatch,
+    loss_ignores_item_count,
+)
 from lsframe.integrations._hf_precision import trainer_autocast
 from lsframe.optim._registry import info_for
 from lsframe.optim.closure import StepRandomState
@@ -145,6 +153,7 @@ class _LineSearchState:
         self.global_step: int | None = None
         self.optimizer: Optimizer | None = None  # the line search whose step is wrapped
         self.previous_step: Any = _MISSING  # the optimizer's own instance-level step, if any
+        self.item_count_checked = False  # loss_ignores_item_count asked, once per train()
 
 
 class LineSearchTrainerMixin:
@@ -241,6 +250,14 @@ class LineSearchTrainerMixin:
             if closure is not None or trainer is None:
                 return original(closure, *args, **kwargs)
             closure = trainer._take_step_closure(opt)
+            if closure is None and trainer.is_in_train:
+                raise ConfigError(
+                    f"{type(opt).__name__} got no micro-batch to search on: "
+                    f"{type(trainer).__name__}.training_step must compute its loss through "
+                    "super().training_step (LineSearchTrainer records the compute_loss call "
+                    "there and repeats it for the trials)",
+                    where=f"{type(trainer).__name__}.training_step",
+                )
             if closure is None:  # not inside a Trainer step: lsframe's own error
                 return original(None, *args, **kwargs)
             after_backward = StepRandomState(trainer.args.device)
@@ -280,6 +297,7 @@ class LineSearchTrainerMixin:
             return super().training_step(model, inputs, *args, **kwargs)
         if state.global_step != self.state.global_step:  # a new optimizer step begins
             state.micro_batches, state.global_step = [], self.state.global_step
+        self._normalise_an_item_count_the_loss_ignores(model, inputs, *args, **kwargs)
         calls: list[_MicroBatch] = []
         compute_loss = self.compute_loss  # yours, if a subclass overrides it
         device = self.args.device
@@ -322,6 +340,35 @@ class LineSearchTrainerMixin:
         state.micro_batches.append(call)
         return loss
 
+    def _normalise_an_item_count_the_loss_ignores(
+        self, model: nn.Module, inputs: Any, num_items_in_batch: Any = None, *args: Any, **kw: Any
+    ) -> None:
+        """Once per ``train()``, before the first micro-batch: where Trainer passes
+        ``num_items_in_batch`` to a model whose loss ignores it (:func:`loss_ignores_item_count`)
+        and accumulates or averages tokens over processes, the loss and gradient would be
+        accumulation steps × processes times their mean, in plain Trainer too. The line search
+        then searches on the mean: Trainer's own ``model_accepts_loss_kwargs = False``."""
+        state = self._lsframe
+        items = kw.get("num_items_in_batch", num_items_in_batch)
+        if state.item_count_checked or items is None or self.compute_loss_func is not None:
+            return
+        state.item_count_checked = True
+        processes = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
+        steps = max(1, self.args.gradient_accumulation_steps)
+        if not self.model_accepts_loss_kwargs or steps * processes == 1:
+            return
+        if loss_ignores_item_count(self, model, inputs, items):
+            self.model_accepts_loss_kwargs = False
+            if self.is_world_process_zero():
+                warnings.warn(
+                    f"{type(self.accelerator.unwrap_model(model)).__name__}'s loss ignores "
+                    "num_items_in_batch, so Trainer would train on "
+                    f"{steps * processes} times its mean loss (gradient_accumulation_steps "
+                    f"{steps} x processes {processes}) and a line search's steps would depend on "
+                    "them: LineSearchTrainer set model_accepts_loss_kwargs = False (the mean)",
+                    stacklevel=2,
+                )
+
     # --------------------------------------------------------------------------- the rest
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         optimizer = unwrap_optimizer(self.optimizer)
@@ -330,6 +377,7 @@ class LineSearchTrainerMixin:
         super().log(logs, *args, **kwargs)
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
+        self._lsframe.item_count_checked = False
         try:
             return super().train(*args, **kwargs)
         finally:
