@@ -33,6 +33,18 @@ def test_a_run_longer_than_long_run_steps_starts_at_lr_times_the_root_of_their_r
     assert group["step_size"] == 1e-4
 
 
+def test_a_long_run_starts_at_the_floor_when_its_start_would_fall_below_min_step_size():
+    # below the floor, the first update would lift η to it at once: ×1.63 here, past max_change
+    model = problem()[0]
+    opt = SlopeTrackingAdam(model.parameters(), min_step_size=8e-5)
+    opt.set_run_length(1000)  # 1e-4 · √(375/1000) = 6.1e-5 < 8e-5
+    group = opt.param_groups[0]
+    assert group["step_size"] == group["initial_step_size"] == 8e-5
+    assert group["lr"] == group["step_size"] * group["lr_multiplier"]
+    opt.set_run_length(500)  # 8.7e-5: above the floor, the rule's own start
+    assert group["step_size"] == pytest.approx(1e-4 * math.sqrt(375 / 500), rel=1e-12)
+
+
 def test_the_option_changes_the_start_only_a_run_is_that_start_given_as_lr():
     torch.manual_seed(0)
     model, x, y = problem()

@@ -34,7 +34,8 @@ def step_alignment(
     """The **step alignment** ``a_t = cos(g_t, d_{t−1})``: the cosine between this step's gradient
     ``g_t`` (a batch the last step never saw) and the last step's direction
     ``d_{t−1} = multiplier · m̂_{t−1} / (√v̂_{t−1} + ε)``, recomputed from Adam's moments before
-    they take ``g_t`` (so no copy of the last step is kept).
+    they take ``g_t`` (so no copy of the last step is kept); ``multiplier`` is the group's
+    ``lr_multiplier`` now, for this step (a schedule has already moved it).
 
     ``−⟨g_t, d_{t−1}⟩`` estimates, without bias (the batch is fresh), the derivative of the
     expected loss along the last step at the point it reached: ``a_t > 0`` says the last step

@@ -56,7 +56,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
        Armijo on the batch that chose the direction accepts 8–25× the step that generalises on a
        short fine-tune (../specs/LINESEARCH-NOTES). The slope lets a steep batch count more than
        a flat one: a batch after an overshoot is steep;
-    2. two signal-to-noise ratios in [−1, 1], ``z_fast = ā_fast / √s̄`` and
+    2. two signal-to-noise ratios clipped to [−1, 1], ``z_fast = ā_fast / √s̄`` and
        ``z_slow = ā_slow / √s̄``: bias-corrected moving averages of ``a`` over a short and a
        longer horizon, over the root mean square of ``a`` (``alignment_betas``: fast, slow,
        square);
@@ -84,8 +84,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
        holds: such a step is short on purpose, and its "too short" says nothing about η. The
        averages then begin with the first step taken at the schedule's peak. With
        ``burn_in=True`` (the default since 2026-12-04) η may fall from the first alignment but
-       not grow until the first alignments carry under 5 % of the slow average's weight
-       (:func:`burn_in_length`: 29 alignments at β = 0.9): a fine-tune's first steps are a
+       not grow until 29 alignments have been averaged (:func:`burn_in_length` at β = 0.9,
+       where the first one's share of the slow average nears 5 %): a fine-tune's first steps are a
        transient in which the slope's scale grows and every step looks too short;
     4. Adam's update ``x ← x − η · multiplier · m̂ / (√v̂ + ε)`` and decoupled weight decay.
 
@@ -269,7 +269,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
 
     def set_run_length(self, total_steps: int) -> None:
         """Say the run takes ``total_steps`` optimizer steps. With ``long_run_steps`` set and
-        before the first step, each group's η starts at :func:`long_run_start` of its own start;
+        before the first step, each group's η starts at :func:`long_run_start` of its own start,
+        but not below its ``min_step_size`` (η would jump to the floor at its first update);
         idempotent. After the first step (a resumed run, a second call) η is left as it is."""
         check_int_at_least(1, total_steps=total_steps)
         rule = self.shared("long_run_steps")
@@ -277,8 +278,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             return
         for group in self.param_groups:
             start = group.setdefault("unscaled_initial_step_size", group["initial_step_size"])
-            group["step_size"] = group["initial_step_size"] = long_run_start(
-                start, rule, total_steps
+            group["step_size"] = group["initial_step_size"] = max(
+                long_run_start(start, rule, total_steps), group["min_step_size"]
             )
         self._write_lr()
 
