@@ -13,13 +13,14 @@ with autocast off, and the closure runs such an evaluation through the models' u
 
 from __future__ import annotations
 
-import types
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
 from torch import nn
+
+from lsframe.optim._precision import forwards_without_autocast
 
 
 def bf16_forwards(trainer: Any) -> bool:
@@ -38,37 +39,6 @@ def trainer_autocast(trainer: Any) -> AbstractContextManager:
     return nullcontext()
 
 
-def _precision_wrapper(fn: Any) -> bool:
-    """Whether ``fn`` is one of the layers accelerate puts around a forward: its fp32 output
-    conversion or torch's autocast decorator."""
-    if type(fn).__name__ == "ConvertOutputsToFp32":
-        return True
-    code = getattr(fn, "__code__", None)
-    path = code.co_filename.replace("\\", "/") if code is not None else ""
-    return "/accelerate/" in path or "/torch/amp/" in path
-
-
-def _unpatched(module: nn.Module) -> Any:
-    """``module``'s forward without accelerate's layers, however often it was prepared."""
-    fn = vars(module)["forward"]
-    fn = getattr(fn, "__func__", fn)
-    while _precision_wrapper(fn) and hasattr(fn, "__wrapped__"):
-        fn = fn.__wrapped__
-        fn = getattr(fn, "__func__", fn)
-    return types.MethodType(fn, module) if isinstance(fn, types.FunctionType) else fn
-
-
-def _patched_modules(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` and the models it wraps (DDP's ``.module``, ``torch.compile``'s ``._orig_mod``)
-    whose forward accelerate patched."""
-    inner: Any = model
-    while isinstance(inner, nn.Module):
-        own = vars(inner)
-        if "_original_forward" in own and "forward" in own:
-            yield inner
-        inner = getattr(inner, "module", None) or getattr(inner, "_orig_mod", None)
-
-
 @contextmanager
 def original_forward_when_full_precision(
     models: Iterable[nn.Module], trainer: Any
@@ -76,14 +46,8 @@ def original_forward_when_full_precision(
     """While autocast is off on the run's device inside :func:`trainer_autocast` (a search's
     full-precision evaluation), every model that accelerate patched runs its unpatched forward;
     the patch is put back afterwards. Otherwise nothing changes."""
-    patched: list[tuple[nn.Module, Any]] = []
     if bf16_forwards(trainer) and not torch.is_autocast_enabled(trainer.args.device.type):
-        for model in models:
-            for inner in _patched_modules(model):
-                patched.append((inner, vars(inner)["forward"]))
-                inner.forward = _unpatched(inner)
-    try:
+        with forwards_without_autocast(models):
+            yield
+    else:
         yield
-    finally:
-        for inner, forward in patched:
-            inner.forward = forward

@@ -9,16 +9,22 @@ which SaLSA's rule accepts: a step of ~1e-7 on MiniLM where fp32 accepts ~1e-3).
 search compares, the one at ``x`` and every trial's, are evaluated with autocast off; the
 gradient, from the closure's backward, stays in the caller's precision. That costs one
 forward-only evaluation at ``x`` per search, counted with the trials. Autocast entered inside
-the model's own ``forward`` (accelerate's, under HF Trainer's ``bf16=True``) is beyond this
-switch; lsframe's Trainer integration handles it (:mod:`lsframe.integrations._hf_precision`).
+the model's own ``forward`` (accelerate's ``mixed_precision="bf16"`` replaces it by one that
+does, keeping the original as ``_original_forward``) is beyond this switch: a closure that
+knows the model runs such an evaluation through the unpatched forward
+(:func:`forwards_without_autocast`, while :func:`in_full_precision_evaluation`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import threading
+import types
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 REDUCED = (torch.bfloat16, torch.float16)
 
@@ -35,11 +41,71 @@ def reduced_autocast(params: Iterable[Tensor]) -> str | None:
     return None
 
 
+_evaluations = threading.local()
+
+
 def full_precision(forward: Callable[[], Tensor], device_type: str) -> Callable[[], Tensor]:
-    """``forward`` with autocast off on ``device_type`` (float32 parameters compute in float32)."""
+    """``forward`` with autocast off on ``device_type`` (float32 parameters compute in float32),
+    marked as a full-precision evaluation (:func:`in_full_precision_evaluation`)."""
 
     def evaluate() -> Tensor:
         with torch.autocast(device_type, enabled=False):
-            return forward()
+            _evaluations.depth = getattr(_evaluations, "depth", 0) + 1
+            try:
+                return forward()
+            finally:
+                _evaluations.depth -= 1
 
     return evaluate
+
+
+def in_full_precision_evaluation() -> bool:
+    """Whether a search's full-precision evaluation (:func:`full_precision`) is running."""
+    return getattr(_evaluations, "depth", 0) > 0
+
+
+def _precision_wrapper(fn: Any) -> bool:
+    """Whether ``fn`` is one of the layers accelerate puts around a forward: its fp32 output
+    conversion or torch's autocast decorator."""
+    if type(fn).__name__ == "ConvertOutputsToFp32":
+        return True
+    code = getattr(fn, "__code__", None)
+    path = code.co_filename.replace("\\", "/") if code is not None else ""
+    return "/accelerate/" in path or "/torch/amp/" in path
+
+
+def unpatched_forward(module: nn.Module) -> Any:
+    """``module``'s forward without accelerate's layers, however often it was prepared."""
+    fn = vars(module)["forward"]
+    fn = getattr(fn, "__func__", fn)
+    while _precision_wrapper(fn) and hasattr(fn, "__wrapped__"):
+        fn = fn.__wrapped__
+        fn = getattr(fn, "__func__", fn)
+    return types.MethodType(fn, module) if isinstance(fn, types.FunctionType) else fn
+
+
+def patched_modules(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` and the models it wraps (DDP's ``.module``, ``torch.compile``'s ``._orig_mod``)
+    whose forward accelerate patched."""
+    inner: Any = model
+    while isinstance(inner, nn.Module):
+        own = vars(inner)
+        if "_original_forward" in own and "forward" in own:
+            yield inner
+        inner = getattr(inner, "module", None) or getattr(inner, "_orig_mod", None)
+
+
+@contextmanager
+def forwards_without_autocast(models: Iterable[nn.Module]) -> Iterator[None]:
+    """Every model in ``models`` (or wrapped by one) whose forward accelerate patched with
+    autocast runs its unpatched forward; the patch is put back afterwards."""
+    patched: list[tuple[nn.Module, Any]] = []
+    for model in models:
+        for inner in patched_modules(model):
+            patched.append((inner, vars(inner)["forward"]))
+            inner.forward = unpatched_forward(inner)
+    try:
+        yield
+    finally:
+        for inner, forward in patched:
+            inner.forward = forward

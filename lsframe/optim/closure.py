@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -43,6 +44,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lsframe.errors import ConfigError
+from lsframe.optim._precision import forwards_without_autocast, in_full_precision_evaluation
 from lsframe.optim._processes import mean_over_processes, replicated
 
 __all__ = [
@@ -229,7 +231,7 @@ class LossClosure:
             statistics = NormStatistics(self.model)
         try:
             if not backward:
-                with torch.no_grad():
+                with torch.no_grad(), self._full_precision_forwards():
                     loss = self.trial_loss_fn()
                 check_loss(loss, "loss_fn", backward=False)
                 return self._shared(loss.detach())
@@ -243,6 +245,13 @@ class LossClosure:
         finally:
             if statistics is not None:
                 statistics.restore()
+
+    def _full_precision_forwards(self) -> AbstractContextManager:
+        """In a search's full-precision evaluation, the model's forward without the autocast
+        accelerate's ``mixed_precision="bf16"`` patched into it (:mod:`lsframe.optim._precision`)."""
+        if self.model is None or not in_full_precision_evaluation():
+            return nullcontext()
+        return forwards_without_autocast([self.model])
 
     def _shared(self, loss: Tensor) -> Tensor:
         return mean_over_processes(loss) if self.average_over_processes else loss
@@ -317,10 +326,12 @@ def make_closure(
             Fabric, ``fabric.backward``).
 
     Raises:
-        ConfigError: both ``loss_fn`` and ``criterion`` are given.
+        ConfigError: both ``loss_fn`` and ``criterion`` are given, or ``optimizer`` is
+            Accelerate's wrapper where it accumulates or scales (:func:`refuse_a_wrapper_that_splits_the_step`).
     """
     if loss_fn is not None and criterion is not None:
         raise ConfigError("make_closure takes loss_fn or criterion, not both", argument="criterion")
+    refuse_a_wrapper_that_splits_the_step(optimizer)
     if criterion is not None:
         loss_fn = _criterion_loss(criterion)
     elif loss_fn is None:
@@ -336,3 +347,33 @@ def make_closure(
         trial_loss_fn=trials,
         backward=backward,
     )
+
+
+def refuse_a_wrapper_that_splits_the_step(optimizer: Any) -> None:
+    """Refuse Accelerate's optimizer wrapper where a closure over one batch goes wrong silently.
+
+    * Accumulating (``gradient_accumulation_steps`` > 1 under ``accelerator.accumulate``), it
+      steps the optimizer on the last micro-batch only, and the closure's backward evaluation
+      zeroes the gradients of the others: the search would step on that micro-batch alone.
+    * With fp16's GradScaler it hands the closure to ``scaler.step``, which checks the scaled
+      gradient the closure then replaces by an unscaled one (or fails on a missing inf check).
+    """
+    scaler = getattr(optimizer, "scaler", None)
+    if scaler is not None and getattr(scaler, "is_enabled", lambda: True)():
+        raise ConfigError(
+            f"make_closure: {type(optimizer).__name__} steps through fp16's GradScaler, which "
+            "cannot drive a closure (it checks a scaled gradient the closure replaces): use "
+            "mixed_precision 'bf16' or 'no'",
+            argument="optimizer",
+        )
+    state = getattr(optimizer, "gradient_state", None)
+    steps = getattr(state, "num_steps", 1) if state is not None else 1
+    if isinstance(steps, int) and steps > 1:
+        raise ConfigError(
+            f"make_closure: {type(optimizer).__name__} accumulates gradients over {steps} "
+            "micro-batches and steps on the last one only, where a closure over that batch "
+            "would zero the others' gradients and search on it alone: build one "
+            "lsframe.optim.LossClosure over the step's micro-batches and step when "
+            "accelerator.sync_gradients (docs/integrations.md, 'Accelerate')",
+            argument="optimizer",
+        )

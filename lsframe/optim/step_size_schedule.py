@@ -10,6 +10,7 @@ import torch
 from torch.optim import Optimizer
 
 from lsframe.optim._registry import info_for
+from lsframe.optim.data_passes import innermost_optimizer
 
 
 class StepSizeSchedule:
@@ -34,6 +35,7 @@ class StepSizeSchedule:
     """
 
     def __init__(self, optimizer: Optimizer, scheduler: Callable[[Optimizer], Any]) -> None:
+        optimizer = innermost_optimizer(optimizer)  # Accelerate's or Lightning's wrapper
         if not info_for(optimizer).searches:
             raise ValueError(
                 f"StepSizeSchedule needs a line-search optimizer; {type(optimizer).__name__} "
