@@ -4,6 +4,8 @@ learns, and a line search's closure gives its trials what Trainer's backward saw
 from __future__ import annotations
 
 import math
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -267,6 +269,62 @@ def test_accumulation_leaves_sgdsls_steps_where_a_loss_ignores_the_item_count(tm
         two, two_losses = _sgdsls_step_sizes(tmp_path / "two", batch=8, accumulation=2)
     assert two == pytest.approx(one, rel=1e-5)
     assert two_losses == pytest.approx(one_losses, rel=1e-4)
+
+
+def _lm_rows(first_masked: bool) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    rows = []
+    for i in range(8):
+        ids = torch.randint(0, VOCAB, (8,), generator=generator)
+        labels = ids.clone()
+        labels[:4] = -100  # the prompt
+        if first_masked and i == 0:
+            labels[:] = -100  # an answer truncated away: this micro-batch cannot tell
+        rows.append({"input_ids": ids, "labels": labels})
+    return rows
+
+
+class _InOrder(LineSearchTrainer):
+    def _get_train_sampler(self, *args, **kwargs):
+        return torch.utils.data.SequentialSampler(self.train_dataset)
+
+
+@pytest.mark.parametrize("first_masked", [False, True])
+def test_a_causal_lm_whose_loss_honours_the_item_count_is_left_alone(first_masked, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    model = GPT2LMHeadModel(config)
+    args = arguments(
+        tmp_path, max_steps=2, per_device_train_batch_size=1, gradient_accumulation_steps=2
+    )
+    trainer = _InOrder(
+        model=model,
+        args=args,
+        train_dataset=_lm_rows(first_masked),
+        optimizers=(SaLSA(model.parameters()), None),
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert trainer.model_accepts_loss_kwargs  # GPT-2 divides by num_items_in_batch itself
+    assert not [w for w in caught if "num_items_in_batch" in str(w.message)]
+    assert trainer._lsframe.item_count_checked  # the second micro-batch could tell
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_the_item_count_check_is_one_decision_for_every_process(tmp_path):
+    # rank 0's first micro-batch cannot tell (all labels masked), rank 1's can: deciding apart
+    # left one rank gathering counts the other never sent (a hang); BERT's loss ignores the
+    # count on both ranks, which then search on the same mean loss
+    results = helpers.two_process_results(
+        Path(__file__).parent / "hf_ddp_worker.py", tmp_path / "out.json"
+    )
+    assert [rank["gpt2"]["accepts_loss_kwargs"] for rank in results] == [True, True]
+    assert [rank["bert"]["accepts_loss_kwargs"] for rank in results] == [False, False]
+    for model in ("gpt2", "bert"):
+        assert results[0][model]["sum"] == results[1][model]["sum"]
 
 
 def test_the_integration_layer_imports_no_lightning():

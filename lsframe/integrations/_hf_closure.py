@@ -123,8 +123,11 @@ class TrainerStepClosure:
         return loss
 
 
-def loss_ignores_item_count(trainer: Trainer, model: nn.Module, inputs: Any, count: Any) -> bool:
-    """Whether ``compute_loss`` returns the same loss for ``count`` and ``2·count`` items.
+def loss_ignores_item_count(
+    trainer: Trainer, model: nn.Module, inputs: Any, count: Any
+) -> bool | None:
+    """Whether ``compute_loss`` returns the same loss for ``count`` and ``2·count`` items; None
+    where the losses cannot tell (zero or not finite: a micro-batch whose labels are all masked).
 
     Trainer passes ``num_items_in_batch`` to a model whose ``forward`` takes ``**kwargs`` and
     then expects the model to normalise by it: it neither divides the loss by the accumulation
@@ -145,4 +148,23 @@ def loss_ignores_item_count(trainer: Trainer, model: nn.Module, inputs: Any, cou
     finally:
         random_state.restore()
         statistics.restore()
-    return torch.equal(losses[0], losses[1])
+    first, second = losses
+    if not (torch.isfinite(first).all() and torch.isfinite(second).all()) or not first.any():
+        return None
+    return torch.equal(first, second)
+
+
+def agreed_verdict(trainer: Trainer, verdict: bool | None) -> bool | None:
+    """The processes' common :func:`loss_ignores_item_count`: None unless every process could
+    tell, True only where every process found the count ignored (Trainer gathers the counts
+    over the processes where it passes them, so all must decide alike)."""
+    accelerator = trainer.accelerator
+    if accelerator.num_processes == 1:
+        return verdict
+    flags = torch.tensor(
+        [float(verdict is not None), float(verdict is True)], device=trainer.args.device
+    )
+    decided, ignored = accelerator.reduce(flags, reduction="sum").tolist()
+    if decided < accelerator.num_processes:
+        return None
+    return ignored == accelerator.num_processes

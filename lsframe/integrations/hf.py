@@ -80,6 +80,7 @@ from lsframe.errors import ConfigError
 from lsframe.integrations._hf_closure import (
     TrainerStepClosure,
     _MicroBatch,
+    agreed_verdict,
     loss_ignores_item_count,
 )
 from lsframe.integrations._hf_precision import trainer_autocast
@@ -343,21 +344,28 @@ class LineSearchTrainerMixin:
     def _normalise_an_item_count_the_loss_ignores(
         self, model: nn.Module, inputs: Any, num_items_in_batch: Any = None, *args: Any, **kw: Any
     ) -> None:
-        """Once per ``train()``, before the first micro-batch: where Trainer passes
-        ``num_items_in_batch`` to a model whose loss ignores it (:func:`loss_ignores_item_count`)
-        and accumulates or averages tokens over processes, the loss and gradient would be
-        accumulation steps × processes times their mean, in plain Trainer too. The line search
-        then searches on the mean: Trainer's own ``model_accepts_loss_kwargs = False``."""
+        """Once per ``train()``, before the first micro-batch that can tell: where Trainer
+        passes ``num_items_in_batch`` to a model whose loss ignores it
+        (:func:`loss_ignores_item_count`, agreed over the processes) and accumulates or averages
+        tokens over processes, the loss and gradient would be accumulation steps × processes
+        times their mean, in plain Trainer too. The line search then searches on the mean:
+        Trainer's own ``model_accepts_loss_kwargs = False``. A ``loss_is_scaled_for_ga`` set by
+        the user is left to decide."""
         state = self._lsframe
         items = kw.get("num_items_in_batch", num_items_in_batch)
         if state.item_count_checked or items is None or self.compute_loss_func is not None:
             return
-        state.item_count_checked = True
         processes = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
         steps = max(1, self.args.gradient_accumulation_steps)
-        if not self.model_accepts_loss_kwargs or steps * processes == 1:
+        told = getattr(self, "loss_is_scaled_for_ga", None) is not None
+        if not self.model_accepts_loss_kwargs or steps * processes == 1 or told:
+            state.item_count_checked = True
             return
-        if loss_ignores_item_count(self, model, inputs, items):
+        verdict = agreed_verdict(self, loss_ignores_item_count(self, model, inputs, items))
+        if verdict is None:  # this micro-batch cannot tell (its labels all masked): the next one
+            return
+        state.item_count_checked = True
+        if verdict:
             self.model_accepts_loss_kwargs = False
             if self.is_world_process_zero():
                 warnings.warn(
