@@ -117,9 +117,9 @@ def noise_level(beta: float, n: int) -> float:
 
 def burn_in_length(beta_slow: float) -> int:
     """The fewest alignments ``n`` with ``β^n < 0.05``, ``⌈log 0.05 / log β⌉`` (β =
-    ``beta_slow``; 29 at 0.9): alignments ``n`` or more steps old carry ``β^n``, under 5 %, of
-    the slow average's weight, so by then the first steps barely count (SlopeTrackingAdam's
-    ``burn_in``). The 5 % mirrors the significance test's level."""
+    ``beta_slow``; 29 at 0.9). SlopeTrackingAdam's ``burn_in`` lets η grow from the ``n``-th
+    averaged alignment on; the first one, ``n − 1`` steps old then, weighs ``β^(n−1)`` (5.2 % at
+    0.9) of the newest one in the slow average. The 5 % mirrors the significance test's level."""
     return math.ceil(math.log(0.05) / math.log(beta_slow))
 
 

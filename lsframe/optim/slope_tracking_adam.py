@@ -85,7 +85,7 @@ class SlopeTrackingAdam(LineSearchOptimizer):
        averages then begin with the first step taken at the schedule's peak. With
        ``burn_in=True`` (the default since 2026-12-04) η may fall from the first alignment but
        not grow until 29 alignments have been averaged (:func:`burn_in_length` at β = 0.9,
-       where the first one's share of the slow average nears 5 %): a fine-tune's first steps are a
+       when the first one weighs about 5 % of the newest): a fine-tune's first steps are a
        transient in which the slope's scale grows and every step looks too short;
     4. Adam's update ``x ← x − η · multiplier · m̂ / (√v̂ + ε)`` and decoupled weight decay.
 
