@@ -140,8 +140,19 @@ class LineSearchOptimizer(SearchGroups, Optimizer):
         self._start: list[Tensor] | None = None
         self._start_params: list[Tensor] | None = None
 
+    #: Whether the rule keeps Adam's moments per parameter: its search state then counts their
+    #: updates (``moment_step``) from the start, so that any state dict names the count.
+    ADAM_MOMENTS: bool = False
+
     def _initial_search_state(self) -> dict[str, Any]:
-        return {"step": 0, "forwards": 0, "searches": 0, "failed_searches": 0, "rejected_steps": 0}
+        counts = {
+            "step": 0,
+            "forwards": 0,
+            "searches": 0,
+            "failed_searches": 0,
+            "rejected_steps": 0,
+        }
+        return {**counts, "moment_step": 0} if self.ADAM_MOMENTS else counts
 
     @property
     def search_state(self) -> dict[str, Any]:

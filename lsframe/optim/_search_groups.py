@@ -247,20 +247,24 @@ class SearchGroups:
 
 
 def refuse_hollow_moments(name: str, state_dict: dict[str, Any]) -> None:
-    """Refuse a state whose parameters' states are empty although Adam's moments were updated:
-    a tool rebuilt it from the keys of an optimizer that had not stepped yet
-    (``torch.distributed.checkpoint``'s ``flatten_optimizer_state_dict=True`` reads only the
-    state names the loading optimizer already has), and loading it would restart the moments
-    at zero without a word."""
+    """Refuse a state without Adam's moments although its search state counts their updates: a
+    tool rebuilt it from an optimizer that had not stepped yet, and loading it would restart the
+    moments at zero without a word. ``torch.distributed.checkpoint`` does so: ``dcp.load`` fills
+    only the keys of its template (``get_optimizer_state_dict`` of a fresh optimizer, the route
+    of Lightning's ``ModelParallelStrategy``), and ``flatten_optimizer_state_dict=True`` only the
+    state names the loading optimizer has."""
     state = state_dict.get("state", {})
     groups = state_dict.get("param_groups") or [{}]
     search = groups[0].get("line_search") or state.get("line_search") or {}
-    empty = [key for key, value in state.items() if isinstance(value, dict) and not value]
-    if empty and search.get("moment_step", 0) > 0:
+    updates = search.get("moment_step", 0)
+    moments = any(
+        isinstance(v, dict) and "exp_avg" in v for k, v in state.items() if k != "line_search"
+    )
+    if updates > 0 and not moments:
         raise DataError(
-            f"{name}: the optimizer state to load has an empty state for {len(empty)} "
-            f"parameter(s) although Adam's moments were updated {search['moment_step']} times: "
-            "it was rebuilt from an optimizer that had not stepped yet (as "
-            "torch.distributed.checkpoint's flatten_optimizer_state_dict=True does); save and "
-            "load it without flattening"
+            f"{name}: the optimizer state to load has no Adam moments although they were "
+            f"updated {updates} times: it was rebuilt from an optimizer that had not stepped yet "
+            "(torch.distributed.checkpoint loads only the keys its template names); load the "
+            "full state dict (torch.load, or Lightning's ModelParallelStrategy with "
+            "save_distributed_checkpoint=False)"
         )

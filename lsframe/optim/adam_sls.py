@@ -73,6 +73,8 @@ class AdamSLS(LineSearchOptimizer):
         weight_decay: Decoupled weight decay (after the step, with its lr). Default: 0.
     """
 
+    ADAM_MOMENTS = True
+
     ONE_SEARCH_KEYS = (*LineSearchOptimizer.ONE_SEARCH_KEYS, *ADAM_SLS_SEARCH_KEYS)
 
     def __init__(

@@ -69,6 +69,8 @@ class ALSALS(LineSearchOptimizer):
         min_step_size: Floor on the step size after a failed search (0: off). Default: 0.
     """
 
+    ADAM_MOMENTS = True
+
     ONE_SEARCH_KEYS = (
         *LineSearchOptimizer.ONE_SEARCH_KEYS,
         "c",

@@ -83,6 +83,8 @@ class PLASLS(LineSearchOptimizer):
         min_step_size: Floor on the step size after a failed search (0: off). Default: 0.
     """
 
+    ADAM_MOMENTS = True
+
     ONE_SEARCH_KEYS = ("joint_steps",)
 
     def _one_search_values(self, group: dict[str, Any]) -> dict[str, Any]:

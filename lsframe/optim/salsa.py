@@ -84,6 +84,8 @@ class SaLSA(LineSearchOptimizer):
         weight_decay: Decoupled weight decay. Default: 0.
     """
 
+    ADAM_MOMENTS = True
+
     ONE_SEARCH_KEYS = (*LineSearchOptimizer.ONE_SEARCH_KEYS, *RULE_KEYS, "bias_correction_offset")
 
     def _one_search_values(self, group: dict[str, Any]) -> dict[str, Any]:

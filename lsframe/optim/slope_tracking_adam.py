@@ -168,6 +168,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             brings its own (as with torch's ``Adam(fused=...)``).
     """
 
+    ADAM_MOMENTS = True
+
     ONE_SEARCH_KEYS = (
         *LineSearchOptimizer.ONE_SEARCH_KEYS,
         *RULE_KEYS,
