@@ -283,6 +283,8 @@ def test_the_search_state_is_one_dict_in_state_and_in_group_0_after_a_load_and_a
         assert each.param_groups[0]["line_search"] is each.state["line_search"]
     assert loaded.state["line_search"] == opt.state["line_search"]
     assert "line_search" not in opt.state_dict()["state"]
+    assert "line_search: {" not in repr(opt) and "step_size" in repr(opt)
+    assert opt.param_groups[0]["line_search"] is opt.state["line_search"]  # after the repr
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -295,6 +297,7 @@ def test_a_state_dict_saved_with_the_search_state_under_state_still_resumes(name
     opt2 = make(name, Logistic())
     opt2.load_state_dict(old)
     assert opt2.state["line_search"] == opt.state["line_search"]
+    assert opt2.state["line_search"] is not old["state"]["line_search"]  # not the caller's
     assert opt2.param_groups[0]["line_search"] is opt2.state["line_search"]
 
 

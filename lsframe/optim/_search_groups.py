@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -176,13 +177,24 @@ class SearchGroups:
         it before 2026-12-05."""
         first = self.param_groups[0] if self.param_groups else {}
         first.pop("saved_by", None)
-        search = first.get("line_search", self.state.get("line_search"))
-        search = {} if search is None else search
+        search = first.get("line_search")
+        if search is None:  # the older layout: torch's load keeps the caller's object there
+            search = copy.deepcopy(self.state.get("line_search")) or {}
         for key, value in self._initial_search_state().items():
             search.setdefault(key, value)
         self.state["line_search"] = search
         if self.param_groups:
             first["line_search"] = search
+
+    def __repr__(self) -> str:
+        # torch prints every group key: the search state is the optimizer's, not group 0's
+        first = self.param_groups[0] if self.param_groups else {}
+        search = first.pop("line_search", None)
+        try:
+            return super().__repr__()
+        finally:
+            if search is not None:
+                first["line_search"] = search
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # a state dict from an older lsframe may lack a hyperparameter or a counter: backfill
