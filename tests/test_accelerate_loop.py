@@ -108,9 +108,11 @@ def test_a_closure_is_refused_where_accelerate_steps_through_an_fp16_grad_scaler
         make_closure(model, batch(), optimizer, criterion=CRITERION)
 
 
-def test_under_accelerate_bf16_the_search_compares_float32_losses_and_trains_in_bf16():
-    # accelerate patches the model's forward with bf16 autocast: autocast around the step (the
-    # plain-loop recipe) must still give the search float32 losses at x and at every trial
+@pytest.mark.parametrize("compiled", [False, True])
+def test_under_accelerate_bf16_the_search_compares_float32_losses_and_trains_in_bf16(compiled):
+    # accelerate patches the model's forward with bf16 autocast (the compiled wrapper's, for a
+    # model compiled before prepare): autocast around the step (the plain-loop recipe) must
+    # still give the search float32 losses at x and at every trial
     accelerator = Accelerator(cpu=True, mixed_precision="bf16")
     net = mlp()
     net.eval()  # no dropout: the loss at x below is the one the search computes
@@ -119,7 +121,8 @@ def test_under_accelerate_bf16_the_search_compares_float32_losses_and_trains_in_
         lambda _m, _i, out: seen.append((torch.is_grad_enabled(), out.dtype))
     )
     optimizer = SaLSA(net.parameters())
-    model, prepared = accelerator.prepare(net, optimizer)
+    model = torch.compile(net, backend="eager") if compiled else net
+    model, prepared = accelerator.prepare(model, optimizer)
     x, y = batch()
     with torch.no_grad():
         at_x = float(CRITERION(model._original_forward(x), y))  # accelerate's own unpatched one

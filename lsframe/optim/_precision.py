@@ -75,22 +75,25 @@ def _precision_wrapper(fn: Any) -> bool:
 
 
 def unpatched_forward(module: nn.Module) -> Any:
-    """``module``'s forward without accelerate's layers, however often it was prepared."""
-    fn = vars(module)["forward"]
-    fn = getattr(fn, "__func__", fn)
+    """``module``'s forward without accelerate's layers, however often it was prepared: bound to
+    ``module`` again where accelerate patched a bound method, as it is where it wrapped another
+    callable (a ``torch.compile``'d module's)."""
+    outer = vars(module)["forward"]
+    fn = getattr(outer, "__func__", outer)
     while _precision_wrapper(fn) and hasattr(fn, "__wrapped__"):
         fn = fn.__wrapped__
         fn = getattr(fn, "__func__", fn)
-    return types.MethodType(fn, module) if isinstance(fn, types.FunctionType) else fn
+    bound = isinstance(outer, types.MethodType)
+    return types.MethodType(fn, module) if bound and isinstance(fn, types.FunctionType) else fn
 
 
 def patched_modules(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` and the models it wraps (DDP's ``.module``, ``torch.compile``'s ``._orig_mod``)
-    whose forward accelerate patched."""
+    whose own ``forward`` accelerate replaced by one of its precision layers."""
     inner: Any = model
     while isinstance(inner, nn.Module):
-        own = vars(inner)
-        if "_original_forward" in own and "forward" in own:
+        forward = vars(inner).get("forward")
+        if forward is not None and _precision_wrapper(getattr(forward, "__func__", forward)):
             yield inner
         inner = getattr(inner, "module", None) or getattr(inner, "_orig_mod", None)
 
