@@ -138,3 +138,13 @@ def test_under_accelerate_bf16_the_search_compares_float32_losses_and_trains_in_
     assert optimizer.last_step["reference_loss"] == pytest.approx(at_x, rel=1e-6)
     assert at_x != rounded
     assert vars(model)["forward"] == forward_before  # the patch is back
+
+
+def test_an_optimizer_that_merely_has_a_scaler_attribute_is_not_taken_for_fp16():
+    class LossScaled(SaLSA):
+        scaler = 2.0  # a user's own attribute, no GradScaler
+
+    model = mlp()
+    optimizer = LossScaled(model.parameters())
+    optimizer.step(make_closure(model, batch(), optimizer, criterion=CRITERION))
+    assert optimizer.last_step is not None

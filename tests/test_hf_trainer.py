@@ -315,15 +315,15 @@ def test_a_causal_lm_whose_loss_honours_the_item_count_is_left_alone(first_maske
 
 
 def test_the_item_count_check_is_one_decision_for_every_process(tmp_path):
-    # rank 0's first micro-batch cannot tell (all labels masked), rank 1's can: deciding apart
-    # left one rank gathering counts the other never sent (a hang); BERT's loss ignores the
-    # count on both ranks, which then search on the same mean loss
+    # rank 0's first micro-batches cannot tell (all labels masked), rank 1's can: deciding
+    # apart left one rank gathering counts the other never sent (a hang, hf_ddp_worker.py)
     results = helpers.two_process_results(
         Path(__file__).parent / "hf_ddp_worker.py", tmp_path / "out.json"
     )
     assert [rank["gpt2"]["accepts_loss_kwargs"] for rank in results] == [True, True]
+    assert [rank["ignoring"]["accepts_loss_kwargs"] for rank in results] == [False, False]
     assert [rank["bert"]["accepts_loss_kwargs"] for rank in results] == [False, False]
-    for model in ("gpt2", "bert"):
+    for model in ("gpt2", "ignoring", "bert"):
         assert results[0][model]["sum"] == results[1][model]["sum"]
 
 

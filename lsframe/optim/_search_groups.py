@@ -277,6 +277,5 @@ def refuse_hollow_moments(name: str, state_dict: dict[str, Any]) -> None:
             f"{name}: the optimizer state to load has no Adam moments although they were "
             f"updated {updates} times: it was rebuilt from an optimizer that had not stepped yet "
             "(torch.distributed.checkpoint loads only the keys its template names); load the "
-            "full state dict (torch.load, or Lightning's ModelParallelStrategy with "
-            "save_distributed_checkpoint=False)"
+            "whole state dict the optimizer saved (opt.load_state_dict(torch.load(...)))"
         )

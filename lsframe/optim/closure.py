@@ -359,7 +359,7 @@ def refuse_a_wrapper_that_splits_the_step(optimizer: Any) -> None:
       gradient the closure then replaces by an unscaled one (or fails on a missing inf check).
     """
     scaler = getattr(optimizer, "scaler", None)
-    if scaler is not None and getattr(scaler, "is_enabled", lambda: True)():
+    if isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled():
         raise ConfigError(
             f"make_closure: {type(optimizer).__name__} steps through fp16's GradScaler, which "
             "cannot drive a closure (it checks a scaled gradient the closure replaces): use "
@@ -371,8 +371,8 @@ def refuse_a_wrapper_that_splits_the_step(optimizer: Any) -> None:
     if isinstance(steps, int) and steps > 1:
         raise ConfigError(
             f"make_closure: {type(optimizer).__name__} accumulates gradients over {steps} "
-            "micro-batches and steps on the last one only, where a closure over that batch "
-            "would zero the others' gradients and search on it alone: build one "
+            "micro-batches and, under accelerator.accumulate, steps on the last one only, where "
+            "a closure over that batch would zero the others' gradients: build one "
             "lsframe.optim.LossClosure over the step's micro-batches and step when "
             "accelerator.sync_gradients (docs/integrations.md, 'Accelerate')",
             argument="optimizer",
