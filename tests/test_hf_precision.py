@@ -1,11 +1,10 @@
-"""lsframe.integrations._hf_precision: a search's full-precision evaluation under HF Trainer's
-``bf16=True`` bypasses accelerate's autocast patch of the model's forward, at any depth of
+"""A search's full-precision evaluation (lsframe.optim._precision, which HF Trainer's closure and
+lsframe's own use) bypasses accelerate's autocast patch of the model's forward, at any depth of
 wrapping and however often the model was prepared, and puts the patch back."""
 
 from __future__ import annotations
 
 import types
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ pytest.importorskip("accelerate")
 
 from accelerate.utils import convert_outputs_to_fp32  # noqa: E402
 
-from lsframe.integrations._hf_precision import original_forward_when_full_precision  # noqa: E402
+from lsframe.optim._precision import full_precision, full_precision_forwards  # noqa: E402
 
 
 class Tiny(nn.Module):
@@ -49,18 +48,16 @@ def patch_like_accelerate(model: nn.Module) -> None:
     model.forward = types.MethodType(convert_outputs_to_fp32(model.forward.__func__), model)
 
 
-def trainer(mixed_precision: str = "bf16") -> SimpleNamespace:
-    accelerator = SimpleNamespace(native_amp=True, mixed_precision=mixed_precision)
-    return SimpleNamespace(
-        accelerator=accelerator, args=SimpleNamespace(device=torch.device("cpu"))
-    )
+def trial(outer: nn.Module) -> torch.Tensor:
+    """What a closure's forward-only evaluation does."""
+    with full_precision_forwards([outer]):
+        return outer(torch.randn(2, 4))
 
 
-def evaluate(outer: nn.Module, bf16_trainer: SimpleNamespace) -> None:
-    """A search's evaluation: autocast off inside the step's bf16 autocast."""
-    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autocast("cpu", enabled=False):
-        with original_forward_when_full_precision([outer], bf16_trainer):
-            outer(torch.randn(2, 4))
+def evaluate(outer: nn.Module) -> None:
+    """A search's full-precision evaluation inside the step's bf16 autocast."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full_precision(lambda: trial(outer), "cpu")()
 
 
 @pytest.mark.parametrize("attribute", ["module", "_orig_mod"])
@@ -72,7 +69,7 @@ def test_a_wrapped_model_prepared_twice_evaluates_in_fp32_and_gets_its_patch_bac
     outer = Wrapper(model, attribute)
 
     outer(torch.randn(2, 4))  # the patched forward: bf16 inside, whatever surrounds it
-    evaluate(outer, trainer())
+    evaluate(outer)
     outer(torch.randn(2, 4))
     assert model.seen == [torch.bfloat16, torch.float32, torch.bfloat16]
     assert vars(model)["forward"] is patched
@@ -82,18 +79,21 @@ def test_the_patch_comes_back_when_the_evaluation_raises():
     model = Tiny()
     patch_like_accelerate(model)
     patched = vars(model)["forward"]
+
+    def failing() -> None:
+        with full_precision_forwards([model]):
+            raise RuntimeError("trial failed")
+
     with pytest.raises(RuntimeError, match="trial"):
-        with torch.autocast("cpu", enabled=False):
-            with original_forward_when_full_precision([model], trainer()):
-                raise RuntimeError("trial failed")
+        full_precision(failing, "cpu")()
     assert vars(model)["forward"] is patched
 
 
-@pytest.mark.parametrize("mixed_precision", ["fp8", "no"])
-def test_without_trainers_bf16_autocast_nothing_is_swapped(mixed_precision):
-    """Only under bf16=True does the step run in the autocast that makes the search evaluate
+def test_outside_a_full_precision_evaluation_nothing_is_swapped():
+    """Only bf16 autocast around the step (Trainer's under bf16=True) makes the search evaluate
     in fp32; otherwise its loss at x and its trials must see the same forward as Trainer's."""
     model = Tiny()
     patch_like_accelerate(model)
-    evaluate(model, trainer(mixed_precision))
+    with torch.autocast("cpu", enabled=False):
+        trial(model)
     assert model.seen == [torch.bfloat16]

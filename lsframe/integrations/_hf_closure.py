@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lsframe.integrations._hf_precision import original_forward_when_full_precision
+from lsframe.optim._precision import full_precision_forwards
 from lsframe.optim.closure import NormStatistics, StepRandomState
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class TrainerStepClosure:
         models = self._models()
         statistics = [NormStatistics(m) for m in models]
         try:
-            with torch.no_grad(), original_forward_when_full_precision(models, self.trainer):
+            with torch.no_grad(), full_precision_forwards(models):
                 total = sum(self._scaled_loss(mb) for mb in self.micro_batches)
         finally:
             for saved in statistics:

@@ -8,19 +8,16 @@ and its trials ran in bf16, which cannot resolve a fine-tuning step's change of 
 (:mod:`lsframe.optim._precision`). :class:`~lsframe.integrations.hf.LineSearchTrainer` enters
 bf16 autocast around the step (:func:`trainer_autocast`), so the search evaluates those losses
 with autocast off, and the closure runs such an evaluation through the models' unpatched
-``forward`` (:func:`original_forward_when_full_precision`).
+``forward`` (:func:`lsframe.optim._precision.full_precision_forwards`, as lsframe's own closure
+does).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
-from torch import nn
-
-from lsframe.optim._precision import forwards_without_autocast
 
 
 def bf16_forwards(trainer: Any) -> bool:
@@ -37,17 +34,3 @@ def trainer_autocast(trainer: Any) -> AbstractContextManager:
     if bf16_forwards(trainer):
         return torch.autocast(trainer.args.device.type, dtype=torch.bfloat16)
     return nullcontext()
-
-
-@contextmanager
-def original_forward_when_full_precision(
-    models: Iterable[nn.Module], trainer: Any
-) -> Iterator[None]:
-    """While autocast is off on the run's device inside :func:`trainer_autocast` (a search's
-    full-precision evaluation), every model that accelerate patched runs its unpatched forward;
-    the patch is put back afterwards. Otherwise nothing changes."""
-    if bf16_forwards(trainer) and not torch.is_autocast_enabled(trainer.args.device.type):
-        with forwards_without_autocast(models):
-            yield
-    else:
-        yield

@@ -12,7 +12,7 @@ forward-only evaluation at ``x`` per search, counted with the trials. Autocast e
 the model's own ``forward`` (accelerate's ``mixed_precision="bf16"`` replaces it by one that
 does, keeping the original as ``_original_forward``) is beyond this switch: a closure that
 knows the model runs such an evaluation through the unpatched forward
-(:func:`forwards_without_autocast`, while :func:`in_full_precision_evaluation`).
+(:func:`full_precision_forwards`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import types
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -112,3 +112,13 @@ def forwards_without_autocast(models: Iterable[nn.Module]) -> Iterator[None]:
     finally:
         for inner, forward in patched:
             inner.forward = forward
+
+
+def full_precision_forwards(models: Iterable[nn.Module]) -> AbstractContextManager:
+    """Inside a search's full-precision evaluation (:func:`in_full_precision_evaluation`), the
+    models' forwards without the autocast accelerate patched into them
+    (:func:`forwards_without_autocast`); elsewhere nothing changes, so a trial outside one sees
+    the forward the backward evaluation saw."""
+    if not in_full_precision_evaluation():
+        return nullcontext()
+    return forwards_without_autocast(models)

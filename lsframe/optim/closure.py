@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lsframe.errors import ConfigError
-from lsframe.optim._precision import forwards_without_autocast, in_full_precision_evaluation
+from lsframe.optim._precision import full_precision_forwards
 from lsframe.optim._processes import mean_over_processes, replicated
 
 __all__ = [
@@ -249,9 +249,7 @@ class LossClosure:
     def _full_precision_forwards(self) -> AbstractContextManager:
         """In a search's full-precision evaluation, the model's forward without the autocast
         accelerate's ``mixed_precision="bf16"`` patched into it (:mod:`lsframe.optim._precision`)."""
-        if self.model is None or not in_full_precision_evaluation():
-            return nullcontext()
-        return forwards_without_autocast([self.model])
+        return nullcontext() if self.model is None else full_precision_forwards([self.model])
 
     def _shared(self, loss: Tensor) -> Tensor:
         return mean_over_processes(loss) if self.average_over_processes else loss
