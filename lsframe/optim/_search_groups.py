@@ -151,17 +151,7 @@ class SearchGroups:
             )
         refuse_another_class(self, groups)  # unstamped: saved before 2026-12-06
         refuse_other_parameters(self, state_dict)
-        if (
-            groups
-            and "line_search" not in groups[0]
-            and "line_search" not in state_dict.get("state", {})
-        ):
-            raise DataError(
-                f"{name}: the optimizer state to load has no search state "
-                "(param_groups[0]['line_search']): it was saved without it, or a tool dropped "
-                "it; resume from the optimizer's own state_dict()"
-            )
-        refuse_hollow_moments(name, state_dict)
+        refuse_a_state_without_its_search(name, state_dict)
         if not self.forward_trials:  # saved before 2026-12-06, when every tracker carried it
             groups = [{k: v for k, v in g.items() if k != "max_backtracks"} for g in groups]
             state_dict = {**state_dict, "param_groups": groups}
@@ -258,16 +248,25 @@ class SearchGroups:
             group["lr"] = group["step_size"] * group["lr_multiplier"]
 
 
-def refuse_hollow_moments(name: str, state_dict: dict[str, Any]) -> None:
-    """Refuse a state without Adam's moments although its search state counts their updates: a
-    tool rebuilt it from an optimizer that had not stepped yet, and loading it would restart the
-    moments at zero without a word. ``torch.distributed.checkpoint`` does so: ``dcp.load`` fills
-    only the keys of its template (``get_optimizer_state_dict`` of a fresh optimizer, the route
-    of Lightning's ``ModelParallelStrategy``), and ``flatten_optimizer_state_dict=True`` only the
-    state names the loading optimizer has."""
+def refuse_a_state_without_its_search(name: str, state_dict: dict[str, Any]) -> None:
+    """Refuse a state without its search state (saved without it, or a tool dropped it), or
+    without Adam's moments although its search state counts their updates: a tool rebuilt it
+    from an optimizer that had not stepped yet, and loading it would restart the moments at zero
+    without a word. ``torch.distributed.checkpoint`` does so: ``dcp.load`` fills only the keys
+    of its template (``get_optimizer_state_dict`` of a fresh optimizer, the route of Lightning's
+    ``ModelParallelStrategy``), and ``flatten_optimizer_state_dict=True`` only the state names
+    the loading optimizer has."""
     state = state_dict.get("state", {})
-    groups = state_dict.get("param_groups") or [{}]
-    search = groups[0].get("line_search") or state.get("line_search") or {}
+    groups = state_dict.get("param_groups") or []
+    if not groups:
+        return
+    search = groups[0].get("line_search", state.get("line_search"))
+    if search is None:
+        raise DataError(
+            f"{name}: the optimizer state to load has no search state "
+            "(param_groups[0]['line_search']): it was saved without it, or a tool dropped "
+            "it; resume from the optimizer's own state_dict()"
+        )
     updates = search.get("moment_step", 0)
     moments = any(
         isinstance(v, dict) and "exp_avg" in v for k, v in state.items() if k != "line_search"
