@@ -232,34 +232,74 @@ def test_a_flattened_distributed_checkpoint_keeps_the_search_or_is_refused_with_
     assert opt.state["line_search"] == opt2.state["line_search"]
 
 
+@pytest.mark.parametrize("flatten", [False, True], ids=["nested", "flattened"])
 @pytest.mark.parametrize("name", NAMES)
-def test_a_distributed_checkpoint_through_a_fresh_template_resumes_or_is_refused(name, tmp_path):
+def test_a_distributed_checkpoint_loaded_into_a_fresh_optimizers_template_resumes_exactly(
+    name, flatten, tmp_path
+):
     # dcp.load fills only the keys of its template, a fresh optimizer's state dict (Lightning's
-    # ModelParallelStrategy resumes so): Adam's moments, created at the first step, are not there
+    # ModelParallelStrategy and torchtitan resume so; torchtitan flattens): the template must
+    # name Adam's moments although the fresh optimizer has not stepped
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
         get_optimizer_state_dict,
         set_optimizer_state_dict,
     )
 
+    options = StateDictOptions(flatten_optimizer_state_dict=flatten)
     model = Logistic()
     opt = make(name, model)
     run(model, opt, 10)
-    dcp.save({"optim": get_optimizer_state_dict(model, opt)}, checkpoint_id=tmp_path)
+    dcp.save(
+        {"optim": get_optimizer_state_dict(model, opt, options=options)}, checkpoint_id=tmp_path
+    )
     saved_model = copy.deepcopy(model.state_dict())
     run(model, opt, 10, start=10)
     resumed = Logistic()
     resumed.load_state_dict(saved_model)
     opt2 = make(name, resumed)
-    template = {"optim": get_optimizer_state_dict(resumed, opt2)}
+    template = {"optim": get_optimizer_state_dict(resumed, opt2, options=options)}
     dcp.load(template, checkpoint_id=tmp_path)
-    if type(opt).ADAM_MOMENTS:
-        with pytest.raises(ValueError, match="no Adam moments although they were updated 10"):
-            set_optimizer_state_dict(resumed, opt2, template["optim"])
-        return
-    set_optimizer_state_dict(resumed, opt2, template["optim"])
+    set_optimizer_state_dict(resumed, opt2, template["optim"], options=options)
     run(resumed, opt2, 10, start=10)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed.parameters()))
+    assert opt.state["line_search"] == opt2.state["line_search"]
+
+
+def key_paths(values: dict, prefix: tuple = ()) -> set[tuple]:
+    paths = set()
+    for key, value in values.items():
+        paths.add((*prefix, key))
+        if isinstance(value, dict):
+            paths |= key_paths(value, (*prefix, key))
+    return paths
+
+
+VARIANTS = [
+    (name, preset, extra)
+    for name in NAMES
+    for preset in ["paper", *optim.info(name).presets]
+    for extra in ([{}, {"smooth": True}] if name in ("adamsls", "plasls") else [{}])
+]
+
+
+@pytest.mark.parametrize(("name", "preset", "extra"), VARIANTS)
+def test_a_fresh_search_state_names_every_key_a_run_writes_with_the_same_container(
+    name, preset, extra
+):
+    # a template from a fresh optimizer (torch.distributed.checkpoint) loads only its own keys,
+    # and its full-state load merges the saved state into the fresh one leaf by leaf
+    model = Logistic()
+    opt = make(name, model, preset=preset, **extra)
+    fresh = copy.deepcopy(opt.search_state)
+    fresh_moments = {i: set(v) for i, v in opt.state_dict()["state"].items()}
+    run(model, opt, 40)
+    assert key_paths(opt.search_state) == key_paths(fresh)
+    for key, value in opt.search_state.items():
+        if isinstance(value, (dict, list)):
+            assert type(fresh[key]) is type(value), key
+    assert {i: set(v) for i, v in opt.state_dict()["state"].items()} == fresh_moments
 
 
 def test_a_state_without_the_search_state_is_refused_instead_of_restarting_the_search():

@@ -24,6 +24,7 @@ from lsframe.optim._saved_state import (
     refuse_another_class,
     refuse_other_parameters,
 )
+from lsframe.optim.adam_moments import moments_of
 from lsframe.validation import check_int_at_least, check_non_negative, check_positive
 
 
@@ -35,6 +36,7 @@ class SearchGroups:
     state: Any
     defaults: dict[str, Any]
     forward_trials: bool
+    ADAM_MOMENTS: bool
 
     def _initial_search_state(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -122,7 +124,17 @@ class SearchGroups:
         so that every key of ``state`` is a parameter's: ``torch.distributed.checkpoint``
         (FSDP2, Lightning's ModelParallelStrategy) maps those keys to parameter names, and its
         ``flatten_optimizer_state_dict=True`` keeps a group key the optimizer has. The
-        state-dict hooks see that layout too."""
+        state-dict hooks see that layout too.
+
+        An Adam-based search first creates the moments its first step would create (zeros,
+        no update counted) for every parameter that trains: ``dcp.load`` fills only the
+        entries of its template, the state dict of an optimizer that has not stepped yet, as
+        torch's own helper creates a fresh optimizer's state by stepping it with zero
+        gradients (which a line search's step, needing a closure and owning ``lr``, cannot
+        take). Every key its search state will hold exists from the start for the same
+        reason (``tests/test_optim_groups.py``)."""
+        if self.ADAM_MOMENTS:
+            self._create_moments()
         search = self.state.pop("line_search", None)
         first = self.param_groups[0] if self.param_groups else None
         if first is not None:
@@ -134,6 +146,14 @@ class SearchGroups:
                 first.pop("saved_by", None)
             if search is not None:
                 self.state["line_search"] = search
+
+    def _create_moments(self) -> None:
+        """Create the Adam moments a first step would create (zeros, no update counted) for
+        every parameter that trains and has none yet."""
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.requires_grad:
+                    moments_of(self.state, param)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load as torch does, after checking that a line search of this class (or a base
@@ -170,8 +190,7 @@ class SearchGroups:
         search = first.get("line_search")
         if search is None:  # the older layout: torch's load keeps the caller's object there
             search = copy.deepcopy(self.state.get("line_search")) or {}
-        for key, value in self._initial_search_state().items():
-            search.setdefault(key, value)
+        backfill(search, self._initial_search_state())
         self.state["line_search"] = search
         if self.param_groups:
             first["line_search"] = search
@@ -248,14 +267,25 @@ class SearchGroups:
             group["lr"] = group["step_size"] * group["lr_multiplier"]
 
 
+def backfill(values: dict[str, Any], initial: dict[str, Any]) -> None:
+    """Add to ``values`` every key of ``initial`` it lacks, in nested dicts too: a state saved
+    by an older lsframe, or before a part first searched, names every key a fresh one does."""
+    for key, value in initial.items():
+        if key not in values:
+            values[key] = value
+        elif isinstance(value, dict) and isinstance(values[key], dict):
+            backfill(values[key], value)
+
+
 def refuse_a_state_without_its_search(name: str, state_dict: dict[str, Any]) -> None:
     """Refuse a state without its search state (saved without it, or a tool dropped it), or
     without Adam's moments although its search state counts their updates: a tool rebuilt it
-    from an optimizer that had not stepped yet, and loading it would restart the moments at zero
-    without a word. ``torch.distributed.checkpoint`` does so: ``dcp.load`` fills only the keys
-    of its template (``get_optimizer_state_dict`` of a fresh optimizer, the route of Lightning's
-    ``ModelParallelStrategy``), and ``flatten_optimizer_state_dict=True`` only the state names
-    the loading optimizer has."""
+    from the per-parameter state of an optimizer that had none yet, and loading it would
+    restart the moments at zero without a word. ``torch.distributed.checkpoint``'s
+    ``flatten_optimizer_state_dict=True`` does so when the loading optimizer was never asked
+    for its state dict: it keeps only the state names that optimizer has, and a line search
+    creates its moments at its first step or when its :meth:`SearchGroups.state_dict` is taken
+    (a ``dcp.load`` template)."""
     state = state_dict.get("state", {})
     groups = state_dict.get("param_groups") or []
     if not groups:
@@ -274,7 +304,9 @@ def refuse_a_state_without_its_search(name: str, state_dict: dict[str, Any]) -> 
     if updates > 0 and not moments:
         raise DataError(
             f"{name}: the optimizer state to load has no Adam moments although they were "
-            f"updated {updates} times: it was rebuilt from an optimizer that had not stepped yet "
-            "(torch.distributed.checkpoint loads only the keys its template names); load the "
-            "whole state dict the optimizer saved (opt.load_state_dict(torch.load(...)))"
+            f"updated {updates} times: it was rebuilt from an optimizer that had none yet "
+            "(torch.distributed.checkpoint's flatten_optimizer_state_dict=True keeps only the "
+            "state the loading optimizer has); take get_optimizer_state_dict of the fresh "
+            "optimizer first, as a dcp.load template does, or load the whole state dict the "
+            "optimizer saved"
         )

@@ -9,7 +9,13 @@ from torch import Tensor
 
 from lsframe.optim._linesearch import LineSearchOptimizer
 from lsframe.optim.adam_moments import adam_directions, check_adam_group, next_moment_step
-from lsframe.optim.rules import ActiveGroup, SmoothedArmijo, armijo_verdict, reset_step_size
+from lsframe.optim.rules import (
+    ActiveGroup,
+    SmoothedArmijo,
+    armijo_verdict,
+    reset_step_size,
+    zero_averages,
+)
 from lsframe.validation import as_tuple, check_bool, check_choice, check_open_unit, check_positive
 
 # what one AdamSLS search over several groups reads once (search_parts_then_adam_step: the
@@ -111,6 +117,9 @@ class AdamSLS(LineSearchOptimizer):
         )
         super().__init__(params, defaults)
 
+    def _initial_search_state(self) -> dict[str, Any]:
+        return {**super()._initial_search_state(), "smoothing": {"joint": zero_averages()}}
+
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
         check_adam_sls_group(group)
@@ -128,6 +137,24 @@ def check_adam_sls_group(group: dict[str, Any]) -> None:
     check_positive(gamma=group["gamma"], n_batches_per_epoch=group["n_batches_per_epoch"])
     check_choice("reset_option", group["reset_option"], (0, 1, 2))
     check_bool(smooth=group["smooth"])
+
+
+def smoothed_averages(state: dict[str, Any], averaged_as: str) -> dict[str, Any]:
+    """The smoothed condition's averages kept under ``averaged_as``. A part's averages
+    (PLASLS) start from the joint ones when the part first searches alone: until then they
+    are unset (:func:`unset_averages`)."""
+    by_key = state["smoothing"]
+    averages = by_key.get(averaged_as)
+    if averages is None or averages["slope"] is None:
+        averages = by_key[averaged_as] = dict(by_key["joint"])
+    return averages
+
+
+def unset_averages() -> dict[str, Any]:
+    """A part's averages before it first searches alone. Every key a run will write exists
+    from the start, so that a state rebuilt from a fresh optimizer's template
+    (``torch.distributed.checkpoint``) names it."""
+    return {"decrease": None, "slope": None}
 
 
 def search_parts_then_adam_step(
@@ -162,14 +189,8 @@ def search_parts_then_adam_step(
     smoothing, averages, avg_slope = None, None, 0.0
     if opt.shared("smooth", searched):
         smoothing = SmoothedArmijo(opt.shared("beta_s", searched), c)
-        by_key = state.setdefault("smoothing", {})
-        # a part's averages start from the joint ones (PLASLS's joint phase)
-        averages = by_key.setdefault(
-            averaged_as, dict(by_key.get("joint", {"decrease": 0.0, "slope": 0.0}))
-        )
+        averages = smoothed_averages(state, averaged_as)
         avg_slope = smoothing.update_slope(averages, "slope", slope)
-    else:
-        state.setdefault("smoothing", {})
 
     def amounts(a: float) -> list[float]:
         return [a if i in searched else 0.0 for i in range(len(groups))]

@@ -16,6 +16,7 @@ from lsframe.optim.rules import (
     SmoothedArmijo,
     armijo_verdict,
     finite_difference_slope,
+    zero_averages,
 )
 from lsframe.validation import as_tuple, check_choice, check_open_unit, check_positive
 
@@ -113,6 +114,9 @@ class ALSALS(LineSearchOptimizer):
         )
         super().__init__(params, defaults)
 
+    def _initial_search_state(self) -> dict[str, Any]:
+        return {**super()._initial_search_state(), "smoothing": {"joint": zero_averages()}}
+
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
         check_open_unit(c=group["c"], beta_b=group["beta_b"], beta=group["beta"])
@@ -127,9 +131,7 @@ class ALSALS(LineSearchOptimizer):
         direction = adam_directions(self.state, groups, next_moment_step(state)).update()
         c = self.shared("c")
         smoothing = SmoothedArmijo(self.shared("beta"), c, flip_c=1.0 / c)
-        averages = state.setdefault("smoothing", {}).setdefault(
-            "joint", {"decrease": 0.0, "slope": 0.0}
-        )
+        averages = state["smoothing"]["joint"]
         move = lambda a: direction.move(groups, [a] * len(groups))  # noqa: E731
         slope = self._slope(loss, forward, groups, direction, move)
         avg_slope = smoothing.update_slope(averages, "slope", slope)

@@ -12,8 +12,9 @@ from lsframe.optim.adam_sls import (
     ADAM_SLS_SEARCH_KEYS,
     check_adam_sls_group,
     search_parts_then_adam_step,
+    unset_averages,
 )
-from lsframe.optim.rules import ActiveGroup
+from lsframe.optim.rules import ActiveGroup, zero_averages
 from lsframe.validation import as_tuple, check_int_at_least, check_positive
 
 
@@ -148,6 +149,10 @@ class PLASLS(LineSearchOptimizer):
             taken = {g.get("part") for g in self.param_groups[:-1]}
             name = group.get("name")
             group["part"] = name if name is not None and name not in taken else f"group_{index}"
+
+    def _initial_search_state(self) -> dict[str, Any]:
+        parts = {str(i): unset_averages() for i in range(len(self.param_groups))}
+        return {**super()._initial_search_state(), "smoothing": {"joint": zero_averages(), **parts}}
 
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)

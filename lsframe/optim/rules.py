@@ -130,6 +130,11 @@ def armijo(decrease: float, step_size: float, slope: float, c: float) -> bool:
     return decrease >= c * step_size * slope
 
 
+def zero_averages() -> dict[str, float]:
+    """The averages of :class:`SmoothedArmijo` before the first step."""
+    return {"decrease": 0.0, "slope": 0.0}
+
+
 class SmoothedArmijo:
     """Armijo on exponential moving averages of the decrease and of the slope (P0 smoothing, P1).
 

@@ -241,7 +241,9 @@ class SlopeTrackingAdam(LineSearchOptimizer):
             "last_sign": 0,
             "data_pass": 0,
             "fresh_peak": 0.0,
-            "multipliers": None,
+            # a list from the start: torch.distributed.checkpoint's full-state load merges
+            # the saved state into the fresh one element by element
+            "multipliers": [],
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -367,6 +369,6 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         either way, so the option may be switched on mid-run."""
         now = [float(group["lr_multiplier"]) for group in self.param_groups]
         last, self.search_state["multipliers"] = self.search_state["multipliers"], now
-        if not hold or last is None or len(last) != len(now):
+        if not hold or not last or len(last) != len(now):  # None: saved before 2026-12-07
             return False
         return any(b > a for a, b in zip(last, now))
