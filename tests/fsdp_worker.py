@@ -16,6 +16,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 from lsframe import optim
+from lsframe.optim import make_closure
 from lsframe.parts import part_groups
 
 STEPS = 8
@@ -67,11 +68,31 @@ def train(
     return opt
 
 
-def shard(model: torch.nn.Sequential, mesh) -> torch.nn.Sequential:
-    """``model`` with each Linear layer and then the whole sharded by FSDP2."""
-    for layer in [*(m for m in model if isinstance(m, torch.nn.Linear)), model]:
+def shard(model: torch.nn.Sequential, mesh, root_owns_last: bool = False) -> torch.nn.Sequential:
+    """``model`` with each Linear layer and then the whole sharded by FSDP2 (with
+    ``root_owns_last``, the last Linear layer's parameters are the root module's own)."""
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    for layer in [*(linears[:-1] if root_owns_last else linears), model]:
         fully_shard(layer, mesh=mesh)
     return model
+
+
+def train_with_lsframe_closure(
+    model: torch.nn.Module, name: str, shard: slice
+) -> list[torch.Tensor]:
+    """:func:`train` through lsframe's own closure (``make_closure``), which averages the
+    losses over the processes itself; the parameters the optimizer holds (the sharded ones)."""
+    record = optim.info(name)
+    opt = record.create(model.parameters(), **({"lr": record.test_lr} if record.test_lr else {}))
+    for x, y in batches():
+        batch = (x[shard], y[shard])
+        opt.step(make_closure(model, batch, opt, loss_fn=mse))
+    return list(opt.param_groups[0]["params"])
+
+
+def mse(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    x, y = batch
+    return F.mse_loss(model(x).squeeze(-1), y)
 
 
 def main(out: str) -> None:
@@ -114,6 +135,18 @@ def main(out: str) -> None:
             "ranks_agree": all(g == gathered[0] for g in gathered),
             "finite": all(bool(p.full_tensor().isfinite().all()) for p in model.parameters()),
         }
+    # the root module's own parameters stay gathered after a forward under no_grad: every trial
+    # must still see the sharded parameters the search moved
+    for name in [n for n in optim.line_searches() if optim.info(n).forward_trials]:
+        if optim.info(name).param_grouping == "parts":
+            continue
+        model = shard(mlp(), mesh, root_owns_last=True)
+        held = train_with_lsframe_closure(model, name, slice(rank * half, (rank + 1) * half))
+        full = [p.full_tensor() for p in held]
+        reference = mlp()
+        train(reference, name, None)
+        diff = max(float((a - b).abs().max()) for a, b in zip(full, reference.parameters()))
+        results[f"{name}+root_params"] = {"max_diff": diff}
     if rank == 0:
         Path(out).write_text(json.dumps(results, indent=1))
     dist.destroy_process_group()

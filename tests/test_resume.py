@@ -701,3 +701,13 @@ def test_a_resume_at_the_end_of_an_epoch_limit_train_batches_ended_starts_the_ne
     fit().fit(resumed, data(), ckpt_path=tmp_path / "last.ckpt")
     for (key, a), b in zip(uninterrupted.named_parameters(), resumed.parameters()):
         assert torch.equal(a, b), key
+
+
+def test_each_process_resumes_with_its_own_generators_and_an_older_checkpoint_with_rank_0s():
+    from lsframe.modules.random_state import own_random_states
+
+    saved = {"random_states": "rank 0", "random_states_by_rank": ["rank 0", "rank 1"]}
+    assert [own_random_states(saved, rank) for rank in (0, 1)] == ["rank 0", "rank 1"]
+    # saved by one process, by lsframe before 2026-12-07, or by fewer processes than resume
+    assert own_random_states({"random_states": "rank 0"}, 1) == "rank 0"
+    assert own_random_states(saved, 2) == "rank 0"

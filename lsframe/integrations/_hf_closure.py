@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lsframe.optim._precision import full_precision_forwards
+from lsframe.optim._sharded import reshard
 from lsframe.optim.closure import NormStatistics, StepRandomState
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class TrainerStepClosure:
             with torch.no_grad(), full_precision_forwards(models):
                 total = sum(self._scaled_loss(mb) for mb in self.micro_batches)
         finally:
+            reshard(models)
             for saved in statistics:
                 saved.restore()
         return self._mean_over_processes(total)

@@ -39,8 +39,10 @@ from lsframe.modules.optimizer_setup import default_optimizer
 from lsframe.modules.policy import check_sharding
 from lsframe.modules.random_state import (
     ResumeRandomState,
+    every_process_random_states,
     finish_epoch_of_an_epoch_end_checkpoint,
     mark_an_epoch_ended_by_its_limit,
+    own_random_states,
     random_states,
     restore_loader_position,
 )
@@ -52,6 +54,7 @@ from lsframe.modules.schedulers import (
 )
 from lsframe.modules.step_logging import hide_written_step, log_step, logs_now
 from lsframe.optim import info_for, innermost_optimizer, set_run_length, start_pass
+from lsframe.optim._sharded import reshard
 from lsframe.optim.closure import StepRandomState, check_loss
 from lsframe.optim.param_groups import apply_part_multipliers
 from lsframe.precision import GradientOverflow, fp16_plugin
@@ -253,6 +256,9 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = {"random_states": random_states(self.device), "skipped_steps": self._skipped_steps}
+        by_rank = every_process_random_states(self.device, self.trainer.world_size)
+        if by_rank is not None:
+            saved["random_states_by_rank"] = by_rank
         # each logger's own version, which `lsframe fit --ckpt_path last` continues
         saved["logger_versions"] = [getattr(x, "version", None) for x in self.trainer.loggers]
         checkpoint["lsframe"] = saved
@@ -264,7 +270,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         finish_epoch_of_an_epoch_end_checkpoint(checkpoint)  # before the loops are restored
         saved = checkpoint.get("lsframe", {})
         self._skipped_steps = saved.get("skipped_steps", 0)
-        self._resume_random.hold(saved.get("random_states"))
+        self._resume_random.hold(own_random_states(saved, self.global_rank))
 
     def on_train_epoch_end(self) -> None:
         step_schedulers(self, "epoch", on_metric=True)  # after the epoch's validation
@@ -317,8 +323,11 @@ class _StepEvaluator:
         # with a finite loss: trial points and re-evaluations must not count as extra batches
         statistics = NormStatistics(self.module.model)
         if not backward:
-            with torch.no_grad():
-                loss = mean_over_processes(self.module._trainer, self._loss(backward=False))
+            try:
+                with torch.no_grad():
+                    loss = mean_over_processes(self.module._trainer, self._loss(backward=False))
+            finally:
+                reshard([self.module])
             statistics.restore()
             return loss
         self.optimizer.zero_grad(set_to_none=True)

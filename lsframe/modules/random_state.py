@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 
 def random_states(device: torch.device) -> dict[str, Any]:
@@ -28,6 +29,31 @@ def random_states(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state(device)
     return states
+
+
+def every_process_random_states(
+    device: torch.device, processes: int
+) -> list[dict[str, Any]] | None:
+    """:func:`random_states` of each of a fit's ``processes`` (its trainer's ``world_size``, the
+    default process group), in rank order; None for one process. The processes' generators part
+    as soon as they draw different numbers of values (dropout on batches padded to each one's
+    longest text), and only rank 0 writes the checkpoint. A collective: every process of the
+    fit saves each checkpoint (``Trainer.save_checkpoint`` waits for all of them)."""
+    if processes < 2:
+        return None
+    states: list[Any] = [None] * processes
+    dist.all_gather_object(states, random_states(device))
+    return states
+
+
+def own_random_states(saved: dict[str, Any], rank: int) -> dict[str, Any] | None:
+    """Process ``rank``'s generator states in what a checkpoint saved: its entry of
+    :func:`every_process_random_states`, else the saving process's (a checkpoint of one
+    process, or of lsframe before 2026-12-07, which gave every process rank 0's)."""
+    by_rank = saved.get("random_states_by_rank")
+    if by_rank and rank < len(by_rank):
+        return by_rank[rank]
+    return saved.get("random_states")
 
 
 def _numpy_state() -> tuple:

@@ -9,10 +9,10 @@ Every rank then takes the same decision. Plain tensors (one process, DDP) pass t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 try:  # torch built without distributed support has no DTensor
     import torch.distributed as dist
@@ -67,3 +67,20 @@ def count_nonfinite(tensors: Sequence[Tensor]) -> Tensor:
     """How many of ``tensors`` hold a non-finite entry anywhere (a scalar tensor)."""
     flags = [(~torch.isfinite(local(t))).any().float() for t in tensors]
     return torch.stack(reduce_sums(flags, tensors)).gt(0).sum()
+
+
+def reshard(models: Iterable[nn.Module]) -> None:
+    """Reshard every FSDP2 module (torch's ``fully_shard``) of ``models``; called after each
+    forward-only evaluation of a closure. A forward under ``torch.no_grad`` leaves the root
+    module's own parameters gathered (those of any module with ``reshard_after_forward=False``
+    too), since no backward follows to reshard them, and the next forward reuses the gathered
+    copy: a line search's move of the sharded parameters to its next trial, or back to x, would
+    go unseen by those parameters. A no-op for a model without FSDP2 modules."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - a torch built without distributed support
+        return
+    for model in models:
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()

@@ -46,6 +46,7 @@ from torch.optim import Optimizer
 from lsframe.errors import ConfigError
 from lsframe.optim._precision import full_precision_forwards
 from lsframe.optim._processes import mean_over_processes, replicated
+from lsframe.optim._sharded import reshard
 
 __all__ = [
     "ClosureContractError",
@@ -231,8 +232,12 @@ class LossClosure:
             statistics = NormStatistics(self.model)
         try:
             if not backward:
-                with torch.no_grad(), self._full_precision_forwards():
-                    loss = self.trial_loss_fn()
+                try:
+                    with torch.no_grad(), self._full_precision_forwards():
+                        loss = self.trial_loss_fn()
+                finally:
+                    if self.model is not None:
+                        reshard([self.model])
                 check_loss(loss, "loss_fn", backward=False)
                 return self._shared(loss.detach())
             self._backward_done = True
