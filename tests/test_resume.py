@@ -711,3 +711,26 @@ def test_each_process_resumes_with_its_own_generators_and_an_older_checkpoint_wi
     # saved by one process, by lsframe before 2026-12-07, or by fewer processes than resume
     assert own_random_states({"random_states": "rank 0"}, 1) == "rank 0"
     assert own_random_states(saved, 2) == "rank 0"
+
+
+def test_a_checkpoint_saved_after_a_fit_stopped_inside_an_epoch_goes_on_at_its_next_batch(
+    tmp_path,
+):
+    # trainer.save_checkpoint after fit returned from max_steps inside epoch 1: Lightning had
+    # counted that epoch completed, and the extended run began epoch 2, skipping 5 batches
+    def module() -> TinyRegression:
+        torch.manual_seed(0)
+        return make_module("adamw")
+
+    fit = partial(trainer, deterministic=True)
+    plain = module()
+    fit(max_steps=20).fit(plain, data())
+    stopped = fit(max_steps=15)
+    stopped.fit(module(), data())
+    stopped.save_checkpoint(tmp_path / "final.ckpt")
+    torch.manual_seed(1234)
+    extended = module()
+    fit(max_steps=20).fit(extended, data(), ckpt_path=tmp_path / "final.ckpt")
+    assert extended.trainer.global_step == 20
+    for (key, a), b in zip(plain.named_parameters(), extended.parameters()):
+        assert torch.equal(a, b), key

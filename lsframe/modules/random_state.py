@@ -157,9 +157,10 @@ def finish_epoch_of_an_epoch_end_checkpoint(checkpoint: dict[str, Any]) -> None:
     last batch" and trained nothing. Its batch count is cleared the same way.
 
     A run stopped inside an epoch (``max_steps``, ``should_stop``) writes ``last.ckpt`` after
-    the loop counted that epoch processed; extended, it resumed in the next epoch and skipped the
-    rest of this one. Its epoch is counted unprocessed again, and the run goes on at the next
-    batch.
+    the loop counted that epoch processed, and ``trainer.save_checkpoint`` after ``fit``
+    returned writes it counted completed too; extended, it resumed in the next epoch and
+    skipped the rest of this one. Its epoch is counted unprocessed again, and the run goes on at
+    the next batch.
     """
     loop = (checkpoint.get("loops") or {}).get("fit_loop")
     if not isinstance(loop, dict):
@@ -173,11 +174,17 @@ def finish_epoch_of_an_epoch_end_checkpoint(checkpoint: dict[str, Any]) -> None:
         return
     if not batches.get("is_last_batch") and not batches.get("limit_reached"):
         # stopped inside an epoch (max_steps, should_stop) and written after the loop counted
-        # the epoch processed: Lightning resumed in the next epoch and skipped the rest of this
-        # one. Uncounted, the epoch resumes at its next batch, as the uninterrupted run goes on
-        if unfinished:
+        # the epoch processed (last.ckpt at on_train_end), or completed too (a save after fit
+        # returned): Lightning resumed in the next epoch and skipped the rest of this one.
+        # Uncounted, the epoch resumes at its next batch, as the uninterrupted run goes on
+        counted_done = all(
+            part.get("completed", 0) == part.get("processed", 0) == part.get("ready", -1) > 0
+            for part in parts
+        )
+        if unfinished or counted_done:
             for part in ("total", "current"):
-                epochs[part]["processed"] = epochs[part]["completed"]
+                done = epochs[part]["completed"] - (1 if counted_done else 0)
+                epochs[part]["processed"] = epochs[part]["completed"] = done
         return
     # written after Lightning counted the epoch done (``on_train_end`` of a run that ended on
     # ``max_epochs``): the finished epoch's batch count is still there, and the next epoch
