@@ -40,7 +40,7 @@ from lsframe.checkpoint_io import remove_interrupted_writes
 from lsframe.data.resumable import ResumableDataLoader
 from lsframe.errors import ConfigError, DataError, NonFiniteLossError, NonFiniteParametersError
 from lsframe.modules.policy import check_parameters_finite
-from lsframe.modules.random_state import random_states, set_random_states
+from lsframe.modules.random_state import own_random_states, random_states, set_random_states
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
@@ -82,8 +82,10 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         super().on_load_checkpoint(trainer, pl_module, checkpoint)
-        # the generators as the checkpoint's step left them, which lsframe's module restores
-        self._resumed_random = (checkpoint.get("lsframe") or {}).get("random_states")
+        # this process's generators as the checkpoint's step left them, which lsframe's module
+        # restores
+        saved = checkpoint.get("lsframe") or {}
+        self._resumed_random = own_random_states(saved, trainer.global_rank)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)

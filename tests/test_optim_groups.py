@@ -302,6 +302,60 @@ def test_a_fresh_search_state_names_every_key_a_run_writes_with_the_same_contain
     assert {i: set(v) for i, v in opt.state_dict()["state"].items()} == fresh_moments
 
 
+def test_plasls_names_the_keys_of_merges_and_of_a_part_added_after_construction():
+    # merges write part_of; a part added by add_param_group gets its averages then, so that a
+    # fresh optimizer built the same way names them too
+    model = Logistic()
+    opt = PLASLS(
+        [{"params": [model.linear.weight], "part": "w"}], smooth=True, joint_steps=0, lr=1.0
+    )
+    opt.add_param_group({"params": [model.linear.bias], "part": "b", "merge_below": 1e9})
+    fresh = copy.deepcopy(opt.search_state)
+    run(model, opt, 10)
+    assert opt.search_state["part_of"] != fresh["part_of"]  # the parts merged
+    assert key_paths(opt.search_state) == key_paths(fresh)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if optim.info(n).cls.ADAM_MOMENTS])
+def test_a_state_dict_before_the_model_changes_dtype_changes_no_step(name):
+    # the zero moments a fresh optimizer's state dict creates follow the parameters' dtype
+    from lsframe.optim import make_closure as lsframe_closure
+
+    x = torch.randn(32, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = x.sum(-1, keepdim=True)
+
+    def trajectory(early_state_dict: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(10, 1)
+        opt = optim.create(name, model.parameters())
+        if early_state_dict:
+            opt.state_dict()
+        model.double()
+        loss = lambda m, batch: torch.nn.functional.mse_loss(m(batch[0]), batch[1])  # noqa: E731
+        for _ in range(5):
+            opt.step(lsframe_closure(model, (x, y), opt, loss_fn=loss))
+        return [p.detach().clone() for p in model.parameters()]
+
+    assert all(torch.equal(a, b) for a, b in zip(trajectory(False), trajectory(True)))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n in NAMES
+        if optim.info(n).cls.ADAM_MOMENTS and optim.info(n).param_grouping != "parts"
+    ],
+)
+def test_a_stepped_optimizer_keeps_no_moments_for_a_parameter_without_gradients(name):
+    model = Logistic()
+    model.unused = torch.nn.Parameter(torch.zeros(1000))
+    opt = make(name, model)
+    run(model, opt, 3)
+    opt.state_dict()
+    assert model.unused not in opt.state
+
+
 def test_a_state_without_the_search_state_is_refused_instead_of_restarting_the_search():
     model = Logistic()
     opt = SaLSA(model.parameters())

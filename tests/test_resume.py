@@ -734,3 +734,38 @@ def test_a_checkpoint_saved_after_a_fit_stopped_inside_an_epoch_goes_on_at_its_n
     assert extended.trainer.global_step == 20
     for (key, a), b in zip(plain.named_parameters(), extended.parameters()):
         assert torch.equal(a, b), key
+
+
+def test_a_checkpoint_saved_after_a_resumed_fit_that_trained_nothing_keeps_its_generators(
+    tmp_path,
+):
+    # the resumed fit never reached on_train_start, where the held generators are restored:
+    # its save kept the fresh process's, and the run extended from it drew other dropout masks
+    def module() -> TinyRegression:
+        torch.manual_seed(0)
+        return make_module("adamw")
+
+    fit = partial(trainer, deterministic=True)
+    plain = module()
+    fit(max_steps=20).fit(plain, data())
+    first = fit(max_steps=15)
+    first.fit(module(), data())
+    first.save_checkpoint(tmp_path / "a.ckpt")
+    torch.manual_seed(1234)
+    idle = fit(max_steps=15)
+    idle.fit(module(), data(), ckpt_path=tmp_path / "a.ckpt")  # nothing left to train
+    idle.save_checkpoint(tmp_path / "b.ckpt")
+    torch.manual_seed(99)
+    extended = module()
+    fit(max_steps=20).fit(extended, data(), ckpt_path=tmp_path / "b.ckpt")
+    for (key, a), b in zip(plain.named_parameters(), extended.parameters()):
+        assert torch.equal(a, b), key
+
+
+def test_last_checkpoint_bookkeeping_reads_this_process_s_generators(tmp_path):
+    from types import SimpleNamespace
+
+    saved = {"random_states": "rank 0", "random_states_by_rank": ["rank 0", "rank 1"]}
+    callback = BestAndLastCheckpoint(dirpath=tmp_path, save_last=True)
+    callback.on_load_checkpoint(SimpleNamespace(global_rank=1), None, {"lsframe": saved})
+    assert callback._resumed_random == "rank 1"

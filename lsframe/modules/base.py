@@ -255,8 +255,11 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         start_pass(self.optimizers(), self.current_epoch)  # a rule that asks if batches repeat
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = {"random_states": random_states(self.device), "skipped_steps": self._skipped_steps}
-        by_rank = every_process_random_states(self.device, self.trainer.world_size)
+        # a fit resumed with nothing left to train never reached on_train_start: the
+        # generators are still the ones the checkpoint it loaded holds for it
+        own = self._resume_random.pending or random_states(self.device)
+        saved = {"random_states": own, "skipped_steps": self._skipped_steps}
+        by_rank = every_process_random_states(own, self.trainer.world_size)
         if by_rank is not None:
             saved["random_states_by_rank"] = by_rank
         # each logger's own version, which `lsframe fit --ckpt_path last` continues

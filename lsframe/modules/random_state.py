@@ -31,18 +31,17 @@ def random_states(device: torch.device) -> dict[str, Any]:
     return states
 
 
-def every_process_random_states(
-    device: torch.device, processes: int
-) -> list[dict[str, Any]] | None:
-    """:func:`random_states` of each of a fit's ``processes`` (its trainer's ``world_size``, the
-    default process group), in rank order; None for one process. The processes' generators part
-    as soon as they draw different numbers of values (dropout on batches padded to each one's
-    longest text), and only rank 0 writes the checkpoint. A collective: every process of the
-    fit saves each checkpoint (``Trainer.save_checkpoint`` waits for all of them)."""
+def every_process_random_states(own: dict[str, Any], processes: int) -> list[dict[str, Any]] | None:
+    """``own`` (this process's :func:`random_states`) of each of a fit's ``processes`` (its
+    trainer's ``world_size``, the default process group), in rank order; None for one process.
+    The processes' generators part as soon as they draw different numbers of values (dropout on
+    batches padded to each one's longest text), and only rank 0 writes the checkpoint. A
+    collective: every process of the fit saves each checkpoint (``Trainer.save_checkpoint``
+    waits for all of them)."""
     if processes < 2:
         return None
     states: list[Any] = [None] * processes
-    dist.all_gather_object(states, random_states(device))
+    dist.all_gather_object(states, own)
     return states
 
 

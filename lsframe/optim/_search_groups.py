@@ -126,14 +126,15 @@ class SearchGroups:
         ``flatten_optimizer_state_dict=True`` keeps a group key the optimizer has. The
         state-dict hooks see that layout too.
 
-        An Adam-based search first creates the moments its first step would create (zeros,
-        no update counted) for every parameter that trains: ``dcp.load`` fills only the
-        entries of its template, the state dict of an optimizer that has not stepped yet, as
-        torch's own helper creates a fresh optimizer's state by stepping it with zero
-        gradients (which a line search's step, needing a closure and owning ``lr``, cannot
-        take). Every key its search state will hold exists from the start for the same
-        reason (``tests/test_optim_groups.py``)."""
-        if self.ADAM_MOMENTS:
+        Before its first update of Adam's moments, an Adam-based search first creates zero
+        moments (no update counted) for every parameter that trains, as torch's own helper
+        creates a fresh optimizer's state by stepping it with zero gradients (which a line
+        search's step, needing a closure and owning ``lr``, cannot take): ``dcp.load`` fills
+        only the entries of its template, the state dict of an optimizer that has not
+        stepped. Moments no update has reached follow their parameter's dtype and device.
+        Every key its search state will hold exists from the start for the same reason
+        (``tests/test_optim_groups.py``)."""
+        if self.ADAM_MOMENTS and not self.state["line_search"].get("moment_step"):
             self._create_moments()
         search = self.state.pop("line_search", None)
         first = self.param_groups[0] if self.param_groups else None
@@ -148,8 +149,8 @@ class SearchGroups:
                 self.state["line_search"] = search
 
     def _create_moments(self) -> None:
-        """Create the Adam moments a first step would create (zeros, no update counted) for
-        every parameter that trains and has none yet."""
+        """Create zero Adam moments (no update counted) for every parameter that trains and
+        has none yet."""
         for group in self.param_groups:
             for param in group["params"]:
                 if param.requires_grad:

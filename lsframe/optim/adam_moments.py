@@ -174,13 +174,18 @@ def _torch_fused_runs(device_type: str) -> bool:
 
 def moments_of(param_state: dict[Any, dict[str, Any]], param: Tensor) -> dict[str, Any]:
     """``param``'s state, with ``exp_avg`` and ``exp_avg_sq`` created (zeros, no update yet)
-    on first sight."""
+    on first sight, and created again while no update has reached them if the parameter has
+    since changed dtype or device (a state dict taken before ``model.to(...)`` created them)."""
     state = param_state[param]
-    if not state:
+    if not state or (state.get(MOMENT_STEPS) == 0 and _elsewhere(state["exp_avg"], param)):
         state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         state[MOMENT_STEPS] = 0
     return state
+
+
+def _elsewhere(moment: Tensor, param: Tensor) -> bool:
+    return moment.dtype != param.dtype or moment.device != param.device
 
 
 def own_step(state: dict[str, Any], step: int) -> int:

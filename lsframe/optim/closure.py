@@ -184,8 +184,9 @@ class LossClosure:
         loss_fn: Computes the (scalar) loss at the current parameters; called once per evaluation.
         optimizer: Its gradients are zeroed before each backward evaluation.
         device: Whose CUDA random state to restore besides the CPU's. Default: the CPU only.
-        model: Whose BatchNorm running statistics only the first backward evaluation may move
-            (None: nothing is put back).
+        model: Whose BatchNorm running statistics only the first backward evaluation may move,
+            and whose FSDP2 modules are resharded after each forward-only evaluation, which a
+            sharded model needs (None: nothing is put back or resharded).
         average_over_processes: Return every loss, the backward one and each trial's,
             averaged over ``torch.distributed``'s processes, as lsframe's modules do: the line
             search decides on these losses, and each replica of a DDP model would otherwise take

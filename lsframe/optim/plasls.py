@@ -149,10 +149,17 @@ class PLASLS(LineSearchOptimizer):
             taken = {g.get("part") for g in self.param_groups[:-1]}
             name = group.get("name")
             group["part"] = name if name is not None and name not in taken else f"group_{index}"
+        if "line_search" in self.state:  # added after construction: its keys exist from now on
+            self.search_state["smoothing"].setdefault(str(index), unset_averages())
+            self.search_state["part_of"] = self.part_of()
 
     def _initial_search_state(self) -> dict[str, Any]:
         parts = {str(i): unset_averages() for i in range(len(self.param_groups))}
-        return {**super()._initial_search_state(), "smoothing": {"joint": zero_averages(), **parts}}
+        return {
+            **super()._initial_search_state(),
+            "smoothing": {"joint": zero_averages(), **parts},
+            "part_of": list(range(len(self.param_groups))),
+        }
 
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
