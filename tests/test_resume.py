@@ -713,27 +713,33 @@ def test_each_process_resumes_with_its_own_generators_and_an_older_checkpoint_wi
     assert own_random_states(saved, 2) == "rank 0"
 
 
+def _post_fit_module() -> TinyRegression:
+    torch.manual_seed(0)
+    return make_module("adamw")
+
+
+def _extended_to_20_steps_equals_the_run_through_them(checkpoint) -> None:
+    """The fit from ``checkpoint`` to step 20 ends where one fit through 20 steps ends."""
+    fit = partial(trainer, deterministic=True, max_steps=20)
+    plain = _post_fit_module()
+    fit().fit(plain, data())
+    torch.manual_seed(99)  # a fresh process: whatever state the generators are in
+    extended = _post_fit_module()
+    fit().fit(extended, data(), ckpt_path=checkpoint)
+    assert extended.trainer.global_step == 20
+    for (key, a), b in zip(plain.named_parameters(), extended.parameters()):
+        assert torch.equal(a, b), key
+
+
 def test_a_checkpoint_saved_after_a_fit_stopped_inside_an_epoch_goes_on_at_its_next_batch(
     tmp_path,
 ):
     # trainer.save_checkpoint after fit returned from max_steps inside epoch 1: Lightning had
     # counted that epoch completed, and the extended run began epoch 2, skipping 5 batches
-    def module() -> TinyRegression:
-        torch.manual_seed(0)
-        return make_module("adamw")
-
-    fit = partial(trainer, deterministic=True)
-    plain = module()
-    fit(max_steps=20).fit(plain, data())
-    stopped = fit(max_steps=15)
-    stopped.fit(module(), data())
+    stopped = trainer(deterministic=True, max_steps=15)
+    stopped.fit(_post_fit_module(), data())
     stopped.save_checkpoint(tmp_path / "final.ckpt")
-    torch.manual_seed(1234)
-    extended = module()
-    fit(max_steps=20).fit(extended, data(), ckpt_path=tmp_path / "final.ckpt")
-    assert extended.trainer.global_step == 20
-    for (key, a), b in zip(plain.named_parameters(), extended.parameters()):
-        assert torch.equal(a, b), key
+    _extended_to_20_steps_equals_the_run_through_them(tmp_path / "final.ckpt")
 
 
 def test_a_checkpoint_saved_after_a_resumed_fit_that_trained_nothing_keeps_its_generators(
@@ -741,25 +747,15 @@ def test_a_checkpoint_saved_after_a_resumed_fit_that_trained_nothing_keeps_its_g
 ):
     # the resumed fit never reached on_train_start, where the held generators are restored:
     # its save kept the fresh process's, and the run extended from it drew other dropout masks
-    def module() -> TinyRegression:
-        torch.manual_seed(0)
-        return make_module("adamw")
-
-    fit = partial(trainer, deterministic=True)
-    plain = module()
-    fit(max_steps=20).fit(plain, data())
-    first = fit(max_steps=15)
-    first.fit(module(), data())
+    fit = partial(trainer, deterministic=True, max_steps=15)
+    first = fit()
+    first.fit(_post_fit_module(), data())
     first.save_checkpoint(tmp_path / "a.ckpt")
     torch.manual_seed(1234)
-    idle = fit(max_steps=15)
-    idle.fit(module(), data(), ckpt_path=tmp_path / "a.ckpt")  # nothing left to train
+    idle = fit()
+    idle.fit(_post_fit_module(), data(), ckpt_path=tmp_path / "a.ckpt")  # nothing to train
     idle.save_checkpoint(tmp_path / "b.ckpt")
-    torch.manual_seed(99)
-    extended = module()
-    fit(max_steps=20).fit(extended, data(), ckpt_path=tmp_path / "b.ckpt")
-    for (key, a), b in zip(plain.named_parameters(), extended.parameters()):
-        assert torch.equal(a, b), key
+    _extended_to_20_steps_equals_the_run_through_them(tmp_path / "b.ckpt")
 
 
 def test_last_checkpoint_bookkeeping_reads_this_process_s_generators(tmp_path):
