@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from lsframe import optim
 from lsframe.optim import make_closure
@@ -68,12 +68,18 @@ def train(
     return opt
 
 
-def shard(model: torch.nn.Sequential, mesh, root_owns_last: bool = False) -> torch.nn.Sequential:
+def shard(
+    model: torch.nn.Sequential,
+    mesh,
+    root_owns_last: bool = False,
+    mp_policy: MixedPrecisionPolicy | None = None,
+) -> torch.nn.Sequential:
     """``model`` with each Linear layer and then the whole sharded by FSDP2 (with
     ``root_owns_last``, the last Linear layer's parameters are the root module's own)."""
     linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    policy = {"mp_policy": mp_policy} if mp_policy is not None else {}
     for layer in [*(linears[:-1] if root_owns_last else linears), model]:
-        fully_shard(layer, mesh=mesh)
+        fully_shard(layer, mesh=mesh, **policy)
     return model
 
 
@@ -147,6 +153,19 @@ def main(out: str) -> None:
         train(reference, name, None)
         diff = max(float((a - b).abs().max()) for a, b in zip(full, reference.parameters()))
         results[f"{name}+root_params"] = {"max_diff": diff}
+        # under a bf16 mixed-precision policy the gathered copies are bf16 casts: the root's
+        # own parameters must be gathered afresh too, so where the root holds them cannot matter
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16)
+        runs = [
+            train_with_lsframe_closure(
+                shard(mlp(), mesh, root_owns_last=root, mp_policy=policy),
+                name,
+                slice(rank * half, (rank + 1) * half),
+            )
+            for root in (False, True)
+        ]
+        diff = max(float((a.full_tensor() - b.full_tensor()).abs().max()) for a, b in zip(*runs))
+        results[f"{name}+bf16_policy"] = {"max_diff": diff}
     if rank == 0:
         Path(out).write_text(json.dumps(results, indent=1))
     dist.destroy_process_group()

@@ -12,6 +12,12 @@ from helpers import two_process_results
 from lsframe import optim
 
 WORKER = Path(__file__).resolve().parent / "fsdp_worker.py"
+#: the searches whose trials run forwards, on one group (the worker's root-owned-layer cases)
+ROOT_PARAM_SEARCHES = [
+    n
+    for n in optim.line_searches()
+    if optim.info(n).forward_trials and optim.info(n).param_grouping != "parts"
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +48,21 @@ def test_bfloat16_shards_are_searched_from_a_copy_of_each_local_shard(name, fsdp
     assert result["searches"] > 0 and result["ranks_agree"] and result["finite"], result
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        n
-        for n in optim.line_searches()
-        if optim.info(n).forward_trials and optim.info(n).param_grouping != "parts"
-    ],
-)
+@pytest.mark.parametrize("name", ROOT_PARAM_SEARCHES)
 def test_every_trial_sees_the_moved_parameters_the_root_module_holds_itself(name, fsdp_results):
     # a forward under no_grad leaves the root module's own parameters gathered; lsframe's
     # closure reshards after each trial, else the next trial reused the gathered copy (0.25 to
     # 0.51 away from one process after 8 steps)
     assert fsdp_results[f"{name}+root_params"]["max_diff"] < 1e-5
+
+
+@pytest.mark.parametrize("name", ROOT_PARAM_SEARCHES)
+def test_under_a_bf16_mixed_precision_policy_where_the_root_holds_a_layer_does_not_matter(
+    name, fsdp_results
+):
+    # the gathered copies are bf16 casts there: the same steps wherever the last layer is held
+    # (0.25 to 0.51 apart without the reshard)
+    assert fsdp_results[f"{name}+bf16_policy"]["max_diff"] == 0.0
 
 
 def test_fsdp1_is_refused_for_optimizers_that_reduce_over_parameters():
