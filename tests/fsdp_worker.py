@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -69,17 +70,14 @@ def train(
 
 
 def shard(
-    model: torch.nn.Sequential,
-    mesh,
-    root_owns_last: bool = False,
-    mp_policy: MixedPrecisionPolicy | None = None,
+    model: torch.nn.Sequential, mesh, root_owns_last: bool = False, **fsdp_options: Any
 ) -> torch.nn.Sequential:
     """``model`` with each Linear layer and then the whole sharded by FSDP2 (with
-    ``root_owns_last``, the last Linear layer's parameters are the root module's own)."""
+    ``root_owns_last``, the last Linear layer's parameters are the root module's own;
+    ``fsdp_options`` go to every ``fully_shard``)."""
     linears = [m for m in model if isinstance(m, torch.nn.Linear)]
-    policy = {"mp_policy": mp_policy} if mp_policy is not None else {}
     for layer in [*(linears[:-1] if root_owns_last else linears), model]:
-        fully_shard(layer, mesh=mesh, **policy)
+        fully_shard(layer, mesh=mesh, **fsdp_options)
     return model
 
 
@@ -153,6 +151,12 @@ def main(out: str) -> None:
         train(reference, name, None)
         diff = max(float((a - b).abs().max()) for a, b in zip(full, reference.parameters()))
         results[f"{name}+root_params"] = {"max_diff": diff}
+        # every module left gathered after its forward, not the root's alone
+        model = shard(mlp(), mesh, reshard_after_forward=False)
+        held = train_with_lsframe_closure(model, name, slice(rank * half, (rank + 1) * half))
+        full = [p.full_tensor() for p in held]
+        diff = max(float((a - b).abs().max()) for a, b in zip(full, reference.parameters()))
+        results[f"{name}+kept_gathered"] = {"max_diff": diff}
         # under a bf16 mixed-precision policy the gathered copies are bf16 casts: the root's
         # own parameters must be gathered afresh too, so where the root holds them cannot matter
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16)

@@ -57,6 +57,14 @@ def test_every_trial_sees_the_moved_parameters_the_root_module_holds_itself(name
 
 
 @pytest.mark.parametrize("name", ROOT_PARAM_SEARCHES)
+def test_every_trial_sees_the_moved_parameters_of_modules_sharded_to_stay_gathered(
+    name, fsdp_results
+):
+    # ``reshard_after_forward=False`` on every module: all of them stay gathered after a trial
+    assert fsdp_results[f"{name}+kept_gathered"]["max_diff"] < 1e-5
+
+
+@pytest.mark.parametrize("name", ROOT_PARAM_SEARCHES)
 def test_under_a_bf16_mixed_precision_policy_where_the_root_holds_a_layer_does_not_matter(
     name, fsdp_results
 ):
