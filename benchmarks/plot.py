@@ -8,6 +8,12 @@ its sufficient-decrease ratios and its trials per step, and a step-size tracker'
 (first seed of each optimizer).
 
 python -m benchmarks.plot benchmarks/results/step_sizes_sst2_cpu.runs.jsonl
+
+``--default-steps PNG`` draws the learning-rate-free default's steps against AdamW's instead,
+one panel per run log:
+
+python -m benchmarks.plot --default-steps benchmarks/results/default_steps_m_cpu.png \\
+    benchmarks/results/quality_m_{sst2,mrpc,rte}_cpu.runs.jsonl
 """
 
 from __future__ import annotations
@@ -59,15 +65,13 @@ def plot_quality(result: dict, out: Path) -> None:
 
 
 def best_adamw(rows: list[dict]) -> str | None:
-    """The AdamW grid point (``adamw@<lr>``) with the best mean dev metric, if the log has one."""
-    grid = {r["optimizer"] for r in rows if r["optimizer"].startswith("adamw@")}
+    """The AdamW grid point with the best mean dev metric, as the quality tables pick it
+    (``benchmarks.quality.best_grid_point``: a pilot such as ``adamw@3e-4`` or a marked
+    diagnostic row such as ``adamw@1e-4^late_half`` is none), if the log has one."""
+    from benchmarks.quality import best_grid_point  # torch and lsframe only here
+
     metric = next((k for k in ("acc", "dev_acc", "f1") if any(k in r for r in rows)), None)
-
-    def score(spec: str) -> float:
-        values = [r[metric] for r in rows if r["optimizer"] == spec and metric in r]
-        return statistics.fmean(values) if values else float("-inf")
-
-    return max(sorted(grid), key=score) if grid and metric else None
+    return best_grid_point(rows, metric) if metric else None
 
 
 def plot_step_sizes(rows: list[dict], out: Path) -> None:
@@ -129,6 +133,52 @@ def plot_step_sizes(rows: list[dict], out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
+def plot_default_steps(logs: dict[str, list[dict]], spec: str, out: Path) -> None:
+    """One panel per run log (a task): the step each of ``spec``'s seeds takes, its η times the
+    schedule's multiplier (η alone is what its run log holds; the multiplier is the best AdamW
+    row's step size over its lr, the same warmup and cosine over the same steps), against
+    AdamW's step at the grid's best lr and, where that is not its top, at 1e-4, with each row's
+    mean dev accuracy in the legend."""
+    from benchmarks.specs import logged_as
+
+    fig, axes = plt.subplots(1, len(logs), figsize=(5 * len(logs), 4.2), squeeze=False)
+    for ax, (task, rows) in zip(axes[0], logs.items()):
+        rows = [r for r in rows if r.get("per_step")]
+        adamw = best_adamw(rows)
+        reference = next(r for r in rows if r["optimizer"] == adamw)
+        schedule = next(iter(reference["per_step"]["step_size"].values()))
+        multiplier = [v / float(adamw.partition("@")[2]) for v in schedule]
+        runs = [
+            r
+            for r in rows
+            if r["optimizer"] == logged_as(spec, len(schedule)) and len(r["per_step"]["step_size"])
+        ]
+        accuracy = statistics.fmean(r["acc"] for r in runs)
+        for i, run in enumerate(sorted(runs, key=lambda r: r.get("seed", 0))):
+            eta = next(iter(run["per_step"]["step_size"].values()))
+            step = [e * m for e, m in zip(eta, multiplier)]
+            label = f"the default, {len(runs)} seeds ({accuracy:.3f})" if i == 0 else None
+            ax.plot(range(1, len(step) + 1), step, color="tab:blue", lw=1, alpha=0.8, label=label)
+        references = {adamw: "k--"}
+        references.setdefault("adamw@1e-4", "k:")
+        for name, style in references.items():
+            seeds = [r for r in rows if r["optimizer"] == name]
+            if not seeds:
+                continue
+            mean = statistics.fmean(r["acc"] for r in seeds)
+            values = next(iter(seeds[0]["per_step"]["step_size"].values()))
+            ax.plot(range(1, len(values) + 1), values, style, lw=1.3, label=f"{name} ({mean:.3f})")
+        ax.set(yscale="log", ylim=(1e-6, 3e-4), xlabel="step", title=task)
+        ax.legend(fontsize=8, loc="lower left")
+    axes[0][0].set_ylabel("step size (η × the schedule's multiplier)")
+    fig.suptitle(
+        f"{out.stem}: the learning-rate-free default's step against AdamW's (mean dev accuracy)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def alignments(row: dict) -> list[float | None]:
     """A step-size tracker's per-step alignment (empty for the other optimizers)."""
     return row["per_step"].get("alignment") or []
@@ -142,7 +192,26 @@ def main() -> None:
         "(<name>.png beside it) or a quality run log, <name>.runs.jsonl (its step sizes)."
     )
     parser.add_argument("results", nargs="+", help="*.json results or *.runs.jsonl run logs")
-    for name in parser.parse_args().results:
+    parser.add_argument(
+        "--default-steps",
+        metavar="PNG",
+        help="instead: one figure of the default's steps against AdamW's, a panel per run log",
+    )
+    arguments = parser.parse_args()
+    if arguments.default_steps:
+        from benchmarks.common import read_run_log
+        from benchmarks.specs import DEFAULT
+
+        logs = {}
+        for name in arguments.results:
+            if not Path(name).is_file():
+                parser.error(f"no such file {name}")
+            task = Path(name).name.removeprefix("quality_").removesuffix(".runs.jsonl")
+            logs[task] = read_run_log(Path(name))
+        plot_default_steps(logs, DEFAULT, Path(arguments.default_steps))
+        print(f"wrote {arguments.default_steps}")
+        return
+    for name in arguments.results:
         path = Path(name)
         if not path.is_file():
             parser.error(f"no such file {name}")

@@ -68,6 +68,11 @@ for task in sst2 mrpc rte; do
   OMP_NUM_THREADS=1 python -m benchmarks.quality --setting S --task $task --seeds 0 1 2 3 4 \
     --no-schedulefree --optimizers salsa+package
 done
+# the default's steps against AdamW's, every seed, one panel per task (README's figure)
+for setting in s m; do
+  python -m benchmarks.plot --default-steps benchmarks/results/default_steps_${setting}_cpu.png \
+    benchmarks/results/quality_${setting}_{sst2,mrpc,rte}_cpu.runs.jsonl
+done
 # issue 19: step cost (300 and 1,000 steps, breakdown, memory) and time to target: AdamW(foreach)
 # as the base, torch's fused AdamW beside it (small BERT), the tracker eager, with the strided
 # alignment (+sampled) and fused

@@ -112,6 +112,36 @@ class _Regression(torch.nn.Module):
         return SimpleNamespace(loss=torch.nn.functional.mse_loss(self.linear(x).squeeze(-1), y))
 
 
+def test_the_default_steps_plot_draws_eta_times_the_best_grid_points_multiplier(tmp_path):
+    pytest.importorskip("matplotlib")
+    from benchmarks.plot import plot_default_steps, plt
+    from benchmarks.specs import BURN_IN_DEFAULT, DEFAULT
+
+    def logged(optimizer: str, seed: int, acc: float, step_sizes: list[float]) -> dict:
+        return {**row(optimizer, seed, acc), "per_step": {"step_size": {"0": step_sizes}}}
+
+    rows = [
+        logged("adamw@5e-5", 0, 0.70, [2.5e-5, 5e-5, 2.5e-5]),  # the multiplier: 0.5, 1, 0.5
+        logged("adamw@1e-4", 0, 0.60, [5e-5, 1e-4, 5e-5]),
+        # a diagnostic row and a pilot outside the grid score higher: neither is its best point
+        logged("adamw@1e-4^late_half", 0, 0.90, [5e-5, 5e-5, 2.5e-5]),
+        logged("adamw@3e-4", 0, 0.95, [1.5e-4, 3e-4, 1.5e-4]),
+        # the default's runs of at most 375 steps are logged under the spec before the long-run
+        # start; its η is logged without the multiplier
+        logged(BURN_IN_DEFAULT, 0, 0.65, [1e-4, 8e-5, 6e-5]),
+        logged(BURN_IN_DEFAULT, 1, 0.67, [1e-4, 1e-4, 1e-4]),
+    ]
+    plot_default_steps({"m_task": rows}, DEFAULT, tmp_path / "steps.png")
+    (ax,) = plt.gcf().axes
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    assert lines["the default, 2 seeds (0.660)"] == pytest.approx([5e-5, 8e-5, 3e-5])
+    assert lines["adamw@5e-5 (0.700)"] == [2.5e-5, 5e-5, 2.5e-5]
+    assert lines["adamw@1e-4 (0.600)"] == [5e-5, 1e-4, 5e-5]
+    seed_1 = [y for label, y in lines.items() if label.startswith("_")]
+    assert seed_1 == [pytest.approx([5e-5, 1e-4, 5e-5])]
+    assert ax.get_title() == "m_task" and (tmp_path / "steps.png").stat().st_size > 0
+
+
 def test_an_annealed_spec_moves_by_the_tracked_step_times_a_cosine_that_ends_at_zero():
     torch.manual_seed(0)
     total = 6
