@@ -765,3 +765,74 @@ def test_last_checkpoint_bookkeeping_reads_this_process_s_generators(tmp_path):
     callback = BestAndLastCheckpoint(dirpath=tmp_path, save_last=True)
     callback.on_load_checkpoint(SimpleNamespace(global_rank=1), None, {"lsframe": saved})
     assert callback._resumed_random == "rank 1"
+
+
+class _StopAfter(Callback):
+    """Asks the fit to stop at the end of its ``batches``-th training batch, as the Trainer's
+    ``max_time`` does (``Timer`` sets ``should_stop`` at a batch's end)."""
+
+    def __init__(self, batches: int) -> None:
+        self.batches, self.seen = batches, 0
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        self.seen += 1
+        if self.seen == self.batches:
+            trainer.should_stop = True
+
+
+def _lsframe_validation_data() -> torch.utils.data.DataLoader:
+    from lsframe.data.resumable import make_loader
+
+    return make_loader(regression_data(8), batch_size=8, shuffle=False)
+
+
+def _stopped_and_resumed_equals_the_run_through(stop_after: int, tmp_path, **settings) -> None:
+    """A fit asked to stop after ``stop_after`` batches, then resumed from its last.ckpt and
+    from a save after ``fit`` returned, ends where the fit through 8 steps ends."""
+    fit = partial(_validating, **settings)
+    torch.manual_seed(0)
+    uninterrupted = _accumulating()
+    fit().fit(uninterrupted, data(), _lsframe_validation_data())
+    torch.manual_seed(0)
+    last = BestAndLastCheckpoint(dirpath=tmp_path, save_last=True)
+    stopped = fit(callbacks=[_StopAfter(stop_after), last], enable_checkpointing=True)
+    stopped.fit(_accumulating(), data(), _lsframe_validation_data())
+    assert 0 < stopped.global_step < 8
+    stopped.save_checkpoint(tmp_path / "after_fit.ckpt")
+    for name in ("last.ckpt", "after_fit.ckpt"):
+        torch.manual_seed(1234)
+        resumed = _accumulating()
+        fit().fit(resumed, data(), _lsframe_validation_data(), ckpt_path=tmp_path / name)
+        for (key, a), b in zip(uninterrupted.named_parameters(), resumed.parameters()):
+            assert torch.equal(a, b), (name, key)
+
+
+def test_a_stop_asked_between_two_micro_batches_waits_for_the_step(tmp_path):
+    # max_time's stop after batch 3, the first micro-batch of step 2, saved the loader past it
+    # and dropped its gradients: the resume never trained it, and every later step paired other
+    # batches (SaLSA 0.77 away after 12 steps). The fit now stops once the step is taken
+    _stopped_and_resumed_equals_the_run_through(3, tmp_path, val_check_interval=4)
+
+
+def test_a_stop_between_validations_resumes_without_the_validation_lightning_adds(tmp_path):
+    # a fit asked to stop runs one more validation: its loader's iterator drew a base seed from
+    # torch's generator before the checkpoint saved it, so the resume's dropout masks differed
+    _stopped_and_resumed_equals_the_run_through(2, tmp_path, val_check_interval=5)
+
+
+def test_a_checkpoint_at_the_end_of_an_epoch_without_a_validation_resumes_exactly(tmp_path):
+    # the restart's bookkeeping at an epoch's end opens the validation loader although this
+    # epoch had no validation (every second epoch has one): one draw the run never made
+    every_ten = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=10, save_top_k=-1)
+    fit = partial(trainer, deterministic=True, max_steps=20, check_val_every_n_epoch=2)
+    torch.manual_seed(0)
+    uninterrupted = Validated(model=mlp(dropout=0.2), optimizer=optim.SGDSLS)
+    fit(callbacks=[every_ten], enable_checkpointing=True).fit(
+        uninterrupted, data(), _lsframe_validation_data()
+    )
+    torch.manual_seed(1234)
+    resumed = Validated(model=mlp(dropout=0.2), optimizer=optim.SGDSLS)
+    (epoch_end,) = tmp_path.glob("*step=10.ckpt")  # epoch 0's last batch: 10 batches an epoch
+    fit().fit(resumed, data(), _lsframe_validation_data(), ckpt_path=epoch_end)
+    for (key, a), b in zip(uninterrupted.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), key

@@ -288,9 +288,14 @@ def make_loader(
     dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, **kwargs: Any
 ) -> DataLoader:
     """A training loader (``shuffle=True``: resumable, ordered by ``seed`` and epoch) or an
-    evaluation loader (in dataset order)."""
+    evaluation loader (in dataset order). An evaluation loader has a generator of its own: each
+    of its iterators draws a base seed, which from torch's global generator would move the
+    dropout masks of the training after every validation, and a validation that a resumed run
+    does not repeat (one Lightning adds when a fit is asked to stop, or its restart's
+    bookkeeping at an epoch's end) would move them apart from the uninterrupted run's."""
     if shuffle:
         return ResumableDataLoader(
             dataset, batch_size=batch_size, shuffle=True, seed=seed, **kwargs
         )
+    kwargs.setdefault("generator", torch.Generator())
     return DataLoader(dataset, batch_size=batch_size, **kwargs)

@@ -53,6 +53,7 @@ from lsframe.modules.schedulers import (
     step_schedulers,
 )
 from lsframe.modules.step_logging import hide_written_step, log_step, logs_now
+from lsframe.modules.stopping import HeldStop
 from lsframe.optim import info_for, innermost_optimizer, set_run_length, start_pass
 from lsframe.optim._sharded import reshard
 from lsframe.optim.closure import StepRandomState, check_loss
@@ -130,6 +131,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         self.nonfinite_loss = nonfinite_loss
         self.lr_distribution = lr_distribution
         self._micro_batches: list[Any] = []
+        self._held_stop = HeldStop()
         self._step_log_pending = False
         self._skipped_steps = 0
         self._resume_random = ResumeRandomState()
@@ -280,9 +282,15 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         policy.check_steps_taken(self, outputs, batch_idx)
+        self._held_stop.update(self.trainer, pending=bool(self._micro_batches))
+
+    def on_validation_end(self) -> None:
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self._held_stop.update(self.trainer, pending=bool(self._micro_batches))
 
     def on_train_start(self) -> None:
         self._steps_at_start, self._own_step_ran = self.trainer.global_step, False
+        self._held_stop = HeldStop()
         check_line_search_schedulers(self.trainer, self)
         warn_exception_checkpoint(self.trainer)
         restore_loader_position(self.trainer)  # first: a new iterator may draw a base seed
