@@ -394,3 +394,19 @@ def test_a_subclass_training_step_that_takes_no_step_is_refused_after_the_first_
     skipping = SkipsFirst(optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     trainer(max_epochs=1).fit(skipping, loader(16, 4))
     assert skipping.trainer.global_step == 3
+
+
+def test_two_optimizers_are_refused_before_the_first_step_by_name():
+    # configure_optimizers returning a list reached the step as a list: an AttributeError on
+    # 'warn_without_gradients' at the first batch
+    from lsframe.errors import ConfigError
+
+    class TwoOptimizers(TinyRegression):
+        def configure_optimizers(self):
+            layers = [m for m in self.model if isinstance(m, torch.nn.Linear)]
+            return [torch.optim.SGD(layer.parameters(), lr=0.1) for layer in layers[:2]]
+
+    module = TwoOptimizers(optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    with pytest.raises(ConfigError, match="returned 2: give the parts param groups") as error:
+        trainer(max_epochs=1).fit(module, loader(16, 4))
+    assert error.value.where == "configure_optimizers" and module.trainer.global_step == 0

@@ -48,7 +48,9 @@ What it does, for an optimizer whose registry record ``searches`` (:func:`lsfram
 * **Logs.** Every training log gets ``step_size``, the step size the search accepted in the last
   step (group 0), and ``step_size/<group name or index>`` for each group when the groups' step
   sizes differ (PLASLS's parts); Trainer's ``learning_rate`` is that step size times the
-  schedule's multiplier, the step actually taken. The last step's search diagnostics come too:
+  schedule's multiplier, the step actually taken (after a failed search or a rejected step,
+  where none was taken, the step size the next search starts from). The last step's search
+  diagnostics come too:
   ``linesearch/trials``, ``linesearch/failed_searches``, ``linesearch/sufficient_decrease_ratio``.
 * **bf16.** With ``bf16=True`` the step runs under bf16 autocast, so a search evaluates its loss
   at x and its trials in fp32, through the model's forward without accelerate's autocast

@@ -289,6 +289,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
             self._held_stop.update(self.trainer, pending=bool(self._micro_batches))
 
     def on_train_start(self) -> None:
+        policy.check_one_optimizer(self.trainer)
         self._steps_at_start, self._own_step_ran = self.trainer.global_step, False
         self._held_stop = HeldStop()
         check_line_search_schedulers(self.trainer, self)

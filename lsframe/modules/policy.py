@@ -107,6 +107,19 @@ def check_fit(trainer: pl.Trainer) -> None:
     )
 
 
+def check_one_optimizer(trainer: pl.Trainer) -> None:
+    """A ClosureModule steps one optimizer, through one closure: several (a
+    ``configure_optimizers`` that returns a list) are refused before the first step."""
+    count = len(trainer.optimizers)
+    if count != 1:
+        raise ConfigError(
+            f"a ClosureModule steps one optimizer, and configure_optimizers returned {count}: "
+            "give the parts param groups of one optimizer instead (each group's lr_multiplier "
+            "scales its step)",
+            where="configure_optimizers",
+        )
+
+
 def check_steps_taken(module: Any, outputs: Any, batch_idx: int) -> None:
     """After a step's worth of batches: a subclass whose ``training_step`` returned a loss, as
     under automatic optimization, and neither ran the ClosureModule's nor stepped an optimizer
