@@ -219,6 +219,31 @@ def test_step_size_logs_the_lr_the_update_used_and_linesearch_step_size_the_sear
         assert float(row["step_size/all"]) == pytest.approx(searched * 0.5 ** (t + 1), rel=1e-6)
 
 
+def test_a_plasls_merge_step_logs_the_step_sizes_it_used_not_the_merged_mean(tmp_path: Path):
+    # the merge after the update set the merged parts to their mean, which the logs showed as
+    # the step (3 to 12 times off on a tiny BERT); a plain run's first step used the same sizes
+    def plasls(merge_below):
+        def create(groups):
+            tensors = [p for group in groups for p in group["params"]]  # a part per tensor
+            lrs = [0.01, 0.1, 0.05, 0.2]  # part p0 falls below 0.03 and joins p2
+            parts = [{"params": [p], "name": f"p{i}", "lr": lrs[i]} for i, p in enumerate(tensors)]
+            return PLASLS(parts, joint_steps=0, merge_below=merge_below)
+
+        return create
+
+    plain = trainer(max_steps=1)
+    plain.fit(TinyRegression(optimizer=plasls(None)), train_dataloaders=loader(64, 4))
+    used = plain.optimizers[0].param_groups
+    merging = TinyRegression(optimizer=plasls(0.03))
+    fit, rows = logged_rows(merging, tmp_path, "train/loss", max_steps=1, log_every_n_steps=1)
+    merged = [group["step_size"] for group in fit.optimizers[0].param_groups]
+    assert merged != [group["step_size"] for group in used]  # the setup: a merge took place
+    for group in used:
+        logged = float(rows[0][f"linesearch/step_size/{group['name']}"])
+        assert logged == pytest.approx(group["step_size"], rel=1e-6)
+        assert float(rows[0][f"step_size/{group['name']}"]) == pytest.approx(group["lr"], rel=1e-6)
+
+
 def test_under_accumulation_each_optimizer_step_is_logged_once(tmp_path: Path):
     # Lightning logged the last step's values again on every micro-batch that took no step
     module = TinyRegression(optimizer=lambda p: SGDSLS(p), accumulate_grad_batches=5)

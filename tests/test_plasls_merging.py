@@ -87,7 +87,12 @@ def test_a_part_below_merge_below_joins_the_part_with_the_next_smallest_step_siz
     )
     # the joining part takes its neighbour's rule, so one rule drives the merged part
     assert merging.param_groups[2]["c"] == 0.1 and merging.param_groups[2]["gamma"] == 2.0
-    assert [g["lr"] for g in merging.param_groups] == merged
+    assert [g["lr"] for g in merging.param_groups] == merged  # where the next search starts
+    # what the step used is what it reports, not the mean the merged parts' search starts from
+    assert merging.last_step["step_sizes"] == sizes
+    from lsframe.integrations.hf import step_size_logs  # Trainer's logs read the same
+
+    assert [step_size_logs(merging)[f"step_size/{i}"] for i in range(4)] == sizes
 
 
 def test_merged_parts_move_with_one_step_size_and_are_searched_together():

@@ -136,11 +136,13 @@ def step_size_logs(optimizer: Optimizer) -> dict[str, float]:
     its last step (``optimizer.last_step``), ``linesearch/trials``, ``linesearch/failed_searches``
     (cumulative) and, when a search accepted a trial, ``linesearch/sufficient_decrease_ratio``."""
     groups = optimizer.param_groups
-    logs = {"step_size": float(groups[0]["step_size"])}
-    if any(g["step_size"] != groups[0]["step_size"] for g in groups[1:]):
-        for i, group in enumerate(groups):
-            logs[f"step_size/{group.get('name', i)}"] = float(group["step_size"])
     last = getattr(optimizer, "last_step", None)
+    taken = last.get("step_sizes") if isinstance(last, dict) else None
+    sizes = taken if taken is not None else [g["step_size"] for g in groups]
+    logs = {"step_size": float(sizes[0])}
+    if any(size != sizes[0] for size in sizes[1:]):
+        for i, (group, size) in enumerate(zip(groups, sizes)):
+            logs[f"step_size/{group.get('name', i)}"] = float(size)
     if isinstance(last, dict):
         logs["linesearch/trials"] = float(last["trials"])
         logs["linesearch/failed_searches"] = float(optimizer.search_state["failed_searches"])

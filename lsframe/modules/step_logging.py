@@ -41,11 +41,18 @@ def log_step(
     the closure's ``evaluations``, and what ``optimizer`` and the precision plugin report."""
     module.log("train/loss", loss, prog_bar=True)
     module.log("train/closure_evals", float(evaluations))
+    last = getattr(optimizer, "last_step", None)  # a line search's per-step diagnostics
+    taken = last.get("step_sizes") if isinstance(last, dict) else None
     for i, group in enumerate(optimizer.param_groups):
         name = group.get("name", str(i))
-        module.log(f"step_size/{name}", float(group["lr"]), prog_bar=i == 0)
-        if "step_size" in group and "lr_multiplier" in group:  # searched or tracked η
-            module.log(f"linesearch/step_size/{name}", float(group["step_size"]))
+        searched = "step_size" in group and "lr_multiplier" in group  # searched or tracked η
+        # the step the update used: a rule may move ``step_size`` (and ``lr``) after it, to
+        # where its next search starts (PLASLS's merges)
+        size = taken[i] if searched and taken is not None else group.get("step_size")
+        lr = size * group["lr_multiplier"] if searched else group["lr"]
+        module.log(f"step_size/{name}", float(lr), prog_bar=i == 0)
+        if searched:
+            module.log(f"linesearch/step_size/{name}", float(size))
     if module.nonfinite_loss == "skip":
         module.log("train/skipped_steps", float(module._skipped_steps))
     fp16 = fp16_plugin(module._trainer)
@@ -55,7 +62,6 @@ def log_step(
     search = getattr(optimizer, "state", {}).get("line_search")
     if isinstance(search, dict) and "rejected_steps" in search:
         module.log("train/rejected_steps", float(search["rejected_steps"]))
-    last = getattr(optimizer, "last_step", None)  # a line search's per-step diagnostics
     if isinstance(last, dict) and isinstance(search, dict):
         module.log("linesearch/trials", float(last["trials"]))
         module.log("linesearch/failed_searches", float(search["failed_searches"]))

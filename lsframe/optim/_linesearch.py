@@ -264,10 +264,16 @@ class LineSearchOptimizer(SearchGroups, Optimizer):
                 state["rejected_steps"] += 1
                 record["rejected"] = True
         self._start = self._start_params = None  # the copy lives for one step
+        record["step_sizes"] = self._step_sizes_taken()
         self._write_lr()
         record["trials"] = state["forwards"] - forwards
-        record["step_sizes"] = [float(group["step_size"]) for group in self.param_groups]
         return loss
+
+    def _step_sizes_taken(self) -> list[float]:
+        """Each group's step size in the step just taken (on a failed or rejected step, where
+        none was, the one the next search starts from): its ``step_size``, unless the rule
+        changed that after its update (PLASLS's merges)."""
+        return [float(group["step_size"]) for group in self.param_groups]
 
     #: Warn when a closure ran and no parameter has a gradient (False: the caller's closure
     #: drops them on purpose, as lsframe's modules do for ``nonfinite_loss="skip"``).

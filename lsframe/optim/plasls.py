@@ -201,7 +201,14 @@ class PLASLS(LineSearchOptimizer):
         joint = step - 1 < self.shared("joint_steps")
         averaged_as = "joint" if joint else str(searched[0])
         search_parts_then_adam_step(self, loss, forward, groups, searched, averaged_as)
+        self._taken = [float(group["step_size"]) for group in self.param_groups]
         self._merge_smallest_part()
+
+    def _step_sizes_taken(self) -> list[float]:
+        # a merge after the update set the merged parts' step size (and lr) to where their
+        # next search starts: the step itself used these
+        taken, self._taken = getattr(self, "_taken", None), None
+        return taken if taken is not None else super()._step_sizes_taken()
 
     def _merge_smallest_part(self) -> None:
         """Merge the part with the smallest step size below its ``merge_below``, if any, into
