@@ -284,6 +284,35 @@ def test_a_step_without_a_search_logs_a_nan_ratio_not_the_last_searchs(tmp_path:
     assert all(math.isnan(float(r["linesearch/sufficient_decrease_ratio"])) for r in skipped)
 
 
+class RecordAlignments(pl.Callback):
+    def __init__(self) -> None:
+        self.alignments: list[float | None] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        self.alignments.append(trainer.optimizers[0].last_step["alignment"])
+
+
+def test_the_default_optimizers_slope_is_logged_each_step_in_the_module_and_trainer(
+    tmp_path: Path,
+):
+    # the statistic that moves SlopeTrackingAdam's step size was in no log: its trials, failures
+    # and ratio are constant (0, 0, NaN)
+    from lsframe.integrations.hf import step_size_logs
+    from lsframe.optim import SlopeTrackingAdam
+
+    record = RecordAlignments()
+    module = TinyRegression(optimizer=lambda p: SlopeTrackingAdam(p))
+    fit, rows = logged_rows(
+        module, tmp_path, "train/loss", max_steps=4, log_every_n_steps=1, callbacks=[record]
+    )
+    logged = [float(row["linesearch/alignment"]) for row in rows]
+    assert record.alignments[0] is None and math.isnan(logged[0])  # no last step to judge yet
+    assert all(a is not None for a in record.alignments[1:])
+    assert logged[1:] == pytest.approx(record.alignments[1:], rel=1e-6)
+    logs = step_size_logs(fit.optimizers[0])
+    assert logs["linesearch/alignment"] == record.alignments[-1]
+
+
 def test_trainer_logs_carry_the_last_steps_diagnostics():
     pytest.importorskip("accelerate")
     from lsframe.integrations.hf import step_size_logs

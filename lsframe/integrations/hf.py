@@ -51,7 +51,8 @@ What it does, for an optimizer whose registry record ``searches`` (:func:`lsfram
   schedule's multiplier, the step actually taken (after a failed search or a rejected step,
   where none was taken, the step size the next search starts from). The last step's search
   diagnostics come too:
-  ``linesearch/trials``, ``linesearch/failed_searches``, ``linesearch/sufficient_decrease_ratio``.
+  ``linesearch/trials``, ``linesearch/failed_searches``, ``linesearch/sufficient_decrease_ratio``
+  (SlopeTrackingAdam: ``linesearch/alignment``).
 * **bf16.** With ``bf16=True`` the step runs under bf16 autocast, so a search evaluates its loss
   at x and its trials in fp32, through the model's forward without accelerate's autocast
   (:mod:`lsframe.integrations._hf_precision`); Trainer's own forward and backward stay bf16.
@@ -134,7 +135,8 @@ def step_size_logs(optimizer: Optimizer) -> dict[str, float]:
     """``step_size`` (group 0's accepted step size) and, when the groups' step sizes differ,
     ``step_size/<group name or index>`` for each group; with the line search's diagnostics of
     its last step (``optimizer.last_step``), ``linesearch/trials``, ``linesearch/failed_searches``
-    (cumulative) and, when a search accepted a trial, ``linesearch/sufficient_decrease_ratio``."""
+    (cumulative), when a search accepted a trial ``linesearch/sufficient_decrease_ratio``, and a
+    step-size tracker's ``linesearch/alignment``."""
     groups = optimizer.param_groups
     last = getattr(optimizer, "last_step", None)
     taken = last.get("step_sizes") if isinstance(last, dict) else None
@@ -146,9 +148,9 @@ def step_size_logs(optimizer: Optimizer) -> dict[str, float]:
     if isinstance(last, dict):
         logs["linesearch/trials"] = float(last["trials"])
         logs["linesearch/failed_searches"] = float(optimizer.search_state["failed_searches"])
-        ratio = last["sufficient_decrease_ratio"]
-        if ratio is not None:
-            logs["linesearch/sufficient_decrease_ratio"] = float(ratio)
+        for key in ("sufficient_decrease_ratio", "alignment"):  # alignment: a tracker's
+            if last.get(key) is not None:
+                logs[f"linesearch/{key}"] = float(last[key])
     return logs
 
 

@@ -68,3 +68,6 @@ def log_step(
         # NaN on a step with no accepted search (a key left out would repeat its last value)
         ratio = last["sufficient_decrease_ratio"]
         module.log("linesearch/sufficient_decrease_ratio", float("nan") if ratio is None else ratio)
+        if "alignment" in last:  # a step-size tracker's slope along its last step
+            alignment = last["alignment"]
+            module.log("linesearch/alignment", float("nan") if alignment is None else alignment)
