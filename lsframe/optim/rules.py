@@ -298,7 +298,9 @@ def reset_step_size(
 
 def sufficient_decrease_ratio(decrease: float, step_size: float, slope: float) -> float | None:
     """``D / (η · s)``: the decrease the rule tests at the accepted trial point per unit of the
-    decrease its right-hand side scales with, so that a search accepts when it is ``≥ c``.
+    decrease its right-hand side scales with, so that a search accepts when it is ``≥ c`` (with
+    ``s < 0``, where ALSALS's condition takes ``c' = 1/c``, dividing by ``η · s`` turns it round:
+    an accepted search then reads ``≤ 1/c``).
 
     ``D`` and ``s`` are what the rule's condition compares, passed to ``_search`` by the rule:
     ``f(x) − f(x − η d)`` and ``⟨g, d⟩`` for the Armijo and Goldstein conditions of SGDSLS,
