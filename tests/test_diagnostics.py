@@ -313,6 +313,33 @@ def test_the_default_optimizers_slope_is_logged_each_step_in_the_module_and_trai
     assert logs["linesearch/alignment"] == record.alignments[-1]
 
 
+def test_a_rejected_step_of_the_default_optimizer_logs_no_alignment_not_the_last_one(
+    tmp_path: Path,
+):
+    # its record had no alignment key on a step the rule never reached: the log repeated the
+    # last step's, and the benchmarks' column fell one entry short
+    from lsframe.optim import SlopeTrackingAdam
+
+    class NaNAtStep(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.global_step == 2:
+                batch[1].fill_(float("nan"))
+
+    record = RecordAlignments()
+    module = TinyRegression(optimizer=lambda p: SlopeTrackingAdam(p), nonfinite_loss="skip")
+    _, rows = logged_rows(
+        module,
+        tmp_path,
+        "train/loss",
+        max_steps=4,
+        log_every_n_steps=1,
+        callbacks=[NaNAtStep(), record],
+    )
+    logged = [float(row["linesearch/alignment"]) for row in rows]
+    assert record.alignments[2] is None and record.alignments[1] is not None
+    assert math.isnan(logged[2]) and not math.isnan(logged[1])
+
+
 def test_trainer_logs_carry_the_last_steps_diagnostics():
     pytest.importorskip("accelerate")
     from lsframe.integrations.hf import step_size_logs

@@ -92,7 +92,10 @@ def test_a_part_below_merge_below_joins_the_part_with_the_next_smallest_step_siz
     assert merging.last_step["step_sizes"] == sizes
     from lsframe.integrations.hf import step_size_logs  # Trainer's logs read the same
 
-    assert [step_size_logs(merging)[f"step_size/{i}"] for i in range(4)] == sizes
+    logs = step_size_logs(merging)
+    assert [logs[f"step_size/{i}"] for i in range(4)] == sizes
+    # and Trainer's learning_rate, which its scheduler reads from the merged lr
+    assert logs["learning_rate"] == sizes[0] * merging.param_groups[0]["lr_multiplier"]
 
 
 def test_merged_parts_move_with_one_step_size_and_are_searched_together():

@@ -836,3 +836,47 @@ def test_a_checkpoint_at_the_end_of_an_epoch_without_a_validation_resumes_exactl
     fit().fit(resumed, data(), _lsframe_validation_data(), ckpt_path=epoch_end)
     for (key, a), b in zip(uninterrupted.named_parameters(), resumed.parameters()):
         assert torch.equal(a, b), key
+
+
+def test_a_stop_asked_by_a_validation_between_two_micro_batches_waits_for_the_step(tmp_path):
+    # EarlyStopping at the validation after batch 3 (inside step 2): a save after fit returned
+    # held the loader past batch 3 (0.77 away); its hold runs at the validation's end
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    stop = EarlyStopping("val/loss", stopping_threshold=1e9)  # stops at its first check
+    fit = partial(_validating, val_check_interval=3)
+    torch.manual_seed(0)
+    uninterrupted = _accumulating()
+    fit().fit(uninterrupted, data(), _lsframe_validation_data())
+    torch.manual_seed(0)
+    stopped = fit(callbacks=[stop])
+    stopped.fit(_accumulating(), data(), _lsframe_validation_data())
+    assert stopped.global_step == 2  # the step after the validation's micro-batch is taken
+    stopped.save_checkpoint(tmp_path / "after_fit.ckpt")
+    torch.manual_seed(1234)
+    resumed = _accumulating()
+    fit().fit(resumed, data(), _lsframe_validation_data(), ckpt_path=tmp_path / "after_fit.ckpt")
+    for (key, a), b in zip(uninterrupted.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), key
+
+
+def test_every_evaluation_set_of_a_text_data_module_leaves_torchs_generator_alone(minilm):
+    # MNLI's matched and mismatched sets were plain DataLoaders: each validation drew a base
+    # seed from torch's generator, which parts a resumed run (see the tests above)
+    from lsframe.data.text import TextClassificationDataModule, TextExamples
+
+    class TwoDevSets(TextClassificationDataModule):
+        eval_names = ["matched", "mismatched"]
+
+        def load_split(self, split):
+            examples = TextExamples(["a good film", "a bad film", "fine", "awful"], [1, 0, 1, 0])
+            return examples if split == "train" else [examples, examples]
+
+    data_module = TwoDevSets(tokenizer=minilm, eval_batch_size=2)
+    data_module.setup("validate")
+    loaders = data_module.val_dataloader()
+    assert len(loaders) == 2
+    before = torch.get_rng_state()
+    for loader in loaders:
+        assert sum(len(batch["labels"]) for batch in loader) == 4
+    assert torch.equal(before, torch.get_rng_state())

@@ -207,24 +207,19 @@ class TextClassificationDataModule(pl.LightningDataModule):
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader | list[DataLoader]:
         from transformers import DataCollatorWithPadding
 
-        if isinstance(self.datasets[split], list):
-            return [
-                DataLoader(
-                    d,
-                    batch_size=batch_size,
-                    collate_fn=DataCollatorWithPadding(self.tokenizer),
-                    num_workers=self.num_workers,
-                )
-                for d in self.datasets[split]
-            ]
-        return make_loader(
-            self.datasets[split],
-            batch_size,
-            shuffle,
-            self.seed,
-            collate_fn=DataCollatorWithPadding(self.tokenizer),
-            num_workers=self.num_workers,
-        )
+        sets = self.datasets[split]
+        loaders = [
+            make_loader(
+                dataset,
+                batch_size,
+                shuffle,
+                self.seed,
+                collate_fn=DataCollatorWithPadding(self.tokenizer),
+                num_workers=self.num_workers,
+            )
+            for dataset in (sets if isinstance(sets, list) else [sets])
+        ]
+        return loaders if isinstance(sets, list) else loaders[0]
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)

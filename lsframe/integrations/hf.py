@@ -142,6 +142,8 @@ def step_size_logs(optimizer: Optimizer) -> dict[str, float]:
     taken = last.get("step_sizes") if isinstance(last, dict) else None
     sizes = taken if taken is not None else [g["step_size"] for g in groups]
     logs = {"step_size": float(sizes[0])}
+    if taken is not None and taken[0] != groups[0]["step_size"]:  # a merge after the update
+        logs["learning_rate"] = float(taken[0] * groups[0]["lr_multiplier"])  # not the merged lr
     if any(size != sizes[0] for size in sizes[1:]):
         for i, (group, size) in enumerate(zip(groups, sizes)):
             logs[f"step_size/{group.get('name', i)}"] = float(size)

@@ -71,7 +71,9 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
     evaluation, how to score a batch. Callbacks act inside the step as
     :class:`lsframe.callbacks.ClosureCallback` (when their hooks run:
     :class:`lsframe.callbacks.ClosureHooks`); a callback that is not one but has a method of a
-    hook's name is refused when the fit starts.
+    hook's name is refused when the fit starts. A subclass that overrides a Lightning hook calls
+    ``super()``: the module's own (``on_train_start``, ``on_train_batch_end``,
+    ``on_validation_end``, the checkpoint hooks) keep the resume exact and the stops whole.
 
     Args:
         model: The network to train. Parameters with ``requires_grad=False`` never reach the

@@ -234,6 +234,7 @@ class LineSearchOptimizer(SearchGroups, Optimizer):
         value = None if loss is None else loss_value(loss)
         record = self._last_step = {"loss": value, "trials": 0, "searched": False}
         record.update(accepted=False, failed=False, rejected=False, sufficient_decrease_ratio=None)
+        record.update(self._record_keys)  # a rule's own, on a rejected step too
         groups = self._active_groups()
         grads = [g for active in groups for g in active.grads]
         finite_loss = value is None or math.isfinite(value)
@@ -274,6 +275,10 @@ class LineSearchOptimizer(SearchGroups, Optimizer):
         none was, the one the next search starts from): its ``step_size``, unless the rule
         changed that after its update (PLASLS's merges)."""
         return [float(group["step_size"]) for group in self.param_groups]
+
+    #: A rule's own keys of :attr:`last_step`, with their value on a step that never reaches
+    #: the rule (a rejected one)
+    _record_keys: dict[str, Any] = {}
 
     #: Warn when a closure ran and no parameter has a gradient (False: the caller's closure
     #: drops them on purpose, as lsframe's modules do for ``nonfinite_loss="skip"``).

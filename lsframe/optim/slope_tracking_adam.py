@@ -323,6 +323,8 @@ class SlopeTrackingAdam(LineSearchOptimizer):
         finite = all(math.isfinite(group_sums[1]) for group_sums in sums)
         return finite or super()._gradients_finite(groups, grads)
 
+    _record_keys = {"alignment": None}  # the slope along the last step; None on a rejected one
+
     def _line_search_step(
         self, loss: float | None, forward: Callable[[], Tensor], groups: list[ActiveGroup]
     ) -> None:
