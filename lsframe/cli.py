@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from typing import Any
 
@@ -23,6 +22,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 import lsframe.data  # noqa: F401 - registers the DataModules for subclass mode
 from lsframe.callbacks import HParamsMetrics, PredictionWriter
+from lsframe.callbacks.hparams import validation_metrics
 from lsframe.checkpointing import BestAndLastCheckpoint
 from lsframe.cli_errors import unwrap_worker_error
 from lsframe.cli_resume import ResumeChecks
@@ -285,10 +285,12 @@ class LSFrameCLI(ResumeChecks, LightningCLI):
         trainer = self.trainer
         if not trainer.is_global_zero:
             return
-        metrics = {  # val/ and each further evaluation set's val_<name>/ (MNLI's mismatched)
-            k: float(v) for k, v in trainer.callback_metrics.items() if re.match(r"val(_\w+)?/", k)
-        }
+        metrics = validation_metrics(trainer)  # val/ and MNLI's val_mismatched/
         lines = ["", "lsframe: fit finished"]
+        held = next((c for c in trainer.callbacks if isinstance(c, HParamsMetrics)), None)
+        if not metrics and held is not None and held.last_validation:  # none since a resume
+            metrics = held.last_validation
+            lines.append(f"  the last validation, at step {held.last_validation_step}:")
         lines += [f"  {k} = {v:.4f}" for k, v in sorted(metrics.items())]
         checkpoint = self._lsframe_checkpoint()
         if checkpoint is not None and checkpoint.best_model_path:

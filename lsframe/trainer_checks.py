@@ -154,11 +154,7 @@ def _time_interval_problem(value: Any) -> str | None:
     """Why a time-based ``val_check_interval`` (a ``DD:HH:MM:SS`` string or ``timedelta``
     arguments) is not one Lightning parses (None: it is)."""
     if isinstance(value, dict):
-        try:
-            timedelta(**value)
-        except (TypeError, ValueError, OverflowError) as error:
-            return f"a duration is timedelta's arguments ({{hours: 1, minutes: 30}}): {error}"
-        return None
+        return _timedelta_problem(value)
     parts = value.split(":")
     if len(parts) != 4 or not all(re.fullmatch(r"\s*[+-]?\d+\s*", part) for part in parts):
         return (
@@ -166,6 +162,26 @@ def _time_interval_problem(value: Any) -> str | None:
             f"'DD:HH:MM:SS', got {value!r}"
         )
     return None
+
+
+def _timedelta_problem(value: dict) -> str | None:
+    try:
+        timedelta(**value)
+    except (TypeError, ValueError, OverflowError) as error:
+        return f"a duration is timedelta's arguments ({{hours: 1, minutes: 30}}): {error}"
+    return None
+
+
+def _max_time_problem(value: Any) -> str | None:
+    """Why ``max_time`` is not a duration Lightning's ``Timer`` parses: ``DD:HH:MM:SS`` with two
+    digits after the days, or ``timedelta`` arguments (None: it is, or it is unset)."""
+    if value is None or isinstance(value, timedelta):
+        return None
+    if isinstance(value, dict):
+        return _timedelta_problem(value)
+    if isinstance(value, str) and re.fullmatch(r"\d+:\d\d:\d\d:\d\d", value.strip()):
+        return None
+    return f"expected a duration 'DD:HH:MM:SS' (00:12:00:00) or {{hours: 12}}, got {value!r}"
 
 
 def _count_problem(value: Any, low: int, meaning: str) -> str | None:
@@ -192,7 +208,8 @@ def check_trainer_intervals(trainer: Any) -> None:
     checks them only once the model has loaded; a share of the epoch needs
     ``check_val_every_n_epoch`` set, as in Lightning. ``max_steps`` (-1 or a positive count),
     ``max_epochs`` (-1 or a count), ``check_val_every_n_epoch`` and ``fast_dev_run`` are counts (:data:`TRAINER_COUNTS`; a 0
-    for the first two ended in a division by zero or a run without a step)."""
+    for the first two ended in a division by zero or a run without a step); ``max_time`` is a
+    duration."""
     for name, low, meaning in TRAINER_COUNTS:
         value = plain(node_get(trainer, name))
         if name == "fast_dev_run" and isinstance(value, bool):
@@ -207,6 +224,9 @@ def check_trainer_intervals(trainer: Any) -> None:
         problem = None if value is None else _batch_limit_problem(value)
         if problem:
             raise ConfigError(problem, where=f"trainer.{name}")
+    problem = _max_time_problem(plain(node_get(trainer, "max_time")))  # Timer: after the model
+    if problem:
+        raise ConfigError(problem, where="trainer.max_time")
     value = plain(node_get(trainer, "val_check_interval"))
     if value is None:
         return

@@ -111,6 +111,46 @@ def test_hparams_tab_carries_the_final_and_best_validation_metrics(tmp_path):
     assert logger._default_hp_metric  # the logger's own setting is back after the fit
 
 
+def test_a_resumed_fit_without_a_validation_keeps_the_last_ones_final_metrics(tmp_path):
+    # a preempted run resumed for its last steps, with no validation left, logged no final/val
+    # in HPARAMS and printed none: TensorBoard's comparison on final/val/acc lost the run
+    def fit(max_epochs: int, limit_val_batches: float, version: str, **kwargs) -> pl.Trainer:
+        logger = TensorBoardLogger(tmp_path, name="", version=version)
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            max_epochs=max_epochs,
+            limit_val_batches=limit_val_batches,
+            logger=logger,
+            callbacks=[HParamsMetrics()],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            num_sanity_val_steps=0,
+        )
+        module = SavedClassifier(optimizer=partial(torch.optim.SGD, lr=0.05))
+        trainer.fit(module, datamodule=Blobs(), **kwargs)
+        return trainer
+
+    first = fit(2, 1.0, "first")
+    first.save_checkpoint(tmp_path / "two_epochs.ckpt")
+    validated = float(first.callback_metrics["val/acc"])
+    fit(3, 0, "resumed", ckpt_path=tmp_path / "two_epochs.ckpt")  # no validation in epoch 3
+    scalars, plugin = event_data(tmp_path / "resumed")
+    assert "val/acc" not in scalars and scalars["final/val/acc"] == [pytest.approx(validated)]
+    assert "final/val/acc" in metric_tags(plugin)
+
+
+def test_every_evaluation_sets_last_metrics_are_final_metrics():
+    # MNLI's val_mismatched/ was printed at the fit's end but left out of HPARAMS
+    trainer = pl.Trainer(accelerator="cpu", logger=False)
+    trainer.callback_metrics.update(
+        {"val/acc": torch.tensor(0.5), "val_mismatched/acc": torch.tensor(0.25)}
+    )
+    trainer.callback_metrics["train/loss"] = torch.tensor(1.0)
+    metrics = HParamsMetrics.metrics(trainer)
+    assert metrics == {"final/val/acc": 0.5, "final/val_mismatched/acc": 0.25}
+
+
 def test_fit_cli_fills_hparams_by_default(tmp_path, capsys):
     from lsframe.__main__ import main
 

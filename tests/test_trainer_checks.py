@@ -58,6 +58,15 @@ def test_a_validation_interval_is_refused_exactly_when_lightning_refuses_it(valu
     assert where == ("trainer.val_check_interval" if refused else None)
 
 
+@pytest.mark.parametrize("value", [*DURATIONS, "5s", "00:00:00:06"], ids=repr)
+def test_a_max_time_is_refused_at_its_key_exactly_when_lightnings_timer_refuses_it(value):
+    # Lightning's Timer refused '5s' only once the model had loaded, without the key
+    from lightning.pytorch.callbacks import Timer
+
+    refused = lightning_refuses(Timer, value)
+    assert lsframe_refuses({"max_time": value}) == ("trainer.max_time" if refused else None)
+
+
 def test_a_share_of_the_epoch_without_an_epoch_interval_is_refused_as_lightning_refuses_it():
     assert lsframe_refuses({"val_check_interval": 0.5, "check_val_every_n_epoch": None})
     assert lsframe_refuses({"val_check_interval": 50, "check_val_every_n_epoch": None}) is None

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+
+#: the checkpoint key of the last validation's metrics (:class:`HParamsMetrics`)
+CHECKPOINT_KEY = "lsframe_last_validation"
 
 
 class HParamsMetrics(pl.Callback):
@@ -17,8 +21,9 @@ class HParamsMetrics(pl.Callback):
     Metrics (``TensorBoardLogger.log_hyperparams(params, metrics, step=global_step)``; each is
     also a scalar of that name at the last step):
 
-    * ``final/<name>``: every ``val/...`` metric of the last validation (``callback_metrics``
-      at the end of the fit, after the final validation);
+    * ``final/<name>``: every ``val/...`` metric of the last validation, and each further
+      evaluation set's ``val_<set>/...`` (MNLI's ``val_mismatched/``); a fit resumed from a
+      checkpoint that runs no validation of its own takes the last one the checkpoint holds;
     * ``best/<monitor>``: the best score of each :class:`ModelCheckpoint` that monitors a metric
       (``python -m lsframe fit``: ``best/val/acc``, or the task's main metric);
     * ``hp_metric``: only for a logger built with ``default_hp_metric=True`` (Lightning's
@@ -34,7 +39,8 @@ class HParamsMetrics(pl.Callback):
     entry written at the end is the one TensorBoard shows. A run continued in the same version
     directory (``--ckpt_path last``) after a fit that had finished keeps that first fit's entry.
 
-    Stateless (nothing in checkpoints); a second instance in the same trainer does nothing.
+    The last validation's metrics and step go into checkpoints (``lsframe_last_validation``); a
+    second instance in the same trainer does nothing.
     Loggers other than TensorBoard are left alone. ``python -m lsframe fit`` adds one to every
     fit, and :class:`lsframe.sequential.SequenceRunner` (``sequential``, ``search``) to every
     stage.
@@ -48,6 +54,32 @@ class HParamsMetrics(pl.Callback):
 
     def __init__(self) -> None:
         self._placeholders_off: list[TensorBoardLogger] = []
+        #: the last validation of the fit (or of the one a checkpoint resumes): metric → value
+        self.last_validation: dict[str, float] = {}
+        self.last_validation_step: int | None = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn != "fit" or trainer.sanity_checking or not self._active(trainer):
+            return
+        self.last_validation = validation_metrics(trainer)
+        self.last_validation_step = trainer.global_step
+
+    # in the checkpoint's own key, not a callback state: Lightning refuses two stateful
+    # instances of one type, and a second instance here is allowed (it does nothing)
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if self._active(trainer) and self.last_validation:
+            saved = {"metrics": self.last_validation, "step": self.last_validation_step}
+            checkpoint[CHECKPOINT_KEY] = saved
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        saved = checkpoint.get(CHECKPOINT_KEY)
+        if self._active(trainer) and isinstance(saved, dict):
+            self.last_validation = dict(saved.get("metrics") or {})
+            self.last_validation_step = saved.get("step")
 
     def _active(self, trainer: pl.Trainer) -> bool:
         first = next(cb for cb in trainer.callbacks if isinstance(cb, HParamsMetrics))
@@ -78,7 +110,7 @@ class HParamsMetrics(pl.Callback):
         loggers = self._tensorboard_loggers(trainer)
         if not loggers:
             return
-        metrics = self.metrics(trainer)
+        metrics = self.metrics(trainer, self.last_validation)
         if not metrics:
             return
         params = self.hyperparameters_of(pl_module, trainer.datamodule)
@@ -91,18 +123,20 @@ class HParamsMetrics(pl.Callback):
             logger.save()
 
     @staticmethod
-    def metrics(trainer: pl.Trainer) -> dict[str, float]:
+    def metrics(
+        trainer: pl.Trainer, last_validation: dict[str, float] | None = None
+    ) -> dict[str, float]:
         """``best/<monitor>`` of each monitoring ModelCheckpoint that has a best score, then
-        ``final/val/...`` of the last validation."""
+        ``final/val/...`` and ``final/val_<set>/...`` of the last validation (``callback_metrics``,
+        else ``last_validation``: a resumed fit that ran none)."""
         out: dict[str, float] = {}
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.monitor:
                 score = callback.best_model_score
                 if score is not None:
                     out[f"best/{callback.monitor}"] = float(score)
-        for key, value in sorted(trainer.callback_metrics.items()):
-            if key.startswith("val/"):
-                out[f"final/{key}"] = float(value)
+        final = validation_metrics(trainer) or last_validation or {}
+        out.update({f"final/{key}": value for key, value in sorted(final.items())})
         return out
 
     @staticmethod
@@ -117,3 +151,13 @@ class HParamsMetrics(pl.Callback):
         if module._log_hyperparams:
             params.update(module.hparams_initial)
         return {k: v for k, v in params.items() if not str(k).startswith("_")}
+
+
+def validation_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    """The validation metrics in ``trainer.callback_metrics``: ``val/...`` and each further
+    evaluation set's ``val_<set>/...``."""
+    return {
+        key: float(value)
+        for key, value in trainer.callback_metrics.items()
+        if re.match(r"val(_\w+)?/", key)
+    }
