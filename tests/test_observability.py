@@ -177,6 +177,32 @@ def test_fit_cli_fills_hparams_by_default(tmp_path, capsys):
     assert f"val/acc = {scalars['final/val/acc'][0]:.4f}" in printed
 
 
+def test_a_resumed_fit_cli_without_a_validation_prints_the_last_ones_metrics(tmp_path, capsys):
+    from lsframe.__main__ import main
+
+    runs = tmp_path / "runs"
+    config = {
+        "trainer": {
+            "accelerator": "cpu",
+            "max_epochs": 2,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": {"class_path": TENSORBOARD, "init_args": {"save_dir": str(runs)}},
+        },
+        "model": {"class_path": "preemption_helpers.TinyClassifier"},
+        "data": {"class_path": "preemption_helpers.Blobs"},
+    }
+    path = tmp_path / "fit.yaml"
+    path.write_text(yaml.safe_dump(config))
+    main(["fit", "--config", str(path)])
+    first = capsys.readouterr().out
+    validated = next(line for line in first.splitlines() if "val/acc =" in line)
+    more = ["--trainer.max_epochs", "3", "--trainer.limit_val_batches", "0"]
+    main(["fit", "--config", str(path), *more, "--ckpt_path", "last"])
+    printed = capsys.readouterr().out.split("lsframe: fit finished")[1]
+    assert "  the last validation, at step 24:" in printed and validated in printed
+
+
 # ------------------------------------------------------------------------------- progress bar
 def test_the_accepted_step_size_of_the_first_group_shows_in_the_progress_bar():
     module = TinyRegression(param_grouping="decay", optimizer=SaLSA)
