@@ -151,23 +151,31 @@ def test_every_evaluation_sets_last_metrics_are_final_metrics():
     assert metrics == {"final/val/acc": 0.5, "final/val_mismatched/acc": 0.25}
 
 
-def test_fit_cli_fills_hparams_by_default(tmp_path, capsys):
-    from lsframe.__main__ import main
-
-    runs = tmp_path / "runs"
+def blob_fit_config(tmp_path: Path) -> Path:
+    """A 2-epoch ``lsframe fit`` config of the blob classifier, logging to ``tmp_path/runs``."""
     config = {
         "trainer": {
             "accelerator": "cpu",
             "max_epochs": 2,
             "enable_progress_bar": False,
             "enable_model_summary": False,
-            "logger": {"class_path": TENSORBOARD, "init_args": {"save_dir": str(runs)}},
+            "logger": {
+                "class_path": TENSORBOARD,
+                "init_args": {"save_dir": str(tmp_path / "runs")},
+            },
         },
         "model": {"class_path": "preemption_helpers.TinyClassifier"},
         "data": {"class_path": "preemption_helpers.Blobs"},
     }
     path = tmp_path / "fit.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_fit_cli_fills_hparams_by_default(tmp_path, capsys):
+    from lsframe.__main__ import main
+
+    runs, path = tmp_path / "runs", blob_fit_config(tmp_path)
     main(["fit", "--config", str(path)])
     scalars, plugin = event_data(runs / "lsframe" / "version_0")
     assert {"final/val/acc", "best/val/acc"} <= metric_tags(plugin)
@@ -180,20 +188,7 @@ def test_fit_cli_fills_hparams_by_default(tmp_path, capsys):
 def test_a_resumed_fit_cli_without_a_validation_prints_the_last_ones_metrics(tmp_path, capsys):
     from lsframe.__main__ import main
 
-    runs = tmp_path / "runs"
-    config = {
-        "trainer": {
-            "accelerator": "cpu",
-            "max_epochs": 2,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "logger": {"class_path": TENSORBOARD, "init_args": {"save_dir": str(runs)}},
-        },
-        "model": {"class_path": "preemption_helpers.TinyClassifier"},
-        "data": {"class_path": "preemption_helpers.Blobs"},
-    }
-    path = tmp_path / "fit.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = blob_fit_config(tmp_path)
     main(["fit", "--config", str(path)])
     first = capsys.readouterr().out
     validated = next(line for line in first.splitlines() if "val/acc =" in line)
