@@ -209,7 +209,7 @@ def test_the_closing_lines_of_a_fit_without_a_validation_since_its_resume(capsys
         monitor="val/acc",
         last_model_path="runs/x/last.ckpt",
     )
-    trainer = SimpleNamespace(is_global_zero=True, callback_metrics={}, logger=None)
+    trainer = SimpleNamespace(is_global_zero=True, callback_metrics={}, logger=None, callbacks=[])
     LSFrameCLI.after_fit(SimpleNamespace(trainer=trainer, _lsframe_checkpoint=lambda: checkpoint))
     out = capsys.readouterr().out
     assert "  best checkpoint: runs/x/best.ckpt\n" in out
