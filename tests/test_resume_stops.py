@@ -4,9 +4,11 @@ through ends."""
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from helpers import TinyRegression, mlp, regression_data, trainer
@@ -305,3 +307,61 @@ def test_every_evaluation_set_of_a_text_data_module_leaves_torchs_generator_alon
     for loader in loaders:
         assert sum(len(batch["labels"]) for batch in loader) == 4
     assert torch.equal(before, torch.get_rng_state())
+
+
+class _Recorder(pl.loggers.Logger):
+    """Every value a fit logs, as ``(step, name, value)`` rows in the order written."""
+
+    name, version = "recorder", "0"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int | None, str, float]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.rows.extend((step, key, float(value)) for key, value in sorted(metrics.items()))
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+
+_CUT_AT = {  # how the first fit ends, its settings and its optimizer steps in all
+    "a validation added for a stop": (lambda: _StopAfter(2), {"val_check_interval": 5}, 1, 8),
+    "a validation between two micro-batches": (
+        lambda: Crash(at=2),
+        {"val_check_interval": 3},
+        2,
+        8,
+    ),
+    "an epoch's end": (lambda: Crash(at=12), {"check_val_every_n_epoch": 1}, 1, 15),
+    "a validation on its schedule": (lambda: Crash(at=7), {"val_check_interval": 5}, 1, 8),
+}
+
+
+@pytest.mark.parametrize("where", list(_CUT_AT))
+def test_a_resumed_fit_logs_each_value_at_the_uninterrupted_fit_s_step(where, tmp_path):
+    # Lightning's logging step, restored from a last.ckpt written at a validation it ran for a
+    # stop or between two micro-batches, put every curve of the resumed fit one step behind the
+    # uninterrupted one (at an epoch's end, one ahead)
+    cut, settings, accumulate, steps = _CUT_AT[where]
+    settings = {"check_val_every_n_epoch": None, **settings}
+
+    def fit(logger: _Recorder, **kwargs) -> pl.Trainer:
+        return trainer(deterministic=True, max_steps=steps, log_every_n_steps=1, logger=logger,
+                       **settings, **kwargs)  # fmt: skip
+
+    def module() -> Validated:
+        return Validated(model=mlp(dropout=0.2), optimizer=optim.SGDSLS,
+                         accumulate_grad_batches=accumulate)  # fmt: skip
+
+    through, resumed = _Recorder(), _Recorder()
+    torch.manual_seed(0)
+    fit(through).fit(module(), data(), _lsframe_validation_data())
+    torch.manual_seed(0)
+    last = BestAndLastCheckpoint(dirpath=tmp_path, save_last=True)
+    with contextlib.suppress(RuntimeError):  # the crash
+        run = fit(_Recorder(), callbacks=[cut(), last], enable_checkpointing=True)
+        run.fit(module(), data(), _lsframe_validation_data())
+    torch.manual_seed(1234)
+    fit(resumed).fit(module(), data(), _lsframe_validation_data(), ckpt_path=tmp_path / "last.ckpt")
+    assert len(resumed.rows) > 10 and resumed.rows == through.rows[-len(resumed.rows) :]

@@ -52,7 +52,12 @@ from lsframe.modules.schedulers import (
     keep_metric_settings,
     step_schedulers,
 )
-from lsframe.modules.step_logging import hide_written_step, log_step, logs_now
+from lsframe.modules.step_logging import (
+    align_resumed_logging_step,
+    hide_written_step,
+    log_step,
+    logs_now,
+)
 from lsframe.modules.stopping import HeldStop
 from lsframe.optim import info_for, innermost_optimizer, set_run_length, start_pass
 from lsframe.optim._sharded import reshard
@@ -133,7 +138,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         self.nonfinite_loss = nonfinite_loss
         self.lr_distribution = lr_distribution
         self._micro_batches: list[Any] = []
-        self._held_stop = HeldStop()
+        self._held_stop, self._resumed_logging_step = HeldStop(), False
         self._step_log_pending = False
         self._skipped_steps = 0
         self._resume_random = ResumeRandomState()
@@ -282,6 +287,11 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
     def on_train_epoch_end(self) -> None:
         step_schedulers(self, "epoch", on_metric=True)  # after the epoch's validation
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._resumed_logging_step:
+            self._resumed_logging_step = False
+            align_resumed_logging_step(self.trainer)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         policy.check_steps_taken(self, outputs, batch_idx)
         self._held_stop.update(self.trainer, pending=bool(self._micro_batches))
@@ -294,6 +304,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         policy.check_one_optimizer(self.trainer)
         self._steps_at_start, self._own_step_ran = self.trainer.global_step, False
         self._held_stop = HeldStop()
+        self._resumed_logging_step = self.trainer.ckpt_path is not None
         check_line_search_schedulers(self.trainer, self)
         warn_exception_checkpoint(self.trainer)
         restore_loader_position(self.trainer)  # first: a new iterator may draw a base seed

@@ -1,7 +1,7 @@
 """What :class:`~lsframe.modules.ClosureModule` logs at each optimizer step (the loss, the
 closure's evaluations, each group's step size, a line search's diagnostics, skipped and overflow
-steps), and how it keeps Lightning from writing a step's values again on the micro-batches of
-gradient accumulation that take no step."""
+steps), how it keeps Lightning from writing a step's values again on the micro-batches of
+gradient accumulation that take no step, and where a resumed fit's logging step starts."""
 
 from __future__ import annotations
 
@@ -18,6 +18,22 @@ def logs_now(trainer: pl.Trainer | None) -> bool:
     """Whether Lightning writes the logged values at the end of this batch."""
     connector = getattr(trainer, "_logger_connector", None)
     return bool(getattr(connector, "should_update_logs", True))
+
+
+def align_resumed_logging_step(trainer: pl.Trainer) -> None:
+    """At a resumed fit's first training batch: its logging step (the x of every logged curve)
+    set to where the uninterrupted fit's is, the number of training batches done.
+
+    Under manual optimization Lightning counts one logging step per training batch and restores
+    the count from the checkpoint, corrected for where the checkpoint was written, but not for
+    every place: one written at a validation that Lightning ran for a stop (the Trainer's
+    ``max_time``, a callback's ``should_stop`` at a batch's end) or between two micro-batches of
+    a step resumed every curve one step behind, and one written at an epoch's end one step
+    ahead. Its own count of the batches done is right in each case, and equals the logging step
+    at every batch of an uninterrupted fit."""
+    loop = trainer.fit_loop.epoch_loop
+    if hasattr(loop, "_batches_that_stepped"):  # Lightning 2.x's name for the count
+        loop._batches_that_stepped = loop.batch_progress.total.completed
 
 
 def hide_written_step(trainer: pl.Trainer | None) -> None:
