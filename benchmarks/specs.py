@@ -207,7 +207,7 @@ def logged_as(spec: str, total_steps: int) -> str:
     """The spec whose logged run over ``total_steps`` steps is ``spec``'s own run: without the
     preset ``long_run_start`` on a run of at most :data:`LONG_RUN_STEPS` steps, where that preset
     changes nothing (the two build the same param groups, and the option acts on the start
-    alone: ``tests/test_quality_table.py``, ``tests/test_slope_tracking_run_length.py``), else
+    alone: ``tests/test_quality_specs.py``, ``tests/test_slope_tracking_run_length.py``), else
     ``spec`` itself. So runs logged before the preset joined the default count for the default
     where they are its runs, and only there."""
     return without_preset(spec, LONG_RUN_PRESET) if total_steps <= LONG_RUN_STEPS else spec
