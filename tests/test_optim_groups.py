@@ -9,7 +9,7 @@ import inspect
 
 import pytest
 import torch
-from test_optim import NAMES, Logistic, make, make_closure, run
+from optim_problem import NAMES, Logistic, make, make_closure, run
 
 from lsframe import optim
 from lsframe.optim import PLASLS, Lamb, SaLSA, SlopeTrackingAdam

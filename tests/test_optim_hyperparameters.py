@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from test_optim import (
+from optim_problem import (
     NAMES,
     TRACKERS,
     Logistic,

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_optim import (
+from optim_problem import (
     SEARCHES,
     Logistic,
     X,

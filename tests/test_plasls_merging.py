@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from test_optim import snapshot
+from optim_problem import snapshot
 
 from lsframe.optim import PLASLS
 from lsframe.optim.plasls import MERGED_KEYS

@@ -14,8 +14,9 @@ import math
 
 import pytest
 import test_optim as table
+import test_optim_inputs as inputs_table
 import torch
-from test_optim import Logistic, make_closure, run, snapshot
+from optim_problem import Logistic, make_closure, run, snapshot
 
 from lsframe import optim
 from lsframe.optim import ALSALS, _linesearch
@@ -69,6 +70,7 @@ def with_options(monkeypatch):
             return optim.create(name, groups_for(name, model, **options), **kwargs)
 
         monkeypatch.setattr(table, "make", make)
+        monkeypatch.setattr(inputs_table, "make", make)
 
     return use
 
@@ -82,7 +84,7 @@ def test_options_resume_exactly_from_a_state_dict(name, options, with_options):
 @pytest.mark.parametrize("name, options", VARIANTS, ids=IDS)
 def test_options_keep_nan_trials_and_gradients_out_of_the_parameters(name, options, with_options):
     with_options(options)
-    table.test_nan_trial_losses_and_nan_gradients_never_reach_the_parameters(name)
+    inputs_table.test_nan_trial_losses_and_nan_gradients_never_reach_the_parameters(name)
 
 
 @pytest.mark.parametrize(

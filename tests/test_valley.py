@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import TinyRegression, loader, trainer
+from optim_problem import F_STAR, Logistic, make_closure
 from test_dps import Recorder
-from test_optim import F_STAR, Logistic, make_closure
 
 from lsframe.callbacks import DPS, ChildTuningD, ValleyExploration
 from lsframe.optim import ALSALS, ALTO, AdamE, Lamb, create
