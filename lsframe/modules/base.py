@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,7 +36,7 @@ from lsframe.modules.distributed import (
 )
 from lsframe.modules.export import export_pretrained
 from lsframe.modules.norm_statistics import NormStatistics
-from lsframe.modules.optimizer_setup import default_optimizer
+from lsframe.modules.optimizer_setup import default_optimizer, known_run_length
 from lsframe.modules.policy import check_sharding
 from lsframe.modules.random_state import (
     ResumeRandomState,
@@ -159,16 +160,6 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         """Optimizer steps in the whole run (max_steps, or epochs x ceil(batches / accumulation))."""
         return optimizer_setup.count_optimizer_steps(self.trainer, self.accumulate_grad_batches)
 
-    def _known_run_length(self) -> int | None:
-        """:meth:`num_optimizer_steps`, or None with a warning where the run has no known
-        length (an infinite train dataloader without ``max_steps``): an optimizer whose start
-        depends on it then starts at its ``lr``."""
-        try:
-            return self.num_optimizer_steps()
-        except optimizer_setup.RunLengthUnknown as err:
-            rank_zero_warn(f"{err}: the optimizer starts at its lr, whatever the run's length")
-            return None
-
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.param_groups())
         if self._trainer is not None:
@@ -179,7 +170,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
                 rank_zero_warn(mismatch)
             apply_part_multipliers(optimizer, multipliers)
         if self._trainer is not None:  # a start that depends on the run's length
-            set_run_length(optimizer, self._known_run_length)
+            set_run_length(optimizer, partial(known_run_length, self.num_optimizer_steps))
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = optimizer_setup.make_scheduler(

@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from lsframe.errors import ConfigError
@@ -99,6 +100,17 @@ def count_optimizer_steps(trainer: pl.Trainer, accumulate_grad_batches: int) -> 
         raise RunLengthUnknown("an infinite train dataloader needs trainer.max_steps")
     steps = math.ceil(batches / accumulate_grad_batches) * max(trainer.max_epochs or 1, 1)
     return min(steps, trainer.max_steps) if trainer.max_steps > 0 else steps
+
+
+def known_run_length(count: Callable[[], int]) -> int | None:
+    """``count()`` (a module's ``num_optimizer_steps``), or None with a warning where the run has
+    no known length (an infinite train dataloader without ``max_steps``): an optimizer whose
+    start depends on it then starts at its ``lr``."""
+    try:
+        return count()
+    except RunLengthUnknown as err:
+        rank_zero_warn(f"{err}: the optimizer starts at its lr, whatever the run's length")
+        return None
 
 
 def refuse_metric_scheduler(cls: type, where: str) -> None:
