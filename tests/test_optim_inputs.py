@@ -149,6 +149,19 @@ def test_a_scheduler_writing_lr_directly_is_an_error_and_the_multiplier_works(na
         run(model, opt, 1)
     model = Logistic()
     opt = make(name, model)
+    opt.param_groups[-1]["lr"] *= 0.5  # by hand, no scheduler
+    with pytest.raises(RuntimeError, match="wrote 'lr' directly.*LineSearchTrainer does"):
+        run(model, opt, 1)
+    # a constant schedule leaves lr as it was: refused at the first step all the same, before
+    # anything moves (a tracker's step size moves only after its warmup: ~30 steps trained)
+    model = Logistic()
+    opt, before = make(name, model), snapshot(model)
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    with pytest.raises(RuntimeError, match="'initial_lr': a torch LR scheduler is attached"):
+        run(model, opt, 1)
+    assert all(torch.equal(a, b) for a, b in zip(before, snapshot(model)))
+    model = Logistic()
+    opt = make(name, model)
     schedule = StepSizeSchedule(opt, lambda o: torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5))
     run(model, opt, 1)
     schedule.step()

@@ -244,17 +244,27 @@ class SearchGroups:
 
     # ------------------------------------------------------------------------- step sizes
     def _check_lr_untouched(self) -> None:
+        """Refuse an ``lr`` written from outside, and a torch LR scheduler attached to this
+        optimizer (it stamps ``initial_lr`` on every group as it is built): refused at the
+        first step, also where its first values leave ``lr`` as it was (a constant schedule,
+        a tracker's step size that moves only after its warmup)."""
         for i, group in enumerate(self.param_groups):
             expected = group["step_size"] * group["lr_multiplier"]
-            if not math.isclose(group["lr"], expected, rel_tol=1e-12, abs_tol=0.0):
-                raise RuntimeError(
-                    f"{type(self).__name__}: param group {i} ('{group.get('name', i)}') has "
-                    f"lr={group['lr']!r} but its searched step size times lr_multiplier is "
-                    f"{expected!r}: something (a torch LR scheduler?) wrote 'lr' directly. "
-                    "Line-search optimizers search their own step size; schedule the "
-                    "'lr_multiplier' instead (lsframe.optim.StepSizeSchedule; with Hugging "
-                    "Face's Trainer, lsframe.integrations.hf.LineSearchTrainer does)."
+            label = f"{type(self).__name__}: param group {i} ('{group.get('name', i)}')"
+            if "initial_lr" in group:
+                found = "has 'initial_lr': a torch LR scheduler is attached to it"
+            elif not math.isclose(group["lr"], expected, rel_tol=1e-12, abs_tol=0.0):
+                found = (
+                    f"has lr={group['lr']!r} but its searched step size times lr_multiplier is "
+                    f"{expected!r}: something (a torch LR scheduler?) wrote 'lr' directly"
                 )
+            else:
+                continue
+            raise RuntimeError(
+                f"{label} {found}. Line-search optimizers search their own step size; schedule "
+                "the 'lr_multiplier' instead (lsframe.optim.StepSizeSchedule; with Hugging "
+                "Face's Trainer, lsframe.integrations.hf.LineSearchTrainer does)."
+            )
 
     def _set_step_sizes(self, step_sizes: float | Sequence[float]) -> None:
         """The step sizes taken this step: one for every group, or one per group."""
