@@ -133,6 +133,17 @@ def test_make_closure_refuses_ambiguous_or_malformed_input():
     closure = make_closure(model, torch.randn(4, 6), optimizer, criterion=nn.MSELoss())
     with pytest.raises(ConfigError, match=r"\(inputs, target\)"):
         closure()
+    # the default, model(**batch).loss: a tensor batch failed on '**'; a batch without labels
+    # gave "loss_fn must return the mean loss ..., got NoneType" though none was passed
+    closure = make_closure(model, torch.randn(4, 6), optimizer)
+    with pytest.raises(ConfigError, match="needs a mapping batch, got Tensor; or pass criterion="):
+        closure()
+    bert = tiny_bert()
+    inputs = {"input_ids": torch.randint(0, 30, (4, 6))}
+    closure = make_closure(bert, inputs, SaLSA(bert.parameters()))
+    message = r"returned no loss: is 'labels' in the batch\? \(input_ids\); or pass criterion="
+    with pytest.raises(ConfigError, match=message):
+        closure()
 
 
 def test_batch_norm_statistics_move_once_per_step_whatever_the_trials():

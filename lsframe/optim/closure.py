@@ -266,8 +266,24 @@ class LossClosure:
 
 
 def hf_loss(model: nn.Module, batch: Any) -> Tensor:
-    """The loss a Hugging Face model computes itself: ``model(**batch).loss``."""
-    return model(**batch).loss
+    """The loss a Hugging Face model computes itself: ``model(**batch).loss``; a batch that is
+    not a mapping, or an output without a loss (no ``labels`` in the batch), is refused in one
+    line that names the other ways to give the loss."""
+    other_ways = "or pass criterion= for an (inputs, target) batch, or loss_fn(model, batch)"
+    if not isinstance(batch, Mapping):
+        raise ConfigError(
+            "make_closure's default loss is model(**batch).loss (a Hugging Face model's), which "
+            f"needs a mapping batch, got {type(batch).__name__}; {other_ways}",
+            argument="batch",
+        )
+    loss = getattr(model(**batch), "loss", None)
+    if loss is None:
+        raise ConfigError(
+            f"{type(model).__name__}(**batch) returned no loss: is 'labels' in the batch? "
+            f"({', '.join(map(str, batch))}); {other_ways}",
+            argument="batch",
+        )
+    return loss
 
 
 def _criterion_loss(criterion: Callable[[Any, Any], Tensor]) -> Callable[[nn.Module, Any], Tensor]:
