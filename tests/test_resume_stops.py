@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from helpers import TinyRegression, mlp, regression_data, trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from resume_helpers import (
     Crash,
     FailsOnce,
@@ -269,8 +269,6 @@ def test_a_checkpoint_at_the_end_of_an_epoch_without_a_validation_resumes_exactl
 def test_a_stop_asked_by_a_validation_between_two_micro_batches_waits_for_the_step(tmp_path):
     # EarlyStopping at the validation after batch 3 (inside step 2): a save after fit returned
     # held the loader past batch 3 (0.77 away); its hold runs at the validation's end
-    from lightning.pytorch.callbacks import EarlyStopping
-
     stop = EarlyStopping("val/loss", stopping_threshold=1e9)  # stops at its first check
     fit = partial(_validating, val_check_interval=3)
     torch.manual_seed(0)
@@ -365,3 +363,34 @@ def test_a_resumed_fit_logs_each_value_at_the_uninterrupted_fit_s_step(where, tm
     torch.manual_seed(1234)
     fit(resumed).fit(module(), data(), _lsframe_validation_data(), ckpt_path=tmp_path / "last.ckpt")
     assert len(resumed.rows) > 10 and resumed.rows == through.rows[-len(resumed.rows) :]
+
+
+def test_a_resume_ended_before_its_first_validation_keeps_early_stopping_s_metric(tmp_path):
+    # a fit cut after its last validation, resumed to a max_steps inside the next epoch: at that
+    # epoch's end EarlyStopping found no val/loss ("not available") and stopped the resume, and
+    # every rerun of last.ckpt; the fit through had gone on with the last validation's value
+    def fit(*callbacks, **kwargs) -> pl.Trainer:
+        return trainer(deterministic=True, max_steps=15, callbacks=[*callbacks], **kwargs)
+
+    def module() -> Validated:
+        return Validated(model=mlp(dropout=0.2), optimizer=optim.SGDSLS)
+
+    torch.manual_seed(0)
+    through, stop = module(), EarlyStopping("val/loss", patience=5)
+    fit(stop).fit(through, data(), _lsframe_validation_data())
+    torch.manual_seed(0)
+    last = BestAndLastCheckpoint(dirpath=tmp_path, save_last=True)
+    with pytest.raises(RuntimeError, match="killed"):  # after the validation at step 10
+        fit(
+            EarlyStopping("val/loss", patience=5), Crash(at=12), last, enable_checkpointing=True
+        ).fit(module(), data(), _lsframe_validation_data())
+    torch.manual_seed(1234)
+    resumed, resumed_stop = module(), EarlyStopping("val/loss", patience=5)
+    run = fit(resumed_stop)
+    run.fit(resumed, data(), _lsframe_validation_data(), ckpt_path=tmp_path / "last.ckpt")
+    assert run.global_step == 15
+    assert_same_parameters(through, resumed)
+    assert resumed_stop.state_dict() == stop.state_dict()  # its wait count, its best score
+    assert torch.equal(
+        run.callback_metrics["val/loss"], through.trainer.callback_metrics["val/loss"]
+    )

@@ -55,9 +55,11 @@ from lsframe.modules.schedulers import (
 )
 from lsframe.modules.step_logging import (
     align_resumed_logging_step,
+    callback_metrics_to_save,
     hide_written_step,
     log_step,
     logs_now,
+    restore_callback_metrics,
 )
 from lsframe.modules.stopping import HeldStop
 from lsframe.optim import info_for, innermost_optimizer, set_run_length, start_pass
@@ -140,6 +142,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         self.lr_distribution = lr_distribution
         self._micro_batches: list[Any] = []
         self._held_stop, self._resumed_logging_step = HeldStop(), False
+        self._saved_callback_metrics: dict[str, Tensor] | None = None
         self._step_log_pending = False
         self._skipped_steps = 0
         self._resume_random = ResumeRandomState()
@@ -264,6 +267,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
             saved["random_states_by_rank"] = by_rank
         # each logger's own version, which `lsframe fit --ckpt_path last` continues
         saved["logger_versions"] = [getattr(x, "version", None) for x in self.trainer.loggers]
+        saved["callback_metrics"] = callback_metrics_to_save(self.trainer)
         checkpoint["lsframe"] = saved
         mark_an_epoch_ended_by_its_limit(checkpoint, self.trainer)
 
@@ -274,6 +278,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         saved = checkpoint.get("lsframe", {})
         self._skipped_steps = saved.get("skipped_steps", 0)
         self._resume_random.hold(own_random_states(saved, self.global_rank))
+        self._saved_callback_metrics = saved.get("callback_metrics")
 
     def on_train_epoch_end(self) -> None:
         step_schedulers(self, "epoch", on_metric=True)  # after the epoch's validation
@@ -296,6 +301,8 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         self._steps_at_start, self._own_step_ran = self.trainer.global_step, False
         self._held_stop = HeldStop()
         self._resumed_logging_step = self.trainer.ckpt_path is not None
+        if self._resumed_logging_step:
+            restore_callback_metrics(self.trainer, self._saved_callback_metrics)
         check_line_search_schedulers(self.trainer, self)
         warn_exception_checkpoint(self.trainer)
         restore_loader_position(self.trainer)  # first: a new iterator may draw a base seed

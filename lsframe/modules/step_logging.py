@@ -1,7 +1,8 @@
 """What :class:`~lsframe.modules.ClosureModule` logs at each optimizer step (the loss, the
 closure's evaluations, each group's step size, a line search's diagnostics, skipped and overflow
 steps), how it keeps Lightning from writing a step's values again on the micro-batches of
-gradient accumulation that take no step, and where a resumed fit's logging step starts."""
+gradient accumulation that take no step, and where a resumed fit's logging step and callback
+metrics start."""
 
 from __future__ import annotations
 
@@ -34,6 +35,26 @@ def align_resumed_logging_step(trainer: pl.Trainer) -> None:
     loop = trainer.fit_loop.epoch_loop
     if hasattr(loop, "_batches_that_stepped"):  # Lightning 2.x's name for the count
         loop._batches_that_stepped = loop.batch_progress.total.completed
+
+
+def callback_metrics_to_save(trainer: pl.Trainer) -> dict[str, Tensor]:
+    """The metrics callbacks read (``trainer.callback_metrics``), as a checkpoint keeps them."""
+    metrics = trainer.callback_metrics.items()
+    return {
+        key: value.detach().cpu().clone() for key, value in metrics if isinstance(value, Tensor)
+    }
+
+
+def restore_callback_metrics(trainer: pl.Trainer, saved: dict[str, Tensor] | None) -> None:
+    """A resumed fit starts with the metrics callbacks read as its checkpoint was written (those
+    not logged anew). Lightning starts it with none: an ``EarlyStopping`` (or a monitoring
+    ``ModelCheckpoint``) checked before the resumed fit's first validation, at the end of an
+    epoch that ``max_steps`` cut short, stopped the fit with "conditioned on metric ... which is
+    not available", and every resume of its ``last.ckpt`` again; the fit through went on with
+    the last validation's value."""
+    current = trainer.callback_metrics
+    for key, value in (saved or {}).items():
+        current.setdefault(key, value)
 
 
 def hide_written_step(trainer: pl.Trainer | None) -> None:
