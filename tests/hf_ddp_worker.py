@@ -71,6 +71,10 @@ def main(out: Path) -> None:
     dist.all_gather_object(gathered, results)
     if dist.get_rank() == 0:
         out.write_text(json.dumps(gathered))
+    # torn down before exit: left to the interpreter's shutdown, gloo's threads aborted a rank
+    # now and then ("terminate called without an active exception")
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
