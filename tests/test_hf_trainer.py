@@ -239,6 +239,31 @@ def test_a_training_step_that_bypasses_line_search_trainer_s_is_named_in_one_lin
         trainer.train()
 
 
+def test_a_compute_loss_can_keep_its_counts_to_trainers_own_calls(tmp_path):
+    # a compute_loss that counts tokens or logs metrics (TRL's trainers) runs again for every
+    # trial and the item-count check: line_search_trial tells those calls from Trainer's
+    class Counting(LineSearchTrainer):
+        calls = own = 0
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            self.calls += 1
+            self.own += not self.line_search_trial
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    model = bert()
+    trainer = Counting(
+        model=model,
+        args=arguments(tmp_path, max_steps=4, gradient_accumulation_steps=2),
+        train_dataset=DATA,
+        optimizers=(SaLSA(model.parameters()), None),
+    )
+    # the item-count check judges this compute_loss, not BERT's (the warning named BERT)
+    with pytest.warns(UserWarning, match="^Counting.compute_loss's loss ignores num_items_in"):
+        trainer.train()
+    assert trainer.own == 8 and trainer.calls > 8  # 4 steps of 2 micro-batches; the trials
+    assert not trainer.line_search_trial
+
+
 def _sgdsls_step_sizes(tmp_path, batch: int, accumulation: int) -> tuple[list[float], list]:
     model = helpers.tiny_bert(0, vocab=VOCAB, hidden=32, layers=2, dropout=0.0)
     optimizer = SGDSLS(model.parameters(), lr=30.0)  # too large: the search backtracks

@@ -5,7 +5,8 @@ own loss over the micro-batches of one optimizer step (the rules are in
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,21 @@ from lsframe.optim.closure import NormStatistics, StepRandomState
 
 if TYPE_CHECKING:
     from transformers import Trainer
+
+
+@contextmanager
+def repeated_loss(trainer: Trainer) -> Iterator[None]:
+    """Inside, ``trainer.line_search_trial`` is True: ``compute_loss`` runs again for the line
+    search, not as Trainer's own call of a micro-batch."""
+    state = getattr(trainer, "_lsframe", None)
+    if state is None:
+        yield
+        return
+    before, state.repeating = state.repeating, True
+    try:
+        yield
+    finally:
+        state.repeating = before
 
 
 @dataclass
@@ -84,7 +100,7 @@ class TrainerStepClosure:
         if mode != mb.training:
             mb.model.train(mb.training)
         try:
-            with trainer.compute_loss_context_manager():
+            with trainer.compute_loss_context_manager(), repeated_loss(trainer):
                 loss = trainer.compute_loss(mb.model, copy.copy(mb.inputs), *mb.args, **mb.kwargs)
         finally:
             if mode != mb.training:
@@ -144,7 +160,7 @@ def loss_ignores_item_count(
         with torch.no_grad():
             for items in (count, count * 2):
                 random_state.restore()
-                with trainer.compute_loss_context_manager():
+                with trainer.compute_loss_context_manager(), repeated_loss(trainer):
                     loss = trainer.compute_loss(model, copy.copy(inputs), num_items_in_batch=items)
                 losses.append((loss[0] if isinstance(loss, tuple) else loss).detach().float())
     finally:

@@ -33,6 +33,10 @@ What it does, for an optimizer whose registry record ``searches`` (:func:`lsfram
   - a further backward evaluation (no lsframe optimizer asks for one) repeats forward and backward
     the same way and clips again.
 
+  While ``compute_loss`` runs again (a trial, a further backward evaluation, the item-count check
+  below), ``trainer.line_search_trial`` is True: a ``compute_loss`` that keeps counts or logs
+  metrics (TRL's trainers do) should skip that then, or each trial adds to them.
+
   Losses are averaged across processes (``accelerator.reduce``) before the optimizer sees them,
   so every rank takes the same decision. A loss that ignores ``num_items_in_batch``, which Trainer
   passes to a model taking ``**kwargs`` and then does not normalise itself, would be
@@ -86,6 +90,7 @@ from lsframe.integrations._hf_closure import (
     agreed_verdict,
     loss_ignores_item_count,
 )
+from lsframe.integrations._hf_logs import step_size_logs
 from lsframe.integrations._hf_precision import trainer_autocast
 from lsframe.optim._registry import info_for
 from lsframe.optim.closure import StepRandomState
@@ -131,31 +136,6 @@ def _searches(optimizer: Any) -> bool:
     return isinstance(optimizer, Optimizer) and info_for(optimizer).searches
 
 
-def step_size_logs(optimizer: Optimizer) -> dict[str, float]:
-    """``step_size`` (group 0's accepted step size) and, when the groups' step sizes differ,
-    ``step_size/<group name or index>`` for each group; with the line search's diagnostics of
-    its last step (``optimizer.last_step``), ``linesearch/trials``, ``linesearch/failed_searches``
-    (cumulative), when a search accepted a trial ``linesearch/sufficient_decrease_ratio``, and a
-    step-size tracker's ``linesearch/alignment``."""
-    groups = optimizer.param_groups
-    last = getattr(optimizer, "last_step", None)
-    taken = last.get("step_sizes") if isinstance(last, dict) else None
-    sizes = taken if taken is not None else [g["step_size"] for g in groups]
-    logs = {"step_size": float(sizes[0])}
-    if taken is not None and taken[0] != groups[0]["step_size"]:  # a merge after the update
-        logs["learning_rate"] = float(taken[0] * groups[0]["lr_multiplier"])  # not the merged lr
-    if any(size != sizes[0] for size in sizes[1:]):
-        for i, (group, size) in enumerate(zip(groups, sizes)):
-            logs[f"step_size/{group.get('name', i)}"] = float(size)
-    if isinstance(last, dict):
-        logs["linesearch/trials"] = float(last["trials"])
-        logs["linesearch/failed_searches"] = float(optimizer.search_state["failed_searches"])
-        for key in ("sufficient_decrease_ratio", "alignment"):  # alignment: a tracker's
-            if last.get(key) is not None:
-                logs[f"linesearch/{key}"] = float(last[key])
-    return logs
-
-
 class _LineSearchState:
     def __init__(self) -> None:
         self.micro_batches: list[_MicroBatch] = []
@@ -163,6 +143,7 @@ class _LineSearchState:
         self.optimizer: Optimizer | None = None  # the line search whose step is wrapped
         self.previous_step: Any = _MISSING  # the optimizer's own instance-level step, if any
         self.item_count_checked = False  # loss_ignores_item_count asked, once per train()
+        self.repeating = False  # compute_loss runs again for the search (line_search_trial)
 
 
 class LineSearchTrainerMixin:
@@ -181,6 +162,14 @@ class LineSearchTrainerMixin:
             self._check_line_search_setup(optimizer)
 
     # ----------------------------------------------------------------------- set-up checks
+    @property
+    def line_search_trial(self) -> bool:
+        """True while ``compute_loss`` runs again for the line search (a trial, a further
+        backward evaluation, the item-count check), not as Trainer's own call of a micro-batch.
+        Bookkeeping in a ``compute_loss`` (token counts, logged metrics, as TRL's trainers keep)
+        belongs to Trainer's own calls: skip it while this is True, or it counts every trial."""
+        return self._lsframe.repeating
+
     def _check_line_search_setup(self, optimizer: Optimizer) -> None:
         name = type(optimizer).__name__
         if getattr(self.args, "fp16", False):
@@ -377,13 +366,20 @@ class LineSearchTrainerMixin:
             self.model_accepts_loss_kwargs = False
             if self.is_world_process_zero():
                 warnings.warn(
-                    f"{type(self.accelerator.unwrap_model(model)).__name__}'s loss ignores "
-                    "num_items_in_batch, so Trainer would train on "
+                    f"{self._loss_owner(model)} ignores num_items_in_batch, so Trainer would train on "
                     f"{steps * processes} times its mean loss (gradient_accumulation_steps "
                     f"{steps} x processes {processes}) and a line search's steps would depend on "
                     "them: LineSearchTrainer set model_accepts_loss_kwargs = False (the mean)",
                     stacklevel=2,
                 )
+
+    def _loss_owner(self, model: nn.Module) -> str:
+        """Whose loss the item-count check judged: a ``compute_loss`` of a class below
+        ``transformers.Trainer`` (yours, or TRL's), else the model's own."""
+        owner = next(c for c in type(self).__mro__ if "compute_loss" in vars(c))
+        if owner is not Trainer:
+            return f"{owner.__name__}.compute_loss's loss"
+        return f"{type(self.accelerator.unwrap_model(model)).__name__}'s loss"
 
     # --------------------------------------------------------------------------- the rest
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
