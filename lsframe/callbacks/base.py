@@ -45,7 +45,8 @@ class ClosureHooks(ABC):
     first-order torch optimizer runs the backward closure once per step, so the gradient hooks
     fire exactly once per step; an optimizer that runs it several times per step, like LBFGS,
     fires them each time (stateful gradient callbacks such as ValleyExploration then advance
-    once per call).
+    once per call; DPS masks every call's gradients but scores the step and chooses its masks
+    once).
 
     The callbacks may also rely on the members declared here.
 

@@ -88,6 +88,7 @@ class DPS(GradientMaskCallback):
         if max_steps is not None:
             self.check_run_steps(max_steps)
         self.stage_length: int | None = None
+        self._gradients_of_step: int | None = None  # the step whose gradients were seen last
         self.scores: dict[str, Tensor] | None = None
         self.masks: dict[str, Tensor] | None = None
 
@@ -105,7 +106,7 @@ class DPS(GradientMaskCallback):
         if trainer.ckpt_path is not None and self.stage_length is not None:
             return  # resumed from a checkpoint: the same stages, scores and masks
         # a new fit (e.g. the next task of a sequence) starts its own stages
-        self.scores, self.masks = None, None
+        self.scores, self.masks, self._gradients_of_step = None, None, None
         steps = self.max_steps or pl_module.num_optimizer_steps()
         self.check_run_steps(steps)
         self.stage_length = int(steps * self.update_ratio)
@@ -136,10 +137,13 @@ class DPS(GradientMaskCallback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         step = trainer.global_step + 1
+        # an optimizer that runs the backward closure again in its step (torch's LBFGS): the
+        # gradients are masked each time, but the step is scored and its masks chosen once
+        again, self._gradients_of_step = step == self._gradients_of_step, step
         stage = self.stage(step)
-        first = (step - 1) % self.stage_length == 0
+        first = (step - 1) % self.stage_length == 0 and not again
         if stage % 2 == 1:
-            fraction = self._stage_one(trainer, first)
+            fraction = self._stage_one(trainer, first, score=not again)
         else:
             if first or self.masks is None:
                 self._select_masks(stage)
@@ -149,10 +153,11 @@ class DPS(GradientMaskCallback):
         pl_module.log(f"{self.log_prefix}/stage", float(stage))
         pl_module.log(f"{self.log_prefix}/updated_fraction", fraction)
 
-    def _stage_one(self, trainer: pl.Trainer, first: bool) -> float:
-        """Stage I's gradient work (accumulate the scores); returns the fraction of selected
-        entries whose gradient is kept."""
-        self._score(first)
+    def _stage_one(self, trainer: pl.Trainer, first: bool, score: bool = True) -> float:
+        """Stage I's gradient work (with ``score``, once per step: accumulate the scores);
+        returns the fraction of selected entries whose gradient is kept."""
+        if score:
+            self._score(first)
         return 1.0
 
     def _selection_scores(self) -> dict[str, Tensor]:

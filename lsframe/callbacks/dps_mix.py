@@ -252,7 +252,7 @@ class DPSMix(DPS):
 
     # ------------------------------------------------------------------------ gradient work
     @torch.no_grad()
-    def _stage_one(self, trainer: pl.Trainer, first: bool) -> float:
+    def _stage_one(self, trainer: pl.Trainer, first: bool, score: bool = True) -> float:
         self._draw(trainer.global_step + 1)
         if first or self.scores is None or self.counts is None:
             self.scores = {
@@ -270,7 +270,7 @@ class DPSMix(DPS):
         if self.mix_gradient == "reference" and grads:
             torch._foreach_mul_(grads, 1.0 - self.p)
         squares = [g.float() for g in grads]
-        if squares and all_finite(squares):  # a non-finite gradient would poison the ranking
+        if score and squares and all_finite(squares):  # a non-finite one would poison the ranking
             torch._foreach_addcmul_([self.scores[n] for n in names], squares, squares)
             for n in names:
                 self.counts[n] += self.column_masks[n]

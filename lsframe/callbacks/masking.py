@@ -10,8 +10,10 @@ Masking behaviours (``mask_mode``):
 * ``"frozen"``: masked entries do not move at all. Besides the gradient, their first-moment
   buffers (``exp_avg`` of the Adam family, lsframe's line searches included, ``momentum_buffer``
   of SGD) are zeroed, so a line search's trial points and its Armijo slope leave them out too;
-  their values are saved before the step and written back after it, which also undoes weight
-  decay. Masked entries are then bit-identical across the step. Second moments keep decaying.
+  their values are saved before the step and written back as the optimizer's step returns (its
+  step post-hook, before any callback's batch-end hook sees the parameters), which also undoes
+  weight decay. Masked entries are then bit-identical across the step. Second moments keep
+  decaying.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class GradientMaskCallback(ClosureCallback):
         self.exclude = list(exclude) if exclude else None
         self.params: dict[str, nn.Parameter] = {}
         self._saved: list[tuple[nn.Parameter, Tensor, Tensor]] = []
+        self._restore_hook: Any = None  # the optimizer's step post-hook that calls _restore
 
     def select(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         """The ``(name, parameter)`` pairs of ``model`` this callback masks."""
@@ -129,6 +132,8 @@ class GradientMaskCallback(ClosureCallback):
             torch._foreach_mul_(grads, scale)
         if self.mask_mode != "frozen":
             return
+        if self._restore_hook is None:  # written back as the step ends, before any later hook
+            self._restore_hook = optimizer.register_step_post_hook(lambda *_: self._restore())
         self._saved = []
         for param, mask in zip(params, keep):
             masked = ~mask
@@ -141,6 +146,9 @@ class GradientMaskCallback(ClosureCallback):
 
     @torch.no_grad()
     def _restore(self) -> None:
+        if self._restore_hook is not None:
+            self._restore_hook.remove()
+            self._restore_hook = None
         for param, masked, values in self._saved:
             param.detach().masked_scatter_(masked, values)
         self._saved = []
