@@ -376,8 +376,8 @@ def layer_stack_parameters(
         if layout.stack is None:
             raise ValueError(
                 f"{type(model).__name__} has no layer stack (an nn.ModuleList or nn.Sequential "
-                "of layers below the model, or timm's group_matcher): name the parameters to "
-                "select with include patterns"
+                "of two or more layers below the model, or timm's group_matcher): name the "
+                "parameters to select with include patterns"
             )
         chosen = [(n, p) for n, p in named if id(p) in layout.layer]
     return [(n, p) for n, p in chosen if not _matches(n, exclude)]

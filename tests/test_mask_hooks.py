@@ -5,14 +5,16 @@ and its masks chosen once."""
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from helpers import TinyRegression, loader, trainer
 from torch import Tensor
 
-from lsframe.callbacks import DPS, ClosureCallback
+from lsframe.callbacks import DPS, ChildTuningD, ClosureCallback
 from lsframe.callbacks.masking import top_fraction_mask
 
 SELECTED = ("0.weight", "3.weight")  # the two Linear weights of helpers.mlp
@@ -71,3 +73,20 @@ def test_a_closure_run_several_times_a_step_is_masked_each_time_and_scored_once(
         for step, grads in after.calls:
             if step in (3, 4):  # every call of stage II masked
                 assert (grads[name][~mask] == 0).all() and grads[name][mask].any()
+
+
+def test_settings_under_which_no_mask_ever_acts_are_warned_about():
+    # a sweep's edges ran to the end as plain fine-tuning reported under the method's name
+    with pytest.warns(UserWarning, match=r"DPS\(p=0\) masks nothing"):
+        DPS(p=0.0)
+    with pytest.warns(UserWarning, match=r"ChildTuningD\(reserve_p=1\) keeps every gradient"):
+        ChildTuningD(reserve_p=1.0)
+    module = TinyRegression(optimizer=partial(torch.optim.AdamW, lr=1e-2))
+    with pytest.warns(UserWarning, match="stages of 4 optimizer steps in a run of 4: its masking"):
+        trainer(max_steps=4, callbacks=[DPS(update_ratio=1.0)]).fit(module, loader(32, 4))
+    with warnings.catch_warnings(record=True) as caught:  # a masking stage within the run
+        warnings.simplefilter("always")
+        callback = DPS(p=0.5, update_ratio=0.5)
+        module = TinyRegression(optimizer=partial(torch.optim.AdamW, lr=1e-2))
+        trainer(max_steps=4, callbacks=[callback]).fit(module, loader(32, 4))
+    assert not [w for w in caught if "DPS" in str(w.message)]

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lsframe.callbacks.fisher import squared_gradient_mean
@@ -85,6 +86,11 @@ class ChildTuningD(GradientMaskCallback):
         check_positive(allow_none=True, max_grad_norm=max_grad_norm)
         self.reserve_p = reserve_p
         self.variant = variant
+        if reserve_p == 1:  # a sweep's edge that would report plain fine-tuning as this method
+            rank_zero_warn(
+                f"{type(self).__name__}(reserve_p=1) keeps every gradient: the run is plain "
+                "fine-tuning"
+            )
         self.num_batches = num_batches
         self.max_grad_norm = max_grad_norm
         self.masks: dict[str, Tensor] | None = None

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lsframe.callbacks.child_tuning import ChildTuningD
@@ -85,6 +86,10 @@ class DPS(GradientMaskCallback):
         self.p = p
         self.update_ratio = update_ratio
         self.max_steps = max_steps
+        if p == 0:  # a sweep's edge that would report plain fine-tuning as this method
+            rank_zero_warn(
+                f"{type(self).__name__}(p=0) masks nothing: the run is plain fine-tuning"
+            )
         if max_steps is not None:
             self.check_run_steps(max_steps)
         self.stage_length: int | None = None
@@ -110,6 +115,15 @@ class DPS(GradientMaskCallback):
         steps = self.max_steps or pl_module.num_optimizer_steps()
         self.check_run_steps(steps)
         self.stage_length = int(steps * self.update_ratio)
+        try:
+            run = steps if self.max_steps is None else pl_module.num_optimizer_steps()
+        except ValueError:  # a run of unknown length (an infinite loader): no judgement
+            run = None
+        if run is not None and self.stage_length >= run:
+            rank_zero_warn(
+                f"{type(self).__name__}: stages of {self.stage_length} optimizer steps in a run of "
+                f"{run}: its masking stage never comes; lower update_ratio (or max_steps)"
+            )
 
     def check_run_steps(self, run_steps: int) -> None:
         """Refuse stages of 0 steps: ``int(steps · update_ratio)`` with ``steps`` this callback's
