@@ -288,7 +288,8 @@ class LSFrameCLI(ResumeChecks, LightningCLI):
         metrics = validation_metrics(trainer)  # val/ and MNLI's val_mismatched/
         lines = ["", "lsframe: fit finished"]
         held = next((c for c in trainer.callbacks if isinstance(c, HParamsMetrics)), None)
-        if not metrics and held is not None and held.last_validation:  # none since a resume
+        # none since a resume (the callback metrics it starts with are the checkpoint's)
+        if held is not None and not held.validated_in_fit and held.last_validation:
             metrics = held.last_validation
             lines.append(f"  the last validation, at step {held.last_validation_step}:")
         lines += [f"  {k} = {v:.4f}" for k, v in sorted(metrics.items())]

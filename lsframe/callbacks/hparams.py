@@ -57,12 +57,18 @@ class HParamsMetrics(pl.Callback):
         #: the last validation of the fit (or of the one a checkpoint resumes): metric → value
         self.last_validation: dict[str, float] = {}
         self.last_validation_step: int | None = None
+        #: whether the current (or last) fit ran a validation of its own
+        self.validated_in_fit = False
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.validated_in_fit = False
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn != "fit" or trainer.sanity_checking or not self._active(trainer):
             return
         self.last_validation = validation_metrics(trainer)
         self.last_validation_step = trainer.global_step
+        self.validated_in_fit = True
 
     # in the checkpoint's own key, not a callback state: Lightning refuses two stateful
     # instances of one type, and a second instance here is allowed (it does nothing)
