@@ -8,8 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from lsframe.config_nodes import import_class, node_get
 from lsframe.errors import ConfigError, LsframeError
+from lsframe.parts import check_patterns_match
 from lsframe.validation import check_int_at_least
 
 
@@ -97,3 +100,53 @@ def refuse_exception_checkpoints(callbacks: list[Any]) -> None:
                 "and resumes from them: remove it",
                 where=f"trainer.callbacks[{index}]",
             )
+
+
+def submodule(module: nn.Module, path: str) -> nn.Module:
+    """The submodule at the dotted ``path`` (``head_attr``); refused by name where absent."""
+    for part in path.split("."):
+        child = getattr(module, part, None)
+        if not isinstance(child, nn.Module):
+            names = ", ".join(name for name, _ in module.named_children())
+            raise ConfigError(
+                f"{type(module).__name__} has no submodule {part!r}; its submodules: {names}",
+                where="head_attr",
+            )
+        module = child
+    return module
+
+
+def _parameter_prefixes(model: nn.Module) -> list[str]:
+    """The modules that own trainable parameters, each named once (``classifier``, ...)."""
+    owners = [n.rpartition(".")[0] for n, p in model.named_parameters() if p.requires_grad]
+    return list(dict.fromkeys(owners))[-3:]
+
+
+def task_head(model: nn.Module, head_attr: str) -> nn.Module:
+    """The head that ``heads: separate`` copies for each task: the submodule ``head_attr``, which
+    must own trainable parameters (a parameterless one, an activation, left the classifier
+    shared by every task while the run reported a head per task)."""
+    head = submodule(model, head_attr)
+    if not any(p.requires_grad for p in head.parameters()):
+        raise ConfigError(
+            f"{head_attr!r} is a {type(head).__name__} with no trainable parameters: heads: "
+            "separate gives each task its own copy of the classifier head, so name the head's "
+            f"module (modules with parameters: {', '.join(_parameter_prefixes(model))})",
+            where="head_attr",
+        )
+    return head
+
+
+def check_callback_patterns(model: nn.Module, callbacks: list[Any]) -> None:
+    """Each EWC's include/exclude patterns match a trainable parameter, checked as the runner is
+    built (EWC itself checks as its first stage starts, when files are written already)."""
+    from lsframe.callbacks import EWC
+
+    for callback in callbacks:
+        if not isinstance(callback, EWC):
+            continue
+        try:
+            check_patterns_match(model, "EWC", include=callback.include, exclude=callback.exclude)
+        except ConfigError as error:  # in the owner's form: the CLI places it at the callback
+            argument = str(error.where).rsplit(".", 1)[-1]
+            raise ConfigError(f"EWC: {error.message}", argument=argument) from None

@@ -66,10 +66,12 @@ from lsframe.modules.export import is_lora
 from lsframe.modules.random_state import random_states, set_random_states
 from lsframe.preemption import Preemption, catch_signals
 from lsframe.sequence_checks import (
+    check_callback_patterns,
     check_metric,
     check_output_dir,
     check_stages,
     refuse_exception_checkpoints,
+    task_head,
 )
 from lsframe.sequence_result import SequenceResult, write_result
 from lsframe.sequence_state import (
@@ -99,20 +101,6 @@ class Stage:
     data: pl.LightningDataModule
     max_epochs: int | None = None
     max_steps: int | None = None
-
-
-def _get(module: nn.Module, path: str) -> nn.Module:
-    """The submodule at the dotted ``path`` (``head_attr``); refused by name where absent."""
-    for part in path.split("."):
-        child = getattr(module, part, None)
-        if not isinstance(child, nn.Module):
-            names = ", ".join(name for name, _ in module.named_children())
-            raise ConfigError(
-                f"{type(module).__name__} has no submodule {part!r}; its submodules: {names}",
-                where="head_attr",
-            )
-        module = child
-    return module
 
 
 class SequenceRunner:
@@ -155,8 +143,10 @@ class SequenceRunner:
         # attributes of each stage's Preemption callback ("where" is appended to the stage)
         self.preemption = dict(preemption or {})
         self.heads: dict[str, nn.Module] = {}
+        self._first_stage_steps = 0  # steps of a first stage that did not finish (a rerun)
+        check_callback_patterns(model.model, self.callbacks)  # before any file is written
         if heads == "separate":
-            self.initial_head = copy.deepcopy(_get(model.model, head_attr))
+            self.initial_head = copy.deepcopy(task_head(model.model, head_attr))
             pattern = rf"^{re.escape(head_attr)}\."
             for callback in self.callbacks:
                 if isinstance(callback, EWC) and pattern not in callback.exclude:
@@ -296,7 +286,10 @@ class SequenceRunner:
     def _run_stages(self) -> SequenceResult:
         if self.output_dir.is_dir():  # a killed run's half-written stage checkpoint or state
             self._on_rank_zero(partial(remove_interrupted_writes, self.output_dir))
+        self._refuse_a_trained_first_stage()
         tasks = [s.name for s in self.stages]
+        # the heads as the saved state has them: a failed stage's half-trained one goes
+        self.heads = {}
         matrix = self._resume()
         for i in range(len(matrix), len(self.stages)):
             stage = self.stages[i]
@@ -310,7 +303,11 @@ class SequenceRunner:
                         keep = partial(keep_csv_metrics, Path(logger.log_dir), "lsframe sequential")
                         self._on_rank_zero(keep)
             resume = {"ckpt_path": preempted, "weights_only": True} if preempted.is_file() else {}
-            trainer.fit(self.module, datamodule=stage.data, **resume)
+            try:
+                trainer.fit(self.module, datamodule=stage.data, **resume)
+            finally:
+                if i == 0:  # the steps a failed first stage took are in the module's weights
+                    self._first_stage_steps = trainer.global_step
             self._on_rank_zero(partial(self._save_stage, i))
             row: list[float | None] = [None] * len(tasks)
             for j in range(i + 1):
@@ -328,6 +325,20 @@ class SequenceRunner:
         write = partial(write_result, result, self.output_dir, self.loggers, self._summary_params())
         self._on_rank_zero(write)
         return result
+
+    def _refuse_a_trained_first_stage(self) -> None:
+        """A rerun of this runner after its first stage failed part-way: the model holds that
+        attempt's weights and nothing saved holds the ones it started from (a later stage
+        restarts from the checkpoint of the stage before it)."""
+        if not self._first_stage_steps:
+            return
+        if self._state_path().is_file() or self._preempted_path(0).is_file():
+            return
+        raise RuntimeError(
+            f"SequenceRunner.run: this runner's first stage ({self.stages[0].name}) stopped after "
+            f"{self._first_stage_steps} optimizer steps, and its model holds that attempt's "
+            "weights: build the model and the SequenceRunner again to start the sequence afresh"
+        )
 
     def _summary_params(self) -> dict[str, Any]:
         """The module's hyperparameters with the sequence's tasks, heads and metric: what the
@@ -384,7 +395,7 @@ def main(argv: list[str]) -> SequenceResult:
     parser = build_parser()
     config = parse_or_raise(parser, fresh_class_arguments(argv))
     check_sequence_config(config)
-    check_same_sequence(config, write=True)
+    check_same_sequence(config)
     # a recipe, not an instance: each stage builds its own logger (lsframe.loggers)
     logger = config.trainer.get("logger")
     logger_specs(logger)
@@ -395,15 +406,17 @@ def main(argv: list[str]) -> SequenceResult:
     trainer_kwargs = {k: v for k, v in vars(init.trainer).items() if v is not None}
     if logger is not None:
         trainer_kwargs["logger"] = logger
-    runner = SequenceRunner(
-        init.model,
-        init.stages,
-        trainer_kwargs,
-        heads=init.heads,
-        head_attr=init.head_attr,
-        metric=init.metric,
-        output_dir=init.output_dir,
-    )
-    with callback_errors_placed(lambda: config.trainer.get("callbacks")):
-        with catch_signals("lsframe sequential"):
-            return runner.run()
+    placed = partial(callback_errors_placed, lambda: config.trainer.get("callbacks"))
+    with placed():
+        runner = SequenceRunner(
+            init.model,
+            init.stages,
+            trainer_kwargs,
+            heads=init.heads,
+            head_attr=init.head_attr,
+            metric=init.metric,
+            output_dir=init.output_dir,
+        )
+    check_same_sequence(config, write=True)  # once the runner took its settings: nothing before
+    with placed(), catch_signals("lsframe sequential"):
+        return runner.run()

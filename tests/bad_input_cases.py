@@ -388,6 +388,23 @@ LATE_CASES: dict[str, tuple[Args, int, str]] = {
     "lightning refuses a setting": (
         fit(trainer__reload_dataloaders_every_n_epochs=-1), 2,
         "`reload_dataloaders_every_n_epochs` should be an int >= 0, got -1."),
+    "sequential: head_attr misspelled": (  # sequence_config.json was written first
+        config_case("sequential", sequence(head_attr="clasifier"), glue), 2,
+        "BertForSequenceClassification has no submodule 'clasifier'; its submodules: bert, "
+        "dropout, classifier (head_attr)"),
+    "sequential: head_attr without parameters": (  # every task shared the classifier
+        config_case("sequential", sequence(head_attr="dropout"), glue), 2,
+        "'dropout' is a Dropout with no trainable parameters: heads: separate gives each task "
+        "its own copy of the classifier head, so name the head's module (modules with "
+        "parameters: bert.encoder.layer.5.output.LayerNorm, bert.pooler.dense, classifier) "
+        "(head_attr)"),
+    "sequential: an EWC pattern that matches nothing": (  # checked as stage 0 began: files
+        config_case("sequential", sequence(trainer__callbacks=[{
+            "class_path": "lsframe.callbacks.EWC", "init_args": {"include": ["nomatch"]}}]),
+            glue), 2,
+        "EWC: include pattern 'nomatch' matches no trainable parameter of "
+        "BertForSequenceClassification (re.search on names such as "
+        "'bert.embeddings.word_embeddings.weight') (trainer.callbacks[0].init_args.include)"),
     "image that does not decode": (
         config_case("fit", image_fit(FOLDER, {"num_classes": 2}), image_folder), 1,
         "image does not decode (UnidentifiedImageError) ({tmp}/images/train/b/bad.png)"),

@@ -1,0 +1,76 @@
+"""A SequenceRunner run again in the same process after a stage failed part-way (a notebook's
+rerun of the cell): it goes on as the uninterrupted sequence, or says why it cannot; and heads
+that could not be a task's own are refused as the runner is built."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from sequence_helpers import TinyClassifier, runner
+
+from lsframe.errors import ConfigError
+from lsframe.sequential import SequenceRunner
+
+
+class FailsOnce(pl.Callback):
+    """Raises once, at optimizer step ``step`` of the ``fit``-th fit: a stage that fails after
+    it trained (an out-of-memory error, a bad batch)."""
+
+    def __init__(self, fit: int, step: int = 3) -> None:
+        self.fit, self.step, self.fits, self.done = fit, step, 0, False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.fits += 1
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if self.fits == self.fit and trainer.global_step == self.step and not self.done:
+            self.done = True
+            raise RuntimeError("out of memory")
+
+    def state_dict(self) -> dict:
+        return {}
+
+
+def test_a_rerun_after_a_later_stage_failed_part_way_ends_as_the_sequence_through(tmp_path):
+    # the failed stage's half-trained head was kept (self.heads) and trained on: its final
+    # weights were 1.18 away from the sequence run through, R[1][0] 0.9375 against 0.875
+    torch.manual_seed(0)
+    through = runner(tmp_path / "through")
+    result = through.run()
+    torch.manual_seed(0)
+    again = runner(tmp_path / "again", callbacks=[FailsOnce(fit=2)])
+    with pytest.raises(RuntimeError, match="out of memory"):
+        again.run()
+    assert again.run().matrix == result.matrix
+    for (name, a), b in zip(
+        through.module.state_dict().items(), again.module.state_dict().values()
+    ):
+        assert torch.equal(a, b), name
+    for task in ("a", "b"):
+        assert torch.equal(through.heads[task].weight, again.heads[task].weight), task
+
+
+def test_a_rerun_after_the_first_stage_failed_part_way_is_refused_in_one_line(tmp_path):
+    # it trained on from the weights the failed attempt left (0.49 away), nothing saved holding
+    # the ones it started from
+    torch.manual_seed(0)
+    failed = runner(tmp_path, callbacks=[FailsOnce(fit=1)])
+    with pytest.raises(RuntimeError, match="out of memory"):
+        failed.run()
+    message = r"first stage \(a\) stopped after 3 optimizer steps, and its model holds that"
+    with pytest.raises(RuntimeError, match=message):
+        failed.run()
+    assert not (tmp_path / "sequence_state.pt").exists()
+    torch.manual_seed(0)
+    assert None not in runner(tmp_path).run().matrix[1]  # a new model and runner start afresh
+
+
+def test_a_separate_head_must_be_a_module_with_parameters():
+    # head_attr "body.1" (a Tanh): every task trained one shared classifier while the run
+    # reported a head per task
+    stages = runner("unused").stages
+    with pytest.raises(ConfigError, match="'body.1' is a Tanh with no trainable parameters") as e:
+        SequenceRunner(TinyClassifier(), stages, head_attr="body.1")
+    assert e.value.where == "head_attr"
+    SequenceRunner(TinyClassifier(), stages, head_attr="body.1", heads="shared")  # not copied
