@@ -337,7 +337,9 @@ def combine_main(argv: list[str]) -> dict[str, float]:
         header = "# combined learning-rate distribution (geometric mean per part) of: "
         header += " ".join(args.distributions)
         header += "" if base_lr is None else f"; base_lr {base_lr:g}"
-        Path(args.out).write_text(header + "\n" + text)
+        from lsframe.checkpoint_io import write_atomically  # whole or not at all
+
+        write_atomically(args.out, (header + "\n" + text).encode())
     print(text, end="")
     return combined
 

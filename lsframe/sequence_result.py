@@ -11,6 +11,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
+from lsframe.checkpoint_io import write_atomically
 from lsframe.loggers import LoggerSpec
 from lsframe.sequence_checks import higher_is_better
 
@@ -53,16 +54,28 @@ class SequenceResult:
 def write_result(
     result: SequenceResult, output_dir: Path, loggers: list[LoggerSpec], params: dict[str, Any]
 ) -> None:
-    """``accuracy_matrix.md`` and ``.json`` in ``output_dir``, the ``summary`` run of each logger
-    (``params``: the hyperparameters its HPARAMS entry shows), and the matrix printed."""
+    """The ``summary`` run of each logger (``params``: the hyperparameters its HPARAMS entry
+    shows), then ``accuracy_matrix.md`` and ``.json`` in ``output_dir``, each written whole or
+    not at all; the matrix printed. A finished sequence run again finds its ``.json`` written,
+    so its summary logged: the loggers are left alone (TensorBoard showed every point twice)."""
     text = result.markdown()
-    (output_dir / "accuracy_matrix.md").write_text(text)
     payload = {"tasks": result.tasks, "metric": result.metric, "matrix": result.matrix}
     payload["summaries"] = result.summaries()
-    (output_dir / "accuracy_matrix.json").write_text(json.dumps(payload, indent=1))
-    for spec in loggers:
-        log_summary(spec.build(output_dir, "summary"), result, text, params)
+    written = output_dir / "accuracy_matrix.json"
+    if _read_json(written) != json.loads(json.dumps(payload)):
+        for spec in loggers:
+            log_summary(spec.build(output_dir, "summary"), result, text, params)
+    write_atomically(output_dir / "accuracy_matrix.md", text.encode())
+    write_atomically(written, json.dumps(payload, indent=1).encode())
     print(text)
+
+
+def _read_json(path: Path) -> Any:
+    """``path``'s JSON, or None where it is absent or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def log_summary(logger: Logger, result: SequenceResult, text: str, params: dict[str, Any]) -> None:

@@ -74,3 +74,19 @@ def test_a_separate_head_must_be_a_module_with_parameters():
         SequenceRunner(TinyClassifier(), stages, head_attr="body.1")
     assert e.value.where == "head_attr"
     SequenceRunner(TinyClassifier(), stages, head_attr="body.1", heads="shared")  # not copied
+
+
+def test_a_finished_sequence_run_again_logs_its_summary_once(tmp_path):
+    # the rerun added a second events file to summary/: every R/<task> point and the HPARAMS
+    # entry showed twice in TensorBoard
+    torch.manual_seed(0)
+    result = runner(tmp_path).run()
+    logged = sorted(p.name for p in (tmp_path / "summary").rglob("*") if p.is_file())
+    assert any(name.startswith("events.out.tfevents") for name in logged)
+    again = runner(tmp_path).run()
+    assert again.matrix == result.matrix
+    assert sorted(p.name for p in (tmp_path / "summary").rglob("*") if p.is_file()) == logged
+    (tmp_path / "accuracy_matrix.json").write_text("{")  # cut short: the summary logs again
+    runner(tmp_path).run()
+    files = [p for p in (tmp_path / "summary").rglob("events.out.tfevents*")]
+    assert len(files) == 2 and (tmp_path / "accuracy_matrix.json").read_text().startswith("{\n")
