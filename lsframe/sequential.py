@@ -196,9 +196,10 @@ class SequenceRunner:
         return callback
 
     def _evaluate(self, stage: Stage) -> float:
+        device = self._device()  # the GPU the fit ran on (devices: [1] is not GPU 0)
         evaluator = pl.Trainer(
             accelerator=self.trainer_kwargs.get("accelerator", "auto"),
-            devices=1,
+            devices=[device.index] if device.type == "cuda" else 1,
             precision=self.trainer_kwargs.get("precision"),
             logger=False,
             enable_progress_bar=False,

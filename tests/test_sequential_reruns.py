@@ -1,6 +1,7 @@
 """A SequenceRunner run again in the same process after a stage failed part-way (a notebook's
-rerun of the cell): it goes on as the uninterrupted sequence, or says why it cannot; and heads
-that could not be a task's own are refused as the runner is built."""
+rerun of the cell): it goes on as the uninterrupted sequence, or says why it cannot; a finished
+one run again logs nothing twice; heads that could not be a task's own are refused as the runner
+is built; each task is evaluated on the GPU its stage trained on."""
 
 from __future__ import annotations
 
@@ -90,3 +91,26 @@ def test_a_finished_sequence_run_again_logs_its_summary_once(tmp_path):
     runner(tmp_path).run()
     files = [p for p in (tmp_path / "summary").rglob("events.out.tfevents*")]
     assert len(files) == 2 and (tmp_path / "accuracy_matrix.json").read_text().startswith("{\n")
+
+
+def test_each_task_is_evaluated_on_the_gpu_the_stage_trained_on(tmp_path, monkeypatch):
+    # devices=1 evaluated on GPU 0 a sequence trained with trainer.devices [1]; Lightning makes
+    # the fit's GPU the current one
+    built = []
+
+    class Evaluator:
+        def __init__(self, **kwargs) -> None:
+            built.append(kwargs)
+
+        def validate(self, *args, **kwargs) -> list[dict]:
+            return [{"val/acc": 1.0}]
+
+    run = runner(tmp_path)
+    monkeypatch.setattr("lsframe.sequential.pl.Trainer", Evaluator)
+    run._evaluate(run.stages[0])
+    assert built[-1]["devices"] == 1  # the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    run.trainer_kwargs["accelerator"] = "gpu"
+    run._evaluate(run.stages[0])
+    assert built[-1]["devices"] == [1]
