@@ -287,6 +287,13 @@ def test_bad_arguments_and_misuse_are_clear_errors():
     with pytest.raises(ConfigError, match="exclude pattern 'wieght' matches no trainable") as error:
         run_dps(DPS(include=["weight"], exclude=["wieght"]))
     assert error.value.where == "DPS.exclude" and "close: 'weight'" in str(error.value)
+    # one that matches only parameters DPS does not select (it masks weight matrices) was
+    # accepted and removed nothing
+    with pytest.raises(
+        ConfigError, match="exclude pattern 'bias' matches none of the par"
+    ) as error:
+        run_dps(DPS(exclude=["bias"]))
+    assert error.value.argument == "exclude"
     with pytest.raises(ValueError, match="no layer stack"):
         run_dps(ChildTuningD())  # helpers.mlp is an nn.Sequential, no ModuleList
     # helpers.mlp's two Linear weights hold 4·16 + 16·1 = 80 entries: 0.01 keeps 0.8 a step

@@ -19,6 +19,7 @@ Masking behaviours (``mask_mode``):
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -27,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lsframe.callbacks.base import ClosureCallback
+from lsframe.errors import ConfigError
 from lsframe.parts import check_patterns_match
 from lsframe.validation import check_choice, check_patterns
 
@@ -93,6 +95,7 @@ class GradientMaskCallback(ClosureCallback):
         name = type(self).__name__
         model = getattr(pl_module, "model", pl_module)
         check_patterns_match(model, name, include=self.include, exclude=self.exclude)
+        self._check_exclude_removes_something(model)
         self.params = dict(self.select(model))
         if not self.params:
             raise ValueError(
@@ -106,6 +109,24 @@ class GradientMaskCallback(ClosureCallback):
                 "entry moves only where every mask keeps it, and each mask's own rescaling "
                 "(ChildTuning-F's 1/reserve_p) applies on top of the others"
             )
+
+    def _check_exclude_removes_something(self, model: nn.Module) -> None:
+        """Each ``exclude`` pattern matches a parameter this callback would select without it:
+        one that matches only others (``bias``, where DPS selects weight matrices) was accepted
+        and removed nothing."""
+        excluded, self.exclude = self.exclude, None
+        try:
+            candidates = [n for n, _ in self.select(model)]
+        finally:
+            self.exclude = excluded
+        for pattern in excluded or []:
+            if candidates and not any(re.search(pattern, n) for n in candidates):
+                name = type(self).__name__
+                raise ConfigError(
+                    f"{name}: exclude pattern {pattern!r} matches none of the parameters {name} "
+                    f"selects (such as {candidates[0]!r}), so it removes nothing",
+                    argument="exclude",
+                )
 
     def masked_fraction_kept(self, masks: dict[str, Tensor]) -> float:
         kept = sum(int(m.sum()) for m in masks.values())
