@@ -145,8 +145,8 @@ def check_callback_patterns(model: nn.Module, callbacks: list[Any]) -> None:
     for callback in callbacks:
         if not isinstance(callback, EWC):
             continue
-        try:
-            check_patterns_match(model, "EWC", include=callback.include, exclude=callback.exclude)
-        except ConfigError as error:  # in the owner's form: the CLI places it at the callback
-            argument = str(error.where).rsplit(".", 1)[-1]
-            raise ConfigError(f"EWC: {error.message}", argument=argument) from None
+        for argument in ("include", "exclude"):
+            try:
+                check_patterns_match(model, "EWC", **{argument: getattr(callback, argument)})
+            except ConfigError as error:  # in the owner's form: the CLI places it at the callback
+                raise ConfigError(f"EWC: {error.message}", argument=argument) from None
