@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import TinyRegression, loader, mlp, regression_data, trainer  # noqa: E402
+from helpers import TinyRegression, leave_process_group, loader, mlp, regression_data, trainer  # noqa: E402
 
 from lsframe import optim  # noqa: E402
 from lsframe.callbacks import DPS, EWC, ChildTuningD, ValleyExploration  # noqa: E402
@@ -66,9 +66,7 @@ def main(out_dir: str, name: str, steps: int) -> None:
         },
         Path(out_dir) / f"rank{t.global_rank}.pt",
     )
-    # as every DDP script should (lsframe's entry point does it): left to interpreter shutdown,
-    # gloo's threads now and then abort the finished process with exit code 134
-    torch.distributed.destroy_process_group()
+    leave_process_group()
 
 
 if __name__ == "__main__":

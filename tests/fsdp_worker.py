@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from helpers import leave_process_group
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -172,7 +173,7 @@ def main(out: str) -> None:
         results[f"{name}+bf16_policy"] = {"max_diff": diff}
     if rank == 0:
         Path(out).write_text(json.dumps(results, indent=1))
-    dist.destroy_process_group()
+    leave_process_group()
 
 
 if __name__ == "__main__":

@@ -168,6 +168,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def leave_process_group() -> None:
+    """End a test worker's process group as every rank finishes: all ranks meet, then tear it
+    down. Left to interpreter shutdown, or torn down by one rank while the other still writes
+    its results, gloo's threads now and then abort a finished rank with SIGABRT ("terminate
+    called without an active exception"): a flaky test, not a failed claim."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def two_process_results(worker: Path, out: Path) -> dict:
     """Run ``worker out`` under ``torch.distributed.run`` on 2 CPU processes and read the JSON
     results it wrote to ``out``."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from helpers import leave_process_group
 from hf_helpers import DATA, VOCAB, arguments, bert
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -71,10 +72,7 @@ def main(out: Path) -> None:
     dist.all_gather_object(gathered, results)
     if dist.get_rank() == 0:
         out.write_text(json.dumps(gathered))
-    # torn down before exit: left to the interpreter's shutdown, gloo's threads aborted a rank
-    # now and then ("terminate called without an active exception")
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_process_group()
 
 
 if __name__ == "__main__":

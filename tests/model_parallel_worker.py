@@ -20,7 +20,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.fsdp import fully_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import TinyRegression, mlp, regression_data, trainer  # noqa: E402
+from helpers import TinyRegression, leave_process_group, mlp, regression_data, trainer  # noqa: E402
 
 from lsframe import optim  # noqa: E402
 from lsframe.data import ResumableDataLoader  # noqa: E402
@@ -106,7 +106,7 @@ def main(out: str, names: list[str]) -> None:
         results[f"{name}/sharded_vs_ddp"] = {"max_diff": sharded}
     if dist.get_rank() == 0:
         Path(out).write_text(json.dumps(results, indent=1))
-    dist.destroy_process_group()
+    leave_process_group()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from helpers import leave_process_group
 from torch.nn.parallel import DistributedDataParallel
 
 from lsframe import optim
@@ -75,7 +76,7 @@ def main(out: str) -> None:
         dist.barrier()  # rank 1 waits here while rank 0 trains its own model
     if rank == 0:
         Path(out).write_text(json.dumps(results, indent=1))
-    dist.destroy_process_group()
+    leave_process_group()
 
 
 if __name__ == "__main__":
