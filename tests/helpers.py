@@ -80,6 +80,14 @@ class TinyRegression(ClosureModule):
         return F.mse_loss(self.model(x).squeeze(-1), y)
 
 
+class ValidatedRegression(TinyRegression):
+    """A TinyRegression whose validation logs ``val/loss``."""
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("val/loss", F.mse_loss(self.model(x).squeeze(-1), y))
+
+
 def registry_module(name: str, model: nn.Module | None = None, **kwargs: Any) -> TinyRegression:
     """A TinyRegression driven by the registered optimizer ``name``, at its record's ``test_lr``
     (if any) and grouped as the record asks (one group per part, else a single group)."""

@@ -29,12 +29,6 @@ def make_module(name: str, **kwargs) -> TinyRegression:
     return registry_module(name, model=mlp(dropout=0.2), **kwargs)
 
 
-class Validated(TinyRegression):
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val/loss", torch.nn.functional.mse_loss(self.model(x).squeeze(-1), y))
-
-
 class FailsOnce(Callback):
     """At the batch of optimizer step ``at`` (once): a DataError from ``on_train_batch_start``
     (a check of the fetched batch), or a non-finite loss from the module's closure."""

@@ -12,14 +12,13 @@ from functools import partial
 
 import pytest
 import torch
-from helpers import TinyRegression, mlp, regression_data, trainer
+from helpers import TinyRegression, ValidatedRegression, mlp, regression_data, trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from resume_helpers import (
     CRASH,
     EVERY,
     STEPS,
     Crash,
-    Validated,
     assert_same_parameters,
     data,
     make_module,
@@ -248,7 +247,7 @@ def test_a_last_checkpoint_written_at_an_epochs_end_resumes_the_exact_trajectory
 
     def module() -> TinyRegression:
         torch.manual_seed(0)
-        cls = Validated if validated else TinyRegression
+        cls = ValidatedRegression if validated else TinyRegression
         return cls(model=mlp(dropout=0.2), optimizer=partial(torch.optim.AdamW, lr=1e-2))
 
     val = regression_data(8, seed=1)
@@ -307,9 +306,11 @@ def test_a_run_extended_by_an_epoch_from_its_train_end_checkpoint_trains_that_ep
     # Lightning counted the epoch done, with the finished epoch's batch count: a later run
     # extended by an epoch resumed it "at its last batch" and trained nothing, with exit 0
 
-    def module() -> Validated:
+    def module() -> ValidatedRegression:
         torch.manual_seed(0)
-        return Validated(model=mlp(dropout=0.2), optimizer=partial(torch.optim.AdamW, lr=1e-2))
+        return ValidatedRegression(
+            model=mlp(dropout=0.2), optimizer=partial(torch.optim.AdamW, lr=1e-2)
+        )
 
     def val() -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(regression_data(8, seed=1), batch_size=4)

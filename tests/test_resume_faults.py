@@ -7,12 +7,11 @@ from functools import partial
 
 import pytest
 import torch
-from helpers import TinyRegression, regression_data, trainer
+from helpers import TinyRegression, ValidatedRegression, regression_data, trainer
 from resume_helpers import (
     STEPS,
     FailsOnce,
     Restores,
-    Validated,
     assert_same_parameters,
     data,
     make_module,
@@ -120,7 +119,7 @@ def test_a_file_that_does_not_decode_in_a_validation_leaves_last_where_it_was(tm
     _Undecodable.bad = 5  # in the validation's first batch
     try:
         with pytest.raises(DataError, match="does not decode"):
-            run.fit(Validated(), data(), val)
+            run.fit(ValidatedRegression(), data(), val)
     finally:
         _Undecodable.bad = None
     assert run.global_step == 4 and last.saved_for is None

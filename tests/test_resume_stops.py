@@ -11,13 +11,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import TinyRegression, mlp, regression_data, trainer
+from helpers import TinyRegression, ValidatedRegression, mlp, regression_data, trainer
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from resume_helpers import (
     Crash,
     FailsOnce,
     Restores,
-    Validated,
     assert_same_parameters,
     data,
     make_module,
@@ -27,10 +26,12 @@ from lsframe import optim
 from lsframe.checkpointing import BestAndLastCheckpoint
 
 
-def _accumulating() -> Validated:
+def _accumulating() -> ValidatedRegression:
     """Two micro-batches a step, with dropout: a validation every 3 batches (see
     :data:`_validating`) falls between the micro-batches of every other step."""
-    return Validated(model=mlp(dropout=0.2), optimizer=optim.SGDSLS, accumulate_grad_batches=2)
+    return ValidatedRegression(
+        model=mlp(dropout=0.2), optimizer=optim.SGDSLS, accumulate_grad_batches=2
+    )
 
 
 _validating = partial(trainer, deterministic=True, max_steps=8, val_check_interval=3,
@@ -41,7 +42,7 @@ def _validation_data() -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(regression_data(8), batch_size=8)
 
 
-def _assert_resumes_to(uninterrupted: Validated, ckpt_path: Path, label: str) -> None:
+def _assert_resumes_to(uninterrupted: ValidatedRegression, ckpt_path: Path, label: str) -> None:
     """A fresh module resumed from ``ckpt_path`` ends with ``uninterrupted``'s parameters."""
     torch.manual_seed(1234)
     resumed = _accumulating()
@@ -255,12 +256,12 @@ def test_a_checkpoint_at_the_end_of_an_epoch_without_a_validation_resumes_exactl
     every_ten = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=10, save_top_k=-1)
     fit = partial(trainer, deterministic=True, max_steps=20, check_val_every_n_epoch=2)
     torch.manual_seed(0)
-    uninterrupted = Validated(model=mlp(dropout=0.2), optimizer=optim.SGDSLS)
+    uninterrupted = ValidatedRegression(model=mlp(dropout=0.2), optimizer=optim.SGDSLS)
     fit(callbacks=[every_ten], enable_checkpointing=True).fit(
         uninterrupted, data(), _lsframe_validation_data()
     )
     torch.manual_seed(1234)
-    resumed = Validated(model=mlp(dropout=0.2), optimizer=optim.SGDSLS)
+    resumed = ValidatedRegression(model=mlp(dropout=0.2), optimizer=optim.SGDSLS)
     (epoch_end,) = tmp_path.glob("*step=10.ckpt")  # epoch 0's last batch: 10 batches an epoch
     fit().fit(resumed, data(), _lsframe_validation_data(), ckpt_path=epoch_end)
     assert_same_parameters(uninterrupted, resumed)
@@ -348,8 +349,8 @@ def test_a_resumed_fit_logs_each_value_at_the_uninterrupted_fit_s_step(where, tm
         return trainer(deterministic=True, max_steps=steps, log_every_n_steps=1, logger=logger,
                        **settings, **kwargs)  # fmt: skip
 
-    def module() -> Validated:
-        return Validated(model=mlp(dropout=0.2), optimizer=optim.SGDSLS,
+    def module() -> ValidatedRegression:
+        return ValidatedRegression(model=mlp(dropout=0.2), optimizer=optim.SGDSLS,
                          accumulate_grad_batches=accumulate)  # fmt: skip
 
     through, resumed = _Recorder(), _Recorder()
@@ -372,8 +373,8 @@ def test_a_resume_ended_before_its_first_validation_keeps_early_stopping_s_metri
     def fit(*callbacks, **kwargs) -> pl.Trainer:
         return trainer(deterministic=True, max_steps=15, callbacks=[*callbacks], **kwargs)
 
-    def module() -> Validated:
-        return Validated(model=mlp(dropout=0.2), optimizer=optim.SGDSLS)
+    def module() -> ValidatedRegression:
+        return ValidatedRegression(model=mlp(dropout=0.2), optimizer=optim.SGDSLS)
 
     torch.manual_seed(0)
     through, stop = module(), EarlyStopping("val/loss", patience=5)
