@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import helpers
 import pytest
 import torch
+from cli_runs import fit_args, fit_config, lsframe
 
 from lsframe.checkpointing import BestAndLastCheckpoint
 from lsframe.cli import LSFrameCLI
@@ -101,16 +102,12 @@ SAVED = ["--model", "preemption_helpers.SavedTinyClassifier"]
 
 def one_epoch_with_hyperparameters(tmp_path: Path) -> Path:
     """A one-epoch ``lsframe fit`` of a module that saves its hyperparameters; its last.ckpt."""
-    from test_preemption import fit_args, lsframe
-
     first = lsframe(tmp_path, fit_args(tmp_path, *SAVED, "--trainer.max_epochs", "1"))
     assert first.returncode == 0, first.stderr[-3000:]
     return tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
 
 
 def test_a_resume_reads_its_checkpoints_tensors_once(tmp_path, monkeypatch):
-    from test_preemption import fit_args
-
     from lsframe.__main__ import main
 
     # its settings are read four times before the fit loads it (its model settings twice, its
@@ -139,8 +136,6 @@ def refusal(last: Path, saved: str, given: str, key: str) -> str:
 
 
 def test_a_fit_resumed_from_a_checkpoint_file_refuses_a_model_setting_it_would_drop(tmp_path):
-    from test_preemption import fit_args, lsframe
-
     saved, last = SAVED, one_epoch_with_hyperparameters(tmp_path)
     other = [
         *saved,
@@ -161,8 +156,6 @@ def test_a_fit_resumed_from_a_checkpoint_file_refuses_a_model_setting_it_would_d
 def test_a_fit_resumed_with_ckpt_path_last_refuses_a_changed_setting_as_a_named_file_does(
     tmp_path,
 ):
-    from test_preemption import fit_args, lsframe
-
     saved, last = SAVED, one_epoch_with_hyperparameters(tmp_path)
     before = last.read_bytes()
     first_steps = torch.load(last, weights_only=False)["global_step"]
@@ -238,7 +231,6 @@ def test_continuing_a_csv_logged_run_keeps_the_metrics_logged_before_it(tmp_path
     # Lightning's CSVLogger deleted the continued run's metrics.csv; the closing lines offered
     # TensorBoard for a CSV run
     import yaml
-    from test_preemption import fit_config, lsframe
 
     config = fit_config(tmp_path / "runs")
     config["trainer"]["max_epochs"] = 1
@@ -296,7 +288,6 @@ def test_continuing_a_run_of_several_loggers_continues_each(shared, tmp_path):
     # then one logging beside it (version_1 of one folder) was moved into the first's version,
     # and a logger without init_args crashed the resume
     import yaml
-    from test_preemption import fit_config, lsframe
 
     config = fit_config(tmp_path / "runs")
     config["trainer"]["max_epochs"] = 1

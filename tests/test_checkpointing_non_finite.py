@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import helpers
 import pytest
 import torch
+from cli_runs import fit_args, lsframe
 from lightning.pytorch.callbacks import Callback
 
 from lsframe.checkpointing import BestAndLastCheckpoint
@@ -129,8 +130,6 @@ def test_last_is_reported_saved_for_a_non_finite_loss_only_where_it_was_written(
 
 
 def test_a_non_finite_loss_ends_the_fit_with_one_line_and_last_holds_the_run_up_to_it(tmp_path):
-    from test_preemption import fit_args, lsframe
-
     # SGD at lr 1e38: step 1 is finite; after its update the logits overflow float32
     sgd = ["--model.init_args.optimizer", "torch.optim.SGD"]
     args = fit_args(tmp_path, *sgd, "--model.init_args.optimizer.init_args.lr", "1e38")
