@@ -16,7 +16,9 @@ A node is matched by its path without ``init_args`` (``model.optimizer``: a file
 the class as ``class_path``, or as a bare string where an earlier file had a class node
 (``optimizer: lsframe.optim.SGDSLS``). Classes are compared as objects (``torch.optim.AdamW`` is
 ``torch.optim.adamw.AdamW``), a short name (``AdamSLS``) is looked up in ``lsframe.optim`` and
-``torch.optim``.
+``torch.optim`` (and the other modules of :data:`SHORT_NAME_MODULES`). A class that neither
+name resolves to (a short name of a module not listed) is no change: its arguments are kept, as
+jsonargparse keeps them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,16 @@ from lsframe.config_nodes import import_class
 
 SPECIAL = ("class_path", "init_args", "dict_kwargs", "__path__")
 #: Where a class named without its module is looked up.
-SHORT_NAME_MODULES = ("lsframe.optim", "torch.optim", "torch.optim.lr_scheduler")
+SHORT_NAME_MODULES = (
+    "lsframe.optim",
+    "torch.optim",
+    "torch.optim.lr_scheduler",
+    "lsframe.data",
+    "lsframe.modules",
+    "lsframe.callbacks",
+    "lightning.pytorch.callbacks",
+    "lightning.pytorch.loggers",
+)
 
 Node = tuple[str, str, str | None, set[str]]  # (plain path, real path, class_path, keys)
 
@@ -73,13 +84,27 @@ def _class_nodes(data: Any, known: set[str], path: str = "") -> list[Node]:
     return found
 
 
+def _parameters(cls: Any) -> dict[str, inspect.Parameter]:
+    """The arguments ``cls`` takes: its ``__init__``'s, and, while one passes ``**kwargs`` on,
+    those of the base classes' (as jsonargparse reads them)."""
+    found: dict[str, inspect.Parameter] = {}
+    for base in cls.__mro__ if isinstance(cls, type) else ():
+        if "__init__" not in vars(base) or base is object:
+            continue
+        try:
+            parameters = inspect.signature(base.__init__).parameters
+        except (TypeError, ValueError):  # a class without a readable signature
+            break
+        for name, parameter in list(parameters.items())[1:]:  # after self
+            found.setdefault(name, parameter)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            break
+    return found
+
+
 def _defaults(class_path: str, keys: set[str]) -> dict[str, Any]:
     """The defaults of ``keys`` in ``class_path``'s signature that a config can hold (JSON)."""
-    cls = resolve(class_path)
-    try:
-        parameters = inspect.signature(cls).parameters if isinstance(cls, type) else {}
-    except (TypeError, ValueError):  # a class without a readable signature
-        return {}
+    parameters = _parameters(resolve(class_path))
     defaults = {}
     for key in sorted(keys):
         parameter = parameters.get(key)
@@ -145,7 +170,15 @@ def with_fresh_class_arguments(argv: list[str], load: Any) -> list[str]:
         for plain, path, class_path, keys in _class_nodes(load(file), set(current)):
             cls = resolve(class_path) if class_path is not None else None
             written.setdefault(plain, path)
-            if cls is not None and plain in current and current[plain] != cls:
+            # a name that resolves to no class cannot be compared: GlueDataModule in one file
+            # and lsframe.data.GlueDataModule in the next reset the task to its default
+            known = cls is not None and not isinstance(cls, str)
+            if (
+                known
+                and plain in current
+                and not isinstance(current[plain], str)
+                and current[plain] != cls
+            ):
                 defaults = _defaults(class_path, given.get(plain, set()) - keys)
                 if defaults:
                     fresh = _merge(fresh, _nested(written[plain], defaults))
