@@ -29,6 +29,11 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = [
     "AtomicCheckpointIO",
     "file_mode",
@@ -63,11 +68,40 @@ def file_mode() -> int:
     return _FILE_MODE
 
 
+def _lock(fd: int, wait: bool) -> bool:
+    """Take an exclusive ``flock`` on ``fd`` (True), or say another process holds one (False).
+    Without ``fcntl`` (Windows) no lock is taken and every temporary file counts as abandoned."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    except OSError:  # a filesystem without locks: as without fcntl
+        return True
+    return True
+
+
+def _remove_if_abandoned(temporary: Path) -> None:
+    """Remove ``temporary`` unless a live writer holds it: each writer locks its temporary file
+    until the rename, and a killed writer's lock went with its process. Several processes may
+    write one file (the processes of one ``lsframe search``): one must not delete another's."""
+    try:
+        fd = os.open(temporary, os.O_RDONLY)
+    except OSError:  # gone already, or not ours to read
+        return
+    try:
+        if _lock(fd, wait=False):
+            temporary.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
 def _remove_stale_temporaries(target: Path) -> None:
     """Temporary files of earlier writes to ``target`` that a kill interrupted (each may be as
     large as a checkpoint)."""
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
-        stale.unlink(missing_ok=True)
+        _remove_if_abandoned(stale)
 
 
 def remove_interrupted_writes(directory: str | os.PathLike[str]) -> None:
@@ -76,7 +110,21 @@ def remove_interrupted_writes(directory: str | os.PathLike[str]) -> None:
     again (a ``best-step<n>.ckpt`` of the killed run) would keep its half-written copy."""
     for stale in Path(directory).glob(".*.tmp-*"):
         if stale.is_file():
-            stale.unlink(missing_ok=True)
+            _remove_if_abandoned(stale)
+
+
+def _locked_temporary(target: Path) -> tuple[int, str]:
+    """A new temporary file beside ``target``, open and locked: a cleaner that removed it between
+    its creation and the lock (it looked abandoned) is noticed, and another one is made."""
+    while True:
+        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.tmp-")
+        _lock(fd, wait=True)
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(temporary)):
+                return fd, temporary
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def _sync_directory(directory: Path) -> None:
@@ -100,22 +148,29 @@ def write_atomically(path: str | os.PathLike[str], data: bytes | memoryview) -> 
     The bytes go to a hidden temporary file in ``path``'s directory, are synced, and the file is
     renamed over ``path`` with :func:`os.replace`; the directory is synced after the rename. On an
     exception the temporary file is removed and ``path`` is untouched; temporary files that a
-    killed writer left beside ``path`` are removed before the next write.
+    killed writer left beside ``path`` are removed before the next write (a writer holds an
+    ``flock`` on its own until the rename, so processes writing one file leave each other's be).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(target)
-    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.tmp-")
+    fd, temporary = _locked_temporary(target)
+    # the file stays open, so locked, until it is renamed: closed first, another writer to the
+    # same target could take it for a killed writer's and remove it before the rename
+    file = os.fdopen(fd, "wb")
     try:
-        with os.fdopen(fd, "wb") as file:
-            _write_all(file, memoryview(data))
-            file.flush()
-            os.fsync(file.fileno())
+        _write_all(file, memoryview(data))
+        file.flush()
+        os.fsync(file.fileno())
         os.chmod(temporary, _FILE_MODE)
+        if fcntl is None:
+            file.close()  # Windows renames no open file (and takes no lock here)
         os.replace(temporary, target)
     except BaseException:
+        file.close()
         Path(temporary).unlink(missing_ok=True)
         raise
+    file.close()
     _sync_directory(target.parent)
 
 

@@ -333,13 +333,17 @@ def combine_main(argv: list[str]) -> dict[str, float]:
     combined = combine_distributions(loaded, names=args.distributions)
     text = yaml.safe_dump(combined, sort_keys=False)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         header = "# combined learning-rate distribution (geometric mean per part) of: "
         header += " ".join(args.distributions)
         header += "" if base_lr is None else f"; base_lr {base_lr:g}"
         from lsframe.checkpoint_io import write_atomically  # whole or not at all
 
-        write_atomically(args.out, (header + "\n" + text).encode())
+        try:
+            write_atomically(args.out, (header + "\n" + text).encode())
+        except OSError as error:  # a file where a folder must be, no permission, a full disk
+            raise ConfigError(
+                f"cannot write {args.out}: {error.strerror or error}", where="--out"
+            ) from error
     print(text, end="")
     return combined
 

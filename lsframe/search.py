@@ -15,7 +15,9 @@ finished trials), so an interrupted search resumes where it stopped. SIGTERM, SI
 (:mod:`lsframe.preemption`) let the running trial finish its current optimizer step, then mark it
 FAIL (not counted, its ``trial_<n>/`` removed; a rerun draws a new trial) and exit with status
 128 + the signal number after one line; a signal between trials stops before the next one. A
-process killed with SIGKILL leaves its trial RUNNING, which the study then ignores. The study
+process killed with SIGKILL leaves its trial RUNNING, which the study then ignores. A trial whose
+loss turns non-finite (``nonfinite_loss="raise"``: a sampled rate too high) is marked FAIL in one
+line and its folder removed; it counts toward ``n_trials`` and the search goes on. The study
 records the config it was started with and refuses to go on under another one (other bounds,
 groups, pairs or model; more trials, another sampler or seed are fine). Written to
 ``output_dir`` after every trial that ends (so a search cut short has them): ``trial_<n>/``
@@ -44,7 +46,7 @@ from lsframe.cli_usage import parse_or_raise
 from lsframe.config_checks import check_config
 from lsframe.config_nodes import dump_enums_as_values
 from lsframe.config_stacking import fresh_class_arguments
-from lsframe.errors import ConfigError
+from lsframe.errors import ConfigError, NonFiniteLossError
 from lsframe.loggers import logger_specs
 from lsframe.modules import ClosureModule
 from lsframe.parts import split_into_parts
@@ -58,15 +60,19 @@ from lsframe.search_options import (
 )
 from lsframe.search_plots import plot_param_importances, plot_search
 from lsframe.search_study import (
+    DIVERGED_ATTR,
     PROCESS_ATTR,
     PROCESS_START_ATTR,
     RUN_SETTINGS,
+    TrialDiverged,
     check_storage,
     fail_dead_trials,
+    finished_trials,
     open_study,
     process_name,
     process_start,
     quiet_about_interrupts,
+    stop_at,
     stop_on_signal,
 )
 from lsframe.sequence_checks import (
@@ -166,6 +172,11 @@ class DistributionSearch:
                 # beside the finished trials' as if they were results
                 shutil.rmtree(out.parent, ignore_errors=True)
                 raise KeyboardInterrupt(f"trial {trial.number} interrupted") from error
+            except NonFiniteLossError as error:  # a sampled distribution that diverges
+                shutil.rmtree(out.parent, ignore_errors=True)
+                diverged = TrialDiverged(trial, k, error)
+                print(f"lsframe search: {diverged}; it is marked FAIL", file=sys.stderr)
+                raise diverged from error
             finally:
                 # stage checkpoints only serve resuming this sequence; trials never resume
                 for leftover in [*out.glob("stage_*.ckpt"), out / "sequence_state.pt"]:
@@ -185,22 +196,32 @@ class DistributionSearch:
                 f"lsframe search: trial {number} was left running by a process that ended; "
                 "it is marked FAIL and its folder removed"
             )
-        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        done = len(study.get_trials(deepcopy=False, states=finished))
+        done = finished_trials(study)
         if done >= self.options.n_trials:
             print(
                 f"lsframe search: the study has its {done} trials (search.n_trials: "
                 f"{self.options.n_trials}); raise n_trials to run more"
             )
         else:
-            stop = optuna.study.MaxTrialsCallback(self.options.n_trials, states=finished)
+            stop = stop_at(self.options.n_trials)
             with catch_signals("lsframe search"), quiet_about_interrupts():
-                study.optimize(self.objective, callbacks=[stop, stop_on_signal, self._written])
+                study.optimize(
+                    self.objective,
+                    callbacks=[stop, stop_on_signal, self._written],
+                    catch=(TrialDiverged,),
+                )
                 # a signal after a trial's last step (it finished): stop before the next one
-                if len(study.get_trials(deepcopy=False, states=finished)) < self.options.n_trials:
+                if finished_trials(study) < self.options.n_trials:
                     hint = "finished trials are kept; run the same command to go on"
                     stop_if_received("lsframe search", "between trials", hint)
         self._write(study)
+        if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            diverged = sum(DIVERGED_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False))
+            raise ConfigError(
+                f"no trial of the study completed ({diverged} diverged: a non-finite loss); "
+                "lower search.lr_high, or raise search.n_trials",
+                where="search.lr_high",
+            )
         best = study.best_trial
         print(
             f"lsframe search: best trial {best.number} (objective {best.value:.4f}): "
@@ -225,6 +246,11 @@ class DistributionSearch:
                 "state": t.state.name,
                 "value": t.value,
                 "distribution": t.user_attrs.get("distribution"),
+                **(
+                    {"diverged": t.user_attrs[DIVERGED_ATTR]}
+                    if DIVERGED_ATTR in t.user_attrs
+                    else {}
+                ),
             }
             for t in study.get_trials(deepcopy=False)
         ]

@@ -31,8 +31,9 @@ class SearchOptions:
         storage: Optuna storage: a journal file path (default) or an RDB URL (``sqlite:///...``).
         study_name: Name of the study in the storage; an output_dir holds one study's results.
         output_dir: Where trials, the best distribution and the plot go.
-        seed: Sampler seed; trial ``n`` draws with ``seed + n`` (so processes sharing the
-            study do not repeat one another's draws).
+        seed: Sampler seed; trial ``n`` draws with a seed drawn from ``(seed, n)``, so that
+            processes sharing the study do not repeat one another's draws, and studies of
+            different seeds share none.
         num_parts: Parts the model is cut into (:func:`lsframe.parts.split_into_parts`).
     """
 

@@ -9,6 +9,18 @@ from pathlib import Path
 from typing import Any
 
 
+def save_figure(figure: Any, path: str | Path) -> None:
+    """``figure`` as a PNG at ``path``, replaced whole (:func:`write_atomically`): a reader, or
+    another process of the search writing it too, never sees half of one."""
+    import io
+
+    from lsframe.checkpoint_io import write_atomically
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    write_atomically(path, buffer.getbuffer())
+
+
 def _pyplot() -> Any | None:
     """matplotlib's pyplot on the Agg backend; None without matplotlib (the search extra)."""
     try:
@@ -61,7 +73,7 @@ def plot_param_importances(study: Any, path: Path, labels: dict[str, str] | None
         figure = axes.get_figure()
         figure.suptitle(f"learning-rate importances ({len(complete)} complete trials)")
         figure.tight_layout()
-        figure.savefig(path, dpi=120)
+        save_figure(figure, path)
         plt.close(figure)
     return True
 
@@ -111,5 +123,5 @@ def plot_search(
     right.set_title("search history")
     right.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)

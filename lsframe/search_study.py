@@ -26,8 +26,17 @@ RUN_SETTINGS = tuple(
 )
 
 
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler seed of trial ``number`` of a study seeded ``seed``: drawn from the pair, so
+    that studies of seeds s and s + 1 share no draws (``seed + number`` made trial k of one
+    trial k + 1 of the other)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
 def trial_seeded(optuna: Any, make: Callable[..., Any], seed: int) -> Any:
-    """A sampler that draws trial ``n`` with a fresh ``make(seed=seed + n)``.
+    """A sampler that draws trial ``n`` with a fresh ``make(seed=trial_seed(seed, n))``.
 
     Processes that share a study (or resume it) would otherwise each start from the same seeded
     random state and repeat one another's first draws; per trial number, draws differ between
@@ -40,7 +49,7 @@ def trial_seeded(optuna: Any, make: Callable[..., Any], seed: int) -> Any:
             self.inner = make(seed=seed)
 
         def before_trial(self, study: Any, trial: Any) -> None:
-            self.inner = make(seed=seed + trial.number)
+            self.inner = make(seed=trial_seed(seed, trial.number))
             self.inner.before_trial(study, trial)
 
         def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
@@ -61,6 +70,44 @@ def trial_seeded(optuna: Any, make: Callable[..., Any], seed: int) -> Any:
     return TrialSeededSampler()
 
 
+#: A trial's user attribute: why its training stopped (a non-finite loss, a diverging sample).
+DIVERGED_ATTR = "diverged"
+
+
+class TrialDiverged(Exception):
+    """A trial whose training met a non-finite loss (``nonfinite_loss="raise"``): Optuna marks
+    it FAIL and the study goes on (``study.optimize(catch=...)``). It counts toward
+    ``n_trials`` (a sample that diverges is an outcome of the search, and a range where every
+    sample diverges must still end); an interrupted trial does not."""
+
+    def __init__(self, trial: Any, pair: int, error: Exception) -> None:
+        reason = str(getattr(error, "message", error)).split(";")[0]
+        super().__init__(f"trial {trial.number} diverged in pair {pair}: {reason}")
+        trial.set_user_attr(DIVERGED_ATTR, reason)
+
+
+def finished_trials(study: Any) -> int:
+    """The trials that count toward ``n_trials``: complete, pruned, and failed by diverging."""
+    import optuna
+
+    states = optuna.trial.TrialState
+    return sum(
+        t.state in (states.COMPLETE, states.PRUNED)
+        or (t.state == states.FAIL and DIVERGED_ATTR in t.user_attrs)
+        for t in study.get_trials(deepcopy=False)
+    )
+
+
+def stop_at(n_trials: int) -> Callable[[Any, Any], None]:
+    """Optuna callback: stop once the study has ``n_trials`` :func:`finished_trials`."""
+
+    def stop(study: Any, trial: Any) -> None:
+        if finished_trials(study) >= n_trials:
+            study.stop()
+
+    return stop
+
+
 def stop_on_signal(study: Any, trial: Any) -> None:
     """Optuna callback: start no new trial once a signal has arrived."""
     if received() is not None:
@@ -68,8 +115,8 @@ def stop_on_signal(study: Any, trial: Any) -> None:
 
 
 class DropInterrupts(logging.Filter):
-    """Drops Optuna's two warnings about a trial an interrupt failed (the first with its
-    traceback): the command says in one line what stopped and how to go on."""
+    """Drops Optuna's two warnings about a trial an interrupt or a divergence failed (the first
+    with its traceback): the command says in one line what stopped and how it goes on."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -77,7 +124,7 @@ class DropInterrupts(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, KeyboardInterrupt):
+        if isinstance(error, (KeyboardInterrupt, TrialDiverged)):
             self.then = record.getMessage().split(" failed with parameters")[0] + " failed with"
             return False
         return self.then is None or not record.getMessage().startswith(self.then)
@@ -122,9 +169,35 @@ def check_storage(storage: str | None) -> None:
         )
 
 
+def check_journal_ends_whole(journal: Path, settle: float = 2.0) -> None:
+    """A ConfigError at ``search.storage`` if the journal file's last record is cut short (a
+    full disk or a crash during an append): Optuna would append its next record to that part,
+    and the line they make together no longer reads, in this run and every later one. A tail
+    still growing (another process of the search appending) is waited for ``settle`` s."""
+    import time
+
+    for attempt in range(2):
+        try:
+            data = journal.read_bytes()
+        except OSError:
+            return  # a missing journal is a new study; an unreadable one fails as it opens
+        if not data or data.endswith(b"\n"):
+            return
+        if attempt == 0:
+            time.sleep(settle)
+    line = data.count(b"\n") + 1
+    raise ConfigError(
+        f"the study's journal {journal} ends in a partial record (line {line}: a write cut "
+        "short by a full disk or a crash); remove that line to go on",
+        where="search.storage",
+    )
+
+
 def _storage(optuna: Any, location: str) -> Any:
     """The study's storage at ``location``; a storage that does not open (a bad URL, a server
     that refuses, a missing database driver) is a ConfigError at ``search.storage``."""
+    if "://" not in location:
+        check_journal_ends_whole(Path(location))
     try:
         if "://" not in location:
             from optuna.storages.journal import JournalFileBackend

@@ -1,0 +1,161 @@
+"""What a search does when a trial or a file goes wrong: a diverging trial is failed and the
+search goes on, a torn journal is refused before it is written to, outputs are written whole,
+and studies of different seeds draw apart."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+
+import lightning.pytorch as pl
+import pytest
+from sequence_helpers import TRAINER, Task, TinyClassifier
+
+from lsframe.checkpoint_io import write_atomically
+from lsframe.errors import ConfigError
+from lsframe.search import DistributionSearch, SearchOptions
+from lsframe.sequential import Stage
+
+optuna = pytest.importorskip("optuna")
+
+
+class PoisonFits(pl.Callback):
+    """Makes the inputs of the first batch of the fits numbered in ``fits`` (from 1) NaN: that
+    fit's loss is not finite (each trial runs two fits, stage a then stage b)."""
+
+    def __init__(self, fits: set[int] | None) -> None:
+        self.fits, self.started = fits, 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.started += 1
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0 and (self.fits is None or self.started in self.fits):
+            batch[0][0, 0] = float("nan")
+
+
+def search(tmp_path, n_trials: int, poison: set[int] | None, calls: list) -> DistributionSearch:
+    pairs = [[Stage("a", Task(0, 1)), Stage("b", Task(1, 2))]]
+    trainer = dict(TRAINER, max_epochs=1, logger=False, callbacks=[PoisonFits(poison)])
+    options = SearchOptions(n_trials=n_trials, output_dir=str(tmp_path), base_lr=0.05)
+
+    def make(distribution):
+        return TinyClassifier(param_grouping="parts", lr_distribution=distribution or None)
+
+    study = DistributionSearch(make, pairs, trainer, options)
+    objective = study.objective
+    study.objective = lambda trial: calls.append(trial.number) or objective(trial)
+    return study
+
+
+def test_a_trial_whose_loss_turns_non_finite_is_failed_in_one_line_and_the_search_goes_on(
+    tmp_path, capsys, caplog
+):
+    # it ended the command (exit 1, Optuna's traceback), left its folder, and each rerun met
+    # the next diverging sample the same way
+    calls = []
+    with caplog.at_level("WARNING", logger="optuna"):
+        best = search(tmp_path, 3, {3}, calls).run()  # trial 1's first fit
+    assert calls == [0, 1, 2]  # the diverged trial counts toward n_trials
+    trials = json.loads((tmp_path / "trials.json").read_text())
+    assert [t["state"] for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[1]["diverged"].startswith("non-finite training loss")
+    assert best in (trials[0]["distribution"], trials[2]["distribution"])
+    assert not (tmp_path / "trial_1").exists() and (tmp_path / "trial_2").exists()
+    err = capsys.readouterr().err
+    assert "lsframe search: trial 1 diverged in pair 0: non-finite training loss" in err
+    assert "Traceback" not in err + caplog.text and "Trial 1 failed" not in caplog.text
+
+
+def test_a_search_where_every_trial_diverges_ends_with_one_line_at_the_range(tmp_path):
+    calls = []
+    with pytest.raises(ConfigError, match=r"no trial of the study completed \(2 diverged") as e:
+        search(tmp_path, 2, None, calls).run()
+    assert calls == [0, 1] and e.value.where == "search.lr_high"
+
+
+def test_a_journal_whose_last_record_is_torn_is_refused_before_anything_is_appended(tmp_path):
+    search(tmp_path, 1, set(), []).run()
+    journal = tmp_path / "journal.log"
+    torn = journal.read_bytes()[:-40]  # a full disk or a crash in the middle of an append
+    journal.write_bytes(torn)
+    calls = []
+    with pytest.raises(ConfigError, match="ends in a partial record") as refused:
+        search(tmp_path, 2, set(), calls).run()
+    assert refused.value.where == "search.storage" and calls == []
+    assert journal.read_bytes() == torn  # Optuna would have appended its next record to it
+
+
+def test_studies_of_neighbouring_seeds_share_no_draws():
+    from lsframe.search_study import trial_seed
+
+    # trial k of seed 1 drew exactly what trial k + 1 of seed 0 drew
+    seeds = {(s, n): trial_seed(s, n) for s in (0, 1) for n in range(10)}
+    assert len(set(seeds.values())) == len(seeds)
+    assert trial_seed(0, 3) == trial_seed(0, 3)  # the same trial draws the same in any process
+
+
+def test_combine_out_that_cannot_be_written_is_one_line_at_out(tmp_path, capsys):
+    from lsframe.__main__ import main
+
+    (tmp_path / "a.yaml").write_text("layers_0: 0.25\nhead: 4.0\n")
+    with pytest.raises(SystemExit) as refused:  # a file where a folder must be
+        main(["combine", str(tmp_path / "a.yaml"), "--out", str(tmp_path / "a.yaml" / "x.yaml")])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lsframe combine: error: cannot write {tmp_path}/a.yaml/x.yaml: ")
+    assert err.endswith("(--out)\n") and err.count("\n") == 1
+
+
+def _write_many(target: str, tag: bytes, count: int, start, errors) -> None:
+    failed = 0
+    start.wait(timeout=120)  # both write at once
+    for _ in range(count):
+        try:
+            write_atomically(target, tag * 1000)
+        except OSError:
+            failed += 1
+    errors.put(failed)
+
+
+def test_processes_writing_one_file_at_once_never_remove_each_other_s_temporary(tmp_path):
+    # each write removed every temporary file beside its target, another live writer's too,
+    # whose rename then failed: a search's processes share trials.json and the plots
+    target = str(tmp_path / "trials.json")
+    context = multiprocessing.get_context("spawn")
+    errors, start = context.Queue(), context.Barrier(2)
+    writers = [
+        context.Process(target=_write_many, args=(target, tag, 300, start, errors))
+        for tag in (b"a", b"b")
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=300)
+    assert [errors.get(timeout=10), errors.get(timeout=10)] == [0, 0]
+    assert open(target, "rb").read() in (b"a" * 1000, b"b" * 1000)
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
+
+
+def test_a_temporary_file_a_killed_writer_left_is_still_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "best_distribution.yaml"
+    left = tmp_path / ".best_distribution.yaml.tmp-killed"
+    left.write_bytes(b"half")  # no process holds it: its writer is gone
+    write_atomically(target, b"whole")
+    assert target.read_bytes() == b"whole" and not left.exists()
+
+
+def test_the_search_plot_is_written_whole(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from lsframe import search_plots
+
+    written = []
+    monkeypatch.setattr(
+        "lsframe.checkpoint_io.write_atomically",
+        lambda path, data: written.append((str(path), bytes(data[:8]))),
+    )
+    trial = {"number": 0, "state": "COMPLETE", "value": 1.0, "distribution": {"head": 1.0}}
+    search_plots.plot_search({"head": 1.0}, [trial], 0.05, tmp_path / "search.png", "acc")
+    assert written == [(str(tmp_path / "search.png"), b"\x89PNG\r\n\x1a\n")]
+    assert not (tmp_path / "search.png").exists()  # savefig wrote straight to the path
