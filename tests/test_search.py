@@ -9,36 +9,15 @@ import signal
 import lightning.pytorch as pl
 import pytest
 import yaml
-from test_sequential import TRAINER, Task, TinyClassifier
+from search_helpers import make, search, two_tasks
+from sequence_helpers import Task, TinyClassifier
 
 from lsframe.errors import ConfigError
-from lsframe.lr_distribution import combine_distributions
 from lsframe.search import DistributionSearch, SearchOptions, part_groups_by_depth
 from lsframe.sequence_checks import higher_is_better
 from lsframe.sequential import Stage
 
 pytest.importorskip("optuna")
-
-
-def make(distribution):
-    return TinyClassifier(param_grouping="parts", lr_distribution=distribution or None)
-
-
-def two_tasks() -> list[list[Stage]]:
-    return [[Stage("a", Task(0, 1)), Stage("b", Task(1, 2))]]
-
-
-def search(
-    tmp_path, n_trials, calls=None, logger=False, defining=None, runner_kwargs=None, **options
-):
-    pairs = two_tasks()
-    trainer = dict(TRAINER, max_epochs=2, logger=logger)
-    opts = SearchOptions(n_trials=n_trials, output_dir=str(tmp_path), base_lr=0.05, **options)
-    study = DistributionSearch(make, pairs, trainer, opts, runner_kwargs, defining=defining)
-    if calls is not None:
-        objective = study.objective
-        study.objective = lambda trial: calls.append(trial.number) or objective(trial)
-    return study
 
 
 def test_a_three_trial_search_completes_resumes_and_writes_the_best_distribution(tmp_path, capsys):
@@ -153,34 +132,6 @@ def test_tied_groups_share_one_learning_rate_and_each_trial_logs_to_tensorboard(
         list("efg"),
         list("hij"),
     ]
-
-
-def test_combined_distribution_is_the_geometric_mean():
-    combined = combine_distributions([{"a": 1.0, "b": 4.0}, {"a": 1.0, "b": 1.0}])
-    assert combined == pytest.approx({"a": 1.0, "b": 2.0})
-    assert combine_distributions([{}, {"a": 4.0}]) == pytest.approx({"a": 2.0})  # {} is flat
-    with pytest.raises(ValueError, match="same parts"):
-        combine_distributions([{"a": 1.0}, {"b": 1.0}])
-
-
-def test_combine_cli_writes_the_geometric_mean_of_files(tmp_path, capsys):
-    from lsframe.__main__ import main
-
-    (tmp_path / "a.yaml").write_text("layers_0: 0.25\nhead: 4.0\n")
-    (tmp_path / "b.json").write_text('{"head": 1.0, "layers_0": 1.0}')
-    out = tmp_path / "new_folder" / "combined.yaml"
-    main(["combine", str(tmp_path / "a.yaml"), str(tmp_path / "b.json"), "--out", str(out)])
-    assert yaml.safe_load(out.read_text()) == pytest.approx({"layers_0": 0.5, "head": 2.0})
-    assert "head: 2.0" in capsys.readouterr().out
-    assert make(str(out)).lr_distribution  # usable as a module's lr_distribution
-    (tmp_path / "bad.yaml").write_text("layers_0: -1\n")
-    with pytest.raises(SystemExit) as refused:  # one line on stderr, exit status 2
-        main(["combine", str(tmp_path / "a.yaml"), str(tmp_path / "bad.yaml")])
-    assert refused.value.code == 2
-    assert capsys.readouterr().err == (
-        f"lsframe combine: error: part 'layers_0' must be a finite number >= 0, got -1 "
-        f"({tmp_path / 'bad.yaml'})\n"
-    )
 
 
 def test_bad_search_settings_are_named(tmp_path):
@@ -327,79 +278,6 @@ def test_sequence_summaries_of_a_loss_say_a_task_got_worse_as_forgetting():
     accuracy = SequenceResult(["sst2", "mrpc"], [[0.9, None], [0.8, 0.7]], "acc").summaries()
     assert accuracy["forgetting"] == pytest.approx(0.1)
     assert accuracy["backward_transfer"] == pytest.approx(-0.1)
-
-
-def test_a_trial_left_running_by_a_killed_process_is_failed_and_its_folder_removed(tmp_path):
-    # kill -9 left the trial RUNNING in trials.json for good, and its stage checkpoint on disk
-    import subprocess
-    import sys
-
-    import optuna
-
-    from lsframe.search_study import PROCESS_ATTR, fail_dead_trials, process_name
-
-    study = search(tmp_path, 1)._study()
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    host = process_name().rsplit(":", 1)[0]
-    killed, live = study.ask(), study.ask()
-    killed.set_user_attr(PROCESS_ATTR, f"{host}:{dead}")
-    live.set_user_attr(PROCESS_ATTR, process_name())  # another search process, still running
-    (tmp_path / f"trial_{killed.number}" / "pair_0").mkdir(parents=True)
-    (tmp_path / f"trial_{killed.number}" / "pair_0" / "stage_0.ckpt").write_bytes(b"x")
-    calls = []
-    search(tmp_path, 1, calls).run()  # the rerun fails the killed trial, then runs a new one
-    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
-    assert states == {
-        killed.number: optuna.trial.TrialState.FAIL,
-        live.number: optuna.trial.TrialState.RUNNING,
-        calls[0]: optuna.trial.TrialState.COMPLETE,
-    }
-    assert not (tmp_path / f"trial_{killed.number}" / "pair_0" / "stage_0.ckpt").exists()
-    assert fail_dead_trials(study, tmp_path) == []  # nothing left to fail
-
-
-def test_a_dead_trial_is_told_by_its_start_time_and_namespace_and_failed_once(tmp_path):
-    # a pid reused by another process is not the owner; a pid of another PID namespace on this
-    # host name (a container) means another process; two searches restarted together both saw
-    # the killed process's trials, and the second to fail one crashed
-    import optuna
-
-    from lsframe.search_study import (
-        PROCESS_ATTR,
-        PROCESS_START_ATTR,
-        fail_dead_trials,
-        open_study,
-        process_name,
-        process_start,
-    )
-
-    study = open_study(SearchOptions(output_dir=str(tmp_path)), pairs=1, defining=None)
-    namespace, started = process_start().rsplit("/", 1)
-    reused, container, live, raced = (study.ask() for _ in range(4))
-    for trial in (reused, container, live, raced):
-        trial.set_user_attr(PROCESS_ATTR, process_name())  # this pid, alive
-    reused.set_user_attr(PROCESS_START_ATTR, f"{namespace}/{int(started) - 1}")
-    container.set_user_attr(PROCESS_START_ATTR, f"pid:[1]/{int(started) - 1}")
-    live.set_user_attr(PROCESS_START_ATTR, process_start())
-    raced.set_user_attr(PROCESS_START_ATTR, f"{namespace}/{int(started) - 1}")
-    listed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    study.tell(raced.number, state=optuna.trial.TrialState.FAIL)  # by the other process
-
-    class Stale:  # what this process listed before the other one told
-        def get_trials(self, **_):
-            return listed
-
-        tell = study.tell
-
-    assert fail_dead_trials(Stale(), tmp_path) == [reused.number]
-    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
-    running = {container.number: "RUNNING", live.number: "RUNNING"}
-    assert states == {reused.number: "FAIL", raced.number: "FAIL", **running}
 
 
 def test_a_second_study_in_an_output_dir_holding_another_s_results_is_refused(tmp_path):
