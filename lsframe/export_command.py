@@ -4,12 +4,19 @@ it."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from torch import nn
 
 from lsframe.checkpoints import read_lightning_checkpoint
-from lsframe.cli_usage import RaisingArgumentParser
+from lsframe.cli_usage import RaisingArgumentParser, _chain
 from lsframe.errors import ConfigError, DataError
 from lsframe.hub import quiet_weight_report
 from lsframe.modules import ClosureModule
@@ -72,6 +79,54 @@ def check_export_dir(output_dir: Path) -> None:
             )
 
 
+#: The name of an export's temporary directory beside ``<name>``: ``.<name>.export-`` and
+#: ``tempfile``'s 8 random characters.
+_STAGING = ".{name}.export-"
+
+
+def _is_staging(entry: Path, name: str) -> bool:
+    prefix = re.escape(_STAGING.format(name=name))
+    return re.fullmatch(prefix + r"[a-z0-9_]{8}", entry.name) is not None and entry.is_dir()
+
+
+@contextlib.contextmanager
+def staged_export(output_dir: Path) -> Iterator[Path]:
+    """A hidden temporary directory beside ``output_dir`` (``.<name>.export-XXXXXXXX``, same
+    parent) for an export to write into, renamed onto ``output_dir`` (absent, or an empty
+    directory, which it replaces) when the block ends: an export appears whole or not at all.
+    On any error, Ctrl-C included, the temporary directory is removed, with the parent
+    directories made for it. Temporary directories of ``output_dir`` that a killed export left
+    are removed first. A full disk is said as an export's problem (no fit's resume advice).
+
+    Raises:
+        DataError: no space left on the device, at ``output_dir``.
+        ConfigError: ``output_dir`` was filled meanwhile (:func:`check_export_dir`).
+    """
+    target = Path(os.path.abspath(output_dir))
+    made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for entry in target.parent.iterdir():  # a killed export's (a kill runs no cleanup)
+        if _is_staging(entry, target.name):
+            shutil.rmtree(entry, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=_STAGING.format(name=target.name), dir=target.parent))
+    try:
+        yield staging
+        check_export_dir(target)
+        os.replace(staging, target)
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:  # deepest first; one that holds something else stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in _chain(error)):
+            raise DataError(
+                "no space left on the device: nothing was exported (the partial export was "
+                "removed); free some and rerun the export",
+                where=str(output_dir),
+            ) from error
+        raise
+
+
 def export(argv: list[str]) -> None:
     """``lsframe export CKPT OUTPUT_DIR [--lora merge|adapter]``: the fine-tuned model for use
     without lsframe (:func:`lsframe.modules.export.export_module`): a Hugging Face directory
@@ -126,7 +181,9 @@ def export(argv: list[str]) -> None:
         raise no_adapters(f"model ({type(model).__name__})")
     if args.lora == "adapter" and lora_base(model) is None:
         raise ConfigError(ADAPTER_WITHOUT_BASE, where="--lora")
-    output_dir = export_module(module, args.output_dir, lora=args.lora)
+    output_dir = Path(args.output_dir)
+    with staged_export(output_dir) as staging:
+        export_module(module, staging, lora=args.lora)
     kind = "LoRA adapter" if args.lora == "adapter" else "model"
     print(f"exported the {kind} of {type(module).__name__} to {output_dir}")
     print(f"  load it with: {reload_hint(model, output_dir, args.lora)}")

@@ -221,3 +221,34 @@ class NoArgumentsLogger(pl.loggers.Logger):
 
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
         pass
+
+
+def tiny_bert_dir(path: Path, hidden: int = 16) -> Path:
+    """A model directory as ``from_pretrained`` reads it: a random-init one-layer BERT encoder
+    (64 tokens, ``hidden`` wide) and a word-piece tokenizer of its own (letters, offline)."""
+    from transformers import BertTokenizer
+
+    tiny_bert(vocab=64, hidden=hidden, positions=32, head=False).save_pretrained(path)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters)]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    return path
+
+
+def lightning_checkpoint(module: pl.LightningModule, path: Path, **init_args: Any) -> Path:
+    """``module``'s weights saved as ``lsframe fit`` saves them for ``load_module``: its
+    ``state_dict``, with ``init_args`` under its class path for LightningCLI's instantiator."""
+    cls = type(module)
+    hparams = {
+        "_class_path": f"{cls.__module__}.{cls.__qualname__}",
+        "_instantiator": "lightning.pytorch.cli.instantiate_module",
+        **init_args,
+    }
+    checkpoint = {
+        "state_dict": module.state_dict(),
+        "pytorch-lightning_version": pl.__version__,
+        "hyper_parameters": hparams,
+    }
+    torch.save(checkpoint, path)
+    return path
