@@ -134,3 +134,30 @@ def read_lightning_checkpoint(path: str | Path, module_class_path: str | None = 
             where=str(path),
         )
     return checkpoint
+
+
+def model_source(init_args: Any) -> str:
+    """What a module's model is built from, as the module's arguments say: its
+    ``model_name_or_path`` (Hugging Face) or ``model_name`` (timm), or its ``config``."""
+    init_args = init_args if isinstance(init_args, dict) else {}
+    for key in ("model_name_or_path", "model_name"):
+        if isinstance(init_args.get(key), str):
+            return f"{key} {init_args[key]!r}"
+    return "model.config" if init_args.get("config") else "the module's arguments"
+
+
+def weights_do_not_fit(error: BaseException, checkpoint: str | Path, built_from: str) -> DataError:
+    """The one line for a checkpoint whose weights do not load into the module rebuilt for it
+    (``load_state_dict``'s error: the base model it is built from changed since the checkpoint
+    was written): the first mismatch and how many more, at the checkpoint."""
+    from lsframe.errors import one_line
+
+    problems = [one_line(line) for line in str(error).splitlines()[1:] if line.strip()]
+    first = problems[0] if problems else one_line(error)
+    first = first if len(first) <= 300 else first[:300] + " ..."
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return DataError(
+        f"the weights do not fit the model built from {built_from} (changed since the "
+        f"checkpoint was written?): {first}{more}",
+        where=str(checkpoint),
+    )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
-from lsframe.checkpoints import read_lightning_checkpoint
+from lsframe.checkpoints import model_source, read_lightning_checkpoint, weights_do_not_fit
 from lsframe.cli_usage import RaisingArgumentParser, _chain
 from lsframe.errors import ConfigError, DataError
 from lsframe.hub import quiet_weight_report
@@ -30,8 +30,9 @@ def load_module(ckpt_path: str) -> ClosureModule:
 
     Raises:
         MissingFileError: there is no such file.
-        DataError: it is not such a checkpoint, or its module class is not an lsframe
-            ClosureModule; the message names the file.
+        DataError: it is not such a checkpoint, its module class is not an lsframe
+            ClosureModule, or its weights do not fit the module built from its arguments (the
+            base model changed since); the message names the file.
     """
     import importlib
 
@@ -57,8 +58,13 @@ def load_module(ckpt_path: str) -> ClosureModule:
         ) from error
     if not (isinstance(cls, type) and issubclass(cls, ClosureModule)):
         raise DataError(f"{class_path} is not an lsframe ClosureModule", where=str(ckpt_path))
-    with quiet_weight_report():  # the checkpoint restores the head transformers calls new
-        return cls.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    try:
+        with quiet_weight_report():  # the checkpoint restores the head transformers calls new
+            return cls.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    except RuntimeError as error:
+        if not str(error).startswith("Error(s) in loading state_dict"):
+            raise
+        raise weights_do_not_fit(error, ckpt_path, model_source(hparams)) from error
 
 
 def check_export_dir(output_dir: Path) -> None:

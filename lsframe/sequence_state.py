@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lsframe import run_config
-from lsframe.checkpoints import read_torch_file
+from lsframe.checkpoints import model_source, read_torch_file, weights_do_not_fit
 from lsframe.errors import DataError, MissingFileError
 from lsframe.run_config import defining_config
 
@@ -248,7 +248,8 @@ def load_stage_module(path: str | Path) -> Any:
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except (KeyError, RuntimeError) as error:
-        raise DataError(f"the weights do not fit the recorded model: {error}", str(path)) from error
+        source = f"{model_source(model.get('init_args'))} ({CONFIG_FILE})"
+        raise weights_do_not_fit(error, path, source) from error
     return module
 
 
