@@ -223,3 +223,29 @@ def test_a_resume_refused_for_its_loader_place_is_refused_before_it_writes_anyth
         "data settings it was saved with (data.init_args.batch_size)"
     )
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    ("model", "refused"), [("vit_tiny_patch16_224", True), ("test_vit", False)]
+)
+def test_a_fixed_size_model_given_other_images_is_refused_at_image_size_before_a_step(
+    model, refused, tmp_path, capsys
+):
+    # a 118-line AssertionError of timm's at the first step; a model that takes any size runs
+    from lsframe.__main__ import main
+
+    config = resnet_config(tmp_path, folders(tmp_path / "images", TWO), max_steps=1)
+    argv = ["fit", "--config", str(config), "--model.init_args.model_name", model]
+    if not refused:
+        main(argv)
+        assert list((tmp_path / "runs").rglob("last.ckpt"))
+        return
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "lsframe fit: error: vit_tiny_patch16_224 takes 224×224 images only, but the data "
+        "prepares 32×32: set data.image_size: 224 (or data.timm_model: vit_tiny_patch16_224, "
+        "which prepares the images as the model expects) (data.init_args.image_size)\n"
+    )
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))

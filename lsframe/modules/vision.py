@@ -98,9 +98,41 @@ class ImageClassificationModule(ClosureModule):
         if callable(config):
             prepared = config()
             self.data_config = prepared or self.data_config
+            self.check_input_size(prepared, self.trainer.datamodule)
             if stage == "fit" and self.pretrained:
                 takes = hasattr(self.trainer.datamodule, "timm_model")  # CIFAR, image folders
                 self.check_normalisation(prepared, takes)
+
+    def check_input_size(self, data_config: dict[str, Any] | None, datamodule: Any) -> None:
+        """A timm model with a fixed input size (a patch embedding without dynamic size:
+        ``vit_tiny_patch16_224`` takes 224×224 only) must get images of that size, said before
+        the first step (timm asserts it in the forward); models that take any size (ResNets,
+        ``test_vit``) are not checked.
+
+        Raises:
+            ConfigError: at ``data.init_args.image_size`` (or ``timm_model``) where the
+                DataModule has it, else at ``model.init_args.model_name``.
+        """
+        from timm.layers import PatchEmbed
+
+        embed = next((m for m in self.model.modules() if isinstance(m, PatchEmbed)), None)
+        size = getattr(embed, "img_size", None)
+        given = tuple((data_config or {}).get("input_size", ())[1:])
+        if not getattr(embed, "strict_img_size", False) or not size or given in ((), tuple(size)):
+            return
+        name = self.hparams.model_name
+        prepare = f"data.timm_model: {name}, which prepares the images as the model expects"
+        if hasattr(datamodule, "image_size") and size[0] == size[1]:
+            key, fix = "data.init_args.image_size", f"set data.image_size: {size[0]} (or {prepare})"
+        elif hasattr(datamodule, "timm_model"):
+            key, fix = "data.init_args.timm_model", f"set {prepare}"
+        else:
+            key, fix = "model.init_args.model_name", "choose a model that takes any input size"
+        raise ConfigError(
+            f"{name} takes {size[0]}×{size[1]} images only, but the data prepares "
+            f"{given[0]}×{given[1]}: {fix}",
+            where=key,
+        )
 
     def check_normalisation(
         self, data_config: dict[str, Any] | None, takes_timm_model: bool = True
