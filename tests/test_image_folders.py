@@ -55,6 +55,23 @@ def test_hidden_folders_are_not_classes_and_other_files_are_counted_in_a_warning
     assert config["input_size"] == (3, 8, 8) and config["crop_pct"] == 224 / 256
 
 
+def test_hidden_image_files_are_not_samples_and_are_counted_in_the_warning(tmp_path):
+    # macOS's "._0.png" resource fork became a sample that did not decode mid-epoch
+    root = folders(tmp_path, {**TWO, "train/a/": ["notes.txt"]})
+    (root / "train" / "a" / "._1.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    Image.new("RGB", (8, 8)).save(root / "train" / "b" / ".2.png")
+    data = ImageFolderDataModule(str(root), image_size=8, batch_size=2)
+    with pytest.warns(
+        UserWarning, match=r"3 file\(s\) under .*train .*hidden.* \(e\.g\. .*notes\.txt, .*/\."
+    ) as w:
+        built = data.build("fit")
+    assert len(w) == 1 and [Path(p).name for p, _ in built["train"].samples] == ["1.png", "2.png"]
+    (root / "val" / "b" / "4.png").rename(root / "val" / "b" / "._4.png")
+    with pytest.raises(DataError, match="no image file in this class folder") as error:
+        ImageFolderDataModule(str(root))
+    assert error.value.where == str(root / "val" / "b")
+
+
 def test_a_failed_cifar_download_is_one_line_at_the_download_key(tmp_path, monkeypatch):
     import urllib.error
 

@@ -8,8 +8,9 @@ Rules, beyond torchvision's ``ImageFolder``:
   fails on them for having no image;
 * a split needs 2 class folders or more, and every class folder at least one image (a file with
   an image extension of torchvision's), said at the folder;
-* files without an image extension are left out, as in ``ImageFolder``, and counted in one
-  warning per split.
+* files without an image extension are left out, as in ``ImageFolder``, and so are hidden files
+  (``._x.jpg``, macOS's resource forks, which ``ImageFolder`` takes and then fails to decode);
+  both are counted in one warning per split.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ def class_folders(split: Path) -> list[str]:
 
 
 def _is_image(path: str) -> bool:
+    """A file of a class folder is an image: a visible name (not ``._x.jpg``, macOS's resource
+    fork of ``x.jpg``) with an image extension of torchvision's."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    return path.lower().endswith(IMG_EXTENSIONS)
+    name = os.path.basename(path)
+    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
 
 
 def check_class_folders(split: Path) -> list[str]:
@@ -63,7 +67,8 @@ def check_class_folders(split: Path) -> list[str]:
 
 def image_folder(split: Path, transform: Any, loader: Any) -> Any:
     """torchvision's ``ImageFolder`` over ``split`` with the classes of :func:`class_folders`;
-    files that are not images by their extension are left out and counted in one warning."""
+    files that are not images by their extension, or hidden, are left out and counted in one
+    warning."""
     from torchvision import datasets
 
     left_out: list[str] = []
@@ -81,9 +86,12 @@ def image_folder(split: Path, transform: Any, loader: Any) -> Any:
 
     dataset = VisibleImageFolder(split, transform=transform, loader=loader, is_valid_file=is_image)
     if left_out:
+        hidden = [p for p in left_out if os.path.basename(p).startswith(".")]
+        other = [p for p in left_out if not os.path.basename(p).startswith(".")]
+        examples = ", ".join(found[0] for found in (other, hidden) if found)
         rank_zero_warn(
-            f"{len(left_out)} file(s) under {split} are not images by their extension and are "
-            f"left out (e.g. {left_out[0]})"
+            f"{len(left_out)} file(s) under {split} are not images by their extension, or are "
+            f"hidden (a name starting with '.'), and are left out (e.g. {examples})"
         )
     return dataset
 
