@@ -72,6 +72,22 @@ def test_hidden_image_files_are_not_samples_and_are_counted_in_the_warning(tmp_p
     assert error.value.where == str(root / "val" / "b")
 
 
+def test_a_class_folder_whose_images_sit_in_a_symlinked_sub_folder_is_a_class(tmp_path):
+    # refused as a folder without an image, though torchvision's ImageFolder loads it
+    root = folders(tmp_path / "images", TWO)
+    store = folders(tmp_path / "store", {"birds": ["5.png", "6.png"]}) / "birds"
+    (root / "train" / "c").mkdir()
+    (root / "train" / "c" / "link").symlink_to(store, target_is_directory=True)
+    folders(root, {"val/c": ["7.png"]})
+    data = ImageFolderDataModule(str(root), image_size=8, batch_size=2)
+    assert data.num_classes == 3
+    built = data.build("fit")
+    assert sorted(Path(p).name for p, label in built["train"].samples if label == 2) == [
+        "5.png",
+        "6.png",
+    ]
+
+
 def test_a_failed_cifar_download_is_one_line_at_the_download_key(tmp_path, monkeypatch):
     import urllib.error
 

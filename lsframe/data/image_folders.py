@@ -7,7 +7,8 @@ Rules, beyond torchvision's ``ImageFolder``:
   anything starting with ``.``) are not classes, where ``ImageFolder`` counts them and then
   fails on them for having no image;
 * a split needs 2 class folders or more, and every class folder at least one image (a file with
-  an image extension of torchvision's), said at the folder;
+  an image extension of torchvision's, in it or in a sub-folder, symlinked ones included, as
+  ``ImageFolder`` walks them), said at the folder;
 * files without an image extension are left out, as in ``ImageFolder``, and so are hidden files
   (``._x.jpg``, macOS's resource forks, which ``ImageFolder`` takes and then fails to decode);
   both are counted in one warning per split.
@@ -60,7 +61,9 @@ def check_class_folders(split: Path) -> list[str]:
         )
     for name in classes:
         folder = split / name
-        if not any(_is_image(f) for _, _, files in os.walk(folder) for f in files):
+        # followlinks: ImageFolder takes the images of symlinked sub-folders too
+        walk = os.walk(folder, followlinks=True)
+        if not any(_is_image(f) for _, _, files in walk for f in files):
             raise DataError("no image file in this class folder", where=str(folder))
     return classes
 
