@@ -94,3 +94,26 @@ def test_a_timm_model_fine_tuned_from_pretrained_weights_exports_without_fetchin
     saved = json.loads((tmp_path / "out" / "config.json").read_text())["pretrained_cfg"]
     # fine-tuned from the published weights: their provenance stays in the export
     assert saved["tag"] == create("resnet18").pretrained_cfg["tag"] and "license" in saved
+
+
+def test_the_load_line_of_a_lora_adapter_gives_back_the_class_names(tmp_path, capsys):
+    # the adapter has no config, and the printed reload reported LABEL_0 and LABEL_1
+    pytest.importorskip("peft")
+    from peft import PeftModel
+    from transformers import BertForSequenceClassification
+
+    from lsframe.modules import SequenceClassificationModule
+
+    base = helpers.tiny_bert_dir(tmp_path / "base")
+    lora = {"r": 2, "target_modules": ["query", "value"]}
+    module = SequenceClassificationModule(str(base), label_names=LABELS, lora=lora)
+    path = helpers.lightning_checkpoint(
+        module, tmp_path / "lora.ckpt", model_name_or_path=str(base), label_names=LABELS, lora=lora
+    )
+    main(["export", str(path), str(tmp_path / "adapter"), "--lora", "adapter"])
+    line = capsys.readouterr().out.splitlines()[-1]
+    hint = line.removeprefix("  load it with: ")
+    names = {"PeftModel": PeftModel, "BertForSequenceClassification": BertForSequenceClassification}
+    reloaded = eval(hint, names)  # noqa: S307 - the line the user is told to run
+    assert reloaded.config.id2label == dict(enumerate(LABELS))
+    assert reloaded.config.label2id == {name: i for i, name in enumerate(LABELS)}

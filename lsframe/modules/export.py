@@ -206,11 +206,14 @@ def reload_hint(model: nn.Module, output_dir: str | Path, lora: str = "merge") -
     if is_lora(model) and lora == "adapter":
         base = model.get_base_model()
         labels = getattr(base.config, "num_labels", None)
-        head = (
-            f", num_labels={labels}"
-            if labels is not None and "Classification" in type(base).__name__
-            else ""
-        )
+        head = ""
+        if labels is not None and "Classification" in type(base).__name__:
+            # the adapter holds no config: the class names come back through the base's
+            names = dict(getattr(base.config, "id2label", None) or {})
+            head = f", num_labels={labels}"
+            if any(name != f"LABEL_{i}" for i, name in names.items()):
+                label2id = {name: i for i, name in names.items()}
+                head += f", id2label={names!r}, label2id={label2id!r}"
         return (
             f"PeftModel.from_pretrained({type(base).__name__}.from_pretrained("
             f'"{lora_base(model)}"{head}), "{where}")'
