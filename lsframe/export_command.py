@@ -213,11 +213,14 @@ def export(argv: list[str]) -> None:
             where="--lora",
         )
 
-    if args.lora == "adapter" and not is_stage_checkpoint(args.ckpt_path):
+    saved = {} if is_stage_checkpoint(args.ckpt_path) else read_lightning_checkpoint(args.ckpt_path)
+    if args.lora == "adapter" and saved:
         # the saved arguments answer before the model loads
-        hparams = read_lightning_checkpoint(args.ckpt_path).get("hyper_parameters") or {}
+        hparams = saved.get("hyper_parameters") or {}
         if isinstance(hparams, dict) and "lora" in hparams and not hparams["lora"]:
             raise no_adapters(f"module ({str(hparams.get('_class_path')).rpartition('.')[2]})")
+    data = saved.get("datamodule_hyper_parameters") or {}
+    byte_tokens = isinstance(data, dict) and data.get("tokenizer") == "bytes"
     module = load_module(args.ckpt_path)
     model = getattr(module, "model", None)
     if not isinstance(model, nn.Module):
@@ -231,4 +234,4 @@ def export(argv: list[str]) -> None:
         export_module(module, staging, lora=args.lora)
     kind = "LoRA adapter" if args.lora == "adapter" else "model"
     print(f"exported the {kind} of {type(module).__name__} to {output_dir}")
-    print(f"  load it with: {reload_hint(model, output_dir, args.lora)}")
+    print(f"  load it with: {reload_hint(model, output_dir, args.lora, byte_tokens)}")

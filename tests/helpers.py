@@ -236,9 +236,12 @@ def tiny_bert_dir(path: Path, hidden: int = 16) -> Path:
     return path
 
 
-def lightning_checkpoint(module: pl.LightningModule, path: Path, **init_args: Any) -> Path:
+def lightning_checkpoint(
+    module: pl.LightningModule, path: Path, data: dict | None = None, **init_args: Any
+) -> Path:
     """``module``'s weights saved as ``lsframe fit`` saves them for ``load_module``: its
-    ``state_dict``, with ``init_args`` under its class path for LightningCLI's instantiator."""
+    ``state_dict``, with ``init_args`` under its class path for LightningCLI's instantiator
+    (and ``data``, the DataModule's init arguments, where given)."""
     cls = type(module)
     hparams = {
         "_class_path": f"{cls.__module__}.{cls.__qualname__}",
@@ -250,5 +253,7 @@ def lightning_checkpoint(module: pl.LightningModule, path: Path, **init_args: An
         "pytorch-lightning_version": pl.__version__,
         "hyper_parameters": hparams,
     }
+    if data is not None:
+        checkpoint["datamodule_hyper_parameters"] = data
     torch.save(checkpoint, path)
     return path

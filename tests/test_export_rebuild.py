@@ -117,3 +117,28 @@ def test_the_load_line_of_a_lora_adapter_gives_back_the_class_names(tmp_path, ca
     reloaded = eval(hint, names)  # noqa: S307 - the line the user is told to run
     assert reloaded.config.id2label == dict(enumerate(LABELS))
     assert reloaded.config.label2id == {name: i for i, name in enumerate(LABELS)}
+
+
+def test_the_load_line_of_a_language_model_on_byte_tokens_says_its_inputs_are_bytes(
+    tmp_path, capsys
+):
+    # nothing said that the exported model reads raw UTF-8 bytes: no tokenizer is written
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from lsframe.modules import CausalLMModule
+
+    config = {"model_type": "gpt2", "vocab_size": 256, "n_positions": 16, "n_layer": 1,
+              "n_head": 2, "n_embd": 16, "bos_token_id": None, "eos_token_id": None}  # fmt: skip
+    module = CausalLMModule(config=config)
+    path = helpers.lightning_checkpoint(
+        module, tmp_path / "lm.ckpt", data={"tokenizer": "bytes"}, config=config
+    )
+    main(["export", str(path), str(tmp_path / "lm")])
+    hint = capsys.readouterr().out.splitlines()[-1].removeprefix("  load it with: ")
+    assert "raw UTF-8 bytes" in hint and "no tokenizer is written" in hint
+    assert not list((tmp_path / "lm").glob("tokenizer*"))
+    reloaded = eval(hint, {"GPT2LMHeadModel": GPT2LMHeadModel}).eval()  # noqa: S307
+    ids = torch.tensor([list("tö be".encode())])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, module.model.eval()(ids).logits)

@@ -198,8 +198,20 @@ def export_module(
     )
 
 
-def reload_hint(model: nn.Module, output_dir: str | Path, lora: str = "merge") -> str:
-    """How to load what :func:`export_pretrained` wrote for ``model``, as one line of Python."""
+#: What the load line of a model trained on byte tokens adds: no tokenizer is written for it.
+BYTE_TOKENS_NOTE = (
+    "  # inputs are raw UTF-8 bytes as token ids 0-255 (data.tokenizer: bytes); no tokenizer is "
+    "written: list(text.encode('utf-8'))"
+)
+
+
+def reload_hint(
+    model: nn.Module, output_dir: str | Path, lora: str = "merge", byte_tokens: bool = False
+) -> str:
+    """How to load what :func:`export_pretrained` wrote for ``model``, as one line of Python;
+    for a model trained on byte tokens (``byte_tokens``) with a comment saying so."""
+    if byte_tokens:
+        return reload_hint(model, output_dir, lora) + BYTE_TOKENS_NOTE
     where = str(output_dir)
     if is_timm(model):
         return f'timm.create_model("local-dir:{where}", pretrained=True)'
