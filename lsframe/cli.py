@@ -10,7 +10,6 @@ A fit stops cleanly on SIGTERM, SIGUSR1 and Ctrl-C (:mod:`lsframe.preemption`), 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -34,6 +33,7 @@ from lsframe.config_nodes import (
     import_class,
     node_get,
 )
+from lsframe.config_nulls import nested_nulls_as_init_args
 from lsframe.config_stacking import fresh_class_arguments
 from lsframe.errors import ConfigError, DataError, NonFiniteLossError, NonFiniteParametersError
 from lsframe.export_command import check_export_dir, export, load_module  # noqa: F401 - their home before
@@ -56,39 +56,6 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 #: lacks the attribute or the module the argument; the config check
 #: (:func:`lsframe.config_checks.check_module`) has already refused a given value that differs.
 LINKS = tuple((f"data.{name}", f"model.init_args.{name}") for name in SHARED_ATTRIBUTES)
-
-
-YAML_NULLS = ("null", "Null", "NULL", "~")
-
-
-def nested_nulls_as_init_args(argv: list[str]) -> list[str]:
-    """``argv`` with each ``--A.init_args.B.init_args.key null`` (also ``--key=null``; any YAML
-    null) given as ``--A.init_args.B '{"init_args": {"key": null}}'``.
-
-    Why: jsonargparse (≤ 4.53) passes a dotted value on to a class nested in another class
-    (the optimizer in a module) as text, so a null arrives there as the string ``'None'`` and
-    an ``int | None`` argument refuses it. The same value as an ``init_args`` dict merges with
-    the class given before it (in a config file or earlier on the command line), as the dotted
-    key would. Other arguments, and a null for a class one level down
-    (``--model.init_args.key null``, which parses), pass unchanged and in order.
-    """
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        key, equals, value = arg.partition("=")
-        consumed = 1
-        if not equals and i + 1 < len(argv):
-            value, consumed = argv[i + 1], 2
-        owner, marker, name = key.rpartition(".init_args.")
-        nested = ".init_args." in owner and "." not in name
-        if key.startswith("--") and marker and nested and value in YAML_NULLS:
-            out += [owner, json.dumps({"init_args": {name: None}})]
-            i += consumed
-        else:
-            out.append(arg)
-            i += 1
-    return out
 
 
 def rewritten_arguments(argv: list[str]) -> list[str]:

@@ -1,16 +1,22 @@
-"""Nulls in a parsed configuration: jsonargparse lets ``null`` through for a class's
-``init_args`` whatever the annotation says, so ``max_change: null`` for a ``float`` would reach
-the constructor; :func:`check_nulls` refuses it at its key, in the words of
-:func:`null_refused_as`."""
+"""Nulls in a configuration: jsonargparse lets ``null`` through for a class's ``init_args``
+whatever the annotation says, so ``max_change: null`` for a ``float`` would reach the
+constructor; :func:`check_nulls` refuses it at its key, in the words of :func:`null_refused_as`.
+On the command line, a null for an argument of a class inside another class is handed to
+jsonargparse as that class's ``init_args`` (:func:`nested_nulls_as_init_args`)."""
 
 from __future__ import annotations
 
 import inspect
+import json
+import re
 import types
 import typing
 from typing import Any
 
+import yaml
+
 from lsframe.cli_usage import KIND_WORDS
+from lsframe.config_stacking import class_node_paths, read_config, resolve
 from lsframe.errors import ConfigError
 
 
@@ -60,3 +66,87 @@ def null_refused_as(hint: Any) -> str | None:
         words = [null_refused_as(arm) for arm in typing.get_args(hint)]
         return None if None in words else " or ".join(dict.fromkeys(words))
     return None
+
+
+YAML_NULLS = ("null", "Null", "NULL", "~")
+
+
+def nested_nulls_as_init_args(argv: list[str]) -> list[str]:
+    """``argv`` with each null for an argument of a class inside another class given as that
+    class's ``init_args``: ``--A.init_args.B.init_args.key null`` (also ``--key=null``; any
+    YAML null) as ``--A.init_args.B '{"init_args": {"key": null}}'``, and so the shorthand
+    without ``init_args`` (``--model.optimizer.key null``) where ``A`` and ``B`` are class
+    nodes given before it (:func:`_class_owner`).
+
+    Why: jsonargparse (≤ 4.53) passes a dotted value on to a class nested in another class
+    (the optimizer in a module) as text, so a null arrives there as the string ``'None'`` and
+    an ``int | None`` argument refuses it. The same value as an ``init_args`` dict merges with
+    the class given before it (in a config file or earlier on the command line), as the dotted
+    key would. Other arguments, and a null for a class one level down
+    (``--model.init_args.key null``, which parses), pass unchanged and in order.
+    """
+    classes: set[str] = set()  # paths without init_args of the class nodes given so far
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        key, equals, value = arg.partition("=")
+        consumed = 1
+        if not equals and i + 1 < len(argv):
+            value, consumed = argv[i + 1], 2
+        owner, marker, name = key.rpartition(".init_args.")
+        if marker and ".init_args." in owner and "." not in name:
+            nested: tuple[str, str] | None = (owner, name)
+        else:
+            nested = _class_owner(key, classes)
+        if key.startswith("--") and nested and value in YAML_NULLS:
+            out += [nested[0], json.dumps({"init_args": {nested[1]: None}})]
+            i += consumed
+            continue
+        if consumed == 2 or equals:
+            classes |= _classes_given(key, value, classes)
+        out.append(arg)
+        i += 1
+    return out
+
+
+def _plain_parts(key: str) -> list[str]:
+    return [part for part in key.removeprefix("--").split(".") if part != "init_args"]
+
+
+def _class_owner(key: str, classes: set[str]) -> tuple[str, str] | None:
+    """``("--A.init_args.B", "key")`` for an option ``key`` written without (some of) its
+    ``init_args`` whose owner is a class node in ``classes`` inside another one; else None."""
+    parts = _plain_parts(key)
+    prefixes = [".".join(parts[:n]) for n in range(1, len(parts))]
+    if len(parts) < 3 or prefixes[-1] not in classes:
+        return None
+    if not any(prefix in classes for prefix in prefixes[:-1]):
+        return None  # a class one level down: jsonargparse parses the null
+    owner = parts[0]
+    for prefix, part in zip(prefixes, parts[1:-1]):
+        owner += (".init_args." if prefix in classes else ".") + part
+    return "--" + owner, parts[-1]
+
+
+def _classes_given(key: str, value: str, known: set[str]) -> set[str]:
+    """The class nodes (paths without ``init_args``) an option ``key`` with ``value`` gives: a
+    ``--config`` file's or string's, a class (its name, or a mapping with a ``class_path``)
+    given to a key, and each key before an ``init_args`` part."""
+    if key in ("--config", "-c"):
+        return class_node_paths(read_config(value), known)
+    if not key.startswith("--"):
+        return set()
+    parts = key[2:].split(".")
+    found = {".".join(_plain_parts(".".join(parts[:n]))) for n, part in enumerate(parts)
+             if part == "init_args"}  # fmt: skip
+    plain = ".".join(_plain_parts(key))
+    if parts[-1] == "class_path":
+        return found | {plain.rpartition(".")[0]}
+    if re.fullmatch(r"[A-Za-z_][\w.]*", value):  # a class name, or another word
+        return found | ({plain} if not isinstance(resolve(value), str) else set())
+    try:
+        given = yaml.safe_load(value) if value.lstrip().startswith("{") else None
+    except yaml.YAMLError:
+        return found
+    return found | (class_node_paths(given, known, plain) if isinstance(given, dict) else set())

@@ -84,6 +84,13 @@ def _class_nodes(data: Any, known: set[str], path: str = "") -> list[Node]:
     return found
 
 
+def class_node_paths(data: Any, known: set[str], path: str = "") -> set[str]:
+    """The paths without ``init_args`` (``model.optimizer``) of the class nodes of ``data``, a
+    config mapping placed at ``path`` (a node with a ``class_path`` or ``init_args``; a string
+    where ``known`` has a class node)."""
+    return {plain for plain, *_ in _class_nodes(data, known, path)}
+
+
 def _parameters(cls: Any) -> dict[str, inspect.Parameter]:
     """The arguments ``cls`` takes: its ``__init__``'s, and, while one passes ``**kwargs`` on,
     those of the base classes' (as jsonargparse reads them)."""

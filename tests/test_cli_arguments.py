@@ -4,6 +4,7 @@ classes from the data, the progress bar shows small step sizes."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -242,6 +243,60 @@ def test_a_nested_null_is_given_as_init_args_and_every_other_argument_is_kept_in
 
 
 @pytest.mark.parametrize(
+    "options",
+    [
+        ["--model.optimizer.long_run_steps", "null"],
+        ["--model.init_args.optimizer.long_run_steps=~"],
+        ["--model.optimizer.init_args.long_run_steps", "NULL"],
+        # the class given on the command line, not in the config file
+        ["--model.optimizer", "lsframe.optim.SlopeTrackingAdam"]
+        + ["--model.optimizer.long_run_steps", "null"],
+    ],
+    ids=["shorthand", "no inner init_args", "no outer init_args", "class on the command line"],
+)
+def test_a_null_in_the_shorthand_without_init_args_reaches_the_optimizer_inside_the_module(
+    options, capsys
+):
+    config_file = "quickstart_adamw.yaml" if len(options) > 2 else "quickstart.yaml"
+    argv = ["fit", "--config", str(ROOT / "configs" / config_file), *options]
+    config = printed_config(argv, capsys)["model"]["init_args"]["optimizer"]
+    assert config["class_path"] == "lsframe.optim.SlopeTrackingAdam"
+    assert config["init_args"]["long_run_steps"] is None
+    assert config["init_args"]["burn_in"] is True  # the other defaults stay
+
+
+def test_a_shorthand_null_is_rewritten_only_below_a_class_inside_a_class_given_before_it():
+    from lsframe.config_nulls import nested_nulls_as_init_args
+
+    model = {"class_path": "a.Model", "init_args": {"optimizer": {"class_path": "b.Opt"}}}
+    argv = ["fit", "--model.optimizer.a", "null", "--config", json.dumps({"model": model})]
+    argv += ["--model.optimizer.b", "null", "--model.config.c", "null", "--model.d", "null"]
+    argv += ["--data", '{"class_path": "c.Data"}', "--data.e.f", "null"]
+    argv += ["--data.e", "lsframe.optim.SGDSLS", "--data.e.g", "null"]
+    assert nested_nulls_as_init_args(argv) == [
+        "fit",
+        "--model.optimizer.a",  # no class given yet: the parser judges it
+        "null",
+        "--config",
+        json.dumps({"model": model}),
+        "--model.init_args.optimizer",
+        '{"init_args": {"b": null}}',
+        "--model.config.c",  # not a class: a dict argument, say
+        "null",
+        "--model.d",  # one class level down: jsonargparse parses it
+        "null",
+        "--data",
+        '{"class_path": "c.Data"}',
+        "--data.e.f",
+        "null",
+        "--data.e",
+        "lsframe.optim.SGDSLS",
+        "--data.init_args.e",  # a class given on the command line
+        '{"init_args": {"g": null}}',
+    ]
+
+
+@pytest.mark.parametrize(
     "name, expected", [("max_change", "a number"), ("betas", "a list of 2 values")]
 )
 def test_a_null_for_a_number_or_a_tuple_is_refused_at_its_key_from_the_command_line_or_a_config(
@@ -250,6 +305,9 @@ def test_a_null_for_a_number_or_a_tuple_is_refused_at_its_key_from_the_command_l
     key = f"model.init_args.optimizer.init_args.{name}"
     expected = f"lsframe fit: error: {name} cannot be null: expected {expected} ({key})"
     status, line = one_error_line(glue_fit(shared_data, tmp_path, f"--{key}", "null"), capsys)
+    assert (status, line) == (2, expected)
+    shorthand = f"--model.optimizer.{name}"
+    status, line = one_error_line(glue_fit(shared_data, tmp_path, shorthand, "null"), capsys)
     assert (status, line) == (2, expected)
     piece = tmp_path / "optimizer.yaml"
     piece.write_text(
