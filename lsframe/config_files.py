@@ -5,7 +5,6 @@ UTF-8 or does not exist. Each raises :class:`~lsframe.errors.UsageError` (exit s
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +69,40 @@ def unique_key_loader() -> type:
     return UniqueKeyLoader
 
 
+#: where an error line places a problem of an inline ``--config`` value
+INLINE = "inline --config"
+
+
+def inline_config(value: str) -> dict | None:
+    """The mapping an inline ``--config`` value gives, or None when ``value`` is not one.
+
+    The rule is jsonargparse's: a value that is not an existing file and parses as a YAML
+    mapping is inline (``--config 'data: {init_args: {data_dir: ../glue}}'``); it reads any
+    other value as a path."""
+    import yaml
+
+    if Path(value).is_file():
+        return None
+    try:
+        found = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _looks_inline(value: str) -> bool:
+    return "\n" in value or value.lstrip().startswith(("{", "["))
+
+
 def check_config_files(argv: list[str]) -> None:
-    """Parse each ``--config`` file of ``argv`` with ``yaml.safe_load``.
+    """Parse each ``--config`` file of ``argv`` with ``yaml.safe_load``, and each inline value
+    (:func:`inline_config`) as well.
 
     Raises:
-        UsageError: a file that does not exist (a value that looks like a path), does not parse
-            as YAML (``file:line:column`` of the syntax error) or names a key twice in one
-            mapping (``file:line`` of the second).
+        UsageError: a value that is neither an existing file nor inline (a file not found), a
+            file or inline value that does not parse as YAML (``file:line:column`` of the
+            syntax error) or names a key twice in one mapping (``file:line`` of the second),
+            a file that is not UTF-8 or a mapping.
     """
     import yaml
 
@@ -85,10 +111,19 @@ def check_config_files(argv: list[str]) -> None:
     for value in config_file_arguments(argv):
         path = Path(value)
         if not path.is_file():
-            inline = "\n" in value or value.lstrip().startswith(("{", "["))
-            if not inline and (path.suffix in (".yaml", ".yml", ".json") or os.sep in value):
-                raise UsageError("config file not found", where=value)
-            continue
+            try:
+                inline = yaml.load(value, Loader=unique_keys)
+            except DuplicateKeyError as error:
+                raise UsageError(error.message, f"{INLINE}:{error.line}") from None
+            except yaml.YAMLError as error:
+                if _looks_inline(value):  # meant as YAML, not as a path
+                    raise UsageError(*yaml_problem(error, INLINE)) from error
+                inline = None
+            if isinstance(inline, dict):
+                continue
+            if _looks_inline(value):
+                raise UsageError(f"{INLINE} is {_kind(inline)}, expected a mapping", value)
+            raise UsageError("config file not found", where=value)
         try:
             content = yaml.load(path.read_text(encoding="utf-8"), Loader=unique_keys)
         except DuplicateKeyError as error:
@@ -98,11 +133,15 @@ def check_config_files(argv: list[str]) -> None:
         except UnicodeDecodeError as error:
             raise UsageError(f"config file is not UTF-8 text ({error.reason})", str(path)) from None
         if not isinstance(content, dict):
-            kind = "empty" if content is None else f"a {type(content).__name__}"
             raise UsageError(
-                f"config file is {kind}, expected a mapping of sections (trainer:, model:, ...)",
+                f"config file is {_kind(content)}, expected a mapping of sections (trainer:, "
+                "model:, ...)",
                 str(path),
             )
+
+
+def _kind(content: Any) -> str:
+    return "empty" if content is None else f"a {type(content).__name__}"
 
 
 def yaml_problem(error: Exception, path: str | Path) -> tuple[str, str]:

@@ -200,15 +200,20 @@ def with_fresh_class_arguments(argv: list[str], load: Any) -> list[str]:
 
 
 def read_config(value: str) -> Any:
-    """A ``--config`` value's mapping: a file, or an inline YAML/JSON string; None when it does
-    not read (jsonargparse then reports it)."""
+    """A ``--config`` value's mapping: a file's, or an inline YAML/JSON string's
+    (:func:`lsframe.config_files.inline_config`); None when it does not read (jsonargparse
+    then reports it)."""
     from pathlib import Path
 
     import yaml
 
+    from lsframe.config_files import inline_config
+
     try:
         path = Path(value)
-        return yaml.safe_load(path.read_text(encoding="utf-8") if path.is_file() else value)
+        if not path.is_file():
+            return inline_config(value)
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
 

@@ -180,6 +180,11 @@ CASES: dict[str, tuple[Args, int, str]] = {
                           f"model:, ...) ({{tmp}}/bad.yaml){FIT_HELP}"),
     "config file missing": (lambda tmp: ["fit", "--config", str(tmp / "nope.yaml")], 2,
                             f"config file not found ({{tmp}}/nope.yaml){FIT_HELP}"),
+    "a config value that is neither a file nor a YAML mapping": (
+        fit("--config", "glue_minilm"), 2, f"config file not found (glue_minilm){FIT_HELP}"),
+    "an inline config that is a list": (
+        fit("--config", "[{tmp}/a.yaml]"), 2,
+        f"inline --config is a list, expected a mapping ([{{tmp}}/a.yaml]){FIT_HELP}"),
     "unknown key": (
         fit(trainer__max_stepz=3), 2,
         f"unknown key 'max_stepz', did you mean 'max_steps'? (trainer.max_stepz){FIT_HELP}"),

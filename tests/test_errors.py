@@ -4,9 +4,11 @@ tests/test_bad_input.py)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from lsframe.cli_errors import error_line
 from lsframe.config_files import check_config_files, config_file_arguments
@@ -93,6 +95,35 @@ def test_config_files_are_read_before_jsonargparse(tmp_path):
     with pytest.raises(UsageError) as info:
         check_config_files(["fit", "--config", str(bad)])
     assert info.value.where == f"{bad}:2:1"
+
+
+def test_an_inline_config_is_a_yaml_mapping_even_with_a_path_in_it_and_a_missing_file_is_not(
+    tmp_path, capsys
+):
+    from lsframe.__main__ import main
+    from lsframe.config_stacking import read_config
+
+    inline = f"data: {{init_args: {{data_dir: {tmp_path}/glue}}}}"  # a '/' in it
+    check_config_files(["fit", "--config", inline, "-c", '{"trainer": {"max_steps": 3}}'])
+    assert read_config(inline) == {"data": {"init_args": {"data_dir": f"{tmp_path}/glue"}}}
+    for missing in (str(tmp_path / "nope.yaml"), "nope", str(tmp_path)):
+        with pytest.raises(UsageError) as info:
+            check_config_files(["fit", "--config", missing])
+        assert (info.value.message, info.value.where) == ("config file not found", missing)
+        assert read_config(missing) is None
+    with pytest.raises(UsageError) as info:
+        check_config_files(["fit", "--config", "[1, 2]"])
+    assert str(info.value) == "inline --config is a list, expected a mapping ([1, 2])"
+    with pytest.raises(UsageError) as info:
+        check_config_files(["fit", "--config", "{trainer: [1}"])
+    assert info.value.where == "inline --config:1:13"
+    glue_minilm = str(Path(__file__).resolve().parents[1] / "configs" / "glue" / "minilm.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", glue_minilm, "--config", inline, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["init_args"]["data_dir"] == f"{tmp_path}/glue"
+    assert printed["data"]["init_args"]["task_name"] == "rte"  # the file's, kept
 
 
 @pytest.mark.parametrize(
