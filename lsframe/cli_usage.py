@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lsframe.config_files import config_file_arguments
+from lsframe.config_stacking import classes_given, plain_parts
 from lsframe.errors import UsageError, one_line
 
 
@@ -181,6 +182,37 @@ def _nested_item_holding(
     return None
 
 
+def _before_its_class(argv: list[str], where: str) -> str | None:
+    """The line for an option under a class node given before the node's class, which a later
+    ``--config`` or option gives (``--data.init_args.batch_size 8 --config glue.yaml``):
+    jsonargparse applies the arguments in order, so the option met the base class
+    (``LightningDataModule``), which takes no such key. None unless the key ``where`` is such
+    an option."""
+    target = plain_parts(where)
+    node = ".".join(target[:-1])
+    known: set[str] = set()  # the class nodes given before
+    option = None
+    for i, arg in enumerate(argv):
+        key, equals, value = arg.partition("=")
+        if not key.startswith("-"):
+            continue
+        value = value if equals else (argv[i + 1] if i + 1 < len(argv) else "")
+        if option is None and key.startswith("--") and plain_parts(key) == target:
+            if node in known:
+                return None  # the class was given: the key is unknown to it
+            option = key
+            continue
+        given = classes_given(key, value, known)
+        if option is not None and node in given:
+            source = f"--config {value}" if key in ("--config", "-c") else key
+            return (
+                f"{option} comes before the class of {node}, which {source} gives: put "
+                f"{source} first (the arguments apply in order)"
+            )
+        known |= given
+    return None
+
+
 def usage_error(
     error: BaseException, parser: Any = None, argv: list[str] | None = None
 ) -> UsageError:
@@ -231,7 +263,8 @@ def usage_error(
         else:
             names = _children(_parser_keys(parser), ".".join(keys) + "." if keys else "")
         where = ".".join([*keys, name])
-        return UsageError(f"unknown key {name!r}{did_you_mean(name, names)}", where)
+        early = _before_its_class(argv, where) if argv and into_class else None
+        return UsageError(early or f"unknown key {name!r}{did_you_mean(name, names)}", where)
     if unrecognized:
         option = unrecognized.group(1).split()[0]
         options = ["--" + k for k in _parser_keys(parser)]
@@ -240,6 +273,11 @@ def usage_error(
     where = ".".join(keys) or None
     if into_class and class_path and re.search(r"has no attribute|No module named", deepest):
         return UsageError(_cannot_import(class_path, deepest), where)
+    classless = re.match(r"Dict must include a class_path.*NestedArg\(key='([^']+)'", deepest)
+    if argv and where and classless:  # an argument of a nested class that has none yet
+        early = _before_its_class(argv, f"{where}.init_args.{classless.group(1)}")
+        if early:
+            return UsageError(early, f"{where}.init_args.{classless.group(1)}")
     message = _union_problem(_deepest_union(error))
     return UsageError(message or one_line(_innermost(deepest)), where)
 

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
 import types
 import typing
 from typing import Any
 
-import yaml
-
 from lsframe.cli_usage import KIND_WORDS
-from lsframe.config_stacking import class_node_paths, read_config, resolve
+from lsframe.config_stacking import classes_given, plain_parts
 from lsframe.errors import ConfigError
 
 
@@ -104,20 +101,16 @@ def nested_nulls_as_init_args(argv: list[str]) -> list[str]:
             i += consumed
             continue
         if consumed == 2 or equals:
-            classes |= _classes_given(key, value, classes)
+            classes |= classes_given(key, value, classes)
         out.append(arg)
         i += 1
     return out
 
 
-def _plain_parts(key: str) -> list[str]:
-    return [part for part in key.removeprefix("--").split(".") if part != "init_args"]
-
-
 def _class_owner(key: str, classes: set[str]) -> tuple[str, str] | None:
     """``("--A.init_args.B", "key")`` for an option ``key`` written without (some of) its
     ``init_args`` whose owner is a class node in ``classes`` inside another one; else None."""
-    parts = _plain_parts(key)
+    parts = plain_parts(key)
     prefixes = [".".join(parts[:n]) for n in range(1, len(parts))]
     if len(parts) < 3 or prefixes[-1] not in classes:
         return None
@@ -127,26 +120,3 @@ def _class_owner(key: str, classes: set[str]) -> tuple[str, str] | None:
     for prefix, part in zip(prefixes, parts[1:-1]):
         owner += (".init_args." if prefix in classes else ".") + part
     return "--" + owner, parts[-1]
-
-
-def _classes_given(key: str, value: str, known: set[str]) -> set[str]:
-    """The class nodes (paths without ``init_args``) an option ``key`` with ``value`` gives: a
-    ``--config`` file's or string's, a class (its name, or a mapping with a ``class_path``)
-    given to a key, and each key before an ``init_args`` part."""
-    if key in ("--config", "-c"):
-        return class_node_paths(read_config(value), known)
-    if not key.startswith("--"):
-        return set()
-    parts = key[2:].split(".")
-    found = {".".join(_plain_parts(".".join(parts[:n]))) for n, part in enumerate(parts)
-             if part == "init_args"}  # fmt: skip
-    plain = ".".join(_plain_parts(key))
-    if parts[-1] == "class_path":
-        return found | {plain.rpartition(".")[0]}
-    if re.fullmatch(r"[A-Za-z_][\w.]*", value):  # a class name, or another word
-        return found | ({plain} if not isinstance(resolve(value), str) else set())
-    try:
-        given = yaml.safe_load(value) if value.lstrip().startswith("{") else None
-    except yaml.YAMLError:
-        return found
-    return found | (class_node_paths(given, known, plain) if isinstance(given, dict) else set())

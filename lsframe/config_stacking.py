@@ -26,8 +26,13 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
+from pathlib import Path
 from typing import Any
 
+import yaml
+
+from lsframe.config_files import inline_config
 from lsframe.config_nodes import import_class
 
 SPECIAL = ("class_path", "init_args", "dict_kwargs", "__path__")
@@ -89,6 +94,35 @@ def class_node_paths(data: Any, known: set[str], path: str = "") -> set[str]:
     config mapping placed at ``path`` (a node with a ``class_path`` or ``init_args``; a string
     where ``known`` has a class node)."""
     return {plain for plain, *_ in _class_nodes(data, known, path)}
+
+
+def plain_parts(key: str) -> list[str]:
+    """The parts of an option or dotted key without ``--`` and ``init_args``."""
+    return [part for part in key.removeprefix("--").split(".") if part != "init_args"]
+
+
+def classes_given(key: str, value: str, known: set[str]) -> set[str]:
+    """The class nodes (paths without ``init_args``) a command-line option ``key`` with
+    ``value`` gives: a ``--config`` file's or string's, a class (its name, or a mapping with a
+    ``class_path``) given to a key, and each key before an ``init_args`` part; ``known``: the
+    class nodes given before it."""
+    if key in ("--config", "-c"):
+        return class_node_paths(read_config(value), known)
+    if not key.startswith("--"):
+        return set()
+    parts = key[2:].split(".")
+    found = {".".join(plain_parts(".".join(parts[:n]))) for n, part in enumerate(parts)
+             if part == "init_args"}  # fmt: skip
+    plain = ".".join(plain_parts(key))
+    if parts[-1] == "class_path":
+        return found | {plain.rpartition(".")[0]}
+    if re.fullmatch(r"[A-Za-z_][\w.]*", value):  # a class name, or another word
+        return found | ({plain} if not isinstance(resolve(value), str) else set())
+    try:
+        given = yaml.safe_load(value) if value.lstrip().startswith("{") else None
+    except yaml.YAMLError:
+        return found
+    return found | (class_node_paths(given, known, plain) if isinstance(given, dict) else set())
 
 
 def _parameters(cls: Any) -> dict[str, inspect.Parameter]:
@@ -203,17 +237,13 @@ def read_config(value: str) -> Any:
     """A ``--config`` value's mapping: a file's, or an inline YAML/JSON string's
     (:func:`lsframe.config_files.inline_config`); None when it does not read (jsonargparse
     then reports it)."""
-    from pathlib import Path
-
-    import yaml
-
-    from lsframe.config_files import inline_config
-
     try:
         path = Path(value)
-        if not path.is_file():
-            return inline_config(value)
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return (
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+            if path.is_file()
+            else inline_config(value)
+        )
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
 

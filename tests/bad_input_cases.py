@@ -201,6 +201,16 @@ CASES: dict[str, tuple[Args, int, str]] = {
                                  "init_args": {"reserve_q": 0.2}}]), 2,
         "unknown key 'reserve_q', did you mean 'reserve_p'? "
         f"(trainer.callbacks[1].init_args.reserve_q){FIT_HELP}"),
+    "an option before the --config that gives its class": (
+        lambda tmp: ["fit", "--data.init_args.batch_size", "8", *fit()(tmp)[1:]], 2,
+        "--data.init_args.batch_size comes before the class of data, which --config "
+        "{tmp}/bad.yaml gives: put --config {tmp}/bad.yaml first (the arguments apply in order) "
+        f"(data.init_args.batch_size){FIT_HELP}"),
+    "an optimizer option before the --config that gives its class": (
+        lambda tmp: ["fit", "--model.optimizer.lr", "0.1", *fit()(tmp)[1:]], 2,
+        "--model.optimizer.lr comes before the class of model.optimizer, which --config "
+        "{tmp}/bad.yaml gives: put --config {tmp}/bad.yaml first (the arguments apply in order) "
+        f"({OPT}.lr){FIT_HELP}"),
     "unknown option": (
         fit("--trainer.max_stepz", "3"), 2,
         "unknown option '--trainer.max_stepz', did you mean '--trainer.max_steps'? "
