@@ -12,7 +12,8 @@ usage block. ``LSFRAME_DEBUG=1`` prints the traceback before the line.
   ``file:line``);
 * :func:`lsframe.cli_usage.usage_error` turns jsonargparse's nested parse errors (``Parser key "model": Does not
   validate against any of the Union subtypes ...``) into the full key and the innermost problem,
-  with "did you mean" for an unknown key;
+  with "did you mean" for an unknown key, and the ``--config`` file and line that gave an
+  unknown key or a value of the wrong type;
 * :func:`error_line` classifies any exception for the top-level handler: lsframe's own errors
   (:mod:`lsframe.errors`, found also under jsonargparse's wrappers), parse errors, YAML errors,
   a missing file (1), Lightning's ``MisconfigurationException`` (2, whenever it comes: a

