@@ -235,5 +235,6 @@ def test_a_max_length_with_no_room_for_the_text_is_refused_at_its_key(minilm):
         with pytest.raises(ConfigError, match=f"data.max_length {short} leaves no room") as error:
             TokenizedDataset(examples, tokenizer, short)
         assert error.value.argument == "data.max_length"
+        assert error.value.where == "data.init_args.max_length"  # as every other data key
         item = TokenizedDataset(examples, tokenizer, enough)[0]
         assert len(item["input_ids"]) == enough

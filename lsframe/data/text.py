@@ -25,7 +25,8 @@ __all__ = [
 def check_room_for_text(tokenizer: Any, max_length: int, pair: bool) -> None:
     """``max_length`` must leave a token of each text beside the tokenizer's special tokens:
     below that a tokenizer does not truncate at all (one sentence), or keeps only the special
-    tokens of a pair (``[CLS] [SEP] [SEP]`` for every example)."""
+    tokens of a pair (``[CLS] [SEP] [SEP]`` for every example). Refused at
+    ``data.init_args.max_length``, as the config checks place every other data argument."""
     count = getattr(tokenizer, "num_special_tokens_to_add", None)
     if not callable(count):
         return
@@ -36,7 +37,7 @@ def check_room_for_text(tokenizer: Any, max_length: int, pair: bool) -> None:
             f"data.max_length {max_length} leaves no room for the text: the tokenizer adds "
             f"{count(pair=pair)} special tokens to a {what}; give at least {needed}",
             argument="data.max_length",
-        )
+        ).at("data.init_args")  # found in setup, after the config checks that place the others
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
