@@ -17,10 +17,13 @@ path (other filesystems keep Lightning's own write).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ except ImportError:  # Windows
 
 __all__ = [
     "AtomicCheckpointIO",
+    "directory_mode",
     "file_mode",
     "find_last_checkpoint",
     "newest_last",
@@ -62,39 +66,71 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()
 
 
+def directory_mode() -> int:
+    """The mode a plain ``mkdir`` gives a new directory under this process's umask (one of
+    :func:`tempfile.mkdtemp` is 0700 instead)."""
+    return _FILE_MODE | ((_FILE_MODE & 0o444) >> 2)
+
+
 def file_mode() -> int:
     """The mode a plain ``open`` gives a new file under this process's umask (a temporary file
     of :mod:`tempfile` is 0600 instead)."""
     return _FILE_MODE
 
 
-def _lock(fd: int, wait: bool) -> bool:
-    """Take an exclusive ``flock`` on ``fd`` (True), or say another process holds one (False).
-    Without ``fcntl`` (Windows) no lock is taken and every temporary file counts as abandoned."""
+#: flock errors that mean the filesystem takes no locks (then nothing tells a live writer's
+#: temporary file from an abandoned one)
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+#: A temporary file that cannot be locked (another user's, a filesystem without locks) is
+#: abandoned once it has not changed for this long: a live write keeps changing it.
+_UNLOCKABLE_STALE_S = 3600.0
+
+
+def _lock(fd: int, wait: bool) -> bool | None:
+    """Take an exclusive ``flock`` on ``fd``: True when taken, False when another process holds
+    one, None when no lock can be had here (no ``fcntl``, a filesystem without locks)."""
     if fcntl is None:
-        return True
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         return False
-    except OSError:  # a filesystem without locks: as without fcntl
-        return True
+    except OSError as error:
+        return None if error.errno in _NO_LOCKS else False
     return True
 
 
 def _remove_if_abandoned(temporary: Path) -> None:
     """Remove ``temporary`` unless a live writer holds it: each writer locks its temporary file
     until the rename, and a killed writer's lock went with its process. Several processes may
-    write one file (the processes of one ``lsframe search``): one must not delete another's."""
-    try:
-        fd = os.open(temporary, os.O_RDONLY)
-    except OSError:  # gone already, or not ours to read
+    write one file (the processes of one ``lsframe search``): one must not delete another's.
+    A file that cannot be locked is removed once it has not changed for an hour."""
+    if fcntl is None:  # Windows: a live writer's open file cannot be deleted there
+        with contextlib.suppress(OSError):
+            temporary.unlink()
         return
     try:
-        if _lock(fd, wait=False):
+        # opened for writing: on NFS an exclusive flock is a POSIX lock, which needs it
+        fd = os.open(temporary, os.O_RDWR)
+    except FileNotFoundError:
+        return
+    except OSError:  # another user's file (mode 0600): it cannot be locked from here
+        _remove_if_unchanged_for_long(temporary)
+        return
+    try:
+        locked = _lock(fd, wait=False)
+        if locked:
             temporary.unlink(missing_ok=True)
+        elif locked is None:
+            _remove_if_unchanged_for_long(temporary)
     finally:
         os.close(fd)
+
+
+def _remove_if_unchanged_for_long(temporary: Path) -> None:
+    with contextlib.suppress(OSError):
+        if time.time() - temporary.stat().st_mtime > _UNLOCKABLE_STALE_S:
+            temporary.unlink()
 
 
 def _remove_stale_temporaries(target: Path) -> None:

@@ -9,12 +9,14 @@ import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from torch import nn
 
+from lsframe.checkpoint_io import directory_mode
 from lsframe.checkpoints import model_source, read_lightning_checkpoint, weights_do_not_fit
 from lsframe.cli_usage import RaisingArgumentParser, _chain
 from lsframe.errors import ConfigError, DataError, MissingFileError
@@ -147,13 +149,27 @@ def staged_export(output_dir: Path) -> Iterator[Path]:
         DataError: no space left on the device, at ``output_dir``.
         ConfigError: ``output_dir`` was filled meanwhile (:func:`check_export_dir`).
     """
-    target = Path(os.path.abspath(output_dir))
+    # a symlink to an empty directory: the directory it points to is replaced
+    target = Path(os.path.realpath(output_dir))
     made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
     for entry in target.parent.iterdir():  # a killed export's (a kill runs no cleanup)
         if _is_staging(entry, target.name):
             shutil.rmtree(entry, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=_STAGING.format(name=target.name), dir=target.parent))
+    try:
+        staging = Path(
+            tempfile.mkdtemp(prefix=_STAGING.format(name=target.name), dir=target.parent)
+        )
+    except PermissionError:
+        if not target.is_dir():
+            raise
+        # an empty directory of this user's in a parent it cannot write: written in place,
+        # as before exports were staged (not atomic there)
+        yield target
+        return
+    # the mode a plain mkdir gives (mkdtemp's is 0700), or that of the directory replaced
+    mode = target.stat().st_mode if target.is_dir() else directory_mode()
+    os.chmod(staging, stat.S_IMODE(mode))
     try:
         yield staging
         check_export_dir(target)

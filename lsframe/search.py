@@ -216,6 +216,13 @@ class DistributionSearch:
                     stop_if_received("lsframe search", "between trials", hint)
         self._write(study)
         if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if running:  # other processes' trials: theirs may still complete
+                print(
+                    f"lsframe search: no trial has completed yet; {len(running)} still run in "
+                    f"other processes, which write {self.output_dir / 'best_distribution.yaml'}"
+                )
+                return {}
             diverged = sum(DIVERGED_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False))
             raise ConfigError(
                 f"no trial of the study completed ({diverged} diverged: a non-finite loss); "

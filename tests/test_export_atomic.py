@@ -79,3 +79,46 @@ def test_what_a_killed_export_left_is_removed_and_does_not_block_the_next(
     main(["export", str(resnet_checkpoint), str(tmp_path / "out")])
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.export-abcd1234", "out"]
     assert (tmp_path / "out" / "model.safetensors").stat().st_size > 1000
+
+
+def test_an_output_directory_reached_through_a_symlink_is_exported_into(
+    resnet_checkpoint, tmp_path
+):
+    # the rename onto the symlink failed after the whole export, with a traceback
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    main(["export", str(resnet_checkpoint), str(tmp_path / "link")])
+    assert (tmp_path / "link").is_symlink()
+    assert {p.name for p in real.iterdir()} == {"config.json", "model.safetensors"}
+
+
+def test_an_export_has_the_mode_of_a_plain_directory_or_of_the_empty_one_it_replaces(
+    resnet_checkpoint, tmp_path
+):
+    # the staged directory kept mkdtemp's 0700: nobody else could load the model
+    from lsframe.checkpoint_io import directory_mode
+
+    main(["export", str(resnet_checkpoint), str(tmp_path / "new")])
+    assert (tmp_path / "new").stat().st_mode & 0o7777 == directory_mode()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o2775)  # a group's folder, set up by its owner
+    main(["export", str(resnet_checkpoint), str(shared)])
+    assert shared.stat().st_mode & 0o7777 == 0o2775
+
+
+def test_an_empty_directory_in_a_parent_the_user_cannot_write_is_exported_into_in_place(
+    resnet_checkpoint, tmp_path, monkeypatch
+):
+    import tempfile
+
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def no_write(*args, **kwargs):  # the parent's permissions: root ignores them here
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", no_write)
+    main(["export", str(resnet_checkpoint), str(out)])
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors"}

@@ -282,3 +282,19 @@ def test_a_fixed_size_model_given_other_images_is_refused_at_image_size_before_a
         "which prepares the images as the model expects) (data.init_args.image_size)\n"
     )
     assert not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+def test_a_fixed_size_model_under_data_prepared_by_another_timm_model_is_told_to_change_that():
+    # image_size is not read where the data's timm_model prepares the images: the line told
+    # the user to set it, which changed nothing
+    from types import SimpleNamespace
+
+    from lsframe.errors import ConfigError
+    from lsframe.modules import ImageClassificationModule
+
+    module = ImageClassificationModule(model_name="vit_tiny_patch16_224", num_classes=2)
+    data = SimpleNamespace(image_size=224, timm_model="resnet50d")
+    with pytest.raises(ConfigError, match="set data.timm_model: vit_tiny_patch16_224") as refused:
+        module.check_input_size({"input_size": (3, 288, 288)}, data)
+    assert refused.value.where == "data.init_args.timm_model"
+    module.check_input_size({"input_size": (3, 224, 224)}, data)  # the model's own size

@@ -122,7 +122,9 @@ class ImageClassificationModule(ClosureModule):
             return
         name = self.hparams.model_name
         prepare = f"data.timm_model: {name}, which prepares the images as the model expects"
-        if hasattr(datamodule, "image_size") and size[0] == size[1]:
+        # image_size is not read where the data takes its transforms from a timm_model
+        sized = getattr(datamodule, "timm_model", None) is None
+        if sized and hasattr(datamodule, "image_size") and size[0] == size[1]:
             key, fix = "data.init_args.image_size", f"set data.image_size: {size[0]} (or {prepare})"
         elif hasattr(datamodule, "timm_model"):
             key, fix = "data.init_args.timm_model", f"set {prepare}"
