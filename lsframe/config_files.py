@@ -74,6 +74,15 @@ def unique_key_loader() -> type:
 INLINE = "inline --config"
 
 
+def is_config_file(value: str) -> bool:
+    """Whether the ``--config`` value ``value`` names an existing file (an inline YAML longer
+    than a file name may be is none: ``stat`` refuses it with ENAMETOOLONG)."""
+    try:
+        return Path(value).is_file()
+    except OSError:
+        return False
+
+
 def inline_config(value: str) -> dict | None:
     """The mapping an inline ``--config`` value gives, or None when ``value`` is not one.
 
@@ -82,7 +91,7 @@ def inline_config(value: str) -> dict | None:
     other value as a path."""
     import yaml
 
-    if Path(value).is_file():
+    if is_config_file(value):
         return None
     try:
         found = yaml.safe_load(value)
@@ -111,7 +120,7 @@ def check_config_files(argv: list[str]) -> None:
 
     for value in config_file_arguments(argv):
         path = Path(value)
-        if not path.is_file():
+        if not is_config_file(value):
             try:
                 inline = yaml.load(value, Loader=unique_keys)
             except DuplicateKeyError as error:

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from lsframe.config_files import inline_config
+from lsframe.config_files import inline_config, is_config_file
 from lsframe.config_nodes import import_class
 
 SPECIAL = ("class_path", "init_args", "dict_kwargs", "__path__")
@@ -241,7 +241,7 @@ def read_config(value: str) -> Any:
         path = Path(value)
         return (
             yaml.safe_load(path.read_text(encoding="utf-8"))
-            if path.is_file()
+            if is_config_file(value)
             else inline_config(value)
         )
     except (OSError, UnicodeDecodeError, yaml.YAMLError):

@@ -126,6 +126,21 @@ def test_an_inline_config_is_a_yaml_mapping_even_with_a_path_in_it_and_a_missing
     assert printed["data"]["init_args"]["task_name"] == "rte"  # the file's, kept
 
 
+def test_an_inline_config_longer_than_a_file_name_may_be_is_read_as_inline(capsys):
+    # stat refused it (ENAMETOOLONG) and the command ended in a traceback
+    from lsframe.__main__ import main
+    from lsframe.config_stacking import read_config
+
+    inline = "data: {init_args: {max_length: 64}}" + " " * 300
+    check_config_files(["fit", "--config", inline])
+    assert read_config(inline) == {"data": {"init_args": {"max_length": 64}}}
+    quickstart = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", quickstart, "--config", inline, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]["max_length"] == 64
+
+
 def test_a_refused_key_is_placed_in_the_first_config_file_giving_it_unless_the_command_line_does(
     tmp_path,
 ):
