@@ -18,8 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lsframe.config_files import config_file_arguments, where_in_config_files
-from lsframe.config_stacking import classes_given, plain_parts
+from lsframe.config_files import (
+    config_file_arguments,
+    option_value,
+    plain_parts,
+    where_in_config_files,
+)
+from lsframe.config_stacking import classes_given
 from lsframe.errors import UsageError, one_line
 
 
@@ -193,11 +198,11 @@ def _before_its_class(argv: list[str], where: str) -> str | None:
     node = ".".join(target[:-1])
     known: set[str] = set()  # the class nodes given before
     option = None
-    for i, arg in enumerate(argv):
-        key, equals, value = arg.partition("=")
+    for i in range(len(argv)):
+        key, value, _ = option_value(argv, i)
         if not key.startswith("-"):
             continue
-        value = value if equals else (argv[i + 1] if i + 1 < len(argv) else "")
+        value = value or ""
         if option is None and key.startswith("--") and plain_parts(key) == target:
             if node in known:
                 return None  # the class was given: the key is unknown to it

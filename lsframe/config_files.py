@@ -23,6 +23,22 @@ def config_file_arguments(argv: list[str]) -> list[str]:
     return values
 
 
+def option_value(argv: list[str], i: int) -> tuple[str, str | None, int]:
+    """The option ``argv[i]``, its value (after ``=``, else the next argument; None when there
+    is none) and how many arguments the two take (1 or 2)."""
+    key, equals, value = argv[i].partition("=")
+    if equals:
+        return key, value, 1
+    if i + 1 < len(argv):
+        return key, argv[i + 1], 2
+    return key, None, 1
+
+
+def plain_parts(key: str) -> list[str]:
+    """The parts of an option or dotted key without ``--`` and ``init_args``."""
+    return [part for part in key.removeprefix("--").split(".") if part != "init_args"]
+
+
 class DuplicateKeyError(Exception):
     """A mapping of a config file names a key twice (YAML keeps the last, silently)."""
 
@@ -214,13 +230,13 @@ def where_in_config_files(argv: list[str], key: str, value: str | None = None) -
 
     parts = _key_parts(key)
     plain = [p for p in parts if p != "init_args" and not isinstance(p, int)]
-    for i, arg in enumerate(argv):
-        option, equals, text = arg.partition("=")
+    for i in range(len(argv)):
+        option, text, _ = option_value(argv, i)
         if not option.startswith("-"):
             continue
-        text = text if equals else (argv[i + 1] if i + 1 < len(argv) else "")
+        text = text or ""
         if option not in ("--config", "-c"):
-            given = [p for p in option[2:].split(".") if p != "init_args"]
+            given = plain_parts(option)
             shorter = min(len(given), len(plain))
             if option.startswith("--") and given[:shorter] == plain[:shorter]:
                 return None  # the command line gives it (or a mapping around it)

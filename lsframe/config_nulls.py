@@ -13,7 +13,8 @@ import typing
 from typing import Any
 
 from lsframe.cli_usage import KIND_WORDS
-from lsframe.config_stacking import classes_given, plain_parts
+from lsframe.config_files import option_value, plain_parts
+from lsframe.config_stacking import classes_given
 from lsframe.errors import ConfigError
 
 
@@ -87,10 +88,7 @@ def nested_nulls_as_init_args(argv: list[str]) -> list[str]:
     i = 0
     while i < len(argv):
         arg = argv[i]
-        key, equals, value = arg.partition("=")
-        consumed = 1
-        if not equals and i + 1 < len(argv):
-            value, consumed = argv[i + 1], 2
+        key, value, taken = option_value(argv, i)
         owner, marker, name = key.rpartition(".init_args.")
         if marker and ".init_args." in owner and "." not in name:
             nested: tuple[str, str] | None = (owner, name)
@@ -98,9 +96,9 @@ def nested_nulls_as_init_args(argv: list[str]) -> list[str]:
             nested = _class_owner(key, classes)
         if key.startswith("--") and nested and value in YAML_NULLS:
             out += [nested[0], json.dumps({"init_args": {nested[1]: None}})]
-            i += consumed
+            i += taken
             continue
-        if consumed == 2 or equals:
+        if value is not None:
             classes |= classes_given(key, value, classes)
         out.append(arg)
         i += 1

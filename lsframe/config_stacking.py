@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from lsframe.config_files import inline_config, is_config_file
+from lsframe.config_files import inline_config, is_config_file, plain_parts
 from lsframe.config_nodes import import_class
 
 SPECIAL = ("class_path", "init_args", "dict_kwargs", "__path__")
@@ -62,7 +62,7 @@ def resolve(class_path: str) -> Any:
 
 
 def _plain(path: str) -> str:
-    return ".".join(p for p in path.split(".") if p != "init_args")
+    return ".".join(plain_parts(path))
 
 
 def _class_nodes(data: Any, known: set[str], path: str = "") -> list[Node]:
@@ -94,11 +94,6 @@ def class_node_paths(data: Any, known: set[str], path: str = "") -> set[str]:
     config mapping placed at ``path`` (a node with a ``class_path`` or ``init_args``; a string
     where ``known`` has a class node)."""
     return {plain for plain, *_ in _class_nodes(data, known, path)}
-
-
-def plain_parts(key: str) -> list[str]:
-    """The parts of an option or dotted key without ``--`` and ``init_args``."""
-    return [part for part in key.removeprefix("--").split(".") if part != "init_args"]
 
 
 def classes_given(key: str, value: str, known: set[str]) -> set[str]:
