@@ -261,7 +261,9 @@ def _run(argv: list[str], explicit: bool = True) -> None:
         return
     # LightningCLI reads sys.argv itself when called from the console (args=None); a parse
     # error raises (exit_on_error=False) and becomes the one error line
-    LSFrameCLI(args=argv if explicit else None, parser_kwargs={"exit_on_error": False})
+    LSFrameCLI(
+        args=argv if explicit else None, parser_kwargs={"exit_on_error": False, "prog": "lsframe"}
+    )
 
 
 if __name__ == "__main__":

@@ -211,6 +211,16 @@ def test_help_lists_the_subcommands_and_fit_options():
     assert "--model" in fit and "--checkpoint.monitor" in fit
 
 
+def test_help_names_the_command_a_user_types_not_the_module_file():
+    for argv in (["--help"], ["fit", "--help"], ["validate", "--help"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "lsframe", *argv], capture_output=True, text=True, check=True
+        ).stdout
+        usage = next(line for line in out.splitlines() if line.startswith("usage:"))
+        assert usage.startswith("usage: lsframe "), (argv, usage)
+        assert "__main__" not in out, argv
+
+
 def test_unknown_optimizer_class_is_named(capsys):
     with pytest.raises(SystemExit) as exit_info:
         LSFrameCLI(
