@@ -118,7 +118,9 @@ class SequenceClassificationModule(ClosureModule):
             ``None`` takes the DataModule's ``metric_names`` (GLUE: the task's official
             metrics), else ``acc`` + ``f1`` (classification) or ``pearson`` + ``spearman``.
         lora: Wrap the model with LoRA (PyPI ``peft``): ``LoraConfig`` arguments, e.g.
-            ``{r: 8, target_modules: [query, value]}``. Only the adapters and the head train.
+            ``{r: 8, target_modules: [query, value]}``. Only the adapters and the head train:
+            every child of the model beside its backbone (BART's ``classification_head``,
+            DeBERTa's ``pooler`` and ``classifier``) unless ``modules_to_save`` names others.
         optimizer: See :class:`ClosureModule`.
         lr_scheduler: See :class:`ClosureModule`.
         accumulate_grad_batches: See :class:`ClosureModule`.
