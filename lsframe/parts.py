@@ -322,15 +322,30 @@ def check_patterns_match(model: nn.Module, owner: str, **patterns: list[str] | N
             )
 
 
+def _attention_projections(model: nn.Module) -> list[nn.Parameter]:
+    """The query/key/value projections of torch's ``nn.MultiheadAttention``: parameters of the
+    attention module itself (``in_proj_weight``, or ``q/k/v_proj_weight`` with ``kdim``/``vdim``),
+    not weights of linear submodules."""
+    names = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+    return [
+        p
+        for m in model.modules()
+        if isinstance(m, nn.MultiheadAttention)
+        for p in (getattr(m, name, None) for name in names)
+        if isinstance(p, nn.Parameter)
+    ]
+
+
 def weight_matrices(
     model: nn.Module, include: list[str] | None = None, exclude: list[str] | None = None
 ) -> list[tuple[str, nn.Parameter]]:
     """The weight matrices a gradient mask acts on (DPS), by a rule that fits any model.
 
     Default rule: the ``weight`` of every linear-like module (``nn.Linear``, ``nn.Conv*d``,
-    transformers' ``Conv1D``) that is trainable and not shared with an ``nn.Embedding``. In BERT
-    this is exactly P4's selection: attention query/key/value/output, FFN in/out, pooler and
-    classifier; biases, LayerNorm and embeddings are left out. In GPT-2 and Llama it is the
+    transformers' ``Conv1D``) and the query/key/value projections of every
+    ``nn.MultiheadAttention`` (``in_proj_weight``), trainable and not shared with an
+    ``nn.Embedding``. In BERT this is exactly P4's selection: attention query/key/value/output,
+    FFN in/out, pooler and classifier; biases, LayerNorm and embeddings are left out. In GPT-2 and Llama it is the
     attention and MLP projections (and an untied LM head).
 
     Args:
@@ -352,6 +367,7 @@ def weight_matrices(
             for m in model.modules()
             if _is_linear_like(m) and isinstance(getattr(m, "weight", None), nn.Parameter)
         }
+        chosen |= {id(p) for p in _attention_projections(model)}
         chosen = {pid for pid in chosen if pid in names and pid not in embedded}
     return [
         (n, p) for n, p in model.named_parameters() if id(p) in chosen and not _matches(n, exclude)
