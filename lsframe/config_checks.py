@@ -193,14 +193,17 @@ def check_distribution_setting(key: str, distribution: Any, grouping: Any) -> No
 
 
 def check_module_step_options(key: str, init_args: dict[str, Any]) -> None:
-    """The module's ``accumulate_grad_batches`` (an integer >= 1) and ``gradient_clip_val``
-    (None or > 0), checked at their keys before the model loads (the module checks them again
-    when built, as a Python user builds it)."""
+    """The module's ``accumulate_grad_batches`` (an integer >= 1), ``gradient_clip_val``
+    (None or > 0) and ``num_parts`` (an integer >= 3), checked at their keys before the model
+    loads (the module checks them again when built, as a Python user builds it)."""
     from lsframe.modules.policy import check_step_options
+    from lsframe.validation import check_int_at_least
 
     options = ("accumulate_grad_batches", "gradient_clip_val")
     try:
         check_step_options(**{name: init_args[name] for name in options if name in init_args})
+        if "num_parts" in init_args:
+            check_int_at_least(3, num_parts=init_args["num_parts"])
     except (LsframeError, ValueError, TypeError) as error:
         raise located(error, f"{key}.init_args", init_args) from error
 

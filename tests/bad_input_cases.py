@@ -118,6 +118,9 @@ CASES: dict[str, tuple[Args, int, str]] = {
         fit(model__init_args__optimizer={"class_path": "lsframe.optim.PLASLS"}), 2,
         "PLASLS needs one param group per part: set param_grouping: parts, got 'decay' "
         "(model.init_args.param_grouping)"),
+    "fewer than three parts": (  # was refused once the data was set up, without its key
+        fit(model__init_args__param_grouping="parts", model__init_args__num_parts=2), 2,
+        "num_parts must be an integer >= 3, got 2 (model.init_args.num_parts)"),
     "16-mixed with a line search": (
         fit(trainer__precision="16-mixed"), 2,
         "precision='16-mixed' cannot drive lsframe's closure: its GradScaler runs the closure "

@@ -67,7 +67,7 @@ from lsframe.optim._sharded import reshard
 from lsframe.optim.closure import StepRandomState, check_loss
 from lsframe.optim.param_groups import apply_part_multipliers
 from lsframe.precision import GradientOverflow, fp16_plugin
-from lsframe.validation import check_choice
+from lsframe.validation import check_choice, check_int_at_least
 
 __all__ = ["ClosureModule", "check_sharding", "default_optimizer"]
 
@@ -101,7 +101,8 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         param_grouping: ``"decay"`` (biases and norm weights without weight decay), ``"parts"``
             (one group per part: PLASLS, per-part learning rates) or ``"single"``; see
             :func:`lsframe.modules.optimizer_setup.parameter_groups`.
-        num_parts: Number of parts for ``param_grouping="parts"``. Default: 10.
+        num_parts: Number of parts for ``param_grouping="parts"``, ``lr_distribution`` and the
+            search, at least 3 (embeddings, layers, head). Default: 10.
         lr_distribution: Per-part learning-rate multipliers (BERTcL): a mapping part → multiplier,
             a preset name (``flat``, ``bertcl_combined``) or a YAML/JSON file; see
             :mod:`lsframe.lr_distribution`. Needs ``param_grouping="parts"``.
@@ -128,6 +129,7 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         policy.check_step_options(accumulate_grad_batches, gradient_clip_val)
         check_choice("gradient_clip_algorithm", gradient_clip_algorithm, ("norm", "value"))
         check_choice("nonfinite_loss", nonfinite_loss, ("raise", "skip"))
+        check_int_at_least(3, num_parts=num_parts)  # embeddings, one or more layers, head
         check_distribution(model, lr_distribution, param_grouping, num_parts)
         self.automatic_optimization = False
         self.model = model
