@@ -112,7 +112,7 @@ class DistributionSearch:
         if problem:
             raise ValueError(problem)
         self.parts = [p.name for p in split_into_parts(probe.model, self.options.num_parts)]
-        self.chunks = part_groups_by_depth(self.parts, self.options.groups)
+        self.chunks = part_groups_by_depth(self.parts, self.options.groups, self.options.num_parts)
         self.output_dir = Path(self.options.output_dir)
 
     @property

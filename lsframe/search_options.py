@@ -68,10 +68,20 @@ class SearchOptions:
             )
 
 
-def part_groups_by_depth(parts: list[str], groups: int | None) -> list[list[str]]:
-    """Parts in order, cut into ``groups`` contiguous chunks (each part alone when None)."""
+def part_groups_by_depth(
+    parts: list[str], groups: int | None, num_parts: int | None = None
+) -> list[list[str]]:
+    """Parts in order, cut into ``groups`` contiguous chunks (each part alone when None).
+    ``num_parts``: the ``K`` the parts were cut with, named when ``groups`` exceeds them (a
+    shallow model gives fewer parts than ``K``)."""
     if groups is None:
         return [[p] for p in parts]
+    if num_parts is not None and isinstance(groups, int) and groups > len(parts) >= 1:
+        raise ConfigError(
+            f"search.groups must be in [1, {len(parts)}], got {groups}: the model splits into "
+            f"{len(parts)} parts at num_parts {num_parts} ({', '.join(parts)})",
+            where="search.groups",
+        )
     check_interval(1, len(parts), False, False, **{"search.groups": groups})
     chunks: list[list[str]] = [[] for _ in range(groups)]
     for i, part in enumerate(parts):

@@ -134,6 +134,16 @@ def test_tied_groups_share_one_learning_rate_and_each_trial_logs_to_tensorboard(
     ]
 
 
+def test_more_search_groups_than_the_model_has_parts_names_the_parts_and_num_parts():
+    with pytest.raises(ConfigError) as refused:
+        part_groups_by_depth(["embeddings", "layers_0", "head"], 5, num_parts=10)
+    assert refused.value.where == "search.groups"
+    assert str(refused.value) == (
+        "search.groups must be in [1, 3], got 5: the model splits into 3 parts at num_parts 10 "
+        "(embeddings, layers_0, head) (search.groups)"
+    )
+
+
 def test_bad_search_settings_are_named(tmp_path):
     with pytest.raises(ValueError, match="pairs"):
         DistributionSearch(make, [[Stage("a", Task(0, 1))]], {}, SearchOptions())
