@@ -121,7 +121,7 @@ class LSFrameCLI(ResumeChecks, LightningCLI):
             raise usage_error(
                 error, parser, args if isinstance(args, list) else sys.argv[1:]
             ) from error
-        check_parsed(self.config)
+        self.checked_data = check_parsed(self.config)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in LINKS:

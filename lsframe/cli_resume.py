@@ -58,6 +58,7 @@ class ResumeChecks:
     subcommand: str | None
     trainer: Any
     datamodule: Any
+    checked_data: list[tuple[str, Any]]
 
     def _parse_ckpt_path(self) -> None:
         """Lightning replaces the ``model`` section with the hyperparameters saved in a
@@ -67,6 +68,8 @@ class ResumeChecks:
         subcommand = self.config.get("subcommand")
         self._resolve_named_checkpoint(subcommand)
         section = self.config[subcommand] if subcommand else self.config
+        if subcommand in ("validate", "test", "predict"):
+            refuse_another_head(section.get("ckpt_path"), getattr(self, "checked_data", []))
         # fit --ckpt_path last reads the newest fit's file as a named one (its model section,
         # LoRA included, and the same refusal); Lightning still resolves "last" itself
         found = self._last_run(section) if subcommand == "fit" else None
@@ -247,3 +250,43 @@ def refuse_an_implicit_resume(trainer: pl.Trainer) -> None:
             "move the file away",
             where="ckpt_path",
         )
+
+
+def refuse_another_head(path: Any, data: list[tuple[str, Any]]) -> None:
+    """``validate``, ``test`` or ``predict`` of a checkpoint on data of another task: the head's
+    classes (``num_labels``, ``label_names``; an image model's ``num_classes``, ``in_chans``),
+    as the checkpoint's module saved them, against each configured DataModule's. Another count
+    failed with a traceback once the model loaded; other class names (an MRPC checkpoint on
+    RTE's data) gave a score of the wrong task without a word.
+
+    Raises:
+        ConfigError: at ``ckpt_path``, naming the checkpoint's task and the data's.
+    """
+    if not path or not Path(str(path)).is_file():
+        return
+    checkpoint = read_lightning_checkpoint(str(path))
+    saved = checkpoint.get("hyper_parameters") or {}
+    trained_on = _task_of(checkpoint.get("datamodule_hyper_parameters") or {})
+    for data_key, datamodule in data:
+        for name in SHARED_ATTRIBUTES:
+            mine, theirs = _listed(saved.get(name)), _listed(getattr(datamodule, name, None))
+            if mine is None or theirs is None or mine == theirs:
+                continue
+            at = "" if data_key == "data" else f" at {data_key}"
+            task = dict(getattr(datamodule, "hparams", None) or {}).get("task_name")
+            task = f" ({task})" if isinstance(task, str) else ""
+            raise ConfigError(
+                f"the checkpoint {path} was fine-tuned{trained_on} with {name} {mine!r}; the "
+                f"data{at}{task} has {theirs!r}: its scores would be those of another task; "
+                "name a checkpoint fine-tuned on this data, or evaluate it on its own task's",
+                where="ckpt_path",
+            )
+
+
+def _listed(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _task_of(settings: dict[str, Any]) -> str:
+    task = settings.get("task_name")
+    return f" on {task}" if isinstance(task, str) else ""

@@ -320,20 +320,22 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
     return data
 
 
-def check_parsed(config: Any) -> None:
+def check_parsed(config: Any) -> list[tuple[str, Any]]:
     """The checks of this module on what LightningCLI parsed: the chosen subcommand's section
-    (:func:`check_config` with the subcommand as the data's stage) and its ``ckpt_path``."""
+    (:func:`check_config` with the subcommand as the data's stage) and its ``ckpt_path``.
+    Returns the DataModules built on the way, as :func:`check_config` does."""
     subcommand = node_get(config, "subcommand")
     section = node_get(config, subcommand) if subcommand else config
     if section is None:
-        return
-    check_config(section, stage=subcommand or "fit")
+        return []
+    data = check_config(section, stage=subcommand or "fit")
     check_accelerator(node_get(section, "trainer"))
     if subcommand == "fit":
         check_checkpoint_section(section)
     if subcommand == "predict":
         check_predicts(section)
     check_ckpt_path(section, subcommand or "fit")
+    return data
 
 
 def check_predicts(section: Any) -> None:

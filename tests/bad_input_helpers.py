@@ -229,6 +229,13 @@ def written_by(module: str) -> dict:
     }
 
 
+def fine_tuned_on(task: str, label_names: list[str]) -> dict:
+    """A checkpoint of the GLUE config's module, fine-tuned on ``task`` with ``label_names``."""
+    saved = written_by("SequenceClassificationModule")
+    saved["hyper_parameters"].update(num_labels=len(label_names), label_names=tuple(label_names))
+    return {**saved, "datamodule_hyper_parameters": {"task_name": task}}
+
+
 PICKLED = {"state_dict": {}, "optimizer": functools.partial(torch.optim.SGD, lr=0.1)}
 DISTRIBUTION = {
     "model__init_args__param_grouping": "parts",
