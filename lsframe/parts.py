@@ -10,19 +10,27 @@ The rule, for any depth and any family:
    embeddings stays with them).
 2. The *layer stack*:
 
-   a. A model with timm's ``group_matcher`` (defined on its class): the fine groups of
-      ``group_matcher(coarse=False)`` in timm's order are the layers (one per ViT block, one per
-      ResNet BasicBlock; timm merges a final ``norm`` into the last block). timm's ``stem``
-      group is the ``embeddings`` part (for a matcher that is a function: its lowest group);
-      parameters the matcher leaves unmatched (neck, head) are in the ``head`` part.
+   a. A model with timm's ``group_matcher`` (defined on its class): the fine groups of ``group_matcher(coarse=False)`` in timm's order are the layers (one
+      per ViT block, one per ResNet BasicBlock; timm merges a final ``norm`` into the last
+      block). timm's ``stem`` group is the ``embeddings`` part (for a matcher that is a
+      function: its lowest group); parameters the matcher leaves unmatched (neck, head) are in
+      the ``head`` part.
    b. Otherwise the ``nn.ModuleList`` or ``nn.Sequential`` below the model's root, outside the
       classifier, with the most parameters and at least two children holding parameters
       (``bert.encoder.layer``, GPT-2's ``transformer.h``, Llama's ``model.layers``, a plain
-      ViT's ``blocks``). Its layers are its children that hold parameters. Models without one
+      ViT's ``blocks``); without one, the one with the most parameters and one such child
+      (ALBERT's shared layer; ``nn.ModuleList([block] * n)``, whose children are one module).
+      Each other ``nn.ModuleList``/``nn.Sequential`` whose dotted name differs from its name in
+      exactly one component and that has a child holding parameters is a stack too (T5's
+      ``encoder.block`` and ``decoder.block``, BART's ``encoder.layers`` and
+      ``decoder.layers``, torchvision ResNet's ``layer1`` … ``layer4``). The layers are the
+      stacks' children that hold parameters, in registration order. Models without a stack
       use their top-level children with trainable parameters as the layers.
 
-3. Parameters outside the stack and the classifier: those registered before the stack form the
-   ``embeddings`` part, those after it the ``head`` part (BERT's pooler, a final norm).
+3. Parameters outside the stacks and the classifier: those registered before the first layer
+   form the ``embeddings`` part, those after the last layer the ``head`` part (BERT's pooler,
+   a final norm), those between two stacks join the layer before them (T5's
+   ``encoder.final_layer_norm``).
 4. With ``K`` parts in all, the ``L`` layers go to ``M = K − 2`` middle parts by
    ``part(i) = floor(i · M / L)``. For BERT-base (L = 12, K = 10) this is exactly the split of
    P0 and P3: {0,1} | 2 | {3,4} | 5 | {6,7} | 8 | {9,10} | 11. When ``L < M`` every layer is its
@@ -35,19 +43,16 @@ left out (frozen layers of a stack still count: freezing does not move the other
 from __future__ import annotations
 
 import difflib
-import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from torch import nn
 
 from lsframe.errors import ConfigError
+from lsframe.parts_timm import timm_groups
 
 CLASSIFIER_NAMES = ("fc", "head", "classifier")
-# timm's MATCH_PREV_GROUP: a key ending in it joins the group before it (a final norm)
-_MATCH_PREVIOUS = 99999.0
 
 
 @dataclass
@@ -58,8 +63,9 @@ class Part:
 
 
 class LayerStack(NamedTuple):
-    """The layer stack of rule 2: ``prefix`` is its module's name (``bert.encoder.layer``), or
-    None when the layers are timm's parameter groups; ``num_layers`` is ``L``."""
+    """The layer stack of rule 2: ``prefix`` is its module's name (``bert.encoder.layer``;
+    several stacks' names joined by ``", "``: ``encoder.block, decoder.block``), or None when
+    the layers are timm's parameter groups; ``num_layers`` is ``L``."""
 
     prefix: str | None
     num_layers: int
@@ -103,96 +109,60 @@ def _has_params(module: nn.Module) -> bool:
     return next(iter(module.parameters()), None) is not None
 
 
-def _matcher_key(matcher: Any) -> Callable[[str], tuple[tuple[float, ...] | None, bool]]:
-    """``name -> (sort key, from timm's stem entry)`` as timm's ``group_with_matcher`` orders
-    names; the key is None for a name the matcher leaves unmatched (or maps to infinity)."""
-    if isinstance(matcher, dict):
-        rules = []
-        for ordinal, (group, spec) in enumerate(matcher.items()):
-            if spec is None:
-                continue
-            specs = spec if isinstance(spec, (list, tuple)) else [(spec, None)]
-            for pattern, suffix in specs:
-                rules.append((re.compile(pattern), float(ordinal), suffix or (), group == "stem"))
-
-        def key(name: str) -> tuple[tuple[float, ...] | None, bool]:
-            for regex, ordinal, suffix, stem in rules:
-                found = regex.match(name)
-                if found:
-                    groups = (float(g) for g in found.groups() if g is not None)
-                    return (ordinal, *groups, *map(float, suffix)), stem
-            return None, False
-
-        return key
-
-    def call(name: str) -> tuple[tuple[float, ...] | None, bool]:
-        value = matcher(name)
-        value = tuple(map(float, value)) if isinstance(value, (tuple, list)) else (float(value),)
-        return (None if math.isinf(value[0]) else value), False
-
-    return call
-
-
-def _timm_layout(
-    model: nn.Module, named: list[tuple[str, nn.Parameter]], classifier: set[int]
-) -> _Layout | None:
+def _timm_layout(model: nn.Module, classifier: set[int]) -> _Layout | None:
     """Rule 2a: timm's fine parameter groups, or None when the model has no ``group_matcher``
     (on its class: a wrapper that forwards attributes would see names with another prefix)."""
     if not callable(getattr(type(model), "group_matcher", None)):
         return None
-    try:
-        matcher = model.group_matcher(coarse=False)
-    except (NotImplementedError, TypeError, AttributeError):
+    found = timm_groups(model, classifier)
+    if found is None:
         return None
-    key_of = _matcher_key(matcher)
-    keys = {id(p): key_of(n) for n, p in named if id(p) not in classifier}
-    groups: list[list[tuple[float, ...]]] = []
-    for k in sorted({k for k, _ in keys.values() if k is not None}):
-        if groups and k[-1] == _MATCH_PREVIOUS:
-            groups[-1].append(k)
-        else:
-            groups.append([k])
-    if not groups:
-        return None
-    if isinstance(matcher, dict):
-        stems = {k for k, stem in keys.values() if k is not None and stem}
-        layers = [g for g in groups if g[0] not in stems]
-    else:  # a function: its lowest group is the stem
-        layers = groups[1:] if len(groups) > 1 else groups
-    index = {k: i for i, group in enumerate(layers) for k in group}
-    layout = _Layout(LayerStack(None, len(layers)), len(layers))
-    for pid, (k, _) in keys.items():
-        if k is None:
-            layout.fixed[pid] = "head"
-        elif k in index:
-            layout.layer[pid] = index[k]
-        else:
-            layout.fixed[pid] = "embeddings"
-    return layout
+    num_layers, layer, fixed = found
+    return _Layout(LayerStack(None, num_layers), num_layers, layer, fixed)
 
 
-def _module_layout(model: nn.Module, classifier: set[int]) -> _Layout:
-    """Rule 2b: the largest ModuleList/Sequential below the root, else the top-level children."""
+def _stacks(model: nn.Module, classifier: set[int]) -> list[tuple[str, list[nn.Module]]]:
+    """Rule 2b's stacks in registration order, each as ``(name, its layers)``: the largest
+    ModuleList/Sequential below the root with two or more layers (else with one) and its
+    siblings, those whose dotted name differs from its name in one component."""
 
     def layers_of(module: nn.Module) -> list[nn.Module]:
         return [
             c for c in module.children() if any(id(p) not in classifier for p in c.parameters())
         ]
 
-    best, best_count = None, 0
-    for name, module in model.named_modules():
-        if not name or not isinstance(module, (nn.ModuleList, nn.Sequential)):
-            continue
-        # parameters of the classifier do not count: it is never (inside) the stack
-        count = sum(p.numel() for p in module.parameters() if id(p) not in classifier)
-        if count > best_count and len(layers_of(module)) > 1:
-            best, best_count = (name, module), count
-    if best is not None:
-        name, module = best
-        layers = layers_of(module)
-        stack: LayerStack | None = LayerStack(name, len(layers))
-    else:
-        layers = layers_of(model)  # frozen ones count: freezing does not renumber the others
+    found = [
+        (name, layers_of(module), module)
+        for name, module in model.named_modules()
+        if name and isinstance(module, (nn.ModuleList, nn.Sequential))
+    ]
+    found = [(name, layers, module) for name, layers, module in found if layers]
+    pool = [f for f in found if len(f[1]) > 1] or found
+    if not pool:
+        return []
+    # parameters of the classifier do not count: it is never (inside) the stack
+    best = max(
+        pool, key=lambda f: sum(p.numel() for p in f[2].parameters() if id(p) not in classifier)
+    )
+    parts = best[0].split(".")
+
+    def sibling(name: str) -> bool:
+        other = name.split(".")
+        return len(other) == len(parts) and sum(a != b for a, b in zip(parts, other)) == 1
+
+    return [(name, layers) for name, layers, _ in found if name == best[0] or sibling(name)]
+
+
+def _module_layout(model: nn.Module, classifier: set[int]) -> _Layout:
+    """Rule 2b: the stacks of :func:`_stacks`, else the top-level children."""
+    stacks = _stacks(model, classifier)
+    if stacks:
+        layers = [layer for _, stack_layers in stacks for layer in stack_layers]
+        stack: LayerStack | None = LayerStack(", ".join(n for n, _ in stacks), len(layers))
+    else:  # frozen children count: freezing does not renumber the others
+        layers = [
+            c for c in model.children() if any(id(p) not in classifier for p in c.parameters())
+        ]
         stack = None
     layout = _Layout(stack, len(layers))
     for i, layer in enumerate(layers):
@@ -219,14 +189,21 @@ def _classifier_params(model: nn.Module, named: list[tuple[str, nn.Parameter]]) 
 def _layout(model: nn.Module) -> _Layout:
     named = list(model.named_parameters())
     head = _classifier_params(model, named)
-    layout = _timm_layout(model, named, head) or _module_layout(model, head)
-    first = next((i for i, (_, p) in enumerate(named) if id(p) in layout.layer), len(named))
+    layout = _timm_layout(model, head) or _module_layout(model, head)
+    at = [i for i, (_, p) in enumerate(named) if id(p) in layout.layer]
+    first, last = (at[0], at[-1]) if at else (len(named), len(named))
+    previous = 0
     for i, (_, p) in enumerate(named):
         if id(p) in head:
             layout.layer.pop(id(p), None)
             layout.fixed[id(p)] = "head"
-        elif id(p) not in layout.layer and id(p) not in layout.fixed:
-            layout.fixed[id(p)] = "embeddings" if i < first else "head"
+        elif id(p) in layout.layer:
+            previous = layout.layer[id(p)]
+        elif id(p) not in layout.fixed:
+            if first < i < last:  # between two stacks: with the layer before (a final norm)
+                layout.layer[id(p)] = previous
+            else:
+                layout.fixed[id(p)] = "embeddings" if i < first else "head"
     return layout
 
 
@@ -392,8 +369,8 @@ def layer_stack_parameters(
         if layout.stack is None:
             raise ValueError(
                 f"{type(model).__name__} has no layer stack (an nn.ModuleList or nn.Sequential "
-                "of two or more layers below the model, or timm's group_matcher): name the "
-                "parameters to select with include patterns"
+                "of layers below the model, or timm's group_matcher): name the parameters to "
+                "select with include patterns"
             )
         chosen = [(n, p) for n, p in named if id(p) in layout.layer]
     return [(n, p) for n, p in chosen if not _matches(n, exclude)]

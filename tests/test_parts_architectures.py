@@ -1,0 +1,174 @@
+"""Model parts beyond one stack of blocks: encoder-decoder models, stages, one shared layer,
+each split by the rule of
+``lsframe.parts``; every trainable parameter in exactly one part."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+from lsframe.parts import find_layer_stack, layer_stack_parameters, split_into_parts
+
+
+def assert_each_trainable_parameter_once(model: nn.Module, parts) -> None:
+    names = [n for p in parts for n in p.names]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert sorted(names) == sorted(trainable) and len(names) == len(set(names))
+
+
+def names_under(parts, prefix: str) -> dict[str, list[str]]:
+    """Each part → its parameter names that start with ``prefix``."""
+    return {p.name: [n for n in p.names if n.startswith(prefix)] for p in parts}
+
+
+# ------------------------------------------------------------------ encoder-decoder models
+def tiny_t5() -> nn.Module:
+    from transformers import T5Config, T5ForSequenceClassification
+
+    config = T5Config(
+        vocab_size=50,
+        d_model=8,
+        d_kv=4,
+        d_ff=16,
+        num_layers=3,
+        num_decoder_layers=3,
+        num_heads=2,
+        num_labels=2,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    return T5ForSequenceClassification(config)
+
+
+def tiny_bart() -> nn.Module:
+    from transformers import BartConfig, BartForSequenceClassification
+
+    config = BartConfig(
+        vocab_size=50,
+        d_model=8,
+        encoder_layers=3,
+        decoder_layers=3,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=16,
+        decoder_ffn_dim=16,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
+    return BartForSequenceClassification(config)
+
+
+def test_t5s_encoder_and_decoder_blocks_are_its_layers_in_order():
+    model = tiny_t5()
+    parts = split_into_parts(model, num_parts=10)
+    assert_each_trainable_parameter_once(model, parts)
+    stacks = "transformer.encoder.block, transformer.decoder.block"
+    assert find_layer_stack(model) == (stacks, 6)
+    assert [p.name for p in parts] == ["embeddings", *(f"layers_{i}" for i in range(6)), "head"]
+    assert parts[0].names == ["transformer.shared.weight"]
+    for i, part in enumerate(parts[1:-1]):
+        block = f"transformer.{'encoder' if i < 3 else 'decoder'}.block.{i % 3}."
+        inside = [n for n in part.names if n.startswith(block)]
+        # the encoder's final norm, registered between the stacks, joins the layer before it
+        rest = ["transformer.encoder.final_layer_norm.weight"] if i == 2 else []
+        assert inside and part.names == inside + rest
+    assert parts[-1].names[0] == "transformer.decoder.final_layer_norm.weight"
+    assert all(n.startswith("classification_head.") for n in parts[-1].names[1:])
+
+
+def test_child_tuning_selection_in_t5_covers_the_encoder_and_the_decoder():
+    model = tiny_t5()
+    names = [n for n, _ in layer_stack_parameters(model)]
+    for coder in ("encoder", "decoder"):
+        blocks = [n for n, _ in model.named_parameters() if n.startswith(f"transformer.{coder}.b")]
+        assert blocks and set(blocks) <= set(names)
+    assert not any(n.startswith(("transformer.shared", "classification_head")) for n in names)
+
+
+def test_barts_encoder_and_decoder_layers_are_its_layers_and_its_head_is_last():
+    model = tiny_bart()
+    parts = split_into_parts(model, num_parts=10)
+    assert_each_trainable_parameter_once(model, parts)
+    assert find_layer_stack(model) == ("model.encoder.layers, model.decoder.layers", 6)
+    assert parts[0].names == ["model.shared.weight", "model.encoder.embed_positions.weight"]
+    layers = [p for p in parts if p.name.startswith("layers_")]
+    for i, part in enumerate(layers):
+        block = f"model.{'encoder' if i < 3 else 'decoder'}.layers.{i % 3}."
+        assert part.names[0].startswith(block)
+    # between the stacks: the encoder's last norm and the decoder's position embeddings
+    assert layers[2].names[-1] == "model.decoder.embed_positions.weight"
+    head = [n.split(".")[0] for n in parts[-1].names]
+    assert head[-1] == "classification_head" and "model.decoder.layernorm_embedding.bias" in (
+        parts[-1].names
+    )
+
+
+# ------------------------------------------------------------------ stages and wrappers
+def timm_resnet18(**kwargs) -> nn.Module:
+    timm = pytest.importorskip("timm")
+    return timm.create_model("resnet18", pretrained=False, **kwargs)
+
+
+def test_torchvision_resnet18_is_split_like_timms_one_block_per_layer():
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.resnet18(weights=None)
+    parts = split_into_parts(model, num_parts=10)
+    assert find_layer_stack(model) == ("layer1, layer2, layer3, layer4", 8)
+    # the same parameter names, so the same parts as timm's matcher gives
+    assert [(p.name, p.names) for p in parts] == [
+        (p.name, p.names) for p in split_into_parts(timm_resnet18(), num_parts=10)
+    ]
+    names = [n for n, _ in layer_stack_parameters(model)]
+    assert {n.split(".")[0] for n in names} == {f"layer{i}" for i in range(1, 5)}
+
+
+# ------------------------------------------------------------------ one layer; a Sequential
+def test_albert_has_embeddings_its_shared_layer_and_a_head():
+    from transformers import AlbertConfig, AlbertForSequenceClassification
+
+    config = AlbertConfig(
+        vocab_size=50,
+        embedding_size=4,
+        hidden_size=8,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=16,
+    )
+    model = AlbertForSequenceClassification(config)
+    parts = split_into_parts(model)
+    assert_each_trainable_parameter_once(model, parts)
+    assert [p.name for p in parts] == ["embeddings", "layers_0", "head"]
+    embeddings = ("albert.embeddings.", "albert.encoder.embedding_hidden_mapping_in.")
+    assert all(n.startswith(embeddings) for n in parts[0].names)
+    assert all(n.startswith("albert.encoder.albert_layer_groups.0.") for n in parts[1].names)
+    assert parts[-1].names == [
+        "albert.pooler.weight",
+        "albert.pooler.bias",
+        "classifier.weight",
+        "classifier.bias",
+    ]
+    assert [n for n, _ in layer_stack_parameters(model)] == parts[1].names
+
+
+class SharedBlocks(nn.Module):
+    """One block applied three times: ``nn.ModuleList([block] * 3)`` has one child."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        block = nn.Sequential(nn.Linear(8, 8), nn.GELU())
+        self.blocks = nn.ModuleList([block] * 3)
+        self.classifier = nn.Linear(8, 2)
+
+
+def test_a_weight_shared_stack_is_one_layer_between_embeddings_and_head():
+    model = SharedBlocks()
+    parts = split_into_parts(model)
+    assert [(p.name, p.names) for p in parts] == [
+        ("embeddings", ["embed.weight"]),
+        ("layers_0", ["blocks.0.0.weight", "blocks.0.0.bias"]),
+        ("head", ["classifier.weight", "classifier.bias"]),
+    ]
+    assert find_layer_stack(model) == ("blocks", 1)
