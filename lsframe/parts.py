@@ -1,16 +1,23 @@
 """Named parts of a model: embeddings, groups of layers, head (PLASLS, BERTcL); the weights a
 gradient mask selects (DPS, ChildTuning).
 
-The rule, for any depth and any family:
+The rule, for any depth and any family. It applies to the model inside any wrapper: from the
+root, while a module has no parameters of its own and a single child holds parameters, that
+child is taken (peft's ``PeftModel`` → ``LoraModel`` → the model; a user's thin wrapper), unless
+the module's class defines ``get_classifier`` or ``group_matcher`` or the child is an
+``nn.ModuleList`` or ``nn.Sequential`` (a stack below the root). Names below are relative to
+the module taken; the parts keep the full names.
 
 1. The *classifier* is what ``model.get_classifier()`` returns (timm; a distilled DeiT gives
-   two modules), else a top-level child named ``fc``, ``head`` or ``classifier``. Its parameters
-   are in the ``head`` part wherever the module sits (before, inside or after the stack), except
-   a weight tied to one registered before it under another name (an LM head tied to the
-   embeddings stays with them).
+   two modules), else a top-level child named ``fc``, ``head`` or ``classifier`` (peft's
+   ``ModulesToSaveWrapper`` around one too). Its parameters are in the ``head`` part wherever
+   the module sits (before, inside or after the stack), except a weight tied to one registered
+   before it under another name (an LM head tied to the embeddings stays with them).
 2. The *layer stack*:
 
-   a. A model with timm's ``group_matcher`` (defined on its class): the fine groups of ``group_matcher(coarse=False)`` in timm's order are the layers (one
+   a. A model with timm's ``group_matcher`` (defined on its class, or on the class of the module
+      below it that holds every parameter outside the classifier: a wrapper's timm backbone):
+      the fine groups of ``group_matcher(coarse=False)`` in timm's order are the layers (one
       per ViT block, one per ResNet BasicBlock; timm merges a final ``norm`` into the last
       block). timm's ``stem`` group is the ``embeddings`` part (for a matcher that is a
       function: its lowest group); parameters the matcher leaves unmatched (neck, head) are in
@@ -53,6 +60,8 @@ from lsframe.errors import ConfigError
 from lsframe.parts_timm import timm_groups
 
 CLASSIFIER_NAMES = ("fc", "head", "classifier")
+# methods that name a model's modules relative to it: the rule applies to that model
+_OWN_NAMES = ("get_classifier", "group_matcher")
 
 
 @dataclass
@@ -109,12 +118,39 @@ def _has_params(module: nn.Module) -> bool:
     return next(iter(module.parameters()), None) is not None
 
 
-def _timm_layout(model: nn.Module, classifier: set[int]) -> _Layout | None:
-    """Rule 2a: timm's fine parameter groups, or None when the model has no ``group_matcher``
-    (on its class: a wrapper that forwards attributes would see names with another prefix)."""
-    if not callable(getattr(type(model), "group_matcher", None)):
+def _single_holder(module: nn.Module, outside: set[int]) -> nn.Module | None:
+    """The one child of ``module`` that holds all its parameters whose ids are not in
+    ``outside``, or None (``module`` has some of its own, or several children hold some)."""
+    if any(id(p) not in outside for p in module.parameters(recurse=False)):
         return None
-    found = timm_groups(model, classifier)
+    holders = [c for c in module.children() if any(id(p) not in outside for p in c.parameters())]
+    return holders[0] if len(holders) == 1 else None
+
+
+def _unwrapped(model: nn.Module) -> tuple[str, nn.Module]:
+    """The module the rule applies to, and its name from the root with a trailing dot: the
+    root, or the module below it reached while a single child holds all of a module's
+    parameters (peft's ``PeftModel`` → ``LoraModel`` → the model; a user's thin wrapper). It
+    stops at a module whose class defines ``get_classifier`` or ``group_matcher`` (they name
+    modules relative to it) and before an ``nn.ModuleList``/``nn.Sequential`` (a stack)."""
+    path, module = "", model
+    while not any(callable(getattr(type(module), a, None)) for a in _OWN_NAMES):
+        child = _single_holder(module, set())
+        if child is None or isinstance(child, (nn.ModuleList, nn.Sequential)):
+            break
+        name = next(n for n, c in module.named_children() if c is child)
+        path, module = f"{path}{name}.", child
+    return path, module
+
+
+def _timm_layout(model: nn.Module, classifier: set[int]) -> _Layout | None:
+    """Rule 2a: timm's fine parameter groups, or None when neither ``model`` nor the module
+    below it that holds every parameter outside the classifier (a wrapper's timm backbone) has
+    a ``group_matcher`` (on its class: its regexes need the names relative to that module)."""
+    owner: nn.Module | None = model
+    while owner is not None and not callable(getattr(type(owner), "group_matcher", None)):
+        owner = _single_holder(owner, classifier)
+    found = None if owner is None else timm_groups(owner, classifier)
     if found is None:
         return None
     num_layers, layer, fixed = found
@@ -187,9 +223,13 @@ def _classifier_params(model: nn.Module, named: list[tuple[str, nn.Parameter]]) 
 
 
 def _layout(model: nn.Module) -> _Layout:
+    path, model = _unwrapped(model)
     named = list(model.named_parameters())
     head = _classifier_params(model, named)
     layout = _timm_layout(model, head) or _module_layout(model, head)
+    if path and layout.stack is not None and layout.stack.prefix is not None:
+        names = layout.stack.prefix.split(", ")
+        layout.stack = layout.stack._replace(prefix=", ".join(path + n for n in names))
     at = [i for i, (_, p) in enumerate(named) if id(p) in layout.layer]
     first, last = (at[0], at[-1]) if at else (len(named), len(named))
     previous = 0

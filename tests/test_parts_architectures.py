@@ -1,10 +1,11 @@
-"""Model parts beyond one stack of blocks: encoder-decoder models, stages, one shared layer,
-each split by the rule of
+"""Model parts beyond one stack of blocks: encoder-decoder models, stages, wrappers (a user's,
+peft's), one shared layer, each split by the rule of
 ``lsframe.parts``; every trainable parameter in exactly one part."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
 from lsframe.parts import find_layer_stack, layer_stack_parameters, split_into_parts
@@ -121,6 +122,86 @@ def test_torchvision_resnet18_is_split_like_timms_one_block_per_layer():
     ]
     names = [n for n, _ in layer_stack_parameters(model)]
     assert {n.split(".")[0] for n in names} == {f"layer{i}" for i in range(1, 5)}
+
+
+def timm_convnext(**kwargs) -> nn.Module:
+    """timm's matcher gives 12 layers (blocks, each stage's downsample with its first block);
+    its module tree has a 4-stage ``stages``."""
+    timm = pytest.importorskip("timm")
+    return timm.create_model("convnext_atto", pretrained=False, **kwargs)
+
+
+class Backbone(nn.Module):
+    """A user's module around a timm model, optionally with its own head."""
+
+    def __init__(self, head: bool) -> None:
+        super().__init__()
+        self.backbone = timm_convnext(num_classes=0 if head else 3)
+        self.head = nn.Linear(320, 3) if head else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(x)
+        return self.head(features) if self.head is not None else features
+
+
+def test_a_wrapped_timm_model_keeps_its_split_under_the_wrappers_names():
+    plain = [(p.name, p.names) for p in split_into_parts(timm_convnext(num_classes=3))]
+    wrapped = split_into_parts(Backbone(head=False))
+    assert [(p.name, [n.removeprefix("backbone.") for n in p.names]) for p in wrapped] == plain
+    # a wrapper's own head beside the timm backbone: the backbone's groups stay the layers
+    model = Backbone(head=True)
+    parts = split_into_parts(model)
+    assert find_layer_stack(model) == (None, 12)
+    assert [p.name for p in parts] == [name for name, _ in plain]
+    assert parts[-1].names[-2:] == ["head.weight", "head.bias"]
+    assert all(n.startswith("backbone.stages.3.blocks.1.") for n in parts[-2].names)
+
+
+def test_a_timm_model_under_peft_lora_keeps_its_layers_and_head():
+    peft = pytest.importorskip("peft")
+    plain = split_into_parts(timm_convnext(num_classes=3))
+    config = peft.LoraConfig(r=2, target_modules=["fc1", "fc2"], modules_to_save=["fc"])
+    model = peft.get_peft_model(timm_convnext(num_classes=3), config)
+    parts = split_into_parts(model)
+    assert_each_trainable_parameter_once(model, parts)
+    assert find_layer_stack(model) == (None, 12)
+    assert parts[0].name == "layers_0-1"  # peft froze the stem
+    parts = split_into_parts(model, include_frozen=True)
+    assert [p.name for p in parts] == [p.name for p in plain]
+
+    def module(name: str) -> str:  # stem, head, or a block: stages.0.blocks.1
+        words = name.removeprefix("base_model.model.").split(".")
+        return ".".join(words[:4] if words[0] == "stages" else words[:1])
+
+    # each LoRA tensor sits in the part of the block it adapts
+    for part, unwrapped in zip(parts, plain):
+        assert {module(n) for n in part.names} <= {module(n) for n in unwrapped.names}
+    trainable = [n for n in parts[-1].names if "original_module" not in n]
+    assert trainable and all(n.startswith("base_model.model.head.") for n in trainable)
+
+
+def test_xlm_roberta_under_peft_lora_has_its_classifier_as_head():
+    peft = pytest.importorskip("peft")
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    config = XLMRobertaConfig(
+        vocab_size=50,
+        hidden_size=8,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=24,
+    )
+    base = XLMRobertaForSequenceClassification(config)
+    assert next(iter(base.named_children()))[0] == "classifier"  # registered before the encoder
+    lora = peft.LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "value"])
+    model = peft.get_peft_model(base, lora)
+    parts = split_into_parts(model, num_parts=6)
+    assert_each_trainable_parameter_once(model, parts)
+    assert [p.name for p in parts] == ["layers_0", "layers_1", "layers_2", "layers_3", "head"]
+    classifier = "base_model.model.classifier.modules_to_save."
+    assert parts[-1].names and all(n.startswith(classifier) for n in parts[-1].names)
+    assert find_layer_stack(model) == ("base_model.model.roberta.encoder.layer", 4)
 
 
 # ------------------------------------------------------------------ one layer; a Sequential
