@@ -10,9 +10,11 @@ the module taken; the parts keep the full names.
 
 1. The *classifier* is what ``model.get_classifier()`` returns (timm; a distilled DeiT gives
    two modules), else a top-level child named ``fc``, ``head`` or ``classifier`` (peft's
-   ``ModulesToSaveWrapper`` around one too). Its parameters are in the ``head`` part wherever
-   the module sits (before, inside or after the stack), except a weight tied to one registered
-   before it under another name (an LM head tied to the embeddings stays with them).
+   ``ModulesToSaveWrapper`` around one too), else, for a model that is an ``nn.Sequential`` or
+   ``nn.ModuleList``, its last child holding parameters. Its parameters are in the ``head``
+   part wherever the module sits (before, inside or after the stack), except a weight tied to
+   one registered before it under another name (an LM head tied to the embeddings stays with
+   them).
 2. The *layer stack*:
 
    a. A model with timm's ``group_matcher`` (defined on its class, or on the class of the module
@@ -93,7 +95,8 @@ class _Layout:
 def _classifiers(model: nn.Module) -> list[nn.Module]:
     """The classifier of rule 1: what ``model.get_classifier()`` returns when it holds parameters
     (a module, or several: a distilled DeiT has two heads), else a top-level child named
-    ``fc``, ``head`` or ``classifier``; an empty list for none."""
+    ``fc``, ``head`` or ``classifier``, else the last child holding parameters of a model that
+    is an ``nn.Sequential`` or ``nn.ModuleList``; an empty list for none."""
     get = getattr(model, "get_classifier", None)
     if callable(get):
         try:
@@ -111,6 +114,9 @@ def _classifiers(model: nn.Module) -> list[nn.Module]:
         module = children.get(name)
         if module is not None and _has_params(module):
             return [module]
+    if isinstance(model, (nn.Sequential, nn.ModuleList)):
+        holders = [c for c in model.children() if _has_params(c)]
+        return holders[-1:]
     return []
 
 
@@ -409,8 +415,9 @@ def layer_stack_parameters(
         if layout.stack is None:
             raise ValueError(
                 f"{type(model).__name__} has no layer stack (an nn.ModuleList or nn.Sequential "
-                "of layers below the model, or timm's group_matcher): name the parameters to "
-                "select with include patterns"
+                "of layers inside the model, below its root, or timm's group_matcher; a model "
+                "that is itself one has its children as layers, not a stack): name the "
+                "parameters to select with include patterns"
             )
         chosen = [(n, p) for n, p in named if id(p) in layout.layer]
     return [(n, p) for n, p in chosen if not _matches(n, exclude)]

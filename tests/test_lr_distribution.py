@@ -80,7 +80,7 @@ def test_a_distribution_becomes_group_learning_rates_for_any_optimizer():
 
 def test_module_applies_the_distribution_and_a_schedule_scales_it(tmp_path):
     spec = tmp_path / "dist.yaml"
-    spec.write_text("layers_0: 0.5\nlayers_1: 2.0\n")  # helpers.mlp: its two Linear children
+    spec.write_text("layers_0: 0.5\nhead: 2.0\n")  # helpers.mlp: its first Linear, its last
     module = TinyRegression(
         optimizer=partial(torch.optim.SGD, lr=0.1),
         param_grouping="parts",
@@ -89,7 +89,7 @@ def test_module_applies_the_distribution_and_a_schedule_scales_it(tmp_path):
     module_ls = TinyRegression(
         optimizer=SaLSA,
         param_grouping="parts",
-        lr_distribution={"layers_0": 0.5, "layers_1": 2.0},
+        lr_distribution={"layers_0": 0.5, "head": 2.0},
         lr_scheduler=partial(WarmupCosineLR, warmup_ratio=0.0, total_steps=10),
     )
     trainer(max_steps=1).fit(module, loader(8, 4))
@@ -103,7 +103,7 @@ def test_module_applies_the_distribution_and_a_schedule_scales_it(tmp_path):
 def test_a_searched_file_used_at_another_lr_than_its_base_lr_warns_with_the_ratio(tmp_path):
     spec = tmp_path / "best.yaml"
     spec.write_text(
-        "# best (lsframe search); base_lr 0.05, objective 0.9\nlayers_0: 0.5\nlayers_1: 2.0\n"
+        "# best (lsframe search); base_lr 0.05, objective 0.9\nlayers_0: 0.5\nhead: 2.0\n"
     )
 
     def fit(optimizer) -> list[str]:

@@ -74,9 +74,9 @@ def test_every_trainable_parameter_is_in_exactly_one_part(layers, num_parts, exp
 
 
 def test_models_without_a_layer_stack_use_their_children():
-    model = torch.nn.Sequential(
-        torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
-    )
+    model = torch.nn.Module()  # not an nn.Sequential, whose last layer would be its head
+    model.a, model.act = torch.nn.Linear(2, 3), torch.nn.ReLU()
+    model.b, model.c = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
     # three children with parameters are the layers: floor(i * M / 3) with M = K - 2
     assert [len(g["params"]) for g in part_groups(model, num_parts=4)] == [4, 2]
     groups = part_groups(model, num_parts=5)
@@ -227,13 +227,15 @@ def test_a_sequential_stack_counts_and_a_classifier_registered_first_is_the_head
 
 
 def test_without_a_stack_a_frozen_top_level_layer_still_counts():
-    model = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(3)))
-    assert [p.name for p in split_into_parts(model)] == ["layers_0", "layers_1", "layers_2"]
+    model = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(4)))
+    # a Sequential model's last layer is its head (rule 1)
+    assert [p.name for p in split_into_parts(model)] == ["layers_0", "layers_1", "layers_2", "head"]
     model[0].requires_grad_(False)
     parts = split_into_parts(model)
     assert [(p.name, p.names[0]) for p in parts] == [
         ("layers_1", "1.weight"),
         ("layers_2", "2.weight"),
+        ("head", "3.weight"),
     ]
 
 

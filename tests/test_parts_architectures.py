@@ -1,5 +1,5 @@
 """Model parts beyond one stack of blocks: encoder-decoder models, stages, wrappers (a user's,
-peft's), one shared layer, each split by the rule of
+peft's), one shared layer and a plain ``nn.Sequential``, each split by the rule of
 ``lsframe.parts``; every trainable parameter in exactly one part."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from lsframe.lr_distribution import multipliers_for
 from lsframe.parts import find_layer_stack, layer_stack_parameters, split_into_parts
 
 
@@ -253,3 +254,18 @@ def test_a_weight_shared_stack_is_one_layer_between_embeddings_and_head():
         ("head", ["classifier.weight", "classifier.bias"]),
     ]
     assert find_layer_stack(model) == ("blocks", 1)
+
+
+def test_a_sequential_models_last_layer_is_its_head():
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1))
+    parts = split_into_parts(model)
+    assert [(p.name, p.names) for p in parts] == [
+        ("layers_0", ["0.weight", "0.bias"]),
+        ("layers_1", ["2.weight", "2.bias"]),
+        ("head", ["4.weight", "4.bias"]),
+    ]
+    assert multipliers_for(model, {"head": 3.0}) == {"layers_0": 1.0, "layers_1": 1.0, "head": 3.0}
+    # its children are its layers, not a stack below its root: ChildTuning-D says so
+    message = r"Sequential has no layer stack .*a model that is itself one has its children"
+    with pytest.raises(ValueError, match=message):
+        layer_stack_parameters(model)
