@@ -140,6 +140,36 @@ def test_a_resumed_fit_without_a_validation_keeps_the_last_ones_final_metrics(tm
     assert "final/val/acc" in metric_tags(plugin)
 
 
+def test_final_and_best_metrics_share_the_other_scalars_x_axis_under_accumulation(tmp_path):
+    # with accumulate_grad_batches 2 the final/ and best/ points sat at the optimizer step
+    # count (half the batch axis every other scalar uses): mid-run, before the validation
+    # they report
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path, name="", version="run", default_hp_metric=False)
+    checkpoint = ModelCheckpoint(tmp_path / "ckpt", monitor="val/acc", mode="max")
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=logger,
+        callbacks=[checkpoint, HParamsMetrics()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    module = BlobClassifier(optimizer=partial(torch.optim.SGD, lr=0.05), accumulate_grad_batches=2)
+    trainer.fit(module, datamodule=Blobs())
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()
+    steps = {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    assert trainer.global_step < steps["train/loss"][-1]  # the axis counts batches, not steps
+    last = max(max(s) for tag, s in steps.items() if not tag.startswith(("final/", "best/")))
+    assert steps["val/acc"][-1] == last  # the last validation ends the fit
+    # the fit's end: the point after its last batch's scalars
+    assert steps["best/val/acc"] == steps["final/val/acc"] == [last + 1]
+
+
 def test_every_evaluation_sets_last_metrics_are_final_metrics():
     # MNLI's val_mismatched/ was printed at the fit's end but left out of HPARAMS
     trainer = pl.Trainer(accelerator="cpu", logger=False)

@@ -18,8 +18,9 @@ class HParamsMetrics(pl.Callback):
     validation metrics to every :class:`~lightning.pytorch.loggers.TensorBoardLogger` of the
     trainer, so that TensorBoard's HPARAMS tab compares runs by what they reached.
 
-    Metrics (``TensorBoardLogger.log_hyperparams(params, metrics, step=global_step)``; each is
-    also a scalar of that name at the last step):
+    Metrics (``TensorBoardLogger.log_hyperparams(params, metrics, step=...)``; each is also a
+    scalar of that name at the fit's last point on the x axis the other scalars use,
+    :func:`logger_step`):
 
     * ``final/<name>``: every ``val/...`` metric of the last validation, and each further
       evaluation set's ``val_<set>/...`` (MNLI's ``val_mismatched/``); a fit resumed from a
@@ -125,7 +126,7 @@ class HParamsMetrics(pl.Callback):
             if logger in self._placeholders_off:
                 main = [k for k in values if k.startswith("best/")] or list(values)
                 values["hp_metric"] = values[main[0]]
-            logger.log_hyperparams(params, values, step=trainer.global_step)
+            logger.log_hyperparams(params, values, step=logger_step(trainer))
             logger.save()
 
     @staticmethod
@@ -157,6 +158,13 @@ class HParamsMetrics(pl.Callback):
         if module._log_hyperparams:
             params.update(module.hparams_initial)
         return {k: v for k, v in params.items() if not str(k).startswith("_")}
+
+
+def logger_step(trainer: pl.Trainer) -> int:
+    """The step Lightning logs the fit's scalars at now: batches under manual optimization
+    (lsframe's modules, whose ``accumulate_grad_batches`` Lightning does not know), optimizer
+    steps under automatic optimization; ``global_step`` counts optimizer steps in both."""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
 
 
 def validation_metrics(trainer: pl.Trainer) -> dict[str, float]:
