@@ -45,6 +45,28 @@ def test_every_example_gets_one_line_with_its_index_label_name_and_probabilities
     torch.testing.assert_close(torch.tensor([line["probabilities"] for line in lines]), expected)
 
 
+def test_a_second_predict_to_the_same_file_keeps_the_first_under_a_numbered_name(tmp_path, capsys):
+    # with trainer.logger false (or one output_dir) a second predict overwrote the first's file
+    def predict(n: int) -> str:
+        loader = DataLoader(TensorDataset(torch.randn(n, 3)), batch_size=4)
+        trainer(callbacks=[PredictionWriter(output_dir=str(tmp_path))]).predict(
+            Classifier(), loader
+        )
+        return capsys.readouterr().out
+
+    predict(6)
+    first = (tmp_path / "predictions.jsonl").read_text()
+    printed = predict(3)
+    assert (tmp_path / "predictions.1.jsonl").read_text() == first
+    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 3
+    assert f"3 predictions written to {tmp_path / 'predictions.jsonl'}" in printed
+    assert "kept as predictions.1.jsonl" in printed
+    second = (tmp_path / "predictions.jsonl").read_text()
+    assert "kept as predictions.2.jsonl" in predict(5)
+    assert (tmp_path / "predictions.2.jsonl").read_text() == second
+    assert (tmp_path / "predictions.1.jsonl").read_text() == first
+
+
 class TwoSets(pl.LightningDataModule):
     eval_names = ["matched", "mismatched"]
 

@@ -35,6 +35,9 @@ class PredictionWriter(BasePredictionWriter):
         output_dir: Folder of the file. Default: the run's log folder (``trainer.log_dir``, the
             new ``version_<n>`` of ``lsframe predict``), else ``trainer.default_root_dir``.
         filename: The file's name; under DDP each rank writes ``<stem>.rank<k><suffix>``.
+            A file of that name already there (a second predict with ``trainer.logger: false``
+            or one ``output_dir``) is kept as ``<stem>.<k><suffix>``, the first free ``k``
+            (:func:`keep_earlier`), and the closing line says so.
     """
 
     def __init__(self, output_dir: str | None = None, filename: str = "predictions.jsonl") -> None:
@@ -42,6 +45,8 @@ class PredictionWriter(BasePredictionWriter):
         self.output_dir = output_dir
         self.filename = filename
         self.path: Path | None = None
+        #: where a file found at ``path`` when predict started was moved (None: there was none)
+        self.kept: Path | None = None
         self.count = 0
         self._file: IO[str] | None = None
         self._label_names: list[str] | None = None
@@ -55,6 +60,7 @@ class PredictionWriter(BasePredictionWriter):
             name = name.with_name(f"{name.stem}.rank{trainer.global_rank}{name.suffix}")
         self.path = folder / name
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.kept = keep_earlier(self.path)
         self._file = self.path.open("w", encoding="utf-8")
         self.count = 0
         names = getattr(pl_module, "label_names", None)
@@ -101,7 +107,8 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close()  # under DDP each rank says where its share went
-        print(f"lsframe predict: {self.count} predictions written to {self.path}", flush=True)
+        kept = "" if self.kept is None else f" (the file there before is kept as {self.kept.name})"
+        print(f"lsframe predict: {self.count} predictions written to {self.path}{kept}", flush=True)
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
@@ -112,6 +119,18 @@ class PredictionWriter(BasePredictionWriter):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def keep_earlier(path: Path) -> Path | None:
+    """Move the file at ``path`` to ``<stem>.<k><suffix>`` (the first free ``k``) and return its
+    new path, so that writing ``path`` afresh loses nothing; None where there is no file."""
+    if not path.is_file():
+        return None
+    k = 1
+    while (kept := path.with_name(f"{path.stem}.{k}{path.suffix}")).exists():
+        k += 1
+    path.rename(kept)
+    return kept
 
 
 def _rows(prediction: Any) -> list[dict[str, Any]]:
