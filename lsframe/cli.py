@@ -180,9 +180,36 @@ class LSFrameCLI(ResumeChecks, LightningCLI):
         checkpoint = self.config_init[self.subcommand].get("checkpoint")
         return checkpoint if isinstance(checkpoint, ModelCheckpoint) else None
 
+    def before_validate(self) -> None:
+        self._note_newly_initialized()
+
+    def before_test(self) -> None:
+        self._note_newly_initialized()
+
+    def _note_newly_initialized(self) -> None:
+        """Without ``--ckpt_path``, ``validate``, ``test`` and ``predict`` run the model as
+        loaded, which is right for a pretrained model; where loading initialised weights the
+        pretrained files did not hold (a hub encoder's classification head, random), one line
+        on stderr says so, as the numbers then describe no fit."""
+        if self.config[self.subcommand].get("ckpt_path") or rank_zero_only.rank != 0:
+            return
+        new = list(getattr(self.model, "newly_initialized", None) or ())
+        if not new:
+            return
+        names = ", ".join(new[:4]) + (f" and {len(new) - 4} more" if len(new) > 4 else "")
+        source = getattr(self.model, "model_name_or_path", type(self.model).__name__)
+        print(
+            f"lsframe {self.subcommand}: no --ckpt_path: {source} is evaluated as loaded, with "
+            f"newly initialised weights ({names}); give --ckpt_path (a checkpoint, last or "
+            "best) to evaluate a fit",
+            file=sys.stderr,
+            flush=True,
+        )
+
     def before_predict(self) -> None:
         """Predictions go to ``<run folder>/predictions.jsonl`` (:class:`PredictionWriter`)
         unless the config lists a prediction writer of its own."""
+        self._note_newly_initialized()
         if not any(isinstance(c, BasePredictionWriter) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(PredictionWriter())
 

@@ -22,8 +22,13 @@ def load_sequence_classifier(
     num_labels: int,
     label_names: list[str] | None = None,
     options: dict[str, Any] | None = None,
-) -> torch.nn.Module:
+) -> tuple[torch.nn.Module, list[str]]:
     """Load a pretrained encoder with a fresh classification head of ``num_labels`` outputs.
+
+    Returns:
+        The model, and the names of its weights that the pretrained files did not hold, newly
+        initialised (transformers' ``missing_keys``: a hub encoder's head; none for a model
+        saved with its head).
 
     Args:
         name_or_path: A model reference of :func:`lsframe.hub.resolve_pretrained`.
@@ -43,10 +48,12 @@ def load_sequence_classifier(
     if label_names:
         kwargs["id2label"] = dict(enumerate(label_names))
         kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
-    model = load_pretrained(AutoModelForSequenceClassification, name_or_path, **kwargs)
+    model, info = load_pretrained(
+        AutoModelForSequenceClassification, name_or_path, output_loading_info=True, **kwargs
+    )
     # from_pretrained returns the model in eval mode; Lightning keeps the modes it finds, so
     # without this, dropout would be off during fine-tuning
-    return model.train()
+    return model.train(), sorted(info.get("missing_keys") or ())
 
 
 #: The loading options that also apply to the tokenizer.
@@ -174,7 +181,9 @@ class SequenceClassificationModule(ClosureModule):
         if metrics is not None:
             task_metrics(metrics, num_labels)  # unknown names fail here, before loading
         loading = loading_options(dtype, revision, trust_remote_code, attn_implementation)
-        model = load_sequence_classifier(model_name_or_path, num_labels, label_names, loading)
+        model, new_weights = load_sequence_classifier(
+            model_name_or_path, num_labels, label_names, loading
+        )
         if lora is not None:
             model = apply_lora(model, lora, task_type="SEQ_CLS")
         super().__init__(
@@ -193,6 +202,9 @@ class SequenceClassificationModule(ClosureModule):
         self.model_name_or_path = model_name_or_path
         self.num_labels = num_labels
         self.label_names = label_names
+        #: weights the pretrained model did not hold, newly initialised when it loaded (a hub
+        #: encoder's head); ``lsframe validate`` without ``--ckpt_path`` says so
+        self.newly_initialized = new_weights
         self._loading = loading
         self.metric_names = metrics
         # built in setup, once the data's metrics and evaluation sets are known (metric states
