@@ -40,6 +40,7 @@ from lsframe.export_command import check_export_dir, export, load_module  # noqa
 from lsframe.hub import quiet_weight_report
 from lsframe.loggers import keep_csv_metrics, readable_progress_bar
 from lsframe.modules import ClosureModule
+from lsframe.modules.policy import fit_only_warnings_off
 from lsframe.preemption import Preemption, catch_signals
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -274,6 +275,20 @@ class LSFrameCLI(ResumeChecks, LightningCLI):
                     found.where,
                     found.argument,
                 ) from error
+
+    def validate(self, **kwargs: Any) -> Any:
+        """``trainer.validate`` without Lightning's warnings about the checkpoint's fit
+        (:func:`lsframe.modules.policy.fit_only_warnings_off`); so are ``test`` and ``predict``."""
+        with fit_only_warnings_off():
+            return self.trainer.validate(**kwargs)
+
+    def test(self, **kwargs: Any) -> Any:
+        with fit_only_warnings_off():
+            return self.trainer.test(**kwargs)
+
+    def predict(self, **kwargs: Any) -> Any:
+        with fit_only_warnings_off():
+            return self.trainer.predict(**kwargs)
 
     def after_fit(self) -> None:
         trainer = self.trainer

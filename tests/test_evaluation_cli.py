@@ -5,10 +5,12 @@ checkpoint folder, which concern a continued fit, stay out of an evaluation."""
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import helpers
 import pytest
+import yaml
 
 from lsframe.__main__ import main
 
@@ -83,3 +85,25 @@ def test_an_evaluation_without_ckpt_path_of_a_new_head_says_so_in_one_line(
     assert NOTE not in capsys.readouterr().err
     tiny_glue("validate", encoder, "--ckpt_path", "last")
     assert NOTE not in capsys.readouterr().err
+
+
+def test_evaluating_a_checkpoint_shows_no_warning_about_continuing_its_fit(tiny_glue, tmp_path):
+    # validate/test/predict of a checkpoint written with callbacks (DPS, EWC, valley) asked to
+    # add them, and every one said the checkpoint folder had changed: both concern a resume
+    encoder = helpers.tiny_bert_dir(tmp_path / "encoder")
+    callbacks = tmp_path / "callbacks.yaml"
+    valley = {
+        "class_path": "lsframe.callbacks.ValleyExploration",
+        "init_args": {"alpha": 0.5, "beta": 0.01},
+    }
+    callbacks.write_text(yaml.safe_dump({"trainer": {"callbacks": [valley]}}))
+    tiny_glue("fit", encoder, "--config", str(callbacks), "--trainer.max_steps", "1")
+    filters = list(warnings.filters)
+    for subcommand in ("validate", "test", "predict"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tiny_glue(subcommand, encoder, "--ckpt_path", "last")
+        said = [str(w.message) for w in caught]
+        assert not [m for m in said if "callbacks used to create the checkpoint" in m], said
+        assert not [m for m in said if "The dirpath has changed" in m], said
+    assert warnings.filters == filters  # a fit in the same process still gets them

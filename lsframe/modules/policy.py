@@ -4,8 +4,9 @@ check raises with the setting to change."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -105,6 +106,27 @@ def check_fit(trainer: pl.Trainer) -> None:
     warnings.filterwarnings(
         "ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps"
     )
+
+
+#: Lightning's warnings, on restoring a checkpoint, that concern continuing its fit: the fit's
+#: callbacks (DPS, EWC, ...) left out of the config, and the checkpoint folder of that fit. An
+#: evaluation needs neither (the callbacks steer training; it saves no checkpoint).
+FIT_ONLY_WARNINGS = (
+    r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to "
+    r"be provided",
+    r"The dirpath has changed from .*, therefore `best_model_score`",
+)
+
+
+@contextlib.contextmanager
+def fit_only_warnings_off() -> Iterator[None]:
+    """Within the block (``lsframe validate``, ``test``, ``predict``), Lightning's
+    :data:`FIT_ONLY_WARNINGS` are not shown; the filters end with it, so a fit in the same
+    process still warns."""
+    with warnings.catch_warnings():
+        for message in FIT_ONLY_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        yield
 
 
 def check_one_optimizer(trainer: pl.Trainer) -> None:
