@@ -3,10 +3,10 @@ gradient mask selects (DPS, ChildTuning).
 
 The rule, for any depth and any family. It applies to the model inside any wrapper: from the
 root, while a module has no parameters of its own and a single child holds parameters, that
-child is taken (peft's ``PeftModel`` → ``LoraModel`` → the model; a user's thin wrapper), unless
-the module's class defines ``get_classifier`` or ``group_matcher`` or the child is an
-``nn.ModuleList`` or ``nn.Sequential`` (a stack below the root). Names below are relative to
-the module taken; the parts keep the full names.
+child is taken (peft's ``PeftModel`` → ``LoraModel`` → the model; a user's thin wrapper, also
+around an ``nn.Sequential``), unless the module's class defines ``get_classifier`` or
+``group_matcher``. Names below are relative to the module taken; the parts keep the full
+names.
 
 1. The *classifier* is what ``model.get_classifier()`` returns (timm; a distilled DeiT gives
    two modules), else a top-level child named ``fc``, ``head`` or ``classifier`` (peft's
@@ -25,21 +25,27 @@ the module taken; the parts keep the full names.
       function: its lowest group); parameters the matcher leaves unmatched (neck, head) are in
       the ``head`` part.
    b. Otherwise the ``nn.ModuleList`` or ``nn.Sequential`` below the model's root, outside the
-      classifier, with the most parameters and at least two children holding parameters
-      (``bert.encoder.layer``, GPT-2's ``transformer.h``, Llama's ``model.layers``, a plain
-      ViT's ``blocks``); without one, the one with the most parameters and one such child
-      (ALBERT's shared layer; ``nn.ModuleList([block] * n)``, whose children are one module).
-      Each other ``nn.ModuleList``/``nn.Sequential`` whose dotted name differs from its name in
-      exactly one component and that has a child holding parameters is a stack too (T5's
-      ``encoder.block`` and ``decoder.block``, BART's ``encoder.layers`` and
-      ``decoder.layers``, torchvision ResNet's ``layer1`` … ``layer4``). The layers are the
-      stacks' children that hold parameters, in registration order. Models without a stack
-      use their top-level children with trainable parameters as the layers.
+      classifier, with the most parameters and at least two children holding parameters, one
+      of them a block, a module whose submodules hold parameters (``bert.encoder.layer``,
+      GPT-2's ``transformer.h``, Llama's ``model.layers``, a plain ViT's ``blocks``); else
+      such a list of leaves (VGG's ``features``); else the largest whose one such child is a
+      block (ALBERT's shared layer; ``nn.ModuleList([block] * n)``, whose children are one
+      module; not a ``Sequential(Dropout, Linear)``). Each other ``nn.ModuleList``/``nn.Sequential`` whose
+      dotted name differs from its name in exactly one component and whose layers include one
+      of the same class (an encoder's and a decoder's layer classes count as one:
+      ``BartEncoderLayer``, ``BartDecoderLayer``) is a stack too (T5's ``encoder.block`` and
+      ``decoder.block``, BART's ``encoder.layers`` and ``decoder.layers``, torchvision
+      ResNet's ``layer1`` … ``layer4``; not a list of task heads or a stem beside the blocks).
+      The layers are the stacks' children that hold parameters, in registration order.
+      Models without a stack use their top-level children with trainable parameters as the
+      layers.
 
 3. Parameters outside the stacks and the classifier: those registered before the first layer
    form the ``embeddings`` part, those after the last layer the ``head`` part (BERT's pooler,
-   a final norm), those between two stacks join the layer before them (T5's
-   ``encoder.final_layer_norm``).
+   a final norm). Those between two stacks join the layer before them (T5's
+   ``encoder.final_layer_norm``), except the inputs of a later stack's tower, the part of its
+   name up to where the stacks' names differ (``decoder.``, ``vision_model.``): a decoder's
+   position embeddings and CLIP's vision embeddings are ``embeddings``.
 4. With ``K`` parts in all, the ``L`` layers go to ``M = K − 2`` middle parts by
    ``part(i) = floor(i · M / L)``. For BERT-base (L = 12, K = 10) this is exactly the split of
    P0 and P3: {0,1} | 2 | {3,4} | 5 | {6,7} | 8 | {9,10} | 11. When ``L < M`` every layer is its
@@ -59,6 +65,7 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from lsframe.errors import ConfigError
+from lsframe.parts_stacks import has_params, stacks_of, tower
 from lsframe.parts_timm import timm_groups
 
 CLASSIFIER_NAMES = ("fc", "head", "classifier")
@@ -90,6 +97,10 @@ class _Layout:
     num_layers: int
     layer: dict[int, int] = field(default_factory=dict)
     fixed: dict[int, str] = field(default_factory=dict)
+    #: ``(name prefix of a stack's tower, index of its first layer)`` for several stacks: T5's
+    #: ``("decoder.", 3)``; a parameter of a later tower registered before its stack is one of
+    #: that tower's embeddings
+    towers: list[tuple[str, int]] = field(default_factory=list)
 
 
 def _classifiers(model: nn.Module) -> list[nn.Module]:
@@ -105,23 +116,19 @@ def _classifiers(model: nn.Module) -> list[nn.Module]:
             found = None
         found = list(found) if isinstance(found, (tuple, list)) else [found]
         modules = [
-            m for m in found if isinstance(m, nn.Module) and m is not model and _has_params(m)
+            m for m in found if isinstance(m, nn.Module) and m is not model and has_params(m)
         ]
         if modules:
             return modules
     children = dict(model.named_children())
     for name in CLASSIFIER_NAMES:
         module = children.get(name)
-        if module is not None and _has_params(module):
+        if module is not None and has_params(module):
             return [module]
     if isinstance(model, (nn.Sequential, nn.ModuleList)):
-        holders = [c for c in model.children() if _has_params(c)]
+        holders = [c for c in model.children() if has_params(c)]
         return holders[-1:]
     return []
-
-
-def _has_params(module: nn.Module) -> bool:
-    return next(iter(module.parameters()), None) is not None
 
 
 def _single_holder(module: nn.Module, outside: set[int]) -> nn.Module | None:
@@ -138,11 +145,12 @@ def _unwrapped(model: nn.Module) -> tuple[str, nn.Module]:
     root, or the module below it reached while a single child holds all of a module's
     parameters (peft's ``PeftModel`` → ``LoraModel`` → the model; a user's thin wrapper). It
     stops at a module whose class defines ``get_classifier`` or ``group_matcher`` (they name
-    modules relative to it) and before an ``nn.ModuleList``/``nn.Sequential`` (a stack)."""
+    modules relative to it); an ``nn.Sequential`` reached so is then the model (its last child
+    the head, as for a model that is one)."""
     path, module = "", model
     while not any(callable(getattr(type(module), a, None)) for a in _OWN_NAMES):
         child = _single_holder(module, set())
-        if child is None or isinstance(child, (nn.ModuleList, nn.Sequential)):
+        if child is None:
             break
         name = next(n for n, c in module.named_children() if c is child)
         path, module = f"{path}{name}.", child
@@ -163,41 +171,9 @@ def _timm_layout(model: nn.Module, classifier: set[int]) -> _Layout | None:
     return _Layout(LayerStack(None, num_layers), num_layers, layer, fixed)
 
 
-def _stacks(model: nn.Module, classifier: set[int]) -> list[tuple[str, list[nn.Module]]]:
-    """Rule 2b's stacks in registration order, each as ``(name, its layers)``: the largest
-    ModuleList/Sequential below the root with two or more layers (else with one) and its
-    siblings, those whose dotted name differs from its name in one component."""
-
-    def layers_of(module: nn.Module) -> list[nn.Module]:
-        return [
-            c for c in module.children() if any(id(p) not in classifier for p in c.parameters())
-        ]
-
-    found = [
-        (name, layers_of(module), module)
-        for name, module in model.named_modules()
-        if name and isinstance(module, (nn.ModuleList, nn.Sequential))
-    ]
-    found = [(name, layers, module) for name, layers, module in found if layers]
-    pool = [f for f in found if len(f[1]) > 1] or found
-    if not pool:
-        return []
-    # parameters of the classifier do not count: it is never (inside) the stack
-    best = max(
-        pool, key=lambda f: sum(p.numel() for p in f[2].parameters() if id(p) not in classifier)
-    )
-    parts = best[0].split(".")
-
-    def sibling(name: str) -> bool:
-        other = name.split(".")
-        return len(other) == len(parts) and sum(a != b for a, b in zip(parts, other)) == 1
-
-    return [(name, layers) for name, layers, _ in found if name == best[0] or sibling(name)]
-
-
 def _module_layout(model: nn.Module, classifier: set[int]) -> _Layout:
-    """Rule 2b: the stacks of :func:`_stacks`, else the top-level children."""
-    stacks = _stacks(model, classifier)
+    """Rule 2b: the stacks ``parts_stacks.stacks_of`` finds, else the top-level children."""
+    stacks = stacks_of(model, classifier)
     if stacks:
         layers = [layer for _, stack_layers in stacks for layer in stack_layers]
         stack: LayerStack | None = LayerStack(", ".join(n for n, _ in stacks), len(layers))
@@ -211,6 +187,11 @@ def _module_layout(model: nn.Module, classifier: set[int]) -> _Layout:
         for p in layer.parameters():
             if id(p) not in classifier:
                 layout.layer.setdefault(id(p), i)
+    names = [n for n, _ in stacks]
+    first = 0
+    for name, stack_layers in stacks if len(stacks) > 1 else ():
+        layout.towers.append((tower(name, [n for n in names if n != name]), first))
+        first += len(stack_layers)
     return layout
 
 
@@ -239,17 +220,18 @@ def _layout(model: nn.Module) -> _Layout:
     at = [i for i, (_, p) in enumerate(named) if id(p) in layout.layer]
     first, last = (at[0], at[-1]) if at else (len(named), len(named))
     previous = 0
-    for i, (_, p) in enumerate(named):
+    for i, (name, p) in enumerate(named):
         if id(p) in head:
             layout.layer.pop(id(p), None)
             layout.fixed[id(p)] = "head"
         elif id(p) in layout.layer:
             previous = layout.layer[id(p)]
         elif id(p) not in layout.fixed:
-            if first < i < last:  # between two stacks: with the layer before (a final norm)
-                layout.layer[id(p)] = previous
-            else:
-                layout.fixed[id(p)] = "embeddings" if i < first else "head"
+            later = [t for t, start in layout.towers if start > previous]
+            if first < i < last and not name.startswith(tuple(later)):
+                layout.layer[id(p)] = previous  # between two stacks: a final norm
+            else:  # a later tower's own input (a decoder's, CLIP's vision embeddings)
+                layout.fixed[id(p)] = "embeddings" if i < last else "head"
     return layout
 
 
@@ -400,7 +382,8 @@ def weight_matrices(
 def layer_stack_parameters(
     model: nn.Module, include: list[str] | None = None, exclude: list[str] | None = None
 ) -> list[tuple[str, nn.Parameter]]:
-    """Trainable parameters inside the layer stack (rule 2 above): ChildTuning-D's selection.
+    """Trainable parameters of the layers (rules 2-3 above: the stacks' layers and a final
+    norm between two stacks): ChildTuning-D's selection.
 
     ChildTuning's reference masks every parameter whose name contains ``layer`` (BERT's
     ``encoder.layer.*``, biases and LayerNorms included); this is that rule for any family (a

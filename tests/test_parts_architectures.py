@@ -93,13 +93,17 @@ def test_barts_encoder_and_decoder_layers_are_its_layers_and_its_head_is_last():
     parts = split_into_parts(model, num_parts=10)
     assert_each_trainable_parameter_once(model, parts)
     assert find_layer_stack(model) == ("model.encoder.layers, model.decoder.layers", 6)
-    assert parts[0].names == ["model.shared.weight", "model.encoder.embed_positions.weight"]
+    assert parts[0].names == [
+        "model.shared.weight",
+        "model.encoder.embed_positions.weight",
+        "model.decoder.embed_positions.weight",  # the decoder's input, between the stacks
+    ]
     layers = [p for p in parts if p.name.startswith("layers_")]
     for i, part in enumerate(layers):
         block = f"model.{'encoder' if i < 3 else 'decoder'}.layers.{i % 3}."
         assert part.names[0].startswith(block)
-    # between the stacks: the encoder's last norm and the decoder's position embeddings
-    assert layers[2].names[-1] == "model.decoder.embed_positions.weight"
+    # between the stacks the encoder's own last norm joins its last layer
+    assert layers[2].names[-1] == "model.encoder.layernorm_embedding.bias"
     head = [n.split(".")[0] for n in parts[-1].names]
     assert head[-1] == "classification_head" and "model.decoder.layernorm_embedding.bias" in (
         parts[-1].names
