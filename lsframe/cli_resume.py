@@ -69,7 +69,8 @@ class ResumeChecks:
         self._resolve_named_checkpoint(subcommand)
         section = self.config[subcommand] if subcommand else self.config
         if subcommand in ("validate", "test", "predict"):
-            refuse_another_head(section.get("ckpt_path"), getattr(self, "checked_data", []))
+            data = getattr(self, "checked_data", [])
+            check_checkpoint_head(section.get("ckpt_path"), data, f"lsframe {subcommand}")
         # fit --ckpt_path last reads the newest fit's file as a named one (its model section,
         # LoRA included, and the same refusal); Lightning still resolves "last" itself
         found = self._last_run(section) if subcommand == "fit" else None
@@ -252,15 +253,19 @@ def refuse_an_implicit_resume(trainer: pl.Trainer) -> None:
         )
 
 
-def refuse_another_head(path: Any, data: list[tuple[str, Any]]) -> None:
+def check_checkpoint_head(path: Any, data: list[tuple[str, Any]], command: str = "lsframe") -> None:
     """``validate``, ``test`` or ``predict`` of a checkpoint on data of another task: the head's
-    classes (``num_labels``, ``label_names``; an image model's ``num_classes``, ``in_chans``),
-    as the checkpoint's module saved them, against each configured DataModule's. Another count
-    failed with a traceback once the model loaded; other class names (an MRPC checkpoint on
-    RTE's data) gave a score of the wrong task without a word.
+    classes as the checkpoint's module saved them against each configured DataModule's.
+    Another count (``num_labels``, ``num_classes``, ``in_chans``) cannot load: it ended in a
+    traceback once the model had loaded, and is refused before. Other class names
+    (``label_names``: an MRPC checkpoint on RTE's data) gave a score of another task's classes
+    without a word; one line on stderr now says which classes are compared, and the command
+    runs (evaluating out of domain, SST-2's negative/positive against another dataset's
+    classes, is a study of its own).
 
     Raises:
-        ConfigError: at ``ckpt_path``, naming the checkpoint's task and the data's.
+        ConfigError: at ``ckpt_path``, for another count, naming the checkpoint's task and the
+            data's.
     """
     if not path or not Path(str(path)).is_file():
         return
@@ -275,12 +280,23 @@ def refuse_another_head(path: Any, data: list[tuple[str, Any]]) -> None:
             at = "" if data_key == "data" else f" at {data_key}"
             task = dict(getattr(datamodule, "hparams", None) or {}).get("task_name")
             task = f" ({task})" if isinstance(task, str) else ""
-            raise ConfigError(
+            said = (
                 f"the checkpoint {path} was fine-tuned{trained_on} with {name} {mine!r}; the "
-                f"data{at}{task} has {theirs!r}: its scores would be those of another task; "
-                "name a checkpoint fine-tuned on this data, or evaluate it on its own task's",
-                where="ckpt_path",
+                f"data{at}{task} has {theirs!r}"
             )
+            if name != "label_names":
+                raise ConfigError(
+                    f"{said}: its head cannot score them; name a checkpoint fine-tuned on this "
+                    "data, or evaluate it on its own task's",
+                    where="ckpt_path",
+                )
+            if rank_zero_only.rank == 0:
+                print(
+                    f"{command}: {said}: class i of the checkpoint is scored as class i of the "
+                    "data",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
 
 def _listed(value: Any) -> Any:
