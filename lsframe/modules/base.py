@@ -35,6 +35,7 @@ from lsframe.modules.distributed import (
     warn_exception_checkpoint,
 )
 from lsframe.modules.export import export_pretrained
+from lsframe.modules.metric_precision import float32_metric_states
 from lsframe.modules.norm_statistics import NormStatistics
 from lsframe.modules.optimizer_setup import default_optimizer, known_run_length
 from lsframe.modules.policy import check_sharding
@@ -293,6 +294,12 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         policy.check_steps_taken(self, outputs, batch_idx)
         self._held_stop.update(self.trainer, pending=bool(self._micro_batches))
+
+    def on_validation_epoch_start(self) -> None:
+        float32_metric_states(self)  # bf16-true/16-true converted them with the weights
+
+    def on_test_epoch_start(self) -> None:
+        float32_metric_states(self)
 
     def on_validation_end(self) -> None:
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
