@@ -19,6 +19,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.data import extract_batch_size
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
 from lsframe.callbacks.base import (
@@ -96,7 +98,9 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
             ``interval``, ``frequency`` and ``monitor``, as in Lightning
             (:mod:`lsframe.modules.schedulers`).
         accumulate_grad_batches: Micro-batches per optimizer step. The DataModule's batch is the
-            micro-batch; the effective batch is ``batch_size * accumulate_grad_batches``.
+            micro-batch; the effective batch is ``batch_size * accumulate_grad_batches``, each
+            micro-batch's mean loss weighted by its share of the step's examples (an epoch's
+            short last batch counts for its size).
         gradient_clip_val: Clip gradients to this value after the full backward (None: no clip).
         gradient_clip_algorithm: ``"norm"`` (global L2 norm) or ``"value"``.
         param_grouping: ``"decay"`` (biases and norm weights without weight decay), ``"parts"``
@@ -401,12 +405,13 @@ class _StepEvaluator:
     def _loss(self, backward: bool) -> Tensor:
         module = self.module
         n = len(self.micro_batches)
+        shares = _shares(self.micro_batches)
         total = torch.zeros((), device=module.device)
         for i, batch in enumerate(self.micro_batches):
             last = i == n - 1
             loss = module.compute_loss(batch)
             check_loss(loss, f"{type(module).__name__}.compute_loss", backward)
-            loss = loss / n
+            loss = loss / n if shares is None else loss * shares[i]
             if last:
                 extra = module.closure_loss_terms()
                 if extra is not None:
@@ -416,3 +421,17 @@ class _StepEvaluator:
                     module.manual_backward(loss)
             total = total + loss.detach().float()
         return total
+
+
+def _shares(micro_batches: Sequence[Any]) -> list[float] | None:
+    """Each micro-batch's share of the step's examples where their sizes differ (an epoch's
+    short last batch among full ones: its mean loss would otherwise count as much as a full
+    batch's), else None: each mean counts ``1/n``. Sizes as Lightning infers them (the first
+    tensor's length); None where one cannot be inferred."""
+    try:
+        sizes = [extract_batch_size(batch) for batch in micro_batches]
+    except (MisconfigurationException, RecursionError):
+        return None
+    if len(set(sizes)) <= 1:
+        return None
+    return [size / sum(sizes) for size in sizes]
