@@ -51,10 +51,12 @@ def _stack_blocks(rows: list[tuple[torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 
 def read_text(path: str) -> str:
-    """The UTF-8 text of ``path``; a file in another encoding is a :class:`DataError` naming it
-    and the first byte that does not decode."""
+    """The UTF-8 text of ``path`` exactly as its bytes say: line ends are kept as written
+    (``\\r\\n`` and a lone ``\\r`` are not turned into ``\\n``, as text mode would), so
+    ``bytes`` tokens are the file's bytes. A file in another encoding is a :class:`DataError`
+    naming it and the first byte that does not decode."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:
         raise DataError(
             f"not UTF-8 text: byte 0x{error.object[error.start]:02x} at offset {error.start} "
@@ -71,8 +73,10 @@ class TextFileLMDataModule(pl.LightningDataModule):
     text tokenized in chunks of 2,000 lines, so a merge of tokens across a chunk's edge may
     differ from tokenizing the file whole), cut into non-overlapping blocks of ``block_size``;
     no end-of-text token is put between lines or articles, so a block may span two articles,
-    and the last partial block is dropped. ``test`` evaluates the validation blocks (there is no
-    separate test file), so its figures equal ``validate``'s.
+    and the last partial block is dropped. Files are read as their bytes say, in every
+    tokenizer mode: line ends are not translated (a CRLF file keeps its ``\\r\\n``, a lone
+    ``\\r`` stays), and a UTF-8 byte-order mark is kept as text. ``test`` evaluates the
+    validation blocks (there is no separate test file), so its figures equal ``validate``'s.
 
     Args:
         train_file: UTF-8 text file to train on.

@@ -1,0 +1,27 @@
+"""The causal-LM path: how TextFileLMDataModule reads its files and how CausalLMModule checks
+and builds its model, each bad input said in one line at its key."""
+
+from __future__ import annotations
+
+from lsframe.data import TextFileLMDataModule
+from lsframe.data.lm import read_text, tokenize_text
+
+#: CRLF line ends, a BOM mid-text and a lone CR at the end: text mode turned both ends into \n.
+CRLF_AND_CR = b"line one\r\nline two\r\n\xef\xbb\xbfx\r"
+
+
+def char_tokenizer(chunk: str, **_: object) -> dict[str, list[int]]:
+    """A tokenizer of the Hugging Face calling convention: one id per character."""
+    return {"input_ids": [ord(c) for c in chunk]}
+
+
+def test_text_files_are_read_as_their_bytes_say_without_newline_translation(tmp_path):
+    text = tmp_path / "crlf.txt"
+    text.write_bytes(CRLF_AND_CR * 4)
+    data = TextFileLMDataModule(str(text), str(text), tokenizer="bytes", block_size=5)
+    data.setup("fit")
+    whole = len(CRLF_AND_CR * 4) // 5 * 5
+    assert bytes(data.blocks["train"].flatten().tolist()) == (CRLF_AND_CR * 4)[:whole]
+    # a tokenizer's text is the file's too: the CRs stay, each line keeps its own end
+    ids = tokenize_text(read_text(str(text)), char_tokenizer, lines_per_chunk=1)
+    assert "".join(map(chr, ids.tolist())) == (CRLF_AND_CR * 4).decode("utf-8")
