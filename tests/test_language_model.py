@@ -3,6 +3,8 @@ and builds its model, each bad input said in one line at its key."""
 
 from __future__ import annotations
 
+import pytest
+
 from lsframe.data import TextFileLMDataModule
 from lsframe.data.lm import read_text, tokenize_text
 
@@ -25,3 +27,23 @@ def test_text_files_are_read_as_their_bytes_say_without_newline_translation(tmp_
     # a tokenizer's text is the file's too: the CRs stay, each line keeps its own end
     ids = tokenize_text(read_text(str(text)), char_tokenizer, lines_per_chunk=1)
     assert "".join(map(chr, ids.tolist())) == (CRLF_AND_CR * 4).decode("utf-8")
+
+
+def test_a_model_path_that_exists_but_does_not_load_says_so(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from lsframe.errors import DataError, MissingFileError
+    from lsframe.hub import load_pretrained
+
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_bytes(b"not a gguf file at all")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    for path in (not_gguf, broken):
+        with pytest.raises(DataError, match="exists but could not be loaded") as error:
+            load_pretrained(AutoModelForCausalLM, str(path))
+        assert str(path) in str(error.value) and "no such" not in str(error.value)
+        assert not isinstance(error.value, MissingFileError)
+    with pytest.raises(MissingFileError, match="no such local file or directory"):
+        load_pretrained(AutoModelForCausalLM, str(tmp_path / "absent"))
