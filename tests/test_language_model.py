@@ -47,3 +47,22 @@ def test_a_model_path_that_exists_but_does_not_load_says_so(tmp_path):
         assert not isinstance(error.value, MissingFileError)
     with pytest.raises(MissingFileError, match="no such local file or directory"):
         load_pretrained(AutoModelForCausalLM, str(tmp_path / "absent"))
+
+
+def test_a_data_tokenizer_that_does_not_resolve_is_one_error_at_its_key(tmp_path):
+    from lsframe.config_checks import build_datamodule
+    from lsframe.errors import DataError, MissingFileError
+
+    text = tmp_path / "text.txt"
+    text.write_text("to be or not to be " * 20)
+    init_args = {"train_file": str(text), "tokenizer": str(tmp_path / "no_tokenizer")}
+    # refused with the config's checks, before the model loads
+    with pytest.raises(MissingFileError, match="tokenizer '.*no_tokenizer': no such") as error:
+        build_datamodule("data", TextFileLMDataModule, init_args, "fit")
+    assert error.value.where == "data.init_args.tokenizer"
+    not_a_tokenizer = tmp_path / "empty"
+    not_a_tokenizer.mkdir()
+    data = TextFileLMDataModule(str(text), tokenizer=str(not_a_tokenizer))
+    with pytest.raises(DataError, match="tokenizer .* exists but could not be loaded") as error:
+        data.setup("fit")
+    assert error.value.argument == "data.tokenizer"

@@ -65,6 +65,20 @@ def read_text(path: str) -> str:
         ) from None
 
 
+def _load_named_tokenizer(name: str) -> Any:
+    """The tokenizer ``data.tokenizer`` names; one that does not load is a :class:`DataError`
+    (the path exists) or :class:`MissingFileError` (it does not, or the hub has no such name)
+    at ``data.tokenizer``, as :func:`lsframe.hub.load_pretrained` says a model's."""
+    from lsframe.hub import describe_load_failure, existing_path, load_tokenizer
+
+    try:
+        return load_tokenizer(name)
+    except (OSError, ValueError) as error:
+        kind = DataError if existing_path(name) is not None else MissingFileError
+        message = describe_load_failure(name, error, what="tokenizer")
+        raise kind(message, argument="data.tokenizer") from error
+
+
 class TextFileLMDataModule(pl.LightningDataModule):
     """Text files → token blocks for causal LM fine-tuning (labels are the inputs; the model
     shifts them). Perplexity is ``exp`` of the mean token loss.
@@ -84,7 +98,9 @@ class TextFileLMDataModule(pl.LightningDataModule):
             for validation (they are not trained on).
         val_fraction: Share of the training tokens held out when ``val_file`` is None.
         tokenizer: ``None`` uses the model's tokenizer; ``"bytes"`` is :class:`ByteTokenizer`;
-            anything else is a tokenizer name or path for ``AutoTokenizer``.
+            anything else is a tokenizer name or path for ``AutoTokenizer`` (a local path or
+            ``package:`` reference that does not exist is refused when the DataModule is built;
+            one that does not load, when its data are set up, at ``data.tokenizer``).
         block_size: Tokens per training example. Default: 128.
         batch_size: Blocks per training micro-batch. Default: 8.
         eval_batch_size: Blocks per validation batch. Default: 16.
@@ -111,6 +127,13 @@ class TextFileLMDataModule(pl.LightningDataModule):
         for key, path in (("data.train_file", train_file), ("data.val_file", val_file)):
             if path is not None and not Path(path).is_file():
                 raise MissingFileError(f"no such file {path}", argument=key)
+        if tokenizer is not None and tokenizer != "bytes":
+            from lsframe.hub import check_pretrained
+
+            try:
+                check_pretrained(tokenizer, what="tokenizer")
+            except MissingFileError as error:
+                raise MissingFileError(error.message, argument="data.tokenizer") from None
         if val_file is None:
             check_open_unit(**{"data.val_fraction": val_fraction})
         check_int_at_least(
@@ -142,9 +165,7 @@ class TextFileLMDataModule(pl.LightningDataModule):
             return ByteTokenizer()
         if self.tokenizer_name is not None:  # loaded once: the model's check reads it too
             if self._named_tokenizer is None:
-                from lsframe.hub import load_tokenizer
-
-                self._named_tokenizer = load_tokenizer(self.tokenizer_name)
+                self._named_tokenizer = _load_named_tokenizer(self.tokenizer_name)
             return self._named_tokenizer
         module = self.trainer.lightning_module if self.trainer is not None else None
         if module is None or getattr(module, "tokenizer", None) is None:
