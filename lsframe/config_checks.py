@@ -254,14 +254,19 @@ def _comparable(value: Any) -> Any:
 
 def check_loading_setting(key: str, init_args: dict[str, Any]) -> None:
     """A module's loading options (``dtype``, ``revision``, ``trust_remote_code``,
-    ``attn_implementation``: :func:`lsframe.hub.loading_options`) are of the right kind."""
+    ``attn_implementation``: :func:`lsframe.hub.loading_options`) are of the right kind, and
+    apply to a model built from ``config``
+    (:func:`lsframe.modules.lm_config.from_config_options`)."""
     from lsframe.hub import LOADING_OPTIONS, loading_options
+    from lsframe.modules.lm_config import from_config_options
 
     given = {name: init_args[name] for name in LOADING_OPTIONS if name in init_args}
     if not given:
         return
     try:
-        loading_options(**given)
+        options = loading_options(**given)
+        if init_args.get("config") is not None:
+            from_config_options(options)
     except LsframeError as error:
         raise error.at(f"{key}.init_args") from error
 

@@ -179,17 +179,23 @@ def load_pretrained(auto_class: Any, name_or_path: str, **kwargs: Any) -> Any:
     except (OSError, ValueError, ImportError) as error:
         attention = kwargs.get("attn_implementation")
         if attention is not None and not isinstance(error, OSError):
-            first = " ".join(str(error).split(". ")[0].split())
-            raise ConfigError(
-                f"attn_implementation {attention!r} cannot be used: {first}",
-                argument="model.attn_implementation",
-            ) from error
+            raise attention_refused(attention, error) from error
         if isinstance(error, ImportError):
             raise
         message = describe_load_failure(name_or_path, error)
         if existing_path(name_or_path) is not None:  # there, but its content is at fault
             raise DataError(message) from error
         raise MissingFileError(message) from error
+
+
+def attention_refused(attention: str, error: Exception) -> ConfigError:
+    """The error for an ``attn_implementation`` transformers refused (unknown, or its package
+    is not installed): its first sentence, at ``model.attn_implementation``."""
+    first = " ".join(str(error).split(". ")[0].split())
+    return ConfigError(
+        f"attn_implementation {attention!r} cannot be used: {first}",
+        argument="model.attn_implementation",
+    )
 
 
 def load_tokenizer(name_or_path: str, **options: Any):

