@@ -18,7 +18,9 @@ names its full key:
   run (``reserve_p must be in (0, 1], got 2.0`` at ``trainer.callbacks[1].init_args.reserve_p``);
 * every DataModule is built (cheap: arguments and paths) and its ``check_files(stage)``, where it
   has one, reads and checks the raw files (GLUE TSVs, idx files) before the model loads;
-* every module's ``model_name_or_path`` must resolve (:func:`lsframe.hub.check_pretrained`), its
+* every module's ``model_name_or_path`` must resolve (:func:`lsframe.hub.check_pretrained`) and
+  its ``config`` dict must name a known ``model_type`` and keys of its config class
+  (:func:`lsframe.modules.lm_config.check_model_config`), its
   ``lr_distribution`` must load (values, file syntax) with ``param_grouping: parts``, and its
   ``num_labels`` / ``num_classes`` / ``in_chans`` / ``label_names`` must agree with each
   DataModule's, and its loading options (``dtype``, ...) must be of the right kind;
@@ -219,6 +221,13 @@ def check_module(key: str, init_args: dict[str, Any], data: list[tuple[str, Any]
         except LsframeError as error:
             where = f"{key}.init_args.model_name_or_path"
             raise type(error)(error.message, where=where) from error
+    if init_args.get("config") is not None:  # a model built from a config (CausalLMModule)
+        from lsframe.modules.lm_config import check_model_config
+
+        try:
+            check_model_config(init_args["config"])
+        except LsframeError as error:
+            raise error.at(f"{key}.init_args") from error
     limit = position_limit(reference) if isinstance(reference, str) else None
     if limit is None and isinstance(init_args.get("config"), dict):  # a model built from a config
         limit = config_position_limit(init_args["config"], f"{key}.init_args.config")

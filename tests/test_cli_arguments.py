@@ -361,5 +361,7 @@ def test_a_block_longer_than_a_config_built_model_s_positions_is_refused_at_its_
         "block_size 128 is longer than the model's 64 positions "
         "(model.init_args.config.n_positions) (data.init_args.block_size)"
     )
-    rotary = {**config, "rope_theta": 10000.0}  # runs past its trained length: not refused
+    # runs past its trained length: not refused (a real rotary model: GPT-2 has no rope_theta)
+    rotary = {"model_type": "llama", "vocab_size": 256, "max_position_embeddings": 64,
+              "rope_theta": 10000.0}  # fmt: skip
     check_module("model", {"config": rotary}, [("data", SimpleNamespace(block_size=128))])

