@@ -250,4 +250,6 @@ def export(argv: list[str]) -> None:
         export_module(module, staging, lora=args.lora)
     kind = "LoRA adapter" if args.lora == "adapter" else "model"
     print(f"exported the {kind} of {type(module).__name__} to {output_dir}")
-    print(f"  load it with: {reload_hint(model, output_dir, args.lora, byte_tokens)}")
+    reference = getattr(module, "model_name_or_path", None)
+    hint = reload_hint(model, output_dir, args.lora, byte_tokens, reference)
+    print(f"  load it with: {hint}")

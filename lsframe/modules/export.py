@@ -14,7 +14,8 @@ Three layouts, chosen by the model:
   ``timm.create_model("local-dir:<dir>", pretrained=True)``.
 
 A model loaded from a ``.gguf`` file (dequantised by transformers) is written as the plain
-float model it is (:func:`without_gguf`).
+float model it is (:func:`without_gguf`); the adapter alone of a LoRA model on such a base is
+written as any adapter, and its load line loads the base with ``gguf_file=``.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def export_pretrained(
             f"{type(model).__name__} is neither a Hugging Face model (no save_pretrained) nor a "
             "timm model"
         )
-    without_gguf(model).save_pretrained(output_dir)
+    # an adapter alone holds no base weights: peft writes it whatever the base was loaded from
+    (model if is_lora(model) else without_gguf(model)).save_pretrained(output_dir)
     if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(output_dir)
     return output_dir
@@ -198,6 +200,16 @@ def export_module(
     )
 
 
+def gguf_file(reference: str | None) -> Path | None:
+    """The ``.gguf`` file a model reference (``package:`` or a path) names, else None."""
+    if reference is None:
+        return None
+    from lsframe.hub import resolve_pretrained
+
+    path = Path(resolve_pretrained(reference)).expanduser()
+    return path.absolute() if path.suffix == ".gguf" else None
+
+
 #: What the load line of a model trained on byte tokens adds: no tokenizer is written for it.
 BYTE_TOKENS_NOTE = (
     "  # inputs are raw UTF-8 bytes as token ids 0-255 (data.tokenizer: bytes); no tokenizer is "
@@ -206,12 +218,21 @@ BYTE_TOKENS_NOTE = (
 
 
 def reload_hint(
-    model: nn.Module, output_dir: str | Path, lora: str = "merge", byte_tokens: bool = False
+    model: nn.Module,
+    output_dir: str | Path,
+    lora: str = "merge",
+    byte_tokens: bool = False,
+    base_reference: str | None = None,
 ) -> str:
     """How to load what :func:`export_pretrained` wrote for ``model``, as one line of Python;
-    for a model trained on byte tokens (``byte_tokens``) with a comment saying so."""
+    for a model trained on byte tokens (``byte_tokens``) with a comment saying so. An adapter's
+    base is loaded from the module's model reference (``base_reference``) where that is a
+    ``.gguf`` file: ``from_pretrained(<its directory>, gguf_file=<its name>)``, since the
+    adapter's ``base_model_name_or_path`` names only the directory."""
     if byte_tokens:
-        return reload_hint(model, output_dir, lora) + BYTE_TOKENS_NOTE
+        return reload_hint(model, output_dir, lora, base_reference=base_reference) + (
+            BYTE_TOKENS_NOTE
+        )
     where = str(output_dir)
     if is_timm(model):
         return f'timm.create_model("local-dir:{where}", pretrained=True)'
@@ -226,9 +247,13 @@ def reload_hint(
             if any(name != f"LABEL_{i}" for i, name in names.items()):
                 label2id = {name: i for i, name in names.items()}
                 head += f", id2label={names!r}, label2id={label2id!r}"
+        source = f'"{lora_base(model)}"'
+        gguf = gguf_file(base_reference)
+        if gguf is not None:
+            source = f'"{gguf.parent}", gguf_file="{gguf.name}"'
         return (
             f"PeftModel.from_pretrained({type(base).__name__}.from_pretrained("
-            f'"{lora_base(model)}"{head}), "{where}")'
+            f'{source}{head}), "{where}")'
         )
     if is_lora(model):
         model = model.get_base_model()
