@@ -23,8 +23,10 @@ def _stage_field(stage: Any, name: str) -> Any:
 
 
 def check_stages(stages: Any, key: str, length: int | None = None) -> None:
-    """``stages`` (parsed) at config key ``key``: at least one (or exactly ``length``), task
-    names unique, and ``max_steps`` / ``max_epochs`` integers >= -1 (-1: no limit) or unset."""
+    """``stages`` (parsed, or :class:`~lsframe.sequential.Stage` objects) at config key ``key``:
+    at least one (or exactly ``length``), task names unique, and ``max_steps`` / ``max_epochs``
+    integers >= -1 (-1: no limit) or unset, not 0 (a stage that trains nothing was reported in
+    the matrix as trained, and EWC left its task out), as ``trainer.max_steps`` is refused."""
     if not stages:
         raise ConfigError("give at least one stage", where=key)
     if length is not None and len(stages) != length:
@@ -38,6 +40,12 @@ def check_stages(stages: Any, key: str, length: int | None = None) -> None:
                 check_int_at_least(-1, allow_none=True, **{name: _stage_field(stage, name)})
             except LsframeError as error:
                 raise error.at(f"{key}[{i}]") from None
+            if _stage_field(stage, name) == 0:
+                unit = "optimizer steps" if name == "max_steps" else "epochs"
+                raise ConfigError(
+                    f"expected -1 (no limit) or a number of {unit} >= 1, got 0",
+                    where=f"{key}[{i}].{name}",
+                )
 
 
 #: Validation metrics where lower is better (the others, accuracy, F1, MCC, ..., higher).

@@ -122,6 +122,7 @@ class SequenceRunner:
             raise ValueError("stages: give at least one stage")
         if len(set(names)) != len(names):
             raise ValueError(f"stages: task names must be unique, got {names}")
+        check_stages(stages, "stages")  # the CLI checked them; a Python caller's are checked here
         check_choice("heads", heads, ("separate", "shared"))
         if heads == "separate" and is_lora(getattr(model, "model", None)):
             raise ConfigError(

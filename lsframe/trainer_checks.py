@@ -207,7 +207,7 @@ def check_trainer_intervals(trainer: Any) -> None:
     and the ``limit_*_batches`` / ``overfit_batches`` shares take values Lightning accepts, as it
     checks them only once the model has loaded; a share of the epoch needs
     ``check_val_every_n_epoch`` set, as in Lightning. ``max_steps`` (-1 or a positive count),
-    ``max_epochs`` (-1 or a count), ``check_val_every_n_epoch`` and ``fast_dev_run`` are counts (:data:`TRAINER_COUNTS`; a 0
+    ``max_epochs`` (-1 or a positive count), ``check_val_every_n_epoch`` and ``fast_dev_run`` are counts (:data:`TRAINER_COUNTS`; a 0
     for the first two ended in a division by zero or a run without a step); ``max_time`` is a
     duration."""
     for name, low, meaning in TRAINER_COUNTS:
@@ -217,6 +217,8 @@ def check_trainer_intervals(trainer: Any) -> None:
         problem = _count_problem(value, low, meaning)
         if name == "max_steps" and (problem or value == 0):
             problem = f"expected -1 (no limit) or a number of optimizer steps >= 1, got {value!r}"
+        if name == "max_epochs" and value == 0:  # Lightning's fit ends before its first step
+            problem = "expected -1 (no limit) or a number of epochs >= 1, got 0"
         if problem:
             raise ConfigError(problem, where=f"trainer.{name}")
     for name in BATCH_LIMITS:

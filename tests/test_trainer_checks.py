@@ -81,6 +81,9 @@ def test_a_share_of_the_epoch_without_an_epoch_interval_is_refused_as_lightning_
         ("max_steps", 0, True),  # Lightning runs no step; lsframe's run length would be unknown
         ("max_steps", -5, True),
         ("max_steps", 2.5, True),
+        ("max_epochs", -1, False),
+        ("max_epochs", 3, False),
+        ("max_epochs", 0, True),  # Lightning's fit ends before its first step: nothing trains
         ("check_val_every_n_epoch", None, False),
         ("check_val_every_n_epoch", 2, False),
         ("check_val_every_n_epoch", 0, True),  # Lightning divided by it
