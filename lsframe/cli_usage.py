@@ -20,6 +20,7 @@ from typing import Any
 
 from lsframe.config_files import (
     config_file_arguments,
+    item_lacking,
     option_value,
     plain_parts,
     where_in_config_files,
@@ -280,6 +281,12 @@ def usage_error(
         message = f"unknown option {option!r}{did_you_mean(option, options)}"
         return UsageError(message, option.lstrip("-"))
     where = ".".join(keys) or None
+    required = re.match(r"the following arguments are required: (.*)", deepest)
+    if required and argv and len(keys) == 1:  # in an item of a list (a stage): that item's key
+        names = required.group(1).split(", ")
+        item = item_lacking(argv, keys[0], names)
+        if item:
+            return UsageError(deepest, f"{item[0]}.{names[0]} in {item[1]}")
     if into_class and class_path and re.search(r"has no attribute|No module named", deepest):
         return UsageError(_cannot_import(class_path, deepest), where)
     classless = re.match(r"Dict must include a class_path.*NestedArg\(key='([^']+)'", deepest)

@@ -253,3 +253,40 @@ def where_in_config_files(argv: list[str], key: str, value: str | None = None) -
         if value is None or (isinstance(held, yaml.ScalarNode) and held.value == value):
             return f"{INLINE if inline else text}:{found[0].start_mark.line + 1}"
     return None
+
+
+def item_lacking(argv: list[str], key: str, names: list[str]) -> tuple[str, str] | None:
+    """``(key[i], file:line)`` of the first item of the list at the top-level key ``key`` (a
+    list of lists: ``key[i][j]``) in the last ``--config`` file that gives it, that is a mapping
+    without one of ``names`` (jsonargparse's "the following arguments are required" names the
+    list, not the item). None when no file gives such an item."""
+    import yaml
+
+    if any(arg.split("=")[0] in (f"--{key}", f"--{key}+") for arg in argv):
+        return None  # the command line gives the list
+
+    def lacking(node: Any, where: str) -> tuple[str, Any] | None:
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                found = lacking(item, f"{where}[{i}]")
+                if found:
+                    return found
+        elif isinstance(node, yaml.MappingNode):
+            keys = {k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+            return (where, node) if not set(names) <= keys else None
+        return None
+
+    for text in reversed(config_file_arguments(argv)):
+        inline = inline_config(text) is not None
+        try:
+            content = text if inline else Path(text).read_text(encoding="utf-8")
+            found = _value_node(yaml.compose(content), [key])
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if found is None or not isinstance(found[1], yaml.SequenceNode):
+            continue
+        hit = lacking(found[1], key)
+        if hit is None:
+            return None
+        return hit[0], f"{INLINE if inline else text}:{hit[1].start_mark.line + 1}"
+    return None

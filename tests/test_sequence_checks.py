@@ -45,3 +45,24 @@ def test_a_trainer_section_of_no_epoch_is_refused_as_one_of_no_step_is(minilm, t
     assert str(refused.value) == (
         "expected -1 (no limit) or a number of epochs >= 1, got 0 (trainer.max_epochs)"
     )
+
+
+@pytest.mark.parametrize("missing", [["data"], ["name"], ["name", "data"]])
+def test_a_stage_without_its_task_name_or_data_is_refused_at_that_stage(missing, tmp_path):
+    # was "the following arguments are required: data (stages)": which of the stages?
+    from lsframe.errors import UsageError
+    from lsframe.sequential import main
+
+    glue(tmp_path)
+    config = sequence()(tmp_path)
+    config["stages"].append(dict(config["stages"][1], name="rte"))
+    for key in missing:
+        del config["stages"][1][key]
+    path = write(tmp_path / "c.yaml", config)
+    starts = [i + 1 for i, text in enumerate(path.read_text().splitlines()) if text[:2] == "- "]
+    with pytest.raises(UsageError) as refused:
+        main(["--config", str(path)])
+    assert str(refused.value) == (
+        f"the following arguments are required: {', '.join(missing)} "
+        f"(stages[1].{missing[0]} in {path}:{starts[1]})"
+    )
