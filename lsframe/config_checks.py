@@ -53,6 +53,8 @@ from lsframe.trainer_checks import (
 
 #: Attributes a DataModule and a module must agree on (the modules' ``check_data`` keys).
 SHARED_ATTRIBUTES = ("num_labels", "num_classes", "in_chans", "label_names")
+#: Those a sequence's task head takes from its stage's DataModule (``heads: separate``).
+TASK_LABELS = ("num_labels", "label_names")
 
 
 def on_probe(cls: type, init_args: dict[str, Any], dtype: Any = None) -> Any:
@@ -210,8 +212,14 @@ def check_module_step_options(key: str, init_args: dict[str, Any]) -> None:
         raise located(error, f"{key}.init_args", init_args) from error
 
 
-def check_module(key: str, init_args: dict[str, Any], data: list[tuple[str, Any]]) -> None:
-    """A module's model reference resolves, and its shared attributes agree with the data."""
+def check_module(
+    key: str,
+    init_args: dict[str, Any],
+    data: list[tuple[str, Any]],
+    names: tuple[str, ...] = SHARED_ATTRIBUTES,
+) -> None:
+    """A module's model reference resolves, and its shared attributes ``names`` agree with the
+    data."""
     from lsframe.hub import check_pretrained, config_position_limit, position_limit
 
     reference = init_args.get("model_name_or_path")
@@ -243,8 +251,15 @@ def check_module(key: str, init_args: dict[str, Any], data: list[tuple[str, Any]
     if distribution is not None:
         check_distribution_setting(key, distribution, init_args.get("param_grouping"))
     check_loading_setting(key, init_args)
+    check_shared_attributes(key, init_args, data, names)
+
+
+def check_shared_attributes(
+    key: str, init_args: dict[str, Any], data: list[tuple[str, Any]], names: tuple[str, ...]
+) -> None:
+    """The module's attributes ``names`` (``num_labels``, ...) agree with each DataModule's."""
     for data_key, datamodule in data:
-        for name in SHARED_ATTRIBUTES:
+        for name in names:
             mine = _comparable(init_args.get(name))
             theirs = _comparable(getattr(datamodule, name, None))
             if mine is not None and theirs is not None and mine != theirs:
@@ -280,13 +295,17 @@ def check_loading_setting(key: str, init_args: dict[str, Any]) -> None:
         raise error.at(f"{key}.init_args") from error
 
 
-def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
+def check_config(
+    config: Any, stage: str = "fit", task_heads: bool = False
+) -> list[tuple[str, Any]]:
     """Run the checks of this module on a parsed config (see the module docstring).
 
     Args:
         config: The parsed jsonargparse Namespace of one command (``fit``'s section for
             LightningCLI; the whole config for ``sequential`` and ``search``).
         stage: What the data will serve (``fit``, ``validate``, ...), for ``check_files``.
+        task_heads: A sequence's stages, whose ``num_labels`` / ``label_names`` the caller
+            checks (each task may have its own head: :mod:`lsframe.sequence_checks`).
 
     Returns:
         ``(key, DataModule)`` for every DataModule built on the way.
@@ -329,8 +348,9 @@ def check_config(config: Any, stage: str = "fit") -> list[tuple[str, Any]]:
         elif issubclass(cls, Callback):
             check_lightning_callback(key, cls, init_args)
     check_trainer_step_options(node_get(config, "trainer"), modules[0][0] if modules else "model")
+    names = tuple(n for n in SHARED_ATTRIBUTES if not task_heads or n not in TASK_LABELS)
     for key, init_args in modules:
-        check_module(key, init_args, data)
+        check_module(key, init_args, data, names)
     return data
 
 

@@ -79,6 +79,7 @@ from lsframe.sequence_checks import (
     check_metric,
     check_output_dir,
     check_stages,
+    check_task_labels,
     higher_is_better,
 )
 from lsframe.sequential import SequenceRunner, Stage
@@ -311,7 +312,12 @@ def main(argv: list[str]) -> dict[str, float]:
     checked.model.init_args.param_grouping = "parts"
     checked.model.init_args.lr_distribution = None
     metrics = (config.model.get("init_args") or {}).get("metrics")
-    check_metric(config.metric, check_config(checked, stage="fit"), metrics)
+    data = check_config(checked, stage="fit", task_heads=True)
+    by_pair: dict[str, list[tuple[str, Any]]] = {}  # "pairs[0][1].init_args.data": pair 0
+    for key, datamodule in data:
+        by_pair.setdefault(key.split("]")[0], []).append((key, datamodule))
+    check_task_labels(config.heads, config.model, list(by_pair.values()))
+    check_metric(config.metric, data, metrics)
     check_base_lr(checked.model, options)
     model_config = config.model
 

@@ -48,6 +48,64 @@ def check_stages(stages: Any, key: str, length: int | None = None) -> None:
                 )
 
 
+def check_stage_counts(heads: str, data: list[tuple[str, Any]]) -> None:
+    """With ``heads: shared`` one head serves every task, so the DataModules ``data`` (``(key,
+    DataModule)`` of one sequence's stages) must have one number of classes: refused at
+    ``heads``, naming the first two stages that differ. With ``separate`` each task's head has
+    its own stage's count (:mod:`lsframe.sequence_heads`)."""
+    counts = [(key, d, getattr(d, "num_labels", None)) for key, d in data]
+    counts = [entry for entry in counts if entry[2] is not None]
+    if heads != "shared" or len({count for *_, count in counts}) < 2:
+        return
+    (key, first, count), (other_key, other, other_count) = (
+        counts[0],
+        next(entry for entry in counts if entry[2] != counts[0][2]),
+    )
+    raise ConfigError(
+        f"heads: shared gives every task one head, but {key} ({type(first).__name__}) has "
+        f"{count} classes and {other_key} ({type(other).__name__}) has {other_count}: use "
+        "heads: separate (each task a head of its own number of classes), or tasks of one "
+        "number of classes",
+        where="heads",
+    )
+
+
+def check_task_labels(heads: str, model: Any, sequences: list[list[tuple[str, Any]]]) -> None:
+    """The stages' classes against the module (``model``, its parsed section): each of
+    ``sequences`` (``(key, DataModule)`` of its stages, from
+    :func:`lsframe.config_checks.check_config` with ``task_heads``) of one number of classes
+    under ``heads: shared`` (:func:`check_stage_counts`), which must be the module's
+    ``num_labels`` (and its ``label_names`` where set); under ``separate`` each task's head
+    takes its own stage's, whatever the module's."""
+    from lsframe.config_checks import TASK_LABELS, check_shared_attributes
+    from lsframe.config_nodes import plain
+
+    init_args = plain(node_get(model, "init_args")) or {}
+    for data in sequences:
+        check_stage_counts(heads, data)
+        if heads == "shared":
+            check_shared_attributes("model", init_args, data, TASK_LABELS)
+
+
+def check_sequence_config(config: Any) -> None:
+    """Before anything of ``lsframe sequential`` is built: the stages and ``output_dir`` (this
+    module), values and data files (:func:`lsframe.config_checks.check_config`), the stages'
+    classes against the heads (:func:`check_task_labels`) and the metric against the data, and a
+    sequence state to resume from readable (:func:`lsframe.sequence_state.read_sequence_state`).
+    """
+    from lsframe.config_checks import check_config
+    from lsframe.sequence_state import read_sequence_state
+
+    check_stages(config.stages, "stages")
+    check_output_dir(config.output_dir, "output_dir")
+    refuse_exception_checkpoints(config.trainer.get("callbacks") or [])
+    metrics = (config.model.get("init_args") or {}).get("metrics")
+    data = check_config(config, stage="fit", task_heads=True)
+    check_task_labels(config.heads, config.model, [data])
+    check_metric(config.metric, data, metrics)
+    read_sequence_state(config.output_dir, len(config.stages))
+
+
 #: Validation metrics where lower is better (the others, accuracy, F1, MCC, ..., higher).
 LOWER_IS_BETTER = ("loss", "ppl")
 

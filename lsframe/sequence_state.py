@@ -257,22 +257,28 @@ def with_stage_label_names(config: dict[str, Any], stage: int) -> dict[str, Any]
     """The ``model`` section of a sequence's config, with ``label_names`` set to those of stage
     ``stage``'s DataModule (a GLUE task's classes) when the section leaves them null, so an
     exported stage names its classes as an exported fit does. Unchanged when the section sets
-    them, or the stage's DataModule does not build or has none, or not ``num_labels`` of them
-    (a head of another size)."""
+    them, or the stage's DataModule does not build or has none, or not ``num_labels`` of them.
+    Under ``heads: separate`` a stage whose data has another number of classes than the
+    section had a head of its own size: ``num_labels`` and ``label_names`` become its data's."""
     from jsonargparse import ArgumentParser
     from lightning.pytorch import LightningDataModule
 
     model = json.loads(json.dumps(config["model"]))
     init = model.get("init_args") or {}
-    if init.get("label_names") is not None or "label_names" not in init:
+    if "label_names" not in init:
         return model
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(LightningDataModule, "data")
     try:
         data = config["stages"][stage]["data"]
-        names = parser.instantiate_classes(parser.parse_object({"data": data})).data.label_names
+        data = parser.instantiate_classes(parser.parse_object({"data": data})).data
     except Exception:  # noqa: BLE001 - no names to add: the export goes on without them
         return model
-    if names and len(names) == init.get("num_labels"):
+    names, count = getattr(data, "label_names", None), getattr(data, "num_labels", None)
+    own = init.get("num_labels") or len(init.get("label_names") or ()) or 2
+    if config.get("heads", "separate") == "separate" and count is not None and count != own:
+        init["num_labels"] = count  # the stage's head had its task's number of classes
+        init["label_names"] = list(names) if names and len(names) == count else None
+    elif init.get("label_names") is None and names and len(names) == init.get("num_labels"):
         init["label_names"] = list(names)
     return model

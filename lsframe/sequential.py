@@ -5,7 +5,8 @@ sequence of stages. Each stage names a task, its DataModule and optionally its o
 ``max_epochs``/``max_steps``; the rest of the Trainer comes from the shared ``trainer`` section.
 The backbone carries over from stage to stage; with ``heads: separate`` (default) every task
 keeps its own classification head (the module attribute ``head_attr`` is swapped; a new task
-starts from a copy of the initial head), with ``shared`` one head serves all. Each stage gets a
+starts from a copy of the initial head, of its own data's number of classes:
+:mod:`lsframe.sequence_heads`), with ``shared`` one head serves all. Each stage gets a
 fresh optimizer (and schedule) from the module's configuration. Callbacks (e.g.
 :class:`lsframe.callbacks.EWC`) are the same objects in every stage, so their state carries
 over; in ``separate`` mode EWC leaves the head out of its penalty. Lightning's checkpoints within
@@ -51,12 +52,12 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import nn
 
 import lsframe.data  # noqa: F401 - registers the DataModules for class_path lookup
+from lsframe import sequence_heads
 from lsframe.callbacks import EWC, HParamsMetrics
 from lsframe.callbacks.base import migrate_state_keys
 from lsframe.checkpoint_io import remove_interrupted_writes, save_atomically
 from lsframe.checkpoints import read_torch_file
 from lsframe.cli_usage import parse_or_raise
-from lsframe.config_checks import check_config
 from lsframe.config_nodes import callback_errors_placed, dump_enums_as_values
 from lsframe.config_stacking import fresh_class_arguments
 from lsframe.errors import ConfigError
@@ -67,8 +68,8 @@ from lsframe.modules.random_state import random_states, set_random_states
 from lsframe.preemption import Preemption, catch_signals
 from lsframe.sequence_checks import (
     check_callback_patterns,
-    check_metric,
-    check_output_dir,
+    check_sequence_config,
+    check_stage_counts,
     check_stages,
     refuse_exception_checkpoints,
     task_head,
@@ -146,8 +147,11 @@ class SequenceRunner:
         self.heads: dict[str, nn.Module] = {}
         self._first_stage_steps = 0  # steps of a first stage that did not finish (a rerun)
         check_callback_patterns(model.model, self.callbacks)  # before any file is written
+        check_stage_counts(heads, [(f"stages[{i}].data", s.data) for i, s in enumerate(stages)])
+        self.initial_labels = sequence_heads.initial_labels(model)
         if heads == "separate":
             self.initial_head = copy.deepcopy(task_head(model.model, head_attr))
+            sequence_heads.check_heads(self.initial_head, stages, self.initial_labels)
             pattern = rf"^{re.escape(head_attr)}\."
             for callback in self.callbacks:
                 if isinstance(callback, EWC) and pattern not in callback.exclude:
@@ -156,9 +160,14 @@ class SequenceRunner:
     def _use_head(self, task: str) -> None:
         if self.heads_mode == "shared":
             return
-        if task not in self.heads:
-            self.heads[task] = copy.deepcopy(self.initial_head)
+        index = [s.name for s in self.stages].index(task)
+        labels = sequence_heads.task_labels(self.stages[index].data, self.initial_labels)
+        if task not in self.heads:  # of its own stage's number of classes
+            self.heads[task] = sequence_heads.new_task_head(
+                self.initial_head, self.module.model, labels["num_labels"], f"stages[{index}].data"
+            )
         self.module.model.set_submodule(self.head_attr, self.heads[task])
+        sequence_heads.use_labels(self.module, labels)
 
     def _trainer(self, stage: Stage, index: int) -> pl.Trainer:
         kwargs = dict(self.trainer_kwargs)
@@ -207,7 +216,9 @@ class SequenceRunner:
             enable_model_summary=False,
             callbacks=[Preemption()],  # a signal waits for the next stage's fit
         )
-        (scores,) = evaluator.validate(self.module, datamodule=stage.data, verbose=False)
+        # one dict per evaluation set (MNLI: matched, mismatched); val/<metric> is the first's
+        results = evaluator.validate(self.module, datamodule=stage.data, verbose=False)
+        scores = {key: value for result in results for key, value in result.items()}
         key = f"val/{self.metric}"
         if key not in scores:
             raise KeyError(f"metric: {key} was not logged for {stage.name} (got {sorted(scores)})")
@@ -361,18 +372,6 @@ class SequenceRunner:
             write()
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
-
-
-def check_sequence_config(config: Any) -> None:
-    """Before anything is built: the stages and ``output_dir`` (:mod:`lsframe.sequence_checks`),
-    values and data files (:func:`lsframe.config_checks.check_config`), the metric against the
-    data, and a sequence state to resume from readable (:func:`read_sequence_state`)."""
-    check_stages(config.stages, "stages")
-    check_output_dir(config.output_dir, "output_dir")
-    refuse_exception_checkpoints(config.trainer.get("callbacks") or [])
-    metrics = (config.model.get("init_args") or {}).get("metrics")
-    check_metric(config.metric, check_config(config, stage="fit"), metrics)
-    read_sequence_state(config.output_dir, len(config.stages))
 
 
 def build_parser() -> ArgumentParser:

@@ -210,6 +210,7 @@ class SequenceClassificationModule(ClosureModule):
         # built in setup, once the data's metrics and evaluation sets are known (metric states
         # are not persistent, so checkpoints do not depend on them)
         self.metrics = torch.nn.ModuleDict()
+        self._metrics_built: dict[str, tuple[list[str], int]] = {}  # names and num_labels
         self._eval_keys: dict[str, list[str]] = {"val": ["val"], "test": ["test"]}
 
     @cached_property
@@ -232,9 +233,12 @@ class SequenceClassificationModule(ClosureModule):
         for stage_name in ("val", "test"):
             for index, set_name in enumerate(eval_sets):
                 key = stage_name if index == 0 else f"{stage_name}_{set_name}"
-                # a new DataModule (the next task of a sequence) may want other metrics
-                if key not in self.metrics or list(self.metrics[key]) != list(names):
+                # a new DataModule (the next task of a sequence) may want other metrics, or
+                # count other classes (a task head of its own size: lsframe.sequence_heads)
+                built = (list(names), self.num_labels)
+                if key not in self.metrics or self._metrics_built.get(key) != built:
                     self.metrics[key] = task_metrics(names, self.num_labels)
+                    self._metrics_built[key] = built
         self._eval_keys = {
             s: [s if i == 0 else f"{s}_{n}" for i, n in enumerate(eval_sets)]
             for s in ("val", "test")
