@@ -127,3 +127,17 @@ def keep_csv_metrics(run_dir: Path, prog: str) -> None:
         k += 1
     metrics.rename(run_dir / f"metrics.{k}.csv")
     print(f"{prog}: the metrics logged before the resume are kept in metrics.{k}.csv ({run_dir})")
+
+
+def keep_stopped_logs(run_dir: Path, prog: str) -> None:
+    """Move the logs of a run that stopped without a checkpoint to resume from (killed, or
+    failed) aside to ``<run_dir>.stopped-<k>`` (the first free ``k``), before the run starts
+    again from its beginning in ``run_dir``: TensorBoard would read both attempts' event files
+    as one run, whose curves go back to step 0 part-way (``prog`` says where they went)."""
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    k = 1
+    while run_dir.with_name(f"{run_dir.name}.stopped-{k}").exists():
+        k += 1
+    kept = run_dir.rename(run_dir.with_name(f"{run_dir.name}.stopped-{k}"))
+    print(f"{prog}: the logs of the attempt that stopped are kept in {kept}")

@@ -61,7 +61,7 @@ from lsframe.cli_usage import parse_or_raise
 from lsframe.config_nodes import callback_errors_placed, dump_enums_as_values
 from lsframe.config_stacking import fresh_class_arguments
 from lsframe.errors import ConfigError
-from lsframe.loggers import keep_csv_metrics, logger_specs, readable_progress_bar
+from lsframe.loggers import keep_csv_metrics, keep_stopped_logs, logger_specs, readable_progress_bar
 from lsframe.modules import ClosureModule
 from lsframe.modules.export import is_lora
 from lsframe.modules.random_state import random_states, set_random_states
@@ -307,8 +307,11 @@ class SequenceRunner:
         for i in range(len(matrix), len(self.stages)):
             stage = self.stages[i]
             self._use_head(stage.name)
-            trainer = self._trainer(stage, i)
             preempted = self._preempted_path(i)
+            if not preempted.is_file():  # an attempt killed or failed: its logs go aside
+                folder = self.output_dir / f"stage_{i}_{stage.name}"
+                self._on_rank_zero(partial(keep_stopped_logs, folder, "lsframe sequential"))
+            trainer = self._trainer(stage, i)
             if preempted.is_file():
                 print(f"lsframe sequential: resuming stage {i} ({stage.name}) from {preempted}")
                 for logger in trainer.loggers:  # CSVLogger deletes the stage's metrics.csv

@@ -114,3 +114,20 @@ def test_each_task_is_evaluated_on_the_gpu_the_stage_trained_on(tmp_path, monkey
     run.trainer_kwargs["accelerator"] = "gpu"
     run._evaluate(run.stages[0])
     assert built[-1]["devices"] == [1]
+
+
+def test_a_stage_started_again_after_it_stopped_logs_to_a_folder_of_its_own(tmp_path, capsys):
+    # the rerun wrote its event file beside the stopped attempt's: TensorBoard read one run
+    # whose train/loss went 0..4, then 0..15 again
+    stopped = runner(tmp_path, callbacks=[FailsOnce(fit=2)])
+    with pytest.raises(RuntimeError, match="out of memory"):
+        stopped.run()
+    stage = tmp_path / "stage_1_b"
+    first = sorted(p.name for p in stage.glob("events.out.tfevents.*"))
+    assert len(first) == 1
+    stopped.run()
+    kept = tmp_path / "stage_1_b.stopped-1"
+    assert sorted(p.name for p in kept.glob("events.out.tfevents.*")) == first
+    assert [p.name not in first for p in stage.glob("events.out.tfevents.*")] == [True]
+    assert f"the logs of the attempt that stopped are kept in {kept}" in capsys.readouterr().out
+    assert not (tmp_path / "stage_0_a.stopped-1").exists()  # a finished stage's logs stay
