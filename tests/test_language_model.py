@@ -117,3 +117,29 @@ def test_a_typo_in_a_model_config_is_refused_at_its_key_with_the_close_names():
     # the class's aliases and PretrainedConfig's common keys are keys too
     model = CausalLMModule(config={**TINY, "hidden_size": 8, "num_labels": 3}).model
     assert model.config.n_embd == 8 and model.config.num_labels == 3
+
+
+def test_keys_of_real_hub_configs_pass_and_the_callers_dict_is_left_as_it_was():
+    import warnings
+
+    from lsframe.modules.lm_config import check_model_config
+
+    # openai-community/gpt2's config.json (sizes shrunk): n_ctx is a transformers 4 key
+    gpt2 = {**TINY, "n_ctx": 64, "task_specific_params": {"text-generation": {"do_sample": True}},
+            "architectures": ["GPT2LMHeadModel"], "is_decoder": False, "tokenizer_class": None}  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_model_config(gpt2)
+    said = [str(w.message) for w in caught if "model.config" in str(w.message)]
+    assert said == ["model.config.n_ctx is stored by GPT2Config but not used by it"]
+    falcon = {"model_type": "falcon", "hidden_size": 16, "num_attention_heads": 2,
+              "num_hidden_layers": 1, "vocab_size": 64, "auto_map": {"AutoConfig": "x.Config"},
+              "apply_residual_connection_post_layernorm": False}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_model_config(falcon)
+    llama = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32,
+             "num_attention_heads": 2, "num_hidden_layers": 1, "vocab_size": 64,
+             "rope_scaling": {"type": "linear", "factor": 2.0}}  # fmt: skip
+    check_model_config(llama)
+    assert llama["rope_scaling"] == {"type": "linear", "factor": 2.0}

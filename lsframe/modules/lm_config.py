@@ -4,11 +4,31 @@ dict and of the loading options that apply to it, run before anything is built (
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
+import warnings
 from typing import Any
 
 from lsframe.errors import ConfigError
+
+#: Keys of ``PretrainedConfig`` in transformers 4, in which hub ``config.json`` files were
+#: written, and keys such files carry beside a config class's own (``auto_map``): transformers 5
+#: stores them unused, and so are they taken here, without a word.
+WRITTEN_BY_EARLIER_TRANSFORMERS = frozenset(
+    """return_dict output_hidden_states output_attentions torchscript torch_dtype use_bfloat16
+    tf_legacy_loss pruned_heads tie_word_embeddings chunk_size_feed_forward is_encoder_decoder
+    is_decoder cross_attention_hidden_size add_cross_attention tie_encoder_decoder max_length
+    min_length do_sample early_stopping num_beams num_beam_groups diversity_penalty temperature
+    top_k top_p typical_p repetition_penalty length_penalty no_repeat_ngram_size
+    encoder_no_repeat_ngram_size bad_words_ids num_return_sequences output_scores
+    return_dict_in_generate forced_bos_token_id forced_eos_token_id remove_invalid_values
+    exponential_decay_length_penalty suppress_tokens begin_suppress_tokens architectures
+    finetuning_task id2label label2id num_labels tokenizer_class prefix bos_token_id
+    pad_token_id eos_token_id sep_token_id decoder_start_token_id task_specific_params
+    problem_type gradient_checkpointing transformers_version use_cache auto_map
+    quantization_config model_name layer_types""".split()
+)
 
 
 def close_matches(name: str, known: list[str] | set[str], count: int = 3) -> str:
@@ -38,11 +58,16 @@ def known_config_keys(config_class: type) -> set[str]:
 def check_model_config(config: Any) -> Any:
     """The transformers config that ``model.config`` describes, built (cheap: no weights).
 
-    Rule: the dict needs a ``model_type`` transformers knows, and every other key must be one
-    the config class takes (:func:`known_config_keys`); transformers itself stores an unknown
-    key as a plain attribute and builds its default instead (``n_layr: 2`` gave GPT-2's
-    ``n_layer``). A key transformers consumes without storing it (a legacy ``rope_theta``)
-    passes.
+    Rule: the dict needs a ``model_type`` transformers knows. Transformers stores a key its
+    config class does not take as a plain attribute and builds its default instead
+    (``n_layr: 2`` gave GPT-2's 12 ``n_layer``), so each top-level key (nested ``*_config``
+    dicts are not checked) that the class does not take (:func:`known_config_keys`) and
+    transformers stores is refused where it is close to one it takes (a typo), and otherwise
+    warned about as stored but unused: a real hub ``config.json`` carries keys of earlier
+    transformers (GPT-2's ``n_ctx``) and loose extras (``auto_map``), which pass without a word
+    where :data:`WRITTEN_BY_EARLIER_TRANSFORMERS` lists them or they start with ``_``. A key
+    transformers consumes without storing it (a legacy ``rope_theta``) passes. The caller's
+    dict is left as it was.
 
     Raises:
         ConfigError: at ``argument`` ``model.config.<key>``, with the closest known names.
@@ -55,7 +80,7 @@ def check_model_config(config: Any) -> Any:
             f"model.config must be a mapping of config keys, got {config!r}",
             argument="model.config",
         )
-    given = dict(config)
+    given = copy.deepcopy(dict(config))  # transformers fills nested dicts in place
     if "model_type" not in given:
         raise ConfigError(
             "model.config needs a model_type (e.g. gpt2)", argument="model.config.model_type"
@@ -70,11 +95,20 @@ def check_model_config(config: Any) -> Any:
     known = known_config_keys(CONFIG_MAPPING[model_type])
     stored = set(vars(built))
     for key in given:
-        if key not in known and key in stored:
+        if key in known or key not in stored or key.startswith("_"):
+            continue
+        if key in WRITTEN_BY_EARLIER_TRANSFORMERS:
+            continue
+        hint = close_matches(key, known)
+        if hint:
             raise ConfigError(
-                f"{type(built).__name__} has no key {key!r}{close_matches(key, known)}",
+                f"{type(built).__name__} has no key {key!r}{hint}",
                 argument=f"model.config.{key}",
             )
+        warnings.warn(
+            f"model.config.{key} is stored by {type(built).__name__} but not used by it",
+            stacklevel=2,
+        )
     return built
 
 
