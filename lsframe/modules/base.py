@@ -19,8 +19,6 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.data import extract_batch_size
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
 from lsframe.callbacks.base import (
@@ -38,6 +36,7 @@ from lsframe.modules.distributed import (
 )
 from lsframe.modules.export import export_pretrained
 from lsframe.modules.metric_precision import float32_metric_states
+from lsframe.modules.micro_batches import examples_in, micro_batch_shares
 from lsframe.modules.norm_statistics import NormStatistics
 from lsframe.modules.optimizer_setup import default_optimizer, known_run_length
 from lsframe.modules.policy import check_sharding
@@ -99,8 +98,9 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
             (:mod:`lsframe.modules.schedulers`).
         accumulate_grad_batches: Micro-batches per optimizer step. The DataModule's batch is the
             micro-batch; the effective batch is ``batch_size * accumulate_grad_batches``, each
-            micro-batch's mean loss weighted by its share of the step's examples (an epoch's
-            short last batch counts for its size).
+            micro-batch's mean loss weighted by its share of the step's examples
+            (:meth:`micro_batch_size`: an epoch's short last batch counts for its size).
+            ``compute_loss`` returns a mean, as for one batch.
         gradient_clip_val: Clip gradients to this value after the full backward (None: no clip).
         gradient_clip_algorithm: ``"norm"`` (global L2 norm) or ``"value"``.
         param_grouping: ``"decay"`` (biases and norm weights without weight decay), ``"parts"``
@@ -153,6 +153,14 @@ class ClosureModule(pl.LightningModule, ClosureHooks):
         self._step_log_pending = False
         self._skipped_steps = 0
         self._resume_random = ResumeRandomState()
+
+    def micro_batch_size(self, batch: Any) -> int | None:
+        """The number of examples in ``batch``, which weighs its mean loss in a step over
+        micro-batches of different sizes: by default the length its tensors agree on
+        (:func:`~lsframe.modules.micro_batches.examples_in`); None (an equal share) where they
+        disagree. Override it for a layout whose tensors do not lead with the batch
+        (sequence-first)."""
+        return examples_in(batch)
 
     def compute_loss(self, batch: Any) -> Tensor:
         """Mean loss of one micro-batch. Task modules implement this."""
@@ -405,7 +413,7 @@ class _StepEvaluator:
     def _loss(self, backward: bool) -> Tensor:
         module = self.module
         n = len(self.micro_batches)
-        shares = _shares(self.micro_batches)
+        shares = micro_batch_shares([module.micro_batch_size(b) for b in self.micro_batches])
         total = torch.zeros((), device=module.device)
         for i, batch in enumerate(self.micro_batches):
             last = i == n - 1
@@ -421,17 +429,3 @@ class _StepEvaluator:
                     module.manual_backward(loss)
             total = total + loss.detach().float()
         return total
-
-
-def _shares(micro_batches: Sequence[Any]) -> list[float] | None:
-    """Each micro-batch's share of the step's examples where their sizes differ (an epoch's
-    short last batch among full ones: its mean loss would otherwise count as much as a full
-    batch's), else None: each mean counts ``1/n``. Sizes as Lightning infers them (the first
-    tensor's length); None where one cannot be inferred."""
-    try:
-        sizes = [extract_batch_size(batch) for batch in micro_batches]
-    except (MisconfigurationException, RecursionError):
-        return None
-    if len(set(sizes)) <= 1:
-        return None
-    return [size / sum(sizes) for size in sizes]
