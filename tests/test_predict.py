@@ -114,3 +114,17 @@ def test_predict_is_refused_for_a_module_or_data_without_a_predict_step_or_loade
         ("test_predict.WithForward", "lsframe.data.GlueDataModule"),  # Lightning's default step
     ):
         check_predicts({"model": node(model), "data": node(data)})
+
+
+def test_a_folder_where_the_predictions_file_goes_is_one_error_naming_it(tmp_path):
+    from lsframe.errors import DataError
+
+    (tmp_path / "predictions.jsonl").mkdir()
+    loader = DataLoader(TensorDataset(torch.randn(4, 3)), batch_size=4)
+    with pytest.raises(
+        DataError, match="the predictions file is a folder: move it away"
+    ) as refused:
+        trainer(callbacks=[PredictionWriter(output_dir=str(tmp_path))]).predict(
+            Classifier(), loader
+        )
+    assert refused.value.where == str(tmp_path / "predictions.jsonl")

@@ -16,6 +16,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 
+from lsframe.errors import DataError
+
 #: A batch key of lsframe's ``predict_step`` outputs, and its name on one example's line.
 SINGULAR = {"labels": "label", "scores": "score"}
 
@@ -59,6 +61,12 @@ class PredictionWriter(BasePredictionWriter):
         if trainer.world_size > 1:
             name = name.with_name(f"{name.stem}.rank{trainer.global_rank}{name.suffix}")
         self.path = folder / name
+        if self.path.is_dir():  # open() would end in IsADirectoryError's traceback
+            raise DataError(
+                "the predictions file is a folder: move it away, or give "
+                "the PredictionWriter another filename or output_dir",
+                where=str(self.path),
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.kept = keep_earlier(self.path)
         self._file = self.path.open("w", encoding="utf-8")
