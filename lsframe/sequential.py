@@ -357,11 +357,14 @@ class SequenceRunner:
         )
 
     def _summary_params(self) -> dict[str, Any]:
-        """The module's hyperparameters with the sequence's tasks, heads and metric: what the
-        summary's HPARAMS entry shows."""
+        """The module's hyperparameters with the sequence's tasks, heads, metric and each
+        callback's settings (``EWC.ewc_lambda``): what the summary's HPARAMS entry shows."""
         params = HParamsMetrics.hyperparameters_of(self.module)
         tasks = " -> ".join(s.name for s in self.stages)
         params.update(tasks=tasks, heads=self.heads_mode, metric=self.metric)
+        for callback in self.callbacks:
+            settings = callback_settings(callback).items()
+            params.update({f"{type(callback).__name__}.{k}": v for k, v in settings})
         return params
 
     @staticmethod

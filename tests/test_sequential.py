@@ -372,3 +372,9 @@ def test_an_on_exception_checkpoint_is_refused_before_anything_is_built(tmp_path
     saving = {"callbacks": [OnExceptionCheckpoint(dirpath=tmp_path / "exc")]}
     with pytest.raises(ConfigError, match="the runner keeps its own stage checkpoints"):
         SequenceRunner(TinyClassifier(), [Stage("a", Task(0, 1))], saving)
+
+
+def test_the_summarys_hparams_name_the_callbacks_settings(tmp_path):
+    # runs with and without EWC, or with another lambda, looked the same in the HPARAMS tab
+    params = runner(tmp_path, callbacks=[EWC(ewc_lambda=10.0)])._summary_params()
+    assert params["EWC.ewc_lambda"] == 10.0 and params["tasks"] == "a -> b"
