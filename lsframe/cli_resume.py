@@ -24,7 +24,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from lsframe.checkpoint_io import find_last_checkpoint
 from lsframe.checkpointing import last_checkpoint
 from lsframe.checkpoints import read_lightning_checkpoint
-from lsframe.config_checks import SHARED_ATTRIBUTES
+from lsframe.config_checks import SHARED_ATTRIBUTES, comparable
 from lsframe.data.resumable import refuse_another_place
 from lsframe.errors import ConfigError
 from lsframe.named_checkpoints import logger_root, resolve_for_evaluation
@@ -274,7 +274,7 @@ def check_checkpoint_head(path: Any, data: list[tuple[str, Any]], command: str =
     trained_on = _task_of(checkpoint.get("datamodule_hyper_parameters") or {})
     for data_key, datamodule in data:
         for name in SHARED_ATTRIBUTES:
-            mine, theirs = _listed(saved.get(name)), _listed(getattr(datamodule, name, None))
+            mine, theirs = comparable(saved.get(name)), comparable(getattr(datamodule, name, None))
             if mine is None or theirs is None or mine == theirs:
                 continue
             at = "" if data_key == "data" else f" at {data_key}"
@@ -297,10 +297,6 @@ def check_checkpoint_head(path: Any, data: list[tuple[str, Any]], command: str =
                     file=sys.stderr,
                     flush=True,
                 )
-
-
-def _listed(value: Any) -> Any:
-    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _task_of(settings: dict[str, Any]) -> str:

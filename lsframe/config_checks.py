@@ -260,8 +260,8 @@ def check_shared_attributes(
     """The module's attributes ``names`` (``num_labels``, ...) agree with each DataModule's."""
     for data_key, datamodule in data:
         for name in names:
-            mine = _comparable(init_args.get(name))
-            theirs = _comparable(getattr(datamodule, name, None))
+            mine = comparable(init_args.get(name))
+            theirs = comparable(getattr(datamodule, name, None))
             if mine is not None and theirs is not None and mine != theirs:
                 at = "" if data_key == "data" else f" at {data_key}"
                 raise ConfigError(
@@ -271,7 +271,7 @@ def check_shared_attributes(
                 )
 
 
-def _comparable(value: Any) -> Any:
+def comparable(value: Any) -> Any:
     """A value as the config spells it (a DataModule's tuple of names is a list)."""
     return list(value) if isinstance(value, tuple) else value
 

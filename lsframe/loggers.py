@@ -29,6 +29,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from lsframe.errors import ConfigError
+from lsframe.set_aside import set_aside
 
 #: Loggers that write to ``<save_dir>/<name>/<version>``.
 FILE_LOGGERS: tuple[type[Logger], ...] = (TensorBoardLogger, CSVLogger)
@@ -122,11 +123,8 @@ def keep_csv_metrics(run_dir: Path, prog: str) -> None:
     metrics = run_dir / "metrics.csv"
     if not metrics.is_file():
         return
-    k = 1
-    while (run_dir / f"metrics.{k}.csv").exists():
-        k += 1
-    metrics.rename(run_dir / f"metrics.{k}.csv")
-    print(f"{prog}: the metrics logged before the resume are kept in metrics.{k}.csv ({run_dir})")
+    kept = set_aside(metrics, lambda k: f"metrics.{k}.csv")
+    print(f"{prog}: the metrics logged before the resume are kept in {kept.name} ({run_dir})")
 
 
 def keep_stopped_logs(run_dir: Path, prog: str) -> None:
@@ -136,8 +134,5 @@ def keep_stopped_logs(run_dir: Path, prog: str) -> None:
     as one run, whose curves go back to step 0 part-way (``prog`` says where they went)."""
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return
-    k = 1
-    while run_dir.with_name(f"{run_dir.name}.stopped-{k}").exists():
-        k += 1
-    kept = run_dir.rename(run_dir.with_name(f"{run_dir.name}.stopped-{k}"))
+    kept = set_aside(run_dir, lambda k: f"{run_dir.name}.stopped-{k}")
     print(f"{prog}: the logs of the attempt that stopped are kept in {kept}")

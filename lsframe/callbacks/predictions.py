@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 
 from lsframe.errors import DataError
+from lsframe.set_aside import set_aside
 
 #: A batch key of lsframe's ``predict_step`` outputs, and its name on one example's line.
 SINGULAR = {"labels": "label", "scores": "score"}
@@ -134,11 +135,7 @@ def keep_earlier(path: Path) -> Path | None:
     new path, so that writing ``path`` afresh loses nothing; None where there is no file."""
     if not path.is_file():
         return None
-    k = 1
-    while (kept := path.with_name(f"{path.stem}.{k}{path.suffix}")).exists():
-        k += 1
-    path.rename(kept)
-    return kept
+    return set_aside(path, lambda k: f"{path.stem}.{k}{path.suffix}")
 
 
 def _rows(prediction: Any) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from lsframe.errors import ConfigError
+from lsframe.parts_stacks import has_params
 
 
 def task_head_names(model: nn.Module) -> list[str]:
@@ -22,7 +23,7 @@ def task_head_names(model: nn.Module) -> list[str]:
     return [
         name
         for name, child in model.named_children()
-        if child is not backbone and next(iter(child.parameters()), None) is not None
+        if child is not backbone and has_params(child)
     ]
 
 
